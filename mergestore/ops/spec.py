@@ -29,7 +29,34 @@ class BaseRule(str, Enum):
     IGNORED = "ignored"  # the base, if given, is an ordinary input
 
 
-REQUIRED = object()  # sentinel default for a required parameter
+class OptionalTensorRule(str, Enum):
+    """What to do when an optional tensor (e.g. an untied lm_head) exists in only some inputs.
+
+    Mirrors mergekit 0.1.5's OptionalTensorPolicy; the merge planner applies it, kernels never
+    see a partial input set.
+    """
+
+    ERROR = "error"  # every input must have the tensor
+    PASSTHROUGH_SINGLETON = "passthrough_singleton"  # a lone input (base or not) is copied
+    PASSTHROUGH_BASE_SINGLETON = "passthrough_base_singleton"  # only a lone base is copied
+    BASE_OR_SKIP = "base_or_skip"  # too few inputs: copy the base if present, else skip
+
+
+class _Required:
+    """Sentinel default for a required parameter (a singleton with a readable repr)."""
+
+    _instance: _Required | None = None
+
+    def __new__(cls) -> _Required:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "REQUIRED"
+
+
+REQUIRED: Any = _Required()  # sentinel default for a required parameter
 
 
 @dataclass(frozen=True)
@@ -38,6 +65,8 @@ class ParamSpec:
     scope: Scope
     default: Any = REQUIRED
     kind: type = float  # float, bool or int
+    nullable: bool = False  # None is a valid value (passthrough's `scale`: None = no scaling)
+    description: str = ""
 
     @property
     def required(self) -> bool:
@@ -48,12 +77,19 @@ class ParamSpec:
 class MethodSpec:
     """A merge method: its name, parameters, input contract and pure kernel.
 
-    kernel(base, inputs, params, ctx) -> Tensor
-      base:   the base tensor or None (for IGNORED/absent base)
-      inputs: list of non-base input tensors, in config order (for IGNORED methods: all inputs,
-              the base included where the config lists it, in mergekit's model order)
-      params: {"shared": {name: value}, "per_input": [{name: value}, ...]} resolved for this tensor
-      ctx:    TensorContext (tensor name, generator factory, compute dtype, ...)
+    kernel(base, inputs, shared, per_input, ctx) -> Tensor
+      base:      the base tensor, or None (IGNORED methods, or an OPTIONAL base that is absent)
+      inputs:    the non-base input tensors in config order (IGNORED methods: all inputs, the
+                 base included where the config lists it, in mergekit's model order)
+      shared:    {name: value} for SHARED params, defaults applied, resolved for this tensor
+      per_input: per_input[i] = {name: value} for the INPUT/NON_BASE params of inputs[i]; for a
+                 method with a base and INPUT-scope params, one extra trailing entry holds the
+                 base's own values (no current method has that combination)
+      ctx:       mergestore.ops.context.TensorContext (tensor name, seed, RNG mode)
+
+    Input counts: min_inputs/max_inputs count non-base inputs (all inputs for IGNORED). A
+    base-REQUIRED method with min_inputs=0 accepts the base alone and returns it (mergekit's
+    GTA, sce and ram do this).
     """
 
     name: str
@@ -64,8 +100,21 @@ class MethodSpec:
     random: bool = False  # uses drop masks (dare, della): seeded per (seed, tensor, input)
     elementwise: bool = False  # output element j depends only on input elements j
     additive: bool = False  # output = base + sum_k w_k * delta_k (budget bound is exact)
+    optional_tensor: OptionalTensorRule = OptionalTensorRule.ERROR
     kernel: Callable[..., Any] | None = field(default=None, compare=False, repr=False)
     description: str = ""
+
+    @property
+    def shared_params(self) -> tuple[ParamSpec, ...]:
+        return tuple(p for p in self.params if p.scope is Scope.SHARED)
+
+    @property
+    def per_input_params(self) -> tuple[ParamSpec, ...]:
+        return tuple(p for p in self.params if p.scope is not Scope.SHARED)
+
+    def defaults(self) -> dict[str, Any]:
+        """Default values of the optional parameters, by name."""
+        return {p.name: p.default for p in self.params if not p.required}
 
     def param(self, name: str) -> ParamSpec:
         for p in self.params:

@@ -1,0 +1,38 @@
+"""dare_ties: Bernoulli(density) drop with L1 rescale, then TIES sign consensus."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from torch import Tensor
+
+from mergestore.ops import gta
+from mergestore.ops.context import TensorContext
+from mergestore.ops.registry import register
+
+
+def merge(
+    base: Tensor | None,
+    inputs: Sequence[Tensor],
+    shared: Mapping[str, Any],
+    per_input: Sequence[Mapping[str, Any]],
+    ctx: TensorContext,
+) -> Tensor:
+    """See mergestore.ops.gta; returns a tensor in the compute dtype."""
+    return gta.gta_merge(
+        base, inputs, shared, per_input, ctx, sparsifier=gta.RANDOM, consensus=True
+    )
+
+
+SPEC = register(
+    gta.gta_spec(
+        "dare_ties",
+        sparsifier=gta.RANDOM,
+        consensus=True,
+        normalize=False,
+        rescale=True,
+        kernel=merge,
+        description=__doc__.strip(),
+    )
+)

@@ -1,0 +1,36 @@
+"""passthrough: the single input, times its scale if one is set."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from torch import Tensor
+
+from mergestore.ops.context import TensorContext
+from mergestore.ops.registry import register
+from mergestore.ops.spec import BaseRule, MethodSpec, ParamSpec, Scope
+
+
+def merge(
+    base: Tensor | None,
+    inputs: Sequence[Tensor],
+    shared: Mapping[str, Any],
+    per_input: Sequence[Mapping[str, Any]],
+    ctx: TensorContext,
+) -> Tensor:
+    raise NotImplementedError
+
+
+SPEC = register(
+    MethodSpec(
+        name="passthrough",
+        params=(ParamSpec("scale", Scope.INPUT, None, float, nullable=True),),
+        base=BaseRule.IGNORED,
+        min_inputs=1,
+        max_inputs=1,
+        elementwise=True,
+        kernel=merge,
+        description=__doc__.strip().splitlines()[0],
+    )
+)
