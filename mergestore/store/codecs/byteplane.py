@@ -1,0 +1,177 @@
+"""Float-aware byte planes: rotate each word, split it into byte planes, code each plane alone.
+
+Why: in a float the exponent bits are highly skewed (weights cluster around a few binades)
+while the low mantissa bits are close to uniform. Mixed together in one byte stream, zstd can
+only reach ~0.78x on bf16. Split apart, the exponent plane entropy-codes to ~1/3 and the
+mantissa planes are stored raw, which is cheap both ways.
+
+Rotation: rotating each word left by `rot` bits moves the sign bit to the bottom. For bf16
+(s eeeeeeee mmmmmmm) a rotation by 1 makes the high byte exactly the 8-bit exponent and the low
+byte mantissa+sign (ZipNN's trick). For fp32 the top byte is the exponent, the next one the top
+mantissa bits. For fp16 (s eeeee mmmmmmmmmm) the high byte becomes 5 exponent bits + the top 3
+mantissa bits, which are still skewed and so worth keeping with the exponent.
+
+Each plane is coded as ``z<level>`` (a zstd frame) or ``r`` (stored raw), decided per block and
+recorded in the spec, e.g. ``bplane:w=2,rot=1,planes=r.z3`` (planes listed low byte first).
+
+Payload: u64 LE raw length n, then one u32 LE stored length per plane, the plane segments in
+order, then the n % w tail bytes that do not fill a whole word, raw.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from . import zstd
+from .base import MAX_DECODED_BYTES, Buffer, Stage, corrupt, parse_int, parse_params
+
+# A plane is stored compressed only if that saves at least this fraction of it.
+PLANE_MIN_SAVING = 0.02
+
+_WORD = {1: np.dtype("<u1"), 2: np.dtype("<u2"), 4: np.dtype("<u4"), 8: np.dtype("<u8")}
+_N = struct.Struct("<Q")
+
+
+def _plane_code_ok(code: str) -> bool:
+    if code == "r":
+        return True
+    if code.startswith("z"):
+        try:
+            parse_int(code[1:], zstd.MIN_LEVEL, zstd.MAX_LEVEL)
+        except ValueError:
+            return False
+        return True
+    return False
+
+
+def split_planes(body: Buffer, width: int, rot: int) -> list[np.ndarray]:
+    """Rotate each little-endian word of `body` left by `rot` and return its byte planes."""
+    words = np.frombuffer(body, dtype=_WORD[width])
+    if rot:
+        words = (words << rot) | (words >> (8 * width - rot))
+    if width == 1:
+        return [words]
+    if width == 2:
+        # Two truncating casts are ~3x faster than strided column copies.
+        return [words.astype(np.uint8), (words >> 8).astype(np.uint8)]
+    as_bytes = words.astype(_WORD[width], copy=False).view(np.uint8).reshape(-1, width)
+    return [np.ascontiguousarray(as_bytes[:, i]) for i in range(width)]
+
+
+def join_planes(planes: list[np.ndarray], width: int, rot: int) -> np.ndarray:
+    """Inverse of `split_planes`: interleave the planes and rotate right; returns the words."""
+    if width == 1:
+        words = planes[0]
+    elif width == 2:
+        words = planes[0].astype(np.uint16)
+        words |= planes[1].astype(np.uint16) << 8
+    else:
+        as_bytes = np.empty((len(planes[0]), width), dtype=np.uint8)
+        for i, plane in enumerate(planes):
+            as_bytes[:, i] = plane
+        words = as_bytes.view(_WORD[width]).reshape(-1)
+    if rot:
+        words = (words >> rot) | (words << (8 * width - rot))
+    return words
+
+
+@dataclass(frozen=True)
+class BytePlane(Stage):
+    """Split words of `width` bytes into planes after a left rotation by `rot` bits."""
+
+    width: int
+    rot: int
+    planes: tuple[str, ...]
+    name: ClassVar[str] = "bplane"
+
+    def __post_init__(self) -> None:
+        if self.width not in _WORD:
+            raise ValueError(f"bplane width {self.width} not one of 1, 2, 4, 8")
+        if not 0 <= self.rot < 8 * self.width:
+            raise ValueError(f"bplane rotation {self.rot} out of range")
+        if len(self.planes) != self.width or not all(map(_plane_code_ok, self.planes)):
+            raise ValueError(f"bplane needs {self.width} plane codes, each r or z<level>")
+
+    # -- encoding ---------------------------------------------------------------------------
+
+    def encode(self, data: Buffer) -> bytes:
+        return self._encode(data, self.planes)[1]
+
+    @classmethod
+    def encode_adaptive(
+        cls, data: Buffer, width: int, rot: int, level: int
+    ) -> tuple[BytePlane, bytes]:
+        """Encode, choosing per plane between zstd at `level` and raw; returns (stage, payload)."""
+        return cls(width, rot, ("r",) * width)._encode(data, None, level)
+
+    def _encode(
+        self, data: Buffer, codes: tuple[str, ...] | None, level: int = 3
+    ) -> tuple[BytePlane, bytes]:
+        view = memoryview(data).cast("B")
+        n = len(view)
+        n_body = n - n % self.width
+        planes = split_planes(view[:n_body], self.width, self.rot)
+        segments: list[Buffer] = []
+        chosen: list[str] = []
+        for i, plane in enumerate(planes):
+            code = codes[i] if codes is not None else f"z{level}"
+            if code == "r":
+                segments.append(plane)
+            else:
+                packed = zstd.compress(plane, int(code[1:]))
+                if codes is None and len(packed) > len(plane) * (1 - PLANE_MIN_SAVING):
+                    code, packed = "r", plane
+                segments.append(packed)
+            chosen.append(code)
+        lengths = (memoryview(s).nbytes for s in segments)
+        header = _N.pack(n) + struct.pack(f"<{self.width}I", *lengths)
+        payload = b"".join([header, *segments, view[n_body:]])
+        stage = self if codes is not None else BytePlane(self.width, self.rot, tuple(chosen))
+        return stage, payload
+
+    # -- decoding ---------------------------------------------------------------------------
+
+    def decode(self, data: Buffer) -> bytes:
+        view = memoryview(data).cast("B")
+        w = self.width
+        header_len = _N.size + 4 * w
+        if len(view) < header_len:
+            raise corrupt("bplane payload shorter than its header")
+        (n,) = _N.unpack_from(view)
+        lengths = struct.unpack_from(f"<{w}I", view, _N.size)
+        if n > MAX_DECODED_BYTES:
+            raise corrupt(f"bplane claims {n} bytes")
+        n_words, n_tail = divmod(n, w)
+        if header_len + sum(lengths) + n_tail != len(view):
+            raise corrupt("bplane segment lengths do not add up to the payload length")
+        planes = []
+        pos = header_len
+        for code, length in zip(self.planes, lengths, strict=True):
+            segment = view[pos : pos + length]
+            pos += length
+            if code == "r":
+                if length != n_words:
+                    raise corrupt("raw bplane segment has the wrong length")
+                planes.append(np.frombuffer(segment, dtype=np.uint8))
+            else:
+                plane = zstd.decompress(segment, expected_size=n_words)
+                planes.append(np.frombuffer(plane, dtype=np.uint8))
+        words = join_planes(planes, w, self.rot)
+        if n_tail == 0:
+            return words.tobytes()
+        return b"".join([words.tobytes(), view[pos:]])
+
+    # -- spec -------------------------------------------------------------------------------
+
+    def to_spec(self) -> str:
+        return f"{self.name}:w={self.width},rot={self.rot},planes={'.'.join(self.planes)}"
+
+    @classmethod
+    def from_spec(cls, params: str | None) -> BytePlane:
+        p = parse_params(params, ("w", "rot", "planes"))
+        width = parse_int(p["w"], 1, 8)
+        return cls(width, parse_int(p["rot"], 0, 8 * width - 1), tuple(p["planes"].split(".")))

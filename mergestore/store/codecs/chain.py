@@ -1,0 +1,56 @@
+"""Running a codec chain: the `Encoded` result, decoding by spec, and spec queries."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .base import AnyBuffer, ReferenceStage
+from .registry import AnyStage, parse_spec
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """One encoded block: the chain that made it, the bytes for the pack, and its reference."""
+
+    spec: str  # canonical chain spec (see registry.py), decodable by `decode_block`
+    payload: AnyBuffer  # bytes-like; for "raw" it is the caller's buffer itself (no copy)
+    ref: bytes | None  # 32-byte id of the reference block when the chain uses one, else None
+
+
+def run_encode(chain: tuple[AnyStage, ...], data: AnyBuffer, reference: AnyBuffer | None):
+    """Apply `chain` left to right."""
+    for stage in chain:
+        if isinstance(stage, ReferenceStage):
+            if reference is None:
+                raise ValueError(f"codec {stage.name!r} needs a reference block")
+            data = stage.encode(data, reference)
+        else:
+            data = stage.encode(data)
+    return data
+
+
+def decode_block(spec: str, payload: AnyBuffer, *, reference: AnyBuffer | None = None) -> bytes:
+    """Give back the exact raw bytes of a block encoded as `spec`.
+
+    Does not verify the result against the block id (the store does); raises CorruptionError
+    on a malformed spec or payload, ValueError if the spec needs a reference and none is given.
+    """
+    data = payload
+    for stage in reversed(parse_spec(spec)):
+        if isinstance(stage, ReferenceStage):
+            if reference is None:
+                raise ValueError(f"codec spec {spec!r} needs the reference block's raw bytes")
+            data = stage.decode(data, reference)
+        else:
+            data = stage.decode(data)
+    return data if type(data) is bytes else bytes(data)
+
+
+def spec_uses_reference(spec: str) -> bool:
+    """True if decoding `spec` needs the reference block's raw bytes."""
+    return any(stage.uses_reference for stage in parse_spec(spec))
+
+
+def spec_codec_names(spec: str) -> list[str]:
+    """Codec names in encode order, e.g. ["xor", "bplane"] (for `du` by codec)."""
+    return [stage.name for stage in parse_spec(spec)]

@@ -1,0 +1,125 @@
+"""Picking a codec chain per block (`encode_block`).
+
+Heuristic (measured in bench/bench_codecs.py, documented in docs/codecs.md):
+- Float dtypes (BF16, F16, F32, F64): byte planes, each plane zstd or raw (decided per plane).
+  Plain zstd is tried only when the planes did poorly (ratio above `TRY_ZSTD_ABOVE`), and then
+  first on a 64 KiB sample, so ordinary weights pay for one encoder, not two.
+- Everything else (integers, bool, fp8, blobs with dtype None): zstd.
+- With a reference: XOR first. If that already halves the block it is taken; otherwise the
+  non-delta chain is also encoded and the delta kept only if clearly smaller (a delta costs an
+  extra reference read on checkout).
+- Whatever wins must save at least `MIN_SAVING` of the raw size, else the block is stored raw.
+"""
+
+from __future__ import annotations
+
+from .base import AnyBuffer
+from .byteplane import BytePlane
+from .chain import Encoded
+from .registry import CODECS, AnyStage, chain_to_spec
+from .xordelta import XorDelta
+from .zstd import Zstd
+
+MIN_SAVING = 0.02  # below this, "raw" (no decode cost) wins
+TRY_ZSTD_ABOVE = 0.80  # planes ratio above which plain zstd might do better
+SAMPLE_BYTES = 64 * 1024
+DELTA_GOOD_ENOUGH = 0.50  # a delta at or below this ratio is taken without a second try
+DELTA_MUST_BEAT = 0.95  # otherwise the delta must be this much smaller than the non-delta
+
+# safetensors dtype -> (word width, left rotation) for the byte-plane codec.
+FLOAT_LAYOUT: dict[str, tuple[int, int]] = {
+    "BF16": (2, 1),
+    "F16": (2, 1),
+    "F32": (4, 1),
+    "F64": (8, 1),
+}
+
+Candidate = tuple[tuple[AnyStage, ...], AnyBuffer]
+
+
+def _size(c: Candidate) -> int:
+    return memoryview(c[1]).nbytes
+
+
+def _plain(
+    data: AnyBuffer, dtype: str | None, level: int, allowed: frozenset[str]
+) -> Candidate | None:
+    """Best non-delta chain for `data` (None if the allowed codecs offer none but raw)."""
+    n = memoryview(data).nbytes
+    layout = FLOAT_LAYOUT.get(dtype or "")
+    use_zstd = "zstd" in allowed
+    if layout is not None and "bplane" in allowed:
+        stage, payload = BytePlane.encode_adaptive(data, *layout, level)
+        best: Candidate = ((stage,), payload)
+        poor = n and _size(best) > TRY_ZSTD_ABOVE * n
+        if use_zstd and poor and _zstd_may_win(data, layout, level):
+            other = _zstd(data, level)
+            if _size(other) < _size(best):
+                best = other
+        return best
+    if use_zstd:
+        return _zstd(data, level)
+    return None
+
+
+def _zstd(data: AnyBuffer, level: int) -> Candidate:
+    stage = Zstd(level)
+    return (stage,), stage.encode(data)
+
+
+def _zstd_may_win(data: AnyBuffer, layout: tuple[int, int], level: int) -> bool:
+    """Compare zstd and byte planes on a word-aligned sample from the middle of the block."""
+    view = memoryview(data).cast("B")
+    if len(view) <= SAMPLE_BYTES:
+        return True  # small block: just try the full thing
+    width = layout[0]
+    start = (len(view) - SAMPLE_BYTES) // 2 // width * width
+    sample = view[start : start + SAMPLE_BYTES]
+    planes = len(BytePlane.encode_adaptive(sample, *layout, level)[1])
+    return len(Zstd(level).encode(sample)) < planes
+
+
+def encode_block(
+    raw: AnyBuffer,
+    *,
+    dtype: str | None,
+    level: int = 3,
+    reference: AnyBuffer | None = None,
+    reference_id: bytes | None = None,
+    allowed: frozenset[str] | None = None,
+) -> Encoded:
+    """Encode one block with the smallest applicable chain (see the module docstring).
+
+    `allowed` restricts codec names; "raw" is the fallback whenever it is allowed. Without
+    "raw", the smallest allowed candidate is returned even if it does not pay.
+    """
+    view = memoryview(raw).cast("B")
+    n = len(view)
+    allow = frozenset(CODECS) if allowed is None else frozenset(allowed)
+    unknown = allow - CODECS.keys()
+    if unknown:
+        raise ValueError(f"unknown codec names: {', '.join(sorted(unknown))}")
+
+    candidates: list[tuple[Candidate, bytes | None]] = []
+    if reference is not None and "xor" in allow and n:
+        if reference_id is None or len(reference_id) != 32:
+            raise ValueError("a reference block needs its 32-byte id")
+        xor = XorDelta()
+        inner = _plain(xor.encode(view, reference), dtype, level, allow)
+        if inner is not None:
+            candidates.append((((xor, *inner[0]), inner[1]), reference_id))
+    delta_ok = candidates and _size(candidates[0][0]) <= DELTA_GOOD_ENOUGH * n
+    if not delta_ok:
+        plain = _plain(view, dtype, level, allow)
+        if plain is not None:
+            if candidates and _size(candidates[0][0]) >= DELTA_MUST_BEAT * _size(plain):
+                candidates.clear()
+            candidates.append((plain, None))
+
+    if candidates:
+        (chain, payload), ref = min(candidates, key=lambda c: _size(c[0]))
+        if "raw" not in allow or _size((chain, payload)) <= (1 - MIN_SAVING) * n:
+            return Encoded(chain_to_spec(chain), payload, ref)
+    if "raw" not in allow and n:
+        raise ValueError("no allowed codec applies to this block")
+    return Encoded("raw", view, None)
