@@ -34,7 +34,8 @@ def test_byteplanes_help_fp16_and_fp32():
 def test_fp32_holding_bf16_values_drops_its_zero_planes():
     bf16 = weights("BF16", N // 2)
     as_f32 = b"".join(b"\0\0" + bf16[i : i + 2] for i in range(0, len(bf16), 2))
-    assert ratio(as_f32, dtype="F32") < 0.36
+    # half the words are zero bytes; the sign bit rotated into plane 0 costs ~1/32 more
+    assert ratio(as_f32, dtype="F32") < 0.40
 
 
 def test_xor_delta_on_small_finetune():
