@@ -28,6 +28,7 @@ from mergestore.ops import (  # noqa: F401
     task_arithmetic,
     ties,
 )
+from mergestore.ops.apply import check_inputs, merge_tensor, validate_params
 from mergestore.ops.context import TensorContext
 from mergestore.ops.registry import get_method, method_names, register
 from mergestore.ops.spec import (
@@ -47,6 +48,9 @@ __all__ = [
     "ParamSpec",
     "Scope",
     "TensorContext",
+    "check_inputs",
+    "merge_tensor",
+    "validate_params",
     "get_method",
     "method_names",
     "register",

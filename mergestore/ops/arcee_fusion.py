@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from mergestore.ops.context import TensorContext
@@ -19,7 +21,38 @@ def merge(
     per_input: Sequence[Mapping[str, Any]],
     ctx: TensorContext,
 ) -> Tensor:
-    raise NotImplementedError
+    """base + (p - base) * [I >= median(I) + 1.5 IQR(I)], I = |p - base| * KL(p || base).
+
+    KL is per last-axis row of softmaxes (+1e-8). Quantiles are sorted[floor(q (n - 1))] of
+    I, or of 10**6 samples drawn with replacement when n > 10**6 - the one random draw, from
+    ctx.generator(0). The mask is fp32, so bf16/fp16 inputs give an fp32 result (mergekit).
+    """
+    assert base is not None
+    other = inputs[0]
+    importance = _importance(other, base)
+    mask = (importance >= _threshold(importance, ctx)).float()
+    return base + (other - base) * mask
+
+
+SAMPLE_SIZE = 1_000_000
+
+
+def _importance(p: Tensor, base: Tensor) -> Tensor:
+    diff = (p - base).abs()
+    pp = F.softmax(p, dim=-1) + 1e-8
+    qq = F.softmax(base, dim=-1) + 1e-8
+    return diff * torch.sum(pp * torch.log(pp / qq), dim=-1, keepdim=True)
+
+
+def _threshold(importance: Tensor, ctx: TensorContext) -> Tensor:
+    flat = importance.reshape(-1)
+    if flat.numel() > SAMPLE_SIZE:
+        picks = torch.randint(flat.numel(), (SAMPLE_SIZE,), generator=ctx.generator(0))
+        flat = flat[picks]
+    ordered = torch.sort(flat).values
+    q = (torch.tensor([0.25, 0.5, 0.75]) * (ordered.numel() - 1)).long()
+    q1, median, q3 = ordered[q]
+    return median + 1.5 * (q3 - q1)
 
 
 SPEC = register(

@@ -15,8 +15,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import torch
 from torch import Tensor
 
+from mergestore.ops import sparsify
 from mergestore.ops.context import TensorContext
 from mergestore.ops.spec import BaseRule, MethodSpec, ParamSpec, Scope
 
@@ -61,8 +63,14 @@ def gta_spec(
         elementwise=sparsifier is None,
         additive=sparsifier is None and not consensus,
         kernel=kernel,
+        check=_check_della if sparsifier == DELLA else None,
         description=description,
     )
+
+
+def _check_della(shared: Mapping[str, Any], per_input: Sequence[Mapping[str, Any]]) -> None:
+    for params in per_input:
+        sparsify.check_della(params["density"], params["epsilon"])
 
 
 def gta_merge(
@@ -75,4 +83,77 @@ def gta_merge(
     sparsifier: str | None,
     consensus: bool,
 ) -> Tensor:
-    raise NotImplementedError
+    """One GTA output tensor; returns base's dtype (= the compute dtype).
+
+    Random sparsifiers draw with ``ctx.generator(i)`` for non-base input i, in config order.
+    """
+    if base is None:
+        raise ValueError("GTA methods need a base tensor")
+    if not inputs:
+        return base
+    rescale = bool(shared["rescale"])
+
+    # Each delta is sparsified on its own, unweighted, then stored in the compute dtype.
+    deltas = base.new_empty((len(inputs), *base.shape))
+    for i, x in enumerate(inputs):
+        delta = x - base
+        if sparsifier is not None:
+            delta = _sparsify(delta, sparsifier, per_input[i], rescale, ctx, i)
+        deltas[i] = delta
+        del delta
+
+    # Weights are rounded to the compute dtype (0.3 -> 0.30078125 in bf16), as mergekit does.
+    weights = torch.tensor([per_input[i]["weight"] for i in range(len(inputs))], dtype=deltas.dtype)
+    weights = weights.reshape(len(inputs), *([1] * base.dim()))
+    deltas.mul_(weights)
+
+    if consensus:
+        agree = sign_agreement(deltas, torch.int8 if shared["int8_mask"] else base.dtype)
+        merged = (deltas * agree).sum(dim=0)
+        divisor = (weights * agree).sum(dim=0)
+        divisor[divisor == 0] = 1
+    else:
+        merged = deltas.sum(dim=0)
+        divisor = weights.sum(dim=0)
+        divisor[divisor.abs() < 1e-8] = 1
+    del deltas
+
+    if shared["normalize"]:
+        merged /= divisor
+    lam = shared["lambda"]
+    if lam != 1:
+        merged *= lam
+    return (base + merged).to(base.dtype)
+
+
+def _sparsify(
+    delta: Tensor,
+    sparsifier: str,
+    params: Mapping[str, Any],
+    rescale: bool,
+    ctx: TensorContext,
+    index: int,
+) -> Tensor:
+    density = params["density"]
+    if sparsifier == MAGNITUDE:
+        return sparsify.magnitude(delta, density, rescale)
+    if sparsifier == OUTLIERS:
+        return sparsify.magnitude_outliers(delta, density, params["gamma"], rescale)
+    if sparsifier == RANDOM:
+        gen = ctx.generator(index) if density < 1 else None
+        return sparsify.bernoulli(delta, density, rescale, gen)
+    if sparsifier == DELLA:
+        gen = ctx.generator(index) if 0 < density < 1 else None
+        return sparsify.della_magprune(delta, density, params["epsilon"], rescale, gen)
+    raise ValueError(f"unknown sparsifier {sparsifier!r}")
+
+
+def sign_agreement(deltas: Tensor, mask_dtype: torch.dtype) -> Tensor:
+    """TIES "sum" election: [sign(Delta_i) == sign(sum_j Delta_j)], with sum 0 voting +1.
+
+    A pruned (zero) entry never agrees, since sign 0 is neither +1 nor -1. ``mask_dtype``
+    only changes the intermediate sign storage (mergekit's int8_mask); results are equal.
+    """
+    signs = deltas.sign().to(mask_dtype)
+    majority = (deltas.sum(dim=0) >= 0).to(mask_dtype) * 2 - 1
+    return signs == majority

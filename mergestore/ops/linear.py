@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from mergestore.ops.context import TensorContext
@@ -19,7 +20,23 @@ def merge(
     per_input: Sequence[Mapping[str, Any]],
     ctx: TensorContext,
 ) -> Tensor:
-    raise NotImplementedError
+    """sum_i w_i x_i (/ sum_i w_i), in x's dtype.
+
+    Accumulates sequentially in input order with fused multiply-adds (addcmul) into an fp32
+    buffer (fp64 for fp64 inputs); the weights and their sum are in that dtype too.
+    """
+    first = inputs[0]
+    acc = torch.float64 if first.dtype == torch.float64 else torch.float32
+    # Coefficients shaped like mergekit's batched ones ([1] * ndim) so the same broadcast
+    # kernel runs; weights are rounded once from Python floats to the accumulator dtype.
+    weights = torch.tensor([per_input[i]["weight"] for i in range(len(inputs))], dtype=acc)
+    shape = (1,) * first.dim()
+    result = torch.zeros_like(first, dtype=acc)
+    for x, w in zip(inputs, weights.unbind(0), strict=True):
+        result.addcmul_(x, w.reshape(shape))
+    if shared["normalize"]:
+        result.div_(weights.sum().reshape(shape))
+    return result.to(first.dtype)
 
 
 SPEC = register(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from mergestore.ops.context import TensorContext
@@ -19,7 +20,11 @@ def merge(
     per_input: Sequence[Mapping[str, Any]],
     ctx: TensorContext,
 ) -> Tensor:
-    raise NotImplementedError
+    """w = clamp(t / max(|a - b|, 1e-6), 0, 1); out = w * b + (1 - w) * a, in a's dtype."""
+    assert base is not None
+    other = inputs[0]
+    weight = (shared["t"] / torch.abs(base - other).clamp(min=1e-6)).clamp(min=0, max=1)
+    return weight * other + (1 - weight) * base
 
 
 SPEC = register(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from mergestore.ops.context import TensorContext
@@ -19,7 +20,41 @@ def merge(
     per_input: Sequence[Mapping[str, Any]],
     ctx: TensorContext,
 ) -> Tensor:
-    raise NotImplementedError
+    """Slerp x1 -> x2 (or their task vectors, re-added to the base) at t = w2 / (w1 + w2).
+
+    t = 0.5 when |w1 + w2| < 1e-6. Computed in the input dtype; returns the input dtype.
+    """
+    w1, w2 = per_input[0]["weight"], per_input[1]["weight"]
+    total = w1 + w2
+    t = 0.5 if abs(total) < 1e-6 else w2 / total
+    dim = 0 if shared["nuslerp_row_wise"] else -1
+    flatten = bool(shared["nuslerp_flatten"])
+    if base is not None:
+        return base + nuslerp(t, inputs[0] - base, inputs[1] - base, dim=dim, flatten=flatten)
+    return nuslerp(t, inputs[0], inputs[1], dim=dim, flatten=flatten)
+
+
+def _unit(x: Tensor, eps: float = 1e-7) -> Tensor:
+    return x / torch.norm(x, dim=-1, keepdim=True).clamp(min=eps)
+
+
+def nuslerp(t: float, v0: Tensor, v1: Tensor, *, dim: int, flatten: bool) -> Tensor:
+    """Slerp along the last axis (whole tensor if ``flatten``; axis ``dim`` moved last)."""
+    shape = v0.shape
+    if flatten:
+        v0, v1 = v0.reshape(-1), v1.reshape(-1)
+    elif dim != -1:
+        v0, v1 = v0.transpose(dim, -1), v1.transpose(dim, -1)
+    cos = torch.sum(_unit(v0) * _unit(v1), dim=-1, keepdim=True).clamp(-1, 1)
+    # Only (numerically) exactly colinear vectors fall back to lerp: 1 - c^2 <= (1e-8)^2.
+    colinear = (1 - cos.square()) <= 1e-8**2
+    theta = torch.acos(torch.where(colinear, 0, cos))
+    sin_theta = torch.sin(theta)
+    out = (torch.sin((1 - t) * theta) * v0 + torch.sin(t * theta) * v1) / sin_theta
+    out = torch.where(colinear, (1 - t) * v0 + t * v1, out)
+    if dim != -1 and not flatten:
+        out = out.transpose(dim, -1)
+    return out.reshape(shape)
 
 
 SPEC = register(

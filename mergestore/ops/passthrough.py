@@ -19,7 +19,9 @@ def merge(
     per_input: Sequence[Mapping[str, Any]],
     ctx: TensorContext,
 ) -> Tensor:
-    raise NotImplementedError
+    """x, or x * scale (a Python float, so the result keeps x's dtype)."""
+    scale = per_input[0].get("scale")
+    return inputs[0] if scale is None else inputs[0] * scale
 
 
 SPEC = register(

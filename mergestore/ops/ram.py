@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from mergestore.ops.context import TensorContext
@@ -19,7 +20,28 @@ def merge(
     per_input: Sequence[Mapping[str, Any]],
     ctx: TensorContext,
 ) -> Tensor:
-    raise NotImplementedError
+    """base + sum_i a_i tau_i (U + O / max(c, 1)); see task_vector_masks. Input dtype."""
+    assert base is not None
+    if not inputs:
+        return base
+    tv, active, counts, overlap, unique = task_vector_masks(base, inputs, shared["epsilon"])
+    tv = tv * active
+    merged = ((tv * unique) + (tv * overlap / counts.clamp(min=1))).sum(dim=0, keepdim=True)
+    return base + merged.reshape_as(base)
+
+
+def task_vector_masks(
+    base: Tensor, inputs: Sequence[Tensor], epsilon: float
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Flat task vectors [N, n] and RAM's masks.
+
+    active[i, j] = |tau_ij| > epsilon; counts[0, j] = number of active inputs at j (int64);
+    overlap = counts > 1; unique = counts == 1.
+    """
+    tv = torch.stack([x - base for x in inputs], dim=0).view(len(inputs), -1)
+    active = tv.abs() > epsilon
+    counts = active.sum(dim=0, keepdim=True)
+    return tv, active, counts, counts > 1, counts == 1
 
 
 SPEC = register(

@@ -8,6 +8,7 @@ from typing import Any
 from torch import Tensor
 
 from mergestore.ops.context import TensorContext
+from mergestore.ops.ram import task_vector_masks
 from mergestore.ops.registry import register
 from mergestore.ops.spec import BaseRule, MethodSpec, ParamSpec, Scope
 
@@ -19,7 +20,26 @@ def merge(
     per_input: Sequence[Mapping[str, Any]],
     ctx: TensorContext,
 ) -> Tensor:
-    raise NotImplementedError
+    """RAM with unique changes scaled by lambda_i = 1 + r * clamp(rho_i, 0, alpha).
+
+    rho_i = (# positions where input i is active and shared) / max(# active and unique, eps).
+    lambda is fp32 (an int count ratio), so bf16/fp16 inputs give an fp32 result, as in
+    mergekit.
+    """
+    assert base is not None
+    if not inputs:
+        return base
+    eps = shared["epsilon"]
+    tv, active, counts, overlap, unique = task_vector_masks(base, inputs, eps)
+    shared_n = (active & overlap).sum(dim=1)
+    unique_n = (active & unique).sum(dim=1)
+    rho = shared_n / unique_n.clamp(min=eps)
+    lam = 1 + shared["r"] * rho.clamp(min=0, max=shared["alpha"])
+    tv = tv * active
+    merged = ((tv * unique * lam.unsqueeze(-1)) + (tv * overlap / counts.clamp(min=1))).sum(
+        dim=0, keepdim=True
+    )
+    return base + merged.reshape_as(base)
 
 
 SPEC = register(

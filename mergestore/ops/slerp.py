@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from mergestore.ops.context import TensorContext
@@ -19,7 +20,59 @@ def merge(
     per_input: Sequence[Mapping[str, Any]],
     ctx: TensorContext,
 ) -> Tensor:
-    raise NotImplementedError
+    """Slerp from base (t=0) to the other input (t=1); returns the input dtype."""
+    assert base is not None
+    return slerp(shared["t"], base, inputs[0])
+
+
+# mergekit 0.1.5 bounds fp32 scratch by working in chunks of 2**20 elements; the norms and
+# dot product are accumulated per chunk, so the chunking is part of the arithmetic.
+CHUNK = 1 << 20
+DOT_THRESHOLD = 0.9995
+NORM_EPS = 1e-8
+
+
+def slerp(t: float, v0: Tensor, v1: Tensor) -> Tensor:
+    """Whole-tensor slerp computed in fp32 (fp64 for fp64 inputs), chunked as mergekit does.
+
+    norm(v) = norm of the per-chunk norms (<= 1e-8 -> 1); c = sum over chunks of the chunk
+    dot products of v0/|v0| and v1/|v1|, clamped to [-1, 1]; |c| > 0.9995 -> lerp.
+    """
+    f = torch.float64 if v0.dtype == torch.float64 else torch.float32
+    a = v0.reshape(1, -1)
+    b = v1.reshape(1, -1)
+    tt = torch.tensor([t], dtype=f).reshape(-1, 1)  # t as a [1, 1] tensor, like mergekit's
+    n = a.shape[1]
+    if n == 0:
+        return ((1 - tt) * a + tt * b).reshape(v0.shape).to(v0.dtype)
+    chunks = [(s, min(s + CHUNK, n)) for s in range(0, n, CHUNK)]
+
+    norms_a, norms_b = [], []
+    for s, e in chunks:
+        norms_a.append(torch.linalg.vector_norm(a[:, s:e].to(f), dim=1, keepdim=True))
+        norms_b.append(torch.linalg.vector_norm(b[:, s:e].to(f), dim=1, keepdim=True))
+    norm_a = torch.linalg.vector_norm(torch.stack(norms_a), dim=0)
+    norm_b = torch.linalg.vector_norm(torch.stack(norms_b), dim=0)
+    norm_a = torch.where(norm_a > NORM_EPS, norm_a, 1)
+    norm_b = torch.where(norm_b > NORM_EPS, norm_b, 1)
+
+    dots = []
+    for s, e in chunks:
+        x = a[:, s:e].to(f) / norm_a
+        y = b[:, s:e].to(f) / norm_b
+        dots.append((x * y).sum(dim=1, keepdim=True))
+    dot = torch.stack(dots).sum(dim=0).clamp(-1, 1)
+
+    linear = dot.abs() > DOT_THRESHOLD
+    theta = torch.acos(torch.where(linear, 0, dot))
+    sin_theta = torch.sin(theta)
+    coef_a = torch.where(linear, 1 - tt, torch.sin((1 - tt) * theta) / sin_theta)
+    coef_b = torch.where(linear, tt, torch.sin(tt * theta) / sin_theta)
+
+    out = torch.empty_like(a)  # the input dtype: products are rounded once, on store
+    for s, e in chunks:
+        out[:, s:e] = coef_a * a[:, s:e].to(f) + coef_b * b[:, s:e].to(f)
+    return out.reshape(v0.shape)
 
 
 SPEC = register(

@@ -102,6 +102,8 @@ class MethodSpec:
     additive: bool = False  # output = base + sum_k w_k * delta_k (budget bound is exact)
     optional_tensor: OptionalTensorRule = OptionalTensorRule.ERROR
     kernel: Callable[..., Any] | None = field(default=None, compare=False, repr=False)
+    # Extra per-tensor value checks beyond types: check(shared, per_input) raises MergeError.
+    check: Callable[..., None] | None = field(default=None, compare=False, repr=False)
     description: str = ""
 
     @property
