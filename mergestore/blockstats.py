@@ -1,0 +1,48 @@
+"""Exact per-block delta statistics, computed in fp64 from stored bytes."""
+
+from __future__ import annotations
+
+import torch
+
+from mergestore.formats.safetensors import torch_dtype
+from mergestore.store.index import DeltaStats
+
+FLOAT_DTYPES = frozenset({"BF16", "F16", "F32", "F64", "F8_E5M2", "F8_E4M3"})
+
+
+def as_tensor(raw: bytes | bytearray | memoryview, dtype: str) -> torch.Tensor:
+    """A flat tensor view over raw block bytes (no copy when the buffer is writable)."""
+    if len(raw) == 0:
+        return torch.empty(0, dtype=torch_dtype(dtype))
+    buf = raw if isinstance(raw, (bytearray, memoryview)) else bytearray(raw)
+    return torch.frombuffer(buf, dtype=torch_dtype(dtype))
+
+
+def delta_stats(b_raw: bytes, a_raw: bytes, dtype: str) -> DeltaStats:
+    """Statistics of B − A for two blocks at the same tensor position (same dtype and length)."""
+    b = as_tensor(b_raw, dtype).to(torch.float64)
+    a = as_tensor(a_raw, dtype).to(torch.float64)
+    d = b - a
+    numel = d.numel()
+    if numel == 0:
+        return DeltaStats(0.0, 0.0, 0.0, 0.0, 0, 0, 0.0, 0.0)
+    absd = d.abs()
+    return DeltaStats(
+        l2=float(torch.linalg.vector_norm(d)),
+        l1=float(absd.sum()),
+        max_abs=float(absd.max()),
+        l2_b=float(torch.linalg.vector_norm(b)),
+        nnz=int(torch.count_nonzero(b_raw_ne(b_raw, a_raw, dtype))),
+        numel=numel,
+        dot=float(torch.dot(a, b)),
+        l2_a=float(torch.linalg.vector_norm(a)),
+    )
+
+
+def b_raw_ne(b_raw: bytes, a_raw: bytes, dtype: str) -> torch.Tensor:
+    """Elements that differ, compared as values (so -0.0 == 0.0 and NaN != NaN like torch)."""
+    return as_tensor(b_raw, dtype) != as_tensor(a_raw, dtype)
+
+
+def supports_stats(dtype: str) -> bool:
+    return dtype in FLOAT_DTYPES

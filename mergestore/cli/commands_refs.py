@@ -1,0 +1,105 @@
+"""branch, tag, reflog."""
+
+from __future__ import annotations
+
+import time
+
+import click
+
+from mergestore.api import Store
+from mergestore.cli.common import json_option, with_store
+from mergestore.cli.output import emit_json, short
+
+
+@click.command()
+@click.argument("name", required=False)
+@click.argument("ref", required=False)
+@click.option("-d", "--delete", is_flag=True, help="Delete branch NAME.")
+@click.option("-f", "--force", is_flag=True, help="Move NAME even if it exists.")
+@json_option
+@with_store
+def branch(
+    store: Store, name: str | None, ref: str | None, delete: bool, force: bool, as_json: bool
+) -> None:
+    """List branches, create NAME at REF (default HEAD), or delete NAME with -d."""
+    if delete:
+        if not name:
+            raise click.UsageError("branch -d needs a NAME")
+        old = store.delete_branch(name)
+        if as_json:
+            emit_json({"deleted": name, "was": old.hex()})
+        else:
+            click.echo(f"Deleted branch {name} (was {short(old)}).")
+        return
+    if name:
+        cid = store.create_branch(name, ref or "HEAD", force=force)
+        if as_json:
+            emit_json({"branch": name, "commit": cid.hex()})
+        else:
+            click.echo(f"{name} -> {short(cid)}")
+        return
+    branches = store.branches()
+    head = store.current_branch()
+    if as_json:
+        emit_json({"head": head, "branches": {k: v.hex() for k, v in branches.items()}})
+        return
+    for bname, cid in branches.items():
+        mark = "*" if bname == head else " "
+        msg = (store.get_commit(cid).message.splitlines() or [""])[0]
+        click.echo(f"{mark} {bname:<24} {short(cid, 10)} {msg}")
+
+
+@click.command()
+@click.argument("name", required=False)
+@click.argument("ref", required=False)
+@click.option("-f", "--force", is_flag=True)
+@json_option
+@with_store
+def tag(store: Store, name: str | None, ref: str | None, force: bool, as_json: bool) -> None:
+    """List tags, or create tag NAME at REF (default HEAD)."""
+    if name:
+        cid = store.create_tag(name, ref or "HEAD", force=force)
+        if as_json:
+            emit_json({"tag": name, "commit": cid.hex()})
+        else:
+            click.echo(f"{name} -> {short(cid)}")
+        return
+    tags = store.tags()
+    if as_json:
+        emit_json({"tags": {k: v.hex() for k, v in tags.items()}})
+        return
+    for tname, cid in tags.items():
+        click.echo(f"{tname:<24} {short(cid, 10)}")
+
+
+@click.command()
+@click.argument("ref", required=False)
+@json_option
+@with_store
+def reflog(store: Store, ref: str | None, as_json: bool) -> None:
+    """Show how refs moved (all refs, or REF), oldest first."""
+    entries = store.reflog(ref)
+    if as_json:
+        emit_json(
+            {
+                "entries": [
+                    {
+                        "ref": name,
+                        "old": e.old.hex() if e.old else None,
+                        "new": e.new.hex() if e.new else None,
+                        "time": e.time,
+                        "message": e.message,
+                    }
+                    for name, e in entries
+                ]
+            }
+        )
+        return
+    for name, e in entries:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.time))
+        old = short(e.old, 10) if e.old else "0" * 10
+        new = short(e.new, 10) if e.new else "0" * 10
+        click.echo(f"{when}  {name:<28} {old} -> {new}  {e.message}")
+
+
+COMMANDS = [branch, tag, reflog]

@@ -1,0 +1,333 @@
+"""init, commit, checkout, log, show, ls."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+
+from mergestore.api import STORE_DIRNAME, Store
+from mergestore.cli.common import json_option, parse_meta, with_store
+from mergestore.cli.output import emit_json, human_bytes, progress_bar, short
+from mergestore.formats.checkpoint import scan_checkpoint
+
+
+def _size_arg(text: str) -> int:
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    t = text.strip().lower().removesuffix("ib").removesuffix("b")
+    mult = units.get(t[-1:], 1) if t else 1
+    num = t[:-1] if t[-1:] in units else t
+    try:
+        return int(float(num) * mult)
+    except ValueError:
+        raise click.BadParameter(f"not a size: {text!r}") from None
+
+
+@click.command()
+@click.argument("path", required=False, type=click.Path())
+@click.option("--block-size", default="1MiB", show_default=True, help="Target block size.")
+@click.option("--zstd-level", default=3, show_default=True, type=int)
+@json_option
+@click.pass_context
+def init(
+    ctx: click.Context, path: str | None, block_size: str, zstd_level: int, as_json: bool
+) -> None:
+    """Create a store at PATH (default ./.mergestore, or --store)."""
+    target = Path(path) if path else Path(ctx.find_root().obj.get("store") or STORE_DIRNAME)
+    store = Store.init(target, block_size=_size_arg(block_size), zstd_level=zstd_level)
+    store.close()
+    if as_json:
+        emit_json(
+            {
+                "store": str(target.resolve()),
+                "block_size": store.repo.config.block_size,
+                "zstd_level": zstd_level,
+            }
+        )
+    else:
+        click.echo(f"Initialized empty mergestore in {target.resolve()}")
+
+
+@click.command()
+@click.argument("path", type=click.Path())
+@click.option("-m", "--message", default="", help="Commit message.")
+@click.option("-b", "--branch", default=None, help="Branch to commit to (default: HEAD's).")
+@click.option("--base", default=None, help="Commit this checkpoint was fine-tuned from.")
+@click.option("--meta", multiple=True, help="User metadata KEY=VALUE (repeatable).")
+@click.option("--author", default=None)
+@click.option("--no-stats", is_flag=True, help="Don't compute delta statistics against --base.")
+@json_option
+@with_store
+def commit(
+    store: Store,
+    path: str,
+    message: str,
+    branch: str | None,
+    base: str | None,
+    meta: tuple[str, ...],
+    author: str | None,
+    no_stats: bool,
+    as_json: bool,
+) -> None:
+    """Store the checkpoint at PATH (HF directory or .safetensors file) as a new commit."""
+    total = sum(f.size for f in scan_checkpoint(path).files)
+    with progress_bar("commit", total, not as_json) as advance:
+        res = store.commit(
+            path,
+            message=message,
+            branch=branch,
+            base=base,
+            meta=parse_meta(meta),
+            author=author,
+            stats=not no_stats,
+            progress=advance,
+        )
+    if as_json:
+        emit_json(
+            {
+                "commit": res.commit.hex(),
+                "tree": res.tree.hex(),
+                "branch": res.branch,
+                "files": res.files,
+                "tensors": res.tensors,
+                "logical_bytes": res.logical_bytes,
+                "written_bytes": res.written_bytes,
+                "blocks": res.total_blocks,
+                "new_blocks": res.new_blocks,
+                "stats_computed": res.stats_computed,
+                "seconds": round(res.seconds, 4),
+            }
+        )
+    else:
+        click.echo(res.commit.hex())
+        rate = res.logical_bytes / res.seconds / 1e9 if res.seconds else 0
+        click.echo(
+            f"{res.files} files, {res.tensors} tensors, {human_bytes(res.logical_bytes)}: "
+            f"{res.new_blocks}/{res.total_blocks} new blocks, wrote "
+            f"{human_bytes(res.written_bytes)} in {res.seconds:.2f} s ({rate:.2f} GB/s)",
+            err=True,
+        )
+
+
+@click.command()
+@click.argument("ref")
+@click.argument("out", type=click.Path())
+@click.option("--force", is_flag=True, help="Write into a non-empty directory.")
+@click.option(
+    "--tensor",
+    "tensors",
+    multiple=True,
+    metavar="GLOB",
+    help="Only these tensors, into one model.safetensors (repeatable).",
+)
+@json_option
+@with_store
+def checkout(
+    store: Store, ref: str, out: str, force: bool, tensors: tuple[str, ...], as_json: bool
+) -> None:
+    """Write commit REF's files into directory OUT, byte for byte."""
+    cid = store.resolve(ref)
+    total = store.commit_sizes(cid)["logical_bytes"] if not tensors else None
+    with progress_bar("checkout", total, not as_json) as advance:
+        res = store.checkout(
+            cid.hex(), out, force=force, tensors=list(tensors) or None, progress=advance
+        )
+    if as_json:
+        emit_json(
+            {
+                "commit": cid.hex(),
+                "out": str(Path(out).resolve()),
+                "files": res.files,
+                "bytes_written": res.bytes_written,
+                "bytes_read": res.bytes_read,
+                "seconds": round(res.seconds, 4),
+            }
+        )
+    else:
+        click.echo(
+            f"checked out {short(cid)} into {out}: {res.files} files, "
+            f"{human_bytes(res.bytes_written)} in {res.seconds:.2f} s"
+        )
+
+
+def _fmt_time(t: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(t))
+
+
+def _decorations(store: Store) -> dict[bytes, list[str]]:
+    deco: dict[bytes, list[str]] = {}
+    head = store.current_branch()
+    for name, cid in store.branches().items():
+        deco.setdefault(cid, []).append(f"HEAD -> {name}" if name == head else name)
+    for name, cid in store.tags().items():
+        deco.setdefault(cid, []).append(f"tag: {name}")
+    return deco
+
+
+@click.command()
+@click.argument("ref", required=False)
+@click.option("--all", "all_refs", is_flag=True, help="Commits reachable from any ref.")
+@click.option("--graph", is_flag=True, help="Draw the commit DAG.")
+@click.option("-n", "--max-count", type=int, default=None)
+@json_option
+@with_store
+def log(
+    store: Store, ref: str | None, all_refs: bool, graph: bool, max_count: int | None, as_json: bool
+) -> None:
+    """Show commits reachable from REF (default HEAD)."""
+    entries = store.log(ref, all_refs=all_refs)
+    if max_count is not None:
+        entries = entries[:max_count]
+    deco = _decorations(store)
+    if as_json:
+        emit_json(
+            {
+                "commits": [
+                    {
+                        "id": e.id.hex(),
+                        "parents": [p.hex() for p in e.commit.parents],
+                        "message": e.commit.message,
+                        "author": e.commit.author,
+                        "time": e.commit.time,
+                        "base": e.commit.base.hex() if e.commit.base else None,
+                        "plan": e.commit.plan.hex() if e.commit.plan else None,
+                        "refs": deco.get(e.id, []),
+                    }
+                    for e in entries
+                ]
+            }
+        )
+        return
+    if graph:
+        from mergestore.cli.graph import draw_graph
+
+        for line in draw_graph(entries, deco):
+            click.echo(line)
+        return
+    for e in entries:
+        c = e.commit
+        d = f" ({', '.join(deco[e.id])})" if e.id in deco else ""
+        click.echo(click.style(f"commit {e.id.hex()}", fg="yellow") + d)
+        if len(c.parents) > 1:
+            click.echo("Merge:  " + " ".join(short(p, 8) for p in c.parents))
+        click.echo(f"Author: {c.author}")
+        click.echo(f"Date:   {_fmt_time(c.time)}")
+        if c.base:
+            click.echo(f"Base:   {short(c.base)}")
+        click.echo("")
+        for line in (c.message or "(no message)").splitlines():
+            click.echo(f"    {line}")
+        click.echo("")
+
+
+@click.command()
+@click.argument("ref", default="HEAD")
+@json_option
+@with_store
+def show(store: Store, ref: str, as_json: bool) -> None:
+    """Show a commit: fields, files, tensor count, logical and stored bytes."""
+    cid = store.resolve(ref)
+    c = store.get_commit(cid)
+    files = store.files(cid)
+    sizes = store.commit_sizes(cid)
+    plan = store.plan_summary(cid) if c.plan and hasattr(store, "plan_summary") else None
+    info = {
+        "id": cid.hex(),
+        "tree": c.tree.hex(),
+        "parents": [p.hex() for p in c.parents],
+        "base": c.base.hex() if c.base else None,
+        "message": c.message,
+        "author": c.author,
+        "time": c.time,
+        "meta": c.meta,
+        "plan": c.plan.hex() if c.plan else None,
+        "files": [
+            {"path": f.path, "kind": f.kind, "size": f.size, "tensors": f.tensors} for f in files
+        ],
+        "tensors": sum(f.tensors for f in files),
+        **sizes,
+    }
+    if plan is not None:
+        info["recipe"] = plan
+    if as_json:
+        emit_json(info)
+        return
+    click.echo(click.style(f"commit {cid.hex()}", fg="yellow"))
+    for p in c.parents:
+        click.echo(f"parent  {p.hex()}")
+    if c.base:
+        click.echo(f"base    {c.base.hex()}")
+    click.echo(f"tree    {c.tree.hex()}")
+    click.echo(f"author  {c.author}")
+    click.echo(f"date    {_fmt_time(c.time)}")
+    for k, v in sorted(c.meta.items()):
+        click.echo(f"meta    {k}={v}")
+    click.echo("")
+    for line in (c.message or "(no message)").splitlines():
+        click.echo(f"    {line}")
+    click.echo("")
+    if plan is not None:
+        from mergestore.cli.graph import format_recipe
+
+        for line in format_recipe(plan):
+            click.echo(line)
+        click.echo("")
+    click.echo(f"{len(files)} files, {info['tensors']} tensors, {sizes['blocks']} blocks")
+    click.echo(
+        f"logical {human_bytes(sizes['logical_bytes'])}, unique "
+        f"{human_bytes(sizes['unique_bytes'])}, stored {human_bytes(sizes['stored_bytes'])}"
+    )
+    for f in files:
+        extra = f"  ({f.tensors} tensors)" if f.kind == "tensorfile" else ""
+        click.echo(f"  {human_bytes(f.size):>12}  {f.path}{extra}")
+
+
+@click.command()
+@click.argument("ref", default="HEAD")
+@click.option("--tensors", "show_tensors", is_flag=True, help="List tensors instead of files.")
+@json_option
+@with_store
+def ls(store: Store, ref: str, show_tensors: bool, as_json: bool) -> None:
+    """List the files (or tensors) of a commit."""
+    cid = store.resolve(ref)
+    if show_tensors:
+        recs = store.tensors(cid)
+        if as_json:
+            emit_json(
+                {
+                    "commit": cid.hex(),
+                    "tensors": [
+                        {
+                            "name": t.name,
+                            "dtype": t.dtype,
+                            "shape": list(t.shape),
+                            "bytes": t.nbytes,
+                            "blocks": len(t.blocks),
+                        }
+                        for t in recs
+                    ],
+                }
+            )
+            return
+        for t in recs:
+            shape = "x".join(map(str, t.shape)) or "scalar"
+            click.echo(f"{t.dtype:>5} {shape:>16} {len(t.blocks):>5} blocks  {t.name}")
+        return
+    files = store.files(cid)
+    if as_json:
+        emit_json(
+            {
+                "commit": cid.hex(),
+                "files": [
+                    {"path": f.path, "kind": f.kind, "size": f.size, "tensors": f.tensors}
+                    for f in files
+                ],
+            }
+        )
+        return
+    for f in files:
+        click.echo(f"{f.size:>14}  {f.path}")
+
+
+COMMANDS = [init, commit, checkout, log, show, ls]

@@ -1,0 +1,87 @@
+"""fsck, du."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from mergestore.api import Store
+from mergestore.cli.common import json_option, with_store
+from mergestore.cli.output import emit_json, human_bytes, short
+
+
+@click.command()
+@click.option("--full", is_flag=True, help="Also read every block and check its hash.")
+@json_option
+@with_store
+def fsck(store: Store, full: bool, as_json: bool) -> None:
+    """Check the store's integrity; exits non-zero on any problem."""
+    from mergestore.fsck import fsck as run_fsck
+
+    rep = run_fsck(store.repo, full=full)
+    if as_json:
+        emit_json(
+            {
+                "ok": rep.ok,
+                "problems": [p.to_json() for p in rep.problems],
+                "commits": rep.commits,
+                "objects": rep.objects,
+                "blocks": rep.blocks,
+                "blocks_verified": rep.blocks_verified,
+                "refs": rep.refs,
+            }
+        )
+    else:
+        for p in rep.problems:
+            who = f" (affects {', '.join(short(c) for c in p.commits)})" if p.commits else ""
+            click.echo(f"{p.kind}: {p.message}{who}")
+        state = "ok" if rep.ok else f"{len(rep.problems)} problem(s)"
+        click.echo(
+            f"{state}: {rep.refs} refs, {rep.commits} commits, {rep.objects} objects, "
+            f"{rep.blocks} blocks" + (f", {rep.blocks_verified} verified" if full else "")
+        )
+    if not rep.ok:
+        sys.exit(1)
+
+
+@click.command()
+@json_option
+@with_store
+def du(store: Store, as_json: bool) -> None:
+    """Logical vs stored bytes, by codec and by commit, with dedup and compression ratios."""
+    from mergestore.usage import disk_usage
+
+    u = disk_usage(store)
+    if as_json:
+        emit_json(u)
+        return
+    click.echo(f"commits            {u['commits']}")
+    click.echo(f"logical            {human_bytes(u['logical_bytes'])}")
+    click.echo(
+        f"unique (deduped)   {human_bytes(u['unique_bytes'])}   dedup {u['dedup_ratio']:.2f}x"
+    )
+    click.echo(
+        f"stored             {human_bytes(u['stored_bytes'])}   "
+        f"compression {u['compression_ratio']:.2f}x"
+    )
+    click.echo(
+        f"packs on disk      {human_bytes(u['pack_bytes'])}   "
+        f"index {human_bytes(u['index_bytes'])}   overall {u['total_ratio']:.2f}x"
+    )
+    click.echo("by codec:")
+    for name, s in sorted(u["by_codec"].items()):
+        ratio = s["stored_bytes"] / s["raw_bytes"] if s["raw_bytes"] else 1
+        click.echo(
+            f"  {name:<22} {s['blocks']:>7} blocks  {human_bytes(s['raw_bytes']):>12} -> "
+            f"{human_bytes(s['stored_bytes']):>12} ({ratio:.3f})"
+        )
+    click.echo("by commit (stored bytes each commit added):")
+    for c in u["by_commit"]:
+        click.echo(
+            f"  {c['id'][:10]}  {human_bytes(c['logical_bytes']):>12} logical  "
+            f"+{human_bytes(c['new_stored_bytes']):>12} stored  {c['message']}"
+        )
+
+
+COMMANDS = [fsck, du]

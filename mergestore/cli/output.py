@@ -1,0 +1,76 @@
+"""Output helpers shared by the commands: JSON mode, sizes, ids, progress bars."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import click
+
+
+def emit_json(obj: Any) -> None:
+    click.echo(json.dumps(obj, indent=2, sort_keys=False, default=_json_default))
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, bytes):
+        return o.hex()
+    if hasattr(o, "__fspath__"):
+        return os.fspath(o)
+    raise TypeError(f"not JSON serializable: {type(o).__name__}")
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    return f"{n:.2f} TiB"
+
+
+def short(cid: bytes | str, n: int = 12) -> str:
+    s = cid.hex() if isinstance(cid, bytes) else cid
+    return s[:n]
+
+
+def progress_enabled() -> bool:
+    env = os.environ.get("MERGESTORE_PROGRESS")
+    if env is not None:
+        return env not in ("0", "", "no")
+    return sys.stderr.isatty()
+
+
+@contextmanager
+def progress_bar(
+    description: str, total: int | None, enabled: bool = True
+) -> Iterator[Callable[[int], None] | None]:
+    """A byte-counting progress bar on stderr; yields an advance(n) callback (None if off)."""
+    if not enabled or not progress_enabled():
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    console = Console(stderr=True)
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(binary_units=True),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    ) as prog:
+        task = prog.add_task(description, total=total)
+        yield lambda n: prog.advance(task, n)

@@ -1,0 +1,210 @@
+"""`fsck`: check refs, objects, the block index and pack bounds (and, with full, every hash)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from mergestore.errors import CorruptionError, MergestoreError
+from mergestore.formats.safetensors import DTYPE_SIZES
+from mergestore.store.blocks import tensor_blocking
+from mergestore.store.objects import BlobFile, Commit, Plan, TensorFile, Tree
+from mergestore.store.packs import pack_path
+from mergestore.store.parallel import default_workers, ordered_map
+from mergestore.store.repo import Repository
+
+
+@dataclass
+class Problem:
+    kind: str
+    message: str
+    commits: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, object]:
+        return {"kind": self.kind, "message": self.message, "commits": self.commits}
+
+
+@dataclass
+class FsckReport:
+    ok: bool
+    problems: list[Problem]
+    commits: int
+    objects: int
+    blocks: int
+    blocks_verified: int
+    refs: int
+
+
+def _walk_commits(
+    repo: Repository, starts: list[bytes], problems: list[Problem]
+) -> dict[bytes, Commit]:
+    seen: dict[bytes, Commit] = {}
+    stack = list(starts)
+    while stack:
+        cid = stack.pop()
+        if cid in seen:
+            continue
+        try:
+            c = repo.get_commit(cid)
+        except MergestoreError as e:
+            problems.append(Problem("commit", f"commit {cid.hex()[:12]}: {e}", [cid.hex()]))
+            continue
+        seen[cid] = c
+        stack.extend(c.parents)
+        if c.base:
+            stack.append(c.base)
+    return seen
+
+
+def _commit_blocks(
+    repo: Repository, cid: bytes, c: Commit, problems: list[Problem], checked: set[bytes]
+) -> Iterator[bytes]:
+    """Validate a commit's tree and file objects; yield every block id it uses."""
+
+    def bad(kind: str, msg: str) -> None:
+        problems.append(Problem(kind, msg, [cid.hex()]))
+
+    if c.plan is not None:
+        try:
+            if not isinstance(repo.get_object(c.plan), Plan):
+                bad("object", f"commit {cid.hex()[:12]}: plan is not a plan object")
+        except MergestoreError as e:
+            bad("object", f"commit {cid.hex()[:12]}: plan: {e}")
+    try:
+        tree = repo.get_object(c.tree)
+    except MergestoreError as e:
+        bad("object", f"commit {cid.hex()[:12]}: tree: {e}")
+        return
+    if not isinstance(tree, Tree):
+        bad("object", f"commit {cid.hex()[:12]}: tree is not a tree")
+        return
+    for entry in tree.entries:
+        try:
+            obj = repo.get_object(entry.object)
+        except MergestoreError as e:
+            bad("object", f"{entry.path}: {e}")
+            continue
+        if isinstance(obj, BlobFile):
+            yield from obj.blocks
+        elif isinstance(obj, TensorFile):
+            if entry.object not in checked:
+                checked.add(entry.object)
+                for msg in _check_tensorfile(repo, obj):
+                    bad("object", f"{entry.path}: {msg}")
+            try:
+                header = repo.get_object(obj.header)
+                if isinstance(header, BlobFile):
+                    yield from header.blocks
+            except MergestoreError as e:
+                bad("object", f"{entry.path}: header: {e}")
+            for t in obj.tensors:
+                yield from t.blocks
+        else:
+            bad("object", f"{entry.path}: not a file object")
+
+
+def _check_tensorfile(repo: Repository, tf: TensorFile) -> Iterator[str]:
+    pos = 0
+    for t in tf.tensors:
+        if t.dtype not in DTYPE_SIZES:
+            yield f"tensor {t.name}: unknown dtype {t.dtype}"
+            continue
+        blocking = tensor_blocking(t.shape, DTYPE_SIZES[t.dtype], 1)
+        blocking = type(blocking)(blocking.rows, blocking.row_bytes, t.rows_per_block)
+        if t.begin != pos:
+            yield f"tensor {t.name}: data is not contiguous"
+        pos = t.end
+        n = 1
+        for s in t.shape:
+            n *= s
+        if n * DTYPE_SIZES[t.dtype] != t.nbytes:
+            yield f"tensor {t.name}: shape and byte length disagree"
+        if blocking.num_blocks != len(t.blocks):
+            yield f"tensor {t.name}: expected {blocking.num_blocks} blocks, has {len(t.blocks)}"
+
+
+def fsck(repo: Repository, *, full: bool = False) -> FsckReport:
+    problems: list[Problem] = []
+    refs = repo.list_refs("refs/")
+    starts = []
+    for name, cid in refs.items():
+        if repo.get_object_bytes(cid) is None:
+            problems.append(Problem("ref", f"{name} points at a missing commit {cid.hex()[:12]}"))
+        else:
+            starts.append(cid)
+    for name in repo.reflog_names():
+        for e in repo.reflog(name):
+            if e.new is not None and repo.get_object_bytes(e.new) is not None:
+                starts.append(e.new)
+    commits = _walk_commits(repo, starts, problems)
+    block_users: dict[bytes, list[bytes]] = {}
+    checked: set[bytes] = set()
+    for cid, c in commits.items():
+        for b in _commit_blocks(repo, cid, c, problems, checked):
+            users = block_users.setdefault(b, [])
+            if len(users) < 8 and (not users or users[-1] != cid):
+                users.append(cid)
+    # the block index: entries, pack bounds, delta references
+    pack_sizes: dict[int, int] = {}
+    n_blocks = 0
+    bad_blocks: dict[bytes, str] = {}
+    for bid, loc in repo.iter_blocks():
+        n_blocks += 1
+        size = pack_sizes.get(loc.pack)
+        if size is None:
+            p = pack_path(repo.pack_dir, loc.pack)
+            size = pack_sizes[loc.pack] = p.stat().st_size if p.exists() else -1
+        if size < 0:
+            bad_blocks[bid] = f"block {bid.hex()[:12]}: pack {loc.pack} is missing"
+        elif loc.offset + loc.length > size:
+            bad_blocks[bid] = f"block {bid.hex()[:12]}: beyond the end of pack {loc.pack}"
+        try:
+            repo.codec_spec(loc.codec)
+        except CorruptionError as e:
+            bad_blocks[bid] = f"block {bid.hex()[:12]}: {e}"
+        if loc.ref is not None:
+            ref_loc = repo.block_location(loc.ref)
+            if ref_loc is None:
+                bad_blocks[bid] = f"block {bid.hex()[:12]}: delta reference is missing"
+            elif ref_loc.ref is not None:
+                bad_blocks[bid] = f"block {bid.hex()[:12]}: delta reference is itself a delta"
+    for bid in block_users:
+        if bid not in bad_blocks and repo.block_location(bid) is None:
+            bad_blocks[bid] = f"block {bid.hex()[:12]}: missing from the index"
+    verified = 0
+    if full:
+        to_check = [b for b in block_users if b not in bad_blocks]
+
+        def check(bid: bytes) -> tuple[bytes, str | None]:
+            try:
+                repo.read_block(bid)
+                return bid, None
+            except (CorruptionError, OSError) as e:
+                return bid, str(e)
+
+        for bid, err in ordered_map(check, to_check, workers=default_workers()):
+            verified += 1
+            if err:
+                bad_blocks[bid] = err
+    for bid, msg in bad_blocks.items():
+        users = [c.hex() for c in block_users.get(bid, [])]
+        problems.append(Problem("block", msg, users))
+    return FsckReport(
+        ok=not problems,
+        problems=problems,
+        commits=len(commits),
+        objects=sum(1 for _ in repo.iter_object_ids()),
+        blocks=n_blocks,
+        blocks_verified=verified,
+        refs=len(refs),
+    )
+
+
+def pack_files_size(repo: Repository) -> int:
+    return sum(p.stat().st_size for p in repo.pack_dir.glob("pack-*.pack"))
+
+
+def index_size(repo: Repository) -> int:
+    d = repo.path / "index"
+    return sum(os.path.getsize(p) for p in d.iterdir() if p.is_file())

@@ -1,0 +1,297 @@
+"""`commit`: take a checkpoint into the store as blocks, objects and one published commit."""
+
+from __future__ import annotations
+
+import getpass
+import os
+import socket
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from mergestore import blockstats
+from mergestore.formats.checkpoint import Checkpoint, CheckpointFile, scan_checkpoint
+from mergestore.formats.safetensors import DTYPE_SIZES
+from mergestore.store import codecs
+from mergestore.store.blocks import blob_ranges, block_id, tensor_blocking
+from mergestore.store.objects import BlobFile, Commit, TensorFile, TensorRecord, Tree, TreeEntry
+from mergestore.store.parallel import default_workers, ordered_map
+from mergestore.store.refs import check_ref_name
+from mergestore.store.repo import HEADS, RefUpdate, Repository, WriteSession
+
+Progress = Callable[[int], None]
+
+
+def default_author() -> str:
+    env = os.environ.get("MERGESTORE_AUTHOR")
+    if env:
+        return env
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
+
+
+@dataclass(frozen=True)
+class BlockJob:
+    fd: int
+    offset: int
+    length: int
+    dtype: str | None
+    ref: bytes | None  # block at the same position in the base commit
+
+
+@dataclass
+class BlockResult:
+    bid: bytes
+    raw_len: int
+    encoded: codecs.Encoded | None  # None when the block is already stored
+    stats: blockstats.DeltaStats | None = None
+
+
+@dataclass
+class CommitResult:
+    commit: bytes
+    tree: bytes
+    logical_bytes: int
+    written_bytes: int
+    new_blocks: int
+    total_blocks: int
+    files: int
+    tensors: int
+    seconds: float
+    branch: str | None
+    stats_computed: int = 0
+
+
+@dataclass
+class _Ingest:
+    repo: Repository
+    session: WriteSession
+    base_blocks: dict[str, tuple[str, tuple[int, ...], tuple[bytes, ...]]]
+    want_stats: bool
+    progress: Progress | None
+    new_blocks: int = 0
+    total_blocks: int = 0
+    stats_computed: int = 0
+    fds: list[int] = field(default_factory=list)
+
+    def work(self, job: BlockJob) -> BlockResult:
+        """Runs on a worker thread: read, hash, and encode one block if it is new."""
+        raw = os.pread(job.fd, job.length, job.offset)
+        if len(raw) != job.length:
+            from mergestore.errors import FormatError
+
+            raise FormatError("a checkpoint file changed while it was being committed")
+        bid = block_id(raw)
+        if bid == job.ref:
+            return BlockResult(bid, len(raw), None)
+        stats = None
+        ref_raw = None
+        cfg = self.repo.config
+        if job.ref is not None and job.dtype is not None:
+            need_stats = (
+                self.want_stats
+                and blockstats.supports_stats(job.dtype)
+                and self.repo.get_stats(bid, job.ref, job.dtype) is None
+            )
+            use_delta = cfg.delta_codecs and not self.session.is_delta(job.ref)
+            if (need_stats or (use_delta and not self.session.known(bid))) and self.repo.has_block(
+                job.ref
+            ):
+                ref_raw = self.repo.read_block(job.ref)
+            if need_stats and ref_raw is not None:
+                stats = blockstats.delta_stats(raw, ref_raw, job.dtype)
+            if not use_delta:
+                ref_raw = None
+        if self.session.known(bid):
+            return BlockResult(bid, len(raw), None, stats)
+        enc = codecs.encode_block(
+            raw,
+            dtype=job.dtype,
+            level=cfg.zstd_level,
+            reference=ref_raw,
+            reference_id=job.ref if ref_raw is not None else None,
+        )
+        return BlockResult(bid, len(raw), enc, stats)
+
+    def store(self, job: BlockJob, res: BlockResult) -> bytes:
+        """Runs on the main thread, in order: append new blocks to the pack."""
+        self.total_blocks += 1
+        if res.encoded is not None and self.session.add_encoded(res.bid, res.raw_len, res.encoded):
+            self.new_blocks += 1
+        if res.stats is not None and job.ref is not None and job.dtype is not None:
+            self.session.put_stats(res.bid, job.ref, job.dtype, res.stats)
+            self.stats_computed += 1
+        if self.progress:
+            self.progress(res.raw_len)
+        return res.bid
+
+
+def _file_jobs(
+    ing: _Ingest, f: CheckpointFile, fd: int, block_size: int
+) -> Iterator[tuple[str, int, BlockJob]]:
+    """Jobs for one file, tagged with (tensor name or "", position)."""
+    if f.header is None:
+        for i, (b0, b1) in enumerate(blob_ranges(f.size, block_size)):
+            yield "", i, BlockJob(fd, b0, b1 - b0, None, None)
+        return
+    base_start = f.header.data_start
+    for t in f.header.tensors:
+        blocking = tensor_blocking(t.shape, DTYPE_SIZES[t.dtype], block_size)
+        base = ing.base_blocks.get(t.name)
+        refs: tuple[bytes, ...] = ()
+        if base is not None and base[0] == t.dtype and base[1] == t.shape:
+            refs = base[2]
+        for i, (b0, b1) in enumerate(blocking.ranges()):
+            ref = refs[i] if i < len(refs) else None
+            yield t.name, i, BlockJob(fd, base_start + t.begin + b0, b1 - b0, t.dtype, ref)
+
+
+def base_tensor_blocks(
+    repo: Repository, commit_id: bytes | None
+) -> dict[str, tuple[str, tuple[int, ...], tuple[bytes, ...]]]:
+    """name -> (dtype, shape, block ids) for every tensor of a commit."""
+    out: dict[str, tuple[str, tuple[int, ...], tuple[bytes, ...]]] = {}
+    if commit_id is None:
+        return out
+    tree = repo.get_tree(repo.get_commit(commit_id).tree)
+    for entry in tree.entries:
+        if entry.kind != "tensorfile":
+            continue
+        tf = repo.get_file(entry.object)
+        assert isinstance(tf, TensorFile)
+        for t in tf.tensors:
+            out[t.name] = (t.dtype, t.shape, t.blocks)
+    return out
+
+
+def ingest_tree(
+    repo: Repository,
+    session: WriteSession,
+    ckpt: Checkpoint,
+    *,
+    base: bytes | None,
+    want_stats: bool = True,
+    progress: Progress | None = None,
+    workers: int | None = None,
+) -> tuple[bytes, _Ingest]:
+    """Store every file of a checkpoint through the session; returns the tree id."""
+    ing = _Ingest(repo, session, base_tensor_blocks(repo, base), want_stats, progress)
+    block_size = repo.config.block_size
+    fds = {f.relpath: os.open(f.abspath, os.O_RDONLY) for f in ckpt.files}
+    try:
+
+        def jobs() -> Iterator[tuple[str, str, int, BlockJob]]:
+            for f in ckpt.files:
+                for name, i, job in _file_jobs(ing, f, fds[f.relpath], block_size):
+                    yield f.relpath, name, i, job
+
+        results: dict[str, dict[str, list[bytes]]] = {f.relpath: {} for f in ckpt.files}
+        tagged = ordered_map(
+            lambda item: (item, ing.work(item[3])), jobs(), workers=workers or default_workers()
+        )
+        for (relpath, name, _i, job), res in tagged:
+            results[relpath].setdefault(name, []).append(ing.store(job, res))
+        entries = []
+        for f in ckpt.files:
+            blocks = results[f.relpath]
+            if f.header is None:
+                obj = BlobFile(size=f.size, blocks=tuple(blocks.get("", [])))
+                entries.append(TreeEntry(f.relpath, "blob", session.put_object(obj), f.size))
+                continue
+            header_blob = _put_bytes(session, f.header.header_bytes, block_size)
+            records = []
+            for t in f.header.tensors:
+                blocking = tensor_blocking(t.shape, DTYPE_SIZES[t.dtype], block_size)
+                records.append(
+                    TensorRecord(
+                        name=t.name,
+                        dtype=t.dtype,
+                        shape=tuple(t.shape),
+                        begin=t.begin,
+                        end=t.end,
+                        rows_per_block=blocking.rows_per_block,
+                        blocks=tuple(blocks.get(t.name, [])),
+                    )
+                )
+            tf = TensorFile(size=f.size, header=header_blob, tensors=tuple(records))
+            entries.append(TreeEntry(f.relpath, "tensorfile", session.put_object(tf), f.size))
+        tree_id = session.put_object(Tree(entries=tuple(entries)))
+        return tree_id, ing
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+
+
+def _put_bytes(session: WriteSession, data: bytes, block_size: int) -> bytes:
+    blocks = tuple(session.put_raw(data[b0:b1]) for b0, b1 in blob_ranges(len(data), block_size))
+    return session.put_object(BlobFile(size=len(data), blocks=blocks))
+
+
+def branch_ref(repo: Repository, branch: str | None) -> str:
+    """The full ref a commit goes to: the named branch, or HEAD's branch."""
+    if branch:
+        return HEADS + check_ref_name(branch)
+    target = repo.head_target()
+    if target is None:
+        from mergestore.errors import RefError
+
+        raise RefError("HEAD is detached; name a branch with -b")
+    return target
+
+
+def commit_checkpoint(
+    repo: Repository,
+    path: str | os.PathLike[str],
+    *,
+    message: str,
+    branch: str | None = None,
+    base: bytes | None = None,
+    meta: dict[str, str] | None = None,
+    author: str | None = None,
+    want_stats: bool = True,
+    progress: Progress | None = None,
+) -> CommitResult:
+    """Validate the checkpoint, store it, and publish the commit and ref move atomically."""
+    t0 = time.perf_counter()
+    ckpt = scan_checkpoint(path)  # validates every header before anything is written
+    ref = branch_ref(repo, branch)
+    with repo.writer() as session:
+        tree_id, ing = ingest_tree(
+            repo, session, ckpt, base=base, want_stats=want_stats, progress=progress
+        )
+        old = repo.read_ref(ref)
+        if old is not None:
+            parents: tuple[bytes, ...] = (old,)
+        elif base is not None:
+            parents = (base,)
+        else:
+            parents = ()
+        commit = Commit(
+            tree=tree_id,
+            parents=parents,
+            message=message,
+            author=author or default_author(),
+            time=round(time.time(), 3),
+            base=base,
+            meta=dict(meta or {}),
+        )
+        cid = session.put_object(commit)
+        summary = message.splitlines()[0] if message else ""
+        session.publish([RefUpdate(ref, cid, f"commit: {summary}", old=old)])
+    logical = sum(f.size for f in ckpt.files)
+    return CommitResult(
+        commit=cid,
+        tree=tree_id,
+        logical_bytes=logical,
+        written_bytes=session.bytes_written,
+        new_blocks=ing.new_blocks,
+        total_blocks=ing.total_blocks,
+        files=len(ckpt.files),
+        tensors=sum(len(f.header.tensors) for f in ckpt.files if f.header),
+        seconds=time.perf_counter() - t0,
+        branch=ref,
+        stats_computed=ing.stats_computed,
+    )

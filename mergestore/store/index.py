@@ -1,0 +1,113 @@
+"""The LMDB index: block locations, objects, refs, reflogs, delta statistics, codec specs.
+
+Databases (all keys are bytes):
+  blocks   block id (32)            -> BlockLocation
+  objects  object id (32)           -> type byte | encoding byte | payload
+  refs     ref name (utf-8)         -> value (hex commit id, or "ref: <name>" for HEAD)
+  reflog   ref name | 0 | seq (u64) -> JSON entry
+  stats    id B | id A | dtype      -> DeltaStats
+  codecs   "s:" spec / "i:" u16     -> codec chain ids (blocks store a u16 instead of the spec)
+  meta     misc counters
+Only store/ touches this module.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import lmdb
+
+from mergestore.errors import CorruptionError
+
+DB_NAMES = ("blocks", "objects", "refs", "reflog", "stats", "codecs", "meta")
+MAP_SIZE = 1 << 40  # address space only; the file grows as needed
+
+_LOC = struct.Struct("<IQIQH")
+
+
+@dataclass(frozen=True)
+class BlockLocation:
+    pack: int
+    offset: int
+    length: int  # stored (encoded) bytes
+    raw_len: int
+    codec: int  # id of the codec chain spec
+    ref: bytes | None = None  # reference block for delta codecs
+
+    def encode(self) -> bytes:
+        head = _LOC.pack(self.pack, self.offset, self.length, self.raw_len, self.codec)
+        return head + (self.ref or b"")
+
+    @classmethod
+    def decode(cls, value: bytes) -> BlockLocation:
+        if len(value) not in (_LOC.size, _LOC.size + 32):
+            raise CorruptionError("corrupt block index entry")
+        pack, offset, length, raw_len, codec = _LOC.unpack_from(value)
+        ref = bytes(value[_LOC.size :]) or None
+        return cls(pack, offset, length, raw_len, codec, ref)
+
+
+_STATS = struct.Struct("<ddddQQ")
+
+
+@dataclass(frozen=True)
+class DeltaStats:
+    """Exact fp64 statistics of the delta between block B and block A at the same position."""
+
+    l2: float  # ||B - A||_2
+    l1: float  # ||B - A||_1
+    max_abs: float  # max |B - A|
+    l2_b: float  # ||B||_2
+    nnz: int  # elements where B != A
+    numel: int
+    # ||A||_2 and <A,B> are derivable: ||A||^2 = ||B||^2 - 2<A,B> + ... so we keep dot as well
+    dot: float = 0.0  # <A, B>
+    l2_a: float = 0.0
+
+    def encode(self) -> bytes:
+        return _STATS.pack(self.l2, self.l1, self.max_abs, self.l2_b, self.nnz, self.numel) + (
+            struct.pack("<dd", self.dot, self.l2_a)
+        )
+
+    @classmethod
+    def decode(cls, value: bytes) -> DeltaStats:
+        if len(value) != _STATS.size + 16:
+            raise CorruptionError("corrupt statistics entry")
+        l2, l1, mx, l2b, nnz, numel = _STATS.unpack_from(value)
+        dot, l2a = struct.unpack_from("<dd", value, _STATS.size)
+        return cls(l2, l1, mx, l2b, nnz, numel, dot, l2a)
+
+
+def stats_key(b: bytes, a: bytes, dtype: str) -> bytes:
+    return b + a + dtype.encode()
+
+
+class Index:
+    """An open LMDB environment with named databases."""
+
+    def __init__(self, path: Path, *, readonly: bool = False) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        self.env = lmdb.open(
+            str(path),
+            map_size=MAP_SIZE,
+            max_dbs=len(DB_NAMES) + 2,
+            max_readers=512,
+            subdir=True,
+            readahead=False,
+            meminit=False,
+        )
+        self.dbs = {name: self.env.open_db(name.encode()) for name in DB_NAMES}
+
+    def db(self, name: str):
+        return self.dbs[name]
+
+    def read(self):
+        return self.env.begin(write=False)
+
+    def write(self):
+        return self.env.begin(write=True)
+
+    def close(self) -> None:
+        self.env.close()

@@ -1,0 +1,201 @@
+"""Append-only pack files holding encoded block payloads.
+
+A pack is a file `packs/pack-NNNNNN.pack`:
+
+    magic "MSPACK01"
+    entries: "BLK1" | block id (32 bytes) | payload length (u32 LE) | payload
+
+The index points at payload offsets; the entry headers make a pack self-describing, so fsck
+can walk it and a lost index could be rebuilt. Only the process holding a pack's flock
+appends to it; a crash can leave an unpublished tail, which nothing references.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import struct
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from mergestore.errors import CorruptionError, MergestoreError
+
+PACK_MAGIC = b"MSPACK01"
+ENTRY_MAGIC = b"BLK1"
+ENTRY_HEADER = struct.Struct("<4s32sI")
+DEFAULT_PACK_LIMIT = 2 << 30  # start a new pack past 2 GiB
+
+
+def pack_path(pack_dir: Path, pack_id: int) -> Path:
+    return pack_dir / f"pack-{pack_id:06d}.pack"
+
+
+def list_pack_ids(pack_dir: Path) -> list[int]:
+    ids = []
+    for p in pack_dir.glob("pack-*.pack"):
+        try:
+            ids.append(int(p.stem.split("-")[1]))
+        except (IndexError, ValueError):
+            continue
+    return sorted(ids)
+
+
+class PackAppender:
+    """Appends entries to one pack file that this process holds an exclusive flock on."""
+
+    def __init__(self, pack_dir: Path, limit: int = DEFAULT_PACK_LIMIT) -> None:
+        self.pack_dir = pack_dir
+        self.limit = limit
+        self.bytes_written = 0
+        self._fd: int | None = None
+        self._pack_id = -1
+        self._offset = 0
+        self._dirty: set[int] = set()
+        self._fds: dict[int, int] = {}
+
+    def _open_some_pack(self) -> None:
+        """Take a pack with room that no other writer holds, or create a new one."""
+        for pid in reversed(list_pack_ids(self.pack_dir)):
+            path = pack_path(self.pack_dir, pid)
+            if path.stat().st_size >= self.limit:
+                continue
+            if self._try_take(pid, create=False):
+                return
+        lock_fd = os.open(self.pack_dir / ".alloc.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX)
+            ids = list_pack_ids(self.pack_dir)
+            pid = (ids[-1] + 1) if ids else 1
+            if not self._try_take(pid, create=True):
+                raise MergestoreError(f"cannot create pack {pid}")
+        finally:
+            os.close(lock_fd)
+
+    def _try_take(self, pid: int, *, create: bool) -> bool:
+        path = pack_path(self.pack_dir, pid)
+        flags = os.O_RDWR | (os.O_CREAT | os.O_EXCL if create else 0)
+        try:
+            fd = os.open(path, flags, 0o644)
+        except FileExistsError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        size = os.fstat(fd).st_size
+        if size == 0:
+            os.write(fd, PACK_MAGIC)
+            size = len(PACK_MAGIC)
+        self._release_current()
+        self._fd, self._pack_id, self._offset = fd, pid, size
+        self._fds[pid] = fd
+        self._dirty.add(pid)
+        return True
+
+    def _release_current(self) -> None:
+        # Keep previous fds open until sync(): their data still needs fsync.
+        self._fd = None
+
+    def append(self, block: bytes, payload: bytes | memoryview) -> tuple[int, int]:
+        """Append one entry; returns (pack id, payload offset)."""
+        if self._fd is None or self._offset >= self.limit:
+            self._open_some_pack()
+        assert self._fd is not None
+        header = ENTRY_HEADER.pack(ENTRY_MAGIC, block, len(payload))
+        os.pwritev(self._fd, [header, payload], self._offset)
+        payload_offset = self._offset + ENTRY_HEADER.size
+        self._offset = payload_offset + len(payload)
+        self.bytes_written += ENTRY_HEADER.size + len(payload)
+        return self._pack_id, payload_offset
+
+    def sync(self) -> None:
+        """Make every appended byte durable (before the index transaction that points at it)."""
+        for pid in sorted(self._dirty):
+            os.fsync(self._fds[pid])
+        if self._dirty:
+            dfd = os.open(self.pack_dir, os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        self._dirty = {self._pack_id} if self._fd is not None else set()
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)  # closing drops the flock
+        self._fds.clear()
+        self._fd = None
+
+
+@dataclass
+class ReadMeter:
+    """Bytes really read from pack files, counted by the code that reads them."""
+
+    bytes_read: int = 0
+    blocks_read: int = 0
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+
+    def add(self, nbytes: int) -> None:
+        with self._lock:
+            self.bytes_read += nbytes
+            self.blocks_read += 1
+
+
+class PackReader:
+    """Positional reads from pack files; thread-safe, keeps one fd per pack."""
+
+    def __init__(self, pack_dir: Path) -> None:
+        self.pack_dir = pack_dir
+        self._fds: dict[int, int] = {}
+        self._lock = threading.Lock()
+
+    def _fd(self, pack_id: int) -> int:
+        fd = self._fds.get(pack_id)
+        if fd is None:
+            with self._lock:
+                fd = self._fds.get(pack_id)
+                if fd is None:
+                    try:
+                        fd = os.open(pack_path(self.pack_dir, pack_id), os.O_RDONLY)
+                    except FileNotFoundError as e:
+                        raise CorruptionError(f"pack {pack_id} is missing") from e
+                    self._fds[pack_id] = fd
+        return fd
+
+    def read(self, pack_id: int, offset: int, length: int) -> bytes:
+        data = os.pread(self._fd(pack_id), length, offset)
+        if len(data) != length:
+            raise CorruptionError(
+                f"pack {pack_id} is truncated: wanted {length} bytes at offset {offset}"
+            )
+        return data
+
+    def size(self, pack_id: int) -> int:
+        return os.fstat(self._fd(pack_id)).st_size
+
+    def close(self) -> None:
+        with self._lock:
+            for fd in self._fds.values():
+                os.close(fd)
+            self._fds.clear()
+
+
+def walk_pack(path: Path) -> Iterator[tuple[int, bytes, int]]:
+    """Yield (payload offset, block id, payload length) for every entry; stops at a torn tail."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        if f.read(len(PACK_MAGIC)) != PACK_MAGIC:
+            raise CorruptionError(f"{path.name}: bad pack magic")
+        pos = len(PACK_MAGIC)
+        while pos + ENTRY_HEADER.size <= size:
+            f.seek(pos)
+            magic, bid, length = ENTRY_HEADER.unpack(f.read(ENTRY_HEADER.size))
+            if magic != ENTRY_MAGIC or pos + ENTRY_HEADER.size + length > size:
+                return
+            yield pos + ENTRY_HEADER.size, bid, length
+            pos += ENTRY_HEADER.size + length

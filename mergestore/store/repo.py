@@ -1,0 +1,603 @@
+"""One store on disk: config, the LMDB index, pack files, objects and refs.
+
+    <store>/config.json   format version, block size, zstd level
+    <store>/index/        LMDB environment (see index.py)
+    <store>/packs/        append-only pack files (see packs.py)
+    <store>/locks/        gc.lock: writers hold it shared, gc exclusive
+
+Writing goes through a WriteSession: blocks are appended to a pack as they are encoded; the
+session then fsyncs the packs and publishes every new block, object, statistic and ref move in
+one LMDB transaction. Until that transaction commits nothing of the session is visible.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import blake3
+import zstandard
+
+from mergestore.errors import (
+    CorruptionError,
+    LockTimeoutError,
+    MergestoreError,
+    RefError,
+    StoreNotFoundError,
+)
+from mergestore.store import codecs
+from mergestore.store.blocks import DEFAULT_BLOCK_SIZE, block_id
+from mergestore.store.index import BlockLocation, DeltaStats, Index, stats_key
+from mergestore.store.objects import (
+    BlobFile,
+    Commit,
+    Plan,
+    StoreObject,
+    TensorFile,
+    Tree,
+    decode_object,
+)
+from mergestore.store.packs import PackAppender, PackReader, ReadMeter
+from mergestore.store.refs import HEAD, HEADS, TAGS, looks_like_hex, parse_ref_expr
+
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+_OBJ_PLAIN, _OBJ_ZSTD = b"\x00", b"\x01"
+_SEQ = struct.Struct(">Q")
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    block_size: int = DEFAULT_BLOCK_SIZE
+    zstd_level: int = 3
+    format: int = FORMAT_VERSION
+    delta_codecs: bool = True
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": self.format,
+            "block_size": self.block_size,
+            "zstd_level": self.zstd_level,
+            "delta_codecs": self.delta_codecs,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> StoreConfig:
+        return cls(
+            block_size=int(d.get("block_size", DEFAULT_BLOCK_SIZE)),
+            zstd_level=int(d.get("zstd_level", 3)),
+            format=int(d.get("format", FORMAT_VERSION)),
+            delta_codecs=bool(d.get("delta_codecs", True)),
+        )
+
+
+@dataclass(frozen=True)
+class RefUpdate:
+    """Move `name` to `new` (None deletes). `old` guards against lost updates when given."""
+
+    name: str
+    new: bytes | None
+    message: str
+    old: bytes | None | object = ...  # Ellipsis: don't check
+
+
+@dataclass(frozen=True)
+class ReflogEntry:
+    old: bytes | None
+    new: bytes | None
+    time: float
+    message: str
+
+
+def _flock(path: Path, mode: int, timeout: float, what: str) -> int:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                raise LockTimeoutError(f"timed out waiting for {what}") from None
+            time.sleep(0.05)
+
+
+class Repository:
+    """Low-level access to one store. Higher layers use mergestore.api.Store."""
+
+    def __init__(self, path: Path, config: StoreConfig) -> None:
+        self.path = path
+        self.config = config
+        self.index = Index(path / "index")
+        self.pack_dir = path / "packs"
+        self.packs = PackReader(self.pack_dir)
+        self._codec_specs: dict[int, str] = {}
+        self._codec_lock = threading.Lock()
+        self.lock_timeout = float(os.environ.get("MERGESTORE_LOCK_TIMEOUT", "600"))
+
+    # ----- lifecycle -------------------------------------------------------------------------
+
+    @classmethod
+    def init(cls, path: Path, config: StoreConfig | None = None) -> Repository:
+        config = config or StoreConfig()
+        if config.block_size < 4096 or config.block_size > (1 << 30):
+            raise MergestoreError("block size must be between 4 KiB and 1 GiB")
+        if not 1 <= config.zstd_level <= 22:
+            raise MergestoreError("zstd level must be between 1 and 22")
+        if (path / CONFIG_FILE).exists():
+            raise MergestoreError(f"{path}: a store already exists here")
+        if path.exists() and not path.is_dir():
+            raise MergestoreError(f"{path}: exists and is not a directory")
+        for sub in ("packs", "locks", "index"):
+            (path / sub).mkdir(parents=True, exist_ok=True)
+        repo = cls(path, config)
+        with repo.index.write() as txn:
+            txn.put(HEAD.encode(), b"ref: " + (HEADS + "main").encode(), db=repo.index.db("refs"))
+        tmp = path / (CONFIG_FILE + ".tmp")
+        tmp.write_text(json.dumps(config.to_json(), indent=2) + "\n")
+        os.replace(tmp, path / CONFIG_FILE)  # the config file's presence marks a complete store
+        return repo
+
+    @classmethod
+    def open(cls, path: Path) -> Repository:
+        cfg_path = path / CONFIG_FILE
+        if not cfg_path.is_file():
+            raise StoreNotFoundError(f"{path}: not a mergestore store (run `mergestore init`)")
+        try:
+            config = StoreConfig.from_json(json.loads(cfg_path.read_text()))
+        except (ValueError, TypeError) as e:
+            raise CorruptionError(f"{cfg_path}: unreadable store config") from e
+        if config.format > FORMAT_VERSION:
+            raise MergestoreError(f"{path}: store format {config.format} is newer than this tool")
+        return cls(path, config)
+
+    def close(self) -> None:
+        self.packs.close()
+        self.index.close()
+
+    # ----- blocks ----------------------------------------------------------------------------
+
+    def codec_spec(self, codec_id: int) -> str:
+        spec = self._codec_specs.get(codec_id)
+        if spec is None:
+            with self.index.read() as txn:
+                raw = txn.get(b"i:" + struct.pack("<H", codec_id), db=self.index.db("codecs"))
+            if raw is None:
+                raise CorruptionError(f"unknown codec id {codec_id}")
+            spec = raw.decode()
+            with self._codec_lock:
+                self._codec_specs[codec_id] = spec
+        return spec
+
+    def block_location(self, bid: bytes) -> BlockLocation | None:
+        with self.index.read() as txn:
+            raw = txn.get(bid, db=self.index.db("blocks"))
+        return BlockLocation.decode(raw) if raw is not None else None
+
+    def has_block(self, bid: bytes) -> bool:
+        with self.index.read() as txn:
+            return txn.get(bid, db=self.index.db("blocks")) is not None
+
+    def read_block(
+        self, bid: bytes, meter: ReadMeter | None = None, *, reference: bytes | None = None
+    ) -> bytes:
+        """The raw bytes of a block, decoded and checked against its id.
+
+        `reference` may carry the raw bytes of the block's delta reference when the caller
+        already holds them (a merge holds the base block), so it is not read twice.
+        """
+        loc = self.block_location(bid)
+        if loc is None:
+            raise CorruptionError(f"block {bid.hex()[:12]} is missing from the store")
+        payload = self.packs.read(loc.pack, loc.offset, loc.length)
+        if meter is not None:
+            meter.add(loc.length)
+        ref_raw = None
+        if loc.ref is not None:
+            ref_raw = reference if reference is not None else self.read_block(loc.ref, meter)
+        try:
+            raw = codecs.decode_block(self.codec_spec(loc.codec), payload, reference=ref_raw)
+        except CorruptionError as e:
+            raise CorruptionError(f"block {bid.hex()[:12]}: {e}") from e
+        if len(raw) != loc.raw_len or block_id(raw) != bid:
+            raise CorruptionError(f"block {bid.hex()[:12]} is corrupt (hash mismatch)")
+        return raw
+
+    def stored_size(self, bid: bytes) -> int:
+        loc = self.block_location(bid)
+        return loc.length if loc else 0
+
+    def iter_blocks(self) -> Iterator[tuple[bytes, BlockLocation]]:
+        with self.index.read() as txn:
+            for k, v in txn.cursor(db=self.index.db("blocks")):
+                yield bytes(k), BlockLocation.decode(v)
+
+    # ----- objects ---------------------------------------------------------------------------
+
+    def get_object_bytes(self, oid: bytes) -> bytes | None:
+        with self.index.read() as txn:
+            raw = txn.get(oid, db=self.index.db("objects"))
+        if raw is None:
+            return None
+        return _unwrap_object(bytes(raw))
+
+    def get_object(self, oid: bytes) -> StoreObject:
+        data = self.get_object_bytes(oid)
+        if data is None:
+            raise CorruptionError(f"object {oid.hex()[:12]} is missing from the store")
+        return decode_object(data, expected_id=oid)
+
+    def get_commit(self, oid: bytes) -> Commit:
+        obj = self.get_object(oid)
+        if not isinstance(obj, Commit):
+            raise RefError(f"{oid.hex()[:12]} is not a commit")
+        return obj
+
+    def get_tree(self, oid: bytes) -> Tree:
+        obj = self.get_object(oid)
+        if not isinstance(obj, Tree):
+            raise CorruptionError(f"{oid.hex()[:12]} is not a tree")
+        return obj
+
+    def get_file(self, oid: bytes) -> BlobFile | TensorFile:
+        obj = self.get_object(oid)
+        if not isinstance(obj, (BlobFile, TensorFile)):
+            raise CorruptionError(f"{oid.hex()[:12]} is not a file object")
+        return obj
+
+    def get_plan(self, oid: bytes) -> Plan:
+        obj = self.get_object(oid)
+        if not isinstance(obj, Plan):
+            raise CorruptionError(f"{oid.hex()[:12]} is not a plan")
+        return obj
+
+    def iter_object_ids(self) -> Iterator[bytes]:
+        with self.index.read() as txn:
+            for k in txn.cursor(db=self.index.db("objects")).iternext(keys=True, values=False):
+                yield bytes(k)
+
+    def commits_with_prefix(self, prefix: str) -> list[bytes]:
+        """Commit ids whose hex form starts with `prefix`."""
+        even = prefix[: len(prefix) // 2 * 2]
+        start = bytes.fromhex(even)
+        found = []
+        with self.index.read() as txn:
+            cur = txn.cursor(db=self.index.db("objects"))
+            if not cur.set_range(start):
+                return []
+            for k, v in cur:
+                k = bytes(k)
+                if not k.startswith(start):
+                    break
+                if k.hex().startswith(prefix) and _unwrap_object(bytes(v)).startswith(b"commit\n"):
+                    found.append(k)
+        return found
+
+    # ----- statistics ------------------------------------------------------------------------
+
+    def get_stats(self, b: bytes, a: bytes, dtype: str) -> DeltaStats | None:
+        with self.index.read() as txn:
+            raw = txn.get(stats_key(b, a, dtype), db=self.index.db("stats"))
+        return DeltaStats.decode(bytes(raw)) if raw is not None else None
+
+    def put_stats(self, entries: Iterable[tuple[bytes, bytes, str, DeltaStats]]) -> int:
+        """Keep computed statistics (a derived cache: its own small transaction)."""
+        n = 0
+        with self.index.write() as txn:
+            for b, a, dtype, st in entries:
+                if txn.put(
+                    stats_key(b, a, dtype), st.encode(), db=self.index.db("stats"), overwrite=False
+                ):
+                    n += 1
+        return n
+
+    # ----- refs ------------------------------------------------------------------------------
+
+    def read_ref(self, name: str) -> bytes | None:
+        """The commit a ref points at (following HEAD), or None if unborn/missing."""
+        with self.index.read() as txn:
+            return self._read_ref_txn(txn, name)
+
+    def _read_ref_txn(self, txn: Any, name: str, depth: int = 0) -> bytes | None:
+        raw = txn.get(name.encode(), db=self.index.db("refs"))
+        if raw is None:
+            return None
+        value = bytes(raw).decode()
+        if value.startswith("ref: "):
+            if depth > 3:
+                raise CorruptionError(f"symbolic ref loop at {name}")
+            return self._read_ref_txn(txn, value[5:], depth + 1)
+        try:
+            return bytes.fromhex(value)
+        except ValueError as e:
+            raise CorruptionError(f"ref {name} holds a malformed value") from e
+
+    def head_target(self) -> str | None:
+        """The ref HEAD points at (e.g. refs/heads/main), or None when HEAD is detached."""
+        with self.index.read() as txn:
+            raw = txn.get(HEAD.encode(), db=self.index.db("refs"))
+        if raw is None:
+            return None
+        value = bytes(raw).decode()
+        return value[5:] if value.startswith("ref: ") else None
+
+    def list_refs(self, prefix: str = "") -> dict[str, bytes]:
+        out: dict[str, bytes] = {}
+        with self.index.read() as txn:
+            cur = txn.cursor(db=self.index.db("refs"))
+            if not cur.set_range(prefix.encode()):
+                return out
+            for k, v in cur:
+                name = bytes(k).decode()
+                if not name.startswith(prefix):
+                    break
+                value = bytes(v).decode()
+                if value.startswith("ref: "):
+                    continue
+                out[name] = bytes.fromhex(value)
+        return out
+
+    def reflog(self, name: str) -> list[ReflogEntry]:
+        out = []
+        key = name.encode() + b"\x00"
+        with self.index.read() as txn:
+            cur = txn.cursor(db=self.index.db("reflog"))
+            if cur.set_range(key):
+                for k, v in cur:
+                    if not bytes(k).startswith(key):
+                        break
+                    d = json.loads(bytes(v))
+                    out.append(
+                        ReflogEntry(
+                            old=bytes.fromhex(d["old"]) if d.get("old") else None,
+                            new=bytes.fromhex(d["new"]) if d.get("new") else None,
+                            time=d["time"],
+                            message=d["message"],
+                        )
+                    )
+        return out
+
+    def reflog_names(self) -> list[str]:
+        names: list[str] = []
+        with self.index.read() as txn:
+            for k in txn.cursor(db=self.index.db("reflog")).iternext(keys=True, values=False):
+                name = bytes(k).split(b"\x00", 1)[0].decode()
+                if not names or names[-1] != name:
+                    names.append(name)
+        return names
+
+    def resolve(self, text: str) -> bytes:
+        """A commit id from a ref expression: id or prefix, branch, tag, HEAD, ~N, ^N."""
+        expr = parse_ref_expr(text)
+        cid = self._resolve_start(expr.start)
+        for op, n in expr.steps:
+            if op == "~":
+                for _ in range(n):
+                    parents = self.get_commit(cid).parents
+                    if not parents:
+                        raise RefError(f"{text}: not enough ancestors")
+                    cid = parents[0]
+            else:
+                if n == 0:
+                    continue
+                parents = self.get_commit(cid).parents
+                if n > len(parents):
+                    raise RefError(f"{text}: commit has no parent {n}")
+                cid = parents[n - 1]
+        return cid
+
+    def _resolve_start(self, start: str) -> bytes:
+        if start == HEAD:
+            cid = self.read_ref(HEAD)
+            if cid is None:
+                raise RefError("HEAD does not point at a commit yet")
+            return cid
+        for name in (start, HEADS + start, TAGS + start):
+            if name.startswith("refs/"):
+                cid = self.read_ref(name)
+                if cid is not None:
+                    return cid
+        if looks_like_hex(start):
+            matches = self.commits_with_prefix(start.lower())
+            if len(matches) == 1:
+                return matches[0]
+            if len(matches) > 1:
+                raise RefError(f"ambiguous ref {start!r}: {len(matches)} commits match")
+        raise RefError(f"unknown ref {start!r}")
+
+    # ----- writing ---------------------------------------------------------------------------
+
+    def writer(self) -> WriteSession:
+        return WriteSession(self)
+
+    def gc_lock(self, exclusive: bool) -> int:
+        mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
+        what = "a running gc" if not exclusive else "running writers to finish"
+        return _flock(self.path / "locks" / "gc.lock", mode, self.lock_timeout, what)
+
+    def update_refs(self, updates: Iterable[RefUpdate]) -> None:
+        """Move refs (no new data): one transaction."""
+        with self.writer() as w:
+            w.publish(list(updates))
+
+
+def _wrap_object(data: bytes) -> bytes:
+    if len(data) > 4096:
+        return _OBJ_ZSTD + zstandard.ZstdCompressor(level=3).compress(data)
+    return _OBJ_PLAIN + data
+
+
+def _unwrap_object(value: bytes) -> bytes:
+    flag, body = value[:1], value[1:]
+    if flag == _OBJ_PLAIN:
+        return body
+    if flag == _OBJ_ZSTD:
+        try:
+            return zstandard.ZstdDecompressor().decompress(body)
+        except zstandard.ZstdError as e:
+            raise CorruptionError("corrupt object encoding") from e
+    raise CorruptionError("corrupt object encoding")
+
+
+@dataclass
+class PendingBlock:
+    spec: str
+    pack: int
+    offset: int
+    length: int
+    raw_len: int
+    ref: bytes | None
+
+
+@dataclass
+class WriteSession:
+    """Collects new blocks, objects and statistics, then publishes them atomically."""
+
+    repo: Repository
+    blocks: dict[bytes, PendingBlock] = field(default_factory=dict)
+    objects: dict[bytes, bytes] = field(default_factory=dict)
+    stats: dict[bytes, bytes] = field(default_factory=dict)
+    bytes_written: int = 0
+    on_publish: list[Callable[[], None]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._gc_fd: int | None = None
+        self._appender = PackAppender(self.repo.pack_dir)
+        self.published = False
+
+    def __enter__(self) -> WriteSession:
+        self._gc_fd = self.repo.gc_lock(exclusive=False)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._appender.close()
+        if self._gc_fd is not None:
+            os.close(self._gc_fd)
+            self._gc_fd = None
+
+    # blocks
+
+    def known(self, bid: bytes) -> bool:
+        return bid in self.blocks or self.repo.has_block(bid)
+
+    def is_delta(self, bid: bytes) -> bool:
+        pend = self.blocks.get(bid)
+        if pend is not None:
+            return pend.ref is not None
+        loc = self.repo.block_location(bid)
+        return loc is not None and loc.ref is not None
+
+    def add_encoded(self, bid: bytes, raw_len: int, enc: codecs.Encoded) -> bool:
+        """Append an encoded block unless it is already stored; True if written."""
+        if self.known(bid):
+            return False
+        pack, offset = self._appender.append(bid, enc.payload)
+        self.blocks[bid] = PendingBlock(enc.spec, pack, offset, len(enc.payload), raw_len, enc.ref)
+        self.bytes_written += len(enc.payload)
+        return True
+
+    def put_raw(self, raw: bytes | memoryview, dtype: str | None = None) -> bytes:
+        """Hash, encode and store one block in the calling thread; returns its id."""
+        bid = block_id(raw)
+        if not self.known(bid):
+            enc = codecs.encode_block(raw, dtype=dtype, level=self.repo.config.zstd_level)
+            self.add_encoded(bid, len(raw), enc)
+        return bid
+
+    # objects
+
+    def put_object(self, obj: StoreObject) -> bytes:
+        data = obj.encode()
+        oid = blake3.blake3(data).digest()
+        self.objects.setdefault(oid, data)
+        return oid
+
+    def put_stats(self, b: bytes, a: bytes, dtype: str, st: DeltaStats) -> None:
+        self.stats[stats_key(b, a, dtype)] = st.encode()
+
+    # publish
+
+    def publish(self, ref_updates: Iterable[RefUpdate] = ()) -> None:
+        """fsync the packs, then make everything visible in one LMDB transaction."""
+        self._appender.sync()
+        _fault_point("before-publish")
+        idx = self.repo.index
+        with idx.write() as txn:
+            codec_ids: dict[str, int] = {}
+            for bid, pb in self.blocks.items():
+                if txn.get(bid, db=idx.db("blocks")) is not None:
+                    continue  # a concurrent writer published it first; keep theirs
+                cid = codec_ids.get(pb.spec)
+                if cid is None:
+                    cid = codec_ids[pb.spec] = _codec_id(txn, idx, pb.spec)
+                loc = BlockLocation(pb.pack, pb.offset, pb.length, pb.raw_len, cid, pb.ref)
+                txn.put(bid, loc.encode(), db=idx.db("blocks"))
+            for oid, data in self.objects.items():
+                txn.put(oid, _wrap_object(data), db=idx.db("objects"), overwrite=False)
+            for key, value in self.stats.items():
+                txn.put(key, value, db=idx.db("stats"), overwrite=False)
+            now = time.time()
+            for up in ref_updates:
+                _apply_ref_update(txn, idx, up, now)
+            _fault_point("inside-publish")
+        self.published = True
+        for cb in self.on_publish:
+            cb()
+
+
+def _codec_id(txn: Any, idx: Index, spec: str) -> int:
+    key = b"s:" + spec.encode()
+    raw = txn.get(key, db=idx.db("codecs"))
+    if raw is not None:
+        return struct.unpack("<H", raw)[0]
+    nxt = txn.get(b"next_codec_id", db=idx.db("meta"))
+    cid = struct.unpack("<H", nxt)[0] if nxt else 1
+    txn.put(key, struct.pack("<H", cid), db=idx.db("codecs"))
+    txn.put(b"i:" + struct.pack("<H", cid), spec.encode(), db=idx.db("codecs"))
+    txn.put(b"next_codec_id", struct.pack("<H", cid + 1), db=idx.db("meta"))
+    return cid
+
+
+def _apply_ref_update(txn: Any, idx: Index, up: RefUpdate, now: float) -> None:
+    refs = idx.db("refs")
+    key = up.name.encode()
+    raw = txn.get(key, db=refs)
+    cur = bytes.fromhex(bytes(raw).decode()) if raw is not None else None
+    if up.old is not ... and cur != up.old:
+        raise RefError(f"{up.name} moved while this command ran; try again")
+    if up.new is None:
+        txn.delete(key, db=refs)
+    else:
+        txn.put(key, up.new.hex().encode(), db=refs)
+    # reflog: append with the next sequence number for this ref
+    log = idx.db("reflog")
+    prefix = key + b"\x00"
+    seq = 0
+    cur_log = txn.cursor(db=log)
+    if cur_log.set_range(prefix + b"\xff" * 8):
+        if cur_log.prev() and bytes(cur_log.key()).startswith(prefix):
+            seq = _SEQ.unpack(bytes(cur_log.key())[len(prefix) :])[0] + 1
+    elif cur_log.last() and bytes(cur_log.key()).startswith(prefix):
+        seq = _SEQ.unpack(bytes(cur_log.key())[len(prefix) :])[0] + 1
+    entry = {
+        "old": cur.hex() if cur else None,
+        "new": up.new.hex() if up.new else None,
+        "time": now,
+        "message": up.message,
+    }
+    txn.put(prefix + _SEQ.pack(seq), json.dumps(entry).encode(), db=log)
+
+
+def _fault_point(name: str) -> None:
+    """Test-only hook: MERGESTORE_FAULT=<name> kills the process here (fault injection)."""
+    if os.environ.get("MERGESTORE_FAULT") == name:
+        os._exit(137)

@@ -1,0 +1,69 @@
+"""`du`: logical versus stored bytes, by codec and by commit; dedup and compression ratios."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mergestore.api import Store, iter_commit_blocks
+from mergestore.cli.graph import topo_order
+from mergestore.fsck import index_size, pack_files_size
+from mergestore.store import codecs
+
+
+@dataclass
+class CommitUsage:
+    id: str
+    message: str
+    logical_bytes: int
+    new_stored_bytes: int  # stored bytes of blocks this commit introduced (oldest-first order)
+    new_raw_bytes: int
+
+
+def disk_usage(store: Store) -> dict[str, object]:
+    repo = store.repo
+    by_codec: dict[str, dict[str, int]] = {}
+    raw_total = stored_total = n = 0
+    sizes: dict[bytes, tuple[int, int]] = {}
+    for bid, loc in repo.iter_blocks():
+        n += 1
+        raw_total += loc.raw_len
+        stored_total += loc.length
+        sizes[bid] = (loc.raw_len, loc.length)
+        name = "+".join(codecs.spec_codec_names(repo.codec_spec(loc.codec)))
+        slot = by_codec.setdefault(name, {"blocks": 0, "raw_bytes": 0, "stored_bytes": 0})
+        slot["blocks"] += 1
+        slot["raw_bytes"] += loc.raw_len
+        slot["stored_bytes"] += loc.length
+    entries = store.log(all_refs=True) if repo.list_refs("refs/") else []
+    seen: set[bytes] = set()
+    per_commit = []
+    logical_total = 0
+    for e in reversed(topo_order(entries)):
+        logical = sum(x.size for x in repo.get_tree(e.commit.tree).entries)
+        logical_total += logical
+        new_raw = new_stored = 0
+        for b in iter_commit_blocks(repo, e.id):
+            if b not in seen:
+                seen.add(b)
+                r, s = sizes.get(b, (0, 0))
+                new_raw += r
+                new_stored += s
+        per_commit.append(
+            CommitUsage(
+                e.id.hex(), (e.commit.message.splitlines() or [""])[0], logical, new_stored, new_raw
+            )
+        )
+    return {
+        "commits": len(entries),
+        "blocks": n,
+        "logical_bytes": logical_total,
+        "unique_bytes": raw_total,
+        "stored_bytes": stored_total,
+        "pack_bytes": pack_files_size(repo),
+        "index_bytes": index_size(repo),
+        "dedup_ratio": logical_total / raw_total if raw_total else 1.0,
+        "compression_ratio": raw_total / stored_total if stored_total else 1.0,
+        "total_ratio": logical_total / stored_total if stored_total else 1.0,
+        "by_codec": by_codec,
+        "by_commit": [c.__dict__ for c in reversed(per_commit)],
+    }
