@@ -65,12 +65,14 @@ def _commit_blocks(
     def bad(kind: str, msg: str) -> None:
         problems.append(Problem(kind, msg, [cid.hex()]))
 
-    if c.plan is not None:
+    for what, oid in (("plan", c.plan), ("run", c.run)):
+        if oid is None:
+            continue
         try:
-            if not isinstance(repo.get_object(c.plan), Plan):
-                bad("object", f"commit {cid.hex()[:12]}: plan is not a plan object")
+            if not isinstance(repo.get_object(oid), Plan):
+                bad("object", f"commit {cid.hex()[:12]}: {what} is not a plan object")
         except MergestoreError as e:
-            bad("object", f"commit {cid.hex()[:12]}: plan: {e}")
+            bad("object", f"commit {cid.hex()[:12]}: {what}: {e}")
     try:
         tree = repo.get_object(c.tree)
     except MergestoreError as e:

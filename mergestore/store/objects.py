@@ -209,7 +209,8 @@ class Commit(StoreObject):
     time: float
     base: bytes | None = None
     meta: dict[str, str] = field(default_factory=dict)
-    plan: bytes | None = None  # merge commits: the plan object
+    plan: bytes | None = None  # merge commits: the plan object (deterministic recipe)
+    run: bytes | None = None  # merge commits: a plan-type object with realized figures
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -221,6 +222,7 @@ class Commit(StoreObject):
             "base": self.base.hex() if self.base else None,
             "meta": dict(self.meta),
             "plan": self.plan.hex() if self.plan else None,
+            "run": self.run.hex() if self.run else None,
         }
 
     @classmethod
@@ -232,7 +234,7 @@ class Commit(StoreObject):
         _need(
             isinstance(meta, dict) and all(isinstance(v, str) for v in meta.values()), "commit meta"
         )
-        for k in ("base", "plan"):
+        for k in ("base", "plan", "run"):
             _need(d.get(k) is None or _is_hex_id(d.get(k)), f"commit {k}")
         return cls(
             tree=bytes.fromhex(d["tree"]),
@@ -243,6 +245,7 @@ class Commit(StoreObject):
             base=bytes.fromhex(d["base"]) if d.get("base") else None,
             meta=dict(meta),
             plan=bytes.fromhex(d["plan"]) if d.get("plan") else None,
+            run=bytes.fromhex(d["run"]) if d.get("run") else None,
         )
 
 
