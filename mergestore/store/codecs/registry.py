@@ -7,7 +7,8 @@ Spec grammar (the canonical text the index stores for every block)::
 
     raw                                  stored as is
     zstd:<level>                         one zstd frame
-    bplane:w=<W>,rot=<R>,planes=<P>.<P>  byte planes, P is r (raw) or z<level>, low byte first
+    bplane:w=<W>,rot=<R>,planes=<P>.<P>  byte planes, low byte first; P is r (raw), h (literal-only
+                                         zstd frame) or z<level> (zstd frame)
     xor                                  XOR with the reference block (must come first)
 
 Only canonical text is accepted (parse then render must give back the same string), so one
