@@ -3,7 +3,7 @@
 Heuristic (measured in bench/bench_codecs.py, documented in docs/codecs.md):
 - Float dtypes (BF16, F16, F32, F64): byte planes, each plane zstd or raw (decided per plane).
   Plain zstd is tried only when the planes did poorly (ratio above `TRY_ZSTD_ABOVE`), and then
-  first on a 64 KiB sample, so ordinary weights pay for one encoder, not two.
+  first on a 16 KiB sample, so ordinary weights pay for one encoder, not two.
 - Everything else (integers, bool, fp8, blobs with dtype None): zstd.
 - With a reference: XOR first. If that already halves the block it is taken; otherwise the
   non-delta chain is also encoded and the delta kept only if clearly smaller (a delta costs an
@@ -22,7 +22,7 @@ from .zstd import Zstd
 
 MIN_SAVING = 0.02  # below this, "raw" (no decode cost) wins
 TRY_ZSTD_ABOVE = 0.80  # planes ratio above which plain zstd might do better
-SAMPLE_BYTES = 64 * 1024
+SAMPLE_BYTES = 16 * 1024
 DELTA_GOOD_ENOUGH = 0.50  # a delta at or below this ratio is taken without a second try
 DELTA_MUST_BEAT = 0.95  # otherwise the delta must be this much smaller than the non-delta
 
@@ -52,7 +52,7 @@ def _plain(
         stage, payload = BytePlane.encode_adaptive(data, *layout, level)
         best: Candidate = ((stage,), payload)
         poor = n and _size(best) > TRY_ZSTD_ABOVE * n
-        if use_zstd and poor and _zstd_may_win(data, layout, level):
+        if use_zstd and poor and _zstd_may_win(data, _size(best) / n, level):
             other = _zstd(data, level)
             if _size(other) < _size(best):
                 best = other
@@ -67,16 +67,17 @@ def _zstd(data: AnyBuffer, level: int) -> Candidate:
     return (stage,), stage.encode(data)
 
 
-def _zstd_may_win(data: AnyBuffer, layout: tuple[int, int], level: int) -> bool:
-    """Compare zstd and byte planes on a word-aligned sample from the middle of the block."""
+def _zstd_may_win(data: AnyBuffer, planes_ratio: float, level: int) -> bool:
+    """Does zstd beat the byte planes' ratio on a sample from the middle of the block?
+
+    Catches float data with long repeats (constant rows, masks) where LZ matches win.
+    """
     view = memoryview(data).cast("B")
-    if len(view) <= SAMPLE_BYTES:
+    if len(view) <= 4 * SAMPLE_BYTES:
         return True  # small block: just try the full thing
-    width = layout[0]
-    start = (len(view) - SAMPLE_BYTES) // 2 // width * width
+    start = (len(view) - SAMPLE_BYTES) // 2
     sample = view[start : start + SAMPLE_BYTES]
-    planes = len(BytePlane.encode_adaptive(sample, *layout, level)[1])
-    return len(Zstd(level).encode(sample)) < planes
+    return len(Zstd(level).encode(sample)) < planes_ratio * SAMPLE_BYTES
 
 
 def encode_block(
