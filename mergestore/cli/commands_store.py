@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -34,7 +35,10 @@ def init(
     ctx: click.Context, path: str | None, block_size: str, zstd_level: int, as_json: bool
 ) -> None:
     """Create a store at PATH (default ./.mergestore, or --store)."""
-    target = Path(path) if path else Path(ctx.find_root().obj.get("store") or STORE_DIRNAME)
+    target = Path(
+        path or ctx.find_root().obj.get("store") or os.environ.get("MERGESTORE_DIR")
+        or STORE_DIRNAME
+    )
     store = Store.init(target, block_size=_size_arg(block_size), zstd_level=zstd_level)
     store.close()
     if as_json:

@@ -1,0 +1,306 @@
+"""merge, plan, replay, explain, blame."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from mergestore.api import Store
+from mergestore.cli.common import json_option, with_store
+from mergestore.cli.output import emit_json, human_bytes, progress_bar, short
+
+
+def _merge_options(fn: Any) -> Any:
+    opts = [
+        click.option(
+            "--config",
+            "config_path",
+            type=click.Path(exists=True, dir_okay=False),
+            help="A mergekit YAML config (models are store refs or local paths).",
+        ),
+        click.option("--method", default=None, help="Merge method (linear, ties, ...)."),
+        click.option("--base", default=None, help="Base model (ref or path)."),
+        click.option(
+            "-w",
+            "--weight",
+            "weights",
+            multiple=True,
+            type=float,
+            help="Per-model weight, in model order (repeatable).",
+        ),
+        click.option(
+            "--param",
+            "params",
+            multiple=True,
+            metavar="NAME=VALUE",
+            help="Method parameter (repeatable).",
+        ),
+        click.option("--dtype", default=None, help="Compute dtype (mergekit's dtype:)."),
+        click.option("--out-dtype", default=None, help="Output dtype (mergekit's out_dtype:)."),
+        click.option("--seed", type=int, default=None, help="Seed of the random drop masks."),
+        click.option(
+            "--budget",
+            default=None,
+            help="I/O budget of expert bytes read: 25%, 2GiB, 500MB, bytes.",
+        ),
+        click.option(
+            "--max-error",
+            type=float,
+            default=None,
+            help="Smallest read set whose bound is <= this share of the merge delta.",
+        ),
+        click.argument("models", nargs=-1),
+    ]
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
+
+
+def _config(
+    config_path: str | None,
+    method: str | None,
+    base: str | None,
+    models: tuple[str, ...],
+    weights: tuple[float, ...],
+    params: tuple[str, ...],
+    dtype: str | None,
+    out_dtype: str | None,
+    seed: int | None,
+) -> Any:
+    from mergestore.errors import MergeError
+    from mergestore.merge.config import config_from_cli, config_from_mapping, load_config
+
+    if config_path:
+        if method or models or weights:
+            raise MergeError("give either --config or --method with models, not both")
+        cfg = load_config(config_path)
+        over = {
+            k: v
+            for k, v in (("dtype", dtype), ("out_dtype", out_dtype), ("seed", seed))
+            if v is not None
+        }
+        if over:
+            cfg = config_from_mapping({**cfg.to_dict(), **over}, raw_text=cfg.raw_text)
+        return cfg
+    if not method:
+        raise MergeError("merge: give --method (or --config)")
+    kv = {}
+    for item in params:
+        k, sep, v = item.partition("=")
+        if not sep:
+            raise MergeError(f"--param {item!r}: expected NAME=VALUE")
+        kv[k] = v
+    return config_from_cli(method, base, list(models), list(weights), kv, dtype, out_dtype, seed)
+
+
+@click.command()
+@_merge_options
+@click.option("-m", "--message", default="", help="Commit message.")
+@click.option("-b", "--branch", default=None, help="Branch for the merge commit.")
+@json_option
+@with_store
+def merge(
+    store: Store,
+    config_path: str | None,
+    method: str | None,
+    base: str | None,
+    weights: tuple[float, ...],
+    params: tuple[str, ...],
+    dtype: str | None,
+    out_dtype: str | None,
+    seed: int | None,
+    budget: str | None,
+    max_error: float | None,
+    models: tuple[str, ...],
+    message: str,
+    branch: str | None,
+    as_json: bool,
+) -> None:
+    """Merge MODELS (store refs or paths) into a new commit on BRANCH."""
+    cfg = _config(config_path, method, base, models, weights, params, dtype, out_dtype, seed)
+    prep = store.prepare_merge(cfg, budget=budget, max_error=max_error)
+    with progress_bar("merge", None, not as_json) as _:
+        res = store.execute_merge(prep, branch=branch, message=message)
+    out = {
+        "commit": res.commit.hex() if res.commit else None,
+        "plan": res.plan.hex(),
+        "method": cfg.merge_method,
+        **res.run,
+    }
+    if as_json:
+        emit_json(out)
+        return
+    click.echo(out["commit"])
+    r = res.run
+    click.echo(
+        f"{cfg.merge_method}: {r['tensors']} tensors in {r['wall_seconds']:.2f} s; read "
+        f"{human_bytes(r['expert_bytes_read'])} of experts "
+        f"(full {human_bytes(r['expert_bytes_full'])}) and "
+        f"{human_bytes(r['base_bytes_read'])} of base; wrote "
+        f"{human_bytes(r['bytes_written'])}",
+        err=True,
+    )
+    if r.get("error_bound") is not None:
+        click.echo(
+            f"error bound {r['error_bound']:.4g} (relative estimate "
+            f"{prep.selection.error_bound_rel:.3%})",
+            err=True,
+        )
+
+
+@click.command()
+@_merge_options
+@json_option
+@with_store
+def plan(
+    store: Store,
+    config_path: str | None,
+    method: str | None,
+    base: str | None,
+    weights: tuple[float, ...],
+    params: tuple[str, ...],
+    dtype: str | None,
+    out_dtype: str | None,
+    seed: int | None,
+    budget: str | None,
+    max_error: float | None,
+    models: tuple[str, ...],
+    as_json: bool,
+) -> None:
+    """Print the plan a merge would run (reads no expert data)."""
+    cfg = _config(config_path, method, base, models, weights, params, dtype, out_dtype, seed)
+    prep = store.prepare_merge(cfg, budget=budget, max_error=max_error, commit_paths=False)
+    body = prep.plan_body
+    summary = _plan_summary(prep)
+    if as_json:
+        emit_json({"plan": prep.plan.id.hex(), **summary, "body": body})
+        return
+    click.echo(f"plan {prep.plan.id.hex()}")
+    _print_summary(summary)
+
+
+def _plan_summary(prep: Any) -> dict[str, Any]:
+    sel = prep.selection
+    per_tensor: dict[str, dict[str, int]] = {}
+    for t, ms in sel.read.items():
+        per_tensor[t] = {prep.models[m].ref.text: len(b) for m, b in ms.items()}
+    return {
+        "method": prep.cfg.merge_method,
+        "models": [{"ref": m.ref.text, "commit": m.commit.hex()} for m in prep.models],
+        "tensors": len(prep.plans),
+        "budget_bytes": sel.budget_bytes,
+        "expert_bytes_full": sel.expert_bytes_full,
+        "expert_bytes_planned": sel.expert_bytes_planned if sel.active else sel.expert_bytes_full,
+        "error_bound": sel.error_bound,
+        "error_bound_rel": sel.error_bound_rel,
+        "analyze_bytes_read": sel.analyze_bytes_read,
+        "blocks_per_model": {
+            prep.models[m].ref.text: n for m, n in sorted(sel.per_model_blocks.items())
+        },
+        "bytes_per_model": {
+            prep.models[m].ref.text: n for m, n in sorted(sel.per_model_planned.items())
+        },
+        "blocks_per_tensor": per_tensor,
+    }
+
+
+def _print_summary(s: dict[str, Any]) -> None:
+    click.echo(f"method   {s['method']}  ({s['tensors']} tensors)")
+    for m in s["models"]:
+        click.echo(f"input    {m['ref']:<20} {short(m['commit'])}")
+    if s["budget_bytes"] is not None:
+        click.echo(f"budget   {human_bytes(s['budget_bytes'])}")
+    click.echo(
+        f"reads    {human_bytes(s['expert_bytes_planned'])} of "
+        f"{human_bytes(s['expert_bytes_full'])} expert bytes"
+    )
+    for name, n in s["blocks_per_model"].items():
+        click.echo(f"         {name:<20} {n} blocks, {human_bytes(s['bytes_per_model'][name])}")
+    if s["error_bound"] is not None:
+        click.echo(f"bound    {s['error_bound']:.4g} (relative {s['error_bound_rel']:.3%})")
+
+
+@click.command()
+@click.argument("ref")
+@json_option
+@with_store
+def replay(store: Store, ref: str, as_json: bool) -> None:
+    """Re-execute a merge commit's plan and check every output block id."""
+    rep = store.replay(ref)
+    if as_json:
+        emit_json(rep)
+    elif rep["identical"]:
+        click.echo(
+            f"identical: {rep['tensors']} tensors, {rep['blocks']} blocks match "
+            f"({rep['seconds']:.2f} s)"
+        )
+    else:
+        click.echo(
+            f"DIFFERENT: first differing tensor {rep['first_difference']}; "
+            f"{rep['blocks_matched']}/{rep['blocks']} blocks match",
+            err=True,
+        )
+    if not rep["identical"]:
+        sys.exit(1)
+
+
+@click.command()
+@click.argument("ref")
+@json_option
+@with_store
+def explain(store: Store, ref: str, as_json: bool) -> None:
+    """What a merge read, from whom; estimated vs realized."""
+    info = store.explain(ref)
+    if as_json:
+        emit_json(info)
+        return
+    click.echo(f"merge {info['commit']}  plan {short(info['plan'])}")
+    click.echo(f"method   {info['method']}")
+    for i, m in enumerate(info["models"]):
+        planned = info["planned_bytes_by_model"].get(str(i))
+        real = info["realized"]["expert_bytes_read_by_model"][i]
+        extra = f"  planned {human_bytes(planned)}" if planned is not None else ""
+        click.echo(
+            f"input {i}  {m['ref']:<16} {short(m['commit'])}  read {human_bytes(real)}{extra}"
+        )
+    r = info["realized"]
+    click.echo(
+        f"expert   read {human_bytes(r['expert_bytes_read'])} of "
+        f"{human_bytes(r['expert_bytes_full'])}"
+        + (
+            f", budget {human_bytes(r['budget_bytes'])}"
+            if r.get("budget_bytes") is not None
+            else ""
+        )
+    )
+    click.echo(
+        f"base     read {human_bytes(r['base_bytes_read'])}; wrote "
+        f"{human_bytes(r['bytes_written'])}; {r['blocks_read']} blocks; "
+        f"{r['wall_seconds']:.2f} s"
+    )
+    if r.get("error_bound") is not None:
+        click.echo(
+            f"bound    {r['error_bound']:.4g} (estimated relative "
+            f"{info['estimates']['error_bound_rel']:.3%})"
+        )
+
+
+@click.command()
+@click.argument("ref")
+@click.argument("tensor")
+@json_option
+@with_store
+def blame(store: Store, ref: str, tensor: str, as_json: bool) -> None:
+    """Which inputs shaped which blocks of TENSOR in merge REF."""
+    info = store.blame(ref, tensor)
+    if as_json:
+        emit_json(info)
+        return
+    click.echo(f"{tensor}: {info['blocks']} blocks, method {info['method']}")
+    for row in info["inputs"]:
+        click.echo(f"  {row['ref']:<16} {row['status']}: read blocks {row['read'] or '-'}")
+
+
+COMMANDS = [merge, plan, replay, explain, blame]

@@ -1,0 +1,428 @@
+"""The budget planner: which expert blocks to read, chosen by contribution per stored byte.
+
+Every (input, block) pair whose block differs from the base block at the same position is a
+candidate. Its cost is the stored bytes the store will really read for it; its score is
+|w_eff| * ||Δ_k,b||₂, taken from the delta statistics the store keeps (computed by an analyze
+pass when missing; those reads are reported apart from the budget). The planner fills the
+budget greedily by score per byte, with deterministic tie-breaks, and never exceeds it. An
+omitted pair contributes no delta: the input is taken equal to the base there, whatever the
+method, so every block is merged by the same rule at any budget.
+
+For additive methods (linear, task_arithmetic without sparsification) the omitted deltas bound
+the error exactly: ||M_full − M_budget||_F ≤ sqrt(Σ_b (Σ_{k omitted in b} |w_k|·||Δ_k,b||)²),
+plus a rounding allowance for blocks with omissions (see docs/budget.md).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from mergestore.blockstats import delta_stats, supports_stats
+from mergestore.errors import BudgetError
+from mergestore.ops.spec import MethodSpec
+from mergestore.store.index import DeltaStats
+from mergestore.store.packs import ReadMeter
+from mergestore.store.parallel import default_workers, ordered_map
+from mergestore.store.repo import Repository
+
+GTA_METHODS = frozenset(
+    {
+        "task_arithmetic",
+        "ties",
+        "dare_linear",
+        "dare_ties",
+        "breadcrumbs",
+        "breadcrumbs_ties",
+        "della",
+        "della_linear",
+    }
+)
+MANTISSA_BITS = {
+    "BF16": 7,
+    "F16": 10,
+    "F32": 23,
+    "F64": 52,
+    "bfloat16": 7,
+    "float16": 10,
+    "float32": 23,
+    "float64": 52,
+}
+
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "kib": 1 << 10,
+    "mib": 1 << 20,
+    "gib": 1 << 30,
+    "tib": 1 << 40,
+    "k": 1 << 10,
+    "m": 1 << 20,
+    "g": 1 << 30,
+    "t": 1 << 40,
+}
+
+
+def parse_budget(text: str | int, full: int) -> int:
+    """'25%' of `full`, '2GiB', '500MB', or plain bytes."""
+    if isinstance(text, int):
+        return text
+    s = text.strip().lower().replace(" ", "")
+    m = re.fullmatch(r"([0-9]*\.?[0-9]+)(%|[a-z]*)", s)
+    if not m:
+        raise BudgetError(f"cannot read budget {text!r} (use e.g. 25%, 2GiB, 500MB)")
+    num, unit = float(m.group(1)), m.group(2)
+    if unit == "%":
+        if num > 100:
+            raise BudgetError(f"budget {text} is over 100%")
+        return int(math.floor(full * num / 100.0))
+    if unit not in _UNITS:
+        raise BudgetError(f"unknown budget unit {m.group(2)!r} in {text!r} (use %, B, MB, GiB...)")
+    return int(num * _UNITS[unit])
+
+
+@dataclass(frozen=True)
+class Candidate:
+    tensor: str
+    block: int
+    model: int
+    cost: int
+    contrib: float  # |w_eff| * ||Δ||₂ (the score)
+    numel: int
+    max_abs: float
+    base_l2: float
+
+
+@dataclass
+class Selection:
+    """The blocks to read, the budget and the estimates; recorded in the plan."""
+
+    active: bool = False
+    budget_bytes: int | None = None
+    max_error: float | None = None
+    expert_bytes_full: int = 0
+    expert_bytes_planned: int = 0
+    error_bound: float | None = None
+    error_bound_rel: float | None = None
+    full_delta_bound: float | None = None
+    analyze_bytes_read: int = 0
+    stats_computed: int = 0
+    bound_exact: bool = False
+    surrogate: str | None = None
+    read: dict[str, dict[int, list[int]]] = field(default_factory=dict)  # tensor -> model -> blocks
+    per_model_planned: dict[int, int] = field(default_factory=dict)
+    per_model_blocks: dict[int, int] = field(default_factory=dict)
+
+    def for_input(self, tensor: str, model: int) -> frozenset[int] | None:
+        if not self.active:
+            return None
+        blocks = self.read.get(tensor, {}).get(model)
+        return None if blocks is None else frozenset(blocks)
+
+    def to_plan(self) -> dict[str, Any]:
+        return {
+            "budget": {
+                "active": self.active,
+                "budget_bytes": self.budget_bytes,
+                "max_error": self.max_error,
+                "expert_bytes_full": self.expert_bytes_full,
+                "expert_bytes_planned": self.expert_bytes_planned,
+                "error_bound": self.error_bound,
+                "error_bound_rel": self.error_bound_rel,
+                "full_delta_bound": self.full_delta_bound,
+                "bound_exact": self.bound_exact,
+                "surrogate": self.surrogate,
+                "per_model_planned_bytes": {
+                    str(k): v for k, v in sorted(self.per_model_planned.items())
+                },
+                "per_model_blocks": {str(k): v for k, v in sorted(self.per_model_blocks.items())},
+            },
+            "selection": {
+                t: {str(m): _ranges(b) for m, b in sorted(ms.items())}
+                for t, ms in sorted(self.read.items())
+            }
+            if self.active
+            else "all",
+        }
+
+    @classmethod
+    def from_plan(cls, body: dict[str, Any]) -> Selection:
+        b = body.get("budget") or {}
+        sel = cls(
+            active=bool(b.get("active")),
+            budget_bytes=b.get("budget_bytes"),
+            expert_bytes_full=b.get("expert_bytes_full", 0),
+            error_bound=b.get("error_bound"),
+        )
+        raw = body.get("selection")
+        if sel.active and isinstance(raw, dict):
+            sel.read = {t: {int(m): _unranges(r) for m, r in ms.items()} for t, ms in raw.items()}
+        return sel
+
+
+def _ranges(blocks: Sequence[int]) -> str:
+    out, i, bl = [], 0, sorted(blocks)
+    while i < len(bl):
+        j = i
+        while j + 1 < len(bl) and bl[j + 1] == bl[j] + 1:
+            j += 1
+        out.append(str(bl[i]) if i == j else f"{bl[i]}-{bl[j]}")
+        i = j + 1
+    return ",".join(out)
+
+
+def _unranges(text: str) -> list[int]:
+    out: list[int] = []
+    for part in filter(None, text.split(",")):
+        a, _, b = part.partition("-")
+        out.extend(range(int(a), int(b or a) + 1))
+    return out
+
+
+def effective_weights(spec: MethodSpec, task: Any) -> list[float]:
+    """|weight| each input's delta carries in the output (exact for additive methods)."""
+    p = task.plan
+    n = len(task.inputs)
+    ws = [float(pi.get("weight", 1.0)) if isinstance(pi, dict) else 1.0 for pi in p.per_input[:n]]
+    if spec.name in GTA_METHODS:
+        lam = float(p.shared.get("lambda", 1.0))
+        total = sum(ws)
+        div = total if p.shared.get("normalize") and abs(total) > 1e-8 else 1.0
+        return [abs(lam * w / div) for w in ws]
+    if spec.name in ("linear", "nuslerp", "multislerp"):
+        total = sum(ws)
+        return [abs(w / total) if abs(total) > 1e-8 else 1.0 for w in ws]
+    if spec.name == "slerp":
+        return [abs(float(p.shared.get("t", 0.5)))] * n
+    return [1.0 / max(1, n)] * n
+
+
+def is_additive(spec: MethodSpec, tasks: Sequence[Any]) -> bool:
+    if spec.name == "linear":
+        return True
+    if spec.name != "task_arithmetic":
+        return False
+    return all(
+        float(pi.get("density", 1.0)) >= 1.0
+        for t in tasks
+        for pi in t.plan.per_input
+        if isinstance(pi, dict)
+    )
+
+
+def select(
+    repo: Repository,
+    spec: MethodSpec,
+    tasks: Sequence[Any],
+    models: Sequence[Any],
+    base_index: int | None,
+    *,
+    budget: str | int | None,
+    max_error: float | None,
+    progress: Callable[[int], None] | None = None,
+) -> Selection:
+    """Choose the blocks to read. Without a budget or max_error everything is read."""
+    if budget is None and max_error is None:
+        return Selection(expert_bytes_full=full_expert_bytes(repo, tasks, base_index))
+    if spec.name == "passthrough":
+        raise BudgetError("passthrough copies each tensor from one input; a budget does not apply")
+    if base_index is None:
+        raise BudgetError("a budget needs a base model: omitted blocks are taken from it")
+    if max_error is not None and not 0 <= max_error <= 1:
+        raise BudgetError("--max-error is a share of the merge delta, between 0 and 1")
+    additive = is_additive(spec, tasks)
+    cands, pairs = _candidates(repo, spec, tasks, models, base_index, progress)
+    sel = Selection(
+        active=True,
+        max_error=max_error,
+        bound_exact=additive,
+        surrogate=None if additive else "|w_eff| * ||delta||_2 per block",
+    )
+    sel.analyze_bytes_read, sel.stats_computed = pairs
+    sel.expert_bytes_full = sum(c.cost for c in cands)
+    order = sorted(
+        cands,
+        key=lambda c: (-(c.contrib / c.cost) if c.cost else -math.inf, c.tensor, c.block, c.model),
+    )
+    chosen: list[Candidate] = []
+    if budget is not None:
+        limit = parse_budget(budget, sel.expert_bytes_full)
+        sel.budget_bytes = limit
+        if limit < 0:
+            raise BudgetError("the budget must not be negative")
+        smallest = min((c.cost for c in cands if c.cost > 0), default=0)
+        if 0 < limit < smallest:
+            raise BudgetError(
+                f"a budget of {limit} bytes is smaller than any expert block "
+                f"({smallest} bytes); use 0 to get the base"
+            )
+        used = 0
+        for c in order:
+            if used + c.cost <= limit:
+                chosen.append(c)
+                used += c.cost
+    omitted_sum = _omitted_sums(cands, chosen)
+    full = math.sqrt(sum(v * v for v in _block_sums(cands).values()))
+    sel.full_delta_bound = full
+    if max_error is not None:
+        chosen = _fill_to_error(order, cands, chosen, max_error * full)
+        omitted_sum = _omitted_sums(cands, chosen)
+    bound = _bound(omitted_sum, cands, chosen, spec, tasks)
+    sel.error_bound = bound if additive else None
+    sel.error_bound_rel = (bound / full if full > 0 else 0.0) if additive else None
+    for c in chosen:
+        sel.read.setdefault(c.tensor, {}).setdefault(c.model, []).append(c.block)
+        sel.per_model_planned[c.model] = sel.per_model_planned.get(c.model, 0) + c.cost
+        sel.per_model_blocks[c.model] = sel.per_model_blocks.get(c.model, 0) + 1
+    for t, m in pairs_with_changes(cands):
+        sel.read.setdefault(t, {}).setdefault(m, [])
+    for ms in sel.read.values():
+        for m in ms:
+            ms[m].sort()
+    sel.expert_bytes_planned = sum(c.cost for c in chosen)
+    return sel
+
+
+def pairs_with_changes(cands: Sequence[Candidate]) -> set[tuple[str, int]]:
+    return {(c.tensor, c.model) for c in cands}
+
+
+def _block_sums(cands: Sequence[Candidate]) -> dict[tuple[str, int], float]:
+    sums: dict[tuple[str, int], float] = {}
+    for c in cands:
+        sums[(c.tensor, c.block)] = sums.get((c.tensor, c.block), 0.0) + c.contrib
+    return sums
+
+
+def _omitted_sums(cands: Sequence[Candidate], chosen: Sequence[Candidate]) -> dict:
+    taken = {(c.tensor, c.block, c.model) for c in chosen}
+    sums: dict[tuple[str, int], float] = {}
+    for c in cands:
+        if (c.tensor, c.block, c.model) not in taken:
+            sums[(c.tensor, c.block)] = sums.get((c.tensor, c.block), 0.0) + c.contrib
+    return sums
+
+
+def _fill_to_error(
+    order: Sequence[Candidate], cands: Sequence[Candidate], chosen: list[Candidate], target: float
+) -> list[Candidate]:
+    """Add candidates in score-per-byte order until the omitted-delta bound is <= target."""
+    taken = {(c.tensor, c.block, c.model) for c in chosen}
+    sums = _omitted_sums(cands, chosen)
+    total = sum(v * v for v in sums.values())
+    out = list(chosen)
+    for c in order:
+        if total <= target * target * (1 - 1e-12):
+            break
+        key = (c.tensor, c.block, c.model)
+        if key in taken:
+            continue
+        k = (c.tensor, c.block)
+        old = sums.get(k, 0.0)
+        new = max(0.0, old - c.contrib)
+        total += new * new - old * old
+        sums[k] = new
+        taken.add(key)
+        out.append(c)
+    return out
+
+
+def _bound(
+    omitted: dict[tuple[str, int], float],
+    cands: Sequence[Candidate],
+    chosen: Sequence[Candidate],
+    spec: MethodSpec,
+    tasks: Sequence[Any],
+) -> float:
+    """sqrt(Σ_b (Σ_omitted contrib + rounding allowance)²) over blocks with omissions."""
+    by_block: dict[tuple[str, int], list[Candidate]] = {}
+    for c in cands:
+        by_block.setdefault((c.tensor, c.block), []).append(c)
+    dtypes = {t.plan.name: (t.reference.dtype if t.reference else "F32") for t in tasks}
+    total = 0.0
+    for key, s in omitted.items():
+        if s <= 0:
+            continue
+        group = by_block[key]
+        mag = group[0].base_l2 + sum(
+            c.contrib / max(c.base_l2, 1e-30) * 0 + c.max_abs for c in group
+        )
+        bits = MANTISSA_BITS.get(dtypes.get(key[0], "F32"), 23)
+        ulp = 2.0 ** (math.floor(math.log2(mag)) - bits) if mag > 0 else 0.0
+        slack = math.sqrt(group[0].numel) * ulp * (2 + 2 * (len(group) + 2) * 2.0**-16)
+        total += (s + slack) ** 2
+    return math.sqrt(total)
+
+
+def _candidates(
+    repo: Repository,
+    spec: MethodSpec,
+    tasks: Sequence[Any],
+    models: Sequence[Any],
+    base_index: int,
+    progress: Callable[[int], None] | None,
+) -> tuple[list[Candidate], tuple[int, int]]:
+    """Every (input, block) that differs from the base, with its cost and statistics."""
+    need: list[tuple[Any, int, int, float, bytes, bytes, str]] = []
+    for t in tasks:
+        ref = t.reference
+        if ref is None or t.plan.copy_from is not None:
+            continue
+        ws = effective_weights(spec, t)
+        for k, (rec, model) in enumerate(zip(t.inputs, t.input_models, strict=True)):
+            if model == base_index:
+                continue
+            if rec.shape != ref.shape or rec.dtype != ref.dtype or not supports_stats(rec.dtype):
+                continue  # not block-aligned with the base: always read in full
+            for i, (bid, rid) in enumerate(zip(rec.blocks, ref.blocks, strict=True)):
+                if bid != rid:
+                    need.append((t, i, model, ws[k], bid, rid, rec.dtype))
+    meter = ReadMeter()
+    computed: list[tuple[bytes, bytes, str, DeltaStats]] = []
+
+    def work(item: tuple[Any, int, int, float, bytes, bytes, str]) -> Candidate:
+        t, i, model, w, bid, rid, dtype = item
+        loc = repo.block_location(bid)
+        assert loc is not None
+        cost = loc.length
+        if loc.ref is not None and loc.ref != rid:
+            ref_loc = repo.block_location(loc.ref)
+            cost += ref_loc.length if ref_loc else 0
+        st = repo.get_stats(bid, rid, dtype)
+        if st is None:
+            st = delta_stats(repo.read_block(bid, meter), repo.read_block(rid, meter), dtype)
+            computed.append((bid, rid, dtype, st))
+        if progress:
+            progress(1)
+        return Candidate(t.plan.name, i, model, cost, w * st.l2, st.numel, st.max_abs, st.l2_a)
+
+    cands = list(ordered_map(work, need, workers=default_workers()))
+    if computed:
+        repo.put_stats(computed)
+    return cands, (meter.bytes_read, len(computed))
+
+
+def full_expert_bytes(repo: Repository, tasks: Sequence[Any], base_index: int | None) -> int:
+    """Stored bytes of every input block that differs from the base block (a full read)."""
+    total = 0
+    seen: set[bytes] = set()
+    for t in tasks:
+        ref = t.reference
+        for rec, model in zip(t.inputs, t.input_models, strict=True):
+            if model == base_index:
+                continue
+            aligned = ref is not None and ref.shape == rec.shape and ref.dtype == rec.dtype
+            for i, bid in enumerate(rec.blocks):
+                if aligned and bid == ref.blocks[i]:
+                    continue
+                loc = repo.block_location(bid)
+                total += loc.length if loc else 0
+                seen.add(bid)
+    return total

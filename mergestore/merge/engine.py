@@ -1,0 +1,351 @@
+"""The streaming executor: one output tensor at a time, inputs read block by block from the store.
+
+For each output tensor the engine reads the base (reference) blocks, then each input's blocks:
+a block identical to the reference block costs nothing, a block the plan omits is taken equal
+to the reference block (it contributes no delta), and every other block is read and decoded
+(a delta-coded block is decoded against the reference block already in hand). The method's pure
+kernel then runs on whole tensors, and the output is cut into blocks and handed to a sink (the
+store, or a hasher for replay). The next tensor's inputs are read while the current one is
+merged. Memory stays near (inputs + 2) x the largest tensor.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+
+from mergestore.formats.safetensors import DTYPE_SIZES, dtype_name, torch_dtype
+from mergestore.merge.tensorplan import OutputTensorPlan
+from mergestore.ops import TensorContext, merge_tensor
+from mergestore.store import codecs
+from mergestore.store.blocks import block_id, tensor_blocking
+from mergestore.store.objects import TensorRecord
+from mergestore.store.packs import ReadMeter
+from mergestore.store.parallel import default_workers, ordered_map
+from mergestore.store.repo import Repository, WriteSession
+
+Progress = Callable[[int], None]
+
+
+@dataclass
+class TensorTask:
+    """One output tensor: its plan, the records it reads, and which input blocks to read."""
+
+    plan: OutputTensorPlan
+    base: TensorRecord | None  # the kernel's base input
+    inputs: list[TensorRecord]  # the kernel's other inputs, in plan order
+    input_models: list[int]  # model index of each input
+    reference: TensorRecord | None  # the base model's tensor: stands in for omitted blocks
+    selected: list[frozenset[int] | None]  # per input: blocks to read (None: all)
+
+
+@dataclass
+class OutputTensor:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    rows_per_block: int
+    blocks: tuple[bytes, ...]
+
+
+class Sink(Protocol):
+    def put_blocks(
+        self, raws: Sequence[memoryview], dtype: str, refs: Sequence[bytes | None]
+    ) -> list[bytes]: ...
+
+
+class StoreSink:
+    """Writes output blocks into the store (deduplicated; delta-coded against the base)."""
+
+    def __init__(self, repo: Repository, session: WriteSession) -> None:
+        self.repo = repo
+        self.session = session
+        self._ref_cache: dict[bytes, bytes] = {}
+
+    def put_blocks(
+        self, raws: Sequence[memoryview], dtype: str, refs: Sequence[bytes | None]
+    ) -> list[bytes]:
+        def work(item: tuple[memoryview, bytes | None]) -> tuple[bytes, codecs.Encoded | None]:
+            raw, ref = item
+            bid = block_id(raw)
+            if bid == ref or self.session.known(bid):
+                return bid, None
+            ref_raw = None
+            if ref is not None and self.repo.config.delta_codecs and not self.session.is_delta(ref):
+                ref_raw = self._ref_cache.get(ref)
+            enc = codecs.encode_block(
+                raw,
+                dtype=dtype,
+                level=self.repo.config.zstd_level,
+                reference=ref_raw,
+                reference_id=ref if ref_raw is not None else None,
+            )
+            return bid, enc
+
+        ids = []
+        for (bid, enc), raw in zip(
+            ordered_map(work, list(zip(raws, refs, strict=True)), workers=default_workers()),
+            raws,
+            strict=True,
+        ):
+            if enc is not None:
+                self.session.add_encoded(bid, len(raw), enc)
+            ids.append(bid)
+        self._ref_cache.clear()
+        return ids
+
+    def offer_references(self, refs: dict[bytes, bytes]) -> None:
+        """Raw bytes of the base blocks, so outputs can be delta-coded without re-reading."""
+        self._ref_cache = refs
+
+
+class HashSink:
+    """Only names the output blocks (replay: nothing is written)."""
+
+    def put_blocks(
+        self, raws: Sequence[memoryview], dtype: str, refs: Sequence[bytes | None]
+    ) -> list[bytes]:
+        return list(ordered_map(block_id, list(raws), workers=default_workers()))
+
+    def offer_references(self, refs: dict[bytes, bytes]) -> None:
+        pass
+
+
+@dataclass
+class EngineStats:
+    expert_meters: list[ReadMeter]  # one per model index
+    base_meter: ReadMeter = field(default_factory=ReadMeter)
+    blocks_read: int = 0
+    tensors: int = 0
+    merged_delta_sq: float = 0.0  # sum over tensors of ||out - reference||^2 (fp64)
+    seconds: float = 0.0
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+
+
+@dataclass
+class _Loaded:
+    task: TensorTask
+    base: torch.Tensor | None
+    inputs: list[torch.Tensor]
+    reference: torch.Tensor | None
+    ref_raw: dict[bytes, bytes]
+
+
+def _assemble(chunks: Sequence[bytes], rec: TensorRecord) -> torch.Tensor:
+    dt = torch_dtype(rec.dtype)
+    if rec.nbytes == 0:
+        return torch.empty(rec.shape, dtype=dt)
+    buf = bytearray(rec.nbytes)
+    pos = 0
+    for c in chunks:
+        buf[pos : pos + len(c)] = c
+        pos += len(c)
+    return torch.frombuffer(buf, dtype=dt).reshape(rec.shape)
+
+
+class Engine:
+    def __init__(
+        self,
+        repo: Repository,
+        *,
+        method: str,
+        dtype: str | None,
+        out_dtype: str | None,
+        seed: int,
+        rng: str = "per_tensor",
+        block_size: int | None = None,
+        tokenizer_source: str | None = None,
+    ) -> None:
+        self.repo = repo
+        self.method = method
+        self.compute_dtype = _torch_dtype_or_none(dtype)
+        self.out_dtype = _torch_dtype_or_none(out_dtype)
+        self.seed = seed
+        self.rng = rng
+        self.block_size = block_size or repo.config.block_size
+        self.tokenizer_source = tokenizer_source
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def _read_reference(self, rec: TensorRecord | None, stats: EngineStats) -> dict[bytes, bytes]:
+        if rec is None:
+            return {}
+        uniq = list(dict.fromkeys(rec.blocks))
+        raws = ordered_map(
+            lambda b: self.repo.read_block(b, stats.base_meter), uniq, workers=default_workers()
+        )
+        return dict(zip(uniq, raws, strict=True))
+
+    def _read_input(
+        self,
+        rec: TensorRecord,
+        reference: TensorRecord | None,
+        ref_raw: dict[bytes, bytes],
+        selected: frozenset[int] | None,
+        meter: ReadMeter,
+        stats: EngineStats,
+    ) -> list[bytes]:
+        aligned = (
+            reference is not None
+            and reference.blocks
+            and len(reference.blocks) == len(rec.blocks)
+            and reference.dtype == rec.dtype
+            and reference.shape == rec.shape
+        )
+
+        def one(i: int) -> bytes:
+            bid = rec.blocks[i]
+            if aligned:
+                assert reference is not None
+                rid = reference.blocks[i]
+                if bid == rid:
+                    return ref_raw[rid]
+                if selected is not None and i not in selected:
+                    return ref_raw[rid]  # omitted: the input is taken equal to the base here
+                loc = self.repo.block_location(bid)
+                hint = ref_raw[rid] if loc is not None and loc.ref == rid else None
+                with stats._lock:
+                    stats.blocks_read += 1
+                return self.repo.read_block(bid, meter, reference=hint)
+            if bid in ref_raw:
+                return ref_raw[bid]
+            with stats._lock:
+                stats.blocks_read += 1
+            return self.repo.read_block(bid, meter)
+
+        return list(ordered_map(one, range(len(rec.blocks)), workers=default_workers()))
+
+    def _load(self, task: TensorTask, stats: EngineStats) -> _Loaded:
+        ref_raw = self._read_reference(task.reference, stats)
+        base_t = None
+        if task.base is not None:
+            if task.reference is not None and task.base.blocks == task.reference.blocks:
+                base_t = _assemble([ref_raw[b] for b in task.base.blocks], task.base)
+            else:
+                base_t = _assemble(
+                    self._read_input(task.base, None, ref_raw, None, stats.base_meter, stats),
+                    task.base,
+                )
+        inputs = []
+        for rec, model, sel in zip(task.inputs, task.input_models, task.selected, strict=True):
+            meter = stats.expert_meters[model]
+            chunks = self._read_input(rec, task.reference, ref_raw, sel, meter, stats)
+            inputs.append(_assemble(chunks, rec))
+        reference_t = None
+        if task.reference is not None:
+            if task.base is not None and task.base.blocks == task.reference.blocks:
+                reference_t = base_t
+            else:
+                reference_t = _assemble([ref_raw[b] for b in task.reference.blocks], task.reference)
+        if self.tokenizer_source is not None and reference_t is not None:
+            inputs = [_fit_vocab(x, reference_t) for x in inputs]
+            if base_t is not None:
+                base_t = _fit_vocab(base_t, reference_t)
+        return _Loaded(task, base_t, inputs, reference_t, ref_raw)
+
+    # -- merging ----------------------------------------------------------------------------
+
+    def _merge(self, ld: _Loaded) -> torch.Tensor:
+        p = ld.task.plan
+        if p.copy_from is not None:
+            src = ld.base if ld.task.base is not None else ld.inputs[0]
+            assert src is not None
+            out = (
+                src
+                if self.out_dtype is None or not src.is_floating_point()
+                else src.to(self.out_dtype)
+            )
+            return out
+        ctx = TensorContext(name=p.name, seed=self.seed, rng=self.rng)
+        return merge_tensor(
+            self.method,
+            ld.base,
+            ld.inputs,
+            p.shared,
+            list(p.per_input),
+            ctx,
+            dtype=self.compute_dtype,
+            out_dtype=self.out_dtype,
+        )
+
+    def _emit(
+        self, ld: _Loaded, out: torch.Tensor, sink: Sink, stats: EngineStats, track_delta: bool
+    ) -> OutputTensor:
+        name = ld.task.plan.name
+        out = out.contiguous()
+        dtype = dtype_name(out.dtype)
+        shape = tuple(out.shape)
+        blocking = tensor_blocking(shape, DTYPE_SIZES[dtype], self.block_size)
+        data = memoryview(out.reshape(-1).view(torch.uint8).numpy()) if out.numel() else b""
+        raws = [data[b0:b1] for b0, b1 in blocking.ranges()]
+        ref = ld.task.reference
+        refs: list[bytes | None] = [None] * len(raws)
+        if ref is not None and ref.dtype == dtype and tuple(ref.shape) == shape:
+            refs = list(ref.blocks)
+            sink.offer_references(ld.ref_raw)
+        ids = sink.put_blocks(raws, dtype, refs)
+        if track_delta and ld.reference is not None and ld.reference.shape == out.shape:
+            d = out.to(torch.float64) - ld.reference.to(torch.float64)
+            stats.merged_delta_sq += float(torch.dot(d.reshape(-1), d.reshape(-1)))
+        return OutputTensor(name, dtype, shape, blocking.rows_per_block, tuple(ids))
+
+    def run(
+        self,
+        tasks: Sequence[TensorTask],
+        sink: Sink,
+        n_models: int,
+        *,
+        progress: Progress | None = None,
+        track_delta: bool = False,
+    ) -> tuple[list[OutputTensor], EngineStats]:
+        """Merge every task in order; the next task's inputs load while this one merges."""
+        t0 = time.perf_counter()
+        stats = EngineStats(expert_meters=[ReadMeter() for _ in range(n_models)])
+        outputs: list[OutputTensor] = []
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mergestore-load") as loader:
+            it: Iterator[TensorTask] = iter(tasks)
+            nxt = next(it, None)
+            fut = loader.submit(self._load, nxt, stats) if nxt is not None else None
+            while fut is not None:
+                ld = fut.result()
+                nxt = next(it, None)
+                fut = loader.submit(self._load, nxt, stats) if nxt is not None else None
+                out = self._merge(ld)
+                outputs.append(self._emit(ld, out, sink, stats, track_delta))
+                stats.tensors += 1
+                if progress:
+                    progress(1)
+                del ld, out
+        stats.seconds = time.perf_counter() - t0
+        return outputs, stats
+
+
+def _fit_vocab(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """tokenizer_source: base — rows beyond the base vocabulary are dropped, missing rows are
+    taken from the base (token ids shared with the base keep their rows)."""
+    if x.shape == ref.shape or x.dim() == 0 or x.shape[1:] != ref.shape[1:]:
+        return x
+    n = ref.shape[0]
+    if x.shape[0] >= n:
+        return x[:n]
+    return torch.cat([x, ref[x.shape[0] :].to(x.dtype)], dim=0)
+
+
+def _torch_dtype_or_none(name: str | None) -> torch.dtype | None:
+    if name is None:
+        return None
+    table = {
+        "bfloat16": torch.bfloat16,
+        "float16": torch.float16,
+        "float32": torch.float32,
+        "float64": torch.float64,
+    }
+    return table[name]

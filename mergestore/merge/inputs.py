@@ -1,0 +1,134 @@
+"""Resolve a merge's models to commits, and validate every tensor before any data is read."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from mergestore.errors import MergeError, RefError
+from mergestore.formats.safetensors import DTYPE_SIZES
+from mergestore.ingest import base_tensor_blocks, commit_checkpoint
+from mergestore.merge.config import MergeConfig, ModelRef
+from mergestore.merge.tensorplan import OutputTensorPlan
+from mergestore.store.objects import TensorFile, TensorRecord
+from mergestore.store.repo import Repository
+
+FLOAT_DTYPES = frozenset({"BF16", "F16", "F32", "F64", "F8_E5M2", "F8_E4M3"})
+VOCAB_MARKERS = ("embed_tokens", "lm_head", "wte", "word_embeddings", "embed_in", "embed_out")
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    ref: ModelRef
+    commit: bytes
+    tensors: dict[str, TensorRecord]
+    committed_from_path: bool = False
+
+
+def _tensors(repo: Repository, cid: bytes) -> dict[str, TensorRecord]:
+    out: dict[str, TensorRecord] = {}
+    tree = repo.get_tree(repo.get_commit(cid).tree)
+    for e in tree.entries:
+        if e.kind == "tensorfile":
+            tf = repo.get_file(e.object)
+            assert isinstance(tf, TensorFile)
+            for t in tf.tensors:
+                out[t.name] = t
+    return out
+
+
+def resolve_models(
+    repo: Repository,
+    refs: Sequence[ModelRef],
+    *,
+    commit_path: Callable[[Path], bytes] | None = None,
+) -> list[ResolvedModel]:
+    """Store refs resolve to their commits; local paths are committed first (deduplicated)."""
+    out = []
+    for ref in refs:
+        try:
+            cid = repo.resolve(ref.text)
+            from_path = False
+        except RefError:
+            p = Path(os.path.expanduser(ref.text))
+            if not p.exists():
+                raise MergeError(f"unknown model {ref.text!r}: not a ref and not a path") from None
+            if commit_path is None:
+                raise MergeError(f"model {ref.text!r} is a path; commit it first") from None
+            cid = commit_path(p)
+            from_path = True
+        out.append(ResolvedModel(ref, cid, _tensors(repo, cid), from_path))
+    return out
+
+
+def commit_path_fn(repo: Repository) -> Callable[[Path], bytes]:
+    """Commit a local checkpoint without moving any ref: the merge commit will point at it."""
+
+    def run(p: Path) -> bytes:
+        return commit_checkpoint(
+            repo, p, message=f"merge input {p}", branch=None, want_stats=False, detached=True
+        ).commit
+
+    return run
+
+
+def is_vocab_tensor(name: str) -> bool:
+    return any(m in name for m in VOCAB_MARKERS)
+
+
+def validate_tensor_plans(
+    plans: Sequence[OutputTensorPlan],
+    models: Sequence[ResolvedModel],
+    *,
+    compute_dtype: str | None,
+    tokenizer_source: str | None,
+) -> None:
+    """Refuse missing tensors, shape/dtype mismatches and differing non-float tensors."""
+    for p in plans:
+        sources = ([p.base] if p.base else []) + list(p.inputs)
+        if p.copy_from is not None:
+            sources = [p.copy_from]
+        recs = []
+        for s in sources:
+            m = models[s.model_index]
+            rec = m.tensors.get(s.tensor_name)
+            if rec is None:
+                raise MergeError(f"tensor {s.tensor_name!r} is missing from {m.ref.text!r}")
+            recs.append((m, rec))
+        first_m, first = recs[0]
+        for m, rec in recs[1:]:
+            if rec.shape != first.shape:
+                vocab_ok = (
+                    tokenizer_source is not None
+                    and is_vocab_tensor(p.name)
+                    and rec.shape[1:] == first.shape[1:]
+                )
+                if not vocab_ok:
+                    what = "vocabulary size" if is_vocab_tensor(p.name) else "shape"
+                    hint = " (set tokenizer_source: base)" if what == "vocabulary size" else ""
+                    raise MergeError(
+                        f"{what} mismatch for {p.name!r}: {first_m.ref.text} has "
+                        f"{list(first.shape)}, {m.ref.text} has {list(rec.shape)}{hint}"
+                    )
+            if rec.dtype != first.dtype:
+                if rec.dtype not in FLOAT_DTYPES or first.dtype not in FLOAT_DTYPES:
+                    raise MergeError(f"dtype mismatch for {p.name!r}: {first.dtype} vs {rec.dtype}")
+                if compute_dtype is None:
+                    raise MergeError(
+                        f"dtype mismatch for {p.name!r}: {first_m.ref.text} is {first.dtype}, "
+                        f"{m.ref.text} is {rec.dtype} (set dtype: to merge them)"
+                    )
+            if first.dtype not in FLOAT_DTYPES and rec.blocks != first.blocks:
+                raise MergeError(f"non-float tensor {p.name!r} differs between inputs")
+        if first.dtype not in DTYPE_SIZES:
+            raise MergeError(f"tensor {p.name!r} has unsupported dtype {first.dtype}")
+
+
+def base_blocks_of(repo: Repository, cid: bytes | None) -> dict:
+    return base_tensor_blocks(repo, cid)
+
+
+def config_models_text(cfg: MergeConfig) -> list[str]:
+    return [m.ref.text for m in (cfg.models or ())]

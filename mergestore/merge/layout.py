@@ -1,0 +1,198 @@
+"""The output checkpoint's files: shards, headers, index json, config and tokenizer files."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+from mergestore.formats.safetensors import DTYPE_SIZES, encode_header
+from mergestore.merge.engine import OutputTensor
+from mergestore.store.blocks import blob_ranges
+from mergestore.store.objects import BlobFile, TensorFile, TensorRecord, Tree, TreeEntry
+from mergestore.store.repo import Repository, WriteSession
+
+DEFAULT_SHARD_BYTES = 5_000_000_000  # mergekit's default output shard size
+TOKENIZER_FILES = frozenset(
+    {
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "tokenizer.model",
+        "added_tokens.json",
+        "merges.txt",
+        "vocab.json",
+        "vocab.txt",
+        "chat_template.jinja",
+        "chat_template.json",
+        "spiece.model",
+    }
+)
+TORCH_DTYPE_NAMES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32", "F64": "float64"}
+
+
+def _read_blob(repo: Repository, oid: bytes) -> bytes:
+    obj = repo.get_file(oid)
+    assert isinstance(obj, BlobFile)
+    return b"".join(repo.read_block(b) for b in obj.blocks)
+
+
+def _put_blob(session: WriteSession, data: bytes, block_size: int) -> bytes:
+    blocks = tuple(session.put_raw(data[a:b]) for a, b in blob_ranges(len(data), block_size))
+    return session.put_object(BlobFile(size=len(data), blocks=blocks))
+
+
+def _record(out: OutputTensor, begin: int) -> TensorRecord:
+    n = DTYPE_SIZES[out.dtype]
+    for s in out.shape:
+        n *= s
+    return TensorRecord(
+        out.name, out.dtype, out.shape, begin, begin + n, out.rows_per_block, out.blocks
+    )
+
+
+def _tensorfile(
+    session: WriteSession,
+    repo: Repository,
+    outs: Sequence[OutputTensor],
+    metadata: dict[str, str] | None,
+    header_blob: bytes | None,
+) -> tuple[bytes, int]:
+    """A TensorFile for `outs` in order; reuses `header_blob` when given (identical layout)."""
+    header, layout = encode_header([(o.name, o.dtype, o.shape) for o in outs], metadata)
+    if header_blob is None:
+        header_blob = _put_blob(session, header, repo.config.block_size)
+        header_len = len(header)
+    else:
+        hb = repo.get_file(header_blob)
+        header_len = hb.size
+    recs = tuple(_record(o, e.begin) for o, e in zip(outs, layout, strict=True))
+    size = 8 + header_len + (layout[-1].end if layout else 0)
+    tf = TensorFile(size=size, header=header_blob, tensors=recs)
+    return session.put_object(tf), size
+
+
+def build_tree(
+    repo: Repository,
+    session: WriteSession,
+    outputs: Sequence[OutputTensor],
+    *,
+    layout_commit: bytes,
+    tokenizer_commit: bytes | None,
+    out_dtype: str | None,
+    extra_files: dict[str, bytes] | None = None,
+    shard_bytes: int = DEFAULT_SHARD_BYTES,
+) -> bytes:
+    """Mirror the layout model's files when the tensor names match; else lay out fresh shards."""
+    src_tree = repo.get_tree(repo.get_commit(layout_commit).tree)
+    by_name = {o.name: o for o in outputs}
+    src_files = {e.path: e for e in src_tree.entries}
+    src_tensors: dict[str, list[TensorRecord]] = {}
+    for e in src_tree.entries:
+        if e.kind == "tensorfile":
+            tf = repo.get_file(e.object)
+            assert isinstance(tf, TensorFile)
+            src_tensors[e.path] = list(tf.tensors)
+    src_names = {t.name for ts in src_tensors.values() for t in ts}
+    entries: list[TreeEntry] = []
+    index_paths = [p for p in src_files if p.endswith(".safetensors.index.json")]
+    weight_map: dict[str, str] = {}
+    total = 0
+    if src_names == set(by_name):
+        for path, ts in src_tensors.items():
+            outs = [by_name[t.name] for t in ts]
+            same = all(
+                o.dtype == t.dtype and o.shape == t.shape for o, t in zip(outs, ts, strict=True)
+            )
+            tf_src = repo.get_file(src_files[path].object)
+            assert isinstance(tf_src, TensorFile)
+            meta = _header_metadata(repo, tf_src.header)
+            oid, size = _tensorfile(session, repo, outs, meta, tf_src.header if same else None)
+            entries.append(TreeEntry(path, "tensorfile", oid, size))
+            for o in outs:
+                weight_map[o.name] = path
+                total += _record(o, 0).nbytes
+    else:
+        index_paths = []
+        shards: list[list[OutputTensor]] = [[]]
+        cur = 0
+        for o in sorted(outputs, key=lambda x: x.name):
+            n = _record(o, 0).nbytes
+            if shards[-1] and cur + n > shard_bytes:
+                shards.append([])
+                cur = 0
+            shards[-1].append(o)
+            cur += n
+            total += n
+        k = len(shards)
+        for i, outs in enumerate(shards):
+            path = "model.safetensors" if k == 1 else f"model-{i + 1:05d}-of-{k:05d}.safetensors"
+            oid, size = _tensorfile(session, repo, outs, {"format": "pt"}, None)
+            entries.append(TreeEntry(path, "tensorfile", oid, size))
+            for o in outs:
+                weight_map[o.name] = path
+        if k > 1:
+            index_paths = ["model.safetensors.index.json"]
+    dtype_changed = out_dtype is not None
+    tok_files = {}
+    if tokenizer_commit is not None and tokenizer_commit != layout_commit:
+        tok_tree = repo.get_tree(repo.get_commit(tokenizer_commit).tree)
+        tok_files = {
+            e.path: e for e in tok_tree.entries if e.path.split("/")[-1] in TOKENIZER_FILES
+        }
+    for path, e in src_files.items():
+        if e.kind == "tensorfile" or path.endswith(".safetensors.index.json"):
+            continue
+        if path.split("/")[-1] in TOKENIZER_FILES and tok_files:
+            continue
+        if path.split("/")[-1] == "config.json" and "/" not in path and dtype_changed:
+            data = _retype_config(_read_blob(repo, e.object), out_dtype)
+            oid = _put_blob(session, data, repo.config.block_size)
+            entries.append(TreeEntry(path, "blob", oid, len(data)))
+            continue
+        entries.append(e)
+    entries.extend(tok_files.values())
+    for path in index_paths:
+        old = src_files.get(path)
+        meta: dict = {}
+        if old is not None:
+            try:
+                old_doc = json.loads(_read_blob(repo, old.object))
+                meta = dict(old_doc.get("metadata") or {})
+                if old_doc.get("weight_map") == weight_map and meta.get("total_size") == total:
+                    entries.append(old)  # unchanged: keep the original bytes
+                    continue
+            except (ValueError, AttributeError):
+                meta = {}
+        meta["total_size"] = total
+        doc = {"metadata": meta, "weight_map": dict(sorted(weight_map.items()))}
+        data = (json.dumps(doc, indent=2) + "\n").encode()
+        oid = _put_blob(session, data, repo.config.block_size)
+        entries.append(TreeEntry(path, "blob", oid, len(data)))
+    for path, data in (extra_files or {}).items():
+        oid = _put_blob(session, data, repo.config.block_size)
+        entries = [e for e in entries if e.path != path]
+        entries.append(TreeEntry(path, "blob", oid, len(data)))
+    entries.sort(key=lambda e: e.path)
+    return session.put_object(Tree(entries=tuple(entries)))
+
+
+def _header_metadata(repo: Repository, header_blob: bytes) -> dict[str, str] | None:
+    try:
+        doc = json.loads(_read_blob(repo, header_blob))
+    except ValueError:
+        return None
+    meta = doc.get("__metadata__")
+    return dict(meta) if isinstance(meta, dict) else None
+
+
+def _retype_config(data: bytes, out_dtype: str | None) -> bytes:
+    try:
+        cfg = json.loads(data)
+    except ValueError:
+        return data
+    if not isinstance(cfg, dict) or out_dtype is None:
+        return data
+    for key in ("torch_dtype", "dtype"):
+        if key in cfg:
+            cfg[key] = out_dtype
+    return (json.dumps(cfg, indent=2) + "\n").encode()

@@ -1,0 +1,347 @@
+"""`merge`: plan a merge, execute it from the store, and publish it as one commit with its plan."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from mergestore import __version__
+from mergestore.errors import MergeError
+from mergestore.ingest import branch_ref, default_author
+from mergestore.merge import budget as budget_mod
+from mergestore.merge.config import MergeConfig, models_in_config
+from mergestore.merge.engine import Engine, HashSink, OutputTensor, StoreSink, TensorTask
+from mergestore.merge.inputs import (
+    ResolvedModel,
+    commit_path_fn,
+    resolve_models,
+    validate_tensor_plans,
+)
+from mergestore.merge.layout import build_tree
+from mergestore.merge.tensorplan import OutputTensorPlan, plan_tensors
+from mergestore.ops import get_method
+from mergestore.ops.spec import BaseRule
+from mergestore.store.objects import Commit, Plan
+from mergestore.store.repo import RefUpdate, Repository
+
+ENGINE = f"mergestore {__version__} (engine 1)"
+Progress = Callable[[int], None]
+
+
+@dataclass
+class PreparedMerge:
+    """Everything decided before any tensor data is read."""
+
+    cfg: MergeConfig
+    models: list[ResolvedModel]
+    plans: list[OutputTensorPlan]
+    tasks: list[TensorTask]
+    base_index: int | None  # model index of the base (reference for omitted blocks)
+    selection: budget_mod.Selection
+    plan_body: dict[str, Any]
+
+    @property
+    def plan(self) -> Plan:
+        return Plan(body=self.plan_body)
+
+
+@dataclass
+class MergeResult:
+    commit: bytes | None
+    plan: bytes
+    run: dict[str, Any]
+    outputs: list[OutputTensor] = field(default_factory=list)
+
+
+def _base_index(cfg: MergeConfig, models: list[ResolvedModel]) -> int | None:
+    if cfg.base_model is None:
+        return None
+    for i, m in enumerate(models):
+        if m.ref == cfg.base_model:
+            return i
+    return None
+
+
+def make_tasks(
+    plans: list[OutputTensorPlan], models: list[ResolvedModel], base_index: int | None
+) -> list[TensorTask]:
+    tasks = []
+    for p in plans:
+        ref = None
+        if base_index is not None:
+            ref = models[base_index].tensors.get(p.name)
+            if ref is None and p.base is not None:
+                ref = models[p.base.model_index].tensors[p.base.tensor_name]
+        if p.copy_from is not None:
+            src = models[p.copy_from.model_index].tensors[p.copy_from.tensor_name]
+            tasks.append(TensorTask(p, src, [], [], ref, []))
+            continue
+        base = models[p.base.model_index].tensors[p.base.tensor_name] if p.base else None
+        inputs = [models[s.model_index].tensors[s.tensor_name] for s in p.inputs]
+        idx = [s.model_index for s in p.inputs]
+        tasks.append(TensorTask(p, base, inputs, idx, ref, [None] * len(inputs)))
+    return tasks
+
+
+def prepare(
+    repo: Repository,
+    cfg: MergeConfig,
+    *,
+    budget: str | int | None = None,
+    max_error: float | None = None,
+    commit_paths: bool = True,
+    model_commits: list[bytes] | None = None,
+    analyze_progress: Progress | None = None,
+) -> PreparedMerge:
+    """Validate the config, resolve inputs, plan every tensor and choose the blocks to read."""
+    spec = get_method(cfg.merge_method)
+    refs = models_in_config(cfg)
+    if model_commits is not None:  # replay: the plan's recorded commits, not today's refs
+        from mergestore.merge.inputs import _tensors
+
+        models = [
+            ResolvedModel(r, c, _tensors(repo, c)) for r, c in zip(refs, model_commits, strict=True)
+        ]
+    else:
+        models = resolve_models(
+            repo, refs, commit_path=commit_path_fn(repo) if commit_paths else None
+        )
+    plans = plan_tensors(cfg, spec, refs, {i: list(m.tensors) for i, m in enumerate(models)})
+    if not plans:
+        raise MergeError("the merge has no tensors to produce")
+    validate_tensor_plans(
+        plans, models, compute_dtype=cfg.dtype, tokenizer_source=cfg.tokenizer_source
+    )
+    base_index = _base_index(cfg, models)
+    tasks = make_tasks(plans, models, base_index)
+    selection = budget_mod.select(
+        repo,
+        spec,
+        tasks,
+        models,
+        base_index,
+        budget=budget,
+        max_error=max_error,
+        progress=analyze_progress,
+    )
+    for t in tasks:
+        t.selected = [selection.for_input(t.plan.name, m) for m in t.input_models]
+    body = {
+        "type": "merge_plan",
+        "version": 1,
+        "engine": ENGINE,
+        "method": spec.name,
+        "config": cfg.to_dict(),
+        "config_yaml": cfg.raw_text,
+        "models": [{"ref": m.ref.text, "commit": m.commit.hex()} for m in models],
+        "base": models[base_index].commit.hex() if base_index is not None else None,
+        "dtype": cfg.dtype,
+        "out_dtype": cfg.out_dtype,
+        "seed": cfg.seed or 0,
+        "rng": "per_tensor",
+        "block_size": repo.config.block_size,
+        "tensors": [
+            {
+                "name": p.name,
+                "t": p.t,
+                "shared": p.shared,
+                "per_input": list(p.per_input),
+                "base": [p.base.model_index, p.base.tensor_name] if p.base else None,
+                "inputs": [[s.model_index, s.tensor_name] for s in p.inputs],
+                "copy_from": (
+                    [p.copy_from.model_index, p.copy_from.tensor_name] if p.copy_from else None
+                ),
+            }
+            for p in plans
+        ],
+        **selection.to_plan(),
+    }
+    return PreparedMerge(cfg, models, plans, tasks, base_index, selection, body)
+
+
+def _parents(prep: PreparedMerge) -> tuple[bytes, ...]:
+    order: list[bytes] = []
+    if prep.base_index is not None:
+        order.append(prep.models[prep.base_index].commit)
+    for m in prep.models:
+        if m.commit not in order:
+            order.append(m.commit)
+    return tuple(order)
+
+
+def execute(
+    repo: Repository,
+    prep: PreparedMerge,
+    *,
+    branch: str | None,
+    message: str,
+    author: str | None = None,
+    progress: Progress | None = None,
+) -> MergeResult:
+    """Run the merge into the store and publish commit, plan and ref move in one transaction."""
+    t0 = time.perf_counter()
+    spec = get_method(prep.cfg.merge_method)
+    ref = branch_ref(repo, branch)
+    engine = Engine(
+        repo,
+        method=spec.name,
+        dtype=prep.cfg.dtype,
+        out_dtype=prep.cfg.out_dtype,
+        seed=prep.cfg.seed or 0,
+        tokenizer_source=prep.cfg.tokenizer_source,
+    )
+    layout_index = prep.base_index if prep.base_index is not None else 0
+    tok_index = layout_index
+    ts = prep.cfg.tokenizer_source
+    if ts not in (None, "base"):
+        if ts == "union":
+            raise MergeError("tokenizer_source: union is not supported yet (use base or a model)")
+        matches = [i for i, m in enumerate(prep.models) if m.ref.text == ts]
+        if not matches:
+            raise MergeError(f"tokenizer_source {ts!r} is not one of the merge's models")
+        tok_index = matches[0]
+    with repo.writer() as session:
+        outputs, stats = engine.run(
+            prep.tasks,
+            StoreSink(repo, session),
+            len(prep.models),
+            progress=progress,
+            track_delta=prep.selection.active,
+        )
+        extra = {}
+        if prep.cfg.raw_text:
+            extra["mergekit_config.yml"] = prep.cfg.raw_text.encode()
+        tree = build_tree(
+            repo,
+            session,
+            outputs,
+            layout_commit=prep.models[layout_index].commit,
+            tokenizer_commit=prep.models[tok_index].commit,
+            out_dtype=prep.cfg.out_dtype,
+            extra_files=extra,
+        )
+        plan_id = session.put_object(prep.plan)
+        run = run_record(prep, stats, session.bytes_written, time.perf_counter() - t0)
+        run_id = session.put_object(Plan(body={"type": "merge_run", "plan": plan_id.hex(), **run}))
+        base = prep.models[prep.base_index].commit if prep.base_index is not None else None
+        commit = Commit(
+            tree=tree,
+            parents=_parents(prep),
+            message=message
+            or f"merge: {spec.name} of {', '.join(m.ref.text for m in prep.models)}",
+            author=author or default_author(),
+            time=round(time.time(), 3),
+            base=base,
+            meta={},
+            plan=plan_id,
+            run=run_id,
+        )
+        cid = session.put_object(commit)
+        old = repo.read_ref(ref)
+        session.publish([RefUpdate(ref, cid, f"merge: {spec.name}", old=old)])
+    return MergeResult(cid, plan_id, run, outputs)
+
+
+def run_record(prep: PreparedMerge, stats: Any, written: int, seconds: float) -> dict[str, Any]:
+    sel = prep.selection
+    per_model = [m.bytes_read for m in stats.expert_meters]
+    expert_read = sum(b for i, b in enumerate(per_model) if i != prep.base_index)
+    out = {
+        "expert_bytes_read": expert_read,
+        "expert_bytes_read_by_model": per_model,
+        "expert_bytes_full": sel.expert_bytes_full,
+        "budget_bytes": sel.budget_bytes,
+        "error_bound": sel.error_bound,
+        "base_bytes_read": stats.base_meter.bytes_read,
+        "analyze_bytes_read": sel.analyze_bytes_read,
+        "bytes_written": written,
+        "blocks_read": stats.blocks_read,
+        "tensors": stats.tensors,
+        "wall_seconds": round(seconds, 4),
+        "engine_seconds": round(stats.seconds, 4),
+    }
+    if sel.active:
+        delta = stats.merged_delta_sq**0.5
+        out["merged_delta_l2"] = delta
+        bound = sel.error_bound
+        out["error_bound_rel_posthoc"] = (
+            bound / (delta - bound) if bound is not None and delta > bound else None
+        )
+    return out
+
+
+def replay(repo: Repository, commit_id: bytes, progress: Progress | None = None) -> dict[str, Any]:
+    """Re-execute a merge commit's plan and compare every output block id."""
+    from mergestore.merge.config import config_from_mapping
+    from mergestore.store.objects import TensorFile
+
+    c = repo.get_commit(commit_id)
+    if c.plan is None:
+        raise MergeError(f"{commit_id.hex()[:12]} is not a merge commit (it has no plan)")
+    body = repo.get_plan(c.plan).body
+    if body.get("type") != "merge_plan":
+        raise MergeError("the commit's plan is not a merge plan")
+    cfg = config_from_mapping(body["config"], raw_text=body.get("config_yaml"))
+    commits = [bytes.fromhex(m["commit"]) for m in body["models"]]
+    spec = get_method(cfg.merge_method)
+    refs = models_in_config(cfg)
+    from mergestore.merge.inputs import _tensors
+
+    models = [
+        ResolvedModel(r, cid, _tensors(repo, cid)) for r, cid in zip(refs, commits, strict=True)
+    ]
+    plans = plan_tensors(cfg, spec, refs, {i: list(m.tensors) for i, m in enumerate(models)})
+    base_index = _base_index(cfg, models)
+    tasks = make_tasks(plans, models, base_index)
+    selection = budget_mod.Selection.from_plan(body)
+    for t in tasks:
+        t.selected = [selection.for_input(t.plan.name, m) for m in t.input_models]
+    engine = Engine(
+        repo,
+        method=spec.name,
+        dtype=cfg.dtype,
+        out_dtype=cfg.out_dtype,
+        seed=int(body.get("seed", 0)),
+        tokenizer_source=cfg.tokenizer_source,
+        block_size=int(body.get("block_size", repo.config.block_size)),
+    )
+    outputs, stats = engine.run(tasks, HashSink(), len(models), progress=progress)
+    stored: dict[str, tuple[bytes, ...]] = {}
+    for e in repo.get_tree(c.tree).entries:
+        if e.kind == "tensorfile":
+            tf = repo.get_file(e.object)
+            assert isinstance(tf, TensorFile)
+            for t in tf.tensors:
+                stored[t.name] = t.blocks
+    first_diff = None
+    n_blocks = matched = 0
+    for o in outputs:
+        want = stored.get(o.name)
+        n_blocks += len(o.blocks)
+        if want is None or tuple(want) != tuple(o.blocks):
+            if first_diff is None:
+                first_diff = o.name
+        else:
+            matched += len(o.blocks)
+    missing = sorted(set(stored) - {o.name for o in outputs})
+    if first_diff is None and missing:
+        first_diff = missing[0]
+    return {
+        "commit": commit_id.hex(),
+        "plan": c.plan.hex(),
+        "identical": first_diff is None,
+        "first_difference": first_diff,
+        "tensors": len(outputs),
+        "blocks": n_blocks,
+        "blocks_matched": matched,
+        "expert_bytes_read": sum(
+            m.bytes_read for i, m in enumerate(stats.expert_meters) if i != base_index
+        ),
+        "seconds": round(stats.seconds, 4),
+    }
+
+
+def base_rule_allows_budget(spec_base: BaseRule, has_base: bool) -> bool:
+    return has_base
