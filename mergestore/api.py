@@ -218,6 +218,193 @@ class Store:
             "blocks": len(blocks),
         }
 
+    # ----- merges ----------------------------------------------------------------------------
+
+    def prepare_merge(
+        self,
+        config: Any,
+        *,
+        budget: str | int | None = None,
+        max_error: float | None = None,
+        commit_paths: bool = True,
+    ) -> Any:
+        """Validate and plan a merge (MergeConfig, YAML path or text); reads no expert data."""
+        from mergestore.merge.config import MergeConfig, load_config
+        from mergestore.merge.run import prepare
+
+        cfg = config if isinstance(config, MergeConfig) else load_config(config)
+        return prepare(
+            self.repo, cfg, budget=budget, max_error=max_error, commit_paths=commit_paths
+        )
+
+    def execute_merge(
+        self,
+        prepared: Any,
+        *,
+        branch: str | None = None,
+        message: str = "",
+        progress: Progress | None = None,
+    ) -> Any:
+        from mergestore.merge.run import execute
+
+        return execute(self.repo, prepared, branch=branch, message=message, progress=progress)
+
+    def merge(
+        self,
+        *,
+        method: str | None = None,
+        base: str | None = None,
+        models: Sequence[str] = (),
+        weights: Sequence[float] | None = None,
+        params: dict[str, Any] | None = None,
+        config: Any = None,
+        dtype: str | None = None,
+        out_dtype: str | None = None,
+        seed: int | None = None,
+        budget: str | int | None = None,
+        max_error: float | None = None,
+        branch: str | None = None,
+        message: str = "",
+    ) -> Any:
+        """Run a merge and store it as a commit; returns a MergeResult (commit, plan, run)."""
+        from mergestore.merge.config import config_from_cli
+
+        if config is None:
+            if method is None:
+                raise MergestoreError("merge: give a method (or a config)")
+            config = config_from_cli(
+                method,
+                base,
+                list(models),
+                list(weights or []),
+                {k: v for k, v in (params or {}).items()},
+                dtype,
+                out_dtype,
+                seed,
+            )
+        prep = self.prepare_merge(config, budget=budget, max_error=max_error)
+        return self.execute_merge(prep, branch=branch, message=message)
+
+    def replay(self, ref: str) -> dict[str, Any]:
+        """Re-execute a merge's plan; {"identical": bool, "first_difference": name, ...}."""
+        from mergestore.merge.run import replay
+
+        return replay(self.repo, self.resolve(ref))
+
+    def merge_info(self, ref: str | bytes) -> tuple[bytes, Commit, dict[str, Any], dict[str, Any]]:
+        cid = ref if isinstance(ref, bytes) else self.resolve(ref)
+        c = self.repo.get_commit(cid)
+        if c.plan is None:
+            raise MergestoreError(f"{cid.hex()[:12]} is not a merge commit")
+        plan = self.repo.get_plan(c.plan).body
+        run = self.repo.get_plan(c.run).body if c.run else {}
+        return cid, c, plan, run
+
+    def plan_summary(self, ref: str | bytes) -> dict[str, Any]:
+        _cid, _c, plan, run = self.merge_info(ref)
+        cfg = plan.get("config", {})
+        return {
+            "method": plan.get("method"),
+            "parameters": cfg.get("parameters", {}),
+            "base": plan.get("base"),
+            "models": [f"{m['ref']} {m['commit'][:12]}" for m in plan.get("models", [])],
+            "dtype": plan.get("dtype"),
+            "out_dtype": plan.get("out_dtype"),
+            "seed": plan.get("seed"),
+            "budget_bytes": (plan.get("budget") or {}).get("budget_bytes"),
+            "error_bound": run.get("error_bound"),
+            "expert_bytes_read": run.get("expert_bytes_read"),
+        }
+
+    def explain(self, ref: str) -> dict[str, Any]:
+        cid, c, plan, run = self.merge_info(ref)
+        b = plan.get("budget") or {}
+        return {
+            "commit": cid.hex(),
+            "plan": c.plan.hex() if c.plan else None,
+            "method": plan.get("method"),
+            "models": plan.get("models", []),
+            "estimates": {
+                k: b.get(k)
+                for k in (
+                    "budget_bytes",
+                    "expert_bytes_full",
+                    "expert_bytes_planned",
+                    "error_bound",
+                    "error_bound_rel",
+                    "full_delta_bound",
+                    "bound_exact",
+                    "surrogate",
+                )
+            },
+            "planned_bytes_by_model": b.get("per_model_planned_bytes", {}),
+            "planned_blocks_by_model": b.get("per_model_blocks", {}),
+            "realized": run,
+        }
+
+    def blame(self, ref: str, tensor: str) -> dict[str, Any]:
+        from mergestore.merge.budget import _unranges
+
+        cid, _c, plan, _run = self.merge_info(ref)
+        entry = next((t for t in plan.get("tensors", []) if t["name"] == tensor), None)
+        if entry is None:
+            raise MergestoreError(f"merge {cid.hex()[:12]} has no tensor {tensor!r}")
+        sel = plan.get("selection")
+        rows = []
+        base_commit = plan.get("base")
+        n_blocks = len(self.tensor_record(cid, tensor).blocks)
+        for model_index, src_name in entry["inputs"]:
+            m = plan["models"][model_index]
+            rec = self.tensor_record(bytes.fromhex(m["commit"]), src_name)
+            base_rec = None
+            if base_commit:
+                try:
+                    base_rec = self.tensor_record(bytes.fromhex(base_commit), tensor)
+                except MergestoreError:
+                    base_rec = None
+            changed = (
+                [
+                    i
+                    for i, (a, b) in enumerate(zip(rec.blocks, base_rec.blocks, strict=True))
+                    if a != b
+                ]
+                if base_rec is not None and base_rec.shape == rec.shape
+                else list(range(len(rec.blocks)))
+            )
+            if isinstance(sel, dict) and tensor in sel and str(model_index) in sel[tensor]:
+                read = _unranges(sel[tensor][str(model_index)])
+            else:
+                read = changed
+            status = (
+                "same as base"
+                if not changed
+                else "all changed blocks read"
+                if set(changed) <= set(read)
+                else f"{len(set(changed) - set(read))} changed blocks omitted"
+            )
+            rows.append(
+                {
+                    "ref": m["ref"],
+                    "commit": m["commit"],
+                    "source_tensor": src_name,
+                    "changed_blocks": changed,
+                    "read": read,
+                    "status": status,
+                    "parameters": entry["per_input"][len(rows)]
+                    if len(rows) < len(entry["per_input"])
+                    else {},
+                }
+            )
+        return {
+            "commit": cid.hex(),
+            "tensor": tensor,
+            "method": plan.get("method"),
+            "blocks": n_blocks,
+            "t": entry.get("t"),
+            "shared": entry.get("shared"),
+            "inputs": rows,
+        }
+
     # ----- refs ------------------------------------------------------------------------------
 
     def branches(self) -> dict[str, bytes]:

@@ -253,16 +253,21 @@ def commit_checkpoint(
     author: str | None = None,
     want_stats: bool = True,
     progress: Progress | None = None,
+    detached: bool = False,
 ) -> CommitResult:
-    """Validate the checkpoint, store it, and publish the commit and ref move atomically."""
+    """Validate the checkpoint, store it, and publish the commit and ref move atomically.
+
+    `detached` publishes a commit without moving any ref (merge inputs given as paths: the
+    merge commit that follows names it as a parent).
+    """
     t0 = time.perf_counter()
     ckpt = scan_checkpoint(path)  # validates every header before anything is written
-    ref = branch_ref(repo, branch)
+    ref = None if detached else branch_ref(repo, branch)
     with repo.writer() as session:
         tree_id, ing = ingest_tree(
             repo, session, ckpt, base=base, want_stats=want_stats, progress=progress
         )
-        old = repo.read_ref(ref)
+        old = repo.read_ref(ref) if ref is not None else None
         if old is not None:
             parents: tuple[bytes, ...] = (old,)
         elif base is not None:
@@ -280,7 +285,8 @@ def commit_checkpoint(
         )
         cid = session.put_object(commit)
         summary = message.splitlines()[0] if message else ""
-        session.publish([RefUpdate(ref, cid, f"commit: {summary}", old=old)])
+        updates = [RefUpdate(ref, cid, f"commit: {summary}", old=old)] if ref else []
+        session.publish(updates)
     logical = sum(f.size for f in ckpt.files)
     return CommitResult(
         commit=cid,
