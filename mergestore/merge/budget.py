@@ -272,8 +272,15 @@ def select(
     full = math.sqrt(sum(v * v for v in _block_sums(cands).values()))
     sel.full_delta_bound = full
     if max_error is not None:
-        chosen = _fill_to_error(order, cands, chosen, max_error * full)
-        omitted_sum = _omitted_sums(cands, chosen)
+        # aim a little lower until the bound with its rounding allowance meets the target
+        aim = max_error * full
+        base_chosen = list(chosen)
+        for _ in range(60):
+            chosen = _fill_to_error(order, cands, base_chosen, aim)
+            omitted_sum = _omitted_sums(cands, chosen)
+            if _bound(omitted_sum, cands, chosen, spec, tasks) <= max_error * full:
+                break
+            aim *= 0.97
     bound = _bound(omitted_sum, cands, chosen, spec, tasks)
     sel.error_bound = bound if additive else None
     sel.error_bound_rel = (bound / full if full > 0 else 0.0) if additive else None

@@ -14,6 +14,7 @@ Only store/ touches this module.
 from __future__ import annotations
 
 import struct
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,21 +85,33 @@ def stats_key(b: bytes, a: bytes, dtype: str) -> bytes:
     return b + a + dtype.encode()
 
 
+_OPEN: dict[str, list] = {}  # LMDB allows one environment per path per process: share it
+_OPEN_LOCK = threading.Lock()
+
+
 class Index:
-    """An open LMDB environment with named databases."""
+    """An open LMDB environment with named databases (shared within a process)."""
 
     def __init__(self, path: Path, *, readonly: bool = False) -> None:
         path.mkdir(parents=True, exist_ok=True)
-        self.env = lmdb.open(
-            str(path),
-            map_size=MAP_SIZE,
-            max_dbs=len(DB_NAMES) + 2,
-            max_readers=512,
-            subdir=True,
-            readahead=False,
-            meminit=False,
-        )
-        self.dbs = {name: self.env.open_db(name.encode()) for name in DB_NAMES}
+        self._key = str(path.resolve())
+        with _OPEN_LOCK:
+            entry = _OPEN.get(self._key)
+            if entry is None:
+                env = lmdb.open(
+                    self._key,
+                    map_size=MAP_SIZE,
+                    max_dbs=len(DB_NAMES) + 2,
+                    max_readers=512,
+                    subdir=True,
+                    readahead=False,
+                    meminit=False,
+                )
+                dbs = {name: env.open_db(name.encode()) for name in DB_NAMES}
+                entry = _OPEN[self._key] = [env, dbs, 0]
+            entry[2] += 1
+        self.env, self.dbs = entry[0], entry[1]
+        self._closed = False
 
     def db(self, name: str):
         return self.dbs[name]
@@ -110,4 +123,14 @@ class Index:
         return self.env.begin(write=True)
 
     def close(self) -> None:
-        self.env.close()
+        if self._closed:
+            return
+        self._closed = True
+        with _OPEN_LOCK:
+            entry = _OPEN.get(self._key)
+            if entry is None:
+                return
+            entry[2] -= 1
+            if entry[2] <= 0:
+                del _OPEN[self._key]
+                entry[0].close()
