@@ -108,7 +108,7 @@ def gta_merge(
     deltas.mul_(weights)
 
     if consensus:
-        agree = sign_agreement(deltas, torch.int8 if shared["int8_mask"] else base.dtype)
+        agree = sign_agreement(deltas)  # int8_mask: identical results, nothing to choose
         merged = (deltas * agree).sum(dim=0)
         divisor = (weights * agree).sum(dim=0)
         divisor[divisor == 0] = 1
@@ -148,12 +148,13 @@ def _sparsify(
     raise ValueError(f"unknown sparsifier {sparsifier!r}")
 
 
-def sign_agreement(deltas: Tensor, mask_dtype: torch.dtype) -> Tensor:
-    """TIES "sum" election: [sign(Delta_i) == sign(sum_j Delta_j)], with sum 0 voting +1.
+def sign_agreement(deltas: Tensor) -> Tensor:
+    """TIES "sum" election: [sign(Delta_i) == sign(sum_j Delta_j)], with a sum of 0 voting +1.
 
-    A pruned (zero) entry never agrees, since sign 0 is neither +1 nor -1. ``mask_dtype``
-    only changes the intermediate sign storage (mergekit's int8_mask); results are equal.
+    A pruned (zero) entry never agrees, since sign 0 is neither +1 nor -1; neither does NaN.
+    Computed with comparisons rather than by materialising sign tensors, so mergekit's
+    ``int8_mask`` (which only picks the dtype of those sign tensors) has nothing to change.
+    The election itself uses the same dim-0 sum as mergekit, so its rounding is identical.
     """
-    signs = deltas.sign().to(mask_dtype)
-    majority = (deltas.sum(dim=0) >= 0).to(mask_dtype) * 2 - 1
-    return signs == majority
+    positive = deltas.sum(dim=0) >= 0
+    return torch.where(positive, deltas > 0, deltas < 0)

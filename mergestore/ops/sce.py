@@ -37,7 +37,7 @@ def merge(
     if topk < 1:
         tvs = tvs * _select_mask(tvs, topk, mask_dtype).unsqueeze(0)
 
-    agree = sign_agreement(tvs, mask_dtype)
+    agree = sign_agreement(tvs)
     weights = _tv_weights(tvs)
     while weights.dim() < tvs.dim():
         weights = weights.unsqueeze(-1)

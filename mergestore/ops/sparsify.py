@@ -4,7 +4,8 @@ All take the unweighted task vector delta of one input and return the sparsified
 optionally L1-rescaled) delta in delta's dtype.
 
 Rank selection (magnitude, magnitude_outliers) never fully sorts: a k-th value selection
-(``torch.kthvalue``, O(n)) finds the cut, then ties at the cut are resolved by flat index.
+(a radix select on the float bit patterns, O(n)) finds the cut, then ties at the cut are
+resolved by flat index.
 Tie rule, the same at every cut: among equal magnitudes, the LOWER flat index ranks as
 "more kept" first -
   * magnitude (top-k): positions are ordered by |delta| descending, ties by ascending flat
@@ -35,14 +36,48 @@ def _work_dtype(t: Tensor) -> torch.dtype:
     return torch.float32
 
 
-def _magnitudes_fp32(delta: Tensor) -> Tensor:
-    """Flat |delta|, in fp32 on CPU (as mergekit sorts it)."""
-    w = delta.abs().reshape(-1)
-    return w.float() if w.device.type == "cpu" else w
+def _magnitudes(delta: Tensor) -> Tensor:
+    """Flat |delta|. Ranking it in its own dtype orders exactly as mergekit's fp32 copy does
+    (widening to fp32 is exact and monotone), without the copy."""
+    return delta.abs().reshape(-1)
+
+
+_INT_VIEW = {torch.bfloat16: torch.int16, torch.float16: torch.int16, torch.float32: torch.int32}
+
+
+def _kth_smallest(w: Tensor, r: int) -> tuple[Tensor, int, int]:
+    """The r-th smallest (1-based) value v of a flat, non-negative float tensor, with the
+    number of elements below v and equal to v.
+
+    A radix select: for non-negative IEEE floats the bit pattern, read as an integer, orders
+    like the value. 16-bit dtypes need one histogram of the bit patterns; fp32 needs two (high
+    16 bits, then the low 16 bits within the chosen bucket). O(n), and unlike quickselect
+    insensitive to the heavy duplication of bf16 data.
+    """
+    view = _INT_VIEW.get(w.dtype)
+    if view is None or w.device.type != "cpu":
+        v = torch.kthvalue(w, r).values
+        return v, int((w < v).sum()), int((w == v).sum())
+    bits = w.view(view)
+    if view is torch.int16:
+        hist = torch.bincount(bits, minlength=1 << 15)
+        below = 0
+    else:
+        high = bits >> 16
+        cum_high = torch.bincount(high, minlength=1 << 15).cumsum(0)
+        bucket = int(torch.searchsorted(cum_high, r))
+        below = int(cum_high[bucket - 1]) if bucket > 0 else 0
+        hist = torch.bincount(bits[high == bucket] & 0xFFFF, minlength=1 << 16)
+    cum = hist.cumsum(0)
+    index = int(torch.searchsorted(cum, r - below))
+    n_less = below + (int(cum[index - 1]) if index > 0 else 0)
+    pattern = index if view is torch.int16 else (bucket << 16) | index
+    v = torch.tensor([pattern], dtype=view).view(w.dtype)[0]
+    return v, n_less, int(hist[index])
 
 
 def first_ranks(w: Tensor, count: int, *, largest: bool) -> Tensor:
-    """Bool mask of the first ``count`` positions of flat ``w`` in rank order.
+    """Bool mask of the first ``count`` positions of flat, non-negative ``w`` in rank order.
 
     Rank order is by value (descending if ``largest``), ties by ascending flat index.
     """
@@ -51,13 +86,16 @@ def first_ranks(w: Tensor, count: int, *, largest: bool) -> Tensor:
         return torch.zeros(n, dtype=torch.bool, device=w.device)
     if count >= n:
         return torch.ones(n, dtype=torch.bool, device=w.device)
-    # The count-th value in rank order is the cut value v.
-    v = torch.kthvalue(w, n - count + 1 if largest else count).values
+    # The count-th value in rank order is the cut value v; `need` of its ties are taken.
+    v, n_less, n_eq = _kth_smallest(w, n - count + 1 if largest else count)
+    need = count - (n - n_less - n_eq if largest else n_less)
+    if need == n_eq:
+        return w >= v if largest else w <= v
     mask = w > v if largest else w < v
-    need = count - int(mask.sum())
     # Among the values equal to v, the lowest flat indices come first in rank order.
-    tied = torch.nonzero(w == v).reshape(-1)
-    mask[tied[:need]] = True
+    eq = w == v
+    last = int(torch.nonzero(eq)[need - 1]) + 1
+    mask[:last] |= eq[:last]
     return mask
 
 
@@ -84,7 +122,7 @@ def magnitude(delta: Tensor, density: float, rescale: bool) -> Tensor:
     if density <= 0 or n == 0:
         return torch.zeros_like(delta)
     k = max(1, int(density * n))
-    keep = first_ranks(_magnitudes_fp32(delta), k, largest=True)
+    keep = first_ranks(_magnitudes(delta), k, largest=True)
     mask = keep.to(delta.dtype).reshape(delta.shape)
     return rescaled_masked(delta, mask, rescale)
 
@@ -101,7 +139,7 @@ def magnitude_outliers(delta: Tensor, density: float, gamma: float, rescale: boo
     target = int(density * n)
     n_top = int(gamma * n)
     n_bot = max(0, n - target - n_top)
-    w = _magnitudes_fp32(delta)
+    w = _magnitudes(delta)
     # mergekit slices sorted indices [n_bot : n_bot + target]; a negative target keeps nothing.
     hi = min(n_bot + max(target, 0), n)
     keep = first_ranks(w, hi, largest=False) & ~first_ranks(w, n_bot, largest=False)

@@ -12,10 +12,18 @@ from mergestore.ops.sparsify import first_ranks, magnitude, magnitude_outliers
 values = st.lists(st.integers(0, 5), min_size=1, max_size=40)
 
 
-@settings(max_examples=200, deadline=None)
-@given(values, st.data())
-def test_first_ranks_matches_index_stable_sort(vals, data):
-    w = torch.tensor(vals, dtype=torch.float32)
+DTYPES = st.sampled_from([torch.float32, torch.bfloat16, torch.float16, torch.float64])
+
+
+@settings(max_examples=300, deadline=None)
+@given(values, st.data(), DTYPES, st.booleans())
+def test_first_ranks_matches_index_stable_sort(ints, data, dtype, same_high_bits):
+    if same_high_bits and dtype is torch.float32:
+        # 1 + k * 2**-20 share their high 16 bits: exercises the second radix level
+        vals = [1.0 + k * 2.0**-20 for k in ints]
+    else:
+        vals = [float(k) for k in ints]
+    w = torch.tensor(vals, dtype=dtype)
     n = len(vals)
     count = data.draw(st.integers(-1, n + 1))
     for largest in (True, False):
