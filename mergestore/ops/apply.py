@@ -61,14 +61,19 @@ def validate_params(
     shared: Mapping[str, Any],
     per_input: Sequence[Mapping[str, Any]],
     *,
-    has_base: bool = False,
+    has_base: bool | None = None,
 ) -> tuple[Params, list[Params]]:
     """Check parameter names, types and presence; return them with defaults applied.
 
-    ``per_input`` has one mapping per kernel input; for a method with a base and INPUT-scope
-    parameters it may carry one extra trailing mapping for the base (see MethodSpec).
-    Method-specific checks (della's epsilon) run last.
+    ``per_input`` has one mapping per kernel input (non-base inputs for methods with a base,
+    all inputs for IGNORED ones), so its length is also checked against the method's input
+    counts. If ``has_base`` is given, the base rule is checked too. For a method with a base
+    and INPUT-scope parameters (none in mergekit 0.1.5) a present base needs one extra
+    trailing mapping with its own values. Method-specific checks (della's epsilon) run last.
     """
+    base_entry = bool(has_base) and _base_has_entry(spec)
+    n_inputs = len(per_input) - int(base_entry)
+    check_inputs(spec, has_base, n_inputs, len(per_input))
     shared_specs = spec.shared_params
     input_specs = spec.per_input_params
     out_shared: Params = {}
@@ -84,7 +89,7 @@ def validate_params(
 
     out_inputs: list[Params] = []
     for i, params in enumerate(per_input):
-        is_base_entry = has_base and i == len(per_input) - 1 and _base_has_entry(spec)
+        is_base_entry = base_entry and i == n_inputs
         where = " for the base" if is_base_entry else f" for input {i}"
         resolved: Params = {}
         for name, value in params.items():
@@ -101,8 +106,7 @@ def validate_params(
                 resolved[p.name] = p.default
         out_inputs.append(resolved)
     if spec.check is not None:
-        n = len(out_inputs) - int(has_base and _base_has_entry(spec) and bool(out_inputs))
-        spec.check(out_shared, out_inputs[:n])
+        spec.check(out_shared, out_inputs[:n_inputs])
     return out_shared, out_inputs
 
 
@@ -112,9 +116,10 @@ def _base_has_entry(spec: MethodSpec) -> bool:
     return spec.base is not BaseRule.IGNORED and any(p.scope is Scope.INPUT for p in spec.params)
 
 
-def check_inputs(spec: MethodSpec, has_base: bool, n_inputs: int, n_param_sets: int) -> None:
-    """Base rule, input count and per-input parameter count, or MergeError."""
-    if spec.base is BaseRule.REQUIRED and not has_base:
+def check_inputs(spec: MethodSpec, has_base: bool | None, n_inputs: int, n_param_sets: int) -> None:
+    """Base rule (unless ``has_base`` is None), input count and the number of per-input
+    parameter sets, or MergeError."""
+    if spec.base is BaseRule.REQUIRED and has_base is False:
         raise MergeError(f"{spec.name}: a base model is required")
     if spec.base is BaseRule.IGNORED and has_base:
         raise MergeError(f"{spec.name}: takes no separate base; pass the base as an ordinary input")
@@ -128,10 +133,10 @@ def check_inputs(spec: MethodSpec, has_base: bool, n_inputs: int, n_param_sets: 
         else:
             need = f"{lo} to {hi}"
         raise MergeError(f"{spec.name}: needs {need} {what}, got {n_inputs}")
-    extra = int(has_base and _base_has_entry(spec))
-    if n_param_sets not in (n_inputs, n_inputs + extra):
+    expected = n_inputs + int(bool(has_base) and _base_has_entry(spec))
+    if n_param_sets != expected:
         raise MergeError(
-            f"{spec.name}: got parameters for {n_param_sets} inputs, expected {n_inputs}"
+            f"{spec.name}: got parameters for {n_param_sets} inputs, expected {expected}"
         )
 
 

@@ -131,3 +131,14 @@ def test_multislerp_balanced_antipodes():
     v = torch.tensor([1.0, 0.0])
     per = [{"weight": 1.0}] * 4
     refuse(r"multislerp: the weighted mean direction", "multislerp", None, [v, -v, v, -v], {}, per)
+
+
+def test_validate_params_alone_applies_defaults_and_counts_inputs():
+    # What the config layer calls before any tensor is read.
+    shared, per = validate_params(get_method("ties"), {"lambda": 2}, [{"weight": 1}])
+    assert shared == {"normalize": True, "rescale": False, "lambda": 2.0, "int8_mask": False}
+    assert per == [{"weight": 1.0, "density": 1.0}]
+    with pytest.raises(MergeError, match=r"slerp: needs exactly 1 non-base inputs, got 2"):
+        validate_params(get_method("slerp"), {"t": 0.5}, [{}, {}])
+    with pytest.raises(MergeError, match=r"slerp: a base model is required"):
+        validate_params(get_method("slerp"), {"t": 0.5}, [{}], has_base=False)
