@@ -6,12 +6,14 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from mergestore.errors import CorruptionError, MergestoreError
+from mergestore.errors import CorruptionError, MergestoreError, RefError
 from mergestore.formats.safetensors import DTYPE_SIZES
 from mergestore.store.blocks import tensor_blocking
+from mergestore.store.index import BlockLocation
 from mergestore.store.objects import BlobFile, Commit, Plan, TensorFile, Tree
-from mergestore.store.packs import pack_path
+from mergestore.store.packs import ENTRY_HEADER, ENTRY_MAGIC, pack_path
 from mergestore.store.parallel import default_workers, ordered_map
+from mergestore.store.refs import HEAD, HEADS, TAGS, check_ref_name
 from mergestore.store.repo import Repository
 
 
@@ -128,7 +130,7 @@ def _check_tensorfile(repo: Repository, tf: TensorFile) -> Iterator[str]:
 
 def fsck(repo: Repository, *, full: bool = False) -> FsckReport:
     problems: list[Problem] = []
-    refs = repo.list_refs("refs/")
+    refs = _check_refs(repo, problems)
     starts = []
     for name, cid in refs.items():
         if repo.get_object_bytes(cid) is None:
@@ -151,8 +153,14 @@ def fsck(repo: Repository, *, full: bool = False) -> FsckReport:
     pack_sizes: dict[int, int] = {}
     n_blocks = 0
     bad_blocks: dict[bytes, str] = {}
-    for bid, loc in repo.iter_blocks():
+    locs: dict[bytes, BlockLocation] = {}
+    for bid, raw in repo.iter_raw_blocks():
         n_blocks += 1
+        try:
+            loc = locs[bid] = BlockLocation.decode(raw)
+        except CorruptionError as e:
+            bad_blocks[bid] = f"block {bid.hex()[:12]}: {e}"
+            continue
         size = pack_sizes.get(loc.pack)
         if size is None:
             p = pack_path(repo.pack_dir, loc.pack)
@@ -161,18 +169,28 @@ def fsck(repo: Repository, *, full: bool = False) -> FsckReport:
             bad_blocks[bid] = f"block {bid.hex()[:12]}: pack {loc.pack} is missing"
         elif loc.offset + loc.length > size:
             bad_blocks[bid] = f"block {bid.hex()[:12]}: beyond the end of pack {loc.pack}"
+        else:
+            msg = _check_entry_header(repo, bid, loc)
+            if msg:
+                bad_blocks[bid] = msg
         try:
             repo.codec_spec(loc.codec)
         except CorruptionError as e:
             bad_blocks[bid] = f"block {bid.hex()[:12]}: {e}"
-        if loc.ref is not None:
-            ref_loc = repo.block_location(loc.ref)
-            if ref_loc is None:
-                bad_blocks[bid] = f"block {bid.hex()[:12]}: delta reference is missing"
-            elif ref_loc.ref is not None:
-                bad_blocks[bid] = f"block {bid.hex()[:12]}: delta reference is itself a delta"
+    for bid, loc in locs.items():
+        if loc.ref is None:
+            continue
+        ref_loc = locs.get(loc.ref)
+        if ref_loc is None:
+            what = "is damaged" if loc.ref in bad_blocks else "is missing"
+            bad_blocks.setdefault(bid, f"block {bid.hex()[:12]}: delta reference {what}")
+        elif ref_loc.ref is not None:
+            bad_blocks[bid] = f"block {bid.hex()[:12]}: delta reference is itself a delta"
+        elif loc.ref in bad_blocks:
+            # a block decodes through its reference: a damaged reference damages it too
+            bad_blocks.setdefault(bid, f"block {bid.hex()[:12]}: its delta reference is damaged")
     for bid in block_users:
-        if bid not in bad_blocks and repo.block_location(bid) is None:
+        if bid not in bad_blocks and bid not in locs:
             bad_blocks[bid] = f"block {bid.hex()[:12]}: missing from the index"
     verified = 0
     if full:
@@ -192,6 +210,13 @@ def fsck(repo: Repository, *, full: bool = False) -> FsckReport:
     for bid, msg in bad_blocks.items():
         users = [c.hex() for c in block_users.get(bid, [])]
         problems.append(Problem("block", msg, users))
+    # Every object, reachable or not: the walk above reported the reachable ones it met.
+    for oid in repo.iter_object_ids():
+        try:
+            repo.get_object(oid)
+        except MergestoreError as e:
+            if not any(oid.hex()[:12] in p.message for p in problems):
+                problems.append(Problem("object", f"unreachable object: {e}"))
     return FsckReport(
         ok=not problems,
         problems=problems,
@@ -201,6 +226,48 @@ def fsck(repo: Repository, *, full: bool = False) -> FsckReport:
         blocks_verified=verified,
         refs=len(refs),
     )
+
+
+def _check_refs(repo: Repository, problems: list[Problem]) -> dict[str, bytes]:
+    """Every ref's name and value; returns the well-formed branch and tag refs."""
+    good: dict[str, bytes] = {}
+    for name, raw in repo.raw_refs().items():
+        value = raw.decode(errors="replace")
+        if name == HEAD:
+            if value.startswith("ref: "):
+                continue
+        elif not name.startswith((HEADS, TAGS)):
+            problems.append(Problem("ref", f"unexpected ref name {name!r}"))
+            continue
+        else:
+            try:
+                check_ref_name(name.split("/", 2)[2])
+            except RefError:
+                problems.append(Problem("ref", f"invalid ref name {name!r}"))
+        try:
+            cid = bytes.fromhex(value)
+            if len(cid) != 32:
+                raise ValueError
+        except ValueError:
+            problems.append(Problem("ref", f"{name} holds a malformed value {value[:80]!r}"))
+            continue
+        if name != HEAD:
+            good[name] = cid
+    return good
+
+
+def _check_entry_header(repo: Repository, bid: bytes, loc: BlockLocation) -> str | None:
+    """The pack entry header in front of a payload must name this block and length."""
+    h = ENTRY_HEADER.size
+    if loc.offset < h:
+        return f"block {bid.hex()[:12]}: offset {loc.offset} in pack {loc.pack} is inside a header"
+    try:
+        magic, hid, length = ENTRY_HEADER.unpack(repo.packs.read(loc.pack, loc.offset - h, h))
+    except (CorruptionError, OSError) as e:
+        return f"block {bid.hex()[:12]}: {e}"
+    if magic != ENTRY_MAGIC or hid != bid or length != loc.length:
+        return f"block {bid.hex()[:12]}: the pack {loc.pack} entry at its offset is not this block"
+    return None
 
 
 def pack_files_size(repo: Repository) -> int:

@@ -84,4 +84,55 @@ def du(store: Store, as_json: bool) -> None:
         )
 
 
-COMMANDS = [fsck, du]
+@click.command()
+@click.option("--dry-run", "-n", is_flag=True, help="Only report what would be removed.")
+@click.option(
+    "--grace",
+    default="14d",
+    show_default=True,
+    help="Keep reflog entries and commits younger than this (0, 30m, 2h, 14d, never). "
+    "`--grace 0` removes everything no ref reaches.",
+)
+@click.option(
+    "--repack-threshold",
+    default=0.25,
+    show_default=True,
+    type=click.FloatRange(0.0, 1.0, min_open=True),
+    help="Rewrite a pack once this fraction of it is dead.",
+)
+@json_option
+@with_store
+def gc(store: Store, dry_run: bool, grace: str, repack_threshold: float, as_json: bool) -> None:
+    """Remove what no ref (and no recent reflog entry) reaches, and reclaim pack space."""
+    from mergestore.store.gc import collect_garbage, parse_duration
+
+    rep = collect_garbage(
+        store.repo,
+        grace=parse_duration(grace),
+        dry_run=dry_run,
+        repack_threshold=repack_threshold,
+    )
+    if as_json:
+        emit_json(rep.to_json())
+        return
+    verb = "would remove" if dry_run else "removed"
+    click.echo(
+        f"live: {rep.commits_live} commits, {rep.objects_live} objects, {rep.blocks_live} blocks"
+    )
+    click.echo(
+        f"{verb}: {rep.commits_removed} commits, {rep.objects_removed} objects, "
+        f"{rep.blocks_removed} blocks, {rep.stats_removed} statistics, "
+        f"{rep.reflog_expired} reflog entries"
+    )
+    rewrote = "would rewrite" if dry_run else "rewrote"
+    click.echo(
+        f"packs: {rewrote} {len(rep.packs_rewritten)}, {verb} {len(rep.packs_removed)}; "
+        f"{human_bytes(rep.pack_bytes_before)} -> {human_bytes(rep.pack_bytes_after)} "
+        f"({human_bytes(rep.bytes_reclaimed)} {'reclaimable' if dry_run else 'reclaimed'}; "
+        f"{human_bytes(rep.dead_bytes_left)} dead below the repack threshold)"
+    )
+    for w in rep.warnings:
+        click.echo(f"warning: {w}", err=True)
+
+
+COMMANDS = [fsck, du, gc]
