@@ -10,16 +10,25 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from mergestore import blockstats
+from mergestore.errors import RefError
 from mergestore.formats.checkpoint import Checkpoint, CheckpointFile, scan_checkpoint
 from mergestore.formats.safetensors import DTYPE_SIZES
 from mergestore.store import codecs
 from mergestore.store.blocks import blob_ranges, block_id, tensor_blocking
+from mergestore.store.index import BlockLocation
 from mergestore.store.objects import BlobFile, Commit, TensorFile, TensorRecord, Tree, TreeEntry
-from mergestore.store.parallel import default_workers, ordered_map
+from mergestore.store.parallel import (
+    BufferPool,
+    default_workers,
+    ordered_map,
+    read_exact,
+    reuse_freed_memory,
+)
 from mergestore.store.refs import check_ref_name
 from mergestore.store.repo import HEADS, RefUpdate, Repository, WriteSession
 
 Progress = Callable[[int], None]
+_REF_RACE_RETRIES = 50  # commit retries when another writer moves the branch
 
 
 def default_author() -> str:
@@ -48,6 +57,12 @@ class BlockResult:
     raw_len: int
     encoded: codecs.Encoded | None  # None when the block is already stored
     stats: blockstats.DeltaStats | None = None
+    buf: bytearray | None = None  # pooled read buffer the payload still points into
+
+
+# Ask the kernel to read checkpoint files this far ahead of the blocks being worked on (cold
+# page cache: the disk stays busy while both cores hash and encode).
+PREFETCH_BYTES = 64 << 20
 
 
 @dataclass
@@ -76,36 +91,51 @@ class _Ingest:
     total_blocks: int = 0
     stats_computed: int = 0
     fds: list[int] = field(default_factory=list)
+    # Where the base commit's blocks live, looked up once in one read transaction.
+    ref_locations: dict[bytes, BlockLocation] = field(default_factory=dict)
+    pool: BufferPool | None = None
 
     def work(self, job: BlockJob) -> BlockResult:
         """Runs on a worker thread: read, hash, and encode one block if it is new."""
-        raw = os.pread(job.fd, job.length, job.offset)
+        pool = self.pool
+        buf = pool.get(job.length) if pool is not None else bytearray(job.length)
+        raw = read_exact(job.fd, buf, job.length, job.offset)
         if len(raw) != job.length:
             from mergestore.errors import FormatError
 
             raise FormatError("a checkpoint file changed while it was being committed")
         bid = block_id(raw)
+        res = self._encode(job, bid, raw)
+        # A payload that is not a bytes object may be a view of this very buffer (a block
+        # stored raw is): keep the buffer until the payload has been appended.
+        if res.encoded is not None and not isinstance(res.encoded.payload, bytes):
+            res.buf = buf
+        elif pool is not None:
+            pool.put(buf)
+        return res
+
+    def _encode(self, job: BlockJob, bid: bytes, raw: memoryview) -> BlockResult:
         if bid == job.ref:
             return BlockResult(bid, len(raw), None)
+        known = self.session.known(bid)
         stats = None
         ref_raw = None
         cfg = self.repo.config
-        if job.ref is not None and job.dtype is not None:
+        ref_loc = self.ref_locations.get(job.ref) if job.ref is not None else None
+        if ref_loc is not None and job.dtype is not None:
             need_stats = (
                 self.want_stats
                 and blockstats.supports_stats(job.dtype)
                 and self.repo.get_stats(bid, job.ref, job.dtype) is None
             )
-            use_delta = cfg.delta_codecs and not self.session.is_delta(job.ref)
-            if (need_stats or (use_delta and not self.session.known(bid))) and self.repo.has_block(
-                job.ref
-            ):
-                ref_raw = self.repo.read_block(job.ref)
+            use_delta = cfg.delta_codecs and ref_loc.ref is None  # references are never deltas
+            if need_stats or (use_delta and not known):
+                ref_raw = self.repo.read_block(job.ref, location=ref_loc)
             if need_stats and ref_raw is not None:
                 stats = blockstats.delta_stats(raw, ref_raw, job.dtype)
             if not use_delta:
                 ref_raw = None
-        if self.session.known(bid):
+        if known:
             return BlockResult(bid, len(raw), None, stats)
         enc = codecs.encode_block(
             raw,
@@ -121,6 +151,9 @@ class _Ingest:
         self.total_blocks += 1
         if res.encoded is not None and self.session.add_encoded(res.bid, res.raw_len, res.encoded):
             self.new_blocks += 1
+        if res.buf is not None and self.pool is not None:
+            res.encoded = None
+            self.pool.put(res.buf)
         if res.stats is not None and job.ref is not None and job.dtype is not None:
             self.session.put_stats(res.bid, job.ref, job.dtype, res.stats)
             self.stats_computed += 1
@@ -178,19 +211,35 @@ def ingest_tree(
     workers: int | None = None,
 ) -> tuple[bytes, _Ingest]:
     """Store every file of a checkpoint through the session; returns the tree id."""
-    ing = _Ingest(repo, session, base_tensor_blocks(repo, base), want_stats, progress)
+    reuse_freed_memory()
+    base_blocks = base_tensor_blocks(repo, base)
+    ing = _Ingest(repo, session, base_blocks, want_stats, progress)
+    ing.ref_locations = repo.block_locations(b for _d, _s, ids in base_blocks.values() for b in ids)
     block_size = repo.config.block_size
+    n_workers = workers or default_workers()
+    window = 4 * n_workers
+    # Enough buffers for every block in flight plus the one being appended: reads never fault
+    # in fresh pages, and memory stays bounded by the window.
+    ing.pool = BufferPool(block_size, window + n_workers + 2)
     fds = {f.relpath: os.open(f.abspath, os.O_RDONLY) for f in ckpt.files}
     try:
+        for fd in fds.values():
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
 
         def jobs() -> Iterator[tuple[str, str, int, BlockJob]]:
             for f in ckpt.files:
-                for name, i, job in _file_jobs(ing, f, fds[f.relpath], block_size):
+                fd = fds[f.relpath]
+                advised = 0
+                for name, i, job in _file_jobs(ing, f, fd, block_size):
+                    if job.offset + PREFETCH_BYTES > advised and advised < f.size:
+                        step = max(PREFETCH_BYTES // 4, job.offset + PREFETCH_BYTES - advised)
+                        os.posix_fadvise(fd, advised, step, os.POSIX_FADV_WILLNEED)
+                        advised += step
                     yield f.relpath, name, i, job
 
         results: dict[str, dict[str, list[bytes]]] = {f.relpath: {} for f in ckpt.files}
         tagged = ordered_map(
-            lambda item: (item, ing.work(item[3])), jobs(), workers=workers or default_workers()
+            lambda item: (item, ing.work(item[3])), jobs(), workers=n_workers, window=window
         )
         for (relpath, name, _i, job), res in tagged:
             results[relpath].setdefault(name, []).append(ing.store(job, res))
@@ -267,26 +316,38 @@ def commit_checkpoint(
         tree_id, ing = ingest_tree(
             repo, session, ckpt, base=base, want_stats=want_stats, progress=progress
         )
-        old = repo.read_ref(ref) if ref is not None else None
-        if old is not None:
-            parents: tuple[bytes, ...] = (old,)
-        elif base is not None:
-            parents = (base,)
-        else:
-            parents = ()
-        commit = Commit(
-            tree=tree_id,
-            parents=parents,
-            message=message,
-            author=author or default_author(),
-            time=round(time.time(), 3),
-            base=base,
-            meta=dict(meta or {}),
-        )
-        cid = session.put_object(commit)
+        when = round(time.time(), 3)
         summary = message.splitlines()[0] if message else ""
-        updates = [RefUpdate(ref, cid, f"commit: {summary}", old=old)] if ref else []
-        session.publish(updates)
+        for _attempt in range(_REF_RACE_RETRIES):
+            old = repo.read_ref(ref) if ref is not None else None
+            if old is not None:
+                parents: tuple[bytes, ...] = (old,)
+            elif base is not None:
+                parents = (base,)
+            else:
+                parents = ()
+            commit = Commit(
+                tree=tree_id,
+                parents=parents,
+                message=message,
+                author=author or default_author(),
+                time=when,
+                base=base,
+                meta=dict(meta or {}),
+            )
+            cid = session.put_object(commit)
+            updates = [RefUpdate(ref, cid, f"commit: {summary}", old=old)] if ref else []
+            try:
+                session.publish(updates)
+                break
+            except RefError:
+                # Another writer moved the branch since we read it. A commit is a snapshot, so
+                # its parent is simply the tip at publish time: take the new tip and retry.
+                if ref is None or repo.read_ref(ref) == old:
+                    raise
+                del session.objects[cid]
+        else:
+            raise RefError(f"{ref} keeps moving while this command runs; try again")
     logical = sum(f.size for f in ckpt.files)
     return CommitResult(
         commit=cid,

@@ -12,6 +12,7 @@ appends to it; a crash can leave an unpublished tail, which nothing references.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import struct
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mergestore.errors import CorruptionError, MergestoreError
+from mergestore.store import faults
 
 PACK_MAGIC = b"MSPACK01"
 ENTRY_MAGIC = b"BLK1"
@@ -43,11 +45,18 @@ def list_pack_ids(pack_dir: Path) -> list[int]:
 
 
 class PackAppender:
-    """Appends entries to one pack file that this process holds an exclusive flock on."""
+    """Appends entries to one pack file that this process holds an exclusive flock on.
 
-    def __init__(self, pack_dir: Path, limit: int = DEFAULT_PACK_LIMIT) -> None:
+    `fresh` only ever creates new packs (gc copies live entries into packs of its own).
+    """
+
+    def __init__(
+        self, pack_dir: Path, limit: int = DEFAULT_PACK_LIMIT, *, fresh: bool = False
+    ) -> None:
         self.pack_dir = pack_dir
         self.limit = limit
+        self.fresh = fresh
+        self.start_sizes: dict[int, int] = {}  # pack id -> its size when we took it
         self.bytes_written = 0
         self._fd: int | None = None
         self._pack_id = -1
@@ -57,7 +66,7 @@ class PackAppender:
 
     def _open_some_pack(self) -> None:
         """Take a pack with room that no other writer holds, or create a new one."""
-        for pid in reversed(list_pack_ids(self.pack_dir)):
+        for pid in [] if self.fresh else reversed(list_pack_ids(self.pack_dir)):
             path = pack_path(self.pack_dir, pid)
             if path.stat().st_size >= self.limit:
                 continue
@@ -90,6 +99,7 @@ class PackAppender:
             os.write(fd, PACK_MAGIC)
             size = len(PACK_MAGIC)
         self._release_current()
+        self.start_sizes.setdefault(pid, size)
         self._fd, self._pack_id, self._offset = fd, pid, size
         self._fds[pid] = fd
         self._dirty.add(pid)
@@ -105,11 +115,50 @@ class PackAppender:
             self._open_some_pack()
         assert self._fd is not None
         header = ENTRY_HEADER.pack(ENTRY_MAGIC, block, len(payload))
-        os.pwritev(self._fd, [header, payload], self._offset)
+        try:
+            if faults.ENV in os.environ:
+                self._injected_faults(header, payload)
+            n = os.pwritev(self._fd, [header, payload], self._offset)
+            if n != len(header) + len(payload):
+                # A short write (the disk filled up mid-entry): finish it, or get the real error.
+                self._write_all((header + bytes(payload))[n:], self._offset + n)
+        except OSError as e:
+            path = pack_path(self.pack_dir, self._pack_id)
+            raise OSError(e.errno, e.strerror, str(path)) from None
         payload_offset = self._offset + ENTRY_HEADER.size
         self._offset = payload_offset + len(payload)
         self.bytes_written += ENTRY_HEADER.size + len(payload)
         return self._pack_id, payload_offset
+
+    def _write_all(self, data: bytes, pos: int) -> None:
+        while data:
+            n = os.pwrite(self._fd, data, pos)  # type: ignore[arg-type]
+            if n <= 0:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            data, pos = data[n:], pos + n
+
+    def _injected_faults(self, header: bytes, payload: bytes | memoryview) -> None:
+        """Test hooks (see faults.py): a torn entry then death, or a full disk mid-entry."""
+        torn = faults.armed("torn-append")
+        if torn or faults.armed("enospc"):
+            part = (header + bytes(payload))[: (len(header) + len(payload)) // 2]
+            os.pwrite(self._fd, part, self._offset)  # type: ignore[arg-type]
+            if torn:
+                os._exit(faults.KILL_EXIT_CODE)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def rollback(self) -> None:
+        """Cut every pack we appended to back to its size when we took it.
+
+        Only for a session that will not publish: nothing points at those bytes, and we still
+        hold each pack's flock, so no one else has appended after them. Frees the space (say,
+        after a full disk) and keeps packs walkable.
+        """
+        for pid, size in self.start_sizes.items():
+            fd = self._fds.get(pid)
+            if fd is not None:
+                os.ftruncate(fd, size)
+        self._offset = self.start_sizes.get(self._pack_id, self._offset)
 
     def sync(self) -> None:
         """Make every appended byte durable (before the index transaction that points at it)."""

@@ -12,6 +12,7 @@ one LMDB transaction. Until that transaction commits nothing of the session is v
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -33,7 +34,7 @@ from mergestore.errors import (
     RefError,
     StoreNotFoundError,
 )
-from mergestore.store import codecs
+from mergestore.store import codecs, faults
 from mergestore.store.blocks import DEFAULT_BLOCK_SIZE, block_id
 from mergestore.store.index import BlockLocation, DeltaStats, Index, stats_key
 from mergestore.store.objects import (
@@ -183,22 +184,49 @@ class Repository:
             raw = txn.get(bid, db=self.index.db("blocks"))
         return BlockLocation.decode(raw) if raw is not None else None
 
+    def block_locations(self, ids: Iterable[bytes]) -> dict[bytes, BlockLocation]:
+        """Locations of many blocks in one read transaction (missing ones are left out)."""
+        out: dict[bytes, BlockLocation] = {}
+        with self.index.read() as txn:
+            db = self.index.db("blocks")
+            for bid in ids:
+                if bid not in out:
+                    raw = txn.get(bid, db=db)
+                    if raw is not None:
+                        out[bid] = BlockLocation.decode(raw)
+        return out
+
     def has_block(self, bid: bytes) -> bool:
         with self.index.read() as txn:
             return txn.get(bid, db=self.index.db("blocks")) is not None
 
     def read_block(
-        self, bid: bytes, meter: ReadMeter | None = None, *, reference: bytes | None = None
+        self,
+        bid: bytes,
+        meter: ReadMeter | None = None,
+        *,
+        reference: bytes | None = None,
+        location: BlockLocation | None = None,
     ) -> bytes:
         """The raw bytes of a block, decoded and checked against its id.
 
         `reference` may carry the raw bytes of the block's delta reference when the caller
         already holds them (a merge holds the base block), so it is not read twice.
+        `location` may carry the block's index entry when the caller looked many up at once.
         """
-        loc = self.block_location(bid)
+        loc = location or self.block_location(bid)
         if loc is None:
             raise CorruptionError(f"block {bid.hex()[:12]} is missing from the store")
-        payload = self.packs.read(loc.pack, loc.offset, loc.length)
+        try:
+            payload = self.packs.read(loc.pack, loc.offset, loc.length)
+        except CorruptionError:
+            # A concurrent gc may have moved the block to a new pack and removed the old one
+            # after we looked it up: look again before calling it corrupt.
+            moved = self.block_location(bid)
+            if moved is None or moved == loc:
+                raise
+            loc = moved
+            payload = self.packs.read(loc.pack, loc.offset, loc.length)
         if meter is not None:
             meter.add(loc.length)
         ref_raw = None
@@ -215,6 +243,12 @@ class Repository:
     def stored_size(self, bid: bytes) -> int:
         loc = self.block_location(bid)
         return loc.length if loc else 0
+
+    def iter_raw_blocks(self) -> Iterator[tuple[bytes, bytes]]:
+        """Block ids and their undecoded index values (fsck checks each one)."""
+        with self.index.read() as txn:
+            for k, v in txn.cursor(db=self.index.db("blocks")):
+                yield bytes(k), bytes(v)
 
     def iter_blocks(self) -> Iterator[tuple[bytes, BlockLocation]]:
         with self.index.read() as txn:
@@ -346,6 +380,14 @@ class Repository:
                 out[name] = bytes.fromhex(value)
         return out
 
+    def raw_refs(self) -> dict[str, bytes]:
+        """Every ref name (HEAD included) and its undecoded value (fsck checks each one)."""
+        with self.index.read() as txn:
+            return {
+                bytes(k).decode(errors="replace"): bytes(v)
+                for k, v in txn.cursor(db=self.index.db("refs"))
+            }
+
     def reflog(self, name: str) -> list[ReflogEntry]:
         out = []
         key = name.encode() + b"\x00"
@@ -473,12 +515,18 @@ class WriteSession:
         self._gc_fd: int | None = None
         self._appender = PackAppender(self.repo.pack_dir)
         self.published = False
+        self._committing = False
 
     def __enter__(self) -> WriteSession:
         self._gc_fd = self.repo.gc_lock(exclusive=False)
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is not None and not self.published and not self._committing:
+            # Failed before the index transaction could commit: nothing points at what we
+            # appended, so give the space back (a full disk) and keep the packs walkable.
+            with contextlib.suppress(OSError):  # else: an unreferenced tail, gc reclaims it
+                self._appender.rollback()
         self._appender.close()
         if self._gc_fd is not None:
             os.close(self._gc_fd)
@@ -490,17 +538,19 @@ class WriteSession:
         return bid in self.blocks or self.repo.has_block(bid)
 
     def is_delta(self, bid: bytes) -> bool:
-        pend = self.blocks.get(bid)
-        if pend is not None:
-            return pend.ref is not None
+        # The published copy first: publish() keeps it over ours, so it decides.
         loc = self.repo.block_location(bid)
-        return loc is not None and loc.ref is not None
+        if loc is not None:
+            return loc.ref is not None
+        pend = self.blocks.get(bid)
+        return pend is not None and pend.ref is not None
 
     def add_encoded(self, bid: bytes, raw_len: int, enc: codecs.Encoded) -> bool:
         """Append an encoded block unless it is already stored; True if written."""
         if self.known(bid):
             return False
         pack, offset = self._appender.append(bid, enc.payload)
+        _fault_point("after-append")
         self.blocks[bid] = PendingBlock(enc.spec, pack, offset, len(enc.payload), raw_len, enc.ref)
         self.bytes_written += len(enc.payload)
         return True
@@ -549,6 +599,8 @@ class WriteSession:
             for up in ref_updates:
                 _apply_ref_update(txn, idx, up, now)
             _fault_point("inside-publish")
+            self._committing = True  # past this point the commit may or may not have happened
+        self._committing = False
         self.published = True
         for cb in self.on_publish:
             cb()
@@ -598,6 +650,5 @@ def _apply_ref_update(txn: Any, idx: Index, up: RefUpdate, now: float) -> None:
 
 
 def _fault_point(name: str) -> None:
-    """Test-only hook: MERGESTORE_FAULT=<name> kills the process here (fault injection)."""
-    if os.environ.get("MERGESTORE_FAULT") == name:
-        os._exit(137)
+    """Test-only hook: MERGESTORE_FAULT=<name>[@N] kills the process here (see faults.py)."""
+    faults.kill_point(name)
