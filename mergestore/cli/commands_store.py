@@ -36,7 +36,9 @@ def init(
 ) -> None:
     """Create a store at PATH (default ./.mergestore, or --store)."""
     target = Path(
-        path or ctx.find_root().obj.get("store") or os.environ.get("MERGESTORE_DIR")
+        path
+        or ctx.find_root().obj.get("store")
+        or os.environ.get("MERGESTORE_DIR")
         or STORE_DIRNAME
     )
     store = Store.init(target, block_size=_size_arg(block_size), zstd_level=zstd_level)
