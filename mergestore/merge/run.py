@@ -124,6 +124,8 @@ def prepare(
         base_index,
         budget=budget,
         max_error=max_error,
+        dtype=cfg.dtype,
+        out_dtype=cfg.out_dtype,
         progress=analyze_progress,
     )
     for t in tasks:
