@@ -68,13 +68,18 @@ class Store:
         *,
         block_size: int | None = None,
         zstd_level: int | None = None,
+        delta_codecs: bool = True,
     ) -> Store:
         p = Path(path) if path is not None else Path.cwd() / STORE_DIRNAME
-        cfg = StoreConfig()
+        cfg = StoreConfig(delta_codecs=delta_codecs)
         if block_size is not None:
-            cfg = StoreConfig(block_size=block_size, zstd_level=cfg.zstd_level)
+            cfg = StoreConfig(
+                block_size=block_size, zstd_level=cfg.zstd_level, delta_codecs=delta_codecs
+            )
         if zstd_level is not None:
-            cfg = StoreConfig(block_size=cfg.block_size, zstd_level=zstd_level)
+            cfg = StoreConfig(
+                block_size=cfg.block_size, zstd_level=zstd_level, delta_codecs=delta_codecs
+            )
         return cls(Repository.init(p, cfg))
 
     @classmethod

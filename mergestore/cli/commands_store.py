@@ -29,10 +29,16 @@ def _size_arg(text: str) -> int:
 @click.argument("path", required=False, type=click.Path())
 @click.option("--block-size", default="1MiB", show_default=True, help="Target block size.")
 @click.option("--zstd-level", default=3, show_default=True, type=int)
+@click.option("--no-delta", is_flag=True, help="Never store blocks as deltas against a base.")
 @json_option
 @click.pass_context
 def init(
-    ctx: click.Context, path: str | None, block_size: str, zstd_level: int, as_json: bool
+    ctx: click.Context,
+    path: str | None,
+    block_size: str,
+    zstd_level: int,
+    no_delta: bool,
+    as_json: bool,
 ) -> None:
     """Create a store at PATH (default ./.mergestore, or --store)."""
     target = Path(
@@ -41,7 +47,9 @@ def init(
         or os.environ.get("MERGESTORE_DIR")
         or STORE_DIRNAME
     )
-    store = Store.init(target, block_size=_size_arg(block_size), zstd_level=zstd_level)
+    store = Store.init(
+        target, block_size=_size_arg(block_size), zstd_level=zstd_level, delta_codecs=not no_delta
+    )
     store.close()
     if as_json:
         emit_json(
@@ -49,6 +57,7 @@ def init(
                 "store": str(target.resolve()),
                 "block_size": store.repo.config.block_size,
                 "zstd_level": zstd_level,
+                "delta_codecs": not no_delta,
             }
         )
     else:
