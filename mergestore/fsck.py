@@ -1,9 +1,13 @@
-"""`fsck`: check refs, objects, the block index and pack bounds (and, with full, every hash)."""
+"""`fsck`: check refs, reflogs, objects, the block index and pack bounds (with full, every hash).
+
+Every problem names the commits it affects: a damaged block is traced back through the file
+objects that use it to every commit (reachable from a ref or a reflog entry) whose checkout
+would fail. fsck only reads; it never repairs.
+"""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from mergestore.errors import CorruptionError, MergestoreError, RefError
@@ -11,7 +15,7 @@ from mergestore.formats.safetensors import DTYPE_SIZES
 from mergestore.store.blocks import tensor_blocking
 from mergestore.store.index import BlockLocation
 from mergestore.store.objects import BlobFile, Commit, Plan, TensorFile, Tree
-from mergestore.store.packs import ENTRY_HEADER, ENTRY_MAGIC, pack_path
+from mergestore.store.packs import ENTRY_HEADER, ENTRY_MAGIC, PACK_MAGIC, pack_path
 from mergestore.store.parallel import default_workers, ordered_map
 from mergestore.store.refs import HEAD, HEADS, TAGS, check_ref_name
 from mergestore.store.repo import Repository
@@ -36,224 +40,402 @@ class FsckReport:
     blocks: int
     blocks_verified: int
     refs: int
+    affected_commits: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "ok": self.ok,
+            "problems": [p.to_json() for p in self.problems],
+            "affected_commits": self.affected_commits,
+            "commits": self.commits,
+            "objects": self.objects,
+            "blocks": self.blocks,
+            "blocks_verified": self.blocks_verified,
+            "refs": self.refs,
+        }
 
 
-def _walk_commits(
-    repo: Repository, starts: list[bytes], problems: list[Problem]
-) -> dict[bytes, Commit]:
-    seen: dict[bytes, Commit] = {}
-    stack = list(starts)
-    while stack:
-        cid = stack.pop()
-        if cid in seen:
-            continue
-        try:
-            c = repo.get_commit(cid)
-        except MergestoreError as e:
-            problems.append(Problem("commit", f"commit {cid.hex()[:12]}: {e}", [cid.hex()]))
-            continue
-        seen[cid] = c
-        stack.extend(c.parents)
-        if c.base:
-            stack.append(c.base)
-    return seen
+class _Problems:
+    """Problems keyed by (kind, message); the same damage met from many commits is one problem."""
+
+    def __init__(self) -> None:
+        self._by_key: dict[tuple[str, str], list[str]] = {}
+
+    def add(self, kind: str, message: str, *commits: bytes) -> None:
+        users = self._by_key.setdefault((kind, message), [])
+        for c in commits:
+            h = c.hex()
+            if h not in users:
+                users.append(h)
+
+    def mentions(self, text: str) -> bool:
+        return any(text in msg for _kind, msg in self._by_key)
+
+    def __len__(self) -> int:
+        return len(self._by_key)
+
+    def to_list(self) -> list[Problem]:
+        return [Problem(k, m, sorted(c)) for (k, m), c in self._by_key.items()]
 
 
-def _commit_blocks(
-    repo: Repository, cid: bytes, c: Commit, problems: list[Problem], checked: set[bytes]
-) -> Iterator[bytes]:
-    """Validate a commit's tree and file objects; yield every block id it uses."""
+@dataclass
+class _File:
+    """What fsck learned about one file object: its blocks, or why it is unusable."""
 
-    def bad(kind: str, msg: str) -> None:
-        problems.append(Problem(kind, msg, [cid.hex()]))
-
-    for what, oid in (("plan", c.plan), ("run", c.run)):
-        if oid is None:
-            continue
-        try:
-            if not isinstance(repo.get_object(oid), Plan):
-                bad("object", f"commit {cid.hex()[:12]}: {what} is not a plan object")
-        except MergestoreError as e:
-            bad("object", f"commit {cid.hex()[:12]}: {what}: {e}")
-    try:
-        tree = repo.get_object(c.tree)
-    except MergestoreError as e:
-        bad("object", f"commit {cid.hex()[:12]}: tree: {e}")
-        return
-    if not isinstance(tree, Tree):
-        bad("object", f"commit {cid.hex()[:12]}: tree is not a tree")
-        return
-    for entry in tree.entries:
-        try:
-            obj = repo.get_object(entry.object)
-        except MergestoreError as e:
-            bad("object", f"{entry.path}: {e}")
-            continue
-        if isinstance(obj, BlobFile):
-            yield from obj.blocks
-        elif isinstance(obj, TensorFile):
-            if entry.object not in checked:
-                checked.add(entry.object)
-                for msg in _check_tensorfile(repo, obj):
-                    bad("object", f"{entry.path}: {msg}")
-            try:
-                header = repo.get_object(obj.header)
-                if isinstance(header, BlobFile):
-                    yield from header.blocks
-            except MergestoreError as e:
-                bad("object", f"{entry.path}: header: {e}")
-            for t in obj.tensors:
-                yield from t.blocks
-        else:
-            bad("object", f"{entry.path}: not a file object")
-
-
-def _check_tensorfile(repo: Repository, tf: TensorFile) -> Iterator[str]:
-    pos = 0
-    for t in tf.tensors:
-        if t.dtype not in DTYPE_SIZES:
-            yield f"tensor {t.name}: unknown dtype {t.dtype}"
-            continue
-        blocking = tensor_blocking(t.shape, DTYPE_SIZES[t.dtype], 1)
-        blocking = type(blocking)(blocking.rows, blocking.row_bytes, t.rows_per_block)
-        if t.begin != pos:
-            yield f"tensor {t.name}: data is not contiguous"
-        pos = t.end
-        n = 1
-        for s in t.shape:
-            n *= s
-        if n * DTYPE_SIZES[t.dtype] != t.nbytes:
-            yield f"tensor {t.name}: shape and byte length disagree"
-        if blocking.num_blocks != len(t.blocks):
-            yield f"tensor {t.name}: expected {blocking.num_blocks} blocks, has {len(t.blocks)}"
+    blocks: tuple[bytes, ...] = ()
+    size: int = 0  # bytes the blocks must add up to (tensor bytes for a tensorfile)
+    tensor_sizes: tuple[tuple[str, int, tuple[bytes, ...]], ...] = ()
+    error: str | None = None
 
 
 def fsck(repo: Repository, *, full: bool = False) -> FsckReport:
-    problems: list[Problem] = []
-    refs = _check_refs(repo, problems)
-    starts = []
+    probs = _Problems()
+    refs = _check_refs(repo, probs)
+    starts: list[tuple[bytes, bytes | None]] = []
     for name, cid in refs.items():
         if repo.get_object_bytes(cid) is None:
-            problems.append(Problem("ref", f"{name} points at a missing commit {cid.hex()[:12]}"))
+            probs.add("ref", f"{name} points at a missing commit {cid.hex()[:12]}", cid)
         else:
-            starts.append(cid)
-    for name in repo.reflog_names():
-        for e in repo.reflog(name):
-            if e.new is not None and repo.get_object_bytes(e.new) is not None:
-                starts.append(e.new)
-    commits = _walk_commits(repo, starts, problems)
-    block_users: dict[bytes, list[bytes]] = {}
-    checked: set[bytes] = set()
+            starts.append((cid, None))
+    for cid in _reflog_commits(repo, probs):
+        if repo.get_object_bytes(cid) is not None:
+            starts.append((cid, None))
+    commits = _walk_commits(repo, starts, probs)
+    files: dict[bytes, _File] = {}
+    commit_files: dict[bytes, list[bytes]] = {}
     for cid, c in commits.items():
-        for b in _commit_blocks(repo, cid, c, problems, checked):
-            users = block_users.setdefault(b, [])
-            if len(users) < 8 and (not users or users[-1] != cid):
-                users.append(cid)
-    # the block index: entries, pack bounds, delta references
-    pack_sizes: dict[int, int] = {}
-    n_blocks = 0
-    bad_blocks: dict[bytes, str] = {}
-    locs: dict[bytes, BlockLocation] = {}
-    for bid, raw in repo.iter_raw_blocks():
-        n_blocks += 1
-        try:
-            loc = locs[bid] = BlockLocation.decode(raw)
-        except CorruptionError as e:
-            bad_blocks[bid] = f"block {bid.hex()[:12]}: {e}"
-            continue
-        size = pack_sizes.get(loc.pack)
-        if size is None:
-            p = pack_path(repo.pack_dir, loc.pack)
-            size = pack_sizes[loc.pack] = p.stat().st_size if p.exists() else -1
-        if size < 0:
-            bad_blocks[bid] = f"block {bid.hex()[:12]}: pack {loc.pack} is missing"
-        elif loc.offset + loc.length > size:
-            bad_blocks[bid] = f"block {bid.hex()[:12]}: beyond the end of pack {loc.pack}"
-        else:
-            msg = _check_entry_header(repo, bid, loc)
-            if msg:
-                bad_blocks[bid] = msg
-        try:
-            repo.codec_spec(loc.codec)
-        except CorruptionError as e:
-            bad_blocks[bid] = f"block {bid.hex()[:12]}: {e}"
-    for bid, loc in locs.items():
-        if loc.ref is None:
-            continue
-        ref_loc = locs.get(loc.ref)
-        if ref_loc is None:
-            what = "is damaged" if loc.ref in bad_blocks else "is missing"
-            bad_blocks.setdefault(bid, f"block {bid.hex()[:12]}: delta reference {what}")
-        elif ref_loc.ref is not None:
-            bad_blocks[bid] = f"block {bid.hex()[:12]}: delta reference is itself a delta"
-        elif loc.ref in bad_blocks:
-            # a block decodes through its reference: a damaged reference damages it too
-            bad_blocks.setdefault(bid, f"block {bid.hex()[:12]}: its delta reference is damaged")
-    for bid in block_users:
+        commit_files[cid] = _check_commit(repo, cid, c, probs, files)
+    used: set[bytes] = set()
+    for f in files.values():
+        used.update(f.blocks)
+
+    locs, bad_blocks, n_blocks = _check_index(repo, probs)
+    for bid in used:
         if bid not in bad_blocks and bid not in locs:
             bad_blocks[bid] = f"block {bid.hex()[:12]}: missing from the index"
+    _check_sizes(files, locs, commit_files, probs)
     verified = 0
     if full:
-        to_check = [b for b in block_users if b not in bad_blocks]
+        # Reachable blocks first, then the rest of the index (unreachable blocks are checked
+        # too: gc would keep a live delta's reference, and damage there is still damage).
+        order = [b for b in used if b in locs and b not in bad_blocks]
+        order += [b for b in locs if b not in used and b not in bad_blocks]
 
         def check(bid: bytes) -> tuple[bytes, str | None]:
             try:
-                repo.read_block(bid)
+                repo.read_block(bid, location=locs[bid])
                 return bid, None
             except (CorruptionError, OSError) as e:
                 return bid, str(e)
 
-        for bid, err in ordered_map(check, to_check, workers=default_workers()):
+        for bid, err in ordered_map(check, order, workers=default_workers()):
             verified += 1
             if err:
-                bad_blocks[bid] = err
-    for bid, msg in bad_blocks.items():
-        users = [c.hex() for c in block_users.get(bid, [])]
-        problems.append(Problem("block", msg, users))
-    # Every object, reachable or not: the walk above reported the reachable ones it met.
+                bad_blocks[bid] = err if bid.hex()[:12] in err else f"block {bid.hex()[:12]}: {err}"
+    if bad_blocks:
+        users = _block_users(set(bad_blocks), files, commit_files)
+        for bid, msg in bad_blocks.items():
+            probs.add("block", msg, *users.get(bid, ()))
+    # Every object, reachable or not: its encoding and id.
+    n_objects = 0
     for oid in repo.iter_object_ids():
+        n_objects += 1
         try:
             repo.get_object(oid)
         except MergestoreError as e:
-            if not any(oid.hex()[:12] in p.message for p in problems):
-                problems.append(Problem("object", f"unreachable object: {e}"))
+            if not probs.mentions(oid.hex()[:12]):
+                probs.add("object", f"unreachable object {oid.hex()[:12]}: {e}")
+    problems = probs.to_list()
+    affected = sorted({c for p in problems for c in p.commits})
     return FsckReport(
         ok=not problems,
         problems=problems,
         commits=len(commits),
-        objects=sum(1 for _ in repo.iter_object_ids()),
+        objects=n_objects,
         blocks=n_blocks,
         blocks_verified=verified,
         refs=len(refs),
+        affected_commits=affected,
     )
 
 
-def _check_refs(repo: Repository, problems: list[Problem]) -> dict[str, bytes]:
+# ----- refs and reflogs ----------------------------------------------------------------------
+
+
+def _check_refs(repo: Repository, probs: _Problems) -> dict[str, bytes]:
     """Every ref's name and value; returns the well-formed branch and tag refs."""
     good: dict[str, bytes] = {}
     for name, raw in repo.raw_refs().items():
         value = raw.decode(errors="replace")
         if name == HEAD:
             if value.startswith("ref: "):
+                target = value[5:]
+                if not target.startswith(HEADS):
+                    probs.add("ref", f"HEAD points at {target[:80]!r}, not a branch")
                 continue
         elif not name.startswith((HEADS, TAGS)):
-            problems.append(Problem("ref", f"unexpected ref name {name!r}"))
+            probs.add("ref", f"unexpected ref name {name[:80]!r}")
             continue
         else:
             try:
                 check_ref_name(name.split("/", 2)[2])
             except RefError:
-                problems.append(Problem("ref", f"invalid ref name {name!r}"))
+                probs.add("ref", f"invalid ref name {name[:80]!r}")
         try:
             cid = bytes.fromhex(value)
             if len(cid) != 32:
                 raise ValueError
         except ValueError:
-            problems.append(Problem("ref", f"{name} holds a malformed value {value[:80]!r}"))
+            probs.add("ref", f"{name[:80]} holds a malformed value {value[:80]!r}")
             continue
         if name != HEAD:
             good[name] = cid
     return good
+
+
+def _reflog_commits(repo: Repository, probs: _Problems) -> list[bytes]:
+    """Commits named by reflog entries (they are recoverable, so they are checked too)."""
+    out: list[bytes] = []
+    try:
+        names = repo.reflog_names()
+    except (ValueError, CorruptionError):
+        probs.add("reflog", "a reflog key is unreadable")
+        return out
+    for name in names:
+        try:
+            entries = repo.reflog(name)
+        except (ValueError, KeyError, TypeError, CorruptionError):
+            probs.add("reflog", f"the reflog of {name[:80]} has an unreadable entry")
+            continue
+        out.extend(e.new for e in entries if e.new is not None)
+    return out
+
+
+# ----- objects -------------------------------------------------------------------------------
+
+
+def _walk_commits(
+    repo: Repository, starts: list[tuple[bytes, bytes | None]], probs: _Problems
+) -> dict[bytes, Commit]:
+    """Commits reachable from the starts; a bad commit is reported with the commits above it."""
+    seen: dict[bytes, Commit] = {}
+    bad: set[bytes] = set()
+    stack = list(starts)
+    while stack:
+        cid, child = stack.pop()
+        if cid in seen or cid in bad:
+            if cid in bad and child is not None:
+                _bad_commit(cid, child, probs)
+            continue
+        try:
+            c = repo.get_commit(cid)
+        except MergestoreError as e:
+            bad.add(cid)
+            probs.add("commit", f"commit {cid.hex()[:12]}: {_one_line(e)}", cid)
+            if child is not None:
+                _bad_commit(cid, child, probs)
+            continue
+        seen[cid] = c
+        stack.extend((p, cid) for p in c.parents)
+        if c.base:
+            stack.append((c.base, cid))
+    return seen
+
+
+def _bad_commit(cid: bytes, child: bytes, probs: _Problems) -> None:
+    probs.add("commit", f"commit {child.hex()[:12]}: parent or base {cid.hex()[:12]} is bad", child)
+
+
+def _check_commit(
+    repo: Repository, cid: bytes, c: Commit, probs: _Problems, files: dict[bytes, _File]
+) -> list[bytes]:
+    """Validate a commit's plan, tree and file objects; returns the file objects it uses."""
+    for what, oid in (("plan", c.plan), ("run", c.run)):
+        if oid is None:
+            continue
+        try:
+            if not isinstance(repo.get_object(oid), Plan):
+                probs.add("object", f"{what} {oid.hex()[:12]} is not a plan object", cid)
+        except MergestoreError as e:
+            probs.add("object", f"{what} {oid.hex()[:12]}: {_one_line(e)}", cid)
+    try:
+        tree = repo.get_object(c.tree)
+    except MergestoreError as e:
+        probs.add("object", f"tree {c.tree.hex()[:12]}: {_one_line(e)}", cid)
+        return []
+    if not isinstance(tree, Tree):
+        probs.add("object", f"tree {c.tree.hex()[:12]} is not a tree", cid)
+        return []
+    used = []
+    for entry in tree.entries:
+        f = files.get(entry.object)
+        if f is None:
+            f = files[entry.object] = _load_file(repo, entry.object, entry.kind)
+        if f.error is not None:
+            probs.add("object", f"file {entry.object.hex()[:12]} ({entry.path}): {f.error}", cid)
+        used.append(entry.object)
+    return used
+
+
+def _load_file(repo: Repository, oid: bytes, kind: str) -> _File:
+    try:
+        obj = repo.get_object(oid)
+    except MergestoreError as e:
+        return _File(error=_one_line(e))
+    if isinstance(obj, BlobFile):
+        if kind != "blob":
+            return _File(error="the tree says tensorfile, the object is a blob")
+        return _File(blocks=obj.blocks, size=obj.size)
+    if not isinstance(obj, TensorFile):
+        return _File(error="not a file object")
+    if kind != "tensorfile":
+        return _File(error="the tree says blob, the object is a tensorfile")
+    problems = list(_check_tensorfile(obj))
+    try:
+        header = repo.get_object(obj.header)
+    except MergestoreError as e:
+        problems.append(f"header {obj.header.hex()[:12]}: {_one_line(e)}")
+        header = None
+    if header is not None and not isinstance(header, BlobFile):
+        problems.append(f"header {obj.header.hex()[:12]} is not a blob")
+        header = None
+    blocks = list(header.blocks) if isinstance(header, BlobFile) else []
+    sizes = [("header", header.size, header.blocks)] if isinstance(header, BlobFile) else []
+    for t in obj.tensors:
+        blocks.extend(t.blocks)
+        sizes.append((f"tensor {t.name}", t.nbytes, t.blocks))
+    return _File(
+        blocks=tuple(blocks),
+        tensor_sizes=tuple(sizes),
+        error="; ".join(problems[:3]) if problems else None,
+    )
+
+
+def _check_tensorfile(tf: TensorFile) -> list[str]:
+    out = []
+    pos = 0
+    for t in tf.tensors:
+        if t.dtype not in DTYPE_SIZES:
+            out.append(f"tensor {t.name}: unknown dtype {t.dtype}")
+            continue
+        blocking = tensor_blocking(t.shape, DTYPE_SIZES[t.dtype], 1)
+        blocking = type(blocking)(blocking.rows, blocking.row_bytes, t.rows_per_block)
+        if t.begin != pos:
+            out.append(f"tensor {t.name}: data is not contiguous")
+        pos = t.end
+        n = 1
+        for s in t.shape:
+            n *= s
+        if n * DTYPE_SIZES[t.dtype] != t.nbytes:
+            out.append(f"tensor {t.name}: shape and byte length disagree")
+        if blocking.num_blocks != len(t.blocks):
+            want, have = blocking.num_blocks, len(t.blocks)
+            out.append(f"tensor {t.name}: expected {want} blocks, has {have}")
+    return out
+
+
+def _check_sizes(
+    files: dict[bytes, _File],
+    locs: dict[bytes, BlockLocation],
+    commit_files: dict[bytes, list[bytes]],
+    probs: _Problems,
+) -> None:
+    """The raw lengths the index records must add up to each file's (or tensor's) size."""
+    wrong: dict[bytes, str] = {}
+    for oid, f in files.items():
+        if f.error is not None:
+            continue
+        parts = f.tensor_sizes or (("file", f.size, f.blocks),)
+        for what, size, blocks in parts:
+            if all(b in locs for b in blocks) and sum(locs[b].raw_len for b in blocks) != size:
+                wrong[oid] = f"{what}: its blocks hold a different number of bytes than {size}"
+                break
+    for cid, used in commit_files.items():
+        for oid in used:
+            if oid in wrong:
+                probs.add("object", f"file {oid.hex()[:12]}: {wrong[oid]}", cid)
+
+
+def _block_users(
+    bad: set[bytes], files: dict[bytes, _File], commit_files: dict[bytes, list[bytes]]
+) -> dict[bytes, list[bytes]]:
+    """Every commit whose checkout reads one of the `bad` blocks."""
+    bad_files: dict[bytes, set[bytes]] = {}
+    for oid, f in files.items():
+        hit = bad.intersection(f.blocks)
+        if hit:
+            bad_files[oid] = hit
+    users: dict[bytes, list[bytes]] = {}
+    for cid, used in commit_files.items():
+        for oid in used:
+            for bid in bad_files.get(oid, ()):
+                lst = users.setdefault(bid, [])
+                if not lst or lst[-1] != cid:
+                    lst.append(cid)
+    return users
+
+
+# ----- the block index and packs -------------------------------------------------------------
+
+
+def _check_index(
+    repo: Repository, probs: _Problems
+) -> tuple[dict[bytes, BlockLocation], dict[bytes, str], int]:
+    """Decode every index entry and check it against its pack: bounds and the entry header."""
+    pack_sizes: dict[int, int] = {}
+    n_blocks = 0
+    bad: dict[bytes, str] = {}
+    locs: dict[bytes, BlockLocation] = {}
+    for bid, raw in repo.iter_raw_blocks():
+        n_blocks += 1
+        try:
+            loc = locs[bid] = BlockLocation.decode(raw)
+        except CorruptionError as e:
+            bad[bid] = f"block {bid.hex()[:12]}: {e}"
+            continue
+        size = pack_sizes.get(loc.pack)
+        if size is None:
+            size = pack_sizes[loc.pack] = _pack_size(repo, loc.pack, probs)
+        if size < 0:
+            bad[bid] = f"block {bid.hex()[:12]}: pack {loc.pack} is missing"
+        elif loc.offset + loc.length > size:
+            bad[bid] = f"block {bid.hex()[:12]}: beyond the end of pack {loc.pack}"
+        else:
+            msg = _check_entry_header(repo, bid, loc)
+            if msg:
+                bad[bid] = msg
+        try:
+            repo.codec_spec(loc.codec)
+        except (CorruptionError, UnicodeDecodeError) as e:
+            bad[bid] = f"block {bid.hex()[:12]}: {e}"
+    for bid, loc in locs.items():
+        if loc.ref is None:
+            continue
+        ref_loc = locs.get(loc.ref)
+        if ref_loc is None:
+            what = "is damaged" if loc.ref in bad else "is missing"
+            bad.setdefault(bid, f"block {bid.hex()[:12]}: delta reference {what}")
+        elif ref_loc.ref is not None:
+            bad[bid] = f"block {bid.hex()[:12]}: delta reference is itself a delta"
+        elif loc.ref in bad:
+            # a block decodes through its reference: a damaged reference damages it too
+            bad.setdefault(bid, f"block {bid.hex()[:12]}: its delta reference is damaged")
+    for bid in bad:
+        locs.pop(bid, None)
+    return locs, bad, n_blocks
+
+
+def _pack_size(repo: Repository, pid: int, probs: _Problems) -> int:
+    p = pack_path(repo.pack_dir, pid)
+    try:
+        size = p.stat().st_size
+        with open(p, "rb") as f:
+            magic = f.read(len(PACK_MAGIC))
+    except FileNotFoundError:
+        return -1
+    if magic != PACK_MAGIC:
+        probs.add("pack", f"pack {pid} does not start with the pack magic")
+    return size
 
 
 def _check_entry_header(repo: Repository, bid: bytes, loc: BlockLocation) -> str | None:
@@ -268,6 +450,10 @@ def _check_entry_header(repo: Repository, bid: bytes, loc: BlockLocation) -> str
     if magic != ENTRY_MAGIC or hid != bid or length != loc.length:
         return f"block {bid.hex()[:12]}: the pack {loc.pack} entry at its offset is not this block"
     return None
+
+
+def _one_line(e: BaseException) -> str:
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
 
 
 def pack_files_size(repo: Repository) -> int:

@@ -1,4 +1,4 @@
-"""fsck, du."""
+"""fsck, du, gc."""
 
 from __future__ import annotations
 
@@ -21,17 +21,7 @@ def fsck(store: Store, full: bool, as_json: bool) -> None:
 
     rep = run_fsck(store.repo, full=full)
     if as_json:
-        emit_json(
-            {
-                "ok": rep.ok,
-                "problems": [p.to_json() for p in rep.problems],
-                "commits": rep.commits,
-                "objects": rep.objects,
-                "blocks": rep.blocks,
-                "blocks_verified": rep.blocks_verified,
-                "refs": rep.refs,
-            }
-        )
+        emit_json(rep.to_json())
     else:
         for p in rep.problems:
             who = f" (affects {', '.join(short(c) for c in p.commits)})" if p.commits else ""
@@ -41,6 +31,11 @@ def fsck(store: Store, full: bool, as_json: bool) -> None:
             f"{state}: {rep.refs} refs, {rep.commits} commits, {rep.objects} objects, "
             f"{rep.blocks} blocks" + (f", {rep.blocks_verified} verified" if full else "")
         )
+        if rep.affected_commits:
+            click.echo(
+                f"affected commits ({len(rep.affected_commits)}): "
+                + " ".join(short(c) for c in rep.affected_commits)
+            )
     if not rep.ok:
         sys.exit(1)
 
