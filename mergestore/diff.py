@@ -1,0 +1,782 @@
+"""`diff` and `analyze`: compare two checkpoints block by block, with exact fp64 statistics.
+
+Blocks at the same index of two tensors with the same dtype and shape cover the same elements,
+so a block whose id is the same on both sides is settled without reading anything. Only the
+changed blocks are read (the A block first, so a B block stored as an XOR delta against it is
+decoded from the bytes in hand). Statistics of a changed pair are kept in the store's stats db
+under (id B, id A, dtype) and reused by later diffs and by the budget planner.
+
+‖A‖ of a changed tensor needs every block of A, its unchanged blocks included. Their norms are
+kept under the key (id A, id A, dtype): a DeltaStats with a zero delta and l2_a = l2_b = ‖A_block‖.
+So the first diff of a partly changed tensor reads its unchanged A blocks once; later diffs (and
+diffs against any other checkpoint sharing those blocks) read nothing for them.
+
+This module sits above the store: it uses Repository reads and WriteSession publishing only.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mergestore.errors import FormatError, MergestoreError, RefError
+from mergestore.formats.checkpoint import scan_checkpoint
+from mergestore.formats.safetensors import DTYPE_SIZES, torch_dtype
+from mergestore.store.blocks import TensorBlocking, block_id, tensor_blocking
+from mergestore.store.index import DeltaStats
+from mergestore.store.objects import TensorRecord
+from mergestore.store.packs import ReadMeter
+from mergestore.store.parallel import default_workers, ordered_map, read_exact, reuse_freed_memory
+from mergestore.store.repo import Repository
+
+Progress = Callable[[int], None]
+STATUSES = ("changed", "retyped", "added", "removed", "unchanged")
+_CHUNK = 1 << 16  # elements per fp64 pass: two 512 KiB scratch buffers stay in cache
+
+
+# ----------------------------------------------------------------------------- fp64 statistics
+
+
+_scratch = threading.local()
+
+
+def _buffers(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    bufs = getattr(_scratch, "bufs", None)
+    if bufs is None:
+        bufs = _scratch.bufs = (
+            torch.empty(_CHUNK, dtype=torch.float64),
+            torch.empty(_CHUNK, dtype=torch.float64),
+        )
+    return bufs[0][:n], bufs[1][:n]
+
+
+def _flat(raw: bytes | bytearray | memoryview, dtype: str) -> torch.Tensor:
+    dt = torch_dtype(dtype)
+    if len(raw) == 0:
+        return torch.empty(0, dtype=dt)
+    buf = raw if isinstance(raw, (bytearray, memoryview)) else bytearray(raw)
+    if isinstance(buf, memoryview) and buf.readonly:
+        buf = bytearray(buf)
+    return torch.frombuffer(buf, dtype=dt)
+
+
+def block_stats(b_raw: bytes | memoryview, a_raw: bytes | memoryview, dtype: str) -> DeltaStats:
+    """Statistics of B − A for two blocks at the same position, in fp64 (no full-size copies).
+
+    Each chunk of both blocks is widened into a cache-sized fp64 scratch buffer; the delta is
+    formed in place. Equal to blockstats.delta_stats up to the order of fp64 summation.
+    """
+    bt, at = _flat(b_raw, dtype), _flat(a_raw, dtype)
+    if bt.numel() != at.numel():
+        raise FormatError("blocks of different lengths cannot be compared")
+    dd = l1 = bb = aa = ab = mx = 0.0
+    nnz = 0
+    for s in range(0, bt.numel(), _CHUNK):
+        x, y = at[s : s + _CHUNK], bt[s : s + _CHUNK]
+        a64, b64 = _buffers(x.numel())
+        a64.copy_(x)
+        b64.copy_(y)
+        ab += float(torch.dot(a64, b64))
+        bb += float(torch.dot(b64, b64))
+        aa += float(torch.dot(a64, a64))
+        d = b64.sub_(a64)
+        dd += float(torch.dot(d, d))
+        # values, not bytes: -0.0 == 0.0, and NaN != NaN (its delta is NaN, counted)
+        nnz += int(torch.count_nonzero(d))
+        d.abs_()
+        l1 += float(d.sum())
+        mx = max(mx, float(d.max()))
+    return DeltaStats(
+        l2=math.sqrt(dd),
+        l1=l1,
+        max_abs=mx,
+        l2_b=math.sqrt(bb),
+        nnz=nnz,
+        numel=bt.numel(),
+        dot=ab,
+        l2_a=math.sqrt(aa),
+    )
+
+
+def block_norm(raw: bytes | memoryview, dtype: str) -> DeltaStats:
+    """The statistics of a block against itself: a zero delta, and its norm."""
+    t = _flat(raw, dtype)
+    sq = 0.0
+    for s in range(0, t.numel(), _CHUNK):
+        x = t[s : s + _CHUNK]
+        a64, _ = _buffers(x.numel())
+        a64.copy_(x)
+        sq += float(torch.dot(a64, a64))
+    n = math.sqrt(sq)
+    return DeltaStats(0.0, 0.0, 0.0, n, 0, t.numel(), sq, n)
+
+
+def stats_dtype_ok(dtype: str) -> bool:
+    """Whether statistics can be computed for a dtype (numeric and known to torch)."""
+    try:
+        torch_dtype(dtype)
+    except FormatError:
+        return False
+    return True
+
+
+@contextmanager
+def _one_torch_thread() -> Iterator[None]:
+    # The block workers already use both cores; torch's own threads would only contend.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def read_pair(repo: Repository, b: bytes, a: bytes, meter: ReadMeter | None) -> tuple[bytes, bytes]:
+    """Raw bytes of blocks B and A; B's delta reference is not read twice when it is A."""
+    a_raw = repo.read_block(a, meter)
+    loc = repo.block_location(b)
+    ref = a_raw if loc is not None and loc.ref == a else None
+    return repo.read_block(b, meter, reference=ref, location=loc), a_raw
+
+
+def pair_stats(
+    repo: Repository, b: bytes, a: bytes, dtype: str, meter: ReadMeter | None
+) -> tuple[DeltaStats, bool]:
+    """Kept statistics of (B, A), or computed from the stored bytes; True when computed.
+
+    The one code path for statistics of stored block pairs: diff, analyze and the planner.
+    """
+    st = repo.get_stats(b, a, dtype)
+    if st is not None:
+        return st, False
+    if b == a:
+        return block_norm(repo.read_block(a, meter), dtype), True
+    b_raw, a_raw = read_pair(repo, b, a, meter)
+    return block_stats(b_raw, a_raw, dtype), True
+
+
+# ----------------------------------------------------------------------------- results
+
+
+@dataclass
+class _Acc:
+    """Running sums of one tensor's block statistics."""
+
+    dd: float = 0.0
+    l1: float = 0.0
+    mx: float = 0.0
+    bb: float = 0.0
+    aa: float = 0.0
+    ab: float = 0.0
+    nnz: int = 0
+    numel: int = 0
+    blocks_changed: int = 0
+
+    def add(self, st: DeltaStats, changed: bool) -> None:
+        self.dd += st.l2 * st.l2
+        self.l1 += st.l1
+        self.mx = max(self.mx, st.max_abs)
+        self.bb += st.l2_b * st.l2_b
+        self.aa += st.l2_a * st.l2_a
+        self.ab += st.dot
+        self.nnz += st.nnz
+        self.numel += st.numel
+        self.blocks_changed += int(changed)
+
+
+@dataclass
+class TensorDiff:
+    """One tensor's line of a diff. Delta fields are set for changed tensors only."""
+
+    name: str
+    status: str
+    dtype: str
+    shape: tuple[int, ...]
+    blocks_total: int
+    blocks_changed: int
+    numel: int
+    delta_l2: float | None = None
+    rel_delta: float | None = None
+    cosine: float | None = None
+    max_abs: float | None = None
+    frac_changed: float | None = None
+    delta_l1: float | None = None
+    nnz: int | None = None
+    l2_a: float | None = None
+    l2_b: float | None = None
+    a_dtype: str | None = None  # when A's differs (retyped)
+    a_shape: tuple[int, ...] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "name": self.name,
+            "status": self.status,
+            "dtype": self.dtype,
+            "shape": list(self.shape),
+            "blocks_total": self.blocks_total,
+            "blocks_changed": self.blocks_changed,
+            "delta_l2": self.delta_l2,
+            "rel_delta": self.rel_delta,
+            "cosine": self.cosine,
+            "max_abs": self.max_abs,
+            "frac_changed": self.frac_changed,
+            "delta_l1": self.delta_l1,
+            "nnz": self.nnz,
+            "numel": self.numel,
+            "l2_a": self.l2_a,
+            "l2_b": self.l2_b,
+        }
+        if self.status == "retyped":
+            d["a_dtype"] = self.a_dtype
+            d["a_shape"] = list(self.a_shape) if self.a_shape is not None else None
+        return d
+
+
+def _finish(t: TensorDiff, acc: _Acc) -> None:
+    t.delta_l2 = math.sqrt(acc.dd)
+    t.delta_l1 = acc.l1
+    t.max_abs = acc.mx
+    t.nnz = acc.nnz
+    t.l2_a = math.sqrt(acc.aa)
+    t.l2_b = math.sqrt(acc.bb)
+    t.rel_delta = t.delta_l2 / t.l2_a if t.l2_a > 0 else None
+    t.cosine = acc.ab / (t.l2_a * t.l2_b) if t.l2_a > 0 and t.l2_b > 0 else None
+    if t.cosine is not None:
+        t.cosine = max(-1.0, min(1.0, t.cosine))
+    t.frac_changed = acc.nnz / acc.numel if acc.numel else 0.0
+
+
+_LAYER = re.compile(r"\.(?:layers|layer|h|blocks|block)\.(\d+)\.")
+
+
+def layer_of(name: str) -> int | None:
+    """The layer index in a tensor name (model.layers.3.mlp... -> 3), or None."""
+    m = _LAYER.search("." + name)
+    return int(m.group(1)) if m else None
+
+
+_MODULES = (
+    ("q", ("q_proj", "query", "wq")),
+    ("k", ("k_proj", "key", "wk")),
+    ("v", ("v_proj", "value", "wv")),
+    ("o", ("o_proj", "out_proj", "wo", "attn.c_proj", "attention.dense")),
+    ("gate", ("gate_proj", "w1")),
+    ("up", ("up_proj", "w3", "c_fc")),
+    ("down", ("down_proj", "w2", "mlp.c_proj")),
+    ("norms", ("norm", "ln_", "layernorm")),
+    ("embeddings", ("embed", "wte", "wpe", "tok_embeddings")),
+    ("head", ("lm_head", "output.weight")),
+)
+MODULES = tuple(m for m, _ in _MODULES)
+
+
+def module_of(name: str) -> str | None:
+    """Which of q, k, v, o, gate, up, down, norms, embeddings, head a tensor belongs to."""
+    parts = name.lower()
+    for module, keys in _MODULES:
+        for k in keys:
+            if "." + k + "." in "." + parts + "." or (("." in k or "_" in k) and k in parts):
+                return module
+    return None
+
+
+def _natural_key(name: str) -> list[Any]:
+    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
+
+
+@dataclass
+class DiffResult:
+    a: bytes
+    b: bytes | None  # None when B is a folder
+    b_path: str | None
+    tensors: list[TensorDiff]
+    bytes_read: int = 0  # stored bytes read from the store's packs
+    blocks_read: int = 0
+    folder_bytes_read: int = 0  # bytes of B's folder read to hash it
+    stats_computed: int = 0
+    stats_reused: int = 0
+    norms_computed: int = 0
+    norms_reused: int = 0
+    stats_kept: int = 0
+    seconds: float = 0.0
+    changed_bytes: int = 0  # raw bytes of B's changed blocks
+
+    def totals(self) -> dict[str, Any]:
+        counts = {s: 0 for s in STATUSES}
+        dd = aa = l1 = 0.0
+        nnz = numel = 0
+        mx = 0.0
+        for t in self.tensors:
+            counts[t.status] += 1
+            if t.status in ("changed", "unchanged"):
+                numel += t.numel
+            if t.status == "changed" and t.delta_l2 is not None:
+                dd += t.delta_l2**2
+                aa += (t.l2_a or 0.0) ** 2
+                l1 += t.delta_l1 or 0.0
+                nnz += t.nnz or 0
+                mx = max(mx, t.max_abs or 0.0)
+        delta = math.sqrt(dd)
+        return {
+            "tensors": len(self.tensors),
+            **counts,
+            "blocks_total": sum(t.blocks_total for t in self.tensors),
+            "blocks_changed": sum(t.blocks_changed for t in self.tensors),
+            "delta_l2": delta,
+            # over the changed tensors: ‖A‖ of unchanged ones is never read
+            "rel_delta": delta / math.sqrt(aa) if aa > 0 else None,
+            "delta_l1": l1,
+            "max_abs": mx,
+            "nnz": nnz,
+            "numel": numel,
+            "frac_changed": nnz / numel if numel else 0.0,
+            "changed_bytes": self.changed_bytes,
+        }
+
+    def layers(self) -> list[dict[str, Any]]:
+        """Per-layer summary: tensors grouped by the layer index in their names."""
+        groups: dict[int | None, list[TensorDiff]] = {}
+        for t in self.tensors:
+            groups.setdefault(layer_of(t.name), []).append(t)
+        out = []
+        for layer in sorted(groups, key=lambda k: (k is None, k or 0)):
+            ts = groups[layer]
+            ch = [t for t in ts if t.status == "changed" and t.delta_l2 is not None]
+            dd = sum(t.delta_l2**2 for t in ch)  # type: ignore[operator]
+            aa = sum((t.l2_a or 0.0) ** 2 for t in ch)
+            out.append(
+                {
+                    "layer": layer,
+                    "tensors": len(ts),
+                    "changed": sum(1 for t in ts if t.status != "unchanged"),
+                    "blocks_total": sum(t.blocks_total for t in ts),
+                    "blocks_changed": sum(t.blocks_changed for t in ts),
+                    "delta_l2": math.sqrt(dd),
+                    "rel_delta": math.sqrt(dd) / math.sqrt(aa) if aa > 0 else None,
+                }
+            )
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "a": self.a.hex(),
+            "b": self.b.hex() if self.b is not None else self.b_path,
+            "bytes_read": self.bytes_read,
+            "tensors": [t.to_json() for t in self.tensors],
+            "totals": self.totals(),
+            "layers": self.layers(),
+            "blocks_read": self.blocks_read,
+            "folder_bytes_read": self.folder_bytes_read,
+            "stats_computed": self.stats_computed,
+            "stats_reused": self.stats_reused,
+            "norms_computed": self.norms_computed,
+            "norms_reused": self.norms_reused,
+            "stats_kept": self.stats_kept,
+            "seconds": round(self.seconds, 4),
+        }
+
+
+# ----------------------------------------------------------------------------- the engine
+
+
+@dataclass(frozen=True)
+class _Side:
+    """One tensor of one side: its layout, and its block ids when they are known."""
+
+    dtype: str
+    shape: tuple[int, ...]
+    rows_per_block: int
+    blocks: tuple[bytes, ...] | None  # None for a folder tensor (hashed while diffing)
+    fd: int = -1
+    offset: int = 0  # absolute file offset of the tensor's data (folder tensors)
+    nbytes: int = 0
+
+
+def _commit_sides(repo: Repository, cid: bytes) -> dict[str, _Side]:
+    from mergestore.checkout import tensor_records
+
+    out = {}
+    tree = repo.get_tree(repo.get_commit(cid).tree)
+    for rec in tensor_records(repo, tree):
+        out[rec.name] = _record_side(rec)
+    return out
+
+
+def _record_side(rec: TensorRecord) -> _Side:
+    return _Side(rec.dtype, rec.shape, rec.rows_per_block, rec.blocks, nbytes=rec.end - rec.begin)
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One block position of a changed (or unhashed) tensor."""
+
+    tensor: int
+    dtype: str
+    a: bytes  # A's block id
+    b: bytes | None  # B's block id; None when B is a folder block not hashed yet
+    nbytes: int
+    fd: int = -1
+    offset: int = 0
+
+
+@dataclass
+class _Outcome:
+    tensor: int
+    changed: bool
+    stats: DeltaStats | None
+    computed: bool
+    b: bytes | None
+    nbytes: int
+
+
+@dataclass
+class _Engine:
+    repo: Repository
+    keep: bool
+    progress: Progress | None
+    meter: ReadMeter = field(default_factory=ReadMeter)
+    folder_bytes: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def work(self, job: _Job) -> _Outcome:
+        b, b_raw = job.b, None
+        if b is None:  # a folder block: hash it first
+            buf = bytearray(job.nbytes)
+            b_raw = read_exact(job.fd, buf, job.nbytes, job.offset)
+            if len(b_raw) != job.nbytes:
+                raise FormatError("a checkpoint file changed while it was being compared")
+            with self._lock:
+                self.folder_bytes += job.nbytes
+            b = block_id(b_raw)
+        changed = b != job.a
+        key_b = b if changed else job.a
+        st = self.repo.get_stats(key_b, job.a, job.dtype)
+        computed = st is None
+        if st is None:
+            if not changed:
+                st = block_norm(b_raw if b_raw is not None else self._read(job.a), job.dtype)
+            elif b_raw is not None:
+                st = block_stats(b_raw, self._read(job.a), job.dtype)
+            else:
+                st = block_stats(*read_pair(self.repo, b, job.a, self.meter), job.dtype)
+        if self.progress:
+            self.progress(job.nbytes)
+        return _Outcome(job.tensor, changed, st, computed, b, job.nbytes)
+
+    def _read(self, bid: bytes) -> bytes:
+        return self.repo.read_block(bid, self.meter)
+
+
+def _jobs_for(i: int, a: _Side, b: _Side) -> Iterator[_Job]:
+    assert a.blocks is not None
+    if b.blocks is not None:
+        blocking = _blocking(a)
+        for k, (bb, ab) in enumerate(zip(b.blocks, a.blocks, strict=True)):
+            lo, hi = blocking.byte_range(k)
+            yield _Job(i, a.dtype, ab, bb, hi - lo)
+    else:
+        blocking = _blocking(a)
+        for k, ab in enumerate(a.blocks):
+            lo, hi = blocking.byte_range(k)
+            yield _Job(i, a.dtype, ab, None, hi - lo, b.fd, b.offset + lo)
+
+
+def _blocking(s: _Side) -> TensorBlocking:
+    if len(s.shape) == 0:
+        rows, row_bytes = 1, DTYPE_SIZES[s.dtype]
+    else:
+        rows, row_bytes = s.shape[0], DTYPE_SIZES[s.dtype] * math.prod(s.shape[1:])
+    return TensorBlocking(rows=rows, row_bytes=row_bytes, rows_per_block=s.rows_per_block)
+
+
+def _matches(name: str, globs: Sequence[str] | None) -> bool:
+    return not globs or any(fnmatch.fnmatchcase(name, g) for g in globs)
+
+
+def diff_sides(
+    repo: Repository,
+    a_id: bytes,
+    sides_a: dict[str, _Side],
+    sides_b: dict[str, _Side],
+    *,
+    b_id: bytes | None,
+    b_path: str | None,
+    tensors: Sequence[str] | None = None,
+    keep: bool = True,
+    progress: Progress | None = None,
+    workers: int | None = None,
+) -> DiffResult:
+    t0 = time.perf_counter()
+    names = sorted(
+        (n for n in set(sides_a) | set(sides_b) if _matches(n, tensors)), key=_natural_key
+    )
+    out: list[TensorDiff] = []
+    accs: dict[int, _Acc] = {}
+    jobs: list[_Job] = []
+    for name in names:
+        a, b = sides_a.get(name), sides_b.get(name)
+        side = b or a
+        assert side is not None
+        nb = len(side.blocks) if side.blocks is not None else _blocking(side).num_blocks
+        t = TensorDiff(name, "", side.dtype, side.shape, nb, 0, math.prod(side.shape))
+        i = len(out)
+        out.append(t)
+        if a is None or b is None:
+            t.status = "added" if a is None else "removed"
+            t.blocks_changed = nb
+        elif a.dtype != b.dtype or a.shape != b.shape:
+            t.status = "retyped"
+            t.blocks_changed = nb
+            t.a_dtype, t.a_shape = a.dtype, a.shape
+        elif b.blocks is not None and a.blocks == b.blocks:
+            t.status = "unchanged"
+        elif not stats_dtype_ok(a.dtype) or (
+            b.blocks is not None and a.rows_per_block != b.rows_per_block
+        ):
+            # Not measurable block by block: say which blocks differ, leave the deltas unset.
+            t.status = "changed"
+            t.blocks_changed = nb
+            if b.blocks is not None and a.blocks is not None and len(a.blocks) == len(b.blocks):
+                t.blocks_changed = sum(x != y for x, y in zip(a.blocks, b.blocks, strict=True))
+        else:
+            t.status = "changed"  # provisional for folders: settled once hashed
+            accs[i] = _Acc()
+            jobs.extend(_jobs_for(i, a, b))
+    eng = _Engine(repo, keep, progress)
+    computed: dict[tuple[bytes, bytes, str], DeltaStats] = {}
+    result = DiffResult(a_id, b_id, b_path, out)
+    with _one_torch_thread():
+        for job, res in zip(
+            jobs, ordered_map(eng.work, jobs, workers=workers or default_workers()), strict=True
+        ):
+            acc = accs[res.tensor]
+            assert res.stats is not None
+            acc.add(res.stats, res.changed)
+            if res.changed:
+                result.changed_bytes += res.nbytes
+            key_b = res.b if res.changed else job.a
+            assert key_b is not None
+            if res.computed:
+                computed[(key_b, job.a, job.dtype)] = res.stats
+                if res.changed:
+                    result.stats_computed += 1
+                else:
+                    result.norms_computed += 1
+            elif res.changed:
+                result.stats_reused += 1
+            else:
+                result.norms_reused += 1
+    for i, acc in accs.items():
+        t = out[i]
+        t.blocks_changed = acc.blocks_changed
+        if acc.blocks_changed == 0:
+            t.status = "unchanged"
+        else:
+            _finish(t, acc)
+    if keep and computed:
+        result.stats_kept = keep_stats(repo, computed)
+    result.bytes_read = eng.meter.bytes_read
+    result.blocks_read = eng.meter.blocks_read
+    result.folder_bytes_read = eng.folder_bytes
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def keep_stats(repo: Repository, entries: dict[tuple[bytes, bytes, str], DeltaStats]) -> int:
+    """Publish computed statistics in one atomic write session; returns how many."""
+    with repo.writer() as w:
+        for (b, a, dtype), st in entries.items():
+            w.put_stats(b, a, dtype, st)
+        w.publish()
+    return len(entries)
+
+
+def _resolve_commit(repo: Repository, ref: str) -> bytes:
+    return repo.resolve(ref)
+
+
+def _is_folder_arg(repo: Repository, text: str) -> bool:
+    """Whether B names a folder on disk rather than a ref."""
+    if not os.path.exists(text):
+        return False
+    if "/" in text or text.startswith("."):
+        return True
+    try:
+        repo.resolve(text)
+    except MergestoreError:
+        return True
+    return False
+
+
+def diff(
+    repo: Repository,
+    a: str,
+    b: str,
+    *,
+    tensors: Sequence[str] | None = None,
+    keep: bool = True,
+    progress: Progress | None = None,
+    workers: int | None = None,
+) -> DiffResult:
+    """Diff commit A against commit B, or against an uncommitted checkpoint folder B.
+
+    Statistics computed for two commits are kept (unless keep=False); a folder diff writes
+    nothing to the store.
+    """
+    reuse_freed_memory()
+    a_id = _resolve_commit(repo, a)
+    sides_a = _commit_sides(repo, a_id)
+    if _is_folder_arg(repo, b):
+        return _diff_folder(repo, a_id, sides_a, b, tensors, progress, workers)
+    try:
+        b_id = repo.resolve(b)
+    except RefError as e:
+        raise RefError(f"{e} (and no folder {b!r})") from None
+    return diff_sides(
+        repo,
+        a_id,
+        sides_a,
+        _commit_sides(repo, b_id),
+        b_id=b_id,
+        b_path=None,
+        tensors=tensors,
+        keep=keep,
+        progress=progress,
+        workers=workers,
+    )
+
+
+def _diff_folder(
+    repo: Repository,
+    a_id: bytes,
+    sides_a: dict[str, _Side],
+    path: str,
+    tensors: Sequence[str] | None,
+    progress: Progress | None,
+    workers: int | None,
+) -> DiffResult:
+    ckpt = scan_checkpoint(path)
+    fds: dict[Path, int] = {}
+    try:
+        sides_b: dict[str, _Side] = {}
+        for name, (f, entry) in ckpt.tensor_index().items():
+            if not _matches(name, tensors):
+                continue
+            assert f.header is not None
+            fd = fds.get(f.abspath)
+            if fd is None:
+                fd = fds[f.abspath] = os.open(f.abspath, os.O_RDONLY)
+            a = sides_a.get(name)
+            rpb = (
+                a.rows_per_block
+                if a is not None and a.dtype == entry.dtype and a.shape == entry.shape
+                else tensor_blocking(
+                    entry.shape, DTYPE_SIZES[entry.dtype], repo.config.block_size
+                ).rows_per_block
+            )
+            sides_b[name] = _Side(
+                entry.dtype,
+                entry.shape,
+                rpb,
+                None,
+                fd=fd,
+                offset=f.header.data_start + entry.begin,
+                nbytes=entry.nbytes,
+            )
+        return diff_sides(
+            repo,
+            a_id,
+            sides_a,
+            sides_b,
+            b_id=None,
+            b_path=str(Path(path)),
+            tensors=tensors,
+            keep=False,  # a folder diff never writes into the store
+            progress=progress,
+            workers=workers,
+        )
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+
+
+@dataclass
+class AnalyzeResult:
+    expert: bytes
+    base: bytes
+    pairs: int  # changed block pairs with statistics (computed now or kept before)
+    stats_computed: int
+    stats_reused: int
+    norms_computed: int
+    bytes_read: int
+    seconds: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "expert": self.expert.hex(),
+            "base": self.base.hex(),
+            "pairs": self.pairs,
+            "stats_computed": self.stats_computed,
+            "stats_reused": self.stats_reused,
+            "norms_computed": self.norms_computed,
+            "bytes_read": self.bytes_read,
+            "seconds": round(self.seconds, 4),
+        }
+
+
+def analyze(
+    repo: Repository,
+    expert: str,
+    base: str | None = None,
+    *,
+    progress: Progress | None = None,
+    workers: int | None = None,
+) -> AnalyzeResult:
+    """Compute and keep the statistics of every changed block of EXPERT against BASE.
+
+    BASE defaults to the commit's recorded base (`commit --base`). This is the diff engine with
+    its output dropped: the same pairs, the same keys, so a later diff or plan reads nothing.
+    """
+    e_id = repo.resolve(expert)
+    if base is None:
+        b_id = repo.get_commit(e_id).base
+        if b_id is None:
+            raise MergestoreError(f"{expert} records no base commit; pass --base")
+    else:
+        b_id = repo.resolve(base)
+    res = diff(repo, b_id.hex(), e_id.hex(), keep=True, progress=progress, workers=workers)
+    return AnalyzeResult(
+        expert=e_id,
+        base=b_id,
+        pairs=res.stats_computed + res.stats_reused,
+        stats_computed=res.stats_computed,
+        stats_reused=res.stats_reused,
+        norms_computed=res.norms_computed,
+        bytes_read=res.bytes_read,
+        seconds=res.seconds,
+    )
+
+
+def progress_total(repo: Repository, a: str, b: str) -> int:
+    """Bytes a diff will go through (for a progress bar): B's tensor bytes."""
+    if _is_folder_arg(repo, b):
+        return sum(f.size for f in scan_checkpoint(b).tensor_files)
+    try:
+        sides_a = _commit_sides(repo, repo.resolve(a))
+        sides_b = _commit_sides(repo, repo.resolve(b))
+    except MergestoreError:
+        return 0
+    return sum(
+        s.nbytes for n, s in sides_b.items() if n in sides_a and sides_a[n].blocks != s.blocks
+    )
