@@ -461,6 +461,30 @@ class Store:
             return TAGS + ref
         return HEADS + ref
 
+    # ----- diff ------------------------------------------------------------------------------
+
+    def diff(
+        self,
+        a: str,
+        b: str,
+        *,
+        tensors: Sequence[str] | None = None,
+        keep: bool = True,
+        progress: Progress | None = None,
+    ) -> Any:
+        """Diff commit A against commit or checkpoint folder B (mergestore.diff.DiffResult)."""
+        from mergestore.diff import diff
+
+        return diff(self.repo, a, b, tensors=tensors, keep=keep, progress=progress)
+
+    def analyze(
+        self, expert: str, base: str | None = None, *, progress: Progress | None = None
+    ) -> Any:
+        """Compute and keep per-block delta statistics of EXPERT against BASE."""
+        from mergestore.diff import analyze
+
+        return analyze(self.repo, expert, base, progress=progress)
+
 
 def read_record(
     repo: Repository, rec: TensorRecord, meter: ReadMeter | None = None
