@@ -157,8 +157,34 @@ def tree_digest(root: Path) -> dict[str, str]:
 
 
 def dir_digest(root: Path) -> dict[str, str]:
-    """Every file under root (names and contents): 'the store is unchanged'."""
-    return tree_digest(root)
+    """Every file under root (names and contents) but LMDB's reader table: 'unchanged'."""
+    return {k: v for k, v in tree_digest(root).items() if not k.endswith("lock.mdb")}
+
+
+def cli_inproc(*args: str | os.PathLike[str]) -> Result:
+    """`mergestore ARGS` in this process with main()'s semantics (exit code, stdout, stderr)."""
+    import contextlib
+    import io
+
+    from mergestore.cli.main import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main([os.fspath(a) for a in args])
+            code = 0
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    return Result(code, out.getvalue(), err.getvalue())
+
+
+def assert_clean_error(r: Result, *, contains: str = "") -> None:
+    """A refusal as the CLI promises: non-zero exit, one line `error: ...`, no traceback."""
+    lines = r.err.strip().splitlines()
+    assert r.rc not in (0, 70, 99), f"rc {r.rc}: {r.err}"
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.err
+    assert "Traceback" not in r.err and "internal error" not in r.err, r.err
+    assert contains.lower() in lines[0].lower(), f"{contains!r} not in {lines[0]!r}"
 
 
 def refs_of(store_path: Path) -> dict[str, bytes]:

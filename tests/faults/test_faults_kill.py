@@ -8,6 +8,7 @@ commands exist.
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
 import time
@@ -27,11 +28,11 @@ from faultkit import (
     unreferenced_pack_bytes,
 )
 
-from fixtures.family import FamilySpec, make_family
 from mergestore.api import Store
 
 SEED = 1729
-RANDOM_KILLS = 8
+SCALE = int(os.environ.get("MERGESTORE_FAULTS_SCALE", "1"))
+RANDOM_KILLS = 8 * SCALE
 HEADS = "refs/heads/"
 
 # Named points (MERGESTORE_FAULT=NAME[@N]): see mergestore/store/faults.py and docs/reliability.md
@@ -64,14 +65,6 @@ NAMED: dict[str, list[str]] = {
 }
 
 
-@pytest.fixture(scope="module")
-def experts(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path]]:
-    """A base and 16 distinct dense experts, so every commit brings new blocks to write."""
-    spec = FamilySpec(experts=tuple(f"dense_large{i}" for i in range(16)))
-    fam = make_family(tmp_path_factory.mktemp("killfam"), spec)
-    return fam.base, list(fam.experts.values())
-
-
 class Lab:
     """One store under fault injection, and everything it must still hold."""
 
@@ -95,7 +88,10 @@ class Lab:
         return self.digests[src]
 
     def fresh_expert(self) -> Path:
-        return self.experts.pop(0)
+        """An expert not committed yet (cycling once the pool is used up: a long run)."""
+        src = self.experts.pop(0)
+        self.experts.append(src)
+        return src
 
     def cli(self, *args: object, env: dict[str, str] | None = None) -> Result:
         return self.fs.run("--store", self.path, *map(str, args), env=env)
@@ -275,12 +271,12 @@ SETUP: dict[str, Callable[[Lab], None]] = {"gc": _setup_gc}
 
 @pytest.mark.parametrize("op", list(CASES))
 def test_kill_at_named_points_and_random_moments(
-    op: str, experts, forkserver: ForkServer, ledger: Ledger, tmp_path: Path
+    op: str, pool, forkserver: ForkServer, ledger: Ledger, tmp_path: Path
 ) -> None:
     if not has_command(op):
         pytest.skip(f"`mergestore {op}` does not exist yet")
-    base, pool = experts
-    lab = Lab(op, tmp_path, forkserver, base, pool, ledger)
+    base, experts = pool
+    lab = Lab(op, tmp_path, forkserver, base, experts, ledger)
     SETUP.get(op, lambda _lab: None)(lab)
     case = CASES[op]
     rng = random.Random(f"{SEED}-{op}")
