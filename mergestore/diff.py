@@ -257,6 +257,13 @@ def _finish(t: TensorDiff, acc: _Acc) -> None:
     t.frac_changed = acc.nnz / acc.numel if acc.numel else 0.0
 
 
+def _set_unchanged(t: TensorDiff) -> None:
+    """Same bytes: a zero delta, known without reading (cosine 1 by definition, not measured)."""
+    t.delta_l2 = t.delta_l1 = t.max_abs = t.rel_delta = t.frac_changed = 0.0
+    t.nnz = 0
+    t.cosine = 1.0
+
+
 _LAYER = re.compile(r"\.(?:layers|layer|h|blocks|block)\.(\d+)\.")
 
 
@@ -266,28 +273,29 @@ def layer_of(name: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
+# First match wins: norms before q/k (qwen's self_attn.q_norm is a norm).
 _MODULES = (
-    ("q", ("q_proj", "query", "wq")),
-    ("k", ("k_proj", "key", "wk")),
-    ("v", ("v_proj", "value", "wv")),
-    ("o", ("o_proj", "out_proj", "wo", "attn.c_proj", "attention.dense")),
-    ("gate", ("gate_proj", "w1")),
-    ("up", ("up_proj", "w3", "c_fc")),
-    ("down", ("down_proj", "w2", "mlp.c_proj")),
-    ("norms", ("norm", "ln_", "layernorm")),
-    ("embeddings", ("embed", "wte", "wpe", "tok_embeddings")),
-    ("head", ("lm_head", "output.weight")),
+    ("norms", r"norm|(^|\.)ln_?\w*(\.|$)"),
+    ("embeddings", r"embed|(^|\.)(wte|wpe)(\.|$)"),
+    ("head", r"lm_head|^output\.weight$"),
+    ("q", r"(^|\.)(q_proj|query|wq|q)(\.|$)"),
+    ("k", r"(^|\.)(k_proj|key|wk|k)(\.|$)"),
+    ("v", r"(^|\.)(v_proj|value|wv|v)(\.|$)"),
+    ("o", r"(^|\.)(o_proj|out_proj|wo|o)(\.|$)|attn\.c_proj|attention\.dense"),
+    ("gate", r"(^|\.)(gate_proj|w1|gate)(\.|$)"),
+    ("up", r"(^|\.)(up_proj|w3|c_fc|up)(\.|$)"),
+    ("down", r"(^|\.)(down_proj|w2|down)(\.|$)|mlp\.c_proj"),
 )
-MODULES = tuple(m for m, _ in _MODULES)
+_MODULE_RES = tuple((m, re.compile(rx)) for m, rx in _MODULES)
+MODULES = ("q", "k", "v", "o", "gate", "up", "down", "norms", "embeddings", "head")
 
 
 def module_of(name: str) -> str | None:
     """Which of q, k, v, o, gate, up, down, norms, embeddings, head a tensor belongs to."""
-    parts = name.lower()
-    for module, keys in _MODULES:
-        for k in keys:
-            if "." + k + "." in "." + parts + "." or (("." in k or "_" in k) and k in parts):
-                return module
+    low = name.lower()
+    for module, rx in _MODULE_RES:
+        if rx.search(low):
+            return module
     return None
 
 
@@ -584,6 +592,9 @@ def diff_sides(
             t.status = "unchanged"
         else:
             _finish(t, acc)
+    for t in out:
+        if t.status == "unchanged":
+            _set_unchanged(t)
     if keep and computed:
         result.stats_kept = keep_stats(repo, computed)
     result.bytes_read = eng.meter.bytes_read
