@@ -285,7 +285,8 @@ def show(store: Store, ref: str, as_json: bool) -> None:
     if plan is not None:
         from mergestore.cli.graph import format_recipe
 
-        for line in format_recipe(plan):
+        full_plan = store.merge_info(cid)[2]
+        for line in format_recipe(plan, full_plan):
             click.echo(line)
         click.echo("")
     click.echo(f"{len(files)} files, {info['tensors']} tensors, {sizes['blocks']} blocks")
