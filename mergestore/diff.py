@@ -791,3 +791,29 @@ def progress_total(repo: Repository, a: str, b: str) -> int:
     return sum(
         s.nbytes for n, s in sides_b.items() if n in sides_a and sides_a[n].blocks != s.blocks
     )
+
+
+def demo_step(store: Any, fam: Any, report: dict[str, Any], say: Callable[[str], None]) -> None:
+    """`mergestore demo`: a short diff of an expert against the base, run twice (reuse)."""
+    expert = "frozen" if "frozen" in fam.experts else next(iter(fam.experts))
+    res = store.diff("main", expert)
+    again = store.diff("main", expert)
+    tot = res.totals()
+    say(
+        f"diff main {expert:<8} {tot['changed']} changed / {tot['unchanged']} unchanged tensors, "
+        f"{tot['blocks_changed']}/{tot['blocks_total']} blocks, rel change "
+        f"{tot['rel_delta'] or 0:.3g}; read {res.bytes_read / 1e6:.2f} MB "
+        f"({res.stats_computed} statistics computed, {res.stats_reused} kept by commit --base)"
+    )
+    top = sorted((t for t in res.tensors if t.rel_delta), key=lambda t: -(t.rel_delta or 0.0))[:3]
+    for t in top:
+        say(
+            f"    {t.name}  rel {t.rel_delta:.3g}  cos {t.cosine:.6f}  blocks {t.blocks_changed}/"
+            f"{t.blocks_total}"
+        )
+    report["diff"] = {
+        "expert": expert,
+        "totals": tot,
+        "bytes_read": res.bytes_read,
+        "bytes_read_again": again.bytes_read,
+    }
