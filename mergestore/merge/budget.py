@@ -441,8 +441,11 @@ def _order(cands: Sequence[Candidate], strategy: str) -> list[Candidate]:
         groups: dict[tuple[str, int], list[Candidate]] = {}
         for c in by_key:
             groups.setdefault((c.tensor, c.model), []).append(c)
+        # which groups round up at the budget's edge: a seeded order, not the alphabet
+        names = list(groups)
+        random.Random(0).shuffle(names)
         keyed = []
-        for g in groups.values():
+        for g in (groups[n] for n in names):
             bits = max(1, (len(g) - 1).bit_length())
             spread = sorted(range(len(g)), key=lambda i: int(f"{i:0{bits}b}"[::-1], 2))
             # the r-th block taken from a group of n leaves (r+1)/n of it read
