@@ -61,7 +61,13 @@ NAMED: dict[str, list[str]] = {
         "before-publish",
         "inside-publish",
     ],
-    "repack": ["after-append@1", "torn-append@4", "before-publish", "inside-publish"],
+    "repack": [
+        "repack-after-append@1",
+        "repack-after-append@20",
+        "torn-append@4",
+        "repack-after-sync",
+        "repack-inside-index",
+    ],
 }
 
 
@@ -78,7 +84,8 @@ class Lab:
         self.expected: dict[bytes, dict[str, str]] = {}  # live commit -> its files' digests
         self.kills = 0
         self.random_kills = 0
-        with Store.init(self.path, block_size=4096):
+        # repack re-encodes blocks stored without delta codecs: give it some to work on
+        with Store.init(self.path, block_size=4096, delta_codecs=op != "repack"):
             pass
         self.base_id = self.commit(base, "main", base=None)
 
@@ -244,11 +251,11 @@ def merge_case(lab: Lab, i: int, fault: tuple[str, object] | None) -> float:
 
 
 def repack_case(lab: Lab, i: int, fault: tuple[str, object] | None) -> float:
-    if i % 2 == 0:
-        lab.commit(lab.fresh_expert(), f"r{i}")
+    lab.commit(lab.fresh_expert(), f"r{i}")  # new blocks for every repack to re-encode
     before = refs_of(lab.path)
     t0 = time.perf_counter()
-    r = lab.must("repack") if fault is None else lab.run_fault(["repack"], fault)
+    args: list[object] = ["repack", "--delta", "--json"]
+    r = lab.must(*args) if fault is None else lab.run_fault(args, fault)
     took = time.perf_counter() - t0
     lab.check(before, lambda *_: False, r.killed)
     return took
