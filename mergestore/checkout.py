@@ -1,24 +1,37 @@
-"""`checkout`: write a commit's files back, byte for byte, verifying every block as it is read."""
+"""`checkout`: write a commit's files back, byte for byte, verifying every block as it is read.
+
+Each output file is laid out first (every block's offset follows from the stored raw lengths),
+created at its final size under a temporary name, and then filled by the worker threads: each
+one reads a block from its pack, decodes it, checks its blake3 id and writes it at its offset
+with pwrite. No bytes pass through the main thread, so both cores stay busy decoding. A file is
+renamed into place once all of its blocks are written; on any error the temporary files go.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import os
 import struct
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from mergestore.errors import CheckoutError
+from mergestore.errors import CheckoutError, CorruptionError
 from mergestore.formats.checkpoint import safe_join
 from mergestore.formats.safetensors import encode_header
+from mergestore.store.index import BlockLocation
 from mergestore.store.objects import BlobFile, TensorFile, TensorRecord, Tree
 from mergestore.store.packs import ReadMeter
-from mergestore.store.parallel import default_workers, ordered_map
+from mergestore.store.parallel import default_workers, ordered_map, reuse_freed_memory
 from mergestore.store.repo import Repository
 
 Progress = Callable[[int], None]
+
+# Ask the kernel to read pack bytes this many blocks ahead of the ones being decoded (cold page
+# cache: the disk keeps streaming while both cores decode).
+READAHEAD_BLOCKS = 48
 
 
 @dataclass
@@ -63,42 +76,132 @@ def iter_file_bytes(
     meter: ReadMeter | None = None,
     workers: int | None = None,
 ) -> Iterator[bytes]:
-    """The bytes of one stored file, in order, a block at a time."""
-    if isinstance(obj, BlobFile):
-        yield from _read_blocks(repo, obj.blocks, meter, workers)
-        return
-    header = repo.get_file(obj.header)
-    assert isinstance(header, BlobFile)
-    yield struct.pack("<Q", header.size)
-    yield from _read_blocks(repo, header.blocks, meter, workers)
-    ids = [b for t in obj.tensors for b in t.blocks]
-    yield from _read_blocks(repo, ids, meter, workers)
-
-
-def _read_blocks(
-    repo: Repository, ids: Sequence[bytes], meter: ReadMeter | None, workers: int | None
-) -> Iterator[bytes]:
+    """The bytes of one stored file, in order, a block at a time (for callers that stream)."""
+    prefix, ids = _file_parts(repo, obj)
+    if prefix:
+        yield prefix
     yield from ordered_map(
         lambda bid: repo.read_block(bid, meter), ids, workers=workers or default_workers()
     )
 
 
-def _write_file(path: Path, chunks: Iterator[bytes], progress: Progress | None) -> int:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".mergestore-tmp")
-    n = 0
-    try:
-        with open(tmp, "wb", buffering=0) as f:
-            for chunk in chunks:
-                f.write(chunk)
-                n += len(chunk)
-                if progress:
-                    progress(len(chunk))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return n
+def _file_parts(repo: Repository, obj: BlobFile | TensorFile) -> tuple[bytes, list[bytes]]:
+    """A stored file as literal leading bytes and the block ids that follow them in order."""
+    if isinstance(obj, BlobFile):
+        return b"", list(obj.blocks)
+    header = repo.get_file(obj.header)
+    if not isinstance(header, BlobFile):
+        raise CorruptionError(f"tensorfile header {obj.header.hex()[:12]} is not a blob")
+    return struct.pack("<Q", header.size), [
+        *header.blocks,
+        *(b for t in obj.tensors for b in t.blocks),
+    ]
+
+
+@dataclass
+class _OutFile:
+    """One output file being filled: written as `tmp`, renamed to `target` when complete."""
+
+    target: Path
+    tmp: Path
+    fd: int
+    pending: int = 0
+    closed: bool = False
+
+    def finish(self) -> None:
+        os.close(self.fd)
+        self.closed = True
+        os.replace(self.tmp, self.target)
+
+
+@dataclass
+class _Writer:
+    """Fills output files from the store with the workers' pwrites (see the module docstring)."""
+
+    repo: Repository
+    meter: ReadMeter
+    progress: Progress | None
+    files: list[_OutFile] = field(default_factory=list)
+    written: int = 0
+
+    def open(self, target: Path, size: int, prefix: bytes) -> _OutFile:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(target.name + ".mergestore-tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        of = _OutFile(target, tmp, fd)
+        self.files.append(of)
+        os.ftruncate(fd, size)  # every block lands inside the file: no appends, no races
+        if prefix:
+            _pwrite_all(fd, prefix, 0)
+            self._count(len(prefix))
+        return of
+
+    def _count(self, n: int) -> None:
+        self.written += n
+        if self.progress:
+            self.progress(n)
+
+    def tasks(
+        self, of: _OutFile, start: int, ids: Sequence[bytes], size: int, what: str
+    ) -> Iterator[tuple[_OutFile, int, bytes, BlockLocation]]:
+        """(file, offset, block id, location) for each block; checks the blocks fill `size`."""
+        locs = self.repo.block_locations(ids)
+        offsets = []
+        pos = start
+        for bid in ids:
+            loc = locs.get(bid)
+            if loc is None:
+                raise CorruptionError(f"block {bid.hex()[:12]} is missing from the store")
+            offsets.append(pos)
+            pos += loc.raw_len
+        if pos != size:
+            raise CorruptionError(f"{what}: its blocks add up to {pos} bytes, not {size}")
+        of.pending = len(ids)
+        if not ids:
+            of.finish()
+            return
+        for j in range(min(READAHEAD_BLOCKS, len(ids))):
+            self.repo.packs.prefetch(locs[ids[j]])
+        for i, bid in enumerate(ids):
+            if i + READAHEAD_BLOCKS < len(ids):
+                self.repo.packs.prefetch(locs[ids[i + READAHEAD_BLOCKS]])
+            yield of, offsets[i], bid, locs[bid]
+
+    def work(self, task: tuple[_OutFile, int, bytes, BlockLocation]) -> tuple[_OutFile, int]:
+        """Runs on a worker thread: read, decode, verify one block and write it in place."""
+        of, offset, bid, loc = task
+        raw = self.repo.read_block(bid, self.meter, location=loc)
+        _pwrite_all(of.fd, raw, offset)
+        return of, len(raw)
+
+    def run(self, tasks: Iterator[tuple[_OutFile, int, bytes, BlockLocation]]) -> None:
+        results = ordered_map(self.work, tasks, workers=default_workers())
+        try:
+            for of, n in results:
+                self._count(n)
+                of.pending -= 1
+                if of.pending == 0:
+                    of.finish()
+        finally:
+            results.close()  # waits for running workers before any file is closed
+
+    def cleanup(self) -> None:
+        """After a failure: close and remove every temporary file not yet renamed."""
+        for of in self.files:
+            if not of.closed:
+                os.close(of.fd)
+                of.closed = True
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(of.tmp)
+
+
+def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
+    view = memoryview(data)
+    while view.nbytes:
+        n = os.pwrite(fd, view, offset)
+        if n <= 0:
+            raise OSError("short write")
+        view, offset = view[n:], offset + n
 
 
 def checkout_commit(
@@ -111,25 +214,38 @@ def checkout_commit(
     progress: Progress | None = None,
 ) -> CheckoutResult:
     t0 = time.perf_counter()
+    reuse_freed_memory()
     out_path = Path(out)
     tree = repo.get_tree(repo.get_commit(commit_id).tree)
     _check_target(out_path, force)
     meter = ReadMeter()
-    if tensors:
-        written, nfiles = _checkout_tensors(repo, tree, out_path, tensors, meter, progress)
-    else:
-        targets = _plan_paths(tree, out_path)
-        out_path.mkdir(parents=True, exist_ok=True)
-        root = out_path.resolve()
-        written = 0
-        for entry, target in zip(tree.entries, targets, strict=True):
-            _ensure_inside(root, target)
-            obj = repo.get_file(entry.object)
-            written += _write_file(target, iter_file_bytes(repo, obj, meter), progress)
-        nfiles = len(tree.entries)
+    writer = _Writer(repo, meter, progress)
+    try:
+        if tensors:
+            writer.run(_tensor_tasks(writer, repo, tree, out_path, tensors))
+            nfiles = 1
+        else:
+            writer.run(_tree_tasks(writer, repo, tree, out_path))
+            nfiles = len(tree.entries)
+    finally:
+        writer.cleanup()
     return CheckoutResult(
-        commit_id, out_path, nfiles, written, meter.bytes_read, time.perf_counter() - t0
+        commit_id, out_path, nfiles, writer.written, meter.bytes_read, time.perf_counter() - t0
     )
+
+
+def _tree_tasks(
+    writer: _Writer, repo: Repository, tree: Tree, out: Path
+) -> Iterator[tuple[_OutFile, int, bytes, BlockLocation]]:
+    targets = _plan_paths(tree, out)
+    out.mkdir(parents=True, exist_ok=True)
+    root = out.resolve()
+    for entry, target in zip(tree.entries, targets, strict=True):
+        _ensure_inside(root, target)
+        obj = repo.get_file(entry.object)
+        prefix, ids = _file_parts(repo, obj)
+        of = writer.open(target, obj.size, prefix)
+        yield from writer.tasks(of, len(prefix), ids, obj.size, entry.path)
 
 
 def tensor_records(repo: Repository, tree: Tree) -> Iterator[TensorRecord]:
@@ -140,15 +256,10 @@ def tensor_records(repo: Repository, tree: Tree) -> Iterator[TensorRecord]:
             yield from tf.tensors
 
 
-def _checkout_tensors(
-    repo: Repository,
-    tree: Tree,
-    out: Path,
-    globs: Sequence[str],
-    meter: ReadMeter,
-    progress: Progress | None,
-) -> tuple[int, int]:
-    """Write the tensors matching any glob into one safetensors file, out/model.safetensors."""
+def _tensor_tasks(
+    writer: _Writer, repo: Repository, tree: Tree, out: Path, globs: Sequence[str]
+) -> Iterator[tuple[_OutFile, int, bytes, BlockLocation]]:
+    """The tensors matching any glob, as one safetensors file, out/model.safetensors."""
     chosen = [
         t for t in tensor_records(repo, tree) if any(fnmatch.fnmatchcase(t.name, g) for g in globs)
     ]
@@ -156,11 +267,9 @@ def _checkout_tensors(
         raise CheckoutError(f"no tensor matches {' '.join(globs)}")
     chosen.sort(key=lambda t: t.name)
     header, _layout = encode_header([(t.name, t.dtype, t.shape) for t in chosen], {"format": "pt"})
-
-    def chunks() -> Iterator[bytes]:
-        yield struct.pack("<Q", len(header))
-        yield header
-        yield from _read_blocks(repo, [b for t in chosen for b in t.blocks], meter, None)
-
+    prefix = struct.pack("<Q", len(header)) + header
+    size = len(prefix) + sum(t.end - t.begin for t in chosen)
     out.mkdir(parents=True, exist_ok=True)
-    return _write_file(out / "model.safetensors", chunks(), progress), 1
+    of = writer.open(out / "model.safetensors", size, prefix)
+    ids = [b for t in chosen for b in t.blocks]
+    yield from writer.tasks(of, len(prefix), ids, size, "model.safetensors")

@@ -20,6 +20,7 @@ from mergestore.store.objects import BlobFile, Commit, TensorFile, TensorRecord,
 from mergestore.store.parallel import (
     BufferPool,
     default_workers,
+    one_torch_thread,
     ordered_map,
     read_exact,
     reuse_freed_memory,
@@ -313,9 +314,10 @@ def commit_checkpoint(
     ckpt = scan_checkpoint(path)  # validates every header before anything is written
     ref = None if detached else branch_ref(repo, branch)
     with repo.writer() as session:
-        tree_id, ing = ingest_tree(
-            repo, session, ckpt, base=base, want_stats=want_stats, progress=progress
-        )
+        with one_torch_thread():
+            tree_id, ing = ingest_tree(
+                repo, session, ckpt, base=base, want_stats=want_stats, progress=progress
+            )
         when = round(time.time(), 3)
         summary = message.splitlines()[0] if message else ""
         for _attempt in range(_REF_RACE_RETRIES):

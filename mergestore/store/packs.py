@@ -12,6 +12,8 @@ appends to it; a crash can leave an unpublished tail, which nothing references.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import errno
 import fcntl
 import os
@@ -20,14 +22,42 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mergestore.errors import CorruptionError, MergestoreError
 from mergestore.store import faults
+
+if TYPE_CHECKING:
+    from mergestore.store.index import BlockLocation
 
 PACK_MAGIC = b"MSPACK01"
 ENTRY_MAGIC = b"BLK1"
 ENTRY_HEADER = struct.Struct("<4s32sI")
 DEFAULT_PACK_LIMIT = 2 << 30  # start a new pack past 2 GiB
+# Start writing appended bytes back to disk every this many bytes, so the fsync before publish
+# finds little left to do: the disk works while the cores encode (else a 1 GB commit waited ~1 s
+# at the end for its whole pack to reach the disk).
+WRITEBACK_BYTES = 32 << 20
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+def _load_sync_file_range():  # type: ignore[no-untyped-def]
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None  # not Linux: the fsync before publish does all the work
+    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_sync_file_range = _load_sync_file_range()
+
+
+def start_writeback(fd: int, offset: int, nbytes: int) -> None:
+    """Ask the kernel to start writing a byte range to disk, without waiting for it."""
+    if _sync_file_range is not None and nbytes > 0:
+        _sync_file_range(fd, offset, nbytes, _SYNC_FILE_RANGE_WRITE)  # advice: errors ignored
 
 
 def pack_path(pack_dir: Path, pack_id: int) -> Path:
@@ -61,6 +91,7 @@ class PackAppender:
         self._fd: int | None = None
         self._pack_id = -1
         self._offset = 0
+        self._writeback_from = 0
         self._dirty: set[int] = set()
         self._fds: dict[int, int] = {}
 
@@ -101,6 +132,7 @@ class PackAppender:
         self._release_current()
         self.start_sizes.setdefault(pid, size)
         self._fd, self._pack_id, self._offset = fd, pid, size
+        self._writeback_from = size
         self._fds[pid] = fd
         self._dirty.add(pid)
         return True
@@ -128,6 +160,9 @@ class PackAppender:
         payload_offset = self._offset + ENTRY_HEADER.size
         self._offset = payload_offset + len(payload)
         self.bytes_written += ENTRY_HEADER.size + len(payload)
+        if self._offset - self._writeback_from >= WRITEBACK_BYTES:
+            start_writeback(self._fd, self._writeback_from, self._offset - self._writeback_from)
+            self._writeback_from = self._offset
         return self._pack_id, payload_offset
 
     def _write_all(self, data: bytes, pos: int) -> None:
@@ -159,6 +194,7 @@ class PackAppender:
             if fd is not None:
                 os.ftruncate(fd, size)
         self._offset = self.start_sizes.get(self._pack_id, self._offset)
+        self._writeback_from = self._offset
 
     def sync(self) -> None:
         """Make every appended byte durable (before the index transaction that points at it)."""
@@ -223,6 +259,11 @@ class PackReader:
                 f"pack {pack_id} is truncated: wanted {length} bytes at offset {offset}"
             )
         return data
+
+    def prefetch(self, loc: BlockLocation) -> None:
+        """Ask the kernel to start reading a block's payload (no-op when it is cached)."""
+        with contextlib.suppress(OSError, CorruptionError):  # advice only: read() reports
+            os.posix_fadvise(self._fd(loc.pack), loc.offset, loc.length, os.POSIX_FADV_WILLNEED)
 
     def size(self, pack_id: int) -> int:
         return os.fstat(self._fd(pack_id)).st_size

@@ -1,0 +1,110 @@
+"""Commit and checkout data paths: parallel in-place checkout, cleanup on failure, writeback."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from mergestore.api import Store
+from mergestore.errors import CorruptionError
+from mergestore.store import packs
+from mergestore.store.parallel import one_torch_thread
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
+
+
+@pytest.mark.parametrize("threads", ["1", "3"])
+def test_checkout_in_place_is_byte_identical(
+    tiny_family, store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, threads: str
+) -> None:
+    monkeypatch.setenv("MERGESTORE_THREADS", threads)
+    store.commit(tiny_family.base, message="base", branch="main")
+    store.commit(tiny_family.experts["frozen"], message="f", branch="f", base="main")
+    for ref, src in (("main", tiny_family.base), ("f", tiny_family.experts["frozen"])):
+        out = tmp_path / f"out-{ref}"
+        res = store.checkout(ref, out)
+        assert _files(out) == _files(src)
+        assert res.bytes_written == sum(len(b) for b in _files(src).values())
+
+
+def test_failed_checkout_leaves_no_partial_files(tiny_family, store: Store, tmp_path: Path) -> None:
+    store.commit(tiny_family.base, message="base", branch="main")
+    # Corrupt the last block appended (it belongs to the last tensor file committed).
+    pack = max(store.repo.pack_dir.glob("pack-*.pack"))
+    offsets = list(packs.walk_pack(pack))
+    off, _bid, length = offsets[-1]
+    with open(pack, "r+b") as f:
+        f.seek(off + length // 2)
+        b = f.read(1)
+        f.seek(off + length // 2)
+        f.write(bytes([b[0] ^ 0x01]))
+    store.repo.packs.close()
+    out = tmp_path / "out"
+    with pytest.raises(CorruptionError):
+        store.checkout("main", out)
+    left = [p.name for p in out.rglob("*") if p.is_file()]
+    assert not [n for n in left if n.endswith(".mergestore-tmp")]
+    # whatever was renamed into place is complete and correct
+    src = _files(tiny_family.base)
+    for rel, data in _files(out).items():
+        assert src[rel] == data
+
+
+def test_tensor_subset_checkout_matches_source_tensors(
+    tiny_family, store: Store, tmp_path: Path
+) -> None:
+    torch = pytest.importorskip("torch")
+    from safetensors.torch import load_file
+
+    store.commit(tiny_family.base, message="base", branch="main")
+    out = tmp_path / "sub"
+    store.checkout("main", out, tensors=["*.0.self_attn.*"])
+    got = load_file(out / "model.safetensors")
+    assert got and all(".0.self_attn." in k for k in got)
+    want = {}
+    for shard in tiny_family.base.glob("*.safetensors"):
+        want.update({k: v for k, v in load_file(shard).items() if k in got})
+    assert sorted(got) == sorted(want)
+    for k in got:
+        assert torch.equal(got[k].view(torch.int16), want[k].view(torch.int16))
+
+
+def test_pack_writeback_keeps_appended_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[tuple[int, int]] = []
+    real = packs.start_writeback
+    monkeypatch.setattr(packs, "WRITEBACK_BYTES", 1000)
+    monkeypatch.setattr(
+        packs, "start_writeback", lambda fd, o, n: (calls.append((o, n)), real(fd, o, n))
+    )
+    app = packs.PackAppender(tmp_path)
+    payloads = [os.urandom(300 + i) for i in range(10)]
+    where = [app.append(bytes([i]) * 32, p) for i, p in enumerate(payloads)]
+    app.sync()
+    app.close()
+    assert calls and all(n >= 1000 for _o, n in calls)
+    # ranges are consecutive and never start before the pack's magic
+    assert calls[0][0] == len(packs.PACK_MAGIC)
+    assert all(a[0] + a[1] == b[0] for a, b in zip(calls, calls[1:], strict=False))
+    reader = packs.PackReader(tmp_path)
+    assert [
+        reader.read(pid, off, len(p)) for (pid, off), p in zip(where, payloads, strict=True)
+    ] == payloads
+    reader.close()
+
+
+def test_one_torch_thread_restores_the_thread_count() -> None:
+    torch = pytest.importorskip("torch")
+    assert "torch" in sys.modules
+    before = torch.get_num_threads()
+    with one_torch_thread():
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
