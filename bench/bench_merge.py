@@ -1,0 +1,397 @@
+"""End-to-end merge benchmark: `mergestore merge` vs `mergekit-yaml` (0.1.5), CLI against CLI.
+
+Usage (under the shared bench lock):
+    flock /tmp/mergestore-bench.lock python bench/bench_merge.py \
+        [--preset bench-0.5g] [--experts dense_small,frozen,lowrank_attn,uneven0] \
+        [--methods linear,task_arithmetic,...] [--out bench/out/merge] [--write-docs]
+
+Steps: generate the family (cached under --out), commit it to a store (not timed), then for each
+method write one mergekit YAML config and run it twice: `mergestore merge --config` with store refs
+and `mergekit-yaml` with absolute model paths (mergekit's defaults, CPU, `--no-write-model-card`).
+Each child's wall time and its own peak RSS come from os.wait4 on that child's pid. Outputs are
+compared tensor by tensor (max abs diff, tensors bit-identical). Two references are timed too:
+a plain torch task-arithmetic script ("machine limit": safetensors load, add deltas, save) and
+mergestore's floor (store read + decode of every input block, and hashing one output's bytes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+DEFAULT_EXPERTS = "dense_small,frozen,lowrank_attn,uneven0"
+DEFAULT_METHODS = "linear,task_arithmetic,ties,dare_ties,breadcrumbs,della,slerp,model_stock"
+# Deterministic methods: outputs are compared with mergekit's. (ties/breadcrumbs may differ
+# where bf16 magnitudes tie at the cut: mergekit's unstable sort vs our documented rule.)
+RANDOM = {"dare_ties", "dare_linear", "della", "della_linear"}
+
+
+def method_config(method: str, base: str, experts: list[str]) -> dict:
+    """One mergekit config per method; `base`/`experts` are paths (mergekit) or refs (ours)."""
+    w = round(1.0 / len(experts), 4)
+    if method == "linear":
+        return {
+            "merge_method": "linear",
+            "models": [{"model": e, "parameters": {"weight": w}} for e in experts],
+        }
+    if method == "slerp":
+        return {
+            "merge_method": "slerp",
+            "base_model": base,
+            "models": [{"model": base}, {"model": experts[0]}],
+            "parameters": {"t": 0.4},
+        }
+    if method == "model_stock":
+        return {
+            "merge_method": "model_stock",
+            "base_model": base,
+            "models": [{"model": e} for e in experts],
+        }
+    params: dict = {"weight": 0.3}
+    if method in ("ties", "dare_ties", "dare_linear", "della", "della_linear"):
+        params["density"] = 0.5
+    if method.startswith("della"):
+        params["epsilon"] = 0.1
+    if method.startswith("breadcrumbs"):
+        params.update(density=0.9, gamma=0.01)
+    return {
+        "merge_method": method,
+        "base_model": base,
+        "models": [{"model": e, "parameters": dict(params)} for e in experts],
+    }
+
+
+def run_child(cmd: list[str], env: dict | None = None, log: Path | None = None) -> dict:
+    """Wall seconds and the child's own peak RSS (os.wait4 on its pid: not RUSAGE_CHILDREN,
+    which is the maximum over every child so far). stderr goes to `log` (or is dropped)."""
+    with open(log or os.devnull, "wb") as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, env=env)
+        assert proc.stdout is not None
+        data = proc.stdout.read()
+        _, status, ru = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+    proc.returncode = code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        tail = log.read_text()[-2000:] if log else ""
+        raise RuntimeError(f"{cmd[0]} failed ({code}): {tail}")
+    return {"wall": wall, "rss": ru.ru_maxrss * 1024, "stdout": data.decode()}
+
+
+def loadavg() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def warm(paths: list[Path]) -> None:
+    """Read input files once so both tools start from the page cache."""
+    for p in paths:
+        for f in sorted(p.rglob("*")):
+            if f.is_file():
+                with open(f, "rb") as fh:
+                    while fh.read(16 << 20):
+                        pass
+
+
+def compare(ours: Path, theirs: Path) -> dict:
+    """Max abs diff over all tensors (fp32) and how many tensors are bit-identical."""
+    import torch
+    from safetensors import safe_open
+
+    def tensors(d: Path) -> dict:
+        out = {}
+        for f in sorted(d.glob("*.safetensors")):
+            with safe_open(str(f), "pt") as fh:
+                for k in fh.keys():  # noqa: SIM118 (a safe_open handle)
+                    out[k] = (f, k)
+        return out
+
+    a, b = tensors(ours), tensors(theirs)
+    if set(a) != set(b):
+        return {"error": f"tensor names differ: {sorted(set(a) ^ set(b))[:5]}"}
+    worst, same, n_diff, n_el = 0.0, 0, 0, 0
+    for k in sorted(a):
+        with safe_open(str(a[k][0]), "pt") as fa, safe_open(str(b[k][0]), "pt") as fb:
+            x, y = fa.get_tensor(k), fb.get_tensor(k)
+        if x.dtype != y.dtype or x.shape != y.shape:
+            return {"error": f"{k}: {x.dtype}{tuple(x.shape)} vs {y.dtype}{tuple(y.shape)}"}
+        if torch.equal(
+            x.view(torch.uint8) if x.dim() else x, y.view(torch.uint8) if y.dim() else y
+        ):
+            same += 1
+            n_el += x.numel()
+            continue
+        d = (x.float() - y.float()).abs()
+        worst = max(worst, float(d.max()))
+        n_diff += int((d > 0).sum())
+        n_el += x.numel()
+    return {
+        "max_abs_diff": worst,
+        "tensors_identical": same,
+        "tensors": len(a),
+        "elements_differing": n_diff / max(1, n_el),
+    }
+
+
+# -- the two reference programs (run as children of this script) --------------------------------
+
+PLAIN_TA = """
+import json, sys, torch
+from pathlib import Path
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+base, experts, out, w = Path(sys.argv[1]), [Path(p) for p in sys.argv[2:-2]], sys.argv[-2], \
+    float(sys.argv[-1])
+
+def files(d):
+    idx = d / "model.safetensors.index.json"
+    if idx.exists():
+        m = json.loads(idx.read_text())["weight_map"]
+        return {k: d / f for k, f in m.items()}
+    with safe_open(str(d / "model.safetensors"), "pt") as fh:
+        return {k: d / "model.safetensors" for k in fh.keys()}
+
+bmap, emaps = files(base), [files(e) for e in experts]
+result = {}
+for name, bf in bmap.items():
+    with safe_open(str(bf), "pt") as fh:
+        b = fh.get_tensor(name)
+    acc = torch.zeros_like(b)
+    for m in emaps:
+        with safe_open(str(m[name]), "pt") as fh:
+            acc += w * (fh.get_tensor(name) - b)
+    result[name] = b + acc
+Path(out).mkdir(parents=True, exist_ok=True)
+save_file(result, str(Path(out) / "model.safetensors"), metadata={"format": "pt"})
+"""
+
+
+def floor(store: Path, config: Path) -> None:
+    """Store read + decode of every input block a task_arithmetic merge reads, with the
+    engine's reader on 2 tensors at a time, plus blake3 of one output's worth of bytes."""
+    import blake3
+    import torch
+
+    from mergestore.api import Store
+    from mergestore.merge.config import load_config
+    from mergestore.merge.engine import Engine, EngineStats
+    from mergestore.merge.run import prepare
+    from mergestore.store.packs import ReadMeter
+    from mergestore.store.parallel import ordered_map
+
+    s = Store.open(store)
+    cfg = load_config(config)
+    prep = prepare(s.repo, cfg, commit_paths=False)
+    eng = Engine(s.repo, method=cfg.merge_method, dtype=None, out_dtype=None, seed=0)
+    stats = EngineStats(expert_meters=[ReadMeter() for _ in prep.models])
+    t0 = time.perf_counter()
+    out_bytes = 0
+
+    def one(task):
+        ld = eng._load(task, stats)
+        t = ld.base if ld.base is not None else ld.inputs[0]
+        h = blake3.blake3(max_threads=1)
+        h.update(memoryview(t.contiguous().view(-1).view(torch.uint8).numpy()))
+        return t.numel() * t.element_size()
+
+    for n in ordered_map(one, prep.tasks, workers=2, window=2):
+        out_bytes += n
+    print(json.dumps({"seconds": time.perf_counter() - t0, "out_bytes": out_bytes}))
+
+
+# -- driver -------------------------------------------------------------------------------------
+
+
+def setup(args: argparse.Namespace) -> tuple[Path, Path, list[Path], list[str]]:
+    import dataclasses
+
+    from fixtures.family import PRESETS, make_family
+
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    names = args.experts.split(",")
+    spec = dataclasses.replace(PRESETS[args.preset], experts=tuple(names))
+    t0 = time.perf_counter()
+    fam = make_family(out / f"family-{args.preset}", spec, reuse=True)
+    print(f"family: {time.perf_counter() - t0:.1f}s", file=sys.stderr)
+    store = out / "store"
+    if not (store / "done").exists():
+        if store.exists():
+            shutil.rmtree(store)
+        ms = ["mergestore"]
+        env = dict(os.environ, MERGESTORE_DIR=str(store))
+        subprocess.run(ms + ["init", str(store)], check=True, env=env, capture_output=True)
+        t0 = time.perf_counter()
+        subprocess.run(
+            ms + ["commit", str(fam.base), "-m", "base", "-b", "main"], check=True, env=env
+        )
+        for n, p in fam.experts.items():
+            subprocess.run(
+                ms + ["commit", str(p), "-m", n, "-b", n, "--base", "main"], check=True, env=env
+            )
+        (store / "done").write_text("ok")
+        print(f"store commits: {time.perf_counter() - t0:.1f}s", file=sys.stderr)
+    return out, store, [fam.base, *fam.experts.values()], names
+
+
+def write_yaml(path: Path, cfg: dict) -> Path:
+    import yaml
+
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def bench(args: argparse.Namespace) -> list[dict]:
+    out, pristine, model_dirs, names = setup(args)
+    # A fresh copy of the input store per run: outputs of an earlier run would deduplicate.
+    store = out / "store-run"
+    shutil.rmtree(store, ignore_errors=True)
+    subprocess.run(["cp", "-a", str(pristine), str(store)], check=True)
+    try:
+        return _bench(args, out, store, model_dirs, names)
+    finally:
+        shutil.rmtree(store, ignore_errors=True)
+
+
+def _bench(
+    args: argparse.Namespace, out: Path, store: Path, model_dirs: list[Path], names: list[str]
+) -> list[dict]:
+    base_dir, expert_dirs = model_dirs[0], model_dirs[1:]
+    env = dict(os.environ, MERGESTORE_DIR=str(store))
+    rows = []
+    for method in args.methods.split(","):
+        row: dict = {"method": method, "load_before": loadavg()}
+        mk_cfg = write_yaml(
+            out / f"{method}.mergekit.yml",
+            method_config(method, str(base_dir), [str(p) for p in expert_dirs]),
+        )
+        ms_cfg = write_yaml(out / f"{method}.mergestore.yml", method_config(method, "main", names))
+        mk_out, ms_out = out / "mk-out", out / "ms-out"
+        for d in (mk_out, ms_out):
+            shutil.rmtree(d, ignore_errors=True)
+        warm(model_dirs)
+        branch = f"bench-{method}-{int(time.time())}"
+        r = run_child(
+            ["mergestore", "merge", "--config", str(ms_cfg), "-b", branch, "-m", method, "--json"],
+            env=env,
+            log=out / f"{method}.mergestore.log",
+        )
+        row["ms_wall"], row["ms_rss"] = r["wall"], r["rss"]
+        row["ms_json"] = json.loads(r["stdout"])
+        print(f"{method}: mergestore {r['wall']:.1f}s {r['rss'] / 2**30:.2f} GiB", file=sys.stderr)
+        if not args.no_mergekit:
+            warm(model_dirs)
+            r = run_child(
+                ["mergekit-yaml", str(mk_cfg), str(mk_out), "--no-write-model-card"],
+                log=out / f"{method}.mergekit.log",
+            )
+            row["mk_wall"], row["mk_rss"] = r["wall"], r["rss"]
+            print(
+                f"{method}: mergekit {r['wall']:.1f}s {r['rss'] / 2**30:.2f} GiB", file=sys.stderr
+            )
+            if method not in RANDOM:
+                co = subprocess.run(
+                    ["mergestore", "checkout", branch, str(ms_out)], env=env, capture_output=True
+                )
+                if co.returncode != 0:
+                    raise RuntimeError(f"checkout failed: {co.stderr.decode()}")
+                row["parity"] = compare(ms_out, mk_out)
+                print(f"{method}: parity {row['parity']}", file=sys.stderr)
+        row["load_after"] = loadavg()
+        rows.append(row)
+        for d in (mk_out, ms_out):
+            shutil.rmtree(d, ignore_errors=True)
+    if not args.no_refs:
+        ta = json.loads(json.dumps(method_config("task_arithmetic", "main", names)))
+        ta_cfg = write_yaml(out / "floor.mergestore.yml", ta)
+        plain_out = out / "plain-out"
+        shutil.rmtree(plain_out, ignore_errors=True)
+        warm(model_dirs)
+        r = run_child(
+            [sys.executable, "-c", PLAIN_TA, str(base_dir), *map(str, expert_dirs), str(plain_out)]
+            + ["0.3"]
+        )
+        shutil.rmtree(plain_out, ignore_errors=True)
+        rows.append(
+            {"method": "plain torch task_arithmetic", "ms_wall": r["wall"], "ms_rss": r["rss"]}
+        )
+        r = run_child([sys.executable, __file__, "--floor", str(store), str(ta_cfg)], env=env)
+        rows.append(
+            {
+                "method": "floor: store read+decode+hash (task_arithmetic inputs)",
+                "ms_wall": r["wall"],
+                "ms_rss": r["rss"],
+                "inner": json.loads(r["stdout"]),
+            }
+        )
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    lines = [
+        "| method | mergestore wall | mergekit wall | speed-up | mergestore peak RSS | "
+        "mergekit peak RSS | max abs diff (tensors bit-identical) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for r in rows:
+        mk = r.get("mk_wall")
+        par = r.get("parity")
+        if par and "error" not in par:
+            p = f"{par['max_abs_diff']:.3g} ({par['tensors_identical']}/{par['tensors']})"
+        elif par:
+            p = par["error"]
+        else:
+            p = "random method (not compared)" if r["method"] in RANDOM else "—"
+        lines.append(
+            f"| {r['method']} | {r['ms_wall']:.1f} s | "
+            + (f"{mk:.1f} s | {mk / r['ms_wall']:.1f}× | " if mk else "— | — | ")
+            + f"{r['ms_rss'] / 2**30:.2f} GiB | "
+            + (f"{r['mk_rss'] / 2**30:.2f} GiB | " if mk else "— | ")
+            + f"{p} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    if len(sys.argv) == 4 and sys.argv[1] == "--floor":
+        floor(Path(sys.argv[2]), Path(sys.argv[3]))
+        return
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", default="bench-0.5g")
+    ap.add_argument("--experts", default=DEFAULT_EXPERTS)
+    ap.add_argument("--methods", default=DEFAULT_METHODS)
+    ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "merge"))
+    ap.add_argument("--no-mergekit", action="store_true", help="time mergestore only")
+    ap.add_argument("--no-refs", action="store_true", help="skip the plain-torch and floor runs")
+    ap.add_argument("--json", help="write the rows to this file")
+    ap.add_argument(
+        "--setup-only", action="store_true", help="generate and commit the family, time nothing"
+    )
+    args = ap.parse_args()
+    if args.setup_only:
+        setup(args)
+        return
+    t0 = time.perf_counter()
+    rows = bench(args)
+    meta = (
+        f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
+        f"load average at the end {loadavg()}; total {time.perf_counter() - t0:.0f} s"
+    )
+    print(table(rows))
+    print(meta)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"rows": rows, "meta": meta}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
