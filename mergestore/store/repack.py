@@ -207,11 +207,16 @@ def _enforce_invariant(
         bad = [b for b in referenced if b in locs and ref_of(b) is not None]
         if not bad:
             return dropped
+        # First make planned references plain (the plan's intent), then look again: that
+        # alone often resolves the rest (a block and its reference trading places).
+        to_plain = [b for b in bad if b in plain and new.get(b) is not plain[b]]
+        if to_plain:
+            for b in to_plain:
+                new[b] = plain[b]
+            continue
         for b in bad:
             if b in new and locs[b].ref is None:
                 del new[b]  # keep the stored non-delta entry
-            elif b in plain:
-                new[b] = plain[b]
             else:  # cannot happen for a consistent plan; never publish a chain
                 raise MergestoreError(
                     f"repack: block {b.hex()[:12]} would be both a delta and a reference"
