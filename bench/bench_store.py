@@ -190,9 +190,11 @@ def cli(args: list[str], code: str | None) -> Run:
     return Run(json.loads(out), wall, rss, user, system, load)
 
 
-def startup_rss(code: str | None) -> int:
-    """Peak RSS of a process that only imports the CLI (the floor under every command)."""
-    return measured([sys.executable, "-c", "import mergestore.cli.main"], code)[2]
+def startup(code: str | None) -> tuple[int, float]:
+    """Peak RSS and CPU seconds of a process that only imports the CLI (the floor under every
+    command), best of 3 for the CPU time."""
+    runs = [measured([sys.executable, "-c", "import mergestore.cli.main"], code) for _ in range(3)]
+    return max(r[2] for r in runs), min(r[3] + r[4] for r in runs)
 
 
 def fresh_store(path: Path, code: str | None) -> None:
@@ -271,6 +273,108 @@ def same_files(a: Path, b: Path) -> bool:
         if hx.digest() != hy.digest():
             return False
     return True
+
+
+# ----- where the time goes -------------------------------------------------------------------
+
+
+def stage_profile(ckpt: Path, scratch: Path) -> dict:
+    """Commit and check out `ckpt` in this process with each stage wrapped in a timer.
+
+    Reports CPU milliseconds per 1 MiB block for each stage (thread CPU time, summed over the
+    threads that ran it, so other jobs on the machine hardly change it), and each command's
+    own CPU time per GB. Stages nest: "work" contains read, blake3, lookup and encode.
+    """
+    import threading
+    from collections import defaultdict
+
+    import mergestore.checkout as co
+    import mergestore.ingest as ing
+    from mergestore.store import packs
+    from mergestore.store import repo as repomod
+
+    acc: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
+    lock = threading.Lock()
+    undo = []
+
+    def wrap(obj, name: str, label: str) -> None:
+        fn = getattr(obj, name)
+
+        def timed(*a, **k):
+            c0 = time.thread_time()
+            try:
+                return fn(*a, **k)
+            finally:
+                with lock:
+                    acc[label][0] += time.thread_time() - c0
+                    acc[label][1] += 1
+
+        setattr(obj, name, timed)
+        undo.append((obj, name, fn))
+
+    def run(what: str, fn) -> dict:
+        acc.clear()
+        c0 = time.process_time()
+        t0 = time.perf_counter()
+        fn()
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        nblocks = max(1, acc["work"][1]) if "work" in acc else 1
+        logical = sum(p.stat().st_size for p in files_under(ckpt))
+        out = {k: round(1e3 * v[0] / nblocks, 3) for k, v in sorted(acc.items())}
+        out["cpu_s_per_gb"] = round(cpu / (logical / GB), 2)
+        out["wall_s"] = round(wall, 2)
+        out["load"] = round(os.getloadavg()[0], 2)
+        return out
+
+    from mergestore.store.repo import Repository
+
+    store, out = scratch / "profile-store", scratch / "profile-out"
+    for p in (store, out):
+        if p.exists():
+            shutil.rmtree(p)
+    repo = Repository.init(store)
+    wrap(ing, "read_exact", "read (pread)")
+    wrap(ing, "block_id", "blake3")
+    wrap(ing.codecs, "encode_block", "encode")
+    wrap(repomod.WriteSession, "known", "lookup (LMDB)")
+    wrap(ing._Ingest, "work", "work")
+    wrap(packs.PackAppender, "append", "append (main thread)")
+    wrap(packs.PackAppender, "sync", "fsync (main thread)")
+    try:
+        warm(files_under(ckpt))
+        res = {"commit": run("commit", lambda: ing.commit_checkpoint(repo, ckpt, message="p"))}
+        for obj, name, fn in reversed(undo):
+            setattr(obj, name, fn)
+        undo.clear()
+        wrap(repomod.PackReader, "read", "read (pread)")
+        wrap(repomod.codecs, "decode_block", "decode")
+        wrap(repomod, "block_id", "blake3")
+        wrap(co, "_pwrite_all", "write (pwrite)")
+        wrap(co._Writer, "work", "work")
+        warm(files_under(store))
+        cid = repo.resolve("HEAD")
+        res["checkout"] = run("checkout", lambda: co.checkout_commit(repo, cid, out))
+    finally:
+        for obj, name, fn in reversed(undo):
+            setattr(obj, name, fn)
+        repo.close()
+        for p in (store, out):
+            if p.exists():
+                shutil.rmtree(p)
+    return res
+
+
+def stage_table(stages: dict) -> str:
+    lines = ["| stage | CPU ms per 1 MiB block |", "|---|---|"]
+    for what, d in stages.items():
+        for k, v in d.items():
+            if k in ("cpu_s_per_gb", "wall_s", "load"):
+                continue
+            lines.append(f"| {what}: {k} | {v} |")
+        lines.append(
+            f"| {what}: whole command, CPU s per GB (load {d['load']}) | {d['cpu_s_per_gb']} |"
+        )
+    return "\n".join(lines)
 
 
 # ----- in-process ceilings -------------------------------------------------------------------
@@ -468,8 +572,14 @@ def bench(preset: str, repeat: int, code: str | None, label: str) -> dict:
     shutil.rmtree(store)
 
     # floor: the interpreter and the CLI's imports alone
-    res["startup_rss_mb"] = round(startup_rss(code) / 2**20, 1)
+    rss, cpu = startup(code)
+    res["startup_rss_mb"] = round(rss / 2**20, 1)
+    res["startup_cpu_seconds"] = round(cpu, 2)
     res["ceilings"] = ceilings(fam.base)
+    try:
+        res["stages"] = stage_profile(fam.base, work)
+    except (AttributeError, ImportError) as e:  # an older tree (--code) may lack a stage
+        res["stages_error"] = str(e)
     return res
 
 
@@ -501,11 +611,24 @@ def machine() -> str:
     )
 
 
+def _cpu_per_gb(r: dict, key: str) -> float:
+    """CPU seconds (user + system) per GB, less the interpreter's start-up and imports: unlike
+    GB/s, hardly changed by other jobs competing for the two cores."""
+    cpu = r[key]["cpu_seconds"] - r.get("startup_cpu_seconds", 0.0)
+    return round(cpu / (r["logical_bytes"] / GB), 2)
+
+
 ROWS = [
     ("commit, warm (GB/s)", lambda r: r["commit_warm"]["gbps"]),
     ("commit, cold (GB/s)", lambda r: r["commit_cold"]["gbps"]),
     ("commit wall incl. start-up, warm (GB/s)", lambda r: r["commit_warm"]["wall_gbps"]),
     ("commit CPU use, warm (cores)", lambda r: r["commit_warm"]["cpu_util"]),
+    ("commit CPU time per GB, warm (s)", lambda r: _cpu_per_gb(r, "commit_warm")),
+    (
+        "commit on 2 idle cores, bound from CPU time (GB/s)",
+        lambda r: round(2 / _cpu_per_gb(r, "commit_warm"), 2),
+    ),
+    ("load average during commit, warm", lambda r: r["commit_warm"]["load"]),
     ("second commit of the same checkpoint (GB/s)", lambda r: r["second_commit"]["gbps"]),
     (
         "second commit adds (% of its size)",
@@ -530,6 +653,12 @@ ROWS = [
         lambda r: r["checkout_frozen_warm"]["gbps"],
     ),
     ("checkout CPU use, warm (cores)", lambda r: r["checkout_warm"]["cpu_util"]),
+    ("checkout CPU time per GB, warm (s)", lambda r: _cpu_per_gb(r, "checkout_warm")),
+    (
+        "checkout on 2 idle cores, bound from CPU time (GB/s)",
+        lambda r: round(2 / _cpu_per_gb(r, "checkout_warm"), 2),
+    ),
+    ("load average during checkout, warm", lambda r: r["checkout_warm"]["load"]),
     ("stored/raw, base alone", lambda r: r["stored_ratio_base"]),
     ("stored/raw, base + experts", lambda r: r["stored_ratio_family"]),
     ("peak RSS, commit of 1 GB (MB)", lambda r: r["commit_warm"]["max_rss_mb"]),
@@ -542,6 +671,7 @@ ROWS = [
     ),
     ("peak RSS, checkout of 2 GB (MB)", lambda r: r["big_checkout"]["max_rss_mb"]),
     ("peak RSS, CLI imports alone (MB)", lambda r: r["startup_rss_mb"]),
+    ("CPU time of the CLI imports alone (s)", lambda r: r["startup_cpu_seconds"]),
     ("ceiling: blake3 + encode, 2 threads (GB/s)", lambda r: r["ceilings"]["hash_encode_2t"]),
     ("ceiling: decode + blake3, 2 threads (GB/s)", lambda r: r["ceilings"]["decode_hash_2t"]),
 ]
@@ -591,10 +721,16 @@ def main() -> int:
     p.add_argument("--before", type=Path, help="earlier JSON to compare against")
     p.add_argument("--write-docs", action="store_true", help="update docs/benchmarks.md")
     p.add_argument("--render", action="store_true", help="only render --out (no measuring)")
+    p.add_argument("--profile-only", action="store_true", help="only the in-process stage profile")
     args = p.parse_args()
 
     sys.path.insert(0, str(Path(args.code).resolve() if args.code else ROOT))
     code = str(Path(args.code).resolve()) if args.code else None
+    if args.profile_only:
+        fam, _big = build_inputs(args.preset)
+        (OUT_DIR / "work-profile").mkdir(parents=True, exist_ok=True)
+        print(stage_table(stage_profile(fam.base, OUT_DIR / "work-profile")))
+        return 0
     if args.render:
         res = json.loads(args.out.read_text())
     else:
@@ -605,6 +741,11 @@ def main() -> int:
         args.out.write_text(json.dumps(res, indent=1) + "\n")
     before = json.loads(args.before.read_text()) if args.before else None
     text = table(res, before)
+    if "stages" in res:
+        text += (
+            f"\n\nWhere the time goes ({res['label']}; in-process, thread CPU time per stage):"
+            "\n\n" + stage_table(res["stages"])
+        )
     print(text)
     if args.write_docs:
         cmd = f"python bench/bench_store.py --preset {res['preset']} --label {res['label']}"

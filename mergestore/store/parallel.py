@@ -129,8 +129,9 @@ def one_torch_thread() -> Generator[None, None, None]:
     """Run torch ops single-threaded inside block workers (restored afterwards).
 
     The block workers already keep every core busy; torch's own intra-op threads on top of them
-    only contend (measured: per-block delta statistics took ~50 ms of CPU with 2 torch threads
-    beside 2 workers, ~7 ms with one). A no-op when torch has not been imported.
+    can only contend (measured on this 2-core machine under load: one block's delta statistics
+    took ~50 ms of CPU with 2 torch threads, ~7 ms with one). A no-op when torch is not
+    imported.
     """
     torch = sys.modules.get("torch")
     if torch is None:
