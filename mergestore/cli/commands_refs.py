@@ -31,7 +31,7 @@ def branch(
         else:
             click.echo(f"Deleted branch {name} (was {short(old)}).")
         return
-    if name:
+    if name is not None:  # "" is an invalid name, not "no name"
         cid = store.create_branch(name, ref or "HEAD", force=force)
         if as_json:
             emit_json({"branch": name, "commit": cid.hex()})
@@ -57,7 +57,7 @@ def branch(
 @with_store
 def tag(store: Store, name: str | None, ref: str | None, force: bool, as_json: bool) -> None:
     """List tags, or create tag NAME at REF (default HEAD)."""
-    if name:
+    if name is not None:  # "" is an invalid name, not "no name"
         cid = store.create_tag(name, ref or "HEAD", force=force)
         if as_json:
             emit_json({"tag": name, "commit": cid.hex()})
