@@ -86,6 +86,7 @@ class _File:
     size: int = 0  # bytes the blocks must add up to (tensor bytes for a tensorfile)
     tensor_sizes: tuple[tuple[str, int, tuple[bytes, ...]], ...] = ()
     error: str | None = None
+    file_size: int = -1  # the size the file object records
 
 
 def fsck(repo: Repository, *, full: bool = False) -> FsckReport:
@@ -273,6 +274,8 @@ def _check_commit(
             f = files[entry.object] = _load_file(repo, entry.object, entry.kind)
         if f.error is not None:
             probs.add("object", f"file {entry.object.hex()[:12]} ({entry.path}): {f.error}", cid)
+        elif f.file_size != entry.size:
+            probs.add("object", f"tree {c.tree.hex()[:12]}: {entry.path}: wrong size", cid)
         used.append(entry.object)
     return used
 
@@ -285,7 +288,7 @@ def _load_file(repo: Repository, oid: bytes, kind: str) -> _File:
     if isinstance(obj, BlobFile):
         if kind != "blob":
             return _File(error="the tree says tensorfile, the object is a blob")
-        return _File(blocks=obj.blocks, size=obj.size)
+        return _File(blocks=obj.blocks, size=obj.size, file_size=obj.size)
     if not isinstance(obj, TensorFile):
         return _File(error="not a file object")
     if kind != "tensorfile":
@@ -308,6 +311,7 @@ def _load_file(repo: Repository, oid: bytes, kind: str) -> _File:
         blocks=tuple(blocks),
         tensor_sizes=tuple(sizes),
         error="; ".join(problems[:3]) if problems else None,
+        file_size=obj.size,
     )
 
 
