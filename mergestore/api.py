@@ -287,8 +287,11 @@ class Store:
                 out_dtype,
                 seed,
             )
-        prep = self.prepare_merge(config, budget=budget, max_error=max_error)
-        return self.execute_merge(prep, branch=branch, message=message)
+        from mergestore.store.gc import in_progress
+
+        with in_progress(self.repo):  # gc waits: path inputs are stored before the merge runs
+            prep = self.prepare_merge(config, budget=budget, max_error=max_error)
+            return self.execute_merge(prep, branch=branch, message=message)
 
     def replay(self, ref: str) -> dict[str, Any]:
         """Re-execute a merge's plan; {"identical": bool, "first_difference": name, ...}."""
