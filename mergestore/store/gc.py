@@ -78,6 +78,7 @@ def in_progress(repo: Repository) -> Iterator[None]:
     """Hold the gc lock shared, so gc waits until a multi-session command has finished."""
     fd = repo.gc_lock(exclusive=False)
     try:
+        _fault_point("in-progress")
         yield
     finally:
         os.close(fd)

@@ -27,6 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 import mergestore.checkout  # noqa: E402,F401  (import everything a command may need, once)
 import mergestore.fsck  # noqa: E402,F401
 import mergestore.store.gc  # noqa: E402,F401
+import mergestore.store.repack  # noqa: E402,F401
 from mergestore.cli.main import main  # noqa: E402
 
 with contextlib.suppress(ImportError):  # later layers, when present

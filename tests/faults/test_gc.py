@@ -223,3 +223,26 @@ def test_commit_waits_for_gc(bench: Bench, ledger: Ledger) -> None:
     bench.commit(bench.experts[8], "y", "--base", "main")
     bench.intact()
     ledger.ok("commit during gc")
+
+
+def test_merge_of_a_path_input_holds_gc_off_throughout(bench: Bench, ledger: Ledger) -> None:
+    """A merge stores path inputs as detached commits first: gc --grace 0 must not take them
+    between that and publishing the merge (the in-progress marker spans both)."""
+    bench.commit(bench.base, "main")
+    env, sync = _pause(bench, "in-progress")
+    args = ["merge", "--method", "linear", "main", bench.experts[13], "-w", "0.5", "-w", "0.5"]
+    run = bench.fs.start("--store", bench.path, *args, "-b", "pm", "--json", env=env)
+    _wait_reached(sync, run)
+    ledger.fault("gc during merge of a path")
+    r = bench.cli("gc", "--grace", "0", env={"MERGESTORE_LOCK_TIMEOUT": "0.3"})
+    assert r.rc == 1 and "waiting for running writers" in r.err, r.err
+    gc_run = bench.fs.start("--store", bench.path, "gc", "--grace", "0", "--json")
+    (sync / "go").touch()
+    assert run.wait().rc == 0
+    assert gc_run.wait().rc == 0
+    with Store.open(bench.path) as s:
+        path_input = s.get_commit("pm").parents[1]
+        assert s.replay("pm")["identical"]
+    assert bench.cli("show", path_input.hex()).rc == 0
+    bench.intact()
+    ledger.ok("gc during merge of a path")
