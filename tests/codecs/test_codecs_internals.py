@@ -5,10 +5,11 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import pytest
 from codec_data import finetune_bf16, weights
 
 from mergestore.store.codecs import decode_block, encode_block, huffman, zstd
-from mergestore.store.codecs.byteplane import BytePlane, join_planes, split_planes
+from mergestore.store.codecs.byteplane import BytePlane, estimate_ratio, join_planes, split_planes
 
 REF_ID = b"\x03" * 32
 
@@ -54,7 +55,7 @@ def test_fallback_without_the_sequences_api(monkeypatch):
     monkeypatch.setattr(huffman._tls, "fallback", None, raising=False)
     raw = weights("BF16", 1 << 16)
     enc = encode_block(raw, dtype="BF16")
-    assert enc.spec == "bplane:w=2,rot=1,planes=r.h"
+    assert enc.spec == "bplane:w=2,rot=0,planes=r.h"
     assert len(enc.payload) < 0.72 * len(raw)
     assert decode_block(enc.spec, enc.payload) == raw
 
@@ -62,11 +63,11 @@ def test_fallback_without_the_sequences_api(monkeypatch):
 def test_plane_decisions_on_bf16():
     base = weights("BF16", 1 << 16)
     # dense weights: mantissa+sign plane is noise (raw), exponent plane literal-only
-    assert encode_block(base, dtype="BF16").spec == "bplane:w=2,rot=1,planes=r.h"
+    assert encode_block(base, dtype="BF16").spec == "bplane:w=2,rot=0,planes=r.h"
     # a light fine-tune's XOR: exponent plane is almost all zero -> zstd
     small = finetune_bf16(base, 1e-3)
     enc = encode_block(small, dtype="BF16", level=1, reference=base, reference_id=REF_ID)
-    assert enc.spec == "xor|bplane:w=2,rot=1,planes=h.z1"
+    assert enc.spec == "xor|bplane:w=2,rot=0,planes=h.z1"
 
 
 def test_split_join_by_hand():
@@ -76,6 +77,11 @@ def test_split_join_by_hand():
     assert rows[0, :2].tolist() == [0x00, 0x01]
     assert rows[1, :2].tolist() == [0x7F, 0x80]
     assert join_planes([rows[0, :2], rows[1, :2]], 2, 1).tobytes() == raw
+    # no rotation: planes are the low and the high byte
+    rows = split_planes(raw, 2, 0)
+    assert rows[0, :2].tolist() == [0x80, 0x00]
+    assert rows[1, :2].tolist() == [0x3F, 0xC0]
+    assert join_planes([rows[0, :2], rows[1, :2]], 2, 0).tobytes() == raw
     # fp32 1.0 = 0x3f800000 -> rotated 0x7f000000: exponent in the top plane
     rows = split_planes(np.array([1.0], "<f4").tobytes(), 4, 1)
     assert rows[:, 0].tolist() == [0, 0, 0, 0x7F]
@@ -86,3 +92,43 @@ def test_fixed_plan_encode_matches_decoder():
     stage = BytePlane(4, 1, ("r", "z1", "h", "h"))
     payload = stage.encode(raw)
     assert stage.decode(payload) == raw
+
+
+@pytest.mark.parametrize("rot", range(16))
+def test_split_join_every_rotation_of_2_byte_words(rot):
+    raw = np.random.default_rng(rot).integers(0, 1 << 16, 999, dtype=np.uint16)
+    rows = split_planes(raw.tobytes(), 2, rot)
+    rotated = (raw << rot) | (raw >> (16 - rot)) if rot else raw  # independent reference
+    assert rows[0, :999].tolist() == (rotated & 0xFF).tolist()
+    assert rows[1, :999].tolist() == (rotated >> 8).tolist()
+    assert join_planes([rows[0, :999], rows[1, :999]], 2, rot).tobytes() == raw.tobytes()
+
+
+def test_blocks_written_with_the_old_rotation_stay_readable():
+    raw = weights("BF16", 40_000)
+    stage, payload = BytePlane.encode_adaptive(raw, 2, 1, 3)
+    assert stage.to_spec() == "bplane:w=2,rot=1,planes=r.h"
+    assert decode_block(stage.to_spec(), payload) == raw
+
+
+@pytest.mark.parametrize("dtype", ["BF16", "F16", "F32"])
+def test_estimate_ratio_is_close_to_the_real_encoding(dtype):
+    raw = weights(dtype, 200_000)
+    width, rot = {"BF16": (2, 0), "F16": (2, 0), "F32": (4, 1)}[dtype]
+    _stage, payload = BytePlane.encode_adaptive(raw, width, rot, 3)
+    real = len(payload) / len(raw)
+    assert abs(estimate_ratio(raw, width, rot) - real) < 0.03
+
+
+def test_delta_choice_without_trial_encode_is_near_the_best():
+    base = weights("BF16", 1 << 18)
+    for rel in (1e-3, 2e-2, 1e-1, 1.0):
+        ft = finetune_bf16(base, rel)
+        enc = encode_block(ft, dtype="BF16", reference=base, reference_id=REF_ID)
+        delta = encode_block(
+            ft, dtype="BF16", reference=base, reference_id=REF_ID, allowed={"xor", "bplane"}
+        )
+        plain = encode_block(ft, dtype="BF16", allowed={"bplane"})
+        best = min(len(delta.payload), len(plain.payload))
+        assert len(enc.payload) <= 1.06 * best, rel
+        assert decode_block(enc.spec, enc.payload, reference=base if enc.ref else None) == ft

@@ -35,7 +35,9 @@ def decode_block(spec: str, payload: AnyBuffer, *, reference: AnyBuffer | None =
     Does not verify the result against the block id (the store does); raises CorruptionError
     on a malformed spec or payload, ValueError if the spec needs a reference and none is given.
     """
-    data = payload
+    # A memoryview, so that stages may only ever work in place on arrays they made themselves
+    # (the XOR stage does), never on the caller's payload.
+    data: AnyBuffer = memoryview(payload)
     for stage in reversed(parse_spec(spec)):
         if isinstance(stage, ReferenceStage):
             if reference is None:
@@ -43,7 +45,11 @@ def decode_block(spec: str, payload: AnyBuffer, *, reference: AnyBuffer | None =
             data = stage.decode(data, reference)
         else:
             data = stage.decode(data)
-    return data if type(data) is bytes else bytes(data)
+    if type(data) is bytes:
+        return data
+    if isinstance(data, memoryview) and data.obj is payload and type(payload) is bytes:
+        return payload  # "raw": the payload is the block
+    return bytes(data)
 
 
 def spec_uses_reference(spec: str) -> bool:

@@ -16,10 +16,16 @@ import numpy as np
 from .base import Buffer, ReferenceStage, corrupt
 
 
-def xor_bytes(a: Buffer, b: Buffer) -> bytes:
-    """Bytewise XOR of two equally long buffers."""
-    x = np.frombuffer(a, dtype=np.uint8)
-    return np.bitwise_xor(x, np.frombuffer(b, dtype=np.uint8)).tobytes()
+def xor_bytes(a: Buffer, b: Buffer) -> np.ndarray:
+    """Bytewise XOR of two equally long buffers, as a uint8 array.
+
+    Works in place when `a` is a writable uint8 array (a stage's own output while decoding):
+    one pass instead of two. Callers that need `bytes` convert once at the end.
+    """
+    y = np.frombuffer(b, dtype=np.uint8)
+    if isinstance(a, np.ndarray) and a.dtype == np.uint8 and a.flags.writeable:
+        return np.bitwise_xor(a, y, out=a)
+    return np.bitwise_xor(np.frombuffer(a, dtype=np.uint8), y)
 
 
 @dataclass(frozen=True)
@@ -28,12 +34,12 @@ class XorDelta(ReferenceStage):
 
     name: ClassVar[str] = "xor"
 
-    def encode(self, data: Buffer, reference: Buffer) -> bytes:
+    def encode(self, data: Buffer, reference: Buffer) -> Buffer:
         if memoryview(data).nbytes != memoryview(reference).nbytes:
             raise ValueError("xor delta needs a reference of the same length as the block")
         return xor_bytes(data, reference)
 
-    def decode(self, data: Buffer, reference: Buffer) -> bytes:
+    def decode(self, data: Buffer, reference: Buffer) -> Buffer:
         if memoryview(data).nbytes != memoryview(reference).nbytes:
             raise corrupt(
                 f"xor delta of {memoryview(data).nbytes} bytes vs reference of "
