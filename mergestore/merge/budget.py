@@ -23,7 +23,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from mergestore.blockstats import delta_stats, supports_stats
+from mergestore.blockstats import supports_stats
+from mergestore.diff import pair_stats
 from mergestore.errors import BudgetError
 from mergestore.ops.spec import MethodSpec
 from mergestore.store.index import DeltaStats
@@ -493,9 +494,8 @@ def _candidates(
         if loc.ref is not None and loc.ref != rid:
             ref_loc = repo.block_location(loc.ref)
             cost += ref_loc.length if ref_loc else 0
-        st = repo.get_stats(bid, rid, dtype)
-        if st is None:
-            st = delta_stats(repo.read_block(bid, meter), repo.read_block(rid, meter), dtype)
+        st, fresh = pair_stats(repo, bid, rid, dtype, meter)  # the analyze code path
+        if fresh:
             computed.append((bid, rid, dtype, st))
         if progress:
             progress(1)
