@@ -71,6 +71,19 @@ def method_config(method: str, base: str, experts: list[str]) -> dict:
     }
 
 
+def mergestore_cmd(args: argparse.Namespace) -> list[str]:
+    """The CLI, or (with --code DIR) the CLI of another copy of the package, e.g. a "before"."""
+    if not args.code:
+        return ["mergestore"]
+    code = Path(args.code).resolve()
+    return [
+        sys.executable,
+        "-c",
+        f"import sys; sys.path.insert(0, {str(code)!r}); "
+        "from mergestore.cli.main import main; main()",
+    ]
+
+
 def run_child(cmd: list[str], env: dict | None = None, log: Path | None = None) -> dict:
     """Wall seconds and the child's own peak RSS (os.wait4 on its pid: not RUSAGE_CHILDREN,
     which is the maximum over every child so far). stderr goes to `log` (or is dropped)."""
@@ -282,7 +295,8 @@ def _bench(
         warm(model_dirs)
         branch = f"bench-{method}-{int(time.time())}"
         r = run_child(
-            ["mergestore", "merge", "--config", str(ms_cfg), "-b", branch, "-m", method, "--json"],
+            [*mergestore_cmd(args), "merge", "--config", str(ms_cfg), "-b", branch, "-m", method]
+            + ["--json"],
             env=env,
             log=out / f"{method}.mergestore.log",
         )
@@ -374,6 +388,7 @@ def main() -> None:
     ap.add_argument("--no-mergekit", action="store_true", help="time mergestore only")
     ap.add_argument("--no-refs", action="store_true", help="skip the plain-torch and floor runs")
     ap.add_argument("--json", help="write the rows to this file")
+    ap.add_argument("--code", help="time the mergestore package in this directory instead")
     ap.add_argument(
         "--setup-only", action="store_true", help="generate and commit the family, time nothing"
     )
