@@ -56,6 +56,7 @@ def run(preset: str, out: Path, keep: bool) -> dict:
             "blocks_total": tot["blocks_total"],
         }
     sizes = store.commit_sizes("frozen")
+    breakdown = _breakdown(store)
     store.close()
     if not keep:
         shutil.rmtree(store_dir)
@@ -66,7 +67,37 @@ def run(preset: str, out: Path, keep: bool) -> dict:
         "threads": os.environ.get("MERGESTORE_THREADS", "default"),
         "load_average": [round(x, 2) for x in os.getloadavg()],
         **rows,
+        "one_thread_ms_per_pair": breakdown,
     }
+
+
+def _breakdown(store: Store, n: int = 48) -> dict:
+    """Where a cold pair's time goes, on one thread: read + decode + verify, then statistics."""
+    import torch
+
+    from mergestore.diff import block_stats, read_pair
+
+    repo = store.repo
+    a = {t.name: t for t in store.tensors("main")}
+    pairs = [
+        (bb, ab, t.dtype)
+        for t in store.tensors("frozen")
+        for bb, ab in zip(t.blocks, a[t.name].blocks, strict=True)
+        if bb != ab
+    ][:n]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    t_read = t_stats = 0.0
+    for b, a_id, dtype in pairs:
+        t0 = time.perf_counter()
+        b_raw, a_raw = read_pair(repo, b, a_id, None)
+        t1 = time.perf_counter()
+        block_stats(b_raw, a_raw, dtype)
+        t_stats += time.perf_counter() - t1
+        t_read += t1 - t0
+    torch.set_num_threads(threads)
+    k = max(1, len(pairs))
+    return {"read_decode_verify": round(t_read / k * 1e3, 2), "stats": round(t_stats / k * 1e3, 2)}
 
 
 def main() -> None:
