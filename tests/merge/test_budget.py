@@ -11,6 +11,7 @@ import torch
 from fixtures.family import FamilySpec, make_family
 from mergestore.api import Store
 from mergestore.errors import BudgetError
+from mergestore.merge.run import BASE_PRESERVING
 
 EXPERTS = ["uneven0", "uneven1", "uneven2"]
 
@@ -387,3 +388,50 @@ def test_bound_holds_for_bf16_output(tmp_path) -> None:
         assert plan["error_bound_rel"] < 1
     finally:
         s.close()
+
+
+@pytest.mark.parametrize("method", sorted(BASE_PRESERVING))
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_base_preserving_kernels_return_the_base(method: str, dtype: torch.dtype) -> None:
+    """What lets a budget take a tensor whose differing blocks were all omitted from the base:
+    the kernel, given the base K times (all deltas zero), returns the base bit for bit."""
+    from mergestore.ops import TensorContext, merge_tensor
+
+    g = torch.Generator().manual_seed(1)
+    base = (0.02 * torch.randn(64, 48, generator=g)).to(dtype)
+    base[base == 0] = 0.0  # -0.0 would come back as +0.0 (documented)
+    per = {"weight": 0.3, "density": 0.5}
+    if method.startswith("breadcrumbs"):
+        per["gamma"] = 0.01
+    for compute in (None, torch.float32):
+        out = merge_tensor(
+            method,
+            base,
+            [base.clone() for _ in range(3)],
+            {},
+            [dict(per) for _ in range(3)],
+            TensorContext(name="t", seed=0, rng="per_tensor"),
+            dtype=compute,
+            out_dtype=dtype,
+        )
+        assert out.dtype == dtype
+        assert torch.equal(
+            out.view(torch.int16 if dtype == torch.bfloat16 else torch.int32),
+            base.view(torch.int16 if dtype == torch.bfloat16 else torch.int32),
+        )
+
+
+def test_omitted_tensors_are_the_base_blocks(f32_store: Store) -> None:
+    """A tensor whose differing blocks were all omitted keeps the base's block ids: nothing is
+    read, computed or written for it, and replay agrees."""
+    res = _merge(f32_store, "tiny5", budget="5%")
+    assert res.run["tensors_from_base"] > 0
+    sel = _selection(f32_store, "tiny5")
+    base = {t.name: t.blocks for t in f32_store.tensors("main")}
+    out = {t.name: t.blocks for t in f32_store.tensors("tiny5")}
+    skipped = [t for t, ms in sel.items() if not any(ms.values())]
+    assert len(skipped) == res.run["tensors_from_base"]
+    for t in skipped:
+        assert out[t] == base[t]
+    assert f32_store.merge_info("tiny5")[2]["omitted_tensors"] == "base"
+    assert f32_store.replay("tiny5")["identical"]
