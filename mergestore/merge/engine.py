@@ -14,8 +14,9 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -28,7 +29,7 @@ from mergestore.store import codecs
 from mergestore.store.blocks import block_id, tensor_blocking
 from mergestore.store.objects import TensorRecord
 from mergestore.store.packs import ReadMeter
-from mergestore.store.parallel import default_workers, ordered_map
+from mergestore.store.parallel import default_workers, ordered_map, reuse_freed_memory
 from mergestore.store.repo import Repository, WriteSession
 
 Progress = Callable[[int], None]
@@ -180,8 +181,11 @@ class Engine:
         if rec is None:
             return {}
         uniq = list(dict.fromkeys(rec.blocks))
+        locs = self.repo.block_locations(uniq)  # one index transaction for the tensor
         raws = ordered_map(
-            lambda b: self.repo.read_block(b, stats.base_meter), uniq, workers=default_workers()
+            lambda b: self.repo.read_block(b, stats.base_meter, location=locs.get(b)),
+            uniq,
+            workers=default_workers(),
         )
         return dict(zip(uniq, raws, strict=True))
 
@@ -201,6 +205,20 @@ class Engine:
             and reference.dtype == rec.dtype
             and reference.shape == rec.shape
         )
+        # Which blocks really need reading: not the reference's own, not omitted ones.
+        to_read: list[bytes] = []
+        for i, bid in enumerate(rec.blocks):
+            if aligned:
+                assert reference is not None
+                rid = reference.blocks[i]
+                if bid == rid or (selected is not None and i not in selected):
+                    continue
+            elif bid in ref_raw:
+                continue
+            to_read.append(bid)
+        locs = self.repo.block_locations(to_read)
+        with stats._lock:
+            stats.blocks_read += len(to_read)
 
         def one(i: int) -> bytes:
             bid = rec.blocks[i]
@@ -211,16 +229,12 @@ class Engine:
                     return ref_raw[rid]
                 if selected is not None and i not in selected:
                     return ref_raw[rid]  # omitted: the input is taken equal to the base here
-                loc = self.repo.block_location(bid)
+                loc = locs.get(bid)
                 hint = ref_raw[rid] if loc is not None and loc.ref == rid else None
-                with stats._lock:
-                    stats.blocks_read += 1
-                return self.repo.read_block(bid, meter, reference=hint)
+                return self.repo.read_block(bid, meter, reference=hint, location=loc)
             if bid in ref_raw:
                 return ref_raw[bid]
-            with stats._lock:
-                stats.blocks_read += 1
-            return self.repo.read_block(bid, meter)
+            return self.repo.read_block(bid, meter, location=locs.get(bid))
 
         return list(ordered_map(one, range(len(rec.blocks)), workers=default_workers()))
 
@@ -307,45 +321,98 @@ class Engine:
         progress: Progress | None = None,
         track_delta: bool = False,
     ) -> tuple[list[OutputTensor], EngineStats]:
-        """Merge every task in order; the next task's inputs load while this one merges."""
+        """Merge every task; outputs come back in task order.
+
+        A pipeline: one loader thread reads and decodes blocks, `compute_workers()` threads
+        merge tensors side by side (each kernel on one torch thread), and one writer thread
+        hashes, encodes and appends output blocks in task order. Reading, decoding, hashing,
+        zstd and torch kernels all release the GIL, so the stages share the cores.
+        """
         t0 = time.perf_counter()
+        reuse_freed_memory()
         stats = EngineStats(expert_meters=[ReadMeter() for _ in range(n_models)])
-        outputs: list[OutputTensor] = []
-        # One torch thread: the loader keeps the other core busy reading and decoding blocks.
-        # Two intra-op threads fighting the loader on 2 cores ran 2-3x slower (measured).
         threads = torch.get_num_threads()
-        torch.set_num_threads(int(os.environ.get("MERGESTORE_TORCH_THREADS", "1")))
+        torch.set_num_threads(1)
+        # torch's global generator (rng="global") is drawn in task order: one tensor at a time.
+        workers = compute_workers() if self.rng != "global" else 1
         try:
-            return self._run(tasks, sink, stats, outputs, t0, progress, track_delta)
+            outputs = self._run(tasks, sink, stats, progress, track_delta, workers)
         finally:
             torch.set_num_threads(threads)
+        stats.seconds = time.perf_counter() - t0
+        return outputs, stats
+
+    def _merge_loaded(self, box: list[Future[_Loaded]]) -> tuple[_Loaded, torch.Tensor]:
+        ld = box.pop().result()
+        out = self._merge(ld)
+        # The writer needs the task, the base blocks and the reference; the inputs can go.
+        return _Loaded(ld.task, None, [], ld.reference, ld.ref_raw), out
+
+    def _emit_merged(
+        self,
+        box: list[Future[tuple[_Loaded, torch.Tensor]]],
+        sink: Sink,
+        stats: EngineStats,
+        track_delta: bool,
+    ) -> OutputTensor:
+        ld, out = box.pop().result()
+        return self._emit(ld, out, sink, stats, track_delta)
 
     def _run(
         self,
         tasks: Sequence[TensorTask],
         sink: Sink,
         stats: EngineStats,
-        outputs: list[OutputTensor],
-        t0: float,
         progress: Progress | None,
         track_delta: bool,
-    ) -> tuple[list[OutputTensor], EngineStats]:
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mergestore-load") as loader:
-            it: Iterator[TensorTask] = iter(tasks)
-            nxt = next(it, None)
-            fut = loader.submit(self._load, nxt, stats) if nxt is not None else None
-            while fut is not None:
-                ld = fut.result()
-                nxt = next(it, None)
-                fut = loader.submit(self._load, nxt, stats) if nxt is not None else None
-                out = self._merge(ld)
-                outputs.append(self._emit(ld, out, sink, stats, track_delta))
+        workers: int,
+    ) -> list[OutputTensor]:
+        outputs: list[OutputTensor] = []
+        # Each stage takes its input future out of a one-item box, so a finished stage's
+        # tensors are freed as soon as the next stage is done with them (a future keeps its
+        # result alive). At most `workers + 1` tensors are in flight.
+        inflight: deque[Future[OutputTensor]] = deque()
+        loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mergestore-load")
+        compute = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mergestore-merge")
+        writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mergestore-write")
+        pools = (loader, compute, writer)
+        try:
+            for task in tasks:
+                loaded = loader.submit(self._load, task, stats)
+                merged = compute.submit(self._merge_loaded, [loaded])
+                inflight.append(
+                    writer.submit(self._emit_merged, [merged], sink, stats, track_delta)
+                )
+                del loaded, merged
                 stats.tensors += 1
+                while len(inflight) > workers:
+                    outputs.append(inflight.popleft().result())
+                    if progress:
+                        progress(1)
+            while inflight:
+                outputs.append(inflight.popleft().result())
                 if progress:
                     progress(1)
-                del ld, out
-        stats.seconds = time.perf_counter() - t0
-        return outputs, stats
+        except BaseException:
+            for pool in pools:
+                pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        for pool in pools:
+            pool.shutdown(wait=True)
+        return outputs
+
+
+def compute_workers() -> int:
+    """Tensors merged at once: one per core (MERGESTORE_MERGE_WORKERS overrides).
+
+    Parallelism across tensors rather than torch intra-op threads: two intra-op threads
+    fighting the loader on 2 cores ran 2-3x slower (measured), while independent tensors on
+    one torch thread each need no synchronisation.
+    """
+    env = os.environ.get("MERGESTORE_MERGE_WORKERS", "")
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    return max(1, min(4, os.cpu_count() or 1))
 
 
 def _fit_vocab(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:

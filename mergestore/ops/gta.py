@@ -110,7 +110,7 @@ def gta_merge(
     if consensus:
         agree = sign_agreement(deltas)  # int8_mask: identical results, nothing to choose
         merged = (deltas * agree).sum(dim=0)
-        divisor = (weights * agree).sum(dim=0)
+        divisor = _masked_weight_sum(weights, agree)
         divisor[divisor == 0] = 1
     else:
         merged = deltas.sum(dim=0)
@@ -151,10 +151,28 @@ def _sparsify(
 def sign_agreement(deltas: Tensor) -> Tensor:
     """TIES "sum" election: [sign(Delta_i) == sign(sum_j Delta_j)], with a sum of 0 voting +1.
 
-    A pruned (zero) entry never agrees, since sign 0 is neither +1 nor -1; neither does NaN.
-    Computed with comparisons rather than by materialising sign tensors, so mergekit's
-    ``int8_mask`` (which only picks the dtype of those sign tensors) has nothing to change.
-    The election itself uses the same dim-0 sum as mergekit, so its rounding is identical.
+    A pruned (zero) entry never agrees, since sign 0 is neither +1 nor -1; neither does NaN
+    (a NaN sum votes -1, as mergekit's ``(sum >= 0) * 2 - 1`` does).
+    Computed as ``Delta_i * s > 0`` with s = +-1 (an exact sign flip) rather than by
+    materialising sign tensors, so mergekit's ``int8_mask`` (which only picks the dtype of
+    those sign tensors) has nothing to change. The election itself uses the same dim-0 sum as
+    mergekit, so its rounding is identical.
     """
-    positive = deltas.sum(dim=0) >= 0
-    return torch.where(positive, deltas > 0, deltas < 0)
+    vote = (deltas.sum(dim=0) >= 0).to(deltas.dtype).mul_(2).sub_(1)
+    return (deltas * vote) > 0
+
+
+def _masked_weight_sum(weights: Tensor, agree: Tensor) -> Tensor:
+    """(weights * agree).sum(dim=0) as mergekit computes it, without an [n, ...] temporary.
+
+    Each product is exact (w or 0), so the sum only depends on the accumulation: torch sums a
+    reduced floating dim of reduced-precision tensors in order, in fp32 (fp64 for fp64), and
+    rounds once; this does the same one input at a time.
+    """
+    dtype = weights.dtype
+    acc_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    acc = torch.zeros(agree.shape[1:], dtype=acc_dtype)
+    for i in range(agree.shape[0]):
+        w = float(weights.reshape(-1)[i])
+        acc.add_(agree[i], alpha=w)
+    return acc.to(dtype)

@@ -94,9 +94,31 @@ def first_ranks(w: Tensor, count: int, *, largest: bool) -> Tensor:
     mask = w > v if largest else w < v
     # Among the values equal to v, the lowest flat indices come first in rank order.
     eq = w == v
-    last = int(torch.nonzero(eq)[need - 1]) + 1
+    last = _position_of(eq, need) + 1
     mask[:last] |= eq[:last]
     return mask
+
+
+_CHUNK = 1 << 16
+
+
+def _position_of(flags: Tensor, k: int) -> int:
+    """Flat index of the k-th (1-based) True of a flat bool tensor that has at least k.
+
+    Counts per 64K chunk first, so only one chunk is scanned for indices (a full nonzero()
+    materialises every index, several times slower).
+    """
+    n = flags.numel()
+    whole = n // _CHUNK * _CHUNK
+    if whole:
+        cum = flags[:whole].view(-1, _CHUNK).sum(dim=1).cumsum(0)
+        chunk = int(torch.searchsorted(cum, k))
+    else:
+        cum, chunk = None, 0
+    before = int(cum[chunk - 1]) if chunk > 0 and cum is not None else 0
+    start = chunk * _CHUNK
+    hits = torch.nonzero(flags[start : start + _CHUNK] if start < whole else flags[start:])
+    return start + int(hits[k - before - 1])
 
 
 def rescaled_masked(delta: Tensor, mask: Tensor, rescale: bool) -> Tensor:
