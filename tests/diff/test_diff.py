@@ -311,3 +311,20 @@ def test_cli_human_output(cli, cli_store: Path) -> None:
     assert r.code == 0, r.err
     assert r.out.startswith("diff ")
     assert "changed   model.layers.1." in r.out and "blocks changed" in r.out
+
+
+def test_planner_and_analyze_share_statistics(cli, cli_store: Path) -> None:
+    plan = ["plan", "--method", "task_arithmetic", "--base", "main", "dense_small", "frozen"]
+    plan += ["-w", "0.5", "-w", "0.5", "--budget", "50%", "--json"]
+    cold = cli("--store", cli_store, *plan)
+    assert cold.code == 0, cold.err
+    assert cold.json()["analyze_bytes_read"] > 0
+    # the planner kept what it computed: a diff of the same pairs computes nothing
+    d = cli("--store", cli_store, "diff", "main", "dense_small", "--json").json()
+    assert d["stats_computed"] == 0 and d["stats_reused"] > 0
+    # and what analyze keeps, the planner reuses
+    assert cli("--store", cli_store, "analyze", "lowrank_attn", "--json").code == 0
+    plan[6] = "lowrank_attn"
+    warm = cli("--store", cli_store, *plan)
+    assert warm.code == 0, warm.err
+    assert warm.json()["analyze_bytes_read"] == 0
