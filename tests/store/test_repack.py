@@ -177,3 +177,34 @@ def test_repack_api_on_empty_store(tmp_path: Path) -> None:
     with Store.init(tmp_path / "empty", block_size=4096) as store:
         rep = repack(store.repo)
         assert rep.blocks_examined == 0 and rep.blocks_reencoded == 0 and not rep.packs_created
+
+
+@pytest.mark.parametrize(
+    "point", ["repack-after-append@3", "repack-after-sync", "repack-inside-index"]
+)
+def test_repack_killed_midway_changes_nothing(family: Family, cli, tmp_path: Path, point) -> None:
+    """Killed before its index transaction commits, repack leaves the store as it was."""
+    import os
+    import subprocess
+    import sys
+
+    s = tmp_path / "st"
+    assert cli("init", s, "--block-size", "4096", "--no-delta").code == 0
+    commit_family(s, family, cli)
+    with Store.open(s) as store:
+        before = index_entries(store)
+    env = dict(os.environ, MERGESTORE_FAULT=point, MERGESTORE_PROGRESS="0")
+    r = subprocess.run(
+        [sys.executable, "-m", "mergestore.cli.main", "--store", s, "repack", "--delta"],
+        env=env,
+        capture_output=True,
+    )
+    assert r.returncode == 137, r.stderr
+    with Store.open(s) as store:
+        assert index_entries(store) == before
+    assert cli("--store", s, "fsck", "--full").code == 0
+    # gc drops the orphaned new packs; a fresh repack then completes.
+    assert cli("--store", s, "gc", "--grace", "0").code == 0
+    r = cli("--store", s, "repack", "--delta", "--json")
+    assert r.code == 0 and r.json()["deltas_after"] > 0
+    check_checkouts(s, family, cli, tmp_path / "co")
