@@ -9,13 +9,13 @@ Unset in normal use (each check is one dictionary lookup). Values:
                   command while this one is stopped exactly there (say, gc during a commit)
 
 Kill points (`kill_point`) end the process at once with exit code 137, like `kill -9`, leaving
-whatever is on disk as it is. Error points (`error_point`) raise the given OSError instead, to
-simulate a full disk. tests/faults/ uses both; docs/reliability.md lists the points.
+whatever is on disk as it is. Pack appends also answer to `torn-append` (write half an entry,
+then die) and `enospc` (write half an entry, then raise ENOSPC as a full disk does); see
+PackAppender. tests/faults/ uses them all; docs/reliability.md lists the points.
 """
 
 from __future__ import annotations
 
-import errno
 import os
 import threading
 import time
@@ -69,12 +69,6 @@ def kill_point(name: str) -> None:
     """Die here, without cleanup, if MERGESTORE_FAULT names this point."""
     if armed(name):
         os._exit(KILL_EXIT_CODE)
-
-
-def error_point(name: str, code: int = errno.ENOSPC) -> None:
-    """Raise OSError(code) here if MERGESTORE_FAULT names this point (a full disk, say)."""
-    if armed(name):
-        raise OSError(code, os.strerror(code))
 
 
 def reset() -> None:
