@@ -2,6 +2,7 @@
 
     python bench/bench_codecs.py            # 256 MiB per data set, writes bench/out/codecs.md
     python bench/bench_codecs.py --mib 32   # quicker
+    python bench/bench_codecs.py --ab /tmp/ms-before --rounds 3   # before/after, interleaved
 
 Data (all bf16, rows of 4096 values cut into ~1 MiB row-aligned blocks like the store does):
 - base:       N(0, 0.02 * s_row), s_row = exp(N(0, 0.3)) per row (per-row scale variation)
@@ -14,6 +15,11 @@ Throughput is raw (uncompressed) MB/s (1e6 bytes/s): "1T" one thread, wall clock
 `--repeat` runs); "MB/s/CPU-s" the same single-thread run divided by the thread's CPU time, which
 stays meaningful when other processes share the machine; "2T" a 2-worker thread pool over the
 blocks, as the store runs it (wall clock). Decoding is verified against the input.
+
+--ab DIR compares the codecs of another source tree (say `git archive` of an older commit)
+with this one: the default chooser on base, heavy, ft-small +ref and ft-large +ref, one
+subprocess per tree and round, the trees alternating so both see the same machine load;
+MB per CPU-second, median over the rounds. Writes bench/out/codecs-ab.md.
 """
 
 from __future__ import annotations
@@ -154,14 +160,89 @@ def machine() -> str:
     )
 
 
+AB_SETS = ("base", "heavy", "ft-small +ref", "ft-large +ref")
+
+
+def ab_worker(mib: int, repeat: int) -> None:
+    """One tree's figures for the --ab comparison, as JSON on stdout."""
+    import json
+
+    import mergestore
+
+    data = make_data(mib)
+    out = {"code": str(Path(mergestore.__file__).parents[1])}
+    for name in AB_SETS:
+        raw, ref = data[name]
+        r = run_case(raw, ref, 1 << 20, 3, None, repeat, 1)
+        out[name] = {k: r[k] for k in ("ratio", "enc_cpu", "dec_cpu", "spec")}
+    print(json.dumps(out))
+
+
+def ab_compare(old: Path, mib: int, repeat: int, rounds: int, out: Path) -> None:
+    import json
+    import statistics
+    import subprocess
+    import sys
+
+    trees = {"before": old.resolve(), "after": Path(__file__).resolve().parents[1]}
+    runs: dict[str, list[dict]] = {k: [] for k in trees}
+    load0 = os.getloadavg()[0]
+    for i in range(rounds):
+        for label, tree in trees.items():
+            env = dict(os.environ, PYTHONPATH=str(tree))
+            cmd = [sys.executable, __file__, "--ab-worker", "--mib", str(mib)]
+            cmd += ["--repeat", str(repeat)]
+            r = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True, check=True)
+            res = json.loads(r.stdout.strip().splitlines()[-1])
+            if Path(res["code"]) != tree:
+                raise SystemExit(f"{label}: imported mergestore from {res['code']}, not {tree}")
+            runs[label].append(res)
+            print(f"round {i + 1} {label}: {res}", flush=True)
+    lines = [
+        f"Machine: {machine()}",
+        "",
+        f"Command: `python bench/bench_codecs.py --ab {old} --rounds {rounds} --mib {mib} "
+        f"--repeat {repeat}`; load average {load0:.2f} at start, {os.getloadavg()[0]:.2f} at end.",
+        "",
+        "| data | before ratio | after ratio | before enc | after enc | before dec | after dec "
+        "| before chain | after chain |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name in AB_SETS:
+        b = [r[name] for r in runs["before"]]
+        a = [r[name] for r in runs["after"]]
+
+        def med(rs: list[dict], key: str) -> float:
+            return statistics.median(r[key] for r in rs)
+
+        lines.append(
+            f"| {name} | {b[0]['ratio']:.3f} | {a[0]['ratio']:.3f} "
+            f"| {med(b, 'enc_cpu'):.0f} | {med(a, 'enc_cpu'):.0f} "
+            f"| {med(b, 'dec_cpu'):.0f} | {med(a, 'dec_cpu'):.0f} "
+            f"| `{b[0]['spec']}` | `{a[0]['spec']}` |"
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n\nenc/dec: MB of raw data per CPU-second of one thread.\n")
+    print("\n".join(lines))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--ab", type=Path, help="source tree to compare against (before/after)")
+    ap.add_argument("--rounds", type=int, default=3, help="--ab: rounds per tree")
+    ap.add_argument("--ab-worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--mib", type=int, default=256, help="MiB of bf16 per data set")
     ap.add_argument("--block-kib", type=int, default=1024, help="target block size")
     ap.add_argument("--repeat", type=int, default=2, help="runs per measurement (best kept)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path("bench/out/codecs.md"))
     args = ap.parse_args()
+    if args.ab_worker:
+        ab_worker(args.mib, args.repeat)
+        return
+    if args.ab:
+        ab_compare(args.ab, args.mib, args.repeat, args.rounds, Path("bench/out/codecs-ab.md"))
+        return
 
     header = machine()
     print(header, flush=True)
@@ -202,7 +283,9 @@ def main() -> None:
     print(footer)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     cmd = "python bench/bench_codecs.py " + " ".join(
-        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "out"
+        f"--{k.replace('_', '-')} {v}"
+        for k, v in vars(args).items()
+        if k not in ("out", "ab", "rounds", "ab_worker")
     )
     args.out.write_text(f"Machine: {header}\n\nCommand: `{cmd}`\n\n" + "\n".join(lines) + footer)
     print(f"wrote {args.out}")
