@@ -50,7 +50,10 @@ class Run:
 
     def wait(self, timeout: float = 120.0) -> Result:
         rc = self.server._wait_rc(self.id, timeout)
-        out, err = (f.read_text(errors="replace") for f in (self._out, self._err))
+        # a child killed right after fork may not have created its output files yet
+        out, err = (
+            f.read_text(errors="replace") if f.exists() else "" for f in (self._out, self._err)
+        )
         res = Result(rc, out, err)
         self._out.unlink(missing_ok=True)
         self._err.unlink(missing_ok=True)

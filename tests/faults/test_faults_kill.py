@@ -32,7 +32,7 @@ from mergestore.api import Store
 
 SEED = 1729
 SCALE = int(os.environ.get("MERGESTORE_FAULTS_SCALE", "1"))
-RANDOM_KILLS = 8 * SCALE
+RANDOM_KILLS = 12 * SCALE
 HEADS = "refs/heads/"
 
 # Named points (MERGESTORE_FAULT=NAME[@N]): see mergestore/store/faults.py and docs/reliability.md

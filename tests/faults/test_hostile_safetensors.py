@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from mergestore.api import Store
 
 SCALE = int(os.environ.get("MERGESTORE_FAULTS_SCALE", "1"))
-FUZZ_EXAMPLES = 60 * SCALE
+FUZZ_EXAMPLES = 100 * SCALE
 FUZZ = settings(
     max_examples=FUZZ_EXAMPLES,
     deadline=None,

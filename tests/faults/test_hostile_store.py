@@ -23,7 +23,7 @@ from mergestore.store.repo import RefUpdate
 
 SCALE = int(os.environ.get("MERGESTORE_FAULTS_SCALE", "1"))
 FUZZ = settings(
-    max_examples=50 * SCALE,
+    max_examples=80 * SCALE,
     deadline=None,
     derandomize=SCALE == 1,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
