@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from mergestore.merge.tensorplan import OutputTensorPlan, plan_tensors
 from mergestore.ops import get_method
 from mergestore.ops.spec import BaseRule
 from mergestore.store.blocks import tensor_blocking
-from mergestore.store.objects import Commit, Plan
+from mergestore.store.objects import Commit, Plan, TensorRecord
 from mergestore.store.repo import RefUpdate, Repository
 
 ENGINE = f"mergestore {__version__} (engine 1)"
@@ -162,8 +163,9 @@ def prepare(
         ],
         **selection.to_plan(),
     }
-    if selection.active and spec.name in BASE_PRESERVING:
-        body["omitted_tensors"] = "base"  # see from_base(); replay follows what the plan says
+    if selection.active and omitted_mode(spec.name):
+        # see base_pieces(); replay follows what the plan says
+        body["omitted_from_base"] = omitted_mode(spec.name)
     return PreparedMerge(cfg, models, plans, tasks, base_index, selection, body)
 
 
@@ -216,7 +218,7 @@ def execute(
             len(prep.models),
             progress=progress,
             track_delta=prep.selection.active,
-            omitted_base=prep.plan_body.get("omitted_tensors") == "base",
+            omitted=prep.plan_body.get("omitted_from_base"),
         )
         extra = {}
         if prep.cfg.raw_text:
@@ -232,7 +234,7 @@ def execute(
         )
         plan_id = session.put_object(prep.plan)
         run = run_record(prep, stats, session.bytes_written, time.perf_counter() - t0)
-        run["tensors_from_base"] = n_base
+        run["blocks_from_base"] = n_base
         run_id = session.put_object(Plan(body={"type": "merge_run", "plan": plan_id.hex(), **run}))
         base = prep.models[prep.base_index].commit if prep.base_index is not None else None
         commit = Commit(
@@ -322,7 +324,7 @@ def replay(repo: Repository, commit_id: bytes, progress: Progress | None = None)
         HashSink(),
         len(models),
         progress=progress,
-        omitted_base=body.get("omitted_tensors") == "base",
+        omitted=body.get("omitted_from_base"),
     )
     stored: dict[str, tuple[bytes, ...]] = {}
     for e in repo.get_tree(c.tree).entries:
@@ -364,36 +366,41 @@ def replay(repo: Repository, commit_id: bytes, progress: Progress | None = None)
 BASE_PRESERVING = frozenset(
     {"task_arithmetic", "ties", "dare_linear", "dare_ties", "breadcrumbs", "breadcrumbs_ties"}
 )
+# ... and whose kernel is elementwise and draws no random numbers, so a run of rows merged on
+# its own gives the same values as inside the whole tensor.
+ROWWISE = frozenset({"task_arithmetic"})
 _EXACT_IN = {"F32": {"BF16", "F16", "F32"}, "F64": {"BF16", "F16", "F32", "F64"}}
 
 
-def from_base(
-    task: TensorTask, compute: str | None, out: str | None, block_size: int
-) -> OutputTensor | None:
-    # compute/out: safetensors dtype names ("F32"), None when the merge does not set them
-    """The base tensor itself, when a budget omitted every input block that differs from it.
+def omitted_mode(method: str) -> str | None:
+    """What a budgeted merge of `method` takes from the base: "blocks", "tensors" or nothing."""
+    if method in ROWWISE:
+        return "blocks"
+    return "tensors" if method in BASE_PRESERVING else None
 
-    Every input then equals the base (omitted blocks are taken from it), so a base-preserving
-    kernel would return base + 0: the same values. Taking the base's blocks skips reading the
-    base, the kernel, hashing and writing. It differs from computing only in the sign of a zero
-    base element (+0.0 from base + 0) and NaN payloads. Only where the kernel's output dtype is
-    the base's and the compute dtype holds it exactly; the plan marks merges that do this.
+
+def base_pieces(
+    task: TensorTask, compute: str | None, out: str | None, block_size: int, mode: str
+) -> list[tuple[int, int, bool]] | None:
+    """Runs of output blocks [b0, b1) and whether each is the base's; None: compute it whole.
+
+    A block is the base's when the budget omitted some input block there and read none: every
+    input then equals the base (omitted blocks are taken from it), so a base-preserving kernel
+    would return base + 0, the same values. Taking the base's blocks skips reading the base,
+    the kernel, hashing and writing; only the sign of a zero base element (+0.0 from base + 0)
+    and NaN payloads could differ. Blocks where no input differs from the base are computed as
+    usual, so a 100% budget stays bit-identical to the unbudgeted merge. Mode "tensors" does
+    this only for a whole tensor. Only where the kernel's output dtype is the base's and the
+    compute dtype (`compute`, `out`: safetensors names or None) holds it exactly.
     """
     ref, p = task.reference, task.plan
     if ref is None or p.copy_from is not None or task.base is None or not task.inputs:
         return None
-    if task.base.blocks != ref.blocks:
+    if task.base.blocks != ref.blocks or not ref.shape:
         return None
-    omitted = False
-    for rec, sel in zip(task.inputs, task.selected, strict=True):
+    for rec in task.inputs:
         if rec.shape != ref.shape or rec.dtype != ref.dtype:
             return None
-        if sel is not None and not sel:
-            omitted = True  # a candidate input, none of its blocks read
-        elif rec.blocks != ref.blocks:
-            return None
-    if not omitted:
-        return None  # nothing differs: computed as usual (so 100% stays bit-identical)
     c = compute or ref.dtype  # without a compute dtype, the inputs' (all the base's here)
     o = out or c
     if o != ref.dtype or (c != ref.dtype and ref.dtype not in _EXACT_IN.get(c, ())):
@@ -401,7 +408,61 @@ def from_base(
     blocking = tensor_blocking(tuple(ref.shape), DTYPE_SIZES[ref.dtype], block_size)
     if blocking.rows_per_block != ref.rows_per_block:
         return None
-    return OutputTensor(p.name, ref.dtype, tuple(ref.shape), ref.rows_per_block, ref.blocks)
+    omitted, read = [], []
+    for i, rid in enumerate(ref.blocks):
+        o_i = r_i = False
+        for rec, sel in zip(task.inputs, task.selected, strict=True):
+            if rec.blocks[i] == rid:
+                continue
+            if sel is not None and i not in sel:
+                o_i = True
+            else:
+                r_i = True
+        omitted.append(o_i)
+        read.append(r_i)
+    if mode == "tensors":
+        if any(read) or not any(omitted):
+            return None
+        return [(0, len(ref.blocks), True)]  # blocks where nothing differs: the base's too
+    flags = [o_i and not r_i for o_i, r_i in zip(omitted, read, strict=True)]
+    if not any(flags):
+        return None
+    runs: list[tuple[int, int, bool]] = []
+    for i, f in enumerate(flags):
+        if runs and runs[-1][2] == f:
+            runs[-1] = (runs[-1][0], i + 1, f)
+        else:
+            runs.append((i, i + 1, f))
+    return runs
+
+
+def _slice(rec: TensorRecord, b0: int, b1: int) -> TensorRecord:
+    """Rows of blocks [b0, b1) of a tensor, as a record of its own (the same block ids)."""
+    row_bytes = rec.nbytes // rec.shape[0] if rec.shape[0] else 0
+    r0 = b0 * rec.rows_per_block
+    r1 = min(rec.shape[0], b1 * rec.rows_per_block)
+    return dataclasses.replace(
+        rec,
+        shape=(r1 - r0, *rec.shape[1:]),
+        begin=rec.begin + r0 * row_bytes,
+        end=rec.begin + r1 * row_bytes,
+        blocks=rec.blocks[b0:b1],
+    )
+
+
+def _piece(task: TensorTask, b0: int, b1: int) -> TensorTask:
+    assert task.reference is not None and task.base is not None
+    return TensorTask(
+        task.plan,
+        _slice(task.base, b0, b1),
+        [_slice(r, b0, b1) for r in task.inputs],
+        task.input_models,
+        _slice(task.reference, b0, b1),
+        [
+            None if s is None else frozenset(i - b0 for i in s if b0 <= i < b1)
+            for s in task.selected
+        ],
+    )
 
 
 def run_tasks(
@@ -412,24 +473,69 @@ def run_tasks(
     *,
     progress: Progress | None = None,
     track_delta: bool = False,
-    omitted_base: bool = False,
+    omitted: str | None = None,
 ) -> tuple[list[OutputTensor], Any, int]:
-    """engine.run, with tensors whose differing blocks were all omitted taken from the base."""
-    shortcut: dict[int, OutputTensor] = {}
-    if omitted_base:
-        c = dtype_name(engine.compute_dtype) if engine.compute_dtype is not None else None
-        o_ = dtype_name(engine.out_dtype) if engine.out_dtype is not None else None
-        for i, t in enumerate(tasks):
-            o = from_base(t, c, o_, engine.block_size)
-            if o is not None:
-                shortcut[i] = o
-    rest = [t for i, t in enumerate(tasks) if i not in shortcut]
-    if progress and shortcut:
-        progress(len(shortcut))
-    computed, stats = engine.run(rest, sink, n_models, progress=progress, track_delta=track_delta)
+    """engine.run, with output blocks whose differing input blocks were all omitted taken from
+    the base (`omitted`: "blocks", "tensors" or None, as the plan records; see base_pieces).
+    Returns the outputs in task order, the engine's stats and the number of blocks taken."""
+    c = dtype_name(engine.compute_dtype) if engine.compute_dtype is not None else None
+    o = dtype_name(engine.out_dtype) if engine.out_dtype is not None else None
+    layout: list[list[tuple[int, int, bool]] | None] = []
+    work: list[TensorTask] = []
+    ends: list[int] = []  # per task: how many engine tasks are done when it is complete
+    taken = 0
+    for t in tasks:
+        runs = base_pieces(t, c, o, engine.block_size, omitted) if omitted else None
+        layout.append(runs)
+        if runs is None:
+            work.append(t)
+        else:
+            for b0, b1, from_base in runs:
+                if from_base:
+                    taken += b1 - b0
+                else:
+                    work.append(
+                        t if (b0, b1) == (0, len(t.reference.blocks)) else _piece(t, b0, b1)
+                    )
+        ends.append(len(work))
+
+    done = [0]
+    pending = iter(ends)
+    nxt = [next(pending, None)]
+
+    def piece_done(n: int) -> None:
+        done[0] += n
+        while nxt[0] is not None and nxt[0] <= done[0]:
+            if progress:
+                progress(1)
+            nxt[0] = next(pending, None)
+
+    piece_done(0)  # tensors needing no engine work at the start
+    computed, stats = engine.run(
+        work, sink, n_models, progress=piece_done if progress else None, track_delta=track_delta
+    )
     it = iter(computed)
-    outputs = [shortcut[i] if i in shortcut else next(it) for i in range(len(tasks))]
-    return outputs, stats, len(shortcut)
+    outputs = []
+    for t, runs in zip(tasks, layout, strict=True):
+        if runs is None:
+            outputs.append(next(it))
+            continue
+        ref = t.reference
+        assert ref is not None
+        blocks: list[bytes] = []
+        for b0, b1, from_base in runs:
+            if from_base:
+                blocks.extend(ref.blocks[b0:b1])
+            else:
+                piece = next(it)
+                assert piece.rows_per_block == ref.rows_per_block and piece.dtype == ref.dtype
+                blocks.extend(piece.blocks)
+        outputs.append(
+            OutputTensor(
+                t.plan.name, ref.dtype, tuple(ref.shape), ref.rows_per_block, tuple(blocks)
+            )
+        )
+    return outputs, stats, taken
 
 
 def base_rule_allows_budget(spec_base: BaseRule, has_base: bool) -> bool:

@@ -421,17 +421,61 @@ def test_base_preserving_kernels_return_the_base(method: str, dtype: torch.dtype
         )
 
 
-def test_omitted_tensors_are_the_base_blocks(f32_store: Store) -> None:
-    """A tensor whose differing blocks were all omitted keeps the base's block ids: nothing is
-    read, computed or written for it, and replay agrees."""
+def test_omitted_blocks_are_the_base_blocks(f32_store: Store) -> None:
+    """An output block where the budget omitted every differing input block keeps the base's
+    block id: nothing is read, computed or written for it; the others are what the full
+    kernel gives (checked in test_every_block_merged_by_one_rule), and replay agrees."""
     res = _merge(f32_store, "tiny5", budget="5%")
-    assert res.run["tensors_from_base"] > 0
     sel = _selection(f32_store, "tiny5")
     base = {t.name: t.blocks for t in f32_store.tensors("main")}
     out = {t.name: t.blocks for t in f32_store.tensors("tiny5")}
-    skipped = [t for t, ms in sel.items() if not any(ms.values())]
-    assert len(skipped) == res.run["tensors_from_base"]
-    for t in skipped:
-        assert out[t] == base[t]
-    assert f32_store.merge_info("tiny5")[2]["omitted_tensors"] == "base"
+    inputs = {e: {t.name: t.blocks for t in f32_store.tensors(e)} for e in EXPERTS}
+    index = {m["ref"]: i for i, m in enumerate(f32_store.merge_info("tiny5")[2]["models"])}
+    from_base = 0
+    for t, ms in sel.items():
+        for b, bid in enumerate(base[t]):
+            differ = [e for e in EXPERTS if inputs[e][t][b] != bid]
+            if differ and not any(b in ms.get(index[e], []) for e in differ):
+                assert out[t][b] == bid
+                from_base += 1
+    assert from_base == res.run["blocks_from_base"] > 0
+    assert f32_store.merge_info("tiny5")[2]["omitted_from_base"] == "blocks"
     assert f32_store.replay("tiny5")["identical"]
+
+
+def test_ties_takes_whole_omitted_tensors_from_base(f32_store: Store) -> None:
+    kw = {"method": "ties", "base": "main", "models": EXPERTS, "weights": [0.5, 0.3, 0.8]}
+    kw |= {"params": {"density": 0.5}, "dtype": "float32"}
+    res = f32_store.merge(branch="ties5", budget="5%", **kw)
+    assert f32_store.merge_info("ties5")[2]["omitted_from_base"] == "tensors"
+    sel = _selection(f32_store, "ties5")
+    base = {t.name: t.blocks for t in f32_store.tensors("main")}
+    out = {t.name: t.blocks for t in f32_store.tensors("ties5")}
+    skipped = [t for t, ms in sel.items() if not any(ms.values())]
+    assert skipped and all(out[t] == base[t] for t in skipped)
+    assert res.run["blocks_from_base"] == sum(len(base[t]) for t in skipped)
+    assert f32_store.replay("ties5")["identical"]
+
+
+@pytest.mark.parametrize("dtype", ["float32", None])
+def test_blocks_from_base_match_computing_them(f32_store: Store, dtype: str | None) -> None:
+    """Taking omitted blocks from the base, and merging the other rows on their own, gives the
+    same block ids as running the kernel over every whole tensor (no -0.0 in this base)."""
+    from mergestore.merge.config import config_from_cli
+    from mergestore.merge.engine import Engine, HashSink
+    from mergestore.merge.run import run_tasks
+
+    cfg = config_from_cli(
+        "task_arithmetic", "main", EXPERTS, [0.5, 0.3, 0.8], {}, dtype, None, None
+    )
+    prep = f32_store.prepare_merge(cfg, budget="12%")
+    n = len(prep.models)
+    ids = {}
+    for mode in ("blocks", None):
+        engine = Engine(
+            f32_store.repo, method="task_arithmetic", dtype=dtype, out_dtype=None, seed=0
+        )
+        outs, _stats, taken = run_tasks(engine, prep.tasks, HashSink(), n, omitted=mode)
+        ids[mode] = [(o.name, o.blocks) for o in outs]
+        assert (taken > 0) == (mode is not None)
+    assert ids["blocks"] == ids[None]
