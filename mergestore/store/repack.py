@@ -36,7 +36,7 @@ from mergestore.errors import LockTimeoutError, MergestoreError
 from mergestore.store import codecs
 from mergestore.store.index import BlockLocation
 from mergestore.store.objects import BlobFile, Commit, TensorFile, decode_object
-from mergestore.store.packs import PackAppender, pack_path
+from mergestore.store.packs import ENTRY_HEADER, ENTRY_MAGIC, PackAppender
 from mergestore.store.repo import Repository, _codec_id, _fault_point, _unwrap_object
 
 # A new encoding replaces the stored one only if it is smaller by both of these: re-writing a
@@ -386,11 +386,15 @@ def _publish(
         _summarize(rep, plan, new)
         return
     _lock_exclusive(lock_fd, repo.lock_timeout)
-    for pid in rep.packs_created:
-        if not pack_path(repo.pack_dir, pid).exists():
+    # Converting the lock drops the shared one first: a gc may have run in between and removed
+    # or emptied our packs (and a writer may have appended to an emptied one). Check that every
+    # entry we are about to publish is still where we wrote it.
+    repo.packs.close()  # no stale descriptors of packs gc may have replaced
+    for b, n in list(new.items()) + list(plain.items()):
+        if not _entry_intact(repo, b, n):
             raise MergestoreError(
-                "repack: a gc removed the new packs while repack waited; nothing was changed, "
-                "run repack again"
+                "repack: the new packs changed while repack waited for writers (a gc ran?); "
+                "nothing was changed, run repack again"
             )
     idx = repo.index
     with idx.write() as txn:
@@ -420,6 +424,16 @@ def _publish(
         _fault_point("repack-inside-index")
     plan.locs = current
     _summarize(rep, plan, new)
+
+
+def _entry_intact(repo: Repository, bid: bytes, n: _New) -> bool:
+    h = ENTRY_HEADER.size
+    try:
+        head = repo.packs.read(n.pack, n.offset - h, h)
+    except (OSError, MergestoreError):
+        return False
+    magic, hid, length = ENTRY_HEADER.unpack_from(head)
+    return magic == ENTRY_MAGIC and hid == bid and length == n.length
 
 
 def _lock_exclusive(fd: int, timeout: float) -> None:
