@@ -7,6 +7,7 @@ is compared with the real run.
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
@@ -246,3 +247,38 @@ def test_merge_of_a_path_input_holds_gc_off_throughout(bench: Bench, ledger: Led
     assert bench.cli("show", path_input.hex()).rc == 0
     bench.intact()
     ledger.ok("gc during merge of a path")
+
+
+def test_gc_and_repack_in_flight(tmp_path: Path, forkserver: ForkServer, pool, ledger: Ledger):
+    """repack stopped with its fresh packs written; a gc --grace 0 queued behind it. Whichever
+    wins when repack turns its lock exclusive, nothing is lost and the store stays clean."""
+    bench = Bench(tmp_path, forkserver, pool)
+    shutil.rmtree(bench.path)
+    with Store.init(bench.path, block_size=4096, delta_codecs=False):
+        pass
+    bench.commit(bench.base, "main")
+    bench.commit(bench.experts[14], "e", "--base", "main")
+    bench.commit(bench.experts[15], "gone", "--base", "main")
+    bench.must("branch", "-d", "gone")
+    bench.expected = {c: d for c, d in bench.expected.items() if c != refs_of_gone(bench)}
+    env, sync = _pause(bench, "repack-after-sync")
+    run = bench.fs.start("--store", bench.path, "repack", "--delta", "--json", env=env)
+    _wait_reached(sync, run)
+    ledger.fault("gc during repack")
+    gc_run = bench.fs.start("--store", bench.path, "gc", "--grace", "0", "--json")
+    (sync / "go").touch()
+    r, g = run.wait(), gc_run.wait()
+    assert g.rc == 0, g.err
+    assert r.rc == 0 or "run repack again" in r.err, r.err
+    bench.intact()
+    bench.must("gc", "--grace", "0", "--repack-threshold", "1e-9")
+    assert unreferenced_pack_bytes(bench.path) == 0
+    bench.intact()
+    ledger.ok("gc during repack")
+    ledger.verified("gc during repack", len(bench.expected))
+
+
+def refs_of_gone(bench: Bench) -> bytes:
+    """The commit the deleted branch `gone` pointed at (its reflog's last old value)."""
+    log = bench.must("reflog", "gone", "--json").json()["entries"]
+    return bytes.fromhex(log[-1]["old"])
