@@ -55,6 +55,7 @@ NAMED: dict[str, list[str]] = {
         "gc-mid-unlink",
     ],
     "merge": [
+        "in-progress",
         "after-append@1",
         "after-append@8",
         "torn-append@4",
