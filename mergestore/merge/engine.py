@@ -370,29 +370,39 @@ class Engine:
         outputs: list[OutputTensor] = []
         # Each stage takes its input future out of a one-item box, so a finished stage's
         # tensors are freed as soon as the next stage is done with them (a future keeps its
-        # result alive). At most `workers + 1` tensors are in flight.
-        inflight: deque[Future[OutputTensor]] = deque()
-        loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mergestore-load")
+        # result alive). At most `workers + 1` tensors are in flight, and together they hold
+        # at most as many bytes as the largest one: the largest (embeddings, lm_head) is
+        # merged alone, so peak memory stays near one tensor's inputs and temporaries.
+        inflight: deque[tuple[Future[OutputTensor], int]] = deque()
+        limit = max((_task_bytes(t) for t in tasks), default=0)
+        held = 0
+        loader = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mergestore-load")
         compute = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mergestore-merge")
         writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mergestore-write")
         pools = (loader, compute, writer)
+
+        def retire() -> None:
+            nonlocal held
+            done, size = inflight.popleft()
+            outputs.append(done.result())
+            held -= size
+            if progress:
+                progress(1)
+
         try:
             for task in tasks:
+                cost = _task_bytes(task)
+                while inflight and (len(inflight) > workers or held + cost > limit):
+                    retire()
                 loaded = loader.submit(self._load, task, stats)
                 merged = compute.submit(self._merge_loaded, [loaded])
-                inflight.append(
-                    writer.submit(self._emit_merged, [merged], sink, stats, track_delta)
-                )
-                del loaded, merged
+                written = writer.submit(self._emit_merged, [merged], sink, stats, track_delta)
+                inflight.append((written, cost))
+                held += cost
+                del loaded, merged, written
                 stats.tensors += 1
-                while len(inflight) > workers:
-                    outputs.append(inflight.popleft().result())
-                    if progress:
-                        progress(1)
             while inflight:
-                outputs.append(inflight.popleft().result())
-                if progress:
-                    progress(1)
+                retire()
         except BaseException:
             for pool in pools:
                 pool.shutdown(wait=True, cancel_futures=True)
@@ -400,6 +410,12 @@ class Engine:
         for pool in pools:
             pool.shutdown(wait=True)
         return outputs
+
+
+def _task_bytes(task: TensorTask) -> int:
+    """Bytes of one input of the task's tensor (what its memory scales with)."""
+    rec = task.base if task.base is not None else (task.inputs[0] if task.inputs else None)
+    return rec.nbytes if rec is not None else 0
 
 
 def compute_workers() -> int:

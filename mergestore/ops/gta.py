@@ -92,7 +92,65 @@ def gta_merge(
     if not inputs:
         return base
     rescale = bool(shared["rescale"])
+    if not consensus and base.dtype in _HALF:
+        merged, divisor = _weighted_delta_sum(base, inputs, per_input, sparsifier, rescale, ctx)
+    else:
+        merged, divisor = _stacked_merge(
+            base, inputs, per_input, sparsifier, rescale, consensus, ctx
+        )
+    if shared["normalize"]:
+        merged /= divisor
+    lam = shared["lambda"]
+    if lam != 1:
+        merged *= lam
+    return (base + merged).to(base.dtype)
 
+
+# torch sums a reduced dim of these in order in fp32 and rounds once (checked for up to 12
+# inputs); fp32/fp64 sums of 5+ rows use several accumulators, so they stay on torch's sum.
+_HALF = (torch.bfloat16, torch.float16)
+
+
+def _weighted_delta_sum(
+    base: Tensor,
+    inputs: Sequence[Tensor],
+    per_input: Sequence[Mapping[str, Any]],
+    sparsifier: str | None,
+    rescale: bool,
+    ctx: TensorContext,
+) -> tuple[Tensor, Tensor]:
+    """sum_i w_i delta_i and sum_i w_i without consensus, for 16-bit compute dtypes.
+
+    Bit-identical to stacking the weighted deltas and summing dim 0 (what mergekit does),
+    with one fp32 accumulator instead of an [n, ...] tensor: each w_i * delta_i is rounded
+    to the compute dtype, then added in input order in fp32, rounded once at the end.
+    """
+    dtype = base.dtype
+    weights = torch.tensor([per_input[i]["weight"] for i in range(len(inputs))], dtype=dtype)
+    acc = torch.zeros(base.shape, dtype=torch.float32)
+    for i, x in enumerate(inputs):
+        delta = x - base
+        if sparsifier is not None:
+            delta = _sparsify(delta, sparsifier, per_input[i], rescale, ctx, i)
+        acc.add_(delta.mul_(weights[i]).float())  # a same-dtype add is the fast kernel
+        del delta
+    merged = acc.to(dtype)
+    del acc
+    divisor = weights.reshape(-1, 1).sum(dim=0)  # the same dim-0 reduction as mergekit's
+    divisor[divisor.abs() < 1e-8] = 1
+    return merged, divisor.reshape(())
+
+
+def _stacked_merge(
+    base: Tensor,
+    inputs: Sequence[Tensor],
+    per_input: Sequence[Mapping[str, Any]],
+    sparsifier: str | None,
+    rescale: bool,
+    consensus: bool,
+    ctx: TensorContext,
+) -> tuple[Tensor, Tensor]:
+    """The weighted deltas stacked [n, ...] as mergekit does; (merged, divisor)."""
     # Each delta is sparsified on its own, unweighted, then stored in the compute dtype.
     deltas = base.new_empty((len(inputs), *base.shape))
     for i, x in enumerate(inputs):
@@ -110,20 +168,16 @@ def gta_merge(
     if consensus:
         agree = sign_agreement(deltas)  # int8_mask: identical results, nothing to choose
         merged = (deltas * agree).sum(dim=0)
-        divisor = _masked_weight_sum(weights, agree)
+        if deltas.dtype in _HALF:
+            divisor = _masked_weight_sum(weights, agree)
+        else:
+            divisor = (weights * agree).sum(dim=0)
         divisor[divisor == 0] = 1
     else:
         merged = deltas.sum(dim=0)
         divisor = weights.sum(dim=0)
         divisor[divisor.abs() < 1e-8] = 1
-    del deltas
-
-    if shared["normalize"]:
-        merged /= divisor
-    lam = shared["lambda"]
-    if lam != 1:
-        merged *= lam
-    return (base + merged).to(base.dtype)
+    return merged, divisor
 
 
 def _sparsify(
@@ -165,13 +219,12 @@ def sign_agreement(deltas: Tensor) -> Tensor:
 def _masked_weight_sum(weights: Tensor, agree: Tensor) -> Tensor:
     """(weights * agree).sum(dim=0) as mergekit computes it, without an [n, ...] temporary.
 
-    Each product is exact (w or 0), so the sum only depends on the accumulation: torch sums a
-    reduced floating dim of reduced-precision tensors in order, in fp32 (fp64 for fp64), and
-    rounds once; this does the same one input at a time.
+    For 16-bit dtypes. Each product is exact (w or 0), so the sum only depends on the
+    accumulation: torch sums a reduced dim of 16-bit tensors in order in fp32 and rounds
+    once; this does the same one input at a time.
     """
     dtype = weights.dtype
-    acc_dtype = torch.float64 if dtype == torch.float64 else torch.float32
-    acc = torch.zeros(agree.shape[1:], dtype=acc_dtype)
+    acc = torch.zeros(agree.shape[1:], dtype=torch.float32)
     for i in range(agree.shape[0]):
         w = float(weights.reshape(-1)[i])
         acc.add_(agree[i], alpha=w)
