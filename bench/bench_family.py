@@ -51,6 +51,52 @@ def cli(code: Path, store: Path, *args: object, env: dict[str, str] | None = Non
     return json.loads(r.stdout)
 
 
+def cli_timed(code: Path, store: Path, *args: object) -> tuple[dict, float]:
+    """Like `cli`, plus the child's CPU seconds (user + system, from wait4)."""
+    e = dict(os.environ, PYTHONPATH=str(code), MERGESTORE_PROGRESS="0")
+    cmd = [sys.executable, "-m", "mergestore.cli.main", "--store", str(store), *map(str, args)]
+    p = subprocess.Popen(cmd, cwd=code, env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = p.stdout.read(), p.stderr.read()
+    _pid, status, ru = os.wait4(p.pid, 0)
+    p.returncode = os.waitstatus_to_exitcode(status)
+    if p.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed: {err.decode().strip()}")
+    return json.loads(out), ru.ru_utime + ru.ru_stime
+
+
+def ab_store(trees: dict[str, Path], fam: object, work: Path, rounds: int) -> dict:
+    """Commit base + dense_small (--base) and check both out, the trees alternating.
+
+    Best-of-rounds GB/s from each command's own "seconds", and its CPU seconds per GB (start-up
+    included), which other jobs on the machine disturb less.
+    """
+    res: dict = {k: {} for k in trees}
+    for _ in range(rounds):
+        for label, code in trees.items():
+            store = work / f"ab-{label}"
+            shutil.rmtree(store, ignore_errors=True)
+            cli(code, store, "init", store, "--json")
+            steps = [
+                ("commit base", ["commit", fam.base, "-b", "main", "--json"]),
+                ("commit dense_small", ["commit", fam.experts["dense_small"], "-b", "ds"]),
+                ("checkout base", ["checkout", "main", work / "co-main", "--json"]),
+                ("checkout dense_small", ["checkout", "ds", work / "co-ds", "--json"]),
+            ]
+            steps[1][1].extend(["--base", "main", "--json"])
+            for name, args in steps:
+                r, cpu = cli_timed(code, store, *args)
+                nbytes = r.get("logical_bytes") or r.get("bytes_written")
+                slot = res[label].setdefault(name, {"gb_s": 0.0, "cpu_s_per_gb": 1e9, "load": []})
+                slot["gb_s"] = max(slot["gb_s"], nbytes / r["seconds"] / 1e9)
+                slot["cpu_s_per_gb"] = min(slot["cpu_s_per_gb"], cpu / (nbytes / 1e9))
+                slot["load"].append(round(load(), 2))
+                print(f"[ab {label}] {name}: {nbytes / r['seconds'] / 1e9:.2f} GB/s", flush=True)
+            for d in ("co-main", "co-ds"):
+                shutil.rmtree(work / d, ignore_errors=True)
+            shutil.rmtree(store, ignore_errors=True)
+    return res
+
+
 def family(preset: str) -> object:
     sys.path.insert(0, str(ROOT))
     from fixtures.family import PRESETS, make_family
@@ -150,6 +196,12 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=OUT / "family.json")
     ap.add_argument("--work", type=Path, default=OUT / "family-work")
     ap.add_argument("--keep", action="store_true", help="keep the stores afterwards")
+    ap.add_argument(
+        "--ab-rounds",
+        type=int,
+        default=0,
+        help="only compare commit/checkout of --before-code and this tree, N interleaved rounds",
+    )
     args = ap.parse_args()
 
     args.work = args.work.resolve()
@@ -163,6 +215,12 @@ def main() -> None:
         + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v),
         "stores": {},
     }
+    if args.ab_rounds:
+        trees = {"before": args.before_code.resolve(), "after": ROOT}
+        result["ab_store"] = ab_store(trees, fam, args.work, args.ab_rounds)
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        print(json.dumps(result["ab_store"], indent=1))
+        return
     result["plain_zstd_base"] = plain_zstd_of_base(fam)
     print(f"base, plain zstd-3: {result['plain_zstd_base']}", flush=True)
     if args.before_code:
