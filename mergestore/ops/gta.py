@@ -165,13 +165,13 @@ def _stacked_merge(
     weights = weights.reshape(len(inputs), *([1] * base.dim()))
     deltas.mul_(weights)
 
-    if consensus:
+    if consensus and deltas.dtype in _HALF:
+        merged, divisor = _consensus_sums(deltas, weights)
+        divisor[divisor == 0] = 1
+    elif consensus:
         agree = sign_agreement(deltas)  # int8_mask: identical results, nothing to choose
         merged = (deltas * agree).sum(dim=0)
-        if deltas.dtype in _HALF:
-            divisor = _masked_weight_sum(weights, agree)
-        else:
-            divisor = (weights * agree).sum(dim=0)
+        divisor = (weights * agree).sum(dim=0)
         divisor[divisor == 0] = 1
     else:
         merged = deltas.sum(dim=0)
@@ -216,16 +216,21 @@ def sign_agreement(deltas: Tensor) -> Tensor:
     return (deltas * vote) > 0
 
 
-def _masked_weight_sum(weights: Tensor, agree: Tensor) -> Tensor:
-    """(weights * agree).sum(dim=0) as mergekit computes it, without an [n, ...] temporary.
+def _consensus_sums(deltas: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:
+    """(sum_i agree_i Delta_i, sum_i agree_i w_i) for 16-bit dtypes, one input at a time.
 
-    For 16-bit dtypes. Each product is exact (w or 0), so the sum only depends on the
-    accumulation: torch sums a reduced dim of 16-bit tensors in order in fp32 and rounds
-    once; this does the same one input at a time.
+    Bit-identical to mergekit's ``(deltas * agree).sum(0)`` and ``(weights * agree).sum(0)``
+    (torch sums a reduced dim of 16-bit tensors in order in fp32 and rounds once; each
+    product is exact), without [n, ...] agree and product temporaries.
     """
-    dtype = weights.dtype
-    acc = torch.zeros(agree.shape[1:], dtype=torch.float32)
-    for i in range(agree.shape[0]):
-        w = float(weights.reshape(-1)[i])
-        acc.add_(agree[i], alpha=w)
-    return acc.to(dtype)
+    dtype = deltas.dtype
+    vote = (deltas.sum(dim=0) >= 0).to(dtype).mul_(2).sub_(1)  # see sign_agreement
+    merged = torch.zeros(deltas.shape[1:], dtype=torch.float32)
+    divisor = torch.zeros(deltas.shape[1:], dtype=torch.float32)
+    flat_w = weights.reshape(-1)
+    for i in range(deltas.shape[0]):
+        agree = (deltas[i] * vote) > 0
+        merged.add_((deltas[i] * agree).float())
+        divisor.add_(agree, alpha=float(flat_w[i]))
+        del agree
+    return merged.to(dtype), divisor.to(dtype)
