@@ -44,10 +44,10 @@ from fixtures.family import FamilySpec, make_family, model_bytes  # noqa: E402
 from mergestore.api import Store  # noqa: E402
 
 SPEC = FamilySpec(
-    n_layers=8,
+    n_layers=12,
     hidden=768,
     intermediate=2048,
-    vocab=8000,
+    vocab=16000,
     n_heads=12,
     n_kv_heads=4,
     dtype="bfloat16",
@@ -83,7 +83,7 @@ def load_avg() -> str:
 
 
 def setup(out: Path, spec: FamilySpec) -> Path:
-    fam = make_family(out / "fam", spec, reuse=True)
+    fam = make_family(out / f"fam-{model_bytes(spec) // 10**6}mb", spec, reuse=True)
     store_dir = out / "store"
     if store_dir.exists():
         shutil.rmtree(store_dir)
@@ -149,7 +149,7 @@ def sweep(store_dir: Path, ks: list[int], budgets: list[int]) -> list[dict]:
                     "budget_bytes": r["budget_bytes"],
                     "base_bytes_read": r["base_bytes_read"],
                     "bytes_written": r["bytes_written"],
-                    "tensors_from_base": r.get("tensors_from_base", 0),
+                    "blocks_from_base": r.get("blocks_from_base", 0),
                     "error": d,
                     "full_delta": dist[""],
                     "retained": 1 - d / dist[""] if dist[""] else 1.0,
@@ -226,12 +226,21 @@ def plot(rows: list[dict], path: Path) -> None:
             (r["budget"], r["wall"]) for r in rows if r["k"] == k and r["strategy"] == "planner"
         )
         a2.plot(*zip(*pts, strict=True), marker="o", color=colors[k], label=f"K={k} planner")
+        pts = sorted(
+            (r["budget"], r["run_seconds"])
+            for r in rows
+            if r["k"] == k and r["strategy"] == "planner"
+        )
+        a2.plot(*zip(*pts, strict=True), marker=".", ls="--", color=colors[k], lw=1)
         naive = next(r for r in rows if r["k"] == k and r["strategy"] == "naive")
         a2.axhline(naive["wall"], color=colors[k], ls=":", lw=1)
     a1.set(xlabel="budget (% of expert bytes)", ylabel="retained merge delta", ylim=(0, 1.02))
     a1.grid(alpha=0.3)
     a1.legend(fontsize=6, ncol=3)
-    a2.set(xlabel="budget (% of expert bytes)", ylabel="wall time, s (dotted: no budget)")
+    a2.set(
+        xlabel="budget (% of expert bytes)",
+        ylabel="wall s (dashed: merge alone; dotted: no budget)",
+    )
     a2.set_ylim(bottom=0)
     a2.grid(alpha=0.3)
     a2.legend(fontsize=7)
@@ -276,6 +285,7 @@ def main() -> None:
     meta = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
         "model_mb": model_bytes(spec) / 1e6,
+        "shape": f"{spec.n_layers} layers × {spec.hidden}, vocab {spec.vocab}",
         "setup_seconds": round(t_setup, 1),
         "startup_seconds": round(t_start, 2),
         "total_seconds": round(total, 1),
@@ -308,7 +318,7 @@ def docs_body(rows: list[dict], meta: dict, plot_path: str | None) -> str:
     keep = {s: get(kmax, s, lo)["retained"] for s in STRATEGIES}
     return (
         "## Budgeted merges\n\n"
-        f"{meta['machine']}; family of {meta['model_mb']:.0f} MB bf16 models (8 layers × 768,"
+        f"{meta['machine']}; family of {meta['model_mb']:.0f} MB bf16 models ({meta['shape']},"
         " `uneven0..7` experts); store blocks of 256 KiB; `task_arithmetic`, weights 1/K, fp32"
         " compute, bf16 output. Each merge is a `mergestore merge --json` process; wall time"
         " includes process start (importing torch: best of 3,"
