@@ -1,12 +1,17 @@
-"""The streaming executor: one output tensor at a time, inputs read block by block from the store.
+"""The streaming executor: output tensors merged from blocks read out of the store.
 
 For each output tensor the engine reads the base (reference) blocks, then each input's blocks:
 a block identical to the reference block costs nothing, a block the plan omits is taken equal
 to the reference block (it contributes no delta), and every other block is read and decoded
 (a delta-coded block is decoded against the reference block already in hand). The method's pure
 kernel then runs on whole tensors, and the output is cut into blocks and handed to a sink (the
-store, or a hasher for replay). The next tensor's inputs are read while the current one is
-merged. Memory stays near (inputs + 2) x the largest tensor.
+store, or a hasher for replay).
+
+The stages run as a pipeline on both cores: loader threads read and decode the next tensors,
+compute threads merge tensors side by side (each kernel on one torch thread), and one writer
+thread hashes, encodes and appends finished outputs in task order. The tensors in flight
+together hold at most the largest tensor's bytes, so memory stays near (inputs + 2) x the
+largest tensor plus the kernel's temporaries.
 """
 
 from __future__ import annotations
