@@ -30,8 +30,9 @@ DELTA_MUST_BEAT = 0.95  # otherwise the delta must be this much smaller than the
 # 2-byte floats are split without rotation: high byte = sign + top exponent bits, low byte =
 # lowest exponent bit + mantissa. ZipNN's rotation by 1 (exponent alone in the high byte) was
 # 0.9% smaller on bf16 weights (0.667 vs 0.673 of raw) but its split and join cost ~2x the
-# passes (decode ~20% slower); on XOR deltas no rotation was smaller too (0.124 vs 0.126 for a
-# light fine-tune, 0.416 vs 0.434 for a heavy one). Blocks written with rot=1 stay readable.
+# passes (decode 10-14% slower end to end); on XOR deltas no rotation was smaller too (0.124
+# vs 0.126 for a light fine-tune, 0.416 vs 0.434 for a heavy one). Blocks written with rot=1
+# stay readable.
 FLOAT_LAYOUT: dict[str, tuple[int, int]] = {
     "BF16": (2, 0),
     "F16": (2, 0),
