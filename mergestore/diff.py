@@ -448,7 +448,7 @@ class _Job:
 class _Outcome:
     tensor: int
     changed: bool
-    stats: DeltaStats | None
+    stats: DeltaStats
     computed: bool
     b: bytes | None
     nbytes: int
@@ -457,7 +457,6 @@ class _Outcome:
 @dataclass
 class _Engine:
     repo: Repository
-    keep: bool
     progress: Progress | None
     meter: ReadMeter = field(default_factory=ReadMeter)
     folder_bytes: int = 0
@@ -567,7 +566,7 @@ def diff_sides(
             t.status = "changed"  # provisional for folders: settled once hashed
             accs[i] = _Acc()
             jobs.extend(_jobs_for(i, a, b))
-    eng = _Engine(repo, keep, progress)
+    eng = _Engine(repo, progress)
     computed: dict[tuple[bytes, bytes, str], DeltaStats] = {}
     result = DiffResult(a_id, b_id, b_path, out)
     with _one_torch_thread():
@@ -575,7 +574,6 @@ def diff_sides(
             jobs, ordered_map(eng.work, jobs, workers=workers or default_workers()), strict=True
         ):
             acc = accs[res.tensor]
-            assert res.stats is not None
             acc.add(res.stats, res.changed)
             if res.changed:
                 result.changed_bytes += res.nbytes
@@ -619,10 +617,6 @@ def keep_stats(repo: Repository, entries: dict[tuple[bytes, bytes, str], DeltaSt
     return len(entries)
 
 
-def _resolve_commit(repo: Repository, ref: str) -> bytes:
-    return repo.resolve(ref)
-
-
 def _is_folder_arg(repo: Repository, text: str) -> bool:
     """Whether B names a folder on disk rather than a ref."""
     if not os.path.exists(text):
@@ -652,7 +646,7 @@ def diff(
     nothing to the store.
     """
     reuse_freed_memory()
-    a_id = _resolve_commit(repo, a)
+    a_id = repo.resolve(a)
     sides_a = _commit_sides(repo, a_id)
     if _is_folder_arg(repo, b):
         return _diff_folder(repo, a_id, sides_a, b, tensors, progress, workers)
