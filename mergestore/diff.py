@@ -51,9 +51,10 @@ _CHUNK = 1 << 17  # elements per fp64 pass: two 1 MiB scratch buffers stay in ca
 
 
 _scratch = threading.local()
-# Blocks arrive as immutable bytes and are only ever read through their tensor views; a
-# module-level filter (catch_warnings is not thread-safe) silences torch's reminder about that.
-warnings.filterwarnings("ignore", message="The given buffer is not writable", category=UserWarning)
+# Blocks arrive as immutable bytes and are only ever read through their tensor views. torch
+# warns about that once per process; the first view is taken with that warning silenced.
+_quiet_lock = threading.Lock()
+_quiet = False
 
 
 def _buffers(n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -71,6 +72,14 @@ def _flat(raw: bytes | bytearray | memoryview, dtype: str) -> torch.Tensor:
     dt = torch_dtype(dtype)
     if len(raw) == 0:
         return torch.empty(0, dtype=dt)
+    global _quiet
+    readonly = isinstance(raw, bytes) or (isinstance(raw, memoryview) and raw.readonly)
+    if readonly and not _quiet:
+        with _quiet_lock, warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            t = torch.frombuffer(raw, dtype=dt)
+            _quiet = True
+            return t
     return torch.frombuffer(raw, dtype=dt)
 
 
