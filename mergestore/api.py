@@ -6,9 +6,7 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from mergestore.checkout import CheckoutResult, checkout_commit, tensor_records
 from mergestore.errors import MergestoreError, RefError, StoreNotFoundError
@@ -18,6 +16,9 @@ from mergestore.store.objects import BlobFile, Commit, TensorFile, TensorRecord,
 from mergestore.store.packs import ReadMeter
 from mergestore.store.refs import HEADS, TAGS, check_ref_name
 from mergestore.store.repo import CONFIG_FILE, RefUpdate, Repository, StoreConfig
+
+if TYPE_CHECKING:  # torch costs ~2 s to import: only commands that compute pay for it
+    import torch
 
 STORE_DIRNAME = ".mergestore"
 Progress = Callable[[int], None]
@@ -498,6 +499,8 @@ def read_record(
         raw = repo.read_block(bid, meter)
         buf[pos : pos + len(raw)] = raw
         pos += len(raw)
+    import torch
+
     dt = torch_dtype(rec.dtype)
     if rec.nbytes == 0:
         return torch.empty(rec.shape, dtype=dt)

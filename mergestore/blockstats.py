@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from mergestore.formats.safetensors import torch_dtype
 from mergestore.store.index import DeltaStats
+
+if TYPE_CHECKING:  # imported where used (the CLI starts faster without it)
+    import torch
 
 FLOAT_DTYPES = frozenset({"BF16", "F16", "F32", "F64", "F8_E5M2", "F8_E4M3"})
 
 
 def as_tensor(raw: bytes | bytearray | memoryview, dtype: str) -> torch.Tensor:
     """A flat tensor view over raw block bytes (no copy when the buffer is writable)."""
+    import torch
+
     if len(raw) == 0:
         return torch.empty(0, dtype=torch_dtype(dtype))
     buf = raw if isinstance(raw, (bytearray, memoryview)) else bytearray(raw)
@@ -20,6 +25,8 @@ def as_tensor(raw: bytes | bytearray | memoryview, dtype: str) -> torch.Tensor:
 
 def delta_stats(b_raw: bytes, a_raw: bytes, dtype: str) -> DeltaStats:
     """Statistics of B − A for two blocks at the same tensor position (same dtype and length)."""
+    import torch
+
     b = as_tensor(b_raw, dtype).to(torch.float64)
     a = as_tensor(a_raw, dtype).to(torch.float64)
     d = b - a

@@ -313,6 +313,8 @@ def commit_checkpoint(
     t0 = time.perf_counter()
     ckpt = scan_checkpoint(path)  # validates every header before anything is written
     ref = None if detached else branch_ref(repo, branch)
+    if base is not None and want_stats:
+        import torch  # noqa: F401  (statistics use it; one_torch_thread only tunes a loaded torch)
     with repo.writer() as session:
         with one_torch_thread():
             tree_id, ing = ingest_tree(

@@ -17,11 +17,12 @@ import struct
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from mergestore.errors import FormatError
+
+if TYPE_CHECKING:  # imported where used: reading and validating headers needs no torch
+    import torch
 
 __all__ = [
     "DTYPE_SIZES",
@@ -95,6 +96,8 @@ _MAX_QUOTE = 80
 
 def torch_dtype(name: str) -> torch.dtype:
     """The torch dtype for a safetensors dtype name ("BF16" -> torch.bfloat16)."""
+    import torch
+
     attr = _TORCH_NAMES.get(name)
     dt = getattr(torch, attr, None) if attr is not None else None
     if not isinstance(dt, torch.dtype):
@@ -104,6 +107,8 @@ def torch_dtype(name: str) -> torch.dtype:
 
 def dtype_name(dt: torch.dtype) -> str:
     """The safetensors dtype name for a torch dtype (torch.bfloat16 -> "BF16")."""
+    import torch
+
     for name, attr in _TORCH_NAMES.items():
         if getattr(torch, attr, None) == dt:
             return name
@@ -398,6 +403,8 @@ def encode_header(
 
 
 def _tensor_bytes(t: torch.Tensor) -> bytes:
+    import torch
+
     flat = t.detach().to("cpu").contiguous().reshape(-1)
     return flat.view(torch.uint8).numpy().tobytes()
 
