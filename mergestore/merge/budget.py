@@ -508,19 +508,34 @@ def _candidates(
 
 
 def full_expert_bytes(repo: Repository, tasks: Sequence[Any], base_index: int | None) -> int:
-    """Stored bytes of every input block that differs from the base block (a full read)."""
+    """Stored bytes a full read of the experts costs, as the engine reads them.
+
+    Per tensor: every input block that differs from the base block, each block id once, plus
+    the delta reference of each such block that the merge does not already hold (a merge with
+    no base holds none), also once.
+    """
     total = 0
-    seen: set[bytes] = set()
     for t in tasks:
         ref = t.reference
+        counted: set[bytes] = set(ref.blocks) if ref is not None else set()
+        wanted: list[bytes] = []
         for rec, model in zip(t.inputs, t.input_models, strict=True):
             if model == base_index:
                 continue
             aligned = ref is not None and ref.shape == rec.shape and ref.dtype == rec.dtype
             for i, bid in enumerate(rec.blocks):
-                if aligned and bid == ref.blocks[i]:
+                if (aligned and bid == ref.blocks[i]) or bid in counted:
                     continue
-                loc = repo.block_location(bid)
-                total += loc.length if loc else 0
-                seen.add(bid)
+                counted.add(bid)
+                wanted.append(bid)
+        locs = repo.block_locations(wanted)
+        for bid in wanted:
+            loc = locs.get(bid)
+            if loc is None:
+                continue
+            total += loc.length
+            if loc.ref is not None and loc.ref not in counted:
+                counted.add(loc.ref)
+                ref_loc = repo.block_location(loc.ref)
+                total += ref_loc.length if ref_loc else 0
     return total

@@ -35,7 +35,7 @@ from mergestore.store.blocks import block_id, tensor_blocking
 from mergestore.store.objects import TensorRecord
 from mergestore.store.packs import ReadMeter
 from mergestore.store.parallel import default_workers, ordered_map, reuse_freed_memory
-from mergestore.store.repo import Repository, WriteSession
+from mergestore.store.repo import BlockLocation, Repository, WriteSession
 
 Progress = Callable[[int], None]
 
@@ -138,6 +138,17 @@ class EngineStats:
 
 
 @dataclass
+class _InputReads:
+    """One input's blocks to read, with their index entries (one lookup per tensor)."""
+
+    rec: TensorRecord
+    aligned: bool  # block-aligned with the reference tensor
+    selected: frozenset[int] | None
+    locations: dict[bytes, BlockLocation]
+    keep: frozenset[bytes] = frozenset()  # blocks a later input of the tensor also needs
+
+
+@dataclass
 class _Loaded:
     task: TensorTask
     base: torch.Tensor | None
@@ -194,23 +205,21 @@ class Engine:
         )
         return dict(zip(uniq, raws, strict=True))
 
-    def _read_input(
+    def _plan_input(
         self,
         rec: TensorRecord,
         reference: TensorRecord | None,
         ref_raw: dict[bytes, bytes],
         selected: frozenset[int] | None,
-        meter: ReadMeter,
-        stats: EngineStats,
-    ) -> list[bytes]:
-        aligned = (
+    ) -> _InputReads:
+        """Which of an input's blocks need reading: not the reference's own, not omitted ones."""
+        aligned = bool(
             reference is not None
             and reference.blocks
             and len(reference.blocks) == len(rec.blocks)
             and reference.dtype == rec.dtype
             and reference.shape == rec.shape
         )
-        # Which blocks really need reading: not the reference's own, not omitted ones.
         to_read: list[bytes] = []
         for i, bid in enumerate(rec.blocks):
             if aligned:
@@ -218,47 +227,117 @@ class Engine:
                 rid = reference.blocks[i]
                 if bid == rid or (selected is not None and i not in selected):
                     continue
-            elif bid in ref_raw:
+            if bid in ref_raw:  # the base's block at another position
                 continue
             to_read.append(bid)
-        locs = self.repo.block_locations(to_read)
+        return _InputReads(rec, aligned, selected, self.repo.block_locations(to_read))
+
+    def _read_delta_references(
+        self,
+        plans: Sequence[tuple[_InputReads, ReadMeter]],
+        held: dict[bytes, bytes],
+    ) -> dict[bytes, bytes]:
+        """Delta references the tensor's reads need and the engine does not hold: each is read
+        once per tensor (before the blocks that need it), charged to the first input that
+        needs it, as a reference or as one of its own blocks."""
+        first_need: dict[bytes, ReadMeter] = {}  # block id -> meter of the first input needing it
+        refs: dict[bytes, None] = {}
+        for reads, meter in plans:
+            for bid, loc in reads.locations.items():
+                first_need.setdefault(bid, meter)
+                if loc.ref is not None and loc.ref not in held:
+                    first_need.setdefault(loc.ref, meter)
+                    refs[loc.ref] = None
+        wanted = {r: first_need[r] for r in refs}
+        if not wanted:
+            return {}
+        uniq = list(wanted)
+        locs = self.repo.block_locations(uniq)
+        raws = ordered_map(
+            lambda b: self.repo.read_block(b, wanted[b], location=locs.get(b)),
+            uniq,
+            workers=default_workers(),
+        )
+        return dict(zip(uniq, raws, strict=True))
+
+    def _read_input(
+        self,
+        reads: _InputReads,
+        reference: TensorRecord | None,
+        ref_raw: dict[bytes, bytes],
+        held: dict[bytes, bytes],
+        meter: ReadMeter,
+        stats: EngineStats,
+    ) -> list[bytes]:
+        """An input's blocks: each block id it needs is read once, unless already `held`."""
+        rec, selected, locs = reads.rec, reads.selected, reads.locations
+        todo = [b for b in locs if b not in held and b not in ref_raw]
         with stats._lock:
-            stats.blocks_read += len(to_read)
+            stats.blocks_read += len(todo)
+
+        def fetch(bid: bytes) -> bytes:
+            loc = locs[bid]
+            hint = None
+            if loc.ref is not None:
+                hint = ref_raw.get(loc.ref) or held.get(loc.ref)
+            return self.repo.read_block(bid, meter, reference=hint, location=loc)
+
+        got = dict(zip(todo, ordered_map(fetch, todo, workers=default_workers()), strict=True))
 
         def one(i: int) -> bytes:
             bid = rec.blocks[i]
-            if aligned:
+            if reads.aligned:
                 assert reference is not None
                 rid = reference.blocks[i]
-                if bid == rid:
-                    return ref_raw[rid]
-                if selected is not None and i not in selected:
-                    return ref_raw[rid]  # omitted: the input is taken equal to the base here
-                loc = locs.get(bid)
-                hint = ref_raw[rid] if loc is not None and loc.ref == rid else None
-                return self.repo.read_block(bid, meter, reference=hint, location=loc)
-            if bid in ref_raw:
+                if bid == rid or (selected is not None and i not in selected):
+                    return ref_raw[rid]  # equal to, or (omitted) taken equal to, the base here
+            if bid in ref_raw:  # the base's block at another position
                 return ref_raw[bid]
-            return self.repo.read_block(bid, meter, location=locs.get(bid))
+            return got[bid] if bid in got else held[bid]
 
-        return list(ordered_map(one, range(len(rec.blocks)), workers=default_workers()))
+        chunks = [one(i) for i in range(len(rec.blocks))]
+        for bid in reads.keep:
+            if bid in got:
+                held[bid] = got[bid]
+        return chunks
 
     def _load(self, task: TensorTask, stats: EngineStats) -> _Loaded:
         ref_raw = self._read_reference(task.reference, stats)
+        base_reads = None
+        if task.base is not None and not (
+            task.reference is not None and task.base.blocks == task.reference.blocks
+        ):
+            base_reads = self._plan_input(task.base, None, ref_raw, None)
+        input_reads = [
+            self._plan_input(rec, task.reference, ref_raw, sel)
+            for rec, sel in zip(task.inputs, task.selected, strict=True)
+        ]
+        plans = [
+            (r, stats.expert_meters[m]) for r, m in zip(input_reads, task.input_models, strict=True)
+        ]
+        if base_reads is not None:
+            plans.insert(0, (base_reads, stats.base_meter))
+        # Blocks several inputs share (frozen tensors, with no base to hold them) are read
+        # once per tensor and kept only until the last input that needs them is read.
+        later: set[bytes] = set()
+        for reads, _meter in reversed(plans):
+            reads.keep = frozenset(b for b in reads.locations if b in later)
+            later.update(reads.locations)
+        held = self._read_delta_references(plans, ref_raw)
         base_t = None
         if task.base is not None:
-            if task.reference is not None and task.base.blocks == task.reference.blocks:
+            if base_reads is None:
                 base_t = _assemble([ref_raw[b] for b in task.base.blocks], task.base)
             else:
-                base_t = _assemble(
-                    self._read_input(task.base, None, ref_raw, None, stats.base_meter, stats),
-                    task.base,
-                )
+                chunks = self._read_input(base_reads, None, ref_raw, held, stats.base_meter, stats)
+                base_t = _assemble(chunks, task.base)
         inputs = []
-        for rec, model, sel in zip(task.inputs, task.input_models, task.selected, strict=True):
+        for reads, model in zip(input_reads, task.input_models, strict=True):
             meter = stats.expert_meters[model]
-            chunks = self._read_input(rec, task.reference, ref_raw, sel, meter, stats)
-            inputs.append(_assemble(chunks, rec))
+            chunks = self._read_input(reads, task.reference, ref_raw, held, meter, stats)
+            inputs.append(_assemble(chunks, reads.rec))
+            del chunks
+        del held
         reference_t = None
         if task.reference is not None:
             if task.base is not None and task.base.blocks == task.reference.blocks:
