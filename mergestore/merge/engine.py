@@ -3,15 +3,16 @@
 For each output tensor the engine reads the base (reference) blocks, then each input's blocks:
 a block identical to the reference block costs nothing, a block the plan omits is taken equal
 to the reference block (it contributes no delta), and every other block is read and decoded
-(a delta-coded block is decoded against the reference block already in hand). The method's pure
-kernel then runs on whole tensors, and the output is cut into blocks and handed to a sink (the
-store, or a hasher for replay).
+(a delta-coded block is decoded against the reference block already in hand); each block id is
+read once per task. The method's pure kernel then runs on the task's tensors, and the output is
+cut into blocks and handed to a sink (the store, or a hasher for replay). A task is a whole
+tensor, or, for elementwise methods, a run of 8 blocks of a larger one (run.elementwise_pieces).
 
 The stages run as a pipeline on both cores: loader threads read and decode the next tensors,
 compute threads merge tensors side by side (each kernel on one torch thread), and one writer
-thread hashes, encodes and appends finished outputs in task order. The tensors in flight
-together hold at most the largest tensor's bytes, so memory stays near (inputs + 2) x the
-largest tensor plus the kernel's temporaries.
+thread hashes, encodes and appends finished outputs in task order. The tasks in flight
+together hold at most the largest tensor's bytes (`memory_limit`), so memory stays near
+(inputs + 2) x the largest tensor plus the kernel's temporaries.
 """
 
 from __future__ import annotations
@@ -25,8 +26,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import numpy as np
 import torch
 
+from mergestore.errors import CorruptionError
 from mergestore.formats.safetensors import DTYPE_SIZES, dtype_name, torch_dtype
 from mergestore.merge.tensorplan import OutputTensorPlan
 from mergestore.ops import TensorContext, merge_tensor
@@ -157,16 +160,22 @@ class _Loaded:
     ref_raw: dict[bytes, bytes]
 
 
-def _assemble(chunks: Sequence[bytes], rec: TensorRecord) -> torch.Tensor:
+def _assemble(chunks: Sequence[bytes | memoryview], rec: TensorRecord) -> torch.Tensor:
+    """A tensor of the blocks' bytes: one numpy copy per block (which releases the GIL, where
+    a bytearray's slice assignment holds it), into memory that is never zero-filled."""
     dt = torch_dtype(rec.dtype)
     if rec.nbytes == 0:
         return torch.empty(rec.shape, dtype=dt)
-    buf = bytearray(rec.nbytes)
+    out = torch.empty(rec.nbytes, dtype=torch.uint8)
+    dst = out.numpy()
     pos = 0
     for c in chunks:
-        buf[pos : pos + len(c)] = c
-        pos += len(c)
-    return torch.frombuffer(buf, dtype=dt).reshape(rec.shape)
+        n = len(c)
+        dst[pos : pos + n] = np.frombuffer(c, dtype=np.uint8)
+        pos += n
+    if pos != rec.nbytes:
+        raise CorruptionError(f"tensor {rec.name!r}: blocks hold {pos} bytes, not {rec.nbytes}")
+    return out.view(dt).reshape(rec.shape)
 
 
 class Engine:
@@ -199,7 +208,7 @@ class Engine:
         uniq = list(dict.fromkeys(rec.blocks))
         locs = self.repo.block_locations(uniq)  # one index transaction for the tensor
         raws = ordered_map(
-            lambda b: self.repo.read_block(b, stats.base_meter, location=locs.get(b)),
+            lambda b: self.repo.read_block(b, stats.base_meter, location=locs.get(b), view=True),
             uniq,
             workers=default_workers(),
         )
@@ -254,7 +263,7 @@ class Engine:
         uniq = list(wanted)
         locs = self.repo.block_locations(uniq)
         raws = ordered_map(
-            lambda b: self.repo.read_block(b, wanted[b], location=locs.get(b)),
+            lambda b: self.repo.read_block(b, wanted[b], location=locs.get(b), view=True),
             uniq,
             workers=default_workers(),
         )
@@ -279,8 +288,10 @@ class Engine:
             loc = locs[bid]
             hint = None
             if loc.ref is not None:
-                hint = ref_raw.get(loc.ref) or held.get(loc.ref)
-            return self.repo.read_block(bid, meter, reference=hint, location=loc)
+                hint = ref_raw.get(loc.ref)
+                if hint is None:
+                    hint = held.get(loc.ref)
+            return self.repo.read_block(bid, meter, reference=hint, location=loc, view=True)
 
         got = dict(zip(todo, ordered_map(fetch, todo, workers=default_workers()), strict=True))
 
@@ -404,6 +415,7 @@ class Engine:
         *,
         progress: Progress | None = None,
         track_delta: bool = False,
+        memory_limit: int = 0,
     ) -> tuple[list[OutputTensor], EngineStats]:
         """Merge every task; outputs come back in task order.
 
@@ -420,7 +432,7 @@ class Engine:
         # torch's global generator (rng="global") is drawn in task order: one tensor at a time.
         workers = compute_workers() if self.rng != "global" else 1
         try:
-            outputs = self._run(tasks, sink, stats, progress, track_delta, workers)
+            outputs = self._run(tasks, sink, stats, progress, track_delta, workers, memory_limit)
         finally:
             torch.set_num_threads(threads)
         stats.seconds = time.perf_counter() - t0
@@ -450,15 +462,16 @@ class Engine:
         progress: Progress | None,
         track_delta: bool,
         workers: int,
+        memory_limit: int,
     ) -> list[OutputTensor]:
         outputs: list[OutputTensor] = []
         # Each stage takes its input future out of a one-item box, so a finished stage's
         # tensors are freed as soon as the next stage is done with them (a future keeps its
-        # result alive). At most `workers + 1` tensors are in flight, and together they hold
-        # at most as many bytes as the largest one: the largest (embeddings, lm_head) is
-        # merged alone, so peak memory stays near one tensor's inputs and temporaries.
+        # result alive). At most `workers + 1` tasks are in flight, and together they hold
+        # at most as many bytes as the largest tensor (or task): a tensor that size is merged
+        # alone, so peak memory stays near one tensor's inputs and temporaries.
         inflight: deque[tuple[Future[OutputTensor], int]] = deque()
-        limit = max((_task_bytes(t) for t in tasks), default=0)
+        limit = max(max((task_bytes(t) for t in tasks), default=0), memory_limit)
         held = 0
         loader = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mergestore-load")
         compute = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mergestore-merge")
@@ -475,7 +488,7 @@ class Engine:
 
         try:
             for task in tasks:
-                cost = _task_bytes(task)
+                cost = task_bytes(task)
                 while inflight and (len(inflight) > workers or held + cost > limit):
                     retire()
                 loaded = loader.submit(self._load, task, stats)
@@ -496,7 +509,7 @@ class Engine:
         return outputs
 
 
-def _task_bytes(task: TensorTask) -> int:
+def task_bytes(task: TensorTask) -> int:
     """Bytes of one input of the task's tensor (what its memory scales with)."""
     rec = task.base if task.base is not None else (task.inputs[0] if task.inputs else None)
     return rec.nbytes if rec is not None else 0

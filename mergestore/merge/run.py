@@ -14,7 +14,14 @@ from mergestore.formats.safetensors import DTYPE_SIZES, dtype_name
 from mergestore.ingest import branch_ref, default_author
 from mergestore.merge import budget as budget_mod
 from mergestore.merge.config import MergeConfig, models_in_config
-from mergestore.merge.engine import Engine, HashSink, OutputTensor, StoreSink, TensorTask
+from mergestore.merge.engine import (
+    Engine,
+    HashSink,
+    OutputTensor,
+    StoreSink,
+    TensorTask,
+    task_bytes,
+)
 from mergestore.merge.inputs import (
     ResolvedModel,
     commit_path_fn,
@@ -451,18 +458,57 @@ def _slice(rec: TensorRecord, b0: int, b1: int) -> TensorRecord:
 
 
 def _piece(task: TensorTask, b0: int, b1: int) -> TensorTask:
-    assert task.reference is not None and task.base is not None
     return TensorTask(
         task.plan,
-        _slice(task.base, b0, b1),
+        _slice(task.base, b0, b1) if task.base is not None else None,
         [_slice(r, b0, b1) for r in task.inputs],
         task.input_models,
-        _slice(task.reference, b0, b1),
+        _slice(task.reference, b0, b1) if task.reference is not None else None,
         [
             None if s is None else frozenset(i - b0 for i in s if b0 <= i < b1)
             for s in task.selected
         ],
     )
+
+
+# Elementwise merges stream large tensors in pieces of this many blocks, so the stages of the
+# pipeline overlap (and both cores work) on embeddings and heads too, and memory follows the
+# piece instead of the tensor.
+PIECE_BLOCKS = 8
+LANE_ELEMENTS = 64  # pieces start on a multiple of this: every element keeps its SIMD lane
+
+
+def elementwise_pieces(
+    task: TensorTask, out_dtype: str | None, block_size: int
+) -> list[tuple[int, int, bool]] | None:
+    """Runs of PIECE_BLOCKS blocks for a large tensor of an elementwise method; None: whole.
+
+    Every input, the base and the reference must be cut into the same rows (same shape and
+    rows per block), and so must the output (its dtype as wide as the inputs'). Each piece is
+    then merged alone and its output blocks are exactly the whole tensor's.
+    """
+    if task.plan.copy_from is not None or not task.inputs:
+        return None
+    recs = [r for r in (task.base, task.reference, *task.inputs) if r is not None]
+    first = recs[0]
+    if not first.shape or len(first.blocks) < 2 * PIECE_BLOCKS:
+        return None
+    for r in recs:
+        if r.shape != first.shape or r.rows_per_block != first.rows_per_block:
+            return None
+        if DTYPE_SIZES[r.dtype] != DTYPE_SIZES[first.dtype]:
+            return None
+    out_size = DTYPE_SIZES[out_dtype] if out_dtype is not None else DTYPE_SIZES[first.dtype]
+    out_rows = tensor_blocking(tuple(first.shape), out_size, block_size).rows_per_block
+    if out_rows != first.rows_per_block:
+        return None
+    row_elems = 1
+    for d in first.shape[1:]:
+        row_elems *= d
+    if (first.rows_per_block * row_elems) % LANE_ELEMENTS:
+        return None
+    n = len(first.blocks)
+    return [(b0, min(n, b0 + PIECE_BLOCKS), False) for b0 in range(0, n, PIECE_BLOCKS)]
 
 
 def run_tasks(
@@ -484,19 +530,21 @@ def run_tasks(
     work: list[TensorTask] = []
     ends: list[int] = []  # per task: how many engine tasks are done when it is complete
     taken = 0
+    elementwise = get_method(engine.method).elementwise and not engine.tokenizer_source
     for t in tasks:
         runs = base_pieces(t, c, o, engine.block_size, omitted) if omitted else None
+        if runs is None and elementwise:
+            runs = elementwise_pieces(t, o or c, engine.block_size)
         layout.append(runs)
         if runs is None:
             work.append(t)
         else:
+            n_blocks = len(_shape_record(t).blocks)
             for b0, b1, from_base in runs:
                 if from_base:
                     taken += b1 - b0
                 else:
-                    work.append(
-                        t if (b0, b1) == (0, len(t.reference.blocks)) else _piece(t, b0, b1)
-                    )
+                    work.append(t if (b0, b1) == (0, n_blocks) else _piece(t, b0, b1))
         ends.append(len(work))
 
     done = [0]
@@ -512,7 +560,12 @@ def run_tasks(
 
     piece_done(0)  # tensors needing no engine work at the start
     computed, stats = engine.run(
-        work, sink, n_models, progress=piece_done if progress else None, track_delta=track_delta
+        work,
+        sink,
+        n_models,
+        progress=piece_done if progress else None,
+        track_delta=track_delta,
+        memory_limit=max((task_bytes(t) for t in tasks), default=0),
     )
     it = iter(computed)
     outputs = []
@@ -520,22 +573,29 @@ def run_tasks(
         if runs is None:
             outputs.append(next(it))
             continue
-        ref = t.reference
-        assert ref is not None
+        ref = _shape_record(t)
         blocks: list[bytes] = []
+        dtype = ref.dtype
         for b0, b1, from_base in runs:
             if from_base:
-                blocks.extend(ref.blocks[b0:b1])
+                assert t.reference is not None
+                blocks.extend(t.reference.blocks[b0:b1])
             else:
                 piece = next(it)
-                assert piece.rows_per_block == ref.rows_per_block and piece.dtype == ref.dtype
+                assert piece.rows_per_block == ref.rows_per_block
+                dtype = piece.dtype  # the base's where some blocks are (see base_pieces)
                 blocks.extend(piece.blocks)
         outputs.append(
-            OutputTensor(
-                t.plan.name, ref.dtype, tuple(ref.shape), ref.rows_per_block, tuple(blocks)
-            )
+            OutputTensor(t.plan.name, dtype, tuple(ref.shape), ref.rows_per_block, tuple(blocks))
         )
     return outputs, stats, taken
+
+
+def _shape_record(t: TensorTask) -> TensorRecord:
+    """The record a task's pieces are cut along: the reference's, else the first input's."""
+    rec = t.reference if t.reference is not None else (t.base or t.inputs[0])
+    assert rec is not None
+    return rec
 
 
 def base_rule_allows_budget(spec_base: BaseRule, has_base: bool) -> bool:

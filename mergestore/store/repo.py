@@ -205,10 +205,14 @@ class Repository:
         bid: bytes,
         meter: ReadMeter | None = None,
         *,
-        reference: bytes | None = None,
+        reference: bytes | memoryview | None = None,
         location: BlockLocation | None = None,
+        view: bool = False,
     ) -> bytes:
         """The raw bytes of a block, decoded and checked against its id.
+
+        With `view`, the bytes may come back as a read-only memoryview of the decoder's own
+        buffer (one copy fewer; the merge engine copies blocks into tensors anyway).
 
         `reference` may carry the raw bytes of the block's delta reference when the caller
         already holds them (a merge holds the base block), so it is not read twice.
@@ -233,7 +237,9 @@ class Repository:
         if loc.ref is not None:
             ref_raw = reference if reference is not None else self.read_block(loc.ref, meter)
         try:
-            raw = codecs.decode_block(self.codec_spec(loc.codec), payload, reference=ref_raw)
+            raw = codecs.decode_block(
+                self.codec_spec(loc.codec), payload, reference=ref_raw, view=view
+            )
         except CorruptionError as e:
             raise CorruptionError(f"block {bid.hex()[:12]}: {e}") from e
         if len(raw) != loc.raw_len or block_id(raw) != bid:

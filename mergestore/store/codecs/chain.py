@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from .base import AnyBuffer, ReferenceStage
 from .registry import AnyStage, parse_spec
 
@@ -29,11 +31,15 @@ def run_encode(chain: tuple[AnyStage, ...], data: AnyBuffer, reference: AnyBuffe
     return data
 
 
-def decode_block(spec: str, payload: AnyBuffer, *, reference: AnyBuffer | None = None) -> bytes:
+def decode_block(
+    spec: str, payload: AnyBuffer, *, reference: AnyBuffer | None = None, view: bool = False
+) -> AnyBuffer:
     """Give back the exact raw bytes of a block encoded as `spec`.
 
     Does not verify the result against the block id (the store does); raises CorruptionError
     on a malformed spec or payload, ValueError if the spec needs a reference and none is given.
+    With `view`, the result may be a read-only memoryview of the last stage's own array (no
+    final copy into `bytes`, which would hold the GIL); it never aliases `reference`.
     """
     # A memoryview, so that stages may only ever work in place on arrays they made themselves
     # (the XOR stage does), never on the caller's payload.
@@ -49,6 +55,10 @@ def decode_block(spec: str, payload: AnyBuffer, *, reference: AnyBuffer | None =
         return data
     if isinstance(data, memoryview) and data.obj is payload and type(payload) is bytes:
         return payload  # "raw": the payload is the block
+    if view and isinstance(data, np.ndarray) and data.flags.c_contiguous:
+        # The stages' arrays are their own or views of immutable bytes (a pack read), never
+        # of the caller's reference.
+        return memoryview(data.reshape(-1).view(np.uint8)).toreadonly()
     return bytes(data)
 
 
