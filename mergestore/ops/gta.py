@@ -94,10 +94,32 @@ def gta_merge(
     rescale = bool(shared["rescale"])
     if not consensus and base.dtype in _HALF:
         merged, divisor = _weighted_delta_sum(base, inputs, per_input, sparsifier, rescale, ctx)
-    else:
-        merged, divisor = _stacked_merge(
-            base, inputs, per_input, sparsifier, rescale, consensus, ctx
-        )
+        return _finish(base, merged, divisor, shared)
+    deltas = _sparsified_deltas(base, inputs, per_input, sparsifier, rescale, ctx)
+    # Weights are rounded to the compute dtype (0.3 -> 0.30078125 in bf16), as mergekit does.
+    n = len(inputs)
+    weights = torch.tensor([per_input[i]["weight"] for i in range(n)], dtype=deltas.dtype)
+    if base.dim() == 0 or base.numel() <= 2 * TAIL_CHUNK:
+        w = weights.reshape(n, *([1] * base.dim()))
+        merged, divisor = _combine(deltas, w, consensus)
+        return _finish(base, merged, divisor, shared)
+    # Everything after sparsification is elementwise: run it on cache-sized column ranges of
+    # the [n, N] deltas (same bits: ranges start on a multiple of 64 elements, see ops.apply).
+    flat, flat_base = deltas.reshape(n, -1), base.reshape(-1)
+    out = torch.empty_like(flat_base)
+    w = weights.reshape(n, 1)
+    for start in range(0, flat_base.numel(), TAIL_CHUNK):
+        stop = min(flat_base.numel(), start + TAIL_CHUNK)
+        merged, divisor = _combine(flat[:, start:stop], w, consensus)
+        out[start:stop] = _finish(flat_base[start:stop], merged, divisor, shared)
+    return out.reshape(base.shape)
+
+
+TAIL_CHUNK = 1 << 16
+
+
+def _finish(base: Tensor, merged: Tensor, divisor: Tensor, shared: Mapping[str, Any]) -> Tensor:
+    """merged / divisor (if normalize), times lambda, plus the base, in the base's dtype."""
     if shared["normalize"]:
         merged /= divisor
     lam = shared["lambda"]
@@ -141,17 +163,16 @@ def _weighted_delta_sum(
     return merged, divisor.reshape(())
 
 
-def _stacked_merge(
+def _sparsified_deltas(
     base: Tensor,
     inputs: Sequence[Tensor],
     per_input: Sequence[Mapping[str, Any]],
     sparsifier: str | None,
     rescale: bool,
-    consensus: bool,
     ctx: TensorContext,
-) -> tuple[Tensor, Tensor]:
-    """The weighted deltas stacked [n, ...] as mergekit does; (merged, divisor)."""
-    # Each delta is sparsified on its own, unweighted, then stored in the compute dtype.
+) -> Tensor:
+    """The deltas stacked [n, ...] as mergekit does, each sparsified on its own, unweighted,
+    then stored in the compute dtype."""
     deltas = base.new_empty((len(inputs), *base.shape))
     for i, x in enumerate(inputs):
         delta = x - base
@@ -159,12 +180,13 @@ def _stacked_merge(
             delta = _sparsify(delta, sparsifier, per_input[i], rescale, ctx, i)
         deltas[i] = delta
         del delta
+    return deltas
 
-    # Weights are rounded to the compute dtype (0.3 -> 0.30078125 in bf16), as mergekit does.
-    weights = torch.tensor([per_input[i]["weight"] for i in range(len(inputs))], dtype=deltas.dtype)
-    weights = weights.reshape(len(inputs), *([1] * base.dim()))
+
+def _combine(deltas: Tensor, weights: Tensor, consensus: bool) -> tuple[Tensor, Tensor]:
+    """Weight the stacked deltas (in place) and sum them, with the sign election if
+    `consensus`; (merged, divisor). `weights` is shaped to broadcast over `deltas`."""
     deltas.mul_(weights)
-
     if consensus and deltas.dtype in _HALF:
         merged, divisor = _consensus_sums(deltas, weights)
         divisor[divisor == 0] = 1
@@ -217,20 +239,27 @@ def sign_agreement(deltas: Tensor) -> Tensor:
 
 
 def _consensus_sums(deltas: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:
-    """(sum_i agree_i Delta_i, sum_i agree_i w_i) for 16-bit dtypes, one input at a time.
+    """(sum_i agree_i Delta_i, sum_i agree_i w_i) for 16-bit dtypes, in fp32 arithmetic.
 
-    Bit-identical to mergekit's ``(deltas * agree).sum(0)`` and ``(weights * agree).sum(0)``
-    (torch sums a reduced dim of 16-bit tensors in order in fp32 and rounds once; each
-    product is exact), without [n, ...] agree and product temporaries.
+    Bit-identical to mergekit's election and ``(deltas * agree).sum(0)``,
+    ``(weights * agree).sum(0)``: torch sums a reduced dim of 16-bit tensors in order in fp32
+    and rounds once, so the vote is the in-order fp32 sum rounded to the dtype; widening is
+    exact, products with the +-1 vote and with the agree mask are exact, and the sums are the
+    same in-order fp32 sums. Widening once lets every later pass run on fp32 vectors.
     """
     dtype = deltas.dtype
-    vote = (deltas.sum(dim=0) >= 0).to(dtype).mul_(2).sub_(1)  # see sign_agreement
-    merged = torch.zeros(deltas.shape[1:], dtype=torch.float32)
-    divisor = torch.zeros(deltas.shape[1:], dtype=torch.float32)
+    wide = deltas.float()
+    vote = wide[0].clone()
+    for i in range(1, wide.shape[0]):
+        vote.add_(wide[i])
+    sign = (vote.to(dtype) >= 0).float().mul_(2).sub_(1)  # see sign_agreement
+    del vote
+    merged = torch.zeros(wide.shape[1:], dtype=torch.float32)
+    divisor = torch.zeros(wide.shape[1:], dtype=torch.float32)
     flat_w = weights.reshape(-1)
-    for i in range(deltas.shape[0]):
-        agree = (deltas[i] * vote) > 0
-        merged.add_((deltas[i] * agree).float())
+    for i in range(wide.shape[0]):
+        agree = (wide[i] * sign) > 0
+        merged.add_(wide[i] * agree)
         divisor.add_(agree, alpha=float(flat_w[i]))
         del agree
     return merged.to(dtype), divisor.to(dtype)
