@@ -96,11 +96,16 @@ def first_ranks(w: Tensor, count: int, *, largest: bool) -> Tensor:
         w, v = w.view(view), v.view(view)
     if need == n_eq:
         return w >= v if largest else w <= v
-    mask = w > v if largest else w < v
-    # Among the values equal to v, the lowest flat indices come first in rank order.
-    eq = w == v
-    last = _position_of(eq, need) + 1
-    mask[:last] |= eq[:last]
+    # Among the values equal to v, the lowest flat indices come first in rank order: up to
+    # the `need`-th of them the cut includes v, after it excludes v. One compare per element.
+    last = _position_of(w == v, need) + 1
+    mask = torch.empty(n, dtype=torch.bool, device=w.device)
+    if largest:
+        torch.ge(w[:last], v, out=mask[:last])
+        torch.gt(w[last:], v, out=mask[last:])
+    else:
+        torch.le(w[:last], v, out=mask[:last])
+        torch.lt(w[last:], v, out=mask[last:])
     return mask
 
 
@@ -116,7 +121,8 @@ def _position_of(flags: Tensor, k: int) -> int:
     n = flags.numel()
     whole = n // _CHUNK * _CHUNK
     if whole:
-        cum = flags[:whole].view(-1, _CHUNK).sum(dim=1).cumsum(0)
+        per_chunk = flags[:whole].view(torch.uint8).view(-1, _CHUNK).sum(dim=1, dtype=torch.int32)
+        cum = per_chunk.cumsum(0)
         chunk = int(torch.searchsorted(cum, k))
     else:
         cum, chunk = None, 0
@@ -128,6 +134,9 @@ def _position_of(flags: Tensor, k: int) -> int:
 
 def rescaled_masked(delta: Tensor, mask: Tensor, rescale: bool) -> Tensor:
     """delta * mask, then (if ``rescale``) scaled to keep delta's L1 norm.
+
+    A bool mask multiplies as 1.0/0.0 in delta's dtype (the same products as a float mask,
+    without converting the mask first).
 
     The rescale is skipped when either L1 norm is below 1e-7 (mergekit's eps).
     """
@@ -150,8 +159,7 @@ def magnitude(delta: Tensor, density: float, rescale: bool) -> Tensor:
         return torch.zeros_like(delta)
     k = max(1, int(density * n))
     keep = first_ranks(_magnitudes(delta), k, largest=True)
-    mask = keep.to(delta.dtype).reshape(delta.shape)
-    return rescaled_masked(delta, mask, rescale)
+    return rescaled_masked(delta, keep.reshape(delta.shape), rescale)
 
 
 def magnitude_outliers(delta: Tensor, density: float, gamma: float, rescale: bool) -> Tensor:
@@ -170,8 +178,7 @@ def magnitude_outliers(delta: Tensor, density: float, gamma: float, rescale: boo
     # mergekit slices sorted indices [n_bot : n_bot + target]; a negative target keeps nothing.
     hi = min(n_bot + max(target, 0), n)
     keep = first_ranks(w, hi, largest=False) & ~first_ranks(w, n_bot, largest=False)
-    mask = keep.to(delta.dtype).reshape(delta.shape)
-    return rescaled_masked(delta, mask, rescale)
+    return rescaled_masked(delta, keep.reshape(delta.shape), rescale)
 
 
 def bernoulli(
