@@ -12,8 +12,8 @@ Per tensor, in the compute dtype D (mergekit 0.1.5 GeneralizedTaskArithmeticMerg
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
@@ -21,6 +21,9 @@ from torch import Tensor
 from mergestore.ops import sparsify
 from mergestore.ops.context import TensorContext
 from mergestore.ops.spec import BaseRule, MethodSpec, ParamSpec, Scope
+from mergestore.store.parallel import ordered_map
+
+T = TypeVar("T")
 
 # Which sparsifier each GTA method uses (None: no sparsification, density is ignored).
 MAGNITUDE = "magnitude"
@@ -108,10 +111,15 @@ def gta_merge(
     flat, flat_base = deltas.reshape(n, -1), base.reshape(-1)
     out = torch.empty_like(flat_base)
     w = weights.reshape(n, 1)
-    for start in range(0, flat_base.numel(), TAIL_CHUNK):
+
+    def columns(start: int) -> None:
         stop = min(flat_base.numel(), start + TAIL_CHUNK)
         merged, divisor = _combine(flat[:, start:stop], w, consensus)
         out[start:stop] = _finish(flat_base[start:stop], merged, divisor, shared)
+
+    starts = range(0, flat_base.numel(), TAIL_CHUNK)
+    for _ in ordered_map(columns, starts, workers=_threads(base)):
+        pass
     return out.reshape(base.shape)
 
 
@@ -150,11 +158,14 @@ def _weighted_delta_sum(
     dtype = base.dtype
     weights = torch.tensor([per_input[i]["weight"] for i in range(len(inputs))], dtype=dtype)
     acc = torch.zeros(base.shape, dtype=torch.float32)
-    for i, x in enumerate(inputs):
-        delta = x - base
-        if sparsifier is not None:
-            delta = _sparsify(delta, sparsifier, per_input[i], rescale, ctx, i)
-        acc.add_(delta.mul_(weights[i]).float())  # a same-dtype add is the fast kernel
+
+    def weighted(i: int) -> Tensor:
+        delta = _delta(inputs[i], base, sparsifier, per_input[i], rescale, ctx, i)
+        return delta.mul_(weights[i])
+
+    # Added in input order whichever thread made them (fp32 sums are order-sensitive).
+    for delta in _per_input(weighted, len(inputs), base, sparsifier, ctx):
+        acc.add_(delta.float())  # a same-dtype add is the fast kernel
         del delta
     merged = acc.to(dtype)
     del acc
@@ -174,13 +185,33 @@ def _sparsified_deltas(
     """The deltas stacked [n, ...] as mergekit does, each sparsified on its own, unweighted,
     then stored in the compute dtype."""
     deltas = base.new_empty((len(inputs), *base.shape))
-    for i, x in enumerate(inputs):
-        delta = x - base
-        if sparsifier is not None:
-            delta = _sparsify(delta, sparsifier, per_input[i], rescale, ctx, i)
-        deltas[i] = delta
-        del delta
+
+    def one(i: int) -> None:
+        _delta(inputs[i], base, sparsifier, per_input[i], rescale, ctx, i, out=deltas[i])
+
+    for _ in _per_input(one, len(inputs), base, sparsifier, ctx):
+        pass
     return deltas
+
+
+# Tensors this large are worked on by two threads (inputs side by side, then column ranges):
+# an embedding merged alone by the engine would otherwise leave the other core idle.
+PARALLEL_MIN = 1 << 22
+
+
+def _threads(base: Tensor) -> int:
+    return 2 if base.numel() >= PARALLEL_MIN else 1
+
+
+def _per_input(
+    fn: Callable[[int], T], n: int, base: Tensor, sparsifier: str | None, ctx: TensorContext
+) -> Iterator[T]:
+    """fn(0), ..., fn(n-1) in order, two at a time for large tensors. Random sparsifiers draw
+    from each input's own generator, so threads change nothing; torch's global generator
+    (rng="global") is drawn in input order, on one thread."""
+    serial = sparsifier in (RANDOM, DELLA) and ctx.rng == "global"
+    workers = 1 if serial else _threads(base)
+    return ordered_map(fn, range(n), workers=workers, window=workers)
 
 
 def _combine(deltas: Tensor, weights: Tensor, consensus: bool) -> tuple[Tensor, Tensor]:
@@ -200,6 +231,36 @@ def _combine(deltas: Tensor, weights: Tensor, consensus: bool) -> tuple[Tensor, 
         divisor = weights.sum(dim=0)
         divisor[divisor.abs() < 1e-8] = 1
     return merged, divisor
+
+
+def _delta(
+    x: Tensor,
+    base: Tensor,
+    sparsifier: str | None,
+    params: Mapping[str, Any],
+    rescale: bool,
+    ctx: TensorContext,
+    index: int,
+    *,
+    out: Tensor | None = None,
+) -> Tensor:
+    """x - base, sparsified (into `out` if given). 16-bit rank cuts stream in pieces."""
+    density = params.get("density", 1.0)
+    if sparsifier is not None and sparsify.streaming_supported(
+        base.dtype, sparsifier, density, rescale
+    ):
+        target = out if out is not None else torch.empty_like(base)
+        flat = target.view(-1)
+        gamma = params.get("gamma", 0.0)
+        sparsify.delta_into(flat, x.reshape(-1), base.reshape(-1), sparsifier, density, gamma)
+        return target
+    delta = x - base
+    if sparsifier is not None:
+        delta = _sparsify(delta, sparsifier, params, rescale, ctx, index)
+    if out is None:
+        return delta
+    out.copy_(delta)
+    return out
 
 
 def _sparsify(

@@ -245,3 +245,94 @@ def della_magprune(
     probs = (density - epsilon) + rank_norm * 2 * epsilon
     mask = torch.bernoulli(probs, generator=generator).to(work)
     return rescaled_masked(rows.to(work), mask, rescale).to(delta.dtype).reshape(shape)
+
+
+# -- streaming rank cuts ------------------------------------------------------------------------
+# For 16-bit deltas the rank cuts above also run in two streaming passes over cache-sized
+# pieces: one that writes x - base and histograms its magnitudes, one that applies the mask in
+# place. Whole-tensor temporaries (|delta|, masks, products) of an embedding are hundreds of
+# MB of fresh, page-faulted memory; pieces stay in L2. The bits are the same: the cut value and
+# tie rule come from the same histogram, and a mask multiplies each element alone.
+
+STREAM_CHUNK = 1 << 16
+
+
+class _Cut:
+    """The first `count` ranks (see first_ranks) of a stream of magnitude bit patterns."""
+
+    def __init__(self, hist: Tensor, n: int, count: int, largest: bool) -> None:
+        self.largest = largest
+        self.all = count >= n
+        self.none = count <= 0
+        self.need_left = 0
+        if self.all or self.none:
+            return
+        cum = hist.cumsum(0)
+        r = n - count + 1 if largest else count
+        index = int(torch.searchsorted(cum, r))
+        n_less = int(cum[index - 1]) if index > 0 else 0
+        n_eq = int(hist[index])
+        self.v = index
+        need = count - (n - n_less - n_eq if largest else n_less)
+        self.take_all_ties = need == n_eq
+        self.need_left = need
+
+    def mask(self, bits: Tensor) -> Tensor:
+        if self.all:
+            return torch.ones(bits.shape, dtype=torch.bool)
+        if self.none:
+            return torch.zeros(bits.shape, dtype=torch.bool)
+        incl, excl = (torch.ge, torch.gt) if self.largest else (torch.le, torch.lt)
+        if self.take_all_ties:
+            return incl(bits, self.v)
+        if self.need_left == 0:
+            return excl(bits, self.v)
+        eq = bits == self.v
+        c = int(eq.view(torch.uint8).sum(dtype=torch.int32))
+        if c <= self.need_left:
+            self.need_left -= c
+            return incl(bits, self.v)
+        last = int(torch.nonzero(eq)[self.need_left - 1]) + 1
+        self.need_left = 0
+        out = torch.empty(bits.shape, dtype=torch.bool)
+        incl(bits[:last], self.v, out=out[:last])
+        excl(bits[last:], self.v, out=out[last:])
+        return out
+
+
+def streaming_supported(dtype: torch.dtype, sparsifier: str, density: float, rescale: bool) -> bool:
+    """Whether delta_into can sparsify: 16-bit floats, a rank cut that keeps some, no L1
+    rescale (its whole-tensor sums are rounded in torch's own order)."""
+    return (
+        dtype in (torch.bfloat16, torch.float16)
+        and sparsifier in ("magnitude", "magnitude_outliers")
+        and 0 < density < 1
+        and not rescale
+    )
+
+
+def delta_into(
+    out: Tensor, x: Tensor, base: Tensor, sparsifier: str, density: float, gamma: float = 0.0
+) -> None:
+    """out = magnitude(x - base) (or magnitude_outliers), flat 16-bit tensors, streamed."""
+    n = out.numel()
+    bits_of = out.view(torch.int16)
+    hist = torch.zeros(1 << 15, dtype=torch.int64)
+    for s in range(0, n, STREAM_CHUNK):
+        e = min(n, s + STREAM_CHUNK)
+        torch.sub(x[s:e], base[s:e], out=out[s:e])
+        hist += torch.bincount(bits_of[s:e] & 0x7FFF, minlength=1 << 15)
+    if sparsifier == "magnitude":
+        cuts = [_Cut(hist, n, max(1, int(density * n)), largest=True)]
+    else:
+        target = int(density * n)
+        n_bot = max(0, n - target - int(gamma * n))
+        hi = min(n_bot + max(target, 0), n)
+        cuts = [_Cut(hist, n, hi, largest=False), _Cut(hist, n, n_bot, largest=False)]
+    for s in range(0, n, STREAM_CHUNK):
+        e = min(n, s + STREAM_CHUNK)
+        bits = bits_of[s:e] & 0x7FFF
+        keep = cuts[0].mask(bits)
+        if len(cuts) == 2:
+            keep &= ~cuts[1].mask(bits)
+        out[s:e].mul_(keep)

@@ -81,7 +81,8 @@ def test_gta_tail_in_column_ranges_equals_whole(
     monkeypatch: pytest.MonkeyPatch, method, per, shared, dtype, n
 ) -> None:
     """GTA's post-sparsification steps (weighting, election, sums, normalisation) run on
-    column ranges of the stacked deltas; the bits equal one pass over the whole tensor."""
+    column ranges of the stacked deltas, and large tensors on two threads; the bits equal
+    one pass over the whole tensor on one thread."""
     from mergestore.ops import gta
 
     base, xs = _inputs(dtype, n, (41, 23))  # 943 elements
@@ -90,6 +91,42 @@ def test_gta_tail_in_column_ranges_equals_whole(
     whole = merge_tensor(*args)
     monkeypatch.setattr(gta, "TAIL_CHUNK", 64)
     ranges = merge_tensor(*args)
-    assert ranges.dtype == whole.dtype
+    monkeypatch.setattr(gta, "PARALLEL_MIN", 1)  # two threads: inputs, then column ranges
+    threaded = merge_tensor(*args)
     bits = torch.int32 if dtype == torch.float32 else torch.int16
-    assert torch.equal(ranges.view(bits), whole.view(bits))
+    for other in (ranges, threaded):
+        assert other.dtype == whole.dtype
+        assert torch.equal(other.view(bits), whole.view(bits))
+
+
+def _stream_case(dtype: torch.dtype, n: int, kind: str):
+    g = torch.Generator().manual_seed(n)
+    base = torch.randn(n, generator=g).to(dtype)
+    if kind == "frozen":  # every magnitude ties at zero
+        return base, base.clone()
+    x = (base.float() + 0.01 * torch.randn(n, generator=g)).to(dtype)
+    x[::7] = base[::7]  # unchanged elements: many ties at 0
+    if kind == "specials":
+        x[3], x[11], x[200] = float("nan"), float("inf"), -float("inf")
+        base[5] = -0.0
+    return base, x
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("n", [1000, 70_000, 200_003])
+@pytest.mark.parametrize("kind", ["dense", "frozen", "specials"])
+@pytest.mark.parametrize("density", [0.001, 0.3, 0.5, 0.9, 0.999])
+def test_streamed_rank_cuts_equal_whole_tensor_ones(dtype, n, kind, density) -> None:
+    """delta_into's two streaming passes give magnitude()'s and magnitude_outliers()' bits,
+    ties at the cut (the lower flat index first) included."""
+    from mergestore.ops import sparsify
+
+    base, x = _stream_case(dtype, n, kind)
+    cases = [
+        ("magnitude", 0.0, sparsify.magnitude(x - base, density, False)),
+        ("magnitude_outliers", 0.05, sparsify.magnitude_outliers(x - base, density, 0.05, False)),
+    ]
+    for name, gamma, expect in cases:
+        out = torch.empty_like(base)
+        sparsify.delta_into(out, x, base, name, density, gamma)
+        assert torch.equal(out.view(torch.int16), expect.view(torch.int16)), name
