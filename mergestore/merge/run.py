@@ -36,7 +36,7 @@ from mergestore.store.blocks import tensor_blocking
 from mergestore.store.objects import Commit, Plan, TensorRecord
 from mergestore.store.repo import RefUpdate, Repository
 
-ENGINE = f"mergestore {__version__} (engine 1)"
+ENGINE = f"mergestore {__version__} (engine 2)"
 Progress = Callable[[int], None]
 
 

@@ -88,7 +88,7 @@ def gta_merge(
 ) -> Tensor:
     """One GTA output tensor; returns base's dtype (= the compute dtype).
 
-    Random sparsifiers draw with ``ctx.generator(i)`` for non-base input i, in config order.
+    Random sparsifiers draw with ``ctx.keep_mask(i, ...)`` for non-base input i, in config order.
     """
     if base is None:
         raise ValueError("GTA methods need a base tensor")
@@ -277,12 +277,15 @@ def _sparsify(
     if sparsifier == OUTLIERS:
         return sparsify.magnitude_outliers(delta, density, params["gamma"], rescale)
     if sparsifier == RANDOM:
-        gen = ctx.generator(index) if density < 1 else None
-        return sparsify.bernoulli(delta, density, rescale, gen)
+        return sparsify.bernoulli(delta, density, rescale, _draw(ctx, index))
     if sparsifier == DELLA:
-        gen = ctx.generator(index) if 0 < density < 1 else None
-        return sparsify.della_magprune(delta, density, params["epsilon"], rescale, gen)
+        draw = _draw(ctx, index)
+        return sparsify.della_magprune(delta, density, params["epsilon"], rescale, draw)
     raise ValueError(f"unknown sparsifier {sparsifier!r}")
+
+
+def _draw(ctx: TensorContext, index: int) -> sparsify.Draw:
+    return lambda probs: ctx.keep_mask(index, probs)
 
 
 def sign_agreement(deltas: Tensor) -> Tensor:

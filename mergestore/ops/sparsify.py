@@ -15,11 +15,13 @@ Tie rule, the same at every cut: among equal magnitudes, the LOWER flat index ra
 mergekit uses torch's non-stable argsort/sort, whose order among equal values is unspecified,
 so results equal mergekit's exactly whenever no tie straddles a cut (e.g. fp32 data).
 
-Random sparsifiers draw one ``torch.bernoulli`` per call from ``generator`` (None = torch's
-global generator, mergekit's behaviour).
+Random sparsifiers draw one keep mask per call with ``draw`` (TensorContext.keep_mask: a
+counter-based Philox stream per input, or torch's global generator as mergekit does).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -181,15 +183,19 @@ def magnitude_outliers(delta: Tensor, density: float, gamma: float, rescale: boo
     return rescaled_masked(delta, keep.reshape(delta.shape), rescale)
 
 
-def bernoulli(
-    delta: Tensor, density: float, rescale: bool, generator: torch.Generator | None
-) -> Tensor:
-    """DARE: keep each element with probability ``density`` (p rounded to the mask dtype)."""
+Draw = Callable[[Tensor], Tensor]  # keep-probabilities -> a 1/0 mask in their dtype
+
+
+def bernoulli(delta: Tensor, density: float, rescale: bool, draw: Draw | None) -> Tensor:
+    """DARE: keep each element with probability ``density`` (p rounded to the mask dtype).
+
+    ``draw`` makes the mask (TensorContext.keep_mask); None: torch.bernoulli on torch's
+    default generator."""
     if density >= 1:
         return delta
     work = _work_dtype(delta)
     p = torch.full_like(delta, density, dtype=work)
-    mask = torch.bernoulli(p, generator=generator)
+    mask = draw(p) if draw is not None else torch.bernoulli(p)
     return rescaled_masked(delta.to(work), mask, rescale).to(delta.dtype)
 
 
@@ -221,7 +227,7 @@ def della_magprune(
     density: float,
     epsilon: float,
     rescale: bool,
-    generator: torch.Generator | None,
+    draw: Draw | None,
 ) -> Tensor:
     """DELLA: per row, keep-probability linear in magnitude rank from d - eps to d + eps.
 
@@ -243,7 +249,7 @@ def della_magprune(
     hi = ranks.max(dim=1, keepdim=True).values
     rank_norm = ((ranks - lo) / (hi - lo)).clamp(0, 1)
     probs = (density - epsilon) + rank_norm * 2 * epsilon
-    mask = torch.bernoulli(probs, generator=generator).to(work)
+    mask = (draw(probs) if draw is not None else torch.bernoulli(probs)).to(work)
     return rescaled_masked(rows.to(work), mask, rescale).to(delta.dtype).reshape(shape)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -151,8 +152,10 @@ def test_dare_mask_is_one_bernoulli_draw_and_l1_rescaled():
     ctx = TensorContext("w", seed=7)
     per = [{"weight": 1.0, "density": 0.3}]
     out = merge_tensor("dare_linear", base, [x], {}, per, ctx)
-    # The documented RNG contract: one bernoulli on a tensor filled with p, input 0's generator.
-    mask = torch.bernoulli(torch.full((1000,), 0.3), generator=ctx.generator(0))
+    # The documented RNG contract: one keep mask for a tensor filled with p, from input 0's
+    # Philox stream: element j kept when its float32 uniform is below p.
+    u = np.random.Generator(np.random.Philox(key=ctx.philox_key(0))).random(1000, np.float32)
+    mask = torch.from_numpy(u < np.float32(0.3)).float()
     l1 = sum(abs(v) for v in x.tolist())
     kept = sum(abs(v) for v, m in zip(x.tolist(), mask.tolist(), strict=True) if m)
     expected = [v * m * (l1 / kept) for v, m in zip(x.tolist(), mask.tolist(), strict=True)]
@@ -169,7 +172,8 @@ def test_della_keep_probability_is_linear_in_row_rank():
     out = merge_tensor("della_linear", base, [row.reshape(1, 11)], {"rescale": False}, per, ctx)
     ranks = {i: r + 1 for r, i in enumerate(sorted(range(11), key=lambda i: abs(row[i].item())))}
     probs = torch.tensor([[0.1 + 0.8 * (ranks[i] - 1) / 10 for i in range(11)]])
-    mask = torch.bernoulli(probs.float(), generator=ctx.generator(0))
+    u = np.random.Generator(np.random.Philox(key=ctx.philox_key(0))).random(11, np.float32)
+    mask = torch.from_numpy(u.reshape(1, 11) < probs.float().numpy()).float()
     assert torch.equal(out, row.reshape(1, 11) * mask)
 
 

@@ -80,6 +80,25 @@ def test_generator_seed_derivation_is_stable_and_63_bit():
     assert g is not None and g.initial_seed() == expected
 
 
+def test_philox_key_derivation_is_stable_and_128_bit():
+    ctx = TensorContext("model.embed_tokens.weight", seed=42)
+    name = b"model.embed_tokens.weight"
+    h = blake3.blake3(
+        b"mergestore.ops.rng.philox.v1\0"
+        + (42).to_bytes(16, "little", signed=True)
+        + len(name).to_bytes(8, "little")
+        + name
+        + (3).to_bytes(8, "little", signed=True)
+    )
+    assert ctx.philox_key(3) == int.from_bytes(h.digest(16), "little")
+    probs = torch.full((10_000,), 0.25, dtype=torch.bfloat16)
+    mask = ctx.keep_mask(3, probs)
+    assert mask.dtype == torch.bfloat16 and set(mask.unique().tolist()) <= {0.0, 1.0}
+    assert torch.equal(mask, ctx.keep_mask(3, probs))  # a fresh stream per call
+    assert 0.23 < float(mask.float().mean()) < 0.27
+    assert not torch.equal(mask, ctx.keep_mask(4, probs))
+
+
 def test_global_mode_uses_torchs_default_generator():
     ctx = TensorContext("x", rng="global")
     assert ctx.generator(0) is None
