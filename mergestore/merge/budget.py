@@ -485,23 +485,36 @@ def _candidates(
                     need.append((t, i, model, ws[k], bid, rid, rec.dtype))
     meter = ReadMeter()
     computed: list[tuple[bytes, bytes, str, DeltaStats]] = []
+    # One index transaction for every location and every kept statistic; only missing
+    # statistics are computed (the analyze code path), in parallel.
+    locs = repo.block_locations({bid for _t, _i, _m, _w, bid, _r, _d in need})
+    ref_ids = {loc.ref for loc in locs.values() if loc.ref is not None}
+    ref_locs = repo.block_locations(ref_ids)
+    kept = repo.get_stats_many({(bid, rid, dt) for _t, _i, _m, _w, bid, rid, dt in need})
+    missing = [key for key in dict.fromkeys((b, r, d) for *_x, b, r, d in need) if key not in kept]
 
-    def work(item: tuple[Any, int, int, float, bytes, bytes, str]) -> Candidate:
-        t, i, model, w, bid, rid, dtype = item
-        loc = repo.block_location(bid)
-        assert loc is not None
-        cost = loc.length
-        if loc.ref is not None and loc.ref != rid:
-            ref_loc = repo.block_location(loc.ref)
-            cost += ref_loc.length if ref_loc else 0
-        st, fresh = pair_stats(repo, bid, rid, dtype, meter)  # the analyze code path
+    def compute(key: tuple[bytes, bytes, str]) -> DeltaStats:
+        st, fresh = pair_stats(repo, *key, meter)
         if fresh:
-            computed.append((bid, rid, dtype, st))
+            computed.append((*key, st))
         if progress:
             progress(1)
-        return Candidate(t.plan.name, i, model, cost, w * st.l2, st.numel, st.max_abs, st.l2_a)
+        return st
 
-    cands = list(ordered_map(work, need, workers=default_workers()))
+    stats_iter = ordered_map(compute, missing, workers=default_workers())
+    for key, st in zip(missing, stats_iter, strict=True):
+        kept[key] = st
+    cands = []
+    for t, i, model, w, bid, rid, dtype in need:
+        loc = locs[bid]
+        cost = loc.length
+        if loc.ref is not None and loc.ref != rid:
+            ref_loc = ref_locs.get(loc.ref)
+            cost += ref_loc.length if ref_loc else 0
+        st = kept[(bid, rid, dtype)]
+        cands.append(
+            Candidate(t.plan.name, i, model, cost, w * st.l2, st.numel, st.max_abs, st.l2_a)
+        )
     if computed:
         repo.put_stats(computed)
     return cands, (meter.bytes_read, len(computed))

@@ -329,6 +329,19 @@ class Repository:
             raw = txn.get(stats_key(b, a, dtype), db=self.index.db("stats"))
         return DeltaStats.decode(bytes(raw)) if raw is not None else None
 
+    def get_stats_many(
+        self, pairs: Iterable[tuple[bytes, bytes, str]]
+    ) -> dict[tuple[bytes, bytes, str], DeltaStats]:
+        """Kept statistics of many (b, a, dtype) pairs, in one read transaction."""
+        out: dict[tuple[bytes, bytes, str], DeltaStats] = {}
+        with self.index.read() as txn:
+            db = self.index.db("stats")
+            for b, a, dtype in pairs:
+                raw = txn.get(stats_key(b, a, dtype), db=db)
+                if raw is not None:
+                    out[(b, a, dtype)] = DeltaStats.decode(bytes(raw))
+        return out
+
     def put_stats(self, entries: Iterable[tuple[bytes, bytes, str, DeltaStats]]) -> int:
         """Keep computed statistics (a derived cache: its own small transaction)."""
         n = 0
