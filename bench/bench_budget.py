@@ -3,7 +3,7 @@
 Usage (run under the benchmark lock):
     flock /tmp/mergestore-bench.lock python bench/bench_budget.py \
         [--ks 2,4,8] [--budgets 100,50,25,10] [--out bench/out/budget] \
-        [--write-docs docs/benchmarks.md] [--plot docs/img/budget-sweep.png]
+        [--model 200mb|500mb] [--write-docs docs/benchmarks.md] [--plot docs/img/budget-sweep.png]
 
 One bf16 family (fixtures, `uneven0..7` experts: per tensor, 15% untouched and the rest a delta
 of scale log-uniform over two orders of magnitude) is committed into a fresh store, each expert
@@ -55,6 +55,20 @@ SPEC = FamilySpec(
     seed=11,
     experts=tuple(f"uneven{i}" for i in range(8)),
 )
+# A larger family with the bench-0.5g shape (470 MB per model): fixed costs (interpreter and
+# torch start-up, planning) weigh less against the merge, as with real checkpoints.
+MODELS = {
+    "200mb": SPEC,
+    "500mb": replace(
+        SPEC,
+        n_layers=16,
+        hidden=1024,
+        intermediate=2816,
+        vocab=32000,
+        n_heads=16,
+        shard_bytes=128 << 20,
+    ),
+}
 # Smaller blocks than the store's 1 MiB default: a 125 MB model's tensors are small, and
 # real models' tensors are 10-30x bigger at the same block count per tensor.
 BLOCK_SIZE = 256 << 10
@@ -187,11 +201,12 @@ def table(rows: list[dict]) -> str:
 
 
 def startup() -> float:
-    """Seconds to start a process that imports mergestore (and torch): best of 3."""
+    """Seconds to start a process that imports mergestore and torch (as a merge does): best
+    of 3."""
     best = float("inf")
     for _ in range(3):
         t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-c", "import mergestore.api"], check=True)
+        subprocess.run([sys.executable, "-c", "import mergestore.api, torch"], check=True)
         best = min(best, time.perf_counter() - t0)
     return best
 
@@ -267,11 +282,12 @@ def main() -> None:
     ap.add_argument("--plot", default=None)
     ap.add_argument("--keep", action="store_true", help="keep the store (default: delete it)")
     ap.add_argument("--quick", action="store_true", help="a tiny family, to try the script")
+    ap.add_argument("--model", choices=sorted(MODELS), default="200mb", help="family size")
     a = ap.parse_args()
     out = Path(a.out)
     ks = [int(x) for x in a.ks.split(",")]
     budgets = [int(x) for x in a.budgets.split(",")]
-    spec = SPEC
+    spec = MODELS[a.model]
     if a.quick:
         spec = replace(SPEC, n_layers=2, hidden=128, intermediate=256, vocab=1000, n_heads=4)
         out = out / "quick"
@@ -285,6 +301,7 @@ def main() -> None:
     meta = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
         "model_mb": model_bytes(spec) / 1e6,
+        "model": a.model,
         "shape": f"{spec.n_layers} layers × {spec.hidden}, vocab {spec.vocab}",
         "setup_seconds": round(t_setup, 1),
         "startup_seconds": round(t_start, 2),
@@ -315,6 +332,8 @@ def docs_body(rows: list[dict], meta: dict, plot_path: str | None) -> str:
     kmax = max(r["k"] for r in rows)
     lo = min(r["budget"] for r in rows if r["budget"] is not None)
     full, low = get(kmax, "planner", 100), get(kmax, "planner", lo)
+    wall_ratio = low["wall"] / full["wall"]
+    run_ratio = low["run_seconds"] / full["run_seconds"]
     keep = {s: get(kmax, s, lo)["retained"] for s in STRATEGIES}
     return (
         "## Budgeted merges\n\n"
@@ -327,13 +346,15 @@ def docs_body(rows: list[dict], meta: dict, plot_path: str | None) -> str:
         f" {meta['setup_seconds']:.0f} s). Load average (1/5/15 min) at the end:"
         f" {meta['load_end']}; per K in bench/out/budget/results.json.\n\n"
         "```\nflock /tmp/mergestore-bench.lock python bench/bench_budget.py"
-        " --write-docs docs/benchmarks.md --plot docs/img/budget-sweep.png\n```\n\n"
+        f" --model {meta['model']} --write-docs docs/benchmarks.md"
+        " --plot docs/img/budget-sweep.png\n```\n\n"
         f"{img}{table(rows)}\n"
         f"At K = {kmax} and {lo}%, the planner keeps {keep['planner']:.0%} of the merge delta;"
         f" uniform keeps {keep['uniform']:.0%} and random {keep['random']:.0%} of it with the"
-        f" same bytes. Its wall time is {low['wall'] / full['wall']:.2f}× the 100% merge's"
-        f" ({low['run_seconds'] / full['run_seconds']:.2f}× for the merge alone): the 0.35×"
-        " target is not met; see the notes below.\n"
+        f" same bytes. Its wall time is {wall_ratio:.2f}× the 100% merge's"
+        f" ({run_ratio:.2f}× for the merge alone, without interpreter start-up): the 0.35×"
+        f" target is {'met' if wall_ratio <= 0.35 else 'not met'} by wall time and"
+        f" {'met' if run_ratio <= 0.35 else 'not met'} by the merge's own time.\n"
     )
 
 
