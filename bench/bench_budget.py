@@ -252,10 +252,8 @@ def plot(rows: list[dict], path: Path) -> None:
     a1.set(xlabel="budget (% of expert bytes)", ylabel="retained merge delta", ylim=(0, 1.02))
     a1.grid(alpha=0.3)
     a1.legend(fontsize=6, ncol=3)
-    a2.set(
-        xlabel="budget (% of expert bytes)",
-        ylabel="wall s (dashed: merge alone; dotted: no budget)",
-    )
+    a2.set(xlabel="budget (% of expert bytes)", ylabel="seconds")
+    a2.set_title("solid: wall; dashed: merge alone; dotted: no budget", fontsize=8)
     a2.set_ylim(bottom=0)
     a2.grid(alpha=0.3)
     a2.legend(fontsize=7)
