@@ -210,6 +210,9 @@ def _per_input(
     from each input's own generator, so threads change nothing; torch's global generator
     (rng="global") is drawn in input order, on one thread."""
     serial = sparsifier in (RANDOM, DELLA) and ctx.rng == "global"
+    # della's row ranks take ~20 bytes per element: two inputs at once would outgrow the
+    # memory of mergekit's own run on an embedding.
+    serial = serial or sparsifier == DELLA
     workers = 1 if serial else _threads(base)
     return ordered_map(fn, range(n), workers=workers, window=workers)
 
