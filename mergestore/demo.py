@@ -45,14 +45,14 @@ def run_demo(
         store = Store.init(root / "store")
         res = store.commit(fam.base, message="base model", branch="main")
         say(
-            f"commit base      {res.commit.hex()[:12]}  {res.logical_bytes / 1e6:.1f} MB in "
+            f"{'commit base':<20}{res.commit.hex()[:12]}  {res.logical_bytes / 1e6:.1f} MB in "
             f"{res.seconds:.2f} s"
         )
         report["base"] = res.commit.hex()
         for name, path in fam.experts.items():
             r = store.commit(path, message=f"{name} expert", branch=name, base="main")
             say(
-                f"commit {name:<10}{r.commit.hex()[:12]}  {r.new_blocks}/{r.total_blocks} new "
+                f"{'commit ' + name:<20}{r.commit.hex()[:12]}  {r.new_blocks}/{r.total_blocks} new "
                 f"blocks, wrote {r.written_bytes / 1e6:.2f} MB"
             )
             report[name] = r.commit.hex()

@@ -22,7 +22,7 @@ def merge_step(store: Store, fam: Any, report: dict[str, Any], say: Callable[[st
     )
     r = res.run
     say(
-        f"merge ties       {res.commit.hex()[:12]}  {r['tensors']} tensors in "
+        f"{'merge ties':<20}{res.commit.hex()[:12]}  {r['tensors']} tensors in "
         f"{r['wall_seconds']:.2f} s, read {r['expert_bytes_read'] / 1e6:.2f} MB of experts, "
         f"wrote {r['bytes_written'] / 1e6:.2f} MB"
     )
@@ -45,11 +45,12 @@ def merge_step(store: Store, fam: Any, report: dict[str, Any], say: Callable[[st
     )
     p = part.run
     say(
-        f"merge ta @25%    {part.commit.hex()[:12]}  read {p['expert_bytes_read'] / 1e6:.2f} of "
-        f"{p['expert_bytes_full'] / 1e6:.2f} MB; error bound {p['error_bound']:.4g}"
+        f"{'merge ta @25%':<20}{part.commit.hex()[:12]}  read "
+        f"{p['expert_bytes_read'] / 1e6:.2f} of {p['expert_bytes_full'] / 1e6:.2f} MB; "
+        f"error bound {p['error_bound']:.4g}"
     )
     rep = store.replay("ta25")
-    say(f"replay ta25      identical = {rep['identical']} ({rep['blocks']} blocks checked)")
+    say(f"{'replay ta25':<20}identical = {rep['identical']} ({rep['blocks']} blocks checked)")
     report["merge"] = {
         "ties": res.commit.hex(),
         "task_arithmetic": full.commit.hex(),

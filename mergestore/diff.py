@@ -809,8 +809,8 @@ def demo_step(store: Any, fam: Any, report: dict[str, Any], say: Callable[[str],
     again = store.diff("main", expert)
     tot = res.totals()
     say(
-        f"diff main {expert:<8} {tot['changed']} changed / {tot['unchanged']} unchanged tensors, "
-        f"{tot['blocks_changed']}/{tot['blocks_total']} blocks, rel change "
+        f"{'diff main ' + expert:<20}{tot['changed']} changed / {tot['unchanged']} unchanged "
+        f"tensors, {tot['blocks_changed']}/{tot['blocks_total']} blocks, rel change "
         f"{tot['rel_delta'] or 0:.3g}; read {res.bytes_read / 1e6:.2f} MB "
         f"({res.stats_computed} statistics computed, {res.stats_reused} kept by commit --base)"
     )
