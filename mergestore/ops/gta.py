@@ -123,7 +123,7 @@ def gta_merge(
     return out.reshape(base.shape)
 
 
-TAIL_CHUNK = 1 << 16
+TAIL_CHUNK = 1 << 17
 
 
 def _finish(base: Tensor, merged: Tensor, divisor: Tensor, shared: Mapping[str, Any]) -> Tensor:

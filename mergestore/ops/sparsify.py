@@ -260,7 +260,7 @@ def della_magprune(
 # MB of fresh, page-faulted memory; pieces stay in L2. The bits are the same: the cut value and
 # tie rule come from the same histogram, and a mask multiplies each element alone.
 
-STREAM_CHUNK = 1 << 16
+STREAM_CHUNK = 1 << 17
 
 
 class _Cut:
