@@ -245,6 +245,12 @@ def replay(store: Store, ref: str, as_json: bool) -> None:
             f"{rep['blocks_matched']}/{rep['blocks']} blocks match",
             err=True,
         )
+        if rep.get("plan_engine") and rep["plan_engine"] != rep["engine"]:
+            click.echo(
+                f"note: the plan was made by {rep['plan_engine']}, this is {rep['engine']} "
+                "(engine 2 changed how per-tensor random drops are drawn)",
+                err=True,
+            )
     if not rep["identical"]:
         sys.exit(1)
 

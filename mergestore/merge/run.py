@@ -365,6 +365,8 @@ def replay(repo: Repository, commit_id: bytes, progress: Progress | None = None)
             m.bytes_read for i, m in enumerate(stats.expert_meters) if i != base_index
         ),
         "seconds": round(stats.seconds, 4),
+        "plan_engine": body.get("engine"),
+        "engine": ENGINE,
     }
 
 

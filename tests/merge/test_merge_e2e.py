@@ -232,3 +232,43 @@ def test_replay_detects_altered_plan(family_store: Store) -> None:
         w.publish([RefUpdate("refs/heads/forged", fid, "test")])
     rep = family_store.replay("forged")
     assert rep["identical"] is False and rep["first_difference"]
+
+
+def test_replay_names_the_engine_of_an_older_plan(family_store: Store, cli) -> None:
+    """A plan made by another engine version that does not replay says so, as well as
+    failing."""
+    from mergestore.store.objects import Commit, Plan
+    from mergestore.store.repo import RefUpdate
+
+    res = family_store.merge(
+        method="dare_linear",
+        base="main",
+        models=EXPERTS,
+        weights=[0.5, 0.3, 0.2],
+        params={"density": 0.5},
+        branch="dare",
+    )
+    c = family_store.get_commit(res.commit)
+    body = dict(family_store.repo.get_plan(c.plan).body)
+    assert "(engine 2)" in body["engine"]
+    body["engine"] = body["engine"].replace("(engine 2)", "(engine 1)")
+    body["seed"] = int(body.get("seed", 0)) + 1  # other drops, as an older engine would draw
+    with family_store.repo.writer() as w:
+        pid = w.put_object(Plan(body=body))
+        old = Commit(
+            tree=c.tree,
+            parents=c.parents,
+            message="engine 1",
+            author="x",
+            time=c.time,
+            base=c.base,
+            plan=pid,
+            run=c.run,
+        )
+        oid = w.put_object(old)
+        w.publish([RefUpdate("refs/heads/engine1", oid, "test")])
+    r = cli("--store", family_store.path, "replay", "engine1")
+    assert r.code == 1
+    assert "DIFFERENT" in r.err and "the plan was made by" in r.err and "engine 1" in r.err
+    r = cli("--store", family_store.path, "replay", "dare")
+    assert r.code == 0 and "the plan was made by" not in r.err
