@@ -208,13 +208,18 @@ class Engine:
         if rec is None:
             return {}
         uniq = list(dict.fromkeys(rec.blocks))
-        locs = self.repo.block_locations(uniq)  # one index transaction for the tensor
+        return self._read_many({b: stats.base_meter for b in uniq}, workers)
+
+    def _read_many(self, meters: dict[bytes, ReadMeter], workers: int) -> dict[bytes, bytes]:
+        """Blocks by id, each counted on its own meter; one index transaction for them all."""
+        ids = list(meters)
+        locs = self.repo.block_locations(ids)
         raws = ordered_map(
-            lambda b: self.repo.read_block(b, stats.base_meter, location=locs.get(b), view=True),
-            uniq,
+            lambda b: self.repo.read_block(b, meters[b], location=locs.get(b), view=True),
+            ids,
             workers=workers,
         )
-        return dict(zip(uniq, raws, strict=True))
+        return dict(zip(ids, raws, strict=True))
 
     def _plan_input(
         self,
@@ -260,17 +265,7 @@ class Engine:
                 if loc.ref is not None and loc.ref not in held:
                     first_need.setdefault(loc.ref, meter)
                     refs[loc.ref] = None
-        wanted = {r: first_need[r] for r in refs}
-        if not wanted:
-            return {}
-        uniq = list(wanted)
-        locs = self.repo.block_locations(uniq)
-        raws = ordered_map(
-            lambda b: self.repo.read_block(b, wanted[b], location=locs.get(b), view=True),
-            uniq,
-            workers=workers,
-        )
-        return dict(zip(uniq, raws, strict=True))
+        return self._read_many({r: first_need[r] for r in refs}, workers) if refs else {}
 
     def _read_input(
         self,

@@ -203,33 +203,37 @@ def test_random_methods_deterministic_across_threads(family_store: Store) -> Non
     assert ids[0] == ids[1]
 
 
-def test_replay_detects_altered_plan(family_store: Store) -> None:
+def _with_plan(store: Store, commit: bytes, body: dict, branch: str) -> None:
+    """Publish a copy of merge `commit` whose plan object is `body`, on `branch`."""
     from mergestore.store.objects import Commit, Plan
     from mergestore.store.repo import RefUpdate
 
-    res = family_store.merge(
-        method="task_arithmetic", base="main", models=EXPERTS, weights=[0.5, 0.3, 0.2], branch="m"
-    )
-    c = family_store.get_commit(res.commit)
-    body = dict(family_store.repo.get_plan(c.plan).body)
-    cfg = dict(body["config"])
-    cfg["models"] = [dict(m) for m in cfg["models"]]
-    cfg["models"][0]["parameters"] = {"weight": 0.9}
-    body["config"] = cfg
-    with family_store.repo.writer() as w:
+    c = store.get_commit(commit)
+    with store.repo.writer() as w:
         pid = w.put_object(Plan(body=body))
-        forged = Commit(
+        copy = Commit(
             tree=c.tree,
             parents=c.parents,
-            message="forged",
+            message=f"{branch}: altered plan",
             author="x",
             time=c.time,
             base=c.base,
             plan=pid,
             run=c.run,
         )
-        fid = w.put_object(forged)
-        w.publish([RefUpdate("refs/heads/forged", fid, "test")])
+        w.publish([RefUpdate(f"refs/heads/{branch}", w.put_object(copy), "test")])
+
+
+def test_replay_detects_altered_plan(family_store: Store) -> None:
+    res = family_store.merge(
+        method="task_arithmetic", base="main", models=EXPERTS, weights=[0.5, 0.3, 0.2], branch="m"
+    )
+    body = dict(family_store.repo.get_plan(family_store.get_commit(res.commit).plan).body)
+    cfg = dict(body["config"])
+    cfg["models"] = [dict(m) for m in cfg["models"]]
+    cfg["models"][0]["parameters"] = {"weight": 0.9}
+    body["config"] = cfg
+    _with_plan(family_store, res.commit, body, "forged")
     rep = family_store.replay("forged")
     assert rep["identical"] is False and rep["first_difference"]
 
@@ -237,9 +241,6 @@ def test_replay_detects_altered_plan(family_store: Store) -> None:
 def test_replay_names_the_engine_of_an_older_plan(family_store: Store, cli) -> None:
     """A plan made by another engine version that does not replay says so, as well as
     failing."""
-    from mergestore.store.objects import Commit, Plan
-    from mergestore.store.repo import RefUpdate
-
     res = family_store.merge(
         method="dare_linear",
         base="main",
@@ -248,25 +249,11 @@ def test_replay_names_the_engine_of_an_older_plan(family_store: Store, cli) -> N
         params={"density": 0.5},
         branch="dare",
     )
-    c = family_store.get_commit(res.commit)
-    body = dict(family_store.repo.get_plan(c.plan).body)
+    body = dict(family_store.repo.get_plan(family_store.get_commit(res.commit).plan).body)
     assert "(engine 2)" in body["engine"]
     body["engine"] = body["engine"].replace("(engine 2)", "(engine 1)")
     body["seed"] = int(body.get("seed", 0)) + 1  # other drops, as an older engine would draw
-    with family_store.repo.writer() as w:
-        pid = w.put_object(Plan(body=body))
-        old = Commit(
-            tree=c.tree,
-            parents=c.parents,
-            message="engine 1",
-            author="x",
-            time=c.time,
-            base=c.base,
-            plan=pid,
-            run=c.run,
-        )
-        oid = w.put_object(old)
-        w.publish([RefUpdate("refs/heads/engine1", oid, "test")])
+    _with_plan(family_store, res.commit, body, "engine1")
     r = cli("--store", family_store.path, "replay", "engine1")
     assert r.code == 1
     assert "DIFFERENT" in r.err and "the plan was made by" in r.err and "engine 1" in r.err
