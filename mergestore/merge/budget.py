@@ -295,15 +295,16 @@ def select(
     full = math.sqrt(sum(v * v for v in _block_sums(cands).values()))
     sel.full_delta_bound = full
     if max_error is not None:
-        # aim a little lower until the bound with its rounding allowance meets the target
-        aim = max_error * full
-        base_chosen = list(chosen)
-        for _ in range(60):
-            chosen = _fill_to_error(order, cands, base_chosen, aim)
-            omitted_sum = _omitted_sums(cands, chosen)
-            if _bound(omitted_sum, cands, rounding) <= max_error * full:
-                break
-            aim *= 0.97
+        chosen = _smallest_prefix(
+            chosen if budget is not None else order, cands, rounding, max_error * full
+        )
+        if chosen is None:
+            within = _bound(omitted_sum, cands, rounding)
+            raise BudgetError(
+                f"--max-error {max_error:g} cannot be met within the budget: its bound is "
+                f"{within / full if full else 0:.3g}x the merge delta"
+            )
+        omitted_sum = _omitted_sums(cands, chosen)
     bound = _bound(omitted_sum, cands, rounding)
     sel.error_bound = bound if additive else None
     sel.error_bound_rel = (bound / full if full > 0 else 0.0) if additive else None
@@ -340,28 +341,32 @@ def _omitted_sums(cands: Sequence[Candidate], chosen: Sequence[Candidate]) -> di
     return sums
 
 
-def _fill_to_error(
-    order: Sequence[Candidate], cands: Sequence[Candidate], chosen: list[Candidate], target: float
-) -> list[Candidate]:
-    """Add candidates in score-per-byte order until the omitted-delta bound is <= target."""
-    taken = {(c.tensor, c.block, c.model) for c in chosen}
-    sums = _omitted_sums(cands, chosen)
-    total = sum(v * v for v in sums.values())
-    out = list(chosen)
-    for c in order:
-        if total <= target * target * (1 - 1e-12):
-            break
-        key = (c.tensor, c.block, c.model)
-        if key in taken:
-            continue
-        k = (c.tensor, c.block)
-        old = sums.get(k, 0.0)
-        new = max(0.0, old - c.contrib)
-        total += new * new - old * old
-        sums[k] = new
-        taken.add(key)
-        out.append(c)
-    return out
+def _smallest_prefix(
+    pool: Sequence[Candidate],
+    cands: Sequence[Candidate],
+    rounding: _Rounding,
+    target: float,
+) -> list[Candidate] | None:
+    """The shortest prefix of `pool` (score-per-byte order) whose bound is <= target, or None.
+
+    The bound never grows as a prefix grows (an omitted contribution leaves its block, and a
+    block with nothing omitted has no error, rounding included), so a binary search finds it.
+    Reading the whole pool gives 0 when the pool is every candidate.
+    """
+
+    def ok(k: int) -> bool:
+        return _bound(_omitted_sums(cands, pool[:k]), cands, rounding) <= target
+
+    if not ok(len(pool)):
+        return None
+    lo, hi = 0, len(pool)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if ok(mid):
+            hi = mid
+        else:
+            lo = mid + 1
+    return list(pool[:lo])
 
 
 @dataclass(frozen=True)

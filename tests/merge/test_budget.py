@@ -116,6 +116,43 @@ def test_max_error_meets_its_target(f32_store: Store) -> None:
     assert res.run["expert_bytes_read"] < plan["expert_bytes_full"]
 
 
+def test_max_error_takes_the_smallest_prefix_that_meets_it(
+    f32_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The read set is the shortest prefix of the planner's order whose bound meets the
+    target: one candidate fewer would not. Even targets the rounding allowance makes hard
+    are met (by reading more), never silently missed."""
+    from mergestore.merge import budget as budget_mod
+
+    for target in (0.5, 0.05, 0.001):
+        res = _merge(f32_store, f"prefix-{target}", max_error=target)
+        plan = f32_store.repo.get_plan(res.plan).body["budget"]
+        assert res.run["error_bound"] <= target * plan["full_delta_bound"] * (1 + 1e-9)
+    calls: list[int] = []
+    real = budget_mod._smallest_prefix
+
+    def spy(pool, cands, rounding, aim):
+        out = real(pool, cands, rounding, aim)
+        assert out is not None
+        k = len(out)
+        if k > 0:  # one candidate fewer misses the target
+            shorter = budget_mod._omitted_sums(cands, pool[: k - 1])
+            assert budget_mod._bound(shorter, cands, rounding) > aim
+        calls.append(k)
+        return out
+
+    monkeypatch.setattr(budget_mod, "_smallest_prefix", spy)
+    _merge(f32_store, "prefix-spy", max_error=0.1)
+    assert calls and calls[0] > 0
+
+
+def test_max_error_beyond_the_budget_is_refused(f32_store: Store) -> None:
+    before = f32_store.branches()
+    with pytest.raises(BudgetError, match="cannot be met within the budget"):
+        _merge(f32_store, "both", max_error=0.001, budget="5%")
+    assert f32_store.branches() == before
+
+
 @pytest.mark.parametrize(
     ("budget", "msg"), [("12 parsecs", "unit"), ("5", "smaller than any"), ("150%", "over 100%")]
 )
