@@ -41,6 +41,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fixtures.family import FamilySpec, make_family, model_bytes  # noqa: E402
+from fixtures.store import commit_family  # noqa: E402
 from mergestore.api import Store  # noqa: E402
 
 SPEC = FamilySpec(
@@ -102,9 +103,7 @@ def setup(out: Path, spec: FamilySpec) -> Path:
     if store_dir.exists():
         shutil.rmtree(store_dir)
     s = Store.init(store_dir, block_size=BLOCK_SIZE)
-    s.commit(fam.base, message="base", branch="main")
-    for name, path in fam.experts.items():
-        s.commit(path, message=name, branch=name, base="main")
+    commit_family(s, fam)  # each expert with --base main: statistics exist before any merge
     s.close()
     return store_dir
 

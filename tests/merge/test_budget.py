@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from fixtures.family import FamilySpec, make_family
+from fixtures.store import family_store
 from mergestore.api import Store
 from mergestore.errors import BudgetError
 from mergestore.merge.run import BASE_PRESERVING
@@ -28,11 +29,7 @@ def f32_store(tmp_path_factory: pytest.TempPathFactory) -> Store:
         experts=tuple(EXPERTS),
         seed=5,
     )
-    fam = make_family(root / "fam", spec)
-    s = Store.init(root / "store", block_size=4096)
-    s.commit(fam.base, message="base", branch="main")
-    for name, path in fam.experts.items():
-        s.commit(path, message=name, branch=name, base="main")
+    s, _fam = family_store(root, spec)
     yield s
     s.close()
 
@@ -405,12 +402,8 @@ def test_bound_holds_for_bf16_output(tmp_path) -> None:
     spec = FamilySpec(
         n_layers=2, hidden=64, intermediate=128, vocab=256, experts=("uneven0", "uneven1"), seed=3
     )
-    fam = make_family(tmp_path / "fam", spec)
-    s = Store.init(tmp_path / "store", block_size=4096)
+    s, fam = family_store(tmp_path, spec)
     try:
-        s.commit(fam.base, message="base", branch="main")
-        for name, path in fam.experts.items():
-            s.commit(path, message=name, branch=name, base="main")
         kw = {"method": "task_arithmetic", "base": "main", "models": list(fam.experts)}
         kw |= {"weights": [0.6, 0.4], "dtype": "float32", "out_dtype": "bfloat16"}
         s.merge(branch="full", **kw)
@@ -532,11 +525,8 @@ def test_merge_without_base_counts_each_block_and_reference_once(tmp_path) -> No
         experts=("frozen", "dense_small", "frozen1"),
         seed=11,
     )
-    fam = make_family(tmp_path / "fam", spec)
-    with Store.init(tmp_path / "store", block_size=4096) as s:
-        s.commit(fam.base, message="base", branch="main")
-        for name, path in fam.experts.items():
-            s.commit(path, message=name, branch=name, base="main")
+    s, fam = family_store(tmp_path, spec)
+    with s:
         names = list(fam.experts)
         res = s.merge(method="linear", models=names, weights=[0.5, 0.3, 0.2], branch="lin")
         _cid, _c, plan, run = s.merge_info("lin")

@@ -8,6 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from fixtures.store import commit_family
 from mergestore.api import Store
 from mergestore.errors import MergeError
 from mergestore.ops import TensorContext, merge_tensor
@@ -22,9 +23,7 @@ def load_dir(path: Path) -> dict[str, torch.Tensor]:
 
 @pytest.fixture
 def family_store(tiny_family, store: Store) -> Store:
-    store.commit(tiny_family.base, message="base", branch="main")
-    for name, path in tiny_family.experts.items():
-        store.commit(path, message=name, branch=name, base="main")
+    commit_family(store, tiny_family)
     return store
 
 

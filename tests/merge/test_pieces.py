@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 import mergestore.merge.run as run
-from fixtures.family import FamilySpec, make_family
+from fixtures.family import FamilySpec
+from fixtures.store import family_store
 from mergestore.api import Store
 from mergestore.merge.engine import Engine
 
@@ -22,11 +23,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Store:
         experts=("dense_small", "frozen", "uneven0"),
         seed=3,
     )
-    fam = make_family(root / "fam", spec)
-    s = Store.init(root / "store", block_size=4096)
-    s.commit(fam.base, message="base", branch="main")
-    for name, path in fam.experts.items():
-        s.commit(path, message=name, branch=name, base="main")
+    s, _fam = family_store(root, spec)
     yield s
     s.close()
 
