@@ -547,6 +547,7 @@ def full_expert_bytes(repo: Repository, tasks: Sequence[Any], base_index: int | 
                 counted.add(bid)
                 wanted.append(bid)
         locs = repo.block_locations(wanted)
+        refs: list[bytes] = []
         for bid in wanted:
             loc = locs.get(bid)
             if loc is None:
@@ -554,6 +555,6 @@ def full_expert_bytes(repo: Repository, tasks: Sequence[Any], base_index: int | 
             total += loc.length
             if loc.ref is not None and loc.ref not in counted:
                 counted.add(loc.ref)
-                ref_loc = repo.block_location(loc.ref)
-                total += ref_loc.length if ref_loc else 0
+                refs.append(loc.ref)
+        total += sum(loc.length for loc in repo.block_locations(refs).values())
     return total

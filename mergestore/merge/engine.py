@@ -279,7 +279,7 @@ class Engine:
     ) -> list[bytes]:
         """An input's blocks: each block id it needs is read once, unless already `held`."""
         rec, selected, locs = reads.rec, reads.selected, reads.locations
-        todo = [b for b in locs if b not in held and b not in ref_raw]
+        todo = [b for b in locs if b not in held]  # _plan_input left out the reference's
         with stats._lock:
             stats.blocks_read += len(todo)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -504,10 +505,7 @@ def elementwise_pieces(
     out_rows = tensor_blocking(tuple(first.shape), out_size, block_size).rows_per_block
     if out_rows != first.rows_per_block:
         return None
-    row_elems = 1
-    for d in first.shape[1:]:
-        row_elems *= d
-    if (first.rows_per_block * row_elems) % LANE_ELEMENTS:
+    if (first.rows_per_block * math.prod(first.shape[1:])) % LANE_ELEMENTS:
         return None
     n = len(first.blocks)
     return [(b0, min(n, b0 + PIECE_BLOCKS), False) for b0 in range(0, n, PIECE_BLOCKS)]

@@ -325,9 +325,7 @@ class Repository:
     # ----- statistics ------------------------------------------------------------------------
 
     def get_stats(self, b: bytes, a: bytes, dtype: str) -> DeltaStats | None:
-        with self.index.read() as txn:
-            raw = txn.get(stats_key(b, a, dtype), db=self.index.db("stats"))
-        return DeltaStats.decode(bytes(raw)) if raw is not None else None
+        return self.get_stats_many([(b, a, dtype)]).get((b, a, dtype))
 
     def get_stats_many(
         self, pairs: Iterable[tuple[bytes, bytes, str]]
