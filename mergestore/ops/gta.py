@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor
 
+from mergestore import native
 from mergestore.ops import sparsify
 from mergestore.ops.context import TensorContext
 from mergestore.ops.spec import BaseRule, MethodSpec, ParamSpec, Scope
@@ -95,6 +96,8 @@ def gta_merge(
     if not inputs:
         return base
     rescale = bool(shared["rescale"])
+    if native.kernels is not None and base.dtype == torch.bfloat16 and base.dim() > 0:
+        return _native_bf16(base, inputs, shared, per_input, ctx, sparsifier, consensus)
     if not consensus and base.dtype in _HALF:
         merged, divisor = _weighted_delta_sum(base, inputs, per_input, sparsifier, rescale, ctx)
         return _finish(base, merged, divisor, shared)
@@ -124,6 +127,86 @@ def gta_merge(
 
 
 TAIL_CHUNK = 1 << 17
+
+
+def _native_bf16(
+    base: Tensor,
+    inputs: Sequence[Tensor],
+    shared: Mapping[str, Any],
+    per_input: Sequence[Mapping[str, Any]],
+    ctx: TensorContext,
+    sparsifier: str | None,
+    consensus: bool,
+) -> Tensor:
+    """gta_merge on bf16 tensors with the fused C kernels: the same bits as the torch path
+    below (tests/test_native.py), in one pass over memory instead of one per operation.
+
+    Sparsified deltas are made first (as in the torch path); without a sparsifier or a
+    consensus, the kernel forms x - base itself and no delta tensor exists at all.
+    """
+    kernels = native.kernels
+    assert kernels is not None
+    n = len(inputs)
+    weights = torch.tensor([per_input[i]["weight"] for i in range(n)], dtype=base.dtype)
+    wf = [float(w) for w in weights]
+    flat_base = base.contiguous().reshape(-1)
+    out = torch.empty_like(flat_base)
+    lam = float(shared["lambda"])
+    normalize = bool(shared["normalize"])
+    if consensus:
+        stacked = _sparsified_deltas(
+            base, inputs, per_input, sparsifier, bool(shared["rescale"]), ctx
+        )
+        rows = [_u16(d) for d in stacked.reshape(n, -1)]
+
+        def columns(r: range) -> None:
+            kernels.gta_consensus_bf16(
+                _u16(out)[r.start : r.stop],
+                _u16(flat_base)[r.start : r.stop],
+                [x[r.start : r.stop] for x in rows],
+                wf,
+                normalize,
+                lam,
+                lam != 1,
+            )
+    else:
+        if sparsifier is None:
+            rows = [_u16(x.contiguous().reshape(-1)) for x in inputs]
+        else:
+            stacked = _sparsified_deltas(
+                base, inputs, per_input, sparsifier, bool(shared["rescale"]), ctx
+            )
+            rows = [_u16(d) for d in stacked.reshape(n, -1)]
+        divisor = weights.reshape(-1, 1).sum(dim=0)  # the same dim-0 reduction as mergekit's
+        divisor[divisor.abs() < 1e-8] = 1
+        div = float(divisor)
+
+        def columns(r: range) -> None:
+            kernels.gta_sum_bf16(
+                _u16(out)[r.start : r.stop],
+                _u16(flat_base)[r.start : r.stop],
+                [x[r.start : r.stop] for x in rows],
+                wf,
+                sparsifier is not None,
+                div,
+                normalize,
+                lam,
+                lam != 1,
+            )
+
+    total = flat_base.numel()
+    parts = _threads(base)
+    step = -(-total // parts)
+    for _ in ordered_map(
+        columns, [range(s, min(total, s + step)) for s in range(0, total, step)], workers=parts
+    ):
+        pass
+    return out.reshape(base.shape)
+
+
+def _u16(t: Tensor) -> Any:
+    """A bf16 tensor's bits as a numpy uint16 array (no copy), for the C kernels."""
+    return t.view(torch.int16).numpy().view("u2")
 
 
 def _finish(base: Tensor, merged: Tensor, divisor: Tensor, shared: Mapping[str, Any]) -> Tensor:

@@ -23,9 +23,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from torch import Tensor
 
+from mergestore import native
 from mergestore.errors import MergeError
 
 RESCALE_EPS = 1e-7
@@ -317,24 +319,31 @@ def streaming_supported(dtype: torch.dtype, sparsifier: str, density: float, res
     )
 
 
+def _cuts(hist: Tensor, n: int, sparsifier: str, density: float, gamma: float) -> list[_Cut]:
+    """The rank cuts of magnitude (one) or magnitude_outliers (keep the first, drop the second)."""
+    if sparsifier == "magnitude":
+        return [_Cut(hist, n, max(1, int(density * n)), largest=True)]
+    target = int(density * n)
+    n_bot = max(0, n - target - int(gamma * n))
+    hi = min(n_bot + max(target, 0), n)
+    return [_Cut(hist, n, hi, largest=False), _Cut(hist, n, n_bot, largest=False)]
+
+
 def delta_into(
     out: Tensor, x: Tensor, base: Tensor, sparsifier: str, density: float, gamma: float = 0.0
 ) -> None:
     """out = magnitude(x - base) (or magnitude_outliers), flat 16-bit tensors, streamed."""
     n = out.numel()
+    if native.kernels is not None and out.dtype == torch.bfloat16:
+        _delta_into_native(out, x, base, sparsifier, density, gamma)
+        return
     bits_of = out.view(torch.int16)
     hist = torch.zeros(1 << 15, dtype=torch.int64)
     for s in range(0, n, STREAM_CHUNK):
         e = min(n, s + STREAM_CHUNK)
         torch.sub(x[s:e], base[s:e], out=out[s:e])
         hist += torch.bincount(bits_of[s:e] & 0x7FFF, minlength=1 << 15)
-    if sparsifier == "magnitude":
-        cuts = [_Cut(hist, n, max(1, int(density * n)), largest=True)]
-    else:
-        target = int(density * n)
-        n_bot = max(0, n - target - int(gamma * n))
-        hi = min(n_bot + max(target, 0), n)
-        cuts = [_Cut(hist, n, hi, largest=False), _Cut(hist, n, n_bot, largest=False)]
+    cuts = _cuts(hist, n, sparsifier, density, gamma)
     for s in range(0, n, STREAM_CHUNK):
         e = min(n, s + STREAM_CHUNK)
         bits = bits_of[s:e] & 0x7FFF
@@ -342,3 +351,44 @@ def delta_into(
         if len(cuts) == 2:
             keep &= ~cuts[1].mask(bits)
         out[s:e].mul_(keep)
+
+
+def _delta_into_native(
+    out: Tensor, x: Tensor, base: Tensor, sparsifier: str, density: float, gamma: float
+) -> None:
+    """delta_into for bf16 with the C kernels: x - base and its magnitude histogram in one
+    pass, then every cut applied in a second (ties located once, by a scan that stops at the
+    tie the cut ends on). The same bits as the torch path."""
+    kernels = native.kernels
+    assert kernels is not None
+    bits = out.view(torch.int16).numpy().view(np.uint16)
+    hist = np.zeros(1 << 15, dtype=np.int64)
+    kernels.sub_hist_bf16(
+        bits,
+        x.contiguous().view(torch.int16).numpy(),
+        base.contiguous().view(torch.int16).numpy(),
+        hist,
+    )
+    n = out.numel()
+    cuts = [
+        _native_cut(c, bits, n)
+        for c in _cuts(torch.from_numpy(hist), n, sparsifier, density, gamma)
+    ]
+    second = cuts[1] if len(cuts) == 2 else (-1, 0, 0)
+    kernels.apply_cuts16(bits, 0, *cuts[0], *second)
+
+
+def _native_cut(cut: _Cut, bits: np.ndarray, n: int) -> tuple[int, int, int]:
+    """(mode, v, last) for apply_cuts16: mode 0 keeps none, 1 all, 2 the largest, 3 the
+    smallest; ties equal to v are kept at flat indices below `last`."""
+    if cut.all:
+        return 1, 0, 0
+    if cut.none:
+        return 0, 0, 0
+    mode = 2 if cut.largest else 3
+    if cut.take_all_ties:
+        return mode, cut.v, n
+    if cut.need_left == 0:
+        return mode, cut.v, 0
+    assert native.kernels is not None
+    return mode, cut.v, native.kernels.nth_equal16(bits, cut.v, cut.need_left) + 1

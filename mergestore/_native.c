@@ -1,0 +1,678 @@
+/* mergestore._native: fused kernels for the hot loops, each one pass over memory, GIL released.
+ *
+ * Every function here has a pure Python/torch twin (mergestore/native.py says which), and
+ * the tests check that both give the same bits. The arithmetic is written out so that it is
+ * exactly torch's on CPU:
+ *   - bf16 results are fp32 results rounded to nearest even (rne16 below);
+ *   - fp32 operations are plain IEEE operations, never contracted into FMAs
+ *     (built with -ffp-contract=off) and never reordered;
+ *   - sums run in a fixed order, so results do not depend on threads.
+ * The one documented difference: a NaN result is the canonical quiet NaN 0x7FC0, where
+ * torch's vectorized conversion writes 0xFFFF (its scalar one 0x7FC0).
+ *
+ * Hot functions are compiled twice (AVX2 and baseline x86-64) and picked at load time.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define HOT __attribute__((target_clones("avx2", "default")))
+#else
+#define HOT
+#endif
+
+#define TILE 512 /* elements per tile: a few KiB of fp32 accumulators stay in L1 */
+
+/* ------------------------------------------------------------------ conversions */
+
+static inline float bf16_to_f32(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+static inline uint16_t rne16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    uint32_t r = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+    return (u & 0x7FFFFFFFu) > 0x7F800000u ? 0x7FC0u : (uint16_t)r; /* NaN: a select */
+}
+
+static float f16_table[65536];
+
+static void init_f16_table(void) {
+    for (uint32_t h = 0; h < 65536; h++) {
+        uint32_t sign = (h & 0x8000u) << 16, exp = (h >> 10) & 0x1Fu, man = h & 0x3FFu;
+        float f;
+        if (exp == 0) {
+            f = ldexpf((float)man, -24); /* zero or subnormal: exact */
+            uint32_t u;
+            memcpy(&u, &f, 4);
+            u |= sign;
+            memcpy(&f, &u, 4);
+        } else {
+            uint32_t u = exp == 31 ? (sign | 0x7F800000u | (man << 13))
+                                   : (sign | ((exp + 112u) << 23) | (man << 13));
+            memcpy(&f, &u, 4);
+        }
+        f16_table[h] = f;
+    }
+}
+
+/* ------------------------------------------------------------------ buffers */
+
+typedef struct {
+    Py_buffer view;
+    int held;
+} Buf;
+
+static void release(Buf *b) {
+    if (b->held) PyBuffer_Release(&b->view);
+    b->held = 0;
+}
+
+static int get_buf(PyObject *obj, Buf *b, int writable, Py_ssize_t itemsize, const char *what) {
+    b->held = 0;
+    if (PyObject_GetBuffer(obj, &b->view, (writable ? PyBUF_WRITABLE : 0) | PyBUF_C_CONTIGUOUS) <
+        0)
+        return -1;
+    b->held = 1;
+    if (b->view.len % itemsize != 0) {
+        PyErr_Format(PyExc_ValueError, "%s: %zd bytes is not a whole number of %zd-byte items",
+                     what, b->view.len, itemsize);
+        release(b);
+        return -1;
+    }
+    return 0;
+}
+
+/* A Python sequence of buffers of the same length, as an array of pointers. */
+typedef struct {
+    Py_ssize_t n;
+    Buf *bufs;
+    const uint16_t **ptrs;
+} BufList;
+
+static void release_list(BufList *l) {
+    if (l->bufs) {
+        for (Py_ssize_t i = 0; i < l->n; i++) release(&l->bufs[i]);
+        PyMem_Free(l->bufs);
+    }
+    PyMem_Free((void *)l->ptrs);
+    l->bufs = NULL;
+    l->ptrs = NULL;
+}
+
+static int get_list(PyObject *seq, BufList *l, Py_ssize_t len, const char *what) {
+    l->bufs = NULL;
+    l->ptrs = NULL;
+    PyObject *fast = PySequence_Fast(seq, "expected a sequence of buffers");
+    if (!fast) return -1;
+    l->n = PySequence_Fast_GET_SIZE(fast);
+    l->bufs = PyMem_Calloc(l->n ? l->n : 1, sizeof(Buf));
+    l->ptrs = PyMem_Calloc(l->n ? l->n : 1, sizeof(uint16_t *));
+    if (!l->bufs || !l->ptrs) {
+        Py_DECREF(fast);
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < l->n; i++) {
+        if (get_buf(PySequence_Fast_GET_ITEM(fast, i), &l->bufs[i], 0, 2, what) < 0) {
+            Py_DECREF(fast);
+            return -1;
+        }
+        if (l->bufs[i].view.len != len) {
+            Py_DECREF(fast);
+            PyErr_Format(PyExc_ValueError, "%s: buffers of different lengths", what);
+            return -1;
+        }
+        l->ptrs[i] = l->bufs[i].view.buf;
+    }
+    Py_DECREF(fast);
+    return 0;
+}
+
+static int get_floats(PyObject *seq, float *out, Py_ssize_t n) {
+    PyObject *fast = PySequence_Fast(seq, "expected a sequence of floats");
+    if (!fast) return -1;
+    if (PySequence_Fast_GET_SIZE(fast) != n) {
+        Py_DECREF(fast);
+        PyErr_SetString(PyExc_ValueError, "one weight per input");
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        double d = PyFloat_AsDouble(PySequence_Fast_GET_ITEM(fast, i));
+        if (d == -1.0 && PyErr_Occurred()) {
+            Py_DECREF(fast);
+            return -1;
+        }
+        out[i] = (float)d;
+    }
+    Py_DECREF(fast);
+    return 0;
+}
+
+/* ------------------------------------------------------------------ bf16 GTA kernels */
+
+/* The GTA tail (gta._finish) on one tile, in place on `merged`: r = rne16(merged); r =
+ * rne16(r / divisor) if normalize (per element when `divisors`, rounded to bf16, 0 -> 1);
+ * r = rne16(r * lam) if has_lam; out = rne16(base + r). */
+static inline void finish(uint16_t *o, const uint16_t *b, float *merged, float *divisors,
+                          float divisor, Py_ssize_t m, int normalize, float lam, int has_lam) {
+    for (Py_ssize_t j = 0; j < m; j++) merged[j] = bf16_to_f32(rne16(merged[j]));
+    if (normalize && divisors) {
+        for (Py_ssize_t j = 0; j < m; j++) {
+            float dv = bf16_to_f32(rne16(divisors[j]));
+            dv = dv == 0.0f ? 1.0f : dv;
+            merged[j] = bf16_to_f32(rne16(merged[j] / dv));
+        }
+    } else if (normalize) {
+        for (Py_ssize_t j = 0; j < m; j++) merged[j] = bf16_to_f32(rne16(merged[j] / divisor));
+    }
+    if (has_lam)
+        for (Py_ssize_t j = 0; j < m; j++) merged[j] = bf16_to_f32(rne16(merged[j] * lam));
+    for (Py_ssize_t j = 0; j < m; j++) o[j] = rne16(bf16_to_f32(b[j]) + merged[j]);
+}
+
+/* out = base + finish(sum_i rne16(d_i * w_i)), d_i = rne16(x_i - base) (or x_i if deltas):
+ * the no-consensus GTA tail of ops/gta.py (_weighted_delta_sum + _finish) for bf16. */
+HOT static void gta_sum_bf16(uint16_t *out, const uint16_t *base, const uint16_t **xs, Py_ssize_t k,
+                             const float *w, int deltas, Py_ssize_t n, float divisor,
+                             int normalize, float lam, int has_lam) {
+    float acc[TILE];
+    for (Py_ssize_t s = 0; s < n; s += TILE) {
+        Py_ssize_t m = n - s < TILE ? n - s : TILE;
+        const uint16_t *b = base + s;
+        for (Py_ssize_t j = 0; j < m; j++) acc[j] = 0.0f;
+        for (Py_ssize_t i = 0; i < k; i++) {
+            const uint16_t *x = xs[i] + s;
+            const float wi = w[i];
+            if (deltas) {
+                for (Py_ssize_t j = 0; j < m; j++)
+                    acc[j] += bf16_to_f32(rne16(bf16_to_f32(x[j]) * wi));
+            } else {
+                for (Py_ssize_t j = 0; j < m; j++) {
+                    float d = bf16_to_f32(rne16(bf16_to_f32(x[j]) - bf16_to_f32(b[j])));
+                    acc[j] += bf16_to_f32(rne16(d * wi));
+                }
+            }
+        }
+        finish(out + s, b, acc, NULL, divisor, m, normalize, lam, has_lam);
+    }
+}
+
+/* TIES "sum" consensus over sparsified bf16 deltas, then the GTA tail (gta._consensus_sums,
+ * gta._combine and gta._finish): D_i = rne16(d_i * w_i); vote = rne16(D_0 + ... + D_k-1) >= 0
+ * ? +1 : -1; agree_i = D_i * vote > 0; merged = rne16(sum agree_i * D_i); divisor =
+ * rne16(sum agree_i * w_i) (0 -> 1). */
+HOT static void gta_consensus_bf16(uint16_t *out, const uint16_t *base, const uint16_t **ds,
+                                   Py_ssize_t k, const float *w, Py_ssize_t n, int normalize,
+                                   float lam, int has_lam) {
+    float vote[TILE], merged[TILE], divisor[TILE];
+    for (Py_ssize_t s = 0; s < n; s += TILE) {
+        Py_ssize_t m = n - s < TILE ? n - s : TILE;
+        for (Py_ssize_t i = 0; i < k; i++) {
+            const uint16_t *d = ds[i] + s;
+            const float wi = w[i];
+            if (i == 0) {
+                for (Py_ssize_t j = 0; j < m; j++) vote[j] = bf16_to_f32(rne16(bf16_to_f32(d[j]) * wi));
+            } else {
+                for (Py_ssize_t j = 0; j < m; j++) vote[j] += bf16_to_f32(rne16(bf16_to_f32(d[j]) * wi));
+            }
+        }
+        for (Py_ssize_t j = 0; j < m; j++) {
+            vote[j] = bf16_to_f32(rne16(vote[j])) >= 0.0f ? 1.0f : -1.0f;
+            merged[j] = 0.0f;
+            divisor[j] = 0.0f;
+        }
+        for (Py_ssize_t i = 0; i < k; i++) {
+            const uint16_t *d = ds[i] + s;
+            const float wi = w[i];
+            for (Py_ssize_t j = 0; j < m; j++) {
+                float D = bf16_to_f32(rne16(bf16_to_f32(d[j]) * wi));
+                float agree = (D * vote[j]) > 0.0f ? 1.0f : 0.0f;
+                merged[j] += D * agree;
+                divisor[j] += agree * wi;
+            }
+        }
+        finish(out + s, base + s, merged, divisor, 0.0f, m, normalize, lam, has_lam);
+    }
+}
+
+static PyObject *py_gta_sum_bf16(PyObject *self, PyObject *args) {
+    PyObject *out_o, *base_o, *xs_o, *w_o;
+    int deltas, normalize, has_lam;
+    double divisor, lam;
+    if (!PyArg_ParseTuple(args, "OOOOpdpdp", &out_o, &base_o, &xs_o, &w_o, &deltas, &divisor,
+                          &normalize, &lam, &has_lam))
+        return NULL;
+    Buf out, base;
+    BufList xs = {0};
+    float *w = NULL;
+    PyObject *ret = NULL;
+    if (get_buf(out_o, &out, 1, 2, "out") < 0) goto done0;
+    if (get_buf(base_o, &base, 0, 2, "base") < 0) goto done1;
+    if (base.view.len != out.view.len) {
+        PyErr_SetString(PyExc_ValueError, "base and out differ in length");
+        goto done2;
+    }
+    if (get_list(xs_o, &xs, out.view.len, "inputs") < 0) goto done2;
+    w = PyMem_Calloc(xs.n ? xs.n : 1, sizeof(float));
+    if (!w || get_floats(w_o, w, xs.n) < 0) goto done2;
+    Py_BEGIN_ALLOW_THREADS
+    gta_sum_bf16(out.view.buf, base.view.buf, xs.ptrs, xs.n, w, deltas, out.view.len / 2,
+                 (float)divisor, normalize, (float)lam, has_lam);
+    Py_END_ALLOW_THREADS
+    ret = Py_None;
+    Py_INCREF(ret);
+done2:
+    PyMem_Free(w);
+    release_list(&xs);
+    release(&base);
+done1:
+    release(&out);
+done0:
+    return ret;
+}
+
+static PyObject *py_gta_consensus_bf16(PyObject *self, PyObject *args) {
+    PyObject *out_o, *base_o, *ds_o, *w_o;
+    int normalize, has_lam;
+    double lam;
+    if (!PyArg_ParseTuple(args, "OOOOpdp", &out_o, &base_o, &ds_o, &w_o, &normalize, &lam,
+                          &has_lam))
+        return NULL;
+    Buf out, base;
+    BufList ds = {0};
+    float *w = NULL;
+    PyObject *ret = NULL;
+    if (get_buf(out_o, &out, 1, 2, "out") < 0) goto done0;
+    if (get_buf(base_o, &base, 0, 2, "base") < 0) goto done1;
+    if (base.view.len != out.view.len) {
+        PyErr_SetString(PyExc_ValueError, "base and out differ in length");
+        goto done2;
+    }
+    if (get_list(ds_o, &ds, out.view.len, "deltas") < 0) goto done2;
+    w = PyMem_Calloc(ds.n ? ds.n : 1, sizeof(float));
+    if (!w || get_floats(w_o, w, ds.n) < 0) goto done2;
+    Py_BEGIN_ALLOW_THREADS
+    gta_consensus_bf16(out.view.buf, base.view.buf, ds.ptrs, ds.n, w, out.view.len / 2, normalize,
+                       (float)lam, has_lam);
+    Py_END_ALLOW_THREADS
+    ret = Py_None;
+    Py_INCREF(ret);
+done2:
+    PyMem_Free(w);
+    release_list(&ds);
+    release(&base);
+done1:
+    release(&out);
+done0:
+    return ret;
+}
+
+/* ------------------------------------------------------------------ 16-bit rank cuts */
+
+/* out = rne16(x - base) (bf16), and hist[|out| bits] += 1 over the 15 magnitude bits. Two
+ * interleaved 32-bit histograms per tile, so runs of equal bins do not serialize on one
+ * counter. */
+HOT static void sub_hist_bf16(uint16_t *out, const uint16_t *x, const uint16_t *b, Py_ssize_t n,
+                              int64_t *hist) {
+    uint32_t *h = calloc(2 * 32768, sizeof(uint32_t));
+    uint32_t *h0 = h, *h1 = h + 32768;
+    Py_ssize_t since_flush = 0;
+    for (Py_ssize_t s = 0; s < n; s += TILE) {
+        Py_ssize_t m = n - s < TILE ? n - s : TILE;
+        uint16_t *o = out + s;
+        for (Py_ssize_t j = 0; j < m; j++) o[j] = rne16(bf16_to_f32(x[s + j]) - bf16_to_f32(b[s + j]));
+        Py_ssize_t j = 0;
+        for (; j + 2 <= m; j += 2) {
+            h0[o[j] & 0x7FFF]++;
+            h1[o[j + 1] & 0x7FFF]++;
+        }
+        for (; j < m; j++) h0[o[j] & 0x7FFF]++;
+        since_flush += m;
+        if (since_flush > ((Py_ssize_t)1 << 30) || s + TILE >= n) { /* no 32-bit overflow */
+            for (int k = 0; k < 32768; k++) {
+                hist[k] += (int64_t)h0[k] + h1[k];
+                h0[k] = h1[k] = 0;
+            }
+            since_flush = 0;
+        }
+    }
+    free(h);
+}
+
+static PyObject *py_sub_hist_bf16(PyObject *self, PyObject *args) {
+    PyObject *out_o, *x_o, *b_o, *h_o;
+    if (!PyArg_ParseTuple(args, "OOOO", &out_o, &x_o, &b_o, &h_o)) return NULL;
+    Buf out, x, b, h;
+    PyObject *ret = NULL;
+    if (get_buf(out_o, &out, 1, 2, "out") < 0) return NULL;
+    if (get_buf(x_o, &x, 0, 2, "x") < 0) goto d1;
+    if (get_buf(b_o, &b, 0, 2, "base") < 0) goto d2;
+    if (get_buf(h_o, &h, 1, 8, "hist") < 0) goto d3;
+    if (x.view.len != out.view.len || b.view.len != out.view.len || h.view.len != 8 * 32768) {
+        PyErr_SetString(PyExc_ValueError, "sub_hist_bf16: lengths do not match");
+        goto d4;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    sub_hist_bf16(out.view.buf, x.view.buf, b.view.buf, out.view.len / 2, h.view.buf);
+    Py_END_ALLOW_THREADS
+    ret = Py_None;
+    Py_INCREF(ret);
+d4:
+    release(&h);
+d3:
+    release(&b);
+d2:
+    release(&x);
+d1:
+    release(&out);
+    return ret;
+}
+
+/* Index of the need-th (1-based) element of p whose magnitude bits equal v; -1 if fewer.
+ * Counts whole runs of 4096 first (a vectorized loop), then scans the run holding it. */
+HOT static Py_ssize_t nth_equal16(const uint16_t *p, Py_ssize_t n, uint16_t v, Py_ssize_t need) {
+    if (need <= 0) return -1;
+    Py_ssize_t seen = 0;
+    for (Py_ssize_t s = 0; s < n; s += 4096) {
+        Py_ssize_t m = n - s < 4096 ? n - s : 4096, c = 0;
+        for (Py_ssize_t j = 0; j < m; j++) c += (p[s + j] & 0x7FFF) == v;
+        if (seen + c < need) {
+            seen += c;
+            continue;
+        }
+        for (Py_ssize_t j = 0; j < m; j++)
+            if ((p[s + j] & 0x7FFF) == v && ++seen == need) return s + j;
+    }
+    return -1;
+}
+
+/* Index of the need-th (1-based) element whose magnitude bits equal v; -1 if fewer. */
+static PyObject *py_nth_equal16(PyObject *self, PyObject *args) {
+    PyObject *o;
+    unsigned int v;
+    Py_ssize_t need;
+    if (!PyArg_ParseTuple(args, "OIn", &o, &v, &need)) return NULL;
+    Buf a;
+    if (get_buf(o, &a, 0, 2, "bits") < 0) return NULL;
+    const uint16_t *p = a.view.buf;
+    Py_ssize_t n = a.view.len / 2, found;
+    Py_BEGIN_ALLOW_THREADS
+    found = nth_equal16(p, n, (uint16_t)v, need);
+    Py_END_ALLOW_THREADS
+    release(&a);
+    return PyLong_FromSsize_t(found);
+}
+
+/* A cut: mode 0 keeps nothing, 1 everything, 2 the largest (bits > v, or == v before `last`),
+ * 3 the smallest (bits < v, or == v before `last`); `last` is a flat index in the tensor.
+ * Between breakpoints a cut is a range of magnitude bits [lo, hi]: */
+static void cut_range(int mode, int v, int ties_in, int *lo, int *hi) {
+    switch (mode) {
+        case 0: *lo = 1, *hi = 0; break;
+        case 1: *lo = 0, *hi = 0xFFFF; break;
+        case 2: *lo = ties_in ? v : v + 1, *hi = 0xFFFF; break;
+        default: *lo = 0, *hi = ties_in ? v : v - 1; break;
+    }
+}
+
+/* Multiply by 0 the elements with magnitude bits outside [lo1, hi1] or inside [lo2, hi2]: a
+ * signed zero, or NaN for an infinity or NaN (as delta * mask does). */
+HOT static void zero_outside(uint16_t *d, Py_ssize_t n, int lo1, int hi1, int lo2, int hi2) {
+    for (Py_ssize_t j = 0; j < n; j++) {
+        int bits = d[j] & 0x7FFF;
+        int keep = (bits >= lo1) & (bits <= hi1) & !((bits >= lo2) & (bits <= hi2));
+        uint16_t dropped = bits >= 0x7F80 ? 0x7FC0 : (uint16_t)(d[j] & 0x8000);
+        d[j] = keep ? d[j] : dropped;
+    }
+}
+
+/* Multiply by 0 every element of `data` that is not in cut 1, or is in cut 2 when mode2 >= 0.
+ * `offset` is data's first flat index. bf16 only (the NaN written is bf16's). */
+static void apply_cuts16(uint16_t *data, Py_ssize_t n, Py_ssize_t offset, int m1, int v1,
+                         Py_ssize_t l1, int m2, int v2, Py_ssize_t l2) {
+    /* breakpoints (relative to data) where a cut stops taking its ties */
+    Py_ssize_t b1 = l1 - offset, b2 = m2 >= 0 ? l2 - offset : 0;
+    b1 = b1 < 0 ? 0 : (b1 > n ? n : b1);
+    b2 = b2 < 0 ? 0 : (b2 > n ? n : b2);
+    Py_ssize_t cuts[4] = {0, b1 < b2 ? b1 : b2, b1 < b2 ? b2 : b1, n};
+    for (int seg = 0; seg < 3; seg++) {
+        Py_ssize_t s = cuts[seg], e = cuts[seg + 1];
+        if (e <= s) continue;
+        int lo1, hi1, lo2 = 1, hi2 = 0;
+        cut_range(m1, v1, s < b1, &lo1, &hi1);
+        if (m2 >= 0) cut_range(m2, v2, s < b2, &lo2, &hi2);
+        zero_outside(data + s, e - s, lo1, hi1, lo2, hi2);
+    }
+}
+
+static PyObject *py_apply_cuts16(PyObject *self, PyObject *args) {
+    PyObject *o;
+    Py_ssize_t offset, l1, l2;
+    int m1, m2;
+    unsigned int v1, v2;
+    if (!PyArg_ParseTuple(args, "OniIniIn", &o, &offset, &m1, &v1, &l1, &m2, &v2, &l2))
+        return NULL;
+    Buf a;
+    if (get_buf(o, &a, 1, 2, "data") < 0) return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    apply_cuts16(a.view.buf, a.view.len / 2, offset, m1, (int)v1, l1, m2, (int)v2, l2);
+    Py_END_ALLOW_THREADS
+    release(&a);
+    Py_RETURN_NONE;
+}
+
+/* ------------------------------------------------------------------ byte planes */
+
+/* out[j] = rotr16(hi[j] << 8 | lo[j], rot) ^ ref[j] (ref may be NULL). */
+HOT static void join2(uint16_t *out, const uint8_t *lo, const uint8_t *hi, Py_ssize_t n, int rot,
+                      const uint16_t *ref) {
+    if (ref) {
+        for (Py_ssize_t j = 0; j < n; j++) {
+            uint16_t w = (uint16_t)(((uint16_t)hi[j] << 8) | lo[j]);
+            w = rot ? (uint16_t)((w >> rot) | (w << (16 - rot))) : w;
+            out[j] = w ^ ref[j];
+        }
+    } else {
+        for (Py_ssize_t j = 0; j < n; j++) {
+            uint16_t w = (uint16_t)(((uint16_t)hi[j] << 8) | lo[j]);
+            out[j] = rot ? (uint16_t)((w >> rot) | (w << (16 - rot))) : w;
+        }
+    }
+}
+
+static PyObject *py_join2(PyObject *self, PyObject *args) {
+    PyObject *out_o, *lo_o, *hi_o, *ref_o;
+    int rot;
+    if (!PyArg_ParseTuple(args, "OOOiO", &out_o, &lo_o, &hi_o, &rot, &ref_o)) return NULL;
+    if (rot < 0 || rot > 15) {
+        PyErr_SetString(PyExc_ValueError, "join2: rotation out of range");
+        return NULL;
+    }
+    Buf out, lo, hi, ref = {.held = 0};
+    PyObject *ret = NULL;
+    if (get_buf(out_o, &out, 1, 2, "out") < 0) return NULL;
+    if (get_buf(lo_o, &lo, 0, 1, "lo") < 0) goto d1;
+    if (get_buf(hi_o, &hi, 0, 1, "hi") < 0) goto d2;
+    if (ref_o != Py_None && get_buf(ref_o, &ref, 0, 2, "reference") < 0) goto d3;
+    Py_ssize_t n = out.view.len / 2;
+    if (lo.view.len != n || hi.view.len != n || (ref.held && ref.view.len != out.view.len)) {
+        PyErr_SetString(PyExc_ValueError, "join2: plane lengths do not match");
+        goto d4;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    join2(out.view.buf, lo.view.buf, hi.view.buf, n, rot, ref.held ? ref.view.buf : NULL);
+    Py_END_ALLOW_THREADS
+    ret = Py_None;
+    Py_INCREF(ret);
+d4:
+    release(&ref);
+d3:
+    release(&hi);
+d2:
+    release(&lo);
+d1:
+    release(&out);
+    return ret;
+}
+
+/* ------------------------------------------------------------------ delta statistics */
+
+typedef struct {
+    double dd, l1, mx, bb, aa;
+    int64_t nnz;
+} Stats;
+
+/* GCC vector extensions: explicit 4-lane fp64 arithmetic whatever the target (AVX2 registers,
+ * or pairs of SSE2 ones), so the sums below have one fixed order. */
+typedef double v4d __attribute__((vector_size(32)));
+typedef int64_t v4l __attribute__((vector_size(32)));
+
+typedef struct {
+    v4d dd[2], l1[2], mx[2], bb[2], aa[2];
+    v4l nz[2];
+} Lanes;
+
+static inline void lanes_add(Lanes *L, int h, v4d b, v4d a) {
+    const v4l abs_mask = {INT64_MAX, INT64_MAX, INT64_MAX, INT64_MAX};
+    v4d d = b - a;
+    v4d ad = (v4d)((v4l)d & abs_mask);
+    L->dd[h] += d * d;
+    L->l1[h] += ad;
+    v4l take = (ad > L->mx[h]) | (ad != ad); /* NaN propagates */
+    L->mx[h] = (v4d)(((v4l)ad & take) | ((v4l)L->mx[h] & ~take));
+    L->bb[h] += b * b;
+    L->aa[h] += a * a;
+    L->nz[h] -= (d != 0.0); /* a true comparison is -1 */
+}
+
+static Stats lanes_total(Lanes *L) {
+    Stats st = {0, 0, 0, 0, 0, 0};
+    for (int h = 0; h < 2; h++)
+        for (int k = 0; k < 4; k++) {
+            st.dd += L->dd[h][k];
+            st.l1 += L->l1[h][k];
+            double m = L->mx[h][k];
+            st.mx = (m > st.mx || m != m) ? m : st.mx;
+            st.bb += L->bb[h][k];
+            st.aa += L->aa[h][k];
+            st.nnz += L->nz[h][k];
+        }
+    return st;
+}
+
+/* Sums over B - A in fp64: 8 interleaved lanes, added up at the end (a fixed order), the last
+ * n % 8 elements padded with zeros (which add nothing). max propagates NaN; nnz counts elements
+ * whose delta is not zero (NaN counts). CONV(i) widens element i of b or a to double. */
+#define STATS_LANES                                                          \
+    for (int h = 0; h < 2; h++) {                                            \
+        v4d bv, av;                                                          \
+        memcpy(&bv, bx + 4 * h, sizeof bv);                                  \
+        memcpy(&av, ax + 4 * h, sizeof av);                                  \
+        lanes_add(&L, h, bv, av);                                            \
+    }
+
+#define STATS_BODY(LOAD)                                                     \
+    Lanes L;                                                                 \
+    memset(&L, 0, sizeof L);                                                 \
+    double bx[8], ax[8];                                                     \
+    Py_ssize_t j = 0;                                                        \
+    for (; j + 8 <= n; j += 8) {                                             \
+        for (int k = 0; k < 8; k++) bx[k] = LOAD(b, j + k);                  \
+        for (int k = 0; k < 8; k++) ax[k] = LOAD(a, j + k);                  \
+        STATS_LANES                                                          \
+    }                                                                        \
+    if (j < n) {                                                             \
+        for (int k = 0; k < 8; k++) {                                        \
+            bx[k] = j + k < n ? LOAD(b, j + k) : 0.0;                        \
+            ax[k] = j + k < n ? LOAD(a, j + k) : 0.0;                        \
+        }                                                                    \
+        STATS_LANES                                                          \
+    }                                                                        \
+    return lanes_total(&L);
+
+#define LOAD_BF16(p, i) ((double)bf16_to_f32((p)[i]))
+#define LOAD_F16(p, i) ((double)f16_table[(p)[i]])
+#define LOAD_SAME(p, i) ((double)(p)[i])
+
+HOT static Stats stats_bf16(const uint16_t *b, const uint16_t *a, Py_ssize_t n) { STATS_BODY(LOAD_BF16) }
+HOT static Stats stats_f16(const uint16_t *b, const uint16_t *a, Py_ssize_t n) { STATS_BODY(LOAD_F16) }
+HOT static Stats stats_f32(const float *b, const float *a, Py_ssize_t n) { STATS_BODY(LOAD_SAME) }
+HOT static Stats stats_f64(const double *b, const double *a, Py_ssize_t n) { STATS_BODY(LOAD_SAME) }
+
+/* delta_stats(b, a, dtype) -> (dd, l1, max_abs, bb, aa, nnz) with dtype "BF16", "F16",
+ * "F32" or "F64": sums of squares of B - A, of |B - A|, of B^2 and of A^2, in fp64. */
+static PyObject *py_delta_stats(PyObject *self, PyObject *args) {
+    PyObject *b_o, *a_o;
+    const char *dtype;
+    if (!PyArg_ParseTuple(args, "OOs", &b_o, &a_o, &dtype)) return NULL;
+    Py_ssize_t size;
+    int code;
+    if (!strcmp(dtype, "BF16")) code = 0, size = 2;
+    else if (!strcmp(dtype, "F16")) code = 1, size = 2;
+    else if (!strcmp(dtype, "F32")) code = 2, size = 4;
+    else if (!strcmp(dtype, "F64")) code = 3, size = 8;
+    else {
+        PyErr_Format(PyExc_ValueError, "delta_stats: unsupported dtype %s", dtype);
+        return NULL;
+    }
+    Buf b, a;
+    if (get_buf(b_o, &b, 0, size, "b") < 0) return NULL;
+    if (get_buf(a_o, &a, 0, size, "a") < 0) {
+        release(&b);
+        return NULL;
+    }
+    if (a.view.len != b.view.len) {
+        release(&a);
+        release(&b);
+        PyErr_SetString(PyExc_ValueError, "blocks of different lengths cannot be compared");
+        return NULL;
+    }
+    Py_ssize_t n = b.view.len / size;
+    Stats st;
+    Py_BEGIN_ALLOW_THREADS
+    switch (code) {
+        case 0: st = stats_bf16(b.view.buf, a.view.buf, n); break;
+        case 1: st = stats_f16(b.view.buf, a.view.buf, n); break;
+        case 2: st = stats_f32(b.view.buf, a.view.buf, n); break;
+        default: st = stats_f64(b.view.buf, a.view.buf, n); break;
+    }
+    Py_END_ALLOW_THREADS
+    release(&a);
+    release(&b);
+    return Py_BuildValue("(dddddL)", st.dd, st.l1, st.mx, st.bb, st.aa, (long long)st.nnz);
+}
+
+/* ------------------------------------------------------------------ module */
+
+static PyMethodDef methods[] = {
+    {"gta_sum_bf16", py_gta_sum_bf16, METH_VARARGS,
+     "gta_sum_bf16(out, base, inputs, weights, deltas, divisor, normalize, lam, has_lam)"},
+    {"gta_consensus_bf16", py_gta_consensus_bf16, METH_VARARGS,
+     "gta_consensus_bf16(out, base, deltas, weights, normalize, lam, has_lam)"},
+    {"sub_hist_bf16", py_sub_hist_bf16, METH_VARARGS, "sub_hist_bf16(out, x, base, hist)"},
+    {"nth_equal16", py_nth_equal16, METH_VARARGS, "nth_equal16(bits, v, need) -> index or -1"},
+    {"apply_cuts16", py_apply_cuts16, METH_VARARGS,
+     "apply_cuts16(data, offset, mode1, v1, last1, mode2, v2, last2)"},
+    {"join2", py_join2, METH_VARARGS, "join2(out, lo, hi, rot, reference_or_None)"},
+    {"delta_stats", py_delta_stats, METH_VARARGS,
+     "delta_stats(b, a, dtype) -> (dd, l1, max_abs, bb, aa, nnz)"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "mergestore._native",
+                                    "Fused kernels (see mergestore/native.py).", -1, methods,
+                                    NULL, NULL, NULL, NULL};
+
+PyMODINIT_FUNC PyInit__native(void) {
+    init_f16_table();
+    return PyModule_Create(&module);
+}

@@ -1,0 +1,24 @@
+"""The optional C kernels (mergestore/_native.c), or None where they were not built.
+
+Each kernel has a torch/numpy twin at its call site, and both give the same bits (tested in
+tests/test_native.py). MERGESTORE_NATIVE=0 turns the kernels off, for comparisons and for
+benchmarks of the twins.
+"""
+
+from __future__ import annotations
+
+import os
+from types import ModuleType
+
+kernels: ModuleType | None
+try:
+    if os.environ.get("MERGESTORE_NATIVE", "1") == "0":
+        raise ImportError("turned off by MERGESTORE_NATIVE=0")
+    from mergestore import _native as kernels
+except ImportError:  # no compiler at install time: the twins run instead
+    kernels = None
+
+
+def describe() -> str:
+    """One line for `mergestore --version`-like reports."""
+    return "native kernels" if kernels is not None else "pure torch/numpy kernels"

@@ -1,0 +1,170 @@
+"""The C kernels (mergestore/_native.c) give the bits of their torch/numpy twins.
+
+Each test runs the same call twice, with the kernels and with ``native.kernels = None`` (what
+a machine without a compiler runs), and compares bit for bit (NaN payloads aside, see
+fixtures/bits.py). Skipped where the extension was not built.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from fixtures.bits import same_bits
+from mergestore import native
+from mergestore.ops import TensorContext, merge_tensor
+
+pytestmark = pytest.mark.skipif(native.kernels is None, reason="C kernels not built")
+
+CTX = TensorContext("model.layers.2.self_attn.q_proj.weight", seed=11)
+
+
+def _twice(monkeypatch: pytest.MonkeyPatch, fn):
+    fast = fn()
+    with monkeypatch.context() as m:
+        m.setattr(native, "kernels", None)
+        slow = fn()
+    return fast, slow
+
+
+def _family(n_inputs: int, numel: int, kind: str, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    base = (0.02 * torch.randn(numel, generator=g)).to(torch.bfloat16)
+    xs = []
+    for i in range(n_inputs):
+        x = (base.float() + 0.002 * (i + 1) * torch.randn(numel, generator=g)).to(torch.bfloat16)
+        x[i::5] = base[i::5]  # unchanged elements: zero deltas, ties at the cut
+        xs.append(x)
+    if kind == "specials":
+        xs[0][7], xs[-1][9], xs[0][13] = float("nan"), float("inf"), -float("inf")
+        base[17] = -0.0
+        xs[0][17] = 0.0
+    if kind == "tiny":  # subnormal and huge deltas: rounding at both ends of the range
+        xs[0][:64] = base[:64] + torch.tensor(1e-38, dtype=torch.bfloat16)
+        xs[-1][64:128] = torch.tensor(3e38, dtype=torch.bfloat16)
+    return base, xs
+
+
+METHODS = [
+    ("task_arithmetic", {"weight": 0.3}, {}),
+    ("task_arithmetic", {"weight": 0.7}, {"normalize": True, "lambda": 0.6}),
+    ("ties", {"density": 0.5, "weight": 0.4}, {}),
+    ("ties", {"density": 0.2, "weight": 1.3}, {"normalize": False, "lambda": 1.5}),
+    ("breadcrumbs", {"density": 0.6, "gamma": 0.05, "weight": 0.5}, {}),
+    ("breadcrumbs_ties", {"density": 0.9, "gamma": 0.01, "weight": 0.5}, {}),
+    ("dare_linear", {"density": 0.5, "weight": 0.4}, {}),
+    ("dare_ties", {"density": 0.5, "weight": 0.4}, {}),
+]
+
+
+@pytest.mark.parametrize("method,per,shared", METHODS)
+@pytest.mark.parametrize("kind", ["dense", "specials", "tiny"])
+@pytest.mark.parametrize("n_inputs", [1, 4])
+@pytest.mark.parametrize("numel", [1000, 300_001])
+def test_gta_methods_same_bits(monkeypatch, method, per, shared, kind, n_inputs, numel) -> None:
+    base, xs = _family(n_inputs, numel, kind)
+    # per-input weights differ, so input order matters in every sum
+    per_input = [dict(per, weight=per["weight"] * (1 + 0.25 * i)) for i in range(n_inputs)]
+    fast, slow = _twice(monkeypatch, lambda: merge_tensor(method, base, xs, shared, per_input, CTX))
+    assert same_bits(fast, slow)
+
+
+@pytest.mark.parametrize("sparsifier,gamma", [("magnitude", 0.0), ("magnitude_outliers", 0.05)])
+@pytest.mark.parametrize("density", [0.001, 0.3, 0.5, 0.999])
+@pytest.mark.parametrize("kind", ["dense", "specials"])
+def test_rank_cuts_same_bits(monkeypatch, sparsifier, gamma, density, kind) -> None:
+    from mergestore.ops import sparsify
+
+    base, (x,) = _family(1, 70_001, kind, seed=5)
+
+    def run():
+        out = torch.empty_like(base)
+        sparsify.delta_into(out, x, base, sparsifier, density, gamma)
+        return out
+
+    fast, slow = _twice(monkeypatch, run)
+    assert same_bits(fast, slow)
+    if kind == "dense" and sparsifier == "magnitude":
+        k = max(1, int(density * base.numel()))
+        assert int((fast != 0).sum()) == min(k, int(((x - base) != 0).sum()))
+
+
+def test_all_ties_at_the_cut(monkeypatch) -> None:
+    """Every magnitude equal: the cut keeps the lowest flat indices."""
+    from mergestore.ops import sparsify
+
+    base = torch.zeros(10_000, dtype=torch.bfloat16)
+    x = torch.full_like(base, 0.5)
+    x[::2] = -0.5
+
+    def run():
+        out = torch.empty_like(base)
+        sparsify.delta_into(out, x, base, "magnitude", 0.3, 0.0)
+        return out
+
+    fast, slow = _twice(monkeypatch, run)
+    assert same_bits(fast, slow)
+    assert torch.equal((fast != 0).nonzero().flatten(), torch.arange(3000))
+
+
+@pytest.mark.parametrize("dtype", ["BF16", "F16", "F32", "F64"])
+@pytest.mark.parametrize("numel", [0, 1, 7, 8, 4099])
+def test_delta_stats_match_fp64(dtype, numel) -> None:
+    from mergestore.formats.safetensors import torch_dtype
+
+    g = torch.Generator().manual_seed(numel)
+    a = torch.randn(numel, generator=g, dtype=torch.float64).to(torch_dtype(dtype))
+    b = (a.double() + 0.01 * torch.randn(numel, generator=g, dtype=torch.float64)).to(a.dtype)
+    if numel > 4:
+        b[:3] = a[:3]
+        a[3] = -0.0
+        b[3] = 0.0  # equal values, different bits: not counted as changed
+    dd, l1, mx, bb, aa, nnz = native.kernels.delta_stats(
+        b.numpy().tobytes() if dtype != "BF16" else b.view(torch.int16).numpy().tobytes(),
+        a.numpy().tobytes() if dtype != "BF16" else a.view(torch.int16).numpy().tobytes(),
+        dtype,
+    )
+    d = b.double() - a.double()
+    assert math.isclose(dd, float((d * d).sum()), rel_tol=1e-12, abs_tol=1e-300)
+    assert math.isclose(l1, float(d.abs().sum()), rel_tol=1e-12, abs_tol=1e-300)
+    assert mx == (float(d.abs().max()) if numel else 0.0)
+    assert math.isclose(bb, float((b.double() ** 2).sum()), rel_tol=1e-12, abs_tol=1e-300)
+    assert math.isclose(aa, float((a.double() ** 2).sum()), rel_tol=1e-12, abs_tol=1e-300)
+    assert nnz == int((d != 0).sum())
+
+
+def test_delta_stats_nan_and_inf() -> None:
+    a = np.array([1.0, 2.0, 3.0, np.inf], dtype=np.float32)
+    b = np.array([1.0, np.nan, 3.0, np.inf], dtype=np.float32)
+    dd, l1, mx, bb, aa, nnz = native.kernels.delta_stats(b, a, "F32")
+    assert math.isnan(mx) and math.isnan(dd) and nnz == 2  # NaN - 2 and inf - inf are NaN
+
+
+def test_join2_inverts_split_planes() -> None:
+    from mergestore.store.codecs.byteplane import split_planes
+
+    rng = np.random.default_rng(0)
+    words = rng.integers(0, 1 << 16, size=5001, dtype=np.uint16)
+    ref = rng.integers(0, 1 << 16, size=5001, dtype=np.uint16)
+    for rot in (0, 1, 7, 8, 15):
+        rows = split_planes(words.view(np.uint8), 2, rot)
+        out = np.empty_like(words)
+        native.kernels.join2(out, rows[0, :5001].copy(), rows[1, :5001].copy(), rot, None)
+        assert np.array_equal(out, words)
+        native.kernels.join2(out, rows[0, :5001].copy(), rows[1, :5001].copy(), rot, ref)
+        assert np.array_equal(out, words ^ ref)
+
+
+def test_bad_arguments_raise() -> None:
+    k = native.kernels
+    with pytest.raises(ValueError):
+        k.delta_stats(b"\0\0", b"\0\0\0\0", "BF16")
+    with pytest.raises(ValueError):
+        k.delta_stats(b"\0\0", b"\0\0", "I8")
+    with pytest.raises(ValueError):
+        k.join2(np.empty(4, np.uint16), np.empty(4, np.uint8), np.empty(3, np.uint8), 0, None)
+    with pytest.raises(BufferError):  # read-only output
+        k.join2(bytes(8), np.empty(4, np.uint8), np.empty(4, np.uint8), 0, None)
