@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mergestore import native
 from mergestore.errors import FormatError, MergestoreError, RefError
 from mergestore.formats.checkpoint import scan_checkpoint
 from mergestore.formats.safetensors import DTYPE_SIZES, torch_dtype
@@ -89,6 +90,11 @@ def block_stats(b_raw: bytes | memoryview, a_raw: bytes | memoryview, dtype: str
     Each chunk of both blocks is widened into a cache-sized fp64 scratch buffer; the delta is
     formed in place. Equal to blockstats.delta_stats up to the order of fp64 summation.
     """
+    if native.kernels is not None and dtype in _NATIVE_STATS:
+        if len(b_raw) != len(a_raw):
+            raise FormatError("blocks of different lengths cannot be compared")
+        dd, l1, mx, bb, aa, nnz = native.kernels.delta_stats(b_raw, a_raw, dtype)
+        return _stats(dd, l1, mx, bb, aa, nnz, len(b_raw) // DTYPE_SIZES[dtype])
     bt, at = _flat(b_raw, dtype), _flat(a_raw, dtype)
     if bt.numel() != at.numel():
         raise FormatError("blocks of different lengths cannot be compared")
@@ -109,6 +115,16 @@ def block_stats(b_raw: bytes | memoryview, a_raw: bytes | memoryview, dtype: str
         d.abs_()
         l1 += float(d.sum())
         mx = max(mx, float(d.amax()))
+    return _stats(dd, l1, mx, bb, aa, nnz, bt.numel())
+
+
+# dtypes the C kernel reads (one fused fp64 pass over both blocks, GIL released)
+_NATIVE_STATS = frozenset({"BF16", "F16", "F32", "F64"})
+
+
+def _stats(
+    dd: float, l1: float, mx: float, bb: float, aa: float, nnz: int, numel: int
+) -> DeltaStats:
     # <A,B> by polarization, one pass fewer: ||A||^2 + ||B||^2 - ||B-A||^2 has no cancellation
     # where it matters (the error is eps * (||A||^2 + ||B||^2), tiny against ||A|| ||B||)
     ab = (aa + bb - dd) / 2
@@ -118,7 +134,7 @@ def block_stats(b_raw: bytes | memoryview, a_raw: bytes | memoryview, dtype: str
         max_abs=mx,
         l2_b=math.sqrt(bb),
         nnz=nnz,
-        numel=bt.numel(),
+        numel=numel,
         dot=ab,
         l2_a=math.sqrt(aa),
     )
@@ -126,6 +142,10 @@ def block_stats(b_raw: bytes | memoryview, a_raw: bytes | memoryview, dtype: str
 
 def block_norm(raw: bytes | memoryview, dtype: str) -> DeltaStats:
     """The statistics of a block against itself: a zero delta, and its norm."""
+    if native.kernels is not None and dtype in _NATIVE_STATS:
+        sq = native.kernels.delta_stats(raw, raw, dtype)[3]
+        n = math.sqrt(sq)
+        return DeltaStats(0.0, 0.0, 0.0, n, 0, len(raw) // DTYPE_SIZES[dtype], sq, n)
     t = _flat(raw, dtype)
     sq = 0.0
     for s in range(0, t.numel(), _CHUNK):

@@ -28,6 +28,8 @@ from typing import ClassVar
 
 import numpy as np
 
+from mergestore import native
+
 from . import zstd
 from .base import MAX_DECODED_BYTES, Buffer, Stage, corrupt, parse_int, parse_params
 from .huffman import LITERAL_SLACK, compress_literals
@@ -103,6 +105,10 @@ def join_planes(planes: list[np.ndarray], width: int, rot: int) -> np.ndarray:
     """Inverse of `split_planes`: interleave the planes and rotate right; returns the words."""
     if width == 1:
         words = planes[0]
+    elif width == 2 and native.kernels is not None:
+        words = np.empty(len(planes[0]), dtype=np.uint16)
+        native.kernels.join2(words, planes[0], planes[1], rot, None)  # one pass, GIL released
+        return words
     elif width == 2 and rot <= 8:
         lo, hi = planes
         words = np.empty(len(lo), dtype=np.uint16)
