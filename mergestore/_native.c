@@ -10,7 +10,8 @@
  * The one documented difference: a NaN result is the canonical quiet NaN 0x7FC0, where
  * torch's vectorized conversion writes 0xFFFF (its scalar one 0x7FC0).
  *
- * Hot functions are compiled twice (AVX2 and baseline x86-64) and picked at load time.
+ * Hot functions are compiled twice (for x86-64-v3, i.e. AVX2 + FMA, and for baseline x86-64) and
+ * picked at load time.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -20,7 +21,7 @@
 #include <string.h>
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define HOT __attribute__((target_clones("avx2", "default")))
+#define HOT __attribute__((target_clones("arch=x86-64-v3", "default")))
 #else
 #define HOT
 #endif
@@ -313,6 +314,50 @@ done2:
 done1:
     release(&out);
 done0:
+    return ret;
+}
+
+/* linear (ops/linear.py) on bf16 inputs: acc = fma(x_i, w_i, acc) in fp32 from 0, in input
+ * order (torch's addcmul_ is fused); acc / wsum if normalize; rounded to bf16. */
+HOT static void linear_bf16(uint16_t *out, const uint16_t **xs, Py_ssize_t k, const float *w,
+                            Py_ssize_t n, int normalize, float wsum) {
+    float acc[TILE];
+    for (Py_ssize_t s = 0; s < n; s += TILE) {
+        Py_ssize_t m = n - s < TILE ? n - s : TILE;
+        for (Py_ssize_t j = 0; j < m; j++) acc[j] = 0.0f;
+        for (Py_ssize_t i = 0; i < k; i++) {
+            const uint16_t *x = xs[i] + s;
+            const float wi = w[i];
+            for (Py_ssize_t j = 0; j < m; j++) acc[j] = fmaf(bf16_to_f32(x[j]), wi, acc[j]);
+        }
+        if (normalize)
+            for (Py_ssize_t j = 0; j < m; j++) acc[j] = acc[j] / wsum;
+        for (Py_ssize_t j = 0; j < m; j++) out[s + j] = rne16(acc[j]);
+    }
+}
+
+static PyObject *py_linear_bf16(PyObject *self, PyObject *args) {
+    PyObject *out_o, *xs_o, *w_o;
+    int normalize;
+    double wsum;
+    if (!PyArg_ParseTuple(args, "OOOpd", &out_o, &xs_o, &w_o, &normalize, &wsum)) return NULL;
+    Buf out;
+    BufList xs = {0};
+    float *w = NULL;
+    PyObject *ret = NULL;
+    if (get_buf(out_o, &out, 1, 2, "out") < 0) return NULL;
+    if (get_list(xs_o, &xs, out.view.len, "inputs") < 0) goto done;
+    w = PyMem_Calloc(xs.n ? xs.n : 1, sizeof(float));
+    if (!w || get_floats(w_o, w, xs.n) < 0) goto done;
+    Py_BEGIN_ALLOW_THREADS
+    linear_bf16(out.view.buf, xs.ptrs, xs.n, w, out.view.len / 2, normalize, (float)wsum);
+    Py_END_ALLOW_THREADS
+    ret = Py_None;
+    Py_INCREF(ret);
+done:
+    PyMem_Free(w);
+    release_list(&xs);
+    release(&out);
     return ret;
 }
 
@@ -658,6 +703,8 @@ static PyMethodDef methods[] = {
      "gta_sum_bf16(out, base, inputs, weights, deltas, divisor, normalize, lam, has_lam)"},
     {"gta_consensus_bf16", py_gta_consensus_bf16, METH_VARARGS,
      "gta_consensus_bf16(out, base, deltas, weights, normalize, lam, has_lam)"},
+    {"linear_bf16", py_linear_bf16, METH_VARARGS,
+     "linear_bf16(out, inputs, weights, normalize, weight_sum)"},
     {"sub_hist_bf16", py_sub_hist_bf16, METH_VARARGS, "sub_hist_bf16(out, x, base, hist)"},
     {"nth_equal16", py_nth_equal16, METH_VARARGS, "nth_equal16(bits, v, need) -> index or -1"},
     {"apply_cuts16", py_apply_cuts16, METH_VARARGS,

@@ -168,3 +168,17 @@ def test_bad_arguments_raise() -> None:
         k.join2(np.empty(4, np.uint16), np.empty(4, np.uint8), np.empty(3, np.uint8), 0, None)
     with pytest.raises(BufferError):  # read-only output
         k.join2(bytes(8), np.empty(4, np.uint8), np.empty(4, np.uint8), 0, None)
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+@pytest.mark.parametrize("kind", ["dense", "specials", "tiny"])
+@pytest.mark.parametrize("numel", [77, 300_001])
+def test_linear_same_bits(monkeypatch, normalize, kind, numel) -> None:
+    """linear's fp32 fused multiply-adds (torch's addcmul_), in input order."""
+    _, xs = _family(4, numel, kind, seed=2)
+    per_input = [{"weight": w} for w in (0.3, 0.25, -0.1, 0.7)]
+    fast, slow = _twice(
+        monkeypatch,
+        lambda: merge_tensor("linear", None, xs, {"normalize": normalize}, per_input, CTX),
+    )
+    assert same_bits(fast, slow)

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from mergestore import native
 from mergestore.ops.context import TensorContext
 from mergestore.ops.registry import register
 from mergestore.ops.spec import BaseRule, MethodSpec, ParamSpec, Scope
@@ -26,6 +27,8 @@ def merge(
     buffer (fp64 for fp64 inputs); the weights and their sum are in that dtype too.
     """
     first = inputs[0]
+    if native.kernels is not None and all(x.dtype == torch.bfloat16 for x in inputs):
+        return _linear_bf16(inputs, shared, per_input)
     acc = torch.float64 if first.dtype == torch.float64 else torch.float32
     # Coefficients shaped like mergekit's batched ones ([1] * ndim) so the same broadcast
     # kernel runs; weights are rounded once from Python floats to the accumulator dtype.
@@ -37,6 +40,25 @@ def merge(
     if shared["normalize"]:
         result.div_(weights.sum().reshape(shape))
     return result.to(first.dtype)
+
+
+def _linear_bf16(
+    inputs: Sequence[Tensor], shared: Mapping[str, Any], per_input: Sequence[Mapping[str, Any]]
+) -> Tensor:
+    """merge() on bf16 inputs with the C kernel: the same fused multiply-adds in the same
+    order, in one pass over memory."""
+    assert native.kernels is not None
+    weights = torch.tensor([per_input[i]["weight"] for i in range(len(inputs))])
+    first = inputs[0]
+    out = torch.empty(first.shape, dtype=torch.bfloat16)
+    native.kernels.linear_bf16(
+        out.view(torch.int16).numpy(),
+        [x.contiguous().view(torch.int16).numpy() for x in inputs],
+        [float(w) for w in weights],
+        bool(shared["normalize"]),
+        float(weights.sum()),  # torch's own reduction, as the fp32 path divides by
+    )
+    return out
 
 
 SPEC = register(
