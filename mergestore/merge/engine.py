@@ -32,7 +32,7 @@ import torch
 from mergestore.errors import CorruptionError
 from mergestore.formats.safetensors import DTYPE_SIZES, dtype_name, torch_dtype
 from mergestore.merge.tensorplan import OutputTensorPlan
-from mergestore.ops import TensorContext, merge_tensor
+from mergestore.ops import TensorContext, alloc, merge_tensor
 from mergestore.store import codecs
 from mergestore.store.blocks import block_id, tensor_blocking
 from mergestore.store.objects import TensorRecord
@@ -166,7 +166,7 @@ def _assemble(chunks: Sequence[bytes | memoryview], rec: TensorRecord) -> torch.
     dt = torch_dtype(rec.dtype)
     if rec.nbytes == 0:
         return torch.empty(rec.shape, dtype=dt)
-    out = torch.empty(rec.nbytes, dtype=torch.uint8)
+    out = alloc.empty((rec.nbytes,), torch.uint8)
     dst = out.numpy()
     pos = 0
     for c in chunks:
@@ -311,6 +311,77 @@ class Engine:
                 held[bid] = got[bid]
         return chunks
 
+    def _read_input_tensor(
+        self,
+        reads: _InputReads,
+        reference: TensorRecord | None,
+        ref_raw: dict[bytes, bytes],
+        held: dict[bytes, bytes],
+        meter: ReadMeter,
+        stats: EngineStats,
+        workers: int,
+    ) -> torch.Tensor:
+        """_read_input and _assemble in one: each block to read is decoded straight into its
+        place in the tensor (codecs.decode_block_into: no intermediate block, no copy); the
+        others are copied from the base's blocks or from blocks already read."""
+        rec, selected, locs = reads.rec, reads.selected, reads.locations
+        if rec.nbytes == 0:
+            return torch.empty(rec.shape, dtype=torch_dtype(rec.dtype))
+        out = alloc.empty((rec.nbytes,), torch.uint8)
+        dst = out.numpy()
+        decode: dict[bytes, tuple[int, int]] = {}  # block id -> (offset, length) it decodes to
+        copies: list[tuple[int, bytes | memoryview | bytes]] = []  # (offset, source)
+        repeats: list[tuple[int, bytes]] = []  # (offset, id of a block decoded elsewhere)
+        pos = 0
+        for i, bid in enumerate(rec.blocks):
+            src: bytes | memoryview | None = None
+            if reads.aligned:
+                assert reference is not None
+                rid = reference.blocks[i]
+                if bid == rid or (selected is not None and i not in selected):
+                    src = ref_raw[rid]  # equal to, or (omitted) taken equal to, the base here
+            if src is None and bid in ref_raw:  # the base's block at another position
+                src = ref_raw[bid]
+            if src is None and bid in held:
+                src = held[bid]
+            if src is not None:
+                copies.append((pos, src))
+                pos += len(src)
+            elif bid in decode:
+                repeats.append((pos, bid))
+                pos += decode[bid][1]
+            else:
+                n = locs[bid].raw_len
+                decode[bid] = (pos, n)
+                pos += n
+        if pos != rec.nbytes:
+            raise CorruptionError(f"tensor {rec.name!r}: blocks hold {pos} bytes, not {rec.nbytes}")
+        with stats._lock:
+            stats.blocks_read += len(decode)
+
+        def fetch(bid: bytes) -> None:
+            loc = locs[bid]
+            hint = None
+            if loc.ref is not None:
+                hint = ref_raw.get(loc.ref)
+                if hint is None:
+                    hint = held.get(loc.ref)
+            off, n = decode[bid]
+            self.repo.read_block_into(bid, dst[off : off + n], meter, reference=hint, location=loc)
+
+        for _ in ordered_map(fetch, list(decode), workers=workers):
+            pass
+        for off, src in copies:
+            dst[off : off + len(src)] = np.frombuffer(src, dtype=np.uint8)
+        for off, bid in repeats:
+            first, n = decode[bid]
+            dst[off : off + n] = dst[first : first + n]
+        for bid in reads.keep:
+            if bid in decode:
+                off, n = decode[bid]
+                held[bid] = memoryview(dst[off : off + n]).toreadonly()
+        return out.view(torch_dtype(rec.dtype)).reshape(rec.shape)
+
     def _load(self, task: TensorTask, stats: EngineStats, workers: int = 1) -> _Loaded:
         """Read and decode a task's inputs, on `workers` threads (the engine passes more than
         one only for a task merged alone: otherwise tasks load side by side, which measured
@@ -349,9 +420,9 @@ class Engine:
         inputs = []
         for reads, model in zip(input_reads, task.input_models, strict=True):
             meter = stats.expert_meters[model]
-            chunks = self._read_input(reads, task.reference, ref_raw, held, meter, stats, workers)
-            inputs.append(_assemble(chunks, reads.rec))
-            del chunks
+            inputs.append(
+                self._read_input_tensor(reads, task.reference, ref_raw, held, meter, stats, workers)
+            )
         del held
         reference_t = None
         if task.reference is not None:

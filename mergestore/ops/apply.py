@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from mergestore.errors import MergeError
+from mergestore.ops import alloc
 from mergestore.ops.context import TensorContext
 from mergestore.ops.registry import get_method
 from mergestore.ops.spec import BaseRule, MethodSpec, ParamSpec, Scope
@@ -230,7 +231,7 @@ def _merge_in_chunks(
         pieces = [x[start:stop].to(compute) for x in flat_inputs]
         result = spec.kernel(piece_base, pieces, shared, per_input, ctx)
         if out is None:
-            out = torch.empty(n, dtype=out_dtype or result.dtype)
+            out = alloc.empty((n,), out_dtype or result.dtype)
         out[start:stop] = result
     assert out is not None
     return out.reshape(shape)

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from mergestore import native
-from mergestore.ops import sparsify
+from mergestore.ops import alloc, sparsify
 from mergestore.ops.context import TensorContext
 from mergestore.ops.spec import BaseRule, MethodSpec, ParamSpec, Scope
 from mergestore.store.parallel import ordered_map
@@ -150,7 +150,7 @@ def _native_bf16(
     weights = torch.tensor([per_input[i]["weight"] for i in range(n)], dtype=base.dtype)
     wf = [float(w) for w in weights]
     flat_base = base.contiguous().reshape(-1)
-    out = torch.empty_like(flat_base)
+    out = alloc.empty_like(flat_base)
     lam = float(shared["lambda"])
     normalize = bool(shared["normalize"])
     if consensus:
@@ -267,7 +267,7 @@ def _sparsified_deltas(
 ) -> Tensor:
     """The deltas stacked [n, ...] as mergekit does, each sparsified on its own, unweighted,
     then stored in the compute dtype."""
-    deltas = base.new_empty((len(inputs), *base.shape))
+    deltas = alloc.empty((len(inputs), *base.shape), base.dtype)
 
     def one(i: int) -> None:
         _delta(inputs[i], base, sparsifier, per_input[i], rescale, ctx, i, out=deltas[i])
@@ -335,7 +335,7 @@ def _delta(
     if sparsifier is not None and sparsify.streaming_supported(
         base.dtype, sparsifier, density, rescale
     ):
-        target = out if out is not None else torch.empty_like(base)
+        target = out if out is not None else alloc.empty_like(base)
         flat = target.view(-1)
         gamma = params.get("gamma", 0.0)
         sparsify.delta_into(flat, x.reshape(-1), base.reshape(-1), sparsifier, density, gamma)

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from mergestore import native
+from mergestore.ops import alloc
 from mergestore.ops.context import TensorContext
 from mergestore.ops.registry import register
 from mergestore.ops.spec import BaseRule, MethodSpec, ParamSpec, Scope
@@ -50,7 +51,7 @@ def _linear_bf16(
     assert native.kernels is not None
     weights = torch.tensor([per_input[i]["weight"] for i in range(len(inputs))])
     first = inputs[0]
-    out = torch.empty(first.shape, dtype=torch.bfloat16)
+    out = alloc.empty(first.shape, torch.bfloat16)
     native.kernels.linear_bf16(
         out.view(torch.int16).numpy(),
         [x.contiguous().view(torch.int16).numpy() for x in inputs],

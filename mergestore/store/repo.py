@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import blake3
+import numpy as np
 import zstandard
 
 from mergestore.errors import (
@@ -218,6 +219,47 @@ class Repository:
         already holds them (a merge holds the base block), so it is not read twice.
         `location` may carry the block's index entry when the caller looked many up at once.
         """
+        loc, payload, ref_raw = self._payload(bid, meter, reference, location)
+        try:
+            raw = codecs.decode_block(
+                self.codec_spec(loc.codec), payload, reference=ref_raw, view=view
+            )
+        except CorruptionError as e:
+            raise CorruptionError(f"block {bid.hex()[:12]}: {e}") from e
+        if len(raw) != loc.raw_len or block_id(raw) != bid:
+            raise CorruptionError(f"block {bid.hex()[:12]} is corrupt (hash mismatch)")
+        return raw
+
+    def read_block_into(
+        self,
+        bid: bytes,
+        out: np.ndarray,
+        meter: ReadMeter | None = None,
+        *,
+        reference: bytes | memoryview | None = None,
+        location: BlockLocation | None = None,
+    ) -> None:
+        """read_block, decoding into `out` (a writable uint8 array of the block's length)
+        and checking the bytes there against the id. On an error `out` holds garbage."""
+        loc, payload, ref_raw = self._payload(bid, meter, reference, location)
+        if len(out) != loc.raw_len:
+            raise ValueError(f"block {bid.hex()[:12]} holds {loc.raw_len} bytes, not {len(out)}")
+        try:
+            codecs.decode_block_into(self.codec_spec(loc.codec), payload, out, reference=ref_raw)
+        except CorruptionError as e:
+            raise CorruptionError(f"block {bid.hex()[:12]}: {e}") from e
+        if block_id(out) != bid:
+            raise CorruptionError(f"block {bid.hex()[:12]} is corrupt (hash mismatch)")
+
+    def _payload(
+        self,
+        bid: bytes,
+        meter: ReadMeter | None,
+        reference: bytes | memoryview | None,
+        location: BlockLocation | None,
+    ) -> tuple[BlockLocation, bytes, bytes | memoryview | None]:
+        """A block's index entry, its stored payload (counted on `meter`), and the raw
+        bytes of its delta reference (given, or read) if it has one."""
         loc = location or self.block_location(bid)
         if loc is None:
             raise CorruptionError(f"block {bid.hex()[:12]} is missing from the store")
@@ -236,15 +278,7 @@ class Repository:
         ref_raw = None
         if loc.ref is not None:
             ref_raw = reference if reference is not None else self.read_block(loc.ref, meter)
-        try:
-            raw = codecs.decode_block(
-                self.codec_spec(loc.codec), payload, reference=ref_raw, view=view
-            )
-        except CorruptionError as e:
-            raise CorruptionError(f"block {bid.hex()[:12]}: {e}") from e
-        if len(raw) != loc.raw_len or block_id(raw) != bid:
-            raise CorruptionError(f"block {bid.hex()[:12]} is corrupt (hash mismatch)")
-        return raw
+        return loc, payload, ref_raw
 
     def stored_size(self, bid: bytes) -> int:
         loc = self.block_location(bid)

@@ -4,7 +4,13 @@ The store calls `encode_block` on each raw block and records `Encoded.spec` in t
 `decode_block(spec, payload)` gives back the exact raw bytes. All functions are thread-safe.
 """
 
-from .chain import Encoded, decode_block, spec_codec_names, spec_uses_reference
+from .chain import (
+    Encoded,
+    decode_block,
+    decode_block_into,
+    spec_codec_names,
+    spec_uses_reference,
+)
 from .choose import encode_block
 from .registry import CODECS, parse_spec
 
@@ -12,6 +18,7 @@ __all__ = [
     "CODECS",
     "Encoded",
     "decode_block",
+    "decode_block_into",
     "encode_block",
     "parse_spec",
     "spec_codec_names",

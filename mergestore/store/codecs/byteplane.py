@@ -245,6 +245,33 @@ class BytePlane(Stage):
     # -- decoding ---------------------------------------------------------------------------
 
     def decode(self, data: Buffer) -> Buffer:
+        planes, n_tail, tail = self._planes(data)
+        words = join_planes(planes, self.width, self.rot)
+        if n_tail == 0:
+            # A fresh writable array: the XOR stage may work in place; decode_block copies it
+            # into bytes once at the end.
+            return (words if words.flags.writeable else words.copy()).view(np.uint8)
+        return b"".join([words, tail])
+
+    def decode_into(self, data: Buffer, out: np.ndarray, reference: Buffer | None) -> None:
+        """Decode a 16-bit payload straight into `out` (writable uint8, the block's length),
+        XORed with `reference` if given: the planes are joined (and XORed) by one C pass
+        into the caller's memory, with no intermediate block. Needs the C kernels."""
+        assert self.width == 2 and native.kernels is not None
+        planes, n_tail, tail = self._planes(data)
+        n = len(planes[0]) * 2 + n_tail
+        if len(out) != n or (reference is not None and memoryview(reference).nbytes != n):
+            raise corrupt(f"bplane block of {n} bytes does not fit {len(out)} bytes")
+        ref = None if reference is None else np.frombuffer(reference, dtype=np.uint8)
+        body = n - n_tail
+        ref16 = None if ref is None else ref[:body].view(np.uint16)
+        native.kernels.join2(out[:body].view(np.uint16), planes[0], planes[1], self.rot, ref16)
+        if n_tail:
+            t = np.frombuffer(tail, dtype=np.uint8)
+            out[body:] = t if ref is None else t ^ ref[body:]
+
+    def _planes(self, data: Buffer) -> tuple[list[np.ndarray], int, memoryview]:
+        """The decoded planes, the tail length and the tail bytes of a payload."""
         view = memoryview(data).cast("B")
         w = self.width
         header_len = _N.size + 4 * w
@@ -269,12 +296,7 @@ class BytePlane(Stage):
             else:
                 plane = zstd.decompress(segment, expected_size=n_words)
                 planes.append(np.frombuffer(plane, dtype=np.uint8))
-        words = join_planes(planes, w, self.rot)
-        if n_tail == 0:
-            # A fresh writable array: the XOR stage may work in place; decode_block copies it
-            # into bytes once at the end.
-            return (words if words.flags.writeable else words.copy()).view(np.uint8)
-        return b"".join([words, view[pos:]])
+        return planes, n_tail, view[pos:]
 
     # -- spec -------------------------------------------------------------------------------
 

@@ -6,8 +6,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .base import AnyBuffer, ReferenceStage
+from mergestore import native
+
+from .base import AnyBuffer, ReferenceStage, corrupt
+from .byteplane import BytePlane
 from .registry import AnyStage, parse_spec
+from .xordelta import XorDelta
 
 
 @dataclass(frozen=True)
@@ -60,6 +64,30 @@ def decode_block(
         # of the caller's reference.
         return memoryview(data.reshape(-1).view(np.uint8)).toreadonly()
     return bytes(data)
+
+
+def decode_block_into(
+    spec: str, payload: AnyBuffer, out: np.ndarray, *, reference: AnyBuffer | None = None
+) -> None:
+    """decode_block, writing the raw bytes into `out` (a writable uint8 array of the block's
+    length). 16-bit byte planes, XORed or not, decode straight into `out` with the C
+    kernels (no intermediate block, no copy); any other chain decodes, then is copied."""
+    stages = parse_spec(spec)
+    last = stages[-1] if stages else None
+    if (
+        native.kernels is not None
+        and isinstance(last, BytePlane)
+        and last.width == 2
+        and (len(stages) == 1 or (len(stages) == 2 and isinstance(stages[0], XorDelta)))
+    ):
+        if len(stages) == 2 and reference is None:
+            raise ValueError(f"codec spec {spec!r} needs the reference block's raw bytes")
+        last.decode_into(memoryview(payload), out, reference if len(stages) == 2 else None)
+        return
+    raw = decode_block(spec, payload, reference=reference, view=True)
+    if memoryview(raw).nbytes != len(out):
+        raise corrupt(f"block decoded to {memoryview(raw).nbytes} bytes, expected {len(out)}")
+    out[:] = np.frombuffer(raw, dtype=np.uint8)
 
 
 def spec_uses_reference(spec: str) -> bool:
