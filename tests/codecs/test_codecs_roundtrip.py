@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import pytest
 from codec_data import DTYPES, finetune_bf16, weights
 
 from mergestore.store.codecs import (
     decode_block,
+    decode_block_into,
     encode_block,
     spec_codec_names,
     spec_uses_reference,
@@ -31,6 +33,10 @@ def roundtrip(raw: bytes, **kw) -> str:
     assert decode_block(enc.spec, bytes(enc.payload), reference=ref) == raw
     # decode also accepts a memoryview payload
     assert decode_block(enc.spec, memoryview(bytes(enc.payload)), reference=ref) == raw
+    # and decodes into the caller's memory (16-bit byte planes: the C kernels' path)
+    out = np.full(len(raw), 0xA5, dtype=np.uint8)
+    decode_block_into(enc.spec, bytes(enc.payload), out, reference=ref)
+    assert out.tobytes() == raw
     assert (enc.ref is not None) == spec_uses_reference(enc.spec)
     return enc.spec
 
@@ -154,3 +160,31 @@ def test_bad_arguments():
     enc = encode_block(raw, dtype="BF16", reference=raw, reference_id=REF_ID)
     with pytest.raises(ValueError):  # decoding a delta without its reference
         decode_block(enc.spec, enc.payload)
+
+
+def test_decode_into_without_the_c_kernels(monkeypatch):
+    """The same bytes where the extension is not built (the generic decode, then a copy)."""
+    from mergestore import native
+
+    base = weights("BF16", 4097, seed=4)
+    ft = finetune_bf16(base, 1e-2)
+    monkeypatch.setattr(native, "kernels", None)
+    for raw, ref in ((base, None), (ft, base)):
+        enc = encode_block(raw, dtype="BF16", reference=ref, reference_id=REF_ID if ref else None)
+        out = np.empty(len(raw), dtype=np.uint8)
+        decode_block_into(enc.spec, bytes(enc.payload), out, reference=ref)
+        assert out.tobytes() == raw
+
+
+def test_decode_into_refuses_a_wrong_size_or_a_corrupt_payload():
+    from mergestore.errors import CorruptionError
+
+    raw = weights("BF16", 4096, seed=5)
+    enc = encode_block(raw, dtype="BF16", allowed=frozenset({"bplane"}))
+    with pytest.raises(CorruptionError):
+        decode_block_into(enc.spec, bytes(enc.payload), np.empty(len(raw) - 2, np.uint8))
+    bad = bytearray(enc.payload)
+    bad[len(bad) // 2] ^= 0xFF
+    bad = bytes(bad[:-3])
+    with pytest.raises(CorruptionError):
+        decode_block_into(enc.spec, bad, np.empty(len(raw), np.uint8))
