@@ -157,25 +157,7 @@ class _Loaded:
     base: torch.Tensor | None
     inputs: list[torch.Tensor]
     reference: torch.Tensor | None
-    ref_raw: dict[bytes, bytes]
-
-
-def _assemble(chunks: Sequence[bytes | memoryview], rec: TensorRecord) -> torch.Tensor:
-    """A tensor of the blocks' bytes: one numpy copy per block (which releases the GIL, where
-    a bytearray's slice assignment holds it), into memory that is never zero-filled."""
-    dt = torch_dtype(rec.dtype)
-    if rec.nbytes == 0:
-        return torch.empty(rec.shape, dtype=dt)
-    out = alloc.empty((rec.nbytes,), torch.uint8)
-    dst = out.numpy()
-    pos = 0
-    for c in chunks:
-        n = len(c)
-        dst[pos : pos + n] = np.frombuffer(c, dtype=np.uint8)
-        pos += n
-    if pos != rec.nbytes:
-        raise CorruptionError(f"tensor {rec.name!r}: blocks hold {pos} bytes, not {rec.nbytes}")
-    return out.view(dt).reshape(rec.shape)
+    ref_raw: dict[bytes, memoryview]
 
 
 class Engine:
@@ -204,11 +186,46 @@ class Engine:
 
     def _read_reference(
         self, rec: TensorRecord | None, stats: EngineStats, workers: int
-    ) -> dict[bytes, bytes]:
+    ) -> tuple[torch.Tensor | None, dict[bytes, memoryview]]:
+        """The base model's tensor, each distinct block decoded straight into its place, and
+        read-only views of those blocks by id (the raw bytes that inputs are compared with and
+        delta-decoded against, and that output blocks are delta-coded against). Kernels never
+        write to their inputs (tests/ops/test_purity.py), so the views stay valid."""
         if rec is None:
-            return {}
+            return None, {}
+        dt = torch_dtype(rec.dtype)
+        if rec.nbytes == 0:
+            return torch.empty(rec.shape, dtype=dt), {}
         uniq = list(dict.fromkeys(rec.blocks))
-        return self._read_many({b: stats.base_meter for b in uniq}, workers)
+        locs = self.repo.block_locations(uniq)
+        first: dict[bytes, tuple[int, int]] = {}
+        repeats: list[tuple[int, bytes]] = []
+        pos = 0
+        for bid in rec.blocks:
+            loc = locs.get(bid)
+            if loc is None:
+                raise CorruptionError(f"block {bid.hex()[:12]} is missing from the store")
+            if bid in first:
+                repeats.append((pos, bid))
+            else:
+                first[bid] = (pos, loc.raw_len)
+            pos += loc.raw_len
+        if pos != rec.nbytes:
+            raise CorruptionError(f"tensor {rec.name!r}: blocks hold {pos} bytes, not {rec.nbytes}")
+        out = alloc.empty((rec.nbytes,), torch.uint8)
+        dst = out.numpy()
+
+        def fetch(bid: bytes) -> None:
+            off, n = first[bid]
+            self.repo.read_block_into(bid, dst[off : off + n], stats.base_meter, location=locs[bid])
+
+        for _ in ordered_map(fetch, uniq, workers=workers):
+            pass
+        for off, bid in repeats:
+            start, n = first[bid]
+            dst[off : off + n] = dst[start : start + n]
+        views = {bid: memoryview(dst[o : o + n]).toreadonly() for bid, (o, n) in first.items()}
+        return out.view(dt).reshape(rec.shape), views
 
     def _read_many(self, meters: dict[bytes, ReadMeter], workers: int) -> dict[bytes, bytes]:
         """Blocks by id, each counted on its own meter; one index transaction for them all."""
@@ -225,7 +242,7 @@ class Engine:
         self,
         rec: TensorRecord,
         reference: TensorRecord | None,
-        ref_raw: dict[bytes, bytes],
+        ref_raw: dict[bytes, memoryview],
         selected: frozenset[int] | None,
     ) -> _InputReads:
         """Which of an input's blocks need reading: not the reference's own, not omitted ones."""
@@ -267,72 +284,30 @@ class Engine:
                     refs[loc.ref] = None
         return self._read_many({r: first_need[r] for r in refs}, workers) if refs else {}
 
-    def _read_input(
-        self,
-        reads: _InputReads,
-        reference: TensorRecord | None,
-        ref_raw: dict[bytes, bytes],
-        held: dict[bytes, bytes],
-        meter: ReadMeter,
-        stats: EngineStats,
-        workers: int,
-    ) -> list[bytes]:
-        """An input's blocks: each block id it needs is read once, unless already `held`."""
-        rec, selected, locs = reads.rec, reads.selected, reads.locations
-        todo = [b for b in locs if b not in held]  # _plan_input left out the reference's
-        with stats._lock:
-            stats.blocks_read += len(todo)
-
-        def fetch(bid: bytes) -> bytes:
-            loc = locs[bid]
-            hint = None
-            if loc.ref is not None:
-                hint = ref_raw.get(loc.ref)
-                if hint is None:
-                    hint = held.get(loc.ref)
-            return self.repo.read_block(bid, meter, reference=hint, location=loc, view=True)
-
-        got = dict(zip(todo, ordered_map(fetch, todo, workers=workers), strict=True))
-
-        def one(i: int) -> bytes:
-            bid = rec.blocks[i]
-            if reads.aligned:
-                assert reference is not None
-                rid = reference.blocks[i]
-                if bid == rid or (selected is not None and i not in selected):
-                    return ref_raw[rid]  # equal to, or (omitted) taken equal to, the base here
-            if bid in ref_raw:  # the base's block at another position
-                return ref_raw[bid]
-            return got[bid] if bid in got else held[bid]
-
-        chunks = [one(i) for i in range(len(rec.blocks))]
-        for bid in reads.keep:
-            if bid in got:
-                held[bid] = got[bid]
-        return chunks
-
     def _read_input_tensor(
         self,
         reads: _InputReads,
         reference: TensorRecord | None,
-        ref_raw: dict[bytes, bytes],
-        held: dict[bytes, bytes],
+        reference_t: torch.Tensor | None,
+        ref_raw: dict[bytes, memoryview],
+        held: dict[bytes, bytes | memoryview],
         meter: ReadMeter,
         stats: EngineStats,
         workers: int,
     ) -> torch.Tensor:
-        """_read_input and _assemble in one: each block to read is decoded straight into its
-        place in the tensor (codecs.decode_block_into: no intermediate block, no copy); the
-        others are copied from the base's blocks or from blocks already read."""
+        """An input tensor: each block it needs read is decoded straight into its place
+        (codecs.decode_block_into: no intermediate block, no copy); the others are copied from
+        the base's blocks or from blocks already read. An input whose every block is (or, left
+        out by the plan, is taken as) the base's block at the same position is the base
+        tensor itself: nothing is read, copied or allocated."""
         rec, selected, locs = reads.rec, reads.selected, reads.locations
         if rec.nbytes == 0:
             return torch.empty(rec.shape, dtype=torch_dtype(rec.dtype))
-        out = alloc.empty((rec.nbytes,), torch.uint8)
-        dst = out.numpy()
         decode: dict[bytes, tuple[int, int]] = {}  # block id -> (offset, length) it decodes to
         copies: list[tuple[int, bytes | memoryview | bytes]] = []  # (offset, source)
         repeats: list[tuple[int, bytes]] = []  # (offset, id of a block decoded elsewhere)
         pos = 0
+        same_as_reference = reads.aligned and reference_t is not None
         for i, bid in enumerate(rec.blocks):
             src: bytes | memoryview | None = None
             if reads.aligned:
@@ -340,6 +315,8 @@ class Engine:
                 rid = reference.blocks[i]
                 if bid == rid or (selected is not None and i not in selected):
                     src = ref_raw[rid]  # equal to, or (omitted) taken equal to, the base here
+            if src is None:
+                same_as_reference = False
             if src is None and bid in ref_raw:  # the base's block at another position
                 src = ref_raw[bid]
             if src is None and bid in held:
@@ -356,8 +333,13 @@ class Engine:
                 pos += n
         if pos != rec.nbytes:
             raise CorruptionError(f"tensor {rec.name!r}: blocks hold {pos} bytes, not {rec.nbytes}")
+        if same_as_reference:
+            assert reference_t is not None
+            return reference_t
         with stats._lock:
             stats.blocks_read += len(decode)
+        out = alloc.empty((rec.nbytes,), torch.uint8)
+        dst = out.numpy()
 
         def fetch(bid: bytes) -> None:
             loc = locs[bid]
@@ -386,7 +368,7 @@ class Engine:
         """Read and decode a task's inputs, on `workers` threads (the engine passes more than
         one only for a task merged alone: otherwise tasks load side by side, which measured
         faster than splitting each task's blocks over threads as well)."""
-        ref_raw = self._read_reference(task.reference, stats, workers)
+        reference_t, ref_raw = self._read_reference(task.reference, stats, workers)
         base_reads = None
         if task.base is not None and not (
             task.reference is not None and task.base.blocks == task.reference.blocks
@@ -411,25 +393,20 @@ class Engine:
         base_t = None
         if task.base is not None:
             if base_reads is None:
-                base_t = _assemble([ref_raw[b] for b in task.base.blocks], task.base)
+                base_t = reference_t
             else:
-                chunks = self._read_input(
-                    base_reads, None, ref_raw, held, stats.base_meter, stats, workers
+                base_t = self._read_input_tensor(
+                    base_reads, None, None, ref_raw, held, stats.base_meter, stats, workers
                 )
-                base_t = _assemble(chunks, task.base)
         inputs = []
         for reads, model in zip(input_reads, task.input_models, strict=True):
             meter = stats.expert_meters[model]
             inputs.append(
-                self._read_input_tensor(reads, task.reference, ref_raw, held, meter, stats, workers)
+                self._read_input_tensor(
+                    reads, task.reference, reference_t, ref_raw, held, meter, stats, workers
+                )
             )
         del held
-        reference_t = None
-        if task.reference is not None:
-            if task.base is not None and task.base.blocks == task.reference.blocks:
-                reference_t = base_t
-            else:
-                reference_t = _assemble([ref_raw[b] for b in task.reference.blocks], task.reference)
         if self.tokenizer_source is not None and reference_t is not None:
             inputs = [_fit_vocab(x, reference_t) for x in inputs]
             if base_t is not None:
