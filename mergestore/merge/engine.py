@@ -487,6 +487,7 @@ class Engine:
             outputs = self._run(tasks, sink, stats, progress, track_delta, workers, memory_limit)
         finally:
             torch.set_num_threads(threads)
+            alloc.trim()
         stats.seconds = time.perf_counter() - t0
         return outputs, stats
 

@@ -1,27 +1,77 @@
-"""Uninitialised tensors whose pages fault in cheaply.
+"""Uninitialised tensors on memory that is already paged in.
 
-torch.empty of a tensor above glibc's mmap threshold (32 MiB at most) maps fresh memory that
-faults in 4 KiB pages as it is first written: 0.62 s per GB measured here, 30x a memset. numpy
-asks the kernel for transparent huge pages on large arrays (madvise), which cut that to
-0.20 s per GB, and below the threshold its buffers come back from the heap without faults
-(8 MiB: 0.15 faults per allocation vs torch's 100). The tensor shares the array's memory.
+A merge allocates the same few tensor sizes over and over (inputs, stacked deltas, outputs).
+Fresh memory is expensive here: the kernel zeroes every page on first touch, 0.62 s per GB
+for torch.empty above glibc's mmap threshold (32 MiB at most), 0.20 s per GB with numpy's
+transparent huge pages; a ties merge of bench-0.5g spent 11% of its CPU time in the kernel's
+page clearing. So large buffers come from a small pool of freed ones: when the last tensor
+viewing a buffer dies, the buffer goes back to the pool (up to POOL_BYTES in all) for the next
+tensor of at most its size. Small buffers come from malloc's heap, which recycles them.
+
+`trim()` empties the pool (the engine calls it when a merge ends).
 """
 
 from __future__ import annotations
 
+import bisect
 import math
+import threading
+import weakref
 
 import numpy as np
 import torch
 
+POOLED_MIN = 1 << 20  # buffers from 1 MiB up are pooled
+POOL_BYTES = 1 << 30  # at most this much idle memory is kept
+
+_lock = threading.Lock()
+_free: list[tuple[int, int, np.ndarray]] = []  # (nbytes, serial, buffer), sorted by size
+_free_bytes = 0
+_serial = 0
+
+
+def _take(nbytes: int) -> np.ndarray:
+    """The smallest idle buffer that holds `nbytes` (already paged in), or a new one."""
+    global _free_bytes
+    with _lock:
+        i = bisect.bisect_left(_free, (nbytes, -1))
+        if i < len(_free):
+            size, _, buf = _free.pop(i)
+            _free_bytes -= size
+            return buf
+    return np.empty(nbytes, dtype=np.uint8)
+
+
+def _give(buf: np.ndarray) -> None:
+    global _free_bytes, _serial
+    with _lock:
+        if _free_bytes + buf.nbytes > POOL_BYTES:
+            return  # dropped: freed by numpy
+        _serial += 1
+        bisect.insort(_free, (buf.nbytes, _serial, buf))
+        _free_bytes += buf.nbytes
+
+
+def trim() -> None:
+    """Free every idle buffer."""
+    global _free_bytes
+    with _lock:
+        _free.clear()
+        _free_bytes = 0
+
 
 def empty(shape: tuple[int, ...] | torch.Size, dtype: torch.dtype) -> torch.Tensor:
-    """torch.empty(shape, dtype=dtype) on a numpy-allocated buffer."""
+    """torch.empty(shape, dtype=dtype), on a pooled buffer when it is large."""
     itemsize = torch.empty((), dtype=dtype).element_size()
     nbytes = math.prod(shape) * itemsize
     if nbytes == 0:
         return torch.empty(shape, dtype=dtype)
-    return torch.from_numpy(np.empty(nbytes, dtype=np.uint8)).view(dtype).reshape(shape)
+    if nbytes < POOLED_MIN:
+        return torch.from_numpy(np.empty(nbytes, dtype=np.uint8)).view(dtype).reshape(shape)
+    buf = _take(nbytes)
+    view = buf[:nbytes]  # the tensor keeps this array alive, and only this one
+    weakref.finalize(view, _give, buf)
+    return torch.from_numpy(view).view(dtype).reshape(shape)
 
 
 def empty_like(t: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,35 @@
+"""ops.alloc: pooled buffers go back to the pool only when no tensor views them any more."""
+
+from __future__ import annotations
+
+import gc
+
+import torch
+
+from mergestore.ops import alloc
+
+
+def test_a_buffer_is_reused_only_after_its_last_view_dies() -> None:
+    alloc.trim()
+    a = alloc.empty((3 << 20,), torch.uint8)
+    a.fill_(7)
+    ptr = a.data_ptr()
+    view = a[10:20]  # a view keeps the buffer out of the pool
+    del a
+    gc.collect()
+    b = alloc.empty((3 << 20,), torch.uint8)
+    assert b.data_ptr() != ptr
+    assert int(view.sum()) == 70
+    del view
+    gc.collect()
+    c = alloc.empty((2 << 20,), torch.bfloat16)  # a smaller tensor takes the idle buffer
+    assert c.data_ptr() == ptr and c.shape == (2 << 20,)
+    del b, c
+    alloc.trim()
+
+
+def test_small_and_empty_tensors() -> None:
+    t = alloc.empty((0, 4), torch.float32)
+    assert t.shape == (0, 4)
+    s = alloc.empty((3, 5), torch.float16)
+    assert s.shape == (3, 5) and s.dtype == torch.float16
