@@ -78,5 +78,31 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(70)
 
 
+def run() -> None:
+    """The `mergestore` console script: main(), then exit without tearing the interpreter down.
+
+    By then the command has finished: the store is closed, every commit is durable (published
+    by an LMDB transaction after its packs were synced) and the output is flushed below.
+    Python's own shutdown (freeing torch's modules one by one) took 0.3-0.4 s of every command
+    that imports torch, as long as the merge itself on small models.
+    """
+    code = 0
+    try:
+        main()
+    except SystemExit as e:
+        if isinstance(e.code, str):
+            print(e.code, file=sys.stderr)
+            code = 1
+        else:
+            code = e.code or 0
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    main()
+    run()
