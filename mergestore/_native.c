@@ -185,11 +185,13 @@ static inline void finish(uint16_t *o, const uint16_t *b, float *merged, float *
 HOT static void gta_sum_bf16(uint16_t *out, const uint16_t *base, const uint16_t **xs, Py_ssize_t k,
                              const float *w, int deltas, Py_ssize_t n, float divisor,
                              int normalize, float lam, int has_lam) {
-    float acc[TILE];
+    float acc[TILE], bf[TILE];
     for (Py_ssize_t s = 0; s < n; s += TILE) {
         Py_ssize_t m = n - s < TILE ? n - s : TILE;
         const uint16_t *b = base + s;
         for (Py_ssize_t j = 0; j < m; j++) acc[j] = 0.0f;
+        if (!deltas)
+            for (Py_ssize_t j = 0; j < m; j++) bf[j] = bf16_to_f32(b[j]);
         for (Py_ssize_t i = 0; i < k; i++) {
             const uint16_t *x = xs[i] + s;
             const float wi = w[i];
@@ -198,7 +200,7 @@ HOT static void gta_sum_bf16(uint16_t *out, const uint16_t *base, const uint16_t
                     acc[j] += bf16_to_f32(rne16(bf16_to_f32(x[j]) * wi));
             } else {
                 for (Py_ssize_t j = 0; j < m; j++) {
-                    float d = bf16_to_f32(rne16(bf16_to_f32(x[j]) - bf16_to_f32(b[j])));
+                    float d = bf16_to_f32(rne16(bf16_to_f32(x[j]) - bf[j]));
                     acc[j] += bf16_to_f32(rne16(d * wi));
                 }
             }

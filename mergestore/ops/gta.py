@@ -149,15 +149,24 @@ def _native_bf16(
     n = len(inputs)
     weights = torch.tensor([per_input[i]["weight"] for i in range(n)], dtype=base.dtype)
     wf = [float(w) for w in weights]
+    divisor = weights.reshape(-1, 1).sum(dim=0)  # the same dim-0 reduction as mergekit's
+    if sparsifier in (None, MAGNITUDE, OUTLIERS):
+        # An input that is the base tensor itself (the engine passes the base for an input
+        # equal to it everywhere) has a zero delta: with a deterministic sparsifier it adds
+        # only zeros, which change no sum (an fp32 sum from +0 is never -0) and never agree
+        # with a vote. Its weight still counts in the no-consensus divisor (computed above).
+        live = [i for i, x in enumerate(inputs) if not _is_same_tensor(x, base)]
+        if len(live) < n:
+            inputs = [inputs[i] for i in live]
+            per_input = [per_input[i] for i in live]
+            wf = [wf[i] for i in live]
+            n = len(live)
     flat_base = base.contiguous().reshape(-1)
     out = alloc.empty_like(flat_base)
     lam = float(shared["lambda"])
     normalize = bool(shared["normalize"])
     if consensus:
-        stacked = _sparsified_deltas(
-            base, inputs, per_input, sparsifier, bool(shared["rescale"]), ctx
-        )
-        rows = [_u16(d) for d in stacked.reshape(n, -1)]
+        rows = _sparsified_rows(base, inputs, per_input, sparsifier, shared, ctx)
 
         def columns(r: range) -> None:
             kernels.gta_consensus_bf16(
@@ -173,11 +182,7 @@ def _native_bf16(
         if sparsifier is None:
             rows = [_u16(x.contiguous().reshape(-1)) for x in inputs]
         else:
-            stacked = _sparsified_deltas(
-                base, inputs, per_input, sparsifier, bool(shared["rescale"]), ctx
-            )
-            rows = [_u16(d) for d in stacked.reshape(n, -1)]
-        divisor = weights.reshape(-1, 1).sum(dim=0)  # the same dim-0 reduction as mergekit's
+            rows = _sparsified_rows(base, inputs, per_input, sparsifier, shared, ctx)
         divisor[divisor.abs() < 1e-8] = 1
         div = float(divisor)
 
@@ -202,6 +207,31 @@ def _native_bf16(
     ):
         pass
     return out.reshape(base.shape)
+
+
+def _sparsified_rows(
+    base: Tensor,
+    inputs: Sequence[Tensor],
+    per_input: Sequence[Mapping[str, Any]],
+    sparsifier: str | None,
+    shared: Mapping[str, Any],
+    ctx: TensorContext,
+) -> list[Any]:
+    """Each input's sparsified delta, flat, as uint16 arrays for the C kernels."""
+    if not inputs:
+        return []
+    stacked = _sparsified_deltas(base, inputs, per_input, sparsifier, bool(shared["rescale"]), ctx)
+    return [_u16(d) for d in stacked.reshape(len(inputs), -1)]
+
+
+def _is_same_tensor(x: Tensor, base: Tensor) -> bool:
+    """x views exactly the memory of base (so it holds the same values)."""
+    return (
+        x.data_ptr() == base.data_ptr()
+        and x.dtype == base.dtype
+        and x.shape == base.shape
+        and x.stride() == base.stride()
+    )
 
 
 def _u16(t: Tensor) -> Any:

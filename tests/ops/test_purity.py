@@ -71,3 +71,13 @@ def test_an_input_that_is_the_base_tensor_merges_like_a_copy(name) -> None:
     aliased = _run(name, base, [x, base, x])
     copied = _run(name, base, [x, base.clone(), x])
     assert torch.equal(aliased.view(torch.int16), copied.view(torch.int16))
+
+
+@pytest.mark.parametrize("name", ["task_arithmetic", "ties", "breadcrumbs_ties"])
+def test_every_input_the_base_tensor(name) -> None:
+    """All inputs equal to the base: the output is the base (through the same arithmetic)."""
+    base = torch.randn(300_000, generator=torch.Generator().manual_seed(2)).to(torch.bfloat16)
+    base[:10] = -0.0
+    aliased = _run(name, base, [base, base])
+    copied = _run(name, base, [base.clone(), base.clone()])
+    assert torch.equal(aliased.view(torch.int16), copied.view(torch.int16))
