@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
@@ -97,10 +98,8 @@ def run() -> None:
             code = e.code or 0
     finally:
         for stream in (sys.stdout, sys.stderr):
-            try:
+            with contextlib.suppress(OSError, ValueError):  # a closed pipe, a closed stream
                 stream.flush()
-            except (OSError, ValueError):
-                pass
     os._exit(code)
 
 
