@@ -20,5 +20,5 @@ except ImportError:  # no compiler at install time: the twins run instead
 
 
 def describe() -> str:
-    """One line for `mergestore --version`-like reports."""
-    return "native kernels" if kernels is not None else "pure torch/numpy kernels"
+    """Which kernels run: "native" (the C extension) or "torch" (the twins)."""
+    return "native" if kernels is not None else "torch"

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from mergestore import __version__
+from mergestore import __version__, native
 from mergestore.errors import MergeError
 from mergestore.formats.safetensors import DTYPE_SIZES, dtype_name
 from mergestore.ingest import branch_ref, default_author
@@ -280,6 +280,7 @@ def run_record(prep: PreparedMerge, stats: Any, written: int, seconds: float) ->
         "tensors": len(prep.tasks),
         "wall_seconds": round(seconds, 4),
         "engine_seconds": round(stats.seconds, 4),
+        "kernels": native.describe(),
     }
     if sel.active:
         delta = stats.merged_delta_sq**0.5
