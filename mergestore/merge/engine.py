@@ -484,10 +484,12 @@ class Engine:
         # torch's global generator (rng="global") is drawn in task order: one tensor at a time.
         workers = compute_workers() if self.rng != "global" else 1
         try:
-            outputs = self._run(tasks, sink, stats, progress, track_delta, workers, memory_limit)
+            with alloc.pooling():
+                outputs = self._run(
+                    tasks, sink, stats, progress, track_delta, workers, memory_limit
+                )
         finally:
             torch.set_num_threads(threads)
-            alloc.trim()
         stats.seconds = time.perf_counter() - t0
         return outputs, stats
 

@@ -8,15 +8,18 @@ page clearing. So large buffers come from a small pool of freed ones: when the l
 viewing a buffer dies, the buffer goes back to the pool (up to POOL_BYTES in all) for the next
 tensor of at most its size. Small buffers come from malloc's heap, which recycles them.
 
-`trim()` empties the pool (the engine calls it when a merge ends).
+The pool is on only inside `pooling()` (the merge engine's run), so a program that calls the
+kernels itself keeps no idle memory; it is emptied when the last `pooling()` ends.
 """
 
 from __future__ import annotations
 
 import bisect
+import contextlib
 import math
 import threading
 import weakref
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -28,6 +31,23 @@ _lock = threading.Lock()
 _free: list[tuple[int, int, np.ndarray]] = []  # (nbytes, serial, buffer), sorted by size
 _free_bytes = 0
 _serial = 0
+_active = 0  # pooling() contexts open
+
+
+@contextlib.contextmanager
+def pooling() -> Iterator[None]:
+    """Recycle large buffers while the context is open (nested and threaded uses add up)."""
+    global _active
+    with _lock:
+        _active += 1
+    try:
+        yield
+    finally:
+        with _lock:
+            _active -= 1
+            last = _active == 0
+        if last:
+            trim()
 
 
 def _take(nbytes: int) -> np.ndarray:
@@ -45,7 +65,7 @@ def _take(nbytes: int) -> np.ndarray:
 def _give(buf: np.ndarray) -> None:
     global _free_bytes, _serial
     with _lock:
-        if _free_bytes + buf.nbytes > POOL_BYTES:
+        if not _active or _free_bytes + buf.nbytes > POOL_BYTES:
             return  # dropped: freed by numpy
         _serial += 1
         bisect.insort(_free, (buf.nbytes, _serial, buf))
@@ -66,7 +86,7 @@ def empty(shape: tuple[int, ...] | torch.Size, dtype: torch.dtype) -> torch.Tens
     nbytes = math.prod(shape) * itemsize
     if nbytes == 0:
         return torch.empty(shape, dtype=dtype)
-    if nbytes < POOLED_MIN:
+    if nbytes < POOLED_MIN or not _active:
         return torch.from_numpy(np.empty(nbytes, dtype=np.uint8)).view(dtype).reshape(shape)
     buf = _take(nbytes)
     view = buf[:nbytes]  # the tensor keeps this array alive, and only this one

@@ -10,7 +10,12 @@ from mergestore.ops import alloc
 
 
 def test_a_buffer_is_reused_only_after_its_last_view_dies() -> None:
-    alloc.trim()
+    with alloc.pooling():
+        _reuse()
+    assert not alloc._free  # emptied when pooling ends
+
+
+def _reuse() -> None:
     a = alloc.empty((3 << 20,), torch.uint8)
     a.fill_(7)
     ptr = a.data_ptr()
@@ -25,7 +30,14 @@ def test_a_buffer_is_reused_only_after_its_last_view_dies() -> None:
     c = alloc.empty((1 << 20,), torch.bfloat16)  # a smaller tensor takes the idle buffer
     assert c.data_ptr() == ptr and c.shape == (1 << 20,)
     del b, c
-    alloc.trim()
+    assert alloc._free  # both idle now
+
+
+def test_no_pool_outside_pooling() -> None:
+    a = alloc.empty((3 << 20,), torch.uint8)
+    del a
+    gc.collect()
+    assert not alloc._free
 
 
 def test_small_and_empty_tensors() -> None:
