@@ -182,3 +182,25 @@ def test_linear_same_bits(monkeypatch, normalize, kind, numel) -> None:
         lambda: merge_tensor("linear", None, xs, {"normalize": normalize}, per_input, CTX),
     )
     assert same_bits(fast, slow)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("numel", [1, 31, 32, 33, 1000, 100_003])
+def test_keep_masks_are_numpys_philox_stream(monkeypatch, dtype, numel) -> None:
+    """The C drop mask draws numpy's Philox4x64-10 float32 stream, key for key."""
+    g = torch.Generator().manual_seed(numel)
+    probs = torch.rand(numel, generator=g).to(dtype)
+    probs[:3] = torch.tensor([0.0, 1.0, 0.5])[:numel].to(dtype)
+    for index in (0, 1, 7):
+        fast, slow = _twice(monkeypatch, lambda index=index: CTX.keep_mask(index, probs))
+        assert fast.dtype == slow.dtype == dtype
+        assert torch.equal(fast, slow)
+
+
+def test_philox_keys_past_64_bits() -> None:
+    for key in (0, (1 << 64) - 1, (1 << 64) + 12345, (1 << 128) - 1):
+        u = np.random.Generator(np.random.Philox(key=key)).random(77, dtype=np.float32)
+        p = np.random.default_rng(1).random(77).astype(np.float32)
+        out = np.empty(77, dtype=np.float32)
+        native.kernels.philox_keep(out, p, key & ((1 << 64) - 1), key >> 64, False)
+        assert np.array_equal(out, (u < p).astype(np.float32))

@@ -150,11 +150,14 @@ def _native_bf16(
     weights = torch.tensor([per_input[i]["weight"] for i in range(n)], dtype=base.dtype)
     wf = [float(w) for w in weights]
     divisor = weights.reshape(-1, 1).sum(dim=0)  # the same dim-0 reduction as mergekit's
-    if sparsifier in (None, MAGNITUDE, OUTLIERS):
+    live = list(range(n))
+    if sparsifier in (None, MAGNITUDE, OUTLIERS) or ctx.rng != "global":
         # An input that is the base tensor itself (the engine passes the base for an input
-        # equal to it everywhere) has a zero delta: with a deterministic sparsifier it adds
-        # only zeros, which change no sum (an fp32 sum from +0 is never -0) and never agree
-        # with a vote. Its weight still counts in the no-consensus divisor (computed above).
+        # equal to it everywhere) has a zero delta, sparsified or not: it adds only zeros,
+        # which change no sum (an fp32 sum from +0 is never -0) and never agree with a vote.
+        # Its weight still counts in the no-consensus divisor (computed above). Random drops
+        # of the other inputs keep their own streams (by input position); only torch's global
+        # generator, drawn input after input, needs every input.
         live = [i for i, x in enumerate(inputs) if not _is_same_tensor(x, base)]
         if len(live) < n:
             inputs = [inputs[i] for i in live]
@@ -166,7 +169,7 @@ def _native_bf16(
     lam = float(shared["lambda"])
     normalize = bool(shared["normalize"])
     if consensus:
-        rows = _sparsified_rows(base, inputs, per_input, sparsifier, shared, ctx)
+        rows = _sparsified_rows(base, inputs, per_input, sparsifier, shared, ctx, live)
 
         def columns(r: range) -> None:
             kernels.gta_consensus_bf16(
@@ -182,7 +185,7 @@ def _native_bf16(
         if sparsifier is None:
             rows = [_u16(x.contiguous().reshape(-1)) for x in inputs]
         else:
-            rows = _sparsified_rows(base, inputs, per_input, sparsifier, shared, ctx)
+            rows = _sparsified_rows(base, inputs, per_input, sparsifier, shared, ctx, live)
         divisor[divisor.abs() < 1e-8] = 1
         div = float(divisor)
 
@@ -216,11 +219,13 @@ def _sparsified_rows(
     sparsifier: str | None,
     shared: Mapping[str, Any],
     ctx: TensorContext,
+    indices: Sequence[int],
 ) -> list[Any]:
     """Each input's sparsified delta, flat, as uint16 arrays for the C kernels."""
     if not inputs:
         return []
-    stacked = _sparsified_deltas(base, inputs, per_input, sparsifier, bool(shared["rescale"]), ctx)
+    rescale = bool(shared["rescale"])
+    stacked = _sparsified_deltas(base, inputs, per_input, sparsifier, rescale, ctx, indices)
     return [_u16(d) for d in stacked.reshape(len(inputs), -1)]
 
 
@@ -294,13 +299,16 @@ def _sparsified_deltas(
     sparsifier: str | None,
     rescale: bool,
     ctx: TensorContext,
+    indices: Sequence[int] | None = None,
 ) -> Tensor:
     """The deltas stacked [n, ...] as mergekit does, each sparsified on its own, unweighted,
-    then stored in the compute dtype."""
+    then stored in the compute dtype. `indices` are the inputs' positions in the merge (their
+    random streams), when some were left out."""
     deltas = alloc.empty((len(inputs), *base.shape), base.dtype)
+    where = list(indices) if indices is not None else list(range(len(inputs)))
 
     def one(i: int) -> None:
-        _delta(inputs[i], base, sparsifier, per_input[i], rescale, ctx, i, out=deltas[i])
+        _delta(inputs[i], base, sparsifier, per_input[i], rescale, ctx, where[i], out=deltas[i])
 
     for _ in _per_input(one, len(inputs), base, sparsifier, ctx):
         pass

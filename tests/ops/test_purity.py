@@ -62,7 +62,9 @@ def test_kernels_leave_their_inputs_alone(name, dtype) -> None:
     assert ran, f"{name}: no input count accepted"
 
 
-@pytest.mark.parametrize("name", ["task_arithmetic", "ties", "breadcrumbs", "dare_linear"])
+@pytest.mark.parametrize(
+    "name", ["task_arithmetic", "ties", "breadcrumbs", "dare_linear", "dare_ties", "della"]
+)
 def test_an_input_that_is_the_base_tensor_merges_like_a_copy(name) -> None:
     """What the engine does for an input equal to the base: the same object, the same bits."""
     g = torch.Generator().manual_seed(1)
