@@ -517,6 +517,82 @@ static PyObject *py_apply_cuts16(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* ------------------------------------------------------------------ row ranks */
+
+/* 1-based ascending ranks within each row of |delta| (bf16 magnitude bits, cols per row),
+ * ties by index (a stable sort), as della's `torch.sort(stable=True)` gives them; NaNs rank
+ * above +inf and equal to each other. Two stable counting passes over the key bytes. */
+HOT static int row_ranks_bf16(const uint16_t *mag, Py_ssize_t rows, Py_ssize_t cols,
+                              int64_t *out, uint16_t *out16) {
+    uint16_t *key = malloc((size_t)cols * sizeof(uint16_t));
+    uint32_t *a = malloc((size_t)cols * sizeof(uint32_t));
+    uint32_t *b = malloc((size_t)cols * sizeof(uint32_t));
+    if (!key || !a || !b) {
+        free(key), free(a), free(b);
+        return -1;
+    }
+    for (Py_ssize_t r = 0; r < rows; r++) {
+        const uint16_t *m = mag + r * cols;
+        Py_ssize_t lo[256] = {0}, hi[256] = {0};
+        for (Py_ssize_t j = 0; j < cols; j++) {
+            uint16_t k = m[j] & 0x7FFF;
+            key[j] = k > 0x7F80 ? 0x7F81 : k; /* every NaN the same key, above inf */
+            lo[key[j] & 0xFF]++;
+            hi[key[j] >> 8]++;
+        }
+        Py_ssize_t sl = 0, sh = 0;
+        for (int v = 0; v < 256; v++) {
+            Py_ssize_t cl = lo[v], ch = hi[v];
+            lo[v] = sl, hi[v] = sh;
+            sl += cl, sh += ch;
+        }
+        for (Py_ssize_t j = 0; j < cols; j++) a[lo[key[j] & 0xFF]++] = (uint32_t)j;
+        for (Py_ssize_t t = 0; t < cols; t++) b[hi[key[a[t]] >> 8]++] = a[t];
+        if (out16) { /* the rank as torch's int64 -> bf16 conversion gives it */
+            uint16_t *o = out16 + r * cols;
+            for (Py_ssize_t t = 0; t < cols; t++) o[b[t]] = rne16((float)(t + 1));
+        } else {
+            int64_t *o = out + r * cols;
+            for (Py_ssize_t t = 0; t < cols; t++) o[b[t]] = t + 1;
+        }
+    }
+    free(key), free(a), free(b);
+    return 0;
+}
+
+static PyObject *py_row_ranks_bf16(PyObject *self, PyObject *args) {
+    PyObject *m_o, *out_o;
+    Py_ssize_t rows, cols;
+    int as_bf16 = 0;
+    if (!PyArg_ParseTuple(args, "OOnn|p", &m_o, &out_o, &rows, &cols, &as_bf16)) return NULL;
+    if (rows < 0 || cols < 0 || cols > 0xFFFFFFFFLL) {
+        PyErr_SetString(PyExc_ValueError, "row_ranks_bf16: bad shape");
+        return NULL;
+    }
+    Py_ssize_t size = as_bf16 ? 2 : 8;
+    Buf m, out;
+    if (get_buf(m_o, &m, 0, 2, "magnitudes") < 0) return NULL;
+    if (get_buf(out_o, &out, 1, size, "out") < 0) {
+        release(&m);
+        return NULL;
+    }
+    int rc = 0;
+    if (m.view.len != 2 * rows * cols || out.view.len != size * rows * cols) {
+        PyErr_SetString(PyExc_ValueError, "row_ranks_bf16: buffers do not match the shape");
+        rc = -2;
+    } else {
+        Py_BEGIN_ALLOW_THREADS
+        rc = row_ranks_bf16(m.view.buf, rows, cols, as_bf16 ? NULL : out.view.buf,
+                            as_bf16 ? out.view.buf : NULL);
+        Py_END_ALLOW_THREADS
+        if (rc == -1) PyErr_NoMemory();
+    }
+    release(&out);
+    release(&m);
+    if (rc) return NULL;
+    Py_RETURN_NONE;
+}
+
 /* ------------------------------------------------------------------ drop masks */
 
 /* Philox4x64-10 (Salmon et al., Random123), the generator numpy.random.Philox runs. */
@@ -807,6 +883,9 @@ static PyMethodDef methods[] = {
     {"nth_equal16", py_nth_equal16, METH_VARARGS, "nth_equal16(bits, v, need) -> index or -1"},
     {"apply_cuts16", py_apply_cuts16, METH_VARARGS,
      "apply_cuts16(data, offset, mode1, v1, last1, mode2, v2, last2)"},
+    {"row_ranks_bf16", py_row_ranks_bf16, METH_VARARGS,
+     "row_ranks_bf16(magnitudes, out, rows, cols, as_bf16=False): 1-based stable ranks within "
+     "each row, as int64 or rounded to bf16"},
     {"philox_keep", py_philox_keep, METH_VARARGS,
      "philox_keep(out, probs, key_lo, key_hi, bf16): Bernoulli keep mask, numpy's Philox stream"},
     {"join2", py_join2, METH_VARARGS, "join2(out, lo, hi, rot, reference_or_None)"},

@@ -204,3 +204,18 @@ def test_philox_keys_past_64_bits() -> None:
         out = np.empty(77, dtype=np.float32)
         native.kernels.philox_keep(out, p, key & ((1 << 64) - 1), key >> 64, False)
         assert np.array_equal(out, (u < p).astype(np.float32))
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 7), (5, 1000), (64, 257), (2, 3000)])
+def test_della_row_ranks_same_as_a_stable_sort(monkeypatch, shape) -> None:
+    from mergestore.ops import sparsify
+
+    g = torch.Generator().manual_seed(shape[1])
+    d = (0.01 * torch.randn(shape, generator=g)).to(torch.bfloat16)
+    d[:, ::3] = 0.0  # ties
+    if shape[1] > 5:
+        d[0, 4], d[0, 5], d[-1, 1] = float("nan"), float("inf"), -float("nan")
+    for dtype in (torch.int64, torch.bfloat16):  # della rounds its ranks to bf16
+        fast, slow = _twice(monkeypatch, lambda dt=dtype: sparsify._ranks_along_dim1(d.abs(), dt))
+        assert fast.dtype == slow.dtype == dtype
+        assert torch.equal(fast, slow)
