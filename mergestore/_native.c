@@ -368,9 +368,10 @@ done:
 /* out = rne16(x - base) (bf16), and hist[|out| bits] += 1 over the 15 magnitude bits. Two
  * interleaved 32-bit histograms per tile, so runs of equal bins do not serialize on one
  * counter. */
-HOT static void sub_hist_bf16(uint16_t *out, const uint16_t *x, const uint16_t *b, Py_ssize_t n,
-                              int64_t *hist) {
+HOT static int sub_hist_bf16(uint16_t *out, const uint16_t *x, const uint16_t *b, Py_ssize_t n,
+                             int64_t *hist) {
     uint32_t *h = calloc(2 * 32768, sizeof(uint32_t));
+    if (!h) return -1;
     uint32_t *h0 = h, *h1 = h + 32768;
     Py_ssize_t since_flush = 0;
     for (Py_ssize_t s = 0; s < n; s += TILE) {
@@ -393,6 +394,7 @@ HOT static void sub_hist_bf16(uint16_t *out, const uint16_t *x, const uint16_t *
         }
     }
     free(h);
+    return 0;
 }
 
 static PyObject *py_sub_hist_bf16(PyObject *self, PyObject *args) {
@@ -408,9 +410,14 @@ static PyObject *py_sub_hist_bf16(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "sub_hist_bf16: lengths do not match");
         goto d4;
     }
+    int rc;
     Py_BEGIN_ALLOW_THREADS
-    sub_hist_bf16(out.view.buf, x.view.buf, b.view.buf, out.view.len / 2, h.view.buf);
+    rc = sub_hist_bf16(out.view.buf, x.view.buf, b.view.buf, out.view.len / 2, h.view.buf);
     Py_END_ALLOW_THREADS
+    if (rc < 0) {
+        PyErr_NoMemory();
+        goto d4;
+    }
     ret = Py_None;
     Py_INCREF(ret);
 d4:
