@@ -247,76 +247,75 @@ HOT static void gta_consensus_bf16(uint16_t *out, const uint16_t *base, const ui
     }
 }
 
+/* The buffers both GTA kernels take: out, base, one array per input, and the weights. */
+typedef struct {
+    Buf out, base;
+    BufList xs;
+    float *w;
+} GtaArgs;
+
+static void gta_release(GtaArgs *g) {
+    PyMem_Free(g->w);
+    g->w = NULL;
+    release_list(&g->xs);
+    release(&g->base);
+    release(&g->out);
+}
+
+static int gta_acquire(GtaArgs *g, PyObject *out_o, PyObject *base_o, PyObject *xs_o,
+                       PyObject *w_o) {
+    memset(g, 0, sizeof *g);
+    if (get_buf(out_o, &g->out, 1, 2, "out") < 0 || get_buf(base_o, &g->base, 0, 2, "base") < 0)
+        goto fail;
+    if (g->base.view.len != g->out.view.len) {
+        PyErr_SetString(PyExc_ValueError, "base and out differ in length");
+        goto fail;
+    }
+    if (get_list(xs_o, &g->xs, g->out.view.len, "inputs") < 0) goto fail;
+    g->w = PyMem_Calloc(g->xs.n ? g->xs.n : 1, sizeof(float));
+    if (!g->w) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    if (get_floats(w_o, g->w, g->xs.n) < 0) goto fail;
+    return 0;
+fail:
+    gta_release(g);
+    return -1;
+}
+
 static PyObject *py_gta_sum_bf16(PyObject *self, PyObject *args) {
     PyObject *out_o, *base_o, *xs_o, *w_o;
     int deltas, normalize, has_lam;
     double divisor, lam;
+    GtaArgs g;
     if (!PyArg_ParseTuple(args, "OOOOpdpdp", &out_o, &base_o, &xs_o, &w_o, &deltas, &divisor,
-                          &normalize, &lam, &has_lam))
+                          &normalize, &lam, &has_lam) ||
+        gta_acquire(&g, out_o, base_o, xs_o, w_o) < 0)
         return NULL;
-    Buf out, base;
-    BufList xs = {0};
-    float *w = NULL;
-    PyObject *ret = NULL;
-    if (get_buf(out_o, &out, 1, 2, "out") < 0) goto done0;
-    if (get_buf(base_o, &base, 0, 2, "base") < 0) goto done1;
-    if (base.view.len != out.view.len) {
-        PyErr_SetString(PyExc_ValueError, "base and out differ in length");
-        goto done2;
-    }
-    if (get_list(xs_o, &xs, out.view.len, "inputs") < 0) goto done2;
-    w = PyMem_Calloc(xs.n ? xs.n : 1, sizeof(float));
-    if (!w || get_floats(w_o, w, xs.n) < 0) goto done2;
     Py_BEGIN_ALLOW_THREADS
-    gta_sum_bf16(out.view.buf, base.view.buf, xs.ptrs, xs.n, w, deltas, out.view.len / 2,
-                 (float)divisor, normalize, (float)lam, has_lam);
+    gta_sum_bf16(g.out.view.buf, g.base.view.buf, g.xs.ptrs, g.xs.n, g.w, deltas,
+                 g.out.view.len / 2, (float)divisor, normalize, (float)lam, has_lam);
     Py_END_ALLOW_THREADS
-    ret = Py_None;
-    Py_INCREF(ret);
-done2:
-    PyMem_Free(w);
-    release_list(&xs);
-    release(&base);
-done1:
-    release(&out);
-done0:
-    return ret;
+    gta_release(&g);
+    Py_RETURN_NONE;
 }
 
 static PyObject *py_gta_consensus_bf16(PyObject *self, PyObject *args) {
     PyObject *out_o, *base_o, *ds_o, *w_o;
     int normalize, has_lam;
     double lam;
+    GtaArgs g;
     if (!PyArg_ParseTuple(args, "OOOOpdp", &out_o, &base_o, &ds_o, &w_o, &normalize, &lam,
-                          &has_lam))
+                          &has_lam) ||
+        gta_acquire(&g, out_o, base_o, ds_o, w_o) < 0)
         return NULL;
-    Buf out, base;
-    BufList ds = {0};
-    float *w = NULL;
-    PyObject *ret = NULL;
-    if (get_buf(out_o, &out, 1, 2, "out") < 0) goto done0;
-    if (get_buf(base_o, &base, 0, 2, "base") < 0) goto done1;
-    if (base.view.len != out.view.len) {
-        PyErr_SetString(PyExc_ValueError, "base and out differ in length");
-        goto done2;
-    }
-    if (get_list(ds_o, &ds, out.view.len, "deltas") < 0) goto done2;
-    w = PyMem_Calloc(ds.n ? ds.n : 1, sizeof(float));
-    if (!w || get_floats(w_o, w, ds.n) < 0) goto done2;
     Py_BEGIN_ALLOW_THREADS
-    gta_consensus_bf16(out.view.buf, base.view.buf, ds.ptrs, ds.n, w, out.view.len / 2, normalize,
-                       (float)lam, has_lam);
+    gta_consensus_bf16(g.out.view.buf, g.base.view.buf, g.xs.ptrs, g.xs.n, g.w,
+                       g.out.view.len / 2, normalize, (float)lam, has_lam);
     Py_END_ALLOW_THREADS
-    ret = Py_None;
-    Py_INCREF(ret);
-done2:
-    PyMem_Free(w);
-    release_list(&ds);
-    release(&base);
-done1:
-    release(&out);
-done0:
-    return ret;
+    gta_release(&g);
+    Py_RETURN_NONE;
 }
 
 /* linear (ops/linear.py) on bf16 inputs: acc = fma(x_i, w_i, acc) in fp32 from 0, in input

@@ -168,6 +168,15 @@ def test_bad_arguments_raise() -> None:
         k.join2(np.empty(4, np.uint16), np.empty(4, np.uint8), np.empty(3, np.uint8), 0, None)
     with pytest.raises(BufferError):  # read-only output
         k.join2(bytes(8), np.empty(4, np.uint8), np.empty(4, np.uint8), 0, None)
+    out, base = np.empty(8, np.uint16), np.zeros(8, np.uint16)
+    with pytest.raises(ValueError):  # base of another length
+        k.gta_sum_bf16(out, base[:4], [base], [0.5], False, 1.0, False, 1.0, False)
+    with pytest.raises(ValueError):  # an input of another length
+        k.gta_consensus_bf16(out, base, [base, base[:6]], [0.5, 0.5], True, 1.0, False)
+    with pytest.raises(ValueError):  # one weight per input
+        k.gta_sum_bf16(out, base, [base, base], [0.5], False, 1.0, False, 1.0, False)
+    with pytest.raises(ValueError):
+        k.row_ranks_bf16(np.zeros(6, np.uint16), np.empty(6, np.int64), 2, 4)
 
 
 @pytest.mark.parametrize("normalize", [True, False])
