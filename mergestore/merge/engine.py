@@ -66,7 +66,11 @@ class OutputTensor:
 
 class Sink(Protocol):
     def put_blocks(
-        self, raws: Sequence[memoryview], dtype: str, refs: Sequence[bytes | None]
+        self,
+        raws: Sequence[memoryview],
+        dtype: str,
+        refs: Sequence[bytes | None],
+        workers: int = 1,
     ) -> list[bytes]: ...
 
 
@@ -79,7 +83,11 @@ class StoreSink:
         self._ref_cache: dict[bytes, bytes] = {}
 
     def put_blocks(
-        self, raws: Sequence[memoryview], dtype: str, refs: Sequence[bytes | None]
+        self,
+        raws: Sequence[memoryview],
+        dtype: str,
+        refs: Sequence[bytes | None],
+        workers: int = 1,
     ) -> list[bytes]:
         def work(item: tuple[memoryview, bytes | None]) -> tuple[bytes, codecs.Encoded | None]:
             raw, ref = item
@@ -100,7 +108,7 @@ class StoreSink:
 
         ids = []
         for (bid, enc), raw in zip(
-            ordered_map(work, list(zip(raws, refs, strict=True)), workers=default_workers()),
+            ordered_map(work, list(zip(raws, refs, strict=True)), workers=workers),
             raws,
             strict=True,
         ):
@@ -119,9 +127,13 @@ class HashSink:
     """Only names the output blocks (replay: nothing is written)."""
 
     def put_blocks(
-        self, raws: Sequence[memoryview], dtype: str, refs: Sequence[bytes | None]
+        self,
+        raws: Sequence[memoryview],
+        dtype: str,
+        refs: Sequence[bytes | None],
+        workers: int = 1,
     ) -> list[bytes]:
-        return list(ordered_map(block_id, list(raws), workers=default_workers()))
+        return list(ordered_map(block_id, list(raws), workers=workers))
 
     def offer_references(self, refs: dict[bytes, bytes]) -> None:
         pass
@@ -158,6 +170,7 @@ class _Loaded:
     inputs: list[torch.Tensor]
     reference: torch.Tensor | None
     ref_raw: dict[bytes, memoryview]
+    workers: int = 1  # threads for the task's own block work (more than 1: merged alone)
 
 
 class Engine:
@@ -411,7 +424,7 @@ class Engine:
             inputs = [_fit_vocab(x, reference_t) for x in inputs]
             if base_t is not None:
                 base_t = _fit_vocab(base_t, reference_t)
-        return _Loaded(task, base_t, inputs, reference_t, ref_raw)
+        return _Loaded(task, base_t, inputs, reference_t, ref_raw, workers)
 
     # -- merging ----------------------------------------------------------------------------
 
@@ -453,7 +466,9 @@ class Engine:
         if ref is not None and ref.dtype == dtype and tuple(ref.shape) == shape:
             refs = list(ref.blocks)
             sink.offer_references(ld.ref_raw)
-        ids = sink.put_blocks(raws, dtype, refs)
+        # The writer is one stage of the pipeline: its blocks are hashed on its own thread,
+        # unless the task is merged alone (then nothing else would use the other core).
+        ids = sink.put_blocks(raws, dtype, refs, ld.workers)
         if track_delta and ld.reference is not None and ld.reference.shape == out.shape:
             d = out.to(torch.float64) - ld.reference.to(torch.float64)
             stats.merged_delta_sq += float(torch.dot(d.reshape(-1), d.reshape(-1)))
@@ -497,7 +512,7 @@ class Engine:
         ld = box.pop().result()
         out = self._merge(ld)
         # The writer needs the task, the base blocks and the reference; the inputs can go.
-        return _Loaded(ld.task, None, [], ld.reference, ld.ref_raw), out
+        return _Loaded(ld.task, None, [], ld.reference, ld.ref_raw, ld.workers), out
 
     def _emit_merged(
         self,
