@@ -7,8 +7,8 @@
  *   - fp32 operations are plain IEEE operations, never contracted into FMAs
  *     (built with -ffp-contract=off) and never reordered;
  *   - sums run in a fixed order, so results do not depend on threads.
- * The one documented difference: a NaN result is the canonical quiet NaN 0x7FC0, where
- * torch's vectorized conversion writes 0xFFFF (its scalar one 0x7FC0).
+ * The one documented difference: the payload of a NaN result (torch's vectorized conversion
+ * writes 0xFFFF, its scalar one 0x7FC0; the kernels keep the NaN's own upper bits).
  *
  * Hot functions are compiled twice (for x86-64-v3, i.e. AVX2 + FMA, and for baseline x86-64) and
  * picked at load time.
@@ -37,11 +37,14 @@ static inline float bf16_to_f32(uint16_t h) {
     return f;
 }
 
+/* fp32 -> bf16, round to nearest even. No NaN test: every NaN these kernels meet has zero low
+ * 16 bits (widened from bf16, or made by x86 arithmetic, which writes the default NaN
+ * 0xFFC00000 or propagates an operand's payload), so rounding adds no carry and keeps it a
+ * NaN. Dropping the select made the GTA kernels ~30% faster. */
 static inline uint16_t rne16(float f) {
     uint32_t u;
     memcpy(&u, &f, 4);
-    uint32_t r = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
-    return (u & 0x7FFFFFFFu) > 0x7F800000u ? 0x7FC0u : (uint16_t)r; /* NaN: a select */
+    return (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
 }
 
 static float f16_table[65536];

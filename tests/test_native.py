@@ -42,6 +42,10 @@ def _family(n_inputs: int, numel: int, kind: str, seed: int = 0):
         xs[0][7], xs[-1][9], xs[0][13] = float("nan"), float("inf"), -float("inf")
         base[17] = -0.0
         xs[0][17] = 0.0
+    if kind == "nan_payloads":  # signalling and all-ones NaNs, in the base and in inputs
+        bits = torch.tensor([0x7F81, -1, 0x7FFF, -129], dtype=torch.int16)  # -1 = 0xFFFF
+        xs[0].view(torch.int16)[20:24] = bits
+        base.view(torch.int16)[30:34] = bits
     if kind == "tiny":  # subnormal and huge deltas: rounding at both ends of the range
         xs[0][:64] = base[:64] + torch.tensor(1e-38, dtype=torch.bfloat16)
         xs[-1][64:128] = torch.tensor(3e38, dtype=torch.bfloat16)
@@ -61,7 +65,7 @@ METHODS = [
 
 
 @pytest.mark.parametrize("method,per,shared", METHODS)
-@pytest.mark.parametrize("kind", ["dense", "specials", "tiny"])
+@pytest.mark.parametrize("kind", ["dense", "specials", "tiny", "nan_payloads"])
 @pytest.mark.parametrize("n_inputs", [1, 4])
 @pytest.mark.parametrize("numel", [1000, 300_001])
 def test_gta_methods_same_bits(monkeypatch, method, per, shared, kind, n_inputs, numel) -> None:
@@ -180,7 +184,7 @@ def test_bad_arguments_raise() -> None:
 
 
 @pytest.mark.parametrize("normalize", [True, False])
-@pytest.mark.parametrize("kind", ["dense", "specials", "tiny"])
+@pytest.mark.parametrize("kind", ["dense", "specials", "tiny", "nan_payloads"])
 @pytest.mark.parametrize("numel", [77, 300_001])
 def test_linear_same_bits(monkeypatch, normalize, kind, numel) -> None:
     """linear's fp32 fused multiply-adds (torch's addcmul_), in input order."""
