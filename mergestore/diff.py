@@ -24,13 +24,11 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from mergestore import native
 from mergestore.errors import FormatError, MergestoreError, RefError
@@ -40,8 +38,17 @@ from mergestore.store.blocks import TensorBlocking, block_id, tensor_blocking
 from mergestore.store.index import DeltaStats
 from mergestore.store.objects import TensorRecord
 from mergestore.store.packs import ReadMeter
-from mergestore.store.parallel import default_workers, ordered_map, read_exact, reuse_freed_memory
+from mergestore.store.parallel import (
+    default_workers,
+    one_torch_thread,
+    ordered_map,
+    read_exact,
+    reuse_freed_memory,
+)
 from mergestore.store.repo import Repository
+
+if TYPE_CHECKING:  # torch is imported where a torch fallback runs: the C kernels need none
+    import torch
 
 Progress = Callable[[int], None]
 STATUSES = ("changed", "retyped", "added", "removed", "unchanged")
@@ -59,6 +66,8 @@ _quiet = False
 
 
 def _buffers(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    import torch
+
     bufs = getattr(_scratch, "bufs", None)
     if bufs is None:
         bufs = _scratch.bufs = (
@@ -70,6 +79,8 @@ def _buffers(n: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _flat(raw: bytes | bytearray | memoryview, dtype: str) -> torch.Tensor:
     """A flat read-only view of block bytes (no copy; nothing ever writes through it)."""
+    import torch
+
     dt = torch_dtype(dtype)
     if len(raw) == 0:
         return torch.empty(0, dtype=dt)
@@ -95,6 +106,8 @@ def block_stats(b_raw: bytes | memoryview, a_raw: bytes | memoryview, dtype: str
             raise FormatError("blocks of different lengths cannot be compared")
         dd, l1, mx, bb, aa, nnz = native.kernels.delta_stats(b_raw, a_raw, dtype)
         return _stats(dd, l1, mx, bb, aa, nnz, len(b_raw) // DTYPE_SIZES[dtype])
+    import torch
+
     bt, at = _flat(b_raw, dtype), _flat(a_raw, dtype)
     if bt.numel() != at.numel():
         raise FormatError("blocks of different lengths cannot be compared")
@@ -146,6 +159,8 @@ def block_norm(raw: bytes | memoryview, dtype: str) -> DeltaStats:
         sq = native.kernels.delta_stats(raw, raw, dtype)[3]
         n = math.sqrt(sq)
         return DeltaStats(0.0, 0.0, 0.0, n, 0, len(raw) // DTYPE_SIZES[dtype], sq, n)
+    import torch
+
     t = _flat(raw, dtype)
     sq = 0.0
     for s in range(0, t.numel(), _CHUNK):
@@ -159,22 +174,13 @@ def block_norm(raw: bytes | memoryview, dtype: str) -> DeltaStats:
 
 def stats_dtype_ok(dtype: str) -> bool:
     """Whether statistics can be computed for a dtype (numeric and known to torch)."""
+    if native.kernels is not None and dtype in _NATIVE_STATS:
+        return True
     try:
         torch_dtype(dtype)
     except FormatError:
         return False
     return True
-
-
-@contextmanager
-def _one_torch_thread() -> Iterator[None]:
-    # The block workers already use both cores; torch's own threads would only contend.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def read_pair(repo: Repository, b: bytes, a: bytes, meter: ReadMeter | None) -> tuple[bytes, bytes]:
@@ -598,7 +604,9 @@ def diff_sides(
     eng = _Engine(repo, progress)
     computed: dict[tuple[bytes, bytes, str], DeltaStats] = {}
     result = DiffResult(a_id, b_id, b_path, out)
-    with _one_torch_thread():
+    if native.kernels is None:
+        import torch  # noqa: F401  (the statistics' torch twin; one_torch_thread tunes a loaded torch)
+    with one_torch_thread():
         for job, res in zip(
             jobs, ordered_map(eng.work, jobs, workers=workers or default_workers()), strict=True
         ):

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from mergestore import blockstats
+from mergestore import blockstats, native
 from mergestore.errors import RefError
 from mergestore.formats.checkpoint import Checkpoint, CheckpointFile, scan_checkpoint
 from mergestore.formats.safetensors import DTYPE_SIZES
@@ -313,8 +313,8 @@ def commit_checkpoint(
     t0 = time.perf_counter()
     ckpt = scan_checkpoint(path)  # validates every header before anything is written
     ref = None if detached else branch_ref(repo, branch)
-    if base is not None and want_stats:
-        import torch  # noqa: F401  (statistics use it; one_torch_thread only tunes a loaded torch)
+    if base is not None and want_stats and native.kernels is None:
+        import torch  # noqa: F401  (the statistics' torch twin; one_torch_thread tunes a loaded torch)
     with repo.writer() as session:
         with one_torch_thread():
             tree_id, ing = ingest_tree(
