@@ -232,3 +232,15 @@ def test_della_row_ranks_same_as_a_stable_sort(monkeypatch, shape) -> None:
         fast, slow = _twice(monkeypatch, lambda dt=dtype: sparsify._ranks_along_dim1(d.abs(), dt))
         assert fast.dtype == slow.dtype == dtype
         assert torch.equal(fast, slow)
+
+
+@pytest.mark.parametrize("shape", [(), (0,), (0, 4), (1,), (3, 1)])
+@pytest.mark.parametrize("method,per,shared", METHODS)
+def test_scalar_and_empty_tensors(monkeypatch, shape, method, per, shared) -> None:
+    g = torch.Generator().manual_seed(3)
+    base = torch.randn(shape, generator=g).to(torch.bfloat16)
+    xs = [(base.float() + 0.1 * torch.randn(shape, generator=g)).to(torch.bfloat16) for _ in "ab"]
+    per_input = [dict(per) for _ in xs]
+    fast, slow = _twice(monkeypatch, lambda: merge_tensor(method, base, xs, shared, per_input, CTX))
+    assert fast.shape == slow.shape == base.shape
+    assert same_bits(fast, slow)

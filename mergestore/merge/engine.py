@@ -317,7 +317,7 @@ class Engine:
         if rec.nbytes == 0:
             return torch.empty(rec.shape, dtype=torch_dtype(rec.dtype))
         decode: dict[bytes, tuple[int, int]] = {}  # block id -> (offset, length) it decodes to
-        copies: list[tuple[int, bytes | memoryview | bytes]] = []  # (offset, source)
+        copies: list[tuple[int, bytes | memoryview]] = []  # (offset, source)
         repeats: list[tuple[int, bytes]] = []  # (offset, id of a block decoded elsewhere)
         pos = 0
         same_as_reference = reads.aligned and reference_t is not None

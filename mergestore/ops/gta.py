@@ -96,7 +96,7 @@ def gta_merge(
     if not inputs:
         return base
     rescale = bool(shared["rescale"])
-    if native.kernels is not None and base.dtype == torch.bfloat16 and base.dim() > 0:
+    if native.kernels is not None and base.dtype == torch.bfloat16 and base.numel() > 0:
         return _native_bf16(base, inputs, shared, per_input, ctx, sparsifier, consensus)
     if not consensus and base.dtype in _HALF:
         merged, divisor = _weighted_delta_sum(base, inputs, per_input, sparsifier, rescale, ctx)
