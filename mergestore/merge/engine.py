@@ -209,36 +209,52 @@ class Engine:
         dt = torch_dtype(rec.dtype)
         if rec.nbytes == 0:
             return torch.empty(rec.shape, dtype=dt), {}
-        uniq = list(dict.fromkeys(rec.blocks))
-        locs = self.repo.block_locations(uniq)
+        locs = self.repo.block_locations(dict.fromkeys(rec.blocks))
         first: dict[bytes, tuple[int, int]] = {}
         repeats: list[tuple[int, bytes]] = []
         pos = 0
         for bid in rec.blocks:
-            loc = locs.get(bid)
-            if loc is None:
-                raise CorruptionError(f"block {bid.hex()[:12]} is missing from the store")
+            n = _location(locs, bid).raw_len
             if bid in first:
                 repeats.append((pos, bid))
             else:
-                first[bid] = (pos, loc.raw_len)
-            pos += loc.raw_len
-        if pos != rec.nbytes:
-            raise CorruptionError(f"tensor {rec.name!r}: blocks hold {pos} bytes, not {rec.nbytes}")
+                first[bid] = (pos, n)
+            pos += n
+        _check_size(rec, pos)
         out = alloc.empty((rec.nbytes,), torch.uint8)
         dst = out.numpy()
-
-        def fetch(bid: bytes) -> None:
-            off, n = first[bid]
-            self.repo.read_block_into(bid, dst[off : off + n], stats.base_meter, location=locs[bid])
-
-        for _ in ordered_map(fetch, uniq, workers=workers):
-            pass
-        for off, bid in repeats:
-            start, n = first[bid]
-            dst[off : off + n] = dst[start : start + n]
+        self._decode_in_place(dst, first, repeats, locs, (), stats.base_meter, workers)
         views = {bid: memoryview(dst[o : o + n]).toreadonly() for bid, (o, n) in first.items()}
         return out.view(dt).reshape(rec.shape), views
+
+    def _decode_in_place(
+        self,
+        dst: np.ndarray,
+        places: dict[bytes, tuple[int, int]],
+        repeats: Sequence[tuple[int, bytes]],
+        locs: dict[bytes, BlockLocation],
+        holders: Sequence[dict[bytes, bytes | memoryview]],
+        meter: ReadMeter,
+        workers: int,
+    ) -> None:
+        """Decode each block of `places` (id -> (offset, length)) straight into `dst` at its
+        place (codecs.decode_block_into: no intermediate block, no copy), its delta reference
+        taken from the first of `holders` that has it (else read); then copy each repeat
+        (offset, id) from its block's place."""
+
+        def fetch(bid: bytes) -> None:
+            loc = locs[bid]
+            hint = None
+            if loc.ref is not None:
+                hint = next((h[loc.ref] for h in holders if loc.ref in h), None)
+            off, n = places[bid]
+            self.repo.read_block_into(bid, dst[off : off + n], meter, reference=hint, location=loc)
+
+        for _ in ordered_map(fetch, list(places), workers=workers):
+            pass
+        for off, bid in repeats:
+            start, n = places[bid]
+            dst[off : off + n] = dst[start : start + n]
 
     def _read_many(self, meters: dict[bytes, ReadMeter], workers: int) -> dict[bytes, bytes]:
         """Blocks by id, each counted on its own meter; one index transaction for them all."""
@@ -341,11 +357,10 @@ class Engine:
                 repeats.append((pos, bid))
                 pos += decode[bid][1]
             else:
-                n = locs[bid].raw_len
+                n = _location(locs, bid).raw_len
                 decode[bid] = (pos, n)
                 pos += n
-        if pos != rec.nbytes:
-            raise CorruptionError(f"tensor {rec.name!r}: blocks hold {pos} bytes, not {rec.nbytes}")
+        _check_size(rec, pos)
         if same_as_reference:
             assert reference_t is not None
             return reference_t
@@ -353,24 +368,9 @@ class Engine:
             stats.blocks_read += len(decode)
         out = alloc.empty((rec.nbytes,), torch.uint8)
         dst = out.numpy()
-
-        def fetch(bid: bytes) -> None:
-            loc = locs[bid]
-            hint = None
-            if loc.ref is not None:
-                hint = ref_raw.get(loc.ref)
-                if hint is None:
-                    hint = held.get(loc.ref)
-            off, n = decode[bid]
-            self.repo.read_block_into(bid, dst[off : off + n], meter, reference=hint, location=loc)
-
-        for _ in ordered_map(fetch, list(decode), workers=workers):
-            pass
+        self._decode_in_place(dst, decode, repeats, locs, (ref_raw, held), meter, workers)
         for off, src in copies:
             dst[off : off + len(src)] = np.frombuffer(src, dtype=np.uint8)
-        for off, bid in repeats:
-            first, n = decode[bid]
-            dst[off : off + n] = dst[first : first + n]
         for bid in reads.keep:
             if bid in decode:
                 off, n = decode[bid]
@@ -578,6 +578,18 @@ class Engine:
         for pool in pools:
             pool.shutdown(wait=True)
         return outputs
+
+
+def _location(locs: dict[bytes, BlockLocation], bid: bytes) -> BlockLocation:
+    loc = locs.get(bid)
+    if loc is None:
+        raise CorruptionError(f"block {bid.hex()[:12]} is missing from the store")
+    return loc
+
+
+def _check_size(rec: TensorRecord, pos: int) -> None:
+    if pos != rec.nbytes:
+        raise CorruptionError(f"tensor {rec.name!r}: blocks hold {pos} bytes, not {rec.nbytes}")
 
 
 def task_bytes(task: TensorTask) -> int:
