@@ -469,7 +469,7 @@ static PyObject *py_nth_equal16(PyObject *self, PyObject *args) {
 }
 
 /* A cut: mode 0 keeps nothing, 1 everything, 2 the largest (bits > v, or == v before `last`),
- * 3 the smallest (bits < v, or == v before `last`); `last` is a flat index in the tensor.
+ * 3 the smallest (bits < v, or == v before `last`); `last` is a flat index.
  * Between breakpoints a cut is a range of magnitude bits [lo, hi]: */
 static void cut_range(int mode, int v, int ties_in, int *lo, int *hi) {
     switch (mode) {
@@ -491,14 +491,13 @@ HOT static void zero_outside(uint16_t *d, Py_ssize_t n, int lo1, int hi1, int lo
     }
 }
 
-/* Multiply by 0 every element of `data` that is not in cut 1, or is in cut 2 when mode2 >= 0.
- * `offset` is data's first flat index. bf16 only (the NaN written is bf16's). */
-static void apply_cuts16(uint16_t *data, Py_ssize_t n, Py_ssize_t offset, int m1, int v1,
-                         Py_ssize_t l1, int m2, int v2, Py_ssize_t l2) {
-    /* breakpoints (relative to data) where a cut stops taking its ties */
-    Py_ssize_t b1 = l1 - offset, b2 = m2 >= 0 ? l2 - offset : 0;
-    b1 = b1 < 0 ? 0 : (b1 > n ? n : b1);
-    b2 = b2 < 0 ? 0 : (b2 > n ? n : b2);
+/* Multiply by 0 every element of the flat tensor `data` that is not in cut 1, or is in cut 2
+ * when mode2 >= 0. bf16 only (the NaN written is bf16's). */
+static void apply_cuts16(uint16_t *data, Py_ssize_t n, int m1, int v1, Py_ssize_t l1, int m2,
+                         int v2, Py_ssize_t l2) {
+    /* breakpoints where a cut stops taking its ties */
+    Py_ssize_t b1 = l1 < 0 ? 0 : (l1 > n ? n : l1);
+    Py_ssize_t b2 = m2 < 0 ? 0 : (l2 < 0 ? 0 : (l2 > n ? n : l2));
     Py_ssize_t cuts[4] = {0, b1 < b2 ? b1 : b2, b1 < b2 ? b2 : b1, n};
     for (int seg = 0; seg < 3; seg++) {
         Py_ssize_t s = cuts[seg], e = cuts[seg + 1];
@@ -512,15 +511,15 @@ static void apply_cuts16(uint16_t *data, Py_ssize_t n, Py_ssize_t offset, int m1
 
 static PyObject *py_apply_cuts16(PyObject *self, PyObject *args) {
     PyObject *o;
-    Py_ssize_t offset, l1, l2;
+    Py_ssize_t l1, l2;
     int m1, m2;
     unsigned int v1, v2;
-    if (!PyArg_ParseTuple(args, "OniIniIn", &o, &offset, &m1, &v1, &l1, &m2, &v2, &l2))
+    if (!PyArg_ParseTuple(args, "OiIniIn", &o, &m1, &v1, &l1, &m2, &v2, &l2))
         return NULL;
     Buf a;
     if (get_buf(o, &a, 1, 2, "data") < 0) return NULL;
     Py_BEGIN_ALLOW_THREADS
-    apply_cuts16(a.view.buf, a.view.len / 2, offset, m1, (int)v1, l1, m2, (int)v2, l2);
+    apply_cuts16(a.view.buf, a.view.len / 2, m1, (int)v1, l1, m2, (int)v2, l2);
     Py_END_ALLOW_THREADS
     release(&a);
     Py_RETURN_NONE;
@@ -891,7 +890,7 @@ static PyMethodDef methods[] = {
     {"sub_hist_bf16", py_sub_hist_bf16, METH_VARARGS, "sub_hist_bf16(out, x, base, hist)"},
     {"nth_equal16", py_nth_equal16, METH_VARARGS, "nth_equal16(bits, v, need) -> index or -1"},
     {"apply_cuts16", py_apply_cuts16, METH_VARARGS,
-     "apply_cuts16(data, offset, mode1, v1, last1, mode2, v2, last2)"},
+     "apply_cuts16(data, mode1, v1, last1, mode2, v2, last2)"},
     {"row_ranks_bf16", py_row_ranks_bf16, METH_VARARGS,
      "row_ranks_bf16(magnitudes, out, rows, cols, as_bf16=False): 1-based stable ranks within "
      "each row, as int64 or rounded to bf16"},

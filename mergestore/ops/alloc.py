@@ -82,8 +82,7 @@ def trim() -> None:
 
 def empty(shape: tuple[int, ...] | torch.Size, dtype: torch.dtype) -> torch.Tensor:
     """torch.empty(shape, dtype=dtype), on a pooled buffer when it is large."""
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    nbytes = math.prod(shape) * itemsize
+    nbytes = math.prod(shape) * dtype.itemsize
     if nbytes == 0:
         return torch.empty(shape, dtype=dtype)
     if nbytes < POOLED_MIN or not _active:

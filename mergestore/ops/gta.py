@@ -149,13 +149,12 @@ def _native_bf16(
     n = len(inputs)
     weights = torch.tensor([per_input[i]["weight"] for i in range(n)], dtype=base.dtype)
     wf = [float(w) for w in weights]
-    divisor = weights.reshape(-1, 1).sum(dim=0)  # the same dim-0 reduction as mergekit's
     live = list(range(n))
     if sparsifier in (None, MAGNITUDE, OUTLIERS) or ctx.rng != "global":
         # An input that is the base tensor itself (the engine passes the base for an input
         # equal to it everywhere) has a zero delta, sparsified or not: it adds only zeros,
         # which change no sum (an fp32 sum from +0 is never -0) and never agree with a vote.
-        # Its weight still counts in the no-consensus divisor (computed above). Random drops
+        # Its weight still counts in the no-consensus divisor (from `weights`). Random drops
         # of the other inputs keep their own streams (by input position); only torch's global
         # generator, drawn input after input, needs every input.
         live = [i for i, x in enumerate(inputs) if not _is_same_tensor(x, base)]
@@ -186,6 +185,7 @@ def _native_bf16(
             rows = [_u16(x.contiguous().reshape(-1)) for x in inputs]
         else:
             rows = _sparsified_rows(base, inputs, per_input, sparsifier, shared, ctx, live)
+        divisor = weights.reshape(-1, 1).sum(dim=0)  # the same dim-0 reduction as mergekit's
         divisor[divisor.abs() < 1e-8] = 1
         div = float(divisor)
 

@@ -396,7 +396,7 @@ def _delta_into_native(
         for c in _cuts(torch.from_numpy(hist), n, sparsifier, density, gamma)
     ]
     second = cuts[1] if len(cuts) == 2 else (-1, 0, 0)
-    kernels.apply_cuts16(bits, 0, *cuts[0], *second)
+    kernels.apply_cuts16(bits, *cuts[0], *second)
 
 
 def _native_cut(cut: _Cut, bits: np.ndarray, n: int) -> tuple[int, int, int]:
