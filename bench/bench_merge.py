@@ -80,7 +80,7 @@ def mergestore_cmd(args: argparse.Namespace) -> list[str]:
         sys.executable,
         "-c",
         f"import sys; sys.path.insert(0, {str(code)!r}); "
-        "from mergestore.cli.main import main; main()",
+        "from mergestore.cli.entry import run; run()",  # as the console script starts
     ]
 
 
@@ -191,9 +191,11 @@ save_file(result, str(Path(out) / "model.safetensors"), metadata={"format": "pt"
 
 def floor(store: Path, config: Path) -> None:
     """Store read + decode of every input block a task_arithmetic merge reads, with the
-    engine's reader on 2 tensors at a time, plus blake3 of one output's worth of bytes."""
+    engine's reader on 2 tensors at a time, plus blake3 of one output's worth of bytes.
+    Tensors are read as the merge reads them: numpy arrays on the torch-free lane (no torch
+    import), else torch tensors."""
     import blake3
-    import torch
+    import numpy as np
 
     from mergestore.api import Store
     from mergestore.merge.config import load_config
@@ -206,16 +208,24 @@ def floor(store: Path, config: Path) -> None:
     cfg = load_config(config)
     prep = prepare(s.repo, cfg, commit_paths=False)
     eng = Engine(s.repo, method=cfg.merge_method, dtype=None, out_dtype=None, seed=0)
+    eng.lane = eng.torch_free_lane(prep.tasks, track_delta=False)
     stats = EngineStats(expert_meters=[ReadMeter() for _ in prep.models])
     t0 = time.perf_counter()
     out_bytes = 0
 
+    def as_bytes(t) -> np.ndarray:
+        if isinstance(t, np.ndarray):
+            return np.ascontiguousarray(t).reshape(-1).view(np.uint8)
+        import torch
+
+        return t.contiguous().view(-1).view(torch.uint8).numpy()
+
     def one(task):
         ld = eng._load(task, stats)
-        t = ld.base if ld.base is not None else ld.inputs[0]
+        data = as_bytes(ld.base if ld.base is not None else ld.inputs[0])
         h = blake3.blake3(max_threads=1)
-        h.update(memoryview(t.contiguous().view(-1).view(torch.uint8).numpy()))
-        return t.numel() * t.element_size()
+        h.update(memoryview(data))
+        return data.nbytes
 
     for n in ordered_map(one, prep.tasks, workers=2, window=2):
         out_bytes += n

@@ -30,6 +30,7 @@ __all__ = [
     "SafetensorsHeader",
     "TensorEntry",
     "dtype_name",
+    "name_of_torch_dtype",
     "encode_header",
     "parse_header",
     "parse_header_bytes",
@@ -103,6 +104,15 @@ def torch_dtype(name: str) -> torch.dtype:
     if not isinstance(dt, torch.dtype):
         raise FormatError(f"dtype {_quote(name)} is not supported by this torch build")
     return dt
+
+
+def name_of_torch_dtype(attr: str) -> str:
+    """The safetensors dtype name for a torch dtype's name ("bfloat16" -> "BF16"), without
+    importing torch."""
+    for name, torch_attr in _TORCH_NAMES.items():
+        if torch_attr == attr:
+            return name
+    raise FormatError(f"torch dtype {attr} has no safetensors name")
 
 
 def dtype_name(dt: torch.dtype) -> str:

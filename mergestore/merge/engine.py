@@ -8,6 +8,11 @@ read once per task. The method's pure kernel then runs on the task's tensors, an
 cut into blocks and handed to a sink (the store, or a hasher for replay). A task is a whole
 tensor, or, for elementwise methods, a run of 8 blocks of a larger one (run.elementwise_pieces).
 
+A merge whose method has a torch-free kernel for its tensors (ops.bf16_lane: linear and
+task_arithmetic when every float tensor is bf16 and the C kernels are built) runs on numpy
+arrays of bf16 bits and never imports torch, which costs more than such a merge itself; the
+bits are the same either way (the torch lane calls the same kernels).
+
 The stages run as a pipeline on both cores: loader threads read and decode the next tensors,
 compute threads merge tensors side by side (each kernel on one torch thread), and one writer
 thread hashes, encodes and appends finished outputs in task order. The tasks in flight
@@ -24,21 +29,32 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
-import torch
 
+from mergestore import native
 from mergestore.errors import CorruptionError
-from mergestore.formats.safetensors import DTYPE_SIZES, dtype_name, torch_dtype
+from mergestore.formats.safetensors import (
+    DTYPE_SIZES,
+    dtype_name,
+    name_of_torch_dtype,
+    torch_dtype,
+)
 from mergestore.merge.tensorplan import OutputTensorPlan
-from mergestore.ops import TensorContext, alloc, merge_tensor
+from mergestore.ops import TensorContext, alloc, get_method, merge_tensor, validate_params
+from mergestore.ops.bf16_lane import LANES, Bf16Lane
 from mergestore.store import codecs
 from mergestore.store.blocks import block_id, tensor_blocking
 from mergestore.store.objects import TensorRecord
 from mergestore.store.packs import ReadMeter
 from mergestore.store.parallel import default_workers, ordered_map, reuse_freed_memory
 from mergestore.store.repo import BlockLocation, Repository, WriteSession
+
+if TYPE_CHECKING:
+    import torch
+else:
+    from mergestore.lazy_torch import torch
 
 Progress = Callable[[int], None]
 
@@ -147,6 +163,7 @@ class EngineStats:
     tensors: int = 0
     merged_delta_sq: float = 0.0  # sum over tensors of ||out - reference||^2 (fp64)
     seconds: float = 0.0
+    torch_free: bool = False  # computed on the torch-free lane (ops.bf16_lane)
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -165,6 +182,8 @@ class _InputReads:
 
 @dataclass
 class _Loaded:
+    """A task's tensors: torch tensors, or on the torch-free lane numpy arrays of bf16 bits."""
+
     task: TensorTask
     base: torch.Tensor | None
     inputs: list[torch.Tensor]
@@ -188,12 +207,54 @@ class Engine:
     ) -> None:
         self.repo = repo
         self.method = method
-        self.compute_dtype = _torch_dtype_or_none(dtype)
-        self.out_dtype = _torch_dtype_or_none(out_dtype)
+        # safetensors names ("BF16"); the torch dtypes are looked up only when torch computes
+        self.compute_dtype_name = _safetensors_name(dtype)
+        self.out_dtype_name = _safetensors_name(out_dtype)
+        self._dtype_args = (dtype, out_dtype)
+        self.lane: Bf16Lane | None = None  # set by run() when the merge needs no torch
         self.seed = seed
         self.rng = rng
         self.block_size = block_size or repo.config.block_size
         self.tokenizer_source = tokenizer_source
+
+    @property
+    def compute_dtype(self) -> torch.dtype | None:
+        return _torch_dtype_or_none(self._dtype_args[0])
+
+    @property
+    def out_dtype(self) -> torch.dtype | None:
+        return _torch_dtype_or_none(self._dtype_args[1])
+
+    def torch_free_lane(self, tasks: Sequence[TensorTask], track_delta: bool) -> Bf16Lane | None:
+        """The method's torch-free kernel if it computes every task with the torch lane's bits:
+        the C kernels are built, every tensor is bf16 in and out, no vocabulary is fitted and
+        no merge delta is tracked. MERGESTORE_TORCH_FREE=0 turns the lane off."""
+        lane = LANES.get(self.method)
+        if (
+            lane is None
+            or native.kernels is None
+            or os.environ.get("MERGESTORE_TORCH_FREE") == "0"
+            or track_delta
+            or self.tokenizer_source is not None
+            or self.compute_dtype_name not in (None, "BF16")
+            or self.out_dtype_name not in (None, "BF16")
+        ):
+            return None
+        spec = get_method(self.method)
+        for task in tasks:
+            recs = [r for r in (task.base, task.reference, *task.inputs) if r is not None]
+            if any(r.dtype != "BF16" or r.shape != recs[0].shape for r in recs):
+                return None
+            if task.plan.copy_from is None:
+                shared, per_input = validate_params(
+                    spec,
+                    task.plan.shared,
+                    list(task.plan.per_input),
+                    has_base=task.base is not None,
+                )
+                if not lane.accepts(shared, per_input):
+                    return None
+        return lane
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -206,9 +267,8 @@ class Engine:
         write to their inputs (tests/ops/test_purity.py), so the views stay valid."""
         if rec is None:
             return None, {}
-        dt = torch_dtype(rec.dtype)
         if rec.nbytes == 0:
-            return torch.empty(rec.shape, dtype=dt), {}
+            return self._shaped(alloc.empty_bytes(0), rec), {}
         locs = self.repo.block_locations(dict.fromkeys(rec.blocks))
         first: dict[bytes, tuple[int, int]] = {}
         repeats: list[tuple[int, bytes]] = []
@@ -221,11 +281,17 @@ class Engine:
                 first[bid] = (pos, n)
             pos += n
         _check_size(rec, pos)
-        out = alloc.empty((rec.nbytes,), torch.uint8)
-        dst = out.numpy()
+        dst = alloc.empty_bytes(rec.nbytes)
         self._decode_in_place(dst, first, repeats, locs, (), stats.base_meter, workers)
         views = {bid: memoryview(dst[o : o + n]).toreadonly() for bid, (o, n) in first.items()}
-        return out.view(dt).reshape(rec.shape), views
+        return self._shaped(dst, rec), views
+
+    def _shaped(self, data: np.ndarray, rec: TensorRecord) -> torch.Tensor:
+        """A tensor of `rec`'s dtype and shape over the bytes of `data` (a numpy array of
+        bf16 bits on the torch-free lane)."""
+        if self.lane is not None:
+            return data.view(np.uint16).reshape(rec.shape)  # type: ignore[return-value]
+        return torch.from_numpy(data).view(torch_dtype(rec.dtype)).reshape(rec.shape)
 
     def _decode_in_place(
         self,
@@ -331,7 +397,7 @@ class Engine:
         tensor itself: nothing is read, copied or allocated."""
         rec, selected, locs = reads.rec, reads.selected, reads.locations
         if rec.nbytes == 0:
-            return torch.empty(rec.shape, dtype=torch_dtype(rec.dtype))
+            return self._shaped(alloc.empty_bytes(0), rec)
         decode: dict[bytes, tuple[int, int]] = {}  # block id -> (offset, length) it decodes to
         copies: list[tuple[int, bytes | memoryview]] = []  # (offset, source)
         repeats: list[tuple[int, bytes]] = []  # (offset, id of a block decoded elsewhere)
@@ -366,8 +432,7 @@ class Engine:
             return reference_t
         with stats._lock:
             stats.blocks_read += len(decode)
-        out = alloc.empty((rec.nbytes,), torch.uint8)
-        dst = out.numpy()
+        dst = alloc.empty_bytes(rec.nbytes)
         self._decode_in_place(dst, decode, repeats, locs, (ref_raw, held), meter, workers)
         for off, src in copies:
             dst[off : off + len(src)] = np.frombuffer(src, dtype=np.uint8)
@@ -375,7 +440,7 @@ class Engine:
             if bid in decode:
                 off, n = decode[bid]
                 held[bid] = memoryview(dst[off : off + n]).toreadonly()
-        return out.view(torch_dtype(rec.dtype)).reshape(rec.shape)
+        return self._shaped(dst, rec)
 
     def _load(self, task: TensorTask, stats: EngineStats, workers: int = 1) -> _Loaded:
         """Read and decode a task's inputs, on `workers` threads (the engine passes more than
@@ -430,6 +495,8 @@ class Engine:
 
     def _merge(self, ld: _Loaded) -> torch.Tensor:
         p = ld.task.plan
+        if self.lane is not None:
+            return self._merge_torch_free(ld, self.lane)
         if p.copy_from is not None:
             src = ld.base if ld.task.base is not None else ld.inputs[0]
             assert src is not None
@@ -451,15 +518,33 @@ class Engine:
             out_dtype=self.out_dtype,
         )
 
+    def _merge_torch_free(self, ld: _Loaded, lane: Bf16Lane) -> torch.Tensor:
+        """_merge on the torch-free lane: arrays of bf16 bits in and out, no dtype to change."""
+        p = ld.task.plan
+        if p.copy_from is not None:
+            src = ld.base if ld.task.base is not None else ld.inputs[0]
+            assert src is not None
+            return src
+        shared, per_input = validate_params(
+            get_method(self.method), p.shared, list(p.per_input), has_base=ld.base is not None
+        )
+        like = ld.base if ld.base is not None else ld.inputs[0]
+        out = alloc.empty_bytes(like.nbytes).view(np.uint16).reshape(like.shape)
+        return lane.merge(ld.base, ld.inputs, shared, per_input, out)
+
     def _emit(
         self, ld: _Loaded, out: torch.Tensor, sink: Sink, stats: EngineStats, track_delta: bool
     ) -> OutputTensor:
         name = ld.task.plan.name
-        out = out.contiguous()
-        dtype = dtype_name(out.dtype)
-        shape = tuple(out.shape)
+        if self.lane is not None:  # bf16 bits in a numpy array
+            arr = np.ascontiguousarray(out)
+            dtype, shape = "BF16", tuple(arr.shape)
+            data = memoryview(arr.reshape(-1).view(np.uint8)) if arr.size else b""
+        else:
+            out = out.contiguous()
+            dtype, shape = dtype_name(out.dtype), tuple(out.shape)
+            data = memoryview(out.reshape(-1).view(torch.uint8).numpy()) if out.numel() else b""
         blocking = tensor_blocking(shape, DTYPE_SIZES[dtype], self.block_size)
-        data = memoryview(out.reshape(-1).view(torch.uint8).numpy()) if out.numel() else b""
         raws = [data[b0:b1] for b0, b1 in blocking.ranges()]
         ref = ld.task.reference
         refs: list[bytes | None] = [None] * len(raws)
@@ -494,8 +579,11 @@ class Engine:
         t0 = time.perf_counter()
         reuse_freed_memory()
         stats = EngineStats(expert_meters=[ReadMeter() for _ in range(n_models)])
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
+        self.lane = self.torch_free_lane(tasks, track_delta)
+        stats.torch_free = self.lane is not None
+        threads = torch.get_num_threads() if self.lane is None else 0
+        if threads:
+            torch.set_num_threads(1)
         # torch's global generator (rng="global") is drawn in task order: one tensor at a time.
         workers = compute_workers() if self.rng != "global" else 1
         try:
@@ -504,7 +592,8 @@ class Engine:
                     tasks, sink, stats, progress, track_delta, workers, memory_limit
                 )
         finally:
-            torch.set_num_threads(threads)
+            if threads:
+                torch.set_num_threads(threads)
         stats.seconds = time.perf_counter() - t0
         return outputs, stats
 
@@ -620,6 +709,10 @@ def _fit_vocab(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     if x.shape[0] >= n:
         return x[:n]
     return torch.cat([x, ref[x.shape[0] :].to(x.dtype)], dim=0)
+
+
+def _safetensors_name(name: str | None) -> str | None:
+    return name_of_torch_dtype(name) if name is not None else None
 
 
 def _torch_dtype_or_none(name: str | None) -> torch.dtype | None:

@@ -11,7 +11,7 @@ from typing import Any
 
 from mergestore import __version__, native
 from mergestore.errors import MergeError
-from mergestore.formats.safetensors import DTYPE_SIZES, dtype_name
+from mergestore.formats.safetensors import DTYPE_SIZES
 from mergestore.ingest import branch_ref, default_author
 from mergestore.merge import budget as budget_mod
 from mergestore.merge.config import MergeConfig, models_in_config
@@ -281,6 +281,7 @@ def run_record(prep: PreparedMerge, stats: Any, written: int, seconds: float) ->
         "wall_seconds": round(seconds, 4),
         "engine_seconds": round(stats.seconds, 4),
         "kernels": native.describe(),
+        "torch_free": stats.torch_free,
     }
     if sel.active:
         delta = stats.merged_delta_sq**0.5
@@ -525,8 +526,7 @@ def run_tasks(
     """engine.run, with output blocks whose differing input blocks were all omitted taken from
     the base (`omitted`: "blocks", "tensors" or None, as the plan records; see base_pieces).
     Returns the outputs in task order, the engine's stats and the number of blocks taken."""
-    c = dtype_name(engine.compute_dtype) if engine.compute_dtype is not None else None
-    o = dtype_name(engine.out_dtype) if engine.out_dtype is not None else None
+    c, o = engine.compute_dtype_name, engine.out_dtype_name
     layout: list[list[tuple[int, int, bool]] | None] = []
     work: list[TensorTask] = []
     ends: list[int] = []  # per task: how many engine tasks are done when it is complete

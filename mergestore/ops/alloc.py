@@ -20,9 +20,14 @@ import math
 import threading
 import weakref
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
+else:
+    from mergestore.lazy_torch import torch
 
 POOLED_MIN = 1 << 20  # buffers from 1 MiB up are pooled
 POOL_BYTES = 1 << 30  # at most this much idle memory is kept
@@ -80,17 +85,26 @@ def trim() -> None:
         _free_bytes = 0
 
 
+def empty_bytes(nbytes: int) -> np.ndarray:
+    """An uninitialised uint8 array of `nbytes`, on a pooled buffer when it is large (the
+    buffer goes back to the pool when the last view of the array dies)."""
+    if nbytes < POOLED_MIN or not _active:
+        return np.empty(nbytes, dtype=np.uint8)
+    buf = _take(nbytes)
+    # An array over a memoryview of the buffer: numpy points the base of every view of it (a
+    # slice, a reshape, a dtype view) at this array, not at `buf`, so the buffer goes back to
+    # the pool only once the last of them is gone.
+    view = np.frombuffer(memoryview(buf)[:nbytes], dtype=np.uint8)
+    weakref.finalize(view, _give, buf)
+    return view
+
+
 def empty(shape: tuple[int, ...] | torch.Size, dtype: torch.dtype) -> torch.Tensor:
     """torch.empty(shape, dtype=dtype), on a pooled buffer when it is large."""
     nbytes = math.prod(shape) * dtype.itemsize
     if nbytes == 0:
         return torch.empty(shape, dtype=dtype)
-    if nbytes < POOLED_MIN or not _active:
-        return torch.from_numpy(np.empty(nbytes, dtype=np.uint8)).view(dtype).reshape(shape)
-    buf = _take(nbytes)
-    view = buf[:nbytes]  # the tensor keeps this array alive, and only this one
-    weakref.finalize(view, _give, buf)
-    return torch.from_numpy(view).view(dtype).reshape(shape)
+    return torch.from_numpy(empty_bytes(nbytes)).view(dtype).reshape(shape)
 
 
 def empty_like(t: torch.Tensor) -> torch.Tensor:

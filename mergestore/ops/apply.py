@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
-
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING, Any
 
 from mergestore.errors import MergeError
 from mergestore.ops import alloc
 from mergestore.ops.context import TensorContext
 from mergestore.ops.registry import get_method
 from mergestore.ops.spec import BaseRule, MethodSpec, ParamSpec, Scope
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
+else:
+    from mergestore.lazy_torch import torch
 
 Params = dict[str, Any]
 

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
-
-import torch
-import torch.nn.functional as F
-from torch import Tensor
+from typing import TYPE_CHECKING, Any
 
 from mergestore.ops.context import TensorContext
 from mergestore.ops.registry import register
 from mergestore.ops.spec import BaseRule, MethodSpec, OptionalTensorRule
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
+else:
+    from mergestore.lazy_torch import torch
 
 
 def merge(
@@ -39,8 +41,8 @@ SAMPLE_SIZE = 1_000_000
 
 def _importance(p: Tensor, base: Tensor) -> Tensor:
     diff = (p - base).abs()
-    pp = F.softmax(p, dim=-1) + 1e-8
-    qq = F.softmax(base, dim=-1) + 1e-8
+    pp = torch.nn.functional.softmax(p, dim=-1) + 1e-8
+    qq = torch.nn.functional.softmax(base, dim=-1) + 1e-8
     return diff * torch.sum(pp * torch.log(pp / qq), dim=-1, keepdim=True)
 
 

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import blake3
 import numpy as np
-import torch
 
 from mergestore import native
 from mergestore.ops import alloc
+
+if TYPE_CHECKING:
+    import torch
+else:
+    from mergestore.lazy_torch import torch
 
 _U64 = (1 << 64) - 1
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
-
-from torch import Tensor
+from typing import TYPE_CHECKING, Any
 
 from mergestore.ops import gta
 from mergestore.ops.context import TensorContext
 from mergestore.ops.registry import register
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 
 def merge(

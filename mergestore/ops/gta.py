@@ -13,16 +13,19 @@ Per tensor, in the compute dtype D (mergekit 0.1.5 GeneralizedTaskArithmeticMerg
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, TypeVar
-
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from mergestore import native
-from mergestore.ops import alloc, sparsify
+from mergestore.ops import alloc, bf16_lane, sparsify
 from mergestore.ops.context import TensorContext
 from mergestore.ops.spec import BaseRule, MethodSpec, ParamSpec, Scope
 from mergestore.store.parallel import ordered_map
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
+else:
+    from mergestore.lazy_torch import torch
 
 T = TypeVar("T")
 
@@ -98,7 +101,7 @@ def gta_merge(
     rescale = bool(shared["rescale"])
     if native.kernels is not None and base.dtype == torch.bfloat16 and base.numel() > 0:
         return _native_bf16(base, inputs, shared, per_input, ctx, sparsifier, consensus)
-    if not consensus and base.dtype in _HALF:
+    if not consensus and _is_half(base.dtype):
         merged, divisor = _weighted_delta_sum(base, inputs, per_input, sparsifier, rescale, ctx)
         return _finish(base, merged, divisor, shared)
     deltas = _sparsified_deltas(base, inputs, per_input, sparsifier, rescale, ctx)
@@ -147,14 +150,27 @@ def _native_bf16(
     kernels = native.kernels
     assert kernels is not None
     n = len(inputs)
-    weights = torch.tensor([per_input[i]["weight"] for i in range(n)], dtype=base.dtype)
-    wf = [float(w) for w in weights]
+    lam = float(shared["lambda"])
+    normalize = bool(shared["normalize"])
+    if sparsifier is None and not consensus:  # task_arithmetic: the torch-free lane's kernel
+        out = alloc.empty_like(base)
+        bf16_lane.task_arithmetic(
+            _u16(base.contiguous()),
+            [_u16(x) for x in inputs],
+            [per_input[i]["weight"] for i in range(n)],
+            normalize,
+            lam,
+            _u16(out),
+        )
+        return out
+    all_weights = bf16_lane.bf16([per_input[i]["weight"] for i in range(n)])
+    wf = list(all_weights)
     live = list(range(n))
     if sparsifier in (None, MAGNITUDE, OUTLIERS) or ctx.rng != "global":
         # An input that is the base tensor itself (the engine passes the base for an input
         # equal to it everywhere) has a zero delta, sparsified or not: it adds only zeros,
         # which change no sum (an fp32 sum from +0 is never -0) and never agree with a vote.
-        # Its weight still counts in the no-consensus divisor (from `weights`). Random drops
+        # Its weight still counts in the no-consensus divisor (`all_weights`). Random drops
         # of the other inputs keep their own streams (by input position); only torch's global
         # generator, drawn input after input, needs every input.
         live = [i for i, x in enumerate(inputs) if not _is_same_tensor(x, base)]
@@ -165,8 +181,6 @@ def _native_bf16(
             n = len(live)
     flat_base = base.contiguous().reshape(-1)
     out = alloc.empty_like(flat_base)
-    lam = float(shared["lambda"])
-    normalize = bool(shared["normalize"])
     if consensus:
         rows = _sparsified_rows(base, inputs, per_input, sparsifier, shared, ctx, live)
 
@@ -181,13 +195,8 @@ def _native_bf16(
                 lam != 1,
             )
     else:
-        if sparsifier is None:
-            rows = [_u16(x.contiguous().reshape(-1)) for x in inputs]
-        else:
-            rows = _sparsified_rows(base, inputs, per_input, sparsifier, shared, ctx, live)
-        divisor = weights.reshape(-1, 1).sum(dim=0)  # the same dim-0 reduction as mergekit's
-        divisor[divisor.abs() < 1e-8] = 1
-        div = float(divisor)
+        rows = _sparsified_rows(base, inputs, per_input, sparsifier, shared, ctx, live)
+        div = bf16_lane.gta_divisor(all_weights)  # the dim-0 reduction mergekit does
 
         def columns(r: range) -> None:
             kernels.gta_sum_bf16(
@@ -195,7 +204,7 @@ def _native_bf16(
                 _u16(flat_base)[r.start : r.stop],
                 [x[r.start : r.stop] for x in rows],
                 wf,
-                sparsifier is not None,
+                True,
                 div,
                 normalize,
                 lam,
@@ -256,7 +265,8 @@ def _finish(base: Tensor, merged: Tensor, divisor: Tensor, shared: Mapping[str, 
 
 # torch sums a reduced dim of these in order in fp32 and rounds once (checked for up to 12
 # inputs); fp32/fp64 sums of 5+ rows use several accumulators, so they stay on torch's sum.
-_HALF = (torch.bfloat16, torch.float16)
+def _is_half(dtype: torch.dtype) -> bool:
+    return dtype in (torch.bfloat16, torch.float16)
 
 
 def _weighted_delta_sum(
@@ -344,7 +354,7 @@ def _combine(deltas: Tensor, weights: Tensor, consensus: bool) -> tuple[Tensor, 
     """Weight the stacked deltas (in place) and sum them, with the sign election if
     `consensus`; (merged, divisor). `weights` is shaped to broadcast over `deltas`."""
     deltas.mul_(weights)
-    if consensus and deltas.dtype in _HALF:
+    if consensus and _is_half(deltas.dtype):
         merged, divisor = _consensus_sums(deltas, weights)
         divisor[divisor == 0] = 1
     elif consensus:

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
-
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING, Any
 
 from mergestore import native
-from mergestore.ops import alloc
+from mergestore.ops import alloc, bf16_lane
 from mergestore.ops.context import TensorContext
 from mergestore.ops.registry import register
 from mergestore.ops.spec import BaseRule, MethodSpec, ParamSpec, Scope
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
+else:
+    from mergestore.lazy_torch import torch
 
 
 def merge(
@@ -46,18 +49,16 @@ def merge(
 def _linear_bf16(
     inputs: Sequence[Tensor], shared: Mapping[str, Any], per_input: Sequence[Mapping[str, Any]]
 ) -> Tensor:
-    """merge() on bf16 inputs with the C kernel: the same fused multiply-adds in the same
-    order, in one pass over memory."""
-    assert native.kernels is not None
+    """merge() on bf16 inputs with the C kernel (ops.bf16_lane.linear): the same fused
+    multiply-adds in the same order, in one pass over memory."""
     weights = torch.tensor([per_input[i]["weight"] for i in range(len(inputs))])
-    first = inputs[0]
-    out = alloc.empty(first.shape, torch.bfloat16)
-    native.kernels.linear_bf16(
-        out.view(torch.int16).numpy(),
+    out = alloc.empty(inputs[0].shape, torch.bfloat16)
+    bf16_lane.linear(
         [x.contiguous().view(torch.int16).numpy() for x in inputs],
         [float(w) for w in weights],
         bool(shared["normalize"]),
         float(weights.sum()),  # torch's own reduction, as the fp32 path divides by
+        out.view(torch.int16).numpy(),
     )
     return out
 

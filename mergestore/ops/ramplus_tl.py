@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
-
-from torch import Tensor
+from typing import TYPE_CHECKING, Any
 
 from mergestore.ops.context import TensorContext
 from mergestore.ops.ram import task_vector_masks
 from mergestore.ops.registry import register
 from mergestore.ops.spec import BaseRule, MethodSpec, ParamSpec, Scope
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 
 def merge(

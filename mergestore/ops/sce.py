@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
-
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING, Any
 
 from mergestore.ops.context import TensorContext
 from mergestore.ops.gta import sign_agreement
 from mergestore.ops.registry import register
 from mergestore.ops.sparsify import first_ranks
 from mergestore.ops.spec import BaseRule, MethodSpec, ParamSpec, Scope
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
+else:
+    from mergestore.lazy_torch import torch
 
 
 def merge(

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
-
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING, Any
 
 from mergestore.ops.context import TensorContext
 from mergestore.ops.registry import register
 from mergestore.ops.spec import BaseRule, MethodSpec, OptionalTensorRule, ParamSpec, Scope
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
+else:
+    from mergestore.lazy_torch import torch
 
 
 def merge(

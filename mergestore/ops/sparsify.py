@@ -22,14 +22,19 @@ counter-based Philox stream per input, or torch's global generator as mergekit d
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import Tensor
 
 from mergestore import native
 from mergestore.errors import MergeError
 from mergestore.ops import alloc
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
+else:
+    from mergestore.lazy_torch import torch
 
 RESCALE_EPS = 1e-7
 
@@ -47,7 +52,13 @@ def _magnitudes(delta: Tensor) -> Tensor:
     return delta.abs().reshape(-1)
 
 
-_INT_VIEW = {torch.bfloat16: torch.int16, torch.float16: torch.int16, torch.float32: torch.int32}
+def _int_view(dtype: torch.dtype) -> torch.dtype | None:
+    """The integer dtype of the same width, for the float dtypes that have fast paths."""
+    return {
+        torch.bfloat16: torch.int16,
+        torch.float16: torch.int16,
+        torch.float32: torch.int32,
+    }.get(dtype)
 
 
 def _kth_smallest(w: Tensor, r: int) -> tuple[Tensor, int, int]:
@@ -59,7 +70,7 @@ def _kth_smallest(w: Tensor, r: int) -> tuple[Tensor, int, int]:
     16 bits, then the low 16 bits within the chosen bucket). O(n), and unlike quickselect
     insensitive to the heavy duplication of bf16 data.
     """
-    view = _INT_VIEW.get(w.dtype)
+    view = _int_view(w.dtype)
     if view is None or w.device.type != "cpu":
         v = torch.kthvalue(w, r).values
         return v, int((w < v).sum()), int((w == v).sum())
@@ -95,7 +106,7 @@ def first_ranks(w: Tensor, count: int, *, largest: bool) -> Tensor:
     # The count-th value in rank order is the cut value v; `need` of its ties are taken.
     v, n_less, n_eq = _kth_smallest(w, n - count + 1 if largest else count)
     need = count - (n - n_less - n_eq if largest else n_less)
-    view = _INT_VIEW.get(w.dtype)
+    view = _int_view(w.dtype)
     if view is not None and w.device.type == "cpu":
         # Compare bit patterns as integers: the same order as _kth_smallest's, and faster.
         w, v = w.view(view), v.view(view)
@@ -186,7 +197,7 @@ def magnitude_outliers(delta: Tensor, density: float, gamma: float, rescale: boo
     return rescaled_masked(delta, keep.reshape(delta.shape), rescale)
 
 
-Draw = Callable[[Tensor], Tensor]  # keep-probabilities -> a 1/0 mask in their dtype
+Draw = Callable[["Tensor"], "Tensor"]  # keep-probabilities -> a 1/0 mask in their dtype
 
 
 def bernoulli(delta: Tensor, density: float, rescale: bool, draw: Draw | None) -> Tensor:
@@ -210,13 +221,14 @@ def check_della(density: float, epsilon: float) -> None:
         )
 
 
-def _ranks_along_dim1(magnitudes: Tensor, dtype: torch.dtype = torch.int64) -> Tensor:
+def _ranks_along_dim1(magnitudes: Tensor, dtype: torch.dtype | None = None) -> Tensor:
     """1-based ascending ranks along dim 1 (the row of a 2-D weight); ties rank by index;
     as int64, or converted to `dtype` as torch converts int64.
 
     One stable sort plus a scatter, instead of mergekit's argsort of an argsort (whose tie
     order is unspecified).
     """
+    dtype = torch.int64 if dtype is None else dtype
     if (
         native.kernels is not None
         and magnitudes.dtype == torch.bfloat16

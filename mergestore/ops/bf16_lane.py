@@ -1,0 +1,196 @@
+"""linear and task_arithmetic on bf16 bit patterns, with the C kernels and without torch.
+
+The bf16 paths of ops.linear and ops.gta hand the C kernels numpy views of their tensors;
+the kernels never see torch. A merge whose every float tensor is bf16 and whose method has a
+lane here can therefore run with no torch at all (mergestore.merge.engine's torch-free lane):
+importing torch costs about a second on the machines this was measured on, more than the
+whole merge of four 0.5 GB experts. Arrays here are numpy uint16 arrays holding bf16 bits.
+
+What torch computed outside the kernels is computed here the same way, bit for bit
+(tests/ops/test_bf16_lane.py checks each against torch):
+- a Python float weight becomes bf16 as torch.tensor(w, dtype=bfloat16) rounds it: to fp32,
+  then to bf16, each round to nearest even (one rounding through fp32, as torch converts);
+- task_arithmetic's divisor is the dim-0 sum of those bf16 weights, which torch accumulates
+  in order in fp32 and rounds once to bf16;
+- linear's weight sum is torch's fp32 sum of the fp32 weights: in order for up to
+  LINEAR_MAX_INPUTS weights; torch's reduction uses several accumulators beyond that, so
+  larger linear merges stay on the torch lane.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from mergestore import native
+from mergestore.store.parallel import ordered_map
+
+LINEAR_MAX_INPUTS = 4
+
+# Tensors this large are split in two column ranges, one per core (as ops.gta does).
+PARALLEL_MIN = 1 << 23
+
+
+def f32(values: Sequence[float]) -> list[float]:
+    """Each value rounded to fp32 (round to nearest even)."""
+    return [float(v) for v in np.asarray(values, dtype=np.float64).astype(np.float32)]
+
+
+def bf16(values: Sequence[float]) -> list[float]:
+    """Each value rounded to bf16 as torch rounds a Python float: to fp32, then to bf16."""
+    bits = np.asarray(f32(values), dtype=np.float32).view(np.uint32).astype(np.uint64)
+    rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) << 16
+    return [float(v) for v in rounded.astype(np.uint32).view(np.float32)]
+
+
+_TINY = bf16([1e-8])[0]
+
+
+def sum_f32(values: Sequence[float]) -> float:
+    """The fp32 sum of fp32 values, added in order."""
+    acc = np.float32(0.0)
+    for v in values:
+        acc = np.float32(acc + np.float32(v))
+    return float(acc)
+
+
+def gta_divisor(weights: Sequence[float]) -> float:
+    """GTA's no-consensus divisor for bf16 weights: their sum in order in fp32, rounded to bf16
+    (torch's dim-0 sum of a bf16 tensor), replaced by 1 below 1e-8 in magnitude (compared in
+    bf16, as torch compares a bf16 tensor with a Python float)."""
+    divisor = bf16([sum_f32(weights)])[0]
+    return 1.0 if abs(divisor) < _TINY else divisor
+
+
+def same_memory(x: np.ndarray, base: np.ndarray) -> bool:
+    """x views exactly the memory of base (so it holds the same values)."""
+    return (
+        x.__array_interface__["data"][0] == base.__array_interface__["data"][0]
+        and x.dtype == base.dtype
+        and x.shape == base.shape
+        and x.strides == base.strides
+    )
+
+
+def _columns(total: int) -> list[range]:
+    parts = 2 if total >= PARALLEL_MIN else 1
+    step = max(1, -(-total // parts))
+    return [range(s, min(total, s + step)) for s in range(0, total, step)]
+
+
+def _run_columns(fn: Callable[[range], None], total: int) -> None:
+    ranges = _columns(total)
+    for _ in ordered_map(fn, ranges, workers=len(ranges)):
+        pass
+
+
+def linear(
+    inputs: Sequence[np.ndarray],
+    weights: Sequence[float],
+    normalize: bool,
+    weight_sum: float,
+    out: np.ndarray,
+) -> np.ndarray:
+    """linear's bf16 result into `out`: fused multiply-adds into fp32 in input order, then
+    divided by `weight_sum` if normalize (see ops.linear). `weights` are fp32 values."""
+    kernels = native.kernels
+    assert kernels is not None
+    kernels.linear_bf16(
+        out.reshape(-1).view(np.int16),
+        [np.ascontiguousarray(x).reshape(-1).view(np.int16) for x in inputs],
+        list(weights),
+        normalize,
+        weight_sum,
+    )
+    return out
+
+
+def task_arithmetic(
+    base: np.ndarray,
+    inputs: Sequence[np.ndarray],
+    weights: Sequence[float],
+    normalize: bool,
+    lam: float,
+    out: np.ndarray,
+) -> np.ndarray:
+    """base + lambda * sum_i w_i (x_i - base) [/ sum_i w_i] into `out` (see ops.gta).
+
+    `weights` are Python floats; they are rounded to bf16 here, as mergekit rounds them to the
+    compute dtype. An input that is the base array itself adds only zeros and is skipped (its
+    weight still counts in the divisor)."""
+    kernels = native.kernels
+    assert kernels is not None
+    wb = bf16(weights)
+    divisor = gta_divisor(wb)
+    live = [i for i, x in enumerate(inputs) if not same_memory(x, base)]
+    flat_base = np.ascontiguousarray(base).reshape(-1).view(np.uint16)
+    rows = [np.ascontiguousarray(inputs[i]).reshape(-1).view(np.uint16) for i in live]
+    wl = [wb[i] for i in live]
+    flat_out = out.reshape(-1).view(np.uint16)
+
+    def columns(r: range) -> None:
+        kernels.gta_sum_bf16(
+            flat_out[r.start : r.stop],
+            flat_base[r.start : r.stop],
+            [x[r.start : r.stop] for x in rows],
+            wl,
+            False,
+            divisor,
+            normalize,
+            lam,
+            lam != 1,
+        )
+
+    _run_columns(columns, flat_base.size)
+    return out
+
+
+@dataclass(frozen=True)
+class Bf16Lane:
+    """A method's torch-free bf16 kernel: merge(base, inputs, shared, per_input, out) with
+    validated parameters, on uint16 arrays; accepts(...) says whether it gives the bits of
+    the method's torch lane for these parameters."""
+
+    merge: Callable[..., np.ndarray]
+    accepts: Callable[[Mapping[str, Any], Sequence[Mapping[str, Any]]], bool]
+
+
+def _linear_merge(
+    base: np.ndarray | None,
+    inputs: Sequence[np.ndarray],
+    shared: Mapping[str, Any],
+    per_input: Sequence[Mapping[str, Any]],
+    out: np.ndarray,
+) -> np.ndarray:
+    weights = f32([p["weight"] for p in per_input[: len(inputs)]])
+    return linear(inputs, weights, bool(shared["normalize"]), sum_f32(weights), out)
+
+
+def _linear_accepts(shared: Mapping[str, Any], per_input: Sequence[Mapping[str, Any]]) -> bool:
+    return not shared["normalize"] or len(per_input) <= LINEAR_MAX_INPUTS
+
+
+def _task_arithmetic_merge(
+    base: np.ndarray | None,
+    inputs: Sequence[np.ndarray],
+    shared: Mapping[str, Any],
+    per_input: Sequence[Mapping[str, Any]],
+    out: np.ndarray,
+) -> np.ndarray:
+    assert base is not None
+    if not inputs:
+        out[...] = base
+        return out
+    weights = [p["weight"] for p in per_input[: len(inputs)]]
+    return task_arithmetic(
+        base, inputs, weights, bool(shared["normalize"]), float(shared["lambda"]), out
+    )
+
+
+LANES: dict[str, Bf16Lane] = {
+    "linear": Bf16Lane(_linear_merge, _linear_accepts),
+    "task_arithmetic": Bf16Lane(_task_arithmetic_merge, lambda shared, per_input: True),
+}

@@ -1,0 +1,98 @@
+"""The engine's torch-free lane: bf16 linear and task_arithmetic merges that never import
+torch, with the same commit tree as the torch lane (MERGESTORE_TORCH_FREE=0)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from fixtures.store import commit_family
+from mergestore import native
+from mergestore.api import Store
+
+pytestmark = pytest.mark.skipif(native.kernels is None, reason="C kernels not built")
+
+EXPERTS = ["dense_small", "frozen", "lowrank_attn"]
+
+
+@pytest.fixture
+def family_store(tiny_family, store: Store) -> Store:
+    commit_family(store, tiny_family)
+    return store
+
+
+def test_merge_and_replay_leave_torch_unloaded(tiny_family, tmp_path) -> None:
+    experts = [(k, str(v)) for k, v in tiny_family.experts.items()]
+    code = f"""
+import sys
+from mergestore import Store
+s = Store.init({str(tmp_path / "st")!r})
+s.commit({str(tiny_family.base)!r}, message="base", branch="main")
+for ref, path in {experts!r}:
+    s.commit(path, message=ref, branch=ref, base="main")
+assert "torch" not in sys.modules, "torch imported by commit"
+ta = s.merge(method="task_arithmetic", base="main", models={EXPERTS!r}, weights=[0.5, 0.3, 0.2],
+             params={{"lambda": 0.9}}, branch="ta")
+lin = s.merge(method="linear", models=["main"] + {EXPERTS!r}, weights=[0.1, 0.4, 0.3, 0.2],
+              branch="lin")
+assert ta.run["torch_free"] and lin.run["torch_free"], (ta.run, lin.run)
+assert s.replay("ta")["identical"] and s.replay("lin")["identical"]
+assert "torch" not in sys.modules, "torch was imported"
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
+def _tree(store: Store, ref: str) -> bytes:
+    return store.get_commit(ref).tree
+
+
+CASES = [
+    ("task_arithmetic", "main", EXPERTS, [0.5, 0.3, 0.2], {}),
+    ("task_arithmetic", "main", EXPERTS, [0.5, -0.3, 0.2], {"normalize": True, "lambda": 1.3}),
+    ("task_arithmetic", "main", ["frozen"], [0.7], {}),  # mostly the base's own blocks
+    ("linear", None, ["main", *EXPERTS], [0.1, 0.4, 0.3, 0.2], {}),
+    ("linear", None, EXPERTS, [0.5, 0.3, 0.2], {"normalize": False}),
+]
+
+
+@pytest.mark.parametrize(("method", "base", "models", "weights", "params"), CASES)
+def test_same_tree_as_the_torch_lane(
+    family_store: Store, monkeypatch, method, base, models, weights, params
+) -> None:
+    kw = dict(method=method, base=base, models=models, weights=weights, params=params)
+    fast = family_store.merge(**kw, branch="fast")
+    monkeypatch.setenv("MERGESTORE_TORCH_FREE", "0")
+    slow = family_store.merge(**kw, branch="slow")
+    assert fast.run["torch_free"] and not slow.run["torch_free"]
+    assert _tree(family_store, "fast") == _tree(family_store, "slow")
+    assert family_store.replay("fast")["identical"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "lane"),
+    [
+        ({"dtype": "bfloat16", "out_dtype": "bfloat16"}, True),
+        ({"out_dtype": "float32"}, False),
+        ({"dtype": "float32"}, False),
+        ({"method": "ties", "params": {"density": 0.5}}, False),
+        ({"budget": "50%"}, False),  # the merge delta is tracked for the bound
+    ],
+)
+def test_lane_only_where_it_gives_the_same_bits(family_store: Store, kwargs, lane) -> None:
+    kw = {"method": "task_arithmetic", "base": "main", "models": EXPERTS}
+    kw["weights"] = [0.5, 0.3, 0.2]
+    kw.update(kwargs)
+    res = family_store.merge(**kw, branch="m")
+    assert res.run["torch_free"] is lane
+
+
+def test_cli_reports_the_lane(family_store: Store, cli) -> None:
+    st = ("--store", str(family_store.path))
+    r = cli(*st, "merge", "--method", "task_arithmetic", "--base", "main", *EXPERTS,
+            "-w", "0.5", "-w", "0.3", "-w", "0.2", "-b", "m", "--json")  # fmt: skip
+    assert r.code == 0, r.err
+    assert json.loads(r.out)["torch_free"] is True

@@ -1,0 +1,160 @@
+"""ops.bf16_lane: the torch-free kernels give the bits of the torch lane.
+
+Each value torch computes outside the C kernels (weights rounded to bf16, the GTA divisor,
+linear's weight sum) is recomputed here and compared with torch; the whole lane is compared
+with merge_tensor on the native kernels and on torch alone.
+"""
+
+from __future__ import annotations
+
+import random
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+from mergestore import native
+from mergestore.ops import TensorContext, bf16_lane, merge_tensor, validate_params
+from mergestore.ops.registry import get_method
+
+pytestmark = pytest.mark.skipif(native.kernels is None, reason="C kernels not built")
+CTX = TensorContext(name="t", seed=0)
+
+
+def _near_bf16_midpoints(rng: random.Random, n: int) -> list[float]:
+    """Doubles a hair off the midpoint between two bf16 values (where rounding via fp32
+    could go the other way)."""
+    out = []
+    while len(out) < n:
+        bits = (rng.getrandbits(15) << 16) | 0x8000 | (rng.getrandbits(1) << 31)
+        if ((bits >> 23) & 0xFF) in (0, 0xFF):
+            continue
+        f = struct.unpack("<f", struct.pack("<I", bits))[0]
+        out.append(f + rng.choice([-1, 1]) * abs(f) * rng.choice([1e-12, 2.0**-30, 2.0**-25]))
+    return out
+
+
+def test_bf16_rounds_python_floats_as_torch_does() -> None:
+    rng = random.Random(0)
+    values = [rng.uniform(-4, 4) for _ in range(3000)] + _near_bf16_midpoints(rng, 3000)
+    values += [0.3, 1e-8, -1e-8, 0.0, -0.0, 1 / 3, 65504.0, 3.0e38]
+    want = torch.tensor(values, dtype=torch.bfloat16).float().tolist()
+    assert bf16_lane.bf16(values) == want
+
+
+def test_fp32_weight_sum_is_torchs_up_to_the_limit() -> None:
+    rng = random.Random(1)
+    for n in range(1, bf16_lane.LINEAR_MAX_INPUTS + 1):
+        for _ in range(500):
+            w = bf16_lane.f32([rng.uniform(-1, 1) * 10 ** rng.uniform(-3, 1) for _ in range(n)])
+            assert bf16_lane.sum_f32(w) == float(torch.tensor(w).sum()), w
+    # Past the limit torch's reduction no longer adds in order: the limit is needed.
+    n = bf16_lane.LINEAR_MAX_INPUTS + 1
+    differs = 0
+    for _ in range(500):
+        w = bf16_lane.f32([rng.uniform(-1, 1) * 10 ** rng.uniform(-3, 1) for _ in range(n)])
+        differs += bf16_lane.sum_f32(w) != float(torch.tensor(w).sum())
+    assert differs > 0
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 8, 12])
+def test_gta_divisor_is_torchs(n: int) -> None:
+    rng = random.Random(n)
+    cases = [[rng.uniform(-1, 1) for _ in range(n)] for _ in range(300)]
+    cases.append([1e-8] + [0.0] * (n - 1))
+    cases.append([0.5, -0.5] * (n // 2) + [0.0] * (n % 2))
+    for weights in cases:
+        t = torch.tensor(weights, dtype=torch.bfloat16)
+        want = t.reshape(-1, 1).sum(dim=0)
+        want[want.abs() < 1e-8] = 1
+        assert bf16_lane.gta_divisor(bf16_lane.bf16(weights)) == float(want), weights
+
+
+def _bits(t: torch.Tensor) -> np.ndarray:
+    return t.contiguous().view(torch.int16).numpy().view(np.uint16)
+
+
+def _lane(method: str, base, xs, shared, per_input) -> np.ndarray:
+    spec = get_method(method)
+    s, p = validate_params(spec, shared, per_input, has_base=base is not None)
+    lane = bf16_lane.LANES[method]
+    assert lane.accepts(s, p)
+    like = base if base is not None else xs[0]
+    out = np.empty(like.shape, dtype=np.uint16)
+    return lane.merge(base, xs, s, p, out)
+
+
+def _twins(monkeypatch, method, base, xs, shared, per_input):
+    """merge_tensor on the native kernels, and on torch alone."""
+    fast = merge_tensor(method, base, xs, shared, per_input, CTX)
+    with monkeypatch.context() as m:
+        m.setattr(native, "kernels", None)
+        slow = merge_tensor(method, base, xs, shared, per_input, CTX)
+    return fast, slow
+
+
+@pytest.mark.parametrize("numel", [1, 1000, 70_001])
+@pytest.mark.parametrize("n", [1, 3, 5])
+@pytest.mark.parametrize(
+    "shared", [{}, {"normalize": True}, {"lambda": 0.7}, {"normalize": True, "lambda": 1.5}]
+)
+def test_task_arithmetic_lane_same_bits(monkeypatch, numel, n, shared) -> None:
+    g = torch.Generator().manual_seed(numel + n)
+    base = torch.randn(numel, generator=g).to(torch.bfloat16)
+    xs = [(base.float() + 0.01 * torch.randn(numel, generator=g)).to(torch.bfloat16)]
+    xs += [base] * (n > 1)  # an input that is the base tensor itself (the engine does this)
+    xs += [torch.randn(numel, generator=g).to(torch.bfloat16) for _ in range(n - len(xs))]
+    per_input = [{"weight": w} for w in [0.3, -0.45, 1.2, 0.05, 0.6][:n]]
+    fast, slow = _twins(monkeypatch, "task_arithmetic", base, xs, shared, per_input)
+    b = _bits(base)
+    ours = _lane(
+        "task_arithmetic", b, [b if x is base else _bits(x) for x in xs], shared, per_input
+    )
+    assert np.array_equal(ours, _bits(fast))
+    assert np.array_equal(ours, _bits(slow))
+
+
+def test_task_arithmetic_lane_skips_the_base_itself() -> None:
+    base = torch.randn(4096).to(torch.bfloat16)
+    b = _bits(base)
+    nan_like = np.full_like(b, 0x7FC0)  # would poison the sum if it were read
+    same = _lane("task_arithmetic", b, [b, b], {}, [{"weight": 0.3}, {"weight": 0.3}])
+    assert np.array_equal(same, b)
+    assert not np.array_equal(
+        _lane("task_arithmetic", b, [b, nan_like], {}, [{"weight": 0.3}, {"weight": 0.3}]), b
+    )
+
+
+@pytest.mark.parametrize("numel", [1, 1000, 70_001])
+@pytest.mark.parametrize("n", [1, 2, 4])
+@pytest.mark.parametrize("normalize", [True, False])
+def test_linear_lane_same_bits(monkeypatch, numel, n, normalize) -> None:
+    g = torch.Generator().manual_seed(numel * 7 + n)
+    xs = [torch.randn(numel, generator=g).to(torch.bfloat16) for _ in range(n)]
+    per_input = [{"weight": w} for w in [0.3, 0.45, -0.2, 0.61][:n]]
+    shared = {"normalize": normalize}
+    fast, slow = _twins(monkeypatch, "linear", None, xs, shared, per_input)
+    ours = _lane("linear", None, [_bits(x) for x in xs], shared, per_input)
+    assert np.array_equal(ours, _bits(fast))
+    assert np.array_equal(ours, _bits(slow))
+
+
+def test_linear_lane_declines_many_normalized_inputs() -> None:
+    lane = bf16_lane.LANES["linear"]
+    many = [{"weight": 0.2}] * (bf16_lane.LINEAR_MAX_INPUTS + 1)
+    assert not lane.accepts({"normalize": True}, many)
+    assert lane.accepts({"normalize": False}, many)
+
+
+def test_large_tensor_split_over_two_columns(monkeypatch) -> None:
+    numel = bf16_lane.PARALLEL_MIN + 3
+    g = torch.Generator().manual_seed(5)
+    base = torch.randn(numel, generator=g).to(torch.bfloat16)
+    xs = [torch.randn(numel, generator=g).to(torch.bfloat16) for _ in range(2)]
+    per_input = [{"weight": 0.3}, {"weight": 0.7}]
+    with monkeypatch.context() as m:
+        m.setattr(native, "kernels", None)
+        slow = merge_tensor("task_arithmetic", base, xs, {}, per_input, CTX)
+    ours = _lane("task_arithmetic", _bits(base), [_bits(x) for x in xs], {}, per_input)
+    assert np.array_equal(ours, _bits(slow))
