@@ -8,10 +8,10 @@ read once per task. The method's pure kernel then runs on the task's tensors, an
 cut into blocks and handed to a sink (the store, or a hasher for replay). A task is a whole
 tensor, or, for elementwise methods, a run of 8 blocks of a larger one (run.elementwise_pieces).
 
-A merge whose method has a torch-free kernel for its tensors (ops.bf16_lane: linear and
-task_arithmetic when every float tensor is bf16 and the C kernels are built) runs on numpy
-arrays of bf16 bits and never imports torch, which costs more than such a merge itself; the
-bits are the same either way (the torch lane calls the same kernels).
+A merge whose method has a torch-free kernel for its tensors (ops.bf16_lane: linear,
+task_arithmetic, ties and breadcrumbs(_ties), when every tensor is bf16 and the C kernels are
+built) runs on numpy arrays of bf16 bits and never imports torch, which costs more than such
+a merge itself; the bits are the same either way (the torch lane calls the same kernels).
 
 The stages run as a pipeline on both cores: loader threads read and decode the next tensors,
 compute threads merge tensors side by side (each kernel on one torch thread), and one writer

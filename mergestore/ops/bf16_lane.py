@@ -1,4 +1,5 @@
-"""linear and task_arithmetic on bf16 bit patterns, with the C kernels and without torch.
+"""linear, task_arithmetic, ties and breadcrumbs(_ties) on bf16 bit patterns, with the C
+kernels and without torch.
 
 The bf16 paths of ops.linear and ops.gta hand the C kernels numpy views of their tensors;
 the kernels never see torch. A merge whose every float tensor is bf16 and whose method has a
@@ -10,11 +11,14 @@ What torch computed outside the kernels is computed here the same way, bit for b
 (tests/ops/test_bf16_lane.py checks each against torch):
 - a Python float weight becomes bf16 as torch.tensor(w, dtype=bfloat16) rounds it: to fp32,
   then to bf16, each round to nearest even (one rounding through fp32, as torch converts);
-- task_arithmetic's divisor is the dim-0 sum of those bf16 weights, which torch accumulates
+- GTA's no-consensus divisor is the dim-0 sum of those bf16 weights, which torch accumulates
   in order in fp32 and rounds once to bf16;
 - linear's weight sum is torch's fp32 sum of the fp32 weights: in order for up to
   LINEAR_MAX_INPUTS weights; torch's reduction uses several accumulators beyond that, so
-  larger linear merges stay on the torch lane.
+  larger linear merges stay on the torch lane;
+- the magnitude rank cuts of ties and breadcrumbs are ops.sparsify's streamed ones (a
+  histogram of the 15-bit magnitudes, then the cut), for densities strictly between 0 and 1
+  without rescale; other densities, and the random drops of dare and della, stay on torch.
 """
 
 from __future__ import annotations
@@ -26,9 +30,14 @@ from typing import Any
 import numpy as np
 
 from mergestore import native
+from mergestore.ops import alloc, sparsify
 from mergestore.store.parallel import ordered_map
 
 LINEAR_MAX_INPUTS = 4
+
+# ops.gta's sparsifier names (that module imports this one).
+MAGNITUDE = "magnitude"
+OUTLIERS = "magnitude_outliers"
 
 # Tensors this large are split in two column ranges, one per core (as ops.gta does).
 PARALLEL_MIN = 1 << 23
@@ -108,44 +117,85 @@ def linear(
     return out
 
 
-def task_arithmetic(
+def gta(
     base: np.ndarray,
     inputs: Sequence[np.ndarray],
-    weights: Sequence[float],
+    per_input: Sequence[Mapping[str, Any]],
+    *,
+    sparsifier: str | None,
+    consensus: bool,
     normalize: bool,
     lam: float,
     out: np.ndarray,
 ) -> np.ndarray:
-    """base + lambda * sum_i w_i (x_i - base) [/ sum_i w_i] into `out` (see ops.gta).
+    """ops.gta's merge on bf16 bits into `out`, for the methods that draw nothing at random:
+    base + lambda * (sum_i w_i delta_i) / divisor, delta_i = x_i - base, or its magnitude
+    (ties) or magnitude_outliers (breadcrumbs) rank cut (0 < density < 1, no rescale: see
+    accepts_gta), with TIES' sign consensus if `consensus`.
 
-    `weights` are Python floats; they are rounded to bf16 here, as mergekit rounds them to the
-    compute dtype. An input that is the base array itself adds only zeros and is skipped (its
-    weight still counts in the divisor)."""
+    Weights (per_input[i]["weight"]) are rounded to bf16, as mergekit rounds them to the
+    compute dtype. An input that is the base array itself has a zero delta, sparsified or
+    not: it adds only zeros and never agrees with a vote, so it is skipped (its weight still
+    counts in the no-consensus divisor)."""
     kernels = native.kernels
     assert kernels is not None
-    wb = bf16(weights)
-    divisor = gta_divisor(wb)
+    assert sparsifier is not None or not consensus, "a consensus of unsparsified deltas"
+    weights = bf16([p["weight"] for p in per_input[: len(inputs)]])
     live = [i for i, x in enumerate(inputs) if not same_memory(x, base)]
     flat_base = np.ascontiguousarray(base).reshape(-1).view(np.uint16)
-    rows = [np.ascontiguousarray(inputs[i]).reshape(-1).view(np.uint16) for i in live]
-    wl = [wb[i] for i in live]
+    total = flat_base.size
+    flat_inputs = [np.ascontiguousarray(inputs[i]).reshape(-1).view(np.uint16) for i in live]
+    if sparsifier is None:
+        rows = flat_inputs
+    else:
+        rows = [alloc.empty_bytes(flat_base.nbytes).view(np.uint16) for _ in live]
+
+        def cut(k: int) -> None:
+            p = per_input[live[k]]
+            sparsify.delta_bits_into(
+                rows[k], flat_inputs[k], flat_base, sparsifier, p["density"], p.get("gamma", 0.0)
+            )
+
+        workers = 2 if total >= PARALLEL_MIN else 1
+        for _ in ordered_map(cut, range(len(live)), workers=workers, window=workers):
+            pass
+        del flat_inputs
+    wl = [weights[i] for i in live]
     flat_out = out.reshape(-1).view(np.uint16)
+    divisor = gta_divisor(weights)
 
     def columns(r: range) -> None:
-        kernels.gta_sum_bf16(
-            flat_out[r.start : r.stop],
-            flat_base[r.start : r.stop],
-            [x[r.start : r.stop] for x in rows],
-            wl,
-            False,
-            divisor,
-            normalize,
-            lam,
-            lam != 1,
-        )
+        a, b = r.start, r.stop
+        if consensus:
+            kernels.gta_consensus_bf16(
+                flat_out[a:b], flat_base[a:b], [x[a:b] for x in rows], wl, normalize, lam, lam != 1
+            )
+        else:
+            kernels.gta_sum_bf16(
+                flat_out[a:b],
+                flat_base[a:b],
+                [x[a:b] for x in rows],
+                wl,
+                sparsifier is not None,
+                divisor,
+                normalize,
+                lam,
+                lam != 1,
+            )
 
-    _run_columns(columns, flat_base.size)
+    _run_columns(columns, total)
     return out
+
+
+def accepts_gta(
+    sparsifier: str | None, shared: Mapping[str, Any], per_input: Sequence[Mapping[str, Any]]
+) -> bool:
+    """Whether gta() gives ops.gta's bits: rank cuts stream (ops.sparsify.cut_streams) only
+    for a density strictly between 0 and 1 and without rescale."""
+    if sparsifier is None:
+        return True
+    rescale = bool(shared["rescale"])
+    return all(sparsify.cut_streams(sparsifier, p["density"], rescale) for p in per_input)
 
 
 @dataclass(frozen=True)
@@ -173,24 +223,40 @@ def _linear_accepts(shared: Mapping[str, Any], per_input: Sequence[Mapping[str, 
     return not shared["normalize"] or len(per_input) <= LINEAR_MAX_INPUTS
 
 
-def _task_arithmetic_merge(
-    base: np.ndarray | None,
-    inputs: Sequence[np.ndarray],
-    shared: Mapping[str, Any],
-    per_input: Sequence[Mapping[str, Any]],
-    out: np.ndarray,
-) -> np.ndarray:
-    assert base is not None
-    if not inputs:
-        out[...] = base
-        return out
-    weights = [p["weight"] for p in per_input[: len(inputs)]]
-    return task_arithmetic(
-        base, inputs, weights, bool(shared["normalize"]), float(shared["lambda"]), out
-    )
+def _gta_lane(sparsifier: str | None, consensus: bool) -> Bf16Lane:
+    def merge(
+        base: np.ndarray | None,
+        inputs: Sequence[np.ndarray],
+        shared: Mapping[str, Any],
+        per_input: Sequence[Mapping[str, Any]],
+        out: np.ndarray,
+    ) -> np.ndarray:
+        assert base is not None
+        if not inputs:
+            out[...] = base
+            return out
+        normalize, lam = bool(shared["normalize"]), float(shared["lambda"])
+        return gta(
+            base,
+            inputs,
+            per_input,
+            sparsifier=sparsifier,
+            consensus=consensus,
+            normalize=normalize,
+            lam=lam,
+            out=out,
+        )
+
+    def accepts(shared: Mapping[str, Any], per_input: Sequence[Mapping[str, Any]]) -> bool:
+        return accepts_gta(sparsifier, shared, per_input)
+
+    return Bf16Lane(merge, accepts)
 
 
 LANES: dict[str, Bf16Lane] = {
     "linear": Bf16Lane(_linear_merge, _linear_accepts),
-    "task_arithmetic": Bf16Lane(_task_arithmetic_merge, lambda shared, per_input: True),
+    "task_arithmetic": _gta_lane(None, consensus=False),
+    "ties": _gta_lane(MAGNITUDE, consensus=True),
+    "breadcrumbs": _gta_lane(OUTLIERS, consensus=False),
+    "breadcrumbs_ties": _gta_lane(OUTLIERS, consensus=True),
 }

@@ -152,15 +152,21 @@ def _native_bf16(
     n = len(inputs)
     lam = float(shared["lambda"])
     normalize = bool(shared["normalize"])
-    if sparsifier is None and not consensus:  # task_arithmetic: the torch-free lane's kernel
+    if bf16_lane.accepts_gta(sparsifier, shared, per_input) and (
+        (sparsifier is None and not consensus) or sparsifier in (MAGNITUDE, OUTLIERS)
+    ):
+        # Nothing drawn at random: the torch-free lane's kernel (task_arithmetic, ties,
+        # breadcrumbs* with streamed rank cuts).
         out = alloc.empty_like(base)
-        bf16_lane.task_arithmetic(
+        bf16_lane.gta(
             _u16(base.contiguous()),
             [_u16(x) for x in inputs],
-            [per_input[i]["weight"] for i in range(n)],
-            normalize,
-            lam,
-            _u16(out),
+            per_input,
+            sparsifier=sparsifier,
+            consensus=consensus,
+            normalize=normalize,
+            lam=lam,
+            out=_u16(out),
         )
         return out
     all_weights = bf16_lane.bf16([per_input[i]["weight"] for i in range(n)])

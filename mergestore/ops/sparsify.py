@@ -22,7 +22,7 @@ counter-based Philox stream per input, or torch's global generator as mergekit d
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -301,16 +301,17 @@ STREAM_CHUNK = 1 << 17
 class _Cut:
     """The first `count` ranks (see first_ranks) of a stream of magnitude bit patterns."""
 
-    def __init__(self, hist: Tensor, n: int, count: int, largest: bool) -> None:
+    def __init__(self, hist: Any, n: int, count: int, largest: bool) -> None:
+        """`hist`: counts of each 15-bit magnitude pattern (a torch tensor or numpy array)."""
         self.largest = largest
         self.all = count >= n
         self.none = count <= 0
         self.need_left = 0
         if self.all or self.none:
             return
-        cum = hist.cumsum(0)
+        cum = np.cumsum(np.asarray(hist))
         r = n - count + 1 if largest else count
-        index = int(torch.searchsorted(cum, r))
+        index = int(np.searchsorted(cum, r))  # the first count >= r
         n_less = int(cum[index - 1]) if index > 0 else 0
         n_eq = int(hist[index])
         self.v = index
@@ -344,15 +345,15 @@ class _Cut:
 def streaming_supported(dtype: torch.dtype, sparsifier: str, density: float, rescale: bool) -> bool:
     """Whether delta_into can sparsify: 16-bit floats, a rank cut that keeps some, no L1
     rescale (its whole-tensor sums are rounded in torch's own order)."""
-    return (
-        dtype in (torch.bfloat16, torch.float16)
-        and sparsifier in ("magnitude", "magnitude_outliers")
-        and 0 < density < 1
-        and not rescale
-    )
+    return dtype in (torch.bfloat16, torch.float16) and cut_streams(sparsifier, density, rescale)
 
 
-def _cuts(hist: Tensor, n: int, sparsifier: str, density: float, gamma: float) -> list[_Cut]:
+def cut_streams(sparsifier: str, density: float, rescale: bool) -> bool:
+    """streaming_supported, for a 16-bit dtype."""
+    return sparsifier in ("magnitude", "magnitude_outliers") and 0 < density < 1 and not rescale
+
+
+def _cuts(hist: Any, n: int, sparsifier: str, density: float, gamma: float) -> list[_Cut]:
     """The rank cuts of magnitude (one) or magnitude_outliers (keep the first, drop the second)."""
     if sparsifier == "magnitude":
         return [_Cut(hist, n, max(1, int(density * n)), largest=True)]
@@ -392,23 +393,35 @@ def _delta_into_native(
     """delta_into for bf16 with the C kernels: x - base and its magnitude histogram in one
     pass, then every cut applied in a second (ties located once, by a scan that stops at the
     tie the cut ends on). The same bits as the torch path."""
+    delta_bits_into(
+        out.view(torch.int16).numpy().view(np.uint16),
+        x.contiguous().view(torch.int16).numpy().view(np.uint16),
+        base.contiguous().view(torch.int16).numpy().view(np.uint16),
+        sparsifier,
+        density,
+        gamma,
+    )
+
+
+def delta_bits_into(
+    out: np.ndarray,
+    x: np.ndarray,
+    base: np.ndarray,
+    sparsifier: str,
+    density: float,
+    gamma: float = 0.0,
+) -> None:
+    """delta_into on flat numpy arrays of bf16 bits (uint16), with the C kernels and no
+    torch (ops.bf16_lane): x - base and its magnitude histogram in one pass, then every cut
+    applied in a second."""
     kernels = native.kernels
     assert kernels is not None
-    bits = out.view(torch.int16).numpy().view(np.uint16)
     hist = np.zeros(1 << 15, dtype=np.int64)
-    kernels.sub_hist_bf16(
-        bits,
-        x.contiguous().view(torch.int16).numpy(),
-        base.contiguous().view(torch.int16).numpy(),
-        hist,
-    )
-    n = out.numel()
-    cuts = [
-        _native_cut(c, bits, n)
-        for c in _cuts(torch.from_numpy(hist), n, sparsifier, density, gamma)
-    ]
+    kernels.sub_hist_bf16(out, x.view(np.int16), base.view(np.int16), hist)
+    n = out.size
+    cuts = [_native_cut(c, out, n) for c in _cuts(hist, n, sparsifier, density, gamma)]
     second = cuts[1] if len(cuts) == 2 else (-1, 0, 0)
-    kernels.apply_cuts16(bits, *cuts[0], *second)
+    kernels.apply_cuts16(out, *cuts[0], *second)
 
 
 def _native_cut(cut: _Cut, bits: np.ndarray, n: int) -> tuple[int, int, int]:

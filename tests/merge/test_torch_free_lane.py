@@ -1,5 +1,6 @@
-"""The engine's torch-free lane: bf16 linear and task_arithmetic merges that never import
-torch, with the same commit tree as the torch lane (MERGESTORE_TORCH_FREE=0)."""
+"""The engine's torch-free lane: bf16 merges (linear, task_arithmetic, ties, breadcrumbs*)
+that never import torch, with the same commit tree as the torch lane
+(MERGESTORE_TORCH_FREE=0)."""
 
 from __future__ import annotations
 
@@ -38,8 +39,10 @@ ta = s.merge(method="task_arithmetic", base="main", models={EXPERTS!r}, weights=
              params={{"lambda": 0.9}}, branch="ta")
 lin = s.merge(method="linear", models=["main"] + {EXPERTS!r}, weights=[0.1, 0.4, 0.3, 0.2],
               branch="lin")
-assert ta.run["torch_free"] and lin.run["torch_free"], (ta.run, lin.run)
-assert s.replay("ta")["identical"] and s.replay("lin")["identical"]
+ties = s.merge(method="ties", base="main", models={EXPERTS!r}, weights=[0.5, 0.3, 0.2],
+               params={{"density": 0.5}}, branch="ties")
+assert all(m.run["torch_free"] for m in (ta, lin, ties)), (ta.run, lin.run, ties.run)
+assert all(s.replay(b)["identical"] for b in ("ta", "lin", "ties"))
 assert "torch" not in sys.modules, "torch was imported"
 """
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -56,6 +59,8 @@ CASES = [
     ("task_arithmetic", "main", ["frozen"], [0.7], {}),  # mostly the base's own blocks
     ("linear", None, ["main", *EXPERTS], [0.1, 0.4, 0.3, 0.2], {}),
     ("linear", None, EXPERTS, [0.5, 0.3, 0.2], {"normalize": False}),
+    ("ties", "main", EXPERTS, [0.5, 0.3, 0.2], {"density": 0.5}),
+    ("breadcrumbs_ties", "main", EXPERTS, [0.5, 0.3, 0.2], {"density": 0.8, "gamma": 0.05}),
 ]
 
 
@@ -78,7 +83,9 @@ def test_same_tree_as_the_torch_lane(
         ({"dtype": "bfloat16", "out_dtype": "bfloat16"}, True),
         ({"out_dtype": "float32"}, False),
         ({"dtype": "float32"}, False),
-        ({"method": "ties", "params": {"density": 0.5}}, False),
+        ({"method": "ties", "params": {"density": 0.5}}, True),
+        ({"method": "ties", "params": {"density": 1.0}}, False),  # no streamed cut
+        ({"method": "dare_ties", "params": {"density": 0.5}}, False),  # random drops
         ({"budget": "50%"}, False),  # the merge delta is tracked for the bound
     ],
 )

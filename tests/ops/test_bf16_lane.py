@@ -140,6 +140,45 @@ def test_linear_lane_same_bits(monkeypatch, numel, n, normalize) -> None:
     assert np.array_equal(ours, _bits(slow))
 
 
+@pytest.mark.parametrize("numel", [7, 5000, 70_001])
+@pytest.mark.parametrize(
+    ("method", "per", "shared"),
+    [
+        ("ties", {"density": 0.5}, {}),
+        ("ties", {"density": 0.2}, {"normalize": False, "lambda": 1.3}),
+        ("breadcrumbs", {"density": 0.8, "gamma": 0.05}, {}),
+        ("breadcrumbs_ties", {"density": 0.7, "gamma": 0.1}, {"lambda": 0.8}),
+    ],
+)
+def test_rank_cut_lanes_same_bits(monkeypatch, numel, method, per, shared) -> None:
+    g = torch.Generator().manual_seed(numel)
+    base = torch.randn(numel, generator=g).to(torch.bfloat16)
+    # Coarse deltas: many magnitudes tie at the cut, so the tie rule is exercised too.
+    xs = [(base.float() + torch.randint(-3, 4, (numel,), generator=g) / 64).to(torch.bfloat16)]
+    xs.append(base)  # the base tensor itself, as the engine passes an input equal to it
+    xs.append((base.float() + 0.02 * torch.randn(numel, generator=g)).to(torch.bfloat16))
+    per_input = [{"weight": w, **per} for w in (0.5, 0.3, -0.4)]
+    fast, slow = _twins(monkeypatch, method, base, xs, shared, per_input)
+    b = _bits(base)
+    ours = _lane(method, b, [b if x is base else _bits(x) for x in xs], shared, per_input)
+    assert np.array_equal(ours, _bits(fast))
+    assert np.array_equal(ours, _bits(slow))
+
+
+@pytest.mark.parametrize(
+    ("method", "per", "shared"),
+    [
+        ("ties", {"density": 1.0}, {}),
+        ("ties", {"density": 0.5}, {"rescale": True}),
+        ("breadcrumbs", {"density": 0.0}, {}),
+    ],
+)
+def test_rank_cut_lanes_decline_unstreamed_cuts(method, per, shared) -> None:
+    spec = get_method(method)
+    s, p = validate_params(spec, shared, [{"weight": 0.5, **per}], has_base=True)
+    assert not bf16_lane.LANES[method].accepts(s, p)
+
+
 def test_linear_lane_declines_many_normalized_inputs() -> None:
     lane = bf16_lane.LANES["linear"]
     many = [{"weight": 0.2}] * (bf16_lane.LINEAR_MAX_INPUTS + 1)
