@@ -28,6 +28,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import measure  # noqa: E402  (bench/measure.py)
 
 DEFAULT_EXPERTS = "dense_small,frozen,lowrank_attn,uneven0"
 DEFAULT_METHODS = "linear,task_arithmetic,ties,dare_ties,breadcrumbs,della,slerp,model_stock"
@@ -85,20 +88,15 @@ def mergestore_cmd(args: argparse.Namespace) -> list[str]:
 
 
 def run_child(cmd: list[str], env: dict | None = None, log: Path | None = None) -> dict:
-    """Wall seconds and the child's own peak RSS (os.wait4 on its pid: not RUSAGE_CHILDREN,
-    which is the maximum over every child so far). stderr goes to `log` (or is dropped)."""
+    """Wall seconds and the command's own peak RSS (bench/measure.py: not inflated by this
+    process's own peak). stderr goes to `log` (or is dropped)."""
     with open(log or os.devnull, "wb") as err:
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, env=env)
-        assert proc.stdout is not None
-        data = proc.stdout.read()
-        _, status, ru = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - t0
-    proc.returncode = code = os.waitstatus_to_exitcode(status)
-    if code != 0:
-        tail = log.read_text()[-2000:] if log else ""
-        raise RuntimeError(f"{cmd[0]} failed ({code}): {tail}")
-    return {"wall": wall, "rss": ru.ru_maxrss * 1024, "stdout": data.decode()}
+        try:
+            m = measure.run(cmd, env=env, stderr=err)
+        except RuntimeError as e:
+            tail = log.read_text()[-2000:] if log else ""
+            raise RuntimeError(f"{e}: {tail}") from None
+    return {"wall": m.wall, "rss": m.rss, "stdout": m.stdout.decode()}
 
 
 def loadavg() -> str:

@@ -30,13 +30,16 @@ import os
 import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+import measure  # noqa: E402  (bench/measure.py)
+
 OUT_DIR = ROOT / "bench" / "out"
 DOCS = ROOT / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- section:store -->", "<!-- /section:store -->"
@@ -142,21 +145,6 @@ class Run:
         return dataclasses.asdict(self)
 
 
-TIME = shutil.which("time") or "/usr/bin/time"
-# Peak RSS must come from a process that did not start as a copy of this (large) one: Linux
-# carries the parent's high-water RSS into a vfork+exec'd child's ru_maxrss. /usr/bin/time (or a
-# small Python wrapper) forks the command from a small process and reports it through wait4.
-_WRAPPER = """
-import os, subprocess, sys
-p = subprocess.Popen(sys.argv[2:])
-_, status, ru = os.wait4(p.pid, 0)
-p.returncode = 0
-with open(sys.argv[1], "w") as f:
-    f.write(f"{ru.ru_maxrss} {ru.ru_utime} {ru.ru_stime}")
-sys.exit(os.waitstatus_to_exitcode(status))
-"""
-
-
 def _env(code: str | None) -> dict[str, str]:
     env = os.environ.copy()
     env.pop("MERGESTORE_FAULT", None)
@@ -166,20 +154,15 @@ def _env(code: str | None) -> dict[str, str]:
 
 
 def measured(cmd: list[str], code: str | None) -> tuple[bytes, float, int, float, float]:
-    """Run `cmd`; (stdout, wall seconds, peak RSS bytes, user s, sys s) of that process alone."""
-    with tempfile.NamedTemporaryFile("r") as stats, tempfile.TemporaryFile() as err:
-        if os.access(TIME, os.X_OK):
-            wrap = [TIME, "-f", "%M %U %S", "-o", stats.name]
-        else:
-            wrap = [sys.executable, "-c", _WRAPPER, stats.name]
-        t0 = time.perf_counter()
-        p = subprocess.run([*wrap, *cmd], stdout=subprocess.PIPE, stderr=err, env=_env(code))
-        wall = time.perf_counter() - t0
-        if p.returncode != 0:
+    """Run `cmd`; (stdout, wall seconds, peak RSS bytes, user s, sys s) of that process alone
+    (bench/measure.py)."""
+    with tempfile.TemporaryFile() as err:
+        try:
+            m = measure.run(cmd, env=_env(code), stderr=err)
+        except RuntimeError as e:
             err.seek(0)
-            raise RuntimeError(f"{' '.join(cmd)}: exit {p.returncode}: {err.read().decode()}")
-        rss_kb, user, system = stats.read().split()[-3:]
-    return p.stdout, wall, int(rss_kb) * 1024, float(user), float(system)
+            raise RuntimeError(f"{e}: {err.read().decode()}") from None
+    return m.stdout, m.wall, m.rss, m.user, m.system
 
 
 def cli(args: list[str], code: str | None) -> Run:
