@@ -103,3 +103,25 @@ def test_cli_reports_the_lane(family_store: Store, cli) -> None:
             "-w", "0.5", "-w", "0.3", "-w", "0.2", "-b", "m", "--json")  # fmt: skip
     assert r.code == 0, r.err
     assert json.loads(r.out)["torch_free"] is True
+
+
+def test_a_tensor_of_another_dtype_keeps_the_merge_on_torch(store: Store, tmp_path) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(0)
+    base = {
+        "w": torch.randn(64, 32, generator=g).to(torch.bfloat16),
+        "norm": torch.randn(32, generator=g),  # fp32
+    }
+    expert = {k: (v.float() + 0.01).to(v.dtype) for k, v in base.items()}
+    save_file(base, tmp_path / "base.safetensors")
+    save_file(expert, tmp_path / "expert.safetensors")
+    store.commit(tmp_path / "base.safetensors", message="base", branch="main")
+    store.commit(tmp_path / "expert.safetensors", message="x", branch="x", base="main")
+    res = store.merge(
+        method="task_arithmetic", base="main", models=["x"], weights=[0.5], branch="m"
+    )
+    assert res.run["torch_free"] is False
+    for name in base:
+        assert store.read_tensor("m", name).dtype == base[name].dtype

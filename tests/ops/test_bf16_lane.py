@@ -197,3 +197,27 @@ def test_large_tensor_split_over_two_columns(monkeypatch) -> None:
         slow = merge_tensor("task_arithmetic", base, xs, {}, per_input, CTX)
     ours = _lane("task_arithmetic", _bits(base), [_bits(x) for x in xs], {}, per_input)
     assert np.array_equal(ours, _bits(slow))
+
+
+@pytest.mark.parametrize("shape", [(), (0,), (0, 4), (1,)])
+@pytest.mark.parametrize(
+    ("method", "per", "has_base"),
+    [
+        ("task_arithmetic", {}, True),
+        ("ties", {"density": 0.5}, True),
+        ("breadcrumbs", {"density": 0.5, "gamma": 0.1}, True),
+        ("linear", {}, False),
+    ],
+)
+def test_scalar_and_empty_tensors(monkeypatch, shape, method, per, has_base) -> None:
+    g = torch.Generator().manual_seed(3)
+    base = torch.randn(shape, generator=g).to(torch.bfloat16) if has_base else None
+    xs = [torch.randn(shape, generator=g).to(torch.bfloat16) for _ in range(2)]
+    per_input = [{"weight": w, **per} for w in (0.6, 0.3)]
+    with monkeypatch.context() as m:
+        m.setattr(native, "kernels", None)
+        slow = merge_tensor(method, base, xs, {}, per_input, CTX)
+    b = _bits(base) if base is not None else None
+    ours = _lane(method, b, [_bits(x) for x in xs], {}, per_input)
+    assert ours.shape == tuple(slow.shape)
+    assert np.array_equal(ours, _bits(slow))
