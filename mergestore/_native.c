@@ -527,9 +527,31 @@ static PyObject *py_apply_cuts16(PyObject *self, PyObject *args) {
 
 /* ------------------------------------------------------------------ row ranks */
 
+/* The stable ascending order of one row's magnitudes (bf16 bits, sign ignored; NaNs equal to
+ * each other and above +inf): order[t] is the column of the t-th smallest, ties by column.
+ * Two stable counting passes over the key bytes; `key` and `tmp` are scratch of cols. */
+static inline void stable_order16(const uint16_t *m, Py_ssize_t cols, uint16_t *key,
+                                  uint32_t *tmp, uint32_t *order) {
+    Py_ssize_t lo[256] = {0}, hi[256] = {0};
+    for (Py_ssize_t j = 0; j < cols; j++) {
+        uint16_t k = m[j] & 0x7FFF;
+        key[j] = k > 0x7F80 ? 0x7F81 : k; /* every NaN the same key, above inf */
+        lo[key[j] & 0xFF]++;
+        hi[key[j] >> 8]++;
+    }
+    Py_ssize_t sl = 0, sh = 0;
+    for (int v = 0; v < 256; v++) {
+        Py_ssize_t cl = lo[v], ch = hi[v];
+        lo[v] = sl, hi[v] = sh;
+        sl += cl, sh += ch;
+    }
+    for (Py_ssize_t j = 0; j < cols; j++) tmp[lo[key[j] & 0xFF]++] = (uint32_t)j;
+    for (Py_ssize_t t = 0; t < cols; t++) order[hi[key[tmp[t]] >> 8]++] = tmp[t];
+}
+
 /* 1-based ascending ranks within each row of |delta| (bf16 magnitude bits, cols per row),
  * ties by index (a stable sort), as della's `torch.sort(stable=True)` gives them; NaNs rank
- * above +inf and equal to each other. Two stable counting passes over the key bytes. */
+ * above +inf and equal to each other. */
 HOT static int row_ranks_bf16(const uint16_t *mag, Py_ssize_t rows, Py_ssize_t cols,
                               int64_t *out, uint16_t *out16) {
     uint16_t *key = malloc((size_t)cols * sizeof(uint16_t));
@@ -540,22 +562,7 @@ HOT static int row_ranks_bf16(const uint16_t *mag, Py_ssize_t rows, Py_ssize_t c
         return -1;
     }
     for (Py_ssize_t r = 0; r < rows; r++) {
-        const uint16_t *m = mag + r * cols;
-        Py_ssize_t lo[256] = {0}, hi[256] = {0};
-        for (Py_ssize_t j = 0; j < cols; j++) {
-            uint16_t k = m[j] & 0x7FFF;
-            key[j] = k > 0x7F80 ? 0x7F81 : k; /* every NaN the same key, above inf */
-            lo[key[j] & 0xFF]++;
-            hi[key[j] >> 8]++;
-        }
-        Py_ssize_t sl = 0, sh = 0;
-        for (int v = 0; v < 256; v++) {
-            Py_ssize_t cl = lo[v], ch = hi[v];
-            lo[v] = sl, hi[v] = sh;
-            sl += cl, sh += ch;
-        }
-        for (Py_ssize_t j = 0; j < cols; j++) a[lo[key[j] & 0xFF]++] = (uint32_t)j;
-        for (Py_ssize_t t = 0; t < cols; t++) b[hi[key[a[t]] >> 8]++] = a[t];
+        stable_order16(mag + r * cols, cols, key, a, b);
         if (out16) { /* the rank as torch's int64 -> bf16 conversion gives it */
             uint16_t *o = out16 + r * cols;
             for (Py_ssize_t t = 0; t < cols; t++) o[b[t]] = rne16((float)(t + 1));
@@ -566,6 +573,76 @@ HOT static int row_ranks_bf16(const uint16_t *mag, Py_ssize_t rows, Py_ssize_t c
     }
     free(key), free(a), free(b);
     return 0;
+}
+
+/* della's keep-probabilities (sparsify.della_magprune, bf16 work dtype) straight from the
+ * magnitudes: per row, rank r (as bf16), lo = min rank = 1, hi = max rank = bf16(cols),
+ * q = clamp((r - lo) / (hi - lo), 0, 1), p = base_p + (q * 2) * eps, every operation rounded
+ * to bf16 as torch rounds it. torch multiplies a bf16 tensor by a Python float taken as an
+ * fp32 scalar, but adds one rounded to bf16 first (`float + tensor`; measured, both
+ * checked against torch by tests/test_native.py). p depends only on the rank, so it is
+ * computed once per rank and scattered to each row's columns in rank order. */
+HOT static int della_probs_bf16(const uint16_t *mag, Py_ssize_t rows, Py_ssize_t cols,
+                                float base_p, float eps, uint16_t *out) {
+    uint16_t *key = malloc((size_t)cols * sizeof(uint16_t));
+    uint32_t *a = malloc((size_t)cols * sizeof(uint32_t));
+    uint32_t *b = malloc((size_t)cols * sizeof(uint32_t));
+    uint16_t *by_rank = malloc((size_t)cols * sizeof(uint16_t));
+    if (!key || !a || !b || !by_rank) {
+        free(key), free(a), free(b), free(by_rank);
+        return -1;
+    }
+    const float lo = bf16_to_f32(rne16(1.0f));
+    const float hi = bf16_to_f32(rne16((float)cols));
+    const float span = bf16_to_f32(rne16(hi - lo));
+    const float base16 = bf16_to_f32(rne16(base_p));
+    for (Py_ssize_t t = 0; t < cols; t++) {
+        float r = bf16_to_f32(rne16((float)(t + 1)));
+        float q = bf16_to_f32(rne16(bf16_to_f32(rne16(r - lo)) / span));
+        if (q == q) q = q < 0.0f ? 0.0f : (q > 1.0f ? 1.0f : q); /* clamp keeps a NaN */
+        float s = bf16_to_f32(rne16(q * 2.0f));
+        float w = bf16_to_f32(rne16(s * eps));
+        by_rank[t] = rne16(base16 + w);
+    }
+    for (Py_ssize_t r = 0; r < rows; r++) {
+        stable_order16(mag + r * cols, cols, key, a, b);
+        uint16_t *o = out + r * cols;
+        for (Py_ssize_t t = 0; t < cols; t++) o[b[t]] = by_rank[t];
+    }
+    free(key), free(a), free(b), free(by_rank);
+    return 0;
+}
+
+static PyObject *py_della_probs_bf16(PyObject *self, PyObject *args) {
+    PyObject *m_o, *out_o;
+    Py_ssize_t rows, cols;
+    double base_p, eps;
+    if (!PyArg_ParseTuple(args, "OOnndd", &m_o, &out_o, &rows, &cols, &base_p, &eps))
+        return NULL;
+    if (rows < 0 || cols < 0 || cols > 0xFFFFFFFFLL) {
+        PyErr_SetString(PyExc_ValueError, "della_probs_bf16: bad shape");
+        return NULL;
+    }
+    Buf m, out;
+    if (get_buf(m_o, &m, 0, 2, "magnitudes") < 0) return NULL;
+    if (get_buf(out_o, &out, 1, 2, "out") < 0) {
+        release(&m);
+        return NULL;
+    }
+    int rc = 0;
+    if (m.view.len != 2 * rows * cols || out.view.len != 2 * rows * cols) {
+        PyErr_SetString(PyExc_ValueError, "della_probs_bf16: buffers do not match the shape");
+        rc = -2;
+    } else {
+        Py_BEGIN_ALLOW_THREADS
+        rc = della_probs_bf16(m.view.buf, rows, cols, (float)base_p, (float)eps, out.view.buf);
+        Py_END_ALLOW_THREADS
+        if (rc == -1) PyErr_NoMemory();
+    }
+    release(&out);
+    release(&m);
+    if (rc) return NULL;
+    Py_RETURN_NONE;
 }
 
 static PyObject *py_row_ranks_bf16(PyObject *self, PyObject *args) {
@@ -891,6 +968,9 @@ static PyMethodDef methods[] = {
     {"nth_equal16", py_nth_equal16, METH_VARARGS, "nth_equal16(bits, v, need) -> index or -1"},
     {"apply_cuts16", py_apply_cuts16, METH_VARARGS,
      "apply_cuts16(data, mode1, v1, last1, mode2, v2, last2)"},
+    {"della_probs_bf16", py_della_probs_bf16, METH_VARARGS,
+     "della_probs_bf16(magnitudes, out, rows, cols, base_p, eps): della's bf16 keep "
+     "probabilities from the row ranks of the magnitudes (sparsify.della_magprune)."},
     {"row_ranks_bf16", py_row_ranks_bf16, METH_VARARGS,
      "row_ranks_bf16(magnitudes, out, rows, cols, as_bf16=False): 1-based stable ranks within "
      "each row, as int64 or rounded to bf16"},

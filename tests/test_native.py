@@ -61,6 +61,8 @@ METHODS = [
     ("breadcrumbs_ties", {"density": 0.9, "gamma": 0.01, "weight": 0.5}, {}),
     ("dare_linear", {"density": 0.5, "weight": 0.4}, {}),
     ("dare_ties", {"density": 0.5, "weight": 0.4}, {}),
+    ("della", {"density": 0.5, "epsilon": 0.1, "weight": 0.4}, {}),
+    ("della_linear", {"density": 0.3, "epsilon": 0.2, "weight": 0.6}, {"rescale": False}),
 ]
 
 
@@ -232,6 +234,23 @@ def test_della_row_ranks_same_as_a_stable_sort(monkeypatch, shape) -> None:
         fast, slow = _twice(monkeypatch, lambda dt=dtype: sparsify._ranks_along_dim1(d.abs(), dt))
         assert fast.dtype == slow.dtype == dtype
         assert torch.equal(fast, slow)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 1), (1, 7), (5, 1000), (64, 257), (2, 3000)])
+@pytest.mark.parametrize(("density", "epsilon"), [(0.5, 0.1), (0.3, 0.15), (0.9, 0.05)])
+def test_della_probs_same_as_torch(monkeypatch, shape, density, epsilon) -> None:
+    from mergestore.ops import sparsify
+
+    g = torch.Generator().manual_seed(shape[0] * shape[1])
+    d = (0.01 * torch.randn(shape, generator=g)).to(torch.bfloat16)
+    d[:, ::3] = 0.0  # ties
+    if shape[1] > 5:
+        d[0, 4], d[0, 5], d[-1, 1] = float("nan"), float("inf"), -float("nan")
+    fast, slow = _twice(
+        monkeypatch, lambda: sparsify._della_probs(d, density, epsilon, torch.bfloat16)
+    )
+    assert fast.dtype == slow.dtype == torch.bfloat16
+    assert same_bits(fast, slow)  # one column: (r - lo) / (hi - lo) is 0/0, a NaN
 
 
 @pytest.mark.parametrize("shape", [(), (0,), (0, 4), (1,), (3, 1)])

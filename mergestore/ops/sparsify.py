@@ -213,6 +213,39 @@ def bernoulli(delta: Tensor, density: float, rescale: bool, draw: Draw | None) -
     return rescaled_masked(delta.to(work), mask, rescale).to(delta.dtype)
 
 
+def _della_probs(rows: Tensor, density: float, epsilon: float, work: torch.dtype) -> Tensor:
+    """Keep-probabilities linear in each element's magnitude rank within its row (dim 1):
+    d - eps for the smallest, d + eps for the largest, in the work dtype."""
+    if (
+        native.kernels is not None
+        and rows.dtype == torch.bfloat16
+        and work == torch.bfloat16
+        and rows.dim() == 2
+        and rows.device.type == "cpu"
+    ):
+        # The rank, the normalisation and the line below in one C pass per row, each step
+        # rounded to bf16 as torch rounds it (tests/test_native.py).
+        mags = rows.contiguous()
+        n_rows, cols = mags.shape
+        probs = alloc.empty((n_rows, cols), torch.bfloat16)
+        native.kernels.della_probs_bf16(
+            mags.view(torch.int16).numpy(),
+            probs.view(torch.int16).numpy(),
+            n_rows,
+            cols,
+            density - epsilon,
+            epsilon,
+        )
+        return probs
+    # Ranks come from magnitudes in delta's own dtype; they are then rounded to the work
+    # dtype (bf16 rounds ranks above 256, as mergekit's does).
+    ranks = _ranks_along_dim1(rows.abs(), work)
+    lo = ranks.min(dim=1, keepdim=True).values
+    hi = ranks.max(dim=1, keepdim=True).values
+    rank_norm = ((ranks - lo) / (hi - lo)).clamp(0, 1)
+    return (density - epsilon) + rank_norm * 2 * epsilon
+
+
 def check_della(density: float, epsilon: float) -> None:
     """DELLA keep-probabilities range over [density - eps, density + eps], inside (0, 1)."""
     if 0 < density < 1 and (density + epsilon >= 1 or density - epsilon <= 0):
@@ -267,23 +300,19 @@ def della_magprune(
     """DELLA: per row, keep-probability linear in magnitude rank from d - eps to d + eps.
 
     "Row" is dim 1, as in mergekit: a 1-D tensor is one row; a 2-D [out, in] weight ranks
-    within each output row; higher-rank tensors rank along dim 1.
+    within each output row; higher-rank tensors rank along dim 1. (A scalar is a row of one,
+    whose rank normalisation is 0/0: it is dropped; mergekit fails on it. An empty tensor is
+    returned as it is.)
     """
-    if density >= 1:
+    if density >= 1 or delta.numel() == 0:
         return delta
     if density <= 0:
         return torch.zeros_like(delta)
     check_della(density, epsilon)
     shape = delta.shape
     work = _work_dtype(delta)
-    rows = delta.unsqueeze(0) if delta.dim() < 2 else delta
-    # Ranks come from magnitudes in delta's own dtype; they are then rounded to the work
-    # dtype (bf16 rounds ranks above 256, as mergekit's does).
-    ranks = _ranks_along_dim1(rows.abs(), work)
-    lo = ranks.min(dim=1, keepdim=True).values
-    hi = ranks.max(dim=1, keepdim=True).values
-    rank_norm = ((ranks - lo) / (hi - lo)).clamp(0, 1)
-    probs = (density - epsilon) + rank_norm * 2 * epsilon
+    rows = delta.reshape(1, -1) if delta.dim() < 2 else delta
+    probs = _della_probs(rows, density, epsilon, work)
     mask = (draw(probs) if draw is not None else torch.bernoulli(probs)).to(work)
     return rescaled_masked(rows.to(work), mask, rescale).to(delta.dtype).reshape(shape)
 
