@@ -716,8 +716,9 @@ static inline void philox4x64_10_lanes(uint64_t c0[PHILOX_LANES], uint64_t c1[PH
  * numpy.random.Generator(numpy.random.Philox(key=k)).random(n, dtype=float32) draws: the
  * counter starts at 0 and is incremented before each block of four 64-bit outputs; each output
  * gives two 32-bit words, low half first; u = (word >> 8) * 2^-24. */
-HOT static void philox_keep(void *out, const void *probs, Py_ssize_t n, int bf16, uint64_t k0,
-                        uint64_t k1) {
+HOT static void philox_keep(void *out, const void *probs, int one_p, Py_ssize_t n, int bf16,
+                            uint64_t k0, uint64_t k1) {
+    /* one_p: `probs` holds a single probability for every element (dare's density) */
     const Py_ssize_t per = 8 * PHILOX_LANES; /* floats per round of lanes */
     uint64_t ctr[4] = {0, 0, 0, 0};
     uint64_t c0[PHILOX_LANES], c1[PHILOX_LANES], c2[PHILOX_LANES], c3[PHILOX_LANES];
@@ -736,10 +737,18 @@ HOT static void philox_keep(void *out, const void *probs, Py_ssize_t n, int bf16
             }
         }
         Py_ssize_t m = n - s < per ? n - s : per;
-        if (bf16) {
+        if (bf16 && one_p) {
+            const float p = bf16_to_f32(*(const uint16_t *)probs);
+            uint16_t *o = (uint16_t *)out + s;
+            for (Py_ssize_t j = 0; j < m; j++) o[j] = u[j] < p ? 0x3F80 : 0;
+        } else if (bf16) {
             const uint16_t *p = (const uint16_t *)probs + s;
             uint16_t *o = (uint16_t *)out + s;
             for (Py_ssize_t j = 0; j < m; j++) o[j] = u[j] < bf16_to_f32(p[j]) ? 0x3F80 : 0;
+        } else if (one_p) {
+            const float p = *(const float *)probs;
+            float *o = (float *)out + s;
+            for (Py_ssize_t j = 0; j < m; j++) o[j] = u[j] < p ? 1.0f : 0.0f;
         } else {
             const float *p = (const float *)probs + s;
             float *o = (float *)out + s;
@@ -760,14 +769,16 @@ static PyObject *py_philox_keep(PyObject *self, PyObject *args) {
         release(&out);
         return NULL;
     }
-    if (p.view.len != out.view.len) {
+    int one_p = p.view.len == size && out.view.len != size;
+    if (p.view.len != out.view.len && !one_p) {
         release(&p);
         release(&out);
-        PyErr_SetString(PyExc_ValueError, "philox_keep: probs and out differ in length");
+        PyErr_SetString(PyExc_ValueError,
+                        "philox_keep: probs must be as long as out, or one value");
         return NULL;
     }
     Py_BEGIN_ALLOW_THREADS
-    philox_keep(out.view.buf, p.view.buf, out.view.len / size, bf16, k0, k1);
+    philox_keep(out.view.buf, p.view.buf, one_p, out.view.len / size, bf16, k0, k1);
     Py_END_ALLOW_THREADS
     release(&p);
     release(&out);
@@ -975,7 +986,8 @@ static PyMethodDef methods[] = {
      "row_ranks_bf16(magnitudes, out, rows, cols, as_bf16=False): 1-based stable ranks within "
      "each row, as int64 or rounded to bf16"},
     {"philox_keep", py_philox_keep, METH_VARARGS,
-     "philox_keep(out, probs, key_lo, key_hi, bf16): Bernoulli keep mask, numpy's Philox stream"},
+     "philox_keep(out, probs, key_lo, key_hi, bf16): Bernoulli keep mask, numpy's Philox stream "
+     "(probs: one per element, or one for all)"},
     {"join2", py_join2, METH_VARARGS, "join2(out, lo, hi, rot, reference_or_None)"},
     {"delta_stats", py_delta_stats, METH_VARARGS,
      "delta_stats(b, a, dtype) -> (dd, l1, max_abs, bb, aa, nnz)"},

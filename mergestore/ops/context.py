@@ -76,15 +76,19 @@ class TensorContext:
         keyed by philox_key(input_index): numpy's, about 4x faster than torch.bernoulli on
         the CPU, and the same bits on every platform and thread. global: torch.bernoulli on
         torch's default generator, where and as mergekit draws.
+
+        `probs` may be one value expanded to the mask's shape (dare's density): the kernel
+        then reads that one value instead of a tensor of copies.
         """
         if self.rng == "global":
-            return torch.bernoulli(probs)
+            return torch.bernoulli(probs.contiguous())
         key = self.philox_key(input_index)
         if native.kernels is not None and probs.dtype in (torch.bfloat16, torch.float32):
             # The same stream and comparison in one C pass (~3 ns per element, numpy's
             # float32 Philox alone ~11), tested against numpy's in tests/test_native.py.
-            flat = probs.contiguous().reshape(-1)
-            out = alloc.empty_like(flat)
+            one = probs.numel() > 1 and all(st == 0 for st in probs.stride())
+            flat = probs.as_strided((1,), (1,)) if one else probs.contiguous().reshape(-1)
+            out = alloc.empty((probs.numel(),), probs.dtype)
             bf16 = probs.dtype == torch.bfloat16
             view = (lambda t: t.view(torch.int16).numpy()) if bf16 else (lambda t: t.numpy())
             native.kernels.philox_keep(view(out), view(flat), key & _U64, key >> 64, bf16)

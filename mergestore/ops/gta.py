@@ -396,10 +396,12 @@ def _delta(
         gamma = params.get("gamma", 0.0)
         sparsify.delta_into(flat, x.reshape(-1), base.reshape(-1), sparsifier, density, gamma)
         return target
-    delta = x - base
+    # x - base is ours (written into `out` when given): it is sparsified in place where the
+    # sparsifier can (dare's masks).
+    delta = torch.sub(x, base, out=out) if out is not None else x - base
     if sparsifier is not None:
         delta = _sparsify(delta, sparsifier, params, rescale, ctx, index)
-    if out is None:
+    if out is None or delta is out:
         return delta
     out.copy_(delta)
     return out
@@ -418,8 +420,8 @@ def _sparsify(
         return sparsify.magnitude(delta, density, rescale)
     if sparsifier == OUTLIERS:
         return sparsify.magnitude_outliers(delta, density, params["gamma"], rescale)
-    if sparsifier == RANDOM:
-        return sparsify.bernoulli(delta, density, rescale, _draw(ctx, index))
+    if sparsifier == RANDOM:  # delta is _delta's own x - base: masked in place
+        return sparsify.bernoulli_(delta, density, rescale, _draw(ctx, index))
     if sparsifier == DELLA:
         draw = _draw(ctx, index)
         return sparsify.della_magprune(delta, density, params["epsilon"], rescale, draw)

@@ -207,10 +207,36 @@ def bernoulli(delta: Tensor, density: float, rescale: bool, draw: Draw | None) -
     default generator."""
     if density >= 1:
         return delta
+    mask = _bernoulli_mask(delta, density, draw)
+    return rescaled_masked(delta.to(mask.dtype), mask, rescale).to(delta.dtype)
+
+
+def bernoulli_(delta: Tensor, density: float, rescale: bool, draw: Draw | None) -> Tensor:
+    """bernoulli(), in place on `delta` where mergekit's work dtype is delta's own (bf16):
+    the same bits without the masked copy and |.| temporaries of each step."""
+    if density >= 1:
+        return delta
+    mask = _bernoulli_mask(delta, density, draw)
+    if mask.dtype != delta.dtype:  # fp16 deltas: masks are drawn in fp32
+        return rescaled_masked(delta.to(mask.dtype), mask, rescale).to(delta.dtype)
+    if not rescale:
+        return delta.mul_(mask)
+    scratch = alloc.empty_like(delta)
+    before = torch.abs(delta, out=scratch).sum()
+    delta.mul_(mask)
+    after = torch.abs(delta, out=scratch).sum()
+    del scratch
+    if before < RESCALE_EPS or after < RESCALE_EPS:
+        return delta
+    return delta.mul_(before / after)
+
+
+def _bernoulli_mask(delta: Tensor, density: float, draw: Draw | None) -> Tensor:
+    """The DARE keep mask, 1/0 in the work dtype: density is rounded to it, expanded (not
+    copied) to delta's shape for the draw."""
     work = _work_dtype(delta)
-    p = torch.full_like(delta, density, dtype=work)
-    mask = draw(p) if draw is not None else torch.bernoulli(p)
-    return rescaled_masked(delta.to(work), mask, rescale).to(delta.dtype)
+    p = torch.full((), density, dtype=work).expand(delta.shape)
+    return draw(p) if draw is not None else torch.bernoulli(p.contiguous())
 
 
 def _della_probs(rows: Tensor, density: float, epsilon: float, work: torch.dtype) -> Tensor:
