@@ -11,6 +11,7 @@ setup(
         Extension(
             "mergestore._native",
             ["mergestore/_native.c"],
+            depends=["mergestore/_native_gta16.h"],
             # Exact IEEE arithmetic: no FMA contraction, no fast-math reordering.
             extra_compile_args=["-O3", "-std=c11", "-ffp-contract=off", "-fno-trapping-math"],
             optional=True,

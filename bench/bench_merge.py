@@ -242,6 +242,8 @@ def setup(args: argparse.Namespace) -> tuple[Path, Path, list[Path], list[str]]:
     out.mkdir(parents=True, exist_ok=True)
     names = args.experts.split(",")
     spec = dataclasses.replace(PRESETS[args.preset], experts=tuple(names))
+    if args.dtype:
+        spec = dataclasses.replace(spec, dtype=args.dtype)
     t0 = time.perf_counter()
     fam = make_family(out / f"family-{args.preset}", spec, reuse=True)
     print(f"family: {time.perf_counter() - t0:.1f}s", file=sys.stderr)
@@ -391,6 +393,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="bench-0.5g")
     ap.add_argument("--experts", default=DEFAULT_EXPERTS)
+    ap.add_argument(
+        "--dtype", help="the family's dtype (bfloat16, float16, float32; default: the preset's)"
+    )
     ap.add_argument("--methods", default=DEFAULT_METHODS)
     ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "merge"))
     ap.add_argument("--no-mergekit", action="store_true", help="time mergestore only")

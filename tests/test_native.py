@@ -199,6 +199,57 @@ def test_linear_same_bits(monkeypatch, normalize, kind, numel) -> None:
     assert same_bits(fast, slow)
 
 
+def _family16(n_inputs: int, numel: int, kind: str, seed: int = 0):
+    """_family in fp16: specials, and deltas at both ends of fp16's much narrower range."""
+    g = torch.Generator().manual_seed(seed)
+    base = (0.02 * torch.randn(numel, generator=g)).to(torch.float16)
+    xs = []
+    for i in range(n_inputs):
+        x = (base.float() + 0.002 * (i + 1) * torch.randn(numel, generator=g)).to(torch.float16)
+        x[i::5] = base[i::5]
+        xs.append(x)
+    if kind == "specials":
+        xs[0][7], xs[-1][9], xs[0][13] = float("nan"), float("inf"), -float("inf")
+        base[17] = -0.0
+        xs[0][17] = 0.0
+    if kind == "tiny":  # subnormal deltas, and sums past fp16's largest finite value
+        xs[0][:64] = base[:64] + torch.tensor(1e-7, dtype=torch.float16)
+        xs[-1][64:128] = torch.tensor(6e4, dtype=torch.float16)
+    return base, xs
+
+
+@pytest.mark.skipif(
+    native.kernels is None or not getattr(native.kernels, "HAVE_F16", 0),
+    reason="no fp16 kernels in this build",
+)
+@pytest.mark.parametrize("method,per,shared", METHODS)
+@pytest.mark.parametrize("kind", ["dense", "specials", "tiny"])
+@pytest.mark.parametrize("n_inputs", [1, 4])
+def test_fp16_methods_same_bits(monkeypatch, method, per, shared, kind, n_inputs) -> None:
+    """The fp16 GTA kernels (and the torch path's fp16 rank cuts) against torch alone."""
+    base, xs = _family16(n_inputs, 300_001, kind)
+    per_input = [dict(per, weight=per["weight"] * (1 + 0.25 * i)) for i in range(n_inputs)]
+    fast, slow = _twice(monkeypatch, lambda: merge_tensor(method, base, xs, shared, per_input, CTX))
+    assert fast.dtype == slow.dtype == torch.float16
+    assert same_bits(fast, slow)
+
+
+@pytest.mark.skipif(
+    native.kernels is None or not getattr(native.kernels, "HAVE_F16", 0),
+    reason="no fp16 kernels in this build",
+)
+@pytest.mark.parametrize("normalize", [True, False])
+@pytest.mark.parametrize("kind", ["dense", "specials", "tiny"])
+def test_fp16_linear_same_bits(monkeypatch, normalize, kind) -> None:
+    _, xs = _family16(4, 100_003, kind, seed=2)
+    per_input = [{"weight": w} for w in (0.3, 0.25, -0.1, 0.7)]
+    fast, slow = _twice(
+        monkeypatch,
+        lambda: merge_tensor("linear", None, xs, {"normalize": normalize}, per_input, CTX),
+    )
+    assert same_bits(fast, slow)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("numel", [1, 31, 32, 33, 1000, 100_003])
 def test_keep_masks_are_numpys_philox_stream(monkeypatch, dtype, numel) -> None:
@@ -263,3 +314,50 @@ def test_scalar_and_empty_tensors(monkeypatch, shape, method, per, shared) -> No
     fast, slow = _twice(monkeypatch, lambda: merge_tensor(method, base, xs, shared, per_input, CTX))
     assert fast.shape == slow.shape == base.shape
     assert same_bits(fast, slow)
+
+
+_F16_PROBE = """
+import hashlib, numpy as np
+from mergestore import native
+k = native.kernels
+rng = np.random.default_rng(5)
+n = 100_003  # not a multiple of 8: the vector loops' scalar tails too
+base = (rng.standard_normal(n) * 0.02).astype(np.float16)
+base[:3] = [np.inf, np.nan, -0.0]
+xs = [(base.astype(np.float32) + s * rng.standard_normal(n)).astype(np.float16)
+      for s in (1e-3, 1e-7, 3e4)]  # ordinary, subnormal and overflowing deltas
+bits = [x.view(np.uint16) for x in xs]
+h = hashlib.sha256()
+for args in [(False, 1.0, False, 1.0, False), (False, 0.7, True, 1.3, True),
+             (True, 1.0, True, 0.5, True)]:
+    out = np.empty(n, np.uint16)
+    k.gta_sum_bf16(out, base.view(np.uint16), bits, [0.3, -0.5, 0.25], *args, True)
+    h.update(out.tobytes())
+for normalize in (True, False):
+    out = np.empty(n, np.uint16)
+    k.linear_bf16(out, bits, [0.3, -0.5, 0.25], normalize, 0.05, True)
+    h.update(out.tobytes())
+print(h.hexdigest())
+"""
+
+
+@pytest.mark.skipif(
+    native.kernels is None or not getattr(native.kernels, "HAVE_F16", 0),
+    reason="no fp16 kernels in this build",
+)
+def test_fp16_vector_and_generic_kernels_agree() -> None:
+    """The AVX2+F16C fp16 kernels and the generic (bit arithmetic) ones give the same bits;
+    MERGESTORE_NO_F16C=1 picks the generic ones when the module loads."""
+    import os
+    import subprocess
+    import sys
+
+    def run(env: dict[str, str]) -> str:
+        r = subprocess.run(
+            [sys.executable, "-c", _F16_PROBE], capture_output=True, text=True, env=env
+        )
+        assert r.returncode == 0, r.stderr
+        return r.stdout.strip()
+
+    env = {k: v for k, v in os.environ.items() if k != "MERGESTORE_NO_F16C"}
+    assert run(env) == run({**env, "MERGESTORE_NO_F16C": "1"})

@@ -8,10 +8,11 @@ read once per task. The method's pure kernel then runs on the task's tensors, an
 cut into blocks and handed to a sink (the store, or a hasher for replay). A task is a whole
 tensor, or, for elementwise methods, a run of 8 blocks of a larger one (run.elementwise_pieces).
 
-A merge whose method has a torch-free kernel for its tensors (ops.bf16_lane: linear,
-task_arithmetic, ties and breadcrumbs(_ties), when every tensor is bf16 and the C kernels are
-built) runs on numpy arrays of bf16 bits and never imports torch, which costs more than such
-a merge itself; the bits are the same either way (the torch lane calls the same kernels).
+A merge whose method has a torch-free kernel for its tensors (ops.lane16: linear,
+task_arithmetic, ties and breadcrumbs(_ties), when every tensor is bf16, or fp16 for linear and
+task_arithmetic, and the C kernels are built) runs on numpy arrays of the 16-bit values' bits
+and never imports torch, which costs more than such a merge itself; the bits are the same
+either way (the torch lane calls the same kernels).
 
 The stages run as a pipeline on both cores: loader threads read and decode the next tensors,
 compute threads merge tensors side by side (each kernel on one torch thread), and one writer
@@ -43,7 +44,7 @@ from mergestore.formats.safetensors import (
 )
 from mergestore.merge.tensorplan import OutputTensorPlan
 from mergestore.ops import TensorContext, alloc, get_method, merge_tensor, validate_params
-from mergestore.ops.bf16_lane import LANES, Bf16Lane
+from mergestore.ops.lane16 import LANES, Lane16
 from mergestore.store import codecs
 from mergestore.store.blocks import block_id, tensor_blocking
 from mergestore.store.objects import TensorRecord
@@ -163,7 +164,7 @@ class EngineStats:
     tensors: int = 0
     merged_delta_sq: float = 0.0  # sum over tensors of ||out - reference||^2 (fp64)
     seconds: float = 0.0
-    torch_free: bool = False  # computed on the torch-free lane (ops.bf16_lane)
+    torch_free: bool = False  # computed on the torch-free lane (ops.lane16)
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -182,7 +183,8 @@ class _InputReads:
 
 @dataclass
 class _Loaded:
-    """A task's tensors: torch tensors, or on the torch-free lane numpy arrays of bf16 bits."""
+    """A task's tensors: torch tensors, or on the torch-free lane numpy arrays of 16-bit
+    float bits."""
 
     task: TensorTask
     base: torch.Tensor | None
@@ -211,7 +213,8 @@ class Engine:
         self.compute_dtype_name = _safetensors_name(dtype)
         self.out_dtype_name = _safetensors_name(out_dtype)
         self._dtype_args = (dtype, out_dtype)
-        self.lane: Bf16Lane | None = None  # set by run() when the merge needs no torch
+        self.lane: Lane16 | None = None  # set by run() when the merge needs no torch
+        self.lane_dtype = "BF16"  # the one dtype of every tensor on the lane (BF16 or F16)
         self.seed = seed
         self.rng = rng
         self.block_size = block_size or repo.config.block_size
@@ -225,10 +228,11 @@ class Engine:
     def out_dtype(self) -> torch.dtype | None:
         return _torch_dtype_or_none(self._dtype_args[1])
 
-    def torch_free_lane(self, tasks: Sequence[TensorTask], track_delta: bool) -> Bf16Lane | None:
+    def torch_free_lane(self, tasks: Sequence[TensorTask], track_delta: bool) -> Lane16 | None:
         """The method's torch-free kernel if it computes every task with the torch lane's bits:
-        the C kernels are built, every tensor is bf16 in and out, no vocabulary is fitted and
-        no merge delta is tracked. MERGESTORE_TORCH_FREE=0 turns the lane off."""
+        the C kernels are built, every tensor has one 16-bit dtype (bf16, or fp16 where the
+        method's lane takes it), in and out, no vocabulary is fitted and no merge delta is
+        tracked. Sets lane_dtype. MERGESTORE_TORCH_FREE=0 turns the lane off."""
         lane = LANES.get(self.method)
         if (
             lane is None
@@ -236,14 +240,19 @@ class Engine:
             or os.environ.get("MERGESTORE_TORCH_FREE") == "0"
             or track_delta
             or self.tokenizer_source is not None
-            or self.compute_dtype_name not in (None, "BF16")
-            or self.out_dtype_name not in (None, "BF16")
         ):
             return None
         spec = get_method(self.method)
+        dtypes = {r.dtype for t in tasks for r in (t.base, t.reference, *t.inputs) if r is not None}
+        if len(dtypes) != 1 or not dtypes <= {"BF16", "F16"}:
+            return None
+        dtype = dtypes.pop()
+        if {self.compute_dtype_name, self.out_dtype_name} - {None, dtype}:
+            return None
+        fp16 = dtype == "F16"
         for task in tasks:
             recs = [r for r in (task.base, task.reference, *task.inputs) if r is not None]
-            if any(r.dtype != "BF16" or r.shape != recs[0].shape for r in recs):
+            if any(r.shape != recs[0].shape for r in recs):
                 return None
             if task.plan.copy_from is None:
                 shared, per_input = validate_params(
@@ -252,8 +261,9 @@ class Engine:
                     list(task.plan.per_input),
                     has_base=task.base is not None,
                 )
-                if not lane.accepts(shared, per_input):
+                if not lane.accepts(shared, per_input, fp16):
                     return None
+        self.lane_dtype = dtype
         return lane
 
     # -- reading ----------------------------------------------------------------------------
@@ -288,7 +298,7 @@ class Engine:
 
     def _shaped(self, data: np.ndarray, rec: TensorRecord) -> torch.Tensor:
         """A tensor of `rec`'s dtype and shape over the bytes of `data` (a numpy array of
-        bf16 bits on the torch-free lane)."""
+        16-bit float bits on the torch-free lane)."""
         if self.lane is not None:
             return data.view(np.uint16).reshape(rec.shape)  # type: ignore[return-value]
         return torch.from_numpy(data).view(torch_dtype(rec.dtype)).reshape(rec.shape)
@@ -518,8 +528,8 @@ class Engine:
             out_dtype=self.out_dtype,
         )
 
-    def _merge_torch_free(self, ld: _Loaded, lane: Bf16Lane) -> torch.Tensor:
-        """_merge on the torch-free lane: arrays of bf16 bits in and out, no dtype to change."""
+    def _merge_torch_free(self, ld: _Loaded, lane: Lane16) -> torch.Tensor:
+        """_merge on the torch-free lane: arrays of 16-bit bits in and out, no dtype to change."""
         p = ld.task.plan
         if p.copy_from is not None:
             src = ld.base if ld.task.base is not None else ld.inputs[0]
@@ -530,15 +540,15 @@ class Engine:
         )
         like = ld.base if ld.base is not None else ld.inputs[0]
         out = alloc.empty_bytes(like.nbytes).view(np.uint16).reshape(like.shape)
-        return lane.merge(ld.base, ld.inputs, shared, per_input, out)
+        return lane.merge(ld.base, ld.inputs, shared, per_input, out, self.lane_dtype == "F16")
 
     def _emit(
         self, ld: _Loaded, out: torch.Tensor, sink: Sink, stats: EngineStats, track_delta: bool
     ) -> OutputTensor:
         name = ld.task.plan.name
-        if self.lane is not None:  # bf16 bits in a numpy array
+        if self.lane is not None:  # 16-bit float bits in a numpy array
             arr = np.ascontiguousarray(out)
-            dtype, shape = "BF16", tuple(arr.shape)
+            dtype, shape = self.lane_dtype, tuple(arr.shape)
             data = memoryview(arr.reshape(-1).view(np.uint8)) if arr.size else b""
         else:
             out = out.contiguous()

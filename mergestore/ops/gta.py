@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from mergestore import native
-from mergestore.ops import alloc, bf16_lane, sparsify
+from mergestore.ops import alloc, lane16, sparsify
 from mergestore.ops.context import TensorContext
 from mergestore.ops.spec import BaseRule, MethodSpec, ParamSpec, Scope
 from mergestore.store.parallel import ordered_map
@@ -99,8 +99,11 @@ def gta_merge(
     if not inputs:
         return base
     rescale = bool(shared["rescale"])
-    if native.kernels is not None and base.dtype == torch.bfloat16 and base.numel() > 0:
-        return _native_bf16(base, inputs, shared, per_input, ctx, sparsifier, consensus)
+    if base.numel() > 0 and (
+        (native.kernels is not None and base.dtype == torch.bfloat16)
+        or (base.dtype == torch.float16 and lane16.has_fp16())
+    ):
+        return _native16(base, inputs, shared, per_input, ctx, sparsifier, consensus)
     if not consensus and _is_half(base.dtype):
         merged, divisor = _weighted_delta_sum(base, inputs, per_input, sparsifier, rescale, ctx)
         return _finish(base, merged, divisor, shared)
@@ -132,7 +135,7 @@ def gta_merge(
 TAIL_CHUNK = 1 << 17
 
 
-def _native_bf16(
+def _native16(
     base: Tensor,
     inputs: Sequence[Tensor],
     shared: Mapping[str, Any],
@@ -141,8 +144,9 @@ def _native_bf16(
     sparsifier: str | None,
     consensus: bool,
 ) -> Tensor:
-    """gta_merge on bf16 tensors with the fused C kernels: the same bits as the torch path
-    below (tests/test_native.py), in one pass over memory instead of one per operation.
+    """gta_merge on bf16 or fp16 tensors with the fused C kernels: the same bits as the torch
+    path below (tests/test_native.py), in one pass over memory instead of one per operation.
+    (fp16 rank cuts are made by the torch path's streamed cuts; bf16 ones in C.)
 
     Sparsified deltas are made first (as in the torch path); without a sparsifier or a
     consensus, the kernel forms x - base itself and no delta tensor exists at all.
@@ -152,13 +156,14 @@ def _native_bf16(
     n = len(inputs)
     lam = float(shared["lambda"])
     normalize = bool(shared["normalize"])
-    if bf16_lane.accepts_gta(sparsifier, shared, per_input) and (
+    fp16 = base.dtype == torch.float16
+    if lane16.accepts_gta(sparsifier, shared, per_input, fp16) and (
         (sparsifier is None and not consensus) or sparsifier in (MAGNITUDE, OUTLIERS)
     ):
         # Nothing drawn at random: the torch-free lane's kernel (task_arithmetic, ties,
         # breadcrumbs* with streamed rank cuts).
         out = alloc.empty_like(base)
-        bf16_lane.gta(
+        lane16.gta(
             _u16(base.contiguous()),
             [_u16(x) for x in inputs],
             per_input,
@@ -167,9 +172,10 @@ def _native_bf16(
             normalize=normalize,
             lam=lam,
             out=_u16(out),
+            fp16=fp16,
         )
         return out
-    all_weights = bf16_lane.bf16([per_input[i]["weight"] for i in range(n)])
+    all_weights = lane16.round16([per_input[i]["weight"] for i in range(n)], fp16)
     wf = list(all_weights)
     live = list(range(n))
     if sparsifier in (None, MAGNITUDE, OUTLIERS) or ctx.rng != "global":
@@ -199,10 +205,11 @@ def _native_bf16(
                 normalize,
                 lam,
                 lam != 1,
+                fp16,
             )
     else:
         rows = _sparsified_rows(base, inputs, per_input, sparsifier, shared, ctx, live)
-        div = bf16_lane.gta_divisor(all_weights)  # the dim-0 reduction mergekit does
+        div = lane16.gta_divisor(all_weights, fp16)  # the dim-0 reduction mergekit does
 
         def columns(r: range) -> None:
             kernels.gta_sum_bf16(
@@ -215,6 +222,7 @@ def _native_bf16(
                 normalize,
                 lam,
                 lam != 1,
+                fp16,
             )
 
     total = flat_base.numel()
@@ -255,7 +263,7 @@ def _is_same_tensor(x: Tensor, base: Tensor) -> bool:
 
 
 def _u16(t: Tensor) -> Any:
-    """A bf16 tensor's bits as a numpy uint16 array (no copy), for the C kernels."""
+    """A 16-bit tensor's bits as a numpy uint16 array (no copy), for the C kernels."""
     return t.view(torch.int16).numpy().view("u2")
 
 

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from mergestore import native
-from mergestore.ops import alloc, bf16_lane
+from mergestore.ops import alloc, lane16
 from mergestore.ops.context import TensorContext
 from mergestore.ops.registry import register
 from mergestore.ops.spec import BaseRule, MethodSpec, ParamSpec, Scope
@@ -31,8 +31,11 @@ def merge(
     buffer (fp64 for fp64 inputs); the weights and their sum are in that dtype too.
     """
     first = inputs[0]
-    if native.kernels is not None and all(x.dtype == torch.bfloat16 for x in inputs):
-        return _linear_bf16(inputs, shared, per_input)
+    dtypes = {x.dtype for x in inputs}
+    if native.kernels is not None and dtypes == {torch.bfloat16}:
+        return _linear16(inputs, shared, per_input, fp16=False)
+    if dtypes == {torch.float16} and lane16.has_fp16():
+        return _linear16(inputs, shared, per_input, fp16=True)
     acc = torch.float64 if first.dtype == torch.float64 else torch.float32
     # Coefficients shaped like mergekit's batched ones ([1] * ndim) so the same broadcast
     # kernel runs; weights are rounded once from Python floats to the accumulator dtype.
@@ -46,19 +49,23 @@ def merge(
     return result.to(first.dtype)
 
 
-def _linear_bf16(
-    inputs: Sequence[Tensor], shared: Mapping[str, Any], per_input: Sequence[Mapping[str, Any]]
+def _linear16(
+    inputs: Sequence[Tensor],
+    shared: Mapping[str, Any],
+    per_input: Sequence[Mapping[str, Any]],
+    fp16: bool,
 ) -> Tensor:
-    """merge() on bf16 inputs with the C kernel (ops.bf16_lane.linear): the same fused
+    """merge() on bf16 or fp16 inputs with the C kernel (ops.lane16.linear): the same fused
     multiply-adds in the same order, in one pass over memory."""
     weights = torch.tensor([per_input[i]["weight"] for i in range(len(inputs))])
-    out = alloc.empty(inputs[0].shape, torch.bfloat16)
-    bf16_lane.linear(
+    out = alloc.empty(inputs[0].shape, inputs[0].dtype)
+    lane16.linear(
         [x.contiguous().view(torch.int16).numpy() for x in inputs],
         [float(w) for w in weights],
         bool(shared["normalize"]),
         float(weights.sum()),  # torch's own reduction, as the fp32 path divides by
         out.view(torch.int16).numpy(),
+        fp16,
     )
     return out
 

@@ -467,7 +467,7 @@ def delta_bits_into(
     gamma: float = 0.0,
 ) -> None:
     """delta_into on flat numpy arrays of bf16 bits (uint16), with the C kernels and no
-    torch (ops.bf16_lane): x - base and its magnitude histogram in one pass, then every cut
+    torch (ops.lane16): x - base and its magnitude histogram in one pass, then every cut
     applied in a second."""
     kernels = native.kernels
     assert kernels is not None

@@ -125,3 +125,31 @@ def test_a_tensor_of_another_dtype_keeps_the_merge_on_torch(store: Store, tmp_pa
     assert res.run["torch_free"] is False
     for name in base:
         assert store.read_tensor("m", name).dtype == base[name].dtype
+
+
+@pytest.mark.skipif(
+    not getattr(native.kernels, "HAVE_F16", 0), reason="no fp16 kernels in this build"
+)
+def test_fp16_family(tmp_path, monkeypatch) -> None:
+    import dataclasses
+
+    from fixtures.family import PRESETS, make_family
+
+    fam = make_family(tmp_path / "fam", dataclasses.replace(PRESETS["tiny"], dtype="float16"))
+    store = Store.init(tmp_path / "st")
+    commit_family(store, fam)
+    cases = [
+        ("task_arithmetic", "main", EXPERTS, {"lambda": 0.8}, True),
+        ("linear", None, ["main", *EXPERTS], {}, True),
+        ("ties", "main", EXPERTS, {"density": 0.5}, False),  # fp16 rank cuts: torch
+    ]
+    for method, base, models, params, lane in cases:
+        weights = [0.4, 0.3, 0.2, 0.1][: len(models)]
+        kw = dict(method=method, base=base, models=models, weights=weights, params=params)
+        fast = store.merge(**kw, branch=f"{method}-a")
+        monkeypatch.setenv("MERGESTORE_TORCH_FREE", "0")
+        slow = store.merge(**kw, branch=f"{method}-b")
+        monkeypatch.delenv("MERGESTORE_TORCH_FREE")
+        assert fast.run["torch_free"] is lane and not slow.run["torch_free"], method
+        assert _tree(store, f"{method}-a") == _tree(store, f"{method}-b"), method
+        assert store.read_tensor(f"{method}-a", "lm_head.weight").dtype.itemsize == 2

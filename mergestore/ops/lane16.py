@@ -1,24 +1,28 @@
-"""linear, task_arithmetic, ties and breadcrumbs(_ties) on bf16 bit patterns, with the C
-kernels and without torch.
+"""linear, task_arithmetic, ties and breadcrumbs(_ties) on 16-bit float bit patterns (bf16,
+and fp16 for linear and task_arithmetic), with the C kernels and without torch.
 
-The bf16 paths of ops.linear and ops.gta hand the C kernels numpy views of their tensors;
-the kernels never see torch. A merge whose every float tensor is bf16 and whose method has a
-lane here can therefore run with no torch at all (mergestore.merge.engine's torch-free lane):
-importing torch costs about a second on the machines this was measured on, more than the
-whole merge of four 0.5 GB experts. Arrays here are numpy uint16 arrays holding bf16 bits.
+The 16-bit paths of ops.linear and ops.gta hand the C kernels numpy views of their tensors;
+the kernels never see torch. A merge whose every float tensor has one 16-bit dtype and whose
+method has a lane here can therefore run with no torch at all (mergestore.merge.engine's
+torch-free lane): importing torch costs about a second on the machines this was measured on,
+more than the whole merge of four 0.5 GB experts. Arrays here are numpy uint16 arrays holding
+the bits; `f16` says they are fp16 rather than bf16.
 
 What torch computed outside the kernels is computed here the same way, bit for bit
-(tests/ops/test_bf16_lane.py checks each against torch):
-- a Python float weight becomes bf16 as torch.tensor(w, dtype=bfloat16) rounds it: to fp32,
-  then to bf16, each round to nearest even (one rounding through fp32, as torch converts);
-- GTA's no-consensus divisor is the dim-0 sum of those bf16 weights, which torch accumulates
-  in order in fp32 and rounds once to bf16;
+(tests/ops/test_lane16.py checks each against torch):
+- a Python float weight becomes bf16 or fp16 as torch.tensor(w, dtype=...) rounds it: to
+  fp32, then to the 16-bit format, each round to nearest even (through fp32, as torch
+  converts; fp16 straight from the double differs);
+- GTA's no-consensus divisor is the dim-0 sum of those weights, which torch accumulates in
+  order in fp32 and rounds once to the format, then replaced by 1 below 1e-8, where torch
+  rounds 1e-8 to the format first (in fp16 that is 0: a zero divisor stays zero);
 - linear's weight sum is torch's fp32 sum of the fp32 weights: in order for up to
   LINEAR_MAX_INPUTS weights; torch's reduction uses several accumulators beyond that, so
   larger linear merges stay on the torch lane;
 - the magnitude rank cuts of ties and breadcrumbs are ops.sparsify's streamed ones (a
-  histogram of the 15-bit magnitudes, then the cut), for densities strictly between 0 and 1
-  without rescale; other densities, and the random drops of dare and della, stay on torch.
+  histogram of the 15-bit magnitudes, then the cut), for bf16 and densities strictly between
+  0 and 1 without rescale; other densities, fp16 cuts, and the random drops of dare and
+  della, stay on torch.
 """
 
 from __future__ import annotations
@@ -45,7 +49,8 @@ PARALLEL_MIN = 1 << 23
 
 def f32(values: Sequence[float]) -> list[float]:
     """Each value rounded to fp32 (round to nearest even)."""
-    return [float(v) for v in np.asarray(values, dtype=np.float64).astype(np.float32)]
+    with np.errstate(over="ignore"):  # past fp32's range: inf, as torch gives
+        return [float(v) for v in np.asarray(values, dtype=np.float64).astype(np.float32)]
 
 
 def bf16(values: Sequence[float]) -> list[float]:
@@ -55,7 +60,20 @@ def bf16(values: Sequence[float]) -> list[float]:
     return [float(v) for v in rounded.astype(np.uint32).view(np.float32)]
 
 
-_TINY = bf16([1e-8])[0]
+def f16(values: Sequence[float]) -> list[float]:
+    """Each value rounded to fp16 as torch rounds a Python float: to fp32, then to fp16."""
+    with np.errstate(over="ignore"):  # past fp16's range: inf, as torch gives
+        return [float(v) for v in np.asarray(f32(values), dtype=np.float32).astype(np.float16)]
+
+
+def round16(values: Sequence[float], fp16: bool) -> list[float]:
+    """Each value rounded to fp16 (fp16) or bf16, as torch rounds a Python float."""
+    return f16(values) if fp16 else bf16(values)
+
+
+def has_fp16() -> bool:
+    """Whether the C kernels include the fp16 ones (HAVE_F16: the compiler has _Float16)."""
+    return native.kernels is not None and bool(getattr(native.kernels, "HAVE_F16", 0))
 
 
 def sum_f32(values: Sequence[float]) -> float:
@@ -66,12 +84,12 @@ def sum_f32(values: Sequence[float]) -> float:
     return float(acc)
 
 
-def gta_divisor(weights: Sequence[float]) -> float:
-    """GTA's no-consensus divisor for bf16 weights: their sum in order in fp32, rounded to bf16
-    (torch's dim-0 sum of a bf16 tensor), replaced by 1 below 1e-8 in magnitude (compared in
-    bf16, as torch compares a bf16 tensor with a Python float)."""
-    divisor = bf16([sum_f32(weights)])[0]
-    return 1.0 if abs(divisor) < _TINY else divisor
+def gta_divisor(weights: Sequence[float], fp16: bool = False) -> float:
+    """GTA's no-consensus divisor for 16-bit weights: their sum in order in fp32, rounded to
+    the format (torch's dim-0 sum of a 16-bit tensor), replaced by 1 below 1e-8 in magnitude
+    (compared in the format, as torch compares a 16-bit tensor with a Python float)."""
+    divisor, tiny = round16([sum_f32(weights), 1e-8], fp16)
+    return 1.0 if abs(divisor) < tiny else divisor
 
 
 def same_memory(x: np.ndarray, base: np.ndarray) -> bool:
@@ -102,8 +120,9 @@ def linear(
     normalize: bool,
     weight_sum: float,
     out: np.ndarray,
+    fp16: bool = False,
 ) -> np.ndarray:
-    """linear's bf16 result into `out`: fused multiply-adds into fp32 in input order, then
+    """linear's 16-bit result into `out`: fused multiply-adds into fp32 in input order, then
     divided by `weight_sum` if normalize (see ops.linear). `weights` are fp32 values."""
     kernels = native.kernels
     assert kernels is not None
@@ -113,6 +132,7 @@ def linear(
         list(weights),
         normalize,
         weight_sum,
+        fp16,
     )
     return out
 
@@ -127,20 +147,22 @@ def gta(
     normalize: bool,
     lam: float,
     out: np.ndarray,
+    fp16: bool = False,
 ) -> np.ndarray:
-    """ops.gta's merge on bf16 bits into `out`, for the methods that draw nothing at random:
+    """ops.gta's merge on 16-bit bits into `out`, for the methods that draw nothing at random:
     base + lambda * (sum_i w_i delta_i) / divisor, delta_i = x_i - base, or its magnitude
     (ties) or magnitude_outliers (breadcrumbs) rank cut (0 < density < 1, no rescale: see
     accepts_gta), with TIES' sign consensus if `consensus`.
 
-    Weights (per_input[i]["weight"]) are rounded to bf16, as mergekit rounds them to the
-    compute dtype. An input that is the base array itself has a zero delta, sparsified or
-    not: it adds only zeros and never agrees with a vote, so it is skipped (its weight still
-    counts in the no-consensus divisor)."""
+    Weights (per_input[i]["weight"]) are rounded to the format, as mergekit rounds them to the
+    compute dtype. Rank cuts are bf16 only (accepts_gta). An input that is the base array
+    itself has a zero delta, sparsified or not: it adds only zeros and never agrees with a
+    vote, so it is skipped (its weight still counts in the no-consensus divisor)."""
     kernels = native.kernels
     assert kernels is not None
     assert sparsifier is not None or not consensus, "a consensus of unsparsified deltas"
-    weights = bf16([p["weight"] for p in per_input[: len(inputs)]])
+    assert sparsifier is None or not fp16, "streamed rank cuts are bf16 only"
+    weights = round16([p["weight"] for p in per_input[: len(inputs)]], fp16)
     live = [i for i, x in enumerate(inputs) if not same_memory(x, base)]
     flat_base = np.ascontiguousarray(base).reshape(-1).view(np.uint16)
     total = flat_base.size
@@ -162,13 +184,20 @@ def gta(
         del flat_inputs
     wl = [weights[i] for i in live]
     flat_out = out.reshape(-1).view(np.uint16)
-    divisor = gta_divisor(weights)
+    divisor = gta_divisor(weights, fp16)
 
     def columns(r: range) -> None:
         a, b = r.start, r.stop
         if consensus:
             kernels.gta_consensus_bf16(
-                flat_out[a:b], flat_base[a:b], [x[a:b] for x in rows], wl, normalize, lam, lam != 1
+                flat_out[a:b],
+                flat_base[a:b],
+                [x[a:b] for x in rows],
+                wl,
+                normalize,
+                lam,
+                lam != 1,
+                fp16,
             )
         else:
             kernels.gta_sum_bf16(
@@ -181,6 +210,7 @@ def gta(
                 normalize,
                 lam,
                 lam != 1,
+                fp16,
             )
 
     _run_columns(columns, total)
@@ -188,24 +218,29 @@ def gta(
 
 
 def accepts_gta(
-    sparsifier: str | None, shared: Mapping[str, Any], per_input: Sequence[Mapping[str, Any]]
+    sparsifier: str | None,
+    shared: Mapping[str, Any],
+    per_input: Sequence[Mapping[str, Any]],
+    fp16: bool = False,
 ) -> bool:
     """Whether gta() gives ops.gta's bits: rank cuts stream (ops.sparsify.cut_streams) only
-    for a density strictly between 0 and 1 and without rescale."""
+    for bf16, a density strictly between 0 and 1 and no rescale."""
     if sparsifier is None:
-        return True
+        return not fp16 or has_fp16()
+    if fp16:
+        return False
     rescale = bool(shared["rescale"])
     return all(sparsify.cut_streams(sparsifier, p["density"], rescale) for p in per_input)
 
 
 @dataclass(frozen=True)
-class Bf16Lane:
-    """A method's torch-free bf16 kernel: merge(base, inputs, shared, per_input, out) with
-    validated parameters, on uint16 arrays; accepts(...) says whether it gives the bits of
-    the method's torch lane for these parameters."""
+class Lane16:
+    """A method's torch-free 16-bit kernel: merge(base, inputs, shared, per_input, out, fp16)
+    with validated parameters, on uint16 arrays; accepts(shared, per_input, fp16) says whether
+    it gives the bits of the method's torch lane for these parameters and format."""
 
     merge: Callable[..., np.ndarray]
-    accepts: Callable[[Mapping[str, Any], Sequence[Mapping[str, Any]]], bool]
+    accepts: Callable[[Mapping[str, Any], Sequence[Mapping[str, Any]], bool], bool]
 
 
 def _linear_merge(
@@ -214,22 +249,28 @@ def _linear_merge(
     shared: Mapping[str, Any],
     per_input: Sequence[Mapping[str, Any]],
     out: np.ndarray,
+    fp16: bool = False,
 ) -> np.ndarray:
     weights = f32([p["weight"] for p in per_input[: len(inputs)]])
-    return linear(inputs, weights, bool(shared["normalize"]), sum_f32(weights), out)
+    return linear(inputs, weights, bool(shared["normalize"]), sum_f32(weights), out, fp16)
 
 
-def _linear_accepts(shared: Mapping[str, Any], per_input: Sequence[Mapping[str, Any]]) -> bool:
+def _linear_accepts(
+    shared: Mapping[str, Any], per_input: Sequence[Mapping[str, Any]], fp16: bool = False
+) -> bool:
+    if fp16 and not has_fp16():
+        return False
     return not shared["normalize"] or len(per_input) <= LINEAR_MAX_INPUTS
 
 
-def _gta_lane(sparsifier: str | None, consensus: bool) -> Bf16Lane:
+def _gta_lane(sparsifier: str | None, consensus: bool) -> Lane16:
     def merge(
         base: np.ndarray | None,
         inputs: Sequence[np.ndarray],
         shared: Mapping[str, Any],
         per_input: Sequence[Mapping[str, Any]],
         out: np.ndarray,
+        fp16: bool = False,
     ) -> np.ndarray:
         assert base is not None
         if not inputs:
@@ -245,16 +286,19 @@ def _gta_lane(sparsifier: str | None, consensus: bool) -> Bf16Lane:
             normalize=normalize,
             lam=lam,
             out=out,
+            fp16=fp16,
         )
 
-    def accepts(shared: Mapping[str, Any], per_input: Sequence[Mapping[str, Any]]) -> bool:
-        return accepts_gta(sparsifier, shared, per_input)
+    def accepts(
+        shared: Mapping[str, Any], per_input: Sequence[Mapping[str, Any]], fp16: bool = False
+    ) -> bool:
+        return accepts_gta(sparsifier, shared, per_input, fp16)
 
-    return Bf16Lane(merge, accepts)
+    return Lane16(merge, accepts)
 
 
-LANES: dict[str, Bf16Lane] = {
-    "linear": Bf16Lane(_linear_merge, _linear_accepts),
+LANES: dict[str, Lane16] = {
+    "linear": Lane16(_linear_merge, _linear_accepts),
     "task_arithmetic": _gta_lane(None, consensus=False),
     "ties": _gta_lane(MAGNITUDE, consensus=True),
     "breadcrumbs": _gta_lane(OUTLIERS, consensus=False),

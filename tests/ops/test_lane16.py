@@ -1,4 +1,4 @@
-"""ops.bf16_lane: the torch-free kernels give the bits of the torch lane.
+"""ops.lane16: the torch-free kernels give the bits of the torch lane.
 
 Each value torch computes outside the C kernels (weights rounded to bf16, the GTA divisor,
 linear's weight sum) is recomputed here and compared with torch; the whole lane is compared
@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from mergestore import native
-from mergestore.ops import TensorContext, bf16_lane, merge_tensor, validate_params
+from mergestore.ops import TensorContext, lane16, merge_tensor, validate_params
 from mergestore.ops.registry import get_method
 
 pytestmark = pytest.mark.skipif(native.kernels is None, reason="C kernels not built")
@@ -40,21 +40,21 @@ def test_bf16_rounds_python_floats_as_torch_does() -> None:
     values = [rng.uniform(-4, 4) for _ in range(3000)] + _near_bf16_midpoints(rng, 3000)
     values += [0.3, 1e-8, -1e-8, 0.0, -0.0, 1 / 3, 65504.0, 3.0e38]
     want = torch.tensor(values, dtype=torch.bfloat16).float().tolist()
-    assert bf16_lane.bf16(values) == want
+    assert lane16.bf16(values) == want
 
 
 def test_fp32_weight_sum_is_torchs_up_to_the_limit() -> None:
     rng = random.Random(1)
-    for n in range(1, bf16_lane.LINEAR_MAX_INPUTS + 1):
+    for n in range(1, lane16.LINEAR_MAX_INPUTS + 1):
         for _ in range(500):
-            w = bf16_lane.f32([rng.uniform(-1, 1) * 10 ** rng.uniform(-3, 1) for _ in range(n)])
-            assert bf16_lane.sum_f32(w) == float(torch.tensor(w).sum()), w
+            w = lane16.f32([rng.uniform(-1, 1) * 10 ** rng.uniform(-3, 1) for _ in range(n)])
+            assert lane16.sum_f32(w) == float(torch.tensor(w).sum()), w
     # Past the limit torch's reduction no longer adds in order: the limit is needed.
-    n = bf16_lane.LINEAR_MAX_INPUTS + 1
+    n = lane16.LINEAR_MAX_INPUTS + 1
     differs = 0
     for _ in range(500):
-        w = bf16_lane.f32([rng.uniform(-1, 1) * 10 ** rng.uniform(-3, 1) for _ in range(n)])
-        differs += bf16_lane.sum_f32(w) != float(torch.tensor(w).sum())
+        w = lane16.f32([rng.uniform(-1, 1) * 10 ** rng.uniform(-3, 1) for _ in range(n)])
+        differs += lane16.sum_f32(w) != float(torch.tensor(w).sum())
     assert differs > 0
 
 
@@ -68,7 +68,7 @@ def test_gta_divisor_is_torchs(n: int) -> None:
         t = torch.tensor(weights, dtype=torch.bfloat16)
         want = t.reshape(-1, 1).sum(dim=0)
         want[want.abs() < 1e-8] = 1
-        assert bf16_lane.gta_divisor(bf16_lane.bf16(weights)) == float(want), weights
+        assert lane16.gta_divisor(lane16.bf16(weights)) == float(want), weights
 
 
 def _bits(t: torch.Tensor) -> np.ndarray:
@@ -78,7 +78,7 @@ def _bits(t: torch.Tensor) -> np.ndarray:
 def _lane(method: str, base, xs, shared, per_input) -> np.ndarray:
     spec = get_method(method)
     s, p = validate_params(spec, shared, per_input, has_base=base is not None)
-    lane = bf16_lane.LANES[method]
+    lane = lane16.LANES[method]
     assert lane.accepts(s, p)
     like = base if base is not None else xs[0]
     out = np.empty(like.shape, dtype=np.uint16)
@@ -176,18 +176,18 @@ def test_rank_cut_lanes_same_bits(monkeypatch, numel, method, per, shared) -> No
 def test_rank_cut_lanes_decline_unstreamed_cuts(method, per, shared) -> None:
     spec = get_method(method)
     s, p = validate_params(spec, shared, [{"weight": 0.5, **per}], has_base=True)
-    assert not bf16_lane.LANES[method].accepts(s, p)
+    assert not lane16.LANES[method].accepts(s, p)
 
 
 def test_linear_lane_declines_many_normalized_inputs() -> None:
-    lane = bf16_lane.LANES["linear"]
-    many = [{"weight": 0.2}] * (bf16_lane.LINEAR_MAX_INPUTS + 1)
+    lane = lane16.LANES["linear"]
+    many = [{"weight": 0.2}] * (lane16.LINEAR_MAX_INPUTS + 1)
     assert not lane.accepts({"normalize": True}, many)
     assert lane.accepts({"normalize": False}, many)
 
 
 def test_large_tensor_split_over_two_columns(monkeypatch) -> None:
-    numel = bf16_lane.PARALLEL_MIN + 3
+    numel = lane16.PARALLEL_MIN + 3
     g = torch.Generator().manual_seed(5)
     base = torch.randn(numel, generator=g).to(torch.bfloat16)
     xs = [torch.randn(numel, generator=g).to(torch.bfloat16) for _ in range(2)]
@@ -221,3 +221,82 @@ def test_scalar_and_empty_tensors(monkeypatch, shape, method, per, has_base) -> 
     ours = _lane(method, b, [_bits(x) for x in xs], {}, per_input)
     assert ours.shape == tuple(slow.shape)
     assert np.array_equal(ours, _bits(slow))
+
+
+# -- fp16 ----------------------------------------------------------------------------------
+
+needs_f16 = pytest.mark.skipif(not lane16.has_fp16(), reason="no fp16 kernels in this build")
+
+
+def _near_f16_midpoints(rng: random.Random, n: int) -> list[float]:
+    out = []
+    while len(out) < n:
+        h = rng.getrandbits(15)
+        if (h >> 10) in (0, 0x1F) or (h & 0x3FF) == 0x3FF:
+            continue
+        lo, hi = np.array([h, h + 1], dtype=np.uint16).view(np.float16).astype(np.float64)
+        mid = (lo + hi) / 2
+        out.append(mid + rng.choice([-1, 1]) * mid * rng.choice([1e-12, 2.0**-30, 2.0**-25]))
+    return out
+
+
+def test_f16_rounds_python_floats_as_torch_does() -> None:
+    rng = random.Random(2)
+    values = [rng.uniform(-4, 4) for _ in range(3000)] + _near_f16_midpoints(rng, 3000)
+    values += [0.3, 1e-8, 6e-8, -0.0, 65504.0, 65520.0, 1e5]
+    want = torch.tensor(values, dtype=torch.float16).float().tolist()
+    assert lane16.f16(values) == want
+
+
+@pytest.mark.parametrize("n", [1, 2, 4, 7, 12])
+def test_f16_gta_divisor_is_torchs(n: int) -> None:
+    rng = random.Random(100 + n)
+    cases = [[rng.uniform(-1, 1) for _ in range(n)] for _ in range(300)]
+    cases.append([0.0] * n)  # fp16 rounds 1e-8 to 0: a zero divisor stays zero
+    cases.append([1e-7] + [0.0] * (n - 1))
+    for weights in cases:
+        t = torch.tensor(weights, dtype=torch.float16)
+        want = t.reshape(-1, 1).sum(dim=0)
+        want[want.abs() < 1e-8] = 1
+        assert lane16.gta_divisor(lane16.f16(weights), fp16=True) == float(want), weights
+
+
+def _bits16(t: torch.Tensor) -> np.ndarray:
+    return t.contiguous().view(torch.int16).numpy().view(np.uint16)
+
+
+@needs_f16
+@pytest.mark.parametrize("numel", [1, 1000, 70_001])
+@pytest.mark.parametrize(
+    ("method", "shared", "has_base"),
+    [
+        ("task_arithmetic", {}, True),
+        ("task_arithmetic", {"normalize": True, "lambda": 0.7}, True),
+        ("linear", {}, False),
+        ("linear", {"normalize": False}, False),
+    ],
+)
+def test_f16_lanes_same_bits(monkeypatch, numel, method, shared, has_base) -> None:
+    g = torch.Generator().manual_seed(numel + 7)
+    base = torch.randn(numel, generator=g).to(torch.float16)
+    xs = [(base.float() + 0.01 * torch.randn(numel, generator=g)).to(torch.float16)]
+    xs += [base, torch.randn(numel, generator=g).to(torch.float16)]
+    per_input = [{"weight": w} for w in (0.3, -0.45, 0.6)]
+    b = base if has_base else None
+    fast, slow = _twins(monkeypatch, method, b, xs, shared, per_input)
+    spec = get_method(method)
+    s, p = validate_params(spec, shared, per_input, has_base=has_base)
+    lane = lane16.LANES[method]
+    assert lane.accepts(s, p, True)
+    bb = _bits16(base)
+    rows = [bb if x is base else _bits16(x) for x in xs]
+    ours = lane.merge(bb if has_base else None, rows, s, p, np.empty(numel, np.uint16), True)
+    assert np.array_equal(ours, _bits16(fast))
+    assert np.array_equal(ours, _bits16(slow))
+
+
+def test_rank_cut_lanes_are_bf16_only() -> None:
+    spec = get_method("ties")
+    s, p = validate_params(spec, {}, [{"weight": 0.5, "density": 0.5}], has_base=True)
+    assert lane16.LANES["ties"].accepts(s, p, False)
+    assert not lane16.LANES["ties"].accepts(s, p, True)
