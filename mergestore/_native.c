@@ -54,12 +54,12 @@ static inline uint16_t rne16(float f) {
     return (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
 }
 
-/* IEEE half precision (fp16), converted by bit arithmetic with selects rather than branches
- * or _Float16 (whose conversions GCC leaves as one library call or F16C instruction per
- * element): the loops then vectorize as the bf16 ones do, about 7x faster. Both directions
- * are exact IEEE conversions, round to nearest even as torch converts; a NaN stays a NaN
- * (its payload may differ from torch's canonical 0x7E00). */
-#define HAVE_F16 1
+/* IEEE half precision (fp16) in portable C: bit arithmetic with selects rather than branches,
+ * so the generic kernels vectorize (still ~8x slower than bf16's shifts; x86 CPUs with F16C
+ * get the vector kernels further down). Both directions are exact IEEE conversions, round to
+ * nearest even as torch converts; a NaN stays a NaN (its payload may differ from torch's
+ * canonical 0x7E00). */
+#define HAVE_F16 1 /* always (plain C); exported so Python can tell this build from an older one */
 
 ALWAYS_INLINE static inline float f16_to_f32(uint16_t h) {
     uint32_t em = h & 0x7FFFu;
@@ -220,7 +220,6 @@ static int get_floats(PyObject *seq, float *out, Py_ssize_t n) {
 #undef TO_F32
 #undef ROUND
 
-#if HAVE_F16
 #define K16(name) name##_f16
 #define TO_F32 f16_to_f32
 #define ROUND rne_f16
@@ -228,7 +227,6 @@ static int get_floats(PyObject *seq, float *out, Py_ssize_t n) {
 #undef K16
 #undef TO_F32
 #undef ROUND
-#endif
 
 /* fp16 task arithmetic and linear with AVX2 + F16C, eight elements at a time: the generic
  * versions above convert by bit arithmetic (GCC does not vectorize _Float16 conversions),
@@ -328,14 +326,6 @@ F16C_TARGET static void linear_f16c(uint16_t *out, const uint16_t **xs, Py_ssize
 #define HAVE_F16C_KERNELS 0
 #endif
 
-static int check_f16(int f16) {
-    if (f16 && !HAVE_F16) {
-        PyErr_SetString(PyExc_ValueError, "this build has no fp16 kernels");
-        return -1;
-    }
-    return 0;
-}
-
 /* The buffers both GTA kernels take: out, base, one array per input, and the weights. */
 typedef struct {
     Buf out, base;
@@ -380,10 +370,9 @@ static PyObject *py_gta_sum_bf16(PyObject *self, PyObject *args) {
     GtaArgs g;
     if (!PyArg_ParseTuple(args, "OOOOpdpdp|p", &out_o, &base_o, &xs_o, &w_o, &deltas, &divisor,
                           &normalize, &lam, &has_lam, &f16) ||
-        check_f16(f16) < 0 || gta_acquire(&g, out_o, base_o, xs_o, w_o) < 0)
+        gta_acquire(&g, out_o, base_o, xs_o, w_o) < 0)
         return NULL;
     Py_BEGIN_ALLOW_THREADS
-#if HAVE_F16
 #if HAVE_F16C_KERNELS
     if (f16 && have_f16c)
         gta_sum_f16c(g.out.view.buf, g.base.view.buf, g.xs.ptrs, g.xs.n, g.w, deltas,
@@ -394,7 +383,6 @@ static PyObject *py_gta_sum_bf16(PyObject *self, PyObject *args) {
         gta_sum_f16(g.out.view.buf, g.base.view.buf, g.xs.ptrs, g.xs.n, g.w, deltas,
                     g.out.view.len / 2, (float)divisor, normalize, (float)lam, has_lam);
     else
-#endif
         gta_sum_bf16(g.out.view.buf, g.base.view.buf, g.xs.ptrs, g.xs.n, g.w, deltas,
                      g.out.view.len / 2, (float)divisor, normalize, (float)lam, has_lam);
     Py_END_ALLOW_THREADS
@@ -409,15 +397,13 @@ static PyObject *py_gta_consensus_bf16(PyObject *self, PyObject *args) {
     GtaArgs g;
     if (!PyArg_ParseTuple(args, "OOOOpdp|p", &out_o, &base_o, &ds_o, &w_o, &normalize, &lam,
                           &has_lam, &f16) ||
-        check_f16(f16) < 0 || gta_acquire(&g, out_o, base_o, ds_o, w_o) < 0)
+        gta_acquire(&g, out_o, base_o, ds_o, w_o) < 0)
         return NULL;
     Py_BEGIN_ALLOW_THREADS
-#if HAVE_F16
     if (f16)
         gta_consensus_f16(g.out.view.buf, g.base.view.buf, g.xs.ptrs, g.xs.n, g.w,
                           g.out.view.len / 2, normalize, (float)lam, has_lam);
     else
-#endif
         gta_consensus_bf16(g.out.view.buf, g.base.view.buf, g.xs.ptrs, g.xs.n, g.w,
                            g.out.view.len / 2, normalize, (float)lam, has_lam);
     Py_END_ALLOW_THREADS
@@ -429,8 +415,7 @@ static PyObject *py_linear_bf16(PyObject *self, PyObject *args) {
     PyObject *out_o, *xs_o, *w_o;
     int normalize, f16 = 0;
     double wsum;
-    if (!PyArg_ParseTuple(args, "OOOpd|p", &out_o, &xs_o, &w_o, &normalize, &wsum, &f16) ||
-        check_f16(f16) < 0)
+    if (!PyArg_ParseTuple(args, "OOOpd|p", &out_o, &xs_o, &w_o, &normalize, &wsum, &f16))
         return NULL;
     Buf out;
     BufList xs = {0};
@@ -441,7 +426,6 @@ static PyObject *py_linear_bf16(PyObject *self, PyObject *args) {
     w = PyMem_Calloc(xs.n ? xs.n : 1, sizeof(float));
     if (!w || get_floats(w_o, w, xs.n) < 0) goto done;
     Py_BEGIN_ALLOW_THREADS
-#if HAVE_F16
 #if HAVE_F16C_KERNELS
     if (f16 && have_f16c)
         linear_f16c(out.view.buf, xs.ptrs, xs.n, w, out.view.len / 2, normalize, (float)wsum);
@@ -450,7 +434,6 @@ static PyObject *py_linear_bf16(PyObject *self, PyObject *args) {
     if (f16)
         linear_f16(out.view.buf, xs.ptrs, xs.n, w, out.view.len / 2, normalize, (float)wsum);
     else
-#endif
         linear_bf16(out.view.buf, xs.ptrs, xs.n, w, out.view.len / 2, normalize, (float)wsum);
     Py_END_ALLOW_THREADS
     ret = Py_None;
@@ -1068,7 +1051,7 @@ static PyObject *py_delta_stats(PyObject *self, PyObject *args) {
 static PyMethodDef methods[] = {
     {"gta_sum_bf16", py_gta_sum_bf16, METH_VARARGS,
      "gta_sum_bf16(out, base, inputs, weights, deltas, divisor, normalize, lam, has_lam, "
-     "f16=False): bf16, or fp16 with f16 (when HAVE_F16)"},
+     "f16=False): bf16, or fp16 with f16"},
     {"gta_consensus_bf16", py_gta_consensus_bf16, METH_VARARGS,
      "gta_consensus_bf16(out, base, deltas, weights, normalize, lam, has_lam, f16=False)"},
     {"linear_bf16", py_linear_bf16, METH_VARARGS,
