@@ -296,6 +296,93 @@ F16C_TARGET static void gta_sum_f16c(uint16_t *out, const uint16_t *base, const 
     }
 }
 
+/* gta_consensus_f16 (see _native_gta16.h), vectorized. */
+F16C_TARGET static void gta_consensus_f16c(uint16_t *out, const uint16_t *base,
+                                           const uint16_t **ds, Py_ssize_t k, const float *w,
+                                           Py_ssize_t n, int normalize, float lam, int has_lam) {
+    float vote[TILE], merged[TILE], divisor[TILE];
+    const __m256 zero = _mm256_setzero_ps(), one = _mm256_set1_ps(1.0f);
+    const __m256 minus = _mm256_set1_ps(-1.0f);
+    for (Py_ssize_t s = 0; s < n; s += TILE) {
+        Py_ssize_t m = n - s < TILE ? n - s : TILE, v = m & ~(Py_ssize_t)7;
+        for (Py_ssize_t i = 0; i < k; i++) {
+            const uint16_t *d = ds[i] + s;
+            const __m256 wv = _mm256_set1_ps(w[i]);
+            for (Py_ssize_t j = 0; j < v; j += 8) {
+                __m256 D = round8_f16(_mm256_mul_ps(load8_f16(d + j), wv));
+                _mm256_storeu_ps(vote + j, i ? _mm256_add_ps(_mm256_loadu_ps(vote + j), D) : D);
+            }
+            for (Py_ssize_t j = v; j < m; j++) {
+                float D = round1_f16(_cvtsh_ss(d[j]) * w[i]);
+                vote[j] = i ? vote[j] + D : D;
+            }
+        }
+        for (Py_ssize_t j = 0; j < v; j += 8) {
+            __m256 ge = _mm256_cmp_ps(round8_f16(_mm256_loadu_ps(vote + j)), zero, _CMP_GE_OQ);
+            _mm256_storeu_ps(vote + j, _mm256_blendv_ps(minus, one, ge));
+            _mm256_storeu_ps(merged + j, zero);
+            _mm256_storeu_ps(divisor + j, zero);
+        }
+        for (Py_ssize_t j = v; j < m; j++) {
+            vote[j] = round1_f16(vote[j]) >= 0.0f ? 1.0f : -1.0f;
+            merged[j] = divisor[j] = 0.0f;
+        }
+        for (Py_ssize_t i = 0; i < k; i++) {
+            const uint16_t *d = ds[i] + s;
+            const __m256 wv = _mm256_set1_ps(w[i]);
+            for (Py_ssize_t j = 0; j < v; j += 8) {
+                __m256 D = round8_f16(_mm256_mul_ps(load8_f16(d + j), wv));
+                __m256 gt = _mm256_cmp_ps(_mm256_mul_ps(D, _mm256_loadu_ps(vote + j)), zero,
+                                          _CMP_GT_OQ);
+                __m256 agree = _mm256_and_ps(gt, one);
+                _mm256_storeu_ps(merged + j,
+                                 _mm256_add_ps(_mm256_loadu_ps(merged + j), _mm256_mul_ps(D, agree)));
+                _mm256_storeu_ps(divisor + j, _mm256_add_ps(_mm256_loadu_ps(divisor + j),
+                                                            _mm256_mul_ps(agree, wv)));
+            }
+            for (Py_ssize_t j = v; j < m; j++) {
+                float D = round1_f16(_cvtsh_ss(d[j]) * w[i]);
+                float agree = (D * vote[j]) > 0.0f ? 1.0f : 0.0f;
+                merged[j] += D * agree;
+                divisor[j] += agree * w[i];
+            }
+        }
+        const __m256 lv = _mm256_set1_ps(lam);
+        const uint16_t *b = base + s;
+        for (Py_ssize_t j = 0; j < v; j += 8) {
+            __m256 r = round8_f16(_mm256_loadu_ps(merged + j));
+            if (normalize) {
+                __m256 dv = round8_f16(_mm256_loadu_ps(divisor + j));
+                dv = _mm256_blendv_ps(dv, one, _mm256_cmp_ps(dv, zero, _CMP_EQ_OQ));
+                r = round8_f16(_mm256_div_ps(r, dv));
+            }
+            if (has_lam) r = round8_f16(_mm256_mul_ps(r, lv));
+            __m128i o = _mm256_cvtps_ph(_mm256_add_ps(load8_f16(b + j), r), RNE_PH);
+            _mm_storeu_si128((__m128i *)(out + s + j), o);
+        }
+        for (Py_ssize_t j = v; j < m; j++) {
+            float r = round1_f16(merged[j]);
+            if (normalize) {
+                float dv = round1_f16(divisor[j]);
+                r = round1_f16(r / (dv == 0.0f ? 1.0f : dv));
+            }
+            if (has_lam) r = round1_f16(r * lam);
+            out[s + j] = _cvtss_sh(_cvtsh_ss(b[j]) + r, RNE_PH);
+        }
+    }
+}
+
+/* out = x - base rounded to fp16 (sub_hist16's first step), vectorized. */
+F16C_TARGET static void sub_f16c(uint16_t *out, const uint16_t *x, const uint16_t *b,
+                                 Py_ssize_t m) {
+    Py_ssize_t v = m & ~(Py_ssize_t)7;
+    for (Py_ssize_t j = 0; j < v; j += 8) {
+        __m256 d = _mm256_sub_ps(load8_f16(x + j), load8_f16(b + j));
+        _mm_storeu_si128((__m128i *)(out + j), _mm256_cvtps_ph(d, RNE_PH));
+    }
+    for (Py_ssize_t j = v; j < m; j++) out[j] = _cvtss_sh(_cvtsh_ss(x[j]) - _cvtsh_ss(b[j]), RNE_PH);
+}
+
 /* linear_f16 (see _native_gta16.h), vectorized. */
 F16C_TARGET static void linear_f16c(uint16_t *out, const uint16_t **xs, Py_ssize_t k,
                                     const float *w, Py_ssize_t n, int normalize, float wsum) {
@@ -400,6 +487,12 @@ static PyObject *py_gta_consensus_bf16(PyObject *self, PyObject *args) {
         gta_acquire(&g, out_o, base_o, ds_o, w_o) < 0)
         return NULL;
     Py_BEGIN_ALLOW_THREADS
+#if HAVE_F16C_KERNELS
+    if (f16 && have_f16c)
+        gta_consensus_f16c(g.out.view.buf, g.base.view.buf, g.xs.ptrs, g.xs.n, g.w,
+                           g.out.view.len / 2, normalize, (float)lam, has_lam);
+    else
+#endif
     if (f16)
         gta_consensus_f16(g.out.view.buf, g.base.view.buf, g.xs.ptrs, g.xs.n, g.w,
                           g.out.view.len / 2, normalize, (float)lam, has_lam);
@@ -447,11 +540,11 @@ done:
 
 /* ------------------------------------------------------------------ 16-bit rank cuts */
 
-/* out = rne16(x - base) (bf16), and hist[|out| bits] += 1 over the 15 magnitude bits. Two
- * interleaved 32-bit histograms per tile, so runs of equal bins do not serialize on one
- * counter. */
-HOT static int sub_hist_bf16(uint16_t *out, const uint16_t *x, const uint16_t *b, Py_ssize_t n,
-                             int64_t *hist) {
+/* out = x - base rounded to bf16 (or fp16 with f16), and hist[|out| bits] += 1 over the 15
+ * magnitude bits. Two interleaved 32-bit histograms per tile, so runs of equal bins do not
+ * serialize on one counter. */
+HOT static int sub_hist16(uint16_t *out, const uint16_t *x, const uint16_t *b, Py_ssize_t n,
+                          int64_t *hist, int f16) {
     uint32_t *h = calloc(2 * 32768, sizeof(uint32_t));
     if (!h) return -1;
     uint32_t *h0 = h, *h1 = h + 32768;
@@ -459,7 +552,16 @@ HOT static int sub_hist_bf16(uint16_t *out, const uint16_t *x, const uint16_t *b
     for (Py_ssize_t s = 0; s < n; s += TILE) {
         Py_ssize_t m = n - s < TILE ? n - s : TILE;
         uint16_t *o = out + s;
-        for (Py_ssize_t j = 0; j < m; j++) o[j] = rne16(bf16_to_f32(x[s + j]) - bf16_to_f32(b[s + j]));
+        if (!f16)
+            for (Py_ssize_t j = 0; j < m; j++)
+                o[j] = rne16(bf16_to_f32(x[s + j]) - bf16_to_f32(b[s + j]));
+#if HAVE_F16C_KERNELS
+        else if (have_f16c)
+            sub_f16c(o, x + s, b + s, m);
+#endif
+        else
+            for (Py_ssize_t j = 0; j < m; j++)
+                o[j] = rne_f16(f16_to_f32(x[s + j]) - f16_to_f32(b[s + j]));
         Py_ssize_t j = 0;
         for (; j + 2 <= m; j += 2) {
             h0[o[j] & 0x7FFF]++;
@@ -481,7 +583,8 @@ HOT static int sub_hist_bf16(uint16_t *out, const uint16_t *x, const uint16_t *b
 
 static PyObject *py_sub_hist_bf16(PyObject *self, PyObject *args) {
     PyObject *out_o, *x_o, *b_o, *h_o;
-    if (!PyArg_ParseTuple(args, "OOOO", &out_o, &x_o, &b_o, &h_o)) return NULL;
+    int f16 = 0;
+    if (!PyArg_ParseTuple(args, "OOOO|p", &out_o, &x_o, &b_o, &h_o, &f16)) return NULL;
     Buf out, x, b, h;
     PyObject *ret = NULL;
     if (get_buf(out_o, &out, 1, 2, "out") < 0) return NULL;
@@ -494,7 +597,7 @@ static PyObject *py_sub_hist_bf16(PyObject *self, PyObject *args) {
     }
     int rc;
     Py_BEGIN_ALLOW_THREADS
-    rc = sub_hist_bf16(out.view.buf, x.view.buf, b.view.buf, out.view.len / 2, h.view.buf);
+    rc = sub_hist16(out.view.buf, x.view.buf, b.view.buf, out.view.len / 2, h.view.buf, f16);
     Py_END_ALLOW_THREADS
     if (rc < 0) {
         PyErr_NoMemory();
@@ -561,20 +664,24 @@ static void cut_range(int mode, int v, int ties_in, int *lo, int *hi) {
 }
 
 /* Multiply by 0 the elements with magnitude bits outside [lo1, hi1] or inside [lo2, hi2]: a
- * signed zero, or NaN for an infinity or NaN (as delta * mask does). */
-HOT static void zero_outside(uint16_t *d, Py_ssize_t n, int lo1, int hi1, int lo2, int hi2) {
+ * signed zero, or NaN for an infinity or NaN (as delta * mask does): bf16's (inf 0x7F80,
+ * NaN 0x7FC0) or with f16 fp16's (0x7C00, 0x7E00). */
+HOT static void zero_outside(uint16_t *d, Py_ssize_t n, int lo1, int hi1, int lo2, int hi2,
+                             int f16) {
+    const int inf = f16 ? 0x7C00 : 0x7F80;
+    const uint16_t nan = f16 ? 0x7E00 : 0x7FC0;
     for (Py_ssize_t j = 0; j < n; j++) {
         int bits = d[j] & 0x7FFF;
         int keep = (bits >= lo1) & (bits <= hi1) & !((bits >= lo2) & (bits <= hi2));
-        uint16_t dropped = bits >= 0x7F80 ? 0x7FC0 : (uint16_t)(d[j] & 0x8000);
+        uint16_t dropped = bits >= inf ? nan : (uint16_t)(d[j] & 0x8000);
         d[j] = keep ? d[j] : dropped;
     }
 }
 
 /* Multiply by 0 every element of the flat tensor `data` that is not in cut 1, or is in cut 2
- * when mode2 >= 0. bf16 only (the NaN written is bf16's). */
+ * when mode2 >= 0 (bf16, or fp16 with f16). */
 static void apply_cuts16(uint16_t *data, Py_ssize_t n, int m1, int v1, Py_ssize_t l1, int m2,
-                         int v2, Py_ssize_t l2) {
+                         int v2, Py_ssize_t l2, int f16) {
     /* breakpoints where a cut stops taking its ties */
     Py_ssize_t b1 = l1 < 0 ? 0 : (l1 > n ? n : l1);
     Py_ssize_t b2 = m2 < 0 ? 0 : (l2 < 0 ? 0 : (l2 > n ? n : l2));
@@ -585,21 +692,21 @@ static void apply_cuts16(uint16_t *data, Py_ssize_t n, int m1, int v1, Py_ssize_
         int lo1, hi1, lo2 = 1, hi2 = 0;
         cut_range(m1, v1, s < b1, &lo1, &hi1);
         if (m2 >= 0) cut_range(m2, v2, s < b2, &lo2, &hi2);
-        zero_outside(data + s, e - s, lo1, hi1, lo2, hi2);
+        zero_outside(data + s, e - s, lo1, hi1, lo2, hi2, f16);
     }
 }
 
 static PyObject *py_apply_cuts16(PyObject *self, PyObject *args) {
     PyObject *o;
     Py_ssize_t l1, l2;
-    int m1, m2;
+    int m1, m2, f16 = 0;
     unsigned int v1, v2;
-    if (!PyArg_ParseTuple(args, "OiIniIn", &o, &m1, &v1, &l1, &m2, &v2, &l2))
+    if (!PyArg_ParseTuple(args, "OiIniIn|p", &o, &m1, &v1, &l1, &m2, &v2, &l2, &f16))
         return NULL;
     Buf a;
     if (get_buf(o, &a, 1, 2, "data") < 0) return NULL;
     Py_BEGIN_ALLOW_THREADS
-    apply_cuts16(a.view.buf, a.view.len / 2, m1, (int)v1, l1, m2, (int)v2, l2);
+    apply_cuts16(a.view.buf, a.view.len / 2, m1, (int)v1, l1, m2, (int)v2, l2, f16);
     Py_END_ALLOW_THREADS
     release(&a);
     Py_RETURN_NONE;
@@ -1056,10 +1163,11 @@ static PyMethodDef methods[] = {
      "gta_consensus_bf16(out, base, deltas, weights, normalize, lam, has_lam, f16=False)"},
     {"linear_bf16", py_linear_bf16, METH_VARARGS,
      "linear_bf16(out, inputs, weights, normalize, weight_sum, f16=False)"},
-    {"sub_hist_bf16", py_sub_hist_bf16, METH_VARARGS, "sub_hist_bf16(out, x, base, hist)"},
+    {"sub_hist_bf16", py_sub_hist_bf16, METH_VARARGS,
+     "sub_hist_bf16(out, x, base, hist, f16=False): x - base and its magnitude histogram"},
     {"nth_equal16", py_nth_equal16, METH_VARARGS, "nth_equal16(bits, v, need) -> index or -1"},
     {"apply_cuts16", py_apply_cuts16, METH_VARARGS,
-     "apply_cuts16(data, mode1, v1, last1, mode2, v2, last2)"},
+     "apply_cuts16(data, mode1, v1, last1, mode2, v2, last2, f16=False)"},
     {"della_probs_bf16", py_della_probs_bf16, METH_VARARGS,
      "della_probs_bf16(magnitudes, out, rows, cols, base_p, eps): della's bf16 keep "
      "probabilities from the row ranks of the magnitudes (sparsify.della_magprune)."},

@@ -337,6 +337,14 @@ for normalize in (True, False):
     out = np.empty(n, np.uint16)
     k.linear_bf16(out, bits, [0.3, -0.5, 0.25], normalize, 0.05, True)
     h.update(out.tobytes())
+for args in [(True, 1.0, False), (False, 1.4, True)]:
+    out = np.empty(n, np.uint16)
+    k.gta_consensus_bf16(out, base.view(np.uint16), bits, [0.3, -0.5, 0.25], *args, True)
+    h.update(out.tobytes())
+for x in bits:
+    out, hist = np.empty(n, np.uint16), np.zeros(1 << 15, np.int64)
+    k.sub_hist_bf16(out, x, base.view(np.uint16), hist, True)
+    h.update(out.tobytes() + hist.tobytes())
 print(h.hexdigest())
 """
 
@@ -346,7 +354,8 @@ print(h.hexdigest())
     reason="no fp16 kernels in this build",
 )
 def test_fp16_vector_and_generic_kernels_agree() -> None:
-    """The AVX2+F16C fp16 kernels and the generic (bit arithmetic) ones give the same bits;
+    """The AVX2+F16C fp16 kernels (GTA sum and consensus, linear, x - base) and the generic
+    (bit arithmetic) ones give the same bits;
     MERGESTORE_NO_F16C=1 picks the generic ones when the module loads."""
     import os
     import subprocess

@@ -146,7 +146,6 @@ def _native16(
 ) -> Tensor:
     """gta_merge on bf16 or fp16 tensors with the fused C kernels: the same bits as the torch
     path below (tests/test_native.py), in one pass over memory instead of one per operation.
-    (fp16 rank cuts are made by the torch path's streamed cuts; bf16 ones in C.)
 
     Sparsified deltas are made first (as in the torch path); without a sparsifier or a
     consensus, the kernel forms x - base itself and no delta tensor exists at all.

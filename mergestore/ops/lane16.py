@@ -1,5 +1,5 @@
-"""linear, task_arithmetic, ties and breadcrumbs(_ties) on 16-bit float bit patterns (bf16,
-and fp16 for linear and task_arithmetic), with the C kernels and without torch.
+"""linear, task_arithmetic, ties and breadcrumbs(_ties) on 16-bit float bit patterns (bf16
+or fp16), with the C kernels and without torch.
 
 The 16-bit paths of ops.linear and ops.gta hand the C kernels numpy views of their tensors;
 the kernels never see torch. A merge whose every float tensor has one 16-bit dtype and whose
@@ -20,9 +20,8 @@ What torch computed outside the kernels is computed here the same way, bit for b
   LINEAR_MAX_INPUTS weights; torch's reduction uses several accumulators beyond that, so
   larger linear merges stay on the torch lane;
 - the magnitude rank cuts of ties and breadcrumbs are ops.sparsify's streamed ones (a
-  histogram of the 15-bit magnitudes, then the cut), for bf16 and densities strictly between
-  0 and 1 without rescale; other densities, fp16 cuts, and the random drops of dare and
-  della, stay on torch.
+  histogram of the 15-bit magnitudes, then the cut), for densities strictly between 0 and 1
+  without rescale; other densities, and the random drops of dare and della, stay on torch.
 """
 
 from __future__ import annotations
@@ -155,13 +154,12 @@ def gta(
     accepts_gta), with TIES' sign consensus if `consensus`.
 
     Weights (per_input[i]["weight"]) are rounded to the format, as mergekit rounds them to the
-    compute dtype. Rank cuts are bf16 only (accepts_gta). An input that is the base array
+    compute dtype. An input that is the base array
     itself has a zero delta, sparsified or not: it adds only zeros and never agrees with a
     vote, so it is skipped (its weight still counts in the no-consensus divisor)."""
     kernels = native.kernels
     assert kernels is not None
     assert sparsifier is not None or not consensus, "a consensus of unsparsified deltas"
-    assert sparsifier is None or not fp16, "streamed rank cuts are bf16 only"
     weights = round16([p["weight"] for p in per_input[: len(inputs)]], fp16)
     live = [i for i, x in enumerate(inputs) if not same_memory(x, base)]
     flat_base = np.ascontiguousarray(base).reshape(-1).view(np.uint16)
@@ -174,8 +172,9 @@ def gta(
 
         def cut(k: int) -> None:
             p = per_input[live[k]]
+            gamma = p.get("gamma", 0.0)
             sparsify.delta_bits_into(
-                rows[k], flat_inputs[k], flat_base, sparsifier, p["density"], p.get("gamma", 0.0)
+                rows[k], flat_inputs[k], flat_base, sparsifier, p["density"], gamma, fp16
             )
 
         workers = 2 if total >= PARALLEL_MIN else 1
@@ -224,11 +223,11 @@ def accepts_gta(
     fp16: bool = False,
 ) -> bool:
     """Whether gta() gives ops.gta's bits: rank cuts stream (ops.sparsify.cut_streams) only
-    for bf16, a density strictly between 0 and 1 and no rescale."""
-    if sparsifier is None:
-        return not fp16 or has_fp16()
-    if fp16:
+    for a density strictly between 0 and 1 and no rescale."""
+    if fp16 and not has_fp16():
         return False
+    if sparsifier is None:
+        return True
     rescale = bool(shared["rescale"])
     return all(sparsify.cut_streams(sparsifier, p["density"], rescale) for p in per_input)
 

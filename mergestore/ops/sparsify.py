@@ -423,7 +423,7 @@ def delta_into(
 ) -> None:
     """out = magnitude(x - base) (or magnitude_outliers), flat 16-bit tensors, streamed."""
     n = out.numel()
-    if native.kernels is not None and out.dtype == torch.bfloat16:
+    if native.kernels is not None and out.dtype in (torch.bfloat16, torch.float16):
         _delta_into_native(out, x, base, sparsifier, density, gamma)
         return
     bits_of = out.view(torch.int16)
@@ -445,9 +445,9 @@ def delta_into(
 def _delta_into_native(
     out: Tensor, x: Tensor, base: Tensor, sparsifier: str, density: float, gamma: float
 ) -> None:
-    """delta_into for bf16 with the C kernels: x - base and its magnitude histogram in one
-    pass, then every cut applied in a second (ties located once, by a scan that stops at the
-    tie the cut ends on). The same bits as the torch path."""
+    """delta_into for bf16 or fp16 with the C kernels: x - base and its magnitude histogram in
+    one pass, then every cut applied in a second (ties located once, by a scan that stops at
+    the tie the cut ends on). The same bits as the torch path."""
     delta_bits_into(
         out.view(torch.int16).numpy().view(np.uint16),
         x.contiguous().view(torch.int16).numpy().view(np.uint16),
@@ -455,6 +455,7 @@ def _delta_into_native(
         sparsifier,
         density,
         gamma,
+        fp16=out.dtype == torch.float16,
     )
 
 
@@ -465,18 +466,19 @@ def delta_bits_into(
     sparsifier: str,
     density: float,
     gamma: float = 0.0,
+    fp16: bool = False,
 ) -> None:
-    """delta_into on flat numpy arrays of bf16 bits (uint16), with the C kernels and no
-    torch (ops.lane16): x - base and its magnitude histogram in one pass, then every cut
-    applied in a second."""
+    """delta_into on flat numpy arrays of bf16 (or, with fp16, fp16) bits, with the C kernels
+    and no torch (ops.lane16): x - base and its magnitude histogram in one pass, then every
+    cut applied in a second. The 15 magnitude bits order both formats' magnitudes."""
     kernels = native.kernels
     assert kernels is not None
     hist = np.zeros(1 << 15, dtype=np.int64)
-    kernels.sub_hist_bf16(out, x.view(np.int16), base.view(np.int16), hist)
+    kernels.sub_hist_bf16(out, x.view(np.int16), base.view(np.int16), hist, fp16)
     n = out.size
     cuts = [_native_cut(c, out, n) for c in _cuts(hist, n, sparsifier, density, gamma)]
     second = cuts[1] if len(cuts) == 2 else (-1, 0, 0)
-    kernels.apply_cuts16(out, *cuts[0], *second)
+    kernels.apply_cuts16(out, *cuts[0], *second, fp16)
 
 
 def _native_cut(cut: _Cut, bits: np.ndarray, n: int) -> tuple[int, int, int]:

@@ -141,7 +141,8 @@ def test_fp16_family(tmp_path, monkeypatch) -> None:
     cases = [
         ("task_arithmetic", "main", EXPERTS, {"lambda": 0.8}, True),
         ("linear", None, ["main", *EXPERTS], {}, True),
-        ("ties", "main", EXPERTS, {"density": 0.5}, False),  # fp16 rank cuts: torch
+        ("ties", "main", EXPERTS, {"density": 0.5}, True),
+        ("dare_ties", "main", EXPERTS, {"density": 0.5}, False),  # random drops: torch
     ]
     for method, base, models, params, lane in cases:
         weights = [0.4, 0.3, 0.2, 0.1][: len(models)]

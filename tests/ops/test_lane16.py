@@ -295,8 +295,30 @@ def test_f16_lanes_same_bits(monkeypatch, numel, method, shared, has_base) -> No
     assert np.array_equal(ours, _bits16(slow))
 
 
-def test_rank_cut_lanes_are_bf16_only() -> None:
-    spec = get_method("ties")
-    s, p = validate_params(spec, {}, [{"weight": 0.5, "density": 0.5}], has_base=True)
-    assert lane16.LANES["ties"].accepts(s, p, False)
-    assert not lane16.LANES["ties"].accepts(s, p, True)
+@needs_f16
+@pytest.mark.parametrize("numel", [7, 5000, 70_001])
+@pytest.mark.parametrize(
+    ("method", "per", "shared"),
+    [
+        ("ties", {"density": 0.5}, {}),
+        ("breadcrumbs", {"density": 0.8, "gamma": 0.05}, {}),
+        ("breadcrumbs_ties", {"density": 0.7, "gamma": 0.1}, {"lambda": 0.8}),
+    ],
+)
+def test_f16_rank_cut_lanes_same_bits(monkeypatch, numel, method, per, shared) -> None:
+    g = torch.Generator().manual_seed(numel + 11)
+    base = torch.randn(numel, generator=g).to(torch.float16)
+    xs = [(base.float() + torch.randint(-3, 4, (numel,), generator=g) / 256).to(torch.float16)]
+    xs.append(base)
+    xs.append((base.float() + 0.02 * torch.randn(numel, generator=g)).to(torch.float16))
+    per_input = [{"weight": w, **per} for w in (0.5, 0.3, -0.4)]
+    fast, slow = _twins(monkeypatch, method, base, xs, shared, per_input)
+    spec = get_method(method)
+    s, p = validate_params(spec, shared, per_input, has_base=True)
+    lane = lane16.LANES[method]
+    assert lane.accepts(s, p, True)
+    b = _bits16(base)
+    rows = [b if x is base else _bits16(x) for x in xs]
+    ours = lane.merge(b, rows, s, p, np.empty(numel, np.uint16), True)
+    assert np.array_equal(ours, _bits16(fast))
+    assert np.array_equal(ours, _bits16(slow))
