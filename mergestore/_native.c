@@ -800,35 +800,43 @@ HOT static int della_probs_bf16(const uint16_t *mag, Py_ssize_t rows, Py_ssize_t
     return 0;
 }
 
+/* The buffers of a per-row kernel: rows x cols 16-bit magnitudes, and an output of `size`
+ * bytes per element; both acquired and checked against the shape, or an exception set. */
+static int get_rows(PyObject *m_o, PyObject *out_o, Py_ssize_t rows, Py_ssize_t cols,
+                    Py_ssize_t size, const char *name, Buf *m, Buf *out) {
+    if (rows < 0 || cols < 0 || cols > 0xFFFFFFFFLL) {
+        PyErr_Format(PyExc_ValueError, "%s: bad shape", name);
+        return -1;
+    }
+    if (get_buf(m_o, m, 0, 2, "magnitudes") < 0) return -1;
+    if (get_buf(out_o, out, 1, size, "out") < 0) {
+        release(m);
+        return -1;
+    }
+    if (m->view.len != 2 * rows * cols || out->view.len != size * rows * cols) {
+        PyErr_Format(PyExc_ValueError, "%s: buffers do not match the shape", name);
+        release(out);
+        release(m);
+        return -1;
+    }
+    return 0;
+}
+
 static PyObject *py_della_probs_bf16(PyObject *self, PyObject *args) {
     PyObject *m_o, *out_o;
     Py_ssize_t rows, cols;
     double base_p, eps;
-    if (!PyArg_ParseTuple(args, "OOnndd", &m_o, &out_o, &rows, &cols, &base_p, &eps))
-        return NULL;
-    if (rows < 0 || cols < 0 || cols > 0xFFFFFFFFLL) {
-        PyErr_SetString(PyExc_ValueError, "della_probs_bf16: bad shape");
-        return NULL;
-    }
     Buf m, out;
-    if (get_buf(m_o, &m, 0, 2, "magnitudes") < 0) return NULL;
-    if (get_buf(out_o, &out, 1, 2, "out") < 0) {
-        release(&m);
+    if (!PyArg_ParseTuple(args, "OOnndd", &m_o, &out_o, &rows, &cols, &base_p, &eps) ||
+        get_rows(m_o, out_o, rows, cols, 2, "della_probs_bf16", &m, &out) < 0)
         return NULL;
-    }
-    int rc = 0;
-    if (m.view.len != 2 * rows * cols || out.view.len != 2 * rows * cols) {
-        PyErr_SetString(PyExc_ValueError, "della_probs_bf16: buffers do not match the shape");
-        rc = -2;
-    } else {
-        Py_BEGIN_ALLOW_THREADS
-        rc = della_probs_bf16(m.view.buf, rows, cols, (float)base_p, (float)eps, out.view.buf);
-        Py_END_ALLOW_THREADS
-        if (rc == -1) PyErr_NoMemory();
-    }
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = della_probs_bf16(m.view.buf, rows, cols, (float)base_p, (float)eps, out.view.buf);
+    Py_END_ALLOW_THREADS
     release(&out);
     release(&m);
-    if (rc) return NULL;
+    if (rc) return PyErr_NoMemory();
     Py_RETURN_NONE;
 }
 
@@ -836,32 +844,18 @@ static PyObject *py_row_ranks_bf16(PyObject *self, PyObject *args) {
     PyObject *m_o, *out_o;
     Py_ssize_t rows, cols;
     int as_bf16 = 0;
-    if (!PyArg_ParseTuple(args, "OOnn|p", &m_o, &out_o, &rows, &cols, &as_bf16)) return NULL;
-    if (rows < 0 || cols < 0 || cols > 0xFFFFFFFFLL) {
-        PyErr_SetString(PyExc_ValueError, "row_ranks_bf16: bad shape");
-        return NULL;
-    }
-    Py_ssize_t size = as_bf16 ? 2 : 8;
     Buf m, out;
-    if (get_buf(m_o, &m, 0, 2, "magnitudes") < 0) return NULL;
-    if (get_buf(out_o, &out, 1, size, "out") < 0) {
-        release(&m);
+    if (!PyArg_ParseTuple(args, "OOnn|p", &m_o, &out_o, &rows, &cols, &as_bf16) ||
+        get_rows(m_o, out_o, rows, cols, as_bf16 ? 2 : 8, "row_ranks_bf16", &m, &out) < 0)
         return NULL;
-    }
-    int rc = 0;
-    if (m.view.len != 2 * rows * cols || out.view.len != size * rows * cols) {
-        PyErr_SetString(PyExc_ValueError, "row_ranks_bf16: buffers do not match the shape");
-        rc = -2;
-    } else {
-        Py_BEGIN_ALLOW_THREADS
-        rc = row_ranks_bf16(m.view.buf, rows, cols, as_bf16 ? NULL : out.view.buf,
-                            as_bf16 ? out.view.buf : NULL);
-        Py_END_ALLOW_THREADS
-        if (rc == -1) PyErr_NoMemory();
-    }
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = row_ranks_bf16(m.view.buf, rows, cols, as_bf16 ? NULL : out.view.buf,
+                        as_bf16 ? out.view.buf : NULL);
+    Py_END_ALLOW_THREADS
     release(&out);
     release(&m);
-    if (rc) return NULL;
+    if (rc) return PyErr_NoMemory();
     Py_RETURN_NONE;
 }
 
