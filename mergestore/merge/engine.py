@@ -228,17 +228,16 @@ class Engine:
     def out_dtype(self) -> torch.dtype | None:
         return _torch_dtype_or_none(self._dtype_args[1])
 
-    def torch_free_lane(self, tasks: Sequence[TensorTask], track_delta: bool) -> Lane16 | None:
+    def torch_free_lane(self, tasks: Sequence[TensorTask]) -> Lane16 | None:
         """The method's torch-free kernel if it computes every task with the torch lane's bits:
         the C kernels are built, every tensor has one 16-bit dtype (bf16, or fp16 where the
-        method's lane takes it), in and out, no vocabulary is fitted and no merge delta is
-        tracked. Sets lane_dtype. MERGESTORE_TORCH_FREE=0 turns the lane off."""
+        method's lane takes it), in and out, and no vocabulary is fitted. Sets lane_dtype.
+        MERGESTORE_TORCH_FREE=0 turns the lane off."""
         lane = LANES.get(self.method)
         if (
             lane is None
             or native.kernels is None
             or os.environ.get("MERGESTORE_TORCH_FREE") == "0"
-            or track_delta
             or self.tokenizer_source is not None
         ):
             return None
@@ -564,10 +563,22 @@ class Engine:
         # The writer is one stage of the pipeline: its blocks are hashed on its own thread,
         # unless the task is merged alone (then nothing else would use the other core).
         ids = sink.put_blocks(raws, dtype, refs, ld.workers)
-        if track_delta and ld.reference is not None and ld.reference.shape == out.shape:
-            d = out.to(torch.float64) - ld.reference.to(torch.float64)
-            stats.merged_delta_sq += float(torch.dot(d.reshape(-1), d.reshape(-1)))
+        if track_delta and ld.reference is not None and tuple(ld.reference.shape) == shape:
+            stats.merged_delta_sq += self._delta_sq(ld.reference, out, data, dtype)
         return OutputTensor(name, dtype, shape, blocking.rows_per_block, tuple(ids))
+
+    def _delta_sq(
+        self, reference: torch.Tensor, out: torch.Tensor, data: memoryview | bytes, dtype: str
+    ) -> float:
+        """||out - reference||^2 in fp64 (the merge delta a budget's bound is compared with):
+        torch's dot product, or on the torch-free lane the fp64 delta statistics kernel (a
+        statistic, not output bits: the two may differ in the last digits)."""
+        if self.lane is not None:
+            assert native.kernels is not None
+            ref = np.ascontiguousarray(reference).reshape(-1).view(np.uint8)
+            return float(native.kernels.delta_stats(ref, data, dtype)[0]) if len(data) else 0.0
+        d = out.to(torch.float64) - reference.to(torch.float64)
+        return float(torch.dot(d.reshape(-1), d.reshape(-1)))
 
     def run(
         self,
@@ -589,7 +600,7 @@ class Engine:
         t0 = time.perf_counter()
         reuse_freed_memory()
         stats = EngineStats(expert_meters=[ReadMeter() for _ in range(n_models)])
-        self.lane = self.torch_free_lane(tasks, track_delta)
+        self.lane = self.torch_free_lane(tasks)
         stats.torch_free = self.lane is not None
         threads = torch.get_num_threads() if self.lane is None else 0
         if threads:

@@ -41,8 +41,11 @@ lin = s.merge(method="linear", models=["main"] + {EXPERTS!r}, weights=[0.1, 0.4,
               branch="lin")
 ties = s.merge(method="ties", base="main", models={EXPERTS!r}, weights=[0.5, 0.3, 0.2],
                params={{"density": 0.5}}, branch="ties")
-assert all(m.run["torch_free"] for m in (ta, lin, ties)), (ta.run, lin.run, ties.run)
-assert all(s.replay(b)["identical"] for b in ("ta", "lin", "ties"))
+budget = s.merge(method="task_arithmetic", base="main", models={EXPERTS!r},
+                 weights=[0.5, 0.3, 0.2], budget="40%", branch="budget")
+merges = (ta, lin, ties, budget)
+assert all(m.run["torch_free"] for m in merges), [m.run for m in merges]
+assert all(s.replay(b)["identical"] for b in ("ta", "lin", "ties", "budget"))
 assert "torch" not in sys.modules, "torch was imported"
 """
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -86,7 +89,7 @@ def test_same_tree_as_the_torch_lane(
         ({"method": "ties", "params": {"density": 0.5}}, True),
         ({"method": "ties", "params": {"density": 1.0}}, False),  # no streamed cut
         ({"method": "dare_ties", "params": {"density": 0.5}}, False),  # random drops
-        ({"budget": "50%"}, False),  # the merge delta is tracked for the bound
+        ({"budget": "50%"}, True),  # the merge delta for the bound: fp64 kernel
     ],
 )
 def test_lane_only_where_it_gives_the_same_bits(family_store: Store, kwargs, lane) -> None:
@@ -154,3 +157,19 @@ def test_fp16_family(tmp_path, monkeypatch) -> None:
         assert fast.run["torch_free"] is lane and not slow.run["torch_free"], method
         assert _tree(store, f"{method}-a") == _tree(store, f"{method}-b"), method
         assert store.read_tensor(f"{method}-a", "lm_head.weight").dtype.itemsize == 2
+
+
+def test_budget_merge_same_tree_bound_and_delta(family_store: Store, monkeypatch) -> None:
+    """A budgeted merge tracks ||merged - base|| for its bound: on the lane with the fp64
+    statistics kernel, in torch with a dot product. Same tree and bound; the delta agrees to
+    rounding."""
+    kw = dict(method="task_arithmetic", base="main", models=EXPERTS, weights=[0.5, 0.3, 0.2])
+    fast = family_store.merge(**kw, budget="40%", branch="fast")
+    monkeypatch.setenv("MERGESTORE_TORCH_FREE", "0")
+    slow = family_store.merge(**kw, budget="40%", branch="slow")
+    assert fast.run["torch_free"] and not slow.run["torch_free"]
+    assert _tree(family_store, "fast") == _tree(family_store, "slow")
+    assert fast.run["error_bound"] == slow.run["error_bound"]
+    assert fast.run["expert_bytes_read"] == slow.run["expert_bytes_read"]
+    a, b = fast.run["merged_delta_l2"], slow.run["merged_delta_l2"]
+    assert a > 0 and abs(a - b) <= 1e-12 * b
