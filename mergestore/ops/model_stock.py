@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from mergestore.ops import alloc
 from mergestore.ops.context import TensorContext
 from mergestore.ops.registry import register
 from mergestore.ops.spec import BaseRule, MethodSpec, OptionalTensorRule, ParamSpec, Scope
@@ -38,19 +39,31 @@ def merge(
         w0, ws = w0.reshape(-1), [w.reshape(-1) for w in ws]
 
     offsets = [w - w0 for w in ws]
+    # Each offset's norm once (mergekit computes it again for every pair: the same values),
+    # and the pair products in one reused buffer: the same kernels, so the same bits.
+    norms = [torch.norm(o, dim=-1) for o in offsets]
+    product = alloc.empty_like(offsets[0])
     cosines = []
     for i, oa in enumerate(offsets):
-        for ob in offsets[i + 1 :]:
-            denom = (torch.norm(oa, dim=-1) * torch.norm(ob, dim=-1)).clamp(min=1e-6)
-            cosines.append(((oa * ob).sum(dim=-1) / denom).clamp(-1, 1))
+        for j in range(i + 1, len(offsets)):
+            denom = (norms[i] * norms[j]).clamp(min=1e-6)
+            dot = torch.mul(oa, offsets[j], out=product).sum(dim=-1)
+            cosines.append((dot / denom).clamp(-1, 1))
+    del offsets, product
     cos = torch.stack(cosines).mean(dim=0).unsqueeze(-1)
     n = len(ws)
     denominator = 1 + (n - 1) * cos
     singular = denominator.abs() < 1e-6
     safe = torch.where(singular, torch.ones_like(denominator), denominator)
     t = torch.where(singular, torch.zeros_like(cos), (n * cos) / safe)
-    average = sum(ws) / n
-    return (t * average + (1 - t) * w0).reshape(shape)
+    # sum(ws) / n, then t * average + (1 - t) * w0, accumulated in place (the same roundings:
+    # `0 + ws[0]` makes -0 +0, as Python's sum does).
+    out = torch.add(ws[0], 0)
+    for w in ws[1:]:
+        out.add_(w)
+    out.div_(n).mul_(t)
+    out.add_((1 - t) * w0)
+    return out.reshape(shape)
 
 
 SPEC = register(
