@@ -50,10 +50,22 @@ def slerp(t: float, v0: Tensor, v1: Tensor) -> Tensor:
         return ((1 - tt) * a + tt * b).reshape(v0.shape).to(v0.dtype)
     chunks = [(s, min(s + CHUNK, n)) for s in range(0, n, CHUNK)]
 
+    # Each chunk is widened into one of two reused buffers (the same conversion kernel, so
+    # the same values) instead of a fresh tensor per use.
+    wide_a = torch.empty((1, min(n, CHUNK)), dtype=f)
+    wide_b = torch.empty((1, min(n, CHUNK)), dtype=f)
+
+    def widen(s: int, e: int) -> tuple[Tensor, Tensor]:
+        x, y = wide_a[:, : e - s], wide_b[:, : e - s]
+        x.copy_(a[:, s:e])
+        y.copy_(b[:, s:e])
+        return x, y
+
     norms_a, norms_b = [], []
     for s, e in chunks:
-        norms_a.append(torch.linalg.vector_norm(a[:, s:e].to(f), dim=1, keepdim=True))
-        norms_b.append(torch.linalg.vector_norm(b[:, s:e].to(f), dim=1, keepdim=True))
+        x, y = widen(s, e)
+        norms_a.append(torch.linalg.vector_norm(x, dim=1, keepdim=True))
+        norms_b.append(torch.linalg.vector_norm(y, dim=1, keepdim=True))
     norm_a = torch.linalg.vector_norm(torch.stack(norms_a), dim=0)
     norm_b = torch.linalg.vector_norm(torch.stack(norms_b), dim=0)
     norm_a = torch.where(norm_a > NORM_EPS, norm_a, 1)
@@ -61,9 +73,10 @@ def slerp(t: float, v0: Tensor, v1: Tensor) -> Tensor:
 
     dots = []
     for s, e in chunks:
-        x = a[:, s:e].to(f) / norm_a
-        y = b[:, s:e].to(f) / norm_b
-        dots.append((x * y).sum(dim=1, keepdim=True))
+        x, y = widen(s, e)
+        x.div_(norm_a)
+        y.div_(norm_b)
+        dots.append(x.mul_(y).sum(dim=1, keepdim=True))
     dot = torch.stack(dots).sum(dim=0).clamp(-1, 1)
 
     linear = dot.abs() > DOT_THRESHOLD
@@ -74,7 +87,8 @@ def slerp(t: float, v0: Tensor, v1: Tensor) -> Tensor:
 
     out = torch.empty_like(a)  # the input dtype: products are rounded once, on store
     for s, e in chunks:
-        out[:, s:e] = coef_a * a[:, s:e].to(f) + coef_b * b[:, s:e].to(f)
+        x, y = widen(s, e)
+        out[:, s:e] = x.mul_(coef_a).add_(y.mul_(coef_b))
     return out.reshape(v0.shape)
 
 
