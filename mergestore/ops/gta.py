@@ -150,8 +150,6 @@ def _native16(
     Sparsified deltas are made first (as in the torch path); without a sparsifier or a
     consensus, the kernel forms x - base itself and no delta tensor exists at all.
     """
-    kernels = native.kernels
-    assert kernels is not None
     n = len(inputs)
     lam = float(shared["lambda"])
     normalize = bool(shared["normalize"])
@@ -174,64 +172,41 @@ def _native16(
             fp16=fp16,
         )
         return out
-    all_weights = lane16.round16([per_input[i]["weight"] for i in range(n)], fp16)
-    wf = list(all_weights)
+    # Random drops, or cuts the C kernels do not stream: torch sparsifies, the C kernels
+    # combine (lane16.gta_combine).
+    weights = lane16.round16([per_input[i]["weight"] for i in range(n)], fp16)
     live = list(range(n))
     if sparsifier in (None, MAGNITUDE, OUTLIERS) or ctx.rng != "global":
         # An input that is the base tensor itself (the engine passes the base for an input
         # equal to it everywhere) has a zero delta, sparsified or not: it adds only zeros,
         # which change no sum (an fp32 sum from +0 is never -0) and never agree with a vote.
-        # Its weight still counts in the no-consensus divisor (`all_weights`). Random drops
-        # of the other inputs keep their own streams (by input position); only torch's global
-        # generator, drawn input after input, needs every input.
+        # Its weight still counts in the no-consensus divisor. Random drops of the other
+        # inputs keep their own streams (by input position); only torch's global generator,
+        # drawn input after input, needs every input.
         live = [i for i, x in enumerate(inputs) if not _is_same_tensor(x, base)]
-        if len(live) < n:
-            inputs = [inputs[i] for i in live]
-            per_input = [per_input[i] for i in live]
-            wf = [wf[i] for i in live]
-            n = len(live)
-    flat_base = base.contiguous().reshape(-1)
-    out = alloc.empty_like(flat_base)
-    if consensus:
-        rows = _sparsified_rows(base, inputs, per_input, sparsifier, shared, ctx, live)
-
-        def columns(r: range) -> None:
-            kernels.gta_consensus_bf16(
-                _u16(out)[r.start : r.stop],
-                _u16(flat_base)[r.start : r.stop],
-                [x[r.start : r.stop] for x in rows],
-                wf,
-                normalize,
-                lam,
-                lam != 1,
-                fp16,
-            )
-    else:
-        rows = _sparsified_rows(base, inputs, per_input, sparsifier, shared, ctx, live)
-        div = lane16.gta_divisor(all_weights, fp16)  # the dim-0 reduction mergekit does
-
-        def columns(r: range) -> None:
-            kernels.gta_sum_bf16(
-                _u16(out)[r.start : r.stop],
-                _u16(flat_base)[r.start : r.stop],
-                [x[r.start : r.stop] for x in rows],
-                wf,
-                True,
-                div,
-                normalize,
-                lam,
-                lam != 1,
-                fp16,
-            )
-
-    total = flat_base.numel()
-    parts = _threads(base)
-    step = -(-total // parts)
-    for _ in ordered_map(
-        columns, [range(s, min(total, s + step)) for s in range(0, total, step)], workers=parts
-    ):
-        pass
-    return out.reshape(base.shape)
+    rows = _sparsified_rows(
+        base,
+        [inputs[i] for i in live],
+        [per_input[i] for i in live],
+        sparsifier,
+        shared,
+        ctx,
+        live,
+    )
+    out = alloc.empty_like(base)
+    lane16.gta_combine(
+        _u16(base.contiguous().reshape(-1)),
+        rows,
+        weights,
+        live,
+        deltas=True,
+        consensus=consensus,
+        normalize=normalize,
+        lam=lam,
+        out=_u16(out.reshape(-1)),
+        fp16=fp16,
+    )
+    return out
 
 
 def _sparsified_rows(

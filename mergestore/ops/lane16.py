@@ -154,16 +154,13 @@ def gta(
     accepts_gta), with TIES' sign consensus if `consensus`.
 
     Weights (per_input[i]["weight"]) are rounded to the format, as mergekit rounds them to the
-    compute dtype. An input that is the base array
-    itself has a zero delta, sparsified or not: it adds only zeros and never agrees with a
-    vote, so it is skipped (its weight still counts in the no-consensus divisor)."""
-    kernels = native.kernels
-    assert kernels is not None
+    compute dtype. An input that is the base array itself has a zero delta, sparsified or
+    not: it adds only zeros and never agrees with a vote, so it is skipped (its weight still
+    counts in the no-consensus divisor)."""
     assert sparsifier is not None or not consensus, "a consensus of unsparsified deltas"
     weights = round16([p["weight"] for p in per_input[: len(inputs)]], fp16)
     live = [i for i, x in enumerate(inputs) if not same_memory(x, base)]
     flat_base = np.ascontiguousarray(base).reshape(-1).view(np.uint16)
-    total = flat_base.size
     flat_inputs = [np.ascontiguousarray(inputs[i]).reshape(-1).view(np.uint16) for i in live]
     if sparsifier is None:
         rows = flat_inputs
@@ -177,34 +174,61 @@ def gta(
                 rows[k], flat_inputs[k], flat_base, sparsifier, p["density"], gamma, fp16
             )
 
-        workers = 2 if total >= PARALLEL_MIN else 1
+        workers = 2 if flat_base.size >= PARALLEL_MIN else 1
         for _ in ordered_map(cut, range(len(live)), workers=workers, window=workers):
             pass
         del flat_inputs
+    gta_combine(
+        flat_base,
+        rows,
+        weights,
+        live,
+        deltas=sparsifier is not None,
+        consensus=consensus,
+        normalize=normalize,
+        lam=lam,
+        out=out.reshape(-1).view(np.uint16),
+        fp16=fp16,
+    )
+    return out
+
+
+def gta_combine(
+    flat_base: np.ndarray,
+    rows: Sequence[np.ndarray],
+    weights: Sequence[float],
+    live: Sequence[int],
+    *,
+    deltas: bool,
+    consensus: bool,
+    normalize: bool,
+    lam: float,
+    out: np.ndarray,
+    fp16: bool = False,
+) -> None:
+    """The GTA tail of ops.gta with the C kernels, into the flat uint16 array `out`: rows[k]
+    is live input live[k] (x, or its delta when `deltas`, which a consensus needs), weights
+    are every input's, already rounded to the format (the no-consensus divisor counts them
+    all); TIES' sign consensus if `consensus`. Two column ranges, one per core, for large
+    tensors."""
+    kernels = native.kernels
+    assert kernels is not None
     wl = [weights[i] for i in live]
-    flat_out = out.reshape(-1).view(np.uint16)
     divisor = gta_divisor(weights, fp16)
 
     def columns(r: range) -> None:
         a, b = r.start, r.stop
         if consensus:
             kernels.gta_consensus_bf16(
-                flat_out[a:b],
-                flat_base[a:b],
-                [x[a:b] for x in rows],
-                wl,
-                normalize,
-                lam,
-                lam != 1,
-                fp16,
+                out[a:b], flat_base[a:b], [x[a:b] for x in rows], wl, normalize, lam, lam != 1, fp16
             )
         else:
             kernels.gta_sum_bf16(
-                flat_out[a:b],
+                out[a:b],
                 flat_base[a:b],
                 [x[a:b] for x in rows],
                 wl,
-                sparsifier is not None,
+                deltas,
                 divisor,
                 normalize,
                 lam,
@@ -212,8 +236,7 @@ def gta(
                 fp16,
             )
 
-    _run_columns(columns, total)
-    return out
+    _run_columns(columns, flat_base.size)
 
 
 def accepts_gta(
