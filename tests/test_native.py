@@ -30,25 +30,31 @@ def _twice(monkeypatch: pytest.MonkeyPatch, fn):
     return fast, slow
 
 
-def _family(n_inputs: int, numel: int, kind: str, seed: int = 0):
+# Per format: a delta below the smallest normal, and a value whose sums leave the range.
+_TINY_HUGE = {torch.bfloat16: (1e-38, 3e38), torch.float16: (1e-7, 6e4)}
+
+
+def _family(n_inputs: int, numel: int, kind: str, seed: int = 0, dtype=torch.bfloat16):
     g = torch.Generator().manual_seed(seed)
-    base = (0.02 * torch.randn(numel, generator=g)).to(torch.bfloat16)
+    base = (0.02 * torch.randn(numel, generator=g)).to(dtype)
     xs = []
     for i in range(n_inputs):
-        x = (base.float() + 0.002 * (i + 1) * torch.randn(numel, generator=g)).to(torch.bfloat16)
+        x = (base.float() + 0.002 * (i + 1) * torch.randn(numel, generator=g)).to(dtype)
         x[i::5] = base[i::5]  # unchanged elements: zero deltas, ties at the cut
         xs.append(x)
     if kind == "specials":
         xs[0][7], xs[-1][9], xs[0][13] = float("nan"), float("inf"), -float("inf")
         base[17] = -0.0
         xs[0][17] = 0.0
-    if kind == "nan_payloads":  # signalling and all-ones NaNs, in the base and in inputs
+    if kind == "nan_payloads":  # signalling and all-ones bf16 NaNs, in the base and in inputs
+        assert dtype == torch.bfloat16
         bits = torch.tensor([0x7F81, -1, 0x7FFF, -129], dtype=torch.int16)  # -1 = 0xFFFF
         xs[0].view(torch.int16)[20:24] = bits
         base.view(torch.int16)[30:34] = bits
     if kind == "tiny":  # subnormal and huge deltas: rounding at both ends of the range
-        xs[0][:64] = base[:64] + torch.tensor(1e-38, dtype=torch.bfloat16)
-        xs[-1][64:128] = torch.tensor(3e38, dtype=torch.bfloat16)
+        tiny, huge = _TINY_HUGE[dtype]
+        xs[0][:64] = base[:64] + torch.tensor(tiny, dtype=dtype)
+        xs[-1][64:128] = torch.tensor(huge, dtype=dtype)
     return base, xs
 
 
@@ -199,25 +205,6 @@ def test_linear_same_bits(monkeypatch, normalize, kind, numel) -> None:
     assert same_bits(fast, slow)
 
 
-def _family16(n_inputs: int, numel: int, kind: str, seed: int = 0):
-    """_family in fp16: specials, and deltas at both ends of fp16's much narrower range."""
-    g = torch.Generator().manual_seed(seed)
-    base = (0.02 * torch.randn(numel, generator=g)).to(torch.float16)
-    xs = []
-    for i in range(n_inputs):
-        x = (base.float() + 0.002 * (i + 1) * torch.randn(numel, generator=g)).to(torch.float16)
-        x[i::5] = base[i::5]
-        xs.append(x)
-    if kind == "specials":
-        xs[0][7], xs[-1][9], xs[0][13] = float("nan"), float("inf"), -float("inf")
-        base[17] = -0.0
-        xs[0][17] = 0.0
-    if kind == "tiny":  # subnormal deltas, and sums past fp16's largest finite value
-        xs[0][:64] = base[:64] + torch.tensor(1e-7, dtype=torch.float16)
-        xs[-1][64:128] = torch.tensor(6e4, dtype=torch.float16)
-    return base, xs
-
-
 @pytest.mark.skipif(
     native.kernels is None or not getattr(native.kernels, "HAVE_F16", 0),
     reason="no fp16 kernels in this build",
@@ -227,7 +214,7 @@ def _family16(n_inputs: int, numel: int, kind: str, seed: int = 0):
 @pytest.mark.parametrize("n_inputs", [1, 4])
 def test_fp16_methods_same_bits(monkeypatch, method, per, shared, kind, n_inputs) -> None:
     """The fp16 GTA kernels (and the torch path's fp16 rank cuts) against torch alone."""
-    base, xs = _family16(n_inputs, 300_001, kind)
+    base, xs = _family(n_inputs, 300_001, kind, dtype=torch.float16)
     per_input = [dict(per, weight=per["weight"] * (1 + 0.25 * i)) for i in range(n_inputs)]
     fast, slow = _twice(monkeypatch, lambda: merge_tensor(method, base, xs, shared, per_input, CTX))
     assert fast.dtype == slow.dtype == torch.float16
@@ -241,7 +228,7 @@ def test_fp16_methods_same_bits(monkeypatch, method, per, shared, kind, n_inputs
 @pytest.mark.parametrize("normalize", [True, False])
 @pytest.mark.parametrize("kind", ["dense", "specials", "tiny"])
 def test_fp16_linear_same_bits(monkeypatch, normalize, kind) -> None:
-    _, xs = _family16(4, 100_003, kind, seed=2)
+    _, xs = _family(4, 100_003, kind, seed=2, dtype=torch.float16)
     per_input = [{"weight": w} for w in (0.3, 0.25, -0.1, 0.7)]
     fast, slow = _twice(
         monkeypatch,

@@ -75,14 +75,19 @@ def _bits(t: torch.Tensor) -> np.ndarray:
     return t.contiguous().view(torch.int16).numpy().view(np.uint16)
 
 
-def _lane(method: str, base, xs, shared, per_input) -> np.ndarray:
+def _lane(method: str, base, xs, shared, per_input, fp16: bool = False) -> np.ndarray:
     spec = get_method(method)
     s, p = validate_params(spec, shared, per_input, has_base=base is not None)
     lane = lane16.LANES[method]
-    assert lane.accepts(s, p)
+    assert lane.accepts(s, p, fp16)
     like = base if base is not None else xs[0]
     out = np.empty(like.shape, dtype=np.uint16)
-    return lane.merge(base, xs, s, p, out)
+    return lane.merge(base, xs, s, p, out, fp16)
+
+
+needs_f16 = pytest.mark.skipif(not lane16.has_fp16(), reason="no fp16 kernels in this build")
+# bf16, and fp16 where the build has its kernels
+FORMATS = [torch.bfloat16, pytest.param(torch.float16, marks=needs_f16)]
 
 
 def _twins(monkeypatch, method, base, xs, shared, per_input):
@@ -140,6 +145,7 @@ def test_linear_lane_same_bits(monkeypatch, numel, n, normalize) -> None:
     assert np.array_equal(ours, _bits(slow))
 
 
+@pytest.mark.parametrize("dtype", FORMATS)
 @pytest.mark.parametrize("numel", [7, 5000, 70_001])
 @pytest.mark.parametrize(
     ("method", "per", "shared"),
@@ -150,17 +156,21 @@ def test_linear_lane_same_bits(monkeypatch, numel, n, normalize) -> None:
         ("breadcrumbs_ties", {"density": 0.7, "gamma": 0.1}, {"lambda": 0.8}),
     ],
 )
-def test_rank_cut_lanes_same_bits(monkeypatch, numel, method, per, shared) -> None:
-    g = torch.Generator().manual_seed(numel)
-    base = torch.randn(numel, generator=g).to(torch.bfloat16)
-    # Coarse deltas: many magnitudes tie at the cut, so the tie rule is exercised too.
-    xs = [(base.float() + torch.randint(-3, 4, (numel,), generator=g) / 64).to(torch.bfloat16)]
+def test_rank_cut_lanes_same_bits(monkeypatch, dtype, numel, method, per, shared) -> None:
+    fp16 = dtype == torch.float16
+    g = torch.Generator().manual_seed(numel + 11 * fp16)
+    base = torch.randn(numel, generator=g).to(dtype)
+    # Coarse deltas (a few units of the format's step near 1): many magnitudes tie at the
+    # cut, so the tie rule is exercised too.
+    steps = torch.randint(-3, 4, (numel,), generator=g) / (256 if fp16 else 64)
+    xs = [(base.float() + steps).to(dtype)]
     xs.append(base)  # the base tensor itself, as the engine passes an input equal to it
-    xs.append((base.float() + 0.02 * torch.randn(numel, generator=g)).to(torch.bfloat16))
+    xs.append((base.float() + 0.02 * torch.randn(numel, generator=g)).to(dtype))
     per_input = [{"weight": w, **per} for w in (0.5, 0.3, -0.4)]
     fast, slow = _twins(monkeypatch, method, base, xs, shared, per_input)
     b = _bits(base)
-    ours = _lane(method, b, [b if x is base else _bits(x) for x in xs], shared, per_input)
+    rows = [b if x is base else _bits(x) for x in xs]
+    ours = _lane(method, b, rows, shared, per_input, fp16)
     assert np.array_equal(ours, _bits(fast))
     assert np.array_equal(ours, _bits(slow))
 
@@ -225,8 +235,6 @@ def test_scalar_and_empty_tensors(monkeypatch, shape, method, per, has_base) -> 
 
 # -- fp16 ----------------------------------------------------------------------------------
 
-needs_f16 = pytest.mark.skipif(not lane16.has_fp16(), reason="no fp16 kernels in this build")
-
 
 def _near_f16_midpoints(rng: random.Random, n: int) -> list[float]:
     out = []
@@ -261,10 +269,6 @@ def test_f16_gta_divisor_is_torchs(n: int) -> None:
         assert lane16.gta_divisor(lane16.f16(weights), fp16=True) == float(want), weights
 
 
-def _bits16(t: torch.Tensor) -> np.ndarray:
-    return t.contiguous().view(torch.int16).numpy().view(np.uint16)
-
-
 @needs_f16
 @pytest.mark.parametrize("numel", [1, 1000, 70_001])
 @pytest.mark.parametrize(
@@ -284,41 +288,8 @@ def test_f16_lanes_same_bits(monkeypatch, numel, method, shared, has_base) -> No
     per_input = [{"weight": w} for w in (0.3, -0.45, 0.6)]
     b = base if has_base else None
     fast, slow = _twins(monkeypatch, method, b, xs, shared, per_input)
-    spec = get_method(method)
-    s, p = validate_params(spec, shared, per_input, has_base=has_base)
-    lane = lane16.LANES[method]
-    assert lane.accepts(s, p, True)
-    bb = _bits16(base)
-    rows = [bb if x is base else _bits16(x) for x in xs]
-    ours = lane.merge(bb if has_base else None, rows, s, p, np.empty(numel, np.uint16), True)
-    assert np.array_equal(ours, _bits16(fast))
-    assert np.array_equal(ours, _bits16(slow))
-
-
-@needs_f16
-@pytest.mark.parametrize("numel", [7, 5000, 70_001])
-@pytest.mark.parametrize(
-    ("method", "per", "shared"),
-    [
-        ("ties", {"density": 0.5}, {}),
-        ("breadcrumbs", {"density": 0.8, "gamma": 0.05}, {}),
-        ("breadcrumbs_ties", {"density": 0.7, "gamma": 0.1}, {"lambda": 0.8}),
-    ],
-)
-def test_f16_rank_cut_lanes_same_bits(monkeypatch, numel, method, per, shared) -> None:
-    g = torch.Generator().manual_seed(numel + 11)
-    base = torch.randn(numel, generator=g).to(torch.float16)
-    xs = [(base.float() + torch.randint(-3, 4, (numel,), generator=g) / 256).to(torch.float16)]
-    xs.append(base)
-    xs.append((base.float() + 0.02 * torch.randn(numel, generator=g)).to(torch.float16))
-    per_input = [{"weight": w, **per} for w in (0.5, 0.3, -0.4)]
-    fast, slow = _twins(monkeypatch, method, base, xs, shared, per_input)
-    spec = get_method(method)
-    s, p = validate_params(spec, shared, per_input, has_base=True)
-    lane = lane16.LANES[method]
-    assert lane.accepts(s, p, True)
-    b = _bits16(base)
-    rows = [b if x is base else _bits16(x) for x in xs]
-    ours = lane.merge(b, rows, s, p, np.empty(numel, np.uint16), True)
-    assert np.array_equal(ours, _bits16(fast))
-    assert np.array_equal(ours, _bits16(slow))
+    bb = _bits(base)
+    rows = [bb if x is base else _bits(x) for x in xs]
+    ours = _lane(method, bb if has_base else None, rows, shared, per_input, fp16=True)
+    assert np.array_equal(ours, _bits(fast))
+    assert np.array_equal(ours, _bits(slow))
