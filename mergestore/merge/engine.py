@@ -209,10 +209,10 @@ class Engine:
     ) -> None:
         self.repo = repo
         self.method = method
-        # safetensors names ("BF16"); the torch dtypes are looked up only when torch computes
-        self.compute_dtype_name = _safetensors_name(dtype)
-        self.out_dtype_name = _safetensors_name(out_dtype)
-        self._dtype_args = (dtype, out_dtype)
+        # torch's names ("bfloat16"), as the config gives them: their torch dtypes are looked
+        # up only when torch computes
+        self._dtype = dtype
+        self._out_dtype = out_dtype
         self.lane: Lane16 | None = None  # set by run() when the merge needs no torch
         self.lane_dtype = "BF16"  # the one dtype of every tensor on the lane (BF16 or F16)
         self.seed = seed
@@ -222,11 +222,20 @@ class Engine:
 
     @property
     def compute_dtype(self) -> torch.dtype | None:
-        return _torch_dtype_or_none(self._dtype_args[0])
+        return _torch_dtype_or_none(self._dtype)
 
     @property
     def out_dtype(self) -> torch.dtype | None:
-        return _torch_dtype_or_none(self._dtype_args[1])
+        return _torch_dtype_or_none(self._out_dtype)
+
+    @property
+    def compute_dtype_name(self) -> str | None:
+        """The compute dtype's safetensors name ("BF16"), without torch."""
+        return _safetensors_name(self._dtype)
+
+    @property
+    def out_dtype_name(self) -> str | None:
+        return _safetensors_name(self._out_dtype)
 
     def torch_free_lane(self, tasks: Sequence[TensorTask]) -> Lane16 | None:
         """The method's torch-free kernel if it computes every task with the torch lane's bits:
@@ -504,17 +513,15 @@ class Engine:
 
     def _merge(self, ld: _Loaded) -> torch.Tensor:
         p = ld.task.plan
-        if self.lane is not None:
-            return self._merge_torch_free(ld, self.lane)
         if p.copy_from is not None:
             src = ld.base if ld.task.base is not None else ld.inputs[0]
             assert src is not None
-            out = (
-                src
-                if self.out_dtype is None or not src.is_floating_point()
-                else src.to(self.out_dtype)
-            )
-            return out
+            # (on the torch-free lane the output dtype is the input's: nothing to convert)
+            if self.lane is not None or self.out_dtype is None or not src.is_floating_point():
+                return src
+            return src.to(self.out_dtype)
+        if self.lane is not None:
+            return self._merge_torch_free(ld, self.lane)
         ctx = TensorContext(name=p.name, seed=self.seed, rng=self.rng)
         return merge_tensor(
             self.method,
@@ -530,10 +537,6 @@ class Engine:
     def _merge_torch_free(self, ld: _Loaded, lane: Lane16) -> torch.Tensor:
         """_merge on the torch-free lane: arrays of 16-bit bits in and out, no dtype to change."""
         p = ld.task.plan
-        if p.copy_from is not None:
-            src = ld.base if ld.task.base is not None else ld.inputs[0]
-            assert src is not None
-            return src
         shared, per_input = validate_params(
             get_method(self.method), p.shared, list(p.per_input), has_base=ld.base is not None
         )
