@@ -183,7 +183,8 @@ def _native16(
         # Its weight still counts in the no-consensus divisor. Random drops of the other
         # inputs keep their own streams (by input position); only torch's global generator,
         # drawn input after input, needs every input.
-        live = [i for i, x in enumerate(inputs) if not _is_same_tensor(x, base)]
+        b16 = _u16(base)
+        live = [i for i, x in enumerate(inputs) if not lane16.same_memory(_u16(x), b16)]
     rows = _sparsified_rows(
         base,
         [inputs[i] for i in live],
@@ -224,16 +225,6 @@ def _sparsified_rows(
     rescale = bool(shared["rescale"])
     stacked = _sparsified_deltas(base, inputs, per_input, sparsifier, rescale, ctx, indices)
     return [_u16(d) for d in stacked.reshape(len(inputs), -1)]
-
-
-def _is_same_tensor(x: Tensor, base: Tensor) -> bool:
-    """x views exactly the memory of base (so it holds the same values)."""
-    return (
-        x.data_ptr() == base.data_ptr()
-        and x.dtype == base.dtype
-        and x.shape == base.shape
-        and x.stride() == base.stride()
-    )
 
 
 def _u16(t: Tensor) -> Any:
