@@ -166,6 +166,22 @@ def rescaled_masked(delta: Tensor, mask: Tensor, rescale: bool) -> Tensor:
     return masked * (before / after)
 
 
+def rescaled_masked_(delta: Tensor, mask: Tensor, rescale: bool) -> Tensor:
+    """rescaled_masked(), in place on `delta` (which the caller owns): the same kernels on
+    the same values, so the same bits, without the masked copy and |.| temporaries (one
+    pooled scratch serves both L1 sums)."""
+    if not rescale:
+        return delta.mul_(mask)
+    scratch = alloc.empty_like(delta)
+    before = torch.abs(delta, out=scratch).sum()
+    delta.mul_(mask)
+    after = torch.abs(delta, out=scratch).sum()
+    del scratch
+    if before < RESCALE_EPS or after < RESCALE_EPS:
+        return delta
+    return delta.mul_(before / after)
+
+
 def magnitude(delta: Tensor, density: float, rescale: bool) -> Tensor:
     """Keep the k = max(1, floor(density * n)) largest |delta| (TIES trim)."""
     if density >= 1:
@@ -200,35 +216,18 @@ def magnitude_outliers(delta: Tensor, density: float, gamma: float, rescale: boo
 Draw = Callable[["Tensor"], "Tensor"]  # keep-probabilities -> a 1/0 mask in their dtype
 
 
-def bernoulli(delta: Tensor, density: float, rescale: bool, draw: Draw | None) -> Tensor:
-    """DARE: keep each element with probability ``density`` (p rounded to the mask dtype).
+def bernoulli_(delta: Tensor, density: float, rescale: bool, draw: Draw | None) -> Tensor:
+    """DARE: keep each element with probability ``density`` (p rounded to the mask dtype),
+    masking `delta` in place where the mask's work dtype is delta's own (bf16, fp32).
 
     ``draw`` makes the mask (TensorContext.keep_mask); None: torch.bernoulli on torch's
     default generator."""
     if density >= 1:
         return delta
     mask = _bernoulli_mask(delta, density, draw)
-    return rescaled_masked(delta.to(mask.dtype), mask, rescale).to(delta.dtype)
-
-
-def bernoulli_(delta: Tensor, density: float, rescale: bool, draw: Draw | None) -> Tensor:
-    """bernoulli(), in place on `delta` where mergekit's work dtype is delta's own (bf16):
-    the same bits without the masked copy and |.| temporaries of each step."""
-    if density >= 1:
-        return delta
-    mask = _bernoulli_mask(delta, density, draw)
     if mask.dtype != delta.dtype:  # fp16 deltas: masks are drawn in fp32
         return rescaled_masked(delta.to(mask.dtype), mask, rescale).to(delta.dtype)
-    if not rescale:
-        return delta.mul_(mask)
-    scratch = alloc.empty_like(delta)
-    before = torch.abs(delta, out=scratch).sum()
-    delta.mul_(mask)
-    after = torch.abs(delta, out=scratch).sum()
-    del scratch
-    if before < RESCALE_EPS or after < RESCALE_EPS:
-        return delta
-    return delta.mul_(before / after)
+    return rescaled_masked_(delta, mask, rescale)
 
 
 def _bernoulli_mask(delta: Tensor, density: float, draw: Draw | None) -> Tensor:
