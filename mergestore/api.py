@@ -250,10 +250,21 @@ class Store:
         branch: str | None = None,
         message: str = "",
         progress: Progress | None = None,
+        executor: Any = None,
+        ray_address: str | None = None,
     ) -> Any:
+        """Run a prepared merge on `executor` ("local", the default, or "ray") and publish it."""
+        from mergestore.merge.executor import get_executor
         from mergestore.merge.run import execute
 
-        return execute(self.repo, prepared, branch=branch, message=message, progress=progress)
+        return execute(
+            self.repo,
+            prepared,
+            branch=branch,
+            message=message,
+            progress=progress,
+            executor=get_executor(executor, **({"address": ray_address} if ray_address else {})),
+        )
 
     def merge(
         self,
@@ -271,8 +282,13 @@ class Store:
         max_error: float | None = None,
         branch: str | None = None,
         message: str = "",
+        executor: Any = None,
+        ray_address: str | None = None,
     ) -> Any:
-        """Run a merge and store it as a commit; returns a MergeResult (commit, plan, run)."""
+        """Run a merge and store it as a commit; returns a MergeResult (commit, plan, run).
+
+        `executor`: "local" (default) or "ray" (`ray_address`: "auto", "ray://host:10001";
+        none starts a local Ray instance)."""
         from mergestore.merge.config import config_from_cli
 
         if config is None:
@@ -292,7 +308,9 @@ class Store:
 
         with in_progress(self.repo):  # gc waits: path inputs are stored before the merge runs
             prep = self.prepare_merge(config, budget=budget, max_error=max_error)
-            return self.execute_merge(prep, branch=branch, message=message)
+            return self.execute_merge(
+                prep, branch=branch, message=message, executor=executor, ray_address=ray_address
+            )
 
     def replay(self, ref: str) -> dict[str, Any]:
         """Re-execute a merge's plan; {"identical": bool, "first_difference": name, ...}."""

@@ -19,10 +19,10 @@ from mergestore.merge.engine import (
     Engine,
     HashSink,
     OutputTensor,
-    StoreSink,
     TensorTask,
     task_bytes,
 )
+from mergestore.merge.executor import Executor, LocalExecutor
 from mergestore.merge.inputs import (
     ResolvedModel,
     commit_path_fn,
@@ -195,19 +195,14 @@ def execute(
     message: str,
     author: str | None = None,
     progress: Progress | None = None,
+    executor: Executor | None = None,
 ) -> MergeResult:
-    """Run the merge into the store and publish commit, plan and ref move in one transaction."""
+    """Run the merge into the store (on `executor`, the local engine by default) and publish
+    commit, plan and ref move in one transaction."""
     t0 = time.perf_counter()
     spec = get_method(prep.cfg.merge_method)
     ref = branch_ref(repo, branch)
-    engine = Engine(
-        repo,
-        method=spec.name,
-        dtype=prep.cfg.dtype,
-        out_dtype=prep.cfg.out_dtype,
-        seed=prep.cfg.seed or 0,
-        tokenizer_source=prep.cfg.tokenizer_source,
-    )
+    executor = executor or LocalExecutor()
     layout_index = prep.base_index if prep.base_index is not None else 0
     tok_index = layout_index
     ts = prep.cfg.tokenizer_source
@@ -219,15 +214,8 @@ def execute(
             raise MergeError(f"tokenizer_source {ts!r} is not one of the merge's models")
         tok_index = matches[0]
     with repo.writer() as session:
-        outputs, stats, n_base = run_tasks(
-            engine,
-            prep.tasks,
-            StoreSink(repo, session),
-            len(prep.models),
-            progress=progress,
-            track_delta=prep.selection.active,
-            omitted=prep.plan_body.get("omitted_from_base"),
-        )
+        done = executor.run(repo, prep, session, progress)
+        outputs, stats, n_base = done.outputs, done.stats, done.blocks_from_base
         extra = {}
         if prep.cfg.raw_text:
             extra["mergekit_config.yml"] = prep.cfg.raw_text.encode()
@@ -243,6 +231,8 @@ def execute(
         plan_id = session.put_object(prep.plan)
         run = run_record(prep, stats, session.bytes_written, time.perf_counter() - t0)
         run["blocks_from_base"] = n_base
+        if executor.name != "local":
+            run["executor"] = {"name": executor.name, **(done.extra or {})}
         run_id = session.put_object(Plan(body={"type": "merge_run", "plan": plan_id.hex(), **run}))
         base = prep.models[prep.base_index].commit if prep.base_index is not None else None
         commit = Commit(
