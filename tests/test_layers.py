@@ -121,7 +121,12 @@ def test_no_module_imports_a_layer_above_it() -> None:
 
 @pytest.mark.parametrize(
     "module",
-    ["mergestore.ops.gta", "mergestore.ops.lane16", "mergestore.usage", "mergestore.cli.maintenance"],
+    [
+        "mergestore.ops.gta",
+        "mergestore.ops.lane16",
+        "mergestore.usage",
+        "mergestore.cli.maintenance",
+    ],
 )
 def test_the_checker_sees_these_modules(module: str) -> None:
     # Guards the checker itself: each of these once crossed a layer and has a layer rule now.
