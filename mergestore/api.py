@@ -311,6 +311,38 @@ class Store:
                 prep, branch=branch, message=message, executor=executor, ray_address=ray_address
             )
 
+    def merge_many(
+        self,
+        configs: Sequence[Any],
+        *,
+        executor: str | None = None,
+        ray_address: str | None = None,
+        branches: Sequence[str | None] | None = None,
+        budget: str | int | None = None,
+        max_error: float | None = None,
+        message: str = "",
+        on_merge: Callable[[Any], None] | None = None,
+        on_bytes: Callable[[int], None] | None = None,
+    ) -> list[Any]:
+        """Run many merges (MergeConfigs, YAML paths or text), each its own commit and branch
+        (given, or the YAML file's stem): concurrently on Ray, one by one locally. Returns a
+        ManyResult per config, in input order; a failed config has `.error` and the others
+        still run."""
+        from mergestore.merge.many import merge_many
+
+        return merge_many(
+            self.repo,
+            configs,
+            executor=executor,
+            ray_address=ray_address,
+            branches=branches,
+            budget=budget,
+            max_error=max_error,
+            message=message,
+            on_merge=on_merge,
+            on_bytes=on_bytes,
+        )
+
     def replay(self, ref: str) -> dict[str, Any]:
         """Re-execute a merge's plan; {"identical": bool, "first_difference": name, ...}."""
         from mergestore.merge.run import replay

@@ -18,7 +18,9 @@ def _merge_options(fn: Any) -> Any:
             "--config",
             "config_path",
             type=click.Path(exists=True, dir_okay=False),
-            help="A mergekit YAML config (models are store refs or local paths).",
+            multiple=True,
+            help="A mergekit YAML config (models are store refs or local paths). `merge` takes"
+            " several (repeat it, or --config sweep/*.yml): one commit and branch each.",
         ),
         click.option("--method", default=None, help="Merge method (linear, ties, ...)."),
         click.option("--base", default=None, help="Base model (ref or path)."),
@@ -59,7 +61,7 @@ def _merge_options(fn: Any) -> Any:
 
 
 def _config(
-    config_path: str | None,
+    config_path: tuple[str, ...] | str | None,
     method: str | None,
     base: str | None,
     models: tuple[str, ...],
@@ -72,6 +74,10 @@ def _config(
     from mergestore.errors import MergeError
     from mergestore.merge.config import config_from_cli, config_from_mapping, load_config
 
+    if isinstance(config_path, tuple):
+        if len(config_path) > 1:
+            raise MergeError("give one --config here (merge takes several)")
+        config_path = config_path[0] if config_path else None
     if config_path:
         if method or models or weights:
             raise MergeError("give either --config or --method with models, not both")
@@ -99,11 +105,24 @@ def _config(
 @_merge_options
 @click.option("-m", "--message", default="", help="Commit message.")
 @click.option("-b", "--branch", default=None, help="Branch for the merge commit.")
+@click.option(
+    "--executor",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="Where tensors are merged: this process, or a Ray cluster"
+    ' (pip install "mergestore[ray]").',
+)
+@click.option(
+    "--ray-address",
+    default=None,
+    help="Ray cluster to join: auto, ray://host:10001 (default: $RAY_ADDRESS, else a local one).",
+)
 @json_option
 @with_store
 def merge(
     store: Store,
-    config_path: str | None,
+    config_path: tuple[str, ...],
     method: str | None,
     base: str | None,
     weights: tuple[float, ...],
@@ -116,14 +135,37 @@ def merge(
     models: tuple[str, ...],
     message: str,
     branch: str | None,
+    executor: str,
+    ray_address: str | None,
     as_json: bool,
 ) -> None:
     """Merge MODELS (store refs or paths) into a new commit on BRANCH."""
+    from mergestore.cli.commands_merge_many import run_many, yaml_files
+
+    if config_path and yaml_files(models):  # --config sweep/*.yml: the shell spread the rest
+        config_path, models = (*config_path, *models), ()
+    if len(config_path) > 1:
+        if branch:
+            from mergestore.errors import MergeError
+
+            raise MergeError("-b with several configs: each branch is named after its file")
+        return run_many(
+            store,
+            config_path,
+            executor=executor,
+            ray_address=ray_address,
+            budget=budget,
+            max_error=max_error,
+            message=message,
+            as_json=as_json,
+        )
     cfg = _config(config_path, method, base, models, weights, params, dtype, out_dtype, seed)
     with store.gc_paused():  # path inputs are stored before the merge runs
         prep = store.prepare_merge(cfg, budget=budget, max_error=max_error)
         with progress_bar("merge", None, not as_json) as _:
-            res = store.execute_merge(prep, branch=branch, message=message)
+            res = store.execute_merge(
+                prep, branch=branch, message=message, executor=executor, ray_address=ray_address
+            )
     out = {
         "commit": res.commit.hex() if res.commit else None,
         "plan": res.plan.hex(),
@@ -157,7 +199,7 @@ def merge(
 @with_store
 def plan(
     store: Store,
-    config_path: str | None,
+    config_path: tuple[str, ...],
     method: str | None,
     base: str | None,
     weights: tuple[float, ...],

@@ -1,0 +1,377 @@
+"""The Ray executor: a merge's tensors computed by tasks on a Ray cluster.
+
+The driver plans as for a local merge, cuts the output tensors into groups of about
+`task_bytes` input bytes (a tensor is never split across tasks), and sends each task the
+places of the blocks it may read (pack, offset, length, codec: never data, never the index).
+Workers read and verify blocks straight from the packs, merge with the same engine as the
+local executor, and write their outputs into packs of their own (merge/ray_worker.py). The
+driver checks what comes back, adopts the packs into its write session, and run.execute
+publishes the commit in one transaction, as for a local merge. See docs/ray.md.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from mergestore.errors import CorruptionError, MergeError, MergestoreError
+from mergestore.formats.safetensors import DTYPE_SIZES
+from mergestore.merge.engine import EngineStats, OutputTensor, TensorTask, task_bytes
+from mergestore.merge.executor import Execution, Progress
+from mergestore.merge.ray_worker import GroupJob, GroupResult, MergePart, part_settings, run_group
+from mergestore.store import faults
+from mergestore.store.blocks import tensor_blocking
+from mergestore.store.packs import ReadMeter
+from mergestore.store.worker_packs import WrittenBlock, adopt_blocks, block_places
+
+if TYPE_CHECKING:
+    from mergestore.merge.run import PreparedMerge
+    from mergestore.store.repo import Repository, WriteSession
+
+INSTALL_HINT = 'the ray executor needs Ray, which is not installed: pip install "mergestore[ray]"'
+MAX_TASK_BYTES = 256 << 20  # input bytes of one task's tensors, unless one tensor is larger
+TASKS_PER_CPU = 4  # aim for this many tasks per cluster CPU, for balance
+BATCH_MERGES = 8  # merges of a sweep sharing one task (their shared blocks are read once)
+CACHE_BYTES = 512 << 20  # a task's cache of stored blocks, when it runs several merges
+_remote_lock = threading.Lock()
+_remote: Any = None
+
+
+def import_ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise MergeError(INSTALL_HINT) from None
+    return ray
+
+
+def connect(address: str | None = None) -> Any:
+    """Ray, initialised: joined to `address` ("auto", "ray://host:10001"), else $RAY_ADDRESS,
+    else a local instance started here. A process already connected stays connected."""
+    ray = import_ray()
+    if not ray.is_initialized():
+        kw: dict[str, Any] = {"address": address} if address else {}
+        try:
+            ray.init(**kw, log_to_driver=False, configure_logging=False)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            where = address or os.environ.get("RAY_ADDRESS") or "a local instance"
+            raise MergeError(f"cannot connect to Ray at {where}: {_first_line(e)}") from None
+    return ray
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip() or type(e).__name__
+    return text.splitlines()[0]
+
+
+@dataclass
+class _Group:
+    """A task's share of one merge: indexes into its prep.tasks, in order."""
+
+    merge: int
+    indexes: list[int]
+
+
+@dataclass
+class _MergeState:
+    prep: PreparedMerge
+    jobs_left: int = 0
+    results: dict[tuple[int, int], Any] = field(default_factory=dict)  # (job, part) -> result
+    groups: list[tuple[int, int, _Group]] = field(default_factory=list)  # job, part, group
+    written: dict[bytes, WrittenBlock] = field(default_factory=dict)
+    error: BaseException | None = None
+    pack_bytes_read: int = 0
+    task_seconds: list[float] = field(default_factory=list)
+
+
+@dataclass
+class RayExecution:
+    """One merge's outputs from Ray, ready to be adopted by a write session."""
+
+    prep: PreparedMerge
+    outputs: list[OutputTensor]
+    stats: EngineStats
+    blocks_from_base: int
+    written: list[WrittenBlock]
+    extra: dict[str, Any]
+
+
+class RayExecutor:
+    """Runs merges as Ray tasks over a store on a path every worker can reach."""
+
+    name = "ray"
+
+    def __init__(
+        self,
+        address: str | None = None,
+        *,
+        task_bytes: int | None = None,
+        cpus_per_task: int = 1,
+        fault: str | None = None,
+    ) -> None:
+        self.address = address
+        self.task_bytes = task_bytes
+        self.cpus_per_task = cpus_per_task
+        self.fault = fault  # tests only (see ray_worker._maybe_die)
+        self.ray: Any = None
+
+    # ----- one merge -------------------------------------------------------------------------
+
+    def run(
+        self,
+        repo: Repository,
+        prep: PreparedMerge,
+        session: WriteSession,
+        progress: Progress | None = None,
+    ) -> Execution:
+        done = self.run_many(repo, [prep], progress=progress)[0]
+        if isinstance(done, BaseException):
+            raise done
+        return adopt(session, done)
+
+    # ----- many merges -----------------------------------------------------------------------
+
+    def run_many(
+        self,
+        repo: Repository,
+        preps: Sequence[PreparedMerge],
+        *,
+        progress: Progress | None = None,
+        on_done: Callable[[int, RayExecution | BaseException], None] | None = None,
+        on_bytes: Callable[[int], None] | None = None,
+    ) -> list[RayExecution | BaseException]:
+        """Run every merge's tensors at once; each merge's result (or its error) in order.
+        `on_done(i, result)` is called as soon as merge i is complete, `progress(n)` as tensors
+        finish, `on_bytes(n)` with the pack bytes each task read."""
+        ray = self.ray = connect(self.address)
+        with _remote_lock:
+            global _remote
+            if _remote is None:
+                _remote = ray.remote(run_group)
+        cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        states = [_MergeState(p) for p in preps]
+        jobs = self._jobs(repo, preps, states, cpus)
+        refs: dict[Any, int] = {}
+        for j, (job, _groups) in enumerate(jobs):
+            ref = _remote.options(num_cpus=self.cpus_per_task, max_retries=3).remote(job)
+            refs[ref] = j
+        out: list[RayExecution | BaseException | None] = [None] * len(preps)
+
+        def finish(i: int) -> None:
+            st = states[i]
+            res: RayExecution | BaseException
+            try:
+                res = st.error or _assemble(st, repo.config.block_size)
+            except MergestoreError as e:
+                res = e
+            out[i] = res
+            if on_done is not None:
+                on_done(i, res)
+
+        for i, st in enumerate(states):
+            if st.jobs_left == 0:
+                finish(i)
+        try:
+            while refs:
+                ready, _ = ray.wait(list(refs), num_returns=1)
+                for ref in ready:
+                    j = refs.pop(ref)
+                    faults.kill_point("ray-task-done")  # tests: the driver dies mid-merge
+                    job, groups = jobs[j]
+                    try:
+                        result: GroupResult | None = ray.get(ref)
+                        err = None
+                    except Exception as e:  # a task that failed for good
+                        result, err = None, _task_error(e)
+                    if on_bytes is not None and result is not None:
+                        on_bytes(result.pack_bytes_read)
+                    for part, g in enumerate(groups):
+                        st = states[g.merge]
+                        if err is not None:
+                            st.error = st.error or err
+                        else:
+                            assert result is not None
+                            st.results[(j, part)] = result.parts[part]
+                            st.written.update((w.id, w) for w in result.written)
+                            st.task_seconds.append(result.seconds)
+                            if part == 0:
+                                st.pack_bytes_read += result.pack_bytes_read
+                        st.jobs_left -= 1
+                        if progress is not None:
+                            progress(len(g.indexes))
+                        if st.jobs_left == 0:
+                            finish(g.merge)
+        except BaseException:
+            for ref in refs:
+                ray.cancel(ref, force=True)
+            raise
+        return [r if r is not None else MergeError("merge did not run") for r in out]
+
+    def _jobs(
+        self,
+        repo: Repository,
+        preps: Sequence[PreparedMerge],
+        states: list[_MergeState],
+        cpus: int,
+    ) -> list[tuple[GroupJob, list[_Group]]]:
+        """Tasks: each merge's tensors cut into groups by bytes; merges of one sweep (the same
+        tensors of the same model commits) share tasks, BATCH_MERGES at a time."""
+        batches: dict[tuple[Any, ...], list[int]] = {}
+        for i, p in enumerate(preps):
+            key = (tuple(t.plan.name for t in p.tasks), tuple(m.commit for m in p.models))
+            batches.setdefault(key, []).append(i)
+        jobs = []
+        for members in batches.values():
+            for b0 in range(0, len(members), BATCH_MERGES):
+                batch = members[b0 : b0 + BATCH_MERGES]
+                first = preps[batch[0]]
+                for indexes in group_tasks(first.tasks, self._target(first.tasks, cpus)):
+                    parts, groups, tasks_all = [], [], []
+                    for part, i in enumerate(batch):
+                        tasks = [preps[i].tasks[k] for k in indexes]
+                        parts.append(MergePart(**part_settings(preps[i]), tasks=tasks))
+                        groups.append(_Group(i, indexes))
+                        states[i].groups.append((len(jobs), part, groups[-1]))
+                        tasks_all.extend(tasks)
+                        states[i].jobs_left += 1
+                    job = self._job(repo, tasks_all, parts, cache=len(batch) > 1)
+                    jobs.append((job, groups))
+        return jobs
+
+    def _target(self, tasks: Sequence[TensorTask], cpus: int) -> int:
+        if self.task_bytes is not None:
+            return self.task_bytes
+        total = sum(task_bytes(t) for t in tasks)
+        return min(MAX_TASK_BYTES, max(1, total // (TASKS_PER_CPU * cpus)))
+
+    def _job(
+        self, repo: Repository, tasks: list[TensorTask], parts: list[MergePart], cache: bool
+    ) -> GroupJob:
+        owners: dict[bytes, str] = {}
+        for t in tasks:
+            for rec in (t.reference, t.base, *t.inputs):
+                if rec is not None:
+                    for bid in rec.blocks:
+                        owners.setdefault(bid, t.plan.name)
+        places = block_places(repo, owners)
+        stored = sum(p.length for p in places.values())
+        return GroupJob(
+            pack_dir=str(repo.pack_dir.resolve()),
+            config=repo.config,
+            block_size=repo.config.block_size,
+            places=places,
+            owners=owners,
+            parts=parts,
+            cache_bytes=min(stored, CACHE_BYTES) if cache else 0,
+            threads=self.cpus_per_task,
+            fault=self.fault,
+        )
+
+
+def group_tasks(tasks: Sequence[TensorTask], target: int) -> list[list[int]]:
+    """Consecutive tasks in groups of at most `target` input bytes (a larger tensor alone)."""
+    groups: list[list[int]] = []
+    size = 0
+    for k, t in enumerate(tasks):
+        n = task_bytes(t)
+        if not groups or size + n > target:
+            groups.append([])
+            size = 0
+        groups[-1].append(k)
+        size += n
+    return groups
+
+
+def _task_error(e: BaseException) -> BaseException:
+    """A failed task's error as one line: the worker's own MergestoreError where there is one."""
+    cause = getattr(e, "cause", None)
+    if isinstance(cause, MergestoreError):
+        return type(cause)(_first_line(cause))
+    if isinstance(cause, BaseException):
+        return MergeError(f"a ray task failed: {type(cause).__name__}: {_first_line(cause)}")
+    return MergeError(f"a ray task failed: {type(e).__name__}: {_first_line(e)}")
+
+
+def _assemble(st: _MergeState, block_size: int) -> RayExecution:
+    """One merge's outputs in task order, its statistics summed in task order."""
+    prep = st.prep
+    n_models = len(prep.models)
+    ordered: list[tuple[int, Any]] = []
+    for j, part, g in st.groups:
+        ordered.append((g.indexes[0], st.results[(j, part)]))
+    ordered.sort(key=lambda x: x[0])
+    outputs: list[OutputTensor] = []
+    expert = [ReadMeter() for _ in range(n_models)]
+    stats = EngineStats(expert_meters=expert)
+    taken = 0
+    seconds = 0.0
+    torch_free = True
+    for _k, r in ordered:
+        outputs.extend(r.outputs)
+        for m in range(n_models):
+            expert[m].bytes_read += r.expert_bytes[m]
+            expert[m].blocks_read += r.expert_blocks[m]
+        stats.base_meter.bytes_read += r.base_bytes
+        stats.base_meter.blocks_read += r.base_blocks
+        stats.blocks_read += r.blocks_read
+        stats.merged_delta_sq += r.merged_delta_sq
+        seconds += r.seconds
+        torch_free = torch_free and r.torch_free
+        taken += r.blocks_from_base
+    stats.tensors = len(outputs)
+    stats.seconds = seconds
+    stats.torch_free = torch_free
+    if [o.name for o in outputs] != [t.plan.name for t in prep.tasks]:
+        raise CorruptionError("ray tasks returned the wrong tensors")
+    for o in outputs:
+        want = tensor_blocking(o.shape, DTYPE_SIZES[o.dtype], block_size).num_blocks
+        if len(o.blocks) != want:
+            raise CorruptionError(f"tensor {o.name!r}: a ray task returned {len(o.blocks)} blocks")
+    used = {b for o in outputs for b in o.blocks}
+    written = [w for w in st.written.values() if w.id in used]
+    extra = {
+        "tasks": len(st.groups),
+        "pack_bytes_read": st.pack_bytes_read,
+        "task_seconds_sum": round(sum(st.task_seconds), 4),
+        "task_seconds_max": round(max(st.task_seconds, default=0.0), 4),
+    }
+    return RayExecution(prep, outputs, stats, taken, written, extra)
+
+
+def adopt(session: WriteSession, done: RayExecution) -> Execution:
+    """Take a merge's worker-written blocks into the session and check that every output
+    block is now stored: in the index already, or adopted from a worker's pack."""
+    adopt_blocks(session, done.written)
+    repo = session.repo
+    ids = {b for o in done.outputs for b in o.blocks}
+    pending = {b for b in ids if b in session.blocks}
+    missing = ids - pending - set(repo.block_locations(ids - pending))
+    if missing:
+        bid = next(iter(missing))
+        name = next(o.name for o in done.outputs if bid in o.blocks)
+        raise CorruptionError(
+            f"tensor {name!r}: block {bid.hex()[:12]} came back from a ray task; no pack holds it"
+        )
+    return Execution(done.outputs, done.stats, done.blocks_from_base, dict(done.extra))
+
+
+class Finished:
+    """An executor for run.execute whose work is done already (merge_many on Ray)."""
+
+    name = "ray"
+
+    def __init__(self, done: RayExecution) -> None:
+        self.done = done
+
+    def run(
+        self,
+        repo: Repository,
+        prep: PreparedMerge,
+        session: WriteSession,
+        progress: Progress | None = None,
+    ) -> Execution:
+        del repo, prep, progress
+        return adopt(session, self.done)

@@ -1,0 +1,164 @@
+"""What one Ray task runs: a group of output tensors of one or more merges.
+
+Plain Python (no Ray import), so it is tested and timed like any function. The task gets the
+places of every block it may read (never the index), runs the same streaming engine as the
+local executor on its tensors, writes the outputs into packs of its own and returns their
+block ids, the blocks it wrote and its read statistics. It is idempotent: a retried task
+writes new packs and returns the same ids; the packs of a killed attempt are never indexed.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mergestore.merge.engine import Engine, OutputTensor, StoreSink, TensorTask
+from mergestore.store.repo import StoreConfig
+from mergestore.store.worker_packs import BlockPlace, PackBlockSource, WorkerPacks, WrittenBlock
+
+
+@dataclass
+class MergePart:
+    """One merge's share of a task: its engine settings and its tensors (whole TensorTasks)."""
+
+    method: str
+    dtype: str | None
+    out_dtype: str | None
+    seed: int
+    tokenizer_source: str | None
+    n_models: int
+    track_delta: bool
+    omitted: str | None
+    tasks: list[TensorTask]
+
+
+@dataclass
+class GroupJob:
+    pack_dir: str
+    config: StoreConfig
+    block_size: int
+    places: dict[bytes, BlockPlace]
+    owners: dict[bytes, str]
+    parts: list[MergePart]
+    cache_bytes: int = 0
+    threads: int = 1  # tensors merged at once inside the task (its CPUs)
+    fault: str | None = None  # tests: "kill-once:<marker path>" dies on the first attempt
+
+
+@dataclass
+class PartResult:
+    outputs: list[OutputTensor]
+    expert_bytes: list[int]
+    expert_blocks: list[int]
+    base_bytes: int
+    base_blocks: int
+    blocks_read: int
+    merged_delta_sq: float
+    seconds: float
+    torch_free: bool
+    blocks_from_base: int
+
+
+@dataclass
+class GroupResult:
+    parts: list[PartResult]
+    written: list[WrittenBlock]
+    bytes_written: int
+    pack_bytes_read: int
+    cache_hits: int
+    seconds: float
+    node: str = field(default_factory=lambda: os.uname().nodename)
+
+
+def run_group(job: GroupJob) -> GroupResult:
+    """Merge every part's tensors; outputs of each part in its task order."""
+    from mergestore.merge.run import run_tasks
+
+    t0 = time.perf_counter()
+    os.environ["MERGESTORE_MERGE_WORKERS"] = str(max(1, job.threads))
+    source = PackBlockSource(Path(job.pack_dir), job.places, job.owners, job.cache_bytes)
+    packs = WorkerPacks(Path(job.pack_dir), job.config, job.places)
+    sink = StoreSink(packs, packs)  # type: ignore[arg-type]  # config + session calls
+    results = []
+    try:
+        for part in job.parts:
+            engine = Engine(
+                source,  # type: ignore[arg-type]  # the engine only reads blocks through it
+                method=part.method,
+                dtype=part.dtype,
+                out_dtype=part.out_dtype,
+                seed=part.seed,
+                tokenizer_source=part.tokenizer_source,
+                block_size=job.block_size,
+            )
+            outputs, stats, taken = run_tasks(
+                engine,
+                part.tasks,
+                sink,
+                part.n_models,
+                track_delta=part.track_delta,
+                omitted=part.omitted,
+            )
+            _maybe_die(job.fault)  # mid-task: output blocks appended, nothing returned yet
+            results.append(
+                PartResult(
+                    outputs=outputs,
+                    expert_bytes=[m.bytes_read for m in stats.expert_meters],
+                    expert_blocks=[m.blocks_read for m in stats.expert_meters],
+                    base_bytes=stats.base_meter.bytes_read,
+                    base_blocks=stats.base_meter.blocks_read,
+                    blocks_read=stats.blocks_read,
+                    merged_delta_sq=stats.merged_delta_sq,
+                    seconds=stats.seconds,
+                    torch_free=stats.torch_free,
+                    blocks_from_base=taken,
+                )
+            )
+        written = packs.finish()
+    except BaseException:
+        packs.abort()
+        raise
+    finally:
+        source.close()
+    return GroupResult(
+        results,
+        written,
+        packs.bytes_written,
+        source.pack_bytes_read,
+        source.cache_hits,
+        time.perf_counter() - t0,
+    )
+
+
+def _maybe_die(fault: str | None) -> None:
+    """Test hook: kill this worker process the first time (a marker file remembers)."""
+    if not fault or not fault.startswith("kill-once:"):
+        return
+    marker = Path(fault.split(":", 1)[1])
+    try:
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return
+    os.close(fd)
+    time.sleep(0.2)
+    os.kill(os.getpid(), 9)
+
+
+def part_settings(prep: Any) -> dict[str, Any]:
+    """A prepared merge's engine settings, for MergePart."""
+    from mergestore.ops import get_method
+
+    cfg = prep.cfg
+    return {
+        "method": get_method(cfg.merge_method).name,
+        "dtype": cfg.dtype,
+        "out_dtype": cfg.out_dtype,
+        "seed": cfg.seed or 0,
+        "tokenizer_source": cfg.tokenizer_source,
+        "n_models": len(prep.models),
+        "track_delta": prep.selection.active,
+        "omitted": prep.plan_body.get("omitted_from_base"),
+    }

@@ -1,0 +1,34 @@
+"""One local Ray instance per test session (`ray.init(num_cpus=2)`, ~8 s).
+
+Outside CI the Ray tests skip when Ray is not installed; under CI=true they fail, since
+.ci/run installs the ray extra and the tests must run there.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[Any]:
+    try:
+        import ray
+    except ImportError:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail('CI=true but Ray is not installed (pip install "mergestore[ray]")')
+        pytest.skip('Ray is not installed (pip install "mergestore[ray]")')
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    started = False
+    if not ray.is_initialized():
+        try:
+            ray.init(num_cpus=2, log_to_driver=False, include_dashboard=False)
+            started = True
+        except Exception as e:  # any start-up failure is the test's failure
+            pytest.fail(f"could not start a local Ray instance: {e}")
+    yield ray
+    if started:
+        ray.shutdown()
