@@ -85,6 +85,7 @@ class _MergeState:
     error: BaseException | None = None
     pack_bytes_read: int = 0
     task_seconds: list[float] = field(default_factory=list)
+    worker_peak_rss: int = 0
 
 
 @dataclass
@@ -197,6 +198,7 @@ class RayExecutor:
                             st.results[(j, part)] = result.parts[part]
                             st.written.update((w.id, w) for w in result.written)
                             st.task_seconds.append(result.seconds)
+                            st.worker_peak_rss = max(st.worker_peak_rss, result.peak_rss_bytes)
                             if part == 0:
                                 st.pack_bytes_read += result.pack_bytes_read
                         st.jobs_left -= 1
@@ -337,6 +339,7 @@ def _assemble(st: _MergeState, block_size: int) -> RayExecution:
         "pack_bytes_read": st.pack_bytes_read,
         "task_seconds_sum": round(sum(st.task_seconds), 4),
         "task_seconds_max": round(max(st.task_seconds, default=0.0), 4),
+        "worker_peak_rss_bytes": st.worker_peak_rss,
     }
     return RayExecution(prep, outputs, stats, taken, written, extra)
 

@@ -10,6 +10,7 @@ writes new packs and returns the same ids; the packs of a killed attempt are nev
 from __future__ import annotations
 
 import os
+import resource
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,6 +71,7 @@ class GroupResult:
     pack_bytes_read: int
     cache_hits: int
     seconds: float
+    peak_rss_bytes: int = 0  # the worker process's peak so far (it may have run other tasks)
     node: str = field(default_factory=lambda: os.uname().nodename)
 
 
@@ -130,6 +132,7 @@ def run_group(job: GroupJob) -> GroupResult:
         source.pack_bytes_read,
         source.cache_hits,
         time.perf_counter() - t0,
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
     )
 
 
