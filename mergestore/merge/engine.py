@@ -461,6 +461,15 @@ class Engine:
                 held[bid] = memoryview(dst[off : off + n]).toreadonly()
         return self._shaped(dst, rec)
 
+    def _load_named(self, task: TensorTask, stats: EngineStats, workers: int = 1) -> _Loaded:
+        """_load, with a missing or corrupt block's error naming the tensor being read."""
+        try:
+            return self._load(task, stats, workers)
+        except CorruptionError as e:
+            if str(e).startswith("tensor "):
+                raise
+            raise CorruptionError(f"tensor {task.plan.name!r}: {e}") from None
+
     def _load(self, task: TensorTask, stats: EngineStats, workers: int = 1) -> _Loaded:
         """Read and decode a task's inputs, on `workers` threads (the engine passes more than
         one only for a task merged alone: otherwise tasks load side by side, which measured
@@ -676,7 +685,9 @@ class Engine:
                 while inflight and (len(inflight) > workers or held + cost > limit):
                     retire()
                 alone = 2 * cost > limit  # no other task fits beside it: split its reads
-                loaded = loader.submit(self._load, task, stats, default_workers() if alone else 1)
+                loaded = loader.submit(
+                    self._load_named, task, stats, default_workers() if alone else 1
+                )
                 merged = compute.submit(self._merge_loaded, [loaded])
                 written = writer.submit(self._emit_merged, [merged], sink, stats, track_delta)
                 inflight.append((written, cost))

@@ -34,3 +34,24 @@ def test_ray_missing_says_how_to_install(
     r = cli("--store", root, "merge", "--method", "task_arithmetic", "--base", "main",
             "dense_small", "-b", "m", "--executor", "ray", "--json")  # fmt: skip
     assert r.code == 1
+
+
+def test_local_corrupt_block_names_the_tensor(tmp_path: Path, cli) -> None:
+    from mergestore.store.packs import pack_path
+
+    store, _fam = family_store(tmp_path, PRESETS["tiny"])
+    name = next(t.name for t in store.tensors("main") if t.name.endswith("mlp.up_proj.weight"))
+    base_rec = store.tensor_record(store.resolve("main"), name)
+    expert_rec = store.tensor_record(store.resolve("dense_small"), name)
+    victim = next(b for b, a in zip(expert_rec.blocks, base_rec.blocks, strict=True) if b != a)
+    loc = store.repo.block_location(victim)
+    root = store.repo.path
+    store.close()
+    pack = pack_path(root / "packs", loc.pack)
+    data = bytearray(pack.read_bytes())
+    data[loc.offset + loc.length // 2] ^= 0x5A
+    pack.write_bytes(bytes(data))
+    r = cli("--store", root, "merge", "--method", "task_arithmetic", "--base", "main",
+            "dense_small", "-w", "0.5", "-b", "m")  # fmt: skip
+    assert r.code == 1 and r.err.strip().count("\n") == 0, r.err
+    assert name in r.err and victim.hex()[:12] in r.err and "corrupt" in r.err, r.err

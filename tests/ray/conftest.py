@@ -21,11 +21,11 @@ def ray_session() -> Iterator[Any]:
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail('CI=true but Ray is not installed (pip install "mergestore[ray]")')
         pytest.skip('Ray is not installed (pip install "mergestore[ray]")')
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.pop("RAY_ADDRESS", None)  # a fresh instance, not a cluster this machine runs
     started = False
     if not ray.is_initialized():
         try:
-            ray.init(num_cpus=2, log_to_driver=False, include_dashboard=False)
+            ray.init(address="local", num_cpus=2, log_to_driver=False, include_dashboard=False)
             started = True
         except Exception as e:  # any start-up failure is the test's failure
             pytest.fail(f"could not start a local Ray instance: {e}")
