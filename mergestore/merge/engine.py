@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections import deque
+from collections import ChainMap, deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -48,8 +48,9 @@ from mergestore.ops.lane16 import LANES, Lane16
 from mergestore.store import codecs
 from mergestore.store.blocks import block_id, tensor_blocking
 from mergestore.store.objects import TensorRecord
-from mergestore.store.packs import ReadMeter
+from mergestore.store.packs import ENTRY_HEADER, ReadMeter
 from mergestore.store.parallel import default_workers, ordered_map, reuse_freed_memory
+from mergestore.store.reader import BlockReader
 from mergestore.store.repo import BlockLocation, Repository, WriteSession
 
 if TYPE_CHECKING:
@@ -326,15 +327,14 @@ class Engine:
         taken from the first of `holders` that has it (else read); then copy each repeat
         (offset, id) from its block's place."""
 
-        def fetch(bid: bytes) -> None:
-            loc = locs[bid]
-            hint = None
-            if loc.ref is not None:
-                hint = next((h[loc.ref] for h in holders if loc.ref in h), None)
+        def into(bid: bytes) -> np.ndarray:
             off, n = places[bid]
-            self.repo.read_block_into(bid, dst[off : off + n], meter, reference=hint, location=loc)
+            return dst[off : off + n]
 
-        for _ in ordered_map(fetch, list(places), workers=workers):
+        refs = ChainMap(*holders)  # type: ignore[arg-type]
+        for _ in self._reader().read(
+            list(places), meter, locations=locs, references=refs, into=into, workers=workers
+        ):
             pass
         for off, bid in repeats:
             start, n = places[bid]
@@ -344,12 +344,17 @@ class Engine:
         """Blocks by id, each counted on its own meter; one index transaction for them all."""
         ids = list(meters)
         locs = self.repo.block_locations(ids)
-        raws = ordered_map(
-            lambda b: self.repo.read_block(b, meters[b], location=locs.get(b), view=True),
-            ids,
-            workers=workers,
-        )
-        return dict(zip(ids, raws, strict=True))
+        out: dict[bytes, bytes] = {}
+        for bid, raw in self._reader().read(
+            ids, meters, locations=locs, view=True, workers=workers
+        ):
+            out[bid] = raw  # type: ignore[assignment]
+        return out
+
+    def _reader(self) -> BlockReader:
+        """Reads only the blocks asked for (and the entry headers between adjacent ones):
+        a budgeted merge reads from disk what it counts."""
+        return self.repo.reader(max_gap=ENTRY_HEADER.size)
 
     def _plan_input(
         self,
