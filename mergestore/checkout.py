@@ -242,13 +242,28 @@ def checkout_commit(
     )
 
 
+def write_tree_files(
+    repo: Repository, tree: Tree, out: Path, *, skip: frozenset[str], meter: ReadMeter
+) -> int:
+    """Write the tree's files but those in `skip` into `out` as checkout does (merge --out:
+    the tensor files it has written itself); returns the bytes written."""
+    writer = _Writer(repo, meter, None)
+    try:
+        writer.run(_tree_tasks(writer, repo, tree, out, skip))
+    finally:
+        writer.cleanup()
+    return writer.written
+
+
 def _tree_tasks(
-    writer: _Writer, repo: Repository, tree: Tree, out: Path
+    writer: _Writer, repo: Repository, tree: Tree, out: Path, skip: frozenset[str] = frozenset()
 ) -> Iterator[tuple[_OutFile, int, bytes, BlockLocation]]:
     targets = _plan_paths(tree, out)
     out.mkdir(parents=True, exist_ok=True)
     root = out.resolve()
     for entry, target in zip(tree.entries, targets, strict=True):
+        if entry.path in skip:
+            continue
         _ensure_inside(root, target)
         obj = repo.get_file(entry.object)
         prefix, ids = _file_parts(repo, obj)

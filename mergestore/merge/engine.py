@@ -71,6 +71,7 @@ class TensorTask:
     input_models: list[int]  # model index of each input
     reference: TensorRecord | None  # the base model's tensor: stands in for omitted blocks
     selected: list[frozenset[int] | None]  # per input: blocks to read (None: all)
+    first_block: int = 0  # a piece of a larger tensor (run.py): where it starts, in blocks
 
 
 @dataclass
@@ -89,7 +90,11 @@ class Sink(Protocol):
         dtype: str,
         refs: Sequence[bytes | None],
         workers: int = 1,
-    ) -> list[bytes]: ...
+        tensor: tuple[str, int] | None = None,
+    ) -> list[bytes]:
+        """Name (and keep) the output blocks `raws`: consecutive bytes of output tensor
+        `tensor[0]` from byte `tensor[1]` on."""
+        ...
 
 
 class StoreSink:
@@ -106,6 +111,7 @@ class StoreSink:
         dtype: str,
         refs: Sequence[bytes | None],
         workers: int = 1,
+        tensor: tuple[str, int] | None = None,
     ) -> list[bytes]:
         def work(item: tuple[memoryview, bytes | None]) -> tuple[bytes, codecs.Encoded | None]:
             raw, ref = item
@@ -150,6 +156,7 @@ class HashSink:
         dtype: str,
         refs: Sequence[bytes | None],
         workers: int = 1,
+        tensor: tuple[str, int] | None = None,
     ) -> list[bytes]:
         return list(ordered_map(block_id, list(raws), workers=workers))
 
@@ -570,7 +577,8 @@ class Engine:
             sink.offer_references(ld.ref_raw)
         # The writer is one stage of the pipeline: its blocks are hashed on its own thread,
         # unless the task is merged alone (then nothing else would use the other core).
-        ids = sink.put_blocks(raws, dtype, refs, ld.workers)
+        at = ld.task.first_block * blocking.rows_per_block * blocking.row_bytes
+        ids = sink.put_blocks(raws, dtype, refs, ld.workers, tensor=(name, at))
         if track_delta and ld.reference is not None and tuple(ld.reference.shape) == shape:
             stats.merged_delta_sq += self._delta_sq(ld.reference, out, data, dtype)
         return OutputTensor(name, dtype, shape, blocking.rows_per_block, tuple(ids))
