@@ -101,9 +101,7 @@ def disk_rate(path: Path) -> float:
     """Sequential read rate of `path` in GB/s, read cold with dd (16 MiB reads)."""
     drop_cache([path])
     t0 = time.perf_counter()
-    subprocess.run(
-        ["dd", f"if={path}", "of=/dev/null", "bs=16M"], check=True, capture_output=True
-    )
+    subprocess.run(["dd", f"if={path}", "of=/dev/null", "bs=16M"], check=True, capture_output=True)
     return path.stat().st_size / (time.perf_counter() - t0) / 1e9
 
 

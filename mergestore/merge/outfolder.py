@@ -37,8 +37,8 @@ from mergestore.merge.layout import TensorMeta, plan_shards, shard_header
 from mergestore.store.blocks import TensorBlocking
 from mergestore.store.objects import TensorFile, Tree
 from mergestore.store.packs import ReadMeter
-from mergestore.store.parallel import default_workers
 from mergestore.store.repo import Repository
+from mergestore.threads import default_workers
 
 _FLOATS = {"BF16": 2, "F16": 2, "F32": 4, "F64": 8}
 # Kernels whose result is fp32 for 16-bit inputs (docs/methods.md, "result dtype").

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 from mergestore.errors import CorruptionError
 from mergestore.store.index import BlockLocation
 from mergestore.store.packs import ENTRY_HEADER, ENTRY_MAGIC, ReadMeter
-from mergestore.store.parallel import ordered_map
+from mergestore.threads import ordered_map
 
 if TYPE_CHECKING:
     import numpy as np
