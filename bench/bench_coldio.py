@@ -1,21 +1,25 @@
 """Cold-cache physical I/O: what a command really reads from disk, against what it reports.
 
-    python bench/bench_coldio.py run --drop STORE --drop INPUTS -- mergestore ... --json
+    python bench/bench_coldio.py run --drop STORE/packs --drop INPUTS -- mergestore ... --json
     python bench/bench_coldio.py sweep --store S --base REF --expert REF [--expert REF ...] \
-        [--drop INPUTS] [--label after] [--out bench/out/coldio.json] [--write-docs]
+        [--before OLD_SOURCE_TREE] [--repeat 3] [--out bench/out/coldio.json]
+    python bench/bench_coldio.py sweep --store S ... --render   # print the table of --out
 
 `run` drops the page cache of every file under each --drop path (fdatasync, then
 posix_fadvise(DONTNEED): nothing else on the machine is evicted), runs the command as a child,
-waits for it without reaping it, reads the child's /proc/PID/io `read_bytes` (bytes it caused
-to be fetched from the disk), and prints one JSON object: the wall time, read_bytes, and the
-command's own --json output.
+waits for it without reaping it (waitid WNOWAIT), reads the child's /proc/PID/io `read_bytes`
+(bytes it caused to be fetched from the disk; wait4's ru_inblock gives the same), and prints
+one JSON object: the wall time, read_bytes, and the command's own --json output.
 
-`sweep` measures, each with a cold cache for the store's packs and index and the inputs:
-- the disk's sequential read rate (dd of the largest pack, cache dropped first);
-- `fsck --full`, `checkout` of the base, and a task_arithmetic merge (+ checkout) with GB/s;
-- budgeted merges at 10%, 25% and 100%: physical read_bytes against the reported
-  expert_bytes_read + base_bytes_read (+ analyze_bytes_read; the statistics are computed
-  beforehand, warm, so a merge's planning reads nothing).
+`sweep` measures, each with the store's packs (and any --drop path) cold:
+- the disk's sequential read rate: dd of the largest pack, its cache dropped first;
+- `fsck --full`, `checkout` of the base, and task_arithmetic merges of the experts at each
+  budget (10%, 25%, 100% and none): wall time, bytes read from disk, GB/s against the disk's
+  rate, and for merges the physical reads against the reported expert_bytes_read +
+  base_bytes_read (+ analyze_bytes_read: the statistics are computed beforehand, warm, so a
+  merge's planning reads nothing);
+- with --before (a clone of an older commit, its C extension built), each command runs in
+  turn with the old code and this one (PYTHONPATH), A B A B, so drift hits both alike.
 Hold /work/coord/bench.lock (flock) while it runs on a shared machine.
 """
 
@@ -110,39 +114,58 @@ def _ms(store: Path, *args: str) -> list[str]:
     return [exe, "--store", str(store), *args]
 
 
+def _env(code: Path | None) -> dict[str, str]:
+    env = dict(os.environ)
+    if code is not None:  # an earlier source tree (a clone of an older commit, C extension built)
+        env["PYTHONPATH"] = str(code)
+    return env
+
+
 def sweep(args: argparse.Namespace) -> dict:
+    """Every command cold, `--repeat` times; with --before, A/B pairs in turn (A B A B ...)."""
     store: Path = args.store
-    drops = [store / "packs", store / "index", *args.drop]
+    drops = [store / "packs", *args.drop]
     packs = sorted((store / "packs").glob("pack-*.pack"), key=lambda p: p.stat().st_size)
     pack_bytes = sum(p.stat().st_size for p in packs)
     res: dict = {"label": args.label, "store_pack_bytes": pack_bytes, "load": os.getloadavg()}
     res["disk_gbps"] = [round(disk_rate(packs[-1]), 3) for _ in range(args.repeat)]
+    codes: list[tuple[str, Path | None]] = [("after", None)]
+    if args.before:
+        codes = [("before", args.before), ("after", None)]
+    for e in args.expert:  # statistics for the budget planner, computed warm, not timed
+        subprocess.run(
+            _ms(store, "analyze", e, "--base", args.base), check=True, capture_output=True
+        )
+    weights = [x for _ in args.expert for x in ("-w", f"{1 / len(args.expert):.4f}")]
     scratch = Path(tempfile.mkdtemp(dir=args.scratch))
+    commands: list[tuple[str, list[str]]] = [
+        ("fsck --full", ["fsck", "--full", "--json"]),
+        ("checkout", ["checkout", args.base, str(scratch / "co"), "--json"]),
+    ]
+    for budget in args.budgets:
+        cmd = ["merge", *args.expert, "--method", "task_arithmetic", *weights]
+        cmd += ["--base", args.base, "-b", "coldio", "--json"]
+        if budget != "none":
+            cmd += ["--budget", budget]
+        commands.append((f"merge, budget {budget}", cmd))
     rows: list[dict] = []
     try:
-        for i in range(args.repeat):
-            r = run_cold(_ms(store, "fsck", "--full", "--json"), drops)
-            rows.append({"what": "fsck --full", "bytes": pack_bytes, **r})
-            out = scratch / f"co{i}"
-            r = run_cold(_ms(store, "checkout", args.base, str(out), "--json"), drops)
-            shutil.rmtree(out, ignore_errors=True)
-            rows.append({"what": "checkout", "bytes": r["read_bytes"], **r})
-        models = [args.base, *args.expert]
-        for e in args.expert:  # statistics for the budget planner, computed warm, not timed
-            subprocess.run(_ms(store, "analyze", args.base, e), check=True, capture_output=True)
-        for budget in ("10%", "25%", "100%", None):
-            for i in range(args.repeat):
-                cmd = _ms(store, "merge", *models, "--method", "task_arithmetic", "--base")
-                cmd += [args.base, "-b", f"coldio-{budget or 'full'}-{i}", "--json"]
-                if budget:
-                    cmd += ["--budget", budget]
-                r = run_cold(cmd, drops)
-                run = (r["json"] or {}).get("run", r["json"] or {})
-                reported = sum(
-                    int(run.get(k) or 0)
-                    for k in ("expert_bytes_read", "base_bytes_read", "analyze_bytes_read")
-                )
-                rows.append({"what": f"merge {budget or 'unbudgeted'}", "reported": reported, **r})
+        for what, cmd in commands:
+            for _i in range(args.repeat):
+                for label, code in codes:
+                    r = run_cold(_ms(store, *cmd), drops, env=_env(code))
+                    shutil.rmtree(scratch / "co", ignore_errors=True)
+                    doc = r["json"] or {}
+                    reported = None
+                    if what.startswith("merge"):
+                        reported = sum(
+                            int(doc.get(k) or 0)
+                            for k in ("expert_bytes_read", "base_bytes_read", "analyze_bytes_read")
+                        )
+                    elif what == "checkout":
+                        reported = doc.get("bytes_read")
+                    rows.append({"what": what, "code": label, "reported": reported, **r})
+                    print(what, label, r["wall_seconds"], r["read_bytes"], reported, flush=True)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     res["rows"] = rows
@@ -152,28 +175,30 @@ def sweep(args: argparse.Namespace) -> dict:
 def render(res: dict) -> str:
     disk = sorted(res["disk_gbps"])[len(res["disk_gbps"]) // 2]
     lines = [
-        f"Disk sequential read (dd, 16 MiB reads, cold): {disk:.2f} GB/s. "
-        f"Store: {res['store_pack_bytes'] / 1e9:.2f} GB of packs. Load at start: "
+        f"Disk sequential read (dd, 16 MiB reads, cold): {disk:.2f} GB/s (median of "
+        f"{', '.join(f'{x:.2f}' for x in res['disk_gbps'])}). Store: "
+        f"{res['store_pack_bytes'] / 1e9:.2f} GB of packs. Load average at start: "
         + ", ".join(f"{x:.1f}" for x in res["load"]),
         "",
-        "| command | wall s (median) | read from disk | reported | disk/reported | GB/s | "
-        "share of disk rate |",
-        "|---|---|---|---|---|---|---|",
+        "| command | code | wall s (median) | read from disk | reported | disk / reported "
+        "| GB/s from disk | of the disk's rate |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    by: dict[str, list[dict]] = {}
+    by: dict[tuple[str, str], list[dict]] = {}
     for r in res["rows"]:
-        by.setdefault(r["what"], []).append(r)
-    for what, rs in by.items():
+        by.setdefault((r["what"], r.get("code", "after")), []).append(r)
+    for (what, code), rs in by.items():
         rs = sorted(rs, key=lambda r: r["wall_seconds"])
         r = rs[len(rs) // 2]
-        phys = r["read_bytes"] or r["inblock_bytes"]
+        phys = r["read_bytes"] if r["read_bytes"] is not None else r["inblock_bytes"]
         rep = r.get("reported")
-        ratio = f"{phys / rep:.2f}" if rep else "-"
+        ratio = f"{phys / rep:.3f}" if rep else "-"
         gbps = phys / r["wall_seconds"] / 1e9
+        rep_s = f"{rep / 1e6:.1f} MB" if rep else "-"
+        walls = "/".join(f"{x['wall_seconds']:.2f}" for x in rs)
         lines.append(
-            f"| {what} | {r['wall_seconds']:.2f} | {phys / 1e6:.1f} MB | "
-            f"{f'{rep / 1e6:.1f} MB' if rep else '-'} | {ratio} | {gbps:.2f} | "
-            f"{gbps / disk:.0%} |"
+            f"| {what} | {code} | {r['wall_seconds']:.2f} ({walls}) | {phys / 1e6:.1f} MB | "
+            f"{rep_s} | {ratio} | {gbps:.2f} | {gbps / disk:.0%} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -190,6 +215,8 @@ def main() -> int:
     s.add_argument("--expert", action="append", required=True)
     s.add_argument("--drop", type=Path, action="append", default=[])
     s.add_argument("--repeat", type=int, default=3)
+    s.add_argument("--budgets", nargs="*", default=["10%", "25%", "100%", "none"])
+    s.add_argument("--before", type=Path, help="older source tree to pair against (PYTHONPATH)")
     s.add_argument("--label", default="current")
     s.add_argument("--scratch", type=Path, default=None)
     s.add_argument("--out", type=Path, default=OUT_DIR / "coldio.json")
