@@ -251,10 +251,13 @@ class Store:
         branch: str | None = None,
         message: str = "",
         progress: Progress | None = None,
+        out: str | os.PathLike[str] | None = None,
         executor: Any = None,
         ray_address: str | None = None,
     ) -> Any:
-        """Run a prepared merge on `executor` ("local", the default, or "ray") and publish it."""
+        """Run a prepared merge on `executor` ("local", the default, or "ray"); with `out`,
+        also write the merged HF folder there in the same pass (byte-identical to a later
+        checkout of the commit; MergeResult.out describes it)."""
         from mergestore.merge.executor import get_executor
         from mergestore.merge.run import execute
 
@@ -264,6 +267,7 @@ class Store:
             branch=branch,
             message=message,
             progress=progress,
+            out=out,
             executor=get_executor(executor, **({"address": ray_address} if ray_address else {})),
         )
 
@@ -283,13 +287,14 @@ class Store:
         max_error: float | None = None,
         branch: str | None = None,
         message: str = "",
+        out: str | os.PathLike[str] | None = None,
         executor: Any = None,
         ray_address: str | None = None,
     ) -> Any:
         """Run a merge and store it as a commit; returns a MergeResult (commit, plan, run).
-
+        With `out`, the merged HF folder is written there in the same pass (MergeResult.out).
         `executor`: "local" (default) or "ray" (`ray_address`: "auto", "ray://host:10001";
-        none starts a local Ray instance)."""
+        none joins $RAY_ADDRESS or a cluster started here, else starts a local instance)."""
         from mergestore.merge.config import config_from_cli
 
         if config is None:
@@ -305,10 +310,19 @@ class Store:
                 out_dtype,
                 seed,
             )
+        if out is not None:  # before anything is read or stored
+            from mergestore.merge.outfolder import check_target
+
+            check_target(Path(out))
         with self.gc_paused():  # path inputs are stored before the merge runs
             prep = self.prepare_merge(config, budget=budget, max_error=max_error)
             return self.execute_merge(
-                prep, branch=branch, message=message, executor=executor, ray_address=ray_address
+                prep,
+                branch=branch,
+                message=message,
+                out=out,
+                executor=executor,
+                ray_address=ray_address,
             )
 
     def merge_many(

@@ -106,6 +106,13 @@ def _config(
 @click.option("-m", "--message", default="", help="Commit message.")
 @click.option("-b", "--branch", default=None, help="Branch for the merge commit.")
 @click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Also write the merged HF folder here, in the same pass (as checkout would).",
+)
+@click.option(
     "--executor",
     type=click.Choice(["local", "ray"]),
     default="local",
@@ -135,20 +142,22 @@ def merge(
     models: tuple[str, ...],
     message: str,
     branch: str | None,
+    out_dir: str | None,
     executor: str,
     ray_address: str | None,
     as_json: bool,
 ) -> None:
-    """Merge MODELS (store refs or paths) into a new commit on BRANCH."""
+    """Merge MODELS (store refs or paths) into a new commit on BRANCH (and, with --out, into
+    an HF folder). Several --config files: one commit each, on a branch named after the file."""
     from mergestore.cli.commands_merge_many import run_many, yaml_files
 
     if config_path and yaml_files(models):  # --config sweep/*.yml: the shell spread the rest
         config_path, models = (*config_path, *models), ()
     if len(config_path) > 1:
-        if branch:
+        if branch or out_dir:
             from mergestore.errors import MergeError
 
-            raise MergeError("-b with several configs: each branch is named after its file")
+            raise MergeError("-b/--out with several configs: each branch is named after its file")
         return run_many(
             store,
             config_path,
@@ -160,11 +169,22 @@ def merge(
             as_json=as_json,
         )
     cfg = _config(config_path, method, base, models, weights, params, dtype, out_dtype, seed)
+    if out_dir is not None:  # before anything is read or stored
+        from pathlib import Path
+
+        from mergestore.merge.outfolder import check_target
+
+        check_target(Path(out_dir))
     with store.gc_paused():  # path inputs are stored before the merge runs
         prep = store.prepare_merge(cfg, budget=budget, max_error=max_error)
         with progress_bar("merge", None, not as_json) as _:
             res = store.execute_merge(
-                prep, branch=branch, message=message, executor=executor, ray_address=ray_address
+                prep,
+                branch=branch,
+                message=message,
+                out=out_dir,
+                executor=executor,
+                ray_address=ray_address,
             )
     out = {
         "commit": res.commit.hex() if res.commit else None,
@@ -172,10 +192,14 @@ def merge(
         "method": cfg.merge_method,
         **res.run,
     }
+    if res.out is not None:
+        out["out"] = res.out
     if as_json:
         emit_json(out)
         return
     click.echo(out["commit"])
+    if res.out is not None:
+        click.echo(f"wrote {res.out['path']} ({res.out['files']} files)")
     r = res.run
     from mergestore.cli.merge_summary import print_summary
 

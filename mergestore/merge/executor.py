@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from mergestore.merge.engine import Engine, EngineStats, OutputTensor
 
 if TYPE_CHECKING:
+    from mergestore.merge.outfolder import FolderOutput
     from mergestore.merge.run import PreparedMerge
     from mergestore.store.repo import Repository, WriteSession
 
@@ -48,7 +49,12 @@ class Executor(Protocol):
         prep: PreparedMerge,
         session: WriteSession,
         progress: Progress | None = None,
-    ) -> Execution: ...
+        folder: FolderOutput | None = None,
+    ) -> Execution:
+        """Compute every output tensor of `prep` into blocks the session will publish.
+        `folder` (merge --out): an executor that holds output bytes may write them there as
+        it goes; whatever it leaves is filled from the store after the commit."""
+        ...
 
 
 def make_engine(
@@ -80,14 +86,18 @@ class LocalExecutor:
         prep: PreparedMerge,
         session: WriteSession,
         progress: Progress | None = None,
+        folder: FolderOutput | None = None,
     ) -> Execution:
         from mergestore.merge.engine import StoreSink
         from mergestore.merge.run import run_tasks
 
+        sink: Any = StoreSink(repo, session)
+        if folder is not None:
+            sink = folder.sink(sink)
         outputs, stats, n_base = run_tasks(
             make_engine(repo, prep),
             prep.tasks,
-            StoreSink(repo, session),
+            sink,
             len(prep.models),
             progress=progress,
             track_delta=prep.selection.active,

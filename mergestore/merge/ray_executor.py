@@ -127,6 +127,7 @@ class RayExecutor:
         prep: PreparedMerge,
         session: WriteSession,
         progress: Progress | None = None,
+        folder: Any = None,  # outputs are not here: FolderOutput.finish reads them back
     ) -> Execution:
         done = self.run_many(repo, [prep], progress=progress)[0]
         if isinstance(done, BaseException):
@@ -375,6 +376,7 @@ class Finished:
         prep: PreparedMerge,
         session: WriteSession,
         progress: Progress | None = None,
+        folder: Any = None,
     ) -> Execution:
-        del repo, prep, progress
+        del repo, prep, progress, folder
         return adopt(session, self.done)
