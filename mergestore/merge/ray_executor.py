@@ -253,22 +253,21 @@ class RayExecutor:
     def _job(
         self, repo: Repository, tasks: list[TensorTask], parts: list[MergePart], cache: bool
     ) -> GroupJob:
-        owners: dict[bytes, str] = {}
+        ids: dict[bytes, None] = {}
         for t in tasks:
             for rec in (t.reference, t.base, *t.inputs):
                 if rec is not None:
-                    for bid in rec.blocks:
-                        owners.setdefault(bid, t.plan.name)
-        places = block_places(repo, owners)
+                    ids.update(dict.fromkeys(rec.blocks))
+        places = block_places(repo, ids)
         stored = sum(p.length for p in places.values())
         return GroupJob(
             pack_dir=str(repo.pack_dir.resolve()),
             config=repo.config,
             block_size=repo.config.block_size,
             places=places,
-            owners=owners,
             parts=parts,
-            cache_bytes=min(stored, CACHE_BYTES) if cache else 0,
+            # spans read also cover entry headers: room for all, or LRU thrashes
+            cache_bytes=min(2 * stored + (1 << 20), CACHE_BYTES) if cache else 0,
             threads=self.cpus_per_task,
             fault=self.fault,
         )

@@ -42,7 +42,6 @@ class GroupJob:
     config: StoreConfig
     block_size: int
     places: dict[bytes, BlockPlace]
-    owners: dict[bytes, str]
     parts: list[MergePart]
     cache_bytes: int = 0
     threads: int = 1  # tensors merged at once inside the task (its CPUs)
@@ -81,7 +80,7 @@ def run_group(job: GroupJob) -> GroupResult:
 
     t0 = time.perf_counter()
     os.environ["MERGESTORE_MERGE_WORKERS"] = str(max(1, job.threads))
-    source = PackBlockSource(Path(job.pack_dir), job.places, job.owners, job.cache_bytes)
+    source = PackBlockSource(Path(job.pack_dir), job.places, job.config, job.cache_bytes)
     packs = WorkerPacks(Path(job.pack_dir), job.config, job.places)
     sink = StoreSink(packs, packs)  # type: ignore[arg-type]  # config + session calls
     results = []

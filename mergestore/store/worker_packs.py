@@ -5,9 +5,9 @@ packs (a shared path) but not its LMDB index. This module is the store's side of
 
 - `block_places(repo, ids)`: the driver looks blocks up once and sends each worker their
   places (pack, offset, length, raw length, codec spec, delta reference): data stays put.
-- `PackBlockSource`: a worker reads blocks straight from the packs by those places (pread),
-  decodes them and verifies each against its blake3 id. It offers the engine the same reading
-  calls as Repository (block_locations, read_block, read_block_into).
+- `PackBlockSource`: a worker reads blocks straight from the packs by those places (pread, in
+  pack order through store.reader.BlockReader), decodes them and verifies each against its
+  blake3 id. It offers the engine the reading calls of a Repository.
 - `WorkerPacks`: a worker appends its output blocks to fresh packs of its own, in the store's
   pack format, fsyncs them and names what it wrote (`WrittenBlock`).
 - `adopt_blocks(session, written)`: the driver checks each written block against its entry
@@ -30,6 +30,7 @@ from mergestore.errors import CorruptionError
 from mergestore.store import codecs
 from mergestore.store.blocks import block_id
 from mergestore.store.packs import ENTRY_HEADER, ENTRY_MAGIC, PackAppender, PackReader, ReadMeter
+from mergestore.store.reader import BlockReader
 from mergestore.store.repo import PendingBlock, Repository, StoreConfig, WriteSession
 
 
@@ -58,76 +59,122 @@ def block_places(repo: Repository, ids: Iterable[bytes]) -> dict[bytes, BlockPla
     }
 
 
+class _CachedPacks:
+    """A PackReader whose reads are counted and, when `cache_bytes` > 0, kept in an LRU keyed
+    by (pack, offset, length): the same span read again (a sweep's next merge of the same
+    tensors) comes from memory."""
+
+    def __init__(self, pack_dir: Path, cache_bytes: int) -> None:
+        self._packs = PackReader(pack_dir)
+        self.cache_bytes = cache_bytes
+        self._cache: OrderedDict[tuple[int, int, int], bytes] = OrderedDict()
+        self._cached = 0
+        self._lock = threading.Lock()
+        self.bytes_read = 0  # bytes really read from pack files (cache hits excluded)
+        self.cache_hits = 0
+
+    def read(self, pack_id: int, offset: int, length: int) -> bytes:
+        key = (pack_id, offset, length)
+        with self._lock:
+            data = self._cache.get(key)
+            if data is not None:
+                self._cache.move_to_end(key)
+                self.cache_hits += 1
+                return data
+        data = self._packs.read(pack_id, offset, length)
+        with self._lock:
+            self.bytes_read += len(data)
+            if self.cache_bytes and len(data) <= self.cache_bytes and key not in self._cache:
+                self._cache[key] = data
+                self._cached += len(data)
+                while self._cached > self.cache_bytes:
+                    _k, old = self._cache.popitem(last=False)
+                    self._cached -= len(old)
+        return data
+
+    def advise(self, pack_id: int, offset: int, length: int) -> None:
+        self._packs.advise(pack_id, offset, length)
+
+    def close(self) -> None:
+        self._packs.close()
+
+
 class PackBlockSource:
     """Reads blocks from the packs at the places it was given; no index.
 
-    `owners` names, per block, the tensor that needs it, for one-line errors. Payloads read are
-    kept in an LRU of at most `cache_bytes` (0: none), so several merges run in one task that
-    need the same blocks (a sweep's shared base and experts) read them once.
+    It offers what the engine and store.reader.BlockReader read through on a Repository
+    (block_locations, reader, read_block, read_block_into, decode_verified, packs, config),
+    with each block's codec spec taken from its place. Every block is checked against its
+    blake3 id. `cache_bytes`: see _CachedPacks.
     """
 
     def __init__(
         self,
         pack_dir: Path,
         places: dict[bytes, BlockPlace],
-        owners: dict[bytes, str] | None = None,
+        config: StoreConfig,
         cache_bytes: int = 0,
     ) -> None:
-        self.packs = PackReader(pack_dir)
         self.places = places
-        self.owners = owners or {}
-        self.cache_bytes = cache_bytes
-        self._cache: OrderedDict[bytes, bytes] = OrderedDict()
-        self._cached = 0
-        self._lock = threading.Lock()
-        self.pack_bytes_read = 0  # bytes really read from packs (cache hits excluded)
-        self.cache_hits = 0
+        self.config = config
+        self.packs = _CachedPacks(pack_dir, cache_bytes)
 
-    def _what(self, bid: bytes) -> str:
-        owner = self.owners.get(bid)
-        return f"tensor {owner!r}: block {bid.hex()[:12]}" if owner else f"block {bid.hex()[:12]}"
+    @property
+    def pack_bytes_read(self) -> int:
+        return self.packs.bytes_read
+
+    @property
+    def cache_hits(self) -> int:
+        return self.packs.cache_hits
 
     def block_locations(self, ids: Iterable[bytes]) -> dict[bytes, BlockPlace]:
-        out = {}
-        for bid in ids:
-            place = self.places.get(bid)
-            if place is None:
-                raise CorruptionError(f"{self._what(bid)} is missing from the store")
-            out[bid] = place
-        return out
+        """Places of the blocks this source was given (others are left out: missing)."""
+        return {bid: self.places[bid] for bid in ids if bid in self.places}
 
-    def _payload(self, bid: bytes, place: BlockPlace, meter: ReadMeter | None) -> bytes:
-        with self._lock:
-            data = self._cache.get(bid)
-            if data is not None:
-                self._cache.move_to_end(bid)
-                self.cache_hits += 1
-        if data is None:
-            try:
-                data = self.packs.read(place.pack, place.offset, place.length)
-            except CorruptionError as e:
-                raise CorruptionError(f"{self._what(bid)}: {e}") from None
-            with self._lock:
-                self.pack_bytes_read += len(data)
-                if self.cache_bytes and len(data) <= self.cache_bytes:
-                    self._cache[bid] = data
-                    self._cached += len(data)
-                    while self._cached > self.cache_bytes:
-                        _k, old = self._cache.popitem(last=False)
-                        self._cached -= len(old)
+    def reader(self, **options: int) -> BlockReader:
+        return BlockReader(self, **options)  # type: ignore[arg-type]  # a Repository's reads
+
+    def decode_verified(
+        self,
+        bid: bytes,
+        loc: BlockPlace,
+        payload: bytes | memoryview,
+        reference: bytes | memoryview | None,
+        *,
+        out: np.ndarray | None = None,
+        view: bool = False,
+    ) -> bytes | memoryview:
+        try:
+            if out is not None:
+                if len(out) != loc.raw_len:
+                    raise CorruptionError(f"holds {loc.raw_len} bytes, not {len(out)}")
+                codecs.decode_block_into(loc.codec, payload, out, reference=reference)
+                raw: bytes | memoryview = memoryview(out)
+            else:
+                raw = codecs.decode_block(loc.codec, payload, reference=reference, view=view)
+        except (CorruptionError, ValueError) as e:
+            raise CorruptionError(f"block {bid.hex()[:12]} is corrupt ({e})") from None
+        if len(raw) != loc.raw_len or block_id(raw) != bid:
+            raise CorruptionError(f"block {bid.hex()[:12]} is corrupt (hash mismatch)")
+        return raw
+
+    def _payload(
+        self,
+        bid: bytes,
+        meter: ReadMeter | None,
+        reference: bytes | memoryview | None,
+        location: BlockPlace | None,
+    ) -> tuple[BlockPlace, bytes, bytes | memoryview | None]:
+        place = location or self.places.get(bid)
+        if place is None:
+            raise CorruptionError(f"block {bid.hex()[:12]} is missing from the store")
+        payload = self.packs.read(place.pack, place.offset, place.length)
         if meter is not None:
             meter.add(place.length)
-        return data
-
-    def _reference(
-        self, place: BlockPlace, reference: bytes | memoryview | None, meter: ReadMeter | None
-    ) -> bytes | memoryview | None:
-        if place.ref is None:
-            return None
-        return reference if reference is not None else self.read_block(place.ref, meter)
-
-    def _place(self, bid: bytes, location: BlockPlace | None) -> BlockPlace:
-        return location or self.block_locations([bid])[bid]
+        ref_raw = reference
+        if place.ref is not None and ref_raw is None:
+            ref_raw = self.read_block(place.ref, meter)
+        return place, payload, ref_raw
 
     def read_block(
         self,
@@ -138,17 +185,8 @@ class PackBlockSource:
         location: BlockPlace | None = None,
         view: bool = False,
     ) -> bytes:
-        """The raw bytes of a block, decoded and checked against its id."""
-        place = self._place(bid, location)
-        payload = self._payload(bid, place, meter)
-        ref_raw = self._reference(place, reference, meter)
-        try:
-            raw = codecs.decode_block(place.codec, payload, reference=ref_raw, view=view)
-        except (CorruptionError, ValueError) as e:
-            raise CorruptionError(f"{self._what(bid)} is corrupt ({e})") from None
-        if len(raw) != place.raw_len or block_id(raw) != bid:
-            raise CorruptionError(f"{self._what(bid)} is corrupt (hash mismatch)")
-        return raw
+        place, payload, ref_raw = self._payload(bid, meter, reference, location)
+        return self.decode_verified(bid, place, payload, ref_raw, view=view)  # type: ignore[return-value]
 
     def read_block_into(
         self,
@@ -159,18 +197,8 @@ class PackBlockSource:
         reference: bytes | memoryview | None = None,
         location: BlockPlace | None = None,
     ) -> None:
-        """read_block, decoding into `out` and checking the bytes there against the id."""
-        place = self._place(bid, location)
-        if len(out) != place.raw_len:
-            raise CorruptionError(f"{self._what(bid)} holds {place.raw_len} bytes, not {len(out)}")
-        payload = self._payload(bid, place, meter)
-        ref_raw = self._reference(place, reference, meter)
-        try:
-            codecs.decode_block_into(place.codec, payload, out, reference=ref_raw)
-        except (CorruptionError, ValueError) as e:
-            raise CorruptionError(f"{self._what(bid)} is corrupt ({e})") from None
-        if block_id(out) != bid:
-            raise CorruptionError(f"{self._what(bid)} is corrupt (hash mismatch)")
+        place, payload, ref_raw = self._payload(bid, meter, reference, location)
+        self.decode_verified(bid, place, payload, ref_raw, out=out)
 
     def close(self) -> None:
         self.packs.close()

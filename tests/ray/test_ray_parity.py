@@ -92,3 +92,16 @@ def test_ray_first_writes_the_blocks(ray_session, tmp_path: Path, cli) -> None:
     store.close()
     res = cli("--store", tmp_path / "store", "fsck", "--full")
     assert res.code == 0, res.out + res.err
+
+
+def test_ray_merge_with_out_folder(ray_session, fam_store: Store, tmp_path: Path) -> None:
+    """`merge --out` on Ray: the folder is filled from the store after the commit and equals
+    a checkout of it, file for file."""
+    cfg = config_from_cli("task_arithmetic", "main", X, [0.5, 0.3, 0.2], {}, None, None, 2)
+    r = fam_store.merge(config=cfg, branch="ray-out", executor="ray", out=tmp_path / "out")
+    assert r.out is not None
+    fam_store.checkout("ray-out", tmp_path / "co")
+    names = sorted(p.name for p in (tmp_path / "co").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "out").iterdir())
+    for n in names:
+        assert (tmp_path / "out" / n).read_bytes() == (tmp_path / "co" / n).read_bytes(), n
