@@ -99,6 +99,12 @@ def _config(
 @_merge_options
 @click.option("-m", "--message", default="", help="Commit message.")
 @click.option("-b", "--branch", default=None, help="Branch for the merge commit.")
+@click.option(
+    "--verify-inputs",
+    is_flag=True,
+    help="Read and hash every file of models given as folders (default: unchanged files cost a "
+    "stat).",
+)
 @json_option
 @with_store
 def merge(
@@ -116,12 +122,15 @@ def merge(
     models: tuple[str, ...],
     message: str,
     branch: str | None,
+    verify_inputs: bool,
     as_json: bool,
 ) -> None:
     """Merge MODELS (store refs or paths) into a new commit on BRANCH."""
     cfg = _config(config_path, method, base, models, weights, params, dtype, out_dtype, seed)
     with store.gc_paused():  # path inputs are stored before the merge runs
-        prep = store.prepare_merge(cfg, budget=budget, max_error=max_error)
+        prep = store.prepare_merge(
+            cfg, budget=budget, max_error=max_error, verify_inputs=verify_inputs
+        )
         with progress_bar("merge", None, not as_json) as _:
             res = store.execute_merge(prep, branch=branch, message=message)
     out = {
