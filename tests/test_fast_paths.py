@@ -45,3 +45,13 @@ def test_zstandard_runs_its_c_extension() -> None:
     # python-zstandard can also run on cffi alone (slower); the C extension is the fast one.
     if zstandard.backend != "cext":
         unavailable(f"python-zstandard runs its {zstandard.backend!r} backend, not 'cext'")
+
+
+def test_lmdb_runs_its_c_extension() -> None:
+    # py-lmdb falls back to a cffi binding (or fails over to it with LMDB_FORCE_CFFI) quietly.
+    import sys
+
+    import lmdb  # noqa: F401
+
+    if "lmdb.cpython" not in sys.modules:
+        unavailable("py-lmdb runs its cffi fallback, not its C extension (lmdb.cpython)")
