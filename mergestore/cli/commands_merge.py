@@ -100,6 +100,13 @@ def _config(
 @click.option("-m", "--message", default="", help="Commit message.")
 @click.option("-b", "--branch", default=None, help="Branch for the merge commit.")
 @click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Also write the merged HF folder here, in the same pass (as checkout would).",
+)
+@click.option(
     "--verify-inputs",
     is_flag=True,
     help="Read and hash every file of models given as folders (default: unchanged files cost a "
@@ -122,36 +129,43 @@ def merge(
     models: tuple[str, ...],
     message: str,
     branch: str | None,
+    out_dir: str | None,
     verify_inputs: bool,
     as_json: bool,
 ) -> None:
-    """Merge MODELS (store refs or paths) into a new commit on BRANCH."""
+    """Merge MODELS (store refs or paths) into a new commit on BRANCH (and, with --out, into
+    an HF folder)."""
     cfg = _config(config_path, method, base, models, weights, params, dtype, out_dtype, seed)
+    if out_dir is not None:  # before anything is read or stored
+        from pathlib import Path
+
+        from mergestore.merge.outfolder import check_target
+
+        check_target(Path(out_dir))
     with store.gc_paused():  # path inputs are stored before the merge runs
         prep = store.prepare_merge(
             cfg, budget=budget, max_error=max_error, verify_inputs=verify_inputs
         )
         with progress_bar("merge", None, not as_json) as _:
-            res = store.execute_merge(prep, branch=branch, message=message)
+            res = store.execute_merge(prep, branch=branch, message=message, out=out_dir)
     out = {
         "commit": res.commit.hex() if res.commit else None,
         "plan": res.plan.hex(),
         "method": cfg.merge_method,
         **res.run,
     }
+    if res.out is not None:
+        out["out"] = res.out
     if as_json:
         emit_json(out)
         return
     click.echo(out["commit"])
+    if res.out is not None:
+        click.echo(f"wrote {res.out['path']} ({res.out['files']} files)")
     r = res.run
-    click.echo(
-        f"{cfg.merge_method}: {r['tensors']} tensors in {r['wall_seconds']:.2f} s; read "
-        f"{human_bytes(r['expert_bytes_read'])} of experts "
-        f"(full {human_bytes(r['expert_bytes_full'])}) and "
-        f"{human_bytes(r['base_bytes_read'])} of base; wrote "
-        f"{human_bytes(r['bytes_written'])}",
-        err=True,
-    )
+    from mergestore.cli.merge_summary import print_summary
+
+    print_summary(cfg.merge_method, r)
     if r.get("error_bound") is not None:
         click.echo(
             f"error bound {r['error_bound']:.4g} (relative estimate "
