@@ -113,6 +113,7 @@ def _config(
     help="Also write the merged HF folder here, in the same pass (as checkout would).",
 )
 @click.option(
+<<<<<<< HEAD
     "--executor",
     type=click.Choice(["local", "ray"]),
     default="local",
@@ -124,6 +125,12 @@ def _config(
     "--ray-address",
     default=None,
     help="Ray cluster to join: auto, ray://host:10001 (default: $RAY_ADDRESS, else a local one).",
+=======
+    "--verify-inputs",
+    is_flag=True,
+    help="Read and hash every file of models given as folders (default: unchanged files cost a "
+    "stat).",
+>>>>>>> main
 )
 @json_option
 @with_store
@@ -143,8 +150,12 @@ def merge(
     message: str,
     branch: str | None,
     out_dir: str | None,
+<<<<<<< HEAD
     executor: str,
     ray_address: str | None,
+=======
+    verify_inputs: bool,
+>>>>>>> main
     as_json: bool,
 ) -> None:
     """Merge MODELS (store refs or paths) into a new commit on BRANCH (and, with --out, into
@@ -176,7 +187,9 @@ def merge(
 
         check_target(Path(out_dir))
     with store.gc_paused():  # path inputs are stored before the merge runs
-        prep = store.prepare_merge(cfg, budget=budget, max_error=max_error)
+        prep = store.prepare_merge(
+            cfg, budget=budget, max_error=max_error, verify_inputs=verify_inputs
+        )
         with progress_bar("merge", None, not as_json) as _:
             res = store.execute_merge(
                 prep,
