@@ -301,12 +301,9 @@ class Store:
         branch: str | None = None,
         message: str = "",
         out: str | os.PathLike[str] | None = None,
-<<<<<<< HEAD
         executor: Any = None,
         ray_address: str | None = None,
-=======
         verify_inputs: bool = False,
->>>>>>> main
     ) -> Any:
         """Run a merge and store it as a commit; returns a MergeResult (commit, plan, run).
         With `out`, the merged HF folder is written there in the same pass (MergeResult.out).
@@ -332,8 +329,9 @@ class Store:
 
             check_target(Path(out))
         with self.gc_paused():  # path inputs are stored before the merge runs
-<<<<<<< HEAD
-            prep = self.prepare_merge(config, budget=budget, max_error=max_error)
+            prep = self.prepare_merge(
+                config, budget=budget, max_error=max_error, verify_inputs=verify_inputs
+            )
             return self.execute_merge(
                 prep,
                 branch=branch,
@@ -374,12 +372,6 @@ class Store:
             on_merge=on_merge,
             on_bytes=on_bytes,
         )
-=======
-            prep = self.prepare_merge(
-                config, budget=budget, max_error=max_error, verify_inputs=verify_inputs
-            )
-            return self.execute_merge(prep, branch=branch, message=message, out=out)
->>>>>>> main
 
     def replay(self, ref: str) -> dict[str, Any]:
         """Re-execute a merge's plan; {"identical": bool, "first_difference": name, ...}."""

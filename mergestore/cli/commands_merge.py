@@ -113,7 +113,6 @@ def _config(
     help="Also write the merged HF folder here, in the same pass (as checkout would).",
 )
 @click.option(
-<<<<<<< HEAD
     "--executor",
     type=click.Choice(["local", "ray"]),
     default="local",
@@ -125,12 +124,12 @@ def _config(
     "--ray-address",
     default=None,
     help="Ray cluster to join: auto, ray://host:10001 (default: $RAY_ADDRESS, else a local one).",
-=======
+)
+@click.option(
     "--verify-inputs",
     is_flag=True,
     help="Read and hash every file of models given as folders (default: unchanged files cost a "
     "stat).",
->>>>>>> main
 )
 @json_option
 @with_store
@@ -150,12 +149,9 @@ def merge(
     message: str,
     branch: str | None,
     out_dir: str | None,
-<<<<<<< HEAD
     executor: str,
     ray_address: str | None,
-=======
     verify_inputs: bool,
->>>>>>> main
     as_json: bool,
 ) -> None:
     """Merge MODELS (store refs or paths) into a new commit on BRANCH (and, with --out, into
