@@ -141,6 +141,14 @@ class Store:
             self.repo, self.resolve(ref), out, force=force, tensors=tensors, progress=progress
         )
 
+    def _known_tree(self, ref: str | bytes) -> Tree:
+        """A commit's tree without computing anything (a lazy merge not computed: empty)."""
+        from mergestore.merge.materialize import known_tree
+        from mergestore.store.merges import EMPTY_TREE
+
+        cid = ref if isinstance(ref, bytes) else self.resolve(ref)
+        return known_tree(self.repo, cid) or EMPTY_TREE
+
     def resolve(self, ref: str) -> bytes:
         return self.repo.resolve(ref)
 
@@ -148,8 +156,13 @@ class Store:
         cid = ref if isinstance(ref, bytes) else self.resolve(ref)
         return self.repo.get_commit(cid)
 
-    def tree(self, ref: str | bytes) -> Tree:
-        return self.repo.get_tree(self.get_commit(ref).tree)
+    def tree(self, ref: str | bytes, tensors: Sequence[str] | None = None) -> Tree:
+        """A commit's files; a lazy or evicted merge computes the blocks of `tensors` (all
+        when None) first."""
+        from mergestore.merge.materialize import readable_tree
+
+        cid = ref if isinstance(ref, bytes) else self.resolve(ref)
+        return readable_tree(self.repo, cid, tensors)
 
     def log(self, ref: str | None = None, *, all_refs: bool = False) -> list[LogEntry]:
         """Commits reachable from `ref` (default HEAD) or from every ref, newest first."""
@@ -171,7 +184,7 @@ class Store:
 
     def files(self, ref: str | bytes) -> list[FileInfo]:
         out = []
-        for e in self.tree(ref).entries:
+        for e in self._known_tree(ref).entries:
             n = 0
             if e.kind == "tensorfile":
                 tf = self.repo.get_file(e.object)
@@ -181,10 +194,10 @@ class Store:
         return out
 
     def tensors(self, ref: str | bytes) -> list[TensorRecord]:
-        return list(tensor_records(self.repo, self.tree(ref)))
+        return list(tensor_records(self.repo, self.tree(ref, ())))
 
     def tensor_record(self, ref: str | bytes, name: str) -> TensorRecord:
-        for t in self.tensors(ref):
+        for t in tensor_records(self.repo, self.tree(ref, [name])):
             if t.name == name:
                 return t
         raise MergestoreError(f"no tensor {name!r} in {ref if isinstance(ref, str) else ref.hex()}")
@@ -198,7 +211,7 @@ class Store:
 
     def commit_sizes(self, ref: str | bytes) -> dict[str, int]:
         """Logical bytes, and the unique raw and stored bytes of the blocks a commit uses."""
-        tree = self.tree(ref)
+        tree = self._known_tree(ref)
         blocks: set[bytes] = set()
         for e in tree.entries:
             obj = self.repo.get_file(e.object)
@@ -250,10 +263,22 @@ class Store:
         branch: str | None = None,
         message: str = "",
         progress: Progress | None = None,
+        lazy: bool = False,
+        force: bool = False,
     ) -> Any:
+        """Publish a prepared merge: a plan already merged returns its commit (the memo)
+        unless `force`; `lazy` commits the plan without computing it."""
         from mergestore.merge.run import execute
 
-        return execute(self.repo, prepared, branch=branch, message=message, progress=progress)
+        return execute(
+            self.repo,
+            prepared,
+            branch=branch,
+            message=message,
+            progress=progress,
+            lazy=lazy,
+            force=force,
+        )
 
     def merge(
         self,
@@ -271,8 +296,14 @@ class Store:
         max_error: float | None = None,
         branch: str | None = None,
         message: str = "",
+        lazy: bool = False,
+        force: bool = False,
     ) -> Any:
-        """Run a merge and store it as a commit; returns a MergeResult (commit, plan, run)."""
+        """Run a merge and store it as a commit; returns a MergeResult (commit, plan, run).
+
+        A plan already merged returns its commit at once (`run["memo"]`) unless `force`,
+        which recomputes and checks the same blocks come out. `lazy` commits the plan
+        without computing it: reads compute it, or `materialize`."""
         from mergestore.merge.config import config_from_cli
 
         if config is None:
@@ -292,7 +323,35 @@ class Store:
 
         with in_progress(self.repo):  # gc waits: path inputs are stored before the merge runs
             prep = self.prepare_merge(config, budget=budget, max_error=max_error)
-            return self.execute_merge(prep, branch=branch, message=message)
+            return self.execute_merge(prep, branch=branch, message=message, lazy=lazy, force=force)
+
+    def materialize(
+        self,
+        ref: str | bytes,
+        *,
+        tensors: Sequence[str] | None = None,
+        progress: Progress | None = None,
+    ) -> dict[str, Any]:
+        """Compute and store a lazy or evicted merge commit's blocks (all, or `tensors`)."""
+        from mergestore.merge.materialize import materialize
+
+        cid = ref if isinstance(ref, bytes) else self.resolve(ref)
+        names = list(tensors) if tensors is not None else None
+        return materialize(self.repo, cid, tensors=names, progress=progress)
+
+    def evict(self, *refs: str | bytes) -> list[dict[str, Any]]:
+        """Drop the blocks only these merge commits use; commit, plan and block ids stay.
+        `gc` then frees the pack space; any read computes the blocks again."""
+        from mergestore.merge.materialize import evict
+
+        ids = [r if isinstance(r, bytes) else self.resolve(r) for r in refs]
+        return [evict(self.repo, cid) for cid in ids]
+
+    def merge_state(self, ref: str | bytes) -> str:
+        """ "lazy", "evicted" or "materialized" (every plain commit is materialized)."""
+        from mergestore.store import merges
+
+        return merges.state(self.repo, self.get_commit(ref))
 
     def replay(self, ref: str) -> dict[str, Any]:
         """Re-execute a merge's plan; {"identical": bool, "first_difference": name, ...}."""

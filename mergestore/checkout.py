@@ -216,8 +216,10 @@ def checkout_commit(
     t0 = time.perf_counter()
     reuse_freed_memory()
     out_path = Path(out)
-    tree = repo.get_tree(repo.get_commit(commit_id).tree)
+    from mergestore.merge.materialize import readable_tree
+
     _check_target(out_path, force)
+    tree = readable_tree(repo, commit_id, tensors)  # computes a lazy/evicted merge's blocks
     meter = ReadMeter()
     writer = _Writer(repo, meter, progress)
     try:

@@ -99,6 +99,10 @@ def _config(
 @_merge_options
 @click.option("-m", "--message", default="", help="Commit message.")
 @click.option("-b", "--branch", default=None, help="Branch for the merge commit.")
+@click.option("--lazy", is_flag=True, help="Commit the plan without computing (reads compute it).")
+@click.option(
+    "--force", is_flag=True, help="Recompute a plan already merged (must give the same blocks)."
+)
 @json_option
 @with_store
 def merge(
@@ -116,20 +120,26 @@ def merge(
     models: tuple[str, ...],
     message: str,
     branch: str | None,
+    lazy: bool,
+    force: bool,
     as_json: bool,
 ) -> None:
-    """Merge MODELS (store refs or paths) into a new commit on BRANCH."""
+    """Merge MODELS (store refs or paths) into a new commit on BRANCH.
+
+    A plan already merged is not computed again: its commit is returned and BRANCH moved."""
     cfg = _config(config_path, method, base, models, weights, params, dtype, out_dtype, seed)
     from mergestore.store.gc import in_progress
 
     with in_progress(store.repo):  # gc waits: path inputs are stored before the merge runs
         prep = store.prepare_merge(cfg, budget=budget, max_error=max_error)
         with progress_bar("merge", None, not as_json) as _:
-            res = store.execute_merge(prep, branch=branch, message=message)
+            res = store.execute_merge(prep, branch=branch, message=message, lazy=lazy, force=force)
     out = {
         "commit": res.commit.hex() if res.commit else None,
         "plan": res.plan.hex(),
         "method": cfg.merge_method,
+        "memo": False,
+        "lazy": lazy,
         **res.run,
     }
     if as_json:
@@ -137,6 +147,8 @@ def merge(
         return
     click.echo(out["commit"])
     r = res.run
+    if _report_memo_or_lazy(out):
+        return
     click.echo(
         f"{cfg.merge_method}: {r['tensors']} tensors in {r['wall_seconds']:.2f} s; read "
         f"{human_bytes(r['expert_bytes_read'])} of experts "
@@ -151,6 +163,29 @@ def merge(
             f"{prep.selection.error_bound_rel:.3%})",
             err=True,
         )
+
+
+def _report_memo_or_lazy(out: dict[str, Any]) -> bool:
+    """One line for a memo hit or a lazy merge; False for a computed merge."""
+    if out.get("forced"):
+        click.echo(
+            f"recomputed: same blocks as {out['commit'][:12]} (plan {out['plan'][:12]})", err=True
+        )
+        return True
+    if out.get("memo"):
+        extra = ""
+        if out.get("tensors_computed"):
+            extra = f"; computed its {out['tensors_computed']} missing tensors"
+        click.echo(f"already merged as {out['commit']} (plan {out['plan']}){extra}", err=True)
+        return True
+    if out.get("lazy"):
+        click.echo(
+            f"lazy: committed plan {out['plan'][:12]} with {out['tensors']} tensors, none "
+            "computed (reads compute them; or `mergestore materialize`)",
+            err=True,
+        )
+        return True
+    return False
 
 
 @click.command()

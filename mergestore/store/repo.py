@@ -561,6 +561,8 @@ class WriteSession:
     stats: dict[bytes, bytes] = field(default_factory=dict)
     bytes_written: int = 0
     on_publish: list[Callable[[], None]] = field(default_factory=list)
+    # (db name, key) -> value, or None to delete: index entries published with the rest
+    index_puts: dict[tuple[str, bytes], bytes | None] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._gc_fd: int | None = None
@@ -646,6 +648,11 @@ class WriteSession:
                 txn.put(oid, _wrap_object(data), db=idx.db("objects"), overwrite=False)
             for key, value in self.stats.items():
                 txn.put(key, value, db=idx.db("stats"), overwrite=False)
+            for (db_name, key), value in self.index_puts.items():
+                if value is None:
+                    txn.delete(key, db=idx.db(db_name))
+                else:
+                    txn.put(key, value, db=idx.db(db_name))
             now = time.time()
             for up in ref_updates:
                 _apply_ref_update(txn, idx, up, now)
