@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from mergestore.checkout import CheckoutResult, checkout_commit, tensor_records
 from mergestore.errors import MergestoreError, RefError, StoreNotFoundError
 from mergestore.formats.safetensors import torch_dtype
 from mergestore.ingest import CommitResult, commit_checkpoint
+from mergestore.store import merges
 from mergestore.store.objects import BlobFile, Commit, TensorFile, TensorRecord, Tree
 from mergestore.store.packs import ReadMeter
 from mergestore.store.refs import HEADS, TAGS, check_ref_name
@@ -22,6 +24,16 @@ if TYPE_CHECKING:  # torch costs ~2 s to import: only commands that compute pay 
 
 STORE_DIRNAME = ".mergestore"
 Progress = Callable[[int], None]
+
+
+def _materialize(repo: Repository, cid: bytes, tensors: list[str] | None) -> None:
+    from mergestore.merge.materialize import materialize
+
+    materialize(repo, cid, tensors=tensors)
+
+
+# Readers in every layer compute a lazy or evicted merge commit's blocks through this.
+merges.set_materializer(_materialize)
 
 
 def find_store(start: str | os.PathLike[str] | None = None) -> Path:
@@ -143,8 +155,7 @@ class Store:
 
     def _known_tree(self, ref: str | bytes) -> Tree:
         """A commit's tree without computing anything (a lazy merge not computed: empty)."""
-        from mergestore.merge.materialize import known_tree
-        from mergestore.store.merges import EMPTY_TREE
+        from mergestore.store.merges import EMPTY_TREE, known_tree
 
         cid = ref if isinstance(ref, bytes) else self.resolve(ref)
         return known_tree(self.repo, cid) or EMPTY_TREE
@@ -159,7 +170,7 @@ class Store:
     def tree(self, ref: str | bytes, tensors: Sequence[str] | None = None) -> Tree:
         """A commit's files; a lazy or evicted merge computes the blocks of `tensors` (all
         when None) first."""
-        from mergestore.merge.materialize import readable_tree
+        from mergestore.store.merges import readable_tree
 
         cid = ref if isinstance(ref, bytes) else self.resolve(ref)
         return readable_tree(self.repo, cid, tensors)
@@ -319,9 +330,7 @@ class Store:
                 out_dtype,
                 seed,
             )
-        from mergestore.store.gc import in_progress
-
-        with in_progress(self.repo):  # gc waits: path inputs are stored before the merge runs
+        with self.gc_paused():  # path inputs are stored before the merge runs
             prep = self.prepare_merge(config, budget=budget, max_error=max_error)
             return self.execute_merge(prep, branch=branch, message=message, lazy=lazy, force=force)
 
@@ -349,9 +358,12 @@ class Store:
 
     def merge_state(self, ref: str | bytes) -> str:
         """ "lazy", "evicted" or "materialized" (every plain commit is materialized)."""
-        from mergestore.store import merges
-
         return merges.state(self.repo, self.get_commit(ref))
+
+    def eviction(self, ref: str | bytes) -> dict[str, Any] | None:
+        """What `evict` dropped of a merge commit (blocks, raw and stored bytes), or None."""
+        cid = ref if isinstance(ref, bytes) else self.resolve(ref)
+        return merges.evicted(self.repo, cid)
 
     def replay(self, ref: str) -> dict[str, Any]:
         """Re-execute a merge's plan; {"identical": bool, "first_difference": name, ...}."""
@@ -473,6 +485,59 @@ class Store:
             "inputs": rows,
         }
 
+    # ----- maintenance -----------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def gc_paused(self) -> Iterator[None]:
+        """gc waits while this is held: for commands that write in several sessions (a merge
+        whose path inputs are committed first)."""
+        from mergestore.store.gc import in_progress
+
+        with in_progress(self.repo):
+            yield
+
+    def fsck(self, *, full: bool = False) -> Any:
+        """Check refs, objects and blocks (`full`: also re-hash every block); a FsckReport."""
+        from mergestore.fsck import fsck
+
+        return fsck(self.repo, full=full)
+
+    def disk_usage(self) -> dict[str, object]:
+        """Logical vs stored bytes, by codec and by commit (`du`)."""
+        from mergestore.usage import disk_usage
+
+        entries = self.log(all_refs=True) if self.repo.list_refs("refs/") else []
+        return disk_usage(self.repo, entries)
+
+    def gc(
+        self,
+        *,
+        grace: str | float = "14d",
+        dry_run: bool = False,
+        repack_threshold: float = 0.25,
+    ) -> Any:
+        """Remove what no ref or recent reflog entry reaches; `grace` is seconds or '14d'.
+        A GcReport."""
+        from mergestore.store.gc import collect_garbage, parse_duration
+
+        seconds = parse_duration(grace) if isinstance(grace, str) else float(grace)
+        return collect_garbage(
+            self.repo, grace=seconds, dry_run=dry_run, repack_threshold=repack_threshold
+        )
+
+    def repack(
+        self,
+        *,
+        dry_run: bool = False,
+        delta: bool | None = None,
+        workers: int = 2,
+        progress: Progress | None = None,
+    ) -> Any:
+        """Re-encode stored blocks with the best codec (XOR deltas if `delta`); a RepackReport."""
+        from mergestore.store.repack import repack
+
+        return repack(self.repo, dry_run=dry_run, delta=delta, progress=progress, workers=workers)
+
     # ----- refs ------------------------------------------------------------------------------
 
     def branches(self) -> dict[str, bytes]:
@@ -564,17 +629,3 @@ def read_record(
     if rec.nbytes == 0:
         return torch.empty(rec.shape, dtype=dt)
     return torch.frombuffer(buf, dtype=dt).reshape(rec.shape)
-
-
-def iter_commit_blocks(repo: Repository, cid: bytes) -> Iterator[bytes]:
-    tree = repo.get_tree(repo.get_commit(cid).tree)
-    for e in tree.entries:
-        obj = repo.get_file(e.object)
-        if isinstance(obj, TensorFile):
-            header = repo.get_file(obj.header)
-            assert isinstance(header, BlobFile)
-            yield from header.blocks
-            for t in obj.tensors:
-                yield from t.blocks
-        else:
-            yield from obj.blocks

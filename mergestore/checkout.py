@@ -21,11 +21,13 @@ from pathlib import Path
 from mergestore.errors import CheckoutError, CorruptionError
 from mergestore.formats.checkpoint import safe_join
 from mergestore.formats.safetensors import encode_header
+from mergestore.store import merges
 from mergestore.store.index import BlockLocation
 from mergestore.store.objects import BlobFile, TensorFile, TensorRecord, Tree
 from mergestore.store.packs import ReadMeter
-from mergestore.store.parallel import default_workers, ordered_map, reuse_freed_memory
+from mergestore.store.parallel import reuse_freed_memory
 from mergestore.store.repo import Repository
+from mergestore.threads import default_workers, ordered_map
 
 Progress = Callable[[int], None]
 
@@ -216,10 +218,8 @@ def checkout_commit(
     t0 = time.perf_counter()
     reuse_freed_memory()
     out_path = Path(out)
-    from mergestore.merge.materialize import readable_tree
-
     _check_target(out_path, force)
-    tree = readable_tree(repo, commit_id, tensors)  # computes a lazy/evicted merge's blocks
+    tree = merges.readable_tree(repo, commit_id, tensors)  # computes a lazy/evicted merge's blocks
     meter = ReadMeter()
     writer = _Writer(repo, meter, progress)
     try:

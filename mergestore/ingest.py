@@ -17,16 +17,10 @@ from mergestore.store import codecs
 from mergestore.store.blocks import blob_ranges, block_id, tensor_blocking
 from mergestore.store.index import BlockLocation
 from mergestore.store.objects import BlobFile, Commit, TensorFile, TensorRecord, Tree, TreeEntry
-from mergestore.store.parallel import (
-    BufferPool,
-    default_workers,
-    one_torch_thread,
-    ordered_map,
-    read_exact,
-    reuse_freed_memory,
-)
+from mergestore.store.parallel import BufferPool, read_exact, reuse_freed_memory
 from mergestore.store.refs import check_ref_name
 from mergestore.store.repo import HEADS, RefUpdate, Repository, WriteSession
+from mergestore.threads import default_workers, one_torch_thread, ordered_map
 
 Progress = Callable[[int], None]
 _REF_RACE_RETRIES = 50  # commit retries when another writer moves the branch
@@ -190,13 +184,9 @@ def base_tensor_blocks(
     out: dict[str, tuple[str, tuple[int, ...], tuple[bytes, ...]]] = {}
     if commit_id is None:
         return out
-    from mergestore.merge.materialize import known_tree
+    from mergestore.store.merges import readable_tree
 
-    tree = known_tree(repo, commit_id)  # block ids only: an evicted merge base needs no blocks
-    if tree is None:
-        from mergestore.merge.materialize import readable_tree
-
-        tree = readable_tree(repo, commit_id)
+    tree = readable_tree(repo, commit_id, ())  # block ids only: an evicted base needs none
     for entry in tree.entries:
         if entry.kind != "tensorfile":
             continue

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from mergestore.api import Store, iter_commit_blocks
-from mergestore.cli.graph import topo_order
 from mergestore.fsck import index_size, pack_files_size
+from mergestore.history import HasCommit, topo_order
 from mergestore.store import codecs, merges
+from mergestore.store.objects import BlobFile, TensorFile
+from mergestore.store.repo import Repository
 
 
 @dataclass
@@ -19,8 +21,8 @@ class CommitUsage:
     new_raw_bytes: int
 
 
-def disk_usage(store: Store) -> dict[str, object]:
-    repo = store.repo
+def disk_usage(repo: Repository, entries: Sequence[HasCommit]) -> dict[str, object]:
+    """`du` over `entries`: every commit some ref reaches (Store.disk_usage gathers them)."""
     by_codec: dict[str, dict[str, int]] = {}
     raw_total = stored_total = n = 0
     sizes: dict[bytes, tuple[int, int]] = {}
@@ -34,13 +36,12 @@ def disk_usage(store: Store) -> dict[str, object]:
         slot["blocks"] += 1
         slot["raw_bytes"] += loc.raw_len
         slot["stored_bytes"] += loc.length
-    entries = store.log(all_refs=True) if repo.list_refs("refs/") else []
     seen: set[bytes] = set()
     per_commit = []
-    merge_rows: list[tuple[object, int, int]] = []
+    merge_rows: list[tuple[HasCommit, int, int]] = []
     logical_total = 0
     for e in reversed(topo_order(entries)):
-        tid = merges.tree_id(repo, e.commit)
+        tid = merges.tree_id(repo, e.commit)  # None: a lazy merge not computed yet
         logical = sum(x.size for x in repo.get_tree(tid).entries) if tid else 0
         logical_total += logical
         new_raw = new_stored = 0
@@ -74,16 +75,31 @@ def disk_usage(store: Store) -> dict[str, object]:
     }
 
 
-def merge_usage(repo: object, rows: list[tuple[object, int, int]]) -> dict[str, object]:
+def iter_commit_blocks(repo: Repository, cid: bytes) -> Iterator[bytes]:
+    """Every block id a commit uses, headers included (with repeats)."""
+    tid = merges.tree_id(repo, repo.get_commit(cid))
+    for e in repo.get_tree(tid).entries if tid else ():
+        obj = repo.get_file(e.object)
+        if isinstance(obj, TensorFile):
+            header = repo.get_file(obj.header)
+            assert isinstance(header, BlobFile)
+            yield from header.blocks
+            for t in obj.tensors:
+                yield from t.blocks
+        else:
+            yield from obj.blocks
+
+
+def merge_usage(repo: Repository, rows: list[tuple[HasCommit, int, int]]) -> dict[str, object]:
     """Merge commits: how many are materialized, lazy or evicted; the stored/raw ratio of the
     blocks they added (delta-coded against the base where smaller); what eviction freed."""
     states = {"materialized": 0, "lazy": 0, "evicted": 0}
     raw = stored = 0
     for e, r, s in rows:
-        states[merges.state(repo, e.commit)] += 1  # type: ignore[attr-defined]
+        states[merges.state(repo, e.commit)] += 1
         raw += r
         stored += s
-    ev = merges.evictions(repo)  # type: ignore[arg-type]
+    ev = merges.evictions(repo)
     return {
         **states,
         "raw_bytes": raw,

@@ -59,11 +59,9 @@ COMMANDS = [materialize, evict]
 
 def state_line(store: Store, cid: bytes, state: str) -> str:
     """show's line for a lazy or evicted merge commit."""
-    from mergestore.store import merges
-
     if state == "lazy":
         return "state   lazy: plan committed, not computed (`mergestore materialize`)"
-    ev = merges.evicted(store.repo, cid) or {}
+    ev = store.eviction(cid) or {}
     return (
         f"state   evicted: {ev.get('blocks', 0)} blocks dropped, "
         f"{human_bytes(ev.get('stored_bytes', 0))} stored freed; reads recompute them"

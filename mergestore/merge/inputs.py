@@ -29,7 +29,7 @@ class ResolvedModel:
 
 def _tensors(repo: Repository, cid: bytes) -> dict[str, TensorRecord]:
     out: dict[str, TensorRecord] = {}
-    from mergestore.merge.materialize import readable_tree
+    from mergestore.store.merges import readable_tree
 
     tree = readable_tree(repo, cid)  # a lazy or evicted merge used as an input: computed now
     for e in tree.entries:

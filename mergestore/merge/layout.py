@@ -200,6 +200,6 @@ def _retype_config(data: bytes, out_dtype: str | None) -> bytes:
 
 def _known_tree(repo: Repository, cid: bytes) -> Tree:
     """An input's tree (a lazy merge input was computed when the merge resolved its inputs)."""
-    from mergestore.merge.materialize import readable_tree
+    from mergestore.store.merges import readable_tree
 
     return readable_tree(repo, cid, ())

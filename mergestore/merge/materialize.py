@@ -8,9 +8,10 @@ A merge commit's plan rebuilds its output bit for bit, so its blocks are a cache
 - evicted: `evict` drops the tensor blocks only that commit reaches; its tree, and so every
   expected output block id, stays.
 
-`readable_tree` is what every reader calls: it computes the missing tensors a read needs
-through the streaming engine (journaled, merge/journal.py) and checks each recomputed block
-id against the one the commit records, where known.
+Every reader calls `store.merges.readable_tree`, which calls `materialize` here (registered
+by mergestore.api): it computes the missing tensors a read needs through the streaming engine
+(journaled, merge/journal.py) and checks each recomputed block id against the one the commit
+records, where known.
 """
 
 from __future__ import annotations
@@ -25,27 +26,6 @@ from mergestore.store.objects import BlobFile, Commit, TensorFile, TensorRecord,
 from mergestore.store.repo import Repository
 
 Progress = Callable[[int], None]
-
-
-def readable_tree(repo: Repository, cid: bytes, tensors: Iterable[str] | None = None) -> Tree:
-    """The tree of commit `cid`, with the blocks of `tensors` (every tensor when None)
-    present: a lazy or evicted merge commit computes them now."""
-    c = repo.get_commit(cid)
-    if c.plan is None:
-        return repo.get_tree(c.tree)
-    st = merges.state(repo, c)
-    names = None if tensors is None else list(tensors)
-    if st == "lazy" or (st == "evicted" and names != []):
-        materialize(repo, cid, tensors=None if st == "lazy" else names)
-    tid = merges.tree_id(repo, c)
-    assert tid is not None
-    return repo.get_tree(tid)
-
-
-def known_tree(repo: Repository, cid: bytes) -> Tree | None:
-    """The commit's tree without computing anything (None: lazy, not computed yet)."""
-    tid = merges.tree_id(repo, repo.get_commit(cid))
-    return repo.get_tree(tid) if tid is not None else None
 
 
 def prepared_from_commit(repo: Repository, c: Commit) -> Any:
@@ -227,6 +207,13 @@ def evict(repo: Repository, cid: bytes) -> dict[str, Any]:
     finally:
         os.close(fd)
     return {"commit": cid.hex(), "state": st, **info, "dropped_now": len(locs)}
+
+
+def _hook(repo: Repository, cid: bytes, tensors: list[str] | None) -> None:
+    materialize(repo, cid, tensors=tensors)
+
+
+merges.set_materializer(_hook)
 
 
 def _all_commits(repo: Repository) -> Iterable[tuple[bytes, Commit]]:

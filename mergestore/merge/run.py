@@ -15,6 +15,7 @@ from mergestore.errors import MergeError
 from mergestore.formats.safetensors import DTYPE_SIZES
 from mergestore.ingest import branch_ref, default_author
 from mergestore.merge import budget as budget_mod
+from mergestore.merge import materialize as _registers_materializer  # noqa: F401
 from mergestore.merge.config import MergeConfig, models_in_config
 from mergestore.merge.engine import (
     Engine,
@@ -400,7 +401,7 @@ def replay(repo: Repository, commit_id: bytes, progress: Progress | None = None)
         omitted=body.get("omitted_from_base"),
     )
     stored: dict[str, tuple[bytes, ...]] = {}
-    from mergestore.merge.materialize import readable_tree
+    from mergestore.store.merges import readable_tree
 
     for e in readable_tree(repo, commit_id, ()).entries:  # an evicted merge keeps its ids
         if e.kind == "tensorfile":

@@ -18,10 +18,10 @@ say where a plan's output is and whether its blocks are present.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
-from mergestore.errors import CorruptionError
+from mergestore.errors import CorruptionError, MergestoreError
 from mergestore.store.objects import Tree
 from mergestore.store.repo import Repository, WriteSession
 
@@ -173,3 +173,40 @@ def state(repo: Repository, commit: Any) -> str:
     if evicted(repo, commit.id) is not None:
         return "evicted"
     return "materialized"
+
+
+# A lazy or evicted merge is computed by the merge layer, above this one: it registers here
+# (mergestore.api does on import), so readers in any layer get the tree they need.
+Materializer = Callable[[Repository, bytes, "list[str] | None"], object]
+_materializer: list[Materializer] = []
+
+
+def set_materializer(fn: Materializer) -> None:
+    _materializer[:] = [fn]
+
+
+def readable_tree(repo: Repository, cid: bytes, tensors: Any = None) -> Tree:
+    """The tree of commit `cid` with the blocks of `tensors` (every tensor when None) present:
+    a lazy merge is computed whole, an evicted one tensor by tensor, checking each block id.
+    `tensors=()` wants the files and block ids only (a lazy merge is still computed)."""
+    c = repo.get_commit(cid)
+    if c.plan is None:
+        return repo.get_tree(c.tree)
+    st = state(repo, c)
+    names = None if tensors is None else list(tensors)
+    if st == "lazy" or (st == "evicted" and names != []):
+        if not _materializer:
+            raise MergestoreError(
+                f"{cid.hex()[:12]} is a {st} merge commit: run `mergestore materialize` first"
+            )
+        _materializer[0](repo, cid, None if st == "lazy" else names)
+    tid = tree_id(repo, c)
+    if tid is None:
+        raise CorruptionError(f"lazy merge {cid.hex()[:12]} has no tree after computing it")
+    return repo.get_tree(tid)
+
+
+def known_tree(repo: Repository, cid: bytes) -> Tree | None:
+    """A commit's tree without computing anything (None: a lazy merge not computed yet)."""
+    tid = tree_id(repo, repo.get_commit(cid))
+    return repo.get_tree(tid) if tid is not None else None
