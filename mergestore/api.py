@@ -334,6 +334,41 @@ class Store:
             prep = self.prepare_merge(config, budget=budget, max_error=max_error)
             return self.execute_merge(prep, branch=branch, message=message, lazy=lazy, force=force)
 
+    def merge_recipe(
+        self,
+        recipe: str | os.PathLike[str],
+        *,
+        prefix: str,
+        budget: str | int | None = None,
+        max_error: float | None = None,
+        lazy: bool = False,
+        force: bool = False,
+        message: str = "",
+    ) -> list[dict[str, Any]]:
+        """Run a multi-step recipe (mergekit-multi's multi-document YAML: a path or text):
+        step NAME becomes a commit on branch PREFIX/NAME; unchanged steps are memo hits.
+        Returns one row per step, in the order they ran."""
+        from mergestore.merge.recipe import run_recipe
+
+        text = _read_text(recipe)
+
+        def run_step(step: Any, cfg: Any, branch: str) -> dict[str, Any]:
+            prep = self.prepare_merge(cfg, budget=budget, max_error=max_error)
+            msg = message or f"recipe step {step.name}: {cfg.merge_method}"
+            res = self.execute_merge(prep, branch=branch, message=msg, lazy=lazy, force=force)
+            return {
+                "step": step.name,
+                "branch": branch,
+                "commit": res.commit.hex(),
+                "plan": res.plan.hex(),
+                "depends_on": list(step.deps),
+                "memo": False,
+                **res.run,
+            }
+
+        with self.gc_paused():
+            return run_recipe(self.repo, text, prefix, run_step)
+
     def materialize(
         self,
         ref: str | bytes,
@@ -612,6 +647,16 @@ class Store:
         from mergestore.diff import analyze
 
         return analyze(self.repo, expert, base, progress=progress)
+
+
+def _read_text(source: str | os.PathLike[str]) -> str:
+    """A path's text, or the text itself (YAML with a newline is never a path)."""
+    if isinstance(source, str) and "\n" in source:
+        return source
+    try:
+        return Path(source).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise MergestoreError(f"{os.fspath(source)}: cannot read: {e}") from None
 
 
 def read_record(

@@ -126,7 +126,16 @@ def merge(
 ) -> None:
     """Merge MODELS (store refs or paths) into a new commit on BRANCH.
 
-    A plan already merged is not computed again: its commit is returned and BRANCH moved."""
+    A plan already merged is not computed again: its commit is returned and BRANCH moved.
+    A --config with several YAML documents is a recipe (mergekit-multi): step NAME becomes
+    a commit on BRANCH/NAME."""
+    if config_path:
+        from mergestore.cli.commands_search import maybe_run_recipe
+
+        if maybe_run_recipe(
+            store, config_path, branch, budget, max_error, lazy, force, message, as_json
+        ):
+            return
     cfg = _config(config_path, method, base, models, weights, params, dtype, out_dtype, seed)
     with store.gc_paused():  # path inputs are stored before the merge runs
         prep = store.prepare_merge(cfg, budget=budget, max_error=max_error)

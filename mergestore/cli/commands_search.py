@@ -66,3 +66,46 @@ def state_line(store: Store, cid: bytes, state: str) -> str:
         f"state   evicted: {ev.get('blocks', 0)} blocks dropped, "
         f"{human_bytes(ev.get('stored_bytes', 0))} stored freed; reads recompute them"
     )
+
+
+def maybe_run_recipe(
+    store: Store,
+    config_path: str,
+    branch: str | None,
+    budget: str | None,
+    max_error: float | None,
+    lazy: bool,
+    force: bool,
+    message: str,
+    as_json: bool,
+) -> bool:
+    """Run `config_path` as a recipe if it is one (several YAML documents); False if not."""
+    from pathlib import Path
+
+    from mergestore.merge.recipe import is_recipe
+
+    text = Path(config_path).read_text(encoding="utf-8")
+    if not is_recipe(text):
+        return False
+    prefix = branch or Path(config_path).stem
+    rows = store.merge_recipe(
+        text,
+        prefix=prefix,
+        budget=budget,
+        max_error=max_error,
+        lazy=lazy,
+        force=force,
+        message=message,
+    )
+    if as_json:
+        emit_json({"recipe": prefix, "steps": rows})
+        return True
+    for r in rows:
+        if r.get("memo"):
+            what = "up to date"
+        elif r.get("lazy"):
+            what = "lazy (not computed)"
+        else:
+            what = f"merged {r.get('tensors_computed', 0)} tensors in {r['wall_seconds']:.2f} s"
+        click.echo(f"{r['branch']:<28} {r['commit'][:12]}  {what}")
+    return True

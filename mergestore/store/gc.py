@@ -134,6 +134,7 @@ class _Plan:
     dead_blocks: list[bytes] = field(default_factory=list)
     dead_stats: list[bytes] = field(default_factory=list)
     expired_reflog: list[bytes] = field(default_factory=list)
+    expired_journals: list[bytes] = field(default_factory=list)  # keys in the merges table
     missing_blocks: int = 0
     pack_sizes: dict[int, int] = field(default_factory=dict)
     pack_live: dict[int, tuple[int, int]] = field(default_factory=dict)  # (entries, bytes)
@@ -211,7 +212,7 @@ def _make_plan(repo: Repository, cutoff: float, threshold: float) -> _Plan:
         if commit is not None and commit.time >= cutoff:
             plan.roots.add(oid)
     block_ids = _mark_objects(repo, plan)
-    block_ids |= _journal_blocks(repo, cutoff)
+    block_ids |= _journal_blocks(repo, cutoff, plan)
     plan.dead_objects = [o for o in all_objects if o not in plan.objects]
     plan.dead_commits = sum(1 for o in plan.dead_objects if o in commit_ids)
     _mark_blocks(repo, plan, block_ids)
@@ -242,13 +243,16 @@ def _plan_inputs(p: StoreObject) -> list[bytes]:
     return out
 
 
-def _journal_blocks(repo: Repository, cutoff: float) -> set[bytes]:
-    """Blocks of merge journals younger than the grace period (a merge that may resume)."""
+def _journal_blocks(repo: Repository, cutoff: float, plan: _Plan) -> set[bytes]:
+    """Blocks of merge journals younger than the grace period (a merge that may resume);
+    older journals expire with their blocks."""
     out: set[bytes] = set()
-    for body in merges.journals(repo).values():
+    for plan_id, body in merges.journals(repo).items():
         if float(body.get("time", 0)) >= cutoff:
             for v in (body.get("tensors") or {}).values():
                 out.update(bytes.fromhex(b) for b in v[3])
+        else:
+            plan.expired_journals.append(merges.JOURNAL + plan_id)
     return out
 
 
@@ -431,6 +435,7 @@ def _sweep(repo: Repository, plan: _Plan, rep: GcReport) -> None:
                 ("blocks", plan.dead_blocks),
                 ("stats", plan.dead_stats),
                 ("reflog", plan.expired_reflog),
+                (merges.DB, plan.expired_journals),
             ):
                 db = idx.db(db_name)
                 for k in keys:
