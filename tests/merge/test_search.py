@@ -241,3 +241,24 @@ def test_cli_memo_lazy_materialize_evict_show_log_du(family_store: Store, cli) -
     assert "eviction saved" in r.out
     r = cli("--store", s, "evict", "main")
     assert r.code != 0 and "not a merge commit" in r.err
+
+
+def test_merge_outputs_are_delta_coded_against_the_base_where_smaller(family_store: Store) -> None:
+    """A task_arithmetic merge with small weights stays close to the base: its blocks are
+    stored as XOR deltas against the base block at the same position; du reports the ratio."""
+    family_store.merge(**{**KW, "weights": [0.02, 0.02, 0.02]}, branch="near")
+    base = {t.name: t for t in family_store.tensors("main")}
+    deltas = plain = 0
+    for t in family_store.tensors("near"):
+        for i, b in enumerate(t.blocks):
+            loc = family_store.repo.block_location(b)
+            if b in base[t.name].blocks:
+                continue  # the base's own block, stored once
+            if loc.ref is not None:
+                assert loc.ref == base[t.name].blocks[i]
+                deltas += 1
+            else:
+                plain += 1
+    assert deltas > 0
+    m = family_store.disk_usage()["merges"]
+    assert m["materialized"] == 1 and 0 < m["stored_raw_ratio"] < 1
