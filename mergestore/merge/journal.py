@@ -39,6 +39,7 @@ class ComputeResult:
     computed: int = 0  # tensors computed by this call
     reused: int = 0  # tensors taken from the journal or already present
     bytes_written: int = 0
+    blocks_written: int = 0
     blocks_from_base: int = 0
     expert_bytes_read: list[int] = field(default_factory=list)
     base_bytes_read: int = 0
@@ -152,6 +153,7 @@ def compute(
                 )
             session.publish()
             res.bytes_written += session.bytes_written
+            res.blocks_written += len(session.blocks)
         res.chunks += 1
         res.computed += len(chunk)
         res.blocks_from_base += taken

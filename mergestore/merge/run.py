@@ -31,6 +31,7 @@ from mergestore.merge.inputs import (
     validate_tensor_plans,
 )
 from mergestore.merge.layout import build_tree
+from mergestore.merge.summary import summarize
 from mergestore.merge.tensorplan import OutputTensorPlan, plan_tensors
 from mergestore.ops import get_method
 from mergestore.ops.spec import BaseRule
@@ -324,6 +325,15 @@ def run_record_from(prep: PreparedMerge, res: Any) -> dict[str, Any]:
     run["blocks_from_base"] = res.blocks_from_base
     run["tensors_computed"] = res.computed
     run["tensors_reused"] = res.reused
+    layout_index = prep.base_index if prep.base_index is not None else 0
+    run.update(
+        summarize(
+            [res.outputs[t.plan.name] for t in prep.tasks],
+            prep.models[layout_index].tensors,
+            asked_dtype=prep.cfg.out_dtype or prep.cfg.dtype,
+            blocks_written=res.blocks_written,
+        )
+    )
     return run
 
 
