@@ -125,8 +125,12 @@ class Store:
         author: str | None = None,
         stats: bool = True,
         progress: Progress | None = None,
+        verify_inputs: bool = False,
     ) -> CommitResult:
-        """Store a checkpoint (HF directory or one .safetensors file) as a new commit."""
+        """Store a checkpoint (HF directory or one .safetensors file) as a new commit.
+
+        Files unchanged since they were last stored (same size, mtime, ctime, inode: the stat
+        cache) are not read again; `verify_inputs` reads and hashes every file."""
         base_id = self.resolve(base) if base else None
         return commit_checkpoint(
             self.repo,
@@ -138,6 +142,7 @@ class Store:
             author=author,
             want_stats=stats,
             progress=progress,
+            verify=verify_inputs,
         )
 
     def checkout(
@@ -257,14 +262,22 @@ class Store:
         budget: str | int | None = None,
         max_error: float | None = None,
         commit_paths: bool = True,
+        verify_inputs: bool = False,
     ) -> Any:
-        """Validate and plan a merge (MergeConfig, YAML path or text); reads no expert data."""
+        """Validate and plan a merge (MergeConfig, YAML path or text); reads no expert data.
+        Models given as folders are committed first (a stat per unchanged file, or every file
+        read again with `verify_inputs`)."""
         from mergestore.merge.config import MergeConfig, load_config
         from mergestore.merge.run import prepare
 
         cfg = config if isinstance(config, MergeConfig) else load_config(config)
         return prepare(
-            self.repo, cfg, budget=budget, max_error=max_error, commit_paths=commit_paths
+            self.repo,
+            cfg,
+            budget=budget,
+            max_error=max_error,
+            commit_paths=commit_paths,
+            verify_inputs=verify_inputs,
         )
 
     def execute_merge(
@@ -274,11 +287,14 @@ class Store:
         branch: str | None = None,
         message: str = "",
         progress: Progress | None = None,
+        out: str | os.PathLike[str] | None = None,
         lazy: bool = False,
         force: bool = False,
     ) -> Any:
         """Publish a prepared merge: a plan already merged returns its commit (the memo)
-        unless `force`; `lazy` commits the plan without computing it."""
+        unless `force`; `lazy` commits the plan without computing it. With `out`, also write
+        the merged HF folder there in the same pass (byte-identical to a later checkout of the
+        commit; MergeResult.out describes it)."""
         from mergestore.merge.run import execute
 
         return execute(
@@ -287,6 +303,7 @@ class Store:
             branch=branch,
             message=message,
             progress=progress,
+            out=out,
             lazy=lazy,
             force=force,
         )
@@ -307,10 +324,13 @@ class Store:
         max_error: float | None = None,
         branch: str | None = None,
         message: str = "",
+        out: str | os.PathLike[str] | None = None,
+        verify_inputs: bool = False,
         lazy: bool = False,
         force: bool = False,
     ) -> Any:
         """Run a merge and store it as a commit; returns a MergeResult (commit, plan, run).
+        With `out`, the merged HF folder is written there in the same pass (MergeResult.out).
 
         A plan already merged returns its commit at once (`run["memo"]`) unless `force`,
         which recomputes and checks the same blocks come out. `lazy` commits the plan
@@ -330,9 +350,17 @@ class Store:
                 out_dtype,
                 seed,
             )
+        if out is not None:  # before anything is read or stored
+            from mergestore.merge.outfolder import check_target
+
+            check_target(Path(out))
         with self.gc_paused():  # path inputs are stored before the merge runs
-            prep = self.prepare_merge(config, budget=budget, max_error=max_error)
-            return self.execute_merge(prep, branch=branch, message=message, lazy=lazy, force=force)
+            prep = self.prepare_merge(
+                config, budget=budget, max_error=max_error, verify_inputs=verify_inputs
+            )
+            return self.execute_merge(
+                prep, branch=branch, message=message, out=out, lazy=lazy, force=force
+            )
 
     def merge_recipe(
         self,

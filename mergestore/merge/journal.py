@@ -113,9 +113,11 @@ def compute(
     progress: Progress | None = None,
     journal: bool = True,
     ref: str | None = None,
+    wrap_sink: Callable[[Any], Any] | None = None,
 ) -> ComputeResult:
     """Compute `tasks` not in `reuse`, chunk by chunk; each chunk's blocks and journal entry
-    are published together. `expected`: known output block ids (a mismatch is an error)."""
+    are published together. `expected`: known output block ids (a mismatch is an error);
+    `wrap_sink` wraps each chunk's store sink (merge --out writes the folder as it goes)."""
     from mergestore.merge.run import run_tasks
 
     res = ComputeResult(outputs=dict(reuse or {}), expert_bytes_read=[0] * n_models)
@@ -126,10 +128,13 @@ def compute(
     done_j = {n: _encode(o) for n, o in res.outputs.items()} if journal else {}
     for chunk in chunks(todo, journal_bytes()):
         with repo.writer() as session:
+            sink: Any = StoreSink(repo, session)
+            if wrap_sink is not None:
+                sink = wrap_sink(sink)
             outs, stats, taken = run_tasks(
                 engine,
                 chunk,
-                StoreSink(repo, session),
+                sink,
                 n_models,
                 progress=progress,
                 track_delta=track_delta,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,12 +26,14 @@ from mergestore.merge.engine import (
     task_bytes,
 )
 from mergestore.merge.inputs import (
+    PathInputs,
     ResolvedModel,
     commit_path_fn,
     resolve_models,
     validate_tensor_plans,
 )
 from mergestore.merge.layout import build_tree
+from mergestore.merge.outfolder import FolderOutput, predict_outputs
 from mergestore.merge.summary import summarize
 from mergestore.merge.tensorplan import OutputTensorPlan, plan_tensors
 from mergestore.ops import get_method
@@ -54,6 +57,7 @@ class PreparedMerge:
     base_index: int | None  # model index of the base (reference for omitted blocks)
     selection: budget_mod.Selection
     plan_body: dict[str, Any]
+    path_inputs: PathInputs = field(default_factory=PathInputs)  # folders committed first
 
     @property
     def plan(self) -> Plan:
@@ -66,6 +70,7 @@ class MergeResult:
     plan: bytes
     run: dict[str, Any]
     outputs: list[OutputTensor] = field(default_factory=list)
+    out: dict[str, Any] | None = None  # merge --out: the folder written (outfolder.py)
 
 
 def _base_index(cfg: MergeConfig, models: list[ResolvedModel]) -> int | None:
@@ -107,10 +112,12 @@ def prepare(
     commit_paths: bool = True,
     model_commits: list[bytes] | None = None,
     analyze_progress: Progress | None = None,
+    verify_inputs: bool = False,
 ) -> PreparedMerge:
     """Validate the config, resolve inputs, plan every tensor and choose the blocks to read."""
     spec = get_method(cfg.merge_method)
     refs = models_in_config(cfg)
+    path_inputs = PathInputs()
     if model_commits is not None:  # replay: the plan's recorded commits, not today's refs
         from mergestore.merge.inputs import _tensors
 
@@ -118,9 +125,8 @@ def prepare(
             ResolvedModel(r, c, _tensors(repo, c)) for r, c in zip(refs, model_commits, strict=True)
         ]
     else:
-        models = resolve_models(
-            repo, refs, commit_path=commit_path_fn(repo) if commit_paths else None
-        )
+        commit_path = commit_path_fn(repo, verify=verify_inputs, tally=path_inputs)
+        models = resolve_models(repo, refs, commit_path=commit_path if commit_paths else None)
     plans = plan_tensors(cfg, spec, refs, {i: list(m.tensors) for i, m in enumerate(models)})
     if not plans:
         raise MergeError("the merge has no tensors to produce")
@@ -176,7 +182,7 @@ def prepare(
     if selection.active and omitted_mode(spec.name):
         # see base_pieces(); replay follows what the plan says
         body["omitted_from_base"] = omitted_mode(spec.name)
-    return PreparedMerge(cfg, models, plans, tasks, base_index, selection, body)
+    return PreparedMerge(cfg, models, plans, tasks, base_index, selection, body, path_inputs)
 
 
 def _parents(prep: PreparedMerge) -> tuple[bytes, ...]:
@@ -199,13 +205,41 @@ def execute(
     progress: Progress | None = None,
     lazy: bool = False,
     force: bool = False,
+    out: str | os.PathLike[str] | None = None,
 ) -> MergeResult:
     """Run the merge into the store and publish commit, plan and ref move in one transaction.
 
     A plan already merged returns its commit (the memo, merge/memo.py) unless `force`;
     `lazy` publishes the commit and plan without computing. Output blocks are published in
     journaled chunks as they are computed (merge/journal.py), so a re-run resumes.
+    With `out`, also write the merged HF folder there in the same pass (outfolder.py).
     """
+    if lazy and out is not None:
+        raise MergeError("--lazy computes nothing, so it cannot write --out (materialize first)")
+    folder = FolderOutput(out) if out is not None else None
+    try:
+        res = _execute(repo, prep, branch, message, author, progress, folder, lazy, force)
+        if folder is not None:
+            assert res.commit is not None
+            res.out = folder.finish(repo, res.commit)
+        return res
+    except BaseException:
+        if folder is not None:
+            folder.abort()
+        raise
+
+
+def _execute(
+    repo: Repository,
+    prep: PreparedMerge,
+    branch: str | None,
+    message: str,
+    author: str | None,
+    progress: Progress | None,
+    folder: FolderOutput | None,
+    lazy: bool,
+    force: bool,
+) -> MergeResult:
     from mergestore.merge import journal, memo
     from mergestore.store import merges
 
@@ -215,12 +249,19 @@ def execute(
     plan_id = prep.plan.id
     hit = memo.lookup(repo, plan_id)
     if hit is not None and not force:
+        # --out on a memo hit: the folder finds nothing laid out and is written by checkout
         return memo.use(repo, hit, prep, ref, materialize=not lazy, progress=progress)
     res = None
     if not lazy:
         engine = make_engine(repo, prep)
         names = {t.plan.name for t in prep.tasks}
         memo.drop_stale_journals(repo, ref, plan_id)
+        wrap = None
+        if folder is not None:
+            layout_index = prep.base_index if prep.base_index is not None else 0
+            layout_commit = prep.models[layout_index].commit
+            folder.prepare(repo, predict_outputs(engine, prep.tasks), layout_commit)
+            wrap = folder.sink
         res = journal.compute(
             repo,
             engine,
@@ -232,6 +273,7 @@ def execute(
             omitted=prep.plan_body.get("omitted_from_base"),
             progress=progress,
             ref=ref,
+            wrap_sink=wrap,
         )
     with repo.writer() as session:
         if res is None:
@@ -356,6 +398,7 @@ def run_record(prep: PreparedMerge, stats: Any, written: int, seconds: float) ->
         "engine_seconds": round(stats.seconds, 4),
         "kernels": native.describe(),
         "torch_free": stats.torch_free,
+        **prep.path_inputs.to_json(),
     }
     if sel.active:
         delta = stats.merged_delta_sq**0.5
@@ -549,6 +592,7 @@ def _piece(task: TensorTask, b0: int, b1: int) -> TensorTask:
             None if s is None else frozenset(i - b0 for i in s if b0 <= i < b1)
             for s in task.selected
         ],
+        task.first_block + b0,
     )
 
 

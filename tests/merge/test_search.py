@@ -262,3 +262,13 @@ def test_merge_outputs_are_delta_coded_against_the_base_where_smaller(family_sto
     assert deltas > 0
     m = family_store.disk_usage()["merges"]
     assert m["materialized"] == 1 and 0 < m["stored_raw_ratio"] < 1
+
+
+def test_merge_out_on_a_memo_hit_writes_the_folder(family_store: Store, tmp_path: Path) -> None:
+    family_store.merge(**KW, branch="m", lazy=True)
+    res = family_store.merge(**KW, branch="m2", out=tmp_path / "a")  # memo hit on a lazy one
+    assert res.run["memo"] and res.out is not None
+    family_store.checkout("m2", tmp_path / "b")
+    assert _digest(tmp_path / "a") == _digest(tmp_path / "b")
+    with pytest.raises(MergeError, match="--lazy"):
+        family_store.merge(**KW, branch="m3", lazy=True, out=tmp_path / "c")
