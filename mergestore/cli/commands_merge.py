@@ -113,6 +113,16 @@ def _config(
     help="Also write the merged HF folder here, in the same pass (as checkout would).",
 )
 @click.option(
+    "--verify-inputs",
+    is_flag=True,
+    help="Read and hash every file of models given as folders (default: unchanged files cost a "
+    "stat).",
+)
+@click.option("--lazy", is_flag=True, help="Commit the plan without computing (reads compute it).")
+@click.option(
+    "--force", is_flag=True, help="Recompute a plan already merged (must give the same blocks)."
+)
+@click.option(
     "--executor",
     type=click.Choice(["local", "ray"]),
     default="local",
@@ -124,12 +134,6 @@ def _config(
     "--ray-address",
     default=None,
     help="Ray cluster to join: auto, ray://host:10001 (default: $RAY_ADDRESS, else a local one).",
-)
-@click.option(
-    "--verify-inputs",
-    is_flag=True,
-    help="Read and hash every file of models given as folders (default: unchanged files cost a "
-    "stat).",
 )
 @json_option
 @with_store
@@ -149,22 +153,29 @@ def merge(
     message: str,
     branch: str | None,
     out_dir: str | None,
+    verify_inputs: bool,
+    lazy: bool,
+    force: bool,
     executor: str,
     ray_address: str | None,
-    verify_inputs: bool,
     as_json: bool,
 ) -> None:
     """Merge MODELS (store refs or paths) into a new commit on BRANCH (and, with --out, into
-    an HF folder). Several --config files: one commit each, on a branch named after the file."""
+    an HF folder).
+
+    A plan already merged is not computed again: its commit is returned and BRANCH moved.
+    A --config with several YAML documents is a recipe (mergekit-multi): step NAME becomes
+    a commit on BRANCH/NAME. Several --config files: one commit each, on a branch named
+    after the file, run concurrently with --executor ray."""
     from mergestore.cli.commands_merge_many import run_many, yaml_files
 
     if config_path and yaml_files(models):  # --config sweep/*.yml: the shell spread the rest
         config_path, models = (*config_path, *models), ()
     if len(config_path) > 1:
-        if branch or out_dir:
+        if branch or out_dir or lazy:
             from mergestore.errors import MergeError
 
-            raise MergeError("-b/--out with several configs: each branch is named after its file")
+            raise MergeError("-b/--out/--lazy with several configs: one commit per file")
         return run_many(
             store,
             config_path,
@@ -173,8 +184,16 @@ def merge(
             budget=budget,
             max_error=max_error,
             message=message,
+            force=force,
             as_json=as_json,
         )
+    if config_path:
+        from mergestore.cli.commands_search import maybe_run_recipe
+
+        if maybe_run_recipe(
+            store, config_path[0], branch, budget, max_error, lazy, force, message, as_json
+        ):
+            return
     cfg = _config(config_path, method, base, models, weights, params, dtype, out_dtype, seed)
     if out_dir is not None:  # before anything is read or stored
         from pathlib import Path
@@ -192,6 +211,8 @@ def merge(
                 branch=branch,
                 message=message,
                 out=out_dir,
+                lazy=lazy,
+                force=force,
                 executor=executor,
                 ray_address=ray_address,
             )
@@ -199,6 +220,8 @@ def merge(
         "commit": res.commit.hex() if res.commit else None,
         "plan": res.plan.hex(),
         "method": cfg.merge_method,
+        "memo": False,
+        "lazy": lazy,
         **res.run,
     }
     if res.out is not None:
@@ -210,6 +233,8 @@ def merge(
     if res.out is not None:
         click.echo(f"wrote {res.out['path']} ({res.out['files']} files)")
     r = res.run
+    if _report_memo_or_lazy(out):
+        return
     from mergestore.cli.merge_summary import print_summary
 
     print_summary(cfg.merge_method, r)
@@ -219,6 +244,29 @@ def merge(
             f"{prep.selection.error_bound_rel:.3%})",
             err=True,
         )
+
+
+def _report_memo_or_lazy(out: dict[str, Any]) -> bool:
+    """One line for a memo hit or a lazy merge; False for a computed merge."""
+    if out.get("forced"):
+        click.echo(
+            f"recomputed: same blocks as {out['commit'][:12]} (plan {out['plan'][:12]})", err=True
+        )
+        return True
+    if out.get("memo"):
+        extra = ""
+        if out.get("tensors_computed"):
+            extra = f"; computed its {out['tensors_computed']} missing tensors"
+        click.echo(f"already merged as {out['commit']} (plan {out['plan']}){extra}", err=True)
+        return True
+    if out.get("lazy"):
+        click.echo(
+            f"lazy: committed plan {out['plan'][:12]} with {out['tensors']} tensors, none "
+            "computed (reads compute them; or `mergestore materialize`)",
+            err=True,
+        )
+        return True
+    return False
 
 
 @click.command()

@@ -31,6 +31,7 @@ def run_many(
     budget: str | None,
     max_error: float | None,
     message: str,
+    force: bool,
     as_json: bool,
 ) -> None:
     show = not as_json and progress_enabled()
@@ -71,6 +72,7 @@ def run_many(
             budget=budget,
             max_error=max_error,
             message=message,
+            force=force,
             on_merge=on_merge,
             on_bytes=on_bytes,
         )

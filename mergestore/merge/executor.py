@@ -1,13 +1,17 @@
 """Executors: where a prepared merge's tensors are computed.
 
-The driver (run.execute) plans the merge, opens one write session, asks an executor for every
-output tensor's block ids, then builds the tree and publishes the commit in one transaction.
-An executor only turns a PreparedMerge into output blocks that are durable in the session's
-store and known to the session (so its publish indexes them):
+The driver (run.execute) plans the merge, asks an executor for every output tensor's block
+ids, then builds the tree and publishes the commit in one transaction. An executor turns a
+PreparedMerge into output blocks, through two calls:
 
-- LocalExecutor: the streaming engine in this process, writing through the session.
+- `compute(repo, prep, ...)` -> journal.ComputeResult: outputs by tensor name and statistics;
+- `adopt(session, result)`: inside the transaction that publishes the commit, make the blocks
+  computed elsewhere part of it (nothing to do for the local executor).
+
+- LocalExecutor: the streaming engine in this process, publishing journaled chunks as it goes
+  (merge/journal.py: a re-run resumes).
 - RayExecutor (merge/ray_executor.py): tasks on a Ray cluster that read blocks straight from
-  the packs and write packs of their own, which the session then adopts.
+  the packs and write packs of their own, which `adopt` adds to the commit's transaction.
 
 Both give the same outputs, block for block (the engine is deterministic per tensor).
 """
@@ -15,12 +19,10 @@ Both give the same outputs, block for block (the engine is deterministic per ten
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from mergestore.merge.engine import Engine, EngineStats, OutputTensor
-
 if TYPE_CHECKING:
+    from mergestore.merge.journal import ComputeResult
     from mergestore.merge.outfolder import FolderOutput
     from mergestore.merge.run import PreparedMerge
     from mergestore.store.repo import Repository, WriteSession
@@ -29,81 +31,73 @@ Progress = Callable[[int], None]
 EXECUTORS = ("local", "ray")
 
 
-@dataclass
-class Execution:
-    """What an executor hands back: outputs in task order, read statistics, blocks taken
-    from the base without computing (see run.base_pieces)."""
-
-    outputs: list[OutputTensor]
-    stats: EngineStats
-    blocks_from_base: int
-    extra: dict[str, Any] | None = None  # executor-specific figures for the run record
-
-
 class Executor(Protocol):
     name: str
+    extra: dict[str, Any] | None  # executor-specific figures for the run record
 
-    def run(
+    def compute(
         self,
         repo: Repository,
         prep: PreparedMerge,
-        session: WriteSession,
+        *,
+        ref: str,
         progress: Progress | None = None,
         folder: FolderOutput | None = None,
-    ) -> Execution:
-        """Compute every output tensor of `prep` into blocks the session will publish.
-        `folder` (merge --out): an executor that holds output bytes may write them there as
-        it goes; whatever it leaves is filled from the store after the commit."""
+    ) -> ComputeResult:
+        """Compute every output tensor of `prep`. `folder` (merge --out): an executor that
+        holds output bytes may write them there as it goes; whatever it leaves is filled from
+        the store after the commit."""
+        ...
+
+    def adopt(self, session: WriteSession, res: ComputeResult) -> None:
+        """Add the blocks computed elsewhere to the session that publishes the commit."""
         ...
 
 
-def make_engine(
-    repo: Any, prep: PreparedMerge, *, block_size: int | None = None, seed: int | None = None
-) -> Engine:
-    """The engine for a prepared merge; `repo` is anything the engine reads blocks through."""
-    from mergestore.ops import get_method
-
-    cfg = prep.cfg
-    return Engine(
-        repo,
-        method=get_method(cfg.merge_method).name,
-        dtype=cfg.dtype,
-        out_dtype=cfg.out_dtype,
-        seed=(cfg.seed or 0) if seed is None else seed,
-        tokenizer_source=cfg.tokenizer_source,
-        block_size=block_size,
-    )
-
-
 class LocalExecutor:
-    """The streaming engine in this process (both cores), writing through the session."""
+    """The streaming engine in this process (both cores), in journaled chunks."""
 
     name = "local"
+    extra: dict[str, Any] | None = None
 
-    def run(
+    def compute(
         self,
         repo: Repository,
         prep: PreparedMerge,
-        session: WriteSession,
+        *,
+        ref: str,
         progress: Progress | None = None,
         folder: FolderOutput | None = None,
-    ) -> Execution:
-        from mergestore.merge.engine import StoreSink
-        from mergestore.merge.run import run_tasks
+    ) -> ComputeResult:
+        from mergestore.merge import journal, memo
+        from mergestore.merge import run as run_mod
 
-        sink: Any = StoreSink(repo, session)
+        engine = run_mod.make_engine(repo, prep)
+        plan_id = prep.plan.id
+        names = {t.plan.name for t in prep.tasks}
+        memo.drop_stale_journals(repo, ref, plan_id)
+        wrap = None
         if folder is not None:
-            sink = folder.sink(sink)
-        outputs, stats, n_base = run_tasks(
-            make_engine(repo, prep),
+            layout_index = prep.base_index if prep.base_index is not None else 0
+            layout_commit = prep.models[layout_index].commit
+            folder.prepare(repo, run_mod.predict_outputs(engine, prep.tasks), layout_commit)
+            wrap = folder.sink
+        return journal.compute(
+            repo,
+            engine,
             prep.tasks,
-            sink,
             len(prep.models),
-            progress=progress,
+            plan_id,
+            reuse=journal.journaled_outputs(repo, plan_id, run_mod.ENGINE, names),
             track_delta=prep.selection.active,
             omitted=prep.plan_body.get("omitted_from_base"),
+            progress=progress,
+            ref=ref,
+            wrap_sink=wrap,
         )
-        return Execution(outputs, stats, n_base)
+
+    def adopt(self, session: WriteSession, res: ComputeResult) -> None:
+        del session, res  # its chunks are published already
 
 
 def get_executor(name: str | Executor | None, **options: Any) -> Executor:

@@ -74,6 +74,7 @@ def merge_many(
     budget: str | int | None = None,
     max_error: float | None = None,
     message: str = "",
+    force: bool = False,
     on_merge: Callable[[ManyResult], None] | None = None,
     on_bytes: Callable[[int], None] | None = None,
 ) -> list[ManyResult]:
@@ -112,7 +113,7 @@ def merge_many(
         def publish(i: int, prep: PreparedMerge, runner: Any) -> None:
             try:
                 out[i].result = execute(
-                    repo, prep, branch=out[i].branch, message=message, executor=runner
+                    repo, prep, branch=out[i].branch, message=message, force=force, executor=runner
                 )
             except MergestoreError as e:
                 fail(i, e)
@@ -126,17 +127,25 @@ def merge_many(
             return out
         if executor != "ray":
             raise MergeError(f"unknown executor {executor!r} (choose from local, ray)")
+        from mergestore.merge import memo
         from mergestore.merge.ray_executor import Finished, RayExecutor
 
+        remote = []
+        for i, prep in preps:
+            if not force and memo.lookup(repo, prep.plan.id) is not None:
+                publish(i, prep, None)  # merged before: its commit, nothing computed
+            else:
+                remote.append((i, prep))
+
         def done(k: int, res: Any) -> None:
-            i, prep = preps[k]
+            i, prep = remote[k]
             if isinstance(res, BaseException):
                 fail(i, res)
             else:
                 publish(i, prep, Finished(res))
 
-        if preps:
+        if remote:
             RayExecutor(ray_address).run_many(
-                repo, [p for _i, p in preps], on_done=done, on_bytes=on_bytes
+                repo, [p for _i, p in remote], on_done=done, on_bytes=on_bytes
             )
     return out

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from mergestore.errors import CorruptionError, MergeError, MergestoreError
 from mergestore.formats.safetensors import DTYPE_SIZES
 from mergestore.merge.engine import EngineStats, OutputTensor, TensorTask, task_bytes
-from mergestore.merge.executor import Execution, Progress
+from mergestore.merge.executor import Progress
 from mergestore.merge.ray_worker import GroupJob, GroupResult, MergePart, part_settings, run_group
 from mergestore.store import faults
 from mergestore.store.blocks import tensor_blocking
@@ -28,6 +28,7 @@ from mergestore.store.packs import ReadMeter
 from mergestore.store.worker_packs import WrittenBlock, adopt_blocks, block_places
 
 if TYPE_CHECKING:
+    from mergestore.merge.journal import ComputeResult
     from mergestore.merge.run import PreparedMerge
     from mergestore.store.repo import Repository, WriteSession
 
@@ -118,21 +119,35 @@ class RayExecutor:
         self.cpus_per_task = cpus_per_task
         self.fault = fault  # tests only (see ray_worker._maybe_die)
         self.ray: Any = None
+        self.extra: dict[str, Any] | None = None
+        self._done: RayExecution | None = None
 
     # ----- one merge -------------------------------------------------------------------------
 
-    def run(
+    def compute(
         self,
         repo: Repository,
         prep: PreparedMerge,
-        session: WriteSession,
+        *,
+        ref: str,
         progress: Progress | None = None,
-        folder: Any = None,  # outputs are not here: FolderOutput.finish reads them back
-    ) -> Execution:
+        folder: Any = None,  # the outputs are not here: FolderOutput.finish reads them back
+    ) -> ComputeResult:
+        del ref, folder
         done = self.run_many(repo, [prep], progress=progress)[0]
         if isinstance(done, BaseException):
             raise done
-        return adopt(session, done)
+        return self.take(done)
+
+    def take(self, done: RayExecution) -> ComputeResult:
+        """A finished Ray execution as the result `adopt` will publish."""
+        self._done = done
+        self.extra = dict(done.extra)
+        return compute_result(done)
+
+    def adopt(self, session: WriteSession, res: ComputeResult) -> None:
+        assert self._done is not None
+        adopt(session, self._done, res)
 
     # ----- many merges -----------------------------------------------------------------------
 
@@ -344,10 +359,30 @@ def _assemble(st: _MergeState, block_size: int) -> RayExecution:
     return RayExecution(prep, outputs, stats, taken, written, extra)
 
 
-def adopt(session: WriteSession, done: RayExecution) -> Execution:
+def compute_result(done: RayExecution) -> ComputeResult:
+    from mergestore.merge.journal import ComputeResult
+
+    st = done.stats
+    return ComputeResult(
+        outputs={o.name: o for o in done.outputs},
+        computed=len(done.outputs),
+        blocks_from_base=done.blocks_from_base,
+        expert_bytes_read=[m.bytes_read for m in st.expert_meters],
+        base_bytes_read=st.base_meter.bytes_read,
+        blocks_read=st.blocks_read,
+        engine_seconds=st.seconds,
+        merged_delta_sq=st.merged_delta_sq,
+        torch_free=st.torch_free,
+        chunks=done.extra.get("tasks", 0),
+    )
+
+
+def adopt(session: WriteSession, done: RayExecution, res: ComputeResult) -> None:
     """Take a merge's worker-written blocks into the session and check that every output
     block is now stored: in the index already, or adopted from a worker's pack."""
-    adopt_blocks(session, done.written)
+    before = len(session.blocks)
+    res.bytes_written += adopt_blocks(session, done.written)
+    res.blocks_written += len(session.blocks) - before
     repo = session.repo
     ids = {b for o in done.outputs for b in o.blocks}
     pending = {b for b in ids if b in session.blocks}
@@ -358,24 +393,23 @@ def adopt(session: WriteSession, done: RayExecution) -> Execution:
         raise CorruptionError(
             f"tensor {name!r}: block {bid.hex()[:12]} came back from a ray task; no pack holds it"
         )
-    return Execution(done.outputs, done.stats, done.blocks_from_base, dict(done.extra))
 
 
-class Finished:
-    """An executor for run.execute whose work is done already (merge_many on Ray)."""
-
-    name = "ray"
+class Finished(RayExecutor):
+    """An executor for run.execute whose Ray work is done already (merge_many)."""
 
     def __init__(self, done: RayExecution) -> None:
-        self.done = done
+        super().__init__()
+        self._given = done
 
-    def run(
+    def compute(
         self,
         repo: Repository,
         prep: PreparedMerge,
-        session: WriteSession,
+        *,
+        ref: str,
         progress: Progress | None = None,
         folder: Any = None,
-    ) -> Execution:
-        del repo, prep, progress, folder
-        return adopt(session, self.done)
+    ) -> ComputeResult:
+        del repo, prep, ref, progress, folder
+        return self.take(self._given)

@@ -29,7 +29,7 @@ def test_worker_killed_mid_task_is_retried(ray_session, tmp_path: Path, cli) -> 
     ex = RayExecutor(fault=f"kill-once:{marker}")
     r = store.merge(config=_cfg(), branch="ray", executor=ex)
     assert marker.exists()  # a worker did die mid-task
-    store.merge(config=_cfg(), branch="local")
+    assert store.merge(config=_cfg(), branch="local", force=True).run["identical"]
     assert store.get_commit("ray").tree == store.get_commit("local").tree
     assert store.replay("ray")["identical"]
     assert r.run["bytes_written"] > 0

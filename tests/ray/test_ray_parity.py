@@ -66,12 +66,17 @@ def test_ray_equals_local(ray_session, fam_store: Store, case: str) -> None:
     base, models, weights, params, _ = CASES[method]
     cfg = config_from_cli(method, base, models, weights, params, None, None, 7)
     loc = fam_store.merge(config=cfg, budget=budget, branch=f"local-{case}")
-    ray_ = fam_store.merge(config=cfg, budget=budget, branch=f"ray-{case}", executor="ray")
+    # the same plan is memoized: --force computes it again on Ray and refuses other blocks
+    ray_ = fam_store.merge(
+        config=cfg, budget=budget, branch=f"ray-{case}", executor="ray", force=True
+    )
+    assert ray_.run["forced"] and ray_.run["identical"]
     assert _tree_and_blocks(fam_store, f"local-{case}") == _tree_and_blocks(
         fam_store, f"ray-{case}"
     )
     assert ray_.plan == loc.plan  # the same plan object: the same budget selection
     assert ray_.run["executor"]["name"] == "ray" and ray_.run["executor"]["tasks"] >= 1
+    assert ray_.run["tensors_computed"] == len(fam_store.tensors(f"ray-{case}"))
     for key in ("expert_bytes_read", "base_bytes_read", "blocks_from_base", "tensors"):
         assert ray_.run[key] == loc.run[key], key
     assert fam_store.replay(f"ray-{case}")["identical"]
@@ -86,8 +91,8 @@ def test_ray_first_writes_the_blocks(ray_session, tmp_path: Path, cli) -> None:
     cfg = config_from_cli("ties", "main", X, [0.5, 0.3, 0.2], {"density": 0.5}, None, None, 1)
     r = store.merge(config=cfg, branch="r", executor="ray")
     assert r.run["bytes_written"] > 0
-    loc = store.merge(config=cfg, branch="l")
-    assert loc.run["bytes_written"] == 0
+    loc = store.merge(config=cfg, branch="l", force=True)
+    assert loc.run["bytes_written"] == 0 and loc.run["identical"]
     assert store.get_commit("r").tree == store.get_commit("l").tree
     store.close()
     res = cli("--store", tmp_path / "store", "fsck", "--full")
