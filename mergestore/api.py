@@ -115,19 +115,23 @@ class Store:
         stats: bool = True,
         progress: Progress | None = None,
     ) -> CommitResult:
-        """Store a checkpoint (HF directory or one .safetensors file) as a new commit."""
+        """Store a checkpoint as a new commit: an HF folder, one .safetensors file, a PEFT
+        adapter folder, pytorch_model*.bin weights (converted) or a hub id ``org/name[@rev]``."""
+        from mergestore.sources import prepared_source
+
         base_id = self.resolve(base) if base else None
-        return commit_checkpoint(
-            self.repo,
-            path,
-            message=message,
-            branch=branch,
-            base=base_id,
-            meta=meta,
-            author=author,
-            want_stats=stats,
-            progress=progress,
-        )
+        with prepared_source(path) as src:
+            return commit_checkpoint(
+                self.repo,
+                src.path,
+                message=message,
+                branch=branch,
+                base=base_id,
+                meta={**src.meta, **(meta or {})},
+                author=author,
+                want_stats=stats,
+                progress=progress,
+            )
 
     def checkout(
         self,
@@ -251,10 +255,15 @@ class Store:
         branch: str | None = None,
         message: str = "",
         progress: Progress | None = None,
+        **output: Any,
     ) -> Any:
+        """Run a prepared merge; `output`: write_card, shard_bytes, copy_tokenizer (see
+        merge.run.execute)."""
         from mergestore.merge.run import execute
 
-        return execute(self.repo, prepared, branch=branch, message=message, progress=progress)
+        return execute(
+            self.repo, prepared, branch=branch, message=message, progress=progress, **output
+        )
 
     def merge(
         self,
@@ -272,8 +281,11 @@ class Store:
         max_error: float | None = None,
         branch: str | None = None,
         message: str = "",
+        **output: Any,
     ) -> Any:
-        """Run a merge and store it as a commit; returns a MergeResult (commit, plan, run)."""
+        """Run a merge and store it as a commit; returns a MergeResult (commit, plan, run).
+
+        `output`: write_card (default True), shard_bytes, copy_tokenizer."""
         from mergestore.merge.config import config_from_cli
 
         if config is None:
@@ -291,7 +303,7 @@ class Store:
             )
         with self.gc_paused():  # path inputs are stored before the merge runs
             prep = self.prepare_merge(config, budget=budget, max_error=max_error)
-            return self.execute_merge(prep, branch=branch, message=message)
+            return self.execute_merge(prep, branch=branch, message=message, **output)
 
     def replay(self, ref: str) -> dict[str, Any]:
         """Re-execute a merge's plan; {"identical": bool, "first_difference": name, ...}."""

@@ -9,6 +9,7 @@ import click
 
 from mergestore.api import Store
 from mergestore.cli.common import json_option, with_store
+from mergestore.cli.merge_options import apply_overrides, output_options, split_output
 from mergestore.cli.output import emit_json, human_bytes, progress_bar, short
 
 
@@ -99,6 +100,7 @@ def _config(
 @_merge_options
 @click.option("-m", "--message", default="", help="Commit message.")
 @click.option("-b", "--branch", default=None, help="Branch for the merge commit.")
+@output_options
 @json_option
 @with_store
 def merge(
@@ -117,13 +119,16 @@ def merge(
     message: str,
     branch: str | None,
     as_json: bool,
+    **opts: Any,
 ) -> None:
-    """Merge MODELS (store refs or paths) into a new commit on BRANCH."""
+    """Merge MODELS (store refs, paths, hub ids, BASE+ADAPTER) into a new commit on BRANCH."""
+    output, over = split_output(opts)
     cfg = _config(config_path, method, base, models, weights, params, dtype, out_dtype, seed)
+    cfg = apply_overrides(cfg, over)
     with store.gc_paused():  # path inputs are stored before the merge runs
         prep = store.prepare_merge(cfg, budget=budget, max_error=max_error)
         with progress_bar("merge", None, not as_json) as _:
-            res = store.execute_merge(prep, branch=branch, message=message)
+            res = store.execute_merge(prep, branch=branch, message=message, **output)
     out = {
         "commit": res.commit.hex() if res.commit else None,
         "plan": res.plan.hex(),

@@ -9,6 +9,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import blake3
+
 from mergestore import __version__, native
 from mergestore.errors import MergeError
 from mergestore.formats.safetensors import DTYPE_SIZES
@@ -196,8 +198,15 @@ def execute(
     message: str,
     author: str | None = None,
     progress: Progress | None = None,
+    write_card: bool = True,
+    shard_bytes: int | None = None,
+    copy_tokenizer: bool = True,
 ) -> MergeResult:
-    """Run the merge into the store and publish commit, plan and ref move in one transaction."""
+    """Run the merge into the store and publish commit, plan and ref move in one transaction.
+
+    `write_card` puts a model card (README.md, merge/modelcard.py) in the output tree;
+    `shard_bytes` and `copy_tokenizer` shape the output files (see layout.build_tree).
+    """
     t0 = time.perf_counter()
     spec = get_method(prep.cfg.merge_method)
     ref = branch_ref(repo, branch)
@@ -232,6 +241,17 @@ def execute(
         extra = {}
         if prep.cfg.raw_text:
             extra["mergekit_config.yml"] = prep.cfg.raw_text.encode()
+        if write_card:
+            from mergestore.merge.modelcard import CARD_FILE, model_card
+
+            card = model_card(
+                repo,
+                prep.cfg,
+                prep.models,
+                plan_id=blake3.blake3(prep.plan.encode()).digest(),
+                branch=ref.removeprefix("refs/heads/"),
+            )
+            extra[CARD_FILE] = card.encode()
         tree = build_tree(
             repo,
             session,
@@ -240,6 +260,8 @@ def execute(
             tokenizer_commit=prep.models[tok_index].commit,
             out_dtype=prep.cfg.out_dtype,
             extra_files=extra,
+            shard_bytes=shard_bytes,
+            copy_tokenizer=copy_tokenizer,
         )
         plan_id = session.put_object(prep.plan)
         run = run_record(prep, stats, session.bytes_written, time.perf_counter() - t0)
