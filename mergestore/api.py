@@ -255,14 +255,22 @@ class Store:
         branch: str | None = None,
         message: str = "",
         progress: Progress | None = None,
+        out: str | os.PathLike[str] | None = None,
         **output: Any,
     ) -> Any:
-        """Run a prepared merge; `output`: write_card, shard_bytes, copy_tokenizer (see
-        merge.run.execute)."""
+        """Run a prepared merge; with `out`, also write the merged HF folder there in the same
+        pass (byte-identical to a later checkout of the commit; MergeResult.out describes it).
+        `output`: write_card, shard_bytes, copy_tokenizer (see merge.run.execute)."""
         from mergestore.merge.run import execute
 
         return execute(
-            self.repo, prepared, branch=branch, message=message, progress=progress, **output
+            self.repo,
+            prepared,
+            branch=branch,
+            message=message,
+            progress=progress,
+            out=out,
+            **output,
         )
 
     def merge(
@@ -281,10 +289,11 @@ class Store:
         max_error: float | None = None,
         branch: str | None = None,
         message: str = "",
+        out: str | os.PathLike[str] | None = None,
         **output: Any,
     ) -> Any:
         """Run a merge and store it as a commit; returns a MergeResult (commit, plan, run).
-
+        With `out`, the merged HF folder is written there in the same pass (MergeResult.out).
         `output`: write_card (default True), shard_bytes, copy_tokenizer."""
         from mergestore.merge.config import config_from_cli
 
@@ -301,9 +310,13 @@ class Store:
                 out_dtype,
                 seed,
             )
+        if out is not None:  # before anything is read or stored
+            from mergestore.merge.outfolder import check_target
+
+            check_target(Path(out))
         with self.gc_paused():  # path inputs are stored before the merge runs
             prep = self.prepare_merge(config, budget=budget, max_error=max_error)
-            return self.execute_merge(prep, branch=branch, message=message, **output)
+            return self.execute_merge(prep, branch=branch, message=message, out=out, **output)
 
     def replay(self, ref: str) -> dict[str, Any]:
         """Re-execute a merge's plan; {"identical": bool, "first_difference": name, ...}."""

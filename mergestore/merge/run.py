@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from mergestore.merge.inputs import (
     validate_tensor_plans,
 )
 from mergestore.merge.layout import build_tree
+from mergestore.merge.outfolder import FolderOutput, predict_outputs
 from mergestore.merge.summary import summarize
 from mergestore.merge.tensorplan import OutputTensorPlan, plan_tensors
 from mergestore.ops import get_method
@@ -61,12 +63,22 @@ class PreparedMerge:
         return Plan(body=self.plan_body)
 
 
+@dataclass(frozen=True)
+class OutputFiles:
+    """What goes into the merge's files besides the tensors (mergekit's output options)."""
+
+    write_card: bool = True
+    shard_bytes: int | None = None  # None: the layout model's shards, else 5 GB ones
+    copy_tokenizer: bool = True
+
+
 @dataclass
 class MergeResult:
     commit: bytes | None
     plan: bytes
     run: dict[str, Any]
     outputs: list[OutputTensor] = field(default_factory=list)
+    out: dict[str, Any] | None = None  # merge --out: the folder written (outfolder.py)
 
 
 def _base_index(cfg: MergeConfig, models: list[ResolvedModel]) -> int | None:
@@ -198,15 +210,42 @@ def execute(
     message: str,
     author: str | None = None,
     progress: Progress | None = None,
+    out: str | os.PathLike[str] | None = None,
     write_card: bool = True,
     shard_bytes: int | None = None,
     copy_tokenizer: bool = True,
 ) -> MergeResult:
     """Run the merge into the store and publish commit, plan and ref move in one transaction.
+    With `out`, also write the merged HF folder there in the same pass (outfolder.py).
 
     `write_card` puts a model card (README.md, merge/modelcard.py) in the output tree;
     `shard_bytes` and `copy_tokenizer` shape the output files (see layout.build_tree).
     """
+    folder = FolderOutput(out) if out is not None else None
+    files = OutputFiles(write_card, shard_bytes, copy_tokenizer)
+    try:
+        res = _execute(repo, prep, branch, message, author, progress, folder, files)
+        if folder is not None:
+            assert res.commit is not None
+            res.out = folder.finish(repo, res.commit)
+        return res
+    except BaseException:
+        if folder is not None:
+            folder.abort()
+        raise
+
+
+def _execute(
+    repo: Repository,
+    prep: PreparedMerge,
+    branch: str | None,
+    message: str,
+    author: str | None,
+    progress: Progress | None,
+    folder: FolderOutput | None,
+    files: OutputFiles | None = None,
+) -> MergeResult:
+    files = files or OutputFiles()
     t0 = time.perf_counter()
     spec = get_method(prep.cfg.merge_method)
     ref = branch_ref(repo, branch)
@@ -229,10 +268,17 @@ def execute(
             raise MergeError(f"tokenizer_source {ts!r} is not one of the merge's models")
         tok_index = matches[0]
     with repo.writer() as session:
+        sink: Any = StoreSink(repo, session)
+        if folder is not None:
+            layout_commit = prep.models[layout_index].commit
+            folder.prepare(
+                repo, predict_outputs(engine, prep.tasks), layout_commit, files.shard_bytes
+            )
+            sink = folder.sink(sink)
         outputs, stats, n_base = run_tasks(
             engine,
             prep.tasks,
-            StoreSink(repo, session),
+            sink,
             len(prep.models),
             progress=progress,
             track_delta=prep.selection.active,
@@ -241,7 +287,7 @@ def execute(
         extra = {}
         if prep.cfg.raw_text:
             extra["mergekit_config.yml"] = prep.cfg.raw_text.encode()
-        if write_card:
+        if files.write_card:
             from mergestore.merge.modelcard import CARD_FILE, model_card
 
             card = model_card(
@@ -260,8 +306,8 @@ def execute(
             tokenizer_commit=prep.models[tok_index].commit,
             out_dtype=prep.cfg.out_dtype,
             extra_files=extra,
-            shard_bytes=shard_bytes,
-            copy_tokenizer=copy_tokenizer,
+            shard_bytes=files.shard_bytes,
+            copy_tokenizer=files.copy_tokenizer,
         )
         plan_id = session.put_object(prep.plan)
         run = run_record(prep, stats, session.bytes_written, time.perf_counter() - t0)
@@ -504,6 +550,7 @@ def _piece(task: TensorTask, b0: int, b1: int) -> TensorTask:
             None if s is None else frozenset(i - b0 for i in s if b0 <= i < b1)
             for s in task.selected
         ],
+        task.first_block + b0,
     )
 
 

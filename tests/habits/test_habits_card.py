@@ -172,3 +172,35 @@ def test_out_shard_size_and_copy_tokenizer(cli, tmp_path, models) -> None:
         "lots",
     )
     assert r.code != 0 and "not a size" in r.err
+
+
+def test_merge_out_folder_has_card_and_shards_as_checkout(cli, tmp_path, models) -> None:
+    s = _store(cli, tmp_path, models)
+    out = tmp_path / "direct"
+    r = cli(
+        "--store",
+        s,
+        "merge",
+        "--method",
+        "linear",
+        "main",
+        "math",
+        "-w",
+        "1",
+        "-w",
+        "1",
+        "--out-shard-size",
+        "3K",
+        "--out",
+        out,
+        "-b",
+        "viaout",
+    )
+    assert r.code == 0, r.err
+    co = tmp_path / "co"
+    assert cli("--store", s, "checkout", "viaout", co).code == 0
+    names = sorted(p.name for p in co.iterdir())
+    assert names == sorted(p.name for p in out.iterdir())
+    assert "README.md" in names and "model-00003-of-00003.safetensors" in names
+    for n in names:
+        assert (out / n).read_bytes() == (co / n).read_bytes(), n
