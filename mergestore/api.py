@@ -319,10 +319,34 @@ class Store:
             return self.execute_merge(prep, branch=branch, message=message, out=out, **output)
 
     def replay(self, ref: str) -> dict[str, Any]:
-        """Re-execute a merge's plan; {"identical": bool, "first_difference": name, ...}."""
+        """Re-execute a merge's plan; {"identical": bool, "first_difference": name, ...}.
+
+        `ref` is a commit ref, or a plan id (or its prefix, as a model card names it): the
+        newest merge commit reachable from a ref that has that plan."""
         from mergestore.merge.run import replay
 
-        return replay(self.repo, self.resolve(ref))
+        try:
+            cid = self.resolve(ref)
+        except RefError:
+            cid = self.commit_of_plan(ref)
+        return replay(self.repo, cid)
+
+    def commit_of_plan(self, plan: str) -> bytes:
+        """The newest merge commit reachable from any ref whose plan id starts with `plan`."""
+        text = plan.strip().lower()
+        if len(text) < 4 or any(ch not in "0123456789abcdef" for ch in text):
+            raise RefError(f"unknown ref {plan!r}")
+        found = {
+            e.id
+            for e in self.log(all_refs=True)
+            if e.commit.plan and e.commit.plan.hex().startswith(text)
+        }
+        if not found:
+            raise RefError(f"unknown ref {plan!r} (not a commit, nor a merge plan id)")
+        plans = {self.repo.get_commit(c).plan for c in found}
+        if len(plans) > 1:
+            raise RefError(f"ambiguous plan id {plan!r}: {len(plans)} plans match")
+        return next(e.id for e in self.log(all_refs=True) if e.id in found)
 
     def merge_info(self, ref: str | bytes) -> tuple[bytes, Commit, dict[str, Any], dict[str, Any]]:
         cid = ref if isinstance(ref, bytes) else self.resolve(ref)

@@ -6,8 +6,9 @@ exact YAML. mergestore adds what mergekit's card lacks: each input's commit id a
 plan id, and the command that replays the merge.
 
 A commit cannot name itself inside its own tree (its id is the hash of that tree), so the card
-names the plan id and the branch, and says how to print the merge commit's id. The card is part
-of the commit, so `checkout` and `merge --out` give it byte for byte.
+names the plan id, and `mergestore replay <plan id>` finds the merge commit by its plan. The
+card depends only on the merge (not on the branch or the time), so the same merge gives the
+same tree; it is part of the commit, so `checkout` and `merge --out` give it byte for byte.
 """
 
 from __future__ import annotations
@@ -146,7 +147,6 @@ def model_card(
     models: Sequence[ResolvedModel],
     *,
     plan_id: bytes,
-    branch: str | None,
 ) -> str:
     """README.md text for a merge (deterministic: the same inputs give the same bytes)."""
     names = {m.ref.text: source_name(repo, m) for m in models}
@@ -168,12 +168,11 @@ def model_card(
     ).rstrip("\n")
     _, _, line = METHODS.get(cfg.merge_method, (cfg.merge_method, None, ""))
     rows = "\n".join(f"| {m.ref.text} | `{m.commit.hex()}` | {names[m.ref.text]} |" for m in models)
-    where = branch or "<merge commit>"
     config_yaml = (cfg.raw_text or yaml.safe_dump(cfg.to_dict(), sort_keys=False)).rstrip("\n")
     return f"""---
 {metadata}
 ---
-# {branch or "Untitled Model (1)"}
+# Untitled Model (1)
 
 This is a merge of pre-trained language models created with mergekit's methods \
 ([mergekit](https://github.com/cg123/mergekit)), run and stored by mergestore.
@@ -204,7 +203,8 @@ The following YAML configuration was used to produce this model:
 {rows}
 
 - plan: `{plan_id.hex()}`
-- replay: `mergestore replay {where}` re-executes the plan and checks every output block.
-- merge commit: `mergestore show {where}` prints its id (a commit cannot name itself inside
-  its own files, whose hash it is).
+- replay: `mergestore replay {plan_id.hex()[:16]}` re-executes the plan and checks every
+  output block (a plan id, or the merge commit's id or branch).
+- merge commit: `mergestore log --oneline --all` lists it; a commit cannot name itself inside
+  its own files, whose hash it is, so the card names the plan, which the commit points at.
 """

@@ -295,7 +295,6 @@ def _execute(
                 prep.cfg,
                 prep.models,
                 plan_id=blake3.blake3(prep.plan.encode()).digest(),
-                branch=ref.removeprefix("refs/heads/"),
             )
             extra[CARD_FILE] = card.encode()
         tree = build_tree(

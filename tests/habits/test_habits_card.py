@@ -66,8 +66,12 @@ def test_card_in_checkout(cli, tmp_path, models) -> None:
     for name, cid in ids.items():
         assert f"| {name} | `{cid}` | {name} |" in body
     assert f"plan: `{plan}`" in body
-    assert "`mergestore replay merged`" in body
+    assert f"`mergestore replay {plan[:16]}`" in body
     assert cli("--store", s, "replay", "merged").code == 0
+    r = cli("--store", s, "replay", plan[:16], "--json")  # the command the card gives
+    merged_id = cli("--store", s, "show", "merged", "--json").json()["id"]
+    assert r.code == 0 and r.json()["identical"] and r.json()["commit"] == merged_id
+    assert cli("--store", s, "replay", "feedfacefeed").code != 0
     assert "the base's own card" not in card and "math's card" not in card
 
 
