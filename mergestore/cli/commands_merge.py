@@ -107,6 +107,12 @@ def _config(
     default=None,
     help="Also write the merged HF folder here, in the same pass (as checkout would).",
 )
+@click.option(
+    "--verify-inputs",
+    is_flag=True,
+    help="Read and hash every file of models given as folders (default: unchanged files cost a "
+    "stat).",
+)
 @output_options
 @json_option
 @with_store
@@ -126,6 +132,7 @@ def merge(
     message: str,
     branch: str | None,
     out_dir: str | None,
+    verify_inputs: bool,
     as_json: bool,
     **opts: Any,
 ) -> None:
@@ -141,7 +148,9 @@ def merge(
 
         check_target(Path(out_dir))
     with store.gc_paused():  # path inputs are stored before the merge runs
-        prep = store.prepare_merge(cfg, budget=budget, max_error=max_error)
+        prep = store.prepare_merge(
+            cfg, budget=budget, max_error=max_error, verify_inputs=verify_inputs
+        )
         with progress_bar("merge", None, not as_json) as _:
             res = store.execute_merge(prep, branch=branch, message=message, out=out_dir, **output)
     out = {
