@@ -9,6 +9,7 @@ import click
 
 from mergestore.api import Store
 from mergestore.cli.common import json_option, with_store
+from mergestore.cli.merge_options import apply_overrides, output_options, split_output
 from mergestore.cli.output import emit_json, human_bytes, progress_bar, short
 
 
@@ -135,6 +136,7 @@ def _config(
     default=None,
     help="Ray cluster to join: auto, ray://host:10001 (default: $RAY_ADDRESS, else a local one).",
 )
+@output_options
 @json_option
 @with_store
 def merge(
@@ -159,9 +161,10 @@ def merge(
     executor: str,
     ray_address: str | None,
     as_json: bool,
+    **opts: Any,
 ) -> None:
-    """Merge MODELS (store refs or paths) into a new commit on BRANCH (and, with --out, into
-    an HF folder).
+    """Merge MODELS (store refs, paths, hub ids, BASE+ADAPTER) into a new commit on BRANCH
+    (and, with --out, into an HF folder).
 
     A plan already merged is not computed again: its commit is returned and BRANCH moved.
     A --config with several YAML documents is a recipe (mergekit-multi): step NAME becomes
@@ -194,7 +197,9 @@ def merge(
             store, config_path[0], branch, budget, max_error, lazy, force, message, as_json
         ):
             return
+    output, over = split_output(opts)
     cfg = _config(config_path, method, base, models, weights, params, dtype, out_dtype, seed)
+    cfg = apply_overrides(cfg, over)
     if out_dir is not None:  # before anything is read or stored
         from pathlib import Path
 
@@ -215,6 +220,7 @@ def merge(
                 force=force,
                 executor=executor,
                 ray_address=ray_address,
+                **output,
             )
     out = {
         "commit": res.commit.hex() if res.commit else None,

@@ -80,7 +80,12 @@ class LocalExecutor:
         if folder is not None:
             layout_index = prep.base_index if prep.base_index is not None else 0
             layout_commit = prep.models[layout_index].commit
-            folder.prepare(repo, run_mod.predict_outputs(engine, prep.tasks), layout_commit)
+            folder.prepare(
+                repo,
+                run_mod.predict_outputs(engine, prep.tasks),
+                layout_commit,
+                run_mod.output_files(prep)["shard_bytes"],
+            )
             wrap = folder.sink
         return journal.compute(
             repo,
