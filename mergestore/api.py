@@ -288,6 +288,15 @@ class Store:
                 out_dtype,
                 seed,
             )
+        else:
+            from mergestore.merge.config import MergeConfig, load_config, with_overrides
+
+            if method or base or models or weights:
+                raise MergestoreError(
+                    "merge: give either a config or method/base/models/weights, not both"
+                )
+            cfg = config if isinstance(config, MergeConfig) else load_config(config)
+            config = with_overrides(cfg, params, dtype, out_dtype, seed)
         from mergestore.store.gc import in_progress
 
         with in_progress(self.repo):  # gc waits: path inputs are stored before the merge runs

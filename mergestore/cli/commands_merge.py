@@ -70,28 +70,28 @@ def _config(
     seed: int | None,
 ) -> Any:
     from mergestore.errors import MergeError
-    from mergestore.merge.config import config_from_cli, config_from_mapping, load_config
+    from mergestore.merge.config import config_from_cli, load_config, with_overrides
 
-    if config_path:
-        if method or models or weights:
-            raise MergeError("give either --config or --method with models, not both")
-        cfg = load_config(config_path)
-        over = {
-            k: v
-            for k, v in (("dtype", dtype), ("out_dtype", out_dtype), ("seed", seed))
-            if v is not None
-        }
-        if over:
-            cfg = config_from_mapping({**cfg.to_dict(), **over}, raw_text=cfg.raw_text)
-        return cfg
-    if not method:
-        raise MergeError("merge: give --method (or --config)")
     kv = {}
     for item in params:
         k, sep, v = item.partition("=")
         if not sep:
             raise MergeError(f"--param {item!r}: expected NAME=VALUE")
         kv[k] = v
+    if config_path:
+        # What the config file says, the command line cannot say a second time: inputs and
+        # their weights are refused; --param/--dtype/--out-dtype/--seed override the file.
+        given = [name for name, v in (("--method", method), ("--base", base), ("-w", weights)) if v]
+        if models:
+            given.append("MODELS")
+        if given:
+            raise MergeError(
+                f"{', '.join(given)}: not with --config (the config names the method, base,"
+                " models and weights; --param, --dtype, --out-dtype and --seed override it)"
+            )
+        return with_overrides(load_config(config_path), kv, dtype, out_dtype, seed)
+    if not method:
+        raise MergeError("merge: give --method (or --config)")
     return config_from_cli(method, base, list(models), list(weights), kv, dtype, out_dtype, seed)
 
 

@@ -724,18 +724,68 @@ def config_from_cli(
         entries.append(entry)
     data["models"] = entries
     if params:
-        parsed = {}
-        for key, value in params.items():
-            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
-                raise MergeError(f"merge: --param {key!r}: expected name=value")
-            parsed[key] = parse_cli_value(value) if isinstance(value, str) else value
-        data["parameters"] = parsed
+        data["parameters"] = parse_cli_params(params)
     for key, value in (("dtype", dtype), ("out_dtype", out_dtype), ("seed", seed)):
         if value is not None:
             data[key] = value
     cfg = config_from_mapping(data)
     # Record an equivalent YAML so a CLI merge can be replayed like a YAML one.
     text = yaml.safe_dump(cfg.to_dict(), sort_keys=False, default_flow_style=None)
+    return config_from_mapping(data, raw_text=text)
+
+
+def parse_cli_params(items: Mapping[str, Any] | None, flag: str = "--param") -> dict[str, Any]:
+    """--param NAME=VALUE texts (or already-typed values) as parameter values by name."""
+    parsed: dict[str, Any] = {}
+    for key, value in (items or {}).items():
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+            raise MergeError(f"merge: {flag} {key!r}: expected name=value")
+        parsed[key] = parse_cli_value(value) if isinstance(value, str) else value
+    return parsed
+
+
+def with_overrides(
+    cfg: MergeConfig,
+    params: Mapping[str, Any] | None = None,
+    dtype: str | None = None,
+    out_dtype: str | None = None,
+    seed: int | None = None,
+) -> MergeConfig:
+    """``--config`` plus ``--param/--dtype/--out-dtype/--seed``: the options override the file.
+
+    A --param sets the top-level ``parameters:`` entry of that name. If the config sets the
+    same name per model, per slice or per source, a top-level value would have no effect
+    (mergekit's nearer level wins), so that is refused rather than silently ignored. The
+    returned config's YAML is the merged mapping, so the plan records what actually ran.
+    """
+    parsed = parse_cli_params(params)
+    over: dict[str, Any] = {
+        k: v
+        for k, v in (("dtype", dtype), ("out_dtype", out_dtype), ("seed", seed))
+        if v is not None
+    }
+    if not parsed and not over:
+        return cfg
+    levels: list[tuple[str, Mapping[str, ParamValue]]] = []
+    for i, m in enumerate(cfg.models or ()):
+        levels.append((f"models[{i}]", m.parameters))
+    for i, sl in enumerate(cfg.slices or ()):
+        levels.append((f"slices[{i}]", sl.parameters))
+        for j, s in enumerate(sl.sources):
+            levels.append((f"slices[{i}].sources[{j}]", s.parameters))
+    for name in parsed:
+        for where, lvl in levels:
+            if name in lvl:
+                raise MergeError(
+                    f"merge: --param {name}: the config sets {name!r} in {where}, which takes"
+                    " precedence over a top-level value; edit the config instead"
+                )
+    data = cfg.to_dict()
+    if parsed:
+        data["parameters"] = {**data.get("parameters", {}), **parsed}
+    data.update(over)
+    merged = config_from_mapping(data)
+    text = yaml.safe_dump(merged.to_dict(), sort_keys=False, default_flow_style=None)
     return config_from_mapping(data, raw_text=text)
 
 
