@@ -250,10 +250,17 @@ class Store:
         branch: str | None = None,
         message: str = "",
         progress: Progress | None = None,
+        force: bool = False,
     ) -> Any:
+        """Run a prepared merge; without `branch` it goes to a new branch `merge/<method>-N`.
+
+        A branch that points at the base or an input is refused unless `force`.
+        """
         from mergestore.merge.run import execute
 
-        return execute(self.repo, prepared, branch=branch, message=message, progress=progress)
+        return execute(
+            self.repo, prepared, branch=branch, message=message, progress=progress, force=force
+        )
 
     def merge(
         self,
@@ -271,8 +278,13 @@ class Store:
         max_error: float | None = None,
         branch: str | None = None,
         message: str = "",
+        force: bool = False,
     ) -> Any:
-        """Run a merge and store it as a commit; returns a MergeResult (commit, plan, run)."""
+        """Run a merge and store it as a commit; returns a MergeResult (commit, plan, run).
+
+        Without `branch` the commit goes to a new branch `merge/<method>-N`; a branch that
+        points at the base or an input is moved only with `force`.
+        """
         from mergestore.merge.config import config_from_cli
 
         if config is None:
@@ -301,7 +313,7 @@ class Store:
 
         with in_progress(self.repo):  # gc waits: path inputs are stored before the merge runs
             prep = self.prepare_merge(config, budget=budget, max_error=max_error)
-            return self.execute_merge(prep, branch=branch, message=message)
+            return self.execute_merge(prep, branch=branch, message=message, force=force)
 
     def replay(self, ref: str) -> dict[str, Any]:
         """Re-execute a merge's plan; {"identical": bool, "first_difference": name, ...}."""

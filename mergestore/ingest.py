@@ -79,6 +79,7 @@ class CommitResult:
     seconds: float
     branch: str | None
     stats_computed: int = 0
+    previous: bytes | None = None  # the branch's commit before this one (None: a new branch)
 
 
 @dataclass
@@ -365,4 +366,5 @@ def commit_checkpoint(
         seconds=time.perf_counter() - t0,
         branch=ref,
         stats_computed=ing.stats_computed,
+        previous=old,
     )

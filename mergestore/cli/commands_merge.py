@@ -9,7 +9,14 @@ import click
 
 from mergestore.api import Store
 from mergestore.cli.common import json_option, with_store
-from mergestore.cli.output import emit_json, human_bytes, progress_bar, short
+from mergestore.cli.output import (
+    branch_name,
+    emit_json,
+    human_bytes,
+    moved_line,
+    progress_bar,
+    short,
+)
 
 
 def _merge_options(fn: Any) -> Any:
@@ -98,7 +105,16 @@ def _config(
 @click.command()
 @_merge_options
 @click.option("-m", "--message", default="", help="Commit message.")
-@click.option("-b", "--branch", default=None, help="Branch for the merge commit.")
+@click.option(
+    "-b",
+    "--branch",
+    default=None,
+    help="Branch for the merge commit (default: a new branch merge/METHOD-N). An existing "
+    "branch moves, unless it points at the base or an input (then --force is needed).",
+)
+@click.option(
+    "--force", is_flag=True, help="Move -b BRANCH even if it points at the base or an input."
+)
 @json_option
 @with_store
 def merge(
@@ -116,18 +132,24 @@ def merge(
     models: tuple[str, ...],
     message: str,
     branch: str | None,
+    force: bool,
     as_json: bool,
 ) -> None:
-    """Merge MODELS (store refs or paths) into a new commit on BRANCH."""
+    """Merge MODELS (store refs or paths) into a new commit on BRANCH.
+
+    Without -b the commit goes to a new branch merge/METHOD-N; HEAD's branch does not move.
+    """
     cfg = _config(config_path, method, base, models, weights, params, dtype, out_dtype, seed)
     from mergestore.store.gc import in_progress
 
     with in_progress(store.repo):  # gc waits: path inputs are stored before the merge runs
         prep = store.prepare_merge(cfg, budget=budget, max_error=max_error)
         with progress_bar("merge", None, not as_json) as _:
-            res = store.execute_merge(prep, branch=branch, message=message)
+            res = store.execute_merge(prep, branch=branch, message=message, force=force)
     out = {
         "commit": res.commit.hex() if res.commit else None,
+        "branch": branch_name(res.branch),
+        "previous": res.previous.hex() if res.previous else None,
         "plan": res.plan.hex(),
         "method": cfg.merge_method,
         **res.run,
@@ -136,6 +158,8 @@ def merge(
         emit_json(out)
         return
     click.echo(out["commit"])
+    msg = store.get_commit(res.commit).message
+    click.echo(moved_line(res.branch, res.previous, res.commit, msg), err=True)
     r = res.run
     click.echo(
         f"{cfg.merge_method}: {r['tensors']} tensors in {r['wall_seconds']:.2f} s; read "

@@ -12,7 +12,7 @@ from typing import Any
 from mergestore import __version__, native
 from mergestore.errors import MergeError
 from mergestore.formats.safetensors import DTYPE_SIZES
-from mergestore.ingest import branch_ref, default_author
+from mergestore.ingest import default_author
 from mergestore.merge import budget as budget_mod
 from mergestore.merge.config import MergeConfig, models_in_config
 from mergestore.merge.engine import (
@@ -30,6 +30,7 @@ from mergestore.merge.inputs import (
     validate_tensor_plans,
 )
 from mergestore.merge.layout import build_tree
+from mergestore.merge.target import merge_target
 from mergestore.merge.tensorplan import OutputTensorPlan, plan_tensors
 from mergestore.ops import get_method
 from mergestore.ops.spec import BaseRule
@@ -64,6 +65,8 @@ class MergeResult:
     plan: bytes
     run: dict[str, Any]
     outputs: list[OutputTensor] = field(default_factory=list)
+    branch: str | None = None  # the full ref that moved
+    previous: bytes | None = None  # where it was before (None: a new branch)
 
 
 def _base_index(cfg: MergeConfig, models: list[ResolvedModel]) -> int | None:
@@ -195,11 +198,28 @@ def execute(
     message: str,
     author: str | None = None,
     progress: Progress | None = None,
+    force: bool = False,
 ) -> MergeResult:
-    """Run the merge into the store and publish commit, plan and ref move in one transaction."""
+    """Run the merge into the store and publish commit, plan and ref move in one transaction.
+
+    `branch` None makes a new branch `merge/<method>-N`; a branch that points at an input or
+    the base is refused unless `force` (mergestore/merge/target.py).
+    """
     t0 = time.perf_counter()
     spec = get_method(prep.cfg.merge_method)
-    ref = branch_ref(repo, branch)
+    ref = merge_target(
+        repo,
+        spec.name,
+        branch,
+        [
+            (
+                f"{m.ref.text!r}, the {'base' if i == prep.base_index else 'input'} of this merge",
+                m.commit,
+            )
+            for i, m in enumerate(prep.models)
+        ],
+        force=force,
+    )
     engine = Engine(
         repo,
         method=spec.name,
@@ -260,7 +280,7 @@ def execute(
         cid = session.put_object(commit)
         old = repo.read_ref(ref)
         session.publish([RefUpdate(ref, cid, f"merge: {spec.name}", old=old)])
-    return MergeResult(cid, plan_id, run, outputs)
+    return MergeResult(cid, plan_id, run, outputs, branch=ref, previous=old)
 
 
 def run_record(prep: PreparedMerge, stats: Any, written: int, seconds: float) -> dict[str, Any]:
