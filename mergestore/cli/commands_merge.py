@@ -140,9 +140,7 @@ def merge(
     Without -b the commit goes to a new branch merge/METHOD-N; HEAD's branch does not move.
     """
     cfg = _config(config_path, method, base, models, weights, params, dtype, out_dtype, seed)
-    from mergestore.store.gc import in_progress
-
-    with in_progress(store.repo):  # gc waits: path inputs are stored before the merge runs
+    with store.gc_paused():  # path inputs are stored before the merge runs
         prep = store.prepare_merge(cfg, budget=budget, max_error=max_error)
         with progress_bar("merge", None, not as_json) as _:
             res = store.execute_merge(prep, branch=branch, message=message, force=force)
