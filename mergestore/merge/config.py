@@ -599,12 +599,9 @@ def _parse_models(raw: Any) -> tuple[InputModel, ...]:
             raise MergeError(f"merge config: {where}: unknown key {sorted(map(str, unknown))[0]!r}")
         if "model" not in entry:
             raise MergeError(f"merge config: {where} needs 'model'")
-        out.append(
-            InputModel(
-                _parse_ref(entry["model"], f"{where}.model"),
-                _parse_parameters(entry.get("parameters"), f"{where}.parameters"),
-            )
-        )
+        ref = _parse_ref(entry["model"], f"{where}.model")
+        params = _parse_parameters(entry.get("parameters"), f"{where} ({ref.text}).parameters")
+        out.append(InputModel(ref, params))
     return tuple(out)
 
 
@@ -657,11 +654,9 @@ def _parse_source(raw: Any, where: str) -> InputModel:
         raise MergeError(
             f"merge config: {where}.layer_range [{start}, {end}] must have 0 <= start < end"
         )
-    return InputModel(
-        _parse_ref(raw["model"], f"{where}.model"),
-        _parse_parameters(raw.get("parameters"), f"{where}.parameters"),
-        (start, end),
-    )
+    ref = _parse_ref(raw["model"], f"{where}.model")
+    params = _parse_parameters(raw.get("parameters"), f"{where} ({ref.text}).parameters")
+    return InputModel(ref, params, (start, end))
 
 
 def _short(raw: Any, limit: int = 60) -> str:
@@ -938,16 +933,38 @@ def _check_param_names(cfg: MergeConfig, spec: MethodSpec) -> None:
                     f"merge config: {where}: {name!r} is a shared parameter of {spec.name};"
                     " set it under the top-level or slice parameters, not per model"
                 )
-            for leaf in _leaves(value):
-                coerce_param(leaf, p, f"{where}.{name}")
+            for leaf, filt in _leaves_with_filter(value):
+                v = coerce_param(leaf, p, f"{where}.{name}")
+                check_range(spec, p, v, where, filt)
 
     check(cfg.parameters, "parameters", False)
     for i, m in enumerate(cfg.models or ()):
-        check(m.parameters, f"models[{i}].parameters", True)
+        check(m.parameters, f"models[{i}] ({m.ref.text}).parameters", True)
     for i, sl in enumerate(cfg.slices or ()):
         check(sl.parameters, f"slices[{i}].parameters", False)
         for j, s in enumerate(sl.sources):
-            check(s.parameters, f"slices[{i}].sources[{j}].parameters", True)
+            check(s.parameters, f"slices[{i}].sources[{j}] ({s.ref.text}).parameters", True)
+
+
+def check_range(
+    spec: MethodSpec, p: ParamSpec, value: Any, where: str, filt: str | None = None
+) -> None:
+    """A numeric value outside the parameter's declared range: one line naming the parameter,
+    its range, where it was set (which model) and the tensor filter it applies to."""
+    bounds = p.range
+    if bounds is None or value is None or not _is_number(value) or bounds.contains(value):
+        return
+    on = f" (filter {filt!r})" if filt not in (None, "*") else ""
+    raise MergeError(
+        f"merge config: {where}.{p.name}{on}: {p.name} must be {bounds} for {spec.name},"
+        f" got {value!r}"
+    )
+
+
+def _leaves_with_filter(value: ParamValue) -> list[tuple[Leaf, str | None]]:
+    if isinstance(value, Conditionals):
+        return [(leaf, e.filter) for e in value.entries for leaf in _leaves(e.value)]
+    return [(leaf, None) for leaf in _leaves(value)]
 
 
 def _leaves(value: ParamValue) -> list[Leaf]:
