@@ -252,15 +252,24 @@ class Store:
         message: str = "",
         progress: Progress | None = None,
         force: bool = False,
+        out: str | os.PathLike[str] | None = None,
     ) -> Any:
         """Run a prepared merge; without `branch` it goes to a new branch `merge/<method>-N`.
 
-        A branch that points at the base or an input is refused unless `force`.
+        A branch that points at the base or an input is refused unless `force`. With `out`,
+        also write the merged HF folder there in the same pass (byte-identical to a later
+        checkout of the commit; MergeResult.out describes it).
         """
         from mergestore.merge.run import execute
 
         return execute(
-            self.repo, prepared, branch=branch, message=message, progress=progress, force=force
+            self.repo,
+            prepared,
+            branch=branch,
+            message=message,
+            progress=progress,
+            force=force,
+            out=out,
         )
 
     def merge(
@@ -280,11 +289,13 @@ class Store:
         branch: str | None = None,
         message: str = "",
         force: bool = False,
+        out: str | os.PathLike[str] | None = None,
     ) -> Any:
         """Run a merge and store it as a commit; returns a MergeResult (commit, plan, run).
 
         Without `branch` the commit goes to a new branch `merge/<method>-N`; a branch that
-        points at the base or an input is moved only with `force`.
+        points at the base or an input is moved only with `force`. With `out`, the merged HF
+        folder is written there in the same pass (MergeResult.out).
         """
         from mergestore.merge.config import config_from_cli
 
@@ -310,9 +321,13 @@ class Store:
                 )
             cfg = config if isinstance(config, MergeConfig) else load_config(config)
             config = with_overrides(cfg, params, dtype, out_dtype, seed)
+        if out is not None:  # before anything is read or stored
+            from mergestore.merge.outfolder import check_target
+
+            check_target(Path(out))
         with self.gc_paused():  # path inputs are stored before the merge runs
             prep = self.prepare_merge(config, budget=budget, max_error=max_error)
-            return self.execute_merge(prep, branch=branch, message=message, force=force)
+            return self.execute_merge(prep, branch=branch, message=message, force=force, out=out)
 
     def replay(self, ref: str) -> dict[str, Any]:
         """Re-execute a merge's plan; {"identical": bool, "first_difference": name, ...}."""

@@ -115,6 +115,13 @@ def _config(
 @click.option(
     "--force", is_flag=True, help="Move -b BRANCH even if it points at the base or an input."
 )
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Also write the merged HF folder here, in the same pass (as checkout would).",
+)
 @json_option
 @with_store
 def merge(
@@ -133,17 +140,27 @@ def merge(
     message: str,
     branch: str | None,
     force: bool,
+    out_dir: str | None,
     as_json: bool,
 ) -> None:
-    """Merge MODELS (store refs or paths) into a new commit on BRANCH.
+    """Merge MODELS (store refs or paths) into a new commit on BRANCH (and, with --out, into
+    an HF folder).
 
     Without -b the commit goes to a new branch merge/METHOD-N; HEAD's branch does not move.
     """
     cfg = _config(config_path, method, base, models, weights, params, dtype, out_dtype, seed)
+    if out_dir is not None:  # before anything is read or stored
+        from pathlib import Path
+
+        from mergestore.merge.outfolder import check_target
+
+        check_target(Path(out_dir))
     with store.gc_paused():  # path inputs are stored before the merge runs
         prep = store.prepare_merge(cfg, budget=budget, max_error=max_error)
         with progress_bar("merge", None, not as_json) as _:
-            res = store.execute_merge(prep, branch=branch, message=message, force=force)
+            res = store.execute_merge(
+                prep, branch=branch, message=message, force=force, out=out_dir
+            )
     out = {
         "commit": res.commit.hex() if res.commit else None,
         "branch": branch_name(res.branch),
@@ -152,12 +169,16 @@ def merge(
         "method": cfg.merge_method,
         **res.run,
     }
+    if res.out is not None:
+        out["out"] = res.out
     if as_json:
         emit_json(out)
         return
     click.echo(out["commit"])
     msg = store.get_commit(res.commit).message
     click.echo(moved_line(res.branch, res.previous, res.commit, msg), err=True)
+    if res.out is not None:
+        click.echo(f"wrote {res.out['path']} ({res.out['files']} files)")
     r = res.run
     from mergestore.cli.merge_summary import print_summary
 
