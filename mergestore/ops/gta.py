@@ -26,7 +26,7 @@ from mergestore.ops.spec import (
     ParamSpec,
     Scope,
 )
-from mergestore.threads import ordered_map
+from mergestore.threads import kernel_threads, ordered_map
 
 if TYPE_CHECKING:
     import torch
@@ -319,7 +319,7 @@ PARALLEL_MIN = 1 << 23
 
 
 def _threads(base: Tensor) -> int:
-    return 2 if base.numel() >= PARALLEL_MIN else 1
+    return kernel_threads(2) if base.numel() >= PARALLEL_MIN else 1
 
 
 def _per_input(
