@@ -190,7 +190,7 @@ def build_tree(
     shard_bytes: int = DEFAULT_SHARD_BYTES,
 ) -> bytes:
     """Mirror the layout model's files when the tensor names match; else lay out fresh shards."""
-    src_tree = repo.get_tree(repo.get_commit(layout_commit).tree)
+    src_tree = _known_tree(repo, layout_commit)
     by_name = {o.name: o for o in outputs}
     src_files = {e.path: e for e in src_tree.entries}
     plan = plan_shards(
@@ -204,7 +204,7 @@ def build_tree(
     index_paths, weight_map, total = plan.index_paths, plan.weight_map, plan.total
     tok_files = {}
     if tokenizer_commit is not None and tokenizer_commit != layout_commit:
-        tok_tree = repo.get_tree(repo.get_commit(tokenizer_commit).tree)
+        tok_tree = _known_tree(repo, tokenizer_commit)
         tok_files = {
             e.path: e for e in tok_tree.entries if e.path.split("/")[-1] in TOKENIZER_FILES
         }
@@ -314,3 +314,10 @@ def agreeing_config(data: bytes, outputs: Sequence[OutputTensor]) -> bytes:
     if not changed:
         return data
     return (json.dumps(cfg, indent=2) + "\n").encode()
+
+
+def _known_tree(repo: Repository, cid: bytes) -> Tree:
+    """An input's tree (a lazy merge input was computed when the merge resolved its inputs)."""
+    from mergestore.store.merges import readable_tree
+
+    return readable_tree(repo, cid, ())
