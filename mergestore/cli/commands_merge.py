@@ -9,6 +9,7 @@ import click
 
 from mergestore.api import Store
 from mergestore.cli.common import json_option, with_store
+from mergestore.cli.merge_options import apply_overrides, output_options, split_output
 from mergestore.cli.output import (
     branch_name,
     emit_json,
@@ -132,6 +133,7 @@ def _config(
     help="Override the safety checks: move -b BRANCH even if it points at the base or an "
     "input, and recompute a plan already merged (it must give the same blocks).",
 )
+@output_options
 @json_option
 @with_store
 def merge(
@@ -154,9 +156,10 @@ def merge(
     lazy: bool,
     force: bool,
     as_json: bool,
+    **opts: Any,
 ) -> None:
-    """Merge MODELS (store refs or paths) into a new commit on BRANCH (and, with --out, into
-    an HF folder).
+    """Merge MODELS (store refs, paths, hub ids, BASE+ADAPTER) into a new commit on BRANCH
+    (and, with --out, into an HF folder).
 
     Without -b the commit goes to a new branch merge/METHOD-N; HEAD's branch does not move.
     A plan already merged is not computed again: its commit is returned and BRANCH moved.
@@ -169,7 +172,9 @@ def merge(
             store, config_path, branch, budget, max_error, lazy, force, message, as_json
         ):
             return
+    output, over = split_output(opts)
     cfg = _config(config_path, method, base, models, weights, params, dtype, out_dtype, seed)
+    cfg = apply_overrides(cfg, over)
     if out_dir is not None:  # before anything is read or stored
         from pathlib import Path
 
@@ -189,6 +194,7 @@ def merge(
                 lazy=lazy,
                 force=force,
                 force_branch=force,
+                **output,
             )
     out = {
         "commit": res.commit.hex() if res.commit else None,
