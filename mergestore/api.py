@@ -296,13 +296,17 @@ class Store:
         force: bool = False,
         executor: Any = None,
         ray_address: str | None = None,
+        force_branch: bool = False,
         **output: Any,
     ) -> Any:
         """Publish a prepared merge: a plan already merged returns its commit (the memo)
         unless `force`; `lazy` commits the plan without computing it. With `out`, also write
         the merged HF folder there in the same pass (byte-identical to a later checkout of the
         commit; MergeResult.out describes it). `output`: write_card, shard_bytes,
-        copy_tokenizer (see merge.run.execute). `executor`: "local" (default) or "ray"."""
+        copy_tokenizer (see merge.run.execute). `executor`: "local" (default) or "ray".
+
+        Without `branch` the commit goes to a new branch `merge/<method>-N`; a branch that
+        points at the base or an input is refused unless `force_branch`."""
         from mergestore.merge.executor import get_executor
         from mergestore.merge.run import execute
 
@@ -316,6 +320,7 @@ class Store:
             lazy=lazy,
             force=force,
             executor=get_executor(executor, **({"address": ray_address} if ray_address else {})),
+            force_branch=force_branch,
             **output,
         )
 
@@ -341,10 +346,13 @@ class Store:
         force: bool = False,
         executor: Any = None,
         ray_address: str | None = None,
+        force_branch: bool = False,
         **output: Any,
     ) -> Any:
         """Run a merge and store it as a commit; returns a MergeResult (commit, plan, run).
         `output`: write_card (default True), shard_bytes, copy_tokenizer.
+        Without `branch` the commit goes to a new branch `merge/<method>-N`; a branch that
+        points at the base or an input is moved only with `force_branch`.
         With `out`, the merged HF folder is written there in the same pass (MergeResult.out).
         `executor`: "local" (default) or "ray" (`ray_address`: "auto", "ray://host:10001";
         none joins $RAY_ADDRESS or a cluster started here, else starts a local instance).
@@ -367,6 +375,15 @@ class Store:
                 out_dtype,
                 seed,
             )
+        else:
+            from mergestore.merge.config import MergeConfig, load_config, with_overrides
+
+            if method or base or models or weights:
+                raise MergestoreError(
+                    "merge: give either a config or method/base/models/weights, not both"
+                )
+            cfg = config if isinstance(config, MergeConfig) else load_config(config)
+            config = with_overrides(cfg, params, dtype, out_dtype, seed)
         if out is not None:  # before anything is read or stored
             from mergestore.merge.outfolder import check_target
 
@@ -384,6 +401,7 @@ class Store:
                 force=force,
                 executor=executor,
                 ray_address=ray_address,
+                force_branch=force_branch,
                 **output,
             )
 
