@@ -185,7 +185,7 @@ class _Writer:
     ) -> None:
         reader = self.repo.reader()
         for bid, raw in reader.read(
-            list(batch), self.meter, locations=locs, workers=default_workers()
+            list(batch), self.meter, locations=locs, view=True, workers=default_workers()
         ):
             assert not isinstance(raw, CorruptionError)
             for of, offset in batch[bid]:
