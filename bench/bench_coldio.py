@@ -122,6 +122,13 @@ def _env(code: Path | None) -> dict[str, str]:
     return env
 
 
+def _merge_has_force(code: Path | None) -> bool:
+    helptext = subprocess.run(
+        _ms(Path("."), "merge", "--help"), capture_output=True, text=True, env=_env(code)
+    ).stdout
+    return "--force" in helptext
+
+
 def sweep(args: argparse.Namespace) -> dict:
     """Every command cold, `--repeat` times; with --before, A/B pairs in turn (A B A B ...)."""
     store: Path = args.store
@@ -150,12 +157,15 @@ def sweep(args: argparse.Namespace) -> dict:
         if budget != "none":
             cmd += ["--budget", budget]
         commands.append((f"merge, budget {budget}", cmd))
+    # A merge already made returns its commit (the memo) in newer code: --force recomputes.
+    force = {label: _merge_has_force(code) for label, code in codes}
     rows: list[dict] = []
     try:
         for what, cmd in commands:
             for _i in range(args.repeat):
                 for label, code in codes:
-                    r = run_cold(_ms(store, *cmd), drops, env=_env(code))
+                    argv = [*cmd, "--force"] if what.startswith("merge") and force[label] else cmd
+                    r = run_cold(_ms(store, *argv), drops, env=_env(code))
                     shutil.rmtree(scratch / "co", ignore_errors=True)
                     doc = r["json"] or {}
                     reported = None

@@ -183,13 +183,17 @@ class _Writer:
     def _write_batch(
         self, batch: dict[bytes, list[tuple[_OutFile, int]]], locs: dict[bytes, BlockLocation]
     ) -> None:
-        reader = self.repo.reader()
-        for bid, raw in reader.read(
-            list(batch), self.meter, locations=locs, view=True, workers=default_workers()
-        ):
-            assert not isinstance(raw, CorruptionError)
+        def write(bid: bytes, raw: bytes | memoryview) -> None:  # on the reader's workers
             for of, offset in batch[bid]:
                 _pwrite_all(of.fd, raw, offset)
+
+        reader = self.repo.reader()
+        for bid, raw in reader.read(
+            list(batch), self.meter, locations=locs, view=True, workers=default_workers(),
+            then=write,
+        ):  # fmt: skip
+            assert not isinstance(raw, CorruptionError)
+            for of, _offset in batch[bid]:
                 self._count(len(raw))
                 of.pending -= 1
                 if of.pending == 0:

@@ -45,6 +45,7 @@ BATCH_BYTES = 64 << 20  # raw bytes of requested blocks planned together
 
 Meter = ReadMeter | Mapping[bytes, ReadMeter] | None
 Into = Callable[[bytes], "np.ndarray | None"]
+Then = Callable[[bytes, "bytes | memoryview"], object]
 
 
 @dataclass(frozen=True)
@@ -115,6 +116,7 @@ class BlockReader:
         workers: int = 1,
         check_headers: bool = False,
         errors: bool = False,
+        then: Then | None = None,
     ) -> Iterator[tuple[bytes, bytes | memoryview | CorruptionError]]:
         """(id, raw bytes) for every distinct id, in pack order within each batch.
 
@@ -123,6 +125,8 @@ class BlockReader:
         decode that block into (its raw bytes are then a view of it), or None. `view`: raw
         bytes may be read-only views. `check_headers`: also check each pack entry header.
         `errors`: yield a damaged block's CorruptionError instead of raising it.
+        `then(id, raw)`: run on the worker thread for each good block, before it is yielded
+        (checkout writes the block there, so writing runs on every worker).
         A missing block raises CorruptionError (or is yielded with one, with `errors`).
         """
         locations = locations or {}
@@ -139,13 +143,21 @@ class BlockReader:
             size += loc.raw_len if loc is not None else self.repo.config.block_size
             if size >= self.batch_bytes:
                 yield from self._batch(
-                    batch, meter, locations, references, into, view, workers, check_headers, errors
-                )
+                    batch, meter, locations, references, into, view, workers, check_headers,
+                    errors, then,
+                )  # fmt: skip
                 batch, size = [], 0
         if batch:
             yield from self._batch(
-                batch, meter, locations, references, into, view, workers, check_headers, errors
-            )
+                batch, meter, locations, references, into, view, workers, check_headers,
+                errors, then,
+            )  # fmt: skip
+
+    def advise(self, locations: Mapping[bytes, BlockLocation]) -> None:
+        """Tell the kernel that these blocks will be read soon (exactly their spans), so the
+        disk fetches them while earlier ones are decoded; a no-op for cached pages."""
+        for s in plan_spans(locations.items(), max_gap=self.max_gap, max_span=self.max_span):
+            self.repo.packs.advise(s.pack, s.start, s.end - s.start)
 
     # -- one batch ----------------------------------------------------------------------------
 
@@ -160,6 +172,7 @@ class BlockReader:
         workers: int,
         check_headers: bool,
         errors: bool,
+        then: Then | None,
     ) -> Iterator[tuple[bytes, bytes | memoryview | CorruptionError]]:
         unknown = [b for b in ids if b not in given]
         locs = {b: given[b] for b in ids if b in given}
@@ -196,7 +209,9 @@ class BlockReader:
         held: dict[bytes, bytes | memoryview | CorruptionError] = {}
         lookup = _Chain(references, refs, held)
         for group in (first, second):
-            for bid, raw in self._spans(group, meter, lookup, into, view, workers, check_headers):
+            for bid, raw in self._spans(
+                group, meter, lookup, into, view, workers, check_headers, then
+            ):
                 if bid in wanted:
                     held[bid] = raw
                 if isinstance(raw, CorruptionError) and not errors:
@@ -212,6 +227,7 @@ class BlockReader:
         view: bool,
         workers: int,
         check_headers: bool,
+        then: Then | None = None,
     ) -> Iterator[tuple[bytes, bytes | memoryview | CorruptionError]]:
         if not locs:
             return
@@ -231,7 +247,12 @@ class BlockReader:
                 yield span
 
         def work(span: Span) -> list[tuple[bytes, bytes | memoryview | CorruptionError]]:
-            return self._read_span(span, meter, references, into, view, check_headers)
+            out = self._read_span(span, meter, references, into, view, check_headers)
+            if then is not None:
+                for bid, raw in out:
+                    if not isinstance(raw, CorruptionError):
+                        then(bid, raw)
+            return out
 
         for out in ordered_map(work, announced(), workers=workers, window=max(2, 2 * workers)):
             yield from out
