@@ -122,13 +122,6 @@ def _env(code: Path | None) -> dict[str, str]:
     return env
 
 
-def _merge_has_force(code: Path | None) -> bool:
-    helptext = subprocess.run(
-        _ms(Path("."), "merge", "--help"), capture_output=True, text=True, env=_env(code)
-    ).stdout
-    return "--force" in helptext
-
-
 def sweep(args: argparse.Namespace) -> dict:
     """Every command cold, `--repeat` times; with --before, A/B pairs in turn (A B A B ...)."""
     store: Path = args.store
@@ -157,14 +150,16 @@ def sweep(args: argparse.Namespace) -> dict:
         if budget != "none":
             cmd += ["--budget", budget]
         commands.append((f"merge, budget {budget}", cmd))
-    # A merge already made returns its commit (the memo) in newer code: --force recomputes.
-    force = {label: _merge_has_force(code) for label, code in codes}
+    # A plan already merged returns its commit (the memo): each merge run gets a seed of its
+    # own (task_arithmetic draws no random numbers; the seed only makes the plan new).
+    seed = int(time.time()) % 1_000_000
     rows: list[dict] = []
     try:
         for what, cmd in commands:
             for _i in range(args.repeat):
                 for label, code in codes:
-                    argv = [*cmd, "--force"] if what.startswith("merge") and force[label] else cmd
+                    seed += 1
+                    argv = [*cmd, "--seed", str(seed)] if what.startswith("merge") else cmd
                     r = run_cold(_ms(store, *argv), drops, env=_env(code))
                     shutil.rmtree(scratch / "co", ignore_errors=True)
                     doc = r["json"] or {}
