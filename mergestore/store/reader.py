@@ -118,7 +118,9 @@ class BlockReader:
         errors: bool = False,
         then: Then | None = None,
     ) -> Iterator[tuple[bytes, bytes | memoryview | CorruptionError]]:
-        """(id, raw bytes) for every distinct id, in pack order within each batch.
+        """(id, raw bytes) for every id, in pack order within each batch of about
+        `batch_bytes` (an id repeated within a batch is read once). The ids are pulled one
+        batch ahead of the blocks yielded.
 
         `meter`: one meter, or one per id. `locations`: index entries the caller looked up.
         `references`: raw bytes of delta references the caller holds. `into(id)`: an array to
@@ -129,8 +131,27 @@ class BlockReader:
         (checkout writes the block there, so writing runs on every worker).
         A missing block raises CorruptionError (or is yielded with one, with `errors`).
         """
-        locations = locations or {}
+        locations = dict(locations or {})
         references = references or {}
+        batches = self._batches(ids, locations)
+        batch = next(batches, None)
+        while batch is not None:
+            # One batch ahead: its first spans are announced to the kernel now, so the disk
+            # does not wait at a batch boundary (the ids are pulled one batch early).
+            nxt = next(batches, None)
+            if nxt is not None:
+                self._announce_start(nxt, locations)
+            yield from self._batch(
+                batch, meter, locations, references, into, view, workers, check_headers,
+                errors, then,
+            )  # fmt: skip
+            batch = nxt
+
+    def _batches(
+        self, ids: Iterable[bytes], locations: Mapping[bytes, BlockLocation]
+    ) -> Iterator[list[bytes]]:
+        """Ids in groups of about `batch_bytes` raw bytes, in the order given, each distinct
+        within its group (an id given again in a later group is read again)."""
         batch: list[bytes] = []
         seen: set[bytes] = set()
         size = 0
@@ -142,16 +163,20 @@ class BlockReader:
             loc = locations.get(bid)
             size += loc.raw_len if loc is not None else self.repo.config.block_size
             if size >= self.batch_bytes:
-                yield from self._batch(
-                    batch, meter, locations, references, into, view, workers, check_headers,
-                    errors, then,
-                )  # fmt: skip
-                batch, size = [], 0
+                yield batch
+                batch, seen, size = [], set(), 0
         if batch:
-            yield from self._batch(
-                batch, meter, locations, references, into, view, workers, check_headers,
-                errors, then,
-            )  # fmt: skip
+            yield batch
+
+    def _announce_start(self, batch: list[bytes], locations: dict[bytes, BlockLocation]) -> None:
+        """Look a batch's blocks up (kept in `locations`) and announce its first spans."""
+        unknown = [b for b in batch if b not in locations]
+        if unknown:
+            locations.update(self.repo.block_locations(unknown))
+        known = {b: locations[b] for b in batch if b in locations}
+        spans = plan_spans(known.items(), max_gap=self.max_gap, max_span=self.max_span)
+        for s in spans[:AHEAD_SPANS]:
+            self.repo.packs.advise(s.pack, s.start, s.end - s.start)
 
     def advise(self, locations: Mapping[bytes, BlockLocation]) -> None:
         """Tell the kernel that these blocks will be read soon (exactly their spans), so the
