@@ -131,7 +131,8 @@ class BlockReader:
         (checkout writes the block there, so writing runs on every worker).
         A missing block raises CorruptionError (or is yielded with one, with `errors`).
         """
-        locations = dict(locations or {})
+        # the caller's dict itself: entries it adds while the ids are pulled are seen here
+        locations = locations if isinstance(locations, dict) else dict(locations or {})
         references = references or {}
         batches = self._batches(ids, locations)
         batch = next(batches, None)
