@@ -57,6 +57,7 @@ class PreparedMerge:
     base_index: int | None  # model index of the base (reference for omitted blocks)
     selection: budget_mod.Selection
     plan_body: dict[str, Any]
+    device: str | None = None  # merge --device: where the torch lane computes (not in the plan)
     path_inputs: PathInputs = field(default_factory=PathInputs)  # folders committed first
 
     @property
@@ -209,6 +210,7 @@ def execute(
     write_card: bool = True,
     shard_bytes: int | None = None,
     copy_tokenizer: bool = True,
+    device: str | None = None,
 ) -> MergeResult:
     """Run the merge into the store and publish commit, plan and ref move in one transaction.
 
@@ -223,6 +225,7 @@ def execute(
     merges and materialize give the files that were asked for.
     """
     set_output_files(prep, write_card, shard_bytes, copy_tokenizer)
+    prep.device = device
     if lazy and out is not None:
         raise MergeError("--lazy computes nothing, so it cannot write --out (materialize first)")
     folder = FolderOutput(out) if out is not None else None
@@ -263,6 +266,7 @@ def _execute(
     res = None
     if not lazy:
         engine = make_engine(repo, prep)
+        engine.device = prep.device
         names = {t.plan.name for t in prep.tasks}
         memo.drop_stale_journals(repo, ref, plan_id)
         wrap = None
@@ -297,6 +301,7 @@ def _execute(
             tree = publish_tree(repo, session, prep, outputs)
         run = lazy_run_record(prep) if res is None else run_record_from(prep, res)
         run["wall_seconds"] = round(time.perf_counter() - t0, 4)
+        run["device"] = prep.device or "cpu"
         if hit is not None:  # --force: the recomputed output must be the memo commit's
             return memo.check_forced(repo, session, hit, tree, prep, ref, run)
         session.put_object(prep.plan)
