@@ -358,6 +358,17 @@ def publish_tree(
     if prep.cfg.raw_text:
         extra["mergekit_config.yml"] = prep.cfg.raw_text.encode()
     files = output_files(prep)
+    if prep.cfg.chat_template and files["copy_tokenizer"]:
+        from mergestore.merge.chat_template import chat_template_files
+
+        extra.update(
+            chat_template_files(
+                repo,
+                prep.cfg.chat_template,
+                [m.commit for m in prep.models],
+                prep.models[tok_index].commit,
+            )
+        )
     if files["write_card"]:
         from mergestore.merge.modelcard import CARD_FILE, model_card
 
