@@ -57,8 +57,8 @@ class PreparedMerge:
     base_index: int | None  # model index of the base (reference for omitted blocks)
     selection: budget_mod.Selection
     plan_body: dict[str, Any]
-    device: str | None = None  # merge --device: where the torch lane computes (not in the plan)
     path_inputs: PathInputs = field(default_factory=PathInputs)  # folders committed first
+    device: str | None = None  # merge --device: where the torch lane computes (not in the plan)
 
     @property
     def plan(self) -> Plan:
