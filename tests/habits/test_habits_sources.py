@@ -48,21 +48,9 @@ def test_commit_hub_id_from_cache(cli, tmp_path, models, monkeypatch) -> None:
     assert r.code == 0, r.err
     assert cli("--store", s, "show", "pinned", "--json").json()["meta"]["hub_ref"] == SHA
     # a merge names hub ids directly; the card lists them as base_model
-    r = cli(
-        "--store",
-        s,
-        "merge",
-        "--method",
-        "linear",
-        "Org/Tiny-0.1B",
-        "main",
-        "-w",
-        "1",
-        "-w",
-        "1",
-        "-b",
-        "m",
-    )
+    other = models("other", seed=1)
+    r = cli("--store", s, "merge", "--method", "linear", "Org/Tiny-0.1B", other, "-w", "1",
+            "-w", "1", "-b", "m")  # fmt: skip
     assert r.code == 0, r.err
     out = tmp_path / "out"
     assert cli("--store", s, "checkout", "m", out).code == 0
