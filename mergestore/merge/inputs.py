@@ -160,7 +160,13 @@ def refuse_duplicate_commits(
     refuses duplicate models ("Duplicate model IDs"); here the test is the resolved commit's
     tree (the checkpoint's content), not the text. The base written the same way among the
     models is mergekit's usual form and fine."""
-    commit_of = {m.ref.text: repo.get_commit(m.commit).tree for m in models}
+    from mergestore.store.merges import LAZY_META
+
+    def identity(cid: bytes) -> bytes:
+        c = repo.get_commit(cid)  # a lazy merge has no tree yet (all share the empty one)
+        return c.plan if c.meta.get(LAZY_META) == "1" and c.plan else c.tree
+
+    commit_of = {m.ref.text: identity(m.commit) for m in models}
     groups: list[list[str]] = []
     if cfg.models is not None:
         groups.append([m.ref.text for m in cfg.models])
