@@ -73,6 +73,7 @@ class LocalExecutor:
         from mergestore.merge import run as run_mod
 
         engine = run_mod.make_engine(repo, prep)
+        engine.device = prep.device
         plan_id = prep.plan.id
         names = {t.plan.name for t in prep.tasks}
         memo.drop_stale_journals(repo, ref, plan_id)

@@ -61,6 +61,7 @@ class PreparedMerge:
     selection: budget_mod.Selection
     plan_body: dict[str, Any]
     path_inputs: PathInputs = field(default_factory=PathInputs)  # folders committed first
+    device: str | None = None  # merge --device: where the torch lane computes (not in the plan)
 
     @property
     def plan(self) -> Plan:
@@ -217,6 +218,7 @@ def execute(
     write_card: bool = True,
     shard_bytes: int | None = None,
     copy_tokenizer: bool = True,
+    device: str | None = None,
 ) -> MergeResult:
     """Run the merge into the store and publish commit, plan and ref move in one transaction.
     `executor` computes the tensors: the local engine by default (merge/executor.py).
@@ -234,6 +236,7 @@ def execute(
     merges and materialize give the files that were asked for.
     """
     set_output_files(prep, write_card, shard_bytes, copy_tokenizer)
+    prep.device = device
     if lazy and out is not None:
         raise MergeError("--lazy computes nothing, so it cannot write --out (materialize first)")
     folder = FolderOutput(out) if out is not None else None
@@ -316,6 +319,7 @@ def _execute(
         run["wall_seconds"] = round(time.perf_counter() - t0, 4)
         if res is not None and executor.name != "local":
             run["executor"] = {"name": executor.name, **(executor.extra or {})}
+        run["device"] = prep.device or "cpu"
         if hit is not None:  # --force: the recomputed output must be the memo commit's
             before = repo.read_ref(ref)
             forced = memo.check_forced(repo, session, hit, tree, prep, ref, run)
@@ -375,6 +379,17 @@ def publish_tree(
     if prep.cfg.raw_text:
         extra["mergekit_config.yml"] = prep.cfg.raw_text.encode()
     files = output_files(prep)
+    if prep.cfg.chat_template and files["copy_tokenizer"]:
+        from mergestore.merge.chat_template import chat_template_files
+
+        extra.update(
+            chat_template_files(
+                repo,
+                prep.cfg.chat_template,
+                [m.commit for m in prep.models],
+                prep.models[tok_index].commit,
+            )
+        )
     if files["write_card"]:
         from mergestore.merge.modelcard import CARD_FILE, model_card
 
