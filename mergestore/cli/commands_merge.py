@@ -120,9 +120,7 @@ def merge(
 ) -> None:
     """Merge MODELS (store refs or paths) into a new commit on BRANCH."""
     cfg = _config(config_path, method, base, models, weights, params, dtype, out_dtype, seed)
-    from mergestore.store.gc import in_progress
-
-    with in_progress(store.repo):  # gc waits: path inputs are stored before the merge runs
+    with store.gc_paused():  # path inputs are stored before the merge runs
         prep = store.prepare_merge(cfg, budget=budget, max_error=max_error)
         with progress_bar("merge", None, not as_json) as _:
             res = store.execute_merge(prep, branch=branch, message=message)
