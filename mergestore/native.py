@@ -25,9 +25,23 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
         "mergestore/ops/lane16.py",  # twins: the torch paths of ops/gta.py and ops/linear.py
         ("gta_sum_bf16", "gta_consensus_bf16", "linear_bf16"),
     ),
+    "merge_arith32.c": (
+        "mergestore/ops/lanes.py",  # twins: the fp32 torch paths of ops/gta.py, ops/linear.py
+        ("gta_sum32", "gta_consensus32", "linear32", "convert"),
+    ),
     "rank_cuts.c": (
-        "mergestore/ops/sparsify.py",
-        ("sub_hist_bf16", "nth_equal16", "apply_cuts16", "row_ranks_bf16", "della_probs_bf16"),
+        "mergestore/ops/sparsify.py",  # the fp32 cuts' Python side: ops/lanes.py (cut_delta32)
+        (
+            "sub_hist_bf16",
+            "nth_equal16",
+            "apply_cuts16",
+            "row_ranks_bf16",
+            "della_probs_bf16",
+            "sub_hist32",
+            "hist_lo32",
+            "nth_equal32",
+            "apply_cuts32",
+        ),
     ),
     "delta_stats.c": ("mergestore/diff.py", ("delta_stats",)),
     "byte_planes.c": ("mergestore/store/codecs/byteplane.py", ("join2",)),

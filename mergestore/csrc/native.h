@@ -2,7 +2,8 @@
  * exactly as torch converts, buffer helpers, the F16C helpers, and each kernel family's entry
  * points. The families, each in its own file beside its Python twin (mergestore/native.py
  * lists them):
- *   merge_arith.c  (+ merge_arith16.h)  GTA and linear arithmetic  ops/lane16.py, ops/gta.py
+ *   merge_arith.c  (+ merge_arith16.h)  GTA and linear arithmetic, 16-bit compute  ops/lane16.py
+ *   merge_arith32.c  the same with fp32 compute, inputs and output in any format  ops/lanes.py
  *   rank_cuts.c    magnitude rank cuts, row ranks, della's probabilities  ops/sparsify.py
  *   delta_stats.c  fp64 statistics of B - A              diff.py (block_stats)
  *   byte_planes.c  byte-plane joins of the codecs         store/codecs/byteplane.py
@@ -69,6 +70,14 @@ static inline uint16_t rne16(float f) {
  * nearest even as torch converts; a NaN stays a NaN (its payload may differ from torch's
  * canonical 0x7E00). */
 #define HAVE_F16 1 /* always (plain C); exported so Python can tell this build from an older one */
+
+/* rne16 for any fp32 value: a NaN (whatever its payload, which could carry into the exponent)
+ * becomes bf16's quiet NaN 0x7FC0 with its sign, as torch converts. */
+static inline uint16_t rne16_nan(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return (u & 0x7FFFFFFFu) > 0x7F800000u ? (uint16_t)((u >> 16) | 0x7FC0u) : rne16(f);
+}
 
 ALWAYS_INLINE static inline float f16_to_f32(uint16_t h) {
     uint32_t em = h & 0x7FFFu;
@@ -223,6 +232,21 @@ F16C_TARGET static inline float round1_f16(float v) {
     return _cvtsh_ss(_cvtss_sh(v, RNE_PH));
 }
 
+/* dst[j] = src[j] widened from fp16, m elements. */
+F16C_TARGET static inline void widen_f16c(float *dst, const uint16_t *src, Py_ssize_t m) {
+    Py_ssize_t v = m & ~(Py_ssize_t)7;
+    for (Py_ssize_t j = 0; j < v; j += 8) _mm256_storeu_ps(dst + j, load8_f16(src + j));
+    for (Py_ssize_t j = v; j < m; j++) dst[j] = _cvtsh_ss(src[j]);
+}
+
+/* dst[j] = src[j] rounded to fp16 (nearest even), m elements. */
+F16C_TARGET static inline void narrow_f16c(uint16_t *dst, const float *src, Py_ssize_t m) {
+    Py_ssize_t v = m & ~(Py_ssize_t)7;
+    for (Py_ssize_t j = 0; j < v; j += 8)
+        _mm_storeu_si128((__m128i *)(dst + j), _mm256_cvtps_ph(_mm256_loadu_ps(src + j), RNE_PH));
+    for (Py_ssize_t j = v; j < m; j++) dst[j] = _cvtss_sh(src[j], RNE_PH);
+}
+
 #define HAVE_F16C_KERNELS 1
 #else
 #define HAVE_F16C_KERNELS 0
@@ -234,12 +258,21 @@ F16C_TARGET static inline float round1_f16(float v) {
 PyObject *py_gta_sum_bf16(PyObject *self, PyObject *args);
 PyObject *py_gta_consensus_bf16(PyObject *self, PyObject *args);
 PyObject *py_linear_bf16(PyObject *self, PyObject *args);
+/* merge_arith32.c */
+PyObject *py_gta_sum32(PyObject *self, PyObject *args);
+PyObject *py_gta_consensus32(PyObject *self, PyObject *args);
+PyObject *py_linear32(PyObject *self, PyObject *args);
+PyObject *py_convert(PyObject *self, PyObject *args);
 /* rank_cuts.c */
 PyObject *py_sub_hist_bf16(PyObject *self, PyObject *args);
 PyObject *py_nth_equal16(PyObject *self, PyObject *args);
 PyObject *py_apply_cuts16(PyObject *self, PyObject *args);
 PyObject *py_della_probs_bf16(PyObject *self, PyObject *args);
 PyObject *py_row_ranks_bf16(PyObject *self, PyObject *args);
+PyObject *py_sub_hist32(PyObject *self, PyObject *args);
+PyObject *py_hist_lo32(PyObject *self, PyObject *args);
+PyObject *py_nth_equal32(PyObject *self, PyObject *args);
+PyObject *py_apply_cuts32(PyObject *self, PyObject *args);
 /* rng.c */
 PyObject *py_philox_keep(PyObject *self, PyObject *args);
 /* byte_planes.c */

@@ -337,3 +337,184 @@ PyObject *py_row_ranks_bf16(PyObject *self, PyObject *args) {
     if (rc) return PyErr_NoMemory();
     Py_RETURN_NONE;
 }
+
+/* ------------------------------------------------------------------ fp32 rank cuts */
+
+/* The same cuts on fp32 deltas (mergekit's `dtype: float32`): the 31 magnitude bits order the
+ * magnitudes (NaNs above +inf, as torch's sort of the bit patterns does), found by two
+ * histograms (the upper 15 bits, then the low 16 within the cut's bucket). Python side:
+ * ops/lanes.py; twin: ops/sparsify.py's fp32 radix select (_kth_smallest, first_ranks). */
+
+/* out = x - base in fp32 (x and base in format 0 bf16, 1 fp16, 2 fp32), and
+ * hist[(|out| bits) >> 16] += 1. */
+HOT static void sub_hist32(float *out, const void *x, int xf, const void *b, int bfmt,
+                           Py_ssize_t n, int64_t *hist) {
+    float xt[TILE], bt[TILE];
+    for (Py_ssize_t s = 0; s < n; s += TILE) {
+        Py_ssize_t m = n - s < TILE ? n - s : TILE;
+        for (int which = 0; which < 2; which++) {
+            const void *src = which ? b : x;
+            int f = which ? bfmt : xf;
+            float *dst = which ? bt : xt;
+            if (f == 2)
+                memcpy(dst, (const float *)src + s, (size_t)m * 4);
+            else if (f == 0)
+                for (Py_ssize_t j = 0; j < m; j++) dst[j] = bf16_to_f32(((const uint16_t *)src)[s + j]);
+            else
+                for (Py_ssize_t j = 0; j < m; j++) dst[j] = f16_table[((const uint16_t *)src)[s + j]];
+        }
+        float *o = out + s;
+        for (Py_ssize_t j = 0; j < m; j++) o[j] = xt[j] - bt[j];
+        const uint32_t *u = (const uint32_t *)o;
+        for (Py_ssize_t j = 0; j < m; j++) hist[(u[j] >> 16) & 0x7FFF]++;
+    }
+}
+
+static int fmt_bytes(int f) { return f == 2 ? 4 : 2; }
+
+PyObject *py_sub_hist32(PyObject *self, PyObject *args) {
+    PyObject *out_o, *x_o, *b_o, *h_o;
+    int xf, bfmt;
+    if (!PyArg_ParseTuple(args, "OOiOiO", &out_o, &x_o, &xf, &b_o, &bfmt, &h_o)) return NULL;
+    if (xf < 0 || xf > 2 || bfmt < 0 || bfmt > 2) {
+        PyErr_SetString(PyExc_ValueError, "sub_hist32: unknown format code");
+        return NULL;
+    }
+    Buf out, x, b, h;
+    PyObject *ret = NULL;
+    if (get_buf(out_o, &out, 1, 4, "out") < 0) return NULL;
+    if (get_buf(x_o, &x, 0, fmt_bytes(xf), "x") < 0) goto d1;
+    if (get_buf(b_o, &b, 0, fmt_bytes(bfmt), "base") < 0) goto d2;
+    if (get_buf(h_o, &h, 1, 8, "hist") < 0) goto d3;
+    Py_ssize_t n = out.view.len / 4;
+    if (x.view.len != n * fmt_bytes(xf) || b.view.len != n * fmt_bytes(bfmt) ||
+        h.view.len != 8 * 32768) {
+        PyErr_SetString(PyExc_ValueError, "sub_hist32: lengths do not match");
+        goto d4;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    sub_hist32(out.view.buf, x.view.buf, xf, b.view.buf, bfmt, n, h.view.buf);
+    Py_END_ALLOW_THREADS
+    ret = Py_None;
+    Py_INCREF(ret);
+d4:
+    release(&h);
+d3:
+    release(&b);
+d2:
+    release(&x);
+d1:
+    release(&out);
+    return ret;
+}
+
+/* hist[low 16 bits] += 1 for each element whose magnitude's upper 15 bits are hi. */
+HOT static void hist_lo32(const uint32_t *u, Py_ssize_t n, uint32_t hi, int64_t *hist) {
+    for (Py_ssize_t j = 0; j < n; j++) {
+        uint32_t a = u[j] & 0x7FFFFFFFu;
+        if ((a >> 16) == hi) hist[a & 0xFFFF]++;
+    }
+}
+
+PyObject *py_hist_lo32(PyObject *self, PyObject *args) {
+    PyObject *d_o, *h_o;
+    unsigned int hi;
+    if (!PyArg_ParseTuple(args, "OIO", &d_o, &hi, &h_o)) return NULL;
+    Buf d, h;
+    if (get_buf(d_o, &d, 0, 4, "bits") < 0) return NULL;
+    if (get_buf(h_o, &h, 1, 8, "hist") < 0) {
+        release(&d);
+        return NULL;
+    }
+    if (h.view.len != 8 * 65536) {
+        release(&h);
+        release(&d);
+        PyErr_SetString(PyExc_ValueError, "hist_lo32: the histogram has 65536 counts");
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    hist_lo32(d.view.buf, d.view.len / 4, hi, h.view.buf);
+    Py_END_ALLOW_THREADS
+    release(&h);
+    release(&d);
+    Py_RETURN_NONE;
+}
+
+/* Index of the need-th (1-based) element whose 31 magnitude bits equal v; -1 if fewer. */
+HOT static Py_ssize_t nth_equal32(const uint32_t *p, Py_ssize_t n, uint32_t v, Py_ssize_t need) {
+    if (need <= 0) return -1;
+    Py_ssize_t seen = 0;
+    for (Py_ssize_t s = 0; s < n; s += 4096) {
+        Py_ssize_t m = n - s < 4096 ? n - s : 4096, c = 0;
+        for (Py_ssize_t j = 0; j < m; j++) c += (p[s + j] & 0x7FFFFFFFu) == v;
+        if (seen + c < need) {
+            seen += c;
+            continue;
+        }
+        for (Py_ssize_t j = 0; j < m; j++)
+            if ((p[s + j] & 0x7FFFFFFFu) == v && ++seen == need) return s + j;
+    }
+    return -1;
+}
+
+PyObject *py_nth_equal32(PyObject *self, PyObject *args) {
+    PyObject *o;
+    unsigned int v;
+    Py_ssize_t need;
+    if (!PyArg_ParseTuple(args, "OIn", &o, &v, &need)) return NULL;
+    Buf a;
+    if (get_buf(o, &a, 0, 4, "bits") < 0) return NULL;
+    Py_ssize_t found;
+    Py_BEGIN_ALLOW_THREADS
+    found = nth_equal32(a.view.buf, a.view.len / 4, (uint32_t)v, need);
+    Py_END_ALLOW_THREADS
+    release(&a);
+    return PyLong_FromSsize_t(found);
+}
+
+static void cut_range32(int mode, int64_t v, int ties_in, int64_t *lo, int64_t *hi) {
+    switch (mode) {
+        case 0: *lo = 1, *hi = 0; break;
+        case 1: *lo = 0, *hi = 0xFFFFFFFFLL; break;
+        case 2: *lo = ties_in ? v : v + 1, *hi = 0xFFFFFFFFLL; break;
+        default: *lo = 0, *hi = ties_in ? v : v - 1; break;
+    }
+}
+
+/* Multiply by 0 the elements with magnitude bits outside [lo1, hi1] or inside [lo2, hi2]: a
+ * signed zero, or NaN for an infinity or NaN (as delta * mask does). */
+HOT static void zero_outside32(uint32_t *d, Py_ssize_t n, int64_t lo1, int64_t hi1, int64_t lo2,
+                               int64_t hi2) {
+    for (Py_ssize_t j = 0; j < n; j++) {
+        int64_t bits = d[j] & 0x7FFFFFFFu;
+        int keep = (bits >= lo1) & (bits <= hi1) & !((bits >= lo2) & (bits <= hi2));
+        uint32_t dropped = bits >= 0x7F800000 ? 0x7FC00000u : (d[j] & 0x80000000u);
+        d[j] = keep ? d[j] : dropped;
+    }
+}
+
+PyObject *py_apply_cuts32(PyObject *self, PyObject *args) {
+    PyObject *o;
+    Py_ssize_t l1, l2;
+    int m1, m2;
+    unsigned int v1, v2;
+    if (!PyArg_ParseTuple(args, "OiIniIn", &o, &m1, &v1, &l1, &m2, &v2, &l2)) return NULL;
+    Buf a;
+    if (get_buf(o, &a, 1, 4, "data") < 0) return NULL;
+    Py_ssize_t n = a.view.len / 4;
+    Py_BEGIN_ALLOW_THREADS
+    Py_ssize_t b1 = l1 < 0 ? 0 : (l1 > n ? n : l1);
+    Py_ssize_t b2 = m2 < 0 ? 0 : (l2 < 0 ? 0 : (l2 > n ? n : l2));
+    Py_ssize_t cuts[4] = {0, b1 < b2 ? b1 : b2, b1 < b2 ? b2 : b1, n};
+    for (int seg = 0; seg < 3; seg++) {
+        Py_ssize_t s = cuts[seg], e = cuts[seg + 1];
+        if (e <= s) continue;
+        int64_t lo1, hi1, lo2 = 1, hi2 = 0;
+        cut_range32(m1, v1, s < b1, &lo1, &hi1);
+        if (m2 >= 0) cut_range32(m2, v2, s < b2, &lo2, &hi2);
+        zero_outside32((uint32_t *)a.view.buf + s, e - s, lo1, hi1, lo2, hi2);
+    }
+    Py_END_ALLOW_THREADS
+    release(&a);
+    Py_RETURN_NONE;
+}
