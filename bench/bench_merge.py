@@ -206,7 +206,7 @@ def floor(store: Path, config: Path) -> None:
     cfg = load_config(config)
     prep = prepare(s.repo, cfg, commit_paths=False)
     eng = Engine(s.repo, method=cfg.merge_method, dtype=None, out_dtype=None, seed=0)
-    eng.lane = eng.torch_free_lane(prep.tasks)
+    eng.choose_lanes(prep.tasks)
     stats = EngineStats(expert_meters=[ReadMeter() for _ in prep.models])
     t0 = time.perf_counter()
     out_bytes = 0

@@ -282,6 +282,7 @@ def run_record(prep: PreparedMerge, stats: Any, written: int, seconds: float) ->
         "engine_seconds": round(stats.seconds, 4),
         "kernels": native.describe(),
         "torch_free": stats.torch_free,
+        "lanes": stats.lanes,
     }
     if sel.active:
         delta = stats.merged_delta_sq**0.5
