@@ -30,7 +30,16 @@ import numpy as np
 
 from mergestore import native
 from mergestore.ops import alloc, sparsify
-from mergestore.ops.lane16 import LANES, MAGNITUDE, OUTLIERS, f32, sum_f32
+from mergestore.ops.lane16 import (
+    LANES,
+    MAGNITUDE,
+    OUTLIERS,
+    PARALLEL_MIN,
+    _run_columns,
+    f32,
+    sum_f32,
+)
+from mergestore.threads import ordered_map
 
 FMT = {"BF16": 0, "F16": 1, "F32": 2}
 NUMPY = {"BF16": np.uint16, "F16": np.float16, "F32": np.float32}
@@ -167,8 +176,14 @@ def _merge32(
     fmts = [FMT[format_of(x)] for x in inputs]
     weights = f32([p["weight"] for p in per_input[: len(inputs)]])
     if method == "linear":
-        normalize = bool(shared["normalize"])
-        kernels.linear32(out, FMT[out_dtype], flats, fmts, weights, normalize, sum_f32(weights))
+        normalize, total = bool(shared["normalize"]), sum_f32(weights)
+
+        def linear_columns(r: range) -> None:
+            a, b = r.start, r.stop
+            rows = [x[a:b] for x in flats]
+            kernels.linear32(out[a:b], FMT[out_dtype], rows, fmts, weights, normalize, total)
+
+        _run_columns(linear_columns, n)
         return out
     assert base is not None
     if not inputs:
@@ -176,25 +191,43 @@ def _merge32(
     sparsifier, consensus = _FP32_GTA[method]
     flat_base, base_fmt = _flat(base), FMT[format_of(base)]
     normalize, lam = bool(shared["normalize"]), float(shared["lambda"])
+    out_fmt, has_lam = FMT[out_dtype], lam != 1
     if sparsifier is None:
-        kernels.gta_sum32(
-            out, FMT[out_dtype], flat_base, base_fmt, flats, fmts, weights, False,
-            gta_divisor32(weights), normalize, lam, lam != 1,
-        )  # fmt: skip
+        divisor = gta_divisor32(weights)
+
+        def columns(r: range) -> None:
+            a, b = r.start, r.stop
+            kernels.gta_sum32(
+                out[a:b], out_fmt, flat_base[a:b], base_fmt, [x[a:b] for x in flats], fmts,
+                weights, False, divisor, normalize, lam, has_lam,
+            )  # fmt: skip
+
+        _run_columns(columns, n)
         return out
-    deltas = [
-        cut_delta32(x, f, flat_base, base_fmt, sparsifier, p["density"], p.get("gamma", 0.0))
-        for x, f, p in zip(flats, fmts, per_input, strict=False)
-    ]
-    if consensus:
-        kernels.gta_consensus32(
-            out, FMT[out_dtype], flat_base, base_fmt, deltas, weights, normalize, lam, lam != 1
+
+    def cut(i: int) -> np.ndarray:
+        p = per_input[i]
+        return cut_delta32(
+            flats[i], fmts[i], flat_base, base_fmt, sparsifier, p["density"], p.get("gamma", 0.0)
         )
-    else:
-        kernels.gta_sum32(
-            out, FMT[out_dtype], flat_base, base_fmt, deltas, [2] * len(deltas), weights, True,
-            gta_divisor32(weights), normalize, lam, lam != 1,
-        )  # fmt: skip
+
+    workers = 2 if n >= PARALLEL_MIN else 1  # large tensors: two inputs cut at once
+    deltas = list(ordered_map(cut, range(len(flats)), workers=workers, window=workers))
+
+    def combine(r: range) -> None:
+        a, b = r.start, r.stop
+        rows = [d[a:b] for d in deltas]
+        if consensus:
+            kernels.gta_consensus32(
+                out[a:b], out_fmt, flat_base[a:b], base_fmt, rows, weights, normalize, lam, has_lam
+            )
+        else:
+            kernels.gta_sum32(
+                out[a:b], out_fmt, flat_base[a:b], base_fmt, rows, [2] * len(rows), weights,
+                True, gta_divisor32(weights), normalize, lam, has_lam,
+            )  # fmt: skip
+
+    _run_columns(combine, n)
     return out
 
 

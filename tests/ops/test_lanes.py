@@ -141,3 +141,15 @@ def test_reasons(compute):
         spec = get_method("task_arithmetic")
         shared, per = validate_params(spec, {}, [{"weight": 1.0}] * 5, has_base=True)
         assert "more than 4" in lanes.reason("task_arithmetic", compute, shared, per)
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_large_tensors_split_over_two_threads(method, monkeypatch):
+    """Above PARALLEL_MIN elements the fp32 lane cuts two inputs at once and combines two
+    column ranges at once: the same bits."""
+    from mergestore.ops import lane16
+
+    monkeypatch.setattr(lane16, "PARALLEL_MIN", 1000)
+    monkeypatch.setattr(lanes, "PARALLEL_MIN", 1000)
+    base, xs = family(4, (61, 77), ["BF16", "F32", "BF16", "F16", "BF16"], seed=2, ties=True)
+    check(method, base, xs, "F32", "BF16")
