@@ -135,14 +135,9 @@ def merge(
         return
     click.echo(out["commit"])
     r = res.run
-    click.echo(
-        f"{cfg.merge_method}: {r['tensors']} tensors in {r['wall_seconds']:.2f} s; read "
-        f"{human_bytes(r['expert_bytes_read'])} of experts "
-        f"(full {human_bytes(r['expert_bytes_full'])}) and "
-        f"{human_bytes(r['base_bytes_read'])} of base; wrote "
-        f"{human_bytes(r['bytes_written'])}",
-        err=True,
-    )
+    from mergestore.cli.merge_summary import print_summary
+
+    print_summary(cfg.merge_method, r)
     if r.get("error_bound") is not None:
         click.echo(
             f"error bound {r['error_bound']:.4g} (relative estimate "
