@@ -481,15 +481,30 @@ static void cut_range32(int mode, int64_t v, int ties_in, int64_t *lo, int64_t *
     }
 }
 
-/* Multiply by 0 the elements with magnitude bits outside [lo1, hi1] or inside [lo2, hi2]: a
- * signed zero, or NaN for an infinity or NaN (as delta * mask does). */
-HOT static void zero_outside32(uint32_t *d, Py_ssize_t n, int64_t lo1, int64_t hi1, int64_t lo2,
-                               int64_t hi2) {
+/* A range [lo, hi] of 31-bit magnitudes as (lo, hi - lo) for one unsigned compare, or empty. */
+typedef struct {
+    uint32_t lo, span;
+    int any;
+} Range32;
+
+static Range32 range32(int64_t lo, int64_t hi) {
+    if (hi > 0x7FFFFFFF) hi = 0x7FFFFFFF;
+    if (lo < 0) lo = 0;
+    Range32 r = {(uint32_t)lo, (uint32_t)(hi - lo), lo <= hi};
+    if (!r.any) r.lo = 0, r.span = 0;
+    return r;
+}
+
+/* Multiply by 0 the elements with magnitude bits outside r1 or inside r2: a signed zero, or
+ * NaN for an infinity or NaN (as delta * mask does). */
+HOT static void zero_outside32(uint32_t *d, Py_ssize_t n, Range32 r1, Range32 r2) {
+    const uint32_t any1 = (uint32_t)r1.any, any2 = (uint32_t)r2.any;
     for (Py_ssize_t j = 0; j < n; j++) {
-        int64_t bits = d[j] & 0x7FFFFFFFu;
-        int keep = (bits >= lo1) & (bits <= hi1) & !((bits >= lo2) & (bits <= hi2));
-        uint32_t dropped = bits >= 0x7F800000 ? 0x7FC00000u : (d[j] & 0x80000000u);
-        d[j] = keep ? d[j] : dropped;
+        uint32_t v = d[j], bits = v & 0x7FFFFFFFu;
+        uint32_t in1 = ((bits - r1.lo) <= r1.span) & any1;
+        uint32_t in2 = ((bits - r2.lo) <= r2.span) & any2;
+        uint32_t dropped = bits >= 0x7F800000u ? 0x7FC00000u : (v & 0x80000000u);
+        d[j] = (in1 & ~in2 & 1u) ? v : dropped;
     }
 }
 
@@ -512,7 +527,7 @@ PyObject *py_apply_cuts32(PyObject *self, PyObject *args) {
         int64_t lo1, hi1, lo2 = 1, hi2 = 0;
         cut_range32(m1, v1, s < b1, &lo1, &hi1);
         if (m2 >= 0) cut_range32(m2, v2, s < b2, &lo2, &hi2);
-        zero_outside32((uint32_t *)a.view.buf + s, e - s, lo1, hi1, lo2, hi2);
+        zero_outside32((uint32_t *)a.view.buf + s, e - s, range32(lo1, hi1), range32(lo2, hi2));
     }
     Py_END_ALLOW_THREADS
     release(&a);
