@@ -55,6 +55,13 @@ _FP32_GTA: dict[str, tuple[str | None, bool]] = {
 }
 
 
+# Why the GTA methods with random drops stay on torch (their combine runs in C: ops.gta).
+_RANDOM_WHY = "random drops and L1 rescale in torch (the C kernels combine the deltas)"
+_TORCH_SPARSIFIED = {
+    m: f"{m}: {_RANDOM_WHY}" for m in ("dare_ties", "dare_linear", "della", "della_linear")
+}
+
+
 def format_of(a: np.ndarray) -> str:
     """The safetensors dtype name of a lane array ("BF16", "F16" or "F32")."""
     return _NAME[a.dtype]
@@ -105,6 +112,8 @@ def reason(
             return f"fp32 sums of more than {FP32_MAX_INPUTS} inputs"
         return None
     if method not in _FP32_GTA:
+        if method in _TORCH_SPARSIFIED:
+            return _TORCH_SPARSIFIED[method]
         return f"{method} has no torch-free kernel"
     if len(per_input) > FP32_MAX_INPUTS:
         return f"fp32 sums of more than {FP32_MAX_INPUTS} inputs"
@@ -214,7 +223,31 @@ def _merge32(
     workers = 2 if n >= PARALLEL_MIN else 1  # large tensors: two inputs cut at once
     deltas = list(ordered_map(cut, range(len(flats)), workers=workers, window=workers))
 
-    def combine(r: range) -> None:
+    combine32(
+        flat_base, deltas, weights, consensus=consensus, normalize=normalize, lam=lam, out=out
+    )
+    return out
+
+
+def combine32(
+    flat_base: np.ndarray,
+    deltas: Sequence[np.ndarray],
+    weights: Sequence[float],
+    *,
+    consensus: bool,
+    normalize: bool,
+    lam: float,
+    out: np.ndarray,
+) -> None:
+    """The GTA tail in fp32 over fp32 deltas (flat), with TIES' consensus if `consensus`, into
+    the flat `out` (its format from its dtype); two column ranges at once for large tensors.
+    Also the tail of ops.gta's fp32 path for torch-sparsified deltas (dare, della)."""
+    kernels = native.kernels
+    assert kernels is not None
+    out_fmt, base_fmt, has_lam = FMT[format_of(out)], FMT[format_of(flat_base)], lam != 1
+    divisor = gta_divisor32(weights)
+
+    def columns(r: range) -> None:
         a, b = r.start, r.stop
         rows = [d[a:b] for d in deltas]
         if consensus:
@@ -224,11 +257,10 @@ def _merge32(
         else:
             kernels.gta_sum32(
                 out[a:b], out_fmt, flat_base[a:b], base_fmt, rows, [2] * len(rows), weights,
-                True, gta_divisor32(weights), normalize, lam, has_lam,
+                True, divisor, normalize, lam, has_lam,
             )  # fmt: skip
 
-    _run_columns(combine, n)
-    return out
+    _run_columns(columns, flat_base.size)
 
 
 def gta_divisor32(weights: Sequence[float]) -> float:

@@ -1,7 +1,7 @@
 """The torch-free lane for every dtype combination (ops.lanes) gives the torch path's bits.
 
 Each case merges the same tensors twice: with ops.lanes.merge on numpy arrays, and with
-ops.merge_tensor on torch tensors (the torch lane the engine runs otherwise: mergekit 0.1.5's
+ops.merge_tensor on torch tensors with the C kernels turned off (torch alone: mergekit 0.1.5's
 dtype rules and arithmetic), for inputs in bf16, fp16 and fp32 (mixed), compute in float32,
 bfloat16 and float16, and every out_dtype.
 """
@@ -72,10 +72,14 @@ def check(method, base, xs, compute, out_dtype, params=None):
         base_arg, inputs = base, xs
     shared, per_r = validate_params(spec, {}, per_input, has_base=base_arg is not None)
     assert lanes.reason(method, compute, shared, per_r) is None
-    want = merge_tensor(
-        method, base_arg, inputs, {}, per_input, CTX,
-        dtype=TORCH[compute], out_dtype=TORCH[out_dtype] if out_dtype else None,
-    )  # fmt: skip
+    kernels, native.kernels = native.kernels, None  # the torch path alone, no C kernel
+    try:
+        want = merge_tensor(
+            method, base_arg, inputs, {}, per_input, CTX,
+            dtype=TORCH[compute], out_dtype=TORCH[out_dtype] if out_dtype else None,
+        )  # fmt: skip
+    finally:
+        native.kernels = kernels
     got = lanes.merge(
         method,
         to_lane(base_arg) if base_arg is not None else None,
@@ -153,3 +157,37 @@ def test_large_tensors_split_over_two_threads(method, monkeypatch):
     monkeypatch.setattr(lanes, "PARALLEL_MIN", 1000)
     base, xs = family(4, (61, 77), ["BF16", "F32", "BF16", "F16", "BF16"], seed=2, ties=True)
     check(method, base, xs, "F32", "BF16")
+
+
+@pytest.mark.parametrize(
+    ("method", "params"),
+    [
+        ("dare_ties", {"density": 0.6}),
+        ("dare_linear", {"density": 0.4}),
+        ("della", {"density": 0.5, "epsilon": 0.1}),
+        ("della_linear", {"density": 0.6, "epsilon": 0.2}),
+        ("ties", {"density": 1.0}),
+        ("ties", {"density": 0.4, "rescale": True}),
+        ("breadcrumbs_ties", {"density": 0.0}),
+    ],
+)
+@pytest.mark.parametrize("n", [1, 3, 4])
+def test_fp32_torch_sparsified_deltas_combined_by_the_kernels(method, params, n, monkeypatch):
+    """dtype: float32 merges the lane does not take (random drops, L1 rescale, density 0 or 1)
+    still combine their torch-made deltas with the fp32 C kernels (ops.gta._native32): the
+    bits of torch alone (native.kernels = None)."""
+    base, xs = family(n, (33, 130), ["BF16", "F32", "BF16", "F16", "BF16"], seed=n)
+    shared = {k: v for k, v in params.items() if k == "rescale"}
+    per = [{"weight": [0.5, -0.25, 0.7, 0.3][i], **params} for i in range(n)]
+    for p in per:
+        p.pop("rescale", None)
+
+    def run():
+        return merge_tensor(
+            method, base, xs, shared, per, CTX, dtype=torch.float32, out_dtype=torch.bfloat16
+        )
+
+    fast = run()
+    monkeypatch.setattr(native, "kernels", None)
+    slow = run()
+    assert same_bits(fast, slow)
