@@ -251,10 +251,15 @@ class Store:
         branch: str | None = None,
         message: str = "",
         progress: Progress | None = None,
+        out: str | os.PathLike[str] | None = None,
     ) -> Any:
+        """Run a prepared merge; with `out`, also write the merged HF folder there in the same
+        pass (byte-identical to a later checkout of the commit; MergeResult.out describes it)."""
         from mergestore.merge.run import execute
 
-        return execute(self.repo, prepared, branch=branch, message=message, progress=progress)
+        return execute(
+            self.repo, prepared, branch=branch, message=message, progress=progress, out=out
+        )
 
     def merge(
         self,
@@ -272,8 +277,10 @@ class Store:
         max_error: float | None = None,
         branch: str | None = None,
         message: str = "",
+        out: str | os.PathLike[str] | None = None,
     ) -> Any:
-        """Run a merge and store it as a commit; returns a MergeResult (commit, plan, run)."""
+        """Run a merge and store it as a commit; returns a MergeResult (commit, plan, run).
+        With `out`, the merged HF folder is written there in the same pass (MergeResult.out)."""
         from mergestore.merge.config import config_from_cli
 
         if config is None:
@@ -289,9 +296,13 @@ class Store:
                 out_dtype,
                 seed,
             )
+        if out is not None:  # before anything is read or stored
+            from mergestore.merge.outfolder import check_target
+
+            check_target(Path(out))
         with self.gc_paused():  # path inputs are stored before the merge runs
             prep = self.prepare_merge(config, budget=budget, max_error=max_error)
-            return self.execute_merge(prep, branch=branch, message=message)
+            return self.execute_merge(prep, branch=branch, message=message, out=out)
 
     def replay(self, ref: str) -> dict[str, Any]:
         """Re-execute a merge's plan; {"identical": bool, "first_difference": name, ...}."""

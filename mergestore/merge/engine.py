@@ -28,7 +28,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections import deque
+from collections import ChainMap, deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -49,8 +49,9 @@ from mergestore.ops import TensorContext, alloc, get_method, lanes, merge_tensor
 from mergestore.store import codecs
 from mergestore.store.blocks import block_id, tensor_blocking
 from mergestore.store.objects import TensorRecord
-from mergestore.store.packs import ReadMeter
+from mergestore.store.packs import ENTRY_HEADER, ReadMeter
 from mergestore.store.parallel import reuse_freed_memory
+from mergestore.store.reader import BlockReader
 from mergestore.store.repo import BlockLocation, Repository, WriteSession
 from mergestore.threads import default_workers, ordered_map
 
@@ -72,6 +73,7 @@ class TensorTask:
     input_models: list[int]  # model index of each input
     reference: TensorRecord | None  # the base model's tensor: stands in for omitted blocks
     selected: list[frozenset[int] | None]  # per input: blocks to read (None: all)
+    first_block: int = 0  # a piece of a larger tensor (run.py): where it starts, in blocks
 
 
 @dataclass
@@ -90,7 +92,11 @@ class Sink(Protocol):
         dtype: str,
         refs: Sequence[bytes | None],
         workers: int = 1,
-    ) -> list[bytes]: ...
+        tensor: tuple[str, int] | None = None,
+    ) -> list[bytes]:
+        """Name (and keep) the output blocks `raws`: consecutive bytes of output tensor
+        `tensor[0]` from byte `tensor[1]` on."""
+        ...
 
 
 class StoreSink:
@@ -107,6 +113,7 @@ class StoreSink:
         dtype: str,
         refs: Sequence[bytes | None],
         workers: int = 1,
+        tensor: tuple[str, int] | None = None,
     ) -> list[bytes]:
         def work(item: tuple[memoryview, bytes | None]) -> tuple[bytes, codecs.Encoded | None]:
             raw, ref = item
@@ -151,6 +158,7 @@ class HashSink:
         dtype: str,
         refs: Sequence[bytes | None],
         workers: int = 1,
+        tensor: tuple[str, int] | None = None,
     ) -> list[bytes]:
         return list(ordered_map(block_id, list(raws), workers=workers))
 
@@ -341,15 +349,14 @@ class Engine:
         taken from the first of `holders` that has it (else read); then copy each repeat
         (offset, id) from its block's place."""
 
-        def fetch(bid: bytes) -> None:
-            loc = locs[bid]
-            hint = None
-            if loc.ref is not None:
-                hint = next((h[loc.ref] for h in holders if loc.ref in h), None)
+        def into(bid: bytes) -> np.ndarray:
             off, n = places[bid]
-            self.repo.read_block_into(bid, dst[off : off + n], meter, reference=hint, location=loc)
+            return dst[off : off + n]
 
-        for _ in ordered_map(fetch, list(places), workers=workers):
+        refs = ChainMap(*holders)  # type: ignore[arg-type]
+        for _ in self._reader().read(
+            list(places), meter, locations=locs, references=refs, into=into, workers=workers
+        ):
             pass
         for off, bid in repeats:
             start, n = places[bid]
@@ -359,12 +366,17 @@ class Engine:
         """Blocks by id, each counted on its own meter; one index transaction for them all."""
         ids = list(meters)
         locs = self.repo.block_locations(ids)
-        raws = ordered_map(
-            lambda b: self.repo.read_block(b, meters[b], location=locs.get(b), view=True),
-            ids,
-            workers=workers,
-        )
-        return dict(zip(ids, raws, strict=True))
+        out: dict[bytes, bytes] = {}
+        for bid, raw in self._reader().read(
+            ids, meters, locations=locs, view=True, workers=workers
+        ):
+            out[bid] = raw  # type: ignore[assignment]
+        return out
+
+    def _reader(self) -> BlockReader:
+        """Reads only the blocks asked for (and the entry headers between adjacent ones):
+        a budgeted merge reads from disk what it counts."""
+        return self.repo.reader(max_gap=ENTRY_HEADER.size)
 
     def _plan_input(
         self,
@@ -591,7 +603,8 @@ class Engine:
             sink.offer_references(ld.ref_raw)
         # The writer is one stage of the pipeline: its blocks are hashed on its own thread,
         # unless the task is merged alone (then nothing else would use the other core).
-        ids = sink.put_blocks(raws, dtype, refs, ld.workers)
+        at = ld.task.first_block * blocking.rows_per_block * blocking.row_bytes
+        ids = sink.put_blocks(raws, dtype, refs, ld.workers, tensor=(name, at))
         if track_delta and ld.reference is not None and tuple(ld.reference.shape) == shape:
             stats.merged_delta_sq += self._delta_sq(ld.reference, out, data, dtype)
         return OutputTensor(name, dtype, shape, blocking.rows_per_block, tuple(ids))

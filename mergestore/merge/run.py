@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from mergestore.merge.inputs import (
     validate_tensor_plans,
 )
 from mergestore.merge.layout import build_tree
+from mergestore.merge.outfolder import FolderOutput, predict_outputs
 from mergestore.merge.summary import summarize
 from mergestore.merge.tensorplan import OutputTensorPlan, plan_tensors
 from mergestore.ops import get_method
@@ -65,6 +67,7 @@ class MergeResult:
     plan: bytes
     run: dict[str, Any]
     outputs: list[OutputTensor] = field(default_factory=list)
+    out: dict[str, Any] | None = None  # merge --out: the folder written (outfolder.py)
 
 
 def _base_index(cfg: MergeConfig, models: list[ResolvedModel]) -> int | None:
@@ -196,8 +199,32 @@ def execute(
     message: str,
     author: str | None = None,
     progress: Progress | None = None,
+    out: str | os.PathLike[str] | None = None,
 ) -> MergeResult:
-    """Run the merge into the store and publish commit, plan and ref move in one transaction."""
+    """Run the merge into the store and publish commit, plan and ref move in one transaction.
+    With `out`, also write the merged HF folder there in the same pass (outfolder.py)."""
+    folder = FolderOutput(out) if out is not None else None
+    try:
+        res = _execute(repo, prep, branch, message, author, progress, folder)
+        if folder is not None:
+            assert res.commit is not None
+            res.out = folder.finish(repo, res.commit)
+        return res
+    except BaseException:
+        if folder is not None:
+            folder.abort()
+        raise
+
+
+def _execute(
+    repo: Repository,
+    prep: PreparedMerge,
+    branch: str | None,
+    message: str,
+    author: str | None,
+    progress: Progress | None,
+    folder: FolderOutput | None,
+) -> MergeResult:
     t0 = time.perf_counter()
     spec = get_method(prep.cfg.merge_method)
     ref = branch_ref(repo, branch)
@@ -220,10 +247,15 @@ def execute(
             raise MergeError(f"tokenizer_source {ts!r} is not one of the merge's models")
         tok_index = matches[0]
     with repo.writer() as session:
+        sink: Any = StoreSink(repo, session)
+        if folder is not None:
+            layout_commit = prep.models[layout_index].commit
+            folder.prepare(repo, predict_outputs(engine, prep.tasks), layout_commit)
+            sink = folder.sink(sink)
         outputs, stats, n_base = run_tasks(
             engine,
             prep.tasks,
-            StoreSink(repo, session),
+            sink,
             len(prep.models),
             progress=progress,
             track_delta=prep.selection.active,
@@ -483,6 +515,7 @@ def _piece(task: TensorTask, b0: int, b1: int) -> TensorTask:
             None if s is None else frozenset(i - b0 for i in s if b0 <= i < b1)
             for s in task.selected
         ],
+        task.first_block + b0,
     )
 
 

@@ -48,6 +48,7 @@ from mergestore.store.objects import (
     decode_object,
 )
 from mergestore.store.packs import PackAppender, PackReader, ReadMeter
+from mergestore.store.reader import BlockReader
 from mergestore.store.refs import HEAD, HEADS, TAGS, looks_like_hex, parse_ref_expr
 
 FORMAT_VERSION = 1
@@ -220,10 +221,32 @@ class Repository:
         `location` may carry the block's index entry when the caller looked many up at once.
         """
         loc, payload, ref_raw = self._payload(bid, meter, reference, location)
+        return self.decode_verified(bid, loc, payload, ref_raw, view=view)  # type: ignore[return-value]
+
+    def decode_verified(
+        self,
+        bid: bytes,
+        loc: BlockLocation,
+        payload: bytes | memoryview,
+        reference: bytes | memoryview | None,
+        *,
+        out: np.ndarray | None = None,
+        view: bool = False,
+    ) -> bytes | memoryview:
+        """Decode a block's stored payload (into `out` when given) and check it against its id.
+
+        Returns the raw bytes (a view of `out` when given). On an error `out` holds garbage."""
+        spec = self.codec_spec(loc.codec)
         try:
-            raw = codecs.decode_block(
-                self.codec_spec(loc.codec), payload, reference=ref_raw, view=view
-            )
+            if out is not None:
+                if len(out) != loc.raw_len:
+                    raise ValueError(
+                        f"block {bid.hex()[:12]} holds {loc.raw_len} bytes, not {len(out)}"
+                    )
+                codecs.decode_block_into(spec, payload, out, reference=reference)
+                raw: bytes | memoryview = memoryview(out)
+            else:
+                raw = codecs.decode_block(spec, payload, reference=reference, view=view)
         except CorruptionError as e:
             raise CorruptionError(f"block {bid.hex()[:12]}: {e}") from e
         if len(raw) != loc.raw_len or block_id(raw) != bid:
@@ -242,14 +265,7 @@ class Repository:
         """read_block, decoding into `out` (a writable uint8 array of the block's length)
         and checking the bytes there against the id. On an error `out` holds garbage."""
         loc, payload, ref_raw = self._payload(bid, meter, reference, location)
-        if len(out) != loc.raw_len:
-            raise ValueError(f"block {bid.hex()[:12]} holds {loc.raw_len} bytes, not {len(out)}")
-        try:
-            codecs.decode_block_into(self.codec_spec(loc.codec), payload, out, reference=ref_raw)
-        except CorruptionError as e:
-            raise CorruptionError(f"block {bid.hex()[:12]}: {e}") from e
-        if block_id(out) != bid:
-            raise CorruptionError(f"block {bid.hex()[:12]} is corrupt (hash mismatch)")
+        self.decode_verified(bid, loc, payload, ref_raw, out=out)
 
     def _payload(
         self,
@@ -279,6 +295,10 @@ class Repository:
         if loc.ref is not None:
             ref_raw = reference if reference is not None else self.read_block(loc.ref, meter)
         return loc, payload, ref_raw
+
+    def reader(self, **options: int) -> BlockReader:
+        """Many blocks at once, in pack order, verified (see reader.py for `options`)."""
+        return BlockReader(self, **options)
 
     def stored_size(self, bid: bytes) -> int:
         loc = self.block_location(bid)
