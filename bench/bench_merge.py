@@ -10,7 +10,7 @@ Options for issue 14's tables: --config-dtype float32:bfloat16 (or bfloat16) add
 (fp32 norms next to bf16 weights); --commands writes the configs and prints, per method, the two
 whole-process commands to time in pairs with an external A/B timer: mergestore (a fresh store per
 run: the pristine store's packs hard-linked, its index copied, so earlier outputs cannot
-deduplicate; then `merge` + `checkout` to an HF folder) and mergekit-yaml writing its folder.
+deduplicate; then `merge --out` writing the HF folder) and mergekit-yaml writing its folder.
 
 Steps: generate the family (cached under --out), commit it to a store (not timed), then for each
 method write one mergekit YAML config and run it twice: `mergestore merge --config` with store refs
@@ -454,7 +454,7 @@ def print_commands(args: argparse.Namespace) -> None:
         ours = (
             f"{fresh_store_cmd(store, run)} && rm -rf {ms_out} && "
             f"MERGESTORE_DIR={run} {ms} merge --config {ms_cfg} -b m -m {method} --json "
-            f"> {out}/{method}.{tag}.json && MERGESTORE_DIR={run} {ms} checkout m {ms_out}"
+            f"--out {ms_out} > {out}/{method}.{tag}.json"
         )
         theirs = f"rm -rf {mk_out} && mergekit-yaml {mk_cfg} {mk_out} --no-write-model-card"
         print(json.dumps({"method": method, "mergestore": ours, "mergekit": theirs}))

@@ -242,3 +242,17 @@ def test_budget_merge_same_tree_bound_and_delta(family_store: Store, monkeypatch
     assert fast.run["expert_bytes_read"] == slow.run["expert_bytes_read"]
     a, b = fast.run["merged_delta_l2"], slow.run["merged_delta_l2"]
     assert a > 0 and abs(a - b) <= 1e-12 * b
+
+
+def test_mixed_dtypes_out_folder_equals_checkout(store: Store, tmp_path) -> None:
+    """merge --out on the lane, fp32 norms beside bf16 weights, dtype float32 -> bfloat16."""
+    _mixed_store(store, tmp_path)
+    out = tmp_path / "out"
+    res = store.merge(
+        method="ties", base="main", models=["x"], weights=[0.5], params={"density": 0.5},
+        dtype="float32", out_dtype="bfloat16", branch="m", out=out,
+    )  # fmt: skip
+    assert res.run["torch_free"]
+    store.checkout("m", tmp_path / "co")
+    for f in sorted(p.name for p in (tmp_path / "co").iterdir()):
+        assert (out / f).read_bytes() == (tmp_path / "co" / f).read_bytes(), f
