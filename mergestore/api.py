@@ -114,8 +114,12 @@ class Store:
         author: str | None = None,
         stats: bool = True,
         progress: Progress | None = None,
+        verify_inputs: bool = False,
     ) -> CommitResult:
-        """Store a checkpoint (HF directory or one .safetensors file) as a new commit."""
+        """Store a checkpoint (HF directory or one .safetensors file) as a new commit.
+
+        Files unchanged since they were last stored (same size, mtime, ctime, inode: the stat
+        cache) are not read again; `verify_inputs` reads and hashes every file."""
         base_id = self.resolve(base) if base else None
         return commit_checkpoint(
             self.repo,
@@ -127,6 +131,7 @@ class Store:
             author=author,
             want_stats=stats,
             progress=progress,
+            verify=verify_inputs,
         )
 
     def checkout(
@@ -234,14 +239,22 @@ class Store:
         budget: str | int | None = None,
         max_error: float | None = None,
         commit_paths: bool = True,
+        verify_inputs: bool = False,
     ) -> Any:
-        """Validate and plan a merge (MergeConfig, YAML path or text); reads no expert data."""
+        """Validate and plan a merge (MergeConfig, YAML path or text); reads no expert data.
+        Models given as folders are committed first (a stat per unchanged file, or every file
+        read again with `verify_inputs`)."""
         from mergestore.merge.config import MergeConfig, load_config
         from mergestore.merge.run import prepare
 
         cfg = config if isinstance(config, MergeConfig) else load_config(config)
         return prepare(
-            self.repo, cfg, budget=budget, max_error=max_error, commit_paths=commit_paths
+            self.repo,
+            cfg,
+            budget=budget,
+            max_error=max_error,
+            commit_paths=commit_paths,
+            verify_inputs=verify_inputs,
         )
 
     def execute_merge(
@@ -278,6 +291,7 @@ class Store:
         branch: str | None = None,
         message: str = "",
         out: str | os.PathLike[str] | None = None,
+        verify_inputs: bool = False,
     ) -> Any:
         """Run a merge and store it as a commit; returns a MergeResult (commit, plan, run).
         With `out`, the merged HF folder is written there in the same pass (MergeResult.out)."""
@@ -301,7 +315,9 @@ class Store:
 
             check_target(Path(out))
         with self.gc_paused():  # path inputs are stored before the merge runs
-            prep = self.prepare_merge(config, budget=budget, max_error=max_error)
+            prep = self.prepare_merge(
+                config, budget=budget, max_error=max_error, verify_inputs=verify_inputs
+            )
             return self.execute_merge(prep, branch=branch, message=message, out=out)
 
     def replay(self, ref: str) -> dict[str, Any]:

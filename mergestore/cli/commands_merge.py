@@ -106,6 +106,12 @@ def _config(
     default=None,
     help="Also write the merged HF folder here, in the same pass (as checkout would).",
 )
+@click.option(
+    "--verify-inputs",
+    is_flag=True,
+    help="Read and hash every file of models given as folders (default: unchanged files cost a "
+    "stat).",
+)
 @json_option
 @with_store
 def merge(
@@ -124,6 +130,7 @@ def merge(
     message: str,
     branch: str | None,
     out_dir: str | None,
+    verify_inputs: bool,
     as_json: bool,
 ) -> None:
     """Merge MODELS (store refs or paths) into a new commit on BRANCH (and, with --out, into
@@ -136,7 +143,9 @@ def merge(
 
         check_target(Path(out_dir))
     with store.gc_paused():  # path inputs are stored before the merge runs
-        prep = store.prepare_merge(cfg, budget=budget, max_error=max_error)
+        prep = store.prepare_merge(
+            cfg, budget=budget, max_error=max_error, verify_inputs=verify_inputs
+        )
         with progress_bar("merge", None, not as_json) as _:
             res = store.execute_merge(prep, branch=branch, message=message, out=out_dir)
     out = {

@@ -53,7 +53,7 @@ from mergestore.store.packs import ENTRY_HEADER, ReadMeter
 from mergestore.store.parallel import reuse_freed_memory
 from mergestore.store.reader import BlockReader
 from mergestore.store.repo import BlockLocation, Repository, WriteSession
-from mergestore.threads import default_workers, ordered_map
+from mergestore.threads import default_workers, ordered_map, thread_limit
 
 if TYPE_CHECKING:
     import torch
@@ -760,7 +760,8 @@ def task_bytes(task: TensorTask) -> int:
 
 
 def compute_workers() -> int:
-    """Tensors merged at once: one per core (MERGESTORE_MERGE_WORKERS overrides).
+    """Tensors merged at once: MERGESTORE_MERGE_WORKERS, else MERGESTORE_THREADS, else one per
+    core (at most 4). The result is the same bits for any count (tests/merge/test_threads.py).
 
     Parallelism across tensors rather than torch intra-op threads: two intra-op threads
     fighting the loader on 2 cores ran 2-3x slower (measured), while independent tensors on
@@ -769,7 +770,7 @@ def compute_workers() -> int:
     env = os.environ.get("MERGESTORE_MERGE_WORKERS", "")
     if env.isdigit() and int(env) > 0:
         return int(env)
-    return max(1, min(4, os.cpu_count() or 1))
+    return thread_limit() or max(1, min(4, os.cpu_count() or 1))
 
 
 def _fit_vocab(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:

@@ -25,6 +25,7 @@ from mergestore.merge.engine import (
     task_bytes,
 )
 from mergestore.merge.inputs import (
+    PathInputs,
     ResolvedModel,
     commit_path_fn,
     resolve_models,
@@ -55,6 +56,7 @@ class PreparedMerge:
     base_index: int | None  # model index of the base (reference for omitted blocks)
     selection: budget_mod.Selection
     plan_body: dict[str, Any]
+    path_inputs: PathInputs = field(default_factory=PathInputs)  # folders committed first
 
     @property
     def plan(self) -> Plan:
@@ -109,10 +111,12 @@ def prepare(
     commit_paths: bool = True,
     model_commits: list[bytes] | None = None,
     analyze_progress: Progress | None = None,
+    verify_inputs: bool = False,
 ) -> PreparedMerge:
     """Validate the config, resolve inputs, plan every tensor and choose the blocks to read."""
     spec = get_method(cfg.merge_method)
     refs = models_in_config(cfg)
+    path_inputs = PathInputs()
     if model_commits is not None:  # replay: the plan's recorded commits, not today's refs
         from mergestore.merge.inputs import _tensors
 
@@ -120,9 +124,8 @@ def prepare(
             ResolvedModel(r, c, _tensors(repo, c)) for r, c in zip(refs, model_commits, strict=True)
         ]
     else:
-        models = resolve_models(
-            repo, refs, commit_path=commit_path_fn(repo) if commit_paths else None
-        )
+        commit_path = commit_path_fn(repo, verify=verify_inputs, tally=path_inputs)
+        models = resolve_models(repo, refs, commit_path=commit_path if commit_paths else None)
     plans = plan_tensors(cfg, spec, refs, {i: list(m.tensors) for i, m in enumerate(models)})
     if not plans:
         raise MergeError("the merge has no tensors to produce")
@@ -178,7 +181,7 @@ def prepare(
     if selection.active and omitted_mode(spec.name):
         # see base_pieces(); replay follows what the plan says
         body["omitted_from_base"] = omitted_mode(spec.name)
-    return PreparedMerge(cfg, models, plans, tasks, base_index, selection, body)
+    return PreparedMerge(cfg, models, plans, tasks, base_index, selection, body, path_inputs)
 
 
 def _parents(prep: PreparedMerge) -> tuple[bytes, ...]:
@@ -324,6 +327,7 @@ def run_record(prep: PreparedMerge, stats: Any, written: int, seconds: float) ->
         "kernels": native.describe(),
         "torch_free": stats.torch_free,
         "lanes": stats.lanes,
+        **prep.path_inputs.to_json(),
     }
     if sel.active:
         delta = stats.merged_delta_sq**0.5

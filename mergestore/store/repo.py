@@ -50,6 +50,7 @@ from mergestore.store.objects import (
 from mergestore.store.packs import PackAppender, PackReader, ReadMeter
 from mergestore.store.reader import BlockReader
 from mergestore.store.refs import HEAD, HEADS, TAGS, looks_like_hex, parse_ref_expr
+from mergestore.store.statcache import FileStamp, StatEntry
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
@@ -405,6 +406,39 @@ class Repository:
                     n += 1
         return n
 
+    # ----- stat cache ------------------------------------------------------------------------
+
+    def stat_entries(self, paths: Iterable[bytes]) -> dict[bytes, StatEntry]:
+        """The stat cache's entries for these paths (path_key), in one read transaction."""
+        out: dict[bytes, StatEntry] = {}
+        with self.index.read() as txn:
+            db = self.index.db("statcache")
+            for key in paths:
+                raw = txn.get(key, db=db)
+                entry = StatEntry.decode(bytes(raw)) if raw is not None else None
+                if entry is not None:
+                    out[key] = entry
+        return out
+
+    def file_is_complete(self, oid: bytes) -> bool:
+        """A stored BlobFile or TensorFile whose blocks (header included) are all present."""
+        raw = self.get_object_bytes(oid)
+        if raw is None:
+            return False
+        try:
+            obj = self.get_file(oid)
+            blocks: list[bytes] = list(obj.blocks) if isinstance(obj, BlobFile) else []
+            if isinstance(obj, TensorFile):
+                header = self.get_file(obj.header)
+                if not isinstance(header, BlobFile):
+                    return False
+                blocks.extend(header.blocks)
+                for t in obj.tensors:
+                    blocks.extend(t.blocks)
+        except MergestoreError:
+            return False
+        return len(self.block_locations(blocks)) == len(set(blocks))
+
     # ----- refs ------------------------------------------------------------------------------
 
     def read_ref(self, name: str) -> bytes | None:
@@ -586,6 +620,7 @@ class WriteSession:
     blocks: dict[bytes, PendingBlock] = field(default_factory=dict)
     objects: dict[bytes, bytes] = field(default_factory=dict)
     stats: dict[bytes, bytes] = field(default_factory=dict)
+    stat_cache: dict[bytes, tuple[FileStamp, str, bytes]] = field(default_factory=dict)
     bytes_written: int = 0
     on_publish: list[Callable[[], None]] = field(default_factory=list)
 
@@ -652,6 +687,11 @@ class WriteSession:
     def put_stats(self, b: bytes, a: bytes, dtype: str, st: DeltaStats) -> None:
         self.stats[stats_key(b, a, dtype)] = st.encode()
 
+    def put_stat_entry(self, path: bytes, stamp: FileStamp, kind: str, oid: bytes) -> None:
+        """Remember that the file at `path`, as `stamp` describes it, is stored as `oid`; kept
+        when the session publishes, with the publish time as the entry's write time."""
+        self.stat_cache[path] = (stamp, kind, oid)
+
     # publish
 
     def publish(self, ref_updates: Iterable[RefUpdate] = ()) -> None:
@@ -673,6 +713,11 @@ class WriteSession:
                 txn.put(oid, _wrap_object(data), db=idx.db("objects"), overwrite=False)
             for key, value in self.stats.items():
                 txn.put(key, value, db=idx.db("stats"), overwrite=False)
+            written = time.time_ns()  # after every read the entries describe
+            block_size = self.repo.config.block_size
+            for key, (stamp, kind, oid) in self.stat_cache.items():
+                entry = StatEntry(stamp, written, block_size, kind, oid)
+                txn.put(key, entry.encode(), db=idx.db("statcache"))
             now = time.time()
             for up in ref_updates:
                 _apply_ref_update(txn, idx, up, now)
