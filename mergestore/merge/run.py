@@ -361,6 +361,7 @@ def run_record_from(prep: PreparedMerge, res: Any) -> dict[str, Any]:
         blocks_read=res.blocks_read,
         seconds=res.engine_seconds,
         torch_free=res.torch_free,
+        lanes=res.lanes,
         merged_delta_sq=res.merged_delta_sq,
     )
     run = run_record(prep, stats, res.bytes_written, 0.0)

@@ -174,7 +174,7 @@ def test_mixed_dtypes_in_a_checkpoint_stay_on_the_lane(
         kw.update(base=None, models=["main", "x"], weights=[0.5, 0.5])
     fast = store.merge(**kw, branch="fast")
     monkeypatch.setenv("MERGESTORE_TORCH_FREE", "0")
-    slow = store.merge(**kw, branch="slow")
+    slow = store.merge(**kw, branch="slow", force=True)
     assert fast.run["torch_free"] and fast.run["lanes"]["torch"] == 0
     assert slow.run["lanes"]["torch_reasons"] == {"MERGESTORE_TORCH_FREE=0": 3}
     assert _tree(store, "fast") == _tree(store, "slow")
