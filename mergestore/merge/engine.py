@@ -231,6 +231,7 @@ class Engine:
         self.rng = rng
         self.block_size = block_size or repo.config.block_size
         self.tokenizer_source = tokenizer_source
+        self.device: str | None = None  # "cuda:N" (merge/device.py); None: the CPU
 
     @property
     def compute_dtype(self) -> torch.dtype | None:
@@ -271,6 +272,8 @@ class Engine:
             return None, "MERGESTORE_TORCH_FREE=0"
         if self.tokenizer_source is not None:
             return None, "tokenizer_source fits vocabularies"
+        if self.device is not None:
+            return None, "merge --device: the C kernels run on the CPU"
         recs = [r for r in (task.base, task.reference, *task.inputs) if r is not None]
         odd = sorted({r.dtype for r in recs} - set(lanes.FMT))
         if odd:
@@ -558,6 +561,20 @@ class Engine:
         if compute is not None:
             return self._merge_torch_free(ld, compute)
         ctx = TensorContext(name=p.name, seed=self.seed, rng=self.rng)
+        if self.device is not None:
+            from mergestore.merge.device import to_device
+
+            out = merge_tensor(
+                self.method,
+                to_device(ld.base, self.device),
+                [to_device(x, self.device) for x in ld.inputs],
+                p.shared,
+                list(p.per_input),
+                ctx,
+                dtype=self.compute_dtype,
+                out_dtype=self.out_dtype,
+            )
+            return out.cpu()
         return merge_tensor(
             self.method,
             ld.base,
