@@ -13,6 +13,7 @@ from mergestore.checkout import CheckoutResult, checkout_commit, tensor_records
 from mergestore.errors import MergestoreError, RefError, StoreNotFoundError
 from mergestore.formats.safetensors import torch_dtype
 from mergestore.ingest import CommitResult, commit_checkpoint
+from mergestore.store import merges
 from mergestore.store.objects import BlobFile, Commit, TensorFile, TensorRecord, Tree
 from mergestore.store.packs import ReadMeter
 from mergestore.store.refs import HEADS, TAGS, check_ref_name
@@ -23,6 +24,16 @@ if TYPE_CHECKING:  # torch costs ~2 s to import: only commands that compute pay 
 
 STORE_DIRNAME = ".mergestore"
 Progress = Callable[[int], None]
+
+
+def _materialize(repo: Repository, cid: bytes, tensors: list[str] | None) -> None:
+    from mergestore.merge.materialize import materialize
+
+    materialize(repo, cid, tensors=tensors)
+
+
+# Readers in every layer compute a lazy or evicted merge commit's blocks through this.
+merges.set_materializer(_materialize)
 
 
 def find_store(start: str | os.PathLike[str] | None = None) -> Path:
@@ -116,23 +127,27 @@ class Store:
         progress: Progress | None = None,
         verify_inputs: bool = False,
     ) -> CommitResult:
-        """Store a checkpoint (HF directory or one .safetensors file) as a new commit.
+        """Store a checkpoint as a new commit: an HF folder, one .safetensors file, a PEFT
+        adapter folder, pytorch_model*.bin weights (converted) or a hub id ``org/name[@rev]``.
 
         Files unchanged since they were last stored (same size, mtime, ctime, inode: the stat
         cache) are not read again; `verify_inputs` reads and hashes every file."""
+        from mergestore.sources import prepared_source
+
         base_id = self.resolve(base) if base else None
-        return commit_checkpoint(
-            self.repo,
-            path,
-            message=message,
-            branch=branch,
-            base=base_id,
-            meta=meta,
-            author=author,
-            want_stats=stats,
-            progress=progress,
-            verify=verify_inputs,
-        )
+        with prepared_source(path) as src:
+            return commit_checkpoint(
+                self.repo,
+                src.path,
+                message=message,
+                branch=branch,
+                base=base_id,
+                meta={**src.meta, **(meta or {})},
+                author=author,
+                want_stats=stats,
+                progress=progress,
+                verify=verify_inputs,
+            )
 
     def checkout(
         self,
@@ -147,6 +162,13 @@ class Store:
             self.repo, self.resolve(ref), out, force=force, tensors=tensors, progress=progress
         )
 
+    def _known_tree(self, ref: str | bytes) -> Tree:
+        """A commit's tree without computing anything (a lazy merge not computed: empty)."""
+        from mergestore.store.merges import EMPTY_TREE, known_tree
+
+        cid = ref if isinstance(ref, bytes) else self.resolve(ref)
+        return known_tree(self.repo, cid) or EMPTY_TREE
+
     def resolve(self, ref: str) -> bytes:
         return self.repo.resolve(ref)
 
@@ -154,8 +176,13 @@ class Store:
         cid = ref if isinstance(ref, bytes) else self.resolve(ref)
         return self.repo.get_commit(cid)
 
-    def tree(self, ref: str | bytes) -> Tree:
-        return self.repo.get_tree(self.get_commit(ref).tree)
+    def tree(self, ref: str | bytes, tensors: Sequence[str] | None = None) -> Tree:
+        """A commit's files; a lazy or evicted merge computes the blocks of `tensors` (all
+        when None) first."""
+        from mergestore.store.merges import readable_tree
+
+        cid = ref if isinstance(ref, bytes) else self.resolve(ref)
+        return readable_tree(self.repo, cid, tensors)
 
     def log(self, ref: str | None = None, *, all_refs: bool = False) -> list[LogEntry]:
         """Commits reachable from `ref` (default HEAD) or from every ref, newest first."""
@@ -177,7 +204,7 @@ class Store:
 
     def files(self, ref: str | bytes) -> list[FileInfo]:
         out = []
-        for e in self.tree(ref).entries:
+        for e in self._known_tree(ref).entries:
             n = 0
             if e.kind == "tensorfile":
                 tf = self.repo.get_file(e.object)
@@ -187,10 +214,10 @@ class Store:
         return out
 
     def tensors(self, ref: str | bytes) -> list[TensorRecord]:
-        return list(tensor_records(self.repo, self.tree(ref)))
+        return list(tensor_records(self.repo, self.tree(ref, ())))
 
     def tensor_record(self, ref: str | bytes, name: str) -> TensorRecord:
-        for t in self.tensors(ref):
+        for t in tensor_records(self.repo, self.tree(ref, [name])):
             if t.name == name:
                 return t
         raise MergestoreError(f"no tensor {name!r} in {ref if isinstance(ref, str) else ref.hex()}")
@@ -204,7 +231,7 @@ class Store:
 
     def commit_sizes(self, ref: str | bytes) -> dict[str, int]:
         """Logical bytes, and the unique raw and stored bytes of the blocks a commit uses."""
-        tree = self.tree(ref)
+        tree = self._known_tree(ref)
         blocks: set[bytes] = set()
         for e in tree.entries:
             obj = self.repo.get_file(e.object)
@@ -265,13 +292,27 @@ class Store:
         message: str = "",
         progress: Progress | None = None,
         out: str | os.PathLike[str] | None = None,
+        lazy: bool = False,
+        force: bool = False,
+        **output: Any,
     ) -> Any:
-        """Run a prepared merge; with `out`, also write the merged HF folder there in the same
-        pass (byte-identical to a later checkout of the commit; MergeResult.out describes it)."""
+        """Publish a prepared merge: a plan already merged returns its commit (the memo)
+        unless `force`; `lazy` commits the plan without computing it. With `out`, also write
+        the merged HF folder there in the same pass (byte-identical to a later checkout of the
+        commit; MergeResult.out describes it). `output`: write_card, shard_bytes,
+        copy_tokenizer (see merge.run.execute)."""
         from mergestore.merge.run import execute
 
         return execute(
-            self.repo, prepared, branch=branch, message=message, progress=progress, out=out
+            self.repo,
+            prepared,
+            branch=branch,
+            message=message,
+            progress=progress,
+            out=out,
+            lazy=lazy,
+            force=force,
+            **output,
         )
 
     def merge(
@@ -292,9 +333,17 @@ class Store:
         message: str = "",
         out: str | os.PathLike[str] | None = None,
         verify_inputs: bool = False,
+        lazy: bool = False,
+        force: bool = False,
+        **output: Any,
     ) -> Any:
         """Run a merge and store it as a commit; returns a MergeResult (commit, plan, run).
-        With `out`, the merged HF folder is written there in the same pass (MergeResult.out)."""
+        `output`: write_card (default True), shard_bytes, copy_tokenizer.
+        With `out`, the merged HF folder is written there in the same pass (MergeResult.out).
+
+        A plan already merged returns its commit at once (`run["memo"]`) unless `force`,
+        which recomputes and checks the same blocks come out. `lazy` commits the plan
+        without computing it: reads compute it, or `materialize`."""
         from mergestore.merge.config import config_from_cli
 
         if config is None:
@@ -318,13 +367,101 @@ class Store:
             prep = self.prepare_merge(
                 config, budget=budget, max_error=max_error, verify_inputs=verify_inputs
             )
-            return self.execute_merge(prep, branch=branch, message=message, out=out)
+            return self.execute_merge(
+                prep, branch=branch, message=message, out=out, lazy=lazy, force=force, **output
+            )
+
+    def merge_recipe(
+        self,
+        recipe: str | os.PathLike[str],
+        *,
+        prefix: str,
+        budget: str | int | None = None,
+        max_error: float | None = None,
+        lazy: bool = False,
+        force: bool = False,
+        message: str = "",
+    ) -> list[dict[str, Any]]:
+        """Run a multi-step recipe (mergekit-multi's multi-document YAML: a path or text):
+        step NAME becomes a commit on branch PREFIX/NAME; unchanged steps are memo hits.
+        Returns one row per step, in the order they ran."""
+        from mergestore.merge.recipe import run_recipe
+
+        text = _read_text(recipe)
+
+        def run_step(step: Any, cfg: Any, branch: str) -> dict[str, Any]:
+            prep = self.prepare_merge(cfg, budget=budget, max_error=max_error)
+            msg = message or f"recipe step {step.name}: {cfg.merge_method}"
+            res = self.execute_merge(prep, branch=branch, message=msg, lazy=lazy, force=force)
+            return {
+                "step": step.name,
+                "branch": branch,
+                "commit": res.commit.hex(),
+                "plan": res.plan.hex(),
+                "depends_on": list(step.deps),
+                "memo": False,
+                **res.run,
+            }
+
+        with self.gc_paused():
+            return run_recipe(self.repo, text, prefix, run_step)
+
+    def materialize(
+        self,
+        ref: str | bytes,
+        *,
+        tensors: Sequence[str] | None = None,
+        progress: Progress | None = None,
+    ) -> dict[str, Any]:
+        """Compute and store a lazy or evicted merge commit's blocks (all, or `tensors`)."""
+        from mergestore.merge.materialize import materialize
+
+        cid = ref if isinstance(ref, bytes) else self.resolve(ref)
+        names = list(tensors) if tensors is not None else None
+        return materialize(self.repo, cid, tensors=names, progress=progress)
+
+    def evict(self, *refs: str | bytes) -> list[dict[str, Any]]:
+        """Drop the blocks only these merge commits use; commit, plan and block ids stay.
+        `gc` then frees the pack space; any read computes the blocks again."""
+        from mergestore.merge.materialize import evict
+
+        ids = [r if isinstance(r, bytes) else self.resolve(r) for r in refs]
+        return [evict(self.repo, cid) for cid in ids]
+
+    def merge_state(self, ref: str | bytes) -> str:
+        """ "lazy", "evicted" or "materialized" (every plain commit is materialized)."""
+        return merges.state(self.repo, self.get_commit(ref))
+
+    def eviction(self, ref: str | bytes) -> dict[str, Any] | None:
+        """What `evict` dropped of a merge commit (blocks, raw and stored bytes), or None."""
+        cid = ref if isinstance(ref, bytes) else self.resolve(ref)
+        return merges.evicted(self.repo, cid)
 
     def replay(self, ref: str) -> dict[str, Any]:
-        """Re-execute a merge's plan; {"identical": bool, "first_difference": name, ...}."""
+        """Re-execute a merge's plan; {"identical": bool, "first_difference": name, ...}.
+
+        `ref` is a commit ref, or a plan id (or its prefix, as a model card names it): the
+        newest merge commit reachable from a ref that has that plan."""
         from mergestore.merge.run import replay
 
-        return replay(self.repo, self.resolve(ref))
+        try:
+            cid = self.resolve(ref)
+        except RefError:
+            cid = self.commit_of_plan(ref)
+        return replay(self.repo, cid)
+
+    def commit_of_plan(self, plan: str) -> bytes:
+        """The newest merge commit reachable from any ref whose plan id starts with `plan`."""
+        text = plan.strip().lower()
+        if len(text) < 4 or any(ch not in "0123456789abcdef" for ch in text):
+            raise RefError(f"unknown ref {plan!r}")
+        entries = self.log(all_refs=True)
+        found = [e for e in entries if e.commit.plan and e.commit.plan.hex().startswith(text)]
+        if not found:
+            raise RefError(f"unknown ref {plan!r} (not a commit, nor a merge plan id)")
+        if len({e.commit.plan for e in found}) > 1:
+            raise RefError(f"ambiguous plan id {plan!r}: several plans match")
+        return found[0].id
 
     def merge_info(self, ref: str | bytes) -> tuple[bytes, Commit, dict[str, Any], dict[str, Any]]:
         cid = ref if isinstance(ref, bytes) else self.resolve(ref)
@@ -567,6 +704,16 @@ class Store:
         from mergestore.diff import analyze
 
         return analyze(self.repo, expert, base, progress=progress)
+
+
+def _read_text(source: str | os.PathLike[str]) -> str:
+    """A path's text, or the text itself (YAML with a newline is never a path)."""
+    if isinstance(source, str) and "\n" in source:
+        return source
+    try:
+        return Path(source).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise MergestoreError(f"{os.fspath(source)}: cannot read: {e}") from None
 
 
 def read_record(

@@ -9,6 +9,7 @@ import click
 
 from mergestore.api import Store
 from mergestore.cli.common import json_option, with_store
+from mergestore.cli.merge_options import apply_overrides, output_options, split_output
 from mergestore.cli.output import emit_json, human_bytes, progress_bar, short
 
 
@@ -112,6 +113,11 @@ def _config(
     help="Read and hash every file of models given as folders (default: unchanged files cost a "
     "stat).",
 )
+@click.option("--lazy", is_flag=True, help="Commit the plan without computing (reads compute it).")
+@click.option(
+    "--force", is_flag=True, help="Recompute a plan already merged (must give the same blocks)."
+)
+@output_options
 @json_option
 @with_store
 def merge(
@@ -131,11 +137,27 @@ def merge(
     branch: str | None,
     out_dir: str | None,
     verify_inputs: bool,
+    lazy: bool,
+    force: bool,
     as_json: bool,
+    **opts: Any,
 ) -> None:
-    """Merge MODELS (store refs or paths) into a new commit on BRANCH (and, with --out, into
-    an HF folder)."""
+    """Merge MODELS (store refs, paths, hub ids, BASE+ADAPTER) into a new commit on BRANCH
+    (and, with --out, into an HF folder).
+
+    A plan already merged is not computed again: its commit is returned and BRANCH moved.
+    A --config with several YAML documents is a recipe (mergekit-multi): step NAME becomes
+    a commit on BRANCH/NAME."""
+    if config_path:
+        from mergestore.cli.commands_search import maybe_run_recipe
+
+        if maybe_run_recipe(
+            store, config_path, branch, budget, max_error, lazy, force, message, as_json
+        ):
+            return
+    output, over = split_output(opts)
     cfg = _config(config_path, method, base, models, weights, params, dtype, out_dtype, seed)
+    cfg = apply_overrides(cfg, over)
     if out_dir is not None:  # before anything is read or stored
         from pathlib import Path
 
@@ -147,11 +169,21 @@ def merge(
             cfg, budget=budget, max_error=max_error, verify_inputs=verify_inputs
         )
         with progress_bar("merge", None, not as_json) as _:
-            res = store.execute_merge(prep, branch=branch, message=message, out=out_dir)
+            res = store.execute_merge(
+                prep,
+                branch=branch,
+                message=message,
+                out=out_dir,
+                lazy=lazy,
+                force=force,
+                **output,
+            )
     out = {
         "commit": res.commit.hex() if res.commit else None,
         "plan": res.plan.hex(),
         "method": cfg.merge_method,
+        "memo": False,
+        "lazy": lazy,
         **res.run,
     }
     if res.out is not None:
@@ -163,6 +195,8 @@ def merge(
     if res.out is not None:
         click.echo(f"wrote {res.out['path']} ({res.out['files']} files)")
     r = res.run
+    if _report_memo_or_lazy(out):
+        return
     from mergestore.cli.merge_summary import print_summary
 
     print_summary(cfg.merge_method, r)
@@ -172,6 +206,29 @@ def merge(
             f"{prep.selection.error_bound_rel:.3%})",
             err=True,
         )
+
+
+def _report_memo_or_lazy(out: dict[str, Any]) -> bool:
+    """One line for a memo hit or a lazy merge; False for a computed merge."""
+    if out.get("forced"):
+        click.echo(
+            f"recomputed: same blocks as {out['commit'][:12]} (plan {out['plan'][:12]})", err=True
+        )
+        return True
+    if out.get("memo"):
+        extra = ""
+        if out.get("tensors_computed"):
+            extra = f"; computed its {out['tensors_computed']} missing tensors"
+        click.echo(f"already merged as {out['commit']} (plan {out['plan']}){extra}", err=True)
+        return True
+    if out.get("lazy"):
+        click.echo(
+            f"lazy: committed plan {out['plan'][:12]} with {out['tensors']} tensors, none "
+            "computed (reads compute them; or `mergestore materialize`)",
+            err=True,
+        )
+        return True
+    return False
 
 
 @click.command()

@@ -35,6 +35,7 @@ from mergestore.formats.checkpoint import safe_join
 from mergestore.merge.engine import Engine, Sink, TensorTask
 from mergestore.merge.layout import TensorMeta, plan_shards, shard_header
 from mergestore.store.blocks import TensorBlocking
+from mergestore.store.merges import readable_tree
 from mergestore.store.objects import TensorFile, Tree
 from mergestore.store.packs import ReadMeter
 from mergestore.store.repo import Repository
@@ -131,10 +132,14 @@ class FolderOutput:
     # -- before the merge -------------------------------------------------------------------
 
     def prepare(
-        self, repo: Repository, outputs: Sequence[TensorMeta], layout_commit: bytes
+        self,
+        repo: Repository,
+        outputs: Sequence[TensorMeta],
+        layout_commit: bytes,
+        shard_bytes: int | None = None,
     ) -> None:
         """Create every safetensors file at its final size, its header written."""
-        layout = plan_shards(repo, outputs, layout_commit)
+        layout = plan_shards(repo, outputs, layout_commit, shard_bytes)
         for shard in layout.shards:
             header, entries = shard_header(repo, shard)
             target = safe_join(self.tmp, shard.path)
@@ -170,7 +175,7 @@ class FolderOutput:
 
     def finish(self, repo: Repository, commit: bytes) -> dict[str, Any]:
         """Complete the folder from the published commit and move it into place."""
-        tree = repo.get_tree(repo.get_commit(commit).tree)
+        tree = readable_tree(repo, commit, ())  # a lazy merge's computed tree (store/merges.py)
         meter = ReadMeter()
         problem = self.mismatch or self._layout_problem(repo, tree)
         if problem is None:

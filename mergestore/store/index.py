@@ -9,6 +9,8 @@ Databases (all keys are bytes):
   codecs   "s:" spec / "i:" u16     -> codec chain ids (blocks store a u16 instead of the spec)
   meta     misc counters
   statcache real path of an input file -> its stat and stored object (store/statcache.py)
+  merges   merge cache state (store/merges.py): plan -> commit memo, lazy trees, evictions,
+           resume journals
 Only store/ touches this module.
 """
 
@@ -23,7 +25,17 @@ import lmdb
 
 from mergestore.errors import CorruptionError
 
-DB_NAMES = ("blocks", "objects", "refs", "reflog", "stats", "codecs", "meta", "statcache")
+DB_NAMES = (
+    "blocks",
+    "objects",
+    "refs",
+    "reflog",
+    "stats",
+    "codecs",
+    "meta",
+    "statcache",
+    "merges",
+)
 MAP_SIZE = 1 << 40  # address space only; the file grows as needed
 
 _LOC = struct.Struct("<IQIQH")
