@@ -259,7 +259,9 @@ def _execute(
     hit = memo.lookup(repo, plan_id)
     if hit is not None and not force:
         # --out on a memo hit: the folder finds nothing laid out and is written by checkout
-        return memo.use(repo, hit, prep, ref, materialize=not lazy, progress=progress)
+        res = memo.use(repo, hit, prep, ref, materialize=not lazy, progress=progress)
+        res.run.update(prep.path_inputs.to_json())  # this run's inputs, not the recorded run's
+        return res
     res = None
     if not lazy:
         engine = make_engine(repo, prep)
