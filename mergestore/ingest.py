@@ -74,6 +74,7 @@ class CommitResult:
     seconds: float
     branch: str | None
     stats_computed: int = 0
+    previous: bytes | None = None  # the branch's commit before this one (None: a new branch)
     files_read: int = 0  # files whose data was read (the others: stat cache)
     bytes_read: int = 0  # bytes of file data read and hashed
 
@@ -435,7 +436,7 @@ def commit_checkpoint(
                 del session.objects[cid]
         else:
             raise RefError(f"{ref} keeps moving while this command runs; try again")
-    return _result(cid, tree_id, ckpt, session, ing, t0, ref)
+    return _result(cid, tree_id, ckpt, session, ing, t0, ref, old)
 
 
 def _same_input_commit(
@@ -465,6 +466,7 @@ def _result(
     ing: _Ingest,
     t0: float,
     ref: str | None,
+    previous: bytes | None = None,
 ) -> CommitResult:
     return CommitResult(
         commit=cid,
@@ -478,6 +480,7 @@ def _result(
         seconds=time.perf_counter() - t0,
         branch=ref,
         stats_computed=ing.stats_computed,
+        previous=previous,
         files_read=ing.files_read,
         bytes_read=ing.bytes_read,
     )
