@@ -288,6 +288,7 @@ def _execute(
         before = repo.read_ref(ref)
         hit_res = memo.use(repo, hit, prep, ref, materialize=not lazy, progress=progress)
         hit_res.branch, hit_res.previous = ref, before
+        hit_res.run.update(prep.path_inputs.to_json())  # this run's inputs, not the recorded
         return hit_res
     res = None
     if not lazy:
