@@ -200,7 +200,7 @@ def floor(store: Path, config: Path) -> None:
     from mergestore.merge.engine import Engine, EngineStats
     from mergestore.merge.run import prepare
     from mergestore.store.packs import ReadMeter
-    from mergestore.store.parallel import ordered_map
+    from mergestore.threads import ordered_map
 
     s = Store.open(store)
     cfg = load_config(config)

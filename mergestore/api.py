@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -373,9 +374,7 @@ class Store:
                 out_dtype,
                 seed,
             )
-        from mergestore.store.gc import in_progress
-
-        with in_progress(self.repo):  # gc waits: path inputs are stored before the merge runs
+        with self.gc_paused():  # path inputs are stored before the merge runs
             prep = self.prepare_merge(config, budget=budget, max_error=max_error)
             return self.execute_merge(prep, branch=branch, message=message)
 
@@ -499,6 +498,59 @@ class Store:
             "inputs": rows,
         }
 
+    # ----- maintenance -----------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def gc_paused(self) -> Iterator[None]:
+        """gc waits while this is held: for commands that write in several sessions (a merge
+        whose path inputs are committed first)."""
+        from mergestore.store.gc import in_progress
+
+        with in_progress(self.repo):
+            yield
+
+    def fsck(self, *, full: bool = False) -> Any:
+        """Check refs, objects and blocks (`full`: also re-hash every block); a FsckReport."""
+        from mergestore.fsck import fsck
+
+        return fsck(self.repo, full=full)
+
+    def disk_usage(self) -> dict[str, object]:
+        """Logical vs stored bytes, by codec and by commit (`du`)."""
+        from mergestore.usage import disk_usage
+
+        entries = self.log(all_refs=True) if self.repo.list_refs("refs/") else []
+        return disk_usage(self.repo, entries)
+
+    def gc(
+        self,
+        *,
+        grace: str | float = "14d",
+        dry_run: bool = False,
+        repack_threshold: float = 0.25,
+    ) -> Any:
+        """Remove what no ref or recent reflog entry reaches; `grace` is seconds or '14d'.
+        A GcReport."""
+        from mergestore.store.gc import collect_garbage, parse_duration
+
+        seconds = parse_duration(grace) if isinstance(grace, str) else float(grace)
+        return collect_garbage(
+            self.repo, grace=seconds, dry_run=dry_run, repack_threshold=repack_threshold
+        )
+
+    def repack(
+        self,
+        *,
+        dry_run: bool = False,
+        delta: bool | None = None,
+        workers: int = 2,
+        progress: Progress | None = None,
+    ) -> Any:
+        """Re-encode stored blocks with the best codec (XOR deltas if `delta`); a RepackReport."""
+        from mergestore.store.repack import repack
+
+        return repack(self.repo, dry_run=dry_run, delta=delta, progress=progress, workers=workers)
+
     # ----- refs ------------------------------------------------------------------------------
 
     def branches(self) -> dict[str, bytes]:
@@ -590,17 +642,3 @@ def read_record(
     if rec.nbytes == 0:
         return torch.empty(rec.shape, dtype=dt)
     return torch.frombuffer(buf, dtype=dt).reshape(rec.shape)
-
-
-def iter_commit_blocks(repo: Repository, cid: bytes) -> Iterator[bytes]:
-    tree = repo.get_tree(repo.get_commit(cid).tree)
-    for e in tree.entries:
-        obj = repo.get_file(e.object)
-        if isinstance(obj, TensorFile):
-            header = repo.get_file(obj.header)
-            assert isinstance(header, BlobFile)
-            yield from header.blocks
-            for t in obj.tensors:
-                yield from t.blocks
-        else:
-            yield from obj.blocks

@@ -24,8 +24,9 @@ from mergestore.formats.safetensors import encode_header
 from mergestore.store.index import BlockLocation
 from mergestore.store.objects import BlobFile, TensorFile, TensorRecord, Tree
 from mergestore.store.packs import ReadMeter
-from mergestore.store.parallel import default_workers, ordered_map, reuse_freed_memory
+from mergestore.store.parallel import reuse_freed_memory
 from mergestore.store.repo import Repository
+from mergestore.threads import default_workers, ordered_map
 
 Progress = Callable[[int], None]
 

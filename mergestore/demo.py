@@ -61,9 +61,7 @@ def run_demo(
         same = _digest(out) == _digest(fam.experts["frozen"])
         say(f"checkout frozen: byte-identical = {same}")
         report["checkout_identical"] = same
-        from mergestore.usage import disk_usage
-
-        du = disk_usage(store)
+        du = store.disk_usage()
         say(
             f"du: logical {du['logical_bytes'] / 1e6:.1f} MB, stored {du['stored_bytes'] / 1e6:.1f}"
             f" MB (dedup {du['dedup_ratio']:.2f}x, compression {du['compression_ratio']:.2f}x)"

@@ -38,14 +38,9 @@ from mergestore.store.blocks import TensorBlocking, block_id, tensor_blocking
 from mergestore.store.index import DeltaStats
 from mergestore.store.objects import TensorRecord
 from mergestore.store.packs import ReadMeter
-from mergestore.store.parallel import (
-    default_workers,
-    one_torch_thread,
-    ordered_map,
-    read_exact,
-    reuse_freed_memory,
-)
+from mergestore.store.parallel import read_exact, reuse_freed_memory
 from mergestore.store.repo import Repository
+from mergestore.threads import default_workers, one_torch_thread, ordered_map
 
 if TYPE_CHECKING:  # torch is imported where a torch fallback runs: the C kernels need none
     import torch

@@ -16,9 +16,9 @@ from mergestore.store.blocks import tensor_blocking
 from mergestore.store.index import BlockLocation
 from mergestore.store.objects import BlobFile, Commit, Plan, TensorFile, Tree
 from mergestore.store.packs import ENTRY_HEADER, ENTRY_MAGIC, PACK_MAGIC, pack_path
-from mergestore.store.parallel import default_workers, ordered_map
 from mergestore.store.refs import HEAD, HEADS, REMOTES, TAGS, check_ref_name
 from mergestore.store.repo import Repository
+from mergestore.threads import default_workers, ordered_map
 
 
 @dataclass

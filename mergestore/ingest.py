@@ -17,16 +17,10 @@ from mergestore.store import codecs
 from mergestore.store.blocks import blob_ranges, block_id, tensor_blocking
 from mergestore.store.index import BlockLocation
 from mergestore.store.objects import BlobFile, Commit, TensorFile, TensorRecord, Tree, TreeEntry
-from mergestore.store.parallel import (
-    BufferPool,
-    default_workers,
-    one_torch_thread,
-    ordered_map,
-    read_exact,
-    reuse_freed_memory,
-)
+from mergestore.store.parallel import BufferPool, read_exact, reuse_freed_memory
 from mergestore.store.refs import check_ref_name
 from mergestore.store.repo import HEADS, RefUpdate, Repository, WriteSession
+from mergestore.threads import default_workers, one_torch_thread, ordered_map
 
 Progress = Callable[[int], None]
 _REF_RACE_RETRIES = 50  # commit retries when another writer moves the branch

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from mergestore.api import Store, iter_commit_blocks
-from mergestore.cli.graph import topo_order
 from mergestore.fsck import index_size, pack_files_size
+from mergestore.history import HasCommit, topo_order
 from mergestore.store import codecs
+from mergestore.store.objects import BlobFile, TensorFile
+from mergestore.store.repo import Repository
 
 
 @dataclass
@@ -19,8 +21,8 @@ class CommitUsage:
     new_raw_bytes: int
 
 
-def disk_usage(store: Store) -> dict[str, object]:
-    repo = store.repo
+def disk_usage(repo: Repository, entries: Sequence[HasCommit]) -> dict[str, object]:
+    """`du` over `entries`: every commit some ref reaches (Store.disk_usage gathers them)."""
     by_codec: dict[str, dict[str, int]] = {}
     raw_total = stored_total = n = 0
     sizes: dict[bytes, tuple[int, int]] = {}
@@ -34,7 +36,6 @@ def disk_usage(store: Store) -> dict[str, object]:
         slot["blocks"] += 1
         slot["raw_bytes"] += loc.raw_len
         slot["stored_bytes"] += loc.length
-    entries = store.log(all_refs=True) if repo.list_refs("refs/") else []
     seen: set[bytes] = set()
     per_commit = []
     logical_total = 0
@@ -67,3 +68,18 @@ def disk_usage(store: Store) -> dict[str, object]:
         "by_codec": by_codec,
         "by_commit": [c.__dict__ for c in reversed(per_commit)],
     }
+
+
+def iter_commit_blocks(repo: Repository, cid: bytes) -> Iterator[bytes]:
+    """Every block id a commit uses, headers included (with repeats)."""
+    tree = repo.get_tree(repo.get_commit(cid).tree)
+    for e in tree.entries:
+        obj = repo.get_file(e.object)
+        if isinstance(obj, TensorFile):
+            header = repo.get_file(obj.header)
+            assert isinstance(header, BlobFile)
+            yield from header.blocks
+            for t in obj.tensors:
+                yield from t.blocks
+        else:
+            yield from obj.blocks

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any
 
 import click
@@ -96,6 +97,7 @@ def _stat_lines(res: Any) -> list[str]:
     help="Write a PNG heatmap of relative change, layers x modules.",
 )
 @click.option("--no-keep", is_flag=True, help="Don't keep computed statistics in the store.")
+@click.option("--exit-code", is_flag=True, help="Exit 1 when A and B differ, 0 when equal.")
 @json_option
 @with_store
 def diff(
@@ -106,6 +108,7 @@ def diff(
     globs: tuple[str, ...],
     plot: str | None,
     no_keep: bool,
+    exit_code: bool,
     as_json: bool,
 ) -> None:
     """What changed from commit A to B (a commit, or a checkpoint folder), block by block.
@@ -122,11 +125,16 @@ def diff(
         from mergestore.diffplot import plot_diff
 
         plot_diff(res, plot, title=f"{a} -> {b}")
+    differs = _differs(store, res) if exit_code else False
     if as_json:
         out = res.to_json()
         if plot:
             out["plot"] = plot
+        if exit_code:
+            out["differs"] = differs
         emit_json(out)
+        if differs:
+            sys.exit(1)
         return
     b_text = short(res.b) if res.b is not None else res.b_path
     click.echo(f"diff {short(res.a)} {b_text}")
@@ -140,6 +148,21 @@ def diff(
     click.echo(_summary(res))
     if plot:
         click.echo(f"wrote {plot}")
+    if differs:
+        sys.exit(1)
+
+
+def _differs(store: Store, res: Any) -> bool:
+    """git diff --exit-code: any tensor not unchanged, or (two commits) any other file."""
+    if any(t.status != "unchanged" for t in res.tensors):
+        return True
+    if res.b is None:
+        return False
+    files = [
+        {e.path: e.object for e in store.tree(c).entries if e.kind != "tensorfile"}
+        for c in (res.a, res.b)
+    ]
+    return files[0] != files[1]
 
 
 @click.command()

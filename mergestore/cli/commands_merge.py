@@ -120,9 +120,7 @@ def merge(
 ) -> None:
     """Merge MODELS (store refs or paths) into a new commit on BRANCH."""
     cfg = _config(config_path, method, base, models, weights, params, dtype, out_dtype, seed)
-    from mergestore.store.gc import in_progress
-
-    with in_progress(store.repo):  # gc waits: path inputs are stored before the merge runs
+    with store.gc_paused():  # path inputs are stored before the merge runs
         prep = store.prepare_merge(cfg, budget=budget, max_error=max_error)
         with progress_bar("merge", None, not as_json) as _:
             res = store.execute_merge(prep, branch=branch, message=message)
@@ -137,14 +135,9 @@ def merge(
         return
     click.echo(out["commit"])
     r = res.run
-    click.echo(
-        f"{cfg.merge_method}: {r['tensors']} tensors in {r['wall_seconds']:.2f} s; read "
-        f"{human_bytes(r['expert_bytes_read'])} of experts "
-        f"(full {human_bytes(r['expert_bytes_full'])}) and "
-        f"{human_bytes(r['base_bytes_read'])} of base; wrote "
-        f"{human_bytes(r['bytes_written'])}",
-        err=True,
-    )
+    from mergestore.cli.merge_summary import print_summary
+
+    print_summary(cfg.merge_method, r)
     if r.get("error_bound") is not None:
         click.echo(
             f"error bound {r['error_bound']:.4g} (relative estimate "

@@ -1,4 +1,4 @@
-"""repack: re-encode stored blocks with the best codec (see mergestore/store/repack.py)."""
+"""repack: re-encode stored blocks with the best codec (Store.repack, store/repack.py)."""
 
 from __future__ import annotations
 
@@ -21,12 +21,8 @@ from mergestore.cli.output import emit_json, human_bytes, progress_bar
 @with_store
 def repack(store: Store, dry_run: bool, delta: bool | None, workers: int, as_json: bool) -> None:
     """Re-encode stored blocks with the best codec; old entries become space gc reclaims."""
-    from mergestore.store.repack import repack as run_repack
-
     with progress_bar("repack", None, not as_json) as advance:
-        rep = run_repack(
-            store.repo, dry_run=dry_run, delta=delta, progress=advance, workers=workers
-        )
+        rep = store.repack(dry_run=dry_run, delta=delta, progress=advance, workers=workers)
     if as_json:
         emit_json(rep.to_json())
         return

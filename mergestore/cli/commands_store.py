@@ -47,6 +47,14 @@ def init(
         or os.environ.get("MERGESTORE_DIR")
         or STORE_DIRNAME
     )
+    from mergestore.store.repo import CONFIG_FILE
+
+    if (target / CONFIG_FILE).is_file():  # as git init: say so, change nothing, succeed
+        if as_json:
+            emit_json({"store": str(target.resolve()), "already": True})
+        else:
+            click.echo(f"{target.resolve()} is already a mergestore (left unchanged)")
+        return
     store = Store.init(
         target, block_size=_size_arg(block_size), zstd_level=zstd_level, delta_codecs=not no_delta
     )
@@ -185,10 +193,17 @@ def _decorations(store: Store) -> dict[bytes, list[str]]:
 @click.option("--all", "all_refs", is_flag=True, help="Commits reachable from any ref.")
 @click.option("--graph", is_flag=True, help="Draw the commit DAG.")
 @click.option("-n", "--max-count", type=int, default=None)
+@click.option("--oneline", is_flag=True, help="One line per commit: short id, refs, subject.")
 @json_option
 @with_store
 def log(
-    store: Store, ref: str | None, all_refs: bool, graph: bool, max_count: int | None, as_json: bool
+    store: Store,
+    ref: str | None,
+    all_refs: bool,
+    graph: bool,
+    max_count: int | None,
+    oneline: bool,
+    as_json: bool,
 ) -> None:
     """Show commits reachable from REF (default HEAD)."""
     entries = store.log(ref, all_refs=all_refs)
@@ -219,6 +234,12 @@ def log(
 
         for line in draw_graph(entries, deco):
             click.echo(line)
+        return
+    if oneline:
+        for e in entries:
+            d = f" ({', '.join(deco[e.id])})" if e.id in deco else ""
+            subject = (e.commit.message or "(no message)").splitlines()[0]
+            click.echo(click.style(short(e.id, 10), fg="yellow") + d + " " + subject)
         return
     for e in entries:
         c = e.commit

@@ -2,35 +2,12 @@
 
 from __future__ import annotations
 
-import heapq
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 from mergestore.api import LogEntry
 from mergestore.cli.output import human_bytes
-
-
-def topo_order(entries: Sequence[LogEntry]) -> list[LogEntry]:
-    """Children before parents; among ready commits, newest first."""
-    by_id = {e.id: e for e in entries}
-    children: dict[bytes, int] = {e.id: 0 for e in entries}
-    for e in entries:
-        for p in e.commit.parents:
-            if p in children:
-                children[p] += 1
-    heap = [(-e.commit.time, e.id) for e in entries if children[e.id] == 0]
-    heapq.heapify(heap)
-    out = []
-    while heap:
-        _, cid = heapq.heappop(heap)
-        e = by_id[cid]
-        out.append(e)
-        for p in e.commit.parents:
-            if p in children:
-                children[p] -= 1
-                if children[p] == 0:
-                    heapq.heappush(heap, (-by_id[p].commit.time, p))
-    return out
+from mergestore.history import topo_order
 
 
 def _parents_shown(e: LogEntry, shown: set[bytes]) -> list[bytes]:

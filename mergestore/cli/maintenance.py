@@ -17,9 +17,7 @@ from mergestore.cli.output import emit_json, human_bytes, short
 @with_store
 def fsck(store: Store, full: bool, as_json: bool) -> None:
     """Check the store's integrity; exits non-zero on any problem."""
-    from mergestore.fsck import fsck as run_fsck
-
-    rep = run_fsck(store.repo, full=full)
+    rep = store.fsck(full=full)
     if as_json:
         emit_json(rep.to_json())
     else:
@@ -45,9 +43,7 @@ def fsck(store: Store, full: bool, as_json: bool) -> None:
 @with_store
 def du(store: Store, as_json: bool) -> None:
     """Logical vs stored bytes, by codec and by commit, with dedup and compression ratios."""
-    from mergestore.usage import disk_usage
-
-    u = disk_usage(store)
+    u = store.disk_usage()
     if as_json:
         emit_json(u)
         return
@@ -99,14 +95,7 @@ def du(store: Store, as_json: bool) -> None:
 @with_store
 def gc(store: Store, dry_run: bool, grace: str, repack_threshold: float, as_json: bool) -> None:
     """Remove what no ref (and no recent reflog entry) reaches, and reclaim pack space."""
-    from mergestore.store.gc import collect_garbage, parse_duration
-
-    rep = collect_garbage(
-        store.repo,
-        grace=parse_duration(grace),
-        dry_run=dry_run,
-        repack_threshold=repack_threshold,
-    )
+    rep = store.gc(grace=grace, dry_run=dry_run, repack_threshold=repack_threshold)
     if as_json:
         emit_json(rep.to_json())
         return

@@ -29,8 +29,8 @@ from mergestore.errors import BudgetError
 from mergestore.ops.spec import MethodSpec
 from mergestore.store.index import DeltaStats
 from mergestore.store.packs import ReadMeter
-from mergestore.store.parallel import default_workers, ordered_map
 from mergestore.store.repo import Repository
+from mergestore.threads import default_workers, ordered_map
 
 GTA_METHODS = frozenset(
     {

@@ -49,8 +49,9 @@ from mergestore.store import codecs
 from mergestore.store.blocks import block_id, tensor_blocking
 from mergestore.store.objects import TensorRecord
 from mergestore.store.packs import ReadMeter
-from mergestore.store.parallel import default_workers, ordered_map, reuse_freed_memory
+from mergestore.store.parallel import reuse_freed_memory
 from mergestore.store.repo import BlockLocation, Repository, WriteSession
+from mergestore.threads import default_workers, ordered_map
 
 if TYPE_CHECKING:
     import torch

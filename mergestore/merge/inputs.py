@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mergestore.errors import MergeError, RefError
-from mergestore.formats.safetensors import DTYPE_SIZES
 from mergestore.ingest import base_tensor_blocks, commit_checkpoint
 from mergestore.merge.config import MergeConfig, ModelRef
 from mergestore.merge.tensorplan import OutputTensorPlan
@@ -86,44 +85,9 @@ def validate_tensor_plans(
     tokenizer_source: str | None,
 ) -> None:
     """Refuse missing tensors, shape/dtype mismatches and differing non-float tensors."""
-    for p in plans:
-        sources = ([p.base] if p.base else []) + list(p.inputs)
-        if p.copy_from is not None:
-            sources = [p.copy_from]
-        recs = []
-        for s in sources:
-            m = models[s.model_index]
-            rec = m.tensors.get(s.tensor_name)
-            if rec is None:
-                raise MergeError(f"tensor {s.tensor_name!r} is missing from {m.ref.text!r}")
-            recs.append((m, rec))
-        first_m, first = recs[0]
-        for m, rec in recs[1:]:
-            if rec.shape != first.shape:
-                vocab_ok = (
-                    tokenizer_source is not None
-                    and is_vocab_tensor(p.name)
-                    and rec.shape[1:] == first.shape[1:]
-                )
-                if not vocab_ok:
-                    what = "vocabulary size" if is_vocab_tensor(p.name) else "shape"
-                    hint = " (set tokenizer_source: base)" if what == "vocabulary size" else ""
-                    raise MergeError(
-                        f"{what} mismatch for {p.name!r}: {first_m.ref.text} has "
-                        f"{list(first.shape)}, {m.ref.text} has {list(rec.shape)}{hint}"
-                    )
-            if rec.dtype != first.dtype:
-                if rec.dtype not in FLOAT_DTYPES or first.dtype not in FLOAT_DTYPES:
-                    raise MergeError(f"dtype mismatch for {p.name!r}: {first.dtype} vs {rec.dtype}")
-                if compute_dtype is None:
-                    raise MergeError(
-                        f"dtype mismatch for {p.name!r}: {first_m.ref.text} is {first.dtype}, "
-                        f"{m.ref.text} is {rec.dtype} (set dtype: to merge them)"
-                    )
-            if first.dtype not in FLOAT_DTYPES and rec.blocks != first.blocks:
-                raise MergeError(f"non-float tensor {p.name!r} differs between inputs")
-        if first.dtype not in DTYPE_SIZES:
-            raise MergeError(f"tensor {p.name!r} has unsupported dtype {first.dtype}")
+    from mergestore.merge.preflight import preflight
+
+    preflight(plans, models, compute_dtype=compute_dtype, tokenizer_source=tokenizer_source)
 
 
 def base_blocks_of(repo: Repository, cid: bytes | None) -> dict:

@@ -30,6 +30,7 @@ from mergestore.merge.inputs import (
     validate_tensor_plans,
 )
 from mergestore.merge.layout import build_tree
+from mergestore.merge.summary import summarize
 from mergestore.merge.tensorplan import OutputTensorPlan, plan_tensors
 from mergestore.ops import get_method
 from mergestore.ops.spec import BaseRule
@@ -243,6 +244,14 @@ def execute(
         plan_id = session.put_object(prep.plan)
         run = run_record(prep, stats, session.bytes_written, time.perf_counter() - t0)
         run["blocks_from_base"] = n_base
+        run.update(
+            summarize(
+                outputs,
+                prep.models[layout_index].tensors,
+                asked_dtype=prep.cfg.out_dtype or prep.cfg.dtype,
+                blocks_written=len(session.blocks),
+            )
+        )
         run_id = session.put_object(Plan(body={"type": "merge_run", "plan": plan_id.hex(), **run}))
         base = prep.models[prep.base_index].commit if prep.base_index is not None else None
         commit = Commit(

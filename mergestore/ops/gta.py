@@ -19,7 +19,7 @@ from mergestore import native
 from mergestore.ops import alloc, lane16, sparsify
 from mergestore.ops.context import TensorContext
 from mergestore.ops.spec import BaseRule, MethodSpec, ParamSpec, Scope
-from mergestore.store.parallel import ordered_map
+from mergestore.threads import ordered_map
 
 if TYPE_CHECKING:
     import torch

@@ -34,7 +34,7 @@ import numpy as np
 
 from mergestore import native
 from mergestore.ops import alloc, sparsify
-from mergestore.store.parallel import ordered_map
+from mergestore.threads import ordered_map
 
 LINEAR_MAX_INPUTS = 4
 

@@ -37,8 +37,8 @@ from mergestore.store import codecs
 from mergestore.store.blocks import block_id
 from mergestore.store.codecs import Encoded
 from mergestore.store.packs import PACK_MAGIC
-from mergestore.store.parallel import default_workers, ordered_map
 from mergestore.store.repo import Repository
+from mergestore.threads import default_workers, ordered_map
 
 Advance = Callable[[int], None]
 

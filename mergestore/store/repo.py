@@ -516,6 +516,13 @@ class Repository:
         value = bytes(raw).decode()
         return value[5:] if value.startswith("ref: ") else None
 
+    def set_head(self, target: str) -> None:
+        """Point HEAD at a branch (a full ref name such as refs/heads/main)."""
+        if not target.startswith(HEADS):
+            raise RefError(f"HEAD can only point at a branch, not {target!r}")
+        with self.index.write() as txn:
+            txn.put(HEAD.encode(), b"ref: " + target.encode(), db=self.index.db("refs"))
+
     def list_refs(self, prefix: str = "") -> dict[str, bytes]:
         out: dict[str, bytes] = {}
         with self.index.read() as txn:

@@ -87,7 +87,9 @@ def test_second_push_sends_no_blocks_and_a_fine_tune_sends_its_own(origin: Store
     assert res.metadata_bytes < 0.25 * want + 64 * 1024
 
 
-def test_fetch_brings_exactly_the_new_commit(origin: Store, tiny_family, tmp_path: Path, remote_url):
+def test_fetch_brings_exactly_the_new_commit(
+    origin: Store, tiny_family, tmp_path: Path, remote_url
+):
     origin.push("origin", "main")
     other = Store.clone(remote_url, tmp_path / "b")
     try:

@@ -11,7 +11,7 @@ import pytest
 from mergestore.api import Store
 from mergestore.errors import CorruptionError
 from mergestore.store import packs
-from mergestore.store.parallel import one_torch_thread
+from mergestore.threads import one_torch_thread
 
 
 def _files(root: Path) -> dict[str, bytes]:

@@ -1,0 +1,37 @@
+"""The lines `merge` ends with: what came out, against the base, and any warnings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from mergestore.cli.output import human_bytes
+
+
+def summary_lines(method: str, r: dict[str, Any]) -> list[str]:
+    """Human lines for a merge run record (the same fields `merge --json` prints)."""
+    lines = [
+        f"{method}: {r['tensors']} tensors, {r['parameters']:,} parameters, "
+        + ", ".join(f"{d} x{n}" for d, n in r["output_dtypes"].items())
+    ]
+    vs = ""
+    if r.get("base_bytes"):
+        vs = f" (base {human_bytes(r['base_bytes'])}, {r['output_bytes'] / r['base_bytes']:.2f}x)"
+    lines.append(f"output   {human_bytes(r['output_bytes'])}{vs}")
+    lines.append(
+        f"read     {human_bytes(r['expert_bytes_read'])} of experts (full "
+        f"{human_bytes(r['expert_bytes_full'])}), {human_bytes(r['base_bytes_read'])} of base; "
+        f"{r['blocks_read']} blocks read, {r['blocks_written']} new blocks written "
+        f"({human_bytes(r['bytes_written'])} stored)"
+    )
+    lines.append(
+        f"time     {r['wall_seconds']:.2f} s, peak memory {human_bytes(r['peak_rss_bytes'])}"
+    )
+    lines.extend(f"warning: {w}" for w in r.get("warnings", ()))
+    return lines
+
+
+def print_summary(method: str, r: dict[str, Any]) -> None:
+    for line in summary_lines(method, r):
+        click.echo(line, err=True)

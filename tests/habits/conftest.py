@@ -1,0 +1,80 @@
+"""Tiny Llama-shaped checkpoints for the mergekit-habits tests (made in each test's tmp dir)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+HIDDEN = 8
+LAYERS = 2
+
+
+def llama_tensors(vocab: int, seed: int, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+
+    def r(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=g).to(dtype)
+
+    t = {"model.embed_tokens.weight": r(vocab, HIDDEN), "lm_head.weight": r(vocab, HIDDEN)}
+    t["model.norm.weight"] = torch.ones(HIDDEN, dtype=dtype)
+    for i in range(LAYERS):
+        p = f"model.layers.{i}."
+        for m in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            t[p + f"self_attn.{m}.weight"] = r(HIDDEN, HIDDEN)
+        t[p + "mlp.up_proj.weight"] = r(2 * HIDDEN, HIDDEN)
+        t[p + "mlp.down_proj.weight"] = r(HIDDEN, 2 * HIDDEN)
+        t[p + "input_layernorm.weight"] = torch.ones(HIDDEN, dtype=dtype)
+    return t
+
+
+def write_model(
+    path: Path,
+    *,
+    vocab: int = 32,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    tensors: dict[str, torch.Tensor] | None = None,
+    readme: str | None = None,
+) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    t = tensors if tensors is not None else llama_tensors(vocab, seed, dtype)
+    save_file(t, path / "model.safetensors", metadata={"format": "pt"})
+    cfg = {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": HIDDEN,
+        "num_hidden_layers": LAYERS,
+        "vocab_size": vocab,
+        "torch_dtype": str(dtype).removeprefix("torch."),
+    }
+    (path / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    if readme is not None:
+        (path / "README.md").write_text(readme)
+    return path
+
+
+@pytest.fixture
+def models(tmp_path: Path) -> Callable[..., Path]:
+    """models("name", vocab=..., seed=...) writes a tiny checkpoint under tmp_path/name."""
+
+    def make(name: str, **kw) -> Path:
+        return write_model(tmp_path / name, **kw)
+
+    return make
+
+
+@pytest.fixture
+def habit_store(tmp_path: Path, cli, models) -> Path:
+    """A store with main (seed 0) and math, code (seeds 1, 2; based on main) committed."""
+    store = tmp_path / "store"
+    assert cli("--store", store, "init").code == 0
+    assert cli("--store", store, "commit", models("base"), "-b", "main").code == 0
+    for i, name in enumerate(("math", "code"), 1):
+        r = cli("--store", store, "commit", models(name, seed=i), "-b", name, "--base", "main")
+        assert r.code == 0, r.err
+    return store
