@@ -120,6 +120,7 @@ def merge(
 ) -> None:
     """Merge MODELS (store refs or paths) into a new commit on BRANCH."""
     cfg = _config(config_path, method, base, models, weights, params, dtype, out_dtype, seed)
+    fetched = store.bytes_fetched  # a lazy clone fetches the blocks the merge reads
     with store.gc_paused():  # path inputs are stored before the merge runs
         prep = store.prepare_merge(cfg, budget=budget, max_error=max_error)
         with progress_bar("merge", None, not as_json) as _:
@@ -129,6 +130,7 @@ def merge(
         "plan": res.plan.hex(),
         "method": cfg.merge_method,
         **res.run,
+        "bytes_fetched": store.bytes_fetched - fetched,
     }
     if as_json:
         emit_json(out)

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from mergestore.api import Store, iter_commit_blocks
+from mergestore.api import Store
+from mergestore.usage import iter_commit_blocks
 
 
 def _same_tree(a: Path, b: Path) -> bool:
