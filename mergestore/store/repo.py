@@ -627,15 +627,6 @@ class Repository:
         what = "a running gc" if not exclusive else "running writers to finish"
         return _flock(self.path / "locks" / "gc.lock", mode, self.lock_timeout, what)
 
-    def set_head(self, ref: str) -> None:
-        """Point HEAD at branch ref `ref` (refs/heads/NAME), symbolically."""
-        if not ref.startswith(HEADS):
-            raise RefError(f"HEAD can only point at a branch, not {ref!r}")
-        if self.read_only:
-            raise MergestoreError(self.read_only)
-        with self.index.write() as txn:
-            txn.put(HEAD.encode(), b"ref: " + ref.encode(), db=self.index.db("refs"))
-
     def update_refs(self, updates: Iterable[RefUpdate]) -> None:
         """Move refs (no new data): one transaction."""
         with self.writer() as w:
