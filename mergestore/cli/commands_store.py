@@ -47,7 +47,7 @@ def init(
         or os.environ.get("MERGESTORE_DIR")
         or STORE_DIRNAME
     )
-    from mergestore.store.repo import CONFIG_FILE
+    from mergestore.api import CONFIG_FILE
 
     if (target / CONFIG_FILE).is_file():  # as git init: say so, change nothing, succeed
         if as_json:

@@ -24,6 +24,7 @@ from mergestore.remote.layout import (
 from mergestore.remote.packs import download_blocks
 from mergestore.remote.session import RemoteSession
 from mergestore.remote.walk import closure
+from mergestore.store import faults
 from mergestore.store.index import DeltaStats
 from mergestore.store.promised import PromisedEntry, record_promised
 from mergestore.store.refs import HEADS, REMOTES, TAGS
@@ -103,6 +104,7 @@ def fetch(
         advance = phase("fetching blocks", total) if phase else None
         res.blocks, res.block_bytes = download_blocks(client, repo, state, want, advance)
     updates = _ref_updates(repo, name, refs)
+    faults.kill_point("remote-before-publish")
     with repo.writer() as w:
         for oid, data in clos.objects.items():
             w.put_object_bytes(oid, data)

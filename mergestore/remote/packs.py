@@ -33,7 +33,7 @@ from mergestore.remote.layout import (
     pack_key,
 )
 from mergestore.remote.state import RemoteState
-from mergestore.store import codecs
+from mergestore.store import codecs, faults
 from mergestore.store.blocks import block_id
 from mergestore.store.codecs import Encoded
 from mergestore.store.packs import PACK_MAGIC
@@ -88,6 +88,7 @@ def _pack_chunks(repo: Repository, idx: PackIndex, advance: Advance | None) -> I
         yield entry_header(e.block, e.length) + payload
         if advance:
             advance(len(payload))
+        faults.kill_point("remote-pack-entry")
 
 
 def upload_pack(
@@ -246,4 +247,5 @@ def _fetch_chunk(
     got = sum(e.length for e in entries)
     if advance:
         advance(got)
+    faults.kill_point("remote-after-chunk")
     return got

@@ -25,6 +25,7 @@ from mergestore.remote.layout import (
 from mergestore.remote.packs import pack_target, split_packs, upload_pack
 from mergestore.remote.session import RemoteSession
 from mergestore.remote.walk import closure, is_ancestor
+from mergestore.store import faults
 from mergestore.store.refs import HEADS, REMOTES, TAGS
 from mergestore.store.repo import RefUpdate, Repository
 
@@ -158,6 +159,7 @@ def push(
     for group in groups:
         up = upload_pack(client, repo, group, advance)
         state.record_index(up.name, up.index)
+        faults.kill_point("remote-after-pack")
         res.packs += 1
         res.packs_resumed += 0 if up.sent else 1
         res.blocks += up.blocks
@@ -175,6 +177,7 @@ def push(
         res.metadata_bytes += len(data)
         res.objects = len(new_objects)
     # Then the refs, each only if it still holds what we read at the start.
+    faults.kill_point("remote-before-refs")
     moved: list[RefUpdate] = []
     for ref, cid, old, token in accepted:
         payload = f"{cid.hex()}\n".encode()
