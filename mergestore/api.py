@@ -160,6 +160,12 @@ class Store:
         from mergestore.remote.config import check_remote_name, remove_remote
 
         check_remote_name(name)
+        left = self.repo.promised_count(name)
+        if left:
+            raise MergestoreError(
+                f"remote {name} still holds {left} blocks this lazy clone has not fetched; "
+                "fetch them first (`mergestore fsck --full` reads every block)"
+            )
         prefix = f"refs/remotes/{name}/"
         gone = [RefUpdate(n, None, f"remote remove {name}") for n in self.repo.list_refs(prefix)]
         if gone:

@@ -168,6 +168,27 @@ def record_promised(
     return n
 
 
+def promised_count(repo: Repository, remote: str) -> int:
+    """How many blocks this store still knows only as locations on `remote`."""
+    idx = repo.index
+    with idx.read() as txn:
+        slots = set()
+        cur = txn.cursor(db=idx.db("meta"))
+        if cur.set_range(_SLOT_KEY):
+            for k, v in cur:
+                if not bytes(k).startswith(_SLOT_KEY):
+                    break
+                if bytes(v).split(b"\x00", 1)[0] == remote.encode():
+                    slots.add(struct.unpack(">I", bytes(k)[len(_SLOT_KEY) :])[0])
+        if not slots:
+            return 0
+        n = 0
+        for _k, v in txn.cursor(db=idx.db("promised")):
+            if struct.unpack_from("<I", v)[0] - PROMISED_PACK_BASE in slots:
+                n += 1
+        return n
+
+
 def slot_name(repo: Repository, slot: int) -> tuple[str, str]:
     """(remote, pack key) of a promised-pack slot."""
     with repo.index.read() as txn:

@@ -54,6 +54,7 @@ from mergestore.store.promised import (
     Keeper,
     NotFetchedError,
     is_promised,
+    promised_count,
     slot_name,
 )
 from mergestore.store.refs import HEAD, HEADS, REMOTES, TAGS, looks_like_hex, parse_ref_expr
@@ -323,6 +324,10 @@ class Repository:
             )
         self.fetch_meter.add(loc.length)
         return loc, payload
+
+    def promised_count(self, remote: str) -> int:
+        """Blocks this store still knows only as locations on `remote` (a lazy clone)."""
+        return promised_count(self, remote)
 
     def read_stored(self, bid: bytes) -> tuple[BlockLocation, str, bytes]:
         """A block's index entry, codec spec and stored (encoded) bytes, as they sit in its

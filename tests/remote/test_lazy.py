@@ -143,3 +143,15 @@ def test_budgeted_merge_in_a_lazy_clone_fetches_what_its_plan_reads(lazy: Store,
     r = cli("--store", path, "replay", "HEAD", "--json")
     assert r.code == 0, r.err
     assert json.loads(r.out)["identical"] is True
+
+
+def test_a_lazy_clone_keeps_the_remote_it_still_needs(lazy: Store, cli):
+    path = lazy.path
+    lazy.close()
+    r = cli("--store", path, "remote", "remove", "origin")
+    assert r.code == 1 and "has not fetched" in r.err
+    assert cli("--store", path, "fsck", "--full").code == 0  # reads (so fetches) every block
+    assert cli("--store", path, "remote", "remove", "origin").code == 0
+    r = cli("--store", path, "checkout", "origin/ds", path.parent / "x")
+    assert r.code == 1  # the remote-tracking refs went with the remote
+    assert cli("--store", path, "checkout", "main", path.parent / "y").code == 0
