@@ -1,7 +1,7 @@
 """Remote benchmark: push, fetch, lazy clones over loopback to a real SeaweedFS S3 server.
 
-    flock /work/coord/bench.lock python bench/bench_remote.py \\
-        [--preset bench-1g] [--work /work/scratch/i16/bench] [--runs 3] [--out bench/out/remote.json]
+    python bench/bench_remote.py [--preset bench-1g] [--work DIR] [--runs 3]
+        [--out bench/out/remote.json] [--keep]      (hold the machine's bench lock while timing)
 
 A family (base + dense_small + lowrank_attn of the preset) goes into a store: base and
 dense_small first. Every timed step is a whole process (`python -m mergestore.cli.main ...`,
@@ -148,9 +148,10 @@ def main() -> None:
 
 
 def run(a: argparse.Namespace) -> None:
+    from seaweed import start_seaweed
+
     from fixtures.family import PRESETS, make_family
     from mergestore.api import Store
-    from seaweed import start_seaweed
 
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -294,12 +295,9 @@ def run(a: argparse.Namespace) -> None:
         lazy2 = work / "lazy2"
         shutil.rmtree(lazy2, ignore_errors=True)
         timed(ms("clone", "--lazy", url("p0"), lazy2, "--json"), env)
-        w, out = timed(
-            ms("--store", lazy2, "merge", "--method", "task_arithmetic", "--base", "main",
-               "origin/ds", "origin/la", "-w", "0.5", "-w", "0.5", "--budget", "10%",
-               "--json"),  # fmt: skip
-            env,
-        )
+        merge = ["merge", "--method", "task_arithmetic", "--base", "main", "origin/ds"]
+        merge += ["origin/la", "-w", "0.5", "-w", "0.5", "--budget", "10%", "--json"]
+        w, out = timed(ms("--store", lazy2, *merge), env)
         res["lazy_budget_merge"] = {
             "seconds": w,
             "bytes_fetched": out["bytes_fetched"],

@@ -205,8 +205,12 @@ class Store:
         author: str | None = None,
         stats: bool = True,
         progress: Progress | None = None,
+        verify_inputs: bool = False,
     ) -> CommitResult:
-        """Store a checkpoint (HF directory or one .safetensors file) as a new commit."""
+        """Store a checkpoint (HF directory or one .safetensors file) as a new commit.
+
+        Files unchanged since they were last stored (same size, mtime, ctime, inode: the stat
+        cache) are not read again; `verify_inputs` reads and hashes every file."""
         base_id = self.resolve(base) if base else None
         return commit_checkpoint(
             self.repo,
@@ -218,6 +222,7 @@ class Store:
             author=author,
             want_stats=stats,
             progress=progress,
+            verify=verify_inputs,
         )
 
     def checkout(
@@ -325,14 +330,22 @@ class Store:
         budget: str | int | None = None,
         max_error: float | None = None,
         commit_paths: bool = True,
+        verify_inputs: bool = False,
     ) -> Any:
-        """Validate and plan a merge (MergeConfig, YAML path or text); reads no expert data."""
+        """Validate and plan a merge (MergeConfig, YAML path or text); reads no expert data.
+        Models given as folders are committed first (a stat per unchanged file, or every file
+        read again with `verify_inputs`)."""
         from mergestore.merge.config import MergeConfig, load_config
         from mergestore.merge.run import prepare
 
         cfg = config if isinstance(config, MergeConfig) else load_config(config)
         return prepare(
-            self.repo, cfg, budget=budget, max_error=max_error, commit_paths=commit_paths
+            self.repo,
+            cfg,
+            budget=budget,
+            max_error=max_error,
+            commit_paths=commit_paths,
+            verify_inputs=verify_inputs,
         )
 
     def execute_merge(
@@ -342,10 +355,15 @@ class Store:
         branch: str | None = None,
         message: str = "",
         progress: Progress | None = None,
+        out: str | os.PathLike[str] | None = None,
     ) -> Any:
+        """Run a prepared merge; with `out`, also write the merged HF folder there in the same
+        pass (byte-identical to a later checkout of the commit; MergeResult.out describes it)."""
         from mergestore.merge.run import execute
 
-        return execute(self.repo, prepared, branch=branch, message=message, progress=progress)
+        return execute(
+            self.repo, prepared, branch=branch, message=message, progress=progress, out=out
+        )
 
     def merge(
         self,
@@ -363,8 +381,11 @@ class Store:
         max_error: float | None = None,
         branch: str | None = None,
         message: str = "",
+        out: str | os.PathLike[str] | None = None,
+        verify_inputs: bool = False,
     ) -> Any:
-        """Run a merge and store it as a commit; returns a MergeResult (commit, plan, run)."""
+        """Run a merge and store it as a commit; returns a MergeResult (commit, plan, run).
+        With `out`, the merged HF folder is written there in the same pass (MergeResult.out)."""
         from mergestore.merge.config import config_from_cli
 
         if config is None:
@@ -380,9 +401,15 @@ class Store:
                 out_dtype,
                 seed,
             )
+        if out is not None:  # before anything is read or stored
+            from mergestore.merge.outfolder import check_target
+
+            check_target(Path(out))
         with self.gc_paused():  # path inputs are stored before the merge runs
-            prep = self.prepare_merge(config, budget=budget, max_error=max_error)
-            return self.execute_merge(prep, branch=branch, message=message)
+            prep = self.prepare_merge(
+                config, budget=budget, max_error=max_error, verify_inputs=verify_inputs
+            )
+            return self.execute_merge(prep, branch=branch, message=message, out=out)
 
     def replay(self, ref: str) -> dict[str, Any]:
         """Re-execute a merge's plan; {"identical": bool, "first_difference": name, ...}."""

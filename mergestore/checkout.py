@@ -1,10 +1,11 @@
 """`checkout`: write a commit's files back, byte for byte, verifying every block as it is read.
 
 Each output file is laid out first (every block's offset follows from the stored raw lengths),
-created at its final size under a temporary name, and then filled by the worker threads: each
-one reads a block from its pack, decodes it, checks its blake3 id and writes it at its offset
-with pwrite. No bytes pass through the main thread, so both cores stay busy decoding. A file is
-renamed into place once all of its blocks are written; on any error the temporary files go.
+created at its final size under a temporary name, and then filled: the store's block reader
+(store/reader.py) reads the blocks of about 64 MiB of output at a time in pack order, coalesced
+into large reads, decodes and checks each blake3 id on the worker threads, and each block is
+written at its offsets with pwrite. A file is renamed into place once all of its blocks are
+written; on any error the temporary files go.
 """
 
 from __future__ import annotations
@@ -30,9 +31,8 @@ from mergestore.threads import default_workers, ordered_map
 
 Progress = Callable[[int], None]
 
-# Ask the kernel to read pack bytes this many blocks ahead of the ones being decoded (cold page
-# cache: the disk keeps streaming while both cores decode).
-READAHEAD_BLOCKS = 48
+# Blocks of about this many output bytes are handed to the block reader at once.
+BATCH_BYTES = 64 << 20
 
 
 @dataclass
@@ -161,30 +161,38 @@ class _Writer:
         if not ids:
             of.finish()
             return
-        for j in range(min(READAHEAD_BLOCKS, len(ids))):
-            self.repo.packs.prefetch(locs[ids[j]])
         for i, bid in enumerate(ids):
-            if i + READAHEAD_BLOCKS < len(ids):
-                self.repo.packs.prefetch(locs[ids[i + READAHEAD_BLOCKS]])
             yield of, offsets[i], bid, locs[bid]
 
-    def work(self, task: tuple[_OutFile, int, bytes, BlockLocation]) -> tuple[_OutFile, int]:
-        """Runs on a worker thread: read, decode, verify one block and write it in place."""
-        of, offset, bid, loc = task
-        raw = self.repo.read_block(bid, self.meter, location=loc)
-        _pwrite_all(of.fd, raw, offset)
-        return of, len(raw)
-
     def run(self, tasks: Iterator[tuple[_OutFile, int, bytes, BlockLocation]]) -> None:
-        results = ordered_map(self.work, tasks, workers=default_workers())
-        try:
-            for of, n in results:
-                self._count(n)
+        """Read the tasks' blocks a batch at a time, in pack order, and write each in place."""
+        batch: dict[bytes, list[tuple[_OutFile, int]]] = {}
+        locs: dict[bytes, BlockLocation] = {}
+        size = 0
+        for of, offset, bid, loc in tasks:
+            batch.setdefault(bid, []).append((of, offset))
+            locs[bid] = loc
+            size += loc.raw_len
+            if size >= BATCH_BYTES:
+                self._write_batch(batch, locs)
+                batch, locs, size = {}, {}, 0
+        if batch:
+            self._write_batch(batch, locs)
+
+    def _write_batch(
+        self, batch: dict[bytes, list[tuple[_OutFile, int]]], locs: dict[bytes, BlockLocation]
+    ) -> None:
+        reader = self.repo.reader()
+        for bid, raw in reader.read(
+            list(batch), self.meter, locations=locs, workers=default_workers()
+        ):
+            assert not isinstance(raw, CorruptionError)
+            for of, offset in batch[bid]:
+                _pwrite_all(of.fd, raw, offset)
+                self._count(len(raw))
                 of.pending -= 1
                 if of.pending == 0:
                     of.finish()
-        finally:
-            results.close()  # waits for running workers before any file is closed
 
     def cleanup(self) -> None:
         """After a failure: close and remove every temporary file not yet renamed."""
@@ -235,13 +243,28 @@ def checkout_commit(
     )
 
 
+def write_tree_files(
+    repo: Repository, tree: Tree, out: Path, *, skip: frozenset[str], meter: ReadMeter
+) -> int:
+    """Write the tree's files but those in `skip` into `out` as checkout does (merge --out:
+    the tensor files it has written itself); returns the bytes written."""
+    writer = _Writer(repo, meter, None)
+    try:
+        writer.run(_tree_tasks(writer, repo, tree, out, skip))
+    finally:
+        writer.cleanup()
+    return writer.written
+
+
 def _tree_tasks(
-    writer: _Writer, repo: Repository, tree: Tree, out: Path
+    writer: _Writer, repo: Repository, tree: Tree, out: Path, skip: frozenset[str] = frozenset()
 ) -> Iterator[tuple[_OutFile, int, bytes, BlockLocation]]:
     targets = _plan_paths(tree, out)
     out.mkdir(parents=True, exist_ok=True)
     root = out.resolve()
     for entry, target in zip(tree.entries, targets, strict=True):
+        if entry.path in skip:
+            continue
         _ensure_inside(root, target)
         obj = repo.get_file(entry.object)
         prefix, ids = _file_parts(repo, obj)

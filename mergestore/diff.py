@@ -47,6 +47,7 @@ if TYPE_CHECKING:  # torch is imported where a torch fallback runs: the C kernel
 
 Progress = Callable[[int], None]
 STATUSES = ("changed", "retyped", "added", "removed", "unchanged")
+READ_BATCH_BYTES = 64 << 20  # block positions whose store blocks are read together
 _CHUNK = 1 << 17  # elements per fp64 pass: two 1 MiB scratch buffers stay in cache
 
 
@@ -200,6 +201,50 @@ def pair_stats(
         return block_norm(repo.read_block(a, meter), dtype), True
     b_raw, a_raw = read_pair(repo, b, a, meter)
     return block_stats(b_raw, a_raw, dtype), True
+
+
+def pair_stats_many(
+    repo: Repository,
+    keys: Sequence[tuple[bytes, bytes, str]],
+    meter: ReadMeter | None,
+    *,
+    workers: int,
+    progress: Progress | None = None,
+) -> Iterator[tuple[DeltaStats, bool]]:
+    """pair_stats of many keys, in order; True where computed. Each batch's blocks without
+    kept statistics are read together through the store's block reader (pack order,
+    coalesced), then the statistics are computed on `workers` threads."""
+    per_batch = max(1, READ_BATCH_BYTES // repo.config.block_size)
+    for start in range(0, len(keys), per_batch):
+        batch = keys[start : start + per_batch]
+        kept = repo.get_stats_many(batch)
+        need = [bid for b, a, _d in batch if (b, a, _d) not in kept for bid in (a, b)]
+        raws: dict[bytes, bytes | memoryview] = {}
+        for bid, raw in repo.reader().read(need, meter, workers=workers):
+            assert not isinstance(raw, Exception)
+            raws[bid] = raw
+        one = _PairStats(kept, raws, progress)
+        yield from ordered_map(one, batch, workers=workers)
+
+
+@dataclass
+class _PairStats:
+    """Statistics of one key from kept ones or from blocks in hand (pair_stats_many)."""
+
+    kept: dict[tuple[bytes, bytes, str], DeltaStats]
+    raws: dict[bytes, bytes | memoryview]
+    progress: Progress | None
+
+    def __call__(self, key: tuple[bytes, bytes, str]) -> tuple[DeltaStats, bool]:
+        st = self.kept.get(key)
+        fresh = st is None
+        if st is None:
+            b, a, dtype = key
+            a_raw = self.raws[a]
+            st = block_norm(a_raw, dtype) if b == a else block_stats(self.raws[b], a_raw, dtype)
+        if self.progress:
+            self.progress(1)
+        return st, fresh
 
 
 # ----------------------------------------------------------------------------- results
@@ -490,6 +535,7 @@ class _Engine:
     progress: Progress | None
     meter: ReadMeter = field(default_factory=ReadMeter)
     folder_bytes: int = 0
+    cache: dict[bytes, bytes | memoryview] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def work(self, job: _Job) -> _Outcome:
@@ -511,14 +557,51 @@ class _Engine:
                 st = block_norm(b_raw if b_raw is not None else self._read(job.a), job.dtype)
             elif b_raw is not None:
                 st = block_stats(b_raw, self._read(job.a), job.dtype)
+            elif b in self.cache and job.a in self.cache:
+                st = block_stats(self.cache[b], self.cache[job.a], job.dtype)
             else:
                 st = block_stats(*read_pair(self.repo, b, job.a, self.meter), job.dtype)
         if self.progress:
             self.progress(job.nbytes)
         return _Outcome(job.tensor, changed, st, computed, b, job.nbytes)
 
-    def _read(self, bid: bytes) -> bytes:
-        return self.repo.read_block(bid, self.meter)
+    def _read(self, bid: bytes) -> bytes | memoryview:
+        raw = self.cache.get(bid)
+        return raw if raw is not None else self.repo.read_block(bid, self.meter)
+
+    def run(self, jobs: Sequence[_Job], workers: int) -> Iterator[_Outcome]:
+        """work() on every job, in order. The store blocks a batch of jobs needs (no kept
+        statistics) are first read together through the store's block reader, in pack order
+        and coalesced; then the statistics are computed from them on `workers` threads."""
+        start = 0
+        while start < len(jobs):
+            end, size = start, 0
+            while end < len(jobs) and size < READ_BATCH_BYTES:
+                size += jobs[end].nbytes
+                end += 1
+            batch = jobs[start:end]
+            self.cache = self._prefetch(batch, workers)
+            yield from ordered_map(self.work, batch, workers=workers)
+            self.cache = {}
+            start = end
+
+    def _prefetch(self, batch: Sequence[_Job], workers: int) -> dict[bytes, bytes | memoryview]:
+        keys = [(j.b if j.b != j.a else j.a, j.a, j.dtype) for j in batch if j.b is not None]
+        kept = self.repo.get_stats_many(keys)
+        need: list[bytes] = []
+        for j, key in zip((j for j in batch if j.b is not None), keys, strict=True):
+            if key not in kept:
+                need.append(j.a)
+                if j.b != j.a:
+                    assert j.b is not None
+                    need.append(j.b)
+        if not need:
+            return {}
+        raws = {}
+        for bid, raw in self.repo.reader().read(need, self.meter, workers=workers):
+            assert not isinstance(raw, Exception)
+            raws[bid] = raw
+        return raws
 
 
 def _jobs_for(i: int, a: _Side, b: _Side) -> Iterator[_Job]:
@@ -602,9 +685,7 @@ def diff_sides(
     if native.kernels is None:
         import torch  # noqa: F401  (the statistics' torch twin; one_torch_thread tunes a loaded torch)
     with one_torch_thread():
-        for job, res in zip(
-            jobs, ordered_map(eng.work, jobs, workers=workers or default_workers()), strict=True
-        ):
+        for job, res in zip(jobs, eng.run(jobs, workers or default_workers()), strict=True):
             acc = accs[res.tensor]
             acc.add(res.stats, res.changed)
             if res.changed:

@@ -18,7 +18,7 @@ from mergestore.store.objects import BlobFile, Commit, Plan, TensorFile, Tree
 from mergestore.store.packs import ENTRY_HEADER, ENTRY_MAGIC, PACK_MAGIC, pack_path
 from mergestore.store.refs import HEAD, HEADS, REMOTES, TAGS, check_ref_name
 from mergestore.store.repo import Repository
-from mergestore.threads import default_workers, ordered_map
+from mergestore.threads import default_workers
 
 
 @dataclass
@@ -110,7 +110,7 @@ def fsck(repo: Repository, *, full: bool = False) -> FsckReport:
     for f in files.values():
         used.update(f.blocks)
 
-    locs, bad_blocks, n_blocks = _check_index(repo, probs)
+    locs, bad_blocks, n_blocks = _check_index(repo, probs, read_headers=not full)
     absent = [bid for bid in used if bid not in bad_blocks and bid not in locs]
     promised = repo.block_locations(absent)  # a lazy clone's blocks still on its remote
     for bid in absent:
@@ -120,21 +120,17 @@ def fsck(repo: Repository, *, full: bool = False) -> FsckReport:
     _check_sizes(files, locs, commit_files, probs)
     verified = 0
     if full:
-        # Reachable blocks first, then the rest of the index (unreachable blocks are checked
-        # too: gc would keep a live delta's reference, and damage there is still damage).
-        order = [b for b in used if b in locs and b not in bad_blocks]
-        order += [b for b in locs if b not in used and b not in bad_blocks]
-
-        def check(bid: bytes) -> tuple[bytes, str | None]:
-            try:
-                repo.read_block(bid, location=locs[bid])
-                return bid, None
-            except (CorruptionError, OSError) as e:
-                return bid, str(e)
-
-        for bid, err in ordered_map(check, order, workers=default_workers()):
+        # Every block in the index, reachable or not (gc would keep a live delta's reference,
+        # and damage there is still damage), in pack order: the block reader coalesces them
+        # into large reads and checks each pack entry header on the way.
+        order = sorted((b for b in locs if b not in bad_blocks), key=lambda b: _pos(locs[b]))
+        reader = repo.reader()
+        for bid, res in reader.read(
+            order, locations=locs, workers=default_workers(), check_headers=True, errors=True
+        ):
             verified += 1
-            if err:
+            if isinstance(res, CorruptionError):
+                err = str(res)
                 bad_blocks[bid] = err if bid.hex()[:12] in err else f"block {bid.hex()[:12]}: {err}"
     if bad_blocks:
         users = _block_users(set(bad_blocks), files, commit_files)
@@ -386,9 +382,10 @@ def _block_users(
 
 
 def _check_index(
-    repo: Repository, probs: _Problems
+    repo: Repository, probs: _Problems, *, read_headers: bool = True
 ) -> tuple[dict[bytes, BlockLocation], dict[bytes, str], int]:
-    """Decode every index entry and check it against its pack: bounds and the entry header."""
+    """Decode every index entry and check it against its pack: bounds and (with
+    `read_headers`, in pack order) the entry header; fsck --full checks headers as it reads."""
     pack_sizes: dict[int, int] = {}
     n_blocks = 0
     bad: dict[bytes, str] = {}
@@ -407,14 +404,19 @@ def _check_index(
             bad[bid] = f"block {bid.hex()[:12]}: pack {loc.pack} is missing"
         elif loc.offset + loc.length > size:
             bad[bid] = f"block {bid.hex()[:12]}: beyond the end of pack {loc.pack}"
-        else:
-            msg = _check_entry_header(repo, bid, loc)
-            if msg:
-                bad[bid] = msg
+        elif loc.offset < ENTRY_HEADER.size:
+            bad[bid] = (
+                f"block {bid.hex()[:12]}: offset {loc.offset} in pack {loc.pack} is inside a header"
+            )
         try:
             repo.codec_spec(loc.codec)
         except (CorruptionError, UnicodeDecodeError) as e:
             bad[bid] = f"block {bid.hex()[:12]}: {e}"
+    if read_headers:
+        for bid in sorted((b for b in locs if b not in bad), key=lambda b: _pos(locs[b])):
+            msg = _check_entry_header(repo, bid, locs[bid])
+            if msg:
+                bad[bid] = msg
     for bid, loc in locs.items():
         if loc.ref is None:
             continue
@@ -457,6 +459,10 @@ def _check_entry_header(repo: Repository, bid: bytes, loc: BlockLocation) -> str
     if magic != ENTRY_MAGIC or hid != bid or length != loc.length:
         return f"block {bid.hex()[:12]}: the pack {loc.pack} entry at its offset is not this block"
     return None
+
+
+def _pos(loc: BlockLocation) -> tuple[int, int]:
+    return loc.pack, loc.offset
 
 
 def _one_line(e: BaseException) -> str:

@@ -20,6 +20,7 @@ from mergestore.store.objects import BlobFile, Commit, TensorFile, TensorRecord,
 from mergestore.store.parallel import BufferPool, read_exact, reuse_freed_memory
 from mergestore.store.refs import check_ref_name
 from mergestore.store.repo import HEADS, RefUpdate, Repository, WriteSession
+from mergestore.store.statcache import FileStamp, path_key
 from mergestore.threads import default_workers, one_torch_thread, ordered_map
 
 Progress = Callable[[int], None]
@@ -73,6 +74,8 @@ class CommitResult:
     seconds: float
     branch: str | None
     stats_computed: int = 0
+    files_read: int = 0  # files whose data was read (the others: stat cache)
+    bytes_read: int = 0  # bytes of file data read and hashed
 
 
 @dataclass
@@ -85,6 +88,8 @@ class _Ingest:
     new_blocks: int = 0
     total_blocks: int = 0
     stats_computed: int = 0
+    files_read: int = 0
+    bytes_read: int = 0
     fds: list[int] = field(default_factory=list)
     # Where the base commit's blocks live, looked up once in one read transaction.
     ref_locations: dict[bytes, BlockLocation] = field(default_factory=dict)
@@ -144,6 +149,7 @@ class _Ingest:
     def store(self, job: BlockJob, res: BlockResult) -> bytes:
         """Runs on the main thread, in order: append new blocks to the pack."""
         self.total_blocks += 1
+        self.bytes_read += res.raw_len
         if res.encoded is not None and self.session.add_encoded(res.bid, res.raw_len, res.encoded):
             self.new_blocks += 1
         if res.buf is not None and self.pool is not None:
@@ -204,69 +210,131 @@ def ingest_tree(
     want_stats: bool = True,
     progress: Progress | None = None,
     workers: int | None = None,
+    verify: bool = False,
 ) -> tuple[bytes, _Ingest]:
-    """Store every file of a checkpoint through the session; returns the tree id."""
+    """Store every file of a checkpoint through the session; returns the tree id.
+
+    A file whose stat matches its stat cache entry (store/statcache.py) is not read: its stored
+    object is taken as it is. `verify` reads and hashes every file regardless.
+    """
     reuse_freed_memory()
     base_blocks = base_tensor_blocks(repo, base)
     ing = _Ingest(repo, session, base_blocks, want_stats, progress)
-    ing.ref_locations = repo.block_locations(b for _d, _s, ids in base_blocks.values() for b in ids)
     block_size = repo.config.block_size
     n_workers = workers or default_workers()
     window = 4 * n_workers
-    # Enough buffers for every block in flight plus the one being appended: reads never fault
-    # in fresh pages, and memory stays bounded by the window.
-    ing.pool = BufferPool(block_size, window + n_workers + 2)
     fds = {f.relpath: os.open(f.abspath, os.O_RDONLY) for f in ckpt.files}
     try:
-        for fd in fds.values():
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
-
-        def jobs() -> Iterator[tuple[str, str, int, BlockJob]]:
+        stamps = {f.relpath: FileStamp.of(os.fstat(fds[f.relpath])) for f in ckpt.files}
+        cached = {} if verify else _cached_objects(repo, ckpt, stamps)
+        to_read = [f for f in ckpt.files if f.relpath not in cached]
+        if progress:
             for f in ckpt.files:
-                fd = fds[f.relpath]
-                advised = 0
-                for name, i, job in _file_jobs(ing, f, fd, block_size):
-                    if job.offset + PREFETCH_BYTES > advised and advised < f.size:
-                        step = max(PREFETCH_BYTES // 4, job.offset + PREFETCH_BYTES - advised)
-                        os.posix_fadvise(fd, advised, step, os.POSIX_FADV_WILLNEED)
-                        advised += step
-                    yield f.relpath, name, i, job
-
-        results: dict[str, dict[str, list[bytes]]] = {f.relpath: {} for f in ckpt.files}
-        tagged = ordered_map(
-            lambda item: (item, ing.work(item[3])), jobs(), workers=n_workers, window=window
-        )
-        for (relpath, name, _i, job), res in tagged:
-            results[relpath].setdefault(name, []).append(ing.store(job, res))
+                if f.relpath in cached:
+                    progress(f.size)
+        if to_read:
+            ing.ref_locations = repo.block_locations(
+                b for _d, _s, ids in base_blocks.values() for b in ids
+            )
+            # Enough buffers for every block in flight plus the one being appended: reads never
+            # fault in fresh pages, and memory stays bounded by the window.
+            ing.pool = BufferPool(block_size, window + n_workers + 2)
+        results = _read_files(ing, to_read, fds, block_size, n_workers, window)
         entries = []
         for f in ckpt.files:
-            blocks = results[f.relpath]
-            if f.header is None:
-                obj = BlobFile(size=f.size, blocks=tuple(blocks.get("", [])))
-                entries.append(TreeEntry(f.relpath, "blob", session.put_object(obj), f.size))
+            if f.relpath in cached:
+                kind, oid = cached[f.relpath]
+                entries.append(TreeEntry(f.relpath, kind, oid, f.size))
                 continue
-            header_blob = _put_bytes(session, f.header.header_bytes, block_size)
-            records = []
-            for t in f.header.tensors:
-                blocking = tensor_blocking(t.shape, DTYPE_SIZES[t.dtype], block_size)
-                records.append(
-                    TensorRecord(
-                        name=t.name,
-                        dtype=t.dtype,
-                        shape=tuple(t.shape),
-                        begin=t.begin,
-                        end=t.end,
-                        rows_per_block=blocking.rows_per_block,
-                        blocks=tuple(blocks.get(t.name, [])),
-                    )
-                )
-            tf = TensorFile(size=f.size, header=header_blob, tensors=tuple(records))
-            entries.append(TreeEntry(f.relpath, "tensorfile", session.put_object(tf), f.size))
+            kind, oid = _put_file(session, f, results[f.relpath], block_size)
+            entries.append(TreeEntry(f.relpath, kind, oid, f.size))
+            # Remember the file only if it did not change while it was read.
+            if FileStamp.of(os.fstat(fds[f.relpath])) == stamps[f.relpath]:
+                session.put_stat_entry(path_key(f.abspath), stamps[f.relpath], kind, oid)
+        ing.files_read = len(to_read)
         tree_id = session.put_object(Tree(entries=tuple(entries)))
         return tree_id, ing
     finally:
         for fd in fds.values():
             os.close(fd)
+
+
+def _cached_objects(
+    repo: Repository, ckpt: Checkpoint, stamps: dict[str, FileStamp]
+) -> dict[str, tuple[str, bytes]]:
+    """relpath -> (kind, object id) for files the stat cache vouches for, whose stored object
+    and blocks are all still in the store."""
+    keys = {f.relpath: path_key(f.abspath) for f in ckpt.files}
+    found = repo.stat_entries(keys.values())
+    block_size = repo.config.block_size
+    out = {}
+    for f in ckpt.files:
+        entry = found.get(keys[f.relpath])
+        kind = "blob" if f.header is None else "tensorfile"
+        if entry is None or not entry.matches(stamps[f.relpath], block_size, kind):
+            continue
+        if repo.file_is_complete(entry.object):
+            out[f.relpath] = (kind, entry.object)
+    return out
+
+
+def _read_files(
+    ing: _Ingest,
+    files: list[CheckpointFile],
+    fds: dict[str, int],
+    block_size: int,
+    n_workers: int,
+    window: int,
+) -> dict[str, dict[str, list[bytes]]]:
+    """Read, hash and store every block of `files`: relpath -> tensor name ("" for a blob)
+    -> block ids in order."""
+    for f in files:
+        os.posix_fadvise(fds[f.relpath], 0, 0, os.POSIX_FADV_SEQUENTIAL)
+
+    def jobs() -> Iterator[tuple[str, str, int, BlockJob]]:
+        for f in files:
+            fd = fds[f.relpath]
+            advised = 0
+            for name, i, job in _file_jobs(ing, f, fd, block_size):
+                if job.offset + PREFETCH_BYTES > advised and advised < f.size:
+                    step = max(PREFETCH_BYTES // 4, job.offset + PREFETCH_BYTES - advised)
+                    os.posix_fadvise(fd, advised, step, os.POSIX_FADV_WILLNEED)
+                    advised += step
+                yield f.relpath, name, i, job
+
+    results: dict[str, dict[str, list[bytes]]] = {f.relpath: {} for f in files}
+    tagged = ordered_map(
+        lambda item: (item, ing.work(item[3])), jobs(), workers=n_workers, window=window
+    )
+    for (relpath, name, _i, job), res in tagged:
+        results[relpath].setdefault(name, []).append(ing.store(job, res))
+    return results
+
+
+def _put_file(
+    session: WriteSession, f: CheckpointFile, blocks: dict[str, list[bytes]], block_size: int
+) -> tuple[str, bytes]:
+    """The file's object (a BlobFile, or a TensorFile with its header): (kind, object id)."""
+    if f.header is None:
+        obj = BlobFile(size=f.size, blocks=tuple(blocks.get("", [])))
+        return "blob", session.put_object(obj)
+    header_blob = _put_bytes(session, f.header.header_bytes, block_size)
+    records = []
+    for t in f.header.tensors:
+        blocking = tensor_blocking(t.shape, DTYPE_SIZES[t.dtype], block_size)
+        records.append(
+            TensorRecord(
+                name=t.name,
+                dtype=t.dtype,
+                shape=tuple(t.shape),
+                begin=t.begin,
+                end=t.end,
+                rows_per_block=blocking.rows_per_block,
+                blocks=tuple(blocks.get(t.name, [])),
+            )
+        )
+    tf = TensorFile(size=f.size, header=header_blob, tensors=tuple(records))
+    return "tensorfile", session.put_object(tf)
 
 
 def _put_bytes(session: WriteSession, data: bytes, block_size: int) -> bytes:
@@ -298,11 +366,13 @@ def commit_checkpoint(
     want_stats: bool = True,
     progress: Progress | None = None,
     detached: bool = False,
+    verify: bool = False,
 ) -> CommitResult:
     """Validate the checkpoint, store it, and publish the commit and ref move atomically.
 
     `detached` publishes a commit without moving any ref (merge inputs given as paths: the
-    merge commit that follows names it as a parent).
+    merge commit that follows names it as a parent). Files the stat cache vouches for are not
+    read again, unless `verify`.
     """
     t0 = time.perf_counter()
     ckpt = scan_checkpoint(path)  # validates every header before anything is written
@@ -312,7 +382,13 @@ def commit_checkpoint(
     with repo.writer() as session:
         with one_torch_thread():
             tree_id, ing = ingest_tree(
-                repo, session, ckpt, base=base, want_stats=want_stats, progress=progress
+                repo,
+                session,
+                ckpt,
+                base=base,
+                want_stats=want_stats,
+                progress=progress,
+                verify=verify,
             )
         when = round(time.time(), 3)
         summary = message.splitlines()[0] if message else ""
@@ -359,4 +435,6 @@ def commit_checkpoint(
         seconds=time.perf_counter() - t0,
         branch=ref,
         stats_computed=ing.stats_computed,
+        files_read=ing.files_read,
+        bytes_read=ing.bytes_read,
     )

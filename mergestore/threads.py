@@ -47,11 +47,23 @@ def ordered_map(
                 f.cancel()
 
 
+def thread_limit() -> int | None:
+    """MERGESTORE_THREADS, when set to a positive integer: the threads mergestore may use."""
+    env = os.environ.get("MERGESTORE_THREADS", "")
+    return int(env) if env.isdigit() and int(env) > 0 else None
+
+
 def default_workers() -> int:
-    env = os.environ.get("MERGESTORE_THREADS")
-    if env and env.isdigit() and int(env) > 0:
-        return int(env)
-    return max(1, min(8, os.cpu_count() or 1))
+    """Threads for block work (reading, decoding, hashing): MERGESTORE_THREADS, else one per
+    core, at most 8."""
+    return thread_limit() or max(1, min(8, os.cpu_count() or 1))
+
+
+def kernel_threads(wanted: int) -> int:
+    """Threads one merge kernel may split a large tensor over: `wanted`, capped by
+    MERGESTORE_THREADS (so MERGESTORE_THREADS=1 runs every kernel on one thread)."""
+    limit = thread_limit()
+    return max(1, min(wanted, limit)) if limit else wanted
 
 
 @contextlib.contextmanager

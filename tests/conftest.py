@@ -9,12 +9,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from ci_gate import unavailable
 
 from fixtures.family import PRESETS, Family, make_family
 from mergestore.api import Store
 
 os.environ.setdefault("MERGESTORE_LOCK_TIMEOUT", "60")
 os.environ["MERGESTORE_PROGRESS"] = "0"
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """`@pytest.mark.needs(ok, reason)`: skip when not ok, or fail under CI=true (ci_gate.py)."""
+    for mark in item.iter_markers("needs"):
+        ok, reason = mark.args
+        if not ok:
+            unavailable(reason)
 
 
 @pytest.fixture(scope="session")

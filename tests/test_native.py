@@ -17,7 +17,7 @@ from fixtures.bits import same_bits
 from mergestore import native
 from mergestore.ops import TensorContext, merge_tensor
 
-pytestmark = pytest.mark.skipif(native.kernels is None, reason="C kernels not built")
+pytestmark = pytest.mark.needs(native.kernels is not None, "C kernels not built")
 
 CTX = TensorContext("model.layers.2.self_attn.q_proj.weight", seed=11)
 
@@ -205,10 +205,7 @@ def test_linear_same_bits(monkeypatch, normalize, kind, numel) -> None:
     assert same_bits(fast, slow)
 
 
-@pytest.mark.skipif(
-    native.kernels is None or not getattr(native.kernels, "HAVE_F16", 0),
-    reason="no fp16 kernels in this build",
-)
+@pytest.mark.needs(bool(getattr(native.kernels, "HAVE_F16", 0)), "no fp16 kernels in this build")
 @pytest.mark.parametrize("method,per,shared", METHODS)
 @pytest.mark.parametrize("kind", ["dense", "specials", "tiny"])
 @pytest.mark.parametrize("n_inputs", [1, 4])
@@ -221,10 +218,7 @@ def test_fp16_methods_same_bits(monkeypatch, method, per, shared, kind, n_inputs
     assert same_bits(fast, slow)
 
 
-@pytest.mark.skipif(
-    native.kernels is None or not getattr(native.kernels, "HAVE_F16", 0),
-    reason="no fp16 kernels in this build",
-)
+@pytest.mark.needs(bool(getattr(native.kernels, "HAVE_F16", 0)), "no fp16 kernels in this build")
 @pytest.mark.parametrize("normalize", [True, False])
 @pytest.mark.parametrize("kind", ["dense", "specials", "tiny"])
 def test_fp16_linear_same_bits(monkeypatch, normalize, kind) -> None:
@@ -336,10 +330,7 @@ print(h.hexdigest())
 """
 
 
-@pytest.mark.skipif(
-    native.kernels is None or not getattr(native.kernels, "HAVE_F16", 0),
-    reason="no fp16 kernels in this build",
-)
+@pytest.mark.needs(bool(getattr(native.kernels, "HAVE_F16", 0)), "no fp16 kernels in this build")
 def test_fp16_vector_and_generic_kernels_agree() -> None:
     """The AVX2+F16C fp16 kernels (GTA sum and consensus, linear, x - base) and the generic
     (bit arithmetic) ones give the same bits;

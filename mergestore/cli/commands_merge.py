@@ -99,6 +99,19 @@ def _config(
 @_merge_options
 @click.option("-m", "--message", default="", help="Commit message.")
 @click.option("-b", "--branch", default=None, help="Branch for the merge commit.")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Also write the merged HF folder here, in the same pass (as checkout would).",
+)
+@click.option(
+    "--verify-inputs",
+    is_flag=True,
+    help="Read and hash every file of models given as folders (default: unchanged files cost a "
+    "stat).",
+)
 @json_option
 @with_store
 def merge(
@@ -116,15 +129,26 @@ def merge(
     models: tuple[str, ...],
     message: str,
     branch: str | None,
+    out_dir: str | None,
+    verify_inputs: bool,
     as_json: bool,
 ) -> None:
-    """Merge MODELS (store refs or paths) into a new commit on BRANCH."""
+    """Merge MODELS (store refs or paths) into a new commit on BRANCH (and, with --out, into
+    an HF folder)."""
     cfg = _config(config_path, method, base, models, weights, params, dtype, out_dtype, seed)
     fetched = store.bytes_fetched  # a lazy clone fetches the blocks the merge reads
+    if out_dir is not None:  # before anything is read or stored
+        from pathlib import Path
+
+        from mergestore.merge.outfolder import check_target
+
+        check_target(Path(out_dir))
     with store.gc_paused():  # path inputs are stored before the merge runs
-        prep = store.prepare_merge(cfg, budget=budget, max_error=max_error)
+        prep = store.prepare_merge(
+            cfg, budget=budget, max_error=max_error, verify_inputs=verify_inputs
+        )
         with progress_bar("merge", None, not as_json) as _:
-            res = store.execute_merge(prep, branch=branch, message=message)
+            res = store.execute_merge(prep, branch=branch, message=message, out=out_dir)
     out = {
         "commit": res.commit.hex() if res.commit else None,
         "plan": res.plan.hex(),
@@ -132,10 +156,14 @@ def merge(
         **res.run,
         "bytes_fetched": store.bytes_fetched - fetched,
     }
+    if res.out is not None:
+        out["out"] = res.out
     if as_json:
         emit_json(out)
         return
     click.echo(out["commit"])
+    if res.out is not None:
+        click.echo(f"wrote {res.out['path']} ({res.out['files']} files)")
     r = res.run
     from mergestore.cli.merge_summary import print_summary
 

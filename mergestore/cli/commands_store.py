@@ -80,6 +80,11 @@ def init(
 @click.option("--meta", multiple=True, help="User metadata KEY=VALUE (repeatable).")
 @click.option("--author", default=None)
 @click.option("--no-stats", is_flag=True, help="Don't compute delta statistics against --base.")
+@click.option(
+    "--verify-inputs",
+    is_flag=True,
+    help="Read and hash every file (default: files unchanged since stored cost a stat).",
+)
 @json_option
 @with_store
 def commit(
@@ -91,6 +96,7 @@ def commit(
     meta: tuple[str, ...],
     author: str | None,
     no_stats: bool,
+    verify_inputs: bool,
     as_json: bool,
 ) -> None:
     """Store the checkpoint at PATH (HF directory or .safetensors file) as a new commit."""
@@ -105,6 +111,7 @@ def commit(
             author=author,
             stats=not no_stats,
             progress=advance,
+            verify_inputs=verify_inputs,
         )
     if as_json:
         emit_json(
@@ -119,6 +126,8 @@ def commit(
                 "blocks": res.total_blocks,
                 "new_blocks": res.new_blocks,
                 "stats_computed": res.stats_computed,
+                "files_read": res.files_read,
+                "bytes_read": res.bytes_read,
                 "seconds": round(res.seconds, 4),
             }
         )
@@ -128,7 +137,12 @@ def commit(
         click.echo(
             f"{res.files} files, {res.tensors} tensors, {human_bytes(res.logical_bytes)}: "
             f"{res.new_blocks}/{res.total_blocks} new blocks, wrote "
-            f"{human_bytes(res.written_bytes)} in {res.seconds:.2f} s ({rate:.2f} GB/s)",
+            f"{human_bytes(res.written_bytes)} in {res.seconds:.2f} s ({rate:.2f} GB/s)"
+            + (
+                f"; {res.files - res.files_read} unchanged files taken on a stat"
+                if res.files_read < res.files
+                else ""
+            ),
             err=True,
         )
 

@@ -24,13 +24,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mergestore.blockstats import supports_stats
-from mergestore.diff import pair_stats
+from mergestore.diff import pair_stats_many
 from mergestore.errors import BudgetError
 from mergestore.ops.spec import MethodSpec
 from mergestore.store.index import DeltaStats
 from mergestore.store.packs import ReadMeter
 from mergestore.store.repo import Repository
-from mergestore.threads import default_workers, ordered_map
+from mergestore.threads import default_workers
 
 GTA_METHODS = frozenset(
     {
@@ -498,17 +498,11 @@ def _candidates(
     kept = repo.get_stats_many({(bid, rid, dt) for _t, _i, _m, _w, bid, rid, dt in need})
     missing = [key for key in dict.fromkeys((b, r, d) for *_x, b, r, d in need) if key not in kept]
 
-    def compute(key: tuple[bytes, bytes, str]) -> DeltaStats:
-        st, fresh = pair_stats(repo, *key, meter)
+    stats_iter = pair_stats_many(repo, missing, meter, workers=default_workers(), progress=progress)
+    for key, (st, fresh) in zip(missing, stats_iter, strict=True):
+        kept[key] = st
         if fresh:
             computed.append((*key, st))
-        if progress:
-            progress(1)
-        return st
-
-    stats_iter = ordered_map(compute, missing, workers=default_workers())
-    for key, st in zip(missing, stats_iter, strict=True):
-        kept[key] = st
     cands = []
     for t, i, model, w, bid, rid, dtype in need:
         loc = locs[bid]

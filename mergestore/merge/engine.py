@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections import deque
+from collections import ChainMap, deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -48,10 +48,11 @@ from mergestore.ops.lane16 import LANES, Lane16
 from mergestore.store import codecs
 from mergestore.store.blocks import block_id, tensor_blocking
 from mergestore.store.objects import TensorRecord
-from mergestore.store.packs import ReadMeter
+from mergestore.store.packs import ENTRY_HEADER, ReadMeter
 from mergestore.store.parallel import reuse_freed_memory
+from mergestore.store.reader import BlockReader
 from mergestore.store.repo import BlockLocation, Repository, WriteSession
-from mergestore.threads import default_workers, ordered_map
+from mergestore.threads import default_workers, ordered_map, thread_limit
 
 if TYPE_CHECKING:
     import torch
@@ -71,6 +72,7 @@ class TensorTask:
     input_models: list[int]  # model index of each input
     reference: TensorRecord | None  # the base model's tensor: stands in for omitted blocks
     selected: list[frozenset[int] | None]  # per input: blocks to read (None: all)
+    first_block: int = 0  # a piece of a larger tensor (run.py): where it starts, in blocks
 
 
 @dataclass
@@ -89,7 +91,11 @@ class Sink(Protocol):
         dtype: str,
         refs: Sequence[bytes | None],
         workers: int = 1,
-    ) -> list[bytes]: ...
+        tensor: tuple[str, int] | None = None,
+    ) -> list[bytes]:
+        """Name (and keep) the output blocks `raws`: consecutive bytes of output tensor
+        `tensor[0]` from byte `tensor[1]` on."""
+        ...
 
 
 class StoreSink:
@@ -106,6 +112,7 @@ class StoreSink:
         dtype: str,
         refs: Sequence[bytes | None],
         workers: int = 1,
+        tensor: tuple[str, int] | None = None,
     ) -> list[bytes]:
         def work(item: tuple[memoryview, bytes | None]) -> tuple[bytes, codecs.Encoded | None]:
             raw, ref = item
@@ -150,6 +157,7 @@ class HashSink:
         dtype: str,
         refs: Sequence[bytes | None],
         workers: int = 1,
+        tensor: tuple[str, int] | None = None,
     ) -> list[bytes]:
         return list(ordered_map(block_id, list(raws), workers=workers))
 
@@ -327,15 +335,14 @@ class Engine:
         taken from the first of `holders` that has it (else read); then copy each repeat
         (offset, id) from its block's place."""
 
-        def fetch(bid: bytes) -> None:
-            loc = locs[bid]
-            hint = None
-            if loc.ref is not None:
-                hint = next((h[loc.ref] for h in holders if loc.ref in h), None)
+        def into(bid: bytes) -> np.ndarray:
             off, n = places[bid]
-            self.repo.read_block_into(bid, dst[off : off + n], meter, reference=hint, location=loc)
+            return dst[off : off + n]
 
-        for _ in ordered_map(fetch, list(places), workers=workers):
+        refs = ChainMap(*holders)  # type: ignore[arg-type]
+        for _ in self._reader().read(
+            list(places), meter, locations=locs, references=refs, into=into, workers=workers
+        ):
             pass
         for off, bid in repeats:
             start, n = places[bid]
@@ -345,12 +352,17 @@ class Engine:
         """Blocks by id, each counted on its own meter; one index transaction for them all."""
         ids = list(meters)
         locs = self.repo.block_locations(ids)
-        raws = ordered_map(
-            lambda b: self.repo.read_block(b, meters[b], location=locs.get(b), view=True),
-            ids,
-            workers=workers,
-        )
-        return dict(zip(ids, raws, strict=True))
+        out: dict[bytes, bytes] = {}
+        for bid, raw in self._reader().read(
+            ids, meters, locations=locs, view=True, workers=workers
+        ):
+            out[bid] = raw  # type: ignore[assignment]
+        return out
+
+    def _reader(self) -> BlockReader:
+        """Reads only the blocks asked for (and the entry headers between adjacent ones):
+        a budgeted merge reads from disk what it counts."""
+        return self.repo.reader(max_gap=ENTRY_HEADER.size)
 
     def _plan_input(
         self,
@@ -566,7 +578,8 @@ class Engine:
             sink.offer_references(ld.ref_raw)
         # The writer is one stage of the pipeline: its blocks are hashed on its own thread,
         # unless the task is merged alone (then nothing else would use the other core).
-        ids = sink.put_blocks(raws, dtype, refs, ld.workers)
+        at = ld.task.first_block * blocking.rows_per_block * blocking.row_bytes
+        ids = sink.put_blocks(raws, dtype, refs, ld.workers, tensor=(name, at))
         if track_delta and ld.reference is not None and tuple(ld.reference.shape) == shape:
             stats.merged_delta_sq += self._delta_sq(ld.reference, out, data, dtype)
         return OutputTensor(name, dtype, shape, blocking.rows_per_block, tuple(ids))
@@ -713,7 +726,8 @@ def task_bytes(task: TensorTask) -> int:
 
 
 def compute_workers() -> int:
-    """Tensors merged at once: one per core (MERGESTORE_MERGE_WORKERS overrides).
+    """Tensors merged at once: MERGESTORE_MERGE_WORKERS, else MERGESTORE_THREADS, else one per
+    core (at most 4). The result is the same bits for any count (tests/merge/test_threads.py).
 
     Parallelism across tensors rather than torch intra-op threads: two intra-op threads
     fighting the loader on 2 cores ran 2-3x slower (measured), while independent tensors on
@@ -722,7 +736,7 @@ def compute_workers() -> int:
     env = os.environ.get("MERGESTORE_MERGE_WORKERS", "")
     if env.isdigit() and int(env) > 0:
         return int(env)
-    return max(1, min(4, os.cpu_count() or 1))
+    return thread_limit() or max(1, min(4, os.cpu_count() or 1))
 
 
 def _fit_vocab(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:

@@ -62,13 +62,43 @@ def resolve_models(
     return out
 
 
-def commit_path_fn(repo: Repository) -> Callable[[Path], bytes]:
-    """Commit a local checkpoint without moving any ref: the merge commit will point at it."""
+@dataclass
+class PathInputs:
+    """What committing the merge's folder inputs cost: files read, and taken on a stat."""
+
+    files: int = 0
+    files_read: int = 0
+    bytes_read: int = 0
+
+    def to_json(self) -> dict[str, int]:
+        return {
+            "input_files": self.files,
+            "input_files_read": self.files_read,
+            "input_bytes_read": self.bytes_read,
+        }
+
+
+def commit_path_fn(
+    repo: Repository, *, verify: bool = False, tally: PathInputs | None = None
+) -> Callable[[Path], bytes]:
+    """Commit a local checkpoint without moving any ref: the merge commit will point at it.
+    Unchanged files cost a stat (the stat cache), unless `verify`."""
 
     def run(p: Path) -> bytes:
-        return commit_checkpoint(
-            repo, p, message=f"merge input {p}", branch=None, want_stats=False, detached=True
-        ).commit
+        res = commit_checkpoint(
+            repo,
+            p,
+            message=f"merge input {p}",
+            branch=None,
+            want_stats=False,
+            detached=True,
+            verify=verify,
+        )
+        if tally is not None:
+            tally.files += res.files
+            tally.files_read += res.files_read
+            tally.bytes_read += res.bytes_read
+        return res.commit
 
     return run
 

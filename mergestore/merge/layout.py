@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 
-from mergestore.formats.safetensors import DTYPE_SIZES, encode_header
+from mergestore.formats.safetensors import DTYPE_SIZES, TensorEntry, encode_header
 from mergestore.merge.engine import OutputTensor
 from mergestore.store.blocks import blob_ranges
 from mergestore.store.objects import BlobFile, TensorFile, TensorRecord, Tree, TreeEntry
@@ -50,6 +51,110 @@ def _record(out: OutputTensor, begin: int) -> TensorRecord:
     )
 
 
+@dataclass(frozen=True)
+class TensorMeta:
+    """What the layout of an output tensor depends on."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    """One output safetensors file: its tensors in data order, the header's metadata, and the
+    layout model's header blob when the file keeps that header byte for byte."""
+
+    path: str
+    tensors: tuple[TensorMeta, ...]
+    metadata: dict[str, str] | None
+    header_blob: bytes | None
+
+
+@dataclass(frozen=True)
+class ShardLayout:
+    shards: tuple[ShardPlan, ...]
+    index_paths: tuple[str, ...]  # index json files to write (the layout model's, or a new one)
+    weight_map: dict[str, str]
+    total: int  # bytes of tensor data
+
+
+def plan_shards(
+    repo: Repository,
+    outputs: Sequence[TensorMeta],
+    layout_commit: bytes,
+    shard_bytes: int = DEFAULT_SHARD_BYTES,
+) -> ShardLayout:
+    """Which output file holds which tensors, in which order: the layout model's files when
+    the tensor names match, else fresh shards of at most `shard_bytes`, by name. Decided from
+    names, dtypes and shapes alone, so merge --out lays its folder out before any tensor is
+    computed, exactly as the commit's tree will be."""
+    src_tree = repo.get_tree(repo.get_commit(layout_commit).tree)
+    by_name = {o.name: o for o in outputs}
+    src_files = {e.path: e for e in src_tree.entries}
+    src_tensors: dict[str, list[TensorRecord]] = {}
+    for e in src_tree.entries:
+        if e.kind == "tensorfile":
+            tf = repo.get_file(e.object)
+            assert isinstance(tf, TensorFile)
+            src_tensors[e.path] = list(tf.tensors)
+    src_names = {t.name for ts in src_tensors.values() for t in ts}
+    shards: list[ShardPlan] = []
+    weight_map: dict[str, str] = {}
+    total = 0
+    if src_names == set(by_name):
+        index_paths = tuple(p for p in src_files if p.endswith(".safetensors.index.json"))
+        for path, ts in src_tensors.items():
+            outs = [by_name[t.name] for t in ts]
+            same = all(
+                o.dtype == t.dtype and o.shape == t.shape for o, t in zip(outs, ts, strict=True)
+            )
+            tf_src = repo.get_file(src_files[path].object)
+            assert isinstance(tf_src, TensorFile)
+            meta = _header_metadata(repo, tf_src.header)
+            shards.append(ShardPlan(path, tuple(outs), meta, tf_src.header if same else None))
+            for o in outs:
+                weight_map[o.name] = path
+                total += _nbytes(o)
+    else:
+        groups: list[list[TensorMeta]] = [[]]
+        cur = 0
+        for o in sorted(outputs, key=lambda x: x.name):
+            n = _nbytes(o)
+            if groups[-1] and cur + n > shard_bytes:
+                groups.append([])
+                cur = 0
+            groups[-1].append(o)
+            cur += n
+            total += n
+        k = len(groups)
+        for i, outs in enumerate(groups):
+            path = "model.safetensors" if k == 1 else f"model-{i + 1:05d}-of-{k:05d}.safetensors"
+            shards.append(ShardPlan(path, tuple(outs), {"format": "pt"}, None))
+            for o in outs:
+                weight_map[o.name] = path
+        index_paths = ("model.safetensors.index.json",) if k > 1 else ()
+    return ShardLayout(tuple(shards), index_paths, weight_map, total)
+
+
+def shard_header(repo: Repository, shard: ShardPlan) -> tuple[bytes, list[TensorEntry]]:
+    """A shard's header bytes (the layout model's, kept, or a new canonical one) and each
+    tensor's data range after it."""
+    header, layout = encode_header(
+        [(o.name, o.dtype, o.shape) for o in shard.tensors], shard.metadata
+    )
+    if shard.header_blob is not None:
+        header = _read_blob(repo, shard.header_blob)
+    return header, layout
+
+
+def _nbytes(o: TensorMeta | OutputTensor) -> int:
+    n = DTYPE_SIZES[o.dtype]
+    for s in o.shape:
+        n *= s
+    return n
+
+
 def _tensorfile(
     session: WriteSession,
     repo: Repository,
@@ -86,52 +191,15 @@ def build_tree(
     src_tree = repo.get_tree(repo.get_commit(layout_commit).tree)
     by_name = {o.name: o for o in outputs}
     src_files = {e.path: e for e in src_tree.entries}
-    src_tensors: dict[str, list[TensorRecord]] = {}
-    for e in src_tree.entries:
-        if e.kind == "tensorfile":
-            tf = repo.get_file(e.object)
-            assert isinstance(tf, TensorFile)
-            src_tensors[e.path] = list(tf.tensors)
-    src_names = {t.name for ts in src_tensors.values() for t in ts}
+    plan = plan_shards(
+        repo, [TensorMeta(o.name, o.dtype, o.shape) for o in outputs], layout_commit, shard_bytes
+    )
     entries: list[TreeEntry] = []
-    index_paths = [p for p in src_files if p.endswith(".safetensors.index.json")]
-    weight_map: dict[str, str] = {}
-    total = 0
-    if src_names == set(by_name):
-        for path, ts in src_tensors.items():
-            outs = [by_name[t.name] for t in ts]
-            same = all(
-                o.dtype == t.dtype and o.shape == t.shape for o, t in zip(outs, ts, strict=True)
-            )
-            tf_src = repo.get_file(src_files[path].object)
-            assert isinstance(tf_src, TensorFile)
-            meta = _header_metadata(repo, tf_src.header)
-            oid, size = _tensorfile(session, repo, outs, meta, tf_src.header if same else None)
-            entries.append(TreeEntry(path, "tensorfile", oid, size))
-            for o in outs:
-                weight_map[o.name] = path
-                total += _record(o, 0).nbytes
-    else:
-        index_paths = []
-        shards: list[list[OutputTensor]] = [[]]
-        cur = 0
-        for o in sorted(outputs, key=lambda x: x.name):
-            n = _record(o, 0).nbytes
-            if shards[-1] and cur + n > shard_bytes:
-                shards.append([])
-                cur = 0
-            shards[-1].append(o)
-            cur += n
-            total += n
-        k = len(shards)
-        for i, outs in enumerate(shards):
-            path = "model.safetensors" if k == 1 else f"model-{i + 1:05d}-of-{k:05d}.safetensors"
-            oid, size = _tensorfile(session, repo, outs, {"format": "pt"}, None)
-            entries.append(TreeEntry(path, "tensorfile", oid, size))
-            for o in outs:
-                weight_map[o.name] = path
-        if k > 1:
-            index_paths = ["model.safetensors.index.json"]
+    for shard in plan.shards:
+        outs = [by_name[t.name] for t in shard.tensors]
+        oid, size = _tensorfile(session, repo, outs, shard.metadata, shard.header_blob)
+        entries.append(TreeEntry(shard.path, "tensorfile", oid, size))
+    index_paths, weight_map, total = plan.index_paths, plan.weight_map, plan.total
     dtype_changed = out_dtype is not None
     tok_files = {}
     if tokenizer_commit is not None and tokenizer_commit != layout_commit:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,12 +25,14 @@ from mergestore.merge.engine import (
     task_bytes,
 )
 from mergestore.merge.inputs import (
+    PathInputs,
     ResolvedModel,
     commit_path_fn,
     resolve_models,
     validate_tensor_plans,
 )
 from mergestore.merge.layout import build_tree
+from mergestore.merge.outfolder import FolderOutput, predict_outputs
 from mergestore.merge.summary import summarize
 from mergestore.merge.tensorplan import OutputTensorPlan, plan_tensors
 from mergestore.ops import get_method
@@ -53,6 +56,7 @@ class PreparedMerge:
     base_index: int | None  # model index of the base (reference for omitted blocks)
     selection: budget_mod.Selection
     plan_body: dict[str, Any]
+    path_inputs: PathInputs = field(default_factory=PathInputs)  # folders committed first
 
     @property
     def plan(self) -> Plan:
@@ -65,6 +69,7 @@ class MergeResult:
     plan: bytes
     run: dict[str, Any]
     outputs: list[OutputTensor] = field(default_factory=list)
+    out: dict[str, Any] | None = None  # merge --out: the folder written (outfolder.py)
 
 
 def _base_index(cfg: MergeConfig, models: list[ResolvedModel]) -> int | None:
@@ -106,10 +111,12 @@ def prepare(
     commit_paths: bool = True,
     model_commits: list[bytes] | None = None,
     analyze_progress: Progress | None = None,
+    verify_inputs: bool = False,
 ) -> PreparedMerge:
     """Validate the config, resolve inputs, plan every tensor and choose the blocks to read."""
     spec = get_method(cfg.merge_method)
     refs = models_in_config(cfg)
+    path_inputs = PathInputs()
     if model_commits is not None:  # replay: the plan's recorded commits, not today's refs
         from mergestore.merge.inputs import _tensors
 
@@ -117,9 +124,8 @@ def prepare(
             ResolvedModel(r, c, _tensors(repo, c)) for r, c in zip(refs, model_commits, strict=True)
         ]
     else:
-        models = resolve_models(
-            repo, refs, commit_path=commit_path_fn(repo) if commit_paths else None
-        )
+        commit_path = commit_path_fn(repo, verify=verify_inputs, tally=path_inputs)
+        models = resolve_models(repo, refs, commit_path=commit_path if commit_paths else None)
     plans = plan_tensors(cfg, spec, refs, {i: list(m.tensors) for i, m in enumerate(models)})
     if not plans:
         raise MergeError("the merge has no tensors to produce")
@@ -175,7 +181,7 @@ def prepare(
     if selection.active and omitted_mode(spec.name):
         # see base_pieces(); replay follows what the plan says
         body["omitted_from_base"] = omitted_mode(spec.name)
-    return PreparedMerge(cfg, models, plans, tasks, base_index, selection, body)
+    return PreparedMerge(cfg, models, plans, tasks, base_index, selection, body, path_inputs)
 
 
 def _parents(prep: PreparedMerge) -> tuple[bytes, ...]:
@@ -196,8 +202,32 @@ def execute(
     message: str,
     author: str | None = None,
     progress: Progress | None = None,
+    out: str | os.PathLike[str] | None = None,
 ) -> MergeResult:
-    """Run the merge into the store and publish commit, plan and ref move in one transaction."""
+    """Run the merge into the store and publish commit, plan and ref move in one transaction.
+    With `out`, also write the merged HF folder there in the same pass (outfolder.py)."""
+    folder = FolderOutput(out) if out is not None else None
+    try:
+        res = _execute(repo, prep, branch, message, author, progress, folder)
+        if folder is not None:
+            assert res.commit is not None
+            res.out = folder.finish(repo, res.commit)
+        return res
+    except BaseException:
+        if folder is not None:
+            folder.abort()
+        raise
+
+
+def _execute(
+    repo: Repository,
+    prep: PreparedMerge,
+    branch: str | None,
+    message: str,
+    author: str | None,
+    progress: Progress | None,
+    folder: FolderOutput | None,
+) -> MergeResult:
     t0 = time.perf_counter()
     spec = get_method(prep.cfg.merge_method)
     ref = branch_ref(repo, branch)
@@ -220,10 +250,15 @@ def execute(
             raise MergeError(f"tokenizer_source {ts!r} is not one of the merge's models")
         tok_index = matches[0]
     with repo.writer() as session:
+        sink: Any = StoreSink(repo, session)
+        if folder is not None:
+            layout_commit = prep.models[layout_index].commit
+            folder.prepare(repo, predict_outputs(engine, prep.tasks), layout_commit)
+            sink = folder.sink(sink)
         outputs, stats, n_base = run_tasks(
             engine,
             prep.tasks,
-            StoreSink(repo, session),
+            sink,
             len(prep.models),
             progress=progress,
             track_delta=prep.selection.active,
@@ -291,6 +326,7 @@ def run_record(prep: PreparedMerge, stats: Any, written: int, seconds: float) ->
         "engine_seconds": round(stats.seconds, 4),
         "kernels": native.describe(),
         "torch_free": stats.torch_free,
+        **prep.path_inputs.to_json(),
     }
     if sel.active:
         delta = stats.merged_delta_sq**0.5
@@ -482,6 +518,7 @@ def _piece(task: TensorTask, b0: int, b1: int) -> TensorTask:
             None if s is None else frozenset(i - b0 for i in s if b0 <= i < b1)
             for s in task.selected
         ],
+        task.first_block + b0,
     )
 
 

@@ -19,7 +19,7 @@ from mergestore import native
 from mergestore.ops import alloc, lane16, sparsify
 from mergestore.ops.context import TensorContext
 from mergestore.ops.spec import BaseRule, MethodSpec, ParamSpec, Scope
-from mergestore.threads import ordered_map
+from mergestore.threads import kernel_threads, ordered_map
 
 if TYPE_CHECKING:
     import torch
@@ -312,7 +312,7 @@ PARALLEL_MIN = 1 << 23
 
 
 def _threads(base: Tensor) -> int:
-    return 2 if base.numel() >= PARALLEL_MIN else 1
+    return kernel_threads(2) if base.numel() >= PARALLEL_MIN else 1
 
 
 def _per_input(

@@ -34,7 +34,7 @@ import numpy as np
 
 from mergestore import native
 from mergestore.ops import alloc, sparsify
-from mergestore.threads import ordered_map
+from mergestore.threads import kernel_threads, ordered_map
 
 LINEAR_MAX_INPUTS = 4
 
@@ -102,7 +102,7 @@ def same_memory(x: np.ndarray, base: np.ndarray) -> bool:
 
 
 def _columns(total: int) -> list[range]:
-    parts = 2 if total >= PARALLEL_MIN else 1
+    parts = kernel_threads(2) if total >= PARALLEL_MIN else 1
     step = max(1, -(-total // parts))
     return [range(s, min(total, s + step)) for s in range(0, total, step)]
 
@@ -174,7 +174,7 @@ def gta(
                 rows[k], flat_inputs[k], flat_base, sparsifier, p["density"], gamma, fp16
             )
 
-        workers = 2 if flat_base.size >= PARALLEL_MIN else 1
+        workers = kernel_threads(2) if flat_base.size >= PARALLEL_MIN else 1
         for _ in ordered_map(cut, range(len(live)), workers=workers, window=workers):
             pass
         del flat_inputs

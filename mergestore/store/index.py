@@ -8,6 +8,7 @@ Databases (all keys are bytes):
   stats    id B | id A | dtype      -> DeltaStats
   codecs   "s:" spec / "i:" u16     -> codec chain ids (blocks store a u16 instead of the spec)
   meta     misc counters
+  statcache real path of an input file -> its stat and stored object (store/statcache.py)
   promised block id (32)            -> BlockLocation in a remote pack (lazy clones, promised.py)
 Only store/ touches this module.
 """
@@ -23,7 +24,17 @@ import lmdb
 
 from mergestore.errors import CorruptionError
 
-DB_NAMES = ("blocks", "objects", "refs", "reflog", "stats", "codecs", "meta", "promised")
+DB_NAMES = (
+    "blocks",
+    "objects",
+    "refs",
+    "reflog",
+    "stats",
+    "codecs",
+    "meta",
+    "statcache",
+    "promised",
+)
 MAP_SIZE = 1 << 40  # address space only; the file grows as needed
 
 _LOC = struct.Struct("<IQIQH")

@@ -57,7 +57,9 @@ from mergestore.store.promised import (
     promised_count,
     slot_name,
 )
+from mergestore.store.reader import BlockReader
 from mergestore.store.refs import HEAD, HEADS, REMOTES, TAGS, looks_like_hex, parse_ref_expr
+from mergestore.store.statcache import FileStamp, StatEntry
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
@@ -259,10 +261,32 @@ class Repository:
         `location` may carry the block's index entry when the caller looked many up at once.
         """
         loc, payload, ref_raw = self._payload(bid, meter, reference, location)
+        return self.decode_verified(bid, loc, payload, ref_raw, view=view)  # type: ignore[return-value]
+
+    def decode_verified(
+        self,
+        bid: bytes,
+        loc: BlockLocation,
+        payload: bytes | memoryview,
+        reference: bytes | memoryview | None,
+        *,
+        out: np.ndarray | None = None,
+        view: bool = False,
+    ) -> bytes | memoryview:
+        """Decode a block's stored payload (into `out` when given) and check it against its id.
+
+        Returns the raw bytes (a view of `out` when given). On an error `out` holds garbage."""
+        spec = self.codec_spec(loc.codec)
         try:
-            raw = codecs.decode_block(
-                self.codec_spec(loc.codec), payload, reference=ref_raw, view=view
-            )
+            if out is not None:
+                if len(out) != loc.raw_len:
+                    raise ValueError(
+                        f"block {bid.hex()[:12]} holds {loc.raw_len} bytes, not {len(out)}"
+                    )
+                codecs.decode_block_into(spec, payload, out, reference=reference)
+                raw: bytes | memoryview = memoryview(out)
+            else:
+                raw = codecs.decode_block(spec, payload, reference=reference, view=view)
         except CorruptionError as e:
             raise CorruptionError(f"block {bid.hex()[:12]}: {e}") from e
         if len(raw) != loc.raw_len or block_id(raw) != bid:
@@ -283,16 +307,7 @@ class Repository:
         """read_block, decoding into `out` (a writable uint8 array of the block's length)
         and checking the bytes there against the id. On an error `out` holds garbage."""
         loc, payload, ref_raw = self._payload(bid, meter, reference, location)
-        if len(out) != loc.raw_len:
-            raise ValueError(f"block {bid.hex()[:12]} holds {loc.raw_len} bytes, not {len(out)}")
-        try:
-            codecs.decode_block_into(self.codec_spec(loc.codec), payload, out, reference=ref_raw)
-        except CorruptionError as e:
-            raise CorruptionError(f"block {bid.hex()[:12]}: {e}") from e
-        if block_id(out) != bid:
-            raise CorruptionError(f"block {bid.hex()[:12]} is corrupt (hash mismatch)")
-        if is_promised(loc):
-            self._keep(bid, loc, payload)
+        self.decode_verified(bid, loc, payload, ref_raw, out=out)
 
     def _keep(self, bid: bytes, loc: BlockLocation, payload: bytes) -> None:
         if self._keeper is None:
@@ -324,6 +339,27 @@ class Repository:
             )
         self.fetch_meter.add(loc.length)
         return loc, payload
+
+    def read_span(self, pack: int, start: int, length: int) -> bytes:
+        """Bytes [start, start+length) of a pack: a local pack file, or in a lazy clone a
+        remote pack (one ranged GET, counted on fetch_meter). Unverified: the block reader
+        checks each block in it against its id."""
+        if pack < PROMISED_PACK_BASE:
+            return self.packs.read(pack, start, length)
+        if self.block_source is None:
+            raise NotFetchedError("blocks are not fetched yet and no remote is attached")
+        slot = pack - PROMISED_PACK_BASE
+        name = self._slots.get(slot)
+        if name is None:
+            name = self._slots[slot] = slot_name(self, slot)
+        data = self.block_source.fetch(name[0], name[1], start, length)
+        if len(data) != length:
+            raise CorruptionError(
+                f"remote {name[0]}: pack {name[1][:12]} gave {len(data)} bytes at {start}, "
+                f"not {length}"
+            )
+        self.fetch_meter.add(length)
+        return data
 
     def promised_count(self, remote: str) -> int:
         """Blocks this store still knows only as locations on `remote` (a lazy clone)."""
@@ -373,6 +409,10 @@ class Repository:
         if loc.ref is not None:
             ref_raw = reference if reference is not None else self.read_block(loc.ref, meter)
         return loc, payload, ref_raw
+
+    def reader(self, **options: int) -> BlockReader:
+        """Many blocks at once, in pack order, verified (see reader.py for `options`)."""
+        return BlockReader(self, **options)
 
     def stored_size(self, bid: bytes) -> int:
         loc = self.block_location(bid)
@@ -490,6 +530,39 @@ class Repository:
                 ):
                     n += 1
         return n
+
+    # ----- stat cache ------------------------------------------------------------------------
+
+    def stat_entries(self, paths: Iterable[bytes]) -> dict[bytes, StatEntry]:
+        """The stat cache's entries for these paths (path_key), in one read transaction."""
+        out: dict[bytes, StatEntry] = {}
+        with self.index.read() as txn:
+            db = self.index.db("statcache")
+            for key in paths:
+                raw = txn.get(key, db=db)
+                entry = StatEntry.decode(bytes(raw)) if raw is not None else None
+                if entry is not None:
+                    out[key] = entry
+        return out
+
+    def file_is_complete(self, oid: bytes) -> bool:
+        """A stored BlobFile or TensorFile whose blocks (header included) are all present."""
+        raw = self.get_object_bytes(oid)
+        if raw is None:
+            return False
+        try:
+            obj = self.get_file(oid)
+            blocks: list[bytes] = list(obj.blocks) if isinstance(obj, BlobFile) else []
+            if isinstance(obj, TensorFile):
+                header = self.get_file(obj.header)
+                if not isinstance(header, BlobFile):
+                    return False
+                blocks.extend(header.blocks)
+                for t in obj.tensors:
+                    blocks.extend(t.blocks)
+        except MergestoreError:
+            return False
+        return len(self.block_locations(blocks)) == len(set(blocks))
 
     # ----- refs ------------------------------------------------------------------------------
 
@@ -674,6 +747,7 @@ class WriteSession:
     blocks: dict[bytes, PendingBlock] = field(default_factory=dict)
     objects: dict[bytes, bytes] = field(default_factory=dict)
     stats: dict[bytes, bytes] = field(default_factory=dict)
+    stat_cache: dict[bytes, tuple[FileStamp, str, bytes]] = field(default_factory=dict)
     bytes_written: int = 0
     on_publish: list[Callable[[], None]] = field(default_factory=list)
 
@@ -745,6 +819,11 @@ class WriteSession:
     def put_stats(self, b: bytes, a: bytes, dtype: str, st: DeltaStats) -> None:
         self.stats[stats_key(b, a, dtype)] = st.encode()
 
+    def put_stat_entry(self, path: bytes, stamp: FileStamp, kind: str, oid: bytes) -> None:
+        """Remember that the file at `path`, as `stamp` describes it, is stored as `oid`; kept
+        when the session publishes, with the publish time as the entry's write time."""
+        self.stat_cache[path] = (stamp, kind, oid)
+
     # publish
 
     def publish(self, ref_updates: Iterable[RefUpdate] = ()) -> None:
@@ -766,6 +845,11 @@ class WriteSession:
                 txn.put(oid, _wrap_object(data), db=idx.db("objects"), overwrite=False)
             for key, value in self.stats.items():
                 txn.put(key, value, db=idx.db("stats"), overwrite=False)
+            written = time.time_ns()  # after every read the entries describe
+            block_size = self.repo.config.block_size
+            for key, (stamp, kind, oid) in self.stat_cache.items():
+                entry = StatEntry(stamp, written, block_size, kind, oid)
+                txn.put(key, entry.encode(), db=idx.db("statcache"))
             now = time.time()
             for up in ref_updates:
                 _apply_ref_update(txn, idx, up, now)

@@ -39,6 +39,7 @@ def test_thread_pool_matches_serial():
         assert decoded[i] == jobs[i % len(jobs)][0]
 
 
+@pytest.mark.needs(huffman._HAVE_SEQUENCES_API, "zstandard's cffi backend (cffi) is missing")
 def test_literal_only_frames_are_plain_zstd():
     rows = split_planes(weights("BF16", 50_000), 2, 1)
     frame = huffman.compress_literals(rows[1], 50_000)

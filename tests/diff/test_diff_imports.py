@@ -13,7 +13,7 @@ import pytest
 from mergestore import native
 
 
-@pytest.mark.skipif(native.kernels is None, reason="C kernels not built")
+@pytest.mark.needs(native.kernels is not None, "C kernels not built")
 def test_diff_and_commit_with_base_leave_torch_unloaded(tiny_family, tmp_path) -> None:
     code = f"""
 import sys

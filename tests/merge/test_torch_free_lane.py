@@ -14,7 +14,7 @@ from fixtures.store import commit_family
 from mergestore import native
 from mergestore.api import Store
 
-pytestmark = pytest.mark.skipif(native.kernels is None, reason="C kernels not built")
+pytestmark = pytest.mark.needs(native.kernels is not None, "C kernels not built")
 
 EXPERTS = ["dense_small", "frozen", "lowrank_attn"]
 
@@ -130,9 +130,7 @@ def test_a_tensor_of_another_dtype_keeps_the_merge_on_torch(store: Store, tmp_pa
         assert store.read_tensor("m", name).dtype == base[name].dtype
 
 
-@pytest.mark.skipif(
-    not getattr(native.kernels, "HAVE_F16", 0), reason="no fp16 kernels in this build"
-)
+@pytest.mark.needs(bool(getattr(native.kernels, "HAVE_F16", 0)), "no fp16 kernels in this build")
 def test_fp16_family(tmp_path, monkeypatch) -> None:
     import dataclasses
 

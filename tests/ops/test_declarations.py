@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from mergekit_ref import mk
 
 from mergestore.errors import MergeError
 from mergestore.ops import BaseRule, Scope, get_method, method_names
@@ -60,24 +61,24 @@ _SCOPE = {"shared": Scope.SHARED, "input": Scope.INPUT, "non_base": Scope.NON_BA
 
 @pytest.mark.parametrize("name", sorted(ALL_METHODS))
 def test_declarations_match_mergekit_registry(name):
-    registry = pytest.importorskip("mergekit.merge_methods.registry")
-    theirs = registry.get(name).spec
+    theirs = mk.spec(name)  # mergekit's registry entry, from its own venv (tests/mergekit_ref.py)
     ours = get_method(name)
-    assert {p.name for p in ours.params} == {p.name for p in theirs.parameters}
-    for p in theirs.parameters:
-        mine = ours.param(p.name)
-        assert mine.scope is _SCOPE[p.scope.value], p.name
-        assert mine.required == p.required, p.name
-        if not p.required:
-            assert mine.default == p.default and type(mine.default) is type(p.default), p.name
-    assert ours.base.value == theirs.contract.base.value
-    assert ours.optional_tensor.value == theirs.optional_tensor_policy.value
+    assert {p.name for p in ours.params} == {p["name"] for p in theirs["parameters"]}
+    for p in theirs["parameters"]:
+        mine = ours.param(p["name"])
+        assert mine.scope is _SCOPE[p["scope"]], p["name"]
+        assert mine.required == p["required"], p["name"]
+        if not p["required"]:
+            default = p["default"]
+            assert mine.default == default and type(mine.default) is type(default), p["name"]
+    assert ours.base.value == theirs["base"]
+    assert ours.optional_tensor.value == theirs["optional_tensor_policy"]
     # Translate mergekit's contract (total inputs, optional non-base bounds) to ours.
-    c = theirs.contract
     has_base = ours.base is BaseRule.REQUIRED
-    lo = c.min_non_base if c.min_non_base is not None else c.min_inputs - int(has_base)
-    hi = c.max_non_base if c.max_non_base is not None else c.max_inputs
-    if hi is not None and c.max_non_base is None:
+    min_nb, max_nb = theirs["min_non_base"], theirs["max_non_base"]
+    lo = min_nb if min_nb is not None else theirs["min_inputs"] - int(has_base)
+    hi = max_nb if max_nb is not None else theirs["max_inputs"]
+    if hi is not None and max_nb is None:
         hi -= int(has_base)
     assert ours.min_inputs == max(lo, 0 if has_base else 1)
     assert ours.max_inputs == hi

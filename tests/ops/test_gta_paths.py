@@ -7,15 +7,11 @@ Densities of 1 keep every element, so no rank cut (and no tie) is involved.
 
 from __future__ import annotations
 
-import warnings
-
 import pytest
 import torch
+from mergekit_ref import mk
 
 from mergestore.ops import TensorContext, merge_tensor
-
-mk = pytest.importorskip("mergekit.merge_methods")
-warnings.filterwarnings("ignore", module="mergekit")
 
 
 def _inputs(n: int, dtype: torch.dtype, seed: int):

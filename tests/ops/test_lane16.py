@@ -18,7 +18,7 @@ from mergestore import native
 from mergestore.ops import TensorContext, lane16, merge_tensor, validate_params
 from mergestore.ops.registry import get_method
 
-pytestmark = pytest.mark.skipif(native.kernels is None, reason="C kernels not built")
+pytestmark = pytest.mark.needs(native.kernels is not None, "C kernels not built")
 CTX = TensorContext(name="t", seed=0)
 
 
@@ -85,7 +85,7 @@ def _lane(method: str, base, xs, shared, per_input, fp16: bool = False) -> np.nd
     return lane.merge(base, xs, s, p, out, fp16)
 
 
-needs_f16 = pytest.mark.skipif(not lane16.has_fp16(), reason="no fp16 kernels in this build")
+needs_f16 = pytest.mark.needs(lane16.has_fp16(), "no fp16 kernels in this build")
 # bf16, and fp16 where the build has its kernels
 FORMATS = [torch.bfloat16, pytest.param(torch.float16, marks=needs_f16)]
 

@@ -1,0 +1,288 @@
+"""`merge --out DIR`: the merged HF folder, written in the same pass that commits the merge.
+
+Before any tensor is computed, the output files are laid out exactly as the commit's tree will
+lay them out (layout.plan_shards, from each output tensor's name, dtype and shape, which follow
+from the plan and mergekit's dtype rules): every safetensors file is created at its final size
+in a temporary sibling of DIR, with its header written. As the engine's writer stage names each
+output block, the sink writes the block's bytes, still in memory, at its place in its file: no
+output block is read back, decoded or verified a second time. After the commit is published:
+
+- the layout is checked against the commit's tree (header bytes, sizes, tensor offsets); if a
+  prediction was wrong (say a method whose result dtype is not the usual one), the folder is
+  written by a checkout of the commit instead, and the result says so (`same_pass: false`);
+- output blocks the merge never computed (a budgeted merge takes unchanged blocks from the
+  base) are read from the store once, in pack order, and written;
+- the other files (config, tokenizer, index json, mergekit_config.yml) are written by the
+  checkout writer (checkout.write_tree_files), so the folder equals `checkout` byte for byte;
+- the temporary folder is renamed to DIR. On any failure it is removed: DIR appears whole or
+  not at all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mergestore.checkout import _pwrite_all, write_tree_files
+from mergestore.errors import CheckoutError
+from mergestore.formats.checkpoint import safe_join
+from mergestore.merge.engine import Engine, Sink, TensorTask
+from mergestore.merge.layout import TensorMeta, plan_shards, shard_header
+from mergestore.store.blocks import TensorBlocking
+from mergestore.store.objects import TensorFile, Tree
+from mergestore.store.packs import ReadMeter
+from mergestore.store.repo import Repository
+from mergestore.threads import default_workers
+
+_FLOATS = {"BF16": 2, "F16": 2, "F32": 4, "F64": 8}
+# Kernels whose result is fp32 for 16-bit inputs (docs/methods.md, "result dtype").
+_F32_RESULT = frozenset({"ramplus_tl", "arcee_fusion"})
+
+
+@dataclass
+class _Place:
+    fd: int
+    start: int  # byte offset of the tensor's data in its file
+    meta: TensorMeta
+    written: set[int] = field(default_factory=set)  # tensor byte offsets of blocks written
+
+
+@dataclass
+class _File:
+    path: str
+    fd: int
+    header: bytes
+    size: int
+    offsets: dict[str, int]  # tensor name -> data offset after the header
+
+
+def check_target(out: Path) -> None:
+    """DIR must not exist, or be an empty directory (checked before the merge runs)."""
+    if out.exists() and not out.is_dir():
+        raise CheckoutError(f"{out}: exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()):
+        raise CheckoutError(f"{out}: directory is not empty")
+
+
+def predict_outputs(engine: Engine, tasks: Sequence[TensorTask]) -> list[TensorMeta]:
+    """Each output tensor's name, dtype and shape, as the engine will produce them."""
+    lane = engine.torch_free_lane(tasks)
+    return [_predict(engine, t, lane is not None) for t in tasks]
+
+
+def _predict(engine: Engine, task: TensorTask, lane: bool) -> TensorMeta:
+    recs = ([task.base] if task.base is not None else []) + list(task.inputs)
+    first = recs[0]
+    shape = tuple(first.shape)
+    ref = task.reference
+    fits = ref is not None and bool(shape) and shape[1:] == tuple(ref.shape[1:])
+    if engine.tokenizer_source is not None and fits:
+        assert ref is not None
+        shape = tuple(ref.shape)
+    name = task.plan.name
+    if lane:
+        return TensorMeta(name, engine.lane_dtype, shape)
+    out = engine.out_dtype_name
+    if task.plan.copy_from is not None:
+        src = task.base if task.base is not None else task.inputs[0]
+        float_src = src.dtype in _FLOATS
+        return TensorMeta(name, out if out is not None and float_src else src.dtype, shape)
+    dtypes = {r.dtype for r in recs}
+    if not dtypes <= set(_FLOATS):
+        return TensorMeta(name, first.dtype, shape)
+    compute = engine.compute_dtype_name or _promote(dtypes)
+    result = compute
+    if engine.method in _F32_RESULT and _FLOATS.get(compute) == 2:
+        result = "F32"
+    return TensorMeta(name, out or result, shape)
+
+
+def _promote(dtypes: set[str]) -> str:
+    """torch.promote_types over float dtypes: bf16 + fp16 -> fp32, else the widest."""
+    if len(dtypes) == 1:
+        return next(iter(dtypes))
+    widest = max(dtypes, key=lambda d: _FLOATS[d])
+    return "F32" if _FLOATS[widest] == 2 else widest
+
+
+class FolderOutput:
+    """The folder merge --out writes (see the module docstring)."""
+
+    def __init__(self, out: str | os.PathLike[str]) -> None:
+        self.out = Path(out)
+        check_target(self.out)
+        parent = self.out.absolute().parent
+        parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = parent / f".{self.out.name}.mergestore-tmp-{os.getpid()}"
+        if self.tmp.exists():
+            shutil.rmtree(self.tmp)
+        self.tmp.mkdir()
+        self.files: list[_File] = []
+        self.places: dict[str, _Place] = {}
+        self.mismatch: str | None = None
+        self.bytes_written = 0
+
+    # -- before the merge -------------------------------------------------------------------
+
+    def prepare(
+        self, repo: Repository, outputs: Sequence[TensorMeta], layout_commit: bytes
+    ) -> None:
+        """Create every safetensors file at its final size, its header written."""
+        layout = plan_shards(repo, outputs, layout_commit)
+        for shard in layout.shards:
+            header, entries = shard_header(repo, shard)
+            target = safe_join(self.tmp, shard.path)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            data_start = 8 + len(header)
+            size = data_start + (entries[-1].end if entries else 0)
+            f = _File(shard.path, fd, header, size, {e.name: e.begin for e in entries})
+            self.files.append(f)
+            os.ftruncate(fd, size)
+            _pwrite_all(fd, struct.pack("<Q", len(header)) + header, 0)
+            self.bytes_written += data_start
+            for meta, e in zip(shard.tensors, entries, strict=True):
+                self.places[meta.name] = _Place(fd, data_start + e.begin, meta)
+
+    def sink(self, inner: Sink) -> FolderSink:
+        return FolderSink(inner, self)
+
+    def put(self, name: str, offset: int, raws: Sequence[memoryview], dtype: str) -> None:
+        """Write output blocks (consecutive bytes of tensor `name` from `offset` on)."""
+        place = self.places.get(name)
+        if place is None or place.meta.dtype != dtype:
+            self.mismatch = self.mismatch or f"{name}: not laid out as {dtype}"
+            return
+        pos = offset
+        for raw in raws:
+            _pwrite_all(place.fd, raw, place.start + pos)
+            place.written.add(pos)
+            pos += len(raw)
+        self.bytes_written += pos - offset
+
+    # -- after the commit -------------------------------------------------------------------
+
+    def finish(self, repo: Repository, commit: bytes) -> dict[str, Any]:
+        """Complete the folder from the published commit and move it into place."""
+        tree = repo.get_tree(repo.get_commit(commit).tree)
+        meter = ReadMeter()
+        problem = self.mismatch or self._layout_problem(repo, tree)
+        if problem is None:
+            self._fill_untouched(repo, tree, meter)
+            skip = frozenset(f.path for f in self.files)
+            self._close()
+            self.bytes_written += write_tree_files(repo, tree, self.tmp, skip=skip, meter=meter)
+        else:
+            from mergestore.checkout import checkout_commit
+
+            self._close()
+            shutil.rmtree(self.tmp)
+            res = checkout_commit(repo, commit, self.tmp)
+            self.bytes_written = res.bytes_written
+            meter.add(res.bytes_read)
+        if self.out.is_dir():
+            os.rmdir(self.out)  # empty (checked before the merge); rename needs it gone
+        os.replace(self.tmp, self.out)
+        return {
+            "path": str(self.out.absolute()),
+            "files": len(tree.entries),
+            "bytes_written": self.bytes_written,
+            "bytes_read": meter.bytes_read,
+            "same_pass": problem is None,
+            **({"fallback_reason": problem} if problem else {}),
+        }
+
+    def abort(self) -> None:
+        self._close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def _close(self) -> None:
+        for f in self.files:
+            if f.fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(f.fd)
+                f.fd = -1
+
+    def _layout_problem(self, repo: Repository, tree: Tree) -> str | None:
+        """Why the files laid out before the merge differ from the commit's, or None."""
+        by_path = {f.path: f for f in self.files}
+        tensor_files = [e for e in tree.entries if e.kind == "tensorfile"]
+        if sorted(e.path for e in tensor_files) != sorted(by_path):
+            return "the commit's safetensors files are not the ones laid out"
+        for e in tensor_files:
+            f = by_path[e.path]
+            tf = repo.get_file(e.object)
+            assert isinstance(tf, TensorFile)
+            if tf.size != f.size or e.size != f.size:
+                return f"{e.path}: size differs from the one laid out"
+            header = repo.get_file(tf.header)
+            if header.size != len(f.header):
+                return f"{e.path}: header differs from the one laid out"
+            offsets = {t.name: t.begin for t in tf.tensors}
+            if offsets != f.offsets:
+                return f"{e.path}: tensor offsets differ from the ones laid out"
+            for t in tf.tensors:
+                meta = self.places[t.name].meta
+                if (t.dtype, tuple(t.shape)) != (meta.dtype, tuple(meta.shape)):
+                    return f"{t.name}: dtype or shape differs from the one laid out"
+        return None
+
+    def _fill_untouched(self, repo: Repository, tree: Tree, meter: ReadMeter) -> None:
+        """Blocks of the commit that the merge did not compute (taken from the base)."""
+        want: dict[bytes, list[tuple[int, int]]] = {}
+        for e in tree.entries:
+            if e.kind != "tensorfile":
+                continue
+            tf = repo.get_file(e.object)
+            assert isinstance(tf, TensorFile)
+            for t in tf.tensors:
+                place = self.places[t.name]
+                if not t.blocks:
+                    continue
+                rows = t.shape[0] if t.shape else 1
+                row_bytes = t.nbytes // rows if rows else 0
+                blocking = TensorBlocking(rows, row_bytes, t.rows_per_block)
+                for i, bid in enumerate(t.blocks):
+                    lo, _hi = blocking.byte_range(i)
+                    if lo not in place.written:
+                        want.setdefault(bid, []).append((place.fd, place.start + lo))
+        if not want:
+            return
+        for bid, raw in repo.reader().read(list(want), meter, workers=default_workers()):
+            if isinstance(raw, Exception):
+                raise raw
+            for fd, pos in want[bid]:
+                _pwrite_all(fd, raw, pos)
+                self.bytes_written += len(raw)
+
+
+class FolderSink:
+    """A sink that writes each output block into the folder too (merge --out)."""
+
+    def __init__(self, inner: Sink, folder: FolderOutput) -> None:
+        self.inner = inner
+        self.folder = folder
+
+    def put_blocks(
+        self,
+        raws: Sequence[memoryview],
+        dtype: str,
+        refs: Sequence[bytes | None],
+        workers: int = 1,
+        tensor: tuple[str, int] | None = None,
+    ) -> list[bytes]:
+        ids = self.inner.put_blocks(raws, dtype, refs, workers, tensor)
+        if tensor is None:
+            self.folder.mismatch = self.folder.mismatch or "an output block without its tensor"
+        else:
+            self.folder.put(tensor[0], tensor[1], raws, dtype)
+        return ids
+
+    def offer_references(self, refs: dict[bytes, bytes]) -> None:
+        self.inner.offer_references(refs)  # type: ignore[attr-defined]
