@@ -13,6 +13,7 @@ from mergestore.checkout import CheckoutResult, checkout_commit, tensor_records
 from mergestore.errors import MergestoreError, RefError, StoreNotFoundError
 from mergestore.formats.safetensors import torch_dtype
 from mergestore.ingest import CommitResult, commit_checkpoint
+from mergestore.store import merges
 from mergestore.store.objects import BlobFile, Commit, TensorFile, TensorRecord, Tree
 from mergestore.store.packs import ReadMeter
 from mergestore.store.refs import HEADS, TAGS, check_ref_name
@@ -23,6 +24,16 @@ if TYPE_CHECKING:  # torch costs ~2 s to import: only commands that compute pay 
 
 STORE_DIRNAME = ".mergestore"
 Progress = Callable[[int], None]
+
+
+def _materialize(repo: Repository, cid: bytes, tensors: list[str] | None) -> None:
+    from mergestore.merge.materialize import materialize
+
+    materialize(repo, cid, tensors=tensors)
+
+
+# Readers in every layer compute a lazy or evicted merge commit's blocks through this.
+merges.set_materializer(_materialize)
 
 
 def find_store(start: str | os.PathLike[str] | None = None) -> Path:
@@ -238,6 +249,13 @@ class Store:
             self.repo, self.resolve(ref), out, force=force, tensors=tensors, progress=progress
         )
 
+    def _known_tree(self, ref: str | bytes) -> Tree:
+        """A commit's tree without computing anything (a lazy merge not computed: empty)."""
+        from mergestore.store.merges import EMPTY_TREE, known_tree
+
+        cid = ref if isinstance(ref, bytes) else self.resolve(ref)
+        return known_tree(self.repo, cid) or EMPTY_TREE
+
     def resolve(self, ref: str) -> bytes:
         return self.repo.resolve(ref)
 
@@ -245,8 +263,13 @@ class Store:
         cid = ref if isinstance(ref, bytes) else self.resolve(ref)
         return self.repo.get_commit(cid)
 
-    def tree(self, ref: str | bytes) -> Tree:
-        return self.repo.get_tree(self.get_commit(ref).tree)
+    def tree(self, ref: str | bytes, tensors: Sequence[str] | None = None) -> Tree:
+        """A commit's files; a lazy or evicted merge computes the blocks of `tensors` (all
+        when None) first."""
+        from mergestore.store.merges import readable_tree
+
+        cid = ref if isinstance(ref, bytes) else self.resolve(ref)
+        return readable_tree(self.repo, cid, tensors)
 
     def log(self, ref: str | None = None, *, all_refs: bool = False) -> list[LogEntry]:
         """Commits reachable from `ref` (default HEAD) or from every ref, newest first."""
@@ -268,7 +291,7 @@ class Store:
 
     def files(self, ref: str | bytes) -> list[FileInfo]:
         out = []
-        for e in self.tree(ref).entries:
+        for e in self._known_tree(ref).entries:
             n = 0
             if e.kind == "tensorfile":
                 tf = self.repo.get_file(e.object)
@@ -278,10 +301,10 @@ class Store:
         return out
 
     def tensors(self, ref: str | bytes) -> list[TensorRecord]:
-        return list(tensor_records(self.repo, self.tree(ref)))
+        return list(tensor_records(self.repo, self.tree(ref, ())))
 
     def tensor_record(self, ref: str | bytes, name: str) -> TensorRecord:
-        for t in self.tensors(ref):
+        for t in tensor_records(self.repo, self.tree(ref, [name])):
             if t.name == name:
                 return t
         raise MergestoreError(f"no tensor {name!r} in {ref if isinstance(ref, str) else ref.hex()}")
@@ -295,7 +318,7 @@ class Store:
 
     def commit_sizes(self, ref: str | bytes) -> dict[str, int]:
         """Logical bytes, and the unique raw and stored bytes of the blocks a commit uses."""
-        tree = self.tree(ref)
+        tree = self._known_tree(ref)
         blocks: set[bytes] = set()
         for e in tree.entries:
             obj = self.repo.get_file(e.object)
@@ -356,13 +379,24 @@ class Store:
         message: str = "",
         progress: Progress | None = None,
         out: str | os.PathLike[str] | None = None,
+        lazy: bool = False,
+        force: bool = False,
     ) -> Any:
-        """Run a prepared merge; with `out`, also write the merged HF folder there in the same
-        pass (byte-identical to a later checkout of the commit; MergeResult.out describes it)."""
+        """Publish a prepared merge: a plan already merged returns its commit (the memo)
+        unless `force`; `lazy` commits the plan without computing it. With `out`, also write
+        the merged HF folder there in the same pass (byte-identical to a later checkout of the
+        commit; MergeResult.out describes it)."""
         from mergestore.merge.run import execute
 
         return execute(
-            self.repo, prepared, branch=branch, message=message, progress=progress, out=out
+            self.repo,
+            prepared,
+            branch=branch,
+            message=message,
+            progress=progress,
+            out=out,
+            lazy=lazy,
+            force=force,
         )
 
     def merge(
@@ -383,9 +417,15 @@ class Store:
         message: str = "",
         out: str | os.PathLike[str] | None = None,
         verify_inputs: bool = False,
+        lazy: bool = False,
+        force: bool = False,
     ) -> Any:
         """Run a merge and store it as a commit; returns a MergeResult (commit, plan, run).
-        With `out`, the merged HF folder is written there in the same pass (MergeResult.out)."""
+        With `out`, the merged HF folder is written there in the same pass (MergeResult.out).
+
+        A plan already merged returns its commit at once (`run["memo"]`) unless `force`,
+        which recomputes and checks the same blocks come out. `lazy` commits the plan
+        without computing it: reads compute it, or `materialize`."""
         from mergestore.merge.config import config_from_cli
 
         if config is None:
@@ -409,7 +449,75 @@ class Store:
             prep = self.prepare_merge(
                 config, budget=budget, max_error=max_error, verify_inputs=verify_inputs
             )
-            return self.execute_merge(prep, branch=branch, message=message, out=out)
+            return self.execute_merge(
+                prep, branch=branch, message=message, out=out, lazy=lazy, force=force
+            )
+
+    def merge_recipe(
+        self,
+        recipe: str | os.PathLike[str],
+        *,
+        prefix: str,
+        budget: str | int | None = None,
+        max_error: float | None = None,
+        lazy: bool = False,
+        force: bool = False,
+        message: str = "",
+    ) -> list[dict[str, Any]]:
+        """Run a multi-step recipe (mergekit-multi's multi-document YAML: a path or text):
+        step NAME becomes a commit on branch PREFIX/NAME; unchanged steps are memo hits.
+        Returns one row per step, in the order they ran."""
+        from mergestore.merge.recipe import run_recipe
+
+        text = _read_text(recipe)
+
+        def run_step(step: Any, cfg: Any, branch: str) -> dict[str, Any]:
+            prep = self.prepare_merge(cfg, budget=budget, max_error=max_error)
+            msg = message or f"recipe step {step.name}: {cfg.merge_method}"
+            res = self.execute_merge(prep, branch=branch, message=msg, lazy=lazy, force=force)
+            return {
+                "step": step.name,
+                "branch": branch,
+                "commit": res.commit.hex(),
+                "plan": res.plan.hex(),
+                "depends_on": list(step.deps),
+                "memo": False,
+                **res.run,
+            }
+
+        with self.gc_paused():
+            return run_recipe(self.repo, text, prefix, run_step)
+
+    def materialize(
+        self,
+        ref: str | bytes,
+        *,
+        tensors: Sequence[str] | None = None,
+        progress: Progress | None = None,
+    ) -> dict[str, Any]:
+        """Compute and store a lazy or evicted merge commit's blocks (all, or `tensors`)."""
+        from mergestore.merge.materialize import materialize
+
+        cid = ref if isinstance(ref, bytes) else self.resolve(ref)
+        names = list(tensors) if tensors is not None else None
+        return materialize(self.repo, cid, tensors=names, progress=progress)
+
+    def evict(self, *refs: str | bytes) -> list[dict[str, Any]]:
+        """Drop the blocks only these merge commits use; commit, plan and block ids stay.
+        `gc` then frees the pack space; any read computes the blocks again."""
+        from mergestore.merge.materialize import evict
+
+        ids = [r if isinstance(r, bytes) else self.resolve(r) for r in refs]
+        return [evict(self.repo, cid) for cid in ids]
+
+    def merge_state(self, ref: str | bytes) -> str:
+        """ "lazy", "evicted" or "materialized" (every plain commit is materialized)."""
+        return merges.state(self.repo, self.get_commit(ref))
+
+    def eviction(self, ref: str | bytes) -> dict[str, Any] | None:
+        """What `evict` dropped of a merge commit (blocks, raw and stored bytes), or None."""
+        cid = ref if isinstance(ref, bytes) else self.resolve(ref)
+        return merges.evicted(self.repo, cid)
 
     def replay(self, ref: str) -> dict[str, Any]:
         """Re-execute a merge's plan; {"identical": bool, "first_difference": name, ...}."""
@@ -658,6 +766,16 @@ class Store:
         from mergestore.diff import analyze
 
         return analyze(self.repo, expert, base, progress=progress)
+
+
+def _read_text(source: str | os.PathLike[str]) -> str:
+    """A path's text, or the text itself (YAML with a newline is never a path)."""
+    if isinstance(source, str) and "\n" in source:
+        return source
+    try:
+        return Path(source).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise MergestoreError(f"{os.fspath(source)}: cannot read: {e}") from None
 
 
 def read_record(

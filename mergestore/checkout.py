@@ -22,6 +22,7 @@ from pathlib import Path
 from mergestore.errors import CheckoutError, CorruptionError
 from mergestore.formats.checkpoint import safe_join
 from mergestore.formats.safetensors import encode_header
+from mergestore.store import merges
 from mergestore.store.index import BlockLocation
 from mergestore.store.objects import BlobFile, TensorFile, TensorRecord, Tree
 from mergestore.store.packs import ReadMeter
@@ -225,8 +226,8 @@ def checkout_commit(
     t0 = time.perf_counter()
     reuse_freed_memory()
     out_path = Path(out)
-    tree = repo.get_tree(repo.get_commit(commit_id).tree)
     _check_target(out_path, force)
+    tree = merges.readable_tree(repo, commit_id, tensors)  # computes a lazy/evicted merge's blocks
     meter = ReadMeter()
     writer = _Writer(repo, meter, progress)
     try:

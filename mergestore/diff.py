@@ -496,7 +496,9 @@ def _commit_sides(repo: Repository, cid: bytes) -> dict[str, _Side]:
     from mergestore.checkout import tensor_records
 
     out = {}
-    tree = repo.get_tree(repo.get_commit(cid).tree)
+    from mergestore.store.merges import readable_tree
+
+    tree = readable_tree(repo, cid)  # computes a lazy/evicted merge's blocks
     for rec in tensor_records(repo, tree):
         out[rec.name] = _record_side(rec)
     return out

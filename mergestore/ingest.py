@@ -190,7 +190,9 @@ def base_tensor_blocks(
     out: dict[str, tuple[str, tuple[int, ...], tuple[bytes, ...]]] = {}
     if commit_id is None:
         return out
-    tree = repo.get_tree(repo.get_commit(commit_id).tree)
+    from mergestore.store.merges import readable_tree
+
+    tree = readable_tree(repo, commit_id, ())  # block ids only: an evicted base needs none
     for entry in tree.entries:
         if entry.kind != "tensorfile":
             continue

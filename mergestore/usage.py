@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from mergestore.fsck import index_size, pack_files_size
 from mergestore.history import HasCommit, topo_order
-from mergestore.store import codecs
+from mergestore.store import codecs, merges
 from mergestore.store.objects import BlobFile, TensorFile
 from mergestore.store.repo import Repository
 
@@ -38,9 +38,11 @@ def disk_usage(repo: Repository, entries: Sequence[HasCommit]) -> dict[str, obje
         slot["stored_bytes"] += loc.length
     seen: set[bytes] = set()
     per_commit = []
+    merge_rows: list[tuple[HasCommit, int, int]] = []
     logical_total = 0
     for e in reversed(topo_order(entries)):
-        logical = sum(x.size for x in repo.get_tree(e.commit.tree).entries)
+        tid = merges.tree_id(repo, e.commit)  # None: a lazy merge not computed yet
+        logical = sum(x.size for x in repo.get_tree(tid).entries) if tid else 0
         logical_total += logical
         new_raw = new_stored = 0
         for b in iter_commit_blocks(repo, e.id):
@@ -49,6 +51,8 @@ def disk_usage(repo: Repository, entries: Sequence[HasCommit]) -> dict[str, obje
                 r, s = sizes.get(b, (0, 0))
                 new_raw += r
                 new_stored += s
+        if e.commit.plan is not None:
+            merge_rows.append((e, new_raw, new_stored))
         per_commit.append(
             CommitUsage(
                 e.id.hex(), (e.commit.message.splitlines() or [""])[0], logical, new_stored, new_raw
@@ -66,14 +70,15 @@ def disk_usage(repo: Repository, entries: Sequence[HasCommit]) -> dict[str, obje
         "compression_ratio": raw_total / stored_total if stored_total else 1.0,
         "total_ratio": logical_total / stored_total if stored_total else 1.0,
         "by_codec": by_codec,
+        "merges": merge_usage(repo, merge_rows),
         "by_commit": [c.__dict__ for c in reversed(per_commit)],
     }
 
 
 def iter_commit_blocks(repo: Repository, cid: bytes) -> Iterator[bytes]:
     """Every block id a commit uses, headers included (with repeats)."""
-    tree = repo.get_tree(repo.get_commit(cid).tree)
-    for e in tree.entries:
+    tid = merges.tree_id(repo, repo.get_commit(cid))
+    for e in repo.get_tree(tid).entries if tid else ():
         obj = repo.get_file(e.object)
         if isinstance(obj, TensorFile):
             header = repo.get_file(obj.header)
@@ -83,3 +88,23 @@ def iter_commit_blocks(repo: Repository, cid: bytes) -> Iterator[bytes]:
                 yield from t.blocks
         else:
             yield from obj.blocks
+
+
+def merge_usage(repo: Repository, rows: list[tuple[HasCommit, int, int]]) -> dict[str, object]:
+    """Merge commits: how many are materialized, lazy or evicted; the stored/raw ratio of the
+    blocks they added (delta-coded against the base where smaller); what eviction freed."""
+    states = {"materialized": 0, "lazy": 0, "evicted": 0}
+    raw = stored = 0
+    for e, r, s in rows:
+        states[merges.state(repo, e.commit)] += 1
+        raw += r
+        stored += s
+    ev = merges.evictions(repo)
+    return {
+        **states,
+        "raw_bytes": raw,
+        "stored_bytes": stored,
+        "stored_raw_ratio": stored / raw if raw else None,
+        "evicted_stored_bytes": sum(int(v.get("stored_bytes", 0)) for v in ev.values()),
+        "evicted_raw_bytes": sum(int(v.get("raw_bytes", 0)) for v in ev.values()),
+    }

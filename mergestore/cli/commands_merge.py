@@ -112,6 +112,10 @@ def _config(
     help="Read and hash every file of models given as folders (default: unchanged files cost a "
     "stat).",
 )
+@click.option("--lazy", is_flag=True, help="Commit the plan without computing (reads compute it).")
+@click.option(
+    "--force", is_flag=True, help="Recompute a plan already merged (must give the same blocks)."
+)
 @json_option
 @with_store
 def merge(
@@ -131,10 +135,23 @@ def merge(
     branch: str | None,
     out_dir: str | None,
     verify_inputs: bool,
+    lazy: bool,
+    force: bool,
     as_json: bool,
 ) -> None:
     """Merge MODELS (store refs or paths) into a new commit on BRANCH (and, with --out, into
-    an HF folder)."""
+    an HF folder).
+
+    A plan already merged is not computed again: its commit is returned and BRANCH moved.
+    A --config with several YAML documents is a recipe (mergekit-multi): step NAME becomes
+    a commit on BRANCH/NAME."""
+    if config_path:
+        from mergestore.cli.commands_search import maybe_run_recipe
+
+        if maybe_run_recipe(
+            store, config_path, branch, budget, max_error, lazy, force, message, as_json
+        ):
+            return
     cfg = _config(config_path, method, base, models, weights, params, dtype, out_dtype, seed)
     fetched = store.bytes_fetched  # a lazy clone fetches the blocks the merge reads
     if out_dir is not None:  # before anything is read or stored
@@ -148,11 +165,15 @@ def merge(
             cfg, budget=budget, max_error=max_error, verify_inputs=verify_inputs
         )
         with progress_bar("merge", None, not as_json) as _:
-            res = store.execute_merge(prep, branch=branch, message=message, out=out_dir)
+            res = store.execute_merge(
+                prep, branch=branch, message=message, out=out_dir, lazy=lazy, force=force
+            )
     out = {
         "commit": res.commit.hex() if res.commit else None,
         "plan": res.plan.hex(),
         "method": cfg.merge_method,
+        "memo": False,
+        "lazy": lazy,
         **res.run,
         "bytes_fetched": store.bytes_fetched - fetched,
     }
@@ -165,6 +186,8 @@ def merge(
     if res.out is not None:
         click.echo(f"wrote {res.out['path']} ({res.out['files']} files)")
     r = res.run
+    if _report_memo_or_lazy(out):
+        return
     from mergestore.cli.merge_summary import print_summary
 
     print_summary(cfg.merge_method, r)
@@ -174,6 +197,29 @@ def merge(
             f"{prep.selection.error_bound_rel:.3%})",
             err=True,
         )
+
+
+def _report_memo_or_lazy(out: dict[str, Any]) -> bool:
+    """One line for a memo hit or a lazy merge; False for a computed merge."""
+    if out.get("forced"):
+        click.echo(
+            f"recomputed: same blocks as {out['commit'][:12]} (plan {out['plan'][:12]})", err=True
+        )
+        return True
+    if out.get("memo"):
+        extra = ""
+        if out.get("tensors_computed"):
+            extra = f"; computed its {out['tensors_computed']} missing tensors"
+        click.echo(f"already merged as {out['commit']} (plan {out['plan']}){extra}", err=True)
+        return True
+    if out.get("lazy"):
+        click.echo(
+            f"lazy: committed plan {out['plan'][:12]} with {out['tensors']} tensors, none "
+            "computed (reads compute them; or `mergestore materialize`)",
+            err=True,
+        )
+        return True
+    return False
 
 
 @click.command()

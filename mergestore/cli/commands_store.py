@@ -236,6 +236,7 @@ def log(
                         "time": e.commit.time,
                         "base": e.commit.base.hex() if e.commit.base else None,
                         "plan": e.commit.plan.hex() if e.commit.plan else None,
+                        "state": store.merge_state(e.id),
                         "refs": deco.get(e.id, []),
                     }
                     for e in entries
@@ -258,7 +259,9 @@ def log(
     for e in entries:
         c = e.commit
         d = f" ({', '.join(deco[e.id])})" if e.id in deco else ""
-        click.echo(click.style(f"commit {e.id.hex()}", fg="yellow") + d)
+        st = store.merge_state(e.id) if c.plan else "materialized"
+        mark = f" [{st}]" if st != "materialized" else ""
+        click.echo(click.style(f"commit {e.id.hex()}", fg="yellow") + d + mark)
         if len(c.parents) > 1:
             click.echo("Merge:  " + " ".join(short(p, 8) for p in c.parents))
         click.echo(f"Author: {c.author}")
@@ -292,6 +295,7 @@ def show(store: Store, ref: str, as_json: bool) -> None:
         "time": c.time,
         "meta": c.meta,
         "plan": c.plan.hex() if c.plan else None,
+        "state": store.merge_state(cid),
         "files": [
             {"path": f.path, "kind": f.kind, "size": f.size, "tensors": f.tensors} for f in files
         ],
@@ -309,6 +313,10 @@ def show(store: Store, ref: str, as_json: bool) -> None:
     if c.base:
         click.echo(f"base    {c.base.hex()}")
     click.echo(f"tree    {c.tree.hex()}")
+    if info["state"] != "materialized":
+        from mergestore.cli.commands_search import state_line
+
+        click.echo(state_line(store, cid, info["state"]))
     click.echo(f"author  {c.author}")
     click.echo(f"date    {_fmt_time(c.time)}")
     for k, v in sorted(c.meta.items()):

@@ -60,6 +60,18 @@ def du(store: Store, as_json: bool) -> None:
         f"packs on disk      {human_bytes(u['pack_bytes'])}   "
         f"index {human_bytes(u['index_bytes'])}   overall {u['total_ratio']:.2f}x"
     )
+    m = u["merges"]
+    if m["materialized"] or m["lazy"] or m["evicted"]:
+        ratio = f"{m['stored_raw_ratio']:.3f}" if m["stored_raw_ratio"] is not None else "-"
+        click.echo(
+            f"merge commits      {m['materialized']} materialized, {m['lazy']} lazy, "
+            f"{m['evicted']} evicted; their blocks stored/raw {ratio}"
+        )
+        if m["evicted"]:
+            click.echo(
+                f"eviction saved     {human_bytes(m['evicted_stored_bytes'])} stored "
+                f"({human_bytes(m['evicted_raw_bytes'])} raw)"
+            )
     click.echo("by codec:")
     for name, s in sorted(u["by_codec"].items()):
         ratio = s["stored_bytes"] / s["raw_bytes"] if s["raw_bytes"] else 1

@@ -28,7 +28,9 @@ class ResolvedModel:
 
 def _tensors(repo: Repository, cid: bytes) -> dict[str, TensorRecord]:
     out: dict[str, TensorRecord] = {}
-    tree = repo.get_tree(repo.get_commit(cid).tree)
+    from mergestore.store.merges import readable_tree
+
+    tree = readable_tree(repo, cid)  # a lazy or evicted merge used as an input: computed now
     for e in tree.entries:
         if e.kind == "tensorfile":
             tf = repo.get_file(e.object)

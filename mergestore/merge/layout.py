@@ -188,7 +188,7 @@ def build_tree(
     shard_bytes: int = DEFAULT_SHARD_BYTES,
 ) -> bytes:
     """Mirror the layout model's files when the tensor names match; else lay out fresh shards."""
-    src_tree = repo.get_tree(repo.get_commit(layout_commit).tree)
+    src_tree = _known_tree(repo, layout_commit)
     by_name = {o.name: o for o in outputs}
     src_files = {e.path: e for e in src_tree.entries}
     plan = plan_shards(
@@ -203,7 +203,7 @@ def build_tree(
     dtype_changed = out_dtype is not None
     tok_files = {}
     if tokenizer_commit is not None and tokenizer_commit != layout_commit:
-        tok_tree = repo.get_tree(repo.get_commit(tokenizer_commit).tree)
+        tok_tree = _known_tree(repo, tokenizer_commit)
         tok_files = {
             e.path: e for e in tok_tree.entries if e.path.split("/")[-1] in TOKENIZER_FILES
         }
@@ -264,3 +264,10 @@ def _retype_config(data: bytes, out_dtype: str | None) -> bytes:
         if key in cfg:
             cfg[key] = out_dtype
     return (json.dumps(cfg, indent=2) + "\n").encode()
+
+
+def _known_tree(repo: Repository, cid: bytes) -> Tree:
+    """An input's tree (a lazy merge input was computed when the merge resolved its inputs)."""
+    from mergestore.store.merges import readable_tree
+
+    return readable_tree(repo, cid, ())

@@ -35,6 +35,7 @@ from mergestore.formats.checkpoint import safe_join
 from mergestore.merge.engine import Engine, Sink, TensorTask
 from mergestore.merge.layout import TensorMeta, plan_shards, shard_header
 from mergestore.store.blocks import TensorBlocking
+from mergestore.store.merges import readable_tree
 from mergestore.store.objects import TensorFile, Tree
 from mergestore.store.packs import ReadMeter
 from mergestore.store.repo import Repository
@@ -170,7 +171,7 @@ class FolderOutput:
 
     def finish(self, repo: Repository, commit: bytes) -> dict[str, Any]:
         """Complete the folder from the published commit and move it into place."""
-        tree = repo.get_tree(repo.get_commit(commit).tree)
+        tree = readable_tree(repo, commit, ())  # a lazy merge's computed tree (store/merges.py)
         meter = ReadMeter()
         problem = self.mismatch or self._layout_problem(repo, tree)
         if problem is None:

@@ -8,6 +8,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 from mergestore import __version__, native
@@ -15,12 +16,12 @@ from mergestore.errors import MergeError
 from mergestore.formats.safetensors import DTYPE_SIZES
 from mergestore.ingest import branch_ref, default_author
 from mergestore.merge import budget as budget_mod
+from mergestore.merge import materialize as _registers_materializer  # noqa: F401
 from mergestore.merge.config import MergeConfig, models_in_config
 from mergestore.merge.engine import (
     Engine,
     HashSink,
     OutputTensor,
-    StoreSink,
     TensorTask,
     task_bytes,
 )
@@ -202,13 +203,22 @@ def execute(
     message: str,
     author: str | None = None,
     progress: Progress | None = None,
+    lazy: bool = False,
+    force: bool = False,
     out: str | os.PathLike[str] | None = None,
 ) -> MergeResult:
     """Run the merge into the store and publish commit, plan and ref move in one transaction.
-    With `out`, also write the merged HF folder there in the same pass (outfolder.py)."""
+
+    A plan already merged returns its commit (the memo, merge/memo.py) unless `force`;
+    `lazy` publishes the commit and plan without computing. Output blocks are published in
+    journaled chunks as they are computed (merge/journal.py), so a re-run resumes.
+    With `out`, also write the merged HF folder there in the same pass (outfolder.py).
+    """
+    if lazy and out is not None:
+        raise MergeError("--lazy computes nothing, so it cannot write --out (materialize first)")
     folder = FolderOutput(out) if out is not None else None
     try:
-        res = _execute(repo, prep, branch, message, author, progress, folder)
+        res = _execute(repo, prep, branch, message, author, progress, folder, lazy, force)
         if folder is not None:
             assert res.commit is not None
             res.out = folder.finish(repo, res.commit)
@@ -227,66 +237,55 @@ def _execute(
     author: str | None,
     progress: Progress | None,
     folder: FolderOutput | None,
+    lazy: bool,
+    force: bool,
 ) -> MergeResult:
+    from mergestore.merge import journal, memo
+    from mergestore.store import merges
+
     t0 = time.perf_counter()
     spec = get_method(prep.cfg.merge_method)
     ref = branch_ref(repo, branch)
-    engine = Engine(
-        repo,
-        method=spec.name,
-        dtype=prep.cfg.dtype,
-        out_dtype=prep.cfg.out_dtype,
-        seed=prep.cfg.seed or 0,
-        tokenizer_source=prep.cfg.tokenizer_source,
-    )
-    layout_index = prep.base_index if prep.base_index is not None else 0
-    tok_index = layout_index
-    ts = prep.cfg.tokenizer_source
-    if ts not in (None, "base"):
-        if ts == "union":
-            raise MergeError("tokenizer_source: union is not supported yet (use base or a model)")
-        matches = [i for i, m in enumerate(prep.models) if m.ref.text == ts]
-        if not matches:
-            raise MergeError(f"tokenizer_source {ts!r} is not one of the merge's models")
-        tok_index = matches[0]
-    with repo.writer() as session:
-        sink: Any = StoreSink(repo, session)
+    plan_id = prep.plan.id
+    hit = memo.lookup(repo, plan_id)
+    if hit is not None and not force:
+        # --out on a memo hit: the folder finds nothing laid out and is written by checkout
+        return memo.use(repo, hit, prep, ref, materialize=not lazy, progress=progress)
+    res = None
+    if not lazy:
+        engine = make_engine(repo, prep)
+        names = {t.plan.name for t in prep.tasks}
+        memo.drop_stale_journals(repo, ref, plan_id)
+        wrap = None
         if folder is not None:
+            layout_index = prep.base_index if prep.base_index is not None else 0
             layout_commit = prep.models[layout_index].commit
             folder.prepare(repo, predict_outputs(engine, prep.tasks), layout_commit)
-            sink = folder.sink(sink)
-        outputs, stats, n_base = run_tasks(
+            wrap = folder.sink
+        res = journal.compute(
+            repo,
             engine,
             prep.tasks,
-            sink,
             len(prep.models),
-            progress=progress,
+            plan_id,
+            reuse=journal.journaled_outputs(repo, plan_id, ENGINE, names),
             track_delta=prep.selection.active,
             omitted=prep.plan_body.get("omitted_from_base"),
+            progress=progress,
+            ref=ref,
+            wrap_sink=wrap,
         )
-        extra = {}
-        if prep.cfg.raw_text:
-            extra["mergekit_config.yml"] = prep.cfg.raw_text.encode()
-        tree = build_tree(
-            repo,
-            session,
-            outputs,
-            layout_commit=prep.models[layout_index].commit,
-            tokenizer_commit=prep.models[tok_index].commit,
-            out_dtype=prep.cfg.out_dtype,
-            extra_files=extra,
-        )
-        plan_id = session.put_object(prep.plan)
-        run = run_record(prep, stats, session.bytes_written, time.perf_counter() - t0)
-        run["blocks_from_base"] = n_base
-        run.update(
-            summarize(
-                outputs,
-                prep.models[layout_index].tensors,
-                asked_dtype=prep.cfg.out_dtype or prep.cfg.dtype,
-                blocks_written=len(session.blocks),
-            )
-        )
+    with repo.writer() as session:
+        if res is None:
+            tree = session.put_object(merges.EMPTY_TREE)
+        else:
+            outputs = [res.outputs[t.plan.name] for t in prep.tasks]
+            tree = publish_tree(repo, session, prep, outputs)
+        run = lazy_run_record(prep) if res is None else run_record_from(prep, res)
+        run["wall_seconds"] = round(time.perf_counter() - t0, 4)
+        if hit is not None:  # --force: the recomputed output must be the memo commit's
+            return memo.check_forced(repo, session, hit, tree, prep, ref, run)
+        session.put_object(prep.plan)
         run_id = session.put_object(Plan(body={"type": "merge_run", "plan": plan_id.hex(), **run}))
         base = prep.models[prep.base_index].commit if prep.base_index is not None else None
         commit = Commit(
@@ -297,14 +296,87 @@ def _execute(
             author=author or default_author(),
             time=round(time.time(), 3),
             base=base,
-            meta={},
+            meta={merges.LAZY_META: "1"} if lazy else {},
             plan=plan_id,
             run=run_id,
         )
         cid = session.put_object(commit)
+        merges.set_memo(session, plan_id, cid)
+        merges.set_journal(session, plan_id, None)
         old = repo.read_ref(ref)
-        session.publish([RefUpdate(ref, cid, f"merge: {spec.name}", old=old)])
-    return MergeResult(cid, plan_id, run, outputs)
+        what = f"merge{' --lazy' if lazy else ''}: {spec.name}"
+        session.publish([RefUpdate(ref, cid, what, old=old)])
+    return MergeResult(cid, plan_id, run, [] if res is None else outputs)
+
+
+def make_engine(repo: Repository, prep: PreparedMerge) -> Engine:
+    return Engine(
+        repo,
+        method=get_method(prep.cfg.merge_method).name,
+        dtype=prep.cfg.dtype,
+        out_dtype=prep.cfg.out_dtype,
+        seed=int(prep.plan_body.get("seed", prep.cfg.seed or 0)),
+        tokenizer_source=prep.cfg.tokenizer_source,
+        block_size=int(prep.plan_body.get("block_size", repo.config.block_size)),
+    )
+
+
+def publish_tree(
+    repo: Repository, session: Any, prep: PreparedMerge, outputs: list[OutputTensor]
+) -> bytes:
+    """The merge's tree (the layout model's files with the outputs), into `session`."""
+    layout_index = prep.base_index if prep.base_index is not None else 0
+    tok_index = layout_index
+    ts = prep.cfg.tokenizer_source
+    if ts not in (None, "base"):
+        if ts == "union":
+            raise MergeError("tokenizer_source: union is not supported yet (use base or a model)")
+        matches = [i for i, m in enumerate(prep.models) if m.ref.text == ts]
+        if not matches:
+            raise MergeError(f"tokenizer_source {ts!r} is not one of the merge's models")
+        tok_index = matches[0]
+    extra = {}
+    if prep.cfg.raw_text:
+        extra["mergekit_config.yml"] = prep.cfg.raw_text.encode()
+    return build_tree(
+        repo,
+        session,
+        outputs,
+        layout_commit=prep.models[layout_index].commit,
+        tokenizer_commit=prep.models[tok_index].commit,
+        out_dtype=prep.cfg.out_dtype,
+        extra_files=extra,
+    )
+
+
+def lazy_run_record(prep: PreparedMerge) -> dict[str, Any]:
+    return {"lazy": True, "tensors": len(prep.tasks), "tensors_computed": 0}
+
+
+def run_record_from(prep: PreparedMerge, res: Any) -> dict[str, Any]:
+    """The run record of a journaled computation (journal.ComputeResult)."""
+    stats = SimpleNamespace(
+        expert_meters=[SimpleNamespace(bytes_read=b) for b in res.expert_bytes_read],
+        base_meter=SimpleNamespace(bytes_read=res.base_bytes_read),
+        blocks_read=res.blocks_read,
+        seconds=res.engine_seconds,
+        torch_free=res.torch_free,
+        merged_delta_sq=res.merged_delta_sq,
+    )
+    run = run_record(prep, stats, res.bytes_written, 0.0)
+    run["blocks_from_base"] = res.blocks_from_base
+    run["tensors_computed"] = res.computed
+    run["tensors_reused"] = res.reused
+    layout_index = prep.base_index if prep.base_index is not None else 0
+    run.update(
+        summarize(
+            [res.outputs[t.plan.name] for t in prep.tasks],
+            prep.models[layout_index].tensors,
+            asked_dtype=prep.cfg.out_dtype or prep.cfg.dtype,
+            blocks_written=res.blocks_written,
+        )
+    )
+    return run
 
 
 def run_record(prep: PreparedMerge, stats: Any, written: int, seconds: float) -> dict[str, Any]:
@@ -382,7 +454,9 @@ def replay(repo: Repository, commit_id: bytes, progress: Progress | None = None)
         omitted=body.get("omitted_from_base"),
     )
     stored: dict[str, tuple[bytes, ...]] = {}
-    for e in repo.get_tree(c.tree).entries:
+    from mergestore.store.merges import readable_tree
+
+    for e in readable_tree(repo, commit_id, ()).entries:  # an evicted merge keeps its ids
         if e.kind == "tensorfile":
             tf = repo.get_file(e.object)
             assert isinstance(tf, TensorFile)

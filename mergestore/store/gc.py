@@ -35,6 +35,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from mergestore.errors import CorruptionError, MergestoreError
+from mergestore.store import merges
 from mergestore.store.index import BlockLocation
 from mergestore.store.objects import (
     BlobFile,
@@ -133,6 +134,7 @@ class _Plan:
     dead_blocks: list[bytes] = field(default_factory=list)
     dead_stats: list[bytes] = field(default_factory=list)
     expired_reflog: list[bytes] = field(default_factory=list)
+    expired_journals: list[bytes] = field(default_factory=list)  # keys in the merges table
     missing_blocks: int = 0
     pack_sizes: dict[int, int] = field(default_factory=dict)
     pack_live: dict[int, tuple[int, int]] = field(default_factory=dict)  # (entries, bytes)
@@ -210,6 +212,7 @@ def _make_plan(repo: Repository, cutoff: float, threshold: float) -> _Plan:
         if commit is not None and commit.time >= cutoff:
             plan.roots.add(oid)
     block_ids = _mark_objects(repo, plan)
+    block_ids |= _journal_blocks(repo, cutoff, plan)
     plan.dead_objects = [o for o in all_objects if o not in plan.objects]
     plan.dead_commits = sum(1 for o in plan.dead_objects if o in commit_ids)
     _mark_blocks(repo, plan, block_ids)
@@ -227,6 +230,30 @@ def _make_plan(repo: Repository, cutoff: float, threshold: float) -> _Plan:
             plan.expired_reflog.append(key)
     _plan_packs(repo, plan, threshold)
     return plan
+
+
+def _plan_inputs(p: StoreObject) -> list[bytes]:
+    assert isinstance(p, Plan)
+    out = []
+    for m in p.body.get("models") or []:
+        h = m.get("commit") if isinstance(m, dict) else None
+        if isinstance(h, str) and len(h) == 64:
+            with contextlib.suppress(ValueError):
+                out.append(bytes.fromhex(h))
+    return out
+
+
+def _journal_blocks(repo: Repository, cutoff: float, plan: _Plan) -> set[bytes]:
+    """Blocks of merge journals younger than the grace period (a merge that may resume);
+    older journals expire with their blocks."""
+    out: set[bytes] = set()
+    for plan_id, body in merges.journals(repo).items():
+        if float(body.get("time", 0)) >= cutoff:
+            for v in (body.get("tensors") or {}).values():
+                out.update(bytes.fromhex(b) for b in v[3])
+        else:
+            plan.expired_journals.append(merges.JOURNAL + plan_id)
+    return out
 
 
 def _ref_values(txn: Any, idx: Any) -> dict[str, bytes]:
@@ -309,29 +336,33 @@ def _mark_objects(repo: Repository, plan: _Plan) -> set[bytes]:
             stack.append(c.base)
         for oid in (c.plan, c.run):
             if oid is not None and oid not in objects:
-                _need(repo, oid, Plan, "plan")
+                p = _need(repo, oid, Plan, "plan")
                 objects.add(oid)
-        if c.tree in objects:
-            continue
-        tree = _need(repo, c.tree, Tree, "tree")
-        assert isinstance(tree, Tree)
-        objects.add(c.tree)
-        for entry in tree.entries:
-            if entry.object in objects:
+                if oid == c.plan:  # a lazy or evicted merge is rebuilt from the plan's inputs
+                    stack.extend(_plan_inputs(p))
+        # a lazy merge's computed tree is kept beside the commit (store/merges.py)
+        for tid in (c.tree, merges.lazy_tree(repo, cid)):
+            if tid is None or tid in objects:
                 continue
-            f = _need(repo, entry.object, (BlobFile, TensorFile), f"file {entry.path!r}")
-            objects.add(entry.object)
-            if isinstance(f, BlobFile):
-                blocks.update(f.blocks)
-                continue
-            assert isinstance(f, TensorFile)
-            if f.header not in objects:
-                header = _need(repo, f.header, BlobFile, f"header of {entry.path!r}")
-                assert isinstance(header, BlobFile)
-                objects.add(f.header)
-                blocks.update(header.blocks)
-            for t in f.tensors:
-                blocks.update(t.blocks)
+            tree = _need(repo, tid, Tree, "tree")
+            assert isinstance(tree, Tree)
+            objects.add(tid)
+            for entry in tree.entries:
+                if entry.object in objects:
+                    continue
+                f = _need(repo, entry.object, (BlobFile, TensorFile), f"file {entry.path!r}")
+                objects.add(entry.object)
+                if isinstance(f, BlobFile):
+                    blocks.update(f.blocks)
+                    continue
+                assert isinstance(f, TensorFile)
+                if f.header not in objects:
+                    header = _need(repo, f.header, BlobFile, f"header of {entry.path!r}")
+                    assert isinstance(header, BlobFile)
+                    objects.add(f.header)
+                    blocks.update(header.blocks)
+                for t in f.tensors:
+                    blocks.update(t.blocks)
     return blocks
 
 
@@ -404,6 +435,7 @@ def _sweep(repo: Repository, plan: _Plan, rep: GcReport) -> None:
                 ("blocks", plan.dead_blocks),
                 ("stats", plan.dead_stats),
                 ("reflog", plan.expired_reflog),
+                (merges.DB, plan.expired_journals),
             ):
                 db = idx.db(db_name)
                 for k in keys:

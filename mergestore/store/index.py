@@ -9,6 +9,8 @@ Databases (all keys are bytes):
   codecs   "s:" spec / "i:" u16     -> codec chain ids (blocks store a u16 instead of the spec)
   meta     misc counters
   statcache real path of an input file -> its stat and stored object (store/statcache.py)
+  merges   merge cache state (store/merges.py): plan -> commit memo, lazy trees, evictions,
+           resume journals
   promised block id (32)            -> BlockLocation in a remote pack (lazy clones, promised.py)
 Only store/ touches this module.
 """
@@ -33,6 +35,7 @@ DB_NAMES = (
     "codecs",
     "meta",
     "statcache",
+    "merges",
     "promised",
 )
 MAP_SIZE = 1 << 40  # address space only; the file grows as needed

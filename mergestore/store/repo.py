@@ -750,6 +750,8 @@ class WriteSession:
     stat_cache: dict[bytes, tuple[FileStamp, str, bytes]] = field(default_factory=dict)
     bytes_written: int = 0
     on_publish: list[Callable[[], None]] = field(default_factory=list)
+    # (db name, key) -> value, or None to delete: index entries published with the rest
+    index_puts: dict[tuple[str, bytes], bytes | None] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._gc_fd: int | None = None
@@ -850,6 +852,11 @@ class WriteSession:
             for key, (stamp, kind, oid) in self.stat_cache.items():
                 entry = StatEntry(stamp, written, block_size, kind, oid)
                 txn.put(key, entry.encode(), db=idx.db("statcache"))
+            for (db_name, key), value in self.index_puts.items():
+                if value is None:
+                    txn.delete(key, db=idx.db(db_name))
+                else:
+                    txn.put(key, value, db=idx.db(db_name))
             now = time.time()
             for up in ref_updates:
                 _apply_ref_update(txn, idx, up, now)

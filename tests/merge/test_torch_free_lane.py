@@ -74,7 +74,7 @@ def test_same_tree_as_the_torch_lane(
     kw = dict(method=method, base=base, models=models, weights=weights, params=params)
     fast = family_store.merge(**kw, branch="fast")
     monkeypatch.setenv("MERGESTORE_TORCH_FREE", "0")
-    slow = family_store.merge(**kw, branch="slow")
+    slow = family_store.merge(**kw, branch="slow", force=True)
     assert fast.run["torch_free"] and not slow.run["torch_free"]
     assert _tree(family_store, "fast") == _tree(family_store, "slow")
     assert family_store.replay("fast")["identical"]
@@ -150,7 +150,7 @@ def test_fp16_family(tmp_path, monkeypatch) -> None:
         kw = dict(method=method, base=base, models=models, weights=weights, params=params)
         fast = store.merge(**kw, branch=f"{method}-a")
         monkeypatch.setenv("MERGESTORE_TORCH_FREE", "0")
-        slow = store.merge(**kw, branch=f"{method}-b")
+        slow = store.merge(**kw, branch=f"{method}-b", force=True)
         monkeypatch.delenv("MERGESTORE_TORCH_FREE")
         assert fast.run["torch_free"] is lane and not slow.run["torch_free"], method
         assert _tree(store, f"{method}-a") == _tree(store, f"{method}-b"), method
@@ -164,7 +164,7 @@ def test_budget_merge_same_tree_bound_and_delta(family_store: Store, monkeypatch
     kw = dict(method="task_arithmetic", base="main", models=EXPERTS, weights=[0.5, 0.3, 0.2])
     fast = family_store.merge(**kw, budget="40%", branch="fast")
     monkeypatch.setenv("MERGESTORE_TORCH_FREE", "0")
-    slow = family_store.merge(**kw, budget="40%", branch="slow")
+    slow = family_store.merge(**kw, budget="40%", branch="slow", force=True)
     assert fast.run["torch_free"] and not slow.run["torch_free"]
     assert _tree(family_store, "fast") == _tree(family_store, "slow")
     assert fast.run["error_bound"] == slow.run["error_bound"]
