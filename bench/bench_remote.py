@@ -193,7 +193,7 @@ def run(a: argparse.Namespace) -> None:
             w, out = timed(ms("--store", src, "push", f"r{i}", "main", "ds", "--json"), env)
             push_t.append(w)
             sent = out["pack_bytes"]
-            w, _ = timed(me("raw-put", ep, f"raw/{i}", *packs), env)
+            w, _ = timed(me("raw-put", ep, "raw/0", *packs), env)
             raw_t.append(w)
             print(f"push {sent / push_t[-1] / 2**20:.1f} MiB/s, raw put "
                   f"{pack_bytes / raw_t[-1] / 2**20:.1f} MiB/s", flush=True)  # fmt: skip
