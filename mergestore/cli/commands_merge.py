@@ -9,6 +9,7 @@ import click
 
 from mergestore.api import Store
 from mergestore.cli.common import json_option, with_store
+from mergestore.cli.merge_options import apply_overrides, output_options, split_output
 from mergestore.cli.output import emit_json, human_bytes, progress_bar, short
 
 
@@ -116,6 +117,7 @@ def _config(
 @click.option(
     "--force", is_flag=True, help="Recompute a plan already merged (must give the same blocks)."
 )
+@output_options
 @json_option
 @with_store
 def merge(
@@ -138,9 +140,10 @@ def merge(
     lazy: bool,
     force: bool,
     as_json: bool,
+    **opts: Any,
 ) -> None:
-    """Merge MODELS (store refs or paths) into a new commit on BRANCH (and, with --out, into
-    an HF folder).
+    """Merge MODELS (store refs, paths, hub ids, BASE+ADAPTER) into a new commit on BRANCH
+    (and, with --out, into an HF folder).
 
     A plan already merged is not computed again: its commit is returned and BRANCH moved.
     A --config with several YAML documents is a recipe (mergekit-multi): step NAME becomes
@@ -152,7 +155,9 @@ def merge(
             store, config_path, branch, budget, max_error, lazy, force, message, as_json
         ):
             return
+    output, over = split_output(opts)
     cfg = _config(config_path, method, base, models, weights, params, dtype, out_dtype, seed)
+    cfg = apply_overrides(cfg, over)
     fetched = store.bytes_fetched  # a lazy clone fetches the blocks the merge reads
     if out_dir is not None:  # before anything is read or stored
         from pathlib import Path
@@ -166,7 +171,13 @@ def merge(
         )
         with progress_bar("merge", None, not as_json) as _:
             res = store.execute_merge(
-                prep, branch=branch, message=message, out=out_dir, lazy=lazy, force=force
+                prep,
+                branch=branch,
+                message=message,
+                out=out_dir,
+                lazy=lazy,
+                force=force,
+                **output,
             )
     out = {
         "commit": res.commit.hex() if res.commit else None,

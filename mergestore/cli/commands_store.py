@@ -99,20 +99,28 @@ def commit(
     verify_inputs: bool,
     as_json: bool,
 ) -> None:
-    """Store the checkpoint at PATH (HF directory or .safetensors file) as a new commit."""
-    total = sum(f.size for f in scan_checkpoint(path).files)
-    with progress_bar("commit", total, not as_json) as advance:
-        res = store.commit(
-            path,
-            message=message,
-            branch=branch,
-            base=base,
-            meta=parse_meta(meta),
-            author=author,
-            stats=not no_stats,
-            progress=advance,
-            verify_inputs=verify_inputs,
-        )
+    """Store the checkpoint at PATH as a new commit.
+
+    PATH is an HF folder, one .safetensors file, a PEFT LoRA adapter folder, a folder of
+    pytorch_model*.bin weights (converted with torch.load(weights_only=True)), or a Hugging
+    Face id org/name[@revision] (from the local HF cache, else downloaded).
+    """
+    from mergestore.sources import prepared_source
+
+    with prepared_source(path) as src:  # a hub id or .bin weights: the folder to store
+        total = sum(f.size for f in scan_checkpoint(src.path).files)
+        with progress_bar("commit", total, not as_json) as advance:
+            res = store.commit(
+                src.path,
+                message=message,
+                branch=branch,
+                base=base,
+                meta={**src.meta, **parse_meta(meta)},
+                author=author,
+                stats=not no_stats,
+                progress=advance,
+                verify_inputs=verify_inputs,
+            )
     if as_json:
         emit_json(
             {

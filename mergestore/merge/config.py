@@ -524,12 +524,14 @@ def _parse_ref(raw: Any, where: str) -> ModelRef:
                 f"merge config: {where}: unknown key {sorted(map(str, unknown))[0]!r}"
                 " in a model reference"
             )
-        if raw.get("lora"):
-            raise MergeError(f"merge config: {where}: LoRA references are not supported")
+        lora = raw.get("lora")
         if raw.get("override_architecture"):
             raise MergeError(f"merge config: {where}: override_architecture is not supported")
         if "model" not in raw:
             raise MergeError(f"merge config: {where}: a model reference needs 'model'")
+        if lora:  # mergekit's {model, lora}: the same as "model+lora"
+            base = _parse_ref({"model": raw["model"]}, where).text
+            return _check_ref(f"{base}+{_ref_text(lora, where)}", where)
         inner = raw["model"]
         if isinstance(inner, Mapping):  # mergekit's ModelPath {path, revision}
             unknown = set(inner) - {"path", "revision"}
@@ -553,8 +555,10 @@ def _ref_text(raw: Any, where: str) -> str:
 def _check_ref(text: str, where: str) -> ModelRef:
     if not text:
         raise MergeError(f"merge config: {where}: empty model reference")
-    if "+" in text:  # mergekit's "base+lora" syntax
-        raise MergeError(f"merge config: {where}: LoRA references are not supported ({text!r})")
+    if "+" in text:  # mergekit's "base+lora" syntax: a LoRA adapter applied to its base
+        base, _, lora = text.partition("+")
+        if not base.strip() or not lora.strip() or "+" in lora:
+            raise MergeError(f"merge config: {where}: expected BASE+ADAPTER, got {text!r}")
     return ModelRef(text)
 
 

@@ -46,22 +46,40 @@ def resolve_models(
     *,
     commit_path: Callable[[Path], bytes] | None = None,
 ) -> list[ResolvedModel]:
-    """Store refs resolve to their commits; local paths are committed first (deduplicated)."""
+    """Store refs resolve to their commits; local paths and hub ids are committed first
+    (deduplicated); ``base+adapter`` is the adapter applied to the base (merge/lora.py)."""
     out = []
     for ref in refs:
-        try:
-            cid = repo.resolve(ref.text)
-            from_path = False
-        except RefError:
-            p = Path(os.path.expanduser(ref.text))
-            if not p.exists():
-                raise MergeError(f"unknown model {ref.text!r}: not a ref and not a path") from None
-            if commit_path is None:
-                raise MergeError(f"model {ref.text!r} is a path; commit it first") from None
-            cid = commit_path(p)
-            from_path = True
+        from mergestore.merge.lora import apply_adapter, split_lora_ref
+
+        parts = split_lora_ref(ref.text)
+        if parts is not None:
+            base, b_path = _resolve_one(repo, parts[0], commit_path)
+            lora, l_path = _resolve_one(repo, parts[1], commit_path)
+            cid = apply_adapter(repo, base, lora, ref.text)
+            from_path = b_path or l_path
+        else:
+            cid, from_path = _resolve_one(repo, ref.text, commit_path)
         out.append(ResolvedModel(ref, cid, _tensors(repo, cid), from_path))
     return out
+
+
+def _resolve_one(
+    repo: Repository, text: str, commit_path: Callable[[Path], bytes] | None
+) -> tuple[bytes, bool]:
+    try:
+        return repo.resolve(text), False
+    except RefError:
+        from mergestore.sources import is_hub_source
+
+        p = Path(os.path.expanduser(text))
+        if not p.exists() and not is_hub_source(text):
+            raise MergeError(
+                f"unknown model {text!r}: not a ref, a path or a Hugging Face id"
+            ) from None
+        if commit_path is None:
+            raise MergeError(f"model {text!r} is a path; commit it first") from None
+        return commit_path(Path(text)), True
 
 
 @dataclass
@@ -83,19 +101,23 @@ class PathInputs:
 def commit_path_fn(
     repo: Repository, *, verify: bool = False, tally: PathInputs | None = None
 ) -> Callable[[Path], bytes]:
-    """Commit a local checkpoint without moving any ref: the merge commit will point at it.
-    Unchanged files cost a stat (the stat cache), unless `verify`."""
+    """Commit a local checkpoint (or a hub id, or .bin weights) without moving any ref: the
+    merge commit will point at it. Unchanged files cost a stat (the stat cache), unless
+    `verify`."""
+    from mergestore.sources import prepared_source
 
     def run(p: Path) -> bytes:
-        res = commit_checkpoint(
-            repo,
-            p,
-            message=f"merge input {p}",
-            branch=None,
-            want_stats=False,
-            detached=True,
-            verify=verify,
-        )
+        with prepared_source(p) as src:
+            res = commit_checkpoint(
+                repo,
+                src.path,
+                message=f"merge input {p}",
+                branch=None,
+                want_stats=False,
+                detached=True,
+                verify=verify,
+                meta=src.meta,
+            )
         if tally is not None:
             tally.files += res.files
             tally.files_read += res.files_read

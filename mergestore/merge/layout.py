@@ -28,6 +28,7 @@ TOKENIZER_FILES = frozenset(
         "spiece.model",
     }
 )
+CARD_FILE = "README.md"
 TORCH_DTYPE_NAMES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32", "F64": "float64"}
 
 
@@ -83,7 +84,7 @@ def plan_shards(
     repo: Repository,
     outputs: Sequence[TensorMeta],
     layout_commit: bytes,
-    shard_bytes: int = DEFAULT_SHARD_BYTES,
+    shard_bytes: int | None = None,
 ) -> ShardLayout:
     """Which output file holds which tensors, in which order: the layout model's files when
     the tensor names match, else fresh shards of at most `shard_bytes`, by name. Decided from
@@ -102,7 +103,7 @@ def plan_shards(
     shards: list[ShardPlan] = []
     weight_map: dict[str, str] = {}
     total = 0
-    if src_names == set(by_name):
+    if src_names == set(by_name) and shard_bytes is None:
         index_paths = tuple(p for p in src_files if p.endswith(".safetensors.index.json"))
         for path, ts in src_tensors.items():
             outs = [by_name[t.name] for t in ts]
@@ -121,7 +122,7 @@ def plan_shards(
         cur = 0
         for o in sorted(outputs, key=lambda x: x.name):
             n = _nbytes(o)
-            if groups[-1] and cur + n > shard_bytes:
+            if groups[-1] and cur + n > (shard_bytes or DEFAULT_SHARD_BYTES):
                 groups.append([])
                 cur = 0
             groups[-1].append(o)
@@ -185,9 +186,17 @@ def build_tree(
     tokenizer_commit: bytes | None,
     out_dtype: str | None,
     extra_files: dict[str, bytes] | None = None,
-    shard_bytes: int = DEFAULT_SHARD_BYTES,
+    shard_bytes: int | None = None,
+    copy_tokenizer: bool = True,
 ) -> bytes:
-    """Mirror the layout model's files when the tensor names match; else lay out fresh shards."""
+    """Mirror the layout model's files when the tensor names match; else lay out fresh shards.
+
+    `shard_bytes` (mergekit's --out-shard-size) always lays out fresh shards of at most that
+    many tensor bytes, named as mergekit names them; None mirrors the layout model when it can
+    (its shard headers are then shared) and uses mergekit's 5 GB otherwise. The layout model's
+    README.md is never copied (the merge writes its own card); `copy_tokenizer=False` leaves
+    the tokenizer files out.
+    """
     src_tree = _known_tree(repo, layout_commit)
     by_name = {o.name: o for o in outputs}
     src_files = {e.path: e for e in src_tree.entries}
@@ -207,8 +216,14 @@ def build_tree(
         tok_files = {
             e.path: e for e in tok_tree.entries if e.path.split("/")[-1] in TOKENIZER_FILES
         }
+    if not copy_tokenizer:
+        tok_files = {}
     for path, e in src_files.items():
         if e.kind == "tensorfile" or path.endswith(".safetensors.index.json"):
+            continue
+        if path == CARD_FILE:
+            continue  # an input's own model card describes the input, not this merge
+        if not copy_tokenizer and path.split("/")[-1] in TOKENIZER_FILES:
             continue
         if path.split("/")[-1] in TOKENIZER_FILES and tok_files:
             continue

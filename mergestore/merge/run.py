@@ -206,6 +206,9 @@ def execute(
     lazy: bool = False,
     force: bool = False,
     out: str | os.PathLike[str] | None = None,
+    write_card: bool = True,
+    shard_bytes: int | None = None,
+    copy_tokenizer: bool = True,
 ) -> MergeResult:
     """Run the merge into the store and publish commit, plan and ref move in one transaction.
 
@@ -213,7 +216,13 @@ def execute(
     `lazy` publishes the commit and plan without computing. Output blocks are published in
     journaled chunks as they are computed (merge/journal.py), so a re-run resumes.
     With `out`, also write the merged HF folder there in the same pass (outfolder.py).
+
+    `write_card` puts a model card (README.md, merge/modelcard.py) in the output tree;
+    `shard_bytes` and `copy_tokenizer` shape the output files (see layout.build_tree). Those
+    that differ from the defaults are recorded in the plan ("output"), so the memo, lazy
+    merges and materialize give the files that were asked for.
     """
+    set_output_files(prep, write_card, shard_bytes, copy_tokenizer)
     if lazy and out is not None:
         raise MergeError("--lazy computes nothing, so it cannot write --out (materialize first)")
     folder = FolderOutput(out) if out is not None else None
@@ -260,7 +269,12 @@ def _execute(
         if folder is not None:
             layout_index = prep.base_index if prep.base_index is not None else 0
             layout_commit = prep.models[layout_index].commit
-            folder.prepare(repo, predict_outputs(engine, prep.tasks), layout_commit)
+            folder.prepare(
+                repo,
+                predict_outputs(engine, prep.tasks),
+                layout_commit,
+                output_files(prep)["shard_bytes"],
+            )
             wrap = folder.sink
         res = journal.compute(
             repo,
@@ -338,6 +352,11 @@ def publish_tree(
     extra = {}
     if prep.cfg.raw_text:
         extra["mergekit_config.yml"] = prep.cfg.raw_text.encode()
+    files = output_files(prep)
+    if files["write_card"]:
+        from mergestore.merge.modelcard import CARD_FILE, model_card
+
+        extra[CARD_FILE] = model_card(repo, prep.cfg, prep.models, plan_id=prep.plan.id).encode()
     return build_tree(
         repo,
         session,
@@ -346,7 +365,30 @@ def publish_tree(
         tokenizer_commit=prep.models[tok_index].commit,
         out_dtype=prep.cfg.out_dtype,
         extra_files=extra,
+        shard_bytes=files["shard_bytes"],
+        copy_tokenizer=files["copy_tokenizer"],
     )
+
+
+OUTPUT_DEFAULTS: dict[str, Any] = {"write_card": True, "shard_bytes": None, "copy_tokenizer": True}
+
+
+def set_output_files(
+    prep: PreparedMerge, write_card: bool, shard_bytes: int | None, copy_tokenizer: bool
+) -> None:
+    """Record the output options that differ from the defaults in the plan (a default merge's
+    plan, and so its id, stays as it was)."""
+    asked = {"write_card": write_card, "shard_bytes": shard_bytes, "copy_tokenizer": copy_tokenizer}
+    diff = {k: v for k, v in asked.items() if v != OUTPUT_DEFAULTS[k]}
+    if diff:
+        prep.plan_body["output"] = diff
+    else:
+        prep.plan_body.pop("output", None)
+
+
+def output_files(prep: PreparedMerge) -> dict[str, Any]:
+    """The plan's output options (model card, shard size, tokenizer files)."""
+    return {**OUTPUT_DEFAULTS, **(prep.plan_body.get("output") or {})}
 
 
 def lazy_run_record(prep: PreparedMerge) -> dict[str, Any]:
