@@ -296,7 +296,7 @@ def run(a: argparse.Namespace) -> None:
         shutil.rmtree(lazy2, ignore_errors=True)
         timed(ms("clone", "--lazy", url("p0"), lazy2, "--json"), env)
         merge = ["merge", "--method", "task_arithmetic", "--base", "main", "origin/ds"]
-        merge += ["origin/la", "-w", "0.5", "-w", "0.5", "--budget", "10%", "--json"]
+        merge += ["origin/la", "-w", "0.5", "-w", "0.5", "--budget", "10%", "-b", "m", "--json"]
         w, out = timed(ms("--store", lazy2, *merge), env)
         res["lazy_budget_merge"] = {
             "seconds": w,

@@ -385,13 +385,17 @@ class Store:
         out: str | os.PathLike[str] | None = None,
         lazy: bool = False,
         force: bool = False,
+        force_branch: bool = False,
         **output: Any,
     ) -> Any:
         """Publish a prepared merge: a plan already merged returns its commit (the memo)
         unless `force`; `lazy` commits the plan without computing it. With `out`, also write
         the merged HF folder there in the same pass (byte-identical to a later checkout of the
         commit; MergeResult.out describes it). `output`: write_card, shard_bytes,
-        copy_tokenizer (see merge.run.execute)."""
+        copy_tokenizer (see merge.run.execute).
+
+        Without `branch` the commit goes to a new branch `merge/<method>-N`; a branch that
+        points at the base or an input is refused unless `force_branch`."""
         from mergestore.merge.run import execute
 
         return execute(
@@ -403,6 +407,7 @@ class Store:
             out=out,
             lazy=lazy,
             force=force,
+            force_branch=force_branch,
             **output,
         )
 
@@ -426,10 +431,13 @@ class Store:
         verify_inputs: bool = False,
         lazy: bool = False,
         force: bool = False,
+        force_branch: bool = False,
         **output: Any,
     ) -> Any:
         """Run a merge and store it as a commit; returns a MergeResult (commit, plan, run).
         `output`: write_card (default True), shard_bytes, copy_tokenizer.
+        Without `branch` the commit goes to a new branch `merge/<method>-N`; a branch that
+        points at the base or an input is moved only with `force_branch`.
         With `out`, the merged HF folder is written there in the same pass (MergeResult.out).
 
         A plan already merged returns its commit at once (`run["memo"]`) unless `force`,
@@ -450,6 +458,15 @@ class Store:
                 out_dtype,
                 seed,
             )
+        else:
+            from mergestore.merge.config import MergeConfig, load_config, with_overrides
+
+            if method or base or models or weights:
+                raise MergestoreError(
+                    "merge: give either a config or method/base/models/weights, not both"
+                )
+            cfg = config if isinstance(config, MergeConfig) else load_config(config)
+            config = with_overrides(cfg, params, dtype, out_dtype, seed)
         if out is not None:  # before anything is read or stored
             from mergestore.merge.outfolder import check_target
 
@@ -459,7 +476,14 @@ class Store:
                 config, budget=budget, max_error=max_error, verify_inputs=verify_inputs
             )
             return self.execute_merge(
-                prep, branch=branch, message=message, out=out, lazy=lazy, force=force, **output
+                prep,
+                branch=branch,
+                message=message,
+                out=out,
+                lazy=lazy,
+                force=force,
+                force_branch=force_branch,
+                **output,
             )
 
     def merge_recipe(

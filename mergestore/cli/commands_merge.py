@@ -10,7 +10,14 @@ import click
 from mergestore.api import Store
 from mergestore.cli.common import json_option, with_store
 from mergestore.cli.merge_options import apply_overrides, output_options, split_output
-from mergestore.cli.output import emit_json, human_bytes, progress_bar, short
+from mergestore.cli.output import (
+    branch_name,
+    emit_json,
+    human_bytes,
+    moved_line,
+    progress_bar,
+    short,
+)
 
 
 def _merge_options(fn: Any) -> Any:
@@ -71,35 +78,41 @@ def _config(
     seed: int | None,
 ) -> Any:
     from mergestore.errors import MergeError
-    from mergestore.merge.config import config_from_cli, config_from_mapping, load_config
+    from mergestore.merge.config import config_from_cli, load_config, with_overrides
 
-    if config_path:
-        if method or models or weights:
-            raise MergeError("give either --config or --method with models, not both")
-        cfg = load_config(config_path)
-        over = {
-            k: v
-            for k, v in (("dtype", dtype), ("out_dtype", out_dtype), ("seed", seed))
-            if v is not None
-        }
-        if over:
-            cfg = config_from_mapping({**cfg.to_dict(), **over}, raw_text=cfg.raw_text)
-        return cfg
-    if not method:
-        raise MergeError("merge: give --method (or --config)")
     kv = {}
     for item in params:
         k, sep, v = item.partition("=")
         if not sep:
             raise MergeError(f"--param {item!r}: expected NAME=VALUE")
         kv[k] = v
+    if config_path:
+        # What the config file says, the command line cannot say a second time: inputs and
+        # their weights are refused; --param/--dtype/--out-dtype/--seed override the file.
+        given = [name for name, v in (("--method", method), ("--base", base), ("-w", weights)) if v]
+        if models:
+            given.append("MODELS")
+        if given:
+            raise MergeError(
+                f"{', '.join(given)}: not with --config (the config names the method, base,"
+                " models and weights; --param, --dtype, --out-dtype and --seed override it)"
+            )
+        return with_overrides(load_config(config_path), kv, dtype, out_dtype, seed)
+    if not method:
+        raise MergeError("merge: give --method (or --config)")
     return config_from_cli(method, base, list(models), list(weights), kv, dtype, out_dtype, seed)
 
 
 @click.command()
 @_merge_options
 @click.option("-m", "--message", default="", help="Commit message.")
-@click.option("-b", "--branch", default=None, help="Branch for the merge commit.")
+@click.option(
+    "-b",
+    "--branch",
+    default=None,
+    help="Branch for the merge commit (default: a new branch merge/METHOD-N). An existing "
+    "branch moves, unless it points at the base or an input (then --force is needed).",
+)
 @click.option(
     "--out",
     "out_dir",
@@ -115,7 +128,10 @@ def _config(
 )
 @click.option("--lazy", is_flag=True, help="Commit the plan without computing (reads compute it).")
 @click.option(
-    "--force", is_flag=True, help="Recompute a plan already merged (must give the same blocks)."
+    "--force",
+    is_flag=True,
+    help="Override the safety checks: move -b BRANCH even if it points at the base or an "
+    "input, and recompute a plan already merged (it must give the same blocks).",
 )
 @output_options
 @json_option
@@ -145,6 +161,7 @@ def merge(
     """Merge MODELS (store refs, paths, hub ids, BASE+ADAPTER) into a new commit on BRANCH
     (and, with --out, into an HF folder).
 
+    Without -b the commit goes to a new branch merge/METHOD-N; HEAD's branch does not move.
     A plan already merged is not computed again: its commit is returned and BRANCH moved.
     A --config with several YAML documents is a recipe (mergekit-multi): step NAME becomes
     a commit on BRANCH/NAME."""
@@ -177,10 +194,13 @@ def merge(
                 out=out_dir,
                 lazy=lazy,
                 force=force,
+                force_branch=force,
                 **output,
             )
     out = {
         "commit": res.commit.hex() if res.commit else None,
+        "branch": branch_name(res.branch),
+        "previous": res.previous.hex() if res.previous else None,
         "plan": res.plan.hex(),
         "method": cfg.merge_method,
         "memo": False,
@@ -194,6 +214,8 @@ def merge(
         emit_json(out)
         return
     click.echo(out["commit"])
+    msg = store.get_commit(res.commit).message
+    click.echo(moved_line(res.branch, res.previous, res.commit, msg), err=True)
     if res.out is not None:
         click.echo(f"wrote {res.out['path']} ({res.out['files']} files)")
     r = res.run

@@ -10,7 +10,14 @@ import click
 
 from mergestore.api import STORE_DIRNAME, Store
 from mergestore.cli.common import json_option, parse_meta, with_store
-from mergestore.cli.output import emit_json, human_bytes, progress_bar, short
+from mergestore.cli.output import (
+    branch_name,
+    emit_json,
+    human_bytes,
+    moved_line,
+    progress_bar,
+    short,
+)
 from mergestore.formats.checkpoint import scan_checkpoint
 
 
@@ -126,7 +133,8 @@ def commit(
             {
                 "commit": res.commit.hex(),
                 "tree": res.tree.hex(),
-                "branch": res.branch,
+                "branch": branch_name(res.branch),
+                "previous": res.previous.hex() if res.previous else None,
                 "files": res.files,
                 "tensors": res.tensors,
                 "logical_bytes": res.logical_bytes,
@@ -141,6 +149,7 @@ def commit(
         )
     else:
         click.echo(res.commit.hex())
+        click.echo(moved_line(res.branch, res.previous, res.commit, message), err=True)
         rate = res.logical_bytes / res.seconds / 1e9 if res.seconds else 0
         click.echo(
             f"{res.files} files, {res.tensors} tensors, {human_bytes(res.logical_bytes)}: "

@@ -37,6 +37,22 @@ def short(cid: bytes | str, n: int = 12) -> str:
     return s[:n]
 
 
+def branch_name(ref: str | None) -> str | None:
+    """refs/heads/x -> x (what `branch` prints and takes); other refs unchanged."""
+    if ref is None:
+        return None
+    return ref[len("refs/heads/") :] if ref.startswith("refs/heads/") else ref
+
+
+def moved_line(ref: str | None, old: bytes | None, new: bytes, message: str) -> str:
+    """git's `[main 1ae73c2] message`, with where the branch was: `[b 0c5c0c2f5d72 -> ...]`."""
+    summary = (message.splitlines() or [""])[0]
+    if ref is None:
+        return f"[detached {short(new)}] {summary}"
+    where = f"{short(old)} -> {short(new)}" if old else f"(new branch) {short(new)}"
+    return f"[{branch_name(ref)} {where}] {summary}"
+
+
 def progress_enabled() -> bool:
     env = os.environ.get("MERGESTORE_PROGRESS")
     if env is not None:

@@ -14,7 +14,7 @@ from typing import Any
 from mergestore import __version__, native
 from mergestore.errors import MergeError
 from mergestore.formats.safetensors import DTYPE_SIZES
-from mergestore.ingest import branch_ref, default_author
+from mergestore.ingest import default_author
 from mergestore.merge import budget as budget_mod
 from mergestore.merge import materialize as _registers_materializer  # noqa: F401
 from mergestore.merge.config import MergeConfig, models_in_config
@@ -35,6 +35,7 @@ from mergestore.merge.inputs import (
 from mergestore.merge.layout import build_tree
 from mergestore.merge.outfolder import FolderOutput, predict_outputs
 from mergestore.merge.summary import summarize
+from mergestore.merge.target import merge_target
 from mergestore.merge.tensorplan import OutputTensorPlan, plan_tensors
 from mergestore.ops import get_method
 from mergestore.ops.spec import BaseRule
@@ -71,6 +72,8 @@ class MergeResult:
     run: dict[str, Any]
     outputs: list[OutputTensor] = field(default_factory=list)
     out: dict[str, Any] | None = None  # merge --out: the folder written (outfolder.py)
+    branch: str | None = None  # the full ref that moved
+    previous: bytes | None = None  # where it was before (None: a new branch)
 
 
 def _base_index(cfg: MergeConfig, models: list[ResolvedModel]) -> int | None:
@@ -206,6 +209,7 @@ def execute(
     lazy: bool = False,
     force: bool = False,
     out: str | os.PathLike[str] | None = None,
+    force_branch: bool = False,
     write_card: bool = True,
     shard_bytes: int | None = None,
     copy_tokenizer: bool = True,
@@ -216,6 +220,8 @@ def execute(
     `lazy` publishes the commit and plan without computing. Output blocks are published in
     journaled chunks as they are computed (merge/journal.py), so a re-run resumes.
     With `out`, also write the merged HF folder there in the same pass (outfolder.py).
+    `branch` None makes a new branch `merge/<method>-N`; a branch that points at an input or
+    the base is refused unless `force_branch` (mergestore/merge/target.py).
 
     `write_card` puts a model card (README.md, merge/modelcard.py) in the output tree;
     `shard_bytes` and `copy_tokenizer` shape the output files (see layout.build_tree). Those
@@ -227,7 +233,9 @@ def execute(
         raise MergeError("--lazy computes nothing, so it cannot write --out (materialize first)")
     folder = FolderOutput(out) if out is not None else None
     try:
-        res = _execute(repo, prep, branch, message, author, progress, folder, lazy, force)
+        res = _execute(
+            repo, prep, branch, message, author, progress, folder, lazy, force, force_branch
+        )
         if folder is not None:
             assert res.commit is not None
             res.out = folder.finish(repo, res.commit)
@@ -248,18 +256,34 @@ def _execute(
     folder: FolderOutput | None,
     lazy: bool,
     force: bool,
+    force_branch: bool = False,
 ) -> MergeResult:
     from mergestore.merge import journal, memo
     from mergestore.store import merges
 
     t0 = time.perf_counter()
     spec = get_method(prep.cfg.merge_method)
-    ref = branch_ref(repo, branch)
+    ref = merge_target(
+        repo,
+        spec.name,
+        branch,
+        [
+            (
+                f"{m.ref.text!r}, the {'base' if i == prep.base_index else 'input'} of this merge",
+                m.commit,
+            )
+            for i, m in enumerate(prep.models)
+        ],
+        force=force_branch,
+    )
     plan_id = prep.plan.id
     hit = memo.lookup(repo, plan_id)
     if hit is not None and not force:
         # --out on a memo hit: the folder finds nothing laid out and is written by checkout
-        return memo.use(repo, hit, prep, ref, materialize=not lazy, progress=progress)
+        before = repo.read_ref(ref)
+        hit_res = memo.use(repo, hit, prep, ref, materialize=not lazy, progress=progress)
+        hit_res.branch, hit_res.previous = ref, before
+        return hit_res
     res = None
     if not lazy:
         engine = make_engine(repo, prep)
@@ -298,7 +322,10 @@ def _execute(
         run = lazy_run_record(prep) if res is None else run_record_from(prep, res)
         run["wall_seconds"] = round(time.perf_counter() - t0, 4)
         if hit is not None:  # --force: the recomputed output must be the memo commit's
-            return memo.check_forced(repo, session, hit, tree, prep, ref, run)
+            before = repo.read_ref(ref)
+            forced = memo.check_forced(repo, session, hit, tree, prep, ref, run)
+            forced.branch, forced.previous = ref, before
+            return forced
         session.put_object(prep.plan)
         run_id = session.put_object(Plan(body={"type": "merge_run", "plan": plan_id.hex(), **run}))
         base = prep.models[prep.base_index].commit if prep.base_index is not None else None
@@ -320,7 +347,7 @@ def _execute(
         old = repo.read_ref(ref)
         what = f"merge{' --lazy' if lazy else ''}: {spec.name}"
         session.publish([RefUpdate(ref, cid, what, old=old)])
-    return MergeResult(cid, plan_id, run, [] if res is None else outputs)
+    return MergeResult(cid, plan_id, run, [] if res is None else outputs, branch=ref, previous=old)
 
 
 def make_engine(repo: Repository, prep: PreparedMerge) -> Engine:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -194,11 +195,22 @@ def download_blocks(
     second = {b: w for b, w in need.items() if w[1].ref is not None}
     n = nbytes = 0
     for phase in (first, second):
-        for pack, entries in _by_pack(phase).items():
-            for chunk in _chunks(entries, fetch_chunk()):
-                got = _fetch_chunk(client, repo, state.name, pack, chunk, advance)
+        tasks = [
+            (pack, chunk)
+            for pack, entries in _by_pack(phase).items()
+            for chunk in _chunks(entries, fetch_chunk())
+        ]
+        if not tasks:
+            continue
+        # The next chunk downloads while this one is verified and written.
+        with ThreadPoolExecutor(1, thread_name_prefix="mergestore-fetch") as pool:
+            ahead = pool.submit(_get_chunk, client, *tasks[0])
+            for i, (pack, chunk) in enumerate(tasks):
+                bufs = ahead.result()
+                if i + 1 < len(tasks):
+                    ahead = pool.submit(_get_chunk, client, *tasks[i + 1])
+                nbytes += _store_chunk(repo, state.name, pack, chunk, bufs, advance)
                 n += len(chunk)
-                nbytes += got
     return n, nbytes
 
 
@@ -224,15 +236,19 @@ def _chunks(entries: list[IdxEntry], target: int) -> Iterator[list[IdxEntry]]:
         yield cur
 
 
-def _fetch_chunk(
-    client: ObjectClient,
+def _get_chunk(client: ObjectClient, pack: str, entries: list[IdxEntry]) -> list[memoryview]:
+    return read_stored(client, pack, [(e.offset, e.length) for e in entries])
+
+
+def _store_chunk(
     repo: Repository,
     remote: str,
     pack: str,
     entries: list[IdxEntry],
+    bufs: list[memoryview],
     advance: Advance | None,
 ) -> int:
-    bufs = read_stored(client, pack, [(e.offset, e.length) for e in entries])
+    """Verify fetched payloads by their ids, then publish them in one local transaction."""
 
     def check(i: int) -> int:
         verify_stored(repo, remote, pack, entries[i], bufs[i])

@@ -574,7 +574,11 @@ def test_unknown_parameter() -> None:
         "merge_method: ties\nbase_model: b\nmodels:\n  - model: x\n"
         "    parameters: {weight: 1, gamma: 0.1}\n"
     )
-    invalid(cfg, get_method("ties"), "models\\[0\\].parameters: unknown parameter 'gamma' for ties")
+    invalid(
+        cfg,
+        get_method("ties"),
+        "models\\[0\\] \\(x\\).parameters: unknown parameter 'gamma' for ties",
+    )
 
 
 def test_shared_parameter_set_per_model() -> None:

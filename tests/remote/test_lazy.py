@@ -127,7 +127,7 @@ def test_budgeted_merge_in_a_lazy_clone_fetches_what_its_plan_reads(lazy: Store,
     lazy.close()
     r = cli(
         "--store", path, "merge", "--method", "task_arithmetic", "--base", "main",
-        "origin/ds", "origin/la", "-w", "0.5", "-w", "0.5", "--budget", "10%", "--json",
+        "origin/ds", "origin/la", "-w", "0.5", "-w", "0.5", "--budget", "10%", "-b", "m", "--json",
     )  # fmt: skip
     assert r.code == 0, r.err
     out = r.json()
@@ -140,7 +140,7 @@ def test_budgeted_merge_in_a_lazy_clone_fetches_what_its_plan_reads(lazy: Store,
         again.close()
     assert 0 < out["bytes_fetched"] <= read + files
     assert out["expert_bytes_read"] < out["expert_bytes_full"]
-    r = cli("--store", path, "replay", "HEAD", "--json")
+    r = cli("--store", path, "replay", "m", "--json")
     assert r.code == 0, r.err
     assert json.loads(r.out)["identical"] is True
 
