@@ -118,8 +118,14 @@ def start_seaweed(
             except urllib.error.HTTPError as e:
                 if e.code != 409:  # 409: the bucket exists already (a restart)
                     raise
-            # Ready when a listing answers (after a restart the filer takes a moment).
+            # Ready when a listing answers and an object can be written and read back (after a
+            # restart the filer and the volume server take a moment).
             urllib.request.urlopen(f"{endpoint}/{bucket}?list-type=2&max-keys=1", timeout=2)
+            probe = f"{endpoint}/{bucket}/.ready-probe"
+            put = urllib.request.Request(probe, data=b"ok", method="PUT")
+            urllib.request.urlopen(put, timeout=2)
+            if urllib.request.urlopen(probe, timeout=2).read() != b"ok":
+                raise OSError("probe read back wrong")
             break
         except urllib.error.HTTPError as e:
             err: Exception = e
