@@ -202,3 +202,31 @@ def test_s3_credentials_never_stored_or_printed(tmp_path: Path, tiny_family, sea
     assert cli("--store", st, "remote", "add", "nowhere", bad).code == 0
     r = cli("--store", st, "push", "nowhere")
     assert r.code == 1 and secret not in r.err and "nowhere" in r.err
+
+
+def test_credentials_from_an_aws_profile(tmp_path: Path, tiny_family, seaweed, monkeypatch):
+    """AWS_PROFILE with the shared credentials file: used, kept in memory, never stored."""
+    for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(k, raising=False)
+    creds = tmp_path / "aws-credentials"
+    creds.write_text(
+        "[team]\naws_access_key_id = profilekey\naws_secret_access_key = profile-secret-xyz\n"
+    )
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(creds))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    monkeypatch.setenv("AWS_PROFILE", "team")
+    s = Store.init(tmp_path / "s", block_size=4096)
+    s.commit(tiny_family.base, message="base")
+    s.add_remote("origin", f"s3://mergestore-tests/profile?endpoint={seaweed.endpoint}")
+    assert s.push("origin", "main").ok
+    for p in s.path.rglob("*"):
+        if p.is_file() and p.stat().st_size < 1 << 20:
+            assert b"profile-secret-xyz" not in p.read_bytes()
+    s.close()
+    monkeypatch.setenv("AWS_PROFILE", "nobody")
+    s = Store.open(tmp_path / "s")
+    try:
+        with pytest.raises(Exception, match="profile 'nobody' not found"):
+            s.fetch("origin")
+    finally:
+        s.close()
