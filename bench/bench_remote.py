@@ -1,7 +1,10 @@
 """Remote benchmark: push, fetch, lazy clones over loopback to a real SeaweedFS S3 server.
 
     python bench/bench_remote.py [--preset bench-1g] [--work DIR] [--runs 3]
-        [--out bench/out/remote.json] [--keep]      (hold the machine's bench lock while timing)
+        [--out bench/out/remote.json] [--keep] [--lock FILE]
+
+With --lock, the family and the source store are made first and FILE is held (flock) only
+while timing.
 
 A family (base + dense_small + lowrank_attn of the preset) goes into a store: base and
 dense_small first. Every timed step is a whole process (`python -m mergestore.cli.main ...`,
@@ -139,6 +142,7 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--out", default=str(ROOT / "bench" / "out" / "remote.json"))
     p.add_argument("--keep", action="store_true")
+    p.add_argument("--lock", help="flock this file while timing (a shared machine's bench lock)")
     a = p.parse_args()
     if a.cmd == "raw-put":
         return raw_put(a.endpoint, a.key, a.files)
@@ -181,6 +185,14 @@ def run(a: argparse.Namespace) -> None:
         )
         res["stored_bytes"] = pack_bytes
         s.close()
+        if a.lock:
+            import fcntl
+
+            lock_fd = os.open(a.lock, os.O_RDWR | os.O_CREAT, 0o644)
+            print("waiting for the bench lock", flush=True)
+            fcntl.flock(lock_fd, fcntl.LOCK_EX)  # released when the process exits
+            res["load_start"] = loadavg()
+            print(f"timing; load {res['load_start']}", flush=True)
 
         def url(prefix: str) -> str:
             return f"s3://{BUCKET}/{prefix}?endpoint={ep}"
