@@ -186,9 +186,10 @@ def merge(
         prep = store.prepare_merge(
             cfg, budget=budget, max_error=max_error, verify_inputs=verify_inputs
         )
-        with progress_bar("merge", None, not as_json) as _:
+        with progress_bar("merge", len(prep.tasks), not as_json, unit="tensors") as advance:
             res = store.execute_merge(
                 prep,
+                progress=advance,
                 branch=branch,
                 message=message,
                 out=out_dir,

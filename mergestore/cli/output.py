@@ -62,9 +62,12 @@ def progress_enabled() -> bool:
 
 @contextmanager
 def progress_bar(
-    description: str, total: int | None, enabled: bool = True
+    description: str, total: int | None, enabled: bool = True, unit: str = "bytes"
 ) -> Iterator[Callable[[int], None] | None]:
-    """A byte-counting progress bar on stderr; yields an advance(n) callback (None if off)."""
+    """A progress bar on stderr; yields an advance(n) callback (None if off).
+
+    `unit` "bytes" counts bytes (size and speed); anything else counts items: "12/21 tensors".
+    """
     if not enabled or not progress_enabled():
         yield None
         return
@@ -72,6 +75,7 @@ def progress_bar(
     from rich.progress import (
         BarColumn,
         DownloadColumn,
+        MofNCompleteColumn,
         Progress,
         TextColumn,
         TimeRemainingColumn,
@@ -79,11 +83,15 @@ def progress_bar(
     )
 
     console = Console(stderr=True)
+    counts: tuple[Any, ...] = (
+        (DownloadColumn(binary_units=True), TransferSpeedColumn())
+        if unit == "bytes"
+        else (MofNCompleteColumn(), TextColumn(unit))
+    )
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
-        DownloadColumn(binary_units=True),
-        TransferSpeedColumn(),
+        *counts,
         TimeRemainingColumn(),
         console=console,
         transient=True,

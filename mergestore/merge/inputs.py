@@ -150,3 +150,37 @@ def base_blocks_of(repo: Repository, cid: bytes | None) -> dict:
 
 def config_models_text(cfg: MergeConfig) -> list[str]:
     return [m.ref.text for m in (cfg.models or ())]
+
+
+def refuse_duplicate_commits(
+    repo: Repository, cfg: MergeConfig, models: Sequence[ResolvedModel]
+) -> None:
+    """Two differently written inputs of one merge (or of one slice) that are the same
+    checkpoint: `e1 e1~0`, `e1 <e1's id>`, `e1 <e1's folder>`, `--base e1 e1~0`. mergekit
+    refuses duplicate models ("Duplicate model IDs"); here the test is the resolved commit's
+    tree (the checkpoint's content), not the text. The base written the same way among the
+    models is mergekit's usual form and fine."""
+    commit_of = {m.ref.text: repo.get_commit(m.commit).tree for m in models}
+    groups: list[list[str]] = []
+    if cfg.models is not None:
+        groups.append([m.ref.text for m in cfg.models])
+        if cfg.base_model is not None:
+            groups[-1].append(cfg.base_model.text)
+    for sl in cfg.slices or ():
+        group = [s.ref.text for s in sl.sources]
+        base = sl.base_model or cfg.base_model
+        if base is not None:
+            group.append(base.text)
+        groups.append(group)
+    for group in groups:
+        seen: dict[bytes, str] = {}
+        for text in dict.fromkeys(group):  # the same text twice is validate_config's
+            cid = commit_of.get(text)
+            if cid is None:
+                continue
+            if cid in seen:
+                raise MergeError(
+                    f"models {seen[cid]!r} and {text!r} are the same checkpoint (tree"
+                    f" {cid.hex()[:12]}); give each model once"
+                )
+            seen[cid] = text

@@ -29,6 +29,7 @@ from mergestore.merge.inputs import (
     PathInputs,
     ResolvedModel,
     commit_path_fn,
+    refuse_duplicate_commits,
     resolve_models,
     validate_tensor_plans,
 )
@@ -130,6 +131,7 @@ def prepare(
     else:
         commit_path = commit_path_fn(repo, verify=verify_inputs, tally=path_inputs)
         models = resolve_models(repo, refs, commit_path=commit_path if commit_paths else None)
+        refuse_duplicate_commits(repo, cfg, models)
     plans = plan_tensors(cfg, spec, refs, {i: list(m.tensors) for i, m in enumerate(models)})
     if not plans:
         raise MergeError("the merge has no tensors to produce")
