@@ -143,6 +143,12 @@ def main() -> None:
     p.add_argument("--out", default=str(ROOT / "bench" / "out" / "remote.json"))
     p.add_argument("--keep", action="store_true")
     p.add_argument("--lock", help="flock this file while timing (a shared machine's bench lock)")
+    p.add_argument("--family", help="an existing family folder to use (made by fixtures.family)")
+    p.add_argument(
+        "--bytes-only",
+        action="store_true",
+        help="only the byte counts (no throughput timing, so no lock needed)",
+    )
     a = p.parse_args()
     if a.cmd == "raw-put":
         return raw_put(a.endpoint, a.key, a.files)
@@ -161,7 +167,7 @@ def run(a: argparse.Namespace) -> None:
     work.mkdir(parents=True, exist_ok=True)
     res: dict = {"preset": a.preset, "load_start": loadavg(), "cpus": os.cpu_count()}
     spec = dataclasses.replace(PRESETS[a.preset], experts=("dense_small", "lowrank_attn"))
-    fam = make_family(work / "fam", spec, reuse=True)
+    fam = make_family(Path(a.family) if a.family else work / "fam", spec, reuse=True)
     server = start_seaweed(work / "seaweed", bucket=BUCKET)
     env = {
         **os.environ,
@@ -185,7 +191,7 @@ def run(a: argparse.Namespace) -> None:
         )
         res["stored_bytes"] = pack_bytes
         s.close()
-        if a.lock:
+        if a.lock and not a.bytes_only:
             import fcntl
 
             lock_fd = os.open(a.lock, os.O_RDWR | os.O_CREAT, 0o644)
@@ -199,7 +205,12 @@ def run(a: argparse.Namespace) -> None:
 
         # --- push vs raw put, alternating ---
         push_t, raw_t, sent = [], [], 0
-        for i in range(a.runs):
+        if a.bytes_only:
+            subprocess.run(ms("--store", src, "remote", "add", "r0", url("p0")), env=env,
+                           check=True, capture_output=True)  # fmt: skip
+            _w, out = timed(ms("--store", src, "push", "r0", "main", "ds", "--json"), env)
+            res["first_push"] = {"block_bytes": out["block_bytes"], "pack_bytes": out["pack_bytes"]}
+        for i in range(0 if a.bytes_only else a.runs):
             subprocess.run(ms("--store", src, "remote", "add", f"r{i}", url(f"p{i}")), env=env,
                            check=True, capture_output=True)  # fmt: skip
             w, out = timed(ms("--store", src, "push", f"r{i}", "main", "ds", "--json"), env)
@@ -209,19 +220,24 @@ def run(a: argparse.Namespace) -> None:
             raw_t.append(w)
             print(f"push {sent / push_t[-1] / 2**20:.1f} MiB/s, raw put "
                   f"{pack_bytes / raw_t[-1] / 2**20:.1f} MiB/s", flush=True)  # fmt: skip
-        res["push"] = {
-            "bytes": sent,
-            "seconds": push_t,
-            "raw_put_bytes": pack_bytes,
-            "raw_put_seconds": raw_t,
-            "mib_s": sent / statistics.median(push_t) / 2**20,
-            "raw_mib_s": pack_bytes / statistics.median(raw_t) / 2**20,
-            "ratio_pairs": [
-                (sent / pt) / (pack_bytes / rt) for pt, rt in zip(push_t, raw_t, strict=True)
-            ],
-            "load": loadavg(),
-        }
-        res["push"]["ratio_median"] = statistics.median(res["push"]["ratio_pairs"])
+        res["push"] = (
+            None
+            if a.bytes_only
+            else {
+                "bytes": sent,
+                "seconds": push_t,
+                "raw_put_bytes": pack_bytes,
+                "raw_put_seconds": raw_t,
+                "mib_s": sent / statistics.median(push_t) / 2**20,
+                "raw_mib_s": pack_bytes / statistics.median(raw_t) / 2**20,
+                "ratio_pairs": [
+                    (sent / pt) / (pack_bytes / rt) for pt, rt in zip(push_t, raw_t, strict=True)
+                ],
+                "load": loadavg(),
+            }
+        )
+        if res["push"]:
+            res["push"]["ratio_median"] = statistics.median(res["push"]["ratio_pairs"])
 
         # --- a second push sends nothing ---
         _w, out = timed(ms("--store", src, "push", "r0", "main", "ds", "--json"), env)
@@ -229,7 +245,7 @@ def run(a: argparse.Namespace) -> None:
 
         # --- fetch (full clone) vs raw get, alternating ---
         fetch_t, rawg_t, got = [], [], 0
-        for i in range(a.runs):
+        for i in range(0 if a.bytes_only else a.runs):
             dst = work / f"clone{i}"
             shutil.rmtree(dst, ignore_errors=True)
             w, out = timed(ms("clone", url("p0"), dst, "--json"), env)
@@ -240,19 +256,24 @@ def run(a: argparse.Namespace) -> None:
             rawg_t.append(w)
             print(f"clone {got / fetch_t[-1] / 2**20:.1f} MiB/s, raw get "
                   f"{pack_bytes / rawg_t[-1] / 2**20:.1f} MiB/s", flush=True)  # fmt: skip
-        res["fetch"] = {
-            "bytes": got,
-            "seconds": fetch_t,
-            "raw_get_bytes": pack_bytes,
-            "raw_get_seconds": rawg_t,
-            "mib_s": got / statistics.median(fetch_t) / 2**20,
-            "raw_mib_s": pack_bytes / statistics.median(rawg_t) / 2**20,
-            "ratio_pairs": [
-                (got / ft) / (pack_bytes / rt) for ft, rt in zip(fetch_t, rawg_t, strict=True)
-            ],
-            "load": loadavg(),
-        }
-        res["fetch"]["ratio_median"] = statistics.median(res["fetch"]["ratio_pairs"])
+        res["fetch"] = (
+            None
+            if a.bytes_only
+            else {
+                "bytes": got,
+                "seconds": fetch_t,
+                "raw_get_bytes": pack_bytes,
+                "raw_get_seconds": rawg_t,
+                "mib_s": got / statistics.median(fetch_t) / 2**20,
+                "raw_mib_s": pack_bytes / statistics.median(rawg_t) / 2**20,
+                "ratio_pairs": [
+                    (got / ft) / (pack_bytes / rt) for ft, rt in zip(fetch_t, rawg_t, strict=True)
+                ],
+                "load": loadavg(),
+            }
+        )
+        if res["fetch"]:
+            res["fetch"]["ratio_median"] = statistics.median(res["fetch"]["ratio_pairs"])
 
         # --- a push after one new fine-tune ---
         s = Store.open(src)
