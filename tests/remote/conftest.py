@@ -13,19 +13,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from seaweed import BUCKET, Seaweed, start_seaweed
+from seaweed import BUCKET, Seaweed, server_or_fail
 
 _counter = itertools.count()
-
-
-def server_or_fail(workdir: Path) -> Seaweed:
-    """A started server; under CI=true a failure to start fails the test, else it skips."""
-    try:
-        return start_seaweed(workdir)
-    except RuntimeError as e:
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(f"SeaweedFS could not start under CI: {e}")
-        pytest.skip(f"SeaweedFS could not start: {e}")
 
 
 @pytest.fixture(scope="session")

@@ -15,8 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import server_or_fail
-from seaweed import BUCKET
+from seaweed import BUCKET, server_or_fail
 
 from mergestore.api import Store
 from mergestore.fsck import fsck
