@@ -65,6 +65,8 @@ FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 _OBJ_PLAIN, _OBJ_ZSTD = b"\x00", b"\x01"
 _SEQ = struct.Struct(">Q")
+_INPUT_COMMIT = b"\x00input-commit\x00"  # statcache keys of merge inputs' commits (no real path
+# starts with NUL)
 
 
 @dataclass(frozen=True)
@@ -545,6 +547,12 @@ class Repository:
                     out[key] = entry
         return out
 
+    def input_commit(self, folder: bytes) -> bytes | None:
+        """The commit last made of this folder as a merge input (see put_input_commit)."""
+        with self.index.read() as txn:
+            raw = txn.get(_INPUT_COMMIT + folder, db=self.index.db("statcache"))
+        return bytes(raw) if raw is not None and len(raw) == 32 else None
+
     def file_is_complete(self, oid: bytes) -> bool:
         """A stored BlobFile or TensorFile whose blocks (header included) are all present."""
         raw = self.get_object_bytes(oid)
@@ -748,6 +756,7 @@ class WriteSession:
     objects: dict[bytes, bytes] = field(default_factory=dict)
     stats: dict[bytes, bytes] = field(default_factory=dict)
     stat_cache: dict[bytes, tuple[FileStamp, str, bytes]] = field(default_factory=dict)
+    input_commits: dict[bytes, bytes] = field(default_factory=dict)
     bytes_written: int = 0
     on_publish: list[Callable[[], None]] = field(default_factory=list)
     # (db name, key) -> value, or None to delete: index entries published with the rest
@@ -821,6 +830,12 @@ class WriteSession:
     def put_stats(self, b: bytes, a: bytes, dtype: str, st: DeltaStats) -> None:
         self.stats[stats_key(b, a, dtype)] = st.encode()
 
+    def put_input_commit(self, folder: bytes, cid: bytes) -> None:
+        """Remember `cid` as the commit of `folder` (a merge input given as a path): the next
+        merge naming the unchanged folder names the same commit, so its plan (and memo) is the
+        same as well."""
+        self.input_commits[_INPUT_COMMIT + folder] = cid
+
     def put_stat_entry(self, path: bytes, stamp: FileStamp, kind: str, oid: bytes) -> None:
         """Remember that the file at `path`, as `stamp` describes it, is stored as `oid`; kept
         when the session publishes, with the publish time as the entry's write time."""
@@ -852,6 +867,8 @@ class WriteSession:
             for key, (stamp, kind, oid) in self.stat_cache.items():
                 entry = StatEntry(stamp, written, block_size, kind, oid)
                 txn.put(key, entry.encode(), db=idx.db("statcache"))
+            for key, cid in self.input_commits.items():
+                txn.put(key, cid, db=idx.db("statcache"))
             for (db_name, key), value in self.index_puts.items():
                 if value is None:
                     txn.delete(key, db=idx.db(db_name))
