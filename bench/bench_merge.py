@@ -5,6 +5,13 @@ Usage (under the shared bench lock):
         [--preset bench-0.5g] [--experts dense_small,frozen,lowrank_attn,uneven0] \
         [--methods linear,task_arithmetic,...] [--out bench/out/merge] [--write-docs]
 
+Options for issue 14's tables: --config-dtype float32:bfloat16 (or bfloat16) adds mergekit's
+`dtype:` / `out_dtype:` to every config; --fp32-norms rewrites the family's norm tensors to fp32
+(fp32 norms next to bf16 weights); --commands writes the configs and prints, per method, the two
+whole-process commands to time in pairs with an external A/B timer: mergestore (a fresh store per
+run: the pristine store's packs hard-linked, its index copied, so earlier outputs cannot
+deduplicate; then `merge --out` writing the HF folder) and mergekit-yaml writing its folder.
+
 Steps: generate the family (cached under --out), commit it to a store (not timed), then for each
 method write one mergekit YAML config and run it twice: `mergestore merge --config` with store refs
 and `mergekit-yaml` with absolute model paths (mergekit's defaults, CPU, `--no-write-model-card`).
@@ -72,6 +79,52 @@ def method_config(method: str, base: str, experts: list[str]) -> dict:
         "base_model": base,
         "models": [{"model": e, "parameters": dict(params)} for e in experts],
     }
+
+
+def with_dtypes(cfg: dict, config_dtype: str | None) -> dict:
+    """cfg with mergekit's `dtype:` (and `out_dtype:`) from "DTYPE[:OUT_DTYPE]"."""
+    if config_dtype:
+        dtype, _, out = config_dtype.partition(":")
+        cfg = {**cfg, "dtype": dtype}
+        if out:
+            cfg["out_dtype"] = out
+    return cfg
+
+
+def fp32_norms(src: Path, dst: Path) -> None:
+    """A copy of the HF folder `src` whose norm tensors (names containing "norm") are fp32, the
+    rest unchanged: the mixed-dtype checkpoints (fp32 norms next to bf16 weights) users have."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    dst.mkdir(parents=True, exist_ok=True)
+    total = 0
+    for f in sorted(src.iterdir()):
+        if f.suffix != ".safetensors":
+            if f.name != "model.safetensors.index.json":
+                shutil.copy2(f, dst / f.name)
+            continue
+        tensors = load_file(str(f))
+        for name, t in tensors.items():
+            if "norm" in name:
+                tensors[name] = t.to(torch.float32)
+            total += tensors[name].numel() * tensors[name].element_size()
+        save_file(tensors, str(dst / f.name), metadata={"format": "pt"})
+    index = src / "model.safetensors.index.json"
+    if index.exists():
+        data = json.loads(index.read_text())
+        data["metadata"]["total_size"] = total
+        (dst / index.name).write_text(json.dumps(data, indent=2) + "\n")
+
+
+def fresh_store_cmd(pristine: Path, run: Path) -> str:
+    """Shell commands making `run` a fresh copy of the store `pristine` in a few milliseconds:
+    packs hard-linked (append-only: a run's appended tail is referenced by no copied index),
+    the LMDB index and the rest copied."""
+    return (
+        f"rm -rf {run} && mkdir -p {run} && cp -al {pristine}/packs {run}/packs && "
+        f"cp -a {pristine}/index {pristine}/config.json {pristine}/locks {run}/"
+    )
 
 
 def mergestore_cmd(args: argparse.Namespace) -> list[str]:
@@ -206,7 +259,7 @@ def floor(store: Path, config: Path) -> None:
     cfg = load_config(config)
     prep = prepare(s.repo, cfg, commit_paths=False)
     eng = Engine(s.repo, method=cfg.merge_method, dtype=None, out_dtype=None, seed=0)
-    eng.lane = eng.torch_free_lane(prep.tasks)
+    eng.choose_lanes(prep.tasks)
     stats = EngineStats(expert_meters=[ReadMeter() for _ in prep.models])
     t0 = time.perf_counter()
     out_bytes = 0
@@ -246,6 +299,17 @@ def setup(args: argparse.Namespace) -> tuple[Path, Path, list[Path], list[str]]:
         spec = dataclasses.replace(spec, dtype=args.dtype)
     t0 = time.perf_counter()
     fam = make_family(out / f"family-{args.preset}", spec, reuse=True)
+    if args.fp32_norms:
+        from fixtures.family import Family
+
+        root = out / f"family-{args.preset}-fp32norms"
+        dirs = {"base": fam.base, **fam.experts}
+        for name, d in dirs.items():
+            target = root / ("base" if name == "base" else f"experts/{name}")
+            if not (target / "config.json").exists():
+                fp32_norms(d, target)
+        experts = {n: root / "experts" / n for n in fam.experts}
+        fam = Family(root=root, base=root / "base", experts=experts, spec=spec)
     print(f"family: {time.perf_counter() - t0:.1f}s", file=sys.stderr)
     store = out / "store"
     if not (store / "done").exists():
@@ -296,9 +360,15 @@ def _bench(
         row: dict = {"method": method, "load_before": loadavg()}
         mk_cfg = write_yaml(
             out / f"{method}.mergekit.yml",
-            method_config(method, str(base_dir), [str(p) for p in expert_dirs]),
+            with_dtypes(
+                method_config(method, str(base_dir), [str(p) for p in expert_dirs]),
+                args.config_dtype,
+            ),
         )
-        ms_cfg = write_yaml(out / f"{method}.mergestore.yml", method_config(method, "main", names))
+        ms_cfg = write_yaml(
+            out / f"{method}.mergestore.yml",
+            with_dtypes(method_config(method, "main", names), args.config_dtype),
+        )
         mk_out, ms_out = out / "mk-out", out / "ms-out"
         for d in (mk_out, ms_out):
             shutil.rmtree(d, ignore_errors=True)
@@ -361,6 +431,41 @@ def _bench(
     return rows
 
 
+def print_commands(args: argparse.Namespace) -> None:
+    """Per method: the mergestore and mergekit commands (one shell line each) and the read
+    floor's, as JSON lines, for a paired whole-process timer."""
+    out, store, model_dirs, names = setup(args)
+    base_dir, expert_dirs = model_dirs[0], model_dirs[1:]
+    tag = (args.config_dtype or "stored").replace(":", "-")
+    run, ms_out, mk_out = out / "store-run", out / "ms-out", out / "mk-out"
+    ms = " ".join(mergestore_cmd(args))
+    for method in args.methods.split(","):
+        mk_cfg = write_yaml(
+            out / f"{method}.{tag}.mergekit.yml",
+            with_dtypes(
+                method_config(method, str(base_dir), [str(p) for p in expert_dirs]),
+                args.config_dtype,
+            ),
+        )
+        ms_cfg = write_yaml(
+            out / f"{method}.{tag}.mergestore.yml",
+            with_dtypes(method_config(method, "main", names), args.config_dtype),
+        )
+        ours = (
+            f"{fresh_store_cmd(store, run)} && rm -rf {ms_out} && "
+            f"MERGESTORE_DIR={run} {ms} merge --config {ms_cfg} -b m -m {method} --json "
+            f"--out {ms_out} > {out}/{method}.{tag}.json"
+        )
+        theirs = f"rm -rf {mk_out} && mergekit-yaml {mk_cfg} {mk_out} --no-write-model-card"
+        print(json.dumps({"method": method, "mergestore": ours, "mergekit": theirs}))
+    floor_cfg = write_yaml(
+        out / f"floor.{tag}.yml",
+        with_dtypes(method_config("task_arithmetic", "main", names), args.config_dtype),
+    )
+    floor_cmd = f"MERGESTORE_DIR={store} {sys.executable} {__file__} --floor {store} {floor_cfg}"
+    print(json.dumps({"method": "floor", "mergestore": floor_cmd}))
+
+
 def table(rows: list[dict]) -> str:
     lines = [
         "| method | mergestore wall | mergekit wall | speed-up | mergestore peak RSS | "
@@ -405,9 +510,17 @@ def main() -> None:
     ap.add_argument(
         "--setup-only", action="store_true", help="generate and commit the family, time nothing"
     )
+    ap.add_argument("--config-dtype", help="DTYPE[:OUT_DTYPE] for every config (mergekit's)")
+    ap.add_argument("--fp32-norms", action="store_true", help="the family with fp32 norms")
+    ap.add_argument(
+        "--commands", action="store_true", help="write configs, print the commands to time"
+    )
     args = ap.parse_args()
     if args.setup_only:
         setup(args)
+        return
+    if args.commands:
+        print_commands(args)
         return
     t0 = time.perf_counter()
     rows = bench(args)

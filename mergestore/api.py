@@ -97,7 +97,98 @@ class Store:
 
     @classmethod
     def open(cls, path: str | os.PathLike[str] | None = None) -> Store:
-        return cls(Repository.open(find_store(path)))
+        """Open a store; a remote URL (s3://..., file://...) opens a read-only cached view."""
+        if isinstance(path, str) and "://" in path:
+            from mergestore.remote.api import open_view
+
+            return cls(open_view(path))
+        repo = Repository.open(find_store(path))
+        if (repo.path / "remotes.json").is_file():
+            from mergestore.remote.lazy import attach
+
+            attach(repo)  # a lazy clone reads the blocks it lacks from its remote
+        return cls(repo)
+
+    # ----- remotes (mergestore/remote/) ------------------------------------------------------
+
+    @classmethod
+    def clone(
+        cls,
+        url: str,
+        path: str | os.PathLike[str],
+        *,
+        lazy: bool = False,
+        progress: Any = None,
+    ) -> Store:
+        """A new store at PATH from the remote at URL (`lazy`: fetch no blocks until read)."""
+        from mergestore.remote.api import do_clone
+
+        return cls(do_clone(url, path, lazy=lazy, phase=progress)[0])
+
+    def push(
+        self,
+        remote: str,
+        *refs: str,
+        force: bool = False,
+        tags: bool = False,
+        progress: Any = None,
+    ) -> Any:
+        """Send branches/tags (default: the current branch) to REMOTE; a PushResult."""
+        from mergestore.remote.api import do_push
+
+        return do_push(self.repo, remote, refs, force=force, tags=tags, phase=progress)
+
+    def fetch(self, remote: str, *, progress: Any = None) -> Any:
+        """Bring REMOTE's branches in as remote-tracking refs REMOTE/NAME; a FetchResult."""
+        from mergestore.remote.api import do_fetch
+
+        return do_fetch(self.repo, remote, phase=progress)
+
+    def pull(self, remote: str, branch: str, *, progress: Any = None) -> Any:
+        """fetch, then fast-forward BRANCH to REMOTE/BRANCH (refuses anything else)."""
+        from mergestore.remote.api import do_pull
+
+        return do_pull(self.repo, remote, branch, phase=progress)
+
+    def remotes(self) -> dict[str, str]:
+        """Remote names and their URLs (credentials are never stored in them)."""
+        from mergestore.remote.config import load_remotes
+
+        return {n: r.url.text for n, r in load_remotes(self.path).items()}
+
+    def add_remote(self, name: str, url: str, *, lazy: bool = False) -> str:
+        from mergestore.remote.config import add_remote
+        from mergestore.remote.lazy import attach
+
+        spec = add_remote(self.path, name, url, lazy=lazy)
+        attach(self.repo)
+        return spec.url.text
+
+    def remove_remote(self, name: str) -> str:
+        """Forget remote NAME, its remote-tracking refs and its cached indexes."""
+        import shutil
+
+        from mergestore.remote.config import check_remote_name, remove_remote
+
+        check_remote_name(name)
+        left = self.repo.promised_count(name)
+        if left:
+            raise MergestoreError(
+                f"remote {name} still holds {left} blocks this lazy clone has not fetched; "
+                "fetch them first (`mergestore fsck --full` reads every block)"
+            )
+        prefix = f"refs/remotes/{name}/"
+        gone = [RefUpdate(n, None, f"remote remove {name}") for n in self.repo.list_refs(prefix)]
+        if gone:
+            self.repo.update_refs(gone)
+        spec = remove_remote(self.path, name)
+        shutil.rmtree(self.path / "remotes" / name, ignore_errors=True)
+        return spec.url.text
+
+    @property
+    def bytes_fetched(self) -> int:
+        """Stored bytes this process read from remotes on demand (lazy clones)."""
+        return self.repo.fetch_meter.bytes_read
 
     def close(self) -> None:
         self.repo.close()

@@ -17,7 +17,7 @@ from mergestore.store.blocks import tensor_blocking
 from mergestore.store.index import BlockLocation
 from mergestore.store.objects import BlobFile, Commit, Plan, TensorFile, Tree
 from mergestore.store.packs import ENTRY_HEADER, ENTRY_MAGIC, PACK_MAGIC, pack_path
-from mergestore.store.refs import HEAD, HEADS, TAGS, check_ref_name
+from mergestore.store.refs import HEAD, HEADS, REMOTES, TAGS, check_ref_name
 from mergestore.store.repo import Repository
 from mergestore.threads import default_workers
 
@@ -113,9 +113,12 @@ def fsck(repo: Repository, *, full: bool = False) -> FsckReport:
 
     locs, bad_blocks, n_blocks = _check_index(repo, probs, read_headers=not full)
     dropped = _evicted_blocks(repo, commits)  # an evicted merge's plan rebuilds them
-    for bid in used:
-        if bid not in bad_blocks and bid not in locs and bid not in dropped:
+    absent = [b for b in used if b not in bad_blocks and b not in locs and b not in dropped]
+    promised = repo.block_locations(absent)  # a lazy clone's blocks still on its remote
+    for bid in absent:
+        if bid not in promised:
             bad_blocks[bid] = f"block {bid.hex()[:12]}: missing from the index"
+    locs = {**promised, **locs}
     _check_sizes(files, locs, commit_files, probs)
     verified = 0
     if full:
@@ -177,7 +180,7 @@ def _check_refs(repo: Repository, probs: _Problems) -> dict[str, bytes]:
                 if not target.startswith(HEADS):
                     probs.add("ref", f"HEAD points at {target[:80]!r}, not a branch")
                 continue
-        elif not name.startswith((HEADS, TAGS)):
+        elif not name.startswith((HEADS, TAGS, REMOTES)):
             probs.add("ref", f"unexpected ref name {name[:80]!r}")
             continue
         else:
@@ -441,7 +444,7 @@ def _check_index(
     for bid, loc in locs.items():
         if loc.ref is None:
             continue
-        ref_loc = locs.get(loc.ref)
+        ref_loc = locs.get(loc.ref) or repo.block_location(loc.ref)  # or still on a remote
         if ref_loc is None:
             what = "is damaged" if loc.ref in bad else "is missing"
             bad.setdefault(bid, f"block {bid.hex()[:12]}: delta reference {what}")

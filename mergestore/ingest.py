@@ -393,6 +393,15 @@ def commit_checkpoint(
                 progress=progress,
                 verify=verify,
             )
+        folder = path_key(os.path.realpath(path))
+        reused = (
+            _same_input_commit(repo, folder, tree_id, base, message, dict(meta or {}))
+            if ref is None
+            else None
+        )
+        if reused is not None:  # a merge input unchanged since its last commit: the same one
+            session.publish()  # refreshed stat cache entries, if any
+            return _result(reused, tree_id, ckpt, session, ing, t0, None)
         when = round(time.time(), 3)
         summary = message.splitlines()[0] if message else ""
         for _attempt in range(_REF_RACE_RETRIES):
@@ -414,6 +423,8 @@ def commit_checkpoint(
             )
             cid = session.put_object(commit)
             updates = [RefUpdate(ref, cid, f"commit: {summary}", old=old)] if ref else []
+            if ref is None:
+                session.put_input_commit(folder, cid)
             try:
                 session.publish(updates)
                 break
@@ -425,11 +436,42 @@ def commit_checkpoint(
                 del session.objects[cid]
         else:
             raise RefError(f"{ref} keeps moving while this command runs; try again")
-    logical = sum(f.size for f in ckpt.files)
+    return _result(cid, tree_id, ckpt, session, ing, t0, ref, old)
+
+
+def _same_input_commit(
+    repo: Repository,
+    folder: bytes,
+    tree_id: bytes,
+    base: bytes | None,
+    message: str,
+    meta: dict[str, str],
+) -> bytes | None:
+    """The commit last made of `folder` as a merge input, if it says exactly what a new one
+    would (same tree, parents, base, message and metadata; only its time is older)."""
+    cid = repo.input_commit(folder)
+    if cid is None or repo.get_object_bytes(cid) is None:
+        return None
+    c = repo.get_commit(cid)
+    parents = (base,) if base is not None else ()
+    same = (c.tree, c.parents, c.base, c.message, c.meta) == (tree_id, parents, base, message, meta)
+    return cid if same else None
+
+
+def _result(
+    cid: bytes,
+    tree_id: bytes,
+    ckpt: Checkpoint,
+    session: WriteSession,
+    ing: _Ingest,
+    t0: float,
+    ref: str | None,
+    previous: bytes | None = None,
+) -> CommitResult:
     return CommitResult(
         commit=cid,
         tree=tree_id,
-        logical_bytes=logical,
+        logical_bytes=sum(f.size for f in ckpt.files),
         written_bytes=session.bytes_written,
         new_blocks=ing.new_blocks,
         total_blocks=ing.total_blocks,
@@ -438,7 +480,7 @@ def commit_checkpoint(
         seconds=time.perf_counter() - t0,
         branch=ref,
         stats_computed=ing.stats_computed,
-        previous=old,
+        previous=previous,
         files_read=ing.files_read,
         bytes_read=ing.bytes_read,
     )

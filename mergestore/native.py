@@ -1,8 +1,8 @@
-"""The optional C kernels (mergestore/_native.c), or None where they were not built.
+"""The optional C kernels (mergestore/csrc/, one extension), or None where they were not built.
 
 Each kernel has a torch/numpy twin at its call site, and both give the same bits (tested in
 tests/test_native.py). MERGESTORE_NATIVE=0 turns the kernels off, for comparisons and for
-benchmarks of the twins.
+benchmarks of the twins. FAMILIES says where each family's two halves are.
 """
 
 from __future__ import annotations
@@ -17,6 +17,36 @@ try:
     from mergestore import _native as kernels
 except ImportError:  # no compiler at install time: the twins run instead
     kernels = None
+
+
+# C source (mergestore/csrc/) -> the Python module with its callers and twins, and the kernels.
+FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "merge_arith.c": (
+        "mergestore/ops/lane16.py",  # twins: the torch paths of ops/gta.py and ops/linear.py
+        ("gta_sum_bf16", "gta_consensus_bf16", "linear_bf16"),
+    ),
+    "merge_arith32.c": (
+        "mergestore/ops/lanes.py",  # twins: the fp32 torch paths of ops/gta.py, ops/linear.py
+        ("gta_sum32", "gta_consensus32", "linear32", "convert"),
+    ),
+    "rank_cuts.c": (
+        "mergestore/ops/sparsify.py",  # the fp32 cuts' Python side: ops/lanes.py (cut_delta32)
+        (
+            "sub_hist_bf16",
+            "nth_equal16",
+            "apply_cuts16",
+            "row_ranks_bf16",
+            "della_probs_bf16",
+            "sub_hist32",
+            "hist_lo32",
+            "nth_equal32",
+            "apply_cuts32",
+        ),
+    ),
+    "delta_stats.c": ("mergestore/diff.py", ("delta_stats",)),
+    "byte_planes.c": ("mergestore/store/codecs/byteplane.py", ("join2",)),
+    "rng.c": ("mergestore/ops/context.py", ("philox_keep",)),
+}
 
 
 def describe() -> str:

@@ -38,6 +38,15 @@ FORBIDDEN = {
         "mergestore.diff",
         "mergestore.fsck",
         "mergestore.usage",
+        "mergestore.remote",
+    ],
+    # Remote transport sits beside store/: it uses the store's interfaces, nothing above.
+    "mergestore.remote": [
+        "mergestore.formats",
+        "mergestore.ops",
+        "mergestore.merge",
+        "mergestore.api",
+        "mergestore.cli",
     ],
     "mergestore.ops": [
         "mergestore.store",

@@ -1,4 +1,4 @@
-"""The C kernels (mergestore/_native.c) give the bits of their torch/numpy twins.
+"""The C kernels (mergestore/csrc/) give the bits of their torch/numpy twins.
 
 Each test runs the same call twice, with the kernels and with ``native.kernels = None`` (what
 a machine without a compiler runs), and compares bit for bit (NaN payloads aside, see
@@ -348,3 +348,18 @@ def test_fp16_vector_and_generic_kernels_agree() -> None:
 
     env = {k: v for k, v in os.environ.items() if k != "MERGESTORE_NO_F16C"}
     assert run(env) == run({**env, "MERGESTORE_NO_F16C": "1"})
+
+
+def test_kernel_families_name_both_halves() -> None:
+    """Every exported kernel belongs to one family, whose C file and Python twin exist."""
+    from pathlib import Path
+
+    root = Path(native.__file__).resolve().parent
+    listed = [k for _module, kernels in native.FAMILIES.values() for k in kernels]
+    assert len(listed) == len(set(listed))
+    exported = {n for n in dir(native.kernels) if callable(getattr(native.kernels, n))}
+    assert exported == set(listed)
+    for source, (twin, _kernels) in native.FAMILIES.items():
+        assert (root / "csrc" / source).is_file()
+        assert (root.parent / twin).is_file()
+    assert {p.name for p in (root / "csrc").glob("*.c")} == set(native.FAMILIES) | {"module.c"}

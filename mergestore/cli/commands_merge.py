@@ -217,6 +217,7 @@ def merge(
     output, over = split_output(opts)
     cfg = _config(config_path, method, base, models, weights, params, dtype, out_dtype, seed)
     cfg = apply_overrides(cfg, over)
+    fetched = store.bytes_fetched  # a lazy clone fetches the blocks the merge reads
     if out_dir is not None:  # before anything is read or stored
         from pathlib import Path
 
@@ -250,6 +251,7 @@ def merge(
         "memo": False,
         "lazy": lazy,
         **res.run,
+        "bytes_fetched": store.bytes_fetched - fetched,
     }
     if res.out is not None:
         out["out"] = res.out

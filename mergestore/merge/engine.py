@@ -8,11 +8,13 @@ read once per task. The method's pure kernel then runs on the task's tensors, an
 cut into blocks and handed to a sink (the store, or a hasher for replay). A task is a whole
 tensor, or, for elementwise methods, a run of 8 blocks of a larger one (run.elementwise_pieces).
 
-A merge whose method has a torch-free kernel for its tensors (ops.lane16: linear,
-task_arithmetic, ties and breadcrumbs(_ties), when every tensor is bf16, or fp16 for linear and
-task_arithmetic, and the C kernels are built) runs on numpy arrays of the 16-bit values' bits
-and never imports torch, which costs more than such a merge itself; the bits are the same
-either way (the torch lane calls the same kernels).
+Each tensor whose method has a torch-free kernel for its dtypes and parameters (ops.lanes:
+linear, task_arithmetic, ties and breadcrumbs(_ties), inputs in bf16, fp16 or fp32, compute in
+any of them, any out_dtype, when the C kernels are built) runs on numpy arrays of its values'
+bits, with the torch path's bits; the others go through torch. A merge whose every tensor is on
+the lane never imports torch, which costs more than such a merge itself. The choice is per
+tensor, so one fp32 norm does not send a bf16 merge to torch; the run's "lanes" field counts
+the tensors on each lane, with torch's reasons.
 
 The stages run as a pipeline on both cores: loader threads read and decode the next tensors,
 compute threads merge tensors side by side (each kernel on one torch thread), and one writer
@@ -43,8 +45,7 @@ from mergestore.formats.safetensors import (
     torch_dtype,
 )
 from mergestore.merge.tensorplan import OutputTensorPlan
-from mergestore.ops import TensorContext, alloc, get_method, merge_tensor, validate_params
-from mergestore.ops.lane16 import LANES, Lane16
+from mergestore.ops import TensorContext, alloc, get_method, lanes, merge_tensor, validate_params
 from mergestore.store import codecs
 from mergestore.store.blocks import block_id, tensor_blocking
 from mergestore.store.objects import TensorRecord
@@ -173,7 +174,8 @@ class EngineStats:
     tensors: int = 0
     merged_delta_sq: float = 0.0  # sum over tensors of ||out - reference||^2 (fp64)
     seconds: float = 0.0
-    torch_free: bool = False  # computed on the torch-free lane (ops.lane16)
+    torch_free: bool = False  # every tensor computed on the torch-free lane (ops.lanes)
+    lanes: dict[str, object] = field(default_factory=dict)  # lane_report()
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -222,8 +224,9 @@ class Engine:
         # up only when torch computes
         self._dtype = dtype
         self._out_dtype = out_dtype
-        self.lane: Lane16 | None = None  # set by run() when the merge needs no torch
-        self.lane_dtype = "BF16"  # the one dtype of every tensor on the lane (BF16 or F16)
+        # id(task) -> its compute dtype on the torch-free lane (set by run(): choose_lanes)
+        self.on_lane: dict[int, str] = {}
+        self.torch_reasons: dict[str, int] = {}
         self.seed = seed
         self.rng = rng
         self.block_size = block_size or repo.config.block_size
@@ -247,48 +250,60 @@ class Engine:
     def out_dtype_name(self) -> str | None:
         return _safetensors_name(self._out_dtype)
 
-    def torch_free_lane(self, tasks: Sequence[TensorTask]) -> Lane16 | None:
-        """The method's torch-free kernel if it computes every task with the torch lane's bits:
-        the C kernels are built, every tensor has one 16-bit dtype (bf16, or fp16 where the
-        method's lane takes it), in and out, and no vocabulary is fitted. Sets lane_dtype.
-        MERGESTORE_TORCH_FREE=0 turns the lane off."""
-        lane = LANES.get(self.method)
-        if (
-            lane is None
-            or native.kernels is None
-            or os.environ.get("MERGESTORE_TORCH_FREE") == "0"
-            or self.tokenizer_source is not None
-            or self.device is not None  # the C kernels run on the CPU
-        ):
-            return None
-        spec = get_method(self.method)
-        dtypes = {r.dtype for t in tasks for r in (t.base, t.reference, *t.inputs) if r is not None}
-        if len(dtypes) != 1 or not dtypes <= {"BF16", "F16"}:
-            return None
-        dtype = dtypes.pop()
-        if {self.compute_dtype_name, self.out_dtype_name} - {None, dtype}:
-            return None
-        fp16 = dtype == "F16"
+    def choose_lanes(self, tasks: Sequence[TensorTask]) -> None:
+        """Which tasks run on the torch-free lane (on_lane: id -> compute dtype) and why the
+        others do not (torch_reasons: reason -> tensors). MERGESTORE_TORCH_FREE=0 turns the
+        lane off."""
+        self.on_lane, self.torch_reasons = {}, {}
         for task in tasks:
-            recs = [r for r in (task.base, task.reference, *task.inputs) if r is not None]
-            if any(r.shape != recs[0].shape for r in recs):
-                return None
-            if task.plan.copy_from is None:
-                shared, per_input = validate_params(
-                    spec,
-                    task.plan.shared,
-                    list(task.plan.per_input),
-                    has_base=task.base is not None,
-                )
-                if not lane.accepts(shared, per_input, fp16):
-                    return None
-        self.lane_dtype = dtype
-        return lane
+            verdict = self.lane_verdict(task)
+            if verdict[0] is not None:
+                self.on_lane[id(task)] = verdict[0]
+            else:
+                self.torch_reasons[verdict[1]] = self.torch_reasons.get(verdict[1], 0) + 1
+
+    def lane_verdict(self, task: TensorTask) -> tuple[str | None, str]:
+        """(compute dtype, "") if the lane computes the task with the torch lane's bits: the C
+        kernels are built, its tensors are bf16, fp16 or fp32 of one shape, no vocabulary is
+        fitted, and ops.lanes takes the method with these parameters; else (None, why not)."""
+        if native.kernels is None:
+            return None, "the C kernels are not built"
+        if os.environ.get("MERGESTORE_TORCH_FREE") == "0":
+            return None, "MERGESTORE_TORCH_FREE=0"
+        if self.tokenizer_source is not None:
+            return None, "tokenizer_source fits vocabularies"
+        if self.device is not None:
+            return None, "merge --device: the C kernels run on the CPU"
+        recs = [r for r in (task.base, task.reference, *task.inputs) if r is not None]
+        odd = sorted({r.dtype for r in recs} - set(lanes.FMT))
+        if odd:
+            return None, f"tensors in {', '.join(odd)}"
+        if any(r.shape != recs[0].shape for r in recs):
+            return None, "inputs of different shapes"
+        if self.out_dtype_name not in (None, *lanes.FMT):
+            return None, f"out_dtype {self.out_dtype_name}"
+        operands = [r for r in (task.base, *task.inputs) if r is not None]
+        compute = self.compute_dtype_name or lanes.promoted([r.dtype for r in operands])
+        if task.plan.copy_from is not None:
+            return compute, ""
+        if compute not in lanes.FMT:
+            return None, f"compute dtype {compute}"
+        spec = get_method(self.method)
+        shared, per_input = validate_params(
+            spec, task.plan.shared, list(task.plan.per_input), has_base=task.base is not None
+        )
+        why = lanes.reason(self.method, compute, shared, per_input)
+        return (None, why) if why is not None else (compute, "")
+
+    def lane_report(self, n_tasks: int) -> dict[str, object]:
+        """Tensors per lane, and why tensors went through torch (merge --json's "lanes")."""
+        on = len(self.on_lane)
+        return {"torch_free": on, "torch": n_tasks - on, "torch_reasons": dict(self.torch_reasons)}
 
     # -- reading ----------------------------------------------------------------------------
 
     def _read_reference(
-        self, rec: TensorRecord | None, stats: EngineStats, workers: int
+        self, rec: TensorRecord | None, stats: EngineStats, workers: int, lane: bool = False
     ) -> tuple[torch.Tensor | None, dict[bytes, memoryview]]:
         """The base model's tensor, each distinct block decoded straight into its place, and
         read-only views of those blocks by id (the raw bytes that inputs are compared with and
@@ -297,7 +312,7 @@ class Engine:
         if rec is None:
             return None, {}
         if rec.nbytes == 0:
-            return self._shaped(alloc.empty_bytes(0), rec), {}
+            return self._shaped(alloc.empty_bytes(0), rec, lane), {}
         locs = self.repo.block_locations(dict.fromkeys(rec.blocks))
         first: dict[bytes, tuple[int, int]] = {}
         repeats: list[tuple[int, bytes]] = []
@@ -313,13 +328,13 @@ class Engine:
         dst = alloc.empty_bytes(rec.nbytes)
         self._decode_in_place(dst, first, repeats, locs, (), stats.base_meter, workers)
         views = {bid: memoryview(dst[o : o + n]).toreadonly() for bid, (o, n) in first.items()}
-        return self._shaped(dst, rec), views
+        return self._shaped(dst, rec, lane), views
 
-    def _shaped(self, data: np.ndarray, rec: TensorRecord) -> torch.Tensor:
-        """A tensor of `rec`'s dtype and shape over the bytes of `data` (a numpy array of
-        16-bit float bits on the torch-free lane)."""
-        if self.lane is not None:
-            return data.view(np.uint16).reshape(rec.shape)  # type: ignore[return-value]
+    def _shaped(self, data: np.ndarray, rec: TensorRecord, lane: bool) -> torch.Tensor:
+        """A tensor of `rec`'s dtype and shape over the bytes of `data` (on the torch-free
+        lane a numpy array: ops.lanes.view)."""
+        if lane:
+            return lanes.view(data, rec.dtype).reshape(rec.shape)  # type: ignore[return-value]
         return torch.from_numpy(data).view(torch_dtype(rec.dtype)).reshape(rec.shape)
 
     def _decode_in_place(
@@ -422,6 +437,7 @@ class Engine:
         meter: ReadMeter,
         stats: EngineStats,
         workers: int,
+        lane: bool = False,
     ) -> torch.Tensor:
         """An input tensor: each block it needs read is decoded straight into its place
         (codecs.decode_block_into: no intermediate block, no copy); the others are copied from
@@ -430,7 +446,7 @@ class Engine:
         tensor itself: nothing is read, copied or allocated."""
         rec, selected, locs = reads.rec, reads.selected, reads.locations
         if rec.nbytes == 0:
-            return self._shaped(alloc.empty_bytes(0), rec)
+            return self._shaped(alloc.empty_bytes(0), rec, lane)
         decode: dict[bytes, tuple[int, int]] = {}  # block id -> (offset, length) it decodes to
         copies: list[tuple[int, bytes | memoryview]] = []  # (offset, source)
         repeats: list[tuple[int, bytes]] = []  # (offset, id of a block decoded elsewhere)
@@ -473,7 +489,7 @@ class Engine:
             if bid in decode:
                 off, n = decode[bid]
                 held[bid] = memoryview(dst[off : off + n]).toreadonly()
-        return self._shaped(dst, rec)
+        return self._shaped(dst, rec, lane)
 
     def _load_named(self, task: TensorTask, stats: EngineStats, workers: int = 1) -> _Loaded:
         """_load, with a missing or corrupt block's error naming the tensor being read."""
@@ -488,7 +504,8 @@ class Engine:
         """Read and decode a task's inputs, on `workers` threads (the engine passes more than
         one only for a task merged alone: otherwise tasks load side by side, which measured
         faster than splitting each task's blocks over threads as well)."""
-        reference_t, ref_raw = self._read_reference(task.reference, stats, workers)
+        lane = id(task) in self.on_lane
+        reference_t, ref_raw = self._read_reference(task.reference, stats, workers, lane)
         base_reads = None
         if task.base is not None and not (
             task.reference is not None and task.base.blocks == task.reference.blocks
@@ -519,14 +536,14 @@ class Engine:
                 base_t = reference_t
             else:
                 base_t = self._read_input_tensor(
-                    base_reads, None, None, ref_raw, held, stats.base_meter, stats, workers
+                    base_reads, None, None, ref_raw, held, stats.base_meter, stats, workers, lane
                 )
         inputs = []
         for reads, model in zip(input_reads, task.input_models, strict=True):
             meter = stats.expert_meters[model]
             inputs.append(
                 self._read_input_tensor(
-                    reads, task.reference, reference_t, ref_raw, held, meter, stats, workers
+                    reads, task.reference, reference_t, ref_raw, held, meter, stats, workers, lane
                 )
             )
         del held
@@ -540,15 +557,18 @@ class Engine:
 
     def _merge(self, ld: _Loaded) -> torch.Tensor:
         p = ld.task.plan
+        compute = self.on_lane.get(id(ld.task))
         if p.copy_from is not None:
             src = ld.base if ld.task.base is not None else ld.inputs[0]
             assert src is not None
-            # (on the torch-free lane the output dtype is the input's: nothing to convert)
-            if self.lane is not None or self.out_dtype is None or not src.is_floating_point():
+            if compute is not None:  # a lane array: converted to out_dtype if one is set
+                out_name = self.out_dtype_name
+                return src if out_name is None else lanes.convert(src, out_name)  # type: ignore[arg-type,return-value]
+            if self.out_dtype is None or not src.is_floating_point():
                 return src
             return src.to(self.out_dtype)
-        if self.lane is not None:
-            return self._merge_torch_free(ld, self.lane)
+        if compute is not None:
+            return self._merge_torch_free(ld, compute)
         ctx = TensorContext(name=p.name, seed=self.seed, rng=self.rng)
         if self.device is not None:
             from mergestore.merge.device import to_device
@@ -575,23 +595,29 @@ class Engine:
             out_dtype=self.out_dtype,
         )
 
-    def _merge_torch_free(self, ld: _Loaded, lane: Lane16) -> torch.Tensor:
-        """_merge on the torch-free lane: arrays of 16-bit bits in and out, no dtype to change."""
+    def _merge_torch_free(self, ld: _Loaded, compute: str) -> torch.Tensor:
+        """_merge on the torch-free lane (ops.lanes): numpy arrays in and out."""
         p = ld.task.plan
         shared, per_input = validate_params(
             get_method(self.method), p.shared, list(p.per_input), has_base=ld.base is not None
         )
-        like = ld.base if ld.base is not None else ld.inputs[0]
-        out = alloc.empty_bytes(like.nbytes).view(np.uint16).reshape(like.shape)
-        return lane.merge(ld.base, ld.inputs, shared, per_input, out, self.lane_dtype == "F16")
+        return lanes.merge(  # type: ignore[return-value]
+            self.method,
+            ld.base,  # type: ignore[arg-type]
+            ld.inputs,  # type: ignore[arg-type]
+            shared,
+            per_input,
+            compute,
+            self.out_dtype_name,
+        )
 
     def _emit(
         self, ld: _Loaded, out: torch.Tensor, sink: Sink, stats: EngineStats, track_delta: bool
     ) -> OutputTensor:
         name = ld.task.plan.name
-        if self.lane is not None:  # 16-bit float bits in a numpy array
+        if isinstance(out, np.ndarray):  # the torch-free lane's array (ops.lanes)
             arr = np.ascontiguousarray(out)
-            dtype, shape = self.lane_dtype, tuple(arr.shape)
+            dtype, shape = lanes.format_of(arr), tuple(arr.shape)
             data = memoryview(arr.reshape(-1).view(np.uint8)) if arr.size else b""
         else:
             out = out.contiguous()
@@ -618,10 +644,18 @@ class Engine:
         """||out - reference||^2 in fp64 (the merge delta a budget's bound is compared with):
         torch's dot product, or on the torch-free lane the fp64 delta statistics kernel (a
         statistic, not output bits: the two may differ in the last digits)."""
-        if self.lane is not None:
+        if isinstance(out, np.ndarray):
             assert native.kernels is not None
-            ref = np.ascontiguousarray(reference).reshape(-1).view(np.uint8)
-            return float(native.kernels.delta_stats(ref, data, dtype)[0]) if len(data) else 0.0
+            ref_arr = np.asarray(reference)
+            if lanes.format_of(ref_arr) != dtype:  # both widened to fp32, exactly
+                ref_arr, out, dtype = (
+                    lanes.convert(ref_arr, "F32"),
+                    lanes.convert(out, "F32"),
+                    "F32",
+                )
+            ref = np.ascontiguousarray(ref_arr).reshape(-1).view(np.uint8)
+            flat = np.ascontiguousarray(out).reshape(-1).view(np.uint8)
+            return float(native.kernels.delta_stats(ref, flat, dtype)[0]) if flat.size else 0.0
         d = out.to(torch.float64) - reference.to(torch.float64)
         return float(torch.dot(d.reshape(-1), d.reshape(-1)))
 
@@ -645,9 +679,10 @@ class Engine:
         t0 = time.perf_counter()
         reuse_freed_memory()
         stats = EngineStats(expert_meters=[ReadMeter() for _ in range(n_models)])
-        self.lane = self.torch_free_lane(tasks)
-        stats.torch_free = self.lane is not None
-        threads = torch.get_num_threads() if self.lane is None else 0
+        self.choose_lanes(tasks)
+        stats.torch_free = len(self.on_lane) == len(tasks)
+        stats.lanes = self.lane_report(len(tasks))
+        threads = torch.get_num_threads() if not stats.torch_free else 0
         if threads:
             torch.set_num_threads(1)
         # torch's global generator (rng="global") is drawn in task order: one tensor at a time.

@@ -160,6 +160,7 @@ def refuse_duplicate_commits(
     refuses duplicate models ("Duplicate model IDs"); here the test is the resolved commit's
     tree (the checkpoint's content), not the text. The base written the same way among the
     models is mergekit's usual form and fine."""
+
     def identity(cid: bytes) -> tuple[bytes, bytes | None]:
         c = repo.get_commit(cid)
         return c.tree, c.plan  # lazy merges share an empty tree; their plans tell them apart

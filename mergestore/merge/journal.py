@@ -47,6 +47,7 @@ class ComputeResult:
     engine_seconds: float = 0.0
     merged_delta_sq: float = 0.0
     torch_free: bool = False
+    lanes: dict[str, Any] = field(default_factory=dict)  # Engine.lane_report, over the chunks
     chunks: int = 0
 
 
@@ -169,8 +170,23 @@ def compute(
         res.engine_seconds += stats.seconds
         res.merged_delta_sq += stats.merged_delta_sq
         res.torch_free = res.torch_free or stats.torch_free
+        res.lanes = add_lanes(res.lanes, stats.lanes)
         faults.kill_point("journal-flushed")
     return res
+
+
+def add_lanes(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Two lane reports (Engine.lane_report) added up."""
+    if not a:
+        return dict(b)
+    reasons = dict(a.get("torch_reasons", {}))
+    for why, n in b.get("torch_reasons", {}).items():
+        reasons[why] = reasons.get(why, 0) + n
+    return {
+        "torch_free": a.get("torch_free", 0) + b.get("torch_free", 0),
+        "torch": a.get("torch", 0) + b.get("torch", 0),
+        "torch_reasons": reasons,
+    }
 
 
 def engine_name() -> str:

@@ -72,12 +72,12 @@ def check_target(out: Path) -> None:
 
 
 def predict_outputs(engine: Engine, tasks: Sequence[TensorTask]) -> list[TensorMeta]:
-    """Each output tensor's name, dtype and shape, as the engine will produce them."""
-    lane = engine.torch_free_lane(tasks)
-    return [_predict(engine, t, lane is not None) for t in tasks]
+    """Each output tensor's name, dtype and shape, as the engine will produce them (on either
+    lane: the torch-free lane follows the same dtype rules, ops.lanes)."""
+    return [_predict(engine, t) for t in tasks]
 
 
-def _predict(engine: Engine, task: TensorTask, lane: bool) -> TensorMeta:
+def _predict(engine: Engine, task: TensorTask) -> TensorMeta:
     recs = ([task.base] if task.base is not None else []) + list(task.inputs)
     first = recs[0]
     shape = tuple(first.shape)
@@ -87,8 +87,6 @@ def _predict(engine: Engine, task: TensorTask, lane: bool) -> TensorMeta:
         assert ref is not None
         shape = tuple(ref.shape)
     name = task.plan.name
-    if lane:
-        return TensorMeta(name, engine.lane_dtype, shape)
     out = engine.out_dtype_name
     if task.plan.copy_from is not None:
         src = task.base if task.base is not None else task.inputs[0]

@@ -302,6 +302,7 @@ def _execute(
         before = repo.read_ref(ref)
         hit_res = memo.use(repo, hit, prep, ref, materialize=not lazy, progress=progress)
         hit_res.branch, hit_res.previous = ref, before
+        hit_res.run.update(prep.path_inputs.to_json())  # this run's inputs, not the recorded
         return hit_res
     res = None
     executor = executor or LocalExecutor()
@@ -440,6 +441,7 @@ def run_record_from(prep: PreparedMerge, res: Any) -> dict[str, Any]:
         blocks_read=res.blocks_read,
         seconds=res.engine_seconds,
         torch_free=res.torch_free,
+        lanes=res.lanes,
         merged_delta_sq=res.merged_delta_sq,
     )
     run = run_record(prep, stats, res.bytes_written, 0.0)
@@ -477,6 +479,7 @@ def run_record(prep: PreparedMerge, stats: Any, written: int, seconds: float) ->
         "engine_seconds": round(stats.seconds, 4),
         "kernels": native.describe(),
         "torch_free": stats.torch_free,
+        "lanes": stats.lanes,
         **prep.path_inputs.to_json(),
     }
     if sel.active:

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from mergestore import native
-from mergestore.ops import alloc, lane16, sparsify
+from mergestore.ops import alloc, lane16, lanes, sparsify
 from mergestore.ops.context import TensorContext
 from mergestore.ops.spec import (
     UNIT_HALF_OPEN,
@@ -111,6 +111,13 @@ def gta_merge(
         or (base.dtype == torch.float16 and lane16.has_fp16())
     ):
         return _native16(base, inputs, shared, per_input, ctx, sparsifier, consensus)
+    if (
+        native.kernels is not None
+        and base.dtype == torch.float32
+        and base.numel() > 0
+        and len(inputs) <= lanes.FP32_MAX_INPUTS
+    ):
+        return _native32(base, inputs, shared, per_input, ctx, sparsifier, consensus)
     if not consensus and _is_half(base.dtype):
         merged, divisor = _weighted_delta_sum(base, inputs, per_input, sparsifier, rescale, ctx)
         return _finish(base, merged, divisor, shared)
@@ -213,6 +220,35 @@ def _native16(
         lam=lam,
         out=_u16(out.reshape(-1)),
         fp16=fp16,
+    )
+    return out
+
+
+def _native32(
+    base: Tensor,
+    inputs: Sequence[Tensor],
+    shared: Mapping[str, Any],
+    per_input: Sequence[Mapping[str, Any]],
+    ctx: TensorContext,
+    sparsifier: str | None,
+    consensus: bool,
+) -> Tensor:
+    """gta_merge in fp32 with up to 4 inputs: torch makes the sparsified deltas (dare's and
+    della's random drops and L1 rescale), the fp32 C kernels of ops.lanes combine them (the
+    consensus, the sums, the tail) in one pass instead of one per operation: the same fp32
+    operations in the same order as _combine and _finish (tests/ops/test_lanes.py)."""
+    deltas = _sparsified_deltas(base, inputs, per_input, sparsifier, bool(shared["rescale"]), ctx)
+    n = len(inputs)
+    rows = [d.numpy() for d in deltas.reshape(n, -1)]
+    out = alloc.empty_like(base)
+    lanes.combine32(
+        base.contiguous().reshape(-1).numpy(),
+        rows,
+        lane16.f32([per_input[i]["weight"] for i in range(n)]),
+        consensus=consensus,
+        normalize=bool(shared["normalize"]),
+        lam=float(shared["lambda"]),
+        out=out.reshape(-1).numpy(),
     )
     return out
 

@@ -407,14 +407,20 @@ def cut_streams(sparsifier: str, density: float, rescale: bool) -> bool:
     return sparsifier in ("magnitude", "magnitude_outliers") and 0 < density < 1 and not rescale
 
 
-def _cuts(hist: Any, n: int, sparsifier: str, density: float, gamma: float) -> list[_Cut]:
-    """The rank cuts of magnitude (one) or magnitude_outliers (keep the first, drop the second)."""
+def cut_counts(n: int, sparsifier: str, density: float, gamma: float) -> list[tuple[int, bool]]:
+    """(count, largest) of each rank cut of magnitude (one: keep it) or magnitude_outliers
+    (keep the first, drop the second), for n elements."""
     if sparsifier == "magnitude":
-        return [_Cut(hist, n, max(1, int(density * n)), largest=True)]
+        return [(max(1, int(density * n)), True)]
     target = int(density * n)
     n_bot = max(0, n - target - int(gamma * n))
     hi = min(n_bot + max(target, 0), n)
-    return [_Cut(hist, n, hi, largest=False), _Cut(hist, n, n_bot, largest=False)]
+    return [(hi, False), (n_bot, False)]
+
+
+def _cuts(hist: Any, n: int, sparsifier: str, density: float, gamma: float) -> list[_Cut]:
+    """The rank cuts of magnitude or magnitude_outliers (cut_counts) on a 15-bit histogram."""
+    return [_Cut(hist, n, c, largest=g) for c, g in cut_counts(n, sparsifier, density, gamma)]
 
 
 def delta_into(

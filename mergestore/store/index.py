@@ -11,6 +11,7 @@ Databases (all keys are bytes):
   statcache real path of an input file -> its stat and stored object (store/statcache.py)
   merges   merge cache state (store/merges.py): plan -> commit memo, lazy trees, evictions,
            resume journals
+  promised block id (32)            -> BlockLocation in a remote pack (lazy clones, promised.py)
 Only store/ touches this module.
 """
 
@@ -35,6 +36,7 @@ DB_NAMES = (
     "meta",
     "statcache",
     "merges",
+    "promised",
 )
 MAP_SIZE = 1 << 40  # address space only; the file grows as needed
 

@@ -295,7 +295,8 @@ class BlockReader:
         repo = self.repo
         hdr = ENTRY_HEADER.size if check_headers else 0
         try:
-            data = memoryview(repo.packs.read(span.pack, span.start, span.end - span.start))
+            # a local pack, or a remote one in a lazy clone (one ranged GET per span)
+            data = memoryview(repo.read_span(span.pack, span.start, span.end - span.start))
         except (CorruptionError, OSError):
             return [
                 self._one_by_one(b, loc, meter, references, into, view) for b, loc in span.blocks

@@ -9,6 +9,7 @@ from mergestore.errors import RefError
 
 HEADS = "refs/heads/"
 TAGS = "refs/tags/"
+REMOTES = "refs/remotes/"
 HEAD = "HEAD"
 MIN_PREFIX = 6
 

@@ -48,14 +48,25 @@ from mergestore.store.objects import (
     decode_object,
 )
 from mergestore.store.packs import PackAppender, PackReader, ReadMeter
+from mergestore.store.promised import (
+    PROMISED_PACK_BASE,
+    BlockSource,
+    Keeper,
+    NotFetchedError,
+    is_promised,
+    promised_count,
+    slot_name,
+)
 from mergestore.store.reader import BlockReader
-from mergestore.store.refs import HEAD, HEADS, TAGS, looks_like_hex, parse_ref_expr
+from mergestore.store.refs import HEAD, HEADS, REMOTES, TAGS, looks_like_hex, parse_ref_expr
 from mergestore.store.statcache import FileStamp, StatEntry
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 _OBJ_PLAIN, _OBJ_ZSTD = b"\x00", b"\x01"
 _SEQ = struct.Struct(">Q")
+_INPUT_COMMIT = b"\x00input-commit\x00"  # statcache keys of merge inputs' commits (no real path
+# starts with NUL)
 
 
 @dataclass(frozen=True)
@@ -127,6 +138,12 @@ class Repository:
         self._codec_specs: dict[int, str] = {}
         self._codec_lock = threading.Lock()
         self.lock_timeout = float(os.environ.get("MERGESTORE_LOCK_TIMEOUT", "600"))
+        # Lazy clones: where promised blocks come from, the bytes fetched, the local keeper.
+        self.block_source: BlockSource | None = None
+        self.fetch_meter = ReadMeter()
+        self._keeper: Keeper | None = None
+        self._slots: dict[int, tuple[str, str]] = {}
+        self.read_only: str | None = None  # why writing is refused (a view of a remote)
 
     # ----- lifecycle -------------------------------------------------------------------------
 
@@ -165,6 +182,9 @@ class Repository:
         return cls(path, config)
 
     def close(self) -> None:
+        if self._keeper is not None:
+            self._keeper.flush()  # blocks a lazy clone fetched are kept in local packs
+            self._keeper = None
         self.packs.close()
         self.index.close()
 
@@ -183,9 +203,12 @@ class Repository:
         return spec
 
     def block_location(self, bid: bytes) -> BlockLocation | None:
+        """A block's index entry; in a lazy clone, its remote location if it is not here yet."""
         with self.index.read() as txn:
             raw = txn.get(bid, db=self.index.db("blocks"))
-        return BlockLocation.decode(raw) if raw is not None else None
+            if raw is None:
+                return self._promised_location(txn, bid)
+        return BlockLocation.decode(raw)
 
     def block_locations(self, ids: Iterable[bytes]) -> dict[bytes, BlockLocation]:
         """Locations of many blocks in one read transaction (missing ones are left out)."""
@@ -197,7 +220,25 @@ class Repository:
                     raw = txn.get(bid, db=db)
                     if raw is not None:
                         out[bid] = BlockLocation.decode(raw)
+                    else:
+                        loc = self._promised_location(txn, bid)
+                        if loc is not None:
+                            out[bid] = loc
         return out
+
+    def _promised_location(self, txn: Any, bid: bytes) -> BlockLocation | None:
+        """A block fetched but not yet published by the keeper, else its promised entry."""
+        if self._keeper is not None:
+            kept = self._keeper.pending_location(bid)
+            if kept is not None:
+                return kept
+        raw = txn.get(bid, db=self.index.db("promised"))
+        return BlockLocation.decode(raw) if raw is not None else None
+
+    def block_is_promised(self, bid: bytes) -> bool:
+        """True when the block is known only as a remote location (a lazy clone)."""
+        loc = self.block_location(bid)
+        return loc is not None and is_promised(loc)
 
     def has_block(self, bid: bytes) -> bool:
         with self.index.read() as txn:
@@ -252,6 +293,8 @@ class Repository:
             raise CorruptionError(f"block {bid.hex()[:12]}: {e}") from e
         if len(raw) != loc.raw_len or block_id(raw) != bid:
             raise CorruptionError(f"block {bid.hex()[:12]} is corrupt (hash mismatch)")
+        if is_promised(loc):
+            self._keep(bid, loc, payload)
         return raw
 
     def read_block_into(
@@ -268,6 +311,75 @@ class Repository:
         loc, payload, ref_raw = self._payload(bid, meter, reference, location)
         self.decode_verified(bid, loc, payload, ref_raw, out=out)
 
+    def _keep(self, bid: bytes, loc: BlockLocation, payload: bytes) -> None:
+        if self._keeper is None:
+            with self._codec_lock:
+                if self._keeper is None:
+                    self._keeper = Keeper(self)
+        self._keeper.keep(bid, loc, payload)
+
+    def _fetch_promised(self, bid: bytes, loc: BlockLocation) -> tuple[BlockLocation, bytes]:
+        """The stored bytes of a promised block: from a local pack if it was kept meanwhile,
+        else from the remote (checked by the caller against the block's id)."""
+        now = self.block_location(bid)
+        if now is not None and not is_promised(now):
+            return now, self.packs.read(now.pack, now.offset, now.length)
+        loc = now or loc
+        if self.block_source is None:
+            raise NotFetchedError(
+                f"block {bid.hex()[:12]} is not fetched yet and no remote is attached"
+            )
+        slot = loc.pack - PROMISED_PACK_BASE
+        name = self._slots.get(slot)
+        if name is None:
+            name = self._slots[slot] = slot_name(self, slot)
+        payload = self.block_source.fetch(name[0], name[1], loc.offset, loc.length)
+        if len(payload) != loc.length:
+            raise CorruptionError(
+                f"remote {name[0]}: pack {name[1][:12]} gave {len(payload)} bytes for block "
+                f"{bid.hex()[:12]}, not {loc.length}"
+            )
+        self.fetch_meter.add(loc.length)
+        return loc, payload
+
+    def read_span(self, pack: int, start: int, length: int) -> bytes:
+        """Bytes [start, start+length) of a pack: a local pack file, or in a lazy clone a
+        remote pack (one ranged GET, counted on fetch_meter). Unverified: the block reader
+        checks each block in it against its id."""
+        if pack < PROMISED_PACK_BASE:
+            return self.packs.read(pack, start, length)
+        if self.block_source is None:
+            raise NotFetchedError("blocks are not fetched yet and no remote is attached")
+        slot = pack - PROMISED_PACK_BASE
+        name = self._slots.get(slot)
+        if name is None:
+            name = self._slots[slot] = slot_name(self, slot)
+        data = self.block_source.fetch(name[0], name[1], start, length)
+        if len(data) != length:
+            raise CorruptionError(
+                f"remote {name[0]}: pack {name[1][:12]} gave {len(data)} bytes at {start}, "
+                f"not {length}"
+            )
+        self.fetch_meter.add(length)
+        return data
+
+    def promised_count(self, remote: str) -> int:
+        """Blocks this store still knows only as locations on `remote` (a lazy clone)."""
+        return promised_count(self, remote)
+
+    def read_stored(self, bid: bytes) -> tuple[BlockLocation, str, bytes]:
+        """A block's index entry, codec spec and stored (encoded) bytes, as they sit in its
+        pack: what a push sends. A promised block is fetched (and verified) first."""
+        loc = self.block_location(bid)
+        if loc is None:
+            raise CorruptionError(f"block {bid.hex()[:12]} is missing from the store")
+        if is_promised(loc):
+            self.read_block(bid)
+            loc = self.block_location(bid)
+            assert loc is not None
+        loc, payload, _ref = self._payload(bid, None, b"", loc)
+        return loc, self.codec_spec(loc.codec), payload
+
     def _payload(
         self,
         bid: bytes,
@@ -281,7 +393,10 @@ class Repository:
         if loc is None:
             raise CorruptionError(f"block {bid.hex()[:12]} is missing from the store")
         try:
-            payload = self.packs.read(loc.pack, loc.offset, loc.length)
+            if is_promised(loc):
+                loc, payload = self._fetch_promised(bid, loc)
+            else:
+                payload = self.packs.read(loc.pack, loc.offset, loc.length)
         except CorruptionError:
             # A concurrent gc may have moved the block to a new pack and removed the old one
             # after we looked it up: look again before calling it corrupt.
@@ -395,6 +510,18 @@ class Repository:
                     out[(b, a, dtype)] = DeltaStats.decode(bytes(raw))
         return out
 
+    def stats_of_blocks(self, ids: Iterable[bytes]) -> Iterator[tuple[bytes, bytes]]:
+        """Every kept statistic (raw key, raw value) whose block B is one of `ids`."""
+        with self.index.read() as txn:
+            cur = txn.cursor(db=self.index.db("stats"))
+            for b in dict.fromkeys(ids):
+                if not cur.set_range(b):
+                    continue
+                for k, v in cur:
+                    if not bytes(k).startswith(b):
+                        break
+                    yield bytes(k), bytes(v)
+
     def put_stats(self, entries: Iterable[tuple[bytes, bytes, str, DeltaStats]]) -> int:
         """Keep computed statistics (a derived cache: its own small transaction)."""
         n = 0
@@ -419,6 +546,12 @@ class Repository:
                 if entry is not None:
                     out[key] = entry
         return out
+
+    def input_commit(self, folder: bytes) -> bytes | None:
+        """The commit last made of this folder as a merge input (see put_input_commit)."""
+        with self.index.read() as txn:
+            raw = txn.get(_INPUT_COMMIT + folder, db=self.index.db("statcache"))
+        return bytes(raw) if raw is not None and len(raw) == 32 else None
 
     def file_is_complete(self, oid: bytes) -> bool:
         """A stored BlobFile or TensorFile whose blocks (header included) are all present."""
@@ -555,7 +688,7 @@ class Repository:
             if cid is None:
                 raise RefError("HEAD does not point at a commit yet")
             return cid
-        for name in (start, HEADS + start, TAGS + start):
+        for name in (start, HEADS + start, TAGS + start, REMOTES + start):
             if name.startswith("refs/"):
                 cid = self.read_ref(name)
                 if cid is not None:
@@ -571,6 +704,8 @@ class Repository:
     # ----- writing ---------------------------------------------------------------------------
 
     def writer(self) -> WriteSession:
+        if self.read_only:
+            raise MergestoreError(self.read_only)
         return WriteSession(self)
 
     def gc_lock(self, exclusive: bool) -> int:
@@ -621,6 +756,7 @@ class WriteSession:
     objects: dict[bytes, bytes] = field(default_factory=dict)
     stats: dict[bytes, bytes] = field(default_factory=dict)
     stat_cache: dict[bytes, tuple[FileStamp, str, bytes]] = field(default_factory=dict)
+    input_commits: dict[bytes, bytes] = field(default_factory=dict)
     bytes_written: int = 0
     on_publish: list[Callable[[], None]] = field(default_factory=list)
     # (db name, key) -> value, or None to delete: index entries published with the rest
@@ -686,8 +822,19 @@ class WriteSession:
         self.objects.setdefault(oid, data)
         return oid
 
+    def put_object_bytes(self, oid: bytes, data: bytes) -> None:
+        """Add an already-encoded object (from a remote), checked against its id first."""
+        decode_object(data, expected_id=oid)
+        self.objects.setdefault(oid, data)
+
     def put_stats(self, b: bytes, a: bytes, dtype: str, st: DeltaStats) -> None:
         self.stats[stats_key(b, a, dtype)] = st.encode()
+
+    def put_input_commit(self, folder: bytes, cid: bytes) -> None:
+        """Remember `cid` as the commit of `folder` (a merge input given as a path): the next
+        merge naming the unchanged folder names the same commit, so its plan (and memo) is the
+        same as well."""
+        self.input_commits[_INPUT_COMMIT + folder] = cid
 
     def put_stat_entry(self, path: bytes, stamp: FileStamp, kind: str, oid: bytes) -> None:
         """Remember that the file at `path`, as `stamp` describes it, is stored as `oid`; kept
@@ -720,6 +867,8 @@ class WriteSession:
             for key, (stamp, kind, oid) in self.stat_cache.items():
                 entry = StatEntry(stamp, written, block_size, kind, oid)
                 txn.put(key, entry.encode(), db=idx.db("statcache"))
+            for key, cid in self.input_commits.items():
+                txn.put(key, cid, db=idx.db("statcache"))
             for (db_name, key), value in self.index_puts.items():
                 if value is None:
                     txn.delete(key, db=idx.db(db_name))

@@ -1,6 +1,7 @@
-"""The engine's torch-free lane: bf16 merges (linear, task_arithmetic, ties, breadcrumbs*)
-that never import torch, with the same commit tree as the torch lane
-(MERGESTORE_TORCH_FREE=0)."""
+"""The engine's torch-free lane: merges (linear, task_arithmetic, ties, breadcrumbs*) in every
+dtype combination that never import torch, with the same commit tree as the torch lane
+(MERGESTORE_TORCH_FREE=0); per tensor, so a tensor the lane cannot take goes through torch
+alone."""
 
 from __future__ import annotations
 
@@ -65,13 +66,33 @@ CASES = [
     ("ties", "main", EXPERTS, [0.5, 0.3, 0.2], {"density": 0.5}),
     ("breadcrumbs_ties", "main", EXPERTS, [0.5, 0.3, 0.2], {"density": 0.8, "gamma": 0.05}),
 ]
+# mergekit's high-precision setting and the other dtype combinations (ops.lanes)
+DTYPES = [
+    {"dtype": "float32", "out_dtype": "bfloat16"},
+    {"dtype": "float32"},
+    {"dtype": "float16"},
+    {"dtype": "bfloat16", "out_dtype": "float16"},
+    {"out_dtype": "float32"},
+]
+CASES += [
+    (m, b, models, w, {**params, **dt})
+    for (m, b, models, w, params) in [
+        ("task_arithmetic", "main", EXPERTS, [0.5, -0.3, 0.2], {"lambda": 0.9}),
+        ("linear", None, ["main", *EXPERTS], [0.1, 0.4, 0.3, 0.2], {}),
+        ("ties", "main", EXPERTS, [0.5, 0.3, 0.2], {"density": 0.5}),
+        ("breadcrumbs", "main", EXPERTS, [0.5, 0.3, 0.2], {"density": 0.8, "gamma": 0.05}),
+    ]
+    for dt in DTYPES
+]
 
 
 @pytest.mark.parametrize(("method", "base", "models", "weights", "params"), CASES)
 def test_same_tree_as_the_torch_lane(
     family_store: Store, monkeypatch, method, base, models, weights, params
 ) -> None:
-    kw = dict(method=method, base=base, models=models, weights=weights, params=params)
+    params = dict(params)
+    dtypes = {k: params.pop(k) for k in ("dtype", "out_dtype") if k in params}
+    kw = dict(method=method, base=base, models=models, weights=weights, params=params, **dtypes)
     fast = family_store.merge(**kw, branch="fast")
     monkeypatch.setenv("MERGESTORE_TORCH_FREE", "0")
     slow = family_store.merge(**kw, branch="slow", force=True)
@@ -84,8 +105,10 @@ def test_same_tree_as_the_torch_lane(
     ("kwargs", "lane"),
     [
         ({"dtype": "bfloat16", "out_dtype": "bfloat16"}, True),
-        ({"out_dtype": "float32"}, False),
-        ({"dtype": "float32"}, False),
+        ({"out_dtype": "float32"}, True),
+        ({"dtype": "float32"}, True),
+        ({"dtype": "float32", "out_dtype": "bfloat16"}, True),
+        ({"dtype": "float32", "params": {"normalize": True}}, True),
         ({"method": "ties", "params": {"density": 0.5}}, True),
         ({"method": "ties", "params": {"density": 1.0}}, False),  # no streamed cut
         ({"method": "dare_ties", "params": {"density": 0.5}}, False),  # random drops
@@ -108,7 +131,8 @@ def test_cli_reports_the_lane(family_store: Store, cli) -> None:
     assert json.loads(r.out)["torch_free"] is True
 
 
-def test_a_tensor_of_another_dtype_keeps_the_merge_on_torch(store: Store, tmp_path) -> None:
+def _mixed_store(store: Store, tmp_path) -> dict:
+    """A base and an expert with fp32 norms next to bf16 weights (and an int buffer)."""
     import torch
     from safetensors.torch import save_file
 
@@ -116,18 +140,63 @@ def test_a_tensor_of_another_dtype_keeps_the_merge_on_torch(store: Store, tmp_pa
     base = {
         "w": torch.randn(64, 32, generator=g).to(torch.bfloat16),
         "norm": torch.randn(32, generator=g),  # fp32
+        "half": torch.randn(8, 16, generator=g).to(torch.float16),
     }
-    expert = {k: (v.float() + 0.01).to(v.dtype) for k, v in base.items()}
+    expert = {
+        k: (v.float() + 0.01 * torch.randn(v.shape, generator=g)).to(v.dtype)
+        for k, v in base.items()
+    }
     save_file(base, tmp_path / "base.safetensors")
     save_file(expert, tmp_path / "expert.safetensors")
     store.commit(tmp_path / "base.safetensors", message="base", branch="main")
     store.commit(tmp_path / "expert.safetensors", message="x", branch="x", base="main")
-    res = store.merge(
-        method="task_arithmetic", base="main", models=["x"], weights=[0.5], branch="m"
-    )
-    assert res.run["torch_free"] is False
+    return base
+
+
+@pytest.mark.parametrize(
+    "dtypes",
+    [
+        {},
+        {"dtype": "float32", "out_dtype": "bfloat16"},
+        {"dtype": "bfloat16"},
+        {"dtype": "float16"},
+    ],
+)
+@pytest.mark.parametrize("method", ["task_arithmetic", "ties", "linear"])
+def test_mixed_dtypes_in_a_checkpoint_stay_on_the_lane(
+    store: Store, tmp_path, monkeypatch, dtypes, method
+) -> None:
+    base = _mixed_store(store, tmp_path)
+    kw: dict = dict(method=method, base="main", models=["x"], weights=[0.5], **dtypes)
+    if method == "ties":
+        kw["params"] = {"density": 0.5}
+    if method == "linear":
+        kw.update(base=None, models=["main", "x"], weights=[0.5, 0.5])
+    fast = store.merge(**kw, branch="fast")
+    monkeypatch.setenv("MERGESTORE_TORCH_FREE", "0")
+    slow = store.merge(**kw, branch="slow", force=True)
+    assert fast.run["torch_free"] and fast.run["lanes"]["torch"] == 0
+    assert slow.run["lanes"]["torch_reasons"] == {"MERGESTORE_TORCH_FREE=0": 3}
+    assert _tree(store, "fast") == _tree(store, "slow")
+    import torch
+
+    named = dtypes.get("out_dtype", dtypes.get("dtype"))
     for name in base:
-        assert store.read_tensor("m", name).dtype == base[name].dtype
+        want = getattr(torch, named) if named else base[name].dtype
+        assert store.read_tensor("fast", name).dtype == want, name
+
+
+def test_a_method_without_a_lane_says_why(store: Store, tmp_path) -> None:
+    _mixed_store(store, tmp_path)
+    res = store.merge(
+        method="dare_ties", base="main", models=["x"], weights=[0.5], params={"density": 0.5},
+        branch="m", dtype="float32",
+    )  # fmt: skip
+    lanes = res.run["lanes"]
+    assert not res.run["torch_free"] and lanes["torch_free"] == 0 and lanes["torch"] == 3
+    assert list(lanes["torch_reasons"]) == [
+        "dare_ties: random drops and L1 rescale in torch (the C kernels combine the deltas)"
+    ]
 
 
 @pytest.mark.needs(bool(getattr(native.kernels, "HAVE_F16", 0)), "no fp16 kernels in this build")
@@ -171,3 +240,17 @@ def test_budget_merge_same_tree_bound_and_delta(family_store: Store, monkeypatch
     assert fast.run["expert_bytes_read"] == slow.run["expert_bytes_read"]
     a, b = fast.run["merged_delta_l2"], slow.run["merged_delta_l2"]
     assert a > 0 and abs(a - b) <= 1e-12 * b
+
+
+def test_mixed_dtypes_out_folder_equals_checkout(store: Store, tmp_path) -> None:
+    """merge --out on the lane, fp32 norms beside bf16 weights, dtype float32 -> bfloat16."""
+    _mixed_store(store, tmp_path)
+    out = tmp_path / "out"
+    res = store.merge(
+        method="ties", base="main", models=["x"], weights=[0.5], params={"density": 0.5},
+        dtype="float32", out_dtype="bfloat16", branch="m", out=out,
+    )  # fmt: skip
+    assert res.run["torch_free"]
+    store.checkout("m", tmp_path / "co")
+    for f in sorted(p.name for p in (tmp_path / "co").iterdir()):
+        assert (out / f).read_bytes() == (tmp_path / "co" / f).read_bytes(), f

@@ -1,5 +1,5 @@
-/* The 16-bit GTA and linear kernels of _native.c, written once for both 16-bit float
- * formats. _native.c includes this file twice, with
+/* The 16-bit GTA and linear kernels of merge_arith.c, written once for both 16-bit float
+ * formats. merge_arith.c includes this file twice, with
  *   K16(name)  the kernel's name for the format (name##_bf16, name##_f16),
  *   TO_F32(h)  the 16-bit value as a float (exact),
  *   ROUND(f)   a float rounded to the format, to nearest even, as torch rounds;

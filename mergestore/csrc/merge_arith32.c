@@ -1,0 +1,374 @@
+/* Merge arithmetic with fp32 compute (mergekit's `dtype: float32`) on inputs of any float
+ * format, mixed: each input, the base and the output are bf16, fp16 or fp32 (format codes
+ * FMT_BF16, FMT_F16, FMT_F32). torch casts every input to fp32 (exact), computes each
+ * operation in fp32, and casts the result to the output dtype (round to nearest even); these
+ * kernels do the same operations in the same order. Python side: mergestore/ops/lanes.py; the
+ * torch twins are the fp32 paths of mergestore/ops/gta.py and mergestore/ops/linear.py
+ * (tests/ops/test_lanes.py compares them).
+ *
+ * torch's fp32 sums over the stacked inputs (dim 0) add in order from 0 for up to 4 rows
+ * (measured; 5 or more use several accumulators), so ops/lanes.py takes at most 4 inputs. */
+#include "native.h"
+
+enum { FMT_BF16 = 0, FMT_F16 = 1, FMT_F32 = 2 };
+
+static const Py_ssize_t fmt_size[3] = {2, 2, 4};
+
+/* dst[j] = element s + j of src (format fmt) as fp32, exactly. */
+HOT static void widen(float *dst, const void *src, int fmt, Py_ssize_t s, Py_ssize_t m) {
+    if (fmt == FMT_F32) {
+        memcpy(dst, (const float *)src + s, (size_t)m * sizeof(float));
+    } else if (fmt == FMT_BF16) {
+        const uint16_t *p = (const uint16_t *)src + s;
+        for (Py_ssize_t j = 0; j < m; j++) dst[j] = bf16_to_f32(p[j]);
+    } else {
+#if HAVE_F16C_KERNELS
+        if (have_f16c) {
+            widen_f16c(dst, (const uint16_t *)src + s, m);
+            return;
+        }
+#endif
+        const uint16_t *p = (const uint16_t *)src + s;
+        for (Py_ssize_t j = 0; j < m; j++) dst[j] = f16_table[p[j]];
+    }
+}
+
+/* Elements s .. s + m of dst (format fmt) = src rounded to the format (nearest even). */
+HOT static void narrow(void *dst, int fmt, Py_ssize_t s, const float *src, Py_ssize_t m) {
+    if (fmt == FMT_F32) {
+        memcpy((float *)dst + s, src, (size_t)m * sizeof(float));
+    } else if (fmt == FMT_BF16) {
+        uint16_t *o = (uint16_t *)dst + s;
+        for (Py_ssize_t j = 0; j < m; j++) o[j] = rne16_nan(src[j]);
+    } else {
+#if HAVE_F16C_KERNELS
+        if (have_f16c) {
+            narrow_f16c((uint16_t *)dst + s, src, m);
+            return;
+        }
+#endif
+        uint16_t *o = (uint16_t *)dst + s;
+        for (Py_ssize_t j = 0; j < m; j++) o[j] = rne_f16(src[j]);
+    }
+}
+
+/* gta._finish in fp32 on one tile: merged / divisor (per element when `divisors`, 0 -> 1) if
+ * normalize, times lam if has_lam, plus the base; stored in the output format. */
+ALWAYS_INLINE static inline void finish32(void *out, int out_fmt, Py_ssize_t s, const float *b,
+                                          float *merged, const float *divisors, float divisor,
+                                          Py_ssize_t m, int normalize, float lam, int has_lam) {
+    if (normalize && divisors) {
+        for (Py_ssize_t j = 0; j < m; j++)
+            merged[j] = merged[j] / (divisors[j] == 0.0f ? 1.0f : divisors[j]);
+    } else if (normalize) {
+        for (Py_ssize_t j = 0; j < m; j++) merged[j] = merged[j] / divisor;
+    }
+    if (has_lam)
+        for (Py_ssize_t j = 0; j < m; j++) merged[j] = merged[j] * lam;
+    for (Py_ssize_t j = 0; j < m; j++) merged[j] = b[j] + merged[j];
+    narrow(out, out_fmt, s, merged, m);
+}
+
+/* out = base + finish(sum_i (x_i - base) * w_i), or sum_i d_i * w_i over given deltas: the
+ * no-consensus GTA (task_arithmetic; breadcrumbs over cut deltas) in fp32. */
+HOT static void gta_sum32(void *out, int out_fmt, const void *base, int base_fmt,
+                          const void **xs, const int *fmts, Py_ssize_t k, const float *w,
+                          int deltas, Py_ssize_t n, float divisor, int normalize, float lam,
+                          int has_lam) {
+    float acc[TILE], bf[TILE], xt[TILE];
+    for (Py_ssize_t s = 0; s < n; s += TILE) {
+        Py_ssize_t m = n - s < TILE ? n - s : TILE;
+        widen(bf, base, base_fmt, s, m);
+        for (Py_ssize_t j = 0; j < m; j++) acc[j] = 0.0f;
+        for (Py_ssize_t i = 0; i < k; i++) {
+            const float wi = w[i];
+            widen(xt, xs[i], fmts[i], s, m);
+            if (deltas) {
+                for (Py_ssize_t j = 0; j < m; j++) acc[j] = acc[j] + xt[j] * wi;
+            } else {
+                for (Py_ssize_t j = 0; j < m; j++) acc[j] = acc[j] + (xt[j] - bf[j]) * wi;
+            }
+        }
+        finish32(out, out_fmt, s, bf, acc, NULL, divisor, m, normalize, lam, has_lam);
+    }
+}
+
+/* TIES "sum" consensus over fp32 deltas, then the tail (gta.sign_agreement, gta._combine,
+ * gta._finish in fp32): D_i = d_i * w_i; vote = (0 + D_0 + ... + D_k-1) >= 0 ? +1 : -1;
+ * agree_i = D_i * vote > 0; merged = 0 + sum agree_i * D_i; divisor = 0 + sum agree_i * w_i. */
+HOT static void gta_consensus32(void *out, int out_fmt, const void *base, int base_fmt,
+                                const float **ds, Py_ssize_t k, const float *w, Py_ssize_t n,
+                                int normalize, float lam, int has_lam) {
+    float vote[TILE], merged[TILE], divisor[TILE], bf[TILE];
+    for (Py_ssize_t s = 0; s < n; s += TILE) {
+        Py_ssize_t m = n - s < TILE ? n - s : TILE;
+        for (Py_ssize_t j = 0; j < m; j++) vote[j] = 0.0f;
+        for (Py_ssize_t i = 0; i < k; i++) {
+            const float *d = ds[i] + s;
+            const float wi = w[i];
+            for (Py_ssize_t j = 0; j < m; j++) vote[j] = vote[j] + d[j] * wi;
+        }
+        for (Py_ssize_t j = 0; j < m; j++) {
+            vote[j] = vote[j] >= 0.0f ? 1.0f : -1.0f;
+            merged[j] = 0.0f;
+            divisor[j] = 0.0f;
+        }
+        for (Py_ssize_t i = 0; i < k; i++) {
+            const float *d = ds[i] + s;
+            const float wi = w[i];
+            for (Py_ssize_t j = 0; j < m; j++) {
+                float D = d[j] * wi;
+                float agree = (D * vote[j]) > 0.0f ? 1.0f : 0.0f;
+                merged[j] = merged[j] + D * agree;
+                divisor[j] = divisor[j] + agree * wi;
+            }
+        }
+        widen(bf, base, base_fmt, s, m);
+        finish32(out, out_fmt, s, bf, merged, divisor, 0.0f, m, normalize, lam, has_lam);
+    }
+}
+
+/* linear with an fp32 accumulator: acc = fma(x_i, w_i, acc) from 0 in input order (torch's
+ * addcmul_ is fused), acc / wsum if normalize, stored in the output format. */
+HOT static void linear32(void *out, int out_fmt, const void **xs, const int *fmts, Py_ssize_t k,
+                         const float *w, Py_ssize_t n, int normalize, float wsum) {
+    float acc[TILE], xt[TILE];
+    for (Py_ssize_t s = 0; s < n; s += TILE) {
+        Py_ssize_t m = n - s < TILE ? n - s : TILE;
+        for (Py_ssize_t j = 0; j < m; j++) acc[j] = 0.0f;
+        for (Py_ssize_t i = 0; i < k; i++) {
+            const float wi = w[i];
+            widen(xt, xs[i], fmts[i], s, m);
+            for (Py_ssize_t j = 0; j < m; j++) acc[j] = fmaf(xt[j], wi, acc[j]);
+        }
+        if (normalize)
+            for (Py_ssize_t j = 0; j < m; j++) acc[j] = acc[j] / wsum;
+        narrow(out, out_fmt, s, acc, m);
+    }
+}
+
+/* convert(out, out_fmt, x, x_fmt): x in another format, rounded to nearest even as torch's
+ * .to() rounds (16-bit to 16-bit goes through fp32, exactly as torch converts). */
+HOT static void convert(void *out, int out_fmt, const void *x, int x_fmt, Py_ssize_t n) {
+    float t[TILE];
+    for (Py_ssize_t s = 0; s < n; s += TILE) {
+        Py_ssize_t m = n - s < TILE ? n - s : TILE;
+        widen(t, x, x_fmt, s, m);
+        narrow(out, out_fmt, s, t, m);
+    }
+}
+
+/* ------------------------------------------------------------------ argument handling */
+
+/* A sequence of (buffer, format) inputs of n elements each. */
+typedef struct {
+    Py_ssize_t k;
+    Buf *bufs;
+    const void **ptrs;
+    int *fmts;
+} Inputs;
+
+static void inputs_release(Inputs *in) {
+    if (in->bufs)
+        for (Py_ssize_t i = 0; i < in->k; i++) release(&in->bufs[i]);
+    PyMem_Free(in->bufs);
+    PyMem_Free((void *)in->ptrs);
+    PyMem_Free(in->fmts);
+    memset(in, 0, sizeof *in);
+}
+
+static int check_fmt(int fmt) {
+    if (fmt < 0 || fmt > 2) {
+        PyErr_Format(PyExc_ValueError, "unknown float format code %d", fmt);
+        return -1;
+    }
+    return 0;
+}
+
+/* One buffer of n elements of format fmt (n < 0: any whole number, n set from it). */
+static int get_fmt_buf(PyObject *o, int fmt, Py_ssize_t *n, int writable, Buf *b,
+                       const char *what) {
+    if (check_fmt(fmt) < 0 || get_buf(o, b, writable, fmt_size[fmt], what) < 0) return -1;
+    Py_ssize_t len = b->view.len / fmt_size[fmt];
+    if (*n < 0) *n = len;
+    if (len != *n) {
+        release(b);
+        PyErr_Format(PyExc_ValueError, "%s: %zd elements, expected %zd", what, len, *n);
+        return -1;
+    }
+    return 0;
+}
+
+static int get_inputs(PyObject *xs_o, PyObject *fmts_o, Py_ssize_t n, Inputs *in) {
+    memset(in, 0, sizeof *in);
+    PyObject *xs = PySequence_Fast(xs_o, "expected a sequence of buffers");
+    if (!xs) return -1;
+    PyObject *fs = PySequence_Fast(fmts_o, "expected a sequence of format codes");
+    if (!fs) {
+        Py_DECREF(xs);
+        return -1;
+    }
+    int rc = -1;
+    in->k = PySequence_Fast_GET_SIZE(xs);
+    if (PySequence_Fast_GET_SIZE(fs) != in->k) {
+        PyErr_SetString(PyExc_ValueError, "one format code per input");
+        goto done;
+    }
+    in->bufs = PyMem_Calloc(in->k ? in->k : 1, sizeof(Buf));
+    in->ptrs = PyMem_Calloc(in->k ? in->k : 1, sizeof(void *));
+    in->fmts = PyMem_Calloc(in->k ? in->k : 1, sizeof(int));
+    if (!in->bufs || !in->ptrs || !in->fmts) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < in->k; i++) {
+        long f = PyLong_AsLong(PySequence_Fast_GET_ITEM(fs, i));
+        if (f == -1 && PyErr_Occurred()) goto done;
+        in->fmts[i] = (int)f;
+        if (get_fmt_buf(PySequence_Fast_GET_ITEM(xs, i), (int)f, &n, 0, &in->bufs[i], "input") < 0)
+            goto done;
+        in->ptrs[i] = in->bufs[i].view.buf;
+    }
+    rc = 0;
+done:
+    Py_DECREF(fs);
+    Py_DECREF(xs);
+    if (rc < 0) inputs_release(in);
+    return rc;
+}
+
+static float *get_weights(PyObject *w_o, Py_ssize_t k) {
+    float *w = PyMem_Calloc(k ? k : 1, sizeof(float));
+    if (!w) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    if (get_floats(w_o, w, k) < 0) {
+        PyMem_Free(w);
+        return NULL;
+    }
+    return w;
+}
+
+/* gta_sum32(out, out_fmt, base, base_fmt, inputs, fmts, weights, deltas, divisor, normalize,
+ * lam, has_lam) */
+PyObject *py_gta_sum32(PyObject *self, PyObject *args) {
+    PyObject *out_o, *base_o, *xs_o, *fmts_o, *w_o;
+    int out_fmt, base_fmt, deltas, normalize, has_lam;
+    double divisor, lam;
+    if (!PyArg_ParseTuple(args, "OiOiOOOpdpdp", &out_o, &out_fmt, &base_o, &base_fmt, &xs_o,
+                          &fmts_o, &w_o, &deltas, &divisor, &normalize, &lam, &has_lam))
+        return NULL;
+    Py_ssize_t n = -1;
+    Buf out, base;
+    Inputs in;
+    float *w = NULL;
+    PyObject *ret = NULL;
+    if (get_fmt_buf(out_o, out_fmt, &n, 1, &out, "out") < 0) return NULL;
+    if (get_fmt_buf(base_o, base_fmt, &n, 0, &base, "base") < 0) goto d1;
+    if (get_inputs(xs_o, fmts_o, n, &in) < 0) goto d2;
+    if (!(w = get_weights(w_o, in.k))) goto d3;
+    Py_BEGIN_ALLOW_THREADS
+    gta_sum32(out.view.buf, out_fmt, base.view.buf, base_fmt, in.ptrs, in.fmts, in.k, w, deltas, n,
+              (float)divisor, normalize, (float)lam, has_lam);
+    Py_END_ALLOW_THREADS
+    ret = Py_None;
+    Py_INCREF(ret);
+    PyMem_Free(w);
+d3:
+    inputs_release(&in);
+d2:
+    release(&base);
+d1:
+    release(&out);
+    return ret;
+}
+
+/* gta_consensus32(out, out_fmt, base, base_fmt, deltas (fp32), weights, normalize, lam,
+ * has_lam) */
+PyObject *py_gta_consensus32(PyObject *self, PyObject *args) {
+    PyObject *out_o, *base_o, *ds_o, *w_o;
+    int out_fmt, base_fmt, normalize, has_lam;
+    double lam;
+    if (!PyArg_ParseTuple(args, "OiOiOOpdp", &out_o, &out_fmt, &base_o, &base_fmt, &ds_o, &w_o,
+                          &normalize, &lam, &has_lam))
+        return NULL;
+    Py_ssize_t n = -1;
+    Buf out, base;
+    Inputs in;
+    float *w = NULL;
+    PyObject *ret = NULL, *fmts = NULL;
+    if (get_fmt_buf(out_o, out_fmt, &n, 1, &out, "out") < 0) return NULL;
+    if (get_fmt_buf(base_o, base_fmt, &n, 0, &base, "base") < 0) goto d1;
+    Py_ssize_t k = PySequence_Size(ds_o);
+    if (k < 0) goto d2;
+    fmts = PyList_New(k);
+    if (!fmts) goto d2;
+    for (Py_ssize_t i = 0; i < k; i++) PyList_SET_ITEM(fmts, i, PyLong_FromLong(FMT_F32));
+    if (get_inputs(ds_o, fmts, n, &in) < 0) goto d2;
+    if (!(w = get_weights(w_o, in.k))) goto d3;
+    Py_BEGIN_ALLOW_THREADS
+    gta_consensus32(out.view.buf, out_fmt, base.view.buf, base_fmt, (const float **)in.ptrs, in.k,
+                    w, n, normalize, (float)lam, has_lam);
+    Py_END_ALLOW_THREADS
+    ret = Py_None;
+    Py_INCREF(ret);
+    PyMem_Free(w);
+d3:
+    inputs_release(&in);
+d2:
+    Py_XDECREF(fmts);
+    release(&base);
+d1:
+    release(&out);
+    return ret;
+}
+
+/* linear32(out, out_fmt, inputs, fmts, weights, normalize, wsum) */
+PyObject *py_linear32(PyObject *self, PyObject *args) {
+    PyObject *out_o, *xs_o, *fmts_o, *w_o;
+    int out_fmt, normalize;
+    double wsum;
+    if (!PyArg_ParseTuple(args, "OiOOOpd", &out_o, &out_fmt, &xs_o, &fmts_o, &w_o, &normalize,
+                          &wsum))
+        return NULL;
+    Py_ssize_t n = -1;
+    Buf out;
+    Inputs in;
+    float *w = NULL;
+    PyObject *ret = NULL;
+    if (get_fmt_buf(out_o, out_fmt, &n, 1, &out, "out") < 0) return NULL;
+    if (get_inputs(xs_o, fmts_o, n, &in) < 0) goto d1;
+    if (!(w = get_weights(w_o, in.k))) goto d2;
+    Py_BEGIN_ALLOW_THREADS
+    linear32(out.view.buf, out_fmt, in.ptrs, in.fmts, in.k, w, n, normalize, (float)wsum);
+    Py_END_ALLOW_THREADS
+    ret = Py_None;
+    Py_INCREF(ret);
+    PyMem_Free(w);
+d2:
+    inputs_release(&in);
+d1:
+    release(&out);
+    return ret;
+}
+
+/* convert(out, out_fmt, x, x_fmt) */
+PyObject *py_convert(PyObject *self, PyObject *args) {
+    PyObject *out_o, *x_o;
+    int out_fmt, x_fmt;
+    if (!PyArg_ParseTuple(args, "OiOi", &out_o, &out_fmt, &x_o, &x_fmt)) return NULL;
+    Py_ssize_t n = -1;
+    Buf out, x;
+    if (get_fmt_buf(out_o, out_fmt, &n, 1, &out, "out") < 0) return NULL;
+    if (get_fmt_buf(x_o, x_fmt, &n, 0, &x, "x") < 0) {
+        release(&out);
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    convert(out.view.buf, out_fmt, x.view.buf, x_fmt, n);
+    Py_END_ALLOW_THREADS
+    release(&x);
+    release(&out);
+    Py_RETURN_NONE;
+}

@@ -1,0 +1,98 @@
+/* mergestore._native: fused kernels for the hot loops, each one pass over memory, GIL released.
+ * This file holds the module's method table and start-up; the kernels are in the family files
+ * listed in native.h. */
+#include "native.h"
+
+float f16_table[65536];
+
+static void init_f16_table(void) {
+    for (uint32_t h = 0; h < 65536; h++) {
+        uint32_t sign = (h & 0x8000u) << 16, exp = (h >> 10) & 0x1Fu, man = h & 0x3FFu;
+        float f;
+        if (exp == 0) {
+            f = ldexpf((float)man, -24); /* zero or subnormal: exact */
+            uint32_t u;
+            memcpy(&u, &f, 4);
+            u |= sign;
+            memcpy(&f, &u, 4);
+        } else {
+            uint32_t u = exp == 31 ? (sign | 0x7F800000u | (man << 13))
+                                   : (sign | ((exp + 112u) << 23) | (man << 13));
+            memcpy(&f, &u, 4);
+        }
+        f16_table[h] = f;
+    }
+}
+
+#if HAVE_F16C_KERNELS
+int have_f16c = 0;
+#endif
+
+/* ------------------------------------------------------------------ module */
+
+static PyMethodDef methods[] = {
+    {"gta_sum_bf16", py_gta_sum_bf16, METH_VARARGS,
+     "gta_sum_bf16(out, base, inputs, weights, deltas, divisor, normalize, lam, has_lam, "
+     "f16=False): bf16, or fp16 with f16"},
+    {"gta_consensus_bf16", py_gta_consensus_bf16, METH_VARARGS,
+     "gta_consensus_bf16(out, base, deltas, weights, normalize, lam, has_lam, f16=False)"},
+    {"gta_sum32", py_gta_sum32, METH_VARARGS,
+     "gta_sum32(out, out_fmt, base, base_fmt, inputs, fmts, weights, deltas, divisor, normalize, "
+     "lam, has_lam): fp32 compute; formats 0 bf16, 1 fp16, 2 fp32"},
+    {"gta_consensus32", py_gta_consensus32, METH_VARARGS,
+     "gta_consensus32(out, out_fmt, base, base_fmt, fp32_deltas, weights, normalize, lam, "
+     "has_lam)"},
+    {"linear32", py_linear32, METH_VARARGS,
+     "linear32(out, out_fmt, inputs, fmts, weights, normalize, weight_sum)"},
+    {"convert", py_convert, METH_VARARGS,
+     "convert(out, out_fmt, x, x_fmt): a float format conversion as torch's .to() rounds"},
+    {"sub_hist32", py_sub_hist32, METH_VARARGS,
+     "sub_hist32(out_f32, x, x_fmt, base, base_fmt, hist): x - base in fp32 and the histogram of "
+     "its magnitudes' upper 15 bits"},
+    {"hist_lo32", py_hist_lo32, METH_VARARGS,
+     "hist_lo32(bits_f32, hi, hist): histogram of the low 16 bits of magnitudes whose upper bits "
+     "are hi"},
+    {"nth_equal32", py_nth_equal32, METH_VARARGS,
+     "nth_equal32(bits_f32, v, need) -> index or -1"},
+    {"apply_cuts32", py_apply_cuts32, METH_VARARGS,
+     "apply_cuts32(data_f32, mode1, v1, last1, mode2, v2, last2)"},
+    {"linear_bf16", py_linear_bf16, METH_VARARGS,
+     "linear_bf16(out, inputs, weights, normalize, weight_sum, f16=False)"},
+    {"sub_hist_bf16", py_sub_hist_bf16, METH_VARARGS,
+     "sub_hist_bf16(out, x, base, hist, f16=False): x - base and its magnitude histogram"},
+    {"nth_equal16", py_nth_equal16, METH_VARARGS, "nth_equal16(bits, v, need) -> index or -1"},
+    {"apply_cuts16", py_apply_cuts16, METH_VARARGS,
+     "apply_cuts16(data, mode1, v1, last1, mode2, v2, last2, f16=False)"},
+    {"della_probs_bf16", py_della_probs_bf16, METH_VARARGS,
+     "della_probs_bf16(magnitudes, out, rows, cols, base_p, eps): della's bf16 keep "
+     "probabilities from the row ranks of the magnitudes (sparsify.della_magprune)."},
+    {"row_ranks_bf16", py_row_ranks_bf16, METH_VARARGS,
+     "row_ranks_bf16(magnitudes, out, rows, cols, as_bf16=False): 1-based stable ranks within "
+     "each row, as int64 or rounded to bf16"},
+    {"philox_keep", py_philox_keep, METH_VARARGS,
+     "philox_keep(out, probs, key_lo, key_hi, bf16): Bernoulli keep mask, numpy's Philox stream "
+     "(probs: one per element, or one for all)"},
+    {"join2", py_join2, METH_VARARGS, "join2(out, lo, hi, rot, reference_or_None)"},
+    {"delta_stats", py_delta_stats, METH_VARARGS,
+     "delta_stats(b, a, dtype) -> (dd, l1, max_abs, bb, aa, nnz)"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "mergestore._native",
+                                    "Fused kernels (see mergestore/native.py).", -1, methods,
+                                    NULL, NULL, NULL, NULL};
+
+PyMODINIT_FUNC PyInit__native(void) {
+    init_f16_table();
+#if HAVE_F16C_KERNELS
+    __builtin_cpu_init();
+    have_f16c = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                __builtin_cpu_supports("f16c") && !getenv("MERGESTORE_NO_F16C");
+#endif
+    PyObject *m = PyModule_Create(&module);
+    if (m && PyModule_AddIntConstant(m, "HAVE_F16", HAVE_F16) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

@@ -1,0 +1,283 @@
+/* The shared half of mergestore._native's C sources (mergestore/csrc/): float conversions
+ * exactly as torch converts, buffer helpers, the F16C helpers, and each kernel family's entry
+ * points. The families, each in its own file beside its Python twin (mergestore/native.py
+ * lists them):
+ *   merge_arith.c  (+ merge_arith16.h)  GTA and linear arithmetic, 16-bit compute  ops/lane16.py
+ *   merge_arith32.c  the same with fp32 compute, inputs and output in any format  ops/lanes.py
+ *   rank_cuts.c    magnitude rank cuts, row ranks, della's probabilities  ops/sparsify.py
+ *   delta_stats.c  fp64 statistics of B - A              diff.py (block_stats)
+ *   byte_planes.c  byte-plane joins of the codecs         store/codecs/byteplane.py
+ *   rng.c          Philox keep masks                       ops/context.py (keep_mask)
+ *   module.c       the module's method table and start-up
+ *
+ * Every kernel has a pure Python/torch twin, and the tests check that both give the same
+ * bits. The arithmetic is written out so that it is exactly torch's on CPU:
+ *   - bf16 results are fp32 results rounded to nearest even (rne16 below);
+ *   - fp32 operations are plain IEEE operations, never contracted into FMAs
+ *     (built with -ffp-contract=off) and never reordered;
+ *   - sums run in a fixed order, so results do not depend on threads.
+ * The one documented difference: the payload of a NaN result (torch's vectorized conversion
+ * writes 0xFFFF, its scalar one 0x7FC0; the kernels keep the NaN's own upper bits).
+ *
+ * Hot functions are compiled twice (for x86-64-v3, i.e. AVX2 + FMA, and for baseline x86-64) and
+ * picked at load time.
+ */
+#ifndef MERGESTORE_NATIVE_H
+#define MERGESTORE_NATIVE_H
+#include <Python.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define HOT __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define HOT
+#endif
+
+/* Helpers inlined into each clone, so they are compiled for its instruction set too. */
+#if defined(__GNUC__)
+#define ALWAYS_INLINE __attribute__((always_inline))
+#else
+#define ALWAYS_INLINE
+#endif
+
+#define TILE 512 /* elements per tile: a few KiB of fp32 accumulators stay in L1 */
+
+/* ------------------------------------------------------------------ conversions */
+
+static inline float bf16_to_f32(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* fp32 -> bf16, round to nearest even. No NaN test: every NaN these kernels meet has zero low
+ * 16 bits (widened from bf16, or made by x86 arithmetic, which writes the default NaN
+ * 0xFFC00000 or propagates an operand's payload), so rounding adds no carry and keeps it a
+ * NaN. Dropping the select made the GTA kernels ~30% faster. */
+static inline uint16_t rne16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+}
+
+/* IEEE half precision (fp16) in portable C: bit arithmetic with selects rather than branches,
+ * so the generic kernels vectorize (still ~8x slower than bf16's shifts; x86 CPUs with F16C
+ * get the vector kernels further down). Both directions are exact IEEE conversions, round to
+ * nearest even as torch converts; a NaN stays a NaN (its payload may differ from torch's
+ * canonical 0x7E00). */
+#define HAVE_F16 1 /* always (plain C); exported so Python can tell this build from an older one */
+
+/* rne16 for any fp32 value: a NaN (whatever its payload, which could carry into the exponent)
+ * becomes bf16's quiet NaN 0x7FC0 with its sign, as torch converts. */
+static inline uint16_t rne16_nan(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return (u & 0x7FFFFFFFu) > 0x7F800000u ? (uint16_t)((u >> 16) | 0x7FC0u) : rne16(f);
+}
+
+ALWAYS_INLINE static inline float f16_to_f32(uint16_t h) {
+    uint32_t em = h & 0x7FFFu;
+    uint32_t normal = (em << 13) + (112u << 23); /* rebias the exponent: 127 - 15 */
+    uint32_t infnan = (em << 13) | 0x7F800000u;
+    float sub = (float)em * 5.9604644775390625e-8f; /* subnormal or zero: em * 2^-24, exact */
+    uint32_t subu;
+    memcpy(&subu, &sub, 4);
+    uint32_t u = em >= 0x7C00u ? infnan : (em < 0x400u ? subu : normal);
+    u |= (uint32_t)(h & 0x8000u) << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+ALWAYS_INLINE static inline uint16_t rne_f16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    uint32_t sign = u & 0x80000000u;
+    u ^= sign;
+    /* inf or NaN, or too large for fp16 (>= 2^16) */
+    uint32_t big = u > 0x7F800000u ? 0x7E00u : 0x7C00u;
+    /* subnormal or zero result (< 2^-14): add 0.5 to align the 10 result bits at the bottom,
+     * the float addition rounding them to nearest even, then drop the magic's bits */
+    float a;
+    memcpy(&a, &u, 4);
+    a += 0.5f;
+    uint32_t au;
+    memcpy(&au, &a, 4);
+    uint32_t small = au - 0x3F000000u;
+    /* normal: rebias, round to nearest even on the 13 dropped bits (a carry may make it inf) */
+    uint32_t normal = (u + 0xC8000FFFu + ((u >> 13) & 1u)) >> 13;
+    uint32_t r = u >= 0x47800000u ? big : (u < 0x38800000u ? small : normal);
+    return (uint16_t)(r | (sign >> 16));
+}
+
+extern float f16_table[65536]; /* fp16 bits -> float (module.c fills it) */
+
+/* ------------------------------------------------------------------ buffers */
+
+typedef struct {
+    Py_buffer view;
+    int held;
+} Buf;
+
+static inline void release(Buf *b) {
+    if (b->held) PyBuffer_Release(&b->view);
+    b->held = 0;
+}
+
+static inline int get_buf(PyObject *obj, Buf *b, int writable, Py_ssize_t itemsize, const char *what) {
+    b->held = 0;
+    if (PyObject_GetBuffer(obj, &b->view, (writable ? PyBUF_WRITABLE : 0) | PyBUF_C_CONTIGUOUS) <
+        0)
+        return -1;
+    b->held = 1;
+    if (b->view.len % itemsize != 0) {
+        PyErr_Format(PyExc_ValueError, "%s: %zd bytes is not a whole number of %zd-byte items",
+                     what, b->view.len, itemsize);
+        release(b);
+        return -1;
+    }
+    return 0;
+}
+
+/* A Python sequence of buffers of the same length, as an array of pointers. */
+typedef struct {
+    Py_ssize_t n;
+    Buf *bufs;
+    const uint16_t **ptrs;
+} BufList;
+
+static inline void release_list(BufList *l) {
+    if (l->bufs) {
+        for (Py_ssize_t i = 0; i < l->n; i++) release(&l->bufs[i]);
+        PyMem_Free(l->bufs);
+    }
+    PyMem_Free((void *)l->ptrs);
+    l->bufs = NULL;
+    l->ptrs = NULL;
+}
+
+static inline int get_list(PyObject *seq, BufList *l, Py_ssize_t len, const char *what) {
+    l->bufs = NULL;
+    l->ptrs = NULL;
+    PyObject *fast = PySequence_Fast(seq, "expected a sequence of buffers");
+    if (!fast) return -1;
+    l->n = PySequence_Fast_GET_SIZE(fast);
+    l->bufs = PyMem_Calloc(l->n ? l->n : 1, sizeof(Buf));
+    l->ptrs = PyMem_Calloc(l->n ? l->n : 1, sizeof(uint16_t *));
+    if (!l->bufs || !l->ptrs) {
+        Py_DECREF(fast);
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < l->n; i++) {
+        if (get_buf(PySequence_Fast_GET_ITEM(fast, i), &l->bufs[i], 0, 2, what) < 0) {
+            Py_DECREF(fast);
+            return -1;
+        }
+        if (l->bufs[i].view.len != len) {
+            Py_DECREF(fast);
+            PyErr_Format(PyExc_ValueError, "%s: buffers of different lengths", what);
+            return -1;
+        }
+        l->ptrs[i] = l->bufs[i].view.buf;
+    }
+    Py_DECREF(fast);
+    return 0;
+}
+
+static inline int get_floats(PyObject *seq, float *out, Py_ssize_t n) {
+    PyObject *fast = PySequence_Fast(seq, "expected a sequence of floats");
+    if (!fast) return -1;
+    if (PySequence_Fast_GET_SIZE(fast) != n) {
+        Py_DECREF(fast);
+        PyErr_SetString(PyExc_ValueError, "one weight per input");
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        double d = PyFloat_AsDouble(PySequence_Fast_GET_ITEM(fast, i));
+        if (d == -1.0 && PyErr_Occurred()) {
+            Py_DECREF(fast);
+            return -1;
+        }
+        out[i] = (float)d;
+    }
+    Py_DECREF(fast);
+    return 0;
+}
+
+
+/* ------------------------------------------------------------------ F16C */
+
+/* x86 CPUs with AVX2 + F16C convert eight fp16 values at once; picked at run time (have_f16c). */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#include <immintrin.h>
+#define F16C_TARGET __attribute__((target("avx2,fma,f16c")))
+#define RNE_PH (_MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
+
+extern int have_f16c; /* module.c: the CPU has AVX2, FMA and F16C */
+
+F16C_TARGET static inline __m256 load8_f16(const uint16_t *p) {
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+}
+
+F16C_TARGET static inline __m256 round8_f16(__m256 v) {
+    return _mm256_cvtph_ps(_mm256_cvtps_ph(v, RNE_PH));
+}
+
+F16C_TARGET static inline float round1_f16(float v) {
+    return _cvtsh_ss(_cvtss_sh(v, RNE_PH));
+}
+
+/* dst[j] = src[j] widened from fp16, m elements. */
+F16C_TARGET static inline void widen_f16c(float *dst, const uint16_t *src, Py_ssize_t m) {
+    Py_ssize_t v = m & ~(Py_ssize_t)7;
+    for (Py_ssize_t j = 0; j < v; j += 8) _mm256_storeu_ps(dst + j, load8_f16(src + j));
+    for (Py_ssize_t j = v; j < m; j++) dst[j] = _cvtsh_ss(src[j]);
+}
+
+/* dst[j] = src[j] rounded to fp16 (nearest even), m elements. */
+F16C_TARGET static inline void narrow_f16c(uint16_t *dst, const float *src, Py_ssize_t m) {
+    Py_ssize_t v = m & ~(Py_ssize_t)7;
+    for (Py_ssize_t j = 0; j < v; j += 8)
+        _mm_storeu_si128((__m128i *)(dst + j), _mm256_cvtps_ph(_mm256_loadu_ps(src + j), RNE_PH));
+    for (Py_ssize_t j = v; j < m; j++) dst[j] = _cvtss_sh(src[j], RNE_PH);
+}
+
+#define HAVE_F16C_KERNELS 1
+#else
+#define HAVE_F16C_KERNELS 0
+#endif
+
+/* ------------------------------------------------------------------ entry points */
+
+/* merge_arith.c */
+PyObject *py_gta_sum_bf16(PyObject *self, PyObject *args);
+PyObject *py_gta_consensus_bf16(PyObject *self, PyObject *args);
+PyObject *py_linear_bf16(PyObject *self, PyObject *args);
+/* merge_arith32.c */
+PyObject *py_gta_sum32(PyObject *self, PyObject *args);
+PyObject *py_gta_consensus32(PyObject *self, PyObject *args);
+PyObject *py_linear32(PyObject *self, PyObject *args);
+PyObject *py_convert(PyObject *self, PyObject *args);
+/* rank_cuts.c */
+PyObject *py_sub_hist_bf16(PyObject *self, PyObject *args);
+PyObject *py_nth_equal16(PyObject *self, PyObject *args);
+PyObject *py_apply_cuts16(PyObject *self, PyObject *args);
+PyObject *py_della_probs_bf16(PyObject *self, PyObject *args);
+PyObject *py_row_ranks_bf16(PyObject *self, PyObject *args);
+PyObject *py_sub_hist32(PyObject *self, PyObject *args);
+PyObject *py_hist_lo32(PyObject *self, PyObject *args);
+PyObject *py_nth_equal32(PyObject *self, PyObject *args);
+PyObject *py_apply_cuts32(PyObject *self, PyObject *args);
+/* rng.c */
+PyObject *py_philox_keep(PyObject *self, PyObject *args);
+/* byte_planes.c */
+PyObject *py_join2(PyObject *self, PyObject *args);
+/* delta_stats.c */
+PyObject *py_delta_stats(PyObject *self, PyObject *args);
+
+#endif

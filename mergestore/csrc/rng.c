@@ -1,0 +1,110 @@
+/* Random keep masks: numpy's Philox4x64-10 stream, compared with p. Python twin:
+ * mergestore/ops/context.py (TensorContext.keep_mask's numpy Generator). */
+#include "native.h"
+
+/* ------------------------------------------------------------------ drop masks */
+
+/* Philox4x64-10 (Salmon et al., Random123), the generator numpy.random.Philox runs. */
+static inline uint64_t mulhilo64(uint64_t a, uint64_t b, uint64_t *hi) {
+    __uint128_t p = (__uint128_t)a * b;
+    *hi = (uint64_t)(p >> 64);
+    return (uint64_t)p;
+}
+
+/* LANES blocks at once: the rounds of one block are a chain of dependent multiplies, so
+ * independent blocks side by side keep the multiplier busy (about 4x the throughput). */
+#define PHILOX_LANES 8
+
+static inline void philox4x64_10_lanes(uint64_t c0[PHILOX_LANES], uint64_t c1[PHILOX_LANES],
+                                       uint64_t c2[PHILOX_LANES], uint64_t c3[PHILOX_LANES],
+                                       uint64_t k0, uint64_t k1) {
+    for (int r = 0; r < 10; r++) {
+        if (r > 0) {
+            k0 += 0x9E3779B97F4A7C15ULL;
+            k1 += 0xBB67AE8584CAA73BULL;
+        }
+        for (int l = 0; l < PHILOX_LANES; l++) {
+            uint64_t hi0, hi1;
+            uint64_t lo0 = mulhilo64(0xD2E7470EE14C6C93ULL, c0[l], &hi0);
+            uint64_t lo1 = mulhilo64(0xCA5A826395121157ULL, c2[l], &hi1);
+            uint64_t n0 = hi1 ^ c1[l] ^ k0, n2 = hi0 ^ c3[l] ^ k1;
+            c0[l] = n0;
+            c1[l] = lo1;
+            c2[l] = n2;
+            c3[l] = lo0;
+        }
+    }
+}
+
+/* keep[j] = u_j < p_j, 1 or 0 in p's dtype (bf16 or fp32), where u is the stream
+ * numpy.random.Generator(numpy.random.Philox(key=k)).random(n, dtype=float32) draws: the
+ * counter starts at 0 and is incremented before each block of four 64-bit outputs; each output
+ * gives two 32-bit words, low half first; u = (word >> 8) * 2^-24. */
+HOT static void philox_keep(void *out, const void *probs, int one_p, Py_ssize_t n, int bf16,
+                            uint64_t k0, uint64_t k1) {
+    /* one_p: `probs` holds a single probability for every element (dare's density) */
+    const Py_ssize_t per = 8 * PHILOX_LANES; /* floats per round of lanes */
+    uint64_t ctr[4] = {0, 0, 0, 0};
+    uint64_t c0[PHILOX_LANES], c1[PHILOX_LANES], c2[PHILOX_LANES], c3[PHILOX_LANES];
+    float u[8 * PHILOX_LANES];
+    for (Py_ssize_t s = 0; s < n; s += per) {
+        for (int l = 0; l < PHILOX_LANES; l++) { /* the next counters, with carries */
+            if (++ctr[0] == 0 && ++ctr[1] == 0 && ++ctr[2] == 0) ++ctr[3];
+            c0[l] = ctr[0], c1[l] = ctr[1], c2[l] = ctr[2], c3[l] = ctr[3];
+        }
+        philox4x64_10_lanes(c0, c1, c2, c3, k0, k1);
+        for (int l = 0; l < PHILOX_LANES; l++) {
+            uint64_t w[4] = {c0[l], c1[l], c2[l], c3[l]};
+            for (int i = 0; i < 4; i++) {
+                u[8 * l + 2 * i] = (float)((uint32_t)w[i] >> 8) * (1.0f / 16777216.0f);
+                u[8 * l + 2 * i + 1] = (float)((uint32_t)(w[i] >> 32) >> 8) * (1.0f / 16777216.0f);
+            }
+        }
+        Py_ssize_t m = n - s < per ? n - s : per;
+        if (bf16 && one_p) {
+            const float p = bf16_to_f32(*(const uint16_t *)probs);
+            uint16_t *o = (uint16_t *)out + s;
+            for (Py_ssize_t j = 0; j < m; j++) o[j] = u[j] < p ? 0x3F80 : 0;
+        } else if (bf16) {
+            const uint16_t *p = (const uint16_t *)probs + s;
+            uint16_t *o = (uint16_t *)out + s;
+            for (Py_ssize_t j = 0; j < m; j++) o[j] = u[j] < bf16_to_f32(p[j]) ? 0x3F80 : 0;
+        } else if (one_p) {
+            const float p = *(const float *)probs;
+            float *o = (float *)out + s;
+            for (Py_ssize_t j = 0; j < m; j++) o[j] = u[j] < p ? 1.0f : 0.0f;
+        } else {
+            const float *p = (const float *)probs + s;
+            float *o = (float *)out + s;
+            for (Py_ssize_t j = 0; j < m; j++) o[j] = u[j] < p[j] ? 1.0f : 0.0f;
+        }
+    }
+}
+
+PyObject *py_philox_keep(PyObject *self, PyObject *args) {
+    PyObject *out_o, *p_o;
+    unsigned long long k0, k1;
+    int bf16;
+    if (!PyArg_ParseTuple(args, "OOKKp", &out_o, &p_o, &k0, &k1, &bf16)) return NULL;
+    Py_ssize_t size = bf16 ? 2 : 4;
+    Buf out, p;
+    if (get_buf(out_o, &out, 1, size, "out") < 0) return NULL;
+    if (get_buf(p_o, &p, 0, size, "probs") < 0) {
+        release(&out);
+        return NULL;
+    }
+    int one_p = p.view.len == size && out.view.len != size;
+    if (p.view.len != out.view.len && !one_p) {
+        release(&p);
+        release(&out);
+        PyErr_SetString(PyExc_ValueError,
+                        "philox_keep: probs must be as long as out, or one value");
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    philox_keep(out.view.buf, p.view.buf, one_p, out.view.len / size, bf16, k0, k1);
+    Py_END_ALLOW_THREADS
+    release(&p);
+    release(&out);
+    Py_RETURN_NONE;
+}

@@ -1,0 +1,324 @@
+"""The torch-free lane for every dtype combination: inputs in bf16, fp16 or fp32 (mixed within
+a merge, e.g. fp32 norms next to bf16 weights), compute in float32, bfloat16 or float16, any
+out_dtype, per tensor.
+
+Tensors on the lane are numpy arrays whose dtype names the float format: uint16 holds bf16
+bits, float16 is fp16, float32 is fp32. For each tensor, as ops.apply.merge_tensor does with
+torch (mergekit 0.1.5's dtype rules):
+- the compute dtype is the config's `dtype:`, else the promoted dtype of the inputs;
+- 16-bit compute: the inputs are rounded to it (C `convert`, as torch's .to() rounds), then
+  the 16-bit kernels of ops.lane16 run; fp32 compute: the C kernels of csrc/merge_arith32.c
+  and the fp32 rank cuts of csrc/rank_cuts.c read every input in its own format (widening is
+  exact) and do torch's fp32 operations in torch's order;
+- the result (in the compute dtype) is rounded to `out_dtype` if one is set.
+
+What the fp32 lane covers, with the torch path's bits (tests/ops/test_lanes.py):
+- linear, task_arithmetic: any parameters, at most FP32_MAX_INPUTS inputs (torch's fp32 sum
+  over stacked inputs, and its sum of the weights, add in order from 0 only up to 4 rows:
+  measured; more use several accumulators);
+- ties, breadcrumbs, breadcrumbs_ties: rank cuts with 0 < density < 1 and no rescale (what
+  ops.sparsify.cut_streams says), at most FP32_MAX_INPUTS inputs.
+Everything else goes through torch; `reason()` says why, for `merge --json`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from mergestore import native
+from mergestore.ops import alloc, sparsify
+from mergestore.ops.lane16 import (
+    LANES,
+    MAGNITUDE,
+    OUTLIERS,
+    PARALLEL_MIN,
+    _run_columns,
+    f32,
+    sum_f32,
+)
+from mergestore.threads import ordered_map
+
+FMT = {"BF16": 0, "F16": 1, "F32": 2}
+NUMPY = {"BF16": np.uint16, "F16": np.float16, "F32": np.float32}
+_NAME = {np.dtype(np.uint16): "BF16", np.dtype(np.float16): "F16", np.dtype(np.float32): "F32"}
+FP32_MAX_INPUTS = 4
+
+# The sparsifier and consensus of each method the fp32 lane computes.
+_FP32_GTA: dict[str, tuple[str | None, bool]] = {
+    "task_arithmetic": (None, False),
+    "ties": (MAGNITUDE, True),
+    "breadcrumbs": (OUTLIERS, False),
+    "breadcrumbs_ties": (OUTLIERS, True),
+}
+
+
+# Why the GTA methods with random drops stay on torch (their combine runs in C: ops.gta).
+_RANDOM_WHY = "random drops and L1 rescale in torch (the C kernels combine the deltas)"
+_TORCH_SPARSIFIED = {
+    m: f"{m}: {_RANDOM_WHY}" for m in ("dare_ties", "dare_linear", "della", "della_linear")
+}
+
+
+def format_of(a: np.ndarray) -> str:
+    """The safetensors dtype name of a lane array ("BF16", "F16" or "F32")."""
+    return _NAME[a.dtype]
+
+
+def view(data: np.ndarray, dtype: str) -> np.ndarray:
+    """Bytes (or any array) as a lane array of the given safetensors dtype."""
+    return data.view(NUMPY[dtype])
+
+
+def promoted(dtypes: Sequence[str]) -> str:
+    """torch.promote_types over the inputs' dtypes (bf16 with fp16 -> fp32)."""
+    kinds = set(dtypes)
+    return kinds.pop() if len(kinds) == 1 else "F32"
+
+
+def convert(x: np.ndarray, dtype: str) -> np.ndarray:
+    """x in another float format, rounded as torch's .to() rounds; x itself if it has it."""
+    if format_of(x) == dtype:
+        return x
+    assert native.kernels is not None
+    out = alloc.empty_bytes(x.size * np.dtype(NUMPY[dtype]).itemsize).view(NUMPY[dtype])
+    src = np.ascontiguousarray(x).reshape(-1)
+    native.kernels.convert(out, FMT[dtype], src, FMT[format_of(x)])
+    return out.reshape(x.shape)
+
+
+def reason(
+    method: str,
+    compute: str,
+    shared: Mapping[str, Any],
+    per_input: Sequence[Mapping[str, Any]],
+) -> str | None:
+    """None if the lane computes this tensor with the torch path's bits, else why not."""
+    if native.kernels is None:
+        return "the C kernels are not built"
+    if compute in ("BF16", "F16"):
+        lane = LANES.get(method)
+        if lane is None:
+            return f"{method} has no torch-free kernel"
+        if not lane.accepts(shared, per_input, compute == "F16"):
+            return _param_reason(method)
+        return None
+    if compute != "F32":
+        return f"compute dtype {compute}"
+    if method == "linear":
+        if shared["normalize"] and len(per_input) > FP32_MAX_INPUTS:
+            return f"fp32 sums of more than {FP32_MAX_INPUTS} inputs"
+        return None
+    if method not in _FP32_GTA:
+        if method in _TORCH_SPARSIFIED:
+            return _TORCH_SPARSIFIED[method]
+        return f"{method} has no torch-free kernel"
+    if len(per_input) > FP32_MAX_INPUTS:
+        return f"fp32 sums of more than {FP32_MAX_INPUTS} inputs"
+    sparsifier = _FP32_GTA[method][0]
+    if sparsifier is not None and not all(
+        sparsify.cut_streams(sparsifier, p["density"], bool(shared["rescale"])) for p in per_input
+    ):
+        return _param_reason(method)
+    return None
+
+
+def _param_reason(method: str) -> str:
+    return f"{method} with density 0 or 1, or rescale, has no torch-free kernel"
+
+
+def merge(
+    method: str,
+    base: np.ndarray | None,
+    inputs: Sequence[np.ndarray],
+    shared: Mapping[str, Any],
+    per_input: Sequence[Mapping[str, Any]],
+    compute: str,
+    out_dtype: str | None,
+) -> np.ndarray:
+    """One output tensor on the lane (reason() is None for it): the kernel's result in the
+    compute dtype, rounded to out_dtype if given."""
+    like = base if base is not None else inputs[0]
+    if compute == "F32":
+        result = _merge32(method, base, inputs, shared, per_input, out_dtype or "F32")
+        return result.reshape(like.shape)
+    # 16-bit compute: every input rounded to it (the base once, so an input that is the base
+    # stays the same array), then the 16-bit kernels.
+    done: dict[int, np.ndarray] = {}
+
+    def to16(x: np.ndarray) -> np.ndarray:
+        if id(x) not in done:
+            done[id(x)] = convert(x, compute).view(np.uint16)
+        return done[id(x)]
+
+    base16 = to16(base) if base is not None else None
+    inputs16 = [to16(x) for x in inputs]
+    out = alloc.empty_bytes(2 * like.size).view(np.uint16).reshape(like.shape)
+    LANES[method].merge(base16, inputs16, shared, per_input, out, compute == "F16")
+    result = view(out, compute)
+    return convert(result, out_dtype) if out_dtype is not None else result
+
+
+def _flat(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(x).reshape(-1)
+
+
+def _out(n: int, dtype: str) -> np.ndarray:
+    return alloc.empty_bytes(n * np.dtype(NUMPY[dtype]).itemsize).view(NUMPY[dtype])
+
+
+def _merge32(
+    method: str,
+    base: np.ndarray | None,
+    inputs: Sequence[np.ndarray],
+    shared: Mapping[str, Any],
+    per_input: Sequence[Mapping[str, Any]],
+    out_dtype: str,
+) -> np.ndarray:
+    kernels = native.kernels
+    assert kernels is not None
+    n = (base if base is not None else inputs[0]).size
+    out = _out(n, out_dtype)
+    flats = [_flat(x) for x in inputs]
+    fmts = [FMT[format_of(x)] for x in inputs]
+    weights = f32([p["weight"] for p in per_input[: len(inputs)]])
+    if method == "linear":
+        normalize, total = bool(shared["normalize"]), sum_f32(weights)
+
+        def linear_columns(r: range) -> None:
+            a, b = r.start, r.stop
+            rows = [x[a:b] for x in flats]
+            kernels.linear32(out[a:b], FMT[out_dtype], rows, fmts, weights, normalize, total)
+
+        _run_columns(linear_columns, n)
+        return out
+    assert base is not None
+    if not inputs:
+        return convert(base, out_dtype).reshape(-1)
+    sparsifier, consensus = _FP32_GTA[method]
+    flat_base, base_fmt = _flat(base), FMT[format_of(base)]
+    normalize, lam = bool(shared["normalize"]), float(shared["lambda"])
+    out_fmt, has_lam = FMT[out_dtype], lam != 1
+    if sparsifier is None:
+        divisor = gta_divisor32(weights)
+
+        def columns(r: range) -> None:
+            a, b = r.start, r.stop
+            kernels.gta_sum32(
+                out[a:b], out_fmt, flat_base[a:b], base_fmt, [x[a:b] for x in flats], fmts,
+                weights, False, divisor, normalize, lam, has_lam,
+            )  # fmt: skip
+
+        _run_columns(columns, n)
+        return out
+
+    def cut(i: int) -> np.ndarray:
+        p = per_input[i]
+        return cut_delta32(
+            flats[i], fmts[i], flat_base, base_fmt, sparsifier, p["density"], p.get("gamma", 0.0)
+        )
+
+    workers = 2 if n >= PARALLEL_MIN else 1  # large tensors: two inputs cut at once
+    deltas = list(ordered_map(cut, range(len(flats)), workers=workers, window=workers))
+
+    combine32(
+        flat_base, deltas, weights, consensus=consensus, normalize=normalize, lam=lam, out=out
+    )
+    return out
+
+
+def combine32(
+    flat_base: np.ndarray,
+    deltas: Sequence[np.ndarray],
+    weights: Sequence[float],
+    *,
+    consensus: bool,
+    normalize: bool,
+    lam: float,
+    out: np.ndarray,
+) -> None:
+    """The GTA tail in fp32 over fp32 deltas (flat), with TIES' consensus if `consensus`, into
+    the flat `out` (its format from its dtype); two column ranges at once for large tensors.
+    Also the tail of ops.gta's fp32 path for torch-sparsified deltas (dare, della)."""
+    kernels = native.kernels
+    assert kernels is not None
+    out_fmt, base_fmt, has_lam = FMT[format_of(out)], FMT[format_of(flat_base)], lam != 1
+    divisor = gta_divisor32(weights)
+
+    def columns(r: range) -> None:
+        a, b = r.start, r.stop
+        rows = [d[a:b] for d in deltas]
+        if consensus:
+            kernels.gta_consensus32(
+                out[a:b], out_fmt, flat_base[a:b], base_fmt, rows, weights, normalize, lam, has_lam
+            )
+        else:
+            kernels.gta_sum32(
+                out[a:b], out_fmt, flat_base[a:b], base_fmt, rows, [2] * len(rows), weights,
+                True, divisor, normalize, lam, has_lam,
+            )  # fmt: skip
+
+    _run_columns(columns, flat_base.size)
+
+
+def gta_divisor32(weights: Sequence[float]) -> float:
+    """GTA's no-consensus divisor in fp32: the weights' sum in order from 0, replaced by 1
+    below 1e-8 in magnitude (torch compares an fp32 tensor with 1e-8 rounded to fp32)."""
+    divisor = sum_f32(weights)
+    return 1.0 if abs(divisor) < f32([1e-8])[0] else divisor
+
+
+def cut_delta32(
+    x: np.ndarray,
+    x_fmt: int,
+    base: np.ndarray,
+    base_fmt: int,
+    sparsifier: str,
+    density: float,
+    gamma: float,
+) -> np.ndarray:
+    """(x - base) in fp32 with ops.sparsify's magnitude (or magnitude_outliers) rank cut: the
+    cut found by two histograms of the 31 magnitude bits, ties kept by ascending flat index
+    (sparsify.first_ranks' rule)."""
+    kernels = native.kernels
+    assert kernels is not None
+    n = base.size
+    delta = _out(n, "F32")
+    hist = np.zeros(1 << 15, dtype=np.int64)
+    kernels.sub_hist32(delta, x, x_fmt, base, base_fmt, hist)
+    counts = sparsify.cut_counts(n, sparsifier, density, gamma)
+    cuts = [_cut32(count, largest, delta, hist, n) for count, largest in counts]
+    second = cuts[1] if len(cuts) == 2 else (-1, 0, 0)
+    kernels.apply_cuts32(delta, *cuts[0], *second)
+    return delta
+
+
+def _cut32(
+    count: int, largest: bool, delta: np.ndarray, hist: np.ndarray, n: int
+) -> tuple[int, int, int]:
+    """(mode, v, last) for apply_cuts32: the first `count` ranks (see sparsify._native_cut)."""
+    if count >= n:
+        return 1, 0, 0
+    if count <= 0:
+        return 0, 0, 0
+    assert native.kernels is not None
+    r = n - count + 1 if largest else count  # the cut value's 1-based ascending rank
+    cum = np.cumsum(hist)
+    hi = int(np.searchsorted(cum, r))
+    below = int(cum[hi - 1]) if hi > 0 else 0
+    low = np.zeros(1 << 16, dtype=np.int64)
+    native.kernels.hist_lo32(delta, hi, low)
+    cum_lo = np.cumsum(low)
+    lo = int(np.searchsorted(cum_lo, r - below))
+    n_less = below + (int(cum_lo[lo - 1]) if lo > 0 else 0)
+    n_eq = int(low[lo])
+    v = (hi << 16) | lo
+    need = count - (n - n_less - n_eq if largest else n_less)
+    mode = 2 if largest else 3
+    if need == n_eq:
+        return mode, v, n
+    if need == 0:
+        return mode, v, 0
+    return mode, v, native.kernels.nth_equal32(delta, v, need) + 1

@@ -1,0 +1,193 @@
+"""The torch-free lane for every dtype combination (ops.lanes) gives the torch path's bits.
+
+Each case merges the same tensors twice: with ops.lanes.merge on numpy arrays, and with
+ops.merge_tensor on torch tensors with the C kernels turned off (torch alone: mergekit 0.1.5's
+dtype rules and arithmetic), for inputs in bf16, fp16 and fp32 (mixed), compute in float32,
+bfloat16 and float16, and every out_dtype.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fixtures.bits import same_bits
+from mergestore import native
+from mergestore.ops import TensorContext, get_method, lanes, merge_tensor, validate_params
+
+pytestmark = pytest.mark.skipif(native.kernels is None, reason="C kernels not built")
+
+TORCH = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}
+NAMES = ["BF16", "F16", "F32"]
+CTX = TensorContext("model.layers.0.mlp.down_proj.weight", seed=3)
+
+METHODS = {
+    "task_arithmetic": lambda i: {"weight": [0.3, 0.7, -0.45, 1.1][i]},
+    "ties": lambda i: {"weight": [0.3, 0.7, 0.45, 1.0][i], "density": [0.5, 0.3, 0.71, 0.2][i]},
+    "breadcrumbs": lambda i: {"weight": [0.6, 0.5, 0.4, 0.3][i], "density": 0.6, "gamma": 0.05},
+    "breadcrumbs_ties": lambda i: {"weight": [0.6, 0.5, 0.4, 0.3][i], "density": 0.7},
+    "linear": lambda i: {"weight": [0.3, 0.7, 0.25, 0.9, 0.5][i]},
+}
+
+
+def to_lane(t: torch.Tensor) -> np.ndarray:
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.int16).numpy().view(np.uint16)
+    return t.numpy()
+
+
+def from_lane(a: np.ndarray) -> torch.Tensor:
+    if a.dtype == np.uint16:
+        return torch.from_numpy(a.view(np.int16).copy()).view(torch.bfloat16)
+    return torch.from_numpy(a.copy())
+
+
+def family(n: int, shape: tuple[int, ...], dtypes: list[str], seed: int, ties: bool = False):
+    """A base and n experts near it, each in its own dtype; with `ties`, coarse values so
+    many magnitudes are equal (rank cuts must take ties by flat index)."""
+    g = torch.Generator().manual_seed(seed)
+    base = 0.02 * torch.randn(shape, generator=g)
+    xs = []
+    for i in range(n):
+        d = torch.randn(shape, generator=g) * 10 ** (-3 + i % 3)
+        if ties:
+            d = torch.round(d * 8) / 8 * 1e-3
+        x = base + d
+        x = torch.where(torch.rand(shape, generator=g) < 0.1, base, x)  # some deltas are 0
+        xs.append(x)
+    out = [base.to(TORCH[dtypes[0]])] + [x.to(TORCH[dtypes[1 + i]]) for i, x in enumerate(xs)]
+    return out[0], out[1:]
+
+
+def check(method, base, xs, compute, out_dtype, params=None):
+    per_input = [(params or METHODS[method])(i) for i in range(len(xs))]
+    spec = get_method(method)
+    if method == "linear":
+        base_arg, inputs = None, [base, *xs][: lanes.FP32_MAX_INPUTS]
+        per_input = [METHODS[method](i) for i in range(len(inputs))]
+    else:
+        base_arg, inputs = base, xs
+    shared, per_r = validate_params(spec, {}, per_input, has_base=base_arg is not None)
+    assert lanes.reason(method, compute, shared, per_r) is None
+    kernels, native.kernels = native.kernels, None  # the torch path alone, no C kernel
+    try:
+        want = merge_tensor(
+            method, base_arg, inputs, {}, per_input, CTX,
+            dtype=TORCH[compute], out_dtype=TORCH[out_dtype] if out_dtype else None,
+        )  # fmt: skip
+    finally:
+        native.kernels = kernels
+    got = lanes.merge(
+        method,
+        to_lane(base_arg) if base_arg is not None else None,
+        [to_lane(x) for x in inputs],
+        shared,
+        per_r,
+        compute,
+        out_dtype,
+    )
+    got_t = from_lane(got).reshape(want.shape)
+    assert same_bits(got_t, want), (method, compute, out_dtype)
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+@pytest.mark.parametrize("compute", NAMES)
+@pytest.mark.parametrize("out_dtype", [None, *NAMES])
+def test_every_dtype_combination(method, compute, out_dtype):
+    dtypes = ["BF16", "F32", "BF16", "F16", "BF16"]
+    base, xs = family(4, (37, 129), dtypes, seed=len(method) + len(compute))
+    check(method, base, xs, compute, out_dtype)
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_ties_in_magnitudes_fp32(method):
+    base, xs = family(3, (64, 300), ["BF16"] * 4, seed=5, ties=True)
+    check(method, base, xs, "F32", "BF16")
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    method=st.sampled_from(sorted(METHODS)),
+    shape=st.lists(st.integers(1, 70), min_size=1, max_size=3).map(tuple),
+    n=st.integers(1, 4),
+    dtypes=st.lists(st.sampled_from(NAMES), min_size=5, max_size=5),
+    compute=st.sampled_from(NAMES),
+    out_dtype=st.sampled_from([None, *NAMES]),
+    seed=st.integers(0, 1000),
+    ties=st.booleans(),
+)
+def test_random_shapes(method, shape, n, dtypes, compute, out_dtype, seed, ties):
+    base, xs = family(n, shape, dtypes, seed, ties)
+    check(method, base, xs, compute, out_dtype)
+
+
+def test_infinities_and_nans_fp32():
+    base, xs = family(3, (40, 50), ["BF16", "F32", "BF16", "F32"], seed=9)
+    xs[0][0, :5] = float("inf")
+    xs[1][1, :5] = float("nan")
+    base[2, :3] = float("-inf")
+    for method in METHODS:
+        check(method, base, xs, "F32", "BF16")
+
+
+@pytest.mark.parametrize("compute", NAMES)
+def test_reasons(compute):
+    spec = get_method("ties")
+    shared, per = validate_params(spec, {}, [{"weight": 1.0, "density": 1.0}], has_base=True)
+    assert "density" in lanes.reason("ties", compute, shared, per)
+    spec = get_method("slerp")
+    shared, per = validate_params(spec, {"t": 0.5}, [{}], has_base=True)
+    assert "no torch-free kernel" in lanes.reason("slerp", compute, shared, per)
+    if compute == "F32":
+        spec = get_method("task_arithmetic")
+        shared, per = validate_params(spec, {}, [{"weight": 1.0}] * 5, has_base=True)
+        assert "more than 4" in lanes.reason("task_arithmetic", compute, shared, per)
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_large_tensors_split_over_two_threads(method, monkeypatch):
+    """Above PARALLEL_MIN elements the fp32 lane cuts two inputs at once and combines two
+    column ranges at once: the same bits."""
+    from mergestore.ops import lane16
+
+    monkeypatch.setattr(lane16, "PARALLEL_MIN", 1000)
+    monkeypatch.setattr(lanes, "PARALLEL_MIN", 1000)
+    base, xs = family(4, (61, 77), ["BF16", "F32", "BF16", "F16", "BF16"], seed=2, ties=True)
+    check(method, base, xs, "F32", "BF16")
+
+
+@pytest.mark.parametrize(
+    ("method", "params"),
+    [
+        ("dare_ties", {"density": 0.6}),
+        ("dare_linear", {"density": 0.4}),
+        ("della", {"density": 0.5, "epsilon": 0.1}),
+        ("della_linear", {"density": 0.6, "epsilon": 0.2}),
+        ("ties", {"density": 1.0}),
+        ("ties", {"density": 0.4, "rescale": True}),
+        ("breadcrumbs_ties", {"density": 0.0}),
+    ],
+)
+@pytest.mark.parametrize("n", [1, 3, 4])
+def test_fp32_torch_sparsified_deltas_combined_by_the_kernels(method, params, n, monkeypatch):
+    """dtype: float32 merges the lane does not take (random drops, L1 rescale, density 0 or 1)
+    still combine their torch-made deltas with the fp32 C kernels (ops.gta._native32): the
+    bits of torch alone (native.kernels = None)."""
+    base, xs = family(n, (33, 130), ["BF16", "F32", "BF16", "F16", "BF16"], seed=n)
+    shared = {k: v for k, v in params.items() if k == "rescale"}
+    per = [{"weight": [0.5, -0.25, 0.7, 0.3][i], **params} for i in range(n)]
+    for p in per:
+        p.pop("rescale", None)
+
+    def run():
+        return merge_tensor(
+            method, base, xs, shared, per, CTX, dtype=torch.float32, out_dtype=torch.bfloat16
+        )
+
+    fast = run()
+    monkeypatch.setattr(native, "kernels", None)
+    slow = run()
+    assert same_bits(fast, slow)
