@@ -127,23 +127,27 @@ class Store:
         progress: Progress | None = None,
         verify_inputs: bool = False,
     ) -> CommitResult:
-        """Store a checkpoint (HF directory or one .safetensors file) as a new commit.
+        """Store a checkpoint as a new commit: an HF folder, one .safetensors file, a PEFT
+        adapter folder, pytorch_model*.bin weights (converted) or a hub id ``org/name[@rev]``.
 
         Files unchanged since they were last stored (same size, mtime, ctime, inode: the stat
         cache) are not read again; `verify_inputs` reads and hashes every file."""
+        from mergestore.sources import prepared_source
+
         base_id = self.resolve(base) if base else None
-        return commit_checkpoint(
-            self.repo,
-            path,
-            message=message,
-            branch=branch,
-            base=base_id,
-            meta=meta,
-            author=author,
-            want_stats=stats,
-            progress=progress,
-            verify=verify_inputs,
-        )
+        with prepared_source(path) as src:
+            return commit_checkpoint(
+                self.repo,
+                src.path,
+                message=message,
+                branch=branch,
+                base=base_id,
+                meta={**src.meta, **(meta or {})},
+                author=author,
+                want_stats=stats,
+                progress=progress,
+                verify=verify_inputs,
+            )
 
     def checkout(
         self,
@@ -290,11 +294,17 @@ class Store:
         out: str | os.PathLike[str] | None = None,
         lazy: bool = False,
         force: bool = False,
+        force_branch: bool = False,
+        **output: Any,
     ) -> Any:
         """Publish a prepared merge: a plan already merged returns its commit (the memo)
         unless `force`; `lazy` commits the plan without computing it. With `out`, also write
         the merged HF folder there in the same pass (byte-identical to a later checkout of the
-        commit; MergeResult.out describes it)."""
+        commit; MergeResult.out describes it). `output`: write_card, shard_bytes,
+        copy_tokenizer (see merge.run.execute).
+
+        Without `branch` the commit goes to a new branch `merge/<method>-N`; a branch that
+        points at the base or an input is refused unless `force_branch`."""
         from mergestore.merge.run import execute
 
         return execute(
@@ -306,6 +316,8 @@ class Store:
             out=out,
             lazy=lazy,
             force=force,
+            force_branch=force_branch,
+            **output,
         )
 
     def merge(
@@ -328,8 +340,13 @@ class Store:
         verify_inputs: bool = False,
         lazy: bool = False,
         force: bool = False,
+        force_branch: bool = False,
+        **output: Any,
     ) -> Any:
         """Run a merge and store it as a commit; returns a MergeResult (commit, plan, run).
+        `output`: write_card (default True), shard_bytes, copy_tokenizer.
+        Without `branch` the commit goes to a new branch `merge/<method>-N`; a branch that
+        points at the base or an input is moved only with `force_branch`.
         With `out`, the merged HF folder is written there in the same pass (MergeResult.out).
 
         A plan already merged returns its commit at once (`run["memo"]`) unless `force`,
@@ -350,6 +367,15 @@ class Store:
                 out_dtype,
                 seed,
             )
+        else:
+            from mergestore.merge.config import MergeConfig, load_config, with_overrides
+
+            if method or base or models or weights:
+                raise MergestoreError(
+                    "merge: give either a config or method/base/models/weights, not both"
+                )
+            cfg = config if isinstance(config, MergeConfig) else load_config(config)
+            config = with_overrides(cfg, params, dtype, out_dtype, seed)
         if out is not None:  # before anything is read or stored
             from mergestore.merge.outfolder import check_target
 
@@ -359,7 +385,14 @@ class Store:
                 config, budget=budget, max_error=max_error, verify_inputs=verify_inputs
             )
             return self.execute_merge(
-                prep, branch=branch, message=message, out=out, lazy=lazy, force=force
+                prep,
+                branch=branch,
+                message=message,
+                out=out,
+                lazy=lazy,
+                force=force,
+                force_branch=force_branch,
+                **output,
             )
 
     def merge_recipe(
@@ -429,10 +462,30 @@ class Store:
         return merges.evicted(self.repo, cid)
 
     def replay(self, ref: str) -> dict[str, Any]:
-        """Re-execute a merge's plan; {"identical": bool, "first_difference": name, ...}."""
+        """Re-execute a merge's plan; {"identical": bool, "first_difference": name, ...}.
+
+        `ref` is a commit ref, or a plan id (or its prefix, as a model card names it): the
+        newest merge commit reachable from a ref that has that plan."""
         from mergestore.merge.run import replay
 
-        return replay(self.repo, self.resolve(ref))
+        try:
+            cid = self.resolve(ref)
+        except RefError:
+            cid = self.commit_of_plan(ref)
+        return replay(self.repo, cid)
+
+    def commit_of_plan(self, plan: str) -> bytes:
+        """The newest merge commit reachable from any ref whose plan id starts with `plan`."""
+        text = plan.strip().lower()
+        if len(text) < 4 or any(ch not in "0123456789abcdef" for ch in text):
+            raise RefError(f"unknown ref {plan!r}")
+        entries = self.log(all_refs=True)
+        found = [e for e in entries if e.commit.plan and e.commit.plan.hex().startswith(text)]
+        if not found:
+            raise RefError(f"unknown ref {plan!r} (not a commit, nor a merge plan id)")
+        if len({e.commit.plan for e in found}) > 1:
+            raise RefError(f"ambiguous plan id {plan!r}: several plans match")
+        return found[0].id
 
     def merge_info(self, ref: str | bytes) -> tuple[bytes, Commit, dict[str, Any], dict[str, Any]]:
         cid = ref if isinstance(ref, bytes) else self.resolve(ref)

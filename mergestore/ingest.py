@@ -74,6 +74,7 @@ class CommitResult:
     seconds: float
     branch: str | None
     stats_computed: int = 0
+    previous: bytes | None = None  # the branch's commit before this one (None: a new branch)
     files_read: int = 0  # files whose data was read (the others: stat cache)
     bytes_read: int = 0  # bytes of file data read and hashed
 
@@ -437,6 +438,7 @@ def commit_checkpoint(
         seconds=time.perf_counter() - t0,
         branch=ref,
         stats_computed=ing.stats_computed,
+        previous=old,
         files_read=ing.files_read,
         bytes_read=ing.bytes_read,
     )

@@ -9,7 +9,15 @@ import click
 
 from mergestore.api import Store
 from mergestore.cli.common import json_option, with_store
-from mergestore.cli.output import emit_json, human_bytes, progress_bar, short
+from mergestore.cli.merge_options import apply_overrides, output_options, split_output
+from mergestore.cli.output import (
+    branch_name,
+    emit_json,
+    human_bytes,
+    moved_line,
+    progress_bar,
+    short,
+)
 
 
 def _merge_options(fn: Any) -> Any:
@@ -70,35 +78,41 @@ def _config(
     seed: int | None,
 ) -> Any:
     from mergestore.errors import MergeError
-    from mergestore.merge.config import config_from_cli, config_from_mapping, load_config
+    from mergestore.merge.config import config_from_cli, load_config, with_overrides
 
-    if config_path:
-        if method or models or weights:
-            raise MergeError("give either --config or --method with models, not both")
-        cfg = load_config(config_path)
-        over = {
-            k: v
-            for k, v in (("dtype", dtype), ("out_dtype", out_dtype), ("seed", seed))
-            if v is not None
-        }
-        if over:
-            cfg = config_from_mapping({**cfg.to_dict(), **over}, raw_text=cfg.raw_text)
-        return cfg
-    if not method:
-        raise MergeError("merge: give --method (or --config)")
     kv = {}
     for item in params:
         k, sep, v = item.partition("=")
         if not sep:
             raise MergeError(f"--param {item!r}: expected NAME=VALUE")
         kv[k] = v
+    if config_path:
+        # What the config file says, the command line cannot say a second time: inputs and
+        # their weights are refused; --param/--dtype/--out-dtype/--seed override the file.
+        given = [name for name, v in (("--method", method), ("--base", base), ("-w", weights)) if v]
+        if models:
+            given.append("MODELS")
+        if given:
+            raise MergeError(
+                f"{', '.join(given)}: not with --config (the config names the method, base,"
+                " models and weights; --param, --dtype, --out-dtype and --seed override it)"
+            )
+        return with_overrides(load_config(config_path), kv, dtype, out_dtype, seed)
+    if not method:
+        raise MergeError("merge: give --method (or --config)")
     return config_from_cli(method, base, list(models), list(weights), kv, dtype, out_dtype, seed)
 
 
 @click.command()
 @_merge_options
 @click.option("-m", "--message", default="", help="Commit message.")
-@click.option("-b", "--branch", default=None, help="Branch for the merge commit.")
+@click.option(
+    "-b",
+    "--branch",
+    default=None,
+    help="Branch for the merge commit (default: a new branch merge/METHOD-N). An existing "
+    "branch moves, unless it points at the base or an input (then --force is needed).",
+)
 @click.option(
     "--out",
     "out_dir",
@@ -114,8 +128,12 @@ def _config(
 )
 @click.option("--lazy", is_flag=True, help="Commit the plan without computing (reads compute it).")
 @click.option(
-    "--force", is_flag=True, help="Recompute a plan already merged (must give the same blocks)."
+    "--force",
+    is_flag=True,
+    help="Override the safety checks: move -b BRANCH even if it points at the base or an "
+    "input, and recompute a plan already merged (it must give the same blocks).",
 )
+@output_options
 @json_option
 @with_store
 def merge(
@@ -138,10 +156,12 @@ def merge(
     lazy: bool,
     force: bool,
     as_json: bool,
+    **opts: Any,
 ) -> None:
-    """Merge MODELS (store refs or paths) into a new commit on BRANCH (and, with --out, into
-    an HF folder).
+    """Merge MODELS (store refs, paths, hub ids, BASE+ADAPTER) into a new commit on BRANCH
+    (and, with --out, into an HF folder).
 
+    Without -b the commit goes to a new branch merge/METHOD-N; HEAD's branch does not move.
     A plan already merged is not computed again: its commit is returned and BRANCH moved.
     A --config with several YAML documents is a recipe (mergekit-multi): step NAME becomes
     a commit on BRANCH/NAME."""
@@ -152,7 +172,9 @@ def merge(
             store, config_path, branch, budget, max_error, lazy, force, message, as_json
         ):
             return
+    output, over = split_output(opts)
     cfg = _config(config_path, method, base, models, weights, params, dtype, out_dtype, seed)
+    cfg = apply_overrides(cfg, over)
     if out_dir is not None:  # before anything is read or stored
         from pathlib import Path
 
@@ -163,12 +185,22 @@ def merge(
         prep = store.prepare_merge(
             cfg, budget=budget, max_error=max_error, verify_inputs=verify_inputs
         )
-        with progress_bar("merge", None, not as_json) as _:
+        with progress_bar("merge", len(prep.tasks), not as_json, unit="tensors") as advance:
             res = store.execute_merge(
-                prep, branch=branch, message=message, out=out_dir, lazy=lazy, force=force
+                prep,
+                progress=advance,
+                branch=branch,
+                message=message,
+                out=out_dir,
+                lazy=lazy,
+                force=force,
+                force_branch=force,
+                **output,
             )
     out = {
         "commit": res.commit.hex() if res.commit else None,
+        "branch": branch_name(res.branch),
+        "previous": res.previous.hex() if res.previous else None,
         "plan": res.plan.hex(),
         "method": cfg.merge_method,
         "memo": False,
@@ -181,6 +213,8 @@ def merge(
         emit_json(out)
         return
     click.echo(out["commit"])
+    msg = store.get_commit(res.commit).message
+    click.echo(moved_line(res.branch, res.previous, res.commit, msg), err=True)
     if res.out is not None:
         click.echo(f"wrote {res.out['path']} ({res.out['files']} files)")
     r = res.run

@@ -10,7 +10,14 @@ import click
 
 from mergestore.api import STORE_DIRNAME, Store
 from mergestore.cli.common import json_option, parse_meta, with_store
-from mergestore.cli.output import emit_json, human_bytes, progress_bar, short
+from mergestore.cli.output import (
+    branch_name,
+    emit_json,
+    human_bytes,
+    moved_line,
+    progress_bar,
+    short,
+)
 from mergestore.formats.checkpoint import scan_checkpoint
 
 
@@ -99,26 +106,35 @@ def commit(
     verify_inputs: bool,
     as_json: bool,
 ) -> None:
-    """Store the checkpoint at PATH (HF directory or .safetensors file) as a new commit."""
-    total = sum(f.size for f in scan_checkpoint(path).files)
-    with progress_bar("commit", total, not as_json) as advance:
-        res = store.commit(
-            path,
-            message=message,
-            branch=branch,
-            base=base,
-            meta=parse_meta(meta),
-            author=author,
-            stats=not no_stats,
-            progress=advance,
-            verify_inputs=verify_inputs,
-        )
+    """Store the checkpoint at PATH as a new commit.
+
+    PATH is an HF folder, one .safetensors file, a PEFT LoRA adapter folder, a folder of
+    pytorch_model*.bin weights (converted with torch.load(weights_only=True)), or a Hugging
+    Face id org/name[@revision] (from the local HF cache, else downloaded).
+    """
+    from mergestore.sources import prepared_source
+
+    with prepared_source(path) as src:  # a hub id or .bin weights: the folder to store
+        total = sum(f.size for f in scan_checkpoint(src.path).files)
+        with progress_bar("commit", total, not as_json) as advance:
+            res = store.commit(
+                src.path,
+                message=message,
+                branch=branch,
+                base=base,
+                meta={**src.meta, **parse_meta(meta)},
+                author=author,
+                stats=not no_stats,
+                progress=advance,
+                verify_inputs=verify_inputs,
+            )
     if as_json:
         emit_json(
             {
                 "commit": res.commit.hex(),
                 "tree": res.tree.hex(),
-                "branch": res.branch,
+                "branch": branch_name(res.branch),
+                "previous": res.previous.hex() if res.previous else None,
                 "files": res.files,
                 "tensors": res.tensors,
                 "logical_bytes": res.logical_bytes,
@@ -133,6 +149,7 @@ def commit(
         )
     else:
         click.echo(res.commit.hex())
+        click.echo(moved_line(res.branch, res.previous, res.commit, message), err=True)
         rate = res.logical_bytes / res.seconds / 1e9 if res.seconds else 0
         click.echo(
             f"{res.files} files, {res.tensors} tensors, {human_bytes(res.logical_bytes)}: "

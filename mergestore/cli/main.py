@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sys
 
@@ -12,7 +13,12 @@ from mergestore import __version__
 from mergestore.errors import MergestoreError
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    context_settings={"help_option_names": ["-h", "--help"]},
+    epilog="Exit status: 0 success; 1 an error (one `error: ...` line on stderr); 2 a usage "
+    "error (bad option or argument); 130 interrupted. With --json, an error also prints "
+    '{"error": "...", "code": N} on stdout.',
+)
 @click.option(
     "--store",
     "store_path",
@@ -48,35 +54,83 @@ def _register() -> None:
 _register()
 
 
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def _fail(message: str, code: int, as_json: bool) -> None:
+    """One `error: ...` line on stderr; with --json also {"error", "code"} on stdout; exit."""
+    message = " ".join(message.split())  # one line, whatever the message held
+    click.echo(f"error: {message}", err=True)
+    if as_json:
+        click.echo(json.dumps({"error": message, "code": code}))
+    sys.exit(code)
+
+
+def _usage_message(e: click.UsageError) -> str:
+    msg = e.format_message().rstrip(".")
+    if msg:
+        msg = msg[0].lower() + msg[1:]
+    path = e.ctx.command_path if e.ctx is not None else "mergestore"
+    return f"{msg} (see '{path} --help')"
+
+
+def hoist_global_options(args: list[str]) -> list[str]:
+    """`mergestore log --store S` as `mergestore --store S log`: users type global options
+    after the command too (git would refuse; every mergestore command takes --store)."""
+    end = args.index("--") if "--" in args else len(args)
+    moved: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < end:
+        a = args[i]
+        if a == "--store" and i + 1 < end:
+            moved += args[i : i + 2]
+            i += 2
+            continue
+        if a.startswith("--store="):
+            moved.append(a)
+        else:
+            rest.append(a)
+        i += 1
+    return moved + rest + args[end:]
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: user errors become one line on stderr and a non-zero exit."""
+    """Entry point: every error is one `error: ...` line on stderr (and, with --json, one
+    {"error": ..., "code": N} object on stdout) and an exit code: 0 success, 1 an error, 2 a
+    usage error (a bad option or argument, as click and git use it), 130 interrupted."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    as_json = "--json" in args[: args.index("--")] if "--" in args else "--json" in args
     try:
-        rv = cli.main(args=argv, prog_name="mergestore", standalone_mode=False)
+        rv = cli.main(
+            args=hoist_global_options(args), prog_name="mergestore", standalone_mode=False
+        )
         if isinstance(rv, int) and rv:
             sys.exit(rv)
     except MergestoreError as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(e.exit_code)
+        _fail(str(e), e.exit_code, as_json)
     except click.exceptions.Abort:
-        click.echo("aborted", err=True)
-        sys.exit(130)
+        _fail("aborted", EXIT_INTERRUPTED, as_json)
+    except click.exceptions.NoArgsIsHelpError as e:
+        e.show()  # `mergestore merge` alone: its help, as git does
+        sys.exit(EXIT_USAGE)
+    except click.UsageError as e:
+        _fail(_usage_message(e), EXIT_USAGE, as_json)
     except click.ClickException as e:
-        e.show()
-        sys.exit(e.exit_code)
+        _fail(e.format_message(), e.exit_code, as_json)
     except KeyboardInterrupt:
-        click.echo("interrupted", err=True)
-        sys.exit(130)
+        _fail("interrupted", EXIT_INTERRUPTED, as_json)
     except OSError as e:
         if os.environ.get("MERGESTORE_DEBUG"):
             raise
         where = f": {e.filename}" if e.filename else ""
-        click.echo(f"error: {e.strerror or e}{where}", err=True)
-        sys.exit(1)
+        _fail(f"{e.strerror or e}{where}", EXIT_ERROR, as_json)
     except Exception as e:  # a bug: say so in one line; MERGESTORE_DEBUG=1 shows the traceback
         if os.environ.get("MERGESTORE_DEBUG"):
             raise
-        click.echo(f"internal error: {type(e).__name__}: {e} (set MERGESTORE_DEBUG=1)", err=True)
-        sys.exit(70)
+        _fail(
+            f"internal error: {type(e).__name__}: {e} (set MERGESTORE_DEBUG=1)", EXIT_ERROR, as_json
+        )
 
 
 def run() -> None:

@@ -37,6 +37,22 @@ def short(cid: bytes | str, n: int = 12) -> str:
     return s[:n]
 
 
+def branch_name(ref: str | None) -> str | None:
+    """refs/heads/x -> x (what `branch` prints and takes); other refs unchanged."""
+    if ref is None:
+        return None
+    return ref[len("refs/heads/") :] if ref.startswith("refs/heads/") else ref
+
+
+def moved_line(ref: str | None, old: bytes | None, new: bytes, message: str) -> str:
+    """git's `[main 1ae73c2] message`, with where the branch was: `[b 0c5c0c2f5d72 -> ...]`."""
+    summary = (message.splitlines() or [""])[0]
+    if ref is None:
+        return f"[detached {short(new)}] {summary}"
+    where = f"{short(old)} -> {short(new)}" if old else f"(new branch) {short(new)}"
+    return f"[{branch_name(ref)} {where}] {summary}"
+
+
 def progress_enabled() -> bool:
     env = os.environ.get("MERGESTORE_PROGRESS")
     if env is not None:
@@ -46,9 +62,12 @@ def progress_enabled() -> bool:
 
 @contextmanager
 def progress_bar(
-    description: str, total: int | None, enabled: bool = True
+    description: str, total: int | None, enabled: bool = True, unit: str = "bytes"
 ) -> Iterator[Callable[[int], None] | None]:
-    """A byte-counting progress bar on stderr; yields an advance(n) callback (None if off)."""
+    """A progress bar on stderr; yields an advance(n) callback (None if off).
+
+    `unit` "bytes" counts bytes (size and speed); anything else counts items: "12/21 tensors".
+    """
     if not enabled or not progress_enabled():
         yield None
         return
@@ -56,6 +75,7 @@ def progress_bar(
     from rich.progress import (
         BarColumn,
         DownloadColumn,
+        MofNCompleteColumn,
         Progress,
         TextColumn,
         TimeRemainingColumn,
@@ -63,11 +83,15 @@ def progress_bar(
     )
 
     console = Console(stderr=True)
+    counts: tuple[Any, ...] = (
+        (DownloadColumn(binary_units=True), TransferSpeedColumn())
+        if unit == "bytes"
+        else (MofNCompleteColumn(), TextColumn(unit))
+    )
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
-        DownloadColumn(binary_units=True),
-        TransferSpeedColumn(),
+        *counts,
         TimeRemainingColumn(),
         console=console,
         transient=True,

@@ -524,12 +524,14 @@ def _parse_ref(raw: Any, where: str) -> ModelRef:
                 f"merge config: {where}: unknown key {sorted(map(str, unknown))[0]!r}"
                 " in a model reference"
             )
-        if raw.get("lora"):
-            raise MergeError(f"merge config: {where}: LoRA references are not supported")
+        lora = raw.get("lora")
         if raw.get("override_architecture"):
             raise MergeError(f"merge config: {where}: override_architecture is not supported")
         if "model" not in raw:
             raise MergeError(f"merge config: {where}: a model reference needs 'model'")
+        if lora:  # mergekit's {model, lora}: the same as "model+lora"
+            base = _parse_ref({"model": raw["model"]}, where).text
+            return _check_ref(f"{base}+{_ref_text(lora, where)}", where)
         inner = raw["model"]
         if isinstance(inner, Mapping):  # mergekit's ModelPath {path, revision}
             unknown = set(inner) - {"path", "revision"}
@@ -553,8 +555,10 @@ def _ref_text(raw: Any, where: str) -> str:
 def _check_ref(text: str, where: str) -> ModelRef:
     if not text:
         raise MergeError(f"merge config: {where}: empty model reference")
-    if "+" in text:  # mergekit's "base+lora" syntax
-        raise MergeError(f"merge config: {where}: LoRA references are not supported ({text!r})")
+    if "+" in text:  # mergekit's "base+lora" syntax: a LoRA adapter applied to its base
+        base, _, lora = text.partition("+")
+        if not base.strip() or not lora.strip() or "+" in lora:
+            raise MergeError(f"merge config: {where}: expected BASE+ADAPTER, got {text!r}")
     return ModelRef(text)
 
 
@@ -599,12 +603,9 @@ def _parse_models(raw: Any) -> tuple[InputModel, ...]:
             raise MergeError(f"merge config: {where}: unknown key {sorted(map(str, unknown))[0]!r}")
         if "model" not in entry:
             raise MergeError(f"merge config: {where} needs 'model'")
-        out.append(
-            InputModel(
-                _parse_ref(entry["model"], f"{where}.model"),
-                _parse_parameters(entry.get("parameters"), f"{where}.parameters"),
-            )
-        )
+        ref = _parse_ref(entry["model"], f"{where}.model")
+        params = _parse_parameters(entry.get("parameters"), f"{where} ({ref.text}).parameters")
+        out.append(InputModel(ref, params))
     return tuple(out)
 
 
@@ -657,11 +658,9 @@ def _parse_source(raw: Any, where: str) -> InputModel:
         raise MergeError(
             f"merge config: {where}.layer_range [{start}, {end}] must have 0 <= start < end"
         )
-    return InputModel(
-        _parse_ref(raw["model"], f"{where}.model"),
-        _parse_parameters(raw.get("parameters"), f"{where}.parameters"),
-        (start, end),
-    )
+    ref = _parse_ref(raw["model"], f"{where}.model")
+    params = _parse_parameters(raw.get("parameters"), f"{where} ({ref.text}).parameters")
+    return InputModel(ref, params, (start, end))
 
 
 def _short(raw: Any, limit: int = 60) -> str:
@@ -724,18 +723,68 @@ def config_from_cli(
         entries.append(entry)
     data["models"] = entries
     if params:
-        parsed = {}
-        for key, value in params.items():
-            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
-                raise MergeError(f"merge: --param {key!r}: expected name=value")
-            parsed[key] = parse_cli_value(value) if isinstance(value, str) else value
-        data["parameters"] = parsed
+        data["parameters"] = parse_cli_params(params)
     for key, value in (("dtype", dtype), ("out_dtype", out_dtype), ("seed", seed)):
         if value is not None:
             data[key] = value
     cfg = config_from_mapping(data)
     # Record an equivalent YAML so a CLI merge can be replayed like a YAML one.
     text = yaml.safe_dump(cfg.to_dict(), sort_keys=False, default_flow_style=None)
+    return config_from_mapping(data, raw_text=text)
+
+
+def parse_cli_params(items: Mapping[str, Any] | None, flag: str = "--param") -> dict[str, Any]:
+    """--param NAME=VALUE texts (or already-typed values) as parameter values by name."""
+    parsed: dict[str, Any] = {}
+    for key, value in (items or {}).items():
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+            raise MergeError(f"merge: {flag} {key!r}: expected name=value")
+        parsed[key] = parse_cli_value(value) if isinstance(value, str) else value
+    return parsed
+
+
+def with_overrides(
+    cfg: MergeConfig,
+    params: Mapping[str, Any] | None = None,
+    dtype: str | None = None,
+    out_dtype: str | None = None,
+    seed: int | None = None,
+) -> MergeConfig:
+    """``--config`` plus ``--param/--dtype/--out-dtype/--seed``: the options override the file.
+
+    A --param sets the top-level ``parameters:`` entry of that name. If the config sets the
+    same name per model, per slice or per source, a top-level value would have no effect
+    (mergekit's nearer level wins), so that is refused rather than silently ignored. The
+    returned config's YAML is the merged mapping, so the plan records what actually ran.
+    """
+    parsed = parse_cli_params(params)
+    over: dict[str, Any] = {
+        k: v
+        for k, v in (("dtype", dtype), ("out_dtype", out_dtype), ("seed", seed))
+        if v is not None
+    }
+    if not parsed and not over:
+        return cfg
+    levels: list[tuple[str, Mapping[str, ParamValue]]] = []
+    for i, m in enumerate(cfg.models or ()):
+        levels.append((f"models[{i}]", m.parameters))
+    for i, sl in enumerate(cfg.slices or ()):
+        levels.append((f"slices[{i}]", sl.parameters))
+        for j, s in enumerate(sl.sources):
+            levels.append((f"slices[{i}].sources[{j}]", s.parameters))
+    for name in parsed:
+        for where, lvl in levels:
+            if name in lvl:
+                raise MergeError(
+                    f"merge: --param {name}: the config sets {name!r} in {where}, which takes"
+                    " precedence over a top-level value; edit the config instead"
+                )
+    data = cfg.to_dict()
+    if parsed:
+        data["parameters"] = {**data.get("parameters", {}), **parsed}
+    data.update(over)
+    merged = config_from_mapping(data)
+    text = yaml.safe_dump(merged.to_dict(), sort_keys=False, default_flow_style=None)
     return config_from_mapping(data, raw_text=text)
 
 
@@ -888,16 +937,38 @@ def _check_param_names(cfg: MergeConfig, spec: MethodSpec) -> None:
                     f"merge config: {where}: {name!r} is a shared parameter of {spec.name};"
                     " set it under the top-level or slice parameters, not per model"
                 )
-            for leaf in _leaves(value):
-                coerce_param(leaf, p, f"{where}.{name}")
+            for leaf, filt in _leaves_with_filter(value):
+                v = coerce_param(leaf, p, f"{where}.{name}")
+                check_range(spec, p, v, where, filt)
 
     check(cfg.parameters, "parameters", False)
     for i, m in enumerate(cfg.models or ()):
-        check(m.parameters, f"models[{i}].parameters", True)
+        check(m.parameters, f"models[{i}] ({m.ref.text}).parameters", True)
     for i, sl in enumerate(cfg.slices or ()):
         check(sl.parameters, f"slices[{i}].parameters", False)
         for j, s in enumerate(sl.sources):
-            check(s.parameters, f"slices[{i}].sources[{j}].parameters", True)
+            check(s.parameters, f"slices[{i}].sources[{j}] ({s.ref.text}).parameters", True)
+
+
+def check_range(
+    spec: MethodSpec, p: ParamSpec, value: Any, where: str, filt: str | None = None
+) -> None:
+    """A numeric value outside the parameter's declared range: one line naming the parameter,
+    its range, where it was set (which model) and the tensor filter it applies to."""
+    bounds = p.range
+    if bounds is None or value is None or not _is_number(value) or bounds.contains(value):
+        return
+    on = f" (filter {filt!r})" if filt not in (None, "*") else ""
+    raise MergeError(
+        f"merge config: {where}.{p.name}{on}: {p.name} must be {bounds} for {spec.name},"
+        f" got {value!r}"
+    )
+
+
+def _leaves_with_filter(value: ParamValue) -> list[tuple[Leaf, str | None]]:
+    if isinstance(value, Conditionals):
+        return [(leaf, e.filter) for e in value.entries for leaf in _leaves(e.value)]
+    return [(leaf, None) for leaf in _leaves(value)]
 
 
 def _leaves(value: ParamValue) -> list[Leaf]:

@@ -46,22 +46,40 @@ def resolve_models(
     *,
     commit_path: Callable[[Path], bytes] | None = None,
 ) -> list[ResolvedModel]:
-    """Store refs resolve to their commits; local paths are committed first (deduplicated)."""
+    """Store refs resolve to their commits; local paths and hub ids are committed first
+    (deduplicated); ``base+adapter`` is the adapter applied to the base (merge/lora.py)."""
     out = []
     for ref in refs:
-        try:
-            cid = repo.resolve(ref.text)
-            from_path = False
-        except RefError:
-            p = Path(os.path.expanduser(ref.text))
-            if not p.exists():
-                raise MergeError(f"unknown model {ref.text!r}: not a ref and not a path") from None
-            if commit_path is None:
-                raise MergeError(f"model {ref.text!r} is a path; commit it first") from None
-            cid = commit_path(p)
-            from_path = True
+        from mergestore.merge.lora import apply_adapter, split_lora_ref
+
+        parts = split_lora_ref(ref.text)
+        if parts is not None:
+            base, b_path = _resolve_one(repo, parts[0], commit_path)
+            lora, l_path = _resolve_one(repo, parts[1], commit_path)
+            cid = apply_adapter(repo, base, lora, ref.text)
+            from_path = b_path or l_path
+        else:
+            cid, from_path = _resolve_one(repo, ref.text, commit_path)
         out.append(ResolvedModel(ref, cid, _tensors(repo, cid), from_path))
     return out
+
+
+def _resolve_one(
+    repo: Repository, text: str, commit_path: Callable[[Path], bytes] | None
+) -> tuple[bytes, bool]:
+    try:
+        return repo.resolve(text), False
+    except RefError:
+        from mergestore.sources import is_hub_source
+
+        p = Path(os.path.expanduser(text))
+        if not p.exists() and not is_hub_source(text):
+            raise MergeError(
+                f"unknown model {text!r}: not a ref, a path or a Hugging Face id"
+            ) from None
+        if commit_path is None:
+            raise MergeError(f"model {text!r} is a path; commit it first") from None
+        return commit_path(Path(text)), True
 
 
 @dataclass
@@ -83,19 +101,23 @@ class PathInputs:
 def commit_path_fn(
     repo: Repository, *, verify: bool = False, tally: PathInputs | None = None
 ) -> Callable[[Path], bytes]:
-    """Commit a local checkpoint without moving any ref: the merge commit will point at it.
-    Unchanged files cost a stat (the stat cache), unless `verify`."""
+    """Commit a local checkpoint (or a hub id, or .bin weights) without moving any ref: the
+    merge commit will point at it. Unchanged files cost a stat (the stat cache), unless
+    `verify`."""
+    from mergestore.sources import prepared_source
 
     def run(p: Path) -> bytes:
-        res = commit_checkpoint(
-            repo,
-            p,
-            message=f"merge input {p}",
-            branch=None,
-            want_stats=False,
-            detached=True,
-            verify=verify,
-        )
+        with prepared_source(p) as src:
+            res = commit_checkpoint(
+                repo,
+                src.path,
+                message=f"merge input {p}",
+                branch=None,
+                want_stats=False,
+                detached=True,
+                verify=verify,
+                meta=src.meta,
+            )
         if tally is not None:
             tally.files += res.files
             tally.files_read += res.files_read
@@ -128,3 +150,40 @@ def base_blocks_of(repo: Repository, cid: bytes | None) -> dict:
 
 def config_models_text(cfg: MergeConfig) -> list[str]:
     return [m.ref.text for m in (cfg.models or ())]
+
+
+def refuse_duplicate_commits(
+    repo: Repository, cfg: MergeConfig, models: Sequence[ResolvedModel]
+) -> None:
+    """Two differently written inputs of one merge (or of one slice) that are the same
+    checkpoint: `e1 e1~0`, `e1 <e1's id>`, `e1 <e1's folder>`, `--base e1 e1~0`. mergekit
+    refuses duplicate models ("Duplicate model IDs"); here the test is the resolved commit's
+    tree (the checkpoint's content), not the text. The base written the same way among the
+    models is mergekit's usual form and fine."""
+    from mergestore.store.merges import tree_id
+
+    # a lazy merge's tree field is the empty tree: its computed tree (or its id) instead
+    commit_of = {m.ref.text: tree_id(repo, repo.get_commit(m.commit)) or m.commit for m in models}
+    groups: list[list[str]] = []
+    if cfg.models is not None:
+        groups.append([m.ref.text for m in cfg.models])
+        if cfg.base_model is not None:
+            groups[-1].append(cfg.base_model.text)
+    for sl in cfg.slices or ():
+        group = [s.ref.text for s in sl.sources]
+        base = sl.base_model or cfg.base_model
+        if base is not None:
+            group.append(base.text)
+        groups.append(group)
+    for group in groups:
+        seen: dict[bytes, str] = {}
+        for text in dict.fromkeys(group):  # the same text twice is validate_config's
+            cid = commit_of.get(text)
+            if cid is None:
+                continue
+            if cid in seen:
+                raise MergeError(
+                    f"models {seen[cid]!r} and {text!r} are the same checkpoint (tree"
+                    f" {cid.hex()[:12]}); give each model once"
+                )
+            seen[cid] = text

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from mergestore.formats.safetensors import DTYPE_SIZES, TensorEntry, encode_header
 from mergestore.merge.engine import OutputTensor
@@ -28,6 +30,7 @@ TOKENIZER_FILES = frozenset(
         "spiece.model",
     }
 )
+CARD_FILE = "README.md"
 TORCH_DTYPE_NAMES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32", "F64": "float64"}
 
 
@@ -83,7 +86,7 @@ def plan_shards(
     repo: Repository,
     outputs: Sequence[TensorMeta],
     layout_commit: bytes,
-    shard_bytes: int = DEFAULT_SHARD_BYTES,
+    shard_bytes: int | None = None,
 ) -> ShardLayout:
     """Which output file holds which tensors, in which order: the layout model's files when
     the tensor names match, else fresh shards of at most `shard_bytes`, by name. Decided from
@@ -102,7 +105,7 @@ def plan_shards(
     shards: list[ShardPlan] = []
     weight_map: dict[str, str] = {}
     total = 0
-    if src_names == set(by_name):
+    if src_names == set(by_name) and shard_bytes is None:
         index_paths = tuple(p for p in src_files if p.endswith(".safetensors.index.json"))
         for path, ts in src_tensors.items():
             outs = [by_name[t.name] for t in ts]
@@ -121,7 +124,7 @@ def plan_shards(
         cur = 0
         for o in sorted(outputs, key=lambda x: x.name):
             n = _nbytes(o)
-            if groups[-1] and cur + n > shard_bytes:
+            if groups[-1] and cur + n > (shard_bytes or DEFAULT_SHARD_BYTES):
                 groups.append([])
                 cur = 0
             groups[-1].append(o)
@@ -185,9 +188,17 @@ def build_tree(
     tokenizer_commit: bytes | None,
     out_dtype: str | None,
     extra_files: dict[str, bytes] | None = None,
-    shard_bytes: int = DEFAULT_SHARD_BYTES,
+    shard_bytes: int | None = None,
+    copy_tokenizer: bool = True,
 ) -> bytes:
-    """Mirror the layout model's files when the tensor names match; else lay out fresh shards."""
+    """Mirror the layout model's files when the tensor names match; else lay out fresh shards.
+
+    `shard_bytes` (mergekit's --out-shard-size) always lays out fresh shards of at most that
+    many tensor bytes, named as mergekit names them; None mirrors the layout model when it can
+    (its shard headers are then shared) and uses mergekit's 5 GB otherwise. The layout model's
+    README.md is never copied (the merge writes its own card); `copy_tokenizer=False` leaves
+    the tokenizer files out.
+    """
     src_tree = _known_tree(repo, layout_commit)
     by_name = {o.name: o for o in outputs}
     src_files = {e.path: e for e in src_tree.entries}
@@ -200,23 +211,30 @@ def build_tree(
         oid, size = _tensorfile(session, repo, outs, shard.metadata, shard.header_blob)
         entries.append(TreeEntry(shard.path, "tensorfile", oid, size))
     index_paths, weight_map, total = plan.index_paths, plan.weight_map, plan.total
-    dtype_changed = out_dtype is not None
     tok_files = {}
     if tokenizer_commit is not None and tokenizer_commit != layout_commit:
         tok_tree = _known_tree(repo, tokenizer_commit)
         tok_files = {
             e.path: e for e in tok_tree.entries if e.path.split("/")[-1] in TOKENIZER_FILES
         }
+    if not copy_tokenizer:
+        tok_files = {}
     for path, e in src_files.items():
         if e.kind == "tensorfile" or path.endswith(".safetensors.index.json"):
             continue
+        if path == CARD_FILE:
+            continue  # an input's own model card describes the input, not this merge
+        if not copy_tokenizer and path.split("/")[-1] in TOKENIZER_FILES:
+            continue
         if path.split("/")[-1] in TOKENIZER_FILES and tok_files:
             continue
-        if path.split("/")[-1] == "config.json" and "/" not in path and dtype_changed:
-            data = _retype_config(_read_blob(repo, e.object), out_dtype)
-            oid = _put_blob(session, data, repo.config.block_size)
-            entries.append(TreeEntry(path, "blob", oid, len(data)))
-            continue
+        if path == "config.json":
+            old_data = _read_blob(repo, e.object)
+            data = agreeing_config(old_data, outputs)
+            if data != old_data:
+                oid = _put_blob(session, data, repo.config.block_size)
+                entries.append(TreeEntry(path, "blob", oid, len(data)))
+                continue
         entries.append(e)
     entries.extend(tok_files.values())
     for path in index_paths:
@@ -253,16 +271,63 @@ def _header_metadata(repo: Repository, header_blob: bytes) -> dict[str, str] | N
     return dict(meta) if isinstance(meta, dict) else None
 
 
-def _retype_config(data: bytes, out_dtype: str | None) -> bytes:
+LAYER_RE = re.compile(r"(?:^|\.)(?:layers|h|blocks|layer)\.(\d+)\.")
+LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
+EMBED_SUFFIXES = ("embed_tokens.weight", "wte.weight", "word_embeddings.weight")
+DTYPE_KEYS = ("torch_dtype", "dtype")
+
+
+def tensor_facts(outputs: Sequence[OutputTensor]) -> dict[str, Any]:
+    """What the output tensors say about the model: layer count, vocab size, float dtype."""
+    facts: dict[str, Any] = {}
+    layers = {int(m.group(1)) for o in outputs if (m := LAYER_RE.search(o.name))}
+    if layers:
+        facts["layers"] = max(layers) + 1
+    embeds = [o for o in outputs if o.name.endswith(EMBED_SUFFIXES) and o.shape]
+    heads = [o for o in outputs if o.name.endswith("lm_head.weight") and o.shape]
+    if embeds or heads:
+        facts["vocab"] = (embeds or heads)[0].shape[0]
+    by_dtype: dict[str, int] = {}
+    for o in outputs:
+        if o.dtype in TORCH_DTYPE_NAMES:
+            by_dtype[o.dtype] = by_dtype.get(o.dtype, 0) + _record(o, 0).nbytes
+    if by_dtype:
+        facts["dtype"] = TORCH_DTYPE_NAMES[max(by_dtype, key=lambda d: by_dtype[d])]
+    return facts
+
+
+def agreeing_config(data: bytes, outputs: Sequence[OutputTensor]) -> bytes:
+    """config.json made to agree with the tensors written beside it (as mergekit updates it).
+
+    mergekit sets ``torch_dtype`` to out_dtype (else dtype), the layer count to the sum of the
+    slices' lengths, and ``vocab_size`` to the merged tokenizer's. Here each value is read off
+    the output tensors themselves: the most common float dtype by bytes, the highest layer
+    index + 1, and the embedding's rows. Unchanged input keeps its bytes.
+    """
     try:
         cfg = json.loads(data)
     except ValueError:
         return data
-    if not isinstance(cfg, dict) or out_dtype is None:
+    if not isinstance(cfg, dict):
         return data
-    for key in ("torch_dtype", "dtype"):
-        if key in cfg:
-            cfg[key] = out_dtype
+    facts = tensor_facts(outputs)
+    changed = False
+
+    def put(keys: Sequence[str], value: Any) -> None:
+        nonlocal changed
+        for key in keys:
+            if key in cfg and cfg[key] != value:
+                cfg[key] = value
+                changed = True
+
+    if "layers" in facts:
+        put([k for k in LAYER_KEYS if k in cfg][:1], facts["layers"])
+    if "vocab" in facts:
+        put(["vocab_size"], facts["vocab"])
+    if "dtype" in facts:
+        put(DTYPE_KEYS, facts["dtype"])
+    if not changed:
+        return data
     return (json.dumps(cfg, indent=2) + "\n").encode()
 
 

@@ -132,10 +132,14 @@ class FolderOutput:
     # -- before the merge -------------------------------------------------------------------
 
     def prepare(
-        self, repo: Repository, outputs: Sequence[TensorMeta], layout_commit: bytes
+        self,
+        repo: Repository,
+        outputs: Sequence[TensorMeta],
+        layout_commit: bytes,
+        shard_bytes: int | None = None,
     ) -> None:
         """Create every safetensors file at its final size, its header written."""
-        layout = plan_shards(repo, outputs, layout_commit)
+        layout = plan_shards(repo, outputs, layout_commit, shard_bytes)
         for shard in layout.shards:
             header, entries = shard_header(repo, shard)
             target = safe_join(self.tmp, shard.path)

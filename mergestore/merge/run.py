@@ -14,7 +14,7 @@ from typing import Any
 from mergestore import __version__, native
 from mergestore.errors import MergeError
 from mergestore.formats.safetensors import DTYPE_SIZES
-from mergestore.ingest import branch_ref, default_author
+from mergestore.ingest import default_author
 from mergestore.merge import budget as budget_mod
 from mergestore.merge import materialize as _registers_materializer  # noqa: F401
 from mergestore.merge.config import MergeConfig, models_in_config
@@ -29,12 +29,14 @@ from mergestore.merge.inputs import (
     PathInputs,
     ResolvedModel,
     commit_path_fn,
+    refuse_duplicate_commits,
     resolve_models,
     validate_tensor_plans,
 )
 from mergestore.merge.layout import build_tree
 from mergestore.merge.outfolder import FolderOutput, predict_outputs
 from mergestore.merge.summary import summarize
+from mergestore.merge.target import merge_target
 from mergestore.merge.tensorplan import OutputTensorPlan, plan_tensors
 from mergestore.ops import get_method
 from mergestore.ops.spec import BaseRule
@@ -71,6 +73,8 @@ class MergeResult:
     run: dict[str, Any]
     outputs: list[OutputTensor] = field(default_factory=list)
     out: dict[str, Any] | None = None  # merge --out: the folder written (outfolder.py)
+    branch: str | None = None  # the full ref that moved
+    previous: bytes | None = None  # where it was before (None: a new branch)
 
 
 def _base_index(cfg: MergeConfig, models: list[ResolvedModel]) -> int | None:
@@ -127,6 +131,7 @@ def prepare(
     else:
         commit_path = commit_path_fn(repo, verify=verify_inputs, tally=path_inputs)
         models = resolve_models(repo, refs, commit_path=commit_path if commit_paths else None)
+        refuse_duplicate_commits(repo, cfg, models)
     plans = plan_tensors(cfg, spec, refs, {i: list(m.tensors) for i, m in enumerate(models)})
     if not plans:
         raise MergeError("the merge has no tensors to produce")
@@ -206,6 +211,10 @@ def execute(
     lazy: bool = False,
     force: bool = False,
     out: str | os.PathLike[str] | None = None,
+    force_branch: bool = False,
+    write_card: bool = True,
+    shard_bytes: int | None = None,
+    copy_tokenizer: bool = True,
 ) -> MergeResult:
     """Run the merge into the store and publish commit, plan and ref move in one transaction.
 
@@ -213,12 +222,22 @@ def execute(
     `lazy` publishes the commit and plan without computing. Output blocks are published in
     journaled chunks as they are computed (merge/journal.py), so a re-run resumes.
     With `out`, also write the merged HF folder there in the same pass (outfolder.py).
+    `branch` None makes a new branch `merge/<method>-N`; a branch that points at an input or
+    the base is refused unless `force_branch` (mergestore/merge/target.py).
+
+    `write_card` puts a model card (README.md, merge/modelcard.py) in the output tree;
+    `shard_bytes` and `copy_tokenizer` shape the output files (see layout.build_tree). Those
+    that differ from the defaults are recorded in the plan ("output"), so the memo, lazy
+    merges and materialize give the files that were asked for.
     """
+    set_output_files(prep, write_card, shard_bytes, copy_tokenizer)
     if lazy and out is not None:
         raise MergeError("--lazy computes nothing, so it cannot write --out (materialize first)")
     folder = FolderOutput(out) if out is not None else None
     try:
-        res = _execute(repo, prep, branch, message, author, progress, folder, lazy, force)
+        res = _execute(
+            repo, prep, branch, message, author, progress, folder, lazy, force, force_branch
+        )
         if folder is not None:
             assert res.commit is not None
             res.out = folder.finish(repo, res.commit)
@@ -239,18 +258,34 @@ def _execute(
     folder: FolderOutput | None,
     lazy: bool,
     force: bool,
+    force_branch: bool = False,
 ) -> MergeResult:
     from mergestore.merge import journal, memo
     from mergestore.store import merges
 
     t0 = time.perf_counter()
     spec = get_method(prep.cfg.merge_method)
-    ref = branch_ref(repo, branch)
+    ref = merge_target(
+        repo,
+        spec.name,
+        branch,
+        [
+            (
+                f"{m.ref.text!r}, the {'base' if i == prep.base_index else 'input'} of this merge",
+                m.commit,
+            )
+            for i, m in enumerate(prep.models)
+        ],
+        force=force_branch,
+    )
     plan_id = prep.plan.id
     hit = memo.lookup(repo, plan_id)
     if hit is not None and not force:
         # --out on a memo hit: the folder finds nothing laid out and is written by checkout
-        return memo.use(repo, hit, prep, ref, materialize=not lazy, progress=progress)
+        before = repo.read_ref(ref)
+        hit_res = memo.use(repo, hit, prep, ref, materialize=not lazy, progress=progress)
+        hit_res.branch, hit_res.previous = ref, before
+        return hit_res
     res = None
     if not lazy:
         engine = make_engine(repo, prep)
@@ -260,7 +295,12 @@ def _execute(
         if folder is not None:
             layout_index = prep.base_index if prep.base_index is not None else 0
             layout_commit = prep.models[layout_index].commit
-            folder.prepare(repo, predict_outputs(engine, prep.tasks), layout_commit)
+            folder.prepare(
+                repo,
+                predict_outputs(engine, prep.tasks),
+                layout_commit,
+                output_files(prep)["shard_bytes"],
+            )
             wrap = folder.sink
         res = journal.compute(
             repo,
@@ -284,7 +324,10 @@ def _execute(
         run = lazy_run_record(prep) if res is None else run_record_from(prep, res)
         run["wall_seconds"] = round(time.perf_counter() - t0, 4)
         if hit is not None:  # --force: the recomputed output must be the memo commit's
-            return memo.check_forced(repo, session, hit, tree, prep, ref, run)
+            before = repo.read_ref(ref)
+            forced = memo.check_forced(repo, session, hit, tree, prep, ref, run)
+            forced.branch, forced.previous = ref, before
+            return forced
         session.put_object(prep.plan)
         run_id = session.put_object(Plan(body={"type": "merge_run", "plan": plan_id.hex(), **run}))
         base = prep.models[prep.base_index].commit if prep.base_index is not None else None
@@ -306,7 +349,7 @@ def _execute(
         old = repo.read_ref(ref)
         what = f"merge{' --lazy' if lazy else ''}: {spec.name}"
         session.publish([RefUpdate(ref, cid, what, old=old)])
-    return MergeResult(cid, plan_id, run, [] if res is None else outputs)
+    return MergeResult(cid, plan_id, run, [] if res is None else outputs, branch=ref, previous=old)
 
 
 def make_engine(repo: Repository, prep: PreparedMerge) -> Engine:
@@ -338,6 +381,11 @@ def publish_tree(
     extra = {}
     if prep.cfg.raw_text:
         extra["mergekit_config.yml"] = prep.cfg.raw_text.encode()
+    files = output_files(prep)
+    if files["write_card"]:
+        from mergestore.merge.modelcard import CARD_FILE, model_card
+
+        extra[CARD_FILE] = model_card(repo, prep.cfg, prep.models, plan_id=prep.plan.id).encode()
     return build_tree(
         repo,
         session,
@@ -346,7 +394,30 @@ def publish_tree(
         tokenizer_commit=prep.models[tok_index].commit,
         out_dtype=prep.cfg.out_dtype,
         extra_files=extra,
+        shard_bytes=files["shard_bytes"],
+        copy_tokenizer=files["copy_tokenizer"],
     )
+
+
+OUTPUT_DEFAULTS: dict[str, Any] = {"write_card": True, "shard_bytes": None, "copy_tokenizer": True}
+
+
+def set_output_files(
+    prep: PreparedMerge, write_card: bool, shard_bytes: int | None, copy_tokenizer: bool
+) -> None:
+    """Record the output options that differ from the defaults in the plan (a default merge's
+    plan, and so its id, stays as it was)."""
+    asked = {"write_card": write_card, "shard_bytes": shard_bytes, "copy_tokenizer": copy_tokenizer}
+    diff = {k: v for k, v in asked.items() if v != OUTPUT_DEFAULTS[k]}
+    if diff:
+        prep.plan_body["output"] = diff
+    else:
+        prep.plan_body.pop("output", None)
+
+
+def output_files(prep: PreparedMerge) -> dict[str, Any]:
+    """The plan's output options (model card, shard size, tokenizer files)."""
+    return {**OUTPUT_DEFAULTS, **(prep.plan_body.get("output") or {})}
 
 
 def lazy_run_record(prep: PreparedMerge) -> dict[str, Any]:

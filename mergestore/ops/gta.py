@@ -18,7 +18,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from mergestore import native
 from mergestore.ops import alloc, lane16, sparsify
 from mergestore.ops.context import TensorContext
-from mergestore.ops.spec import BaseRule, MethodSpec, ParamSpec, Scope
+from mergestore.ops.spec import (
+    UNIT_HALF_OPEN,
+    UNIT_OPEN_LOW,
+    BaseRule,
+    MethodSpec,
+    ParamSpec,
+    Scope,
+)
 from mergestore.threads import kernel_threads, ordered_map
 
 if TYPE_CHECKING:
@@ -49,12 +56,12 @@ def gta_spec(
     """The declaration shared by the GTA family (parameters as in mergekit 0.1.5)."""
     params = [
         ParamSpec("weight", Scope.NON_BASE, kind=float),
-        ParamSpec("density", Scope.NON_BASE, 1.0, float),
+        ParamSpec("density", Scope.NON_BASE, 1.0, float, bounds=UNIT_OPEN_LOW),
     ]
     if sparsifier == OUTLIERS:
-        params.append(ParamSpec("gamma", Scope.NON_BASE, 0.01, float))
+        params.append(ParamSpec("gamma", Scope.NON_BASE, 0.01, float, bounds=UNIT_HALF_OPEN))
     if sparsifier == DELLA:
-        params.append(ParamSpec("epsilon", Scope.NON_BASE, 0.15, float))
+        params.append(ParamSpec("epsilon", Scope.NON_BASE, 0.15, float, bounds=UNIT_HALF_OPEN))
     params += [
         ParamSpec("normalize", Scope.SHARED, normalize, bool),
         ParamSpec("rescale", Scope.SHARED, rescale, bool),

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from mergestore.ops.context import TensorContext
 from mergestore.ops.registry import register
-from mergestore.ops.spec import BaseRule, MethodSpec, ParamSpec, Scope
+from mergestore.ops.spec import POSITIVE, BaseRule, Bounds, MethodSpec, ParamSpec, Scope
 
 if TYPE_CHECKING:
     import torch
@@ -75,8 +75,8 @@ SPEC = register(
     MethodSpec(
         name="karcher",
         params=(
-            ParamSpec("max_iter", Scope.SHARED, 10, int),
-            ParamSpec("tol", Scope.SHARED, 1e-5, float),
+            ParamSpec("max_iter", Scope.SHARED, 10, int, bounds=Bounds(1)),
+            ParamSpec("tol", Scope.SHARED, 1e-5, float, bounds=POSITIVE),
         ),
         base=BaseRule.IGNORED,
         min_inputs=1,

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from mergestore.errors import MergeError
 from mergestore.ops.context import TensorContext
 from mergestore.ops.registry import register
-from mergestore.ops.spec import BaseRule, MethodSpec, ParamSpec, Scope
+from mergestore.ops.spec import NON_NEGATIVE, BaseRule, MethodSpec, ParamSpec, Scope
 
 if TYPE_CHECKING:
     import torch
@@ -71,7 +71,7 @@ SPEC = register(
         params=(
             ParamSpec("weight", Scope.NON_BASE, kind=float),
             ParamSpec("normalize_weights", Scope.SHARED, True, bool),
-            ParamSpec("eps", Scope.SHARED, 1e-8, float),
+            ParamSpec("eps", Scope.SHARED, 1e-8, float, bounds=NON_NEGATIVE),
         ),
         base=BaseRule.OPTIONAL,
         min_inputs=1,

@@ -7,7 +7,14 @@ from typing import TYPE_CHECKING, Any
 
 from mergestore.ops.context import TensorContext
 from mergestore.ops.registry import register
-from mergestore.ops.spec import BaseRule, MethodSpec, OptionalTensorRule, ParamSpec, Scope
+from mergestore.ops.spec import (
+    NON_NEGATIVE,
+    BaseRule,
+    MethodSpec,
+    OptionalTensorRule,
+    ParamSpec,
+    Scope,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -33,7 +40,7 @@ def merge(
 SPEC = register(
     MethodSpec(
         name="nearswap",
-        params=(ParamSpec("t", Scope.SHARED, kind=float),),
+        params=(ParamSpec("t", Scope.SHARED, kind=float, bounds=NON_NEGATIVE),),
         base=BaseRule.REQUIRED,
         min_inputs=1,
         max_inputs=1,

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from mergestore.ops.context import TensorContext
 from mergestore.ops.registry import register
-from mergestore.ops.spec import BaseRule, MethodSpec, ParamSpec, Scope
+from mergestore.ops.spec import NON_NEGATIVE, BaseRule, MethodSpec, ParamSpec, Scope
 
 if TYPE_CHECKING:
     import torch
@@ -50,7 +50,7 @@ def task_vector_masks(
 SPEC = register(
     MethodSpec(
         name="ram",
-        params=(ParamSpec("epsilon", Scope.SHARED, 1e-5, float),),
+        params=(ParamSpec("epsilon", Scope.SHARED, 1e-5, float, bounds=NON_NEGATIVE),),
         base=BaseRule.REQUIRED,
         min_inputs=0,
         elementwise=True,

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from mergestore.ops.context import TensorContext
 from mergestore.ops.ram import task_vector_masks
 from mergestore.ops.registry import register
-from mergestore.ops.spec import BaseRule, MethodSpec, ParamSpec, Scope
+from mergestore.ops.spec import NON_NEGATIVE, BaseRule, MethodSpec, ParamSpec, Scope
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -47,9 +47,9 @@ SPEC = register(
     MethodSpec(
         name="ramplus_tl",
         params=(
-            ParamSpec("r", Scope.SHARED, 0.1, float),
-            ParamSpec("alpha", Scope.SHARED, 0.2, float),
-            ParamSpec("epsilon", Scope.SHARED, 1e-5, float),
+            ParamSpec("r", Scope.SHARED, 0.1, float, bounds=NON_NEGATIVE),
+            ParamSpec("alpha", Scope.SHARED, 0.2, float, bounds=NON_NEGATIVE),
+            ParamSpec("epsilon", Scope.SHARED, 1e-5, float, bounds=NON_NEGATIVE),
         ),
         base=BaseRule.REQUIRED,
         min_inputs=0,

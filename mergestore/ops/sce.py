@@ -9,7 +9,7 @@ from mergestore.ops.context import TensorContext
 from mergestore.ops.gta import sign_agreement
 from mergestore.ops.registry import register
 from mergestore.ops.sparsify import first_ranks
-from mergestore.ops.spec import BaseRule, MethodSpec, ParamSpec, Scope
+from mergestore.ops.spec import UNIT_OPEN_LOW, BaseRule, MethodSpec, ParamSpec, Scope
 
 if TYPE_CHECKING:
     import torch
@@ -77,7 +77,7 @@ SPEC = register(
     MethodSpec(
         name="sce",
         params=(
-            ParamSpec("select_topk", Scope.SHARED, 1.0, float),
+            ParamSpec("select_topk", Scope.SHARED, 1.0, float, bounds=UNIT_OPEN_LOW),
             ParamSpec("int8_mask", Scope.SHARED, False, bool),
         ),
         base=BaseRule.REQUIRED,

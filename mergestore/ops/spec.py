@@ -60,6 +60,37 @@ REQUIRED: Any = _Required()  # sentinel default for a required parameter
 
 
 @dataclass(frozen=True)
+class Bounds:
+    """A numeric range: [lo, hi], with either end open or absent (None = unbounded)."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+
+    def contains(self, v: float) -> bool:
+        if v != v or v in (float("inf"), float("-inf")):
+            return False  # every numeric parameter is finite
+        if self.lo is not None and (v < self.lo or (self.lo_open and v == self.lo)):
+            return False
+        return not (self.hi is not None and (v > self.hi or (self.hi_open and v == self.hi)))
+
+    def __str__(self) -> str:
+        if self.lo is None and self.hi is None:
+            return "finite"
+        lo = "(-inf" if self.lo is None else ("(" if self.lo_open else "[") + f"{self.lo:g}"
+        hi = "inf)" if self.hi is None else f"{self.hi:g}" + (")" if self.hi_open else "]")
+        return f"in {lo}, {hi}"
+
+
+FINITE = Bounds()
+UNIT_OPEN_LOW = Bounds(0, 1, lo_open=True)  # (0, 1]: density, select_topk
+UNIT_HALF_OPEN = Bounds(0, 1, hi_open=True)  # [0, 1): breadcrumbs' gamma, della's epsilon
+NON_NEGATIVE = Bounds(0)
+POSITIVE = Bounds(0, lo_open=True)
+
+
+@dataclass(frozen=True)
 class ParamSpec:
     name: str
     scope: Scope
@@ -67,10 +98,18 @@ class ParamSpec:
     kind: type = float  # float, bool or int
     nullable: bool = False  # None is a valid value (passthrough's `scale`: None = no scaling)
     description: str = ""
+    bounds: Bounds | None = None  # numeric kinds: None means FINITE
 
     @property
     def required(self) -> bool:
         return self.default is REQUIRED
+
+    @property
+    def range(self) -> Bounds | None:
+        """The accepted range of a numeric parameter (None for bool and str)."""
+        if self.kind not in (int, float):
+            return None
+        return self.bounds or FINITE
 
 
 @dataclass(frozen=True)

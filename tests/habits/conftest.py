@@ -40,6 +40,7 @@ def write_model(
     dtype: torch.dtype = torch.float32,
     tensors: dict[str, torch.Tensor] | None = None,
     readme: str | None = None,
+    files: dict[str, str] | None = None,
 ) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     t = tensors if tensors is not None else llama_tensors(vocab, seed, dtype)
@@ -55,6 +56,8 @@ def write_model(
     (path / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
     if readme is not None:
         (path / "README.md").write_text(readme)
+    for name, text in (files or {}).items():
+        (path / name).write_text(text)
     return path
 
 

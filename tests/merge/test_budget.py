@@ -57,7 +57,12 @@ def _dist(a: dict, b: dict) -> float:
 def test_full_budget_is_bit_identical(f32_store: Store) -> None:
     _merge(f32_store, "full")
     _merge(f32_store, "b100", budget="100%")
-    assert f32_store.get_commit("full").tree == f32_store.get_commit("b100").tree
+    # every file the same but the model card, which names each merge's plan (the budget is in it)
+    a, b = (
+        [e for e in f32_store.tree(ref).entries if e.path != "README.md"]
+        for ref in ("full", "b100")
+    )
+    assert a == b
 
 
 @pytest.mark.parametrize("share", ["50%", "25%", "10%"])

@@ -378,16 +378,12 @@ def test_missing_file(tmp_path: Path) -> None:
         ({"merge_method": "linear", "models": ["a"], "dtype": "float8"}, "unknown dtype 'float8'"),
         ({"merge_method": "linear", "models": ["a"], "out_dtype": "int4"}, "out_dtype: unknown"),
         ({"merge_method": "linear", "models": ["a"], "dtype": 16}, "must be a dtype name"),
-        ({"merge_method": "linear", "models": ["base+lora"]}, "LoRA references are not supported"),
+        ({"merge_method": "linear", "models": ["base+"]}, "expected BASE\\+ADAPTER"),
         (
-            {"merge_method": "linear", "models": [{"model": "base+adapters/x"}]},
-            "models\\[0\\].model: LoRA references are not supported",
+            {"merge_method": "linear", "models": [{"model": "+adapters/x"}]},
+            "models\\[0\\].model: expected BASE\\+ADAPTER",
         ),
-        (
-            {"merge_method": "linear", "models": [{"model": {"model": "a", "lora": "l"}}]},
-            "LoRA references are not supported",
-        ),
-        ({"merge_method": "linear", "base_model": "a+b", "models": ["a"]}, "base_model: LoRA"),
+        ({"merge_method": "linear", "base_model": "a+b+c", "models": ["a"]}, "base_model: exp"),
         (
             {
                 "merge_method": "linear",
@@ -578,7 +574,11 @@ def test_unknown_parameter() -> None:
         "merge_method: ties\nbase_model: b\nmodels:\n  - model: x\n"
         "    parameters: {weight: 1, gamma: 0.1}\n"
     )
-    invalid(cfg, get_method("ties"), "models\\[0\\].parameters: unknown parameter 'gamma' for ties")
+    invalid(
+        cfg,
+        get_method("ties"),
+        "models\\[0\\] \\(x\\).parameters: unknown parameter 'gamma' for ties",
+    )
 
 
 def test_shared_parameter_set_per_model() -> None:
@@ -831,8 +831,10 @@ def test_cli_form_shared_parameter_and_refusals() -> None:
         config_from_cli("linear", None, ["a"], [], {"bad key": "1"}, None, None, None)
     with pytest.raises(MergeError, match="unknown dtype"):
         config_from_cli("linear", None, ["a"], [], {}, "float8", None, None)
-    with pytest.raises(MergeError, match="LoRA"):
-        config_from_cli("linear", None, ["a+b"], [], {}, None, None, None)
+    cfg = config_from_cli("linear", None, ["a+b"], [], {}, None, None, None)  # LoRA applied
+    assert cfg.models[0].ref.text == "a+b"
+    cfg = load_config("merge_method: linear\nmodels:\n  - model: {model: a, lora: l}\n")
+    assert cfg.models[0].ref.text == "a+l"
 
 
 def test_parse_cli_value() -> None:

@@ -110,7 +110,12 @@ def test_merge_equal_to_base_costs_nothing(family_store: Store) -> None:
     # merging the base with itself gives the base: every output block is deduplicated
     before = sum(1 for _ in family_store.repo.iter_blocks())
     family_store.merge(
-        method="task_arithmetic", base="main", models=["main"], weights=[1.0], branch="same"
+        method="task_arithmetic",
+        base="main",
+        models=["main"],
+        weights=[1.0],
+        branch="same",
+        write_card=False,  # the card (README.md) would be one more new block
     )
     after = sum(1 for _ in family_store.repo.iter_blocks())
     assert after <= before + 1  # only the recorded mergekit_config.yml is new

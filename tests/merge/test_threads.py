@@ -44,6 +44,7 @@ def _trees(store: Store) -> list[bytes]:
             out_dtype=out_dtype,
             seed=11,
             budget=budget,
+            write_card=False,  # the card names each merge's plan and input commits
         )
         trees.append(store.get_commit(res.commit).tree)
     return trees

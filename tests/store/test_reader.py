@@ -133,3 +133,41 @@ def test_a_damaged_entry_header_is_caught_when_asked(family_store: Store) -> Non
 def test_missing_block_is_an_error(family_store: Store) -> None:
     with pytest.raises(CorruptionError, match="missing"):
         list(family_store.repo.reader().read([b"\x01" * 32]))
+
+
+def test_a_budgeted_merge_reads_from_packs_only_what_it_counts(
+    family_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every read a budgeted merge makes covers the blocks it counts and the entry headers
+    between them: never a block it skips (and the kernel's read-ahead is off on pack fds)."""
+    from mergestore.store.reader import BlockReader, Span
+
+    spans: list[Span] = []
+    real = BlockReader._read_span
+
+    def spy(self: BlockReader, span: Span, *a, **k):  # type: ignore[no-untyped-def]
+        spans.append(span)
+        return real(self, span, *a, **k)
+
+    monkeypatch.setattr(BlockReader, "_read_span", spy)
+    res = family_store.merge(
+        method="task_arithmetic",
+        base="main",
+        models=["dense_small", "frozen", "lowrank_attn"],
+        weights=[0.5, 0.3, 0.2],
+        budget="25%",
+        branch="b25",
+    )
+    run = res.run
+    counted = run["expert_bytes_read"] + run["base_bytes_read"] + run["analyze_bytes_read"]
+    assert counted < run["expert_bytes_full"] + run["base_bytes_read"]  # the budget skipped some
+    assert sum(loc.length for s in spans for _b, loc in s.blocks) == counted
+    repo = family_store.repo
+    by_pack: dict[int, list[tuple[int, int]]] = {}
+    for _b, loc in repo.iter_blocks():
+        by_pack.setdefault(loc.pack, []).append((loc.offset, loc.length))
+    for s in spans:
+        inside = {o for o, n in by_pack[s.pack] if s.start <= o and o + n <= s.end}
+        assert inside == {loc.offset for _b, loc in s.blocks}, "a read covers a skipped block"
+        gaps = (s.end - s.start) - sum(loc.length for _b, loc in s.blocks)
+        assert gaps == ENTRY_HEADER.size * (len(s.blocks) - 1)
