@@ -150,12 +150,17 @@ def sweep(args: argparse.Namespace) -> dict:
         if budget != "none":
             cmd += ["--budget", budget]
         commands.append((f"merge, budget {budget}", cmd))
+    # A plan already merged returns its commit (the memo): each merge run gets a seed of its
+    # own (task_arithmetic draws no random numbers; the seed only makes the plan new).
+    seed = int(time.time()) % 1_000_000
     rows: list[dict] = []
     try:
         for what, cmd in commands:
             for _i in range(args.repeat):
                 for label, code in codes:
-                    r = run_cold(_ms(store, *cmd), drops, env=_env(code))
+                    seed += 1
+                    argv = [*cmd, "--seed", str(seed)] if what.startswith("merge") else cmd
+                    r = run_cold(_ms(store, *argv), drops, env=_env(code))
                     shutil.rmtree(scratch / "co", ignore_errors=True)
                     doc = r["json"] or {}
                     reported = None

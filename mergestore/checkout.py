@@ -166,34 +166,41 @@ class _Writer:
             yield of, offsets[i], bid, locs[bid]
 
     def run(self, tasks: Iterator[tuple[_OutFile, int, bytes, BlockLocation]]) -> None:
-        """Read the tasks' blocks a batch at a time, in pack order, and write each in place."""
-        batch: dict[bytes, list[tuple[_OutFile, int]]] = {}
+        """Read the tasks' blocks through the block reader (pack order within each batch of
+        about 64 MiB, the next batch announced to the kernel ahead); each block is written at
+        its offsets on the reader's worker threads."""
+        places: dict[bytes, list[tuple[_OutFile, int]]] = {}  # positions not yet written
+        written: dict[bytes, list[tuple[_OutFile, int]]] = {}
         locs: dict[bytes, BlockLocation] = {}
-        size = 0
-        for of, offset, bid, loc in tasks:
-            batch.setdefault(bid, []).append((of, offset))
-            locs[bid] = loc
-            size += loc.raw_len
-            if size >= BATCH_BYTES:
-                self._write_batch(batch, locs)
-                batch, locs, size = {}, {}, 0
-        if batch:
-            self._write_batch(batch, locs)
 
-    def _write_batch(
-        self, batch: dict[bytes, list[tuple[_OutFile, int]]], locs: dict[bytes, BlockLocation]
-    ) -> None:
-        reader = self.repo.reader()
+        def ids() -> Iterator[bytes]:
+            # Files are opened as the reader pulls their blocks. The reader pulls a whole batch
+            # while no block is being written, so `places` never changes under `write`.
+            for of, offset, bid, loc in tasks:
+                new = bid not in places
+                places.setdefault(bid, []).append((of, offset))
+                locs[bid] = loc
+                if new:  # else: written with the earlier position (or read again later)
+                    yield bid
+
+        def write(bid: bytes, raw: bytes | memoryview) -> None:  # on the reader's workers
+            done = places.pop(bid)
+            for of, offset in done:
+                _pwrite_all(of.fd, raw, offset)
+            written[bid] = done
+
+        reader = self.repo.reader(batch_bytes=BATCH_BYTES)
         for bid, raw in reader.read(
-            list(batch), self.meter, locations=locs, workers=default_workers()
+            ids(), self.meter, locations=locs, view=True, workers=default_workers(), then=write
         ):
             assert not isinstance(raw, CorruptionError)
-            for of, offset in batch[bid]:
-                _pwrite_all(of.fd, raw, offset)
+            for of, _offset in written.pop(bid):
                 self._count(len(raw))
                 of.pending -= 1
                 if of.pending == 0:
                     of.finish()
+        if places:
+            raise CorruptionError(f"{len(places)} blocks were never written")  # a bug, loudly
 
     def cleanup(self) -> None:
         """After a failure: close and remove every temporary file not yet renamed."""

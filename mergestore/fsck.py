@@ -125,7 +125,12 @@ def fsck(repo: Repository, *, full: bool = False) -> FsckReport:
         order = sorted((b for b in locs if b not in bad_blocks), key=lambda b: _pos(locs[b]))
         reader = repo.reader()
         for bid, res in reader.read(
-            order, locations=locs, workers=default_workers(), check_headers=True, errors=True
+            order,
+            locations=locs,
+            view=True,
+            workers=default_workers(),
+            check_headers=True,
+            errors=True,
         ):
             verified += 1
             if isinstance(res, CorruptionError):

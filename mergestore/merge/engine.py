@@ -498,6 +498,9 @@ class Engine:
         for reads, _meter in reversed(plans):
             reads.keep = frozenset(b for b in reads.locations if b in later)
             later.update(reads.locations)
+        # Cold page cache: the disk fetches every input's planned blocks while the first are
+        # decoded (exactly those ranges: reader.py).
+        self._reader().advise({b: loc for r, _m in plans for b, loc in r.locations.items()})
         held = self._read_delta_references(plans, ref_raw, workers)
         base_t = None
         if task.base is not None:

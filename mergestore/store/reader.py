@@ -45,6 +45,7 @@ BATCH_BYTES = 64 << 20  # raw bytes of requested blocks planned together
 
 Meter = ReadMeter | Mapping[bytes, ReadMeter] | None
 Into = Callable[[bytes], "np.ndarray | None"]
+Then = Callable[[bytes, "bytes | memoryview"], object]
 
 
 @dataclass(frozen=True)
@@ -115,18 +116,43 @@ class BlockReader:
         workers: int = 1,
         check_headers: bool = False,
         errors: bool = False,
+        then: Then | None = None,
     ) -> Iterator[tuple[bytes, bytes | memoryview | CorruptionError]]:
-        """(id, raw bytes) for every distinct id, in pack order within each batch.
+        """(id, raw bytes) for every id, in pack order within each batch of about
+        `batch_bytes` (an id repeated within a batch is read once). The ids are pulled one
+        batch ahead of the blocks yielded.
 
         `meter`: one meter, or one per id. `locations`: index entries the caller looked up.
         `references`: raw bytes of delta references the caller holds. `into(id)`: an array to
         decode that block into (its raw bytes are then a view of it), or None. `view`: raw
         bytes may be read-only views. `check_headers`: also check each pack entry header.
         `errors`: yield a damaged block's CorruptionError instead of raising it.
+        `then(id, raw)`: run on the worker thread for each good block, before it is yielded
+        (checkout writes the block there, so writing runs on every worker).
         A missing block raises CorruptionError (or is yielded with one, with `errors`).
         """
-        locations = locations or {}
+        # the caller's dict itself: entries it adds while the ids are pulled are seen here
+        locations = locations if isinstance(locations, dict) else dict(locations or {})
         references = references or {}
+        batches = self._batches(ids, locations)
+        batch = next(batches, None)
+        while batch is not None:
+            # One batch ahead: its first spans are announced to the kernel now, so the disk
+            # does not wait at a batch boundary (the ids are pulled one batch early).
+            nxt = next(batches, None)
+            if nxt is not None:
+                self._announce_start(nxt, locations)
+            yield from self._batch(
+                batch, meter, locations, references, into, view, workers, check_headers,
+                errors, then,
+            )  # fmt: skip
+            batch = nxt
+
+    def _batches(
+        self, ids: Iterable[bytes], locations: Mapping[bytes, BlockLocation]
+    ) -> Iterator[list[bytes]]:
+        """Ids in groups of about `batch_bytes` raw bytes, in the order given, each distinct
+        within its group (an id given again in a later group is read again)."""
         batch: list[bytes] = []
         seen: set[bytes] = set()
         size = 0
@@ -138,14 +164,26 @@ class BlockReader:
             loc = locations.get(bid)
             size += loc.raw_len if loc is not None else self.repo.config.block_size
             if size >= self.batch_bytes:
-                yield from self._batch(
-                    batch, meter, locations, references, into, view, workers, check_headers, errors
-                )
-                batch, size = [], 0
+                yield batch
+                batch, seen, size = [], set(), 0
         if batch:
-            yield from self._batch(
-                batch, meter, locations, references, into, view, workers, check_headers, errors
-            )
+            yield batch
+
+    def _announce_start(self, batch: list[bytes], locations: dict[bytes, BlockLocation]) -> None:
+        """Look a batch's blocks up (kept in `locations`) and announce its first spans."""
+        unknown = [b for b in batch if b not in locations]
+        if unknown:
+            locations.update(self.repo.block_locations(unknown))
+        known = {b: locations[b] for b in batch if b in locations}
+        spans = plan_spans(known.items(), max_gap=self.max_gap, max_span=self.max_span)
+        for s in spans[:AHEAD_SPANS]:
+            self.repo.packs.advise(s.pack, s.start, s.end - s.start)
+
+    def advise(self, locations: Mapping[bytes, BlockLocation]) -> None:
+        """Tell the kernel that these blocks will be read soon (exactly their spans), so the
+        disk fetches them while earlier ones are decoded; a no-op for cached pages."""
+        for s in plan_spans(locations.items(), max_gap=self.max_gap, max_span=self.max_span):
+            self.repo.packs.advise(s.pack, s.start, s.end - s.start)
 
     # -- one batch ----------------------------------------------------------------------------
 
@@ -160,6 +198,7 @@ class BlockReader:
         workers: int,
         check_headers: bool,
         errors: bool,
+        then: Then | None,
     ) -> Iterator[tuple[bytes, bytes | memoryview | CorruptionError]]:
         unknown = [b for b in ids if b not in given]
         locs = {b: given[b] for b in ids if b in given}
@@ -196,7 +235,9 @@ class BlockReader:
         held: dict[bytes, bytes | memoryview | CorruptionError] = {}
         lookup = _Chain(references, refs, held)
         for group in (first, second):
-            for bid, raw in self._spans(group, meter, lookup, into, view, workers, check_headers):
+            for bid, raw in self._spans(
+                group, meter, lookup, into, view, workers, check_headers, then
+            ):
                 if bid in wanted:
                     held[bid] = raw
                 if isinstance(raw, CorruptionError) and not errors:
@@ -212,6 +253,7 @@ class BlockReader:
         view: bool,
         workers: int,
         check_headers: bool,
+        then: Then | None = None,
     ) -> Iterator[tuple[bytes, bytes | memoryview | CorruptionError]]:
         if not locs:
             return
@@ -231,7 +273,12 @@ class BlockReader:
                 yield span
 
         def work(span: Span) -> list[tuple[bytes, bytes | memoryview | CorruptionError]]:
-            return self._read_span(span, meter, references, into, view, check_headers)
+            out = self._read_span(span, meter, references, into, view, check_headers)
+            if then is not None:
+                for bid, raw in out:
+                    if not isinstance(raw, CorruptionError):
+                        then(bid, raw)
+            return out
 
         for out in ordered_map(work, announced(), workers=workers, window=max(2, 2 * workers)):
             yield from out
