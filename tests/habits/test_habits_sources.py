@@ -47,7 +47,9 @@ def test_commit_hub_id_from_cache(cli, tmp_path, models, monkeypatch) -> None:
     r = cli("--store", s, "commit", f"Org/Tiny-0.1B@{SHA}", "-b", "pinned")
     assert r.code == 0, r.err
     assert cli("--store", s, "show", "pinned", "--json").json()["meta"]["hub_ref"] == SHA
-    # a merge names hub ids directly; the card lists them as base_model
+    # a merge names hub ids directly; the card lists them as base_model (with another
+    # checkpoint: main is this same one, and a merge refuses one checkpoint given twice)
+    assert cli("--store", s, "commit", models("other", seed=5), "-b", "other").code == 0
     r = cli(
         "--store",
         s,
@@ -55,7 +57,7 @@ def test_commit_hub_id_from_cache(cli, tmp_path, models, monkeypatch) -> None:
         "--method",
         "linear",
         "Org/Tiny-0.1B",
-        "main",
+        "other",
         "-w",
         "1",
         "-w",
