@@ -160,10 +160,11 @@ def refuse_duplicate_commits(
     refuses duplicate models ("Duplicate model IDs"); here the test is the resolved commit's
     tree (the checkpoint's content), not the text. The base written the same way among the
     models is mergekit's usual form and fine."""
-    from mergestore.store.merges import tree_id
+    def identity(cid: bytes) -> tuple[bytes, bytes | None]:
+        c = repo.get_commit(cid)
+        return c.tree, c.plan  # lazy merges share an empty tree; their plans tell them apart
 
-    # a lazy merge's tree field is the empty tree: its computed tree (or its id) instead
-    commit_of = {m.ref.text: tree_id(repo, repo.get_commit(m.commit)) or m.commit for m in models}
+    commit_of = {m.ref.text: identity(m.commit) for m in models}
     groups: list[list[str]] = []
     if cfg.models is not None:
         groups.append([m.ref.text for m in cfg.models])
@@ -176,7 +177,7 @@ def refuse_duplicate_commits(
             group.append(base.text)
         groups.append(group)
     for group in groups:
-        seen: dict[bytes, str] = {}
+        seen: dict[tuple[bytes, bytes | None], str] = {}
         for text in dict.fromkeys(group):  # the same text twice is validate_config's
             cid = commit_of.get(text)
             if cid is None:
@@ -184,6 +185,6 @@ def refuse_duplicate_commits(
             if cid in seen:
                 raise MergeError(
                     f"models {seen[cid]!r} and {text!r} are the same checkpoint (tree"
-                    f" {cid.hex()[:12]}); give each model once"
+                    f" {cid[0].hex()[:12]}); give each model once"
                 )
             seen[cid] = text

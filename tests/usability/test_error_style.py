@@ -65,10 +65,13 @@ def test_console_script_exit_code(fam_store: Path) -> None:
     exe = Path(sys.executable).with_name("mergestore")
     if not exe.exists():
         pytest.skip("the console script is not installed beside this interpreter")
-    env = {**os.environ, "MERGESTORE_DIR": str(fam_store)}
+    # a clean environment, as a user's shell has: other tests may leave variables behind
+    keep = ("PATH", "HOME", "LANG", "TMPDIR", "SYSTEMROOT")
+    env = {k: os.environ[k] for k in keep if k in os.environ}
+    env["MERGESTORE_DIR"] = str(fam_store)
     p = subprocess.run(
         [exe, "merge", "--bogus", "--json"], capture_output=True, text=True, env=env, timeout=120
     )
-    assert p.returncode == 2
-    assert json.loads(p.stdout)["code"] == 2
+    assert p.returncode == 2, (p.stdout, p.stderr)
+    assert json.loads(p.stdout)["code"] == 2, (p.stdout, p.stderr)
     assert p.stderr.startswith("error: ")
