@@ -57,6 +57,12 @@ OPTIONS = [
         help="base, union, or one input model (mergekit's tokenizer_source:).",
     ),
     click.option(
+        "--device",
+        default=None,
+        metavar="cpu|cuda[:N]",
+        help="Where the torch lane merges (mergekit's --cuda); default cpu.",
+    ),
+    click.option(
         "--chat-template",
         default=None,
         metavar="TEMPLATE",
@@ -77,6 +83,9 @@ def split_output(opts: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         "write_card": opts.pop("write_card", True),
         "copy_tokenizer": opts.pop("copy_tokenizer", True),
     }
+    from mergestore.merge.device import parse_device
+
+    out["device"] = parse_device(opts.pop("device", None))
     size = opts.pop("out_shard_size", None)
     out["shard_bytes"] = parse_shard_size(size) if size is not None else None
     over = {

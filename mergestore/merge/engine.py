@@ -228,6 +228,7 @@ class Engine:
         self.rng = rng
         self.block_size = block_size or repo.config.block_size
         self.tokenizer_source = tokenizer_source
+        self.device: str | None = None  # "cuda:N" (merge/device.py); None: the CPU
 
     @property
     def compute_dtype(self) -> torch.dtype | None:
@@ -257,6 +258,7 @@ class Engine:
             or native.kernels is None
             or os.environ.get("MERGESTORE_TORCH_FREE") == "0"
             or self.tokenizer_source is not None
+            or self.device is not None  # the C kernels run on the CPU
         ):
             return None
         spec = get_method(self.method)
@@ -539,6 +541,20 @@ class Engine:
         if self.lane is not None:
             return self._merge_torch_free(ld, self.lane)
         ctx = TensorContext(name=p.name, seed=self.seed, rng=self.rng)
+        if self.device is not None:
+            from mergestore.merge.device import to_device
+
+            out = merge_tensor(
+                self.method,
+                to_device(ld.base, self.device),
+                [to_device(x, self.device) for x in ld.inputs],
+                p.shared,
+                list(p.per_input),
+                ctx,
+                dtype=self.compute_dtype,
+                out_dtype=self.out_dtype,
+            )
+            return out.cpu()
         return merge_tensor(
             self.method,
             ld.base,

@@ -60,6 +60,7 @@ class PreparedMerge:
     selection: budget_mod.Selection
     plan_body: dict[str, Any]
     path_inputs: PathInputs = field(default_factory=PathInputs)  # folders committed first
+    device: str | None = None  # merge --device: where the torch lane computes (not in the plan)
 
     @property
     def plan(self) -> Plan:
@@ -215,6 +216,7 @@ def execute(
     write_card: bool = True,
     shard_bytes: int | None = None,
     copy_tokenizer: bool = True,
+    device: str | None = None,
 ) -> MergeResult:
     """Run the merge into the store and publish commit, plan and ref move in one transaction.
 
@@ -231,6 +233,7 @@ def execute(
     merges and materialize give the files that were asked for.
     """
     set_output_files(prep, write_card, shard_bytes, copy_tokenizer)
+    prep.device = device
     if lazy and out is not None:
         raise MergeError("--lazy computes nothing, so it cannot write --out (materialize first)")
     folder = FolderOutput(out) if out is not None else None
@@ -289,6 +292,7 @@ def _execute(
     res = None
     if not lazy:
         engine = make_engine(repo, prep)
+        engine.device = prep.device
         names = {t.plan.name for t in prep.tasks}
         memo.drop_stale_journals(repo, ref, plan_id)
         wrap = None
@@ -323,6 +327,7 @@ def _execute(
             tree = publish_tree(repo, session, prep, outputs)
         run = lazy_run_record(prep) if res is None else run_record_from(prep, res)
         run["wall_seconds"] = round(time.perf_counter() - t0, 4)
+        run["device"] = prep.device or "cpu"
         if hit is not None:  # --force: the recomputed output must be the memo commit's
             before = repo.read_ref(ref)
             forced = memo.check_forced(repo, session, hit, tree, prep, ref, run)
@@ -382,6 +387,17 @@ def publish_tree(
     if prep.cfg.raw_text:
         extra["mergekit_config.yml"] = prep.cfg.raw_text.encode()
     files = output_files(prep)
+    if prep.cfg.chat_template and files["copy_tokenizer"]:
+        from mergestore.merge.chat_template import chat_template_files
+
+        extra.update(
+            chat_template_files(
+                repo,
+                prep.cfg.chat_template,
+                [m.commit for m in prep.models],
+                prep.models[tok_index].commit,
+            )
+        )
     if files["write_card"]:
         from mergestore.merge.modelcard import CARD_FILE, model_card
 
