@@ -9,8 +9,11 @@ Why gc never loses live data:
 - Roots are every ref, both sides of every reflog entry younger than the grace period, and
   every commit object younger than the grace period (commits published without a ref). A moved
   or deleted branch therefore stays recoverable by id for the grace period.
-- From the roots it marks commits (parents, base, plan, run), trees, files, headers, blocks,
-  and the delta reference of every live block. If anything reachable is missing or corrupt,
+- From the roots it marks commits (parents, base, plan, run, the plan's input commits, a lazy
+  merge's computed tree), trees, files, headers, blocks, and the delta reference of every live
+  block. Blocks of merge journals younger than the grace period are live (a killed merge may
+  resume); older journals expire. An evicted merge's dropped blocks are not missing: its plan
+  rebuilds them. If anything reachable is missing or corrupt,
   its children are unknown, so gc stops before changing anything.
 - Packs are rewritten in three steps, each safe to kill: (1) copy the live entries of mostly
   dead packs into new packs and fsync them; (2) in one LMDB transaction, repoint the moved
