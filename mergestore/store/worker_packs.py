@@ -134,6 +134,11 @@ class PackBlockSource:
     def reader(self, **options: int) -> BlockReader:
         return BlockReader(self, **options)  # type: ignore[arg-type]  # a Repository's reads
 
+    def read_span(self, pack: int, start: int, length: int) -> bytes:
+        """Bytes [start, start+length) of a pack, unverified (the block reader checks each
+        block in the span against its id), as Repository.read_span gives them."""
+        return self.packs.read(pack, start, length)
+
     def decode_verified(
         self,
         bid: bytes,
