@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from fixtures.family import PRESETS
@@ -44,6 +45,21 @@ def test_worker_killed_mid_task_is_retried(ray_session, tmp_path: Path, cli) -> 
     assert orphans - left, (orphans, left)
 
 
+def _wait_for_settled_packs(pack_dir: Path, timeout: float = 60.0) -> None:
+    """Wait until no pack appears or grows for two seconds: Ray lets the tasks of a killed
+    driver finish, and their packs are still being written for a moment after it died."""
+    deadline = time.monotonic() + timeout
+    last: dict[int, int] | None = None
+    stable = 0
+    while time.monotonic() < deadline:
+        now = {p: pack_path(pack_dir, p).stat().st_size for p in list_pack_ids(pack_dir)}
+        stable = stable + 1 if now == last else 0
+        if stable >= 4:
+            return
+        last = now
+        time.sleep(0.5)
+
+
 def test_driver_killed_mid_merge_publishes_nothing(ray_session, tmp_path: Path, cli) -> None:
     store, _fam = family_store(tmp_path, PRESETS["tiny"])
     root = store.repo.path
@@ -62,6 +78,7 @@ def test_driver_killed_mid_merge_publishes_nothing(ray_session, tmp_path: Path, 
     assert p.returncode == 137, p.stderr[-2000:]
     assert cli("--store", root, "log", "--all", "--json").out == refs_before
     assert cli("--store", root, "show", "doomed").code != 0
+    _wait_for_settled_packs(root / "packs")  # the dead driver's running tasks may still write
     orphans = set(list_pack_ids(root / "packs")) - packs_before
     assert orphans  # the finished tasks' packs, never adopted
     assert cli("--store", root, "gc").code == 0  # the default grace period
