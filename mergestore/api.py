@@ -815,6 +815,10 @@ class Store:
         old = self.repo.read_ref(full)
         if old is None:
             raise RefError(f"no branch {name!r}")
+        if self.current_branch() == name:  # as git: HEAD would point at nothing
+            raise RefError(
+                f"cannot delete branch {name!r}: HEAD is on it (switch to another branch first)"
+            )
         self.repo.update_refs([RefUpdate(full, None, "branch: deleted", old=old)])
         return old
 
@@ -829,7 +833,10 @@ class Store:
 
     def reflog(self, ref: str | None = None) -> list[tuple[str, Any]]:
         names = [self._full_ref_name(ref)] if ref else self.repo.reflog_names()
-        return [(n, e) for n in names for e in self.repo.reflog(n)]
+        out = [(n, e) for n in names for e in self.repo.reflog(n)]
+        if ref and not out and self.repo.read_ref(names[0]) is None:
+            raise RefError(f"no reflog for {ref!r}: no such branch or tag")
+        return sorted(out, key=lambda ne: ne[1].time)  # time order, across refs too
 
     def _full_ref_name(self, ref: str) -> str:
         if ref == "HEAD":

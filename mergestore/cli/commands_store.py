@@ -223,7 +223,13 @@ def _decorations(store: Store) -> dict[bytes, list[str]]:
 @click.argument("ref", required=False)
 @click.option("--all", "all_refs", is_flag=True, help="Commits reachable from any ref.")
 @click.option("--graph", is_flag=True, help="Draw the commit DAG.")
-@click.option("-n", "--max-count", type=int, default=None)
+@click.option(
+    "-n",
+    "--max-count",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Show at most this many commits (0 or more).",
+)
 @click.option("--oneline", is_flag=True, help="One line per commit: short id, refs, subject.")
 @json_option
 @with_store

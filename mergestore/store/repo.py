@@ -16,6 +16,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import struct
 import threading
 import time
@@ -699,6 +700,10 @@ class Repository:
                 return matches[0]
             if len(matches) > 1:
                 raise RefError(f"ambiguous ref {start!r}: {len(matches)} commits match")
+        if re.fullmatch(r"[0-9a-fA-F]{1,5}", start):
+            raise RefError(
+                f"unknown ref {start!r} (a commit id prefix needs at least 6 hex characters)"
+            )
         raise RefError(f"unknown ref {start!r}")
 
     # ----- writing ---------------------------------------------------------------------------
