@@ -494,30 +494,14 @@ def run_record(prep: PreparedMerge, stats: Any, written: int, seconds: float) ->
 
 def replay(repo: Repository, commit_id: bytes, progress: Progress | None = None) -> dict[str, Any]:
     """Re-execute a merge commit's plan and compare every output block id."""
-    from mergestore.merge.config import config_from_mapping
+    from mergestore.merge.materialize import prepared_from_commit
     from mergestore.store.objects import TensorFile
 
     c = repo.get_commit(commit_id)
-    if c.plan is None:
-        raise MergeError(f"{commit_id.hex()[:12]} is not a merge commit (it has no plan)")
-    body = repo.get_plan(c.plan).body
-    if body.get("type") != "merge_plan":
-        raise MergeError("the commit's plan is not a merge plan")
-    cfg = config_from_mapping(body["config"], raw_text=body.get("config_yaml"))
-    commits = [bytes.fromhex(m["commit"]) for m in body["models"]]
+    prep = prepared_from_commit(repo, c)
+    cfg, models, tasks, body = prep.cfg, prep.models, prep.tasks, prep.plan_body
+    base_index = prep.base_index
     spec = get_method(cfg.merge_method)
-    refs = models_in_config(cfg)
-    from mergestore.merge.inputs import _tensors
-
-    models = [
-        ResolvedModel(r, cid, _tensors(repo, cid)) for r, cid in zip(refs, commits, strict=True)
-    ]
-    plans = plan_tensors(cfg, spec, refs, {i: list(m.tensors) for i, m in enumerate(models)})
-    base_index = _base_index(cfg, models)
-    tasks = make_tasks(plans, models, base_index)
-    selection = budget_mod.Selection.from_plan(body)
-    for t in tasks:
-        t.selected = [selection.for_input(t.plan.name, m) for m in t.input_models]
     engine = Engine(
         repo,
         method=spec.name,
