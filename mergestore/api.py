@@ -32,8 +32,15 @@ def _materialize(repo: Repository, cid: bytes, tensors: list[str] | None) -> Non
     materialize(repo, cid, tensors=tensors)
 
 
-# Readers in every layer compute a lazy or evicted merge commit's blocks through this.
+def _lazy_tensor_records(repo: Repository, cid: bytes, globs: list[str]) -> list[TensorRecord]:
+    from mergestore.merge.materialize import lazy_tensor_records
+
+    return lazy_tensor_records(repo, cid, globs)
+
+
+# Readers in every layer compute a lazy or evicted merge commit's blocks through these.
 merges.set_materializer(_materialize)
+merges.set_tensor_materializer(_lazy_tensor_records)
 
 
 def find_store(start: str | os.PathLike[str] | None = None) -> Path:
@@ -308,7 +315,9 @@ class Store:
         return list(tensor_records(self.repo, self.tree(ref, ())))
 
     def tensor_record(self, ref: str | bytes, name: str) -> TensorRecord:
-        for t in tensor_records(self.repo, self.tree(ref, [name])):
+        """One tensor's record; of a lazy or evicted merge, only this tensor is computed."""
+        cid = ref if isinstance(ref, bytes) else self.resolve(ref)
+        for t in merges.readable_tensors(self.repo, cid, [name]):
             if t.name == name:
                 return t
         raise MergestoreError(f"no tensor {name!r} in {ref if isinstance(ref, str) else ref.hex()}")

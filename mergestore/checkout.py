@@ -11,7 +11,6 @@ written; on any error the temporary files go.
 from __future__ import annotations
 
 import contextlib
-import fnmatch
 import os
 import struct
 import time
@@ -234,14 +233,16 @@ def checkout_commit(
     reuse_freed_memory()
     out_path = Path(out)
     _check_target(out_path, force)
-    tree = merges.readable_tree(repo, commit_id, tensors)  # computes a lazy/evicted merge's blocks
     meter = ReadMeter()
     writer = _Writer(repo, meter, progress)
     try:
         if tensors:
-            writer.run(_tensor_tasks(writer, repo, tree, out_path, tensors))
+            # a lazy or evicted merge computes only the matching tensors
+            chosen = merges.readable_tensors(repo, commit_id, tensors)
+            writer.run(_tensor_tasks(writer, chosen, out_path, tensors))
             nfiles = 1
         else:
+            tree = merges.readable_tree(repo, commit_id)  # computes a lazy/evicted merge
             writer.run(_tree_tasks(writer, repo, tree, out_path))
             nfiles = len(tree.entries)
     finally:
@@ -289,12 +290,10 @@ def tensor_records(repo: Repository, tree: Tree) -> Iterator[TensorRecord]:
 
 
 def _tensor_tasks(
-    writer: _Writer, repo: Repository, tree: Tree, out: Path, globs: Sequence[str]
+    writer: _Writer, chosen: list[TensorRecord], out: Path, globs: Sequence[str]
 ) -> Iterator[tuple[_OutFile, int, bytes, BlockLocation]]:
-    """The tensors matching any glob, as one safetensors file, out/model.safetensors."""
-    chosen = [
-        t for t in tensor_records(repo, tree) if any(fnmatch.fnmatchcase(t.name, g) for g in globs)
-    ]
+    """The chosen tensors (matching a glob), as one safetensors file, out/model.safetensors."""
+    chosen = list(chosen)
     if not chosen:
         raise CheckoutError(f"no tensor matches {' '.join(globs)}")
     chosen.sort(key=lambda t: t.name)

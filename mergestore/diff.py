@@ -16,7 +16,6 @@ This module sits above the store: it uses Repository reads and WriteSession publ
 
 from __future__ import annotations
 
-import fnmatch
 import math
 import os
 import re
@@ -492,16 +491,19 @@ class _Side:
     nbytes: int = 0
 
 
-def _commit_sides(repo: Repository, cid: bytes) -> dict[str, _Side]:
+def _commit_sides(
+    repo: Repository, cid: bytes, tensors: Sequence[str] | None = None
+) -> dict[str, _Side]:
+    """A commit's tensors (those matching `tensors`, when given). A lazy or evicted merge
+    computes only those tensors' blocks."""
     from mergestore.checkout import tensor_records
+    from mergestore.store.merges import readable_tensors, readable_tree
 
-    out = {}
-    from mergestore.store.merges import readable_tree
-
-    tree = readable_tree(repo, cid)  # computes a lazy/evicted merge's blocks
-    for rec in tensor_records(repo, tree):
-        out[rec.name] = _record_side(rec)
-    return out
+    if tensors:
+        recs = readable_tensors(repo, cid, tensors)
+    else:
+        recs = list(tensor_records(repo, readable_tree(repo, cid)))
+    return {rec.name: _record_side(rec) for rec in recs}
 
 
 def _record_side(rec: TensorRecord) -> _Side:
@@ -629,7 +631,9 @@ def _blocking(s: _Side) -> TensorBlocking:
 
 
 def _matches(name: str, globs: Sequence[str] | None) -> bool:
-    return not globs or any(fnmatch.fnmatchcase(name, g) for g in globs)
+    from mergestore.store.merges import matches
+
+    return not globs or matches(name, globs)
 
 
 def diff_sides(
@@ -762,7 +766,7 @@ def diff(
     """
     reuse_freed_memory()
     a_id = repo.resolve(a)
-    sides_a = _commit_sides(repo, a_id)
+    sides_a = _commit_sides(repo, a_id, tensors)
     if _is_folder_arg(repo, b):
         return _diff_folder(repo, a_id, sides_a, b, tensors, progress, workers)
     try:
@@ -773,7 +777,7 @@ def diff(
         repo,
         a_id,
         sides_a,
-        _commit_sides(repo, b_id),
+        _commit_sides(repo, b_id, tensors),
         b_id=b_id,
         b_path=None,
         tensors=tensors,
@@ -895,14 +899,23 @@ def analyze(
 
 
 def progress_total(repo: Repository, a: str, b: str) -> int:
-    """Bytes a diff will go through (for a progress bar): B's tensor bytes."""
+    """Bytes a diff will go through (for a progress bar): B's tensor bytes. Computes nothing:
+    a lazy merge not computed yet gives no total."""
+    from mergestore.store.merges import known_tree
+
     if _is_folder_arg(repo, b):
         return sum(f.size for f in scan_checkpoint(b).tensor_files)
     try:
-        sides_a = _commit_sides(repo, repo.resolve(a))
-        sides_b = _commit_sides(repo, repo.resolve(b))
+        trees = [known_tree(repo, repo.resolve(x)) for x in (a, b)]
     except MergestoreError:
         return 0
+    if trees[0] is None or trees[1] is None:
+        return 0
+    from mergestore.checkout import tensor_records
+
+    sides_a, sides_b = (
+        {r.name: _record_side(r) for r in tensor_records(repo, t)} for t in trees
+    )
     return sum(
         s.nbytes for n, s in sides_b.items() if n in sides_a and sides_a[n].blocks != s.blocks
     )

@@ -16,10 +16,12 @@ records, where known.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from mergestore.errors import MergeError
+from mergestore.formats.safetensors import DTYPE_SIZES
 from mergestore.merge.engine import OutputTensor
 from mergestore.store import merges
 from mergestore.store.objects import BlobFile, Commit, TensorFile, TensorRecord, Tree
@@ -80,15 +82,51 @@ def materialize(
 
     Returns {"commit", "state" (before), "tensors_computed", "tensors_reused", ...}.
     """
+    c = repo.get_commit(cid)
+    before = merges.state(repo, c)
+    if before == "materialized":
+        return {"commit": cid.hex(), "state": before, "tensors_computed": 0}
+    return _compute(repo, c, prepared_from_commit(repo, c), tensors, progress)[0]
+
+
+def lazy_tensor_records(repo: Repository, cid: bytes, globs: list[str]) -> list[TensorRecord]:
+    """The records of a lazy merge's tensors matching `globs`, computing only those.
+
+    They are journaled under the plan id (merge/journal.py), so a later full materialize
+    reuses them; the full tree is built only once every tensor is computed. A record's
+    offsets are relative to its own tensor (0, nbytes): the file layout is not fixed yet.
+    """
+    c = repo.get_commit(cid)
+    prep = prepared_from_commit(repo, c)
+    names = [t.plan.name for t in prep.tasks if merges.matches(t.plan.name, globs)]
+    if not names:
+        return []
+    _, outputs = _compute(repo, c, prep, names, None)
+    tid = merges.tree_id(repo, repo.get_commit(cid))
+    if tid is not None:  # that was the last tensor missing: the tree exists now
+        recs = _records(repo.get_tree(tid), repo)
+        return [recs[n] for n in names]
+    return [_record(outputs[n]) for n in names]
+
+
+def _record(o: OutputTensor) -> TensorRecord:
+    nbytes = math.prod(o.shape) * DTYPE_SIZES[o.dtype]
+    return TensorRecord(o.name, o.dtype, tuple(o.shape), 0, nbytes, o.rows_per_block, o.blocks)
+
+
+def _compute(
+    repo: Repository,
+    c: Commit,
+    prep: Any,
+    tensors: list[str] | None,
+    progress: Progress | None,
+) -> tuple[dict[str, Any], dict[str, OutputTensor]]:
+    """materialize's work; also returns the wanted tensors' outputs (computed or reused)."""
     from mergestore.merge import journal
     from mergestore.merge.run import ENGINE, make_engine, publish_tree
 
-    c = repo.get_commit(cid)
-    before = merges.state(repo, c)
-    out: dict[str, Any] = {"commit": cid.hex(), "state": before, "tensors_computed": 0}
-    if before == "materialized":
-        return out
-    prep = prepared_from_commit(repo, c)
+    cid = c.id
+    out: dict[str, Any] = {"commit": cid.hex(), "state": merges.state(repo, c)}
     assert c.plan is not None
     tid = merges.tree_id(repo, c)
     names = [t.plan.name for t in prep.tasks]
@@ -115,7 +153,7 @@ def materialize(
         len(prep.models),
         c.plan,
         expected=expected,
-        reuse={n: o for n, o in reuse.items()},
+        reuse=dict(reuse),
         track_delta=False,
         omitted=prep.plan_body.get("omitted_from_base"),
         progress=progress,
@@ -124,9 +162,7 @@ def materialize(
     out["tensors_computed"] = res.computed
     out["tensors_reused"] = len([n for n in want if n in reuse])
     out["bytes_written"] = res.bytes_written
-    complete = tid is not None and all(n in res.outputs or n in reuse for n in names)
-    if tid is None and all(n in res.outputs for n in names):
-        complete = True
+    complete = all(n in res.outputs for n in names)
     if complete:
         with repo.writer() as session:
             if tid is None:
@@ -136,7 +172,7 @@ def materialize(
             merges.set_evicted(session, cid, None)
             session.publish()
     out["state_after"] = merges.state(repo, repo.get_commit(cid))
-    return out
+    return out, {n: res.outputs[n] for n in want}
 
 
 # ----- evict ---------------------------------------------------------------------------------
@@ -214,6 +250,7 @@ def _hook(repo: Repository, cid: bytes, tensors: list[str] | None) -> None:
 
 
 merges.set_materializer(_hook)
+merges.set_tensor_materializer(lazy_tensor_records)
 
 
 def _all_commits(repo: Repository) -> Iterable[tuple[bytes, Commit]]:

@@ -17,12 +17,13 @@ say where a plan's output is and whether its blocks are present.
 
 from __future__ import annotations
 
+import fnmatch
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from mergestore.errors import CorruptionError, MergestoreError
-from mergestore.store.objects import Tree
+from mergestore.store.objects import TensorFile, TensorRecord, Tree
 from mergestore.store.repo import Repository, WriteSession
 
 DB = "merges"
@@ -183,6 +184,50 @@ _materializer: list[Materializer] = []
 
 def set_materializer(fn: Materializer) -> None:
     _materializer[:] = [fn]
+
+
+# A lazy merge never computed has no tree yet; reading some of its tensors computes only those
+# (the merge layer journals them, so a later full materialize reuses them) and gets their
+# records from this hook: the globs' matches, offsets relative to the tensor (0, nbytes).
+TensorMaterializer = Callable[[Repository, bytes, Sequence[str]], "list[TensorRecord]"]
+_tensor_materializer: list[TensorMaterializer] = []
+
+
+def set_tensor_materializer(fn: TensorMaterializer) -> None:
+    _tensor_materializer[:] = [fn]
+
+
+def matches(name: str, globs: Sequence[str]) -> bool:
+    """A tensor name against the names or globs a reader asked for."""
+    return any(name == g or fnmatch.fnmatchcase(name, g) for g in globs)
+
+
+def readable_tensors(repo: Repository, cid: bytes, globs: Sequence[str]) -> list[TensorRecord]:
+    """The records of commit `cid`'s tensors matching `globs` (names or globs), their blocks
+    present. A lazy merge computes only those tensors; an evicted one recomputes only those,
+    checking each block id against the one its tree records."""
+    c = repo.get_commit(cid)
+    if c.plan is not None and tree_id(repo, c) is None:
+        if not _tensor_materializer:
+            raise MergestoreError(
+                f"{cid.hex()[:12]} is a lazy merge commit: run `mergestore materialize` first"
+            )
+        return _tensor_materializer[0](repo, cid, list(globs))
+    tid = tree_id(repo, c)
+    assert tid is not None
+    recs = [t for t in _tree_records(repo, repo.get_tree(tid)) if matches(t.name, globs)]
+    if recs and c.plan is not None and evicted(repo, cid) is not None:
+        readable_tree(repo, cid, [t.name for t in recs])
+    return recs
+
+
+def _tree_records(repo: Repository, tree: Tree) -> Iterator[TensorRecord]:
+    for e in tree.entries:
+        if e.kind == "tensorfile":
+            tf = repo.get_file(e.object)
+            if not isinstance(tf, TensorFile):
+                raise CorruptionError(f"tree entry {e.path} is not a tensor file")
+            yield from tf.tensors
 
 
 def readable_tree(repo: Repository, cid: bytes, tensors: Any = None) -> Tree:
