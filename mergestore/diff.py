@@ -913,9 +913,7 @@ def progress_total(repo: Repository, a: str, b: str) -> int:
         return 0
     from mergestore.checkout import tensor_records
 
-    sides_a, sides_b = (
-        {r.name: _record_side(r) for r in tensor_records(repo, t)} for t in trees
-    )
+    sides_a, sides_b = ({r.name: _record_side(r) for r in tensor_records(repo, t)} for t in trees)
     return sum(
         s.nbytes for n, s in sides_b.items() if n in sides_a and sides_a[n].blocks != s.blocks
     )
