@@ -27,12 +27,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from mergestore import native
 from mergestore.errors import FormatError, MergestoreError, RefError
 from mergestore.formats.checkpoint import scan_checkpoint
 from mergestore.formats.safetensors import DTYPE_SIZES, torch_dtype
+from mergestore.lazy_numpy import np  # numpy is imported on first use
 from mergestore.store.blocks import TensorBlocking, block_id, tensor_blocking
 from mergestore.store.index import DeltaStats
 from mergestore.store.objects import TensorRecord

@@ -12,8 +12,42 @@ import click
 from mergestore import __version__
 from mergestore.errors import MergestoreError
 
+# The module of each command: only the invoked command's module is imported (a memo hit
+# or `log` does not pay for every other command's imports); --help imports them all. A
+# command not listed here still works, by importing every module (tests/test_cli_lazy.py
+# checks this table against the modules' COMMANDS).
+COMMAND_MODULES = {
+    **dict.fromkeys(["init", "commit", "checkout", "log", "show", "ls"], "commands_store"),
+    **dict.fromkeys(["branch", "tag", "reflog"], "commands_refs"),
+    **dict.fromkeys(["fsck", "du", "gc"], "maintenance"),
+    **dict.fromkeys(["diff", "analyze"], "commands_diff"),
+    **dict.fromkeys(["merge", "plan", "replay", "explain", "blame"], "commands_merge"),
+    "demo": "commands_demo",
+    "repack": "commands_repack",
+    **dict.fromkeys(["switch", "status"], "commands_status"),
+    **dict.fromkeys(["materialize", "evict"], "commands_search"),
+    **dict.fromkeys(["remote", "push", "fetch", "pull", "clone"], "commands_remote"),
+}
+_CORE = ("commands_store", "commands_refs", "maintenance")
+_OPTIONAL = ("diff", "merge", "demo", "repack", "status", "search", "remote")
+
+
+class LazyGroup(click.Group):
+    """A click group that imports a command's module when the command is looked up."""
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        module = COMMAND_MODULES.get(cmd_name)
+        if module is None or not _load(module):
+            _load_all()
+        return super().get_command(ctx, cmd_name)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        _load_all()
+        return super().list_commands(ctx)
+
 
 @click.group(
+    cls=LazyGroup,
     context_settings={"help_option_names": ["-h", "--help"]},
     epilog="Exit status: 0 success; 1 an error (one `error: ...` line on stderr); 2 a usage "
     "error (bad option or argument); 130 interrupted. With --json, an error also prints "
@@ -33,25 +67,28 @@ def cli(ctx: click.Context, store_path: str | None) -> None:
     ctx.obj = {"store": store_path}
 
 
-def _register() -> None:
-    from mergestore.cli import commands_refs, commands_store, maintenance
-
-    for mod in (commands_store, commands_refs, maintenance):
-        for cmd in mod.COMMANDS:
-            cli.add_command(cmd)
-    # Later layers register themselves when present.
-    for optional in ("diff", "merge", "demo", "repack", "status", "search", "remote"):
-        try:
-            mod = __import__(f"mergestore.cli.commands_{optional}", fromlist=["COMMANDS"])
-        except ModuleNotFoundError as e:
-            if e.name != f"mergestore.cli.commands_{optional}":
-                raise
-            continue
-        for cmd in mod.COMMANDS:
-            cli.add_command(cmd)
+_loaded: set[str] = set()
 
 
-_register()
+def _load(module: str) -> bool:
+    """Register one command module's COMMANDS; False when an optional layer is absent."""
+    if module in _loaded:
+        return True
+    try:
+        mod = __import__(f"mergestore.cli.{module}", fromlist=["COMMANDS"])
+    except ModuleNotFoundError as e:
+        if module in _CORE or e.name != f"mergestore.cli.{module}":
+            raise
+        return False  # later layers register themselves when present
+    for cmd in mod.COMMANDS:
+        cli.add_command(cmd)
+    _loaded.add(module)
+    return True
+
+
+def _load_all() -> None:
+    for module in (*_CORE, *(f"commands_{m}" for m in _OPTIONAL)):
+        _load(module)
 
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130

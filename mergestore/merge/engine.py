@@ -34,8 +34,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-import numpy as np
-
 from mergestore import native
 from mergestore.errors import CorruptionError
 from mergestore.formats.safetensors import (
@@ -44,6 +42,7 @@ from mergestore.formats.safetensors import (
     name_of_torch_dtype,
     torch_dtype,
 )
+from mergestore.lazy_numpy import np  # numpy is imported on first use
 from mergestore.merge.tensorplan import OutputTensorPlan
 from mergestore.ops import TensorContext, alloc, get_method, lanes, merge_tensor, validate_params
 from mergestore.store import codecs

@@ -22,7 +22,7 @@ import weakref
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-import numpy as np
+from mergestore.lazy_numpy import np  # numpy is imported on first use
 
 if TYPE_CHECKING:
     import torch

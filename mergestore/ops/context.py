@@ -6,9 +6,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import blake3
-import numpy as np
 
 from mergestore import native
+from mergestore.lazy_numpy import np  # numpy is imported on first use
 from mergestore.ops import alloc
 
 if TYPE_CHECKING:

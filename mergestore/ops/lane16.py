@@ -30,9 +30,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from mergestore import native
+from mergestore.lazy_numpy import np  # numpy is imported on first use
 from mergestore.ops import alloc, sparsify
 from mergestore.threads import kernel_threads, ordered_map
 

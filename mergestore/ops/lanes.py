@@ -26,9 +26,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
-
 from mergestore import native
+from mergestore.lazy_numpy import np  # numpy is imported on first use
 from mergestore.ops import alloc, sparsify
 from mergestore.ops.lane16 import (
     LANES,
@@ -42,8 +41,8 @@ from mergestore.ops.lane16 import (
 from mergestore.threads import ordered_map
 
 FMT = {"BF16": 0, "F16": 1, "F32": 2}
-NUMPY = {"BF16": np.uint16, "F16": np.float16, "F32": np.float32}
-_NAME = {np.dtype(np.uint16): "BF16", np.dtype(np.float16): "F16", np.dtype(np.float32): "F32"}
+NUMPY = {"BF16": "uint16", "F16": "float16", "F32": "float32"}  # numpy dtype names
+_NAME = {"uint16": "BF16", "float16": "F16", "float32": "F32"}
 FP32_MAX_INPUTS = 4
 
 # The sparsifier and consensus of each method the fp32 lane computes.
@@ -64,7 +63,7 @@ _TORCH_SPARSIFIED = {
 
 def format_of(a: np.ndarray) -> str:
     """The safetensors dtype name of a lane array ("BF16", "F16" or "F32")."""
-    return _NAME[a.dtype]
+    return _NAME[a.dtype.name]
 
 
 def view(data: np.ndarray, dtype: str) -> np.ndarray:

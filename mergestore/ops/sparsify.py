@@ -24,10 +24,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from mergestore import native
 from mergestore.errors import MergeError
+from mergestore.lazy_numpy import np  # numpy is imported on first use
 from mergestore.ops import alloc
 
 if TYPE_CHECKING:

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import blake3
-import numpy as np
 import zstandard
 
 from mergestore.errors import (
@@ -36,6 +35,7 @@ from mergestore.errors import (
     RefError,
     StoreNotFoundError,
 )
+from mergestore.lazy_numpy import np  # numpy is imported on first use
 from mergestore.store import codecs, faults
 from mergestore.store.blocks import DEFAULT_BLOCK_SIZE, block_id
 from mergestore.store.index import BlockLocation, DeltaStats, Index, stats_key

@@ -143,9 +143,11 @@ class ForkServer:
 
 
 def has_command(name: str) -> bool:
+    import click
+
     from mergestore.cli.main import cli
 
-    return name in cli.commands
+    return cli.get_command(click.Context(cli), name) is not None  # commands load lazily
 
 
 # ----- checking a store ----------------------------------------------------------------------

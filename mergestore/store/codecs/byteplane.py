@@ -26,9 +26,8 @@ import struct
 from dataclasses import dataclass
 from typing import ClassVar
 
-import numpy as np
-
 from mergestore import native
+from mergestore.lazy_numpy import np  # numpy is imported on first use
 
 from . import zstd
 from .base import MAX_DECODED_BYTES, Buffer, Stage, corrupt, parse_int, parse_params
@@ -51,7 +50,7 @@ PLAN_SAMPLE_BYTES = 8192
 # out no smaller (0.0178 vs 0.0180, 0.140 vs 0.140) and ~30% slower. Higher levels are honoured.
 FAST_LEVELS_UP_TO = 3
 
-_WORD = {1: np.dtype("<u1"), 2: np.dtype("<u2"), 4: np.dtype("<u4"), 8: np.dtype("<u8")}
+_WORD = {1: "<u1", 2: "<u2", 4: "<u4", 8: "<u8"}  # numpy dtypes of little-endian words
 _N = struct.Struct("<Q")
 
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-
 from mergestore import native
+from mergestore.lazy_numpy import np  # numpy is imported on first use
 
 from .base import AnyBuffer, ReferenceStage, corrupt
 from .byteplane import BytePlane

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import threading
 
-import numpy as np
 import zstandard
+
+from mergestore.lazy_numpy import np  # numpy is imported on first use
 
 from .base import Buffer
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-import numpy as np
+from mergestore.lazy_numpy import np  # numpy is imported on first use
 
 from .base import Buffer, ReferenceStage, corrupt
 
