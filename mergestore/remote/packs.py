@@ -34,12 +34,12 @@ from mergestore.remote.layout import (
     pack_key,
 )
 from mergestore.remote.state import RemoteState
+from mergestore.remote.verify import check_blocks
 from mergestore.store import codecs, faults
 from mergestore.store.blocks import block_id
 from mergestore.store.codecs import Encoded
 from mergestore.store.packs import PACK_MAGIC
 from mergestore.store.repo import Repository
-from mergestore.threads import default_workers, ordered_map
 
 Advance = Callable[[int], None]
 
@@ -250,12 +250,7 @@ def _store_chunk(
 ) -> int:
     """Verify fetched payloads by their ids, then publish them in one local transaction."""
 
-    def check(i: int) -> int:
-        verify_stored(repo, remote, pack, entries[i], bufs[i])
-        return i
-
-    for _ in ordered_map(check, range(len(entries)), workers=min(4, default_workers())):
-        pass
+    check_blocks(repo, remote, pack, entries, bufs)
     with repo.writer() as w:
         for e, payload in zip(entries, bufs, strict=True):
             w.add_encoded(e.block, e.raw_len, Encoded(e.spec, payload, e.ref))
