@@ -28,7 +28,7 @@ def test_command_table_matches_the_modules() -> None:
 
 def _modules_after(code: str) -> set[str]:
     r = subprocess.run(
-        [sys.executable, "-c", code + "\nimport sys; print('MODULES', ' '.join(sorted(sys.modules)))"],
+        [sys.executable, "-c", code + "\nimport sys; print('MODULES', *sorted(sys.modules))"],
         capture_output=True,
         text=True,
     )
