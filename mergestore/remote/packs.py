@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -202,15 +202,30 @@ def download_blocks(
         ]
         if not tasks:
             continue
-        # The next chunk downloads while this one is verified and written.
-        with ThreadPoolExecutor(1, thread_name_prefix="mergestore-fetch") as pool:
+        # Three stages overlap: the next chunk downloads while this one is verified and the
+        # previous one is written and published (in that order, each after its check).
+        with (
+            ThreadPoolExecutor(1, thread_name_prefix="mergestore-fetch") as pool,
+            ThreadPoolExecutor(1, thread_name_prefix="mergestore-fetch-write") as writer,
+        ):
             ahead = pool.submit(_get_chunk, client, *tasks[0])
+            pending: Future[int] | None = None
+            pending_ids: set[bytes] = set()
             for i, (pack, chunk) in enumerate(tasks):
                 bufs = ahead.result()
                 if i + 1 < len(tasks):
                     ahead = pool.submit(_get_chunk, client, *tasks[i + 1])
-                nbytes += _store_chunk(repo, state.name, pack, chunk, bufs, advance)
+                if pending is not None and any(e.ref in pending_ids for e in chunk):
+                    nbytes += pending.result()  # a reference still being written: wait for it
+                    pending = None
+                check_blocks(repo, state.name, pack, chunk, bufs)
+                if pending is not None:
+                    nbytes += pending.result()
+                pending = writer.submit(_publish_chunk, repo, chunk, bufs, advance)
+                pending_ids = {e.block for e in chunk}
                 n += len(chunk)
+            assert pending is not None
+            nbytes += pending.result()
     return n, nbytes
 
 
@@ -240,17 +255,10 @@ def _get_chunk(client: ObjectClient, pack: str, entries: list[IdxEntry]) -> list
     return read_stored(client, pack, [(e.offset, e.length) for e in entries])
 
 
-def _store_chunk(
-    repo: Repository,
-    remote: str,
-    pack: str,
-    entries: list[IdxEntry],
-    bufs: list[memoryview],
-    advance: Advance | None,
+def _publish_chunk(
+    repo: Repository, entries: list[IdxEntry], bufs: list[memoryview], advance: Advance | None
 ) -> int:
-    """Verify fetched payloads by their ids, then publish them in one local transaction."""
-
-    check_blocks(repo, remote, pack, entries, bufs)
+    """Write verified payloads as they were stored, and publish them in one transaction."""
     with repo.writer() as w:
         for e, payload in zip(entries, bufs, strict=True):
             w.add_encoded(e.block, e.raw_len, Encoded(e.spec, payload, e.ref))
