@@ -21,6 +21,7 @@ from mergestore.errors import CorruptionError, MergeError, MergestoreError
 from mergestore.formats.safetensors import DTYPE_SIZES
 from mergestore.merge.engine import EngineStats, OutputTensor, TensorTask, task_bytes
 from mergestore.merge.executor import Progress
+from mergestore.merge.ray_memory import check_fits, footprint, largest_node_memory
 from mergestore.merge.ray_worker import GroupJob, GroupResult, MergePart, part_settings, run_group
 from mergestore.store import faults
 from mergestore.store.blocks import tensor_blocking
@@ -88,6 +89,8 @@ class _MergeState:
     bytes_fetched: int = 0
     task_seconds: list[float] = field(default_factory=list)
     worker_peak_rss: int = 0
+    task_memory: int = 0  # the largest `memory` resource one of its tasks asked Ray for
+    task_memory_granted: int = 0  # ... and the largest Ray gave one
 
 
 @dataclass
@@ -172,9 +175,20 @@ class RayExecutor:
         cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
         states = [_MergeState(p) for p in preps]
         jobs = self._jobs(repo, preps, states, cpus)
+        node_memory = largest_node_memory(ray.nodes())
+        for job, groups in jobs:
+            fp = check_fits(_footprint(job), node_memory)  # raises: no node holds the task
+            job.cache_bytes, job.memory = fp.cache, fp.total
+            for g in groups:
+                st = states[g.merge]
+                st.task_memory = max(st.task_memory, job.memory)
         refs: dict[Any, int] = {}
         for j, (job, _groups) in enumerate(jobs):
-            opts: dict[str, Any] = {"num_cpus": self.cpus_per_task, "max_retries": 3}
+            opts: dict[str, Any] = {
+                "num_cpus": self.cpus_per_task,
+                "memory": job.memory,
+                "max_retries": 3,
+            }
             if job.remote_slots and (env := remote_env()):
                 opts["runtime_env"] = {"env_vars": env}
             refs[_remote.options(**opts).remote(job)] = j
@@ -220,6 +234,9 @@ class RayExecutor:
                             st.written.update((w.id, w) for w in result.written)
                             st.task_seconds.append(result.seconds)
                             st.worker_peak_rss = max(st.worker_peak_rss, result.peak_rss_bytes)
+                            st.task_memory_granted = max(
+                                st.task_memory_granted, result.memory_granted or 0
+                            )
                             if part == 0:
                                 st.pack_bytes_read += result.pack_bytes_read
                                 st.bytes_fetched += result.bytes_fetched
@@ -303,6 +320,13 @@ class RayExecutor:
         )
 
 
+def _footprint(job: GroupJob) -> Any:
+    return footprint(
+        [(part.tasks, part.dtype) for part in job.parts],
+        cache_bytes=job.cache_bytes,
+    )
+
+
 def remote_env() -> dict[str, str]:
     """The driver's object-store settings, given to the tasks that read a remote's packs
     (Ray's runtime_env), so workers reach it as the driver does: AWS_* credentials, region
@@ -379,6 +403,8 @@ def _assemble(st: _MergeState, block_size: int) -> RayExecution:
         "task_seconds_sum": round(sum(st.task_seconds), 4),
         "task_seconds_max": round(max(st.task_seconds, default=0.0), 4),
         "worker_peak_rss_bytes": st.worker_peak_rss,
+        "task_memory_bytes": st.task_memory,
+        "task_memory_granted_bytes": st.task_memory_granted,
     }
     return RayExecution(prep, outputs, stats, taken, written, extra)
 

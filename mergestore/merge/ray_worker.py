@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import resource
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +61,7 @@ class GroupJob:
     remote_slots: dict[int, tuple[str, str]] = field(default_factory=dict)
     remote_urls: dict[str, RemoteURL] = field(default_factory=dict)
     threads: int = 1  # tensors merged at once inside the task (its CPUs)
+    memory: int = 0  # bytes of Ray's `memory` resource the task asks for (merge/ray_memory.py)
     fault: str | None = None  # tests: "kill-once:<marker path>" dies on the first attempt
 
 
@@ -87,6 +89,7 @@ class GroupResult:
     seconds: float
     peak_rss_bytes: int = 0  # the worker process's peak so far (it may have run other tasks)
     bytes_fetched: int = 0  # of pack_bytes_read, from remote packs by ranged GETs
+    memory_granted: int | None = None  # the `memory` resource Ray gave the task (None: no Ray)
     node: str = field(default_factory=lambda: os.uname().nodename)
 
 
@@ -154,7 +157,17 @@ def run_group(job: GroupJob) -> GroupResult:
         time.perf_counter() - t0,
         resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         bytes_fetched=source.bytes_fetched,
+        memory_granted=_granted_memory(),
     )
+
+
+def _granted_memory() -> int | None:
+    """The `memory` resource Ray assigned to this task, when it runs as a Ray task."""
+    ray = sys.modules.get("ray")  # a Ray worker has it imported; a plain call does not
+    if ray is None or not ray.is_initialized():
+        return None
+    got = ray.get_runtime_context().get_assigned_resources().get("memory")
+    return int(got) if got is not None else None
 
 
 def _maybe_die(fault: str | None) -> None:
