@@ -9,14 +9,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mergestore import refops
 from mergestore.checkout import CheckoutResult, checkout_commit, tensor_records
-from mergestore.errors import MergestoreError, RefError, StoreNotFoundError
+from mergestore.errors import AmbiguousRefError, MergestoreError, RefError, StoreNotFoundError
 from mergestore.formats.safetensors import torch_dtype
 from mergestore.ingest import CommitResult, commit_checkpoint
 from mergestore.store import merges
 from mergestore.store.objects import BlobFile, Commit, TensorFile, TensorRecord, Tree
 from mergestore.store.packs import ReadMeter
-from mergestore.store.refs import HEADS, TAGS, check_ref_name
+from mergestore.store.refs import HEADS, REMOTES, TAGS, ambiguous_ref, check_new_ref_name
 from mergestore.store.repo import CONFIG_FILE, RefUpdate, Repository, StoreConfig
 
 if TYPE_CHECKING:  # torch costs ~2 s to import: only commands that compute pay for it
@@ -802,7 +803,7 @@ class Store:
         return t[len(HEADS) :] if t and t.startswith(HEADS) else None
 
     def create_branch(self, name: str, ref: str = "HEAD", *, force: bool = False) -> bytes:
-        full = HEADS + check_ref_name(name)
+        full = HEADS + check_new_ref_name(name)
         cid = self.resolve(ref)
         old = self.repo.read_ref(full)
         if old is not None and not force:
@@ -811,7 +812,7 @@ class Store:
         return cid
 
     def delete_branch(self, name: str) -> bytes:
-        full = HEADS + check_ref_name(name)
+        full = HEADS + name
         old = self.repo.read_ref(full)
         if old is None:
             raise RefError(f"no branch {name!r}")
@@ -823,13 +824,28 @@ class Store:
         return old
 
     def create_tag(self, name: str, ref: str = "HEAD", *, force: bool = False) -> bytes:
-        full = TAGS + check_ref_name(name, "tag")
+        full = TAGS + check_new_ref_name(name, "tag")
         cid = self.resolve(ref)
         old = self.repo.read_ref(full)
         if old is not None and not force:
             raise RefError(f"tag {name!r} already exists")
         self.repo.update_refs([RefUpdate(full, cid, f"tag: {ref}", old=old)])
         return cid
+
+    def rename_branch(self, old: str | None, new: str, *, force: bool = False) -> bytes:
+        """`git branch -m [OLD] NEW`: OLD (default HEAD's branch) becomes NEW, with its reflog;
+        HEAD follows. An existing NEW is replaced only with `force`. Returns the commit."""
+        return refops.rename_branch(self.repo, old or self._head_branch("rename"), new, force=force)
+
+    def delete_tag(self, name: str) -> bytes:
+        """`git tag -d NAME`; returns the commit the tag named (its reflog keeps the entry)."""
+        return refops.delete_tag(self.repo, name)
+
+    def _head_branch(self, what: str) -> str:
+        name = self.current_branch()
+        if name is None:
+            raise RefError(f"HEAD is detached: name the branch to {what}")
+        return name
 
     def reflog(self, ref: str | None = None) -> list[tuple[str, Any]]:
         names = [self._full_ref_name(ref)] if ref else self.repo.reflog_names()
@@ -843,9 +859,10 @@ class Store:
             return self.repo.head_target() or "HEAD"
         if ref.startswith("refs/"):
             return ref
-        if self.repo.read_ref(TAGS + ref) is not None and self.repo.read_ref(HEADS + ref) is None:
-            return TAGS + ref
-        return HEADS + ref
+        found = [n for n in self.repo.refs_named(ref) if not n.startswith(REMOTES)]
+        if len(found) > 1:
+            raise AmbiguousRefError(ambiguous_ref(ref, found))
+        return found[0] if found else HEADS + ref
 
     # ----- diff ------------------------------------------------------------------------------
 

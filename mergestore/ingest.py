@@ -18,7 +18,7 @@ from mergestore.store.blocks import blob_ranges, block_id, tensor_blocking
 from mergestore.store.index import BlockLocation
 from mergestore.store.objects import BlobFile, Commit, TensorFile, TensorRecord, Tree, TreeEntry
 from mergestore.store.parallel import BufferPool, read_exact, reuse_freed_memory
-from mergestore.store.refs import check_ref_name
+from mergestore.store.refs import check_new_ref_name
 from mergestore.store.repo import HEADS, RefUpdate, Repository, WriteSession
 from mergestore.store.statcache import FileStamp, path_key
 from mergestore.threads import default_workers, one_torch_thread, ordered_map
@@ -348,7 +348,7 @@ def _put_bytes(session: WriteSession, data: bytes, block_size: int) -> bytes:
 def branch_ref(repo: Repository, branch: str | None) -> str:
     """The full ref a commit goes to: the named branch, or HEAD's branch."""
     if branch:
-        return HEADS + check_ref_name(branch)
+        return HEADS + check_new_ref_name(branch)
     target = repo.head_target()
     if target is None:
         from mergestore.errors import RefError
