@@ -649,6 +649,8 @@ def diff_sides(
     names = sorted(
         (n for n in set(sides_a) | set(sides_b) if _matches(n, tensors)), key=_natural_key
     )
+    if tensors and not names:  # as checkout --tensor: a glob that selects nothing is a typo
+        raise MergestoreError(f"no tensor matches {' '.join(tensors)}")
     out: list[TensorDiff] = []
     accs: dict[int, _Acc] = {}
     jobs: list[_Job] = []
