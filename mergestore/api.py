@@ -649,6 +649,8 @@ class Store:
         }
 
     def explain(self, ref: str) -> dict[str, Any]:
+        from mergestore.realized import base_and_inputs, realized_error
+
         cid, c, plan, run = self.merge_info(ref)
         b = plan.get("budget") or {}
         return {
@@ -672,6 +674,8 @@ class Store:
             "planned_bytes_by_model": b.get("per_model_planned_bytes", {}),
             "planned_blocks_by_model": b.get("per_model_blocks", {}),
             "realized": run,
+            **base_and_inputs(plan),
+            "realized_error": realized_error(self, cid, plan),
         }
 
     def blame(self, ref: str, tensor: str) -> dict[str, Any]:
