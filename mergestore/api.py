@@ -321,10 +321,13 @@ class Store:
         rec = self.tensor_record(ref, name)
         return read_record(self.repo, rec, meter)
 
-    def commit_sizes(self, ref: str | bytes) -> dict[str, int]:
-        """Logical bytes, and the unique raw and stored bytes of the blocks a commit uses."""
+    def commit_sizes(self, ref: str | bytes) -> dict[str, Any]:
+        """Logical bytes; the commit's blocks (its tensors' blocks by position, as commit, ls and
+        diff count them); and the raw and stored bytes of the distinct blocks it uses, headers
+        and other files included (each block once: `deduplicated_bytes`)."""
         tree = self._known_tree(ref)
         blocks: set[bytes] = set()
+        tensor_blocks = 0
         for e in tree.entries:
             obj = self.repo.get_file(e.object)
             if isinstance(obj, TensorFile):
@@ -333,6 +336,7 @@ class Store:
                 blocks.update(header.blocks)
                 for t in obj.tensors:
                     blocks.update(t.blocks)
+                    tensor_blocks += len(t.blocks)
             else:
                 blocks.update(obj.blocks)
         raw = stored = 0
@@ -344,9 +348,10 @@ class Store:
         logical = sum(e.size for e in tree.entries)
         return {
             "logical_bytes": logical,
-            "unique_bytes": raw,
+            "deduplicated_bytes": raw,
             "stored_bytes": stored,
-            "blocks": len(blocks),
+            "stored_raw_ratio": stored / raw if raw else None,
+            "blocks": tensor_blocks,
         }
 
     # ----- merges ----------------------------------------------------------------------------

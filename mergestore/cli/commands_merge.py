@@ -369,7 +369,7 @@ def _plan_summary(prep: Any) -> dict[str, Any]:
 
 
 def _print_summary(s: dict[str, Any]) -> None:
-    click.echo(f"method   {s['method']}  ({s['tensors']} tensors)")
+    click.echo(f"method   {s['method']}  ({plural(s['tensors'], 'tensor')})")
     if s["base"] is not None:
         click.echo(f"base     {s['base']['ref']:<20} {short(s['base']['commit'])}")
     for m in s["inputs"]:
@@ -381,7 +381,9 @@ def _print_summary(s: dict[str, Any]) -> None:
         f"{human_bytes(s['expert_bytes_full'])} expert bytes"
     )
     for name, n in s["blocks_per_model"].items():
-        click.echo(f"         {name:<20} {n} blocks, {human_bytes(s['bytes_per_model'][name])}")
+        click.echo(
+            f"         {name:<20} {plural(n, 'block')}, {human_bytes(s['bytes_per_model'][name])}"
+        )
     if s["error_bound"] is not None:
         click.echo(f"bound    {s['error_bound']:.4g} (relative {s['error_bound_rel']:.3%})")
     for note in s["notes"]:
@@ -399,7 +401,8 @@ def replay(store: Store, ref: str, as_json: bool) -> None:
         emit_json(rep)
     elif rep["identical"]:
         click.echo(
-            f"identical: {rep['tensors']} tensors, {rep['blocks']} blocks match "
+            f"identical: {plural(rep['tensors'], 'tensor')}, "
+            f"{plural(rep['blocks'], 'block')} match "
             f"({rep['seconds']:.2f} s)"
         )
     else:
@@ -486,7 +489,7 @@ def blame(store: Store, ref: str, tensor: str, as_json: bool) -> None:
     if as_json:
         emit_json(info)
         return
-    click.echo(f"{tensor}: {info['blocks']} blocks, method {info['method']}")
+    click.echo(f"{tensor}: {plural(info['blocks'], 'block')}, method {info['method']}")
     for row in info["inputs"]:
         click.echo(f"  {row['ref']:<16} {row['status']}: read blocks {row['read'] or '-'}")
 
