@@ -122,3 +122,13 @@ def test_branch_m_on_detached_head_names_the_branch(ms, fam_store) -> None:
         txn.put(b"HEAD", s.resolve("frozen").hex().encode(), db=s.repo.index.db("refs"))
     r = ms("branch", "-m", "x")
     assert r.code == 1 and "HEAD is detached" in r.err
+
+
+def test_push_of_a_name_that_is_a_branch_and_a_tag_is_ambiguous(ms, tmp_path) -> None:
+    assert ms("remote", "add", "origin", f"file://{tmp_path / 'remote'}").code == 0
+    assert ms("tag", "frozen", "main").code == 0
+    r = ms("push", "origin", "frozen")
+    assert r.code == 1 and "ambiguous ref 'frozen'" in r.err
+    j = ms("push", "origin", "frozen", "--json")
+    assert j.code == 1 and "ambiguous ref" in json.loads(j.out)["error"]
+    assert ms("push", "origin", "refs/tags/frozen").code == 0
