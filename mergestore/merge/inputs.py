@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from mergestore.errors import MergeError, RefError
 from mergestore.ingest import base_tensor_blocks, commit_checkpoint
@@ -89,12 +90,16 @@ class PathInputs:
     files: int = 0
     files_read: int = 0
     bytes_read: int = 0
+    # one entry per folder stored: path, commit, new blocks, bytes it added to the packs
+    imported: list[dict[str, Any]] = field(default_factory=list)
 
-    def to_json(self) -> dict[str, int]:
+    def to_json(self) -> dict[str, Any]:
         return {
             "input_files": self.files,
             "input_files_read": self.files_read,
             "input_bytes_read": self.bytes_read,
+            "imported": list(self.imported),
+            "imported_bytes_stored": sum(i["bytes_stored"] for i in self.imported),
         }
 
 
@@ -122,6 +127,14 @@ def commit_path_fn(
             tally.files += res.files
             tally.files_read += res.files_read
             tally.bytes_read += res.bytes_read
+            tally.imported.append(
+                {
+                    "path": str(p),
+                    "commit": res.commit.hex(),
+                    "new_blocks": res.new_blocks,
+                    "bytes_stored": res.written_bytes,
+                }
+            )
         return res.commit
 
     return run

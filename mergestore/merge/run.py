@@ -119,8 +119,12 @@ def prepare(
     model_commits: list[bytes] | None = None,
     analyze_progress: Progress | None = None,
     verify_inputs: bool = False,
+    branch: str | None = None,
+    force_branch: bool = False,
 ) -> PreparedMerge:
-    """Validate the config, resolve inputs, plan every tensor and choose the blocks to read."""
+    """Validate the config, resolve inputs, plan every tensor and choose the blocks to read.
+    Folder inputs are checked from their headers before they are stored (precheck.py); `branch`
+    and `force_branch`, the target execute() will be given, are checked then too."""
     spec = get_method(cfg.merge_method)
     refs = models_in_config(cfg)
     path_inputs = PathInputs()
@@ -131,6 +135,18 @@ def prepare(
             ResolvedModel(r, c, _tensors(repo, c)) for r, c in zip(refs, model_commits, strict=True)
         ]
     else:
+        if commit_paths:
+            from mergestore.merge.precheck import precheck
+
+            precheck(
+                repo,
+                cfg,
+                refs,
+                budget=budget,
+                max_error=max_error,
+                branch=branch,
+                force_branch=force_branch,
+            )
         commit_path = commit_path_fn(repo, verify=verify_inputs, tally=path_inputs)
         models = resolve_models(repo, refs, commit_path=commit_path if commit_paths else None)
         refuse_duplicate_commits(repo, cfg, models)
