@@ -240,7 +240,9 @@ def merge(
             branch=branch,
             force_branch=force,
         )
-        with progress_bar("merge", len(prep.tasks), not as_json, unit="tensors") as advance:
+        with progress_bar(
+            "merge", len(prep.tasks), not as_json, unit="tensors", io=True
+        ) as advance:
             res = store.execute_merge(
                 prep,
                 progress=advance,

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mergestore import iotally
 from mergestore.checkout import _pwrite_all, write_tree_files
 from mergestore.formats import outdir
 from mergestore.formats.checkpoint import safe_join
@@ -163,6 +164,7 @@ class FolderOutput:
             place.written.add(pos)
             pos += len(raw)
         self.bytes_written += pos - offset
+        iotally.add_written(pos - offset)
 
     # -- after the commit -------------------------------------------------------------------
 

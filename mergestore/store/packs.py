@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from mergestore import iotally
 from mergestore.errors import CorruptionError, MergestoreError
 from mergestore.store import faults
 
@@ -160,6 +161,7 @@ class PackAppender:
         payload_offset = self._offset + ENTRY_HEADER.size
         self._offset = payload_offset + len(payload)
         self.bytes_written += ENTRY_HEADER.size + len(payload)
+        iotally.add_written(ENTRY_HEADER.size + len(payload))
         if self._offset - self._writeback_from >= WRITEBACK_BYTES:
             start_writeback(self._fd, self._writeback_from, self._offset - self._writeback_from)
             self._writeback_from = self._offset
@@ -259,6 +261,7 @@ class PackReader:
 
     def read(self, pack_id: int, offset: int, length: int) -> bytes:
         data = os.pread(self._fd(pack_id), length, offset)
+        iotally.add_read(len(data))
         if len(data) != length:
             raise CorruptionError(
                 f"pack {pack_id} is truncated: wanted {length} bytes at offset {offset}"
