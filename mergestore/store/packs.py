@@ -40,6 +40,7 @@ DEFAULT_PACK_LIMIT = 2 << 30  # start a new pack past 2 GiB
 # at the end for its whole pack to reach the disk).
 WRITEBACK_BYTES = 32 << 20
 _SYNC_FILE_RANGE_WRITE = 2
+_CREATE_ATTEMPTS = 64  # new packs taken by other writers before we could lock one, at most
 
 
 def _load_sync_file_range():  # type: ignore[no-untyped-def]
@@ -107,10 +108,14 @@ class PackAppender:
         lock_fd = os.open(self.pack_dir / ".alloc.lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(lock_fd, fcntl.LOCK_EX)
-            ids = list_pack_ids(self.pack_dir)
-            pid = (ids[-1] + 1) if ids else 1
-            if not self._try_take(pid, create=True):
-                raise MergestoreError(f"cannot create pack {pid}")
+            # A writer scanning for a pack with room (above, without this lock) can take the
+            # pack we just created before we lock it: it is theirs then, and we make the next.
+            for _attempt in range(_CREATE_ATTEMPTS):
+                ids = list_pack_ids(self.pack_dir)
+                pid = (ids[-1] + 1) if ids else 1
+                if self._try_take(pid, create=True):
+                    return
+            raise MergestoreError(f"cannot create pack {pid}")
         finally:
             os.close(lock_fd)
 
