@@ -13,7 +13,7 @@ from mergestore.ingest import base_tensor_blocks, commit_checkpoint
 from mergestore.merge.config import MergeConfig, ModelRef
 from mergestore.merge.tensorplan import OutputTensorPlan
 from mergestore.store.objects import TensorFile, TensorRecord
-from mergestore.store.repo import Repository
+from mergestore.store.repo import Repository, WriteSession
 
 FLOAT_DTYPES = frozenset({"BF16", "F16", "F32", "F64", "F8_E5M2", "F8_E4M3"})
 VOCAB_MARKERS = ("embed_tokens", "lm_head", "wte", "word_embeddings", "embed_in", "embed_out")
@@ -104,11 +104,15 @@ class PathInputs:
 
 
 def commit_path_fn(
-    repo: Repository, *, verify: bool = False, tally: PathInputs | None = None
+    repo: Repository,
+    *,
+    verify: bool = False,
+    tally: PathInputs | None = None,
+    session: WriteSession | None = None,
 ) -> Callable[[Path], bytes]:
     """Commit a local checkpoint (or a hub id, or .bin weights) without moving any ref: the
     merge commit will point at it. Unchanged files cost a stat (the stat cache), unless
-    `verify`."""
+    `verify`. With `session`, the commit goes into it, for its owner to publish."""
     from mergestore.sources import prepared_source
 
     def run(p: Path) -> bytes:
@@ -122,6 +126,7 @@ def commit_path_fn(
                 detached=True,
                 verify=verify,
                 meta=src.meta,
+                session=session,
             )
         if tally is not None:
             tally.files += res.files
@@ -138,6 +143,42 @@ def commit_path_fn(
         return res.commit
 
     return run
+
+
+def store_folders(
+    repo: Repository,
+    refs: Sequence[ModelRef],
+    *,
+    verify: bool = False,
+    tally: PathInputs | None = None,
+) -> Callable[[Path], bytes]:
+    """Commit every model given as a local folder (or file) in one write session, published
+    once all are stored: interrupted or failed while storing them, the merge leaves the store
+    as it was (the session rolls back, packs and all). Returns the commit_path function for
+    resolve_models, which finds those folders stored; other inputs (hub ids, BASE+ADAPTER
+    parts) are committed one by one as before."""
+    one_by_one = commit_path_fn(repo, verify=verify, tally=tally)
+    folders = [Path(r.text) for r in refs if _is_folder_input(repo, r.text)]
+    if not folders:
+        return one_by_one
+    done: dict[Path, bytes] = {}
+    with repo.writer() as session:
+        run = commit_path_fn(repo, verify=verify, tally=tally, session=session)
+        for p in folders:
+            done[p] = run(p)
+        session.publish()
+    return lambda p: done[p] if p in done else one_by_one(p)
+
+
+def _is_folder_input(repo: Repository, text: str) -> bool:
+    """A model that is a local path, not a store ref nor BASE+ADAPTER."""
+    if "+" in text or not os.path.exists(os.path.expanduser(text)):
+        return False
+    try:
+        repo.resolve(text)
+    except RefError:
+        return True
+    return False
 
 
 def is_vocab_tensor(name: str) -> bool:

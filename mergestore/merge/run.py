@@ -29,9 +29,9 @@ from mergestore.merge.executor import Executor, LocalExecutor
 from mergestore.merge.inputs import (
     PathInputs,
     ResolvedModel,
-    commit_path_fn,
     refuse_duplicate_commits,
     resolve_models,
+    store_folders,
     validate_tensor_plans,
 )
 from mergestore.merge.layout import build_tree
@@ -147,8 +147,10 @@ def prepare(
                 branch=branch,
                 force_branch=force_branch,
             )
-        commit_path = commit_path_fn(repo, verify=verify_inputs, tally=path_inputs)
-        models = resolve_models(repo, refs, commit_path=commit_path if commit_paths else None)
+        commit_path = None
+        if commit_paths:  # every folder stored in one session (a failure stores none)
+            commit_path = store_folders(repo, refs, verify=verify_inputs, tally=path_inputs)
+        models = resolve_models(repo, refs, commit_path=commit_path)
         refuse_duplicate_commits(repo, cfg, models)
     plans = plan_tensors(cfg, spec, refs, {i: list(m.tensors) for i, m in enumerate(models)})
     if not plans:

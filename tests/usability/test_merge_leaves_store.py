@@ -157,3 +157,40 @@ def test_altered_copy_really_differs(tiny_family, tmp_path: Path) -> None:
     idx = json.loads((d / "model.safetensors.index.json").read_text())["weight_map"]
     t = load_file(d / idx[UP])[UP]
     assert t.shape[0] == load_file(src / idx[UP])[UP].shape[0] - 1 and t.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("folder", [1, 2])
+def test_interrupted_while_storing_folders_leaves_store_unchanged(
+    cli, base_store: Path, tiny_family, monkeypatch, folder: int
+) -> None:
+    """Ctrl-C while the first or the second folder is stored, a few blocks in: the folders are
+    stored in one session, published once all are in, so nothing of either stays, not even a
+    new pack file."""
+    from mergestore.merge import inputs
+    from mergestore.store.repo import WriteSession
+
+    real_add, real_commit = WriteSession.add_encoded, inputs.commit_checkpoint
+    seen = {"folders": 0, "blocks": 0}
+
+    def add_encoded(self, *a, **k):
+        if seen["folders"] == folder:
+            seen["blocks"] += 1
+            if seen["blocks"] == 3:
+                raise KeyboardInterrupt
+        return real_add(self, *a, **k)
+
+    def commit_checkpoint(*a, **k):
+        seen["folders"] += 1
+        return real_commit(*a, **k)
+
+    monkeypatch.setattr(WriteSession, "add_encoded", add_encoded)
+    monkeypatch.setattr(inputs, "commit_checkpoint", commit_checkpoint)
+    e1, e2 = tiny_family.experts["dense_small"], tiny_family.experts["frozen"]
+    before = snapshot(base_store)
+    r = cli(*merge_args(base_store, e1, e2, extra=("--param", "density=0.5")))
+    assert r.code == 130 and seen == {"folders": folder, "blocks": 3}
+    assert snapshot(base_store) == before
+    monkeypatch.undo()
+    r = cli(*merge_args(base_store, e1, e2, extra=("--param", "density=0.5", "--json")))
+    assert r.code == 0, r.err  # and the merge runs afterwards, storing both
+    assert [i["new_blocks"] > 0 for i in r.json()["imported"]] == [True, True]
