@@ -284,7 +284,7 @@ def merge(
         click.echo(line, err=True)
     if _report_memo_or_lazy(out):
         return
-    print_summary(cfg.merge_method, r)
+    print_summary(cfg.merge_method, out)  # out: the run record and bytes fetched
     if r.get("error_bound") is not None:
         click.echo(
             f"error bound {r['error_bound']:.4g} (relative estimate "
