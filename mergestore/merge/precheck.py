@@ -6,8 +6,9 @@ shape would leave an orphan commit, its blocks and their pack bytes behind. So t
 that need only tensor names, shapes and dtypes run first, on the folders' safetensors headers:
 the config and every parameter's range (tensorplan.validate_config), missing tensors, shape and
 dtype mismatches (preflight.py), duplicate store inputs, the budget's syntax and the target
-branch. Only then are the folders stored. Inputs known only once stored (a hub id, .bin
-weights, BASE+ADAPTER) skip this pass; the checks run after they are stored, as before.
+branch. Only then are the folders stored. A merge with an input known only once stored or
+computed (a hub id, .bin weights, BASE+ADAPTER, a lazy merge not computed yet) skips this pass;
+the checks run after, as before.
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ from pathlib import Path
 from mergestore.errors import MergeError, RefError
 from mergestore.formats.checkpoint import scan_checkpoint
 from mergestore.merge.config import MergeConfig, ModelRef
-from mergestore.merge.inputs import ResolvedModel, _tensors, validate_tensor_plans
+from mergestore.merge.inputs import ResolvedModel, validate_tensor_plans
 from mergestore.merge.tensorplan import plan_tensors
 from mergestore.ops import get_method
-from mergestore.store.objects import TensorRecord
+from mergestore.store.merges import known_tree
+from mergestore.store.objects import TensorFile, TensorRecord
 from mergestore.store.repo import Repository
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -80,6 +82,21 @@ def _check_budget(budget: str | int | None, max_error: float | None) -> None:
         raise BudgetError("--max-error is a share of the merge delta, between 0 and 1")
 
 
+def _known_tensors(repo: Repository, cid: bytes) -> dict[str, TensorRecord] | None:
+    """A commit's tensors without computing anything (None: a lazy merge not computed yet,
+    which only reading it computes; the checks then wait until after the folders are stored)."""
+    tree = known_tree(repo, cid)
+    if tree is None:
+        return None
+    out: dict[str, TensorRecord] = {}
+    for e in tree.entries:
+        if e.kind == "tensorfile":
+            tf = repo.get_file(e.object)
+            assert isinstance(tf, TensorFile)
+            out.update((t.name, t) for t in tf.tensors)
+    return out
+
+
 def _peek(repo: Repository, ref: ModelRef) -> ResolvedModel | None:
     """A store ref as it is; a local checkpoint folder from its headers (no blocks, no commit);
     None for what must be stored to be known (hub ids, .bin weights, adapters, BASE+ADAPTER)."""
@@ -89,7 +106,8 @@ def _peek(repo: Repository, ref: ModelRef) -> ResolvedModel | None:
     except RefError:
         pass
     else:
-        return ResolvedModel(ref, cid, _tensors(repo, cid))
+        tensors = _known_tensors(repo, cid)
+        return None if tensors is None else ResolvedModel(ref, cid, tensors)
     if "+" in text:
         return None
     path = Path(os.path.expanduser(text))

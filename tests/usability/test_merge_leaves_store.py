@@ -194,3 +194,16 @@ def test_interrupted_while_storing_folders_leaves_store_unchanged(
     r = cli(*merge_args(base_store, e1, e2, extra=("--param", "density=0.5", "--json")))
     assert r.code == 0, r.err  # and the merge runs afterwards, storing both
     assert [i["new_blocks"] > 0 for i in r.json()["imported"]] == [True, True]
+
+
+def test_lazy_merge_input_with_a_folder(cli, base_store: Path, tiny_family) -> None:
+    """A lazy merge is not computed by the header check (it needs its tensors: the check waits
+    until after the folders are stored); the merge runs as before."""
+    e1, e2 = tiny_family.experts["dense_small"], tiny_family.experts["frozen"]
+    with Store.open(base_store) as s:
+        s.commit(e1, message="e1", branch="e1", base="main")
+    lazy = ["--store", base_store, "merge", "--lazy", "--method", "linear", "main", "e1"]
+    assert cli(*lazy, "-w", "1", "-w", "1", "-b", "lz").code == 0
+    r = cli(*merge_args(base_store, "lz", e2, extra=("--param", "density=0.5", "--json")))
+    assert r.code == 0, r.err
+    assert [i["path"] for i in r.json()["imported"]] == [str(e2)]
