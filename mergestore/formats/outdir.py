@@ -18,7 +18,9 @@ checkpoint owns its own files and DIR's weight files, and leaves everything else
 
 The kept files are hard-linked into the sibling (copied where links are not possible), and the
 sibling and DIR are exchanged atomically (renameat2 RENAME_EXCHANGE; two renames where the
-kernel lacks it); the old DIR is then removed.
+kernel lacks it); the old DIR is then removed. A DIR that is a mount point cannot be renamed:
+there the files are staged in a hidden folder inside DIR and moved into place one by one at the
+end (kept entries are then DIR's top-level names).
 """
 
 from __future__ import annotations
@@ -86,7 +88,10 @@ class StagedDir:
         check_target(self.out, force, *([hint] if hint else []))
         self.target = self.out.resolve() if self.out.exists() else self.out.absolute()
         self.target.parent.mkdir(parents=True, exist_ok=True)
-        self.path = self.target.parent / f".{self.target.name}.mergestore-tmp-{os.getpid()}"
+        # A mount point cannot be renamed over, nor a sibling renamed onto it: stage inside.
+        self.inside = self.target.is_dir() and os.path.ismount(self.target)
+        name = f".{self.target.name}.mergestore-tmp-{os.getpid()}"
+        self.path = (self.target if self.inside else self.target.parent) / name
         if self.path.exists():
             shutil.rmtree(self.path)
         self.path.mkdir()
@@ -96,13 +101,20 @@ class StagedDir:
     def publish(self) -> None:
         """Move the complete staged folder into DIR's place (keeping DIR's unrelated files)."""
         try:
+            if self.inside:
+                self._publish_inside()
+                return
             replacing = self.target.is_dir() and any(self.target.iterdir())
             if replacing:
                 self._take_kept_files()
                 if not _exchange(self.path, self.target):
                     old = self.path.with_name(self.path.name + "-old")
                     os.rename(self.target, old)
-                    os.rename(self.path, self.target)
+                    try:
+                        os.rename(self.path, self.target)
+                    except BaseException:
+                        os.rename(old, self.target)
+                        raise
                     self.path = old
                 shutil.rmtree(self.path)  # the old DIR, now at the staged path
             else:
@@ -110,6 +122,24 @@ class StagedDir:
         except BaseException:
             self.abort()
             raise
+
+    def _publish_inside(self) -> None:
+        """DIR is a mount point: the staged files are moved into it one by one (each rename is
+        atomic, the whole is not: an interruption here can leave some of them moved)."""
+        staged = sorted(os.listdir(self.path))
+        for name in sorted(os.listdir(self.target)):
+            p = self.target / name
+            if p == self.path:
+                continue
+            if name in staged or owned(name):
+                if name not in staged:
+                    self.removed.append(name)
+                _remove(p)
+            else:
+                self.kept.append(name)
+        for name in staged:
+            os.rename(self.path / name, self.target / name)
+        os.rmdir(self.path)
 
     def abort(self) -> None:
         """Remove the staged folder (DIR is untouched)."""
@@ -134,6 +164,13 @@ class StagedDir:
                     self.removed.append(rel.as_posix())  # a new file stands in its way
                     continue
                 self.kept.append(rel.as_posix())
+
+
+def _remove(p: Path) -> None:
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p)
+    else:
+        p.unlink()
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:

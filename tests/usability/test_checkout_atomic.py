@@ -143,3 +143,23 @@ def test_failed_merge_out_leaves_nothing(ms, tmp_path: Path, monkeypatch, exc, c
     assert r.code == code, r.err
     assert not out.exists()
     assert leftovers(tmp_path) == []
+
+
+def test_checkout_into_a_mount_point(ms, tmp_path: Path, monkeypatch) -> None:
+    """A mount point cannot be renamed over: the files are staged inside it and moved in; the
+    --force rule is the same."""
+    from mergestore.formats import outdir
+
+    out = tmp_path / "mnt"
+    out.mkdir()
+    monkeypatch.setattr(outdir.os.path, "ismount", lambda p: Path(p) == out.resolve())
+    assert ms("checkout", "dense_small", out).code == 0
+    fresh = tmp_path / "fresh"
+    assert ms("checkout", "main", fresh).code == 0
+    (out / "notes.txt").write_text("mine")
+    (out / "model-00099-of-00099.safetensors").write_bytes(b"stale")
+    r = ms("checkout", "main", out, "--force", "--json")
+    assert r.code == 0, r.err
+    assert r.json()["kept"] == ["notes.txt"]
+    assert files_of(out) == {**files_of(fresh), "notes.txt": files_of(out)["notes.txt"]}
+    assert leftovers(out) == [] and leftovers(tmp_path) == []
