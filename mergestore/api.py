@@ -487,7 +487,12 @@ class Store:
             check_target(Path(out))
         with self.gc_paused():  # path inputs are stored before the merge runs
             prep = self.prepare_merge(
-                config, budget=budget, max_error=max_error, verify_inputs=verify_inputs
+                config,
+                budget=budget,
+                max_error=max_error,
+                verify_inputs=verify_inputs,
+                branch=branch,
+                force_branch=force_branch,
             )
             return self.execute_merge(
                 prep,

@@ -207,3 +207,19 @@ def test_lazy_merge_input_with_a_folder(cli, base_store: Path, tiny_family) -> N
     r = cli(*merge_args(base_store, "lz", e2, extra=("--param", "density=0.5", "--json")))
     assert r.code == 0, r.err
     assert [i["path"] for i in r.json()["imported"]] == [str(e2)]
+
+
+def test_api_merge_refused_before_storing(base_store: Path, tiny_family) -> None:
+    """Store.merge checks the same way: its -b target too."""
+    from mergestore.errors import MergestoreError
+
+    e1, e2 = tiny_family.experts["dense_small"], tiny_family.experts["frozen"]
+    before = snapshot(base_store)
+    with Store.open(base_store) as s:
+        with pytest.raises(MergestoreError, match="points at"):
+            s.merge(method="ties", base="main", models=[str(e1), str(e2)], weights=[1, 1],
+                    params={"density": 0.5}, branch="main")  # fmt: skip
+        with pytest.raises(MergestoreError, match="density"):
+            s.merge(method="ties", base="main", models=[str(e1), str(e2)], weights=[1, 1],
+                    params={"density": 7}, branch="x")  # fmt: skip
+    assert snapshot(base_store) == before
