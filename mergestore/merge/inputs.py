@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mergestore.errors import MergeError, RefError
+from mergestore.errors import AmbiguousRefError, MergeError, RefError
 from mergestore.ingest import base_tensor_blocks, commit_checkpoint
 from mergestore.merge.config import MergeConfig, ModelRef
 from mergestore.merge.tensorplan import OutputTensorPlan
@@ -70,6 +70,8 @@ def _resolve_one(
 ) -> tuple[bytes, bool]:
     try:
         return repo.resolve(text), False
+    except AmbiguousRefError:
+        raise  # a name that is both a branch and a tag is no path or hub id either
     except RefError:
         from mergestore.sources import is_hub_source
 
