@@ -28,6 +28,7 @@ from typing import Any
 import blake3
 import zstandard
 
+from mergestore import iotally
 from mergestore.errors import (
     AmbiguousRefError,
     CorruptionError,
@@ -371,6 +372,7 @@ class Repository:
                 f"not {length}"
             )
         self.fetch_meter.add(length)
+        iotally.add_read(length)
         return data
 
     def promised_count(self, remote: str) -> int:
