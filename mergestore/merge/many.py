@@ -95,6 +95,9 @@ def merge_many(
         if on_merge is not None:
             on_merge(out[i])
 
+    from mergestore.merge.ray_warm import warm_for
+
+    warm_for(executor, ray_address)  # Ray joins and starts workers while the configs plan
     preps: list[tuple[int, PreparedMerge]] = []
     seen: dict[str, int] = {}
     with in_progress(repo):  # gc waits until every merge is published

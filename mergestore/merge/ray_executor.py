@@ -53,6 +53,9 @@ def import_ray() -> Any:
 def connect(address: str | None = None) -> Any:
     """Ray, initialised: joined to `address` ("auto", "ray://host:10001"), else $RAY_ADDRESS,
     else a local instance started here. A process already connected stays connected."""
+    from mergestore.merge import ray_warm
+
+    ray_warm.wait()  # a warm-up started while the driver planned: its connection, if made
     ray = import_ray()
     if not ray.is_initialized():
         kw: dict[str, Any] = {"address": address} if address else {}
