@@ -48,9 +48,7 @@ def _configs(root: Path, n: int) -> list[Path]:
 def _frames(stderr: str) -> list[tuple[int, int, int]]:
     """(done, total, bytes read) of every frame of the bar drawn."""
     text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", stderr)  # drop the terminal's control codes
-    return [
-        (int(d), int(t), int(float(v) * UNITS[u])) for d, t, v, u in FRAME.findall(text)
-    ]
+    return [(int(d), int(t), int(float(v) * UNITS[u])) for d, t, v, u in FRAME.findall(text)]
 
 
 def _run(store: Path, configs: list[Path], *extra: str, env: dict[str, str]) -> list:
