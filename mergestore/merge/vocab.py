@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from mergestore.errors import MergeError
-from mergestore.merge.preflight import is_vocab_tensor
+from mergestore.merge.preflight import VOCAB_MARKERS
 
 if TYPE_CHECKING:
     import torch
@@ -68,7 +68,11 @@ class VocabFit:
     source: int  # model index whose tokenizer_config.json / special_tokens_map.json are kept
 
     def applies(self, name: str) -> bool:
-        return is_vocab_tensor(name)
+        """A vocabulary tensor: the weight of a module named as embeddings or LM heads are
+        (model.embed_tokens.weight, lm_head.weight, wte, word_embeddings, embed_in/out);
+        not, say, BLOOM's word_embeddings_layernorm.weight."""
+        parts = name.split(".")
+        return len(parts) >= 2 and parts[-1] == "weight" and parts[-2] in VOCAB_MARKERS
 
     def out_shape(self, shape: Sequence[int]) -> tuple[int, ...]:
         return (self.rows, *shape[1:])

@@ -259,3 +259,14 @@ def test_cli_union_needs_the_base_tokenizer(cli, tmp_path: Path, tok_store: Path
     )  # fmt: skip
     assert r.code == 1 and r.err == "error: tokenizer merge: bare has no tokenizer.json\n"
     assert _state(tok_store) == before
+
+
+def test_vocabulary_tensors_are_embeddings_and_heads_only() -> None:
+    from mergestore.merge.vocab import VocabFit
+
+    fit = VocabFit(3, 3, {}, None, {}, b"", 0)
+    vocab = ["model.embed_tokens.weight", "lm_head.weight", "transformer.wte.weight"]
+    vocab += ["gpt_neox.embed_in.weight", "embed_out.weight", "word_embeddings.weight"]
+    other = ["transformer.word_embeddings_layernorm.weight", "model.norm.weight"]
+    other += ["lm_head.bias", "model.layers.0.mlp.up_proj.weight"]
+    assert [fit.applies(n) for n in vocab + other] == [True] * len(vocab) + [False] * len(other)
