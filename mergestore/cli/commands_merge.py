@@ -232,6 +232,9 @@ def merge(
         from mergestore.merge.outfolder import check_target
 
         check_target(Path(out_dir))
+    from mergestore.merge.ray_warm import warm_for
+
+    warm_for(executor, ray_address)  # Ray joins and starts workers while the merge plans
     with store.gc_paused():  # path inputs are stored before the merge runs
         prep = store.prepare_merge(
             cfg,
