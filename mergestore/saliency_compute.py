@@ -4,7 +4,7 @@ The checkpoint is checked out to a temporary folder and loaded with transformers
 AutoModelForCausalLM (fp32) and its own tokenizer. The calibration text (a .jsonl of
 {"text": ...} objects or strings, or a plain text file) is tokenized document by document,
 an end-of-text token after each when the tokenizer has one, and cut into windows of `window`
-tokens (at most `max_windows`, in order: deterministic). Then:
+tokens (at most `max_windows`, spread evenly over the text: deterministic). Then:
 
 - gradient: the gradient of the mean next-token loss over all windows;
 - fisher: the empirical Fisher diagonal, the mean over windows of the squared gradient of each
@@ -75,6 +75,7 @@ def read_calibration(path: Path) -> list[str]:
 
 
 def calibration_windows(tokenizer: Any, docs: list[str], window: int, max_windows: int) -> Any:
+    """Every whole window of the token stream, or `max_windows` of them spread evenly over it."""
     import torch
 
     ids: list[int] = []
@@ -83,14 +84,14 @@ def calibration_windows(tokenizer: Any, docs: list[str], window: int, max_window
         ids.extend(tokenizer(d, add_special_tokens=False)["input_ids"])
         if eos is not None:
             ids.append(int(eos))
-        if len(ids) >= window * max_windows:
-            break
-    n = min(max_windows, len(ids) // window)
-    if n == 0:
+    total = len(ids) // window
+    if total == 0:
         raise MergestoreError(
             f"the calibration text has {len(ids)} tokens: fewer than one window of {window}"
         )
-    return torch.tensor(ids[: n * window], dtype=torch.long).reshape(n, window)
+    every = torch.tensor(ids[: total * window], dtype=torch.long).reshape(total, window)
+    n = min(max_windows, total)
+    return every[[i * total // n for i in range(n)]]
 
 
 def _require_transformers() -> Any:

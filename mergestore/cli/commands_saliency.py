@@ -38,7 +38,7 @@ from mergestore.cli.output import emit_json, human_bytes, progress_bar
     type=click.IntRange(min=1),
     default=64,
     show_default=True,
-    help="At most this many windows, in the text's order.",
+    help="At most this many windows, spread evenly over the text.",
 )
 @click.option(
     "--batch",

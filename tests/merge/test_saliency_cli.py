@@ -41,7 +41,9 @@ def _windows(fam, cal: Path) -> torch.Tensor:
     for line in cal.read_text().splitlines():
         ids += tok(json.loads(line)["text"], add_special_tokens=False)["input_ids"]
         ids.append(tok.eos_token_id)
-    return torch.tensor(ids[: WINDOWS * WINDOW]).reshape(WINDOWS, WINDOW)
+    total = len(ids) // WINDOW
+    every = torch.tensor(ids[: total * WINDOW]).reshape(total, WINDOW)
+    return every[[i * total // WINDOWS for i in range(WINDOWS)]]  # spread over the text
 
 
 def _grads(fam, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -54,7 +56,7 @@ def _grads(fam, x: torch.Tensor) -> dict[str, torch.Tensor]:
 
 def _load(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
     with safe_open(str(path), framework="pt") as f:
-        return f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+        return f.metadata(), {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is no dict)
 
 
 def _sal(cli, root: Path, cal: Path, out: str, *extra: str):
