@@ -212,9 +212,12 @@ def test_merge_replay_explain_blame_from_the_cli(hand, cli, tmp_path: Path) -> N
     assert rep.code == 0 and rep.json()["identical"]
     ex = cli("--store", sp, "explain", "g30", "--json").json()
     assert ex["saliency"]["kind"] == "gradient"
-    assert ex["saliency"]["id"] == store.prepare_merge(
-        _cfg(), budget="30%", commit_paths=False, saliency=str(g)
-    ).plan_body["budget"]["saliency"]["id"]
+    assert (
+        ex["saliency"]["id"]
+        == store.prepare_merge(_cfg(), budget="30%", commit_paths=False, saliency=str(g)).plan_body[
+            "budget"
+        ]["saliency"]["id"]
+    )
     text = cli("--store", sp, "explain", "g30")
     assert "saliency gradient" in text.out and "planning read" in text.out
     bl = cli("--store", sp, "blame", "g30", "w", "--json").json()
