@@ -9,9 +9,10 @@ full / MLP-only / merged LoRA q,v / top half, each fine-tuned on one text domain
 into a fresh store (block size 4 KiB, every expert with --base main so the delta statistics are
 kept). `mergestore saliency` computes the gradient and the empirical Fisher diagonal of the base
 on calibration windows drawn from the four domains' *training* text. Each merge (weight 0.3 per
-expert; ties with density 0.5) is written with --out and judged by `heldout_loss`: the mean
-next-byte loss over the four domains' held-out text. The score of a budgeted merge is the share
-of the full merge's loss gain it keeps: (L_base − L_budget) / (L_base − L_full).
+expert; ties with density 0.3 and lambda 0.5, since ties normalizes the weights and at lambda 1
+its full merge is worse than the base here) is written with --out and judged by `heldout_loss`:
+the mean next-byte loss over the four domains' held-out text. The score of a budgeted merge is
+the share of the full merge's loss gain it keeps: (L_base − L_budget) / (L_base − L_full).
 
 - norm-greedy: the default planner (|w|·||Δ|| per stored byte);
 - random: MERGESTORE_BUDGET_STRATEGY=random:SEED, seeds 0-4, mean (and min/max);
@@ -69,7 +70,7 @@ def mean_loss(losses: dict[str, float]) -> float:
 
 def merge_loss(store: Store, fam, method: str, work: Path, **kw) -> tuple[float, dict]:
     out = work / f"m-{time.monotonic_ns()}"
-    params = {"density": 0.5} if method == "ties" else {}
+    params = {"density": 0.3, "lambda": 0.5} if method == "ties" else {}
     res = store.merge(
         method=method,
         base="main",
