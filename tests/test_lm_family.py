@@ -11,8 +11,6 @@ from safetensors.torch import load_file
 
 from fixtures.lm_family import PRESETS, ensure_lm_family, heldout_loss, make_lm_family
 
-pytest.importorskip("transformers")
-
 
 @pytest.fixture(scope="module")
 def fam():

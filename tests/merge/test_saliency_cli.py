@@ -13,8 +13,6 @@ from safetensors import safe_open
 from fixtures.lm_family import EXPERTS, ensure_lm_family
 from mergestore.api import Store
 
-pytest.importorskip("transformers")
-
 WINDOW, WINDOWS = 32, 6
 
 
