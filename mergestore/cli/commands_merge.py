@@ -288,7 +288,7 @@ def merge(
         return
     from mergestore.cli.merge_summary import print_summary
 
-    print_summary(cfg.merge_method, r)
+    print_summary(cfg.merge_method, out)  # out: the run record and bytes fetched
     if r.get("error_bound") is not None:
         click.echo(
             f"error bound {r['error_bound']:.4g} (relative estimate "

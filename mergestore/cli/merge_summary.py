@@ -25,6 +25,8 @@ def summary_lines(method: str, r: dict[str, Any]) -> list[str]:
         f"{r['blocks_read']} blocks read, {r['blocks_written']} new blocks written "
         f"({human_bytes(r['bytes_written'])} stored)"
     )
+    if r.get("bytes_fetched"):  # a lazy clone: blocks read from its remote's packs
+        lines.append(f"fetched  {human_bytes(r['bytes_fetched'])} from the remote")
     lines.append(
         f"time     {r['wall_seconds']:.2f} s, peak memory {human_bytes(r['peak_rss_bytes'])}"
     )
