@@ -366,12 +366,16 @@ class Store:
         verify_inputs: bool = False,
         saliency: Any = None,
         saliency_kind: str | None = None,
+        branch: str | None = None,
+        force_branch: bool = False,
     ) -> Any:
         """Validate and plan a merge (MergeConfig, YAML path or text); reads no expert data.
         Models given as folders are committed first (a stat per unchanged file, or every file
-        read again with `verify_inputs`). `saliency`: a safetensors path, a commit ref, or a
-        dict of tensors (then `saliency_kind` "gradient" or "fisher") that ranks the blocks a
-        budget keeps (docs/budget.md)."""
+        read again with `verify_inputs`), once everything their headers allow is checked,
+        including `branch`/`force_branch` as execute_merge will get them: a refused merge
+        stores nothing. `saliency`: a safetensors path, a commit ref, or a dict of tensors
+        (then `saliency_kind` "gradient" or "fisher") that ranks the blocks a budget keeps
+        (docs/budget.md)."""
         from mergestore.merge.config import MergeConfig, load_config
         from mergestore.merge.run import prepare
 
@@ -385,6 +389,8 @@ class Store:
             verify_inputs=verify_inputs,
             saliency=saliency,
             saliency_kind=saliency_kind,
+            branch=branch,
+            force_branch=force_branch,
         )
 
     def execute_merge(
@@ -502,6 +508,8 @@ class Store:
                 verify_inputs=verify_inputs,
                 saliency=saliency,
                 saliency_kind=saliency_kind,
+                branch=branch,
+                force_branch=force_branch,
             )
             return self.execute_merge(
                 prep,

@@ -29,9 +29,9 @@ from mergestore.merge.executor import Executor, LocalExecutor
 from mergestore.merge.inputs import (
     PathInputs,
     ResolvedModel,
-    commit_path_fn,
     refuse_duplicate_commits,
     resolve_models,
+    store_folders,
     validate_tensor_plans,
 )
 from mergestore.merge.layout import build_tree
@@ -122,10 +122,16 @@ def prepare(
     verify_inputs: bool = False,
     saliency: Any = None,
     saliency_kind: str | None = None,
+    branch: str | None = None,
+    force_branch: bool = False,
 ) -> PreparedMerge:
     """Validate the config, resolve inputs, plan every tensor and choose the blocks to read.
-    `saliency` (a safetensors path, a commit ref or a dict of tensors) ranks the blocks a budget
-    keeps by their predicted effect on the loss (merge/saliency.py)."""
+    Folder inputs are checked from their headers before they are stored (precheck.py); `branch`
+    and `force_branch`, the target execute() will be given, are checked then too. `saliency` (a
+    safetensors path, a commit ref or a dict of tensors) ranks the blocks a budget keeps by
+    their predicted effect on the loss (merge/saliency.py)."""
+    # before any folder input is stored: a bad saliency file leaves the store unchanged
+    sal = open_saliency(repo, saliency, saliency_kind) if saliency is not None else None
     spec = get_method(cfg.merge_method)
     refs = models_in_config(cfg)
     path_inputs = PathInputs()
@@ -136,8 +142,22 @@ def prepare(
             ResolvedModel(r, c, _tensors(repo, c)) for r, c in zip(refs, model_commits, strict=True)
         ]
     else:
-        commit_path = commit_path_fn(repo, verify=verify_inputs, tally=path_inputs)
-        models = resolve_models(repo, refs, commit_path=commit_path if commit_paths else None)
+        if commit_paths:
+            from mergestore.merge.precheck import precheck
+
+            precheck(
+                repo,
+                cfg,
+                refs,
+                budget=budget,
+                max_error=max_error,
+                branch=branch,
+                force_branch=force_branch,
+            )
+        commit_path = None
+        if commit_paths:  # every folder stored in one session (a failure stores none)
+            commit_path = store_folders(repo, refs, verify=verify_inputs, tally=path_inputs)
+        models = resolve_models(repo, refs, commit_path=commit_path)
         refuse_duplicate_commits(repo, cfg, models)
     plans = plan_tensors(cfg, spec, refs, {i: list(m.tensors) for i, m in enumerate(models)})
     if not plans:
@@ -158,7 +178,7 @@ def prepare(
         dtype=cfg.dtype,
         out_dtype=cfg.out_dtype,
         progress=analyze_progress,
-        saliency=open_saliency(repo, saliency, saliency_kind) if saliency is not None else None,
+        saliency=sal,
     )
     for t in tasks:
         t.selected = [selection.for_input(t.plan.name, m) for m in t.input_models]
