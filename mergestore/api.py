@@ -500,6 +500,9 @@ class Store:
             from mergestore.merge.outfolder import check_target
 
             check_target(Path(out))
+        from mergestore.merge.ray_warm import warm_for
+
+        warm_for(executor, ray_address)  # Ray joins and starts workers while this plans
         with self.gc_paused():  # path inputs are stored before the merge runs
             prep = self.prepare_merge(
                 config,

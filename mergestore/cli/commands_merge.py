@@ -248,6 +248,9 @@ def merge(
         from mergestore.merge.outfolder import check_target
 
         check_target(Path(out_dir))
+    from mergestore.merge.ray_warm import warm_for
+
+    warm_for(executor, ray_address)  # Ray joins and starts workers while the merge plans
     with store.gc_paused():  # path inputs are stored before the merge runs
         prep = store.prepare_merge(
             cfg,
@@ -494,8 +497,8 @@ def explain(store: Store, ref: str, as_json: bool) -> None:
         )
     )
     click.echo(
-        f"wrote    {human_bytes(r['bytes_written'])}; {plural(r['blocks_read'], 'block')} read; "
-        f"{r['wall_seconds']:.2f} s"
+        f"wrote    {human_bytes(r['bytes_written'])}; "
+        f"{plural(r['blocks_read'], 'stored block')} read; {r['wall_seconds']:.2f} s"
     )
     if r.get("error_bound") is not None:
         click.echo(
