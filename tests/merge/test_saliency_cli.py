@@ -166,3 +166,38 @@ def test_saliency_errors(lm, cli, tmp_path: Path, monkeypatch, setup, extra, cod
     assert store.branches() == branches
     if setup != "exists":
         assert not out.exists()
+
+
+def test_bad_saliency_with_folder_inputs_stores_nothing(cli, tmp_path: Path) -> None:
+    fam = ensure_lm_family("tiny")
+    sp = tmp_path / "store"
+    with Store.init(sp, block_size=4096) as s:
+        s.commit(fam.base, branch="main")
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not safetensors")
+
+    def files() -> list[tuple[str, int]]:
+        return sorted(
+            (str(p.relative_to(sp)), p.stat().st_size)
+            for p in sp.rglob("*")
+            if p.is_file() and p.name != "lock.mdb"
+        )
+
+    before = files()
+    folders = [str(fam.experts[n]) for n in EXPERTS]  # not committed yet: the merge would
+    r = cli(
+        "--store",
+        sp,
+        "merge",
+        "--method",
+        "task_arithmetic",
+        "--base",
+        "main",
+        *folders,
+        "--budget",
+        "25%",
+        "--saliency",
+        bad,
+    )
+    assert r.code == 1 and r.err.startswith("error: ") and "not a readable safetensors" in r.err
+    assert files() == before
