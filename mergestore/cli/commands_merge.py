@@ -297,7 +297,7 @@ def merge(
     msg = store.get_commit(res.commit).message
     click.echo(moved_line(res.branch, res.previous, res.commit, msg), err=True)
     if res.out is not None:
-        click.echo(f"wrote {res.out['path']} ({res.out['files']} files)")
+        click.echo(f"wrote {res.out['path']} ({plural(res.out['files'], 'file')})")
     r = res.run
     from mergestore.cli.merge_summary import import_lines, print_summary
 
