@@ -27,9 +27,10 @@ COMMAND_MODULES = {
     **dict.fromkeys(["switch", "status"], "commands_status"),
     **dict.fromkeys(["materialize", "evict"], "commands_search"),
     **dict.fromkeys(["remote", "push", "fetch", "pull", "clone"], "commands_remote"),
+    "saliency": "commands_saliency",
 }
 _CORE = ("commands_store", "commands_refs", "maintenance")
-_OPTIONAL = ("diff", "merge", "demo", "repack", "status", "search", "remote")
+_OPTIONAL = ("diff", "merge", "demo", "repack", "status", "search", "remote", "saliency")
 
 
 class LazyGroup(click.Group):
