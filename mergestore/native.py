@@ -29,6 +29,10 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
         "mergestore/ops/lanes.py",  # twins: the fp32 torch paths of ops/gta.py, ops/linear.py
         ("gta_sum32", "gta_consensus32", "linear32", "convert"),
     ),
+    "merge_elementwise.c": (
+        "mergestore/ops/lane_elementwise.py",  # twins: ops/nearswap.py and ops/ram.py
+        ("nearswap", "ram"),
+    ),
     "rank_cuts.c": (
         "mergestore/ops/sparsify.py",  # the fp32 cuts' Python side: ops/lanes.py (cut_delta32)
         (
