@@ -33,6 +33,10 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
         "mergestore/ops/lane_elementwise.py",  # twins: ops/nearswap.py and ops/ram.py
         ("nearswap", "ram"),
     ),
+    "merge_reduce.c": (
+        "mergestore/ops/lane_reduce.py",  # twin: ops/model_stock.py
+        ("torch_sum32", "model_stock_stats32", "model_stock_mix32"),
+    ),
     "rank_cuts.c": (
         "mergestore/ops/sparsify.py",  # the fp32 cuts' Python side: ops/lanes.py (cut_delta32)
         (

@@ -5,6 +5,7 @@
  *   merge_arith.c  (+ merge_arith16.h)  GTA and linear arithmetic, 16-bit compute  ops/lane16.py
  *   merge_arith32.c  the same with fp32 compute, inputs and output in any format  ops/lanes.py
  *   merge_elementwise.c  nearswap and ram, any compute format  ops/lane_elementwise.py
+ *   merge_reduce.c  torch-order sums and norms; model_stock in fp32  ops/lane_reduce.py
  *   rank_cuts.c    magnitude rank cuts, row ranks, della's probabilities  ops/sparsify.py
  *   delta_stats.c  fp64 statistics of B - A              diff.py (block_stats)
  *   byte_planes.c  byte-plane joins of the codecs         store/codecs/byteplane.py
@@ -292,6 +293,10 @@ PyObject *py_convert(PyObject *self, PyObject *args);
 /* merge_elementwise.c */
 PyObject *py_nearswap(PyObject *self, PyObject *args);
 PyObject *py_ram(PyObject *self, PyObject *args);
+/* merge_reduce.c */
+PyObject *py_torch_sum32(PyObject *self, PyObject *args);
+PyObject *py_model_stock_stats32(PyObject *self, PyObject *args);
+PyObject *py_model_stock_mix32(PyObject *self, PyObject *args);
 /* rank_cuts.c */
 PyObject *py_sub_hist_bf16(PyObject *self, PyObject *args);
 PyObject *py_nth_equal16(PyObject *self, PyObject *args);

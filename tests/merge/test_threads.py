@@ -28,6 +28,7 @@ MERGES = [
     ("della", "main", [0.5, 0.3, 0.2], {"density": 0.5, "epsilon": 0.1}, "float32", None, None),
     ("model_stock", "main", None, {}, "bfloat16", None, None),
     ("ram", "main", None, {"epsilon": 2e-5}, "float32", "bfloat16", None),  # the C lane
+    ("model_stock", "main", None, {}, "float32", "bfloat16", None),  # C, torch's sum orders
     ("task_arithmetic", "main", [0.4, 0.4, 0.4], {}, "bfloat16", None, "50%"),
 ]
 

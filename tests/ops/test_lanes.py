@@ -141,9 +141,9 @@ def test_reasons(compute):
     spec = get_method("slerp")
     shared, per = validate_params(spec, {"t": 0.5}, [{}], has_base=True)
     assert "acos/sin/cos in torch" in lanes.reason("slerp", compute, shared, per)
-    spec = get_method("model_stock")
+    spec = get_method("sce")
     shared, per = validate_params(spec, {}, [{}, {}], has_base=True)
-    assert "reductions" in lanes.reason("model_stock", compute, shared, per)
+    assert "reductions" in lanes.reason("sce", compute, shared, per)
     if compute == "F32":
         spec = get_method("task_arithmetic")
         shared, per = validate_params(spec, {}, [{"weight": 1.0}] * 5, has_base=True)
@@ -293,3 +293,78 @@ def test_ram_epsilon_at_the_threshold(compute):
     base = torch.zeros(3, row.numel(), dtype=torch.float32)
     xs = [base + row.float(), base + row.float().flip(0), base + 2 * row.float()]
     check_shared("ram", base, xs, {"epsilon": eps}, compute, None)
+
+
+# model_stock (ops.lane_reduce): fp32 compute, tensors of a multiple of 8 elements.
+def check_model_stock(base, xs, out_dtype):
+    spec = get_method("model_stock")
+    shared, per = validate_params(spec, {}, [{}] * len(xs), has_base=True)
+    assert lanes.reason("model_stock", "F32", shared, per, base.numel()) is None
+    # torch on one thread, as the engine runs it: a reduction's order depends on the threads
+    kernels, native.kernels, threads = native.kernels, None, torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        want = merge_tensor(
+            "model_stock", base, xs, {}, [{}] * len(xs), CTX,
+            dtype=torch.float32, out_dtype=TORCH[out_dtype] if out_dtype else None,
+        )  # fmt: skip
+    finally:
+        native.kernels = kernels
+        torch.set_num_threads(threads)
+    got = lanes.merge(
+        "model_stock", to_lane(base), [to_lane(x) for x in xs], shared, per, "F32", out_dtype
+    )
+    assert same_bits(from_lane(got).reshape(want.shape), want), out_dtype
+
+
+@pytest.mark.parametrize("out_dtype", [None, *NAMES])
+@pytest.mark.parametrize("n", [2, 3, 4, 6])
+def test_model_stock_fp32_every_dtype_mix(out_dtype, n):
+    dtypes = ["BF16", "F32", "BF16", "F16", "BF16", "F32", "BF16"]
+    base, xs = family(n, (37, 128), dtypes, seed=n)
+    check_model_stock(base, xs, out_dtype)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    shape=st.lists(st.integers(1, 70), min_size=1, max_size=2).map(lambda s: (*s, 8)),
+    n=st.integers(2, 8),
+    dtypes=st.lists(st.sampled_from(NAMES), min_size=9, max_size=9),
+    out_dtype=st.sampled_from([None, *NAMES]),
+    seed=st.integers(0, 1000),
+)
+def test_model_stock_fp32_random(shape, n, dtypes, out_dtype, seed):
+    """The norms' and dot products' reduction orders hold for any size (a multiple of 8)."""
+    base, xs = family(n, shape, dtypes, seed)
+    check_model_stock(base, xs, out_dtype)
+
+
+def test_model_stock_fp32_large_tensor_cascade_levels(monkeypatch):
+    """Sizes whose sums run through several cascade levels (2^20 elements and more), also
+    split over two threads."""
+    from mergestore.ops import lane16
+
+    monkeypatch.setattr(lane16, "PARALLEL_MIN", 1000)
+    base, xs = family(3, (1 << 20) + 8 * 37, ["BF16", "BF16", "F32", "BF16"], seed=1)
+    check_model_stock(base, xs, "BF16")
+
+
+def test_torch_sum32_is_torch_sum():
+    g, threads = torch.Generator().manual_seed(0), torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for n in [1, 2, 3, 5, 7, 8, 9, 31, 33, 127, 129, 1000, 65536 * 2 + 3, 3_000_001]:
+            x = torch.randn(n, generator=g)
+            assert np.float32(native.kernels.torch_sum32(x.numpy())) == x.sum().item(), n
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_model_stock_reasons():
+    spec = get_method("model_stock")
+    shared, per = validate_params(spec, {}, [{}] * 3, has_base=True)
+    assert lanes.reason("model_stock", "F32", shared, per, 64) is None
+    assert "multiple of 8" in lanes.reason("model_stock", "F32", shared, per, 63)
+    assert "16-bit" in lanes.reason("model_stock", "BF16", shared, per, 64)
+    shared, per = validate_params(spec, {"filter_wise": True}, [{}] * 3, has_base=True)
+    assert "filter_wise" in lanes.reason("model_stock", "F32", shared, per, 64)

@@ -1,7 +1,7 @@
-"""nearswap and ram on the torch-free lane, from the CLI as a user types it: `merge --config
-X.yml --json --out DIR` in every dtype config gives the commit tree of the torch path
-(MERGESTORE_TORCH_FREE=0), reports every tensor on the lane, writes the folder a checkout
-gives, and never imports torch."""
+"""nearswap, ram (any dtype config) and model_stock (`dtype: float32`) on the torch-free lane,
+from the CLI as a user types it: `merge --config X.yml --json --out DIR` gives the commit tree
+of the torch path (MERGESTORE_TORCH_FREE=0), reports every tensor on the lane, writes the
+folder a checkout gives, and never imports torch."""
 
 from __future__ import annotations
 
@@ -30,6 +30,12 @@ def _config(method: str, dtypes: dict) -> dict:
             "models": [{"model": "main"}, {"model": "dense_small"}],
             "parameters": {"t": 0.0005},
         }
+    elif method == "model_stock":
+        cfg = {
+            "merge_method": "model_stock",
+            "base_model": "main",
+            "models": [{"model": m} for m in ("dense_small", "frozen", "lowrank_attn")],
+        }
     else:
         cfg = {
             "merge_method": "ram",
@@ -48,8 +54,13 @@ def _digests(root: Path) -> dict[str, str]:
     }
 
 
-@pytest.mark.parametrize("dtypes", DTYPES)
-@pytest.mark.parametrize("method", ["nearswap", "ram"])
+CASES = [(m, d) for m in ("nearswap", "ram") for d in DTYPES] + [
+    ("model_stock", {"dtype": "float32", "out_dtype": "bfloat16"}),
+    ("model_stock", {"dtype": "float32"}),
+]
+
+
+@pytest.mark.parametrize(("method", "dtypes"), CASES)
 def test_cli_merge_on_the_lane_equals_torch(
     tiny_family, tmp_path, cli, monkeypatch, method, dtypes
 ) -> None:
@@ -82,7 +93,7 @@ def test_cli_merge_never_imports_torch(tiny_family, tmp_path) -> None:
     commit_family(store, tiny_family)
     store.close()
     cfgs = []
-    for method in ("nearswap", "ram"):
+    for method in ("nearswap", "ram", "model_stock"):
         cfg = tmp_path / f"{method}.yml"
         cfg.write_text(yaml.safe_dump(_config(method, DTYPES[1])))
         cfgs.append(str(cfg))
