@@ -29,6 +29,7 @@ import blake3
 import numpy as np
 import zstandard
 
+from mergestore import iotally
 from mergestore.errors import (
     AmbiguousRefError,
     CorruptionError,
@@ -371,6 +372,7 @@ class Repository:
                 f"not {length}"
             )
         self.fetch_meter.add(length)
+        iotally.add_read(length)
         return data
 
     def promised_count(self, remote: str) -> int:
