@@ -9,7 +9,7 @@ import re
 import torch
 from safetensors.torch import save_file
 
-SINGULAR_BUG = re.compile(r"\b1 (blocks|tensors|files|changed block pairs)\b")
+SINGULAR_BUG = re.compile(r"\b1 (blocks|tensors|files|changed block pairs|stored blocks)\b")
 
 
 def test_blocks_count_the_same_thing_in_commit_show_ls_and_diff(ms, tiny_family) -> None:
@@ -68,12 +68,14 @@ def test_one_block_is_singular(ms, tmp_path) -> None:
         ms("ls", "one", "--tensors").out,
         ms("diff", "one", "one").out,
         ms("du").out,
+        ms("checkout", "one", tmp_path / "co").out,
     ]
     for out in outs:
         assert not SINGULAR_BUG.search(out), out
     assert "(1 tensor)" in outs[1] and "1 file, 1 tensor, 1 block\n" in outs[1]
     assert outs[2].splitlines()[-1] == "1 tensor, 1 block"
     assert "0 of 1 block changed" in outs[3]
+    assert ": 1 file, " in outs[5]
 
 
 def test_store_wide_counts_say_stored_blocks(ms, tmp_path) -> None:
