@@ -93,3 +93,24 @@ def test_store_wide_counts_say_stored_blocks(ms, tmp_path) -> None:
         counts = re.findall(r"\d[\d,]* (\w+ )?blocks?\b", out)
         assert counts and all(w == "stored " for w in counts), (name, out)
         assert not SINGULAR_BUG.search(out), out
+
+
+def test_progress_bars_show_binary_rates(fam_store, tmp_path) -> None:
+    """The bar next to "0.2/1.2 MiB" says MiB/s, not rich's decimal MB/s (run as a user would,
+    with the bar forced on as on a terminal)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "MERGESTORE_PROGRESS": "1", "TTY_COMPATIBLE": "1", "COLUMNS": "160"}
+    cmd = [sys.executable, "-c", "from mergestore.cli.entry import run; run()"]
+    r = subprocess.run(
+        [*cmd, "--store", str(fam_store), "checkout", "frozen", str(tmp_path / "co")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    assert re.search(r"\d B/s|[\d.]+ [KMG]iB/s", r.stderr), r.stderr[-500:]
+    assert not re.search(r"[\d.]+ [kMG]B/s", r.stderr)
