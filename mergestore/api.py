@@ -9,14 +9,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mergestore import refops
 from mergestore.checkout import CheckoutResult, checkout_commit, tensor_records
-from mergestore.errors import MergestoreError, RefError, StoreNotFoundError
-from mergestore.formats.safetensors import torch_dtype
+from mergestore.errors import AmbiguousRefError, MergestoreError, RefError, StoreNotFoundError
 from mergestore.ingest import CommitResult, commit_checkpoint
+from mergestore.records import read_record
 from mergestore.store import merges
 from mergestore.store.objects import BlobFile, Commit, TensorFile, TensorRecord, Tree
 from mergestore.store.packs import ReadMeter
-from mergestore.store.refs import HEADS, TAGS, check_ref_name
+from mergestore.store.refs import HEADS, REMOTES, TAGS, ambiguous_ref, check_new_ref_name
 from mergestore.store.repo import CONFIG_FILE, RefUpdate, Repository, StoreConfig
 
 if TYPE_CHECKING:  # torch costs ~2 s to import: only commands that compute pay for it
@@ -320,10 +321,13 @@ class Store:
         rec = self.tensor_record(ref, name)
         return read_record(self.repo, rec, meter)
 
-    def commit_sizes(self, ref: str | bytes) -> dict[str, int]:
-        """Logical bytes, and the unique raw and stored bytes of the blocks a commit uses."""
+    def commit_sizes(self, ref: str | bytes) -> dict[str, Any]:
+        """Logical bytes; the commit's blocks (its tensors' blocks by position, as commit, ls and
+        diff count them); and the raw and stored bytes of the distinct blocks it uses, headers
+        and other files included (each block once: `deduplicated_bytes`)."""
         tree = self._known_tree(ref)
         blocks: set[bytes] = set()
+        tensor_blocks = 0
         for e in tree.entries:
             obj = self.repo.get_file(e.object)
             if isinstance(obj, TensorFile):
@@ -332,6 +336,7 @@ class Store:
                 blocks.update(header.blocks)
                 for t in obj.tensors:
                     blocks.update(t.blocks)
+                    tensor_blocks += len(t.blocks)
             else:
                 blocks.update(obj.blocks)
         raw = stored = 0
@@ -343,9 +348,10 @@ class Store:
         logical = sum(e.size for e in tree.entries)
         return {
             "logical_bytes": logical,
-            "unique_bytes": raw,
+            "deduplicated_bytes": raw,
             "stored_bytes": stored,
-            "blocks": len(blocks),
+            "stored_raw_ratio": stored / raw if raw else None,
+            "blocks": tensor_blocks,
         }
 
     # ----- merges ----------------------------------------------------------------------------
@@ -358,10 +364,18 @@ class Store:
         max_error: float | None = None,
         commit_paths: bool = True,
         verify_inputs: bool = False,
+        saliency: Any = None,
+        saliency_kind: str | None = None,
+        branch: str | None = None,
+        force_branch: bool = False,
     ) -> Any:
         """Validate and plan a merge (MergeConfig, YAML path or text); reads no expert data.
         Models given as folders are committed first (a stat per unchanged file, or every file
-        read again with `verify_inputs`)."""
+        read again with `verify_inputs`), once everything their headers allow is checked,
+        including `branch`/`force_branch` as execute_merge will get them: a refused merge
+        stores nothing. `saliency`: a safetensors path, a commit ref, or a dict of tensors
+        (then `saliency_kind` "gradient" or "fisher") that ranks the blocks a budget keeps
+        (docs/budget.md)."""
         from mergestore.merge.config import MergeConfig, load_config
         from mergestore.merge.run import prepare
 
@@ -373,6 +387,10 @@ class Store:
             max_error=max_error,
             commit_paths=commit_paths,
             verify_inputs=verify_inputs,
+            saliency=saliency,
+            saliency_kind=saliency_kind,
+            branch=branch,
+            force_branch=force_branch,
         )
 
     def execute_merge(
@@ -438,9 +456,12 @@ class Store:
         executor: Any = None,
         ray_address: str | None = None,
         force_branch: bool = False,
+        saliency: Any = None,
+        saliency_kind: str | None = None,
         **output: Any,
     ) -> Any:
         """Run a merge and store it as a commit; returns a MergeResult (commit, plan, run).
+        `saliency` (+ `saliency_kind` for a dict of tensors): see prepare_merge.
         `output`: write_card (default True), shard_bytes, copy_tokenizer.
         Without `branch` the commit goes to a new branch `merge/<method>-N`; a branch that
         points at the base or an input is moved only with `force_branch`.
@@ -479,9 +500,19 @@ class Store:
             from mergestore.merge.outfolder import check_target
 
             check_target(Path(out))
+        from mergestore.merge.ray_warm import warm_for
+
+        warm_for(executor, ray_address)  # Ray joins and starts workers while this plans
         with self.gc_paused():  # path inputs are stored before the merge runs
             prep = self.prepare_merge(
-                config, budget=budget, max_error=max_error, verify_inputs=verify_inputs
+                config,
+                budget=budget,
+                max_error=max_error,
+                verify_inputs=verify_inputs,
+                saliency=saliency,
+                saliency_kind=saliency_kind,
+                branch=branch,
+                force_branch=force_branch,
             )
             return self.execute_merge(
                 prep,
@@ -648,6 +679,8 @@ class Store:
         }
 
     def explain(self, ref: str) -> dict[str, Any]:
+        from mergestore.realized import base_and_inputs, realized_error
+
         cid, c, plan, run = self.merge_info(ref)
         b = plan.get("budget") or {}
         return {
@@ -671,10 +704,18 @@ class Store:
             "planned_bytes_by_model": b.get("per_model_planned_bytes", {}),
             "planned_blocks_by_model": b.get("per_model_blocks", {}),
             "realized": run,
+            "saliency": (
+                {k: v for k, v in b["saliency"].items() if k != "scores"}
+                if b.get("saliency")
+                else None
+            ),
+            **base_and_inputs(plan),
+            "realized_error": realized_error(self, cid, plan),
         }
 
     def blame(self, ref: str, tensor: str) -> dict[str, Any]:
         from mergestore.merge.budget import _unranges
+        from mergestore.merge.saliency import block_scores
 
         cid, _c, plan, _run = self.merge_info(ref)
         entry = next((t for t in plan.get("tensors", []) if t["name"] == tensor), None)
@@ -724,17 +765,50 @@ class Store:
                     "parameters": entry["per_input"][len(rows)]
                     if len(rows) < len(entry["per_input"])
                     else {},
+                    **block_scores(plan, tensor, model_index, read),
                 }
             )
         return {
             "commit": cid.hex(),
             "tensor": tensor,
             "method": plan.get("method"),
+            "saliency": ((plan.get("budget") or {}).get("saliency") or {}).get("kind"),
             "blocks": n_blocks,
             "t": entry.get("t"),
             "shared": entry.get("shared"),
             "inputs": rows,
         }
+
+    def saliency(
+        self,
+        ref: str,
+        calibration: str | os.PathLike[str],
+        out: str | os.PathLike[str],
+        *,
+        fisher: bool = False,
+        window: int = 128,
+        max_windows: int = 64,
+        batch: int = 8,
+        force: bool = False,
+        progress: Progress | None = None,
+    ) -> Any:
+        """Gradients (or, with `fisher`, the empirical Fisher diagonal) of checkpoint `ref` on
+        calibration text, written to `out` for `merge --saliency` (needs transformers:
+        mergestore[saliency]). Returns a SaliencyResult (mergestore/saliency_compute.py)."""
+        from mergestore.saliency_compute import compute_saliency
+
+        return compute_saliency(
+            self.repo,
+            self.resolve(ref),
+            Path(calibration),
+            Path(out),
+            fisher=fisher,
+            window=window,
+            max_windows=max_windows,
+            batch=batch,
+            force=force,
+            progress=progress,
+        )
 
     # ----- maintenance -----------------------------------------------------------------------
 
@@ -802,7 +876,7 @@ class Store:
         return t[len(HEADS) :] if t and t.startswith(HEADS) else None
 
     def create_branch(self, name: str, ref: str = "HEAD", *, force: bool = False) -> bytes:
-        full = HEADS + check_ref_name(name)
+        full = HEADS + check_new_ref_name(name)
         cid = self.resolve(ref)
         old = self.repo.read_ref(full)
         if old is not None and not force:
@@ -811,7 +885,7 @@ class Store:
         return cid
 
     def delete_branch(self, name: str) -> bytes:
-        full = HEADS + check_ref_name(name)
+        full = HEADS + name
         old = self.repo.read_ref(full)
         if old is None:
             raise RefError(f"no branch {name!r}")
@@ -823,13 +897,28 @@ class Store:
         return old
 
     def create_tag(self, name: str, ref: str = "HEAD", *, force: bool = False) -> bytes:
-        full = TAGS + check_ref_name(name, "tag")
+        full = TAGS + check_new_ref_name(name, "tag")
         cid = self.resolve(ref)
         old = self.repo.read_ref(full)
         if old is not None and not force:
             raise RefError(f"tag {name!r} already exists")
         self.repo.update_refs([RefUpdate(full, cid, f"tag: {ref}", old=old)])
         return cid
+
+    def rename_branch(self, old: str | None, new: str, *, force: bool = False) -> bytes:
+        """`git branch -m [OLD] NEW`: OLD (default HEAD's branch) becomes NEW, with its reflog;
+        HEAD follows. An existing NEW is replaced only with `force`. Returns the commit."""
+        return refops.rename_branch(self.repo, old or self._head_branch("rename"), new, force=force)
+
+    def delete_tag(self, name: str) -> bytes:
+        """`git tag -d NAME`; returns the commit the tag named (its reflog keeps the entry)."""
+        return refops.delete_tag(self.repo, name)
+
+    def _head_branch(self, what: str) -> str:
+        name = self.current_branch()
+        if name is None:
+            raise RefError(f"HEAD is detached: name the branch to {what}")
+        return name
 
     def reflog(self, ref: str | None = None) -> list[tuple[str, Any]]:
         names = [self._full_ref_name(ref)] if ref else self.repo.reflog_names()
@@ -843,9 +932,10 @@ class Store:
             return self.repo.head_target() or "HEAD"
         if ref.startswith("refs/"):
             return ref
-        if self.repo.read_ref(TAGS + ref) is not None and self.repo.read_ref(HEADS + ref) is None:
-            return TAGS + ref
-        return HEADS + ref
+        found = [n for n in self.repo.refs_named(ref) if not n.startswith(REMOTES)]
+        if len(found) > 1:
+            raise AmbiguousRefError(ambiguous_ref(ref, found))
+        return found[0] if found else HEADS + ref
 
     # ----- diff ------------------------------------------------------------------------------
 
@@ -880,20 +970,3 @@ def _read_text(source: str | os.PathLike[str]) -> str:
         return Path(source).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise MergestoreError(f"{os.fspath(source)}: cannot read: {e}") from None
-
-
-def read_record(
-    repo: Repository, rec: TensorRecord, meter: ReadMeter | None = None
-) -> torch.Tensor:
-    buf = bytearray(rec.nbytes)
-    pos = 0
-    for bid in rec.blocks:
-        raw = repo.read_block(bid, meter)
-        buf[pos : pos + len(raw)] = raw
-        pos += len(raw)
-    import torch
-
-    dt = torch_dtype(rec.dtype)
-    if rec.nbytes == 0:
-        return torch.empty(rec.shape, dtype=dt)
-    return torch.frombuffer(buf, dtype=dt).reshape(rec.shape)

@@ -7,7 +7,7 @@ import os
 import socket
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from mergestore import blockstats, native
 from mergestore.errors import RefError
@@ -18,7 +18,7 @@ from mergestore.store.blocks import blob_ranges, block_id, tensor_blocking
 from mergestore.store.index import BlockLocation
 from mergestore.store.objects import BlobFile, Commit, TensorFile, TensorRecord, Tree, TreeEntry
 from mergestore.store.parallel import BufferPool, read_exact, reuse_freed_memory
-from mergestore.store.refs import check_ref_name
+from mergestore.store.refs import check_new_ref_name
 from mergestore.store.repo import HEADS, RefUpdate, Repository, WriteSession
 from mergestore.store.statcache import FileStamp, path_key
 from mergestore.threads import default_workers, one_torch_thread, ordered_map
@@ -67,8 +67,8 @@ class CommitResult:
     tree: bytes
     logical_bytes: int
     written_bytes: int
-    new_blocks: int
-    total_blocks: int
+    new_blocks: int  # of total_blocks, those that added a block to the store
+    total_blocks: int  # tensor blocks by position (docs/format.md, "Blocks")
     files: int
     tensors: int
     seconds: float
@@ -86,8 +86,7 @@ class _Ingest:
     base_blocks: dict[str, tuple[str, tuple[int, ...], tuple[bytes, ...]]]
     want_stats: bool
     progress: Progress | None
-    new_blocks: int = 0
-    total_blocks: int = 0
+    new_blocks: int = 0  # tensor block positions whose block this commit stored first
     stats_computed: int = 0
     files_read: int = 0
     bytes_read: int = 0
@@ -149,9 +148,11 @@ class _Ingest:
 
     def store(self, job: BlockJob, res: BlockResult) -> bytes:
         """Runs on the main thread, in order: append new blocks to the pack."""
-        self.total_blocks += 1
         self.bytes_read += res.raw_len
-        if res.encoded is not None and self.session.add_encoded(res.bid, res.raw_len, res.encoded):
+        added = res.encoded is not None and self.session.add_encoded(
+            res.bid, res.raw_len, res.encoded
+        )
+        if added and job.dtype is not None:  # a tensor block (see tensor_block_count)
             self.new_blocks += 1
         if res.buf is not None and self.pool is not None:
             res.encoded = None
@@ -348,7 +349,7 @@ def _put_bytes(session: WriteSession, data: bytes, block_size: int) -> bytes:
 def branch_ref(repo: Repository, branch: str | None) -> str:
     """The full ref a commit goes to: the named branch, or HEAD's branch."""
     if branch:
-        return HEADS + check_ref_name(branch)
+        return HEADS + check_new_ref_name(branch)
     target = repo.head_target()
     if target is None:
         from mergestore.errors import RefError
@@ -370,13 +371,21 @@ def commit_checkpoint(
     progress: Progress | None = None,
     detached: bool = False,
     verify: bool = False,
+    session: WriteSession | None = None,
 ) -> CommitResult:
     """Validate the checkpoint, store it, and publish the commit and ref move atomically.
 
     `detached` publishes a commit without moving any ref (merge inputs given as paths: the
     merge commit that follows names it as a parent). Files the stat cache vouches for are not
-    read again, unless `verify`.
+    read again, unless `verify`. A detached commit into `session` is left for the session's
+    owner to publish (a merge stores all its folders in one session: merge/inputs.py).
     """
+    if session is not None:
+        if not detached:
+            raise ValueError("commit_checkpoint: a shared session takes detached commits only")
+        return _commit_detached_into(
+            repo, session, path, message, base, meta, author, want_stats, progress, verify
+        )
     t0 = time.perf_counter()
     ckpt = scan_checkpoint(path)  # validates every header before anything is written
     ref = None if detached else branch_ref(repo, branch)
@@ -439,6 +448,58 @@ def commit_checkpoint(
     return _result(cid, tree_id, ckpt, session, ing, t0, ref, old)
 
 
+def _commit_detached_into(
+    repo: Repository,
+    session: WriteSession,
+    path: str | os.PathLike[str],
+    message: str,
+    base: bytes | None,
+    meta: dict[str, str] | None,
+    author: str | None,
+    want_stats: bool,
+    progress: Progress | None,
+    verify: bool,
+) -> CommitResult:
+    """commit_checkpoint(detached=True) into a session someone else publishes."""
+    t0 = time.perf_counter()
+    ckpt = scan_checkpoint(path)
+    written_before = session.bytes_written  # the session may hold other folders already
+    with one_torch_thread():
+        tree_id, ing = ingest_tree(
+            repo, session, ckpt, base=base, want_stats=want_stats, progress=progress, verify=verify
+        )
+    folder = path_key(os.path.realpath(path))
+    reused = _same_input_commit(repo, folder, tree_id, base, message, dict(meta or {}))
+    if reused is not None:
+        res = _result(reused, tree_id, ckpt, session, ing, t0, None)
+        return replace(res, written_bytes=session.bytes_written - written_before)
+    commit = Commit(
+        tree=tree_id,
+        parents=(base,) if base is not None else (),
+        message=message,
+        author=author or default_author(),
+        time=round(time.time(), 3),
+        base=base,
+        meta=dict(meta or {}),
+    )
+    cid = session.put_object(commit)
+    session.put_input_commit(folder, cid)
+    res = _result(cid, tree_id, ckpt, session, ing, t0, None)
+    return replace(res, written_bytes=session.bytes_written - written_before)
+
+
+def tensor_block_count(ckpt: Checkpoint, block_size: int) -> int:
+    """A checkpoint's blocks, as every command counts them (docs/format.md, "Blocks"): the
+    blocks of its tensors, by position (a block used twice counts twice), whether or not
+    their files were read (the stat cache) or their blocks were new."""
+    return sum(
+        tensor_blocking(t.shape, DTYPE_SIZES[t.dtype], block_size).num_blocks
+        for f in ckpt.files
+        if f.header
+        for t in f.header.tensors
+    )
+
+
 def _same_input_commit(
     repo: Repository,
     folder: bytes,
@@ -474,7 +535,7 @@ def _result(
         logical_bytes=sum(f.size for f in ckpt.files),
         written_bytes=session.bytes_written,
         new_blocks=ing.new_blocks,
-        total_blocks=ing.total_blocks,
+        total_blocks=tensor_block_count(ckpt, session.repo.config.block_size),
         files=len(ckpt.files),
         tensors=sum(len(f.header.tensors) for f in ckpt.files if f.header),
         seconds=time.perf_counter() - t0,

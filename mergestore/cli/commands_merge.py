@@ -15,8 +15,16 @@ from mergestore.cli.output import (
     emit_json,
     human_bytes,
     moved_line,
+    plural,
     progress_bar,
     short,
+)
+from mergestore.cli.saliency_output import (
+    check_saliency_options,
+    print_blame_scores,
+    print_explain_saliency,
+    print_saliency_summary,
+    saliency_summary,
 )
 
 
@@ -60,6 +68,13 @@ def _merge_options(fn: Any) -> Any:
             type=float,
             default=None,
             help="Smallest read set whose bound is <= this share of the merge delta.",
+        ),
+        click.option(
+            "--saliency",
+            default=None,
+            metavar="FILE|REF",
+            help="Gradients or a Fisher diagonal (a safetensors file or a commit, e.g. from "
+            "`mergestore saliency`): a budget keeps the blocks that matter most for the loss.",
         ),
         click.argument("models", nargs=-1),
     ]
@@ -167,6 +182,7 @@ def merge(
     seed: int | None,
     budget: str | None,
     max_error: float | None,
+    saliency: str | None,
     models: tuple[str, ...],
     message: str,
     branch: str | None,
@@ -191,6 +207,7 @@ def merge(
 
     if config_path and yaml_files(models):  # --config sweep/*.yml: the shell spread the rest
         config_path, models = (*config_path, *models), ()
+    check_saliency_options(saliency, budget, max_error, several=len(config_path) > 1)
     if len(config_path) > 1:
         if branch or out_dir or lazy:
             from mergestore.errors import MergeError
@@ -207,7 +224,7 @@ def merge(
             force=force,
             as_json=as_json,
         )
-    if config_path:
+    if config_path and saliency is None:  # a recipe takes no --saliency (refused when loaded)
         from mergestore.cli.commands_search import maybe_run_recipe
 
         if maybe_run_recipe(
@@ -221,14 +238,32 @@ def merge(
     if out_dir is not None:  # before anything is read or stored
         from pathlib import Path
 
+        if lazy:
+            from mergestore.errors import MergeError
+
+            raise MergeError(
+                "--lazy computes nothing, so it cannot write --out (materialize first)"
+            )
+
         from mergestore.merge.outfolder import check_target
 
         check_target(Path(out_dir))
+    from mergestore.merge.ray_warm import warm_for
+
+    warm_for(executor, ray_address)  # Ray joins and starts workers while the merge plans
     with store.gc_paused():  # path inputs are stored before the merge runs
         prep = store.prepare_merge(
-            cfg, budget=budget, max_error=max_error, verify_inputs=verify_inputs
+            cfg,
+            budget=budget,
+            max_error=max_error,
+            verify_inputs=verify_inputs,
+            saliency=saliency,
+            branch=branch,
+            force_branch=force,
         )
-        with progress_bar("merge", len(prep.tasks), not as_json, unit="tensors") as advance:
+        with progress_bar(
+            "merge", len(prep.tasks), not as_json, unit="tensors", io=True
+        ) as advance:
             res = store.execute_merge(
                 prep,
                 progress=advance,
@@ -262,19 +297,25 @@ def merge(
     msg = store.get_commit(res.commit).message
     click.echo(moved_line(res.branch, res.previous, res.commit, msg), err=True)
     if res.out is not None:
-        click.echo(f"wrote {res.out['path']} ({res.out['files']} files)")
+        click.echo(f"wrote {res.out['path']} ({plural(res.out['files'], 'file')})")
     r = res.run
-    if _report_memo_or_lazy(out):
-        return
-    from mergestore.cli.merge_summary import print_summary
+    from mergestore.cli.merge_summary import import_lines, print_summary
 
-    print_summary(cfg.merge_method, r)
+    for line in import_lines(r):
+        click.echo(line, err=True)
+    if _report_memo_or_lazy(out):
+        for note in r.get("notes", ()):
+            click.echo(f"note: {note}", err=True)
+        return
+    print_summary(cfg.merge_method, out)  # out: the run record and bytes fetched
     if r.get("error_bound") is not None:
         click.echo(
             f"error bound {r['error_bound']:.4g} (relative estimate "
             f"{prep.selection.error_bound_rel:.3%})",
             err=True,
         )
+    for note in r.get("notes", ()):
+        click.echo(f"note: {note}", err=True)
 
 
 def _report_memo_or_lazy(out: dict[str, Any]) -> bool:
@@ -316,12 +357,16 @@ def plan(
     seed: int | None,
     budget: str | None,
     max_error: float | None,
+    saliency: str | None,
     models: tuple[str, ...],
     as_json: bool,
 ) -> None:
     """Print the plan a merge would run (reads no expert data)."""
+    check_saliency_options(saliency, budget, max_error)
     cfg = _config(config_path, method, base, models, weights, params, dtype, out_dtype, seed)
-    prep = store.prepare_merge(cfg, budget=budget, max_error=max_error, commit_paths=False)
+    prep = store.prepare_merge(
+        cfg, budget=budget, max_error=max_error, commit_paths=False, saliency=saliency
+    )
     body = prep.plan_body
     summary = _plan_summary(prep)
     if as_json:
@@ -336,9 +381,15 @@ def _plan_summary(prep: Any) -> dict[str, Any]:
     per_tensor: dict[str, dict[str, int]] = {}
     for t, ms in sel.read.items():
         per_tensor[t] = {prep.models[m].ref.text: len(b) for m, b in ms.items()}
+    models = [
+        {"ref": m.ref.text, "commit": m.commit.hex(), "index": i} for i, m in enumerate(prep.models)
+    ]
+    base = models[prep.base_index] if prep.base_index is not None else None
     return {
         "method": prep.cfg.merge_method,
-        "models": [{"ref": m.ref.text, "commit": m.commit.hex()} for m in prep.models],
+        "models": models,
+        "base": base,
+        "inputs": [m for m in models if m is not base],
         "tensors": len(prep.plans),
         "budget_bytes": sel.budget_bytes,
         "expert_bytes_full": sel.expert_bytes_full,
@@ -353,12 +404,16 @@ def _plan_summary(prep: Any) -> dict[str, Any]:
             prep.models[m].ref.text: n for m, n in sorted(sel.per_model_planned.items())
         },
         "blocks_per_tensor": per_tensor,
+        **saliency_summary(sel),
+        "notes": list(sel.notes),
     }
 
 
 def _print_summary(s: dict[str, Any]) -> None:
-    click.echo(f"method   {s['method']}  ({s['tensors']} tensors)")
-    for m in s["models"]:
+    click.echo(f"method   {s['method']}  ({plural(s['tensors'], 'tensor')})")
+    if s["base"] is not None:
+        click.echo(f"base     {s['base']['ref']:<20} {short(s['base']['commit'])}")
+    for m in s["inputs"]:
         click.echo(f"input    {m['ref']:<20} {short(m['commit'])}")
     if s["budget_bytes"] is not None:
         click.echo(f"budget   {human_bytes(s['budget_bytes'])}")
@@ -367,9 +422,14 @@ def _print_summary(s: dict[str, Any]) -> None:
         f"{human_bytes(s['expert_bytes_full'])} expert bytes"
     )
     for name, n in s["blocks_per_model"].items():
-        click.echo(f"         {name:<20} {n} blocks, {human_bytes(s['bytes_per_model'][name])}")
+        click.echo(
+            f"         {name:<20} {plural(n, 'block')}, {human_bytes(s['bytes_per_model'][name])}"
+        )
     if s["error_bound"] is not None:
         click.echo(f"bound    {s['error_bound']:.4g} (relative {s['error_bound_rel']:.3%})")
+    print_saliency_summary(s)
+    for note in s["notes"]:
+        click.echo(f"note: {note}")
 
 
 @click.command()
@@ -383,7 +443,8 @@ def replay(store: Store, ref: str, as_json: bool) -> None:
         emit_json(rep)
     elif rep["identical"]:
         click.echo(
-            f"identical: {rep['tensors']} tensors, {rep['blocks']} blocks match "
+            f"identical: {plural(rep['tensors'], 'tensor')}, "
+            f"{plural(rep['blocks'], 'block')} match "
             f"({rep['seconds']:.2f} s)"
         )
     else:
@@ -414,14 +475,18 @@ def explain(store: Store, ref: str, as_json: bool) -> None:
         return
     click.echo(f"merge {info['commit']}  plan {short(info['plan'])}")
     click.echo(f"method   {info['method']}")
-    for i, m in enumerate(info["models"]):
-        planned = info["planned_bytes_by_model"].get(str(i))
-        real = info["realized"]["expert_bytes_read_by_model"][i]
-        extra = f"  planned {human_bytes(planned)}" if planned is not None else ""
-        click.echo(
-            f"input {i}  {m['ref']:<16} {short(m['commit'])}  read {human_bytes(real)}{extra}"
-        )
     r = info["realized"]
+    if info["base"] is not None:
+        b = info["base"]
+        click.echo(
+            f"base     {b['ref']:<16} {short(b['commit'])}  read "
+            f"{human_bytes(r['base_bytes_read'])} (not charged to the budget)"
+        )
+    for m in info["inputs"]:
+        planned = info["planned_bytes_by_model"].get(str(m["index"]))
+        real = r["expert_bytes_read_by_model"][m["index"]]
+        extra = f"  planned {human_bytes(planned)}" if planned is not None else ""
+        click.echo(f"input    {m['ref']:<16} {short(m['commit'])}  read {human_bytes(real)}{extra}")
     click.echo(
         f"expert   read {human_bytes(r['expert_bytes_read'])} of "
         f"{human_bytes(r['expert_bytes_full'])}"
@@ -432,15 +497,28 @@ def explain(store: Store, ref: str, as_json: bool) -> None:
         )
     )
     click.echo(
-        f"base     read {human_bytes(r['base_bytes_read'])}; wrote "
-        f"{human_bytes(r['bytes_written'])}; {r['blocks_read']} blocks; "
-        f"{r['wall_seconds']:.2f} s"
+        f"wrote    {human_bytes(r['bytes_written'])}; "
+        f"{plural(r['blocks_read'], 'stored block')} read; {r['wall_seconds']:.2f} s"
     )
     if r.get("error_bound") is not None:
         click.echo(
-            f"bound    {r['error_bound']:.4g} (estimated relative "
-            f"{info['estimates']['error_bound_rel']:.3%})"
+            f"bound    {r['error_bound']:.4g} (relative {info['estimates']['error_bound_rel']:.3%})"
         )
+    print_explain_saliency(info)
+    real_err = info["realized_error"]
+    if real_err is None:  # read everything: nothing to compare
+        pass
+    elif real_err["error"] is not None:
+        rel = real_err["relative"]
+        click.echo(
+            f"realized {real_err['error']:.4g} (relative "
+            + (f"{rel:.3%}" if rel is not None else "n/a")
+            + f"; against the full-read merge {short(real_err['full_merge'])})"
+        )
+    else:
+        click.echo(f"realized unknown: {real_err['why']}")
+    for note in r.get("notes", ()):
+        click.echo(f"note: {note}")
 
 
 @click.command()
@@ -454,9 +532,10 @@ def blame(store: Store, ref: str, tensor: str, as_json: bool) -> None:
     if as_json:
         emit_json(info)
         return
-    click.echo(f"{tensor}: {info['blocks']} blocks, method {info['method']}")
+    click.echo(f"{tensor}: {plural(info['blocks'], 'block')}, method {info['method']}")
     for row in info["inputs"]:
         click.echo(f"  {row['ref']:<16} {row['status']}: read blocks {row['read'] or '-'}")
+        print_blame_scores(row, info.get("saliency"))
 
 
 COMMANDS = [merge, plan, replay, explain, blame]

@@ -15,13 +15,28 @@ from mergestore.cli.output import emit_json, short
 @click.argument("name", required=False)
 @click.argument("ref", required=False)
 @click.option("-d", "--delete", is_flag=True, help="Delete branch NAME.")
+@click.option(
+    "-m", "--move", is_flag=True, help="Rename branch NAME to REF (or HEAD's branch to NAME)."
+)
+@click.option("-M", "force_move", is_flag=True, help="Rename, replacing an existing branch.")
 @click.option("-f", "--force", is_flag=True, help="Move NAME even if it exists.")
 @json_option
 @with_store
 def branch(
-    store: Store, name: str | None, ref: str | None, delete: bool, force: bool, as_json: bool
+    store: Store,
+    name: str | None,
+    ref: str | None,
+    delete: bool,
+    move: bool,
+    force_move: bool,
+    force: bool,
+    as_json: bool,
 ) -> None:
-    """List branches, create NAME at REF (default HEAD), or delete NAME with -d."""
+    """List branches, create NAME at REF (default HEAD), delete NAME with -d, or rename with
+    -m (`branch -m OLD NEW`, or `branch -m NEW` for HEAD's branch)."""
+    move = move or force_move
+    if delete and move:
+        raise click.UsageError("-d and -m do not go together")
     if delete:
         if not name:
             raise click.UsageError("branch -d needs a NAME")
@@ -31,12 +46,27 @@ def branch(
         else:
             click.echo(f"Deleted branch {name} (was {short(old)}).")
         return
+    if move:
+        if not name:
+            raise click.UsageError("branch -m needs NEW (or OLD NEW)")
+        src, dst = (name, ref) if ref is not None else (store.current_branch(), name)
+        cid = store.rename_branch(src, dst, force=force or force_move)
+        if as_json:
+            emit_json(
+                {"renamed": src, "branch": dst, "commit": cid.hex(), "head": store.current_branch()}
+            )
+        else:
+            click.echo(f"Renamed branch {src} -> {dst} ({short(cid)}).")
+        return
     if name is not None:  # "" is an invalid name, not "no name"
         cid = store.create_branch(name, ref or "HEAD", force=force)
+        warnings = _ambiguity(name, "tag", store.tags())
         if as_json:
-            emit_json({"branch": name, "commit": cid.hex()})
+            emit_json({"branch": name, "commit": cid.hex(), "warnings": warnings})
         else:
             click.echo(f"{name} -> {short(cid)}")
+            for w in warnings:
+                click.echo(f"warning: {w}", err=True)
         return
     branches = store.branches()
     head = store.current_branch()
@@ -52,17 +82,32 @@ def branch(
 @click.command()
 @click.argument("name", required=False)
 @click.argument("ref", required=False)
-@click.option("-f", "--force", is_flag=True)
+@click.option("-d", "--delete", is_flag=True, help="Delete tag NAME.")
+@click.option("-f", "--force", is_flag=True, help="Move NAME even if it exists.")
 @json_option
 @with_store
-def tag(store: Store, name: str | None, ref: str | None, force: bool, as_json: bool) -> None:
-    """List tags, or create tag NAME at REF (default HEAD)."""
+def tag(
+    store: Store, name: str | None, ref: str | None, delete: bool, force: bool, as_json: bool
+) -> None:
+    """List tags, create tag NAME at REF (default HEAD), or delete NAME with -d."""
+    if delete:
+        if not name or ref is not None:
+            raise click.UsageError("tag -d needs one NAME")
+        old = store.delete_tag(name)
+        if as_json:
+            emit_json({"deleted": name, "was": old.hex()})
+        else:
+            click.echo(f"Deleted tag {name} (was {short(old)}).")
+        return
     if name is not None:  # "" is an invalid name, not "no name"
         cid = store.create_tag(name, ref or "HEAD", force=force)
+        warnings = _ambiguity(name, "branch", store.branches())
         if as_json:
-            emit_json({"tag": name, "commit": cid.hex()})
+            emit_json({"tag": name, "commit": cid.hex(), "warnings": warnings})
         else:
             click.echo(f"{name} -> {short(cid)}")
+            for w in warnings:
+                click.echo(f"warning: {w}", err=True)
         return
     tags = store.tags()
     if as_json:
@@ -70,6 +115,16 @@ def tag(store: Store, name: str | None, ref: str | None, force: bool, as_json: b
         return
     for tname, cid in tags.items():
         click.echo(f"{tname:<24} {short(cid, 10)}")
+
+
+def _ambiguity(name: str, other: str, others: dict[str, bytes]) -> list[str]:
+    """git warns when a new ref makes a name ambiguous; every use of it is then an error."""
+    if name not in others:
+        return []
+    return [
+        f"{other} {name!r} exists too: {name!r} is now ambiguous wherever it is used "
+        f"(say refs/heads/{name} or refs/tags/{name})"
+    ]
 
 
 @click.command()

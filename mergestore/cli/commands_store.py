@@ -15,10 +15,12 @@ from mergestore.cli.output import (
     emit_json,
     human_bytes,
     moved_line,
+    plural,
     progress_bar,
     short,
 )
 from mergestore.formats.checkpoint import scan_checkpoint
+from mergestore.formats.outdir import FORCE_RULE
 
 
 def _size_arg(text: str) -> int:
@@ -150,11 +152,12 @@ def commit(
     else:
         click.echo(res.commit.hex())
         click.echo(moved_line(res.branch, res.previous, res.commit, message), err=True)
-        rate = res.logical_bytes / res.seconds / 1e9 if res.seconds else 0
+        rate = res.logical_bytes / res.seconds if res.seconds else 0
         click.echo(
-            f"{res.files} files, {res.tensors} tensors, {human_bytes(res.logical_bytes)}: "
-            f"{res.new_blocks}/{res.total_blocks} new blocks, wrote "
-            f"{human_bytes(res.written_bytes)} in {res.seconds:.2f} s ({rate:.2f} GB/s)"
+            f"{plural(res.files, 'file')}, {plural(res.tensors, 'tensor')}, "
+            f"{plural(res.total_blocks, 'block')} ({res.new_blocks:,} new), "
+            f"{human_bytes(res.logical_bytes)}: wrote "
+            f"{human_bytes(res.written_bytes)} in {res.seconds:.2f} s ({human_bytes(rate)}/s)"
             + (
                 f"; {res.files - res.files_read} unchanged files taken on a stat"
                 if res.files_read < res.files
@@ -167,7 +170,11 @@ def commit(
 @click.command()
 @click.argument("ref")
 @click.argument("out", type=click.Path())
-@click.option("--force", is_flag=True, help="Write into a non-empty directory.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Write over a non-empty directory: " + FORCE_RULE + ".",
+)
 @click.option(
     "--tensor",
     "tensors",
@@ -180,7 +187,10 @@ def commit(
 def checkout(
     store: Store, ref: str, out: str, force: bool, tensors: tuple[str, ...], as_json: bool
 ) -> None:
-    """Write commit REF's files into directory OUT, byte for byte."""
+    """Write commit REF's files into directory OUT, byte for byte.
+
+    All or nothing: the files are written into a temporary sibling of OUT that takes OUT's
+    place at the end; a failed or interrupted checkout leaves OUT as it was."""
     cid = store.resolve(ref)
     total = store.commit_sizes(cid)["logical_bytes"] if not tensors else None
     with progress_bar("checkout", total, not as_json) as advance:
@@ -196,13 +206,24 @@ def checkout(
                 "bytes_written": res.bytes_written,
                 "bytes_read": res.bytes_read,
                 "seconds": round(res.seconds, 4),
+                "kept": res.kept,
+                "removed": res.removed,
             }
         )
     else:
         click.echo(
-            f"checked out {short(cid)} into {out}: {res.files} files, "
+            f"checked out {short(cid)} into {out}: {plural(res.files, 'file')}, "
             f"{human_bytes(res.bytes_written)} in {res.seconds:.2f} s"
         )
+        if res.removed:
+            click.echo(f"removed {_files(res.removed)} of an older checkpoint", err=True)
+        if res.kept:
+            click.echo(f"kept {_files(res.kept)}: not the checkpoint's", err=True)
+
+
+def _files(paths: list[str]) -> str:
+    shown = ", ".join(paths[:3]) + (", ..." if len(paths) > 3 else "")
+    return f"{len(paths)} file{'' if len(paths) == 1 else 's'} ({shown})"
 
 
 def _fmt_time(t: float) -> str:
@@ -355,13 +376,18 @@ def show(store: Store, ref: str, as_json: bool) -> None:
         for line in format_recipe(plan, full_plan):
             click.echo(line)
         click.echo("")
-    click.echo(f"{len(files)} files, {info['tensors']} tensors, {sizes['blocks']} blocks")
     click.echo(
-        f"logical {human_bytes(sizes['logical_bytes'])}, unique "
-        f"{human_bytes(sizes['unique_bytes'])}, stored {human_bytes(sizes['stored_bytes'])}"
+        f"{plural(len(files), 'file')}, {plural(info['tensors'], 'tensor')}, "
+        f"{plural(sizes['blocks'], 'block')}"
+    )
+    ratio = sizes["stored_raw_ratio"]
+    click.echo(
+        f"logical {human_bytes(sizes['logical_bytes'])}, deduplicated "
+        f"{human_bytes(sizes['deduplicated_bytes'])}, stored {human_bytes(sizes['stored_bytes'])}"
+        + (f" (stored/raw {ratio:.3f})" if ratio is not None else "")
     )
     for f in files:
-        extra = f"  ({f.tensors} tensors)" if f.kind == "tensorfile" else ""
+        extra = f"  ({plural(f.tensors, 'tensor')})" if f.kind == "tensorfile" else ""
         click.echo(f"  {human_bytes(f.size):>12}  {f.path}{extra}")
 
 
@@ -389,12 +415,19 @@ def ls(store: Store, ref: str, show_tensors: bool, as_json: bool) -> None:
                         }
                         for t in recs
                     ],
+                    "blocks": sum(len(t.blocks) for t in recs),
                 }
             )
             return
         for t in recs:
             shape = "x".join(map(str, t.shape)) or "scalar"
-            click.echo(f"{t.dtype:>5} {shape:>16} {len(t.blocks):>5} blocks  {t.name}")
+            n = len(t.blocks)
+            click.echo(
+                f"{t.dtype:>5} {shape:>16} {n:>5} {'block ' if n == 1 else 'blocks'}  {t.name}"
+            )
+        click.echo(
+            f"{plural(len(recs), 'tensor')}, {plural(sum(len(t.blocks) for t in recs), 'block')}"
+        )
         return
     files = store.files(cid)
     if as_json:

@@ -21,11 +21,12 @@ from mergestore.errors import CorruptionError, MergeError, MergestoreError
 from mergestore.formats.safetensors import DTYPE_SIZES
 from mergestore.merge.engine import EngineStats, OutputTensor, TensorTask, task_bytes
 from mergestore.merge.executor import Progress
+from mergestore.merge.ray_memory import check_fits, footprint, largest_node_memory
 from mergestore.merge.ray_worker import GroupJob, GroupResult, MergePart, part_settings, run_group
 from mergestore.store import faults
 from mergestore.store.blocks import tensor_blocking
 from mergestore.store.packs import ReadMeter
-from mergestore.store.worker_packs import WrittenBlock, adopt_blocks, block_places
+from mergestore.store.worker_packs import WrittenBlock, adopt_blocks, block_places, remote_slots
 
 if TYPE_CHECKING:
     from mergestore.merge.journal import ComputeResult
@@ -37,6 +38,7 @@ MAX_TASK_BYTES = 256 << 20  # input bytes of one task's tensors, unless one tens
 TASKS_PER_CPU = 4  # aim for this many tasks per cluster CPU, for balance
 BATCH_MERGES = 8  # merges of a sweep sharing one task (their shared blocks are read once)
 CACHE_BYTES = 512 << 20  # a task's cache of stored blocks, when it runs several merges
+NICENESS_ENV = "RAY_worker_niceness"  # Ray's setting: the nice value of its worker processes
 _remote_lock = threading.Lock()
 _remote: Any = None
 
@@ -52,8 +54,12 @@ def import_ray() -> Any:
 def connect(address: str | None = None) -> Any:
     """Ray, initialised: joined to `address` ("auto", "ray://host:10001"), else $RAY_ADDRESS,
     else a local instance started here. A process already connected stays connected."""
+    from mergestore.merge import ray_warm
+
+    ray_warm.wait()  # a warm-up started while the driver planned: its connection, if made
     ray = import_ray()
     if not ray.is_initialized():
+        worker_priority_env()
         kw: dict[str, Any] = {"address": address} if address else {}
         try:
             ray.init(**kw, log_to_driver=False, configure_logging=False)
@@ -61,6 +67,14 @@ def connect(address: str | None = None) -> Any:
             where = address or os.environ.get("RAY_ADDRESS") or "a local instance"
             raise MergeError(f"cannot connect to Ray at {where}: {_first_line(e)}") from None
     return ray
+
+
+def worker_priority_env() -> None:
+    """Workers of a Ray instance this process starts run at its own priority. Ray's default
+    niceness for workers (15) starves a merge's tasks as soon as anything else runs on the
+    node (measured: docs/benchmarks.md); a value the user set is kept, and a cluster that is
+    already running keeps its own (`RAY_worker_niceness=0 ray start ...`)."""
+    os.environ.setdefault(NICENESS_ENV, str(os.nice(0)))
 
 
 def _first_line(e: BaseException) -> str:
@@ -85,8 +99,11 @@ class _MergeState:
     written: dict[bytes, WrittenBlock] = field(default_factory=dict)
     error: BaseException | None = None
     pack_bytes_read: int = 0
+    bytes_fetched: int = 0
     task_seconds: list[float] = field(default_factory=list)
     worker_peak_rss: int = 0
+    task_memory: int = 0  # the largest `memory` resource one of its tasks asked Ray for
+    task_memory_granted: int = 0  # ... and the largest Ray gave one
 
 
 @dataclass
@@ -163,6 +180,8 @@ class RayExecutor:
         """Run every merge's tensors at once; each merge's result (or its error) in order.
         `on_done(i, result)` is called as soon as merge i is complete, `progress(n)` as tensors
         finish, `on_bytes(n)` with the pack bytes each task read."""
+        if repo.read_only:  # a view of a remote (--store URL): its workers would write packs
+            raise MergestoreError(repo.read_only)
         ray = self.ray = connect(self.address)
         with _remote_lock:
             global _remote
@@ -171,10 +190,23 @@ class RayExecutor:
         cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
         states = [_MergeState(p) for p in preps]
         jobs = self._jobs(repo, preps, states, cpus)
+        node_memory = largest_node_memory(ray.nodes())
+        for job, groups in jobs:
+            fp = check_fits(_footprint(job), node_memory)  # raises: no node holds the task
+            job.cache_bytes, job.memory = fp.cache, fp.total
+            for g in groups:
+                st = states[g.merge]
+                st.task_memory = max(st.task_memory, job.memory)
         refs: dict[Any, int] = {}
         for j, (job, _groups) in enumerate(jobs):
-            ref = _remote.options(num_cpus=self.cpus_per_task, max_retries=3).remote(job)
-            refs[ref] = j
+            opts: dict[str, Any] = {
+                "num_cpus": self.cpus_per_task,
+                "memory": job.memory,
+                "max_retries": 3,
+            }
+            if job.remote_slots and (env := remote_env()):
+                opts["runtime_env"] = {"env_vars": env}
+            refs[_remote.options(**opts).remote(job)] = j
         out: list[RayExecution | BaseException | None] = [None] * len(preps)
 
         def finish(i: int) -> None:
@@ -203,8 +235,10 @@ class RayExecutor:
                         err = None
                     except Exception as e:  # a task that failed for good
                         result, err = None, _task_error(e)
-                    if on_bytes is not None and result is not None:
-                        on_bytes(result.pack_bytes_read)
+                    if result is not None:
+                        repo.fetch_meter.add(result.bytes_fetched)  # merge --json reports it
+                        if on_bytes is not None:
+                            on_bytes(result.pack_bytes_read)
                     for part, g in enumerate(groups):
                         st = states[g.merge]
                         if err is not None:
@@ -215,8 +249,12 @@ class RayExecutor:
                             st.written.update((w.id, w) for w in result.written)
                             st.task_seconds.append(result.seconds)
                             st.worker_peak_rss = max(st.worker_peak_rss, result.peak_rss_bytes)
+                            st.task_memory_granted = max(
+                                st.task_memory_granted, result.memory_granted or 0
+                            )
                             if part == 0:
                                 st.pack_bytes_read += result.pack_bytes_read
+                                st.bytes_fetched += result.bytes_fetched
                         st.jobs_left -= 1
                         if progress is not None:
                             progress(len(g.indexes))
@@ -275,6 +313,13 @@ class RayExecutor:
                     ids.update(dict.fromkeys(rec.blocks))
         places = block_places(repo, ids)
         stored = sum(p.length for p in places.values())
+        slots = remote_slots(repo, places.values())
+        urls = {}
+        if slots:
+            from mergestore.remote.config import load_remotes
+
+            specs = load_remotes(repo.path)
+            urls = {r: specs[r].url for r, _pack in slots.values() if r in specs}
         return GroupJob(
             pack_dir=str(repo.pack_dir.resolve()),
             config=repo.config,
@@ -283,9 +328,26 @@ class RayExecutor:
             parts=parts,
             # spans read also cover entry headers: room for all, or LRU thrashes
             cache_bytes=min(2 * stored + (1 << 20), CACHE_BYTES) if cache else 0,
+            remote_slots=slots,
+            remote_urls=urls,
             threads=self.cpus_per_task,
             fault=self.fault,
         )
+
+
+def _footprint(job: GroupJob) -> Any:
+    return footprint(
+        [(part.tasks, part.dtype) for part in job.parts],
+        cache_bytes=job.cache_bytes,
+    )
+
+
+def remote_env() -> dict[str, str]:
+    """The driver's object-store settings, given to the tasks that read a remote's packs
+    (Ray's runtime_env), so workers reach it as the driver does: AWS_* credentials, region
+    and endpoint, and the MERGESTORE_REMOTE_* retry settings."""
+    keep = ("AWS_", "MERGESTORE_REMOTE_")
+    return {k: v for k, v in os.environ.items() if k.startswith(keep)}
 
 
 def group_tasks(tasks: Sequence[TensorTask], target: int) -> list[list[int]]:
@@ -352,9 +414,12 @@ def _assemble(st: _MergeState, block_size: int) -> RayExecution:
     extra = {
         "tasks": len(st.groups),
         "pack_bytes_read": st.pack_bytes_read,
+        "bytes_fetched": st.bytes_fetched,
         "task_seconds_sum": round(sum(st.task_seconds), 4),
         "task_seconds_max": round(max(st.task_seconds, default=0.0), 4),
         "worker_peak_rss_bytes": st.worker_peak_rss,
+        "task_memory_bytes": st.task_memory,
+        "task_memory_granted_bytes": st.task_memory_granted,
     }
     return RayExecution(prep, outputs, stats, taken, written, extra)
 

@@ -29,13 +29,14 @@ from mergestore.merge.executor import Executor, LocalExecutor
 from mergestore.merge.inputs import (
     PathInputs,
     ResolvedModel,
-    commit_path_fn,
     refuse_duplicate_commits,
     resolve_models,
+    store_folders,
     validate_tensor_plans,
 )
 from mergestore.merge.layout import build_tree
 from mergestore.merge.outfolder import FolderOutput, predict_outputs  # noqa: F401 (executor)
+from mergestore.merge.saliency import open_saliency
 from mergestore.merge.summary import summarize
 from mergestore.merge.target import merge_target
 from mergestore.merge.tensorplan import OutputTensorPlan, plan_tensors
@@ -62,6 +63,7 @@ class PreparedMerge:
     plan_body: dict[str, Any]
     path_inputs: PathInputs = field(default_factory=PathInputs)  # folders committed first
     device: str | None = None  # merge --device: where the torch lane computes (not in the plan)
+    vocab: Any = None  # merge.vocab.VocabFit: a tokenizer merge's vocabulary (from the inputs)
 
     @property
     def plan(self) -> Plan:
@@ -119,8 +121,18 @@ def prepare(
     model_commits: list[bytes] | None = None,
     analyze_progress: Progress | None = None,
     verify_inputs: bool = False,
+    saliency: Any = None,
+    saliency_kind: str | None = None,
+    branch: str | None = None,
+    force_branch: bool = False,
 ) -> PreparedMerge:
-    """Validate the config, resolve inputs, plan every tensor and choose the blocks to read."""
+    """Validate the config, resolve inputs, plan every tensor and choose the blocks to read.
+    Folder inputs are checked from their headers before they are stored (precheck.py); `branch`
+    and `force_branch`, the target execute() will be given, are checked then too. `saliency` (a
+    safetensors path, a commit ref or a dict of tensors) ranks the blocks a budget keeps by
+    their predicted effect on the loss (merge/saliency.py)."""
+    # before any folder input is stored: a bad saliency file leaves the store unchanged
+    sal = open_saliency(repo, saliency, saliency_kind) if saliency is not None else None
     spec = get_method(cfg.merge_method)
     refs = models_in_config(cfg)
     path_inputs = PathInputs()
@@ -131,8 +143,22 @@ def prepare(
             ResolvedModel(r, c, _tensors(repo, c)) for r, c in zip(refs, model_commits, strict=True)
         ]
     else:
-        commit_path = commit_path_fn(repo, verify=verify_inputs, tally=path_inputs)
-        models = resolve_models(repo, refs, commit_path=commit_path if commit_paths else None)
+        if commit_paths:
+            from mergestore.merge.precheck import precheck
+
+            precheck(
+                repo,
+                cfg,
+                refs,
+                budget=budget,
+                max_error=max_error,
+                branch=branch,
+                force_branch=force_branch,
+            )
+        commit_path = None
+        if commit_paths:  # every folder stored in one session (a failure stores none)
+            commit_path = store_folders(repo, refs, verify=verify_inputs, tally=path_inputs)
+        models = resolve_models(repo, refs, commit_path=commit_path)
         refuse_duplicate_commits(repo, cfg, models)
     plans = plan_tensors(cfg, spec, refs, {i: list(m.tensors) for i, m in enumerate(models)})
     if not plans:
@@ -141,6 +167,9 @@ def prepare(
         plans, models, compute_dtype=cfg.dtype, tokenizer_source=cfg.tokenizer_source
     )
     base_index = _base_index(cfg, models)
+    from mergestore.merge.vocab import build_vocab
+
+    vocab = build_vocab(repo, cfg, models, base_index)
     tasks = make_tasks(plans, models, base_index)
     selection = budget_mod.select(
         repo,
@@ -153,6 +182,7 @@ def prepare(
         dtype=cfg.dtype,
         out_dtype=cfg.out_dtype,
         progress=analyze_progress,
+        saliency=sal,
     )
     for t in tasks:
         t.selected = [selection.for_input(t.plan.name, m) for m in t.input_models]
@@ -189,7 +219,9 @@ def prepare(
     if selection.active and omitted_mode(spec.name):
         # see base_pieces(); replay follows what the plan says
         body["omitted_from_base"] = omitted_mode(spec.name)
-    return PreparedMerge(cfg, models, plans, tasks, base_index, selection, body, path_inputs)
+    return PreparedMerge(
+        cfg, models, plans, tasks, base_index, selection, body, path_inputs, vocab=vocab
+    )
 
 
 def _parents(prep: PreparedMerge) -> tuple[bytes, ...]:
@@ -359,6 +391,7 @@ def make_engine(repo: Repository, prep: PreparedMerge) -> Engine:
         seed=int(prep.plan_body.get("seed", prep.cfg.seed or 0)),
         tokenizer_source=prep.cfg.tokenizer_source,
         block_size=int(prep.plan_body.get("block_size", repo.config.block_size)),
+        vocab=prep.vocab,
     )
 
 
@@ -368,19 +401,16 @@ def publish_tree(
     """The merge's tree (the layout model's files with the outputs), into `session`."""
     layout_index = prep.base_index if prep.base_index is not None else 0
     tok_index = layout_index
-    ts = prep.cfg.tokenizer_source
-    if ts not in (None, "base"):
-        if ts == "union":
-            raise MergeError("tokenizer_source: union is not supported yet (use base or a model)")
-        matches = [i for i, m in enumerate(prep.models) if m.ref.text == ts]
-        if not matches:
-            raise MergeError(f"tokenizer_source {ts!r} is not one of the merge's models")
-        tok_index = matches[0]
     extra = {}
+    if prep.vocab is not None:  # a tokenizer merge: its own tokenizer files (merge/vocab.py)
+        from mergestore.merge.vocab import tokenizer_files
+
+        tok_index = prep.vocab.source
+        extra.update(tokenizer_files(repo, prep.vocab, prep.models))
     if prep.cfg.raw_text:
         extra["mergekit_config.yml"] = prep.cfg.raw_text.encode()
     files = output_files(prep)
-    if prep.cfg.chat_template and files["copy_tokenizer"]:
+    if prep.cfg.chat_template and (files["copy_tokenizer"] or prep.vocab is not None):
         from mergestore.merge.chat_template import chat_template_files
 
         extra.update(
@@ -404,7 +434,9 @@ def publish_tree(
         out_dtype=prep.cfg.out_dtype,
         extra_files=extra,
         shard_bytes=files["shard_bytes"],
-        copy_tokenizer=files["copy_tokenizer"],
+        # a tokenizer merge writes the merged tokenizer (as mergekit does, even with
+        # --no-copy-tokenizer), and no input's tokenizer files
+        copy_tokenizer=files["copy_tokenizer"] and prep.vocab is None,
     )
 
 
@@ -472,6 +504,7 @@ def run_record(prep: PreparedMerge, stats: Any, written: int, seconds: float) ->
         "error_bound": sel.error_bound,
         "base_bytes_read": stats.base_meter.bytes_read,
         "analyze_bytes_read": sel.analyze_bytes_read,
+        **({"planning_bytes_read": sel.planning_bytes_read} if sel.saliency else {}),
         "bytes_written": written,
         "blocks_read": stats.blocks_read,
         "tensors": len(prep.tasks),
@@ -481,6 +514,7 @@ def run_record(prep: PreparedMerge, stats: Any, written: int, seconds: float) ->
         "torch_free": stats.torch_free,
         "lanes": stats.lanes,
         **prep.path_inputs.to_json(),
+        "notes": list(sel.notes),
     }
     if sel.active:
         delta = stats.merged_delta_sq**0.5
@@ -499,18 +533,9 @@ def replay(repo: Repository, commit_id: bytes, progress: Progress | None = None)
 
     c = repo.get_commit(commit_id)
     prep = prepared_from_commit(repo, c)
-    cfg, models, tasks, body = prep.cfg, prep.models, prep.tasks, prep.plan_body
+    models, tasks, body = prep.models, prep.tasks, prep.plan_body
     base_index = prep.base_index
-    spec = get_method(cfg.merge_method)
-    engine = Engine(
-        repo,
-        method=spec.name,
-        dtype=cfg.dtype,
-        out_dtype=cfg.out_dtype,
-        seed=int(body.get("seed", 0)),
-        tokenizer_source=cfg.tokenizer_source,
-        block_size=int(body.get("block_size", repo.config.block_size)),
-    )
+    engine = make_engine(repo, prep)  # the same engine settings as the merge (and vocabulary)
     outputs, stats, _ = run_tasks(
         engine,
         tasks,
