@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 from mergestore import refops
 from mergestore.checkout import CheckoutResult, checkout_commit, tensor_records
 from mergestore.errors import AmbiguousRefError, MergestoreError, RefError, StoreNotFoundError
-from mergestore.formats.safetensors import torch_dtype
 from mergestore.ingest import CommitResult, commit_checkpoint
+from mergestore.records import read_record
 from mergestore.store import merges
 from mergestore.store.objects import BlobFile, Commit, TensorFile, TensorRecord, Tree
 from mergestore.store.packs import ReadMeter
@@ -979,20 +979,3 @@ def _read_text(source: str | os.PathLike[str]) -> str:
         return Path(source).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise MergestoreError(f"{os.fspath(source)}: cannot read: {e}") from None
-
-
-def read_record(
-    repo: Repository, rec: TensorRecord, meter: ReadMeter | None = None
-) -> torch.Tensor:
-    buf = bytearray(rec.nbytes)
-    pos = 0
-    for bid in rec.blocks:
-        raw = repo.read_block(bid, meter)
-        buf[pos : pos + len(raw)] = raw
-        pos += len(raw)
-    import torch
-
-    dt = torch_dtype(rec.dtype)
-    if rec.nbytes == 0:
-        return torch.empty(rec.shape, dtype=dt)
-    return torch.frombuffer(buf, dtype=dt).reshape(rec.shape)

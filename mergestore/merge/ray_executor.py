@@ -73,8 +73,10 @@ def worker_priority_env() -> None:
     """Workers of a Ray instance this process starts run at its own priority. Ray's default
     niceness for workers (15) starves a merge's tasks as soon as anything else runs on the
     node (measured: docs/benchmarks.md); a value the user set is kept, and a cluster that is
-    already running keeps its own (`RAY_worker_niceness=0 ray start ...`)."""
-    os.environ.setdefault(NICENESS_ENV, str(os.nice(0)))
+    already running keeps its own (`RAY_worker_niceness=0 ray start ...`). The raylet applies
+    the value as an increment to the niceness its workers inherit from this process, so 0 keeps
+    the driver's priority (the driver's own niceness would count it twice)."""
+    os.environ.setdefault(NICENESS_ENV, "0")
 
 
 def _first_line(e: BaseException) -> str:
@@ -180,6 +182,8 @@ class RayExecutor:
         """Run every merge's tensors at once; each merge's result (or its error) in order.
         `on_done(i, result)` is called as soon as merge i is complete, `progress(n)` as tensors
         finish, `on_bytes(n)` with the pack bytes each task read."""
+        if repo.read_only:  # a view of a remote (--store URL): its workers would write packs
+            raise MergestoreError(repo.read_only)
         ray = self.ray = connect(self.address)
         with _remote_lock:
             global _remote

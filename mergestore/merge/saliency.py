@@ -233,24 +233,10 @@ def _from_commit(repo: Repository, cid: bytes, kind: str | None, meter: ReadMete
 
 def _record_loader(repo: Repository, rec: Any, meter: ReadMeter):
     def load():
-        import torch
-
-        from mergestore.formats.safetensors import torch_dtype
+        from mergestore.records import read_record
 
         before = meter.bytes_read
-        buf = bytearray(rec.nbytes)
-        pos = 0
-        for bid in rec.blocks:
-            raw = repo.read_block(bid, meter)
-            buf[pos : pos + len(raw)] = raw
-            pos += len(raw)
-        dt = torch_dtype(rec.dtype)
-        t = (
-            torch.frombuffer(buf, dtype=dt).reshape(rec.shape)
-            if rec.nbytes
-            else torch.empty(rec.shape, dtype=dt)
-        )
-        return t, meter.bytes_read - before
+        return read_record(repo, rec, meter), meter.bytes_read - before
 
     return load
 
