@@ -376,9 +376,10 @@ def publish_tree(
         if not matches:
             raise MergeError(f"tokenizer_source {ts!r} is not one of the merge's models")
         tok_index = matches[0]
-    extra = {}
-    if prep.cfg.raw_text:
-        extra["mergekit_config.yml"] = prep.cfg.raw_text.encode()
+    from mergestore.merge.mergekit_yaml import CONFIG_FILE, mergekit_config_text
+
+    config_yaml = mergekit_config_text(repo, prep.cfg, prep.models)  # mergekit can run it
+    extra = {CONFIG_FILE: config_yaml.encode()}
     files = output_files(prep)
     if prep.cfg.chat_template and files["copy_tokenizer"]:
         from mergestore.merge.chat_template import chat_template_files
@@ -394,7 +395,9 @@ def publish_tree(
     if files["write_card"]:
         from mergestore.merge.modelcard import CARD_FILE, model_card
 
-        extra[CARD_FILE] = model_card(repo, prep.cfg, prep.models, plan_id=prep.plan.id).encode()
+        extra[CARD_FILE] = model_card(
+            repo, prep.cfg, prep.models, plan_id=prep.plan.id, config_yaml=config_yaml
+        ).encode()
     return build_tree(
         repo,
         session,

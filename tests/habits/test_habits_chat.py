@@ -85,4 +85,6 @@ def test_tokenizer_source_option(cli, tmp_path, models) -> None:
     assert r.code == 0, r.err
     out = _files(cli, s, "t", tmp_path)
     assert json.loads((out / "tokenizer_config.json").read_text())["chat_template"] == TPL_B
-    assert "tokenizer_source: math" in (out / "mergekit_config.yml").read_text()
+    math_id = cli("--store", s, "show", "math", "--json").json()["id"]
+    yml = (out / "mergekit_config.yml").read_text()  # the model by commit id (issue 15 item 16)
+    assert f"tokenizer_source: {math_id}  # math\n" in yml
