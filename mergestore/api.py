@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mergestore.checkout import CheckoutResult, checkout_commit, tensor_records
-from mergestore.errors import MergestoreError, RefError, StoreNotFoundError
+from mergestore.errors import MergeError, MergestoreError, RefError, StoreNotFoundError
 from mergestore.formats.safetensors import torch_dtype
 from mergestore.ingest import CommitResult, commit_checkpoint
 from mergestore.store import merges
@@ -34,6 +34,16 @@ def _materialize(repo: Repository, cid: bytes, tensors: list[str] | None) -> Non
 
 # Readers in every layer compute a lazy or evicted merge commit's blocks through this.
 merges.set_materializer(_materialize)
+
+
+def _draws_random(method: str | None) -> bool:
+    """Whether a merge method draws random numbers (a seed means something only then)."""
+    from mergestore.ops import get_method
+
+    try:
+        return get_method(method or "").random
+    except MergeError:  # an unknown method in an old plan: show what it recorded
+        return True
 
 
 def find_store(start: str | os.PathLike[str] | None = None) -> Path:
@@ -641,7 +651,7 @@ class Store:
             "models": [f"{m['ref']} {m['commit'][:12]}" for m in plan.get("models", [])],
             "dtype": plan.get("dtype"),
             "out_dtype": plan.get("out_dtype"),
-            "seed": plan.get("seed"),
+            "seed": plan.get("seed") if _draws_random(plan.get("method")) else None,
             "budget_bytes": (plan.get("budget") or {}).get("budget_bytes"),
             "error_bound": run.get("error_bound"),
             "expert_bytes_read": run.get("expert_bytes_read"),
