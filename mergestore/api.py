@@ -200,6 +200,11 @@ class Store:
         """Stored bytes this process read from remotes on demand (lazy clones)."""
         return self.repo.fetch_meter.bytes_read
 
+    def report_lock_waits(self, fn: Callable[[list[int]], None] | None) -> None:
+        """Call `fn(pids holding the lock)` once each time this store waits for its lock (a
+        writer while gc runs, gc or repack while writers run); store/locks.py."""
+        self.repo.on_lock_wait = fn
+
     def close(self) -> None:
         self.repo.close()
 

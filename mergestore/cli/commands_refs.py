@@ -52,7 +52,7 @@ def branch(
 @click.command()
 @click.argument("name", required=False)
 @click.argument("ref", required=False)
-@click.option("-f", "--force", is_flag=True)
+@click.option("-f", "--force", is_flag=True, help="Move tag NAME even if it exists.")
 @json_option
 @with_store
 def tag(store: Store, name: str | None, ref: str | None, force: bool, as_json: bool) -> None:

@@ -36,7 +36,13 @@ def _size_arg(text: str) -> int:
 @click.command()
 @click.argument("path", required=False, type=click.Path())
 @click.option("--block-size", default="1MiB", show_default=True, help="Target block size.")
-@click.option("--zstd-level", default=3, show_default=True, type=int)
+@click.option(
+    "--zstd-level",
+    default=3,
+    show_default=True,
+    type=int,
+    help="zstd level for the blocks' compression (higher: smaller, slower).",
+)
 @click.option("--no-delta", is_flag=True, help="Never store blocks as deltas against a base.")
 @json_option
 @click.pass_context
@@ -86,7 +92,11 @@ def init(
 @click.option("-b", "--branch", default=None, help="Branch to commit to (default: HEAD's).")
 @click.option("--base", default=None, help="Commit this checkpoint was fine-tuned from.")
 @click.option("--meta", multiple=True, help="User metadata KEY=VALUE (repeatable).")
-@click.option("--author", default=None)
+@click.option(
+    "--author",
+    default=None,
+    help="Author of the commit (default: $MERGESTORE_AUTHOR, else user@host).",
+)
 @click.option("--no-stats", is_flag=True, help="Don't compute delta statistics against --base.")
 @click.option(
     "--verify-inputs",
