@@ -10,7 +10,7 @@ import sys
 from mergestore.cli import commands_merge
 
 
-def test_merge_bar_counts_tensors(ms, monkeypatch) -> None:
+def test_merge_bar_counts_tensors(ties, monkeypatch) -> None:
     seen: dict = {"advanced": 0}
 
     @contextlib.contextmanager
@@ -23,28 +23,13 @@ def test_merge_bar_counts_tensors(ms, monkeypatch) -> None:
         yield advance
 
     monkeypatch.setattr(commands_merge, "progress_bar", fake_bar)
-    r = ms(
-        "merge",
-        "--method",
-        "ties",
-        "--base",
-        "main",
-        "dense_small",
-        "frozen",
-        "-w",
-        "1",
-        "-w",
-        "1",
-        "-b",
-        "m",
-        "--json",
-    )
+    r = ties("-b", "m", "--json")
     assert r.code == 0, r.err
     tensors = r.json()["tensors"]
     assert seen == {"total": tensors, "unit": "tensors", "advanced": tensors}
 
 
-def test_bar_renders_done_of_total(fam_store) -> None:
+def test_bar_renders_done_of_total(fam_store, ties_args) -> None:
     """The real bar, in a terminal-like console: `21/21 tensors` appears on stderr."""
     code = (
         "import rich.console, sys\n"
@@ -57,23 +42,7 @@ def test_bar_renders_done_of_total(fam_store) -> None:
         "main(sys.argv[1:])\n"
     )
     env = {**os.environ, "MERGESTORE_PROGRESS": "1"}
-    args = [
-        "--store",
-        str(fam_store),
-        "merge",
-        "--method",
-        "ties",
-        "--base",
-        "main",
-        "dense_small",
-        "frozen",
-        "-w",
-        "1",
-        "-w",
-        "1",
-        "-b",
-        "m",
-    ]
+    args = ["--store", str(fam_store), *ties_args, "-b", "m"]
     p = subprocess.run(
         [sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, timeout=300
     )
