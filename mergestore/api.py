@@ -9,14 +9,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mergestore import refops
 from mergestore.checkout import CheckoutResult, checkout_commit, tensor_records
-from mergestore.errors import MergeError, MergestoreError, RefError, StoreNotFoundError
+from mergestore.errors import (
+    AmbiguousRefError,
+    MergeError,
+    MergestoreError,
+    RefError,
+    StoreNotFoundError,
+)
 from mergestore.formats.safetensors import torch_dtype
 from mergestore.ingest import CommitResult, commit_checkpoint
 from mergestore.store import merges
 from mergestore.store.objects import BlobFile, Commit, TensorFile, TensorRecord, Tree
 from mergestore.store.packs import ReadMeter
-from mergestore.store.refs import HEADS, TAGS, check_ref_name
+from mergestore.store.refs import HEADS, REMOTES, TAGS, ambiguous_ref, check_new_ref_name
 from mergestore.store.repo import CONFIG_FILE, RefUpdate, Repository, StoreConfig
 
 if TYPE_CHECKING:  # torch costs ~2 s to import: only commands that compute pay for it
@@ -335,10 +342,13 @@ class Store:
         rec = self.tensor_record(ref, name)
         return read_record(self.repo, rec, meter)
 
-    def commit_sizes(self, ref: str | bytes) -> dict[str, int]:
-        """Logical bytes, and the unique raw and stored bytes of the blocks a commit uses."""
+    def commit_sizes(self, ref: str | bytes) -> dict[str, Any]:
+        """Logical bytes; the commit's blocks (its tensors' blocks by position, as commit, ls and
+        diff count them); and the raw and stored bytes of the distinct blocks it uses, headers
+        and other files included (each block once: `deduplicated_bytes`)."""
         tree = self._known_tree(ref)
         blocks: set[bytes] = set()
+        tensor_blocks = 0
         for e in tree.entries:
             obj = self.repo.get_file(e.object)
             if isinstance(obj, TensorFile):
@@ -347,6 +357,7 @@ class Store:
                 blocks.update(header.blocks)
                 for t in obj.tensors:
                     blocks.update(t.blocks)
+                    tensor_blocks += len(t.blocks)
             else:
                 blocks.update(obj.blocks)
         raw = stored = 0
@@ -358,9 +369,10 @@ class Store:
         logical = sum(e.size for e in tree.entries)
         return {
             "logical_bytes": logical,
-            "unique_bytes": raw,
+            "deduplicated_bytes": raw,
             "stored_bytes": stored,
-            "blocks": len(blocks),
+            "stored_raw_ratio": stored / raw if raw else None,
+            "blocks": tensor_blocks,
         }
 
     # ----- merges ----------------------------------------------------------------------------
@@ -663,6 +675,8 @@ class Store:
         }
 
     def explain(self, ref: str) -> dict[str, Any]:
+        from mergestore.realized import base_and_inputs, realized_error
+
         cid, c, plan, run = self.merge_info(ref)
         b = plan.get("budget") or {}
         return {
@@ -686,6 +700,8 @@ class Store:
             "planned_bytes_by_model": b.get("per_model_planned_bytes", {}),
             "planned_blocks_by_model": b.get("per_model_blocks", {}),
             "realized": run,
+            **base_and_inputs(plan),
+            "realized_error": realized_error(self, cid, plan),
         }
 
     def blame(self, ref: str, tensor: str) -> dict[str, Any]:
@@ -817,7 +833,7 @@ class Store:
         return t[len(HEADS) :] if t and t.startswith(HEADS) else None
 
     def create_branch(self, name: str, ref: str = "HEAD", *, force: bool = False) -> bytes:
-        full = HEADS + check_ref_name(name)
+        full = HEADS + check_new_ref_name(name)
         cid = self.resolve(ref)
         old = self.repo.read_ref(full)
         if old is not None and not force:
@@ -826,7 +842,7 @@ class Store:
         return cid
 
     def delete_branch(self, name: str) -> bytes:
-        full = HEADS + check_ref_name(name)
+        full = HEADS + name
         old = self.repo.read_ref(full)
         if old is None:
             raise RefError(f"no branch {name!r}")
@@ -838,13 +854,28 @@ class Store:
         return old
 
     def create_tag(self, name: str, ref: str = "HEAD", *, force: bool = False) -> bytes:
-        full = TAGS + check_ref_name(name, "tag")
+        full = TAGS + check_new_ref_name(name, "tag")
         cid = self.resolve(ref)
         old = self.repo.read_ref(full)
         if old is not None and not force:
             raise RefError(f"tag {name!r} already exists")
         self.repo.update_refs([RefUpdate(full, cid, f"tag: {ref}", old=old)])
         return cid
+
+    def rename_branch(self, old: str | None, new: str, *, force: bool = False) -> bytes:
+        """`git branch -m [OLD] NEW`: OLD (default HEAD's branch) becomes NEW, with its reflog;
+        HEAD follows. An existing NEW is replaced only with `force`. Returns the commit."""
+        return refops.rename_branch(self.repo, old or self._head_branch("rename"), new, force=force)
+
+    def delete_tag(self, name: str) -> bytes:
+        """`git tag -d NAME`; returns the commit the tag named (its reflog keeps the entry)."""
+        return refops.delete_tag(self.repo, name)
+
+    def _head_branch(self, what: str) -> str:
+        name = self.current_branch()
+        if name is None:
+            raise RefError(f"HEAD is detached: name the branch to {what}")
+        return name
 
     def reflog(self, ref: str | None = None) -> list[tuple[str, Any]]:
         names = [self._full_ref_name(ref)] if ref else self.repo.reflog_names()
@@ -858,9 +889,10 @@ class Store:
             return self.repo.head_target() or "HEAD"
         if ref.startswith("refs/"):
             return ref
-        if self.repo.read_ref(TAGS + ref) is not None and self.repo.read_ref(HEADS + ref) is None:
-            return TAGS + ref
-        return HEADS + ref
+        found = [n for n in self.repo.refs_named(ref) if not n.startswith(REMOTES)]
+        if len(found) > 1:
+            raise AmbiguousRefError(ambiguous_ref(ref, found))
+        return found[0] if found else HEADS + ref
 
     # ----- diff ------------------------------------------------------------------------------
 

@@ -11,6 +11,8 @@ from typing import Any
 
 from mergestore.api import Store
 
+MIB = 1 << 20
+
 Say = Callable[[str], None]
 
 
@@ -45,15 +47,15 @@ def run_demo(
         store = Store.init(root / "store")
         res = store.commit(fam.base, message="base model", branch="main")
         say(
-            f"{'commit base':<20}{res.commit.hex()[:12]}  {res.logical_bytes / 1e6:.1f} MB in "
+            f"{'commit base':<20}{res.commit.hex()[:12]}  {res.logical_bytes / MIB:.1f} MiB in "
             f"{res.seconds:.2f} s"
         )
         report["base"] = res.commit.hex()
         for name, path in fam.experts.items():
             r = store.commit(path, message=f"{name} expert", branch=name, base="main")
             say(
-                f"{'commit ' + name:<20}{r.commit.hex()[:12]}  {r.new_blocks}/{r.total_blocks} new "
-                f"blocks, wrote {r.written_bytes / 1e6:.2f} MB"
+                f"{'commit ' + name:<20}{r.commit.hex()[:12]}  {r.total_blocks} blocks "
+                f"({r.new_blocks} new), wrote {r.written_bytes / MIB:.2f} MiB"
             )
             report[name] = r.commit.hex()
         out = root / "checkout"
@@ -63,11 +65,18 @@ def run_demo(
         report["checkout_identical"] = same
         du = store.disk_usage()
         say(
-            f"du: logical {du['logical_bytes'] / 1e6:.1f} MB, stored {du['stored_bytes'] / 1e6:.1f}"
-            f" MB (dedup {du['dedup_ratio']:.2f}x, compression {du['compression_ratio']:.2f}x)"
+            f"du: logical {du['logical_bytes'] / MIB:.1f} MiB, stored "
+            f"{du['stored_bytes'] / MIB:.1f} MiB (deduplicated/logical "
+            f"{du['deduplicated_logical_ratio']:.3f}, stored/raw {du['stored_raw_ratio']:.3f})"
         )
         report["du"] = {
-            k: du[k] for k in ("logical_bytes", "stored_bytes", "dedup_ratio", "compression_ratio")
+            k: du[k]
+            for k in (
+                "logical_bytes",
+                "stored_bytes",
+                "deduplicated_logical_ratio",
+                "stored_raw_ratio",
+            )
         }
         for step in _optional_steps():
             step(store, fam, report, say)

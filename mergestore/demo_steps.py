@@ -23,8 +23,8 @@ def merge_step(store: Store, fam: Any, report: dict[str, Any], say: Callable[[st
     r = res.run
     say(
         f"{'merge ties':<20}{res.commit.hex()[:12]}  {r['tensors']} tensors in "
-        f"{r['wall_seconds']:.2f} s, read {r['expert_bytes_read'] / 1e6:.2f} MB of experts, "
-        f"wrote {r['bytes_written'] / 1e6:.2f} MB"
+        f"{r['wall_seconds']:.2f} s, read {r['expert_bytes_read'] / 2**20:.2f} MiB of experts, "
+        f"wrote {r['bytes_written'] / 2**20:.2f} MiB"
     )
     full = store.merge(
         method="task_arithmetic",
@@ -46,7 +46,7 @@ def merge_step(store: Store, fam: Any, report: dict[str, Any], say: Callable[[st
     p = part.run
     say(
         f"{'merge ta @25%':<20}{part.commit.hex()[:12]}  read "
-        f"{p['expert_bytes_read'] / 1e6:.2f} of {p['expert_bytes_full'] / 1e6:.2f} MB; "
+        f"{p['expert_bytes_read'] / 2**20:.2f} of {p['expert_bytes_full'] / 2**20:.2f} MiB; "
         f"error bound {p['error_bound']:.4g}"
     )
     rep = store.replay("ta25")

@@ -650,6 +650,8 @@ def diff_sides(
     names = sorted(
         (n for n in set(sides_a) | set(sides_b) if _matches(n, tensors)), key=_natural_key
     )
+    if tensors and not names:  # as checkout --tensor: a glob that selects nothing is a typo
+        raise MergestoreError(f"no tensor matches {' '.join(tensors)}")
     out: list[TensorDiff] = []
     accs: dict[int, _Acc] = {}
     jobs: list[_Job] = []
@@ -928,7 +930,7 @@ def demo_step(store: Any, fam: Any, report: dict[str, Any], say: Callable[[str],
     say(
         f"{'diff main ' + expert:<20}{tot['changed']} changed / {tot['unchanged']} unchanged "
         f"tensors, {tot['blocks_changed']}/{tot['blocks_total']} blocks, rel change "
-        f"{tot['rel_delta'] or 0:.3g}; read {res.bytes_read / 1e6:.2f} MB "
+        f"{tot['rel_delta'] or 0:.3g}; read {res.bytes_read / 2**20:.2f} MiB "
         f"({res.stats_computed} statistics computed, {res.stats_reused} kept by commit --base)"
     )
     top = sorted((t for t in res.tensors if t.rel_delta), key=lambda t: -(t.rel_delta or 0.0))[:3]

@@ -35,6 +35,10 @@ class RefError(MergestoreError):
     """A ref does not exist, is ambiguous, or has an invalid name."""
 
 
+class AmbiguousRefError(RefError):
+    """A name that means more than one thing (a branch and a tag; a prefix of two commits)."""
+
+
 class CorruptionError(MergestoreError):
     """Stored data does not match its id or its index entry."""
 

@@ -18,7 +18,7 @@ from mergestore.store.blocks import blob_ranges, block_id, tensor_blocking
 from mergestore.store.index import BlockLocation
 from mergestore.store.objects import BlobFile, Commit, TensorFile, TensorRecord, Tree, TreeEntry
 from mergestore.store.parallel import BufferPool, read_exact, reuse_freed_memory
-from mergestore.store.refs import check_ref_name
+from mergestore.store.refs import check_new_ref_name
 from mergestore.store.repo import HEADS, RefUpdate, Repository, WriteSession
 from mergestore.store.statcache import FileStamp, path_key
 from mergestore.threads import default_workers, one_torch_thread, ordered_map
@@ -67,8 +67,8 @@ class CommitResult:
     tree: bytes
     logical_bytes: int
     written_bytes: int
-    new_blocks: int
-    total_blocks: int
+    new_blocks: int  # of total_blocks, those that added a block to the store
+    total_blocks: int  # tensor blocks by position (docs/format.md, "Blocks")
     files: int
     tensors: int
     seconds: float
@@ -86,8 +86,7 @@ class _Ingest:
     base_blocks: dict[str, tuple[str, tuple[int, ...], tuple[bytes, ...]]]
     want_stats: bool
     progress: Progress | None
-    new_blocks: int = 0
-    total_blocks: int = 0
+    new_blocks: int = 0  # tensor block positions whose block this commit stored first
     stats_computed: int = 0
     files_read: int = 0
     bytes_read: int = 0
@@ -149,9 +148,11 @@ class _Ingest:
 
     def store(self, job: BlockJob, res: BlockResult) -> bytes:
         """Runs on the main thread, in order: append new blocks to the pack."""
-        self.total_blocks += 1
         self.bytes_read += res.raw_len
-        if res.encoded is not None and self.session.add_encoded(res.bid, res.raw_len, res.encoded):
+        added = res.encoded is not None and self.session.add_encoded(
+            res.bid, res.raw_len, res.encoded
+        )
+        if added and job.dtype is not None:  # a tensor block (see tensor_block_count)
             self.new_blocks += 1
         if res.buf is not None and self.pool is not None:
             res.encoded = None
@@ -348,7 +349,7 @@ def _put_bytes(session: WriteSession, data: bytes, block_size: int) -> bytes:
 def branch_ref(repo: Repository, branch: str | None) -> str:
     """The full ref a commit goes to: the named branch, or HEAD's branch."""
     if branch:
-        return HEADS + check_ref_name(branch)
+        return HEADS + check_new_ref_name(branch)
     target = repo.head_target()
     if target is None:
         from mergestore.errors import RefError
@@ -439,6 +440,18 @@ def commit_checkpoint(
     return _result(cid, tree_id, ckpt, session, ing, t0, ref, old)
 
 
+def tensor_block_count(ckpt: Checkpoint, block_size: int) -> int:
+    """A checkpoint's blocks, as every command counts them (docs/format.md, "Blocks"): the
+    blocks of its tensors, by position (a block used twice counts twice), whether or not
+    their files were read (the stat cache) or their blocks were new."""
+    return sum(
+        tensor_blocking(t.shape, DTYPE_SIZES[t.dtype], block_size).num_blocks
+        for f in ckpt.files
+        if f.header
+        for t in f.header.tensors
+    )
+
+
 def _same_input_commit(
     repo: Repository,
     folder: bytes,
@@ -474,7 +487,7 @@ def _result(
         logical_bytes=sum(f.size for f in ckpt.files),
         written_bytes=session.bytes_written,
         new_blocks=ing.new_blocks,
-        total_blocks=ing.total_blocks,
+        total_blocks=tensor_block_count(ckpt, session.repo.config.block_size),
         files=len(ckpt.files),
         tensors=sum(len(f.header.tensors) for f in ckpt.files if f.header),
         seconds=time.perf_counter() - t0,

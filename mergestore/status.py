@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mergestore.errors import RefError
-from mergestore.store.refs import HEADS, check_ref_name
+from mergestore.store.refs import HEADS, check_new_ref_name, check_ref_name
 from mergestore.store.repo import RefUpdate
 
 if TYPE_CHECKING:
@@ -110,7 +110,7 @@ def status(store: Store) -> dict[str, Any]:
 
 def switch(store: Store, branch: str, *, create: bool = False, start: str = "HEAD") -> bytes:
     """Point HEAD at BRANCH (created at START with `create`); returns the commit it names."""
-    full = HEADS + check_ref_name(branch)
+    full = HEADS + (check_new_ref_name(branch) if create else check_ref_name(branch))
     cid = store.repo.read_ref(full)
     if create:
         if cid is not None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import sys
 from typing import Any
 
@@ -10,7 +9,7 @@ import click
 
 from mergestore.api import Store
 from mergestore.cli.common import json_option, with_store
-from mergestore.cli.output import emit_json, human_bytes, progress_bar, short
+from mergestore.cli.output import emit_json, human_bytes, plural, progress_bar, short
 
 
 def _num(x: float | None, fmt: str = ".3e") -> str:
@@ -50,7 +49,8 @@ def _summary(res: Any) -> str:
     tot = res.totals()
     parts = [f"{tot[s]} {s}" for s in ("changed", "added", "removed", "retyped", "unchanged")]
     line = (
-        f"{', '.join(parts)}; {tot['blocks_changed']}/{tot['blocks_total']} blocks changed; "
+        f"{', '.join(parts)}; {tot['blocks_changed']:,} of {plural(tot['blocks_total'], 'block')}"
+        " changed; "
         f"|d| {_num(tot['delta_l2'])}, rel {_num(tot['rel_delta'])} "
         f"({'changed and retyped' if _retyped_measured(res) else 'changed'} tensors)"
     )
@@ -188,11 +188,11 @@ def analyze(store: Store, expert: str, base: str | None, as_json: bool) -> None:
     if as_json:
         emit_json(res.to_json())
         return
-    rate = res.bytes_read / res.seconds / 1e9 if res.seconds > 0 else math.nan
+    rate = res.bytes_read / res.seconds if res.seconds > 0 else 0.0
     click.echo(
-        f"{short(res.expert)} vs {short(res.base)}: {res.pairs} changed block pairs, "
+        f"{short(res.expert)} vs {short(res.base)}: {plural(res.pairs, 'changed block pair')}, "
         f"{res.stats_computed} computed, {res.stats_reused} already kept; read "
-        f"{human_bytes(res.bytes_read)} in {res.seconds:.2f} s ({rate:.2f} GB/s)"
+        f"{human_bytes(res.bytes_read)} in {res.seconds:.2f} s ({human_bytes(rate)}/s)"
     )
 
 

@@ -16,6 +16,7 @@ from mergestore.cli.output import (
     emit_json,
     human_bytes,
     moved_line,
+    plural,
     progress_bar,
     short,
 )
@@ -268,16 +269,20 @@ def merge(
         click.echo(f"wrote {res.out['path']} ({res.out['files']} files)")
     r = res.run
     if _report_memo_or_lazy(out):
+        for note in r.get("notes", ()):
+            click.echo(f"note: {note}", err=True)
         return
     from mergestore.cli.merge_summary import print_summary
 
-    print_summary(cfg.merge_method, r)
+    print_summary(cfg.merge_method, out)  # out: the run record and bytes fetched
     if r.get("error_bound") is not None:
         click.echo(
             f"error bound {r['error_bound']:.4g} (relative estimate "
             f"{prep.selection.error_bound_rel:.3%})",
             err=True,
         )
+    for note in r.get("notes", ()):
+        click.echo(f"note: {note}", err=True)
 
 
 def _report_memo_or_lazy(out: dict[str, Any]) -> bool:
@@ -339,9 +344,15 @@ def _plan_summary(prep: Any) -> dict[str, Any]:
     per_tensor: dict[str, dict[str, int]] = {}
     for t, ms in sel.read.items():
         per_tensor[t] = {prep.models[m].ref.text: len(b) for m, b in ms.items()}
+    models = [
+        {"ref": m.ref.text, "commit": m.commit.hex(), "index": i} for i, m in enumerate(prep.models)
+    ]
+    base = models[prep.base_index] if prep.base_index is not None else None
     return {
         "method": prep.cfg.merge_method,
-        "models": [{"ref": m.ref.text, "commit": m.commit.hex()} for m in prep.models],
+        "models": models,
+        "base": base,
+        "inputs": [m for m in models if m is not base],
         "tensors": len(prep.plans),
         "budget_bytes": sel.budget_bytes,
         "expert_bytes_full": sel.expert_bytes_full,
@@ -356,12 +367,15 @@ def _plan_summary(prep: Any) -> dict[str, Any]:
             prep.models[m].ref.text: n for m, n in sorted(sel.per_model_planned.items())
         },
         "blocks_per_tensor": per_tensor,
+        "notes": list(sel.notes),
     }
 
 
 def _print_summary(s: dict[str, Any]) -> None:
-    click.echo(f"method   {s['method']}  ({s['tensors']} tensors)")
-    for m in s["models"]:
+    click.echo(f"method   {s['method']}  ({plural(s['tensors'], 'tensor')})")
+    if s["base"] is not None:
+        click.echo(f"base     {s['base']['ref']:<20} {short(s['base']['commit'])}")
+    for m in s["inputs"]:
         click.echo(f"input    {m['ref']:<20} {short(m['commit'])}")
     if s["budget_bytes"] is not None:
         click.echo(f"budget   {human_bytes(s['budget_bytes'])}")
@@ -370,9 +384,13 @@ def _print_summary(s: dict[str, Any]) -> None:
         f"{human_bytes(s['expert_bytes_full'])} expert bytes"
     )
     for name, n in s["blocks_per_model"].items():
-        click.echo(f"         {name:<20} {n} blocks, {human_bytes(s['bytes_per_model'][name])}")
+        click.echo(
+            f"         {name:<20} {plural(n, 'block')}, {human_bytes(s['bytes_per_model'][name])}"
+        )
     if s["error_bound"] is not None:
         click.echo(f"bound    {s['error_bound']:.4g} (relative {s['error_bound_rel']:.3%})")
+    for note in s["notes"]:
+        click.echo(f"note: {note}")
 
 
 @click.command()
@@ -386,7 +404,8 @@ def replay(store: Store, ref: str, as_json: bool) -> None:
         emit_json(rep)
     elif rep["identical"]:
         click.echo(
-            f"identical: {rep['tensors']} tensors, {rep['blocks']} blocks match "
+            f"identical: {plural(rep['tensors'], 'tensor')}, "
+            f"{plural(rep['blocks'], 'block')} match "
             f"({rep['seconds']:.2f} s)"
         )
     else:
@@ -417,14 +436,18 @@ def explain(store: Store, ref: str, as_json: bool) -> None:
         return
     click.echo(f"merge {info['commit']}  plan {short(info['plan'])}")
     click.echo(f"method   {info['method']}")
-    for i, m in enumerate(info["models"]):
-        planned = info["planned_bytes_by_model"].get(str(i))
-        real = info["realized"]["expert_bytes_read_by_model"][i]
-        extra = f"  planned {human_bytes(planned)}" if planned is not None else ""
-        click.echo(
-            f"input {i}  {m['ref']:<16} {short(m['commit'])}  read {human_bytes(real)}{extra}"
-        )
     r = info["realized"]
+    if info["base"] is not None:
+        b = info["base"]
+        click.echo(
+            f"base     {b['ref']:<16} {short(b['commit'])}  read "
+            f"{human_bytes(r['base_bytes_read'])} (not charged to the budget)"
+        )
+    for m in info["inputs"]:
+        planned = info["planned_bytes_by_model"].get(str(m["index"]))
+        real = r["expert_bytes_read_by_model"][m["index"]]
+        extra = f"  planned {human_bytes(planned)}" if planned is not None else ""
+        click.echo(f"input    {m['ref']:<16} {short(m['commit'])}  read {human_bytes(real)}{extra}")
     click.echo(
         f"expert   read {human_bytes(r['expert_bytes_read'])} of "
         f"{human_bytes(r['expert_bytes_full'])}"
@@ -435,15 +458,27 @@ def explain(store: Store, ref: str, as_json: bool) -> None:
         )
     )
     click.echo(
-        f"base     read {human_bytes(r['base_bytes_read'])}; wrote "
-        f"{human_bytes(r['bytes_written'])}; {r['blocks_read']} blocks; "
+        f"wrote    {human_bytes(r['bytes_written'])}; {plural(r['blocks_read'], 'block')} read; "
         f"{r['wall_seconds']:.2f} s"
     )
     if r.get("error_bound") is not None:
         click.echo(
-            f"bound    {r['error_bound']:.4g} (estimated relative "
-            f"{info['estimates']['error_bound_rel']:.3%})"
+            f"bound    {r['error_bound']:.4g} (relative {info['estimates']['error_bound_rel']:.3%})"
         )
+    real_err = info["realized_error"]
+    if real_err is None:  # read everything: nothing to compare
+        pass
+    elif real_err["error"] is not None:
+        rel = real_err["relative"]
+        click.echo(
+            f"realized {real_err['error']:.4g} (relative "
+            + (f"{rel:.3%}" if rel is not None else "n/a")
+            + f"; against the full-read merge {short(real_err['full_merge'])})"
+        )
+    else:
+        click.echo(f"realized unknown: {real_err['why']}")
+    for note in r.get("notes", ()):
+        click.echo(f"note: {note}")
 
 
 @click.command()
@@ -457,7 +492,7 @@ def blame(store: Store, ref: str, tensor: str, as_json: bool) -> None:
     if as_json:
         emit_json(info)
         return
-    click.echo(f"{tensor}: {info['blocks']} blocks, method {info['method']}")
+    click.echo(f"{tensor}: {plural(info['blocks'], 'block')}, method {info['method']}")
     for row in info["inputs"]:
         click.echo(f"  {row['ref']:<16} {row['status']}: read blocks {row['read'] or '-'}")
 

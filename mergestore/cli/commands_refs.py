@@ -15,13 +15,28 @@ from mergestore.cli.output import emit_json, short
 @click.argument("name", required=False)
 @click.argument("ref", required=False)
 @click.option("-d", "--delete", is_flag=True, help="Delete branch NAME.")
+@click.option(
+    "-m", "--move", is_flag=True, help="Rename branch NAME to REF (or HEAD's branch to NAME)."
+)
+@click.option("-M", "force_move", is_flag=True, help="Rename, replacing an existing branch.")
 @click.option("-f", "--force", is_flag=True, help="Move NAME even if it exists.")
 @json_option
 @with_store
 def branch(
-    store: Store, name: str | None, ref: str | None, delete: bool, force: bool, as_json: bool
+    store: Store,
+    name: str | None,
+    ref: str | None,
+    delete: bool,
+    move: bool,
+    force_move: bool,
+    force: bool,
+    as_json: bool,
 ) -> None:
-    """List branches, create NAME at REF (default HEAD), or delete NAME with -d."""
+    """List branches, create NAME at REF (default HEAD), delete NAME with -d, or rename with
+    -m (`branch -m OLD NEW`, or `branch -m NEW` for HEAD's branch)."""
+    move = move or force_move
+    if delete and move:
+        raise click.UsageError("-d and -m do not go together")
     if delete:
         if not name:
             raise click.UsageError("branch -d needs a NAME")
@@ -30,6 +45,18 @@ def branch(
             emit_json({"deleted": name, "was": old.hex()})
         else:
             click.echo(f"Deleted branch {name} (was {short(old)}).")
+        return
+    if move:
+        if not name:
+            raise click.UsageError("branch -m needs NEW (or OLD NEW)")
+        src, dst = (name, ref) if ref is not None else (store.current_branch(), name)
+        cid = store.rename_branch(src, dst, force=force or force_move)
+        if as_json:
+            emit_json(
+                {"renamed": src, "branch": dst, "commit": cid.hex(), "head": store.current_branch()}
+            )
+        else:
+            click.echo(f"Renamed branch {src} -> {dst} ({short(cid)}).")
         return
     if name is not None:  # "" is an invalid name, not "no name"
         cid = store.create_branch(name, ref or "HEAD", force=force)
@@ -52,11 +79,23 @@ def branch(
 @click.command()
 @click.argument("name", required=False)
 @click.argument("ref", required=False)
-@click.option("-f", "--force", is_flag=True, help="Move tag NAME even if it exists.")
+@click.option("-d", "--delete", is_flag=True, help="Delete tag NAME.")
+@click.option("-f", "--force", is_flag=True, help="Move NAME even if it exists.")
 @json_option
 @with_store
-def tag(store: Store, name: str | None, ref: str | None, force: bool, as_json: bool) -> None:
-    """List tags, or create tag NAME at REF (default HEAD)."""
+def tag(
+    store: Store, name: str | None, ref: str | None, delete: bool, force: bool, as_json: bool
+) -> None:
+    """List tags, create tag NAME at REF (default HEAD), or delete NAME with -d."""
+    if delete:
+        if not name or ref is not None:
+            raise click.UsageError("tag -d needs one NAME")
+        old = store.delete_tag(name)
+        if as_json:
+            emit_json({"deleted": name, "was": old.hex()})
+        else:
+            click.echo(f"Deleted tag {name} (was {short(old)}).")
+        return
     if name is not None:  # "" is an invalid name, not "no name"
         cid = store.create_tag(name, ref or "HEAD", force=force)
         if as_json:

@@ -16,6 +16,7 @@ from mergestore.cli.output import (
     emit_json,
     human_bytes,
     moved_line,
+    plural,
     progress_bar,
     short,
 )
@@ -161,11 +162,12 @@ def commit(
     else:
         click.echo(res.commit.hex())
         click.echo(moved_line(res.branch, res.previous, res.commit, message), err=True)
-        rate = res.logical_bytes / res.seconds / 1e9 if res.seconds else 0
+        rate = res.logical_bytes / res.seconds if res.seconds else 0
         click.echo(
-            f"{res.files} files, {res.tensors} tensors, {human_bytes(res.logical_bytes)}: "
-            f"{res.new_blocks}/{res.total_blocks} new blocks, wrote "
-            f"{human_bytes(res.written_bytes)} in {res.seconds:.2f} s ({rate:.2f} GB/s)"
+            f"{plural(res.files, 'file')}, {plural(res.tensors, 'tensor')}, "
+            f"{plural(res.total_blocks, 'block')} ({res.new_blocks:,} new), "
+            f"{human_bytes(res.logical_bytes)}: wrote "
+            f"{human_bytes(res.written_bytes)} in {res.seconds:.2f} s ({human_bytes(rate)}/s)"
             + (
                 f"; {res.files - res.files_read} unchanged files taken on a stat"
                 if res.files_read < res.files
@@ -380,13 +382,18 @@ def show(store: Store, ref: str, as_json: bool) -> None:
         for line in format_recipe(plan, full_plan):
             click.echo(line)
         click.echo("")
-    click.echo(f"{len(files)} files, {info['tensors']} tensors, {sizes['blocks']} blocks")
     click.echo(
-        f"logical {human_bytes(sizes['logical_bytes'])}, unique "
-        f"{human_bytes(sizes['unique_bytes'])}, stored {human_bytes(sizes['stored_bytes'])}"
+        f"{plural(len(files), 'file')}, {plural(info['tensors'], 'tensor')}, "
+        f"{plural(sizes['blocks'], 'block')}"
+    )
+    ratio = sizes["stored_raw_ratio"]
+    click.echo(
+        f"logical {human_bytes(sizes['logical_bytes'])}, deduplicated "
+        f"{human_bytes(sizes['deduplicated_bytes'])}, stored {human_bytes(sizes['stored_bytes'])}"
+        + (f" (stored/raw {ratio:.3f})" if ratio is not None else "")
     )
     for f in files:
-        extra = f"  ({f.tensors} tensors)" if f.kind == "tensorfile" else ""
+        extra = f"  ({plural(f.tensors, 'tensor')})" if f.kind == "tensorfile" else ""
         click.echo(f"  {human_bytes(f.size):>12}  {f.path}{extra}")
 
 
@@ -414,12 +421,19 @@ def ls(store: Store, ref: str, show_tensors: bool, as_json: bool) -> None:
                         }
                         for t in recs
                     ],
+                    "blocks": sum(len(t.blocks) for t in recs),
                 }
             )
             return
         for t in recs:
             shape = "x".join(map(str, t.shape)) or "scalar"
-            click.echo(f"{t.dtype:>5} {shape:>16} {len(t.blocks):>5} blocks  {t.name}")
+            n = len(t.blocks)
+            click.echo(
+                f"{t.dtype:>5} {shape:>16} {n:>5} {'block ' if n == 1 else 'blocks'}  {t.name}"
+            )
+        click.echo(
+            f"{plural(len(recs), 'tensor')}, {plural(sum(len(t.blocks) for t in recs), 'block')}"
+        )
         return
     files = store.files(cid)
     if as_json:

@@ -8,7 +8,7 @@ import click
 
 from mergestore.api import Store
 from mergestore.cli.common import json_option, with_store
-from mergestore.cli.output import emit_json, human_bytes, short
+from mergestore.cli.output import emit_json, human_bytes, plural, short
 
 
 @click.command()
@@ -50,15 +50,15 @@ def du(store: Store, as_json: bool) -> None:
     click.echo(f"commits            {u['commits']}")
     click.echo(f"logical            {human_bytes(u['logical_bytes'])}")
     click.echo(
-        f"unique (deduped)   {human_bytes(u['unique_bytes'])}   dedup {u['dedup_ratio']:.2f}x"
+        f"deduplicated       {human_bytes(u['deduplicated_bytes'])}   "
+        f"{u['deduplicated_logical_ratio']:.3f} of logical"
     )
     click.echo(
         f"stored             {human_bytes(u['stored_bytes'])}   "
-        f"compression {u['compression_ratio']:.2f}x"
+        f"stored/raw {u['stored_raw_ratio']:.3f}, {u['stored_logical_ratio']:.3f} of logical"
     )
     click.echo(
-        f"packs on disk      {human_bytes(u['pack_bytes'])}   "
-        f"index {human_bytes(u['index_bytes'])}   overall {u['total_ratio']:.2f}x"
+        f"packs on disk      {human_bytes(u['pack_bytes'])}   index {human_bytes(u['index_bytes'])}"
     )
     m = u["merges"]
     if m["materialized"] or m["lazy"] or m["evicted"]:
@@ -72,11 +72,12 @@ def du(store: Store, as_json: bool) -> None:
                 f"eviction saved     {human_bytes(m['evicted_stored_bytes'])} stored "
                 f"({human_bytes(m['evicted_raw_bytes'])} raw)"
             )
-    click.echo("by codec:")
+    click.echo("by codec (stored blocks, raw -> stored, stored/raw):")
     for name, s in sorted(u["by_codec"].items()):
         ratio = s["stored_bytes"] / s["raw_bytes"] if s["raw_bytes"] else 1
         click.echo(
-            f"  {name:<22} {s['blocks']:>7} blocks  {human_bytes(s['raw_bytes']):>12} -> "
+            f"  {name:<22} {plural(s['blocks'], 'stored block'):>20}  "
+            f"{human_bytes(s['raw_bytes']):>12} -> "
             f"{human_bytes(s['stored_bytes']):>12} ({ratio:.3f})"
         )
     click.echo("by commit (stored bytes each commit added):")

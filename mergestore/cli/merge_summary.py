@@ -6,13 +6,13 @@ from typing import Any
 
 import click
 
-from mergestore.cli.output import human_bytes
+from mergestore.cli.output import human_bytes, plural
 
 
 def summary_lines(method: str, r: dict[str, Any]) -> list[str]:
     """Human lines for a merge run record (the same fields `merge --json` prints)."""
     lines = [
-        f"{method}: {r['tensors']} tensors, {r['parameters']:,} parameters, "
+        f"{method}: {plural(r['tensors'], 'tensor')}, {plural(r['parameters'], 'parameter')}, "
         + ", ".join(f"{d} x{n}" for d, n in r["output_dtypes"].items())
     ]
     vs = ""
@@ -22,9 +22,12 @@ def summary_lines(method: str, r: dict[str, Any]) -> list[str]:
     lines.append(
         f"read     {human_bytes(r['expert_bytes_read'])} of experts (full "
         f"{human_bytes(r['expert_bytes_full'])}), {human_bytes(r['base_bytes_read'])} of base; "
-        f"{r['blocks_read']} blocks read, {r['blocks_written']} new blocks written "
+        f"{plural(r['blocks_read'], 'stored block')} read, "
+        f"{plural(r['blocks_written'], 'new block')} written "
         f"({human_bytes(r['bytes_written'])} stored)"
     )
+    if r.get("bytes_fetched"):  # a lazy clone: blocks read from its remote's packs
+        lines.append(f"fetched  {human_bytes(r['bytes_fetched'])} from the remote")
     lines.append(
         f"time     {r['wall_seconds']:.2f} s, peak memory {human_bytes(r['peak_rss_bytes'])}"
     )

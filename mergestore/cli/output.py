@@ -32,6 +32,11 @@ def human_bytes(n: float) -> str:
     return f"{n:.2f} TiB"
 
 
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """'1 block', '2 blocks', '1,024 blocks' (`many` for irregular plurals)."""
+    return f"{n:,} {word if n == 1 else many or word + 's'}"
+
+
 def short(cid: bytes | str, n: int = 12) -> str:
     s = cid.hex() if isinstance(cid, bytes) else cid
     return s[:n]

@@ -136,6 +136,8 @@ class Selection:
     read: dict[str, dict[int, list[int]]] = field(default_factory=dict)  # tensor -> model -> blocks
     per_model_planned: dict[int, int] = field(default_factory=dict)
     per_model_blocks: dict[int, int] = field(default_factory=dict)
+    # What the user should know about the budget or the bound (not in the plan: no effect on it)
+    notes: list[str] = field(default_factory=list)
 
     def for_input(self, tensor: str, model: int) -> frozenset[int] | None:
         if not self.active:
@@ -275,16 +277,7 @@ def select(
     order = _order(cands, sel.strategy)
     chosen: list[Candidate] = []
     if budget is not None:
-        limit = parse_budget(budget, sel.expert_bytes_full)
-        sel.budget_bytes = limit
-        if limit < 0:
-            raise BudgetError("the budget must not be negative")
-        smallest = min((c.cost for c in cands if c.cost > 0), default=0)
-        if 0 < limit < smallest:
-            raise BudgetError(
-                f"a budget of {limit} bytes is smaller than any expert block "
-                f"({smallest} bytes); use 0 to get the base"
-            )
+        limit = check_budget(budget, cands, sel)
         used = 0
         for c in order:
             if used + c.cost <= limit:
@@ -308,6 +301,8 @@ def select(
     bound = _bound(omitted_sum, cands, rounding)
     sel.error_bound = bound if additive else None
     sel.error_bound_rel = (bound / full if full > 0 else 0.0) if additive else None
+    if sel.error_bound_rel is not None and sel.error_bound_rel > 1:
+        sel.notes.append(uninformative_bound_note(sel.error_bound_rel, rounding.u_out))
     for c in chosen:
         sel.read.setdefault(c.tensor, {}).setdefault(c.model, []).append(c.block)
         sel.per_model_planned[c.model] = sel.per_model_planned.get(c.model, 0) + c.cost
@@ -319,6 +314,43 @@ def select(
             ms[m].sort()
     sel.expert_bytes_planned = sum(c.cost for c in chosen)
     return sel
+
+
+def check_budget(budget: str | int, cands: Sequence[Candidate], sel: Selection) -> int:
+    """The budget in bytes: refused when it can read no expert block (0, 0%, or less than the
+    smallest block), capped at the full read with a note when it is larger."""
+    full = sel.expert_bytes_full
+    limit = parse_budget(budget, full)
+    if limit < 0:
+        raise BudgetError("the budget must not be negative")
+    smallest = min((c.cost for c in cands if c.cost > 0), default=0)
+    if limit < smallest:
+        what = "reads no expert block" if limit == 0 else "is smaller than any expert block"
+        asked = f"{budget}" if f"{budget}" == f"{limit}" else f"{budget} ({limit} bytes)"
+        raise BudgetError(
+            f"a budget of {asked} {what}: the smallest is {smallest} bytes, "
+            f"the full read {full} bytes (for the base alone, check out the base)"
+        )
+    if limit > full:
+        sel.notes.append(
+            f"budget {budget} ({limit} bytes) is more than the full read ({full} bytes of "
+            "expert blocks): capped at the full read"
+        )
+        limit = full
+    sel.budget_bytes = limit
+    return limit
+
+
+def uninformative_bound_note(rel: float, u_out: float) -> str:
+    """Why a bound over 100% of the merge delta says nothing, and what gives a tight one."""
+    why = f"the error bound is {rel:.0%} of the merge delta, so it says nothing about the error"
+    if u_out > 2.0**-20:  # a 16-bit output: its rounding allowance dwarfs fine-tune deltas
+        return (
+            f"{why}: a 16-bit output's rounding allowance (about 2u of each base block's norm, "
+            "u = 2^-8 for bf16) is larger than the deltas; merge with --dtype float32 "
+            "--out-dtype float32 for a tight bound (docs/budget.md)"
+        )
+    return f"{why}: too few blocks are read; raise the budget"
 
 
 def pairs_with_changes(cands: Sequence[Candidate]) -> set[tuple[str, int]]:

@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from mergestore.errors import MergeError, RefError
+from mergestore.errors import AmbiguousRefError, MergeError, RefError
 from mergestore.ingest import base_tensor_blocks, commit_checkpoint
 from mergestore.merge.config import MergeConfig, ModelRef
 from mergestore.merge.tensorplan import OutputTensorPlan
@@ -69,6 +69,8 @@ def _resolve_one(
 ) -> tuple[bytes, bool]:
     try:
         return repo.resolve(text), False
+    except AmbiguousRefError:
+        raise  # a name that is both a branch and a tag is no path or hub id either
     except RefError:
         from mergestore.sources import is_hub_source
 

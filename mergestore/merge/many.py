@@ -18,7 +18,7 @@ from typing import Any
 from mergestore.errors import MergeError, MergestoreError
 from mergestore.merge.config import MergeConfig, load_config
 from mergestore.merge.run import MergeResult, PreparedMerge, execute, prepare
-from mergestore.store.refs import check_ref_name
+from mergestore.store.refs import check_new_ref_name
 from mergestore.store.repo import Repository
 
 
@@ -100,7 +100,7 @@ def merge_many(
         for i, c in enumerate(configs):
             try:
                 name = branch_for(c, i, given[i])
-                check_ref_name(name)
+                check_new_ref_name(name)
                 if name in seen:
                     raise MergeError(f"branch {name!r} is also config {seen[name] + 1}'s")
                 seen[name] = i

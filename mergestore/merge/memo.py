@@ -47,6 +47,7 @@ def use(
     run.pop("type", None)
     run.pop("plan", None)
     run["memo"] = True
+    run["notes"] = list(prep.selection.notes)  # about this request (its budget), not the first
     run["state"] = merges.state(repo, repo.get_commit(cid))
     if computed is not None:
         run["tensors_computed"] = computed["tensors_computed"]

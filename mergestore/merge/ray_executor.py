@@ -21,11 +21,12 @@ from mergestore.errors import CorruptionError, MergeError, MergestoreError
 from mergestore.formats.safetensors import DTYPE_SIZES
 from mergestore.merge.engine import EngineStats, OutputTensor, TensorTask, task_bytes
 from mergestore.merge.executor import Progress
+from mergestore.merge.ray_memory import check_fits, footprint, largest_node_memory
 from mergestore.merge.ray_worker import GroupJob, GroupResult, MergePart, part_settings, run_group
 from mergestore.store import faults
 from mergestore.store.blocks import tensor_blocking
 from mergestore.store.packs import ReadMeter
-from mergestore.store.worker_packs import WrittenBlock, adopt_blocks, block_places
+from mergestore.store.worker_packs import WrittenBlock, adopt_blocks, block_places, remote_slots
 
 if TYPE_CHECKING:
     from mergestore.merge.journal import ComputeResult
@@ -85,8 +86,11 @@ class _MergeState:
     written: dict[bytes, WrittenBlock] = field(default_factory=dict)
     error: BaseException | None = None
     pack_bytes_read: int = 0
+    bytes_fetched: int = 0
     task_seconds: list[float] = field(default_factory=list)
     worker_peak_rss: int = 0
+    task_memory: int = 0  # the largest `memory` resource one of its tasks asked Ray for
+    task_memory_granted: int = 0  # ... and the largest Ray gave one
 
 
 @dataclass
@@ -171,10 +175,23 @@ class RayExecutor:
         cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
         states = [_MergeState(p) for p in preps]
         jobs = self._jobs(repo, preps, states, cpus)
+        node_memory = largest_node_memory(ray.nodes())
+        for job, groups in jobs:
+            fp = check_fits(_footprint(job), node_memory)  # raises: no node holds the task
+            job.cache_bytes, job.memory = fp.cache, fp.total
+            for g in groups:
+                st = states[g.merge]
+                st.task_memory = max(st.task_memory, job.memory)
         refs: dict[Any, int] = {}
         for j, (job, _groups) in enumerate(jobs):
-            ref = _remote.options(num_cpus=self.cpus_per_task, max_retries=3).remote(job)
-            refs[ref] = j
+            opts: dict[str, Any] = {
+                "num_cpus": self.cpus_per_task,
+                "memory": job.memory,
+                "max_retries": 3,
+            }
+            if job.remote_slots and (env := remote_env()):
+                opts["runtime_env"] = {"env_vars": env}
+            refs[_remote.options(**opts).remote(job)] = j
         out: list[RayExecution | BaseException | None] = [None] * len(preps)
 
         def finish(i: int) -> None:
@@ -203,8 +220,10 @@ class RayExecutor:
                         err = None
                     except Exception as e:  # a task that failed for good
                         result, err = None, _task_error(e)
-                    if on_bytes is not None and result is not None:
-                        on_bytes(result.pack_bytes_read)
+                    if result is not None:
+                        repo.fetch_meter.add(result.bytes_fetched)  # merge --json reports it
+                        if on_bytes is not None:
+                            on_bytes(result.pack_bytes_read)
                     for part, g in enumerate(groups):
                         st = states[g.merge]
                         if err is not None:
@@ -215,8 +234,12 @@ class RayExecutor:
                             st.written.update((w.id, w) for w in result.written)
                             st.task_seconds.append(result.seconds)
                             st.worker_peak_rss = max(st.worker_peak_rss, result.peak_rss_bytes)
+                            st.task_memory_granted = max(
+                                st.task_memory_granted, result.memory_granted or 0
+                            )
                             if part == 0:
                                 st.pack_bytes_read += result.pack_bytes_read
+                                st.bytes_fetched += result.bytes_fetched
                         st.jobs_left -= 1
                         if progress is not None:
                             progress(len(g.indexes))
@@ -275,6 +298,13 @@ class RayExecutor:
                     ids.update(dict.fromkeys(rec.blocks))
         places = block_places(repo, ids)
         stored = sum(p.length for p in places.values())
+        slots = remote_slots(repo, places.values())
+        urls = {}
+        if slots:
+            from mergestore.remote.config import load_remotes
+
+            specs = load_remotes(repo.path)
+            urls = {r: specs[r].url for r, _pack in slots.values() if r in specs}
         return GroupJob(
             pack_dir=str(repo.pack_dir.resolve()),
             config=repo.config,
@@ -283,9 +313,26 @@ class RayExecutor:
             parts=parts,
             # spans read also cover entry headers: room for all, or LRU thrashes
             cache_bytes=min(2 * stored + (1 << 20), CACHE_BYTES) if cache else 0,
+            remote_slots=slots,
+            remote_urls=urls,
             threads=self.cpus_per_task,
             fault=self.fault,
         )
+
+
+def _footprint(job: GroupJob) -> Any:
+    return footprint(
+        [(part.tasks, part.dtype) for part in job.parts],
+        cache_bytes=job.cache_bytes,
+    )
+
+
+def remote_env() -> dict[str, str]:
+    """The driver's object-store settings, given to the tasks that read a remote's packs
+    (Ray's runtime_env), so workers reach it as the driver does: AWS_* credentials, region
+    and endpoint, and the MERGESTORE_REMOTE_* retry settings."""
+    keep = ("AWS_", "MERGESTORE_REMOTE_")
+    return {k: v for k, v in os.environ.items() if k.startswith(keep)}
 
 
 def group_tasks(tasks: Sequence[TensorTask], target: int) -> list[list[int]]:
@@ -352,9 +399,12 @@ def _assemble(st: _MergeState, block_size: int) -> RayExecution:
     extra = {
         "tasks": len(st.groups),
         "pack_bytes_read": st.pack_bytes_read,
+        "bytes_fetched": st.bytes_fetched,
         "task_seconds_sum": round(sum(st.task_seconds), 4),
         "task_seconds_max": round(max(st.task_seconds, default=0.0), 4),
         "worker_peak_rss_bytes": st.worker_peak_rss,
+        "task_memory_bytes": st.task_memory,
+        "task_memory_granted_bytes": st.task_memory_granted,
     }
     return RayExecution(prep, outputs, stats, taken, written, extra)
 

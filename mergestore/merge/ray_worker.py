@@ -3,22 +3,35 @@
 Plain Python (no Ray import), so it is tested and timed like any function. The task gets the
 places of every block it may read (never the index), runs the same streaming engine as the
 local executor on its tensors, writes the outputs into packs of its own and returns their
-block ids, the blocks it wrote and its read statistics. It is idempotent: a retried task
-writes new packs and returns the same ids; the packs of a killed attempt are never indexed.
+block ids, the blocks it wrote and its read statistics. Blocks of a lazy clone that are still
+on its object-store remote are read with ranged GETs from the remote packs
+(`remote_slots`/`remote_urls`; credentials from the worker's environment). It is idempotent:
+a retried task writes new packs and returns the same ids; the packs of a killed attempt are
+never indexed.
 """
 
 from __future__ import annotations
 
 import os
 import resource
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mergestore.merge.engine import Engine, OutputTensor, StoreSink, TensorTask
 from mergestore.store.repo import StoreConfig
-from mergestore.store.worker_packs import BlockPlace, PackBlockSource, WorkerPacks, WrittenBlock
+from mergestore.store.worker_packs import (
+    BlockPlace,
+    PackBlockSource,
+    RemotePacks,
+    WorkerPacks,
+    WrittenBlock,
+)
+
+if TYPE_CHECKING:
+    from mergestore.remote.url import RemoteURL
 
 
 @dataclass
@@ -44,7 +57,11 @@ class GroupJob:
     places: dict[bytes, BlockPlace]
     parts: list[MergePart]
     cache_bytes: int = 0
+    # promised packs (a lazy clone): slot -> (remote, pack name), and each remote's URL
+    remote_slots: dict[int, tuple[str, str]] = field(default_factory=dict)
+    remote_urls: dict[str, RemoteURL] = field(default_factory=dict)
     threads: int = 1  # tensors merged at once inside the task (its CPUs)
+    memory: int = 0  # bytes of Ray's `memory` resource the task asks for (merge/ray_memory.py)
     fault: str | None = None  # tests: "kill-once:<marker path>" dies on the first attempt
 
 
@@ -71,6 +88,8 @@ class GroupResult:
     cache_hits: int
     seconds: float
     peak_rss_bytes: int = 0  # the worker process's peak so far (it may have run other tasks)
+    bytes_fetched: int = 0  # of pack_bytes_read, from remote packs by ranged GETs
+    memory_granted: int | None = None  # the `memory` resource Ray gave the task (None: no Ray)
     node: str = field(default_factory=lambda: os.uname().nodename)
 
 
@@ -80,7 +99,12 @@ def run_group(job: GroupJob) -> GroupResult:
 
     t0 = time.perf_counter()
     os.environ["MERGESTORE_MERGE_WORKERS"] = str(max(1, job.threads))
-    source = PackBlockSource(Path(job.pack_dir), job.places, job.config, job.cache_bytes)
+    remote = None
+    if job.remote_slots:
+        from mergestore.remote.lazy import UrlBlockSource
+
+        remote = RemotePacks(job.remote_slots, UrlBlockSource(job.remote_urls))
+    source = PackBlockSource(Path(job.pack_dir), job.places, job.config, job.cache_bytes, remote)
     packs = WorkerPacks(Path(job.pack_dir), job.config, job.places)
     sink = StoreSink(packs, packs)  # type: ignore[arg-type]  # config + session calls
     results = []
@@ -132,7 +156,18 @@ def run_group(job: GroupJob) -> GroupResult:
         source.cache_hits,
         time.perf_counter() - t0,
         resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        bytes_fetched=source.bytes_fetched,
+        memory_granted=_granted_memory(),
     )
+
+
+def _granted_memory() -> int | None:
+    """The `memory` resource Ray assigned to this task, when it runs as a Ray task."""
+    ray = sys.modules.get("ray")  # a Ray worker has it imported; a plain call does not
+    if ray is None or not ray.is_initialized():
+        return None
+    got = ray.get_runtime_context().get_assigned_resources().get("memory")
+    return int(got) if got is not None else None
 
 
 def _maybe_die(fault: str | None) -> None:

@@ -21,7 +21,7 @@ import yaml
 
 from mergestore.errors import MergeError, RefError
 from mergestore.merge.config import MergeConfig, _Loader, config_from_mapping, models_in_config
-from mergestore.store.refs import check_ref_name
+from mergestore.store.refs import check_new_ref_name, check_ref_name
 from mergestore.store.repo import Repository
 
 FINAL = "final"
@@ -145,10 +145,10 @@ Runner = Callable[[Step, MergeConfig, str], Any]
 def run_recipe(repo: Repository, text: str, prefix: str, run_step: Runner) -> list[Any]:
     """Validate the whole recipe, then run its steps in order; `run_step(step, cfg, branch)`
     publishes one (the memo skips an unchanged one). Returns what each call returned."""
-    check_ref_name(prefix)
+    check_new_ref_name(prefix)
     steps = load_recipe(text)
     check_models(repo, steps)
     branches = {s.name: f"{prefix}/{s.name}" for s in steps}
     for b in branches.values():
-        check_ref_name(b)
+        check_new_ref_name(b)
     return [run_step(s, step_config(s, branches), branches[s.name]) for s in steps]

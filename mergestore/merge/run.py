@@ -484,6 +484,7 @@ def run_record(prep: PreparedMerge, stats: Any, written: int, seconds: float) ->
         "torch_free": stats.torch_free,
         "lanes": stats.lanes,
         **prep.path_inputs.to_json(),
+        "notes": list(sel.notes),
     }
     if sel.active:
         delta = stats.merged_delta_sq**0.5

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from mergestore.errors import MergeError
-from mergestore.store.refs import HEADS, check_ref_name
+from mergestore.store.refs import HEADS, check_new_ref_name
 from mergestore.store.repo import Repository
 
 DEFAULT_PREFIX = "merge/"
@@ -37,7 +37,7 @@ def merge_target(
     force: bool = False,
 ) -> str:
     """The full ref the merge commit goes to; refuses an input's or the base's branch."""
-    name = check_ref_name(branch) if branch else default_branch(repo, method)
+    name = check_new_ref_name(branch) if branch else default_branch(repo, method)
     ref = HEADS + name
     old = repo.read_ref(ref)
     if old is not None and not force:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from mergestore.errors import MergestoreError
+from mergestore.errors import AmbiguousRefError, MergestoreError
 from mergestore.remote.client import RefMovedError
 from mergestore.remote.layout import (
     FORMAT_KEY,
@@ -26,7 +26,7 @@ from mergestore.remote.packs import pack_target, split_packs, upload_pack
 from mergestore.remote.session import RemoteSession
 from mergestore.remote.walk import closure, is_ancestor
 from mergestore.store import faults
-from mergestore.store.refs import HEADS, REMOTES, TAGS
+from mergestore.store.refs import HEADS, REMOTES, TAGS, ambiguous_ref
 from mergestore.store.repo import RefUpdate, Repository
 
 Phase = Callable[[str, int | None], Callable[[int], None] | None]
@@ -93,13 +93,12 @@ def local_targets(repo: Repository, refs: Sequence[str], tags: bool) -> dict[str
     for name in names:
         full = name if name.startswith(("refs/heads/", "refs/tags/")) else None
         candidates = [full] if full else [HEADS + name, TAGS + name]
-        for ref in candidates:
-            cid = repo.read_ref(ref)
-            if cid is not None:
-                out[ref] = cid
-                break
-        else:
+        found = {ref: cid for ref in candidates if (cid := repo.read_ref(ref)) is not None}
+        if not found:
             raise MergestoreError(f"push: no local branch or tag {name!r}")
+        if len(found) > 1:
+            raise AmbiguousRefError(ambiguous_ref(name, list(found)))
+        out.update(found)
     if tags:
         out.update(repo.list_refs(TAGS))
     return out

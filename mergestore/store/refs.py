@@ -36,6 +36,18 @@ def check_ref_name(name: str, what: str = "branch") -> str:
     return name
 
 
+def check_new_ref_name(name: str, what: str = "branch") -> str:
+    """check_ref_name, and refuse a name that a ref expression would read as a commit id
+    prefix (6+ hex characters): `log cafe01` would then mean two things."""
+    check_ref_name(name, what)
+    if looks_like_hex(name):
+        raise RefError(
+            f"invalid {what} name {name!r}: {len(name)} hex characters read as a commit id"
+            " prefix; pick a name with a non-hex character"
+        )
+    return name
+
+
 @dataclass(frozen=True)
 class RefExpr:
     """A parsed ref expression: a starting name plus a chain of parent steps."""
@@ -75,3 +87,11 @@ def parse_ref_expr(text: str) -> RefExpr:
 
 def looks_like_hex(text: str) -> bool:
     return len(text) >= MIN_PREFIX and all(c in "0123456789abcdef" for c in text.lower())
+
+
+def ambiguous_ref(short: str, full_names: list[str]) -> str:
+    """The one-line error for a name that is both a branch and a tag (or remote ref)."""
+    return (
+        f"ambiguous ref {short!r}: it names {' and '.join(full_names)}; "
+        f"say which with the full name (e.g. {full_names[0]})"
+    )

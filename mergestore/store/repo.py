@@ -30,6 +30,7 @@ import numpy as np
 import zstandard
 
 from mergestore.errors import (
+    AmbiguousRefError,
     CorruptionError,
     MergestoreError,
     RefError,
@@ -60,7 +61,15 @@ from mergestore.store.promised import (
     slot_name,
 )
 from mergestore.store.reader import BlockReader
-from mergestore.store.refs import HEAD, HEADS, REMOTES, TAGS, looks_like_hex, parse_ref_expr
+from mergestore.store.refs import (
+    HEAD,
+    HEADS,
+    REMOTES,
+    TAGS,
+    ambiguous_ref,
+    looks_like_hex,
+    parse_ref_expr,
+)
 from mergestore.store.statcache import FileStamp, StatEntry
 
 FORMAT_VERSION = 1
@@ -661,6 +670,15 @@ class Repository:
                     names.append(name)
         return names
 
+    def refs_named(self, short: str) -> dict[str, bytes]:
+        """The branch, tag and remote-tracking refs spelled `short` (more than one: ambiguous)."""
+        found = {}
+        for name in (HEADS + short, TAGS + short, REMOTES + short):
+            cid = self.read_ref(name)
+            if cid is not None:
+                found[name] = cid
+        return found
+
     def resolve(self, text: str) -> bytes:
         """A commit id from a ref expression: id or prefix, branch, tag, HEAD, ~N, ^N."""
         expr = parse_ref_expr(text)
@@ -687,17 +705,21 @@ class Repository:
             if cid is None:
                 raise RefError("HEAD does not point at a commit yet")
             return cid
-        for name in (start, HEADS + start, TAGS + start, REMOTES + start):
-            if name.startswith("refs/"):
-                cid = self.read_ref(name)
-                if cid is not None:
-                    return cid
+        if start.startswith("refs/"):
+            cid = self.read_ref(start)
+            if cid is not None:
+                return cid
+        found = self.refs_named(start)
+        if len(found) > 1:
+            raise AmbiguousRefError(ambiguous_ref(start, list(found)))
+        if found:
+            return next(iter(found.values()))
         if looks_like_hex(start):
             matches = self.commits_with_prefix(start.lower())
             if len(matches) == 1:
                 return matches[0]
             if len(matches) > 1:
-                raise RefError(f"ambiguous ref {start!r}: {len(matches)} commits match")
+                raise AmbiguousRefError(f"ambiguous ref {start!r}: {len(matches)} commits match")
         if re.fullmatch(r"[0-9a-fA-F]{1,5}", start):
             raise RefError(
                 f"unknown ref {start!r} (a commit id prefix needs at least 6 hex characters)"
@@ -731,6 +753,39 @@ class Repository:
         """Move refs (no new data): one transaction."""
         with self.writer() as w:
             w.publish(list(updates))
+
+    def rename_ref(self, src: str, dst: str, cid: bytes, dst_old: bytes | None) -> None:
+        """Move ref `src` (at `cid`) to `dst` (at `dst_old`, or None) in one transaction, as
+        `git branch -m` does: `dst` takes `src`'s reflog (after its own entries, which stay),
+        `src` keeps one entry saying where it went, and HEAD follows if it was on `src`."""
+        src_key, dst_key = src.encode() + b"\x00", dst.encode() + b"\x00"
+        moved: list[tuple[bytes, bytes]] = []
+        seq = 0
+        with self.index.read() as txn:
+            cur = txn.cursor(db=self.index.db("reflog"))
+            for key, entries in ((src_key, moved), (dst_key, None)):
+                if not cur.set_range(key):
+                    continue
+                for k, v in cur:
+                    if not bytes(k).startswith(key):
+                        break
+                    if entries is not None:
+                        entries.append((bytes(k), bytes(v)))
+                    else:
+                        seq = _SEQ.unpack(bytes(k)[len(key) :])[0] + 1
+        with self.writer() as w:
+            for k, v in moved:
+                w.index_puts[("reflog", k)] = None
+                w.index_puts[("reflog", dst_key + _SEQ.pack(seq))] = v
+                seq += 1
+            if self.head_target() == src:
+                w.index_puts[("refs", HEAD.encode())] = b"ref: " + dst.encode()
+            w.publish(
+                [
+                    RefUpdate(src, None, f"branch: renamed {src} to {dst}", old=cid),
+                    RefUpdate(dst, cid, f"branch: renamed {src} to {dst}", old=dst_old),
+                ]
+            )
 
 
 def _wrap_object(data: bytes) -> bytes:

@@ -7,7 +7,10 @@ packs (a shared path) but not its LMDB index. This module is the store's side of
   places (pack, offset, length, raw length, codec spec, delta reference): data stays put.
 - `PackBlockSource`: a worker reads blocks straight from the packs by those places (pread, in
   pack order through store.reader.BlockReader), decodes them and verifies each against its
-  blake3 id. It offers the engine the reading calls of a Repository.
+  blake3 id. It offers the engine the reading calls of a Repository. In a lazy clone, places
+  in promised packs (store/promised.py: blocks still on an object-store remote) are read with
+  ranged GETs from the remote pack through a `RemotePacks` (one GET per coalesced span).
+- `remote_slots(repo, places)`: the driver names the remote packs those places point into.
 - `WorkerPacks`: a worker appends its output blocks to fresh packs of its own, in the store's
   pack format, fsyncs them and names what it wrote (`WrittenBlock`).
 - `adopt_blocks(session, written)`: the driver checks each written block against its entry
@@ -30,6 +33,7 @@ from mergestore.errors import CorruptionError
 from mergestore.store import codecs
 from mergestore.store.blocks import block_id
 from mergestore.store.packs import ENTRY_HEADER, ENTRY_MAGIC, PackAppender, PackReader, ReadMeter
+from mergestore.store.promised import PROMISED_PACK_BASE, BlockSource, slot_name
 from mergestore.store.reader import BlockReader
 from mergestore.store.repo import PendingBlock, Repository, StoreConfig, WriteSession
 
@@ -59,18 +63,35 @@ def block_places(repo: Repository, ids: Iterable[bytes]) -> dict[bytes, BlockPla
     }
 
 
+def remote_slots(repo: Repository, places: Iterable[BlockPlace]) -> dict[int, tuple[str, str]]:
+    """(remote, pack name) of every promised pack these places point into, by slot."""
+    slots = {p.pack - PROMISED_PACK_BASE for p in places if p.pack >= PROMISED_PACK_BASE}
+    return {slot: slot_name(repo, slot) for slot in sorted(slots)}
+
+
+@dataclass(frozen=True)
+class RemotePacks:
+    """How a worker reaches promised packs: their (remote, pack name) by slot, and a
+    BlockSource (the remote layer's) that returns ranges of them."""
+
+    slots: dict[int, tuple[str, str]]
+    source: BlockSource
+
+
 class _CachedPacks:
     """A PackReader whose reads are counted and, when `cache_bytes` > 0, kept in an LRU keyed
     by (pack, offset, length): the same span read again (a sweep's next merge of the same
-    tensors) comes from memory."""
+    tensors) comes from memory. Promised packs are read through `remote` (ranged GETs)."""
 
-    def __init__(self, pack_dir: Path, cache_bytes: int) -> None:
+    def __init__(self, pack_dir: Path, cache_bytes: int, remote: RemotePacks | None = None):
         self._packs = PackReader(pack_dir)
+        self.remote = remote
         self.cache_bytes = cache_bytes
         self._cache: OrderedDict[tuple[int, int, int], bytes] = OrderedDict()
         self._cached = 0
         self._lock = threading.Lock()
-        self.bytes_read = 0  # bytes really read from pack files (cache hits excluded)
+        self.bytes_read = 0  # bytes really read from packs, local or remote (no cache hits)
+        self.bytes_fetched = 0  # of which from remote packs
         self.cache_hits = 0
 
     def read(self, pack_id: int, offset: int, length: int) -> bytes:
@@ -81,9 +102,16 @@ class _CachedPacks:
                 self._cache.move_to_end(key)
                 self.cache_hits += 1
                 return data
-        data = self._packs.read(pack_id, offset, length)
+        remote = pack_id >= PROMISED_PACK_BASE
+        data = (
+            self._fetch(pack_id, offset, length)
+            if remote
+            else self._packs.read(pack_id, offset, length)
+        )
         with self._lock:
             self.bytes_read += len(data)
+            if remote:
+                self.bytes_fetched += len(data)
             if self.cache_bytes and len(data) <= self.cache_bytes and key not in self._cache:
                 self._cache[key] = data
                 self._cached += len(data)
@@ -92,8 +120,22 @@ class _CachedPacks:
                     self._cached -= len(old)
         return data
 
+    def _fetch(self, pack_id: int, offset: int, length: int) -> bytes:
+        """Bytes of a promised pack, by one ranged GET (unverified: the caller checks ids)."""
+        name = self.remote.slots.get(pack_id - PROMISED_PACK_BASE) if self.remote else None
+        if name is None or self.remote is None:
+            raise CorruptionError(f"pack {pack_id} is a remote pack this task was not given")
+        data = self.remote.source.fetch(name[0], name[1], offset, length)
+        if len(data) != length:
+            raise CorruptionError(
+                f"remote {name[0]}: pack {name[1][:12]} gave {len(data)} bytes at {offset}, "
+                f"not {length}"
+            )
+        return data
+
     def advise(self, pack_id: int, offset: int, length: int) -> None:
-        self._packs.advise(pack_id, offset, length)
+        if pack_id < PROMISED_PACK_BASE:
+            self._packs.advise(pack_id, offset, length)
 
     def close(self) -> None:
         self._packs.close()
@@ -114,14 +156,19 @@ class PackBlockSource:
         places: dict[bytes, BlockPlace],
         config: StoreConfig,
         cache_bytes: int = 0,
+        remote: RemotePacks | None = None,
     ) -> None:
         self.places = places
         self.config = config
-        self.packs = _CachedPacks(pack_dir, cache_bytes)
+        self.packs = _CachedPacks(pack_dir, cache_bytes, remote)
 
     @property
     def pack_bytes_read(self) -> int:
         return self.packs.bytes_read
+
+    @property
+    def bytes_fetched(self) -> int:
+        return self.packs.bytes_fetched
 
     @property
     def cache_hits(self) -> int:

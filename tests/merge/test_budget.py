@@ -91,11 +91,22 @@ def test_scored_choice_beats_uniform_choice(f32_store: Store) -> None:
     assert kept > 0.2  # uneven deltas: 20% of the bytes hold well over 20% of the delta
 
 
-def test_budget_zero_gives_base(f32_store: Store) -> None:
-    res = _merge(f32_store, "zero", budget="0")
-    assert res.run["expert_bytes_read"] == 0
-    base = {t.name: t.blocks for t in f32_store.tensors("main")}
-    assert {t.name: t.blocks for t in f32_store.tensors("zero")} == base
+def test_budget_zero_is_refused(f32_store: Store) -> None:
+    """0 and 0% read no expert block: the "merge" would be the base, so they are refused as a
+    budget below the smallest block is (issue 15 item 15)."""
+    before = f32_store.branches()
+    for budget in ("0", "0%", 0):
+        with pytest.raises(BudgetError, match="reads no expert block"):
+            _merge(f32_store, "zero", budget=budget)
+    assert f32_store.branches() == before
+
+
+def test_budget_over_the_full_read_is_capped(f32_store: Store) -> None:
+    res = _merge(f32_store, "huge", budget="1TB")
+    assert res.run["budget_bytes"] == res.run["expert_bytes_full"]
+    assert res.run["expert_bytes_read"] == res.run["expert_bytes_full"]
+    assert any("capped at the full read" in n for n in res.run["notes"])
+    assert _merge(f32_store, "all", budget="100%").plan == res.plan  # one plan: a memo hit
 
 
 def test_plan_id_is_deterministic(f32_store: Store) -> None:
@@ -297,16 +308,21 @@ def test_every_block_merged_by_one_rule(f32_store: Store) -> None:
 
 
 def test_base_unchanged_scores_nothing(f32_store: Store) -> None:
-    """The measure is the merge delta kept, so returning the base keeps 0%, and its bound
-    covers the whole delta (a weights-relative 'deviation' would call it a small error)."""
+    """The measure is the merge delta kept, so returning the base keeps 0%: the relative bound
+    divides by a bound on the whole delta (a weights-relative 'deviation' would call dropping
+    it a small error), and a budget that reads nothing is refused rather than scored."""
     if "full" not in f32_store.branches():
         _merge(f32_store, "full")
-    res = _merge(f32_store, "nil", budget="0")
     full, base = _tensors(f32_store, "full"), _tensors(f32_store, "main")
     delta = _dist(full, base)
-    assert _dist(full, _tensors(f32_store, "nil")) == pytest.approx(delta, rel=1e-12)
-    assert res.run["error_bound"] >= delta
-    assert res.run["error_bound_rel_posthoc"] is None  # nothing merged: no relative claim
+    res = _merge(f32_store, "some", budget="10%")
+    plan = f32_store.repo.get_plan(res.plan).body["budget"]
+    assert plan["full_delta_bound"] >= delta * (1 - 1e-9)
+    assert res.run["error_bound"] / plan["full_delta_bound"] == pytest.approx(
+        plan["error_bound_rel"]
+    )
+    with pytest.raises(BudgetError, match="reads no expert block"):
+        _merge(f32_store, "nil", budget="0")
 
 
 @pytest.mark.parametrize("strategy", ["uniform", "random:3"])

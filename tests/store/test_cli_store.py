@@ -68,7 +68,8 @@ def test_quickstart_flow(tiny_family, cli, cli_store: Path, tmp_path: Path) -> N
         assert list(f.keys()) == ["model.norm.weight"]
     assert cli(*st, "fsck", "--json").json()["ok"] is True
     du = cli(*st, "du", "--json").json()
-    assert du["dedup_ratio"] > 1.0 and du["stored_bytes"] < du["logical_bytes"]
+    assert du["deduplicated_logical_ratio"] < 1.0 and du["stored_bytes"] < du["logical_bytes"]
+    assert du["stored_raw_ratio"] == du["stored_bytes"] / du["deduplicated_bytes"]
     assert cli(*st, "branch", "--json").json()["branches"]["math"]
     assert cli(*st, "tag", "v0", "main", "--json").json()["commit"] == base_id
     assert cli(*st, "branch", "-d", "math").code == 0

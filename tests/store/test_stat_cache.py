@@ -65,7 +65,8 @@ def test_unchanged_folder_reads_no_data(family, store: Store, reads: ReadCounter
     assert reads.take() == first.bytes_read > 0
     again = store.commit(family.base, message="again", branch="main")
     assert reads.take() == 0
-    assert (again.files_read, again.bytes_read, again.total_blocks) == (0, 0, 0)
+    assert (again.files_read, again.bytes_read, again.new_blocks) == (0, 0, 0)
+    assert again.total_blocks == first.total_blocks  # what the commit holds, read or not
     assert again.tree == first.tree
     assert again.commit != first.commit  # a new commit (a new parent), the same tree
 

@@ -1,0 +1,156 @@
+"""Ray workers of a lazy clone read their blocks from the object-store remote's packs.
+
+`mergestore clone --lazy s3://... ./c && mergestore --store ./c merge ... --executor ray`:
+the workers read each block with ranged GETs from the remote packs (never the index), check
+it against its id, and write their output packs into the clone, which the driver adopts and
+publishes. Against a real SeaweedFS server and a real local Ray.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from fixtures.family import PRESETS
+from fixtures.store import family_store
+from mergestore.api import Store
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "remote"))
+from seaweed import BUCKET, Seaweed, server_or_fail  # noqa: E402
+
+CONFIG = """merge_method: ties
+base_model: main
+models:
+  - model: dense_small
+    parameters: {weight: 0.6, density: 0.5}
+  - model: lowrank_attn
+    parameters: {weight: 0.4, density: 0.5}
+dtype: float32
+out_dtype: bfloat16
+"""
+_prefixes = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seaweed]:
+    server = server_or_fail(tmp_path_factory.mktemp("seaweed-ray"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def pushed(tmp_path: Path, seaweed: Seaweed, monkeypatch: pytest.MonkeyPatch) -> tuple[Store, str]:
+    """A family store pushed to a fresh prefix of the S3 server; credentials as a user gives
+    them (AWS_* variables, which the executor hands to the tasks that read the remote)."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "mergestore-test-key")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "mergestore-test-secret-value")
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    monkeypatch.setenv("MERGESTORE_REMOTE_RETRY_TIMEOUT", "5")
+    src, _fam = family_store(tmp_path / "src", PRESETS["tiny"])
+    prefix = f"ray{os.getpid()}-{next(_prefixes)}-{time.time_ns() % 10**9}"
+    url = f"s3://{BUCKET}/{prefix}?endpoint={seaweed.endpoint}"
+    src.add_remote("origin", url)
+    assert src.push("origin", "main", "dense_small", "lowrank_attn").ok
+    yield src, url
+    src.close()
+
+
+def _lazy_clone(cli, url: str, clone: Path) -> Path:
+    """`clone --lazy`, and local branches of the experts from their remote-tracking ones."""
+    r = cli("clone", "--lazy", url, clone)
+    assert r.code == 0, r.err
+    for name in ("dense_small", "lowrank_attn"):
+        assert cli("--store", clone, "branch", name, f"origin/{name}").code == 0
+    return clone
+
+
+def _blocks(store: Store, ref: str) -> tuple[bytes, dict[str, tuple[bytes, ...]]]:
+    return store.get_commit(ref).tree, {t.name: tuple(t.blocks) for t in store.tensors(ref)}
+
+
+def test_lazy_clone_merge_on_ray_reads_the_remote_packs(
+    ray_session, pushed: tuple[Store, str], tmp_path: Path, cli
+) -> None:
+    src, url = pushed
+    cfg = tmp_path / "m.yml"
+    cfg.write_text(CONFIG)
+    local = src.merge(config=cfg, branch="x")  # the reference: a local merge of the same
+    clone = _lazy_clone(cli, url, tmp_path / "c")
+    c = Store.open(clone)
+    assert c.repo.promised_count("origin") > 0
+    c.close()
+
+    r = cli("--store", clone, "merge", "--config", cfg, "-b", "x", "--executor", "ray", "--json")
+    assert r.code == 0, r.err
+    out = r.json()
+    ex = out["executor"]
+    assert ex["name"] == "ray"
+    # every byte the workers read came from the remote by ranged GETs, and is reported (the
+    # driver itself fetched only the small files it checks, config.json)
+    assert ex["bytes_fetched"] == ex["pack_bytes_read"] > 0
+    assert ex["bytes_fetched"] <= out["bytes_fetched"] < 1.1 * ex["bytes_fetched"]
+    assert out["expert_bytes_read"] == local.run["expert_bytes_read"]
+
+    c = Store.open(clone)
+    try:
+        assert _blocks(c, "x") == _blocks(src, "x")  # the local merge's tree and block ids
+        # the workers did not fetch through the clone's index: the inputs' tensor blocks are
+        # still promised (a local merge would have kept them in local packs)
+        inputs = [b for ref in ("dense_small", "lowrank_attn", "main")
+                  for t in c.tensors(ref) for b in t.blocks]  # fmt: skip
+        assert inputs and all(c.repo.block_is_promised(b) for b in inputs)
+        assert c.replay("x")["identical"]
+    finally:
+        c.close()
+    r = cli("--store", clone, "fsck")
+    assert r.code == 0, r.out + r.err
+
+
+def test_lazy_clone_merge_on_ray_human_output_says_fetched(
+    ray_session, pushed: tuple[Store, str], tmp_path: Path, cli
+) -> None:
+    _src, url = pushed
+    cfg = tmp_path / "m.yml"
+    cfg.write_text(CONFIG)
+    clone = _lazy_clone(cli, url, tmp_path / "c")
+    r = cli("--store", clone, "merge", "--config", cfg, "-b", "y", "--executor", "ray")
+    assert r.code == 0, r.err
+    assert "fetched" in r.err and "from the remote" in r.err
+
+
+def test_corrupt_remote_block_fails_the_ray_merge_naming_it(
+    ray_session, tmp_path: Path, cli
+) -> None:
+    """A block whose bytes on the remote do not match its id fails the merge in one line that
+    names the block; nothing is published (here a file:// remote, tampered with on disk)."""
+    from mergestore.store.promised import PROMISED_PACK_BASE, slot_name
+
+    src, _fam = family_store(tmp_path / "src", PRESETS["tiny"])
+    remote = tmp_path / "remote"
+    src.add_remote("origin", f"file://{remote}")
+    assert src.push("origin", "main", "dense_small", "lowrank_attn").ok
+    src.close()
+    clone = _lazy_clone(cli, f"file://{remote}", tmp_path / "c")
+    c = Store.open(clone)
+    rec = max(c.tensors("dense_small"), key=lambda t: t.nbytes)
+    bid = next(b for b in rec.blocks if c.repo.block_is_promised(b))
+    loc = c.repo.block_location(bid)
+    _remote, pack = slot_name(c.repo, loc.pack - PROMISED_PACK_BASE)
+    c.close()
+    path = remote / "packs" / f"{pack}.pack"
+    data = bytearray(path.read_bytes())
+    data[loc.offset + loc.length // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    cfg = tmp_path / "m.yml"
+    cfg.write_text(CONFIG)
+    r = cli("--store", clone, "merge", "--config", cfg, "-b", "x", "--executor", "ray")
+    assert r.code == 1
+    assert r.err.startswith("error: ") and r.err.strip().count("\n") == 0, r.err
+    assert bid.hex()[:12] in r.err and "corrupt" in r.err and rec.name in r.err
+    assert cli("--store", clone, "show", "x").code != 0  # nothing published
