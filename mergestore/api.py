@@ -385,10 +385,14 @@ class Store:
         max_error: float | None = None,
         commit_paths: bool = True,
         verify_inputs: bool = False,
+        branch: str | None = None,
+        force_branch: bool = False,
     ) -> Any:
         """Validate and plan a merge (MergeConfig, YAML path or text); reads no expert data.
         Models given as folders are committed first (a stat per unchanged file, or every file
-        read again with `verify_inputs`)."""
+        read again with `verify_inputs`), once everything their headers allow is checked,
+        including `branch`/`force_branch` as execute_merge will get them: a refused merge
+        stores nothing."""
         from mergestore.merge.config import MergeConfig, load_config
         from mergestore.merge.run import prepare
 
@@ -400,6 +404,8 @@ class Store:
             max_error=max_error,
             commit_paths=commit_paths,
             verify_inputs=verify_inputs,
+            branch=branch,
+            force_branch=force_branch,
         )
 
     def execute_merge(
@@ -506,9 +512,17 @@ class Store:
             from mergestore.merge.outfolder import check_target
 
             check_target(Path(out))
+        from mergestore.merge.ray_warm import warm_for
+
+        warm_for(executor, ray_address)  # Ray joins and starts workers while this plans
         with self.gc_paused():  # path inputs are stored before the merge runs
             prep = self.prepare_merge(
-                config, budget=budget, max_error=max_error, verify_inputs=verify_inputs
+                config,
+                budget=budget,
+                max_error=max_error,
+                verify_inputs=verify_inputs,
+                branch=branch,
+                force_branch=force_branch,
             )
             return self.execute_merge(
                 prep,

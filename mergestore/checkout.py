@@ -5,7 +5,9 @@ created at its final size under a temporary name, and then filled: the store's b
 (store/reader.py) reads the blocks of about 64 MiB of output at a time in pack order, coalesced
 into large reads, decodes and checks each blake3 id on the worker threads, and each block is
 written at its offsets with pwrite. A file is renamed into place once all of its blocks are
-written; on any error the temporary files go.
+written. The whole folder is written into a temporary sibling of the target and takes its
+place at the end (formats/outdir.py): on any error, Ctrl-C included, the target is as it was
+and the sibling goes. `force` over a non-empty folder follows outdir.FORCE_RULE.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 
 from mergestore.errors import CheckoutError, CorruptionError
 from mergestore.formats.checkpoint import safe_join
+from mergestore.formats.outdir import StagedDir, check_target
 from mergestore.formats.safetensors import encode_header
 from mergestore.store import merges
 from mergestore.store.index import BlockLocation
@@ -44,13 +47,8 @@ class CheckoutResult:
     bytes_written: int
     bytes_read: int
     seconds: float
-
-
-def _check_target(out: Path, force: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise CheckoutError(f"{out}: exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise CheckoutError(f"{out}: directory is not empty (use --force to overwrite)")
+    kept: list[str] = field(default_factory=list)  # --force: files of the target kept
+    removed: list[str] = field(default_factory=list)  # --force: stale weight files removed
 
 
 def _plan_paths(tree: Tree, out: Path) -> list[Path]:
@@ -233,21 +231,34 @@ def checkout_commit(
     t0 = time.perf_counter()
     reuse_freed_memory()
     out_path = Path(out)
-    _check_target(out_path, force)
+    check_target(out_path, force)
     tree = merges.readable_tree(repo, commit_id, tensors)  # computes a lazy/evicted merge's blocks
     meter = ReadMeter()
     writer = _Writer(repo, meter, progress)
+    stage = StagedDir(out_path, force=force)
     try:
-        if tensors:
-            writer.run(_tensor_tasks(writer, repo, tree, out_path, tensors))
-            nfiles = 1
-        else:
-            writer.run(_tree_tasks(writer, repo, tree, out_path))
-            nfiles = len(tree.entries)
-    finally:
-        writer.cleanup()
+        try:
+            if tensors:
+                writer.run(_tensor_tasks(writer, repo, tree, stage.path, tensors))
+                nfiles = 1
+            else:
+                writer.run(_tree_tasks(writer, repo, tree, stage.path))
+                nfiles = len(tree.entries)
+        finally:
+            writer.cleanup()
+    except BaseException:
+        stage.abort()
+        raise
+    stage.publish()
     return CheckoutResult(
-        commit_id, out_path, nfiles, writer.written, meter.bytes_read, time.perf_counter() - t0
+        commit_id,
+        out_path,
+        nfiles,
+        writer.written,
+        meter.bytes_read,
+        time.perf_counter() - t0,
+        stage.kept,
+        stage.removed,
     )
 
 

@@ -7,7 +7,7 @@ import os
 import socket
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from mergestore import blockstats, native
 from mergestore.errors import RefError
@@ -371,13 +371,21 @@ def commit_checkpoint(
     progress: Progress | None = None,
     detached: bool = False,
     verify: bool = False,
+    session: WriteSession | None = None,
 ) -> CommitResult:
     """Validate the checkpoint, store it, and publish the commit and ref move atomically.
 
     `detached` publishes a commit without moving any ref (merge inputs given as paths: the
     merge commit that follows names it as a parent). Files the stat cache vouches for are not
-    read again, unless `verify`.
+    read again, unless `verify`. A detached commit into `session` is left for the session's
+    owner to publish (a merge stores all its folders in one session: merge/inputs.py).
     """
+    if session is not None:
+        if not detached:
+            raise ValueError("commit_checkpoint: a shared session takes detached commits only")
+        return _commit_detached_into(
+            repo, session, path, message, base, meta, author, want_stats, progress, verify
+        )
     t0 = time.perf_counter()
     ckpt = scan_checkpoint(path)  # validates every header before anything is written
     ref = None if detached else branch_ref(repo, branch)
@@ -438,6 +446,46 @@ def commit_checkpoint(
         else:
             raise RefError(f"{ref} keeps moving while this command runs; try again")
     return _result(cid, tree_id, ckpt, session, ing, t0, ref, old)
+
+
+def _commit_detached_into(
+    repo: Repository,
+    session: WriteSession,
+    path: str | os.PathLike[str],
+    message: str,
+    base: bytes | None,
+    meta: dict[str, str] | None,
+    author: str | None,
+    want_stats: bool,
+    progress: Progress | None,
+    verify: bool,
+) -> CommitResult:
+    """commit_checkpoint(detached=True) into a session someone else publishes."""
+    t0 = time.perf_counter()
+    ckpt = scan_checkpoint(path)
+    written_before = session.bytes_written  # the session may hold other folders already
+    with one_torch_thread():
+        tree_id, ing = ingest_tree(
+            repo, session, ckpt, base=base, want_stats=want_stats, progress=progress, verify=verify
+        )
+    folder = path_key(os.path.realpath(path))
+    reused = _same_input_commit(repo, folder, tree_id, base, message, dict(meta or {}))
+    if reused is not None:
+        res = _result(reused, tree_id, ckpt, session, ing, t0, None)
+        return replace(res, written_bytes=session.bytes_written - written_before)
+    commit = Commit(
+        tree=tree_id,
+        parents=(base,) if base is not None else (),
+        message=message,
+        author=author or default_author(),
+        time=round(time.time(), 3),
+        base=base,
+        meta=dict(meta or {}),
+    )
+    cid = session.put_object(commit)
+    session.put_input_commit(folder, cid)
+    res = _result(cid, tree_id, ckpt, session, ing, t0, None)
+    return replace(res, written_bytes=session.bytes_written - written_before)
 
 
 def tensor_block_count(ckpt: Checkpoint, block_size: int) -> int:

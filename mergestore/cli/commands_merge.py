@@ -225,14 +225,31 @@ def merge(
     if out_dir is not None:  # before anything is read or stored
         from pathlib import Path
 
+        if lazy:
+            from mergestore.errors import MergeError
+
+            raise MergeError(
+                "--lazy computes nothing, so it cannot write --out (materialize first)"
+            )
+
         from mergestore.merge.outfolder import check_target
 
         check_target(Path(out_dir))
+    from mergestore.merge.ray_warm import warm_for
+
+    warm_for(executor, ray_address)  # Ray joins and starts workers while the merge plans
     with store.gc_paused():  # path inputs are stored before the merge runs
         prep = store.prepare_merge(
-            cfg, budget=budget, max_error=max_error, verify_inputs=verify_inputs
+            cfg,
+            budget=budget,
+            max_error=max_error,
+            verify_inputs=verify_inputs,
+            branch=branch,
+            force_branch=force,
         )
-        with progress_bar("merge", len(prep.tasks), not as_json, unit="tensors") as advance:
+        with progress_bar(
+            "merge", len(prep.tasks), not as_json, unit="tensors", io=True
+        ) as advance:
             res = store.execute_merge(
                 prep,
                 progress=advance,
@@ -268,12 +285,14 @@ def merge(
     if res.out is not None:
         click.echo(f"wrote {res.out['path']} ({res.out['files']} files)")
     r = res.run
+    from mergestore.cli.merge_summary import import_lines, print_summary
+
+    for line in import_lines(r):
+        click.echo(line, err=True)
     if _report_memo_or_lazy(out):
         for note in r.get("notes", ()):
             click.echo(f"note: {note}", err=True)
         return
-    from mergestore.cli.merge_summary import print_summary
-
     print_summary(cfg.merge_method, out)  # out: the run record and bytes fetched
     if r.get("error_bound") is not None:
         click.echo(

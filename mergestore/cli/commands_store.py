@@ -21,6 +21,7 @@ from mergestore.cli.output import (
     short,
 )
 from mergestore.formats.checkpoint import scan_checkpoint
+from mergestore.formats.outdir import FORCE_RULE
 
 
 def _size_arg(text: str) -> int:
@@ -180,7 +181,11 @@ def commit(
 @click.command()
 @click.argument("ref")
 @click.argument("out", type=click.Path())
-@click.option("--force", is_flag=True, help="Write into a non-empty directory.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Write over a non-empty directory: " + FORCE_RULE + ".",
+)
 @click.option(
     "--tensor",
     "tensors",
@@ -193,7 +198,10 @@ def commit(
 def checkout(
     store: Store, ref: str, out: str, force: bool, tensors: tuple[str, ...], as_json: bool
 ) -> None:
-    """Write commit REF's files into directory OUT, byte for byte."""
+    """Write commit REF's files into directory OUT, byte for byte.
+
+    All or nothing: the files are written into a temporary sibling of OUT that takes OUT's
+    place at the end; a failed or interrupted checkout leaves OUT as it was."""
     cid = store.resolve(ref)
     total = store.commit_sizes(cid)["logical_bytes"] if not tensors else None
     with progress_bar("checkout", total, not as_json) as advance:
@@ -209,6 +217,8 @@ def checkout(
                 "bytes_written": res.bytes_written,
                 "bytes_read": res.bytes_read,
                 "seconds": round(res.seconds, 4),
+                "kept": res.kept,
+                "removed": res.removed,
             }
         )
     else:
@@ -216,6 +226,15 @@ def checkout(
             f"checked out {short(cid)} into {out}: {res.files} files, "
             f"{human_bytes(res.bytes_written)} in {res.seconds:.2f} s"
         )
+        if res.removed:
+            click.echo(f"removed {_files(res.removed)} of an older checkpoint", err=True)
+        if res.kept:
+            click.echo(f"kept {_files(res.kept)}: not the checkpoint's", err=True)
+
+
+def _files(paths: list[str]) -> str:
+    shown = ", ".join(paths[:3]) + (", ..." if len(paths) > 3 else "")
+    return f"{len(paths)} file{'' if len(paths) == 1 else 's'} ({shown})"
 
 
 def _fmt_time(t: float) -> str:

@@ -35,6 +35,21 @@ def summary_lines(method: str, r: dict[str, Any]) -> list[str]:
     return lines
 
 
+def import_lines(r: dict[str, Any]) -> list[str]:
+    """One line per folder input the merge stored, and the pack bytes that added."""
+    lines = []
+    for i in r.get("imported", ()):
+        n = i["new_blocks"]
+        if n == 0 and i["bytes_stored"] == 0:
+            lines.append(f"input    {i['path']}: already stored as {i['commit'][:12]}")
+            continue
+        lines.append(
+            f"input    {i['path']}: stored as {i['commit'][:12]}, {n} new block"
+            f"{'' if n == 1 else 's'}, {human_bytes(i['bytes_stored'])} added"
+        )
+    return lines
+
+
 def print_summary(method: str, r: dict[str, Any]) -> None:
     for line in summary_lines(method, r):
         click.echo(line, err=True)

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from mergestore.errors import AmbiguousRefError, MergeError, RefError
 from mergestore.ingest import base_tensor_blocks, commit_checkpoint
 from mergestore.merge.config import MergeConfig, ModelRef
 from mergestore.merge.tensorplan import OutputTensorPlan
 from mergestore.store.objects import TensorFile, TensorRecord
-from mergestore.store.repo import Repository
+from mergestore.store.repo import Repository, WriteSession
 
 FLOAT_DTYPES = frozenset({"BF16", "F16", "F32", "F64", "F8_E5M2", "F8_E4M3"})
 VOCAB_MARKERS = ("embed_tokens", "lm_head", "wte", "word_embeddings", "embed_in", "embed_out")
@@ -92,21 +93,29 @@ class PathInputs:
     files: int = 0
     files_read: int = 0
     bytes_read: int = 0
+    # one entry per folder stored: path, commit, new blocks, bytes it added to the packs
+    imported: list[dict[str, Any]] = field(default_factory=list)
 
-    def to_json(self) -> dict[str, int]:
+    def to_json(self) -> dict[str, Any]:
         return {
             "input_files": self.files,
             "input_files_read": self.files_read,
             "input_bytes_read": self.bytes_read,
+            "imported": list(self.imported),
+            "imported_bytes_stored": sum(i["bytes_stored"] for i in self.imported),
         }
 
 
 def commit_path_fn(
-    repo: Repository, *, verify: bool = False, tally: PathInputs | None = None
+    repo: Repository,
+    *,
+    verify: bool = False,
+    tally: PathInputs | None = None,
+    session: WriteSession | None = None,
 ) -> Callable[[Path], bytes]:
     """Commit a local checkpoint (or a hub id, or .bin weights) without moving any ref: the
     merge commit will point at it. Unchanged files cost a stat (the stat cache), unless
-    `verify`."""
+    `verify`. With `session`, the commit goes into it, for its owner to publish."""
     from mergestore.sources import prepared_source
 
     def run(p: Path) -> bytes:
@@ -120,14 +129,59 @@ def commit_path_fn(
                 detached=True,
                 verify=verify,
                 meta=src.meta,
+                session=session,
             )
         if tally is not None:
             tally.files += res.files
             tally.files_read += res.files_read
             tally.bytes_read += res.bytes_read
+            tally.imported.append(
+                {
+                    "path": str(p),
+                    "commit": res.commit.hex(),
+                    "new_blocks": res.new_blocks,
+                    "bytes_stored": res.written_bytes,
+                }
+            )
         return res.commit
 
     return run
+
+
+def store_folders(
+    repo: Repository,
+    refs: Sequence[ModelRef],
+    *,
+    verify: bool = False,
+    tally: PathInputs | None = None,
+) -> Callable[[Path], bytes]:
+    """Commit every model given as a local folder (or file) in one write session, published
+    once all are stored: interrupted or failed while storing them, the merge leaves the store
+    as it was (the session rolls back, packs and all). Returns the commit_path function for
+    resolve_models, which finds those folders stored; other inputs (hub ids, BASE+ADAPTER
+    parts) are committed one by one as before."""
+    one_by_one = commit_path_fn(repo, verify=verify, tally=tally)
+    folders = [Path(r.text) for r in refs if _is_folder_input(repo, r.text)]
+    if not folders:
+        return one_by_one
+    done: dict[Path, bytes] = {}
+    with repo.writer() as session:
+        run = commit_path_fn(repo, verify=verify, tally=tally, session=session)
+        for p in folders:
+            done[p] = run(p)
+        session.publish()
+    return lambda p: done[p] if p in done else one_by_one(p)
+
+
+def _is_folder_input(repo: Repository, text: str) -> bool:
+    """A model that is a local path, not a store ref nor BASE+ADAPTER."""
+    if "+" in text or not os.path.exists(os.path.expanduser(text)):
+        return False
+    try:
+        repo.resolve(text)
+    except RefError:
+        return True
+    return False
 
 
 def is_vocab_tensor(name: str) -> bool:

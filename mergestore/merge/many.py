@@ -81,7 +81,8 @@ def merge_many(
     """Run every config's merge; results in input order, failures reported per config.
 
     `configs`: MergeConfig objects, YAML paths or YAML text. `on_merge` is called as each
-    merge is published or fails, `on_bytes` with pack bytes read as they are read (Ray)."""
+    merge is published or fails, `on_bytes` with pack bytes read as they are read (on Ray,
+    as each task is back; locally, as each merge is published)."""
     from mergestore.store.gc import in_progress
 
     given = list(branches) if branches is not None else [None] * len(configs)
@@ -94,6 +95,9 @@ def merge_many(
         if on_merge is not None:
             on_merge(out[i])
 
+    from mergestore.merge.ray_warm import warm_for
+
+    warm_for(executor, ray_address)  # Ray joins and starts workers while the configs plan
     preps: list[tuple[int, PreparedMerge]] = []
     seen: dict[str, int] = {}
     with in_progress(repo):  # gc waits until every merge is published
@@ -110,7 +114,7 @@ def merge_many(
             except MergestoreError as e:
                 fail(i, e)
 
-        def publish(i: int, prep: PreparedMerge, runner: Any) -> None:
+        def publish(i: int, prep: PreparedMerge, runner: Any, count_read: bool = False) -> None:
             try:
                 out[i].result = execute(
                     repo, prep, branch=out[i].branch, message=message, force=force, executor=runner
@@ -118,12 +122,15 @@ def merge_many(
             except MergestoreError as e:
                 fail(i, e)
                 return
+            run = out[i].result.run
+            if count_read and on_bytes is not None and not run.get("memo"):
+                on_bytes(run["expert_bytes_read"] + run["base_bytes_read"])  # blocks it read
             if on_merge is not None:
                 on_merge(out[i])
 
         if executor in (None, "local"):
             for i, prep in preps:
-                publish(i, prep, None)
+                publish(i, prep, None, count_read=True)
             return out
         if executor != "ray":
             raise MergeError(f"unknown executor {executor!r} (choose from local, ray)")

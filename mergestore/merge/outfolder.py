@@ -14,8 +14,8 @@ output block is read back, decoded or verified a second time. After the commit i
   base) are read from the store once, in pack order, and written;
 - the other files (config, tokenizer, index json, mergekit_config.yml) are written by the
   checkout writer (checkout.write_tree_files), so the folder equals `checkout` byte for byte;
-- the temporary folder is renamed to DIR. On any failure it is removed: DIR appears whole or
-  not at all.
+- the temporary folder is renamed to DIR (formats/outdir.py, shared with checkout). On any
+  failure it is removed: DIR appears whole or not at all.
 """
 
 from __future__ import annotations
@@ -29,8 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mergestore import iotally
 from mergestore.checkout import _pwrite_all, write_tree_files
-from mergestore.errors import CheckoutError
+from mergestore.formats import outdir
 from mergestore.formats.checkpoint import safe_join
 from mergestore.merge.engine import Engine, Sink, TensorTask
 from mergestore.merge.layout import TensorMeta, plan_shards, shard_header
@@ -63,12 +64,12 @@ class _File:
     offsets: dict[str, int]  # tensor name -> data offset after the header
 
 
+OUT_HINT = "merge --out writes a new folder: name another one, or remove this one"
+
+
 def check_target(out: Path) -> None:
     """DIR must not exist, or be an empty directory (checked before the merge runs)."""
-    if out.exists() and not out.is_dir():
-        raise CheckoutError(f"{out}: exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()):
-        raise CheckoutError(f"{out}: directory is not empty")
+    outdir.check_target(out, False, OUT_HINT)
 
 
 def predict_outputs(engine: Engine, tasks: Sequence[TensorTask]) -> list[TensorMeta]:
@@ -115,13 +116,8 @@ class FolderOutput:
 
     def __init__(self, out: str | os.PathLike[str]) -> None:
         self.out = Path(out)
-        check_target(self.out)
-        parent = self.out.absolute().parent
-        parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = parent / f".{self.out.name}.mergestore-tmp-{os.getpid()}"
-        if self.tmp.exists():
-            shutil.rmtree(self.tmp)
-        self.tmp.mkdir()
+        self.stage = outdir.StagedDir(self.out, hint=OUT_HINT)
+        self.tmp = self.stage.path
         self.files: list[_File] = []
         self.places: dict[str, _Place] = {}
         self.mismatch: str | None = None
@@ -168,6 +164,7 @@ class FolderOutput:
             place.written.add(pos)
             pos += len(raw)
         self.bytes_written += pos - offset
+        iotally.add_written(pos - offset)
 
     # -- after the commit -------------------------------------------------------------------
 
@@ -189,9 +186,7 @@ class FolderOutput:
             res = checkout_commit(repo, commit, self.tmp)
             self.bytes_written = res.bytes_written
             meter.add(res.bytes_read)
-        if self.out.is_dir():
-            os.rmdir(self.out)  # empty (checked before the merge); rename needs it gone
-        os.replace(self.tmp, self.out)
+        self.stage.publish()
         return {
             "path": str(self.out.absolute()),
             "files": len(tree.entries),
@@ -203,7 +198,7 @@ class FolderOutput:
 
     def abort(self) -> None:
         self._close()
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        self.stage.abort()
 
     def _close(self) -> None:
         for f in self.files:

@@ -86,7 +86,8 @@ def preflight(
                         f"{rec.dtype} in {m.ref.text}; set dtype: (e.g. dtype: "
                         f"{TORCH_NAMES.get(first.dtype, 'float32')}) or --dtype"
                     )
-            if first.dtype not in FLOAT_DTYPES and rec.blocks != first.blocks:
+            stored = bool(first_m.commit and m.commit)  # precheck.py: a folder not stored yet
+            if first.dtype not in FLOAT_DTYPES and stored and rec.blocks != first.blocks:
                 raise MergeError(
                     f"non-float tensor differs: {name} ({first.dtype}) is not the same in "
                     f"{first_m.ref.text} and {m.ref.text}; only float tensors can be merged"

@@ -38,6 +38,7 @@ MAX_TASK_BYTES = 256 << 20  # input bytes of one task's tensors, unless one tens
 TASKS_PER_CPU = 4  # aim for this many tasks per cluster CPU, for balance
 BATCH_MERGES = 8  # merges of a sweep sharing one task (their shared blocks are read once)
 CACHE_BYTES = 512 << 20  # a task's cache of stored blocks, when it runs several merges
+NICENESS_ENV = "RAY_worker_niceness"  # Ray's setting: the nice value of its worker processes
 _remote_lock = threading.Lock()
 _remote: Any = None
 
@@ -53,8 +54,12 @@ def import_ray() -> Any:
 def connect(address: str | None = None) -> Any:
     """Ray, initialised: joined to `address` ("auto", "ray://host:10001"), else $RAY_ADDRESS,
     else a local instance started here. A process already connected stays connected."""
+    from mergestore.merge import ray_warm
+
+    ray_warm.wait()  # a warm-up started while the driver planned: its connection, if made
     ray = import_ray()
     if not ray.is_initialized():
+        worker_priority_env()
         kw: dict[str, Any] = {"address": address} if address else {}
         try:
             ray.init(**kw, log_to_driver=False, configure_logging=False)
@@ -62,6 +67,14 @@ def connect(address: str | None = None) -> Any:
             where = address or os.environ.get("RAY_ADDRESS") or "a local instance"
             raise MergeError(f"cannot connect to Ray at {where}: {_first_line(e)}") from None
     return ray
+
+
+def worker_priority_env() -> None:
+    """Workers of a Ray instance this process starts run at its own priority. Ray's default
+    niceness for workers (15) starves a merge's tasks as soon as anything else runs on the
+    node (measured: docs/benchmarks.md); a value the user set is kept, and a cluster that is
+    already running keeps its own (`RAY_worker_niceness=0 ray start ...`)."""
+    os.environ.setdefault(NICENESS_ENV, str(os.nice(0)))
 
 
 def _first_line(e: BaseException) -> str:

@@ -29,9 +29,9 @@ from mergestore.merge.executor import Executor, LocalExecutor
 from mergestore.merge.inputs import (
     PathInputs,
     ResolvedModel,
-    commit_path_fn,
     refuse_duplicate_commits,
     resolve_models,
+    store_folders,
     validate_tensor_plans,
 )
 from mergestore.merge.layout import build_tree
@@ -119,8 +119,12 @@ def prepare(
     model_commits: list[bytes] | None = None,
     analyze_progress: Progress | None = None,
     verify_inputs: bool = False,
+    branch: str | None = None,
+    force_branch: bool = False,
 ) -> PreparedMerge:
-    """Validate the config, resolve inputs, plan every tensor and choose the blocks to read."""
+    """Validate the config, resolve inputs, plan every tensor and choose the blocks to read.
+    Folder inputs are checked from their headers before they are stored (precheck.py); `branch`
+    and `force_branch`, the target execute() will be given, are checked then too."""
     spec = get_method(cfg.merge_method)
     refs = models_in_config(cfg)
     path_inputs = PathInputs()
@@ -131,8 +135,22 @@ def prepare(
             ResolvedModel(r, c, _tensors(repo, c)) for r, c in zip(refs, model_commits, strict=True)
         ]
     else:
-        commit_path = commit_path_fn(repo, verify=verify_inputs, tally=path_inputs)
-        models = resolve_models(repo, refs, commit_path=commit_path if commit_paths else None)
+        if commit_paths:
+            from mergestore.merge.precheck import precheck
+
+            precheck(
+                repo,
+                cfg,
+                refs,
+                budget=budget,
+                max_error=max_error,
+                branch=branch,
+                force_branch=force_branch,
+            )
+        commit_path = None
+        if commit_paths:  # every folder stored in one session (a failure stores none)
+            commit_path = store_folders(repo, refs, verify=verify_inputs, tally=path_inputs)
+        models = resolve_models(repo, refs, commit_path=commit_path)
         refuse_duplicate_commits(repo, cfg, models)
     plans = plan_tensors(cfg, spec, refs, {i: list(m.tensors) for i, m in enumerate(models)})
     if not plans:

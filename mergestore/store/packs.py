@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from mergestore import iotally
 from mergestore.errors import CorruptionError, MergestoreError
 from mergestore.store import faults
 
@@ -39,6 +40,7 @@ DEFAULT_PACK_LIMIT = 2 << 30  # start a new pack past 2 GiB
 # at the end for its whole pack to reach the disk).
 WRITEBACK_BYTES = 32 << 20
 _SYNC_FILE_RANGE_WRITE = 2
+_CREATE_ATTEMPTS = 64  # new packs taken by other writers before we could lock one, at most
 
 
 def _load_sync_file_range():  # type: ignore[no-untyped-def]
@@ -94,22 +96,30 @@ class PackAppender:
         self._writeback_from = 0
         self._dirty: set[int] = set()
         self._fds: dict[int, int] = {}
+        self.created: set[int] = set()  # packs this appender created
 
     def _open_some_pack(self) -> None:
         """Take a pack with room that no other writer holds, or create a new one."""
         for pid in [] if self.fresh else reversed(list_pack_ids(self.pack_dir)):
             path = pack_path(self.pack_dir, pid)
-            if path.stat().st_size >= self.limit:
-                continue
+            try:
+                if path.stat().st_size >= self.limit:
+                    continue
+            except FileNotFoundError:
+                continue  # an empty pack its creator rolled back (see rollback())
             if self._try_take(pid, create=False):
                 return
         lock_fd = os.open(self.pack_dir / ".alloc.lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(lock_fd, fcntl.LOCK_EX)
-            ids = list_pack_ids(self.pack_dir)
-            pid = (ids[-1] + 1) if ids else 1
-            if not self._try_take(pid, create=True):
-                raise MergestoreError(f"cannot create pack {pid}")
+            # A writer scanning for a pack with room (above, without this lock) can take the
+            # pack we just created before we lock it: it is theirs then, and we make the next.
+            for _attempt in range(_CREATE_ATTEMPTS):
+                ids = list_pack_ids(self.pack_dir)
+                pid = (ids[-1] + 1) if ids else 1
+                if self._try_take(pid, create=True):
+                    return
+            raise MergestoreError(f"cannot create pack {pid}")
         finally:
             os.close(lock_fd)
 
@@ -118,17 +128,22 @@ class PackAppender:
         flags = os.O_RDWR | (os.O_CREAT | os.O_EXCL if create else 0)
         try:
             fd = os.open(path, flags, 0o644)
-        except FileExistsError:
+        except (FileExistsError, FileNotFoundError):
             return False
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
             return False
+        if not create and not _still_named(path, fd):
+            os.close(fd)  # locked after its creator removed it (rollback()): not a pack now
+            return False
         size = os.fstat(fd).st_size
         if size == 0:
             os.write(fd, PACK_MAGIC)
             size = len(PACK_MAGIC)
+            if create:
+                self.created.add(pid)
         self._release_current()
         self.start_sizes.setdefault(pid, size)
         self._fd, self._pack_id, self._offset = fd, pid, size
@@ -160,6 +175,7 @@ class PackAppender:
         payload_offset = self._offset + ENTRY_HEADER.size
         self._offset = payload_offset + len(payload)
         self.bytes_written += ENTRY_HEADER.size + len(payload)
+        iotally.add_written(ENTRY_HEADER.size + len(payload))
         if self._offset - self._writeback_from >= WRITEBACK_BYTES:
             start_writeback(self._fd, self._writeback_from, self._offset - self._writeback_from)
             self._writeback_from = self._offset
@@ -187,12 +203,17 @@ class PackAppender:
 
         Only for a session that will not publish: nothing points at those bytes, and we still
         hold each pack's flock, so no one else has appended after them. Frees the space (say,
-        after a full disk) and keeps packs walkable.
+        after a full disk) and keeps packs walkable. A pack this appender created is removed
+        (while still locked: a writer that opened it meanwhile sees it is gone once it gets
+        the lock, _still_named), so an interrupted write leaves no new file behind.
         """
         for pid, size in self.start_sizes.items():
             fd = self._fds.get(pid)
             if fd is not None:
                 os.ftruncate(fd, size)
+                if pid in self.created and size == len(PACK_MAGIC):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(pack_path(self.pack_dir, pid))
         self._offset = self.start_sizes.get(self._pack_id, self._offset)
         self._writeback_from = self._offset
 
@@ -213,6 +234,16 @@ class PackAppender:
             os.close(fd)  # closing drops the flock
         self._fds.clear()
         self._fd = None
+
+
+def _still_named(path: Path, fd: int) -> bool:
+    """Whether `path` still names the file open at `fd` (a pack may be removed under us)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    own = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (own.st_dev, own.st_ino)
 
 
 @dataclass
@@ -259,6 +290,7 @@ class PackReader:
 
     def read(self, pack_id: int, offset: int, length: int) -> bytes:
         data = os.pread(self._fd(pack_id), length, offset)
+        iotally.add_read(len(data))
         if len(data) != length:
             raise CorruptionError(
                 f"pack {pack_id} is truncated: wanted {length} bytes at offset {offset}"

@@ -29,6 +29,7 @@ import blake3
 import numpy as np
 import zstandard
 
+from mergestore import iotally
 from mergestore.errors import (
     AmbiguousRefError,
     CorruptionError,
@@ -369,6 +370,7 @@ class Repository:
                 f"not {length}"
             )
         self.fetch_meter.add(length)
+        iotally.add_read(length)
         return data
 
     def promised_count(self, remote: str) -> int:

@@ -162,7 +162,10 @@ def test_two_entries_through_a_directory_and_a_symlink_in_the_target(
     r, same = box.run("checkout", branch, target, "--force")
     ledger.tried("store: symlink in target")
     assert same
-    assert_clean_error(r)
+    # The checkout is written into a fresh sibling folder that then replaces the target
+    # (formats/outdir.py): the checkpoint's sub/ replaces the link, nothing goes through it.
+    assert r.rc == 0, r.err
+    assert (target / "sub").is_dir() and not (target / "sub").is_symlink()
     assert not any(outside.iterdir())
     # a symlinked target directory itself is fine to refuse or to follow, but never to escape
     (target / "config.json").symlink_to(outside / "config.json")

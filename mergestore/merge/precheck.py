@@ -1,0 +1,125 @@
+"""Check a merge before any folder input is stored, so a refused merge leaves the store as it was.
+
+A model given as a local folder is committed into the store before the merge reads it
+(merge/inputs.py). Stored first and refused after, a bad parameter or a tensor of the wrong
+shape would leave an orphan commit, its blocks and their pack bytes behind. So the checks
+that need only tensor names, shapes and dtypes run first, on the folders' safetensors headers:
+the config and every parameter's range (tensorplan.validate_config), missing tensors, shape and
+dtype mismatches (preflight.py), duplicate store inputs, the budget's syntax and the target
+branch. Only then are the folders stored. A merge with an input known only once stored or
+computed (a hub id, .bin weights, BASE+ADAPTER, a lazy merge not computed yet) skips this pass;
+the checks run after, as before.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from mergestore.errors import MergeError, RefError
+from mergestore.formats.checkpoint import scan_checkpoint
+from mergestore.merge.config import MergeConfig, ModelRef
+from mergestore.merge.inputs import ResolvedModel, validate_tensor_plans
+from mergestore.merge.tensorplan import plan_tensors
+from mergestore.ops import get_method
+from mergestore.store.merges import known_tree
+from mergestore.store.objects import TensorFile, TensorRecord
+from mergestore.store.repo import Repository
+
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def precheck(
+    repo: Repository,
+    cfg: MergeConfig,
+    refs: Sequence[ModelRef],
+    *,
+    budget: str | int | None = None,
+    max_error: float | None = None,
+    branch: str | None = None,
+    force_branch: bool = False,
+) -> None:
+    """Refuse, before anything is stored, a merge whose folder inputs would be refused after.
+    Does nothing when no input is a local folder (nothing would be stored first). `branch`
+    and `force_branch` are the merge's -b and --force (merge/target.py)."""
+    models: list[ResolvedModel] = []
+    any_folder = False
+    for ref in refs:
+        peeked = _peek(repo, ref)
+        if peeked is None:
+            return  # an input known only once stored: prepare() checks everything after
+        models.append(peeked)
+        any_folder = any_folder or peeked.committed_from_path
+    if not any_folder:
+        return
+    _check_budget(budget, max_error)
+    spec = get_method(cfg.merge_method)
+    plans = plan_tensors(cfg, spec, refs, {i: list(m.tensors) for i, m in enumerate(models)})
+    if not plans:
+        raise MergeError("the merge has no tensors to produce")
+    validate_tensor_plans(
+        plans, models, compute_dtype=cfg.dtype, tokenizer_source=cfg.tokenizer_source
+    )
+    stored = [m for m in models if not m.committed_from_path]
+    if len(stored) > 1:
+        from mergestore.merge.inputs import refuse_duplicate_commits
+
+        refuse_duplicate_commits(repo, cfg, stored)
+    if branch is not None:
+        from mergestore.merge.target import merge_target
+
+        named = [(f"{m.ref.text!r}, a model of this merge", m.commit) for m in stored]
+        merge_target(repo, spec.name, branch, named, force=force_branch)
+
+
+def _check_budget(budget: str | int | None, max_error: float | None) -> None:
+    from mergestore.merge.budget import BudgetError, parse_budget
+
+    if isinstance(budget, str):
+        parse_budget(budget, 1)  # the syntax; the amount is checked against the inputs later
+    if max_error is not None and not 0 <= max_error <= 1:
+        raise BudgetError("--max-error is a share of the merge delta, between 0 and 1")
+
+
+def _known_tensors(repo: Repository, cid: bytes) -> dict[str, TensorRecord] | None:
+    """A commit's tensors without computing anything (None: a lazy merge not computed yet,
+    which only reading it computes; the checks then wait until after the folders are stored)."""
+    tree = known_tree(repo, cid)
+    if tree is None:
+        return None
+    out: dict[str, TensorRecord] = {}
+    for e in tree.entries:
+        if e.kind == "tensorfile":
+            tf = repo.get_file(e.object)
+            assert isinstance(tf, TensorFile)
+            out.update((t.name, t) for t in tf.tensors)
+    return out
+
+
+def _peek(repo: Repository, ref: ModelRef) -> ResolvedModel | None:
+    """A store ref as it is; a local checkpoint folder from its headers (no blocks, no commit);
+    None for what must be stored to be known (hub ids, .bin weights, adapters, BASE+ADAPTER)."""
+    text = ref.text
+    try:
+        cid = repo.resolve(text)
+    except RefError:
+        pass
+    else:
+        tensors = _known_tensors(repo, cid)
+        return None if tensors is None else ResolvedModel(ref, cid, tensors)
+    if "+" in text:
+        return None
+    path = Path(os.path.expanduser(text))
+    if not path.exists():
+        return None  # a hub id, or an unknown model: prepare() says which
+    from mergestore.formats.torchbin import needs_conversion
+
+    if needs_conversion(path) or (path.is_dir() and (path / ADAPTER_CONFIG).is_file()):
+        return None
+    ckpt = scan_checkpoint(path)
+    tensors = {
+        name: TensorRecord(name, e.dtype, tuple(e.shape), e.begin, e.end, 0, ())
+        for name, (_, e) in ckpt.tensor_index().items()
+    }
+    return ResolvedModel(ref, b"", tensors, committed_from_path=True)
