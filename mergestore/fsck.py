@@ -494,7 +494,13 @@ def _one_line(e: BaseException) -> str:
 
 
 def pack_files_size(repo: Repository) -> int:
-    return sum(p.stat().st_size for p in repo.pack_dir.glob("pack-*.pack"))
+    total = 0
+    for p in repo.pack_dir.glob("pack-*.pack"):
+        try:
+            total += p.stat().st_size
+        except FileNotFoundError:
+            continue  # removed since listed: by gc, or a writer's rollback of its new pack
+    return total
 
 
 def index_size(repo: Repository) -> int:

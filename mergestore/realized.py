@@ -3,8 +3,9 @@
 It needs the full-read merge of the same plan. `explain` looks for one among the store's merge
 commits (a plan that differs only in its budget and selection) and, when there is one,
 compares the two outputs tensor by tensor; the relative figure divides by ||M_full − base||_F,
-the merge delta itself. Nothing is computed or stored to find it: without a full-read twin the
-realized error is reported as unknown, with what to run to get it.
+the merge delta itself. Both come from diff's engine (only blocks whose ids differ are read, in
+fp64; nothing is kept). Nothing is merged or stored to find the twin: without one the realized
+error is reported as unknown, with what to run to get it.
 """
 
 from __future__ import annotations
@@ -47,22 +48,50 @@ def realized_error(store: Store, cid: bytes, plan_body: dict[str, Any]) -> dict[
     twin = full_twin(store, plan_body)
     if twin is None:
         return {"error": None, "relative": None, "full_merge": None, "why": HOW}
-    base = bytes.fromhex(plan_body["base"]) if plan_body.get("base") else None
-    base_shapes = {t.name: t.shape for t in store.tensors(base)} if base is not None else {}
-    err_sq = delta_sq = 0.0
-    for rec in store.tensors(twin):
-        full = store.read_tensor(twin, rec.name).double()
-        err_sq += float(((full - store.read_tensor(cid, rec.name).double()) ** 2).sum())
-        if base is not None and base_shapes.get(rec.name) == rec.shape:
-            full = full - store.read_tensor(base, rec.name).double()
-        delta_sq += float((full**2).sum())  # a tensor the base lacks is delta as a whole
-    err, delta = err_sq**0.5, delta_sq**0.5
+    # diff's engine: only blocks whose ids differ are read, statistics in fp64, nothing kept
+    err = _distance(store, twin, cid)
+    if err is None:
+        why = "some tensors differ in shape or dtype, or have no statistics: not measurable"
+        return {"error": None, "relative": None, "full_merge": twin.hex(), "why": why}
+    delta = (
+        _distance(store, bytes.fromhex(plan_body["base"]), twin) if plan_body.get("base") else None
+    )
     return {
         "error": err,
-        "relative": err / delta if delta > 0 else None,
+        "relative": err / delta if delta else None,
         "full_merge": twin.hex(),
         "why": None,
     }
+
+
+def _distance(store: Store, a: bytes, b: bytes) -> float | None:
+    """||B − A||_F over all tensors (a tensor on one side only counts whole), or None when two
+    tensors of one name differ in shape."""
+    res = store.diff(a.hex(), b.hex(), keep=False)
+    names = {c: {t.name for t in store.tensors(c)} for c in (a, b)}
+    total = 0.0
+    for t in res.tensors:
+        if t.status == "changed" and t.delta_l2 is not None:
+            total += t.delta_l2**2
+        elif t.status != "unchanged":  # retyped (--dtype float32 on bf16 inputs), no stats, ...
+            sq = _read_distance_sq(store, a, b, t.name, names)
+            if sq is None:
+                return None
+            total += sq
+    return total**0.5
+
+
+def _read_distance_sq(
+    store: Store, a: bytes, b: bytes, name: str, names: dict[bytes, set[str]]
+) -> float | None:
+    """||B[name] − A[name]||² in fp64 from the tensors themselves (one side only: its norm)."""
+    ta, tb = (store.read_tensor(c, name).double() if name in names[c] else None for c in (a, b))
+    if ta is None or tb is None:
+        t = tb if tb is not None else ta
+        return float((t**2).sum()) if t is not None else 0.0
+    if ta.shape != tb.shape:
+        return None
+    return float(((tb - ta) ** 2).sum())
 
 
 def base_and_inputs(plan_body: dict[str, Any]) -> dict[str, Any]:

@@ -200,3 +200,35 @@ class Mergekit:
 
 
 mk = Mergekit()
+
+
+def _mergekit_env() -> dict[str, str]:
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONNOUSERSITE="1")
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    env.pop("PYTHONPATH", None)
+    return env
+
+
+def mergekit_yaml(config: Path, out: Path) -> None:
+    """mergekit-yaml CONFIG OUT (single-threaded, offline, no model card), as a user runs it.
+
+    Beware: mergekit's MergeConfiguration.referenced_models() is list(set(...)), so the order
+    in which a tokenizer union meets the input models changes from run to run; a parity test
+    must use inputs whose union does not depend on it (tests/habits/tokmodels.py).
+    """
+    python = _python_or_unavailable()
+    r = subprocess.run(
+        [str(python), "-m", "mergekit.scripts.run_yaml", str(config), str(out),
+         "--no-write-model-card"],
+        capture_output=True, text=True, env=_mergekit_env(), timeout=1800,
+    )  # fmt: skip
+    if r.returncode != 0:
+        raise MergekitError(r.stderr[-3000:])
+
+
+def _python_or_unavailable() -> Path:
+    try:
+        return find_python()
+    except Exception as e:
+        unavailable(f"mergekit {MERGEKIT_VERSION} is not available: {e}")
+        raise

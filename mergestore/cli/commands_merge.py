@@ -477,8 +477,8 @@ def explain(store: Store, ref: str, as_json: bool) -> None:
         )
     )
     click.echo(
-        f"wrote    {human_bytes(r['bytes_written'])}; {plural(r['blocks_read'], 'block')} read; "
-        f"{r['wall_seconds']:.2f} s"
+        f"wrote    {human_bytes(r['bytes_written'])}; "
+        f"{plural(r['blocks_read'], 'stored block')} read; {r['wall_seconds']:.2f} s"
     )
     if r.get("error_bound") is not None:
         click.echo(

@@ -10,7 +10,7 @@ import click
 
 from mergestore.api import Store
 from mergestore.cli.common import json_option, with_store
-from mergestore.cli.output import emit_json, human_bytes, progress_enabled, short
+from mergestore.cli.output import emit_json, human_bytes, plural, progress_enabled, short
 from mergestore.remote.url import mask_url
 
 Phase = Callable[[str, "int | None"], "Callable[[int], None] | None"]
@@ -132,8 +132,9 @@ def push(
         emit_json(res.to_json())
     else:
         click.echo(
-            f"{res.blocks} blocks in {res.packs} packs ({human_bytes(res.block_bytes)} sent), "
-            f"{res.objects} objects, {human_bytes(res.metadata_bytes)} of metadata"
+            f"{plural(res.blocks, 'stored block')} in {plural(res.packs, 'pack')} "
+            f"({human_bytes(res.block_bytes)} sent), {plural(res.objects, 'object')}, "
+            f"{human_bytes(res.metadata_bytes)} of metadata"
         )
         for r in res.refs:
             name = r.ref.split("/", 2)[2]
@@ -164,11 +165,11 @@ def fetch(store: Store, remote_name: str, as_json: bool) -> None:
 
 def _print_fetch(res) -> None:  # type: ignore[no-untyped-def]
     what = (
-        f"{res.promised} blocks left on the remote (lazy)"
+        f"{plural(res.promised, 'stored block')} left on the remote (lazy)"
         if res.lazy
-        else f"{res.blocks} blocks ({human_bytes(res.block_bytes)})"
+        else f"{plural(res.blocks, 'stored block')} ({human_bytes(res.block_bytes)})"
     )
-    click.echo(f"fetched {res.objects} objects, {what}")
+    click.echo(f"fetched {plural(res.objects, 'object')}, {what}")
     for name, (old, new) in res.updated.items():
         shown = name.removeprefix("refs/remotes/").removeprefix("refs/")
         click.echo(f"  {shown}  {short(old, 10) if old else '(new)'}..{short(new, 10)}")

@@ -6,7 +6,7 @@ import click
 
 from mergestore.api import Store
 from mergestore.cli.common import json_option, with_store
-from mergestore.cli.output import emit_json, human_bytes, progress_bar
+from mergestore.cli.output import emit_json, human_bytes, plural, progress_bar
 
 
 @click.command()
@@ -34,7 +34,8 @@ def repack(store: Store, dry_run: bool, delta: bool | None, workers: int, as_jso
         return
     would = "would re-encode" if dry_run else "re-encoded"
     click.echo(
-        f"examined {rep.blocks_examined} blocks ({human_bytes(rep.raw_bytes)} raw), "
+        f"examined {plural(rep.blocks_examined, 'stored block')} "
+        f"({human_bytes(rep.raw_bytes)} raw), "
         f"{would} {rep.blocks_reencoded}; deltas {rep.deltas_before} -> {rep.deltas_after}"
     )
     ratio_before = rep.stored_bytes_before / rep.raw_bytes if rep.raw_bytes else 1.0
@@ -44,13 +45,16 @@ def repack(store: Store, dry_run: bool, delta: bool | None, workers: int, as_jso
         f"{human_bytes(rep.stored_bytes_after)} ({ratio_after:.3f})"
     )
     for name, n in sorted(rep.by_codec_after.items()):
-        click.echo(f"  {name:<22} {n:>7} blocks")
+        click.echo(f"  {name:<22} {plural(n, 'stored block'):>20}")
     if not dry_run and rep.dead_bytes:
         click.echo(
             f"{human_bytes(rep.dead_bytes)} of old entries are dead (`mergestore gc` frees them)"
         )
     if rep.skipped_concurrent:
-        click.echo(f"{rep.skipped_concurrent} blocks changed meanwhile and were left as they are")
+        click.echo(
+            f"{plural(rep.skipped_concurrent, 'stored block')} changed meanwhile and were left "
+            "as they are"
+        )
 
 
 COMMANDS = [repack]

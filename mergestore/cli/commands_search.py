@@ -6,7 +6,7 @@ import click
 
 from mergestore.api import Store
 from mergestore.cli.common import json_option, with_store
-from mergestore.cli.output import emit_json, human_bytes, progress_bar
+from mergestore.cli.output import emit_json, human_bytes, plural, progress_bar
 
 
 @click.command()
@@ -49,7 +49,7 @@ def evict(store: Store, refs: tuple[str, ...], as_json: bool) -> None:
             click.echo(f"{ref}: lazy, nothing stored to drop")
             continue
         click.echo(
-            f"{ref}: dropped {r['dropped_now']} blocks; evicted in all "
+            f"{ref}: dropped {plural(r['dropped_now'], 'stored block')}; evicted in all "
             f"{human_bytes(r['stored_bytes'])} stored ({human_bytes(r['raw_bytes'])} raw)"
         )
 
@@ -63,7 +63,7 @@ def state_line(store: Store, cid: bytes, state: str) -> str:
         return "state   lazy: plan committed, not computed (`mergestore materialize`)"
     ev = store.eviction(cid) or {}
     return (
-        f"state   evicted: {ev.get('blocks', 0)} blocks dropped, "
+        f"state   evicted: {plural(ev.get('blocks', 0), 'stored block')} dropped, "
         f"{human_bytes(ev.get('stored_bytes', 0))} stored freed; reads recompute them"
     )
 

@@ -26,8 +26,9 @@ def fsck(store: Store, full: bool, as_json: bool) -> None:
             click.echo(f"{p.kind}: {p.message}{who}")
         state = "ok" if rep.ok else f"{len(rep.problems)} problem(s)"
         click.echo(
-            f"{state}: {rep.refs} refs, {rep.commits} commits, {rep.objects} objects, "
-            f"{rep.blocks} blocks" + (f", {rep.blocks_verified} verified" if full else "")
+            f"{state}: {plural(rep.refs, 'ref')}, {plural(rep.commits, 'commit')}, "
+            f"{plural(rep.objects, 'object')}, {plural(rep.blocks, 'stored block')}"
+            + (f", {rep.blocks_verified:,} verified" if full else "")
         )
         if rep.affected_commits:
             click.echo(
@@ -114,12 +115,14 @@ def gc(store: Store, dry_run: bool, grace: str, repack_threshold: float, as_json
         return
     verb = "would remove" if dry_run else "removed"
     click.echo(
-        f"live: {rep.commits_live} commits, {rep.objects_live} objects, {rep.blocks_live} blocks"
+        f"live: {plural(rep.commits_live, 'commit')}, {plural(rep.objects_live, 'object')}, "
+        f"{plural(rep.blocks_live, 'stored block')}"
     )
     click.echo(
-        f"{verb}: {rep.commits_removed} commits, {rep.objects_removed} objects, "
-        f"{rep.blocks_removed} blocks, {rep.stats_removed} statistics, "
-        f"{rep.reflog_expired} reflog entries"
+        f"{verb}: {plural(rep.commits_removed, 'commit')}, "
+        f"{plural(rep.objects_removed, 'object')}, {plural(rep.blocks_removed, 'stored block')}, "
+        f"{plural(rep.stats_removed, 'statistic')}, "
+        f"{plural(rep.reflog_expired, 'reflog entry', 'reflog entries')}"
     )
     rewrote = "would rewrite" if dry_run else "rewrote"
     click.echo(

@@ -336,6 +336,37 @@ class Slice:
 
 
 @dataclass(frozen=True)
+class TokenSpec:
+    """mergekit's ``tokenizer.tokens.<token>``: where an added token's embedding row comes from.
+
+    kind: "model" (the token's row in model `model`), "model_token" (the row of `token` or
+    `token_id` in model `model`'s own vocabulary), "zero", or None (mergekit's default choice).
+    `force`: use this source even for models that have the token.
+    """
+
+    kind: str | None = None
+    model: str | None = None
+    token: str | None = None
+    token_id: int | None = None
+    force: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.kind == "model":
+            out["source"] = self.model
+        elif self.kind == "zero":
+            out["source"] = {"kind": "zero"}
+        elif self.kind == "model_token":
+            src: dict[str, Any] = {"kind": "model_token", "model": self.model}
+            src.update({"token": self.token} if self.token is not None else {})
+            src.update({"token_id": self.token_id} if self.token_id is not None else {})
+            out["source"] = src
+        if self.force:
+            out["force"] = True
+        return out
+
+
+@dataclass(frozen=True)
 class MergeConfig:
     """A whole merge: method, inputs (``models`` or ``slices`` form) and options."""
 
@@ -350,6 +381,9 @@ class MergeConfig:
     chat_template: str | None = None
     seed: int | None = None  # our extension (mergekit uses --random-seed)
     raw_text: str | None = field(default=None, compare=False)  # the verbatim YAML
+    # mergekit's tokenizer: {tokens, pad_to_multiple_of} (tokenizer.source is tokenizer_source)
+    tokenizer_tokens: tuple[tuple[str, TokenSpec], ...] = ()
+    pad_to_multiple_of: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Canonical JSON-able form (``raw_text`` is not part of it); parses back identically."""
@@ -366,6 +400,13 @@ class MergeConfig:
             value = getattr(self, key)
             if value is not None:
                 out[key] = value
+        if self.tokenizer_tokens or self.pad_to_multiple_of is not None:
+            block: dict[str, Any] = {"source": out.pop("tokenizer_source")}
+            if self.tokenizer_tokens:
+                block["tokens"] = {tok: spec.to_dict() for tok, spec in self.tokenizer_tokens}
+            if self.pad_to_multiple_of is not None:
+                block["pad_to_multiple_of"] = self.pad_to_multiple_of
+            out["tokenizer"] = block
         return out
 
 
@@ -485,10 +526,12 @@ def config_from_mapping(data: Mapping[str, Any], raw_text: str | None = None) ->
     if data.get("tokenizer_source") is not None and data.get("tokenizer") is not None:
         raise MergeError("merge config: give either 'tokenizer_source' or 'tokenizer', not both")
     tokenizer_source = None
+    tokens: tuple[tuple[str, TokenSpec], ...] = ()
+    pad_to = None
     if data.get("tokenizer_source") is not None:
         tokenizer_source = _parse_tokenizer_source(data["tokenizer_source"], "tokenizer_source")
     elif data.get("tokenizer") is not None:
-        tokenizer_source = _parse_tokenizer_block(data["tokenizer"])
+        tokenizer_source, tokens, pad_to = _parse_tokenizer_block(data["tokenizer"])
 
     chat_template = data.get("chat_template")
     if chat_template is not None and not isinstance(chat_template, str):
@@ -512,6 +555,8 @@ def config_from_mapping(data: Mapping[str, Any], raw_text: str | None = None) ->
         chat_template=chat_template,
         seed=seed,
         raw_text=raw_text,
+        tokenizer_tokens=tokens,
+        pad_to_multiple_of=pad_to,
     )
 
 
@@ -568,19 +613,87 @@ def _parse_tokenizer_source(raw: Any, where: str) -> str:
     return _parse_ref(raw, where).text
 
 
-def _parse_tokenizer_block(raw: Any) -> str:
+def _parse_tokenizer_block(
+    raw: Any,
+) -> tuple[str, tuple[tuple[str, TokenSpec], ...], int | None]:
+    """mergekit's TokenizerConfig: (source, tokens, pad_to_multiple_of)."""
     if not isinstance(raw, Mapping):
         raise MergeError("merge config: tokenizer must be a mapping like {source: base}")
     unknown = set(raw) - {"source", "tokens", "pad_to_multiple_of"}
     if unknown:
         raise MergeError(f"merge config: tokenizer: unknown key {sorted(map(str, unknown))[0]!r}")
-    if raw.get("tokens"):
-        raise MergeError("merge config: tokenizer.tokens is not supported yet")
-    if raw.get("pad_to_multiple_of") is not None:
-        raise MergeError("merge config: tokenizer.pad_to_multiple_of is not supported yet")
+    pad = raw.get("pad_to_multiple_of")
+    if pad is not None and (not isinstance(pad, int) or isinstance(pad, bool) or pad < 1):
+        raise MergeError(
+            f"merge config: tokenizer.pad_to_multiple_of must be a positive integer, got {pad!r}"
+        )
+    tokens = raw.get("tokens")
+    if tokens is not None and not isinstance(tokens, Mapping):
+        raise MergeError("merge config: tokenizer.tokens must be a mapping of token -> settings")
+    specs = tuple(
+        (_token_text(tok), _parse_token_spec(spec, f"tokenizer.tokens[{tok!r}]"))
+        for tok, spec in (tokens or {}).items()
+    )
     source = raw.get("source")
     # mergekit's TokenizerConfig defaults the source to "union".
-    return "union" if source is None else _parse_tokenizer_source(source, "tokenizer.source")
+    src = "union" if source is None else _parse_tokenizer_source(source, "tokenizer.source")
+    return src, specs, pad
+
+
+def _token_text(tok: Any) -> str:
+    if not isinstance(tok, str) or not tok:
+        raise MergeError(f"merge config: tokenizer.tokens: a token must be a string, got {tok!r}")
+    return tok
+
+
+def _parse_token_spec(raw: Any, where: str) -> TokenSpec:
+    """mergekit's TokenEmbeddingConfig: {source: MODEL | {kind: zero} | {kind: model_token,
+    model, token | token_id}, force: bool}."""
+    if raw is None:
+        return TokenSpec()
+    if not isinstance(raw, Mapping):
+        raise MergeError(f"merge config: {where} must be a mapping like {{source: MODEL}}")
+    unknown = set(raw) - {"source", "force"}
+    if unknown:
+        raise MergeError(f"merge config: {where}: unknown key {sorted(map(str, unknown))[0]!r}")
+    force = raw.get("force", False)
+    if not isinstance(force, bool):
+        raise MergeError(f"merge config: {where}.force must be true or false, got {force!r}")
+    src = raw.get("source")
+    if src is None:
+        return TokenSpec(force=force)
+    if not isinstance(src, Mapping):
+        return TokenSpec("model", _parse_ref(src, f"{where}.source").text, force=force)
+    kind = src.get("kind")
+    if kind == "zero":
+        if set(src) != {"kind"}:
+            raise MergeError(f"merge config: {where}.source: kind zero takes no other keys")
+        return TokenSpec("zero", force=force)
+    if kind != "model_token":
+        raise MergeError(
+            f"merge config: {where}.source: kind must be 'zero' or 'model_token', got {kind!r}"
+        )
+    unknown = set(src) - {"kind", "model", "token", "token_id"}
+    if unknown:
+        raise MergeError(
+            f"merge config: {where}.source: unknown key {sorted(map(str, unknown))[0]!r}"
+        )
+    if "model" not in src:
+        raise MergeError(f"merge config: {where}.source: model_token needs 'model'")
+    token, token_id = src.get("token"), src.get("token_id")
+    if (token is None) == (token_id is None):
+        raise MergeError(f"merge config: {where}.source: give exactly one of token or token_id")
+    if token is not None and not isinstance(token, str):
+        raise MergeError(f"merge config: {where}.source.token must be a string, got {token!r}")
+    if token_id is not None and (
+        not isinstance(token_id, int) or isinstance(token_id, bool) or token_id < 0
+    ):
+        raise MergeError(
+            f"merge config: {where}.source.token_id must be a non-negative integer,"
+            f" got {token_id!r}"
+        )
+    model = _parse_ref(src["model"], f"{where}.source.model").text
+    return TokenSpec("model_token", model, token, token_id, force)
 
 
 def _parse_models(raw: Any) -> tuple[InputModel, ...]:

@@ -32,7 +32,7 @@ from collections import ChainMap, deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -217,6 +217,7 @@ class Engine:
         rng: str = "per_tensor",
         block_size: int | None = None,
         tokenizer_source: str | None = None,
+        vocab: Any = None,
     ) -> None:
         self.repo = repo
         self.method = method
@@ -231,6 +232,7 @@ class Engine:
         self.rng = rng
         self.block_size = block_size or repo.config.block_size
         self.tokenizer_source = tokenizer_source
+        self.vocab = vocab  # merge.vocab.VocabFit: the merged tokenizer's rows (tokenizer merges)
         self.device: str | None = None  # "cuda:N" (merge/device.py); None: the CPU
 
     @property
@@ -270,8 +272,8 @@ class Engine:
             return None, "the C kernels are not built"
         if os.environ.get("MERGESTORE_TORCH_FREE") == "0":
             return None, "MERGESTORE_TORCH_FREE=0"
-        if self.tokenizer_source is not None:
-            return None, "tokenizer_source fits vocabularies"
+        if self.vocab is not None and self.vocab.applies(task.plan.name):
+            return None, "a tokenizer merge lays out its vocabulary"
         if self.device is not None:
             return None, "merge --device: the C kernels run on the CPU"
         recs = [r for r in (task.base, task.reference, *task.inputs) if r is not None]
@@ -547,11 +549,25 @@ class Engine:
                 )
             )
         del held
-        if self.tokenizer_source is not None and reference_t is not None:
-            inputs = [_fit_vocab(x, reference_t) for x in inputs]
-            if base_t is not None:
-                base_t = _fit_vocab(base_t, reference_t)
+        if self.vocab is not None and self.vocab.applies(task.plan.name):
+            base_t, inputs = self._fit_vocab(task, base_t, inputs)
         return _Loaded(task, base_t, inputs, reference_t, ref_raw, workers)
+
+    def _fit_vocab(
+        self, task: TensorTask, base_t: torch.Tensor | None, inputs: list[torch.Tensor]
+    ) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
+        """Every input laid out in the merged tokenizer's vocabulary (merge/vocab.py), inputs
+        first in config order, then the base (mergekit's order of a slice's sources)."""
+        p = task.plan
+        pairs = list(zip(task.input_models, inputs, strict=True))
+        if base_t is not None:
+            anchor = p.copy_from if p.copy_from is not None else p.base
+            assert anchor is not None
+            pairs.append((anchor.model_index, base_t))
+        fitted = self.vocab.fit(pairs, self.compute_dtype)
+        if base_t is not None:
+            return fitted[-1], fitted[:-1]
+        return None, fitted
 
     # -- merging ----------------------------------------------------------------------------
 
@@ -802,17 +818,6 @@ def compute_workers() -> int:
     if env.isdigit() and int(env) > 0:
         return int(env)
     return thread_limit() or max(1, min(4, os.cpu_count() or 1))
-
-
-def _fit_vocab(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-    """tokenizer_source: base — rows beyond the base vocabulary are dropped, missing rows are
-    taken from the base (token ids shared with the base keep their rows)."""
-    if x.shape == ref.shape or x.dim() == 0 or x.shape[1:] != ref.shape[1:]:
-        return x
-    n = ref.shape[0]
-    if x.shape[0] >= n:
-        return x[:n]
-    return torch.cat([x, ref[x.shape[0] :].to(x.dtype)], dim=0)
 
 
 def _safetensors_name(name: str | None) -> str | None:

@@ -155,11 +155,11 @@ def store_folders(
     verify: bool = False,
     tally: PathInputs | None = None,
 ) -> Callable[[Path], bytes]:
-    """Commit every model given as a local folder (or file) in one write session, published
-    once all are stored: interrupted or failed while storing them, the merge leaves the store
-    as it was (the session rolls back, packs and all). Returns the commit_path function for
-    resolve_models, which finds those folders stored; other inputs (hub ids, BASE+ADAPTER
-    parts) are committed one by one as before."""
+    """Commit every model given as a local folder (or file, or hub id) in one write session,
+    published once all are stored: interrupted or failed while storing them, the merge leaves
+    the store as it was (the session rolls back, packs and all). Returns the commit_path
+    function for resolve_models, which finds those folders stored; the parts of BASE+ADAPTER
+    are committed one by one as before."""
     one_by_one = commit_path_fn(repo, verify=verify, tally=tally)
     folders = [Path(r.text) for r in refs if _is_folder_input(repo, r.text)]
     if not folders:
@@ -174,8 +174,12 @@ def store_folders(
 
 
 def _is_folder_input(repo: Repository, text: str) -> bool:
-    """A model that is a local path, not a store ref nor BASE+ADAPTER."""
-    if "+" in text or not os.path.exists(os.path.expanduser(text)):
+    """A model that is a local path or a hub id, not a store ref nor BASE+ADAPTER."""
+    from mergestore.sources import is_hub_source
+
+    if "+" in text:
+        return False
+    if not os.path.exists(os.path.expanduser(text)) and not is_hub_source(text):
         return False
     try:
         repo.resolve(text)

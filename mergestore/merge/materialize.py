@@ -55,7 +55,10 @@ def prepared_from_commit(repo: Repository, c: Commit) -> Any:
     selection = budget_mod.Selection.from_plan(body)
     for t in tasks:
         t.selected = [selection.for_input(t.plan.name, m) for m in t.input_models]
-    return PreparedMerge(cfg, models, plans, tasks, base_index, selection, body)
+    from mergestore.merge.vocab import build_vocab
+
+    vocab = build_vocab(repo, cfg, models, base_index)  # a tokenizer merge: from the inputs
+    return PreparedMerge(cfg, models, plans, tasks, base_index, selection, body, vocab=vocab)
 
 
 def _records(tree: Tree, repo: Repository) -> dict[str, TensorRecord]:

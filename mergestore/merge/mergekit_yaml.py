@@ -65,6 +65,22 @@ def _renamed(data: dict[str, Any], names: dict[str, str]) -> dict[str, Any]:
         out["slices"] = slices
     if out.get("tokenizer_source") not in (None, "base", "union"):
         out["tokenizer_source"] = ref(out["tokenizer_source"])
+    if out.get("tokenizer"):  # the tokenizer: block (source, tokens.<t>.source)
+        tok = dict(out["tokenizer"])
+        if tok.get("source") not in (None, "base", "union"):
+            tok["source"] = ref(tok["source"])
+        tokens = {}
+        for name, spec in (tok.get("tokens") or {}).items():
+            spec = dict(spec)
+            src = spec.get("source")
+            if isinstance(src, str):
+                spec["source"] = ref(src)
+            elif isinstance(src, dict) and "model" in src:
+                spec["source"] = {**src, "model": ref(src["model"])}
+            tokens[name] = spec
+        if tokens:
+            tok["tokens"] = tokens
+        out["tokenizer"] = tok
     return out
 
 

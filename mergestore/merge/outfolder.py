@@ -82,11 +82,8 @@ def _predict(engine: Engine, task: TensorTask) -> TensorMeta:
     recs = ([task.base] if task.base is not None else []) + list(task.inputs)
     first = recs[0]
     shape = tuple(first.shape)
-    ref = task.reference
-    fits = ref is not None and bool(shape) and shape[1:] == tuple(ref.shape[1:])
-    if engine.tokenizer_source is not None and fits:
-        assert ref is not None
-        shape = tuple(ref.shape)
+    if engine.vocab is not None and shape and engine.vocab.applies(task.plan.name):
+        shape = engine.vocab.out_shape(shape)  # the merged tokenizer's rows (merge/vocab.py)
     name = task.plan.name
     out = engine.out_dtype_name
     if task.plan.copy_from is not None:

@@ -7,8 +7,8 @@ that need only tensor names, shapes and dtypes run first, on the folders' safete
 the config and every parameter's range (tensorplan.validate_config), missing tensors, shape and
 dtype mismatches (preflight.py), duplicate store inputs, the budget's syntax and the target
 branch. Only then are the folders stored. A merge with an input known only once stored or
-computed (a hub id, .bin weights, BASE+ADAPTER, a lazy merge not computed yet) skips this pass;
-the checks run after, as before.
+computed (a hub id not in the Hugging Face cache, .bin weights, BASE+ADAPTER, a lazy merge not
+computed yet) skips this pass; the checks run after, as before.
 """
 
 from __future__ import annotations
@@ -98,8 +98,8 @@ def _known_tensors(repo: Repository, cid: bytes) -> dict[str, TensorRecord] | No
 
 
 def _peek(repo: Repository, ref: ModelRef) -> ResolvedModel | None:
-    """A store ref as it is; a local checkpoint folder from its headers (no blocks, no commit);
-    None for what must be stored to be known (hub ids, .bin weights, adapters, BASE+ADAPTER)."""
+    """A store ref as it is; a local checkpoint folder (or a cached hub snapshot) from its
+    headers (no blocks, no commit); None for what must be stored or fetched to be known."""
     text = ref.text
     try:
         cid = repo.resolve(text)
@@ -112,7 +112,13 @@ def _peek(repo: Repository, ref: ModelRef) -> ResolvedModel | None:
         return None
     path = Path(os.path.expanduser(text))
     if not path.exists():
-        return None  # a hub id, or an unknown model: prepare() says which
+        from mergestore.formats.hub import cached_snapshot, parse_hub_id
+
+        parsed = parse_hub_id(text)
+        hit = cached_snapshot(*parsed) if parsed is not None else None
+        if hit is None:
+            return None  # a hub id to download, or an unknown model: prepare() says which
+        path = hit.path  # a hub id in the Hugging Face cache: its headers are at hand
     from mergestore.formats.torchbin import needs_conversion
 
     if needs_conversion(path) or (path.is_dir() and (path / ADAPTER_CONFIG).is_file()):

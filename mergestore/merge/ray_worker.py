@@ -47,6 +47,7 @@ class MergePart:
     track_delta: bool
     omitted: str | None
     tasks: list[TensorTask]
+    vocab: Any = None  # merge.vocab.VocabFit of a tokenizer merge
 
 
 @dataclass
@@ -118,6 +119,7 @@ def run_group(job: GroupJob) -> GroupResult:
                 seed=part.seed,
                 tokenizer_source=part.tokenizer_source,
                 block_size=job.block_size,
+                vocab=part.vocab,
             )
             outputs, stats, taken = run_tasks(
                 engine,
@@ -198,4 +200,5 @@ def part_settings(prep: Any) -> dict[str, Any]:
         "n_models": len(prep.models),
         "track_delta": prep.selection.active,
         "omitted": prep.plan_body.get("omitted_from_base"),
+        "vocab": prep.vocab,
     }

@@ -62,6 +62,7 @@ class PreparedMerge:
     plan_body: dict[str, Any]
     path_inputs: PathInputs = field(default_factory=PathInputs)  # folders committed first
     device: str | None = None  # merge --device: where the torch lane computes (not in the plan)
+    vocab: Any = None  # merge.vocab.VocabFit: a tokenizer merge's vocabulary (from the inputs)
 
     @property
     def plan(self) -> Plan:
@@ -159,6 +160,9 @@ def prepare(
         plans, models, compute_dtype=cfg.dtype, tokenizer_source=cfg.tokenizer_source
     )
     base_index = _base_index(cfg, models)
+    from mergestore.merge.vocab import build_vocab
+
+    vocab = build_vocab(repo, cfg, models, base_index)
     tasks = make_tasks(plans, models, base_index)
     selection = budget_mod.select(
         repo,
@@ -207,7 +211,9 @@ def prepare(
     if selection.active and omitted_mode(spec.name):
         # see base_pieces(); replay follows what the plan says
         body["omitted_from_base"] = omitted_mode(spec.name)
-    return PreparedMerge(cfg, models, plans, tasks, base_index, selection, body, path_inputs)
+    return PreparedMerge(
+        cfg, models, plans, tasks, base_index, selection, body, path_inputs, vocab=vocab
+    )
 
 
 def _parents(prep: PreparedMerge) -> tuple[bytes, ...]:
@@ -377,6 +383,7 @@ def make_engine(repo: Repository, prep: PreparedMerge) -> Engine:
         seed=int(prep.plan_body.get("seed", prep.cfg.seed or 0)),
         tokenizer_source=prep.cfg.tokenizer_source,
         block_size=int(prep.plan_body.get("block_size", repo.config.block_size)),
+        vocab=prep.vocab,
     )
 
 
@@ -386,20 +393,18 @@ def publish_tree(
     """The merge's tree (the layout model's files with the outputs), into `session`."""
     layout_index = prep.base_index if prep.base_index is not None else 0
     tok_index = layout_index
-    ts = prep.cfg.tokenizer_source
-    if ts not in (None, "base"):
-        if ts == "union":
-            raise MergeError("tokenizer_source: union is not supported yet (use base or a model)")
-        matches = [i for i, m in enumerate(prep.models) if m.ref.text == ts]
-        if not matches:
-            raise MergeError(f"tokenizer_source {ts!r} is not one of the merge's models")
-        tok_index = matches[0]
+    extra = {}
+    if prep.vocab is not None:  # a tokenizer merge: its own tokenizer files (merge/vocab.py)
+        from mergestore.merge.vocab import tokenizer_files
+
+        tok_index = prep.vocab.source
+        extra.update(tokenizer_files(repo, prep.vocab, prep.models))
     from mergestore.merge.mergekit_yaml import CONFIG_FILE, mergekit_config_text
 
     config_yaml = mergekit_config_text(repo, prep.cfg, prep.models)  # mergekit can run it
-    extra = {CONFIG_FILE: config_yaml.encode()}
+    extra[CONFIG_FILE] = config_yaml.encode()
     files = output_files(prep)
-    if prep.cfg.chat_template and files["copy_tokenizer"]:
+    if prep.cfg.chat_template and (files["copy_tokenizer"] or prep.vocab is not None):
         from mergestore.merge.chat_template import chat_template_files
 
         extra.update(
@@ -425,7 +430,9 @@ def publish_tree(
         out_dtype=prep.cfg.out_dtype,
         extra_files=extra,
         shard_bytes=files["shard_bytes"],
-        copy_tokenizer=files["copy_tokenizer"],
+        # a tokenizer merge writes the merged tokenizer (as mergekit does, even with
+        # --no-copy-tokenizer), and no input's tokenizer files
+        copy_tokenizer=files["copy_tokenizer"] and prep.vocab is None,
     )
 
 
@@ -521,18 +528,9 @@ def replay(repo: Repository, commit_id: bytes, progress: Progress | None = None)
 
     c = repo.get_commit(commit_id)
     prep = prepared_from_commit(repo, c)
-    cfg, models, tasks, body = prep.cfg, prep.models, prep.tasks, prep.plan_body
+    models, tasks, body = prep.models, prep.tasks, prep.plan_body
     base_index = prep.base_index
-    spec = get_method(cfg.merge_method)
-    engine = Engine(
-        repo,
-        method=spec.name,
-        dtype=cfg.dtype,
-        out_dtype=cfg.out_dtype,
-        seed=int(body.get("seed", 0)),
-        tokenizer_source=cfg.tokenizer_source,
-        block_size=int(body.get("block_size", repo.config.block_size)),
-    )
+    engine = make_engine(repo, prep)  # the same engine settings as the merge (and vocabulary)
     outputs, stats, _ = run_tasks(
         engine,
         tasks,

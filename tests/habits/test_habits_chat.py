@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from tokmodels import tokenizer
 
 from mergestore.merge.chat_template import BUILTIN
+
+TOKENIZER_JSON = tokenizer(("w_extra",), (), ()).to_str()
 
 TPL_A = "{% for m in messages %}A{{ m['content'] }}{% endfor %}"
 TPL_B = "{% for m in messages %}B{{ m['content'] }}{% endfor %}"
@@ -16,7 +19,8 @@ def _tok(tpl: str | None) -> dict[str, str]:
     cfg = {"model_max_length": 8}
     if tpl is not None:
         cfg["chat_template"] = tpl
-    return {"tokenizer_config.json": json.dumps(cfg), "tokenizer.json": "{}"}
+    # a real tokenizer.json of the fixture's 32 rows (a tokenizer merge reads it)
+    return {"tokenizer_config.json": json.dumps(cfg), "tokenizer.json": TOKENIZER_JSON}
 
 
 @pytest.fixture

@@ -292,6 +292,32 @@ def test_tokenizer_forms() -> None:
     assert load_config(base).tokenizer_source is None
 
 
+def test_tokenizer_block_tokens_and_pad_round_trip() -> None:
+    from mergestore.merge.config import TokenSpec, config_from_mapping
+
+    text = (
+        "merge_method: linear\nmodels: [a, b]\nbase_model: a\n"
+        "tokenizer:\n  pad_to_multiple_of: 64\n  tokens:\n"
+        "    '<|im_start|>': {source: b, force: true}\n"
+        "    '<z>': {source: {kind: zero}}\n"
+        "    '<t>': {source: {kind: model_token, model: a, token_id: 3}}\n"
+        "    '<u>': {source: {kind: model_token, model: b, token: '<s>'}}\n"
+        "    '<d>': {}\n"
+    )
+    cfg = load_config(text)
+    assert cfg.tokenizer_source == "union" and cfg.pad_to_multiple_of == 64
+    assert dict(cfg.tokenizer_tokens) == {
+        "<|im_start|>": TokenSpec("model", "b", force=True),
+        "<z>": TokenSpec("zero"),
+        "<t>": TokenSpec("model_token", "a", token_id=3),
+        "<u>": TokenSpec("model_token", "b", token="<s>"),
+        "<d>": TokenSpec(),
+    }
+    d = cfg.to_dict()
+    assert "tokenizer_source" not in d and d["tokenizer"]["source"] == "union"
+    assert config_from_mapping(d) == cfg
+
+
 def test_seed_extension() -> None:
     assert load_config("merge_method: karcher\nmodels: [a]\nseed: 42\n").seed == 42
 
@@ -480,8 +506,32 @@ def test_missing_file(tmp_path: Path) -> None:
         ({"merge_method": "linear", "models": ["a"], "seed": True}, "non-negative integer"),
         ({"merge_method": "linear", "models": ["a"], "seed": 1.5}, "non-negative integer"),
         (
-            {"merge_method": "linear", "models": ["a"], "tokenizer": {"tokens": {"<x>": {}}}},
-            "tokenizer.tokens is not supported",
+            {
+                "merge_method": "linear",
+                "models": ["a"],
+                "tokenizer": {"tokens": {"<x>": {"source": {"kind": "nope"}}}},
+            },
+            "kind must be 'zero' or 'model_token'",
+        ),
+        (
+            {"merge_method": "linear", "models": ["a"], "tokenizer": {"pad_to_multiple_of": 0}},
+            "pad_to_multiple_of must be a positive integer",
+        ),
+        (
+            {
+                "merge_method": "linear",
+                "models": ["a"],
+                "tokenizer": {"tokens": {"<x>": {"source": {"kind": "model_token"}}}},
+            },
+            "model_token needs 'model'",
+        ),
+        (
+            {
+                "merge_method": "linear",
+                "models": ["a"],
+                "tokenizer": {"tokens": {"<x>": {"source": {"kind": "zero"}, "force": "yes"}}},
+            },
+            "force must be true or false",
         ),
         (
             {"merge_method": "linear", "models": ["a"], "tokenizer": "base"},

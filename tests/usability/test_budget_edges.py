@@ -75,7 +75,7 @@ def test_plan_lists_the_base_apart_from_the_inputs(ms) -> None:
     assert [m["ref"] for m in j["inputs"]] == ["dense_small", "frozen"]
 
 
-def test_explain_lists_the_base_and_the_realized_error_next_to_the_bound(ms) -> None:
+def test_explain_lists_the_base_and_the_realized_error_next_to_the_bound(ms, fam_store) -> None:
     assert ms("merge", *PLAN, *F32, "--budget", "30%", "-b", "b30").code == 0
     e = ms("explain", "b30")
     assert e.code == 0, e.err
@@ -96,6 +96,14 @@ def test_explain_lists_the_base_and_the_realized_error_next_to_the_bound(ms) -> 
     assert real["full_merge"] == full
     assert 0 < real["error"] <= bound
     assert 0 < real["relative"] < 1
+    with Store.open(fam_store) as s:  # the same figures, straight from the tensors
+        sq = {"err": 0.0, "delta": 0.0}
+        for t in s.tensors("full"):
+            full_t = s.read_tensor("full", t.name).double()
+            sq["err"] += float(((full_t - s.read_tensor("b30", t.name).double()) ** 2).sum())
+            sq["delta"] += float(((full_t - s.read_tensor("main", t.name).double()) ** 2).sum())
+    assert real["error"] == pytest.approx(sq["err"] ** 0.5, rel=1e-9)
+    assert real["relative"] == pytest.approx((sq["err"] / sq["delta"]) ** 0.5, rel=1e-9)
     e = ms("explain", "b30")
     bound_line = next(i for i, ln in enumerate(e.out.splitlines()) if ln.startswith("bound "))
     realized = e.out.splitlines()[bound_line + 1]

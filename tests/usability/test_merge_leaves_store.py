@@ -223,3 +223,23 @@ def test_api_merge_refused_before_storing(base_store: Path, tiny_family) -> None
             s.merge(method="ties", base="main", models=[str(e1), str(e2)], weights=[1, 1],
                     params={"density": 7}, branch="x")  # fmt: skip
     assert snapshot(base_store) == before
+
+
+def test_cached_hub_id_is_checked_before_storing(
+    cli, base_store: Path, tiny_family, tmp_path: Path, monkeypatch
+) -> None:
+    """A hub id found in the Hugging Face cache is checked from its headers too."""
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--Org--Frozen"
+    shutil.copytree(tiny_family.experts["frozen"], repo / "snapshots" / sha)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(sha)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    e1 = tiny_family.experts["dense_small"]
+    before = snapshot(base_store)
+    r = cli(*merge_args(base_store, e1, "Org/Frozen", extra=("--param", "density=7")))
+    assert r.code == 1 and "density" in r.err
+    assert snapshot(base_store) == before
+    r = cli(*merge_args(base_store, e1, "Org/Frozen", extra=("--param", "density=0.5")))
+    assert r.code == 0, r.err

@@ -212,3 +212,27 @@ def test_mergekit_runs_the_config_and_gives_the_same_tensors(ms, mergekit_python
         theirs.update(load_file(f))
     assert ours.keys() == theirs.keys() and ours
     assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
+def test_the_tokenizer_block_names_its_models_by_id_too() -> None:
+    from types import SimpleNamespace
+
+    from mergestore.merge.config import ModelRef, load_config
+    from mergestore.merge.inputs import ResolvedModel
+    from mergestore.merge.mergekit_yaml import mergekit_config_text
+
+    cfg = load_config(
+        "merge_method: linear\nmodels:\n"
+        "  - {model: a, parameters: {weight: 1}}\n  - {model: b, parameters: {weight: 1}}\n"
+        "tokenizer:\n  source: b\n  tokens:\n"
+        "    <x>: {source: a}\n    <y>: {source: {kind: model_token, model: b, token: z}}\n"
+    )
+    ids = {"a": bytes([1]) * 32, "b": bytes([2]) * 32}
+    repo = SimpleNamespace(get_commit=lambda cid: SimpleNamespace(meta={}))
+    models = [ResolvedModel(ModelRef(k), v, {}) for k, v in ids.items()]
+    doc = yaml.safe_load(mergekit_config_text(repo, cfg, models))
+    a, b = ids["a"].hex(), ids["b"].hex()
+    assert [m["model"] for m in doc["models"]] == [a, b]
+    assert doc["tokenizer"]["source"] == b
+    assert doc["tokenizer"]["tokens"]["<x>"]["source"] == a
+    assert doc["tokenizer"]["tokens"]["<y>"]["source"]["model"] == b

@@ -74,3 +74,20 @@ def test_one_block_is_singular(ms, tmp_path) -> None:
     assert "(1 tensor)" in outs[1] and "1 file, 1 tensor, 1 block\n" in outs[1]
     assert outs[2].splitlines()[-1] == "1 tensor, 1 block"
     assert "0 of 1 block changed" in outs[3]
+
+
+def test_store_wide_counts_say_stored_blocks(ms, tmp_path) -> None:
+    """fsck, gc, repack, du, push, fetch and evict count distinct block objects: "stored
+    blocks", never bare "blocks" (that is a commit's tensor blocks)."""
+    assert ms("remote", "add", "origin", f"file://{tmp_path / 'remote'}").code == 0
+    outs = {
+        "fsck": ms("fsck").out,
+        "gc": ms("gc", "--dry-run").out,
+        "repack": ms("repack", "--dry-run").out,
+        "du": ms("du").out,
+        "push": ms("push", "origin", "main").out,
+    }
+    for name, out in outs.items():
+        counts = re.findall(r"\d[\d,]* (\w+ )?blocks?\b", out)
+        assert counts and all(w == "stored " for w in counts), (name, out)
+        assert not SINGULAR_BUG.search(out), out
