@@ -18,8 +18,8 @@ from mergestore.errors import (
     RefError,
     StoreNotFoundError,
 )
-from mergestore.formats.safetensors import torch_dtype
 from mergestore.ingest import CommitResult, commit_checkpoint
+from mergestore.records import read_record
 from mergestore.store import merges
 from mergestore.store.objects import BlobFile, Commit, TensorFile, TensorRecord, Tree
 from mergestore.store.packs import ReadMeter
@@ -385,6 +385,8 @@ class Store:
         max_error: float | None = None,
         commit_paths: bool = True,
         verify_inputs: bool = False,
+        saliency: Any = None,
+        saliency_kind: str | None = None,
         branch: str | None = None,
         force_branch: bool = False,
     ) -> Any:
@@ -392,7 +394,9 @@ class Store:
         Models given as folders are committed first (a stat per unchanged file, or every file
         read again with `verify_inputs`), once everything their headers allow is checked,
         including `branch`/`force_branch` as execute_merge will get them: a refused merge
-        stores nothing."""
+        stores nothing. `saliency`: a safetensors path, a commit ref, or a dict of tensors
+        (then `saliency_kind` "gradient" or "fisher") that ranks the blocks a budget keeps
+        (docs/budget.md)."""
         from mergestore.merge.config import MergeConfig, load_config
         from mergestore.merge.run import prepare
 
@@ -404,6 +408,8 @@ class Store:
             max_error=max_error,
             commit_paths=commit_paths,
             verify_inputs=verify_inputs,
+            saliency=saliency,
+            saliency_kind=saliency_kind,
             branch=branch,
             force_branch=force_branch,
         )
@@ -471,9 +477,12 @@ class Store:
         executor: Any = None,
         ray_address: str | None = None,
         force_branch: bool = False,
+        saliency: Any = None,
+        saliency_kind: str | None = None,
         **output: Any,
     ) -> Any:
         """Run a merge and store it as a commit; returns a MergeResult (commit, plan, run).
+        `saliency` (+ `saliency_kind` for a dict of tensors): see prepare_merge.
         `output`: write_card (default True), shard_bytes, copy_tokenizer.
         Without `branch` the commit goes to a new branch `merge/<method>-N`; a branch that
         points at the base or an input is moved only with `force_branch`.
@@ -521,6 +530,8 @@ class Store:
                 budget=budget,
                 max_error=max_error,
                 verify_inputs=verify_inputs,
+                saliency=saliency,
+                saliency_kind=saliency_kind,
                 branch=branch,
                 force_branch=force_branch,
             )
@@ -714,12 +725,18 @@ class Store:
             "planned_bytes_by_model": b.get("per_model_planned_bytes", {}),
             "planned_blocks_by_model": b.get("per_model_blocks", {}),
             "realized": run,
+            "saliency": (
+                {k: v for k, v in b["saliency"].items() if k != "scores"}
+                if b.get("saliency")
+                else None
+            ),
             **base_and_inputs(plan),
             "realized_error": realized_error(self, cid, plan),
         }
 
     def blame(self, ref: str, tensor: str) -> dict[str, Any]:
         from mergestore.merge.budget import _unranges
+        from mergestore.merge.saliency import block_scores
 
         cid, _c, plan, _run = self.merge_info(ref)
         entry = next((t for t in plan.get("tensors", []) if t["name"] == tensor), None)
@@ -769,17 +786,50 @@ class Store:
                     "parameters": entry["per_input"][len(rows)]
                     if len(rows) < len(entry["per_input"])
                     else {},
+                    **block_scores(plan, tensor, model_index, read),
                 }
             )
         return {
             "commit": cid.hex(),
             "tensor": tensor,
             "method": plan.get("method"),
+            "saliency": ((plan.get("budget") or {}).get("saliency") or {}).get("kind"),
             "blocks": n_blocks,
             "t": entry.get("t"),
             "shared": entry.get("shared"),
             "inputs": rows,
         }
+
+    def saliency(
+        self,
+        ref: str,
+        calibration: str | os.PathLike[str],
+        out: str | os.PathLike[str],
+        *,
+        fisher: bool = False,
+        window: int = 128,
+        max_windows: int = 64,
+        batch: int = 8,
+        force: bool = False,
+        progress: Progress | None = None,
+    ) -> Any:
+        """Gradients (or, with `fisher`, the empirical Fisher diagonal) of checkpoint `ref` on
+        calibration text, written to `out` for `merge --saliency` (needs transformers:
+        mergestore[saliency]). Returns a SaliencyResult (mergestore/saliency_compute.py)."""
+        from mergestore.saliency_compute import compute_saliency
+
+        return compute_saliency(
+            self.repo,
+            self.resolve(ref),
+            Path(calibration),
+            Path(out),
+            fisher=fisher,
+            window=window,
+            max_windows=max_windows,
+            batch=batch,
+            force=force,
+            progress=progress,
+        )
 
     # ----- maintenance -----------------------------------------------------------------------
 
@@ -941,20 +991,3 @@ def _read_text(source: str | os.PathLike[str]) -> str:
         return Path(source).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise MergestoreError(f"{os.fspath(source)}: cannot read: {e}") from None
-
-
-def read_record(
-    repo: Repository, rec: TensorRecord, meter: ReadMeter | None = None
-) -> torch.Tensor:
-    buf = bytearray(rec.nbytes)
-    pos = 0
-    for bid in rec.blocks:
-        raw = repo.read_block(bid, meter)
-        buf[pos : pos + len(raw)] = raw
-        pos += len(raw)
-    import torch
-
-    dt = torch_dtype(rec.dtype)
-    if rec.nbytes == 0:
-        return torch.empty(rec.shape, dtype=dt)
-    return torch.frombuffer(buf, dtype=dt).reshape(rec.shape)

@@ -20,6 +20,13 @@ from mergestore.cli.output import (
     progress_bar,
     short,
 )
+from mergestore.cli.saliency_output import (
+    check_saliency_options,
+    print_blame_scores,
+    print_explain_saliency,
+    print_saliency_summary,
+    saliency_summary,
+)
 
 
 def _merge_options(fn: Any) -> Any:
@@ -64,6 +71,13 @@ def _merge_options(fn: Any) -> Any:
             type=float,
             default=None,
             help="Smallest read set whose bound is <= this share of the merge delta.",
+        ),
+        click.option(
+            "--saliency",
+            default=None,
+            metavar="FILE|REF",
+            help="Gradients or a Fisher diagonal (a safetensors file or a commit, e.g. from "
+            "`mergestore saliency`): a budget keeps the blocks that matter most for the loss.",
         ),
         click.argument("models", nargs=-1),
     ]
@@ -171,6 +185,7 @@ def merge(
     seed: int | None,
     budget: str | None,
     max_error: float | None,
+    saliency: str | None,
     models: tuple[str, ...],
     message: str,
     branch: str | None,
@@ -195,6 +210,7 @@ def merge(
 
     if config_path and yaml_files(models):  # --config sweep/*.yml: the shell spread the rest
         config_path, models = (*config_path, *models), ()
+    check_saliency_options(saliency, budget, max_error, several=len(config_path) > 1)
     if len(config_path) > 1:
         if branch or out_dir or lazy:
             from mergestore.errors import MergeError
@@ -211,7 +227,7 @@ def merge(
             force=force,
             as_json=as_json,
         )
-    if config_path:
+    if config_path and saliency is None:  # a recipe takes no --saliency (refused when loaded)
         from mergestore.cli.commands_search import maybe_run_recipe
 
         if maybe_run_recipe(
@@ -244,6 +260,7 @@ def merge(
             budget=budget,
             max_error=max_error,
             verify_inputs=verify_inputs,
+            saliency=saliency,
             branch=branch,
             force_branch=force,
         )
@@ -283,7 +300,7 @@ def merge(
     msg = store.get_commit(res.commit).message
     click.echo(moved_line(res.branch, res.previous, res.commit, msg), err=True)
     if res.out is not None:
-        click.echo(f"wrote {res.out['path']} ({res.out['files']} files)")
+        click.echo(f"wrote {res.out['path']} ({plural(res.out['files'], 'file')})")
     r = res.run
     from mergestore.cli.merge_summary import import_lines, print_summary
 
@@ -343,12 +360,16 @@ def plan(
     seed: int | None,
     budget: str | None,
     max_error: float | None,
+    saliency: str | None,
     models: tuple[str, ...],
     as_json: bool,
 ) -> None:
     """Print the plan a merge would run (reads no expert data)."""
+    check_saliency_options(saliency, budget, max_error)
     cfg = _config(config_path, method, base, models, weights, params, dtype, out_dtype, seed)
-    prep = store.prepare_merge(cfg, budget=budget, max_error=max_error, commit_paths=False)
+    prep = store.prepare_merge(
+        cfg, budget=budget, max_error=max_error, commit_paths=False, saliency=saliency
+    )
     body = prep.plan_body
     summary = _plan_summary(prep)
     if as_json:
@@ -386,6 +407,7 @@ def _plan_summary(prep: Any) -> dict[str, Any]:
             prep.models[m].ref.text: n for m, n in sorted(sel.per_model_planned.items())
         },
         "blocks_per_tensor": per_tensor,
+        **saliency_summary(sel),
         "notes": list(sel.notes),
     }
 
@@ -408,6 +430,7 @@ def _print_summary(s: dict[str, Any]) -> None:
         )
     if s["error_bound"] is not None:
         click.echo(f"bound    {s['error_bound']:.4g} (relative {s['error_bound_rel']:.3%})")
+    print_saliency_summary(s)
     for note in s["notes"]:
         click.echo(f"note: {note}")
 
@@ -484,6 +507,7 @@ def explain(store: Store, ref: str, as_json: bool) -> None:
         click.echo(
             f"bound    {r['error_bound']:.4g} (relative {info['estimates']['error_bound_rel']:.3%})"
         )
+    print_explain_saliency(info)
     real_err = info["realized_error"]
     if real_err is None:  # read everything: nothing to compare
         pass
@@ -514,6 +538,7 @@ def blame(store: Store, ref: str, tensor: str, as_json: bool) -> None:
     click.echo(f"{tensor}: {plural(info['blocks'], 'block')}, method {info['method']}")
     for row in info["inputs"]:
         click.echo(f"  {row['ref']:<16} {row['status']}: read blocks {row['read'] or '-'}")
+        print_blame_scores(row, info.get("saliency"))
 
 
 COMMANDS = [merge, plan, replay, explain, blame]

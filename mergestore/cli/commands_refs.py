@@ -60,10 +60,13 @@ def branch(
         return
     if name is not None:  # "" is an invalid name, not "no name"
         cid = store.create_branch(name, ref or "HEAD", force=force)
+        warnings = _ambiguity(name, "tag", store.tags())
         if as_json:
-            emit_json({"branch": name, "commit": cid.hex()})
+            emit_json({"branch": name, "commit": cid.hex(), "warnings": warnings})
         else:
             click.echo(f"{name} -> {short(cid)}")
+            for w in warnings:
+                click.echo(f"warning: {w}", err=True)
         return
     branches = store.branches()
     head = store.current_branch()
@@ -98,10 +101,13 @@ def tag(
         return
     if name is not None:  # "" is an invalid name, not "no name"
         cid = store.create_tag(name, ref or "HEAD", force=force)
+        warnings = _ambiguity(name, "branch", store.branches())
         if as_json:
-            emit_json({"tag": name, "commit": cid.hex()})
+            emit_json({"tag": name, "commit": cid.hex(), "warnings": warnings})
         else:
             click.echo(f"{name} -> {short(cid)}")
+            for w in warnings:
+                click.echo(f"warning: {w}", err=True)
         return
     tags = store.tags()
     if as_json:
@@ -109,6 +115,16 @@ def tag(
         return
     for tname, cid in tags.items():
         click.echo(f"{tname:<24} {short(cid, 10)}")
+
+
+def _ambiguity(name: str, other: str, others: dict[str, bytes]) -> list[str]:
+    """git warns when a new ref makes a name ambiguous; every use of it is then an error."""
+    if name not in others:
+        return []
+    return [
+        f"{other} {name!r} exists too: {name!r} is now ambiguous wherever it is used "
+        f"(say refs/heads/{name} or refs/tags/{name})"
+    ]
 
 
 @click.command()

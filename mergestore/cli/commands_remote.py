@@ -10,7 +10,14 @@ import click
 
 from mergestore.api import Store
 from mergestore.cli.common import json_option, with_store
-from mergestore.cli.output import emit_json, human_bytes, plural, progress_enabled, short
+from mergestore.cli.output import (
+    binary_speed_column,
+    emit_json,
+    human_bytes,
+    plural,
+    progress_enabled,
+    short,
+)
 from mergestore.remote.url import mask_url
 
 Phase = Callable[[str, "int | None"], "Callable[[int], None] | None"]
@@ -29,14 +36,13 @@ def transfer_progress(as_json: bool) -> Iterator[Phase | None]:
         Progress,
         TextColumn,
         TimeRemainingColumn,
-        TransferSpeedColumn,
     )
 
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         DownloadColumn(binary_units=True),
-        TransferSpeedColumn(),
+        binary_speed_column(),
         TimeRemainingColumn(),
         console=Console(stderr=True),
         transient=True,

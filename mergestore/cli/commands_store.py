@@ -223,7 +223,7 @@ def checkout(
         )
     else:
         click.echo(
-            f"checked out {short(cid)} into {out}: {res.files} files, "
+            f"checked out {short(cid)} into {out}: {plural(res.files, 'file')}, "
             f"{human_bytes(res.bytes_written)} in {res.seconds:.2f} s"
         )
         if res.removed:

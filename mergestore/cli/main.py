@@ -40,7 +40,7 @@ def _register() -> None:
         for cmd in mod.COMMANDS:
             cli.add_command(cmd)
     # Later layers register themselves when present.
-    for optional in ("diff", "merge", "demo", "repack", "status", "search", "remote"):
+    for optional in ("diff", "merge", "demo", "repack", "status", "search", "remote", "saliency"):
         try:
             mod = __import__(f"mergestore.cli.commands_{optional}", fromlist=["COMMANDS"])
         except ModuleNotFoundError as e:

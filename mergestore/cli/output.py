@@ -98,12 +98,11 @@ def progress_bar(
         Progress,
         TextColumn,
         TimeRemainingColumn,
-        TransferSpeedColumn,
     )
 
     console = Console(stderr=True)
     counts: tuple[Any, ...] = (
-        (DownloadColumn(binary_units=True), TransferSpeedColumn())
+        (DownloadColumn(binary_units=True), binary_speed_column())
         if unit == "bytes"
         else (MofNCompleteColumn(), TextColumn(unit))
     )
@@ -134,3 +133,18 @@ def _io_column(since: tuple[int, int]) -> Any:
             return Text(io_text(since), style="progress.download")
 
     return IoColumn()
+
+
+def binary_speed_column() -> Any:
+    """rich's TransferSpeedColumn in binary units (it prints MB/s next to DownloadColumn's MiB):
+    sizes and rates are both binary across the CLI (docs/format.md)."""
+    from rich.progress import ProgressColumn
+    from rich.text import Text
+
+    class BinarySpeedColumn(ProgressColumn):
+        def render(self, task: Any) -> Text:
+            speed = task.finished_speed or task.speed
+            text = "?" if speed is None else f"{human_bytes(speed)}/s"
+            return Text(text, style="progress.data.speed")
+
+    return BinarySpeedColumn()

@@ -26,6 +26,7 @@ from typing import Any
 from mergestore.blockstats import supports_stats
 from mergestore.diff import pair_stats_many
 from mergestore.errors import BudgetError
+from mergestore.merge.saliency import LOSS_CHANGE, Saliency
 from mergestore.ops.spec import MethodSpec
 from mergestore.store.index import DeltaStats
 from mergestore.store.packs import ReadMeter
@@ -133,6 +134,8 @@ class Selection:
     bound_exact: bool = False
     surrogate: str | None = None
     strategy: str = "score"
+    saliency: dict[str, Any] | None = None  # kind, id, source, scores, totals (with --saliency)
+    planning_bytes_read: int = 0  # the saliency's bytes (planning, apart from merge reads)
     read: dict[str, dict[int, list[int]]] = field(default_factory=dict)  # tensor -> model -> blocks
     per_model_planned: dict[int, int] = field(default_factory=dict)
     per_model_blocks: dict[int, int] = field(default_factory=dict)
@@ -159,6 +162,7 @@ class Selection:
                 "bound_exact": self.bound_exact,
                 "surrogate": self.surrogate,
                 **({} if self.strategy == "score" else {"strategy": self.strategy}),
+                **({"saliency": self.saliency} if self.saliency is not None else {}),
                 "per_model_planned_bytes": {
                     str(k): v for k, v in sorted(self.per_model_planned.items())
                 },
@@ -180,6 +184,7 @@ class Selection:
             budget_bytes=b.get("budget_bytes"),
             expert_bytes_full=b.get("expert_bytes_full", 0),
             error_bound=b.get("error_bound"),
+            saliency=b.get("saliency"),
         )
         raw = body.get("selection")
         if sel.active and isinstance(raw, dict):
@@ -249,13 +254,17 @@ def select(
     dtype: str | None = None,
     out_dtype: str | None = None,
     progress: Callable[[int], None] | None = None,
+    saliency: Saliency | None = None,
 ) -> Selection:
     """Choose the blocks to read. Without a budget or max_error everything is read.
 
     `dtype`/`out_dtype` are the merge's compute and output dtypes (None: the inputs'); they
-    size the rounding allowance of the bound.
+    size the rounding allowance of the bound. With a `saliency` the blocks are ranked by its
+    score per byte instead of |w|·||Δ|| per byte (merge/saliency.py).
     """
     if budget is None and max_error is None:
+        if saliency is not None:
+            raise BudgetError("a saliency ranks blocks for a budget: give --budget or --max-error")
         return Selection(expert_bytes_full=full_expert_bytes(repo, tasks, base_index))
     if spec.name == "passthrough":
         raise BudgetError("passthrough copies each tensor from one input; a budget does not apply")
@@ -274,7 +283,11 @@ def select(
     sel.analyze_bytes_read, sel.stats_computed = pairs
     sel.expert_bytes_full = sum(c.cost for c in cands)
     sel.strategy = os.environ.get(STRATEGY_ENV, "").strip() or "score"
-    order = _order(cands, sel.strategy)
+    scores = None
+    if saliency is not None:
+        scores = saliency_scores(saliency, cands, tasks)
+        sel.planning_bytes_read = saliency.bytes_read
+    order = _order(cands, sel.strategy, scores)
     chosen: list[Candidate] = []
     if budget is not None:
         limit = check_budget(budget, cands, sel)
@@ -313,7 +326,56 @@ def select(
         for m in ms:
             ms[m].sort()
     sel.expert_bytes_planned = sum(c.cost for c in chosen)
+    if saliency is not None and scores is not None:
+        sel.saliency = _saliency_record(saliency, cands, chosen, scores)
     return sel
+
+
+def saliency_scores(
+    saliency: Saliency, cands: Sequence[Candidate], tasks: Sequence[Any]
+) -> dict[tuple[str, int, int], float]:
+    """Each candidate's saliency score, from |w|·||Δ|| and its block's saliency summary."""
+    refs = {t.plan.name: t.reference for t in tasks if t.reference is not None}
+    out = {}
+    for c in cands:
+        ref = refs[c.tensor]
+        blk = saliency.blocks(c.tensor, tuple(ref.shape), ref.rows_per_block)[c.block]
+        out[(c.tensor, c.block, c.model)] = saliency.score(blk, c.contrib)
+    return out
+
+
+def _saliency_record(
+    saliency: Saliency,
+    cands: Sequence[Candidate],
+    chosen: Sequence[Candidate],
+    scores: dict[tuple[str, int, int], float],
+) -> dict[str, Any]:
+    """What the plan keeps of the saliency: its id, each candidate's score, the totals."""
+    taken = {(c.tensor, c.block, c.model) for c in chosen}
+    per: dict[str, dict[str, list[list[float]]]] = {}
+    kept = omitted = 0.0
+    for c in sorted(cands, key=lambda c: (c.tensor, c.model, c.block)):
+        key = (c.tensor, c.block, c.model)
+        v = scores[key]
+        if key in taken:
+            kept += v
+        else:
+            omitted += v
+        per.setdefault(c.tensor, {}).setdefault(str(c.model), []).append([c.block, _g(v)])
+    half = 0.5 if saliency.kind == "fisher" else 1.0
+    return {
+        **saliency.to_plan(),
+        "loss_change": LOSS_CHANGE[saliency.kind],
+        "score_kept": _g(kept),
+        "score_omitted": _g(omitted),
+        "predicted_loss_change_omitted": _g(half * omitted),
+        "scores": per,
+    }
+
+
+def _g(x: float) -> float:
+    """A score as the plan keeps it: 7 significant digits (the same on every machine)."""
+    return float(f"{x:.7g}")
 
 
 def check_budget(budget: str | int, cands: Sequence[Candidate], sel: Selection) -> int:
@@ -463,14 +525,24 @@ def _bound(
     return math.sqrt(total)
 
 
-def _order(cands: Sequence[Candidate], strategy: str) -> list[Candidate]:
+def _order(
+    cands: Sequence[Candidate],
+    strategy: str,
+    scores: dict[tuple[str, int, int], float] | None = None,
+) -> list[Candidate]:
     """Candidates in the order the budget is filled.
 
-    score: by score per byte (the planner). The others exist to benchmark it at equal budget:
+    score: by score per byte (the planner): the saliency's `scores` when given, else |w|·||Δ||.
+    The others exist to benchmark it at equal budget:
     uniform takes the same fraction of blocks from every (tensor, input), spread evenly
     (bit-reversed positions); random[:SEED] is a seeded shuffle.
     """
     by_key = sorted(cands, key=lambda c: (c.tensor, c.block, c.model))
+    if strategy == "score" and scores is not None:
+        return sorted(
+            by_key,
+            key=lambda c: -(scores[(c.tensor, c.block, c.model)] / c.cost) if c.cost else -math.inf,
+        )
     if strategy == "score":
         return sorted(
             by_key, key=lambda c: -(c.contrib / c.cost) if c.cost else -math.inf

@@ -61,6 +61,11 @@ def precheck(
     validate_tensor_plans(
         plans, models, compute_dtype=cfg.dtype, tokenizer_source=cfg.tokenizer_source
     )
+    if cfg.tokenizer_source is not None:  # the tokenizer merge, from the folders' files
+        from mergestore.merge.vocab import build_vocab
+
+        base = next((i for i, m in enumerate(models) if m.ref == cfg.base_model), None)
+        build_vocab(repo, cfg, models, base)
     stored = [m for m in models if not m.committed_from_path]
     if len(stored) > 1:
         from mergestore.merge.inputs import refuse_duplicate_commits

@@ -180,6 +180,8 @@ class RayExecutor:
         """Run every merge's tensors at once; each merge's result (or its error) in order.
         `on_done(i, result)` is called as soon as merge i is complete, `progress(n)` as tensors
         finish, `on_bytes(n)` with the pack bytes each task read."""
+        if repo.read_only:  # a view of a remote (--store URL): its workers would write packs
+            raise MergestoreError(repo.read_only)
         ray = self.ray = connect(self.address)
         with _remote_lock:
             global _remote

@@ -36,6 +36,7 @@ from mergestore.merge.inputs import (
 )
 from mergestore.merge.layout import build_tree
 from mergestore.merge.outfolder import FolderOutput, predict_outputs  # noqa: F401 (executor)
+from mergestore.merge.saliency import open_saliency
 from mergestore.merge.summary import summarize
 from mergestore.merge.target import merge_target
 from mergestore.merge.tensorplan import OutputTensorPlan, plan_tensors
@@ -120,12 +121,18 @@ def prepare(
     model_commits: list[bytes] | None = None,
     analyze_progress: Progress | None = None,
     verify_inputs: bool = False,
+    saliency: Any = None,
+    saliency_kind: str | None = None,
     branch: str | None = None,
     force_branch: bool = False,
 ) -> PreparedMerge:
     """Validate the config, resolve inputs, plan every tensor and choose the blocks to read.
     Folder inputs are checked from their headers before they are stored (precheck.py); `branch`
-    and `force_branch`, the target execute() will be given, are checked then too."""
+    and `force_branch`, the target execute() will be given, are checked then too. `saliency` (a
+    safetensors path, a commit ref or a dict of tensors) ranks the blocks a budget keeps by
+    their predicted effect on the loss (merge/saliency.py)."""
+    # before any folder input is stored: a bad saliency file leaves the store unchanged
+    sal = open_saliency(repo, saliency, saliency_kind) if saliency is not None else None
     spec = get_method(cfg.merge_method)
     refs = models_in_config(cfg)
     path_inputs = PathInputs()
@@ -175,6 +182,7 @@ def prepare(
         dtype=cfg.dtype,
         out_dtype=cfg.out_dtype,
         progress=analyze_progress,
+        saliency=sal,
     )
     for t in tasks:
         t.selected = [selection.for_input(t.plan.name, m) for m in t.input_models]
@@ -500,6 +508,7 @@ def run_record(prep: PreparedMerge, stats: Any, written: int, seconds: float) ->
         "error_bound": sel.error_bound,
         "base_bytes_read": stats.base_meter.bytes_read,
         "analyze_bytes_read": sel.analyze_bytes_read,
+        **({"planning_bytes_read": sel.planning_bytes_read} if sel.saliency else {}),
         "bytes_written": written,
         "blocks_read": stats.blocks_read,
         "tensors": len(prep.tasks),

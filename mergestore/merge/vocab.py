@@ -195,7 +195,8 @@ def build_vocab(
     models: Sequence[ResolvedModel],
     base_index: int | None,
 ) -> VocabFit | None:
-    """The merged tokenizer and each model's permutation (None without tokenizer_source)."""
+    """The merged tokenizer and each model's permutation (None without tokenizer_source).
+    A model not stored yet (a folder, in merge/precheck.py) is read from its folder."""
     source = cfg.tokenizer_source
     if source is None:
         return None
@@ -382,6 +383,15 @@ def _config_vocab(repo: Repository, m: ResolvedModel) -> int | None:
 
 
 def _file(repo: Repository, m: ResolvedModel, path: str) -> bytes | None:
+    """A file of model `m`: from its commit, or from its folder when it is not stored yet."""
+    if m.committed_from_path and not m.commit:
+        from pathlib import Path
+
+        f = Path(m.ref.text).expanduser() / path
+        try:
+            return f.read_bytes() if f.is_file() else None
+        except OSError as e:
+            raise MergeError(f"tokenizer merge: cannot read {f}: {e.strerror}") from None
     from mergestore.merge.layout import _known_tree, _read_blob
 
     for e in _known_tree(repo, m.commit).entries:

@@ -270,3 +270,45 @@ def test_vocabulary_tensors_are_embeddings_and_heads_only() -> None:
     other = ["transformer.word_embeddings_layernorm.weight", "model.norm.weight"]
     other += ["lm_head.bias", "model.layers.0.mlp.up_proj.weight"]
     assert [fit.applies(n) for n in vocab + other] == [True] * len(vocab) + [False] * len(other)
+
+
+@pytest.mark.parametrize(
+    "tokenizer,message",
+    [
+        ("{tokens: {'<x>': {source: nowhere}}}", "'nowhere' is not one of the merge's models"),
+        ("{source: union}", "has no tokenizer.json"),
+    ],
+)
+def test_cli_refused_tokenizer_merge_of_folders_stores_nothing(
+    cli, tmp_path: Path, tokenizer: str, message: str
+) -> None:
+    """Folder inputs are checked (tokenizer included) before they are stored: merge/precheck."""
+    import hashlib
+    import os
+    import shutil
+
+    fam = write_family(tmp_path / "fam")
+    if "union" in tokenizer:
+        shutil.copytree(fam["chat"], tmp_path / "bare")
+        (tmp_path / "bare" / "tokenizer.json").unlink()
+        fam["base"] = tmp_path / "bare"
+    store = tmp_path / "store"
+    assert cli("--store", store, "init").code == 0
+
+    def snapshot() -> dict[str, str]:
+        return {
+            os.path.join(r, f): hashlib.sha256(Path(r, f).read_bytes()).hexdigest()
+            for r, _, fs in os.walk(store)
+            for f in fs
+            if "lock" not in f
+        }
+
+    before = snapshot()
+    cfg = tmp_path / "m.yml"
+    cfg.write_text(
+        f"merge_method: task_arithmetic\nbase_model: {fam['base']}\nmodels:\n"
+        f"  - model: {fam['chat']}\n    parameters: {{weight: 0.5}}\ntokenizer: {tokenizer}\n"
+    )
+    r = cli("--store", store, "merge", "--config", cfg)
+    assert r.code == 1 and r.err.count("\n") == 1 and message in r.err, r.err
+    assert snapshot() == before

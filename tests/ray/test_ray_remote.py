@@ -154,3 +154,24 @@ def test_corrupt_remote_block_fails_the_ray_merge_naming_it(
     assert r.err.startswith("error: ") and r.err.strip().count("\n") == 0, r.err
     assert bid.hex()[:12] in r.err and "corrupt" in r.err and rec.name in r.err
     assert cli("--store", clone, "show", "x").code != 0  # nothing published
+
+
+def test_ray_merge_on_a_store_opened_by_url_is_refused_before_any_task(
+    ray_session, tmp_path: Path, cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--store URL` is a read-only view: a Ray merge there says so in one line before any
+    task runs, and leaves no worker pack in the view's cache."""
+    monkeypatch.setenv("MERGESTORE_CACHE", str(tmp_path / "cache"))
+    src, _fam = family_store(tmp_path / "src", PRESETS["tiny"])
+    url = f"file://{tmp_path / 'remote'}"
+    src.add_remote("origin", url)
+    assert src.push("origin", "main", "dense_small").ok
+    src.close()
+    assert cli("--store", url, "log").code == 0  # the view exists, its packs as they are
+    views = list((tmp_path / "cache" / "views").iterdir())
+    before = sorted(p.name for p in (views[0] / "packs").iterdir())
+    r = cli("--store", url, "merge", "--method", "task_arithmetic", "--base", "main",
+            "origin/dense_small", "-w", "0.5", "-b", "x", "--executor", "ray")  # fmt: skip
+    assert r.code == 1 and r.err.startswith("error: ") and r.err.count("\n") == 1, r.err
+    assert "read-only view" in r.err
+    assert sorted(p.name for p in (views[0] / "packs").iterdir()) == before

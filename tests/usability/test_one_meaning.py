@@ -9,7 +9,7 @@ import re
 import torch
 from safetensors.torch import save_file
 
-SINGULAR_BUG = re.compile(r"\b1 (blocks|tensors|files|changed block pairs)\b")
+SINGULAR_BUG = re.compile(r"\b1 (blocks|tensors|files|changed block pairs|stored blocks)\b")
 
 
 def test_blocks_count_the_same_thing_in_commit_show_ls_and_diff(ms, tiny_family) -> None:
@@ -68,12 +68,14 @@ def test_one_block_is_singular(ms, tmp_path) -> None:
         ms("ls", "one", "--tensors").out,
         ms("diff", "one", "one").out,
         ms("du").out,
+        ms("checkout", "one", tmp_path / "co").out,
     ]
     for out in outs:
         assert not SINGULAR_BUG.search(out), out
     assert "(1 tensor)" in outs[1] and "1 file, 1 tensor, 1 block\n" in outs[1]
     assert outs[2].splitlines()[-1] == "1 tensor, 1 block"
     assert "0 of 1 block changed" in outs[3]
+    assert ": 1 file, " in outs[5]
 
 
 def test_store_wide_counts_say_stored_blocks(ms, tmp_path) -> None:
@@ -91,3 +93,24 @@ def test_store_wide_counts_say_stored_blocks(ms, tmp_path) -> None:
         counts = re.findall(r"\d[\d,]* (\w+ )?blocks?\b", out)
         assert counts and all(w == "stored " for w in counts), (name, out)
         assert not SINGULAR_BUG.search(out), out
+
+
+def test_progress_bars_show_binary_rates(fam_store, tmp_path) -> None:
+    """The bar next to "0.2/1.2 MiB" says MiB/s, not rich's decimal MB/s (run as a user would,
+    with the bar forced on as on a terminal)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "MERGESTORE_PROGRESS": "1", "TTY_COMPATIBLE": "1", "COLUMNS": "160"}
+    cmd = [sys.executable, "-c", "from mergestore.cli.entry import run; run()"]
+    r = subprocess.run(
+        [*cmd, "--store", str(fam_store), "checkout", "frozen", str(tmp_path / "co")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    assert re.search(r"\d B/s|[\d.]+ [KMG]iB/s", r.stderr), r.stderr[-500:]
+    assert not re.search(r"[\d.]+ [kMG]B/s", r.stderr)

@@ -45,7 +45,12 @@ def test_names_with_a_non_hex_character_still_work(ms) -> None:
 
 
 def test_a_branch_and_a_tag_of_one_name_are_ambiguous_where_used(ms) -> None:
-    assert ms("tag", "frozen", "dense_small").code == 0
+    t = ms("tag", "frozen", "dense_small")
+    assert t.code == 0 and "warning: branch 'frozen' exists too" in t.err
+    j = ms("branch", "v9", "--json").json()
+    assert j["warnings"] == []
+    j = ms("tag", "v9", "--json").json()
+    assert len(j["warnings"]) == 1 and "ambiguous" in j["warnings"][0]
     for args in (
         ("log", "frozen"),
         ("show", "frozen"),
