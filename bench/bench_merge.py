@@ -27,6 +27,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -61,6 +62,34 @@ def method_config(method: str, base: str, experts: list[str]) -> dict:
             "models": [{"model": base}, {"model": experts[0]}],
             "parameters": {"t": 0.4},
         }
+    if method == "nearswap":
+        return {
+            "merge_method": "nearswap",
+            "base_model": base,
+            "models": [{"model": base}, {"model": experts[0]}],
+            "parameters": {"t": 0.001},
+        }
+    if method == "nuslerp":  # two models, no base: slerp of the weights themselves
+        return {
+            "merge_method": "nuslerp",
+            "models": [
+                {"model": experts[0], "parameters": {"weight": 0.6}},
+                {"model": experts[1], "parameters": {"weight": 0.4}},
+            ],
+        }
+    if method in ("multislerp", "karcher"):  # multislerp of the task vectors; karcher has no base
+        cfg: dict = {"merge_method": method, "models": [{"model": e} for e in experts]}
+        if method == "multislerp":
+            cfg["base_model"] = base
+            for m in cfg["models"]:
+                m["parameters"] = {"weight": w}
+        return cfg
+    if method in ("ram", "sce"):
+        models = [{"model": e} for e in experts]
+        cfg = {"merge_method": method, "base_model": base, "models": models}
+        if method == "sce":
+            cfg["parameters"] = {"select_topk": 0.5}
+        return cfg
     if method == "model_stock":
         return {
             "merge_method": "model_stock",
@@ -438,7 +467,7 @@ def print_commands(args: argparse.Namespace) -> None:
     base_dir, expert_dirs = model_dirs[0], model_dirs[1:]
     tag = (args.config_dtype or "stored").replace(":", "-")
     run, ms_out, mk_out = out / "store-run", out / "ms-out", out / "mk-out"
-    ms = " ".join(mergestore_cmd(args))
+    ms = shlex.join(mergestore_cmd(args))
     for method in args.methods.split(","):
         mk_cfg = write_yaml(
             out / f"{method}.{tag}.mergekit.yml",

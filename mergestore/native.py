@@ -29,6 +29,14 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
         "mergestore/ops/lanes.py",  # twins: the fp32 torch paths of ops/gta.py, ops/linear.py
         ("gta_sum32", "gta_consensus32", "linear32", "convert"),
     ),
+    "merge_elementwise.c": (
+        "mergestore/ops/lane_elementwise.py",  # twins: ops/nearswap.py and ops/ram.py
+        ("nearswap", "ram"),
+    ),
+    "merge_reduce.c": (
+        "mergestore/ops/lane_reduce.py",  # twin: ops/model_stock.py
+        ("torch_sum32", "model_stock_stats32", "model_stock_mix32"),
+    ),
     "rank_cuts.c": (
         "mergestore/ops/sparsify.py",  # the fp32 cuts' Python side: ops/lanes.py (cut_delta32)
         (

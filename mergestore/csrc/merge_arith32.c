@@ -10,12 +10,10 @@
  * (measured; 5 or more use several accumulators), so ops/lanes.py takes at most 4 inputs. */
 #include "native.h"
 
-enum { FMT_BF16 = 0, FMT_F16 = 1, FMT_F32 = 2 };
-
-static const Py_ssize_t fmt_size[3] = {2, 2, 4};
+const Py_ssize_t fmt_size[3] = {2, 2, 4};
 
 /* dst[j] = element s + j of src (format fmt) as fp32, exactly. */
-HOT static void widen(float *dst, const void *src, int fmt, Py_ssize_t s, Py_ssize_t m) {
+HOT void widen(float *dst, const void *src, int fmt, Py_ssize_t s, Py_ssize_t m) {
     if (fmt == FMT_F32) {
         memcpy(dst, (const float *)src + s, (size_t)m * sizeof(float));
     } else if (fmt == FMT_BF16) {
@@ -34,7 +32,7 @@ HOT static void widen(float *dst, const void *src, int fmt, Py_ssize_t s, Py_ssi
 }
 
 /* Elements s .. s + m of dst (format fmt) = src rounded to the format (nearest even). */
-HOT static void narrow(void *dst, int fmt, Py_ssize_t s, const float *src, Py_ssize_t m) {
+HOT void narrow(void *dst, int fmt, Py_ssize_t s, const float *src, Py_ssize_t m) {
     if (fmt == FMT_F32) {
         memcpy((float *)dst + s, src, (size_t)m * sizeof(float));
     } else if (fmt == FMT_BF16) {
@@ -160,15 +158,7 @@ HOT static void convert(void *out, int out_fmt, const void *x, int x_fmt, Py_ssi
 
 /* ------------------------------------------------------------------ argument handling */
 
-/* A sequence of (buffer, format) inputs of n elements each. */
-typedef struct {
-    Py_ssize_t k;
-    Buf *bufs;
-    const void **ptrs;
-    int *fmts;
-} Inputs;
-
-static void inputs_release(Inputs *in) {
+void inputs_release(Inputs *in) {
     if (in->bufs)
         for (Py_ssize_t i = 0; i < in->k; i++) release(&in->bufs[i]);
     PyMem_Free(in->bufs);
@@ -177,7 +167,7 @@ static void inputs_release(Inputs *in) {
     memset(in, 0, sizeof *in);
 }
 
-static int check_fmt(int fmt) {
+int check_fmt(int fmt) {
     if (fmt < 0 || fmt > 2) {
         PyErr_Format(PyExc_ValueError, "unknown float format code %d", fmt);
         return -1;
@@ -186,7 +176,7 @@ static int check_fmt(int fmt) {
 }
 
 /* One buffer of n elements of format fmt (n < 0: any whole number, n set from it). */
-static int get_fmt_buf(PyObject *o, int fmt, Py_ssize_t *n, int writable, Buf *b,
+int get_fmt_buf(PyObject *o, int fmt, Py_ssize_t *n, int writable, Buf *b,
                        const char *what) {
     if (check_fmt(fmt) < 0 || get_buf(o, b, writable, fmt_size[fmt], what) < 0) return -1;
     Py_ssize_t len = b->view.len / fmt_size[fmt];
@@ -199,7 +189,7 @@ static int get_fmt_buf(PyObject *o, int fmt, Py_ssize_t *n, int writable, Buf *b
     return 0;
 }
 
-static int get_inputs(PyObject *xs_o, PyObject *fmts_o, Py_ssize_t n, Inputs *in) {
+int get_inputs(PyObject *xs_o, PyObject *fmts_o, Py_ssize_t n, Inputs *in) {
     memset(in, 0, sizeof *in);
     PyObject *xs = PySequence_Fast(xs_o, "expected a sequence of buffers");
     if (!xs) return -1;

@@ -4,6 +4,8 @@
  * lists them):
  *   merge_arith.c  (+ merge_arith16.h)  GTA and linear arithmetic, 16-bit compute  ops/lane16.py
  *   merge_arith32.c  the same with fp32 compute, inputs and output in any format  ops/lanes.py
+ *   merge_elementwise.c  nearswap and ram, any compute format  ops/lane_elementwise.py
+ *   merge_reduce.c  torch-order sums and norms; model_stock in fp32  ops/lane_reduce.py
  *   rank_cuts.c    magnitude rank cuts, row ranks, della's probabilities  ops/sparsify.py
  *   delta_stats.c  fp64 statistics of B - A              diff.py (block_stats)
  *   byte_planes.c  byte-plane joins of the codecs         store/codecs/byteplane.py
@@ -252,6 +254,31 @@ F16C_TARGET static inline void narrow_f16c(uint16_t *dst, const float *src, Py_s
 #define HAVE_F16C_KERNELS 0
 #endif
 
+/* ------------------------------------------------------------------ any-format arrays */
+
+/* Float format codes of the lanes (ops/lanes.py FMT) and their sizes; merge_arith32.c has
+ * the helpers, shared with merge_elementwise.c. */
+enum { FMT_BF16 = 0, FMT_F16 = 1, FMT_F32 = 2 };
+extern const Py_ssize_t fmt_size[3];
+
+/* A sequence of (buffer, format) inputs of n elements each. */
+typedef struct {
+    Py_ssize_t k;
+    Buf *bufs;
+    const void **ptrs;
+    int *fmts;
+} Inputs;
+
+/* dst[j] = element s + j of src (format fmt) as fp32, exactly. */
+void widen(float *dst, const void *src, int fmt, Py_ssize_t s, Py_ssize_t m);
+/* Elements s .. s + m of dst (format fmt) = src rounded to the format (nearest even). */
+void narrow(void *dst, int fmt, Py_ssize_t s, const float *src, Py_ssize_t m);
+int check_fmt(int fmt);
+/* One buffer of n elements of format fmt (n < 0: any whole number, n set from it). */
+int get_fmt_buf(PyObject *o, int fmt, Py_ssize_t *n, int writable, Buf *b, const char *what);
+int get_inputs(PyObject *xs_o, PyObject *fmts_o, Py_ssize_t n, Inputs *in);
+void inputs_release(Inputs *in);
+
 /* ------------------------------------------------------------------ entry points */
 
 /* merge_arith.c */
@@ -263,6 +290,13 @@ PyObject *py_gta_sum32(PyObject *self, PyObject *args);
 PyObject *py_gta_consensus32(PyObject *self, PyObject *args);
 PyObject *py_linear32(PyObject *self, PyObject *args);
 PyObject *py_convert(PyObject *self, PyObject *args);
+/* merge_elementwise.c */
+PyObject *py_nearswap(PyObject *self, PyObject *args);
+PyObject *py_ram(PyObject *self, PyObject *args);
+/* merge_reduce.c */
+PyObject *py_torch_sum32(PyObject *self, PyObject *args);
+PyObject *py_model_stock_stats32(PyObject *self, PyObject *args);
+PyObject *py_model_stock_mix32(PyObject *self, PyObject *args);
 /* rank_cuts.c */
 PyObject *py_sub_hist_bf16(PyObject *self, PyObject *args);
 PyObject *py_nth_equal16(PyObject *self, PyObject *args);

@@ -294,7 +294,8 @@ class Engine:
         shared, per_input = validate_params(
             spec, task.plan.shared, list(task.plan.per_input), has_base=task.base is not None
         )
-        why = lanes.reason(self.method, compute, shared, per_input)
+        numel = int(np.prod(recs[0].shape, dtype=np.int64))
+        why = lanes.reason(self.method, compute, shared, per_input, numel)
         return (None, why) if why is not None else (compute, "")
 
     def lane_report(self, n_tasks: int) -> dict[str, object]:

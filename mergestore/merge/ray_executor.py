@@ -73,8 +73,10 @@ def worker_priority_env() -> None:
     """Workers of a Ray instance this process starts run at its own priority. Ray's default
     niceness for workers (15) starves a merge's tasks as soon as anything else runs on the
     node (measured: docs/benchmarks.md); a value the user set is kept, and a cluster that is
-    already running keeps its own (`RAY_worker_niceness=0 ray start ...`)."""
-    os.environ.setdefault(NICENESS_ENV, str(os.nice(0)))
+    already running keeps its own (`RAY_worker_niceness=0 ray start ...`). The raylet applies
+    the value as an increment to the niceness its workers inherit from this process, so 0 keeps
+    the driver's priority (the driver's own niceness would count it twice)."""
+    os.environ.setdefault(NICENESS_ENV, "0")
 
 
 def _first_line(e: BaseException) -> str:

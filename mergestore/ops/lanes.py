@@ -18,6 +18,8 @@ What the fp32 lane covers, with the torch path's bits (tests/ops/test_lanes.py):
   measured; more use several accumulators);
 - ties, breadcrumbs, breadcrumbs_ties: rank cuts with 0 < density < 1 and no rescale (what
   ops.sparsify.cut_streams says), at most FP32_MAX_INPUTS inputs.
+- nearswap, and ram with at most 4 inputs: in any compute dtype (ops.lane_elementwise);
+- model_stock in fp32 compute, without filter_wise (ops.lane_reduce).
 Everything else goes through torch; `reason()` says why, for `merge --json`.
 """
 
@@ -29,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from mergestore import native
-from mergestore.ops import alloc, sparsify
+from mergestore.ops import alloc, lane_elementwise, lane_reduce, sparsify
 from mergestore.ops.lane16 import (
     LANES,
     MAGNITUDE,
@@ -59,6 +61,17 @@ _FP32_GTA: dict[str, tuple[str | None, bool]] = {
 _RANDOM_WHY = "random drops and L1 rescale in torch (the C kernels combine the deltas)"
 _TORCH_SPARSIFIED = {
     m: f"{m}: {_RANDOM_WHY}" for m in ("dare_ties", "dare_linear", "della", "della_linear")
+}
+
+
+# Why the methods that reduce a whole tensor stay on torch (docs/methods.md, "The torch-free
+# lane"): torch's transcendental functions (SLEEF) differ from the C library's in the last bit,
+# and its norms, dot products and variances add in its own vectorized order.
+_TRIG_WHY = "acos/sin/cos in torch (its SLEEF results differ from C's libm in the last bit)"
+_REDUCE_WHY = "whole-tensor reductions in torch's vectorized order (no C kernel yet)"
+_TORCH_MATH = {
+    **{m: f"{m}: {_TRIG_WHY}" for m in ("slerp", "nuslerp", "multislerp", "karcher")},
+    "sce": f"sce: {_REDUCE_WHY}",
 }
 
 
@@ -94,10 +107,18 @@ def reason(
     compute: str,
     shared: Mapping[str, Any],
     per_input: Sequence[Mapping[str, Any]],
+    numel: int | None = None,
 ) -> str | None:
-    """None if the lane computes this tensor with the torch path's bits, else why not."""
+    """None if the lane computes this tensor (of `numel` elements, if known) with the torch
+    path's bits, else why not."""
     if native.kernels is None:
         return "the C kernels are not built"
+    if method in lane_elementwise.METHODS:
+        return lane_elementwise.reason(method, per_input)
+    if method == "model_stock":
+        return lane_reduce.reason(compute, shared, len(per_input), numel)
+    if method in _TORCH_MATH:
+        return _TORCH_MATH[method]
     if compute in ("BF16", "F16"):
         lane = LANES.get(method)
         if lane is None:
@@ -141,6 +162,15 @@ def merge(
     """One output tensor on the lane (reason() is None for it): the kernel's result in the
     compute dtype, rounded to out_dtype if given."""
     like = base if base is not None else inputs[0]
+    if method in lane_elementwise.METHODS:
+        assert base is not None
+        if not inputs:  # ram of the base alone: the base in the compute dtype
+            result = convert(base, compute)
+            return convert(result, out_dtype) if out_dtype is not None else result
+        return lane_elementwise.merge(method, base, inputs, shared, compute, out_dtype)
+    if method == "model_stock":
+        assert base is not None
+        return lane_reduce.model_stock32(base, inputs, out_dtype or "F32")
     if compute == "F32":
         result = _merge32(method, base, inputs, shared, per_input, out_dtype or "F32")
         return result.reshape(like.shape)

@@ -27,6 +27,8 @@ MERGES = [
     ("dare_ties", "main", [0.6, 0.3, 0.4], {"density": 0.6}, "bfloat16", None, None),
     ("della", "main", [0.5, 0.3, 0.2], {"density": 0.5, "epsilon": 0.1}, "float32", None, None),
     ("model_stock", "main", None, {}, "bfloat16", None, None),
+    ("ram", "main", None, {"epsilon": 2e-5}, "float32", "bfloat16", None),  # the C lane
+    ("model_stock", "main", None, {}, "float32", "bfloat16", None),  # C, torch's sum orders
     ("task_arithmetic", "main", [0.4, 0.4, 0.4], {}, "bfloat16", None, "50%"),
 ]
 

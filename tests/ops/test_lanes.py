@@ -140,7 +140,10 @@ def test_reasons(compute):
     assert "density" in lanes.reason("ties", compute, shared, per)
     spec = get_method("slerp")
     shared, per = validate_params(spec, {"t": 0.5}, [{}], has_base=True)
-    assert "no torch-free kernel" in lanes.reason("slerp", compute, shared, per)
+    assert "acos/sin/cos in torch" in lanes.reason("slerp", compute, shared, per)
+    spec = get_method("sce")
+    shared, per = validate_params(spec, {}, [{}, {}], has_base=True)
+    assert "reductions" in lanes.reason("sce", compute, shared, per)
     if compute == "F32":
         spec = get_method("task_arithmetic")
         shared, per = validate_params(spec, {}, [{"weight": 1.0}] * 5, has_base=True)
@@ -191,3 +194,177 @@ def test_fp32_torch_sparsified_deltas_combined_by_the_kernels(method, params, n,
     monkeypatch.setattr(native, "kernels", None)
     slow = run()
     assert same_bits(fast, slow)
+
+
+# nearswap and ram (ops.lane_elementwise): shared parameters, any compute dtype.
+ELEMENTWISE = {
+    "nearswap": ({"t": 0.0007}, 1),
+    "ram": ({"epsilon": 1e-5}, 4),
+}
+
+
+def check_shared(method, base, xs, shared, compute, out_dtype):
+    """check() for a method whose parameters are shared (nearswap, ram)."""
+    spec = get_method(method)
+    shared_r, per_r = validate_params(spec, shared, [{}] * len(xs), has_base=True)
+    assert lanes.reason(method, compute, shared_r, per_r) is None
+    kernels, native.kernels = native.kernels, None
+    try:
+        want = merge_tensor(
+            method, base, xs, shared, [{}] * len(xs), CTX,
+            dtype=TORCH[compute], out_dtype=TORCH[out_dtype] if out_dtype else None,
+        )  # fmt: skip
+    finally:
+        native.kernels = kernels
+    got = lanes.merge(
+        method, to_lane(base), [to_lane(x) for x in xs], shared_r, per_r, compute, out_dtype
+    )
+    assert same_bits(from_lane(got).reshape(want.shape), want), (method, compute, out_dtype)
+
+
+@pytest.mark.parametrize("method", sorted(ELEMENTWISE))
+@pytest.mark.parametrize("compute", NAMES)
+@pytest.mark.parametrize("out_dtype", [None, *NAMES])
+def test_elementwise_every_dtype_combination(method, compute, out_dtype):
+    shared, n = ELEMENTWISE[method]
+    dtypes = ["BF16", "F32", "BF16", "F16", "BF16"]
+    base, xs = family(n, (37, 129), dtypes, seed=len(method) + len(compute))
+    check_shared(method, base, xs, shared, compute, out_dtype)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    method=st.sampled_from(sorted(ELEMENTWISE)),
+    shape=st.lists(st.integers(1, 70), min_size=1, max_size=3).map(tuple),
+    n=st.integers(0, 4),
+    dtypes=st.lists(st.sampled_from(NAMES), min_size=5, max_size=5),
+    compute=st.sampled_from(NAMES),
+    out_dtype=st.sampled_from([None, *NAMES]),
+    seed=st.integers(0, 1000),
+    ties=st.booleans(),
+    param=st.sampled_from([0.0, 1e-6, 1e-5, 3e-4, 0.01, 1.0]),
+)
+def test_elementwise_random(method, shape, n, dtypes, compute, out_dtype, seed, ties, param):
+    """Random shapes, dtype mixes and parameters (epsilon and t at and around the deltas'
+    magnitudes, so the masks and clamps cut through the data); ram also with no inputs."""
+    n = 1 if method == "nearswap" else n
+    base, xs = family(n, shape, dtypes, seed, ties)
+    shared = {"t": param} if method == "nearswap" else {"epsilon": param}
+    check_shared(method, base, xs, shared, compute, out_dtype)
+
+
+@pytest.mark.parametrize("method", sorted(ELEMENTWISE))
+@pytest.mark.parametrize("compute", NAMES)
+def test_elementwise_large_tensors_split_over_two_threads(method, compute, monkeypatch):
+    from mergestore.ops import lane16
+
+    monkeypatch.setattr(lane16, "PARALLEL_MIN", 1000)
+    shared, n = ELEMENTWISE[method]
+    base, xs = family(n, (61, 77), ["F32", "BF16", "F16", "BF16", "F32"], seed=4)
+    check_shared(method, base, xs, shared, compute, "BF16")
+
+
+@pytest.mark.parametrize("method", sorted(ELEMENTWISE))
+def test_elementwise_infinities(method):
+    shared, n = ELEMENTWISE[method]
+    base, xs = family(n, (40, 50), ["BF16", "F32", "BF16", "F32", "BF16"], seed=9)
+    xs[0][0, :5] = float("inf")
+    base[2, :3] = float("-inf")
+    check_shared(method, base, xs, shared, "F32", "BF16")
+
+
+def test_ram_reasons():
+    spec = get_method("ram")
+    shared, per = validate_params(spec, {}, [{}] * 5, has_base=True)
+    assert "more than 4" in lanes.reason("ram", "BF16", shared, per)
+    shared, per = validate_params(spec, {}, [{}] * 4, has_base=True)
+    assert lanes.reason("ram", "F16", shared, per) is None
+
+
+@pytest.mark.parametrize("compute", NAMES)
+def test_ram_epsilon_at_the_threshold(compute):
+    """Deltas exactly at epsilon as the compute dtype rounds it, and one step either side:
+    torch compares in the compute dtype."""
+    eps = 1e-5
+    at = torch.tensor([eps], dtype=TORCH[compute])
+    up = torch.nextafter(at, torch.tensor([1.0], dtype=TORCH[compute]))
+    down = torch.nextafter(at, torch.tensor([0.0], dtype=TORCH[compute]))
+    row = torch.cat([at, up, down, -at, -up, -down, torch.tensor([eps], dtype=torch.float32)])
+    base = torch.zeros(3, row.numel(), dtype=torch.float32)
+    xs = [base + row.float(), base + row.float().flip(0), base + 2 * row.float()]
+    check_shared("ram", base, xs, {"epsilon": eps}, compute, None)
+
+
+# model_stock (ops.lane_reduce): fp32 compute, tensors of a multiple of 8 elements.
+def check_model_stock(base, xs, out_dtype):
+    spec = get_method("model_stock")
+    shared, per = validate_params(spec, {}, [{}] * len(xs), has_base=True)
+    assert lanes.reason("model_stock", "F32", shared, per, base.numel()) is None
+    # torch on one thread, as the engine runs it: a reduction's order depends on the threads
+    kernels, native.kernels, threads = native.kernels, None, torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        want = merge_tensor(
+            "model_stock", base, xs, {}, [{}] * len(xs), CTX,
+            dtype=torch.float32, out_dtype=TORCH[out_dtype] if out_dtype else None,
+        )  # fmt: skip
+    finally:
+        native.kernels = kernels
+        torch.set_num_threads(threads)
+    got = lanes.merge(
+        "model_stock", to_lane(base), [to_lane(x) for x in xs], shared, per, "F32", out_dtype
+    )
+    assert same_bits(from_lane(got).reshape(want.shape), want), out_dtype
+
+
+@pytest.mark.parametrize("out_dtype", [None, *NAMES])
+@pytest.mark.parametrize("n", [2, 3, 4, 6])
+def test_model_stock_fp32_every_dtype_mix(out_dtype, n):
+    dtypes = ["BF16", "F32", "BF16", "F16", "BF16", "F32", "BF16"]
+    base, xs = family(n, (37, 128), dtypes, seed=n)
+    check_model_stock(base, xs, out_dtype)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    shape=st.lists(st.integers(1, 70), min_size=1, max_size=2).map(lambda s: (*s, 8)),
+    n=st.integers(2, 8),
+    dtypes=st.lists(st.sampled_from(NAMES), min_size=9, max_size=9),
+    out_dtype=st.sampled_from([None, *NAMES]),
+    seed=st.integers(0, 1000),
+)
+def test_model_stock_fp32_random(shape, n, dtypes, out_dtype, seed):
+    """The norms' and dot products' reduction orders hold for any size (a multiple of 8)."""
+    base, xs = family(n, shape, dtypes, seed)
+    check_model_stock(base, xs, out_dtype)
+
+
+def test_model_stock_fp32_large_tensor_cascade_levels(monkeypatch):
+    """Sizes whose sums run through several cascade levels (2^20 elements and more), also
+    split over two threads."""
+    from mergestore.ops import lane16
+
+    monkeypatch.setattr(lane16, "PARALLEL_MIN", 1000)
+    base, xs = family(3, (1 << 20) + 8 * 37, ["BF16", "BF16", "F32", "BF16"], seed=1)
+    check_model_stock(base, xs, "BF16")
+
+
+def test_torch_sum32_is_torch_sum():
+    g, threads = torch.Generator().manual_seed(0), torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for n in [1, 2, 3, 5, 7, 8, 9, 31, 33, 127, 129, 1000, 65536 * 2 + 3, 3_000_001]:
+            x = torch.randn(n, generator=g)
+            assert np.float32(native.kernels.torch_sum32(x.numpy())) == x.sum().item(), n
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_model_stock_reasons():
+    spec = get_method("model_stock")
+    shared, per = validate_params(spec, {}, [{}] * 3, has_base=True)
+    assert lanes.reason("model_stock", "F32", shared, per, 64) is None
+    assert "multiple of 8" in lanes.reason("model_stock", "F32", shared, per, 63)
+    assert "16-bit" in lanes.reason("model_stock", "BF16", shared, per, 64)
+    shared, per = validate_params(spec, {"filter_wise": True}, [{}] * 3, has_base=True)
+    assert "filter_wise" in lanes.reason("model_stock", "F32", shared, per, 64)

@@ -39,4 +39,4 @@ def test_a_user_setting_of_worker_niceness_is_kept(monkeypatch: pytest.MonkeyPat
     assert os.environ[NICENESS_ENV] == "10"
     monkeypatch.delenv(NICENESS_ENV)
     worker_priority_env()
-    assert os.environ[NICENESS_ENV] == str(os.nice(0))
+    assert os.environ[NICENESS_ENV] == "0"  # an increment: workers keep the driver's niceness

@@ -1,0 +1,300 @@
+/* Whole-tensor reductions in torch's order, and model_stock in fp32 compute (ops/model_stock.py)
+ * on inputs of any float format. Python side: mergestore/ops/lane_reduce.py; tests/ops/
+ * test_lanes.py compares both with torch.
+ *
+ * torch (2.x, CPU, one thread) reduces a contiguous fp32 tensor with its AVX2 kernels (also on
+ * AVX-512 machines: these kernels are not built for AVX-512), in these orders (measured
+ * against torch on sizes 1 to 3M):
+ *   - the 2-norm (torch.norm, linalg.vector_norm): eight lane accumulators acc[i % 8] +=
+ *     x * x (a product rounded, then a sum: no FMA) over the whole 8-element vectors, the lanes
+ *     added in order, then the tail elements, then the square root;
+ *   - the sum (SumKernel.cpp's cascade_sum): rows of four 8-lane vectors accumulated in a
+ *     cascade of four levels (each level takes 2^max(4, ceil(log2(rows)) / 4) rows of the one
+ *     below), the leftover vectors added to the first, the four vectors added in order, then
+ *     the scalar tail summed from 0 plus the eight lanes in order; under 8 elements, four
+ *     scalar accumulators the same way. */
+#include "native.h"
+
+#define LANES 8
+#define ROW 32 /* four vectors of eight lanes */
+#define LEVELS 4
+
+/* torch's cascade_sum over n fp32 values, fed in order (cascade_feed), read by cascade_end. */
+typedef struct {
+    Py_ssize_t n, vec_end, row_end, rows, step;
+    int lp, finished_rows;
+    float acc[LEVELS][ROW];
+    float tail;
+    Py_ssize_t row; /* rows fed */
+} Cascade;
+
+static int ceil_log2(Py_ssize_t x) {
+    int r = 0;
+    if (x <= 1) return 0;
+    for (Py_ssize_t v = x - 1; v; v >>= 1) r++;
+    return r;
+}
+
+static void cascade_init(Cascade *c, Py_ssize_t n) {
+    memset(c, 0, sizeof *c);
+    c->n = n;
+    int vec = n >= LANES; /* under 8 elements: the scalar path, rows of 4 scalars */
+    Py_ssize_t width = vec ? ROW : 4;
+    Py_ssize_t units = vec ? n / LANES : n; /* vectors, or scalars */
+    c->rows = units / 4;
+    c->row_end = c->rows * width;
+    c->vec_end = vec ? units * LANES : c->row_end;
+    int lp = ceil_log2(c->rows) / LEVELS;
+    c->lp = lp < 4 ? 4 : lp;
+    c->step = (Py_ssize_t)1 << c->lp;
+}
+
+/* Levels 1.. take the level below after every `step` rows of level 0, as torch's loop. */
+static inline void cascade_row_done(Cascade *c, Py_ssize_t width) {
+    c->row++;
+    if (c->row % c->step != 0) return;
+    Py_ssize_t mask = c->step - 1;
+    for (int j = 1; j < LEVELS; j++) {
+        for (Py_ssize_t k = 0; k < width; k++) {
+            c->acc[j][k] += c->acc[j - 1][k];
+            c->acc[j - 1][k] = 0.0f;
+        }
+        if ((c->row & (mask << (j * c->lp))) != 0) break;
+    }
+}
+
+static inline void cascade_close_rows(Cascade *c, Py_ssize_t width) {
+    if (c->finished_rows) return;
+    for (int j = 1; j < LEVELS; j++)
+        for (Py_ssize_t k = 0; k < width; k++) c->acc[0][k] += c->acc[j][k];
+    c->finished_rows = 1;
+}
+
+/* Elements s .. s + m of the sequence (s a multiple of ROW unless it is the first call). */
+HOT static void cascade_feed(Cascade *c, const float *restrict v, Py_ssize_t s, Py_ssize_t m) {
+    int vec = c->n >= LANES;
+    Py_ssize_t width = vec ? ROW : 4;
+    Py_ssize_t j = 0;
+    /* whole rows: a tile starts on a row (s is a multiple of ROW), so rows are whole here */
+    if (vec) {
+        float row[ROW];
+        memcpy(row, c->acc[0], sizeof row);
+        while (j + ROW <= m && s + j < c->row_end) {
+            for (Py_ssize_t k = 0; k < ROW; k++) row[k] += v[j + k];
+            j += ROW;
+            if ((c->row + 1) % c->step == 0) { /* the cascade reads and clears level 0 */
+                memcpy(c->acc[0], row, sizeof row);
+                cascade_row_done(c, width);
+                memcpy(row, c->acc[0], sizeof row);
+            } else {
+                c->row++;
+            }
+        }
+        memcpy(c->acc[0], row, sizeof row);
+    }
+    while (j < m && s + j < c->row_end) {
+        Py_ssize_t at = (s + j) % width;
+        Py_ssize_t take = width - at;
+        if (take > m - j) take = m - j;
+        for (Py_ssize_t k = 0; k < take; k++) c->acc[0][at + k] += v[j + k];
+        j += take;
+        if (at + take == width) cascade_row_done(c, width);
+    }
+    if (j < m || s + j >= c->row_end) cascade_close_rows(c, width);
+    if (vec) {
+        /* leftover whole vectors, into the first vector */
+        for (; j < m && s + j < c->vec_end; j++) c->acc[0][(s + j) % LANES] += v[j];
+        /* the scalar tail, summed from 0 */
+        for (; j < m; j++) c->tail += v[j];
+    } else {
+        for (; j < m; j++) c->acc[0][0] += v[j]; /* the tail into the first accumulator */
+    }
+}
+
+static float cascade_end(Cascade *c) {
+    int vec = c->n >= LANES;
+    Py_ssize_t width = vec ? ROW : 4;
+    cascade_close_rows(c, width);
+    float r;
+    if (vec) {
+        for (int q = 1; q < 4; q++)
+            for (int l = 0; l < LANES; l++) c->acc[0][l] += c->acc[0][q * LANES + l];
+        r = c->tail;
+        for (int l = 0; l < LANES; l++) r += c->acc[0][l];
+    } else {
+        r = c->acc[0][0];
+        for (int q = 1; q < 4; q++) r += c->acc[0][q];
+    }
+    return 0.0f + r; /* the output starts at 0 and takes the sum */
+}
+
+/* torch's fp32 2-norm, fed in order. */
+typedef struct {
+    Py_ssize_t vec_end;
+    float acc[LANES];
+    float sum; /* the lanes' sum, then the tail added to it */
+    int lanes_done;
+} Norm;
+
+static void norm_init(Norm *q, Py_ssize_t n) {
+    memset(q, 0, sizeof *q);
+    q->vec_end = n - n % LANES;
+}
+
+static inline void norm_close_lanes(Norm *q) {
+    if (q->lanes_done) return;
+    q->sum = q->acc[0];
+    for (int l = 1; l < LANES; l++) q->sum = q->sum + q->acc[l];
+    q->lanes_done = 1;
+}
+
+/* Elements s .. s + m of the sequence, s a multiple of 8 (a tile's start). */
+HOT static void norm_feed(Norm *q, const float *restrict v, Py_ssize_t s, Py_ssize_t m) {
+    Py_ssize_t vec = q->vec_end - s; /* this tile's whole vectors: a multiple of 8, or m */
+    vec = vec < 0 ? 0 : (vec > m ? m : vec);
+    float acc[LANES];
+    memcpy(acc, q->acc, sizeof acc);
+    Py_ssize_t j = 0;
+    for (; j + LANES <= vec; j += LANES)
+        for (int l = 0; l < LANES; l++) acc[l] += v[j + l] * v[j + l];
+    memcpy(q->acc, acc, sizeof acc);
+    if (j < m) norm_close_lanes(q);
+    for (; j < m; j++) q->sum = q->sum + v[j] * v[j];
+}
+
+static float norm_end(Norm *q) {
+    norm_close_lanes(q);
+    return sqrtf(q->sum);
+}
+
+/* ------------------------------------------------------------------ model_stock, fp32 */
+
+#define MS_MAX 8 /* inputs per call: 8 norms and 28 pair products per tile */
+
+/* The norms |o_i| and the pair dot products o_i . o_j (i < j, in order (0,1), (0,2), ...) of
+ * the offsets o_i = x_i - base, each in torch's order. */
+static void model_stock_stats32(const void *base, int base_fmt, const void **xs, const int *fmts,
+                                Py_ssize_t k, Py_ssize_t n, float *norms, float *dots) {
+    float b[TILE], o[MS_MAX][TILE], p[TILE];
+    Norm nq[MS_MAX];
+    Cascade *cs = PyMem_RawCalloc((size_t)(k * (k - 1) / 2 + 1), sizeof(Cascade));
+    if (!cs) return; /* the caller checks */
+    for (Py_ssize_t i = 0; i < k; i++) norm_init(&nq[i], n);
+    for (Py_ssize_t q = 0; q < k * (k - 1) / 2; q++) cascade_init(&cs[q], n);
+    for (Py_ssize_t s = 0; s < n; s += TILE) {
+        Py_ssize_t m = n - s < TILE ? n - s : TILE;
+        widen(b, base, base_fmt, s, m);
+        for (Py_ssize_t i = 0; i < k; i++) {
+            widen(o[i], xs[i], fmts[i], s, m);
+            for (Py_ssize_t j = 0; j < m; j++) o[i][j] = o[i][j] - b[j];
+            norm_feed(&nq[i], o[i], s, m);
+        }
+        Py_ssize_t q = 0;
+        for (Py_ssize_t i = 0; i < k; i++)
+            for (Py_ssize_t i2 = i + 1; i2 < k; i2++, q++) {
+                for (Py_ssize_t j = 0; j < m; j++) p[j] = o[i][j] * o[i2][j];
+                cascade_feed(&cs[q], p, s, m);
+            }
+    }
+    for (Py_ssize_t i = 0; i < k; i++) norms[i] = norm_end(&nq[i]);
+    for (Py_ssize_t q = 0; q < k * (k - 1) / 2; q++) dots[q] = cascade_end(&cs[q]);
+    PyMem_RawFree(cs);
+}
+
+/* out = ((x_0 + 0 + x_1 + ... + x_k-1) / k) * t + one_minus_t * base, each step rounded to fp32
+ * (model_stock's in-place accumulation), stored in the output format. */
+HOT static void model_stock_mix32(void *out, int out_fmt, const void *base, int base_fmt,
+                                  const void **xs, const int *fmts, Py_ssize_t k, Py_ssize_t n,
+                                  float t, float one_minus_t) {
+    float acc[TILE], x[TILE];
+    const float kf = (float)k;
+    for (Py_ssize_t s = 0; s < n; s += TILE) {
+        Py_ssize_t m = n - s < TILE ? n - s : TILE;
+        widen(acc, xs[0], fmts[0], s, m);
+        for (Py_ssize_t j = 0; j < m; j++) acc[j] = acc[j] + 0.0f;
+        for (Py_ssize_t i = 1; i < k; i++) {
+            widen(x, xs[i], fmts[i], s, m);
+            for (Py_ssize_t j = 0; j < m; j++) acc[j] = acc[j] + x[j];
+        }
+        widen(x, base, base_fmt, s, m);
+        for (Py_ssize_t j = 0; j < m; j++) acc[j] = (acc[j] / kf) * t + one_minus_t * x[j];
+        narrow(out, out_fmt, s, acc, m);
+    }
+}
+
+/* ------------------------------------------------------------------ argument handling */
+
+/* torch_sum32(values_f32) -> float: torch's sum of a contiguous fp32 array. */
+PyObject *py_torch_sum32(PyObject *self, PyObject *args) {
+    PyObject *o;
+    if (!PyArg_ParseTuple(args, "O", &o)) return NULL;
+    Py_ssize_t n = -1;
+    Buf b;
+    if (get_fmt_buf(o, FMT_F32, &n, 0, &b, "values") < 0) return NULL;
+    Cascade c;
+    cascade_init(&c, n);
+    Py_BEGIN_ALLOW_THREADS
+    cascade_feed(&c, b.view.buf, 0, n);
+    Py_END_ALLOW_THREADS
+    release(&b);
+    return PyFloat_FromDouble(cascade_end(&c));
+}
+
+/* model_stock_stats32([base, x1, ...], fmts) -> ([norms], [dots]) */
+PyObject *py_model_stock_stats32(PyObject *self, PyObject *args) {
+    PyObject *xs_o, *fmts_o;
+    if (!PyArg_ParseTuple(args, "OO", &xs_o, &fmts_o)) return NULL;
+    Inputs in;
+    if (get_inputs(xs_o, fmts_o, -1, &in) < 0) return NULL;
+    Py_ssize_t k = in.k - 1;
+    if (k < 1 || k > MS_MAX) {
+        inputs_release(&in);
+        return PyErr_Format(PyExc_ValueError, "1 to %d inputs besides the base", MS_MAX);
+    }
+    Py_ssize_t n = in.bufs[0].view.len / fmt_size[in.fmts[0]];
+    float norms[MS_MAX], dots[MS_MAX * MS_MAX];
+    memset(dots, 0xFF, sizeof dots); /* NaN unless computed */
+    Py_BEGIN_ALLOW_THREADS
+    model_stock_stats32(in.ptrs[0], in.fmts[0], in.ptrs + 1, in.fmts + 1, k, n, norms, dots);
+    Py_END_ALLOW_THREADS
+    inputs_release(&in);
+    PyObject *ns = PyList_New(k), *ds = PyList_New(k * (k - 1) / 2);
+    if (!ns || !ds) {
+        Py_XDECREF(ns);
+        Py_XDECREF(ds);
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < k; i++) PyList_SET_ITEM(ns, i, PyFloat_FromDouble(norms[i]));
+    for (Py_ssize_t q = 0; q < k * (k - 1) / 2; q++)
+        PyList_SET_ITEM(ds, q, PyFloat_FromDouble(dots[q]));
+    return Py_BuildValue("(NN)", ns, ds);
+}
+
+/* model_stock_mix32(out, out_fmt, [base, x1, ...], fmts, t, one_minus_t) */
+PyObject *py_model_stock_mix32(PyObject *self, PyObject *args) {
+    PyObject *out_o, *xs_o, *fmts_o;
+    int out_fmt;
+    double t, omt;
+    if (!PyArg_ParseTuple(args, "OiOOdd", &out_o, &out_fmt, &xs_o, &fmts_o, &t, &omt))
+        return NULL;
+    Py_ssize_t n = -1;
+    Buf out;
+    Inputs in;
+    if (get_fmt_buf(out_o, out_fmt, &n, 1, &out, "out") < 0) return NULL;
+    if (get_inputs(xs_o, fmts_o, n, &in) < 0) {
+        release(&out);
+        return NULL;
+    }
+    if (in.k < 2) {
+        inputs_release(&in);
+        release(&out);
+        return PyErr_Format(PyExc_ValueError, "the base and at least one input");
+    }
+    Py_BEGIN_ALLOW_THREADS
+    model_stock_mix32(out.view.buf, out_fmt, in.ptrs[0], in.fmts[0], in.ptrs + 1, in.fmts + 1,
+                      in.k - 1, n, (float)t, (float)omt);
+    Py_END_ALLOW_THREADS
+    inputs_release(&in);
+    release(&out);
+    Py_RETURN_NONE;
+}

@@ -1,0 +1,91 @@
+"""model_stock on the torch-free lane in fp32 compute (mergekit's `dtype: float32`): the Python
+half of csrc/merge_reduce.c, whose kernels reduce in torch's order (its 2-norm and its
+cascade sum); the torch twin is ops/model_stock.py, and tests/ops/test_lanes.py checks that
+both give the same bits for every input and output dtype mix.
+
+One pass gives the offsets' norms and pair dot products; the few scalar steps between them
+are done here in fp32 as torch does them on its small tensors (numpy float32 scalars: one
+IEEE operation each); a second pass mixes the inputs' mean with the base.
+Not on the lane: filter_wise (per-row statistics), 16-bit compute (torch's 16-bit reductions
+take another order), more than MAX_INPUTS inputs, tensors whose size is not a multiple of 8
+(reason()).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from mergestore import native
+from mergestore.ops import alloc
+from mergestore.ops.lane16 import _run_columns
+
+MAX_INPUTS = 8
+_FMT = {"BF16": 0, "F16": 1, "F32": 2}
+_NUMPY = {"BF16": np.uint16, "F16": np.float16, "F32": np.float32}
+_NAME = {np.dtype(np.uint16): "BF16", np.dtype(np.float16): "F16", np.dtype(np.float32): "F32"}
+F = np.float32
+
+
+def reason(compute: str, shared: Mapping[str, Any], n_inputs: int, numel: int | None) -> str | None:
+    """None if the lane computes model_stock's tensor with the torch path's bits, else why.
+
+    torch's fp32 2-norm adds the elements after the last whole 8-element vector in an order
+    the kernel does not reproduce (neither in order, with or without fused multiply-adds:
+    measured), so only tensors of a multiple of 8 elements take the lane: every weight matrix
+    and norm of the models this is for."""
+    if numel is None or numel < 8 or numel % 8:
+        return "model_stock: a tensor of fewer than 8, or not a multiple of 8, elements"
+    if shared["filter_wise"]:
+        return "model_stock with filter_wise: per-row reductions in torch (no C kernel yet)"
+    if compute != "F32":
+        return "model_stock in 16-bit compute: torch's 16-bit reductions (no C kernel yet)"
+    if n_inputs > MAX_INPUTS:
+        return f"model_stock with more than {MAX_INPUTS} inputs"
+    return None
+
+
+def interpolation(norms: Sequence[float], dots: Sequence[float]) -> tuple[float, float]:
+    """(t, 1 - t) from the offsets' norms and pair dot products, in fp32 as torch computes
+    them: cos_ij = clamp(dot / max(|o_i| |o_j|, 1e-6), -1, 1); c = mean(cos) (torch's sum, then
+    / pairs); t = N c / (1 + (N - 1) c), or 0 where that denominator is under 1e-6."""
+    assert native.kernels is not None
+    n = len(norms)
+    with np.errstate(all="ignore"):
+        lo = F(1e-6)
+        cosines = []
+        q = 0
+        for i in range(n):
+            for j in range(i + 1, n):
+                denom = F(norms[i]) * F(norms[j])
+                denom = denom if denom >= lo else lo  # clamp(min=1e-6)
+                c = F(dots[q]) / denom
+                cosines.append(min(max(c, F(-1)), F(1)))
+                q += 1
+        total = F(native.kernels.torch_sum32(np.asarray(cosines, dtype=F)))
+        cos = total / F(len(cosines))
+        denominator = F(1) + F(n - 1) * cos
+        t = F(0) if abs(denominator) < lo else (F(n) * cos) / denominator
+        return float(t), float(F(1) - t)
+
+
+def model_stock32(base: np.ndarray, inputs: Sequence[np.ndarray], out_dtype: str) -> np.ndarray:
+    """One output tensor (reason() is None for it) in out_dtype."""
+    kernels = native.kernels
+    assert kernels is not None
+    arrays = [np.ascontiguousarray(x).reshape(-1) for x in (base, *inputs)]
+    fmts = [_FMT[_NAME[x.dtype]] for x in arrays]
+    norms, dots = kernels.model_stock_stats32(arrays, fmts)
+    t, one_minus_t = interpolation(norms, dots)
+    n = arrays[0].size
+    out = alloc.empty_bytes(n * np.dtype(_NUMPY[out_dtype]).itemsize).view(_NUMPY[out_dtype])
+    out_fmt = _FMT[out_dtype]
+
+    def columns(r: range) -> None:
+        parts = [x[r.start : r.stop] for x in arrays]
+        kernels.model_stock_mix32(out[r.start : r.stop], out_fmt, parts, fmts, t, one_minus_t)
+
+    _run_columns(columns, n)
+    return out.reshape(base.shape)
