@@ -11,7 +11,13 @@ from typing import TYPE_CHECKING, Any
 
 from mergestore import refops
 from mergestore.checkout import CheckoutResult, checkout_commit, tensor_records
-from mergestore.errors import AmbiguousRefError, MergestoreError, RefError, StoreNotFoundError
+from mergestore.errors import (
+    AmbiguousRefError,
+    MergeError,
+    MergestoreError,
+    RefError,
+    StoreNotFoundError,
+)
 from mergestore.ingest import CommitResult, commit_checkpoint
 from mergestore.records import read_record
 from mergestore.store import merges
@@ -42,6 +48,16 @@ def _lazy_tensor_records(repo: Repository, cid: bytes, globs: list[str]) -> list
 # Readers in every layer compute a lazy or evicted merge commit's blocks through these.
 merges.set_materializer(_materialize)
 merges.set_tensor_materializer(_lazy_tensor_records)
+
+
+def _draws_random(method: str | None) -> bool:
+    """Whether a merge method draws random numbers (a seed means something only then)."""
+    from mergestore.ops import get_method
+
+    try:
+        return get_method(method or "").random
+    except MergeError:  # an unknown method in an old plan: show what it recorded
+        return True
 
 
 def find_store(start: str | os.PathLike[str] | None = None) -> Path:
@@ -197,6 +213,11 @@ class Store:
     def bytes_fetched(self) -> int:
         """Stored bytes this process read from remotes on demand (lazy clones)."""
         return self.repo.fetch_meter.bytes_read
+
+    def report_lock_waits(self, fn: Callable[[list[int]], None] | None) -> None:
+        """Call `fn(pids holding the lock)` once each time this store waits for its lock (a
+        writer while gc runs, gc or repack while writers run); store/locks.py."""
+        self.repo.on_lock_wait = fn
 
     def close(self) -> None:
         self.repo.close()
@@ -681,7 +702,7 @@ class Store:
             "models": [f"{m['ref']} {m['commit'][:12]}" for m in plan.get("models", [])],
             "dtype": plan.get("dtype"),
             "out_dtype": plan.get("out_dtype"),
-            "seed": plan.get("seed"),
+            "seed": plan.get("seed") if _draws_random(plan.get("method")) else None,
             "budget_bytes": (plan.get("budget") or {}).get("budget_bytes"),
             "error_bound": run.get("error_bound"),
             "expert_bytes_read": run.get("expert_bytes_read"),

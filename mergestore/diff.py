@@ -406,9 +406,10 @@ class DiffResult:
         mx = 0.0
         for t in self.tensors:
             counts[t.status] += 1
-            if t.status in ("changed", "unchanged"):
+            measured = t.status in ("changed", "retyped") and t.delta_l2 is not None
+            if t.status == "unchanged" or t.status == "changed" or measured:
                 numel += t.numel
-            if t.status == "changed" and t.delta_l2 is not None:
+            if measured:
                 dd += t.delta_l2**2
                 aa += (t.l2_a or 0.0) ** 2
                 l1 += t.delta_l1 or 0.0
@@ -439,7 +440,7 @@ class DiffResult:
         out = []
         for layer in sorted(groups, key=lambda k: (k is None, k or 0)):
             ts = groups[layer]
-            ch = [t for t in ts if t.status == "changed" and t.delta_l2 is not None]
+            ch = [t for t in ts if t.status in ("changed", "retyped") and t.delta_l2 is not None]
             dd = sum(t.delta_l2**2 for t in ch)  # type: ignore[operator]
             aa = sum((t.l2_a or 0.0) ** 2 for t in ch)
             out.append(
@@ -657,6 +658,7 @@ def diff_sides(
     out: list[TensorDiff] = []
     accs: dict[int, _Acc] = {}
     jobs: list[_Job] = []
+    retyped: list[tuple[int, _Side, _Side]] = []
     for name in names:
         a, b = sides_a.get(name), sides_b.get(name)
         side = b or a
@@ -672,6 +674,8 @@ def diff_sides(
             t.status = "retyped"
             t.blocks_changed = nb
             t.a_dtype, t.a_shape = a.dtype, a.shape
+            if a.shape == b.shape and stats_dtype_ok(a.dtype) and stats_dtype_ok(b.dtype):
+                retyped.append((i, a, b))  # values compared across dtypes (diff_retyped.py)
         elif b.blocks is not None and a.blocks == b.blocks:
             t.status = "unchanged"
         elif not stats_dtype_ok(a.dtype) or (
@@ -709,6 +713,13 @@ def diff_sides(
                 result.stats_reused += 1
             else:
                 result.norms_reused += 1
+    if retyped:
+        from mergestore.diff_retyped import retyped_stats
+
+        for i, a, b in retyped:
+            acc = _Acc()
+            acc.add(retyped_stats(repo, a, b, eng.meter), True)
+            _finish(out[i], acc)
     for i, acc in accs.items():
         t = out[i]
         t.blocks_changed = acc.blocks_changed

@@ -2,6 +2,16 @@
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """The hint ` (did you mean 'x'?)` for the nearest of `choices` to a mistyped `word`
+    (difflib's ratio >= 0.6), else an empty string."""
+    close = difflib.get_close_matches(word, sorted(set(choices)), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close and close[0] != word else ""
+
 
 class MergestoreError(Exception):
     """Base for errors the CLI reports as one line on stderr with a non-zero exit."""

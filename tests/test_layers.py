@@ -62,6 +62,7 @@ FORBIDDEN = {
     "mergestore.ingest": ["mergestore.api", "mergestore.cli", "mergestore.merge"],
     "mergestore.checkout": ["mergestore.api", "mergestore.cli", "mergestore.merge"],
     "mergestore.diff": ["mergestore.api", "mergestore.cli", "mergestore.merge"],
+    "mergestore.diff_retyped": ["mergestore.api", "mergestore.cli", "mergestore.merge"],
     "mergestore.api": ["mergestore.cli"],
     # The CLI goes through mergestore.Store, never around it to the storage layer.
     "mergestore.cli": ["mergestore.store"],

@@ -23,7 +23,13 @@ def _shape(shape: Any) -> str:
 def _detail_line(t: Any) -> str:
     head = f"{t.status:<9} {t.name}"
     if t.status == "retyped":
-        return f"{head}  {t.a_dtype} {_shape(t.a_shape)} -> {t.dtype} {_shape(t.shape)}"
+        line = f"{head}  {t.a_dtype} {_shape(t.a_shape)} -> {t.dtype} {_shape(t.shape)}"
+        if t.delta_l2 is None:
+            return line
+        return (
+            f"{line}  |d| {_num(t.delta_l2)}  rel {_num(t.rel_delta)}  "
+            f"cos {_num(t.cosine, '.6f')}  max {_num(t.max_abs)}"
+        )
     if t.status in ("added", "removed"):
         return f"{head}  {t.dtype} {_shape(t.shape)}"
     if t.delta_l2 is None:
@@ -35,13 +41,18 @@ def _detail_line(t: Any) -> str:
     )
 
 
+def _retyped_measured(res: Any) -> bool:
+    return any(t.status == "retyped" and t.delta_l2 is not None for t in res.tensors)
+
+
 def _summary(res: Any) -> str:
     tot = res.totals()
     parts = [f"{tot[s]} {s}" for s in ("changed", "added", "removed", "retyped", "unchanged")]
     line = (
         f"{', '.join(parts)}; {tot['blocks_changed']:,} of {plural(tot['blocks_total'], 'block')}"
         " changed; "
-        f"|d| {_num(tot['delta_l2'])}, rel {_num(tot['rel_delta'])} (changed tensors)"
+        f"|d| {_num(tot['delta_l2'])}, rel {_num(tot['rel_delta'])} "
+        f"({'changed and retyped' if _retyped_measured(res) else 'changed'} tensors)"
     )
     read = (
         f"read {human_bytes(res.bytes_read)} from the store; statistics: "

@@ -9,6 +9,7 @@ import click
 
 from mergestore.api import Store
 from mergestore.cli.common import json_option, with_store
+from mergestore.cli.help_methods import MethodsHelp
 from mergestore.cli.merge_options import apply_overrides, output_options, split_output
 from mergestore.cli.output import (
     branch_name,
@@ -38,7 +39,9 @@ def _merge_options(fn: Any) -> Any:
             help="A mergekit YAML config (models are store refs or local paths). `merge` takes"
             " several (repeat it, or --config sweep/*.yml): one commit and branch each.",
         ),
-        click.option("--method", default=None, help="Merge method (linear, ties, ...)."),
+        click.option(
+            "--method", default=None, help="Merge method (linear, ties, ...: listed below)."
+        ),
         click.option("--base", default=None, help="Base model (ref or path)."),
         click.option(
             "-w",
@@ -124,7 +127,7 @@ def _config(
     return config_from_cli(method, base, list(models), list(weights), kv, dtype, out_dtype, seed)
 
 
-@click.command()
+@click.command(cls=MethodsHelp)
 @_merge_options
 @click.option("-m", "--message", default="", help="Commit message.")
 @click.option(
@@ -341,7 +344,7 @@ def _report_memo_or_lazy(out: dict[str, Any]) -> bool:
     return False
 
 
-@click.command()
+@click.command(cls=MethodsHelp)
 @_merge_options
 @json_option
 @with_store

@@ -10,13 +10,19 @@ from mergestore.cli.output import emit_json, human_bytes, plural, progress_bar
 
 
 @click.command()
-@click.option("--dry-run", is_flag=True, help="Encode and report, but change nothing.")
+@click.option("--dry-run", "-n", is_flag=True, help="Encode and report, but change nothing.")
 @click.option(
     "--delta/--no-delta",
     default=None,
     help="Allow XOR deltas against the base block (default: the store's delta_codecs setting).",
 )
-@click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 64))
+@click.option(
+    "--workers",
+    default=2,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="Threads that encode blocks (1-64).",
+)
 @json_option
 @with_store
 def repack(store: Store, dry_run: bool, delta: bool | None, workers: int, as_json: bool) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -37,7 +38,13 @@ def _size_arg(text: str) -> int:
 @click.command()
 @click.argument("path", required=False, type=click.Path())
 @click.option("--block-size", default="1MiB", show_default=True, help="Target block size.")
-@click.option("--zstd-level", default=3, show_default=True, type=int)
+@click.option(
+    "--zstd-level",
+    default=3,
+    show_default=True,
+    type=int,
+    help="zstd level for the blocks' compression (higher: smaller, slower).",
+)
 @click.option("--no-delta", is_flag=True, help="Never store blocks as deltas against a base.")
 @json_option
 @click.pass_context
@@ -87,7 +94,11 @@ def init(
 @click.option("-b", "--branch", default=None, help="Branch to commit to (default: HEAD's).")
 @click.option("--base", default=None, help="Commit this checkpoint was fine-tuned from.")
 @click.option("--meta", multiple=True, help="User metadata KEY=VALUE (repeatable).")
-@click.option("--author", default=None)
+@click.option(
+    "--author",
+    default=None,
+    help="Author of the commit (default: $MERGESTORE_AUTHOR, else user@host).",
+)
 @click.option("--no-stats", is_flag=True, help="Don't compute delta statistics against --base.")
 @click.option(
     "--verify-inputs",
@@ -230,14 +241,26 @@ def _fmt_time(t: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(t))
 
 
-def _decorations(store: Store) -> dict[bytes, list[str]]:
-    deco: dict[bytes, list[str]] = {}
+def _ref_data(store: Store) -> dict[bytes, list[dict[str, Any]]]:
+    """The refs at each commit, as data (log --json): branches first, then tags."""
+    refs: dict[bytes, list[dict[str, Any]]] = {}
     head = store.current_branch()
     for name, cid in store.branches().items():
-        deco.setdefault(cid, []).append(f"HEAD -> {name}" if name == head else name)
+        refs.setdefault(cid, []).append({"kind": "branch", "name": name, "head": name == head})
     for name, cid in store.tags().items():
-        deco.setdefault(cid, []).append(f"tag: {name}")
-    return deco
+        refs.setdefault(cid, []).append({"kind": "tag", "name": name, "head": False})
+    return refs
+
+
+def _decorations(refs: dict[bytes, list[dict[str, Any]]]) -> dict[bytes, list[str]]:
+    """git's display of them: `HEAD -> main`, `math`, `tag: v1`."""
+
+    def show(r: dict[str, Any]) -> str:
+        if r["kind"] == "tag":
+            return f"tag: {r['name']}"
+        return f"HEAD -> {r['name']}" if r["head"] else r["name"]
+
+    return {cid: [show(r) for r in rs] for cid, rs in refs.items()}
 
 
 @click.command()
@@ -267,10 +290,12 @@ def log(
     entries = store.log(ref, all_refs=all_refs)
     if max_count is not None:
         entries = entries[:max_count]
-    deco = _decorations(store)
+    refs = _ref_data(store)
+    deco = _decorations(refs)
     if as_json:
         emit_json(
             {
+                "head": store.current_branch(),
                 "commits": [
                     {
                         "id": e.id.hex(),
@@ -281,10 +306,10 @@ def log(
                         "base": e.commit.base.hex() if e.commit.base else None,
                         "plan": e.commit.plan.hex() if e.commit.plan else None,
                         "state": store.merge_state(e.id),
-                        "refs": deco.get(e.id, []),
+                        "refs": refs.get(e.id, []),
                     }
                     for e in entries
-                ]
+                ],
             }
         )
         return

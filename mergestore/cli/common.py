@@ -24,6 +24,9 @@ def with_store(fn: Callable[..., Any]) -> Callable[..., Any]:
     @click.pass_context
     def wrapper(ctx: click.Context, *args: Any, **kwargs: Any) -> Any:
         store = open_store(ctx)
+        from mergestore.cli.lockwait import lock_wait_reporter
+
+        store.report_lock_waits(lock_wait_reporter())
         try:
             return fn(store, *args, **kwargs)
         finally:

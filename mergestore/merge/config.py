@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from mergestore.errors import MergeError
+from mergestore.errors import MergeError, did_you_mean
 from mergestore.ops.spec import BaseRule, MethodSpec, ParamSpec, Scope
 
 # ---------------------------------------------------------------------------------------------
@@ -1019,6 +1019,7 @@ def _check_slice(cfg: MergeConfig, spec: MethodSpec, sl: Slice, where: str, form
             if p.name not in sl.parameters and p.name not in cfg.parameters:
                 raise MergeError(
                     f"merge config: missing required parameter {p.name!r} for {spec.name}"
+                    f" (--param {p.name}=V, or parameters: {{{p.name}: V}} in a config)"
                 )
             continue
         takers = list(split.inputs)
@@ -1026,9 +1027,12 @@ def _check_slice(cfg: MergeConfig, spec: MethodSpec, sl: Slice, where: str, form
             takers.append(split.base)
         for m in takers:
             if not any(p.name in lvl for lvl in (m.parameters, sl.parameters, cfg.parameters)):
+                cli = "-w V for each model, or " if p.name == "weight" else ""
                 raise MergeError(
                     f"merge config: missing required parameter {p.name!r} for model"
-                    f" {m.ref.text!r} ({spec.name})"
+                    f" {m.ref.text!r} ({spec.name}): give it per model ({cli}parameters:"
+                    f" {{{p.name}: V}} under each model in a config) or to all"
+                    f" (--param {p.name}=V)"
                 )
 
 
@@ -1043,7 +1047,7 @@ def _check_param_names(cfg: MergeConfig, spec: MethodSpec) -> None:
                 names = ", ".join(sorted(known)) or "none"
                 raise MergeError(
                     f"merge config: {where}: unknown parameter {name!r} for {spec.name}"
-                    f" (known: {names})"
+                    f"{did_you_mean(name, known)} (known: {names})"
                 )
             if per_model and p.scope is Scope.SHARED:
                 raise MergeError(

@@ -79,6 +79,7 @@ def _resolve_one(
         if not p.exists() and not is_hub_source(text):
             raise MergeError(
                 f"unknown model {text!r}: not a ref, a path or a Hugging Face id"
+                f"{repo.ref_hint(text)}"
             ) from None
         if commit_path is None:
             raise MergeError(f"model {text!r} is a path; commit it first") from None

@@ -147,8 +147,10 @@ def model_card(
     models: Sequence[ResolvedModel],
     *,
     plan_id: bytes,
+    config_yaml: str,
 ) -> str:
-    """README.md text for a merge (deterministic: the same inputs give the same bytes)."""
+    """README.md text for a merge (deterministic: the same inputs give the same bytes);
+    `config_yaml` is the merge's mergekit_config.yml, shown as mergekit's card shows it."""
     names = {m.ref.text: source_name(repo, m) for m in models}
     hub = {m.ref.text: bool(repo.get_commit(m.commit).meta.get("hub_id")) for m in models}
 
@@ -168,7 +170,7 @@ def model_card(
     ).rstrip("\n")
     _, _, line = METHODS.get(cfg.merge_method, (cfg.merge_method, None, ""))
     rows = "\n".join(f"| {m.ref.text} | `{m.commit.hex()}` | {names[m.ref.text]} |" for m in models)
-    config_yaml = (cfg.raw_text or yaml.safe_dump(cfg.to_dict(), sort_keys=False)).rstrip("\n")
+    config_yaml = config_yaml.rstrip("\n")
     return f"""---
 {metadata}
 ---

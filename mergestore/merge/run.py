@@ -407,8 +407,10 @@ def publish_tree(
 
         tok_index = prep.vocab.source
         extra.update(tokenizer_files(repo, prep.vocab, prep.models))
-    if prep.cfg.raw_text:
-        extra["mergekit_config.yml"] = prep.cfg.raw_text.encode()
+    from mergestore.merge.mergekit_yaml import CONFIG_FILE, mergekit_config_text
+
+    config_yaml = mergekit_config_text(repo, prep.cfg, prep.models)  # mergekit can run it
+    extra[CONFIG_FILE] = config_yaml.encode()
     files = output_files(prep)
     if prep.cfg.chat_template and (files["copy_tokenizer"] or prep.vocab is not None):
         from mergestore.merge.chat_template import chat_template_files
@@ -424,7 +426,9 @@ def publish_tree(
     if files["write_card"]:
         from mergestore.merge.modelcard import CARD_FILE, model_card
 
-        extra[CARD_FILE] = model_card(repo, prep.cfg, prep.models, plan_id=prep.plan.id).encode()
+        extra[CARD_FILE] = model_card(
+            repo, prep.cfg, prep.models, plan_id=prep.plan.id, config_yaml=config_yaml
+        ).encode()
     return build_tree(
         repo,
         session,

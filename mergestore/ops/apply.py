@@ -10,7 +10,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from mergestore.errors import MergeError
+from mergestore.errors import MergeError, did_you_mean
 from mergestore.ops import alloc
 from mergestore.ops.context import TensorContext
 from mergestore.ops.registry import get_method
@@ -57,7 +57,8 @@ def _unknown(spec: MethodSpec, name: str, where: str) -> None:
         kind = "shared" if scope is Scope.SHARED else "per-input"
         raise MergeError(f"{spec.name}: parameter '{name}' is {kind}, not given{where}")
     names = ", ".join(p.name for p in spec.params) or "none"
-    raise MergeError(f"{spec.name}: unknown parameter '{name}'{where} (known: {names})")
+    hint = did_you_mean(name, known)
+    raise MergeError(f"{spec.name}: unknown parameter '{name}'{where}{hint} (known: {names})")
 
 
 def validate_params(

@@ -6,7 +6,7 @@ as anything in this package is used.
 
 from __future__ import annotations
 
-from mergestore.errors import MergeError
+from mergestore.errors import MergeError, did_you_mean
 from mergestore.ops.spec import MethodSpec
 
 _METHODS: dict[str, MethodSpec] = {}
@@ -26,7 +26,8 @@ def get_method(name: str) -> MethodSpec:
         return _METHODS[name]
     except (KeyError, TypeError):
         known = ", ".join(method_names())
-        raise MergeError(f"unknown merge method {name!r} (known: {known})") from None
+        hint = did_you_mean(name, method_names()) if isinstance(name, str) else ""
+        raise MergeError(f"unknown merge method {name!r}{hint} (known: {known})") from None
 
 
 def method_names() -> list[str]:

@@ -32,9 +32,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from mergestore.errors import LockTimeoutError, MergestoreError
+from mergestore.errors import MergestoreError
 from mergestore.store import codecs
 from mergestore.store.index import BlockLocation
+from mergestore.store.locks import flock_wait
 from mergestore.store.objects import BlobFile, Commit, TensorFile, decode_object
 from mergestore.store.packs import ENTRY_HEADER, ENTRY_MAGIC, PackAppender
 from mergestore.store.repo import Repository, _codec_id, _fault_point, _unwrap_object
@@ -385,7 +386,14 @@ def _publish(
     if not new:
         _summarize(rep, plan, new)
         return
-    _lock_exclusive(lock_fd, repo.lock_timeout)
+    flock_wait(
+        lock_fd,
+        repo.gc_lock_path,
+        fcntl.LOCK_EX,  # our shared lock becomes exclusive: waits for running writers
+        repo.lock_timeout,
+        "running writers to finish",
+        repo.on_lock_wait,
+    )
     # Converting the lock drops the shared one first: a gc may have run in between and removed
     # or emptied our packs (and a writer may have appended to an emptied one). Check that every
     # entry we are about to publish is still where we wrote it.
@@ -434,16 +442,3 @@ def _entry_intact(repo: Repository, bid: bytes, n: _New) -> bool:
         return False
     magic, hid, length = ENTRY_HEADER.unpack_from(head)
     return magic == ENTRY_MAGIC and hid == bid and length == n.length
-
-
-def _lock_exclusive(fd: int, timeout: float) -> None:
-    """Convert our shared gc lock to exclusive (waits for running writers to finish)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                raise LockTimeoutError("timed out waiting for running writers to finish") from None
-            time.sleep(0.05)

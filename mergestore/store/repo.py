@@ -32,15 +32,16 @@ from mergestore import iotally
 from mergestore.errors import (
     AmbiguousRefError,
     CorruptionError,
-    LockTimeoutError,
     MergestoreError,
     RefError,
     StoreNotFoundError,
+    did_you_mean,
 )
 from mergestore.lazy_numpy import np  # numpy is imported on first use
 from mergestore.store import codecs, faults
 from mergestore.store.blocks import DEFAULT_BLOCK_SIZE, block_id
 from mergestore.store.index import BlockLocation, DeltaStats, Index, stats_key
+from mergestore.store.locks import OnWait, flock_wait
 from mergestore.store.objects import (
     BlobFile,
     Commit,
@@ -123,18 +124,14 @@ class ReflogEntry:
     message: str
 
 
-def _flock(path: Path, mode: int, timeout: float, what: str) -> int:
+def _flock(path: Path, mode: int, timeout: float, what: str, on_wait: OnWait | None = None) -> int:
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            fcntl.flock(fd, mode | fcntl.LOCK_NB)
-            return fd
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                os.close(fd)
-                raise LockTimeoutError(f"timed out waiting for {what}") from None
-            time.sleep(0.05)
+    try:
+        flock_wait(fd, path, mode, timeout, what, on_wait)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 class Repository:
@@ -155,6 +152,7 @@ class Repository:
         self._keeper: Keeper | None = None
         self._slots: dict[int, tuple[str, str]] = {}
         self.read_only: str | None = None  # why writing is refused (a view of a remote)
+        self.on_lock_wait: OnWait | None = None  # told the holders when the lock is busy
 
     # ----- lifecycle -------------------------------------------------------------------------
 
@@ -728,7 +726,14 @@ class Repository:
             raise RefError(
                 f"unknown ref {start!r} (a commit id prefix needs at least 6 hex characters)"
             )
-        raise RefError(f"unknown ref {start!r}")
+        raise RefError(f"unknown ref {start!r}{self.ref_hint(start)}")
+
+    def ref_hint(self, text: str) -> str:
+        """The hint ` (did you mean 'main'?)` for a mistyped branch, tag or remote name."""
+        names = [HEAD]
+        for prefix in (HEADS, TAGS, REMOTES):
+            names += [n[len(prefix) :] for n in self.list_refs(prefix)]
+        return did_you_mean(text, names)
 
     # ----- writing ---------------------------------------------------------------------------
 
@@ -740,7 +745,11 @@ class Repository:
     def gc_lock(self, exclusive: bool) -> int:
         mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
         what = "a running gc" if not exclusive else "running writers to finish"
-        return _flock(self.path / "locks" / "gc.lock", mode, self.lock_timeout, what)
+        return _flock(self.gc_lock_path, mode, self.lock_timeout, what, self.on_lock_wait)
+
+    @property
+    def gc_lock_path(self) -> Path:
+        return self.path / "locks" / "gc.lock"
 
     def update_refs(self, updates: Iterable[RefUpdate]) -> None:
         """Move refs (no new data): one transaction."""

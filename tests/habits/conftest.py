@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import shlex
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -71,13 +75,57 @@ def models(tmp_path: Path) -> Callable[..., Path]:
     return make
 
 
+@dataclass(frozen=True)
+class StoreCli:
+    """`mergestore --store PATH ARGS...` against one test store (in-process, the `cli` fixture)."""
+
+    path: Path
+    cli: Callable[..., Any]
+
+    def __call__(self, *args: str | os.PathLike[str]) -> Any:
+        return self.cli("--store", self.path, *args)
+
+    def run(self, line: str, *extra: str | os.PathLike[str]) -> Any:
+        """The command as a user types it (`run("merge --method ties ...")`), then `extra`."""
+        return self(*shlex.split(line), *extra)
+
+    def linear(self, *extra: str | os.PathLike[str]) -> Any:
+        """`merge --method linear main math -w 1 -w 1 EXTRA...`, the tests' usual merge."""
+        return self("merge", "--method", "linear", "main", "math", "-w", "1", "-w", "1", *extra)
+
+
 @pytest.fixture
-def habit_store(tmp_path: Path, cli, models) -> Path:
+def make_store(tmp_path: Path, cli, models) -> Callable[..., StoreCli]:
+    """make_store(main={...}, math={...}, code={...}, based=True): a new store with `main`
+    (models("base", seed=0, **main)), then `math` and `code` (seeds 1 and 2, each with its
+    keyword arguments to `models`), committed with --base main when `based`."""
+
+    def make(
+        *,
+        main: dict[str, Any] | None = None,
+        math: dict[str, Any] | None = None,
+        code: dict[str, Any] | None = None,
+        based: bool = True,
+    ) -> StoreCli:
+        s = StoreCli(tmp_path / "store", cli)
+        assert s("init").code == 0
+        assert s("commit", models("base", **(main or {})), "-b", "main").code == 0
+        for i, (name, kw) in enumerate((("math", math), ("code", code)), 1):
+            r = s("commit", models(name, seed=i, **(kw or {})), "-b", name,
+                  *(("--base", "main") if based else ()))  # fmt: skip
+            assert r.code == 0, r.err
+        return s
+
+    return make
+
+
+@pytest.fixture
+def habit_store(make_store) -> Path:
     """A store with main (seed 0) and math, code (seeds 1, 2; based on main) committed."""
-    store = tmp_path / "store"
-    assert cli("--store", store, "init").code == 0
-    assert cli("--store", store, "commit", models("base"), "-b", "main").code == 0
-    for i, name in enumerate(("math", "code"), 1):
-        r = cli("--store", store, "commit", models(name, seed=i), "-b", name, "--base", "main")
-        assert r.code == 0, r.err
-    return store
+    return make_store().path
+
+
+@pytest.fixture
+def hs(habit_store: Path, cli) -> StoreCli:
+    """`mergestore --store HABIT_STORE ARGS...`."""
+    return StoreCli(habit_store, cli)

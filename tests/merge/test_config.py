@@ -619,7 +619,11 @@ def test_unknown_parameter() -> None:
     cfg = cfg_of(
         "merge_method: gta_like\nbase_model: b\nmodels: [x]\nparameters: {weight: 1, densty: 0.5}\n"
     )
-    invalid(cfg, GTA_LIKE, "parameters: unknown parameter 'densty' for gta_like \\(known: density")
+    invalid(
+        cfg,
+        GTA_LIKE,
+        "parameters: unknown parameter 'densty' for gta_like \\(did you mean 'density'\\?\\)",
+    )
     cfg = cfg_of(
         "merge_method: ties\nbase_model: b\nmodels:\n  - model: x\n"
         "    parameters: {weight: 1, gamma: 0.1}\n"

@@ -38,7 +38,9 @@ def test_all_methods_registered():
 
 
 def test_unknown_method_names_the_known_ones():
-    with pytest.raises(MergeError, match=r"unknown merge method 'tise' \(known: .*ties"):
+    with pytest.raises(
+        MergeError, match=r"unknown merge method 'tise' \(did you mean 'ties'\?\) \(known: .*ties"
+    ):
         get_method("tise")
 
 

@@ -19,11 +19,25 @@ def refuse(match, method, base, inputs, shared, per_input, **kw):
 
 
 def test_unknown_method():
-    refuse(r"unknown merge method 'tiess' \(known: .*ties", "tiess", X, [X], {}, [{}])
+    refuse(
+        r"unknown merge method 'tiess' \(did you mean 'ties'\?\) \(known: .*ties",
+        "tiess",
+        X,
+        [X],
+        {},
+        [{}],
+    )
 
 
 def test_unknown_and_misplaced_params():
-    refuse(r"unknown parameter 'densty'", "ties", X, [X], {}, [{"weight": 1, "densty": 0.5}])
+    refuse(
+        r"unknown parameter 'densty' for input 0 \(did you mean 'density'\?\)",
+        "ties",
+        X,
+        [X],
+        {},
+        [{"weight": 1, "densty": 0.5}],
+    )
     refuse(r"unknown parameter 'gamma' as shared", "ties", X, [X], {"gamma": 1}, [{"weight": 1}])
     refuse(r"'weight' is per-input", "ties", X, [X], {"weight": 1.0}, [{"weight": 1}])
     refuse(r"'normalize' is shared", "ties", X, [X], {}, [{"weight": 1, "normalize": True}])

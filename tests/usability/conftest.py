@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,6 +28,22 @@ def ms(cli, fam_store: Path) -> Callable[..., object]:
 
     def run(*args: str | os.PathLike[str]):
         return cli("--store", fam_store, *args)
+
+    return run
+
+
+@pytest.fixture
+def ties_args() -> tuple[str, ...]:
+    """The tests' usual merge: `merge --method ties --base main dense_small frozen -w 1 -w 1`."""
+    return tuple(shlex.split("merge --method ties --base main dense_small frozen -w 1 -w 1"))
+
+
+@pytest.fixture
+def ties(ms, ties_args: tuple[str, ...]) -> Callable[..., object]:
+    """`mergestore --store FAM_STORE merge --method ties ... -w 1 -w 1 EXTRA...` in-process."""
+
+    def run(*extra: str | os.PathLike[str]):
+        return ms(*ties_args, *extra)
 
     return run
 

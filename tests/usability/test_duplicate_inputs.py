@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shlex
+
 import pytest
 
 
@@ -22,21 +24,7 @@ def test_same_model_twice_is_refused(ms, tiny_family, second: str) -> None:
 
 
 def test_base_twice_under_another_name_is_refused(ms) -> None:
-    r = ms(
-        "merge",
-        "--method",
-        "ties",
-        "--base",
-        "main",
-        "main~0",
-        "dense_small",
-        "-w",
-        "1",
-        "-w",
-        "1",
-        "-b",
-        "x",
-    )
+    r = ms(*shlex.split("merge --method ties --base main main~0 dense_small -w 1 -w 1 -b x"))
     assert r.code == 1 and "same checkpoint" in r.err
 
 

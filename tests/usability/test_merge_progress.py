@@ -17,7 +17,7 @@ MERGE = ["merge", "--method", "ties", "--base", "main", "dense_small", "frozen"]
 MERGE += ["-w", "1", "-w", "1", "--param", "density=0.5", "-b", "m"]
 
 
-def test_merge_bar_counts_tensors(ms, monkeypatch) -> None:
+def test_merge_bar_counts_tensors(ties, monkeypatch) -> None:
     seen: dict = {"advanced": 0}
 
     @contextlib.contextmanager
@@ -30,22 +30,7 @@ def test_merge_bar_counts_tensors(ms, monkeypatch) -> None:
         yield advance
 
     monkeypatch.setattr(commands_merge, "progress_bar", fake_bar)
-    r = ms(
-        "merge",
-        "--method",
-        "ties",
-        "--base",
-        "main",
-        "dense_small",
-        "frozen",
-        "-w",
-        "1",
-        "-w",
-        "1",
-        "-b",
-        "m",
-        "--json",
-    )
+    r = ties("-b", "m", "--json")
     assert r.code == 0, r.err
     tensors = r.json()["tensors"]
     assert seen == {"total": tensors, "unit": "tensors", "advanced": tensors, "io": True}
@@ -89,7 +74,7 @@ def test_bar_text_shows_bytes() -> None:
     assert io_text(start) == "read 3.00 MiB, wrote 1.00 MiB"
 
 
-def test_bar_renders_done_of_total(fam_store) -> None:
+def test_bar_renders_done_of_total(fam_store, ties_args) -> None:
     """The real bar, in a terminal-like console: `21/21 tensors` appears on stderr."""
     code = (
         "import rich.console, sys\n"
@@ -102,23 +87,7 @@ def test_bar_renders_done_of_total(fam_store) -> None:
         "main(sys.argv[1:])\n"
     )
     env = {**os.environ, "MERGESTORE_PROGRESS": "1"}
-    args = [
-        "--store",
-        str(fam_store),
-        "merge",
-        "--method",
-        "ties",
-        "--base",
-        "main",
-        "dense_small",
-        "frozen",
-        "-w",
-        "1",
-        "-w",
-        "1",
-        "-b",
-        "m",
-    ]
+    args = ["--store", str(fam_store), *ties_args, "-b", "m"]
     p = subprocess.run(
         [sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, timeout=300
     )

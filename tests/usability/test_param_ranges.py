@@ -76,42 +76,12 @@ def test_out_of_range_is_refused(ms, fam_store: Path, tmp_path: Path, method, na
     assert ms("log", "x").code != 0
 
 
-def test_filter_is_named(ms, tmp_path: Path) -> None:
-    r = ms(
-        "merge",
-        "--method",
-        "ties",
-        "--base",
-        "main",
-        "dense_small",
-        "frozen",
-        "-w",
-        "1",
-        "-w",
-        "1",
-        "--param",
-        'density=[{"filter": "mlp", "value": 0}, {"value": 0.5}]',
-    )
+def test_filter_is_named(ties) -> None:
+    r = ties("--param", 'density=[{"filter": "mlp", "value": 0}, {"value": 0.5}]')
     assert r.code == 1 and "filter 'mlp'" in r.err and "(0, 1]" in r.err
 
 
 @pytest.mark.parametrize("density", ["1", "0.01", "[0.2, 1]"])
-def test_in_range_is_accepted(ms, density: str) -> None:
-    r = ms(
-        "merge",
-        "--method",
-        "ties",
-        "--base",
-        "main",
-        "dense_small",
-        "frozen",
-        "-w",
-        "1",
-        "-w",
-        "1",
-        "--param",
-        f"density={density}",
-        "-b",
-        "ok",
-    )
+def test_in_range_is_accepted(ties, density: str) -> None:
+    r = ties("--param", f"density={density}", "-b", "ok")
     assert r.code == 0, r.err
