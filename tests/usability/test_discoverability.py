@@ -31,8 +31,9 @@ def test_help_lists_every_method(ms, command) -> None:
 def _walk(cmd: click.Command, path: list[str]):
     yield path, cmd
     if isinstance(cmd, click.Group):
-        for name, sub in sorted(cmd.commands.items()):
-            yield from _walk(sub, [*path, name])
+        ctx = click.Context(cmd)  # the public lookup: the CLI loads command modules on demand
+        for name in sorted(cmd.list_commands(ctx)):
+            yield from _walk(cmd.get_command(ctx, name), [*path, name])
 
 
 def test_every_option_of_every_command_has_help() -> None:
