@@ -16,22 +16,10 @@ plain attribute reads. Module-level code must not touch `np` (tests/test_lazy_nu
 
 from __future__ import annotations
 
-import importlib
 import sys
 from typing import Any
 
-
-class _LazyNumpy:
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("__"):  # copy, pickle and inspect probes: not numpy's business
-            raise AttributeError(name)
-        value = getattr(importlib.import_module("numpy"), name)
-        setattr(self, name, value)
-        return value
-
-    def __repr__(self) -> str:
-        state = "imported" if is_imported() else "not imported yet"
-        return f"<lazy numpy: {state}>"
+from mergestore.lazy_module import LazyModule
 
 
 def is_imported() -> bool:
@@ -39,4 +27,4 @@ def is_imported() -> bool:
     return "numpy" in sys.modules
 
 
-np: Any = _LazyNumpy()
+np: Any = LazyModule("numpy")

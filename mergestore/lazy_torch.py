@@ -17,22 +17,10 @@ each attribute on the proxy, so later lookups are plain attribute reads.
 
 from __future__ import annotations
 
-import importlib
 import sys
 from typing import Any
 
-
-class _LazyTorch:
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("__"):  # copy, pickle and inspect probes: not torch's business
-            raise AttributeError(name)
-        value = getattr(importlib.import_module("torch"), name)
-        setattr(self, name, value)
-        return value
-
-    def __repr__(self) -> str:
-        state = "imported" if is_imported() else "not imported yet"
-        return f"<lazy torch: {state}>"
+from mergestore.lazy_module import LazyModule
 
 
 def is_imported() -> bool:
@@ -40,4 +28,4 @@ def is_imported() -> bool:
     return "torch" in sys.modules
 
 
-torch: Any = _LazyTorch()
+torch: Any = LazyModule("torch")
