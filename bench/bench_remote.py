@@ -111,20 +111,9 @@ def me(*args: object) -> list[str]:
 
 
 def new_stored_bytes(store, new: str, old: list[str]) -> int:  # type: ignore[no-untyped-def]
-    from mergestore.usage import iter_commit_blocks
+    from mergestore.usage import new_stored_bytes as stored
 
-    have: set[bytes] = set()
-    for ref in old:
-        have.update(iter_commit_blocks(store.repo, store.resolve(ref)))
-    mine = set(iter_commit_blocks(store.repo, store.resolve(new))) - have
-    total = 0
-    for bid in mine:
-        loc = store.repo.block_location(bid)
-        total += loc.length
-        if loc.ref is not None and loc.ref not in have and loc.ref not in mine:
-            total += store.repo.block_location(loc.ref).length
-            have.add(loc.ref)
-    return total
+    return stored(store.repo, store.resolve(new), [store.resolve(r) for r in old])
 
 
 def main() -> None:

@@ -91,6 +91,23 @@ def iter_commit_blocks(repo: Repository, cid: bytes) -> Iterator[bytes]:
             yield from obj.blocks
 
 
+def new_stored_bytes(repo: Repository, new: bytes, old: Sequence[bytes]) -> int:
+    """Stored bytes of the blocks commit `new` uses that none of `old` use, with the delta
+    reference each of them needs and `old` lacks: what a push of `new` over `old` must send."""
+    have: set[bytes] = set()
+    for cid in old:
+        have.update(iter_commit_blocks(repo, cid))
+    mine = set(iter_commit_blocks(repo, new)) - have
+    total = 0
+    for bid in mine:
+        loc = repo.block_location(bid)
+        total += loc.length
+        if loc.ref is not None and loc.ref not in have and loc.ref not in mine:
+            total += repo.block_location(loc.ref).length
+            have.add(loc.ref)
+    return total
+
+
 def merge_usage(repo: Repository, rows: list[tuple[HasCommit, int, int]]) -> dict[str, object]:
     """Merge commits: how many are materialized, lazy or evicted; the stored/raw ratio of the
     blocks they added (delta-coded against the base where smaller); what eviction freed."""

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from mergestore.api import Store
-from mergestore.usage import iter_commit_blocks
+from mergestore.usage import iter_commit_blocks, new_stored_bytes
 
 
 def _same_tree(a: Path, b: Path) -> bool:
@@ -23,18 +23,7 @@ def _same_tree(a: Path, b: Path) -> bool:
 
 def _new_stored_bytes(store: Store, new: str, old: list[str]) -> int:
     """Stored bytes of the blocks commit `new` uses that none of `old` use."""
-    have: set[bytes] = set()
-    for ref in old:
-        have.update(iter_commit_blocks(store.repo, store.resolve(ref)))
-    mine = set(iter_commit_blocks(store.repo, store.resolve(new))) - have
-    total = 0
-    for bid in mine:
-        loc = store.repo.block_location(bid)
-        total += loc.length
-        if loc.ref is not None and loc.ref not in have and loc.ref not in mine:
-            total += store.repo.block_location(loc.ref).length
-            have.add(loc.ref)
-    return total
+    return new_stored_bytes(store.repo, store.resolve(new), [store.resolve(r) for r in old])
 
 
 @pytest.fixture
