@@ -20,6 +20,7 @@ from typing import Any
 
 from mergestore.errors import CorruptionError
 from mergestore.merge.engine import Engine, OutputTensor, StoreSink, TensorTask, task_bytes
+from mergestore.ops import alloc
 from mergestore.store import faults, merges
 from mergestore.store.repo import Repository
 
@@ -127,51 +128,60 @@ def compute(
     if progress and res.reused:
         progress(res.reused)
     done_j = {n: _encode(o) for n, o in res.outputs.items()} if journal else {}
-    for chunk in chunks(todo, journal_bytes()):
-        with repo.writer() as session:
-            sink: Any = StoreSink(repo, session)
-            if wrap_sink is not None:
-                sink = wrap_sink(sink)
-            outs, stats, taken = run_tasks(
-                engine,
-                chunk,
-                sink,
-                n_models,
-                progress=progress,
-                track_delta=track_delta,
-                omitted=omitted,
-            )
-            for o in outs:
-                want = (expected or {}).get(o.name)
-                if want is not None and tuple(want) != tuple(o.blocks):
-                    raise CorruptionError(
-                        f"recomputing tensor {o.name} gave other blocks than the merge "
-                        "commit records (a nondeterministic kernel, or a changed engine)"
-                    )
-                res.outputs[o.name] = o
-                if journal:
-                    done_j[o.name] = _encode(o)
-            if journal:
-                merges.set_journal(
-                    session,
-                    plan_id,
-                    {"engine": engine_name(), "time": time.time(), "ref": ref, "tensors": done_j},
+    # One buffer pool for every chunk: a chunk's inputs and temporaries reuse the previous
+    # chunk's buffers, already paged in (fresh pages are zeroed by the kernel: 13% of the
+    # CPU of a ties merge with dtype float32 before).
+    with alloc.pooling():
+        for chunk in chunks(todo, journal_bytes()):
+            with repo.writer() as session:
+                sink: Any = StoreSink(repo, session)
+                if wrap_sink is not None:
+                    sink = wrap_sink(sink)
+                outs, stats, taken = run_tasks(
+                    engine,
+                    chunk,
+                    sink,
+                    n_models,
+                    progress=progress,
+                    track_delta=track_delta,
+                    omitted=omitted,
                 )
-            session.publish()
-            res.bytes_written += session.bytes_written
-            res.blocks_written += len(session.blocks)
-        res.chunks += 1
-        res.computed += len(chunk)
-        res.blocks_from_base += taken
-        for i, m in enumerate(stats.expert_meters):
-            res.expert_bytes_read[i] += m.bytes_read
-        res.base_bytes_read += stats.base_meter.bytes_read
-        res.blocks_read += stats.blocks_read
-        res.engine_seconds += stats.seconds
-        res.merged_delta_sq += stats.merged_delta_sq
-        res.torch_free = res.torch_free or stats.torch_free
-        res.lanes = add_lanes(res.lanes, stats.lanes)
-        faults.kill_point("journal-flushed")
+                for o in outs:
+                    want = (expected or {}).get(o.name)
+                    if want is not None and tuple(want) != tuple(o.blocks):
+                        raise CorruptionError(
+                            f"recomputing tensor {o.name} gave other blocks than the merge "
+                            "commit records (a nondeterministic kernel, or a changed engine)"
+                        )
+                    res.outputs[o.name] = o
+                    if journal:
+                        done_j[o.name] = _encode(o)
+                if journal:
+                    merges.set_journal(
+                        session,
+                        plan_id,
+                        {
+                            "engine": engine_name(),
+                            "time": time.time(),
+                            "ref": ref,
+                            "tensors": done_j,
+                        },
+                    )
+                session.publish()
+                res.bytes_written += session.bytes_written
+                res.blocks_written += len(session.blocks)
+            res.chunks += 1
+            res.computed += len(chunk)
+            res.blocks_from_base += taken
+            for i, m in enumerate(stats.expert_meters):
+                res.expert_bytes_read[i] += m.bytes_read
+            res.base_bytes_read += stats.base_meter.bytes_read
+            res.blocks_read += stats.blocks_read
+            res.engine_seconds += stats.seconds
+            res.merged_delta_sq += stats.merged_delta_sq
+            res.torch_free = res.torch_free or stats.torch_free
+            res.lanes = add_lanes(res.lanes, stats.lanes)
+            faults.kill_point("journal-flushed")
     return res
 
 

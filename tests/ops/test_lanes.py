@@ -108,6 +108,16 @@ def test_ties_in_magnitudes_fp32(method):
     check(method, base, xs, "F32", "BF16")
 
 
+@pytest.mark.parametrize("method", ["ties", "breadcrumbs"])
+def test_large_tensors_with_runs_of_equal_magnitudes_fp32(method):
+    """Tensors of 2^18 elements and more count the cut's histograms in interleaved copies
+    (csrc/rank_cuts.c): an input equal to the base (every delta +0, the cut inside the zeros)
+    and coarse deltas (long runs of equal bins) keep torch's bits."""
+    base, xs = family(3, (520, 512), ["BF16", "BF16", "F32", "BF16"], seed=11, ties=True)
+    xs[0] = base.clone()
+    check(method, base, xs, "F32", "BF16")
+
+
 @settings(max_examples=40, deadline=None)
 @given(
     method=st.sampled_from(sorted(METHODS)),
