@@ -27,7 +27,7 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
     ),
     "merge_arith32.c": (
         "mergestore/ops/lanes.py",  # twins: the fp32 torch paths of ops/gta.py, ops/linear.py
-        ("gta_sum32", "gta_consensus32", "linear32", "convert"),
+        ("gta_sum32", "gta_consensus32", "gta_cut32", "linear32", "convert"),
     ),
     "merge_elementwise.c": (
         "mergestore/ops/lane_elementwise.py",  # twins: ops/nearswap.py and ops/ram.py
@@ -38,7 +38,7 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
         ("torch_sum32", "model_stock_stats32", "model_stock_mix32"),
     ),
     "rank_cuts.c": (
-        "mergestore/ops/sparsify.py",  # the fp32 cuts' Python side: ops/lanes.py (cut_delta32)
+        "mergestore/ops/sparsify.py",  # the fp32 cuts' Python side: ops/lanes.py (cut_spec32)
         (
             "sub_hist_bf16",
             "nth_equal16",
@@ -48,7 +48,6 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
             "sub_hist32",
             "hist_lo32",
             "nth_equal32",
-            "apply_cuts32",
         ),
     ),
     "delta_stats.c": ("mergestore/diff.py", ("delta_stats",)),

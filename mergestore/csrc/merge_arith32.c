@@ -126,6 +126,64 @@ HOT static void gta_consensus32(void *out, int out_fmt, const void *base, int ba
     }
 }
 
+/* ties and breadcrumbs(_ties) in fp32 in one pass over the inputs: d_i = x_i - base (fp32),
+ * times the mask of its rank cuts (cut_tile32: the cuts were found beforehand by sub_hist32,
+ * hist_lo32 and nth_equal32 over the whole tensor; `start` is the flat index of element 0
+ * here), then gta_consensus32's arithmetic (consensus) or gta_sum32's over the cut deltas.
+ * The same operations in the same order as cutting fp32 deltas and combining them, without
+ * an fp32 delta per input in memory. */
+HOT static int gta_cut32(void *out, int out_fmt, const void *base, int base_fmt,
+                         const void **xs, const int *fmts, const Cuts32 *cuts, Py_ssize_t k,
+                         Py_ssize_t start, const float *w, int consensus, float divisor,
+                         Py_ssize_t n, int normalize, float lam, int has_lam) {
+    float *dt = malloc((size_t)(k ? k : 1) * TILE * sizeof(float));
+    if (!dt) return -1;
+    float vote[TILE], merged[TILE], divs[TILE], bf[TILE];
+    for (Py_ssize_t s = 0; s < n; s += TILE) {
+        Py_ssize_t m = n - s < TILE ? n - s : TILE;
+        widen(bf, base, base_fmt, s, m);
+        for (Py_ssize_t i = 0; i < k; i++) {
+            float *d = dt + i * TILE;
+            widen(d, xs[i], fmts[i], s, m);
+            for (Py_ssize_t j = 0; j < m; j++) d[j] = d[j] - bf[j];
+            cut_tile32((uint32_t *)d, start + s, m, &cuts[i]);
+        }
+        for (Py_ssize_t j = 0; j < m; j++) merged[j] = 0.0f;
+        if (!consensus) {
+            for (Py_ssize_t i = 0; i < k; i++) {
+                const float *d = dt + i * TILE;
+                const float wi = w[i];
+                for (Py_ssize_t j = 0; j < m; j++) merged[j] = merged[j] + d[j] * wi;
+            }
+            finish32(out, out_fmt, s, bf, merged, NULL, divisor, m, normalize, lam, has_lam);
+            continue;
+        }
+        for (Py_ssize_t j = 0; j < m; j++) vote[j] = 0.0f;
+        for (Py_ssize_t i = 0; i < k; i++) {
+            const float *d = dt + i * TILE;
+            const float wi = w[i];
+            for (Py_ssize_t j = 0; j < m; j++) vote[j] = vote[j] + d[j] * wi;
+        }
+        for (Py_ssize_t j = 0; j < m; j++) {
+            vote[j] = vote[j] >= 0.0f ? 1.0f : -1.0f;
+            divs[j] = 0.0f;
+        }
+        for (Py_ssize_t i = 0; i < k; i++) {
+            const float *d = dt + i * TILE;
+            const float wi = w[i];
+            for (Py_ssize_t j = 0; j < m; j++) {
+                float D = d[j] * wi;
+                float agree = (D * vote[j]) > 0.0f ? 1.0f : 0.0f;
+                merged[j] = merged[j] + D * agree;
+                divs[j] = divs[j] + agree * wi;
+            }
+        }
+        finish32(out, out_fmt, s, bf, merged, divs, 0.0f, m, normalize, lam, has_lam);
+    }
+    free(dt);
+    return 0;
+}
+
 /* linear with an fp32 accumulator: acc = fma(x_i, w_i, acc) from 0 in input order (torch's
  * addcmul_ is fused), acc / wsum if normalize, stored in the output format. */
 HOT static void linear32(void *out, int out_fmt, const void **xs, const int *fmts, Py_ssize_t k,
@@ -361,4 +419,62 @@ PyObject *py_convert(PyObject *self, PyObject *args) {
     release(&x);
     release(&out);
     Py_RETURN_NONE;
+}
+
+/* gta_cut32(out, out_fmt, base, base_fmt, inputs, fmts, cuts, start, weights, consensus,
+ * divisor, normalize, lam, has_lam) */
+PyObject *py_gta_cut32(PyObject *self, PyObject *args) {
+    PyObject *out_o, *base_o, *xs_o, *fmts_o, *cuts_o, *w_o;
+    int out_fmt, base_fmt, consensus, normalize, has_lam;
+    Py_ssize_t start;
+    double divisor, lam;
+    if (!PyArg_ParseTuple(args, "OiOiOOOnOpdpdp", &out_o, &out_fmt, &base_o, &base_fmt, &xs_o,
+                          &fmts_o, &cuts_o, &start, &w_o, &consensus, &divisor, &normalize, &lam,
+                          &has_lam))
+        return NULL;
+    Py_ssize_t n = -1;
+    Buf out, base;
+    Inputs in;
+    float *w = NULL;
+    Cuts32 *cuts = NULL;
+    PyObject *ret = NULL, *cs = NULL;
+    if (get_fmt_buf(out_o, out_fmt, &n, 1, &out, "out") < 0) return NULL;
+    if (get_fmt_buf(base_o, base_fmt, &n, 0, &base, "base") < 0) goto d1;
+    if (get_inputs(xs_o, fmts_o, n, &in) < 0) goto d2;
+    if (!(w = get_weights(w_o, in.k))) goto d3;
+    cs = PySequence_Fast(cuts_o, "expected a sequence of cuts");
+    if (!cs) goto d4;
+    if (PySequence_Fast_GET_SIZE(cs) != in.k) {
+        PyErr_SetString(PyExc_ValueError, "gta_cut32: one cut per input");
+        goto d4;
+    }
+    cuts = PyMem_Calloc(in.k ? in.k : 1, sizeof(Cuts32));
+    if (!cuts) {
+        PyErr_NoMemory();
+        goto d4;
+    }
+    for (Py_ssize_t i = 0; i < in.k; i++)
+        if (get_cuts32(PySequence_Fast_GET_ITEM(cs, i), &cuts[i]) < 0) goto d4;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = gta_cut32(out.view.buf, out_fmt, base.view.buf, base_fmt, in.ptrs, in.fmts, cuts, in.k,
+                   start, w, consensus, (float)divisor, n, normalize, (float)lam, has_lam);
+    Py_END_ALLOW_THREADS
+    if (rc < 0) {
+        PyErr_NoMemory();
+        goto d4;
+    }
+    ret = Py_None;
+    Py_INCREF(ret);
+d4:
+    PyMem_Free(cuts);
+    Py_XDECREF(cs);
+    PyMem_Free(w);
+d3:
+    inputs_release(&in);
+d2:
+    release(&base);
+d1:
+    release(&out);
+    return ret;
 }

@@ -39,6 +39,9 @@ static PyMethodDef methods[] = {
     {"gta_sum32", py_gta_sum32, METH_VARARGS,
      "gta_sum32(out, out_fmt, base, base_fmt, inputs, fmts, weights, deltas, divisor, normalize, "
      "lam, has_lam): fp32 compute; formats 0 bf16, 1 fp16, 2 fp32"},
+    {"gta_cut32", py_gta_cut32, METH_VARARGS,
+     "gta_cut32(out, out_fmt, base, base_fmt, inputs, fmts, cuts, start, weights, consensus, "
+     "divisor, normalize, lam, has_lam)"},
     {"gta_consensus32", py_gta_consensus32, METH_VARARGS,
      "gta_consensus32(out, out_fmt, base, base_fmt, fp32_deltas, weights, normalize, lam, "
      "has_lam)"},
@@ -57,15 +60,13 @@ static PyMethodDef methods[] = {
     {"convert", py_convert, METH_VARARGS,
      "convert(out, out_fmt, x, x_fmt): a float format conversion as torch's .to() rounds"},
     {"sub_hist32", py_sub_hist32, METH_VARARGS,
-     "sub_hist32(out_f32, x, x_fmt, base, base_fmt, hist): x - base in fp32 and the histogram of "
-     "its magnitudes' upper 15 bits"},
+     "sub_hist32(out_f32 or None, x, x_fmt, base, base_fmt, hist): the histogram of the upper 15 "
+     "magnitude bits of x - base in fp32 (stored in out unless None)"},
     {"hist_lo32", py_hist_lo32, METH_VARARGS,
-     "hist_lo32(bits_f32, hi, hist): histogram of the low 16 bits of magnitudes whose upper bits "
-     "are hi"},
+     "hist_lo32(x, x_fmt, base, base_fmt, hi, hist): histogram of the low 16 bits of the "
+     "magnitudes of x - base (fp32) whose upper bits are hi"},
     {"nth_equal32", py_nth_equal32, METH_VARARGS,
-     "nth_equal32(bits_f32, v, need) -> index or -1"},
-    {"apply_cuts32", py_apply_cuts32, METH_VARARGS,
-     "apply_cuts32(data_f32, mode1, v1, last1, mode2, v2, last2)"},
+     "nth_equal32(x, x_fmt, base, base_fmt, v, need) -> index or -1"},
     {"linear_bf16", py_linear_bf16, METH_VARARGS,
      "linear_bf16(out, inputs, weights, normalize, weight_sum, f16=False)"},
     {"sub_hist_bf16", py_sub_hist_bf16, METH_VARARGS,

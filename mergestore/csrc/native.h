@@ -288,6 +288,7 @@ PyObject *py_linear_bf16(PyObject *self, PyObject *args);
 /* merge_arith32.c */
 PyObject *py_gta_sum32(PyObject *self, PyObject *args);
 PyObject *py_gta_consensus32(PyObject *self, PyObject *args);
+PyObject *py_gta_cut32(PyObject *self, PyObject *args);
 PyObject *py_linear32(PyObject *self, PyObject *args);
 PyObject *py_convert(PyObject *self, PyObject *args);
 /* merge_elementwise.c */
@@ -306,7 +307,17 @@ PyObject *py_row_ranks_bf16(PyObject *self, PyObject *args);
 PyObject *py_sub_hist32(PyObject *self, PyObject *args);
 PyObject *py_hist_lo32(PyObject *self, PyObject *args);
 PyObject *py_nth_equal32(PyObject *self, PyObject *args);
-PyObject *py_apply_cuts32(PyObject *self, PyObject *args);
+/* An fp32 delta's one or two magnitude cuts (ops/lanes.py, _cut32): mode 0 keeps nothing,
+ * 1 everything, 2 the largest (bits > v, or == v at flat indices before `last`), 3 the
+ * smallest (bits < v, or == v before `last`); mode2 < 0: no second cut, else elements in the
+ * second cut are dropped too (breadcrumbs' outliers). */
+typedef struct {
+    int mode1, mode2;
+    int64_t v1, v2;
+    Py_ssize_t last1, last2;
+} Cuts32;
+void cut_tile32(uint32_t *d, Py_ssize_t start, Py_ssize_t m, const Cuts32 *c);
+int get_cuts32(PyObject *o, Cuts32 *c);
 /* rng.c */
 PyObject *py_philox_keep(PyObject *self, PyObject *args);
 /* byte_planes.c */

@@ -350,30 +350,29 @@ PyObject *py_row_ranks_bf16(PyObject *self, PyObject *args) {
  * wait on its own previous increment: measured 3x slower than random bins. */
 #define HIST_WAYS 4
 
-/* out = x - base in fp32 (x and base in format 0 bf16, 1 fp16, 2 fp32), and
- * hist[(|out| bits) >> 16] += 1, counted in HIST_WAYS interleaved 32-bit copies. */
+/* d[0..m) = element s + j of x minus that of base, in fp32 (x and base in format 0 bf16,
+ * 1 fp16, 2 fp32; both widened exactly): the delta every fp32 cut ranks. The cut kernels
+ * recompute it from the inputs on each pass rather than keep an fp32 delta per input. */
+static inline void delta_tile(float *d, float *bt, const void *x, int xf, const void *b,
+                              int bfmt, Py_ssize_t s, Py_ssize_t m) {
+    widen(d, x, xf, s, m);
+    widen(bt, b, bfmt, s, m);
+    for (Py_ssize_t j = 0; j < m; j++) d[j] = d[j] - bt[j];
+}
+
+/* hist[(|x - base| bits) >> 16] += 1, counted in HIST_WAYS interleaved 32-bit copies; the
+ * delta is stored in `out` too unless it is NULL. */
 HOT static int sub_hist32(float *out, const void *x, int xf, const void *b, int bfmt,
                           Py_ssize_t n, int64_t *hist) {
     uint32_t *h = calloc(HIST_WAYS * 32768, sizeof(uint32_t));
     if (!h) return -1;
-    float xt[TILE], bt[TILE];
+    float dt[TILE], bt[TILE];
     Py_ssize_t since_flush = 0;
     for (Py_ssize_t s = 0; s < n; s += TILE) {
         Py_ssize_t m = n - s < TILE ? n - s : TILE;
-        for (int which = 0; which < 2; which++) {
-            const void *src = which ? b : x;
-            int f = which ? bfmt : xf;
-            float *dst = which ? bt : xt;
-            if (f == 2)
-                memcpy(dst, (const float *)src + s, (size_t)m * 4);
-            else if (f == 0)
-                for (Py_ssize_t j = 0; j < m; j++) dst[j] = bf16_to_f32(((const uint16_t *)src)[s + j]);
-            else
-                for (Py_ssize_t j = 0; j < m; j++) dst[j] = f16_table[((const uint16_t *)src)[s + j]];
-        }
-        float *o = out + s;
-        for (Py_ssize_t j = 0; j < m; j++) o[j] = xt[j] - bt[j];
-        const uint32_t *u = (const uint32_t *)o;
+        delta_tile(dt, bt, x, xf, b, bfmt, s, m);
+        if (out) memcpy(out + s, dt, (size_t)m * sizeof(float));
+        const uint32_t *u = (const uint32_t *)dt;
         Py_ssize_t j = 0;
         for (; j + HIST_WAYS <= m; j += HIST_WAYS)
             for (int w = 0; w < HIST_WAYS; w++) h[w * 32768 + ((u[j + w] >> 16) & 0x7FFF)]++;
@@ -404,19 +403,22 @@ PyObject *py_sub_hist32(PyObject *self, PyObject *args) {
     }
     Buf out, x, b, h;
     PyObject *ret = NULL;
-    if (get_buf(out_o, &out, 1, 4, "out") < 0) return NULL;
+    int has_out = out_o != Py_None;
+    memset(&out, 0, sizeof out);
+    if (has_out && get_buf(out_o, &out, 1, 4, "out") < 0) return NULL;
     if (get_buf(x_o, &x, 0, fmt_bytes(xf), "x") < 0) goto d1;
     if (get_buf(b_o, &b, 0, fmt_bytes(bfmt), "base") < 0) goto d2;
     if (get_buf(h_o, &h, 1, 8, "hist") < 0) goto d3;
-    Py_ssize_t n = out.view.len / 4;
-    if (x.view.len != n * fmt_bytes(xf) || b.view.len != n * fmt_bytes(bfmt) ||
+    Py_ssize_t n = x.view.len / fmt_bytes(xf);
+    if ((has_out && out.view.len != n * 4) || b.view.len != n * fmt_bytes(bfmt) ||
         h.view.len != 8 * 32768) {
         PyErr_SetString(PyExc_ValueError, "sub_hist32: lengths do not match");
         goto d4;
     }
     int rc;
     Py_BEGIN_ALLOW_THREADS
-    rc = sub_hist32(out.view.buf, x.view.buf, xf, b.view.buf, bfmt, n, h.view.buf);
+    rc = sub_hist32(has_out ? out.view.buf : NULL, x.view.buf, xf, b.view.buf, bfmt, n,
+                    h.view.buf);
     Py_END_ALLOW_THREADS
     if (rc < 0) {
         PyErr_NoMemory();
@@ -435,91 +437,131 @@ d1:
     return ret;
 }
 
-/* hist[low 16 bits] += 1 for each element whose magnitude's upper 15 bits are hi. A large
- * tensor's matches are counted in HIST_WAYS interleaved 32-bit copies, taking turns (the
- * cut's bucket can hold every element: a frozen tensor's zeros). */
-HOT static int hist_lo32(const uint32_t *u, Py_ssize_t n, uint32_t hi, int64_t *hist) {
-    if (n < ((Py_ssize_t)1 << 18) || n > 0xFFFFFFFFLL) {
-        for (Py_ssize_t j = 0; j < n; j++) {
+/* hist[low 16 bits] += 1 for each element of x - base whose magnitude's upper 15 bits are hi.
+ * A large tensor's matches are counted in HIST_WAYS interleaved 32-bit copies, taking turns
+ * (the cut's bucket can hold every element: a frozen tensor's zeros). */
+HOT static int hist_lo32(const void *x, int xf, const void *b, int bfmt, Py_ssize_t n,
+                         uint32_t hi, int64_t *hist) {
+    int ways = n < ((Py_ssize_t)1 << 18) || n > 0xFFFFFFFFLL ? 1 : HIST_WAYS;
+    uint32_t *h = ways > 1 ? calloc(HIST_WAYS * 65536, sizeof(uint32_t)) : NULL;
+    if (ways > 1 && !h) return -1;
+    float dt[TILE], bt[TILE];
+    uint16_t lo[TILE];
+    for (Py_ssize_t s = 0; s < n; s += TILE) {
+        Py_ssize_t m = n - s < TILE ? n - s : TILE, c = 0;
+        delta_tile(dt, bt, x, xf, b, bfmt, s, m);
+        const uint32_t *u = (const uint32_t *)dt;
+        /* the bucket's elements gathered without a branch (which elements fall in the cut's
+         * bucket is as good as random: a branch on it mispredicted), then counted */
+        for (Py_ssize_t j = 0; j < m; j++) {
             uint32_t a = u[j] & 0x7FFFFFFFu;
-            if ((a >> 16) == hi) hist[a & 0xFFFF]++;
+            lo[c] = (uint16_t)a;
+            c += (a >> 16) == hi;
         }
-        return 0;
+        Py_ssize_t j = 0;
+        if (h)
+            for (; j + HIST_WAYS <= c; j += HIST_WAYS)
+                for (int w = 0; w < HIST_WAYS; w++) h[w * 65536 + lo[j + w]]++;
+        for (; j < c; j++) hist[lo[j]]++;
     }
-    uint32_t *h = calloc(HIST_WAYS * 65536, sizeof(uint32_t));
-    if (!h) return -1;
-    uint32_t turn = 0;
-    for (Py_ssize_t j = 0; j < n; j++) {
-        uint32_t a = u[j] & 0x7FFFFFFFu;
-        if ((a >> 16) == hi) {
-            h[(turn % HIST_WAYS) * 65536 + (a & 0xFFFF)]++;
-            turn++;
+    if (h) {
+        for (int k = 0; k < 65536; k++) {
+            int64_t c = 0;
+            for (int w = 0; w < HIST_WAYS; w++) c += h[w * 65536 + k];
+            hist[k] += c;
         }
+        free(h);
     }
-    for (int k = 0; k < 65536; k++) {
-        int64_t c = 0;
-        for (int w = 0; w < HIST_WAYS; w++) c += h[w * 65536 + k];
-        hist[k] += c;
+    return 0;
+}
+
+/* x and base (formats xf, bf) of one length; n set. */
+static int get_pair(PyObject *x_o, int xf, PyObject *b_o, int bfmt, Buf *x, Buf *b,
+                    Py_ssize_t *n) {
+    if (xf < 0 || xf > 2 || bfmt < 0 || bfmt > 2) {
+        PyErr_SetString(PyExc_ValueError, "unknown format code");
+        return -1;
     }
-    free(h);
+    if (get_buf(x_o, x, 0, fmt_bytes(xf), "x") < 0) return -1;
+    if (get_buf(b_o, b, 0, fmt_bytes(bfmt), "base") < 0) {
+        release(x);
+        return -1;
+    }
+    *n = x->view.len / fmt_bytes(xf);
+    if (b->view.len != *n * fmt_bytes(bfmt)) {
+        PyErr_SetString(PyExc_ValueError, "x and base differ in length");
+        release(b);
+        release(x);
+        return -1;
+    }
     return 0;
 }
 
 PyObject *py_hist_lo32(PyObject *self, PyObject *args) {
-    PyObject *d_o, *h_o;
+    PyObject *x_o, *b_o, *h_o;
+    int xf, bfmt;
     unsigned int hi;
-    if (!PyArg_ParseTuple(args, "OIO", &d_o, &hi, &h_o)) return NULL;
-    Buf d, h;
-    if (get_buf(d_o, &d, 0, 4, "bits") < 0) return NULL;
+    if (!PyArg_ParseTuple(args, "OiOiIO", &x_o, &xf, &b_o, &bfmt, &hi, &h_o)) return NULL;
+    Buf x, b, h;
+    Py_ssize_t n;
+    if (get_pair(x_o, xf, b_o, bfmt, &x, &b, &n) < 0) return NULL;
     if (get_buf(h_o, &h, 1, 8, "hist") < 0) {
-        release(&d);
+        release(&b);
+        release(&x);
         return NULL;
     }
-    if (h.view.len != 8 * 65536) {
-        release(&h);
-        release(&d);
+    int rc = -2;
+    if (h.view.len == 8 * 65536) {
+        Py_BEGIN_ALLOW_THREADS
+        rc = hist_lo32(x.view.buf, xf, b.view.buf, bfmt, n, hi, h.view.buf);
+        Py_END_ALLOW_THREADS
+    }
+    release(&h);
+    release(&b);
+    release(&x);
+    if (rc == -2) {
         PyErr_SetString(PyExc_ValueError, "hist_lo32: the histogram has 65536 counts");
         return NULL;
     }
-    int rc;
-    Py_BEGIN_ALLOW_THREADS
-    rc = hist_lo32(d.view.buf, d.view.len / 4, hi, h.view.buf);
-    Py_END_ALLOW_THREADS
-    release(&h);
-    release(&d);
     if (rc < 0) return PyErr_NoMemory();
     Py_RETURN_NONE;
 }
 
-/* Index of the need-th (1-based) element whose 31 magnitude bits equal v; -1 if fewer. */
-HOT static Py_ssize_t nth_equal32(const uint32_t *p, Py_ssize_t n, uint32_t v, Py_ssize_t need) {
+/* Index of the need-th (1-based) element of x - base whose 31 magnitude bits equal v; -1 if
+ * fewer. */
+HOT static Py_ssize_t nth_equal32(const void *x, int xf, const void *b, int bfmt, Py_ssize_t n,
+                                  uint32_t v, Py_ssize_t need) {
     if (need <= 0) return -1;
     Py_ssize_t seen = 0;
-    for (Py_ssize_t s = 0; s < n; s += 4096) {
-        Py_ssize_t m = n - s < 4096 ? n - s : 4096, c = 0;
-        for (Py_ssize_t j = 0; j < m; j++) c += (p[s + j] & 0x7FFFFFFFu) == v;
+    float dt[TILE], bt[TILE];
+    for (Py_ssize_t s = 0; s < n; s += TILE) {
+        Py_ssize_t m = n - s < TILE ? n - s : TILE, c = 0;
+        delta_tile(dt, bt, x, xf, b, bfmt, s, m);
+        const uint32_t *p = (const uint32_t *)dt;
+        for (Py_ssize_t j = 0; j < m; j++) c += (p[j] & 0x7FFFFFFFu) == v;
         if (seen + c < need) {
             seen += c;
             continue;
         }
         for (Py_ssize_t j = 0; j < m; j++)
-            if ((p[s + j] & 0x7FFFFFFFu) == v && ++seen == need) return s + j;
+            if ((p[j] & 0x7FFFFFFFu) == v && ++seen == need) return s + j;
     }
     return -1;
 }
 
 PyObject *py_nth_equal32(PyObject *self, PyObject *args) {
-    PyObject *o;
+    PyObject *x_o, *b_o;
+    int xf, bfmt;
     unsigned int v;
-    Py_ssize_t need;
-    if (!PyArg_ParseTuple(args, "OIn", &o, &v, &need)) return NULL;
-    Buf a;
-    if (get_buf(o, &a, 0, 4, "bits") < 0) return NULL;
-    Py_ssize_t found;
+    Py_ssize_t need, n, found;
+    if (!PyArg_ParseTuple(args, "OiOiIn", &x_o, &xf, &b_o, &bfmt, &v, &need)) return NULL;
+    Buf x, b;
+    if (get_pair(x_o, xf, b_o, bfmt, &x, &b, &n) < 0) return NULL;
     Py_BEGIN_ALLOW_THREADS
-    found = nth_equal32(a.view.buf, a.view.len / 4, (uint32_t)v, need);
+    found = nth_equal32(x.view.buf, xf, b.view.buf, bfmt, n, (uint32_t)v, need);
     Py_END_ALLOW_THREADS
-    release(&a);
+    release(&b);
+    release(&x);
     return PyLong_FromSsize_t(found);
 }
 
@@ -559,28 +601,31 @@ HOT static void zero_outside32(uint32_t *d, Py_ssize_t n, Range32 r1, Range32 r2
     }
 }
 
-PyObject *py_apply_cuts32(PyObject *self, PyObject *args) {
-    PyObject *o;
-    Py_ssize_t l1, l2;
-    int m1, m2;
-    unsigned int v1, v2;
-    if (!PyArg_ParseTuple(args, "OiIniIn", &o, &m1, &v1, &l1, &m2, &v2, &l2)) return NULL;
-    Buf a;
-    if (get_buf(o, &a, 1, 4, "data") < 0) return NULL;
-    Py_ssize_t n = a.view.len / 4;
-    Py_BEGIN_ALLOW_THREADS
-    Py_ssize_t b1 = l1 < 0 ? 0 : (l1 > n ? n : l1);
-    Py_ssize_t b2 = m2 < 0 ? 0 : (l2 < 0 ? 0 : (l2 > n ? n : l2));
-    Py_ssize_t cuts[4] = {0, b1 < b2 ? b1 : b2, b1 < b2 ? b2 : b1, n};
+/* Elements start .. start + m of a flat fp32 delta (in d[0..m)) times the mask of its cuts
+ * (native.h: Cuts32), as mergekit's delta * mask: a signed zero or NaN where dropped. */
+void cut_tile32(uint32_t *d, Py_ssize_t start, Py_ssize_t m, const Cuts32 *c) {
+    Py_ssize_t b1 = c->last1 < 0 ? 0 : c->last1;
+    Py_ssize_t b2 = c->mode2 < 0 ? 0 : (c->last2 < 0 ? 0 : c->last2);
+    Py_ssize_t end = start + m;
+    Py_ssize_t cuts[4] = {start, b1 < b2 ? b1 : b2, b1 < b2 ? b2 : b1, end};
     for (int seg = 0; seg < 3; seg++) {
-        Py_ssize_t s = cuts[seg], e = cuts[seg + 1];
+        Py_ssize_t s = cuts[seg] < start ? start : cuts[seg];
+        Py_ssize_t e = cuts[seg + 1] > end ? end : cuts[seg + 1];
+        if (seg == 2) e = end;
         if (e <= s) continue;
         int64_t lo1, hi1, lo2 = 1, hi2 = 0;
-        cut_range32(m1, v1, s < b1, &lo1, &hi1);
-        if (m2 >= 0) cut_range32(m2, v2, s < b2, &lo2, &hi2);
-        zero_outside32((uint32_t *)a.view.buf + s, e - s, range32(lo1, hi1), range32(lo2, hi2));
+        cut_range32(c->mode1, c->v1, s < b1, &lo1, &hi1);
+        if (c->mode2 >= 0) cut_range32(c->mode2, c->v2, s < b2, &lo2, &hi2);
+        zero_outside32(d + (s - start), e - s, range32(lo1, hi1), range32(lo2, hi2));
     }
-    Py_END_ALLOW_THREADS
-    release(&a);
-    Py_RETURN_NONE;
+}
+
+/* One Cuts32 from (mode1, v1, last1, mode2, v2, last2). */
+int get_cuts32(PyObject *o, Cuts32 *c) {
+    unsigned int v1, v2;
+    if (!PyArg_ParseTuple(o, "iIniIn;a cut is (mode1, v1, last1, mode2, v2, last2)", &c->mode1,
+                          &v1, &c->last1, &c->mode2, &v2, &c->last2))
+        return -1;
+    c->v1 = v1, c->v2 = v2;
+    return 0;
 }

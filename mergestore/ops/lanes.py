@@ -247,18 +247,24 @@ def _merge32(
         _run_columns(columns, n)
         return out
 
-    def cut(i: int) -> np.ndarray:
+    def cuts(i: int) -> tuple[int, ...]:
         p = per_input[i]
-        return cut_delta32(
+        return cut_spec32(
             flats[i], fmts[i], flat_base, base_fmt, sparsifier, p["density"], p.get("gamma", 0.0)
         )
 
-    workers = 2 if n >= PARALLEL_MIN else 1  # large tensors: two inputs cut at once
-    deltas = list(ordered_map(cut, range(len(flats)), workers=workers, window=workers))
+    workers = 2 if n >= PARALLEL_MIN else 1  # large tensors: two inputs' cuts found at once
+    specs = list(ordered_map(cuts, range(len(flats)), workers=workers, window=workers))
+    divisor = gta_divisor32(weights)
 
-    combine32(
-        flat_base, deltas, weights, consensus=consensus, normalize=normalize, lam=lam, out=out
-    )
+    def cut_columns(r: range) -> None:
+        a, b = r.start, r.stop
+        kernels.gta_cut32(
+            out[a:b], out_fmt, flat_base[a:b], base_fmt, [x[a:b] for x in flats], fmts, specs, a,
+            weights, consensus, divisor, normalize, lam, has_lam,
+        )  # fmt: skip
+
+    _run_columns(cut_columns, n)
     return out
 
 
@@ -303,7 +309,7 @@ def gta_divisor32(weights: Sequence[float]) -> float:
     return 1.0 if abs(divisor) < f32([1e-8])[0] else divisor
 
 
-def cut_delta32(
+def cut_spec32(
     x: np.ndarray,
     x_fmt: int,
     base: np.ndarray,
@@ -311,27 +317,31 @@ def cut_delta32(
     sparsifier: str,
     density: float,
     gamma: float,
-) -> np.ndarray:
-    """(x - base) in fp32 with ops.sparsify's magnitude (or magnitude_outliers) rank cut: the
-    cut found by two histograms of the 31 magnitude bits, ties kept by ascending flat index
-    (sparsify.first_ranks' rule)."""
+) -> tuple[int, ...]:
+    """The rank cut of (x - base) in fp32 by ops.sparsify's magnitude (or magnitude_outliers)
+    rule, as kernels.gta_cut32 applies it: (mode1, v1, last1, mode2, v2, last2). Found by two
+    histograms of the 31 magnitude bits, ties kept by ascending flat index
+    (sparsify.first_ranks' rule); each pass recomputes the delta from x and base."""
     kernels = native.kernels
     assert kernels is not None
     n = base.size
-    delta = _out(n, "F32")
     hist = np.zeros(1 << 15, dtype=np.int64)
-    kernels.sub_hist32(delta, x, x_fmt, base, base_fmt, hist)
+    kernels.sub_hist32(None, x, x_fmt, base, base_fmt, hist)
+    pair = (x, x_fmt, base, base_fmt)
     counts = sparsify.cut_counts(n, sparsifier, density, gamma)
-    cuts = [_cut32(count, largest, delta, hist, n) for count, largest in counts]
+    cuts = [_cut32(count, largest, pair, hist, n) for count, largest in counts]
     second = cuts[1] if len(cuts) == 2 else (-1, 0, 0)
-    kernels.apply_cuts32(delta, *cuts[0], *second)
-    return delta
+    return (*cuts[0], *second)
 
 
 def _cut32(
-    count: int, largest: bool, delta: np.ndarray, hist: np.ndarray, n: int
+    count: int,
+    largest: bool,
+    pair: tuple[np.ndarray, int, np.ndarray, int],
+    hist: np.ndarray,
+    n: int,
 ) -> tuple[int, int, int]:
-    """(mode, v, last) for apply_cuts32: the first `count` ranks (see sparsify._native_cut)."""
+    """(mode, v, last) of one cut: the first `count` ranks (see sparsify._native_cut)."""
     if count >= n:
         return 1, 0, 0
     if count <= 0:
@@ -342,7 +352,7 @@ def _cut32(
     hi = int(np.searchsorted(cum, r))
     below = int(cum[hi - 1]) if hi > 0 else 0
     low = np.zeros(1 << 16, dtype=np.int64)
-    native.kernels.hist_lo32(delta, hi, low)
+    native.kernels.hist_lo32(*pair, hi, low)
     cum_lo = np.cumsum(low)
     lo = int(np.searchsorted(cum_lo, r - below))
     n_less = below + (int(cum_lo[lo - 1]) if lo > 0 else 0)
@@ -354,4 +364,4 @@ def _cut32(
         return mode, v, n
     if need == 0:
         return mode, v, 0
-    return mode, v, native.kernels.nth_equal32(delta, v, need) + 1
+    return mode, v, native.kernels.nth_equal32(*pair, v, need) + 1

@@ -118,6 +118,34 @@ def test_large_tensors_with_runs_of_equal_magnitudes_fp32(method):
     check(method, base, xs, "F32", "BF16")
 
 
+@pytest.mark.parametrize("consensus", [True, False])
+def test_fused_cut_kernel_in_any_column_windows(consensus):
+    """kernels.gta_cut32 on column windows (each told its flat start) gives the bits of one
+    call over the whole tensor, wherever a cut's tie breakpoint falls."""
+    base, xs = family(3, (50, 41), ["BF16", "F32", "BF16", "F16"], seed=7, ties=True)
+    flat_base = to_lane(base).reshape(-1)
+    flats = [to_lane(x).reshape(-1) for x in xs]
+    fmts = [lanes.FMT[lanes.format_of(x)] for x in flats]
+    bfmt = lanes.FMT["BF16"]
+    rules = [("magnitude", 0.37), ("magnitude_outliers", 0.8), ("magnitude", 0.5)]
+    specs = [
+        lanes.cut_spec32(x, f, flat_base, bfmt, kind, d, 0.02)
+        for x, f, (kind, d) in zip(flats, fmts, rules, strict=True)
+    ]
+    assert any(0 < s[2] < flat_base.size for s in specs)  # a breakpoint inside the tensor
+    w = lanes.f32([0.3, 0.5, 0.9])
+    args = (w, consensus, 1.7, True, 1.0, False)
+    whole = np.empty(flat_base.size, np.float32)
+    native.kernels.gta_cut32(whole, 2, flat_base, bfmt, flats, fmts, specs, 0, *args)
+    pieces = np.empty_like(whole)
+    for a in range(0, flat_base.size, 37):
+        b = min(a + 37, flat_base.size)
+        native.kernels.gta_cut32(
+            pieces[a:b], 2, flat_base[a:b], bfmt, [x[a:b] for x in flats], fmts, specs, a, *args
+        )
+    assert whole.view(np.uint32).tolist() == pieces.view(np.uint32).tolist()
+
+
 @settings(max_examples=40, deadline=None)
 @given(
     method=st.sampled_from(sorted(METHODS)),
