@@ -38,6 +38,7 @@ from mergestore.ops.lane16 import (
     PARALLEL_MIN,
     _run_columns,
     f32,
+    same_memory,
     sum_f32,
 )
 from mergestore.threads import ordered_map
@@ -247,6 +248,13 @@ def _merge32(
         _run_columns(columns, n)
         return out
 
+    live = list(range(len(flats)))
+    if consensus and any(same_memory(x, flat_base) for x in flats) and all_finite(flat_base):
+        # An input that is the base (a frozen tensor) has a +0 delta everywhere, cut or not:
+        # it adds +0 to the vote and never agrees with it, so the consensus is the same
+        # without it (exactly: a sum that is +0 stays +0; only a non-finite base gives NaN).
+        live = [i for i, x in enumerate(flats) if not same_memory(x, flat_base)]
+
     def cuts(i: int) -> tuple[int, ...]:
         p = per_input[i]
         return cut_spec32(
@@ -254,14 +262,15 @@ def _merge32(
         )
 
     workers = 2 if n >= PARALLEL_MIN else 1  # large tensors: two inputs' cuts found at once
-    specs = list(ordered_map(cuts, range(len(flats)), workers=workers, window=workers))
+    specs = list(ordered_map(cuts, live, workers=workers, window=workers))
     divisor = gta_divisor32(weights)
+    xs, xfmts, ws = [flats[i] for i in live], [fmts[i] for i in live], [weights[i] for i in live]
 
     def cut_columns(r: range) -> None:
         a, b = r.start, r.stop
         kernels.gta_cut32(
-            out[a:b], out_fmt, flat_base[a:b], base_fmt, [x[a:b] for x in flats], fmts, specs, a,
-            weights, consensus, divisor, normalize, lam, has_lam,
+            out[a:b], out_fmt, flat_base[a:b], base_fmt, [x[a:b] for x in xs], xfmts, specs, a,
+            ws, consensus, divisor, normalize, lam, has_lam,
         )  # fmt: skip
 
     _run_columns(cut_columns, n)
@@ -300,6 +309,15 @@ def combine32(
             )  # fmt: skip
 
     _run_columns(columns, flat_base.size)
+
+
+def all_finite(x: np.ndarray) -> bool:
+    """No infinity or NaN in x (a lane array: bf16 or fp16 bits, or fp32)."""
+    fmt = format_of(x)
+    if fmt == "F32":
+        return bool(np.isfinite(x).all())
+    exp = 0x7F80 if fmt == "BF16" else 0x7C00
+    return not bool(((x.view(np.uint16) & exp) == exp).any())
 
 
 def gta_divisor32(weights: Sequence[float]) -> float:

@@ -118,6 +118,19 @@ def test_large_tensors_with_runs_of_equal_magnitudes_fp32(method):
     check(method, base, xs, "F32", "BF16")
 
 
+@pytest.mark.parametrize("method", sorted(METHODS))
+@pytest.mark.parametrize("non_finite", [False, True])
+def test_an_input_that_is_the_base_array_fp32(method, non_finite):
+    """An input that is the base tensor itself (a frozen tensor: the engine passes the same
+    array) is left out of the fp32 consensus only when that changes no bit; with an infinity
+    in the base its NaN deltas count, as in torch."""
+    base, xs = family(3, (48, 70), ["BF16", "BF16", "F32", "BF16"], seed=13, ties=True)
+    if non_finite:
+        base[3, 4] = float("inf")
+    xs[1] = base  # the same tensor: the lane sees the same memory
+    check(method, base, xs, "F32", "BF16")
+
+
 @pytest.mark.parametrize("consensus", [True, False])
 def test_fused_cut_kernel_in_any_column_windows(consensus):
     """kernels.gta_cut32 on column windows (each told its flat start) gives the bits of one
