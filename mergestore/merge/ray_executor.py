@@ -313,7 +313,7 @@ class RayExecutor:
         preps: Sequence[PreparedMerge],
         states: list[_MergeState],
         cpus: int,
-        mode: str,
+        mode: str = "store",
     ) -> list[tuple[GroupJob, list[_Group]]]:
         """Tasks: each merge's tensors cut into groups by bytes; merges of one sweep (the same
         tensors of the same model commits) share tasks, BATCH_MERGES at a time."""

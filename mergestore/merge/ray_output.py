@@ -28,7 +28,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mergestore.errors import MergeError
+from mergestore.errors import CorruptionError, MergeError
 from mergestore.store.promised import PROMISED_PACK_BASE
 from mergestore.store.worker_packs import BlockPlace
 
@@ -120,6 +120,7 @@ class WorkerOutput:
         sees = job.probe is not None and os.path.exists(job.probe)
         self.remote = job.output == "remote" or (job.output == "auto" and not sees)
         self._tmp: Path | None = None
+        self.unreachable: set[str] = set()  # blocks only in the store (hex prefixes)
         if self.remote:
             if job.upload_remote is None or job.upload_remote not in job.remote_urls:
                 store = Path(job.pack_dir).parent
@@ -140,7 +141,23 @@ class WorkerOutput:
         if not self.remote:
             return self.job.places
         both = {**self.job.places, **self.job.remote_places}
-        return {b: p for b, p in both.items() if p.pack >= PROMISED_PACK_BASE}
+        out = {b: p for b, p in both.items() if p.pack >= PROMISED_PACK_BASE}
+        self.unreachable = {b.hex()[:12] for b in both if b not in out}
+        return out
+
+    def explain(self, e: BaseException) -> BaseException:
+        """A missing-block error about a block only the store holds, saying why."""
+        text = str(e)
+        missing = "is missing from the store"
+        if not isinstance(e, CorruptionError) or missing not in text:
+            return e
+        if not any(f"block {h} " in text for h in self.unreachable):
+            return e
+        why = (
+            f"is only in the driver's store, which this Ray worker cannot see, and not on "
+            f"remote {self.job.upload_remote} (push it there first)"
+        )
+        return CorruptionError(text.replace(missing, why))
 
     def upload(self, written: Sequence[WrittenBlock]) -> list[UploadedPack]:
         """Send the packs to the remote (nothing when they are the store's own)."""

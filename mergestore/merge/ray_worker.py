@@ -162,8 +162,11 @@ def run_group(job: GroupJob) -> GroupResult:
         uploaded = out.upload(written)  # none when the packs are the store's own
         if out.remote:
             written = []  # the driver fetches them from the remote instead
-    except BaseException:
+    except BaseException as e:
         packs.abort()
+        better = out.explain(e)
+        if better is not e:
+            raise better from None
         raise
     finally:
         source.close()

@@ -193,3 +193,22 @@ def test_driver_killed_mid_merge_publishes_nothing_and_leaves_its_uploads(
     orphans = _settled(keys) - remote_before
     assert any(k.endswith(".idx") for k in orphans)  # uploaded, never adopted: they stay
     assert cli("--store", clone, "fsck").code == 0
+
+
+def test_a_block_only_in_the_drivers_store_fails_a_worker_without_it_in_one_line(
+    ray_session, tmp_path: Path, cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The expert was never pushed: a worker with no path to the store cannot read it. One
+    line names the tensor and the block and says why; nothing is published."""
+    store, _fam = family_store(tmp_path, PRESETS["tiny"])
+    store.add_remote("origin", f"file://{tmp_path / 'remote'}")
+    assert store.push("origin", "main").ok
+    root = store.repo.path
+    store.close()
+    before = _state(root, cli)
+    monkeypatch.setenv("MERGESTORE_RAY_OUTPUT", "remote")
+    r = cli("--store", root, *MERGE)
+    assert r.code == 1 and r.err.startswith("error: ") and r.err.count("\n") == 1, r.err
+    assert "error: tensor '" in r.err and "only in the driver's store" in r.err, r.err
+    assert "not on remote origin" in r.err, r.err
+    assert _state(root, cli) == before
