@@ -29,6 +29,8 @@ from mergestore.store.repo import CONFIG_FILE, RefUpdate, Repository, StoreConfi
 if TYPE_CHECKING:  # torch costs ~2 s to import: only commands that compute pay for it
     import torch
 
+    from mergestore.merge.planned import TensorShape
+
 STORE_DIRNAME = ".mergestore"
 Progress = Callable[[int], None]
 
@@ -335,6 +337,14 @@ class Store:
 
     def tensors(self, ref: str | bytes) -> list[TensorRecord]:
         return list(tensor_records(self.repo, self.tree(ref, ())))
+
+    def tensor_shapes(self, ref: str | bytes) -> list[TensorShape]:
+        """Each tensor's name, dtype, shape, bytes and block count, computing nothing: a lazy
+        merge's from its plan (merge/planned.py)."""
+        from mergestore.merge.planned import tensor_shapes
+
+        cid = ref if isinstance(ref, bytes) else self.resolve(ref)
+        return tensor_shapes(self.repo, cid)
 
     def tensor_record(self, ref: str | bytes, name: str) -> TensorRecord:
         """One tensor's record; of a lazy or evicted merge, only this tensor is computed."""

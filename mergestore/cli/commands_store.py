@@ -425,7 +425,8 @@ def ls(store: Store, ref: str, show_tensors: bool, as_json: bool) -> None:
     """List the files (or tensors) of a commit."""
     cid = store.resolve(ref)
     if show_tensors:
-        recs = store.tensors(cid)
+        recs = store.tensor_shapes(cid)  # a lazy merge's from its plan: it stays lazy
+        lazy = store.merge_state(cid) == "lazy"
         if as_json:
             emit_json(
                 {
@@ -436,22 +437,24 @@ def ls(store: Store, ref: str, show_tensors: bool, as_json: bool) -> None:
                             "dtype": t.dtype,
                             "shape": list(t.shape),
                             "bytes": t.nbytes,
-                            "blocks": len(t.blocks),
+                            "blocks": t.blocks,
                         }
                         for t in recs
                     ],
-                    "blocks": sum(len(t.blocks) for t in recs),
+                    "blocks": sum(t.blocks for t in recs),
+                    "computed": not lazy,
                 }
             )
             return
         for t in recs:
             shape = "x".join(map(str, t.shape)) or "scalar"
-            n = len(t.blocks)
+            n = t.blocks
             click.echo(
                 f"{t.dtype:>5} {shape:>16} {n:>5} {'block ' if n == 1 else 'blocks'}  {t.name}"
             )
         click.echo(
-            f"{plural(len(recs), 'tensor')}, {plural(sum(len(t.blocks) for t in recs), 'block')}"
+            f"{plural(len(recs), 'tensor')}, {plural(sum(t.blocks for t in recs), 'block')}"
+            + ("  (a lazy merge, not computed: from its plan)" if lazy else "")
         )
         return
     files = store.files(cid)
