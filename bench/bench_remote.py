@@ -13,8 +13,10 @@ or this script's own raw client steps), cold interpreter, page cache warm:
 - push: `push rN main ds` to a fresh prefix, against `raw-put`: obstore's own multipart put
   (16 MiB parts, 8 concurrent) of the same bytes (the store's pack files) in one process;
 - fetch: `clone URL DST` (full: GET, verify every block by id, write local packs, fsync,
-  publish) against `raw-get`: obstore's GET of those bytes as one object into memory;
-  push/fetch and raw runs alternate (A B A B ...), medians and each pair's ratio are kept;
+  publish) against two yardsticks: `raw-get`, obstore's GET of those bytes as one object into
+  memory (the issue's), and `raw-get-file`, the same GET streamed into a new file and fsynced
+  (what any durable download of those bytes costs: the disk); push/fetch and raw runs
+  alternate (A B C A B C ...), medians and each triple's ratios are kept;
 - a push after one new fine-tune (lowrank_attn): bytes sent vs that commit's new stored bytes;
 - `clone --lazy`: time and bytes;
 - `checkout --tensor X` in a lazy clone (X the largest tensor dense_small changed): bytes
@@ -89,6 +91,22 @@ def raw_get(endpoint: str, key: str) -> None:
     print(json.dumps({"seconds": time.perf_counter() - t, "bytes": n}))
 
 
+def raw_get_file(endpoint: str, key: str, path: str) -> None:
+    """One process: obstore GET of one object streamed into a new file, then fsync."""
+    import obstore
+
+    t = time.perf_counter()
+    n = 0
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        for chunk in obstore.get(_store(endpoint), key).stream(min_chunk_size=PART):
+            n += os.write(fd, chunk)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    print(json.dumps({"seconds": time.perf_counter() - t, "bytes": n}))
+
+
 def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, dict]:
     t = time.perf_counter()
     r = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -126,6 +144,10 @@ def main() -> None:
     rg = sub.add_parser("raw-get")
     rg.add_argument("endpoint")
     rg.add_argument("key")
+    rf = sub.add_parser("raw-get-file")
+    rf.add_argument("endpoint")
+    rf.add_argument("key")
+    rf.add_argument("path")
     p.add_argument("--preset", default="bench-1g")
     p.add_argument("--work", default="/work/scratch/i16/bench")
     p.add_argument("--runs", type=int, default=3)
@@ -143,6 +165,8 @@ def main() -> None:
         return raw_put(a.endpoint, a.key, a.files)
     if a.cmd == "raw-get":
         return raw_get(a.endpoint, a.key)
+    if a.cmd == "raw-get-file":
+        return raw_get_file(a.endpoint, a.key, a.path)
     run(a)
 
 
@@ -232,8 +256,8 @@ def run(a: argparse.Namespace) -> None:
         _w, out = timed(ms("--store", src, "push", "r0", "main", "ds", "--json"), env)
         res["second_push_block_bytes"] = out["block_bytes"]
 
-        # --- fetch (full clone) vs raw get, alternating ---
-        fetch_t, rawg_t, got = [], [], 0
+        # --- fetch (full clone) vs raw get (into memory; into a file, fsynced), alternating ---
+        fetch_t, rawg_t, rawf_t, got = [], [], [], 0
         for i in range(0 if a.bytes_only else a.runs):
             dst = work / f"clone{i}"
             shutil.rmtree(dst, ignore_errors=True)
@@ -243,8 +267,13 @@ def run(a: argparse.Namespace) -> None:
             shutil.rmtree(dst, ignore_errors=True)
             w, out = timed(me("raw-get", ep, "raw/0"), env)
             rawg_t.append(w)
+            raw_file = work / f"raw-get-{i}"
+            w, out = timed(me("raw-get-file", ep, "raw/0", raw_file), env)
+            raw_file.unlink()
+            rawf_t.append(w)
             print(f"clone {got / fetch_t[-1] / 2**20:.1f} MiB/s, raw get "
-                  f"{pack_bytes / rawg_t[-1] / 2**20:.1f} MiB/s", flush=True)  # fmt: skip
+                  f"{pack_bytes / rawg_t[-1] / 2**20:.1f} MiB/s, raw get to a file "
+                  f"{pack_bytes / rawf_t[-1] / 2**20:.1f} MiB/s", flush=True)  # fmt: skip
         res["fetch"] = (
             None
             if a.bytes_only
@@ -253,16 +282,22 @@ def run(a: argparse.Namespace) -> None:
                 "seconds": fetch_t,
                 "raw_get_bytes": pack_bytes,
                 "raw_get_seconds": rawg_t,
+                "raw_get_file_seconds": rawf_t,
                 "mib_s": got / statistics.median(fetch_t) / 2**20,
                 "raw_mib_s": pack_bytes / statistics.median(rawg_t) / 2**20,
+                "raw_file_mib_s": pack_bytes / statistics.median(rawf_t) / 2**20,
                 "ratio_pairs": [
                     (got / ft) / (pack_bytes / rt) for ft, rt in zip(fetch_t, rawg_t, strict=True)
+                ],
+                "ratio_file_pairs": [
+                    (got / ft) / (pack_bytes / rt) for ft, rt in zip(fetch_t, rawf_t, strict=True)
                 ],
                 "load": loadavg(),
             }
         )
         if res["fetch"]:
             res["fetch"]["ratio_median"] = statistics.median(res["fetch"]["ratio_pairs"])
+            res["fetch"]["ratio_file_median"] = statistics.median(res["fetch"]["ratio_file_pairs"])
 
         # --- a push after one new fine-tune ---
         s = Store.open(src)
