@@ -6,10 +6,13 @@ time (packs.verify_stored, which lazy reads use) cost a clone most of its CPU: e
 fresh output buffer (page faults on every megabyte), and each delta-coded block read its
 reference through the store's verified read, which decodes and hashes the reference again.
 
-Here every worker thread decodes into buffers it keeps, and a delta's reference is decoded
-from its stored bytes in the store without hashing it again: if the reference's bytes were
-wrong, the delta would decode to bytes that do not hash to the delta's id, and be refused.
-A reference that is itself delta-coded (or only promised) is read the verified way.
+Here every worker thread decodes into buffers it keeps. A delta whose reference is fetched in
+the same batch (check_fetched; remote/download.py plans batches that way) is checked against
+the reference's raw bytes as the batch's check of the reference just decoded them, so nothing
+is decoded twice. A delta whose reference is already in the store has it decoded from its
+stored bytes without hashing it again: if the reference's bytes were wrong, the delta would
+decode to bytes that do not hash to the delta's id, and be refused. A reference that is itself
+delta-coded (or only promised) is read the verified way.
 """
 
 from __future__ import annotations
