@@ -452,7 +452,7 @@ class Store:
         unless `force`; `lazy` commits the plan without computing it. With `out`, also write
         the merged HF folder there in the same pass (byte-identical to a later checkout of the
         commit; MergeResult.out describes it). `output`: write_card, shard_bytes,
-        copy_tokenizer (see merge.run.execute). `executor`: "local" (default) or "ray".
+        copy_tokenizer, overwrite (see merge.run.execute). `executor`: "local" (default) or "ray".
 
         Without `branch` the commit goes to a new branch `merge/<method>-N`; a branch that
         points at the base or an input is refused unless `force_branch`."""
@@ -502,7 +502,8 @@ class Store:
     ) -> Any:
         """Run a merge and store it as a commit; returns a MergeResult (commit, plan, run).
         `saliency` (+ `saliency_kind` for a dict of tensors): see prepare_merge.
-        `output`: write_card (default True), shard_bytes, copy_tokenizer.
+        `output`: write_card (default True), shard_bytes, copy_tokenizer, overwrite (replace
+        a non-empty `out` folder by checkout --force's rule).
         Without `branch` the commit goes to a new branch `merge/<method>-N`; a branch that
         points at the base or an input is moved only with `force_branch`.
         With `out`, the merged HF folder is written there in the same pass (MergeResult.out).
@@ -536,10 +537,12 @@ class Store:
                 )
             cfg = config if isinstance(config, MergeConfig) else load_config(config)
             config = with_overrides(cfg, params, dtype, out_dtype, seed)
+        if output.get("overwrite") and out is None:
+            raise MergestoreError("overwrite replaces the out folder: give out too")
         if out is not None:  # before anything is read or stored
             from mergestore.merge.outfolder import check_target
 
-            check_target(Path(out))
+            check_target(Path(out), bool(output.get("overwrite")))
         from mergestore.merge.ray_warm import warm_for
 
         warm_for(executor, ray_address)  # Ray joins and starts workers while this plans
@@ -611,16 +614,25 @@ class Store:
         lazy: bool = False,
         force: bool = False,
         message: str = "",
+        saliency: Any = None,
+        saliency_kind: str | None = None,
     ) -> list[dict[str, Any]]:
         """Run a multi-step recipe (mergekit-multi's multi-document YAML: a path or text):
         step NAME becomes a commit on branch PREFIX/NAME; unchanged steps are memo hits.
+        `saliency` ranks the blocks every step's budget keeps (see prepare_merge).
         Returns one row per step, in the order they ran."""
         from mergestore.merge.recipe import run_recipe
 
         text = _read_text(recipe)
 
         def run_step(step: Any, cfg: Any, branch: str) -> dict[str, Any]:
-            prep = self.prepare_merge(cfg, budget=budget, max_error=max_error)
+            prep = self.prepare_merge(
+                cfg,
+                budget=budget,
+                max_error=max_error,
+                saliency=saliency,
+                saliency_kind=saliency_kind,
+            )
             msg = message or f"recipe step {step.name}: {cfg.merge_method}"
             res = self.execute_merge(prep, branch=branch, message=msg, lazy=lazy, force=force)
             return {

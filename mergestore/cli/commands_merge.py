@@ -18,6 +18,7 @@ from mergestore.cli.output import (
     moved_line,
     plural,
     progress_bar,
+    replaced_lines,
     short,
 )
 from mergestore.cli.saliency_output import (
@@ -227,14 +228,25 @@ def merge(
             force=force,
             as_json=as_json,
         )
-    if config_path and saliency is None:  # a recipe takes no --saliency (refused when loaded)
+    if config_path:  # a recipe: --saliency ranks every step's budget
         from mergestore.cli.commands_search import maybe_run_recipe
 
         if maybe_run_recipe(
-            store, config_path[0], branch, budget, max_error, lazy, force, message, as_json
+            store,
+            config_path[0],
+            branch,
+            budget,
+            max_error,
+            lazy,
+            force,
+            message,
+            as_json,
+            saliency=saliency,
         ):
             return
     output, over = split_output(opts)
+    if output["overwrite"] and out_dir is None:
+        raise click.UsageError("--overwrite replaces the --out folder: give --out DIR too")
     cfg = _config(config_path, method, base, models, weights, params, dtype, out_dtype, seed)
     cfg = apply_overrides(cfg, over)
     fetched = store.bytes_fetched  # a lazy clone fetches the blocks the merge reads
@@ -250,7 +262,7 @@ def merge(
 
         from mergestore.merge.outfolder import check_target
 
-        check_target(Path(out_dir))
+        check_target(Path(out_dir), output["overwrite"])
     from mergestore.merge.ray_warm import warm_for
 
     warm_for(executor, ray_address)  # Ray joins and starts workers while the merge plans
@@ -301,6 +313,8 @@ def merge(
     click.echo(moved_line(res.branch, res.previous, res.commit, msg), err=True)
     if res.out is not None:
         click.echo(f"wrote {res.out['path']} ({plural(res.out['files'], 'file')})")
+        for line in replaced_lines(res.out.get("removed", []), res.out.get("kept", [])):
+            click.echo(line, err=True)
     r = res.run
     from mergestore.cli.merge_summary import import_lines, print_summary
 

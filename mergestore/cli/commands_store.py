@@ -18,6 +18,7 @@ from mergestore.cli.output import (
     moved_line,
     plural,
     progress_bar,
+    replaced_lines,
     short,
 )
 from mergestore.formats.checkpoint import scan_checkpoint
@@ -226,15 +227,8 @@ def checkout(
             f"checked out {short(cid)} into {out}: {plural(res.files, 'file')}, "
             f"{human_bytes(res.bytes_written)} in {res.seconds:.2f} s"
         )
-        if res.removed:
-            click.echo(f"removed {_files(res.removed)} of an older checkpoint", err=True)
-        if res.kept:
-            click.echo(f"kept {_files(res.kept)}: not the checkpoint's", err=True)
-
-
-def _files(paths: list[str]) -> str:
-    shown = ", ".join(paths[:3]) + (", ..." if len(paths) > 3 else "")
-    return f"{len(paths)} file{'' if len(paths) == 1 else 's'} ({shown})"
+        for line in replaced_lines(res.removed, res.kept):
+            click.echo(line, err=True)
 
 
 def _fmt_time(t: float) -> str:

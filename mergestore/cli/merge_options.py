@@ -1,10 +1,12 @@
-"""merge's mergekit-style output options: model card, shard size, tokenizer, device."""
+"""merge's output options: --out's --overwrite, model card, shard size, tokenizer, device."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import click
+
+from mergestore.formats.outdir import FORCE_RULE
 
 _UNITS = {"K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9, "T": 10**12}
 
@@ -29,6 +31,11 @@ def parse_shard_size(text: str) -> int:
 
 
 OPTIONS = [
+    click.option(
+        "--overwrite",
+        is_flag=True,
+        help="With --out: write over a non-empty folder: " + FORCE_RULE + ".",
+    ),
     click.option(
         "--write-model-card/--no-write-model-card",
         "write_card",
@@ -80,6 +87,7 @@ def output_options(fn: Any) -> Any:
 def split_output(opts: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """(execute_merge keyword arguments, config overrides) from the options' values."""
     out = {
+        "overwrite": opts.pop("overwrite", False),
         "write_card": opts.pop("write_card", True),
         "copy_tokenizer": opts.pop("copy_tokenizer", True),
     }

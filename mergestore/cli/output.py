@@ -37,6 +37,22 @@ def plural(n: int, word: str, many: str | None = None) -> str:
     return f"{n:,} {word if n == 1 else many or word + 's'}"
 
 
+def replaced_lines(removed: list[str], kept: list[str]) -> list[str]:
+    """What writing over a non-empty folder removed and kept (checkout --force, merge
+    --overwrite), one line each."""
+    lines = []
+    if removed:
+        lines.append(f"removed {_files(removed)} of an older checkpoint")
+    if kept:
+        lines.append(f"kept {_files(kept)}: not the checkpoint's")
+    return lines
+
+
+def _files(paths: list[str]) -> str:
+    shown = ", ".join(paths[:3]) + (", ..." if len(paths) > 3 else "")
+    return f"{plural(len(paths), 'file')} ({shown})"
+
+
 def short(cid: bytes | str, n: int = 12) -> str:
     s = cid.hex() if isinstance(cid, bytes) else cid
     return s[:n]

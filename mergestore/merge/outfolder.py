@@ -64,12 +64,13 @@ class _File:
     offsets: dict[str, int]  # tensor name -> data offset after the header
 
 
-OUT_HINT = "merge --out writes a new folder: name another one, or remove this one"
+OUT_HINT = "use --overwrite to replace its checkpoint files, or name another folder"
 
 
-def check_target(out: Path) -> None:
-    """DIR must not exist, or be an empty directory (checked before the merge runs)."""
-    outdir.check_target(out, False, OUT_HINT)
+def check_target(out: Path, overwrite: bool = False) -> None:
+    """DIR must not exist, or be an empty directory, unless `overwrite` (merge --overwrite:
+    checkout --force's rule, outdir.FORCE_RULE); checked before the merge runs."""
+    outdir.check_target(out, overwrite, OUT_HINT)
 
 
 def predict_outputs(engine: Engine, tasks: Sequence[TensorTask]) -> list[TensorMeta]:
@@ -111,9 +112,9 @@ def _promote(dtypes: set[str]) -> str:
 class FolderOutput:
     """The folder merge --out writes (see the module docstring)."""
 
-    def __init__(self, out: str | os.PathLike[str]) -> None:
+    def __init__(self, out: str | os.PathLike[str], *, overwrite: bool = False) -> None:
         self.out = Path(out)
-        self.stage = outdir.StagedDir(self.out, hint=OUT_HINT)
+        self.stage = outdir.StagedDir(self.out, force=overwrite, hint=OUT_HINT)
         self.tmp = self.stage.path
         self.files: list[_File] = []
         self.places: dict[str, _Place] = {}
@@ -191,6 +192,8 @@ class FolderOutput:
             "bytes_read": meter.bytes_read,
             "same_pass": problem is None,
             **({"fallback_reason": problem} if problem else {}),
+            "kept": list(self.stage.kept),  # --overwrite: files of DIR that are not the model's
+            "removed": list(self.stage.removed),  # --overwrite: stale checkpoint files
         }
 
     def abort(self) -> None:

@@ -17,6 +17,7 @@ from mergestore.formats.safetensors import DTYPE_SIZES
 from mergestore.ingest import default_author
 from mergestore.merge import budget as budget_mod
 from mergestore.merge import materialize as _registers_materializer  # noqa: F401
+from mergestore.merge import trim as trim_mod
 from mergestore.merge.config import MergeConfig, models_in_config
 from mergestore.merge.engine import (
     Engine,
@@ -186,6 +187,7 @@ def prepare(
     )
     for t in tasks:
         t.selected = [selection.for_input(t.plan.name, m) for m in t.input_models]
+    trim_mod.apply(tasks, selection.trim)
     body = {
         "type": "merge_plan",
         "version": 1,
@@ -251,6 +253,7 @@ def execute(
     shard_bytes: int | None = None,
     copy_tokenizer: bool = True,
     device: str | None = None,
+    overwrite: bool = False,
 ) -> MergeResult:
     """Run the merge into the store and publish commit, plan and ref move in one transaction.
     `executor` computes the tensors: the local engine by default (merge/executor.py).
@@ -258,7 +261,8 @@ def execute(
     A plan already merged returns its commit (the memo, merge/memo.py) unless `force`;
     `lazy` publishes the commit and plan without computing. Output blocks are published in
     journaled chunks as they are computed (merge/journal.py), so a re-run resumes.
-    With `out`, also write the merged HF folder there in the same pass (outfolder.py).
+    With `out`, also write the merged HF folder there in the same pass (outfolder.py); an
+    existing non-empty folder only with `overwrite` (checkout --force's rule, formats/outdir.py).
     `branch` None makes a new branch `merge/<method>-N`; a branch that points at an input or
     the base is refused unless `force_branch` (mergestore/merge/target.py).
 
@@ -271,7 +275,9 @@ def execute(
     prep.device = device
     if lazy and out is not None:
         raise MergeError("--lazy computes nothing, so it cannot write --out (materialize first)")
-    folder = FolderOutput(out) if out is not None else None
+    if overwrite and out is None:
+        raise MergeError("--overwrite replaces the --out folder: give --out DIR")
+    folder = FolderOutput(out, overwrite=overwrite) if out is not None else None
     try:
         res = _execute(
             repo,
