@@ -156,3 +156,17 @@ def verify_stored(
             f"remote {remote}: block {e.block.hex()[:12]} in pack {pack[:16]} does not match "
             "its id (corrupt or tampered)"
         )
+
+
+def _chunks(entries: list[IdxEntry], target: int) -> Iterator[list[IdxEntry]]:
+    """Runs of entries of about `target` stored bytes (remote/worker_output.py's reads)."""
+    cur: list[IdxEntry] = []
+    size = 0
+    for e in entries:
+        cur.append(e)
+        size += e.length
+        if size >= target:
+            yield cur
+            cur, size = [], 0
+    if cur:
+        yield cur
