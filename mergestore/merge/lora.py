@@ -11,6 +11,7 @@ commit, so `replay` reads exactly the bits the merge read.
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING
 
 from mergestore.errors import MergeError
@@ -106,7 +107,9 @@ def apply_adapter(repo: Repository, base: bytes, adapter: bytes, label: str) -> 
                 f"{list(shape)}"
             )
     outputs: list[OutputTensor] = []
-    with repo.writer() as session:
+    ambient = repo.reading_session  # inside a merge: its session, published with it
+    with repo.writer() if ambient is None else contextlib.nullcontext(ambient) as session:
+        assert session is not None
         sink = StoreSink(repo, session)
         for name, rec in b_recs.items():
             t = targets.get(name)
@@ -151,7 +154,8 @@ def apply_adapter(repo: Repository, base: bytes, adapter: bytes, label: str) -> 
             },
         )
         cid = session.put_object(commit)
-        session.publish([])
+        if ambient is None:
+            session.publish([])
     return cid
 
 
