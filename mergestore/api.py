@@ -566,7 +566,8 @@ class Store:
         from mergestore.merge.ray_warm import warm_for
 
         warm_for(executor, ray_address)  # Ray joins and starts workers while this plans
-        with self.merge_session() as session:  # one write session: a failure stores nothing
+        # gc waits throughout; one write session: a failure stores nothing
+        with self.gc_paused(), self.merge_session() as session:
             prep = self.prepare_merge(
                 config,
                 budget=budget,

@@ -262,7 +262,7 @@ def merge(
     from mergestore.cli.merge_abort import sigterm_interrupts
 
     # one write session: a failure stores nothing; an interrupt keeps what was computed
-    with sigterm_interrupts(), store.merge_session() as session:
+    with sigterm_interrupts(), store.gc_paused(), store.merge_session() as session:
         prep = store.prepare_merge(
             cfg,
             session=session,
