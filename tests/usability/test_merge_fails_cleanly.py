@@ -270,3 +270,29 @@ def test_sigterm_interrupts_a_merge_as_ctrl_c_does(tiny_family, tmp_path: Path) 
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["tensors_reused"] == 4
+
+
+def test_bad_adapter_folder_is_refused_before_anything_is_stored(
+    cli, base_only: Path, tiny_family, tmp_path: Path, monkeypatch
+) -> None:
+    """BASE+ADAPTER with the adapter as a folder is checked from the adapter's safetensors
+    header (merge/precheck.py): a target the base lacks, or of the wrong shape, is refused
+    before any folder is stored."""
+    from mergestore.merge import inputs
+
+    e1, e2 = tiny_family.experts["dense_small"], tiny_family.experts["frozen"]
+    bad = adapter(tiny_family.base, tmp_path / "bad")
+    t = load_file(bad / "adapter_model.safetensors")
+    name = sorted(k for k in t if k.endswith("lora_A.weight"))[0]
+    t[name] = torch.zeros(2, t[name].shape[1] + 1)  # fits no base tensor
+    save_file(t, bad / "adapter_model.safetensors", metadata={"format": "pt"})
+    stored: list[object] = []
+    real = inputs.commit_checkpoint
+    monkeypatch.setattr(
+        inputs, "commit_checkpoint", lambda *a, **k: stored.append(a) or real(*a, **k)
+    )
+    before = snapshot(base_only)
+    for other in (f"main+{bad}", f"{e2}+{bad}"):
+        r = cli(*ties(base_only, e1, other, extra=("--json",)))
+        assert r.code == 1 and "the adapter makes" in r.json()["error"], r.err
+        assert stored == [] and snapshot(base_only) == before
