@@ -354,8 +354,8 @@ def _execute(
         hit_res = memo.use(repo, hit, prep, ref, materialize=not lazy, progress=progress)
         hit_res.branch, hit_res.previous = ref, before
         hit_res.run.update(prep.path_inputs.to_json())  # this run's inputs, not the recorded
-        if ms is not None:
-            ms.ws.publish()  # the inputs' stat-cache entries, if any
+        if ms is not None and ms.ws.holds_anything:
+            ms.ws.publish()  # the inputs' stat-cache entries, say
         return hit_res
     res = None
     executor = executor or LocalExecutor()

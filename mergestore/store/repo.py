@@ -924,6 +924,14 @@ class WriteSession:
         """Per pack appended to: (size when taken, size now, created by this session)."""
         return self._appender.sizes()
 
+    @property
+    def holds_anything(self) -> bool:
+        """Whether publishing would write anything (blocks, objects or index entries)."""
+        return bool(
+            self.blocks or self.objects or self.stats or self.stat_cache or self.input_commits
+            or self.index_puts
+        )  # fmt: skip
+
     def discard(self) -> None:
         """Give back what this session appended (it will not publish): see __exit__."""
         if not self.published and not self._committing:
