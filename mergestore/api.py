@@ -636,16 +636,25 @@ class Store:
         lazy: bool = False,
         force: bool = False,
         message: str = "",
+        saliency: Any = None,
+        saliency_kind: str | None = None,
     ) -> list[dict[str, Any]]:
         """Run a multi-step recipe (mergekit-multi's multi-document YAML: a path or text):
         step NAME becomes a commit on branch PREFIX/NAME; unchanged steps are memo hits.
+        `saliency` ranks the blocks every step's budget keeps (see prepare_merge).
         Returns one row per step, in the order they ran."""
         from mergestore.merge.recipe import run_recipe
 
         text = _read_text(recipe)
 
         def run_step(step: Any, cfg: Any, branch: str) -> dict[str, Any]:
-            prep = self.prepare_merge(cfg, budget=budget, max_error=max_error)
+            prep = self.prepare_merge(
+                cfg,
+                budget=budget,
+                max_error=max_error,
+                saliency=saliency,
+                saliency_kind=saliency_kind,
+            )
             msg = message or f"recipe step {step.name}: {cfg.merge_method}"
             res = self.execute_merge(prep, branch=branch, message=msg, lazy=lazy, force=force)
             return {

@@ -230,11 +230,20 @@ def merge(
             force=force,
             as_json=as_json,
         )
-    if config_path and saliency is None:  # a recipe takes no --saliency (refused when loaded)
+    if config_path:  # a recipe: --saliency ranks every step's budget
         from mergestore.cli.commands_search import maybe_run_recipe
 
         if maybe_run_recipe(
-            store, config_path[0], branch, budget, max_error, lazy, force, message, as_json
+            store,
+            config_path[0],
+            branch,
+            budget,
+            max_error,
+            lazy,
+            force,
+            message,
+            as_json,
+            saliency=saliency,
         ):
             return
     output, over = split_output(opts)

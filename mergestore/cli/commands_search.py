@@ -78,6 +78,7 @@ def maybe_run_recipe(
     force: bool,
     message: str,
     as_json: bool,
+    saliency: str | None = None,
 ) -> bool:
     """Run `config_path` as a recipe if it is one (several YAML documents); False if not."""
     from pathlib import Path
@@ -96,6 +97,7 @@ def maybe_run_recipe(
         lazy=lazy,
         force=force,
         message=message,
+        saliency=saliency,
     )
     if as_json:
         emit_json({"recipe": prefix, "steps": rows})

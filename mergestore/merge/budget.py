@@ -15,6 +15,7 @@ plus a rounding allowance for blocks with omissions (see docs/budget.md).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import random
@@ -26,6 +27,7 @@ from typing import Any
 from mergestore.blockstats import supports_stats
 from mergestore.diff import pair_stats_many
 from mergestore.errors import BudgetError
+from mergestore.merge import trim as trim_mod
 from mergestore.merge.saliency import LOSS_CHANGE, Saliency
 from mergestore.ops.spec import MethodSpec
 from mergestore.store.index import DeltaStats
@@ -115,6 +117,9 @@ class Candidate:
     numel: int
     max_abs: float
     base_l2: float
+    l1: float = 0.0  # ||Δ||₁, ||Δ||₂ and nonzeros: the trim model of TIES (merge/trim.py)
+    l2: float = 0.0
+    nnz: int = 0
 
 
 @dataclass
@@ -136,6 +141,8 @@ class Selection:
     strategy: str = "score"
     saliency: dict[str, Any] | None = None  # kind, id, source, scores, totals (with --saliency)
     planning_bytes_read: int = 0  # the saliency's bytes (planning, apart from merge reads)
+    # TIES: tensor -> input model -> k_read, the full merge's survivors in the read blocks
+    trim: dict[str, dict[int, int]] = field(default_factory=dict)
     read: dict[str, dict[int, list[int]]] = field(default_factory=dict)  # tensor -> model -> blocks
     per_model_planned: dict[int, int] = field(default_factory=dict)
     per_model_blocks: dict[int, int] = field(default_factory=dict)
@@ -163,6 +170,16 @@ class Selection:
                 "surrogate": self.surrogate,
                 **({} if self.strategy == "score" else {"strategy": self.strategy}),
                 **({"saliency": self.saliency} if self.saliency is not None else {}),
+                **(
+                    {
+                        "trim": {
+                            t: {str(m): k for m, k in sorted(ms.items())}
+                            for t, ms in sorted(self.trim.items())
+                        }
+                    }
+                    if self.trim
+                    else {}
+                ),
                 "per_model_planned_bytes": {
                     str(k): v for k, v in sorted(self.per_model_planned.items())
                 },
@@ -185,6 +202,10 @@ class Selection:
             expert_bytes_full=b.get("expert_bytes_full", 0),
             error_bound=b.get("error_bound"),
             saliency=b.get("saliency"),
+            trim={
+                t: {int(m): int(k) for m, k in ms.items()}
+                for t, ms in (b.get("trim") or {}).items()
+            },
         )
         raw = body.get("selection")
         if sel.active and isinstance(raw, dict):
@@ -283,6 +304,12 @@ def select(
     sel.analyze_bytes_read, sel.stats_computed = pairs
     sel.expert_bytes_full = sum(c.cost for c in cands)
     sel.strategy = os.environ.get(STRATEGY_ENV, "").strip() or "score"
+    # TIES: the full merge's trim per (tensor, expert), estimated from the kept statistics;
+    # a candidate brings only its delta that survives it (merge/trim.py)
+    trims = trim_mod.fit(spec.name, cands, tasks)
+    if trims:
+        cands = trimmed_contributions(cands, trims)
+        sel.surrogate = "|w_eff| * ||trimmed delta||_2 per block (trim estimated, merge/trim.py)"
     scores = None
     if saliency is not None:
         scores = saliency_scores(saliency, cands, tasks)
@@ -326,9 +353,24 @@ def select(
         for m in ms:
             ms[m].sort()
     sel.expert_bytes_planned = sum(c.cost for c in chosen)
+    sel.trim = trim_mod.read_counts(trims, chosen)
     if saliency is not None and scores is not None:
         sel.saliency = _saliency_record(saliency, cands, chosen, scores)
     return sel
+
+
+def trimmed_contributions(
+    cands: Sequence[Candidate], trims: dict[tuple[str, int], Any]
+) -> list[Candidate]:
+    """TIES: each candidate's contribution counts only the delta that survives the trim."""
+    shares = {key: tt.kept_share() for key, tt in trims.items()}
+    out = []
+    for c in cands:
+        share = shares.get((c.tensor, c.model))
+        if share is not None:
+            c = dataclasses.replace(c, contrib=c.contrib * math.sqrt(share[c.block]))
+        out.append(c)
+    return out
 
 
 def saliency_scores(
@@ -616,7 +658,19 @@ def _candidates(
             cost += ref_loc.length if ref_loc else 0
         st = kept[(bid, rid, dtype)]
         cands.append(
-            Candidate(t.plan.name, i, model, cost, w * st.l2, st.numel, st.max_abs, st.l2_a)
+            Candidate(
+                t.plan.name,
+                i,
+                model,
+                cost,
+                w * st.l2,
+                st.numel,
+                st.max_abs,
+                st.l2_a,
+                st.l1,
+                st.l2,
+                st.nnz,
+            )
         )
     if computed:
         repo.put_stats(computed)

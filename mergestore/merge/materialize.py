@@ -58,6 +58,9 @@ def prepared_from_commit(repo: Repository, c: Commit) -> Any:
     selection = budget_mod.Selection.from_plan(body)
     for t in tasks:
         t.selected = [selection.for_input(t.plan.name, m) for m in t.input_models]
+    from mergestore.merge import trim
+
+    trim.apply(tasks, selection.trim)
     from mergestore.merge.vocab import build_vocab
 
     vocab = build_vocab(repo, cfg, models, base_index)  # a tokenizer merge: from the inputs

@@ -18,6 +18,7 @@ from mergestore.formats.safetensors import DTYPE_SIZES
 from mergestore.ingest import default_author
 from mergestore.merge import budget as budget_mod
 from mergestore.merge import materialize as _registers_materializer  # noqa: F401
+from mergestore.merge import trim as trim_mod
 from mergestore.merge.config import MergeConfig, models_in_config
 from mergestore.merge.engine import (
     Engine,
@@ -199,6 +200,7 @@ def prepare(
     )
     for t in tasks:
         t.selected = [selection.for_input(t.plan.name, m) for m in t.input_models]
+    trim_mod.apply(tasks, selection.trim)
     body = {
         "type": "merge_plan",
         "version": 1,

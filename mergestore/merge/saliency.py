@@ -55,7 +55,7 @@ class Saliency:
     kind: str
     id: str
     source: str  # "file", "commit" or "tensors" (no path: plan ids do not depend on where)
-    tensors: Any  # name -> (shape, loader)
+    tensors: Any  # name -> (shape, loader: () -> (tensor, bytes read) | RowSummary | error)
     bytes_read: int = 0
     _blocks: dict[tuple[str, int], list[BlockSaliency]] = field(default_factory=dict)
 
@@ -72,8 +72,6 @@ class Saliency:
     def _summarize(
         self, name: str, shape: tuple[int, ...], rows_per_block: int
     ) -> list[BlockSaliency]:
-        import torch
-
         if name not in self.tensors:
             raise BudgetError(f"the saliency has no tensor {name!r} (it must name the model's)")
         want, load = self.tensors[name]
@@ -81,27 +79,16 @@ class Saliency:
             raise BudgetError(
                 f"saliency tensor {name!r} has shape {list(want)}, the model's is {list(shape)}"
             )
-        t, nbytes = load()
-        self.bytes_read += nbytes
-        if not t.is_floating_point():
-            raise BudgetError(f"saliency tensor {name!r} is not a float tensor ({t.dtype})")
-        rows = t.double().reshape(shape[0] if shape else 1, -1)
-        if not bool(torch.isfinite(rows).all()):
-            raise BudgetError(f"saliency tensor {name!r} holds NaN or infinite values")
-        if self.kind == "fisher" and bool((rows < 0).any()):
-            raise BudgetError(f"saliency tensor {name!r}: a Fisher diagonal is never negative")
-        out = []
-        for r0 in range(0, rows.shape[0], rows_per_block):
-            blk = rows[r0 : r0 + rows_per_block]
-            if self.kind == "gradient":
-                out.append(BlockSaliency(norm=float(blk.norm())))
-            else:
-                out.append(
-                    BlockSaliency(
-                        mean=float(blk.mean()), low=float(blk.min()), high=float(blk.max())
-                    )
-                )
-        return out
+        rows = load()
+        if isinstance(rows, str):  # found wrong when the file was read
+            raise BudgetError(rows)
+        if not isinstance(rows, RowSummary):
+            t, nbytes = rows
+            self.bytes_read += nbytes
+            rows = row_summary(self.kind, name, t)
+            if isinstance(rows, str):
+                raise BudgetError(rows)
+        return rows.blocks(self.kind, rows_per_block)
 
     def score(self, blk: BlockSaliency, contrib: float) -> float:
         """The candidate's score from its block summary and |w|·||Δ|| (see the module doc)."""
@@ -115,6 +102,56 @@ class Saliency:
             b = blk.norm * contrib
             return -b, b
         return blk.low * contrib * contrib, blk.high * contrib * contrib
+
+
+@dataclass(frozen=True)
+class RowSummary:
+    """Per row (dim 0) of a saliency tensor: Σg² (gradient), or Σ, min and max (Fisher).
+
+    Any block of rows is summarized from it, so a tensor is read once whatever the model's
+    blocking; it holds a few numbers per row, not the tensor."""
+
+    cols: int
+    sumsq: Any = None
+    total: Any = None
+    low: Any = None
+    high: Any = None
+
+    def blocks(self, kind: str, rows_per_block: int) -> list[BlockSaliency]:
+        n = len(self.sumsq if kind == "gradient" else self.total)
+        out = []
+        for r0 in range(0, n, rows_per_block):
+            r1 = min(n, r0 + rows_per_block)
+            if kind == "gradient":
+                out.append(BlockSaliency(norm=float(self.sumsq[r0:r1].sum()) ** 0.5))
+            else:
+                out.append(
+                    BlockSaliency(
+                        mean=float(self.total[r0:r1].sum()) / ((r1 - r0) * self.cols),
+                        low=float(self.low[r0:r1].min()),
+                        high=float(self.high[r0:r1].max()),
+                    )
+                )
+        return out
+
+
+def row_summary(kind: str, name: str, t: Any) -> RowSummary | str:
+    """The tensor's row summary, or why it cannot be a saliency (one line)."""
+    import torch
+
+    if not t.is_floating_point():
+        return f"saliency tensor {name!r} is not a float tensor ({t.dtype})"
+    rows = t.double().reshape(t.shape[0] if t.dim() else 1, -1)
+    if not bool(torch.isfinite(rows).all()):
+        return f"saliency tensor {name!r} holds NaN or infinite values"
+    if kind == "fisher" and bool((rows < 0).any()):
+        return f"saliency tensor {name!r}: a Fisher diagonal is never negative"
+    cols = rows.shape[1]
+    if kind == "gradient":
+        return RowSummary(cols, sumsq=rows.square().sum(dim=1))
+    if cols == 0:
+        return RowSummary(0, total=rows.sum(dim=1), low=rows.sum(dim=1), high=rows.sum(dim=1))
+    return RowSummary(cols, total=rows.sum(dim=1), low=rows.amin(dim=1), high=rows.amax(dim=1))
 
 
 def open_saliency(
@@ -195,13 +232,18 @@ def _from_file(path: Path, kind: str | None) -> Saliency:
     except (SafetensorError, OSError, ValueError) as e:
         raise BudgetError(f"{path}: not a readable safetensors file ({e})") from None
     kind = _check_kind(meta.get(META_KEY), kind, str(path))
-    # The id is of the content, as for tensors given in Python: one pass reads every tensor.
-    sid = content_id(kind, ((n, _bits(f.get_tensor(n))) for n in names))
+    # One pass reads every tensor once: it hashes it (the id is of the content, as for tensors
+    # given in Python) and keeps its row summary, from which the planner cuts any blocking.
+    rows: dict[str, RowSummary | str] = {}
 
-    def loader(n: str):
-        return lambda: (f.get_tensor(n), 0)  # counted once, in the id pass
+    def read_all() -> Iterator[tuple[str, Any]]:
+        for n in names:
+            t = f.get_tensor(n)
+            rows[n] = row_summary(kind, n, t)
+            yield n, _bits(t)
 
-    entries = {n: (tuple(f.get_slice(n).get_shape()), loader(n)) for n in names}
+    sid = content_id(kind, read_all())
+    entries = {n: (tuple(f.get_slice(n).get_shape()), (lambda n=n: rows[n])) for n in names}
     s = Saliency(kind, sid, "file", entries)
     s.bytes_read = path.stat().st_size  # the whole file, read once
     return s

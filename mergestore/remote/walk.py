@@ -71,7 +71,10 @@ def closure(
             stack.append(c.base)
         for oid in (c.plan, c.run):
             if oid is not None and want(oid):
-                load(oid, Plan, "plan")
+                p = load(oid, Plan, "plan")
+                if oid == c.plan:  # its inputs and a saliency commit: replay needs them
+                    assert isinstance(p, Plan)
+                    stack.extend(p.input_commits())
         if not want(c.tree):
             continue
         tree = load(c.tree, Tree, "tree")

@@ -242,13 +242,7 @@ def _make_plan(repo: Repository, cutoff: float, threshold: float) -> _Plan:
 
 def _plan_inputs(p: StoreObject) -> list[bytes]:
     assert isinstance(p, Plan)
-    out = []
-    for m in p.body.get("models") or []:
-        h = m.get("commit") if isinstance(m, dict) else None
-        if isinstance(h, str) and len(h) == 64:
-            with contextlib.suppress(ValueError):
-                out.append(bytes.fromhex(h))
-    return out
+    return p.input_commits()
 
 
 def _journal_blocks(repo: Repository, cutoff: float, plan: _Plan) -> set[bytes]:

@@ -263,6 +263,25 @@ class Plan(StoreObject):
     def from_json(cls, d: dict[str, Any]) -> Plan:
         return cls(body=d)
 
+    def input_commits(self) -> list[bytes]:
+        """The commits a merge plan names: its inputs (a lazy or evicted merge is rebuilt from
+        them) and a saliency given as a commit (replay re-plans with it). Malformed ids are
+        skipped: whoever follows them checks what they load."""
+        out = [m.get("commit") for m in _list(self.body.get("models")) if isinstance(m, dict)]
+        budget = self.body.get("budget")
+        sal = budget.get("saliency") if isinstance(budget, dict) else None
+        if isinstance(sal, dict) and sal.get("source") == "commit":
+            out.append(sal.get("id"))
+        return [bytes.fromhex(h) for h in out if isinstance(h, str) and _is_hex_id(h)]
+
+
+def _list(v: Any) -> list[Any]:
+    return v if isinstance(v, list) else []
+
+
+def _is_hex_id(h: str) -> bool:
+    return len(h) == 64 and all(ch in "0123456789abcdef" for ch in h)
+
 
 OBJECT_TYPES: dict[str, type[StoreObject]] = {
     c.type_name: c for c in (BlobFile, TensorFile, Tree, Commit, Plan)

@@ -154,6 +154,38 @@ def test_bad_saliency_is_refused(hand, tensors, kind, message) -> None:
         _plan(store, saliency=tensors, saliency_kind=kind)
 
 
+@pytest.mark.parametrize("kind", ["gradient", "fisher"])
+def test_a_saliency_file_is_read_once(hand, tmp_path: Path, monkeypatch, kind: str) -> None:
+    """Planning with a file reads each of its tensors once (the id pass keeps row summaries);
+    the scores are those of the same tensors given in Python."""
+    import safetensors
+
+    store, _root, _b, _d, grad, fisher = hand
+    tensors = {**(grad if kind == "gradient" else fisher), "unused": torch.ones(3, 5)}
+    path = tmp_path / "s.safetensors"
+    save_file(tensors, str(path), metadata={"saliency": kind})
+    reads: list[str] = []
+    real = safetensors.safe_open
+
+    class Counting:
+        def __init__(self, *a, **kw):
+            self._f = real(*a, **kw)
+
+        def get_tensor(self, name):
+            reads.append(name)
+            return self._f.get_tensor(name)
+
+        def __getattr__(self, attr):
+            return getattr(self._f, attr)
+
+    monkeypatch.setattr(safetensors, "safe_open", Counting)
+    from_file = _plan(store, saliency=str(path))
+    assert sorted(reads) == ["unused", "w"]  # every tensor once (the id covers them all)
+    from_dict = _plan(store, saliency=tensors, saliency_kind=kind)
+    assert _scores(from_file) == _scores(from_dict)
+    assert from_file.selection.planning_bytes_read == path.stat().st_size
+
+
 # ---- contracts: 100% identity, replay, explain, blame, a commit as the saliency (CLI) ------
 
 

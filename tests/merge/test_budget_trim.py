@@ -1,0 +1,141 @@
+"""TIES under a budget keeps the full merge's trim in the blocks it reads (merge/trim.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fixtures.family import FamilySpec
+from fixtures.store import family_store
+from mergestore.api import Store
+from mergestore.merge import trim
+
+EXPERTS = ["dense_small", "lowrank_attn", "uneven0"]
+TIES = {"method": "ties", "base": "main", "models": EXPERTS, "weights": [0.5, 0.3, 0.8]}
+PARAMS = {"density": 0.3, "lambda": 0.7}
+
+
+def _models(delta: torch.Tensor, rows: int) -> list[trim.BlockModel]:
+    out = []
+    for blk in delta.double().split(rows):
+        nz = blk[blk != 0]
+        out.append(
+            trim.BlockModel.of(
+                float(nz.abs().sum()), float(nz.norm()), nz.numel(), float(nz.abs().max())
+            )
+        )
+    return out
+
+
+@pytest.mark.parametrize("law", ["gaussian", "laplace", "lowrank"])
+def test_survivors_in_read_blocks_are_estimated_from_block_statistics(law: str) -> None:
+    """The estimated count of the full trim's survivors in a subset of blocks is within 3% of
+    the true count, for blocks of very different scales; the plain k (what an unaware budget
+    keeps) is off by far more."""
+    g = torch.Generator().manual_seed(7)
+    rows, n_blocks, cols = 8, 32, 64
+    scales = torch.logspace(-4, -2, n_blocks, dtype=torch.float64)[torch.randperm(n_blocks)]
+    if law == "gaussian":
+        d = torch.randn(n_blocks * rows, cols, generator=g, dtype=torch.float64)
+    elif law == "laplace":
+        u = torch.rand(n_blocks * rows, cols, generator=g, dtype=torch.float64) - 0.5
+        d = -u.sign() * torch.log1p(-2 * u.abs())
+    else:
+        a = torch.randn(n_blocks * rows, 4, generator=g, dtype=torch.float64)
+        d = a @ torch.randn(4, cols, generator=g, dtype=torch.float64)
+    d = (d * scales.repeat_interleave(rows)[:, None]).float()
+    k = trim.top_k(d.numel(), 0.3)
+    t_true = d.abs().flatten().topk(k).values[-1]
+    read = list(range(0, n_blocks, 2))  # half the blocks, spread over the scales
+    truth = sum(int((d[b * rows : (b + 1) * rows].abs() >= t_true).sum()) for b in read)
+    models = _models(d, rows)
+    tt = trim.TensorTrim(dict(enumerate(models)), k, trim.threshold(models, k))
+    got = tt.k_read(set(read))
+    assert abs(got - truth) <= 0.03 * truth, (got, truth)
+    assert abs(k - truth) > 0.3 * truth  # the plain k is far from it
+
+
+def test_density_for_gives_the_kernels_k() -> None:
+    for numel in (1, 7, 4096, 10**6 + 3, 151936 * 1536):
+        for k in {1, numel // 3, numel - 1, numel} - {0}:
+            assert trim.top_k(numel, trim.density_for(k, numel)) == k
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Store:
+    spec = FamilySpec(
+        n_layers=2,
+        hidden=64,
+        intermediate=128,
+        vocab=256,
+        dtype="float32",
+        experts=tuple(EXPERTS),
+        seed=11,
+    )
+    s, _fam = family_store(tmp_path_factory.mktemp("trim"), spec)
+    yield s
+    s.close()
+
+
+def _selection(store: Store, ref: str) -> tuple[dict, dict]:
+    from mergestore.merge.budget import _unranges
+
+    _cid, _c, plan, _run = store.merge_info(ref)
+    sel = {
+        t: {int(m): set(_unranges(r)) for m, r in ms.items()} for t, ms in plan["selection"].items()
+    }
+    return sel, plan["budget"]
+
+
+@pytest.mark.parametrize("expert", ["dense_small", "uneven0"])
+def test_read_blocks_match_the_full_merge(store: Store, expert: str) -> None:
+    """In the blocks a budget reads, a budgeted TIES merge of one expert equals the full merge
+    (up to the estimate: >= 97% of their elements); with the plain k far fewer do, since more
+    of the read blocks survive the trim."""
+    one = {**TIES, "models": [expert], "weights": [0.8]}
+    store.merge(branch=f"{expert}-full", params=PARAMS, **one)
+    store.merge(branch=f"{expert}-half", params=PARAMS, budget="50%", **one)
+    sel, budget = _selection(store, f"{expert}-half")
+    assert budget["trim"]  # the plan records k_read per (tensor, expert) with an omission
+    equal = total = 0
+    for rec in store.tensors(f"{expert}-half"):
+        if rec.name not in budget["trim"]:
+            continue
+        full = store.read_tensor(f"{expert}-full", rec.name)
+        half = store.read_tensor(f"{expert}-half", rec.name)
+        rows = rec.rows_per_block
+        for b in sorted(sel[rec.name][0]):
+            a, c = full[b * rows : (b + 1) * rows], half[b * rows : (b + 1) * rows]
+            equal += int((a == c).sum())
+            total += a.numel()
+    assert total > 0
+    assert equal / total >= 0.97, equal / total
+
+
+def test_full_budget_is_the_plain_merge_and_replays(store: Store) -> None:
+    store.merge(branch="ties-full2", params=PARAMS, **TIES)
+    store.merge(branch="ties-100", params=PARAMS, budget="100%", **TIES)
+    assert "trim" not in _selection(store, "ties-100")[1]
+    a, b = (
+        [e for e in store.tree(r).entries if e.path != "README.md"]
+        for r in ("ties-full2", "ties-100")
+    )
+    assert a == b
+    store.merge(branch="ties-30", params=PARAMS, budget="30%", **TIES)
+    assert _selection(store, "ties-30")[1]["trim"]
+    assert store.replay("ties-30")["identical"]
+
+
+def test_cli_budgeted_ties_plan_merge_replay(store: Store, cli) -> None:
+    args = ["--store", store.path, "--method", "ties", "--base", "main", *EXPERTS]
+    args += ["-w", "0.5", "-w", "0.3", "-w", "0.8"]
+    args += ["--param", "density=0.3", "--param", "lambda=0.7"]
+    p = cli("plan", *args, "--budget", "40%", "--json")
+    assert p.code == 0, p.err
+    m = cli("merge", *args, "--budget", "40%", "-b", "cli-ties", "--json")
+    assert m.code == 0, m.err
+    assert m.json()["plan"] == p.json()["plan"]
+    r = cli("--store", store.path, "replay", "cli-ties", "--json")
+    assert r.code == 0, r.err
+    assert r.json()["identical"]
+    assert m.json()["expert_bytes_read"] <= m.json()["budget_bytes"]
