@@ -58,20 +58,22 @@ class MergeSession:
         self.adopted: list[Any] = []  # orphaned saved sessions taken up (their files)
         self._through: Any = None
         self.kept: dict[str, Any] = {}  # what the last save holds (for the interrupt line)
+        self._orphans: Any = None
 
     def __enter__(self) -> MergeSession:
         ws = self.repo.writer()
         ws.__enter__()
         self.session = ws
         try:
-            with pending.orphans(self.repo) as found:
-                for orphan in found:
-                    if pending.adopt(self.repo, ws, orphan):
-                        self.adopted.append(orphan.path)
+            self._orphans = pending.orphans(self.repo)  # held locked until this merge ends
+            for orphan in self._orphans.__enter__():
+                if pending.adopt(self.repo, ws, orphan):
+                    self.adopted.append(orphan.path)
             self._through = self.repo.read_through(ws)
             self._through.__enter__()
         except BaseException as e:
             ws.__exit__(type(e), e, e.__traceback__)
+            self._release_orphans()
             raise
         self.saved = pending.SessionFile(self.repo, ws)
         return self
@@ -100,6 +102,26 @@ class MergeSession:
             self._through.__exit__(None, None, None)
             self._through = None
         interrupted = exc_type is not None and issubclass(exc_type, KeyboardInterrupt)
+        try:
+            self._finish(ws, saved, exc_type, exc, tb, interrupted)
+        finally:
+            self._release_orphans()
+            self.session = None
+
+    def _release_orphans(self) -> None:
+        if self._orphans is not None:
+            self._orphans.__exit__(None, None, None)
+            self._orphans = None
+
+    def _finish(
+        self,
+        ws: WriteSession,
+        saved: pending.SessionFile,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+        interrupted: bool,
+    ) -> None:
         if ws.published:
             ws.__exit__(None, None, None)
             saved.remove()
@@ -110,13 +132,11 @@ class MergeSession:
             error = self._interrupted()
             ws.__exit__(None, None, None)  # no rollback: the saved blocks stay for a re-run
             saved.release()
-            self.session = None
             raise error from exc
         else:
             ws.discard()
             ws.__exit__(exc_type or MergestoreError, exc, tb)
             saved.remove()
-        self.session = None
 
     def _interrupted(self) -> MergeInterrupted:
         k = self.kept

@@ -109,7 +109,9 @@ class Orphan:
 
 @contextlib.contextmanager
 def orphans(repo: Repository) -> Iterator[list[Orphan]]:
-    """The saved sessions no process holds, locked for the caller while the block runs."""
+    """The saved sessions no process holds, locked for the caller while the block runs (a
+    merge that adopts them holds them until it has published them, so that no `merge --abort`
+    cuts their bytes meanwhile)."""
     folder = pending_dir(repo)
     held: list[tuple[int, Orphan]] = []
     try:
@@ -124,6 +126,9 @@ def orphans(repo: Repository) -> Iterator[list[Orphan]]:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 os.close(fd)  # a live session's
+                continue
+            if not _still_named(path, fd):  # replaced by its live owner's next save
+                os.close(fd)
                 continue
             if name.endswith(".tmp"):  # a save cut short
                 unlink(path)
@@ -295,6 +300,15 @@ def _entry_is_there(repo: Repository, bid: bytes, pb: PendingBlock) -> bool:
         return False
     magic, got, length = ENTRY_HEADER.unpack(raw)
     return magic == ENTRY_MAGIC and got == bid and length == pb.length
+
+
+def _still_named(path: Path, fd: int) -> bool:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    own = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (own.st_dev, own.st_ino)
 
 
 def _read(fd: int) -> dict[str, Any] | None:

@@ -296,3 +296,31 @@ def test_bad_adapter_folder_is_refused_before_anything_is_stored(
         r = cli(*ties(base_only, e1, other, extra=("--json",)))
         assert r.code == 1 and "the adapter makes" in r.json()["error"], r.err
         assert stored == [] and snapshot(base_only) == before
+
+
+def test_a_kept_session_taken_up_by_a_merge_is_not_dropped_under_it(
+    tiny_family, tmp_path: Path
+) -> None:
+    """A merge killed with kill -9 leaves its saved session; the next merge adopts it and holds
+    it locked until it ends, so a concurrent `merge --abort` cannot cut the bytes it is about
+    to publish. Failing, that merge leaves it as it was, for --abort to drop."""
+    store = tmp_path / "store"
+    with Store.init(store, block_size=4096) as s:
+        s.commit(tiny_family.base, message="base", branch="main")
+    env = dict(os.environ, MERGESTORE_PROGRESS="0", MERGESTORE_JOURNAL_BYTES="1")
+    env["MERGESTORE_FAULT"] = "journal-flushed@3"
+    e1, e2 = tiny_family.experts["dense_small"], tiny_family.experts["frozen"]
+    cmd = [sys.executable, "-m", "mergestore.cli.main", *ties(store, e1, e2)]
+    before = snapshot(store)
+    p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 137, p.stderr
+    [saved] = list((store / "pending").iterdir())
+    with Store.open(store) as s:
+        with pytest.raises(RuntimeError), s.merge_session() as ms:
+            assert ms.adopted == [saved]
+            assert s.abort_merges()["sessions_dropped"] == 0  # held by this merge
+            raise RuntimeError("the merge fails")
+        assert saved.exists()
+        res = s.abort_merges()
+    assert res["sessions_dropped"] == 1 and res["bytes_freed"] > 0
+    assert snapshot(store) == before  # killed, then aborted: as if the merge never ran
