@@ -155,11 +155,18 @@ def _saved_bytes(ws: WriteSession) -> int:
 def abort_merges(repo: Repository) -> dict[str, int]:
     """`merge --abort`: drop what interrupted or killed merges kept for a re-run: their saved
     sessions (packs cut back where nothing was written after them, else left to gc) and the
-    published journals of older ones. A running merge's session is left alone."""
+    published journals of merges (gc published them, or an older version did). A running
+    merge's session is left alone, and so are the tensors journaled for a lazy merge commit."""
     from mergestore.store import merges
 
     dropped = pending.drop_orphans(repo)
-    published = merges.published_journals(repo)
+    # a merge's journal names the branch it was for; tensors read from a lazy merge commit
+    # (journaled under its plan, no branch) stay for its materialize
+    published = [
+        pid
+        for pid in merges.published_journals(repo)
+        if (merges.journal(repo, pid) or {}).get("ref") is not None
+    ]
     if published:
         with repo.writer() as ws:
             for pid in published:

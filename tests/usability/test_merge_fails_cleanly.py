@@ -324,3 +324,31 @@ def test_a_kept_session_taken_up_by_a_merge_is_not_dropped_under_it(
         res = s.abort_merges()
     assert res["sessions_dropped"] == 1 and res["bytes_freed"] > 0
     assert snapshot(store) == before  # killed, then aborted: as if the merge never ran
+
+
+def test_abort_drops_a_journal_gc_published(cli, tiny_family, tmp_path: Path) -> None:
+    """gc publishes a killed merge's saved session (its journal then ages as any other);
+    `merge --abort` drops that journal too."""
+    from mergestore.store import merges
+
+    store = tmp_path / "store"
+    with Store.init(store, block_size=4096) as s:
+        s.commit(tiny_family.base, message="base", branch="main")
+    env = dict(os.environ, MERGESTORE_PROGRESS="0", MERGESTORE_JOURNAL_BYTES="1")
+    env["MERGESTORE_FAULT"] = "journal-flushed@3"
+    e1, e2 = tiny_family.experts["dense_small"], tiny_family.experts["frozen"]
+    cmd = [sys.executable, "-m", "mergestore.cli.main", *ties(store, e1, e2)]
+    p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 137, p.stderr
+    assert cli("--store", store, "gc").code == 0
+    assert not (store / "pending").exists()
+    with Store.open(store) as s:
+        [(_, j)] = merges.journals(s.repo).items()
+        assert len(j["tensors"]) == 3 and merges.published_journals(s.repo)
+    r = cli("--store", store, "merge", "--abort", "--json")
+    assert r.code == 0, r.err
+    assert r.json()["aborted"] == {"sessions_dropped": 0, "bytes_freed": 0, "journals_dropped": 1}
+    with Store.open(store) as s:
+        assert merges.journals(s.repo) == {}
+    r = cli("--store", store, "merge", "--abort")
+    assert "nothing to drop" in r.out
