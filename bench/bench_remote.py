@@ -35,6 +35,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -116,6 +117,41 @@ def new_stored_bytes(store, new: str, old: list[str]) -> int:  # type: ignore[no
     return stored(store.repo, store.resolve(new), [store.resolve(r) for r in old])
 
 
+def paired(
+    runs: int,
+    ours: Callable[[int], tuple[float, int]],
+    raw: Callable[[], float],
+    raw_bytes: int,
+    names: tuple[str, str],
+) -> dict | None:
+    """`runs` alternating pairs: our command (ours(i) -> seconds, bytes moved), then the raw
+    object-store transfer of the same packs (raw() -> seconds); rates, per-pair ratios, load.
+    `names`: what ours is called and which raw transfer ("push", "put")."""
+    if not runs:
+        return None
+    ours_t: list[float] = []
+    raw_t: list[float] = []
+    moved = 0
+    for i in range(runs):
+        w, moved = ours(i)
+        ours_t.append(w)
+        raw_t.append(raw())
+        print(f"{names[0]} {moved / ours_t[-1] / 2**20:.1f} MiB/s, raw {names[1]} "
+              f"{raw_bytes / raw_t[-1] / 2**20:.1f} MiB/s", flush=True)  # fmt: skip
+    ratios = [(moved / o) / (raw_bytes / r) for o, r in zip(ours_t, raw_t, strict=True)]
+    return {
+        "bytes": moved,
+        "seconds": ours_t,
+        f"raw_{names[1]}_bytes": raw_bytes,
+        f"raw_{names[1]}_seconds": raw_t,
+        "mib_s": moved / statistics.median(ours_t) / 2**20,
+        "raw_mib_s": raw_bytes / statistics.median(raw_t) / 2**20,
+        "ratio_pairs": ratios,
+        "load": loadavg(),
+        "ratio_median": statistics.median(ratios),
+    }
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="cmd")
@@ -193,76 +229,39 @@ def run(a: argparse.Namespace) -> None:
             return f"s3://{BUCKET}/{prefix}?endpoint={ep}"
 
         # --- push vs raw put, alternating ---
-        push_t, raw_t, sent = [], [], 0
         if a.bytes_only:
             subprocess.run(ms("--store", src, "remote", "add", "r0", url("p0")), env=env,
                            check=True, capture_output=True)  # fmt: skip
             _w, out = timed(ms("--store", src, "push", "r0", "main", "ds", "--json"), env)
             res["first_push"] = {"block_bytes": out["block_bytes"], "pack_bytes": out["pack_bytes"]}
-        for i in range(0 if a.bytes_only else a.runs):
+
+        def push(i: int) -> tuple[float, int]:
             subprocess.run(ms("--store", src, "remote", "add", f"r{i}", url(f"p{i}")), env=env,
                            check=True, capture_output=True)  # fmt: skip
             w, out = timed(ms("--store", src, "push", f"r{i}", "main", "ds", "--json"), env)
-            push_t.append(w)
-            sent = out["pack_bytes"]
-            w, _ = timed(me("raw-put", ep, "raw/0", *packs), env)
-            raw_t.append(w)
-            print(f"push {sent / push_t[-1] / 2**20:.1f} MiB/s, raw put "
-                  f"{pack_bytes / raw_t[-1] / 2**20:.1f} MiB/s", flush=True)  # fmt: skip
-        res["push"] = (
-            None
-            if a.bytes_only
-            else {
-                "bytes": sent,
-                "seconds": push_t,
-                "raw_put_bytes": pack_bytes,
-                "raw_put_seconds": raw_t,
-                "mib_s": sent / statistics.median(push_t) / 2**20,
-                "raw_mib_s": pack_bytes / statistics.median(raw_t) / 2**20,
-                "ratio_pairs": [
-                    (sent / pt) / (pack_bytes / rt) for pt, rt in zip(push_t, raw_t, strict=True)
-                ],
-                "load": loadavg(),
-            }
-        )
-        if res["push"]:
-            res["push"]["ratio_median"] = statistics.median(res["push"]["ratio_pairs"])
+            return w, out["pack_bytes"]
+
+        def raw(*args: object) -> float:
+            return timed(me(*args), env)[0]
+
+        runs = 0 if a.bytes_only else a.runs
+        res["push"] = paired(runs, push, lambda: raw("raw-put", ep, "raw/0", *packs), pack_bytes,
+                             ("push", "put"))  # fmt: skip
 
         # --- a second push sends nothing ---
         _w, out = timed(ms("--store", src, "push", "r0", "main", "ds", "--json"), env)
         res["second_push_block_bytes"] = out["block_bytes"]
 
         # --- fetch (full clone) vs raw get, alternating ---
-        fetch_t, rawg_t, got = [], [], 0
-        for i in range(0 if a.bytes_only else a.runs):
+        def clone(i: int) -> tuple[float, int]:
             dst = work / f"clone{i}"
             shutil.rmtree(dst, ignore_errors=True)
             w, out = timed(ms("clone", url("p0"), dst, "--json"), env)
-            fetch_t.append(w)
-            got = out["block_bytes"] + out["metadata_bytes"]
             shutil.rmtree(dst, ignore_errors=True)
-            w, out = timed(me("raw-get", ep, "raw/0"), env)
-            rawg_t.append(w)
-            print(f"clone {got / fetch_t[-1] / 2**20:.1f} MiB/s, raw get "
-                  f"{pack_bytes / rawg_t[-1] / 2**20:.1f} MiB/s", flush=True)  # fmt: skip
-        res["fetch"] = (
-            None
-            if a.bytes_only
-            else {
-                "bytes": got,
-                "seconds": fetch_t,
-                "raw_get_bytes": pack_bytes,
-                "raw_get_seconds": rawg_t,
-                "mib_s": got / statistics.median(fetch_t) / 2**20,
-                "raw_mib_s": pack_bytes / statistics.median(rawg_t) / 2**20,
-                "ratio_pairs": [
-                    (got / ft) / (pack_bytes / rt) for ft, rt in zip(fetch_t, rawg_t, strict=True)
-                ],
-                "load": loadavg(),
-            }
-        )
-        if res["fetch"]:
-            res["fetch"]["ratio_median"] = statistics.median(res["fetch"]["ratio_pairs"])
+            return w, out["block_bytes"] + out["metadata_bytes"]
+
+        res["fetch"] = paired(runs, clone, lambda: raw("raw-get", ep, "raw/0"), pack_bytes,
+                              ("clone", "get"))  # fmt: skip
 
         # --- a push after one new fine-tune ---
         s = Store.open(src)

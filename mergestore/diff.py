@@ -28,11 +28,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mergestore import native
+from mergestore.diff_side import TensorSide, side_blocking, stats_from_sums
 from mergestore.errors import FormatError, MergestoreError, RefError
 from mergestore.formats.checkpoint import scan_checkpoint
 from mergestore.formats.safetensors import DTYPE_SIZES, torch_dtype
 from mergestore.lazy_numpy import np  # numpy is imported on first use
-from mergestore.store.blocks import TensorBlocking, block_id, tensor_blocking
+from mergestore.store.blocks import block_id, tensor_blocking
 from mergestore.store.index import DeltaStats
 from mergestore.store.objects import TensorRecord
 from mergestore.store.packs import ReadMeter
@@ -99,7 +100,7 @@ def block_stats(b_raw: bytes | memoryview, a_raw: bytes | memoryview, dtype: str
         if len(b_raw) != len(a_raw):
             raise FormatError("blocks of different lengths cannot be compared")
         dd, l1, mx, bb, aa, nnz = native.kernels.delta_stats(b_raw, a_raw, dtype)
-        return _stats(dd, l1, mx, bb, aa, nnz, len(b_raw) // DTYPE_SIZES[dtype])
+        return stats_from_sums(dd, l1, mx, bb, aa, nnz, len(b_raw) // DTYPE_SIZES[dtype])
     import torch
 
     bt, at = _flat(b_raw, dtype), _flat(a_raw, dtype)
@@ -122,29 +123,11 @@ def block_stats(b_raw: bytes | memoryview, a_raw: bytes | memoryview, dtype: str
         d.abs_()
         l1 += float(d.sum())
         mx = max(mx, float(d.amax()))
-    return _stats(dd, l1, mx, bb, aa, nnz, bt.numel())
+    return stats_from_sums(dd, l1, mx, bb, aa, nnz, bt.numel())
 
 
 # dtypes the C kernel reads (one fused fp64 pass over both blocks, GIL released)
 _NATIVE_STATS = frozenset({"BF16", "F16", "F32", "F64"})
-
-
-def _stats(
-    dd: float, l1: float, mx: float, bb: float, aa: float, nnz: int, numel: int
-) -> DeltaStats:
-    # <A,B> by polarization, one pass fewer: ||A||^2 + ||B||^2 - ||B-A||^2 has no cancellation
-    # where it matters (the error is eps * (||A||^2 + ||B||^2), tiny against ||A|| ||B||)
-    ab = (aa + bb - dd) / 2
-    return DeltaStats(
-        l2=math.sqrt(dd),
-        l1=l1,
-        max_abs=mx,
-        l2_b=math.sqrt(bb),
-        nnz=nnz,
-        numel=numel,
-        dot=ab,
-        l2_a=math.sqrt(aa),
-    )
 
 
 def block_norm(raw: bytes | memoryview, dtype: str) -> DeltaStats:
@@ -478,22 +461,9 @@ class DiffResult:
 # ----------------------------------------------------------------------------- the engine
 
 
-@dataclass(frozen=True)
-class _Side:
-    """One tensor of one side: its layout, and its block ids when they are known."""
-
-    dtype: str
-    shape: tuple[int, ...]
-    rows_per_block: int
-    blocks: tuple[bytes, ...] | None  # None for a folder tensor (hashed while diffing)
-    fd: int = -1
-    offset: int = 0  # absolute file offset of the tensor's data (folder tensors)
-    nbytes: int = 0
-
-
 def _commit_sides(
     repo: Repository, cid: bytes, tensors: Sequence[str] | None = None
-) -> dict[str, _Side]:
+) -> dict[str, TensorSide]:
     """A commit's tensors (those matching `tensors`, when given). A lazy or evicted merge
     computes only those tensors' blocks."""
     from mergestore.checkout import tensor_records
@@ -506,8 +476,10 @@ def _commit_sides(
     return {rec.name: _record_side(rec) for rec in recs}
 
 
-def _record_side(rec: TensorRecord) -> _Side:
-    return _Side(rec.dtype, rec.shape, rec.rows_per_block, rec.blocks, nbytes=rec.end - rec.begin)
+def _record_side(rec: TensorRecord) -> TensorSide:
+    return TensorSide(
+        rec.dtype, rec.shape, rec.rows_per_block, rec.blocks, nbytes=rec.end - rec.begin
+    )
 
 
 @dataclass(frozen=True)
@@ -608,26 +580,18 @@ class _Engine:
         return raws
 
 
-def _jobs_for(i: int, a: _Side, b: _Side) -> Iterator[_Job]:
+def _jobs_for(i: int, a: TensorSide, b: TensorSide) -> Iterator[_Job]:
     assert a.blocks is not None
     if b.blocks is not None:
-        blocking = _blocking(a)
+        blocking = side_blocking(a)
         for k, (bb, ab) in enumerate(zip(b.blocks, a.blocks, strict=True)):
             lo, hi = blocking.byte_range(k)
             yield _Job(i, a.dtype, ab, bb, hi - lo)
     else:
-        blocking = _blocking(a)
+        blocking = side_blocking(a)
         for k, ab in enumerate(a.blocks):
             lo, hi = blocking.byte_range(k)
             yield _Job(i, a.dtype, ab, None, hi - lo, b.fd, b.offset + lo)
-
-
-def _blocking(s: _Side) -> TensorBlocking:
-    if len(s.shape) == 0:
-        rows, row_bytes = 1, DTYPE_SIZES[s.dtype]
-    else:
-        rows, row_bytes = s.shape[0], DTYPE_SIZES[s.dtype] * math.prod(s.shape[1:])
-    return TensorBlocking(rows=rows, row_bytes=row_bytes, rows_per_block=s.rows_per_block)
 
 
 def _matches(name: str, globs: Sequence[str] | None) -> bool:
@@ -639,8 +603,8 @@ def _matches(name: str, globs: Sequence[str] | None) -> bool:
 def diff_sides(
     repo: Repository,
     a_id: bytes,
-    sides_a: dict[str, _Side],
-    sides_b: dict[str, _Side],
+    sides_a: dict[str, TensorSide],
+    sides_b: dict[str, TensorSide],
     *,
     b_id: bytes | None,
     b_path: str | None,
@@ -658,12 +622,12 @@ def diff_sides(
     out: list[TensorDiff] = []
     accs: dict[int, _Acc] = {}
     jobs: list[_Job] = []
-    retyped: list[tuple[int, _Side, _Side]] = []
+    retyped: list[tuple[int, TensorSide, TensorSide]] = []
     for name in names:
         a, b = sides_a.get(name), sides_b.get(name)
         side = b or a
         assert side is not None
-        nb = len(side.blocks) if side.blocks is not None else _blocking(side).num_blocks
+        nb = len(side.blocks) if side.blocks is not None else side_blocking(side).num_blocks
         t = TensorDiff(name, "", side.dtype, side.shape, nb, 0, math.prod(side.shape))
         i = len(out)
         out.append(t)
@@ -802,7 +766,7 @@ def diff(
 def _diff_folder(
     repo: Repository,
     a_id: bytes,
-    sides_a: dict[str, _Side],
+    sides_a: dict[str, TensorSide],
     path: str,
     tensors: Sequence[str] | None,
     progress: Progress | None,
@@ -811,7 +775,7 @@ def _diff_folder(
     ckpt = scan_checkpoint(path)
     fds: dict[Path, int] = {}
     try:
-        sides_b: dict[str, _Side] = {}
+        sides_b: dict[str, TensorSide] = {}
         for name, (f, entry) in ckpt.tensor_index().items():
             if not _matches(name, tensors):
                 continue
@@ -827,7 +791,7 @@ def _diff_folder(
                     entry.shape, DTYPE_SIZES[entry.dtype], repo.config.block_size
                 ).rows_per_block
             )
-            sides_b[name] = _Side(
+            sides_b[name] = TensorSide(
                 entry.dtype,
                 entry.shape,
                 rpb,

@@ -10,36 +10,28 @@ dtype).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from mergestore.diff_side import TensorSide, side_blocking, stats_from_sums
 from mergestore.errors import FormatError
-from mergestore.formats.safetensors import DTYPE_SIZES, torch_dtype
-from mergestore.store.blocks import TensorBlocking
+from mergestore.formats.safetensors import torch_dtype
 from mergestore.store.index import DeltaStats
 from mergestore.store.packs import ReadMeter
 from mergestore.store.parallel import read_exact
 
 if TYPE_CHECKING:
-    from mergestore.diff import _Side
     from mergestore.store.repo import Repository
 
 RowReader = Callable[[int, int], bytes]
 
 
-def _blocking(side: _Side) -> TensorBlocking:
-    rows = side.shape[0] if side.shape else 1
-    row_bytes = DTYPE_SIZES[side.dtype] * (math.prod(side.shape[1:]) if side.shape else 1)
-    return TensorBlocking(rows=rows, row_bytes=row_bytes, rows_per_block=side.rows_per_block)
-
-
-def _row_reader(repo: Repository, side: _Side, meter: ReadMeter) -> RowReader:
+def _row_reader(repo: Repository, side: TensorSide, meter: ReadMeter) -> RowReader:
     """rows(r0, r1) -> the raw bytes of rows r0..r1 of one side (a commit's blocks, read in
     order with the last block kept, or a folder tensor's file)."""
-    cut = _blocking(side)
+    cut = side_blocking(side)
     if side.blocks is None:  # a folder tensor: read the file at its offset
 
         def from_file(r0: int, r1: int) -> bytes:
@@ -79,12 +71,12 @@ def _fp64(raw: bytes, dtype: str):  # -> torch.Tensor
     return torch.frombuffer(bytearray(raw), dtype=torch_dtype(dtype)).to(torch.float64)
 
 
-def retyped_stats(repo: Repository, a: _Side, b: _Side, meter: ReadMeter) -> DeltaStats:
+def retyped_stats(repo: Repository, a: TensorSide, b: TensorSide, meter: ReadMeter) -> DeltaStats:
     """Statistics of B - A for two same-shaped tensors of different dtypes, in fp64."""
     if a.shape != b.shape:
         raise ValueError("retyped_stats needs tensors of the same shape")
     rows_a, rows_b = _row_reader(repo, a, meter), _row_reader(repo, b, meter)
-    cut = _blocking(a)
+    cut = side_blocking(a)
     dd = l1 = mx = aa = bb = ab = 0.0
     nnz = numel = 0
     for k in range(cut.num_blocks):
@@ -100,13 +92,4 @@ def retyped_stats(repo: Repository, a: _Side, b: _Side, meter: ReadMeter) -> Del
         l1 += float(d.sum()) if d.numel() else 0.0
         mx = max(mx, float(d.amax())) if d.numel() else mx
         numel += x.numel()
-    return DeltaStats(
-        l2=math.sqrt(dd),
-        l1=l1,
-        max_abs=mx,
-        l2_b=math.sqrt(bb),
-        nnz=nnz,
-        numel=numel,
-        dot=ab,
-        l2_a=math.sqrt(aa),
-    )
+    return stats_from_sums(dd, l1, mx, bb, aa, nnz, numel, ab)

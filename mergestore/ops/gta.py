@@ -13,6 +13,7 @@ Per tensor, in the compute dtype D (mergekit 0.1.5 GeneralizedTaskArithmeticMerg
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from mergestore import native
@@ -110,14 +111,14 @@ def gta_merge(
         (native.kernels is not None and base.dtype == torch.bfloat16)
         or (base.dtype == torch.float16 and lane16.has_fp16())
     ):
-        return _native16(base, inputs, shared, per_input, ctx, sparsifier, consensus)
+        return _native16(_Call(base, inputs, shared, per_input, ctx, sparsifier, consensus))
     if (
         native.kernels is not None
         and base.dtype == torch.float32
         and base.numel() > 0
         and len(inputs) <= lanes.FP32_MAX_INPUTS
     ):
-        return _native32(base, inputs, shared, per_input, ctx, sparsifier, consensus)
+        return _native32(_Call(base, inputs, shared, per_input, ctx, sparsifier, consensus))
     if not consensus and _is_half(base.dtype):
         merged, divisor = _weighted_delta_sum(base, inputs, per_input, sparsifier, rescale, ctx)
         return _finish(base, merged, divisor, shared)
@@ -149,21 +150,28 @@ def gta_merge(
 TAIL_CHUNK = 1 << 17
 
 
-def _native16(
-    base: Tensor,
-    inputs: Sequence[Tensor],
-    shared: Mapping[str, Any],
-    per_input: Sequence[Mapping[str, Any]],
-    ctx: TensorContext,
-    sparsifier: str | None,
-    consensus: bool,
-) -> Tensor:
+@dataclass(frozen=True)
+class _Call:
+    """One gta_merge call's arguments, as the C-kernel paths (_native16, _native32) take them."""
+
+    base: Tensor
+    inputs: Sequence[Tensor]
+    shared: Mapping[str, Any]
+    per_input: Sequence[Mapping[str, Any]]
+    ctx: TensorContext
+    sparsifier: str | None
+    consensus: bool
+
+
+def _native16(call: _Call) -> Tensor:
     """gta_merge on bf16 or fp16 tensors with the fused C kernels: the same bits as the torch
     path below (tests/test_native.py), in one pass over memory instead of one per operation.
 
     Sparsified deltas are made first (as in the torch path); without a sparsifier or a
     consensus, the kernel forms x - base itself and no delta tensor exists at all.
     """
+    base, inputs, shared, per_input = call.base, call.inputs, call.shared, call.per_input
+    ctx, sparsifier, consensus = call.ctx, call.sparsifier, call.consensus
     n = len(inputs)
     lam = float(shared["lambda"])
     normalize = bool(shared["normalize"])
@@ -224,19 +232,13 @@ def _native16(
     return out
 
 
-def _native32(
-    base: Tensor,
-    inputs: Sequence[Tensor],
-    shared: Mapping[str, Any],
-    per_input: Sequence[Mapping[str, Any]],
-    ctx: TensorContext,
-    sparsifier: str | None,
-    consensus: bool,
-) -> Tensor:
+def _native32(call: _Call) -> Tensor:
     """gta_merge in fp32 with up to 4 inputs: torch makes the sparsified deltas (dare's and
     della's random drops and L1 rescale), the fp32 C kernels of ops.lanes combine them (the
     consensus, the sums, the tail) in one pass instead of one per operation: the same fp32
     operations in the same order as _combine and _finish (tests/ops/test_lanes.py)."""
+    base, inputs, shared, per_input = call.base, call.inputs, call.shared, call.per_input
+    ctx, sparsifier, consensus = call.ctx, call.sparsifier, call.consensus
     deltas = _sparsified_deltas(base, inputs, per_input, sparsifier, bool(shared["rescale"]), ctx)
     n = len(inputs)
     rows = [d.numpy() for d in deltas.reshape(n, -1)]

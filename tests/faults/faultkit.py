@@ -117,7 +117,15 @@ class ForkServer:
             self._wait_key(rid, "rc", 10)
             raise
 
-    def start(self, *args: str | os.PathLike[str], env: dict[str, str] | None = None) -> Run:
+    def start(
+        self,
+        *args: str | os.PathLike[str],
+        env: dict[str, str] | None = None,
+        kill_at_call: int | None = None,
+        count_calls: Path | None = None,
+    ) -> Run:
+        """Start `mergestore ARGS`; `kill_at_call` N: it SIGKILLs itself at its N-th Python
+        function call; `count_calls`: it writes how many calls it made to that file."""
         rid = str(next(self._ids))
         out, err = self.tmp / f"{rid}.out", self.tmp / f"{rid}.err"
         self._send(
@@ -128,13 +136,21 @@ class ForkServer:
                 "env": env or {},
                 "stdout": str(out),
                 "stderr": str(err),
+                "kill_at_call": kill_at_call,
+                "count_calls": str(count_calls) if count_calls else None,
             }
         )
         pid = self._wait_key(rid, "pid", 30)
         return Run(self, rid, pid, out, err)
 
-    def run(self, *args: str | os.PathLike[str], env: dict[str, str] | None = None) -> Result:
-        return self.start(*args, env=env).wait()
+    def run(
+        self,
+        *args: str | os.PathLike[str],
+        env: dict[str, str] | None = None,
+        kill_at_call: int | None = None,
+        count_calls: Path | None = None,
+    ) -> Result:
+        return self.start(*args, env=env, kill_at_call=kill_at_call, count_calls=count_calls).wait()
 
     def close(self) -> None:
         if self.proc.stdin:

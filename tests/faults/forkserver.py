@@ -6,8 +6,11 @@ store, so no child inherits an LMDB environment. Children are real processes: `k
 is the same as on a freshly started `mergestore`.
 
 Protocol on stdin/stdout, one JSON object per line:
-    {"op": "run", "id", "argv", "env", "cwd", "stdout", "stderr"}
+    {"op": "run", "id", "argv", "env", "cwd", "stdout", "stderr"[, "kill_at_call", "count_calls"]}
         -> {"id", "pid"} at once, {"id", "rc"} when the child ends
+    kill_at_call N: the child SIGKILLs itself at its N-th Python function call (any thread): a
+        kill at a moment picked by count, not by time, so it lands however loaded the machine is
+    count_calls PATH: the child writes how many Python function calls it made to PATH
     {"op": "kill", "id"}   SIGKILL the child if it has not been reaped yet (no pid-reuse race)
 rc is the exit code, or minus the signal number that ended the child.
 """
@@ -15,12 +18,16 @@ rc is the exit code, or minus the signal number that ended the child.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import select
 import signal
 import sys
+import threading
 import traceback
+from collections.abc import Callable
+from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
@@ -32,6 +39,23 @@ from mergestore.cli.main import main  # noqa: E402
 
 with contextlib.suppress(ImportError):  # later layers, when present
     import mergestore.merge.run  # noqa: F401
+
+
+def _count_calls(kill_at: int | None) -> Callable[[], int]:
+    """Count Python function calls in every thread of this process from now on; SIGKILL it at
+    call `kill_at`. Returns the count so far."""
+    counter = itertools.count(1)
+    seen = [0]
+
+    def profile(frame: object, event: str, arg: object) -> None:
+        if event == "call":
+            seen[0] = n = next(counter)
+            if n == kill_at:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.setprofile(profile)
+    sys.setprofile(profile)
+    return lambda: seen[0]
 
 
 def _child(req: dict) -> None:
@@ -49,6 +73,9 @@ def _child(req: dict) -> None:
     if req.get("cwd"):
         os.chdir(req["cwd"])
     code = 0
+    calls = None
+    if req.get("kill_at_call") or req.get("count_calls"):
+        calls = _count_calls(req.get("kill_at_call"))
     try:
         main(req["argv"])
     except SystemExit as e:
@@ -57,6 +84,9 @@ def _child(req: dict) -> None:
         traceback.print_exc()
         code = 99
     try:
+        sys.setprofile(None)
+        if calls is not None and req.get("count_calls"):
+            Path(req["count_calls"]).write_text(str(calls()))
         sys.stdout.flush()
         sys.stderr.flush()
     finally:

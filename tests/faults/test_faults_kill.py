@@ -1,5 +1,11 @@
 """kill -9 during commit, gc, merge and repack: at named fault points and at random moments.
 
+A random moment is picked by count, not by time: the run SIGKILLs itself at its N-th Python
+function call (any thread; tests/faults/forkserver.py), N drawn (seeded) from 1 to the number
+of calls an uninterrupted run makes. So each kill lands wherever the machine's load is, at a
+moment that spreads over the whole run like a timer's would, and the same seed kills at the
+same calls.
+
 After every kill the store opens, `fsck --full` is clean, every ref holds its old value or its
 new one (a complete, correct commit), and every commit that was live before checks out byte for
 byte. Each operation is one test over a list of faults; merge and repack run once their CLI
@@ -11,7 +17,6 @@ from __future__ import annotations
 import os
 import random
 import shutil
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -85,6 +90,7 @@ class Lab:
         self.expected: dict[bytes, dict[str, str]] = {}  # live commit -> its files' digests
         self.kills = 0
         self.random_kills = 0
+        self.op_calls = 0  # Python calls the last uninterrupted run of the operation made
         # repack re-encodes blocks stored without delta codecs: give it some to work on
         with Store.init(self.path, block_size=4096, delta_codecs=op != "repack"):
             pass
@@ -117,17 +123,24 @@ class Lab:
         self.expected[cid] = self.digest(src)
         return cid
 
+    def run_op(self, args: list[object], fault: tuple[str, object] | None) -> Result:
+        """Run the operation under test: uninterrupted (counting its Python calls), or killed."""
+        if fault is not None:
+            return self.run_fault(args, fault)
+        counted = self.scratch / "calls"
+        r = self.fs.run("--store", self.path, *map(str, args), count_calls=counted)
+        assert r.rc == 0, f"mergestore {' '.join(map(str, args))}: {r.err}"
+        self.op_calls = int(counted.read_text())
+        return r
+
     def run_fault(self, args: list[object], fault: tuple[str, object]) -> Result:
-        """Run `mergestore ARGS`, killed at a named point or after a delay."""
+        """Run `mergestore ARGS`, killed at a named point or at its N-th Python call."""
         argv = ["--store", self.path, *map(str, args)]
         if fault[0] == "point":
             r = self.fs.run(*argv, env={"MERGESTORE_FAULT": str(fault[1])})
             assert r.rc == 137, f"fault point {fault[1]} was not reached: rc {r.rc} {r.err}"
         else:
-            run = self.fs.start(*argv)
-            time.sleep(float(fault[1]))  # type: ignore[arg-type]
-            run.kill()
-            r = run.wait()
+            r = self.fs.run(*argv, kill_at_call=int(fault[1]))  # type: ignore[arg-type]
             self.random_kills += r.killed
         assert r.rc == 0 or r.killed, f"unexpected failure (rc {r.rc}): {r.err}"
         if r.killed:
@@ -169,18 +182,12 @@ class Lab:
 # ----- one case per operation ----------------------------------------------------------------
 
 
-def commit_case(lab: Lab, i: int, fault: tuple[str, object] | None) -> float:
+def commit_case(lab: Lab, i: int, fault: tuple[str, object] | None) -> None:
     src = lab.fresh_expert()
     branch = ("main", "side", f"new{i}")[i % 3]
     before = refs_of(lab.path)
-    t0 = time.perf_counter()
     args: list[object] = ["commit", src, "-m", f"k{i}", "-b", branch, "--base", "main", "--json"]
-    if fault is None:
-        r = lab.must(*args)
-        lab.expected[bytes.fromhex(r.json()["commit"])] = lab.digest(src)
-    else:
-        r = lab.run_fault(args, fault)
-    took = time.perf_counter() - t0
+    r = lab.run_op(args, fault)
     ref = HEADS + branch
     old = before.get(ref)
 
@@ -194,10 +201,9 @@ def commit_case(lab: Lab, i: int, fault: tuple[str, object] | None) -> float:
         lab.expected[cid] = lab.digest(src)
         before = dict(before, **{ref: cid})
     lab.check(before, allow, r.killed)
-    return took
 
 
-def gc_case(lab: Lab, i: int, fault: tuple[str, object] | None) -> float:
+def gc_case(lab: Lab, i: int, fault: tuple[str, object] | None) -> None:
     # Garbage for gc to find: a commit on a branch that is then deleted, and (sometimes) a
     # branch moved back, so packs have dead entries and get rewritten.
     src = lab.experts[i % len(lab.experts)]
@@ -205,14 +211,11 @@ def gc_case(lab: Lab, i: int, fault: tuple[str, object] | None) -> float:
     lab.must("branch", "-d", f"tmp{i}")
     before = refs_of(lab.path)
     args: list[object] = ["gc", "--grace", "0", "--repack-threshold", "0.01", "--json"]
-    t0 = time.perf_counter()
-    r = lab.must(*args) if fault is None else lab.run_fault(args, fault)
-    took = time.perf_counter() - t0
+    r = lab.run_op(args, fault)
     lab.check(before, lambda *_: False, r.killed)  # gc never moves a ref
-    return took
 
 
-def merge_case(lab: Lab, i: int, fault: tuple[str, object] | None) -> float:
+def merge_case(lab: Lab, i: int, fault: tuple[str, object] | None) -> None:
     src = lab.fresh_expert()
     lab.commit(src, f"x{i}")
     args: list[object] = ["merge", "--method", "linear", "main", f"x{i}", "-w", "0.5", "-w", "0.5"]
@@ -226,9 +229,7 @@ def merge_case(lab: Lab, i: int, fault: tuple[str, object] | None) -> float:
         want_tree = s.get_commit(f"m{i}").tree
     shutil.rmtree(copy)
     before = refs_of(lab.path)
-    t0 = time.perf_counter()
-    r = lab.must(*args) if fault is None else lab.run_fault(args, fault)
-    took = time.perf_counter() - t0
+    r = lab.run_op(args, fault)
 
     def allow(name: str, was: bytes | None, now: bytes) -> bool:
         if name != f"{HEADS}m{i}" or was is not None:
@@ -248,18 +249,14 @@ def merge_case(lab: Lab, i: int, fault: tuple[str, object] | None) -> float:
             s.checkout(new.hex(), out)
         lab.expected[new] = tree_digest(out)
         shutil.rmtree(out)
-    return took
 
 
-def repack_case(lab: Lab, i: int, fault: tuple[str, object] | None) -> float:
+def repack_case(lab: Lab, i: int, fault: tuple[str, object] | None) -> None:
     lab.commit(lab.fresh_expert(), f"r{i}")  # new blocks for every repack to re-encode
     before = refs_of(lab.path)
-    t0 = time.perf_counter()
     args: list[object] = ["repack", "--delta", "--json"]
-    r = lab.must(*args) if fault is None else lab.run_fault(args, fault)
-    took = time.perf_counter() - t0
+    r = lab.run_op(args, fault)
     lab.check(before, lambda *_: False, r.killed)
-    return took
 
 
 def _setup_gc(lab: Lab) -> None:
@@ -268,7 +265,7 @@ def _setup_gc(lab: Lab) -> None:
     lab.commit(lab.fresh_expert(), "main")
 
 
-CASES: dict[str, Callable[[Lab, int, tuple[str, object] | None], float]] = {
+CASES: dict[str, Callable[[Lab, int, tuple[str, object] | None], None]] = {
     "commit": commit_case,
     "gc": gc_case,
     "merge": merge_case,
@@ -288,12 +285,16 @@ def test_kill_at_named_points_and_random_moments(
     SETUP.get(op, lambda _lab: None)(lab)
     case = CASES[op]
     rng = random.Random(f"{SEED}-{op}")
-    took = case(lab, 0, None)  # an uninterrupted run: how long one takes
+    case(lab, 0, None)  # an uninterrupted run: how many Python calls one makes
     faults: list[tuple[str, object]] = [("point", p) for p in NAMED[op]]
-    faults += [("delay", rng.uniform(0.0, 1.2 * took)) for _ in range(RANDOM_KILLS)]
+    faults += [("call", rng.randint(1, lab.op_calls)) for _ in range(RANDOM_KILLS)]
     for i, fault in enumerate(faults, start=1):
         case(lab, i, fault)
-    assert lab.kills >= len(NAMED[op]) + 1, "too few kills landed"
+    assert lab.kills == len(NAMED[op]) + lab.random_kills
+    # a later run may make a few calls fewer than the counted one: most kills still land
+    assert lab.random_kills >= RANDOM_KILLS * 3 // 4, (
+        f"{lab.random_kills} of {RANDOM_KILLS} kills at random calls landed"
+    )
     # Whatever the kills left behind, one complete gc reclaims it all and loses nothing.
     lab.must("gc", "--grace", "0", "--repack-threshold", "1e-9")
     assert unreferenced_pack_bytes(lab.path) == 0
