@@ -141,8 +141,9 @@ class Selection:
     strategy: str = "score"
     saliency: dict[str, Any] | None = None  # kind, id, source, scores, totals (with --saliency)
     planning_bytes_read: int = 0  # the saliency's bytes (planning, apart from merge reads)
-    # TIES: tensor -> input model -> k_read, the full merge's survivors in the read blocks
-    trim: dict[str, dict[int, int]] = field(default_factory=dict)
+    # ties, breadcrumbs: tensor -> input model -> what the kernel keeps of the read blocks,
+    # k_read (ties) or [top, mid] (breadcrumbs): the full merge's cuts there (merge/trim.py)
+    trim: dict[str, dict[int, Any]] = field(default_factory=dict)
     read: dict[str, dict[int, list[int]]] = field(default_factory=dict)  # tensor -> model -> blocks
     per_model_planned: dict[int, int] = field(default_factory=dict)
     per_model_blocks: dict[int, int] = field(default_factory=dict)
@@ -203,7 +204,10 @@ class Selection:
             error_bound=b.get("error_bound"),
             saliency=b.get("saliency"),
             trim={
-                t: {int(m): int(k) for m, k in ms.items()}
+                t: {
+                    int(m): [int(x) for x in k] if isinstance(k, list) else int(k)
+                    for m, k in ms.items()
+                }
                 for t, ms in (b.get("trim") or {}).items()
             },
         )
@@ -304,8 +308,8 @@ def select(
     sel.analyze_bytes_read, sel.stats_computed = pairs
     sel.expert_bytes_full = sum(c.cost for c in cands)
     sel.strategy = os.environ.get(STRATEGY_ENV, "").strip() or "score"
-    # TIES: the full merge's trim per (tensor, expert), estimated from the kept statistics;
-    # a candidate brings only its delta that survives it (merge/trim.py)
+    # ties, breadcrumbs: the full merge's cuts per (tensor, expert), estimated from the kept
+    # statistics; a candidate brings only its delta that survives them (merge/trim.py)
     trims = trim_mod.fit(spec.name, cands, tasks)
     if trims:
         cands = trimmed_contributions(cands, trims)
@@ -362,7 +366,7 @@ def select(
 def trimmed_contributions(
     cands: Sequence[Candidate], trims: dict[tuple[str, int], Any]
 ) -> list[Candidate]:
-    """TIES: each candidate's contribution counts only the delta that survives the trim."""
+    """ties, breadcrumbs: a candidate's contribution counts only the delta that survives."""
     shares = {key: tt.kept_share() for key, tt in trims.items()}
     out = []
     for c in cands:
