@@ -68,6 +68,10 @@ SUBNORMAL_HALF_ULP = {
     23: 2.0**-150,
     52: 2.0**-1075,
 }
+# Methods whose kernel averages the agreeing experts at each element (a disjoint mean): a
+# second expert's block at a position already read brings less than the first (ties' sign
+# election and normalization), so the score order spreads over positions (_order).
+CONSENSUS_METHODS = frozenset({"ties", "breadcrumbs_ties", "dare_ties", "della"})
 # Hidden, benchmark-only block choice (bench/bench_budget.py): score (default), uniform, random.
 STRATEGY_ENV = "MERGESTORE_BUDGET_STRATEGY"
 
@@ -318,7 +322,7 @@ def select(
     if saliency is not None:
         scores = saliency_scores(saliency, cands, tasks)
         sel.planning_bytes_read = saliency.bytes_read
-    order = _order(cands, sel.strategy, scores)
+    order = _order(cands, sel.strategy, scores, spread=spec.name in CONSENSUS_METHODS)
     chosen: list[Candidate] = []
     if budget is not None:
         limit = check_budget(budget, cands, sel)
@@ -575,15 +579,21 @@ def _order(
     cands: Sequence[Candidate],
     strategy: str,
     scores: dict[tuple[str, int, int], float] | None = None,
+    *,
+    spread: bool = False,
 ) -> list[Candidate]:
     """Candidates in the order the budget is filled.
 
     score: by score per byte (the planner): the saliency's `scores` when given, else |w|·||Δ||.
+    With `spread` (methods that average the agreeing experts), a candidate's score is divided by
+    1 + the number of experts' blocks already taken at its position (_spread_order).
     The others exist to benchmark it at equal budget:
     uniform takes the same fraction of blocks from every (tensor, input), spread evenly
     (bit-reversed positions); random[:SEED] is a seeded shuffle.
     """
     by_key = sorted(cands, key=lambda c: (c.tensor, c.block, c.model))
+    if strategy == "score" and spread:
+        return _spread_order(by_key, scores)
     if strategy == "score" and scores is not None:
         return sorted(
             by_key,
@@ -613,6 +623,34 @@ def _order(
         random.Random(int(seed or 0)).shuffle(out)
         return out
     raise BudgetError(f"unknown {STRATEGY_ENV} {strategy!r} (score, uniform, random[:SEED])")
+
+
+def _spread_order(
+    cands: Sequence[Candidate], scores: dict[tuple[str, int, int], float] | None
+) -> list[Candidate]:
+    """Greedy by score per byte with diminishing returns per block position: after k experts'
+    blocks at (tensor, block) are taken, the next one there counts 1/(1 + k) of its score
+    (lazy greedy on a heap; ties broken by tensor, block, input)."""
+    import heapq
+
+    def per_byte(c: Candidate) -> float:
+        v = scores[(c.tensor, c.block, c.model)] if scores is not None else c.contrib
+        return v / c.cost if c.cost else math.inf
+
+    heap = [(-per_byte(c), i, 0) for i, c in enumerate(cands)]
+    heapq.heapify(heap)
+    taken: dict[tuple[str, int], int] = {}
+    out: list[Candidate] = []
+    while heap:
+        neg, i, seen = heapq.heappop(heap)
+        c = cands[i]
+        now = taken.get((c.tensor, c.block), 0)
+        if now != seen:  # others were taken at its position since: re-score and re-queue
+            heapq.heappush(heap, (-per_byte(c) / (1 + now), i, now))
+            continue
+        out.append(c)
+        taken[(c.tensor, c.block)] = now + 1
+    return out
 
 
 def _candidates(

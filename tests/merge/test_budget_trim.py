@@ -162,3 +162,37 @@ def test_cli_budgeted_ties_plan_merge_replay(store: Store, cli) -> None:
     assert r.code == 0, r.err
     assert r.json()["identical"]
     assert m.json()["expert_bytes_read"] <= m.json()["budget_bytes"]
+
+
+def test_consensus_methods_spread_the_budget_over_positions() -> None:
+    """ties averages the agreeing experts at an element, so a second expert's block where one
+    is already taken counts half (then a third, a third): the order spreads over positions;
+    an additive method keeps the plain score order."""
+    from mergestore.merge.budget import Candidate, _order
+
+    def cand(block: int, model: int, contrib: float) -> Candidate:
+        return Candidate("t", block, model, 1, contrib, 4, 1.0, 1.0)
+
+    cands = [cand(0, 0, 10.0), cand(0, 1, 9.0), cand(0, 2, 8.0), cand(1, 0, 6.0), cand(2, 1, 4.0)]
+    key = [(c.block, c.model) for c in _order(cands, "score")]
+    assert key == [(0, 0), (0, 1), (0, 2), (1, 0), (2, 1)]
+    spread = [(c.block, c.model) for c in _order(cands, "score", spread=True)]
+    # 10; then 9/2 = 4.5 < 6: block 1; 4.5 > 4: (0, 1); then 8/3 < 4: block 2; then (0, 2)
+    assert spread == [(0, 0), (1, 0), (0, 1), (2, 1), (0, 2)]
+    scores = {(c.tensor, c.block, c.model): 1.0 / c.contrib for c in cands}
+    inverse = [(c.block, c.model) for c in _order(cands, "score", scores, spread=True)]
+    assert inverse[0] == (2, 1)  # a saliency's scores are spread the same way
+
+
+def test_ties_plan_covers_more_positions_than_the_plain_order(store: Store, monkeypatch) -> None:
+    from mergestore.merge import budget
+
+    def positions(ref: str) -> int:
+        sel, _b = _selection(store, ref)
+        return sum(len(set.union(*ms.values())) for ms in sel.values() if ms)
+
+    store.merge(branch="spread", params=PARAMS, budget="25%", **TIES)
+    plain = budget._order
+    monkeypatch.setattr(budget, "_order", lambda c, s, sc=None, spread=False: plain(c, s, sc))
+    store.merge(branch="nospread", params=PARAMS, budget="25%", **TIES)
+    assert positions("spread") > positions("nospread")
