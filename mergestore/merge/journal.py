@@ -119,7 +119,7 @@ def compute(
     """Compute `tasks` not in `reuse`, chunk by chunk; each chunk's blocks and journal entry
     are published together. `expected`: known output block ids (a mismatch is an error);
     `wrap_sink` wraps each chunk's store sink (merge --out writes the folder as it goes)."""
-    from mergestore.merge.run import run_tasks
+    from mergestore.merge.pieces import run_tasks  # looked up per call: tests replace it
 
     res = ComputeResult(outputs=dict(reuse or {}), expert_bytes_read=[0] * n_models)
     res.reused = sum(1 for t in tasks if t.plan.name in res.outputs)
@@ -190,6 +190,6 @@ def add_lanes(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
 
 
 def engine_name() -> str:
-    from mergestore.merge.run import ENGINE
+    from mergestore.merge.prepared import ENGINE
 
     return ENGINE
