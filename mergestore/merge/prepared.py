@@ -41,6 +41,9 @@ class PreparedMerge:
     path_inputs: PathInputs = field(default_factory=PathInputs)  # folders committed first
     device: str | None = None  # merge --device: where the torch lane computes (not in the plan)
     vocab: Any = None  # merge.vocab.VocabFit: a tokenizer merge's vocabulary (from the inputs)
+    # merge/session.py's MergeSession: the one write session the folders it stored, what it
+    # computes and its commit go into, published at once (None: each step publishes its own)
+    session: Any = None
 
     @property
     def plan(self) -> Plan:
