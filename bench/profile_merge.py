@@ -85,12 +85,12 @@ def _patch_submit() -> None:
 
 
 def instrument() -> None:
-    from mergestore.merge import engine, outfolder, run
+    from mergestore.merge import engine, outfolder, pieces, run
     from mergestore.store import packs, repo
 
     _patch_submit()
     run.prepare = phase("planning", run.prepare)
-    run.run_tasks = phase("engine", run.run_tasks)  # journal.compute imports it per call
+    pieces.run_tasks = phase("engine", pieces.run_tasks)  # journal.compute imports it per call
     E = engine.Engine
     E._load_named = on_thread("read+decode+verify", E._load_named)
     E._merge_loaded = on_thread("kernel", E._merge_loaded)
