@@ -125,7 +125,8 @@ def sweep(a: argparse.Namespace) -> None:
 
 
 def model(a: argparse.Namespace) -> None:
-    """The cluster model (docs/ray.md) from the Ray single-merge runs' records."""
+    """The cluster model (docs/ray.md) from the Ray single-merge runs' records (the median
+    run by task seconds)."""
     work = Path(a.work)
     rows = [json.loads(line) for line in (work / "runs.jsonl").read_text().splitlines()]
     ray_runs = [r["runs"][0] for r in rows if r["kind"] == "one" and r["executor"] == "ray"]
@@ -133,22 +134,27 @@ def model(a: argparse.Namespace) -> None:
         raise SystemExit("no ray runs recorded")
     r = sorted(ray_runs, key=lambda x: x["executor"]["task_seconds_sum"])[len(ray_runs) // 2]
     ex = r["executor"]
-    cpu_s = ex["task_seconds_sum"]  # task-seconds on one core each (tasks ran 2 at a time)
-    read = r["expert_bytes_read"] + r["base_bytes_read"]
-    out = r.get("output_bytes", 0)
-    driver_s = r["wall_seconds"] - ex["task_seconds_sum"] / 2  # what is not task time
-    print(json.dumps({"tasks": ex["tasks"], "task_cpu_seconds": cpu_s, "bytes_read": read,
-                      "output_bytes": out, "wall": r["wall_seconds"],
-                      "driver_seconds_est": driver_s}))  # fmt: skip
+    cpu_s = ex["task_seconds_sum"]  # task-seconds, each task on one core
+    longest = ex["task_seconds_max"]
+    read = ex["pack_bytes_read"]
+    written = r["bytes_written"]  # stored bytes of the new output blocks
+    # the driver's share of the wall: what the tasks (on a.here_cores cores) do not explain
+    driver_s = max(r["wall_seconds"] - max(cpu_s / a.here_cores, longest), 0.0)
+    print(json.dumps({"runs": len(ray_runs), "tasks": ex["tasks"], "task_seconds_sum": cpu_s,
+                      "task_seconds_max": longest, "pack_bytes_read": read,
+                      "bytes_written": written, "wall": r["wall_seconds"],
+                      "driver_seconds": round(driver_s, 2)}))  # fmt: skip
     for gbps in [float(x) for x in a.gbps.split(",")]:
         for nodes in [int(x) for x in a.nodes.split(",")]:
-            cores = nodes * a.cores
-            compute = cpu_s / min(cores, ex["tasks"])
-            network = read / (nodes * gbps * 1e9)
-            t = max(compute, network) + max(driver_s, 0.0)
+            compute = max(cpu_s / (nodes * a.cores), longest)
+            network = (read + written) / (nodes * gbps * 1e9)
+            # no shared path: the driver fetches every output block back (one node's B)
+            fetch_back = written / (gbps * 1e9)
+            t = driver_s + max(compute, network)
             print(
                 f"B={gbps} GB/s N={nodes} C={a.cores}: compute {compute:.2f} s, network "
-                f"{network:.2f} s, driver {max(driver_s, 0):.2f} s -> {t:.2f} s"
+                f"{network:.2f} s, driver {driver_s:.2f} s -> {t:.2f} s "
+                f"(no shared path: +{fetch_back:.2f} s -> {t + fetch_back:.2f} s)"
             )
 
 
@@ -169,6 +175,7 @@ def main() -> None:
             p.add_argument("--nodes", default="1,4,16,64")
             p.add_argument("--cores", type=int, default=8)
             p.add_argument("--gbps", default="1,2.5")
+            p.add_argument("--here-cores", type=int, default=2, help="cores the runs had")
     a = ap.parse_args()
     {"setup": setup, "one": one, "sweep": sweep, "model": model}[a.cmd](a)
 

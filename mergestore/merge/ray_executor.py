@@ -11,14 +11,16 @@ publishes the commit in one transaction, as for a local merge. See docs/ray.md.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from mergestore.errors import CorruptionError, MergeError, MergestoreError
 from mergestore.formats.safetensors import DTYPE_SIZES
+from mergestore.merge import ray_output
 from mergestore.merge.engine import EngineStats, OutputTensor, TensorTask, task_bytes
 from mergestore.merge.executor import Progress
 from mergestore.merge.ray_memory import check_fits, footprint, largest_node_memory
@@ -106,6 +108,8 @@ class _MergeState:
     worker_peak_rss: int = 0
     task_memory: int = 0  # the largest `memory` resource one of its tasks asked Ray for
     task_memory_granted: int = 0  # ... and the largest Ray gave one
+    uploaded: dict[str, bytes] = field(default_factory=dict)  # output packs on the remote
+    bytes_uploaded: int = 0
 
 
 @dataclass
@@ -118,6 +122,8 @@ class RayExecution:
     blocks_from_base: int
     written: list[WrittenBlock]
     extra: dict[str, Any]
+    uploaded: list[tuple[str, bytes]] = field(default_factory=list)  # (pack name, index)
+    upload_remote: Any = None  # the RemoteSpec those packs are on
 
 
 class RayExecutor:
@@ -132,14 +138,19 @@ class RayExecutor:
         task_bytes: int | None = None,
         cpus_per_task: int = 1,
         fault: str | None = None,
+        output: str | None = None,
     ) -> None:
         self.address = address
+        self.output = output  # ray_output.MODES; None: $MERGESTORE_RAY_OUTPUT, else auto
         self.task_bytes = task_bytes
         self.cpus_per_task = cpus_per_task
         self.fault = fault  # tests only (see ray_worker._maybe_die)
         self.ray: Any = None
         self.extra: dict[str, Any] | None = None
         self._done: RayExecution | None = None
+        self._upload: Any = None  # the RemoteSpec workers without the store upload to
+        self._remote_places: ray_output.RemotePlaces | None = None
+        self._probe: str | None = None
 
     # ----- one merge -------------------------------------------------------------------------
 
@@ -167,6 +178,7 @@ class RayExecutor:
     def adopt(self, session: WriteSession, res: ComputeResult) -> None:
         assert self._done is not None
         adopt(session, self._done, res)
+        self.extra = dict(self._done.extra)  # with what adopting fetched
 
     # ----- many merges -----------------------------------------------------------------------
 
@@ -184,6 +196,29 @@ class RayExecutor:
         finish, `on_bytes(n)` with the pack bytes each task read."""
         if repo.read_only:  # a view of a remote (--store URL): its workers would write packs
             raise MergestoreError(repo.read_only)
+        mode = ray_output.output_mode(self.output)
+        self._upload = ray_output.upload_remote(repo) if mode != "store" else None
+        if mode == "remote" and self._upload is None:
+            raise MergeError(
+                f"{ray_output.OUTPUT_ENV}=remote: this store has no remote for Ray workers to "
+                "send their output through (mergestore remote add NAME URL)"
+            )
+        self._remote_places = (
+            ray_output.RemotePlaces(repo, self._upload.name) if self._upload else None
+        )
+        with ray_output.probe(repo) if mode == "auto" else _no_probe() as probe:
+            self._probe = probe
+            return self._run_many(repo, preps, mode, progress, on_done, on_bytes)
+
+    def _run_many(
+        self,
+        repo: Repository,
+        preps: Sequence[PreparedMerge],
+        mode: str,
+        progress: Progress | None,
+        on_done: Callable[[int, RayExecution | BaseException], None] | None,
+        on_bytes: Callable[[int], None] | None,
+    ) -> list[RayExecution | BaseException]:
         ray = self.ray = connect(self.address)
         with _remote_lock:
             global _remote
@@ -191,7 +226,7 @@ class RayExecutor:
                 _remote = ray.remote(run_group)
         cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
         states = [_MergeState(p) for p in preps]
-        jobs = self._jobs(repo, preps, states, cpus)
+        jobs = self._jobs(repo, preps, states, cpus, mode)
         node_memory = largest_node_memory(ray.nodes())
         for job, groups in jobs:
             fp = check_fits(_footprint(job), node_memory)  # raises: no node holds the task
@@ -206,7 +241,7 @@ class RayExecutor:
                 "memory": job.memory,
                 "max_retries": 3,
             }
-            if job.remote_slots and (env := remote_env()):
+            if (job.remote_slots or job.upload_remote) and (env := remote_env()):
                 opts["runtime_env"] = {"env_vars": env}
             refs[_remote.options(**opts).remote(job)] = j
         out: list[RayExecution | BaseException | None] = [None] * len(preps)
@@ -216,6 +251,8 @@ class RayExecutor:
             res: RayExecution | BaseException
             try:
                 res = st.error or _assemble(st, repo.config.block_size)
+                if isinstance(res, RayExecution):
+                    res.upload_remote = self._upload
             except MergestoreError as e:
                 res = e
             out[i] = res
@@ -249,6 +286,7 @@ class RayExecutor:
                             assert result is not None
                             st.results[(j, part)] = result.parts[part]
                             st.written.update((w.id, w) for w in result.written)
+                            st.uploaded.update(result.uploaded)
                             st.task_seconds.append(result.seconds)
                             st.worker_peak_rss = max(st.worker_peak_rss, result.peak_rss_bytes)
                             st.task_memory_granted = max(
@@ -257,6 +295,7 @@ class RayExecutor:
                             if part == 0:
                                 st.pack_bytes_read += result.pack_bytes_read
                                 st.bytes_fetched += result.bytes_fetched
+                                st.bytes_uploaded += result.bytes_uploaded
                         st.jobs_left -= 1
                         if progress is not None:
                             progress(len(g.indexes))
@@ -274,6 +313,7 @@ class RayExecutor:
         preps: Sequence[PreparedMerge],
         states: list[_MergeState],
         cpus: int,
+        mode: str = "store",
     ) -> list[tuple[GroupJob, list[_Group]]]:
         """Tasks: each merge's tensors cut into groups by bytes; merges of one sweep (the same
         tensors of the same model commits) share tasks, BATCH_MERGES at a time."""
@@ -295,7 +335,7 @@ class RayExecutor:
                         states[i].groups.append((len(jobs), part, groups[-1]))
                         tasks_all.extend(tasks)
                         states[i].jobs_left += 1
-                    job = self._job(repo, tasks_all, parts, cache=len(batch) > 1)
+                    job = self._job(repo, tasks_all, parts, cache=len(batch) > 1, mode=mode)
                     jobs.append((job, groups))
         return jobs
 
@@ -306,7 +346,12 @@ class RayExecutor:
         return min(MAX_TASK_BYTES, max(1, total // (TASKS_PER_CPU * cpus)))
 
     def _job(
-        self, repo: Repository, tasks: list[TensorTask], parts: list[MergePart], cache: bool
+        self,
+        repo: Repository,
+        tasks: list[TensorTask],
+        parts: list[MergePart],
+        cache: bool,
+        mode: str = "store",
     ) -> GroupJob:
         ids: dict[bytes, None] = {}
         for t in tasks:
@@ -322,6 +367,11 @@ class RayExecutor:
 
             specs = load_remotes(repo.path)
             urls = {r: specs[r].url for r, _pack in slots.values() if r in specs}
+        fallback: dict[bytes, Any] = {}
+        if self._upload is not None and self._remote_places is not None:
+            fallback, more = self._remote_places.for_job(places)
+            slots = {**slots, **more}
+            urls[self._upload.name] = self._upload.url
         return GroupJob(
             pack_dir=str(repo.pack_dir.resolve()),
             config=repo.config,
@@ -334,7 +384,16 @@ class RayExecutor:
             remote_urls=urls,
             threads=self.cpus_per_task,
             fault=self.fault,
+            output=mode,
+            probe=self._probe,
+            upload_remote=self._upload.name if self._upload is not None else None,
+            remote_places=fallback,
         )
+
+
+@contextlib.contextmanager
+def _no_probe() -> Iterator[None]:
+    yield None
 
 
 def _footprint(job: GroupJob) -> Any:
@@ -422,8 +481,11 @@ def _assemble(st: _MergeState, block_size: int) -> RayExecution:
         "worker_peak_rss_bytes": st.worker_peak_rss,
         "task_memory_bytes": st.task_memory,
         "task_memory_granted_bytes": st.task_memory_granted,
+        "output_packs_uploaded": len(st.uploaded),
+        "bytes_uploaded": st.bytes_uploaded,
+        "output_bytes_fetched": 0,  # what adopting fetches back from the remote to check it
     }
-    return RayExecution(prep, outputs, stats, taken, written, extra)
+    return RayExecution(prep, outputs, stats, taken, written, extra, sorted(st.uploaded.items()))
 
 
 def compute_result(done: RayExecution) -> ComputeResult:
@@ -449,9 +511,17 @@ def adopt(session: WriteSession, done: RayExecution, res: ComputeResult) -> None
     block is now stored: in the index already, or adopted from a worker's pack."""
     before = len(session.blocks)
     res.bytes_written += adopt_blocks(session, done.written)
-    res.blocks_written += len(session.blocks) - before
     repo = session.repo
     ids = {b for o in done.outputs for b in o.blocks}
+    if done.uploaded:
+        from mergestore.remote.worker_output import adopt_uploaded
+
+        up = done.upload_remote
+        b0 = session.bytes_written
+        _n, fetched = adopt_uploaded(session, up.url, up.name, done.uploaded, ids)
+        res.bytes_written += session.bytes_written - b0
+        done.extra["output_bytes_fetched"] = fetched
+    res.blocks_written += len(session.blocks) - before
     pending = {b for b in ids if b in session.blocks}
     missing = ids - pending - set(repo.block_locations(ids - pending))
     if missing:

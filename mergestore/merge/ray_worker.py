@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mergestore.merge.engine import Engine, OutputTensor, StoreSink, TensorTask
+from mergestore.merge.ray_output import WorkerOutput
 from mergestore.store.repo import StoreConfig
 from mergestore.store.worker_packs import (
     BlockPlace,
@@ -64,6 +65,15 @@ class GroupJob:
     threads: int = 1  # tensors merged at once inside the task (its CPUs)
     memory: int = 0  # bytes of Ray's `memory` resource the task asks for (merge/ray_memory.py)
     fault: str | None = None  # tests: "kill-once:<marker path>" dies on the first attempt
+    # Where outputs go (merge/ray_output.py): "store" (the packs at pack_dir), "remote" (upload
+    # to `upload_remote`), "auto" (the store when this worker sees `probe`, a file the driver
+    # made in the store for this merge, else the remote).
+    output: str = "store"
+    probe: str | None = None
+    upload_remote: str | None = None
+    # places on the upload remote of blocks `places` puts in the store's own packs (slots in
+    # remote_slots): what a worker that cannot see the store reads instead
+    remote_places: dict[bytes, BlockPlace] = field(default_factory=dict)
 
 
 @dataclass
@@ -91,6 +101,8 @@ class GroupResult:
     peak_rss_bytes: int = 0  # the worker process's peak so far (it may have run other tasks)
     bytes_fetched: int = 0  # of pack_bytes_read, from remote packs by ranged GETs
     memory_granted: int | None = None  # the `memory` resource Ray gave the task (None: no Ray)
+    uploaded: list[tuple[str, bytes]] = field(default_factory=list)  # (pack name, its index)
+    bytes_uploaded: int = 0  # pack bytes sent to the remote (a pack already there: none)
     node: str = field(default_factory=lambda: os.uname().nodename)
 
 
@@ -105,8 +117,10 @@ def run_group(job: GroupJob) -> GroupResult:
         from mergestore.remote.lazy import UrlBlockSource
 
         remote = RemotePacks(job.remote_slots, UrlBlockSource(job.remote_urls))
-    source = PackBlockSource(Path(job.pack_dir), job.places, job.config, job.cache_bytes, remote)
-    packs = WorkerPacks(Path(job.pack_dir), job.config, job.places)
+    out = WorkerOutput(job)
+    places = out.places()
+    source = PackBlockSource(out.pack_dir, places, job.config, job.cache_bytes, remote)
+    packs = WorkerPacks(out.pack_dir, job.config, places)
     sink = StoreSink(packs, packs)  # type: ignore[arg-type]  # config + session calls
     results = []
     try:
@@ -145,11 +159,18 @@ def run_group(job: GroupJob) -> GroupResult:
                 )
             )
         written = packs.finish()
-    except BaseException:
+        uploaded = out.upload(written)  # none when the packs are the store's own
+        if out.remote:
+            written = []  # the driver fetches them from the remote instead
+    except BaseException as e:
         packs.abort()
+        better = out.explain(e)
+        if better is not e:
+            raise better from None
         raise
     finally:
         source.close()
+        out.close()
     return GroupResult(
         results,
         written,
@@ -160,6 +181,8 @@ def run_group(job: GroupJob) -> GroupResult:
         resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         bytes_fetched=source.bytes_fetched,
         memory_granted=_granted_memory(),
+        uploaded=[(u.name, u.index) for u in uploaded],
+        bytes_uploaded=sum(u.pack_bytes for u in uploaded if u.sent),
     )
 
 

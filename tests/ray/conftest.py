@@ -1,4 +1,6 @@
-"""One local Ray instance per test session (`ray.init(num_cpus=2)`, ~8 s).
+"""One local Ray instance per test session (`ray.init(num_cpus=2)`, ~8 s), its workers at
+the test process's priority (Ray's default nice 15 starves them on a busy machine), as the
+instance `merge --executor ray` starts for itself.
 
 Outside CI the Ray tests skip when Ray is not installed; under CI=true they fail, since
 .ci/run installs the ray extra and the tests must run there.
@@ -23,6 +25,9 @@ def ray_session() -> Iterator[Any]:
     os.environ.pop("RAY_ADDRESS", None)  # a fresh instance, not a cluster this machine runs
     started = False
     if not ray.is_initialized():
+        from mergestore.merge.ray_executor import worker_priority_env
+
+        worker_priority_env()  # workers at this process's priority, as `merge` starts them
         try:
             ray.init(address="local", num_cpus=2, log_to_driver=False, include_dashboard=False)
             started = True

@@ -40,3 +40,9 @@ def test_a_user_setting_of_worker_niceness_is_kept(monkeypatch: pytest.MonkeyPat
     monkeypatch.delenv(NICENESS_ENV)
     worker_priority_env()
     assert os.environ[NICENESS_ENV] == "0"  # an increment: workers keep the driver's niceness
+
+
+def test_the_test_sessions_instance_runs_workers_at_the_drivers_priority(ray_session) -> None:
+    """The suite's shared instance (tests/ray/conftest.py) is started as `merge` starts one."""
+    ray = ray_session
+    assert ray.get(ray.remote(lambda: os.nice(0)).remote()) == os.nice(0)

@@ -175,3 +175,95 @@ def test_ray_merge_on_a_store_opened_by_url_is_refused_before_any_task(
     assert r.code == 1 and r.err.startswith("error: ") and r.err.count("\n") == 1, r.err
     assert "read-only view" in r.err
     assert sorted(p.name for p in (views[0] / "packs").iterdir()) == before
+
+
+def _remote_keys(url: str) -> set[str]:
+    from mergestore.remote.client import ObjectClient
+    from mergestore.remote.url import parse_url
+
+    return {k for k, _size in ObjectClient(parse_url(url)).list("packs/")}
+
+
+def _blocks_in_new_packs(url: str, keys: set[str]) -> set[bytes]:
+    from mergestore.remote.client import ObjectClient
+    from mergestore.remote.layout import decode_index, name_of_key
+    from mergestore.remote.url import parse_url
+
+    client = ObjectClient(parse_url(url))
+    out: set[bytes] = set()
+    for key in keys:
+        if (h := name_of_key(key, "packs/", ".idx")) is not None:
+            out.update(e.block for e in decode_index(client.get(key), h).entries)
+    return out
+
+
+def test_workers_without_the_store_send_their_output_through_the_remote(
+    ray_session, pushed: tuple[Store, str], tmp_path: Path, cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MERGESTORE_RAY_OUTPUT=remote: workers act as if they had no path to the clone. They read
+    every input from the remote (also blocks the clone holds locally), upload their output
+    packs there, and the driver fetches, verifies and publishes those blocks with the commit:
+    the local merge's tree and block ids; a later push sends none of them again."""
+    src, url = pushed
+    cfg = tmp_path / "m.yml"
+    cfg.write_text(CONFIG)
+    src.merge(config=cfg, branch="x")  # the reference: a local merge of the same
+    clone = _lazy_clone(cli, url, tmp_path / "c")
+    assert cli("--store", clone, "checkout", "main", tmp_path / "out").code == 0
+    c = Store.open(clone)
+    held = [b for t in c.tensors("main") for b in t.blocks if not c.repo.block_is_promised(b)]
+    c.close()
+    assert held  # the checkout kept the base's blocks in the clone's own packs
+    before = _remote_keys(url)
+
+    monkeypatch.setenv("MERGESTORE_RAY_OUTPUT", "remote")
+    r = cli("--store", clone, "merge", "--config", cfg, "-b", "x", "--executor", "ray", "--json")
+    assert r.code == 0, r.err
+    out = r.json()
+    ex = out["executor"]
+    # every input came from the remote by ranged GETs, the blocks held locally too
+    assert ex["bytes_fetched"] == ex["pack_bytes_read"] > 0
+    new = _remote_keys(url) - before
+    assert ex["output_packs_uploaded"] > 0 and ex["bytes_uploaded"] > 0
+    assert len(new) == 2 * ex["output_packs_uploaded"]  # each pack and its index
+    # the driver fetched what it adopts back, to check it: counted in bytes_fetched
+    assert 0 < ex["output_bytes_fetched"] <= ex["bytes_uploaded"]
+    assert out["bytes_fetched"] >= ex["bytes_fetched"] + ex["output_bytes_fetched"]
+    assert out["blocks_written"] > 0
+
+    c = Store.open(clone)
+    try:
+        assert _blocks(c, "x") == _blocks(src, "x")  # the local merge's tree and block ids
+        assert c.replay("x")["identical"]
+    finally:
+        c.close()
+    assert cli("--store", clone, "fsck", "--full").code == 0
+    c = Store.open(clone)
+    tensor_blocks = {b for t in c.tensors("x") for b in t.blocks}
+    c.close()
+    monkeypatch.delenv("MERGESTORE_RAY_OUTPUT")
+    before = _remote_keys(url)
+    r = cli("--store", clone, "push", "origin", "x", "--json")
+    assert r.code == 0, r.err
+    # the push sends the driver's own small files (the card, mergekit_config.yml), never a
+    # tensor block again: the workers' packs hold them
+    pushed_blocks = _blocks_in_new_packs(url, _remote_keys(url) - before)
+    assert len(pushed_blocks) == r.json()["blocks"] <= 3
+    assert not pushed_blocks & tensor_blocks
+
+
+def test_workers_that_see_the_store_write_into_it(
+    ray_session, pushed: tuple[Store, str], tmp_path: Path, cli
+) -> None:
+    """The default (auto): a worker that finds the driver's probe in the store writes there."""
+    _src, url = pushed
+    cfg = tmp_path / "m.yml"
+    cfg.write_text(CONFIG)
+    clone = _lazy_clone(cli, url, tmp_path / "c")
+    before = _remote_keys(url)
+    r = cli("--store", clone, "merge", "--config", cfg, "-b", "x", "--executor", "ray", "--json")
+    assert r.code == 0, r.err
+    ex = r.json()["executor"]
+    assert ex["output_packs_uploaded"] == ex["bytes_uploaded"] == 0
+    assert _remote_keys(url) == before
+    assert not list((clone / "locks").glob("ray-probe.*"))  # removed after the merge
