@@ -27,9 +27,11 @@ def _delta(n: int, seed: int, kind: str) -> torch.Tensor:
 
 
 def _twin(delta, probs, ctx, index, rescale):
-    p = torch.full((), probs, dtype=torch.float32).expand(delta.shape) if isinstance(
-        probs, float
-    ) else probs
+    p = (
+        torch.full((), probs, dtype=torch.float32).expand(delta.shape)
+        if isinstance(probs, float)
+        else probs
+    )
     mask = ctx.keep_mask(index, p)
     return sparsify.rescaled_masked_(delta.clone(), mask, rescale)
 
@@ -89,6 +91,6 @@ def test_fp32_merges_equal_the_torch_path(monkeypatch, method, rescale):
     fast = merge_tensor(method, base, xs, {"rescale": rescale}, per, ctx)
     assert taken == [True] * 3, taken  # each input's mask went through the C kernel
     monkeypatch.setattr(sparsify, "_keep_rescale_native", kernel)
-    monkeypatch.setattr(TensorContext, "drawer", lambda self, i: (lambda p: self.keep_mask(i, p)))
+    monkeypatch.setattr(TensorContext, "drawer", lambda self, i: lambda p: self.keep_mask(i, p))
     slow = merge_tensor(method, base, xs, {"rescale": rescale}, per, ctx)
     assert torch.equal(fast.view(torch.int32), slow.view(torch.int32))
