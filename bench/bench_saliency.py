@@ -1,11 +1,13 @@
 """Budgeted merges judged by loss: norm-greedy, random, saliency-gradient and saliency-Fisher.
 
 Usage:
-    nice python bench/bench_saliency.py [--family DIR] [--preset small] [--out DIR]
+    nice python bench/bench_saliency.py [--family DIR] [--preset small|llama-b] [--out DIR]
         [--budgets 10,25,50] [--methods task_arithmetic,ties] [--plot docs/img/budget-saliency.png]
 
 The real tiny fine-tune family (fixtures/lm_family.py: a byte-level Qwen2 and four experts,
 full / MLP-only / merged LoRA q,v / top half, each fine-tuned on one text domain) is committed
+(or, with --preset llama-b, the second family: a Llama whose experts are built otherwise:
+attention-only, every weight at a high learning rate, a merged LoRA on the MLP, bottom half)
 into a fresh store (block size 4 KiB, every expert with --base main so the delta statistics are
 kept). `mergestore saliency` computes the gradient and the empirical Fisher diagonal of the base
 on calibration windows drawn from the four domains' *training* text. Each merge (weight 0.3 per
@@ -38,7 +40,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fixtures.lm_family import (  # noqa: E402
     DOMAINS,
-    EXPERTS,
     ensure_lm_family,
     heldout_loss,
     load_corpora,
@@ -74,8 +75,8 @@ def merge_loss(store: Store, fam, method: str, work: Path, **kw) -> tuple[float,
     res = store.merge(
         method=method,
         base="main",
-        models=list(EXPERTS),
-        weights=[WEIGHT] * len(EXPERTS),
+        models=list(fam.experts),
+        weights=[WEIGHT] * len(fam.experts),
         params=params,
         dtype="float32",
         out=out,
