@@ -13,8 +13,11 @@ or this script's own raw client steps), cold interpreter, page cache warm:
 - push: `push rN main ds` to a fresh prefix, against `raw-put`: obstore's own multipart put
   (16 MiB parts, 8 concurrent) of the same bytes (the store's pack files) in one process;
 - fetch: `clone URL DST` (full: GET, verify every block by id, write local packs, fsync,
-  publish) against `raw-get`: obstore's GET of those bytes as one object into memory;
-  push/fetch and raw runs alternate (A B A B ...), medians and each pair's ratio are kept;
+  publish) against two yardsticks: `raw-get`, obstore's GET of those bytes as one object into
+  memory (the issue's), and `raw-get-file`, the same GET streamed into a new file and fsynced
+  (what any durable download of those bytes costs: the disk);
+  push/fetch and raw runs alternate (A B A B ..., A B C for fetch), medians and each pair's
+  ratio are kept;
 - a push after one new fine-tune (lowrank_attn): bytes sent vs that commit's new stored bytes;
 - `clone --lazy`: time and bytes;
 - `checkout --tensor X` in a lazy clone (X the largest tensor dense_small changed): bytes
@@ -90,6 +93,22 @@ def raw_get(endpoint: str, key: str) -> None:
     print(json.dumps({"seconds": time.perf_counter() - t, "bytes": n}))
 
 
+def raw_get_file(endpoint: str, key: str, path: str) -> None:
+    """One process: obstore GET of one object streamed into a new file, then fsync."""
+    import obstore
+
+    t = time.perf_counter()
+    n = 0
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        for chunk in obstore.get(_store(endpoint), key).stream(min_chunk_size=PART):
+            n += os.write(fd, chunk)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    print(json.dumps({"seconds": time.perf_counter() - t, "bytes": n}))
+
+
 def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, dict]:
     t = time.perf_counter()
     r = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -123,23 +142,29 @@ def paired(
     raw: Callable[[], float],
     raw_bytes: int,
     names: tuple[str, str],
+    also: tuple[str, Callable[[], float]] | None = None,
 ) -> dict | None:
     """`runs` alternating pairs: our command (ours(i) -> seconds, bytes moved), then the raw
     object-store transfer of the same packs (raw() -> seconds); rates, per-pair ratios, load.
-    `names`: what ours is called and which raw transfer ("push", "put")."""
+    `names`: what ours is called and which raw transfer ("push", "put"); `also`: a second raw
+    transfer (name, timer) timed in the same turn, its ratios kept apart."""
     if not runs:
         return None
     ours_t: list[float] = []
     raw_t: list[float] = []
+    also_t: list[float] = []
     moved = 0
     for i in range(runs):
         w, moved = ours(i)
         ours_t.append(w)
         raw_t.append(raw())
+        if also:
+            also_t.append(also[1]())
+            print(f"raw {also[0]} {raw_bytes / also_t[-1] / 2**20:.1f} MiB/s", flush=True)
         print(f"{names[0]} {moved / ours_t[-1] / 2**20:.1f} MiB/s, raw {names[1]} "
               f"{raw_bytes / raw_t[-1] / 2**20:.1f} MiB/s", flush=True)  # fmt: skip
     ratios = [(moved / o) / (raw_bytes / r) for o, r in zip(ours_t, raw_t, strict=True)]
-    return {
+    out = {
         "bytes": moved,
         "seconds": ours_t,
         f"raw_{names[1]}_bytes": raw_bytes,
@@ -150,6 +175,13 @@ def paired(
         "load": loadavg(),
         "ratio_median": statistics.median(ratios),
     }
+    if also:
+        also_ratios = [(moved / o) / (raw_bytes / r) for o, r in zip(ours_t, also_t, strict=True)]
+        out[f"raw_{also[0]}_seconds"] = also_t
+        out[f"raw_{also[0]}_mib_s"] = raw_bytes / statistics.median(also_t) / 2**20
+        out[f"ratio_pairs_{also[0]}"] = also_ratios
+        out[f"ratio_median_{also[0]}"] = statistics.median(also_ratios)
+    return out
 
 
 def main() -> None:
@@ -162,6 +194,10 @@ def main() -> None:
     rg = sub.add_parser("raw-get")
     rg.add_argument("endpoint")
     rg.add_argument("key")
+    rf = sub.add_parser("raw-get-file")
+    rf.add_argument("endpoint")
+    rf.add_argument("key")
+    rf.add_argument("path")
     p.add_argument("--preset", default="bench-1g")
     p.add_argument("--work", default="/work/scratch/i16/bench")
     p.add_argument("--runs", type=int, default=3)
@@ -179,6 +215,8 @@ def main() -> None:
         return raw_put(a.endpoint, a.key, a.files)
     if a.cmd == "raw-get":
         return raw_get(a.endpoint, a.key)
+    if a.cmd == "raw-get-file":
+        return raw_get_file(a.endpoint, a.key, a.path)
     run(a)
 
 
@@ -252,7 +290,7 @@ def run(a: argparse.Namespace) -> None:
         _w, out = timed(ms("--store", src, "push", "r0", "main", "ds", "--json"), env)
         res["second_push_block_bytes"] = out["block_bytes"]
 
-        # --- fetch (full clone) vs raw get, alternating ---
+        # --- fetch (full clone) vs raw get (into memory; into a file, fsynced), alternating ---
         def clone(i: int) -> tuple[float, int]:
             dst = work / f"clone{i}"
             shutil.rmtree(dst, ignore_errors=True)
@@ -260,8 +298,15 @@ def run(a: argparse.Namespace) -> None:
             shutil.rmtree(dst, ignore_errors=True)
             return w, out["block_bytes"] + out["metadata_bytes"]
 
+        def raw_to_file() -> float:
+            path = work / "raw-get-file"
+            path.unlink(missing_ok=True)
+            w = raw("raw-get-file", ep, "raw/0", path)
+            path.unlink()
+            return w
+
         res["fetch"] = paired(runs, clone, lambda: raw("raw-get", ep, "raw/0"), pack_bytes,
-                              ("clone", "get"))  # fmt: skip
+                              ("clone", "get"), also=("get_file", raw_to_file))  # fmt: skip
 
         # --- a push after one new fine-tune ---
         s = Store.open(src)

@@ -408,14 +408,16 @@ class Store:
         saliency_kind: str | None = None,
         branch: str | None = None,
         force_branch: bool = False,
+        session: Any = None,
     ) -> Any:
         """Validate and plan a merge (MergeConfig, YAML path or text); reads no expert data.
         Models given as folders are committed first (a stat per unchanged file, or every file
         read again with `verify_inputs`), once everything their headers allow is checked,
         including `branch`/`force_branch` as execute_merge will get them: a refused merge
-        stores nothing. `saliency`: a safetensors path, a commit ref, or a dict of tensors
-        (then `saliency_kind` "gradient" or "fisher") that ranks the blocks a budget keeps
-        (docs/budget.md)."""
+        stores nothing. With `session` (merge_session()), the folders go into the merge's one
+        write session, published with its commit. `saliency`: a safetensors path, a commit
+        ref, or a dict of tensors (then `saliency_kind` "gradient" or "fisher") that ranks the
+        blocks a budget keeps (docs/budget.md)."""
         from mergestore.merge.config import MergeConfig, load_config
         from mergestore.merge.run import prepare
 
@@ -431,7 +433,25 @@ class Store:
             saliency_kind=saliency_kind,
             branch=branch,
             force_branch=force_branch,
+            session=session,
         )
+
+    def merge_session(self) -> Any:
+        """The one write session of a merge, a context manager around prepare_merge(...,
+        session=) and execute_merge: a merge that fails stores nothing (not its folder inputs,
+        not what it computed); one interrupted keeps what it computed for a re-run to resume
+        (mergestore/merge/session.py)."""
+        from mergestore.merge.session import MergeSession
+
+        return MergeSession(self.repo)
+
+    def abort_merges(self) -> dict[str, int]:
+        """Drop what interrupted or killed merges kept for a re-run (`merge --abort`): their
+        saved sessions (packs cut back where nothing was written after them) and published
+        journals. Returns counts."""
+        from mergestore.merge.session import abort_merges
+
+        return abort_merges(self.repo)
 
     def execute_merge(
         self,
@@ -546,7 +566,8 @@ class Store:
         from mergestore.merge.ray_warm import warm_for
 
         warm_for(executor, ray_address)  # Ray joins and starts workers while this plans
-        with self.gc_paused():  # path inputs are stored before the merge runs
+        # gc waits throughout; one write session: a failure stores nothing
+        with self.gc_paused(), self.merge_session() as session:
             prep = self.prepare_merge(
                 config,
                 budget=budget,
@@ -556,6 +577,7 @@ class Store:
                 saliency_kind=saliency_kind,
                 branch=branch,
                 force_branch=force_branch,
+                session=session,
             )
             return self.execute_merge(
                 prep,

@@ -10,6 +10,7 @@ import click
 from mergestore.api import Store
 from mergestore.cli.common import json_option, with_store
 from mergestore.cli.help_methods import MethodsHelp
+from mergestore.cli.merge_abort import abort_option
 from mergestore.cli.merge_options import apply_overrides, output_options, split_output
 from mergestore.cli.output import (
     branch_name,
@@ -174,6 +175,7 @@ def _config(
 @output_options
 @json_option
 @with_store
+@abort_option
 def merge(
     store: Store,
     config_path: tuple[str, ...],
@@ -266,9 +268,13 @@ def merge(
     from mergestore.merge.ray_warm import warm_for
 
     warm_for(executor, ray_address)  # Ray joins and starts workers while the merge plans
-    with store.gc_paused():  # path inputs are stored before the merge runs
+    from mergestore.cli.merge_abort import sigterm_interrupts
+
+    # one write session: a failure stores nothing; an interrupt keeps what was computed
+    with sigterm_interrupts(), store.gc_paused(), store.merge_session() as session:
         prep = store.prepare_merge(
             cfg,
+            session=session,
             budget=budget,
             max_error=max_error,
             verify_inputs=verify_inputs,

@@ -95,12 +95,13 @@ def _load_all() -> None:
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
-def _fail(message: str, code: int, as_json: bool) -> None:
-    """One `error: ...` line on stderr; with --json also {"error", "code"} on stdout; exit."""
+def _fail(message: str, code: int, as_json: bool, details: dict | None = None) -> None:
+    """One `error: ...` line on stderr; with --json also {"error", "code"} (and `details`,
+    say what an interrupted merge kept) on stdout; exit."""
     message = " ".join(message.split())  # one line, whatever the message held
     click.echo(f"error: {message}", err=True)
     if as_json:
-        click.echo(json.dumps({"error": message, "code": code}))
+        click.echo(json.dumps({"error": message, "code": code, **(details or {})}))
     sys.exit(code)
 
 
@@ -147,8 +148,10 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(rv)
     except MergestoreError as e:
         _fail(str(e), e.exit_code, as_json)
-    except click.exceptions.Abort:
-        _fail("aborted", EXIT_INTERRUPTED, as_json)
+    except click.exceptions.Abort as e:  # click's form of Ctrl-C; a merge says what it kept
+        why = e.__cause__ or e.__context__
+        said = str(why) if isinstance(why, KeyboardInterrupt) else ""
+        _fail(said or "aborted", EXIT_INTERRUPTED, as_json, getattr(why, "details", None))
     except click.exceptions.NoArgsIsHelpError as e:
         e.show()  # `mergestore merge` alone: its help, as git does
         sys.exit(EXIT_USAGE)
@@ -156,8 +159,8 @@ def main(argv: list[str] | None = None) -> None:
         _fail(_usage_message(e), EXIT_USAGE, as_json)
     except click.ClickException as e:
         _fail(e.format_message(), e.exit_code, as_json)
-    except KeyboardInterrupt:
-        _fail("interrupted", EXIT_INTERRUPTED, as_json)
+    except KeyboardInterrupt as e:  # a merge says what it kept (merge/session.py)
+        _fail(str(e) or "interrupted", EXIT_INTERRUPTED, as_json, getattr(e, "details", None))
     except OSError as e:
         if os.environ.get("MERGESTORE_DEBUG"):
             raise

@@ -8,8 +8,8 @@ PreparedMerge into output blocks, through two calls:
 - `adopt(session, result)`: inside the transaction that publishes the commit, make the blocks
   computed elsewhere part of it (nothing to do for the local executor).
 
-- LocalExecutor: the streaming engine in this process, publishing journaled chunks as it goes
-  (merge/journal.py: a re-run resumes).
+- LocalExecutor: the streaming engine in this process, in journaled chunks saved as it goes
+  (merge/journal.py: a re-run resumes), into the merge's one session (merge/session.py).
 - RayExecutor (merge/ray_executor.py): tasks on a Ray cluster that read blocks straight from
   the packs and write packs of their own, which `adopt` adds to the commit's transaction.
 
@@ -76,7 +76,9 @@ class LocalExecutor:
         engine.device = prep.device
         plan_id = prep.plan.id
         names = {t.plan.name for t in prep.tasks}
-        memo.drop_stale_journals(repo, ref, plan_id)
+        ms = prep.session  # the merge's one write session (merge/session.py), or None
+        ws = ms.ws if ms is not None else None
+        memo.drop_stale_journals(repo, ref, plan_id, ws)
         wrap = None
         if folder is not None:
             layout_index = prep.base_index if prep.base_index is not None else 0
@@ -94,12 +96,14 @@ class LocalExecutor:
             prep.tasks,
             len(prep.models),
             plan_id,
-            reuse=journal.journaled_outputs(repo, plan_id, run_mod.ENGINE, names),
+            reuse=journal.journaled_outputs(repo, plan_id, run_mod.ENGINE, names, ws),
             track_delta=prep.selection.active,
             omitted=prep.plan_body.get("omitted_from_base"),
             progress=progress,
             ref=ref,
             wrap_sink=wrap,
+            session=ws,
+            save=None if ms is None else lambda done: ms.save(plan_id, ref, done, len(names)),
         )
 
     def adopt(self, session: WriteSession, res: ComputeResult) -> None:

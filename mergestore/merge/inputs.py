@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -154,22 +155,27 @@ def store_folders(
     *,
     verify: bool = False,
     tally: PathInputs | None = None,
+    session: WriteSession | None = None,
 ) -> Callable[[Path], bytes]:
     """Commit every model given as a local folder (or file, or hub id) in one write session,
     published once all are stored: interrupted or failed while storing them, the merge leaves
-    the store as it was (the session rolls back, packs and all). Returns the commit_path
-    function for resolve_models, which finds those folders stored; the parts of BASE+ADAPTER
-    are committed one by one as before."""
-    one_by_one = commit_path_fn(repo, verify=verify, tally=tally)
+    the store as it was (the session rolls back, packs and all). With `session` (the merge's
+    own, merge/session.py), into that one, unpublished, and the parts of BASE+ADAPTER too:
+    the merge publishes them with its commit. Returns the commit_path function for
+    resolve_models, which finds those folders stored; without `session` the parts of
+    BASE+ADAPTER are committed one by one as before."""
+    one_by_one = commit_path_fn(repo, verify=verify, tally=tally, session=session)
     folders = [Path(r.text) for r in refs if _is_folder_input(repo, r.text)]
     if not folders:
         return one_by_one
     done: dict[Path, bytes] = {}
-    with repo.writer() as session:
-        run = commit_path_fn(repo, verify=verify, tally=tally, session=session)
+    with repo.writer() if session is None else contextlib.nullcontext(session) as ws:
+        assert ws is not None
+        run = commit_path_fn(repo, verify=verify, tally=tally, session=ws)
         for p in folders:
             done[p] = run(p)
-        session.publish()
+        if session is None:
+            ws.publish()
     return lambda p: done[p] if p in done else one_by_one(p)
 
 

@@ -1,8 +1,10 @@
 """Compute a plan's tensors in flushed chunks, with a journal of the finished ones.
 
 A merge writes its output blocks to the packs as it goes. Every chunk of tensors (about
-JOURNAL_BYTES of input, a few seconds of work) is published in its own transaction: its blocks,
-and the plan's journal entry naming every finished tensor and its output block ids. No ref
+JOURNAL_BYTES of input, a few seconds of work) ends with the plan's journal entry naming every
+finished tensor and its output block ids. In a merge's own session (merge/session.py) the chunk
+stays unpublished and the session is saved (store/pending.py), so a kill keeps it and a failure
+drops it; otherwise (materialize) each chunk is published in its own transaction. No ref
 points at any of it until the merge commit is published, so nothing half-written is visible;
 gc keeps a journal's blocks for its grace period (store/gc.py). A re-run of the same plan
 (same plan id) reuses every tensor the journal names whose blocks are present, so it costs
@@ -12,6 +14,8 @@ ignored and removed.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -21,7 +25,7 @@ from typing import Any
 from mergestore.errors import CorruptionError
 from mergestore.merge.engine import Engine, OutputTensor, StoreSink, TensorTask, task_bytes
 from mergestore.store import faults, merges
-from mergestore.store.repo import Repository
+from mergestore.store.repo import Repository, WriteSession
 
 JOURNAL_BYTES = 256 << 20
 Progress = Callable[[int], None]
@@ -63,14 +67,24 @@ def _decode(name: str, v: Any) -> OutputTensor:
 
 
 def journaled_outputs(
-    repo: Repository, plan_id: bytes, engine_name: str, names: set[str]
+    repo: Repository,
+    plan_id: bytes,
+    engine_name: str,
+    names: set[str],
+    session: WriteSession | None = None,
 ) -> dict[str, OutputTensor]:
     """The finished tensors a plan's journal holds, with every block present.
 
     A journal that does not match (another engine, tensors the plan does not have, an
-    unreadable entry) is removed and nothing is reused from it.
+    unreadable entry) is removed and nothing is reused from it. With `session` (a merge's,
+    merge/session.py), the journal may be one it adopted, and the removal is published with it.
     """
-    j = merges.journal(repo, plan_id)
+    key = (merges.DB, merges.JOURNAL + plan_id)
+    if session is not None and key in session.index_puts:
+        raw = session.index_puts[key]
+        j = None if raw is None else json.loads(raw)
+    else:
+        j = merges.journal(repo, plan_id)
     if j is None:
         return {}
     try:
@@ -80,7 +94,10 @@ def journaled_outputs(
         if not set(outs) <= names:
             raise ValueError("tensors the plan does not have")
     except (ValueError, TypeError, KeyError):
-        merges.delete_journal(repo, plan_id)
+        if session is not None:
+            merges.set_journal(session, plan_id, None)
+        else:
+            merges.delete_journal(repo, plan_id)
         return {}
     ids = {b for o in outs.values() for b in o.blocks}
     present = set(repo.block_locations(ids))
@@ -115,10 +132,15 @@ def compute(
     journal: bool = True,
     ref: str | None = None,
     wrap_sink: Callable[[Any], Any] | None = None,
+    session: WriteSession | None = None,
+    save: Callable[[int], None] | None = None,
 ) -> ComputeResult:
     """Compute `tasks` not in `reuse`, chunk by chunk; each chunk's blocks and journal entry
     are published together. `expected`: known output block ids (a mismatch is an error);
-    `wrap_sink` wraps each chunk's store sink (merge --out writes the folder as it goes)."""
+    `wrap_sink` wraps each chunk's store sink (merge --out writes the folder as it goes).
+    With `session` (a merge's, merge/session.py) the chunks go into it unpublished, and
+    `save(tensors done)` is called after each one instead (the session saved to survive a
+    kill: store/pending.py)."""
     from mergestore.merge.run import run_tasks
 
     res = ComputeResult(outputs=dict(reuse or {}), expert_bytes_read=[0] * n_models)
@@ -128,8 +150,11 @@ def compute(
         progress(res.reused)
     done_j = {n: _encode(o) for n, o in res.outputs.items()} if journal else {}
     for chunk in chunks(todo, journal_bytes()):
-        with repo.writer() as session:
-            sink: Any = StoreSink(repo, session)
+        own = session is None
+        with repo.writer() if own else contextlib.nullcontext(session) as chunk_session:
+            assert chunk_session is not None
+            written0, blocks0 = chunk_session.bytes_written, len(chunk_session.blocks)
+            sink: Any = StoreSink(repo, chunk_session)
             if wrap_sink is not None:
                 sink = wrap_sink(sink)
             outs, stats, taken = run_tasks(
@@ -153,13 +178,16 @@ def compute(
                     done_j[o.name] = _encode(o)
             if journal:
                 merges.set_journal(
-                    session,
+                    chunk_session,
                     plan_id,
                     {"engine": engine_name(), "time": time.time(), "ref": ref, "tensors": done_j},
                 )
-            session.publish()
-            res.bytes_written += session.bytes_written
-            res.blocks_written += len(session.blocks)
+            if own:
+                chunk_session.publish()
+            elif save is not None:
+                save(len(res.outputs))
+            res.bytes_written += chunk_session.bytes_written - written0
+            res.blocks_written += len(chunk_session.blocks) - blocks0
         res.chunks += 1
         res.computed += len(chunk)
         res.blocks_from_base += taken

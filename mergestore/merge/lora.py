@@ -11,7 +11,9 @@ commit, so `replay` reads exactly the bits the merge read.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import contextlib
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from mergestore.errors import MergeError
 from mergestore.formats.lora import (
@@ -74,14 +76,13 @@ def _read(repo: Repository, rec: TensorRecord) -> torch.Tensor:
     return torch.frombuffer(buf, dtype=torch_dtype(rec.dtype)).reshape(rec.shape)
 
 
-def apply_adapter(repo: Repository, base: bytes, adapter: bytes, label: str) -> bytes:
-    """The commit of `adapter` applied to `base` (made once; the same ids give the same commit)."""
-    raw_cfg = _blob(repo, adapter, ADAPTER_CONFIG)
-    if raw_cfg is None:
-        raise MergeError(f"{label}: the adapter commit has no {ADAPTER_CONFIG} (not a PEFT LoRA)")
+def check_adapter(
+    label: str, raw_cfg: bytes, a_recs: Mapping[str, Any], b_recs: Mapping[str, Any]
+) -> tuple[Any, dict[str, Any]]:
+    """The adapter's config and targets, once every target is checked against the base's
+    tensors (records with `.shape`: stored, or read from safetensors headers by
+    merge/precheck.py before anything is stored)."""
     cfg = parse_adapter_config(raw_cfg, f"{label}: {ADAPTER_CONFIG}")
-    a_recs = _tensors(repo, adapter)
-    b_recs = _tensors(repo, base)
     targets = adapter_targets(a_recs)
     if not targets:
         raise MergeError(f"{label}: the adapter has no LoRA tensors")
@@ -105,8 +106,21 @@ def apply_adapter(repo: Repository, base: bytes, adapter: bytes, label: str) -> 
                 f"{label}: {name} is {list(w.shape)} in the base but the adapter makes "
                 f"{list(shape)}"
             )
+    return cfg, targets
+
+
+def apply_adapter(repo: Repository, base: bytes, adapter: bytes, label: str) -> bytes:
+    """The commit of `adapter` applied to `base` (made once; the same ids give the same commit)."""
+    raw_cfg = _blob(repo, adapter, ADAPTER_CONFIG)
+    if raw_cfg is None:
+        raise MergeError(f"{label}: the adapter commit has no {ADAPTER_CONFIG} (not a PEFT LoRA)")
+    a_recs = _tensors(repo, adapter)
+    b_recs = _tensors(repo, base)
+    cfg, targets = check_adapter(label, raw_cfg, a_recs, b_recs)
     outputs: list[OutputTensor] = []
-    with repo.writer() as session:
+    ambient = repo.reading_session  # inside a merge: its session, published with it
+    with repo.writer() if ambient is None else contextlib.nullcontext(ambient) as session:
+        assert session is not None
         sink = StoreSink(repo, session)
         for name, rec in b_recs.items():
             t = targets.get(name)
@@ -151,7 +165,8 @@ def apply_adapter(repo: Repository, base: bytes, adapter: bytes, label: str) -> 
             },
         )
         cid = session.put_object(commit)
-        session.publish([])
+        if ambient is None:
+            session.publish([])
     return cid
 
 

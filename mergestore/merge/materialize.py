@@ -16,6 +16,7 @@ records, where known.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -150,7 +151,7 @@ def _compute(
             if all(b in present for b in r.blocks):
                 reuse[n] = OutputTensor(n, r.dtype, r.shape, r.rows_per_block, r.blocks)
     else:
-        reuse = journal.journaled_outputs(repo, c.plan, ENGINE, set(names))
+        reuse = journal.journaled_outputs(repo, c.plan, ENGINE, set(names), repo.reading_session)
     tasks = [t for t in prep.tasks if t.plan.name in want or t.plan.name in reuse]
     res = journal.compute(
         repo,
@@ -164,19 +165,23 @@ def _compute(
         omitted=prep.plan_body.get("omitted_from_base"),
         progress=progress,
         journal=tid is None,
+        session=repo.reading_session,  # inside a merge: its session, published with it
     )
     out["tensors_computed"] = res.computed
     out["tensors_reused"] = len([n for n in want if n in reuse])
     out["bytes_written"] = res.bytes_written
     complete = all(n in res.outputs for n in names)
     if complete:
-        with repo.writer() as session:
+        ambient = repo.reading_session
+        with repo.writer() if ambient is None else contextlib.nullcontext(ambient) as session:
+            assert session is not None
             if tid is None:
                 tree = publish_tree(repo, session, prep, [res.outputs[n] for n in names])
                 merges.set_lazy_tree(session, cid, tree)
                 merges.set_journal(session, c.plan, None)
             merges.set_evicted(session, cid, None)
-            session.publish()
+            if ambient is None:
+                session.publish()
     out["state_after"] = merges.state(repo, repo.get_commit(cid))
     return out, {n: res.outputs[n] for n in want}
 

@@ -9,11 +9,12 @@ commit computes what is missing first, unless the merge itself is lazy.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from mergestore.errors import MergeError
 from mergestore.store import merges
-from mergestore.store.repo import RefUpdate, Repository
+from mergestore.store.repo import RefUpdate, Repository, WriteSession
 
 
 def lookup(repo: Repository, plan_id: bytes) -> bytes | None:
@@ -80,8 +81,24 @@ def check_forced(
     return MergeResult(cid, prep.plan.id, run, [])
 
 
-def drop_stale_journals(repo: Repository, ref: str, plan_id: bytes) -> None:
-    """Journals of other plans for the same branch no longer match: remove them."""
-    for pid, body in merges.journals(repo).items():
-        if pid != plan_id and body.get("ref") == ref:
+def drop_stale_journals(
+    repo: Repository, ref: str, plan_id: bytes, session: WriteSession | None = None
+) -> None:
+    """Journals of other plans for the same branch no longer match: remove them (with
+    `session`, a merge's, when it publishes: merge/session.py)."""
+    stale = [
+        pid
+        for pid, body in merges.journals(repo).items()
+        if pid != plan_id and body.get("ref") == ref
+    ]
+    if session is not None:
+        for key, raw in list(session.index_puts.items()):  # adopted from a killed merge
+            if key[0] == merges.DB and key[1].startswith(merges.JOURNAL) and raw is not None:
+                pid = key[1][len(merges.JOURNAL) :]
+                if pid != plan_id and json.loads(raw).get("ref") == ref:
+                    stale.append(pid)
+    for pid in stale:
+        if session is not None:
+            merges.set_journal(session, pid, None)
+        else:
             merges.delete_journal(repo, pid)

@@ -120,6 +120,7 @@ class FolderOutput:
         self.places: dict[str, _Place] = {}
         self.mismatch: str | None = None
         self.bytes_written = 0
+        self._complete: dict[str, Any] | None = None  # complete()'s result
 
     # -- before the merge -------------------------------------------------------------------
 
@@ -167,7 +168,19 @@ class FolderOutput:
     # -- after the commit -------------------------------------------------------------------
 
     def finish(self, repo: Repository, commit: bytes) -> dict[str, Any]:
-        """Complete the folder from the published commit and move it into place."""
+        """Complete the folder (unless complete() did) and move it into place."""
+        info = self._complete if self._complete is not None else self.complete(repo, commit)
+        self.stage.publish()
+        return {
+            **info,
+            "kept": list(self.stage.kept),  # --overwrite: files of DIR that are not the model's
+            "removed": list(self.stage.removed),  # --overwrite: stale checkpoint files
+        }
+
+    def complete(self, repo: Repository, commit: bytes) -> dict[str, Any]:
+        """Write what the merge pass did not into the staged folder, from `commit` (published,
+        or not yet: a merge completes its folder before it publishes, so an error writing it
+        stores nothing, merge/session.py)."""
         tree = readable_tree(repo, commit, ())  # a lazy merge's computed tree (store/merges.py)
         meter = ReadMeter()
         problem = self.mismatch or self._layout_problem(repo, tree)
@@ -184,17 +197,15 @@ class FolderOutput:
             res = checkout_commit(repo, commit, self.tmp)
             self.bytes_written = res.bytes_written
             meter.add(res.bytes_read)
-        self.stage.publish()
-        return {
+        self._complete = {
             "path": str(self.out.absolute()),
             "files": len(tree.entries),
             "bytes_written": self.bytes_written,
             "bytes_read": meter.bytes_read,
             "same_pass": problem is None,
             **({"fallback_reason": problem} if problem else {}),
-            "kept": list(self.stage.kept),  # --overwrite: files of DIR that are not the model's
-            "removed": list(self.stage.removed),  # --overwrite: stale checkpoint files
         }
+        return self._complete
 
     def abort(self) -> None:
         self._close()

@@ -6,9 +6,11 @@ shape would leave an orphan commit, its blocks and their pack bytes behind. So t
 that need only tensor names, shapes and dtypes run first, on the folders' safetensors headers:
 the config and every parameter's range (tensorplan.validate_config), missing tensors, shape and
 dtype mismatches (preflight.py), duplicate store inputs, the budget's syntax and the target
-branch. Only then are the folders stored. A merge with an input known only once stored or
-computed (a hub id not in the Hugging Face cache, .bin weights, BASE+ADAPTER, a lazy merge not
-computed yet) skips this pass; the checks run after, as before.
+branch; for BASE+ADAPTER, the adapter's targets against the base (from the adapter's header).
+Only then are the folders stored. A merge with an input known only once stored or computed (a
+hub id not in the Hugging Face cache, .bin weights, a lazy merge not computed yet) skips this
+pass; the checks run after, in the merge's one write session (merge/session.py), so a refusal
+then stores nothing either.
 """
 
 from __future__ import annotations
@@ -114,7 +116,7 @@ def _peek(repo: Repository, ref: ModelRef) -> ResolvedModel | None:
         tensors = _known_tensors(repo, cid)
         return None if tensors is None else ResolvedModel(ref, cid, tensors)
     if "+" in text:
-        return None
+        return _peek_adapted(repo, ref)
     path = Path(os.path.expanduser(text))
     if not path.exists():
         from mergestore.formats.hub import cached_snapshot, parse_hub_id
@@ -128,9 +130,34 @@ def _peek(repo: Repository, ref: ModelRef) -> ResolvedModel | None:
 
     if needs_conversion(path) or (path.is_dir() and (path / ADAPTER_CONFIG).is_file()):
         return None
+    return ResolvedModel(ref, b"", _header_records(path), committed_from_path=True)
+
+
+def _header_records(path: Path) -> dict[str, TensorRecord]:
+    """A checkpoint folder's tensors as its safetensors headers give them (no data read)."""
     ckpt = scan_checkpoint(path)
-    tensors = {
+    return {
         name: TensorRecord(name, e.dtype, tuple(e.shape), e.begin, e.end, 0, ())
         for name, (_, e) in ckpt.tensor_index().items()
     }
-    return ResolvedModel(ref, b"", tensors, committed_from_path=True)
+
+
+def _peek_adapted(repo: Repository, ref: ModelRef) -> ResolvedModel | None:
+    """BASE+ADAPTER: the base's tensors (an adapter changes values, not names or shapes), once
+    an adapter given as a folder is checked against them from its safetensors header. Marked
+    as stored from a path: its commit is made only by applying the adapter."""
+    from mergestore.merge.lora import check_adapter, split_lora_ref
+
+    parts = split_lora_ref(ref.text)
+    assert parts is not None
+    base = _peek(repo, ModelRef(parts[0]))
+    if base is None:
+        return None
+    folder = Path(os.path.expanduser(parts[1]))
+    if folder.is_dir() and (folder / ADAPTER_CONFIG).is_file():
+        try:
+            repo.resolve(parts[1])
+        except RefError:
+            raw_cfg = (folder / ADAPTER_CONFIG).read_bytes()
+            check_adapter(ref.text, raw_cfg, _header_records(folder), base.tensors)
+    return ResolvedModel(ref, b"", base.tensors, committed_from_path=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -65,6 +66,9 @@ class PreparedMerge:
     path_inputs: PathInputs = field(default_factory=PathInputs)  # folders committed first
     device: str | None = None  # merge --device: where the torch lane computes (not in the plan)
     vocab: Any = None  # merge.vocab.VocabFit: a tokenizer merge's vocabulary (from the inputs)
+    # merge/session.py's MergeSession: the one write session the folders it stored, what it
+    # computes and its commit go into, published at once (None: each step publishes its own)
+    session: Any = None
 
     @property
     def plan(self) -> Plan:
@@ -126,8 +130,11 @@ def prepare(
     saliency_kind: str | None = None,
     branch: str | None = None,
     force_branch: bool = False,
+    session: Any = None,
 ) -> PreparedMerge:
     """Validate the config, resolve inputs, plan every tensor and choose the blocks to read.
+    With `session` (a merge/session.py MergeSession, open around prepare and execute), the
+    folder inputs are stored into it, unpublished: a merge that fails later stores nothing.
     Folder inputs are checked from their headers before they are stored (precheck.py); `branch`
     and `force_branch`, the target execute() will be given, are checked then too. `saliency` (a
     safetensors path, a commit ref or a dict of tensors) ranks the blocks a budget keeps by
@@ -158,7 +165,13 @@ def prepare(
             )
         commit_path = None
         if commit_paths:  # every folder stored in one session (a failure stores none)
-            commit_path = store_folders(repo, refs, verify=verify_inputs, tally=path_inputs)
+            commit_path = store_folders(
+                repo,
+                refs,
+                verify=verify_inputs,
+                tally=path_inputs,
+                session=session.ws if session is not None else None,
+            )
         models = resolve_models(repo, refs, commit_path=commit_path)
         refuse_duplicate_commits(repo, cfg, models)
     plans = plan_tensors(cfg, spec, refs, {i: list(m.tensors) for i, m in enumerate(models)})
@@ -222,8 +235,9 @@ def prepare(
         # see base_pieces(); replay follows what the plan says
         body["omitted_from_base"] = omitted_mode(spec.name)
     return PreparedMerge(
-        cfg, models, plans, tasks, base_index, selection, body, path_inputs, vocab=vocab
-    )
+        cfg, models, plans, tasks, base_index, selection, body, path_inputs, vocab=vocab,
+        session=session,
+    )  # fmt: skip
 
 
 def _parents(prep: PreparedMerge) -> tuple[bytes, ...]:
@@ -335,18 +349,27 @@ def _execute(
     )
     plan_id = prep.plan.id
     hit = memo.lookup(repo, plan_id)
+    ms = prep.session  # the merge's one write session (merge/session.py), or None
     if hit is not None and not force:
         # --out on a memo hit: the folder finds nothing laid out and is written by checkout
         before = repo.read_ref(ref)
         hit_res = memo.use(repo, hit, prep, ref, materialize=not lazy, progress=progress)
         hit_res.branch, hit_res.previous = ref, before
         hit_res.run.update(prep.path_inputs.to_json())  # this run's inputs, not the recorded
+        if ms is not None and ms.ws.holds_anything:
+            ms.ws.publish()  # the inputs' stat-cache entries, say
         return hit_res
     res = None
     executor = executor or LocalExecutor()
+    if ms is not None and executor.name != "local":
+        # workers in other processes read the inputs from the index: the folders stored go
+        # in first (a failed Ray merge keeps them; gc reclaims them after its grace period)
+        ms.ws.publish()
+        prep.session = ms = None
     if not lazy:
         res = executor.compute(repo, prep, ref=ref, progress=progress, folder=folder)
-    with repo.writer() as session:
+    with repo.writer() if ms is None else contextlib.nullcontext(ms.ws) as session:
+        assert session is not None
         if res is not None:
             executor.adopt(session, res)  # blocks computed elsewhere: published with the commit
         if res is None:
@@ -384,6 +407,8 @@ def _execute(
         merges.set_journal(session, plan_id, None)
         old = repo.read_ref(ref)
         what = f"merge{' --lazy' if lazy else ''}: {spec.name}"
+        if folder is not None and ms is not None:
+            folder.complete(repo, cid)  # an error writing --out publishes nothing
         session.publish([RefUpdate(ref, cid, what, old=old)])
     return MergeResult(cid, plan_id, run, [] if res is None else outputs, branch=ref, previous=old)
 

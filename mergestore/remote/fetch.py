@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from mergestore.errors import CorruptionError
 from mergestore.remote.client import ObjectClient
+from mergestore.remote.download import download_blocks
 from mergestore.remote.layout import (
     FORMAT_KEY,
     REFS,
@@ -21,7 +22,6 @@ from mergestore.remote.layout import (
     decode_ref,
     parse_format_marker,
 )
-from mergestore.remote.packs import download_blocks
 from mergestore.remote.session import RemoteSession
 from mergestore.remote.walk import closure
 from mergestore.store import faults

@@ -15,9 +15,7 @@ names; the index is written after its pack, so an index on the remote means a wh
 from __future__ import annotations
 
 import os
-from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,11 +31,8 @@ from mergestore.remote.layout import (
     idx_key,
     pack_key,
 )
-from mergestore.remote.state import RemoteState
-from mergestore.remote.verify import check_blocks
 from mergestore.store import codecs, faults
 from mergestore.store.blocks import block_id
-from mergestore.store.codecs import Encoded
 from mergestore.store.packs import PACK_MAGIC
 from mergestore.store.repo import Repository
 
@@ -163,82 +158,8 @@ def verify_stored(
         )
 
 
-def download_blocks(
-    client: ObjectClient,
-    repo: Repository,
-    state: RemoteState,
-    wanted: Iterable[bytes],
-    advance: Advance | None = None,
-) -> tuple[int, int]:
-    """Fetch these blocks (and their delta references the store lacks) into local packs,
-    each verified by its id first; published a chunk at a time. Returns (blocks, bytes)."""
-    need: dict[bytes, tuple[str, IdxEntry]] = {}
-    for bid in wanted:
-        if bid in need or repo.has_block(bid):
-            continue
-        where = state.blocks.get(bid)
-        if where is None:
-            raise RemoteCorruptionError(
-                f"remote {state.name}: block {bid.hex()[:12]} is used but no pack holds it"
-            )
-        need[bid] = where
-        ref = where[1].ref
-        if ref is not None and ref not in need and not repo.has_block(ref):
-            ref_where = state.blocks.get(ref)
-            if ref_where is None:
-                raise RemoteCorruptionError(
-                    f"remote {state.name}: reference block {ref.hex()[:12]} is missing"
-                )
-            need[ref] = ref_where
-    # References first: a delta is verified by decoding it against its reference.
-    first = {b: w for b, w in need.items() if w[1].ref is None}
-    second = {b: w for b, w in need.items() if w[1].ref is not None}
-    n = nbytes = 0
-    for phase in (first, second):
-        tasks = [
-            (pack, chunk)
-            for pack, entries in _by_pack(phase).items()
-            for chunk in _chunks(entries, fetch_chunk())
-        ]
-        if not tasks:
-            continue
-        # Three stages overlap: the next chunk downloads while this one is verified and the
-        # previous one is written and published (in that order, each after its check).
-        with (
-            ThreadPoolExecutor(1, thread_name_prefix="mergestore-fetch") as pool,
-            ThreadPoolExecutor(1, thread_name_prefix="mergestore-fetch-write") as writer,
-        ):
-            ahead = pool.submit(_get_chunk, client, *tasks[0])
-            pending: Future[int] | None = None
-            pending_ids: set[bytes] = set()
-            for i, (pack, chunk) in enumerate(tasks):
-                bufs = ahead.result()
-                if i + 1 < len(tasks):
-                    ahead = pool.submit(_get_chunk, client, *tasks[i + 1])
-                if pending is not None and any(e.ref in pending_ids for e in chunk):
-                    nbytes += pending.result()  # a reference still being written: wait for it
-                    pending = None
-                check_blocks(repo, state.name, pack, chunk, bufs)
-                if pending is not None:
-                    nbytes += pending.result()
-                pending = writer.submit(_publish_chunk, repo, chunk, bufs, advance)
-                pending_ids = {e.block for e in chunk}
-                n += len(chunk)
-            assert pending is not None
-            nbytes += pending.result()
-    return n, nbytes
-
-
-def _by_pack(need: dict[bytes, tuple[str, IdxEntry]]) -> dict[str, list[IdxEntry]]:
-    out: dict[str, list[IdxEntry]] = defaultdict(list)
-    for pack, e in need.values():
-        out[pack].append(e)
-    for entries in out.values():
-        entries.sort(key=lambda e: e.offset)
-    return dict(sorted(out.items()))
-
-
 def _chunks(entries: list[IdxEntry], target: int) -> Iterator[list[IdxEntry]]:
+    """Runs of entries of about `target` stored bytes (remote/worker_output.py's reads)."""
     cur: list[IdxEntry] = []
     size = 0
     for e in entries:
@@ -249,22 +170,3 @@ def _chunks(entries: list[IdxEntry], target: int) -> Iterator[list[IdxEntry]]:
             cur, size = [], 0
     if cur:
         yield cur
-
-
-def _get_chunk(client: ObjectClient, pack: str, entries: list[IdxEntry]) -> list[memoryview]:
-    return read_stored(client, pack, [(e.offset, e.length) for e in entries])
-
-
-def _publish_chunk(
-    repo: Repository, entries: list[IdxEntry], bufs: list[memoryview], advance: Advance | None
-) -> int:
-    """Write verified payloads as they were stored, and publish them in one transaction."""
-    with repo.writer() as w:
-        for e, payload in zip(entries, bufs, strict=True):
-            w.add_encoded(e.block, e.raw_len, Encoded(e.spec, payload, e.ref))
-        w.publish()
-    got = sum(e.length for e in entries)
-    if advance:
-        advance(got)
-    faults.kill_point("remote-after-chunk")
-    return got

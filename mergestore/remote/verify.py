@@ -6,10 +6,13 @@ time (packs.verify_stored, which lazy reads use) cost a clone most of its CPU: e
 fresh output buffer (page faults on every megabyte), and each delta-coded block read its
 reference through the store's verified read, which decodes and hashes the reference again.
 
-Here every worker thread decodes into buffers it keeps, and a delta's reference is decoded
-from its stored bytes in the store without hashing it again: if the reference's bytes were
-wrong, the delta would decode to bytes that do not hash to the delta's id, and be refused.
-A reference that is itself delta-coded (or only promised) is read the verified way.
+Here every worker thread decodes into buffers it keeps. A delta whose reference is fetched in
+the same batch (check_fetched; remote/download.py plans batches that way) is checked against
+the reference's raw bytes as the batch's check of the reference just decoded them, so nothing
+is decoded twice. A delta whose reference is already in the store has it decoded from its
+stored bytes without hashing it again: if the reference's bytes were wrong, the delta would
+decode to bytes that do not hash to the delta's id, and be refused. A reference that is itself
+delta-coded (or only promised) is read the verified way.
 """
 
 from __future__ import annotations
@@ -60,36 +63,101 @@ def _reference_raw(repo: Repository, ref: bytes) -> Any:
     return out
 
 
-def check_block(repo: Repository, remote: str, pack: str, e: IdxEntry, payload: Any) -> None:
-    """Decode one fetched payload and compare it with its id (RemoteCorruptionError if not)."""
+def _decode_into(remote: str, pack: str, e: IdxEntry, payload: Any, out: Any, ref_raw: Any) -> bool:
+    """Decode one payload into `out`; whether its blake3 is the entry's id (a payload that
+    does not decode is a RemoteCorruptionError)."""
     try:
-        ref_raw = _reference_raw(repo, e.ref) if e.ref is not None else None
-        out = _buffers.get("out", e.raw_len)
         codecs.decode_block_into(e.spec, payload, out, reference=ref_raw)
-        ok = block_id(out) == e.block
+        return block_id(out) == e.block
     except Exception as ex:  # a hostile payload may fail anywhere in a decoder
         raise RemoteCorruptionError(
             f"remote {remote}: block {e.block.hex()[:12]} in pack {pack[:16]} does not decode "
             f"({type(ex).__name__}: {str(ex)[:120]})"
         ) from None
+
+
+def _mismatch(remote: str, pack: str, e: IdxEntry) -> RemoteCorruptionError:
+    return RemoteCorruptionError(
+        f"remote {remote}: block {e.block.hex()[:12]} in pack {pack[:16]} does not match "
+        "its id (corrupt or tampered)"
+    )
+
+
+def check_block(repo: Repository, remote: str, pack: str, e: IdxEntry, payload: Any) -> None:
+    """Decode one fetched payload and compare it with its id (RemoteCorruptionError if not)."""
+    try:
+        ref_raw = _reference_raw(repo, e.ref) if e.ref is not None else None
+    except Exception as ex:
+        raise RemoteCorruptionError(
+            f"remote {remote}: block {e.block.hex()[:12]} in pack {pack[:16]} does not decode "
+            f"({type(ex).__name__}: {str(ex)[:120]})"
+        ) from None
+    ok = _decode_into(remote, pack, e, payload, _buffers.get("out", e.raw_len), ref_raw)
     if not ok and e.ref is not None:
         # the reference as the store's verified read gives it: names a damaged local block
         raw = codecs.decode_block(e.spec, payload, reference=repo.read_block(e.ref))
         ok = block_id(raw) == e.block
     if not ok:
-        raise RemoteCorruptionError(
-            f"remote {remote}: block {e.block.hex()[:12]} in pack {pack[:16]} does not match "
-            "its id (corrupt or tampered)"
-        )
+        raise _mismatch(remote, pack, e)
 
 
 def check_blocks(
     repo: Repository, remote: str, pack: str, entries: Sequence[IdxEntry], payloads: Sequence[Any]
 ) -> None:
     """check_block over many payloads, on every core (the decoders release the GIL)."""
+    check_fetched(repo, remote, [(pack, e, p) for e, p in zip(entries, payloads, strict=True)])
+
+
+Fetched = tuple[str, IdxEntry, Any]  # (remote pack, its index entry, the payload as received)
+
+
+class RawArena:
+    """One reusable buffer for the raw bytes of the reference blocks of a fetched batch
+    (grown on demand, so its pages are faulted in once per clone, not once per batch)."""
+
+    def __init__(self) -> None:
+        self.buf = np.empty(0, dtype=np.uint8)
+
+    def take(self, n: int) -> Any:
+        if len(self.buf) < n:
+            self.buf = np.empty(n, dtype=np.uint8)
+        return self.buf[:n]
+
+
+def check_fetched(
+    repo: Repository, remote: str, items: Sequence[Fetched], arena: RawArena | None = None
+) -> None:
+    """Check a batch of fetched blocks against their ids, on every core.
+
+    A delta whose reference is in the same batch is checked against the reference's raw
+    bytes as the batch's own check decoded them (into `arena`), so no block is decoded twice;
+    other deltas read their reference from the store (it must be published already).
+    """
+    in_batch = {e.ref for _p, e, _b in items if e.ref is not None}
+    refs = [it for it in items if it[1].ref is None and it[1].block in in_batch]
+    rest = [it for it in items if not (it[1].ref is None and it[1].block in in_batch)]
+    raw: dict[bytes, Any] = {}
+    if refs:
+        buf = (arena or RawArena()).take(sum(e.raw_len for _p, e, _b in refs))
+        off = 0
+        for _p, e, _b in refs:
+            raw[e.block] = buf[off : off + e.raw_len]
+            off += e.raw_len
+
+    def one_ref(i: int) -> None:
+        pack, e, payload = refs[i]
+        if not _decode_into(remote, pack, e, payload, raw[e.block], None):
+            raise _mismatch(remote, pack, e)
 
     def one(i: int) -> None:
-        check_block(repo, remote, pack, entries[i], payloads[i])
+        pack, e, payload = rest[i]
+        ref_raw = raw.get(e.ref) if e.ref is not None else None
+        if ref_raw is None:
+            check_block(repo, remote, pack, e, payload)
+        elif not _decode_into(remote, pack, e, payload, _buffers.get("out", e.raw_len), ref_raw):
+            raise _mismatch(remote, pack, e)  # its reference was checked by its own id
 
-    for _ in ordered_map(one, range(len(entries)), workers=min(4, default_workers())):
-        pass
+    workers = min(4, default_workers())
+    for fn, n in ((one_ref, len(refs)), (one, len(rest))):
+        for _ in ordered_map(fn, range(n), workers=workers):
+            pass

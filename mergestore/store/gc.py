@@ -12,9 +12,10 @@ Why gc never loses live data:
 - From the roots it marks commits (parents, base, plan, run, the plan's input commits, a lazy
   merge's computed tree), trees, files, headers, blocks, and the delta reference of every live
   block. Blocks of merge journals younger than the grace period are live (a killed merge may
-  resume); older journals expire. An evicted merge's dropped blocks are not missing: its plan
-  rebuilds them. If anything reachable is missing or corrupt,
-  its children are unknown, so gc stops before changing anything.
+  resume); older journals expire. A killed merge's unpublished work (store/pending.py) is
+  published first, so its journal counts the same way. An evicted merge's dropped blocks are
+  not missing: its plan rebuilds them. If anything reachable is missing or corrupt, its
+  children are unknown, so gc stops before changing anything.
 - Packs are rewritten in three steps, each safe to kill: (1) copy the live entries of mostly
   dead packs into new packs and fsync them; (2) in one LMDB transaction, repoint the moved
   blocks and delete dead objects, blocks, statistics and expired reflog entries; (3) unlink the
@@ -158,6 +159,10 @@ def collect_garbage(
     if not 0.0 < repack_threshold <= 1.0:
         raise MergestoreError("the repack threshold must be in (0, 1]")
     t0 = time.perf_counter()
+    if not dry_run:  # killed merges' saved work: published, its journal then ages as any other
+        from mergestore.store.pending import publish_orphans
+
+        publish_orphans(repo)
     lock_fd = repo.gc_lock(exclusive=True)
     try:
         now = time.time() if now is None else now

@@ -33,6 +33,9 @@ LAZY_META = "mergestore.lazy"  # commit meta key of a merge committed before it 
 
 
 def _get(repo: Repository, key: bytes) -> bytes | None:
+    found, value = repo.overlay_index_value(DB, key)  # a merge's own unpublished entries
+    if found:
+        return value
     with repo.index.read() as txn:
         raw = txn.get(key, db=repo.index.db(DB))
     return bytes(raw) if raw is not None else None
@@ -134,7 +137,18 @@ def journal(repo: Repository, plan_id: bytes) -> dict[str, Any] | None:
 
 
 def journals(repo: Repository) -> dict[bytes, dict[str, Any]]:
-    return {k: _json(v) for k, v in _scan(repo, JOURNAL)}
+    """Every journal: published ones, and those of merges whose session is saved but not
+    published (running, or killed: store/pending.py)."""
+    from mergestore.store.pending import journals as saved
+
+    out = saved(repo, DB, JOURNAL)
+    out.update((k, _json(v)) for k, v in _scan(repo, JOURNAL))
+    return out
+
+
+def published_journals(repo: Repository) -> list[bytes]:
+    """The plan ids of journals in the index (not those of saved, unpublished sessions)."""
+    return [k for k, _ in _scan(repo, JOURNAL)]
 
 
 def set_journal(session: WriteSession, plan_id: bytes, body: dict[str, Any] | None) -> None:

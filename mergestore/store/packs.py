@@ -217,6 +217,18 @@ class PackAppender:
         self._offset = self.start_sizes.get(self._pack_id, self._offset)
         self._writeback_from = self._offset
 
+    def sizes(self) -> dict[int, tuple[int, int, bool]]:
+        """Per pack taken: (its size when taken, its size now, whether this appender made it)."""
+        out = {}
+        for pid, start in self.start_sizes.items():
+            if pid == self._pack_id and self._fd is not None:
+                end = self._offset
+            else:
+                fd = self._fds.get(pid)
+                end = os.fstat(fd).st_size if fd is not None else start
+            out[pid] = (start, end, pid in self.created)
+        return out
+
     def sync(self) -> None:
         """Make every appended byte durable (before the index transaction that points at it)."""
         for pid in sorted(self._dirty):

@@ -77,6 +77,7 @@ FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 _OBJ_PLAIN, _OBJ_ZSTD = b"\x00", b"\x01"
 _SEQ = struct.Struct(">Q")
+_STAND_IN_CODECS = 0xFF00  # codec ids above this stand in for unpublished ones (read_through)
 _INPUT_COMMIT = b"\x00input-commit\x00"  # statcache keys of merge inputs' commits (no real path
 # starts with NUL)
 
@@ -153,6 +154,9 @@ class Repository:
         self._slots: dict[int, tuple[str, str]] = {}
         self.read_only: str | None = None  # why writing is refused (a view of a remote)
         self.on_lock_wait: OnWait | None = None  # told the holders when the lock is busy
+        # An unpublished session this process reads through (read_through): a merge reads the
+        # folders it stored, and what it computed, before publishing them all at once.
+        self._overlay: WriteSession | None = None
 
     # ----- lifecycle -------------------------------------------------------------------------
 
@@ -236,7 +240,14 @@ class Repository:
         return out
 
     def _promised_location(self, txn: Any, bid: bytes) -> BlockLocation | None:
-        """A block fetched but not yet published by the keeper, else its promised entry."""
+        """A block of the session read through, or fetched but not yet published by the
+        keeper, else its promised entry."""
+        overlay = self._overlay
+        if overlay is not None:
+            pb = overlay.blocks.get(bid)
+            if pb is not None:
+                codec = self._pending_codec_id(txn, pb.spec)
+                return BlockLocation(pb.pack, pb.offset, pb.length, pb.raw_len, codec, pb.ref)
         if self._keeper is not None:
             kept = self._keeper.pending_location(bid)
             if kept is not None:
@@ -250,6 +261,9 @@ class Repository:
         return loc is not None and is_promised(loc)
 
     def has_block(self, bid: bytes) -> bool:
+        overlay = self._overlay
+        if overlay is not None and bid in overlay.blocks:
+            return True
         with self.index.read() as txn:
             return txn.get(bid, db=self.index.db("blocks")) is not None
 
@@ -444,6 +458,9 @@ class Repository:
     # ----- objects ---------------------------------------------------------------------------
 
     def get_object_bytes(self, oid: bytes) -> bytes | None:
+        overlay = self._overlay
+        if overlay is not None and oid in overlay.objects:
+            return overlay.objects[oid]
         with self.index.read() as txn:
             raw = txn.get(oid, db=self.index.db("objects"))
         if raw is None:
@@ -559,6 +576,9 @@ class Repository:
 
     def input_commit(self, folder: bytes) -> bytes | None:
         """The commit last made of this folder as a merge input (see put_input_commit)."""
+        overlay = self._overlay
+        if overlay is not None and _INPUT_COMMIT + folder in overlay.input_commits:
+            return overlay.input_commits[_INPUT_COMMIT + folder]
         with self.index.read() as txn:
             raw = txn.get(_INPUT_COMMIT + folder, db=self.index.db("statcache"))
         return bytes(raw) if raw is not None and len(raw) == 32 else None
@@ -742,6 +762,48 @@ class Repository:
             raise MergestoreError(self.read_only)
         return WriteSession(self)
 
+    @contextlib.contextmanager
+    def read_through(self, session: WriteSession) -> Iterator[None]:
+        """Reads in this process see `session`'s blocks and objects before it is published
+        (a merge reads the folders it stored in it, and builds its tree from what it
+        computed). Other processes see nothing until it publishes."""
+        if self._overlay is not None:
+            raise MergestoreError("read_through: a session is read through already")
+        self._overlay = session
+        try:
+            yield
+        finally:
+            self._overlay = None
+
+    @property
+    def reading_session(self) -> WriteSession | None:
+        """The unpublished session this process reads through (read_through), if any: work
+        done inside a merge (a lazy input computed, an adapter applied) goes into it."""
+        return self._overlay
+
+    def overlay_index_value(self, db: str, key: bytes) -> tuple[bool, bytes | None]:
+        """(True, value) when the session read through sets index entry `key` of `db` (value
+        None: deletes it); (False, None) when it does not touch it."""
+        overlay = self._overlay
+        if overlay is not None and (db, key) in overlay.index_puts:
+            return True, overlay.index_puts[(db, key)]
+        return False, None
+
+    def _pending_codec_id(self, txn: Any, spec: str) -> int:
+        """The codec id of `spec` for a location of an unpublished block: the stored id if
+        the store knows the codec, else a stand-in from the top of the id range, known only
+        to this process (publish() gives the real one)."""
+        raw = txn.get(b"s:" + spec.encode(), db=self.index.db("codecs"))
+        if raw is not None:
+            return int(struct.unpack("<H", raw)[0])
+        with self._codec_lock:
+            for cid, known in self._codec_specs.items():
+                if known == spec and cid >= _STAND_IN_CODECS:
+                    return cid
+            cid = 0xFFFF - sum(1 for c in self._codec_specs if c >= _STAND_IN_CODECS)
+            self._codec_specs[cid] = spec
+            return cid
+
     def gc_lock(self, exclusive: bool) -> int:
         mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
         what = "a running gc" if not exclusive else "running writers to finish"
@@ -853,6 +915,28 @@ class WriteSession:
         if self._gc_fd is not None:
             os.close(self._gc_fd)
             self._gc_fd = None
+
+    def sync(self) -> None:
+        """Make every block appended so far durable (pending.py saves the session after)."""
+        self._appender.sync()
+
+    def pack_sizes(self) -> dict[int, tuple[int, int, bool]]:
+        """Per pack appended to: (size when taken, size now, created by this session)."""
+        return self._appender.sizes()
+
+    @property
+    def holds_anything(self) -> bool:
+        """Whether publishing would write anything (blocks, objects or index entries)."""
+        return bool(
+            self.blocks or self.objects or self.stats or self.stat_cache or self.input_commits
+            or self.index_puts
+        )  # fmt: skip
+
+    def discard(self) -> None:
+        """Give back what this session appended (it will not publish): see __exit__."""
+        if not self.published and not self._committing:
+            with contextlib.suppress(OSError):
+                self._appender.rollback()
 
     # blocks
 

@@ -38,3 +38,37 @@ def test_stored_blocks_verify_and_a_flipped_byte_is_named(tiny_family, store: St
     other = IdxEntry(entries[0].block, e.offset, e.length, e.raw_len, e.spec, e.ref)
     with pytest.raises(RemoteCorruptionError, match="does not match its id"):
         check_block(store.repo, "origin", "p" * 64, other, payloads[deltas[0]])
+
+
+def test_a_batch_decodes_each_block_once_and_names_a_bad_reference(
+    tiny_family, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Deltas checked in the batch that holds their references use the references' raw bytes
+    from that batch's own check: every payload is decoded once, none read from the store."""
+    from mergestore.remote import verify
+    from mergestore.store import codecs
+
+    commit_family(store, tiny_family)
+    entries, payloads = _entries(store)
+    items = [("p" * 64, e, p) for e, p in zip(entries, payloads, strict=True)]
+    assert any(e.ref is not None for e in entries)
+    calls: list[int] = []
+    real = codecs.decode_block_into
+
+    def counting(*a, **k):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(codecs, "decode_block_into", counting)
+    monkeypatch.setattr(store.repo, "read_block", lambda *_a: pytest.fail("read the store"))
+    arena = verify.RawArena()
+    verify.check_fetched(store.repo, "origin", items, arena)
+    assert len(calls) == len(items)
+    # a reference with a flipped byte is named (its deltas are never checked against it)
+    i = next(i for i, e in enumerate(entries) if e.ref is None and any(
+        d.ref == e.block for d in entries))  # fmt: skip
+    bad = bytearray(payloads[i])
+    bad[len(bad) // 2] ^= 0x40
+    items[i] = ("p" * 64, entries[i], bytes(bad))
+    with pytest.raises(RemoteCorruptionError, match=entries[i].block.hex()[:12]):
+        verify.check_fetched(store.repo, "origin", items, arena)
