@@ -75,16 +75,35 @@ def remote(ctx: click.Context, verbose: bool, as_json: bool) -> None:
         emit_json(
             {
                 "remotes": [
-                    {"name": n, "url": mask_url(u), "lazy": lazy[n]} for n, u in remotes.items()
+                    {"name": n, "url": mask_url(u), "lazy": lazy[n], **_credentials(u, True)}
+                    for n, u in remotes.items()
                 ]
             }
         )
         return
     for name, url in remotes.items():
         if verbose:
-            click.echo(f"{name}\t{mask_url(url)}" + ("\t(lazy)" if lazy[name] else ""))
+            note = _credentials(url, False).get("credentials")
+            click.echo(
+                f"{name}\t{mask_url(url)}"
+                + ("\t(lazy)" if lazy[name] else "")
+                + (f"\t{note}" if note else "")
+            )
         else:
             click.echo(name)
+
+
+def _credentials(url: str, as_json: bool) -> dict:
+    """A gs:// or az:// remote's credentials from the environment, secrets masked (cloud.py)."""
+    from mergestore.remote.cloud import TABLES, credential_summary, store_config
+    from mergestore.remote.url import parse_url
+
+    spec = parse_url(url)
+    if spec.scheme not in TABLES:
+        return {}
+    if as_json:
+        return {"credentials": dict(store_config(spec).used)}
+    return {"credentials": credential_summary(spec)}
 
 
 def _lazy_flags(store: Store) -> dict[str, bool]:

@@ -19,6 +19,15 @@ F16C_TARGET static void sub_f16c(uint16_t *out, const uint16_t *x, const uint16_
 
 /* ------------------------------------------------------------------ 16-bit rank cuts */
 
+/* out = x - base in fp32, rounded back to the 16-bit format: `widen` and `narrow` are that
+ * format's conversions (bf16_to_f32 and rne16, or f16_to_f32 and rne_f16). Always inlined with
+ * constant conversions, so each call compiles to the loop written out for its format. */
+ALWAYS_INLINE static inline void sub_round16(uint16_t *out, const uint16_t *x, const uint16_t *b,
+                                             Py_ssize_t m, float (*widen)(uint16_t),
+                                             uint16_t (*narrow)(float)) {
+    for (Py_ssize_t j = 0; j < m; j++) out[j] = narrow(widen(x[j]) - widen(b[j]));
+}
+
 /* out = x - base rounded to bf16 (or fp16 with f16), and hist[|out| bits] += 1 over the 15
  * magnitude bits. Two interleaved 32-bit histograms per tile, so runs of equal bins do not
  * serialize on one counter. */
@@ -32,15 +41,13 @@ HOT static int sub_hist16(uint16_t *out, const uint16_t *x, const uint16_t *b, P
         Py_ssize_t m = n - s < TILE ? n - s : TILE;
         uint16_t *o = out + s;
         if (!f16)
-            for (Py_ssize_t j = 0; j < m; j++)
-                o[j] = rne16(bf16_to_f32(x[s + j]) - bf16_to_f32(b[s + j]));
+            sub_round16(o, x + s, b + s, m, bf16_to_f32, rne16);
 #if HAVE_F16C_KERNELS
         else if (have_f16c)
             sub_f16c(o, x + s, b + s, m);
 #endif
         else
-            for (Py_ssize_t j = 0; j < m; j++)
-                o[j] = rne_f16(f16_to_f32(x[s + j]) - f16_to_f32(b[s + j]));
+            sub_round16(o, x + s, b + s, m, f16_to_f32, rne_f16);
         Py_ssize_t j = 0;
         for (; j + 2 <= m; j += 2) {
             h0[o[j] & 0x7FFF]++;
@@ -95,40 +102,47 @@ d1:
     return ret;
 }
 
-/* Index of the need-th (1-based) element of p whose magnitude bits equal v; -1 if fewer.
- * Counts whole runs of 4096 first (a vectorized loop), then scans the run holding it. */
-HOT static Py_ssize_t nth_equal16(const uint16_t *p, Py_ssize_t n, uint16_t v, Py_ssize_t need) {
-    if (need <= 0) return -1;
-    Py_ssize_t seen = 0;
-    for (Py_ssize_t s = 0; s < n; s += 4096) {
-        Py_ssize_t m = n - s < 4096 ? n - s : 4096, c = 0;
-        for (Py_ssize_t j = 0; j < m; j++) c += (p[s + j] & 0x7FFF) == v;
-        if (seen + c < need) {
-            seen += c;
-            continue;
-        }
-        for (Py_ssize_t j = 0; j < m; j++)
-            if ((p[s + j] & 0x7FFF) == v && ++seen == need) return s + j;
+/* Index of the need-th (1-based) element of p whose magnitude bits (p & MASK) equal v; -1 if
+ * fewer. Counts whole runs of 4096 first (a vectorized loop), then scans the run holding it.
+ * One body for the 16-bit and the 32-bit element. */
+#define NTH_EQUAL(NAME, T, MASK)                                                              \
+    HOT static Py_ssize_t NAME(const T *p, Py_ssize_t n, T v, Py_ssize_t need) {              \
+        if (need <= 0) return -1;                                                             \
+        Py_ssize_t seen = 0;                                                                  \
+        for (Py_ssize_t s = 0; s < n; s += 4096) {                                            \
+            Py_ssize_t m = n - s < 4096 ? n - s : 4096, c = 0;                                \
+            for (Py_ssize_t j = 0; j < m; j++) c += (p[s + j] & (MASK)) == v;                 \
+            if (seen + c < need) {                                                            \
+                seen += c;                                                                    \
+                continue;                                                                     \
+            }                                                                                 \
+            for (Py_ssize_t j = 0; j < m; j++)                                                \
+                if ((p[s + j] & (MASK)) == v && ++seen == need) return s + j;                 \
+        }                                                                                     \
+        return -1;                                                                            \
     }
-    return -1;
-}
+NTH_EQUAL(nth_equal16, uint16_t, 0x7FFF)
+NTH_EQUAL(nth_equal32, uint32_t, 0x7FFFFFFFu)
 
-/* Index of the need-th (1-based) element whose magnitude bits equal v; -1 if fewer. */
-PyObject *py_nth_equal16(PyObject *self, PyObject *args) {
+/* py_nth_equal16 and py_nth_equal32: (bits, v, need) over elements of `size` bytes. */
+static PyObject *nth_equal_py(PyObject *args, int size) {
     PyObject *o;
     unsigned int v;
     Py_ssize_t need;
     if (!PyArg_ParseTuple(args, "OIn", &o, &v, &need)) return NULL;
     Buf a;
-    if (get_buf(o, &a, 0, 2, "bits") < 0) return NULL;
-    const uint16_t *p = a.view.buf;
-    Py_ssize_t n = a.view.len / 2, found;
+    if (get_buf(o, &a, 0, size, "bits") < 0) return NULL;
+    Py_ssize_t found;
     Py_BEGIN_ALLOW_THREADS
-    found = nth_equal16(p, n, (uint16_t)v, need);
+    found = size == 2 ? nth_equal16(a.view.buf, a.view.len / 2, (uint16_t)v, need)
+                      : nth_equal32(a.view.buf, a.view.len / 4, (uint32_t)v, need);
     Py_END_ALLOW_THREADS
     release(&a);
     return PyLong_FromSsize_t(found);
 }
+
+/* Index of the need-th (1-based) element whose magnitude bits equal v; -1 if fewer. */
+PyObject *py_nth_equal16(PyObject *self, PyObject *args) { return nth_equal_py(args, 2); }
 
 /* A cut: mode 0 keeps nothing, 1 everything, 2 the largest (bits > v, or == v before `last`),
  * 3 the smallest (bits < v, or == v before `last`); `last` is a flat index.
@@ -140,6 +154,18 @@ static void cut_range(int mode, int v, int ties_in, int *lo, int *hi) {
         case 2: *lo = ties_in ? v : v + 1, *hi = 0xFFFF; break;
         default: *lo = 0, *hi = ties_in ? v : v - 1; break;
     }
+}
+
+/* Where cut 1 (b1) and cut 2 (b2, when m2 >= 0) stop taking their ties, clamped to [0, n]; the
+ * segments [cuts[k], cuts[k + 1]) between them are each one range of kept magnitude bits. */
+static void cut_segments(Py_ssize_t n, Py_ssize_t l1, int m2, Py_ssize_t l2, Py_ssize_t *b1,
+                         Py_ssize_t *b2, Py_ssize_t cuts[4]) {
+    *b1 = l1 < 0 ? 0 : (l1 > n ? n : l1);
+    *b2 = m2 < 0 ? 0 : (l2 < 0 ? 0 : (l2 > n ? n : l2));
+    cuts[0] = 0;
+    cuts[1] = *b1 < *b2 ? *b1 : *b2;
+    cuts[2] = *b1 < *b2 ? *b2 : *b1;
+    cuts[3] = n;
 }
 
 /* Multiply by 0 the elements with magnitude bits outside [lo1, hi1] or inside [lo2, hi2]: a
@@ -162,9 +188,8 @@ HOT static void zero_outside(uint16_t *d, Py_ssize_t n, int lo1, int hi1, int lo
 static void apply_cuts16(uint16_t *data, Py_ssize_t n, int m1, int v1, Py_ssize_t l1, int m2,
                          int v2, Py_ssize_t l2, int f16) {
     /* breakpoints where a cut stops taking its ties */
-    Py_ssize_t b1 = l1 < 0 ? 0 : (l1 > n ? n : l1);
-    Py_ssize_t b2 = m2 < 0 ? 0 : (l2 < 0 ? 0 : (l2 > n ? n : l2));
-    Py_ssize_t cuts[4] = {0, b1 < b2 ? b1 : b2, b1 < b2 ? b2 : b1, n};
+    Py_ssize_t b1, b2, cuts[4];
+    cut_segments(n, l1, m2, l2, &b1, &b2, cuts);
     for (int seg = 0; seg < 3; seg++) {
         Py_ssize_t s = cuts[seg], e = cuts[seg + 1];
         if (e <= s) continue;
@@ -440,37 +465,7 @@ PyObject *py_hist_lo32(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-/* Index of the need-th (1-based) element whose 31 magnitude bits equal v; -1 if fewer. */
-HOT static Py_ssize_t nth_equal32(const uint32_t *p, Py_ssize_t n, uint32_t v, Py_ssize_t need) {
-    if (need <= 0) return -1;
-    Py_ssize_t seen = 0;
-    for (Py_ssize_t s = 0; s < n; s += 4096) {
-        Py_ssize_t m = n - s < 4096 ? n - s : 4096, c = 0;
-        for (Py_ssize_t j = 0; j < m; j++) c += (p[s + j] & 0x7FFFFFFFu) == v;
-        if (seen + c < need) {
-            seen += c;
-            continue;
-        }
-        for (Py_ssize_t j = 0; j < m; j++)
-            if ((p[s + j] & 0x7FFFFFFFu) == v && ++seen == need) return s + j;
-    }
-    return -1;
-}
-
-PyObject *py_nth_equal32(PyObject *self, PyObject *args) {
-    PyObject *o;
-    unsigned int v;
-    Py_ssize_t need;
-    if (!PyArg_ParseTuple(args, "OIn", &o, &v, &need)) return NULL;
-    Buf a;
-    if (get_buf(o, &a, 0, 4, "bits") < 0) return NULL;
-    Py_ssize_t found;
-    Py_BEGIN_ALLOW_THREADS
-    found = nth_equal32(a.view.buf, a.view.len / 4, (uint32_t)v, need);
-    Py_END_ALLOW_THREADS
-    release(&a);
-    return PyLong_FromSsize_t(found);
-}
+PyObject *py_nth_equal32(PyObject *self, PyObject *args) { return nth_equal_py(args, 4); }
 
 static void cut_range32(int mode, int64_t v, int ties_in, int64_t *lo, int64_t *hi) {
     switch (mode) {
@@ -518,9 +513,8 @@ PyObject *py_apply_cuts32(PyObject *self, PyObject *args) {
     if (get_buf(o, &a, 1, 4, "data") < 0) return NULL;
     Py_ssize_t n = a.view.len / 4;
     Py_BEGIN_ALLOW_THREADS
-    Py_ssize_t b1 = l1 < 0 ? 0 : (l1 > n ? n : l1);
-    Py_ssize_t b2 = m2 < 0 ? 0 : (l2 < 0 ? 0 : (l2 > n ? n : l2));
-    Py_ssize_t cuts[4] = {0, b1 < b2 ? b1 : b2, b1 < b2 ? b2 : b1, n};
+    Py_ssize_t b1, b2, cuts[4];
+    cut_segments(n, l1, m2, l2, &b1, &b2, cuts);
     for (int seg = 0; seg < 3; seg++) {
         Py_ssize_t s = cuts[seg], e = cuts[seg + 1];
         if (e <= s) continue;

@@ -6,7 +6,7 @@ to the reference block (it contributes no delta), and every other block is read 
 (a delta-coded block is decoded against the reference block already in hand); each block id is
 read once per task. The method's pure kernel then runs on the task's tensors, and the output is
 cut into blocks and handed to a sink (the store, or a hasher for replay). A task is a whole
-tensor, or, for elementwise methods, a run of 8 blocks of a larger one (run.elementwise_pieces).
+tensor, or, for elementwise methods, a run of 8 blocks of a larger one (pieces.elementwise_pieces).
 
 Each tensor whose method has a torch-free kernel for its dtypes and parameters (ops.lanes:
 linear, task_arithmetic, ties and breadcrumbs(_ties), inputs in bf16, fp16 or fp32, compute in

@@ -18,16 +18,16 @@ Both give the same outputs, block for block (the engine is deterministic per ten
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
+
+from mergestore.merge.prepared import Progress
 
 if TYPE_CHECKING:
     from mergestore.merge.journal import ComputeResult
     from mergestore.merge.outfolder import FolderOutput
-    from mergestore.merge.run import PreparedMerge
+    from mergestore.merge.prepared import PreparedMerge
     from mergestore.store.repo import Repository, WriteSession
 
-Progress = Callable[[int], None]
 EXECUTORS = ("local", "ray")
 
 
@@ -69,10 +69,9 @@ class LocalExecutor:
         progress: Progress | None = None,
         folder: FolderOutput | None = None,
     ) -> ComputeResult:
-        from mergestore.merge import journal, memo
-        from mergestore.merge import run as run_mod
+        from mergestore.merge import journal, memo, outfolder, prepared
 
-        engine = run_mod.make_engine(repo, prep)
+        engine = prepared.make_engine(repo, prep)
         engine.device = prep.device
         plan_id = prep.plan.id
         names = {t.plan.name for t in prep.tasks}
@@ -85,9 +84,9 @@ class LocalExecutor:
             layout_commit = prep.models[layout_index].commit
             folder.prepare(
                 repo,
-                run_mod.predict_outputs(engine, prep.tasks),
+                outfolder.predict_outputs(engine, prep.tasks),
                 layout_commit,
-                run_mod.output_files(prep)["shard_bytes"],
+                prepared.output_files(prep)["shard_bytes"],
             )
             wrap = folder.sink
         return journal.compute(
@@ -96,7 +95,7 @@ class LocalExecutor:
             prep.tasks,
             len(prep.models),
             plan_id,
-            reuse=journal.journaled_outputs(repo, plan_id, run_mod.ENGINE, names, ws),
+            reuse=journal.journaled_outputs(repo, plan_id, prepared.ENGINE, names, ws),
             track_delta=prep.selection.active,
             omitted=prep.plan_body.get("omitted_from_base"),
             progress=progress,

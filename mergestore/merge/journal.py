@@ -141,7 +141,7 @@ def compute(
     With `session` (a merge's, merge/session.py) the chunks go into it unpublished, and
     `save(tensors done)` is called after each one instead (the session saved to survive a
     kill: store/pending.py)."""
-    from mergestore.merge.run import run_tasks
+    from mergestore.merge.pieces import run_tasks  # looked up per call: tests replace it
 
     res = ComputeResult(outputs=dict(reuse or {}), expert_bytes_read=[0] * n_models)
     res.reused = sum(1 for t in tasks if t.plan.name in res.outputs)
@@ -218,6 +218,6 @@ def add_lanes(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
 
 
 def engine_name() -> str:
-    from mergestore.merge.run import ENGINE
+    from mergestore.merge.prepared import ENGINE
 
     return ENGINE

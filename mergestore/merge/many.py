@@ -17,7 +17,8 @@ from typing import Any
 
 from mergestore.errors import MergeError, MergestoreError
 from mergestore.merge.config import MergeConfig, load_config
-from mergestore.merge.run import MergeResult, PreparedMerge, execute, prepare
+from mergestore.merge.prepared import MergeResult, PreparedMerge
+from mergestore.merge.run import execute, prepare
 from mergestore.store.refs import check_new_ref_name
 from mergestore.store.repo import Repository
 

@@ -36,7 +36,7 @@ def prepared_from_commit(repo: Repository, c: Commit) -> Any:
     from mergestore.merge import budget as budget_mod
     from mergestore.merge.config import config_from_mapping, models_in_config
     from mergestore.merge.inputs import ResolvedModel, _tensors
-    from mergestore.merge.run import PreparedMerge, _base_index, make_tasks
+    from mergestore.merge.prepared import PreparedMerge, find_base_index, make_tasks
     from mergestore.merge.tensorplan import plan_tensors
     from mergestore.ops import get_method
 
@@ -53,7 +53,7 @@ def prepared_from_commit(repo: Repository, c: Commit) -> Any:
         ResolvedModel(r, cid, _tensors(repo, cid)) for r, cid in zip(refs, commits, strict=True)
     ]
     plans = plan_tensors(cfg, spec, refs, {i: list(m.tensors) for i, m in enumerate(models)})
-    base_index = _base_index(cfg, models)
+    base_index = find_base_index(cfg, models)
     tasks = make_tasks(plans, models, base_index)
     selection = budget_mod.Selection.from_plan(body)
     for t in tasks:
@@ -130,7 +130,7 @@ def _compute(
 ) -> tuple[dict[str, Any], dict[str, OutputTensor]]:
     """materialize's work; also returns the wanted tensors' outputs (computed or reused)."""
     from mergestore.merge import journal
-    from mergestore.merge.run import ENGINE, make_engine, publish_tree
+    from mergestore.merge.prepared import ENGINE, make_engine, publish_tree
 
     cid = c.id
     out: dict[str, Any] = {"commit": cid.hex(), "state": merges.state(repo, c)}

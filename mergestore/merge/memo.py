@@ -31,7 +31,7 @@ def use(
     progress: Any = None,
 ) -> Any:
     """Return the memo commit as the merge's result and move `ref` to it."""
-    from mergestore.merge.run import MergeResult
+    from mergestore.merge.prepared import MergeResult
 
     c = repo.get_commit(cid)
     computed = None
@@ -61,7 +61,7 @@ def check_forced(
     repo: Repository, session: Any, cid: bytes, tree: bytes, prep: Any, ref: str, run: dict
 ) -> Any:
     """--force on a memo hit: the recomputed tree must be the commit's; then move `ref`."""
-    from mergestore.merge.run import MergeResult
+    from mergestore.merge.prepared import MergeResult
 
     c = repo.get_commit(cid)
     want = merges.tree_id(repo, c)

@@ -44,7 +44,7 @@ def planned_shapes(repo: Repository, cid: bytes) -> list[TensorShape]:
     from mergestore.merge.layout import plan_shards
     from mergestore.merge.materialize import prepared_from_commit
     from mergestore.merge.outfolder import predict_outputs
-    from mergestore.merge.run import make_engine, output_files
+    from mergestore.merge.prepared import make_engine, output_files
 
     prep = prepared_from_commit(repo, repo.get_commit(cid))
     engine = make_engine(repo, prep)

@@ -22,7 +22,7 @@ from mergestore.errors import CorruptionError, MergeError, MergestoreError
 from mergestore.formats.safetensors import DTYPE_SIZES
 from mergestore.merge import ray_output
 from mergestore.merge.engine import EngineStats, OutputTensor, TensorTask, task_bytes
-from mergestore.merge.executor import Progress
+from mergestore.merge.prepared import Progress
 from mergestore.merge.ray_memory import check_fits, footprint, largest_node_memory
 from mergestore.merge.ray_worker import GroupJob, GroupResult, MergePart, part_settings, run_group
 from mergestore.store import faults
@@ -32,7 +32,7 @@ from mergestore.store.worker_packs import WrittenBlock, adopt_blocks, block_plac
 
 if TYPE_CHECKING:
     from mergestore.merge.journal import ComputeResult
-    from mergestore.merge.run import PreparedMerge
+    from mergestore.merge.prepared import PreparedMerge
     from mergestore.store.repo import Repository, WriteSession
 
 INSTALL_HINT = 'the ray executor needs Ray, which is not installed: pip install "mergestore[ray]"'

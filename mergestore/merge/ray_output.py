@@ -26,18 +26,32 @@ import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from mergestore.errors import CorruptionError, MergeError
 from mergestore.store.promised import PROMISED_PACK_BASE
 from mergestore.store.worker_packs import BlockPlace
 
 if TYPE_CHECKING:
-    from mergestore.merge.ray_worker import GroupJob
     from mergestore.remote.state import RemoteState
+    from mergestore.remote.url import RemoteURL
     from mergestore.remote.worker_output import UploadedPack
     from mergestore.store.repo import Repository
     from mergestore.store.worker_packs import WrittenBlock
+
+
+class OutputJob(Protocol):
+    """What WorkerOutput reads of a task's job (ray_worker.GroupJob has these fields; a
+    protocol here, so this module need not import ray_worker, which imports it)."""
+
+    pack_dir: str
+    places: dict[bytes, BlockPlace]
+    remote_places: dict[bytes, BlockPlace]
+    remote_urls: dict[str, RemoteURL]
+    output: str
+    probe: str | None
+    upload_remote: str | None
+
 
 OUTPUT_ENV = "MERGESTORE_RAY_OUTPUT"
 MODES = ("auto", "store", "remote")
@@ -115,7 +129,7 @@ class RemotePlaces:
 class WorkerOutput:
     """A worker's side: does it see the store, which places it reads, where it writes."""
 
-    def __init__(self, job: GroupJob) -> None:
+    def __init__(self, job: OutputJob) -> None:
         self.job = job
         sees = job.probe is not None and os.path.exists(job.probe)
         self.remote = job.output == "remote" or (job.output == "auto" and not sees)

@@ -72,8 +72,7 @@ def _warm(address: str, cpus_per_task: int) -> None:
 
 def import_worker() -> int:
     """What a worker imports before its first merge task (run on each warm worker)."""
-    import mergestore.merge.ray_worker
-    import mergestore.merge.run  # noqa: F401  (run_group imports it lazily)
+    import mergestore.merge.pieces  # noqa: F401  (run_group imports it lazily)
 
     return os.getpid()
 

@@ -109,7 +109,7 @@ class GroupResult:
 
 def run_group(job: GroupJob) -> GroupResult:
     """Merge every part's tensors; outputs of each part in its task order."""
-    from mergestore.merge.run import run_tasks
+    from mergestore.merge.pieces import run_tasks
 
     t0, c0 = time.perf_counter(), time.process_time()
     os.environ["MERGESTORE_MERGE_WORKERS"] = str(max(1, job.threads))

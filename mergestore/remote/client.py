@@ -93,7 +93,9 @@ def _profile_config() -> dict[str, str]:
 
 def scrub(text: str, secrets: Iterable[str] = ()) -> str:
     """Remove secret values (from the environment or a profile) from a message."""
-    for name in _SECRET_ENV:
+    from mergestore.remote.cloud import SECRET_ENV
+
+    for name in (*_SECRET_ENV, *SECRET_ENV):
         v = os.environ.get(name)
         if v and len(v) >= 4:
             text = text.replace(v, "***")
@@ -114,7 +116,7 @@ class ObjectClient:
 
     def __init__(self, url: RemoteURL, name: str = "remote") -> None:
         import obstore
-        from obstore.store import LocalStore, S3Store, from_url
+        from obstore.store import LocalStore, S3Store
 
         self.url = url
         self.name = name
@@ -150,9 +152,15 @@ class ObjectClient:
                 client_options={"allow_http": endpoint.startswith("http://")},
                 retry_config=retry_config(),
             )
-        else:
-            root = f"{url.scheme}://{url.bucket}/{url.prefix}".rstrip("/")
-            self.store = from_url(root, retry_config=retry_config())
+        else:  # gs://, az://: credentials from the standard environment (remote/cloud.py)
+            from mergestore.remote.cloud import open_store, store_config
+
+            cloud = store_config(url)
+            self._secrets = cloud.secrets
+            try:
+                self.store = open_store(url, cloud, retry_config())
+            except Exception as e:  # obstore refuses a config it cannot use (no account, ...)
+                raise self._fail("open", url.text, e) from None
 
     # ----- errors ----------------------------------------------------------------------------
 

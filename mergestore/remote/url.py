@@ -2,11 +2,12 @@
 
 Accepted forms:
     s3://BUCKET/PREFIX[?endpoint=http://host:port&region=REGION]
-    gs://BUCKET/PREFIX, az://CONTAINER/PREFIX      (handed to obstore as they are)
+    gs://BUCKET/PREFIX, az://CONTAINER/PREFIX      (obstore's GCSStore and AzureStore: cloud.py)
     file:///ABSOLUTE/PATH, or an absolute or relative local path
 
 Credentials never live in a URL: they come from the environment (AWS_ACCESS_KEY_ID,
-AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_PROFILE, AWS_ENDPOINT_URL, ...). A URL that
+AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_PROFILE, AWS_ENDPOINT_URL, ...; GOOGLE_* and
+AZURE_STORAGE_* for gs:// and az://, remote/cloud.py). A URL that
 carries one (user:password@, or a query parameter like a key, secret, token or signature) is
 refused by `remote add`, so it is never stored; `mask_url` hides such parts wherever a URL
 is printed anyway.
@@ -24,6 +25,11 @@ from mergestore.errors import MergestoreError
 
 SCHEMES = ("s3", "gs", "az", "file")
 _S3_PARAMS = ("endpoint", "region")
+_AWS = "AWS_* environment variables or a profile"
+_CREDENTIAL_ENV = {
+    "gs": "GOOGLE_* environment variables",
+    "az": "AZURE_STORAGE_* environment variables",
+}
 _SECRET_WORDS = re.compile(r"(secret|token|key|sig|password|credential|auth)", re.I)
 
 
@@ -96,7 +102,8 @@ def parse_url(text: str, *, base: Path | None = None) -> RemoteURL:
     if secrets:
         raise RemoteURLError(
             f"remote URL {mask_url(text)} carries a credential ({', '.join(secrets)}); "
-            "give credentials through AWS_* environment variables or a profile instead"
+            f"give credentials through {_CREDENTIAL_ENV.get(text.split(':', 1)[0].lower(), _AWS)}"
+            " instead"
         )
     if not is_url(text):
         if "://" in text:

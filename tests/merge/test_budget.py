@@ -12,7 +12,7 @@ from fixtures.family import FamilySpec, make_family
 from fixtures.store import family_store
 from mergestore.api import Store
 from mergestore.errors import BudgetError
-from mergestore.merge.run import BASE_PRESERVING
+from mergestore.merge.pieces import BASE_PRESERVING
 
 EXPERTS = ["uneven0", "uneven1", "uneven2"]
 
@@ -515,7 +515,7 @@ def test_blocks_from_base_match_computing_them(f32_store: Store, dtype: str | No
     same block ids as running the kernel over every whole tensor (no -0.0 in this base)."""
     from mergestore.merge.config import config_from_cli
     from mergestore.merge.engine import Engine, HashSink
-    from mergestore.merge.run import run_tasks
+    from mergestore.merge.pieces import run_tasks
 
     cfg = config_from_cli(
         "task_arithmetic", "main", EXPERTS, [0.5, 0.3, 0.8], {}, dtype, None, None

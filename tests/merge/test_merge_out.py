@@ -93,15 +93,15 @@ def test_budgeted_out_folder_equals_checkout(
 def test_a_wrong_prediction_falls_back_to_a_checkout(
     family_store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from mergestore.merge import run
+    from mergestore.merge import outfolder
     from mergestore.merge.layout import TensorMeta
 
-    real = run.predict_outputs
+    real = outfolder.predict_outputs
 
     def wrong(engine, tasks):  # type: ignore[no-untyped-def]
         return [TensorMeta(m.name, "F64", m.shape) for m in real(engine, tasks)]
 
-    monkeypatch.setattr(run, "predict_outputs", wrong)
+    monkeypatch.setattr(outfolder, "predict_outputs", wrong)
     info = _merge_and_compare(
         family_store, tmp_path, method="linear", models=EXPERTS, weights=[0.5, 0.3, 0.2]
     )
@@ -111,12 +111,12 @@ def test_a_wrong_prediction_falls_back_to_a_checkout(
 def test_a_failed_merge_leaves_no_folder(
     family_store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from mergestore.merge import run
+    from mergestore.merge import prepared
 
     def boom(*a, **k):  # type: ignore[no-untyped-def]
         raise RuntimeError("injected failure after the tensors were written")
 
-    monkeypatch.setattr(run, "build_tree", boom)
+    monkeypatch.setattr(prepared, "build_tree", boom)
     out = tmp_path / "out"
     with pytest.raises(RuntimeError):
         family_store.merge(method="linear", models=EXPERTS, weights=[1, 1, 1], branch="x", out=out)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-import mergestore.merge.run as run
+import mergestore.merge.pieces as pieces_mod
 from fixtures.family import FamilySpec
 from fixtures.store import family_store
 from mergestore.api import Store
@@ -59,7 +59,7 @@ def test_pieces_give_the_whole_tensors_blocks(
     )
     tag = f"{method}-{dtype}"
     pieces = store.merge(**kw, branch=f"pieces-{tag}")  # not on main: the base stays put
-    monkeypatch.setattr(run, "PIECE_BLOCKS", 10**9)
+    monkeypatch.setattr(pieces_mod, "PIECE_BLOCKS", 10**9)
     whole = store.merge(**kw, branch=f"whole-{tag}", force=True)  # the memo would answer
     n_tensors = len(store.tensors("main"))
     if method == "ties":

@@ -70,16 +70,16 @@ def test_force_recomputes_and_checks_the_blocks(
     assert sum(engine_calls) == 2 * n
     assert forced.commit == first.commit and forced.run["identical"]
     # a kernel that no longer gives the same bits is refused loudly, and nothing moves
-    from mergestore.merge import run as run_mod
+    from mergestore.merge import pieces
 
-    real = run_mod.run_tasks
+    real = pieces.run_tasks
 
     def skewed(engine, tasks, *a, **k):
         outs, stats, taken = real(engine, tasks, *a, **k)
         bad = [dataclasses.replace(o, blocks=o.blocks[::-1]) for o in outs]
         return bad, stats, taken
 
-    monkeypatch.setattr(run_mod, "run_tasks", skewed)
+    monkeypatch.setattr(pieces, "run_tasks", skewed)
     with pytest.raises(MergeError, match="other blocks"):
         family_store.merge(**KW, branch="other", force=True)
     assert "other" not in family_store.branches()
