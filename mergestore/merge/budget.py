@@ -68,6 +68,10 @@ SUBNORMAL_HALF_ULP = {
     23: 2.0**-150,
     52: 2.0**-1075,
 }
+# Methods whose kernel averages the agreeing experts at each element (a disjoint mean): a
+# second expert's block at a position already read brings less than the first (ties' sign
+# election and normalization), so the score order spreads over positions (_order).
+CONSENSUS_METHODS = frozenset({"ties", "breadcrumbs_ties", "dare_ties", "della"})
 # Hidden, benchmark-only block choice (bench/bench_budget.py): score (default), uniform, random.
 STRATEGY_ENV = "MERGESTORE_BUDGET_STRATEGY"
 
@@ -141,8 +145,9 @@ class Selection:
     strategy: str = "score"
     saliency: dict[str, Any] | None = None  # kind, id, source, scores, totals (with --saliency)
     planning_bytes_read: int = 0  # the saliency's bytes (planning, apart from merge reads)
-    # TIES: tensor -> input model -> k_read, the full merge's survivors in the read blocks
-    trim: dict[str, dict[int, int]] = field(default_factory=dict)
+    # ties, breadcrumbs: tensor -> input model -> what the kernel keeps of the read blocks,
+    # k_read (ties) or [top, mid] (breadcrumbs): the full merge's cuts there (merge/trim.py)
+    trim: dict[str, dict[int, Any]] = field(default_factory=dict)
     read: dict[str, dict[int, list[int]]] = field(default_factory=dict)  # tensor -> model -> blocks
     per_model_planned: dict[int, int] = field(default_factory=dict)
     per_model_blocks: dict[int, int] = field(default_factory=dict)
@@ -203,7 +208,10 @@ class Selection:
             error_bound=b.get("error_bound"),
             saliency=b.get("saliency"),
             trim={
-                t: {int(m): int(k) for m, k in ms.items()}
+                t: {
+                    int(m): [int(x) for x in k] if isinstance(k, list) else int(k)
+                    for m, k in ms.items()
+                }
                 for t, ms in (b.get("trim") or {}).items()
             },
         )
@@ -304,8 +312,8 @@ def select(
     sel.analyze_bytes_read, sel.stats_computed = pairs
     sel.expert_bytes_full = sum(c.cost for c in cands)
     sel.strategy = os.environ.get(STRATEGY_ENV, "").strip() or "score"
-    # TIES: the full merge's trim per (tensor, expert), estimated from the kept statistics;
-    # a candidate brings only its delta that survives it (merge/trim.py)
+    # ties, breadcrumbs: the full merge's cuts per (tensor, expert), estimated from the kept
+    # statistics; a candidate brings only its delta that survives them (merge/trim.py)
     trims = trim_mod.fit(spec.name, cands, tasks)
     if trims:
         cands = trimmed_contributions(cands, trims)
@@ -314,7 +322,7 @@ def select(
     if saliency is not None:
         scores = saliency_scores(saliency, cands, tasks)
         sel.planning_bytes_read = saliency.bytes_read
-    order = _order(cands, sel.strategy, scores)
+    order = _order(cands, sel.strategy, scores, spread=spec.name in CONSENSUS_METHODS)
     chosen: list[Candidate] = []
     if budget is not None:
         limit = check_budget(budget, cands, sel)
@@ -362,7 +370,7 @@ def select(
 def trimmed_contributions(
     cands: Sequence[Candidate], trims: dict[tuple[str, int], Any]
 ) -> list[Candidate]:
-    """TIES: each candidate's contribution counts only the delta that survives the trim."""
+    """ties, breadcrumbs: a candidate's contribution counts only the delta that survives."""
     shares = {key: tt.kept_share() for key, tt in trims.items()}
     out = []
     for c in cands:
@@ -571,15 +579,21 @@ def _order(
     cands: Sequence[Candidate],
     strategy: str,
     scores: dict[tuple[str, int, int], float] | None = None,
+    *,
+    spread: bool = False,
 ) -> list[Candidate]:
     """Candidates in the order the budget is filled.
 
     score: by score per byte (the planner): the saliency's `scores` when given, else |w|·||Δ||.
+    With `spread` (methods that average the agreeing experts), a candidate's score is divided by
+    1 + the number of experts' blocks already taken at its position (_spread_order).
     The others exist to benchmark it at equal budget:
     uniform takes the same fraction of blocks from every (tensor, input), spread evenly
     (bit-reversed positions); random[:SEED] is a seeded shuffle.
     """
     by_key = sorted(cands, key=lambda c: (c.tensor, c.block, c.model))
+    if strategy == "score" and spread:
+        return _spread_order(by_key, scores)
     if strategy == "score" and scores is not None:
         return sorted(
             by_key,
@@ -609,6 +623,34 @@ def _order(
         random.Random(int(seed or 0)).shuffle(out)
         return out
     raise BudgetError(f"unknown {STRATEGY_ENV} {strategy!r} (score, uniform, random[:SEED])")
+
+
+def _spread_order(
+    cands: Sequence[Candidate], scores: dict[tuple[str, int, int], float] | None
+) -> list[Candidate]:
+    """Greedy by score per byte with diminishing returns per block position: after k experts'
+    blocks at (tensor, block) are taken, the next one there counts 1/(1 + k) of its score
+    (lazy greedy on a heap; ties broken by tensor, block, input)."""
+    import heapq
+
+    def per_byte(c: Candidate) -> float:
+        v = scores[(c.tensor, c.block, c.model)] if scores is not None else c.contrib
+        return v / c.cost if c.cost else math.inf
+
+    heap = [(-per_byte(c), i, 0) for i, c in enumerate(cands)]
+    heapq.heapify(heap)
+    taken: dict[tuple[str, int], int] = {}
+    out: list[Candidate] = []
+    while heap:
+        neg, i, seen = heapq.heappop(heap)
+        c = cands[i]
+        now = taken.get((c.tensor, c.block), 0)
+        if now != seen:  # others were taken at its position since: re-score and re-queue
+            heapq.heappush(heap, (-per_byte(c) / (1 + now), i, now))
+            continue
+        out.append(c)
+        taken[(c.tensor, c.block)] = now + 1
+    return out
 
 
 def _candidates(

@@ -1,22 +1,26 @@
-"""TIES under a budget: keep the full merge's trim in the blocks that are read.
+"""TIES and breadcrumbs under a budget: keep the full merge's cuts in the blocks that are read.
 
 TIES trims each expert's delta to its k = floor(density·n) largest magnitudes over the whole
 tensor. An omitted block is the base there (a zero delta), so with the plain k the top-k of a
 budgeted tensor is taken from the read blocks alone: more of them survive than in the full
 merge (at a 50% read about twice as many), and the read blocks are not the full merge's there.
+breadcrumbs (and breadcrumbs_ties) cut twice by rank over the whole tensor, dropping the gamma
+share of largest magnitudes and keeping the next density share: the same happens to both cuts.
 
 The planner instead estimates, per (tensor, expert) with an omitted block, the full merge's
-trim threshold t* and how many of its k survivors lie in the read blocks (k_read), from the
-exact per-block statistics the store keeps (‖Δ‖₁, ‖Δ‖₂, max|Δ|, nonzeros): each block's nonzero
+cut thresholds and how many elements of the read blocks lie above them, from the exact
+per-block statistics the store keeps (‖Δ‖₁, ‖Δ‖₂, max|Δ|, nonzeros): each block's nonzero
 deltas are modelled by a generalized Gaussian whose shape is fitted to ‖Δ‖₁/‖Δ‖₂ (a Laplace
-gives 0.71, a Gaussian 0.80, a uniform 0.87 per √nnz), and t* solves Σ_b count_b(|Δ| ≥ t) = k.
-The kernel then trims that expert's tensor to k_read: the k_read largest of the read blocks
-are, up to the estimate, the full merge's survivors there. No expert block is read to plan.
+gives 0.71, a Gaussian 0.80, a uniform 0.87 per √nnz), and a threshold t solves
+Σ_b count_b(|Δ| ≥ t) = the full merge's count. The kernel then cuts that expert's tensor at
+the read blocks' counts (ties: the k_read largest; breadcrumbs: drop the top_read largest, keep
+the next mid_read), which are, up to the estimate, the full merge's survivors there. No expert
+block is read to plan.
 
-The plan records k_read per (tensor, expert) (`budget.trim`); replay and every executor use it.
-A tensor whose expert blocks are all read keeps the plain k, so a 100% budget is unchanged.
-The same model gives each block's share of ‖Δ‖² that survives the trim, which scores TIES's
-candidates by the trimmed delta they bring (budget.py).
+The plan records the counts per (tensor, expert) (`budget.trim`: k_read, or [top_read,
+mid_read]); replay and every executor use them. A tensor whose expert blocks are all read keeps
+the plain cuts, so a 100% budget is unchanged. The same model gives each block's share of ‖Δ‖²
+that survives the cuts, which scores the candidates by the delta they bring (budget.py).
 """
 
 from __future__ import annotations
@@ -27,8 +31,9 @@ from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
 
-# Methods whose sparsifier keeps the top-k magnitudes of the whole tensor (ops/gta.py).
-TOP_K_METHODS = frozenset({"ties"})
+# Methods whose sparsifier cuts the whole tensor by magnitude rank (ops/gta.py): ties keeps the
+# top k; breadcrumbs drops the top gamma share and keeps the next density share.
+TOP_K_METHODS = frozenset({"ties", "breadcrumbs", "breadcrumbs_ties"})
 _BETA_RANGE = (0.05, 50.0)
 
 
@@ -109,7 +114,10 @@ def kept_square_share(blocks: Sequence[BlockModel], t: float) -> list[float]:
 
 
 def threshold(blocks: Sequence[BlockModel], k: int) -> float:
-    """t with Σ_b count_b(|Δ| ≥ t) = k (0 when every nonzero survives), by bisection."""
+    """t with Σ_b count_b(|Δ| ≥ t) = k, by bisection: 0 when every nonzero is counted, infinite
+    when none is."""
+    if k <= 0:
+        return math.inf
     if sum(b.nnz for b in blocks) <= k:
         return 0.0
     lo, hi = 0.0, max(b.max_abs for b in blocks)
@@ -127,36 +135,63 @@ def top_k(numel: int, density: float) -> int:
     return max(1, int(density * numel))
 
 
+def share_for(count: int, numel: int) -> float:
+    """A density (or gamma) whose int(share·numel) is exactly `count`."""
+    d = (count + 0.5) / numel
+    assert int(d * numel) == count
+    return min(d, 1.0)
+
+
 def density_for(k: int, numel: int) -> float:
     """A density whose top_k over `numel` elements is exactly k (k >= 1)."""
-    d = (k + 0.5) / numel
+    d = share_for(k, numel)
     assert top_k(numel, d) == k
-    return min(d, 1.0)
+    return d
 
 
 @dataclasses.dataclass
 class TensorTrim:
-    """One (tensor, expert): its blocks' models, the full merge's k and threshold."""
+    """One (tensor, expert): its blocks' models and the full merge's cut thresholds.
+
+    `cuts` are counts from the top: ties keeps the k largest ([k]); breadcrumbs drops the n_top
+    largest and keeps the next `target` ([n_top, n_top + target]). `thresholds` are the
+    magnitudes where those counts fall."""
 
     blocks: dict[int, BlockModel]  # block -> model (candidate blocks only)
-    k: int
-    t: float
+    cuts: list[int]
+    thresholds: list[float]
+
+    @property
+    def outliers(self) -> bool:
+        return len(self.cuts) == 2
 
     def kept_share(self) -> dict[int, float]:
         ids = sorted(self.blocks)
-        share = kept_square_share([self.blocks[b] for b in ids], self.t)
+        models = [self.blocks[b] for b in ids]
+        share = kept_square_share(models, self.thresholds[-1])
+        if self.outliers:  # less what lies above the upper cut
+            above = kept_square_share(models, self.thresholds[0])
+            share = [max(0.0, a - b) for a, b in zip(share, above, strict=True)]
         return dict(zip(ids, share, strict=True))
 
-    def k_read(self, read: set[int]) -> int:
+    def read_counts(self, read: set[int]) -> int | list[int]:
+        """What the kernel keeps of the read blocks: k_read (ties), or [top_read, mid_read]."""
         ids = sorted(self.blocks)
-        counts = counts_above([self.blocks[b] for b in ids], self.t)
-        return max(
-            1, min(self.k, round(sum(c for b, c in zip(ids, counts, strict=True) if b in read)))
-        )
+        models = [self.blocks[b] for b in ids]
+
+        def within(t: float) -> int:
+            counts = counts_above(models, t)
+            return round(sum(c for b, c in zip(ids, counts, strict=True) if b in read))
+
+        if not self.outliers:
+            return max(1, min(self.cuts[0], within(self.thresholds[0])))
+        top = min(self.cuts[0], within(self.thresholds[0]))
+        upto = min(self.cuts[1], max(top, within(self.thresholds[1])))
+        return [top, upto - top]
 
 
-def apply(tasks: Sequence[Any], trims: dict[str, dict[int, int]]) -> None:
-    """Give each task's trimmed inputs the density that keeps k_read elements (in place)."""
+def apply(tasks: Sequence[Any], trims: dict[str, dict[int, Any]]) -> None:
+    """Give each task's trimmed inputs the density (and gamma) that keep the recorded counts."""
     for task in tasks:
         got = trims.get(task.plan.name)
         if not got or task.reference is None:
@@ -164,15 +199,35 @@ def apply(tasks: Sequence[Any], trims: dict[str, dict[int, int]]) -> None:
         numel = math.prod(task.reference.shape)
         per_input = list(task.plan.per_input)
         for i, model in enumerate(task.input_models):
-            if model in got:
-                per_input[i] = {**per_input[i], "density": density_for(got[model], numel)}
+            if model not in got:
+                continue
+            v = got[model]
+            if isinstance(v, list):  # breadcrumbs: [top, mid]
+                over = {"gamma": share_for(v[0], numel), "density": share_for(v[1], numel)}
+            else:
+                over = {"density": density_for(v, numel)}
+            per_input[i] = {**per_input[i], **over}
         task.plan = dataclasses.replace(task.plan, per_input=tuple(per_input))
+
+
+def _cuts(method: str, numel: int, params: dict[str, Any]) -> list[int] | None:
+    """The full merge's counts from the top (see TensorTrim), or None when nothing is cut."""
+    density = float(params.get("density", 1.0))
+    if density >= 1:
+        return None
+    if method == "ties":
+        return [top_k(numel, density)]
+    target = int(density * numel)
+    n_top = int(float(params.get("gamma", 0.0)) * numel)
+    n_bot = max(0, numel - target - n_top)
+    hi = min(n_bot + max(target, 0), numel)  # ascending ranks [n_bot, hi) are kept
+    return [numel - hi, numel - n_bot]
 
 
 def fit(
     method: str, cands: Sequence[Any], tasks: Sequence[Any]
 ) -> dict[tuple[str, int], TensorTrim]:
-    """Each (tensor, expert)'s trim model, for a top-k method (else none)."""
+    """Each (tensor, expert)'s trim model, for a method that cuts by rank (else none)."""
     if method not in TOP_K_METHODS:
         return {}
     by_pair: dict[tuple[str, int], dict[int, BlockModel]] = {}
@@ -184,18 +239,19 @@ def fit(
     out = {}
     for (name, model), blocks in sorted(by_pair.items()):
         task = by_name[name]
-        density = float(task.plan.per_input[task.input_models.index(model)].get("density", 1.0))
-        if density >= 1:
+        params = task.plan.per_input[task.input_models.index(model)]
+        cuts = _cuts(method, math.prod(task.reference.shape), params)
+        if cuts is None:
             continue
-        k = top_k(math.prod(task.reference.shape), density)
-        out[(name, model)] = TensorTrim(blocks, k, threshold(list(blocks.values()), k))
+        models = list(blocks.values())
+        out[(name, model)] = TensorTrim(blocks, cuts, [threshold(models, k) for k in cuts])
     return out
 
 
 def read_counts(
     trims: dict[tuple[str, int], TensorTrim], chosen: Sequence[Any]
-) -> dict[str, dict[int, int]]:
-    """k_read of every (tensor, expert) with an omitted block: what the plan records."""
+) -> dict[str, dict[int, Any]]:
+    """The counts of every (tensor, expert) with an omitted block: what the plan records."""
     read: dict[tuple[str, int], set[int]] = {}
     for c in chosen:
         read.setdefault((c.tensor, c.model), set()).add(c.block)
@@ -204,5 +260,5 @@ def read_counts(
         got = read.get(key, set())
         if got >= set(tt.blocks):
             continue  # every block read: the plain k, as in the full merge
-        out.setdefault(key[0], {})[key[1]] = tt.k_read(got)
+        out.setdefault(key[0], {})[key[1]] = tt.read_counts(got)
     return out

@@ -49,8 +49,8 @@ def test_survivors_in_read_blocks_are_estimated_from_block_statistics(law: str) 
     read = list(range(0, n_blocks, 2))  # half the blocks, spread over the scales
     truth = sum(int((d[b * rows : (b + 1) * rows].abs() >= t_true).sum()) for b in read)
     models = _models(d, rows)
-    tt = trim.TensorTrim(dict(enumerate(models)), k, trim.threshold(models, k))
-    got = tt.k_read(set(read))
+    tt = trim.TensorTrim(dict(enumerate(models)), [k], [trim.threshold(models, k)])
+    got = tt.read_counts(set(read))
     assert abs(got - truth) <= 0.03 * truth, (got, truth)
     assert abs(k - truth) > 0.3 * truth  # the plain k is far from it
 
@@ -59,6 +59,24 @@ def test_density_for_gives_the_kernels_k() -> None:
     for numel in (1, 7, 4096, 10**6 + 3, 151936 * 1536):
         for k in {1, numel // 3, numel - 1, numel} - {0}:
             assert trim.top_k(numel, trim.density_for(k, numel)) == k
+
+
+@pytest.mark.parametrize(("top", "mid"), [(0, 5), (3, 0), (7, 100), (0, 0)])
+def test_breadcrumbs_counts_give_the_kernels_cuts(top: int, mid: int) -> None:
+    """gamma and density made from [top, mid] make the kernel drop the `top` largest and keep
+    the next `mid` of a tensor whose other elements are zero (the omitted blocks)."""
+    from mergestore.ops import sparsify
+
+    numel = 1000
+    g = torch.Generator().manual_seed(1)
+    delta = torch.zeros(numel)
+    delta[: top + mid + 20] = torch.randn(top + mid + 20, generator=g)  # some left below
+    gamma, density = trim.share_for(top, numel), trim.share_for(mid, numel)
+    kept = sparsify.magnitude_outliers(delta, density, gamma, rescale=False)
+    order = delta.abs().argsort(descending=True)
+    want = torch.zeros(numel, dtype=torch.bool)
+    want[order[top : top + mid]] = True
+    assert torch.equal(kept != 0, want)
 
 
 @pytest.fixture(scope="module")
@@ -87,22 +105,25 @@ def _selection(store: Store, ref: str) -> tuple[dict, dict]:
     return sel, plan["budget"]
 
 
+@pytest.mark.parametrize("method", ["ties", "breadcrumbs", "breadcrumbs_ties"])
 @pytest.mark.parametrize("expert", ["dense_small", "uneven0"])
-def test_read_blocks_match_the_full_merge(store: Store, expert: str) -> None:
-    """In the blocks a budget reads, a budgeted TIES merge of one expert equals the full merge
-    (up to the estimate: >= 97% of their elements); with the plain k far fewer do, since more
-    of the read blocks survive the trim."""
-    one = {**TIES, "models": [expert], "weights": [0.8]}
-    store.merge(branch=f"{expert}-full", params=PARAMS, **one)
-    store.merge(branch=f"{expert}-half", params=PARAMS, budget="50%", **one)
-    sel, budget = _selection(store, f"{expert}-half")
-    assert budget["trim"]  # the plan records k_read per (tensor, expert) with an omission
+def test_read_blocks_match_the_full_merge(store: Store, expert: str, method: str) -> None:
+    """In the blocks a budget reads, a budgeted merge of one expert by a method that cuts by
+    rank over the whole tensor equals the full merge (up to the estimate: >= 97% of their
+    elements); with the plain counts far fewer do, since more of the read blocks survive."""
+    one = {**TIES, "method": method, "models": [expert], "weights": [0.8]}
+    params = {**PARAMS, **({"gamma": 0.05} if "breadcrumbs" in method else {})}
+    name = f"{expert}-{method}"
+    store.merge(branch=f"{name}-full", params=params, **one)
+    store.merge(branch=f"{name}-half", params=params, budget="50%", **one)
+    sel, budget = _selection(store, f"{name}-half")
+    assert budget["trim"]  # the plan records the counts per (tensor, expert) with an omission
     equal = total = 0
-    for rec in store.tensors(f"{expert}-half"):
+    for rec in store.tensors(f"{name}-half"):
         if rec.name not in budget["trim"]:
             continue
-        full = store.read_tensor(f"{expert}-full", rec.name)
-        half = store.read_tensor(f"{expert}-half", rec.name)
+        full = store.read_tensor(f"{name}-full", rec.name)
+        half = store.read_tensor(f"{name}-half", rec.name)
         rows = rec.rows_per_block
         for b in sorted(sel[rec.name][0]):
             a, c = full[b * rows : (b + 1) * rows], half[b * rows : (b + 1) * rows]
@@ -112,18 +133,20 @@ def test_read_blocks_match_the_full_merge(store: Store, expert: str) -> None:
     assert equal / total >= 0.97, equal / total
 
 
-def test_full_budget_is_the_plain_merge_and_replays(store: Store) -> None:
-    store.merge(branch="ties-full2", params=PARAMS, **TIES)
-    store.merge(branch="ties-100", params=PARAMS, budget="100%", **TIES)
-    assert "trim" not in _selection(store, "ties-100")[1]
+@pytest.mark.parametrize("method", ["ties", "breadcrumbs_ties"])
+def test_full_budget_is_the_plain_merge_and_replays(store: Store, method: str) -> None:
+    kw = {**TIES, "method": method}
+    store.merge(branch=f"{method}-full2", params=PARAMS, **kw)
+    store.merge(branch=f"{method}-100", params=PARAMS, budget="100%", **kw)
+    assert "trim" not in _selection(store, f"{method}-100")[1]
     a, b = (
         [e for e in store.tree(r).entries if e.path != "README.md"]
-        for r in ("ties-full2", "ties-100")
+        for r in (f"{method}-full2", f"{method}-100")
     )
     assert a == b
-    store.merge(branch="ties-30", params=PARAMS, budget="30%", **TIES)
-    assert _selection(store, "ties-30")[1]["trim"]
-    assert store.replay("ties-30")["identical"]
+    store.merge(branch=f"{method}-30", params=PARAMS, budget="30%", **kw)
+    assert _selection(store, f"{method}-30")[1]["trim"]
+    assert store.replay(f"{method}-30")["identical"]
 
 
 def test_cli_budgeted_ties_plan_merge_replay(store: Store, cli) -> None:
@@ -139,3 +162,37 @@ def test_cli_budgeted_ties_plan_merge_replay(store: Store, cli) -> None:
     assert r.code == 0, r.err
     assert r.json()["identical"]
     assert m.json()["expert_bytes_read"] <= m.json()["budget_bytes"]
+
+
+def test_consensus_methods_spread_the_budget_over_positions() -> None:
+    """ties averages the agreeing experts at an element, so a second expert's block where one
+    is already taken counts half (then a third, a third): the order spreads over positions;
+    an additive method keeps the plain score order."""
+    from mergestore.merge.budget import Candidate, _order
+
+    def cand(block: int, model: int, contrib: float) -> Candidate:
+        return Candidate("t", block, model, 1, contrib, 4, 1.0, 1.0)
+
+    cands = [cand(0, 0, 10.0), cand(0, 1, 9.0), cand(0, 2, 8.0), cand(1, 0, 6.0), cand(2, 1, 4.0)]
+    key = [(c.block, c.model) for c in _order(cands, "score")]
+    assert key == [(0, 0), (0, 1), (0, 2), (1, 0), (2, 1)]
+    spread = [(c.block, c.model) for c in _order(cands, "score", spread=True)]
+    # 10; then 9/2 = 4.5 < 6: block 1; 4.5 > 4: (0, 1); then 8/3 < 4: block 2; then (0, 2)
+    assert spread == [(0, 0), (1, 0), (0, 1), (2, 1), (0, 2)]
+    scores = {(c.tensor, c.block, c.model): 1.0 / c.contrib for c in cands}
+    inverse = [(c.block, c.model) for c in _order(cands, "score", scores, spread=True)]
+    assert inverse[0] == (2, 1)  # a saliency's scores are spread the same way
+
+
+def test_ties_plan_covers_more_positions_than_the_plain_order(store: Store, monkeypatch) -> None:
+    from mergestore.merge import budget
+
+    def positions(ref: str) -> int:
+        sel, _b = _selection(store, ref)
+        return sum(len(set.union(*ms.values())) for ms in sel.values() if ms)
+
+    store.merge(branch="spread", params=PARAMS, budget="25%", **TIES)
+    plain = budget._order
+    monkeypatch.setattr(budget, "_order", lambda c, s, sc=None, spread=False: plain(c, s, sc))
+    store.merge(branch="nospread", params=PARAMS, budget="25%", **TIES)
+    assert positions("spread") > positions("nospread")
