@@ -80,6 +80,9 @@ static PyMethodDef methods[] = {
     {"row_ranks_bf16", py_row_ranks_bf16, METH_VARARGS,
      "row_ranks_bf16(magnitudes, out, rows, cols, as_bf16=False): 1-based stable ranks within "
      "each row, as int64 or rounded to bf16"},
+    {"keep_rescale32", py_keep_rescale32, METH_VARARGS,
+     "keep_rescale32(delta_f32, probs_f32, key_lo, key_hi, rescale, eps): dare/della's keep "
+     "mask (philox_keep's stream) applied to delta in place, then its L1 rescale"},
     {"philox_keep", py_philox_keep, METH_VARARGS,
      "philox_keep(out, probs, key_lo, key_hi, bf16): Bernoulli keep mask, numpy's Philox stream "
      "(probs: one per element, or one for all)"},

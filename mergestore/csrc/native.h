@@ -9,7 +9,8 @@
  *   rank_cuts.c    magnitude rank cuts, row ranks, della's probabilities  ops/sparsify.py
  *   delta_stats.c  fp64 statistics of B - A              diff.py (block_stats)
  *   byte_planes.c  byte-plane joins of the codecs         store/codecs/byteplane.py
- *   rng.c          Philox keep masks                       ops/context.py (keep_mask)
+ *   rng.c          Philox keep masks; dare/della's fp32 mask + L1 rescale   ops/context.py
+ *                  (keep_mask), ops/sparsify.py (keep_rescale32's twin: rescaled_masked_)
  *   module.c       the module's method table and start-up
  *
  * Every kernel has a pure Python/torch twin, and the tests check that both give the same
@@ -320,6 +321,7 @@ void cut_tile32(uint32_t *d, Py_ssize_t start, Py_ssize_t m, const Cuts32 *c);
 int get_cuts32(PyObject *o, Cuts32 *c);
 /* rng.c */
 PyObject *py_philox_keep(PyObject *self, PyObject *args);
+PyObject *py_keep_rescale32(PyObject *self, PyObject *args);
 /* byte_planes.c */
 PyObject *py_join2(PyObject *self, PyObject *args);
 /* delta_stats.c */

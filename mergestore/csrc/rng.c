@@ -1,6 +1,7 @@
 /* Random keep masks: numpy's Philox4x64-10 stream, compared with p. Python twin:
  * mergestore/ops/context.py (TensorContext.keep_mask's numpy Generator). */
 #include "native.h"
+#include "cascade.h"
 
 /* ------------------------------------------------------------------ drop masks */
 
@@ -40,26 +41,33 @@ static inline void philox4x64_10_lanes(uint64_t c0[PHILOX_LANES], uint64_t c1[PH
  * numpy.random.Generator(numpy.random.Philox(key=k)).random(n, dtype=float32) draws: the
  * counter starts at 0 and is incremented before each block of four 64-bit outputs; each output
  * gives two 32-bit words, low half first; u = (word >> 8) * 2^-24. */
+/* The next PHILOX_LANES blocks of the stream (counter `ctr`, advanced) as 8 * PHILOX_LANES
+ * uniforms u = (word >> 8) * 2^-24 in stream order. */
+static inline ALWAYS_INLINE void philox_uniforms(uint64_t ctr[4], uint64_t k0, uint64_t k1,
+                                                 float u[8 * PHILOX_LANES]) {
+    uint64_t c0[PHILOX_LANES], c1[PHILOX_LANES], c2[PHILOX_LANES], c3[PHILOX_LANES];
+    for (int l = 0; l < PHILOX_LANES; l++) { /* the next counters, with carries */
+        if (++ctr[0] == 0 && ++ctr[1] == 0 && ++ctr[2] == 0) ++ctr[3];
+        c0[l] = ctr[0], c1[l] = ctr[1], c2[l] = ctr[2], c3[l] = ctr[3];
+    }
+    philox4x64_10_lanes(c0, c1, c2, c3, k0, k1);
+    for (int l = 0; l < PHILOX_LANES; l++) {
+        uint64_t w[4] = {c0[l], c1[l], c2[l], c3[l]};
+        for (int i = 0; i < 4; i++) {
+            u[8 * l + 2 * i] = (float)((uint32_t)w[i] >> 8) * (1.0f / 16777216.0f);
+            u[8 * l + 2 * i + 1] = (float)((uint32_t)(w[i] >> 32) >> 8) * (1.0f / 16777216.0f);
+        }
+    }
+}
+
 HOT static void philox_keep(void *out, const void *probs, int one_p, Py_ssize_t n, int bf16,
                             uint64_t k0, uint64_t k1) {
     /* one_p: `probs` holds a single probability for every element (dare's density) */
     const Py_ssize_t per = 8 * PHILOX_LANES; /* floats per round of lanes */
     uint64_t ctr[4] = {0, 0, 0, 0};
-    uint64_t c0[PHILOX_LANES], c1[PHILOX_LANES], c2[PHILOX_LANES], c3[PHILOX_LANES];
     float u[8 * PHILOX_LANES];
     for (Py_ssize_t s = 0; s < n; s += per) {
-        for (int l = 0; l < PHILOX_LANES; l++) { /* the next counters, with carries */
-            if (++ctr[0] == 0 && ++ctr[1] == 0 && ++ctr[2] == 0) ++ctr[3];
-            c0[l] = ctr[0], c1[l] = ctr[1], c2[l] = ctr[2], c3[l] = ctr[3];
-        }
-        philox4x64_10_lanes(c0, c1, c2, c3, k0, k1);
-        for (int l = 0; l < PHILOX_LANES; l++) {
-            uint64_t w[4] = {c0[l], c1[l], c2[l], c3[l]};
-            for (int i = 0; i < 4; i++) {
-                u[8 * l + 2 * i] = (float)((uint32_t)w[i] >> 8) * (1.0f / 16777216.0f);
-                u[8 * l + 2 * i + 1] = (float)((uint32_t)(w[i] >> 32) >> 8) * (1.0f / 16777216.0f);
-            }
-        }
+        philox_uniforms(ctr, k0, k1, u);
         Py_ssize_t m = n - s < per ? n - s : per;
         if (bf16 && one_p) {
             const float p = bf16_to_f32(*(const uint16_t *)probs);
@@ -106,5 +114,72 @@ PyObject *py_philox_keep(PyObject *self, PyObject *args) {
     Py_END_ALLOW_THREADS
     release(&p);
     release(&out);
+    Py_RETURN_NONE;
+}
+
+/* ------------------------------------------------------------------ keep, mask and rescale */
+
+/* dare's and della's sparsification of an fp32 delta, in place and in two passes, with the
+ * bits of ops/sparsify.py's torch twin (rescaled_masked_ after TensorContext.keep_mask):
+ *   mask_j = u_j < p_j (philox_keep's stream); delta_j *= mask_j (1.0f or 0.0f, so a dropped
+ *   negative element becomes -0.0 and a NaN stays NaN);
+ *   with rescale: before = sum |delta|, after = sum |masked| (torch's cascade order, see
+ *   cascade.h); unless either is below eps (as fp32), delta *= before / after (fp32).
+ * The torch twin allocates the mask and a |delta| scratch and makes five passes. */
+HOT static void keep_rescale32(float *delta, const float *probs, int one_p, Py_ssize_t n,
+                               uint64_t k0, uint64_t k1, int rescale, float eps) {
+    const Py_ssize_t per = 8 * PHILOX_LANES;
+    uint64_t ctr[4] = {0, 0, 0, 0};
+    float u[8 * PHILOX_LANES], a[8 * PHILOX_LANES], b[8 * PHILOX_LANES];
+    Cascade before, after;
+    cascade_init(&before, n);
+    cascade_init(&after, n);
+    for (Py_ssize_t s = 0; s < n; s += per) {
+        philox_uniforms(ctr, k0, k1, u);
+        Py_ssize_t m = n - s < per ? n - s : per;
+        float *d = delta + s;
+        for (Py_ssize_t j = 0; j < m; j++) {
+            float p = one_p ? probs[0] : probs[s + j];
+            a[j] = fabsf(d[j]);
+            d[j] = d[j] * (u[j] < p ? 1.0f : 0.0f);
+            b[j] = fabsf(d[j]);
+        }
+        if (rescale) { /* per (64) is a multiple of ROW (32): tiles start on rows */
+            cascade_feed(&before, a, s, m);
+            cascade_feed(&after, b, s, m);
+        }
+    }
+    if (!rescale) return;
+    float sb = cascade_end(&before), sa = cascade_end(&after);
+    if (sb < eps || sa < eps) return;
+    float scale = sb / sa;
+    for (Py_ssize_t j = 0; j < n; j++) delta[j] = delta[j] * scale;
+}
+
+PyObject *py_keep_rescale32(PyObject *self, PyObject *args) {
+    PyObject *d_o, *p_o;
+    unsigned long long k0, k1;
+    int rescale;
+    float eps;
+    if (!PyArg_ParseTuple(args, "OOKKpf", &d_o, &p_o, &k0, &k1, &rescale, &eps)) return NULL;
+    Buf d, p;
+    if (get_buf(d_o, &d, 1, 4, "delta") < 0) return NULL;
+    if (get_buf(p_o, &p, 0, 4, "probs") < 0) {
+        release(&d);
+        return NULL;
+    }
+    int one_p = p.view.len == 4;
+    if (p.view.len != d.view.len && !one_p) {
+        release(&p);
+        release(&d);
+        PyErr_SetString(PyExc_ValueError,
+                        "keep_rescale32: probs must be as long as delta, or one value");
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    keep_rescale32(d.view.buf, p.view.buf, one_p, d.view.len / 4, k0, k1, rescale, eps);
+    Py_END_ALLOW_THREADS
+    release(&p);
+    release(&d);
     Py_RETURN_NONE;
 }

@@ -105,6 +105,7 @@ class _MergeState:
     pack_bytes_read: int = 0
     bytes_fetched: int = 0
     task_seconds: list[float] = field(default_factory=list)
+    task_cpu_seconds: list[float] = field(default_factory=list)
     worker_peak_rss: int = 0
     task_memory: int = 0  # the largest `memory` resource one of its tasks asked Ray for
     task_memory_granted: int = 0  # ... and the largest Ray gave one
@@ -288,6 +289,7 @@ class RayExecutor:
                             st.written.update((w.id, w) for w in result.written)
                             st.uploaded.update(result.uploaded)
                             st.task_seconds.append(result.seconds)
+                            st.task_cpu_seconds.append(result.cpu_seconds)
                             st.worker_peak_rss = max(st.worker_peak_rss, result.peak_rss_bytes)
                             st.task_memory_granted = max(
                                 st.task_memory_granted, result.memory_granted or 0
@@ -478,6 +480,9 @@ def _assemble(st: _MergeState, block_size: int) -> RayExecution:
         "bytes_fetched": st.bytes_fetched,
         "task_seconds_sum": round(sum(st.task_seconds), 4),
         "task_seconds_max": round(max(st.task_seconds, default=0.0), 4),
+        # CPU time of the tasks: what the cluster model divides (wall per task grows with load)
+        "task_cpu_seconds_sum": round(sum(st.task_cpu_seconds), 4),
+        "task_cpu_seconds_max": round(max(st.task_cpu_seconds, default=0.0), 4),
         "worker_peak_rss_bytes": st.worker_peak_rss,
         "task_memory_bytes": st.task_memory,
         "task_memory_granted_bytes": st.task_memory_granted,

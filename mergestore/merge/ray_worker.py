@@ -103,6 +103,7 @@ class GroupResult:
     memory_granted: int | None = None  # the `memory` resource Ray gave the task (None: no Ray)
     uploaded: list[tuple[str, bytes]] = field(default_factory=list)  # (pack name, its index)
     bytes_uploaded: int = 0  # pack bytes sent to the remote (a pack already there: none)
+    cpu_seconds: float = 0.0  # the worker process's CPU time during the task (all threads)
     node: str = field(default_factory=lambda: os.uname().nodename)
 
 
@@ -110,7 +111,7 @@ def run_group(job: GroupJob) -> GroupResult:
     """Merge every part's tensors; outputs of each part in its task order."""
     from mergestore.merge.pieces import run_tasks
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     os.environ["MERGESTORE_MERGE_WORKERS"] = str(max(1, job.threads))
     remote = None
     if job.remote_slots:
@@ -183,6 +184,7 @@ def run_group(job: GroupJob) -> GroupResult:
         memory_granted=_granted_memory(),
         uploaded=[(u.name, u.index) for u in uploaded],
         bytes_uploaded=sum(u.pack_bytes for u in uploaded if u.sent),
+        cpu_seconds=time.process_time() - c0,
     )
 
 

@@ -199,10 +199,19 @@ def merge_tensor(
     assert spec.kernel is not None
     if spec.elementwise and first.dim() > 0 and first.numel() > CHUNK_ELEMENTS:
         return _merge_in_chunks(spec, base, inputs, shared_r, per_input_r, ctx, compute, out_dtype)
-    base_c = base.to(compute) if base is not None else None
-    inputs_c = [x.to(compute) for x in inputs]
+    base_c = converted(base, compute) if base is not None else None
+    inputs_c = [converted(x, compute) for x in inputs]
     result = spec.kernel(base_c, inputs_c, shared_r, per_input_r, ctx)
-    return result.to(out_dtype) if out_dtype is not None else result
+    return converted(result, out_dtype) if out_dtype is not None else result
+
+
+def converted(t: Tensor, dtype: torch.dtype) -> Tensor:
+    """t.to(dtype), a contiguous one into a pooled buffer (ops.alloc): the same copy kernel,
+    so the same bits, without the fresh pages a merge's every fp32 copy of a 16-bit input
+    cost (the kernel zeroes them: 17% of a float32 dare_ties merge's CPU time)."""
+    if t.dtype == dtype or not t.is_contiguous() or t.numel() * dtype.itemsize < alloc.POOLED_MIN:
+        return t.to(dtype)
+    return alloc.empty(t.shape, dtype).copy_(t)
 
 
 # Elementwise kernels run on cache-sized pieces of the flattened tensors: each of their

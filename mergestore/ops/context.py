@@ -97,6 +97,11 @@ class TensorContext:
         u = torch.from_numpy(gen.random(probs.numel(), dtype=np.float32)).reshape(probs.shape)
         return (u < probs.float()).to(probs.dtype)
 
+    def drawer(self, input_index: int) -> KeepDraw:
+        """keep_mask for input ``input_index`` as a callable (a sparsify.Draw), which also
+        names its Philox key so a C kernel can draw and mask in one pass."""
+        return KeepDraw(self, input_index)
+
     def generator(self, input_index: int) -> torch.Generator | None:
         """A fresh seeded CPU generator (per_tensor), or None = torch's global RNG (global)."""
         if self.rng == "global":
@@ -104,3 +109,19 @@ class TensorContext:
         gen = torch.Generator(device="cpu")
         gen.manual_seed(self.generator_seed(input_index))
         return gen
+
+
+@dataclass(frozen=True)
+class KeepDraw:
+    """probs -> ctx.keep_mask(index, probs); philox_key: the stream's key (None when the mask
+    comes from torch's global generator)."""
+
+    ctx: TensorContext
+    index: int
+
+    def __call__(self, probs: torch.Tensor) -> torch.Tensor:
+        return self.ctx.keep_mask(self.index, probs)
+
+    @property
+    def philox_key(self) -> int | None:
+        return self.ctx.philox_key(self.index) if self.ctx.rng == "per_tensor" else None

@@ -447,7 +447,7 @@ def _sparsify(
 
 
 def _draw(ctx: TensorContext, index: int) -> sparsify.Draw:
-    return lambda probs: ctx.keep_mask(index, probs)
+    return ctx.drawer(index)
 
 
 def sign_agreement(deltas: Tensor) -> Tensor:

@@ -223,10 +223,37 @@ def bernoulli_(delta: Tensor, density: float, rescale: bool, draw: Draw | None) 
     default generator."""
     if density >= 1:
         return delta
+    if _keep_rescale_native(delta, density, draw, rescale):
+        return delta
     mask = _bernoulli_mask(delta, density, draw)
     if mask.dtype != delta.dtype:  # fp16 deltas: masks are drawn in fp32
         return rescaled_masked(delta.to(mask.dtype), mask, rescale).to(delta.dtype)
     return rescaled_masked_(delta, mask, rescale)
+
+
+def _keep_rescale_native(
+    delta: Tensor, probs: float | Tensor, draw: Draw | None, rescale: bool
+) -> bool:
+    """The keep mask drawn, applied and L1-rescaled in place in one C kernel (two passes, no
+    mask or |delta| temporaries), when `delta` is contiguous fp32 and `draw` is a Philox
+    stream (a draw with a `philox_key`: TensorContext.drawer, rng="per_tensor"). The same bits
+    as keep_mask + rescaled_masked_ (tests/ops/test_rng.py). False: the caller runs those."""
+    key = getattr(draw, "philox_key", None)
+    kernels = native.kernels
+    if key is None or kernels is None or delta.dtype != torch.float32:
+        return False
+    if not delta.is_contiguous() or delta.device.type != "cpu" or delta.numel() == 0:
+        return False
+    if isinstance(probs, float):
+        p = np.array([probs], dtype=np.float32)  # density rounded to fp32, as torch.full
+    else:
+        p = probs.contiguous().reshape(-1).numpy()
+    flat = delta.reshape(-1).numpy()
+    kernels.keep_rescale32(flat, p, key & _U64, key >> 64, rescale, RESCALE_EPS)
+    return True
+
+
+_U64 = (1 << 64) - 1
 
 
 def _bernoulli_mask(delta: Tensor, density: float, draw: Draw | None) -> Tensor:
@@ -322,6 +349,7 @@ def della_magprune(
     draw: Draw | None,
 ) -> Tensor:
     """DELLA: per row, keep-probability linear in magnitude rank from d - eps to d + eps.
+    `delta` is the caller's own: an fp32 one is masked in place.
 
     "Row" is dim 1, as in mergekit: a 1-D tensor is one row; a 2-D [out, in] weight ranks
     within each output row; higher-rank tensors rank along dim 1. (A scalar is a row of one,
@@ -337,6 +365,8 @@ def della_magprune(
     work = _work_dtype(delta)
     rows = delta.reshape(1, -1) if delta.dim() < 2 else delta
     probs = _della_probs(rows, density, epsilon, work)
+    if rows.dtype == work and _keep_rescale_native(rows, probs, draw, rescale):
+        return rows.reshape(shape)  # rows is delta (or a view of it), masked in place
     mask = (draw(probs) if draw is not None else torch.bernoulli(probs)).to(work)
     return rescaled_masked(rows.to(work), mask, rescale).to(delta.dtype).reshape(shape)
 

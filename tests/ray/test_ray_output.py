@@ -212,3 +212,43 @@ def test_a_block_only_in_the_drivers_store_fails_a_worker_without_it_in_one_line
     assert "error: tensor '" in r.err and "only in the driver's store" in r.err, r.err
     assert "not on remote origin" in r.err, r.err
     assert _state(root, cli) == before
+
+
+def test_a_sweep_without_the_store_equals_local_merges(
+    ray_session, tmp_path: Path, cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`merge --config a.yml b.yml c.yml` on Ray, workers through the remote: the merges share
+    tasks (and so the uploaded packs); each adopts the blocks it uses, checked, and gets the
+    local merge's tree."""
+    src, _fam = family_store(tmp_path / "src", PRESETS["tiny"])
+    remote = tmp_path / "remote"
+    src.add_remote("origin", f"file://{remote}")
+    assert src.push("origin", "main", "dense_small", "lowrank_attn").ok
+    paths = []
+    for i, w in enumerate((0.2, 0.5, 0.8)):
+        p = tmp_path / f"w{i}.yml"
+        p.write_text(
+            "merge_method: task_arithmetic\nbase_model: main\nmodels:\n"
+            f"  - model: dense_small\n    parameters: {{weight: {w}}}\n"
+            "  - model: lowrank_attn\n    parameters: {weight: 0.4}\n"
+        )
+        paths.append(p)
+        src.merge(config=p, branch=p.stem)  # the reference
+    clone = tmp_path / "c"
+    assert cli("clone", "--lazy", f"file://{remote}", clone).code == 0
+    for name in ("dense_small", "lowrank_attn"):
+        assert cli("--store", clone, "branch", name, f"origin/{name}").code == 0
+    monkeypatch.setenv("MERGESTORE_RAY_OUTPUT", "remote")
+    r = cli("--store", clone, "merge", "--config", *paths, "--executor", "ray", "--json")
+    assert r.code == 0, r.err
+    runs = [m["run"]["executor"] for m in r.json()["merges"]]
+    assert sum(x["output_packs_uploaded"] for x in runs) > 0
+    assert all(x["output_bytes_fetched"] > 0 for x in runs)
+    c = Store.open(clone)
+    try:
+        for p in paths:
+            assert c.get_commit(p.stem).tree == src.get_commit(p.stem).tree
+    finally:
+        c.close()
+        src.close()
+    assert cli("--store", clone, "fsck", "--full").code == 0

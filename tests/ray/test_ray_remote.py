@@ -265,5 +265,6 @@ def test_workers_that_see_the_store_write_into_it(
     assert r.code == 0, r.err
     ex = r.json()["executor"]
     assert ex["output_packs_uploaded"] == ex["bytes_uploaded"] == 0
+    assert 0 < ex["task_cpu_seconds_max"] <= ex["task_cpu_seconds_sum"]  # for the cluster model
     assert _remote_keys(url) == before
     assert not list((clone / "locks").glob("ray-probe.*"))  # removed after the merge
