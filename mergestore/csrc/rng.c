@@ -37,10 +37,6 @@ static inline void philox4x64_10_lanes(uint64_t c0[PHILOX_LANES], uint64_t c1[PH
     }
 }
 
-/* keep[j] = u_j < p_j, 1 or 0 in p's dtype (bf16 or fp32), where u is the stream
- * numpy.random.Generator(numpy.random.Philox(key=k)).random(n, dtype=float32) draws: the
- * counter starts at 0 and is incremented before each block of four 64-bit outputs; each output
- * gives two 32-bit words, low half first; u = (word >> 8) * 2^-24. */
 /* The next PHILOX_LANES blocks of the stream (counter `ctr`, advanced) as 8 * PHILOX_LANES
  * uniforms u = (word >> 8) * 2^-24 in stream order. */
 static inline ALWAYS_INLINE void philox_uniforms(uint64_t ctr[4], uint64_t k0, uint64_t k1,
@@ -60,6 +56,10 @@ static inline ALWAYS_INLINE void philox_uniforms(uint64_t ctr[4], uint64_t k0, u
     }
 }
 
+/* keep[j] = u_j < p_j, 1 or 0 in p's dtype (bf16 or fp32), where u is the stream
+ * numpy.random.Generator(numpy.random.Philox(key=k)).random(n, dtype=float32) draws: the
+ * counter starts at 0 and is incremented before each block of four 64-bit outputs; each output
+ * gives two 32-bit words, low half first; u = (word >> 8) * 2^-24. */
 HOT static void philox_keep(void *out, const void *probs, int one_p, Py_ssize_t n, int bf16,
                             uint64_t k0, uint64_t k1) {
     /* one_p: `probs` holds a single probability for every element (dare's density) */
@@ -138,16 +138,20 @@ HOT static void keep_rescale32(float *delta, const float *probs, int one_p, Py_s
         philox_uniforms(ctr, k0, k1, u);
         Py_ssize_t m = n - s < per ? n - s : per;
         float *d = delta + s;
+        if (!rescale) {
+            for (Py_ssize_t j = 0; j < m; j++)
+                d[j] = d[j] * (u[j] < (one_p ? probs[0] : probs[s + j]) ? 1.0f : 0.0f);
+            continue;
+        }
         for (Py_ssize_t j = 0; j < m; j++) {
             float p = one_p ? probs[0] : probs[s + j];
             a[j] = fabsf(d[j]);
             d[j] = d[j] * (u[j] < p ? 1.0f : 0.0f);
             b[j] = fabsf(d[j]);
         }
-        if (rescale) { /* per (64) is a multiple of ROW (32): tiles start on rows */
-            cascade_feed(&before, a, s, m);
-            cascade_feed(&after, b, s, m);
-        }
+        /* per (64) is a multiple of ROW (32): tiles start on rows */
+        cascade_feed(&before, a, s, m);
+        cascade_feed(&after, b, s, m);
     }
     if (!rescale) return;
     float sb = cascade_end(&before), sa = cascade_end(&after);

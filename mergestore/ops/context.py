@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 else:
     from mergestore.lazy_torch import torch
 
-_U64 = (1 << 64) - 1
+U64 = (1 << 64) - 1  # the low half of a 128-bit Philox key
 
 RNG_MODES = ("per_tensor", "global")
 
@@ -91,7 +91,7 @@ class TensorContext:
             out = alloc.empty((probs.numel(),), probs.dtype)
             bf16 = probs.dtype == torch.bfloat16
             view = (lambda t: t.view(torch.int16).numpy()) if bf16 else (lambda t: t.numpy())
-            native.kernels.philox_keep(view(out), view(flat), key & _U64, key >> 64, bf16)
+            native.kernels.philox_keep(view(out), view(flat), key & U64, key >> 64, bf16)
             return out.reshape(probs.shape)
         gen = np.random.Generator(np.random.Philox(key=key))
         u = torch.from_numpy(gen.random(probs.numel(), dtype=np.float32)).reshape(probs.shape)

@@ -28,6 +28,7 @@ from mergestore import native
 from mergestore.errors import MergeError
 from mergestore.lazy_numpy import np  # numpy is imported on first use
 from mergestore.ops import alloc
+from mergestore.ops.context import U64
 
 if TYPE_CHECKING:
     import torch
@@ -237,7 +238,8 @@ def _keep_rescale_native(
     """The keep mask drawn, applied and L1-rescaled in place in one C kernel (two passes, no
     mask or |delta| temporaries), when `delta` is contiguous fp32 and `draw` is a Philox
     stream (a draw with a `philox_key`: TensorContext.drawer, rng="per_tensor"). The same bits
-    as keep_mask + rescaled_masked_ (tests/ops/test_rng.py). False: the caller runs those."""
+    as keep_mask + rescaled_masked_ (tests/ops/test_keep_rescale.py). False: the caller runs
+    those."""
     key = getattr(draw, "philox_key", None)
     kernels = native.kernels
     if key is None or kernels is None or delta.dtype != torch.float32:
@@ -249,11 +251,8 @@ def _keep_rescale_native(
     else:
         p = probs.contiguous().reshape(-1).numpy()
     flat = delta.reshape(-1).numpy()
-    kernels.keep_rescale32(flat, p, key & _U64, key >> 64, rescale, RESCALE_EPS)
+    kernels.keep_rescale32(flat, p, key & U64, key >> 64, rescale, RESCALE_EPS)
     return True
-
-
-_U64 = (1 << 64) - 1
 
 
 def _bernoulli_mask(delta: Tensor, density: float, draw: Draw | None) -> Tensor:
