@@ -87,26 +87,26 @@ def _upper(a: list[float], x: list[float]) -> list[float]:
 
 def counts_above(blocks: Sequence[BlockModel], t: float) -> list[float]:
     """Expected number of |Δ| ≥ t in each block (0 above the block's max |Δ|)."""
-    live = [i for i, b in enumerate(blocks) if b.nnz and t <= b.max_abs]
-    out = [0.0] * len(blocks)
-    if not live:
-        return out
-    qs = _upper(
-        [1 / blocks[i].beta for i in live], [(t / blocks[i].alpha) ** blocks[i].beta for i in live]
-    )
-    for i, q in zip(live, qs, strict=True):
-        out[i] = blocks[i].nnz * q
-    return out
+    shares = _tail_shares(blocks, t, 1)
+    return [b.nnz * q for b, q in zip(blocks, shares, strict=True)]
 
 
 def kept_square_share(blocks: Sequence[BlockModel], t: float) -> list[float]:
     """The share of each block's ‖Δ‖² in elements with |Δ| ≥ t."""
+    return _tail_shares(blocks, t, 3)
+
+
+def _tail_shares(blocks: Sequence[BlockModel], t: float, moment: int) -> list[float]:
+    """Q(moment / beta, (t / alpha)^beta) per block: the share of the block's count (moment 1)
+    or of its ‖Δ‖² (moment 3) in elements with |Δ| ≥ t; 0 for an empty block or t above its
+    max |Δ|."""
     live = [i for i, b in enumerate(blocks) if b.nnz and t <= b.max_abs]
     out = [0.0] * len(blocks)
     if not live:
         return out
     qs = _upper(
-        [3 / blocks[i].beta for i in live], [(t / blocks[i].alpha) ** blocks[i].beta for i in live]
+        [moment / blocks[i].beta for i in live],
+        [(t / blocks[i].alpha) ** blocks[i].beta for i in live],
     )
     for i, q in zip(live, qs, strict=True):
         out[i] = q
