@@ -45,11 +45,9 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
             "apply_cuts16",
             "row_ranks_bf16",
             "della_probs_bf16",
-            "sub_hist32",
-            "hist_lo32",
-            "nth_equal32",
         ),
     ),
+    "cut_select.c": ("mergestore/ops/cuts.py", ("find_cuts", "gta_cut16", "finite")),
     "delta_stats.c": ("mergestore/diff.py", ("delta_stats",)),
     "byte_planes.c": ("mergestore/store/codecs/byteplane.py", ("join2",)),
     # keep_rescale32's twin: ops/sparsify.py (keep_mask, then rescaled_masked_)
