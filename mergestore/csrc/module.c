@@ -83,6 +83,15 @@ static PyMethodDef methods[] = {
     {"keep_rescale32", py_keep_rescale32, METH_VARARGS,
      "keep_rescale32(delta_f32, probs_f32, key_lo, key_hi, rescale, eps): dare/della's keep "
      "mask (philox_keep's stream) applied to delta in place, then its L1 rescale"},
+    {"keep_sums32", py_keep_sums32, METH_VARARGS,
+     "keep_sums32(keep_u8, x, x_fmt, base, base_fmt, probs_f32, key_lo, key_hi, rescale, eps) "
+     "-> scale: dare's keep bytes of x - base (fp32) and its L1 rescale's scale"},
+    {"della_keep_sums32", py_della_keep_sums32, METH_VARARGS,
+     "della_keep_sums32(keep_u8, x, x_fmt, base, base_fmt, rows, table_f32, key_lo, key_hi, "
+     "rescale, eps) -> scale: della's keep bytes (row ranks of |x - base|) and scale"},
+    {"gta_keep32", py_gta_keep32, METH_VARARGS,
+     "gta_keep32(out, out_fmt, base, base_fmt, inputs, fmts, keeps, scales, weights, consensus, "
+     "divisor, normalize, lam, has_lam): dare/della's combine over keep bytes, fp32"},
     {"philox_keep", py_philox_keep, METH_VARARGS,
      "philox_keep(out, probs, key_lo, key_hi, bf16): Bernoulli keep mask, numpy's Philox stream "
      "(probs: one per element, or one for all)"},

@@ -292,6 +292,7 @@ PyObject *py_gta_consensus32(PyObject *self, PyObject *args);
 PyObject *py_gta_cut32(PyObject *self, PyObject *args);
 PyObject *py_linear32(PyObject *self, PyObject *args);
 PyObject *py_convert(PyObject *self, PyObject *args);
+PyObject *py_gta_keep32(PyObject *self, PyObject *args);
 /* merge_elementwise.c */
 PyObject *py_nearswap(PyObject *self, PyObject *args);
 PyObject *py_ram(PyObject *self, PyObject *args);
@@ -322,6 +323,8 @@ int get_cuts32(PyObject *o, Cuts32 *c);
 /* rng.c */
 PyObject *py_philox_keep(PyObject *self, PyObject *args);
 PyObject *py_keep_rescale32(PyObject *self, PyObject *args);
+PyObject *py_keep_sums32(PyObject *self, PyObject *args);
+PyObject *py_della_keep_sums32(PyObject *self, PyObject *args);
 /* byte_planes.c */
 PyObject *py_join2(PyObject *self, PyObject *args);
 /* delta_stats.c */
