@@ -78,9 +78,10 @@ def split_planes(body: Buffer, width: int, rot: int, reference: Buffer | None = 
     words = np.frombuffer(body, dtype=_WORD[width])
     n_words = len(words)
     rows = np.empty((width, n_words + LITERAL_SLACK), dtype=np.uint8)
-    if width == 2 and native.kernels is not None:
+    split2 = getattr(native.kernels, "split2", None)  # None: no kernels, or a build before it
+    if width == 2 and split2 is not None:
         ref = None if reference is None else np.frombuffer(reference, dtype=np.uint16)
-        native.kernels.split2(rows, words, rot, ref)  # one pass, GIL released
+        split2(rows, words, rot, ref)  # one pass, GIL released
         return rows
     if reference is not None:
         words = words ^ np.frombuffer(reference, dtype=_WORD[width])
@@ -151,9 +152,10 @@ def _plan_plane(plane: np.ndarray, level: int) -> str:
     """
     step = max(1, len(plane) // PLAN_SAMPLE_BYTES)
     n_sample = -(-len(plane) // step)
-    if native.kernels is not None and plane.flags.c_contiguous:
+    hist8 = getattr(native.kernels, "hist8", None)  # None: no kernels, or a build before it
+    if hist8 is not None and plane.flags.c_contiguous:
         counts = np.zeros(256, dtype=np.int64)
-        native.kernels.hist8(plane, step, counts)  # np.bincount's counts, ~10x faster
+        hist8(plane, step, counts)  # np.bincount's counts, ~10x faster
     else:
         counts = np.bincount(plane[::step], minlength=256)
     if counts[0] >= SPARSE_ZERO_FRACTION * n_sample:
