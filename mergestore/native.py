@@ -52,7 +52,7 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
         ),
     ),
     "delta_stats.c": ("mergestore/diff.py", ("delta_stats",)),
-    "byte_planes.c": ("mergestore/store/codecs/byteplane.py", ("join2",)),
+    "byte_planes.c": ("mergestore/store/codecs/byteplane.py", ("join2", "split2", "hist8")),
     # keep_rescale32's twin: ops/sparsify.py (keep_mask, then rescaled_masked_); keep_sums32 and
     # della_keep_sums32 are the first pass of ops/lane_random.py (twin: the same, and ops/gta.py)
     "rng.c": (

@@ -96,6 +96,9 @@ static PyMethodDef methods[] = {
      "philox_keep(out, probs, key_lo, key_hi, bf16): Bernoulli keep mask, numpy's Philox stream "
      "(probs: one per element, or one for all)"},
     {"join2", py_join2, METH_VARARGS, "join2(out, lo, hi, rot, reference_or_None)"},
+    {"split2", py_split2, METH_VARARGS,
+     "split2(rows, words, rot, reference_or_None): the byte planes of rotl(words ^ reference)"},
+    {"hist8", py_hist8, METH_VARARGS, "hist8(data, step, counts): byte counts of data[::step]"},
     {"delta_stats", py_delta_stats, METH_VARARGS,
      "delta_stats(b, a, dtype) -> (dd, l1, max_abs, bb, aa, nnz)"},
     {NULL, NULL, 0, NULL},

@@ -8,7 +8,7 @@
  *   merge_reduce.c  torch-order sums and norms; model_stock in fp32  ops/lane_reduce.py
  *   rank_cuts.c    magnitude rank cuts, row ranks, della's probabilities  ops/sparsify.py
  *   delta_stats.c  fp64 statistics of B - A              diff.py (block_stats)
- *   byte_planes.c  byte-plane joins of the codecs         store/codecs/byteplane.py
+ *   byte_planes.c  byte-plane joins, splits and sample histograms  store/codecs/byteplane.py
  *   rng.c          Philox keep masks; dare/della's fp32 mask + L1 rescale   ops/context.py
  *                  (keep_mask), ops/sparsify.py (keep_rescale32's twin: rescaled_masked_)
  *   module.c       the module's method table and start-up
@@ -327,6 +327,8 @@ PyObject *py_keep_sums32(PyObject *self, PyObject *args);
 PyObject *py_della_keep_sums32(PyObject *self, PyObject *args);
 /* byte_planes.c */
 PyObject *py_join2(PyObject *self, PyObject *args);
+PyObject *py_split2(PyObject *self, PyObject *args);
+PyObject *py_hist8(PyObject *self, PyObject *args);
 /* delta_stats.c */
 PyObject *py_delta_stats(PyObject *self, PyObject *args);
 
