@@ -27,7 +27,8 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
     ),
     "merge_arith32.c": (
         "mergestore/ops/lanes.py",  # twins: the fp32 torch paths of ops/gta.py, ops/linear.py
-        ("gta_sum32", "gta_consensus32", "gta_cut32", "linear32", "convert"),
+        # gta_keep32: dare/della's combine, called from ops/lane_random.py
+        ("gta_sum32", "gta_consensus32", "gta_cut32", "gta_keep32", "linear32", "convert"),
     ),
     "merge_elementwise.c": (
         "mergestore/ops/lane_elementwise.py",  # twins: ops/nearswap.py and ops/ram.py
@@ -38,7 +39,7 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
         ("torch_sum32", "model_stock_stats32", "model_stock_mix32"),
     ),
     "rank_cuts.c": (
-        "mergestore/ops/sparsify.py",  # the fp32 cuts' Python side: ops/lanes.py (cut_spec32)
+        "mergestore/ops/sparsify.py",  # the lanes' cuts: cut_select.c, ops/cuts.py
         (
             "sub_hist_bf16",
             "nth_equal16",
@@ -49,9 +50,13 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
     ),
     "cut_select.c": ("mergestore/ops/cuts.py", ("find_cuts", "gta_cut16", "finite")),
     "delta_stats.c": ("mergestore/diff.py", ("delta_stats",)),
-    "byte_planes.c": ("mergestore/store/codecs/byteplane.py", ("join2",)),
-    # keep_rescale32's twin: ops/sparsify.py (keep_mask, then rescaled_masked_)
-    "rng.c": ("mergestore/ops/context.py", ("philox_keep", "keep_rescale32")),
+    "byte_planes.c": ("mergestore/store/codecs/byteplane.py", ("join2", "split2", "hist8")),
+    # keep_rescale32's twin: ops/sparsify.py (keep_mask, then rescaled_masked_); keep_sums32 and
+    # della_keep_sums32 are the first pass of ops/lane_random.py (twin: the same, and ops/gta.py)
+    "rng.c": (
+        "mergestore/ops/context.py",
+        ("philox_keep", "keep_rescale32", "keep_sums32", "della_keep_sums32"),
+    ),
 }
 
 
