@@ -10,12 +10,27 @@ error is reported as unknown, with what to run to get it.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from mergestore.store import merges
 
 if TYPE_CHECKING:
-    from mergestore.api import Store
+    import torch
+
+    from mergestore.diff import DiffResult
+    from mergestore.store.objects import TensorRecord
+    from mergestore.store.repo import Repository
+
+
+class StoreView(Protocol):
+    """What this module needs of `mergestore.Store` (it is called from there, not above it)."""
+
+    repo: Repository
+
+    def diff(self, a: str, b: str, *, keep: bool) -> DiffResult: ...
+    def tensors(self, ref: bytes) -> list[TensorRecord]: ...
+    def read_tensor(self, ref: bytes, name: str) -> torch.Tensor: ...
+
 
 # The plan fields that make two merges the same merge at different budgets.
 _SAME = ("method", "base", "tensors", "dtype", "out_dtype", "seed", "rng", "engine")
@@ -27,7 +42,7 @@ def _key(body: dict[str, Any]) -> tuple[Any, ...]:
     return (models, *(repr(body.get(k)) for k in _SAME))
 
 
-def full_twin(store: Store, plan_body: dict[str, Any]) -> bytes | None:
+def full_twin(store: StoreView, plan_body: dict[str, Any]) -> bytes | None:
     """A materialized merge commit whose plan reads everything and is otherwise this one."""
     want = _key(plan_body)
     repo = store.repo
@@ -40,7 +55,9 @@ def full_twin(store: Store, plan_body: dict[str, Any]) -> bytes | None:
     return None
 
 
-def realized_error(store: Store, cid: bytes, plan_body: dict[str, Any]) -> dict[str, Any] | None:
+def realized_error(
+    store: StoreView, cid: bytes, plan_body: dict[str, Any]
+) -> dict[str, Any] | None:
     """{"error", "relative", "full_merge"} against the full-read twin, or why it is unknown
     ({"error": None, "why": ...}); None for a merge that read everything."""
     if not (plan_body.get("budget") or {}).get("active"):
@@ -64,7 +81,7 @@ def realized_error(store: Store, cid: bytes, plan_body: dict[str, Any]) -> dict[
     }
 
 
-def _distance(store: Store, a: bytes, b: bytes) -> float | None:
+def _distance(store: StoreView, a: bytes, b: bytes) -> float | None:
     """||B − A||_F over all tensors (a tensor on one side only counts whole), or None when two
     tensors of one name differ in shape."""
     res = store.diff(a.hex(), b.hex(), keep=False)
@@ -82,7 +99,7 @@ def _distance(store: Store, a: bytes, b: bytes) -> float | None:
 
 
 def _read_distance_sq(
-    store: Store, a: bytes, b: bytes, name: str, names: dict[bytes, set[str]]
+    store: StoreView, a: bytes, b: bytes, name: str, names: dict[bytes, set[str]]
 ) -> float | None:
     """||B[name] − A[name]||² in fp64 from the tensors themselves (one side only: its norm)."""
     ta, tb = (store.read_tensor(c, name).double() if name in names[c] else None for c in (a, b))

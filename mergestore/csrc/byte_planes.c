@@ -1,5 +1,8 @@
 /* Byte planes: the join of a 16-bit block's two byte planes (with rotation and an XOR
- * reference). Python twin: mergestore/store/codecs/byteplane.py (join_planes' numpy path). */
+ * reference), its inverse the split (the encoder's, with the XOR fused in), and the byte
+ * histogram of a strided sample that plans each plane's code. Python twins:
+ * mergestore/store/codecs/byteplane.py (join_planes' and split_planes' numpy paths,
+ * np.bincount in _plan_plane). */
 #include "native.h"
 
 /* ------------------------------------------------------------------ byte planes */
@@ -54,4 +57,92 @@ d2:
 d1:
     release(&out);
     return ret;
+}
+
+/* lo[j], hi[j] = the low and high byte of rotl16(w[j] ^ ref[j], rot) (ref may be NULL). */
+HOT static void split2(uint8_t *lo, uint8_t *hi, const uint16_t *w, Py_ssize_t n, int rot,
+                       const uint16_t *ref) {
+    for (Py_ssize_t j = 0; j < n; j++) {
+        uint16_t v = ref ? (uint16_t)(w[j] ^ ref[j]) : w[j];
+        v = rot ? (uint16_t)((v << rot) | (v >> (16 - rot))) : v;
+        lo[j] = (uint8_t)v;
+        hi[j] = (uint8_t)(v >> 8);
+    }
+}
+
+/* split2(rows, words, rot, reference_or_None): rows is a writable C-contiguous uint8 array of
+ * 2 rows of at least len(words) bytes each (the encoder's rows with literal slack); row 0 gets
+ * the low bytes of the rotated (XORed) words, row 1 the high bytes. */
+PyObject *py_split2(PyObject *self, PyObject *args) {
+    PyObject *rows_o, *w_o, *ref_o;
+    int rot;
+    if (!PyArg_ParseTuple(args, "OOiO", &rows_o, &w_o, &rot, &ref_o)) return NULL;
+    if (rot < 0 || rot > 15) {
+        PyErr_SetString(PyExc_ValueError, "split2: rotation out of range");
+        return NULL;
+    }
+    Buf rows, w, ref = {.held = 0};
+    PyObject *ret = NULL;
+    if (get_buf(rows_o, &rows, 1, 2, "rows") < 0) return NULL;
+    if (get_buf(w_o, &w, 0, 2, "words") < 0) goto d1;
+    if (ref_o != Py_None && get_buf(ref_o, &ref, 0, 2, "reference") < 0) goto d2;
+    Py_ssize_t n = w.view.len / 2, stride = rows.view.len / 2;
+    if (stride < n || (ref.held && ref.view.len != w.view.len)) {
+        PyErr_SetString(PyExc_ValueError, "split2: rows or reference do not fit the words");
+        goto d3;
+    }
+    uint8_t *lo = rows.view.buf;
+    Py_BEGIN_ALLOW_THREADS
+    split2(lo, lo + stride, w.view.buf, n, rot, ref.held ? ref.view.buf : NULL);
+    Py_END_ALLOW_THREADS
+    ret = Py_None;
+    Py_INCREF(ret);
+d3:
+    release(&ref);
+d2:
+    release(&w);
+d1:
+    release(&rows);
+    return ret;
+}
+
+/* hist8(data, step, counts): counts[b] += how many of data[0], data[step], data[2*step], ...
+ * equal b (counts: a writable int64 array of 256), as np.bincount(data[::step], minlength=256)
+ * counts them. Four interleaved tables, so runs of one byte value do not wait on one counter. */
+PyObject *py_hist8(PyObject *self, PyObject *args) {
+    PyObject *d_o, *c_o;
+    Py_ssize_t step;
+    if (!PyArg_ParseTuple(args, "OnO", &d_o, &step, &c_o)) return NULL;
+    if (step < 1) {
+        PyErr_SetString(PyExc_ValueError, "hist8: step must be at least 1");
+        return NULL;
+    }
+    Buf d, c;
+    if (get_buf(d_o, &d, 0, 1, "data") < 0) return NULL;
+    if (get_buf(c_o, &c, 1, 8, "counts") < 0) {
+        release(&d);
+        return NULL;
+    }
+    if (c.view.len != 256 * 8) {
+        PyErr_SetString(PyExc_ValueError, "hist8: counts must hold 256 int64");
+        release(&c);
+        release(&d);
+        return NULL;
+    }
+    const uint8_t *p = d.view.buf;
+    Py_ssize_t n = d.view.len;
+    int64_t t[4][256] = {{0}};
+    Py_ssize_t j = 0;
+    for (; j + 3 * step < n; j += 4 * step) {
+        t[0][p[j]]++;
+        t[1][p[j + step]]++;
+        t[2][p[j + 2 * step]]++;
+        t[3][p[j + 3 * step]]++;
+    }
+    for (; j < n; j += step) t[0][p[j]]++;
+    int64_t *out = c.view.buf;
+    for (int b = 0; b < 256; b++) out[b] += t[0][b] + t[1][b] + t[2][b] + t[3][b];
+    release(&c);
+    release(&d);
+    Py_RETURN_NONE;
 }

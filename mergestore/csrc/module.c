@@ -97,10 +97,22 @@ static PyMethodDef methods[] = {
     {"keep_rescale32", py_keep_rescale32, METH_VARARGS,
      "keep_rescale32(delta_f32, probs_f32, key_lo, key_hi, rescale, eps): dare/della's keep "
      "mask (philox_keep's stream) applied to delta in place, then its L1 rescale"},
+    {"keep_sums32", py_keep_sums32, METH_VARARGS,
+     "keep_sums32(keep_u8, x, x_fmt, base, base_fmt, probs_f32, key_lo, key_hi, rescale, eps) "
+     "-> scale: dare's keep bytes of x - base (fp32) and its L1 rescale's scale"},
+    {"della_keep_sums32", py_della_keep_sums32, METH_VARARGS,
+     "della_keep_sums32(keep_u8, x, x_fmt, base, base_fmt, rows, table_f32, key_lo, key_hi, "
+     "rescale, eps) -> scale: della's keep bytes (row ranks of |x - base|) and scale"},
+    {"gta_keep32", py_gta_keep32, METH_VARARGS,
+     "gta_keep32(out, out_fmt, base, base_fmt, inputs, fmts, keeps, scales, weights, consensus, "
+     "divisor, normalize, lam, has_lam): dare/della's combine over keep bytes, fp32"},
     {"philox_keep", py_philox_keep, METH_VARARGS,
      "philox_keep(out, probs, key_lo, key_hi, bf16): Bernoulli keep mask, numpy's Philox stream "
      "(probs: one per element, or one for all)"},
     {"join2", py_join2, METH_VARARGS, "join2(out, lo, hi, rot, reference_or_None)"},
+    {"split2", py_split2, METH_VARARGS,
+     "split2(rows, words, rot, reference_or_None): the byte planes of rotl(words ^ reference)"},
+    {"hist8", py_hist8, METH_VARARGS, "hist8(data, step, counts): byte counts of data[::step]"},
     {"delta_stats", py_delta_stats, METH_VARARGS,
      "delta_stats(b, a, dtype) -> (dd, l1, max_abs, bb, aa, nnz)"},
     {NULL, NULL, 0, NULL},

@@ -9,7 +9,7 @@
  *   merge_sce.c    sce in any compute format (variance top-k, election)  ops/lane_sce.py
  *   rank_cuts.c    magnitude rank cuts, row ranks, della's probabilities  ops/sparsify.py
  *   delta_stats.c  fp64 statistics of B - A              diff.py (block_stats)
- *   byte_planes.c  byte-plane joins of the codecs         store/codecs/byteplane.py
+ *   byte_planes.c  byte-plane joins, splits and sample histograms  store/codecs/byteplane.py
  *   rng.c          Philox keep masks; dare/della's fp32 mask + L1 rescale   ops/context.py
  *                  (keep_mask), ops/sparsify.py (keep_rescale32's twin: rescaled_masked_)
  *   module.c       the module's method table and start-up
@@ -312,6 +312,7 @@ PyObject *py_gta_consensus32(PyObject *self, PyObject *args);
 PyObject *py_gta_cut32(PyObject *self, PyObject *args);
 PyObject *py_linear32(PyObject *self, PyObject *args);
 PyObject *py_convert(PyObject *self, PyObject *args);
+PyObject *py_gta_keep32(PyObject *self, PyObject *args);
 /* merge_elementwise.c */
 PyObject *py_nearswap(PyObject *self, PyObject *args);
 PyObject *py_ram(PyObject *self, PyObject *args);
@@ -348,8 +349,12 @@ int get_cuts32(PyObject *o, Cuts32 *c);
 /* rng.c */
 PyObject *py_philox_keep(PyObject *self, PyObject *args);
 PyObject *py_keep_rescale32(PyObject *self, PyObject *args);
+PyObject *py_keep_sums32(PyObject *self, PyObject *args);
+PyObject *py_della_keep_sums32(PyObject *self, PyObject *args);
 /* byte_planes.c */
 PyObject *py_join2(PyObject *self, PyObject *args);
+PyObject *py_split2(PyObject *self, PyObject *args);
+PyObject *py_hist8(PyObject *self, PyObject *args);
 /* delta_stats.c */
 PyObject *py_delta_stats(PyObject *self, PyObject *args);
 

@@ -1,4 +1,4 @@
-"""Resolve a merge's models to commits, and validate every tensor before any data is read."""
+"""Resolve a merge's models to commits; merge/preflight.py checks their tensors against the plan."""
 
 from __future__ import annotations
 
@@ -12,12 +12,8 @@ from typing import Any
 from mergestore.errors import AmbiguousRefError, MergeError, RefError
 from mergestore.ingest import base_tensor_blocks, commit_checkpoint
 from mergestore.merge.config import MergeConfig, ModelRef
-from mergestore.merge.tensorplan import OutputTensorPlan
 from mergestore.store.objects import TensorFile, TensorRecord
 from mergestore.store.repo import Repository, WriteSession
-
-FLOAT_DTYPES = frozenset({"BF16", "F16", "F32", "F64", "F8_E5M2", "F8_E4M3"})
-VOCAB_MARKERS = ("embed_tokens", "lm_head", "wte", "word_embeddings", "embed_in", "embed_out")
 
 
 @dataclass(frozen=True)
@@ -192,23 +188,6 @@ def _is_folder_input(repo: Repository, text: str) -> bool:
     except RefError:
         return True
     return False
-
-
-def is_vocab_tensor(name: str) -> bool:
-    return any(m in name for m in VOCAB_MARKERS)
-
-
-def validate_tensor_plans(
-    plans: Sequence[OutputTensorPlan],
-    models: Sequence[ResolvedModel],
-    *,
-    compute_dtype: str | None,
-    tokenizer_source: str | None,
-) -> None:
-    """Refuse missing tensors, shape/dtype mismatches and differing non-float tensors."""
-    from mergestore.merge.preflight import preflight
-
-    preflight(plans, models, compute_dtype=compute_dtype, tokenizer_source=tokenizer_source)
 
 
 def base_blocks_of(repo: Repository, cid: bytes | None) -> dict:

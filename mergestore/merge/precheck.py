@@ -22,7 +22,8 @@ from pathlib import Path
 from mergestore.errors import MergeError, RefError
 from mergestore.formats.checkpoint import scan_checkpoint
 from mergestore.merge.config import MergeConfig, ModelRef
-from mergestore.merge.inputs import ResolvedModel, validate_tensor_plans
+from mergestore.merge.inputs import ResolvedModel
+from mergestore.merge.preflight import preflight
 from mergestore.merge.tensorplan import plan_tensors
 from mergestore.ops import get_method
 from mergestore.store.merges import known_tree
@@ -60,9 +61,7 @@ def precheck(
     plans = plan_tensors(cfg, spec, refs, {i: list(m.tensors) for i, m in enumerate(models)})
     if not plans:
         raise MergeError("the merge has no tensors to produce")
-    validate_tensor_plans(
-        plans, models, compute_dtype=cfg.dtype, tokenizer_source=cfg.tokenizer_source
-    )
+    preflight(plans, models, compute_dtype=cfg.dtype, tokenizer_source=cfg.tokenizer_source)
     if cfg.tokenizer_source is not None:  # the tokenizer merge, from the folders' files
         from mergestore.merge.vocab import build_vocab
 

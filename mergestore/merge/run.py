@@ -25,10 +25,10 @@ from mergestore.merge.inputs import (
     refuse_duplicate_commits,
     resolve_models,
     store_folders,
-    validate_tensor_plans,
 )
 from mergestore.merge.outfolder import FolderOutput
 from mergestore.merge.pieces import omitted_mode, run_tasks
+from mergestore.merge.preflight import preflight
 from mergestore.merge.prepared import (
     ENGINE,
     MergeResult,
@@ -111,9 +111,7 @@ def prepare(
     plans = plan_tensors(cfg, spec, refs, {i: list(m.tensors) for i, m in enumerate(models)})
     if not plans:
         raise MergeError("the merge has no tensors to produce")
-    validate_tensor_plans(
-        plans, models, compute_dtype=cfg.dtype, tokenizer_source=cfg.tokenizer_source
-    )
+    preflight(plans, models, compute_dtype=cfg.dtype, tokenizer_source=cfg.tokenizer_source)
     base_index = find_base_index(cfg, models)
     from mergestore.merge.vocab import build_vocab
 

@@ -20,6 +20,8 @@ What the fp32 lane covers, with the torch path's bits (tests/ops/test_lanes.py):
   ops.sparsify.cut_streams says), at most FP32_MAX_INPUTS inputs.
 - nearswap, and ram with at most 4 inputs: in any compute dtype (ops.lane_elementwise);
 - model_stock in fp32 compute, without filter_wise (ops.lane_reduce);
+- dare_linear, dare_ties, della, della_linear in fp32 compute with rng="per_tensor", at most
+  4 inputs (ops.lane_random);
 - sce with at most 4 inputs, in any compute dtype (ops.lane_sce).
 Everything else goes through torch; `reason()` says why, for `merge --json`.
 """
@@ -32,6 +34,7 @@ from typing import Any
 from mergestore import native
 from mergestore.lazy_numpy import np  # numpy is imported on first use
 from mergestore.ops import alloc, sparsify
+from mergestore.ops.context import TensorContext
 from mergestore.ops.lane16 import (
     LANES,
     MAGNITUDE,
@@ -55,13 +58,6 @@ _FP32_GTA: dict[str, tuple[str | None, bool]] = {
     "ties": (MAGNITUDE, True),
     "breadcrumbs": (OUTLIERS, False),
     "breadcrumbs_ties": (OUTLIERS, True),
-}
-
-
-# Why the GTA methods with random drops stay on torch (their combine runs in C: ops.gta).
-_RANDOM_WHY = "random drops and L1 rescale in torch (the C kernels combine the deltas)"
-_TORCH_SPARSIFIED = {
-    m: f"{m}: {_RANDOM_WHY}" for m in ("dare_ties", "dare_linear", "della", "della_linear")
 }
 
 
@@ -107,13 +103,21 @@ def reason(
     shared: Mapping[str, Any],
     per_input: Sequence[Mapping[str, Any]],
     numel: int | None = None,
+    rng: str = "per_tensor",
 ) -> str | None:
     """None if the lane computes this tensor (of `numel` elements, if known) with the torch
-    path's bits, else why not."""
-    from mergestore.ops import lane_elementwise, lane_reduce, lane_sce  # numpy: used here only
+    path's bits, else why not. `rng`: the merge's RNG rule (TensorContext.rng)."""
+    from mergestore.ops import (  # numpy at import
+        lane_elementwise,
+        lane_random,
+        lane_reduce,
+        lane_sce,
+    )
 
     if native.kernels is None:
         return "the C kernels are not built"
+    if method in lane_random.METHODS:
+        return lane_random.reason(method, compute, per_input, rng)
     if method in lane_elementwise.METHODS:
         return lane_elementwise.reason(method, per_input)
     if method == "sce":
@@ -136,8 +140,6 @@ def reason(
             return f"fp32 sums of more than {FP32_MAX_INPUTS} inputs"
         return None
     if method not in _FP32_GTA:
-        if method in _TORCH_SPARSIFIED:
-            return _TORCH_SPARSIFIED[method]
         return f"{method} has no torch-free kernel"
     if len(per_input) > FP32_MAX_INPUTS:
         return f"fp32 sums of more than {FP32_MAX_INPUTS} inputs"
@@ -161,10 +163,12 @@ def merge(
     per_input: Sequence[Mapping[str, Any]],
     compute: str,
     out_dtype: str | None,
+    ctx: TensorContext | None = None,
 ) -> np.ndarray:
     """One output tensor on the lane (reason() is None for it): the kernel's result in the
-    compute dtype, rounded to out_dtype if given."""
-    from mergestore.ops import lane_elementwise, lane_reduce, lane_sce
+    compute dtype, rounded to out_dtype if given. `ctx`: the tensor's name and RNG rule, which
+    the random drops of dare* and della* need."""
+    from mergestore.ops import lane_elementwise, lane_random, lane_reduce, lane_sce
 
     like = base if base is not None else inputs[0]
     if method in lane_elementwise.METHODS or method == "sce":
@@ -178,6 +182,12 @@ def merge(
     if method == "model_stock":
         assert base is not None
         return lane_reduce.model_stock32(base, inputs, out_dtype or "F32")
+    if method in lane_random.METHODS and inputs:
+        assert base is not None and ctx is not None
+        result = lane_random.merge32(
+            method, base, inputs, shared, per_input, out_dtype or "F32", ctx
+        )
+        return result.reshape(like.shape)
     if compute == "F32":
         result = _merge32(method, base, inputs, shared, per_input, out_dtype or "F32")
         return result.reshape(like.shape)

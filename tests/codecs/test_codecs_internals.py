@@ -133,3 +133,60 @@ def test_delta_choice_without_trial_encode_is_near_the_best():
         best = min(len(delta.payload), len(plain.payload))
         assert len(enc.payload) <= 1.06 * best, rel
         assert decode_block(enc.spec, enc.payload, reference=base if enc.ref else None) == ft
+
+
+@pytest.mark.parametrize("rot", [0, 1, 7, 8, 15])
+@pytest.mark.parametrize("n", [1, 999, 4096])
+def test_split_with_reference_is_the_split_of_the_xor(rot, n):
+    # the encoder's fused XOR + split (C split2, or numpy) against an XOR made first
+    rng = np.random.default_rng(n + rot)
+    raw = rng.integers(0, 1 << 16, n, dtype=np.uint16)
+    ref = rng.integers(0, 1 << 16, n, dtype=np.uint16)
+    rows = split_planes(raw.tobytes(), 2, rot, ref.tobytes())
+    x = raw ^ ref
+    rotated = (x << rot) | (x >> (16 - rot)) if rot else x  # independent reference
+    assert rows[0, :n].tolist() == (rotated & 0xFF).tolist()
+    assert rows[1, :n].tolist() == (rotated >> 8).tolist()
+
+
+@pytest.mark.parametrize("dtype", ["BF16", "F16", "F32"])
+@pytest.mark.parametrize("n", [4097, 1 << 16])  # odd byte counts leave a tail to XOR
+def test_delta_candidate_is_the_plain_chain_of_the_xor(dtype, n):
+    # encode_block's delta candidate splits block XOR reference without making it first: its
+    # stored bytes are those of the plain chain run on the XOR stage's output
+    from mergestore.store.codecs import choose
+    from mergestore.store.codecs.registry import CODECS
+
+    base = weights(dtype, n // 2) + b"\x22"
+    for flip in (1, 3, 255):  # a light, a heavier and a dense change
+        ft = bytearray(base)
+        ft[::flip] = bytes((b ^ 0x5A) for b in ft[::flip])
+        ft = bytes(ft)
+        x = (np.frombuffer(ft, np.uint8) ^ np.frombuffer(base, np.uint8)).tobytes()
+        for allow in (frozenset(CODECS), frozenset({"bplane"})):
+            fused = choose._plain(ft, dtype, 3, allow, base)
+            plain = choose._plain(x, dtype, 3, allow)
+            assert fused is not None and plain is not None
+            assert [s.to_spec() for s in fused[0]] == [s.to_spec() for s in plain[0]]
+            assert bytes(fused[1]) == bytes(plain[1])
+        enc = encode_block(ft, dtype=dtype, reference=base, reference_id=REF_ID)
+        assert decode_block(enc.spec, enc.payload, reference=base if enc.ref else None) == ft
+
+
+def test_plane_sample_counts_match_bincount():
+    from mergestore import native
+
+    if native.kernels is None:
+        pytest.skip("the C kernels are not built")
+    rng = np.random.default_rng(5)
+    for n in (1, 3, 8191, 8192, 100_003):
+        data = rng.integers(0, 256, n, dtype=np.uint8)
+        data[: n // 2] = 0  # a run of one value
+        for step in (1, 2, 3, 5, 64, n):
+            counts = np.zeros(256, dtype=np.int64)
+            native.kernels.hist8(data, step, counts)
+            assert counts.tolist() == np.bincount(data[::step], minlength=256).tolist()
+    with pytest.raises(ValueError):
+        native.kernels.hist8(data, 0, np.zeros(256, dtype=np.int64))
+    with pytest.raises(ValueError):
+        native.kernels.hist8(data, 1, np.zeros(255, dtype=np.int64))

@@ -53,22 +53,31 @@ def _plain(
     dtype: str | None,
     level: int,
     allowed: frozenset[str],
+    reference: AnyBuffer | None = None,
 ) -> Candidate | None:
-    """Best non-delta chain for `data` (None if the allowed codecs offer none but raw)."""
+    """Best non-delta chain for `data`, or for data XOR `reference` when one is given (the
+    XOR stage's output: the byte planes split it without making it first); None if the
+    allowed codecs offer none but raw."""
     n = memoryview(data).nbytes
     layout = FLOAT_LAYOUT.get(dtype or "")
     use_zstd = "zstd" in allowed
+
+    def xored() -> AnyBuffer:
+        return data if reference is None else XorDelta().encode(data, reference)
+
     if layout is not None and "bplane" in allowed:
-        stage, payload = BytePlane.encode_adaptive(data, *layout, level)
+        stage, payload = BytePlane.encode_adaptive(data, *layout, level, reference=reference)
         best: Candidate = ((stage,), payload)
         poor = n and _size(best) > TRY_ZSTD_ABOVE * n
-        if use_zstd and poor and _zstd_may_win(data, _size(best) / n, level):
-            other = _zstd(data, level)
-            if _size(other) < _size(best):
-                best = other
+        if use_zstd and poor:
+            x = xored()
+            if _zstd_may_win(x, _size(best) / n, level):
+                other = _zstd(x, level)
+                if _size(other) < _size(best):
+                    best = other
         return best
     if use_zstd:
-        return _zstd(data, level)
+        return _zstd(xored(), level)
     return None
 
 
@@ -116,7 +125,9 @@ def encode_block(
         if reference_id is None or len(reference_id) != 32:
             raise ValueError("a reference block needs its 32-byte id")
         xor = XorDelta()
-        inner = _plain(xor.encode(view, reference), dtype, level, allow)
+        if memoryview(reference).nbytes != n:
+            raise ValueError("xor delta needs a reference of the same length as the block")
+        inner = _plain(view, dtype, level, allow, reference)
         if inner is not None:
             candidates.append((((xor, *inner[0]), inner[1]), reference_id))
     delta_ok = bool(candidates) and _size(candidates[0][0]) <= DELTA_GOOD_ENOUGH * n
