@@ -27,7 +27,8 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
     ),
     "merge_arith32.c": (
         "mergestore/ops/lanes.py",  # twins: the fp32 torch paths of ops/gta.py, ops/linear.py
-        ("gta_sum32", "gta_consensus32", "gta_cut32", "linear32", "convert"),
+        # gta_keep32: dare/della's combine, called from ops/lane_random.py
+        ("gta_sum32", "gta_consensus32", "gta_cut32", "gta_keep32", "linear32", "convert"),
     ),
     "merge_elementwise.c": (
         "mergestore/ops/lane_elementwise.py",  # twins: ops/nearswap.py and ops/ram.py
@@ -36,6 +37,10 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
     "merge_reduce.c": (
         "mergestore/ops/lane_reduce.py",  # twin: ops/model_stock.py
         ("torch_sum32", "model_stock_stats32", "model_stock_mix32"),
+    ),
+    "merge_sce.c": (
+        "mergestore/ops/lane_sce.py",  # twin: ops/sce.py
+        ("sce_var", "sce_sumsq", "sce_combine", "u32_hist_lo", "u32_nth_equal"),
     ),
     "rank_cuts.c": (
         "mergestore/ops/sparsify.py",  # the fp32 cuts' Python side: ops/lanes.py (cut_spec32)
@@ -52,8 +57,12 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
     ),
     "delta_stats.c": ("mergestore/diff.py", ("delta_stats",)),
     "byte_planes.c": ("mergestore/store/codecs/byteplane.py", ("join2", "split2", "hist8")),
-    # keep_rescale32's twin: ops/sparsify.py (keep_mask, then rescaled_masked_)
-    "rng.c": ("mergestore/ops/context.py", ("philox_keep", "keep_rescale32")),
+    # keep_rescale32's twin: ops/sparsify.py (keep_mask, then rescaled_masked_); keep_sums32 and
+    # della_keep_sums32 are the first pass of ops/lane_random.py (twin: the same, and ops/gta.py)
+    "rng.c": (
+        "mergestore/ops/context.py",
+        ("philox_keep", "keep_rescale32", "keep_sums32", "della_keep_sums32"),
+    ),
 }
 
 

@@ -184,6 +184,67 @@ HOT static int gta_cut32(void *out, int out_fmt, const void *base, int base_fmt,
     return 0;
 }
 
+/* dare* and della* in fp32 in one pass over the inputs (ops/lane_random.py): d_i = x_i - base
+ * (fp32), times its keep byte (1.0f or 0.0f, as torch multiplies by the mask), times its L1
+ * scale (keep_sums32 / della_keep_sums32 in rng.c found both; a scale of 1 is skipped: it
+ * multiplies exactly), then gta_consensus32's arithmetic (consensus) or gta_sum32's over the
+ * sparsified deltas. The same operations in the same order as ops.gta's fp32 path over
+ * sparsify.bernoulli_ / della_magprune's deltas, without an fp32 delta per input in memory. */
+HOT static int gta_keep32(void *out, int out_fmt, const void *base, int base_fmt,
+                          const void **xs, const int *fmts, const uint8_t **keeps,
+                          const float *scales, Py_ssize_t k, const float *w, int consensus,
+                          float divisor, Py_ssize_t n, int normalize, float lam, int has_lam) {
+    float *dt = malloc((size_t)(k ? k : 1) * TILE * sizeof(float));
+    if (!dt) return -1;
+    float vote[TILE], merged[TILE], divs[TILE], bf[TILE];
+    for (Py_ssize_t s = 0; s < n; s += TILE) {
+        Py_ssize_t m = n - s < TILE ? n - s : TILE;
+        widen(bf, base, base_fmt, s, m);
+        for (Py_ssize_t i = 0; i < k; i++) {
+            float *d = dt + i * TILE;
+            const uint8_t *kp = keeps[i] + s;
+            widen(d, xs[i], fmts[i], s, m);
+            for (Py_ssize_t j = 0; j < m; j++) d[j] = (d[j] - bf[j]) * (kp[j] ? 1.0f : 0.0f);
+            const float sc = scales[i];
+            if (sc != 1.0f)
+                for (Py_ssize_t j = 0; j < m; j++) d[j] = d[j] * sc;
+        }
+        for (Py_ssize_t j = 0; j < m; j++) merged[j] = 0.0f;
+        if (!consensus) {
+            for (Py_ssize_t i = 0; i < k; i++) {
+                const float *d = dt + i * TILE;
+                const float wi = w[i];
+                for (Py_ssize_t j = 0; j < m; j++) merged[j] = merged[j] + d[j] * wi;
+            }
+            finish32(out, out_fmt, s, bf, merged, NULL, divisor, m, normalize, lam, has_lam);
+            continue;
+        }
+        for (Py_ssize_t j = 0; j < m; j++) vote[j] = 0.0f;
+        for (Py_ssize_t i = 0; i < k; i++) {
+            const float *d = dt + i * TILE;
+            const float wi = w[i];
+            for (Py_ssize_t j = 0; j < m; j++) vote[j] = vote[j] + d[j] * wi;
+        }
+        for (Py_ssize_t j = 0; j < m; j++) {
+            vote[j] = vote[j] >= 0.0f ? 1.0f : -1.0f;
+            divs[j] = 0.0f;
+        }
+        for (Py_ssize_t i = 0; i < k; i++) {
+            const float *d = dt + i * TILE;
+            const float wi = w[i];
+            for (Py_ssize_t j = 0; j < m; j++) {
+                float D = d[j] * wi;
+                float agree = (D * vote[j]) > 0.0f ? 1.0f : 0.0f;
+                merged[j] = merged[j] + D * agree;
+                divs[j] = divs[j] + agree * wi;
+            }
+        }
+        finish32(out, out_fmt, s, bf, merged, divs, 0.0f, m, normalize, lam, has_lam);
+    }
+    free(dt);
+    return 0;
+}
+
 /* linear with an fp32 accumulator: acc = fma(x_i, w_i, acc) from 0 in input order (torch's
  * addcmul_ is fused), acc / wsum if normalize, stored in the output format. */
 HOT static void linear32(void *out, int out_fmt, const void **xs, const int *fmts, Py_ssize_t k,
@@ -469,6 +530,77 @@ PyObject *py_gta_cut32(PyObject *self, PyObject *args) {
 d4:
     PyMem_Free(cuts);
     Py_XDECREF(cs);
+    PyMem_Free(w);
+d3:
+    inputs_release(&in);
+d2:
+    release(&base);
+d1:
+    release(&out);
+    return ret;
+}
+
+/* gta_keep32(out, out_fmt, base, base_fmt, inputs, fmts, keeps (uint8), scales, weights,
+ * consensus, divisor, normalize, lam, has_lam) */
+PyObject *py_gta_keep32(PyObject *self, PyObject *args) {
+    PyObject *out_o, *base_o, *xs_o, *fmts_o, *keeps_o, *sc_o, *w_o;
+    int out_fmt, base_fmt, consensus, normalize, has_lam;
+    double divisor, lam;
+    if (!PyArg_ParseTuple(args, "OiOiOOOOOpdpdp", &out_o, &out_fmt, &base_o, &base_fmt, &xs_o,
+                          &fmts_o, &keeps_o, &sc_o, &w_o, &consensus, &divisor, &normalize, &lam,
+                          &has_lam))
+        return NULL;
+    Py_ssize_t n = -1;
+    Buf out, base;
+    Inputs in;
+    float *w = NULL, *scales = NULL;
+    Buf *kb = NULL;
+    const uint8_t **kp = NULL;
+    Py_ssize_t held = 0;
+    PyObject *ret = NULL, *ks = NULL;
+    if (get_fmt_buf(out_o, out_fmt, &n, 1, &out, "out") < 0) return NULL;
+    if (get_fmt_buf(base_o, base_fmt, &n, 0, &base, "base") < 0) goto d1;
+    if (get_inputs(xs_o, fmts_o, n, &in) < 0) goto d2;
+    if (!(w = get_weights(w_o, in.k))) goto d3;
+    if (!(scales = get_weights(sc_o, in.k))) goto d4;
+    ks = PySequence_Fast(keeps_o, "expected a sequence of keep buffers");
+    if (!ks) goto d4;
+    if (PySequence_Fast_GET_SIZE(ks) != in.k) {
+        PyErr_SetString(PyExc_ValueError, "gta_keep32: one keep buffer per input");
+        goto d4;
+    }
+    kb = PyMem_Calloc(in.k ? in.k : 1, sizeof(Buf));
+    kp = PyMem_Calloc(in.k ? in.k : 1, sizeof(uint8_t *));
+    if (!kb || !kp) {
+        PyErr_NoMemory();
+        goto d4;
+    }
+    for (; held < in.k; held++) {
+        if (get_buf(PySequence_Fast_GET_ITEM(ks, held), &kb[held], 0, 1, "keep") < 0) goto d4;
+        if (kb[held].view.len != n) {
+            release(&kb[held]);
+            PyErr_SetString(PyExc_ValueError, "gta_keep32: a keep byte per element");
+            goto d4;
+        }
+        kp[held] = kb[held].view.buf;
+    }
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = gta_keep32(out.view.buf, out_fmt, base.view.buf, base_fmt, in.ptrs, in.fmts, kp, scales,
+                    in.k, w, consensus, (float)divisor, n, normalize, (float)lam, has_lam);
+    Py_END_ALLOW_THREADS
+    if (rc < 0) {
+        PyErr_NoMemory();
+        goto d4;
+    }
+    ret = Py_None;
+    Py_INCREF(ret);
+d4:
+    for (Py_ssize_t i = 0; i < held; i++) release(&kb[i]);
+    PyMem_Free(kb);
+    PyMem_Free((void *)kp);
+    Py_XDECREF(ks);
+    PyMem_Free(scales);
     PyMem_Free(w);
 d3:
     inputs_release(&in);

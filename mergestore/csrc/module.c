@@ -57,6 +57,20 @@ static PyMethodDef methods[] = {
      "model_stock_stats32([base, x1, ...], fmts) -> ([|x_i - base|], [pair dot products])"},
     {"model_stock_mix32", py_model_stock_mix32, METH_VARARGS,
      "model_stock_mix32(out, out_fmt, [base, x1, ...], fmts, t, one_minus_t)"},
+    {"sce_var", py_sce_var, METH_VARARGS,
+     "sce_var(var_out_u32, hist_i64, [base, x1, ...], fmts, compute_fmt) -> nnz: the magnitude "
+     "bits of torch.var(x_i - base, dim=0, unbiased=False) and their upper-16-bit histogram"},
+    {"sce_sumsq", py_sce_sumsq, METH_VARARGS,
+     "sce_sumsq([base, x1, ...], fmts, compute_fmt, var_or_None, v, last) -> torch's sum of "
+     "each selected task vector's squares"},
+    {"sce_combine", py_sce_combine, METH_VARARGS,
+     "sce_combine(out, out_fmt, [base, x1, ...], fmts, compute_fmt, var_or_None, v, last, "
+     "start, weights, lo): sce's election and weighted mean"},
+    {"u32_hist_lo", py_u32_hist_lo, METH_VARARGS,
+     "u32_hist_lo(values_u32, hi, hist): histogram of the low 16 bits of values whose upper "
+     "16 bits are hi"},
+    {"u32_nth_equal", py_u32_nth_equal, METH_VARARGS,
+     "u32_nth_equal(values_u32, v, need) -> index of the need-th value equal to v, or -1"},
     {"convert", py_convert, METH_VARARGS,
      "convert(out, out_fmt, x, x_fmt): a float format conversion as torch's .to() rounds"},
     {"sub_hist32", py_sub_hist32, METH_VARARGS,
@@ -83,6 +97,15 @@ static PyMethodDef methods[] = {
     {"keep_rescale32", py_keep_rescale32, METH_VARARGS,
      "keep_rescale32(delta_f32, probs_f32, key_lo, key_hi, rescale, eps): dare/della's keep "
      "mask (philox_keep's stream) applied to delta in place, then its L1 rescale"},
+    {"keep_sums32", py_keep_sums32, METH_VARARGS,
+     "keep_sums32(keep_u8, x, x_fmt, base, base_fmt, probs_f32, key_lo, key_hi, rescale, eps) "
+     "-> scale: dare's keep bytes of x - base (fp32) and its L1 rescale's scale"},
+    {"della_keep_sums32", py_della_keep_sums32, METH_VARARGS,
+     "della_keep_sums32(keep_u8, x, x_fmt, base, base_fmt, rows, table_f32, key_lo, key_hi, "
+     "rescale, eps) -> scale: della's keep bytes (row ranks of |x - base|) and scale"},
+    {"gta_keep32", py_gta_keep32, METH_VARARGS,
+     "gta_keep32(out, out_fmt, base, base_fmt, inputs, fmts, keeps, scales, weights, consensus, "
+     "divisor, normalize, lam, has_lam): dare/della's combine over keep bytes, fp32"},
     {"philox_keep", py_philox_keep, METH_VARARGS,
      "philox_keep(out, probs, key_lo, key_hi, bf16): Bernoulli keep mask, numpy's Philox stream "
      "(probs: one per element, or one for all)"},

@@ -187,3 +187,248 @@ PyObject *py_keep_rescale32(PyObject *self, PyObject *args) {
     release(&d);
     Py_RETURN_NONE;
 }
+
+/* ------------------------------------------------------------------ the lane's keep masks */
+
+/* Scale of an L1 rescale: before / after, or 1 when either sum is below eps (as fp32); 1
+ * multiplies exactly, so it gives the bits of no rescale. */
+static float l1_scale(Cascade *before, Cascade *after, float eps) {
+    float sb = cascade_end(before), sa = cascade_end(after);
+    if (sb < eps || sa < eps) return 1.0f;
+    return sb / sa;
+}
+
+/* The first pass of dare's and della's fp32 sparsification on the lane (ops/lane_random.py),
+ * for one input: d_j = x_j - base_j in fp32 (both widened exactly), keep_j = u_j < p_j
+ * (philox_keep's stream; p one value, or one per element), written as 1/0 bytes; with
+ * rescale, the L1 sums of d and of d * keep in torch's order (keep_rescale32's) and the scale
+ * they give. Nothing else is stored: gta_keep32 (merge_arith32.c) recomputes d and applies
+ * the keep bytes and the scale, so there is no fp32 delta per input in memory. */
+HOT static float keep_sums32(uint8_t *keep, const void *x, int x_fmt, const void *base,
+                             int base_fmt, const float *probs, int one_p, Py_ssize_t n,
+                             uint64_t k0, uint64_t k1, int rescale, float eps) {
+    const Py_ssize_t per = 8 * PHILOX_LANES;
+    uint64_t ctr[4] = {0, 0, 0, 0};
+    float u[8 * PHILOX_LANES], d[TILE], bs[TILE], a[TILE], b[TILE];
+    Cascade before, after;
+    cascade_init(&before, n);
+    cascade_init(&after, n);
+    for (Py_ssize_t s = 0; s < n; s += TILE) {
+        Py_ssize_t m = n - s < TILE ? n - s : TILE;
+        widen(d, x, x_fmt, s, m);
+        widen(bs, base, base_fmt, s, m);
+        for (Py_ssize_t j = 0; j < m; j++) d[j] = d[j] - bs[j];
+        for (Py_ssize_t q = 0; q < m; q += per) { /* TILE is a multiple of per */
+            philox_uniforms(ctr, k0, k1, u);
+            Py_ssize_t mm = m - q < per ? m - q : per;
+            uint8_t *kp = keep + s + q;
+            if (one_p) {
+                const float p = probs[0];
+                for (Py_ssize_t j = 0; j < mm; j++) kp[j] = u[j] < p;
+            } else {
+                const float *p = probs + s + q;
+                for (Py_ssize_t j = 0; j < mm; j++) kp[j] = u[j] < p[j];
+            }
+        }
+        if (rescale) { /* s is a multiple of TILE, hence of the cascade's ROW */
+            const uint8_t *kp = keep + s;
+            for (Py_ssize_t j = 0; j < m; j++) {
+                a[j] = fabsf(d[j]);
+                b[j] = fabsf(d[j] * (kp[j] ? 1.0f : 0.0f));
+            }
+            cascade_feed(&before, a, s, m);
+            cascade_feed(&after, b, s, m);
+        }
+    }
+    return rescale ? l1_scale(&before, &after, eps) : 1.0f;
+}
+
+/* Stable ascending order of a row's 31-bit keys: four counting passes of 8 bits (a pass whose
+ * digit is the same for every key is skipped). v holds key << 32 | index on entry, the sorted
+ * entries on return; t is scratch of the same size. */
+static uint64_t *radix_order31(uint64_t *v, uint64_t *t, Py_ssize_t cols) {
+    uint32_t cnt[4][256];
+    memset(cnt, 0, sizeof cnt);
+    for (Py_ssize_t j = 0; j < cols; j++) {
+        uint32_t k = (uint32_t)(v[j] >> 32);
+        cnt[0][k & 255]++;
+        cnt[1][(k >> 8) & 255]++;
+        cnt[2][(k >> 16) & 255]++;
+        cnt[3][k >> 24]++;
+    }
+    for (int pass = 0; pass < 4; pass++) {
+        int shift = 32 + 8 * pass;
+        uint32_t *c = cnt[pass];
+        if (c[(v[0] >> shift) & 255] == (uint32_t)cols) continue; /* one digit: no reorder */
+        uint32_t sum = 0;
+        for (int i = 0; i < 256; i++) {
+            uint32_t x = c[i];
+            c[i] = sum;
+            sum += x;
+        }
+        for (Py_ssize_t j = 0; j < cols; j++) t[c[(v[j] >> shift) & 255]++] = v[j];
+        uint64_t *sw = v;
+        v = t;
+        t = sw;
+    }
+    return v;
+}
+
+/* della_keep_sums32: keep_sums32 for della on a [rows, cols] tensor (a 1-D tensor is one
+ * row), with each element's keep-probability table[rank - 1], rank its 1-based stable rank
+ * by |d| within its row (ties by column, NaNs equal and above +inf: torch's stable sort of
+ * the magnitudes). `table` holds ops.sparsify._della_probs's value for every rank (it depends
+ * on the rank alone). Returns the scale, or -1 (no memory). */
+HOT static int della_keep_sums32(uint8_t *keep, const void *x, int x_fmt, const void *base,
+                                 int base_fmt, Py_ssize_t rows, Py_ssize_t cols,
+                                 const float *table, uint64_t k0, uint64_t k1, int rescale,
+                                 float eps, float *scale) {
+    const Py_ssize_t per = 8 * PHILOX_LANES;
+    char *mem = malloc((size_t)cols * (3 * sizeof(float) + 2 * sizeof(uint64_t)));
+    if (!mem) return -1;
+    float *d = (float *)mem, *p = d + cols, *uu = p + cols;
+    uint64_t *v = (uint64_t *)(uu + cols), *t = v + cols;
+    uint64_t ctr[4] = {0, 0, 0, 0};
+    float u[8 * PHILOX_LANES], a[TILE], b[TILE];
+    Py_ssize_t upos = per, fill = 0, fed = 0, n = rows * cols;
+    Cascade before, after;
+    cascade_init(&before, n);
+    cascade_init(&after, n);
+    for (Py_ssize_t r = 0; r < rows; r++) {
+        widen(d, x, x_fmt, r * cols, cols);
+        widen(p, base, base_fmt, r * cols, cols);
+        for (Py_ssize_t j = 0; j < cols; j++) {
+            d[j] = d[j] - p[j];
+            uint32_t bits;
+            memcpy(&bits, &d[j], 4);
+            bits &= 0x7FFFFFFFu;
+            if (bits > 0x7F800000u) bits = 0x7F800001u; /* every NaN: one key, above +inf */
+            v[j] = (uint64_t)bits << 32 | (uint64_t)j;
+        }
+        const uint64_t *order = radix_order31(v, t, cols);
+        for (Py_ssize_t q = 0; q < cols; q++) p[(uint32_t)order[q]] = table[q];
+        for (Py_ssize_t j = 0; j < cols;) { /* this row's uniforms, from the running stream */
+            if (upos == per) {
+                philox_uniforms(ctr, k0, k1, u);
+                upos = 0;
+            }
+            Py_ssize_t take = per - upos < cols - j ? per - upos : cols - j;
+            memcpy(uu + j, u + upos, (size_t)take * sizeof(float));
+            upos += take;
+            j += take;
+        }
+        uint8_t *kp = keep + r * cols;
+        for (Py_ssize_t j = 0; j < cols;) {
+            Py_ssize_t take = TILE - fill < cols - j ? TILE - fill : cols - j;
+            for (Py_ssize_t e = 0; e < take; e++) {
+                float dv = d[j + e];
+                int kk = uu[j + e] < p[j + e];
+                kp[j + e] = (uint8_t)kk;
+                a[fill + e] = fabsf(dv);
+                b[fill + e] = fabsf(dv * (kk ? 1.0f : 0.0f));
+            }
+            fill += take;
+            j += take;
+            if (fill == TILE) { /* fed at multiples of TILE, as the cascade needs */
+                if (rescale) {
+                    cascade_feed(&before, a, fed, TILE);
+                    cascade_feed(&after, b, fed, TILE);
+                }
+                fed += TILE;
+                fill = 0;
+            }
+        }
+    }
+    if (rescale && fill) {
+        cascade_feed(&before, a, fed, fill);
+        cascade_feed(&after, b, fed, fill);
+    }
+    free(mem);
+    *scale = rescale ? l1_scale(&before, &after, eps) : 1.0f;
+    return 0;
+}
+
+/* keep_sums32(keep_u8, x, x_fmt, base, base_fmt, probs_f32, key_lo, key_hi, rescale, eps)
+ * -> scale */
+PyObject *py_keep_sums32(PyObject *self, PyObject *args) {
+    PyObject *k_o, *x_o, *b_o, *p_o;
+    int x_fmt, b_fmt, rescale;
+    unsigned long long k0, k1;
+    float eps;
+    if (!PyArg_ParseTuple(args, "OOiOiOKKpf", &k_o, &x_o, &x_fmt, &b_o, &b_fmt, &p_o, &k0, &k1,
+                          &rescale, &eps))
+        return NULL;
+    Py_ssize_t n = -1;
+    Buf keep, x, base, p;
+    if (get_buf(k_o, &keep, 1, 1, "keep") < 0) return NULL;
+    n = keep.view.len;
+    PyObject *ret = NULL;
+    if (get_fmt_buf(x_o, x_fmt, &n, 0, &x, "x") < 0) goto d1;
+    if (get_fmt_buf(b_o, b_fmt, &n, 0, &base, "base") < 0) goto d2;
+    if (get_buf(p_o, &p, 0, 4, "probs") < 0) goto d3;
+    int one_p = p.view.len == 4;
+    if (p.view.len != 4 * n && !one_p) {
+        PyErr_SetString(PyExc_ValueError, "keep_sums32: probs must be one per element, or one");
+        goto d4;
+    }
+    float scale;
+    Py_BEGIN_ALLOW_THREADS
+    scale = keep_sums32(keep.view.buf, x.view.buf, x_fmt, base.view.buf, b_fmt, p.view.buf, one_p,
+                        n, k0, k1, rescale, eps);
+    Py_END_ALLOW_THREADS
+    ret = PyFloat_FromDouble(scale);
+d4:
+    release(&p);
+d3:
+    release(&base);
+d2:
+    release(&x);
+d1:
+    release(&keep);
+    return ret;
+}
+
+/* della_keep_sums32(keep_u8, x, x_fmt, base, base_fmt, rows, table_f32, key_lo, key_hi,
+ * rescale, eps) -> scale */
+PyObject *py_della_keep_sums32(PyObject *self, PyObject *args) {
+    PyObject *k_o, *x_o, *b_o, *t_o;
+    int x_fmt, b_fmt, rescale;
+    Py_ssize_t rows;
+    unsigned long long k0, k1;
+    float eps;
+    if (!PyArg_ParseTuple(args, "OOiOinOKKpf", &k_o, &x_o, &x_fmt, &b_o, &b_fmt, &rows, &t_o, &k0,
+                          &k1, &rescale, &eps))
+        return NULL;
+    Py_ssize_t n = -1;
+    Buf keep, x, base, tab;
+    if (get_buf(k_o, &keep, 1, 1, "keep") < 0) return NULL;
+    n = keep.view.len;
+    PyObject *ret = NULL;
+    if (get_fmt_buf(x_o, x_fmt, &n, 0, &x, "x") < 0) goto d1;
+    if (get_fmt_buf(b_o, b_fmt, &n, 0, &base, "base") < 0) goto d2;
+    if (get_buf(t_o, &tab, 0, 4, "table") < 0) goto d3;
+    Py_ssize_t cols = tab.view.len / 4;
+    if (rows < 0 || cols <= 0 || rows * cols != n || cols > 0xFFFFFFFFLL) {
+        PyErr_SetString(PyExc_ValueError, "della_keep_sums32: rows * len(table) must be len(keep)");
+        goto d4;
+    }
+    float scale = 1.0f;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = della_keep_sums32(keep.view.buf, x.view.buf, x_fmt, base.view.buf, b_fmt, rows, cols,
+                           tab.view.buf, k0, k1, rescale, eps, &scale);
+    Py_END_ALLOW_THREADS
+    if (rc < 0)
+        PyErr_NoMemory();
+    else
+        ret = PyFloat_FromDouble(scale);
+d4:
+    release(&tab);
+d3:
+    release(&base);
+d2:
+    release(&x);
+d1:
+    release(&keep);
+    return ret;
+}

@@ -294,7 +294,7 @@ class Engine:
             spec, task.plan.shared, list(task.plan.per_input), has_base=task.base is not None
         )
         numel = int(np.prod(recs[0].shape, dtype=np.int64))
-        why = lanes.reason(self.method, compute, shared, per_input, numel)
+        why = lanes.reason(self.method, compute, shared, per_input, numel, rng=self.rng)
         return (None, why) if why is not None else (compute, "")
 
     def lane_report(self, n_tasks: int) -> dict[str, object]:
@@ -625,6 +625,7 @@ class Engine:
             per_input,
             compute,
             self.out_dtype_name,
+            ctx=TensorContext(name=p.name, seed=self.seed, rng=self.rng),
         )
 
     def _emit(

@@ -19,7 +19,10 @@ What the fp32 lane covers, with the torch path's bits (tests/ops/test_lanes.py):
 - ties, breadcrumbs, breadcrumbs_ties: rank cuts with 0 < density < 1 and no rescale (what
   ops.sparsify.cut_streams says), at most FP32_MAX_INPUTS inputs.
 - nearswap, and ram with at most 4 inputs: in any compute dtype (ops.lane_elementwise);
-- model_stock in fp32 compute, without filter_wise (ops.lane_reduce).
+- model_stock in fp32 compute, without filter_wise (ops.lane_reduce);
+- dare_linear, dare_ties, della, della_linear in fp32 compute with rng="per_tensor", at most
+  4 inputs (ops.lane_random);
+- sce with at most 4 inputs, in any compute dtype (ops.lane_sce).
 Everything else goes through torch; `reason()` says why, for `merge --json`.
 """
 
@@ -31,6 +34,7 @@ from typing import Any
 from mergestore import native
 from mergestore.lazy_numpy import np  # numpy is imported on first use
 from mergestore.ops import alloc, sparsify
+from mergestore.ops.context import TensorContext
 from mergestore.ops.lane16 import (
     LANES,
     MAGNITUDE,
@@ -57,21 +61,12 @@ _FP32_GTA: dict[str, tuple[str | None, bool]] = {
 }
 
 
-# Why the GTA methods with random drops stay on torch (their combine runs in C: ops.gta).
-_RANDOM_WHY = "random drops and L1 rescale in torch (the C kernels combine the deltas)"
-_TORCH_SPARSIFIED = {
-    m: f"{m}: {_RANDOM_WHY}" for m in ("dare_ties", "dare_linear", "della", "della_linear")
-}
-
-
 # Why the methods that reduce a whole tensor stay on torch (docs/methods.md, "The torch-free
 # lane"): torch's transcendental functions (SLEEF) differ from the C library's in the last bit,
 # and its norms, dot products and variances add in its own vectorized order.
 _TRIG_WHY = "acos/sin/cos in torch (its SLEEF results differ from C's libm in the last bit)"
-_REDUCE_WHY = "whole-tensor reductions in torch's vectorized order (no C kernel yet)"
 _TORCH_MATH = {
     **{m: f"{m}: {_TRIG_WHY}" for m in ("slerp", "nuslerp", "multislerp", "karcher")},
-    "sce": f"sce: {_REDUCE_WHY}",
 }
 
 
@@ -108,15 +103,25 @@ def reason(
     shared: Mapping[str, Any],
     per_input: Sequence[Mapping[str, Any]],
     numel: int | None = None,
+    rng: str = "per_tensor",
 ) -> str | None:
     """None if the lane computes this tensor (of `numel` elements, if known) with the torch
-    path's bits, else why not."""
-    from mergestore.ops import lane_elementwise, lane_reduce  # numpy at import: used here only
+    path's bits, else why not. `rng`: the merge's RNG rule (TensorContext.rng)."""
+    from mergestore.ops import (  # numpy at import
+        lane_elementwise,
+        lane_random,
+        lane_reduce,
+        lane_sce,
+    )
 
     if native.kernels is None:
         return "the C kernels are not built"
+    if method in lane_random.METHODS:
+        return lane_random.reason(method, compute, per_input, rng)
     if method in lane_elementwise.METHODS:
         return lane_elementwise.reason(method, per_input)
+    if method == "sce":
+        return lane_sce.reason(len(per_input))
     if method == "model_stock":
         return lane_reduce.reason(compute, shared, len(per_input), numel)
     if method in _TORCH_MATH:
@@ -135,8 +140,6 @@ def reason(
             return f"fp32 sums of more than {FP32_MAX_INPUTS} inputs"
         return None
     if method not in _FP32_GTA:
-        if method in _TORCH_SPARSIFIED:
-            return _TORCH_SPARSIFIED[method]
         return f"{method} has no torch-free kernel"
     if len(per_input) > FP32_MAX_INPUTS:
         return f"fp32 sums of more than {FP32_MAX_INPUTS} inputs"
@@ -160,21 +163,31 @@ def merge(
     per_input: Sequence[Mapping[str, Any]],
     compute: str,
     out_dtype: str | None,
+    ctx: TensorContext | None = None,
 ) -> np.ndarray:
     """One output tensor on the lane (reason() is None for it): the kernel's result in the
-    compute dtype, rounded to out_dtype if given."""
-    from mergestore.ops import lane_elementwise, lane_reduce
+    compute dtype, rounded to out_dtype if given. `ctx`: the tensor's name and RNG rule, which
+    the random drops of dare* and della* need."""
+    from mergestore.ops import lane_elementwise, lane_random, lane_reduce, lane_sce
 
     like = base if base is not None else inputs[0]
-    if method in lane_elementwise.METHODS:
+    if method in lane_elementwise.METHODS or method == "sce":
         assert base is not None
-        if not inputs:  # ram of the base alone: the base in the compute dtype
+        if not inputs:  # ram or sce of the base alone: the base in the compute dtype
             result = convert(base, compute)
             return convert(result, out_dtype) if out_dtype is not None else result
+        if method == "sce":
+            return lane_sce.merge(base, inputs, shared, compute, out_dtype)
         return lane_elementwise.merge(method, base, inputs, shared, compute, out_dtype)
     if method == "model_stock":
         assert base is not None
         return lane_reduce.model_stock32(base, inputs, out_dtype or "F32")
+    if method in lane_random.METHODS and inputs:
+        assert base is not None and ctx is not None
+        result = lane_random.merge32(
+            method, base, inputs, shared, per_input, out_dtype or "F32", ctx
+        )
+        return result.reshape(like.shape)
     if compute == "F32":
         result = _merge32(method, base, inputs, shared, per_input, out_dtype or "F32")
         return result.reshape(like.shape)

@@ -190,13 +190,11 @@ def test_a_method_without_a_lane_says_why(store: Store, tmp_path) -> None:
     _mixed_store(store, tmp_path)
     res = store.merge(
         method="dare_ties", base="main", models=["x"], weights=[0.5], params={"density": 0.5},
-        branch="m", dtype="float32",
+        branch="m", dtype="float16",
     )  # fmt: skip
     lanes = res.run["lanes"]
     assert not res.run["torch_free"] and lanes["torch_free"] == 0 and lanes["torch"] == 3
-    assert list(lanes["torch_reasons"]) == [
-        "dare_ties: random drops and L1 rescale in torch (the C kernels combine the deltas)"
-    ]
+    assert list(lanes["torch_reasons"]) == ["dare_ties: random drops in F16 compute run on torch"]
 
 
 @pytest.mark.needs(bool(getattr(native.kernels, "HAVE_F16", 0)), "no fp16 kernels in this build")

@@ -1,0 +1,169 @@
+"""dare_linear, dare_ties, della and della_linear on the torch-free lane (ops.lanes), with
+`dtype: float32` compute: the random drops of ops.gta's fp32 path, bit for bit, without torch
+and without an fp32 delta per input in memory.
+
+Per tensor, two C passes (tests/ops/test_lane_random.py compares them with the torch path):
+1. per input (two inputs at once for large tensors), `keep_sums32` (dare) or
+   `della_keep_sums32` (della: each row's stable ranks of |x - base| and the keep-probability
+   of each rank) draw the input's Philox stream (TensorContext.keep_mask's), write one keep
+   byte per element, and sum the L1 norms of the delta and of the kept delta in torch's order
+   (sparsify.rescaled_masked_'s) into the input's scale;
+2. `gta_keep32` recomputes each delta from the inputs, applies its keep bytes and scale, and
+   combines them (TIES' consensus or the plain sum) and finishes (ops.gta._combine, _finish),
+   column ranges on two threads for large tensors.
+
+The masks depend only on (seed, tensor name, input index), as on the torch path, so threads
+change nothing. With rng="global" (torch's generator, mergekit's stream) the tensor stays on
+torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from mergestore import native
+from mergestore.lazy_numpy import np  # numpy is imported on first use
+from mergestore.ops import alloc
+from mergestore.ops.context import U64, TensorContext
+from mergestore.ops.lane16 import PARALLEL_MIN, _run_columns, f32, same_memory
+from mergestore.threads import ordered_map
+
+RANDOM = "random"
+DELLA = "della_magprune"
+RESCALE_EPS = 1e-7  # ops.sparsify.RESCALE_EPS
+
+# method -> (sparsifier, consensus), as ops.gta's declarations
+METHODS: dict[str, tuple[str, bool]] = {
+    "dare_linear": (RANDOM, False),
+    "dare_ties": (RANDOM, True),
+    "della": (DELLA, True),
+    "della_linear": (DELLA, False),
+}
+MAX_INPUTS = 4  # ops.lanes.FP32_MAX_INPUTS: torch's fp32 sums over stacked inputs
+
+
+def reason(
+    method: str, compute: str, per_input: Sequence[Mapping[str, Any]], rng: str
+) -> str | None:
+    """None if the lane gives the torch path's bits for this tensor, else why not."""
+    if rng != "per_tensor":
+        return f"{method}: rng {rng!r} draws from torch's generator"
+    if compute != "F32":
+        return f"{method}: random drops in {compute} compute run on torch"
+    if len(per_input) > MAX_INPUTS:
+        return f"fp32 sums of more than {MAX_INPUTS} inputs"
+    return None
+
+
+def merge32(
+    method: str,
+    base: np.ndarray,
+    inputs: Sequence[np.ndarray],
+    shared: Mapping[str, Any],
+    per_input: Sequence[Mapping[str, Any]],
+    out_dtype: str,
+    ctx: TensorContext,
+) -> np.ndarray:
+    """One dare*/della* tensor in fp32 compute (reason() is None for it), flat, in out_dtype;
+    lane arrays in, as ops.lanes.merge takes them."""
+    from mergestore.ops.lanes import FMT, _out, all_finite, format_of, gta_divisor32
+
+    shape = tuple(base.shape)
+    flat_base, base_fmt = np.ascontiguousarray(base).reshape(-1), FMT[format_of(base)]
+    flats = [np.ascontiguousarray(x).reshape(-1) for x in inputs]
+    fmts = [FMT[format_of(x)] for x in inputs]
+    out, out_fmt = _out(flat_base.size, out_dtype), FMT[out_dtype]
+    if flat_base.size == 0:
+        return out
+    kernels = native.kernels
+    assert kernels is not None and flats
+    sparsifier, consensus = METHODS[method]
+    n = flat_base.size
+    weights = f32([p["weight"] for p in per_input[: len(flats)]])
+    rescale = bool(shared["rescale"])
+    live = list(range(len(flats)))
+    if all_finite(flat_base):
+        # An input that is the base array itself (a tensor the expert did not change) has a +0
+        # delta everywhere, dropped or not, never rescaled (its L1 norm is 0): it adds +0 to
+        # every sum, which changes no sum from +0, and never agrees with a vote. Its weight
+        # still counts in the no-consensus divisor; the others keep their own streams.
+        live = [i for i in live if not same_memory(flats[i], flat_base)]
+
+    def first_pass(i: int) -> tuple[np.ndarray, float]:
+        p = per_input[i]
+        keep = alloc.empty_bytes(n)
+        density = float(p["density"])
+        key = ctx.philox_key(i)
+        if density >= 1:  # nothing dropped, nothing rescaled (sparsify's early return)
+            keep[:] = 1
+            return keep, 1.0
+        x, x_fmt = flats[i], fmts[i]
+        if sparsifier == RANDOM:
+            probs = np.array([density], dtype=np.float32)  # rounded to fp32, as torch.full
+            scale = kernels.keep_sums32(
+                keep, x, x_fmt, flat_base, base_fmt, probs, key & U64, key >> 64, rescale,
+                RESCALE_EPS,
+            )  # fmt: skip
+            return keep, scale
+        cols = shape[1] if len(shape) >= 2 else n
+        table = della_table(cols, density, float(p["epsilon"]))
+        if len(shape) <= 2:
+            scale = kernels.della_keep_sums32(
+                keep, x, x_fmt, flat_base, base_fmt, n // cols, table, key & U64, key >> 64,
+                rescale, RESCALE_EPS,
+            )  # fmt: skip
+        else:  # ranks along dim 1 of a 3-D+ tensor: numpy's stable sort, then the same pass
+            probs = _della_probs_nd(x, flat_base, shape, table)
+            scale = kernels.keep_sums32(
+                keep, x, x_fmt, flat_base, base_fmt, probs, key & U64, key >> 64, rescale,
+                RESCALE_EPS,
+            )  # fmt: skip
+        return keep, scale
+
+    workers = 2 if n >= PARALLEL_MIN else 1
+    firsts = list(ordered_map(first_pass, live, workers=workers, window=workers))
+    keeps = [k for k, _ in firsts]
+    scales = f32([s for _, s in firsts])
+    xs, xfmts = [flats[i] for i in live], [fmts[i] for i in live]
+    ws = [weights[i] for i in live]
+    divisor = gta_divisor32(weights)
+    normalize, lam = bool(shared["normalize"]), float(shared["lambda"])
+
+    def columns(r: range) -> None:
+        a, b = r.start, r.stop
+        kernels.gta_keep32(
+            out[a:b], out_fmt, flat_base[a:b], base_fmt, [x[a:b] for x in xs], xfmts,
+            [k[a:b] for k in keeps], scales, ws, consensus, divisor, normalize, lam, lam != 1,
+        )  # fmt: skip
+
+    _run_columns(columns, n)
+    return out
+
+
+def della_table(cols: int, density: float, epsilon: float) -> np.ndarray:
+    """della's keep-probability of each rank 1..cols in a row of `cols` (fp32), as
+    ops.sparsify._della_probs computes it in fp32: the ranks as fp32, (r - lo) / (hi - lo)
+    (lo = 1, hi = cols: each row holds every rank), clamped to [0, 1], times 2, times epsilon,
+    plus (density - epsilon), each an fp32 operation with the Python floats rounded to fp32
+    (a row of one gives 0 / 0: NaN, which keeps nothing)."""
+    ranks = np.arange(1, cols + 1, dtype=np.int64).astype(np.float32)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        norm = (ranks - ranks[0]) / (ranks[-1] - ranks[0])
+    norm = np.clip(norm, np.float32(0), np.float32(1))
+    scaled = norm * np.float32(2) * np.float32(epsilon)
+    return (np.float32(density - epsilon) + scaled).astype(np.float32)
+
+
+def _della_probs_nd(
+    x: np.ndarray, flat_base: np.ndarray, shape: tuple[int, ...], table: np.ndarray
+) -> np.ndarray:
+    """Per-element keep-probabilities of a tensor of 3+ dims (ranks along dim 1), flat."""
+    from mergestore.ops.lanes import convert
+
+    delta = convert(x, "F32").reshape(shape) - convert(flat_base, "F32").reshape(shape)
+    mags = np.abs(delta)
+    order = np.argsort(mags, axis=1, kind="stable")  # NaNs last, as torch's stable sort
+    probs = np.empty(shape, dtype=np.float32)
+    np.put_along_axis(probs, order, table.reshape([1, -1] + [1] * (len(shape) - 2)), axis=1)
+    return probs.reshape(-1)

@@ -1,0 +1,155 @@
+"""dare* and della* on the torch-free lane (ops.lane_random) give the torch path's bits.
+
+Each case merges the same tensors with ops.lanes.merge on numpy arrays and with
+ops.merge_tensor on torch tensors with the C kernels off (torch alone: keep_mask's numpy
+Philox stream, sparsify's torch drop, L1 rescale and row ranks, gta's combine), for inputs
+in bf16, fp16 and fp32 (mixed), `dtype: float32` compute and every out_dtype.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fixtures.bits import same_bits
+from mergestore import native
+from mergestore.ops import (
+    TensorContext,
+    get_method,
+    lane_random,
+    lanes,
+    merge_tensor,
+    validate_params,
+)
+
+pytestmark = pytest.mark.skipif(native.kernels is None, reason="C kernels not built")
+
+TORCH = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}
+CTX = TensorContext("model.layers.3.self_attn.o_proj.weight", seed=11)
+
+
+def params(method: str, i: int, density: float | None = None) -> dict:
+    p = {"weight": [0.3, 0.7, -0.45, 1.1][i], "density": density or [0.5, 0.3, 0.71, 0.9][i]}
+    if method.startswith("della"):
+        p["epsilon"] = [0.1, 0.2, 0.05, 0.09][i]
+    return p
+
+
+def to_lane(t: torch.Tensor) -> np.ndarray:
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.int16).numpy().view(np.uint16)
+    return t.numpy()
+
+
+def from_lane(a: np.ndarray) -> torch.Tensor:
+    if a.dtype == np.uint16:
+        return torch.from_numpy(a.view(np.int16).copy()).view(torch.bfloat16)
+    return torch.from_numpy(a.copy())
+
+
+def family(n: int, shape: tuple[int, ...], dtypes: list[str], seed: int, coarse: bool = False):
+    """A base and n experts near it, each in its own dtype; `coarse`: many equal magnitudes
+    (della's row ranks must take ties by column)."""
+    g = torch.Generator().manual_seed(seed)
+    base = 0.02 * torch.randn(shape, generator=g)
+    xs = []
+    for i in range(n):
+        d = torch.randn(shape, generator=g) * 10 ** (-3 + i % 3)
+        if coarse:
+            d = torch.round(d * 8) / 8 * 1e-3
+        x = base + d
+        xs.append(torch.where(torch.rand(shape, generator=g) < 0.1, base, x))
+    out = [base.to(TORCH[dtypes[0]])] + [x.to(TORCH[dtypes[1 + i]]) for i, x in enumerate(xs)]
+    return out[0], out[1:]
+
+
+def check(method, base, xs, out_dtype, per_input=None, shared=None, ctx=CTX):
+    per_input = per_input or [params(method, i) for i in range(len(xs))]
+    shared = shared or {}
+    shared_r, per_r = validate_params(get_method(method), shared, per_input, has_base=True)
+    assert lanes.reason(method, "F32", shared_r, per_r) is None
+    kernels, native.kernels = native.kernels, None  # the torch path alone, no C kernel
+    try:
+        want = merge_tensor(
+            method, base, xs, shared, per_input, ctx,
+            dtype=torch.float32, out_dtype=TORCH[out_dtype] if out_dtype else None,
+        )  # fmt: skip
+    finally:
+        native.kernels = kernels
+    got = lanes.merge(
+        method, to_lane(base), [to_lane(x) for x in xs], shared_r, per_r, "F32", out_dtype, ctx
+    )
+    assert same_bits(from_lane(got).reshape(want.shape), want), (method, out_dtype)
+
+
+@pytest.mark.parametrize("method", sorted(lane_random.METHODS))
+@pytest.mark.parametrize("out_dtype", [None, "BF16", "F16", "F32"])
+def test_every_input_format(method, out_dtype):
+    base, xs = family(4, (37, 129), ["BF16", "F32", "BF16", "F16", "BF16"], seed=len(method))
+    check(method, base, xs, out_dtype)
+
+
+@pytest.mark.parametrize("method", sorted(lane_random.METHODS))
+@pytest.mark.parametrize("shape", [(), (1,), (7,), (1000,), (3, 1), (5, 700), (2, 3, 40)])
+def test_shapes(method, shape):
+    base, xs = family(3, shape, ["BF16"] * 4, seed=3)
+    check(method, base, xs, "BF16")
+
+
+@pytest.mark.parametrize("method", ["della", "della_linear"])
+def test_equal_magnitudes_rank_by_column(method):
+    base, xs = family(3, (64, 300), ["BF16"] * 4, seed=5, coarse=True)
+    check(method, base, xs, "BF16")
+
+
+@pytest.mark.parametrize("method", sorted(lane_random.METHODS))
+@pytest.mark.parametrize("rescale", [True, False])
+def test_rescale_and_lambda(method, rescale):
+    base, xs = family(2, (33, 65), ["F32"] * 3, seed=9)
+    check(method, base, xs, None, shared={"rescale": rescale, "lambda": 0.7, "normalize": True})
+
+
+@pytest.mark.parametrize("method", sorted(lane_random.METHODS))
+def test_an_input_that_is_the_base_and_density_one(method):
+    """A frozen tensor (the base array itself) is left out of the sums; density 1 drops
+    nothing; tiny deltas fall under the rescale's eps."""
+    base, xs = family(3, (40, 64), ["BF16"] * 4, seed=13)
+    xs[1] = base
+    xs[2] = (base.float() + 1e-12).to(torch.bfloat16)
+    per = [params(method, i) for i in range(3)]
+    per[0]["density"] = 1.0
+    check(method, base, xs, "BF16", per_input=per)
+
+
+@pytest.mark.parametrize("method", sorted(lane_random.METHODS))
+def test_specials(method):
+    """NaN, infinities and signed zeros in inputs and base go where torch puts them."""
+    base, xs = family(3, (16, 48), ["F32"] * 4, seed=17)
+    xs[0][0, :4] = torch.tensor([float("nan"), float("inf"), -float("inf"), -0.0])
+    xs[1][1, 5] = float("nan")
+    base[2, 7] = float("inf")
+    base[3, 3] = -0.0
+    check(method, base, xs, "BF16")
+
+
+@pytest.mark.parametrize("method", sorted(lane_random.METHODS))
+def test_large_tensor_two_threads(method):
+    """Tensors of 2^23+ elements run their inputs' first passes and the combine's column
+    ranges on two threads: the same bits as torch on one thread (the engine's setting, and
+    mergekit's with OMP_NUM_THREADS=1: torch splits a large sum between its threads)."""
+    base, xs = family(2, (1 << 12, 1 << 11), ["BF16"] * 3, seed=19)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        check(method, base, xs, "BF16")
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_global_rng_stays_on_torch():
+    shared, per = validate_params(
+        get_method("dare_ties"), {}, [params("dare_ties", 0)], has_base=True
+    )
+    assert lanes.reason("dare_ties", "F32", shared, per, rng="global") is not None
+    assert lanes.reason("dare_ties", "BF16", shared, per) is not None
