@@ -38,6 +38,10 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
         "mergestore/ops/lane_reduce.py",  # twin: ops/model_stock.py
         ("torch_sum32", "model_stock_stats32", "model_stock_mix32"),
     ),
+    "merge_sce.c": (
+        "mergestore/ops/lane_sce.py",  # twin: ops/sce.py
+        ("sce_var", "sce_sumsq", "sce_combine", "u32_hist_lo", "u32_nth_equal"),
+    ),
     "rank_cuts.c": (
         "mergestore/ops/sparsify.py",  # the lanes' cuts: cut_select.c, ops/cuts.py
         (

@@ -57,6 +57,20 @@ static PyMethodDef methods[] = {
      "model_stock_stats32([base, x1, ...], fmts) -> ([|x_i - base|], [pair dot products])"},
     {"model_stock_mix32", py_model_stock_mix32, METH_VARARGS,
      "model_stock_mix32(out, out_fmt, [base, x1, ...], fmts, t, one_minus_t)"},
+    {"sce_var", py_sce_var, METH_VARARGS,
+     "sce_var(var_out_u32, hist_i64, [base, x1, ...], fmts, compute_fmt) -> nnz: the magnitude "
+     "bits of torch.var(x_i - base, dim=0, unbiased=False) and their upper-16-bit histogram"},
+    {"sce_sumsq", py_sce_sumsq, METH_VARARGS,
+     "sce_sumsq([base, x1, ...], fmts, compute_fmt, var_or_None, v, last) -> torch's sum of "
+     "each selected task vector's squares"},
+    {"sce_combine", py_sce_combine, METH_VARARGS,
+     "sce_combine(out, out_fmt, [base, x1, ...], fmts, compute_fmt, var_or_None, v, last, "
+     "start, weights, lo): sce's election and weighted mean"},
+    {"u32_hist_lo", py_u32_hist_lo, METH_VARARGS,
+     "u32_hist_lo(values_u32, hi, hist): histogram of the low 16 bits of values whose upper "
+     "16 bits are hi"},
+    {"u32_nth_equal", py_u32_nth_equal, METH_VARARGS,
+     "u32_nth_equal(values_u32, v, need) -> index of the need-th value equal to v, or -1"},
     {"convert", py_convert, METH_VARARGS,
      "convert(out, out_fmt, x, x_fmt): a float format conversion as torch's .to() rounds"},
     {"linear_bf16", py_linear_bf16, METH_VARARGS,

@@ -6,6 +6,7 @@
  *   merge_arith32.c  the same with fp32 compute, inputs and output in any format  ops/lanes.py
  *   merge_elementwise.c  nearswap and ram, any compute format  ops/lane_elementwise.py
  *   merge_reduce.c  torch-order sums and norms; model_stock in fp32  ops/lane_reduce.py
+ *   merge_sce.c    sce in any compute format (variance top-k, election)  ops/lane_sce.py
  *   rank_cuts.c    magnitude rank cuts, row ranks, della's probabilities  ops/sparsify.py
  *   cut_select.c   ties/breadcrumbs cuts in one pass; the fused bf16 cut + combine  ops/cuts.py
  *   delta_stats.c  fp64 statistics of B - A              diff.py (block_stats)
@@ -281,6 +282,25 @@ int get_fmt_buf(PyObject *o, int fmt, Py_ssize_t *n, int writable, Buf *b, const
 int get_inputs(PyObject *xs_o, PyObject *fmts_o, Py_ssize_t n, Inputs *in);
 void inputs_release(Inputs *in);
 
+/* Tiles in a compute format (merge_elementwise.c, merge_sce.c): torch rounds the result of
+ * each operation to the compute dtype; RC below. */
+/* Each value of the tile rounded to the compute format (nearest even), as a float. */
+ALWAYS_INLINE static inline void round_tile(float *v, Py_ssize_t m, int cfmt) {
+    if (cfmt == FMT_F32) return;
+    if (cfmt == FMT_BF16) {
+        for (Py_ssize_t j = 0; j < m; j++) v[j] = bf16_to_f32(rne16_nan(v[j]));
+    } else {
+        for (Py_ssize_t j = 0; j < m; j++) v[j] = f16_to_f32(rne_f16(v[j]));
+    }
+}
+
+/* The tile of elements s .. s + m of x, widened and rounded to the compute format. */
+ALWAYS_INLINE static inline void load_tile(float *dst, const void *x, int fmt, int cfmt,
+                                           Py_ssize_t s, Py_ssize_t m) {
+    widen(dst, x, fmt, s, m);
+    if (cfmt != fmt) round_tile(dst, m, cfmt);
+}
+
 /* ------------------------------------------------------------------ entry points */
 
 /* merge_arith.c */
@@ -301,6 +321,12 @@ PyObject *py_ram(PyObject *self, PyObject *args);
 PyObject *py_torch_sum32(PyObject *self, PyObject *args);
 PyObject *py_model_stock_stats32(PyObject *self, PyObject *args);
 PyObject *py_model_stock_mix32(PyObject *self, PyObject *args);
+/* merge_sce.c */
+PyObject *py_sce_var(PyObject *self, PyObject *args);
+PyObject *py_sce_sumsq(PyObject *self, PyObject *args);
+PyObject *py_sce_combine(PyObject *self, PyObject *args);
+PyObject *py_u32_hist_lo(PyObject *self, PyObject *args);
+PyObject *py_u32_nth_equal(PyObject *self, PyObject *args);
 /* rank_cuts.c */
 PyObject *py_sub_hist_bf16(PyObject *self, PyObject *args);
 PyObject *py_nth_equal16(PyObject *self, PyObject *args);

@@ -22,7 +22,8 @@ What the fp32 lane covers, with the torch path's bits (tests/ops/test_lanes.py):
 - nearswap, and ram with at most 4 inputs: in any compute dtype (ops.lane_elementwise);
 - model_stock in fp32 compute, without filter_wise (ops.lane_reduce);
 - dare_linear, dare_ties, della, della_linear in fp32 compute with rng="per_tensor", at most
-  4 inputs (ops.lane_random).
+  4 inputs (ops.lane_random);
+- sce with at most 4 inputs, in any compute dtype (ops.lane_sce).
 Everything else goes through torch; `reason()` says why, for `merge --json`.
 """
 
@@ -62,10 +63,8 @@ _FP32_GTA: dict[str, tuple[str | None, bool]] = {
 # lane"): torch's transcendental functions (SLEEF) differ from the C library's in the last bit,
 # and its norms, dot products and variances add in its own vectorized order.
 _TRIG_WHY = "acos/sin/cos in torch (its SLEEF results differ from C's libm in the last bit)"
-_REDUCE_WHY = "whole-tensor reductions in torch's vectorized order (no C kernel yet)"
 _TORCH_MATH = {
     **{m: f"{m}: {_TRIG_WHY}" for m in ("slerp", "nuslerp", "multislerp", "karcher")},
-    "sce": f"sce: {_REDUCE_WHY}",
 }
 
 
@@ -106,7 +105,12 @@ def reason(
 ) -> str | None:
     """None if the lane computes this tensor (of `numel` elements, if known) with the torch
     path's bits, else why not. `rng`: the merge's RNG rule (TensorContext.rng)."""
-    from mergestore.ops import lane_elementwise, lane_random, lane_reduce  # numpy at import
+    from mergestore.ops import (  # numpy at import
+        lane_elementwise,
+        lane_random,
+        lane_reduce,
+        lane_sce,
+    )
 
     if native.kernels is None:
         return "the C kernels are not built"
@@ -114,6 +118,8 @@ def reason(
         return lane_random.reason(method, compute, per_input, rng)
     if method in lane_elementwise.METHODS:
         return lane_elementwise.reason(method, per_input)
+    if method == "sce":
+        return lane_sce.reason(len(per_input))
     if method == "model_stock":
         return lane_reduce.reason(compute, shared, len(per_input), numel)
     if method in _TORCH_MATH:
@@ -160,14 +166,16 @@ def merge(
     """One output tensor on the lane (reason() is None for it): the kernel's result in the
     compute dtype, rounded to out_dtype if given. `ctx`: the tensor's name and RNG rule, which
     the random drops of dare* and della* need."""
-    from mergestore.ops import lane_elementwise, lane_random, lane_reduce
+    from mergestore.ops import lane_elementwise, lane_random, lane_reduce, lane_sce
 
     like = base if base is not None else inputs[0]
-    if method in lane_elementwise.METHODS:
+    if method in lane_elementwise.METHODS or method == "sce":
         assert base is not None
-        if not inputs:  # ram of the base alone: the base in the compute dtype
+        if not inputs:  # ram or sce of the base alone: the base in the compute dtype
             result = convert(base, compute)
             return convert(result, out_dtype) if out_dtype is not None else result
+        if method == "sce":
+            return lane_sce.merge(base, inputs, shared, compute, out_dtype)
         return lane_elementwise.merge(method, base, inputs, shared, compute, out_dtype)
     if method == "model_stock":
         assert base is not None
