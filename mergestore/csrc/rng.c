@@ -336,30 +336,45 @@ HOT static float keep_sums32(uint8_t *keep, const void *x, int x_fmt, const void
     return rescale ? l1_scale(&before, &after, eps) : 1.0f;
 }
 
-/* Stable ascending order of a row's 31-bit keys: four counting passes of 8 bits (a pass whose
- * digit is the same for every key is skipped). v holds key << 32 | index on entry, the sorted
- * entries on return; t is scratch of the same size. */
+/* Stable ascending order of a row's 31-bit keys: LSD radix sort, four counting passes of 8 bits
+ * (a pass whose digit is the same for every key is skipped). v holds key << 32 | index on
+ * entry; returns v or t (scratch of the same size) holding the sorted entries. The row is cut
+ * in STREAMS consecutive parts counted and scattered side by side, each with its own counters
+ * placed after the parts before it (so the order stays stable): a run of equal digits, common in
+ * deltas of 16-bit weights, then updates STREAMS counters in turn instead of waiting on one. */
+#define STREAMS 4
 static uint64_t *radix_order31(uint64_t *v, uint64_t *t, Py_ssize_t cols) {
-    uint32_t cnt[4][256];
-    memset(cnt, 0, sizeof cnt);
-    for (Py_ssize_t j = 0; j < cols; j++) {
+    uint32_t cnt[STREAMS][256], any = 0, every = UINT32_MAX;
+    for (Py_ssize_t j = 0; j < cols; j++) { /* a digit with no differing bit needs no pass */
         uint32_t k = (uint32_t)(v[j] >> 32);
-        cnt[0][k & 255]++;
-        cnt[1][(k >> 8) & 255]++;
-        cnt[2][(k >> 16) & 255]++;
-        cnt[3][k >> 24]++;
+        any |= k;
+        every &= k;
     }
+    uint32_t differ = any ^ every;
+    Py_ssize_t part = cols / STREAMS; /* the last part also takes the cols % STREAMS left */
     for (int pass = 0; pass < 4; pass++) {
         int shift = 32 + 8 * pass;
-        uint32_t *c = cnt[pass];
-        if (c[(v[0] >> shift) & 255] == (uint32_t)cols) continue; /* one digit: no reorder */
+        if (((differ >> (8 * pass)) & 255) == 0) continue; /* one digit */
+        memset(cnt, 0, sizeof cnt);
+        for (Py_ssize_t j = 0; j < part; j++)
+            for (int q = 0; q < STREAMS; q++) cnt[q][(v[q * part + j] >> shift) & 255]++;
+        for (Py_ssize_t j = STREAMS * part; j < cols; j++) cnt[STREAMS - 1][(v[j] >> shift) & 255]++;
         uint32_t sum = 0;
-        for (int i = 0; i < 256; i++) {
-            uint32_t x = c[i];
-            c[i] = sum;
-            sum += x;
+        for (int d = 0; d < 256; d++)
+            for (int q = 0; q < STREAMS; q++) {
+                uint32_t x = cnt[q][d];
+                cnt[q][d] = sum;
+                sum += x;
+            }
+        for (Py_ssize_t j = 0; j < part; j++)
+            for (int q = 0; q < STREAMS; q++) {
+                uint64_t e = v[q * part + j];
+                t[cnt[q][(e >> shift) & 255]++] = e;
+            }
+        for (Py_ssize_t j = STREAMS * part; j < cols; j++) {
+            uint64_t e = v[j];
+            t[cnt[STREAMS - 1][(e >> shift) & 255]++] = e;
         }
-        for (Py_ssize_t j = 0; j < cols; j++) t[c[(v[j] >> shift) & 255]++] = v[j];
         uint64_t *sw = v;
         v = t;
         t = sw;
@@ -377,10 +392,10 @@ HOT static int della_keep_sums32(uint8_t *keep, const void *x, int x_fmt, const 
                                  const float *table, uint64_t k0, uint64_t k1, int rescale,
                                  float eps, float *scale) {
     const Py_ssize_t per = TILE;
-    char *mem = malloc((size_t)cols * (3 * sizeof(float) + 2 * sizeof(uint64_t)));
+    char *mem = malloc((size_t)cols * (2 * sizeof(uint64_t) + 3 * sizeof(float)));
     if (!mem) return -1;
-    float *d = (float *)mem, *p = d + cols, *uu = p + cols;
-    uint64_t *v = (uint64_t *)(uu + cols), *t = v + cols;
+    uint64_t *v = (uint64_t *)mem, *t = v + cols;
+    float *d = (float *)(t + cols), *p = d + cols, *uu = p + cols;
     uint64_t ctr[4] = {0, 0, 0, 0};
     float u[TILE], a[TILE], b[TILE];
     Py_ssize_t upos = per, fill = 0, fed = 0, n = rows * cols;
