@@ -540,3 +540,136 @@ d1:
     release(&keep);
     return ret;
 }
+
+/* ------------------------------------------------------------------ the same in bf16 */
+
+/* torch's sum of a contiguous bf16 tensor (SumKernel.cpp, AVX2 dispatch), fed in order: from
+ * 16 elements on, each 16 (a Vectorized<BFloat16>) enter the fp32 cascade as one vector of 8,
+ * element l plus element l + 8; the elements after the last whole 16 are added one by one to
+ * the final accumulator from 0, before the cascade's lanes; under 16 elements it is the scalar
+ * path (rows of 4). The result starts at bf16 0 and takes the fp32 sum, rounded once. */
+typedef struct {
+    Py_ssize_t n, whole; /* elements; elements in whole vectors of 16 */
+    Cascade c;
+    float small[16]; /* n < 16: the values, summed at the end */
+} Sum16;
+
+static void sum16_init(Sum16 *s, Py_ssize_t n) {
+    s->n = n;
+    s->whole = n >= 16 ? n / 16 * 16 : 0;
+    cascade_init(&s->c, s->whole / 2); /* n >= 16: at least one vector of 8: the vector path */
+}
+
+/* Values s .. s + m of the sequence, as fp32 (s a multiple of 32 unless it is the first). */
+static inline void sum16_feed(Sum16 *s, const float *v, Py_ssize_t at, Py_ssize_t m) {
+    if (s->n < 16) {
+        for (Py_ssize_t j = 0; j < m; j++) s->small[at + j] = v[j];
+        return;
+    }
+    float pair[TILE / 2];
+    Py_ssize_t units = 0;
+    while (units < m / 16 && at + 16 * units < s->whole) units++;
+    for (Py_ssize_t u = 0; u < units; u++)
+        for (int l = 0; l < 8; l++) pair[8 * u + l] = v[16 * u + l] + v[16 * u + 8 + l];
+    if (units) cascade_feed(&s->c, pair, at / 2, 8 * units);
+    for (Py_ssize_t j = 16 * units; j < m; j++) s->c.tail += v[j]; /* past the last whole 16 */
+}
+
+static float sum16_end(Sum16 *s) {
+    if (s->n >= 16) return bf16_to_f32(rne16(cascade_end(&s->c)));
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    Py_ssize_t rows = s->n / 4;
+    for (Py_ssize_t i = 0; i < rows; i++)
+        for (int k = 0; k < 4; k++) acc[k] += s->small[4 * i + k];
+    for (Py_ssize_t i = rows * 4; i < s->n; i++) acc[0] += s->small[i];
+    float r = acc[0];
+    for (int k = 1; k < 4; k++) r += acc[k];
+    return bf16_to_f32(rne16(0.0f + r));
+}
+
+/* dare's and della's bf16 sparsification (ops/lane_random.py, 16-bit compute), in place on the
+ * delta rows d (bf16 bits): if x is given, d_j = x_j - base_j first (rounded to bf16, as
+ * torch.sub); keep_j = u_j < p_j (philox_keep's stream, p bf16: one, or one per element),
+ * d_j *= keep (rounded: d, a signed 0, or NaN for an infinity); with rescale, the L1 sums of d
+ * and of the kept d in torch's bf16 order (Sum16), and unless either is below eps,
+ * d_j *= bf16(before / after). The bits of sparsify.bernoulli_ / della_magprune on bf16
+ * (keep_mask, then rescaled_masked(_)); returns the scale (1: none). */
+HOT static float keep_rescale16(uint16_t *d, const uint16_t *x, const uint16_t *base,
+                                const uint16_t *probs, int one_p, Py_ssize_t n, uint64_t k0,
+                                uint64_t k1, int rescale, float eps) {
+    uint64_t ctr[4] = {0, 0, 0, 0};
+    float u[TILE], a[TILE], b[TILE];
+    Sum16 before, after;
+    sum16_init(&before, n);
+    sum16_init(&after, n);
+    for (Py_ssize_t s = 0; s < n; s += TILE) {
+        Py_ssize_t m = n - s < TILE ? n - s : TILE;
+        philox_fill(ctr, k0, k1, u, (m + 63) / 64);
+        uint16_t *dt = d + s;
+        if (x)
+            for (Py_ssize_t j = 0; j < m; j++)
+                dt[j] = rne16(bf16_to_f32(x[s + j]) - bf16_to_f32(base[s + j]));
+        for (Py_ssize_t j = 0; j < m; j++) {
+            float p = bf16_to_f32(one_p ? probs[0] : probs[s + j]);
+            float v = bf16_to_f32(dt[j]);
+            float kept = v * (u[j] < p ? 1.0f : 0.0f);
+            a[j] = fabsf(v);
+            b[j] = fabsf(kept);
+            dt[j] = rne16(kept);
+        }
+        if (rescale) {
+            sum16_feed(&before, a, s, m);
+            sum16_feed(&after, b, s, m);
+        }
+    }
+    if (!rescale) return 1.0f;
+    float sb = sum16_end(&before), sa = sum16_end(&after);
+    if (sb < eps || sa < eps) return 1.0f;
+    float scale = bf16_to_f32(rne16(sb / sa));
+    if (scale != 1.0f)
+        for (Py_ssize_t j = 0; j < n; j++) d[j] = rne16(bf16_to_f32(d[j]) * scale);
+    return scale;
+}
+
+/* keep_rescale16(d_u16, x_u16 or None, base_u16 or None, probs_u16, key_lo, key_hi, rescale,
+ * eps) -> scale */
+PyObject *py_keep_rescale16(PyObject *self, PyObject *args) {
+    PyObject *d_o, *x_o, *b_o, *p_o;
+    unsigned long long k0, k1;
+    int rescale;
+    float eps;
+    if (!PyArg_ParseTuple(args, "OOOOKKpf", &d_o, &x_o, &b_o, &p_o, &k0, &k1, &rescale, &eps))
+        return NULL;
+    Buf d, x = {0}, base = {0}, p;
+    PyObject *ret = NULL;
+    if (get_buf(d_o, &d, 1, 2, "delta") < 0) return NULL;
+    int have_x = x_o != Py_None;
+    if (have_x != (b_o != Py_None)) {
+        PyErr_SetString(PyExc_ValueError, "keep_rescale16: x and base, or neither");
+        goto d1;
+    }
+    if (have_x && get_buf(x_o, &x, 0, 2, "x") < 0) goto d1;
+    if (have_x && get_buf(b_o, &base, 0, 2, "base") < 0) goto d2;
+    if (get_buf(p_o, &p, 0, 2, "probs") < 0) goto d3;
+    if ((have_x && (x.view.len != d.view.len || base.view.len != d.view.len)) ||
+        (p.view.len != 2 && p.view.len != d.view.len)) {
+        PyErr_SetString(PyExc_ValueError, "keep_rescale16: lengths differ");
+        goto d4;
+    }
+    float scale;
+    Py_BEGIN_ALLOW_THREADS
+    scale = keep_rescale16(d.view.buf, have_x ? x.view.buf : NULL, have_x ? base.view.buf : NULL,
+                           p.view.buf, p.view.len == 2 && d.view.len != 2, d.view.len / 2, k0, k1,
+                           rescale, eps);
+    Py_END_ALLOW_THREADS
+    ret = PyFloat_FromDouble(scale);
+d4:
+    release(&p);
+d3:
+    release(&base);
+d2:
+    release(&x);
+d1:
+    release(&d);
+    return ret;
+}
