@@ -42,6 +42,17 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
         "mergestore/ops/lane_sce.py",  # twin: ops/sce.py
         ("sce_var", "sce_sumsq", "sce_combine", "u32_hist_lo", "u32_nth_equal"),
     ),
+    "merge_sphere.c": (
+        "mergestore/ops/lane_sphere.py",  # twins: ops/slerp.py, nuslerp.py, multislerp.py
+        (
+            "sphere_norms",
+            "nuslerp_dot",
+            "nuslerp_mix",
+            "multislerp_pass",
+            "slerp_chunks",
+            "slerp_mix",
+        ),
+    ),
     "rank_cuts.c": (
         "mergestore/ops/sparsify.py",  # the fp32 cuts' Python side: ops/lanes.py (cut_spec32)
         (
