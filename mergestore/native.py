@@ -54,18 +54,16 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
         ),
     ),
     "rank_cuts.c": (
-        "mergestore/ops/sparsify.py",  # the fp32 cuts' Python side: ops/lanes.py (cut_spec32)
+        "mergestore/ops/sparsify.py",  # the lanes' cuts: cut_select.c, ops/cuts.py
         (
             "sub_hist_bf16",
             "nth_equal16",
             "apply_cuts16",
             "row_ranks_bf16",
             "della_probs_bf16",
-            "sub_hist32",
-            "hist_lo32",
-            "nth_equal32",
         ),
     ),
+    "cut_select.c": ("mergestore/ops/cuts.py", ("find_cuts", "gta_cut16", "finite")),
     "delta_stats.c": ("mergestore/diff.py", ("delta_stats",)),
     "byte_planes.c": ("mergestore/store/codecs/byteplane.py", ("join2", "split2", "hist8")),
     # keep_rescale32's twin: ops/sparsify.py (keep_mask, then rescaled_masked_); keep_sums32 and

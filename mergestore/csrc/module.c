@@ -89,14 +89,6 @@ static PyMethodDef methods[] = {
      "rounded to the compute format"},
     {"convert", py_convert, METH_VARARGS,
      "convert(out, out_fmt, x, x_fmt): a float format conversion as torch's .to() rounds"},
-    {"sub_hist32", py_sub_hist32, METH_VARARGS,
-     "sub_hist32(out_f32 or None, x, x_fmt, base, base_fmt, hist): the histogram of the upper 15 "
-     "magnitude bits of x - base in fp32 (stored in out unless None)"},
-    {"hist_lo32", py_hist_lo32, METH_VARARGS,
-     "hist_lo32(x, x_fmt, base, base_fmt, hi, hist): histogram of the low 16 bits of the "
-     "magnitudes of x - base (fp32) whose upper bits are hi"},
-    {"nth_equal32", py_nth_equal32, METH_VARARGS,
-     "nth_equal32(x, x_fmt, base, base_fmt, v, need) -> index or -1"},
     {"linear_bf16", py_linear_bf16, METH_VARARGS,
      "linear_bf16(out, inputs, weights, normalize, weight_sum, f16=False)"},
     {"sub_hist_bf16", py_sub_hist_bf16, METH_VARARGS,
@@ -125,6 +117,13 @@ static PyMethodDef methods[] = {
     {"philox_keep", py_philox_keep, METH_VARARGS,
      "philox_keep(out, probs, key_lo, key_hi, bf16): Bernoulli keep mask, numpy's Philox stream "
      "(probs: one per element, or one for all)"},
+    {"find_cuts", py_find_cuts, METH_VARARGS,
+     "find_cuts(x, x_fmt, base, base_fmt, compute_fmt, [(count, largest), ...], sample, z) -> "
+     "(mode1, v1, last1, mode2, v2, last2, exact): ties/breadcrumbs rank cuts of x - base"},
+    {"gta_cut16", py_gta_cut16, METH_VARARGS,
+     "gta_cut16(out, base, inputs, cuts, start, weights, consensus, divisor, normalize, lam, "
+     "has_lam): bf16 cut deltas combined in one pass"},
+    {"finite", py_finite, METH_VARARGS, "finite(x, fmt) -> bool: no inf or NaN in x"},
     {"join2", py_join2, METH_VARARGS, "join2(out, lo, hi, rot, reference_or_None)"},
     {"split2", py_split2, METH_VARARGS,
      "split2(rows, words, rot, reference_or_None): the byte planes of rotl(words ^ reference)"},
