@@ -8,23 +8,6 @@
  * the compute format (RC), then each operation followed by RC, and narrow to the output. */
 #include "native.h"
 
-/* Each value of the tile rounded to the compute format (nearest even), as a float. */
-ALWAYS_INLINE static inline void round_tile(float *v, Py_ssize_t m, int cfmt) {
-    if (cfmt == FMT_F32) return;
-    if (cfmt == FMT_BF16) {
-        for (Py_ssize_t j = 0; j < m; j++) v[j] = bf16_to_f32(rne16_nan(v[j]));
-    } else {
-        for (Py_ssize_t j = 0; j < m; j++) v[j] = f16_to_f32(rne_f16(v[j]));
-    }
-}
-
-/* The tile of elements s .. s + m of x, widened and rounded to the compute format. */
-ALWAYS_INLINE static inline void load_tile(float *dst, const void *x, int fmt, int cfmt,
-                                           Py_ssize_t s, Py_ssize_t m) {
-    widen(dst, x, fmt, s, m);
-    if (cfmt != fmt) round_tile(dst, m, cfmt);
-}
-
 /* nearswap: d = RC(a - b); w = clamp(RC(RC(1 / max(|d|, lo)) * t), 0, 1);
  * out = RC(RC(w * b) + RC(RC(1 - w) * a)), a the base. torch computes t / x as
  * reciprocal(x) * t (Tensor.__rtruediv__), and a Python scalar factor in fp32. */

@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mergestore.blockstats import supports_stats
-from mergestore.diff import pair_stats_many
 from mergestore.errors import BudgetError
 from mergestore.merge import trim as trim_mod
 from mergestore.merge.saliency import LOSS_CHANGE, Saliency
@@ -685,6 +684,10 @@ def _candidates(
     ref_locs = repo.block_locations(ref_ids)
     kept = repo.get_stats_many({(bid, rid, dt) for _t, _i, _m, _w, bid, rid, dt in need})
     missing = [key for key in dict.fromkeys((b, r, d) for *_x, b, r, d in need) if key not in kept]
+
+    # imported here: a merge without a budget never computes delta statistics, and diff.py is
+    # the largest module a merge would otherwise compile and run at start-up (~20 ms of CPU)
+    from mergestore.diff import pair_stats_many
 
     stats_iter = pair_stats_many(repo, missing, meter, workers=default_workers(), progress=progress)
     for key, (st, fresh) in zip(missing, stats_iter, strict=True):

@@ -83,7 +83,7 @@ def compress_literals(padded: np.ndarray, n: int) -> Buffer | None:
     for i in range(n_blocks):  # one block-delimiter sequence per block: all literals, no match
         seqs[i].litLength = min(_BLOCK, n - i * _BLOCK)
     capacity = _lib.ZSTD_compressBound(n)
-    out = bytearray(capacity)
+    out = np.empty(capacity, dtype=np.uint8)  # not bytearray: no zero fill of ~n bytes
     size = _lib.ZSTD_compressSequencesAndLiterals(
         _cctx(),
         _ffi.from_buffer(out),
