@@ -42,6 +42,17 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
         "mergestore/ops/lane_sce.py",  # twin: ops/sce.py
         ("sce_var", "sce_sumsq", "sce_combine", "u32_hist_lo", "u32_nth_equal"),
     ),
+    "merge_sphere.c": (
+        "mergestore/ops/lane_sphere.py",  # twins: ops/slerp.py, nuslerp.py, multislerp.py
+        (
+            "sphere_norms",
+            "nuslerp_dot",
+            "nuslerp_mix",
+            "multislerp_pass",
+            "slerp_chunks",
+            "slerp_mix",
+        ),
+    ),
     "rank_cuts.c": (
         "mergestore/ops/sparsify.py",  # the lanes' cuts: cut_select.c, ops/cuts.py
         (
@@ -59,7 +70,7 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
     # della_keep_sums32 are the first pass of ops/lane_random.py (twin: the same, and ops/gta.py)
     "rng.c": (
         "mergestore/ops/context.py",
-        ("philox_keep", "keep_rescale32", "keep_sums32", "della_keep_sums32"),
+        ("philox_keep", "keep_rescale32", "keep_sums32", "della_keep_sums32", "keep_rescale16"),
     ),
 }
 

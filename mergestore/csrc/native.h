@@ -7,6 +7,7 @@
  *   merge_elementwise.c  nearswap and ram, any compute format  ops/lane_elementwise.py
  *   merge_reduce.c  torch-order sums and norms; model_stock in fp32  ops/lane_reduce.py
  *   merge_sce.c    sce in any compute format (variance top-k, election)  ops/lane_sce.py
+ *   merge_sphere.c  slerp, nuslerp and multislerp's whole-tensor passes  ops/lane_sphere.py
  *   rank_cuts.c    magnitude rank cuts, row ranks, della's probabilities  ops/sparsify.py
  *   cut_select.c   ties/breadcrumbs cuts in one pass; the fused bf16 cut + combine  ops/cuts.py
  *   delta_stats.c  fp64 statistics of B - A              diff.py (block_stats)
@@ -327,6 +328,13 @@ PyObject *py_sce_sumsq(PyObject *self, PyObject *args);
 PyObject *py_sce_combine(PyObject *self, PyObject *args);
 PyObject *py_u32_hist_lo(PyObject *self, PyObject *args);
 PyObject *py_u32_nth_equal(PyObject *self, PyObject *args);
+/* merge_sphere.c */
+PyObject *py_sphere_norms(PyObject *self, PyObject *args);
+PyObject *py_nuslerp_dot(PyObject *self, PyObject *args);
+PyObject *py_nuslerp_mix(PyObject *self, PyObject *args);
+PyObject *py_multislerp_pass(PyObject *self, PyObject *args);
+PyObject *py_slerp_chunks(PyObject *self, PyObject *args);
+PyObject *py_slerp_mix(PyObject *self, PyObject *args);
 /* rank_cuts.c */
 PyObject *py_sub_hist_bf16(PyObject *self, PyObject *args);
 PyObject *py_nth_equal16(PyObject *self, PyObject *args);
@@ -359,6 +367,7 @@ PyObject *py_philox_keep(PyObject *self, PyObject *args);
 PyObject *py_keep_rescale32(PyObject *self, PyObject *args);
 PyObject *py_keep_sums32(PyObject *self, PyObject *args);
 PyObject *py_della_keep_sums32(PyObject *self, PyObject *args);
+PyObject *py_keep_rescale16(PyObject *self, PyObject *args);
 /* byte_planes.c */
 PyObject *py_join2(PyObject *self, PyObject *args);
 PyObject *py_split2(PyObject *self, PyObject *args);

@@ -21,9 +21,12 @@ What the fp32 lane covers, with the torch path's bits (tests/ops/test_lanes.py):
   ops.sparsify.cut_streams says), at most FP32_MAX_INPUTS inputs.
 - nearswap, and ram with at most 4 inputs: in any compute dtype (ops.lane_elementwise);
 - model_stock in fp32 compute, without filter_wise (ops.lane_reduce);
-- dare_linear, dare_ties, della, della_linear in fp32 compute with rng="per_tensor", at most
-  4 inputs (ops.lane_random);
-- sce with at most 4 inputs, in any compute dtype (ops.lane_sce).
+- dare_linear, dare_ties, della, della_linear with rng="per_tensor": in fp32 compute with at
+  most 4 inputs, and in bf16 compute (ops.lane_random);
+- sce with at most 4 inputs, in any compute dtype (ops.lane_sce);
+- slerp in any compute dtype, nuslerp (flattened) and multislerp with at most 4 inputs in fp32
+  or bf16 compute, on tensors of a multiple of 8 elements (ops.lane_sphere: torch only for
+  the scalar steps).
 Everything else goes through torch; `reason()` says why, for `merge --json`.
 """
 
@@ -59,13 +62,9 @@ _FP32_GTA: dict[str, tuple[str | None, bool]] = {
 }
 
 
-# Why the methods that reduce a whole tensor stay on torch (docs/methods.md, "The torch-free
-# lane"): torch's transcendental functions (SLEEF) differ from the C library's in the last bit,
-# and its norms, dot products and variances add in its own vectorized order.
-_TRIG_WHY = "acos/sin/cos in torch (its SLEEF results differ from C's libm in the last bit)"
-_TORCH_MATH = {
-    **{m: f"{m}: {_TRIG_WHY}" for m in ("slerp", "nuslerp", "multislerp", "karcher")},
-}
+# Why karcher stays on torch (docs/methods.md, "The torch-free lane"): its dot products are
+# torch.dot (BLAS, in an order not reproduced), feeding torch's own acos/sin/cos (SLEEF).
+_TORCH_MATH = {"karcher": "karcher: torch.dot (BLAS order) and acos/sin/cos in torch"}
 
 
 def format_of(a: np.ndarray) -> str:
@@ -110,6 +109,7 @@ def reason(
         lane_random,
         lane_reduce,
         lane_sce,
+        lane_sphere,
     )
 
     if native.kernels is None:
@@ -120,6 +120,8 @@ def reason(
         return lane_elementwise.reason(method, per_input)
     if method == "sce":
         return lane_sce.reason(len(per_input))
+    if method in lane_sphere.METHODS:
+        return lane_sphere.reason(method, compute, shared, len(per_input), numel)
     if method == "model_stock":
         return lane_reduce.reason(compute, shared, len(per_input), numel)
     if method in _TORCH_MATH:
@@ -166,9 +168,11 @@ def merge(
     """One output tensor on the lane (reason() is None for it): the kernel's result in the
     compute dtype, rounded to out_dtype if given. `ctx`: the tensor's name and RNG rule, which
     the random drops of dare* and della* need."""
-    from mergestore.ops import lane_elementwise, lane_random, lane_reduce, lane_sce
+    from mergestore.ops import lane_elementwise, lane_random, lane_reduce, lane_sce, lane_sphere
 
     like = base if base is not None else inputs[0]
+    if method in lane_sphere.METHODS:
+        return lane_sphere.merge(method, base, inputs, shared, per_input, compute, out_dtype, ctx)
     if method in lane_elementwise.METHODS or method == "sce":
         assert base is not None
         if not inputs:  # ram or sce of the base alone: the base in the compute dtype
@@ -180,6 +184,9 @@ def merge(
     if method == "model_stock":
         assert base is not None
         return lane_reduce.model_stock32(base, inputs, out_dtype or "F32")
+    if method in lane_random.METHODS and inputs and compute == "BF16":
+        assert base is not None and ctx is not None
+        return lane_random.merge16(method, base, inputs, shared, per_input, out_dtype, ctx)
     if method in lane_random.METHODS and inputs:
         assert base is not None and ctx is not None
         result = lane_random.merge32(
