@@ -42,26 +42,35 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
         "mergestore/ops/lane_sce.py",  # twin: ops/sce.py
         ("sce_var", "sce_sumsq", "sce_combine", "u32_hist_lo", "u32_nth_equal"),
     ),
+    "merge_sphere.c": (
+        "mergestore/ops/lane_sphere.py",  # twins: ops/slerp.py, nuslerp.py, multislerp.py
+        (
+            "sphere_norms",
+            "nuslerp_dot",
+            "nuslerp_mix",
+            "multislerp_pass",
+            "slerp_chunks",
+            "slerp_mix",
+        ),
+    ),
     "rank_cuts.c": (
-        "mergestore/ops/sparsify.py",  # the fp32 cuts' Python side: ops/lanes.py (cut_spec32)
+        "mergestore/ops/sparsify.py",  # the lanes' cuts: cut_select.c, ops/cuts.py
         (
             "sub_hist_bf16",
             "nth_equal16",
             "apply_cuts16",
             "row_ranks_bf16",
             "della_probs_bf16",
-            "sub_hist32",
-            "hist_lo32",
-            "nth_equal32",
         ),
     ),
+    "cut_select.c": ("mergestore/ops/cuts.py", ("find_cuts", "gta_cut16", "finite")),
     "delta_stats.c": ("mergestore/diff.py", ("delta_stats",)),
     "byte_planes.c": ("mergestore/store/codecs/byteplane.py", ("join2", "split2", "hist8")),
     # keep_rescale32's twin: ops/sparsify.py (keep_mask, then rescaled_masked_); keep_sums32 and
     # della_keep_sums32 are the first pass of ops/lane_random.py (twin: the same, and ops/gta.py)
     "rng.c": (
         "mergestore/ops/context.py",
-        ("philox_keep", "keep_rescale32", "keep_sums32", "della_keep_sums32"),
+        ("philox_keep", "keep_rescale32", "keep_sums32", "della_keep_sums32", "keep_rescale16"),
     ),
 }
 

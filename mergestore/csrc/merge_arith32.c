@@ -127,8 +127,8 @@ HOT static void gta_consensus32(void *out, int out_fmt, const void *base, int ba
 }
 
 /* ties and breadcrumbs(_ties) in fp32 in one pass over the inputs: d_i = x_i - base (fp32),
- * times the mask of its rank cuts (cut_tile32: the cuts were found beforehand by sub_hist32,
- * hist_lo32 and nth_equal32 over the whole tensor; `start` is the flat index of element 0
+ * times the mask of its rank cuts (cut_tile32: the cuts were found beforehand over the whole
+ * tensor by cut_select.c's find_cuts; `start` is the flat index of element 0
  * here), then gta_consensus32's arithmetic (consensus) or gta_sum32's over the cut deltas.
  * The same operations in the same order as cutting fp32 deltas and combining them, without
  * an fp32 delta per input in memory. */

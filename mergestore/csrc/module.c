@@ -71,16 +71,24 @@ static PyMethodDef methods[] = {
      "16 bits are hi"},
     {"u32_nth_equal", py_u32_nth_equal, METH_VARARGS,
      "u32_nth_equal(values_u32, v, need) -> index of the need-th value equal to v, or -1"},
+    {"sphere_norms", py_sphere_norms, METH_VARARGS,
+     "sphere_norms(vectors, fmts, has_base, compute_fmt) -> [torch.norm of each x_i (- base)]"},
+    {"nuslerp_dot", py_nuslerp_dot, METH_VARARGS,
+     "nuslerp_dot(vectors, fmts, has_base, compute_fmt, n0, n1) -> sum(v0 / n0 * v1 / n1)"},
+    {"nuslerp_mix", py_nuslerp_mix, METH_VARARGS,
+     "nuslerp_mix(out, out_fmt, vectors, fmts, has_base, compute_fmt, a, c, d, divide): "
+     "(a v0 + c v1) (/ d) (+ base)"},
+    {"multislerp_pass", py_multislerp_pass, METH_VARARGS,
+     "multislerp_pass(stage, out, out_fmt, vectors, fmts, has_base, compute_fmt, ne, weights, "
+     "mn, dots, c, q, scale) -> [results]: one of multislerp's four passes"},
+    {"slerp_chunks", py_slerp_chunks, METH_VARARGS,
+     "slerp_chunks(stage, [a, b], fmts, compute_fmt, chunk, na, nb) -> per chunk: stage 1 "
+     "[|a_c|, |b_c|, ...], stage 2 [sum((a_c / na) * (b_c / nb)), ...]"},
+    {"slerp_mix", py_slerp_mix, METH_VARARGS,
+     "slerp_mix(out, out_fmt, [a, b], fmts, compute_fmt, ca, cb): a ca + b cb in fp32, "
+     "rounded to the compute format"},
     {"convert", py_convert, METH_VARARGS,
      "convert(out, out_fmt, x, x_fmt): a float format conversion as torch's .to() rounds"},
-    {"sub_hist32", py_sub_hist32, METH_VARARGS,
-     "sub_hist32(out_f32 or None, x, x_fmt, base, base_fmt, hist): the histogram of the upper 15 "
-     "magnitude bits of x - base in fp32 (stored in out unless None)"},
-    {"hist_lo32", py_hist_lo32, METH_VARARGS,
-     "hist_lo32(x, x_fmt, base, base_fmt, hi, hist): histogram of the low 16 bits of the "
-     "magnitudes of x - base (fp32) whose upper bits are hi"},
-    {"nth_equal32", py_nth_equal32, METH_VARARGS,
-     "nth_equal32(x, x_fmt, base, base_fmt, v, need) -> index or -1"},
     {"linear_bf16", py_linear_bf16, METH_VARARGS,
      "linear_bf16(out, inputs, weights, normalize, weight_sum, f16=False)"},
     {"sub_hist_bf16", py_sub_hist_bf16, METH_VARARGS,
@@ -103,12 +111,22 @@ static PyMethodDef methods[] = {
     {"della_keep_sums32", py_della_keep_sums32, METH_VARARGS,
      "della_keep_sums32(keep_u8, x, x_fmt, base, base_fmt, rows, table_f32, key_lo, key_hi, "
      "rescale, eps) -> scale: della's keep bytes (row ranks of |x - base|) and scale"},
+    {"keep_rescale16", py_keep_rescale16, METH_VARARGS,
+     "keep_rescale16(delta_u16, x_u16 or None, base_u16 or None, probs_u16, key_lo, key_hi, "
+     "rescale, eps) -> scale: dare/della's bf16 keep mask and L1 rescale in place"},
     {"gta_keep32", py_gta_keep32, METH_VARARGS,
      "gta_keep32(out, out_fmt, base, base_fmt, inputs, fmts, keeps, scales, weights, consensus, "
      "divisor, normalize, lam, has_lam): dare/della's combine over keep bytes, fp32"},
     {"philox_keep", py_philox_keep, METH_VARARGS,
      "philox_keep(out, probs, key_lo, key_hi, bf16): Bernoulli keep mask, numpy's Philox stream "
      "(probs: one per element, or one for all)"},
+    {"find_cuts", py_find_cuts, METH_VARARGS,
+     "find_cuts(x, x_fmt, base, base_fmt, compute_fmt, [(count, largest), ...], sample, z) -> "
+     "(mode1, v1, last1, mode2, v2, last2, exact): ties/breadcrumbs rank cuts of x - base"},
+    {"gta_cut16", py_gta_cut16, METH_VARARGS,
+     "gta_cut16(out, base, inputs, cuts, start, weights, consensus, divisor, normalize, lam, "
+     "has_lam): bf16 cut deltas combined in one pass"},
+    {"finite", py_finite, METH_VARARGS, "finite(x, fmt) -> bool: no inf or NaN in x"},
     {"join2", py_join2, METH_VARARGS, "join2(out, lo, hi, rot, reference_or_None)"},
     {"split2", py_split2, METH_VARARGS,
      "split2(rows, words, rot, reference_or_None): the byte planes of rotl(words ^ reference)"},

@@ -7,7 +7,9 @@
  *   merge_elementwise.c  nearswap and ram, any compute format  ops/lane_elementwise.py
  *   merge_reduce.c  torch-order sums and norms; model_stock in fp32  ops/lane_reduce.py
  *   merge_sce.c    sce in any compute format (variance top-k, election)  ops/lane_sce.py
+ *   merge_sphere.c  slerp, nuslerp and multislerp's whole-tensor passes  ops/lane_sphere.py
  *   rank_cuts.c    magnitude rank cuts, row ranks, della's probabilities  ops/sparsify.py
+ *   cut_select.c   ties/breadcrumbs cuts in one pass; the fused bf16 cut + combine  ops/cuts.py
  *   delta_stats.c  fp64 statistics of B - A              diff.py (block_stats)
  *   byte_planes.c  byte-plane joins, splits and sample histograms  store/codecs/byteplane.py
  *   rng.c          Philox keep masks; dare/della's fp32 mask + L1 rescale   ops/context.py
@@ -326,15 +328,19 @@ PyObject *py_sce_sumsq(PyObject *self, PyObject *args);
 PyObject *py_sce_combine(PyObject *self, PyObject *args);
 PyObject *py_u32_hist_lo(PyObject *self, PyObject *args);
 PyObject *py_u32_nth_equal(PyObject *self, PyObject *args);
+/* merge_sphere.c */
+PyObject *py_sphere_norms(PyObject *self, PyObject *args);
+PyObject *py_nuslerp_dot(PyObject *self, PyObject *args);
+PyObject *py_nuslerp_mix(PyObject *self, PyObject *args);
+PyObject *py_multislerp_pass(PyObject *self, PyObject *args);
+PyObject *py_slerp_chunks(PyObject *self, PyObject *args);
+PyObject *py_slerp_mix(PyObject *self, PyObject *args);
 /* rank_cuts.c */
 PyObject *py_sub_hist_bf16(PyObject *self, PyObject *args);
 PyObject *py_nth_equal16(PyObject *self, PyObject *args);
 PyObject *py_apply_cuts16(PyObject *self, PyObject *args);
 PyObject *py_della_probs_bf16(PyObject *self, PyObject *args);
 PyObject *py_row_ranks_bf16(PyObject *self, PyObject *args);
-PyObject *py_sub_hist32(PyObject *self, PyObject *args);
-PyObject *py_hist_lo32(PyObject *self, PyObject *args);
-PyObject *py_nth_equal32(PyObject *self, PyObject *args);
 /* An fp32 delta's one or two magnitude cuts (ops/lanes.py, _cut32): mode 0 keeps nothing,
  * 1 everything, 2 the largest (bits > v, or == v at flat indices before `last`), 3 the
  * smallest (bits < v, or == v before `last`); mode2 < 0: no second cut, else elements in the
@@ -345,12 +351,23 @@ typedef struct {
     Py_ssize_t last1, last2;
 } Cuts32;
 void cut_tile32(uint32_t *d, Py_ssize_t start, Py_ssize_t m, const Cuts32 *c);
+void cut_tile16(uint16_t *d, Py_ssize_t start, Py_ssize_t m, const Cuts32 *c);
 int get_cuts32(PyObject *o, Cuts32 *c);
+/* cut_select.c */
+PyObject *py_find_cuts(PyObject *self, PyObject *args);
+PyObject *py_gta_cut16(PyObject *self, PyObject *args);
+PyObject *py_finite(PyObject *self, PyObject *args);
+/* merge_arith.c: one tile of the bf16 GTA tail over cut deltas (gta_consensus_bf16, or
+ * gta_sum_bf16 over deltas), for cut_select.c's fused gta_cut16 */
+void gta_tail_bf16(uint16_t *out, const uint16_t *base, const uint16_t **ds, Py_ssize_t k,
+                   const float *w, Py_ssize_t m, int consensus, float divisor, int normalize,
+                   float lam, int has_lam);
 /* rng.c */
 PyObject *py_philox_keep(PyObject *self, PyObject *args);
 PyObject *py_keep_rescale32(PyObject *self, PyObject *args);
 PyObject *py_keep_sums32(PyObject *self, PyObject *args);
 PyObject *py_della_keep_sums32(PyObject *self, PyObject *args);
+PyObject *py_keep_rescale16(PyObject *self, PyObject *args);
 /* byte_planes.c */
 PyObject *py_join2(PyObject *self, PyObject *args);
 PyObject *py_split2(PyObject *self, PyObject *args);

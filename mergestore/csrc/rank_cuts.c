@@ -123,8 +123,8 @@ d1:
     }
 NTH_EQUAL(nth_equal16, uint16_t, 0x7FFF)
 
-/* py_nth_equal16: (bits, v, need) over elements of `size` bytes (2; the fp32 cuts count
- * x - base: nth_equal32 below). */
+/* py_nth_equal16: (bits, v, need) over elements of `size` bytes (2; the fp32 and bf16 cuts of
+ * the lanes count keys of x - base: cut_select.c). */
 static PyObject *nth_equal_py(PyObject *args, int size) {
     PyObject *o;
     unsigned int v;
@@ -196,6 +196,24 @@ static void apply_cuts16(uint16_t *data, Py_ssize_t n, int m1, int v1, Py_ssize_
         cut_range(m1, v1, s < b1, &lo1, &hi1);
         if (m2 >= 0) cut_range(m2, v2, s < b2, &lo2, &hi2);
         zero_outside(data + s, e - s, lo1, hi1, lo2, hi2, f16);
+    }
+}
+
+/* Elements start .. start + m of a flat bf16 delta (in d[0..m)) times the mask of its cuts
+ * (native.h: Cuts32, with 15-bit magnitudes), as apply_cuts16 does over a whole tensor. */
+void cut_tile16(uint16_t *d, Py_ssize_t start, Py_ssize_t m, const Cuts32 *c) {
+    Py_ssize_t b1 = c->last1 < 0 ? 0 : c->last1;
+    Py_ssize_t b2 = c->mode2 < 0 ? 0 : (c->last2 < 0 ? 0 : c->last2);
+    Py_ssize_t end = start + m;
+    Py_ssize_t cuts[4] = {start, b1 < b2 ? b1 : b2, b1 < b2 ? b2 : b1, end};
+    for (int seg = 0; seg < 3; seg++) {
+        Py_ssize_t s = cuts[seg] < start ? start : cuts[seg];
+        Py_ssize_t e = seg == 2 ? end : (cuts[seg + 1] > end ? end : cuts[seg + 1]);
+        if (e <= s) continue;
+        int lo1, hi1, lo2 = 1, hi2 = 0;
+        cut_range(c->mode1, (int)c->v1, s < b1, &lo1, &hi1);
+        if (c->mode2 >= 0) cut_range(c->mode2, (int)c->v2, s < b2, &lo2, &hi2);
+        zero_outside(d + (s - start), e - s, lo1, hi1, lo2, hi2, 0);
     }
 }
 
@@ -365,229 +383,9 @@ PyObject *py_row_ranks_bf16(PyObject *self, PyObject *args) {
 /* ------------------------------------------------------------------ fp32 rank cuts */
 
 /* The same cuts on fp32 deltas (mergekit's `dtype: float32`): the 31 magnitude bits order the
- * magnitudes (NaNs above +inf, as torch's sort of the bit patterns does), found by two
- * histograms (the upper 15 bits, then the low 16 within the cut's bucket). Python side:
- * ops/lanes.py; twin: ops/sparsify.py's fp32 radix select (_kth_smallest, first_ranks). */
-
-/* Histogram copies a counting loop spreads its increments over. One counter per bin makes a
- * run of equal bins (a frozen tensor's all-zero delta, a low-rank delta's many equal values)
- * wait on its own previous increment: measured 3x slower than random bins. */
-#define HIST_WAYS 4
-
-/* d[0..m) = element s + j of x minus that of base, in fp32 (x and base in format 0 bf16,
- * 1 fp16, 2 fp32; both widened exactly): the delta every fp32 cut ranks. The cut kernels
- * recompute it from the inputs on each pass rather than keep an fp32 delta per input. */
-static inline void delta_tile(float *d, float *bt, const void *x, int xf, const void *b,
-                              int bfmt, Py_ssize_t s, Py_ssize_t m) {
-    widen(d, x, xf, s, m);
-    widen(bt, b, bfmt, s, m);
-    for (Py_ssize_t j = 0; j < m; j++) d[j] = d[j] - bt[j];
-}
-
-/* hist[(|x - base| bits) >> 16] += 1, counted in HIST_WAYS interleaved 32-bit copies; the
- * delta is stored in `out` too unless it is NULL. */
-HOT static int sub_hist32(float *out, const void *x, int xf, const void *b, int bfmt,
-                          Py_ssize_t n, int64_t *hist) {
-    uint32_t *h = calloc(HIST_WAYS * 32768, sizeof(uint32_t));
-    if (!h) return -1;
-    float dt[TILE], bt[TILE];
-    Py_ssize_t since_flush = 0;
-    for (Py_ssize_t s = 0; s < n; s += TILE) {
-        Py_ssize_t m = n - s < TILE ? n - s : TILE;
-        delta_tile(dt, bt, x, xf, b, bfmt, s, m);
-        if (out) memcpy(out + s, dt, (size_t)m * sizeof(float));
-        const uint32_t *u = (const uint32_t *)dt;
-        Py_ssize_t j = 0;
-        for (; j + HIST_WAYS <= m; j += HIST_WAYS)
-            for (int w = 0; w < HIST_WAYS; w++) h[w * 32768 + ((u[j + w] >> 16) & 0x7FFF)]++;
-        for (; j < m; j++) h[(u[j] >> 16) & 0x7FFF]++;
-        since_flush += m;
-        if (since_flush > ((Py_ssize_t)1 << 30) || s + TILE >= n) { /* no 32-bit overflow */
-            for (int k = 0; k < 32768; k++) {
-                int64_t c = 0;
-                for (int w = 0; w < HIST_WAYS; w++) c += h[w * 32768 + k], h[w * 32768 + k] = 0;
-                hist[k] += c;
-            }
-            since_flush = 0;
-        }
-    }
-    free(h);
-    return 0;
-}
-
-static int fmt_bytes(int f) { return f == 2 ? 4 : 2; }
-
-PyObject *py_sub_hist32(PyObject *self, PyObject *args) {
-    PyObject *out_o, *x_o, *b_o, *h_o;
-    int xf, bfmt;
-    if (!PyArg_ParseTuple(args, "OOiOiO", &out_o, &x_o, &xf, &b_o, &bfmt, &h_o)) return NULL;
-    if (xf < 0 || xf > 2 || bfmt < 0 || bfmt > 2) {
-        PyErr_SetString(PyExc_ValueError, "sub_hist32: unknown format code");
-        return NULL;
-    }
-    Buf out, x, b, h;
-    PyObject *ret = NULL;
-    int has_out = out_o != Py_None;
-    memset(&out, 0, sizeof out);
-    if (has_out && get_buf(out_o, &out, 1, 4, "out") < 0) return NULL;
-    if (get_buf(x_o, &x, 0, fmt_bytes(xf), "x") < 0) goto d1;
-    if (get_buf(b_o, &b, 0, fmt_bytes(bfmt), "base") < 0) goto d2;
-    if (get_buf(h_o, &h, 1, 8, "hist") < 0) goto d3;
-    Py_ssize_t n = x.view.len / fmt_bytes(xf);
-    if ((has_out && out.view.len != n * 4) || b.view.len != n * fmt_bytes(bfmt) ||
-        h.view.len != 8 * 32768) {
-        PyErr_SetString(PyExc_ValueError, "sub_hist32: lengths do not match");
-        goto d4;
-    }
-    int rc;
-    Py_BEGIN_ALLOW_THREADS
-    rc = sub_hist32(has_out ? out.view.buf : NULL, x.view.buf, xf, b.view.buf, bfmt, n,
-                    h.view.buf);
-    Py_END_ALLOW_THREADS
-    if (rc < 0) {
-        PyErr_NoMemory();
-        goto d4;
-    }
-    ret = Py_None;
-    Py_INCREF(ret);
-d4:
-    release(&h);
-d3:
-    release(&b);
-d2:
-    release(&x);
-d1:
-    release(&out);
-    return ret;
-}
-
-/* hist[low 16 bits] += 1 for each element of x - base whose magnitude's upper 15 bits are hi.
- * A large tensor's matches are counted in HIST_WAYS interleaved 32-bit copies, taking turns
- * (the cut's bucket can hold every element: a frozen tensor's zeros). */
-HOT static int hist_lo32(const void *x, int xf, const void *b, int bfmt, Py_ssize_t n,
-                         uint32_t hi, int64_t *hist) {
-    int ways = n < ((Py_ssize_t)1 << 18) || n > 0xFFFFFFFFLL ? 1 : HIST_WAYS;
-    uint32_t *h = ways > 1 ? calloc(HIST_WAYS * 65536, sizeof(uint32_t)) : NULL;
-    if (ways > 1 && !h) return -1;
-    float dt[TILE], bt[TILE];
-    uint16_t lo[TILE];
-    for (Py_ssize_t s = 0; s < n; s += TILE) {
-        Py_ssize_t m = n - s < TILE ? n - s : TILE, c = 0;
-        delta_tile(dt, bt, x, xf, b, bfmt, s, m);
-        const uint32_t *u = (const uint32_t *)dt;
-        /* the bucket's elements gathered without a branch (which elements fall in the cut's
-         * bucket is as good as random: a branch on it mispredicted), then counted */
-        for (Py_ssize_t j = 0; j < m; j++) {
-            uint32_t a = u[j] & 0x7FFFFFFFu;
-            lo[c] = (uint16_t)a;
-            c += (a >> 16) == hi;
-        }
-        Py_ssize_t j = 0;
-        if (h)
-            for (; j + HIST_WAYS <= c; j += HIST_WAYS)
-                for (int w = 0; w < HIST_WAYS; w++) h[w * 65536 + lo[j + w]]++;
-        for (; j < c; j++) hist[lo[j]]++;
-    }
-    if (h) {
-        for (int k = 0; k < 65536; k++) {
-            int64_t c = 0;
-            for (int w = 0; w < HIST_WAYS; w++) c += h[w * 65536 + k];
-            hist[k] += c;
-        }
-        free(h);
-    }
-    return 0;
-}
-
-/* x and base (formats xf, bf) of one length; n set. */
-static int get_pair(PyObject *x_o, int xf, PyObject *b_o, int bfmt, Buf *x, Buf *b,
-                    Py_ssize_t *n) {
-    if (xf < 0 || xf > 2 || bfmt < 0 || bfmt > 2) {
-        PyErr_SetString(PyExc_ValueError, "unknown format code");
-        return -1;
-    }
-    if (get_buf(x_o, x, 0, fmt_bytes(xf), "x") < 0) return -1;
-    if (get_buf(b_o, b, 0, fmt_bytes(bfmt), "base") < 0) {
-        release(x);
-        return -1;
-    }
-    *n = x->view.len / fmt_bytes(xf);
-    if (b->view.len != *n * fmt_bytes(bfmt)) {
-        PyErr_SetString(PyExc_ValueError, "x and base differ in length");
-        release(b);
-        release(x);
-        return -1;
-    }
-    return 0;
-}
-
-PyObject *py_hist_lo32(PyObject *self, PyObject *args) {
-    PyObject *x_o, *b_o, *h_o;
-    int xf, bfmt;
-    unsigned int hi;
-    if (!PyArg_ParseTuple(args, "OiOiIO", &x_o, &xf, &b_o, &bfmt, &hi, &h_o)) return NULL;
-    Buf x, b, h;
-    Py_ssize_t n;
-    if (get_pair(x_o, xf, b_o, bfmt, &x, &b, &n) < 0) return NULL;
-    if (get_buf(h_o, &h, 1, 8, "hist") < 0) {
-        release(&b);
-        release(&x);
-        return NULL;
-    }
-    int rc = -2;
-    if (h.view.len == 8 * 65536) {
-        Py_BEGIN_ALLOW_THREADS
-        rc = hist_lo32(x.view.buf, xf, b.view.buf, bfmt, n, hi, h.view.buf);
-        Py_END_ALLOW_THREADS
-    }
-    release(&h);
-    release(&b);
-    release(&x);
-    if (rc == -2) {
-        PyErr_SetString(PyExc_ValueError, "hist_lo32: the histogram has 65536 counts");
-        return NULL;
-    }
-    if (rc < 0) return PyErr_NoMemory();
-    Py_RETURN_NONE;
-}
-
-/* Index of the need-th (1-based) element of x - base whose 31 magnitude bits equal v; -1 if
- * fewer. */
-HOT static Py_ssize_t nth_equal32(const void *x, int xf, const void *b, int bfmt, Py_ssize_t n,
-                                  uint32_t v, Py_ssize_t need) {
-    if (need <= 0) return -1;
-    Py_ssize_t seen = 0;
-    float dt[TILE], bt[TILE];
-    for (Py_ssize_t s = 0; s < n; s += TILE) {
-        Py_ssize_t m = n - s < TILE ? n - s : TILE, c = 0;
-        delta_tile(dt, bt, x, xf, b, bfmt, s, m);
-        const uint32_t *p = (const uint32_t *)dt;
-        for (Py_ssize_t j = 0; j < m; j++) c += (p[j] & 0x7FFFFFFFu) == v;
-        if (seen + c < need) {
-            seen += c;
-            continue;
-        }
-        for (Py_ssize_t j = 0; j < m; j++)
-            if ((p[j] & 0x7FFFFFFFu) == v && ++seen == need) return s + j;
-    }
-    return -1;
-}
-
-PyObject *py_nth_equal32(PyObject *self, PyObject *args) {
-    PyObject *x_o, *b_o;
-    int xf, bfmt;
-    unsigned int v;
-    Py_ssize_t need, n, found;
-    if (!PyArg_ParseTuple(args, "OiOiIn", &x_o, &xf, &b_o, &bfmt, &v, &need)) return NULL;
-    Buf x, b;
-    if (get_pair(x_o, xf, b_o, bfmt, &x, &b, &n) < 0) return NULL;
-    Py_BEGIN_ALLOW_THREADS
-    found = nth_equal32(x.view.buf, xf, b.view.buf, bfmt, n, (uint32_t)v, need);
-    Py_END_ALLOW_THREADS
-    release(&b);
-    release(&x);
-    return PyLong_FromSsize_t(found);
-}
+ * magnitudes (NaNs above +inf, as torch's sort of the bit patterns does). The cuts are found by
+ * cut_select.c (find_cuts); applied here per tile inside the combine (gta_cut32). Twin:
+ * ops/sparsify.py's fp32 radix select (_kth_smallest, first_ranks). */
 
 static void cut_range32(int mode, int64_t v, int ties_in, int64_t *lo, int64_t *hi) {
     switch (mode) {

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from mergestore import native
-from mergestore.ops import alloc, lane16, lanes, sparsify
+from mergestore.ops import alloc, cuts, lane16, lanes, sparsify
 from mergestore.ops.context import TensorContext
 from mergestore.ops.spec import (
     UNIT_HALF_OPEN,
@@ -180,8 +180,15 @@ def _native16(call: _Call) -> Tensor:
         (sparsifier is None and not consensus) or sparsifier in (MAGNITUDE, OUTLIERS)
     ):
         # Nothing drawn at random: the torch-free lane's kernel (task_arithmetic, ties,
-        # breadcrumbs* with streamed rank cuts).
+        # breadcrumbs* with streamed rank cuts; in bf16, cut and combined in one pass).
         out = alloc.empty_like(base)
+        if sparsifier is not None and not fp16:
+            cuts.gta16(
+                _u16(base.contiguous()), [_u16(x) for x in inputs], per_input,
+                sparsifier=sparsifier, consensus=consensus, normalize=normalize, lam=lam,
+                out=_u16(out),
+            )  # fmt: skip
+            return out
         lane16.gta(
             _u16(base.contiguous()),
             [_u16(x) for x in inputs],

@@ -35,6 +35,8 @@ _NONE = 1 << 32  # a cut value above every magnitude: nothing selected
 
 def reason(n_inputs: int) -> str | None:
     """None if the lane computes sce's tensor with the torch path's bits, else why."""
+    if not hasattr(native.kernels, "sce_combine"):
+        return "sce: the C kernels were built before sce's (reinstall to rebuild them)"
     if n_inputs > SCE_MAX_INPUTS:
         return f"sce: fp32 sums of more than {SCE_MAX_INPUTS} inputs"
     return None

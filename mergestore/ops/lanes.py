@@ -7,9 +7,10 @@ bits, float16 is fp16, float32 is fp32. For each tensor, as ops.apply.merge_tens
 torch (mergekit 0.1.5's dtype rules):
 - the compute dtype is the config's `dtype:`, else the promoted dtype of the inputs;
 - 16-bit compute: the inputs are rounded to it (C `convert`, as torch's .to() rounds), then
-  the 16-bit kernels of ops.lane16 run; fp32 compute: the C kernels of csrc/merge_arith32.c
-  and the fp32 rank cuts of csrc/rank_cuts.c read every input in its own format (widening is
-  exact) and do torch's fp32 operations in torch's order;
+  the 16-bit kernels of ops.lane16 run (ties and breadcrumbs* in bf16: ops.cuts); fp32
+  compute: the C kernels of csrc/merge_arith32.c and the rank cuts of csrc/cut_select.c
+  (ops.cuts) read every input in its own format (widening is exact) and do torch's fp32
+  operations in torch's order;
 - the result (in the compute dtype) is rounded to `out_dtype` if one is set.
 
 What the fp32 lane covers, with the torch path's bits (tests/ops/test_lanes.py):
@@ -20,9 +21,12 @@ What the fp32 lane covers, with the torch path's bits (tests/ops/test_lanes.py):
   ops.sparsify.cut_streams says), at most FP32_MAX_INPUTS inputs.
 - nearswap, and ram with at most 4 inputs: in any compute dtype (ops.lane_elementwise);
 - model_stock in fp32 compute, without filter_wise (ops.lane_reduce);
-- dare_linear, dare_ties, della, della_linear in fp32 compute with rng="per_tensor", at most
-  4 inputs (ops.lane_random);
-- sce with at most 4 inputs, in any compute dtype (ops.lane_sce).
+- dare_linear, dare_ties, della, della_linear with rng="per_tensor": in fp32 compute with at
+  most 4 inputs, and in bf16 compute (ops.lane_random);
+- sce with at most 4 inputs, in any compute dtype (ops.lane_sce);
+- slerp in any compute dtype, nuslerp (flattened) and multislerp with at most 4 inputs in fp32
+  or bf16 compute, on tensors of a multiple of 8 elements (ops.lane_sphere: torch only for
+  the scalar steps).
 Everything else goes through torch; `reason()` says why, for `merge --json`.
 """
 
@@ -33,19 +37,16 @@ from typing import Any
 
 from mergestore import native
 from mergestore.lazy_numpy import np  # numpy is imported on first use
-from mergestore.ops import alloc, sparsify
+from mergestore.ops import alloc, cuts, sparsify
 from mergestore.ops.context import TensorContext
 from mergestore.ops.lane16 import (
     LANES,
     MAGNITUDE,
     OUTLIERS,
-    PARALLEL_MIN,
     _run_columns,
     f32,
-    same_memory,
     sum_f32,
 )
-from mergestore.threads import ordered_map
 
 FMT = {"BF16": 0, "F16": 1, "F32": 2}
 NUMPY = {"BF16": "uint16", "F16": "float16", "F32": "float32"}  # numpy dtype names
@@ -61,13 +62,9 @@ _FP32_GTA: dict[str, tuple[str | None, bool]] = {
 }
 
 
-# Why the methods that reduce a whole tensor stay on torch (docs/methods.md, "The torch-free
-# lane"): torch's transcendental functions (SLEEF) differ from the C library's in the last bit,
-# and its norms, dot products and variances add in its own vectorized order.
-_TRIG_WHY = "acos/sin/cos in torch (its SLEEF results differ from C's libm in the last bit)"
-_TORCH_MATH = {
-    **{m: f"{m}: {_TRIG_WHY}" for m in ("slerp", "nuslerp", "multislerp", "karcher")},
-}
+# Why karcher stays on torch (docs/methods.md, "The torch-free lane"): its dot products are
+# torch.dot (BLAS, in an order not reproduced), feeding torch's own acos/sin/cos (SLEEF).
+_TORCH_MATH = {"karcher": "karcher: torch.dot (BLAS order) and acos/sin/cos in torch"}
 
 
 def format_of(a: np.ndarray) -> str:
@@ -112,6 +109,7 @@ def reason(
         lane_random,
         lane_reduce,
         lane_sce,
+        lane_sphere,
     )
 
     if native.kernels is None:
@@ -122,6 +120,8 @@ def reason(
         return lane_elementwise.reason(method, per_input)
     if method == "sce":
         return lane_sce.reason(len(per_input))
+    if method in lane_sphere.METHODS:
+        return lane_sphere.reason(method, compute, shared, len(per_input), numel)
     if method == "model_stock":
         return lane_reduce.reason(compute, shared, len(per_input), numel)
     if method in _TORCH_MATH:
@@ -168,9 +168,11 @@ def merge(
     """One output tensor on the lane (reason() is None for it): the kernel's result in the
     compute dtype, rounded to out_dtype if given. `ctx`: the tensor's name and RNG rule, which
     the random drops of dare* and della* need."""
-    from mergestore.ops import lane_elementwise, lane_random, lane_reduce, lane_sce
+    from mergestore.ops import lane_elementwise, lane_random, lane_reduce, lane_sce, lane_sphere
 
     like = base if base is not None else inputs[0]
+    if method in lane_sphere.METHODS:
+        return lane_sphere.merge(method, base, inputs, shared, per_input, compute, out_dtype, ctx)
     if method in lane_elementwise.METHODS or method == "sce":
         assert base is not None
         if not inputs:  # ram or sce of the base alone: the base in the compute dtype
@@ -182,6 +184,9 @@ def merge(
     if method == "model_stock":
         assert base is not None
         return lane_reduce.model_stock32(base, inputs, out_dtype or "F32")
+    if method in lane_random.METHODS and inputs and compute == "BF16":
+        assert base is not None and ctx is not None
+        return lane_random.merge16(method, base, inputs, shared, per_input, out_dtype, ctx)
     if method in lane_random.METHODS and inputs:
         assert base is not None and ctx is not None
         result = lane_random.merge32(
@@ -203,7 +208,15 @@ def merge(
     base16 = to16(base) if base is not None else None
     inputs16 = [to16(x) for x in inputs]
     out = alloc.empty_bytes(2 * like.size).view(np.uint16).reshape(like.shape)
-    LANES[method].merge(base16, inputs16, shared, per_input, out, compute == "F16")
+    sparsifier, consensus = _FP32_GTA.get(method, (None, False))
+    if compute == "BF16" and sparsifier is not None and inputs16:
+        assert base16 is not None
+        cuts.gta16(
+            base16, inputs16, per_input, sparsifier=sparsifier, consensus=consensus,
+            normalize=bool(shared["normalize"]), lam=float(shared["lambda"]), out=out,
+        )  # fmt: skip
+    else:
+        LANES[method].merge(base16, inputs16, shared, per_input, out, compute == "F16")
     result = view(out, compute)
     return convert(result, out_dtype) if out_dtype is not None else result
 
@@ -261,21 +274,8 @@ def _merge32(
         _run_columns(columns, n)
         return out
 
-    live = list(range(len(flats)))
-    if consensus and any(same_memory(x, flat_base) for x in flats) and all_finite(flat_base):
-        # An input that is the base (a frozen tensor) has a +0 delta everywhere, cut or not:
-        # it adds +0 to the vote and never agrees with it, so the consensus is the same
-        # without it (exactly: a sum that is +0 stays +0; only a non-finite base gives NaN).
-        live = [i for i, x in enumerate(flats) if not same_memory(x, flat_base)]
-
-    def cuts(i: int) -> tuple[int, ...]:
-        p = per_input[i]
-        return cut_spec32(
-            flats[i], fmts[i], flat_base, base_fmt, sparsifier, p["density"], p.get("gamma", 0.0)
-        )
-
-    workers = 2 if n >= PARALLEL_MIN else 1  # large tensors: two inputs' cuts found at once
-    specs = list(ordered_map(cuts, live, workers=workers, window=workers))
+    live = cuts.live_inputs(flats, flat_base, base_fmt)
+    specs = cuts.specs(flats, fmts, flat_base, base_fmt, FMT["F32"], sparsifier, per_input, live)
     divisor = gta_divisor32(weights)
     xs, xfmts, ws = [flats[i] for i in live], [fmts[i] for i in live], [weights[i] for i in live]
 
@@ -325,12 +325,9 @@ def combine32(
 
 
 def all_finite(x: np.ndarray) -> bool:
-    """No infinity or NaN in x (a lane array: bf16 or fp16 bits, or fp32)."""
-    fmt = format_of(x)
-    if fmt == "F32":
-        return bool(np.isfinite(x).all())
-    exp = 0x7F80 if fmt == "BF16" else 0x7C00
-    return not bool(((x.view(np.uint16) & exp) == exp).any())
+    """No infinity or NaN in x (a lane array: bf16 or fp16 bits, or fp32): one C scan, no
+    whole-array temporaries (ops.cuts.finite)."""
+    return cuts.finite(_flat(x), FMT[format_of(x)])
 
 
 def gta_divisor32(weights: Sequence[float]) -> float:
@@ -338,61 +335,3 @@ def gta_divisor32(weights: Sequence[float]) -> float:
     below 1e-8 in magnitude (torch compares an fp32 tensor with 1e-8 rounded to fp32)."""
     divisor = sum_f32(weights)
     return 1.0 if abs(divisor) < f32([1e-8])[0] else divisor
-
-
-def cut_spec32(
-    x: np.ndarray,
-    x_fmt: int,
-    base: np.ndarray,
-    base_fmt: int,
-    sparsifier: str,
-    density: float,
-    gamma: float,
-) -> tuple[int, ...]:
-    """The rank cut of (x - base) in fp32 by ops.sparsify's magnitude (or magnitude_outliers)
-    rule, as kernels.gta_cut32 applies it: (mode1, v1, last1, mode2, v2, last2). Found by two
-    histograms of the 31 magnitude bits, ties kept by ascending flat index
-    (sparsify.first_ranks' rule); each pass recomputes the delta from x and base."""
-    kernels = native.kernels
-    assert kernels is not None
-    n = base.size
-    hist = np.zeros(1 << 15, dtype=np.int64)
-    kernels.sub_hist32(None, x, x_fmt, base, base_fmt, hist)
-    pair = (x, x_fmt, base, base_fmt)
-    counts = sparsify.cut_counts(n, sparsifier, density, gamma)
-    cuts = [_cut32(count, largest, pair, hist, n) for count, largest in counts]
-    second = cuts[1] if len(cuts) == 2 else (-1, 0, 0)
-    return (*cuts[0], *second)
-
-
-def _cut32(
-    count: int,
-    largest: bool,
-    pair: tuple[np.ndarray, int, np.ndarray, int],
-    hist: np.ndarray,
-    n: int,
-) -> tuple[int, int, int]:
-    """(mode, v, last) of one cut: the first `count` ranks (see sparsify._native_cut)."""
-    if count >= n:
-        return 1, 0, 0
-    if count <= 0:
-        return 0, 0, 0
-    assert native.kernels is not None
-    r = n - count + 1 if largest else count  # the cut value's 1-based ascending rank
-    cum = np.cumsum(hist)
-    hi = int(np.searchsorted(cum, r))
-    below = int(cum[hi - 1]) if hi > 0 else 0
-    low = np.zeros(1 << 16, dtype=np.int64)
-    native.kernels.hist_lo32(*pair, hi, low)
-    cum_lo = np.cumsum(low)
-    lo = int(np.searchsorted(cum_lo, r - below))
-    n_less = below + (int(cum_lo[lo - 1]) if lo > 0 else 0)
-    n_eq = int(low[lo])
-    v = (hi << 16) | lo
-    need = count - (n - n_less - n_eq if largest else n_less)
-    mode = 2 if largest else 3
-    if need == n_eq:
-        return mode, v, n
-    if need == 0:
-        return mode, v, 0
-    return mode, v, native.kernels.nth_equal32(*pair, v, need) + 1

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from fixtures.bits import same_bits
 from mergestore import native
-from mergestore.ops import TensorContext, get_method, lanes, merge_tensor, validate_params
+from mergestore.ops import TensorContext, cuts, get_method, lanes, merge_tensor, validate_params
 
 pytestmark = pytest.mark.skipif(native.kernels is None, reason="C kernels not built")
 
@@ -109,26 +109,29 @@ def test_ties_in_magnitudes_fp32(method):
 
 
 @pytest.mark.parametrize("method", ["ties", "breadcrumbs"])
-def test_large_tensors_with_runs_of_equal_magnitudes_fp32(method):
-    """Tensors of 2^18 elements and more count the cut's histograms in interleaved copies
-    (csrc/rank_cuts.c): an input equal to the base (every delta +0, the cut inside the zeros)
-    and coarse deltas (long runs of equal bins) keep torch's bits."""
+@pytest.mark.parametrize("compute", ["F32", "BF16"])
+def test_large_tensors_with_runs_of_equal_magnitudes(method, compute):
+    """Tensors large enough for the sampled bracket of the cuts (csrc/cut_select.c): an input
+    equal to the base (every delta +0, the cut inside the zeros) and coarse deltas (long runs
+    of equal magnitudes) keep torch's bits."""
     base, xs = family(3, (520, 512), ["BF16", "BF16", "F32", "BF16"], seed=11, ties=True)
     xs[0] = base.clone()
-    check(method, base, xs, "F32", "BF16")
+    check(method, base, xs, compute, "BF16")
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))
 @pytest.mark.parametrize("non_finite", [False, True])
-def test_an_input_that_is_the_base_array_fp32(method, non_finite):
+@pytest.mark.parametrize("compute", ["F32", "BF16"])
+def test_an_input_that_is_the_base_array(method, non_finite, compute):
     """An input that is the base tensor itself (a frozen tensor: the engine passes the same
-    array) is left out of the fp32 consensus only when that changes no bit; with an infinity
+    array) is left out of the cut merges only when that changes no bit; with an infinity
     in the base its NaN deltas count, as in torch."""
-    base, xs = family(3, (48, 70), ["BF16", "BF16", "F32", "BF16"], seed=13, ties=True)
+    dtypes = ["BF16", "BF16", "F32", "BF16"] if compute == "F32" else ["BF16"] * 4
+    base, xs = family(3, (48, 70), dtypes, seed=13, ties=True)
     if non_finite:
         base[3, 4] = float("inf")
     xs[1] = base  # the same tensor: the lane sees the same memory
-    check(method, base, xs, "F32", "BF16")
+    check(method, base, xs, compute, "BF16")
 
 
 @pytest.mark.parametrize("consensus", [True, False])
@@ -142,7 +145,7 @@ def test_fused_cut_kernel_in_any_column_windows(consensus):
     bfmt = lanes.FMT["BF16"]
     rules = [("magnitude", 0.37), ("magnitude_outliers", 0.8), ("magnitude", 0.5)]
     specs = [
-        lanes.cut_spec32(x, f, flat_base, bfmt, kind, d, 0.02)
+        cuts.find(x, f, flat_base, bfmt, lanes.FMT["F32"], kind, d, 0.02)
         for x, f, (kind, d) in zip(flats, fmts, rules, strict=True)
     ]
     assert any(0 < s[2] < flat_base.size for s in specs)  # a breakpoint inside the tensor
@@ -189,9 +192,9 @@ def test_reasons(compute):
     spec = get_method("ties")
     shared, per = validate_params(spec, {}, [{"weight": 1.0, "density": 1.0}], has_base=True)
     assert "density" in lanes.reason("ties", compute, shared, per)
-    spec = get_method("slerp")
-    shared, per = validate_params(spec, {"t": 0.5}, [{}], has_base=True)
-    assert "acos/sin/cos in torch" in lanes.reason("slerp", compute, shared, per)
+    spec = get_method("karcher")  # slerp, nuslerp, multislerp: ops.lane_sphere
+    shared, per = validate_params(spec, {}, [{}, {}], has_base=False)
+    assert "acos/sin/cos in torch" in lanes.reason("karcher", compute, shared, per)
     spec = get_method("sce")
     shared, per = validate_params(spec, {}, [{}, {}], has_base=True)
     assert lanes.reason("sce", compute, shared, per) is None  # ops.lane_sce
@@ -202,15 +205,16 @@ def test_reasons(compute):
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))
-def test_large_tensors_split_over_two_threads(method, monkeypatch):
-    """Above PARALLEL_MIN elements the fp32 lane cuts two inputs at once and combines two
-    column ranges at once: the same bits."""
+@pytest.mark.parametrize("compute", ["F32", "BF16"])
+def test_large_tensors_split_over_two_threads(method, compute, monkeypatch):
+    """Above PARALLEL_MIN elements the lane cuts two inputs at once and combines two column
+    ranges at once: the same bits."""
     from mergestore.ops import lane16
 
     monkeypatch.setattr(lane16, "PARALLEL_MIN", 1000)
-    monkeypatch.setattr(lanes, "PARALLEL_MIN", 1000)
+    monkeypatch.setattr(cuts, "PARALLEL_MIN", 1000)
     base, xs = family(4, (61, 77), ["BF16", "F32", "BF16", "F16", "BF16"], seed=2, ties=True)
-    check(method, base, xs, "F32", "BF16")
+    check(method, base, xs, compute, "BF16")
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,129 @@
+"""ties and breadcrumbs(_ties) on the torch-free lane with their rank cuts found in one pass
+(csrc/cut_select.c): each input's cuts from a sampled bracket and one gathering pass (exact
+histograms when the bracket misses), then one pass over the inputs that cuts and combines.
+
+The cuts are ops.sparsify's magnitude (ties) and magnitude_outliers (breadcrumbs) rules with
+first_ranks' tie order, on x - base in the compute dtype: fp32 (mergekit's `dtype: float32`)
+or bf16. tests/ops/test_cuts.py compares the cuts with a stable sort's, and the merges with
+the torch path's bits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from mergestore import native
+from mergestore.lazy_numpy import np  # numpy is imported on first use
+from mergestore.ops import alloc, sparsify
+from mergestore.ops.lane16 import PARALLEL_MIN, _run_columns, gta_divisor, round16, same_memory
+from mergestore.threads import kernel_threads, ordered_map
+
+# Sampled keys per cut search (runs of 16) and the bracket's half-width in standard deviations
+# of the sample's rank: a miss only costs the exact histograms, never other bits.
+SAMPLE = 16384
+Z = 6.0
+
+F32, BF16 = 2, 0  # the lanes' format codes (ops.lanes.FMT)
+
+
+def find(
+    x: np.ndarray,
+    x_fmt: int,
+    base: np.ndarray,
+    base_fmt: int,
+    compute: int,
+    sparsifier: str,
+    density: float,
+    gamma: float,
+    sample: int = SAMPLE,
+    z: float = Z,
+) -> tuple[int, ...]:
+    """The cuts of x - base (flat arrays, format codes) in the compute format as kernels.gta_cut32
+    and gta_cut16 apply them: (mode1, v1, last1, mode2, v2, last2)."""
+    assert native.kernels is not None
+    n = base.size
+    counts = sparsify.cut_counts(n, sparsifier, density, gamma)
+    # the gathered keys and indices (a few % of n each) on pooled, paged-in memory
+    big = sample and n >= 8 * sample
+    scratch = alloc.empty_bytes(4 * (n // 2)).view(np.uint32) if big else None
+    spec = native.kernels.find_cuts(x, x_fmt, base, base_fmt, compute, counts, sample, z, scratch)
+    return tuple(spec[:6])
+
+
+def finite(x: np.ndarray, fmt: int) -> bool:
+    """No infinity or NaN in the flat array x (format code fmt)."""
+    assert native.kernels is not None
+    return bool(native.kernels.finite(x, fmt))
+
+
+def live_inputs(flats: Sequence[np.ndarray], flat_base: np.ndarray, base_fmt: int) -> list[int]:
+    """The inputs a cut merge must visit. An input that is the base array itself (a frozen
+    tensor) has a +0 delta everywhere, cut or not: it adds +0 to the vote and to the sums
+    (which start from +0, so they stay the same) and never agrees with a vote, so it is left
+    out, when the base is finite (with an infinity its NaN deltas count, as in torch). Its
+    weight still counts in the no-consensus divisor."""
+    every = list(range(len(flats)))
+    same = [i for i in every if same_memory(flats[i], flat_base)]
+    if not same or not finite(flat_base, base_fmt):
+        return every
+    return [i for i in every if i not in same]
+
+
+def specs(
+    flats: Sequence[np.ndarray],
+    fmts: Sequence[int],
+    flat_base: np.ndarray,
+    base_fmt: int,
+    compute: int,
+    sparsifier: str,
+    per_input: Sequence[Mapping[str, Any]],
+    live: Sequence[int],
+) -> list[tuple[int, ...]]:
+    """Each live input's cuts, two inputs at once for large tensors."""
+
+    def one(i: int) -> tuple[int, ...]:
+        p = per_input[i]
+        gamma = p.get("gamma", 0.0)
+        x, f = flats[i], fmts[i]
+        return find(x, f, flat_base, base_fmt, compute, sparsifier, p["density"], gamma)
+
+    workers = kernel_threads(2) if flat_base.size >= PARALLEL_MIN else 1
+    return list(ordered_map(one, live, workers=workers, window=workers))
+
+
+def gta16(
+    base: np.ndarray,
+    inputs: Sequence[np.ndarray],
+    per_input: Sequence[Mapping[str, Any]],
+    *,
+    sparsifier: str,
+    consensus: bool,
+    normalize: bool,
+    lam: float,
+    out: np.ndarray,
+) -> np.ndarray:
+    """ops.lane16.gta for ties and breadcrumbs(_ties) in bf16 (uint16 bits; 0 < density < 1, no
+    rescale): the cuts found from the inputs, then cut and combined in one pass per column
+    range (kernels.gta_cut16), with no delta per input in memory. The same bits."""
+    kernels = native.kernels
+    assert kernels is not None
+    weights = round16([p["weight"] for p in per_input[: len(inputs)]], False)
+    flat_base = np.ascontiguousarray(base).reshape(-1).view(np.uint16)
+    flats = [np.ascontiguousarray(x).reshape(-1).view(np.uint16) for x in inputs]
+    fmts = [BF16] * len(flats)
+    live = live_inputs(flats, flat_base, BF16)
+    cuts = specs(flats, fmts, flat_base, BF16, BF16, sparsifier, per_input, live)
+    divisor = gta_divisor(weights)
+    xs, ws = [flats[i] for i in live], [weights[i] for i in live]
+    flat_out = out.reshape(-1).view(np.uint16)
+
+    def columns(r: range) -> None:
+        a, b = r.start, r.stop
+        kernels.gta_cut16(
+            flat_out[a:b], flat_base[a:b], [x[a:b] for x in xs], cuts, a, ws, consensus,
+            divisor, normalize, lam, lam != 1,
+        )  # fmt: skip
+
+    _run_columns(columns, flat_base.size)
+    return out

@@ -1,0 +1,166 @@
+"""The one-pass rank cuts (csrc/cut_select.c, ops.cuts) keep exactly the elements a stable sort
+keeps, whether the sampled bracket holds the cut or the exact histograms take over; the fused
+bf16 cut + combine gives the same bits on any column windows.
+
+The reference is independent of the kernels: torch forms x - base in the compute dtype, numpy
+sorts the magnitude bits stably (ties by ascending flat index, sparsify.first_ranks' rule).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mergestore import native
+from mergestore.ops import cuts, lane16, sparsify
+
+pytestmark = pytest.mark.skipif(native.kernels is None, reason="C kernels not built")
+
+N = 3 << 16  # above 8 x cuts.SAMPLE: the sampled bracket runs
+RULES = [
+    ("magnitude", 0.5, 0.0),
+    ("magnitude", 0.1, 0.0),
+    ("magnitude", 0.97, 0.0),
+    ("magnitude_outliers", 0.9, 0.01),
+    ("magnitude_outliers", 0.6, 0.05),
+]
+# (sample, z): the defaults; a bracket too narrow to hold the cut (the histograms take over
+# whenever it misses); no sample (the histograms alone)
+SEARCHES = [(cuts.SAMPLE, cuts.Z), (1024, 0.3), (0, 0.0)]
+
+
+def deltas(kind: str, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    base = 0.02 * torch.randn(n, generator=g)
+    d = 1e-3 * torch.randn(n, generator=g)
+    if kind == "zeros":  # 60% of the deltas are 0: the cut falls among them
+        d[torch.rand(n, generator=g) < 0.6] = 0
+    elif kind == "coarse":  # few distinct magnitudes: long runs of ties
+        d = torch.round(d * 4e3) / 4e3
+    elif kind == "frozen":
+        d.zero_()
+    elif kind == "lowrank":  # rows of one pattern, as the sampled runs see them
+        d = 1e-4 * torch.outer(torch.randn(n // 512, generator=g), torch.randn(512, generator=g))
+        d = d.reshape(-1)
+    elif kind == "nonfinite":
+        d[:5] = float("inf")
+        d[7:9] = float("nan")
+    return base, base + d
+
+
+def keys(x: torch.Tensor, base: torch.Tensor, compute: str) -> np.ndarray:
+    """The magnitude bits of x - base in the compute dtype, computed by torch."""
+    if compute == "F32":
+        return (x - base).view(torch.int32).numpy().astype(np.int64) & 0x7FFFFFFF
+    d = x.to(torch.bfloat16) - base.to(torch.bfloat16)
+    return d.view(torch.int16).numpy().astype(np.int64) & 0x7FFF
+
+
+def sorted_keep(k: np.ndarray, sparsifier: str, density: float, gamma: float) -> np.ndarray:
+    n = k.size
+    idx = np.arange(n)
+    keep = np.zeros(n, bool)
+    if sparsifier == "magnitude":
+        order = np.lexsort((idx, -k))  # largest first, ties by ascending index
+        keep[order[: max(1, int(density * n))]] = True
+        return keep
+    (hi, _), (bot, _) = sparsify.cut_counts(n, sparsifier, density, gamma)
+    order = np.lexsort((idx, k))  # smallest first, ties by ascending index
+    keep[order[bot:hi]] = True
+    return keep
+
+
+def spec_keep(k: np.ndarray, spec: tuple[int, ...]) -> np.ndarray:
+    idx = np.arange(k.size)
+
+    def one(mode: int, v: int, last: int) -> np.ndarray:
+        if mode <= 1:
+            return np.full(k.size, mode == 1)
+        beyond = k > v if mode == 2 else k < v
+        return beyond | ((k == v) & (idx < last))
+
+    keep = one(*spec[:3])
+    if spec[3] >= 0:
+        keep &= ~one(*spec[3:6])
+    return keep
+
+
+@pytest.mark.parametrize("kind", ["gauss", "zeros", "coarse", "frozen", "lowrank", "nonfinite"])
+@pytest.mark.parametrize("compute", ["F32", "BF16"])
+def test_cuts_keep_what_a_stable_sort_keeps(kind, compute):
+    base, x = deltas(kind, N, seed=len(kind))
+    if compute == "BF16":  # bf16 compute: the lane rounds the inputs to bf16 first
+        base, x = base.to(torch.bfloat16).float(), x.to(torch.bfloat16).float()
+        pair = [t.to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16) for t in (x, base)]
+        fmt = cuts.BF16
+    else:
+        pair, fmt = [x.numpy(), base.numpy()], cuts.F32
+    k = keys(x, base, compute)
+    code = cuts.F32 if compute == "F32" else cuts.BF16
+    exact = []
+    for sparsifier, density, gamma in RULES:
+        want = sorted_keep(k, sparsifier, density, gamma)
+        counts = sparsify.cut_counts(N, sparsifier, density, gamma)
+        for sample, z in SEARCHES:
+            got = native.kernels.find_cuts(pair[0], fmt, pair[1], fmt, code, counts, sample, z)
+            assert np.array_equal(spec_keep(k, got[:6]), want), (sparsifier, density, sample)
+            exact.append((sample, got[6]))
+    assert all(e == 1 for s, e in exact if s == 0)
+    if kind in ("gauss", "lowrank"):  # the bracket held every cut
+        assert all(e == 0 for s, e in exact if s == cuts.SAMPLE)
+
+
+def test_finite():
+    x = np.zeros(10000, np.float32)
+    assert cuts.finite(x, cuts.F32)
+    x[9999] = np.inf
+    assert not cuts.finite(x, cuts.F32)
+    b = np.zeros(9000, np.uint16)
+    assert cuts.finite(b, cuts.BF16)
+    b[4500] = 0xFFC0  # a NaN
+    assert not cuts.finite(b, cuts.BF16)
+
+
+@pytest.mark.parametrize("consensus", [True, False])
+def test_fused_bf16_cut_in_any_column_windows(consensus):
+    """kernels.gta_cut16 on column windows (each told its flat start) gives the bits of one
+    call over the whole tensor, wherever a cut's tie breakpoint falls, and those of cutting
+    each delta (sparsify.delta_bits_into) and combining them (lane16.gta_combine)."""
+    g = torch.Generator().manual_seed(7)
+    n = 50 * 41
+    base = (0.02 * torch.randn(n, generator=g)).to(torch.bfloat16)
+    xs = [
+        (base.float() + torch.round(torch.randn(n, generator=g) * 8) / 8e3).to(torch.bfloat16)
+        for _ in range(3)
+    ]
+    u16 = [t.view(torch.int16).numpy().view(np.uint16) for t in [base, *xs]]
+    flat_base, flats = u16[0], u16[1:]
+    rules = [("magnitude", 0.37, 0.0), ("magnitude_outliers", 0.8, 0.02), ("magnitude", 0.5, 0.0)]
+    specs = [
+        cuts.find(x, cuts.BF16, flat_base, cuts.BF16, cuts.BF16, *rule)
+        for x, rule in zip(flats, rules, strict=True)
+    ]
+    assert any(0 < s[2] < n for s in specs)  # a breakpoint inside the tensor
+    w = lane16.bf16([0.3, 0.5, 0.9])
+    args = (w, consensus, lane16.gta_divisor(w), True, 1.0, False)
+    whole = np.empty(n, np.uint16)
+    native.kernels.gta_cut16(whole, flat_base, flats, specs, 0, *args)
+    pieces = np.empty_like(whole)
+    for a in range(0, n, 37):
+        b = min(a + 37, n)
+        native.kernels.gta_cut16(
+            pieces[a:b], flat_base[a:b], [x[a:b] for x in flats], specs, a, *args
+        )
+    assert whole.tolist() == pieces.tolist()
+    rows = []
+    for x, (sparsifier, density, gamma) in zip(flats, rules, strict=True):
+        row = np.empty_like(x)
+        sparsify.delta_bits_into(row, x, flat_base, sparsifier, density, gamma)
+        rows.append(row)
+    want = np.empty_like(whole)
+    lane16.gta_combine(
+        flat_base, rows, w, [0, 1, 2], deltas=True, consensus=consensus, normalize=True,
+        lam=1.0, out=want,
+    )  # fmt: skip
+    assert whole.tolist() == want.tolist()
