@@ -74,7 +74,7 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
     # della_keep_sums32 are the first pass of ops/lane_random.py (twin: the same, and ops/gta.py)
     "rng.c": (
         "mergestore/ops/context.py",
-        ("philox_keep", "keep_rescale32", "keep_sums32", "della_keep_sums32"),
+        ("philox_keep", "keep_rescale32", "keep_sums32", "della_keep_sums32", "keep_rescale16"),
     ),
 }
 

@@ -122,6 +122,9 @@ static PyMethodDef methods[] = {
     {"della_keep_sums32", py_della_keep_sums32, METH_VARARGS,
      "della_keep_sums32(keep_u8, x, x_fmt, base, base_fmt, rows, table_f32, key_lo, key_hi, "
      "rescale, eps) -> scale: della's keep bytes (row ranks of |x - base|) and scale"},
+    {"keep_rescale16", py_keep_rescale16, METH_VARARGS,
+     "keep_rescale16(delta_u16, x_u16 or None, base_u16 or None, probs_u16, key_lo, key_hi, "
+     "rescale, eps) -> scale: dare/della's bf16 keep mask and L1 rescale in place"},
     {"gta_keep32", py_gta_keep32, METH_VARARGS,
      "gta_keep32(out, out_fmt, base, base_fmt, inputs, fmts, keeps, scales, weights, consensus, "
      "divisor, normalize, lam, has_lam): dare/della's combine over keep bytes, fp32"},

@@ -374,6 +374,7 @@ PyObject *py_philox_keep(PyObject *self, PyObject *args);
 PyObject *py_keep_rescale32(PyObject *self, PyObject *args);
 PyObject *py_keep_sums32(PyObject *self, PyObject *args);
 PyObject *py_della_keep_sums32(PyObject *self, PyObject *args);
+PyObject *py_keep_rescale16(PyObject *self, PyObject *args);
 /* byte_planes.c */
 PyObject *py_join2(PyObject *self, PyObject *args);
 PyObject *py_split2(PyObject *self, PyObject *args);

@@ -56,6 +56,104 @@ static inline ALWAYS_INLINE void philox_uniforms(uint64_t ctr[4], uint64_t k0, u
     }
 }
 
+/* The same 64 uniforms with AVX-512 (F + DQ): the 8 blocks side by side in the 64-bit lanes of
+ * four vectors, the 64 x 64 -> 128-bit products from four 32 x 32 -> 64-bit ones (vpmuludq:
+ * there is no 64-bit high multiply), about 2.5x the scalar lanes' throughput. Lane j holds
+ * block s(j) (0 4 1 5 2 6 3 7 for j = 0 .. 7), so that two unpacks and two lane permutes put
+ * the blocks' words back in stream order. Exactly the scalar stream (tests/test_native.py
+ * compares both with numpy's). Counters: ctr[0] never wraps within a stream here (each stream
+ * starts at 0), and the caller takes the scalar path if it could. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define HAVE_PHILOX512 1
+#define AVX512 __attribute__((target("avx512f,avx512dq")))
+
+AVX512 static inline __m512i mulhilo_512(__m512i a, __m512i m_lo, __m512i m_hi, __m512i *hi) {
+    const __m512i low32 = _mm512_set1_epi64(0xFFFFFFFFLL);
+    __m512i a_hi = _mm512_srli_epi64(a, 32);
+    __m512i p00 = _mm512_mul_epu32(a, m_lo), p01 = _mm512_mul_epu32(a, m_hi);
+    __m512i p10 = _mm512_mul_epu32(a_hi, m_lo), p11 = _mm512_mul_epu32(a_hi, m_hi);
+    __m512i mid = _mm512_add_epi64(_mm512_add_epi64(_mm512_srli_epi64(p00, 32),
+                                                    _mm512_and_si512(p01, low32)),
+                                   _mm512_and_si512(p10, low32));
+    *hi = _mm512_add_epi64(
+        _mm512_add_epi64(p11, _mm512_srli_epi64(p01, 32)),
+        _mm512_add_epi64(_mm512_srli_epi64(p10, 32), _mm512_srli_epi64(mid, 32)));
+    return _mm512_or_si512(_mm512_slli_epi64(mid, 32), _mm512_and_si512(p00, low32));
+}
+
+/* `groups` x 64 uniforms of the stream into u, counter advanced as philox_uniforms does. */
+AVX512 static void philox_uniforms_512(uint64_t ctr[4], uint64_t k0, uint64_t k1, float *u,
+                                       Py_ssize_t groups) {
+    const __m512i m0_lo = _mm512_set1_epi64(0xE14C6C93LL), m0_hi = _mm512_set1_epi64(0xD2E7470ELL);
+    const __m512i m1_lo = _mm512_set1_epi64(0x95121157LL), m1_hi = _mm512_set1_epi64(0xCA5A8263LL);
+    const __m512i lane = _mm512_set_epi64(8, 4, 7, 3, 6, 2, 5, 1); /* 1 + s(j), j = 0 .. 7 */
+    const __m512i even = _mm512_set_epi64(11, 10, 3, 2, 9, 8, 1, 0);
+    const __m512i odd = _mm512_set_epi64(15, 14, 7, 6, 13, 12, 5, 4);
+    const __m512 scale = _mm512_set1_ps(1.0f / 16777216.0f);
+    __m512i ks0[10], ks1[10];
+    uint64_t a = k0, b = k1;
+    for (int r = 0; r < 10; r++) {
+        if (r > 0) {
+            a += 0x9E3779B97F4A7C15ULL;
+            b += 0xBB67AE8584CAA73BULL;
+        }
+        ks0[r] = _mm512_set1_epi64((long long)a);
+        ks1[r] = _mm512_set1_epi64((long long)b);
+    }
+    for (Py_ssize_t g = 0; g < groups; g++) {
+        __m512i c0 = _mm512_add_epi64(_mm512_set1_epi64((long long)ctr[0]), lane);
+        __m512i c1 = _mm512_set1_epi64((long long)ctr[1]);
+        __m512i c2 = _mm512_set1_epi64((long long)ctr[2]);
+        __m512i c3 = _mm512_set1_epi64((long long)ctr[3]);
+        ctr[0] += PHILOX_LANES;
+        for (int r = 0; r < 10; r++) {
+            __m512i hi0, hi1;
+            __m512i lo0 = mulhilo_512(c0, m0_lo, m0_hi, &hi0);
+            __m512i lo1 = mulhilo_512(c2, m1_lo, m1_hi, &hi1);
+            c0 = _mm512_ternarylogic_epi64(hi1, c1, ks0[r], 0x96); /* three-way xor */
+            c2 = _mm512_ternarylogic_epi64(hi0, c3, ks1[r], 0x96);
+            c1 = lo1;
+            c3 = lo0;
+        }
+        /* blocks s(j): lanes 2k hold blocks k, lanes 2k + 1 blocks 4 + k */
+        __m512i a01 = _mm512_unpacklo_epi64(c0, c1), a23 = _mm512_unpacklo_epi64(c2, c3);
+        __m512i b01 = _mm512_unpackhi_epi64(c0, c1), b23 = _mm512_unpackhi_epi64(c2, c3);
+        __m512i w[4] = {
+            _mm512_permutex2var_epi64(a01, even, a23), /* blocks 0, 1 */
+            _mm512_permutex2var_epi64(a01, odd, a23),  /* blocks 2, 3 */
+            _mm512_permutex2var_epi64(b01, even, b23), /* blocks 4, 5 */
+            _mm512_permutex2var_epi64(b01, odd, b23),  /* blocks 6, 7 */
+        };
+        for (int q = 0; q < 4; q++) {
+            __m512 f = _mm512_cvtepi32_ps(_mm512_srli_epi32(w[q], 8));
+            _mm512_storeu_ps(u + 64 * g + 16 * q, _mm512_mul_ps(f, scale));
+        }
+    }
+}
+
+static int philox512 = -1; /* the CPU has AVX-512 F + DQ (and MERGESTORE_NO_AVX512 is unset) */
+
+static int have_philox512(void) {
+    if (philox512 < 0) {
+        __builtin_cpu_init();
+        philox512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+                    !getenv("MERGESTORE_NO_AVX512");
+    }
+    return philox512;
+}
+#endif
+
+/* `groups` x 64 uniforms of the stream (philox_uniforms' order) into u. */
+static void philox_fill(uint64_t ctr[4], uint64_t k0, uint64_t k1, float *u, Py_ssize_t groups) {
+#ifdef HAVE_PHILOX512
+    if (have_philox512() && ctr[0] <= UINT64_MAX - (uint64_t)(PHILOX_LANES * groups)) {
+        philox_uniforms_512(ctr, k0, k1, u, groups);
+        return;
+    }
+#endif
+    for (Py_ssize_t g = 0; g < groups; g++) philox_uniforms(ctr, k0, k1, u + 8 * PHILOX_LANES * g);
+}
+
 /* keep[j] = u_j < p_j, 1 or 0 in p's dtype (bf16 or fp32), where u is the stream
  * numpy.random.Generator(numpy.random.Philox(key=k)).random(n, dtype=float32) draws: the
  * counter starts at 0 and is incremented before each block of four 64-bit outputs; each output
@@ -63,12 +161,12 @@ static inline ALWAYS_INLINE void philox_uniforms(uint64_t ctr[4], uint64_t k0, u
 HOT static void philox_keep(void *out, const void *probs, int one_p, Py_ssize_t n, int bf16,
                             uint64_t k0, uint64_t k1) {
     /* one_p: `probs` holds a single probability for every element (dare's density) */
-    const Py_ssize_t per = 8 * PHILOX_LANES; /* floats per round of lanes */
+    const Py_ssize_t per = TILE; /* floats per call: TILE / 64 rounds of lanes */
     uint64_t ctr[4] = {0, 0, 0, 0};
-    float u[8 * PHILOX_LANES];
+    float u[TILE];
     for (Py_ssize_t s = 0; s < n; s += per) {
-        philox_uniforms(ctr, k0, k1, u);
         Py_ssize_t m = n - s < per ? n - s : per;
+        philox_fill(ctr, k0, k1, u, (m + 63) / 64);
         if (bf16 && one_p) {
             const float p = bf16_to_f32(*(const uint16_t *)probs);
             uint16_t *o = (uint16_t *)out + s;
@@ -128,15 +226,15 @@ PyObject *py_philox_keep(PyObject *self, PyObject *args) {
  * The torch twin allocates the mask and a |delta| scratch and makes five passes. */
 HOT static void keep_rescale32(float *delta, const float *probs, int one_p, Py_ssize_t n,
                                uint64_t k0, uint64_t k1, int rescale, float eps) {
-    const Py_ssize_t per = 8 * PHILOX_LANES;
+    const Py_ssize_t per = TILE;
     uint64_t ctr[4] = {0, 0, 0, 0};
-    float u[8 * PHILOX_LANES], a[8 * PHILOX_LANES], b[8 * PHILOX_LANES];
+    float u[TILE], a[TILE], b[TILE];
     Cascade before, after;
     cascade_init(&before, n);
     cascade_init(&after, n);
     for (Py_ssize_t s = 0; s < n; s += per) {
-        philox_uniforms(ctr, k0, k1, u);
         Py_ssize_t m = n - s < per ? n - s : per;
+        philox_fill(ctr, k0, k1, u, (m + 63) / 64);
         float *d = delta + s;
         if (!rescale) {
             for (Py_ssize_t j = 0; j < m; j++)
@@ -149,7 +247,7 @@ HOT static void keep_rescale32(float *delta, const float *probs, int one_p, Py_s
             d[j] = d[j] * (u[j] < p ? 1.0f : 0.0f);
             b[j] = fabsf(d[j]);
         }
-        /* per (64) is a multiple of ROW (32): tiles start on rows */
+        /* per (TILE) is a multiple of ROW (32): tiles start on rows */
         cascade_feed(&before, a, s, m);
         cascade_feed(&after, b, s, m);
     }
@@ -207,9 +305,8 @@ static float l1_scale(Cascade *before, Cascade *after, float eps) {
 HOT static float keep_sums32(uint8_t *keep, const void *x, int x_fmt, const void *base,
                              int base_fmt, const float *probs, int one_p, Py_ssize_t n,
                              uint64_t k0, uint64_t k1, int rescale, float eps) {
-    const Py_ssize_t per = 8 * PHILOX_LANES;
     uint64_t ctr[4] = {0, 0, 0, 0};
-    float u[8 * PHILOX_LANES], d[TILE], bs[TILE], a[TILE], b[TILE];
+    float u[TILE], d[TILE], bs[TILE], a[TILE], b[TILE];
     Cascade before, after;
     cascade_init(&before, n);
     cascade_init(&after, n);
@@ -218,20 +315,16 @@ HOT static float keep_sums32(uint8_t *keep, const void *x, int x_fmt, const void
         widen(d, x, x_fmt, s, m);
         widen(bs, base, base_fmt, s, m);
         for (Py_ssize_t j = 0; j < m; j++) d[j] = d[j] - bs[j];
-        for (Py_ssize_t q = 0; q < m; q += per) { /* TILE is a multiple of per */
-            philox_uniforms(ctr, k0, k1, u);
-            Py_ssize_t mm = m - q < per ? m - q : per;
-            uint8_t *kp = keep + s + q;
-            if (one_p) {
-                const float p = probs[0];
-                for (Py_ssize_t j = 0; j < mm; j++) kp[j] = u[j] < p;
-            } else {
-                const float *p = probs + s + q;
-                for (Py_ssize_t j = 0; j < mm; j++) kp[j] = u[j] < p[j];
-            }
+        philox_fill(ctr, k0, k1, u, (m + 63) / 64);
+        uint8_t *kp = keep + s;
+        if (one_p) {
+            const float p = probs[0];
+            for (Py_ssize_t j = 0; j < m; j++) kp[j] = u[j] < p;
+        } else {
+            const float *p = probs + s;
+            for (Py_ssize_t j = 0; j < m; j++) kp[j] = u[j] < p[j];
         }
         if (rescale) { /* s is a multiple of TILE, hence of the cascade's ROW */
-            const uint8_t *kp = keep + s;
             for (Py_ssize_t j = 0; j < m; j++) {
                 a[j] = fabsf(d[j]);
                 b[j] = fabsf(d[j] * (kp[j] ? 1.0f : 0.0f));
@@ -243,30 +336,45 @@ HOT static float keep_sums32(uint8_t *keep, const void *x, int x_fmt, const void
     return rescale ? l1_scale(&before, &after, eps) : 1.0f;
 }
 
-/* Stable ascending order of a row's 31-bit keys: four counting passes of 8 bits (a pass whose
- * digit is the same for every key is skipped). v holds key << 32 | index on entry, the sorted
- * entries on return; t is scratch of the same size. */
+/* Stable ascending order of a row's 31-bit keys: LSD radix sort, four counting passes of 8 bits
+ * (a pass whose digit is the same for every key is skipped). v holds key << 32 | index on
+ * entry; returns v or t (scratch of the same size) holding the sorted entries. The row is cut
+ * in STREAMS consecutive parts counted and scattered side by side, each with its own counters
+ * placed after the parts before it (so the order stays stable): a run of equal digits, common in
+ * deltas of 16-bit weights, then updates STREAMS counters in turn instead of waiting on one. */
+#define STREAMS 4
 static uint64_t *radix_order31(uint64_t *v, uint64_t *t, Py_ssize_t cols) {
-    uint32_t cnt[4][256];
-    memset(cnt, 0, sizeof cnt);
-    for (Py_ssize_t j = 0; j < cols; j++) {
+    uint32_t cnt[STREAMS][256], any = 0, every = UINT32_MAX;
+    for (Py_ssize_t j = 0; j < cols; j++) { /* a digit with no differing bit needs no pass */
         uint32_t k = (uint32_t)(v[j] >> 32);
-        cnt[0][k & 255]++;
-        cnt[1][(k >> 8) & 255]++;
-        cnt[2][(k >> 16) & 255]++;
-        cnt[3][k >> 24]++;
+        any |= k;
+        every &= k;
     }
+    uint32_t differ = any ^ every;
+    Py_ssize_t part = cols / STREAMS; /* the last part also takes the cols % STREAMS left */
     for (int pass = 0; pass < 4; pass++) {
         int shift = 32 + 8 * pass;
-        uint32_t *c = cnt[pass];
-        if (c[(v[0] >> shift) & 255] == (uint32_t)cols) continue; /* one digit: no reorder */
+        if (((differ >> (8 * pass)) & 255) == 0) continue; /* one digit */
+        memset(cnt, 0, sizeof cnt);
+        for (Py_ssize_t j = 0; j < part; j++)
+            for (int q = 0; q < STREAMS; q++) cnt[q][(v[q * part + j] >> shift) & 255]++;
+        for (Py_ssize_t j = STREAMS * part; j < cols; j++) cnt[STREAMS - 1][(v[j] >> shift) & 255]++;
         uint32_t sum = 0;
-        for (int i = 0; i < 256; i++) {
-            uint32_t x = c[i];
-            c[i] = sum;
-            sum += x;
+        for (int d = 0; d < 256; d++)
+            for (int q = 0; q < STREAMS; q++) {
+                uint32_t x = cnt[q][d];
+                cnt[q][d] = sum;
+                sum += x;
+            }
+        for (Py_ssize_t j = 0; j < part; j++)
+            for (int q = 0; q < STREAMS; q++) {
+                uint64_t e = v[q * part + j];
+                t[cnt[q][(e >> shift) & 255]++] = e;
+            }
+        for (Py_ssize_t j = STREAMS * part; j < cols; j++) {
+            uint64_t e = v[j];
+            t[cnt[STREAMS - 1][(e >> shift) & 255]++] = e;
         }
-        for (Py_ssize_t j = 0; j < cols; j++) t[c[(v[j] >> shift) & 255]++] = v[j];
         uint64_t *sw = v;
         v = t;
         t = sw;
@@ -283,13 +391,13 @@ HOT static int della_keep_sums32(uint8_t *keep, const void *x, int x_fmt, const 
                                  int base_fmt, Py_ssize_t rows, Py_ssize_t cols,
                                  const float *table, uint64_t k0, uint64_t k1, int rescale,
                                  float eps, float *scale) {
-    const Py_ssize_t per = 8 * PHILOX_LANES;
-    char *mem = malloc((size_t)cols * (3 * sizeof(float) + 2 * sizeof(uint64_t)));
+    const Py_ssize_t per = TILE;
+    char *mem = malloc((size_t)cols * (2 * sizeof(uint64_t) + 3 * sizeof(float)));
     if (!mem) return -1;
-    float *d = (float *)mem, *p = d + cols, *uu = p + cols;
-    uint64_t *v = (uint64_t *)(uu + cols), *t = v + cols;
+    uint64_t *v = (uint64_t *)mem, *t = v + cols;
+    float *d = (float *)(t + cols), *p = d + cols, *uu = p + cols;
     uint64_t ctr[4] = {0, 0, 0, 0};
-    float u[8 * PHILOX_LANES], a[TILE], b[TILE];
+    float u[TILE], a[TILE], b[TILE];
     Py_ssize_t upos = per, fill = 0, fed = 0, n = rows * cols;
     Cascade before, after;
     cascade_init(&before, n);
@@ -309,7 +417,7 @@ HOT static int della_keep_sums32(uint8_t *keep, const void *x, int x_fmt, const 
         for (Py_ssize_t q = 0; q < cols; q++) p[(uint32_t)order[q]] = table[q];
         for (Py_ssize_t j = 0; j < cols;) { /* this row's uniforms, from the running stream */
             if (upos == per) {
-                philox_uniforms(ctr, k0, k1, u);
+                philox_fill(ctr, k0, k1, u, TILE / 64);
                 upos = 0;
             }
             Py_ssize_t take = per - upos < cols - j ? per - upos : cols - j;
@@ -430,5 +538,138 @@ d2:
     release(&x);
 d1:
     release(&keep);
+    return ret;
+}
+
+/* ------------------------------------------------------------------ the same in bf16 */
+
+/* torch's sum of a contiguous bf16 tensor (SumKernel.cpp, AVX2 dispatch), fed in order: from
+ * 16 elements on, each 16 (a Vectorized<BFloat16>) enter the fp32 cascade as one vector of 8,
+ * element l plus element l + 8; the elements after the last whole 16 are added one by one to
+ * the final accumulator from 0, before the cascade's lanes; under 16 elements it is the scalar
+ * path (rows of 4). The result starts at bf16 0 and takes the fp32 sum, rounded once. */
+typedef struct {
+    Py_ssize_t n, whole; /* elements; elements in whole vectors of 16 */
+    Cascade c;
+    float small[16]; /* n < 16: the values, summed at the end */
+} Sum16;
+
+static void sum16_init(Sum16 *s, Py_ssize_t n) {
+    s->n = n;
+    s->whole = n >= 16 ? n / 16 * 16 : 0;
+    cascade_init(&s->c, s->whole / 2); /* n >= 16: at least one vector of 8: the vector path */
+}
+
+/* Values s .. s + m of the sequence, as fp32 (s a multiple of 32 unless it is the first). */
+static inline void sum16_feed(Sum16 *s, const float *v, Py_ssize_t at, Py_ssize_t m) {
+    if (s->n < 16) {
+        for (Py_ssize_t j = 0; j < m; j++) s->small[at + j] = v[j];
+        return;
+    }
+    float pair[TILE / 2];
+    Py_ssize_t units = 0;
+    while (units < m / 16 && at + 16 * units < s->whole) units++;
+    for (Py_ssize_t u = 0; u < units; u++)
+        for (int l = 0; l < 8; l++) pair[8 * u + l] = v[16 * u + l] + v[16 * u + 8 + l];
+    if (units) cascade_feed(&s->c, pair, at / 2, 8 * units);
+    for (Py_ssize_t j = 16 * units; j < m; j++) s->c.tail += v[j]; /* past the last whole 16 */
+}
+
+static float sum16_end(Sum16 *s) {
+    if (s->n >= 16) return bf16_to_f32(rne16(cascade_end(&s->c)));
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    Py_ssize_t rows = s->n / 4;
+    for (Py_ssize_t i = 0; i < rows; i++)
+        for (int k = 0; k < 4; k++) acc[k] += s->small[4 * i + k];
+    for (Py_ssize_t i = rows * 4; i < s->n; i++) acc[0] += s->small[i];
+    float r = acc[0];
+    for (int k = 1; k < 4; k++) r += acc[k];
+    return bf16_to_f32(rne16(0.0f + r));
+}
+
+/* dare's and della's bf16 sparsification (ops/lane_random.py, 16-bit compute), in place on the
+ * delta rows d (bf16 bits): if x is given, d_j = x_j - base_j first (rounded to bf16, as
+ * torch.sub); keep_j = u_j < p_j (philox_keep's stream, p bf16: one, or one per element),
+ * d_j *= keep (rounded: d, a signed 0, or NaN for an infinity); with rescale, the L1 sums of d
+ * and of the kept d in torch's bf16 order (Sum16), and unless either is below eps,
+ * d_j *= bf16(before / after). The bits of sparsify.bernoulli_ / della_magprune on bf16
+ * (keep_mask, then rescaled_masked(_)); returns the scale (1: none). */
+HOT static float keep_rescale16(uint16_t *d, const uint16_t *x, const uint16_t *base,
+                                const uint16_t *probs, int one_p, Py_ssize_t n, uint64_t k0,
+                                uint64_t k1, int rescale, float eps) {
+    uint64_t ctr[4] = {0, 0, 0, 0};
+    float u[TILE], a[TILE], b[TILE];
+    Sum16 before, after;
+    sum16_init(&before, n);
+    sum16_init(&after, n);
+    for (Py_ssize_t s = 0; s < n; s += TILE) {
+        Py_ssize_t m = n - s < TILE ? n - s : TILE;
+        philox_fill(ctr, k0, k1, u, (m + 63) / 64);
+        uint16_t *dt = d + s;
+        if (x)
+            for (Py_ssize_t j = 0; j < m; j++)
+                dt[j] = rne16(bf16_to_f32(x[s + j]) - bf16_to_f32(base[s + j]));
+        for (Py_ssize_t j = 0; j < m; j++) {
+            float p = bf16_to_f32(one_p ? probs[0] : probs[s + j]);
+            float v = bf16_to_f32(dt[j]);
+            float kept = v * (u[j] < p ? 1.0f : 0.0f);
+            a[j] = fabsf(v);
+            b[j] = fabsf(kept);
+            dt[j] = rne16(kept);
+        }
+        if (rescale) {
+            sum16_feed(&before, a, s, m);
+            sum16_feed(&after, b, s, m);
+        }
+    }
+    if (!rescale) return 1.0f;
+    float sb = sum16_end(&before), sa = sum16_end(&after);
+    if (sb < eps || sa < eps) return 1.0f;
+    float scale = bf16_to_f32(rne16(sb / sa));
+    if (scale != 1.0f)
+        for (Py_ssize_t j = 0; j < n; j++) d[j] = rne16(bf16_to_f32(d[j]) * scale);
+    return scale;
+}
+
+/* keep_rescale16(d_u16, x_u16 or None, base_u16 or None, probs_u16, key_lo, key_hi, rescale,
+ * eps) -> scale */
+PyObject *py_keep_rescale16(PyObject *self, PyObject *args) {
+    PyObject *d_o, *x_o, *b_o, *p_o;
+    unsigned long long k0, k1;
+    int rescale;
+    float eps;
+    if (!PyArg_ParseTuple(args, "OOOOKKpf", &d_o, &x_o, &b_o, &p_o, &k0, &k1, &rescale, &eps))
+        return NULL;
+    Buf d, x = {0}, base = {0}, p;
+    PyObject *ret = NULL;
+    if (get_buf(d_o, &d, 1, 2, "delta") < 0) return NULL;
+    int have_x = x_o != Py_None;
+    if (have_x != (b_o != Py_None)) {
+        PyErr_SetString(PyExc_ValueError, "keep_rescale16: x and base, or neither");
+        goto d1;
+    }
+    if (have_x && get_buf(x_o, &x, 0, 2, "x") < 0) goto d1;
+    if (have_x && get_buf(b_o, &base, 0, 2, "base") < 0) goto d2;
+    if (get_buf(p_o, &p, 0, 2, "probs") < 0) goto d3;
+    if ((have_x && (x.view.len != d.view.len || base.view.len != d.view.len)) ||
+        (p.view.len != 2 && p.view.len != d.view.len)) {
+        PyErr_SetString(PyExc_ValueError, "keep_rescale16: lengths differ");
+        goto d4;
+    }
+    float scale;
+    Py_BEGIN_ALLOW_THREADS
+    scale = keep_rescale16(d.view.buf, have_x ? x.view.buf : NULL, have_x ? base.view.buf : NULL,
+                           p.view.buf, p.view.len == 2 && d.view.len != 2, d.view.len / 2, k0, k1,
+                           rescale, eps);
+    Py_END_ALLOW_THREADS
+    ret = PyFloat_FromDouble(scale);
+d4:
+    release(&p);
+d3:
+    release(&base);
+d2:
+    release(&x);
+d1:
+    release(&d);
     return ret;
 }

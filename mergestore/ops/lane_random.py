@@ -1,8 +1,9 @@
 """dare_linear, dare_ties, della and della_linear on the torch-free lane (ops.lanes), with
-`dtype: float32` compute: the random drops of ops.gta's fp32 path, bit for bit, without torch
-and without an fp32 delta per input in memory.
+`dtype: float32` or `dtype: bfloat16` compute: the random drops of ops.gta, bit for bit,
+without torch.
 
-Per tensor, two C passes (tests/ops/test_lane_random.py compares them with the torch path):
+fp32 compute, per tensor, two C passes and no fp32 delta per input in memory
+(tests/ops/test_lane_random.py compares both computes with the torch path):
 1. per input (two inputs at once for large tensors), `keep_sums32` (dare) or
    `della_keep_sums32` (della: each row's stable ranks of |x - base| and the keep-probability
    of each rank) draw the input's Philox stream (TensorContext.keep_mask's), write one keep
@@ -12,9 +13,14 @@ Per tensor, two C passes (tests/ops/test_lane_random.py compares them with the t
    combines them (TIES' consensus or the plain sum) and finishes (ops.gta._combine, _finish),
    column ranges on two threads for large tensors.
 
+bf16 compute: per input, `keep_rescale16` makes the bf16 delta row, drops and rescales it in
+place (torch's bf16 sums: fp32 pairs of each 16 elements in its cascade), della's
+probabilities from `della_probs_bf16` first; then ops.lane16.gta_combine, as ops.gta._native16
+combines torch's rows.
+
 The masks depend only on (seed, tensor name, input index), as on the torch path, so threads
-change nothing. With rng="global" (torch's generator, mergekit's stream) the tensor stays on
-torch.
+change nothing. With rng="global" (torch's generator, mergekit's stream) or fp16 compute the
+tensor stays on torch.
 """
 
 from __future__ import annotations
@@ -49,6 +55,8 @@ def reason(
     """None if the lane gives the torch path's bits for this tensor, else why not."""
     if rng != "per_tensor":
         return f"{method}: rng {rng!r} draws from torch's generator"
+    if compute == "BF16":
+        return None
     if compute != "F32":
         return f"{method}: random drops in {compute} compute run on torch"
     if len(per_input) > MAX_INPUTS:
@@ -167,3 +175,110 @@ def _della_probs_nd(
     probs = np.empty(shape, dtype=np.float32)
     np.put_along_axis(probs, order, table.reshape([1, -1] + [1] * (len(shape) - 2)), axis=1)
     return probs.reshape(-1)
+
+
+def merge16(
+    method: str,
+    base: np.ndarray,
+    inputs: Sequence[np.ndarray],
+    shared: Mapping[str, Any],
+    per_input: Sequence[Mapping[str, Any]],
+    out_dtype: str | None,
+    ctx: TensorContext,
+) -> np.ndarray:
+    """One dare*/della* tensor in bf16 compute (reason() is None for it), in out_dtype (or
+    bf16): every input rounded to bf16, then per input `keep_rescale16` (the delta, its keep
+    mask and L1 rescale in bf16, in place on a pooled row: della's keep-probabilities from
+    `della_probs_bf16` first), then ops.lane16.gta_combine over the rows, as ops.gta._native16
+    does with torch's sparsified rows."""
+    from mergestore.ops.lane16 import bf16, gta_combine
+    from mergestore.ops.lanes import convert, view
+
+    kernels = native.kernels
+    assert kernels is not None and inputs
+    sparsifier, consensus = METHODS[method]
+    shape = tuple(base.shape)
+    done: dict[int, np.ndarray] = {}
+
+    def to16(x: np.ndarray) -> np.ndarray:  # the base once: an input that is it stays it
+        if id(x) not in done:
+            done[id(x)] = np.ascontiguousarray(convert(x, "BF16")).reshape(-1).view(np.uint16)
+        return done[id(x)]
+
+    flat_base = to16(base)
+    flats = [to16(x) for x in inputs]
+    n = flat_base.size
+    out = alloc.empty_bytes(2 * n).view(np.uint16)
+    if n == 0:
+        result = view(out.reshape(shape), "BF16")
+        return convert(result, out_dtype) if out_dtype is not None else result
+    weights = bf16([p["weight"] for p in per_input[: len(flats)]])
+    rescale = bool(shared["rescale"])
+    # An input that is the base array itself adds only zeros (ops.gta._native16's rule).
+    live = [i for i, x in enumerate(flats) if not same_memory(x, flat_base)]
+
+    def sparsified(i: int) -> np.ndarray:
+        p, x = per_input[i], flats[i]
+        rows = alloc.empty_bytes(2 * n).view(np.uint16)
+        key = ctx.philox_key(i)
+        density = float(p["density"])
+        if density >= 1:  # the plain delta (kept with p = 1, nothing rescaled)
+            one = _bf16_bits([1.0])
+            kernels.keep_rescale16(rows, x, flat_base, one, key & U64, key >> 64, False, 0.0)
+            return rows
+        if sparsifier == RANDOM:
+            probs = _bf16_bits([density])  # as torch.full((), density, dtype=bfloat16)
+            kernels.keep_rescale16(
+                rows, x, flat_base, probs, key & U64, key >> 64, rescale, RESCALE_EPS
+            )
+            return rows
+        hist = np.zeros(1 << 15, dtype=np.int64)
+        kernels.sub_hist_bf16(rows, x.view(np.int16), flat_base.view(np.int16), hist, False)
+        probs = _della_probs16(rows, shape, density, float(p["epsilon"]))
+        kernels.keep_rescale16(rows, None, None, probs, key & U64, key >> 64, rescale, RESCALE_EPS)
+        return rows
+
+    workers = 2 if n >= PARALLEL_MIN and sparsifier == RANDOM else 1  # della: ranks' memory
+    rows = list(ordered_map(sparsified, live, workers=workers, window=workers))
+    gta_combine(
+        flat_base,
+        rows,
+        weights,
+        live,
+        deltas=True,
+        consensus=consensus,
+        normalize=bool(shared["normalize"]),
+        lam=float(shared["lambda"]),
+        out=out,
+    )
+    result = view(out.reshape(shape), "BF16")
+    return convert(result, out_dtype) if out_dtype is not None else result
+
+
+def _bf16_bits(values: Sequence[float]) -> np.ndarray:
+    """Python floats as bf16 bits, rounded as torch rounds them (to fp32, then to bf16)."""
+    from mergestore.ops.lane16 import bf16
+
+    return (np.asarray(bf16(values), dtype=np.float32).view(np.uint32) >> 16).astype(np.uint16)
+
+
+def _della_probs16(
+    delta: np.ndarray, shape: tuple[int, ...], density: float, epsilon: float
+) -> np.ndarray:
+    """della's bf16 keep-probabilities of a flat bf16 delta of `shape` (ranks along dim 1; a
+    tensor of 0 or 1 dims is one row), flat: ops.sparsify._della_probs's C kernel, on the
+    delta with dim 1 moved last for 3+ dims (each row's probabilities depend on its own ranks
+    alone, so the order of the rows changes nothing)."""
+    kernels = native.kernels
+    assert kernels is not None
+    if len(shape) <= 2:
+        cols = shape[1] if len(shape) == 2 else delta.size
+        probs = alloc.empty_bytes(2 * delta.size).view(np.uint16)
+        kernels.della_probs_bf16(
+            delta.view(np.int16), probs.view(np.int16), delta.size // cols, cols,
+            density - epsilon, epsilon,
+        )  # fmt: skip
+        return probs
+    moved = np.ascontiguousarray(np.moveaxis(delta.reshape(shape), 1, -1))
+    probs = _della_probs16(moved.reshape(-1), (moved.size // shape[1], shape[1]), density, epsilon)
+    return np.ascontiguousarray(np.moveaxis(probs.reshape(moved.shape), -1, 1)).reshape(-1)

@@ -21,8 +21,8 @@ What the fp32 lane covers, with the torch path's bits (tests/ops/test_lanes.py):
   ops.sparsify.cut_streams says), at most FP32_MAX_INPUTS inputs.
 - nearswap, and ram with at most 4 inputs: in any compute dtype (ops.lane_elementwise);
 - model_stock in fp32 compute, without filter_wise (ops.lane_reduce);
-- dare_linear, dare_ties, della, della_linear in fp32 compute with rng="per_tensor", at most
-  4 inputs (ops.lane_random);
+- dare_linear, dare_ties, della, della_linear with rng="per_tensor": in fp32 compute with at
+  most 4 inputs, and in bf16 compute (ops.lane_random);
 - sce with at most 4 inputs, in any compute dtype (ops.lane_sce);
 - slerp in any compute dtype, nuslerp (flattened) and multislerp with at most 4 inputs in fp32
   or bf16 compute, on tensors of a multiple of 8 elements (ops.lane_sphere: torch only for
@@ -201,6 +201,9 @@ def merge(
     if method == "model_stock":
         assert base is not None
         return lane_reduce.model_stock32(base, inputs, out_dtype or "F32")
+    if method in lane_random.METHODS and inputs and compute == "BF16":
+        assert base is not None and ctx is not None
+        return lane_random.merge16(method, base, inputs, shared, per_input, out_dtype, ctx)
     if method in lane_random.METHODS and inputs:
         assert base is not None and ctx is not None
         result = lane_random.merge32(

@@ -84,6 +84,16 @@ CASES += [
     ]
     for dt in DTYPES
 ]
+CASES += [  # random drops (ops.lane_random): bf16 compute, and fp32 (no fp16 lane)
+    (m, "main", EXPERTS, [0.5, 0.3, 0.2], {**params, **dt})
+    for m, params in [
+        ("dare_ties", {"density": 0.5}),
+        ("della", {"density": 0.6, "epsilon": 0.2}),
+        ("dare_linear", {"density": 0.7}),
+        ("della_linear", {"density": 0.5}),
+    ]
+    for dt in [{}, *(d for d in DTYPES if d.get("dtype") != "float16")]
+]
 
 
 @pytest.mark.parametrize(("method", "base", "models", "weights", "params"), CASES)
@@ -111,7 +121,8 @@ def test_same_tree_as_the_torch_lane(
         ({"dtype": "float32", "params": {"normalize": True}}, True),
         ({"method": "ties", "params": {"density": 0.5}}, True),
         ({"method": "ties", "params": {"density": 1.0}}, False),  # no streamed cut
-        ({"method": "dare_ties", "params": {"density": 0.5}}, False),  # random drops
+        ({"method": "dare_ties", "params": {"density": 0.5}}, True),  # ops.lane_random
+        ({"method": "dare_ties", "dtype": "float16", "params": {"density": 0.5}}, False),
         ({"budget": "50%"}, True),  # the merge delta for the bound: fp64 kernel
     ],
 )

@@ -94,3 +94,36 @@ def test_fp32_merges_equal_the_torch_path(monkeypatch, method, rescale):
     monkeypatch.setattr(TensorContext, "drawer", lambda self, i: lambda p: self.keep_mask(i, p))
     slow = merge_tensor(method, base, xs, {"rescale": rescale}, per, ctx)
     assert torch.equal(fast.view(torch.int32), slow.view(torch.int32))
+
+
+_PHILOX_PROBE = """
+import numpy as np
+from mergestore import native
+out = []
+for n in (1, 63, 64, 65, 511, 512, 513, 4097, 100_003):
+    for key in (0, 12345, (1 << 128) - 1):
+        u = np.random.Generator(np.random.Philox(key=key)).random(n, dtype=np.float32)
+        p = np.random.default_rng(n).random(n).astype(np.float32)
+        got = np.empty(n, dtype=np.float32)
+        native.kernels.philox_keep(got, p, key & ((1 << 64) - 1), key >> 64, False)
+        out.append(bool(np.array_equal(got, (u < p).astype(np.float32))))
+print(all(out), len(out))
+"""
+
+
+def test_vector_and_scalar_philox_draw_numpys_stream() -> None:
+    """The AVX-512 Philox (when the CPU has it) and the scalar one (MERGESTORE_NO_AVX512=1)
+    both draw numpy's stream, at every length around a group of 64 and a tile of 512."""
+    import os
+    import subprocess
+    import sys
+
+    def run(env: dict[str, str]) -> str:
+        r = subprocess.run(
+            [sys.executable, "-c", _PHILOX_PROBE], capture_output=True, text=True, env=env
+        )
+        assert r.returncode == 0, r.stderr
+        return r.stdout.strip()
+
+    env = {k: v for k, v in os.environ.items() if k != "MERGESTORE_NO_AVX512"}
+    assert run(env) == run({**env, "MERGESTORE_NO_AVX512": "1"}) == "True 27"

@@ -3,7 +3,8 @@
 Each case merges the same tensors with ops.lanes.merge on numpy arrays and with
 ops.merge_tensor on torch tensors with the C kernels off (torch alone: keep_mask's numpy
 Philox stream, sparsify's torch drop, L1 rescale and row ranks, gta's combine), for inputs
-in bf16, fp16 and fp32 (mixed), `dtype: float32` compute and every out_dtype.
+in bf16, fp16 and fp32 (mixed), `dtype: float32` and `dtype: bfloat16` compute and every
+out_dtype.
 """
 
 from __future__ import annotations
@@ -64,54 +65,76 @@ def family(n: int, shape: tuple[int, ...], dtypes: list[str], seed: int, coarse:
     return out[0], out[1:]
 
 
-def check(method, base, xs, out_dtype, per_input=None, shared=None, ctx=CTX):
+def check(method, base, xs, out_dtype, per_input=None, shared=None, ctx=CTX, compute="F32"):
     per_input = per_input or [params(method, i) for i in range(len(xs))]
     shared = shared or {}
     shared_r, per_r = validate_params(get_method(method), shared, per_input, has_base=True)
-    assert lanes.reason(method, "F32", shared_r, per_r) is None
+    assert lanes.reason(method, compute, shared_r, per_r) is None
     kernels, native.kernels = native.kernels, None  # the torch path alone, no C kernel
     try:
         want = merge_tensor(
             method, base, xs, shared, per_input, ctx,
-            dtype=torch.float32, out_dtype=TORCH[out_dtype] if out_dtype else None,
+            dtype=TORCH[compute], out_dtype=TORCH[out_dtype] if out_dtype else None,
         )  # fmt: skip
     finally:
         native.kernels = kernels
     got = lanes.merge(
-        method, to_lane(base), [to_lane(x) for x in xs], shared_r, per_r, "F32", out_dtype, ctx
+        method, to_lane(base), [to_lane(x) for x in xs], shared_r, per_r, compute, out_dtype, ctx
     )
     assert same_bits(from_lane(got).reshape(want.shape), want), (method, out_dtype)
 
 
+COMPUTE = ["F32", "BF16"]
+
+
 @pytest.mark.parametrize("method", sorted(lane_random.METHODS))
+@pytest.mark.parametrize("compute", COMPUTE)
 @pytest.mark.parametrize("out_dtype", [None, "BF16", "F16", "F32"])
-def test_every_input_format(method, out_dtype):
+def test_every_input_format(method, compute, out_dtype):
     base, xs = family(4, (37, 129), ["BF16", "F32", "BF16", "F16", "BF16"], seed=len(method))
-    check(method, base, xs, out_dtype)
+    check(method, base, xs, out_dtype, compute=compute)
 
 
 @pytest.mark.parametrize("method", sorted(lane_random.METHODS))
-@pytest.mark.parametrize("shape", [(), (1,), (7,), (1000,), (3, 1), (5, 700), (2, 3, 40)])
-def test_shapes(method, shape):
+@pytest.mark.parametrize("compute", COMPUTE)
+@pytest.mark.parametrize(
+    "shape", [(), (1,), (7,), (15,), (16,), (17,), (1000,), (3, 1), (5, 700), (2, 3, 40)]
+)
+def test_shapes(method, compute, shape):
     base, xs = family(3, shape, ["BF16"] * 4, seed=3)
-    check(method, base, xs, "BF16")
+    check(method, base, xs, "BF16", compute=compute)
 
 
 @pytest.mark.parametrize("method", ["della", "della_linear"])
-def test_equal_magnitudes_rank_by_column(method):
+@pytest.mark.parametrize("compute", COMPUTE)
+def test_equal_magnitudes_rank_by_column(method, compute):
     base, xs = family(3, (64, 300), ["BF16"] * 4, seed=5, coarse=True)
-    check(method, base, xs, "BF16")
+    check(method, base, xs, "BF16", compute=compute)
 
 
 @pytest.mark.parametrize("method", sorted(lane_random.METHODS))
+@pytest.mark.parametrize("compute", COMPUTE)
 @pytest.mark.parametrize("rescale", [True, False])
-def test_rescale_and_lambda(method, rescale):
+def test_rescale_and_lambda(method, compute, rescale):
     base, xs = family(2, (33, 65), ["F32"] * 3, seed=9)
-    check(method, base, xs, None, shared={"rescale": rescale, "lambda": 0.7, "normalize": True})
+    shared = {"rescale": rescale, "lambda": 0.7, "normalize": True}
+    check(method, base, xs, None, shared=shared, compute=compute)
+
+
+def test_bf16_l1_sums_follow_torchs_order():
+    """Magnitudes 2^20 beside 1 and 3: the bf16 L1 sums (fp32 pairs of a 16-element vector,
+    then torch's cascade, then the tail) only match torch if added in its order."""
+    g = torch.Generator().manual_seed(23)
+    base = torch.zeros(4099)
+    pick = torch.randint(0, 4, (4099,), generator=g)
+    xs = [torch.tensor([2.0**20, 1.0, 3.0, 0.125])[pick] * torch.randn(4099, generator=g).sign()]
+    xs = [x.to(torch.bfloat16) for x in xs]
+    check("dare_linear", base.to(torch.bfloat16), xs, None, compute="BF16")
 
 
 @pytest.mark.parametrize("method", sorted(lane_random.METHODS))
-def test_an_input_that_is_the_base_and_density_one(method):
+@pytest.mark.parametrize("compute", COMPUTE)
+def test_an_input_that_is_the_base_and_density_one(method, compute):
     """A frozen tensor (the base array itself) is left out of the sums; density 1 drops
     nothing; tiny deltas fall under the rescale's eps."""
     base, xs = family(3, (40, 64), ["BF16"] * 4, seed=13)
@@ -119,22 +142,24 @@ def test_an_input_that_is_the_base_and_density_one(method):
     xs[2] = (base.float() + 1e-12).to(torch.bfloat16)
     per = [params(method, i) for i in range(3)]
     per[0]["density"] = 1.0
-    check(method, base, xs, "BF16", per_input=per)
+    check(method, base, xs, "BF16", per_input=per, compute=compute)
 
 
 @pytest.mark.parametrize("method", sorted(lane_random.METHODS))
-def test_specials(method):
+@pytest.mark.parametrize("compute", COMPUTE)
+def test_specials(method, compute):
     """NaN, infinities and signed zeros in inputs and base go where torch puts them."""
     base, xs = family(3, (16, 48), ["F32"] * 4, seed=17)
     xs[0][0, :4] = torch.tensor([float("nan"), float("inf"), -float("inf"), -0.0])
     xs[1][1, 5] = float("nan")
     base[2, 7] = float("inf")
     base[3, 3] = -0.0
-    check(method, base, xs, "BF16")
+    check(method, base, xs, "BF16", compute=compute)
 
 
 @pytest.mark.parametrize("method", sorted(lane_random.METHODS))
-def test_large_tensor_two_threads(method):
+@pytest.mark.parametrize("compute", COMPUTE)
+def test_large_tensor_two_threads(method, compute):
     """Tensors of 2^23+ elements run their inputs' first passes and the combine's column
     ranges on two threads: the same bits as torch on one thread (the engine's setting, and
     mergekit's with OMP_NUM_THREADS=1: torch splits a large sum between its threads)."""
@@ -142,7 +167,7 @@ def test_large_tensor_two_threads(method):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        check(method, base, xs, "BF16")
+        check(method, base, xs, "BF16", compute=compute)
     finally:
         torch.set_num_threads(threads)
 
@@ -152,4 +177,4 @@ def test_global_rng_stays_on_torch():
         get_method("dare_ties"), {}, [params("dare_ties", 0)], has_base=True
     )
     assert lanes.reason("dare_ties", "F32", shared, per, rng="global") is not None
-    assert lanes.reason("dare_ties", "BF16", shared, per) is not None
+    assert lanes.reason("dare_ties", "F16", shared, per) is not None
