@@ -53,6 +53,10 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
             "slerp_mix",
         ),
     ),
+    "merge_karcher.c": (
+        "mergestore/ops/lane_karcher.py",  # twin: ops/karcher.py
+        ("karcher_scale", "karcher_first_mean", "karcher_tangent", "karcher_update", "karcher_out"),
+    ),
     "rank_cuts.c": (
         "mergestore/ops/sparsify.py",  # the lanes' cuts: cut_select.c, ops/cuts.py
         (

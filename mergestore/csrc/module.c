@@ -87,6 +87,17 @@ static PyMethodDef methods[] = {
     {"slerp_mix", py_slerp_mix, METH_VARARGS,
      "slerp_mix(out, out_fmt, [a, b], fmts, compute_fmt, ca, cb): a ca + b cb in fp32, "
      "rounded to the compute format"},
+    {"karcher_scale", py_karcher_scale, METH_VARARGS,
+     "karcher_scale(out_f32, x, x_fmt, d): out = x / d in fp32"},
+    {"karcher_first_mean", py_karcher_first_mean, METH_VARARGS,
+     "karcher_first_mean(mean_f32, units, weights) -> |mean|: mean = sum of a_i u_i in order"},
+    {"karcher_tangent", py_karcher_tangent, METH_VARARGS,
+     "karcher_tangent(tangent_f32, mean_f32, units, factors, cosines) -> |tangent|"},
+    {"karcher_update", py_karcher_update, METH_VARARGS,
+     "karcher_update(mean_f32, tangent_f32, cos, sin, step) -> |mean|: the step along the "
+     "tangent, in place"},
+    {"karcher_out", py_karcher_out, METH_VARARGS,
+     "karcher_out(out, out_fmt, mean_f32, scale): scale * mean in the output format"},
     {"convert", py_convert, METH_VARARGS,
      "convert(out, out_fmt, x, x_fmt): a float format conversion as torch's .to() rounds"},
     {"linear_bf16", py_linear_bf16, METH_VARARGS,

@@ -8,6 +8,7 @@
  *   merge_reduce.c  torch-order sums and norms; model_stock in fp32  ops/lane_reduce.py
  *   merge_sce.c    sce in any compute format (variance top-k, election)  ops/lane_sce.py
  *   merge_sphere.c  slerp, nuslerp and multislerp's whole-tensor passes  ops/lane_sphere.py
+ *   merge_karcher.c  karcher's fused iteration passes, fp32    ops/lane_karcher.py
  *   rank_cuts.c    magnitude rank cuts, row ranks, della's probabilities  ops/sparsify.py
  *   cut_select.c   ties/breadcrumbs cuts in one pass; the fused bf16 cut + combine  ops/cuts.py
  *   delta_stats.c  fp64 statistics of B - A              diff.py (block_stats)
@@ -335,6 +336,12 @@ PyObject *py_nuslerp_mix(PyObject *self, PyObject *args);
 PyObject *py_multislerp_pass(PyObject *self, PyObject *args);
 PyObject *py_slerp_chunks(PyObject *self, PyObject *args);
 PyObject *py_slerp_mix(PyObject *self, PyObject *args);
+/* merge_karcher.c */
+PyObject *py_karcher_scale(PyObject *self, PyObject *args);
+PyObject *py_karcher_first_mean(PyObject *self, PyObject *args);
+PyObject *py_karcher_tangent(PyObject *self, PyObject *args);
+PyObject *py_karcher_update(PyObject *self, PyObject *args);
+PyObject *py_karcher_out(PyObject *self, PyObject *args);
 /* rank_cuts.c */
 PyObject *py_sub_hist_bf16(PyObject *self, PyObject *args);
 PyObject *py_nth_equal16(PyObject *self, PyObject *args);

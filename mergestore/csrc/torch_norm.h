@@ -5,7 +5,7 @@
 #define MERGESTORE_TORCH_NORM_H
 #include "native.h"
 
-#include "cascade.h"
+#define LANES 8 /* as cascade.h: torch's AVX2 vectors of eight floats */
 
 /* torch's fp32 2-norm, fed in order. */
 typedef struct {

@@ -699,7 +699,10 @@ class Engine:
         self.choose_lanes(tasks)
         stats.torch_free = len(self.on_lane) == len(tasks)
         stats.lanes = self.lane_report(len(tasks))
-        threads = torch.get_num_threads() if not stats.torch_free else 0
+        # torch on one thread wherever a kernel calls it (lanes.TORCH_METHODS: torch.dot's
+        # order depends on its threads), as for the torch path
+        uses_torch = not stats.torch_free or self.method in lanes.TORCH_METHODS
+        threads = torch.get_num_threads() if uses_torch else 0
         if threads:
             torch.set_num_threads(1)
         # torch's global generator (rng="global") is drawn in task order: one tensor at a time.

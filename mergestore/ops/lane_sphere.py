@@ -102,11 +102,11 @@ def merge(
         _nuslerp(out, _FMT[out_name], args, per_input, compute)
     elif not _multislerp(out, _FMT[out_name], args, shared, per_input, compute):
         # The weighted mean direction is zero: the twin's fallback (or its refusal).
-        return _twin(method, base, inputs, shared, per_input, compute, out_dtype, ctx)
+        return torch_twin(method, base, inputs, shared, per_input, compute, out_dtype, ctx)
     return out.reshape(like.shape)
 
 
-def _twin(
+def torch_twin(
     method: str,
     base: np.ndarray | None,
     inputs: Sequence[np.ndarray],

@@ -26,7 +26,9 @@ What the fp32 lane covers, with the torch path's bits (tests/ops/test_lanes.py):
 - sce with at most 4 inputs, in any compute dtype (ops.lane_sce);
 - slerp in any compute dtype, nuslerp (flattened) and multislerp with at most 4 inputs in fp32
   or bf16 compute, on tensors of a multiple of 8 elements (ops.lane_sphere: torch only for
-  the scalar steps).
+  the scalar steps);
+- karcher in fp32 compute on tensors of a multiple of 8 elements (ops.lane_karcher: its dot
+  products stay torch.dot's).
 Everything else goes through torch; `reason()` says why, for `merge --json`.
 """
 
@@ -52,6 +54,9 @@ FMT = {"BF16": 0, "F16": 1, "F32": 2}
 NUMPY = {"BF16": "uint16", "F16": "float16", "F32": "float32"}  # numpy dtype names
 _NAME = {"uint16": "BF16", "float16": "F16", "float32": "F32"}
 FP32_MAX_INPUTS = 4
+# Lanes whose Python half calls torch (scalar trigonometry; karcher's torch.dot): the engine
+# runs torch on one thread for them, as for the torch path.
+TORCH_METHODS = ("slerp", "nuslerp", "multislerp", "karcher")
 
 # The sparsifier and consensus of each method the fp32 lane computes.
 _FP32_GTA: dict[str, tuple[str | None, bool]] = {
@@ -60,11 +65,6 @@ _FP32_GTA: dict[str, tuple[str | None, bool]] = {
     "breadcrumbs": (OUTLIERS, False),
     "breadcrumbs_ties": (OUTLIERS, True),
 }
-
-
-# Why karcher stays on torch (docs/methods.md, "The torch-free lane"): its dot products are
-# torch.dot (BLAS, in an order not reproduced), feeding torch's own acos/sin/cos (SLEEF).
-_TORCH_MATH = {"karcher": "karcher: torch.dot (BLAS order) and acos/sin/cos in torch"}
 
 
 def format_of(a: np.ndarray) -> str:
@@ -106,6 +106,7 @@ def reason(
     path's bits, else why not. `rng`: the merge's RNG rule (TensorContext.rng)."""
     from mergestore.ops import (  # numpy at import
         lane_elementwise,
+        lane_karcher,
         lane_random,
         lane_reduce,
         lane_sce,
@@ -124,8 +125,8 @@ def reason(
         return lane_sphere.reason(method, compute, shared, len(per_input), numel)
     if method == "model_stock":
         return lane_reduce.reason(compute, shared, len(per_input), numel)
-    if method in _TORCH_MATH:
-        return _TORCH_MATH[method]
+    if method == "karcher":
+        return lane_karcher.reason(compute, numel)
     if compute in ("BF16", "F16"):
         lane = LANES.get(method)
         if lane is None:
@@ -168,11 +169,27 @@ def merge(
     """One output tensor on the lane (reason() is None for it): the kernel's result in the
     compute dtype, rounded to out_dtype if given. `ctx`: the tensor's name and RNG rule, which
     the random drops of dare* and della* need."""
-    from mergestore.ops import lane_elementwise, lane_random, lane_reduce, lane_sce, lane_sphere
+    from mergestore.ops import (
+        lane_elementwise,
+        lane_karcher,
+        lane_random,
+        lane_reduce,
+        lane_sce,
+        lane_sphere,
+    )
 
     like = base if base is not None else inputs[0]
     if method in lane_sphere.METHODS:
         return lane_sphere.merge(method, base, inputs, shared, per_input, compute, out_dtype, ctx)
+    if method == "karcher":
+        if len(inputs) == 1:  # returned unchanged, as the twin does
+            result = convert(inputs[0], compute)
+            return convert(result, out_dtype) if out_dtype is not None else result
+        merged = lane_karcher.merge(inputs, shared, out_dtype)
+        if merged is None:  # every norm under tol: the twin's zeros
+            args = (base, inputs, shared, per_input, compute, out_dtype, ctx)
+            return lane_sphere.torch_twin(method, *args)
+        return merged
     if method in lane_elementwise.METHODS or method == "sce":
         assert base is not None
         if not inputs:  # ram or sce of the base alone: the base in the compute dtype

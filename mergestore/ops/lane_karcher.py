@@ -1,0 +1,121 @@
+"""karcher on the lane in fp32 compute: the Python half of csrc/merge_karcher.c (the torch twin
+is ops/karcher.py; tests/ops/test_lane_karcher.py checks that both give the same bits).
+
+The twin's steps in its order, on fp32 arrays: the unit vectors, the mean and the tangent are
+materialised as in the twin, because its dot products are torch.dot (MKL's BLAS, whose order
+is not reproduced): torch.dot reads these arrays through torch.from_numpy, allocated 64-byte
+aligned as torch allocates (BLAS kernels may split a sum by alignment). The scalar steps
+(clamp, arccos, sin, cos) run in torch on zero-dimensional tensors, as in the twin. The C
+kernels fuse the elementwise work of each step with the 2-norm the next step needs: one pass
+where the twin makes three to six, each into a fresh tensor. So karcher still imports torch,
+but does only its dot products there.
+
+Not on the lane: 16-bit compute (the twin's unit vectors are rounded to it), tensors of fewer
+than 8 or not a multiple of 8 elements (the 2-norm's tail order, as for model_stock).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from mergestore import native
+from mergestore.ops import alloc
+
+if TYPE_CHECKING:
+    import torch
+else:
+    from mergestore.lazy_torch import torch
+
+_FMT = {"BF16": 0, "F16": 1, "F32": 2}
+_NUMPY = {"BF16": np.uint16, "F16": np.float16, "F32": np.float32}
+_NAME = {np.dtype(np.uint16): "BF16", np.dtype(np.float16): "F16", np.dtype(np.float32): "F32"}
+
+
+def reason(compute: str, numel: int | None) -> str | None:
+    """None if the lane computes karcher's tensor with the torch path's bits, else why."""
+    if compute != "F32":
+        return "karcher in 16-bit compute: unit vectors rounded to it (no C kernel)"
+    if numel is None or numel < 8 or numel % 8:
+        return "karcher: a tensor of fewer than 8, or not a multiple of 8, elements"
+    return None
+
+
+def _aligned(n: int) -> np.ndarray:
+    """An uninitialised fp32 array of n elements at a 64-byte boundary."""
+    raw = alloc.empty_bytes(4 * n + 64)
+    skip = -raw.ctypes.data % 64
+    return raw[skip : skip + 4 * n].view(np.float32)
+
+
+def merge(
+    inputs: Sequence[np.ndarray], shared: Mapping[str, Any], out_dtype: str | None
+) -> np.ndarray | None:
+    """One output tensor (reason() is None for it) in out_dtype, else fp32; None where the
+    twin takes a branch the lane does not (every input's norm under tol)."""
+    kernels = native.kernels
+    assert kernels is not None
+    f = torch.float32
+    max_iter, tol = shared["max_iter"], shared["tol"]
+    xs = [np.ascontiguousarray(x).reshape(-1) for x in inputs]
+    fmts = [_FMT[_NAME[x.dtype]] for x in xs]
+    k, n = len(xs), xs[0].size
+    alphas = [1.0 / k] * k
+    found = [  # sphere_norms takes up to 4 vectors a call; each norm is its own reduction
+        v
+        for q in range(0, k, 4)
+        for v in kernels.sphere_norms(xs[q : q + 4], fmts[q : q + 4], False, 2)
+    ]
+    norms = [torch.tensor(v, dtype=f) for v in found]
+    live = [i for i, v in enumerate(norms) if float(v) > tol]
+    if not live:
+        return None
+    total = sum(alphas[i] for i in live)
+    weights = [alphas[i] / total for i in live]
+    units = []
+    for i in live:  # a live norm is above tol > 0: the twin divides
+        u = _aligned(n)
+        kernels.karcher_scale(u, xs[i], fmts[i], float(norms[i]))
+        units.append(u)
+
+    mean = _aligned(n)
+    mean_norm = kernels.karcher_first_mean(mean, units, weights)
+    if mean_norm < tol:
+        mean[:] = units[0]
+    else:
+        kernels.karcher_scale(mean, mean, 2, mean_norm)
+    tangent = _aligned(n)
+    # torch applies its thread count to a new thread lazily, on its first parallel loop; its
+    # BLAS dot runs none, so in a fresh worker thread it would split the sum over the default
+    # threads (another order, other bits). Apply the count to this thread first.
+    torch.set_num_threads(torch.get_num_threads())
+    mean_t = torch.from_numpy(mean)
+    units_t = [torch.from_numpy(u) for u in units]
+    for _ in range(max_iter):
+        chosen, factors, cosines = [], [], []
+        for a, u, u_t in zip(weights, units, units_t, strict=True):
+            c = torch.clamp(torch.dot(mean_t, u_t), -1.0, 1.0)
+            theta = torch.arccos(c)
+            if float(theta) < tol:
+                continue
+            chosen.append(u)
+            factors.append(float(a * (theta / torch.sin(theta))))
+            cosines.append(float(c))
+        step = torch.tensor(
+            kernels.karcher_tangent(tangent, mean, chosen, factors, cosines), dtype=f
+        )
+        if float(step) < tol:
+            break
+        size = kernels.karcher_update(
+            mean, tangent, float(torch.cos(step)), float(torch.sin(step)), float(step)
+        )
+        if size > tol:
+            kernels.karcher_scale(mean, mean, 2, size)
+
+    scale = sum(a * v for a, v in zip(alphas, norms, strict=True))
+    out_name = out_dtype or "F32"
+    out = alloc.empty_bytes(n * np.dtype(_NUMPY[out_name]).itemsize).view(_NUMPY[out_name])
+    kernels.karcher_out(out, _FMT[out_name], mean, float(scale))
+    return out.reshape(inputs[0].shape)

@@ -1,0 +1,129 @@
+"""karcher on the lane (ops.lane_karcher, csrc/merge_karcher.c) gives the torch path's bits.
+
+Each case merges the same tensors twice: with ops.lanes.merge on numpy arrays, and with
+ops.merge_tensor on torch tensors with the C kernels off (ops/karcher.py: mergekit 0.1.5's
+arithmetic), torch on one thread as the engine runs it, for inputs in bf16, fp16 and fp32
+(mixed), fp32 compute, and every out_dtype.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fixtures.bits import same_bits
+from mergestore import native
+from mergestore.ops import TensorContext, get_method, lanes, merge_tensor, validate_params
+
+pytestmark = pytest.mark.skipif(native.kernels is None, reason="C kernels not built")
+
+TORCH = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}
+NAMES = ["BF16", "F16", "F32"]
+CTX = TensorContext("model.layers.1.mlp.gate_proj.weight", seed=0)
+
+
+def to_lane(t: torch.Tensor) -> np.ndarray:
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.int16).numpy().view(np.uint16)
+    return t.numpy()
+
+
+def from_lane(a: np.ndarray) -> torch.Tensor:
+    if a.dtype == np.uint16:
+        return torch.from_numpy(a.view(np.int16).copy()).view(torch.bfloat16)
+    return torch.from_numpy(a.copy())
+
+
+def models(n, shape, dtypes, seed, spread=1.0):
+    """n models near a common point (karcher takes no base), in the given dtypes."""
+    g = torch.Generator().manual_seed(seed)
+    center = 0.02 * torch.randn(shape, generator=g)
+    xs = [center + spread * 0.01 * torch.randn(shape, generator=g) for _ in range(n)]
+    return [x.to(TORCH[t]) for x, t in zip(xs, dtypes, strict=False)]
+
+
+def check(xs, out_dtype, shared_in=None, fresh_thread=False):
+    shared_in = shared_in or {}
+    spec = get_method("karcher")
+    shared, per = validate_params(spec, shared_in, [{}] * len(xs), has_base=False)
+    assert lanes.reason("karcher", "F32", shared, per, xs[0].numel()) is None
+    # torch on one thread, as the engine runs it: a reduction's order (torch.dot's too, which
+    # the lane calls) depends on torch's threads
+    kernels, native.kernels, threads = native.kernels, None, torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        want = merge_tensor(
+            "karcher", None, xs, shared_in, [{}] * len(xs), CTX,
+            dtype=torch.float32, out_dtype=TORCH[out_dtype] if out_dtype else None,
+        )  # fmt: skip
+        native.kernels = kernels
+        args = ("karcher", None, [to_lane(x) for x in xs], shared, per, "F32", out_dtype, CTX)
+        if fresh_thread:  # where torch has run no parallel loop yet (see lane_karcher)
+            with ThreadPoolExecutor(1) as pool:
+                got = pool.submit(lanes.merge, *args).result()
+        else:
+            got = lanes.merge(*args)
+    finally:
+        native.kernels = kernels
+        torch.set_num_threads(threads)
+    got_t = from_lane(got).reshape(want.shape)
+    assert same_bits(got_t, want), (out_dtype, (got_t != want).sum())
+
+
+@pytest.mark.parametrize("out_dtype", [None, *NAMES])
+@pytest.mark.parametrize("n", [2, 3, 4, 5])
+def test_every_dtype_mix(out_dtype, n):
+    xs = models(n, (37, 64), ["BF16", "F32", "F16", "BF16", "F32"], seed=n)
+    check(xs, out_dtype)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    shape=st.lists(st.integers(1, 60), min_size=0, max_size=2).map(lambda s: (*s, 8)),
+    n=st.integers(1, 5),
+    dtypes=st.lists(st.sampled_from(NAMES), min_size=5, max_size=5),
+    out_dtype=st.sampled_from([None, *NAMES]),
+    max_iter=st.integers(1, 12),
+    tol=st.sampled_from([1e-5, 1e-3, 1e-8]),
+    spread=st.sampled_from([0.0, 1e-3, 1.0, 100.0]),
+    seed=st.integers(0, 1000),
+)
+def test_random(shape, n, dtypes, out_dtype, max_iter, tol, spread, seed):
+    xs = models(n, shape, dtypes, seed, spread)
+    check(xs, out_dtype, {"max_iter": max_iter, "tol": tol})
+
+
+def test_zero_and_equal_inputs():
+    """A zero input (not live), all-zero inputs (the twin's zeros), equal inputs (every
+    angle under tol: no step)."""
+    x = torch.linspace(-1, 1, 64)
+    check([x, torch.zeros(64), 2 * x], "BF16")
+    check([torch.zeros(64), torch.zeros(64)], None)
+    check([x, x.clone(), x.clone()], None)
+    check([x, -x], "F32")
+
+
+def test_large_tensor():
+    xs = models(4, ((1 << 20) + 8 * 37,), ["BF16"] * 4, seed=7)
+    check(xs, "BF16")
+
+
+def test_in_a_fresh_thread():
+    """The lane in a thread where torch has run no parallel loop yet (as in the engine's
+    workers): without applying torch's thread count there first, torch.dot split its sum over
+    the default threads."""
+    xs = models(4, (2880, 1024), ["BF16"] * 4, seed=11, spread=3.0)
+    check(xs, "BF16", fresh_thread=True)
+
+
+def test_reasons():
+    spec = get_method("karcher")
+    shared, per = validate_params(spec, {}, [{}] * 3, has_base=False)
+    assert lanes.reason("karcher", "F32", shared, per, 64) is None
+    assert "16-bit" in lanes.reason("karcher", "BF16", shared, per, 64)
+    assert "multiple of 8" in lanes.reason("karcher", "F32", shared, per, 60)
