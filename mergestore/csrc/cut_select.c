@@ -28,12 +28,13 @@ typedef struct {
     Py_ssize_t n;
 } Pair;
 
-/* keys[j] = the magnitude bits of element s + j of x - base in the compute format. */
-HOT static void keys_of(const Pair *p, Py_ssize_t s, Py_ssize_t m, uint32_t *keys) {
-    float xt[TILE], bt[TILE];
-    widen(xt, p->x, p->xf, s, m);
-    widen(bt, p->b, p->bf, s, m);
-    if (p->cf == FMT_F32) {
+/* keys[j] = the magnitude bits of element s + j of x - base in the compute format cf, the base's
+ * elements already widened in bt. */
+HOT static void keys_with(const float *bt, const void *x, int xf, int cf, Py_ssize_t s,
+                          Py_ssize_t m, uint32_t *keys) {
+    float xt[TILE];
+    widen(xt, x, xf, s, m);
+    if (cf == FMT_F32) {
         for (Py_ssize_t j = 0; j < m; j++) {
             float d = xt[j] - bt[j];
             uint32_t u;
@@ -43,6 +44,13 @@ HOT static void keys_of(const Pair *p, Py_ssize_t s, Py_ssize_t m, uint32_t *key
     } else {
         for (Py_ssize_t j = 0; j < m; j++) keys[j] = rne16(xt[j] - bt[j]) & 0x7FFFu;
     }
+}
+
+/* keys[j] = the magnitude bits of element s + j of x - base in the compute format. */
+static void keys_of(const Pair *p, Py_ssize_t s, Py_ssize_t m, uint32_t *keys) {
+    float bt[TILE];
+    widen(bt, p->b, p->bf, s, m);
+    keys_with(bt, p->x, p->xf, p->cf, s, m, keys);
 }
 
 typedef struct {
@@ -273,165 +281,244 @@ static int brackets(const Pair *p, Cut *cuts, int k, Py_ssize_t S, double z, uin
 }
 
 
-/* One pass: per active cut, the keys below its bracket counted, those inside gathered with
- * their flat indices (or counted, for a one-key bracket). 0, or 1 if a buffer overflowed. */
-HOT static int gather(const Pair *p, Cut *cuts, int k) {
-    uint32_t kt[TILE];
-    for (Py_ssize_t s = 0; s < p->n; s += TILE) {
-        Py_ssize_t m = p->n - s < TILE ? p->n - s : TILE;
-        keys_of(p, s, m, kt);
-        for (int i = 0; i < k; i++) {
-            Cut *c = &cuts[i];
-            if (!active(c)) continue;
-            const uint32_t lo = c->lo, span = c->hi - c->lo;
-            Py_ssize_t below = 0, eq = 0;
-            for (Py_ssize_t j = 0; j < m; j++) below += kt[j] < lo;
-            c->below += below;
-            if (c->single) {
-                for (Py_ssize_t j = 0; j < m; j++) eq += kt[j] == lo;
-                c->inside += eq;
-                continue;
+/* One input's cuts of x - base, and how far their search got. */
+typedef struct {
+    Pair p;
+    Cut cuts[2];
+    int k;
+    int go; /* 1 while the bracket can still give the cuts */
+} Job;
+
+/* The gather step of one tile for one input's cuts: per active cut, the keys below its
+ * bracket counted, those inside gathered with their flat indices (or counted, for a one-key
+ * bracket). 0, or 1 if a buffer overflowed. */
+static inline int gather_tile(Job *job, const uint32_t *kt, Py_ssize_t s, Py_ssize_t m) {
+    for (int i = 0; i < job->k; i++) {
+        Cut *c = &job->cuts[i];
+        if (!active(c)) continue;
+        const uint32_t lo = c->lo, span = c->hi - c->lo;
+        uint32_t below = 0, eq = 0; /* 32-bit counts: 8 lanes a vector (m <= TILE) */
+        for (Py_ssize_t j = 0; j < m; j++) below += kt[j] < lo;
+        c->below += below;
+        if (c->single) {
+            for (Py_ssize_t j = 0; j < m; j++) eq += kt[j] == lo;
+            c->inside += eq;
+            continue;
+        }
+        for (Py_ssize_t j0 = 0; j0 < m; j0 += BLOCK) {
+            Py_ssize_t e = j0 + BLOCK < m ? j0 + BLOCK : m;
+            uint32_t any = 0;
+            for (Py_ssize_t j = j0; j < e; j++) any |= (uint32_t)((kt[j] - lo) <= span);
+            if (!any) continue;
+            if (c->inside + BLOCK > c->cap) return 1;
+            Py_ssize_t at = c->inside;
+            for (Py_ssize_t j = j0; j < e; j++) {
+                c->keys[at] = kt[j];
+                c->idx[at] = (uint32_t)(s + j);
+                at += (kt[j] - lo) <= span;
             }
-            for (Py_ssize_t j0 = 0; j0 < m; j0 += BLOCK) {
-                Py_ssize_t e = j0 + BLOCK < m ? j0 + BLOCK : m;
-                uint32_t any = 0;
-                for (Py_ssize_t j = j0; j < e; j++) any |= (uint32_t)((kt[j] - lo) <= span);
-                if (!any) continue;
-                if (c->inside + BLOCK > c->cap) return 1;
-                Py_ssize_t at = c->inside;
-                for (Py_ssize_t j = j0; j < e; j++) {
-                    c->keys[at] = kt[j];
-                    c->idx[at] = (uint32_t)(s + j);
-                    at += (kt[j] - lo) <= span;
-                }
-                c->inside = at;
-            }
+            c->inside = at;
         }
     }
     return 0;
 }
 
-/* Every cut of x - base (see the top of this file); returns 1 if the exact histograms were
- * used, 0 if the bracket gave them, -1 out of memory. */
-static int find_cuts(const Pair *p, Cut *cuts, int k, Py_ssize_t sample, double z,
-                     uint32_t *scratch, Py_ssize_t room) {
+/* One pass over the base and the inputs of every job still going: the base's tile is widened
+ * once for all of them. A job whose buffer overflows stops (its cuts go to the histograms). */
+HOT static void gather(Job *jobs, int nj, Py_ssize_t n) {
+    uint32_t kt[TILE];
+    float bt[TILE];
+    for (Py_ssize_t s = 0; s < n; s += TILE) {
+        Py_ssize_t m = n - s < TILE ? n - s : TILE;
+        int going = 0;
+        for (int t = 0; t < nj; t++) going |= jobs[t].go;
+        if (!going) return;
+        widen(bt, jobs[0].p.b, jobs[0].p.bf, s, m);
+        for (int t = 0; t < nj; t++) {
+            Job *job = &jobs[t];
+            if (!job->go) continue;
+            keys_with(bt, job->p.x, job->p.xf, job->p.cf, s, m, kt);
+            if (gather_tile(job, kt, s, m)) job->go = 0;
+        }
+    }
+}
+
+/* Sets up a job's cuts (modes and ranks); whether any needs a search. */
+static int prepare(Job *job) {
     int any = 0;
-    for (int i = 0; i < k; i++) {
-        Cut *c = &cuts[i];
+    for (int i = 0; i < job->k; i++) {
+        Cut *c = &job->cuts[i];
         c->keys = c->idx = NULL;
         c->below = c->inside = c->cap = 0;
         c->single = 0, c->v = 0, c->last = 0;
-        if (c->count >= p->n) {
+        if (c->count >= job->p.n) {
             c->mode = 1;
         } else if (c->count <= 0) {
             c->mode = 0;
         } else {
             c->mode = c->largest ? 2 : 3;
-            c->r = c->largest ? p->n - c->count + 1 : c->count;
+            c->r = c->largest ? job->p.n - c->count + 1 : c->count;
             any = 1;
         }
     }
-    if (!any) return 0;
-    int exact = 1;
+    return any;
+}
+
+/* A job's cuts from its gathered keys (1 if the bracket missed: nothing settled), -1 out of
+ * memory. */
+static int from_bracket(Job *job) {
+    for (int i = 0; i < job->k; i++) {
+        Cut *c = &job->cuts[i];
+        if (active(c) && !(c->below < c->r && c->r <= c->below + c->inside)) return 1;
+    }
+    for (int i = 0; i < job->k; i++) {
+        Cut *c = &job->cuts[i];
+        if (!active(c)) continue;
+        if (c->single) {
+            settle(&job->p, c, c->lo, c->below, c->inside);
+            continue;
+        }
+        uint32_t v;
+        if (select_key(c->keys, c->inside, c->lo, c->hi - c->lo, c->r - c->below, &v) < 0)
+            return -1;
+        Py_ssize_t less = 0, eq = 0;
+        for (Py_ssize_t j = 0; j < c->inside; j++) less += c->keys[j] < v, eq += c->keys[j] == v;
+        settle(&job->p, c, v, c->below + less, eq);
+    }
+    return 0;
+}
+
+static void drop_buffers(Job *job, int owned) {
+    for (int i = 0; i < job->k; i++) {
+        if (owned) free(job->cuts[i].keys), free(job->cuts[i].idx);
+        job->cuts[i].keys = job->cuts[i].idx = NULL;
+    }
+}
+
+/* Every job's cuts (see the top of this file), the inputs sharing one base of n elements;
+ * exact[t] says job t needed the histograms. 0, or -1 out of memory. */
+static int find_cuts(Job *jobs, int nj, Py_ssize_t n, Py_ssize_t sample, double z,
+                     uint32_t *scratch, Py_ssize_t room, int *exact) {
     sample -= sample % RUN;
-    if (sample >= 2 * RUN && p->n >= 8 * sample && p->n <= 0xFFFFFFFFLL &&
-        !brackets(p, cuts, k, sample, z, scratch, room) && !gather(p, cuts, k)) {
-        exact = 0;
-        for (int i = 0; i < k; i++) {
-            Cut *c = &cuts[i];
-            if (active(c) && !(c->below < c->r && c->r <= c->below + c->inside)) exact = 1;
-        }
+    int sampled = sample >= 2 * RUN && n >= 8 * sample && n <= 0xFFFFFFFFLL;
+    Py_ssize_t share = nj ? room / nj : 0;
+    for (int t = 0; t < nj; t++) {
+        Job *job = &jobs[t];
+        int any = prepare(job);
+        exact[t] = any;
+        uint32_t *mine = scratch ? scratch + t * share : NULL;
+        job->go = any && sampled && !brackets(&job->p, job->cuts, job->k, sample, z, mine, share);
     }
+    gather(jobs, nj, n);
     int rc = 0;
-    if (exact) {
-        for (int i = 0; i < k; i++) {
-            if (!scratch) free(cuts[i].keys), free(cuts[i].idx);
-            cuts[i].keys = cuts[i].idx = NULL;
+    for (int t = 0; t < nj && rc == 0; t++) {
+        Job *job = &jobs[t];
+        if (job->go) {
+            int r = from_bracket(job);
+            if (r < 0) rc = -1;
+            exact[t] = r == 1;
         }
-        rc = exact_cuts(p, cuts, k) < 0 ? -1 : 1;
-    } else {
-        for (int i = 0; i < k && rc == 0; i++) {
-            Cut *c = &cuts[i];
-            if (!active(c)) continue;
-            if (c->single) {
-                settle(p, c, c->lo, c->below, c->inside);
-                continue;
-            }
-            uint32_t v;
-            if (select_key(c->keys, c->inside, c->lo, c->hi - c->lo, c->r - c->below, &v) < 0) {
-                rc = -1;
-                break;
-            }
-            Py_ssize_t less = 0, eq = 0;
-            for (Py_ssize_t j = 0; j < c->inside; j++) less += c->keys[j] < v, eq += c->keys[j] == v;
-            settle(p, c, v, c->below + less, eq);
-        }
+        drop_buffers(job, !scratch);
+        if (rc == 0 && exact[t] && exact_cuts(&job->p, job->cuts, job->k) < 0) rc = -1;
     }
-    if (!scratch)
-        for (int i = 0; i < k; i++) free(cuts[i].keys), free(cuts[i].idx);
+    for (int t = 0; t < nj; t++) drop_buffers(&jobs[t], !scratch);
     return rc;
 }
 
-/* find_cuts(x, x_fmt, base, base_fmt, compute_fmt, [(count, largest), ...], sample, z,
- * scratch=None) -> (mode1, v1, last1, mode2, v2, last2, exact): one or two cuts (the second as
- * mode -1 if absent), for gta_cut32 / gta_cut16; `exact` says the histograms were needed
- * (sample 0 asks for them). `scratch` (writable, 4-byte items) holds the gathered keys. */
+/* The (count, largest) pairs of one input's cuts into job->cuts. */
+static int get_job_cuts(PyObject *o, Job *job) {
+    PyObject *fast = PySequence_Fast(o, "expected a sequence of (count, largest)");
+    if (!fast) return -1;
+    Py_ssize_t k = PySequence_Fast_GET_SIZE(fast);
+    if (k < 1 || k > 2) {
+        Py_DECREF(fast);
+        PyErr_SetString(PyExc_ValueError, "find_cuts: one or two cuts per input");
+        return -1;
+    }
+    job->k = (int)k;
+    for (Py_ssize_t i = 0; i < k; i++) {
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(fast, i), "np;a cut is (count, largest)",
+                              &job->cuts[i].count, &job->cuts[i].largest)) {
+            Py_DECREF(fast);
+            return -1;
+        }
+    }
+    Py_DECREF(fast);
+    return 0;
+}
+
+/* find_cuts(inputs, fmts, base, base_fmt, compute_fmt, [[(count, largest), ...] per input],
+ * sample, z, scratch=None) -> [(mode1, v1, last1, mode2, v2, last2, exact) per input]: each
+ * input's one or two cuts of x - base (the second as mode -1 if absent), for gta_cut32 /
+ * gta_cut16, found in one pass over the base and all the inputs; `exact` says the histograms
+ * were needed (sample 0 asks for them). `scratch` (writable, 4-byte items) holds the gathered
+ * keys, shared out evenly. */
 PyObject *py_find_cuts(PyObject *self, PyObject *args) {
-    PyObject *x_o, *b_o, *cuts_o, *s_o = Py_None;
-    int xf, bfmt, cf;
+    PyObject *xs_o, *fmts_o, *b_o, *cuts_o, *s_o = Py_None, *ret = NULL, *cl = NULL;
+    int bfmt, cf;
     Py_ssize_t sample;
     double z;
-    if (!PyArg_ParseTuple(args, "OiOiiOnd|O", &x_o, &xf, &b_o, &bfmt, &cf, &cuts_o, &sample, &z,
-                          &s_o))
+    if (!PyArg_ParseTuple(args, "OOOiiOnd|O", &xs_o, &fmts_o, &b_o, &bfmt, &cf, &cuts_o,
+                          &sample, &z, &s_o))
         return NULL;
     if (cf != FMT_F32 && cf != FMT_BF16) {
         PyErr_SetString(PyExc_ValueError, "find_cuts: compute in fp32 or bf16");
         return NULL;
     }
-    Cut cuts[2];
-    memset(cuts, 0, sizeof cuts);
-    PyObject *fast = PySequence_Fast(cuts_o, "expected a sequence of (count, largest)");
-    if (!fast) return NULL;
-    Py_ssize_t k = PySequence_Fast_GET_SIZE(fast);
-    if (k < 1 || k > 2) {
-        Py_DECREF(fast);
-        PyErr_SetString(PyExc_ValueError, "find_cuts: one or two cuts");
-        return NULL;
-    }
-    for (Py_ssize_t i = 0; i < k; i++) {
-        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(fast, i), "np;a cut is (count, largest)",
-                              &cuts[i].count, &cuts[i].largest)) {
-            Py_DECREF(fast);
-            return NULL;
-        }
-    }
-    Py_DECREF(fast);
-    Buf x, b, sc;
+    Buf b, sc;
+    Inputs in;
+    Job *jobs = NULL;
+    int *exact = NULL;
     memset(&sc, 0, sizeof sc);
     Py_ssize_t n = -1;
     if (s_o != Py_None && get_buf(s_o, &sc, 1, 4, "scratch") < 0) return NULL;
-    if (get_fmt_buf(x_o, xf, &n, 0, &x, "x") < 0) {
-        release(&sc);
-        return NULL;
+    if (get_fmt_buf(b_o, bfmt, &n, 0, &b, "base") < 0) goto d1;
+    if (get_inputs(xs_o, fmts_o, n, &in) < 0) goto d2;
+    cl = PySequence_Fast(cuts_o, "expected one list of cuts per input");
+    if (!cl) goto d3;
+    if (PySequence_Fast_GET_SIZE(cl) != in.k) {
+        PyErr_SetString(PyExc_ValueError, "find_cuts: one list of cuts per input");
+        goto d3;
     }
-    if (get_fmt_buf(b_o, bfmt, &n, 0, &b, "base") < 0) {
-        release(&x);
-        release(&sc);
-        return NULL;
+    jobs = PyMem_Calloc(in.k ? in.k : 1, sizeof(Job));
+    exact = PyMem_Calloc(in.k ? in.k : 1, sizeof(int));
+    if (!jobs || !exact) {
+        PyErr_NoMemory();
+        goto d3;
     }
-    Pair p = {x.view.buf, b.view.buf, xf, bfmt, cf, n};
+    for (Py_ssize_t t = 0; t < in.k; t++) {
+        Pair p = {in.ptrs[t], b.view.buf, in.fmts[t], bfmt, cf, n};
+        jobs[t].p = p;
+        if (get_job_cuts(PySequence_Fast_GET_ITEM(cl, t), &jobs[t]) < 0) goto d3;
+    }
     uint32_t *scratch = s_o != Py_None ? sc.view.buf : NULL;
     int rc;
     Py_BEGIN_ALLOW_THREADS
-    rc = find_cuts(&p, cuts, (int)k, sample, z, scratch, sc.view.len / 4);
+    rc = find_cuts(jobs, (int)in.k, n, sample, z, scratch, sc.view.len / 4, exact);
     Py_END_ALLOW_THREADS
+    if (rc < 0) {
+        PyErr_NoMemory();
+        goto d3;
+    }
+    ret = PyList_New(in.k);
+    for (Py_ssize_t t = 0; ret && t < in.k; t++) {
+        Cut *c = jobs[t].cuts;
+        if (jobs[t].k == 1) c[1].mode = -1, c[1].v = 0, c[1].last = 0;
+        PyObject *one = Py_BuildValue("(iIniIni)", c[0].mode, c[0].v, c[0].last, c[1].mode,
+                                      c[1].v, c[1].last, exact[t]);
+        if (!one) Py_CLEAR(ret);
+        else PyList_SET_ITEM(ret, t, one);
+    }
+d3:
+    PyMem_Free(jobs);
+    PyMem_Free(exact);
+    Py_XDECREF(cl);
+    inputs_release(&in);
+d2:
     release(&b);
-    release(&x);
+d1:
     release(&sc);
-    if (rc < 0) return PyErr_NoMemory();
-    if (k == 1) cuts[1].mode = -1;
-    return Py_BuildValue("(iIniIni)", cuts[0].mode, cuts[0].v, cuts[0].last, cuts[1].mode,
-                         cuts[1].v, cuts[1].last, rc);
+    return ret;
 }
 
 /* ------------------------------------------------------------------ bf16 cut + combine */

@@ -132,8 +132,9 @@ static PyMethodDef methods[] = {
      "philox_keep(out, probs, key_lo, key_hi, bf16): Bernoulli keep mask, numpy's Philox stream "
      "(probs: one per element, or one for all)"},
     {"find_cuts", py_find_cuts, METH_VARARGS,
-     "find_cuts(x, x_fmt, base, base_fmt, compute_fmt, [(count, largest), ...], sample, z) -> "
-     "(mode1, v1, last1, mode2, v2, last2, exact): ties/breadcrumbs rank cuts of x - base"},
+     "find_cuts(inputs, fmts, base, base_fmt, compute_fmt, [[(count, largest), ...] per input], "
+     "sample, z, scratch=None) -> [(mode1, v1, last1, mode2, v2, last2, exact) per input]: "
+     "ties/breadcrumbs rank cuts of each x - base, in one pass"},
     {"gta_cut16", py_gta_cut16, METH_VARARGS,
      "gta_cut16(out, base, inputs, cuts, start, weights, consensus, divisor, normalize, lam, "
      "has_lam): bf16 cut deltas combined in one pass"},

@@ -27,6 +27,33 @@ Z = 6.0
 F32, BF16 = 2, 0  # the lanes' format codes (ops.lanes.FMT)
 
 
+def find_many(
+    xs: Sequence[np.ndarray],
+    x_fmts: Sequence[int],
+    base: np.ndarray,
+    base_fmt: int,
+    compute: int,
+    sparsifier: str,
+    params: Sequence[Mapping[str, Any]],
+    sample: int = SAMPLE,
+    z: float = Z,
+) -> list[tuple[int, ...]]:
+    """The cuts of each x - base (flat arrays, format codes) in the compute format, as
+    kernels.gta_cut32 and gta_cut16 apply them: (mode1, v1, last1, mode2, v2, last2) per input,
+    found in one pass over the base and the inputs. params[i] has input i's density (and
+    gamma)."""
+    assert native.kernels is not None
+    n = base.size
+    counts = [sparsify.cut_counts(n, sparsifier, p["density"], p.get("gamma", 0.0)) for p in params]
+    # the gathered keys and indices (a few % of n each) on pooled, paged-in memory
+    big = sample and n >= 8 * sample and xs
+    scratch = alloc.empty_bytes(4 * (n // 4) * len(xs)).view(np.uint32) if big else None
+    found = native.kernels.find_cuts(
+        list(xs), list(x_fmts), base, base_fmt, compute, counts, sample, z, scratch
+    )
+    return [tuple(f[:6]) for f in found]
+
+
 def find(
     x: np.ndarray,
     x_fmt: int,
@@ -39,16 +66,9 @@ def find(
     sample: int = SAMPLE,
     z: float = Z,
 ) -> tuple[int, ...]:
-    """The cuts of x - base (flat arrays, format codes) in the compute format as kernels.gta_cut32
-    and gta_cut16 apply them: (mode1, v1, last1, mode2, v2, last2)."""
-    assert native.kernels is not None
-    n = base.size
-    counts = sparsify.cut_counts(n, sparsifier, density, gamma)
-    # the gathered keys and indices (a few % of n each) on pooled, paged-in memory
-    big = sample and n >= 8 * sample
-    scratch = alloc.empty_bytes(4 * (n // 2)).view(np.uint32) if big else None
-    spec = native.kernels.find_cuts(x, x_fmt, base, base_fmt, compute, counts, sample, z, scratch)
-    return tuple(spec[:6])
+    """find_many for one input."""
+    params = [{"density": density, "gamma": gamma}]
+    return find_many([x], [x_fmt], base, base_fmt, compute, sparsifier, params, sample, z)[0]
 
 
 def finite(x: np.ndarray, fmt: int) -> bool:
@@ -80,16 +100,18 @@ def specs(
     per_input: Sequence[Mapping[str, Any]],
     live: Sequence[int],
 ) -> list[tuple[int, ...]]:
-    """Each live input's cuts, two inputs at once for large tensors."""
-
-    def one(i: int) -> tuple[int, ...]:
-        p = per_input[i]
-        gamma = p.get("gamma", 0.0)
-        x, f = flats[i], fmts[i]
-        return find(x, f, flat_base, base_fmt, compute, sparsifier, p["density"], gamma)
-
+    """Each live input's cuts, in one pass over the base and the inputs; large tensors in two
+    groups of inputs, one per core."""
     workers = kernel_threads(2) if flat_base.size >= PARALLEL_MIN else 1
-    return list(ordered_map(one, live, workers=workers, window=workers))
+    step = max(1, -(-len(live) // workers))
+    groups = [list(live[a : a + step]) for a in range(0, len(live), step)]
+
+    def group(g: list[int]) -> list[tuple[int, ...]]:
+        xs, xf = [flats[i] for i in g], [fmts[i] for i in g]
+        params = [per_input[i] for i in g]
+        return find_many(xs, xf, flat_base, base_fmt, compute, sparsifier, params)
+
+    return [s for found in ordered_map(group, groups, workers=len(groups)) for s in found]
 
 
 def gta16(

@@ -103,12 +103,49 @@ def test_cuts_keep_what_a_stable_sort_keeps(kind, compute):
         want = sorted_keep(k, sparsifier, density, gamma)
         counts = sparsify.cut_counts(N, sparsifier, density, gamma)
         for sample, z in SEARCHES:
-            got = native.kernels.find_cuts(pair[0], fmt, pair[1], fmt, code, counts, sample, z)
+            got = native.kernels.find_cuts(
+                [pair[0]], [fmt], pair[1], fmt, code, [counts], sample, z
+            )[0]
             assert np.array_equal(spec_keep(k, got[:6]), want), (sparsifier, density, sample)
             exact.append((sample, got[6]))
     assert all(e == 1 for s, e in exact if s == 0)
     if kind in ("gauss", "lowrank"):  # the bracket held every cut
         assert all(e == 0 for s, e in exact if s == cuts.SAMPLE)
+
+
+@pytest.mark.parametrize("compute", ["F32", "BF16"])
+def test_inputs_searched_together_get_their_own_cuts(compute):
+    """One pass over the base and several inputs (one overflowing its bracket, one frozen)
+    gives each input the cuts it gets alone."""
+    kinds = ["gauss", "coarse", "frozen", "zeros", "lowrank"]
+    base = deltas("gauss", N, seed=1)[0]
+    xs = [
+        base + (deltas(kind, N, seed=i)[1] - deltas(kind, N, seed=i)[0])
+        for i, kind in enumerate(kinds)
+    ]
+    code = cuts.F32 if compute == "F32" else cuts.BF16
+    if compute == "BF16":
+        arrays = [
+            t.to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16) for t in [base, *xs]
+        ]
+    else:
+        arrays = [t.numpy() for t in [base, *xs]]
+    rules = [
+        {"density": d, "gamma": g}
+        for d, g in [(0.5, 0), (0.9, 0.01), (0.3, 0), (0.6, 0.05), (0.2, 0)]
+    ]
+    for sparsifier in ("magnitude", "magnitude_outliers"):
+        for sample, z in SEARCHES[:2]:
+            together = cuts.find_many(
+                arrays[1:], [code] * 5, arrays[0], code, code, sparsifier, rules, sample, z
+            )
+            alone = [
+                cuts.find(
+                    x, code, arrays[0], code, code, sparsifier, r["density"], r["gamma"], sample, z
+                )
+                for x, r in zip(arrays[1:], rules, strict=True)
+            ]
+            assert together == alone
 
 
 def test_finite():
