@@ -232,11 +232,13 @@ def _merge_in_chunks(
     compute: torch.dtype,
     out_dtype: torch.dtype | None,
 ) -> Tensor:
-    """An elementwise kernel applied piece by piece; the same bits as one whole call."""
-    shape = inputs[0].shape
+    """An elementwise kernel applied piece by piece; the same bits as one whole call. The shape
+    is the first input's, or the base's when there is no input (ram of the base alone)."""
+    shape = inputs[0].shape if inputs else base.shape if base is not None else None
+    assert shape is not None, "an elementwise merge needs a base or an input"
     flat_base = base.reshape(-1) if base is not None else None
     flat_inputs = [x.reshape(-1) for x in inputs]
-    n = flat_inputs[0].numel()
+    n = shape.numel()
     out: Tensor | None = None
     for start in range(0, n, CHUNK_ELEMENTS):
         stop = min(n, start + CHUNK_ELEMENTS)

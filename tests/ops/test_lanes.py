@@ -319,6 +319,13 @@ def test_elementwise_large_tensors_split_over_two_threads(method, compute, monke
     check_shared(method, base, xs, shared, compute, "BF16")
 
 
+def test_ram_of_the_base_alone_on_a_tensor_merged_in_chunks():
+    """No inputs and a tensor large enough for the torch path's chunks (the shape then comes
+    from the base): hypothesis found the IndexError this once raised."""
+    base, xs = family(0, (56, 67, 70), ["BF16"] * 5, seed=3, ties=False)
+    check_shared("ram", base, xs, {"epsilon": 1e-5}, "BF16", None)
+
+
 @pytest.mark.parametrize("method", sorted(ELEMENTWISE))
 def test_elementwise_infinities(method):
     shared, n = ELEMENTWISE[method]
