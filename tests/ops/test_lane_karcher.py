@@ -10,33 +10,19 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fixtures.bits import same_bits
+from fixtures.lane_family import NAMES, TORCH, from_lane, to_lane
 from mergestore import native
 from mergestore.ops import TensorContext, get_method, lanes, merge_tensor, validate_params
 
 pytestmark = pytest.mark.skipif(native.kernels is None, reason="C kernels not built")
 
-TORCH = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}
-NAMES = ["BF16", "F16", "F32"]
 CTX = TensorContext("model.layers.1.mlp.gate_proj.weight", seed=0)
-
-
-def to_lane(t: torch.Tensor) -> np.ndarray:
-    if t.dtype == torch.bfloat16:
-        return t.view(torch.int16).numpy().view(np.uint16)
-    return t.numpy()
-
-
-def from_lane(a: np.ndarray) -> torch.Tensor:
-    if a.dtype == np.uint16:
-        return torch.from_numpy(a.view(np.int16).copy()).view(torch.bfloat16)
-    return torch.from_numpy(a.copy())
 
 
 def models(n, shape, dtypes, seed, spread=1.0):

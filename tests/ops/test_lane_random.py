@@ -9,11 +9,11 @@ out_dtype.
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
 from fixtures.bits import same_bits
+from fixtures.lane_family import TORCH, from_lane, lane_family, to_lane
 from mergestore import native
 from mergestore.ops import (
     TensorContext,
@@ -26,7 +26,6 @@ from mergestore.ops import (
 
 pytestmark = pytest.mark.skipif(native.kernels is None, reason="C kernels not built")
 
-TORCH = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}
 CTX = TensorContext("model.layers.3.self_attn.o_proj.weight", seed=11)
 
 
@@ -37,32 +36,10 @@ def params(method: str, i: int, density: float | None = None) -> dict:
     return p
 
 
-def to_lane(t: torch.Tensor) -> np.ndarray:
-    if t.dtype == torch.bfloat16:
-        return t.view(torch.int16).numpy().view(np.uint16)
-    return t.numpy()
-
-
-def from_lane(a: np.ndarray) -> torch.Tensor:
-    if a.dtype == np.uint16:
-        return torch.from_numpy(a.view(np.int16).copy()).view(torch.bfloat16)
-    return torch.from_numpy(a.copy())
-
-
 def family(n: int, shape: tuple[int, ...], dtypes: list[str], seed: int, coarse: bool = False):
-    """A base and n experts near it, each in its own dtype; `coarse`: many equal magnitudes
-    (della's row ranks must take ties by column)."""
-    g = torch.Generator().manual_seed(seed)
-    base = 0.02 * torch.randn(shape, generator=g)
-    xs = []
-    for i in range(n):
-        d = torch.randn(shape, generator=g) * 10 ** (-3 + i % 3)
-        if coarse:
-            d = torch.round(d * 8) / 8 * 1e-3
-        x = base + d
-        xs.append(torch.where(torch.rand(shape, generator=g) < 0.1, base, x))
-    out = [base.to(TORCH[dtypes[0]])] + [x.to(TORCH[dtypes[1 + i]]) for i, x in enumerate(xs)]
-    return out[0], out[1:]
+    """lane_family; `coarse`: many equal magnitudes (della's row ranks must take ties by
+    column)."""
+    return lane_family(n, shape, dtypes, seed, coarse=8 if coarse else 0)
 
 
 def check(method, base, xs, out_dtype, per_input=None, shared=None, ctx=CTX, compute="F32"):

@@ -15,41 +15,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fixtures.bits import same_bits
+from fixtures.lane_family import NAMES, TORCH, from_lane, lane_family, to_lane
 from mergestore import native
 from mergestore.ops import TensorContext, get_method, lanes, merge_tensor, validate_params
 
 pytestmark = pytest.mark.skipif(native.kernels is None, reason="C kernels not built")
 
-TORCH = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}
-NAMES = ["BF16", "F16", "F32"]
 CTX = TensorContext("model.layers.0.mlp.up_proj.weight", seed=0)
 
 
-def to_lane(t: torch.Tensor) -> np.ndarray:
-    if t.dtype == torch.bfloat16:
-        return t.view(torch.int16).numpy().view(np.uint16)
-    return t.numpy()
-
-
-def from_lane(a: np.ndarray) -> torch.Tensor:
-    if a.dtype == np.uint16:
-        return torch.from_numpy(a.view(np.int16).copy()).view(torch.bfloat16)
-    return torch.from_numpy(a.copy())
-
-
 def family(n, shape, dtypes, seed, coarse=False):
-    """A base and n experts near it, in the given dtypes; some deltas are exactly 0, and with
-    `coarse` the deltas take few values (many equal variances: ties at the cut)."""
-    g = torch.Generator().manual_seed(seed)
-    base = 0.02 * torch.randn(shape, generator=g)
-    xs = []
-    for i in range(n):
-        d = torch.randn(shape, generator=g) * 10 ** (-3 + i % 3)
-        if coarse:
-            d = torch.round(d * 4) / 4 * 1e-3
-        x = torch.where(torch.rand(shape, generator=g) < 0.1, base, base + d)
-        xs.append(x)
-    return base.to(TORCH[dtypes[0]]), [x.to(TORCH[t]) for x, t in zip(xs, dtypes[1:], strict=False)]
+    """lane_family; with `coarse` the deltas take few values (many equal variances: ties at
+    the cut)."""
+    return lane_family(n, shape, dtypes, seed, coarse=4 if coarse else 0)
 
 
 def check(base, xs, topk, compute, out_dtype, int8_mask=False):

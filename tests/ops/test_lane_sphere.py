@@ -10,46 +10,24 @@ slerp), and every out_dtype.
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fixtures.bits import same_bits
+from fixtures.lane_family import NAMES, TORCH, from_lane, lane_family, to_lane
 from mergestore import native
 from mergestore.errors import MergeError
 from mergestore.ops import TensorContext, get_method, lanes, merge_tensor, validate_params
 
 pytestmark = pytest.mark.skipif(native.kernels is None, reason="C kernels not built")
 
-TORCH = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}
-NAMES = ["BF16", "F16", "F32"]
 COMPUTE = ["BF16", "F32"]
 CTX = TensorContext("model.layers.0.self_attn.o_proj.weight", seed=0)
 
 
-def to_lane(t: torch.Tensor) -> np.ndarray:
-    if t.dtype == torch.bfloat16:
-        return t.view(torch.int16).numpy().view(np.uint16)
-    return t.numpy()
-
-
-def from_lane(a: np.ndarray) -> torch.Tensor:
-    if a.dtype == np.uint16:
-        return torch.from_numpy(a.view(np.int16).copy()).view(torch.bfloat16)
-    return torch.from_numpy(a.copy())
-
-
-def family(n, shape, dtypes, seed):
-    """A base and n experts near it (some deltas exactly 0), in the given dtypes."""
-    g = torch.Generator().manual_seed(seed)
-    base = 0.02 * torch.randn(shape, generator=g)
-    xs = []
-    for i in range(n):
-        d = torch.randn(shape, generator=g) * 10 ** (-3 + i % 3)
-        xs.append(torch.where(torch.rand(shape, generator=g) < 0.1, base, base + d))
-    return base.to(TORCH[dtypes[0]]), [x.to(TORCH[t]) for x, t in zip(xs, dtypes[1:], strict=False)]
+family = lane_family
 
 
 def check(method, base, xs, shared_in, per_in, compute, out_dtype):

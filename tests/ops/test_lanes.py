@@ -15,13 +15,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fixtures.bits import same_bits
+from fixtures.lane_family import NAMES, TORCH, from_lane, lane_family, to_lane
 from mergestore import native
 from mergestore.ops import TensorContext, cuts, get_method, lanes, merge_tensor, validate_params
 
 pytestmark = pytest.mark.skipif(native.kernels is None, reason="C kernels not built")
 
-TORCH = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}
-NAMES = ["BF16", "F16", "F32"]
 CTX = TensorContext("model.layers.0.mlp.down_proj.weight", seed=3)
 
 METHODS = {
@@ -33,33 +32,10 @@ METHODS = {
 }
 
 
-def to_lane(t: torch.Tensor) -> np.ndarray:
-    if t.dtype == torch.bfloat16:
-        return t.view(torch.int16).numpy().view(np.uint16)
-    return t.numpy()
-
-
-def from_lane(a: np.ndarray) -> torch.Tensor:
-    if a.dtype == np.uint16:
-        return torch.from_numpy(a.view(np.int16).copy()).view(torch.bfloat16)
-    return torch.from_numpy(a.copy())
-
-
 def family(n: int, shape: tuple[int, ...], dtypes: list[str], seed: int, ties: bool = False):
-    """A base and n experts near it, each in its own dtype; with `ties`, coarse values so
-    many magnitudes are equal (rank cuts must take ties by flat index)."""
-    g = torch.Generator().manual_seed(seed)
-    base = 0.02 * torch.randn(shape, generator=g)
-    xs = []
-    for i in range(n):
-        d = torch.randn(shape, generator=g) * 10 ** (-3 + i % 3)
-        if ties:
-            d = torch.round(d * 8) / 8 * 1e-3
-        x = base + d
-        x = torch.where(torch.rand(shape, generator=g) < 0.1, base, x)  # some deltas are 0
-        xs.append(x)
-    out = [base.to(TORCH[dtypes[0]])] + [x.to(TORCH[dtypes[1 + i]]) for i, x in enumerate(xs)]
-    return out[0], out[1:]
+    """lane_family; with `ties`, coarse values so many magnitudes are equal (rank cuts must
+    take ties by flat index)."""
+    return lane_family(n, shape, dtypes, seed, coarse=8 if ties else 0)
 
 
 def check(method, base, xs, compute, out_dtype, params=None):
