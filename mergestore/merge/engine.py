@@ -44,7 +44,15 @@ from mergestore.formats.safetensors import (
 )
 from mergestore.lazy_numpy import np  # numpy is imported on first use
 from mergestore.merge.tensorplan import OutputTensorPlan
-from mergestore.ops import TensorContext, alloc, get_method, lanes, merge_tensor, validate_params
+from mergestore.ops import (
+    TensorContext,
+    alloc,
+    get_method,
+    lane_formats,
+    lanes,
+    merge_tensor,
+    validate_params,
+)
 from mergestore.store import codecs
 from mergestore.store.blocks import block_id, tensor_blocking
 from mergestore.store.objects import TensorRecord
@@ -276,18 +284,18 @@ class Engine:
         if self.device is not None:
             return None, "merge --device: the C kernels run on the CPU"
         recs = [r for r in (task.base, task.reference, *task.inputs) if r is not None]
-        odd = sorted({r.dtype for r in recs} - set(lanes.FMT))
+        odd = sorted({r.dtype for r in recs} - set(lane_formats.FMT))
         if odd:
             return None, f"tensors in {', '.join(odd)}"
         if any(r.shape != recs[0].shape for r in recs):
             return None, "inputs of different shapes"
-        if self.out_dtype_name not in (None, *lanes.FMT):
+        if self.out_dtype_name not in (None, *lane_formats.FMT):
             return None, f"out_dtype {self.out_dtype_name}"
         operands = [r for r in (task.base, *task.inputs) if r is not None]
-        compute = self.compute_dtype_name or lanes.promoted([r.dtype for r in operands])
+        compute = self.compute_dtype_name or lane_formats.promoted([r.dtype for r in operands])
         if task.plan.copy_from is not None:
             return compute, ""
-        if compute not in lanes.FMT:
+        if compute not in lane_formats.FMT:
             return None, f"compute dtype {compute}"
         spec = get_method(self.method)
         shared, per_input = validate_params(
@@ -334,9 +342,9 @@ class Engine:
 
     def _shaped(self, data: np.ndarray, rec: TensorRecord, lane: bool) -> torch.Tensor:
         """A tensor of `rec`'s dtype and shape over the bytes of `data` (on the torch-free
-        lane a numpy array: ops.lanes.view)."""
+        lane a numpy array: ops.lane_formats.view)."""
         if lane:
-            return lanes.view(data, rec.dtype).reshape(rec.shape)  # type: ignore[return-value]
+            return lane_formats.view(data, rec.dtype).reshape(rec.shape)  # type: ignore[return-value]
         return torch.from_numpy(data).view(torch_dtype(rec.dtype)).reshape(rec.shape)
 
     def _decode_in_place(
@@ -579,7 +587,7 @@ class Engine:
             assert src is not None
             if compute is not None:  # a lane array: converted to out_dtype if one is set
                 out_name = self.out_dtype_name
-                return src if out_name is None else lanes.convert(src, out_name)  # type: ignore[arg-type,return-value]
+                return src if out_name is None else lane_formats.convert(src, out_name)  # type: ignore[arg-type,return-value]
             if self.out_dtype is None or not src.is_floating_point():
                 return src
             return src.to(self.out_dtype)
@@ -634,7 +642,7 @@ class Engine:
         name = ld.task.plan.name
         if isinstance(out, np.ndarray):  # the torch-free lane's array (ops.lanes)
             arr = np.ascontiguousarray(out)
-            dtype, shape = lanes.format_of(arr), tuple(arr.shape)
+            dtype, shape = lane_formats.format_of(arr), tuple(arr.shape)
             data = memoryview(arr.reshape(-1).view(np.uint8)) if arr.size else b""
         else:
             out = out.contiguous()
@@ -664,10 +672,10 @@ class Engine:
         if isinstance(out, np.ndarray):
             assert native.kernels is not None
             ref_arr = np.asarray(reference)
-            if lanes.format_of(ref_arr) != dtype:  # both widened to fp32, exactly
+            if lane_formats.format_of(ref_arr) != dtype:  # both widened to fp32, exactly
                 ref_arr, out, dtype = (
-                    lanes.convert(ref_arr, "F32"),
-                    lanes.convert(out, "F32"),
+                    lane_formats.convert(ref_arr, "F32"),
+                    lane_formats.convert(out, "F32"),
                     "F32",
                 )
             ref = np.ascontiguousarray(ref_arr).reshape(-1).view(np.uint8)

@@ -24,7 +24,7 @@ from mergestore.threads import kernel_threads, ordered_map
 SAMPLE = 16384
 Z = 6.0
 
-F32, BF16 = 2, 0  # the lanes' format codes (ops.lanes.FMT)
+F32, BF16 = 2, 0  # the lanes' format codes (ops.lane_formats.FMT)
 
 
 def find_many(

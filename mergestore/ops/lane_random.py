@@ -75,13 +75,13 @@ def merge32(
 ) -> np.ndarray:
     """One dare*/della* tensor in fp32 compute (reason() is None for it), flat, in out_dtype;
     lane arrays in, as ops.lanes.merge takes them."""
-    from mergestore.ops.lanes import FMT, _out, all_finite, format_of, gta_divisor32
+    from mergestore.ops.lane_formats import FMT, all_finite, format_of, gta_divisor32, out_array
 
     shape = tuple(base.shape)
     flat_base, base_fmt = np.ascontiguousarray(base).reshape(-1), FMT[format_of(base)]
     flats = [np.ascontiguousarray(x).reshape(-1) for x in inputs]
     fmts = [FMT[format_of(x)] for x in inputs]
-    out, out_fmt = _out(flat_base.size, out_dtype), FMT[out_dtype]
+    out, out_fmt = out_array(flat_base.size, out_dtype), FMT[out_dtype]
     if flat_base.size == 0:
         return out
     kernels = native.kernels
@@ -167,7 +167,7 @@ def _della_probs_nd(
     x: np.ndarray, flat_base: np.ndarray, shape: tuple[int, ...], table: np.ndarray
 ) -> np.ndarray:
     """Per-element keep-probabilities of a tensor of 3+ dims (ranks along dim 1), flat."""
-    from mergestore.ops.lanes import convert
+    from mergestore.ops.lane_formats import convert
 
     delta = convert(x, "F32").reshape(shape) - convert(flat_base, "F32").reshape(shape)
     mags = np.abs(delta)
@@ -192,7 +192,7 @@ def merge16(
     `della_probs_bf16` first), then ops.lane16.gta_combine over the rows, as ops.gta._native16
     does with torch's sparsified rows."""
     from mergestore.ops.lane16 import bf16, gta_combine
-    from mergestore.ops.lanes import convert, view
+    from mergestore.ops.lane_formats import convert, view
 
     kernels = native.kernels
     assert kernels is not None and inputs

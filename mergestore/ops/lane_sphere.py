@@ -83,7 +83,7 @@ def merge(
     ctx: TensorContext | None = None,
 ) -> np.ndarray:
     """One output tensor (reason() is None for it) in out_dtype, else the compute dtype."""
-    from mergestore.ops.lanes import convert
+    from mergestore.ops.lane_formats import convert
 
     like = base if base is not None else inputs[0]
     if method == "multislerp" and len(inputs) == 1:  # returned unchanged, as the twin does

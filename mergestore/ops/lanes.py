@@ -49,10 +49,16 @@ from mergestore.ops.lane16 import (
     f32,
     sum_f32,
 )
+from mergestore.ops.lane_formats import (
+    FMT,
+    convert,
+    flat,
+    format_of,
+    gta_divisor32,
+    out_array,
+    view,
+)
 
-FMT = {"BF16": 0, "F16": 1, "F32": 2}
-NUMPY = {"BF16": "uint16", "F16": "float16", "F32": "float32"}  # numpy dtype names
-_NAME = {"uint16": "BF16", "float16": "F16", "float32": "F32"}
 FP32_MAX_INPUTS = 4
 # Lanes whose Python half calls torch (scalar trigonometry; karcher's torch.dot): the engine
 # runs torch on one thread for them, as for the torch path.
@@ -65,33 +71,6 @@ _FP32_GTA: dict[str, tuple[str | None, bool]] = {
     "breadcrumbs": (OUTLIERS, False),
     "breadcrumbs_ties": (OUTLIERS, True),
 }
-
-
-def format_of(a: np.ndarray) -> str:
-    """The safetensors dtype name of a lane array ("BF16", "F16" or "F32")."""
-    return _NAME[a.dtype.name]
-
-
-def view(data: np.ndarray, dtype: str) -> np.ndarray:
-    """Bytes (or any array) as a lane array of the given safetensors dtype."""
-    return data.view(NUMPY[dtype])
-
-
-def promoted(dtypes: Sequence[str]) -> str:
-    """torch.promote_types over the inputs' dtypes (bf16 with fp16 -> fp32)."""
-    kinds = set(dtypes)
-    return kinds.pop() if len(kinds) == 1 else "F32"
-
-
-def convert(x: np.ndarray, dtype: str) -> np.ndarray:
-    """x in another float format, rounded as torch's .to() rounds; x itself if it has it."""
-    if format_of(x) == dtype:
-        return x
-    assert native.kernels is not None
-    out = alloc.empty_bytes(x.size * np.dtype(NUMPY[dtype]).itemsize).view(NUMPY[dtype])
-    src = np.ascontiguousarray(x).reshape(-1)
-    native.kernels.convert(out, FMT[dtype], src, FMT[format_of(x)])
-    return out.reshape(x.shape)
 
 
 def reason(
@@ -238,14 +217,6 @@ def merge(
     return convert(result, out_dtype) if out_dtype is not None else result
 
 
-def _flat(x: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(x).reshape(-1)
-
-
-def _out(n: int, dtype: str) -> np.ndarray:
-    return alloc.empty_bytes(n * np.dtype(NUMPY[dtype]).itemsize).view(NUMPY[dtype])
-
-
 def _merge32(
     method: str,
     base: np.ndarray | None,
@@ -257,8 +228,8 @@ def _merge32(
     kernels = native.kernels
     assert kernels is not None
     n = (base if base is not None else inputs[0]).size
-    out = _out(n, out_dtype)
-    flats = [_flat(x) for x in inputs]
+    out = out_array(n, out_dtype)
+    flats = [flat(x) for x in inputs]
     fmts = [FMT[format_of(x)] for x in inputs]
     weights = f32([p["weight"] for p in per_input[: len(inputs)]])
     if method == "linear":
@@ -275,7 +246,7 @@ def _merge32(
     if not inputs:
         return convert(base, out_dtype).reshape(-1)
     sparsifier, consensus = _FP32_GTA[method]
-    flat_base, base_fmt = _flat(base), FMT[format_of(base)]
+    flat_base, base_fmt = flat(base), FMT[format_of(base)]
     normalize, lam = bool(shared["normalize"]), float(shared["lambda"])
     out_fmt, has_lam = FMT[out_dtype], lam != 1
     if sparsifier is None:
@@ -339,16 +310,3 @@ def combine32(
             )  # fmt: skip
 
     _run_columns(columns, flat_base.size)
-
-
-def all_finite(x: np.ndarray) -> bool:
-    """No infinity or NaN in x (a lane array: bf16 or fp16 bits, or fp32): one C scan, no
-    whole-array temporaries (ops.cuts.finite)."""
-    return cuts.finite(_flat(x), FMT[format_of(x)])
-
-
-def gta_divisor32(weights: Sequence[float]) -> float:
-    """GTA's no-consensus divisor in fp32: the weights' sum in order from 0, replaced by 1
-    below 1e-8 in magnitude (torch compares an fp32 tensor with 1e-8 rounded to fp32)."""
-    divisor = sum_f32(weights)
-    return 1.0 if abs(divisor) < f32([1e-8])[0] else divisor

@@ -17,7 +17,15 @@ from hypothesis import strategies as st
 from fixtures.bits import same_bits
 from fixtures.lane_family import NAMES, TORCH, from_lane, lane_family, to_lane
 from mergestore import native
-from mergestore.ops import TensorContext, cuts, get_method, lanes, merge_tensor, validate_params
+from mergestore.ops import (
+    TensorContext,
+    cuts,
+    get_method,
+    lane_formats,
+    lanes,
+    merge_tensor,
+    validate_params,
+)
 
 pytestmark = pytest.mark.skipif(native.kernels is None, reason="C kernels not built")
 
@@ -117,11 +125,11 @@ def test_fused_cut_kernel_in_any_column_windows(consensus):
     base, xs = family(3, (50, 41), ["BF16", "F32", "BF16", "F16"], seed=7, ties=True)
     flat_base = to_lane(base).reshape(-1)
     flats = [to_lane(x).reshape(-1) for x in xs]
-    fmts = [lanes.FMT[lanes.format_of(x)] for x in flats]
-    bfmt = lanes.FMT["BF16"]
+    fmts = [lane_formats.FMT[lane_formats.format_of(x)] for x in flats]
+    bfmt = lane_formats.FMT["BF16"]
     rules = [("magnitude", 0.37), ("magnitude_outliers", 0.8), ("magnitude", 0.5)]
     specs = [
-        cuts.find(x, f, flat_base, bfmt, lanes.FMT["F32"], kind, d, 0.02)
+        cuts.find(x, f, flat_base, bfmt, lane_formats.FMT["F32"], kind, d, 0.02)
         for x, f, (kind, d) in zip(flats, fmts, rules, strict=True)
     ]
     assert any(0 < s[2] < flat_base.size for s in specs)  # a breakpoint inside the tensor
