@@ -21,14 +21,11 @@ from typing import Any
 import numpy as np
 
 from mergestore import native
-from mergestore.ops import alloc
 from mergestore.ops.lane16 import _run_columns, f32, round16
+from mergestore.ops.lane_formats import FMT, format_of, out_array
 
 METHODS = ("nearswap", "ram")
 RAM_MAX_INPUTS = 4
-_FMT = {"BF16": 0, "F16": 1, "F32": 2}
-_NUMPY = {"BF16": np.uint16, "F16": np.float16, "F32": np.float32}
-_NAME = {np.dtype(np.uint16): "BF16", np.dtype(np.float16): "F16", np.dtype(np.float32): "F32"}
 
 
 def reason(method: str, per_input: Sequence[Mapping[str, Any]]) -> str | None:
@@ -56,11 +53,11 @@ def merge(
     kernels = native.kernels
     assert kernels is not None
     out_name = out_dtype or compute
-    out_fmt, cfmt = _FMT[out_name], _FMT[compute]
+    out_fmt, cfmt = FMT[out_name], FMT[compute]
     arrays = [np.ascontiguousarray(x).reshape(-1) for x in (base, *inputs)]
-    fmts = [_FMT[_NAME[x.dtype]] for x in arrays]
+    fmts = [FMT[format_of(x)] for x in arrays]
     n = arrays[0].size
-    out = alloc.empty_bytes(n * np.dtype(_NUMPY[out_name]).itemsize).view(_NUMPY[out_name])
+    out = out_array(n, out_name)
     if method == "nearswap":
         t, lo = f32([shared["t"]])[0], in_format(1e-6, compute)
 

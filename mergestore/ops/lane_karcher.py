@@ -23,15 +23,12 @@ import numpy as np
 
 from mergestore import native
 from mergestore.ops import alloc
+from mergestore.ops.lane_formats import FMT, format_of, out_array
 
 if TYPE_CHECKING:
     import torch
 else:
     from mergestore.lazy_torch import torch
-
-_FMT = {"BF16": 0, "F16": 1, "F32": 2}
-_NUMPY = {"BF16": np.uint16, "F16": np.float16, "F32": np.float32}
-_NAME = {np.dtype(np.uint16): "BF16", np.dtype(np.float16): "F16", np.dtype(np.float32): "F32"}
 
 
 def reason(compute: str, numel: int | None) -> str | None:
@@ -60,7 +57,7 @@ def merge(
     f = torch.float32
     max_iter, tol = shared["max_iter"], shared["tol"]
     xs = [np.ascontiguousarray(x).reshape(-1) for x in inputs]
-    fmts = [_FMT[_NAME[x.dtype]] for x in xs]
+    fmts = [FMT[format_of(x)] for x in xs]
     k, n = len(xs), xs[0].size
     alphas = [1.0 / k] * k
     found = [  # sphere_norms takes up to 4 vectors a call; each norm is its own reduction
@@ -116,6 +113,6 @@ def merge(
 
     scale = sum(a * v for a, v in zip(alphas, norms, strict=True))
     out_name = out_dtype or "F32"
-    out = alloc.empty_bytes(n * np.dtype(_NUMPY[out_name]).itemsize).view(_NUMPY[out_name])
-    kernels.karcher_out(out, _FMT[out_name], mean, float(scale))
+    out = out_array(n, out_name)
+    kernels.karcher_out(out, FMT[out_name], mean, float(scale))
     return out.reshape(inputs[0].shape)

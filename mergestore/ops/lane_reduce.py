@@ -19,13 +19,10 @@ from typing import Any
 import numpy as np
 
 from mergestore import native
-from mergestore.ops import alloc
 from mergestore.ops.lane16 import _run_columns
+from mergestore.ops.lane_formats import FMT, format_of, out_array
 
 MAX_INPUTS = 8
-_FMT = {"BF16": 0, "F16": 1, "F32": 2}
-_NUMPY = {"BF16": np.uint16, "F16": np.float16, "F32": np.float32}
-_NAME = {np.dtype(np.uint16): "BF16", np.dtype(np.float16): "F16", np.dtype(np.float32): "F32"}
 F = np.float32
 
 
@@ -76,12 +73,12 @@ def model_stock32(base: np.ndarray, inputs: Sequence[np.ndarray], out_dtype: str
     kernels = native.kernels
     assert kernels is not None
     arrays = [np.ascontiguousarray(x).reshape(-1) for x in (base, *inputs)]
-    fmts = [_FMT[_NAME[x.dtype]] for x in arrays]
+    fmts = [FMT[format_of(x)] for x in arrays]
     norms, dots = kernels.model_stock_stats32(arrays, fmts)
     t, one_minus_t = interpolation(norms, dots)
     n = arrays[0].size
-    out = alloc.empty_bytes(n * np.dtype(_NUMPY[out_dtype]).itemsize).view(_NUMPY[out_dtype])
-    out_fmt = _FMT[out_dtype]
+    out = out_array(n, out_dtype)
+    out_fmt = FMT[out_dtype]
 
     def columns(r: range) -> None:
         parts = [x[r.start : r.stop] for x in arrays]

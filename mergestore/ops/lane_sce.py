@@ -24,12 +24,10 @@ import numpy as np
 from mergestore import native
 from mergestore.ops import alloc
 from mergestore.ops.lane16 import PARALLEL_MIN, _columns, _run_columns, f32, round16
+from mergestore.ops.lane_formats import FMT, format_of, out_array
 from mergestore.threads import ordered_map
 
 SCE_MAX_INPUTS = 4
-_FMT = {"BF16": 0, "F16": 1, "F32": 2}
-_NUMPY = {"BF16": np.uint16, "F16": np.float16, "F32": np.float32}
-_NAME = {np.dtype(np.uint16): "BF16", np.dtype(np.float16): "F16", np.dtype(np.float32): "F32"}
 _NONE = 1 << 32  # a cut value above every magnitude: nothing selected
 
 
@@ -59,9 +57,9 @@ def merge(
     kernels = native.kernels
     assert kernels is not None
     out_name = out_dtype or compute
-    cfmt = _FMT[compute]
+    cfmt = FMT[compute]
     arrays = [np.ascontiguousarray(x).reshape(-1) for x in (base, *inputs)]
-    fmts = [_FMT[_NAME[x.dtype]] for x in arrays]
+    fmts = [FMT[format_of(x)] for x in arrays]
     n = arrays[0].size
     var: np.ndarray | None = None
     v, last = -1, 0  # everything selected
@@ -70,8 +68,8 @@ def merge(
         v, last = _cut(var, arrays, fmts, cfmt, float(shared["select_topk"]))
     weights = _weights(arrays, fmts, cfmt, compute, var, v, last)
     lo = rounded([1e-6], compute)[0]
-    out = alloc.empty_bytes(n * np.dtype(_NUMPY[out_name]).itemsize).view(_NUMPY[out_name])
-    out_fmt = _FMT[out_name]
+    out = out_array(n, out_name)
+    out_fmt = FMT[out_name]
 
     def columns(r: range) -> None:
         a, b = r.start, r.stop

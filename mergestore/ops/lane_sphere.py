@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mergestore import native
-from mergestore.ops import alloc
 from mergestore.ops.context import TensorContext
+from mergestore.ops.lane_formats import FMT, convert, format_of, out_array
 
 if TYPE_CHECKING:
     import torch
@@ -34,9 +34,6 @@ else:
 
 METHODS = ("slerp", "nuslerp", "multislerp")
 MAX_INPUTS = 4
-_FMT = {"BF16": 0, "F16": 1, "F32": 2}
-_NUMPY = {"BF16": np.uint16, "F16": np.float16, "F32": np.float32}
-_NAME = {np.dtype(np.uint16): "BF16", np.dtype(np.float16): "F16", np.dtype(np.float32): "F32"}
 _TORCH = {
     "BF16": lambda: torch.bfloat16,
     "F16": lambda: torch.float16,
@@ -83,24 +80,22 @@ def merge(
     ctx: TensorContext | None = None,
 ) -> np.ndarray:
     """One output tensor (reason() is None for it) in out_dtype, else the compute dtype."""
-    from mergestore.ops.lane_formats import convert
-
     like = base if base is not None else inputs[0]
     if method == "multislerp" and len(inputs) == 1:  # returned unchanged, as the twin does
         result = convert(inputs[0], compute)
         return convert(result, out_dtype) if out_dtype is not None else result
     vectors = [base] if base is not None else []
     arrays = [np.ascontiguousarray(x).reshape(-1) for x in (*vectors, *inputs)]
-    fmts = [_FMT[_NAME[x.dtype]] for x in arrays]
+    fmts = [FMT[format_of(x)] for x in arrays]
     out_name = out_dtype or compute
     n = arrays[0].size
-    out = alloc.empty_bytes(n * np.dtype(_NUMPY[out_name]).itemsize).view(_NUMPY[out_name])
-    args = (arrays, fmts, base is not None, _FMT[compute])
+    out = out_array(n, out_name)
+    args = (arrays, fmts, base is not None, FMT[compute])
     if method == "slerp":
-        _slerp(out, _FMT[out_name], args, shared)
+        _slerp(out, FMT[out_name], args, shared)
     elif method == "nuslerp":
-        _nuslerp(out, _FMT[out_name], args, per_input, compute)
-    elif not _multislerp(out, _FMT[out_name], args, shared, per_input, compute):
+        _nuslerp(out, FMT[out_name], args, per_input, compute)
+    elif not _multislerp(out, FMT[out_name], args, shared, per_input, compute):
         # The weighted mean direction is zero: the twin's fallback (or its refusal).
         return torch_twin(method, base, inputs, shared, per_input, compute, out_dtype, ctx)
     return out.reshape(like.shape)
