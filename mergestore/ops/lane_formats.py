@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from mergestore import native
 from mergestore.lazy_numpy import np  # numpy is imported on first use
-from mergestore.ops import alloc, cuts
+from mergestore.ops import alloc, lane16
 from mergestore.ops.lane16 import f32, sum_f32
 
 FMT = {"BF16": 0, "F16": 1, "F32": 2}
@@ -53,8 +53,8 @@ def out_array(n: int, dtype: str) -> np.ndarray:
 
 def all_finite(x: np.ndarray) -> bool:
     """No infinity or NaN in x (a lane array: bf16 or fp16 bits, or fp32): one C scan, no
-    whole-array temporaries (ops.cuts.finite)."""
-    return cuts.finite(flat(x), FMT[format_of(x)])
+    whole-array temporaries (ops.lane16.finite)."""
+    return lane16.finite(flat(x), FMT[format_of(x)])
 
 
 def gta_divisor32(weights: Sequence[float]) -> float:

@@ -175,7 +175,7 @@ def test_fused_bf16_cut_in_any_column_windows(consensus):
     flat_base, flats = u16[0], u16[1:]
     rules = [("magnitude", 0.37, 0.0), ("magnitude_outliers", 0.8, 0.02), ("magnitude", 0.5, 0.0)]
     specs = [
-        cuts.find(x, lane16.BF16, flat_base, cuts.BF16, cuts.BF16, *rule)
+        cuts.find(x, lane16.BF16, flat_base, lane16.BF16, lane16.BF16, *rule)
         for x, rule in zip(flats, rules, strict=True)
     ]
     assert any(0 < s[2] < n for s in specs)  # a breakpoint inside the tensor
