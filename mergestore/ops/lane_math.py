@@ -40,6 +40,8 @@ _VML_MODE = 0x2 | 0x00140000 | 0x100
 _lock = threading.Lock()
 _vml: list[object] | None = None
 _vml_tried = False
+_blas: tuple[object, object] | None = None
+_blas_tried = False
 
 
 class Untraced(Exception):
@@ -72,6 +74,49 @@ def _load_vml() -> list[object] | None:
                     fn.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)
             _vml = funcs
     return _vml
+
+
+def _load_blas() -> tuple[object, object] | None:
+    """MKL's sdot_ and MKL_Set_Num_Threads_Local in torch's library, or None."""
+    global _blas, _blas_tried
+    with _lock:
+        if not _blas_tried:
+            _blas_tried = True
+            try:
+                path = _torch_lib()
+                lib = ctypes.CDLL(str(path)) if path is not None else None
+                found = (lib.sdot_, lib.MKL_Set_Num_Threads_Local) if lib else None
+            except (OSError, AttributeError):
+                found = None
+            if found:
+                sdot, local = found
+                p_int = ctypes.POINTER(ctypes.c_int)
+                sdot.restype = ctypes.c_float
+                sdot.argtypes = (p_int, ctypes.c_void_p, p_int, ctypes.c_void_p, p_int)
+                local.restype, local.argtypes = ctypes.c_int, (ctypes.c_int,)
+            _blas = found
+    return _blas
+
+
+def one_blas_thread() -> None:
+    """MKL on one thread in the calling thread, as torch.set_num_threads(1) sets it there
+    (mkl_set_num_threads_local): torch.dot's order depends on MKL's threads."""
+    blas = _load_blas()
+    if blas is None:
+        raise Untraced("no MKL BLAS in torch's library")
+    blas[1](1)  # type: ignore[operator]
+
+
+def dot32(x: np.ndarray, y: np.ndarray) -> float:
+    """torch.dot of two contiguous fp32 vectors: MKL's sdot, which ATen calls (after
+    one_blas_thread() in this thread: torch on one thread, as the engine runs karcher)."""
+    blas = _load_blas()
+    if blas is None or x.size > 0x7FFFFFFF:
+        raise Untraced("no MKL BLAS in torch's library")
+    n, one = ctypes.c_int(x.size), ctypes.c_int(1)
+    return float(
+        blas[0](ctypes.byref(n), x.ctypes.data, ctypes.byref(one), y.ctypes.data, ctypes.byref(one))
+    )  # type: ignore[operator]
 
 
 def _sleef_ok() -> bool:

@@ -1,7 +1,7 @@
-"""slerp, nuslerp and multislerp from the CLI as a user types them (`merge --config X.yml --json
---out DIR`): every tensor on the torch-free lane, the commit tree of the torch path
-(MERGESTORE_TORCH_FREE=0), and torch never imported (their scalar acos/sin/cos come from
-ops.lane_math)."""
+"""slerp, nuslerp, multislerp and karcher from the CLI as a user types them (`merge --config
+X.yml --json --out DIR`): every tensor on the torch-free lane, the commit tree of the torch path
+(MERGESTORE_TORCH_FREE=0), and torch never imported (their scalar acos/sin/cos and karcher's
+dot products come from ops.lane_math)."""
 
 from __future__ import annotations
 
@@ -38,6 +38,12 @@ def _config(method: str, dtypes: dict) -> dict:
                 {"model": "lowrank_attn", "parameters": {"weight": 0.3}},
             ],
         }
+    elif method == "karcher":
+        cfg = {
+            "merge_method": "karcher",
+            "models": [{"model": m} for m in ("main", *EXPERTS)],
+            "parameters": {"max_iter": 6, "tol": 1e-6},
+        }
     else:
         cfg = {
             "merge_method": "multislerp",
@@ -58,8 +64,13 @@ def _store(tiny_family, tmp_path):
     return store_dir
 
 
-@pytest.mark.parametrize("dtypes", DTYPES)
-@pytest.mark.parametrize("method", ["slerp", "nuslerp", "multislerp"])
+CASES = [(m, d) for m in ("slerp", "nuslerp", "multislerp") for d in DTYPES] + [
+    ("karcher", DTYPES[0]),
+    ("karcher", {"dtype": "float32"}),
+]
+
+
+@pytest.mark.parametrize(("method", "dtypes"), CASES)
 def test_cli_merge_on_the_lane_equals_torch(
     tiny_family, tmp_path, cli, monkeypatch, method, dtypes
 ):
@@ -82,11 +93,10 @@ def test_cli_merge_on_the_lane_equals_torch(
 def test_cli_merges_never_import_torch(tiny_family, tmp_path) -> None:
     store_dir = _store(tiny_family, tmp_path)
     cfgs = []
-    for method in ("slerp", "nuslerp", "multislerp"):
-        for i, dtypes in enumerate(DTYPES):
-            cfg = tmp_path / f"{method}{i}.yml"
-            cfg.write_text(yaml.safe_dump(_config(method, dtypes)))
-            cfgs.append(str(cfg))
+    for i, (method, dtypes) in enumerate(CASES):
+        cfg = tmp_path / f"{method}{i}.yml"
+        cfg.write_text(yaml.safe_dump(_config(method, dtypes)))
+        cfgs.append(str(cfg))
     code = f"""
 import sys
 from mergestore.cli.main import main

@@ -137,3 +137,29 @@ def test_scalar_arithmetic_is_torchs(compute):
         vals = [lm.rounded(float(v), compute) for v in rng.standard_normal(k) * 3]
         want = torch.tensor(vals, dtype=dtype).sum().float().item()
         assert _same(np.float32(lane_sphere._sum(vals, compute)), np.float32(want))
+
+
+def test_dot32_is_torch_dot_on_one_thread():
+    """karcher's dot products: MKL's sdot on one MKL thread in the calling thread (a fresh one
+    too, where torch has set nothing) equals torch.dot on one torch thread, for sizes whose
+    sums MKL splits in blocks and threads (up to 3M elements) and unaligned starts."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(2)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for n in (8, 1000, 4099, 65536 + 24, 3 << 20):
+            raw = rng.standard_normal(2 * n + 16).astype(np.float32)
+            for x, y in ((raw[:n], raw[n : 2 * n]), (raw[1 : n + 1], raw[n + 3 : 2 * n + 3])):
+                want = torch.dot(torch.from_numpy(x), torch.from_numpy(y)).item()
+
+                def ours(x=x, y=y):
+                    lm.one_blas_thread()
+                    return lm.dot32(x, y)
+
+                assert _same(np.float32(ours()), np.float32(want)), n
+                with ThreadPoolExecutor(1) as pool:
+                    assert _same(np.float32(pool.submit(ours).result()), np.float32(want)), n
+    finally:
+        torch.set_num_threads(threads)
