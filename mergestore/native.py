@@ -70,6 +70,8 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
     "cut_select.c": ("mergestore/ops/cuts.py", ("find_cuts", "gta_cut16", "finite")),
     "delta_stats.c": ("mergestore/diff.py", ("delta_stats",)),
     "byte_planes.c": ("mergestore/store/codecs/byteplane.py", ("join2", "split2", "hist8")),
+    # twin: python-zstandard's decoder, which huffman.py falls back to when the kernel declines
+    "huffman_literals.c": ("mergestore/store/codecs/huffman.py", ("huf_literals",)),
     # keep_rescale32's twin: ops/sparsify.py (keep_mask, then rescaled_masked_); keep_sums32,
     # della_keep_sums32 and their bf16 versions are the first pass of ops/lane_random.py, and
     # gta_keep16 its bf16 combine (twin: the same, and ops/gta.py)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import threading
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -34,17 +35,25 @@ def ordered_map(
         return
     window = window or workers * 4
     pending: deque[Future[R]] = deque()
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mergestore") as pool:
-        try:
-            for item in items:
-                pending.append(pool.submit(fn, item))
-                if len(pending) >= window:
-                    yield pending.popleft().result()
-            while pending:
+    own: set[int] = set()  # the pool's thread ids
+    pool = ThreadPoolExecutor(
+        max_workers=workers,
+        thread_name_prefix="mergestore",
+        initializer=lambda: own.add(threading.get_ident()),
+    )
+    try:
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= window:
                 yield pending.popleft().result()
-        finally:
-            for f in pending:
-                f.cancel()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        for f in pending:
+            f.cancel()
+        # A map dropped half-way is closed by whichever thread frees it, possibly one of the
+        # pool's own workers, which cannot join itself: it leaves the pool to wind down.
+        pool.shutdown(wait=threading.get_ident() not in own)
 
 
 def thread_limit() -> int | None:

@@ -149,6 +149,9 @@ static PyMethodDef methods[] = {
     {"split2", py_split2, METH_VARARGS,
      "split2(rows, words, rot, reference_or_None): the byte planes of rotl(words ^ reference)"},
     {"hist8", py_hist8, METH_VARARGS, "hist8(data, step, counts): byte counts of data[::step]"},
+    {"huf_literals", py_huf_literals, METH_VARARGS,
+     "huf_literals(dst, frame) -> bool: a literal-only zstd frame decoded into dst (False: "
+     "declined, decode it with zstd)"},
     {"delta_stats", py_delta_stats, METH_VARARGS,
      "delta_stats(b, a, dtype) -> (dd, l1, max_abs, bb, aa, nnz)"},
     {NULL, NULL, 0, NULL},

@@ -13,6 +13,7 @@
  *   cut_select.c   ties/breadcrumbs cuts in one pass; the fused bf16 cut + combine  ops/cuts.py
  *   delta_stats.c  fp64 statistics of B - A              diff.py (block_stats)
  *   byte_planes.c  byte-plane joins, splits and sample histograms  store/codecs/byteplane.py
+ *   huffman_literals.c  literal-only zstd frames decoded (zstd declines to)  store/codecs/huffman.py
  *   rng.c          Philox keep masks; dare/della's fp32 mask + L1 rescale   ops/context.py
  *                  (keep_mask), ops/sparsify.py (keep_rescale32's twin: rescaled_masked_)
  *   module.c       the module's method table and start-up
@@ -383,6 +384,7 @@ PyObject *py_gta_keep16(PyObject *self, PyObject *args);
 PyObject *py_join2(PyObject *self, PyObject *args);
 PyObject *py_split2(PyObject *self, PyObject *args);
 PyObject *py_hist8(PyObject *self, PyObject *args);
+PyObject *py_huf_literals(PyObject *self, PyObject *args);
 /* delta_stats.c */
 PyObject *py_delta_stats(PyObject *self, PyObject *args);
 

@@ -16,15 +16,20 @@ from typing import Any
 from mergestore import native
 from mergestore.lazy_numpy import np  # numpy is imported on first use
 from mergestore.ops import alloc, sparsify
-from mergestore.ops.lane16 import PARALLEL_MIN, _run_columns, gta_divisor, round16, same_memory
+from mergestore.ops.lane16 import (
+    BF16,
+    PARALLEL_MIN,
+    _run_columns,
+    gta_divisor,
+    live_inputs,
+    round16,
+)
 from mergestore.threads import kernel_threads, ordered_map
 
 # Sampled keys per cut search (runs of 16) and the bracket's half-width in standard deviations
 # of the sample's rank: a miss only costs the exact histograms, never other bits.
 SAMPLE = 16384
 Z = 6.0
-
-F32, BF16 = 2, 0  # the lanes' format codes (ops.lane_formats.FMT)
 
 
 def find_many(
@@ -69,25 +74,6 @@ def find(
     """find_many for one input."""
     params = [{"density": density, "gamma": gamma}]
     return find_many([x], [x_fmt], base, base_fmt, compute, sparsifier, params, sample, z)[0]
-
-
-def finite(x: np.ndarray, fmt: int) -> bool:
-    """No infinity or NaN in the flat array x (format code fmt)."""
-    assert native.kernels is not None
-    return bool(native.kernels.finite(x, fmt))
-
-
-def live_inputs(flats: Sequence[np.ndarray], flat_base: np.ndarray, base_fmt: int) -> list[int]:
-    """The inputs a cut merge must visit. An input that is the base array itself (a frozen
-    tensor) has a +0 delta everywhere, cut or not: it adds +0 to the vote and to the sums
-    (which start from +0, so they stay the same) and never agrees with a vote, so it is left
-    out, when the base is finite (with an infinity its NaN deltas count, as in torch). Its
-    weight still counts in the no-consensus divisor."""
-    every = list(range(len(flats)))
-    same = [i for i in every if same_memory(flats[i], flat_base)]
-    if not same or not finite(flat_base, base_fmt):
-        return every
-    return [i for i in every if i not in same]
 
 
 def specs(

@@ -207,13 +207,12 @@ def _native16(call: _Call) -> Tensor:
     live = list(range(n))
     if sparsifier in (None, MAGNITUDE, OUTLIERS) or ctx.rng != "global":
         # An input that is the base tensor itself (the engine passes the base for an input
-        # equal to it everywhere) has a zero delta, sparsified or not: it adds only zeros,
-        # which change no sum (an fp32 sum from +0 is never -0) and never agree with a vote.
-        # Its weight still counts in the no-consensus divisor. Random drops of the other
-        # inputs keep their own streams (by input position); only torch's global generator,
-        # drawn input after input, needs every input.
-        b16 = _u16(base)
-        live = [i for i, x in enumerate(inputs) if not lane16.same_memory(_u16(x), b16)]
+        # equal to it everywhere) is skipped where the base is finite (lane16.live_inputs).
+        # Random drops of the other inputs keep their own streams (by input position); only
+        # torch's global generator, drawn input after input, needs every input.
+        flat = [_u16(x.contiguous().reshape(-1)) for x in inputs]
+        fmt = lane16.F16 if fp16 else lane16.BF16
+        live = lane16.live_inputs(flat, _u16(base.contiguous().reshape(-1)), fmt)
     rows = _sparsified_rows(
         base,
         [inputs[i] for i in live],

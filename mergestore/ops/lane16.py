@@ -100,6 +100,28 @@ def same_memory(x: np.ndarray, base: np.ndarray) -> bool:
     )
 
 
+BF16, F16, F32 = 0, 1, 2  # the lanes' format codes (ops.lane_formats.FMT)
+
+
+def finite(x: np.ndarray, fmt: int) -> bool:
+    """No infinity or NaN in the flat array x (format code fmt)."""
+    assert native.kernels is not None
+    return bool(native.kernels.finite(x, fmt))
+
+
+def live_inputs(flats: Sequence[np.ndarray], flat_base: np.ndarray, base_fmt: int) -> list[int]:
+    """The inputs a cut merge must visit. An input that is the base array itself (a frozen
+    tensor) has a +0 delta everywhere, cut or not: it adds +0 to the vote and to the sums
+    (which start from +0, so they stay the same) and never agrees with a vote, so it is left
+    out, when the base is finite (with an infinity its NaN deltas count, as in torch). Its
+    weight still counts in the no-consensus divisor."""
+    every = list(range(len(flats)))
+    same = [i for i in every if same_memory(flats[i], flat_base)]
+    if not same or not finite(flat_base, base_fmt):
+        return every
+    return [i for i in every if i not in same]
+
+
 def _columns(total: int) -> list[range]:
     parts = kernel_threads(2) if total >= PARALLEL_MIN else 1
     step = max(1, -(-total // parts))
@@ -153,14 +175,14 @@ def gta(
     accepts_gta), with TIES' sign consensus if `consensus`.
 
     Weights (per_input[i]["weight"]) are rounded to the format, as mergekit rounds them to the
-    compute dtype. An input that is the base array itself has a zero delta, sparsified or
-    not: it adds only zeros and never agrees with a vote, so it is skipped (its weight still
-    counts in the no-consensus divisor)."""
+    compute dtype. An input that is the base array itself is skipped where the base is finite
+    (see live_inputs)."""
     assert sparsifier is not None or not consensus, "a consensus of unsparsified deltas"
     weights = round16([p["weight"] for p in per_input[: len(inputs)]], fp16)
-    live = [i for i, x in enumerate(inputs) if not same_memory(x, base)]
     flat_base = np.ascontiguousarray(base).reshape(-1).view(np.uint16)
-    flat_inputs = [np.ascontiguousarray(inputs[i]).reshape(-1).view(np.uint16) for i in live]
+    every = [np.ascontiguousarray(x).reshape(-1).view(np.uint16) for x in inputs]
+    live = live_inputs(every, flat_base, F16 if fp16 else BF16)
+    flat_inputs = [every[i] for i in live]
     if sparsifier is None:
         rows = flat_inputs
     else:

@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 
 from mergestore import native
-from mergestore.ops.lane16 import _run_columns, f32, round16
-from mergestore.ops.lane_formats import FMT, format_of, out_array
+from mergestore.ops.lane16 import _run_columns, f32
+from mergestore.ops.lane_formats import FMT, format_of, out_array, rounded
 
 METHODS = ("nearswap", "ram")
 RAM_MAX_INPUTS = 4
@@ -37,7 +37,7 @@ def reason(method: str, per_input: Sequence[Mapping[str, Any]]) -> str | None:
 
 def in_format(value: float, compute: str) -> float:
     """A Python float as torch rounds it to a tensor of the compute dtype."""
-    return f32([value])[0] if compute == "F32" else round16([value], compute == "F16")[0]
+    return rounded([value], compute)[0]
 
 
 def merge(

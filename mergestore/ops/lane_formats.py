@@ -8,8 +8,8 @@ from collections.abc import Sequence
 
 from mergestore import native
 from mergestore.lazy_numpy import np  # numpy is imported on first use
-from mergestore.ops import alloc, cuts
-from mergestore.ops.lane16 import f32, sum_f32
+from mergestore.ops import alloc, lane16
+from mergestore.ops.lane16 import f32, round16, sum_f32
 
 FMT = {"BF16": 0, "F16": 1, "F32": 2}
 NUMPY = {"BF16": "uint16", "F16": "float16", "F32": "float32"}  # numpy dtype names
@@ -53,8 +53,8 @@ def out_array(n: int, dtype: str) -> np.ndarray:
 
 def all_finite(x: np.ndarray) -> bool:
     """No infinity or NaN in x (a lane array: bf16 or fp16 bits, or fp32): one C scan, no
-    whole-array temporaries (ops.cuts.finite)."""
-    return cuts.finite(flat(x), FMT[format_of(x)])
+    whole-array temporaries (ops.lane16.finite)."""
+    return lane16.finite(flat(x), FMT[format_of(x)])
 
 
 def gta_divisor32(weights: Sequence[float]) -> float:
@@ -62,3 +62,9 @@ def gta_divisor32(weights: Sequence[float]) -> float:
     below 1e-8 in magnitude (torch compares an fp32 tensor with 1e-8 rounded to fp32)."""
     divisor = sum_f32(weights)
     return 1.0 if abs(divisor) < f32([1e-8])[0] else divisor
+
+
+def rounded(values: Sequence[float], compute: str) -> list[float]:
+    """Python floats as torch rounds them to a tensor of the compute dtype ("F32", "BF16" or
+    "F16")."""
+    return f32(values) if compute == "F32" else round16(values, compute == "F16")

@@ -33,7 +33,7 @@ from mergestore import native
 from mergestore.lazy_numpy import np  # numpy is imported on first use
 from mergestore.ops import alloc
 from mergestore.ops.context import U64, TensorContext
-from mergestore.ops.lane16 import PARALLEL_MIN, _run_columns, f32, same_memory
+from mergestore.ops.lane16 import BF16, PARALLEL_MIN, _run_columns, f32, live_inputs, same_memory
 from mergestore.threads import ordered_map
 
 RANDOM = "random"
@@ -217,8 +217,8 @@ def merge16(
         return convert(result, out_dtype) if out_dtype is not None else result
     weights = bf16([p["weight"] for p in per_input[: len(flats)]])
     rescale = bool(shared["rescale"])
-    # An input that is the base array itself adds only zeros (ops.gta._native16's rule).
-    live = [i for i, x in enumerate(flats) if not same_memory(x, flat_base)]
+    # An input that is the base array itself is skipped where the base is finite.
+    live = live_inputs(flats, flat_base, BF16)
 
     def first_pass(i: int) -> tuple[np.ndarray | None, float]:
         p, x = per_input[i], flats[i]

@@ -23,8 +23,8 @@ import numpy as np
 
 from mergestore import native
 from mergestore.ops import alloc
-from mergestore.ops.lane16 import PARALLEL_MIN, _columns, _run_columns, f32, round16
-from mergestore.ops.lane_formats import FMT, format_of, out_array
+from mergestore.ops.lane16 import PARALLEL_MIN, _columns, _run_columns
+from mergestore.ops.lane_formats import FMT, format_of, out_array, rounded
 from mergestore.threads import ordered_map
 
 SCE_MAX_INPUTS = 4
@@ -38,11 +38,6 @@ def reason(n_inputs: int) -> str | None:
     if n_inputs > SCE_MAX_INPUTS:
         return f"sce: fp32 sums of more than {SCE_MAX_INPUTS} inputs"
     return None
-
-
-def rounded(values: Sequence[float], compute: str) -> list[float]:
-    """Python floats as torch rounds them to a tensor of the compute dtype."""
-    return f32(values) if compute == "F32" else round16(values, compute == "F16")
 
 
 def merge(

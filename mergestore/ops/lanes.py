@@ -39,7 +39,7 @@ from typing import Any
 
 from mergestore import native
 from mergestore.lazy_numpy import np  # numpy is imported on first use
-from mergestore.ops import alloc, cuts, sparsify
+from mergestore.ops import alloc, cuts, lane16, sparsify
 from mergestore.ops.context import TensorContext
 from mergestore.ops.lane16 import (
     LANES,
@@ -262,7 +262,7 @@ def _merge32(
         _run_columns(columns, n)
         return out
 
-    live = cuts.live_inputs(flats, flat_base, base_fmt)
+    live = lane16.live_inputs(flats, flat_base, base_fmt)
     specs = cuts.specs(flats, fmts, flat_base, base_fmt, FMT["F32"], sparsifier, per_input, live)
     divisor = gta_divisor32(weights)
     xs, xfmts, ws = [flats[i] for i in live], [fmts[i] for i in live], [weights[i] for i in live]

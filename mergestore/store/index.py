@@ -21,6 +21,7 @@ import struct
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import lmdb
 
@@ -149,3 +150,17 @@ class Index:
             if entry[2] <= 0:
                 del _OPEN[self._key]
                 entry[0].close()
+
+
+def codec_id(txn: Any, idx: Index, spec: str) -> int:
+    """The id of a codec spec in this index, allocated (in txn) on first use."""
+    key = b"s:" + spec.encode()
+    raw = txn.get(key, db=idx.db("codecs"))
+    if raw is not None:
+        return struct.unpack("<H", raw)[0]
+    nxt = txn.get(b"next_codec_id", db=idx.db("meta"))
+    cid = struct.unpack("<H", nxt)[0] if nxt else 1
+    txn.put(key, struct.pack("<H", cid), db=idx.db("codecs"))
+    txn.put(b"i:" + struct.pack("<H", cid), spec.encode(), db=idx.db("codecs"))
+    txn.put(b"next_codec_id", struct.pack("<H", cid + 1), db=idx.db("meta"))
+    return cid

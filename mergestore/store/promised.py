@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from mergestore.errors import MergestoreError
-from mergestore.store.index import BlockLocation
+from mergestore.store.index import BlockLocation, codec_id
 from mergestore.store.packs import PackAppender
 
 if TYPE_CHECKING:
@@ -147,8 +147,6 @@ def record_promised(
     repo: Repository, remote: str, pack: str, entries: Iterable[PromisedEntry]
 ) -> int:
     """Record blocks of a remote pack that this store lacks; returns how many were new."""
-    from mergestore.store.repo import _codec_id
-
     idx = repo.index
     n = 0
     with idx.write() as txn:
@@ -159,7 +157,7 @@ def record_promised(
                 continue
             cid = codec_ids.get(e.spec)
             if cid is None:
-                cid = codec_ids[e.spec] = _codec_id(txn, idx, e.spec)
+                cid = codec_ids[e.spec] = codec_id(txn, idx, e.spec)
             loc = BlockLocation(
                 PROMISED_PACK_BASE + slot, e.offset, e.length, e.raw_len, cid, e.ref
             )

@@ -34,11 +34,11 @@ from typing import Any
 
 from mergestore.errors import MergestoreError
 from mergestore.store import codecs
-from mergestore.store.index import BlockLocation
+from mergestore.store.index import BlockLocation, codec_id
 from mergestore.store.locks import flock_wait
 from mergestore.store.objects import BlobFile, Commit, TensorFile, decode_object
 from mergestore.store.packs import ENTRY_HEADER, ENTRY_MAGIC, PackAppender
-from mergestore.store.repo import Repository, _codec_id, _fault_point, _unwrap_object
+from mergestore.store.repo import Repository, _fault_point, _unwrap_object
 
 # A new encoding replaces the stored one only if it is smaller by both of these: re-writing a
 # block for a few bytes is not worth the dead space, and the margin keeps repeated runs stable.
@@ -422,7 +422,7 @@ def _publish(
         for b, n in new.items():
             cid = codec_ids.get(n.spec)
             if cid is None:
-                cid = codec_ids[n.spec] = _codec_id(txn, idx, n.spec)
+                cid = codec_ids[n.spec] = codec_id(txn, idx, n.spec)
             old = current[b]
             txn.put(
                 b,

@@ -40,7 +40,7 @@ from mergestore.errors import (
 from mergestore.lazy_numpy import np  # numpy is imported on first use
 from mergestore.store import codecs, faults
 from mergestore.store.blocks import DEFAULT_BLOCK_SIZE, block_id
-from mergestore.store.index import BlockLocation, DeltaStats, Index, stats_key
+from mergestore.store.index import BlockLocation, DeltaStats, Index, codec_id, stats_key
 from mergestore.store.locks import OnWait, flock_wait
 from mergestore.store.objects import (
     BlobFile,
@@ -1010,7 +1010,7 @@ class WriteSession:
                     continue  # a concurrent writer published it first; keep theirs
                 cid = codec_ids.get(pb.spec)
                 if cid is None:
-                    cid = codec_ids[pb.spec] = _codec_id(txn, idx, pb.spec)
+                    cid = codec_ids[pb.spec] = codec_id(txn, idx, pb.spec)
                 loc = BlockLocation(pb.pack, pb.offset, pb.length, pb.raw_len, cid, pb.ref)
                 txn.put(bid, loc.encode(), db=idx.db("blocks"))
             for oid, data in self.objects.items():
@@ -1038,19 +1038,6 @@ class WriteSession:
         self.published = True
         for cb in self.on_publish:
             cb()
-
-
-def _codec_id(txn: Any, idx: Index, spec: str) -> int:
-    key = b"s:" + spec.encode()
-    raw = txn.get(key, db=idx.db("codecs"))
-    if raw is not None:
-        return struct.unpack("<H", raw)[0]
-    nxt = txn.get(b"next_codec_id", db=idx.db("meta"))
-    cid = struct.unpack("<H", nxt)[0] if nxt else 1
-    txn.put(key, struct.pack("<H", cid), db=idx.db("codecs"))
-    txn.put(b"i:" + struct.pack("<H", cid), spec.encode(), db=idx.db("codecs"))
-    txn.put(b"next_codec_id", struct.pack("<H", cid + 1), db=idx.db("meta"))
-    return cid
 
 
 def _apply_ref_update(txn: Any, idx: Index, up: RefUpdate, now: float) -> None:

@@ -93,11 +93,11 @@ def test_cuts_keep_what_a_stable_sort_keeps(kind, compute):
     if compute == "BF16":  # bf16 compute: the lane rounds the inputs to bf16 first
         base, x = base.to(torch.bfloat16).float(), x.to(torch.bfloat16).float()
         pair = [t.to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16) for t in (x, base)]
-        fmt = cuts.BF16
+        fmt = lane16.BF16
     else:
-        pair, fmt = [x.numpy(), base.numpy()], cuts.F32
+        pair, fmt = [x.numpy(), base.numpy()], lane16.F32
     k = keys(x, base, compute)
-    code = cuts.F32 if compute == "F32" else cuts.BF16
+    code = lane16.F32 if compute == "F32" else lane16.BF16
     exact = []
     for sparsifier, density, gamma in RULES:
         want = sorted_keep(k, sparsifier, density, gamma)
@@ -123,7 +123,7 @@ def test_inputs_searched_together_get_their_own_cuts(compute):
         base + (deltas(kind, N, seed=i)[1] - deltas(kind, N, seed=i)[0])
         for i, kind in enumerate(kinds)
     ]
-    code = cuts.F32 if compute == "F32" else cuts.BF16
+    code = lane16.F32 if compute == "F32" else lane16.BF16
     if compute == "BF16":
         arrays = [
             t.to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16) for t in [base, *xs]
@@ -150,13 +150,13 @@ def test_inputs_searched_together_get_their_own_cuts(compute):
 
 def test_finite():
     x = np.zeros(10000, np.float32)
-    assert cuts.finite(x, cuts.F32)
+    assert lane16.finite(x, lane16.F32)
     x[9999] = np.inf
-    assert not cuts.finite(x, cuts.F32)
+    assert not lane16.finite(x, lane16.F32)
     b = np.zeros(9000, np.uint16)
-    assert cuts.finite(b, cuts.BF16)
+    assert lane16.finite(b, lane16.BF16)
     b[4500] = 0xFFC0  # a NaN
-    assert not cuts.finite(b, cuts.BF16)
+    assert not lane16.finite(b, lane16.BF16)
 
 
 @pytest.mark.parametrize("consensus", [True, False])
@@ -175,7 +175,7 @@ def test_fused_bf16_cut_in_any_column_windows(consensus):
     flat_base, flats = u16[0], u16[1:]
     rules = [("magnitude", 0.37, 0.0), ("magnitude_outliers", 0.8, 0.02), ("magnitude", 0.5, 0.0)]
     specs = [
-        cuts.find(x, cuts.BF16, flat_base, cuts.BF16, cuts.BF16, *rule)
+        cuts.find(x, lane16.BF16, flat_base, lane16.BF16, lane16.BF16, *rule)
         for x, rule in zip(flats, rules, strict=True)
     ]
     assert any(0 < s[2] < n for s in specs)  # a breakpoint inside the tensor

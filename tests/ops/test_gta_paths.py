@@ -11,6 +11,7 @@ import pytest
 import torch
 from mergekit_ref import mk
 
+from mergestore import native
 from mergestore.ops import TensorContext, merge_tensor
 
 
@@ -61,3 +62,51 @@ def test_all_weights_cancel_like_mergekit():
         base_index=0,
     )
     assert torch.equal(ours, theirs)
+
+
+def _same_values(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal values with NaN in the same places (torch's own NaN bits depend on whether an
+    element falls in a vector body or a scalar tail, so NaN payloads are not compared)."""
+    a, b = a.float(), b.float()
+    return torch.equal(torch.isnan(a), torch.isnan(b)) and torch.equal(
+        torch.nan_to_num(a, nan=0.0), torch.nan_to_num(b, nan=0.0)
+    )
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize(
+    ("method", "per"),
+    [
+        ("task_arithmetic", {}),
+        ("ties", {"density": 0.5}),
+        ("breadcrumbs", {"density": 0.8, "gamma": 0.05}),
+        ("dare_ties", {"density": 0.5}),
+        ("della", {"density": 0.5, "epsilon": 0.1}),
+    ],
+)
+@pytest.mark.parametrize(
+    "inputs", ["negative weight beside the base", "the base alone", "positive weights"]
+)
+def test_an_input_equal_to_an_infinite_base_gives_torchs_nans(
+    monkeypatch, dtype, method, per, inputs
+) -> None:
+    """An input that is the base itself is skipped only where the base is finite: with an
+    infinity in the base its delta is NaN in torch, which must poison the sum here too."""
+    g = torch.Generator().manual_seed(5)
+    base = torch.randn(5000, generator=g).to(dtype)
+    base[10], base[20] = float("inf"), float("-inf")
+    expert = (base.float() + 0.02 * torch.randn(5000, generator=g)).to(dtype)
+    expert[10], expert[20] = 1.0, -2.0
+    xs, weights = {
+        "negative weight beside the base": ([expert, base], (-0.5, 0.3)),
+        "the base alone": ([base], (0.5,)),
+        "positive weights": ([expert, base], (0.5, 0.3)),
+    }[inputs]
+    per_input = [{"weight": w, **per} for w in weights]
+    ctx = TensorContext(name="t", seed=0)
+    fast = merge_tensor(method, base, xs, {}, per_input, ctx)
+    with monkeypatch.context() as m:
+        m.setattr(native, "kernels", None)
+        slow = merge_tensor(method, base, xs, {}, per_input, ctx)
+    assert bool(torch.isnan(slow[10])) and bool(torch.isnan(slow[20]))
+    assert _same_values(fast, slow)

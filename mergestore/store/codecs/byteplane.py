@@ -23,6 +23,7 @@ order, then the n % w tail bytes that do not fill a whole word, raw.
 from __future__ import annotations
 
 import struct
+import threading
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -31,7 +32,7 @@ from mergestore.lazy_numpy import np  # numpy is imported on first use
 
 from . import zstd
 from .base import MAX_DECODED_BYTES, Buffer, Stage, corrupt, parse_int, parse_params
-from .huffman import LITERAL_SLACK, compress_literals
+from .huffman import LITERAL_SLACK, compress_literals, decompress_literals_into
 from .xordelta import xor_bytes
 
 # A plane is stored compressed only if that saves at least this fraction of it.
@@ -53,6 +54,21 @@ FAST_LEVELS_UP_TO = 3
 
 _WORD = {1: "<u1", 2: "<u2", 4: "<u4", 8: "<u8"}  # numpy dtypes of little-endian words
 _N = struct.Struct("<Q")
+_tls = threading.local()  # per-thread plane buffers of decode_into (reused: pages already in)
+
+
+def _plane_buffer(i: int, n: int, scratch: bool) -> np.ndarray:
+    """A writable uint8 array of n bytes for plane i: this thread's reused buffer when the
+    caller is done with the planes before it decodes again (`scratch`), else a fresh one."""
+    if not scratch:
+        return np.empty(n, dtype=np.uint8)
+    bufs = getattr(_tls, "planes", None)
+    if bufs is None:
+        bufs = _tls.planes = {}
+    buf = bufs.get(i)
+    if buf is None or len(buf) < n:
+        buf = bufs[i] = np.empty(max(n, 1 << 19), dtype=np.uint8)
+    return buf[:n]
 
 
 def _plane_code_ok(code: str) -> bool:
@@ -286,7 +302,7 @@ class BytePlane(Stage):
         XORed with `reference` if given: the planes are joined (and XORed) by one C pass
         into the caller's memory, with no intermediate block. Needs the C kernels."""
         assert self.width == 2 and native.kernels is not None
-        planes, n_tail, tail = self._planes(data)
+        planes, n_tail, tail = self._planes(data, scratch=True)
         n = len(planes[0]) * 2 + n_tail
         if len(out) != n or (reference is not None and memoryview(reference).nbytes != n):
             raise corrupt(f"bplane block of {n} bytes does not fit {len(out)} bytes")
@@ -298,8 +314,12 @@ class BytePlane(Stage):
             t = np.frombuffer(tail, dtype=np.uint8)
             out[body:] = t if ref is None else t ^ ref[body:]
 
-    def _planes(self, data: Buffer) -> tuple[list[np.ndarray], int, memoryview]:
-        """The decoded planes, the tail length and the tail bytes of a payload."""
+    def _planes(
+        self, data: Buffer, scratch: bool = False
+    ) -> tuple[list[np.ndarray], int, memoryview]:
+        """The decoded planes, the tail length and the tail bytes of a payload. `scratch`:
+        literal-only planes may be decoded into this thread's reused buffers (valid until its
+        next call with `scratch`)."""
         view = memoryview(data).cast("B")
         w = self.width
         header_len = _N.size + 4 * w
@@ -322,6 +342,10 @@ class BytePlane(Stage):
                     raise corrupt("raw bplane segment has the wrong length")
                 planes.append(np.frombuffer(segment, dtype=np.uint8))
             else:
+                out = _plane_buffer(len(planes), n_words, scratch) if code == "h" else None
+                if out is not None and n_words and decompress_literals_into(segment, out):
+                    planes.append(out)
+                    continue
                 plane = zstd.decompress(segment, expected_size=n_words)
                 planes.append(np.frombuffer(plane, dtype=np.uint8))
         return planes, n_tail, view[pos:]

@@ -15,6 +15,7 @@ import threading
 
 import zstandard
 
+from mergestore import native
 from mergestore.lazy_numpy import np  # numpy is imported on first use
 
 from .base import Buffer
@@ -98,3 +99,12 @@ def compress_literals(padded: np.ndarray, n: int) -> Buffer | None:
     if _lib.ZSTD_isError(size):
         return None  # typically "cannot produce uncompressed block": incompressible input
     return memoryview(out)[:size]
+
+
+def decompress_literals_into(frame: Buffer, out: np.ndarray) -> bool:
+    """Decode a literal-only frame into `out` (writable uint8, the frame's content size) with
+    the C kernel `huf_literals` (csrc/huffman_literals.c: up to 4 symbols per table lookup, no
+    fresh output buffer); False if it declined (no kernels, another kind of frame, or a
+    damaged one): then decode with zstd, which gives the same bytes or raises its error."""
+    kernel = getattr(native.kernels, "huf_literals", None)  # None: no kernels, or an old build
+    return kernel is not None and kernel(out, frame)

@@ -1,0 +1,524 @@
+/* A decoder of our own for the literal-only zstd frames the store writes (the `h` byte planes:
+ * every byte a Huffman-coded literal, no sequences; store/codecs/huffman.py makes them with
+ * zstd's ZSTD_compressSequencesAndLiterals). Python twin: python-zstandard's decoder
+ * (store/codecs/zstd.py decompress), which the caller falls back to whenever this one declines.
+ *
+ * Why: zstd's portable Huffman loop decodes at most 2 symbols per table lookup, and
+ * python-zstandard's bundled zstd has no assembly loop; an exponent plane (~2.5 bits per byte)
+ * fits ~4 symbols in an 11-bit lookup. Here each lookup of the 4 interleaved streams emits up
+ * to 4 symbols (a table built per Huffman table, ~2^tableLog entries), and the output goes
+ * straight into the caller's buffer (no fresh bytes object per plane).
+ *
+ * What it decodes: RFC 8878 frames with a content size and no dictionary or checksum, whose
+ * blocks are raw, RLE, or compressed with zero sequences (literals raw, RLE, Huffman with a
+ * new table, or treeless with the previous one; 1 or 4 streams), table log at most 11. It
+ * makes zstd's checks (sizes, stream ends, weights) and declines (returns 0) on anything else,
+ * valid or not: the caller then runs zstd, which decodes it or raises its own error. So the
+ * bytes are always zstd's (tests/codecs/test_huffman_literals.py fuzzes both against each
+ * other).
+ */
+#include "native.h"
+
+#define HLOG_MAX 11          /* zstd's encoder writes literal tables of at most 11 bits */
+#define ZBLOCK_MAX (1 << 17) /* zstd's largest block */
+#define WINDOW_MAX (1u << 27) /* zstd's default window limit for decoding */
+#define MULTI_MAX 4          /* symbols per lookup of the multi-symbol table */
+
+typedef struct {
+    uint8_t sym, nb;
+} One;
+
+typedef struct {
+    uint32_t syms; /* up to 4 symbols, first in the low byte */
+    uint8_t nb;    /* bits they take */
+    uint8_t n;     /* how many */
+    uint16_t pad;
+} Multi;
+
+typedef struct {
+    int log; /* 0: no table yet */
+    One one[1 << HLOG_MAX];
+    Multi multi[1 << HLOG_MAX];
+} Table;
+
+static inline int highbit(uint32_t v) { return 31 - __builtin_clz(v); } /* v > 0 */
+
+static inline uint64_t le64(const uint8_t *p) {
+    uint64_t v;
+    memcpy(&v, p, 8);
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    v = __builtin_bswap64(v);
+#endif
+    return v;
+}
+
+/* ------------------------------------------------------------------ backward bit streams */
+
+/* A backward bit stream as zstd reads it: from the bit below the end marker (the highest set
+ * bit of the last byte) down to bit 0 of the first byte; bits below the start read as zero.
+ * `rem` counts the bits not yet read (negative once a read went past the start). */
+typedef struct {
+    const uint8_t *src;
+    Py_ssize_t rem;
+} Back;
+
+static int back_init(Back *b, const uint8_t *src, Py_ssize_t size) {
+    if (size < 1 || src[size - 1] == 0) return -1;
+    b->src = src;
+    b->rem = 8 * size - 8 + highbit(src[size - 1]);
+    return 0;
+}
+
+/* The next 64 bits, the next one to read at bit 63. */
+static inline uint64_t back_window(const Back *b) {
+    if (b->rem <= 0) return 0;
+    Py_ssize_t top = b->rem - 1, byte = top >> 3;
+    if (byte >= 7) return le64(b->src + byte - 7) << (7 - (top & 7));
+    uint64_t v = 0;
+    for (Py_ssize_t i = 0; i <= byte; i++) v |= (uint64_t)b->src[i] << (8 * i);
+    return v << (63 - top);
+}
+
+static inline uint32_t back_read(Back *b, int n) {
+    if (n == 0) return 0;
+    uint32_t v = (uint32_t)(back_window(b) >> (64 - n));
+    b->rem -= n;
+    return v;
+}
+
+/* ------------------------------------------------------------------ FSE-coded weights */
+
+/* FSE table description (RFC 8878 4.1.1) of at most 256 symbols; returns its size in bytes,
+ * or -1. Bits past `size` read as zero, as zstd reads them from its padded copy. */
+static Py_ssize_t read_ncount(int16_t *norm, int *n_sym, int *log, const uint8_t *src,
+                              Py_ssize_t size) {
+    Py_ssize_t pos = 0; /* bit position */
+#define NC_BITS(n)                                                                       \
+    ({                                                                                   \
+        uint64_t v_ = 0;                                                                 \
+        Py_ssize_t byte_ = pos >> 3;                                                     \
+        for (int i_ = 0; i_ < 4; i_++)                                                   \
+            if (byte_ + i_ < size) v_ |= (uint64_t)src[byte_ + i_] << (8 * i_);          \
+        (uint32_t)(v_ >> (pos & 7)) & ((1u << (n)) - 1);                                 \
+    })
+    int acc = (int)NC_BITS(4) + 5;
+    pos = 4;
+    if (acc > 15) return -1;
+    *log = acc;
+    int remaining = (1 << acc) + 1, threshold = 1 << acc, nb = acc + 1;
+    int s = 0, previous0 = 0;
+    memset(norm, 0, 256 * sizeof(int16_t));
+    for (;;) {
+        if (previous0) {
+            uint32_t r;
+            while ((r = NC_BITS(2)) == 3) {
+                s += 3;
+                pos += 2;
+            }
+            s += (int)r;
+            pos += 2;
+            if (s >= 256) break;
+        }
+        int max = (2 * threshold - 1) - remaining, count;
+        uint32_t low = NC_BITS(nb - 1);
+        if ((int)low < max) {
+            count = (int)low;
+            pos += nb - 1;
+        } else {
+            count = (int)NC_BITS(nb);
+            if (count >= threshold) count -= max;
+            pos += nb;
+        }
+        count--;
+        remaining -= count < 0 ? -count : count;
+        norm[s++] = (int16_t)count;
+        previous0 = !count;
+        if (remaining < threshold) {
+            if (remaining <= 1) break;
+            nb = highbit((uint32_t)remaining) + 1;
+            threshold = 1 << (nb - 1);
+        }
+        if (s >= 256) break;
+    }
+#undef NC_BITS
+    if (remaining != 1 || s > 256) return -1;
+    Py_ssize_t bytes = (pos + 7) >> 3;
+    if (bytes > size) return -1;
+    *n_sym = s;
+    return bytes;
+}
+
+typedef struct {
+    uint8_t sym, nb;
+    uint16_t base;
+} FseCell;
+
+/* The FSE decoding table of a normalized distribution (RFC 8878 4.1.1). */
+static int fse_table(FseCell *t, const int16_t *norm, int n_sym, int log) {
+    int size = 1 << log, high = size - 1;
+    uint32_t next[256];
+    for (int s = 0; s < n_sym; s++) {
+        if (norm[s] == -1) {
+            t[high--].sym = (uint8_t)s;
+            next[s] = 1;
+        } else {
+            next[s] = (uint32_t)norm[s];
+        }
+    }
+    int step = (size >> 1) + (size >> 3) + 3, mask = size - 1, p = 0;
+    for (int s = 0; s < n_sym; s++) {
+        for (int i = 0; i < norm[s]; i++) {
+            t[p].sym = (uint8_t)s;
+            do p = (p + step) & mask;
+            while (p > high);
+        }
+    }
+    if (p != 0) return -1;
+    for (int u = 0; u < size; u++) {
+        uint32_t ns = next[t[u].sym]++;
+        t[u].nb = (uint8_t)(log - highbit(ns));
+        t[u].base = (uint16_t)((ns << t[u].nb) - (uint32_t)size);
+    }
+    return 0;
+}
+
+/* Huffman weights coded with FSE, two interleaved states (RFC 8878 4.2.1.2, zstd's
+ * FSE_decompress_wksp with at most 255 outputs); returns how many, or -1. */
+static int fse_weights(uint8_t *w, const uint8_t *src, Py_ssize_t size) {
+    int16_t norm[256];
+    int n_sym, log;
+    Py_ssize_t h = read_ncount(norm, &n_sym, &log, src, size);
+    if (h < 0 || log > 6) return -1;
+    FseCell t[64];
+    if (fse_table(t, norm, n_sym, log) < 0) return -1;
+    Back b;
+    if (back_init(&b, src + h, size - h) < 0) return -1;
+    uint32_t s1 = back_read(&b, log), s2 = back_read(&b, log);
+    if (b.rem < 0) return -1;
+    int n = 0;
+    for (;;) {
+        if (n > 253) return -1;
+        w[n++] = t[s1].sym;
+        s1 = t[s1].base + back_read(&b, t[s1].nb);
+        if (b.rem < 0) {
+            w[n++] = t[s2].sym;
+            break;
+        }
+        if (n > 253) return -1;
+        w[n++] = t[s2].sym;
+        s2 = t[s2].base + back_read(&b, t[s2].nb);
+        if (b.rem < 0) {
+            w[n++] = t[s1].sym;
+            break;
+        }
+    }
+    return n;
+}
+
+/* ------------------------------------------------------------------ Huffman tables */
+
+/* Read a Huffman table description (RFC 8878 4.2.1) into `t`; returns its size or -1. */
+static Py_ssize_t read_table(Table *t, const uint8_t *src, Py_ssize_t size) {
+    uint8_t w[256];
+    int n;
+    Py_ssize_t used;
+    if (size < 1) return -1;
+    int hb = src[0];
+    if (hb >= 128) {
+        n = hb - 127;
+        used = 1 + (n + 1) / 2;
+        if (used > size) return -1;
+        for (int i = 0; i < n; i += 2) {
+            w[i] = src[1 + i / 2] >> 4;
+            w[i + 1] = src[1 + i / 2] & 15;
+        }
+    } else {
+        used = 1 + hb;
+        if (used > size) return -1;
+        n = fse_weights(w, src + 1, hb);
+        if (n < 0) return -1;
+    }
+    /* zstd's HUF_readStats: weights up to 12, the last symbol's weight implied */
+    uint32_t total = 0, rank[16] = {0};
+    for (int i = 0; i < n; i++) {
+        if (w[i] > 12) return -1;
+        rank[w[i]]++;
+        total += (1u << w[i]) >> 1;
+    }
+    if (total == 0) return -1;
+    int log = highbit(total) + 1;
+    if (log > 12) return -1;
+    uint32_t rest = (1u << log) - total;
+    if (rest == 0 || (rest & (rest - 1))) return -1;
+    int last = highbit(rest) + 1;
+    w[n++] = (uint8_t)last;
+    rank[last]++;
+    if (rank[1] < 2 || (rank[1] & 1)) return -1;
+    if (log > HLOG_MAX) return -1; /* valid, but not ours: zstd decodes it */
+    /* single-symbol table: weight 1 first, each symbol in order over 2^(w-1) cells */
+    uint32_t start[16], pos = 0;
+    for (int k = 1; k <= log; k++) {
+        start[k] = pos;
+        pos += rank[k] << (k - 1);
+    }
+    for (int s = 0; s < n; s++) {
+        int k = w[s];
+        if (!k) continue;
+        uint32_t len = 1u << (k - 1);
+        One e = {(uint8_t)s, (uint8_t)(log + 1 - k)};
+        for (uint32_t j = 0; j < len; j++) t->one[start[k] + j] = e;
+        start[k] += len;
+    }
+    /* multi-symbol table: as many whole codes (up to 4) as fit in the log bits of the index */
+    uint32_t cells = 1u << log, mask = cells - 1;
+    for (uint32_t i = 0; i < cells; i++) {
+        One a = t->one[i];
+        uint32_t bits = a.nb, syms = a.sym, k = 1;
+        while (k < MULTI_MAX) {
+            One b = t->one[(i << bits) & mask];
+            if (bits + b.nb > (uint32_t)log) break;
+            syms |= (uint32_t)b.sym << (8 * k);
+            bits += b.nb;
+            k++;
+        }
+        t->multi[i] = (Multi){syms, (uint8_t)bits, (uint8_t)k, 0};
+    }
+    t->log = log;
+    return used;
+}
+
+/* ------------------------------------------------------------------ Huffman streams */
+
+/* The careful loop: one symbol at a time, to the exact end of the stream. */
+static int stream_tail(const Table *t, Back *b, uint8_t *op, uint8_t *end) {
+    int log = t->log;
+    while (op < end) {
+        One e = t->one[back_window(b) >> (64 - log)];
+        *op++ = e.sym;
+        b->rem -= e.nb;
+    }
+    return b->rem == 0 ? 0 : -1;
+}
+
+static int decode_1stream(const Table *t, const uint8_t *src, Py_ssize_t size, uint8_t *dst,
+                          Py_ssize_t n) {
+    Back b;
+    if (back_init(&b, src, size) < 0) return -1;
+    return stream_tail(t, &b, dst, dst + n);
+}
+
+/* Four streams, each to its quarter of the output; the fast loop emits up to 4 symbols per
+ * lookup and 5 lookups per stream between reloads (5 x 11 bits fit the 57 bits a reload
+ * guarantees), while every stream has 8 bytes behind it and 23 bytes of output ahead. */
+HOT static int decode_4streams(const Table *t, const uint8_t *src, Py_ssize_t size, uint8_t *dst,
+                               Py_ssize_t n) {
+    if (size < 10) return -1;
+    Py_ssize_t len[4];
+    len[0] = src[0] | (src[1] << 8);
+    len[1] = src[2] | (src[3] << 8);
+    len[2] = src[4] | (src[5] << 8);
+    len[3] = size - 6 - len[0] - len[1] - len[2];
+    if (len[3] < 0) return -1;
+    Back b[4];
+    const uint8_t *s = src + 6;
+    for (int k = 0; k < 4; k++) {
+        if (back_init(&b[k], s, len[k]) < 0) return -1;
+        s += len[k];
+    }
+    Py_ssize_t seg = (n + 3) / 4;
+    uint8_t *op[4], *oend[4];
+    for (int k = 0; k < 4; k++) {
+        op[k] = dst + k * seg;
+        oend[k] = k < 3 ? op[k] + seg : dst + n;
+    }
+    int log = t->log, shift = 64 - log;
+    const Multi *m = t->multi;
+    /* fast state: bytes ptr[k]..ptr[k]+7 in c[k], `used` bits of it read from the top */
+    if (b[0].rem >= 64 + 64 && b[1].rem >= 64 + 64 && b[2].rem >= 64 + 64 &&
+        b[3].rem >= 64 + 64) {
+        const uint8_t *ptr[4];
+        uint64_t c[4];
+        unsigned used[4];
+        for (int k = 0; k < 4; k++) {
+            Py_ssize_t top = b[k].rem - 1;
+            ptr[k] = b[k].src + (top >> 3) - 7;
+            c[k] = le64(ptr[k]);
+            used[k] = (unsigned)(7 - (top & 7));
+        }
+        for (;;) {
+            int go = 1;
+            for (int k = 0; k < 4; k++)
+                go &= (ptr[k] - b[k].src >= 7) & (oend[k] - op[k] >= 23);
+            if (!go) break;
+#define STEP(k)                                                        \
+    do {                                                               \
+        Multi e_ = m[(c[k] << used[k]) >> shift];                      \
+        memcpy(op[k], &e_.syms, 4);                                    \
+        op[k] += e_.n;                                                 \
+        used[k] += e_.nb;                                              \
+    } while (0)
+#define STEP4 \
+    STEP(0);  \
+    STEP(1);  \
+    STEP(2);  \
+    STEP(3)
+            STEP4;
+            STEP4;
+            STEP4;
+            STEP4;
+            STEP4;
+#undef STEP4
+#undef STEP
+            for (int k = 0; k < 4; k++) {
+                ptr[k] -= used[k] >> 3;
+                used[k] &= 7;
+                c[k] = le64(ptr[k]);
+            }
+        }
+        for (int k = 0; k < 4; k++) b[k].rem = (ptr[k] - b[k].src) * 8 + 64 - used[k];
+    }
+    for (int k = 0; k < 4; k++)
+        if (stream_tail(t, &b[k], op[k], oend[k]) < 0) return -1;
+    return 0;
+}
+
+/* ------------------------------------------------------------------ frames */
+
+/* One compressed block holding literals only, into dst (room for `room` bytes); returns the
+ * bytes written, or -1 to decline. */
+static Py_ssize_t literals_block(Table *t, const uint8_t *src, Py_ssize_t size, uint8_t *dst,
+                                 Py_ssize_t room, Py_ssize_t block_max) {
+    if (size < 2) return -1;
+    int type = src[0] & 3, fmt = (src[0] >> 2) & 3;
+    Py_ssize_t hsize, lit, csize = 0;
+    int streams = 1;
+    if (type < 2) { /* raw or RLE literals */
+        if (fmt == 0 || fmt == 2) {
+            hsize = 1;
+            lit = src[0] >> 3;
+        } else if (fmt == 1) {
+            hsize = 2;
+            lit = (src[0] >> 4) | (src[1] << 4);
+        } else {
+            if (size < 3) return -1;
+            hsize = 3;
+            lit = (src[0] >> 4) | (src[1] << 4) | ((Py_ssize_t)src[2] << 12);
+        }
+        csize = type == 0 ? lit : 1;
+    } else {
+        uint64_t h = 0;
+        hsize = fmt < 2 ? 3 : fmt + 2;
+        if (size < hsize) return -1;
+        for (int i = 0; i < hsize; i++) h |= (uint64_t)src[i] << (8 * i);
+        int bits = fmt < 2 ? 10 : fmt == 2 ? 14 : 18;
+        streams = fmt == 0 ? 1 : 4;
+        lit = (Py_ssize_t)((h >> 4) & ((1u << bits) - 1));
+        csize = (Py_ssize_t)((h >> (4 + bits)) & ((1u << bits) - 1));
+        if (streams == 4 && lit < 6) return -1;
+    }
+    if (lit > block_max || lit > room || hsize + csize > size) return -1;
+    /* the sequences section: one byte, zero sequences, ending the block */
+    if (hsize + csize + 1 != size || src[hsize + csize] != 0) return -1;
+    const uint8_t *p = src + hsize;
+    if (type == 0) {
+        memcpy(dst, p, (size_t)lit);
+    } else if (type == 1) {
+        memset(dst, p[0], (size_t)lit);
+    } else {
+        if (lit == 0 || csize == 0) return -1;
+        if (type == 2) {
+            Py_ssize_t th = read_table(t, p, csize);
+            if (th < 0 || th >= csize) return -1;
+            p += th;
+            csize -= th;
+        } else if (t->log == 0) {
+            return -1; /* treeless with no table before it */
+        }
+        int r = streams == 1 ? decode_1stream(t, p, csize, dst, lit)
+                             : decode_4streams(t, p, csize, dst, lit);
+        if (r < 0) return -1;
+    }
+    return lit;
+}
+
+/* A whole frame into dst[0:n]; 1 when decoded, 0 when declined (the caller runs zstd). */
+static int decode_frame(Table *t, const uint8_t *src, Py_ssize_t size, uint8_t *dst, Py_ssize_t n) {
+    if (size < 6 || src[0] != 0x28 || src[1] != 0xB5 || src[2] != 0x2F || src[3] != 0xFD)
+        return 0;
+    int fhd = src[4], fcs_flag = fhd >> 6, single = (fhd >> 5) & 1;
+    if ((fhd & 0x08) || (fhd & 0x04) || (fhd & 0x03)) return 0; /* reserved, checksum, dict */
+    if (fcs_flag == 0 && !single) return 0;                        /* no content size */
+    Py_ssize_t pos = 5;
+    uint64_t window = 0;
+    if (!single) {
+        int wd = src[pos++], wlog = 10 + (wd >> 3);
+        if (wlog > 27) return 0;
+        window = (1ull << wlog) + ((1ull << wlog) / 8) * (uint64_t)(wd & 7);
+    }
+    int fcs_size = fcs_flag == 0 ? 1 : fcs_flag == 1 ? 2 : fcs_flag == 2 ? 4 : 8;
+    if (pos + fcs_size > size) return 0;
+    uint64_t fcs = 0;
+    for (int i = 0; i < fcs_size; i++) fcs |= (uint64_t)src[pos + i] << (8 * i);
+    if (fcs_size == 2) fcs += 256;
+    pos += fcs_size;
+    if (single) window = fcs;
+    if (fcs != (uint64_t)n || n == 0 || window > WINDOW_MAX) return 0;
+    Py_ssize_t block_max = window < ZBLOCK_MAX ? (Py_ssize_t)window : ZBLOCK_MAX;
+    Py_ssize_t out = 0;
+    t->log = 0;
+    for (;;) {
+        if (pos + 3 > size) return 0;
+        uint32_t bh = src[pos] | (src[pos + 1] << 8) | ((uint32_t)src[pos + 2] << 16);
+        pos += 3;
+        int last = bh & 1, type = (bh >> 1) & 3;
+        Py_ssize_t bsize = bh >> 3;
+        if (type == 3 || bsize > block_max) return 0;
+        if (type == 1) {
+            if (pos + 1 > size || bsize > n - out) return 0;
+            memset(dst + out, src[pos], (size_t)bsize);
+            pos += 1;
+            out += bsize;
+        } else {
+            if (pos + bsize > size) return 0;
+            if (type == 0) {
+                if (bsize > n - out) return 0;
+                memcpy(dst + out, src + pos, (size_t)bsize);
+                out += bsize;
+            } else {
+                Py_ssize_t r = literals_block(t, src + pos, bsize, dst + out, n - out, block_max);
+                if (r < 0) return 0;
+                out += r;
+            }
+            pos += bsize;
+        }
+        if (last) break;
+    }
+    return pos == size && out == n;
+}
+
+/* huf_literals(dst, frame) -> bool: decode a literal-only zstd frame into dst (writable, the
+ * frame's exact content size); False: declined (dst holds garbage), decode it with zstd. */
+PyObject *py_huf_literals(PyObject *self, PyObject *args) {
+    PyObject *dst_o, *src_o;
+    if (!PyArg_ParseTuple(args, "OO", &dst_o, &src_o)) return NULL;
+    Buf dst, src;
+    if (get_buf(dst_o, &dst, 1, 1, "dst") < 0) return NULL;
+    if (get_buf(src_o, &src, 0, 1, "frame") < 0) {
+        release(&dst);
+        return NULL;
+    }
+    int ok = 0;
+    Table *t = PyMem_RawMalloc(sizeof(Table));
+    if (t == NULL) {
+        release(&src);
+        release(&dst);
+        return PyErr_NoMemory();
+    }
+    Py_BEGIN_ALLOW_THREADS
+    ok = decode_frame(t, src.view.buf, src.view.len, dst.view.buf, dst.view.len);
+    Py_END_ALLOW_THREADS
+    PyMem_RawFree(t);
+    release(&src);
+    release(&dst);
+    return PyBool_FromLong(ok);
+}

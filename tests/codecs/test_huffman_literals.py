@@ -1,0 +1,202 @@
+"""The C decoder of literal-only zstd frames (csrc/huffman_literals.c) against zstd itself.
+
+Every frame is decoded twice: by the kernel into an array, and by python-zstandard. The kernel
+must give zstd's bytes, and it must decode the frames our encoder makes by itself (declining
+is allowed only for other frames, which the caller then hands to zstd)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import zstandard
+from codec_data import finetune_bf16, weights
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mergestore import native
+from mergestore.store.codecs import decode_block, encode_block, huffman
+from mergestore.store.codecs.byteplane import BytePlane, split_planes
+
+KERNEL = getattr(native.kernels, "huf_literals", None)
+pytestmark = [
+    pytest.mark.needs(KERNEL is not None, "the C kernels (huf_literals) are not built"),
+    pytest.mark.needs(huffman._HAVE_SEQUENCES_API, "zstandard's cffi backend (cffi) is missing"),
+]
+ZSTD = zstandard.ZstdDecompressor()
+
+
+def literal_frame(plane: np.ndarray) -> bytes | None:
+    """Our encoder's literal-only frame of a uint8 plane (None: it declined the plane)."""
+    padded = np.concatenate([plane, np.zeros(huffman.LITERAL_SLACK, np.uint8)])
+    frame = huffman.compress_literals(padded, plane.size)
+    return None if frame is None else bytes(frame)
+
+
+def kernel_decode(frame: bytes, n: int) -> bytes | None:
+    out = np.full(n, 0xA5, np.uint8)
+    return out.tobytes() if KERNEL(out, frame) else None
+
+
+def literal_kinds(frame: bytes) -> set[str]:
+    """Kinds of blocks in a frame: raw, rle, and for compressed blocks their literals
+    ("raw-lit", "rle-lit", "huf1"/"huf4" with a new table, "treeless1"/"treeless4"), read
+    here independently of the kernel (RFC 8878 3.1.1.2-3.1.1.3.1)."""
+    pos = zstandard.frame_header_size(frame)
+    kinds = set()
+    while True:
+        h = int.from_bytes(frame[pos : pos + 3], "little")
+        pos += 3
+        btype, size = (h >> 1) & 3, h >> 3
+        if btype == 0:
+            kinds.add("raw")
+        elif btype == 1:
+            kinds.add("rle")
+            size = 1
+        else:
+            b0 = frame[pos]
+            ltype, fmt = b0 & 3, (b0 >> 2) & 3
+            names = ("raw-lit", "rle-lit", "huf", "treeless")
+            kinds.add(names[ltype] + ("" if ltype < 2 else "1" if fmt == 0 else "4"))
+        pos += size
+        if h & 1:
+            return kinds
+
+
+def planes_of(n: int, seed: int) -> list[np.ndarray]:
+    """Byte planes of the kinds the store codes `h`: bf16 exponent planes, XOR-delta planes of
+    fine-tunes (both bytes), and skewed synthetic distributions."""
+    rng = np.random.default_rng(seed)
+    base = weights("BF16", n, seed=seed)
+    tuned = finetune_bf16(base, 3e-2, seed=seed)
+    rows = split_planes(base, 2, 0)
+    xor = split_planes(tuned, 2, 0, reference=base)
+    return [
+        rows[1, :n].copy(),
+        xor[0, :n].copy(),
+        xor[1, :n].copy(),
+        rng.geometric(0.3, n).clip(0, 255).astype(np.uint8),
+        rng.geometric(0.05, n).clip(0, 255).astype(np.uint8),
+        (rng.normal(128, 4, n).clip(0, 255)).astype(np.uint8),
+    ]
+
+
+@pytest.mark.parametrize("n", [6, 7, 64, 1023, 1024, 5000, 131071, 131072, 131073, 300_001])
+def test_our_frames_decode_to_zstds_bytes(n):
+    decoded = 0
+    for plane in planes_of(n, seed=n):
+        frame = literal_frame(plane)
+        if frame is None:
+            continue
+        want = ZSTD.decompress(frame)
+        assert want == plane.tobytes()
+        got = kernel_decode(frame, n)
+        assert got is not None, f"the kernel declined one of our frames ({literal_kinds(frame)})"
+        assert got == want
+        decoded += 1
+    assert decoded >= (3 if n >= 1000 else 0)  # tiny planes may not compress at all
+
+
+def test_the_frames_cover_every_block_kind_the_encoder_writes():
+    # So the comparisons above reach new tables, reused (treeless) ones, 1 and 4 streams.
+    kinds: set[str] = set()
+    for n in (300, 1000, 131072 * 3 + 17):
+        for plane in planes_of(n, seed=7):
+            frame = literal_frame(plane)
+            if frame is not None:
+                kinds |= literal_kinds(frame)
+                assert kernel_decode(frame, n) == ZSTD.decompress(frame)
+    # small planes (one stream), and blocks whose literals reuse the previous block's table:
+    # a plane of three alike blocks, and a short last block after a long one
+    rng = np.random.default_rng(1)
+    for plane in (
+        rng.geometric(0.2, 200).clip(0, 255).astype(np.uint8),
+        np.tile(rng.geometric(0.2, 1 << 17).clip(0, 255).astype(np.uint8), 3),
+        rng.geometric(0.2, (1 << 17) + 200).clip(0, 255).astype(np.uint8),
+    ):
+        frame = literal_frame(plane)
+        kinds |= literal_kinds(frame)
+        assert kernel_decode(frame, plane.size) == plane.tobytes()
+    assert {"huf1", "huf4", "treeless1", "treeless4"} <= kinds, kinds
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    n=st.integers(1, 400_000),
+    n_sym=st.integers(1, 256),
+    skew=st.floats(0.01, 0.95),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_random_distributions_fuzzed_against_zstd(n, n_sym, skew, seed):
+    rng = np.random.default_rng(seed)
+    symbols = rng.permutation(256)[:n_sym].astype(np.uint8)
+    plane = symbols[rng.geometric(skew, n).clip(1, n_sym) - 1]
+    frame = literal_frame(plane)
+    if frame is None:
+        return  # not compressible as literals: the store keeps the plane raw
+    got = kernel_decode(frame, n)
+    assert got is not None, literal_kinds(frame)
+    assert got == ZSTD.decompress(frame) == plane.tobytes()
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_damaged_frames_decode_as_zstd_or_are_declined(data):
+    # A damaged frame is either declined (zstd then decides) or decoded to zstd's own bytes.
+    seed = data.draw(st.integers(0, 2**32 - 1))
+    n = data.draw(st.sampled_from([100, 2000, 140_000]))
+    plane = planes_of(n, seed % 1000)[data.draw(st.integers(0, 5))]
+    frame = literal_frame(plane)
+    if frame is None:
+        return
+    damaged = bytearray(frame)
+    for _ in range(data.draw(st.integers(1, 3))):
+        i = data.draw(st.integers(0, len(damaged) - 1))
+        damaged[i] ^= data.draw(st.integers(1, 255))
+    if data.draw(st.booleans()):
+        damaged = damaged[: data.draw(st.integers(0, len(damaged)))]
+    got = kernel_decode(bytes(damaged), n)
+    if got is None:
+        return
+    assert got == ZSTD.decompress(bytes(damaged), max_output_size=n)
+
+
+def test_other_frames_are_declined_or_decoded_exactly():
+    rng = np.random.default_rng(3)
+    data = rng.geometric(0.3, 200_000).clip(0, 255).astype(np.uint8).tobytes()
+    for frame in (
+        zstandard.ZstdCompressor(level=1, write_content_size=True).compress(data),
+        zstandard.ZstdCompressor(level=3, write_checksum=True).compress(data),
+        zstandard.ZstdCompressor(level=1, write_content_size=False).compress(data),
+        zstandard.ZstdCompressor(level=1).compress(b"\x00" * 200_000),
+    ):
+        n = 200_000
+        got = kernel_decode(frame, n)
+        assert got is None or got == ZSTD.decompress(frame, max_output_size=n)
+    # a frame with matches: the kernel declines (it decodes literal-only blocks only)
+    assert kernel_decode(zstandard.ZstdCompressor(level=1).compress(data), len(data)) is None
+    # the wrong output size: declined, whatever the frame
+    frame = literal_frame(np.frombuffer(data, np.uint8))
+    assert kernel_decode(frame, len(data) - 1) is None
+    assert kernel_decode(frame, len(data)) == data
+
+
+def test_byte_plane_blocks_decode_the_same_with_and_without_the_kernel(monkeypatch):
+    base = weights("BF16", 300_000, seed=5)
+    blocks = [(base, None), (finetune_bf16(base, 1e-1, seed=5), base)]
+    for raw, ref in blocks:
+        kw = {"reference": ref, "reference_id": b"\x01" * 32} if ref is not None else {}
+        enc = encode_block(raw, dtype="BF16", **kw)
+        assert ".h" in enc.spec or "h." in enc.spec, enc.spec
+        stage = BytePlane.from_spec(enc.spec.split("|")[-1].split(":", 1)[1])
+        fast = decode_block(enc.spec, enc.payload, reference=ref)
+        out = np.empty(len(raw), np.uint8)
+        if "|" not in enc.spec:
+            stage.decode_into(memoryview(enc.payload), out, None)
+            assert out.tobytes() == raw
+        monkeypatch.setattr(huffman, "decompress_literals_into", lambda frame, out: False)
+        monkeypatch.setattr(
+            "mergestore.store.codecs.byteplane.decompress_literals_into", lambda f, o: False
+        )
+        slow = decode_block(enc.spec, enc.payload, reference=ref)
+        monkeypatch.undo()
+        assert fast == slow == raw
