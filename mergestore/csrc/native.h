@@ -356,6 +356,8 @@ PyObject *py_nth_equal16(PyObject *self, PyObject *args);
 PyObject *py_apply_cuts16(PyObject *self, PyObject *args);
 PyObject *py_della_probs_bf16(PyObject *self, PyObject *args);
 PyObject *py_row_ranks_bf16(PyObject *self, PyObject *args);
+/* della's bf16 keep-probability of each rank 1 .. cols (for rng.c's della_keep_sums16) */
+void della_rank_probs_bf16(Py_ssize_t cols, float base_p, float eps, uint16_t *by_rank);
 /* An fp32 delta's one or two magnitude cuts (ops/lanes.py, _cut32): mode 0 keeps nothing,
  * 1 everything, 2 the largest (bits > v, or == v at flat indices before `last`), 3 the
  * smallest (bits < v, or == v before `last`); mode2 < 0: no second cut, else elements in the
@@ -382,7 +384,9 @@ PyObject *py_philox_keep(PyObject *self, PyObject *args);
 PyObject *py_keep_rescale32(PyObject *self, PyObject *args);
 PyObject *py_keep_sums32(PyObject *self, PyObject *args);
 PyObject *py_della_keep_sums32(PyObject *self, PyObject *args);
-PyObject *py_keep_rescale16(PyObject *self, PyObject *args);
+PyObject *py_keep_sums16(PyObject *self, PyObject *args);
+PyObject *py_della_keep_sums16(PyObject *self, PyObject *args);
+PyObject *py_gta_keep16(PyObject *self, PyObject *args);
 /* byte_planes.c */
 PyObject *py_join2(PyObject *self, PyObject *args);
 PyObject *py_split2(PyObject *self, PyObject *args);
