@@ -6,10 +6,11 @@ Usage (the store is changed: give it a copy):
 Runs the CLI in this process, as the console script does, with timers around the phases:
 imports (the CLI up to the merge command), planning (merge.run.prepare: configs, refs, plan,
 tasks), the engine (per journal chunk; inside it the CPU time of each pipeline stage, from the
-threads' own clocks: read + decode + verify of input blocks, the merge kernel, and the writer's
-hash + encode + pack append, with the --out folder's pwrites apart), each publish (pack fsync,
-then the LMDB transaction) and the folder's finish (the rest of the files, the rename). Prints
-one table to stderr (or JSON with --json-profile); the command's own output goes to stdout as usual.
+threads' own clocks: read + decode + verify of input blocks, the merge kernel, the output's
+hash + encode (the --out folder's pwrites apart) and the writer's pack append), each publish
+(pack fsync, then the LMDB transaction) and the folder's finish (the rest of the files, the
+rename). Prints one table to stderr (or JSON with --json-profile); the command's own output goes
+to stdout as usual.
 The timers cost a few microseconds per tensor.
 """
 
@@ -93,8 +94,9 @@ def instrument() -> None:
     pieces.run_tasks = phase("engine", pieces.run_tasks)  # journal.compute imports it per call
     E = engine.Engine
     E._load_named = on_thread("read+decode+verify", E._load_named)
-    E._merge_loaded = on_thread("kernel", E._merge_loaded)
-    E._emit_merged = on_thread("hash+encode+append (+folder)", E._emit_merged)
+    E._merge = on_thread("kernel", E._merge)
+    E._prepare_output = on_thread("hash+encode (+folder)", E._prepare_output)
+    E._commit = on_thread("pack append", E._commit)
     outfolder.FolderOutput.put = on_thread("folder pwrite", outfolder.FolderOutput.put)
     packs.PackAppender.sync = phase("pack fsync", packs.PackAppender.sync)
     repo.WriteSession.publish = phase("publish (fsync + LMDB)", repo.WriteSession.publish)

@@ -57,6 +57,8 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
         "mergestore/ops/lane_karcher.py",  # twin: ops/karcher.py
         ("karcher_scale", "karcher_first_mean", "karcher_tangent", "karcher_update", "karcher_out"),
     ),
+    # twin: torch itself (MKL's VML for fp32 lives in torch's library; tests/ops/test_lane_math)
+    "sleef_f32.c": ("mergestore/ops/lane_math.py", ("sleef_f32", "sleef_f32_array")),
     "rank_cuts.c": (
         "mergestore/ops/sparsify.py",  # the lanes' cuts: cut_select.c, ops/cuts.py
         (
@@ -72,11 +74,20 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
     "byte_planes.c": ("mergestore/store/codecs/byteplane.py", ("join2", "split2", "hist8")),
     # twin: python-zstandard's decoder, which huffman.py falls back to when the kernel declines
     "huffman_literals.c": ("mergestore/store/codecs/huffman.py", ("huf_literals",)),
-    # keep_rescale32's twin: ops/sparsify.py (keep_mask, then rescaled_masked_); keep_sums32 and
-    # della_keep_sums32 are the first pass of ops/lane_random.py (twin: the same, and ops/gta.py)
+    # keep_rescale32's twin: ops/sparsify.py (keep_mask, then rescaled_masked_); keep_sums32,
+    # della_keep_sums32 and their bf16 versions are the first pass of ops/lane_random.py, and
+    # gta_keep16 its bf16 combine (twin: the same, and ops/gta.py)
     "rng.c": (
         "mergestore/ops/context.py",
-        ("philox_keep", "keep_rescale32", "keep_sums32", "della_keep_sums32", "keep_rescale16"),
+        (
+            "philox_keep",
+            "keep_rescale32",
+            "keep_sums32",
+            "della_keep_sums32",
+            "keep_sums16",
+            "della_keep_sums16",
+            "gta_keep16",
+        ),
     ),
 }
 

@@ -98,6 +98,11 @@ static PyMethodDef methods[] = {
      "tangent, in place"},
     {"karcher_out", py_karcher_out, METH_VARARGS,
      "karcher_out(out, out_fmt, mean_f32, scale): scale * mean in the output format"},
+    {"sleef_f32", py_sleef_f32, METH_VARARGS,
+     "sleef_f32(op, x) -> float or None: torch's fp32 acos (op 0), sin (1) or cos (2) of x; "
+     "None for sin/cos of |x| >= 125 or NaN (not reproduced)"},
+    {"sleef_f32_array", py_sleef_f32_array, METH_VARARGS,
+     "sleef_f32_array(op, x_f32, out_f32) -> count not reproduced (NaN in out)"},
     {"convert", py_convert, METH_VARARGS,
      "convert(out, out_fmt, x, x_fmt): a float format conversion as torch's .to() rounds"},
     {"linear_bf16", py_linear_bf16, METH_VARARGS,
@@ -122,9 +127,15 @@ static PyMethodDef methods[] = {
     {"della_keep_sums32", py_della_keep_sums32, METH_VARARGS,
      "della_keep_sums32(keep_u8, x, x_fmt, base, base_fmt, rows, table_f32, key_lo, key_hi, "
      "rescale, eps) -> scale: della's keep bytes (row ranks of |x - base|) and scale"},
-    {"keep_rescale16", py_keep_rescale16, METH_VARARGS,
-     "keep_rescale16(delta_u16, x_u16 or None, base_u16 or None, probs_u16, key_lo, key_hi, "
-     "rescale, eps) -> scale: dare/della's bf16 keep mask and L1 rescale in place"},
+    {"keep_sums16", py_keep_sums16, METH_VARARGS,
+     "keep_sums16(keep_u8, x_u16, base_u16, probs_u16, key_lo, key_hi, rescale, eps) -> scale: "
+     "dare's keep bytes of bf16(x - base) and its bf16 L1 rescale's scale"},
+    {"della_keep_sums16", py_della_keep_sums16, METH_VARARGS,
+     "della_keep_sums16(keep_u8, x_u16, base_u16, rows, base_p, eps, key_lo, key_hi, rescale, "
+     "rescale_eps) -> scale: della's bf16 keep bytes (row ranks of |x - base|) and scale"},
+    {"gta_keep16", py_gta_keep16, METH_VARARGS,
+     "gta_keep16(out, base, inputs, keeps, scales, weights, consensus, divisor, normalize, lam, "
+     "has_lam): dare/della's combine over keep bytes (None: all kept), bf16"},
     {"gta_keep32", py_gta_keep32, METH_VARARGS,
      "gta_keep32(out, out_fmt, base, base_fmt, inputs, fmts, keeps, scales, weights, consensus, "
      "divisor, normalize, lam, has_lam): dare/della's combine over keep bytes, fp32"},

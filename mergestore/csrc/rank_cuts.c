@@ -283,23 +283,15 @@ HOT static int row_ranks_bf16(const uint16_t *mag, Py_ssize_t rows, Py_ssize_t c
     return 0;
 }
 
-/* della's keep-probabilities (sparsify.della_magprune, bf16 work dtype) straight from the
- * magnitudes: per row, rank r (as bf16), lo = min rank = 1, hi = max rank = bf16(cols),
- * q = clamp((r - lo) / (hi - lo), 0, 1), p = base_p + (q * 2) * eps, every operation rounded
- * to bf16 as torch rounds it. torch multiplies a bf16 tensor by a Python float taken as an
- * fp32 scalar, but adds one rounded to bf16 first (`float + tensor`; measured, both
- * checked against torch by tests/test_native.py). p depends only on the rank, so it is
- * computed once per rank and scattered to each row's columns in rank order. */
-HOT static int della_probs_bf16(const uint16_t *mag, Py_ssize_t rows, Py_ssize_t cols,
-                                float base_p, float eps, uint16_t *out) {
-    uint16_t *key = malloc((size_t)cols * sizeof(uint16_t));
-    uint32_t *a = malloc((size_t)cols * sizeof(uint32_t));
-    uint32_t *b = malloc((size_t)cols * sizeof(uint32_t));
-    uint16_t *by_rank = malloc((size_t)cols * sizeof(uint16_t));
-    if (!key || !a || !b || !by_rank) {
-        free(key), free(a), free(b), free(by_rank);
-        return -1;
-    }
+/* della's bf16 keep-probability of each rank 1 .. cols (sparsify.della_magprune, bf16 work
+ * dtype) into by_rank[0 .. cols): rank r (as bf16), lo = min rank = 1, hi = max rank =
+ * bf16(cols), q = clamp((r - lo) / (hi - lo), 0, 1), p = base_p + (q * 2) * eps, every
+ * operation rounded to bf16 as torch rounds it. torch multiplies a bf16 tensor by a Python
+ * float taken as an fp32 scalar, but adds one rounded to bf16 first (`float + tensor`;
+ * measured, both checked against torch by tests/test_native.py). p depends only on the rank
+ * (each row holds every rank), so della_probs_bf16 and rng.c's della_keep_sums16 compute it
+ * once per rank and scatter it in each row's rank order. */
+void della_rank_probs_bf16(Py_ssize_t cols, float base_p, float eps, uint16_t *by_rank) {
     const float lo = bf16_to_f32(rne16(1.0f));
     const float hi = bf16_to_f32(rne16((float)cols));
     const float span = bf16_to_f32(rne16(hi - lo));
@@ -312,6 +304,21 @@ HOT static int della_probs_bf16(const uint16_t *mag, Py_ssize_t rows, Py_ssize_t
         float w = bf16_to_f32(rne16(s * eps));
         by_rank[t] = rne16(base16 + w);
     }
+}
+
+/* della's keep-probabilities straight from the magnitudes (bf16 bits, rows x cols): each
+ * element's della_rank_probs_bf16 value at its stable rank within its row. */
+HOT static int della_probs_bf16(const uint16_t *mag, Py_ssize_t rows, Py_ssize_t cols,
+                                float base_p, float eps, uint16_t *out) {
+    uint16_t *key = malloc((size_t)cols * sizeof(uint16_t));
+    uint32_t *a = malloc((size_t)cols * sizeof(uint32_t));
+    uint32_t *b = malloc((size_t)cols * sizeof(uint32_t));
+    uint16_t *by_rank = malloc((size_t)cols * sizeof(uint16_t));
+    if (!key || !a || !b || !by_rank) {
+        free(key), free(a), free(b), free(by_rank);
+        return -1;
+    }
+    della_rank_probs_bf16(cols, base_p, eps, by_rank);
     for (Py_ssize_t r = 0; r < rows; r++) {
         stable_order16(mag + r * cols, cols, key, a, b);
         uint16_t *o = out + r * cols;

@@ -563,7 +563,7 @@ static void sum16_init(Sum16 *s, Py_ssize_t n) {
 /* Values s .. s + m of the sequence, as fp32 (s a multiple of 32 unless it is the first). */
 static inline void sum16_feed(Sum16 *s, const float *v, Py_ssize_t at, Py_ssize_t m) {
     if (s->n < 16) {
-        for (Py_ssize_t j = 0; j < m; j++) s->small[at + j] = v[j];
+        for (Py_ssize_t j = 0; j < m && at + j < 16; j++) s->small[at + j] = v[j]; /* n < 16 */
         return;
     }
     float pair[TILE / 2];
@@ -587,16 +587,17 @@ static float sum16_end(Sum16 *s) {
     return bf16_to_f32(rne16(0.0f + r));
 }
 
-/* dare's and della's bf16 sparsification (ops/lane_random.py, 16-bit compute), in place on the
- * delta rows d (bf16 bits): if x is given, d_j = x_j - base_j first (rounded to bf16, as
- * torch.sub); keep_j = u_j < p_j (philox_keep's stream, p bf16: one, or one per element),
- * d_j *= keep (rounded: d, a signed 0, or NaN for an infinity); with rescale, the L1 sums of d
- * and of the kept d in torch's bf16 order (Sum16), and unless either is below eps,
- * d_j *= bf16(before / after). The bits of sparsify.bernoulli_ / della_magprune on bf16
- * (keep_mask, then rescaled_masked(_)); returns the scale (1: none). */
-HOT static float keep_rescale16(uint16_t *d, const uint16_t *x, const uint16_t *base,
-                                const uint16_t *probs, int one_p, Py_ssize_t n, uint64_t k0,
-                                uint64_t k1, int rescale, float eps) {
+/* The first pass of dare's bf16 sparsification on the lane (ops/lane_random.py, 16-bit
+ * compute), for one input: d_j = x_j - base_j rounded to bf16 (as torch.sub), keep_j = u_j <
+ * p_j (philox_keep's stream, p bf16: one, or one per element) as 1/0 bytes; with rescale, the
+ * L1 sums of d and of d * keep in torch's bf16 order (Sum16) and the scale they give,
+ * bf16(before / after), or 1 when either is below eps. Nothing else is stored: gta_keep16
+ * recomputes d, applies the keep bytes and the scale (rounded, as torch's d * mask and
+ * d * scale), so there is no bf16 delta row per input in memory. The bits of
+ * sparsify.bernoulli_ on bf16 (keep_mask, then rescaled_masked(_)). */
+HOT static float keep_sums16(uint8_t *keep, const uint16_t *x, const uint16_t *base,
+                             const uint16_t *probs, int one_p, Py_ssize_t n, uint64_t k0,
+                             uint64_t k1, int rescale, float eps) {
     uint64_t ctr[4] = {0, 0, 0, 0};
     float u[TILE], a[TILE], b[TILE];
     Sum16 before, after;
@@ -605,62 +606,269 @@ HOT static float keep_rescale16(uint16_t *d, const uint16_t *x, const uint16_t *
     for (Py_ssize_t s = 0; s < n; s += TILE) {
         Py_ssize_t m = n - s < TILE ? n - s : TILE;
         philox_fill(ctr, k0, k1, u, (m + 63) / 64);
-        uint16_t *dt = d + s;
-        if (x)
-            for (Py_ssize_t j = 0; j < m; j++)
-                dt[j] = rne16(bf16_to_f32(x[s + j]) - bf16_to_f32(base[s + j]));
+        uint8_t *kp = keep + s;
+        if (one_p) {
+            const float p = bf16_to_f32(probs[0]);
+            for (Py_ssize_t j = 0; j < m; j++) kp[j] = u[j] < p;
+        } else {
+            for (Py_ssize_t j = 0; j < m; j++) kp[j] = u[j] < bf16_to_f32(probs[s + j]);
+        }
+        if (!rescale) continue;
+        const uint16_t *xt = x + s, *bt = base + s;
         for (Py_ssize_t j = 0; j < m; j++) {
-            float p = bf16_to_f32(one_p ? probs[0] : probs[s + j]);
-            float v = bf16_to_f32(dt[j]);
-            float kept = v * (u[j] < p ? 1.0f : 0.0f);
+            float v = bf16_to_f32(rne16(bf16_to_f32(xt[j]) - bf16_to_f32(bt[j])));
             a[j] = fabsf(v);
-            b[j] = fabsf(kept);
-            dt[j] = rne16(kept);
+            b[j] = fabsf(v * (kp[j] ? 1.0f : 0.0f));
         }
-        if (rescale) {
-            sum16_feed(&before, a, s, m);
-            sum16_feed(&after, b, s, m);
-        }
+        sum16_feed(&before, a, s, m);
+        sum16_feed(&after, b, s, m);
     }
     if (!rescale) return 1.0f;
     float sb = sum16_end(&before), sa = sum16_end(&after);
     if (sb < eps || sa < eps) return 1.0f;
-    float scale = bf16_to_f32(rne16(sb / sa));
-    if (scale != 1.0f)
-        for (Py_ssize_t j = 0; j < n; j++) d[j] = rne16(bf16_to_f32(d[j]) * scale);
-    return scale;
+    return bf16_to_f32(rne16(sb / sa));
 }
 
-/* keep_rescale16(d_u16, x_u16 or None, base_u16 or None, probs_u16, key_lo, key_hi, rescale,
- * eps) -> scale */
-PyObject *py_keep_rescale16(PyObject *self, PyObject *args) {
-    PyObject *d_o, *x_o, *b_o, *p_o;
+/* Stable ascending order of a row's 16-bit keys (cols <= 65536): v holds key << 16 | column on
+ * entry; returns v or t (scratch of the same size) holding the sorted entries. radix_order31's
+ * two low passes on 32-bit entries (half the memory traffic), the same STREAMS parts. */
+static uint32_t *radix_order16(uint32_t *v, uint32_t *t, Py_ssize_t cols) {
+    uint32_t cnt[STREAMS][256], any = 0, every = UINT32_MAX;
+    for (Py_ssize_t j = 0; j < cols; j++) {
+        any |= v[j];
+        every &= v[j];
+    }
+    uint32_t differ = (any ^ every) >> 16;
+    Py_ssize_t part = cols / STREAMS;
+    for (int pass = 0; pass < 2; pass++) {
+        int shift = 16 + 8 * pass;
+        if (((differ >> (8 * pass)) & 255) == 0) continue;
+        memset(cnt, 0, sizeof cnt);
+        for (Py_ssize_t j = 0; j < part; j++)
+            for (int q = 0; q < STREAMS; q++) cnt[q][(v[q * part + j] >> shift) & 255]++;
+        for (Py_ssize_t j = STREAMS * part; j < cols; j++) cnt[STREAMS - 1][(v[j] >> shift) & 255]++;
+        uint32_t sum = 0;
+        for (int d = 0; d < 256; d++)
+            for (int q = 0; q < STREAMS; q++) {
+                uint32_t c = cnt[q][d];
+                cnt[q][d] = sum;
+                sum += c;
+            }
+        for (Py_ssize_t j = 0; j < part; j++)
+            for (int q = 0; q < STREAMS; q++) {
+                uint32_t e = v[q * part + j];
+                t[cnt[q][(e >> shift) & 255]++] = e;
+            }
+        for (Py_ssize_t j = STREAMS * part; j < cols; j++) {
+            uint32_t e = v[j];
+            t[cnt[STREAMS - 1][(e >> shift) & 255]++] = e;
+        }
+        uint32_t *sw = v;
+        v = t;
+        t = sw;
+    }
+    return v;
+}
+
+/* della_keep_sums16: keep_sums16 for della on a [rows, cols] tensor (a 1-D tensor is one
+ * row), each element's keep-probability by_rank[rank - 1] (della_rank_probs_bf16: the bf16
+ * probability of each rank, as sparsify._della_probs computes it in bf16), rank its 1-based
+ * stable rank by |d| (bf16 magnitude bits) within its row: ties by column, NaNs equal and
+ * above +inf (torch's stable sort). Returns 0, or -1 (no memory). */
+HOT static int della_keep_sums16(uint8_t *keep, const uint16_t *x, const uint16_t *base,
+                                 Py_ssize_t rows, Py_ssize_t cols, float base_p, float eps,
+                                 uint64_t k0, uint64_t k1, int rescale, float reps,
+                                 float *scale) {
+    const int narrow_keys = cols <= 65536;
+    size_t entry = narrow_keys ? sizeof(uint32_t) : sizeof(uint64_t);
+    char *mem = malloc((size_t)cols * (2 * entry + 2 * sizeof(float) + 2 * sizeof(uint16_t)));
+    if (!mem) return -1;
+    void *v = mem, *t = mem + cols * entry;
+    float *p = (float *)(mem + 2 * cols * entry), *uu = p + cols;
+    uint16_t *d = (uint16_t *)(uu + cols), *by_rank = d + cols;
+    della_rank_probs_bf16(cols, base_p, eps, by_rank);
+    uint64_t ctr[4] = {0, 0, 0, 0};
+    float u[TILE], a[TILE], b[TILE];
+    Py_ssize_t upos = TILE, fill = 0, fed = 0, n = rows * cols;
+    Sum16 before, after;
+    sum16_init(&before, n);
+    sum16_init(&after, n);
+    for (Py_ssize_t r = 0; r < rows; r++) {
+        const uint16_t *xr = x + r * cols, *br = base + r * cols;
+        for (Py_ssize_t j = 0; j < cols; j++) {
+            d[j] = rne16(bf16_to_f32(xr[j]) - bf16_to_f32(br[j]));
+        }
+        if (narrow_keys) {
+            uint32_t *vv = v;
+            for (Py_ssize_t j = 0; j < cols; j++) {
+                uint32_t k = d[j] & 0x7FFFu;
+                k = k > 0x7F80u ? 0x7F81u : k; /* every NaN: one key, above +inf */
+                vv[j] = k << 16 | (uint32_t)j;
+            }
+            const uint32_t *order = radix_order16(vv, t, cols);
+            for (Py_ssize_t q = 0; q < cols; q++)
+                p[order[q] & 0xFFFFu] = bf16_to_f32(by_rank[q]);
+        } else {
+            uint64_t *vv = v;
+            for (Py_ssize_t j = 0; j < cols; j++) {
+                uint64_t k = d[j] & 0x7FFFu;
+                k = k > 0x7F80u ? 0x7F81u : k;
+                vv[j] = k << 32 | (uint64_t)j;
+            }
+            const uint64_t *order = radix_order31(vv, t, cols);
+            for (Py_ssize_t q = 0; q < cols; q++) p[(uint32_t)order[q]] = bf16_to_f32(by_rank[q]);
+        }
+        for (Py_ssize_t j = 0; j < cols;) { /* this row's uniforms, from the running stream */
+            if (upos == TILE) {
+                philox_fill(ctr, k0, k1, u, TILE / 64);
+                upos = 0;
+            }
+            Py_ssize_t take = TILE - upos < cols - j ? TILE - upos : cols - j;
+            memcpy(uu + j, u + upos, (size_t)take * sizeof(float));
+            upos += take;
+            j += take;
+        }
+        uint8_t *kp = keep + r * cols;
+        for (Py_ssize_t j = 0; j < cols;) {
+            Py_ssize_t take = TILE - fill < cols - j ? TILE - fill : cols - j;
+            for (Py_ssize_t e = 0; e < take; e++) {
+                float dv = bf16_to_f32(d[j + e]);
+                int kk = uu[j + e] < p[j + e];
+                kp[j + e] = (uint8_t)kk;
+                a[fill + e] = fabsf(dv);
+                b[fill + e] = fabsf(dv * (kk ? 1.0f : 0.0f));
+            }
+            fill += take;
+            j += take;
+            if (fill == TILE) { /* fed at multiples of TILE, as Sum16 needs */
+                if (rescale) {
+                    sum16_feed(&before, a, fed, TILE);
+                    sum16_feed(&after, b, fed, TILE);
+                }
+                fed += TILE;
+                fill = 0;
+            }
+        }
+    }
+    if (rescale && fill) {
+        sum16_feed(&before, a, fed, fill);
+        sum16_feed(&after, b, fed, fill);
+    }
+    free(mem);
+    *scale = 1.0f;
+    if (rescale) {
+        float sb = sum16_end(&before), sa = sum16_end(&after);
+        if (!(sb < reps || sa < reps)) *scale = bf16_to_f32(rne16(sb / sa));
+    }
+    return 0;
+}
+
+/* f rounded to bf16 (nearest even), as a float: rne16 then bf16_to_f32, in one. */
+static inline float r16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    u = (u + 0x7FFFu + ((u >> 16) & 1u)) & 0xFFFF0000u;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* dare* and della* in bf16 in one pass over the inputs (ops/lane_random.py), tile by tile:
+ * v_i = x_i - base rounded to bf16, times its keep byte (as torch's v * mask; its rounding is
+ * exact: v, a signed 0, or the default NaN for an infinity; no keep bytes: all kept), times
+ * its scale, rounded (a scale of 1 is skipped: it multiplies exactly), then the GTA tail of
+ * merge_arith16.h on these deltas in the same operations and order: D_i = bf16(v_i * w_i);
+ * consensus: vote = bf16(D_0 + ... + D_k-1) >= 0 ? +1 : -1, agree_i = D_i * vote > 0,
+ * merged = sum agree_i * D_i, divisor = sum agree_i * w_i; else merged = 0 + sum D_i; then
+ * finish (rounded to bf16, / divisor, * lam, + base). The bits of ops.lane16.gta_combine over
+ * keep_rescale(16)'s rows, with each D_i computed once into an fp32 tile and no bf16 delta row
+ * per input in memory. */
+HOT static int gta_keep16(uint16_t *out, const uint16_t *base, const uint16_t **xs,
+                          const uint8_t **keeps, const float *scales, Py_ssize_t k,
+                          const float *w, int consensus, float divisor, Py_ssize_t n,
+                          int normalize, float lam, int has_lam) {
+    float *dt = malloc((size_t)(k ? k : 1) * TILE * sizeof(float));
+    if (!dt) return -1;
+    float bf[TILE], acc[TILE], vote[TILE], divs[TILE];
+    for (Py_ssize_t s = 0; s < n; s += TILE) {
+        Py_ssize_t m = n - s < TILE ? n - s : TILE;
+        for (Py_ssize_t j = 0; j < m; j++) bf[j] = bf16_to_f32(base[s + j]);
+        for (Py_ssize_t j = 0; j < m; j++) acc[j] = 0.0f;
+        for (Py_ssize_t i = 0; i < k; i++) {
+            float *D = dt + i * TILE;
+            const uint16_t *x = xs[i] + s;
+            const float wi = w[i], sc = scales[i];
+            for (Py_ssize_t j = 0; j < m; j++) D[j] = r16(bf16_to_f32(x[j]) - bf[j]);
+            if (keeps[i]) {
+                const uint8_t *kp = keeps[i] + s;
+                for (Py_ssize_t j = 0; j < m; j++) D[j] = D[j] * (kp[j] ? 1.0f : 0.0f);
+            }
+            if (sc != 1.0f)
+                for (Py_ssize_t j = 0; j < m; j++) D[j] = r16(D[j] * sc);
+            if (consensus && i == 0) { /* merge_arith16.h's vote starts from D_0 */
+                for (Py_ssize_t j = 0; j < m; j++) acc[j] = D[j] = r16(D[j] * wi);
+            } else {
+                for (Py_ssize_t j = 0; j < m; j++) acc[j] += D[j] = r16(D[j] * wi);
+            }
+        }
+        if (consensus) {
+            for (Py_ssize_t j = 0; j < m; j++) {
+                vote[j] = r16(acc[j]) >= 0.0f ? 1.0f : -1.0f;
+                acc[j] = 0.0f;
+                divs[j] = 0.0f;
+            }
+            for (Py_ssize_t i = 0; i < k; i++) {
+                const float *D = dt + i * TILE;
+                const float wi = w[i];
+                for (Py_ssize_t j = 0; j < m; j++) {
+                    float agree = (D[j] * vote[j]) > 0.0f ? 1.0f : 0.0f;
+                    acc[j] += D[j] * agree;
+                    divs[j] += agree * wi;
+                }
+            }
+        }
+        for (Py_ssize_t j = 0; j < m; j++) acc[j] = r16(acc[j]);
+        if (normalize && consensus) {
+            for (Py_ssize_t j = 0; j < m; j++) {
+                float dv = r16(divs[j]);
+                dv = dv == 0.0f ? 1.0f : dv;
+                acc[j] = r16(acc[j] / dv);
+            }
+        } else if (normalize) {
+            for (Py_ssize_t j = 0; j < m; j++) acc[j] = r16(acc[j] / divisor);
+        }
+        if (has_lam)
+            for (Py_ssize_t j = 0; j < m; j++) acc[j] = r16(acc[j] * lam);
+        uint16_t *o = out + s;
+        for (Py_ssize_t j = 0; j < m; j++) o[j] = rne16(bf[j] + acc[j]);
+    }
+    free(dt);
+    return 0;
+}
+
+/* keep_sums16(keep_u8, x_u16, base_u16, probs_u16, key_lo, key_hi, rescale, eps) -> scale */
+PyObject *py_keep_sums16(PyObject *self, PyObject *args) {
+    PyObject *k_o, *x_o, *b_o, *p_o;
     unsigned long long k0, k1;
     int rescale;
     float eps;
-    if (!PyArg_ParseTuple(args, "OOOOKKpf", &d_o, &x_o, &b_o, &p_o, &k0, &k1, &rescale, &eps))
+    if (!PyArg_ParseTuple(args, "OOOOKKpf", &k_o, &x_o, &b_o, &p_o, &k0, &k1, &rescale, &eps))
         return NULL;
-    Buf d, x = {0}, base = {0}, p;
+    Buf keep, x, base, p;
     PyObject *ret = NULL;
-    if (get_buf(d_o, &d, 1, 2, "delta") < 0) return NULL;
-    int have_x = x_o != Py_None;
-    if (have_x != (b_o != Py_None)) {
-        PyErr_SetString(PyExc_ValueError, "keep_rescale16: x and base, or neither");
-        goto d1;
-    }
-    if (have_x && get_buf(x_o, &x, 0, 2, "x") < 0) goto d1;
-    if (have_x && get_buf(b_o, &base, 0, 2, "base") < 0) goto d2;
+    if (get_buf(k_o, &keep, 1, 1, "keep") < 0) return NULL;
+    Py_ssize_t n = keep.view.len;
+    if (get_buf(x_o, &x, 0, 2, "x") < 0) goto d1;
+    if (get_buf(b_o, &base, 0, 2, "base") < 0) goto d2;
     if (get_buf(p_o, &p, 0, 2, "probs") < 0) goto d3;
-    if ((have_x && (x.view.len != d.view.len || base.view.len != d.view.len)) ||
-        (p.view.len != 2 && p.view.len != d.view.len)) {
-        PyErr_SetString(PyExc_ValueError, "keep_rescale16: lengths differ");
+    int one_p = p.view.len == 2 && n != 1;
+    if (x.view.len != 2 * n || base.view.len != 2 * n || (p.view.len != 2 * n && !one_p)) {
+        PyErr_SetString(PyExc_ValueError, "keep_sums16: lengths differ");
         goto d4;
     }
     float scale;
     Py_BEGIN_ALLOW_THREADS
-    scale = keep_rescale16(d.view.buf, have_x ? x.view.buf : NULL, have_x ? base.view.buf : NULL,
-                           p.view.buf, p.view.len == 2 && d.view.len != 2, d.view.len / 2, k0, k1,
-                           rescale, eps);
+    scale = keep_sums16(keep.view.buf, x.view.buf, base.view.buf, p.view.buf, one_p, n, k0, k1,
+                        rescale, eps);
     Py_END_ALLOW_THREADS
     ret = PyFloat_FromDouble(scale);
 d4:
@@ -670,6 +878,125 @@ d3:
 d2:
     release(&x);
 d1:
-    release(&d);
+    release(&keep);
+    return ret;
+}
+
+/* della_keep_sums16(keep_u8, x_u16, base_u16, rows, base_p, eps, key_lo, key_hi, rescale,
+ * rescale_eps) -> scale */
+PyObject *py_della_keep_sums16(PyObject *self, PyObject *args) {
+    PyObject *k_o, *x_o, *b_o;
+    Py_ssize_t rows;
+    double base_p, eps;
+    unsigned long long k0, k1;
+    int rescale;
+    float reps;
+    if (!PyArg_ParseTuple(args, "OOOnddKKpf", &k_o, &x_o, &b_o, &rows, &base_p, &eps, &k0, &k1,
+                          &rescale, &reps))
+        return NULL;
+    Buf keep, x, base;
+    PyObject *ret = NULL;
+    if (get_buf(k_o, &keep, 1, 1, "keep") < 0) return NULL;
+    Py_ssize_t n = keep.view.len;
+    if (get_buf(x_o, &x, 0, 2, "x") < 0) goto d1;
+    if (get_buf(b_o, &base, 0, 2, "base") < 0) goto d2;
+    if (x.view.len != 2 * n || base.view.len != 2 * n || rows <= 0 || n % rows != 0 ||
+        n / rows > 0xFFFFFFFFLL) {
+        PyErr_SetString(PyExc_ValueError, "della_keep_sums16: lengths or rows do not match");
+        goto d3;
+    }
+    float scale = 1.0f;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = della_keep_sums16(keep.view.buf, x.view.buf, base.view.buf, rows, n / rows,
+                           (float)base_p, (float)eps, k0, k1, rescale, reps, &scale);
+    Py_END_ALLOW_THREADS
+    if (rc < 0)
+        PyErr_NoMemory();
+    else
+        ret = PyFloat_FromDouble(scale);
+d3:
+    release(&base);
+d2:
+    release(&x);
+d1:
+    release(&keep);
+    return ret;
+}
+
+/* gta_keep16(out_u16, base_u16, inputs_u16, keeps (uint8 or None: all kept), scales, weights,
+ * consensus, divisor, normalize, lam, has_lam) */
+PyObject *py_gta_keep16(PyObject *self, PyObject *args) {
+    PyObject *out_o, *base_o, *xs_o, *keeps_o, *sc_o, *w_o;
+    int consensus, normalize, has_lam;
+    double divisor, lam;
+    if (!PyArg_ParseTuple(args, "OOOOOOpdpdp", &out_o, &base_o, &xs_o, &keeps_o, &sc_o, &w_o,
+                          &consensus, &divisor, &normalize, &lam, &has_lam))
+        return NULL;
+    Buf out, base;
+    BufList xs = {0};
+    float *w = NULL, *scales = NULL;
+    Buf *kb = NULL;
+    const uint8_t **kp = NULL;
+    Py_ssize_t held = 0, n;
+    PyObject *ret = NULL, *ks = NULL;
+    if (get_buf(out_o, &out, 1, 2, "out") < 0) return NULL;
+    n = out.view.len / 2;
+    if (get_buf(base_o, &base, 0, 2, "base") < 0) goto d1;
+    if (base.view.len != out.view.len) {
+        PyErr_SetString(PyExc_ValueError, "gta_keep16: base and out differ in length");
+        goto d2;
+    }
+    if (get_list(xs_o, &xs, out.view.len, "inputs") < 0) goto d3;
+    Py_ssize_t k = xs.n;
+    w = PyMem_Calloc(k ? k : 1, sizeof(float));
+    scales = PyMem_Calloc(k ? k : 1, sizeof(float));
+    kb = PyMem_Calloc(k ? k : 1, sizeof(Buf));
+    kp = PyMem_Calloc(k ? k : 1, sizeof(uint8_t *));
+    if (!w || !scales || !kb || !kp) {
+        PyErr_NoMemory();
+        goto d3;
+    }
+    if (get_floats(w_o, w, k) < 0 || get_floats(sc_o, scales, k) < 0) goto d3;
+    ks = PySequence_Fast(keeps_o, "expected a sequence of keep buffers");
+    if (!ks) goto d3;
+    if (PySequence_Fast_GET_SIZE(ks) != k) {
+        PyErr_SetString(PyExc_ValueError, "gta_keep16: one keep buffer (or None) per input");
+        goto d3;
+    }
+    for (; held < k; held++) {
+        PyObject *o = PySequence_Fast_GET_ITEM(ks, held);
+        if (o == Py_None) continue;
+        if (get_buf(o, &kb[held], 0, 1, "keep") < 0) goto d3;
+        if (kb[held].view.len != n) {
+            release(&kb[held]);
+            PyErr_SetString(PyExc_ValueError, "gta_keep16: a keep byte per element");
+            goto d3;
+        }
+        kp[held] = kb[held].view.buf;
+    }
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = gta_keep16(out.view.buf, base.view.buf, xs.ptrs, kp, scales, k, w, consensus,
+                    (float)divisor, n, normalize, (float)lam, has_lam);
+    Py_END_ALLOW_THREADS
+    if (rc < 0) {
+        PyErr_NoMemory();
+        goto d3;
+    }
+    ret = Py_None;
+    Py_INCREF(ret);
+d3:
+    for (Py_ssize_t i = 0; i < held; i++) release(&kb[i]);
+    PyMem_Free(kb);
+    PyMem_Free((void *)kp);
+    Py_XDECREF(ks);
+    PyMem_Free(scales);
+    PyMem_Free(w);
+    release_list(&xs);
+d2:
+    release(&base);
+d1:
+    release(&out);
     return ret;
 }

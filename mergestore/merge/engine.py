@@ -17,10 +17,13 @@ tensor, so one fp32 norm does not send a bf16 merge to torch; the run's "lanes" 
 the tensors on each lane, with torch's reasons.
 
 The stages run as a pipeline on both cores: loader threads read and decode the next tensors,
-compute threads merge tensors side by side (each kernel on one torch thread), and one writer
-thread hashes, encodes and appends finished outputs in task order. The tasks in flight
-together hold at most the largest tensor's bytes (`memory_limit`), so memory stays near
-(inputs + 2) x the largest tensor plus the kernel's temporaries.
+compute threads merge tensors side by side (each kernel on one torch thread) and hash and
+encode each output's blocks (merge --out writes them to the folder there too), and one writer
+thread appends them to the packs in task order, so the stored bytes never depend on the thread
+count. The tasks loading and merging together hold at most the largest tensor's bytes
+(`memory_limit`), and those whose outputs are still being encoded and written at most as much
+again (merge/inflight.py), so memory stays near (inputs + 4) x the largest tensor plus the
+kernel's temporaries.
 """
 
 from __future__ import annotations
@@ -28,8 +31,8 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections import ChainMap, deque
-from collections.abc import Callable, Sequence
+from collections import ChainMap
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -43,6 +46,7 @@ from mergestore.formats.safetensors import (
     torch_dtype,
 )
 from mergestore.lazy_numpy import np  # numpy is imported on first use
+from mergestore.merge.inflight import Inflight
 from mergestore.merge.tensorplan import OutputTensorPlan
 from mergestore.ops import (
     TensorContext,
@@ -92,17 +96,33 @@ class OutputTensor:
     blocks: tuple[bytes, ...]
 
 
+@dataclass
+class PreparedBlocks:
+    """Output blocks named (and, for the store, encoded) on a compute thread, in any order:
+    what the writer keeps, in task order (Sink.commit_blocks)."""
+
+    ids: list[bytes]
+    raw_lens: list[int]
+    encoded: list[codecs.Encoded | None]  # None: nothing to write (the reference's, or stored)
+
+
 class Sink(Protocol):
-    def put_blocks(
+    def prepare_blocks(
         self,
         raws: Sequence[memoryview],
         dtype: str,
         refs: Sequence[bytes | None],
+        ref_raw: Mapping[bytes, memoryview] | None = None,
         workers: int = 1,
         tensor: tuple[str, int] | None = None,
-    ) -> list[bytes]:
-        """Name (and keep) the output blocks `raws`: consecutive bytes of output tensor
-        `tensor[0]` from byte `tensor[1]` on."""
+    ) -> PreparedBlocks:
+        """Name (hash, encode) the output blocks `raws`: consecutive bytes of output tensor
+        `tensor[0]` from byte `tensor[1]` on. Any thread, any order: the result never depends
+        on blocks other tensors have kept."""
+        ...
+
+    def commit_blocks(self, prepared: PreparedBlocks) -> list[bytes]:
+        """Keep prepared blocks; called in task order, on one thread. Returns their ids."""
         ...
 
 
@@ -112,65 +132,87 @@ class StoreSink:
     def __init__(self, repo: Repository, session: WriteSession) -> None:
         self.repo = repo
         self.session = session
-        self._ref_cache: dict[bytes, bytes] = {}
 
-    def put_blocks(
+    def prepare_blocks(
         self,
         raws: Sequence[memoryview],
         dtype: str,
         refs: Sequence[bytes | None],
+        ref_raw: Mapping[bytes, memoryview] | None = None,
         workers: int = 1,
         tensor: tuple[str, int] | None = None,
-    ) -> list[bytes]:
+    ) -> PreparedBlocks:
+        """Hash each block and encode it unless it is the reference block at its place or
+        already stored. A block an earlier task is yet to keep is encoded as well:
+        commit_blocks then skips it, so the packs get the same bytes in the same order as
+        when each block was checked after the earlier ones were kept."""
+        delta = self.repo.config.delta_codecs and ref_raw is not None
+
         def work(item: tuple[memoryview, bytes | None]) -> tuple[bytes, codecs.Encoded | None]:
             raw, ref = item
             bid = block_id(raw)
             if bid == ref or self.session.known(bid):
                 return bid, None
-            ref_raw = None
-            if ref is not None and self.repo.config.delta_codecs and not self.session.is_delta(ref):
-                ref_raw = self._ref_cache.get(ref)
+            ref_bytes = None
+            if delta and ref is not None and not self.session.is_delta(ref):
+                assert ref_raw is not None
+                ref_bytes = ref_raw.get(ref)
             enc = codecs.encode_block(
                 raw,
                 dtype=dtype,
                 level=self.repo.config.zstd_level,
-                reference=ref_raw,
-                reference_id=ref if ref_raw is not None else None,
+                reference=ref_bytes,
+                reference_id=ref if ref_bytes is not None else None,
             )
             return bid, enc
 
-        ids = []
-        for (bid, enc), raw in zip(
-            ordered_map(work, list(zip(raws, refs, strict=True)), workers=workers),
-            raws,
-            strict=True,
-        ):
-            if enc is not None:
-                self.session.add_encoded(bid, len(raw), enc)
-            ids.append(bid)
-        self._ref_cache.clear()
-        return ids
+        done = list(ordered_map(work, list(zip(raws, refs, strict=True)), workers=workers))
+        return PreparedBlocks(
+            [bid for bid, _ in done], [len(raw) for raw in raws], [enc for _, enc in done]
+        )
 
-    def offer_references(self, refs: dict[bytes, bytes]) -> None:
-        """Raw bytes of the base blocks, so outputs can be delta-coded without re-reading."""
-        self._ref_cache = refs
+    def commit_blocks(self, prepared: PreparedBlocks) -> list[bytes]:
+        for bid, n, enc in zip(prepared.ids, prepared.raw_lens, prepared.encoded, strict=True):
+            if enc is not None:
+                self.session.add_encoded(bid, n, enc)  # skips a block kept meanwhile
+        return list(prepared.ids)
+
+    def put_blocks(
+        self, raws: Sequence[memoryview], dtype: str, refs: Sequence[bytes | None]
+    ) -> list[bytes]:
+        """prepare_blocks then commit_blocks, on the calling thread (no delta coding)."""
+        return self.commit_blocks(self.prepare_blocks(raws, dtype, refs))
 
 
 class HashSink:
     """Only names the output blocks (replay: nothing is written)."""
 
-    def put_blocks(
+    def prepare_blocks(
         self,
         raws: Sequence[memoryview],
         dtype: str,
         refs: Sequence[bytes | None],
+        ref_raw: Mapping[bytes, memoryview] | None = None,
         workers: int = 1,
         tensor: tuple[str, int] | None = None,
-    ) -> list[bytes]:
-        return list(ordered_map(block_id, list(raws), workers=workers))
+    ) -> PreparedBlocks:
+        ids = list(ordered_map(block_id, list(raws), workers=workers))
+        return PreparedBlocks(ids, [len(raw) for raw in raws], [None] * len(ids))
 
-    def offer_references(self, refs: dict[bytes, bytes]) -> None:
-        pass
+    def commit_blocks(self, prepared: PreparedBlocks) -> list[bytes]:
+        return list(prepared.ids)
+
+
+@dataclass
+class _Finished:
+    """A merged task's output, its blocks prepared (Sink.prepare_blocks) but not yet kept."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    rows_per_block: int
+    prepared: PreparedBlocks
+    delta_sq: float | None  # ||out - reference||^2, when the merge tracks it
 
 
 @dataclass
@@ -241,6 +283,10 @@ class Engine:
         self.tokenizer_source = tokenizer_source
         self.vocab = vocab  # merge.vocab.VocabFit: the merged tokenizer's rows (tokenizer merges)
         self.device: str | None = None  # "cuda:N" (merge/device.py); None: the CPU
+        # Bytes of the largest task of the whole merge (journal.compute sets it): a flushed
+        # chunk of small tensors keeps the merge's memory bound, not its own largest tensor's,
+        # which would merge each of its largest tensors alone.
+        self.memory_limit = 0
 
     @property
     def compute_dtype(self) -> torch.dtype | None:
@@ -636,9 +682,12 @@ class Engine:
             ctx=TensorContext(name=p.name, seed=self.seed, rng=self.rng),
         )
 
-    def _emit(
-        self, ld: _Loaded, out: torch.Tensor, sink: Sink, stats: EngineStats, track_delta: bool
-    ) -> OutputTensor:
+    def _prepare_output(
+        self, ld: _Loaded, out: torch.Tensor, sink: Sink, track_delta: bool
+    ) -> _Finished:
+        """Cut a merged tensor into blocks and name them (the sink hashes and encodes them,
+        merge --out writes them to the folder), on the compute thread that merged it: only
+        keeping them is left to the writer, in task order."""
         name = ld.task.plan.name
         if isinstance(out, np.ndarray):  # the torch-free lane's array (ops.lanes)
             arr = np.ascontiguousarray(out)
@@ -654,14 +703,13 @@ class Engine:
         refs: list[bytes | None] = [None] * len(raws)
         if ref is not None and ref.dtype == dtype and tuple(ref.shape) == shape:
             refs = list(ref.blocks)
-            sink.offer_references(ld.ref_raw)
-        # The writer is one stage of the pipeline: its blocks are hashed on its own thread,
-        # unless the task is merged alone (then nothing else would use the other core).
         at = ld.task.first_block * blocking.rows_per_block * blocking.row_bytes
-        ids = sink.put_blocks(raws, dtype, refs, ld.workers, tensor=(name, at))
+        # More than one thread only for a task merged alone (nothing else runs beside it).
+        prepared = sink.prepare_blocks(raws, dtype, refs, ld.ref_raw, ld.workers, (name, at))
+        delta_sq = None
         if track_delta and ld.reference is not None and tuple(ld.reference.shape) == shape:
-            stats.merged_delta_sq += self._delta_sq(ld.reference, out, data, dtype)
-        return OutputTensor(name, dtype, shape, blocking.rows_per_block, tuple(ids))
+            delta_sq = self._delta_sq(ld.reference, out, data, dtype)
+        return _Finished(name, dtype, shape, blocking.rows_per_block, prepared, delta_sq)
 
     def _delta_sq(
         self, reference: torch.Tensor, out: torch.Tensor, data: memoryview | bytes, dtype: str
@@ -696,10 +744,11 @@ class Engine:
     ) -> tuple[list[OutputTensor], EngineStats]:
         """Merge every task; outputs come back in task order.
 
-        A pipeline: one loader thread reads and decodes blocks, `compute_workers()` threads
-        merge tensors side by side (each kernel on one torch thread), and one writer thread
-        hashes, encodes and appends output blocks in task order. Reading, decoding, hashing,
-        zstd and torch kernels all release the GIL, so the stages share the cores.
+        A pipeline: `compute_workers()` loader threads read and decode blocks, as many compute
+        threads merge tensors side by side (each kernel on one torch thread) and hash and
+        encode their outputs' blocks, and one writer thread appends them in task order.
+        Reading, decoding, hashing, zstd and the kernels all release the GIL, so the stages
+        share the cores.
         """
         t0 = time.perf_counter()
         reuse_freed_memory()
@@ -726,21 +775,28 @@ class Engine:
         stats.seconds = time.perf_counter() - t0
         return outputs, stats
 
-    def _merge_loaded(self, box: list[Future[_Loaded]]) -> tuple[_Loaded, torch.Tensor]:
+    def _merge_loaded(
+        self,
+        box: list[Future[_Loaded]],
+        sink: Sink,
+        track_delta: bool,
+        inflight: Inflight[OutputTensor],
+        cost: int,
+    ) -> _Finished:
         ld = box.pop().result()
         out = self._merge(ld)
-        # The writer needs the task, the base blocks and the reference; the inputs can go.
-        return _Loaded(ld.task, None, [], ld.reference, ld.ref_raw, ld.workers), out
+        # The inputs can go now; the output's blocks still need the base blocks (delta coding).
+        ld = _Loaded(ld.task, None, [], ld.reference, ld.ref_raw, ld.workers)
+        inflight.merged(cost)
+        return self._prepare_output(ld, out, sink, track_delta)
 
-    def _emit_merged(
-        self,
-        box: list[Future[tuple[_Loaded, torch.Tensor]]],
-        sink: Sink,
-        stats: EngineStats,
-        track_delta: bool,
-    ) -> OutputTensor:
-        ld, out = box.pop().result()
-        return self._emit(ld, out, sink, stats, track_delta)
+    def _commit(self, box: list[Future[_Finished]], sink: Sink, stats: EngineStats) -> OutputTensor:
+        """The writer stage: a finished task's blocks kept, in task order."""
+        fin = box.pop().result()
+        ids = sink.commit_blocks(fin.prepared)
+        if fin.delta_sq is not None:
+            stats.merged_delta_sq += fin.delta_sq  # summed in task order: the same float
+        return OutputTensor(fin.name, fin.dtype, fin.shape, fin.rows_per_block, tuple(ids))
 
     def _run(
         self,
@@ -755,38 +811,35 @@ class Engine:
         outputs: list[OutputTensor] = []
         # Each stage takes its input future out of a one-item box, so a finished stage's
         # tensors are freed as soon as the next stage is done with them (a future keeps its
-        # result alive). At most `workers + 1` tasks are in flight, and together they hold
-        # at most as many bytes as the largest tensor (or task): a tensor that size is merged
-        # alone, so peak memory stays near one tensor's inputs and temporaries.
-        inflight: deque[tuple[Future[OutputTensor], int]] = deque()
-        limit = max(max((task_bytes(t) for t in tasks), default=0), memory_limit)
-        held = 0
+        # result alive). The tasks loading or merging together hold at most as many bytes as
+        # the largest tensor (or task), so a tensor that size loads and merges alone; its
+        # output is hashed, encoded and written while the next tasks load (merge/inflight.py).
+        limit = max(max((task_bytes(t) for t in tasks), default=0), memory_limit, self.memory_limit)
+        inflight: Inflight[OutputTensor] = Inflight(limit, window=2 * workers + 1)
         loader = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mergestore-load")
         compute = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mergestore-merge")
         writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mergestore-write")
         pools = (loader, compute, writer)
 
         def retire() -> None:
-            nonlocal held
-            done, size = inflight.popleft()
-            outputs.append(done.result())
-            held -= size
+            outputs.append(inflight.retire())
             if progress:
                 progress(1)
 
         try:
             for task in tasks:
                 cost = task_bytes(task)
-                while inflight and (len(inflight) > workers or held + cost > limit):
+                while not inflight.wait_room(cost):
                     retire()
-                alone = 2 * cost > limit  # no other task fits beside it: split its reads
+                alone = 2 * cost > limit  # no other task loads beside it: split its reads
                 loaded = loader.submit(
                     self._load_named, task, stats, default_workers() if alone else 1
                 )
-                merged = compute.submit(self._merge_loaded, [loaded])
-                written = writer.submit(self._emit_merged, [merged], sink, stats, track_delta)
-                inflight.append((written, cost))
-                held += cost
+                merged = compute.submit(
+                    self._merge_loaded, [loaded], sink, track_delta, inflight, cost
+                )
+                written = writer.submit(self._commit, [merged], sink, stats)
+                inflight.admit(written, cost)
                 del loaded, merged, written
                 stats.tensors += 1
             while inflight:

@@ -153,6 +153,9 @@ def compute(
     # One buffer pool for every chunk: a chunk's inputs and temporaries reuse the previous
     # chunk's buffers, already paged in (fresh pages are zeroed by the kernel: 13% of the
     # CPU of a ties merge with dtype float32 before).
+    # Every chunk keeps the whole merge's memory bound (a chunk of small tensors bounded by
+    # its own largest would load and merge each of those alone).
+    engine.memory_limit = max((task_bytes(t) for t in todo), default=0)
     with alloc.pooling():
         for chunk in chunks(todo, journal_bytes()):
             own = session is None

@@ -3,9 +3,10 @@
 Before any tensor is computed, the output files are laid out exactly as the commit's tree will
 lay them out (layout.plan_shards, from each output tensor's name, dtype and shape, which follow
 from the plan and mergekit's dtype rules): every safetensors file is created at its final size
-in a temporary sibling of DIR, with its header written. As the engine's writer stage names each
-output block, the sink writes the block's bytes, still in memory, at its place in its file: no
-output block is read back, decoded or verified a second time. After the commit is published:
+in a temporary sibling of DIR, with its header written. As the engine names each output block
+(on the compute thread that merged its tensor), the sink writes the block's bytes, still in
+memory, at its place in its file: no output block is read back, decoded or verified a second
+time. After the commit is published:
 
 - the layout is checked against the commit's tree (header bytes, sizes, tensor offsets); if a
   prediction was wrong (say a method whose result dtype is not the usual one), the folder is
@@ -24,7 +25,8 @@ import contextlib
 import os
 import shutil
 import struct
-from collections.abc import Sequence
+import threading
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +35,7 @@ from mergestore import iotally
 from mergestore.checkout import _pwrite_all, write_tree_files
 from mergestore.formats import outdir
 from mergestore.formats.checkpoint import safe_join
-from mergestore.merge.engine import Engine, Sink, TensorTask
+from mergestore.merge.engine import Engine, PreparedBlocks, Sink, TensorTask
 from mergestore.merge.layout import TensorMeta, plan_shards, shard_header
 from mergestore.store.blocks import TensorBlocking
 from mergestore.store.merges import readable_tree
@@ -121,6 +123,7 @@ class FolderOutput:
         self.mismatch: str | None = None
         self.bytes_written = 0
         self._complete: dict[str, Any] | None = None  # complete()'s result
+        self._lock = threading.Lock()
 
     # -- before the merge -------------------------------------------------------------------
 
@@ -152,7 +155,8 @@ class FolderOutput:
         return FolderSink(inner, self)
 
     def put(self, name: str, offset: int, raws: Sequence[memoryview], dtype: str) -> None:
-        """Write output blocks (consecutive bytes of tensor `name` from `offset` on)."""
+        """Write output blocks (consecutive bytes of tensor `name` from `offset` on); any
+        thread (each tensor's blocks are written by one)."""
         place = self.places.get(name)
         if place is None or place.meta.dtype != dtype:
             self.mismatch = self.mismatch or f"{name}: not laid out as {dtype}"
@@ -162,7 +166,8 @@ class FolderOutput:
             _pwrite_all(place.fd, raw, place.start + pos)
             place.written.add(pos)
             pos += len(raw)
-        self.bytes_written += pos - offset
+        with self._lock:  # the engine's compute threads write side by side
+            self.bytes_written += pos - offset
         iotally.add_written(pos - offset)
 
     # -- after the commit -------------------------------------------------------------------
@@ -272,26 +277,28 @@ class FolderOutput:
 
 
 class FolderSink:
-    """A sink that writes each output block into the folder too (merge --out)."""
+    """A sink that writes each output block into the folder too (merge --out): on the thread
+    that prepares the blocks, since every block has its own place in its file."""
 
     def __init__(self, inner: Sink, folder: FolderOutput) -> None:
         self.inner = inner
         self.folder = folder
 
-    def put_blocks(
+    def prepare_blocks(
         self,
         raws: Sequence[memoryview],
         dtype: str,
         refs: Sequence[bytes | None],
+        ref_raw: Mapping[bytes, memoryview] | None = None,
         workers: int = 1,
         tensor: tuple[str, int] | None = None,
-    ) -> list[bytes]:
-        ids = self.inner.put_blocks(raws, dtype, refs, workers, tensor)
+    ) -> PreparedBlocks:
+        prepared = self.inner.prepare_blocks(raws, dtype, refs, ref_raw, workers, tensor)
         if tensor is None:
             self.folder.mismatch = self.folder.mismatch or "an output block without its tensor"
         else:
             self.folder.put(tensor[0], tensor[1], raws, dtype)
-        return ids
+        return prepared
 
-    def offer_references(self, refs: dict[bytes, bytes]) -> None:
-        self.inner.offer_references(refs)  # type: ignore[attr-defined]
+    def commit_blocks(self, prepared: PreparedBlocks) -> list[bytes]:
+        return self.inner.commit_blocks(prepared)

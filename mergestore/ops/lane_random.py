@@ -13,10 +13,11 @@ fp32 compute, per tensor, two C passes and no fp32 delta per input in memory
    combines them (TIES' consensus or the plain sum) and finishes (ops.gta._combine, _finish),
    column ranges on two threads for large tensors.
 
-bf16 compute: per input, `keep_rescale16` makes the bf16 delta row, drops and rescales it in
-place (torch's bf16 sums: fp32 pairs of each 16 elements in its cascade), della's
-probabilities from `della_probs_bf16` first; then ops.lane16.gta_combine, as ops.gta._native16
-combines torch's rows.
+bf16 compute, the same two passes: per input `keep_sums16` (dare) or `della_keep_sums16`
+(della) write keep bytes and the L1 scale of the bf16 delta (torch's bf16 sums: fp32 pairs of
+each 16 elements in its cascade); then `gta_keep16` recomputes the bf16 deltas, drops and
+scales them and runs ops.lane16.gta_combine's arithmetic tile by tile (as ops.gta._native16
+combines torch's rows).
 
 The masks depend only on (seed, tensor name, input index), as on the torch path, so threads
 change nothing. With rng="global" (torch's generator, mergekit's stream) or fp16 compute the
@@ -187,11 +188,13 @@ def merge16(
     ctx: TensorContext,
 ) -> np.ndarray:
     """One dare*/della* tensor in bf16 compute (reason() is None for it), in out_dtype (or
-    bf16): every input rounded to bf16, then per input `keep_rescale16` (the delta, its keep
-    mask and L1 rescale in bf16, in place on a pooled row: della's keep-probabilities from
-    `della_probs_bf16` first), then ops.lane16.gta_combine over the rows, as ops.gta._native16
-    does with torch's sparsified rows."""
-    from mergestore.ops.lane16 import bf16, gta_combine
+    bf16): every input rounded to bf16, then per input the keep bytes and L1 scale of its bf16
+    delta (`keep_sums16`; della: `della_keep_sums16`, each row's stable ranks of |x - base|
+    and the keep-probability of each rank), then `gta_keep16` recomputes each delta, drops and
+    scales it and combines them (TIES' consensus or the sum), tile by tile: the bits of
+    ops.lane16.gta_combine over the sparsified bf16 rows (ops.gta._native16), with no bf16
+    delta row per input in memory."""
+    from mergestore.ops.lane16 import bf16, gta_divisor
     from mergestore.ops.lane_formats import convert, view
 
     kernels = native.kernels
@@ -217,40 +220,52 @@ def merge16(
     # An input that is the base array itself is skipped where the base is finite.
     live = live_inputs(flats, flat_base, BF16)
 
-    def sparsified(i: int) -> np.ndarray:
+    def first_pass(i: int) -> tuple[np.ndarray | None, float]:
         p, x = per_input[i], flats[i]
-        rows = alloc.empty_bytes(2 * n).view(np.uint16)
-        key = ctx.philox_key(i)
         density = float(p["density"])
         if density >= 1:  # the plain delta (kept with p = 1, nothing rescaled)
-            one = _bf16_bits([1.0])
-            kernels.keep_rescale16(rows, x, flat_base, one, key & U64, key >> 64, False, 0.0)
-            return rows
+            return None, 1.0
+        keep = alloc.empty_bytes(n)
+        key = ctx.philox_key(i)
+        lo, hi = key & U64, key >> 64
         if sparsifier == RANDOM:
             probs = _bf16_bits([density])  # as torch.full((), density, dtype=bfloat16)
-            kernels.keep_rescale16(
-                rows, x, flat_base, probs, key & U64, key >> 64, rescale, RESCALE_EPS
-            )
-            return rows
+            scale = kernels.keep_sums16(keep, x, flat_base, probs, lo, hi, rescale, RESCALE_EPS)
+            return keep, scale
+        epsilon = float(p["epsilon"])
+        if len(shape) <= 2:
+            cols = shape[1] if len(shape) == 2 else n
+            scale = kernels.della_keep_sums16(
+                keep, x, flat_base, n // cols, density - epsilon, epsilon, lo, hi, rescale,
+                RESCALE_EPS,
+            )  # fmt: skip
+            return keep, scale
+        # ranks along dim 1 of a 3-D+ tensor: the probabilities of the delta with dim 1 last
+        delta = alloc.empty_bytes(2 * n).view(np.uint16)
         hist = np.zeros(1 << 15, dtype=np.int64)
-        kernels.sub_hist_bf16(rows, x.view(np.int16), flat_base.view(np.int16), hist, False)
-        probs = _della_probs16(rows, shape, density, float(p["epsilon"]))
-        kernels.keep_rescale16(rows, None, None, probs, key & U64, key >> 64, rescale, RESCALE_EPS)
-        return rows
+        kernels.sub_hist_bf16(delta, x.view(np.int16), flat_base.view(np.int16), hist, False)
+        probs = _della_probs16(delta, shape, density, epsilon)
+        scale = kernels.keep_sums16(keep, x, flat_base, probs, lo, hi, rescale, RESCALE_EPS)
+        return keep, scale
 
-    workers = 2 if n >= PARALLEL_MIN and sparsifier == RANDOM else 1  # della: ranks' memory
-    rows = list(ordered_map(sparsified, live, workers=workers, window=workers))
-    gta_combine(
-        flat_base,
-        rows,
-        weights,
-        live,
-        deltas=True,
-        consensus=consensus,
-        normalize=bool(shared["normalize"]),
-        lam=float(shared["lambda"]),
-        out=out,
-    )
+    workers = 2 if n >= PARALLEL_MIN else 1
+    firsts = list(ordered_map(first_pass, live, workers=workers, window=workers))
+    keeps = [k for k, _ in firsts]
+    scales = [s for _, s in firsts]
+    xs = [flats[i] for i in live]
+    wl = [weights[i] for i in live]
+    divisor = gta_divisor(weights)
+    normalize, lam = bool(shared["normalize"]), float(shared["lambda"])
+
+    def columns(r: range) -> None:
+        a, b = r.start, r.stop
+        kernels.gta_keep16(
+            out[a:b], flat_base[a:b], [x[a:b] for x in xs],
+            [k[a:b] if k is not None else None for k in keeps], scales, wl, consensus, divisor,
+            normalize, lam, lam != 1,
+        )  # fmt: skip
+
+    _run_columns(columns, n)
     result = view(out.reshape(shape), "BF16")
     return convert(result, out_dtype) if out_dtype is not None else result
 

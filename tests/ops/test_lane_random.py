@@ -89,6 +89,15 @@ def test_equal_magnitudes_rank_by_column(method, compute):
     check(method, base, xs, "BF16", compute=compute)
 
 
+@pytest.mark.parametrize("method", ["della", "della_linear"])
+@pytest.mark.parametrize("compute", COMPUTE)
+def test_rows_wider_than_16_bit_columns(method, compute):
+    """A row of more than 65536 elements (a 1-D tensor is one row): the bf16 row ranks sort
+    64-bit entries there (column indices past 16 bits), with ties by column."""
+    base, xs = family(2, (70001,), ["BF16"] * 3, seed=29, coarse=True)
+    check(method, base, xs, "BF16", compute=compute)
+
+
 @pytest.mark.parametrize("method", sorted(lane_random.METHODS))
 @pytest.mark.parametrize("compute", COMPUTE)
 @pytest.mark.parametrize("rescale", [True, False])

@@ -133,7 +133,7 @@ def test_failed_merge_leaves_store_unchanged(
         corrupt_a_block(base_only, "e1")
         models, want = ("e1", e2), "corrupt"
     elif kind == "disk-full":
-        fails_on_call(monkeypatch, StoreSink, "put_blocks", 4, FULL)
+        fails_on_call(monkeypatch, StoreSink, "commit_blocks", 4, FULL)  # the pack append
         want = "No space left"
     elif kind == "out-write":  # the --out folder's disk fills up mid-merge
         fails_on_call(monkeypatch, outfolder, "_pwrite_all", 5, FULL)
