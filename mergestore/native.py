@@ -57,6 +57,8 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
         "mergestore/ops/lane_karcher.py",  # twin: ops/karcher.py
         ("karcher_scale", "karcher_first_mean", "karcher_tangent", "karcher_update", "karcher_out"),
     ),
+    # twin: torch itself (MKL's VML for fp32 lives in torch's library; tests/ops/test_lane_math)
+    "sleef_f32.c": ("mergestore/ops/lane_math.py", ("sleef_f32", "sleef_f32_array")),
     "rank_cuts.c": (
         "mergestore/ops/sparsify.py",  # the lanes' cuts: cut_select.c, ops/cuts.py
         (

@@ -98,6 +98,11 @@ static PyMethodDef methods[] = {
      "tangent, in place"},
     {"karcher_out", py_karcher_out, METH_VARARGS,
      "karcher_out(out, out_fmt, mean_f32, scale): scale * mean in the output format"},
+    {"sleef_f32", py_sleef_f32, METH_VARARGS,
+     "sleef_f32(op, x) -> float or None: torch's fp32 acos (op 0), sin (1) or cos (2) of x; "
+     "None for sin/cos of |x| >= 125 or NaN (not reproduced)"},
+    {"sleef_f32_array", py_sleef_f32_array, METH_VARARGS,
+     "sleef_f32_array(op, x_f32, out_f32) -> count not reproduced (NaN in out)"},
     {"convert", py_convert, METH_VARARGS,
      "convert(out, out_fmt, x, x_fmt): a float format conversion as torch's .to() rounds"},
     {"linear_bf16", py_linear_bf16, METH_VARARGS,

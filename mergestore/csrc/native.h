@@ -9,6 +9,7 @@
  *   merge_sce.c    sce in any compute format (variance top-k, election)  ops/lane_sce.py
  *   merge_sphere.c  slerp, nuslerp and multislerp's whole-tensor passes  ops/lane_sphere.py
  *   merge_karcher.c  karcher's fused iteration passes, fp32    ops/lane_karcher.py
+ *   sleef_f32.c    fp32 acos/sin/cos with torch's (SLEEF's) bits   ops/lane_math.py
  *   rank_cuts.c    magnitude rank cuts, row ranks, della's probabilities  ops/sparsify.py
  *   cut_select.c   ties/breadcrumbs cuts in one pass; the fused bf16 cut + combine  ops/cuts.py
  *   delta_stats.c  fp64 statistics of B - A              diff.py (block_stats)
@@ -351,6 +352,12 @@ PyObject *py_karcher_first_mean(PyObject *self, PyObject *args);
 PyObject *py_karcher_tangent(PyObject *self, PyObject *args);
 PyObject *py_karcher_update(PyObject *self, PyObject *args);
 PyObject *py_karcher_out(PyObject *self, PyObject *args);
+/* sleef_f32.c */
+float sleef_acosf(float d);
+int sleef_sinf(float d, float *out); /* 0: |d| >= 125 or NaN, not reproduced */
+int sleef_cosf(float d, float *out);
+PyObject *py_sleef_f32(PyObject *self, PyObject *args);
+PyObject *py_sleef_f32_array(PyObject *self, PyObject *args);
 /* rank_cuts.c */
 PyObject *py_sub_hist_bf16(PyObject *self, PyObject *args);
 PyObject *py_nth_equal16(PyObject *self, PyObject *args);

@@ -2,13 +2,14 @@
 is ops/karcher.py; tests/ops/test_lane_karcher.py checks that both give the same bits).
 
 The twin's steps in its order, on fp32 arrays: the unit vectors, the mean and the tangent are
-materialised as in the twin, because its dot products are torch.dot (MKL's BLAS, whose order
-is not reproduced): torch.dot reads these arrays through torch.from_numpy, allocated 64-byte
+materialised as in the twin, because its dot products are torch.dot, i.e. MKL's sdot (whose
+order is not reproduced): the lane calls that same sdot in torch's library (ops.lane_math,
+without importing torch), on one MKL thread as torch sets it, over arrays allocated 64-byte
 aligned as torch allocates (BLAS kernels may split a sum by alignment). The scalar steps
-(clamp, arccos, sin, cos) run in torch on zero-dimensional tensors, as in the twin. The C
-kernels fuse the elementwise work of each step with the 2-norm the next step needs: one pass
-where the twin makes three to six, each into a fresh tensor. So karcher still imports torch,
-but does only its dot products there.
+(clamp, arccos, sin, cos, the factors) are the twin's fp32 operations, with torch's
+arccos/sin/cos bits from ops.lane_math (MKL's VML). The C kernels fuse the elementwise work of
+each step with the 2-norm the next step needs: one pass where the twin makes three to six,
+each into a fresh tensor. Where lane_math has no MKL to call, the twin runs.
 
 Not on the lane: 16-bit compute (the twin's unit vectors are rounded to it), tensors of fewer
 than 8 or not a multiple of 8 elements (the 2-norm's tail order, as for model_stock).
@@ -17,18 +18,16 @@ than 8 or not a multiple of 8 elements (the 2-norm's tail order, as for model_st
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from mergestore import native
 from mergestore.ops import alloc
+from mergestore.ops import lane_math as lm
 from mergestore.ops.lane_formats import FMT, format_of, out_array
 
-if TYPE_CHECKING:
-    import torch
-else:
-    from mergestore.lazy_torch import torch
+f32 = np.float32
 
 
 def reason(compute: str, numel: int | None) -> str | None:
@@ -51,21 +50,30 @@ def merge(
     inputs: Sequence[np.ndarray], shared: Mapping[str, Any], out_dtype: str | None
 ) -> np.ndarray | None:
     """One output tensor (reason() is None for it) in out_dtype, else fp32; None where the
-    twin takes a branch the lane does not (every input's norm under tol)."""
+    twin takes a branch the lane does not (every input's norm under tol), or where lane_math
+    cannot give torch's bits (no MKL in torch's library)."""
+    try:
+        return _merge(inputs, shared, out_dtype)
+    except lm.Untraced:
+        return None
+
+
+def _merge(
+    inputs: Sequence[np.ndarray], shared: Mapping[str, Any], out_dtype: str | None
+) -> np.ndarray | None:
     kernels = native.kernels
     assert kernels is not None
-    f = torch.float32
+    lm.one_blas_thread()
     max_iter, tol = shared["max_iter"], shared["tol"]
     xs = [np.ascontiguousarray(x).reshape(-1) for x in inputs]
     fmts = [FMT[format_of(x)] for x in xs]
     k, n = len(xs), xs[0].size
     alphas = [1.0 / k] * k
-    found = [  # sphere_norms takes up to 4 vectors a call; each norm is its own reduction
-        v
+    norms = [  # sphere_norms takes up to 4 vectors a call; each norm is its own reduction
+        f32(v)
         for q in range(0, k, 4)
         for v in kernels.sphere_norms(xs[q : q + 4], fmts[q : q + 4], False, 2)
     ]
-    norms = [torch.tensor(v, dtype=f) for v in found]
     live = [i for i, v in enumerate(norms) if float(v) > tol]
     if not live:
         return None
@@ -84,34 +92,30 @@ def merge(
     else:
         kernels.karcher_scale(mean, mean, 2, mean_norm)
     tangent = _aligned(n)
-    # torch applies its thread count to a new thread lazily, on its first parallel loop; its
-    # BLAS dot runs none, so in a fresh worker thread it would split the sum over the default
-    # threads (another order, other bits). Apply the count to this thread first.
-    torch.set_num_threads(torch.get_num_threads())
-    mean_t = torch.from_numpy(mean)
-    units_t = [torch.from_numpy(u) for u in units]
     for _ in range(max_iter):
         chosen, factors, cosines = [], [], []
-        for a, u, u_t in zip(weights, units, units_t, strict=True):
-            c = torch.clamp(torch.dot(mean_t, u_t), -1.0, 1.0)
-            theta = torch.arccos(c)
+        for a, u in zip(weights, units, strict=True):
+            # torch.clamp(torch.dot(mean, u), -1, 1), arccos, a * (theta / sin(theta)): fp32,
+            # a Python factor taken in fp32
+            c = min(max(f32(lm.dot32(mean, u)), f32(-1.0)), f32(1.0))
+            theta = f32(lm.func(lm.ACOS, float(c), "F32"))
             if float(theta) < tol:
                 continue
             chosen.append(u)
-            factors.append(float(a * (theta / torch.sin(theta))))
+            with np.errstate(all="ignore"):
+                factors.append(float(f32(a) * (theta / f32(lm.func(lm.SIN, float(theta), "F32")))))
             cosines.append(float(c))
-        step = torch.tensor(
-            kernels.karcher_tangent(tangent, mean, chosen, factors, cosines), dtype=f
-        )
+        step = f32(kernels.karcher_tangent(tangent, mean, chosen, factors, cosines))
         if float(step) < tol:
             break
-        size = kernels.karcher_update(
-            mean, tangent, float(torch.cos(step)), float(torch.sin(step)), float(step)
-        )
+        cos, sin = (lm.func(op, float(step), "F32") for op in (lm.COS, lm.SIN))
+        size = kernels.karcher_update(mean, tangent, cos, sin, float(step))
         if size > tol:
             kernels.karcher_scale(mean, mean, 2, size)
 
-    scale = sum(a * v for a, v in zip(alphas, norms, strict=True))
+    scale = f32(0.0)  # sum(a * norm): from the int 0, each term an fp32 product
+    for a, v in zip(alphas, norms, strict=True):
+        scale = scale + f32(a) * v
     out_name = out_dtype or "F32"
     out = out_array(n, out_name)
     kernels.karcher_out(out, FMT[out_name], mean, float(scale))

@@ -3,11 +3,12 @@ csrc/merge_sphere.c (the torch twins are ops/slerp.py, ops/nuslerp.py and ops/mu
 tests/ops/test_lane_sphere.py checks that both give the same bits).
 
 The C passes stream the inputs and give torch's whole-tensor reductions (norms, sums); the
-scalar steps between them (clamps, acos, sin, cos, the weights) run here through torch itself
-on one-element tensors of the compute dtype, exactly the operations of the twins: torch's
-acos/sin/cos are its own (SLEEF, even for one element), which no C library reproduces, and
-they cost microseconds on one element. So these methods need torch imported, but none of its
-whole-tensor work.
+scalar steps between them (clamps, acos, sin, cos, the weights) run here as the twins' torch
+operations on one-element tensors would: one IEEE operation each in the compute dtype, and
+acos/sin/cos with torch's own bits from ops/lane_math.py (MKL's VML for fp32, csrc/sleef_f32.c
+for bf16). So these merges do not import torch; where lane_math cannot give torch's bits
+(lane_math.Untraced: no MKL in torch's library, bf16 sin/cos beyond |x| < 125, an old CPU) the
+tensor goes through its twin.
 
 slerp computes in fp32 on the values in the compute dtype, so it takes any compute dtype.
 Not on the lane (reason()): nuslerp per row or column (its trigonometry runs on vectors),
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mergestore import native
+from mergestore.ops import lane_math as lm
 from mergestore.ops.context import TensorContext
 from mergestore.ops.lane_formats import FMT, convert, format_of, out_array
 
@@ -60,13 +62,11 @@ def reason(
     return None
 
 
+f32 = np.float32
+
+
 def _dtype(compute: str) -> torch.dtype:
     return {"BF16": torch.bfloat16, "F32": torch.float32}[compute]
-
-
-def _scalars(values: Sequence[float], compute: str) -> torch.Tensor:
-    """fp32 results of the kernels' reductions as torch gives them: rounded to the dtype."""
-    return torch.tensor(list(values), dtype=torch.float32).to(_dtype(compute))
 
 
 def merge(
@@ -91,12 +91,15 @@ def merge(
     n = arrays[0].size
     out = out_array(n, out_name)
     args = (arrays, fmts, base is not None, FMT[compute])
-    if method == "slerp":
-        _slerp(out, FMT[out_name], args, shared)
-    elif method == "nuslerp":
-        _nuslerp(out, FMT[out_name], args, per_input, compute)
-    elif not _multislerp(out, FMT[out_name], args, shared, per_input, compute):
-        # The weighted mean direction is zero: the twin's fallback (or its refusal).
+    try:
+        if method == "slerp":
+            _slerp(out, FMT[out_name], args, shared)
+        elif method == "nuslerp":
+            _nuslerp(out, FMT[out_name], args, per_input, compute)
+        elif not _multislerp(out, FMT[out_name], args, shared, per_input, compute):
+            # The weighted mean direction is zero: the twin's fallback (or its refusal).
+            return torch_twin(method, base, inputs, shared, per_input, compute, out_dtype, ctx)
+    except lm.Untraced:  # a scalar step whose torch bits lane_math does not know: torch
         return torch_twin(method, base, inputs, shared, per_input, compute, out_dtype, ctx)
     return out.reshape(like.shape)
 
@@ -111,8 +114,13 @@ def torch_twin(
     out_dtype: str | None,
     ctx: TensorContext | None,
 ) -> np.ndarray:
-    """The torch twin on the lane's arrays (for a branch the lane does not take)."""
+    """The torch twin on the lane's arrays (for a branch the lane does not take), on one torch
+    thread as the engine runs the torch path (the engine does not set it for these methods:
+    their lane needs no torch)."""
     from mergestore.ops.apply import merge_tensor
+
+    if torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
 
     def tensor(a: np.ndarray) -> torch.Tensor:
         if a.dtype == np.uint16:
@@ -134,37 +142,57 @@ def torch_twin(
     return result.numpy()
 
 
+def _sum32(values: Sequence[float]) -> float:
+    """torch's fp32 sum of a short vector (a stack of one-element results, or a 1-D tensor)."""
+    kernels = native.kernels
+    assert kernels is not None
+    return float(kernels.torch_sum32(np.asarray(values, dtype=np.float32)))
+
+
+def _sum(values: Sequence[float], compute: str) -> float:
+    """torch's sum of a 1-D tensor of at most 4 values in the compute dtype (fp32
+    accumulation: the same order for bf16, whose scalar path widens each value)."""
+    assert len(values) <= MAX_INPUTS
+    return lm.rounded(_sum32(values), compute)
+
+
+def _op(a: float, b: float, how: str, compute: str) -> float:
+    """One of torch's binary operations on two values of the compute dtype: fp32, then rounded
+    to the compute dtype (bf16 arithmetic is done in fp32 and rounded once)."""
+    x, y = f32(a), f32(b)
+    with np.errstate(all="ignore"):  # inf and NaN as torch gives them, without warnings
+        r = x + y if how == "+" else x - y if how == "-" else x * y if how == "*" else x / y
+    return lm.rounded(float(r), compute)
+
+
 def _slerp(
     out: np.ndarray,
     out_fmt: int,
     args: tuple[list[np.ndarray], list[int], bool, int],
     shared: Mapping[str, Any],
 ) -> None:
-    """ops/slerp.py's scalar steps on the per-chunk norms and dot products."""
+    """ops/slerp.py's scalar steps on the per-chunk norms and dot products, in fp32."""
     from mergestore.ops.slerp import CHUNK, DOT_THRESHOLD, NORM_EPS
 
     kernels = native.kernels
     assert kernels is not None
     arrays, fmts, _has_base, cfmt = args  # [base, x]: v0 = base, v1 = x
-    f = torch.float32
-    tt = torch.tensor([shared["t"]], dtype=f).reshape(-1, 1)
+    tt = f32(shared["t"])
     stats = kernels.slerp_chunks(1, arrays, fmts, cfmt, CHUNK, 0.0, 0.0)
-    chunks = len(stats) // 2
-
-    def stacked(values: Sequence[float]) -> torch.Tensor:  # torch.stack of [1, 1] results
-        return torch.tensor(list(values), dtype=f).reshape(chunks, 1, 1)
-
-    norm_a = torch.linalg.vector_norm(stacked(stats[0::2]), dim=0)
-    norm_b = torch.linalg.vector_norm(stacked(stats[1::2]), dim=0)
-    norm_a = torch.where(norm_a > NORM_EPS, norm_a, 1)
-    norm_b = torch.where(norm_b > NORM_EPS, norm_b, 1)
-    dots = kernels.slerp_chunks(2, arrays, fmts, cfmt, CHUNK, float(norm_a), float(norm_b))
-    dot = stacked(dots).sum(dim=0).clamp(-1, 1)
-    linear = dot.abs() > DOT_THRESHOLD
-    theta = torch.acos(torch.where(linear, 0, dot))
-    sin_theta = torch.sin(theta)
-    coef_a = torch.where(linear, 1 - tt, torch.sin((1 - tt) * theta) / sin_theta)
-    coef_b = torch.where(linear, tt, torch.sin(tt * theta) / sin_theta)
+    # torch.where(norm > NORM_EPS, norm, 1): the comparison in fp32
+    norm_a, norm_b = (lm.norm32(stats[i::2]) for i in (0, 1))
+    norm_a = norm_a if f32(norm_a) > f32(NORM_EPS) else 1.0
+    norm_b = norm_b if f32(norm_b) > f32(NORM_EPS) else 1.0
+    dots = kernels.slerp_chunks(2, arrays, fmts, cfmt, CHUNK, norm_a, norm_b)
+    dot = min(max(f32(_sum32(dots)), f32(-1.0)), f32(1.0))  # .clamp(-1, 1)
+    if abs(dot) > f32(DOT_THRESHOLD):  # lerp: the coefficients 1 - t and t
+        coef_a, coef_b = f32(1.0) - tt, tt
+    else:
+        theta = f32(lm.func(lm.ACOS, float(dot), "F32"))
+        sin_theta = f32(lm.func(lm.SIN, float(theta), "F32"))
+        with np.errstate(all="ignore"):
+            coef_a = f32(lm.func(lm.SIN, float((f32(1.0) - tt) * theta), "F32")) / sin_theta
+            coef_b = f32(lm.func(lm.SIN, float(tt * theta), "F32")) / sin_theta
     kernels.slerp_mix(out, out_fmt, arrays, fmts, cfmt, float(coef_a), float(coef_b))
 
 
@@ -180,17 +208,25 @@ def _nuslerp(
     w1, w2 = per_input[0]["weight"], per_input[1]["weight"]
     total = w1 + w2
     t = 0.5 if abs(total) < 1e-6 else w2 / total
-    norms = _scalars(kernels.sphere_norms(*args), compute).clamp(min=1e-7)
-    cos = _scalars([kernels.nuslerp_dot(*args, float(norms[0]), float(norms[1]))], compute)
-    cos = cos.clamp(-1, 1)
-    colinear = (1 - cos.square()) <= 1e-8**2
-    if bool(colinear):  # (1 - t) * v0 + t * v1: Python factors, taken in fp32
+
+    def clamp_min(v: float, lo: float) -> float:  # torch.clamp(min=lo): lo in the dtype
+        bound = lm.rounded(lo, compute)
+        return v if (v != v or v >= bound) else bound
+
+    n0, n1 = (clamp_min(lm.rounded(v, compute), 1e-7) for v in kernels.sphere_norms(*args))
+    cos = lm.rounded(kernels.nuslerp_dot(*args, n0, n1), compute)
+    cos = min(max(cos, -1.0), 1.0)  # .clamp(-1, 1): the bounds are values of either dtype
+    # (1 - cos.square()) <= 1e-8**2: each step rounded to the dtype, the bound too
+    gap = _op(1.0, _op(cos, cos, "*", compute), "-", compute)
+    if gap <= lm.rounded(1e-8**2, compute):  # (1 - t) * v0 + t * v1: factors in fp32
         a, c = float(np.float32(1 - t)), float(np.float32(t))
         kernels.nuslerp_mix(out, out_fmt, *args, a, c, 1.0, False)
         return
-    theta = torch.acos(cos)
-    d = float(torch.sin(theta))
-    a, c = float(torch.sin((1 - t) * theta)), float(torch.sin(t * theta))
+    theta = lm.func(lm.ACOS, cos, compute)
+    d = lm.func(lm.SIN, theta, compute)
+    # a Python float times a tensor: the factor in fp32 (not rounded to bf16), one rounding
+    a = lm.func(lm.SIN, _op(float(f32(1 - t)), theta, "*", compute), compute)
+    c = lm.func(lm.SIN, _op(float(f32(t)), theta, "*", compute), compute)
     kernels.nuslerp_mix(out, out_fmt, *args, a, c, d, True)
 
 
@@ -207,14 +243,14 @@ def _multislerp(
     assert kernels is not None
     k = len(args[0]) - int(args[2])
     eps = shared["eps"]
-    dtype = _dtype(compute)
-    weights = torch.tensor([per_input[i]["weight"] for i in range(k)], dtype=dtype)
+    weights = [lm.rounded(per_input[i]["weight"], compute) for i in range(k)]
     if shared["normalize_weights"]:
-        weights = weights / weights.sum()
-    norms = _scalars(kernels.sphere_norms(*args), compute)
-    ne = norms + eps
-    w = [float(x) for x in weights]
-    g = [[float(x) for x in ne], w]
+        total = _sum(weights, compute)
+        weights = [_op(w, total, "/", compute) for w in weights]
+    norms = [lm.rounded(v, compute) for v in kernels.sphere_norms(*args)]
+    eps_c = lm.rounded(eps, compute)  # a Python scalar added to a tensor: in its dtype
+    ne = [_op(v, eps_c, "+", compute) for v in norms]
+    g = [ne, weights]
 
     def run(stage: int, mn: float = 0.0, dots: Sequence[float] = (0.0,) * MAX_INPUTS,
             c: float = 0.0, q: float = 0.0, scale: float = 0.0) -> list[float]:  # fmt: skip
@@ -223,13 +259,13 @@ def _multislerp(
             stage, target, out_fmt, *args, *g, mn, list(dots)[:k], c, q, scale
         )
 
-    mean_norm = _scalars(run(1), compute)[0]
-    if bool(mean_norm < eps):
+    mean_norm = lm.rounded(run(1)[0], compute)
+    if mean_norm < eps_c:  # compared in the compute dtype
         return False
-    dots = [float(x) for x in _scalars(run(2, float(mean_norm)), compute)]
-    step_norm = _scalars(run(3, float(mean_norm), dots), compute)[0] + eps
-    c = float(torch.cos(step_norm))
-    q = float(torch.sin(step_norm) / step_norm)
-    scale = float((norms * weights).sum())
-    run(4, float(mean_norm), dots, c, q, scale)
+    dots = [lm.rounded(v, compute) for v in run(2, mean_norm)]
+    step_norm = _op(lm.rounded(run(3, mean_norm, dots)[0], compute), eps_c, "+", compute)
+    c = lm.func(lm.COS, step_norm, compute)
+    q = _op(lm.func(lm.SIN, step_norm, compute), step_norm, "/", compute)
+    scale = _sum([_op(v, w, "*", compute) for v, w in zip(norms, weights, strict=True)], compute)
+    run(4, mean_norm, dots, c, q, scale)
     return True

@@ -25,10 +25,10 @@ What the fp32 lane covers, with the torch path's bits (tests/ops/test_lanes.py):
   most 4 inputs, and in bf16 compute (ops.lane_random);
 - sce with at most 4 inputs, in any compute dtype (ops.lane_sce);
 - slerp in any compute dtype, nuslerp (flattened) and multislerp with at most 4 inputs in fp32
-  or bf16 compute, on tensors of a multiple of 8 elements (ops.lane_sphere: torch only for
-  the scalar steps);
+  or bf16 compute, on tensors of a multiple of 8 elements (ops.lane_sphere; their scalar
+  acos/sin/cos with torch's bits from ops.lane_math, without torch);
 - karcher in fp32 compute on tensors of a multiple of 8 elements (ops.lane_karcher: its dot
-  products stay torch.dot's).
+  products are torch.dot's MKL sdot, from ops.lane_math, without torch).
 Everything else goes through torch; `reason()` says why, for `merge --json`.
 """
 
@@ -60,9 +60,10 @@ from mergestore.ops.lane_formats import (
 )
 
 FP32_MAX_INPUTS = 4
-# Lanes whose Python half calls torch (scalar trigonometry; karcher's torch.dot): the engine
-# runs torch on one thread for them, as for the torch path.
-TORCH_METHODS = ("slerp", "nuslerp", "multislerp", "karcher")
+# Lanes whose Python half calls torch: the engine runs torch on one thread for them, as for the
+# torch path. None now: the slerps' and karcher's scalar steps and karcher's dot products take
+# torch's bits from ops.lane_math without torch.
+TORCH_METHODS: tuple[str, ...] = ()
 
 # The sparsifier and consensus of each method the fp32 lane computes.
 _FP32_GTA: dict[str, tuple[str | None, bool]] = {

@@ -20,6 +20,7 @@ from fixtures.lane_family import NAMES, TORCH, from_lane, lane_family, to_lane
 from mergestore import native
 from mergestore.errors import MergeError
 from mergestore.ops import TensorContext, get_method, lanes, merge_tensor, validate_params
+from mergestore.ops import lane_math as lm
 
 pytestmark = pytest.mark.skipif(native.kernels is None, reason="C kernels not built")
 
@@ -157,3 +158,37 @@ def test_reasons():
     spec = get_method("multislerp")
     shared, per_r = validate_params(spec, {}, [{"weight": 1.0}] * 5, has_base=True)
     assert "more than 4" in lanes.reason("multislerp", "F32", shared, per_r, 64)
+
+
+def test_slerp_over_many_chunks():
+    """Six chunks of 2^20 elements: the norm of the chunk norms takes torch's vector tail (four
+    plain multiply-adds, then fused ones), the dot products its stacked sum."""
+    base, xs = family(1, ((5 << 20) + 8 * 41,), ["BF16", "BF16"], seed=4)
+    slerp(base, xs, "F32", "BF16", t=0.3)
+
+
+def test_untraced_scalars_go_through_the_twin(monkeypatch):
+    """bf16 sin beyond SLEEF's first range (t * theta >= 125: t = 101 here) and, with
+    lane_math made to refuse everything, every method: the twin's bits."""
+    base, xs = family(2, (16, 8), ["BF16", "BF16", "BF16"], seed=5)
+    refused, func = [], lm.func
+
+    def spy(op, x, compute):
+        try:
+            return func(op, x, compute)
+        except lm.Untraced:
+            refused.append(x)
+            raise
+
+    monkeypatch.setattr(lm, "func", spy)
+    nuslerp(base, xs, "BF16", None, w=(-1.0, 1.01))
+    assert refused and abs(refused[0]) >= 125
+
+    def refuse(*args):
+        raise lm.Untraced("test")
+
+    monkeypatch.setattr(lm, "func", refuse)
+    for compute in COMPUTE:
+        slerp(base, xs, compute, None)
+        nuslerp(base, xs, compute, "F32")
+        multislerp(None, xs, compute, None)
