@@ -217,6 +217,32 @@ static int fse_weights(uint8_t *w, const uint8_t *src, Py_ssize_t size) {
 
 /* ------------------------------------------------------------------ Huffman tables */
 
+/* The multi-symbol entries of indices [i0, i0 + 2^(log - nbits)), whose first `depth` symbols
+ * `syms` took `nbits` bits: each entry gets as many more whole codes as fit in the log bits of
+ * its index (up to MULTI_MAX), as decoding them one by one with the single-symbol table would.
+ * Each symbol's cells are a run aligned to its length (a complete canonical code, weight 1
+ * first), so a run of the next symbol is filled as a block: about one step per entry. */
+static void fill_multi(Multi *m, const One *one, int log, uint32_t i0, int nbits, int depth,
+                       uint32_t syms) {
+    int b = log - nbits;
+    uint32_t len = 1u << b;
+    Multi here = {syms, (uint8_t)nbits, (uint8_t)depth, 0};
+    if (depth == MULTI_MAX) {
+        for (uint32_t j = 0; j < len; j++) m[i0 + j] = here;
+        return;
+    }
+    for (uint32_t p = 0; p < len;) {
+        One c = one[p << nbits];
+        if (c.nb <= b) {
+            fill_multi(m, one, log, i0 + p, nbits + c.nb, depth + 1,
+                       syms | (uint32_t)c.sym << (8 * depth));
+            p += 1u << (b - c.nb);
+        } else {
+            m[i0 + p++] = here; /* the next code does not fit: these bits are read again */
+        }
+    }
+}
+
 /* Read a Huffman table description (RFC 8878 4.2.1) into `t`; returns its size or -1. */
 static Py_ssize_t read_table(Table *t, const uint8_t *src, Py_ssize_t size) {
     uint8_t w[256];
@@ -270,19 +296,7 @@ static Py_ssize_t read_table(Table *t, const uint8_t *src, Py_ssize_t size) {
         start[k] += len;
     }
     /* multi-symbol table: as many whole codes (up to 4) as fit in the log bits of the index */
-    uint32_t cells = 1u << log, mask = cells - 1;
-    for (uint32_t i = 0; i < cells; i++) {
-        One a = t->one[i];
-        uint32_t bits = a.nb, syms = a.sym, k = 1;
-        while (k < MULTI_MAX) {
-            One b = t->one[(i << bits) & mask];
-            if (bits + b.nb > (uint32_t)log) break;
-            syms |= (uint32_t)b.sym << (8 * k);
-            bits += b.nb;
-            k++;
-        }
-        t->multi[i] = (Multi){syms, (uint8_t)bits, (uint8_t)k, 0};
-    }
+    fill_multi(t->multi, t->one, log, 0, 0, 0, 0);
     t->log = log;
     return used;
 }
@@ -333,49 +347,60 @@ HOT static int decode_4streams(const Table *t, const uint8_t *src, Py_ssize_t si
     }
     int log = t->log, shift = 64 - log;
     const Multi *m = t->multi;
-    /* fast state: bytes ptr[k]..ptr[k]+7 in c[k], `used` bits of it read from the top */
+    /* Fast state per stream: the 8 bytes at ptr[k], shifted left so that the next bit is bit
+     * 63, with a marker bit set just below the data: the bits read since the last reload are
+     * ctz(bits) + 1 - (the marker's first place), so no step keeps a count. The marker starts
+     * 1 to 8 bits up, leaving at least 56 bits of data, 5 lookups of 11. */
     if (b[0].rem >= 64 + 64 && b[1].rem >= 64 + 64 && b[2].rem >= 64 + 64 &&
         b[3].rem >= 64 + 64) {
         const uint8_t *ptr[4];
-        uint64_t c[4];
-        unsigned used[4];
+        uint64_t bits[4];
         for (int k = 0; k < 4; k++) {
-            Py_ssize_t top = b[k].rem - 1;
-            ptr[k] = b[k].src + (top >> 3) - 7;
-            c[k] = le64(ptr[k]);
-            used[k] = (unsigned)(7 - (top & 7));
+            Py_ssize_t top = b[k].rem - 1, back = (top - 55) >> 3;
+            unsigned used = (unsigned)(63 - (top - 8 * back));
+            ptr[k] = b[k].src + back;
+            bits[k] = (le64(ptr[k]) << used) | (1ull << (used - 1));
         }
         for (;;) {
-            int go = 1;
-            for (int k = 0; k < 4; k++)
-                go &= (ptr[k] - b[k].src >= 7) & (oend[k] - op[k] >= 23);
-            if (!go) break;
+            /* iterations that stay safe: each reads back at most 7 bytes (ptr - src >= 7 at
+             * its start) and writes at most 20 + 3 bytes ahead */
+            Py_ssize_t iters = PY_SSIZE_T_MAX;
+            for (int k = 0; k < 4; k++) {
+                Py_ssize_t a = (ptr[k] - b[k].src) / 7, o = (oend[k] - op[k] - 3) / 20;
+                iters = a < iters ? a : iters;
+                iters = o < iters ? o : iters;
+            }
+            if (iters <= 0) break;
+            for (; iters > 0; iters--) {
 #define STEP(k)                                                        \
     do {                                                               \
-        Multi e_ = m[(c[k] << used[k]) >> shift];                      \
+        Multi e_ = m[bits[k] >> shift];                                \
         memcpy(op[k], &e_.syms, 4);                                    \
         op[k] += e_.n;                                                 \
-        used[k] += e_.nb;                                              \
+        bits[k] <<= e_.nb;                                             \
     } while (0)
 #define STEP4 \
     STEP(0);  \
     STEP(1);  \
     STEP(2);  \
     STEP(3)
-            STEP4;
-            STEP4;
-            STEP4;
-            STEP4;
-            STEP4;
+                STEP4;
+                STEP4;
+                STEP4;
+                STEP4;
+                STEP4;
 #undef STEP4
 #undef STEP
-            for (int k = 0; k < 4; k++) {
-                ptr[k] -= used[k] >> 3;
-                used[k] &= 7;
-                c[k] = le64(ptr[k]);
+                for (int k = 0; k < 4; k++) {
+                    unsigned used = (unsigned)__builtin_ctzll(bits[k]) + 1;
+                    ptr[k] -= (used - 1) >> 3;
+                    used -= ((used - 1) >> 3) << 3;
+                    bits[k] = (le64(ptr[k]) << used) | (1ull << (used - 1));
+                }
             }
         }
-        for (int k = 0; k < 4; k++) b[k].rem = (ptr[k] - b[k].src) * 8 + 64 - used[k];
+        for (int k = 0; k < 4; k++)
+            b[k].rem = (ptr[k] - b[k].src) * 8 + 63 - __builtin_ctzll(bits[k]);
     }
     for (int k = 0; k < 4; k++)
         if (stream_tail(t, &b[k], op[k], oend[k]) < 0) return -1;

@@ -190,7 +190,7 @@ HOT static int gta_cut32(void *out, int out_fmt, const void *base, int base_fmt,
  * multiplies exactly), then gta_consensus32's arithmetic (consensus) or gta_sum32's over the
  * sparsified deltas. The same operations in the same order as ops.gta's fp32 path over
  * sparsify.bernoulli_ / della_magprune's deltas, without an fp32 delta per input in memory. */
-HOT static int gta_keep32(void *out, int out_fmt, const void *base, int base_fmt,
+HOT4 static int gta_keep32(void *out, int out_fmt, const void *base, int base_fmt,
                           const void **xs, const int *fmts, const uint8_t **keeps,
                           const float *scales, Py_ssize_t k, const float *w, int consensus,
                           float divisor, Py_ssize_t n, int normalize, float lam, int has_lam) {
@@ -199,6 +199,17 @@ HOT static int gta_keep32(void *out, int out_fmt, const void *base, int base_fmt
     float vote[TILE], merged[TILE], divs[TILE], bf[TILE];
     for (Py_ssize_t s = 0; s < n; s += TILE) {
         Py_ssize_t m = n - s < TILE ? n - s : TILE;
+        if (s + 2 * TILE <= n) { /* the next tile of every stream (2k + 1 of them) */
+            Py_ssize_t bsz = fmt_size[base_fmt];
+            for (Py_ssize_t j = 0; j < TILE * bsz; j += 64)
+                __builtin_prefetch((const char *)base + (s + TILE) * bsz + j);
+            for (Py_ssize_t i = 0; i < k; i++) {
+                Py_ssize_t xsz = fmt_size[fmts[i]];
+                for (Py_ssize_t j = 0; j < TILE * xsz; j += 64)
+                    __builtin_prefetch((const char *)xs[i] + (s + TILE) * xsz + j);
+                for (Py_ssize_t j = 0; j < TILE; j += 64) __builtin_prefetch(keeps[i] + s + TILE + j);
+            }
+        }
         widen(bf, base, base_fmt, s, m);
         for (Py_ssize_t i = 0; i < k; i++) {
             float *d = dt + i * TILE;

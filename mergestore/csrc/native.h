@@ -44,6 +44,14 @@
 #else
 #define HOT
 #endif
+/* HOT with an AVX-512 clone too (x86-64-v4): 16 lanes for elementwise float work (dare/della's
+ * passes in rng.c and merge_arith32.c). The same IEEE operations per element in the same order
+ * (no contraction, no reassociation: sums keep their explicit lanes), so the same bits. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define HOT4 __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define HOT4
+#endif
 
 /* Helpers inlined into each clone, so they are compiled for its instruction set too. */
 #if defined(__GNUC__)

@@ -3,6 +3,12 @@
 #include "native.h"
 #include "cascade.h"
 
+/* Prefetch the tile of m elements of `size` bytes at p (the next tile of a stream, while this
+ * one is worked on: the draws between two tiles leave the hardware prefetcher behind). */
+static inline void prefetch_tile(const void *p, Py_ssize_t m, Py_ssize_t size) {
+    for (Py_ssize_t j = 0; j < m * size; j += 64) __builtin_prefetch((const char *)p + j);
+}
+
 /* ------------------------------------------------------------------ drop masks */
 
 /* Philox4x64-10 (Salmon et al., Random123), the generator numpy.random.Philox runs. */
@@ -68,28 +74,72 @@ static inline ALWAYS_INLINE void philox_uniforms(uint64_t ctr[4], uint64_t k0, u
 #define AVX512 __attribute__((target("avx512f,avx512dq")))
 
 AVX512 static inline __m512i mulhilo_512(__m512i a, __m512i m_lo, __m512i m_hi, __m512i *hi) {
+    /* a * m = p00 + (p01 + p10) 2^32 + p11 2^64 with 32 x 32 -> 64-bit parts; t = p10 +
+     * (p00 >> 32) and w = (t mod 2^32) + p01 cannot overflow, and a * m = (p00 mod 2^32) +
+     * w 2^32 + (p11 + (t >> 32)) 2^64: lo's low half is p00's, its high half w's low half (one
+     * masked dword shuffle), hi = p11 + (t >> 32) + (w >> 32). */
     const __m512i low32 = _mm512_set1_epi64(0xFFFFFFFFLL);
     __m512i a_hi = _mm512_srli_epi64(a, 32);
     __m512i p00 = _mm512_mul_epu32(a, m_lo), p01 = _mm512_mul_epu32(a, m_hi);
     __m512i p10 = _mm512_mul_epu32(a_hi, m_lo), p11 = _mm512_mul_epu32(a_hi, m_hi);
-    __m512i mid = _mm512_add_epi64(_mm512_add_epi64(_mm512_srli_epi64(p00, 32),
-                                                    _mm512_and_si512(p01, low32)),
-                                   _mm512_and_si512(p10, low32));
-    *hi = _mm512_add_epi64(
-        _mm512_add_epi64(p11, _mm512_srli_epi64(p01, 32)),
-        _mm512_add_epi64(_mm512_srli_epi64(p10, 32), _mm512_srli_epi64(mid, 32)));
-    return _mm512_or_si512(_mm512_slli_epi64(mid, 32), _mm512_and_si512(p00, low32));
+    __m512i t = _mm512_add_epi64(p10, _mm512_srli_epi64(p00, 32));
+    __m512i w = _mm512_add_epi64(_mm512_and_si512(t, low32), p01);
+    *hi = _mm512_add_epi64(_mm512_add_epi64(p11, _mm512_srli_epi64(t, 32)),
+                           _mm512_srli_epi64(w, 32));
+    return _mm512_mask_shuffle_epi32(p00, (__mmask16)0xAAAA, w, _MM_PERM_CDAB);
 }
 
-/* `groups` x 64 uniforms of the stream into u, counter advanced as philox_uniforms does. */
-AVX512 static void philox_uniforms_512(uint64_t ctr[4], uint64_t k0, uint64_t k1, float *u,
-                                       Py_ssize_t groups) {
+/* G (1 or 2) groups of 8 blocks: the next 64 G uniforms into u, counter advanced. The rounds
+ * of one group are a chain of dependent multiplies (latency-bound); two groups interleaved keep
+ * the vector units busy. */
+AVX512 static inline ALWAYS_INLINE void philox_groups_512(uint64_t ctr[4], const __m512i ks0[10],
+                                                          const __m512i ks1[10], float *u,
+                                                          const int G) {
     const __m512i m0_lo = _mm512_set1_epi64(0xE14C6C93LL), m0_hi = _mm512_set1_epi64(0xD2E7470ELL);
     const __m512i m1_lo = _mm512_set1_epi64(0x95121157LL), m1_hi = _mm512_set1_epi64(0xCA5A8263LL);
     const __m512i lane = _mm512_set_epi64(8, 4, 7, 3, 6, 2, 5, 1); /* 1 + s(j), j = 0 .. 7 */
     const __m512i even = _mm512_set_epi64(11, 10, 3, 2, 9, 8, 1, 0);
     const __m512i odd = _mm512_set_epi64(15, 14, 7, 6, 13, 12, 5, 4);
     const __m512 scale = _mm512_set1_ps(1.0f / 16777216.0f);
+    __m512i c0[4], c1[4], c2[4], c3[4];
+    for (int q = 0; q < G; q++) {
+        c0[q] = _mm512_add_epi64(_mm512_set1_epi64((long long)ctr[0]), lane);
+        c1[q] = _mm512_set1_epi64((long long)ctr[1]);
+        c2[q] = _mm512_set1_epi64((long long)ctr[2]);
+        c3[q] = _mm512_set1_epi64((long long)ctr[3]);
+        ctr[0] += PHILOX_LANES;
+    }
+    for (int r = 0; r < 10; r++) {
+        for (int q = 0; q < G; q++) {
+            __m512i hi0, hi1;
+            __m512i lo0 = mulhilo_512(c0[q], m0_lo, m0_hi, &hi0);
+            __m512i lo1 = mulhilo_512(c2[q], m1_lo, m1_hi, &hi1);
+            c0[q] = _mm512_ternarylogic_epi64(hi1, c1[q], ks0[r], 0x96); /* three-way xor */
+            c2[q] = _mm512_ternarylogic_epi64(hi0, c3[q], ks1[r], 0x96);
+            c1[q] = lo1;
+            c3[q] = lo0;
+        }
+    }
+    for (int q = 0; q < G; q++) {
+        /* blocks s(j): lanes 2k hold blocks k, lanes 2k + 1 blocks 4 + k */
+        __m512i a01 = _mm512_unpacklo_epi64(c0[q], c1[q]), a23 = _mm512_unpacklo_epi64(c2[q], c3[q]);
+        __m512i b01 = _mm512_unpackhi_epi64(c0[q], c1[q]), b23 = _mm512_unpackhi_epi64(c2[q], c3[q]);
+        __m512i w[4] = {
+            _mm512_permutex2var_epi64(a01, even, a23), /* blocks 0, 1 */
+            _mm512_permutex2var_epi64(a01, odd, a23),  /* blocks 2, 3 */
+            _mm512_permutex2var_epi64(b01, even, b23), /* blocks 4, 5 */
+            _mm512_permutex2var_epi64(b01, odd, b23),  /* blocks 6, 7 */
+        };
+        for (int k = 0; k < 4; k++) {
+            __m512 f = _mm512_cvtepi32_ps(_mm512_srli_epi32(w[k], 8));
+            _mm512_storeu_ps(u + 64 * q + 16 * k, _mm512_mul_ps(f, scale));
+        }
+    }
+}
+
+/* `groups` x 64 uniforms of the stream into u, counter advanced as philox_uniforms does. */
+AVX512 static void philox_uniforms_512(uint64_t ctr[4], uint64_t k0, uint64_t k1, float *u,
+                                       Py_ssize_t groups) {
     __m512i ks0[10], ks1[10];
     uint64_t a = k0, b = k1;
     for (int r = 0; r < 10; r++) {
@@ -100,35 +150,10 @@ AVX512 static void philox_uniforms_512(uint64_t ctr[4], uint64_t k0, uint64_t k1
         ks0[r] = _mm512_set1_epi64((long long)a);
         ks1[r] = _mm512_set1_epi64((long long)b);
     }
-    for (Py_ssize_t g = 0; g < groups; g++) {
-        __m512i c0 = _mm512_add_epi64(_mm512_set1_epi64((long long)ctr[0]), lane);
-        __m512i c1 = _mm512_set1_epi64((long long)ctr[1]);
-        __m512i c2 = _mm512_set1_epi64((long long)ctr[2]);
-        __m512i c3 = _mm512_set1_epi64((long long)ctr[3]);
-        ctr[0] += PHILOX_LANES;
-        for (int r = 0; r < 10; r++) {
-            __m512i hi0, hi1;
-            __m512i lo0 = mulhilo_512(c0, m0_lo, m0_hi, &hi0);
-            __m512i lo1 = mulhilo_512(c2, m1_lo, m1_hi, &hi1);
-            c0 = _mm512_ternarylogic_epi64(hi1, c1, ks0[r], 0x96); /* three-way xor */
-            c2 = _mm512_ternarylogic_epi64(hi0, c3, ks1[r], 0x96);
-            c1 = lo1;
-            c3 = lo0;
-        }
-        /* blocks s(j): lanes 2k hold blocks k, lanes 2k + 1 blocks 4 + k */
-        __m512i a01 = _mm512_unpacklo_epi64(c0, c1), a23 = _mm512_unpacklo_epi64(c2, c3);
-        __m512i b01 = _mm512_unpackhi_epi64(c0, c1), b23 = _mm512_unpackhi_epi64(c2, c3);
-        __m512i w[4] = {
-            _mm512_permutex2var_epi64(a01, even, a23), /* blocks 0, 1 */
-            _mm512_permutex2var_epi64(a01, odd, a23),  /* blocks 2, 3 */
-            _mm512_permutex2var_epi64(b01, even, b23), /* blocks 4, 5 */
-            _mm512_permutex2var_epi64(b01, odd, b23),  /* blocks 6, 7 */
-        };
-        for (int q = 0; q < 4; q++) {
-            __m512 f = _mm512_cvtepi32_ps(_mm512_srli_epi32(w[q], 8));
-            _mm512_storeu_ps(u + 64 * g + 16 * q, _mm512_mul_ps(f, scale));
-        }
-    }
+    Py_ssize_t g = 0;
+    for (; g + 4 <= groups; g += 4) philox_groups_512(ctr, ks0, ks1, u + 64 * g, 4);
+    for (; g + 2 <= groups; g += 2) philox_groups_512(ctr, ks0, ks1, u + 64 * g, 2);
+    for (; g < groups; g++) philox_groups_512(ctr, ks0, ks1, u + 64 * g, 1);
 }
 
 static int philox512 = -1; /* the CPU has AVX-512 F + DQ (and MERGESTORE_NO_AVX512 is unset) */
@@ -302,7 +327,7 @@ static float l1_scale(Cascade *before, Cascade *after, float eps) {
  * rescale, the L1 sums of d and of d * keep in torch's order (keep_rescale32's) and the scale
  * they give. Nothing else is stored: gta_keep32 (merge_arith32.c) recomputes d and applies
  * the keep bytes and the scale, so there is no fp32 delta per input in memory. */
-HOT static float keep_sums32(uint8_t *keep, const void *x, int x_fmt, const void *base,
+HOT4 static float keep_sums32(uint8_t *keep, const void *x, int x_fmt, const void *base,
                              int base_fmt, const float *probs, int one_p, Py_ssize_t n,
                              uint64_t k0, uint64_t k1, int rescale, float eps) {
     uint64_t ctr[4] = {0, 0, 0, 0};
@@ -310,8 +335,13 @@ HOT static float keep_sums32(uint8_t *keep, const void *x, int x_fmt, const void
     Cascade before, after;
     cascade_init(&before, n);
     cascade_init(&after, n);
+    const Py_ssize_t xsz = fmt_size[x_fmt], bsz = fmt_size[base_fmt];
     for (Py_ssize_t s = 0; s < n; s += TILE) {
         Py_ssize_t m = n - s < TILE ? n - s : TILE;
+        if (s + 2 * TILE <= n) { /* the next tile's inputs, while the draws run */
+            prefetch_tile((const char *)x + (s + TILE) * xsz, TILE, xsz);
+            prefetch_tile((const char *)base + (s + TILE) * bsz, TILE, bsz);
+        }
         widen(d, x, x_fmt, s, m);
         widen(bs, base, base_fmt, s, m);
         for (Py_ssize_t j = 0; j < m; j++) d[j] = d[j] - bs[j];
@@ -336,14 +366,17 @@ HOT static float keep_sums32(uint8_t *keep, const void *x, int x_fmt, const void
     return rescale ? l1_scale(&before, &after, eps) : 1.0f;
 }
 
-/* Stable ascending order of a row's 31-bit keys: LSD radix sort, four counting passes of 8 bits
- * (a pass whose digit is the same for every key is skipped). v holds key << 32 | index on
- * entry; returns v or t (scratch of the same size) holding the sorted entries. The row is cut
- * in STREAMS consecutive parts counted and scattered side by side, each with its own counters
- * placed after the parts before it (so the order stays stable): a run of equal digits, common in
- * deltas of 16-bit weights, then updates STREAMS counters in turn instead of waiting on one. */
+/* p[column] = table[rank - 1] for a row of 31-bit keys, rank the 1-based stable ascending
+ * rank of the column's key: LSD radix sort, four counting passes of 8 bits (a pass whose digit
+ * is the same for every key is skipped), the last one scattering table values to the columns
+ * instead of entries. v holds key << 32 | column on entry; v and t (scratch of the same size)
+ * are overwritten. The row is cut in STREAMS consecutive parts counted and scattered side by
+ * side, each with its own counters placed after the parts before it (so the order stays
+ * stable): a run of equal digits, common in deltas of 16-bit weights, then updates STREAMS
+ * counters in turn instead of waiting on one. */
 #define STREAMS 4
-static uint64_t *radix_order31(uint64_t *v, uint64_t *t, Py_ssize_t cols) {
+static inline ALWAYS_INLINE void radix_probs31(uint64_t *v, uint64_t *t, Py_ssize_t cols,
+                                               const float *table, float *p) {
     uint32_t cnt[STREAMS][256], any = 0, every = UINT32_MAX;
     for (Py_ssize_t j = 0; j < cols; j++) { /* a digit with no differing bit needs no pass */
         uint32_t k = (uint32_t)(v[j] >> 32);
@@ -351,10 +384,16 @@ static uint64_t *radix_order31(uint64_t *v, uint64_t *t, Py_ssize_t cols) {
         every &= k;
     }
     uint32_t differ = any ^ every;
+    int passes[4], np = 0;
+    for (int pass = 0; pass < 4; pass++)
+        if ((differ >> (8 * pass)) & 255) passes[np++] = pass;
+    if (np == 0) { /* every key equal: ranks in column order */
+        for (Py_ssize_t j = 0; j < cols; j++) p[j] = table[j];
+        return;
+    }
     Py_ssize_t part = cols / STREAMS; /* the last part also takes the cols % STREAMS left */
-    for (int pass = 0; pass < 4; pass++) {
-        int shift = 32 + 8 * pass;
-        if (((differ >> (8 * pass)) & 255) == 0) continue; /* one digit */
+    for (int k = 0; k < np; k++) {
+        int shift = 32 + 8 * passes[k], last = k == np - 1;
         memset(cnt, 0, sizeof cnt);
         for (Py_ssize_t j = 0; j < part; j++)
             for (int q = 0; q < STREAMS; q++) cnt[q][(v[q * part + j] >> shift) & 255]++;
@@ -366,6 +405,18 @@ static uint64_t *radix_order31(uint64_t *v, uint64_t *t, Py_ssize_t cols) {
                 cnt[q][d] = sum;
                 sum += x;
             }
+        if (last) {
+            for (Py_ssize_t j = 0; j < part; j++)
+                for (int q = 0; q < STREAMS; q++) {
+                    uint64_t e = v[q * part + j];
+                    p[(uint32_t)e] = table[cnt[q][(e >> shift) & 255]++];
+                }
+            for (Py_ssize_t j = STREAMS * part; j < cols; j++) {
+                uint64_t e = v[j];
+                p[(uint32_t)e] = table[cnt[STREAMS - 1][(e >> shift) & 255]++];
+            }
+            return;
+        }
         for (Py_ssize_t j = 0; j < part; j++)
             for (int q = 0; q < STREAMS; q++) {
                 uint64_t e = v[q * part + j];
@@ -379,7 +430,6 @@ static uint64_t *radix_order31(uint64_t *v, uint64_t *t, Py_ssize_t cols) {
         v = t;
         t = sw;
     }
-    return v;
 }
 
 /* della_keep_sums32: keep_sums32 for della on a [rows, cols] tensor (a 1-D tensor is one
@@ -387,7 +437,7 @@ static uint64_t *radix_order31(uint64_t *v, uint64_t *t, Py_ssize_t cols) {
  * by |d| within its row (ties by column, NaNs equal and above +inf: torch's stable sort of
  * the magnitudes). `table` holds ops.sparsify._della_probs's value for every rank (it depends
  * on the rank alone). Returns the scale, or -1 (no memory). */
-HOT static int della_keep_sums32(uint8_t *keep, const void *x, int x_fmt, const void *base,
+HOT4 static int della_keep_sums32(uint8_t *keep, const void *x, int x_fmt, const void *base,
                                  int base_fmt, Py_ssize_t rows, Py_ssize_t cols,
                                  const float *table, uint64_t k0, uint64_t k1, int rescale,
                                  float eps, float *scale) {
@@ -402,7 +452,12 @@ HOT static int della_keep_sums32(uint8_t *keep, const void *x, int x_fmt, const 
     Cascade before, after;
     cascade_init(&before, n);
     cascade_init(&after, n);
+    const Py_ssize_t xsz = fmt_size[x_fmt], bsz = fmt_size[base_fmt];
     for (Py_ssize_t r = 0; r < rows; r++) {
+        if (r + 1 < rows && cols <= 8192) { /* the next row, while this one is ranked */
+            prefetch_tile((const char *)x + (r + 1) * cols * xsz, cols, xsz);
+            prefetch_tile((const char *)base + (r + 1) * cols * bsz, cols, bsz);
+        }
         widen(d, x, x_fmt, r * cols, cols);
         widen(p, base, base_fmt, r * cols, cols);
         for (Py_ssize_t j = 0; j < cols; j++) {
@@ -413,8 +468,7 @@ HOT static int della_keep_sums32(uint8_t *keep, const void *x, int x_fmt, const 
             if (bits > 0x7F800000u) bits = 0x7F800001u; /* every NaN: one key, above +inf */
             v[j] = (uint64_t)bits << 32 | (uint64_t)j;
         }
-        const uint64_t *order = radix_order31(v, t, cols);
-        for (Py_ssize_t q = 0; q < cols; q++) p[(uint32_t)order[q]] = table[q];
+        radix_probs31(v, t, cols, table, p);
         for (Py_ssize_t j = 0; j < cols;) { /* this row's uniforms, from the running stream */
             if (upos == per) {
                 philox_fill(ctr, k0, k1, u, TILE / 64);
@@ -595,7 +649,7 @@ static float sum16_end(Sum16 *s) {
  * recomputes d, applies the keep bytes and the scale (rounded, as torch's d * mask and
  * d * scale), so there is no bf16 delta row per input in memory. The bits of
  * sparsify.bernoulli_ on bf16 (keep_mask, then rescaled_masked(_)). */
-HOT static float keep_sums16(uint8_t *keep, const uint16_t *x, const uint16_t *base,
+HOT4 static float keep_sums16(uint8_t *keep, const uint16_t *x, const uint16_t *base,
                              const uint16_t *probs, int one_p, Py_ssize_t n, uint64_t k0,
                              uint64_t k1, int rescale, float eps) {
     uint64_t ctr[4] = {0, 0, 0, 0};
@@ -605,6 +659,10 @@ HOT static float keep_sums16(uint8_t *keep, const uint16_t *x, const uint16_t *b
     sum16_init(&after, n);
     for (Py_ssize_t s = 0; s < n; s += TILE) {
         Py_ssize_t m = n - s < TILE ? n - s : TILE;
+        if (rescale && s + 2 * TILE <= n) { /* the next tile's inputs, while the draws run */
+            prefetch_tile(x + s + TILE, TILE, 2);
+            prefetch_tile(base + s + TILE, TILE, 2);
+        }
         philox_fill(ctr, k0, k1, u, (m + 63) / 64);
         uint8_t *kp = keep + s;
         if (one_p) {
@@ -629,31 +687,57 @@ HOT static float keep_sums16(uint8_t *keep, const uint16_t *x, const uint16_t *b
     return bf16_to_f32(rne16(sb / sa));
 }
 
-/* Stable ascending order of a row's 16-bit keys (cols <= 65536): v holds key << 16 | column on
- * entry; returns v or t (scratch of the same size) holding the sorted entries. radix_order31's
- * two low passes on 32-bit entries (half the memory traffic), the same STREAMS parts. */
-static uint32_t *radix_order16(uint32_t *v, uint32_t *t, Py_ssize_t cols) {
-    uint32_t cnt[STREAMS][256], any = 0, every = UINT32_MAX;
+/* p[column] = table[rank - 1] for a row of 16-bit keys (cols <= 65536), rank the 1-based stable
+ * ascending rank of the column's key: v holds key << 16 | column on entry (t is scratch of the
+ * same size; both are overwritten). radix_probs31's LSD passes on 32-bit entries (half the
+ * memory traffic), the same STREAMS parts, over the two bytes of the key (a byte the same in
+ * every key skips its pass; the high byte's counters are summed over its range of values only),
+ * and the last pass scatters table values to the columns instead of entries. */
+static inline ALWAYS_INLINE void radix_probs16(uint32_t *v, uint32_t *t, Py_ssize_t cols,
+                                               const float *table, float *p) {
+    uint32_t cnt[STREAMS][256], any = 0, every = UINT32_MAX, lo = UINT32_MAX, hi = 0;
     for (Py_ssize_t j = 0; j < cols; j++) {
-        any |= v[j];
-        every &= v[j];
+        uint32_t e = v[j];
+        any |= e;
+        every &= e;
+        lo = e < lo ? e : lo;
+        hi = e > hi ? e : hi;
     }
     uint32_t differ = (any ^ every) >> 16;
+    int passes[2], np = 0;
+    for (int pass = 0; pass < 2; pass++)
+        if ((differ >> (8 * pass)) & 255) passes[np++] = pass;
+    if (np == 0) { /* every key equal: ranks in column order */
+        for (Py_ssize_t j = 0; j < cols; j++) p[j] = table[j];
+        return;
+    }
     Py_ssize_t part = cols / STREAMS;
-    for (int pass = 0; pass < 2; pass++) {
-        int shift = 16 + 8 * pass;
-        if (((differ >> (8 * pass)) & 255) == 0) continue;
+    for (int k = 0; k < np; k++) {
+        int pass = passes[k], shift = 16 + 8 * pass, last = k == np - 1;
+        int d0 = pass ? (int)(lo >> 24) : 0, d1 = pass ? (int)(hi >> 24) : 255;
         memset(cnt, 0, sizeof cnt);
         for (Py_ssize_t j = 0; j < part; j++)
             for (int q = 0; q < STREAMS; q++) cnt[q][(v[q * part + j] >> shift) & 255]++;
         for (Py_ssize_t j = STREAMS * part; j < cols; j++) cnt[STREAMS - 1][(v[j] >> shift) & 255]++;
         uint32_t sum = 0;
-        for (int d = 0; d < 256; d++)
+        for (int d = d0; d <= d1; d++)
             for (int q = 0; q < STREAMS; q++) {
                 uint32_t c = cnt[q][d];
                 cnt[q][d] = sum;
                 sum += c;
             }
+        if (last) {
+            for (Py_ssize_t j = 0; j < part; j++)
+                for (int q = 0; q < STREAMS; q++) {
+                    uint32_t e = v[q * part + j];
+                    p[e & 0xFFFFu] = table[cnt[q][(e >> shift) & 255]++];
+                }
+            for (Py_ssize_t j = STREAMS * part; j < cols; j++) {
+                uint32_t e = v[j];
+                p[e & 0xFFFFu] = table[cnt[STREAMS - 1][(e >> shift) & 255]++];
+            }
+            return;
+        }
         for (Py_ssize_t j = 0; j < part; j++)
             for (int q = 0; q < STREAMS; q++) {
                 uint32_t e = v[q * part + j];
@@ -667,7 +751,6 @@ static uint32_t *radix_order16(uint32_t *v, uint32_t *t, Py_ssize_t cols) {
         v = t;
         t = sw;
     }
-    return v;
 }
 
 /* della_keep_sums16: keep_sums16 for della on a [rows, cols] tensor (a 1-D tensor is one
@@ -675,18 +758,19 @@ static uint32_t *radix_order16(uint32_t *v, uint32_t *t, Py_ssize_t cols) {
  * probability of each rank, as sparsify._della_probs computes it in bf16), rank its 1-based
  * stable rank by |d| (bf16 magnitude bits) within its row: ties by column, NaNs equal and
  * above +inf (torch's stable sort). Returns 0, or -1 (no memory). */
-HOT static int della_keep_sums16(uint8_t *keep, const uint16_t *x, const uint16_t *base,
+HOT4 static int della_keep_sums16(uint8_t *keep, const uint16_t *x, const uint16_t *base,
                                  Py_ssize_t rows, Py_ssize_t cols, float base_p, float eps,
                                  uint64_t k0, uint64_t k1, int rescale, float reps,
                                  float *scale) {
     const int narrow_keys = cols <= 65536;
     size_t entry = narrow_keys ? sizeof(uint32_t) : sizeof(uint64_t);
-    char *mem = malloc((size_t)cols * (2 * entry + 2 * sizeof(float) + 2 * sizeof(uint16_t)));
+    char *mem = malloc((size_t)cols * (2 * entry + 3 * sizeof(float) + 2 * sizeof(uint16_t)));
     if (!mem) return -1;
     void *v = mem, *t = mem + cols * entry;
-    float *p = (float *)(mem + 2 * cols * entry), *uu = p + cols;
-    uint16_t *d = (uint16_t *)(uu + cols), *by_rank = d + cols;
+    float *p = (float *)(mem + 2 * cols * entry), *uu = p + cols, *table = uu + cols;
+    uint16_t *d = (uint16_t *)(table + cols), *by_rank = d + cols;
     della_rank_probs_bf16(cols, base_p, eps, by_rank);
+    for (Py_ssize_t q = 0; q < cols; q++) table[q] = bf16_to_f32(by_rank[q]);
     uint64_t ctr[4] = {0, 0, 0, 0};
     float u[TILE], a[TILE], b[TILE];
     Py_ssize_t upos = TILE, fill = 0, fed = 0, n = rows * cols;
@@ -695,6 +779,10 @@ HOT static int della_keep_sums16(uint8_t *keep, const uint16_t *x, const uint16_
     sum16_init(&after, n);
     for (Py_ssize_t r = 0; r < rows; r++) {
         const uint16_t *xr = x + r * cols, *br = base + r * cols;
+        if (r + 1 < rows && cols <= 8192) { /* the next row, while this one is ranked */
+            prefetch_tile(xr + cols, cols, 2);
+            prefetch_tile(br + cols, cols, 2);
+        }
         for (Py_ssize_t j = 0; j < cols; j++) {
             d[j] = rne16(bf16_to_f32(xr[j]) - bf16_to_f32(br[j]));
         }
@@ -705,9 +793,7 @@ HOT static int della_keep_sums16(uint8_t *keep, const uint16_t *x, const uint16_
                 k = k > 0x7F80u ? 0x7F81u : k; /* every NaN: one key, above +inf */
                 vv[j] = k << 16 | (uint32_t)j;
             }
-            const uint32_t *order = radix_order16(vv, t, cols);
-            for (Py_ssize_t q = 0; q < cols; q++)
-                p[order[q] & 0xFFFFu] = bf16_to_f32(by_rank[q]);
+            radix_probs16(vv, t, cols, table, p);
         } else {
             uint64_t *vv = v;
             for (Py_ssize_t j = 0; j < cols; j++) {
@@ -715,8 +801,7 @@ HOT static int della_keep_sums16(uint8_t *keep, const uint16_t *x, const uint16_
                 k = k > 0x7F80u ? 0x7F81u : k;
                 vv[j] = k << 32 | (uint64_t)j;
             }
-            const uint64_t *order = radix_order31(vv, t, cols);
-            for (Py_ssize_t q = 0; q < cols; q++) p[(uint32_t)order[q]] = bf16_to_f32(by_rank[q]);
+            radix_probs31(vv, t, cols, table, p);
         }
         for (Py_ssize_t j = 0; j < cols;) { /* this row's uniforms, from the running stream */
             if (upos == TILE) {
@@ -782,7 +867,7 @@ static inline float r16(float f) {
  * finish (rounded to bf16, / divisor, * lam, + base). The bits of ops.lane16.gta_combine over
  * keep_rescale(16)'s rows, with each D_i computed once into an fp32 tile and no bf16 delta row
  * per input in memory. */
-HOT static int gta_keep16(uint16_t *out, const uint16_t *base, const uint16_t **xs,
+HOT4 static int gta_keep16(uint16_t *out, const uint16_t *base, const uint16_t **xs,
                           const uint8_t **keeps, const float *scales, Py_ssize_t k,
                           const float *w, int consensus, float divisor, Py_ssize_t n,
                           int normalize, float lam, int has_lam) {
@@ -791,6 +876,13 @@ HOT static int gta_keep16(uint16_t *out, const uint16_t *base, const uint16_t **
     float bf[TILE], acc[TILE], vote[TILE], divs[TILE];
     for (Py_ssize_t s = 0; s < n; s += TILE) {
         Py_ssize_t m = n - s < TILE ? n - s : TILE;
+        if (s + 2 * TILE <= n) { /* the next tile of every stream (2k + 1 of them) */
+            prefetch_tile(base + s + TILE, TILE, 2);
+            for (Py_ssize_t i = 0; i < k; i++) {
+                prefetch_tile(xs[i] + s + TILE, TILE, 2);
+                if (keeps[i]) prefetch_tile(keeps[i] + s + TILE, TILE, 1);
+            }
+        }
         for (Py_ssize_t j = 0; j < m; j++) bf[j] = bf16_to_f32(base[s + j]);
         for (Py_ssize_t j = 0; j < m; j++) acc[j] = 0.0f;
         for (Py_ssize_t i = 0; i < k; i++) {
