@@ -36,7 +36,8 @@ def reason(compute: str, numel: int | None) -> str | None:
         return "karcher in 16-bit compute: unit vectors rounded to it (no C kernel)"
     if numel is None or numel < 8 or numel % 8:
         return "karcher: a tensor of fewer than 8, or not a multiple of 8, elements"
-    return None
+    why = lm.missing("F32", dot=True)
+    return f"karcher: {why}" if why else None
 
 
 def _aligned(n: int) -> np.ndarray:

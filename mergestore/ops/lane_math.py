@@ -170,6 +170,21 @@ def func(op: int, x: float, compute: str) -> float:
     return bf16(r)
 
 
+def missing(compute: str, dot: bool = False) -> str | None:
+    """Why func (and dot32 with dot) cannot give torch's bits in this compute dtype, or None
+    (for merge --json: such tensors go through torch)."""
+    global _SLEEF_OK
+    if compute == "F32":
+        if _load_vml() is None or (dot and _load_blas() is None):
+            return "torch's fp32 acos/sin/cos/dot are MKL's, and its library has none here"
+        return None
+    if _SLEEF_OK is None:
+        _SLEEF_OK = _sleef_ok()
+    if compute != "BF16" or not _SLEEF_OK:
+        return f"torch's {compute} acos/sin/cos on this CPU are not SLEEF's FMA functions"
+    return None
+
+
 def _fma(a: float, b: float, c: float) -> float:
     """fp32 fma(a, b, c), exact then rounded once."""
     return float(f32(float(Fraction(a) * Fraction(b) + Fraction(c))))

@@ -50,7 +50,8 @@ def reason(
     if method == "slerp":  # fp32 arithmetic on the compute dtype's values: any compute dtype
         if numel is None or numel < 8 or numel % 8:
             return "slerp: a tensor of fewer than 8, or not a multiple of 8, elements"
-        return None
+        why = lm.missing("F32")
+        return f"slerp: {why}" if why else None
     if method == "nuslerp" and not shared["nuslerp_flatten"]:
         return "nuslerp per row or column: acos/sin/cos of vectors in torch (SLEEF)"
     if compute not in ("F32", "BF16"):
@@ -59,7 +60,8 @@ def reason(
         return f"{method}: fp32 sums of more than {MAX_INPUTS} inputs"
     if numel is None or numel < 8 or numel % 8:
         return f"{method}: a tensor of fewer than 8, or not a multiple of 8, elements"
-    return None
+    why = lm.missing(compute)
+    return f"{method}: {why}" if why else None
 
 
 f32 = np.float32

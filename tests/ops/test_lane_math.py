@@ -163,3 +163,25 @@ def test_dot32_is_torch_dot_on_one_thread():
                     assert _same(np.float32(pool.submit(ours).result()), np.float32(want)), n
     finally:
         torch.set_num_threads(threads)
+
+
+def test_without_mkl_the_reasons_say_torch(monkeypatch):
+    """A torch build without MKL (fp32 acos/sin/cos and dot elsewhere): fp32 tensors of these
+    methods go through torch, and merge --json says why; bf16 ones stay on the lane (SLEEF)."""
+    from mergestore.ops import get_method, lanes, validate_params
+
+    def params(method, shared, per):
+        return validate_params(get_method(method), shared, per, has_base=method != "karcher")
+
+    cases = [
+        ("slerp", *params("slerp", {"t": 0.5}, [{}])),
+        ("nuslerp", *params("nuslerp", {}, [{"weight": 1.0}, {"weight": 2.0}])),
+        ("multislerp", *params("multislerp", {}, [{"weight": 1.0}] * 3)),
+        ("karcher", *params("karcher", {}, [{}] * 3)),
+    ]
+    for method, shared, per in cases:
+        assert lanes.reason(method, "F32", shared, per, 64) is None
+    monkeypatch.setattr(lm, "_load_vml", lambda: None)
+    for method, shared, per in cases:
+        assert "MKL" in lanes.reason(method, "F32", shared, per, 64), method
+    assert lanes.reason("nuslerp", "BF16", cases[1][1], cases[1][2], 64) is None
