@@ -98,7 +98,7 @@ HOT static void karcher_out(void *out, int out_fmt, const float *mean, float sca
  * (ops/lane_karcher.py): on CPUs where MKL picks another kernel the lane calls MKL. */
 
 /* Lanes of the sum of x[j] * y[j], elements s .. s + m of n (s a multiple of 32). */
-HOT static void dot_feed(float *restrict acc, const float *restrict x, const float *restrict y,
+HOT4 static void dot_feed(float *restrict acc, const float *restrict x, const float *restrict y,
                          Py_ssize_t s, Py_ssize_t m, Py_ssize_t n) {
     Py_ssize_t body = n - n % 32 - s; /* this tile's whole blocks of 32 */
     body = body < 0 ? 0 : (body > m ? m : body);
@@ -155,7 +155,7 @@ static inline const float *unit_tile(float *buf, const KInputs *in, Py_ssize_t i
 }
 
 /* mean = 0 + a_0 u_0 + a_1 u_1 + ...; returns |mean|. */
-HOT static float karcher_x_first_mean(float *mean, const KInputs *in, Py_ssize_t n) {
+HOT4 static float karcher_x_first_mean(float *mean, const KInputs *in, Py_ssize_t n) {
     Norm q;
     norm_init(&q, n);
     float ub[TILE];
@@ -174,7 +174,7 @@ HOT static float karcher_x_first_mean(float *mean, const KInputs *in, Py_ssize_t
 }
 
 /* mean = mean / d (when divide), then dots[i] = torch.dot(mean, u_i) (when dots). */
-HOT static void karcher_x_dots(float *mean, int divide, float d, const KInputs *in, int dots,
+HOT4 static void karcher_x_dots(float *mean, int divide, float d, const KInputs *in, int dots,
                                float *out, Py_ssize_t n) {
     float acc[KARCHER_MAX][16];
     memset(acc, 0, sizeof acc);
@@ -193,7 +193,7 @@ HOT static void karcher_x_dots(float *mean, int divide, float d, const KInputs *
 }
 
 /* tangent = 0 + sum_i s_i (u_i - c_i mean), in input order; returns |tangent|. */
-HOT static float karcher_x_tangent(float *tangent, const float *mean, const KInputs *in,
+HOT4 static float karcher_x_tangent(float *tangent, const float *mean, const KInputs *in,
                                    Py_ssize_t n) {
     Norm q;
     norm_init(&q, n);
