@@ -179,9 +179,26 @@ HOT4 static void karcher_x_dots(float *mean, int divide, float d, const KInputs 
     float acc[KARCHER_MAX][16];
     memset(acc, 0, sizeof acc);
     float ub[TILE];
+    int all_bf16 = 1;
+    for (Py_ssize_t i = 0; i < in->k; i++) all_bf16 &= in->fmts[i] == FMT_BF16;
+    const Py_ssize_t body = n - n % 32; /* MKL's whole blocks of 32 */
     for (Py_ssize_t s = 0; s < n; s += TILE) {
         Py_ssize_t m = n - s < TILE ? n - s : TILE;
         float *t = mean + s;
+        if (dots && all_bf16 && s + m <= body) { /* the same sums, 16 lanes in registers */
+            for (Py_ssize_t j = 0; j < m; j += 16) {
+                float v[16];
+                for (int l = 0; l < 16; l++) v[l] = divide ? t[j + l] / d : t[j + l];
+                memcpy(t + j, v, sizeof v);
+                for (Py_ssize_t i = 0; i < in->k; i++) {
+                    const uint16_t *x = (const uint16_t *)in->ptrs[i] + s + j;
+                    const float di = in->norms[i];
+                    float *a = acc[i];
+                    for (int l = 0; l < 16; l++) a[l] = a[l] + v[l] * (bf16_to_f32(x[l]) / di);
+                }
+            }
+            continue;
+        }
         if (divide)
             for (Py_ssize_t j = 0; j < m; j++) t[j] = t[j] / d;
         if (!dots) continue;
@@ -197,11 +214,27 @@ HOT4 static float karcher_x_tangent(float *tangent, const float *mean, const KIn
                                    Py_ssize_t n) {
     Norm q;
     norm_init(&q, n);
+    int all_bf16 = 1;
+    for (Py_ssize_t i = 0; i < in->k; i++) all_bf16 &= in->fmts[i] == FMT_BF16;
     float ub[TILE];
     for (Py_ssize_t s = 0; s < n; s += TILE) {
         Py_ssize_t m = n - s < TILE ? n - s : TILE;
         float *t = tangent + s;
         const float *mm = mean + s;
+        if (all_bf16 && m % 16 == 0) { /* the same sums, 16 elements at a time in registers */
+            for (Py_ssize_t j = 0; j < m; j += 16) {
+                float v[16] = {0};
+                for (Py_ssize_t i = 0; i < in->k; i++) {
+                    const uint16_t *x = (const uint16_t *)in->ptrs[i] + s + j;
+                    const float si = in->a[i], ci = in->b[i], d = in->norms[i];
+                    for (int l = 0; l < 16; l++)
+                        v[l] = v[l] + si * (bf16_to_f32(x[l]) / d - ci * mm[j + l]);
+                }
+                memcpy(t + j, v, sizeof v);
+            }
+            norm_feed(&q, t, s, m);
+            continue;
+        }
         for (Py_ssize_t j = 0; j < m; j++) t[j] = 0.0f;
         for (Py_ssize_t i = 0; i < in->k; i++) {
             const float *u = unit_tile(ub, in, i, s, m);
