@@ -65,6 +65,7 @@ typedef struct {
     int single;                /* lo == hi: only counted */
     Py_ssize_t below, inside, cap;
     uint32_t *keys, *idx;      /* keys inside the bracket and their flat indices */
+    int owned;                 /* keys and idx were malloc'd (not carved from the scratch) */
 } Cut;
 
 static int active(const Cut *c) { return c->mode >= 2; }
@@ -263,15 +264,15 @@ static int brackets(const Pair *p, Cut *cuts, int k, Py_ssize_t S, double z, uin
             break;
         }
         c->cap = (Py_ssize_t)(share * 1.5 * (double)n) + 4096;
-        if (scratch) { /* pooled memory, already paged in: no fresh pages to fault in */
-            if (2 * (c->cap + BLOCK) > room) {
-                skip = 1;
-                break;
-            }
+        if (scratch && 2 * (c->cap + BLOCK) <= room) {
+            /* pooled memory, already paged in: no fresh pages to fault in */
             c->keys = scratch, c->idx = scratch + c->cap + BLOCK;
             scratch += 2 * (c->cap + BLOCK), room -= 2 * (c->cap + BLOCK);
             continue;
         }
+        /* no scratch, or too little of it (a bracket holding many equal keys: discrete deltas
+         * of 16-bit weights): the buffers' touched part costs far less than the histograms */
+        c->owned = 1;
         c->keys = malloc((size_t)(c->cap + BLOCK) * sizeof(uint32_t));
         c->idx = malloc((size_t)(c->cap + BLOCK) * sizeof(uint32_t));
         if (!c->keys || !c->idx) skip = 1;
@@ -349,6 +350,7 @@ static int prepare(Job *job) {
     for (int i = 0; i < job->k; i++) {
         Cut *c = &job->cuts[i];
         c->keys = c->idx = NULL;
+        c->owned = 0;
         c->below = c->inside = c->cap = 0;
         c->single = 0, c->v = 0, c->last = 0;
         if (c->count >= job->p.n) {
@@ -388,10 +390,11 @@ static int from_bracket(Job *job) {
     return 0;
 }
 
-static void drop_buffers(Job *job, int owned) {
+static void drop_buffers(Job *job) {
     for (int i = 0; i < job->k; i++) {
-        if (owned) free(job->cuts[i].keys), free(job->cuts[i].idx);
-        job->cuts[i].keys = job->cuts[i].idx = NULL;
+        Cut *c = &job->cuts[i];
+        if (c->owned) free(c->keys), free(c->idx);
+        c->keys = c->idx = NULL, c->owned = 0;
     }
 }
 
@@ -418,10 +421,10 @@ static int find_cuts(Job *jobs, int nj, Py_ssize_t n, Py_ssize_t sample, double 
             if (r < 0) rc = -1;
             exact[t] = r == 1;
         }
-        drop_buffers(job, !scratch);
+        drop_buffers(job);
         if (rc == 0 && exact[t] && exact_cuts(&job->p, job->cuts, job->k) < 0) rc = -1;
     }
-    for (int t = 0; t < nj; t++) drop_buffers(&jobs[t], !scratch);
+    for (int t = 0; t < nj; t++) drop_buffers(&jobs[t]);
     return rc;
 }
 

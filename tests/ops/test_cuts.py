@@ -201,3 +201,29 @@ def test_fused_bf16_cut_in_any_column_windows(consensus):
         lam=1.0, out=want,
     )  # fmt: skip
     assert whole.tolist() == want.tolist()
+
+
+@pytest.mark.parametrize("compute", ["F32", "BF16"])
+def test_bracket_larger_than_the_scratch(compute):
+    """A bracket holding more keys than the pooled scratch has room for (long runs of equal
+    magnitudes around the cut, as discrete deltas of 16-bit weights give) gathers into buffers
+    of its own: the cuts a stable sort gives, without the exact histograms."""
+    g = torch.Generator().manual_seed(3)
+    base = 0.02 * torch.randn(N, generator=g)
+    x = base + torch.round(torch.randn(N, generator=g) * 3) / 4e3  # ~13 distinct magnitudes
+    if compute == "BF16":
+        base, x = base.to(torch.bfloat16).float(), x.to(torch.bfloat16).float()
+        pair = [t.to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16) for t in (x, base)]
+        code = lane16.BF16
+    else:
+        pair, code = [x.numpy(), base.numpy()], lane16.F32
+    k = keys(x, base, compute)
+    for sparsifier, density, gamma in RULES[:2]:
+        counts = sparsify.cut_counts(N, sparsifier, density, gamma)
+        for room in (N // 4, 64):  # find_many's scratch for one input; almost none
+            scratch = np.zeros(room, np.uint32)
+            got = native.kernels.find_cuts(
+                [pair[0]], [code], pair[1], code, code, [counts], cuts.SAMPLE, cuts.Z, scratch
+            )[0]
+            assert np.array_equal(spec_keep(k, got[:6]), sorted_keep(k, sparsifier, density, gamma))
+            assert got[6] == 0  # the bracket held the cut
