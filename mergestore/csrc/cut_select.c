@@ -18,6 +18,7 @@
  * depends on the sample. Before, every cut took two or three passes with a 32768-bin
  * histogram scatter each (about 1 ns per element); the gather pass is compares and counts. */
 #include "native.h"
+#include "gta_tail16.h"
 
 #define RUN 16   /* sampled keys per run */
 #define BLOCK 32 /* keys tested at once for the bracket (the gather buffers' slack) */
@@ -526,36 +527,58 @@ d1:
 
 /* ------------------------------------------------------------------ bf16 cut + combine */
 
-/* ties and breadcrumbs(_ties) with bf16 compute in one pass over the inputs: d_i = x_i - base
- * rounded to bf16, times the mask of its cuts (cut_tile16), then the bf16 GTA tail
- * (gta_tail_bf16: the consensus, or the weighted sum) on each tile: the same operations as
- * writing each cut delta and combining them, without a delta per input in memory. `start` is
- * the flat index of element 0 here. */
+/* D[j] = bf16(v[j] * w) for one piece of a tile, v = bf16(x - base) times the mask of its cut:
+ * magnitude bits in [lo1, hi1] and not in [lo2, hi2] kept, others a signed zero, or bf16's NaN
+ * for an infinity or NaN (as rank_cuts.c's zero_outside, as delta * mask does). */
+HOT static void cut_weigh16(float *D, const uint16_t *x, const float *bf, Py_ssize_t m,
+                            const CutSeg16 *g, float w) {
+    const int lo1 = g->lo1, hi1 = g->hi1, lo2 = g->lo2, hi2 = g->hi2;
+    for (Py_ssize_t j = 0; j < m; j++) {
+        float v = r16(bf16_to_f32(x[j]) - bf[j]);
+        uint32_t u;
+        memcpy(&u, &v, 4);
+        int bits = (int)((u >> 16) & 0x7FFFu);
+        int keep = (bits >= lo1) & (bits <= hi1) & !((bits >= lo2) & (bits <= hi2));
+        uint32_t dropped = bits >= 0x7F80 ? 0x7FC00000u : (u & 0x80000000u);
+        u = keep ? u : dropped;
+        memcpy(&v, &u, 4);
+        D[j] = r16(v * w);
+    }
+}
+
+/* ties and breadcrumbs(_ties) with bf16 compute in one pass over the inputs, tile by tile: each
+ * input's D_i = bf16(d_i * w_i), d_i = x_i - base rounded to bf16 times the mask of its cuts,
+ * made once into an fp32 tile (cut_weigh16), then the bf16 GTA tail (gta_tail16.h: the
+ * consensus, or the weighted sum): the operations of writing each cut delta (apply_cuts16) and
+ * combining them (merge_arith16.h), without a delta per input in memory. `start` is the flat
+ * index of element 0 here. */
 HOT static int gta_cut16(uint16_t *out, const uint16_t *base, const uint16_t **xs,
                          const Cuts32 *cuts, Py_ssize_t k, Py_ssize_t start, const float *w,
                          int consensus, float divisor, Py_ssize_t n, int normalize, float lam,
                          int has_lam) {
-    uint16_t *dt = malloc((size_t)(k ? k : 1) * TILE * sizeof(uint16_t));
-    const uint16_t **ds = malloc((size_t)(k ? k : 1) * sizeof(uint16_t *));
-    if (!dt || !ds) {
-        free(dt), free((void *)ds);
-        return -1;
-    }
-    float bf[TILE];
+    float *dt = malloc((size_t)(k ? k : 1) * TILE * sizeof(float));
+    if (!dt) return -1;
+    float bf[TILE], acc[TILE];
+    CutSeg16 seg[3];
     for (Py_ssize_t s = 0; s < n; s += TILE) {
         Py_ssize_t m = n - s < TILE ? n - s : TILE;
         for (Py_ssize_t j = 0; j < m; j++) bf[j] = bf16_to_f32(base[s + j]);
+        for (Py_ssize_t j = 0; j < m; j++) acc[j] = 0.0f;
         for (Py_ssize_t i = 0; i < k; i++) {
-            uint16_t *d = dt + i * TILE;
-            const uint16_t *x = xs[i] + s;
-            for (Py_ssize_t j = 0; j < m; j++) d[j] = rne16(bf16_to_f32(x[j]) - bf[j]);
-            cut_tile16(d, start + s, m, &cuts[i]);
-            ds[i] = d;
+            float *D = dt + i * TILE;
+            int ns = cut_segs16(start + s, m, &cuts[i], seg);
+            for (int g = 0; g < ns; g++)
+                cut_weigh16(D + seg[g].s, xs[i] + s + seg[g].s, bf + seg[g].s,
+                            seg[g].e - seg[g].s, &seg[g], w[i]);
+            if (consensus && i == 0) { /* merge_arith16.h's vote starts from D_0 */
+                for (Py_ssize_t j = 0; j < m; j++) acc[j] = D[j];
+            } else {
+                for (Py_ssize_t j = 0; j < m; j++) acc[j] += D[j];
+            }
         }
-        gta_tail_bf16(out + s, base + s, ds, k, w, m, consensus, divisor, normalize, lam,
-                      has_lam);
+        gta_tail16(out + s, bf, dt, k, w, acc, consensus, divisor, m, normalize, lam, has_lam);
     }
-    free(dt), free((void *)ds);
+    free(dt);
     return 0;
 }
 

@@ -377,16 +377,18 @@ typedef struct {
 } Cuts32;
 void cut_tile32(uint32_t *d, Py_ssize_t start, Py_ssize_t m, const Cuts32 *c);
 void cut_tile16(uint16_t *d, Py_ssize_t start, Py_ssize_t m, const Cuts32 *c);
+/* a piece [s, e) of a tile over which a 16-bit cut keeps magnitude bits in [lo1, hi1] and not
+ * in [lo2, hi2] */
+typedef struct {
+    Py_ssize_t s, e;
+    int lo1, hi1, lo2, hi2;
+} CutSeg16;
+int cut_segs16(Py_ssize_t start, Py_ssize_t m, const Cuts32 *c, CutSeg16 seg[3]);
 int get_cuts32(PyObject *o, Cuts32 *c);
 /* cut_select.c */
 PyObject *py_find_cuts(PyObject *self, PyObject *args);
 PyObject *py_gta_cut16(PyObject *self, PyObject *args);
 PyObject *py_finite(PyObject *self, PyObject *args);
-/* merge_arith.c: one tile of the bf16 GTA tail over cut deltas (gta_consensus_bf16, or
- * gta_sum_bf16 over deltas), for cut_select.c's fused gta_cut16 */
-void gta_tail_bf16(uint16_t *out, const uint16_t *base, const uint16_t **ds, Py_ssize_t k,
-                   const float *w, Py_ssize_t m, int consensus, float divisor, int normalize,
-                   float lam, int has_lam);
 /* rng.c */
 PyObject *py_philox_keep(PyObject *self, PyObject *args);
 PyObject *py_keep_rescale32(PyObject *self, PyObject *args);

@@ -159,11 +159,13 @@ def test_finite():
     assert not lane16.finite(b, lane16.BF16)
 
 
+@pytest.mark.parametrize("nonfinite", [False, True])
 @pytest.mark.parametrize("consensus", [True, False])
-def test_fused_bf16_cut_in_any_column_windows(consensus):
+def test_fused_bf16_cut_in_any_column_windows(consensus, nonfinite):
     """kernels.gta_cut16 on column windows (each told its flat start) gives the bits of one
     call over the whole tensor, wherever a cut's tie breakpoint falls, and those of cutting
-    each delta (sparsify.delta_bits_into) and combining them (lane16.gta_combine)."""
+    each delta (sparsify.delta_bits_into) and combining them (lane16.gta_combine), with
+    infinities and NaNs kept or dropped by the cuts too."""
     g = torch.Generator().manual_seed(7)
     n = 50 * 41
     base = (0.02 * torch.randn(n, generator=g)).to(torch.bfloat16)
@@ -171,6 +173,11 @@ def test_fused_bf16_cut_in_any_column_windows(consensus):
         (base.float() + torch.round(torch.randn(n, generator=g) * 8) / 8e3).to(torch.bfloat16)
         for _ in range(3)
     ]
+    if nonfinite:
+        xs[0][[3, 900]] = float("inf")
+        xs[1][[5, 1500]] = float("nan")
+        xs[2][7] = float("-inf")
+        base[[11, 1999]] = torch.tensor([float("inf"), float("nan")], dtype=torch.bfloat16)
     u16 = [t.view(torch.int16).numpy().view(np.uint16) for t in [base, *xs]]
     flat_base, flats = u16[0], u16[1:]
     rules = [("magnitude", 0.37, 0.0), ("magnitude_outliers", 0.8, 0.02), ("magnitude", 0.5, 0.0)]
