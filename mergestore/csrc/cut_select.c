@@ -17,7 +17,7 @@
  * histograms run instead (one pass for 15-bit keys, two for 31-bit), so the result never
  * depends on the sample. Before, every cut took two or three passes with a 32768-bin
  * histogram scatter each (about 1 ns per element); the gather pass is compares and counts. */
-#include "native.h"
+#include "formats.h"
 #include "gta_tail16.h"
 
 #define RUN 16   /* sampled keys per run */

@@ -1,7 +1,7 @@
 /* Magnitude rank cuts (ties' magnitude, breadcrumbs' magnitude_outliers), row ranks and della's
  * keep probabilities, on 16-bit float bits. Python twin: mergestore/ops/sparsify.py (the
  * streamed cuts, _native_cut, row ranks and della_magprune). */
-#include "native.h"
+#include "formats.h"
 
 #if HAVE_F16C_KERNELS
 /* out = x - base rounded to fp16 (sub_hist16's first step), vectorized. */

@@ -1,6 +1,6 @@
 /* Random keep masks: numpy's Philox4x64-10 stream, compared with p. Python twin:
  * mergestore/ops/context.py (TensorContext.keep_mask's numpy Generator). */
-#include "native.h"
+#include "formats.h"
 #include "cascade.h"
 #include "gta_tail16.h"
 
