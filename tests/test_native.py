@@ -362,4 +362,6 @@ def test_kernel_families_name_both_halves() -> None:
     for source, (twin, _kernels) in native.FAMILIES.items():
         assert (root / "csrc" / source).is_file()
         assert (root.parent / twin).is_file()
-    assert {p.name for p in (root / "csrc").glob("*.c")} == set(native.FAMILIES) | {"module.c"}
+    # module.c (the method table) and formats.c (helpers every lane shares) export no kernels
+    helpers = {"module.c", "formats.c"}
+    assert {p.name for p in (root / "csrc").glob("*.c")} == set(native.FAMILIES) | helpers

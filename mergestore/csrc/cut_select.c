@@ -17,7 +17,8 @@
  * histograms run instead (one pass for 15-bit keys, two for 31-bit), so the result never
  * depends on the sample. Before, every cut took two or three passes with a 32768-bin
  * histogram scatter each (about 1 ns per element); the gather pass is compares and counts. */
-#include "native.h"
+#include "formats.h"
+#include "gta_tail16.h"
 
 #define RUN 16   /* sampled keys per run */
 #define BLOCK 32 /* keys tested at once for the bracket (the gather buffers' slack) */
@@ -65,6 +66,7 @@ typedef struct {
     int single;                /* lo == hi: only counted */
     Py_ssize_t below, inside, cap;
     uint32_t *keys, *idx;      /* keys inside the bracket and their flat indices */
+    int owned;                 /* keys and idx were malloc'd (not carved from the scratch) */
 } Cut;
 
 static int active(const Cut *c) { return c->mode >= 2; }
@@ -263,15 +265,15 @@ static int brackets(const Pair *p, Cut *cuts, int k, Py_ssize_t S, double z, uin
             break;
         }
         c->cap = (Py_ssize_t)(share * 1.5 * (double)n) + 4096;
-        if (scratch) { /* pooled memory, already paged in: no fresh pages to fault in */
-            if (2 * (c->cap + BLOCK) > room) {
-                skip = 1;
-                break;
-            }
+        if (scratch && 2 * (c->cap + BLOCK) <= room) {
+            /* pooled memory, already paged in: no fresh pages to fault in */
             c->keys = scratch, c->idx = scratch + c->cap + BLOCK;
             scratch += 2 * (c->cap + BLOCK), room -= 2 * (c->cap + BLOCK);
             continue;
         }
+        /* no scratch, or too little of it (a bracket holding many equal keys: discrete deltas
+         * of 16-bit weights): the buffers' touched part costs far less than the histograms */
+        c->owned = 1;
         c->keys = malloc((size_t)(c->cap + BLOCK) * sizeof(uint32_t));
         c->idx = malloc((size_t)(c->cap + BLOCK) * sizeof(uint32_t));
         if (!c->keys || !c->idx) skip = 1;
@@ -349,6 +351,7 @@ static int prepare(Job *job) {
     for (int i = 0; i < job->k; i++) {
         Cut *c = &job->cuts[i];
         c->keys = c->idx = NULL;
+        c->owned = 0;
         c->below = c->inside = c->cap = 0;
         c->single = 0, c->v = 0, c->last = 0;
         if (c->count >= job->p.n) {
@@ -388,10 +391,11 @@ static int from_bracket(Job *job) {
     return 0;
 }
 
-static void drop_buffers(Job *job, int owned) {
+static void drop_buffers(Job *job) {
     for (int i = 0; i < job->k; i++) {
-        if (owned) free(job->cuts[i].keys), free(job->cuts[i].idx);
-        job->cuts[i].keys = job->cuts[i].idx = NULL;
+        Cut *c = &job->cuts[i];
+        if (c->owned) free(c->keys), free(c->idx);
+        c->keys = c->idx = NULL, c->owned = 0;
     }
 }
 
@@ -418,10 +422,10 @@ static int find_cuts(Job *jobs, int nj, Py_ssize_t n, Py_ssize_t sample, double 
             if (r < 0) rc = -1;
             exact[t] = r == 1;
         }
-        drop_buffers(job, !scratch);
+        drop_buffers(job);
         if (rc == 0 && exact[t] && exact_cuts(&job->p, job->cuts, job->k) < 0) rc = -1;
     }
-    for (int t = 0; t < nj; t++) drop_buffers(&jobs[t], !scratch);
+    for (int t = 0; t < nj; t++) drop_buffers(&jobs[t]);
     return rc;
 }
 
@@ -523,36 +527,58 @@ d1:
 
 /* ------------------------------------------------------------------ bf16 cut + combine */
 
-/* ties and breadcrumbs(_ties) with bf16 compute in one pass over the inputs: d_i = x_i - base
- * rounded to bf16, times the mask of its cuts (cut_tile16), then the bf16 GTA tail
- * (gta_tail_bf16: the consensus, or the weighted sum) on each tile: the same operations as
- * writing each cut delta and combining them, without a delta per input in memory. `start` is
- * the flat index of element 0 here. */
+/* D[j] = bf16(v[j] * w) for one piece of a tile, v = bf16(x - base) times the mask of its cut:
+ * magnitude bits in [lo1, hi1] and not in [lo2, hi2] kept, others a signed zero, or bf16's NaN
+ * for an infinity or NaN (as rank_cuts.c's zero_outside, as delta * mask does). */
+HOT static void cut_weigh16(float *D, const uint16_t *x, const float *bf, Py_ssize_t m,
+                            const CutSeg16 *g, float w) {
+    const int lo1 = g->lo1, hi1 = g->hi1, lo2 = g->lo2, hi2 = g->hi2;
+    for (Py_ssize_t j = 0; j < m; j++) {
+        float v = r16(bf16_to_f32(x[j]) - bf[j]);
+        uint32_t u;
+        memcpy(&u, &v, 4);
+        int bits = (int)((u >> 16) & 0x7FFFu);
+        int keep = (bits >= lo1) & (bits <= hi1) & !((bits >= lo2) & (bits <= hi2));
+        uint32_t dropped = bits >= 0x7F80 ? 0x7FC00000u : (u & 0x80000000u);
+        u = keep ? u : dropped;
+        memcpy(&v, &u, 4);
+        D[j] = r16(v * w);
+    }
+}
+
+/* ties and breadcrumbs(_ties) with bf16 compute in one pass over the inputs, tile by tile: each
+ * input's D_i = bf16(d_i * w_i), d_i = x_i - base rounded to bf16 times the mask of its cuts,
+ * made once into an fp32 tile (cut_weigh16), then the bf16 GTA tail (gta_tail16.h: the
+ * consensus, or the weighted sum): the operations of writing each cut delta (apply_cuts16) and
+ * combining them (merge_arith16.h), without a delta per input in memory. `start` is the flat
+ * index of element 0 here. */
 HOT static int gta_cut16(uint16_t *out, const uint16_t *base, const uint16_t **xs,
                          const Cuts32 *cuts, Py_ssize_t k, Py_ssize_t start, const float *w,
                          int consensus, float divisor, Py_ssize_t n, int normalize, float lam,
                          int has_lam) {
-    uint16_t *dt = malloc((size_t)(k ? k : 1) * TILE * sizeof(uint16_t));
-    const uint16_t **ds = malloc((size_t)(k ? k : 1) * sizeof(uint16_t *));
-    if (!dt || !ds) {
-        free(dt), free((void *)ds);
-        return -1;
-    }
-    float bf[TILE];
+    float *dt = malloc((size_t)(k ? k : 1) * TILE * sizeof(float));
+    if (!dt) return -1;
+    float bf[TILE], acc[TILE];
+    CutSeg16 seg[3];
     for (Py_ssize_t s = 0; s < n; s += TILE) {
         Py_ssize_t m = n - s < TILE ? n - s : TILE;
         for (Py_ssize_t j = 0; j < m; j++) bf[j] = bf16_to_f32(base[s + j]);
+        for (Py_ssize_t j = 0; j < m; j++) acc[j] = 0.0f;
         for (Py_ssize_t i = 0; i < k; i++) {
-            uint16_t *d = dt + i * TILE;
-            const uint16_t *x = xs[i] + s;
-            for (Py_ssize_t j = 0; j < m; j++) d[j] = rne16(bf16_to_f32(x[j]) - bf[j]);
-            cut_tile16(d, start + s, m, &cuts[i]);
-            ds[i] = d;
+            float *D = dt + i * TILE;
+            int ns = cut_segs16(start + s, m, &cuts[i], seg);
+            for (int g = 0; g < ns; g++)
+                cut_weigh16(D + seg[g].s, xs[i] + s + seg[g].s, bf + seg[g].s,
+                            seg[g].e - seg[g].s, &seg[g], w[i]);
+            if (consensus && i == 0) { /* merge_arith16.h's vote starts from D_0 */
+                for (Py_ssize_t j = 0; j < m; j++) acc[j] = D[j];
+            } else {
+                for (Py_ssize_t j = 0; j < m; j++) acc[j] += D[j];
+            }
         }
-        gta_tail_bf16(out + s, base + s, ds, k, w, m, consensus, divisor, normalize, lam,
-                      has_lam);
+        gta_tail16(out + s, bf, dt, k, w, acc, consensus, divisor, m, normalize, lam, has_lam);
     }
-    free(dt), free((void *)ds);
+    free(dt);
     return 0;
 }
 

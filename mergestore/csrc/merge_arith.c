@@ -269,16 +269,6 @@ PyObject *py_gta_consensus_bf16(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-/* One tile of the bf16 GTA tail over cut deltas, for cut_select.c's fused gta_cut16. */
-void gta_tail_bf16(uint16_t *out, const uint16_t *base, const uint16_t **ds, Py_ssize_t k,
-                   const float *w, Py_ssize_t m, int consensus, float divisor, int normalize,
-                   float lam, int has_lam) {
-    if (consensus)
-        gta_consensus_bf16(out, base, ds, k, w, m, normalize, lam, has_lam);
-    else
-        gta_sum_bf16(out, base, ds, k, w, 1, m, divisor, normalize, lam, has_lam);
-}
-
 PyObject *py_linear_bf16(PyObject *self, PyObject *args) {
     PyObject *out_o, *xs_o, *w_o;
     int normalize, f16 = 0;

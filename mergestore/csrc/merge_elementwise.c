@@ -6,7 +6,7 @@
  * result to the compute dtype (a no-op for fp32), and casts the result to the output dtype.
  * These kernels do the same operations in the same order on tiles: widen (exact), round to
  * the compute format (RC), then each operation followed by RC, and narrow to the output. */
-#include "native.h"
+#include "formats.h"
 
 /* nearswap: d = RC(a - b); w = clamp(RC(RC(1 / max(|d|, lo)) * t), 0, 1);
  * out = RC(RC(w * b) + RC(RC(1 - w) * a)), a the base. torch computes t / x as

@@ -7,7 +7,7 @@
  * Each pass does torch's fp32 operations in its order (a product, a difference, a sum, each
  * rounded: no FMA) and the 2-norm of what it writes in torch's order (torch_norm.h), which the
  * next step needs: one pass where torch makes three to six, each into a fresh tensor. */
-#include "native.h"
+#include "formats.h"
 
 #include "torch_norm.h"
 

@@ -13,7 +13,7 @@
  *     below), the leftover vectors added to the first, the four vectors added in order, then
  *     the scalar tail summed from 0 plus the eight lanes in order; under 8 elements, four
  *     scalar accumulators the same way. */
-#include "native.h"
+#include "formats.h"
 
 #include "cascade.h"
 #include "torch_norm.h"

@@ -15,7 +15,7 @@
  *      e_i = w_i * [sign(m_i) == vote]; out = RC(b + RC(RC(sum_i RC(m_i e_i)) /
  *      max(RC(sum_i e_i), lo))), each dim-0 sum in order from 0 in fp32, rounded once.
  * Products by a 0/1 selection are taken as torch takes them (-x * 0 is -0; inf * 0 is NaN). */
-#include "native.h"
+#include "formats.h"
 
 #include "cascade.h"
 

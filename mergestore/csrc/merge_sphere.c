@@ -9,7 +9,7 @@
  * elementwise operations in its order, each rounded by RC, and feeds torch's reductions:
  * norms in torch_norm.h's order, sums over the tensor in cascade.h's, sums over the inputs
  * (dim 0) in order from 0 in fp32, rounded once. */
-#include "native.h"
+#include "formats.h"
 
 #include "cascade.h"
 #include "torch_norm.h"

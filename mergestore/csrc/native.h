@@ -17,6 +17,8 @@
  *   huffman_literals.c  literal-only zstd frames decoded (zstd declines to)  store/codecs/huffman.py
  *   rng.c          Philox keep masks; dare/della's fp32 mask + L1 rescale   ops/context.py
  *                  (keep_mask), ops/sparsify.py (keep_rescale32's twin: rescaled_masked_)
+ *   formats.c (+ formats.h)  any-format arrays: widen/narrow, compute-format tiles, the
+ *                  argument handling the lane kernels share (no kernels of its own)
  *   module.c       the module's method table and start-up
  *
  * Every kernel has a pure Python/torch twin, and the tests check that both give the same
@@ -271,47 +273,8 @@ F16C_TARGET static inline void narrow_f16c(uint16_t *dst, const float *src, Py_s
 
 /* ------------------------------------------------------------------ any-format arrays */
 
-/* Float format codes of the lanes (ops/lanes.py FMT) and their sizes; merge_arith32.c has
- * the helpers, shared with merge_elementwise.c. */
+/* Float format codes of the lanes (ops/lanes.py FMT); formats.h has their helpers. */
 enum { FMT_BF16 = 0, FMT_F16 = 1, FMT_F32 = 2 };
-extern const Py_ssize_t fmt_size[3];
-
-/* A sequence of (buffer, format) inputs of n elements each. */
-typedef struct {
-    Py_ssize_t k;
-    Buf *bufs;
-    const void **ptrs;
-    int *fmts;
-} Inputs;
-
-/* dst[j] = element s + j of src (format fmt) as fp32, exactly. */
-void widen(float *dst, const void *src, int fmt, Py_ssize_t s, Py_ssize_t m);
-/* Elements s .. s + m of dst (format fmt) = src rounded to the format (nearest even). */
-void narrow(void *dst, int fmt, Py_ssize_t s, const float *src, Py_ssize_t m);
-int check_fmt(int fmt);
-/* One buffer of n elements of format fmt (n < 0: any whole number, n set from it). */
-int get_fmt_buf(PyObject *o, int fmt, Py_ssize_t *n, int writable, Buf *b, const char *what);
-int get_inputs(PyObject *xs_o, PyObject *fmts_o, Py_ssize_t n, Inputs *in);
-void inputs_release(Inputs *in);
-
-/* Tiles in a compute format (merge_elementwise.c, merge_sce.c): torch rounds the result of
- * each operation to the compute dtype; RC below. */
-/* Each value of the tile rounded to the compute format (nearest even), as a float. */
-ALWAYS_INLINE static inline void round_tile(float *v, Py_ssize_t m, int cfmt) {
-    if (cfmt == FMT_F32) return;
-    if (cfmt == FMT_BF16) {
-        for (Py_ssize_t j = 0; j < m; j++) v[j] = bf16_to_f32(rne16_nan(v[j]));
-    } else {
-        for (Py_ssize_t j = 0; j < m; j++) v[j] = f16_to_f32(rne_f16(v[j]));
-    }
-}
-
-/* The tile of elements s .. s + m of x, widened and rounded to the compute format. */
-ALWAYS_INLINE static inline void load_tile(float *dst, const void *x, int fmt, int cfmt,
-                                           Py_ssize_t s, Py_ssize_t m) {
-    widen(dst, x, fmt, s, m);
-    if (cfmt != fmt) round_tile(dst, m, cfmt);
-}
 
 /* ------------------------------------------------------------------ entry points */
 
@@ -381,16 +344,18 @@ typedef struct {
 } Cuts32;
 void cut_tile32(uint32_t *d, Py_ssize_t start, Py_ssize_t m, const Cuts32 *c);
 void cut_tile16(uint16_t *d, Py_ssize_t start, Py_ssize_t m, const Cuts32 *c);
+/* a piece [s, e) of a tile over which a 16-bit cut keeps magnitude bits in [lo1, hi1] and not
+ * in [lo2, hi2] */
+typedef struct {
+    Py_ssize_t s, e;
+    int lo1, hi1, lo2, hi2;
+} CutSeg16;
+int cut_segs16(Py_ssize_t start, Py_ssize_t m, const Cuts32 *c, CutSeg16 seg[3]);
 int get_cuts32(PyObject *o, Cuts32 *c);
 /* cut_select.c */
 PyObject *py_find_cuts(PyObject *self, PyObject *args);
 PyObject *py_gta_cut16(PyObject *self, PyObject *args);
 PyObject *py_finite(PyObject *self, PyObject *args);
-/* merge_arith.c: one tile of the bf16 GTA tail over cut deltas (gta_consensus_bf16, or
- * gta_sum_bf16 over deltas), for cut_select.c's fused gta_cut16 */
-void gta_tail_bf16(uint16_t *out, const uint16_t *base, const uint16_t **ds, Py_ssize_t k,
-                   const float *w, Py_ssize_t m, int consensus, float divisor, int normalize,
-                   float lam, int has_lam);
 /* rng.c */
 PyObject *py_philox_keep(PyObject *self, PyObject *args);
 PyObject *py_keep_rescale32(PyObject *self, PyObject *args);

@@ -1,7 +1,7 @@
 /* Magnitude rank cuts (ties' magnitude, breadcrumbs' magnitude_outliers), row ranks and della's
  * keep probabilities, on 16-bit float bits. Python twin: mergestore/ops/sparsify.py (the
  * streamed cuts, _native_cut, row ranks and della_magprune). */
-#include "native.h"
+#include "formats.h"
 
 #if HAVE_F16C_KERNELS
 /* out = x - base rounded to fp16 (sub_hist16's first step), vectorized. */
@@ -202,19 +202,31 @@ static void apply_cuts16(uint16_t *data, Py_ssize_t n, int m1, int v1, Py_ssize_
 /* Elements start .. start + m of a flat bf16 delta (in d[0..m)) times the mask of its cuts
  * (native.h: Cuts32, with 15-bit magnitudes), as apply_cuts16 does over a whole tensor. */
 void cut_tile16(uint16_t *d, Py_ssize_t start, Py_ssize_t m, const Cuts32 *c) {
+    CutSeg16 seg[3];
+    int ns = cut_segs16(start, m, c, seg);
+    for (int i = 0; i < ns; i++)
+        zero_outside(d + seg[i].s, seg[i].e - seg[i].s, seg[i].lo1, seg[i].hi1, seg[i].lo2,
+                     seg[i].hi2, 0);
+}
+
+/* The pieces of elements start .. start + m (at most 3, offsets from start) over which the
+ * cuts (15-bit magnitudes) each keep one range of magnitude bits; their number. */
+int cut_segs16(Py_ssize_t start, Py_ssize_t m, const Cuts32 *c, CutSeg16 seg[3]) {
     Py_ssize_t b1 = c->last1 < 0 ? 0 : c->last1;
     Py_ssize_t b2 = c->mode2 < 0 ? 0 : (c->last2 < 0 ? 0 : c->last2);
     Py_ssize_t end = start + m;
     Py_ssize_t cuts[4] = {start, b1 < b2 ? b1 : b2, b1 < b2 ? b2 : b1, end};
-    for (int seg = 0; seg < 3; seg++) {
-        Py_ssize_t s = cuts[seg] < start ? start : cuts[seg];
-        Py_ssize_t e = seg == 2 ? end : (cuts[seg + 1] > end ? end : cuts[seg + 1]);
+    int ns = 0;
+    for (int i = 0; i < 3; i++) {
+        Py_ssize_t s = cuts[i] < start ? start : cuts[i];
+        Py_ssize_t e = i == 2 ? end : (cuts[i + 1] > end ? end : cuts[i + 1]);
         if (e <= s) continue;
-        int lo1, hi1, lo2 = 1, hi2 = 0;
-        cut_range(c->mode1, (int)c->v1, s < b1, &lo1, &hi1);
-        if (c->mode2 >= 0) cut_range(c->mode2, (int)c->v2, s < b2, &lo2, &hi2);
-        zero_outside(d + (s - start), e - s, lo1, hi1, lo2, hi2, 0);
+        CutSeg16 *g = &seg[ns++];
+        g->s = s - start, g->e = e - start, g->lo2 = 1, g->hi2 = 0;
+        cut_range(c->mode1, (int)c->v1, s < b1, &g->lo1, &g->hi1);
+        if (c->mode2 >= 0) cut_range(c->mode2, (int)c->v2, s < b2, &g->lo2, &g->hi2);
     }
+    return ns;
 }
 
 PyObject *py_apply_cuts16(PyObject *self, PyObject *args) {

@@ -1,7 +1,8 @@
 /* Random keep masks: numpy's Philox4x64-10 stream, compared with p. Python twin:
  * mergestore/ops/context.py (TensorContext.keep_mask's numpy Generator). */
-#include "native.h"
+#include "formats.h"
 #include "cascade.h"
+#include "gta_tail16.h"
 
 /* Prefetch the tile of m elements of `size` bytes at p (the next tile of a stream, while this
  * one is worked on: the draws between two tiles leave the hardware prefetcher behind). */
@@ -848,14 +849,6 @@ HOT4 static int della_keep_sums16(uint8_t *keep, const uint16_t *x, const uint16
     return 0;
 }
 
-/* f rounded to bf16 (nearest even), as a float: rne16 then bf16_to_f32, in one. */
-static inline float r16(float f) {
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    u = (u + 0x7FFFu + ((u >> 16) & 1u)) & 0xFFFF0000u;
-    memcpy(&f, &u, 4);
-    return f;
-}
 
 /* dare* and della* in bf16 in one pass over the inputs (ops/lane_random.py), tile by tile:
  * v_i = x_i - base rounded to bf16, times its keep byte (as torch's v * mask; its rounding is
@@ -873,7 +866,7 @@ HOT4 static int gta_keep16(uint16_t *out, const uint16_t *base, const uint16_t *
                           int normalize, float lam, int has_lam) {
     float *dt = malloc((size_t)(k ? k : 1) * TILE * sizeof(float));
     if (!dt) return -1;
-    float bf[TILE], acc[TILE], vote[TILE], divs[TILE];
+    float bf[TILE], acc[TILE];
     for (Py_ssize_t s = 0; s < n; s += TILE) {
         Py_ssize_t m = n - s < TILE ? n - s : TILE;
         if (s + 2 * TILE <= n) { /* the next tile of every stream (2k + 1 of them) */
@@ -902,36 +895,7 @@ HOT4 static int gta_keep16(uint16_t *out, const uint16_t *base, const uint16_t *
                 for (Py_ssize_t j = 0; j < m; j++) acc[j] += D[j] = r16(D[j] * wi);
             }
         }
-        if (consensus) {
-            for (Py_ssize_t j = 0; j < m; j++) {
-                vote[j] = r16(acc[j]) >= 0.0f ? 1.0f : -1.0f;
-                acc[j] = 0.0f;
-                divs[j] = 0.0f;
-            }
-            for (Py_ssize_t i = 0; i < k; i++) {
-                const float *D = dt + i * TILE;
-                const float wi = w[i];
-                for (Py_ssize_t j = 0; j < m; j++) {
-                    float agree = (D[j] * vote[j]) > 0.0f ? 1.0f : 0.0f;
-                    acc[j] += D[j] * agree;
-                    divs[j] += agree * wi;
-                }
-            }
-        }
-        for (Py_ssize_t j = 0; j < m; j++) acc[j] = r16(acc[j]);
-        if (normalize && consensus) {
-            for (Py_ssize_t j = 0; j < m; j++) {
-                float dv = r16(divs[j]);
-                dv = dv == 0.0f ? 1.0f : dv;
-                acc[j] = r16(acc[j] / dv);
-            }
-        } else if (normalize) {
-            for (Py_ssize_t j = 0; j < m; j++) acc[j] = r16(acc[j] / divisor);
-        }
-        if (has_lam)
-            for (Py_ssize_t j = 0; j < m; j++) acc[j] = r16(acc[j] * lam);
-        uint16_t *o = out + s;
-        for (Py_ssize_t j = 0; j < m; j++) o[j] = rne16(bf[j] + acc[j]);
+        gta_tail16(out + s, bf, dt, k, w, acc, consensus, divisor, m, normalize, lam, has_lam);
     }
     free(dt);
     return 0;

@@ -17,7 +17,7 @@
  * bench/check_sleef_f32.py compares every fp32 input with torch; tests/ops/test_sleef_f32.py
  * a dense sample.
  */
-#include "native.h"
+#include "formats.h"
 
 #define PI_A2F 3.1414794921875f
 #define PI_B2F 0.00011315941810607910156f

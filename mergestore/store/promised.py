@@ -21,19 +21,26 @@ import struct
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from pathlib import Path
+from typing import Protocol
 
 from mergestore.errors import MergestoreError
-from mergestore.store.index import BlockLocation, codec_id
+from mergestore.store.index import BlockLocation, Index, codec_id
 from mergestore.store.packs import PackAppender
-
-if TYPE_CHECKING:
-    from mergestore.store.repo import Repository
 
 PROMISED_PACK_BASE = 0xC000_0000
 KEEP_BATCH = 64 << 20
 _SLOT_KEY = b"promised-pack:"
 _NEXT_SLOT = b"next_promised_slot"
+
+
+class PromisedStore(Protocol):
+    """What promised blocks need of a repository (store.repo.Repository is one)."""
+
+    index: Index
+    pack_dir: Path
+
+    def gc_lock(self, exclusive: bool) -> int: ...
 
 
 class BlockSource(Protocol):
@@ -90,7 +97,7 @@ def allocate_slot(txn, meta_db, remote: str, pack: str) -> int:  # type: ignore[
 class Keeper:
     """Appends fetched block payloads to a local pack and publishes them in batches."""
 
-    def __init__(self, repo: Repository) -> None:
+    def __init__(self, repo: PromisedStore) -> None:
         self.repo = repo
         self._lock = threading.Lock()
         self._appender: PackAppender | None = None
@@ -144,7 +151,7 @@ class Keeper:
 
 
 def record_promised(
-    repo: Repository, remote: str, pack: str, entries: Iterable[PromisedEntry]
+    repo: PromisedStore, remote: str, pack: str, entries: Iterable[PromisedEntry]
 ) -> int:
     """Record blocks of a remote pack that this store lacks; returns how many were new."""
     idx = repo.index
@@ -166,7 +173,7 @@ def record_promised(
     return n
 
 
-def promised_count(repo: Repository, remote: str) -> int:
+def promised_count(repo: PromisedStore, remote: str) -> int:
     """How many blocks this store still knows only as locations on `remote`."""
     idx = repo.index
     with idx.read() as txn:
@@ -187,7 +194,7 @@ def promised_count(repo: Repository, remote: str) -> int:
         return n
 
 
-def slot_name(repo: Repository, slot: int) -> tuple[str, str]:
+def slot_name(repo: PromisedStore, slot: int) -> tuple[str, str]:
     """(remote, pack key) of a promised-pack slot."""
     with repo.index.read() as txn:
         raw = txn.get(slot_key(slot), db=repo.index.db("meta"))

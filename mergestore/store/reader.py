@@ -26,17 +26,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from mergestore.errors import CorruptionError
 from mergestore.store.index import BlockLocation
-from mergestore.store.packs import ENTRY_HEADER, ENTRY_MAGIC, ReadMeter
+from mergestore.store.packs import ENTRY_HEADER, ENTRY_MAGIC, PackReader, ReadMeter
 from mergestore.threads import ordered_map
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from mergestore.store.repo import Repository
 
 MAX_GAP = 64 << 10  # read through holes up to this size rather than start a new read
 MAX_SPAN = 8 << 20  # bytes in one read at most
@@ -88,12 +87,58 @@ def plan_spans(
     return spans
 
 
+class _BlockSize(Protocol):
+    block_size: int
+
+
+class BlockStore(Protocol):
+    """What a BlockReader reads through (store.repo.Repository is one)."""
+
+    config: _BlockSize
+    packs: PackReader
+
+    def block_locations(self, ids: Iterable[bytes]) -> dict[bytes, BlockLocation]: ...
+
+    def read_span(self, pack: int, start: int, length: int) -> bytes: ...
+
+    def read_block(
+        self,
+        bid: bytes,
+        meter: ReadMeter | None = None,
+        *,
+        reference: bytes | memoryview | None = None,
+        location: BlockLocation | None = None,
+        view: bool = False,
+    ) -> bytes: ...
+
+    def read_block_into(
+        self,
+        bid: bytes,
+        out: np.ndarray,
+        meter: ReadMeter | None = None,
+        *,
+        reference: bytes | memoryview | None = None,
+        location: BlockLocation | None = None,
+    ) -> None: ...
+
+    def decode_verified(
+        self,
+        bid: bytes,
+        loc: BlockLocation,
+        payload: bytes | memoryview,
+        reference: bytes | memoryview | None,
+        *,
+        out: np.ndarray | None = None,
+        view: bool = False,
+    ) -> bytes | memoryview: ...
+
+
 class BlockReader:
     """Verified block reads in pack order (see the module docstring)."""
 
     def __init__(
         self,
-        repo: Repository,
+        repo: BlockStore,
         *,
         max_gap: int = MAX_GAP,
         max_span: int = MAX_SPAN,

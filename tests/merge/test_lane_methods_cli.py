@@ -6,12 +6,11 @@ folder a checkout gives, and never imports torch."""
 from __future__ import annotations
 
 import hashlib
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from torch_free import assert_merges_skip_torch
 
 from fixtures.store import commit_family
 from mergestore import native
@@ -97,15 +96,4 @@ def test_cli_merge_never_imports_torch(tiny_family, tmp_path) -> None:
         cfg = tmp_path / f"{method}.yml"
         cfg.write_text(yaml.safe_dump(_config(method, DTYPES[1])))
         cfgs.append(str(cfg))
-    code = f"""
-import sys
-from mergestore.cli.main import main
-for i, cfg in enumerate({cfgs!r}):
-    try:
-        main(["--store", {str(store_dir)!r}, "merge", "--config", cfg, "-b", f"m{{i}}", "--json"])
-    except SystemExit as e:
-        assert not e.code, e.code
-assert "torch" not in sys.modules, "torch was imported"
-"""
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
+    assert_merges_skip_torch(store_dir, cfgs)

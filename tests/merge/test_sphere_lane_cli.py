@@ -5,11 +5,9 @@ dot products come from ops.lane_math)."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 import yaml
+from torch_free import assert_merges_skip_torch
 
 from fixtures.store import commit_family
 from mergestore import native
@@ -101,15 +99,4 @@ def test_cli_merges_never_import_torch(tiny_family, tmp_path) -> None:
         cfg = tmp_path / f"{method}{i}.yml"
         cfg.write_text(yaml.safe_dump(_config(method, dtypes)))
         cfgs.append(str(cfg))
-    code = f"""
-import sys
-from mergestore.cli.main import main
-for i, cfg in enumerate({cfgs!r}):
-    try:
-        main(["--store", {str(store_dir)!r}, "merge", "--config", cfg, "-b", f"m{{i}}", "--json"])
-    except SystemExit as e:
-        assert not e.code, e.code
-assert "torch" not in sys.modules, "torch was imported"
-"""
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
+    assert_merges_skip_torch(store_dir, cfgs)

@@ -159,11 +159,13 @@ def test_finite():
     assert not lane16.finite(b, lane16.BF16)
 
 
+@pytest.mark.parametrize("nonfinite", [False, True])
 @pytest.mark.parametrize("consensus", [True, False])
-def test_fused_bf16_cut_in_any_column_windows(consensus):
+def test_fused_bf16_cut_in_any_column_windows(consensus, nonfinite):
     """kernels.gta_cut16 on column windows (each told its flat start) gives the bits of one
     call over the whole tensor, wherever a cut's tie breakpoint falls, and those of cutting
-    each delta (sparsify.delta_bits_into) and combining them (lane16.gta_combine)."""
+    each delta (sparsify.delta_bits_into) and combining them (lane16.gta_combine), with
+    infinities and NaNs kept or dropped by the cuts too."""
     g = torch.Generator().manual_seed(7)
     n = 50 * 41
     base = (0.02 * torch.randn(n, generator=g)).to(torch.bfloat16)
@@ -171,6 +173,11 @@ def test_fused_bf16_cut_in_any_column_windows(consensus):
         (base.float() + torch.round(torch.randn(n, generator=g) * 8) / 8e3).to(torch.bfloat16)
         for _ in range(3)
     ]
+    if nonfinite:
+        xs[0][[3, 900]] = float("inf")
+        xs[1][[5, 1500]] = float("nan")
+        xs[2][7] = float("-inf")
+        base[[11, 1999]] = torch.tensor([float("inf"), float("nan")], dtype=torch.bfloat16)
     u16 = [t.view(torch.int16).numpy().view(np.uint16) for t in [base, *xs]]
     flat_base, flats = u16[0], u16[1:]
     rules = [("magnitude", 0.37, 0.0), ("magnitude_outliers", 0.8, 0.02), ("magnitude", 0.5, 0.0)]
@@ -201,3 +208,29 @@ def test_fused_bf16_cut_in_any_column_windows(consensus):
         lam=1.0, out=want,
     )  # fmt: skip
     assert whole.tolist() == want.tolist()
+
+
+@pytest.mark.parametrize("compute", ["F32", "BF16"])
+def test_bracket_larger_than_the_scratch(compute):
+    """A bracket holding more keys than the pooled scratch has room for (long runs of equal
+    magnitudes around the cut, as discrete deltas of 16-bit weights give) gathers into buffers
+    of its own: the cuts a stable sort gives, without the exact histograms."""
+    g = torch.Generator().manual_seed(3)
+    base = 0.02 * torch.randn(N, generator=g)
+    x = base + torch.round(torch.randn(N, generator=g) * 3) / 4e3  # ~13 distinct magnitudes
+    if compute == "BF16":
+        base, x = base.to(torch.bfloat16).float(), x.to(torch.bfloat16).float()
+        pair = [t.to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16) for t in (x, base)]
+        code = lane16.BF16
+    else:
+        pair, code = [x.numpy(), base.numpy()], lane16.F32
+    k = keys(x, base, compute)
+    for sparsifier, density, gamma in RULES[:2]:
+        counts = sparsify.cut_counts(N, sparsifier, density, gamma)
+        for room in (N // 4, 64):  # find_many's scratch for one input; almost none
+            scratch = np.zeros(room, np.uint32)
+            got = native.kernels.find_cuts(
+                [pair[0]], [code], pair[1], code, code, [counts], cuts.SAMPLE, cuts.Z, scratch
+            )[0]
+            assert np.array_equal(spec_keep(k, got[:6]), sorted_keep(k, sparsifier, density, gamma))
+            assert got[6] == 0  # the bracket held the cut
