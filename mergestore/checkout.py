@@ -129,7 +129,7 @@ class _Writer:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         of = _OutFile(target, tmp, fd)
         self.files.append(of)
-        os.ftruncate(fd, size)  # every block lands inside the file: no appends, no races
+        presize(fd, size)  # every block lands inside the file: no appends, no races
         if prefix:
             _pwrite_all(fd, prefix, 0)
             self._count(len(prefix))
@@ -207,6 +207,21 @@ class _Writer:
                 of.closed = True
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(of.tmp)
+
+
+def presize(fd: int, size: int) -> None:
+    """Give a new, empty output file its final size, its blocks allocated up front.
+
+    The file's bytes are what ftruncate alone gives (zeros until written), but ext4 (and xfs,
+    btrfs, tmpfs) then need no delayed allocation per page of every later pwrite: writing a
+    388 MiB folder took 0.06-0.07 sys-s into an allocated file against 0.12-0.85 into a sparse
+    one (docs/benchmarks.md, "s6-pipeline"). Where the filesystem cannot allocate, the file
+    stays sparse.
+    """
+    os.ftruncate(fd, size)
+    if size and hasattr(os, "posix_fallocate"):
+        with contextlib.suppress(OSError):
+            os.posix_fallocate(fd, 0, size)
 
 
 def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:

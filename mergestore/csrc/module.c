@@ -96,6 +96,17 @@ static PyMethodDef methods[] = {
     {"karcher_update", py_karcher_update, METH_VARARGS,
      "karcher_update(mean_f32, tangent_f32, cos, sin, step) -> |mean|: the step along the "
      "tangent, in place"},
+    {"karcher_x_first_mean", py_karcher_x_first_mean, METH_VARARGS,
+     "karcher_x_first_mean(mean_f32, inputs, fmts, norms, weights) -> |mean|: karcher_first_mean "
+     "with u_i = x_i / norm_i made from the inputs"},
+    {"karcher_x_dots", py_karcher_x_dots, METH_VARARGS,
+     "karcher_x_dots(mean_f32, d or None, inputs, fmts, norms, dots) -> [dot(mean, u_i)] or None: "
+     "mean /= d in place first; the dots in MKL's generic sdot order"},
+    {"karcher_x_tangent", py_karcher_x_tangent, METH_VARARGS,
+     "karcher_x_tangent(tangent_f32, mean_f32, inputs, fmts, norms, factors, cosines) -> "
+     "|tangent|"},
+    {"mkl_def_sdot", py_mkl_def_sdot, METH_VARARGS,
+     "mkl_def_sdot(x_f32, y_f32) -> sum of x * y in mkl_blas_def_xsdot's order"},
     {"karcher_out", py_karcher_out, METH_VARARGS,
      "karcher_out(out, out_fmt, mean_f32, scale): scale * mean in the output format"},
     {"sleef_f32", py_sleef_f32, METH_VARARGS,

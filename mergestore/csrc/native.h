@@ -315,6 +315,10 @@ PyObject *py_karcher_first_mean(PyObject *self, PyObject *args);
 PyObject *py_karcher_tangent(PyObject *self, PyObject *args);
 PyObject *py_karcher_update(PyObject *self, PyObject *args);
 PyObject *py_karcher_out(PyObject *self, PyObject *args);
+PyObject *py_karcher_x_first_mean(PyObject *self, PyObject *args);
+PyObject *py_karcher_x_dots(PyObject *self, PyObject *args);
+PyObject *py_karcher_x_tangent(PyObject *self, PyObject *args);
+PyObject *py_mkl_def_sdot(PyObject *self, PyObject *args);
 /* sleef_f32.c */
 float sleef_acosf(float d);
 int sleef_sinf(float d, float *out); /* 0: |d| >= 125 or NaN, not reproduced */

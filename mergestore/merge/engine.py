@@ -354,7 +354,13 @@ class Engine:
     def lane_report(self, n_tasks: int) -> dict[str, object]:
         """Tensors per lane, and why tensors went through torch (merge --json's "lanes")."""
         on = len(self.on_lane)
-        return {"torch_free": on, "torch": n_tasks - on, "torch_reasons": dict(self.torch_reasons)}
+        report: dict[str, object] = {
+            "torch_free": on, "torch": n_tasks - on, "torch_reasons": dict(self.torch_reasons)
+        }  # fmt: skip
+        notes = lanes.notes(self.method) if on else {}
+        if notes:
+            report["notes"] = notes
+        return report
 
     # -- reading ----------------------------------------------------------------------------
 

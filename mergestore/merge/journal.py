@@ -223,11 +223,15 @@ def add_lanes(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     reasons = dict(a.get("torch_reasons", {}))
     for why, n in b.get("torch_reasons", {}).items():
         reasons[why] = reasons.get(why, 0) + n
-    return {
+    out: dict[str, Any] = {
         "torch_free": a.get("torch_free", 0) + b.get("torch_free", 0),
         "torch": a.get("torch", 0) + b.get("torch", 0),
         "torch_reasons": reasons,
     }
+    notes = {**a.get("notes", {}), **b.get("notes", {})}
+    if notes:
+        out["notes"] = notes
+    return out
 
 
 def engine_name() -> str:

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from mergestore import iotally
-from mergestore.checkout import _pwrite_all, write_tree_files
+from mergestore.checkout import _pwrite_all, presize, write_tree_files
 from mergestore.formats import outdir
 from mergestore.formats.checkpoint import safe_join
 from mergestore.merge.engine import Engine, PreparedBlocks, Sink, TensorTask
@@ -145,7 +145,7 @@ class FolderOutput:
             size = data_start + (entries[-1].end if entries else 0)
             f = _File(shard.path, fd, header, size, {e.name: e.begin for e in entries})
             self.files.append(f)
-            os.ftruncate(fd, size)
+            presize(fd, size)
             _pwrite_all(fd, struct.pack("<Q", len(header)) + header, 0)
             self.bytes_written += data_start
             for meta, e in zip(shard.tensors, entries, strict=True):

@@ -8,12 +8,7 @@ from __future__ import annotations
 # Importing a method module registers it; the order here is irrelevant.
 from mergestore.ops import (  # noqa: F401
     arcee_fusion,
-    breadcrumbs,
-    breadcrumbs_ties,
-    dare_linear,
-    dare_ties,
-    della,
-    della_linear,
+    gta_methods,
     karcher,
     linear,
     model_stock,
@@ -25,8 +20,6 @@ from mergestore.ops import (  # noqa: F401
     ramplus_tl,
     sce,
     slerp,
-    task_arithmetic,
-    ties,
 )
 from mergestore.ops.apply import check_inputs, merge_tensor, validate_params
 from mergestore.ops.context import TensorContext

@@ -28,7 +28,8 @@ What the fp32 lane covers, with the torch path's bits (tests/ops/test_lanes.py):
   or bf16 compute, on tensors of a multiple of 8 elements (ops.lane_sphere; their scalar
   acos/sin/cos with torch's bits from ops.lane_math, without torch);
 - karcher in fp32 compute on tensors of a multiple of 8 elements (ops.lane_karcher: its dot
-  products are torch.dot's MKL sdot, from ops.lane_math, without torch).
+  products are torch.dot's MKL sdot, from ops.lane_math, without torch, or its sum in MKL's
+  order where that is checked to give its bits: `notes()` says which).
 Everything else goes through torch; `reason()` says why, for `merge --json`.
 """
 
@@ -130,6 +131,16 @@ def reason(
     ):
         return _param_reason(method)
     return None
+
+
+def notes(method: str) -> dict[str, str]:
+    """How the lane computes `method` here where that depends on this machine (merge --json's
+    "lanes" "notes"): karcher's dot products."""
+    if method != "karcher" or native.kernels is None:
+        return {}
+    from mergestore.ops import lane_karcher
+
+    return {"karcher_dots": lane_karcher.dot_note()}
 
 
 def _param_reason(method: str) -> str:

@@ -23,13 +23,9 @@ def canonical_json(obj: Any) -> bytes:
 
 
 def _is_hex_id(s: Any) -> bool:
-    if not isinstance(s, str) or len(s) != HEX_ID_LEN:
-        return False
-    try:
-        bytes.fromhex(s)
-    except ValueError:
-        return False
-    return True
+    """64 lowercase hex digits. (str.strip runs in C: a merge's planning checks ~6,500 ids,
+    which took 0.03-0.05 s of its serial start one character at a time.)"""
+    return isinstance(s, str) and len(s) == HEX_ID_LEN and not s.strip("0123456789abcdef")
 
 
 def _need(cond: bool, what: str) -> None:
@@ -277,10 +273,6 @@ class Plan(StoreObject):
 
 def _list(v: Any) -> list[Any]:
     return v if isinstance(v, list) else []
-
-
-def _is_hex_id(h: str) -> bool:
-    return len(h) == 64 and all(ch in "0123456789abcdef" for ch in h)
 
 
 OBJECT_TYPES: dict[str, type[StoreObject]] = {

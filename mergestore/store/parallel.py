@@ -7,7 +7,6 @@ below every layer that uses them.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import threading
 
@@ -74,9 +73,10 @@ def reuse_freed_memory() -> None:
         if _malloc_tuned:
             return
         _malloc_tuned = True
+        # The process's own symbols hold libc's: ctypes.util.find_library would run ldconfig in
+        # a subprocess (~14 ms of CPU and ~25 ms of wall on a merge's serial start).
         try:
-            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-            mallopt = libc.mallopt
+            mallopt = ctypes.CDLL(None).mallopt
         except (OSError, AttributeError):
             return
         mallopt.argtypes = [ctypes.c_int, ctypes.c_int]

@@ -23,7 +23,6 @@ import contextlib
 import fcntl
 import json
 import os
-import secrets
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -60,7 +59,7 @@ class SessionFile:
         folder = pending_dir(self.repo)
         folder.mkdir(exist_ok=True)
         if self.path is None:
-            self.path = folder / f"{os.getpid()}-{secrets.token_hex(6)}.json"
+            self.path = folder / f"{os.getpid()}-{os.urandom(6).hex()}.json"
         data = json.dumps(_encode(self.session, note), separators=(",", ":")).encode()
         tmp = self.path.with_suffix(".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)

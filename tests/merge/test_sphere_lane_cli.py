@@ -80,6 +80,10 @@ def test_cli_merge_on_the_lane_equals_torch(
     assert fast.code == 0, fast.err
     lanes = fast.json()["lanes"]
     assert fast.json()["torch_free"] and lanes["torch"] == 0 and lanes["torch_free"] > 0, lanes
+    if method == "karcher":  # how its dot products were taken, never silent
+        assert "sdot" in lanes["notes"]["karcher_dots"]
+    else:
+        assert "notes" not in lanes
     monkeypatch.setenv("MERGESTORE_TORCH_FREE", "0")
     slow = cli(*base, "-b", "slow", "--force")
     assert slow.code == 0, slow.err

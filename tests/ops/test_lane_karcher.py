@@ -18,7 +18,15 @@ from hypothesis import strategies as st
 from fixtures.bits import same_bits
 from fixtures.lane_family import NAMES, TORCH, from_lane, to_lane
 from mergestore import native
-from mergestore.ops import TensorContext, get_method, lanes, merge_tensor, validate_params
+from mergestore.ops import (
+    TensorContext,
+    get_method,
+    lane_karcher,
+    lane_math,
+    lanes,
+    merge_tensor,
+    validate_params,
+)
 
 pytestmark = pytest.mark.skipif(native.kernels is None, reason="C kernels not built")
 
@@ -61,9 +69,21 @@ def check(xs, out_dtype, shared_in=None, fresh_thread=False):
     assert same_bits(got_t, want), (out_dtype, (got_t != want).sum())
 
 
+@pytest.fixture(params=["own", "mkl"])
+def dots(request, monkeypatch):
+    """Both ways of taking the dot products: summed in C in MKL's order (where the check
+    passes on this machine), and MKL's sdot on fp32 unit arrays."""
+    if request.param == "own":
+        if not lane_karcher.own_dots():
+            pytest.skip("MKL's sdot here is not its generic kernel")
+    else:
+        monkeypatch.setattr(lane_karcher, "_own", False)
+    return request.param
+
+
 @pytest.mark.parametrize("out_dtype", [None, *NAMES])
 @pytest.mark.parametrize("n", [2, 3, 4, 5])
-def test_every_dtype_mix(out_dtype, n):
+def test_every_dtype_mix(out_dtype, n, dots):
     xs = models(n, (37, 64), ["BF16", "F32", "F16", "BF16", "F32"], seed=n)
     check(xs, out_dtype)
 
@@ -84,7 +104,7 @@ def test_random(shape, n, dtypes, out_dtype, max_iter, tol, spread, seed):
     check(xs, out_dtype, {"max_iter": max_iter, "tol": tol})
 
 
-def test_zero_and_equal_inputs():
+def test_zero_and_equal_inputs(dots):
     """A zero input (not live), all-zero inputs (the twin's zeros), equal inputs (every
     angle under tol: no step)."""
     x = torch.linspace(-1, 1, 64)
@@ -94,12 +114,12 @@ def test_zero_and_equal_inputs():
     check([x, -x], "F32")
 
 
-def test_large_tensor():
+def test_large_tensor(dots):
     xs = models(4, ((1 << 20) + 8 * 37,), ["BF16"] * 4, seed=7)
     check(xs, "BF16")
 
 
-def test_in_a_fresh_thread():
+def test_in_a_fresh_thread(dots):
     """The lane in a thread where torch has run no parallel loop yet (as in the engine's
     workers): without applying torch's thread count there first, torch.dot split its sum over
     the default threads."""
@@ -113,3 +133,52 @@ def test_reasons():
     assert lanes.reason("karcher", "F32", shared, per, 64) is None
     assert "16-bit" in lanes.reason("karcher", "BF16", shared, per, 64)
     assert "multiple of 8" in lanes.reason("karcher", "F32", shared, per, 60)
+
+
+def _order_sensitive(rng, n):
+    """Two 64-byte-aligned fp32 vectors whose sum of products depends on its order."""
+    x, y = lane_karcher._aligned(n), lane_karcher._aligned(n)
+    x[:] = rng.standard_normal(n).astype("float32") * (2.0 ** rng.integers(-12, 12, n))
+    y[:] = rng.standard_normal(n).astype("float32")
+    return x, y
+
+
+def test_own_order_is_mkls_sdot():
+    """Where the lane sums the dot products itself, it gives MKL's sdot bits: lengths other
+    than the check's (every residue mod 32 up to 700, and the bench's tensor sizes); and the
+    vectors are sensitive to the order (numpy's own sum differs for most)."""
+    import numpy as np
+
+    if not lane_karcher.own_dots():
+        pytest.skip("MKL's sdot here is not its generic kernel")
+    lane_math.one_blas_thread()
+    rng = np.random.default_rng(3)
+    differ = 0
+    sizes = [*range(101, 700, 7), 2949120, (1 << 20) + 8 * 37]
+    for n in sizes:
+        x, y = _order_sensitive(rng, n)
+        want = np.float32(lane_math.dot32(x, y))
+        got = np.float32(native.kernels.mkl_def_sdot(x, y))
+        assert got.view(np.uint32) == want.view(np.uint32), n
+        differ += np.float32(np.dot(x, y)) != want
+    assert differ > len(sizes) // 2
+
+
+def test_own_check_fails_on_another_order(monkeypatch):
+    """The check refuses a sum that is not MKL's (here numpy's), so the lane calls MKL."""
+    import numpy as np
+
+    class Other:
+        def __getattr__(self, name):
+            return getattr(kernels, name)
+
+        @staticmethod
+        def mkl_def_sdot(x, y):
+            return float(np.dot(x, y))
+
+    kernels = native.kernels
+    monkeypatch.setattr(native, "kernels", Other())
+    assert lane_karcher._check_own() is False
+    monkeypatch.setattr(lane_karcher, "_own", False)
+    assert "MKL's sdot called" in lanes.notes("karcher")["karcher_dots"]
+    assert lanes.notes("linear") == {}
