@@ -57,7 +57,7 @@ from mergestore.ops import (
     merge_tensor,
     validate_params,
 )
-from mergestore.store import codecs
+from mergestore.store import codecs, faults
 from mergestore.store.blocks import block_id, tensor_blocking
 from mergestore.store.objects import TensorRecord
 from mergestore.store.packs import ENTRY_HEADER, ReadMeter
@@ -747,8 +747,13 @@ class Engine:
         progress: Progress | None = None,
         track_delta: bool = False,
         memory_limit: int = 0,
+        checkpoints: Sequence[tuple[int, Checkpoint]] = (),
     ) -> tuple[list[OutputTensor], EngineStats]:
         """Merge every task; outputs come back in task order.
+
+        `checkpoints`: (end, fn) pairs, ends ascending; fn(outputs of tasks[:end]) runs on the
+        writer thread once those tasks' blocks are kept and before any later task's are (a
+        journal flush: merge/journal.py), while the next tasks load and merge.
 
         A pipeline: `compute_workers()` loader threads read and decode blocks, as many compute
         threads merge tensors side by side (each kernel on one torch thread) and hash and
@@ -773,7 +778,7 @@ class Engine:
         try:
             with alloc.pooling():
                 outputs = self._run(
-                    tasks, sink, stats, progress, track_delta, workers, memory_limit
+                    tasks, sink, stats, progress, track_delta, workers, memory_limit, checkpoints
                 )
         finally:
             if threads:
@@ -813,8 +818,12 @@ class Engine:
         track_delta: bool,
         workers: int,
         memory_limit: int,
+        checkpoints: Sequence[tuple[int, Checkpoint]] = (),
     ) -> list[OutputTensor]:
         outputs: list[OutputTensor] = []
+        marks = list(checkpoints)
+        kept: list[Future[OutputTensor]] = []  # every task's writer future, while marks remain
+        hooks: list[Future[None]] = []
         # Each stage takes its input future out of a one-item box, so a finished stage's
         # tensors are freed as soon as the next stage is done with them (a future keeps its
         # result alive). The tasks loading or merging together hold at most as many bytes as
@@ -831,9 +840,20 @@ class Engine:
             outputs.append(inflight.retire())
             if progress:
                 progress(1)
+            while hooks and hooks[0].done():
+                hooks.pop(0).result()  # raises a checkpoint's error
+
+        def checkpoint(fn: Checkpoint, done: list[Future[OutputTensor]]) -> None:
+            fn([f.result() for f in done])  # on the writer: every one of them is kept
+
+        def mark(i: int) -> None:
+            while marks and marks[0][0] <= i:
+                end, fn = marks.pop(0)
+                hooks.append(writer.submit(checkpoint, fn, kept[:end]))
 
         try:
-            for task in tasks:
+            mark(0)
+            for i, task in enumerate(tasks):
                 cost = task_bytes(task)
                 while not inflight.wait_room(cost):
                     retire()
@@ -845,18 +865,30 @@ class Engine:
                     self._merge_loaded, [loaded], sink, track_delta, inflight, cost
                 )
                 written = writer.submit(self._commit, [merged], sink, stats)
+                if marks:
+                    kept.append(written)
+                    mark(i + 1)  # right after task i's blocks, before the next task's
                 inflight.admit(written, cost)
                 del loaded, merged, written
                 stats.tensors += 1
+            mark(len(tasks))
             while inflight:
                 retire()
+            for h in hooks:
+                h.result()
         except BaseException:
+            for pool in pools:  # nothing queued starts any more (no later block, no flush)
+                pool.shutdown(wait=False, cancel_futures=True)
+            faults.release_pauses()  # a test pause at a flush on the writer (store/faults.py)
             for pool in pools:
-                pool.shutdown(wait=True, cancel_futures=True)
+                pool.shutdown(wait=True)
             raise
         for pool in pools:
             pool.shutdown(wait=True)
         return outputs
+
+
+Checkpoint = Callable[[list[OutputTensor]], None]
 
 
 def _location(locs: dict[bytes, BlockLocation], bid: bytes) -> BlockLocation:

@@ -15,6 +15,7 @@ ignored and removed.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import time
@@ -156,6 +157,14 @@ def compute(
     # Every chunk keeps the whole merge's memory bound (a chunk of small tensors bounded by
     # its own largest would load and merge each of those alone).
     engine.memory_limit = max((task_bytes(t) for t in todo), default=0)
+    if session is not None and expected is None and todo:
+        with alloc.pooling():
+            _compute_in_session(
+                res, repo, engine, todo, session, plan_id, done_j, n_models,
+                journal=journal, ref=ref, wrap_sink=wrap_sink, save=save,
+                progress=progress, track_delta=track_delta, omitted=omitted,
+            )  # fmt: skip
+        return res
     with alloc.pooling():
         for chunk in chunks(todo, journal_bytes()):
             own = session is None
@@ -214,6 +223,77 @@ def compute(
             res.lanes = add_lanes(res.lanes, stats.lanes)
             faults.kill_point("journal-flushed")
     return res
+
+
+def _compute_in_session(
+    res: ComputeResult,
+    repo: Repository,
+    engine: Engine,
+    todo: list[TensorTask],
+    session: WriteSession,
+    plan_id: bytes,
+    done_j: dict[str, Any],
+    n_models: int,
+    *,
+    journal: bool,
+    ref: str | None,
+    wrap_sink: Callable[[Any], Any] | None,
+    save: Callable[[int], None] | None,
+    progress: Progress | None,
+    track_delta: bool,
+    omitted: str | None,
+) -> None:
+    """compute() in a merge's session: every chunk in one pass of the engine, each chunk's
+    journal entry set and the session saved on the engine's writer thread as soon as the chunk's
+    blocks are kept (before any later block is), while the next chunk's tensors load and merge.
+    (One pass per chunk drained the pipeline at every flush and refilled it after the save's
+    fsyncs.)"""
+    from mergestore.merge.pieces import run_tasks  # looked up per call: tests replace it
+
+    parts = chunks(todo, journal_bytes())
+    written0, blocks0 = session.bytes_written, len(session.blocks)
+    sink: Any = StoreSink(repo, session)
+    if wrap_sink is not None:
+        sink = wrap_sink(sink)
+
+    def flush(outs: list[OutputTensor]) -> None:  # outputs of every chunk up to this one
+        for o in outs[len(res.outputs) - res.reused :]:
+            res.outputs[o.name] = o
+            if journal:
+                done_j[o.name] = _encode(o)
+        if journal:
+            body = {"engine": engine_name(), "time": time.time(), "ref": ref, "tensors": done_j}
+            merges.set_journal(session, plan_id, body)
+        if save is not None:
+            save(len(res.outputs))
+        faults.kill_point("journal-flushed")
+
+    ends = list(itertools.accumulate(len(c) for c in parts))
+    outs, stats, taken = run_tasks(
+        engine,
+        todo,
+        sink,
+        n_models,
+        progress=progress,
+        track_delta=track_delta,
+        omitted=omitted,
+        checkpoints=[(end, flush) for end in ends],
+    )
+    for o in outs:  # what run_tasks returns is the record (tests replace it)
+        res.outputs[o.name] = o
+    res.bytes_written += session.bytes_written - written0
+    res.blocks_written += len(session.blocks) - blocks0
+    res.chunks += len(parts)
+    res.computed += len(todo)
+    res.blocks_from_base += taken
+    for i, m in enumerate(stats.expert_meters):
+        res.expert_bytes_read[i] += m.bytes_read
+    res.base_bytes_read += stats.base_meter.bytes_read
+    res.blocks_read += stats.blocks_read
+    res.engine_seconds += stats.seconds
+    res.merged_delta_sq += stats.merged_delta_sq
+    res.torch_free = res.torch_free or stats.torch_free
+    res.lanes = add_lanes(res.lanes, stats.lanes)
 
 
 def add_lanes(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from typing import Any
 
 from mergestore.formats.safetensors import DTYPE_SIZES
-from mergestore.merge.engine import Engine, OutputTensor, TensorTask, task_bytes
+from mergestore.merge.engine import Checkpoint, Engine, OutputTensor, TensorTask, task_bytes
 from mergestore.merge.prepared import Progress
 from mergestore.ops import get_method
 from mergestore.store.blocks import tensor_blocking
@@ -165,10 +166,13 @@ def run_tasks(
     progress: Progress | None = None,
     track_delta: bool = False,
     omitted: str | None = None,
+    checkpoints: Sequence[tuple[int, Checkpoint]] = (),
 ) -> tuple[list[OutputTensor], Any, int]:
     """engine.run, with output blocks whose differing input blocks were all omitted taken from
     the base (`omitted`: "blocks", "tensors" or None, as the plan records; see base_pieces).
-    Returns the outputs in task order, the engine's stats and the number of blocks taken."""
+    Returns the outputs in task order, the engine's stats and the number of blocks taken.
+    `checkpoints`: (end, fn), ends ascending: fn(outputs of tasks[:end]) is called on the
+    engine's writer thread as soon as their blocks are kept (Engine.run)."""
     c, o = engine.compute_dtype_name, engine.out_dtype_name
     layout: list[list[tuple[int, int, bool]] | None] = []
     work: list[TensorTask] = []
@@ -202,6 +206,11 @@ def run_tasks(
                 progress(1)
             nxt[0] = next(pending, None)
 
+    def engine_mark(end: int, fn: Checkpoint) -> tuple[int, Checkpoint]:
+        return (ends[end - 1] if end else 0), lambda done: fn(
+            _assemble(tasks[:end], layout[:end], done)
+        )
+
     piece_done(0)  # tensors needing no engine work at the start
     computed, stats = engine.run(
         work,
@@ -210,7 +219,17 @@ def run_tasks(
         progress=piece_done if progress else None,
         track_delta=track_delta,
         memory_limit=max((task_bytes(t) for t in tasks), default=0),
+        checkpoints=[engine_mark(end, fn) for end, fn in checkpoints],
     )
+    return _assemble(tasks, layout, computed), stats, taken
+
+
+def _assemble(
+    tasks: Sequence[TensorTask],
+    layout: Sequence[list[tuple[int, int, bool]] | None],
+    computed: Sequence[OutputTensor],
+) -> list[OutputTensor]:
+    """The tasks' output tensors from the engine's outputs of their pieces, in order."""
     it = iter(computed)
     outputs = []
     for t, runs in zip(tasks, layout, strict=True):
@@ -232,7 +251,7 @@ def run_tasks(
         outputs.append(
             OutputTensor(t.plan.name, dtype, tuple(ref.shape), ref.rows_per_block, tuple(blocks))
         )
-    return outputs, stats, taken
+    return outputs
 
 
 def _shape_record(t: TensorTask) -> TensorRecord:

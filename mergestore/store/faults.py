@@ -28,6 +28,7 @@ PAUSE_LIMIT = 120.0
 
 _hits: dict[str, int] = {}
 _lock = threading.Lock()
+_released = threading.Event()  # release_pauses(): every pause ends
 
 
 def _spec() -> tuple[str, str, int] | None:
@@ -61,8 +62,14 @@ def _pause() -> None:
     sync = Path(os.environ.get(SYNC_ENV, "."))
     (sync / "reached").write_text(str(os.getpid()))
     deadline = time.monotonic() + PAUSE_LIMIT
-    while not (sync / "go").exists() and time.monotonic() < deadline:
+    while not (sync / "go").exists() and time.monotonic() < deadline and not _released.is_set():
         time.sleep(0.02)
+
+
+def release_pauses() -> None:
+    """End any pause now and skip later ones: a run interrupted on its main thread (Ctrl-C,
+    SIGTERM) while a pause holds one of its worker threads must not wait for it."""
+    _released.set()
 
 
 def kill_point(name: str) -> None:
