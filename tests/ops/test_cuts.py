@@ -213,8 +213,9 @@ def test_fused_bf16_cut_in_any_column_windows(consensus, nonfinite):
 @pytest.mark.parametrize("compute", ["F32", "BF16"])
 def test_bracket_larger_than_the_scratch(compute):
     """A bracket holding more keys than the pooled scratch has room for (long runs of equal
-    magnitudes around the cut, as discrete deltas of 16-bit weights give) gathers into buffers
-    of its own: the cuts a stable sort gives, without the exact histograms."""
+    magnitudes around the cut, as discrete deltas of 16-bit weights give): fp32 keys gather
+    into buffers of their own instead of the two histogram passes, bf16 keys take their one
+    histogram pass; either way the cuts a stable sort gives."""
     g = torch.Generator().manual_seed(3)
     base = 0.02 * torch.randn(N, generator=g)
     x = base + torch.round(torch.randn(N, generator=g) * 3) / 4e3  # ~13 distinct magnitudes
@@ -233,4 +234,5 @@ def test_bracket_larger_than_the_scratch(compute):
                 [pair[0]], [code], pair[1], code, code, [counts], cuts.SAMPLE, cuts.Z, scratch
             )[0]
             assert np.array_equal(spec_keep(k, got[:6]), sorted_keep(k, sparsifier, density, gamma))
-            assert got[6] == 0  # the bracket held the cut
+            if compute == "F32":
+                assert got[6] == 0  # the bracket held the cut
