@@ -55,7 +55,17 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
     ),
     "merge_karcher.c": (
         "mergestore/ops/lane_karcher.py",  # twin: ops/karcher.py
-        ("karcher_scale", "karcher_first_mean", "karcher_tangent", "karcher_update", "karcher_out"),
+        (
+            "karcher_scale",
+            "karcher_first_mean",
+            "karcher_tangent",
+            "karcher_update",
+            "karcher_out",
+            "karcher_x_first_mean",
+            "karcher_x_dots",
+            "karcher_x_tangent",
+            "mkl_def_sdot",
+        ),
     ),
     # twin: torch itself (MKL's VML for fp32 lives in torch's library; tests/ops/test_lane_math)
     "sleef_f32.c": ("mergestore/ops/lane_math.py", ("sleef_f32", "sleef_f32_array")),
