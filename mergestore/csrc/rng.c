@@ -433,6 +433,22 @@ static inline ALWAYS_INLINE void radix_probs31(uint64_t *v, uint64_t *t, Py_ssiz
     }
 }
 
+/* uu[0 .. cols) = the next cols uniforms of the running stream: u holds TILE of them, *upos
+ * the next unused one (TILE: none left, refill). */
+static inline void row_uniforms(float *uu, Py_ssize_t cols, float *u, Py_ssize_t *upos,
+                                uint64_t ctr[4], uint64_t k0, uint64_t k1) {
+    for (Py_ssize_t j = 0; j < cols;) {
+        if (*upos == TILE) {
+            philox_fill(ctr, k0, k1, u, TILE / 64);
+            *upos = 0;
+        }
+        Py_ssize_t take = TILE - *upos < cols - j ? TILE - *upos : cols - j;
+        memcpy(uu + j, u + *upos, (size_t)take * sizeof(float));
+        *upos += take;
+        j += take;
+    }
+}
+
 /* della_keep_sums32: keep_sums32 for della on a [rows, cols] tensor (a 1-D tensor is one
  * row), with each element's keep-probability table[rank - 1], rank its 1-based stable rank
  * by |d| within its row (ties by column, NaNs equal and above +inf: torch's stable sort of
@@ -442,14 +458,13 @@ HOT4 static int della_keep_sums32(uint8_t *keep, const void *x, int x_fmt, const
                                  int base_fmt, Py_ssize_t rows, Py_ssize_t cols,
                                  const float *table, uint64_t k0, uint64_t k1, int rescale,
                                  float eps, float *scale) {
-    const Py_ssize_t per = TILE;
     char *mem = malloc((size_t)cols * (2 * sizeof(uint64_t) + 3 * sizeof(float)));
     if (!mem) return -1;
     uint64_t *v = (uint64_t *)mem, *t = v + cols;
     float *d = (float *)(t + cols), *p = d + cols, *uu = p + cols;
     uint64_t ctr[4] = {0, 0, 0, 0};
     float u[TILE], a[TILE], b[TILE];
-    Py_ssize_t upos = per, fill = 0, fed = 0, n = rows * cols;
+    Py_ssize_t upos = TILE, fill = 0, fed = 0, n = rows * cols;
     Cascade before, after;
     cascade_init(&before, n);
     cascade_init(&after, n);
@@ -470,16 +485,7 @@ HOT4 static int della_keep_sums32(uint8_t *keep, const void *x, int x_fmt, const
             v[j] = (uint64_t)bits << 32 | (uint64_t)j;
         }
         radix_probs31(v, t, cols, table, p);
-        for (Py_ssize_t j = 0; j < cols;) { /* this row's uniforms, from the running stream */
-            if (upos == per) {
-                philox_fill(ctr, k0, k1, u, TILE / 64);
-                upos = 0;
-            }
-            Py_ssize_t take = per - upos < cols - j ? per - upos : cols - j;
-            memcpy(uu + j, u + upos, (size_t)take * sizeof(float));
-            upos += take;
-            j += take;
-        }
+        row_uniforms(uu, cols, u, &upos, ctr, k0, k1); /* this row's, from the running stream */
         uint8_t *kp = keep + r * cols;
         for (Py_ssize_t j = 0; j < cols;) {
             Py_ssize_t take = TILE - fill < cols - j ? TILE - fill : cols - j;
@@ -804,16 +810,7 @@ HOT4 static int della_keep_sums16(uint8_t *keep, const uint16_t *x, const uint16
             }
             radix_probs31(vv, t, cols, table, p);
         }
-        for (Py_ssize_t j = 0; j < cols;) { /* this row's uniforms, from the running stream */
-            if (upos == TILE) {
-                philox_fill(ctr, k0, k1, u, TILE / 64);
-                upos = 0;
-            }
-            Py_ssize_t take = TILE - upos < cols - j ? TILE - upos : cols - j;
-            memcpy(uu + j, u + upos, (size_t)take * sizeof(float));
-            upos += take;
-            j += take;
-        }
+        row_uniforms(uu, cols, u, &upos, ctr, k0, k1); /* this row's, from the running stream */
         uint8_t *kp = keep + r * cols;
         for (Py_ssize_t j = 0; j < cols;) {
             Py_ssize_t take = TILE - fill < cols - j ? TILE - fill : cols - j;
