@@ -32,6 +32,8 @@ from mergestore.store import faults
 if TYPE_CHECKING:
     from mergestore.store.index import BlockLocation
 
+Buffer = bytes | bytearray | memoryview
+
 PACK_MAGIC = b"MSPACK01"
 ENTRY_MAGIC = b"BLK1"
 ENTRY_HEADER = struct.Struct("<4s32sI")
@@ -163,26 +165,29 @@ class PackAppender:
         # Keep previous fds open until sync(): their data still needs fsync.
         self._fd = None
 
-    def append(self, block: bytes, payload: bytes | memoryview) -> tuple[int, int]:
-        """Append one entry; returns (pack id, payload offset)."""
+    def append(self, block: bytes, payload: Buffer | tuple[Buffer, ...]) -> tuple[int, int]:
+        """Append one entry; returns (pack id, payload offset). `payload`: its bytes, or a
+        tuple of buffers that are its bytes in order (written with one pwritev, not joined)."""
         if self._fd is None or self._offset >= self.limit:
             self._open_some_pack()
         assert self._fd is not None
-        header = ENTRY_HEADER.pack(ENTRY_MAGIC, block, len(payload))
+        parts = payload if isinstance(payload, tuple) else (payload,)
+        size = sum(memoryview(p).nbytes for p in parts)
+        header = ENTRY_HEADER.pack(ENTRY_MAGIC, block, size)
         try:
             if faults.ENV in os.environ:
-                self._injected_faults(header, payload)
-            n = os.pwritev(self._fd, [header, payload], self._offset)
-            if n != len(header) + len(payload):
+                self._injected_faults(header, b"".join(parts))
+            n = os.pwritev(self._fd, [header, *parts], self._offset)
+            if n != len(header) + size:
                 # A short write (the disk filled up mid-entry): finish it, or get the real error.
-                self._write_all((header + bytes(payload))[n:], self._offset + n)
+                self._write_all(b"".join([header, *parts])[n:], self._offset + n)
         except OSError as e:
             path = pack_path(self.pack_dir, self._pack_id)
             raise OSError(e.errno, e.strerror, str(path)) from None
         payload_offset = self._offset + ENTRY_HEADER.size
-        self._offset = payload_offset + len(payload)
-        self.bytes_written += ENTRY_HEADER.size + len(payload)
-        iotally.add_written(ENTRY_HEADER.size + len(payload))
+        self._offset = payload_offset + size
+        self.bytes_written += ENTRY_HEADER.size + size
+        iotally.add_written(ENTRY_HEADER.size + size)
         if self._offset - self._writeback_from >= WRITEBACK_BYTES:
             start_writeback(self._fd, self._writeback_from, self._offset - self._writeback_from)
             self._writeback_from = self._offset

@@ -956,10 +956,11 @@ class WriteSession:
         """Append an encoded block unless it is already stored; True if written."""
         if self.known(bid):
             return False
-        pack, offset = self._appender.append(bid, enc.payload)
+        pack, offset = self._appender.append(bid, enc.buffers)
         _fault_point("after-append")
-        self.blocks[bid] = PendingBlock(enc.spec, pack, offset, len(enc.payload), raw_len, enc.ref)
-        self.bytes_written += len(enc.payload)
+        n = enc.nbytes
+        self.blocks[bid] = PendingBlock(enc.spec, pack, offset, n, raw_len, enc.ref)
+        self.bytes_written += n
         return True
 
     def put_raw(self, raw: bytes | memoryview, dtype: str | None = None) -> bytes:
