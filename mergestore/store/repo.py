@@ -84,6 +84,8 @@ _INPUT_COMMIT = b"\x00input-commit\x00"  # statcache keys of merge inputs' commi
 
 @dataclass(frozen=True)
 class StoreConfig:
+    """A store's settings (config.json)."""
+
     block_size: int = DEFAULT_BLOCK_SIZE
     zstd_level: int = 3
     format: int = FORMAT_VERSION
@@ -119,6 +121,8 @@ class RefUpdate:
 
 @dataclass(frozen=True)
 class ReflogEntry:
+    """One move of a ref: from, to, when and why."""
+
     old: bytes | None
     new: bytes | None
     time: float
@@ -872,6 +876,8 @@ def _unwrap_object(value: bytes) -> bytes:
 
 @dataclass
 class PendingBlock:
+    """A block written by this session, not yet published."""
+
     spec: str
     pack: int
     offset: int
@@ -1068,6 +1074,18 @@ def _apply_ref_update(txn: Any, idx: Index, up: RefUpdate, now: float) -> None:
         "message": up.message,
     }
     txn.put(prefix + _SEQ.pack(seq), json.dumps(entry).encode(), db=log)
+
+
+@contextlib.contextmanager
+def in_progress(repo: Repository) -> Iterator[None]:
+    """Hold the gc lock shared, so gc waits until a multi-session command has finished
+    (store/gc.py)."""
+    fd = repo.gc_lock(exclusive=False)
+    try:
+        _fault_point("in-progress")
+        yield
+    finally:
+        os.close(fd)
 
 
 def _fault_point(name: str) -> None:
