@@ -59,6 +59,7 @@ from mergestore.store.packs import (
     pack_path,
 )
 from mergestore.store.repo import Repository, _fault_point, _unwrap_object
+from mergestore.store.repo import in_progress as in_progress  # API callers' name for it
 
 DEFAULT_GRACE = 14 * 86400.0  # two weeks, like git's reflog expiry for unreachable entries
 DEFAULT_REPACK_THRESHOLD = 0.25  # rewrite a pack once at least this fraction of it is dead
