@@ -47,6 +47,7 @@ from mergestore.formats.safetensors import (
 )
 from mergestore.lazy_numpy import np  # numpy is imported on first use
 from mergestore.merge.inflight import Inflight
+from mergestore.merge.inorder import InOrder
 from mergestore.merge.tensorplan import OutputTensorPlan
 from mergestore.ops import (
     TensorContext,
@@ -781,24 +782,37 @@ class Engine:
         stats.seconds = time.perf_counter() - t0
         return outputs, stats
 
-    def _merge_loaded(
+    def _work(
         self,
-        box: list[Future[_Loaded]],
+        index: int,
+        task: TensorTask,
+        stats: EngineStats,
+        load_workers: int,
         sink: Sink,
         track_delta: bool,
         inflight: Inflight[OutputTensor],
-        cost: int,
-    ) -> _Finished:
-        ld = box.pop().result()
-        out = self._merge(ld)
-        # The inputs can go now; the output's blocks still need the base blocks (delta coding).
-        ld = _Loaded(ld.task, None, [], ld.reference, ld.ref_raw, ld.workers)
-        inflight.merged(cost)
-        return self._prepare_output(ld, out, sink, track_delta)
+        order: InOrder[_Finished, OutputTensor],
+        kept: Future[OutputTensor],
+    ) -> None:
+        """One task on one worker thread, from its reads to its encoded blocks (read and
+        decode, merge, hash and encode), then kept in task order (merge/inorder.py)."""
+        try:
+            cost = task_bytes(task)
+            ld = self._load_named(task, stats, load_workers)
+            out = self._merge(ld)
+            # The inputs can go now; the output's blocks still need the base blocks (delta
+            # coding).
+            ld = _Loaded(ld.task, None, [], ld.reference, ld.ref_raw, ld.workers)
+            inflight.merged(cost)
+            fin = self._prepare_output(ld, out, sink, track_delta)
+            del ld, out
+        except BaseException as e:  # noqa: BLE001 - the task's failure, raised by retire()
+            order.done(index, e, kept)
+            return
+        order.done(index, fin, kept)
 
-    def _commit(self, box: list[Future[_Finished]], sink: Sink, stats: EngineStats) -> OutputTensor:
-        """The writer stage: a finished task's blocks kept, in task order."""
-        fin = box.pop().result()
+    def _keep(self, fin: _Finished, sink: Sink, stats: EngineStats) -> OutputTensor:
+        """A finished task's blocks kept, in task order (one at a time: merge/inorder.py)."""
         ids = sink.commit_blocks(fin.prepared)
         if fin.delta_sq is not None:
             stats.merged_delta_sq += fin.delta_sq  # summed in task order: the same float
@@ -815,17 +829,14 @@ class Engine:
         memory_limit: int,
     ) -> list[OutputTensor]:
         outputs: list[OutputTensor] = []
-        # Each stage takes its input future out of a one-item box, so a finished stage's
-        # tensors are freed as soon as the next stage is done with them (a future keeps its
-        # result alive). The tasks loading or merging together hold at most as many bytes as
-        # the largest tensor (or task), so a tensor that size loads and merges alone; its
-        # output is hashed, encoded and written while the next tasks load (merge/inflight.py).
+        # The tasks loading or merging together hold at most as many bytes as the largest
+        # tensor (or task), so a tensor that size loads and merges alone; its output is
+        # hashed, encoded and kept while the next tasks load (merge/inflight.py). Each worker
+        # takes a task from its reads to its encoded blocks: no handoff between stages.
         limit = max(max((task_bytes(t) for t in tasks), default=0), memory_limit, self.memory_limit)
         inflight: Inflight[OutputTensor] = Inflight(limit, window=2 * workers + 1)
-        loader = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mergestore-load")
-        compute = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mergestore-merge")
-        writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mergestore-write")
-        pools = (loader, compute, writer)
+        order: InOrder[_Finished, OutputTensor] = InOrder(lambda fin: self._keep(fin, sink, stats))
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mergestore-merge")
 
         def retire() -> None:
             outputs.append(inflight.retire())
@@ -833,29 +844,25 @@ class Engine:
                 progress(1)
 
         try:
-            for task in tasks:
+            for index, task in enumerate(tasks):
                 cost = task_bytes(task)
                 while not inflight.wait_room(cost):
                     retire()
                 alone = 2 * cost > limit  # no other task loads beside it: split its reads
-                loaded = loader.submit(
-                    self._load_named, task, stats, default_workers() if alone else 1
-                )
-                merged = compute.submit(
-                    self._merge_loaded, [loaded], sink, track_delta, inflight, cost
-                )
-                written = writer.submit(self._commit, [merged], sink, stats)
-                inflight.admit(written, cost)
-                del loaded, merged, written
+                kept: Future[OutputTensor] = Future()
+                inflight.admit(kept, cost)
+                pool.submit(
+                    self._work, index, task, stats, default_workers() if alone else 1,
+                    sink, track_delta, inflight, order, kept,
+                )  # fmt: skip
+                del kept
                 stats.tensors += 1
             while inflight:
                 retire()
         except BaseException:
-            for pool in pools:
-                pool.shutdown(wait=True, cancel_futures=True)
+            pool.shutdown(wait=True, cancel_futures=True)
             raise
-        for pool in pools:
-            pool.shutdown(wait=True)
+        pool.shutdown(wait=True)
         return outputs
 
 
