@@ -16,14 +16,15 @@ the lane never imports torch, which costs more than such a merge itself. The cho
 tensor, so one fp32 norm does not send a bf16 merge to torch; the run's "lanes" field counts
 the tensors on each lane, with torch's reasons.
 
-The stages run as a pipeline on both cores: loader threads read and decode the next tensors,
-compute threads merge tensors side by side (each kernel on one torch thread) and hash and
-encode each output's blocks (merge --out writes them to the folder there too), and one writer
-thread appends them to the packs in task order, so the stored bytes never depend on the thread
-count. The tasks loading and merging together hold at most the largest tensor's bytes
-(`memory_limit`), and those whose outputs are still being encoded and written at most as much
-again (merge/inflight.py), so memory stays near (inputs + 4) x the largest tensor plus the
-kernel's temporaries.
+The stages run as a pipeline on both cores: worker threads (one per core) each take a task
+from its reads to its encoded output (read and decode its inputs, merge them with each kernel
+on one torch thread, hash and encode the output's blocks; merge --out writes them to the
+folder there too), and whichever worker finishes the task next in order appends it, and every
+later one already finished, to the packs (merge/inorder.py), so the stored bytes never depend
+on the thread count. The tasks loading and merging together hold at most the largest tensor's
+bytes (`memory_limit`), and those whose outputs are still being encoded and kept at most as
+much again (merge/inflight.py), so memory stays near (inputs + 4) x the largest tensor plus
+the kernel's temporaries.
 """
 
 from __future__ import annotations
@@ -99,8 +100,8 @@ class OutputTensor:
 
 @dataclass
 class PreparedBlocks:
-    """Output blocks named (and, for the store, encoded) on a compute thread, in any order:
-    what the writer keeps, in task order (Sink.commit_blocks)."""
+    """Output blocks named (and, for the store, encoded) on a worker thread, in any order:
+    what is kept in task order (Sink.commit_blocks)."""
 
     ids: list[bytes]
     raw_lens: list[int]
@@ -123,7 +124,8 @@ class Sink(Protocol):
         ...
 
     def commit_blocks(self, prepared: PreparedBlocks) -> list[bytes]:
-        """Keep prepared blocks; called in task order, on one thread. Returns their ids."""
+        """Keep prepared blocks; called in task order, one call at a time (on the worker that
+        finished the task: merge/inorder.py). Returns their ids."""
         ...
 
 
@@ -693,8 +695,8 @@ class Engine:
         self, ld: _Loaded, out: torch.Tensor, sink: Sink, track_delta: bool
     ) -> _Finished:
         """Cut a merged tensor into blocks and name them (the sink hashes and encodes them,
-        merge --out writes them to the folder), on the compute thread that merged it: only
-        keeping them is left to the writer, in task order."""
+        merge --out writes them to the folder), on the worker thread that merged it: only
+        keeping them is left, in task order."""
         name = ld.task.plan.name
         if isinstance(out, np.ndarray):  # the torch-free lane's array (ops.lanes)
             arr = np.ascontiguousarray(out)
@@ -751,11 +753,10 @@ class Engine:
     ) -> tuple[list[OutputTensor], EngineStats]:
         """Merge every task; outputs come back in task order.
 
-        A pipeline: `compute_workers()` loader threads read and decode blocks, as many compute
-        threads merge tensors side by side (each kernel on one torch thread) and hash and
-        encode their outputs' blocks, and one writer thread appends them in task order.
-        Reading, decoding, hashing, zstd and the kernels all release the GIL, so the stages
-        share the cores.
+        A pipeline: `compute_workers()` threads each read and decode a task's blocks, merge
+        it (each kernel on one torch thread) and hash and encode its output's blocks, side by
+        side; finished tasks are kept in task order (merge/inorder.py). Reading, decoding,
+        hashing, zstd and the kernels all release the GIL, so the workers share the cores.
         """
         t0 = time.perf_counter()
         reuse_freed_memory()
