@@ -833,9 +833,12 @@ class Engine:
         # The tasks loading or merging together hold at most as many bytes as the largest
         # tensor (or task), so a tensor that size loads and merges alone; its output is
         # hashed, encoded and kept while the next tasks load (merge/inflight.py). Each worker
-        # takes a task from its reads to its encoded blocks: no handoff between stages.
+        # takes a task from its reads to its encoded blocks: no handoff between stages. Up to
+        # 4 tasks per worker are admitted (queued ones hold no memory; the byte bounds hold
+        # what runs), so a worker finds its next task queued, even when the main thread, which
+        # admits them, is late to wake (a traced run: workers idle 37 ms waiting for it).
         limit = max(max((task_bytes(t) for t in tasks), default=0), memory_limit, self.memory_limit)
-        inflight: Inflight[OutputTensor] = Inflight(limit, window=2 * workers + 1)
+        inflight: Inflight[OutputTensor] = Inflight(limit, window=4 * workers + 1)
         order: InOrder[_Finished, OutputTensor] = InOrder(lambda fin: self._keep(fin, sink, stats))
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mergestore-merge")
 
