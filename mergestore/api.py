@@ -18,7 +18,6 @@ from mergestore.errors import (
     RefError,
     StoreNotFoundError,
 )
-from mergestore.ingest import CommitResult, commit_checkpoint
 from mergestore.records import read_record
 from mergestore.store import merges
 from mergestore.store.objects import BlobFile, Commit, TensorFile, TensorRecord, Tree
@@ -29,6 +28,7 @@ from mergestore.store.repo import CONFIG_FILE, RefUpdate, Repository, StoreConfi
 if TYPE_CHECKING:  # torch costs ~2 s to import: only commands that compute pay for it
     import torch
 
+    from mergestore.ingest import CommitResult
     from mergestore.merge.planned import TensorShape
 
 STORE_DIRNAME = ".mergestore"
@@ -80,12 +80,16 @@ def find_store(start: str | os.PathLike[str] | None = None) -> Path:
 
 @dataclass(frozen=True)
 class LogEntry:
+    """A commit and its id (Store.log)."""
+
     id: bytes
     commit: Commit
 
 
 @dataclass(frozen=True)
 class FileInfo:
+    """One file of a commit's tree (Store.ls)."""
+
     path: str
     kind: str
     size: int
@@ -254,6 +258,7 @@ class Store:
 
         Files unchanged since they were last stored (same size, mtime, ctime, inode: the stat
         cache) are not read again; `verify_inputs` reads and hashes every file."""
+        from mergestore.ingest import commit_checkpoint
         from mergestore.sources import prepared_source
 
         base_id = self.resolve(base) if base else None
@@ -890,7 +895,7 @@ class Store:
     def gc_paused(self) -> Iterator[None]:
         """gc waits while this is held: for commands that write in several sessions (a merge
         whose path inputs are committed first)."""
-        from mergestore.store.gc import in_progress
+        from mergestore.store.repo import in_progress
 
         with in_progress(self.repo):
             yield

@@ -40,6 +40,8 @@ BATCH_BYTES = 64 << 20
 
 @dataclass
 class CheckoutResult:
+    """What a checkout wrote."""
+
     commit: bytes
     out: Path
     files: int

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import getpass
 import os
-import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 
 from mergestore import blockstats, native
+from mergestore.author import default_author
 from mergestore.errors import RefError
 from mergestore.formats.checkpoint import Checkpoint, CheckpointFile, scan_checkpoint
 from mergestore.formats.safetensors import DTYPE_SIZES
@@ -27,19 +26,10 @@ Progress = Callable[[int], None]
 _REF_RACE_RETRIES = 50  # commit retries when another writer moves the branch
 
 
-def default_author() -> str:
-    env = os.environ.get("MERGESTORE_AUTHOR")
-    if env:
-        return env
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):
-        user = "unknown"
-    return f"{user}@{socket.gethostname()}"
-
-
 @dataclass(frozen=True)
 class BlockJob:
+    """One block of a file to read, hash and store."""
+
     fd: int
     offset: int
     length: int
@@ -49,6 +39,8 @@ class BlockJob:
 
 @dataclass
 class BlockResult:
+    """One block read and named, encoded if it is new."""
+
     bid: bytes
     raw_len: int
     encoded: codecs.Encoded | None  # None when the block is already stored
@@ -63,6 +55,8 @@ PREFETCH_BYTES = 64 << 20
 
 @dataclass
 class CommitResult:
+    """What committing a checkpoint stored."""
+
     commit: bytes
     tree: bytes
     logical_bytes: int
@@ -81,6 +75,8 @@ class CommitResult:
 
 @dataclass
 class _Ingest:
+    """The state of one checkpoint being committed."""
+
     repo: Repository
     session: WriteSession
     base_blocks: dict[str, tuple[str, tuple[int, ...], tuple[bytes, ...]]]

@@ -20,6 +20,8 @@ from mergestore.formats.torchbin import convert_bin_checkpoint, needs_conversion
 
 @dataclass(frozen=True)
 class Source:
+    """A checkpoint to commit: a local path and where it came from."""
+
     path: Path  # a local safetensors checkpoint (folder or file)
     meta: dict[str, str] = field(default_factory=dict)
 

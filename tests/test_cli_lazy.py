@@ -86,3 +86,37 @@ def test_memo_hit_imports_no_numpy_torch_or_remote_client(tiny_family, tmp_path)
     )
     for heavy in ("numpy", "torch", "ray", "obstore", "transformers", "safetensors"):
         assert heavy not in mods, heavy
+
+
+def test_merge_of_store_refs_loads_no_commit_path(tiny_family, tmp_path) -> None:
+    """A merge --out of store refs runs no folder commit, LoRA, saliency or gc code, so its
+    serial start does not import them (their modules and dataclasses cost start-up time)."""
+    from fixtures.store import commit_family
+    from mergestore.api import Store
+
+    s = Store.init(tmp_path / "s", block_size=4096)
+    commit_family(s, tiny_family)
+    s.close()
+    args = ["--store", str(tmp_path / "s"), "merge", "--method", "ties", "--base", "main"]
+    args += ["dense_small", "frozen", "-w", "0.5", "-w", "0.5", "--param", "density=0.5"]
+    args += ["-b", "m", "--out", str(tmp_path / "out")]
+    mods = _modules_after(
+        "from mergestore.cli.main import main\n"
+        "try:\n"
+        f"    main({args!r})\n"
+        "except SystemExit as e:\n"
+        "    assert not e.code, e.code\n"
+    )
+    assert (tmp_path / "out" / "config.json").is_file()
+    for unused in (
+        "mergestore.ingest",
+        "mergestore.sources",
+        "mergestore.formats.lora",
+        "mergestore.merge.lora",
+        "mergestore.merge.saliency",
+        "mergestore.store.gc",
+        "socket",
+        "fractions",
+        "torch",
+    ):
+        assert unused not in mods, unused

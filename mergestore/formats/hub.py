@@ -39,6 +39,8 @@ class HubError(MergestoreError):
 
 @dataclass(frozen=True)
 class HubSource:
+    """A Hugging Face Hub snapshot resolved to a local folder."""
+
     repo_id: str
     revision: str  # as asked: "main", a tag, a branch or a sha
     sha: str  # the commit it resolved to

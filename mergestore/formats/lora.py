@@ -37,6 +37,8 @@ _UNSUPPORTED = ("lora_magnitude_vector", "lora_E", "hada_", "lokr_", "ia3_", "of
 
 @dataclass(frozen=True)
 class LoraConfig:
+    """A LoRA adapter's settings (adapter_config.json)."""
+
     r: int
     lora_alpha: float
     use_rslora: bool = False

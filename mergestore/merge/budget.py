@@ -22,17 +22,19 @@ import random
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mergestore.blockstats import supports_stats
 from mergestore.errors import BudgetError
 from mergestore.merge import trim as trim_mod
-from mergestore.merge.saliency import LOSS_CHANGE, Saliency
 from mergestore.ops.spec import MethodSpec
 from mergestore.store.index import DeltaStats
 from mergestore.store.packs import ReadMeter
 from mergestore.store.repo import Repository
 from mergestore.threads import default_workers
+
+if TYPE_CHECKING:  # a merge without --saliency does not load it
+    from mergestore.merge.saliency import Saliency
 
 GTA_METHODS = frozenset(
     {
@@ -112,6 +114,8 @@ def parse_budget(text: str | int, full: int) -> int:
 
 @dataclass(frozen=True)
 class Candidate:
+    """One input block a budget may read, with its cost and score."""
+
     tensor: str
     block: int
     model: int
@@ -400,6 +404,8 @@ def _saliency_record(
     scores: dict[tuple[str, int, int], float],
 ) -> dict[str, Any]:
     """What the plan keeps of the saliency: its id, each candidate's score, the totals."""
+    from mergestore.merge.saliency import LOSS_CHANGE
+
     taken = {(c.tensor, c.block, c.model) for c in chosen}
     per: dict[str, dict[str, list[list[float]]]] = {}
     kept = omitted = 0.0

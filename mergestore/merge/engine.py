@@ -29,6 +29,7 @@ the kernel's temporaries.
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
@@ -91,6 +92,8 @@ class TensorTask:
 
 @dataclass
 class OutputTensor:
+    """One merged tensor: its name, dtype, shape and block ids."""
+
     name: str
     dtype: str
     shape: tuple[int, ...]
@@ -220,6 +223,8 @@ class _Finished:
 
 @dataclass
 class EngineStats:
+    """What one engine run read, computed and took."""
+
     expert_meters: list[ReadMeter]  # one per model index
     base_meter: ReadMeter = field(default_factory=ReadMeter)
     blocks_read: int = 0
@@ -313,17 +318,21 @@ class Engine:
         others do not (torch_reasons: reason -> tensors). MERGESTORE_TORCH_FREE=0 turns the
         lane off."""
         self.on_lane, self.torch_reasons = {}, {}
+        memo: dict[Any, str | None] = {}  # one verdict per distinct parameter key
         for task in tasks:
-            verdict = self.lane_verdict(task)
+            verdict = self.lane_verdict(task, memo)
             if verdict[0] is not None:
                 self.on_lane[id(task)] = verdict[0]
             else:
                 self.torch_reasons[verdict[1]] = self.torch_reasons.get(verdict[1], 0) + 1
 
-    def lane_verdict(self, task: TensorTask) -> tuple[str | None, str]:
+    def lane_verdict(
+        self, task: TensorTask, memo: dict[Any, str | None] | None = None
+    ) -> tuple[str | None, str]:
         """(compute dtype, "") if the lane computes the task with the torch lane's bits: the C
         kernels are built, its tensors are bf16, fp16 or fp32 of one shape, no vocabulary is
-        fitted, and ops.lanes takes the method with these parameters; else (None, why not)."""
+        fitted, and ops.lanes takes the method with these parameters; else (None, why not).
+        `memo` keeps ops.lanes' answer per (compute dtype, parameters, size) across tasks."""
         if native.kernels is None:
             return None, "the C kernels are not built"
         if os.environ.get("MERGESTORE_TORCH_FREE") == "0":
@@ -346,12 +355,18 @@ class Engine:
             return compute, ""
         if compute not in lane_formats.FMT:
             return None, f"compute dtype {compute}"
-        spec = get_method(self.method)
-        shared, per_input = validate_params(
-            spec, task.plan.shared, list(task.plan.per_input), has_base=task.base is not None
-        )
-        numel = int(np.prod(recs[0].shape, dtype=np.int64))
-        why = lanes.reason(self.method, compute, shared, per_input, numel, rng=self.rng)
+        numel = math.prod(recs[0].shape)
+        key = _verdict_key(compute, task, numel) if memo is not None else None
+        if memo is not None and key is not None and key in memo:
+            why = memo[key]
+        else:
+            spec = get_method(self.method)
+            shared, per_input = validate_params(
+                spec, task.plan.shared, list(task.plan.per_input), has_base=task.base is not None
+            )
+            why = lanes.reason(self.method, compute, shared, per_input, numel, rng=self.rng)
+            if memo is not None and key is not None:
+                memo[key] = why
         return (None, why) if why is not None else (compute, "")
 
     def lane_report(self, n_tasks: int) -> dict[str, object]:
@@ -880,6 +895,21 @@ def _location(locs: dict[bytes, BlockLocation], bid: bytes) -> BlockLocation:
 def _check_size(rec: TensorRecord, pos: int) -> None:
     if pos != rec.nbytes:
         raise CorruptionError(f"tensor {rec.name!r}: blocks hold {pos} bytes, not {rec.nbytes}")
+
+
+def _verdict_key(compute: str, task: TensorTask, numel: int) -> Any:
+    """What ops.lanes' verdict on a task depends on, hashable; None if a parameter value is
+    not (no memo then). Each value goes with its type: 1 and True are equal, not the same."""
+    try:
+        params = tuple(
+            tuple((k, type(v), v) for k, v in d.items())
+            for d in (task.plan.shared, *task.plan.per_input)
+        )
+        key = (compute, task.base is not None, numel, params)
+        hash(key)
+    except TypeError:
+        return None
+    return key
 
 
 def task_bytes(task: TensorTask) -> int:

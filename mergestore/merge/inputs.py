@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 from mergestore.errors import AmbiguousRefError, MergeError, RefError
-from mergestore.ingest import base_tensor_blocks, commit_checkpoint
 from mergestore.merge.config import MergeConfig, ModelRef
 from mergestore.store.objects import TensorFile, TensorRecord
 from mergestore.store.repo import Repository, WriteSession
@@ -18,6 +17,8 @@ from mergestore.store.repo import Repository, WriteSession
 
 @dataclass(frozen=True)
 class ResolvedModel:
+    """A config model resolved to a commit and its tensors."""
+
     ref: ModelRef
     commit: bytes
     tensors: dict[str, TensorRecord]
@@ -48,9 +49,11 @@ def resolve_models(
     (deduplicated); ``base+adapter`` is the adapter applied to the base (merge/lora.py)."""
     out = []
     for ref in refs:
-        from mergestore.merge.lora import apply_adapter, split_lora_ref
+        parts = None
+        if "+" in ref.text:  # merge/lora.py is loaded for an adapter only
+            from mergestore.merge.lora import apply_adapter, split_lora_ref
 
-        parts = split_lora_ref(ref.text)
+            parts = split_lora_ref(ref.text)
         if parts is not None:
             base, b_path = _resolve_one(repo, parts[0], commit_path)
             lora, l_path = _resolve_one(repo, parts[1], commit_path)
@@ -113,9 +116,10 @@ def commit_path_fn(
     """Commit a local checkpoint (or a hub id, or .bin weights) without moving any ref: the
     merge commit will point at it. Unchanged files cost a stat (the stat cache), unless
     `verify`. With `session`, the commit goes into it, for its owner to publish."""
-    from mergestore.sources import prepared_source
 
     def run(p: Path) -> bytes:
+        from mergestore.sources import prepared_source
+
         with prepared_source(p) as src:
             res = commit_checkpoint(
                 repo,
@@ -177,11 +181,11 @@ def store_folders(
 
 def _is_folder_input(repo: Repository, text: str) -> bool:
     """A model that is a local path or a hub id, not a store ref nor BASE+ADAPTER."""
-    from mergestore.sources import is_hub_source
+    from mergestore.formats.hub import looks_like_hub_id  # not sources: no .bin or LoRA code
 
     if "+" in text:
         return False
-    if not os.path.exists(os.path.expanduser(text)) and not is_hub_source(text):
+    if not os.path.exists(os.path.expanduser(text)) and not looks_like_hub_id(text):
         return False
     try:
         repo.resolve(text)
@@ -190,7 +194,17 @@ def _is_folder_input(repo: Repository, text: str) -> bool:
     return False
 
 
+def commit_checkpoint(*args: Any, **kwargs: Any) -> Any:
+    """ingest.commit_checkpoint, imported when a folder input is stored (a merge of store
+    refs does not load the commit path)."""
+    from mergestore.ingest import commit_checkpoint as commit
+
+    return commit(*args, **kwargs)
+
+
 def base_blocks_of(repo: Repository, cid: bytes | None) -> dict:
+    from mergestore.ingest import base_tensor_blocks
+
     return base_tensor_blocks(repo, cid)
 
 

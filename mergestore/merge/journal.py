@@ -40,6 +40,8 @@ def journal_bytes() -> int:
 
 @dataclass
 class ComputeResult:
+    """What journal.compute computed, reused, read and wrote."""
+
     outputs: dict[str, OutputTensor]
     computed: int = 0  # tensors computed by this call
     reused: int = 0  # tensors taken from the journal or already present

@@ -76,6 +76,8 @@ class ShardPlan:
 
 @dataclass(frozen=True)
 class ShardLayout:
+    """The output folder's safetensors files and index."""
+
     shards: tuple[ShardPlan, ...]
     index_paths: tuple[str, ...]  # index json files to write (the layout model's, or a new one)
     weight_map: dict[str, str]

@@ -84,7 +84,7 @@ def merge_many(
     `configs`: MergeConfig objects, YAML paths or YAML text. `on_merge` is called as each
     merge is published or fails, `on_bytes` with pack bytes read as they are read (on Ray,
     as each task is back; locally, as each merge is published)."""
-    from mergestore.store.gc import in_progress
+    from mergestore.store.repo import in_progress
 
     given = list(branches) if branches is not None else [None] * len(configs)
     if len(given) != len(configs):

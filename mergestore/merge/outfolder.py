@@ -51,6 +51,8 @@ _F32_RESULT = frozenset({"ramplus_tl", "arcee_fusion"})
 
 @dataclass
 class _Place:
+    """Where one output tensor's bytes go in its file."""
+
     fd: int
     start: int  # byte offset of the tensor's data in its file
     meta: TensorMeta
@@ -59,6 +61,8 @@ class _Place:
 
 @dataclass
 class _File:
+    """One output safetensors file being written."""
+
     path: str
     fd: int
     header: bytes

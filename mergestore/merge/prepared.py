@@ -52,6 +52,8 @@ class PreparedMerge:
 
 @dataclass
 class MergeResult:
+    """A finished merge: its commit, plan, run figures and outputs."""
+
     commit: bytes | None
     plan: bytes
     run: dict[str, Any]

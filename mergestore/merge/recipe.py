@@ -30,6 +30,8 @@ _REF_KEYS = frozenset({"model", "base_model", "tokenizer_source", "path"})
 
 @dataclass
 class Step:
+    """One merge of a recipe: its name, config document and the steps it needs."""
+
     name: str
     doc: dict[str, Any]
     deps: list[str] = field(default_factory=list)

@@ -9,8 +9,8 @@ from types import SimpleNamespace
 from typing import Any
 
 from mergestore import native
+from mergestore.author import default_author
 from mergestore.errors import MergeError
-from mergestore.ingest import default_author
 from mergestore.merge import budget as budget_mod
 from mergestore.merge import materialize as _registers_materializer  # noqa: F401
 from mergestore.merge import trim as trim_mod
@@ -40,7 +40,6 @@ from mergestore.merge.prepared import (
     publish_tree,
     set_output_files,
 )
-from mergestore.merge.saliency import open_saliency
 from mergestore.merge.summary import summarize
 from mergestore.merge.target import merge_target
 from mergestore.merge.tensorplan import plan_tensors
@@ -74,7 +73,11 @@ def prepare(
     safetensors path, a commit ref or a dict of tensors) ranks the blocks a budget keeps by
     their predicted effect on the loss (merge/saliency.py)."""
     # before any folder input is stored: a bad saliency file leaves the store unchanged
-    sal = open_saliency(repo, saliency, saliency_kind) if saliency is not None else None
+    sal = None
+    if saliency is not None:
+        from mergestore.merge.saliency import open_saliency
+
+        sal = open_saliency(repo, saliency, saliency_kind)
     spec = get_method(cfg.merge_method)
     refs = models_in_config(cfg)
     path_inputs = PathInputs()

@@ -52,6 +52,8 @@ class BlockSaliency:
 
 @dataclass
 class Saliency:
+    """Per-tensor saliency scores that rank the blocks a budget keeps."""
+
     kind: str
     id: str
     source: str  # "file", "commit" or "tensors" (no path: plan ids do not depend on where)

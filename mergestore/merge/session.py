@@ -25,6 +25,7 @@ age out after the grace period as before.
 
 from __future__ import annotations
 
+import contextlib
 from types import TracebackType
 from typing import Any
 
@@ -69,8 +70,9 @@ class MergeSession:
             for orphan in self._orphans.__enter__():
                 if pending.adopt(self.repo, ws, orphan):
                     self.adopted.append(orphan.path)
-            self._through = self.repo.read_through(ws)
-            self._through.__enter__()
+            self._through = contextlib.ExitStack()
+            self._through.enter_context(self.repo.read_through(ws))
+            self._through.enter_context(self.repo.cached_objects())  # decoded once a merge
         except BaseException as e:
             ws.__exit__(type(e), e, e.__traceback__)
             self._release_orphans()

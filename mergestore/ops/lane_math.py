@@ -24,7 +24,6 @@ import os
 import struct
 import threading
 from collections.abc import Sequence
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -187,6 +186,8 @@ def missing(compute: str, dot: bool = False) -> str | None:
 
 def _fma(a: float, b: float, c: float) -> float:
     """fp32 fma(a, b, c), exact then rounded once."""
+    from fractions import Fraction  # loaded with the first call: not by every merge
+
     return float(f32(float(Fraction(a) * Fraction(b) + Fraction(c))))
 
 

@@ -92,6 +92,8 @@ POSITIVE = Bounds(0, lo_open=True)
 
 @dataclass(frozen=True)
 class ParamSpec:
+    """One method parameter: its name, scope, default, kind and bounds."""
+
     name: str
     scope: Scope
     default: Any = REQUIRED

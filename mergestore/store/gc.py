@@ -5,7 +5,7 @@ Why gc never loses live data:
 - It holds locks/gc.lock exclusively from start to end. Every writer holds that lock shared for
   its whole session, so while gc runs nothing is being written: the lock is the in-progress
   marker. A command that publishes in several sessions (a merge that first stores its inputs)
-  should hold it shared throughout, with `in_progress(repo)`.
+  should hold it shared throughout, with `in_progress(repo)` (store/repo.py).
 - Roots are every ref, both sides of every reflog entry younger than the grace period, and
   every commit object younger than the grace period (commits published without a ref). A moved
   or deleted branch therefore stays recoverable by id for the grace period.
@@ -59,6 +59,7 @@ from mergestore.store.packs import (
     pack_path,
 )
 from mergestore.store.repo import Repository, _fault_point, _unwrap_object
+from mergestore.store.repo import in_progress as in_progress  # API callers' name for it
 
 DEFAULT_GRACE = 14 * 86400.0  # two weeks, like git's reflog expiry for unreachable entries
 DEFAULT_REPACK_THRESHOLD = 0.25  # rewrite a pack once at least this fraction of it is dead
@@ -78,19 +79,10 @@ def parse_duration(text: str) -> float:
     return float(m.group(1)) * _UNITS[m.group(2)]
 
 
-@contextlib.contextmanager
-def in_progress(repo: Repository) -> Iterator[None]:
-    """Hold the gc lock shared, so gc waits until a multi-session command has finished."""
-    fd = repo.gc_lock(exclusive=False)
-    try:
-        _fault_point("in-progress")
-        yield
-    finally:
-        os.close(fd)
-
-
 @dataclass
 class GcReport:
+    """What a garbage collection kept and removed."""
+
     dry_run: bool
     grace: float
     roots: int = 0

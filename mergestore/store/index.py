@@ -46,6 +46,8 @@ _LOC = struct.Struct("<IQIQH")
 
 @dataclass(frozen=True)
 class BlockLocation:
+    """Where a stored block is: pack, offset, stored and raw lengths, codec, delta reference."""
+
     pack: int
     offset: int
     length: int  # stored (encoded) bytes

@@ -156,6 +156,8 @@ class TensorFile(StoreObject):
 
 @dataclass(frozen=True)
 class TreeEntry:
+    """One file of a tree: its path, kind (blob or tensorfile), object id and size."""
+
     path: str  # posix relative path
     kind: str  # "blob" | "tensorfile"
     object: bytes
@@ -197,6 +199,8 @@ class Tree(StoreObject):
 
 @dataclass(frozen=True)
 class Commit(StoreObject):
+    """A commit: its tree, parents, message, author and time."""
+
     type_name: ClassVar[str] = "commit"
     tree: bytes
     parents: tuple[bytes, ...]

@@ -102,6 +102,8 @@ def remove_dir_if_empty(repo: Repository) -> None:
 
 @dataclass
 class Orphan:
+    """A saved session no process holds."""
+
     path: Path
     body: dict[str, Any] | None  # None: unreadable
 

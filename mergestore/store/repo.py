@@ -84,6 +84,8 @@ _INPUT_COMMIT = b"\x00input-commit\x00"  # statcache keys of merge inputs' commi
 
 @dataclass(frozen=True)
 class StoreConfig:
+    """A store's settings (config.json)."""
+
     block_size: int = DEFAULT_BLOCK_SIZE
     zstd_level: int = 3
     format: int = FORMAT_VERSION
@@ -119,6 +121,8 @@ class RefUpdate:
 
 @dataclass(frozen=True)
 class ReflogEntry:
+    """One move of a ref: from, to, when and why."""
+
     old: bytes | None
     new: bytes | None
     time: float
@@ -157,6 +161,8 @@ class Repository:
         # An unpublished session this process reads through (read_through): a merge reads the
         # folders it stored, and what it computed, before publishing them all at once.
         self._overlay: WriteSession | None = None
+        # Decoded file and tree objects by id, while cached_objects() is held (a merge).
+        self._decoded: dict[bytes, StoreObject] | None = None
 
     # ----- lifecycle -------------------------------------------------------------------------
 
@@ -468,10 +474,31 @@ class Repository:
         return _unwrap_object(bytes(raw))
 
     def get_object(self, oid: bytes) -> StoreObject:
+        cache = self._decoded
+        if cache is not None and oid in cache:
+            return cache[oid]
         data = self.get_object_bytes(oid)
         if data is None:
             raise CorruptionError(f"object {oid.hex()[:12]} is missing from the store")
-        return decode_object(data, expected_id=oid)
+        obj = decode_object(data, expected_id=oid)
+        if cache is not None and isinstance(obj, (Tree, TensorFile, BlobFile)):
+            cache[oid] = obj
+        return obj
+
+    @contextlib.contextmanager
+    def cached_objects(self) -> Iterator[None]:
+        """While held, get_object reads, checks and decodes each tree and file object once:
+        a merge looks its inputs' trees and tensor files up 2-3 times each (planning, the
+        output layout, the output tree). Those objects are immutable (frozen, tuples) and
+        named by their hash. Outside (fsck, gc), every read checks the stored bytes."""
+        if self._decoded is not None:  # nested: the outer scope's cache
+            yield
+            return
+        self._decoded = {}
+        try:
+            yield
+        finally:
+            self._decoded = None
 
     def get_commit(self, oid: bytes) -> Commit:
         obj = self.get_object(oid)
@@ -872,6 +899,8 @@ def _unwrap_object(value: bytes) -> bytes:
 
 @dataclass
 class PendingBlock:
+    """A block written by this session, not yet published."""
+
     spec: str
     pack: int
     offset: int
@@ -1068,6 +1097,18 @@ def _apply_ref_update(txn: Any, idx: Index, up: RefUpdate, now: float) -> None:
         "message": up.message,
     }
     txn.put(prefix + _SEQ.pack(seq), json.dumps(entry).encode(), db=log)
+
+
+@contextlib.contextmanager
+def in_progress(repo: Repository) -> Iterator[None]:
+    """Hold the gc lock shared, so gc waits until a multi-session command has finished
+    (store/gc.py)."""
+    fd = repo.gc_lock(exclusive=False)
+    try:
+        _fault_point("in-progress")
+        yield
+    finally:
+        os.close(fd)
 
 
 def _fault_point(name: str) -> None:

@@ -43,6 +43,8 @@ class FileStamp:
 
 @dataclass(frozen=True)
 class StatEntry:
+    """A file already stored: its stat stamp, the object it gave and how."""
+
     stamp: FileStamp
     written_ns: int
     block_size: int

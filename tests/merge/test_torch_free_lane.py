@@ -263,3 +263,45 @@ def test_mixed_dtypes_out_folder_equals_checkout(store: Store, tmp_path) -> None
     store.checkout("m", tmp_path / "co")
     for f in sorted(p.name for p in (tmp_path / "co").iterdir()):
         assert (out / f).read_bytes() == (tmp_path / "co" / f).read_bytes(), f
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"method": "ties", "params": {"density": 0.5}},
+        {"method": "ties", "params": {"density": 1.0}},  # every tensor on torch, and why
+        {"method": "task_arithmetic", "dtype": "float32", "out_dtype": "bfloat16"},
+    ],
+)
+def test_lane_verdicts_once_per_key_same_as_per_tensor(
+    family_store: Store, monkeypatch, kwargs
+) -> None:
+    """choose_lanes asks ops.lanes once per distinct (dtype, parameters, size), and its
+    verdicts are those of each tensor asked alone."""
+    from mergestore.merge import engine as engine_mod
+
+    asked: list[str] = []
+    reason = engine_mod.lanes.reason
+    monkeypatch.setattr(
+        engine_mod.lanes, "reason", lambda m, *a, **k: asked.append(m) or reason(m, *a, **k)
+    )
+    seen = []
+    choose = engine_mod.Engine.choose_lanes
+
+    def spy(self, tasks):
+        choose(self, tasks)
+        seen.append((self, list(tasks), dict(self.on_lane), dict(self.torch_reasons)))
+
+    monkeypatch.setattr(engine_mod.Engine, "choose_lanes", spy)
+    kw = {"method": "task_arithmetic", "base": "main", "models": EXPERTS, **kwargs}
+    family_store.merge(**kw, weights=[0.5, 0.3, 0.2], branch="m")
+    n_tasks = sum(len(tasks) for _, tasks, _, _ in seen)
+    assert 0 < len(asked) < n_tasks
+    for engine, tasks, on_lane, reasons in seen:
+        alone = [engine.lane_verdict(t) for t in tasks]
+        assert on_lane == {id(t): v[0] for t, v in zip(tasks, alone, strict=True) if v[0]}
+        want: dict[str, int] = {}
+        for v in alone:
+            if v[0] is None:
+                want[v[1]] = want.get(v[1], 0) + 1
+        assert reasons == want

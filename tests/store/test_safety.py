@@ -113,3 +113,23 @@ def test_stored_path_escaping_target_is_refused(store: Store, tmp_path: Path, ev
         store.checkout("evil", out)
     assert not (tmp_path / "deep" / "evil.txt").exists()
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_cached_objects_decodes_files_once_and_only_while_held(tiny_family, store: Store) -> None:
+    """Inside cached_objects (a merge) a tree or file object is read and checked once; a
+    commit is read every time, and outside the scope every read checks the stored bytes."""
+    store.commit(str(tiny_family.base), message="base", branch="main")
+    repo = store.repo
+    cid = store.resolve("main")
+    tree_id = repo.get_commit(cid).tree
+    reads: list[bytes] = []
+    real = repo.get_object_bytes
+    repo.get_object_bytes = lambda oid: reads.append(oid) or real(oid)  # type: ignore[method-assign]
+    with repo.cached_objects():
+        with repo.cached_objects():  # nested: the same cache
+            first = repo.get_tree(tree_id)
+        assert repo.get_tree(tree_id) is first
+        repo.get_commit(cid)
+        repo.get_commit(cid)
+    assert reads == [tree_id, cid, cid]
+    assert repo.get_tree(tree_id) == first and reads[-1] == tree_id
