@@ -21,6 +21,7 @@ import os
 import struct
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -66,9 +67,46 @@ _sync_file_range = _load_sync_file_range()
 
 
 def start_writeback(fd: int, offset: int, nbytes: int) -> None:
-    """Ask the kernel to start writing a byte range to disk, without waiting for it."""
-    if _sync_file_range is not None and nbytes > 0:
+    """Ask the kernel to start writing a byte range to disk, on a background thread.
+
+    The call itself can block: ext4 allocates the range's blocks and submits its bios in it,
+    and the block layer throttles writers (8-47 ms at a time on the 2-core VM, while it
+    discarded a deleted store). The appending thread (a merge's writer, which keeps blocks in
+    task order) must not wait for the disk. The flusher gets its own descriptor of the file
+    (not a dup: that would share, and hold, the appender's flock), so the appender may close
+    its own meanwhile; the fsync before publish still does the real work."""
+    if _sync_file_range is None or nbytes <= 0:
+        return
+    try:
+        own = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return  # advice: nothing lost
+    try:
+        _flusher().submit(_writeback, own, offset, nbytes)
+    except RuntimeError:  # the interpreter is shutting down
+        os.close(own)
+
+
+_FLUSHER: tuple[int, ThreadPoolExecutor] | None = None
+_FLUSHER_LOCK = threading.Lock()
+
+
+def _flusher() -> ThreadPoolExecutor:
+    """The process's one writeback thread (a new one in a forked child)."""
+    global _FLUSHER
+    with _FLUSHER_LOCK:
+        if _FLUSHER is None or _FLUSHER[0] != os.getpid():
+            pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mergestore-writeback")
+            _FLUSHER = (os.getpid(), pool)
+        return _FLUSHER[1]
+
+
+def _writeback(fd: int, offset: int, nbytes: int) -> None:
+    try:
+        assert _sync_file_range is not None
         _sync_file_range(fd, offset, nbytes, _SYNC_FILE_RANGE_WRITE)  # advice: errors ignored
+    finally:
+        os.close(fd)
 
 
 def pack_path(pack_dir: Path, pack_id: int) -> Path:
