@@ -4,8 +4,9 @@ For each output tensor the engine reads the base (reference) blocks, then each i
 a block identical to the reference block costs nothing, a block the plan omits is taken equal
 to the reference block (it contributes no delta), and every other block is read and decoded
 (a delta-coded block is decoded against the reference block already in hand); each block id is
-read once per task. The method's pure kernel then runs on the task's tensors, and the output is
-cut into blocks and handed to a sink (the store, or a hasher for replay). A task is a whole
+read once per task, and an input with the same blocks as an earlier one is that tensor itself.
+The method's pure kernel then runs on the task's tensors, and the output is cut into blocks
+and handed to a sink (the store, or a hasher for replay). A task is a whole
 tensor, or, for elementwise methods, a run of 8 blocks of a larger one (pieces.elementwise_pieces).
 
 Each tensor whose method has a torch-free kernel for its dtypes and parameters (ops.lanes:
@@ -618,8 +619,12 @@ class Engine:
                 base_t = self._read_input_tensor(
                     base_reads, None, None, ref_raw, held, stats.base_meter, stats, workers, lane
                 )
-        inputs = []
-        for reads, model in zip(input_reads, task.input_models, strict=True):
+        inputs: list[torch.Tensor] = []
+        for k, (reads, model) in enumerate(zip(input_reads, task.input_models, strict=True)):
+            same = _same_input(reads, input_reads[:k])
+            if same is not None:  # the blocks of an earlier input: that tensor itself, no copy
+                inputs.append(inputs[same])
+                continue
             meter = stats.expert_meters[model]
             inputs.append(
                 self._read_input_tensor(
@@ -883,6 +888,23 @@ class Engine:
             raise
         pool.shutdown(wait=True)
         return outputs
+
+
+def _same_input(reads: _InputReads, earlier: Sequence[_InputReads]) -> int | None:
+    """Index of an earlier input of the task whose tensor this input's is: the same blocks in
+    the same dtype and shape, the same blocks left out (say, a frozen tensor that several
+    models share). Kernels never write to their inputs (tests/ops/test_purity.py), so the
+    kernel may get that tensor itself, as it gets the base for an input equal to it."""
+    rec = reads.rec
+    for j, e in enumerate(earlier):
+        if (
+            e.rec.blocks == rec.blocks
+            and e.rec.dtype == rec.dtype
+            and e.rec.shape == rec.shape
+            and e.selected == reads.selected
+        ):
+            return j
+    return None
 
 
 def _location(locs: dict[bytes, BlockLocation], bid: bytes) -> BlockLocation:
