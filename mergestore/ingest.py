@@ -102,9 +102,10 @@ class _Ingest:
             raise FormatError("a checkpoint file changed while it was being committed")
         bid = block_id(raw)
         res = self._encode(job, bid, raw)
-        # A payload that is not a bytes object may be a view of this very buffer (a block
-        # stored raw is): keep the buffer until the payload has been appended.
-        if res.encoded is not None and not isinstance(res.encoded.payload, bytes):
+        # A payload that is not a bytes object (nor a tuple of parts, none of them a view of
+        # the block, Encoded.parts) may be a view of this very buffer (a block stored raw
+        # is): keep the buffer until the payload has been appended.
+        if res.encoded is not None and not isinstance(res.encoded.parts, (bytes, tuple)):
             res.buf = buf
         elif pool is not None:
             pool.put(buf)

@@ -4,8 +4,9 @@ For each output tensor the engine reads the base (reference) blocks, then each i
 a block identical to the reference block costs nothing, a block the plan omits is taken equal
 to the reference block (it contributes no delta), and every other block is read and decoded
 (a delta-coded block is decoded against the reference block already in hand); each block id is
-read once per task. The method's pure kernel then runs on the task's tensors, and the output is
-cut into blocks and handed to a sink (the store, or a hasher for replay). A task is a whole
+read once per task, and an input with the same blocks as an earlier one is that tensor itself.
+The method's pure kernel then runs on the task's tensors, and the output is cut into blocks
+and handed to a sink (the store, or a hasher for replay). A task is a whole
 tensor, or, for elementwise methods, a run of 8 blocks of a larger one (pieces.elementwise_pieces).
 
 Each tensor whose method has a torch-free kernel for its dtypes and parameters (ops.lanes:
@@ -16,14 +17,15 @@ the lane never imports torch, which costs more than such a merge itself. The cho
 tensor, so one fp32 norm does not send a bf16 merge to torch; the run's "lanes" field counts
 the tensors on each lane, with torch's reasons.
 
-The stages run as a pipeline on both cores: loader threads read and decode the next tensors,
-compute threads merge tensors side by side (each kernel on one torch thread) and hash and
-encode each output's blocks (merge --out writes them to the folder there too), and one writer
-thread appends them to the packs in task order, so the stored bytes never depend on the thread
-count. The tasks loading and merging together hold at most the largest tensor's bytes
-(`memory_limit`), and those whose outputs are still being encoded and written at most as much
-again (merge/inflight.py), so memory stays near (inputs + 4) x the largest tensor plus the
-kernel's temporaries.
+The stages run as a pipeline on both cores: worker threads (one per core) each take a task
+from its reads to its encoded output (read and decode its inputs, merge them with each kernel
+on one torch thread, hash and encode the output's blocks; merge --out writes them to the
+folder there too), and whichever worker finishes the task next in order appends it, and every
+later one already finished, to the packs (merge/inorder.py), so the stored bytes never depend
+on the thread count. The tasks loading and merging together hold at most the largest tensor's
+bytes (`memory_limit`), and those whose outputs are still being encoded and kept at most as
+much again (merge/inflight.py), so memory stays near (inputs + 4) x the largest tensor plus
+the kernel's temporaries.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from mergestore.formats.safetensors import (
 )
 from mergestore.lazy_numpy import np  # numpy is imported on first use
 from mergestore.merge.inflight import Inflight
+from mergestore.merge.inorder import InOrder
 from mergestore.merge.tensorplan import OutputTensorPlan
 from mergestore.ops import (
     TensorContext,
@@ -101,8 +104,8 @@ class OutputTensor:
 
 @dataclass
 class PreparedBlocks:
-    """Output blocks named (and, for the store, encoded) on a compute thread, in any order:
-    what the writer keeps, in task order (Sink.commit_blocks)."""
+    """Output blocks named (and, for the store, encoded) on a worker thread, in any order:
+    what is kept in task order (Sink.commit_blocks)."""
 
     ids: list[bytes]
     raw_lens: list[int]
@@ -125,7 +128,8 @@ class Sink(Protocol):
         ...
 
     def commit_blocks(self, prepared: PreparedBlocks) -> list[bytes]:
-        """Keep prepared blocks; called in task order, on one thread. Returns their ids."""
+        """Keep prepared blocks; called in task order, one call at a time (on the worker that
+        finished the task: merge/inorder.py). Returns their ids."""
         ...
 
 
@@ -615,8 +619,12 @@ class Engine:
                 base_t = self._read_input_tensor(
                     base_reads, None, None, ref_raw, held, stats.base_meter, stats, workers, lane
                 )
-        inputs = []
-        for reads, model in zip(input_reads, task.input_models, strict=True):
+        inputs: list[torch.Tensor] = []
+        for k, (reads, model) in enumerate(zip(input_reads, task.input_models, strict=True)):
+            same = _same_input(reads, input_reads[:k])
+            if same is not None:  # the blocks of an earlier input: that tensor itself, no copy
+                inputs.append(inputs[same])
+                continue
             meter = stats.expert_meters[model]
             inputs.append(
                 self._read_input_tensor(
@@ -707,8 +715,8 @@ class Engine:
         self, ld: _Loaded, out: torch.Tensor, sink: Sink, track_delta: bool
     ) -> _Finished:
         """Cut a merged tensor into blocks and name them (the sink hashes and encodes them,
-        merge --out writes them to the folder), on the compute thread that merged it: only
-        keeping them is left to the writer, in task order."""
+        merge --out writes them to the folder), on the worker thread that merged it: only
+        keeping them is left, in task order."""
         name = ld.task.plan.name
         if isinstance(out, np.ndarray):  # the torch-free lane's array (ops.lanes)
             arr = np.ascontiguousarray(out)
@@ -765,11 +773,10 @@ class Engine:
     ) -> tuple[list[OutputTensor], EngineStats]:
         """Merge every task; outputs come back in task order.
 
-        A pipeline: `compute_workers()` loader threads read and decode blocks, as many compute
-        threads merge tensors side by side (each kernel on one torch thread) and hash and
-        encode their outputs' blocks, and one writer thread appends them in task order.
-        Reading, decoding, hashing, zstd and the kernels all release the GIL, so the stages
-        share the cores.
+        A pipeline: `compute_workers()` threads each read and decode a task's blocks, merge
+        it (each kernel on one torch thread) and hash and encode its output's blocks, side by
+        side; finished tasks are kept in task order (merge/inorder.py). Reading, decoding,
+        hashing, zstd and the kernels all release the GIL, so the workers share the cores.
         """
         t0 = time.perf_counter()
         reuse_freed_memory()
@@ -796,24 +803,37 @@ class Engine:
         stats.seconds = time.perf_counter() - t0
         return outputs, stats
 
-    def _merge_loaded(
+    def _work(
         self,
-        box: list[Future[_Loaded]],
+        index: int,
+        task: TensorTask,
+        stats: EngineStats,
+        load_workers: int,
         sink: Sink,
         track_delta: bool,
         inflight: Inflight[OutputTensor],
-        cost: int,
-    ) -> _Finished:
-        ld = box.pop().result()
-        out = self._merge(ld)
-        # The inputs can go now; the output's blocks still need the base blocks (delta coding).
-        ld = _Loaded(ld.task, None, [], ld.reference, ld.ref_raw, ld.workers)
-        inflight.merged(cost)
-        return self._prepare_output(ld, out, sink, track_delta)
+        order: InOrder[_Finished, OutputTensor],
+        kept: Future[OutputTensor],
+    ) -> None:
+        """One task on one worker thread, from its reads to its encoded blocks (read and
+        decode, merge, hash and encode), then kept in task order (merge/inorder.py)."""
+        try:
+            cost = task_bytes(task)
+            ld = self._load_named(task, stats, load_workers)
+            out = self._merge(ld)
+            # The inputs can go now; the output's blocks still need the base blocks (delta
+            # coding).
+            ld = _Loaded(ld.task, None, [], ld.reference, ld.ref_raw, ld.workers)
+            inflight.merged(cost)
+            fin = self._prepare_output(ld, out, sink, track_delta)
+            del ld, out
+        except BaseException as e:  # noqa: BLE001 - the task's failure, raised by retire()
+            order.done(index, e, kept)
+            return
+        order.done(index, fin, kept)
 
-    def _commit(self, box: list[Future[_Finished]], sink: Sink, stats: EngineStats) -> OutputTensor:
-        """The writer stage: a finished task's blocks kept, in task order."""
-        fin = box.pop().result()
+    def _keep(self, fin: _Finished, sink: Sink, stats: EngineStats) -> OutputTensor:
+        """A finished task's blocks kept, in task order (one at a time: merge/inorder.py)."""
         ids = sink.commit_blocks(fin.prepared)
         if fin.delta_sq is not None:
             stats.merged_delta_sq += fin.delta_sq  # summed in task order: the same float
@@ -830,17 +850,17 @@ class Engine:
         memory_limit: int,
     ) -> list[OutputTensor]:
         outputs: list[OutputTensor] = []
-        # Each stage takes its input future out of a one-item box, so a finished stage's
-        # tensors are freed as soon as the next stage is done with them (a future keeps its
-        # result alive). The tasks loading or merging together hold at most as many bytes as
-        # the largest tensor (or task), so a tensor that size loads and merges alone; its
-        # output is hashed, encoded and written while the next tasks load (merge/inflight.py).
+        # The tasks loading or merging together hold at most as many bytes as the largest
+        # tensor (or task), so a tensor that size loads and merges alone; its output is
+        # hashed, encoded and kept while the next tasks load (merge/inflight.py). Each worker
+        # takes a task from its reads to its encoded blocks: no handoff between stages. Up to
+        # 4 tasks per worker are admitted (queued ones hold no memory; the byte bounds hold
+        # what runs), so a worker finds its next task queued, even when the main thread, which
+        # admits them, is late to wake (a traced run: workers idle 37 ms waiting for it).
         limit = max(max((task_bytes(t) for t in tasks), default=0), memory_limit, self.memory_limit)
-        inflight: Inflight[OutputTensor] = Inflight(limit, window=2 * workers + 1)
-        loader = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mergestore-load")
-        compute = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mergestore-merge")
-        writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mergestore-write")
-        pools = (loader, compute, writer)
+        inflight: Inflight[OutputTensor] = Inflight(limit, window=4 * workers + 1)
+        order: InOrder[_Finished, OutputTensor] = InOrder(lambda fin: self._keep(fin, sink, stats))
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mergestore-merge")
 
         def retire() -> None:
             outputs.append(inflight.retire())
@@ -848,30 +868,43 @@ class Engine:
                 progress(1)
 
         try:
-            for task in tasks:
+            for index, task in enumerate(tasks):
                 cost = task_bytes(task)
                 while not inflight.wait_room(cost):
                     retire()
                 alone = 2 * cost > limit  # no other task loads beside it: split its reads
-                loaded = loader.submit(
-                    self._load_named, task, stats, default_workers() if alone else 1
-                )
-                merged = compute.submit(
-                    self._merge_loaded, [loaded], sink, track_delta, inflight, cost
-                )
-                written = writer.submit(self._commit, [merged], sink, stats)
-                inflight.admit(written, cost)
-                del loaded, merged, written
+                kept: Future[OutputTensor] = Future()
+                inflight.admit(kept, cost)
+                pool.submit(
+                    self._work, index, task, stats, default_workers() if alone else 1,
+                    sink, track_delta, inflight, order, kept,
+                )  # fmt: skip
+                del kept
                 stats.tensors += 1
             while inflight:
                 retire()
         except BaseException:
-            for pool in pools:
-                pool.shutdown(wait=True, cancel_futures=True)
+            pool.shutdown(wait=True, cancel_futures=True)
             raise
-        for pool in pools:
-            pool.shutdown(wait=True)
+        pool.shutdown(wait=True)
         return outputs
+
+
+def _same_input(reads: _InputReads, earlier: Sequence[_InputReads]) -> int | None:
+    """Index of an earlier input of the task whose tensor this input's is: the same blocks in
+    the same dtype and shape, the same blocks left out (say, a frozen tensor that several
+    models share). Kernels never write to their inputs (tests/ops/test_purity.py), so the
+    kernel may get that tensor itself, as it gets the base for an input equal to it."""
+    rec = reads.rec
+    for j, e in enumerate(earlier):
+        if (
+            e.rec.blocks == rec.blocks
+            and e.rec.dtype == rec.dtype
+            and e.rec.shape == rec.shape
+            and e.selected == reads.selected
+        ):
+            return j
+    return None
 
 
 def _location(locs: dict[bytes, BlockLocation], bid: bytes) -> BlockLocation:

@@ -1,7 +1,7 @@
 """The merge pipeline's admission: which tasks may be in flight together, by count and bytes.
 
 A task is in flight from its admission (its load is queued) until the engine retires its output
-(kept by the writer, in task order). Its input bytes (engine.task_bytes: one input's) count
+(kept in task order: merge/inorder.py). Its input bytes (engine.task_bytes: one input's) count
 twice over: against `limit` until its merge is done, when its inputs are freed (`merged`), and
 against `2 * limit` until it is retired, for what it still holds then: its output, the base
 tensor's blocks it is delta-coded against and the encoded blocks. So the next task, even one the

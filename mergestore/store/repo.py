@@ -371,12 +371,13 @@ class Repository:
         self.fetch_meter.add(loc.length)
         return loc, payload
 
-    def read_span(self, pack: int, start: int, length: int) -> bytes:
-        """Bytes [start, start+length) of a pack: a local pack file, or in a lazy clone a
-        remote pack (one ranged GET, counted on fetch_meter). Unverified: the block reader
-        checks each block in it against its id."""
+    def read_span(self, pack: int, start: int, length: int) -> bytes | memoryview:
+        """Bytes [start, start+length) of a pack: a local pack file (a large range as a view
+        of its page cache, PackReader.view), or in a lazy clone a remote pack (one ranged
+        GET, counted on fetch_meter). Unverified: the block reader checks each block in it
+        against its id."""
         if pack < PROMISED_PACK_BASE:
-            return self.packs.read(pack, start, length)
+            return self.packs.view(pack, start, length)
         if self.block_source is None:
             raise NotFetchedError("blocks are not fetched yet and no remote is attached")
         slot = pack - PROMISED_PACK_BASE
@@ -984,10 +985,11 @@ class WriteSession:
         """Append an encoded block unless it is already stored; True if written."""
         if self.known(bid):
             return False
-        pack, offset = self._appender.append(bid, enc.payload)
+        pack, offset = self._appender.append(bid, enc.buffers)
         _fault_point("after-append")
-        self.blocks[bid] = PendingBlock(enc.spec, pack, offset, len(enc.payload), raw_len, enc.ref)
-        self.bytes_written += len(enc.payload)
+        n = enc.nbytes
+        self.blocks[bid] = PendingBlock(enc.spec, pack, offset, n, raw_len, enc.ref)
+        self.bytes_written += n
         return True
 
     def put_raw(self, raw: bytes | memoryview, dtype: str | None = None) -> bytes:

@@ -288,10 +288,11 @@ class WorkerPacks:
         with self._lock:
             if self.known(bid):
                 return False
-            pack, offset = self._appender.append(bid, enc.payload)
-            place = BlockPlace(pack, offset, len(enc.payload), raw_len, enc.spec, enc.ref)
+            pack, offset = self._appender.append(bid, enc.buffers)
+            n = enc.nbytes
+            place = BlockPlace(pack, offset, n, raw_len, enc.spec, enc.ref)
             self.written[bid] = WrittenBlock(bid, place)
-            self.bytes_written += len(enc.payload)
+            self.bytes_written += n
             return True
 
     def finish(self) -> list[WrittenBlock]:

@@ -149,6 +149,11 @@ def test_split_with_reference_is_the_split_of_the_xor(rot, n):
     assert rows[1, :n].tolist() == (rotated >> 8).tolist()
 
 
+def _joined(payload) -> bytes:
+    """A candidate's payload as bytes: a byte-plane payload is a tuple of parts (Encoded.parts)."""
+    return b"".join(payload) if isinstance(payload, tuple) else bytes(payload)
+
+
 @pytest.mark.parametrize("dtype", ["BF16", "F16", "F32"])
 @pytest.mark.parametrize("n", [4097, 1 << 16])  # odd byte counts leave a tail to XOR
 def test_delta_candidate_is_the_plain_chain_of_the_xor(dtype, n):
@@ -168,7 +173,7 @@ def test_delta_candidate_is_the_plain_chain_of_the_xor(dtype, n):
             plain = choose._plain(x, dtype, 3, allow)
             assert fused is not None and plain is not None
             assert [s.to_spec() for s in fused[0]] == [s.to_spec() for s in plain[0]]
-            assert bytes(fused[1]) == bytes(plain[1])
+            assert _joined(fused[1]) == _joined(plain[1])
         enc = encode_block(ft, dtype=dtype, reference=base, reference_id=REF_ID)
         assert decode_block(enc.spec, enc.payload, reference=base if enc.ref else None) == ft
 

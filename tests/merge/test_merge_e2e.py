@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from fixtures.store import commit_family
 from mergestore.api import Store
@@ -80,6 +81,42 @@ def test_merge_equals_kernel_on_inputs(
         assert c.parents[0] == family_store.resolve("main")
     assert set(c.parents) >= {family_store.resolve(e) for e in EXPERTS}
     assert res.plan == c.plan
+
+
+@pytest.mark.parametrize(("method", "base_ref"), [("linear", None), ("ties", "main")])
+def test_inputs_sharing_a_tensor_merge_like_copies(
+    tiny_family, family_store: Store, tmp_path: Path, method: str, base_ref: str | None
+) -> None:
+    """Two inputs with the same blocks (dense_small, and a copy of it with one tensor
+    changed) are handed to the kernel as one tensor (engine._same_input): the bits are the
+    kernel's on separate copies."""
+    again = tmp_path / "again"
+    shutil.copytree(tiny_family.experts["dense_small"], again)
+    shard = sorted(again.glob("*.safetensors"))[0]
+    tensors = load_file(shard)
+    first = sorted(tensors)[0]
+    tensors[first] = tensors[first] * 2
+    save_file(tensors, shard, metadata={"format": "pt"})
+    family_store.commit(again, message="again", branch="again")
+    models = ["dense_small", "frozen", "again"]
+    weights = [0.5, 0.3, 0.2]
+    params = {"density": 0.5} if method == "ties" else {}
+    family_store.merge(
+        method=method, base=base_ref, models=models, weights=weights, params=params,
+        seed=3, branch="m",
+    )  # fmt: skip
+    out = tmp_path / "out"
+    family_store.checkout("m", out)
+    got = load_dir(out)
+    base = load_dir(tiny_family.base)
+    srcs = [tiny_family.experts["dense_small"], tiny_family.experts["frozen"], again]
+    experts = [load_dir(p) for p in srcs]
+    per = [{"weight": w, **params} for w in weights]
+    for name in sorted(base):
+        b = base[name] if base_ref else None
+        ins = [e[name].clone() for e in experts]
+        want = merge_tensor(method, b, ins, {}, per, TensorContext(name=name, seed=3))
+        assert torch.equal(got[name].view(torch.int16), want.view(torch.int16)), name
 
 
 def test_output_is_a_loadable_hf_folder(tiny_family, family_store: Store, tmp_path: Path) -> None:

@@ -40,6 +40,16 @@ def test_spans_sort_and_coalesce_within_gap_and_size() -> None:
     assert hs[0].start == 100 - ENTRY_HEADER.size
 
 
+def test_spans_end_at_max_raw_decoded_bytes() -> None:
+    # Adjacent well-compressed blocks: 100 stored bytes each, 1000 decoded. One worker decodes
+    # a span, so a span holds at most max_raw decoded bytes (a lone larger block still reads).
+    items = [(bytes([i]), BlockLocation(1, 100 + 100 * i, 100, 1000, 1)) for i in range(10)]
+    spans = plan_spans(items, max_gap=0, max_span=1 << 20, max_raw=3000)
+    assert [len(s.blocks) for s in spans] == [3, 3, 3, 1]
+    assert [(s.start, s.end) for s in spans][:2] == [(100, 400), (400, 700)]
+    assert len(plan_spans(items[:1], max_raw=10)) == 1
+
+
 def _all_blocks(store: Store, ref: str) -> list[bytes]:
     from mergestore.checkout import _file_parts
 

@@ -233,7 +233,7 @@ class BytePlane(Stage):
     # -- encoding ---------------------------------------------------------------------------
 
     def encode(self, data: Buffer) -> bytes:
-        return self._encode(data, self.planes)[1]
+        return b"".join(self._encode(data, self.planes)[1])
 
     @classmethod
     def encode_adaptive(
@@ -242,6 +242,16 @@ class BytePlane(Stage):
         """Encode, planning each plane (see `_plan_plane`); returns (stage, payload). With
         `reference` (as long as `data`), what is encoded is data XOR reference (the XOR
         stage's output), without a separate XOR pass for 16-bit words."""
+        stage, parts = cls.encode_parts(data, width, rot, level, reference)
+        return stage, b"".join(parts)
+
+    @classmethod
+    def encode_parts(
+        cls, data: Buffer, width: int, rot: int, level: int, reference: Buffer | None = None
+    ) -> tuple[BytePlane, tuple[Buffer, ...]]:
+        """`encode_adaptive`, the payload left as the buffers it is the concatenation of
+        (header, plane segments, tail), for a pack append to write without joining them.
+        None of them is a view of `data` or `reference`."""
         return cls(width, rot, ("r",) * width)._encode(data, None, level, reference)
 
     def _encode(
@@ -250,7 +260,7 @@ class BytePlane(Stage):
         codes: tuple[str, ...] | None,
         level: int = 3,
         reference: Buffer | None = None,
-    ) -> tuple[BytePlane, bytes]:
+    ) -> tuple[BytePlane, tuple[Buffer, ...]]:
         view = memoryview(data).cast("B")
         n = len(view)
         n_words = n // self.width
@@ -259,7 +269,7 @@ class BytePlane(Stage):
         if ref is not None and len(ref) != n:
             raise ValueError("a reference must be as long as the block")
         rows = split_planes(view[:body], self.width, self.rot, None if ref is None else ref[:body])
-        tail: Buffer = view[body:]
+        tail: Buffer = bytes(view[body:])  # a copy (< width bytes): no part views `data`
         if ref is not None and n > body:
             tail = xor_bytes(tail, ref[body:]).tobytes()
         segments: list[Buffer] = []
@@ -282,9 +292,8 @@ class BytePlane(Stage):
             chosen.append(code)
         lengths = (memoryview(s).nbytes for s in segments)
         header = _N.pack(n) + struct.pack(f"<{self.width}I", *lengths)
-        payload = b"".join([header, *segments, tail])
         stage = self if codes is not None else BytePlane(self.width, self.rot, tuple(chosen))
-        return stage, payload
+        return stage, (header, *segments, tail)
 
     # -- decoding ---------------------------------------------------------------------------
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 from mergestore import native
 from mergestore.lazy_numpy import np  # numpy is imported on first use
@@ -18,8 +19,25 @@ class Encoded:
     """One encoded block: the chain that made it, the bytes for the pack, and its reference."""
 
     spec: str  # canonical chain spec (see registry.py), decodable by `decode_block`
-    payload: AnyBuffer  # bytes-like; for "raw" it is the caller's buffer itself (no copy)
+    # The bytes for the pack: one bytes-like (for "raw" the caller's buffer itself, no copy),
+    # or a tuple of the buffers they are the concatenation of (byte planes: header, segments,
+    # tail; none a view of the raw block), which a pack append writes without joining them.
+    parts: AnyBuffer | tuple[AnyBuffer, ...]
     ref: bytes | None  # 32-byte id of the reference block when the chain uses one, else None
+
+    @cached_property
+    def payload(self) -> AnyBuffer:
+        """The bytes for the pack as one bytes-like (a tuple of parts joined, once)."""
+        return b"".join(self.parts) if isinstance(self.parts, tuple) else self.parts
+
+    @property
+    def buffers(self) -> tuple[AnyBuffer, ...]:
+        """The bytes for the pack as a tuple of buffers, in order (no copy)."""
+        return self.parts if isinstance(self.parts, tuple) else (self.parts,)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(memoryview(b).nbytes for b in self.buffers)
 
 
 def run_encode(chain: tuple[AnyStage, ...], data: AnyBuffer, reference: AnyBuffer | None):

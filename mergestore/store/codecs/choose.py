@@ -41,11 +41,15 @@ FLOAT_LAYOUT: dict[str, tuple[int, int]] = {
 }
 
 
-Candidate = tuple[tuple[AnyStage, ...], AnyBuffer]
+# A chain and its payload: one buffer, or the buffers it is the concatenation of (Encoded.parts)
+Candidate = tuple[tuple[AnyStage, ...], AnyBuffer | tuple[AnyBuffer, ...]]
 
 
 def _size(c: Candidate) -> int:
-    return memoryview(c[1]).nbytes
+    data = c[1]
+    if isinstance(data, tuple):
+        return sum(memoryview(b).nbytes for b in data)
+    return memoryview(data).nbytes
 
 
 def _plain(
@@ -66,7 +70,7 @@ def _plain(
         return data if reference is None else XorDelta().encode(data, reference)
 
     if layout is not None and "bplane" in allowed:
-        stage, payload = BytePlane.encode_adaptive(data, *layout, level, reference=reference)
+        stage, payload = BytePlane.encode_parts(data, *layout, level, reference=reference)
         best: Candidate = ((stage,), payload)
         poor = n and _size(best) > TRY_ZSTD_ABOVE * n
         if use_zstd and poor:
