@@ -89,8 +89,8 @@ def test_memo_hit_imports_no_numpy_torch_or_remote_client(tiny_family, tmp_path)
 
 
 def test_merge_of_store_refs_loads_no_commit_path(tiny_family, tmp_path) -> None:
-    """A merge --out of store refs runs no folder commit, LoRA, saliency or gc code, so its
-    serial start does not import them (their modules and dataclasses cost start-up time)."""
+    """A merge --out of store refs runs no folder commit, LoRA, saliency, tokenizer-merge or gc
+    code, so its serial start does not import them (modules and dataclasses cost start-up)."""
     from fixtures.store import commit_family
     from mergestore.api import Store
 
@@ -114,6 +114,7 @@ def test_merge_of_store_refs_loads_no_commit_path(tiny_family, tmp_path) -> None
         "mergestore.formats.lora",
         "mergestore.merge.lora",
         "mergestore.merge.saliency",
+        "mergestore.merge.vocab",
         "mergestore.store.gc",
         "socket",
         "fractions",

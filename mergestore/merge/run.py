@@ -116,9 +116,11 @@ def prepare(
         raise MergeError("the merge has no tensors to produce")
     preflight(plans, models, compute_dtype=cfg.dtype, tokenizer_source=cfg.tokenizer_source)
     base_index = find_base_index(cfg, models)
-    from mergestore.merge.vocab import build_vocab
+    vocab = None
+    if cfg.tokenizer_source is not None:  # merge/vocab.py is loaded for a tokenizer merge only
+        from mergestore.merge.vocab import build_vocab
 
-    vocab = build_vocab(repo, cfg, models, base_index)
+        vocab = build_vocab(repo, cfg, models, base_index)
     tasks = make_tasks(plans, models, base_index)
     selection = budget_mod.select(
         repo,

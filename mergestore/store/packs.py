@@ -16,7 +16,6 @@ import contextlib
 import ctypes
 import errno
 import fcntl
-import mmap
 import os
 import struct
 import threading
@@ -45,12 +44,6 @@ DEFAULT_PACK_LIMIT = 2 << 30  # start a new pack past 2 GiB
 WRITEBACK_BYTES = 32 << 20
 _SYNC_FILE_RANGE_WRITE = 2
 _CREATE_ATTEMPTS = 64  # new packs taken by other writers before we could lock one, at most
-# PackReader.view maps ranges from this size up; below it a pread's copy costs less than
-# setting up and tearing down a mapping.
-MAP_MIN_BYTES = 256 << 10
-_MAP_FLAGS = (
-    mmap.MAP_SHARED | mmap.MAP_POPULATE if hasattr(mmap, "MAP_POPULATE") else None
-)  # Linux: the pages are mapped in the mmap call, not one fault at a time
 
 
 def _load_sync_file_range():  # type: ignore[no-untyped-def]
@@ -358,28 +351,6 @@ class PackReader:
                 f"pack {pack_id} is truncated: wanted {length} bytes at offset {offset}"
             )
         return data
-
-    def view(self, pack_id: int, offset: int, length: int) -> bytes | memoryview:
-        """`read`, for a large range as a read-only view of the pack's page cache: mapped and
-        its pages populated in one mmap call, so the bytes are not copied out of the page
-        cache (a pread's copy was ~3% of a merge's CPU). Ranges under MAP_MIN_BYTES, and
-        ranges past the pack's end (truncated: `read` raises), go through `read`. The mapping
-        lives as long as a view of it; the store only ever truncates unpublished tails
-        (PackAppender.rollback), never bytes an index entry points at."""
-        if length < MAP_MIN_BYTES or _MAP_FLAGS is None:
-            return self.read(pack_id, offset, length)
-        fd = self._fd(pack_id)
-        if offset + length > os.fstat(fd).st_size:
-            return self.read(pack_id, offset, length)
-        start = offset - offset % mmap.ALLOCATIONGRANULARITY
-        try:
-            m = mmap.mmap(
-                fd, offset + length - start, flags=_MAP_FLAGS, prot=mmap.PROT_READ, offset=start
-            )
-        except OSError:
-            return self.read(pack_id, offset, length)
-        iotally.add_read(length)
-        return memoryview(m)[offset - start : offset - start + length]
 
     def prefetch(self, loc: BlockLocation) -> None:
         """Ask the kernel to start reading a block's payload (no-op when it is cached)."""
