@@ -1,10 +1,10 @@
 """Bytes this process has read from packs and written (to packs and output folders), for the
 progress bars of long commands (`merge` shows them next to its tensor count).
 
-The counters only grow. They are bumped where the bytes really move: `PackReader.read` and
-`view`, and a lazy clone's ranged GET, for reads; `PackAppender.append` and the `merge --out`
-folder writer for writes. A bar reads them on every refresh and shows the growth since it
-started. Work done in other processes (Ray workers) is not counted here.
+The counters only grow. They are bumped where the bytes really move: `PackReader.read` and a
+lazy clone's ranged GET for reads; `PackAppender.append` and the `merge --out` folder writer
+for writes. A bar reads them on every refresh and shows the growth since it started. Work done
+in other processes (Ray workers) is not counted here.
 """
 
 from __future__ import annotations

@@ -16,10 +16,8 @@ import contextlib
 import ctypes
 import errno
 import fcntl
-import mmap
 import os
 import struct
-import sys
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -46,13 +44,6 @@ DEFAULT_PACK_LIMIT = 2 << 30  # start a new pack past 2 GiB
 WRITEBACK_BYTES = 32 << 20
 _SYNC_FILE_RANGE_WRITE = 2
 _CREATE_ATTEMPTS = 64  # new packs taken by other writers before we could lock one, at most
-# PackReader.view maps ranges from this size up; below it a pread's copy costs less than
-# setting up and tearing down a mapping.
-MAP_MIN_BYTES = 256 << 10
-# madvise(MADV_POPULATE_READ) (Linux 5.14): map a range's pages in one call, reading those not
-# cached; Python's mmap module does not name it before 3.13.
-_MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)
-_CAN_MAP = sys.platform == "linux" and hasattr(mmap, "MADV_RANDOM")
 
 
 def _load_sync_file_range():  # type: ignore[no-untyped-def]
@@ -360,35 +351,6 @@ class PackReader:
                 f"pack {pack_id} is truncated: wanted {length} bytes at offset {offset}"
             )
         return data
-
-    def view(self, pack_id: int, offset: int, length: int) -> bytes | memoryview:
-        """`read`, for a large range as a read-only view of the pack's page cache: mapped and
-        its pages populated in one call, so the bytes are not copied out of the page cache (a
-        pread's copy was ~3% of a merge's CPU). MADV_RANDOM before populating: a page not
-        cached yet is read alone, as pread reads only what is asked (MAP_POPULATE read 4 MiB
-        around such a page, blocks a budgeted merge skips). Ranges under MAP_MIN_BYTES,
-        ranges past the pack's end (truncated: `read` raises), and kernels without
-        MADV_POPULATE_READ go through `read`. The mapping lives as long as a view of it; the
-        store only ever truncates unpublished tails (PackAppender.rollback), never bytes an
-        index entry points at."""
-        if length < MAP_MIN_BYTES or not _CAN_MAP:
-            return self.read(pack_id, offset, length)
-        fd = self._fd(pack_id)
-        if offset + length > os.fstat(fd).st_size:
-            return self.read(pack_id, offset, length)
-        start = offset - offset % mmap.ALLOCATIONGRANULARITY
-        try:
-            m = mmap.mmap(fd, offset + length - start, prot=mmap.PROT_READ, offset=start)
-        except OSError:
-            return self.read(pack_id, offset, length)
-        try:
-            m.madvise(mmap.MADV_RANDOM)
-            m.madvise(_MADV_POPULATE_READ)
-        except OSError:  # an older kernel (EINVAL), or an I/O error: pread reports that
-            m.close()
-            return self.read(pack_id, offset, length)
-        iotally.add_read(length)
-        return memoryview(m)[offset - start : offset - start + length]
 
     def prefetch(self, loc: BlockLocation) -> None:
         """Ask the kernel to start reading a block's payload (no-op when it is cached)."""

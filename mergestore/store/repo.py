@@ -371,13 +371,12 @@ class Repository:
         self.fetch_meter.add(loc.length)
         return loc, payload
 
-    def read_span(self, pack: int, start: int, length: int) -> bytes | memoryview:
-        """Bytes [start, start+length) of a pack: a local pack file (a large range as a view
-        of its page cache, PackReader.view), or in a lazy clone a remote pack (one ranged
-        GET, counted on fetch_meter). Unverified: the block reader checks each block in it
-        against its id."""
+    def read_span(self, pack: int, start: int, length: int) -> bytes:
+        """Bytes [start, start+length) of a pack: a local pack file, or in a lazy clone a
+        remote pack (one ranged GET, counted on fetch_meter). Unverified: the block reader
+        checks each block in it against its id."""
         if pack < PROMISED_PACK_BASE:
-            return self.packs.view(pack, start, length)
+            return self.packs.read(pack, start, length)
         if self.block_source is None:
             raise NotFetchedError("blocks are not fetched yet and no remote is attached")
         slot = pack - PROMISED_PACK_BASE
