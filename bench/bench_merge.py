@@ -8,9 +8,12 @@ Usage (under the shared bench lock):
 Options for issue 14's tables: --config-dtype float32:bfloat16 (or bfloat16) adds mergekit's
 `dtype:` / `out_dtype:` to every config; --fp32-norms rewrites the family's norm tensors to fp32
 (fp32 norms next to bf16 weights); --commands writes the configs and prints, per method, the two
-whole-process commands to time in pairs with an external A/B timer: mergestore (a fresh store per
-run: the pristine store's packs hard-linked, its index copied, so earlier outputs cannot
-deduplicate; then `merge --out` writing the HF folder) and mergekit-yaml writing its folder.
+whole-process commands to time in pairs with an external A/B timer: mergestore (`merge --out`
+writing the HF folder, into a fresh store per run: the pristine store's packs hard-linked, its
+index copied, so earlier outputs cannot deduplicate) and mergekit-yaml writing its folder. Each
+method's "prepare" line makes --runs such store copies beforehand, and each timed run takes the
+next one and writes a new output folder, so neither timed command deletes an earlier run's
+output (that cleanup, up to 0.1 s, is not the user's task: "cleanup" removes them all after).
 
 Steps: generate the family (cached under --out), commit it to a store (not timed), then for each
 method write one mergekit YAML config and run it twice: `mergestore merge --config` with store refs
@@ -473,8 +476,18 @@ def print_commands(args: argparse.Namespace) -> None:
     out, store, model_dirs, names = setup(args)
     base_dir, expert_dirs = model_dirs[0], model_dirs[1:]
     tag = (args.config_dtype or "stored").replace(":", "-")
-    run, ms_out, mk_out = out / "store-run", out / "ms-out", out / "mk-out"
+    runs = out / "runs"
     ms = shlex.join(mergestore_cmd(args))
+    copies = " && ".join(
+        fresh_store_cmd(store, runs / f"store-{i}") for i in range(1, args.runs + 1)
+    )
+    counters = f"echo 1 > {runs}/next-ms && echo 1 > {runs}/next-mk"
+    prepare = f"rm -rf {runs} && mkdir -p {runs} && {copies} && {counters}"
+
+    def take(side: str) -> str:
+        """Shell: n = this side's next run number (a run past --runs finds no store and fails)."""
+        return f"n=$(cat {runs}/next-{side}) && echo $((n + 1)) > {runs}/next-{side} && "
+
     for method in args.methods.split(","):
         mk_cfg = write_yaml(
             out / f"{method}.{tag}.mergekit.yml",
@@ -488,12 +501,12 @@ def print_commands(args: argparse.Namespace) -> None:
             with_dtypes(method_config(method, "main", names), args.config_dtype),
         )
         ours = (
-            f"{fresh_store_cmd(store, run)} && rm -rf {ms_out} && "
-            f"MERGESTORE_DIR={run} {ms} merge --config {ms_cfg} -b m -m {method} --json "
-            f"--out {ms_out} > {out}/{method}.{tag}.json"
+            f"{take('ms')}MERGESTORE_DIR={runs}/store-$n {ms} merge --config {ms_cfg} -b m "
+            f"-m {method} --json --out {runs}/ms-out-$n > {out}/{method}.{tag}.json"
         )
-        theirs = f"rm -rf {mk_out} && mergekit-yaml {mk_cfg} {mk_out} --no-write-model-card"
-        print(json.dumps({"method": method, "mergestore": ours, "mergekit": theirs}))
+        theirs = f"{take('mk')}mergekit-yaml {mk_cfg} {runs}/mk-out-$n --no-write-model-card"
+        line = {"method": method, "mergestore": ours, "mergekit": theirs}
+        print(json.dumps({**line, "prepare": prepare, "cleanup": f"rm -rf {runs}"}))
     floor_cfg = write_yaml(
         out / f"floor.{tag}.yml",
         with_dtypes(method_config("task_arithmetic", "main", names), args.config_dtype),
@@ -550,6 +563,9 @@ def main() -> None:
     ap.add_argument("--fp32-norms", action="store_true", help="the family with fp32 norms")
     ap.add_argument(
         "--commands", action="store_true", help="write configs, print the commands to time"
+    )
+    ap.add_argument(
+        "--runs", type=int, default=12, help="--commands: store copies each prepare line makes"
     )
     args = ap.parse_args()
     if args.setup_only:
