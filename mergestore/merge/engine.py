@@ -807,6 +807,7 @@ class Engine:
         self,
         index: int,
         task: TensorTask,
+        cost: int,
         stats: EngineStats,
         load_workers: int,
         sink: Sink,
@@ -818,7 +819,6 @@ class Engine:
         """One task on one worker thread, from its reads to its encoded blocks (read and
         decode, merge, hash and encode), then kept in task order (merge/inorder.py)."""
         try:
-            cost = task_bytes(task)
             ld = self._load_named(task, stats, load_workers)
             out = self._merge(ld)
             # The inputs can go now; the output's blocks still need the base blocks (delta
@@ -876,7 +876,7 @@ class Engine:
                 kept: Future[OutputTensor] = Future()
                 inflight.admit(kept, cost)
                 pool.submit(
-                    self._work, index, task, stats, default_workers() if alone else 1,
+                    self._work, index, task, cost, stats, default_workers() if alone else 1,
                     sink, track_delta, inflight, order, kept,
                 )  # fmt: skip
                 del kept

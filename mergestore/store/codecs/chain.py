@@ -37,7 +37,14 @@ class Encoded:
 
     @property
     def nbytes(self) -> int:
-        return sum(memoryview(b).nbytes for b in self.buffers)
+        return parts_nbytes(self.parts)
+
+
+def parts_nbytes(parts: AnyBuffer | tuple[AnyBuffer, ...]) -> int:
+    """Bytes of a payload: one buffer, or the buffers it is the concatenation of."""
+    if isinstance(parts, tuple):
+        return sum(memoryview(b).nbytes for b in parts)
+    return memoryview(parts).nbytes
 
 
 def run_encode(chain: tuple[AnyStage, ...], data: AnyBuffer, reference: AnyBuffer | None):

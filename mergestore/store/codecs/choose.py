@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from .base import AnyBuffer
 from .byteplane import BytePlane, estimate_ratio
-from .chain import Encoded
+from .chain import Encoded, parts_nbytes
 from .registry import CODECS, AnyStage, chain_to_spec
 from .xordelta import XorDelta
 from .zstd import Zstd
@@ -46,10 +46,7 @@ Candidate = tuple[tuple[AnyStage, ...], AnyBuffer | tuple[AnyBuffer, ...]]
 
 
 def _size(c: Candidate) -> int:
-    data = c[1]
-    if isinstance(data, tuple):
-        return sum(memoryview(b).nbytes for b in data)
-    return memoryview(data).nbytes
+    return parts_nbytes(c[1])
 
 
 def _plain(
