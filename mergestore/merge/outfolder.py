@@ -297,12 +297,29 @@ class FolderSink:
         workers: int = 1,
         tensor: tuple[str, int] | None = None,
     ) -> PreparedBlocks:
-        prepared = self.inner.prepare_blocks(raws, dtype, refs, ref_raw, workers, tensor)
         if tensor is None:
             self.folder.mismatch = self.folder.mismatch or "an output block without its tensor"
-        else:
+            return self.inner.prepare_blocks(raws, dtype, refs, ref_raw, workers, tensor)
+        if workers > 1:  # a task merged alone: its blocks are prepared on several threads
+            prepared = self.inner.prepare_blocks(raws, dtype, refs, ref_raw, workers, tensor)
             self.folder.put(tensor[0], tensor[1], raws, dtype)
-        return prepared
+            return prepared
+        # One block at a time, each written to the folder right after it is hashed and
+        # encoded, while it is still in the CPU's caches: a tensor's blocks written after all
+        # of them were encoded are read from memory a second time, and with both cores busy
+        # memory bandwidth is what bounds a merge (docs/benchmarks.md, session 8).
+        name, pos = tensor
+        ids: list[bytes] = []
+        lens: list[int] = []
+        encoded: list[Any] = []
+        for raw, ref in zip(raws, refs, strict=True):
+            one = self.inner.prepare_blocks([raw], dtype, [ref], ref_raw, 1, (name, pos))
+            self.folder.put(name, pos, [raw], dtype)
+            ids += one.ids
+            lens += one.raw_lens
+            encoded += one.encoded
+            pos += len(raw)
+        return PreparedBlocks(ids, lens, encoded)
 
     def commit_blocks(self, prepared: PreparedBlocks) -> list[bytes]:
         return self.inner.commit_blocks(prepared)
