@@ -306,8 +306,8 @@ class FolderSink:
             return prepared
         # One block at a time, each written to the folder right after it is hashed and
         # encoded, while it is still in the CPU's caches: a tensor's blocks written after all
-        # of them were encoded are read from memory a second time, and with both cores busy
-        # memory bandwidth is what bounds a merge (docs/benchmarks.md, session 8).
+        # of them were encoded are read from memory a second time, and the two cores share
+        # one memory's bandwidth (docs/benchmarks.md, issue 14 session 8).
         name, pos = tensor
         ids: list[bytes] = []
         lens: list[int] = []
