@@ -7,16 +7,19 @@ would fail. fsck only reads; it never repairs.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
 from mergestore.errors import CorruptionError, MergestoreError, RefError
 from mergestore.formats.safetensors import DTYPE_SIZES
-from mergestore.store import merges
+from mergestore.store import merges, packs
 from mergestore.store.blocks import tensor_blocking
 from mergestore.store.index import BlockLocation
 from mergestore.store.objects import BlobFile, Commit, Plan, TensorFile, Tree
-from mergestore.store.packs import ENTRY_HEADER, ENTRY_MAGIC, PACK_MAGIC, pack_path
+from mergestore.store.packs import (
+    entry_bounds_problem,
+    entry_header_problem,
+    pack_size_and_magic,
+)
 from mergestore.store.refs import HEAD, HEADS, REMOTES, TAGS, check_ref_name
 from mergestore.store.repo import Repository
 from mergestore.threads import default_workers
@@ -424,14 +427,9 @@ def _check_index(
         size = pack_sizes.get(loc.pack)
         if size is None:
             size = pack_sizes[loc.pack] = _pack_size(repo, loc.pack, probs)
-        if size < 0:
-            bad[bid] = f"block {bid.hex()[:12]}: pack {loc.pack} is missing"
-        elif loc.offset + loc.length > size:
-            bad[bid] = f"block {bid.hex()[:12]}: beyond the end of pack {loc.pack}"
-        elif loc.offset < ENTRY_HEADER.size:
-            bad[bid] = (
-                f"block {bid.hex()[:12]}: offset {loc.offset} in pack {loc.pack} is inside a header"
-            )
+        problem = entry_bounds_problem(bid, loc, None if size < 0 else size)
+        if problem:
+            bad[bid] = problem
         try:
             repo.codec_spec(loc.codec)
         except (CorruptionError, UnicodeDecodeError) as e:
@@ -459,30 +457,18 @@ def _check_index(
 
 
 def _pack_size(repo: Repository, pid: int, probs: _Problems) -> int:
-    p = pack_path(repo.pack_dir, pid)
-    try:
-        size = p.stat().st_size
-        with open(p, "rb") as f:
-            magic = f.read(len(PACK_MAGIC))
-    except FileNotFoundError:
+    found = pack_size_and_magic(repo.pack_dir, pid)
+    if found is None:
         return -1
-    if magic != PACK_MAGIC:
+    size, magic_ok = found
+    if not magic_ok:
         probs.add("pack", f"pack {pid} does not start with the pack magic")
     return size
 
 
 def _check_entry_header(repo: Repository, bid: bytes, loc: BlockLocation) -> str | None:
     """The pack entry header in front of a payload must name this block and length."""
-    h = ENTRY_HEADER.size
-    if loc.offset < h:
-        return f"block {bid.hex()[:12]}: offset {loc.offset} in pack {loc.pack} is inside a header"
-    try:
-        magic, hid, length = ENTRY_HEADER.unpack(repo.packs.read(loc.pack, loc.offset - h, h))
-    except (CorruptionError, OSError) as e:
-        return f"block {bid.hex()[:12]}: {e}"
-    if magic != ENTRY_MAGIC or hid != bid or length != loc.length:
-        return f"block {bid.hex()[:12]}: the pack {loc.pack} entry at its offset is not this block"
-    return None
+    return entry_header_problem(repo.packs, bid, loc)
 
 
 def _pos(loc: BlockLocation) -> tuple[int, int]:
@@ -494,15 +480,8 @@ def _one_line(e: BaseException) -> str:
 
 
 def pack_files_size(repo: Repository) -> int:
-    total = 0
-    for p in repo.pack_dir.glob("pack-*.pack"):
-        try:
-            total += p.stat().st_size
-        except FileNotFoundError:
-            continue  # removed since listed: by gc, or a writer's rollback of its new pack
-    return total
+    return packs.pack_files_size(repo.pack_dir)
 
 
 def index_size(repo: Repository) -> int:
-    d = repo.path / "index"
-    return sum(os.path.getsize(p) for p in d.iterdir() if p.is_file())
+    return repo.index.files_size()

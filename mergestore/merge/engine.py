@@ -64,9 +64,9 @@ from mergestore.ops import (
 from mergestore.store import codecs
 from mergestore.store.blocks import block_id, tensor_blocking
 from mergestore.store.objects import TensorRecord
-from mergestore.store.packs import ENTRY_HEADER, ReadMeter
+from mergestore.store.packs import ReadMeter
 from mergestore.store.parallel import reuse_freed_memory
-from mergestore.store.reader import BlockReader
+from mergestore.store.reader import HEADERS_ONLY_GAP, BlockReader
 from mergestore.store.repo import BlockLocation, Repository, WriteSession
 from mergestore.threads import default_workers, ordered_map, thread_limit
 
@@ -460,7 +460,7 @@ class Engine:
     def _reader(self) -> BlockReader:
         """Reads only the blocks asked for (and the entry headers between adjacent ones):
         a budgeted merge reads from disk what it counts."""
-        return self.repo.reader(max_gap=ENTRY_HEADER.size)
+        return self.repo.reader(max_gap=HEADERS_ONLY_GAP)
 
     def _plan_input(
         self,

@@ -17,6 +17,7 @@ Only store/ touches this module.
 
 from __future__ import annotations
 
+import os
 import struct
 import threading
 from dataclasses import dataclass
@@ -130,6 +131,11 @@ class Index:
             entry[2] += 1
         self.env, self.dbs = entry[0], entry[1]
         self._closed = False
+        self.path = path
+
+    def files_size(self) -> int:
+        """Bytes of the LMDB files on disk (data and lock file)."""
+        return sum(os.path.getsize(p) for p in self.path.iterdir() if p.is_file())
 
     def db(self, name: str):
         return self.dbs[name]

@@ -106,6 +106,56 @@ def pack_path(pack_dir: Path, pack_id: int) -> Path:
     return pack_dir / f"pack-{pack_id:06d}.pack"
 
 
+def pack_files_size(pack_dir: Path) -> int:
+    """Bytes of every pack file in the folder (one removed while listed is skipped)."""
+    total = 0
+    for p in pack_dir.glob("pack-*.pack"):
+        try:
+            total += p.stat().st_size
+        except FileNotFoundError:
+            continue  # removed since listed: by gc, or a writer's rollback of its new pack
+    return total
+
+
+def pack_size_and_magic(pack_dir: Path, pack_id: int) -> tuple[int, bool] | None:
+    """A pack file's size and whether it starts with the pack magic; None if it is gone."""
+    p = pack_path(pack_dir, pack_id)
+    try:
+        size = p.stat().st_size
+        with open(p, "rb") as f:
+            magic = f.read(len(PACK_MAGIC))
+    except FileNotFoundError:
+        return None
+    return size, magic == PACK_MAGIC
+
+
+def entry_bounds_problem(bid: bytes, loc: BlockLocation, pack_size: int | None) -> str | None:
+    """What is wrong with where the index puts a block's payload, given its pack's size (None:
+    the pack is missing), or None."""
+    if pack_size is None:
+        return f"block {bid.hex()[:12]}: pack {loc.pack} is missing"
+    if loc.offset + loc.length > pack_size:
+        return f"block {bid.hex()[:12]}: beyond the end of pack {loc.pack}"
+    if loc.offset < ENTRY_HEADER.size:
+        return f"block {bid.hex()[:12]}: offset {loc.offset} in pack {loc.pack} is inside a header"
+    return None
+
+
+def entry_header_problem(packs: PackReader, bid: bytes, loc: BlockLocation) -> str | None:
+    """What is wrong with the pack entry header in front of a block's payload (it must name
+    this block and its length), or None."""
+    h = ENTRY_HEADER.size
+    if loc.offset < h:
+        return f"block {bid.hex()[:12]}: offset {loc.offset} in pack {loc.pack} is inside a header"
+    try:
+        magic, hid, length = ENTRY_HEADER.unpack(packs.read(loc.pack, loc.offset - h, h))
+    except (CorruptionError, OSError) as e:
+        return f"block {bid.hex()[:12]}: {e}"
+    if magic != ENTRY_MAGIC or hid != bid or length != loc.length:
+        return f"block {bid.hex()[:12]}: the pack {loc.pack} entry at its offset is not this block"
+    return None
+
+
 def list_pack_ids(pack_dir: Path) -> list[int]:
     ids = []
     for p in pack_dir.glob("pack-*.pack"):

@@ -12,7 +12,7 @@ through: "read these blocks, in whatever order is cheapest, give me verified byt
 - every block is decoded and checked against its blake3 id, as `Repository.read_block` does;
 - the meter counts each block's stored payload, as `Repository.read_block` does; what a span
   reads besides (entry headers, holes of at most `max_gap` bytes) is not counted, so callers
-  that must not read what they skip (budgeted merges) pass `max_gap=ENTRY_HEADER.size`: only
+  that must not read what they skip (budgeted merges) pass `max_gap=HEADERS_ONLY_GAP`: only
   the 40-byte entry headers between adjacent payloads are then read besides them.
 
 Delta-coded blocks need their reference's raw bytes: the caller may hand them in; the others
@@ -38,6 +38,9 @@ if TYPE_CHECKING:
 
 
 MAX_GAP = 64 << 10  # read through holes up to this size rather than start a new read
+# max_gap that reads nothing but the blocks asked for and the entry headers between adjacent
+# ones: for callers that must not read what they skip (budgeted merges)
+HEADERS_ONLY_GAP = ENTRY_HEADER.size
 MAX_SPAN = 8 << 20  # bytes in one read at most
 # Decoded bytes in one span at most: one worker decodes a whole span, and a span of
 # well-compressed (delta-coded) blocks holds many more raw bytes than its stored size (one of
