@@ -124,6 +124,8 @@ def main() -> None:
         raise SystemExit("probe_fusion: the config must be a task_arithmetic merge")
     prep = prepare(repo, cfg, commit_paths=False)
     tasks = [t for t in prep.tasks if _eligible(t)]
+    if not tasks:
+        raise SystemExit("probe_fusion: no tensor whose inputs are all bf16 of one shape")
     weights = [float(p.get("weight", 1.0)) for p in tasks[0].plan.per_input]
     probe = _Probe(repo, weights)
     for t in tasks:  # the same bits in both orders

@@ -413,7 +413,7 @@ def _check_index(
 ) -> tuple[dict[bytes, BlockLocation], dict[bytes, str], int]:
     """Decode every index entry and check it against its pack: bounds and (with
     `read_headers`, in pack order) the entry header; fsck --full checks headers as it reads."""
-    pack_sizes: dict[int, int] = {}
+    pack_sizes: dict[int, int | None] = {}  # None: the pack is missing
     n_blocks = 0
     bad: dict[bytes, str] = {}
     locs: dict[bytes, BlockLocation] = {}
@@ -424,10 +424,9 @@ def _check_index(
         except CorruptionError as e:
             bad[bid] = f"block {bid.hex()[:12]}: {e}"
             continue
-        size = pack_sizes.get(loc.pack)
-        if size is None:
-            size = pack_sizes[loc.pack] = _pack_size(repo, loc.pack, probs)
-        problem = entry_bounds_problem(bid, loc, None if size < 0 else size)
+        if loc.pack not in pack_sizes:
+            pack_sizes[loc.pack] = _pack_size(repo, loc.pack, probs)
+        problem = entry_bounds_problem(bid, loc, pack_sizes[loc.pack])
         if problem:
             bad[bid] = problem
         try:
@@ -436,7 +435,7 @@ def _check_index(
             bad[bid] = f"block {bid.hex()[:12]}: {e}"
     if read_headers:
         for bid in sorted((b for b in locs if b not in bad), key=lambda b: _pos(locs[b])):
-            msg = _check_entry_header(repo, bid, locs[bid])
+            msg = entry_header_problem(repo.packs, bid, locs[bid])
             if msg:
                 bad[bid] = msg
     for bid, loc in locs.items():
@@ -456,19 +455,15 @@ def _check_index(
     return locs, bad, n_blocks
 
 
-def _pack_size(repo: Repository, pid: int, probs: _Problems) -> int:
+def _pack_size(repo: Repository, pid: int, probs: _Problems) -> int | None:
+    """A pack's size (None if it is missing); a pack without the magic is a problem."""
     found = pack_size_and_magic(repo.pack_dir, pid)
     if found is None:
-        return -1
+        return None
     size, magic_ok = found
     if not magic_ok:
         probs.add("pack", f"pack {pid} does not start with the pack magic")
     return size
-
-
-def _check_entry_header(repo: Repository, bid: bytes, loc: BlockLocation) -> str | None:
-    """The pack entry header in front of a payload must name this block and length."""
-    return entry_header_problem(repo.packs, bid, loc)
 
 
 def _pos(loc: BlockLocation) -> tuple[int, int]:

@@ -38,6 +38,7 @@ from mergestore.formats.checkpoint import safe_join
 from mergestore.merge.engine import Engine, PreparedBlocks, Sink, TensorTask
 from mergestore.merge.layout import TensorMeta, plan_shards, shard_header
 from mergestore.store.blocks import TensorBlocking
+from mergestore.store.codecs import Encoded
 from mergestore.store.merges import readable_tree
 from mergestore.store.objects import TensorFile, Tree
 from mergestore.store.packs import ReadMeter
@@ -311,7 +312,7 @@ class FolderSink:
         name, pos = tensor
         ids: list[bytes] = []
         lens: list[int] = []
-        encoded: list[Any] = []
+        encoded: list[Encoded | None] = []
         for raw, ref in zip(raws, refs, strict=True):
             one = self.inner.prepare_blocks([raw], dtype, [ref], ref_raw, 1, (name, pos))
             self.folder.put(name, pos, [raw], dtype)
