@@ -658,7 +658,7 @@ d1:
 
 /* finite(x, fmt) -> bool: no infinity or NaN in x (bf16, fp16 or fp32), without the two
  * whole-array numpy temporaries `((x & exp) == exp).any()` made (fresh pages to fault in). */
-HOT static int all_finite(const void *x, int fmt, Py_ssize_t n) {
+HOT4 static int all_finite(const void *x, int fmt, Py_ssize_t n) {
     for (Py_ssize_t s = 0; s < n; s += 4096) {
         Py_ssize_t m = n - s < 4096 ? n - s : 4096;
         uint32_t bad = 0;

@@ -5,7 +5,7 @@
 const Py_ssize_t fmt_size[3] = {2, 2, 4};
 
 /* dst[j] = element s + j of src (format fmt) as fp32, exactly. */
-HOT void widen(float *dst, const void *src, int fmt, Py_ssize_t s, Py_ssize_t m) {
+HOT4 void widen(float *dst, const void *src, int fmt, Py_ssize_t s, Py_ssize_t m) {
     if (fmt == FMT_F32) {
         memcpy(dst, (const float *)src + s, (size_t)m * sizeof(float));
     } else if (fmt == FMT_BF16) {
@@ -24,7 +24,7 @@ HOT void widen(float *dst, const void *src, int fmt, Py_ssize_t s, Py_ssize_t m)
 }
 
 /* Elements s .. s + m of dst (format fmt) = src rounded to the format (nearest even). */
-HOT void narrow(void *dst, int fmt, Py_ssize_t s, const float *src, Py_ssize_t m) {
+HOT4 void narrow(void *dst, int fmt, Py_ssize_t s, const float *src, Py_ssize_t m) {
     if (fmt == FMT_F32) {
         memcpy((float *)dst + s, src, (size_t)m * sizeof(float));
     } else if (fmt == FMT_BF16) {

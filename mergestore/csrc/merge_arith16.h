@@ -28,7 +28,7 @@ ALWAYS_INLINE static inline void K16(finish)(uint16_t *o, const uint16_t *b, flo
 
 /* out = base + finish(sum_i ROUND(d_i * w_i)), d_i = ROUND(x_i - base) (or x_i if deltas):
  * the no-consensus GTA tail of ops/gta.py (_weighted_delta_sum + _finish). */
-HOT static void K16(gta_sum)(uint16_t *out, const uint16_t *base, const uint16_t **xs, Py_ssize_t k,
+HOT4 static void K16(gta_sum)(uint16_t *out, const uint16_t *base, const uint16_t **xs, Py_ssize_t k,
                              const float *w, int deltas, Py_ssize_t n, float divisor,
                              int normalize, float lam, int has_lam) {
     float acc[TILE], bf[TILE];
@@ -59,7 +59,7 @@ HOT static void K16(gta_sum)(uint16_t *out, const uint16_t *base, const uint16_t
  * gta._combine and gta._finish): D_i = ROUND(d_i * w_i); vote = ROUND(D_0 + ... + D_k-1) >= 0
  * ? +1 : -1; agree_i = D_i * vote > 0; merged = ROUND(sum agree_i * D_i); divisor =
  * ROUND(sum agree_i * w_i) (0 -> 1). */
-HOT static void K16(gta_consensus)(uint16_t *out, const uint16_t *base, const uint16_t **ds,
+HOT4 static void K16(gta_consensus)(uint16_t *out, const uint16_t *base, const uint16_t **ds,
                                    Py_ssize_t k, const float *w, Py_ssize_t n, int normalize,
                                    float lam, int has_lam) {
     float vote[TILE], merged[TILE], divisor[TILE];
@@ -95,7 +95,7 @@ HOT static void K16(gta_consensus)(uint16_t *out, const uint16_t *base, const ui
 
 /* linear (ops/linear.py) on 16-bit inputs: acc = fma(x_i, w_i, acc) in fp32 from 0, in input
  * order (torch's addcmul_ is fused); acc / wsum if normalize; rounded to bf16. */
-HOT static void K16(linear)(uint16_t *out, const uint16_t **xs, Py_ssize_t k, const float *w,
+HOT4 static void K16(linear)(uint16_t *out, const uint16_t **xs, Py_ssize_t k, const float *w,
                             Py_ssize_t n, int normalize, float wsum) {
     float acc[TILE];
     for (Py_ssize_t s = 0; s < n; s += TILE) {

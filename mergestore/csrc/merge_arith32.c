@@ -29,7 +29,7 @@ ALWAYS_INLINE static inline void finish32(void *out, int out_fmt, Py_ssize_t s, 
 
 /* out = base + finish(sum_i (x_i - base) * w_i), or sum_i d_i * w_i over given deltas: the
  * no-consensus GTA (task_arithmetic; breadcrumbs over cut deltas) in fp32. */
-HOT static void gta_sum32(void *out, int out_fmt, const void *base, int base_fmt,
+HOT4 static void gta_sum32(void *out, int out_fmt, const void *base, int base_fmt,
                           const void **xs, const int *fmts, Py_ssize_t k, const float *w,
                           int deltas, Py_ssize_t n, float divisor, int normalize, float lam,
                           int has_lam) {
@@ -54,7 +54,7 @@ HOT static void gta_sum32(void *out, int out_fmt, const void *base, int base_fmt
 /* TIES "sum" consensus over fp32 deltas, then the tail (gta.sign_agreement, gta._combine,
  * gta._finish in fp32): D_i = d_i * w_i; vote = (0 + D_0 + ... + D_k-1) >= 0 ? +1 : -1;
  * agree_i = D_i * vote > 0; merged = 0 + sum agree_i * D_i; divisor = 0 + sum agree_i * w_i. */
-HOT static void gta_consensus32(void *out, int out_fmt, const void *base, int base_fmt,
+HOT4 static void gta_consensus32(void *out, int out_fmt, const void *base, int base_fmt,
                                 const float **ds, Py_ssize_t k, const float *w, Py_ssize_t n,
                                 int normalize, float lam, int has_lam) {
     float vote[TILE], merged[TILE], divisor[TILE], bf[TILE];
@@ -218,7 +218,7 @@ HOT4 static int gta_keep32(void *out, int out_fmt, const void *base, int base_fm
 
 /* linear with an fp32 accumulator: acc = fma(x_i, w_i, acc) from 0 in input order (torch's
  * addcmul_ is fused), acc / wsum if normalize, stored in the output format. */
-HOT static void linear32(void *out, int out_fmt, const void **xs, const int *fmts, Py_ssize_t k,
+HOT4 static void linear32(void *out, int out_fmt, const void **xs, const int *fmts, Py_ssize_t k,
                          const float *w, Py_ssize_t n, int normalize, float wsum) {
     float acc[TILE], xt[TILE];
     for (Py_ssize_t s = 0; s < n; s += TILE) {
@@ -237,7 +237,7 @@ HOT static void linear32(void *out, int out_fmt, const void **xs, const int *fmt
 
 /* convert(out, out_fmt, x, x_fmt): x in another format, rounded to nearest even as torch's
  * .to() rounds (16-bit to 16-bit goes through fp32, exactly as torch converts). */
-HOT static void convert(void *out, int out_fmt, const void *x, int x_fmt, Py_ssize_t n) {
+HOT4 static void convert(void *out, int out_fmt, const void *x, int x_fmt, Py_ssize_t n) {
     float t[TILE];
     for (Py_ssize_t s = 0; s < n; s += TILE) {
         Py_ssize_t m = n - s < TILE ? n - s : TILE;
