@@ -142,8 +142,8 @@ def compute(
     are published together. `expected`: known output block ids (a mismatch is an error);
     `wrap_sink` wraps each chunk's store sink (merge --out writes the folder as it goes).
     With `session` (a merge's, merge/session.py) the chunks go into it unpublished, and
-    `save(tensors done)` is called after each one instead (the session saved to survive a
-    kill: store/pending.py)."""
+    `save(tensors done)` is called after each one but the last instead (the session saved to
+    survive a kill: store/pending.py)."""
     from mergestore.merge.pieces import run_tasks  # looked up per call: tests replace it
 
     res = ComputeResult(outputs=dict(reuse or {}), expert_bytes_read=[0] * n_models)
@@ -159,7 +159,8 @@ def compute(
     # its own largest would load and merge each of those alone).
     engine.memory_limit = max((task_bytes(t) for t in todo), default=0)
     with alloc.pooling():
-        for chunk in chunks(todo, journal_bytes()):
+        parts = chunks(todo, journal_bytes())
+        for i, chunk in enumerate(parts):
             own = session is None
             with repo.writer() if own else contextlib.nullcontext(session) as chunk_session:
                 assert chunk_session is not None
@@ -199,7 +200,11 @@ def compute(
                     )
                 if own:
                     chunk_session.publish()
-                elif save is not None:
+                elif save is not None and i < len(parts) - 1:
+                    # Not after the last chunk: the merge commit publishes the session next,
+                    # and a save (packs fsynced, the state written and fsynced: 10-30 ms)
+                    # would only cover the moments before that. A kill there loses the last
+                    # chunk, as a kill inside any chunk does.
                     save(len(res.outputs))
                 res.bytes_written += chunk_session.bytes_written - written0
                 res.blocks_written += len(chunk_session.blocks) - blocks0

@@ -12,10 +12,11 @@ process sees any of it.
   it created are removed, nothing was published. Every store file is as before, byte for byte.
 - It is interrupted (Ctrl-C, SIGTERM) after some tensors were computed: like git keeping the
   objects of an interrupted fetch, the computed work is kept so that the same merge run again
-  resumes (#18). At every journal flush the session is saved (store/pending.py: packs fsynced,
-  then a file naming its blocks, objects and journal); on an interrupt that file stays and the
+  resumes (#18). At every journal flush but the last (the publish follows it) the session is
+  saved (store/pending.py: packs fsynced, then a file naming its blocks, objects and journal);
+  on an interrupt that file stays and the
   error line says what was kept and how to drop it (`mergestore merge --abort`, or gc after its
-  grace period). A kill -9 leaves the same file. Interrupted before the first flush, nothing is
+  grace period). A kill -9 leaves the same file. Interrupted before the first save, nothing is
   kept: the session is rolled back as for a failure.
 
 The next merge adopts what killed or interrupted merges saved (published with its own commit, so
@@ -87,7 +88,8 @@ class MergeSession:
         return self.session
 
     def save(self, plan: bytes, ref: str | None, done: int, total: int) -> None:
-        """Make what is computed so far survive a kill (called at every journal flush)."""
+        """Make what is computed so far survive a kill (called at every journal flush but the
+        last)."""
         assert self.saved is not None
         self.kept = {"plan": plan.hex(), "ref": ref, "tensors_done": done, "tensors": total}
         self.saved.save(self.kept)

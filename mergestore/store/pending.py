@@ -4,9 +4,10 @@ A merge keeps everything it writes (the folders it stores, the output blocks it 
 journal of finished tensors) in one write session, published with the merge commit
 (merge/session.py). A failure rolls the session back: the store stays byte for byte as it was.
 So that a kill (kill -9, the OOM killer) or an interrupt does not lose the work done, the merge
-saves the session at every journal flush: the packs are fsynced, then a file lists the blocks
-they hold for it (pack, offset, length, codec), its objects, its input-commit entries and its
-journal entry: `pending/<pid>-<random>.json` in the store, flocked by its process while it runs.
+saves the session at every journal flush but the last (the publish follows it): the packs
+are fsynced, then a file lists the blocks they hold for it (pack, offset, length, codec), its
+objects, its input-commit entries and its journal entry: `pending/<pid>-<random>.json` in the
+store, flocked by its process while it runs.
 
 A file nobody holds is an orphan (its process is gone). The next merge adopts the orphans into
 its own session, published with it (a re-run of the same plan reuses their tensors); gc
