@@ -3,13 +3,13 @@
 A merge writes its output blocks to the packs as it goes. Every chunk of tensors (about
 JOURNAL_BYTES of input, a few seconds of work) ends with the plan's journal entry naming every
 finished tensor and its output block ids. In a merge's own session (merge/session.py) the chunk
-stays unpublished and the session is saved (store/pending.py), so a kill keeps it and a failure
-drops it; otherwise (materialize) each chunk is published in its own transaction. No ref
-points at any of it until the merge commit is published, so nothing half-written is visible;
-gc keeps a journal's blocks for its grace period (store/gc.py). A re-run of the same plan
-(same plan id) reuses every tensor the journal names whose blocks are present, so it costs
-what was left. A journal of another engine, or one whose tensors do not fit the plan, is
-ignored and removed.
+stays unpublished and the session is saved (store/pending.py; after every chunk but the last,
+which the merge commit publishes next), so a kill keeps it and a failure drops it; otherwise
+(materialize) each chunk is published in its own transaction. No ref points at any of it until
+the merge commit is published, so nothing half-written is visible; gc keeps a journal's blocks
+for its grace period (store/gc.py). A re-run of the same plan (same plan id) reuses every tensor
+the journal names whose blocks are present, so it costs what was left. A journal of another
+engine, or one whose tensors do not fit the plan, is ignored and removed.
 """
 
 from __future__ import annotations
