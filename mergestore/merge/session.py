@@ -14,10 +14,10 @@ process sees any of it.
   objects of an interrupted fetch, the computed work is kept so that the same merge run again
   resumes (#18). At every journal flush but the last (the publish follows it) the session is
   saved (store/pending.py: packs fsynced, then a file naming its blocks, objects and journal);
-  on an interrupt that file stays and the
-  error line says what was kept and how to drop it (`mergestore merge --abort`, or gc after its
-  grace period). A kill -9 leaves the same file. Interrupted before the first save, nothing is
-  kept: the session is rolled back as for a failure.
+  on an interrupt that file stays and the error line says what was kept and how to drop it
+  (`mergestore merge --abort`, or gc after its grace period). A kill -9 leaves the same file.
+  Interrupted before the first save, nothing is kept: the session is rolled back as for a
+  failure.
 
 The next merge adopts what killed or interrupted merges saved (published with its own commit, so
 a re-run of the same plan reuses their tensors); gc publishes them first, and their journals then

@@ -129,6 +129,13 @@ def pack_size_and_magic(pack_dir: Path, pack_id: int) -> tuple[int, bool] | None
     return size, magic == PACK_MAGIC
 
 
+def _inside_header(bid: bytes, loc: BlockLocation) -> str | None:
+    """A payload offset with no room for its entry header before it is a problem."""
+    if loc.offset < ENTRY_HEADER.size:
+        return f"block {bid.hex()[:12]}: offset {loc.offset} in pack {loc.pack} is inside a header"
+    return None
+
+
 def entry_bounds_problem(bid: bytes, loc: BlockLocation, pack_size: int | None) -> str | None:
     """What is wrong with where the index puts a block's payload, given its pack's size (None:
     the pack is missing), or None."""
@@ -136,17 +143,16 @@ def entry_bounds_problem(bid: bytes, loc: BlockLocation, pack_size: int | None) 
         return f"block {bid.hex()[:12]}: pack {loc.pack} is missing"
     if loc.offset + loc.length > pack_size:
         return f"block {bid.hex()[:12]}: beyond the end of pack {loc.pack}"
-    if loc.offset < ENTRY_HEADER.size:
-        return f"block {bid.hex()[:12]}: offset {loc.offset} in pack {loc.pack} is inside a header"
-    return None
+    return _inside_header(bid, loc)
 
 
 def entry_header_problem(packs: PackReader, bid: bytes, loc: BlockLocation) -> str | None:
     """What is wrong with the pack entry header in front of a block's payload (it must name
     this block and its length), or None."""
+    inside = _inside_header(bid, loc)  # guards the read below, which starts 40 bytes before
+    if inside:
+        return inside
     h = ENTRY_HEADER.size
-    if loc.offset < h:
-        return f"block {bid.hex()[:12]}: offset {loc.offset} in pack {loc.pack} is inside a header"
     try:
         magic, hid, length = ENTRY_HEADER.unpack(packs.read(loc.pack, loc.offset - h, h))
     except (CorruptionError, OSError) as e:
