@@ -10,6 +10,9 @@ from glob import glob
 from setuptools import Extension, setup
 
 SOURCES = sorted(glob("mergestore/csrc/*.c"))
+# Exact IEEE arithmetic: no FMA contraction, no fast-math reordering. (tests/test_native_clones.py
+# builds the kernels with these flags too, once per target.)
+COMPILE_ARGS = ["-O3", "-std=c11", "-ffp-contract=off", "-fno-trapping-math"]
 
 setup(
     ext_modules=[
@@ -18,8 +21,7 @@ setup(
             SOURCES,
             depends=sorted(glob("mergestore/csrc/*.h")),
             include_dirs=["mergestore/csrc"],
-            # Exact IEEE arithmetic: no FMA contraction, no fast-math reordering.
-            extra_compile_args=["-O3", "-std=c11", "-ffp-contract=off", "-fno-trapping-math"],
+            extra_compile_args=COMPILE_ARGS,
             optional=True,
         )
     ]

@@ -30,8 +30,8 @@
  * The one documented difference: the payload of a NaN result (torch's vectorized conversion
  * writes 0xFFFF, its scalar one 0x7FC0; the kernels keep the NaN's own upper bits).
  *
- * Hot functions are compiled twice (for x86-64-v3, i.e. AVX2 + FMA, and for baseline x86-64) and
- * picked at load time.
+ * Hot functions are compiled twice (for x86-64-v3, i.e. AVX2 + FMA, and for baseline x86-64),
+ * the elementwise ones (HOT4) three times (x86-64-v4, AVX-512, too), and picked at load time.
  */
 #ifndef MERGESTORE_NATIVE_H
 #define MERGESTORE_NATIVE_H
@@ -41,7 +41,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+/* MERGESTORE_NO_CLONES: no clones, the code is compiled once for the -march given (the
+ * tests build each target's code this way and check it against the twins, see
+ * tests/test_native_clones.py; a build for one known CPU may use it too). */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(MERGESTORE_NO_CLONES)
 #define HOT __attribute__((target_clones("arch=x86-64-v3", "default")))
 #else
 #define HOT
@@ -52,7 +55,7 @@
  * blocks). The same IEEE operations per element in the same order (no contraction, no
  * reassociation: sums keep their explicit lanes), so the same bits. Byte shuffles (join2,
  * split2) stay HOT: memory-bound, no faster with it. */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(MERGESTORE_NO_CLONES)
 #define HOT4 __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define HOT4

@@ -281,6 +281,14 @@ HOT static void keep_rescale32(float *delta, const float *probs, int one_p, Py_s
     float sb = cascade_end(&before), sa = cascade_end(&after);
     if (sb < eps || sa < eps) return;
     float scale = sb / sa;
+    if (scale != scale) {
+        /* A NaN sum (a NaN or inf in the delta): every element becomes the scale's NaN, as in
+         * torch's delta * scale. Written out because where both operands are NaNs x86 returns
+         * the first one's, and the compiler orders a product's operands as it likes (the
+         * baseline clone put the element's first). */
+        for (Py_ssize_t j = 0; j < n; j++) delta[j] = scale;
+        return;
+    }
     for (Py_ssize_t j = 0; j < n; j++) delta[j] = delta[j] * scale;
 }
 
