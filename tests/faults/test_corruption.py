@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import lmdb
@@ -216,3 +217,34 @@ def test_corrupted_lmdb_value(
         fails = {a} if what == "commit object" else want  # m's own files are intact
         check_affected(forkserver, path, expected, want, tmp_path, fails)
     ledger.ok(f"corruption: lmdb {what}")
+
+
+@pytest.mark.parametrize("where", ["inside a header", "another block's entry"])
+def test_block_entry_pointing_at_the_wrong_place(
+    where: str, damaged, forkserver: ForkServer, ledger: Ledger, tmp_path: Path
+) -> None:
+    """An index entry whose offset is inside a pack's header, or at another block's payload
+    of the same length, is reported by a plain fsck (no --full: the entry headers are read)."""
+    path, expected, uses, locs = damaged
+    a = _cid(path, "a")
+    only_a = uses[a] - set().union(*[u for c, u in uses.items() if c != a])
+    bid = max(only_a, key=lambda x: locs[x].length)
+    loc = locs[bid]
+    if where == "inside a header":
+        moved = replace(loc, offset=len(b"MSPACK01"))  # right after the pack's magic
+        needle = "is inside a header"
+    else:
+        other = next(x for x, lo in locs.items()
+                     if x != bid and lo.pack == loc.pack and lo.length >= loc.length)  # fmt: skip
+        moved = replace(loc, offset=locs[other].offset)
+        needle = "entry at its offset is not this block"
+    _edit_lmdb(path, "blocks", bid, lambda v: moved.encode())
+    ledger.fault(f"corruption: block entry {where}")
+    rc, rep = fsck_json(forkserver, path)
+    assert rc == 1
+    want = {c for c, u in uses.items() if bid in u}
+    assert a in want and named_commits(rep) == want, rep["problems"]
+    assert any(bid.hex()[:12] in p["message"] and needle in p["message"]
+               for p in rep["problems"]), rep["problems"]  # fmt: skip
+    check_affected(forkserver, path, expected, want, tmp_path)
+    ledger.ok(f"corruption: block entry {where}")
