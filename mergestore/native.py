@@ -84,6 +84,8 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
     "byte_planes.c": ("mergestore/store/codecs/byteplane.py", ("join2", "split2", "hist8")),
     # twin: python-zstandard's decoder, which huffman.py falls back to when the kernel declines
     "huffman_literals.c": ("mergestore/store/codecs/huffman.py", ("huf_literals",)),
+    # twin: zstd's ZSTD_compressSequencesAndLiterals, which huffman.py runs when it declines
+    "huffman_encode.c": ("mergestore/store/codecs/huffman.py", ("huf_encode", "huf_bound")),
     # keep_rescale32's twin: ops/sparsify.py (keep_mask, then rescaled_masked_); keep_sums32,
     # della_keep_sums32 and their bf16 versions are the first pass of ops/lane_random.py, and
     # gta_keep16 its bf16 combine (twin: the same, and ops/gta.py)

@@ -37,6 +37,7 @@ TWIN_TESTS = [
     "tests/ops/test_keep_rescale.py",
     "tests/ops/test_cuts.py",
     "tests/codecs/test_huffman_literals.py",
+    "tests/codecs/test_huffman_encode.py",
 ]
 # Loads the build given as argv[1] as mergestore._native, then runs pytest on the rest.
 _CHILD = """

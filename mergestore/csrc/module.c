@@ -168,6 +168,10 @@ static PyMethodDef methods[] = {
     {"huf_literals", py_huf_literals, METH_VARARGS,
      "huf_literals(dst, frame) -> bool: a literal-only zstd frame decoded into dst (False: "
      "declined, decode it with zstd)"},
+    {"huf_encode", py_huf_encode, METH_VARARGS,
+     "huf_encode(dst, src, counts) -> int: src as a literal-only zstd frame in dst, coded with a "
+     "table from a sample's counts (-1: declined, run zstd)"},
+    {"huf_bound", py_huf_bound, METH_O, "huf_bound(n) -> int: the dst size huf_encode needs"},
     {"delta_stats", py_delta_stats, METH_VARARGS,
      "delta_stats(b, a, dtype) -> (dd, l1, max_abs, bb, aa, nnz)"},
     {NULL, NULL, 0, NULL},

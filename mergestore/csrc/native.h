@@ -15,6 +15,7 @@
  *   delta_stats.c  fp64 statistics of B - A              diff.py (block_stats)
  *   byte_planes.c  byte-plane joins, splits and sample histograms  store/codecs/byteplane.py
  *   huffman_literals.c  literal-only zstd frames decoded (zstd declines to)  store/codecs/huffman.py
+ *   huffman_encode.c  literal-only zstd frames made, one table per plane   store/codecs/huffman.py
  *   rng.c          Philox keep masks; dare/della's fp32 mask + L1 rescale   ops/context.py
  *                  (keep_mask), ops/sparsify.py (keep_rescale32's twin: rescaled_masked_)
  *   formats.c (+ formats.h)  any-format arrays: widen/narrow, compute-format tiles, the
@@ -375,6 +376,8 @@ PyObject *py_join2(PyObject *self, PyObject *args);
 PyObject *py_split2(PyObject *self, PyObject *args);
 PyObject *py_hist8(PyObject *self, PyObject *args);
 PyObject *py_huf_literals(PyObject *self, PyObject *args);
+PyObject *py_huf_encode(PyObject *self, PyObject *args);
+PyObject *py_huf_bound(PyObject *self, PyObject *arg);
 /* delta_stats.c */
 PyObject *py_delta_stats(PyObject *self, PyObject *args);
 

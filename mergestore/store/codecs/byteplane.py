@@ -32,7 +32,7 @@ from mergestore.lazy_numpy import np  # numpy is imported on first use
 
 from . import zstd
 from .base import MAX_DECODED_BYTES, Buffer, Stage, corrupt, parse_int, parse_params
-from .huffman import LITERAL_SLACK, compress_literals, decompress_literals_into
+from .huffman import LITERAL_SLACK, compress_literals, decompress_literals_into, sample_counts
 from .xordelta import xor_bytes
 
 # A plane is stored compressed only if that saves at least this fraction of it.
@@ -47,7 +47,6 @@ SPARSE_ZERO_FRACTION = 0.97
 # A plane whose sampled order-0 entropy is at least this many bits per byte is stored raw
 # without trying: a Huffman code could save at most ~2% (the sample estimate runs ~0.05 bit low).
 RAW_ENTROPY_BITS = 7.8
-PLAN_SAMPLE_BYTES = 8192
 # Requested zstd levels up to this code sparse planes at level 1: on XOR planes levels 2-3 came
 # out no smaller (0.0178 vs 0.0180, 0.140 vs 0.140) and ~30% slower. Higher levels are honoured.
 FAST_LEVELS_UP_TO = 3
@@ -158,28 +157,23 @@ def join_planes(planes: list[np.ndarray], width: int, rot: int) -> np.ndarray:
     return words
 
 
-def _plan_plane(plane: np.ndarray, level: int) -> str:
-    """Pick a plane code from a byte histogram of a strided sample (~8 K bytes, ~20 us).
+def _plan_plane(plane: np.ndarray, level: int) -> tuple[str, np.ndarray]:
+    """Pick a plane code from a byte histogram of a strided sample (~8 K bytes, ~15 us);
+    returns it with the sample's counts (the Huffman table of an "h" plane is made of them).
 
     - near-uniform bytes (mantissa planes): "r", no compression attempt at all;
     - mostly zero bytes (XOR deltas): zstd, whose matches code zero runs far below the 1 bit
       per byte that a Huffman code needs at least;
     - otherwise (exponent planes): literal-only Huffman "h", ~3x faster than zstd's matcher.
     """
-    step = max(1, len(plane) // PLAN_SAMPLE_BYTES)
-    n_sample = -(-len(plane) // step)
-    hist8 = getattr(native.kernels, "hist8", None)  # None: no kernels, or a build before it
-    if hist8 is not None and plane.flags.c_contiguous:
-        counts = np.zeros(256, dtype=np.int64)
-        hist8(plane, step, counts)  # np.bincount's counts, ~10x faster
-    else:
-        counts = np.bincount(plane[::step], minlength=256)
+    counts = sample_counts(plane)
+    n_sample = int(counts.sum())
     if counts[0] >= SPARSE_ZERO_FRACTION * n_sample:
-        return f"z{1 if level <= FAST_LEVELS_UP_TO else level}"
+        return f"z{1 if level <= FAST_LEVELS_UP_TO else level}", counts
     p = counts[counts > 0] / n_sample
     if -(p * np.log2(p)).sum() >= RAW_ENTROPY_BITS:
-        return "r"
-    return "h"
+        return "r", counts
+    return "h", counts
 
 
 def estimate_ratio(data: Buffer, width: int, rot: int, sample_words: int = 8192) -> float:
@@ -206,10 +200,13 @@ def estimate_ratio(data: Buffer, width: int, rot: int, sample_words: int = 8192)
     return total / width
 
 
-def _pack_plane(rows: np.ndarray, i: int, n: int, code: str) -> Buffer | None:
-    """Plane i compressed as `code` ("h" or "z<level>"); None if literal-only coding fails."""
+def _pack_plane(
+    rows: np.ndarray, i: int, n: int, code: str, counts: np.ndarray | None = None
+) -> Buffer | None:
+    """Plane i compressed as `code` ("h" or "z<level>"; an "h" table from `counts`, a sample's,
+    if given); None if literal-only coding fails."""
     if code == "h":
-        return compress_literals(rows[i], n)
+        return compress_literals(rows[i], n, counts)
     return zstd.compress(rows[i, :n], int(code[1:]))
 
 
@@ -284,8 +281,8 @@ class BytePlane(Stage):
             elif n_words == 0:
                 code, packed = "r", plane
             else:  # adaptive: literal-only Huffman for dense planes, zstd for sparse ones
-                code = _plan_plane(plane, level)
-                packed = plane if code == "r" else _pack_plane(rows, i, n_words, code)
+                code, counts = _plan_plane(plane, level)
+                packed = plane if code == "r" else _pack_plane(rows, i, n_words, code, counts)
                 if packed is None or len(packed) > n_words * (1 - PLANE_MIN_SAVING):
                     code, packed = "r", plane
             segments.append(packed)
