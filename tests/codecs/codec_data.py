@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import zstandard
 
 DTYPES = ["BF16", "F16", "F32", "F64", "I8", "I64", "BOOL", None]
 
@@ -33,3 +34,29 @@ def finetune_bf16(base: bytes, rel: float, seed: int = 1) -> bytes:
     rng = np.random.default_rng(seed)
     noise = torch.from_numpy(rng.normal(0, rel * float(b.std()), b.numel()).astype(np.float32))
     return (b + noise).to(torch.bfloat16).view(torch.int16).numpy().tobytes()
+
+
+def frame_blocks(frame: bytes) -> list[str]:
+    """A zstd frame's blocks in order, read independently of both codecs (RFC 8878
+    3.1.1.2-3.1.1.3.1): "raw", "rle", or a compressed block's literals: "raw-lit", "rle-lit",
+    "huf1"/"huf4" (a new table, 1 or 4 streams), "treeless1"/"treeless4" (the previous one's).
+    The last block must end the frame."""
+    pos, kinds = zstandard.frame_header_size(frame), []
+    while True:
+        h = int.from_bytes(frame[pos : pos + 3], "little")
+        pos += 3
+        btype, size = (h >> 1) & 3, h >> 3
+        if btype == 0:
+            kinds.append("raw")
+        elif btype == 1:
+            kinds.append("rle")
+            size = 1
+        else:
+            b0 = frame[pos]
+            ltype, fmt = b0 & 3, (b0 >> 2) & 3
+            names = ("raw-lit", "rle-lit", "huf", "treeless")
+            kinds.append(names[ltype] + ("" if ltype < 2 else "1" if fmt == 0 else "4"))
+        pos += size
+        if h & 1:
+            assert pos == len(frame)
+            return kinds

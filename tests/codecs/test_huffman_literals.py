@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import zstandard
-from codec_data import finetune_bf16, weights
+from codec_data import finetune_bf16, frame_blocks, weights
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -43,28 +43,8 @@ def kernel_decode(frame: bytes, n: int) -> bytes | None:
 
 
 def literal_kinds(frame: bytes) -> set[str]:
-    """Kinds of blocks in a frame: raw, rle, and for compressed blocks their literals
-    ("raw-lit", "rle-lit", "huf1"/"huf4" with a new table, "treeless1"/"treeless4"), read
-    here independently of the kernel (RFC 8878 3.1.1.2-3.1.1.3.1)."""
-    pos = zstandard.frame_header_size(frame)
-    kinds = set()
-    while True:
-        h = int.from_bytes(frame[pos : pos + 3], "little")
-        pos += 3
-        btype, size = (h >> 1) & 3, h >> 3
-        if btype == 0:
-            kinds.add("raw")
-        elif btype == 1:
-            kinds.add("rle")
-            size = 1
-        else:
-            b0 = frame[pos]
-            ltype, fmt = b0 & 3, (b0 >> 2) & 3
-            names = ("raw-lit", "rle-lit", "huf", "treeless")
-            kinds.add(names[ltype] + ("" if ltype < 2 else "1" if fmt == 0 else "4"))
-        pos += size
-        if h & 1:
-            return kinds
+    """Kinds of blocks in a frame (codec_data.frame_blocks)."""
+    return set(frame_blocks(frame))
 
 
 def planes_of(n: int, seed: int) -> list[np.ndarray]:
