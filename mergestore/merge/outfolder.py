@@ -37,6 +37,7 @@ from mergestore.formats import outdir
 from mergestore.formats.checkpoint import safe_join
 from mergestore.merge.engine import Engine, PreparedBlocks, Sink, TensorTask
 from mergestore.merge.layout import TensorMeta, plan_shards, shard_header
+from mergestore.merge.turn_writes import TurnWrites
 from mergestore.store.blocks import TensorBlocking
 from mergestore.store.codecs import Encoded
 from mergestore.store.merges import readable_tree
@@ -129,6 +130,7 @@ class FolderOutput:
         self.bytes_written = 0
         self._complete: dict[str, Any] | None = None  # complete()'s result
         self._lock = threading.Lock()
+        self._writes = TurnWrites()  # the compute threads' block writes, one at a time
 
     # -- before the merge -------------------------------------------------------------------
 
@@ -167,10 +169,13 @@ class FolderOutput:
             self.mismatch = self.mismatch or f"{name}: not laid out as {dtype}"
             return
         pos = offset
+        writes = []
         for raw in raws:
-            _pwrite_all(place.fd, raw, place.start + pos)
+            view = memoryview(raw).cast("B")
+            writes.append((place.fd, view, place.start + pos))
             place.written.add(pos)
-            pos += len(raw)
+            pos += view.nbytes
+        self._writes.write(writes)
         with self._lock:  # the engine's compute threads write side by side
             self.bytes_written += pos - offset
         iotally.add_written(pos - offset)
@@ -191,6 +196,7 @@ class FolderOutput:
         """Write what the merge pass did not into the staged folder, from `commit` (published,
         or not yet: a merge completes its folder before it publishes, so an error writing it
         stores nothing, merge/session.py)."""
+        self._writes.flush()  # blocks one compute thread left to another
         tree = readable_tree(repo, commit, ())  # a lazy merge's computed tree (store/merges.py)
         meter = ReadMeter()
         problem = self.mismatch or self._layout_problem(repo, tree)
@@ -218,6 +224,7 @@ class FolderOutput:
         return self._complete
 
     def abort(self) -> None:
+        self._writes.drop()
         self._close()
         self.stage.abort()
 

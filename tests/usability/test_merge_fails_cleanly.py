@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mergestore.api import Store
-from mergestore.merge import outfolder
+from mergestore.merge import outfolder, turn_writes
 from mergestore.merge.engine import Engine, StoreSink
 from tests.usability.test_merge_leaves_store import UP, snapshot
 
@@ -136,7 +136,7 @@ def test_failed_merge_leaves_store_unchanged(
         fails_on_call(monkeypatch, StoreSink, "commit_blocks", 4, FULL)  # the pack append
         want = "No space left"
     elif kind == "out-write":  # the --out folder's disk fills up mid-merge
-        fails_on_call(monkeypatch, outfolder, "_pwrite_all", 5, FULL)
+        fails_on_call(monkeypatch, turn_writes, "_pwrite_all", 5, FULL)  # a block's write
         extra, want = ("--out", str(tmp_path / "folder")), "No space left"
     elif kind == "out-files":  # writing the folder's other files, after every tensor
         fails_on_call(monkeypatch, outfolder, "write_tree_files", 1, OSError(errno.EIO, "I/O"))
