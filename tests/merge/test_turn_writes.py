@@ -23,6 +23,16 @@ def _content(fd: int) -> bytes:
     return os.pread(fd, 64, 0)
 
 
+def _left_while_busy(w: TurnWrites, fd: int, data: bytes | bytearray, at: int) -> None:
+    """write() from another thread while the turn is taken (the blocks are left waiting);
+    the turn is free again afterwards."""
+    w._turn.acquire()
+    t = threading.Thread(target=w.write, args=([(fd, memoryview(data), at)],))
+    t.start()
+    t.join()
+    w._turn.release()
+
+
 def test_a_free_writer_writes_at_once(fd: int) -> None:
     w = TurnWrites()
     w.write([(fd, memoryview(b"abcd"), 8)])
@@ -55,11 +65,7 @@ def test_blocks_left_while_another_writes_are_written_by_it(fd: int) -> None:
 
 def test_flush_writes_what_waits(fd: int) -> None:
     w = TurnWrites()
-    w._turn.acquire()
-    t = threading.Thread(target=w.write, args=([(fd, memoryview(b"late"), 4)],))
-    t.start()
-    t.join()
-    w._turn.release()
+    _left_while_busy(w, fd, b"late", 4)
     assert _content(fd)[4:8] == bytes(4)
     w.flush()
     assert _content(fd)[4:8] == b"late"
@@ -91,11 +97,7 @@ def test_past_the_limit_a_thread_waits_for_its_turn(fd: int) -> None:
 
 def test_drop_forgets_waiting_blocks(fd: int) -> None:
     w = TurnWrites()
-    w._turn.acquire()
-    t = threading.Thread(target=w.write, args=([(fd, memoryview(b"gone"), 0)],))
-    t.start()
-    t.join()
-    w._turn.release()
+    _left_while_busy(w, fd, b"gone", 0)
     w.drop()
     w.flush()
     assert _content(fd) == bytes(64)
@@ -105,11 +107,7 @@ def test_a_block_left_waiting_is_a_copy(fd: int) -> None:
     """The caller may reuse its buffer once write() returns."""
     w = TurnWrites()
     buf = bytearray(b"good")
-    w._turn.acquire()
-    t = threading.Thread(target=w.write, args=([(fd, memoryview(buf), 0)],))
-    t.start()
-    t.join()
+    _left_while_busy(w, fd, buf, 0)
     buf[:] = b"bad!"
-    w._turn.release()
     w.flush()
     assert _content(fd)[:4] == b"good"
