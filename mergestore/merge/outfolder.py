@@ -176,7 +176,7 @@ class FolderOutput:
             place.written.add(pos)
             pos += view.nbytes
         self._writes.write(writes)
-        with self._lock:  # the engine's compute threads write side by side
+        with self._lock:  # the engine's compute threads count their bytes side by side
             self.bytes_written += pos - offset
         iotally.add_written(pos - offset)
 
