@@ -5,15 +5,6 @@
  * D_i * vote > 0, merged = sum agree_i * D_i, divisor = sum agree_i * w_i; else merged = 0 +
  * sum D_i; then finish: rounded to bf16, / divisor (0 -> 1), * lam, + base. */
 
-/* f rounded to bf16 (nearest even), as a float: rne16 then bf16_to_f32, in one. */
-static inline float r16(float f) {
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    u = (u + 0x7FFFu + ((u >> 16) & 1u)) & 0xFFFF0000u;
-    memcpy(&f, &u, 4);
-    return f;
-}
-
 /* One tile of m elements: dt holds k rows of TILE floats (D_i), acc their running sum as the
  * caller made it (consensus: D_0 + ... from D_0; else 0 + D_0 + ...); bf the base widened. */
 ALWAYS_INLINE static inline void gta_tail16(uint16_t *o, const float *bf, const float *dt,

@@ -54,9 +54,9 @@ static PyMethodDef methods[] = {
     {"torch_sum32", py_torch_sum32, METH_VARARGS,
      "torch_sum32(values_f32) -> float: torch's sum of a contiguous fp32 array, in its order"},
     {"model_stock_stats32", py_model_stock_stats32, METH_VARARGS,
-     "model_stock_stats32([base, x1, ...], fmts) -> ([|x_i - base|], [pair dot products])"},
+     "model_stock_stats32([base, x1, ...], fmts, bf16=0) -> ([|x_i - base|], [pair dot products])"},
     {"model_stock_mix32", py_model_stock_mix32, METH_VARARGS,
-     "model_stock_mix32(out, out_fmt, [base, x1, ...], fmts, t, one_minus_t)"},
+     "model_stock_mix32(out, out_fmt, [base, x1, ...], fmts, t, one_minus_t, bf16=0)"},
     {"sce_var", py_sce_var, METH_VARARGS,
      "sce_var(var_out_u32, hist_i64, [base, x1, ...], fmts, compute_fmt) -> nnz: the magnitude "
      "bits of torch.var(x_i - base, dim=0, unbiased=False) and their upper-16-bit histogram"},

@@ -5,7 +5,7 @@
  *   merge_arith.c  (+ merge_arith16.h)  GTA and linear arithmetic, 16-bit compute  ops/lane16.py
  *   merge_arith32.c  the same with fp32 compute, inputs and output in any format  ops/lanes.py
  *   merge_elementwise.c  nearswap and ram, any compute format  ops/lane_elementwise.py
- *   merge_reduce.c  torch-order sums and norms; model_stock in fp32  ops/lane_reduce.py
+ *   merge_reduce.c  torch-order sums and norms; model_stock, fp32 and bf16  ops/lane_reduce.py
  *   merge_sce.c    sce in any compute format (variance top-k, election)  ops/lane_sce.py
  *   merge_sphere.c  slerp, nuslerp and multislerp's whole-tensor passes  ops/lane_sphere.py
  *   merge_karcher.c  karcher's fused iteration passes, fp32    ops/lane_karcher.py
@@ -88,6 +88,15 @@ static inline uint16_t rne16(float f) {
     uint32_t u;
     memcpy(&u, &f, 4);
     return (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+}
+
+/* f rounded to bf16 (nearest even), as a float: rne16 then bf16_to_f32, in one. */
+static inline float r16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    u = (u + 0x7FFFu + ((u >> 16) & 1u)) & 0xFFFF0000u;
+    memcpy(&f, &u, 4);
+    return f;
 }
 
 /* IEEE half precision (fp16) in portable C: bit arithmetic with selects rather than branches,

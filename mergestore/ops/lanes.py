@@ -20,7 +20,7 @@ What the fp32 lane covers, with the torch path's bits (tests/ops/test_lanes.py):
 - ties, breadcrumbs, breadcrumbs_ties: rank cuts with 0 < density < 1 and no rescale (what
   ops.sparsify.cut_streams says), at most FP32_MAX_INPUTS inputs.
 - nearswap, and ram with at most 4 inputs: in any compute dtype (ops.lane_elementwise);
-- model_stock in fp32 compute, without filter_wise (ops.lane_reduce);
+- model_stock in fp32 and bf16 compute, without filter_wise (ops.lane_reduce);
 - dare_linear, dare_ties, della, della_linear with rng="per_tensor": in fp32 compute with at
   most 4 inputs, and in bf16 compute (ops.lane_random);
 - sce with at most 4 inputs, in any compute dtype (ops.lane_sce);
@@ -191,7 +191,7 @@ def merge(
         return lane_elementwise.merge(method, base, inputs, shared, compute, out_dtype)
     if method == "model_stock":
         assert base is not None
-        return lane_reduce.model_stock32(base, inputs, out_dtype or "F32")
+        return lane_reduce.model_stock(base, inputs, compute, out_dtype)
     if method in lane_random.METHODS and inputs and compute == "BF16":
         assert base is not None and ctx is not None
         return lane_random.merge16(method, base, inputs, shared, per_input, out_dtype, ctx)

@@ -1,7 +1,7 @@
-"""nearswap, ram (any dtype config) and model_stock (`dtype: float32`) on the torch-free lane,
-from the CLI as a user types it: `merge --config X.yml --json --out DIR` gives the commit tree
-of the torch path (MERGESTORE_TORCH_FREE=0), reports every tensor on the lane, writes the
-folder a checkout gives, and never imports torch."""
+"""nearswap, ram (any dtype config) and model_stock (`dtype: float32` or `bfloat16`) on the
+torch-free lane, from the CLI as a user types it: `merge --config X.yml --json --out DIR` gives
+the commit tree of the torch path (MERGESTORE_TORCH_FREE=0), reports every tensor on the lane,
+writes the folder a checkout gives, and never imports torch."""
 
 from __future__ import annotations
 
@@ -56,6 +56,7 @@ def _digests(root: Path) -> dict[str, str]:
 CASES = [(m, d) for m in ("nearswap", "ram") for d in DTYPES] + [
     ("model_stock", {"dtype": "float32", "out_dtype": "bfloat16"}),
     ("model_stock", {"dtype": "float32"}),
+    ("model_stock", {"dtype": "bfloat16"}),
 ]
 
 

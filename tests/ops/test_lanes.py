@@ -341,34 +341,36 @@ def test_ram_epsilon_at_the_threshold(compute):
     check_shared("ram", base, xs, {"epsilon": eps}, compute, None)
 
 
-# model_stock (ops.lane_reduce): fp32 compute, tensors of a multiple of 8 elements.
-def check_model_stock(base, xs, out_dtype):
+# model_stock (ops.lane_reduce): fp32 compute, tensors of a multiple of 8 elements; bf16
+# compute, a multiple of 16.
+def check_model_stock(base, xs, out_dtype, compute="F32"):
     spec = get_method("model_stock")
     shared, per = validate_params(spec, {}, [{}] * len(xs), has_base=True)
-    assert lanes.reason("model_stock", "F32", shared, per, base.numel()) is None
+    assert lanes.reason("model_stock", compute, shared, per, base.numel()) is None
     # torch on one thread, as the engine runs it: a reduction's order depends on the threads
     kernels, native.kernels, threads = native.kernels, None, torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         want = merge_tensor(
             "model_stock", base, xs, {}, [{}] * len(xs), CTX,
-            dtype=torch.float32, out_dtype=TORCH[out_dtype] if out_dtype else None,
+            dtype=TORCH[compute], out_dtype=TORCH[out_dtype] if out_dtype else None,
         )  # fmt: skip
     finally:
         native.kernels = kernels
         torch.set_num_threads(threads)
     got = lanes.merge(
-        "model_stock", to_lane(base), [to_lane(x) for x in xs], shared, per, "F32", out_dtype
+        "model_stock", to_lane(base), [to_lane(x) for x in xs], shared, per, compute, out_dtype
     )
-    assert same_bits(from_lane(got).reshape(want.shape), want), out_dtype
+    assert same_bits(from_lane(got).reshape(want.shape), want), (compute, out_dtype)
 
 
+@pytest.mark.parametrize("compute", ["F32", "BF16"])
 @pytest.mark.parametrize("out_dtype", [None, *NAMES])
 @pytest.mark.parametrize("n", [2, 3, 4, 6])
-def test_model_stock_fp32_every_dtype_mix(out_dtype, n):
+def test_model_stock_every_dtype_mix(compute, out_dtype, n):
     dtypes = ["BF16", "F32", "BF16", "F16", "BF16", "F32", "BF16"]
     base, xs = family(n, (37, 128), dtypes, seed=n)
-    check_model_stock(base, xs, out_dtype)
+    check_model_stock(base, xs, out_dtype, compute)
 
 
 @settings(max_examples=60, deadline=None)
@@ -385,14 +387,33 @@ def test_model_stock_fp32_random(shape, n, dtypes, out_dtype, seed):
     check_model_stock(base, xs, out_dtype)
 
 
-def test_model_stock_fp32_large_tensor_cascade_levels(monkeypatch):
+@settings(max_examples=60, deadline=None)
+@given(
+    shape=st.lists(st.integers(1, 70), min_size=1, max_size=2).map(lambda s: (*s, 16)),
+    n=st.integers(2, 8),
+    dtypes=st.lists(st.sampled_from(NAMES), min_size=9, max_size=9),
+    out_dtype=st.sampled_from([None, *NAMES]),
+    seed=st.integers(0, 1000),
+    opposite=st.booleans(),
+)
+def test_model_stock_bf16_random(shape, n, dtypes, out_dtype, seed, opposite):
+    """bf16 compute: torch's bf16 norm and sum orders and every step's rounding, for any size
+    (a multiple of 16); `opposite`: the first two offsets cancel (n = 2: t = 0, the base)."""
+    base, xs = family(n, shape, dtypes, seed)
+    if opposite:
+        xs[1] = (2 * base.float() - xs[0].float()).to(xs[1].dtype)
+    check_model_stock(base, xs, out_dtype, "BF16")
+
+
+@pytest.mark.parametrize("compute", ["F32", "BF16"])
+def test_model_stock_large_tensor_cascade_levels(monkeypatch, compute):
     """Sizes whose sums run through several cascade levels (2^20 elements and more), also
     split over two threads."""
     from mergestore.ops import lane16
 
     monkeypatch.setattr(lane16, "PARALLEL_MIN", 1000)
-    base, xs = family(3, (1 << 20) + 8 * 37, ["BF16", "BF16", "F32", "BF16"], seed=1)
-    check_model_stock(base, xs, "BF16")
+    base, xs = family(3, (1 << 20) + 16 * 37, ["BF16", "BF16", "F32", "BF16"], seed=1)
+    check_model_stock(base, xs, "BF16", compute)
 
 
 def test_torch_sum32_is_torch_sum():
@@ -411,6 +432,8 @@ def test_model_stock_reasons():
     shared, per = validate_params(spec, {}, [{}] * 3, has_base=True)
     assert lanes.reason("model_stock", "F32", shared, per, 64) is None
     assert "multiple of 8" in lanes.reason("model_stock", "F32", shared, per, 63)
-    assert "16-bit" in lanes.reason("model_stock", "BF16", shared, per, 64)
+    assert lanes.reason("model_stock", "BF16", shared, per, 64) is None
+    assert "multiple of 16" in lanes.reason("model_stock", "BF16", shared, per, 72)
+    assert "fp16 compute" in lanes.reason("model_stock", "F16", shared, per, 64)
     shared, per = validate_params(spec, {"filter_wise": True}, [{}] * 3, has_base=True)
     assert "filter_wise" in lanes.reason("model_stock", "F32", shared, per, 64)
