@@ -67,6 +67,18 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
             "mkl_def_sdot",
         ),
     ),
+    "merge_karcher16.c": (
+        "mergestore/ops/lane_karcher16.py",  # twin: ops/karcher.py
+        (
+            "karcher16_norm",
+            "karcher16_scale",
+            "karcher16_axpy",
+            "karcher16_dot",
+            "karcher16_tangent",
+            "karcher16_update",
+            "karcher16_out",
+        ),
+    ),
     # twin: torch itself (MKL's VML for fp32 lives in torch's library; tests/ops/test_lane_math)
     "sleef_f32.c": ("mergestore/ops/lane_math.py", ("sleef_f32", "sleef_f32_array")),
     "rank_cuts.c": (

@@ -32,6 +32,7 @@ TWIN_TESTS = [
     "tests/ops/test_lane_sphere.py",
     "tests/ops/test_lane_math.py",
     "tests/ops/test_lane_karcher.py",
+    "tests/ops/test_lane_karcher16.py",
     "tests/ops/test_lane_sce.py",
     "tests/ops/test_lane_random.py",
     "tests/ops/test_keep_rescale.py",

@@ -9,6 +9,7 @@
  *   merge_sce.c    sce in any compute format (variance top-k, election)  ops/lane_sce.py
  *   merge_sphere.c  slerp, nuslerp and multislerp's whole-tensor passes  ops/lane_sphere.py
  *   merge_karcher.c  karcher's fused iteration passes, fp32    ops/lane_karcher.py
+ *   merge_karcher16.c  karcher's passes in bf16 compute, torch's bf16 dot  ops/lane_karcher16.py
  *   sleef_f32.c    fp32 acos/sin/cos with torch's (SLEEF's) bits   ops/lane_math.py
  *   rank_cuts.c    magnitude rank cuts, row ranks, della's probabilities  ops/sparsify.py
  *   cut_select.c   ties/breadcrumbs cuts in one pass; the fused bf16 cut + combine  ops/cuts.py
@@ -334,6 +335,14 @@ PyObject *py_karcher_out(PyObject *self, PyObject *args);
 PyObject *py_karcher_x_first_mean(PyObject *self, PyObject *args);
 PyObject *py_karcher_x_dots(PyObject *self, PyObject *args);
 PyObject *py_karcher_x_tangent(PyObject *self, PyObject *args);
+/* merge_karcher16.c */
+PyObject *py_karcher16_norm(PyObject *self, PyObject *args);
+PyObject *py_karcher16_scale(PyObject *self, PyObject *args);
+PyObject *py_karcher16_axpy(PyObject *self, PyObject *args);
+PyObject *py_karcher16_dot(PyObject *self, PyObject *args);
+PyObject *py_karcher16_tangent(PyObject *self, PyObject *args);
+PyObject *py_karcher16_update(PyObject *self, PyObject *args);
+PyObject *py_karcher16_out(PyObject *self, PyObject *args);
 PyObject *py_mkl_def_sdot(PyObject *self, PyObject *args);
 /* sleef_f32.c */
 float sleef_acosf(float d);

@@ -376,7 +376,7 @@ class Engine:
         report: dict[str, object] = {
             "torch_free": on, "torch": n_tasks - on, "torch_reasons": dict(self.torch_reasons)
         }  # fmt: skip
-        notes = lanes.notes(self.method) if on else {}
+        notes = lanes.notes(self.method, set(self.on_lane.values())) if on else {}
         if notes:
             report["notes"] = notes
         return report

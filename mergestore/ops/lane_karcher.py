@@ -19,8 +19,9 @@ are fused into the pass that scales the mean (three passes per iteration over th
 tangent and the inputs, where the MKL calls need the fp32 units and k more passes). Where the
 check fails the lane calls MKL's sdot as above (merge --json's "lanes" says which).
 
-Not on the lane: 16-bit compute (the twin's unit vectors are rounded to it), tensors of fewer
-than 8 or not a multiple of 8 elements (the 2-norm's tail order, as for model_stock).
+Not on the lane: fp16 compute (the twin's unit vectors are rounded to it; bf16 compute has its
+own lane, ops/lane_karcher16.py), tensors of fewer than 8 or not a multiple of 8 elements (the
+2-norm's tail order, as for model_stock).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ f32 = np.float32
 def reason(compute: str, numel: int | None) -> str | None:
     """None if the lane computes karcher's tensor with the torch path's bits, else why."""
     if compute != "F32":
-        return "karcher in 16-bit compute: unit vectors rounded to it (no C kernel)"
+        return f"karcher in {compute} compute: unit vectors rounded to it (no C kernel)"
     if numel is None or numel < 8 or numel % 8:
         return "karcher: a tensor of fewer than 8, or not a multiple of 8, elements"
     why = lm.missing("F32", dot=True)

@@ -29,13 +29,14 @@ What the fp32 lane covers, with the torch path's bits (tests/ops/test_lanes.py):
   acos/sin/cos with torch's bits from ops.lane_math, without torch);
 - karcher in fp32 compute on tensors of a multiple of 8 elements (ops.lane_karcher: its dot
   products are torch.dot's MKL sdot, from ops.lane_math, without torch, or its sum in MKL's
-  order where that is checked to give its bits: `notes()` says which).
+  order where that is checked to give its bits: `notes()` says which), and in bf16 compute on
+  CPUs where torch runs its AVX2 kernels (ops.lane_karcher16: torch's own bf16 dot order).
 Everything else goes through torch; `reason()` says why, for `merge --json`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from mergestore import native
@@ -88,6 +89,7 @@ def reason(
     from mergestore.ops import (  # numpy at import
         lane_elementwise,
         lane_karcher,
+        lane_karcher16,
         lane_random,
         lane_reduce,
         lane_sce,
@@ -106,6 +108,8 @@ def reason(
         return lane_sphere.reason(method, compute, shared, len(per_input), numel)
     if method == "model_stock":
         return lane_reduce.reason(compute, shared, len(per_input), numel)
+    if method == "karcher" and compute == "BF16":
+        return lane_karcher16.reason(numel)
     if method == "karcher":
         return lane_karcher.reason(compute, numel)
     if compute in ("BF16", "F16"):
@@ -133,10 +137,11 @@ def reason(
     return None
 
 
-def notes(method: str) -> dict[str, str]:
+def notes(method: str, computes: Collection[str] = ("F32",)) -> dict[str, str]:
     """How the lane computes `method` here where that depends on this machine (merge --json's
-    "lanes" "notes"): karcher's dot products."""
-    if method != "karcher" or native.kernels is None:
+    "lanes" "notes"): karcher's dot products in fp32 compute (`computes`: the lane tensors'
+    compute dtypes; in bf16 they are always torch's own bf16 dot order)."""
+    if method != "karcher" or "F32" not in computes or native.kernels is None:
         return {}
     from mergestore.ops import lane_karcher
 
@@ -163,6 +168,7 @@ def merge(
     from mergestore.ops import (
         lane_elementwise,
         lane_karcher,
+        lane_karcher16,
         lane_random,
         lane_reduce,
         lane_sce,
@@ -176,7 +182,8 @@ def merge(
         if len(inputs) == 1:  # returned unchanged, as the twin does
             result = convert(inputs[0], compute)
             return convert(result, out_dtype) if out_dtype is not None else result
-        merged = lane_karcher.merge(inputs, shared, out_dtype)
+        lane = lane_karcher16 if compute == "BF16" else lane_karcher
+        merged = lane.merge(inputs, shared, out_dtype)
         if merged is None:  # every norm under tol: the twin's zeros
             args = (base, inputs, shared, per_input, compute, out_dtype, ctx)
             return lane_sphere.torch_twin(method, *args)

@@ -12,6 +12,7 @@ from torch_free import assert_merges_skip_torch
 from fixtures.store import commit_family
 from mergestore import native
 from mergestore.api import Store
+from mergestore.ops import lane_karcher16
 
 pytestmark = pytest.mark.needs(native.kernels is not None, "C kernels not built")
 
@@ -92,10 +93,33 @@ def test_cli_merge_on_the_lane_equals_torch(
     store.close()
 
 
+def test_cli_karcher_bf16(tiny_family, tmp_path, cli, monkeypatch):
+    """karcher with `dtype: bfloat16`: on the lane where torch runs its AVX2 kernels (its bf16
+    dot order), else on torch with the reason; the torch path's commit tree either way."""
+    store_dir = _store(tiny_family, tmp_path)
+    cfg = tmp_path / "m.yml"
+    cfg.write_text(yaml.safe_dump(_config("karcher", {"dtype": "bfloat16"})))
+    base = ["--store", store_dir, "merge", "--config", cfg, "--json"]
+    fast = cli(*base, "-b", "fast", "--out", tmp_path / "out")
+    assert fast.code == 0, fast.err
+    lanes = fast.json()["lanes"]
+    if lane_karcher16.torch_runs_avx2():
+        assert lanes["torch"] == 0 and lanes["torch_free"] > 0 and "notes" not in lanes, lanes
+    else:
+        assert lanes["torch_free"] == 0 and all("AVX2" in r for r in lanes["torch_reasons"])
+    monkeypatch.setenv("MERGESTORE_TORCH_FREE", "0")
+    slow = cli(*base, "-b", "slow", "--force")
+    assert slow.code == 0, slow.err
+    store = Store.open(store_dir)
+    assert store.get_commit("fast").tree == store.get_commit("slow").tree
+    store.close()
+
+
 def test_cli_merges_never_import_torch(tiny_family, tmp_path) -> None:
     store_dir = _store(tiny_family, tmp_path)
     cfgs = []
-    for i, (method, dtypes) in enumerate(CASES):
+    cases = CASES + [("karcher", {"dtype": "bfloat16"})] * lane_karcher16.torch_runs_avx2()
+    for i, (method, dtypes) in enumerate(cases):
         cfg = tmp_path / f"{method}{i}.yml"
         cfg.write_text(yaml.safe_dump(_config(method, dtypes)))
         cfgs.append(str(cfg))

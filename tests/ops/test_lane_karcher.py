@@ -131,7 +131,7 @@ def test_reasons():
     spec = get_method("karcher")
     shared, per = validate_params(spec, {}, [{}] * 3, has_base=False)
     assert lanes.reason("karcher", "F32", shared, per, 64) is None
-    assert "16-bit" in lanes.reason("karcher", "BF16", shared, per, 64)
+    assert "F16 compute" in lanes.reason("karcher", "F16", shared, per, 64)
     assert "multiple of 8" in lanes.reason("karcher", "F32", shared, per, 60)
 
 

@@ -22,6 +22,7 @@ from mergestore.ops import (
     cuts,
     get_method,
     lane_formats,
+    lane_karcher16,
     lanes,
     merge_tensor,
     validate_params,
@@ -178,7 +179,8 @@ def test_reasons(compute):
     assert "density" in lanes.reason("ties", compute, shared, per)
     spec = get_method("karcher")  # and slerp, nuslerp, multislerp: tests/ops/test_lane_sphere.py
     shared, per = validate_params(spec, {}, [{}, {}], has_base=False)
-    assert (lanes.reason("karcher", compute, shared, per, 64) is None) == (compute == "F32")
+    on_lane = compute == "F32" or (compute == "BF16" and lane_karcher16.torch_runs_avx2())
+    assert (lanes.reason("karcher", compute, shared, per, 64) is None) == on_lane
     spec = get_method("sce")
     shared, per = validate_params(spec, {}, [{}, {}], has_base=True)
     assert lanes.reason("sce", compute, shared, per) is None  # ops.lane_sce

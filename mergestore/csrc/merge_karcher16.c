@@ -1,0 +1,300 @@
+/* karcher (ops/karcher.py) in bf16 compute (mergekit's `dtype: bfloat16`): the passes of its
+ * iterations on bf16 arrays (uint16 bits), each of torch's bf16 operations computed in fp32 and
+ * rounded to bf16 (r16), in torch's order. Python side: mergestore/ops/lane_karcher16.py, which
+ * does the scalar steps; tests/ops/test_lane_karcher16.py compares both with torch.
+ *
+ * The 2-norms are torch's fp32 ones of the widened values (vector_norm(x.to(float32)):
+ * torch_norm.h). The dot product is torch.dot of two bf16 vectors: ATen's bf16 dot with fp32
+ * arithmetic (not MKL's), in its AVX2 form: eight 8-lane fp32 accumulators, each 64-element
+ * block's element j + 8r + l multiplied and added into accumulator r, lane l (torch fuses the
+ * multiply-add; the product of two bf16 values is exact in fp32, so it is the same); the
+ * accumulators added as a tree (r + 4, then + 2, then + 1) and the lanes by torch's
+ * vec_reduce_all (l + 4, then + 2, then + 1); then the 16-element vectors after the last whole
+ * block into one more accumulator (low half then high half), reduced the same way and added;
+ * then each remaining element's product added in order. Only CPUs where torch runs its AVX2
+ * kernels take this lane (lane_karcher16.reason()). */
+#include "formats.h"
+
+#include "torch_norm.h"
+
+#define K16_MAX 64 /* inputs per call */
+
+/* The fp32 2-norm of a bf16 array, in torch's order. */
+HOT static float k16_norm(const uint16_t *x, Py_ssize_t n) {
+    Norm q;
+    norm_init(&q, n);
+    float v[TILE];
+    for (Py_ssize_t s = 0; s < n; s += TILE) {
+        Py_ssize_t m = n - s < TILE ? n - s : TILE;
+        for (Py_ssize_t j = 0; j < m; j++) v[j] = bf16_to_f32(x[s + j]);
+        norm_feed(&q, v, s, m);
+    }
+    return norm_end(&q);
+}
+
+/* out = r16(x / d) (out may be x). */
+HOT static void k16_scale(uint16_t *out, const uint16_t *x, Py_ssize_t n, float d) {
+    for (Py_ssize_t j = 0; j < n; j++) out[j] = rne16_nan(bf16_to_f32(x[j]) / d);
+}
+
+/* acc = r16(acc + r16(u * a)). */
+HOT static void k16_axpy(uint16_t *acc, const uint16_t *u, Py_ssize_t n, float a) {
+    for (Py_ssize_t j = 0; j < n; j++)
+        acc[j] = rne16_nan(bf16_to_f32(acc[j]) + r16(bf16_to_f32(u[j]) * a));
+}
+
+/* torch's vec_reduce_all over one AVX2 vector of eight floats. */
+static inline float reduce8(const float *v) {
+    float a0 = v[0] + v[4], a1 = v[1] + v[5], a2 = v[2] + v[6], a3 = v[3] + v[7];
+    return (a0 + a2) + (a1 + a3);
+}
+
+/* torch.dot(x, y) of two bf16 vectors, in fp32 (the caller rounds it to bf16). */
+HOT static float k16_dot(const uint16_t *x, const uint16_t *y, Py_ssize_t n) {
+    float acc[8][8];
+    memset(acc, 0, sizeof acc);
+    Py_ssize_t blocks = n & ~(Py_ssize_t)63, vecs = n & ~(Py_ssize_t)15;
+    for (Py_ssize_t j = 0; j < blocks; j += 64)
+        for (int r = 0; r < 8; r++)
+            for (int l = 0; l < 8; l++) {
+                Py_ssize_t e = j + 8 * r + l;
+                acc[r][l] = acc[r][l] + bf16_to_f32(x[e]) * bf16_to_f32(y[e]);
+            }
+    for (int off = 4; off >= 1; off /= 2)
+        for (int r = 0; r < off; r++)
+            for (int l = 0; l < 8; l++) acc[r][l] = acc[r][l] + acc[r + off][l];
+    float sum = reduce8(acc[0]);
+    float tail[8] = {0};
+    for (Py_ssize_t j = blocks; j < vecs; j += 16) {
+        for (int l = 0; l < 8; l++)
+            tail[l] = tail[l] + bf16_to_f32(x[j + l]) * bf16_to_f32(y[j + l]);
+        for (int l = 0; l < 8; l++)
+            tail[l] = tail[l] + bf16_to_f32(x[j + 8 + l]) * bf16_to_f32(y[j + 8 + l]);
+    }
+    sum = sum + reduce8(tail);
+    for (Py_ssize_t j = vecs; j < n; j++) sum = sum + bf16_to_f32(x[j]) * bf16_to_f32(y[j]);
+    return sum;
+}
+
+/* tangent = 0 + sum_i r16(f_i * r16(u_i - r16(c_i * mean))), each sum rounded, in input
+ * order; returns |tangent| (fp32). */
+HOT static float k16_tangent(uint16_t *tangent, const uint16_t *mean, const uint16_t **u,
+                             const float *f, const float *c, Py_ssize_t k, Py_ssize_t n) {
+    Norm q;
+    norm_init(&q, n);
+    float t[TILE], mv[TILE];
+    for (Py_ssize_t s = 0; s < n; s += TILE) {
+        Py_ssize_t m = n - s < TILE ? n - s : TILE;
+        for (Py_ssize_t j = 0; j < m; j++) {
+            t[j] = 0.0f;
+            mv[j] = bf16_to_f32(mean[s + j]);
+        }
+        for (Py_ssize_t i = 0; i < k; i++) {
+            const uint16_t *ui = u[i] + s;
+            const float fi = f[i], ci = c[i];
+            for (Py_ssize_t j = 0; j < m; j++) {
+                float d = r16(bf16_to_f32(ui[j]) - r16(ci * mv[j]));
+                t[j] = r16(t[j] + r16(fi * d));
+            }
+        }
+        for (Py_ssize_t j = 0; j < m; j++) tangent[s + j] = rne16_nan(t[j]);
+        norm_feed(&q, t, s, m);
+    }
+    return norm_end(&q);
+}
+
+/* mean = r16(r16(cs * mean) + r16(sn * r16(tangent / step))), in place; returns |mean|. cs and
+ * sn are bf16 values (the caller rounds them: torch casts them to the tensor's dtype). */
+HOT static float k16_update(uint16_t *mean, const uint16_t *tangent, float cs, float sn,
+                            float step, Py_ssize_t n) {
+    Norm q;
+    norm_init(&q, n);
+    float v[TILE];
+    for (Py_ssize_t s = 0; s < n; s += TILE) {
+        Py_ssize_t m = n - s < TILE ? n - s : TILE;
+        for (Py_ssize_t j = 0; j < m; j++) {
+            float a = r16(cs * bf16_to_f32(mean[s + j]));
+            float b = r16(sn * r16(bf16_to_f32(tangent[s + j]) / step));
+            mean[s + j] = rne16_nan(a + b);
+            v[j] = bf16_to_f32(mean[s + j]);
+        }
+        norm_feed(&q, v, s, m);
+    }
+    return norm_end(&q);
+}
+
+/* out = r16(scale * mean), in the output's format (scale a bf16 value, as cs above). */
+HOT static void k16_out(void *out, int out_fmt, const uint16_t *mean, float scale, Py_ssize_t n) {
+    float v[TILE];
+    for (Py_ssize_t s = 0; s < n; s += TILE) {
+        Py_ssize_t m = n - s < TILE ? n - s : TILE;
+        for (Py_ssize_t j = 0; j < m; j++)
+            v[j] = bf16_to_f32(rne16_nan(scale * bf16_to_f32(mean[s + j])));
+        narrow(out, out_fmt, s, v, m);
+    }
+}
+
+/* ------------------------------------------------------------------ argument handling */
+
+static int get_bf16(PyObject *o, Py_ssize_t *n, int writable, Buf *b, const char *what) {
+    return get_fmt_buf(o, FMT_BF16, n, writable, b, what);
+}
+
+/* karcher16_norm(x) -> |x| */
+PyObject *py_karcher16_norm(PyObject *self, PyObject *args) {
+    PyObject *x_o;
+    if (!PyArg_ParseTuple(args, "O", &x_o)) return NULL;
+    Py_ssize_t n = -1;
+    Buf x;
+    if (get_bf16(x_o, &n, 0, &x, "x") < 0) return NULL;
+    float r;
+    Py_BEGIN_ALLOW_THREADS
+    r = k16_norm(x.view.buf, n);
+    Py_END_ALLOW_THREADS
+    release(&x);
+    return PyFloat_FromDouble(r);
+}
+
+/* karcher16_scale(out, x, d): out = x / d (out may be x) */
+PyObject *py_karcher16_scale(PyObject *self, PyObject *args) {
+    PyObject *out_o, *x_o;
+    double d;
+    if (!PyArg_ParseTuple(args, "OOd", &out_o, &x_o, &d)) return NULL;
+    Py_ssize_t n = -1;
+    Buf out, x;
+    if (get_bf16(out_o, &n, 1, &out, "out") < 0) return NULL;
+    if (get_bf16(x_o, &n, 0, &x, "x") < 0) {
+        release(&out);
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    k16_scale(out.view.buf, x.view.buf, n, (float)d);
+    Py_END_ALLOW_THREADS
+    release(&x);
+    release(&out);
+    Py_RETURN_NONE;
+}
+
+/* karcher16_axpy(acc, u, a): acc = acc + u * a */
+PyObject *py_karcher16_axpy(PyObject *self, PyObject *args) {
+    PyObject *acc_o, *u_o;
+    double a;
+    if (!PyArg_ParseTuple(args, "OOd", &acc_o, &u_o, &a)) return NULL;
+    Py_ssize_t n = -1;
+    Buf acc, u;
+    if (get_bf16(acc_o, &n, 1, &acc, "acc") < 0) return NULL;
+    if (get_bf16(u_o, &n, 0, &u, "u") < 0) {
+        release(&acc);
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    k16_axpy(acc.view.buf, u.view.buf, n, (float)a);
+    Py_END_ALLOW_THREADS
+    release(&u);
+    release(&acc);
+    Py_RETURN_NONE;
+}
+
+/* karcher16_dot(x, y) -> torch.dot(x, y) before its rounding to bf16 */
+PyObject *py_karcher16_dot(PyObject *self, PyObject *args) {
+    PyObject *x_o, *y_o;
+    if (!PyArg_ParseTuple(args, "OO", &x_o, &y_o)) return NULL;
+    Py_ssize_t n = -1;
+    Buf x, y;
+    if (get_bf16(x_o, &n, 0, &x, "x") < 0) return NULL;
+    if (get_bf16(y_o, &n, 0, &y, "y") < 0) {
+        release(&x);
+        return NULL;
+    }
+    float r;
+    Py_BEGIN_ALLOW_THREADS
+    r = k16_dot(x.view.buf, y.view.buf, n);
+    Py_END_ALLOW_THREADS
+    release(&y);
+    release(&x);
+    return PyFloat_FromDouble(r);
+}
+
+/* karcher16_tangent(tangent, mean, units, factors, cosines) -> |tangent| */
+PyObject *py_karcher16_tangent(PyObject *self, PyObject *args) {
+    PyObject *t_o, *m_o, *u_o, *f_o, *c_o;
+    if (!PyArg_ParseTuple(args, "OOOOO", &t_o, &m_o, &u_o, &f_o, &c_o)) return NULL;
+    Py_ssize_t n = -1;
+    Buf t, m, ub[K16_MAX];
+    const uint16_t *u[K16_MAX];
+    float f[K16_MAX], c[K16_MAX];
+    Py_ssize_t k = 0;
+    if (get_bf16(t_o, &n, 1, &t, "tangent") < 0) return NULL;
+    if (get_bf16(m_o, &n, 0, &m, "mean") < 0) {
+        release(&t);
+        return NULL;
+    }
+    PyObject *fast = PySequence_Fast(u_o, "units: a sequence of bf16 arrays");
+    int ok = fast != NULL;
+    if (ok && PySequence_Fast_GET_SIZE(fast) > K16_MAX) {
+        PyErr_Format(PyExc_ValueError, "at most %d units", K16_MAX);
+        ok = 0;
+    }
+    for (Py_ssize_t i = 0; ok && i < PySequence_Fast_GET_SIZE(fast); i++) {
+        if (get_bf16(PySequence_Fast_GET_ITEM(fast, i), &n, 0, &ub[i], "units") < 0) {
+            ok = 0;
+            break;
+        }
+        u[i] = ub[i].view.buf;
+        k = i + 1;
+    }
+    if (ok && (get_floats(f_o, f, k) < 0 || get_floats(c_o, c, k) < 0)) ok = 0;
+    float r = 0.0f;
+    if (ok) {
+        Py_BEGIN_ALLOW_THREADS
+        r = k16_tangent(t.view.buf, m.view.buf, u, f, c, k, n);
+        Py_END_ALLOW_THREADS
+    }
+    for (Py_ssize_t i = 0; i < k; i++) release(&ub[i]);
+    Py_XDECREF(fast);
+    release(&m);
+    release(&t);
+    return ok ? PyFloat_FromDouble(r) : NULL;
+}
+
+/* karcher16_update(mean, tangent, cos_step, sin_step, step) -> |mean| */
+PyObject *py_karcher16_update(PyObject *self, PyObject *args) {
+    PyObject *m_o, *t_o;
+    double cs, sn, step;
+    if (!PyArg_ParseTuple(args, "OOddd", &m_o, &t_o, &cs, &sn, &step)) return NULL;
+    Py_ssize_t n = -1;
+    Buf m, t;
+    if (get_bf16(m_o, &n, 1, &m, "mean") < 0) return NULL;
+    if (get_bf16(t_o, &n, 0, &t, "tangent") < 0) {
+        release(&m);
+        return NULL;
+    }
+    float r;
+    Py_BEGIN_ALLOW_THREADS
+    r = k16_update(m.view.buf, t.view.buf, (float)cs, (float)sn, (float)step, n);
+    Py_END_ALLOW_THREADS
+    release(&t);
+    release(&m);
+    return PyFloat_FromDouble(r);
+}
+
+/* karcher16_out(out, out_fmt, mean, scale): scale * mean in the output format */
+PyObject *py_karcher16_out(PyObject *self, PyObject *args) {
+    PyObject *out_o, *m_o;
+    int out_fmt;
+    double scale;
+    if (!PyArg_ParseTuple(args, "OiOd", &out_o, &out_fmt, &m_o, &scale)) return NULL;
+    Py_ssize_t n = -1;
+    Buf out, m;
+    if (get_fmt_buf(out_o, out_fmt, &n, 1, &out, "out") < 0) return NULL;
+    if (get_bf16(m_o, &n, 0, &m, "mean") < 0) {
+        release(&out);
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    k16_out(out.view.buf, out_fmt, m.view.buf, (float)scale, n);
+    Py_END_ALLOW_THREADS
+    release(&m);
+    release(&out);
+    Py_RETURN_NONE;
+}

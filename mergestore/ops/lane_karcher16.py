@@ -1,0 +1,162 @@
+"""karcher on the lane in bf16 compute (mergekit's `dtype: bfloat16`): the Python half of
+csrc/merge_karcher16.c (the torch twin is ops/karcher.py; tests/ops/test_lane_karcher16.py
+checks that both give the same bits).
+
+The twin's steps in its order on bf16 arrays: the unit vectors, the mean and the tangent are
+bf16 tensors there, so each elementwise operation is rounded to bf16 (the C passes), and its
+dot products are torch.dot of bf16 vectors, ATen's own fp32-arithmetic kernel, whose order the
+C code reproduces in its AVX2 form. The norms are fp32 (the twin's `x.to(float32)`). The scalar
+steps: clamp, then acos and sin of a bf16 value (SLEEF's, rounded to bf16, as ops.lane_math
+gives them), the factor a * (theta / sin(theta)) rounded to bf16 at each step; cos and sin of
+the fp32 step (MKL's VML, as the fp32 lane), rounded to bf16 where they multiply a bf16 tensor:
+torch casts a 0-d operand to the tensor's dtype when it comes first (`cos(step) * mean`, and
+the final `scale * mean`) and keeps its fp32 value only as the second (`tangent / step`).
+
+Not on the lane: CPUs where torch runs its AVX-512 kernels (sixteen-lane accumulators: another
+dot order, not reproduced here) or no AVX2/FMA kernels, tensors of fewer than 8 or not a
+multiple of 8 elements (the fp32 2-norm's tail order), and where ops.lane_math has no torch
+acos/sin/cos to give.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mergestore import native
+from mergestore.ops import alloc
+from mergestore.ops import lane_math as lm
+from mergestore.ops.lane16 import _run_columns
+from mergestore.ops.lane_formats import FMT, convert, format_of, out_array
+
+f32 = np.float32
+
+
+@cache
+def torch_runs_avx2() -> bool:
+    """True if torch picks its AVX2 kernels on this CPU (ATen's compute_cpu_capability: AVX-512
+    with avx512vl, bw and dq, else AVX2 with avx2 and fma; ATEN_CPU_CAPABILITY can lower it)."""
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split("flags")[1].split("\n")[0].split())
+    except (OSError, IndexError):
+        return False
+    asked = os.environ.get("ATEN_CPU_CAPABILITY", "").lower()
+    if asked == "default" or not {"avx2", "fma"} <= flags:
+        return False
+    return asked == "avx2" or not {"avx512vl", "avx512bw", "avx512dq"} <= flags
+
+
+def reason(numel: int | None) -> str | None:
+    """None if the lane computes karcher's bf16 tensor with the torch path's bits, else why."""
+    if numel is None or numel < 8 or numel % 8:
+        return "karcher: a tensor of fewer than 8, or not a multiple of 8, elements"
+    if not torch_runs_avx2():
+        return "karcher in bf16 compute: torch's bf16 dot here is not its AVX2 kernel"
+    why = lm.missing("BF16") or lm.missing("F32")
+    return f"karcher: {why}" if why else None
+
+
+def _r16(x: float) -> f32:
+    return f32(lm.bf16(float(f32(x))))
+
+
+def merge(
+    inputs: Sequence[np.ndarray], shared: Mapping[str, Any], out_dtype: str | None
+) -> np.ndarray | None:
+    """One output tensor (reason() is None for it) in out_dtype, else bf16; None where the
+    twin takes a branch the lane does not (every input's norm under tol) or lane_math cannot
+    give torch's bits."""
+    try:
+        return _merge(inputs, shared, out_dtype)
+    except lm.Untraced:
+        return None
+
+
+def _merge(
+    inputs: Sequence[np.ndarray], shared: Mapping[str, Any], out_dtype: str | None
+) -> np.ndarray | None:
+    kernels = native.kernels
+    assert kernels is not None
+    max_iter, tol = shared["max_iter"], shared["tol"]
+    xs = [_bf16(x) for x in inputs]
+    k, n = len(xs), xs[0].size
+    alphas = [1.0 / k] * k
+    norms = [f32(kernels.karcher16_norm(x)) for x in xs]
+    live = [i for i, v in enumerate(norms) if float(v) > tol]
+    if not live:
+        return None
+    total = sum(alphas[i] for i in live)
+    weights = [alphas[i] / total for i in live]
+    units = []
+    for i in live:  # x / |x| (a live norm is not 0)
+        u = _empty(n)
+        _scale(u, xs[i], float(norms[i]))
+        units.append(u)
+    mean = _empty(n)
+    mean.fill(0)
+    for a, u in zip(weights, units, strict=True):
+        kernels.karcher16_axpy(mean, u, float(f32(a)))
+    mean_norm = f32(kernels.karcher16_norm(mean))
+    if float(mean_norm) < tol:
+        mean[:] = units[0]
+    else:
+        _scale(mean, mean, float(mean_norm))
+    tangent = _empty(n)
+    for _ in range(max_iter):
+        chosen, factors, cosines = [], [], []
+        for a, u in zip(weights, units, strict=True):
+            c = _r16(kernels.karcher16_dot(mean, u))
+            c = min(max(c, f32(-1.0)), f32(1.0))
+            theta = f32(lm.func(lm.ACOS, float(c), "BF16"))
+            if float(theta) < tol:
+                continue
+            with np.errstate(all="ignore"):
+                ratio = _r16(theta / f32(lm.func(lm.SIN, float(theta), "BF16")))
+                factors.append(float(_r16(f32(a) * ratio)))
+            chosen.append(u)
+            cosines.append(float(c))
+        step = f32(kernels.karcher16_tangent(tangent, mean, chosen, factors, cosines))
+        if float(step) < tol:
+            break
+        # cos(step) * mean: an fp32 0-d tensor times a bf16 tensor, the 0-d one first, so
+        # torch casts it to bf16 (only a second operand keeps its value: / step does)
+        cos, sin = (_r16(lm.func(op, float(step), "F32")) for op in (lm.COS, lm.SIN))
+        size = f32(kernels.karcher16_update(mean, tangent, float(cos), float(sin), float(step)))
+        if float(size) > tol:
+            _scale(mean, mean, float(size))
+    scale = f32(0.0)  # sum(a * norm): from the int 0, each term an fp32 product
+    for a, v in zip(alphas, norms, strict=True):
+        scale = scale + f32(a) * v
+    out_name = out_dtype or "BF16"
+    out = out_array(n, out_name)
+    kernels.karcher16_out(out, FMT[out_name], mean, float(_r16(scale)))  # scale * mean: as cos
+    return out.reshape(inputs[0].shape)
+
+
+def _empty(n: int) -> np.ndarray:
+    """An uninitialised bf16 array (pooled: no fresh pages per tensor)."""
+    return alloc.empty_bytes(2 * n).view(np.uint16)
+
+
+def _scale(out: np.ndarray, x: np.ndarray, d: float) -> None:
+    """out = x / d, rounded to bf16: a division per element, split over both cores on large
+    tensors (each element on its own: the same bits)."""
+    kernels = native.kernels
+    assert kernels is not None
+
+    def columns(r: range) -> None:
+        kernels.karcher16_scale(out[r.start : r.stop], x[r.start : r.stop], d)
+
+    _run_columns(columns, x.size)
+
+
+def _bf16(x: np.ndarray) -> np.ndarray:
+    """x flattened as bf16 bits (rounded to bf16 if it is another format, as the twin's inputs
+    are converted to the compute dtype)."""
+    flat = np.ascontiguousarray(x).reshape(-1)
+    return flat if format_of(flat) == "BF16" else convert(flat, "BF16")

@@ -1,0 +1,170 @@
+"""karcher in bf16 compute on the lane (ops.lane_karcher16, csrc/merge_karcher16.c) gives the
+torch path's bits.
+
+Each case merges the same tensors twice: with ops.lanes.merge on numpy arrays, and with
+ops.merge_tensor on torch tensors with the C kernels off (ops/karcher.py: mergekit 0.1.5's
+arithmetic), torch on one thread as the engine runs it, for inputs in bf16, fp16 and fp32
+(mixed), bf16 compute, and every out_dtype. The lane takes torch.dot's order in its AVX2 form:
+on a CPU where torch runs its AVX-512 kernels the lane refuses (checked), and the dot kernel is
+checked against that form written out here.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fixtures.bits import same_bits
+from fixtures.lane_family import NAMES, TORCH, from_lane, to_lane
+from mergestore import native
+from mergestore.ops import TensorContext, get_method, lane_karcher16, lanes, merge_tensor
+from mergestore.ops import validate_params as validate
+from mergestore.ops.lane_math import bf16
+
+pytestmark = pytest.mark.needs(native.kernels is not None, "C kernels not built")
+
+CTX = TensorContext("model.layers.1.mlp.gate_proj.weight", seed=0)
+AVX2 = lane_karcher16.torch_runs_avx2()
+
+
+def models(n, shape, dtypes, seed, spread=1.0):
+    """n models near a common point (karcher takes no base), in the given dtypes."""
+    g = torch.Generator().manual_seed(seed)
+    center = 0.02 * torch.randn(shape, generator=g)
+    xs = [center + spread * 0.01 * torch.randn(shape, generator=g) for _ in range(n)]
+    return [x.to(TORCH[t]) for x, t in zip(xs, dtypes, strict=False)]
+
+
+def check(xs, out_dtype, shared_in=None):
+    shared_in = shared_in or {}
+    shared, per = validate(get_method("karcher"), shared_in, [{}] * len(xs), has_base=False)
+    why = lanes.reason("karcher", "BF16", shared, per, xs[0].numel())
+    if not AVX2:  # torch's AVX-512 dot: the lane must refuse, the torch path runs
+        assert why is not None and "AVX2" in why
+        return
+    assert why is None
+    kernels, native.kernels, threads = native.kernels, None, torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        want = merge_tensor(
+            "karcher", None, xs, shared_in, [{}] * len(xs), CTX,
+            dtype=torch.bfloat16, out_dtype=TORCH[out_dtype] if out_dtype else None,
+        )  # fmt: skip
+    finally:
+        native.kernels = kernels
+        torch.set_num_threads(threads)
+    got = lanes.merge("karcher", None, [to_lane(x) for x in xs], shared, per, "BF16", out_dtype)
+    got_t = from_lane(got).reshape(want.shape)
+    assert same_bits(got_t, want), (out_dtype, (got_t != want).sum())
+
+
+@pytest.mark.parametrize("out_dtype", [None, *NAMES])
+@pytest.mark.parametrize("k", [2, 3, 5])
+def test_karcher_bf16_every_dtype_mix(out_dtype, k):
+    dtypes = ["BF16", "F32", "F16", "BF16", "BF16"]
+    check(models(k, (37, 64), dtypes, seed=k), out_dtype)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    rows=st.integers(1, 90),
+    cols=st.sampled_from([8, 24, 64, 72, 136]),
+    k=st.integers(2, 6),
+    spread=st.sampled_from([0.0, 0.01, 1.0, 100.0]),
+    max_iter=st.integers(1, 12),
+    seed=st.integers(0, 1000),
+)
+def test_karcher_bf16_random(rows, cols, k, spread, max_iter, seed):
+    """Any size of a multiple of 8 (the dot's block, vector and scalar tails), inputs equal
+    (every angle under tol: no step) or far apart, any number of iterations."""
+    check(models(k, (rows, cols), ["BF16"] * k, seed, spread), None, {"max_iter": max_iter})
+
+
+def test_karcher_bf16_opposite_inputs():
+    x = models(1, (16, 32), ["BF16"], seed=3)[0]
+    check([x, -x, x], "F32")
+
+
+def _dot_avx2(x: np.ndarray, y: np.ndarray) -> float:
+    """torch.dot of two bf16 vectors in its AVX2 form, written out (csrc/merge_karcher16.c)."""
+    n, f = x.size, np.float32
+    xs, ys = x.astype(np.float32), y.astype(np.float32)
+    acc = np.zeros((8, 8), np.float32)
+    blocks, vecs = n & ~63, n & ~15
+    for j in range(0, blocks, 64):
+        for r in range(8):
+            for lane in range(8):
+                e = j + 8 * r + lane
+                acc[r, lane] = f(acc[r, lane] + xs[e] * ys[e])  # the product is exact
+    for off in (4, 2, 1):
+        for r in range(off):
+            acc[r] = acc[r] + acc[r + off]
+
+    def reduce8(v):
+        return f((f(v[0] + v[4]) + f(v[2] + v[6])) + (f(v[1] + v[5]) + f(v[3] + v[7])))
+
+    total = reduce8(acc[0])
+    tail = np.zeros(8, np.float32)
+    for j in range(blocks, vecs, 16):
+        for half in (0, 8):
+            for lane in range(8):
+                tail[lane] = f(tail[lane] + xs[j + half + lane] * ys[j + half + lane])
+    total = f(total + reduce8(tail))
+    for j in range(vecs, n):
+        total = f(total + f(xs[j] * ys[j]))
+    return float(total)
+
+
+def _widen(bits: np.ndarray) -> np.ndarray:
+    return (bits.astype(np.uint32) << 16).view(np.float32)
+
+
+def _cancelling(n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Vectors whose dot product depends on the order of its sum: large values that cancel
+    between small ones."""
+    a = torch.randn(n, generator=g)
+    m = (n // 8) // 2 * 2
+    if m:
+        big = torch.exp2(torch.randint(10, 22, (m // 2,), generator=g).float())
+        a[torch.randperm(n, generator=g)[:m]] = torch.cat([big, -big])[
+            torch.randperm(m, generator=g)
+        ]
+    b = torch.ones(n) if n % 2 else torch.rand(n, generator=g) + 0.5
+    return a.bfloat16(), b.bfloat16()
+
+
+def test_karcher16_dot_order():
+    """The kernel's sum is the AVX2 form above, to the bit, for every kind of tail; and, where
+    torch runs that form, torch.dot's own result (which the naive order misses)."""
+    g = torch.Generator().manual_seed(7)
+    naive_misses = 0
+    sizes = torch.randint(140, 5000, (60,), generator=g).tolist()
+    for n in [*range(1, 140), 255, 256, 257, 1000, 4099, *sizes]:
+        a, b = _cancelling(n, g)
+        x, y = to_lane(a), to_lane(b)
+        got = native.kernels.karcher16_dot(x, y)
+        want = _dot_avx2(_widen(x), _widen(y))
+        assert np.float32(got).view(np.uint32) == np.float32(want).view(np.uint32), n
+        if AVX2:
+            torch_dot = torch.dot(a, b).float().item()
+            assert bf16(got) == torch_dot or (np.isnan(got) and np.isnan(torch_dot)), n
+            naive = np.cumsum((a.float() * b.float()).numpy(), dtype=np.float32)[-1]
+            naive_misses += bf16(float(naive)) != torch_dot
+    assert not AVX2 or naive_misses > 20  # the data tell orders apart
+
+
+def test_karcher_bf16_reasons(monkeypatch):
+    shared, per = validate(get_method("karcher"), {}, [{}] * 3, has_base=False)
+    assert "multiple of 8" in lanes.reason("karcher", "BF16", shared, per, 60)
+    assert "F16 compute" in lanes.reason("karcher", "F16", shared, per, 64)
+    lane_karcher16.torch_runs_avx2.cache_clear()
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "default")
+    try:
+        assert "AVX2" in lanes.reason("karcher", "BF16", shared, per, 64)
+    finally:
+        monkeypatch.delenv("ATEN_CPU_CAPABILITY")
+        lane_karcher16.torch_runs_avx2.cache_clear()
+    assert (lanes.reason("karcher", "BF16", shared, per, 64) is None) == AVX2
