@@ -72,7 +72,8 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
         (
             "karcher16_norm",
             "karcher16_scale",
-            "karcher16_axpy",
+            "karcher16_first",
+            "karcher16_dots",
             "karcher16_dot",
             "karcher16_tangent",
             "karcher16_update",

@@ -37,43 +37,106 @@ HOT static void k16_scale(uint16_t *out, const uint16_t *x, Py_ssize_t n, float 
     for (Py_ssize_t j = 0; j < n; j++) out[j] = rne16_nan(bf16_to_f32(x[j]) / d);
 }
 
-/* acc = r16(acc + r16(u * a)). */
-HOT static void k16_axpy(uint16_t *acc, const uint16_t *u, Py_ssize_t n, float a) {
-    for (Py_ssize_t j = 0; j < n; j++)
-        acc[j] = rne16_nan(bf16_to_f32(acc[j]) + r16(bf16_to_f32(u[j]) * a));
-}
-
 /* torch's vec_reduce_all over one AVX2 vector of eight floats. */
 static inline float reduce8(const float *v) {
     float a0 = v[0] + v[4], a1 = v[1] + v[5], a2 = v[2] + v[6], a3 = v[3] + v[7];
     return (a0 + a2) + (a1 + a3);
 }
 
-/* torch.dot(x, y) of two bf16 vectors, in fp32 (the caller rounds it to bf16). */
-HOT static float k16_dot(const uint16_t *x, const uint16_t *y, Py_ssize_t n) {
-    float acc[8][8];
-    memset(acc, 0, sizeof acc);
-    Py_ssize_t blocks = n & ~(Py_ssize_t)63, vecs = n & ~(Py_ssize_t)15;
-    for (Py_ssize_t j = 0; j < blocks; j += 64)
+/* torch.dot of two bf16 vectors, fed in order (tile by tile). */
+typedef struct {
+    Py_ssize_t blocks, vecs; /* ends of the 64-element blocks and of the 16-element vectors */
+    float acc[8][8], tail[8], rest[16];
+    int nrest;
+} Dot16;
+
+static void dot16_init(Dot16 *d, Py_ssize_t n) {
+    memset(d, 0, sizeof *d);
+    d->blocks = n & ~(Py_ssize_t)63;
+    d->vecs = n & ~(Py_ssize_t)15;
+}
+
+/* Elements s .. s + m of both vectors (s a multiple of 64: a tile's start). */
+HOT static void dot16_feed(Dot16 *d, const uint16_t *x, const uint16_t *y, Py_ssize_t s,
+                           Py_ssize_t m) {
+    Py_ssize_t j = s, end = s + m;
+    for (; j + 64 <= end && j < d->blocks; j += 64)
         for (int r = 0; r < 8; r++)
             for (int l = 0; l < 8; l++) {
                 Py_ssize_t e = j + 8 * r + l;
-                acc[r][l] = acc[r][l] + bf16_to_f32(x[e]) * bf16_to_f32(y[e]);
+                d->acc[r][l] = d->acc[r][l] + bf16_to_f32(x[e - s]) * bf16_to_f32(y[e - s]);
             }
+    for (; j + 16 <= end && j < d->vecs; j += 16)
+        for (int h = 0; h < 16; h += 8)
+            for (int l = 0; l < 8; l++)
+                d->tail[l] = d->tail[l] + bf16_to_f32(x[j - s + h + l]) * bf16_to_f32(y[j - s + h + l]);
+    for (; j < end; j++) d->rest[d->nrest++] = bf16_to_f32(x[j - s]) * bf16_to_f32(y[j - s]);
+}
+
+static float dot16_end(Dot16 *d) {
     for (int off = 4; off >= 1; off /= 2)
         for (int r = 0; r < off; r++)
-            for (int l = 0; l < 8; l++) acc[r][l] = acc[r][l] + acc[r + off][l];
-    float sum = reduce8(acc[0]);
-    float tail[8] = {0};
-    for (Py_ssize_t j = blocks; j < vecs; j += 16) {
-        for (int l = 0; l < 8; l++)
-            tail[l] = tail[l] + bf16_to_f32(x[j + l]) * bf16_to_f32(y[j + l]);
-        for (int l = 0; l < 8; l++)
-            tail[l] = tail[l] + bf16_to_f32(x[j + 8 + l]) * bf16_to_f32(y[j + 8 + l]);
-    }
-    sum = sum + reduce8(tail);
-    for (Py_ssize_t j = vecs; j < n; j++) sum = sum + bf16_to_f32(x[j]) * bf16_to_f32(y[j]);
+            for (int l = 0; l < 8; l++) d->acc[r][l] = d->acc[r][l] + d->acc[r + off][l];
+    float sum = reduce8(d->acc[0]);
+    sum = sum + reduce8(d->tail);
+    for (int i = 0; i < d->nrest; i++) sum = sum + d->rest[i];
     return sum;
+}
+
+/* torch.dot(x, y) of two bf16 vectors, in fp32 (the caller rounds it to bf16). */
+static float k16_dot(const uint16_t *x, const uint16_t *y, Py_ssize_t n) {
+    Dot16 d;
+    dot16_init(&d, n);
+    for (Py_ssize_t s = 0; s < n; s += TILE) {
+        Py_ssize_t m = n - s < TILE ? n - s : TILE;
+        dot16_feed(&d, x + s, y + s, s, m);
+    }
+    return dot16_end(&d);
+}
+
+/* mean = r16(mean / d) first when divide (the rescale of the previous step), then dots[i] =
+ * torch.dot(mean, u_i) for each input, in one pass over the mean. */
+HOT static void k16_dots(uint16_t *mean, int divide, float d, const uint16_t **u, Py_ssize_t k,
+                         Py_ssize_t n, float *dots) {
+    Dot16 *st = PyMem_RawMalloc((size_t)(k ? k : 1) * sizeof(Dot16));
+    if (!st) {
+        for (Py_ssize_t i = 0; i < k; i++) dots[i] = NAN; /* the caller checks */
+        return;
+    }
+    for (Py_ssize_t i = 0; i < k; i++) dot16_init(&st[i], n);
+    for (Py_ssize_t s = 0; s < n; s += TILE) {
+        Py_ssize_t m = n - s < TILE ? n - s : TILE;
+        if (divide)
+            for (Py_ssize_t j = 0; j < m; j++) mean[s + j] = rne16_nan(bf16_to_f32(mean[s + j]) / d);
+        for (Py_ssize_t i = 0; i < k; i++) dot16_feed(&st[i], mean + s, u[i] + s, s, m);
+    }
+    for (Py_ssize_t i = 0; i < k; i++) dots[i] = dot16_end(&st[i]);
+    PyMem_RawFree(st);
+}
+
+/* units_i = r16(x_i / norm_i) and mean = 0 + r16(u_0 * a_0) + r16(u_1 * a_1) + ..., each sum
+ * rounded, in one pass; returns |mean|. */
+HOT static float k16_first(uint16_t **units, const uint16_t **x, const float *norms,
+                           const float *a, Py_ssize_t k, uint16_t *mean, Py_ssize_t n) {
+    Norm q;
+    norm_init(&q, n);
+    float acc[TILE];
+    for (Py_ssize_t s = 0; s < n; s += TILE) {
+        Py_ssize_t m = n - s < TILE ? n - s : TILE;
+        for (Py_ssize_t j = 0; j < m; j++) acc[j] = 0.0f;
+        for (Py_ssize_t i = 0; i < k; i++) {
+            const uint16_t *xi = x[i] + s;
+            uint16_t *ui = units[i] + s;
+            const float ni = norms[i], ai = a[i];
+            for (Py_ssize_t j = 0; j < m; j++) {
+                ui[j] = rne16_nan(bf16_to_f32(xi[j]) / ni);
+                acc[j] = bf16_to_f32(rne16_nan(acc[j] + r16(bf16_to_f32(ui[j]) * ai)));
+            }
+        }
+        for (Py_ssize_t j = 0; j < m; j++) mean[s + j] = rne16_nan(acc[j]);
+        norm_feed(&q, acc, s, m);
+    }
+    return norm_end(&q);
 }
 
 /* tangent = 0 + sum_i r16(f_i * r16(u_i - r16(c_i * mean))), each sum rounded, in input
@@ -140,6 +203,100 @@ static int get_bf16(PyObject *o, Py_ssize_t *n, int writable, Buf *b, const char
     return get_fmt_buf(o, FMT_BF16, n, writable, b, what);
 }
 
+/* A sequence of bf16 arrays of n elements into bufs/ptrs (k set to how many were taken, so the
+ * caller releases them on any return). */
+static int get_bf16_list(PyObject *seq, Py_ssize_t *n, int writable, Buf *bufs, uint16_t **ptrs,
+                         Py_ssize_t *k, const char *what) {
+    *k = 0;
+    PyObject *fast = PySequence_Fast(seq, "expected a sequence of bf16 arrays");
+    if (!fast) return -1;
+    Py_ssize_t len = PySequence_Fast_GET_SIZE(fast);
+    if (len > K16_MAX) {
+        Py_DECREF(fast);
+        PyErr_Format(PyExc_ValueError, "at most %d %s", K16_MAX, what);
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < len; i++) {
+        if (get_bf16(PySequence_Fast_GET_ITEM(fast, i), n, writable, &bufs[i], what) < 0) {
+            Py_DECREF(fast);
+            return -1;
+        }
+        ptrs[i] = bufs[i].view.buf;
+        *k = i + 1;
+    }
+    Py_DECREF(fast);
+    return 0;
+}
+
+static void release_bufs(Buf *bufs, Py_ssize_t k) {
+    for (Py_ssize_t i = 0; i < k; i++) release(&bufs[i]);
+}
+
+static PyObject *floats_to_list(const float *v, Py_ssize_t k) {
+    PyObject *list = PyList_New(k);
+    if (!list) return NULL;
+    for (Py_ssize_t i = 0; i < k; i++) {
+        PyObject *f = PyFloat_FromDouble(v[i]);
+        if (!f) {
+            Py_DECREF(list);
+            return NULL;
+        }
+        PyList_SET_ITEM(list, i, f);
+    }
+    return list;
+}
+
+/* karcher16_first(units_out, inputs, norms, weights, mean_out) -> |mean| */
+PyObject *py_karcher16_first(PyObject *self, PyObject *args) {
+    PyObject *u_o, *x_o, *n_o, *a_o, *m_o;
+    if (!PyArg_ParseTuple(args, "OOOOO", &u_o, &x_o, &n_o, &a_o, &m_o)) return NULL;
+    Py_ssize_t n = -1, ku = 0, kx = 0;
+    Buf m, ub[K16_MAX], xb[K16_MAX];
+    uint16_t *u[K16_MAX], *x[K16_MAX];
+    float norms[K16_MAX], a[K16_MAX];
+    if (get_bf16(m_o, &n, 1, &m, "mean") < 0) return NULL;
+    int ok = get_bf16_list(u_o, &n, 1, ub, u, &ku, "units") == 0 &&
+             get_bf16_list(x_o, &n, 0, xb, x, &kx, "inputs") == 0;
+    if (ok && ku != kx) {
+        PyErr_SetString(PyExc_ValueError, "one unit array per input");
+        ok = 0;
+    }
+    ok = ok && get_floats(n_o, norms, kx) == 0 && get_floats(a_o, a, kx) == 0;
+    float r = 0.0f;
+    if (ok) {
+        Py_BEGIN_ALLOW_THREADS
+        r = k16_first(u, (const uint16_t **)x, norms, a, kx, m.view.buf, n);
+        Py_END_ALLOW_THREADS
+    }
+    release_bufs(xb, kx);
+    release_bufs(ub, ku);
+    release(&m);
+    return ok ? PyFloat_FromDouble(r) : NULL;
+}
+
+/* karcher16_dots(mean, d or None, units) -> [torch.dot(mean, u_i)]: mean /= d first if given */
+PyObject *py_karcher16_dots(PyObject *self, PyObject *args) {
+    PyObject *m_o, *d_o, *u_o;
+    if (!PyArg_ParseTuple(args, "OOO", &m_o, &d_o, &u_o)) return NULL;
+    double d = 1.0;
+    int divide = d_o != Py_None;
+    if (divide && (d = PyFloat_AsDouble(d_o)) == -1.0 && PyErr_Occurred()) return NULL;
+    Py_ssize_t n = -1, k = 0;
+    Buf m, ub[K16_MAX];
+    uint16_t *u[K16_MAX];
+    float dots[K16_MAX];
+    if (get_bf16(m_o, &n, 1, &m, "mean") < 0) return NULL;
+    int ok = get_bf16_list(u_o, &n, 0, ub, u, &k, "units") == 0;
+    if (ok) {
+        Py_BEGIN_ALLOW_THREADS
+        k16_dots(m.view.buf, divide, (float)d, (const uint16_t **)u, k, n, dots);
+        Py_END_ALLOW_THREADS
+    }
+    release_bufs(ub, k);
+    release(&m);
+    return ok ? floats_to_list(dots, k) : NULL;
+}
+
 /* karcher16_norm(x) -> |x| */
 PyObject *py_karcher16_norm(PyObject *self, PyObject *args) {
     PyObject *x_o;
@@ -175,26 +332,6 @@ PyObject *py_karcher16_scale(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-/* karcher16_axpy(acc, u, a): acc = acc + u * a */
-PyObject *py_karcher16_axpy(PyObject *self, PyObject *args) {
-    PyObject *acc_o, *u_o;
-    double a;
-    if (!PyArg_ParseTuple(args, "OOd", &acc_o, &u_o, &a)) return NULL;
-    Py_ssize_t n = -1;
-    Buf acc, u;
-    if (get_bf16(acc_o, &n, 1, &acc, "acc") < 0) return NULL;
-    if (get_bf16(u_o, &n, 0, &u, "u") < 0) {
-        release(&acc);
-        return NULL;
-    }
-    Py_BEGIN_ALLOW_THREADS
-    k16_axpy(acc.view.buf, u.view.buf, n, (float)a);
-    Py_END_ALLOW_THREADS
-    release(&u);
-    release(&acc);
-    Py_RETURN_NONE;
-}
-
 /* karcher16_dot(x, y) -> torch.dot(x, y) before its rounding to bf16 */
 PyObject *py_karcher16_dot(PyObject *self, PyObject *args) {
     PyObject *x_o, *y_o;
@@ -219,39 +356,24 @@ PyObject *py_karcher16_dot(PyObject *self, PyObject *args) {
 PyObject *py_karcher16_tangent(PyObject *self, PyObject *args) {
     PyObject *t_o, *m_o, *u_o, *f_o, *c_o;
     if (!PyArg_ParseTuple(args, "OOOOO", &t_o, &m_o, &u_o, &f_o, &c_o)) return NULL;
-    Py_ssize_t n = -1;
+    Py_ssize_t n = -1, k = 0;
     Buf t, m, ub[K16_MAX];
-    const uint16_t *u[K16_MAX];
+    uint16_t *u[K16_MAX];
     float f[K16_MAX], c[K16_MAX];
-    Py_ssize_t k = 0;
     if (get_bf16(t_o, &n, 1, &t, "tangent") < 0) return NULL;
     if (get_bf16(m_o, &n, 0, &m, "mean") < 0) {
         release(&t);
         return NULL;
     }
-    PyObject *fast = PySequence_Fast(u_o, "units: a sequence of bf16 arrays");
-    int ok = fast != NULL;
-    if (ok && PySequence_Fast_GET_SIZE(fast) > K16_MAX) {
-        PyErr_Format(PyExc_ValueError, "at most %d units", K16_MAX);
-        ok = 0;
-    }
-    for (Py_ssize_t i = 0; ok && i < PySequence_Fast_GET_SIZE(fast); i++) {
-        if (get_bf16(PySequence_Fast_GET_ITEM(fast, i), &n, 0, &ub[i], "units") < 0) {
-            ok = 0;
-            break;
-        }
-        u[i] = ub[i].view.buf;
-        k = i + 1;
-    }
-    if (ok && (get_floats(f_o, f, k) < 0 || get_floats(c_o, c, k) < 0)) ok = 0;
+    int ok = get_bf16_list(u_o, &n, 0, ub, u, &k, "units") == 0 &&
+             get_floats(f_o, f, k) == 0 && get_floats(c_o, c, k) == 0;
     float r = 0.0f;
     if (ok) {
         Py_BEGIN_ALLOW_THREADS
-        r = k16_tangent(t.view.buf, m.view.buf, u, f, c, k, n);
+        r = k16_tangent(t.view.buf, m.view.buf, (const uint16_t **)u, f, c, k, n);
         Py_END_ALLOW_THREADS
     }
-    for (Py_ssize_t i = 0; i < k; i++) release(&ub[i]);
-    Py_XDECREF(fast);
+    release_bufs(ub, k);
     release(&m);
     release(&t);
     return ok ? PyFloat_FromDouble(r) : NULL;

@@ -112,8 +112,11 @@ static PyMethodDef methods[] = {
     {"karcher16_norm", py_karcher16_norm, METH_VARARGS, "karcher16_norm(x_bf16) -> |x| in fp32"},
     {"karcher16_scale", py_karcher16_scale, METH_VARARGS,
      "karcher16_scale(out_bf16, x_bf16, d): out = x / d in bf16"},
-    {"karcher16_axpy", py_karcher16_axpy, METH_VARARGS,
-     "karcher16_axpy(acc_bf16, u_bf16, a): acc = acc + u * a in bf16"},
+    {"karcher16_first", py_karcher16_first, METH_VARARGS,
+     "karcher16_first(units_out, inputs, norms, weights, mean_out) -> |mean|: the unit vectors "
+     "and their weighted sum, in bf16"},
+    {"karcher16_dots", py_karcher16_dots, METH_VARARGS,
+     "karcher16_dots(mean, d or None, units) -> [torch.dot(mean, u_i)], mean /= d first"},
     {"karcher16_dot", py_karcher16_dot, METH_VARARGS,
      "karcher16_dot(x_bf16, y_bf16) -> torch.dot in fp32, before its rounding to bf16"},
     {"karcher16_tangent", py_karcher16_tangent, METH_VARARGS,

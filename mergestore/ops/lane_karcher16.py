@@ -92,26 +92,26 @@ def _merge(
         return None
     total = sum(alphas[i] for i in live)
     weights = [alphas[i] / total for i in live]
-    units = []
-    for i in live:  # x / |x| (a live norm is not 0)
-        u = _empty(n)
-        _scale(u, xs[i], float(norms[i]))
-        units.append(u)
+    units = [_empty(n) for _ in live]
     mean = _empty(n)
-    mean.fill(0)
-    for a, u in zip(weights, units, strict=True):
-        kernels.karcher16_axpy(mean, u, float(f32(a)))
-    mean_norm = f32(kernels.karcher16_norm(mean))
+    mean_norm = f32(
+        kernels.karcher16_first(
+            units, [xs[i] for i in live], [float(norms[i]) for i in live],
+            [float(f32(a)) for a in weights], mean,
+        )
+    )  # fmt: skip
+    pending: float | None = None  # a division of the mean not done yet: the next pass does it
     if float(mean_norm) < tol:
         mean[:] = units[0]
     else:
-        _scale(mean, mean, float(mean_norm))
+        pending = float(mean_norm)
     tangent = _empty(n)
     for _ in range(max_iter):
+        dots = kernels.karcher16_dots(mean, pending, units)
+        pending = None
         chosen, factors, cosines = [], [], []
-        for a, u in zip(weights, units, strict=True):
-            c = _r16(kernels.karcher16_dot(mean, u))
-            c = min(max(c, f32(-1.0)), f32(1.0))
+        for a, u, d in zip(weights, units, dots, strict=True):
+            c = min(max(_r16(d), f32(-1.0)), f32(1.0))
             theta = f32(lm.func(lm.ACOS, float(c), "BF16"))
             if float(theta) < tol:
                 continue
@@ -128,7 +128,9 @@ def _merge(
         cos, sin = (_r16(lm.func(op, float(step), "F32")) for op in (lm.COS, lm.SIN))
         size = f32(kernels.karcher16_update(mean, tangent, float(cos), float(sin), float(step)))
         if float(size) > tol:
-            _scale(mean, mean, float(size))
+            pending = float(size)
+    if pending is not None:
+        _scale(mean, mean, pending)
     scale = f32(0.0)  # sum(a * norm): from the int 0, each term an fp32 product
     for a, v in zip(alphas, norms, strict=True):
         scale = scale + f32(a) * v

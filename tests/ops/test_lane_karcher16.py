@@ -168,3 +168,18 @@ def test_karcher_bf16_reasons(monkeypatch):
         monkeypatch.delenv("ATEN_CPU_CAPABILITY")
         lane_karcher16.torch_runs_avx2.cache_clear()
     assert (lanes.reason("karcher", "BF16", shared, per, 64) is None) == AVX2
+
+
+def test_karcher16_division_is_torch_division():
+    """Every bf16 value divided by divisors of every kind (zero, infinities, NaN, subnormal,
+    huge): torch's bits, the fp32 divisor kept as a second operand keeps it."""
+    x = torch.arange(65536, dtype=torch.int32).to(torch.int16).view(torch.bfloat16)
+    g = torch.Generator().manual_seed(0)
+    spread = torch.randn(200, generator=g) * torch.exp2(torch.randint(-60, 60, (200,), generator=g))
+    special = [1.0, 2.0, 3.0, 0.1, -2.5, 1e-30, 1e30, 3e38, 1.2e-38, 1e-45, 0.0, -0.0]
+    special += [float("inf"), float("-inf"), float("nan")]
+    for d in [*special, *spread.tolist()]:
+        want = x / torch.tensor(d, dtype=torch.float32)  # a second operand keeps its fp32 value
+        got = np.empty(65536, dtype=np.uint16)
+        native.kernels.karcher16_scale(got, to_lane(x), float(np.float32(d)))
+        assert same_bits(from_lane(got), want), d
