@@ -63,6 +63,16 @@ def _store(tiny_family, tmp_path):
     return store_dir
 
 
+def _same_as_torch_path(cli, base, store_dir, monkeypatch) -> None:
+    """The same merge with the lane off (MERGESTORE_TORCH_FREE=0) commits the same tree."""
+    monkeypatch.setenv("MERGESTORE_TORCH_FREE", "0")
+    slow = cli(*base, "-b", "slow", "--force")
+    assert slow.code == 0, slow.err
+    store = Store.open(store_dir)
+    assert store.get_commit("fast").tree == store.get_commit("slow").tree
+    store.close()
+
+
 CASES = [(m, d) for m in ("slerp", "nuslerp", "multislerp") for d in DTYPES] + [
     ("karcher", DTYPES[0]),
     ("karcher", {"dtype": "float32"}),
@@ -85,12 +95,7 @@ def test_cli_merge_on_the_lane_equals_torch(
         assert "sdot" in lanes["notes"]["karcher_dots"]
     else:
         assert "notes" not in lanes
-    monkeypatch.setenv("MERGESTORE_TORCH_FREE", "0")
-    slow = cli(*base, "-b", "slow", "--force")
-    assert slow.code == 0, slow.err
-    store = Store.open(store_dir)
-    assert store.get_commit("fast").tree == store.get_commit("slow").tree
-    store.close()
+    _same_as_torch_path(cli, base, store_dir, monkeypatch)
 
 
 def test_cli_karcher_bf16(tiny_family, tmp_path, cli, monkeypatch):
@@ -107,12 +112,7 @@ def test_cli_karcher_bf16(tiny_family, tmp_path, cli, monkeypatch):
         assert lanes["torch"] == 0 and lanes["torch_free"] > 0 and "notes" not in lanes, lanes
     else:
         assert lanes["torch_free"] == 0 and all("AVX2" in r for r in lanes["torch_reasons"])
-    monkeypatch.setenv("MERGESTORE_TORCH_FREE", "0")
-    slow = cli(*base, "-b", "slow", "--force")
-    assert slow.code == 0, slow.err
-    store = Store.open(store_dir)
-    assert store.get_commit("fast").tree == store.get_commit("slow").tree
-    store.close()
+    _same_as_torch_path(cli, base, store_dir, monkeypatch)
 
 
 def test_cli_merges_never_import_torch(tiny_family, tmp_path) -> None:
