@@ -96,7 +96,7 @@ def instrument() -> None:
     E._load_named = on_thread("read+decode+verify", E._load_named)
     E._merge = on_thread("kernel", E._merge)
     E._prepare_output = on_thread("hash+encode (+folder)", E._prepare_output)
-    E._commit = on_thread("pack append", E._commit)
+    E._keep = on_thread("pack append", E._keep)
     outfolder.FolderOutput.put = on_thread("folder pwrite", outfolder.FolderOutput.put)
     packs.PackAppender.sync = phase("pack fsync", packs.PackAppender.sync)
     repo.WriteSession.publish = phase("publish (fsync + LMDB)", repo.WriteSession.publish)
