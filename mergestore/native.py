@@ -74,7 +74,6 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
             "karcher16_scale",
             "karcher16_first",
             "karcher16_dots",
-            "karcher16_dot",
             "karcher16_tangent",
             "karcher16_update",
             "karcher16_out",

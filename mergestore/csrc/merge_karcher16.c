@@ -69,7 +69,8 @@ HOT static void dot16_feed(Dot16 *d, const uint16_t *x, const uint16_t *y, Py_ss
     for (; j + 16 <= end && j < d->vecs; j += 16)
         for (int h = 0; h < 16; h += 8)
             for (int l = 0; l < 8; l++)
-                d->tail[l] = d->tail[l] + bf16_to_f32(x[j - s + h + l]) * bf16_to_f32(y[j - s + h + l]);
+                d->tail[l] = d->tail[l] +
+                             bf16_to_f32(x[j - s + h + l]) * bf16_to_f32(y[j - s + h + l]);
     for (; j < end; j++) d->rest[d->nrest++] = bf16_to_f32(x[j - s]) * bf16_to_f32(y[j - s]);
 }
 
@@ -83,35 +84,20 @@ static float dot16_end(Dot16 *d) {
     return sum;
 }
 
-/* torch.dot(x, y) of two bf16 vectors, in fp32 (the caller rounds it to bf16). */
-static float k16_dot(const uint16_t *x, const uint16_t *y, Py_ssize_t n) {
-    Dot16 d;
-    dot16_init(&d, n);
-    for (Py_ssize_t s = 0; s < n; s += TILE) {
-        Py_ssize_t m = n - s < TILE ? n - s : TILE;
-        dot16_feed(&d, x + s, y + s, s, m);
-    }
-    return dot16_end(&d);
-}
-
 /* mean = r16(mean / d) first when divide (the rescale of the previous step), then dots[i] =
  * torch.dot(mean, u_i) for each input, in one pass over the mean. */
 HOT static void k16_dots(uint16_t *mean, int divide, float d, const uint16_t **u, Py_ssize_t k,
                          Py_ssize_t n, float *dots) {
-    Dot16 *st = PyMem_RawMalloc((size_t)(k ? k : 1) * sizeof(Dot16));
-    if (!st) {
-        for (Py_ssize_t i = 0; i < k; i++) dots[i] = NAN; /* the caller checks */
-        return;
-    }
+    Dot16 st[K16_MAX];
     for (Py_ssize_t i = 0; i < k; i++) dot16_init(&st[i], n);
     for (Py_ssize_t s = 0; s < n; s += TILE) {
         Py_ssize_t m = n - s < TILE ? n - s : TILE;
         if (divide)
-            for (Py_ssize_t j = 0; j < m; j++) mean[s + j] = rne16_nan(bf16_to_f32(mean[s + j]) / d);
+            for (Py_ssize_t j = 0; j < m; j++)
+                mean[s + j] = rne16_nan(bf16_to_f32(mean[s + j]) / d);
         for (Py_ssize_t i = 0; i < k; i++) dot16_feed(&st[i], mean + s, u[i] + s, s, m);
     }
     for (Py_ssize_t i = 0; i < k; i++) dots[i] = dot16_end(&st[i]);
-    PyMem_RawFree(st);
 }
 
 /* units_i = r16(x_i / norm_i) and mean = 0 + r16(u_0 * a_0) + r16(u_1 * a_1) + ..., each sum
@@ -330,26 +316,6 @@ PyObject *py_karcher16_scale(PyObject *self, PyObject *args) {
     release(&x);
     release(&out);
     Py_RETURN_NONE;
-}
-
-/* karcher16_dot(x, y) -> torch.dot(x, y) before its rounding to bf16 */
-PyObject *py_karcher16_dot(PyObject *self, PyObject *args) {
-    PyObject *x_o, *y_o;
-    if (!PyArg_ParseTuple(args, "OO", &x_o, &y_o)) return NULL;
-    Py_ssize_t n = -1;
-    Buf x, y;
-    if (get_bf16(x_o, &n, 0, &x, "x") < 0) return NULL;
-    if (get_bf16(y_o, &n, 0, &y, "y") < 0) {
-        release(&x);
-        return NULL;
-    }
-    float r;
-    Py_BEGIN_ALLOW_THREADS
-    r = k16_dot(x.view.buf, y.view.buf, n);
-    Py_END_ALLOW_THREADS
-    release(&y);
-    release(&x);
-    return PyFloat_FromDouble(r);
 }
 
 /* karcher16_tangent(tangent, mean, units, factors, cosines) -> |tangent| */

@@ -1,6 +1,6 @@
 /* Whole-tensor reductions in torch's order, and model_stock in fp32 and bf16 compute
- * (ops/model_stock.py) on inputs of any float format. Python side: mergestore/ops/lane_reduce.py; tests/ops/
- * test_lanes.py compares both with torch.
+ * (ops/model_stock.py) on inputs of any float format. Python side: mergestore/ops/lane_reduce.py;
+ * tests/ops/test_lanes.py compares both with torch.
  *
  * torch (2.x, CPU, one thread) reduces a contiguous fp32 tensor with its AVX2 kernels (also on
  * AVX-512 machines: these kernels are not built for AVX-512), in these orders (measured
@@ -21,15 +21,16 @@
 /* ------------------------------------------------------------------ model_stock, fp32 */
 
 #define MS_MAX 8 /* inputs per call: 8 norms and 28 pair products per tile */
+#define MS_PAIRS (MS_MAX * (MS_MAX - 1) / 2)
 
 /* The norms |o_i| and the pair dot products o_i . o_j (i < j, in order (0,1), (0,2), ...) of
  * the offsets o_i = x_i - base, each in torch's order. */
-HOT static void model_stock_stats32(const void *base, int base_fmt, const void **xs, const int *fmts,
-                                Py_ssize_t k, Py_ssize_t n, float *norms, float *dots) {
+HOT static void model_stock_stats32(const void *base, int base_fmt, const void **xs,
+                                    const int *fmts, Py_ssize_t k, Py_ssize_t n, float *norms,
+                                    float *dots) {
     float b[TILE], o[MS_MAX][TILE], p[TILE];
     Norm nq[MS_MAX];
-    Cascade *cs = PyMem_RawCalloc((size_t)(k * (k - 1) / 2 + 1), sizeof(Cascade));
-    if (!cs) return; /* the caller checks */
+    Cascade cs[MS_PAIRS];
     for (Py_ssize_t i = 0; i < k; i++) norm_init(&nq[i], n);
     for (Py_ssize_t q = 0; q < k * (k - 1) / 2; q++) cascade_init(&cs[q], n);
     for (Py_ssize_t s = 0; s < n; s += TILE) {
@@ -49,7 +50,6 @@ HOT static void model_stock_stats32(const void *base, int base_fmt, const void *
     }
     for (Py_ssize_t i = 0; i < k; i++) norms[i] = norm_end(&nq[i]);
     for (Py_ssize_t q = 0; q < k * (k - 1) / 2; q++) dots[q] = cascade_end(&cs[q]);
-    PyMem_RawFree(cs);
 }
 
 /* out = ((x_0 + 0 + x_1 + ... + x_k-1) / k) * t + one_minus_t * base, each step rounded to fp32
@@ -83,12 +83,12 @@ HOT static void model_stock_mix32(void *out, int out_fmt, const void *base, int 
  *   - the sum (SumKernel.cpp, bf16 loads): each 16-element vector is loaded as the sum of its
  *     two widened halves, p[16q + l] + p[16q + 8 + l], and those 8-lane vectors go through the
  *     fp32 cascade; the result rounded to bf16. */
-HOT static void model_stock_stats16(const void *base, int base_fmt, const void **xs, const int *fmts,
-                                Py_ssize_t k, Py_ssize_t n, float *norms, float *dots) {
+HOT static void model_stock_stats16(const void *base, int base_fmt, const void **xs,
+                                    const int *fmts, Py_ssize_t k, Py_ssize_t n, float *norms,
+                                    float *dots) {
     float b[TILE], o[MS_MAX][TILE], p[TILE], y[TILE / 2];
     Norm nq[MS_MAX];
-    Cascade *cs = PyMem_RawCalloc((size_t)(k * (k - 1) / 2 + 1), sizeof(Cascade));
-    if (!cs) return; /* the caller checks */
+    Cascade cs[MS_PAIRS];
     for (Py_ssize_t i = 0; i < k; i++) norm_init(&nq[i], n);
     for (Py_ssize_t q = 0; q < k * (k - 1) / 2; q++) cascade_init(&cs[q], n / 2);
     for (Py_ssize_t s = 0; s < n; s += TILE) {
@@ -111,7 +111,6 @@ HOT static void model_stock_stats16(const void *base, int base_fmt, const void *
     for (Py_ssize_t i = 0; i < k; i++) norms[i] = bf16_to_f32(rne16_nan(norm_end(&nq[i])));
     for (Py_ssize_t q = 0; q < k * (k - 1) / 2; q++)
         dots[q] = bf16_to_f32(rne16_nan(cascade_end(&cs[q])));
-    PyMem_RawFree(cs);
 }
 
 /* out = bf16 steps of model_stock's mix: acc = x_0 + 0, acc += x_i, acc /= k, acc *= t,

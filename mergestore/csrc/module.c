@@ -117,8 +117,6 @@ static PyMethodDef methods[] = {
      "and their weighted sum, in bf16"},
     {"karcher16_dots", py_karcher16_dots, METH_VARARGS,
      "karcher16_dots(mean, d or None, units) -> [torch.dot(mean, u_i)], mean /= d first"},
-    {"karcher16_dot", py_karcher16_dot, METH_VARARGS,
-     "karcher16_dot(x_bf16, y_bf16) -> torch.dot in fp32, before its rounding to bf16"},
     {"karcher16_tangent", py_karcher16_tangent, METH_VARARGS,
      "karcher16_tangent(tangent, mean, units, factors, cosines) -> |tangent|, in bf16"},
     {"karcher16_update", py_karcher16_update, METH_VARARGS,

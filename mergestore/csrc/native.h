@@ -340,7 +340,6 @@ PyObject *py_karcher16_norm(PyObject *self, PyObject *args);
 PyObject *py_karcher16_scale(PyObject *self, PyObject *args);
 PyObject *py_karcher16_first(PyObject *self, PyObject *args);
 PyObject *py_karcher16_dots(PyObject *self, PyObject *args);
-PyObject *py_karcher16_dot(PyObject *self, PyObject *args);
 PyObject *py_karcher16_tangent(PyObject *self, PyObject *args);
 PyObject *py_karcher16_update(PyObject *self, PyObject *args);
 PyObject *py_karcher16_out(PyObject *self, PyObject *args);

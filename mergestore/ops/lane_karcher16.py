@@ -62,7 +62,8 @@ def reason(numel: int | None) -> str | None:
 
 
 def _r16(x: float) -> f32:
-    return f32(lm.bf16(float(f32(x))))
+    """x rounded to bf16 as torch rounds a value to it (via fp32), as a float32 scalar."""
+    return f32(lm.rounded(x, "BF16"))
 
 
 def merge(
@@ -83,7 +84,7 @@ def _merge(
     kernels = native.kernels
     assert kernels is not None
     max_iter, tol = shared["max_iter"], shared["tol"]
-    xs = [_bf16(x) for x in inputs]
+    xs = [_as_bf16(x) for x in inputs]
     k, n = len(xs), xs[0].size
     alphas = [1.0 / k] * k
     norms = [f32(kernels.karcher16_norm(x)) for x in xs]
@@ -157,7 +158,7 @@ def _scale(out: np.ndarray, x: np.ndarray, d: float) -> None:
     _run_columns(columns, x.size)
 
 
-def _bf16(x: np.ndarray) -> np.ndarray:
+def _as_bf16(x: np.ndarray) -> np.ndarray:
     """x flattened as bf16 bits (rounded to bf16 if it is another format, as the twin's inputs
     are converted to the compute dtype)."""
     flat = np.ascontiguousarray(x).reshape(-1)

@@ -22,7 +22,7 @@ import numpy as np
 from mergestore import native
 from mergestore.ops.lane16 import _run_columns
 from mergestore.ops.lane_formats import FMT, format_of, out_array
-from mergestore.ops.lane_math import bf16 as bf16_scalar
+from mergestore.ops.lane_math import rounded
 
 MAX_INPUTS = 8
 F = np.float32
@@ -80,8 +80,8 @@ def interpolation(
 
 
 def _bf16(x: float) -> np.float32:
-    """x (an fp32 value) rounded to bf16, as a float32."""
-    return F(bf16_scalar(float(F(x))))
+    """x rounded to bf16 as torch rounds a value to it (via fp32), as a float32 scalar."""
+    return F(rounded(x, "BF16"))
 
 
 def model_stock(
