@@ -19,57 +19,74 @@ static inline uint64_t mulhilo64(uint64_t a, uint64_t b, uint64_t *hi) {
     return (uint64_t)p;
 }
 
-/* LANES blocks at once: the rounds of one block are a chain of dependent multiplies, so
- * independent blocks side by side keep the multiplier busy (about 4x the throughput). */
+/* Blocks of four 64-bit words per group of 64 uniforms (the AVX-512 path's 8 lanes). */
 #define PHILOX_LANES 8
 
-static inline void philox4x64_10_lanes(uint64_t c0[PHILOX_LANES], uint64_t c1[PHILOX_LANES],
-                                       uint64_t c2[PHILOX_LANES], uint64_t c3[PHILOX_LANES],
-                                       uint64_t k0, uint64_t k1) {
-    for (int r = 0; r < 10; r++) {
-        if (r > 0) {
-            k0 += 0x9E3779B97F4A7C15ULL;
-            k1 += 0xBB67AE8584CAA73BULL;
-        }
-        for (int l = 0; l < PHILOX_LANES; l++) {
-            uint64_t hi0, hi1;
-            uint64_t lo0 = mulhilo64(0xD2E7470EE14C6C93ULL, c0[l], &hi0);
-            uint64_t lo1 = mulhilo64(0xCA5A826395121157ULL, c2[l], &hi1);
-            uint64_t n0 = hi1 ^ c1[l] ^ k0, n2 = hi0 ^ c3[l] ^ k1;
-            c0[l] = n0;
-            c1[l] = lo1;
-            c2[l] = n2;
-            c3[l] = lo0;
-        }
+/* A block's four output words as 8 uniforms: each 64-bit word gives two 32-bit
+ * words, low half first; u = (word >> 8) * 2^-24. */
+static inline ALWAYS_INLINE void philox_floats(const uint64_t w[4], float u[8]) {
+    for (int i = 0; i < 4; i++) {
+        u[2 * i] = (float)((uint32_t)w[i] >> 8) * (1.0f / 16777216.0f);
+        u[2 * i + 1] = (float)((uint32_t)(w[i] >> 32) >> 8) * (1.0f / 16777216.0f);
     }
 }
 
-/* The next PHILOX_LANES blocks of the stream (counter `ctr`, advanced) as 8 * PHILOX_LANES
- * uniforms u = (word >> 8) * 2^-24 in stream order. */
-static inline ALWAYS_INLINE void philox_uniforms(uint64_t ctr[4], uint64_t k0, uint64_t k1,
-                                                 float u[8 * PHILOX_LANES]) {
-    uint64_t c0[PHILOX_LANES], c1[PHILOX_LANES], c2[PHILOX_LANES], c3[PHILOX_LANES];
-    for (int l = 0; l < PHILOX_LANES; l++) { /* the next counters, with carries */
-        if (++ctr[0] == 0 && ++ctr[1] == 0 && ++ctr[2] == 0) ++ctr[3];
-        c0[l] = ctr[0], c1[l] = ctr[1], c2[l] = ctr[2], c3[l] = ctr[3];
+/* The round keys: k0 and k1 plus r times the Weyl constants, r = 0 .. 9. */
+static inline void philox_keys(uint64_t k0, uint64_t k1, uint64_t ks0[10], uint64_t ks1[10]) {
+    for (int r = 0; r < 10; r++) {
+        ks0[r] = k0 + (uint64_t)r * 0x9E3779B97F4A7C15ULL;
+        ks1[r] = k1 + (uint64_t)r * 0xBB67AE8584CAA73BULL;
     }
-    philox4x64_10_lanes(c0, c1, c2, c3, k0, k1);
-    for (int l = 0; l < PHILOX_LANES; l++) {
-        uint64_t w[4] = {c0[l], c1[l], c2[l], c3[l]};
-        for (int i = 0; i < 4; i++) {
-            u[8 * l + 2 * i] = (float)((uint32_t)w[i] >> 8) * (1.0f / 16777216.0f);
-            u[8 * l + 2 * i + 1] = (float)((uint32_t)(w[i] >> 32) >> 8) * (1.0f / 16777216.0f);
+}
+
+/* L blocks at once, counters c0 .. c0 + L - 1 in the low word, their words into
+ * u in stream order. The rounds of one block are a chain of dependent multiplies; three blocks
+ * side by side keep the multiplier busy and still fit the registers (eight spilled to the
+ * stack and ran at half the speed on a Zen 1: the loads and stores, not the multiplies). */
+static inline ALWAYS_INLINE void philox_blocks(uint64_t c0, const uint64_t ctr[4],
+                                               const uint64_t ks0[10], const uint64_t ks1[10],
+                                               float *u, const int L) {
+    uint64_t a[3], b[3], c[3], d[3];
+    for (int l = 0; l < L; l++) a[l] = c0 + (uint64_t)l, b[l] = ctr[1], c[l] = ctr[2], d[l] = ctr[3];
+    for (int r = 0; r < 10; r++) {
+        const uint64_t x0 = ks0[r], x1 = ks1[r];
+        for (int l = 0; l < L; l++) {
+            uint64_t hi0, hi1;
+            uint64_t lo0 = mulhilo64(0xD2E7470EE14C6C93ULL, a[l], &hi0);
+            uint64_t lo1 = mulhilo64(0xCA5A826395121157ULL, c[l], &hi1);
+            a[l] = hi1 ^ b[l] ^ x0;
+            c[l] = hi0 ^ d[l] ^ x1;
+            b[l] = lo1;
+            d[l] = lo0;
         }
     }
+    for (int l = 0; l < L; l++) {
+        const uint64_t w[4] = {a[l], b[l], c[l], d[l]};
+        philox_floats(w, u + 8 * l);
+    }
+}
+
+/* `blocks` blocks of the stream (8 uniforms each) into u, counter advanced. Every stream here
+ * starts at counter 0 and draws one block per 8 elements of one tensor, so the counter's low
+ * word never carries into the others. */
+static inline ALWAYS_INLINE void philox_scalar(uint64_t ctr[4], uint64_t k0, uint64_t k1,
+                                               float *u, Py_ssize_t blocks) {
+    uint64_t ks0[10], ks1[10];
+    philox_keys(k0, k1, ks0, ks1);
+    Py_ssize_t b = 0;
+    for (; b + 3 <= blocks; b += 3)
+        philox_blocks(ctr[0] + (uint64_t)b + 1, ctr, ks0, ks1, u + 8 * b, 3);
+    for (; b < blocks; b++) philox_blocks(ctr[0] + (uint64_t)b + 1, ctr, ks0, ks1, u + 8 * b, 1);
+    ctr[0] += (uint64_t)blocks;
 }
 
 /* The same 64 uniforms with AVX-512 (F + DQ): the 8 blocks side by side in the 64-bit lanes of
  * four vectors, the 64 x 64 -> 128-bit products from four 32 x 32 -> 64-bit ones (vpmuludq:
- * there is no 64-bit high multiply), about 2.5x the scalar lanes' throughput. Lane j holds
- * block s(j) (0 4 1 5 2 6 3 7 for j = 0 .. 7), so that two unpacks and two lane permutes put
- * the blocks' words back in stream order. Exactly the scalar stream (tests/test_native.py
- * compares both with numpy's). Counters: ctr[0] never wraps within a stream here (each stream
- * starts at 0), and the caller takes the scalar path if it could. */
+ * there is no 64-bit high multiply), about 2.5x the throughput of the scalar form when it ran
+ * eight blocks side by side (it now runs three). Lane j holds block s(j) (0 4 1 5 2 6 3 7 for
+ * j = 0 .. 7), so that two unpacks and two lane permutes put the blocks' words back in stream
+ * order. Exactly the scalar stream (tests/test_native.py compares both with numpy's).
+ * Counters: ctr[0] never wraps within a stream here (each stream starts at 0). */
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define HAVE_PHILOX512 1
 #define AVX512 __attribute__((target("avx512f,avx512dq")))
@@ -138,7 +155,7 @@ AVX512 static inline ALWAYS_INLINE void philox_groups_512(uint64_t ctr[4], const
     }
 }
 
-/* `groups` x 64 uniforms of the stream into u, counter advanced as philox_uniforms does. */
+/* `groups` x 64 uniforms of the stream into u, counter advanced as philox_scalar does. */
 AVX512 static void philox_uniforms_512(uint64_t ctr[4], uint64_t k0, uint64_t k1, float *u,
                                        Py_ssize_t groups) {
     __m512i ks0[10], ks1[10];
@@ -169,15 +186,16 @@ static int have_philox512(void) {
 }
 #endif
 
-/* `groups` x 64 uniforms of the stream (philox_uniforms' order) into u. */
-static void philox_fill(uint64_t ctr[4], uint64_t k0, uint64_t k1, float *u, Py_ssize_t groups) {
+/* `groups` x 64 uniforms of the stream into u (blocks in counter order, 8 uniforms each),
+ * counter advanced. */
+HOT static void philox_fill(uint64_t ctr[4], uint64_t k0, uint64_t k1, float *u, Py_ssize_t groups) {
 #ifdef HAVE_PHILOX512
     if (have_philox512() && ctr[0] <= UINT64_MAX - (uint64_t)(PHILOX_LANES * groups)) {
         philox_uniforms_512(ctr, k0, k1, u, groups);
         return;
     }
 #endif
-    for (Py_ssize_t g = 0; g < groups; g++) philox_uniforms(ctr, k0, k1, u + 8 * PHILOX_LANES * g);
+    philox_scalar(ctr, k0, k1, u, PHILOX_LANES * groups);
 }
 
 /* keep[j] = u_j < p_j, 1 or 0 in p's dtype (bf16 or fp32), where u is the stream
