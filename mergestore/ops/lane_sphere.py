@@ -25,9 +25,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mergestore import native
+from mergestore.ops import alloc
 from mergestore.ops import lane_math as lm
 from mergestore.ops.context import TensorContext
+from mergestore.ops.lane16 import PARALLEL_MIN, _run_columns
 from mergestore.ops.lane_formats import FMT, convert, format_of, out_array
+from mergestore.threads import kernel_threads, ordered_map
 
 if TYPE_CHECKING:
     import torch
@@ -35,6 +38,7 @@ else:
     from mergestore.lazy_torch import torch
 
 METHODS = ("slerp", "nuslerp", "multislerp")
+_ITEMSIZE = {"BF16": 2, "F16": 2, "F32": 4}
 MAX_INPUTS = 4
 _TORCH = {
     "BF16": lambda: torch.bfloat16,
@@ -198,6 +202,27 @@ def _slerp(
     kernels.slerp_mix(out, out_fmt, arrays, fmts, cfmt, float(coef_a), float(coef_b))
 
 
+def _norms(args: tuple[list[np.ndarray], list[int], bool, int]) -> list[float]:
+    """|v_i| of each input (csrc sphere_norms); for a large tensor, the inputs in two groups
+    on two threads (each norm is one input's own ordered sum: the same bits)."""
+    kernels = native.kernels
+    assert kernels is not None
+    arrays, fmts, has_base, cfmt = args
+    lead = 1 if has_base else 0  # the base comes first and is read by both groups
+    k = len(arrays) - lead
+    if k < 2 or arrays[0].size < PARALLEL_MIN or kernel_threads(2) < 2:
+        return list(kernels.sphere_norms(*args))
+    half = (k + 1) // 2
+    groups = [range(lead, lead + half), range(lead + half, lead + k)]
+
+    def norms(group: range) -> list[float]:
+        keep = [*range(lead), *group]
+        return kernels.sphere_norms([arrays[i] for i in keep], [fmts[i] for i in keep],
+                                    has_base, cfmt)  # fmt: skip
+
+    return [v for part in ordered_map(norms, groups, workers=2) for v in part]
+
+
 def _nuslerp(
     out: np.ndarray,
     out_fmt: int,
@@ -215,7 +240,7 @@ def _nuslerp(
         bound = lm.rounded(lo, compute)
         return v if (v != v or v >= bound) else bound
 
-    n0, n1 = (clamp_min(lm.rounded(v, compute), 1e-7) for v in kernels.sphere_norms(*args))
+    n0, n1 = (clamp_min(lm.rounded(v, compute), 1e-7) for v in _norms(args))
     cos = lm.rounded(kernels.nuslerp_dot(*args, n0, n1), compute)
     cos = min(max(cos, -1.0), 1.0)  # .clamp(-1, 1): the bounds are values of either dtype
     # (1 - cos.square()) <= 1e-8**2: each step rounded to the dtype, the bound too
@@ -249,17 +274,31 @@ def _multislerp(
     if shared["normalize_weights"]:
         total = _sum(weights, compute)
         weights = [_op(w, total, "/", compute) for w in weights]
-    norms = [lm.rounded(v, compute) for v in kernels.sphere_norms(*args)]
+    norms = [lm.rounded(v, compute) for v in _norms(args)]
     eps_c = lm.rounded(eps, compute)  # a Python scalar added to a tensor: in its dtype
     ne = [_op(v, eps_c, "+", compute) for v in norms]
     g = [ne, weights]
 
+    # What each pass makes for the next (the u_i, mean then m, step: k + 2 rows in the compute
+    # format, exact), so that no pass recomputes another's work (merge_sphere.c).
+    n = args[0][0].size
+    size = _ITEMSIZE[compute]
+    cache = alloc.empty_bytes((k + 2) * n * size)
+    cfmt = args[3]
+
     def run(stage: int, mn: float = 0.0, dots: Sequence[float] = (0.0,) * MAX_INPUTS,
             c: float = 0.0, q: float = 0.0, scale: float = 0.0) -> list[float]:  # fmt: skip
+        """A pass; a large tensor's elementwise passes (1, 3, 4) in column ranges on two
+        threads, their norms then taken from the cached row."""
         target = out if stage == 4 else None
-        return kernels.multislerp_pass(
-            stage, target, out_fmt, *args, *g, mn, list(dots)[:k], c, q, scale
-        )
+        common = (target, out_fmt, *args, *g, mn, list(dots)[:k], c, q, scale, cache)
+        if stage == 2 or n < PARALLEL_MIN:
+            return kernels.multislerp_pass(stage, *common, 0, n)
+        _run_columns(lambda r: kernels.multislerp_pass(stage, *common, r.start, r.stop), n)
+        if stage == 4:
+            return []
+        row = (k if stage == 1 else k + 1) * n * size
+        return kernels.sphere_norms([cache[row : row + n * size]], [cfmt], False, cfmt)
 
     mean_norm = lm.rounded(run(1)[0], compute)
     if mean_norm < eps_c:  # compared in the compute dtype

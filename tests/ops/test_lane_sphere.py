@@ -192,3 +192,39 @@ def test_untraced_scalars_go_through_the_twin(monkeypatch):
         slerp(base, xs, compute, None)
         nuslerp(base, xs, compute, "F32")
         multislerp(None, xs, compute, None)
+
+
+@pytest.mark.parametrize("compute", COMPUTE)
+@pytest.mark.parametrize("with_base", [True, False])
+def test_multislerp_passes_reuse_what_the_last_made(compute, with_base):
+    """The passes keep the u_i, the mean direction and the step for the next ones
+    (merge_sphere.c's cache): the torch twin's bits over many tiles (a partial last one), with
+    an input far from the others, one near zero, and an infinity in one input."""
+    base, xs = family(4, (61, 136), ["BF16", "F32", "BF16", "BF16", "F32"], seed=7)
+    xs[1] = xs[1] * 300.0
+    xs[2] = xs[2] * 1e-30
+    b = base if with_base else None
+    multislerp(b, xs, compute, None)
+    multislerp(b, xs[:3], compute, "F32", normalize=False)
+    xs[3] = xs[3].clone()
+    xs[3].view(-1)[4097] = float("inf")
+    multislerp(b, xs, compute, "BF16")
+
+
+@pytest.mark.parametrize("compute", COMPUTE)
+@pytest.mark.parametrize("with_base", [True, False])
+def test_multislerp_large_tensors_split_over_threads(monkeypatch, compute, with_base):
+    """A large tensor's elementwise passes run in column ranges on two threads, their norms
+    taken from the cached rows after, and the inputs' norms in two groups of inputs: the same
+    bits (the threshold lowered to reach it)."""
+    from mergestore.ops import lane16, lane_sphere
+
+    for module in (lane16, lane_sphere):
+        monkeypatch.setattr(module, "PARALLEL_MIN", 4096)
+    monkeypatch.delenv("MERGESTORE_THREADS", raising=False)
+    assert lane16._columns(77 * 136)[0].stop < 77 * 136  # two ranges
+    base, xs = family(4, (77, 136), ["BF16", "BF16", "F32", "BF16", "BF16"], seed=11)
+    b = base if with_base else None
+    multislerp(b, xs, compute, None)
+    multislerp(b, xs[:3], compute, "F32", normalize=False)
+    nuslerp(b, xs, compute, "BF16")
