@@ -45,3 +45,16 @@ def test_small_and_empty_tensors() -> None:
     assert t.shape == (0, 4)
     s = alloc.empty((3, 5), torch.float16)
     assert s.shape == (3, 5) and s.dtype == torch.float16
+
+
+def test_a_much_larger_idle_buffer_waits_for_a_request_its_size() -> None:
+    with alloc.pooling():
+        big = alloc.empty_bytes(9 << 20)
+        ptr = big.ctypes.data
+        del big
+        gc.collect()
+        small = alloc.empty_bytes(4 << 20)  # 9 MiB is more than twice 4: a new buffer
+        assert small.ctypes.data != ptr
+        again = alloc.empty_bytes(8 << 20)  # the idle 9 MiB one
+        assert again.ctypes.data == ptr
+        del small, again
