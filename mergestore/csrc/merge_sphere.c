@@ -130,6 +130,12 @@ ALWAYS_INLINE static inline float cget(const char *row, Py_ssize_t j, const int 
     return f16_to_f32(((const uint16_t *)row)[j]);
 }
 
+/* u_i's element s + j: from its cached row `ci` if there is one, else from its tile `ui`. */
+ALWAYS_INLINE static inline float uget(const float *ui, const char *ci, Py_ssize_t s,
+                                       Py_ssize_t j, const int cfmt) {
+    return ci ? cget(ci, s + j, cfmt) : ui[j];
+}
+
 ALWAYS_INLINE static inline void cput(char *row, Py_ssize_t j, float x, const int cfmt) {
     if (cfmt == FMT_F32)
         ((float *)row)[j] = x;
@@ -203,11 +209,9 @@ ALWAYS_INLINE static inline void multislerp_in(int stage, float *result, void *o
         }
         if (stage == 2) {
             for (Py_ssize_t i = 0; i < k; i++) {
-                if (cached)
-                    for (Py_ssize_t j = 0; j < m; j++)
-                        t[j] = rc(cget(cu + i * row, s + j, cfmt) * mean[j], cfmt);
-                else
-                    for (Py_ssize_t j = 0; j < m; j++) t[j] = rc(u[i][j] * mean[j], cfmt);
+                const char *ci = cached ? cu + i * row : NULL;
+                for (Py_ssize_t j = 0; j < m; j++)
+                    t[j] = rc(uget(u[i], ci, s, j, cfmt) * mean[j], cfmt);
                 cascade_feed(&cs[i], t, s, m);
             }
             continue;
@@ -218,20 +222,12 @@ ALWAYS_INLINE static inline void multislerp_in(int stage, float *result, void *o
             for (Py_ssize_t j = 0; j < m; j++) step[j] = 0.0f;
             for (Py_ssize_t i = 0; i < k; i++) {
                 const float d = g->dots[i], w = g->w[i];
-                const char *ci = cu ? cu + i * row : NULL;
-                const float *ui = u[i];
-                if (cached)
-                    for (Py_ssize_t j = 0; j < m; j++) {
-                        float x = rc(d * mean[j], cfmt);
-                        x = rc(cget(ci, s + j, cfmt) - x, cfmt);
-                        step[j] = step[j] + rc(x * w, cfmt);
-                    }
-                else
-                    for (Py_ssize_t j = 0; j < m; j++) {
-                        float x = rc(d * mean[j], cfmt);
-                        x = rc(ui[j] - x, cfmt);
-                        step[j] = step[j] + rc(x * w, cfmt);
-                    }
+                const char *ci = cached ? cu + i * row : NULL;
+                for (Py_ssize_t j = 0; j < m; j++) {
+                    float x = rc(d * mean[j], cfmt);
+                    x = rc(uget(u[i], ci, s, j, cfmt) - x, cfmt);
+                    step[j] = step[j] + rc(x * w, cfmt);
+                }
             }
             for (Py_ssize_t j = 0; j < m; j++) step[j] = rc(step[j], cfmt);
         }

@@ -47,7 +47,10 @@ static inline ALWAYS_INLINE void philox_blocks(uint64_t c0, const uint64_t ctr[4
                                                const uint64_t ks0[10], const uint64_t ks1[10],
                                                float *u, const int L) {
     uint64_t a[3], b[3], c[3], d[3];
-    for (int l = 0; l < L; l++) a[l] = c0 + (uint64_t)l, b[l] = ctr[1], c[l] = ctr[2], d[l] = ctr[3];
+    for (int l = 0; l < L; l++) {
+        a[l] = c0 + (uint64_t)l;
+        b[l] = ctr[1], c[l] = ctr[2], d[l] = ctr[3];
+    }
     for (int r = 0; r < 10; r++) {
         const uint64_t x0 = ks0[r], x1 = ks1[r];
         for (int l = 0; l < L; l++) {
@@ -158,15 +161,12 @@ AVX512 static inline ALWAYS_INLINE void philox_groups_512(uint64_t ctr[4], const
 /* `groups` x 64 uniforms of the stream into u, counter advanced as philox_scalar does. */
 AVX512 static void philox_uniforms_512(uint64_t ctr[4], uint64_t k0, uint64_t k1, float *u,
                                        Py_ssize_t groups) {
+    uint64_t k0s[10], k1s[10];
+    philox_keys(k0, k1, k0s, k1s);
     __m512i ks0[10], ks1[10];
-    uint64_t a = k0, b = k1;
     for (int r = 0; r < 10; r++) {
-        if (r > 0) {
-            a += 0x9E3779B97F4A7C15ULL;
-            b += 0xBB67AE8584CAA73BULL;
-        }
-        ks0[r] = _mm512_set1_epi64((long long)a);
-        ks1[r] = _mm512_set1_epi64((long long)b);
+        ks0[r] = _mm512_set1_epi64((long long)k0s[r]);
+        ks1[r] = _mm512_set1_epi64((long long)k1s[r]);
     }
     Py_ssize_t g = 0;
     for (; g + 4 <= groups; g += 4) philox_groups_512(ctr, ks0, ks1, u + 64 * g, 4);
@@ -188,7 +188,8 @@ static int have_philox512(void) {
 
 /* `groups` x 64 uniforms of the stream into u (blocks in counter order, 8 uniforms each),
  * counter advanced. */
-HOT static void philox_fill(uint64_t ctr[4], uint64_t k0, uint64_t k1, float *u, Py_ssize_t groups) {
+HOT static void philox_fill(uint64_t ctr[4], uint64_t k0, uint64_t k1, float *u,
+                            Py_ssize_t groups) {
 #ifdef HAVE_PHILOX512
     if (have_philox512() && ctr[0] <= UINT64_MAX - (uint64_t)(PHILOX_LANES * groups)) {
         philox_uniforms_512(ctr, k0, k1, u, groups);

@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mergestore import native
-from mergestore.ops import alloc
 from mergestore.ops import lane_math as lm
 from mergestore.ops.context import TensorContext
 from mergestore.ops.lane16 import PARALLEL_MIN, _run_columns
@@ -38,7 +37,6 @@ else:
     from mergestore.lazy_torch import torch
 
 METHODS = ("slerp", "nuslerp", "multislerp")
-_ITEMSIZE = {"BF16": 2, "F16": 2, "F32": 4}
 MAX_INPUTS = 4
 _TORCH = {
     "BF16": lambda: torch.bfloat16,
@@ -282,9 +280,7 @@ def _multislerp(
     # What each pass makes for the next (the u_i, mean then m, step: k + 2 rows in the compute
     # format, exact), so that no pass recomputes another's work (merge_sphere.c).
     n = args[0][0].size
-    size = _ITEMSIZE[compute]
-    cache = alloc.empty_bytes((k + 2) * n * size)
-    cfmt = args[3]
+    cache = out_array((k + 2) * n, compute)
 
     def run(stage: int, mn: float = 0.0, dots: Sequence[float] = (0.0,) * MAX_INPUTS,
             c: float = 0.0, q: float = 0.0, scale: float = 0.0) -> list[float]:  # fmt: skip
@@ -297,8 +293,8 @@ def _multislerp(
         _run_columns(lambda r: kernels.multislerp_pass(stage, *common, r.start, r.stop), n)
         if stage == 4:
             return []
-        row = (k if stage == 1 else k + 1) * n * size
-        return kernels.sphere_norms([cache[row : row + n * size]], [cfmt], False, cfmt)
+        row = k if stage == 1 else k + 1
+        return kernels.sphere_norms([cache[row * n : (row + 1) * n]], [args[3]], False, args[3])
 
     mean_norm = lm.rounded(run(1)[0], compute)
     if mean_norm < eps_c:  # compared in the compute dtype
