@@ -37,6 +37,25 @@ HOT static void k16_scale(uint16_t *out, const uint16_t *x, Py_ssize_t n, float 
     for (Py_ssize_t j = 0; j < n; j++) out[j] = rne16_nan(bf16_to_f32(x[j]) / d);
 }
 
+/* Rounding in these kernels: r16 where torch rounds to bf16, without rne16_nan's NaN test.
+ * Every NaN met here comes from x86 arithmetic on values widened from bf16 or on fp32 scalars
+ * made from Python floats, so its low 16 bits are zero (the default NaN, or an operand's
+ * payload, quieted): r16 keeps it as it is, and its high half is the bf16 that rne16_nan
+ * gives (quiet bit and sign included). */
+
+/* The bf16 bits of f, a value already rounded to bf16 (r16's output): its high half. */
+static inline uint16_t hi16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return (uint16_t)(u >> 16);
+}
+
+/* out = x as bf16 bits, for x already rounded to bf16 (hi16 over a tile: this loop
+ * vectorizes). */
+static inline void store16(uint16_t *restrict out, const float *restrict x, Py_ssize_t m) {
+    for (Py_ssize_t j = 0; j < m; j++) out[j] = hi16(x[j]);
+}
+
 /* torch's vec_reduce_all over one AVX2 vector of eight floats. */
 static inline float reduce8(const float *v) {
     float a0 = v[0] + v[4], a1 = v[1] + v[5], a2 = v[2] + v[6], a3 = v[3] + v[7];
@@ -101,9 +120,11 @@ HOT static void k16_dots(uint16_t *mean, int divide, float d, const uint16_t **u
 }
 
 /* units_i = r16(x_i / norm_i) and mean = 0 + r16(u_0 * a_0) + r16(u_1 * a_1) + ..., each sum
- * rounded, in one pass; returns |mean|. */
+ * rounded, in one pass; returns |mean| if with_norm, else 0 (a caller that splits the columns
+ * over threads takes the norm of the whole mean after: the same values in the same order). */
 HOT static float k16_first(uint16_t **units, const uint16_t **x, const float *norms,
-                           const float *a, Py_ssize_t k, uint16_t *mean, Py_ssize_t n) {
+                           const float *a, Py_ssize_t k, uint16_t *mean, Py_ssize_t n,
+                           int with_norm) {
     Norm q;
     norm_init(&q, n);
     float acc[TILE];
@@ -115,20 +136,22 @@ HOT static float k16_first(uint16_t **units, const uint16_t **x, const float *no
             uint16_t *ui = units[i] + s;
             const float ni = norms[i], ai = a[i];
             for (Py_ssize_t j = 0; j < m; j++) {
-                ui[j] = rne16_nan(bf16_to_f32(xi[j]) / ni);
-                acc[j] = bf16_to_f32(rne16_nan(acc[j] + r16(bf16_to_f32(ui[j]) * ai)));
+                float uf = r16(bf16_to_f32(xi[j]) / ni);
+                ui[j] = hi16(uf);
+                acc[j] = r16(acc[j] + r16(uf * ai));
             }
         }
-        for (Py_ssize_t j = 0; j < m; j++) mean[s + j] = rne16_nan(acc[j]);
-        norm_feed(&q, acc, s, m);
+        store16(mean + s, acc, m);
+        if (with_norm) norm_feed(&q, acc, s, m);
     }
-    return norm_end(&q);
+    return with_norm ? norm_end(&q) : 0.0f;
 }
 
 /* tangent = 0 + sum_i r16(f_i * r16(u_i - r16(c_i * mean))), each sum rounded, in input
- * order; returns |tangent| (fp32). */
+ * order; returns |tangent| (fp32) if with_norm, else 0 (as k16_first). */
 HOT static float k16_tangent(uint16_t *tangent, const uint16_t *mean, const uint16_t **u,
-                             const float *f, const float *c, Py_ssize_t k, Py_ssize_t n) {
+                             const float *f, const float *c, Py_ssize_t k, Py_ssize_t n,
+                             int with_norm) {
     Norm q;
     norm_init(&q, n);
     float t[TILE], mv[TILE];
@@ -146,16 +169,17 @@ HOT static float k16_tangent(uint16_t *tangent, const uint16_t *mean, const uint
                 t[j] = r16(t[j] + r16(fi * d));
             }
         }
-        for (Py_ssize_t j = 0; j < m; j++) tangent[s + j] = rne16_nan(t[j]);
-        norm_feed(&q, t, s, m);
+        store16(tangent + s, t, m);
+        if (with_norm) norm_feed(&q, t, s, m);
     }
-    return norm_end(&q);
+    return with_norm ? norm_end(&q) : 0.0f;
 }
 
-/* mean = r16(r16(cs * mean) + r16(sn * r16(tangent / step))), in place; returns |mean|. cs and
- * sn are bf16 values (the caller rounds them: torch casts them to the tensor's dtype). */
+/* mean = r16(r16(cs * mean) + r16(sn * r16(tangent / step))), in place; returns |mean| if
+ * with_norm, else 0 (as k16_first). cs and sn are bf16 values (the caller rounds them: torch
+ * casts them to the tensor's dtype). */
 HOT static float k16_update(uint16_t *mean, const uint16_t *tangent, float cs, float sn,
-                            float step, Py_ssize_t n) {
+                            float step, Py_ssize_t n, int with_norm) {
     Norm q;
     norm_init(&q, n);
     float v[TILE];
@@ -164,12 +188,12 @@ HOT static float k16_update(uint16_t *mean, const uint16_t *tangent, float cs, f
         for (Py_ssize_t j = 0; j < m; j++) {
             float a = r16(cs * bf16_to_f32(mean[s + j]));
             float b = r16(sn * r16(bf16_to_f32(tangent[s + j]) / step));
-            mean[s + j] = rne16_nan(a + b);
-            v[j] = bf16_to_f32(mean[s + j]);
+            v[j] = r16(a + b);
         }
-        norm_feed(&q, v, s, m);
+        store16(mean + s, v, m);
+        if (with_norm) norm_feed(&q, v, s, m);
     }
-    return norm_end(&q);
+    return with_norm ? norm_end(&q) : 0.0f;
 }
 
 /* out = r16(scale * mean), in the output's format (scale a bf16 value, as cs above). */
@@ -232,10 +256,11 @@ static PyObject *floats_to_list(const float *v, Py_ssize_t k) {
     return list;
 }
 
-/* karcher16_first(units_out, inputs, norms, weights, mean_out) -> |mean| */
+/* karcher16_first(units_out, inputs, norms, weights, mean_out, with_norm=True) -> |mean| */
 PyObject *py_karcher16_first(PyObject *self, PyObject *args) {
     PyObject *u_o, *x_o, *n_o, *a_o, *m_o;
-    if (!PyArg_ParseTuple(args, "OOOOO", &u_o, &x_o, &n_o, &a_o, &m_o)) return NULL;
+    int with_norm = 1;
+    if (!PyArg_ParseTuple(args, "OOOOO|p", &u_o, &x_o, &n_o, &a_o, &m_o, &with_norm)) return NULL;
     Py_ssize_t n = -1, ku = 0, kx = 0;
     Buf m, ub[K16_MAX], xb[K16_MAX];
     uint16_t *u[K16_MAX], *x[K16_MAX];
@@ -251,7 +276,7 @@ PyObject *py_karcher16_first(PyObject *self, PyObject *args) {
     float r = 0.0f;
     if (ok) {
         Py_BEGIN_ALLOW_THREADS
-        r = k16_first(u, (const uint16_t **)x, norms, a, kx, m.view.buf, n);
+        r = k16_first(u, (const uint16_t **)x, norms, a, kx, m.view.buf, n, with_norm);
         Py_END_ALLOW_THREADS
     }
     release_bufs(xb, kx);
@@ -318,10 +343,11 @@ PyObject *py_karcher16_scale(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-/* karcher16_tangent(tangent, mean, units, factors, cosines) -> |tangent| */
+/* karcher16_tangent(tangent, mean, units, factors, cosines, with_norm=True) -> |tangent| */
 PyObject *py_karcher16_tangent(PyObject *self, PyObject *args) {
     PyObject *t_o, *m_o, *u_o, *f_o, *c_o;
-    if (!PyArg_ParseTuple(args, "OOOOO", &t_o, &m_o, &u_o, &f_o, &c_o)) return NULL;
+    int with_norm = 1;
+    if (!PyArg_ParseTuple(args, "OOOOO|p", &t_o, &m_o, &u_o, &f_o, &c_o, &with_norm)) return NULL;
     Py_ssize_t n = -1, k = 0;
     Buf t, m, ub[K16_MAX];
     uint16_t *u[K16_MAX];
@@ -336,7 +362,7 @@ PyObject *py_karcher16_tangent(PyObject *self, PyObject *args) {
     float r = 0.0f;
     if (ok) {
         Py_BEGIN_ALLOW_THREADS
-        r = k16_tangent(t.view.buf, m.view.buf, (const uint16_t **)u, f, c, k, n);
+        r = k16_tangent(t.view.buf, m.view.buf, (const uint16_t **)u, f, c, k, n, with_norm);
         Py_END_ALLOW_THREADS
     }
     release_bufs(ub, k);
@@ -345,11 +371,12 @@ PyObject *py_karcher16_tangent(PyObject *self, PyObject *args) {
     return ok ? PyFloat_FromDouble(r) : NULL;
 }
 
-/* karcher16_update(mean, tangent, cos_step, sin_step, step) -> |mean| */
+/* karcher16_update(mean, tangent, cos_step, sin_step, step, with_norm=True) -> |mean| */
 PyObject *py_karcher16_update(PyObject *self, PyObject *args) {
     PyObject *m_o, *t_o;
     double cs, sn, step;
-    if (!PyArg_ParseTuple(args, "OOddd", &m_o, &t_o, &cs, &sn, &step)) return NULL;
+    int with_norm = 1;
+    if (!PyArg_ParseTuple(args, "OOddd|p", &m_o, &t_o, &cs, &sn, &step, &with_norm)) return NULL;
     Py_ssize_t n = -1;
     Buf m, t;
     if (get_bf16(m_o, &n, 1, &m, "mean") < 0) return NULL;
@@ -359,7 +386,7 @@ PyObject *py_karcher16_update(PyObject *self, PyObject *args) {
     }
     float r;
     Py_BEGIN_ALLOW_THREADS
-    r = k16_update(m.view.buf, t.view.buf, (float)cs, (float)sn, (float)step, n);
+    r = k16_update(m.view.buf, t.view.buf, (float)cs, (float)sn, (float)step, n, with_norm);
     Py_END_ALLOW_THREADS
     release(&t);
     release(&m);

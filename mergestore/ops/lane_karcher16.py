@@ -21,7 +21,7 @@ acos/sin/cos to give.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -31,8 +31,9 @@ import numpy as np
 from mergestore import native
 from mergestore.ops import alloc
 from mergestore.ops import lane_math as lm
-from mergestore.ops.lane16 import _run_columns
+from mergestore.ops.lane16 import _columns, _run_columns
 from mergestore.ops.lane_formats import FMT, convert, format_of, out_array
+from mergestore.threads import ordered_map
 
 f32 = np.float32
 
@@ -86,8 +87,9 @@ def _merge(
     max_iter, tol = shared["max_iter"], shared["tol"]
     xs = [_as_bf16(x) for x in inputs]
     k, n = len(xs), xs[0].size
+    passes = _Passes(n)
     alphas = [1.0 / k] * k
-    norms = [f32(kernels.karcher16_norm(x)) for x in xs]
+    norms = [f32(v) for v in passes.each(kernels.karcher16_norm, xs)]
     live = [i for i, v in enumerate(norms) if float(v) > tol]
     if not live:
         return None
@@ -95,10 +97,14 @@ def _merge(
     weights = [alphas[i] / total for i in live]
     units = [_empty(n) for _ in live]
     mean = _empty(n)
+    live_norms, live_weights = [float(norms[i]) for i in live], [float(f32(a)) for a in weights]
     mean_norm = f32(
-        kernels.karcher16_first(
-            units, [xs[i] for i in live], [float(norms[i]) for i in live],
-            [float(f32(a)) for a in weights], mean,
+        passes.columns(
+            lambda c, norm: kernels.karcher16_first(
+                [u[c] for u in units], [xs[i][c] for i in live], live_norms, live_weights,
+                mean[c], norm,
+            ),
+            mean,
         )
     )  # fmt: skip
     pending: float | None = None  # a division of the mean not done yet: the next pass does it
@@ -108,7 +114,7 @@ def _merge(
         pending = float(mean_norm)
     tangent = _empty(n)
     for _ in range(max_iter):
-        dots = kernels.karcher16_dots(mean, pending, units)
+        dots = passes.dots(mean, pending, units)
         pending = None
         chosen, factors, cosines = [], [], []
         for a, u, d in zip(weights, units, dots, strict=True):
@@ -121,13 +127,13 @@ def _merge(
                 factors.append(float(_r16(f32(a) * ratio)))
             chosen.append(u)
             cosines.append(float(c))
-        step = f32(kernels.karcher16_tangent(tangent, mean, chosen, factors, cosines))
+        step = f32(_tangent(passes, tangent, mean, chosen, factors, cosines))
         if float(step) < tol:
             break
         # cos(step) * mean: an fp32 0-d tensor times a bf16 tensor, the 0-d one first, so
         # torch casts it to bf16 (only a second operand keeps its value: / step does)
-        cos, sin = (_r16(lm.func(op, float(step), "F32")) for op in (lm.COS, lm.SIN))
-        size = f32(kernels.karcher16_update(mean, tangent, float(cos), float(sin), float(step)))
+        cos, sin = (float(_r16(lm.func(op, float(step), "F32"))) for op in (lm.COS, lm.SIN))
+        size = f32(_update(passes, mean, tangent, cos, sin, float(step)))
         if float(size) > tol:
             pending = float(size)
     if pending is not None:
@@ -137,8 +143,79 @@ def _merge(
         scale = scale + f32(a) * v
     out_name = out_dtype or "BF16"
     out = out_array(n, out_name)
-    kernels.karcher16_out(out, FMT[out_name], mean, float(_r16(scale)))  # scale * mean: as cos
+    factor = float(_r16(scale))  # scale * mean: rounded to bf16 as cos above
+    passes.columns(lambda c, _: kernels.karcher16_out(out[c], FMT[out_name], mean[c], factor))
     return out.reshape(inputs[0].shape)
+
+
+def _tangent(
+    passes: _Passes, tangent: np.ndarray, mean: np.ndarray, chosen: list[np.ndarray],
+    factors: list[float], cosines: list[float],
+) -> float:  # fmt: skip
+    """tangent = the weighted sum of the chosen inputs' log maps; returns |tangent|."""
+    kernels = native.kernels
+    assert kernels is not None
+    return passes.columns(
+        lambda c, norm: kernels.karcher16_tangent(
+            tangent[c], mean[c], [u[c] for u in chosen], factors, cosines, norm
+        ),
+        tangent,
+    )
+
+
+def _update(
+    passes: _Passes, mean: np.ndarray, tangent: np.ndarray, cos: float, sin: float, step: float
+) -> float:
+    """mean moved along the geodesic by the step, in place; returns |mean|."""
+    kernels = native.kernels
+    assert kernels is not None
+    return passes.columns(
+        lambda c, norm: kernels.karcher16_update(mean[c], tangent[c], cos, sin, step, norm), mean
+    )
+
+
+class _Passes:
+    """How one tensor's passes run: whole on the calling thread, or, for a large tensor
+    (lane16's threshold), the elementwise work in two column ranges on two threads, each
+    ordered sum (a norm, a dot product) whole after it or in two groups of inputs. Each sum
+    sees the same values in the same order either way: the same bits."""
+
+    def __init__(self, n: int) -> None:
+        self.ranges = _columns(n)
+        self.split = len(self.ranges) > 1
+
+    def columns(self, fn: Callable[[slice, bool], float | None], norm_of: Any = None) -> float:
+        """fn(columns, with_norm) over the tensor; the 2-norm of norm_of after it (fn's own
+        norm when whole), else 0."""
+        if not self.split:
+            return fn(slice(None), norm_of is not None) or 0.0
+        for _ in ordered_map(lambda r: fn(slice(r.start, r.stop), False), self.ranges,
+                             workers=len(self.ranges)):  # fmt: skip
+            pass
+        if norm_of is None:
+            return 0.0
+        kernels = native.kernels
+        assert kernels is not None
+        return kernels.karcher16_norm(norm_of)
+
+    def each(self, fn: Callable[[np.ndarray], float], arrays: Sequence[np.ndarray]) -> list:
+        """fn of each array (a whole ordered sum each): on two threads for a large tensor."""
+        workers = 2 if self.split and len(arrays) > 1 else 1
+        return list(ordered_map(fn, arrays, workers=workers))
+
+    def dots(self, mean: np.ndarray, pending: float | None, units: list[np.ndarray]) -> list:
+        """[torch.dot(mean, u_i)] after mean /= pending (if not None): for a large tensor the
+        division in column ranges, then the dot products in two groups of inputs."""
+        kernels = native.kernels
+        assert kernels is not None
+        if not self.split or len(units) < 2:
+            return kernels.karcher16_dots(mean, pending, units)
+        if pending is not None:
+            _scale(mean, mean, pending)
+        half = (len(units) + 1) // 2
+        groups = [units[:half], units[half:]]
+        parts = ordered_map(lambda g: kernels.karcher16_dots(mean, None, g), groups, workers=2)
+        return [d for part in parts for d in part]
 
 
 def _empty(n: int) -> np.ndarray:

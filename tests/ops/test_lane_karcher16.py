@@ -183,3 +183,22 @@ def test_karcher16_division_is_torch_division():
         got = np.empty(65536, dtype=np.uint16)
         native.kernels.karcher16_scale(got, to_lane(x), float(np.float32(d)))
         assert same_bits(from_lane(got), want), d
+
+
+def test_karcher_bf16_large_tensors_split_over_threads(monkeypatch):
+    """A large tensor's elementwise passes run in two column ranges on two threads, each norm
+    taken whole after them, the inputs' norms and the dot products in two groups of inputs:
+    the same bits (the threshold lowered to reach it). Iterations that step (far inputs) and
+    that stop at once (equal inputs) both run."""
+    from mergestore.ops import lane16
+
+    monkeypatch.setattr(lane16, "PARALLEL_MIN", 4096)
+    monkeypatch.delenv("MERGESTORE_THREADS", raising=False)
+    assert len(lane16._columns(77 * 136)) == 2
+    check(models(4, (77, 136), ["BF16", "F32", "BF16", "BF16"], seed=5), None)
+    check(models(5, (77, 136), ["BF16"] * 5, seed=6, spread=100.0), "F32", {"max_iter": 12})
+    check(models(3, (77, 136), ["BF16", "F16", "BF16"], seed=8, spread=0.0), "F16")
+    xs = models(4, (77, 136), ["BF16"] * 4, seed=9, spread=1.0)
+    xs[2] = xs[2].clone()
+    xs[2].view(-1)[5000] = float("inf")  # an infinity in the second column range
+    check(xs, "BF16")
