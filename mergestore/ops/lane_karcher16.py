@@ -8,7 +8,10 @@ dot products are torch.dot of bf16 vectors, ATen's own fp32-arithmetic kernel, w
 C code reproduces in its AVX2 form. The norms are fp32 (the twin's `x.to(float32)`). The scalar
 steps: clamp, then acos and sin of a bf16 value (SLEEF's, rounded to bf16, as ops.lane_math
 gives them), the factor a * (theta / sin(theta)) rounded to bf16 at each step; cos and sin of
-the fp32 step (MKL's VML, as the fp32 lane), rounded to bf16 where they multiply a bf16 tensor:
+the fp32 step (MKL's VML), rounded to bf16 where they multiply a bf16 tensor
+(lm.bf16_of_func32: certain from the exact value but near a bf16 rounding boundary, where
+MKL's own function, in torch's library, is loaded and called; a tensor that needs it where
+torch has no MKL goes through the twin):
 torch casts a 0-d operand to the tensor's dtype when it comes first (`cos(step) * mean`, and
 the final `scale * mean`) and keeps its fp32 value only as the second (`tangent / step`).
 
@@ -58,7 +61,7 @@ def reason(numel: int | None) -> str | None:
         return "karcher: a tensor of fewer than 8, or not a multiple of 8, elements"
     if not torch_runs_avx2():
         return "karcher in bf16 compute: torch's bf16 dot here is not its AVX2 kernel"
-    why = lm.missing("BF16") or lm.missing("F32")
+    why = lm.missing("BF16")  # the step's fp32 cos and sin: lm.bf16_of_func32, at merge time
     return f"karcher: {why}" if why else None
 
 
@@ -132,7 +135,7 @@ def _merge(
             break
         # cos(step) * mean: an fp32 0-d tensor times a bf16 tensor, the 0-d one first, so
         # torch casts it to bf16 (only a second operand keeps its value: / step does)
-        cos, sin = (float(_r16(lm.func(op, float(step), "F32"))) for op in (lm.COS, lm.SIN))
+        cos, sin = (lm.bf16_of_func32(op, float(step)) for op in (lm.COS, lm.SIN))
         size = f32(_update(passes, mean, tangent, cos, sin, float(step)))
         if float(size) > tol:
             pending = float(size)

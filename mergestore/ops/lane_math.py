@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ctypes
 import importlib.util
+import math
 import os
 import struct
 import threading
@@ -167,6 +168,40 @@ def func(op: int, x: float, compute: str) -> float:
     if r is None:
         raise Untraced("sin/cos beyond SLEEF's first reduction range")
     return bf16(r)
+
+
+# How far (in fp32 ulps) MKL's VML may be from the exact value for bf16_of_func32 to trust the
+# exact value's rounding instead: its HA mode is documented within 1 ulp; 8 leaves room.
+_MARGIN_ULPS = 8
+
+
+def bf16_of_func32(op: int, x: float) -> float:
+    """bf16(torch's fp32 acos/sin/cos (op) of x), x an fp32 value: what a bf16 lane needs where
+    torch rounds an fp32 result to bf16. Without loading MKL where the answer is certain: if
+    every fp32 value within _MARGIN_ULPS of the exact value's rounding (math's, in double:
+    far inside an fp32 ulp) rounds to the same bf16, MKL's result does too. Near a bf16
+    rounding boundary (about one value in 4000), or outside the plain range, MKL's own
+    function decides (func: torch's library loaded then; Untraced without MKL)."""
+    sure = _certain_bf16(op, x)
+    return sure if sure is not None else bf16(func(op, x, "F32"))
+
+
+def _certain_bf16(op: int, x: float) -> float | None:
+    """The bf16 that every fp32 value near op(x) rounds to, or None (see bf16_of_func32)."""
+    if not math.isfinite(x) or abs(x) > 1024.0:
+        return None
+    try:
+        exact = (math.acos, math.sin, math.cos)[op](x)
+    except ValueError:  # acos outside [-1, 1]: NaN
+        return None
+    lo = hi = f32(exact)
+    for _ in range(_MARGIN_ULPS):
+        lo, hi = np.nextafter(lo, f32(-np.inf)), np.nextafter(hi, f32(np.inf))
+    tiny = 2.0**-126  # subnormal results, and the sign change at zero: MKL decides
+    if min(abs(float(lo)), abs(float(hi))) < tiny or (lo > 0) != (hi > 0):
+        return None
+    low, high = bf16(float(lo)), bf16(float(hi))
+    return low if low == high else None
 
 
 def missing(compute: str, dot: bool = False) -> str | None:

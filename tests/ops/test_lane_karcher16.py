@@ -11,6 +11,9 @@ checked against that form written out here.
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -202,3 +205,35 @@ def test_karcher_bf16_large_tensors_split_over_threads(monkeypatch):
     xs[2] = xs[2].clone()
     xs[2].view(-1)[5000] = float("inf")  # an infinity in the second column range
     check(xs, "BF16")
+
+
+def test_karcher_bf16_steps_without_loading_torchs_library():
+    """The step's cos and sin come from their exact values (lane_math.bf16_of_func32): a merge
+    whose iterations step loads neither torch nor its library (a 0.3-0.5 s dlopen)."""
+    code = """
+import sys
+import subprocess
+import sys
+
+import numpy as np
+from mergestore.ops import get_method, lanes, validate_params
+from mergestore.ops import lane_math as lm
+steps = []
+exact = lm.bf16_of_func32
+lm.bf16_of_func32 = lambda op, x: steps.append(x) or exact(op, x)
+rng = np.random.default_rng(3)
+xs = [(rng.standard_normal(4096).astype(np.float32).view(np.uint32) >> 16).astype(np.uint16)
+      for _ in range(3)]
+shared, per = validate_params(get_method("karcher"), {}, [{}] * 3, has_base=False)
+why = lanes.reason("karcher", "BF16", shared, per, 4096)
+if why is not None:  # torch's AVX-512 dot here: the lane refuses (and so loads nothing)
+    assert "AVX2" in why, why
+    sys.exit(0)
+out = lanes.merge("karcher", None, xs, shared, per, "BF16", None)
+assert out.dtype == np.uint16 and out.size == 4096
+assert steps, "no iteration stepped"
+assert not lm._vml_tried, "torch's library was loaded"
+assert "torch" not in sys.modules, "torch was imported"
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr

@@ -185,3 +185,32 @@ def test_without_mkl_the_reasons_say_torch(monkeypatch):
     for method, shared, per in cases:
         assert "MKL" in lanes.reason(method, "F32", shared, per, 64), method
     assert lanes.reason("nuslerp", "BF16", cases[1][1], cases[1][2], 64) is None
+
+
+def test_bf16_of_fp32_trig_is_mkls_rounded():
+    """bf16 of torch's fp32 acos/sin/cos (MKL's VML), as a bf16 lane needs it (karcher's step):
+    taken from the exact value wherever that is certain, from MKL's own function near a bf16
+    rounding boundary and outside the plain range; MKL's bits rounded, either way."""
+    rng = np.random.default_rng(5)
+    n = 3000
+    xs = (rng.uniform(-1, 1, n) * np.exp2(rng.integers(-17, 12, n))).astype(np.float32)
+    xs = np.concatenate([xs, np.float32([0.0, 1e-30, 3e-39, 1.0, -1.0, 1024.5, 3e5])])
+    # inputs whose sine or cosine is within an fp32 ulp or two of a bf16 rounding boundary
+    mids = (np.arange(0x3F01, 0x3F7F, 2, dtype=np.uint32) << 16 | 0x8000).view(np.float32)
+    near = {lm.SIN: np.arcsin(mids.astype(np.float64)), lm.COS: np.arccos(mids.astype(np.float64))}
+
+    def check(op: int, values: np.ndarray) -> int:
+        """How many values needed MKL."""
+        uncertain = 0
+        for v in values.astype(np.float32).tolist():
+            if op == lm.ACOS and abs(v) > 1:
+                continue
+            want = lm.bf16(lm.func(op, v, "F32"))
+            assert lm.bf16_of_func32(op, v) == want, (op, v)
+            uncertain += lm._certain_bf16(op, v) is None
+        return uncertain
+
+    for op in (lm.SIN, lm.COS, lm.ACOS):
+        assert check(op, xs) < len(xs) // 50  # MKL is rarely needed
+    for op, values in near.items():
+        assert check(op, values) > len(values) // 2  # but near a boundary it decides
