@@ -32,11 +32,6 @@ HOT static float k16_norm(const uint16_t *x, Py_ssize_t n) {
     return norm_end(&q);
 }
 
-/* out = r16(x / d) (out may be x). */
-HOT static void k16_scale(uint16_t *out, const uint16_t *x, Py_ssize_t n, float d) {
-    for (Py_ssize_t j = 0; j < n; j++) out[j] = rne16_nan(bf16_to_f32(x[j]) / d);
-}
-
 /* Rounding in these kernels: r16 where torch rounds to bf16, without rne16_nan's NaN test.
  * Every NaN met here comes from x86 arithmetic on values widened from bf16 or on fp32 scalars
  * made from Python floats, so its low 16 bits are zero (the default NaN, or an operand's
@@ -48,6 +43,15 @@ static inline uint16_t hi16(float f) {
     uint32_t u;
     memcpy(&u, &f, 4);
     return (uint16_t)(u >> 16);
+}
+
+/* f rounded to bf16, as bits: rne16_nan's result for every value met here (see above), in a
+ * form that vectorizes (rne16_nan's select kept these loops scalar). */
+static inline uint16_t round16(float f) { return hi16(r16(f)); }
+
+/* out = r16(x / d) (out may be x). */
+HOT static void k16_scale(uint16_t *out, const uint16_t *x, Py_ssize_t n, float d) {
+    for (Py_ssize_t j = 0; j < n; j++) out[j] = round16(bf16_to_f32(x[j]) / d);
 }
 
 /* out = x as bf16 bits, for x already rounded to bf16 (hi16 over a tile: this loop
@@ -75,16 +79,62 @@ static void dot16_init(Dot16 *d, Py_ssize_t n) {
     d->vecs = n & ~(Py_ssize_t)15;
 }
 
-/* Elements s .. s + m of both vectors (s a multiple of 64: a tile's start). */
-HOT static void dot16_feed(Dot16 *d, const uint16_t *x, const uint16_t *y, Py_ssize_t s,
-                           Py_ssize_t m) {
-    Py_ssize_t j = s, end = s + m;
-    for (; j + 64 <= end && j < d->blocks; j += 64)
+/* The generic form of dot16_blocks_avx2 below. */
+HOT static void dot16_blocks_c(float acc[8][8], const uint16_t *x, const uint16_t *y,
+                               Py_ssize_t blocks) {
+    for (Py_ssize_t b = 0; b < blocks; b++, x += 64, y += 64)
         for (int r = 0; r < 8; r++)
-            for (int l = 0; l < 8; l++) {
-                Py_ssize_t e = j + 8 * r + l;
-                d->acc[r][l] = d->acc[r][l] + bf16_to_f32(x[e - s]) * bf16_to_f32(y[e - s]);
-            }
+            for (int l = 0; l < 8; l++)
+                acc[r][l] = acc[r][l] + bf16_to_f32(x[8 * r + l]) * bf16_to_f32(y[8 * r + l]);
+}
+
+#ifdef F16C_TARGET
+/* Eight bf16 values widened to fp32. */
+F16C_TARGET static inline __m256 widen8(const uint16_t *p) {
+    __m256i u = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(u, 16));
+}
+
+/* The whole 64-element blocks, with the eight accumulators in registers (compiled from the
+ * loop above, they stay in memory). The product of two bf16 values is exact in fp32, so the
+ * fused multiply-add rounds once, as the loop's add does. */
+F16C_TARGET static void dot16_blocks_avx2(float acc[8][8], const uint16_t *x, const uint16_t *y,
+                                          Py_ssize_t blocks) {
+    __m256 a0 = _mm256_loadu_ps(acc[0]), a1 = _mm256_loadu_ps(acc[1]);
+    __m256 a2 = _mm256_loadu_ps(acc[2]), a3 = _mm256_loadu_ps(acc[3]);
+    __m256 a4 = _mm256_loadu_ps(acc[4]), a5 = _mm256_loadu_ps(acc[5]);
+    __m256 a6 = _mm256_loadu_ps(acc[6]), a7 = _mm256_loadu_ps(acc[7]);
+    for (Py_ssize_t b = 0; b < blocks; b++, x += 64, y += 64) {
+        a0 = _mm256_fmadd_ps(widen8(x), widen8(y), a0);
+        a1 = _mm256_fmadd_ps(widen8(x + 8), widen8(y + 8), a1);
+        a2 = _mm256_fmadd_ps(widen8(x + 16), widen8(y + 16), a2);
+        a3 = _mm256_fmadd_ps(widen8(x + 24), widen8(y + 24), a3);
+        a4 = _mm256_fmadd_ps(widen8(x + 32), widen8(y + 32), a4);
+        a5 = _mm256_fmadd_ps(widen8(x + 40), widen8(y + 40), a5);
+        a6 = _mm256_fmadd_ps(widen8(x + 48), widen8(y + 48), a6);
+        a7 = _mm256_fmadd_ps(widen8(x + 56), widen8(y + 56), a7);
+    }
+    _mm256_storeu_ps(acc[0], a0), _mm256_storeu_ps(acc[1], a1);
+    _mm256_storeu_ps(acc[2], a2), _mm256_storeu_ps(acc[3], a3);
+    _mm256_storeu_ps(acc[4], a4), _mm256_storeu_ps(acc[5], a5);
+    _mm256_storeu_ps(acc[6], a6), _mm256_storeu_ps(acc[7], a7);
+}
+#endif
+
+/* Elements s .. s + m of both vectors (s a multiple of 64: a tile's start). */
+static void dot16_feed(Dot16 *d, const uint16_t *x, const uint16_t *y, Py_ssize_t s,
+                       Py_ssize_t m) {
+    Py_ssize_t j = s, end = s + m;
+    Py_ssize_t blocks = ((end < d->blocks ? end : d->blocks) - j) / 64;
+    if (blocks > 0) {
+#ifdef F16C_TARGET
+        if (have_f16c)
+            dot16_blocks_avx2(d->acc, x, y, blocks);
+        else
+#endif
+            dot16_blocks_c(d->acc, x, y, blocks);
+        j += 64 * blocks;
+    }
     for (; j + 16 <= end && j < d->vecs; j += 16)
         for (int h = 0; h < 16; h += 8)
             for (int l = 0; l < 8; l++)
@@ -113,7 +163,7 @@ HOT static void k16_dots(uint16_t *mean, int divide, float d, const uint16_t **u
         Py_ssize_t m = n - s < TILE ? n - s : TILE;
         if (divide)
             for (Py_ssize_t j = 0; j < m; j++)
-                mean[s + j] = rne16_nan(bf16_to_f32(mean[s + j]) / d);
+                mean[s + j] = round16(bf16_to_f32(mean[s + j]) / d);
         for (Py_ssize_t i = 0; i < k; i++) dot16_feed(&st[i], mean + s, u[i] + s, s, m);
     }
     for (Py_ssize_t i = 0; i < k; i++) dots[i] = dot16_end(&st[i]);
@@ -198,11 +248,16 @@ HOT static float k16_update(uint16_t *mean, const uint16_t *tangent, float cs, f
 
 /* out = r16(scale * mean), in the output's format (scale a bf16 value, as cs above). */
 HOT static void k16_out(void *out, int out_fmt, const uint16_t *mean, float scale, Py_ssize_t n) {
+    if (out_fmt == FMT_BF16) { /* the rounded product is the output: one loop */
+        uint16_t *o = out;
+        for (Py_ssize_t j = 0; j < n; j++) o[j] = round16(scale * bf16_to_f32(mean[j]));
+        return;
+    }
     float v[TILE];
     for (Py_ssize_t s = 0; s < n; s += TILE) {
         Py_ssize_t m = n - s < TILE ? n - s : TILE;
         for (Py_ssize_t j = 0; j < m; j++)
-            v[j] = bf16_to_f32(rne16_nan(scale * bf16_to_f32(mean[s + j])));
+            v[j] = r16(scale * bf16_to_f32(mean[s + j]));
         narrow(out, out_fmt, s, v, m);
     }
 }
