@@ -187,7 +187,9 @@ class _Passes:
         self.ranges = _columns(n)
         self.split = len(self.ranges) > 1
 
-    def columns(self, fn: Callable[[slice, bool], float | None], norm_of: Any = None) -> float:
+    def columns(
+        self, fn: Callable[[slice, bool], float | None], norm_of: np.ndarray | None = None
+    ) -> float:
         """fn(columns, with_norm) over the tensor; the 2-norm of norm_of after it (fn's own
         norm when whole), else 0."""
         if not self.split:
@@ -201,12 +203,12 @@ class _Passes:
         assert kernels is not None
         return kernels.karcher16_norm(norm_of)
 
-    def each(self, fn: Callable[[np.ndarray], float], arrays: Sequence[np.ndarray]) -> list:
+    def each(self, fn: Callable[[np.ndarray], float], arrays: Sequence[np.ndarray]) -> list[float]:
         """fn of each array (a whole ordered sum each): on two threads for a large tensor."""
         workers = 2 if self.split and len(arrays) > 1 else 1
         return list(ordered_map(fn, arrays, workers=workers))
 
-    def dots(self, mean: np.ndarray, pending: float | None, units: list[np.ndarray]) -> list:
+    def dots(self, mean: np.ndarray, pending: float | None, units: list[np.ndarray]) -> list[float]:
         """[torch.dot(mean, u_i)] after mean /= pending (if not None): for a large tensor the
         division in column ranges, then the dot products in two groups of inputs."""
         kernels = native.kernels
