@@ -28,12 +28,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from mergestore import native
 from mergestore.lazy_numpy import np  # numpy is imported on first use
 from mergestore.ops import alloc, sparsify
 from mergestore.threads import kernel_threads, ordered_map
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 LINEAR_MAX_INPUTS = 4
 
@@ -132,6 +135,19 @@ def _run_columns(fn: Callable[[range], None], total: int) -> None:
     ranges = _columns(total)
     for _ in ordered_map(fn, ranges, workers=len(ranges)):
         pass
+
+
+def _splits(total: int) -> bool:
+    """True where a tensor of `total` elements runs its work on two threads (_columns)."""
+    return len(_columns(total)) > 1
+
+
+def _in_two_groups(fn: Callable[[Sequence[T]], list[R]], items: Sequence[T]) -> list[R]:
+    """fn over the first and the second half of items on two threads, the results in order:
+    for ordered sums taken one per input (each call sums its inputs whole: the same bits)."""
+    half = (len(items) + 1) // 2
+    parts = ordered_map(fn, [items[:half], items[half:]], workers=2)
+    return [v for part in parts for v in part]
 
 
 def linear(

@@ -34,7 +34,7 @@ import numpy as np
 from mergestore import native
 from mergestore.ops import alloc
 from mergestore.ops import lane_math as lm
-from mergestore.ops.lane16 import _columns, _run_columns
+from mergestore.ops.lane16 import _in_two_groups, _run_columns, _splits
 from mergestore.ops.lane_formats import FMT, convert, format_of, out_array
 from mergestore.threads import ordered_map
 
@@ -140,7 +140,7 @@ def _merge(
         if float(size) > tol:
             pending = float(size)
     if pending is not None:
-        _scale(mean, mean, pending)
+        passes.scale(mean, pending)
     scale = f32(0.0)  # sum(a * norm): from the int 0, each term an fp32 product
     for a, v in zip(alphas, norms, strict=True):
         scale = scale + f32(a) * v
@@ -184,8 +184,8 @@ class _Passes:
     sees the same values in the same order either way: the same bits."""
 
     def __init__(self, n: int) -> None:
-        self.ranges = _columns(n)
-        self.split = len(self.ranges) > 1
+        self.n = n
+        self.split = _splits(n)
 
     def columns(
         self, fn: Callable[[slice, bool], float | None], norm_of: np.ndarray | None = None
@@ -194,9 +194,7 @@ class _Passes:
         norm when whole), else 0."""
         if not self.split:
             return fn(slice(None), norm_of is not None) or 0.0
-        for _ in ordered_map(lambda r: fn(slice(r.start, r.stop), False), self.ranges,
-                             workers=len(self.ranges)):  # fmt: skip
-            pass
+        _run_columns(lambda r: fn(slice(r.start, r.stop), False), self.n)
         if norm_of is None:
             return 0.0
         kernels = native.kernels
@@ -216,28 +214,19 @@ class _Passes:
         if not self.split or len(units) < 2:
             return kernels.karcher16_dots(mean, pending, units)
         if pending is not None:
-            _scale(mean, mean, pending)
-        half = (len(units) + 1) // 2
-        groups = [units[:half], units[half:]]
-        parts = ordered_map(lambda g: kernels.karcher16_dots(mean, None, g), groups, workers=2)
-        return [d for part in parts for d in part]
+            self.scale(mean, pending)
+        return _in_two_groups(lambda g: kernels.karcher16_dots(mean, None, g), units)
+
+    def scale(self, x: np.ndarray, d: float) -> None:
+        """x = x / d in place, rounded to bf16 (each element on its own: the same bits)."""
+        kernels = native.kernels
+        assert kernels is not None
+        self.columns(lambda c, _: kernels.karcher16_scale(x[c], x[c], d))
 
 
 def _empty(n: int) -> np.ndarray:
     """An uninitialised bf16 array (pooled: no fresh pages per tensor)."""
     return alloc.empty_bytes(2 * n).view(np.uint16)
-
-
-def _scale(out: np.ndarray, x: np.ndarray, d: float) -> None:
-    """out = x / d, rounded to bf16: a division per element, split over both cores on large
-    tensors (each element on its own: the same bits)."""
-    kernels = native.kernels
-    assert kernels is not None
-
-    def columns(r: range) -> None:
-        kernels.karcher16_scale(out[r.start : r.stop], x[r.start : r.stop], d)
-
-    _run_columns(columns, x.size)
 
 
 def _as_bf16(x: np.ndarray) -> np.ndarray:

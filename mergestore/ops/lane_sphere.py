@@ -27,9 +27,8 @@ import numpy as np
 from mergestore import native
 from mergestore.ops import lane_math as lm
 from mergestore.ops.context import TensorContext
-from mergestore.ops.lane16 import PARALLEL_MIN, _run_columns
+from mergestore.ops.lane16 import _in_two_groups, _run_columns, _splits
 from mergestore.ops.lane_formats import FMT, convert, format_of, out_array
-from mergestore.threads import kernel_threads, ordered_map
 
 if TYPE_CHECKING:
     import torch
@@ -208,17 +207,15 @@ def _norms(args: tuple[list[np.ndarray], list[int], bool, int]) -> list[float]:
     arrays, fmts, has_base, cfmt = args
     lead = 1 if has_base else 0  # the base comes first and is read by both groups
     k = len(arrays) - lead
-    if k < 2 or arrays[0].size < PARALLEL_MIN or kernel_threads(2) < 2:
+    if k < 2 or not _splits(arrays[0].size):
         return list(kernels.sphere_norms(*args))
-    half = (k + 1) // 2
-    groups = [range(lead, lead + half), range(lead + half, lead + k)]
 
-    def norms(group: range) -> list[float]:
+    def norms(group: Sequence[int]) -> list[float]:
         keep = [*range(lead), *group]
         return kernels.sphere_norms([arrays[i] for i in keep], [fmts[i] for i in keep],
                                     has_base, cfmt)  # fmt: skip
 
-    return [v for part in ordered_map(norms, groups, workers=2) for v in part]
+    return _in_two_groups(norms, range(lead, lead + k))
 
 
 def _nuslerp(
@@ -288,7 +285,7 @@ def _multislerp(
         threads, their norms then taken from the cached row."""
         target = out if stage == 4 else None
         common = (target, out_fmt, *args, *g, mn, list(dots)[:k], c, q, scale, cache)
-        if stage == 2 or n < PARALLEL_MIN:
+        if stage == 2 or not _splits(n):
             return kernels.multislerp_pass(stage, *common, 0, n)
         _run_columns(lambda r: kernels.multislerp_pass(stage, *common, r.start, r.stop), n)
         if stage == 4:
