@@ -145,6 +145,12 @@ ALWAYS_INLINE static inline void cput(char *row, Py_ssize_t j, float x, const in
         ((uint16_t *)row)[j] = rne_f16(x);
 }
 
+/* A tile of values exact in the compute format into elements s .. s + m of a cached row. */
+ALWAYS_INLINE static inline void cput_tile(char *row, Py_ssize_t s, const float *v, Py_ssize_t m,
+                                           const int cfmt) {
+    for (Py_ssize_t j = 0; j < m; j++) cput(row, s + j, v[j], cfmt);
+}
+
 /* One pass of multislerp, per tile: u_i = RC(v_i / ne_i); mean = RC(sum_i RC(u_i w_i));
  *   stage 1: returns |mean| (torch.norm, before its rounding);
  *   stage 2: m = RC(mean / mn); returns dots_i = sum over the tensor of RC(u_i m);
@@ -195,13 +201,11 @@ ALWAYS_INLINE static inline void multislerp_in(int stage, float *result, void *o
                     ui[j] = x;
                     mean[j] = mean[j] + rc(x * w, cfmt);
                 }
-                if (cache)
-                    for (Py_ssize_t j = 0; j < m; j++) cput(cu + i * row, s + j, ui[j], cfmt);
+                if (cache) cput_tile(cu + i * row, s, ui, m, cfmt);
             }
             for (Py_ssize_t j = 0; j < m; j++) mean[j] = rc(mean[j], cfmt);
             if (stage == 1) {
-                if (cache)
-                    for (Py_ssize_t j = 0; j < m; j++) cput(cm, s + j, mean[j], cfmt);
+                if (cache) cput_tile(cm, s, mean, m, cfmt);
                 if (whole) norm_feed(&q, mean, s, m);
                 continue;
             }
@@ -232,8 +236,7 @@ ALWAYS_INLINE static inline void multislerp_in(int stage, float *result, void *o
             for (Py_ssize_t j = 0; j < m; j++) step[j] = rc(step[j], cfmt);
         }
         if (stage == 3) {
-            if (cache)
-                for (Py_ssize_t j = 0; j < m; j++) cput(cstep, s + j, step[j], cfmt);
+            if (cache) cput_tile(cstep, s, step, m, cfmt);
             if (whole) norm_feed(&q, step, s, m);
             continue;
         }
