@@ -129,7 +129,7 @@ def fsck(repo: Repository, *, full: bool = False) -> FsckReport:
         # and damage there is still damage), in pack order: the block reader coalesces them
         # into large reads and checks each pack entry header on the way.
         order = sorted((b for b in locs if b not in bad_blocks), key=lambda b: _pos(locs[b]))
-        reader = repo.reader()
+        reader = repo.reader(full=True)  # blake3, not the entries' checks
         for bid, res in reader.read(
             order,
             locations=locs,

@@ -13,7 +13,7 @@ from mergestore.errors import RefError
 from mergestore.formats.checkpoint import Checkpoint, CheckpointFile, scan_checkpoint
 from mergestore.formats.safetensors import DTYPE_SIZES
 from mergestore.store import codecs
-from mergestore.store.blocks import blob_ranges, block_id, tensor_blocking
+from mergestore.store.blocks import blob_ranges, block_id, raw_check, tensor_blocking
 from mergestore.store.index import BlockLocation
 from mergestore.store.objects import BlobFile, Commit, TensorFile, TensorRecord, Tree, TreeEntry
 from mergestore.store.parallel import BufferPool, read_exact, reuse_freed_memory
@@ -46,6 +46,7 @@ class BlockResult:
     encoded: codecs.Encoded | None  # None when the block is already stored
     stats: blockstats.DeltaStats | None = None
     buf: bytearray | None = None  # pooled read buffer the payload still points into
+    check: int | None = None  # blocks.raw_check of a new block's raw bytes
 
 
 # Ask the kernel to read checkpoint files this far ahead of the blocks being worked on (cold
@@ -141,13 +142,13 @@ class _Ingest:
             reference=ref_raw,
             reference_id=job.ref if ref_raw is not None else None,
         )
-        return BlockResult(bid, len(raw), enc, stats)
+        return BlockResult(bid, len(raw), enc, stats, check=raw_check(bid, raw))
 
     def store(self, job: BlockJob, res: BlockResult) -> bytes:
         """Runs on the main thread, in order: append new blocks to the pack."""
         self.bytes_read += res.raw_len
         added = res.encoded is not None and self.session.add_encoded(
-            res.bid, res.raw_len, res.encoded
+            res.bid, res.raw_len, res.encoded, res.check
         )
         if added and job.dtype is not None:  # a tensor block (see tensor_block_count)
             self.new_blocks += 1

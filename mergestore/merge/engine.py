@@ -62,7 +62,7 @@ from mergestore.ops import (
     validate_params,
 )
 from mergestore.store import codecs
-from mergestore.store.blocks import block_id, tensor_blocking
+from mergestore.store.blocks import block_id, raw_check, tensor_blocking
 from mergestore.store.objects import TensorRecord
 from mergestore.store.packs import ReadMeter
 from mergestore.store.parallel import reuse_freed_memory
@@ -110,6 +110,7 @@ class PreparedBlocks:
     ids: list[bytes]
     raw_lens: list[int]
     encoded: list[codecs.Encoded | None]  # None: nothing to write (the reference's, or stored)
+    checks: list[int | None] | None = None  # blocks.raw_check of each block that is encoded
 
 
 class Sink(Protocol):
@@ -155,11 +156,13 @@ class StoreSink:
         when each block was checked after the earlier ones were kept."""
         delta = self.repo.config.delta_codecs and ref_raw is not None
 
-        def work(item: tuple[memoryview, bytes | None]) -> tuple[bytes, codecs.Encoded | None]:
+        Work = tuple[bytes, codecs.Encoded | None, int | None]
+
+        def work(item: tuple[memoryview, bytes | None]) -> Work:
             raw, ref = item
             bid = block_id(raw)
             if bid == ref or self.session.known(bid):
-                return bid, None
+                return bid, None, None
             ref_bytes = None
             if delta and ref is not None and not self.session.is_delta(ref):
                 assert ref_raw is not None
@@ -171,17 +174,20 @@ class StoreSink:
                 reference=ref_bytes,
                 reference_id=ref if ref_bytes is not None else None,
             )
-            return bid, enc
+            return bid, enc, raw_check(bid, raw)
 
         done = list(ordered_map(work, list(zip(raws, refs, strict=True)), workers=workers))
         return PreparedBlocks(
-            [bid for bid, _ in done], [len(raw) for raw in raws], [enc for _, enc in done]
-        )
+            [d[0] for d in done], [len(raw) for raw in raws], [d[1] for d in done],
+            [d[2] for d in done],
+        )  # fmt: skip
 
     def commit_blocks(self, prepared: PreparedBlocks) -> list[bytes]:
-        for bid, n, enc in zip(prepared.ids, prepared.raw_lens, prepared.encoded, strict=True):
+        checks = prepared.checks or [None] * len(prepared.ids)
+        blocks = zip(prepared.ids, prepared.raw_lens, prepared.encoded, checks, strict=True)
+        for bid, n, enc, check in blocks:
             if enc is not None:
-                self.session.add_encoded(bid, n, enc)  # skips a block kept meanwhile
+                self.session.add_encoded(bid, n, enc, check)  # skips a block kept meanwhile
         return list(prepared.ids)
 
     def put_blocks(

@@ -320,14 +320,16 @@ class FolderSink:
         ids: list[bytes] = []
         lens: list[int] = []
         encoded: list[Encoded | None] = []
+        checks: list[int | None] = []
         for raw, ref in zip(raws, refs, strict=True):
             one = self.inner.prepare_blocks([raw], dtype, [ref], ref_raw, 1, (name, pos))
             self.folder.put(name, pos, [raw], dtype)
             ids += one.ids
             lens += one.raw_lens
             encoded += one.encoded
+            checks += one.checks or [None] * len(one.ids)
             pos += len(raw)
-        return PreparedBlocks(ids, lens, encoded)
+        return PreparedBlocks(ids, lens, encoded, checks)
 
     def commit_blocks(self, prepared: PreparedBlocks) -> list[bytes]:
         return self.inner.commit_blocks(prepared)

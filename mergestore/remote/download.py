@@ -73,10 +73,10 @@ def download_blocks(
             if pending is not None and any(e.ref in pending_ids for _p, e, _b in items):
                 nbytes += pending.result()  # a reference still being written: wait for it
                 pending = None
-            check_fetched(repo, state.name, items, arena)
+            checks = check_fetched(repo, state.name, items, arena)
             if pending is not None:
                 nbytes += pending.result()
-            pending = writer.submit(_publish_batch, repo, items, advance)
+            pending = writer.submit(_publish_batch, repo, items, checks, advance)
             pending_ids = {e.block for _p, e, _b in items}
             n += len(items)
         assert pending is not None
@@ -174,11 +174,14 @@ def _get_batch(client: ObjectClient, batch: Batch) -> list[Fetched]:
     return out
 
 
-def _publish_batch(repo: Repository, items: list[Fetched], advance: Advance | None) -> int:
-    """Write checked payloads as they were stored, and publish them in one transaction."""
+def _publish_batch(
+    repo: Repository, items: list[Fetched], checks: dict[bytes, int], advance: Advance | None
+) -> int:
+    """Write checked payloads as they were stored, with the raw checks computed from the
+    bytes that matched their ids, and publish them in one transaction."""
     with repo.writer() as w:
         for _p, e, payload in items:
-            w.add_encoded(e.block, e.raw_len, Encoded(e.spec, payload, e.ref))
+            w.add_encoded(e.block, e.raw_len, Encoded(e.spec, payload, e.ref), checks[e.block])
         w.publish()
     got = sum(e.length for _p, e, _b in items)
     if advance:

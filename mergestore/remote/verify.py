@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from mergestore.remote.layout import IdxEntry, RemoteCorruptionError
 from mergestore.store import codecs
-from mergestore.store.blocks import block_id
+from mergestore.store.blocks import block_id, raw_check
 from mergestore.store.promised import is_promised
 from mergestore.store.repo import Repository
 from mergestore.threads import default_workers, ordered_map
@@ -63,12 +63,15 @@ def _reference_raw(repo: Repository, ref: bytes) -> Any:
     return out
 
 
-def _decode_into(remote: str, pack: str, e: IdxEntry, payload: Any, out: Any, ref_raw: Any) -> bool:
-    """Decode one payload into `out`; whether its blake3 is the entry's id (a payload that
-    does not decode is a RemoteCorruptionError)."""
+def _decode_into(
+    remote: str, pack: str, e: IdxEntry, payload: Any, out: Any, ref_raw: Any
+) -> int | None:
+    """Decode one payload into `out`; if its blake3 is the entry's id, the raw_check that
+    local reads will compare it with, else None (a payload that does not decode is a
+    RemoteCorruptionError)."""
     try:
         codecs.decode_block_into(e.spec, payload, out, reference=ref_raw)
-        return block_id(out) == e.block
+        return raw_check(e.block, out) if block_id(out) == e.block else None
     except Exception as ex:  # a hostile payload may fail anywhere in a decoder
         raise RemoteCorruptionError(
             f"remote {remote}: block {e.block.hex()[:12]} in pack {pack[:16]} does not decode "
@@ -83,8 +86,9 @@ def _mismatch(remote: str, pack: str, e: IdxEntry) -> RemoteCorruptionError:
     )
 
 
-def check_block(repo: Repository, remote: str, pack: str, e: IdxEntry, payload: Any) -> None:
-    """Decode one fetched payload and compare it with its id (RemoteCorruptionError if not)."""
+def check_block(repo: Repository, remote: str, pack: str, e: IdxEntry, payload: Any) -> int:
+    """Decode one fetched payload and compare it with its id (RemoteCorruptionError if not);
+    returns its raw_check."""
     try:
         ref_raw = _reference_raw(repo, e.ref) if e.ref is not None else None
     except Exception as ex:
@@ -92,20 +96,24 @@ def check_block(repo: Repository, remote: str, pack: str, e: IdxEntry, payload: 
             f"remote {remote}: block {e.block.hex()[:12]} in pack {pack[:16]} does not decode "
             f"({type(ex).__name__}: {str(ex)[:120]})"
         ) from None
-    ok = _decode_into(remote, pack, e, payload, _buffers.get("out", e.raw_len), ref_raw)
-    if not ok and e.ref is not None:
+    check = _decode_into(remote, pack, e, payload, _buffers.get("out", e.raw_len), ref_raw)
+    if check is None and e.ref is not None:
         # the reference as the store's verified read gives it: names a damaged local block
         raw = codecs.decode_block(e.spec, payload, reference=repo.read_block(e.ref))
-        ok = block_id(raw) == e.block
-    if not ok:
+        check = raw_check(e.block, raw) if block_id(raw) == e.block else None
+    if check is None:
         raise _mismatch(remote, pack, e)
+    return check
 
 
 def check_blocks(
     repo: Repository, remote: str, pack: str, entries: Sequence[IdxEntry], payloads: Sequence[Any]
-) -> None:
-    """check_block over many payloads, on every core (the decoders release the GIL)."""
-    check_fetched(repo, remote, [(pack, e, p) for e, p in zip(entries, payloads, strict=True)])
+) -> dict[bytes, int]:
+    """check_block over many payloads, on every core (the decoders release the GIL); the
+    raw_check of each block."""
+    return check_fetched(
+        repo, remote, [(pack, e, p) for e, p in zip(entries, payloads, strict=True)]
+    )
 
 
 Fetched = tuple[str, IdxEntry, Any]  # (remote pack, its index entry, the payload as received)
@@ -126,12 +134,13 @@ class RawArena:
 
 def check_fetched(
     repo: Repository, remote: str, items: Sequence[Fetched], arena: RawArena | None = None
-) -> None:
+) -> dict[bytes, int]:
     """Check a batch of fetched blocks against their ids, on every core.
 
     A delta whose reference is in the same batch is checked against the reference's raw
     bytes as the batch's own check decoded them (into `arena`), so no block is decoded twice;
     other deltas read their reference from the store (it must be published already).
+    Returns each block's raw_check, computed from the bytes that matched its id.
     """
     in_batch = {e.ref for _p, e, _b in items if e.ref is not None}
     refs = [it for it in items if it[1].ref is None and it[1].block in in_batch]
@@ -144,20 +153,28 @@ def check_fetched(
             raw[e.block] = buf[off : off + e.raw_len]
             off += e.raw_len
 
+    checks: dict[bytes, int] = {}
+
     def one_ref(i: int) -> None:
         pack, e, payload = refs[i]
-        if not _decode_into(remote, pack, e, payload, raw[e.block], None):
+        check = _decode_into(remote, pack, e, payload, raw[e.block], None)
+        if check is None:
             raise _mismatch(remote, pack, e)
+        checks[e.block] = check
 
     def one(i: int) -> None:
         pack, e, payload = rest[i]
         ref_raw = raw.get(e.ref) if e.ref is not None else None
         if ref_raw is None:
-            check_block(repo, remote, pack, e, payload)
-        elif not _decode_into(remote, pack, e, payload, _buffers.get("out", e.raw_len), ref_raw):
+            checks[e.block] = check_block(repo, remote, pack, e, payload)
+            return
+        check = _decode_into(remote, pack, e, payload, _buffers.get("out", e.raw_len), ref_raw)
+        if check is None:
             raise _mismatch(remote, pack, e)  # its reference was checked by its own id
+        checks[e.block] = check
 
     workers = min(4, default_workers())
     for fn, n in ((one_ref, len(refs)), (one, len(rest))):
         for _ in ordered_map(fn, range(n), workers=workers):
             pass
+    return checks

@@ -112,8 +112,9 @@ def adopt_uploaded(
             got = sum(e.length for e in chunk)
             repo.fetch_meter.add(got)
             fetched += got
-            check_blocks(repo, remote, name, chunk, bufs)
+            checks = check_blocks(repo, remote, name, chunk, bufs)
             for e, payload in zip(chunk, bufs, strict=True):
-                if session.add_encoded(e.block, e.raw_len, Encoded(e.spec, payload, e.ref)):
+                enc = Encoded(e.spec, payload, e.ref)
+                if session.add_encoded(e.block, e.raw_len, enc, checks[e.block]):
                     blocks += 1
     return blocks, fetched

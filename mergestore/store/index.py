@@ -43,11 +43,13 @@ DB_NAMES = (
 MAP_SIZE = 1 << 40  # address space only; the file grows as needed
 
 _LOC = struct.Struct("<IQIQH")
+_CHECK = struct.Struct("<Q")
 
 
 @dataclass(frozen=True)
 class BlockLocation:
-    """Where a stored block is: pack, offset, stored and raw lengths, codec, delta reference."""
+    """Where a stored block is: pack, offset, stored and raw lengths, codec, delta reference,
+    and the check of its raw bytes (blocks.raw_check) when it was computed here."""
 
     pack: int
     offset: int
@@ -55,18 +57,22 @@ class BlockLocation:
     raw_len: int
     codec: int  # id of the codec chain spec
     ref: bytes | None = None  # reference block for delta codecs
+    check: int | None = None  # None: entries of format 1, promised ones: read checks blake3
 
     def encode(self) -> bytes:
         head = _LOC.pack(self.pack, self.offset, self.length, self.raw_len, self.codec)
-        return head + (self.ref or b"")
+        tail = _CHECK.pack(self.check) if self.check is not None else b""
+        return head + (self.ref or b"") + tail
 
     @classmethod
     def decode(cls, value: bytes) -> BlockLocation:
-        if len(value) not in (_LOC.size, _LOC.size + 32):
+        extra = len(value) - _LOC.size
+        if extra not in (0, 32, _CHECK.size, 32 + _CHECK.size):
             raise CorruptionError("corrupt block index entry")
         pack, offset, length, raw_len, codec = _LOC.unpack_from(value)
-        ref = bytes(value[_LOC.size :]) or None
-        return cls(pack, offset, length, raw_len, codec, ref)
+        ref = bytes(value[_LOC.size : _LOC.size + 32]) if extra >= 32 else None
+        check = _CHECK.unpack_from(value, len(value) - _CHECK.size)[0] if extra % 32 else None
+        return cls(pack, offset, length, raw_len, codec, ref, check)
 
 
 _STATS = struct.Struct("<ddddQQ")

@@ -265,6 +265,7 @@ def _encode(session: WriteSession, note: dict[str, Any]) -> dict[str, Any]:
                 pb.length,
                 pb.raw_len,
                 pb.ref.hex() if pb.ref is not None else None,
+                pb.check,
             ]  # fmt: skip
             for bid, pb in list(session.blocks.items())
         ],
@@ -279,10 +280,14 @@ def _encode(session: WriteSession, note: dict[str, Any]) -> dict[str, Any]:
 
 
 def _block(row: list[Any]) -> tuple[bytes, PendingBlock]:
-    bid, spec, pack, offset, length, raw_len, ref = row
+    bid, spec, pack, offset, length, raw_len, ref, *rest = row
+    check = rest[0] if rest else None  # saved before entries had checks: none
+    if len(rest) > 1 or (check is not None and not 0 <= int(check) < 1 << 64):
+        raise ValueError("a malformed block row")
     pb = PendingBlock(
         str(spec), int(pack), int(offset), int(length), int(raw_len),
         bytes.fromhex(ref) if ref is not None else None,
+        int(check) if check is not None else None,
     )  # fmt: skip
     return bytes.fromhex(bid), pb
 

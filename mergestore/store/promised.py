@@ -42,6 +42,8 @@ class PromisedStore(Protocol):
 
     def gc_lock(self, exclusive: bool) -> int: ...
 
+    def upgrade_format(self) -> None: ...
+
 
 class BlockSource(Protocol):
     """Where the stored bytes of promised blocks come from (the remote layer provides one)."""
@@ -108,8 +110,9 @@ class Keeper:
     def pending_location(self, bid: bytes) -> BlockLocation | None:
         return self._pending.get(bid)
 
-    def keep(self, bid: bytes, loc: BlockLocation, payload: bytes | memoryview) -> None:
-        """Append a verified payload (its promised location `loc`) to a local pack."""
+    def keep(self, bid: bytes, loc: BlockLocation, payload: bytes | memoryview, check: int) -> None:
+        """Append a payload checked against its blake3 id (its promised location `loc`) to a
+        local pack; `check` is blocks.raw_check of the bytes it decoded to."""
         with self._lock:
             if bid in self._pending:
                 return
@@ -118,7 +121,7 @@ class Keeper:
                 self._appender = PackAppender(self.repo.pack_dir)
             pack, offset = self._appender.append(bid, payload)
             self._pending[bid] = BlockLocation(
-                pack, offset, loc.length, loc.raw_len, loc.codec, loc.ref
+                pack, offset, loc.length, loc.raw_len, loc.codec, loc.ref, check
             )
             self._pending_bytes += loc.length
             if self._pending_bytes >= KEEP_BATCH:
@@ -134,6 +137,7 @@ class Keeper:
         try:
             if self._pending:
                 self._appender.sync()
+                self.repo.upgrade_format()  # entries with checks (format 2)
                 idx = self.repo.index
                 with idx.write() as txn:
                     for bid, loc in self._pending.items():

@@ -9,7 +9,9 @@ through: "read these blocks, in whatever order is cheapest, give me verified byt
 - the kernel is told which ranges come next (POSIX_FADV_WILLNEED on exactly those ranges, a few
   spans ahead), and pack fds are opened with POSIX_FADV_RANDOM (packs.py), so the disk reads the
   planned bytes and nothing else: no read-ahead into blocks a budgeted merge skips;
-- every block is decoded and checked against its blake3 id, as `Repository.read_block` does;
+- every block is decoded and checked as `Repository.read_block` does: against the check its
+  index entry holds (blocks.raw_check, xxh3-64 seeded by the id), or against its blake3 id
+  when it has none or the reader was made with `full=True` (fsck --full);
 - the meter counts each block's stored payload, as `Repository.read_block` does; what a span
   reads besides (entry headers, holes of at most `max_gap` bytes) is not counted, so callers
   that must not read what they skip (budgeted merges) pass `max_gap=HEADERS_ONLY_GAP`: only
@@ -29,6 +31,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from mergestore.errors import CorruptionError
+from mergestore.store.blocks import block_id
 from mergestore.store.index import BlockLocation
 from mergestore.store.packs import ENTRY_HEADER, ENTRY_MAGIC, PackReader, ReadMeter
 from mergestore.threads import ordered_map
@@ -147,6 +150,7 @@ class BlockStore(Protocol):
         *,
         out: np.ndarray | None = None,
         view: bool = False,
+        full: bool = False,
     ) -> bytes | memoryview: ...
 
 
@@ -160,11 +164,13 @@ class BlockReader:
         max_gap: int = MAX_GAP,
         max_span: int = MAX_SPAN,
         batch_bytes: int = BATCH_BYTES,
+        full: bool = False,
     ) -> None:
         self.repo = repo
         self.max_gap = max_gap
         self.max_span = max_span
         self.batch_bytes = batch_bytes
+        self.full = full  # check every block's blake3, not the check in its entry (fsck --full)
 
     def read(
         self,
@@ -394,7 +400,9 @@ class BlockReader:
             elif isinstance(ref_raw, CorruptionError):
                 raise CorruptionError(f"block {bid.hex()[:12]}: its delta reference: {ref_raw}")
         out = into(bid) if into is not None else None
-        return self.repo.decode_verified(bid, loc, payload, ref_raw, out=out, view=view)
+        return self.repo.decode_verified(
+            bid, loc, payload, ref_raw, out=out, view=view, full=self.full
+        )
 
     def _one_by_one(
         self,
@@ -413,10 +421,15 @@ class BlockReader:
             return bid, CorruptionError(f"block {bid.hex()[:12]}: its delta reference: {ref}")
         try:
             out = into(bid) if into is not None else None
+            raw: bytes | memoryview
             if out is not None:
                 self.repo.read_block_into(bid, out, one, reference=ref)
-                return bid, memoryview(out)
-            return bid, self.repo.read_block(bid, one, reference=ref, view=view)
+                raw = memoryview(out)
+            else:
+                raw = self.repo.read_block(bid, one, reference=ref, view=view)
+            if self.full and block_id(raw) != bid:
+                raise CorruptionError(f"block {bid.hex()[:12]} is corrupt (hash mismatch)")
+            return bid, raw
         except (CorruptionError, OSError) as e:
             err = (
                 e

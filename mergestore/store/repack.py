@@ -426,7 +426,9 @@ def _publish(
             old = current[b]
             txn.put(
                 b,
-                BlockLocation(n.pack, n.offset, n.length, old.raw_len, cid, n.ref).encode(),
+                BlockLocation(
+                    n.pack, n.offset, n.length, old.raw_len, cid, n.ref, old.check
+                ).encode(),  # the same raw bytes: the same check
                 db=db,
             )
         _fault_point("repack-inside-index")

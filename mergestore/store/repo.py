@@ -13,6 +13,7 @@ one LMDB transaction. Until that transaction commits nothing of the session is v
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import json
 import os
@@ -39,7 +40,7 @@ from mergestore.errors import (
 )
 from mergestore.lazy_numpy import np  # numpy is imported on first use
 from mergestore.store import codecs, faults
-from mergestore.store.blocks import DEFAULT_BLOCK_SIZE, block_id
+from mergestore.store.blocks import DEFAULT_BLOCK_SIZE, block_id, raw_check, raw_matches
 from mergestore.store.index import BlockLocation, DeltaStats, Index, codec_id, stats_key
 from mergestore.store.locks import OnWait, flock_wait
 from mergestore.store.objects import (
@@ -73,7 +74,9 @@ from mergestore.store.refs import (
 )
 from mergestore.store.statcache import FileStamp, StatEntry
 
-FORMAT_VERSION = 1
+# 2: block index entries may end with a check of the raw bytes (blocks.raw_check). A store of
+# format 1 is read as it is, and marked 2 before the first such entry is published into it.
+FORMAT_VERSION = 2
 CONFIG_FILE = "config.json"
 _OBJ_PLAIN, _OBJ_ZSTD = b"\x00", b"\x01"
 _SEQ = struct.Struct(">Q")
@@ -198,7 +201,28 @@ class Repository:
             raise CorruptionError(f"{cfg_path}: unreadable store config") from e
         if config.format > FORMAT_VERSION:
             raise MergestoreError(f"{path}: store format {config.format} is newer than this tool")
+        if config.format < 1:
+            raise CorruptionError(f"{cfg_path}: unknown store format {config.format}")
         return cls(path, config)
+
+    def upgrade_format(self) -> None:
+        """Mark a store of an older format as this tool's before writing entries that only
+        this format has (atomic: a new config.json, fsynced, renamed over the old one)."""
+        if self.config.format >= FORMAT_VERSION:
+            return
+        config = dataclasses.replace(self.config, format=FORMAT_VERSION)
+        tmp = self.path / (CONFIG_FILE + ".tmp")
+        with open(tmp, "w") as f:
+            f.write(json.dumps(config.to_json(), indent=2) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path / CONFIG_FILE)
+        dfd = os.open(self.path, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+        self.config = config
 
     def close(self) -> None:
         if self._keeper is not None:
@@ -253,7 +277,9 @@ class Repository:
             pb = overlay.blocks.get(bid)
             if pb is not None:
                 codec = self._pending_codec_id(txn, pb.spec)
-                return BlockLocation(pb.pack, pb.offset, pb.length, pb.raw_len, codec, pb.ref)
+                return BlockLocation(
+                    pb.pack, pb.offset, pb.length, pb.raw_len, codec, pb.ref, pb.check
+                )
         if self._keeper is not None:
             kept = self._keeper.pending_location(bid)
             if kept is not None:
@@ -303,8 +329,11 @@ class Repository:
         *,
         out: np.ndarray | None = None,
         view: bool = False,
+        full: bool = False,
     ) -> bytes | memoryview:
-        """Decode a block's stored payload (into `out` when given) and check it against its id.
+        """Decode a block's stored payload (into `out` when given) and check it: against the
+        check its entry holds (blocks.raw_check), or with `full`, or when the entry has none,
+        against its blake3 id.
 
         Returns the raw bytes (a view of `out` when given). On an error `out` holds garbage."""
         spec = self.codec_spec(loc.codec)
@@ -320,10 +349,10 @@ class Repository:
                 raw = codecs.decode_block(spec, payload, reference=reference, view=view)
         except CorruptionError as e:
             raise CorruptionError(f"block {bid.hex()[:12]}: {e}") from e
-        if len(raw) != loc.raw_len or block_id(raw) != bid:
+        if not raw_matches(bid, raw, loc.raw_len, loc.check, full=full):
             raise CorruptionError(f"block {bid.hex()[:12]} is corrupt (hash mismatch)")
         if is_promised(loc):
-            self._keep(bid, loc, payload)
+            self._keep(bid, loc, payload, raw_check(bid, raw))
         return raw
 
     def read_block_into(
@@ -340,12 +369,12 @@ class Repository:
         loc, payload, ref_raw = self._payload(bid, meter, reference, location)
         self.decode_verified(bid, loc, payload, ref_raw, out=out)
 
-    def _keep(self, bid: bytes, loc: BlockLocation, payload: bytes) -> None:
+    def _keep(self, bid: bytes, loc: BlockLocation, payload: bytes, check: int) -> None:
         if self._keeper is None:
             with self._codec_lock:
                 if self._keeper is None:
                     self._keeper = Keeper(self)
-        self._keeper.keep(bid, loc, payload)
+        self._keeper.keep(bid, loc, payload, check)
 
     def _fetch_promised(self, bid: bytes, loc: BlockLocation) -> tuple[BlockLocation, bytes]:
         """The stored bytes of a promised block: from a local pack if it was kept meanwhile,
@@ -907,6 +936,7 @@ class PendingBlock:
     length: int
     raw_len: int
     ref: bytes | None
+    check: int | None = None  # blocks.raw_check of the raw bytes, when computed here
 
 
 @dataclass
@@ -980,14 +1010,16 @@ class WriteSession:
         pend = self.blocks.get(bid)
         return pend is not None and pend.ref is not None
 
-    def add_encoded(self, bid: bytes, raw_len: int, enc: codecs.Encoded) -> bool:
-        """Append an encoded block unless it is already stored; True if written."""
+    def add_encoded(self, bid: bytes, raw_len: int, enc: codecs.Encoded, check: int | None) -> bool:
+        """Append an encoded block unless it is already stored; True if written. `check` is
+        blocks.raw_check of the raw bytes whose blake3 is `bid`, computed from those bytes by
+        the caller (None when it has not: reads of the block then check its blake3)."""
         if self.known(bid):
             return False
         pack, offset = self._appender.append(bid, enc.buffers)
         _fault_point("after-append")
         n = enc.nbytes
-        self.blocks[bid] = PendingBlock(enc.spec, pack, offset, n, raw_len, enc.ref)
+        self.blocks[bid] = PendingBlock(enc.spec, pack, offset, n, raw_len, enc.ref, check)
         self.bytes_written += n
         return True
 
@@ -996,7 +1028,7 @@ class WriteSession:
         bid = block_id(raw)
         if not self.known(bid):
             enc = codecs.encode_block(raw, dtype=dtype, level=self.repo.config.zstd_level)
-            self.add_encoded(bid, len(raw), enc)
+            self.add_encoded(bid, len(raw), enc, raw_check(bid, raw))
         return bid
 
     # objects
@@ -1031,6 +1063,8 @@ class WriteSession:
     def publish(self, ref_updates: Iterable[RefUpdate] = ()) -> None:
         """fsync the packs, then make everything visible in one LMDB transaction."""
         self._appender.sync()
+        if self.blocks:
+            self.repo.upgrade_format()  # entries with checks (format 2)
         _fault_point("before-publish")
         idx = self.repo.index
         with idx.write() as txn:
@@ -1041,7 +1075,9 @@ class WriteSession:
                 cid = codec_ids.get(pb.spec)
                 if cid is None:
                     cid = codec_ids[pb.spec] = codec_id(txn, idx, pb.spec)
-                loc = BlockLocation(pb.pack, pb.offset, pb.length, pb.raw_len, cid, pb.ref)
+                loc = BlockLocation(
+                    pb.pack, pb.offset, pb.length, pb.raw_len, cid, pb.ref, pb.check
+                )
                 txn.put(bid, loc.encode(), db=idx.db("blocks"))
             for oid, data in self.objects.items():
                 txn.put(oid, _wrap_object(data), db=idx.db("objects"), overwrite=False)

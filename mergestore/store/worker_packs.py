@@ -31,7 +31,7 @@ import numpy as np
 
 from mergestore.errors import CorruptionError
 from mergestore.store import codecs
-from mergestore.store.blocks import block_id
+from mergestore.store.blocks import raw_matches
 from mergestore.store.packs import ENTRY_HEADER, ENTRY_MAGIC, PackAppender, PackReader, ReadMeter
 from mergestore.store.promised import PROMISED_PACK_BASE, BlockSource, slot_name
 from mergestore.store.reader import BlockReader
@@ -48,6 +48,7 @@ class BlockPlace:
     raw_len: int
     codec: str  # codec chain spec
     ref: bytes | None = None  # delta reference block
+    check: int | None = None  # blocks.raw_check of the raw bytes (None: check blake3)
 
 
 def block_places(repo: Repository, ids: Iterable[bytes]) -> dict[bytes, BlockPlace]:
@@ -57,8 +58,14 @@ def block_places(repo: Repository, ids: Iterable[bytes]) -> dict[bytes, BlockPla
     locs.update(repo.block_locations(refs))
     return {
         bid: BlockPlace(
-            loc.pack, loc.offset, loc.length, loc.raw_len, repo.codec_spec(loc.codec), loc.ref
-        )
+            loc.pack,
+            loc.offset,
+            loc.length,
+            loc.raw_len,
+            repo.codec_spec(loc.codec),
+            loc.ref,
+            loc.check,
+        )  # fmt: skip
         for bid, loc in locs.items()
     }
 
@@ -195,6 +202,7 @@ class PackBlockSource:
         *,
         out: np.ndarray | None = None,
         view: bool = False,
+        full: bool = False,
     ) -> bytes | memoryview:
         try:
             if out is not None:
@@ -206,7 +214,7 @@ class PackBlockSource:
                 raw = codecs.decode_block(loc.codec, payload, reference=reference, view=view)
         except (CorruptionError, ValueError) as e:
             raise CorruptionError(f"block {bid.hex()[:12]} is corrupt ({e})") from None
-        if len(raw) != loc.raw_len or block_id(raw) != bid:
+        if not raw_matches(bid, raw, loc.raw_len, loc.check, full=full):
             raise CorruptionError(f"block {bid.hex()[:12]} is corrupt (hash mismatch)")
         return raw
 
@@ -284,13 +292,13 @@ class WorkerPacks:
         place = self.places.get(bid)
         return place is None or place.ref is not None  # unknown: never a delta reference
 
-    def add_encoded(self, bid: bytes, raw_len: int, enc: codecs.Encoded) -> bool:
+    def add_encoded(self, bid: bytes, raw_len: int, enc: codecs.Encoded, check: int | None) -> bool:
         with self._lock:
             if self.known(bid):
                 return False
             pack, offset = self._appender.append(bid, enc.buffers)
             n = enc.nbytes
-            place = BlockPlace(pack, offset, n, raw_len, enc.spec, enc.ref)
+            place = BlockPlace(pack, offset, n, raw_len, enc.spec, enc.ref, check)
             self.written[bid] = WrittenBlock(bid, place)
             self.bytes_written += n
             return True
@@ -325,7 +333,9 @@ def adopt_blocks(session: WriteSession, written: Iterable[WrittenBlock]) -> int:
             )
         if session.known(wb.id):
             continue  # stored already (or by another task): these bytes stay dead
-        session.blocks[wb.id] = PendingBlock(p.codec, p.pack, p.offset, p.length, p.raw_len, p.ref)
+        session.blocks[wb.id] = PendingBlock(
+            p.codec, p.pack, p.offset, p.length, p.raw_len, p.ref, p.check
+        )
         session.bytes_written += p.length
         adopted += p.length
     return adopted

@@ -23,7 +23,7 @@ from mergestore.remote.layout import RemoteCorruptionError
 from mergestore.remote.url import parse_url
 from mergestore.remote.worker_output import adopt_uploaded, upload_worker_packs
 from mergestore.store import codecs
-from mergestore.store.blocks import block_id
+from mergestore.store.blocks import block_id, raw_check
 from mergestore.store.repo import StoreConfig
 from mergestore.store.worker_packs import WorkerPacks
 
@@ -99,7 +99,7 @@ def _uploaded(tmp_path: Path, url: str, n: int = 3) -> tuple[list[bytes], list]:
     for i in range(n):
         raw = bytes((i * 7 + k * k) % 251 for k in range(8192))
         bid = block_id(raw)
-        packs.add_encoded(bid, len(raw), codecs.encode_block(raw, dtype=None))
+        packs.add_encoded(bid, len(raw), codecs.encode_block(raw, dtype=None), raw_check(bid, raw))
         ids.append(bid)
     return ids, upload_worker_packs(parse_url(url), "origin", work, packs.finish())
 
