@@ -50,6 +50,12 @@ def repack(store: Store, dry_run: bool, delta: bool | None, workers: int, as_jso
         click.echo(
             f"{human_bytes(rep.dead_bytes)} of old entries are dead (`mergestore gc` frees them)"
         )
+    if rep.checks_added:
+        added = "would add" if dry_run else "added"
+        click.echo(
+            f"{added} the read check to {plural(rep.checks_added, 'stored block')} "
+            "written by store format 1"
+        )
     if rep.skipped_concurrent:
         click.echo(
             f"{plural(rep.skipped_concurrent, 'stored block')} changed meanwhile and were left "

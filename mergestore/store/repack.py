@@ -2,8 +2,12 @@
 
 For stores written before a codec existed (or with delta codecs off): every block used by a
 commit is decoded and encoded again; the new encoding replaces the stored one only when it is
-clearly smaller. Delta candidates are the block at the same tensor position in the commit's
-base (`--base`), or else its first parent, like `commit --base` does.
+clearly smaller. Entries written by store format 1 get the check of their raw bytes
+(blocks.raw_check), computed from the bytes just read and compared with the block's blake3 id,
+so later reads of them compare the check (docs/format.md, "Checks on read").
+
+Delta candidates are the block at the same tensor position in the commit's base (`--base`),
+or else its first parent, like `commit --base` does.
 
 Invariant (docs/format.md): a delta's reference is never itself a delta. The plan keeps it by
 construction (a block chosen as a reference is pinned as a non-delta; a block planned as a
@@ -24,6 +28,7 @@ the conversion is not atomic, so the fresh packs are checked to be still there f
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import os
 import time
@@ -34,6 +39,7 @@ from typing import Any
 
 from mergestore.errors import MergestoreError
 from mergestore.store import codecs
+from mergestore.store.blocks import raw_check
 from mergestore.store.index import BlockLocation, codec_id
 from mergestore.store.locks import flock_wait
 from mergestore.store.objects import BlobFile, Commit, TensorFile, decode_object
@@ -63,6 +69,7 @@ class RepackReport:
     bytes_written: int = 0  # new payload bytes appended to fresh packs
     dead_bytes: int = 0  # old payloads now unreferenced: `mergestore gc` reclaims them
     skipped_concurrent: int = 0  # replacements dropped because the store changed meanwhile
+    checks_added: int = 0  # entries of format 1 given the check of their raw bytes
     packs_created: list[int] = field(default_factory=list)
     by_codec_after: dict[str, int] = field(default_factory=dict)  # codec -> blocks re-encoded
     seconds: float = 0.0
@@ -250,12 +257,13 @@ def repack(
             rep.raw_bytes += loc.raw_len
             rep.stored_bytes_before += loc.length
             rep.deltas_before += loc.ref is not None
-        new, plain = _encode_all(repo, plan, examined, rep, dry_run, progress, workers)
+        new, plain, checks = _encode_all(repo, plan, examined, rep, dry_run, progress, workers)
         _enforce_invariant(plan.locs, new, plain)
         if dry_run:
+            rep.checks_added = len(checks)
             _summarize(rep, plan, new)
         else:
-            _publish(repo, plan, new, plain, rep, lock_fd)
+            _publish(repo, plan, new, plain, checks, rep, lock_fd)
     finally:
         os.close(lock_fd)
     rep.seconds = time.perf_counter() - t0
@@ -270,14 +278,19 @@ def _encode_all(
     dry_run: bool,
     progress: Progress | None,
     workers: int,
-) -> tuple[dict[bytes, _New], dict[bytes, _New]]:
-    """Encode each examined block; append the winners to fresh packs (unless dry_run)."""
+) -> tuple[dict[bytes, _New], dict[bytes, _New], dict[bytes, int]]:
+    """Encode each examined block; append the winners to fresh packs (unless dry_run).
+    Also returns the raw check (blocks.raw_check) of each block whose entry has none: its
+    bytes were just read and checked against its blake3 id."""
     level = repo.config.zstd_level
     pinned = set(plan.refs.values())
+    checks: dict[bytes, int] = {}
 
     def work(b: bytes) -> tuple[bytes, codecs.Encoded, codecs.Encoded | None]:
         loc = plan.locs[b]
-        raw = repo.read_block(b, location=loc)
+        raw = repo.read_block(b, location=loc)  # no check in the entry: blake3 was compared
+        if loc.check is None:
+            checks[b] = raw_check(b, raw)
         r = plan.refs.get(b)
         ref_raw = repo.read_block(r, location=plan.locs[r]) if r is not None else None
         dtype = plan.dtypes[b]
@@ -330,7 +343,7 @@ def _encode_all(
                 appender.rollback()
             appender.close()
     _fault_point("repack-after-sync")
-    return new, plain
+    return new, plain, checks
 
 
 def _take(
@@ -379,11 +392,13 @@ def _publish(
     plan: _Plan,
     new: dict[bytes, _New],
     plain: dict[bytes, _New],
+    checks: dict[bytes, int],
     rep: RepackReport,
     lock_fd: int,
 ) -> None:
-    """Exclusive lock, check the fresh packs and entries, repoint in one transaction."""
-    if not new:
+    """Exclusive lock, check the fresh packs and entries, repoint (and add the checks of
+    entries that had none) in one transaction."""
+    if not new and not checks:
         _summarize(rep, plan, new)
         return
     flock_wait(
@@ -404,6 +419,7 @@ def _publish(
                 "repack: the new packs changed while repack waited for writers (a gc ran?); "
                 "nothing was changed, run repack again"
             )
+    repo.upgrade_format()  # entries with checks (format 2)
     idx = repo.index
     with idx.write() as txn:
         db = idx.db("blocks")
@@ -424,13 +440,18 @@ def _publish(
             if cid is None:
                 cid = codec_ids[n.spec] = codec_id(txn, idx, n.spec)
             old = current[b]
+            check = old.check if old.check is not None else checks.get(b)
             txn.put(
                 b,
-                BlockLocation(
-                    n.pack, n.offset, n.length, old.raw_len, cid, n.ref, old.check
-                ).encode(),  # the same raw bytes: the same check
+                BlockLocation(n.pack, n.offset, n.length, old.raw_len, cid, n.ref, check).encode(),
                 db=db,
-            )
+            )  # the same raw bytes: the same check
+        for b, check in checks.items():
+            loc = current.get(b)
+            if loc is not None and loc.check is None and (b in new or loc == plan.locs.get(b)):
+                rep.checks_added += 1
+                if b not in new:
+                    txn.put(b, dataclasses.replace(loc, check=check).encode(), db=db)
         _fault_point("repack-inside-index")
     plan.locs = current
     _summarize(rep, plan, new)

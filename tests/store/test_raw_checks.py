@@ -164,3 +164,25 @@ def test_a_store_of_a_newer_format_is_refused_in_one_line(cli, store: Store) -> 
     r = cli("--store", path, "log", "--json")
     assert r.code != 0
     assert "newer than this tool" in r.json()["error"]
+
+
+def test_repack_gives_format_1_entries_their_checks(cli, tiny_family, store: Store) -> None:
+    store.commit(tiny_family.base, message="base", branch="main")
+    store.commit(tiny_family.experts["dense_small"], message="ds", branch="ds", base="main")
+    path = store.repo.path
+    for bid, loc in _entries(store).items():
+        _put_entry(store, bid, dataclasses.replace(loc, check=None))
+    cfg = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps({**cfg, "format": 1}))
+    store.close()
+    dry = cli("--store", path, "repack", "--dry-run", "--json")
+    assert dry.code == 0 and dry.json()["checks_added"] > 0
+    r = cli("--store", path, "repack")
+    assert r.code == 0 and "added the read check to" in r.out
+    with Store.open(path) as s:
+        entries = _entries(s)
+        assert s.repo.config.format == FORMAT_VERSION
+        assert all(loc.check == raw_check(b, _raw(s, b)) for b, loc in entries.items())
+        assert fsck(s.repo, full=True).ok
+    again = cli("--store", path, "repack", "--json")
+    assert again.code == 0 and again.json()["checks_added"] == 0
