@@ -35,6 +35,13 @@ def fsck(store: Store, full: bool, as_json: bool) -> None:
                 f"affected commits ({len(rep.affected_commits)}): "
                 + " ".join(short(c) for c in rep.affected_commits)
             )
+        if rep.blocks_without_check:
+            n = rep.blocks_without_check
+            click.echo(
+                f"note: {plural(n, 'stored block')} written by store format 1 "
+                f"{'has' if n == 1 else 'have'} no read check, so reads hash "
+                f"{'it' if n == 1 else 'them'} with blake3; `mergestore repack` adds the checks"
+            )
     if not rep.ok:
         sys.exit(1)
 

@@ -23,6 +23,11 @@ def _entries(store: Store) -> dict[bytes, BlockLocation]:
     return dict(store.repo.iter_blocks())
 
 
+def _entries_at(path: Path) -> dict[bytes, BlockLocation]:
+    with Store.open(path) as s:
+        return _entries(s)
+
+
 def _put_entry(store: Store, bid: bytes, loc: BlockLocation) -> None:
     idx = store.repo.index
     with idx.write() as txn:
@@ -175,6 +180,10 @@ def test_repack_gives_format_1_entries_their_checks(cli, tiny_family, store: Sto
     cfg = json.loads((path / "config.json").read_text())
     (path / "config.json").write_text(json.dumps({**cfg, "format": 1}))
     store.close()
+    before = cli("--store", path, "fsck")
+    assert before.code == 0 and "have no read check" in before.out and "repack" in before.out
+    unchecked = cli("--store", path, "fsck", "--json").json()["blocks_without_check"]
+    assert unchecked == len(_entries_at(path))
     dry = cli("--store", path, "repack", "--dry-run", "--json")
     assert dry.code == 0 and dry.json()["checks_added"] > 0
     r = cli("--store", path, "repack")
@@ -186,3 +195,6 @@ def test_repack_gives_format_1_entries_their_checks(cli, tiny_family, store: Sto
         assert fsck(s.repo, full=True).ok
     again = cli("--store", path, "repack", "--json")
     assert again.code == 0 and again.json()["checks_added"] == 0
+    after = cli("--store", path, "fsck", "--json")
+    assert after.code == 0 and after.json()["blocks_without_check"] == 0
+    assert "no read check" not in cli("--store", path, "fsck").out
