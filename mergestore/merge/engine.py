@@ -110,7 +110,7 @@ class PreparedBlocks:
     ids: list[bytes]
     raw_lens: list[int]
     encoded: list[codecs.Encoded | None]  # None: nothing to write (the reference's, or stored)
-    checks: list[int | None] | None = None  # blocks.raw_check of each block that is encoded
+    checks: list[int | None]  # blocks.raw_check of each block that is encoded, else None
 
 
 class Sink(Protocol):
@@ -183,8 +183,9 @@ class StoreSink:
         )  # fmt: skip
 
     def commit_blocks(self, prepared: PreparedBlocks) -> list[bytes]:
-        checks = prepared.checks or [None] * len(prepared.ids)
-        blocks = zip(prepared.ids, prepared.raw_lens, prepared.encoded, checks, strict=True)
+        blocks = zip(
+            prepared.ids, prepared.raw_lens, prepared.encoded, prepared.checks, strict=True
+        )
         for bid, n, enc, check in blocks:
             if enc is not None:
                 self.session.add_encoded(bid, n, enc, check)  # skips a block kept meanwhile
@@ -210,7 +211,7 @@ class HashSink:
         tensor: tuple[str, int] | None = None,
     ) -> PreparedBlocks:
         ids = list(ordered_map(block_id, list(raws), workers=workers))
-        return PreparedBlocks(ids, [len(raw) for raw in raws], [None] * len(ids))
+        return PreparedBlocks(ids, [len(raw) for raw in raws], [None] * len(ids), [None] * len(ids))
 
     def commit_blocks(self, prepared: PreparedBlocks) -> list[bytes]:
         return list(prepared.ids)

@@ -327,7 +327,7 @@ class FolderSink:
             ids += one.ids
             lens += one.raw_lens
             encoded += one.encoded
-            checks += one.checks or [None] * len(one.ids)
+            checks += one.checks
             pos += len(raw)
         return PreparedBlocks(ids, lens, encoded, checks)
 

@@ -132,6 +132,22 @@ class ReflogEntry:
     message: str
 
 
+def _write_config(path: Path, config: StoreConfig) -> None:
+    """config.json, atomically and durably: a temporary file, fsynced, renamed over the old
+    one, and the directory fsynced."""
+    tmp = path / (CONFIG_FILE + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(json.dumps(config.to_json(), indent=2) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path / CONFIG_FILE)
+    dfd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
 def _flock(path: Path, mode: int, timeout: float, what: str, on_wait: OnWait | None = None) -> int:
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -185,9 +201,7 @@ class Repository:
         repo = cls(path, config)
         with repo.index.write() as txn:
             txn.put(HEAD.encode(), b"ref: " + (HEADS + "main").encode(), db=repo.index.db("refs"))
-        tmp = path / (CONFIG_FILE + ".tmp")
-        tmp.write_text(json.dumps(config.to_json(), indent=2) + "\n")
-        os.replace(tmp, path / CONFIG_FILE)  # the config file's presence marks a complete store
+        _write_config(path, config)  # the config file's presence marks a complete store
         return repo
 
     @classmethod
@@ -211,17 +225,7 @@ class Repository:
         if self.config.format >= FORMAT_VERSION:
             return
         config = dataclasses.replace(self.config, format=FORMAT_VERSION)
-        tmp = self.path / (CONFIG_FILE + ".tmp")
-        with open(tmp, "w") as f:
-            f.write(json.dumps(config.to_json(), indent=2) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path / CONFIG_FILE)
-        dfd = os.open(self.path, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        _write_config(self.path, config)
         self.config = config
 
     def close(self) -> None:
