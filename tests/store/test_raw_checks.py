@@ -28,6 +28,22 @@ def _entries_at(path: Path) -> dict[bytes, BlockLocation]:
         return _entries(s)
 
 
+def _set_format(path: Path, fmt: int) -> None:
+    cfg = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps({**cfg, "format": fmt}))
+
+
+def _as_format_1(store: Store) -> Path:
+    """Leave the store as a format-1 tool would have: entries without checks, "format": 1;
+    closed. Returns its path."""
+    for bid, loc in _entries(store).items():
+        _put_entry(store, bid, dataclasses.replace(loc, check=None))
+    path = store.repo.path
+    _set_format(path, 1)
+    store.close()
+    return path
+
+
 def _put_entry(store: Store, bid: bytes, loc: BlockLocation) -> None:
     idx = store.repo.index
     with idx.write() as txn:
@@ -132,13 +148,7 @@ def test_a_format_1_store_reads_by_blake3_and_is_upgraded_by_its_next_write(
 ) -> None:
     store.commit(tiny_family.base, message="base", branch="main")
     store.checkout("main", tmp_path / "before")
-    path = store.repo.path
-    # The store as a format-1 tool left it: entries without checks, "format": 1.
-    for bid, loc in _entries(store).items():
-        _put_entry(store, bid, dataclasses.replace(loc, check=None))
-    cfg = json.loads((path / "config.json").read_text())
-    (path / "config.json").write_text(json.dumps({**cfg, "format": 1}))
-    store.close()
+    path = _as_format_1(store)
     old = Store.open(path)
     try:
         assert old.repo.config.format == 1
@@ -163,8 +173,7 @@ def test_a_format_1_store_reads_by_blake3_and_is_upgraded_by_its_next_write(
 
 def test_a_store_of_a_newer_format_is_refused_in_one_line(cli, store: Store) -> None:
     path = store.repo.path
-    cfg = json.loads((path / "config.json").read_text())
-    (path / "config.json").write_text(json.dumps({**cfg, "format": FORMAT_VERSION + 1}))
+    _set_format(path, FORMAT_VERSION + 1)
     store.close()
     r = cli("--store", path, "log", "--json")
     assert r.code != 0
@@ -174,12 +183,7 @@ def test_a_store_of_a_newer_format_is_refused_in_one_line(cli, store: Store) -> 
 def test_repack_gives_format_1_entries_their_checks(cli, tiny_family, store: Store) -> None:
     store.commit(tiny_family.base, message="base", branch="main")
     store.commit(tiny_family.experts["dense_small"], message="ds", branch="ds", base="main")
-    path = store.repo.path
-    for bid, loc in _entries(store).items():
-        _put_entry(store, bid, dataclasses.replace(loc, check=None))
-    cfg = json.loads((path / "config.json").read_text())
-    (path / "config.json").write_text(json.dumps({**cfg, "format": 1}))
-    store.close()
+    path = _as_format_1(store)
     before = cli("--store", path, "fsck")
     assert before.code == 0 and "have no read check" in before.out and "repack" in before.out
     unchecked = cli("--store", path, "fsck", "--json").json()["blocks_without_check"]
