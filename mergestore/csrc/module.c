@@ -179,6 +179,10 @@ static PyMethodDef methods[] = {
     {"split2", py_split2, METH_VARARGS,
      "split2(rows, words, rot, reference_or_None): the byte planes of rotl(words ^ reference)"},
     {"hist8", py_hist8, METH_VARARGS, "hist8(data, step, counts): byte counts of data[::step]"},
+    {"sparse_encode", py_sparse_encode, METH_VARARGS,
+     "sparse_encode(dst, plane) -> int: the plane's sparse segment in dst, -1 if it does not fit"},
+    {"sparse_decode", py_sparse_decode, METH_VARARGS,
+     "sparse_decode(dst, segment) -> bool: a sparse segment decoded into dst (False: malformed)"},
     {"huf_literals", py_huf_literals, METH_VARARGS,
      "huf_literals(dst, frame) -> bool: a literal-only zstd frame decoded into dst (False: "
      "declined, decode it with zstd)"},

@@ -15,6 +15,7 @@
  *   cut_select.c   ties/breadcrumbs cuts in one pass; the fused bf16 cut + combine  ops/cuts.py
  *   delta_stats.c  fp64 statistics of B - A              diff.py (block_stats)
  *   byte_planes.c  byte-plane joins, splits and sample histograms  store/codecs/byteplane.py
+ *   sparse_planes.c  planes of almost only zero bytes ("s")   store/codecs/sparse.py
  *   huffman_literals.c  literal-only zstd frames decoded (zstd declines to)  store/codecs/huffman.py
  *   huffman_encode.c  literal-only zstd frames made, one table per plane   store/codecs/huffman.py
  *   rng.c          Philox keep masks; dare/della's fp32 mask + L1 rescale   ops/context.py
@@ -393,6 +394,9 @@ PyObject *py_gta_keep16(PyObject *self, PyObject *args);
 PyObject *py_join2(PyObject *self, PyObject *args);
 PyObject *py_split2(PyObject *self, PyObject *args);
 PyObject *py_hist8(PyObject *self, PyObject *args);
+/* sparse_planes.c */
+PyObject *py_sparse_encode(PyObject *self, PyObject *args);
+PyObject *py_sparse_decode(PyObject *self, PyObject *args);
 PyObject *py_huf_literals(PyObject *self, PyObject *args);
 PyObject *py_huf_encode(PyObject *self, PyObject *args);
 PyObject *py_huf_bound(PyObject *self, PyObject *arg);

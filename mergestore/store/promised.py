@@ -137,7 +137,7 @@ class Keeper:
         try:
             if self._pending:
                 self._appender.sync()
-                self.repo.upgrade_format()  # entries with checks (format 2)
+                self.repo.upgrade_format()  # entries with checks, sparse planes (formats 2, 3)
                 idx = self.repo.index
                 with idx.write() as txn:
                     for bid, loc in self._pending.items():

@@ -419,7 +419,7 @@ def _publish(
                 "repack: the new packs changed while repack waited for writers (a gc ran?); "
                 "nothing was changed, run repack again"
             )
-    repo.upgrade_format()  # entries with checks (format 2)
+    repo.upgrade_format()  # entries with checks, sparse planes (formats 2, 3)
     idx = repo.index
     with idx.write() as txn:
         db = idx.db("blocks")

@@ -74,9 +74,11 @@ from mergestore.store.refs import (
 )
 from mergestore.store.statcache import FileStamp, StatEntry
 
-# 2: block index entries may end with a check of the raw bytes (blocks.raw_check). A store of
-# format 1 is read as it is, and marked 2 before the first such entry is published into it.
-FORMAT_VERSION = 2
+# 2: block index entries may end with a check of the raw bytes (blocks.raw_check).
+# 3: byte planes may be coded sparse (plane code "s", store/codecs/sparse.py).
+# A store of an older format is read as it is, and marked with this format before the first
+# entry is published into it (Repository.upgrade_format).
+FORMAT_VERSION = 3
 CONFIG_FILE = "config.json"
 _OBJ_PLAIN, _OBJ_ZSTD = b"\x00", b"\x01"
 _SEQ = struct.Struct(">Q")
@@ -1068,7 +1070,7 @@ class WriteSession:
         """fsync the packs, then make everything visible in one LMDB transaction."""
         self._appender.sync()
         if self.blocks:
-            self.repo.upgrade_format()  # entries with checks (format 2)
+            self.repo.upgrade_format()  # entries with checks, sparse planes (formats 2, 3)
         _fault_point("before-publish")
         idx = self.repo.index
         with idx.write() as txn:

@@ -65,10 +65,14 @@ def test_plane_decisions_on_bf16():
     base = weights("BF16", 1 << 16)
     # dense weights: mantissa+sign plane is noise (raw), exponent plane literal-only
     assert encode_block(base, dtype="BF16").spec == "bplane:w=2,rot=0,planes=r.h"
-    # a light fine-tune's XOR: exponent plane is almost all zero -> zstd
+    # a light fine-tune's XOR: exponent plane is almost all zero -> sparse ("s"), or zstd at
+    # a level above the fast ones
     small = finetune_bf16(base, 1e-3)
     enc = encode_block(small, dtype="BF16", level=1, reference=base, reference_id=REF_ID)
-    assert enc.spec == "xor|bplane:w=2,rot=0,planes=h.z1"
+    assert enc.spec == "xor|bplane:w=2,rot=0,planes=h.s"
+    assert decode_block(enc.spec, enc.payload, reference=base) == small
+    enc = encode_block(small, dtype="BF16", level=9, reference=base, reference_id=REF_ID)
+    assert enc.spec == "xor|bplane:w=2,rot=0,planes=h.z9"
 
 
 def test_split_join_by_hand():

@@ -137,13 +137,13 @@ def test_identical_to_reference():
 @pytest.mark.parametrize("level", [1, 3, 9])
 def test_levels_are_recorded(level):
     # level applies to plain zstd, and to sparse planes (dense ones are literal-only "h")
-    # from level 4 up; levels 1-3 code sparse planes at 1 (no smaller at 2-3, only slower)
+    # from level 4 up; levels 1-3 code sparse planes as "s" (zstd was no smaller at 2-3)
     raw = bytearray(8192)
     raw[::100] = bytes(range(82))
     raw = bytes(raw)
     enc = encode_block(raw, dtype="BF16", level=level)
-    plane = 1 if level <= 3 else level
-    assert enc.spec == f"bplane:w=2,rot=0,planes=z{plane}.z{plane}"
+    plane = "s" if level <= 3 else f"z{level}"
+    assert enc.spec == f"bplane:w=2,rot=0,planes={plane}.{plane}"
     assert decode_block(enc.spec, enc.payload) == raw
     enc = encode_block(raw, dtype=None, level=level, allowed=frozenset({"zstd"}))
     assert enc.spec == f"zstd:{level}"

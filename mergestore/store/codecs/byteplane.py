@@ -12,9 +12,10 @@ mantissa bits. For fp16 (s eeeee mmmmmmmmmm) the high byte becomes 5 exponent bi
 mantissa bits, which are still skewed and so worth keeping with the exponent.
 
 Each plane is coded as ``h`` (a zstd frame of Huffman-coded literals only, see huffman.py),
-``z<level>`` (a regular zstd frame) or ``r`` (stored raw), decided per block and recorded in the
-spec, e.g. ``bplane:w=2,rot=1,planes=r.h`` (planes listed low byte first). ``h`` and ``z`` decode
-the same way; the code records how the frame was made.
+``z<level>`` (a regular zstd frame), ``s`` (a plane of almost only zero bytes as its non-zero
+bytes and their gaps, see sparse.py; store format 3) or ``r`` (stored raw), decided per block and
+recorded in the spec, e.g. ``bplane:w=2,rot=1,planes=r.h`` (planes listed low byte first). ``h``
+and ``z`` decode the same way; the code records how the frame was made.
 
 Payload: u64 LE raw length n, then one u32 LE stored length per plane, the plane segments in
 order, then the n % w tail bytes that do not fill a whole word, raw.
@@ -30,15 +31,17 @@ from typing import ClassVar
 from mergestore import native
 from mergestore.lazy_numpy import np  # numpy is imported on first use
 
-from . import zstd
+from . import sparse, zstd
 from .base import MAX_DECODED_BYTES, Buffer, Stage, corrupt, parse_int, parse_params
 from .huffman import LITERAL_SLACK, compress_literals, decompress_literals_into, sample_counts
 from .xordelta import xor_bytes
 
 # A plane is stored compressed only if that saves at least this fraction of it.
 PLANE_MIN_SAVING = 0.02
-# A plane with at least this fraction of zero bytes goes to zstd instead of literal-only coding,
-# whose Huffman code cannot go below 1 bit per byte. Measured on XOR deltas of bf16 planes:
+# A plane with at least this fraction of zero bytes is coded sparse ("s"; zstd at levels above
+# FAST_LEVELS_UP_TO) instead of by literal-only coding, whose Huffman code cannot go below 1 bit
+# per byte. The threshold was set for zstd, 2.5x slower than literals both ways (sparse.py is
+# faster than both). Measured on XOR deltas of bf16 planes:
 # 0.99 zeros: zstd-1 0.018 vs literals 0.127; 0.92 zeros: 0.140 vs 0.150 but zstd 2.5x slower
 # both ways; 0.78 zeros: 0.291 vs 0.236. At 0.95 zeros (a heavy fine-tune's sign+exponent
 # plane): 0.095 vs 0.141, but zstd took 1.6x the time; raised from 0.95 to 0.97 for speed
@@ -47,8 +50,13 @@ SPARSE_ZERO_FRACTION = 0.97
 # A plane whose sampled order-0 entropy is at least this many bits per byte is stored raw
 # without trying: a Huffman code could save at most ~2% (the sample estimate runs ~0.05 bit low).
 RAW_ENTROPY_BITS = 7.8
-# Requested zstd levels up to this code sparse planes at level 1: on XOR planes levels 2-3 came
-# out no smaller (0.0178 vs 0.0180, 0.140 vs 0.140) and ~30% slower. Higher levels are honoured.
+# A sparse plane ("s", store/codecs/sparse.py) larger than this fraction of the plane is coded
+# by zstd-1 instead: its sample had missed non-zero bytes (zstd's matches code dense stretches
+# in less than the 2 bytes per non-zero byte "s" takes).
+SPARSE_MAX_SIZE = 0.125
+# Requested zstd levels up to this code sparse planes as "s" (zstd levels 2-3 came out no
+# smaller than level 1 on XOR planes: 0.0178 vs 0.0180, 0.140 vs 0.140, and ~30% slower).
+# Higher levels are honoured with zstd.
 FAST_LEVELS_UP_TO = 3
 
 _WORD = {1: "<u1", 2: "<u2", 4: "<u4", 8: "<u8"}  # numpy dtypes of little-endian words
@@ -71,7 +79,7 @@ def _plane_buffer(i: int, n: int, scratch: bool) -> np.ndarray:
 
 
 def _plane_code_ok(code: str) -> bool:
-    if code in ("r", "h"):
+    if code in ("r", "h", "s"):
         return True
     if code.startswith("z"):
         try:
@@ -169,7 +177,7 @@ def _plan_plane(plane: np.ndarray, level: int) -> tuple[str, np.ndarray]:
     counts = sample_counts(plane)
     n_sample = int(counts.sum())
     if counts[0] >= SPARSE_ZERO_FRACTION * n_sample:
-        return f"z{1 if level <= FAST_LEVELS_UP_TO else level}", counts
+        return ("s" if level <= FAST_LEVELS_UP_TO else f"z{level}"), counts
     p = counts[counts > 0] / n_sample
     if -(p * np.log2(p)).sum() >= RAW_ENTROPY_BITS:
         return "r", counts
@@ -201,12 +209,20 @@ def estimate_ratio(data: Buffer, width: int, rot: int, sample_words: int = 8192)
 
 
 def _pack_plane(
-    rows: np.ndarray, i: int, n: int, code: str, counts: np.ndarray | None = None
+    rows: np.ndarray,
+    i: int,
+    n: int,
+    code: str,
+    counts: np.ndarray | None = None,
+    sparse_cap: int | None = None,
 ) -> Buffer | None:
-    """Plane i compressed as `code` ("h" or "z<level>"; an "h" table from `counts`, a sample's,
-    if given); None if literal-only coding fails."""
+    """Plane i compressed as `code` ("h", "s" or "z<level>"; an "h" table from `counts`, a
+    sample's, if given); None if literal-only coding fails, or an "s" segment would take more
+    than `sparse_cap` bytes (None: any size)."""
     if code == "h":
         return compress_literals(rows[i], n, counts)
+    if code == "s":
+        return sparse.encode(rows[i, :n], sparse.bound(n) if sparse_cap is None else sparse_cap)
     return zstd.compress(rows[i, :n], int(code[1:]))
 
 
@@ -225,7 +241,7 @@ class BytePlane(Stage):
         if not 0 <= self.rot < 8 * self.width:
             raise ValueError(f"bplane rotation {self.rot} out of range")
         if len(self.planes) != self.width or not all(map(_plane_code_ok, self.planes)):
-            raise ValueError(f"bplane needs {self.width} plane codes, each r, h or z<level>")
+            raise ValueError(f"bplane needs {self.width} plane codes, each r, h, s or z<level>")
 
     # -- encoding ---------------------------------------------------------------------------
 
@@ -282,7 +298,11 @@ class BytePlane(Stage):
                 code, packed = "r", plane
             else:  # adaptive: literal-only Huffman for dense planes, zstd for sparse ones
                 code, counts = _plan_plane(plane, level)
-                packed = plane if code == "r" else _pack_plane(rows, i, n_words, code, counts)
+                cap = int(n_words * SPARSE_MAX_SIZE)
+                packed = plane if code == "r" else _pack_plane(rows, i, n_words, code, counts, cap)
+                if packed is None and code == "s":  # denser than its sample: zstd's matches
+                    code = "z1"
+                    packed = _pack_plane(rows, i, n_words, code)
                 if packed is None or len(packed) > n_words * (1 - PLANE_MIN_SAVING):
                     code, packed = "r", plane
             segments.append(packed)
@@ -347,6 +367,10 @@ class BytePlane(Stage):
                 if length != n_words:
                     raise corrupt("raw bplane segment has the wrong length")
                 planes.append(np.frombuffer(segment, dtype=np.uint8))
+            elif code == "s":
+                out = _plane_buffer(len(planes), n_words, scratch)
+                sparse.decode_into(segment, out)
+                planes.append(out)
             else:
                 out = _plane_buffer(len(planes), n_words, scratch) if code == "h" else None
                 if out is not None and n_words and decompress_literals_into(segment, out):

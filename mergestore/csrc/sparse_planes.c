@@ -1,0 +1,131 @@
+/* Sparse byte planes (plane code "s"): a plane that is almost all zero bytes (the sign and
+ * exponent plane of an XOR delta between a fine-tune and its base) stored as its non-zero bytes
+ * and the gaps between them. Python twin: mergestore/store/codecs/sparse.py.
+ *
+ * Segment: u32 LE count, then the count non-zero bytes in order, then count gaps as LEB128
+ * varints (each at most 5 bytes): gap = position - previous position - 1, the first taken from
+ * position -1. zstd-1 codes such planes as one sequence per non-zero byte, at 0.75 GB/s in and
+ * 1.45 GB/s out on the 2-core Zen 1 VM; this code scans words and writes a byte or two per
+ * non-zero byte. */
+#include "native.h"
+
+#define SPARSE_MAX_VARINT 5
+
+static inline uint64_t load64(const uint8_t *p) {
+    uint64_t w;
+    memcpy(&w, p, 8);
+    return w;
+}
+
+/* The non-zero bytes of a word, one high bit each (0x80 in each such byte's place). */
+static inline uint64_t nonzero_bytes(uint64_t w) {
+    const uint64_t low7 = 0x7F7F7F7F7F7F7F7FULL;
+    return (((w & low7) + low7) | w) & ~low7;
+}
+
+static inline Py_ssize_t varint_len(uint64_t g) {
+    Py_ssize_t k = 1;
+    while (g >= 128) g >>= 7, k++;
+    return k;
+}
+
+/* The plane src[0:n] coded into dst (room for cap bytes); returns the segment's size, or -1 if
+ * it would not fit in cap. */
+HOT static Py_ssize_t sparse_encode(uint8_t *dst, Py_ssize_t cap, const uint8_t *src,
+                                    Py_ssize_t n) {
+    Py_ssize_t count = 0, j = 0;
+    for (; j + 8 <= n; j += 8) count += __builtin_popcountll(nonzero_bytes(load64(src + j)));
+    for (; j < n; j++) count += src[j] != 0;
+    if (count > UINT32_MAX || 4 + 2 * count > cap) return -1; /* a gap takes a byte at least */
+    dst[0] = (uint8_t)count, dst[1] = (uint8_t)(count >> 8);
+    dst[2] = (uint8_t)(count >> 16), dst[3] = (uint8_t)(count >> 24);
+    uint8_t *val = dst + 4, *gap = dst + 4 + count, *end = dst + cap;
+    Py_ssize_t last = -1;
+#define EMIT(pos)                                                                 \
+    do {                                                                          \
+        uint64_t g_ = (uint64_t)((pos) - last - 1);                               \
+        if (end - gap < varint_len(g_)) return -1;                                \
+        while (g_ >= 128) {                                                       \
+            *gap++ = (uint8_t)(g_ | 128);                                         \
+            g_ >>= 7;                                                             \
+        }                                                                         \
+        *gap++ = (uint8_t)g_;                                                     \
+        *val++ = src[pos];                                                        \
+        last = (pos);                                                             \
+    } while (0)
+    for (j = 0; j + 8 <= n; j += 8) {
+        uint64_t m = nonzero_bytes(load64(src + j));
+        while (m) {
+            Py_ssize_t pos = j + (__builtin_ctzll(m) >> 3);
+            EMIT(pos);
+            m &= m - 1;
+        }
+    }
+    for (; j < n; j++)
+        if (src[j]) EMIT(j);
+#undef EMIT
+    return gap - dst;
+}
+
+/* A segment decoded into dst[0:n]; 0, or -1 if it is malformed (dst then holds garbage). */
+HOT static int sparse_decode(uint8_t *dst, Py_ssize_t n, const uint8_t *src, Py_ssize_t size) {
+    if (size < 4) return -1;
+    uint64_t count = (uint64_t)src[0] | (uint64_t)src[1] << 8 | (uint64_t)src[2] << 16 |
+                     (uint64_t)src[3] << 24;
+    if (count > (uint64_t)n || count > (uint64_t)(size - 4) / 2) return -1;
+    memset(dst, 0, (size_t)n);
+    const uint8_t *val = src + 4, *gap = src + 4 + count, *end = src + size;
+    Py_ssize_t pos = -1;
+    for (uint64_t i = 0; i < count; i++) {
+        uint64_t g = 0;
+        for (int shift = 0;; shift += 7) {
+            if (gap == end || shift == 7 * SPARSE_MAX_VARINT) return -1;
+            uint8_t b = *gap++;
+            g |= (uint64_t)(b & 127) << shift;
+            if (!(b & 128)) break;
+        }
+        if (g >= (uint64_t)(n - 1 - pos)) return -1; /* the next position is past the plane */
+        pos += (Py_ssize_t)g + 1;
+        if (!val[i]) return -1; /* a zero byte is never listed */
+        dst[pos] = val[i];
+    }
+    return gap == end ? 0 : -1;
+}
+
+/* sparse_encode(dst, src) -> int: the segment's size in dst, -1 if it does not fit */
+PyObject *py_sparse_encode(PyObject *self, PyObject *args) {
+    PyObject *d_o, *s_o;
+    if (!PyArg_ParseTuple(args, "OO", &d_o, &s_o)) return NULL;
+    Buf d, s;
+    if (get_buf(d_o, &d, 1, 1, "dst") < 0) return NULL;
+    if (get_buf(s_o, &s, 0, 1, "src") < 0) {
+        release(&d);
+        return NULL;
+    }
+    Py_ssize_t size;
+    Py_BEGIN_ALLOW_THREADS
+    size = sparse_encode(d.view.buf, d.view.len, s.view.buf, s.view.len);
+    Py_END_ALLOW_THREADS
+    release(&s);
+    release(&d);
+    return PyLong_FromSsize_t(size);
+}
+
+/* sparse_decode(dst, segment) -> bool: False if the segment is malformed */
+PyObject *py_sparse_decode(PyObject *self, PyObject *args) {
+    PyObject *d_o, *s_o;
+    if (!PyArg_ParseTuple(args, "OO", &d_o, &s_o)) return NULL;
+    Buf d, s;
+    if (get_buf(d_o, &d, 1, 1, "dst") < 0) return NULL;
+    if (get_buf(s_o, &s, 0, 1, "segment") < 0) {
+        release(&d);
+        return NULL;
+    }
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = sparse_decode(d.view.buf, d.view.len, s.view.buf, s.view.len);
+    Py_END_ALLOW_THREADS
+    release(&s);
+    release(&d);
+    return PyBool_FromLong(rc == 0);
+}
