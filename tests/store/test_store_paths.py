@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from concurrent.futures import Future
 from pathlib import Path
 
 import pytest
@@ -76,29 +77,58 @@ def test_tensor_subset_checkout_matches_source_tensors(
         assert torch.equal(got[k].view(torch.int16), want[k].view(torch.int16))
 
 
-def test_pack_writeback_keeps_appended_bytes(
+def test_pack_background_syncs_keep_appended_bytes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    calls: list[tuple[int, int]] = []
-    real = packs.start_writeback
-    monkeypatch.setattr(packs, "WRITEBACK_BYTES", 1000)
-    monkeypatch.setattr(
-        packs, "start_writeback", lambda fd, o, n: (calls.append((o, n)), real(fd, o, n))
-    )
+    calls: list[int] = []
+    real = packs.sync_in_background
+
+    def recording(fd: int) -> Future[None] | None:
+        calls.append(os.fstat(fd).st_size)
+        fut = real(fd)
+        assert fut is not None  # Linux: the flusher thread ran it
+        fut.result()  # done before the next append: every window gets its own sync
+        return fut
+
+    monkeypatch.setattr(packs, "SYNC_EVERY_BYTES", 1000)
+    monkeypatch.setattr(packs, "sync_in_background", recording)
     app = packs.PackAppender(tmp_path)
     payloads = [os.urandom(300 + i) for i in range(10)]
     where = [app.append(bytes([i]) * 32, p) for i, p in enumerate(payloads)]
     app.sync()
     app.close()
-    assert calls and all(n >= 1000 for _o, n in calls)
-    # ranges are consecutive and never start before the pack's magic
-    assert calls[0][0] == len(packs.PACK_MAGIC)
-    assert all(a[0] + a[1] == b[0] for a, b in zip(calls, calls[1:], strict=False))
+    # one sync per 1000 bytes appended, each asked once the window was full
+    assert len(calls) == 3
+    assert all(b - a >= 1000 for a, b in zip([len(packs.PACK_MAGIC), *calls], calls, strict=False))
     reader = packs.PackReader(tmp_path)
     assert [
         reader.read(pid, off, len(p)) for (pid, off), p in zip(where, payloads, strict=True)
     ] == payloads
     reader.close()
+
+
+def test_pack_background_sync_is_never_queued_behind_another(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A slow disk: while one background sync runs, appends past the window ask for none."""
+    pending: Future[None] = Future()
+    calls: list[int] = []
+
+    def slow(fd: int) -> Future[None]:
+        calls.append(fd)
+        return pending
+
+    monkeypatch.setattr(packs, "SYNC_EVERY_BYTES", 1000)
+    monkeypatch.setattr(packs, "sync_in_background", slow)
+    app = packs.PackAppender(tmp_path)
+    for i in range(10):
+        app.append(bytes([i]) * 32, os.urandom(500))
+    assert len(calls) == 1
+    pending.set_result(None)
+    app.append(b"\xff" * 32, os.urandom(1500))
+    assert len(calls) == 2
+    app.sync()
+    app.close()
 
 
 def test_one_torch_thread_restores_the_thread_count() -> None:
