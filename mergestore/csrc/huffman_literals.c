@@ -524,14 +524,8 @@ static int decode_frame(Table *t, const uint8_t *src, Py_ssize_t size, uint8_t *
 /* huf_literals(dst, frame) -> bool: decode a literal-only zstd frame into dst (writable, the
  * frame's exact content size); False: declined (dst holds garbage), decode it with zstd. */
 PyObject *py_huf_literals(PyObject *self, PyObject *args) {
-    PyObject *dst_o, *src_o;
-    if (!PyArg_ParseTuple(args, "OO", &dst_o, &src_o)) return NULL;
     Buf dst, src;
-    if (get_buf(dst_o, &dst, 1, 1, "dst") < 0) return NULL;
-    if (get_buf(src_o, &src, 0, 1, "frame") < 0) {
-        release(&dst);
-        return NULL;
-    }
+    if (get_dst_src(args, &dst, &src, "frame") < 0) return NULL;
     int ok = 0;
     Table *t = PyMem_RawMalloc(sizeof(Table));
     if (t == NULL) {

@@ -180,6 +180,19 @@ static inline int get_buf(PyObject *obj, Buf *b, int writable, Py_ssize_t itemsi
     return 0;
 }
 
+/* The (dst, src) arguments of a byte kernel: dst writable, both C-contiguous bytes. -1 with
+ * the error set and nothing held if either is not; `src_what` names src in the error. */
+static inline int get_dst_src(PyObject *args, Buf *dst, Buf *src, const char *src_what) {
+    PyObject *dst_o, *src_o;
+    if (!PyArg_ParseTuple(args, "OO", &dst_o, &src_o)) return -1;
+    if (get_buf(dst_o, dst, 1, 1, "dst") < 0) return -1;
+    if (get_buf(src_o, src, 0, 1, src_what) < 0) {
+        release(dst);
+        return -1;
+    }
+    return 0;
+}
+
 /* A Python sequence of buffers of the same length, as an array of pointers. */
 typedef struct {
     Py_ssize_t n;

@@ -94,14 +94,8 @@ HOT static int sparse_decode(uint8_t *dst, Py_ssize_t n, const uint8_t *src, Py_
 
 /* sparse_encode(dst, src) -> int: the segment's size in dst, -1 if it does not fit */
 PyObject *py_sparse_encode(PyObject *self, PyObject *args) {
-    PyObject *d_o, *s_o;
-    if (!PyArg_ParseTuple(args, "OO", &d_o, &s_o)) return NULL;
     Buf d, s;
-    if (get_buf(d_o, &d, 1, 1, "dst") < 0) return NULL;
-    if (get_buf(s_o, &s, 0, 1, "src") < 0) {
-        release(&d);
-        return NULL;
-    }
+    if (get_dst_src(args, &d, &s, "src") < 0) return NULL;
     Py_ssize_t size;
     Py_BEGIN_ALLOW_THREADS
     size = sparse_encode(d.view.buf, d.view.len, s.view.buf, s.view.len);
@@ -113,14 +107,8 @@ PyObject *py_sparse_encode(PyObject *self, PyObject *args) {
 
 /* sparse_decode(dst, segment) -> bool: False if the segment is malformed */
 PyObject *py_sparse_decode(PyObject *self, PyObject *args) {
-    PyObject *d_o, *s_o;
-    if (!PyArg_ParseTuple(args, "OO", &d_o, &s_o)) return NULL;
     Buf d, s;
-    if (get_buf(d_o, &d, 1, 1, "dst") < 0) return NULL;
-    if (get_buf(s_o, &s, 0, 1, "segment") < 0) {
-        release(&d);
-        return NULL;
-    }
+    if (get_dst_src(args, &d, &s, "segment") < 0) return NULL;
     int rc;
     Py_BEGIN_ALLOW_THREADS
     rc = sparse_decode(d.view.buf, d.view.len, s.view.buf, s.view.len);
