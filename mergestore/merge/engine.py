@@ -268,6 +268,8 @@ class _Loaded:
     reference: torch.Tensor | None
     ref_raw: dict[bytes, memoryview]
     workers: int = 1  # threads for the task's own block work (more than 1: merged alone)
+    # With no base model: per output block, the block it is delta-coded against (None: none)
+    out_refs: list[bytes | None] | None = None
 
 
 class Engine:
@@ -638,10 +640,13 @@ class Engine:
                     reads, task.reference, reference_t, ref_raw, held, meter, stats, workers, lane
                 )
             )
+        out_refs = None
+        if task.reference is None and held:
+            out_refs, ref_raw = _output_references(task, input_reads, held)
         del held
         if self.vocab is not None and self.vocab.applies(task.plan.name):
             base_t, inputs = self._fit_vocab(task, base_t, inputs)
-        return _Loaded(task, base_t, inputs, reference_t, ref_raw, workers)
+        return _Loaded(task, base_t, inputs, reference_t, ref_raw, workers, out_refs)
 
     def _fit_vocab(
         self, task: TensorTask, base_t: torch.Tensor | None, inputs: list[torch.Tensor]
@@ -739,6 +744,13 @@ class Engine:
         refs: list[bytes | None] = [None] * len(raws)
         if ref is not None and ref.dtype == dtype and tuple(ref.shape) == shape:
             refs = list(ref.blocks)
+        elif ld.out_refs is not None and len(ld.out_refs) == len(raws):
+            ins = ld.task.inputs
+            if ins and ins[0].dtype == dtype and tuple(ins[0].shape) == shape:
+                refs = [
+                    r if r is not None and len(ld.ref_raw[r]) == len(raw) else None
+                    for r, raw in zip(ld.out_refs, raws, strict=True)
+                ]
         at = ld.task.first_block * blocking.rows_per_block * blocking.row_bytes
         # More than one thread only for a task merged alone (nothing else runs beside it).
         prepared = sink.prepare_blocks(raws, dtype, refs, ld.ref_raw, ld.workers, (name, at))
@@ -830,7 +842,7 @@ class Engine:
             out = self._merge(ld)
             # The inputs can go now; the output's blocks still need the base blocks (delta
             # coding).
-            ld = _Loaded(ld.task, None, [], ld.reference, ld.ref_raw, ld.workers)
+            ld = _Loaded(ld.task, None, [], ld.reference, ld.ref_raw, ld.workers, ld.out_refs)
             inflight.merged(cost)
             fin = self._prepare_output(ld, out, sink, track_delta)
             del ld, out
@@ -895,6 +907,32 @@ class Engine:
             raise
         pool.shutdown(wait=True)
         return outputs
+
+
+def _output_references(
+    task: TensorTask, input_reads: Sequence[_InputReads], held: Mapping[bytes, bytes | memoryview]
+) -> tuple[list[bytes | None] | None, dict[bytes, memoryview]]:
+    """With no base model, the blocks an output tensor is delta-coded against: at each
+    position, the delta reference of the first input whose block there has one (a block of
+    the inputs' common base, read to decode them). A linear merge of fine-tunes is as near
+    their base as a task-arithmetic merge is near its base: stored as a delta, it is half the
+    bytes to encode and write. The output's block ids, so its tree, do not change."""
+    ins = task.inputs
+    if not ins or any(len(r.rec.blocks) != len(ins[0].blocks) for r in input_reads):
+        return None, {}
+    refs: list[bytes | None] = []
+    raw: dict[bytes, memoryview] = {}
+    for i in range(len(ins[0].blocks)):
+        ref = None
+        for reads in input_reads:
+            loc = reads.locations.get(reads.rec.blocks[i])
+            if loc is not None and loc.ref is not None and loc.ref in held:
+                ref = loc.ref
+                break
+        if ref is not None and ref not in raw:
+            raw[ref] = memoryview(held[ref]).toreadonly()
+        refs.append(ref)
+    return refs, raw
 
 
 def _same_input(reads: _InputReads, earlier: Sequence[_InputReads]) -> int | None:
