@@ -94,7 +94,10 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
     "cut_select.c": ("mergestore/ops/cuts.py", ("find_cuts", "gta_cut16", "finite")),
     "delta_stats.c": ("mergestore/diff.py", ("delta_stats",)),
     "byte_planes.c": ("mergestore/store/codecs/byteplane.py", ("join2", "split2", "hist8")),
-    "sparse_planes.c": ("mergestore/store/codecs/sparse.py", ("sparse_encode", "sparse_decode")),
+    "sparse_planes.c": (
+        "mergestore/store/codecs/sparse.py",
+        ("sparse_encode", "sparse_decode", "join2_sparse"),
+    ),
     # twin: python-zstandard's decoder, which huffman.py falls back to when the kernel declines
     "huffman_literals.c": ("mergestore/store/codecs/huffman.py", ("huf_literals",)),
     # twin: zstd's ZSTD_compressSequencesAndLiterals, which huffman.py runs when it declines

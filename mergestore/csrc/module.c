@@ -183,6 +183,9 @@ static PyMethodDef methods[] = {
      "sparse_encode(dst, plane) -> int: the plane's sparse segment in dst, -1 if it does not fit"},
     {"sparse_decode", py_sparse_decode, METH_VARARGS,
      "sparse_decode(dst, segment) -> bool: a sparse segment decoded into dst (False: malformed)"},
+    {"join2_sparse", py_join2_sparse, METH_VARARGS,
+     "join2_sparse(out, dense, dense_hi, segment, rot, reference_or_None) -> bool: join2 of a "
+     "dense plane and a sparse segment (False: malformed segment)"},
     {"huf_literals", py_huf_literals, METH_VARARGS,
      "huf_literals(dst, frame) -> bool: a literal-only zstd frame decoded into dst (False: "
      "declined, decode it with zstd)"},

@@ -410,6 +410,7 @@ PyObject *py_hist8(PyObject *self, PyObject *args);
 /* sparse_planes.c */
 PyObject *py_sparse_encode(PyObject *self, PyObject *args);
 PyObject *py_sparse_decode(PyObject *self, PyObject *args);
+PyObject *py_join2_sparse(PyObject *self, PyObject *args);
 PyObject *py_huf_literals(PyObject *self, PyObject *args);
 PyObject *py_huf_encode(PyObject *self, PyObject *args);
 PyObject *py_huf_bound(PyObject *self, PyObject *arg);

@@ -92,6 +92,51 @@ HOT static int sparse_decode(uint8_t *dst, Py_ssize_t n, const uint8_t *src, Py_
     return gap == end ? 0 : -1;
 }
 
+/* A 16-bit block from one dense byte plane and one sparse segment, XORed with ref (may be
+ * NULL), with no plane buffer for the sparse one: out[j] = rotr16(word_j, rot) ^ ref[j], where
+ * word_j holds dense[j] in one byte (the high one if dense_hi) and the segment's byte at j (0
+ * if it lists none) in the other. Rotation is a bit permutation, so each listed byte is XORed
+ * into its word after the dense pass. The same checks and result as sparse_decode then join2:
+ * 0, or -1 if the segment is malformed (out then holds garbage). */
+HOT static int join2_sparse(uint16_t *out, const uint8_t *dense, Py_ssize_t n, int dense_hi,
+                            const uint8_t *src, Py_ssize_t size, int rot, const uint16_t *ref) {
+    if (size < 4) return -1;
+    uint64_t count = (uint64_t)src[0] | (uint64_t)src[1] << 8 | (uint64_t)src[2] << 16 |
+                     (uint64_t)src[3] << 24;
+    if (count > (uint64_t)n || count > (uint64_t)(size - 4) / 2) return -1;
+    const int dshift = dense_hi ? 8 : 0, sshift = dense_hi ? 0 : 8;
+#define ROTR(w) (rot ? (uint16_t)(((w) >> rot) | ((w) << (16 - rot))) : (uint16_t)(w))
+    if (ref) {
+        for (Py_ssize_t j = 0; j < n; j++) {
+            uint16_t w = (uint16_t)((uint16_t)dense[j] << dshift);
+            out[j] = ROTR(w) ^ ref[j];
+        }
+    } else {
+        for (Py_ssize_t j = 0; j < n; j++) {
+            uint16_t w = (uint16_t)((uint16_t)dense[j] << dshift);
+            out[j] = ROTR(w);
+        }
+    }
+    const uint8_t *val = src + 4, *gap = src + 4 + count, *end = src + size;
+    Py_ssize_t pos = -1;
+    for (uint64_t i = 0; i < count; i++) {
+        uint64_t g = 0;
+        for (int shift = 0;; shift += 7) {
+            if (gap == end || shift == 7 * SPARSE_MAX_VARINT) return -1;
+            uint8_t b = *gap++;
+            g |= (uint64_t)(b & 127) << shift;
+            if (!(b & 128)) break;
+        }
+        if (g >= (uint64_t)(n - 1 - pos)) return -1; /* the next position is past the plane */
+        pos += (Py_ssize_t)g + 1;
+        if (!val[i]) return -1; /* a zero byte is never listed */
+        uint16_t w = (uint16_t)((uint16_t)val[i] << sshift);
+        out[pos] ^= ROTR(w);
+    }
+#undef ROTR
+    return gap == end ? 0 : -1;
+}
+
 /* sparse_encode(dst, src) -> int: the segment's size in dst, -1 if it does not fit */
 PyObject *py_sparse_encode(PyObject *self, PyObject *args) {
     Buf d, s;
@@ -116,4 +161,43 @@ PyObject *py_sparse_decode(PyObject *self, PyObject *args) {
     release(&s);
     release(&d);
     return PyBool_FromLong(rc == 0);
+}
+
+/* join2_sparse(out, dense, dense_hi, segment, rot, reference_or_None) -> bool: False if the
+ * segment is malformed */
+PyObject *py_join2_sparse(PyObject *self, PyObject *args) {
+    PyObject *out_o, *dense_o, *seg_o, *ref_o;
+    int dense_hi, rot;
+    if (!PyArg_ParseTuple(args, "OOpOiO", &out_o, &dense_o, &dense_hi, &seg_o, &rot, &ref_o))
+        return NULL;
+    if (rot < 0 || rot > 15) {
+        PyErr_SetString(PyExc_ValueError, "join2_sparse: rotation out of range");
+        return NULL;
+    }
+    Buf out, dense, seg, ref = {.held = 0};
+    PyObject *ret = NULL;
+    if (get_buf(out_o, &out, 1, 2, "out") < 0) return NULL;
+    if (get_buf(dense_o, &dense, 0, 1, "dense") < 0) goto d1;
+    if (get_buf(seg_o, &seg, 0, 1, "segment") < 0) goto d2;
+    if (ref_o != Py_None && get_buf(ref_o, &ref, 0, 2, "reference") < 0) goto d3;
+    Py_ssize_t n = out.view.len / 2;
+    if (dense.view.len != n || (ref.held && ref.view.len != out.view.len)) {
+        PyErr_SetString(PyExc_ValueError, "join2_sparse: plane lengths do not match");
+        goto d4;
+    }
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = join2_sparse(out.view.buf, dense.view.buf, n, dense_hi, seg.view.buf, seg.view.len, rot,
+                      ref.held ? ref.view.buf : NULL);
+    Py_END_ALLOW_THREADS
+    ret = PyBool_FromLong(rc == 0);
+d4:
+    release(&ref);
+d3:
+    release(&seg);
+d2:
+    release(&dense);
+d1:
+    release(&out);
+    return ret;
 }

@@ -15,7 +15,14 @@ from hypothesis import strategies as st
 from mergestore import native
 from mergestore.api import Store
 from mergestore.errors import CorruptionError
-from mergestore.store.codecs import byteplane, decode_block, encode_block, huffman, sparse
+from mergestore.store.codecs import (
+    byteplane,
+    decode_block,
+    decode_block_into,
+    encode_block,
+    huffman,
+    sparse,
+)
 from mergestore.store.repo import FORMAT_VERSION
 
 REF_ID = b"\x05" * 32
@@ -30,12 +37,46 @@ def _plane(n: int, positions: list[int], values: list[int]) -> np.ndarray:
 
 
 def _decoders():
-    return [sparse.decode_numpy] + ([_decode_c] if KERNELS else [])
+    return [sparse.decode_numpy] + ([_decode_c, _decode_joined] if KERNELS else [])
 
 
 def _decode_c(segment, out) -> None:
     if not native.kernels.sparse_decode(out, segment):
         raise CorruptionError("malformed sparse plane")
+
+
+def _decode_joined(segment, out) -> None:
+    """The plane through join2_sparse: the high bytes of words joined with a zero low plane."""
+    words = np.full(len(out), 0xAAAA, dtype=np.uint16)
+    sparse.join_into(words, np.zeros(len(out), dtype=np.uint8), False, segment, 0, None)
+    out[:] = (words >> 8).astype(np.uint8)
+
+
+@pytest.mark.skipif(not KERNELS, reason="the fused kernel is C only")
+@settings(max_examples=300, deadline=None)
+@given(
+    n=st.integers(0, 3000),
+    positions=st.lists(st.integers(0, 10**6), max_size=100),
+    seed=st.integers(0, 2**32 - 1),
+    rot=st.integers(0, 15),
+    dense_hi=st.booleans(),
+    with_ref=st.booleans(),
+)
+def test_the_fused_join_gives_the_words_of_decode_then_join2(
+    n, positions, seed, rot, dense_hi, with_ref
+):
+    rng = np.random.default_rng(seed)
+    plane = (
+        _plane(n, positions, list(rng.integers(1, 256, size=100))) if n else np.zeros(0, np.uint8)
+    )
+    dense = rng.integers(0, 256, size=n, dtype=np.uint8)
+    ref = rng.integers(0, 2**16, size=n, dtype=np.uint16) if with_ref else None
+    lo, hi = (plane, dense) if dense_hi else (dense, plane)
+    want = np.empty(n, dtype=np.uint16)
+    native.kernels.join2(want, lo, hi, rot, ref)
+    got = np.full(n, 0x5555, dtype=np.uint16)
+    sparse.join_into(got, dense, dense_hi, sparse.encode_numpy(plane), rot, ref)
+    assert np.array_equal(got, want)
 
 
 @settings(max_examples=300, deadline=None)
@@ -108,6 +149,22 @@ def test_a_light_fine_tune_is_stored_sparse_and_decodes_to_its_bytes():
     z1 = byteplane.BytePlane(2, 0, ("h", "z1"))
     zpayload = z1._encode(small, z1.planes, reference=base)[1]
     assert len(enc.payload) <= 1.05 * sum(memoryview(p).nbytes for p in zpayload)
+
+
+def test_a_sparse_xor_block_decodes_in_place_to_its_bytes():
+    """decode_block_into (the engine's and the reader's path) joins the sparse plane straight
+    into the block: the same bytes as decode_block, a damaged segment refused."""
+    base = weights("BF16", 1 << 16)
+    small = finetune_bf16(base, 1e-3)
+    enc = encode_block(small, dtype="BF16", reference=base, reference_id=REF_ID)
+    assert enc.spec.endswith("planes=h.s")
+    out = np.empty(len(small), dtype=np.uint8)
+    decode_block_into(enc.spec, enc.payload, out, reference=base)
+    assert out.tobytes() == small
+    payload = bytearray(b"".join(bytes(b) for b in enc.buffers))
+    payload[-1] ^= 0x80  # the last gap's varint now runs past the segment
+    with pytest.raises(CorruptionError):
+        decode_block_into(enc.spec, bytes(payload), out, reference=base)
 
 
 def test_a_plane_denser_than_its_sample_falls_back_to_zstd():

@@ -328,24 +328,34 @@ class BytePlane(Stage):
         XORed with `reference` if given: the planes are joined (and XORed) by one C pass
         into the caller's memory, with no intermediate block. Needs the C kernels."""
         assert self.width == 2 and native.kernels is not None
-        planes, n_tail, tail = self._planes(data, scratch=True)
-        n = len(planes[0]) * 2 + n_tail
+        # One sparse plane (an XOR delta's sign and exponent) is XORed straight into the
+        # joined words: no zeroed plane buffer to fill and read back.
+        sparse_at = self.planes.index("s") if self.planes.count("s") == 1 else None
+        planes, n_tail, tail = self._planes(data, scratch=True, keep_sparse=sparse_at)
+        n_words = len(planes[1 - sparse_at]) if sparse_at is not None else len(planes[0])
+        n = n_words * 2 + n_tail
         if len(out) != n or (reference is not None and memoryview(reference).nbytes != n):
             raise corrupt(f"bplane block of {n} bytes does not fit {len(out)} bytes")
         ref = None if reference is None else np.frombuffer(reference, dtype=np.uint8)
         body = n - n_tail
         ref16 = None if ref is None else ref[:body].view(np.uint16)
-        native.kernels.join2(out[:body].view(np.uint16), planes[0], planes[1], self.rot, ref16)
+        words = out[:body].view(np.uint16)
+        if sparse_at is not None:
+            dense = planes[1 - sparse_at]
+            sparse.join_into(words, dense, sparse_at == 0, planes[sparse_at], self.rot, ref16)
+        else:
+            native.kernels.join2(words, planes[0], planes[1], self.rot, ref16)
         if n_tail:
             t = np.frombuffer(tail, dtype=np.uint8)
             out[body:] = t if ref is None else t ^ ref[body:]
 
     def _planes(
-        self, data: Buffer, scratch: bool = False
+        self, data: Buffer, scratch: bool = False, keep_sparse: int | None = None
     ) -> tuple[list[np.ndarray], int, memoryview]:
         """The decoded planes, the tail length and the tail bytes of a payload. `scratch`:
         literal-only planes may be decoded into this thread's reused buffers (valid until its
-        next call with `scratch`)."""
+        next call with `scratch`). `keep_sparse`: that plane (coded "s") is left as its
+        segment, for sparse.join_into."""
         view = memoryview(data).cast("B")
         w = self.width
         header_len = _N.size + 4 * w
@@ -366,6 +376,8 @@ class BytePlane(Stage):
             if code == "r":
                 if length != n_words:
                     raise corrupt("raw bplane segment has the wrong length")
+                planes.append(np.frombuffer(segment, dtype=np.uint8))
+            elif code == "s" and keep_sparse == len(planes):
                 planes.append(np.frombuffer(segment, dtype=np.uint8))
             elif code == "s":
                 out = _plane_buffer(len(planes), n_words, scratch)

@@ -73,6 +73,24 @@ def decode_into(segment: Buffer, out: np.ndarray) -> None:
     decode_numpy(segment, out)
 
 
+def join_into(
+    words: np.ndarray,
+    dense: np.ndarray,
+    dense_hi: bool,
+    segment: Buffer,
+    rot: int,
+    reference: np.ndarray | None,
+) -> None:
+    """A 16-bit block into `words` (uint16) from a dense byte plane (the high one if
+    `dense_hi`) and a sparse segment (the other plane), rotated right by `rot` and XORed with
+    `reference` if given: decode_into then byteplane's join2 in one C pass, with no buffer for
+    the sparse plane (csrc/sparse_planes.c join2_sparse). Needs the C kernels."""
+    kernels = native.kernels
+    assert kernels is not None
+    if not kernels.join2_sparse(words, dense, dense_hi, segment, rot, reference):
+        raise corrupt("malformed sparse plane")
+
+
 def decode_numpy(segment: Buffer, out: np.ndarray) -> None:
     """decode_into without the C kernels."""
     data = np.frombuffer(segment, dtype=np.uint8)
