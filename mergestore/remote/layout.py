@@ -1,6 +1,6 @@
 """The remote layout: key names, the pack index and object bundle encodings, and their checks.
 
-    <root>/mergestore-remote.json       {"format": 1, "block_size": N}   created once
+    <root>/mergestore-remote.json       {"format": F, "block_size": N}   created once; F only rises
     <root>/packs/<H>.pack               block entries, the local pack format (immutable)
     <root>/packs/<H>.idx                that pack's index; H = blake3 of the .idx bytes
     <root>/objects/<H>.bundle           objects and kept statistics of one push; H = blake3
@@ -18,6 +18,7 @@ import io
 import json
 import re
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import blake3
@@ -25,11 +26,16 @@ import zstandard
 
 from mergestore.errors import CorruptionError, RefError
 from mergestore.store.codecs import parse_spec, spec_uses_reference
+from mergestore.store.codecs.byteplane import BytePlane
 from mergestore.store.index import DeltaStats
 from mergestore.store.packs import ENTRY_HEADER, ENTRY_MAGIC, PACK_MAGIC
 from mergestore.store.refs import HEADS, TAGS, check_ref_name
 
-FORMAT = 1
+# 1: the first layout. 2: packs may hold byte-plane blocks with sparse ("s") planes (the
+# codecs of store format 3). A push marks the remote with the lowest format that describes
+# what it holds (format_for_specs), so an older tool reads a remote that needs nothing new and
+# refuses, with a version error, one that does.
+FORMAT = 2
 FORMAT_KEY = "mergestore-remote.json"
 PACKS = "packs/"
 OBJECTS = "objects/"
@@ -100,8 +106,16 @@ def decode_ref(key: str, data: bytes) -> bytes:
     return bytes.fromhex(text)
 
 
-def format_marker(block_size: int) -> bytes:
-    return json.dumps({"format": FORMAT, "block_size": block_size}).encode() + b"\n"
+def format_marker(block_size: int, fmt: int = FORMAT) -> bytes:
+    return json.dumps({"format": fmt, "block_size": block_size}).encode() + b"\n"
+
+
+def format_for_specs(specs: Iterable[str]) -> int:
+    """The lowest remote format whose packs can hold blocks of these codec specs."""
+    for spec in set(specs):
+        if any(isinstance(st, BytePlane) and "s" in st.planes for st in parse_spec(spec)):
+            return 2
+    return 1
 
 
 def parse_format_marker(data: bytes) -> dict[str, int]:

@@ -1,7 +1,8 @@
 """push: send what the remote lacks, then move each ref with a conditional write.
 
-Order (see docs/remotes.md): format marker (created once) -> packs, each followed by its
-index -> one object bundle -> each ref, compare-and-swap against the value read at the start.
+Order (see docs/remotes.md): format marker (created once, raised when the blocks sent need a
+newer format) -> packs, each followed by its index -> one object bundle -> each ref,
+compare-and-swap against the value read at the start.
 A ref is only ever written after everything it reaches is on the remote.
 """
 
@@ -11,7 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from mergestore.errors import AmbiguousRefError, MergestoreError
-from mergestore.remote.client import RefMovedError
+from mergestore.remote.client import ObjectClient, RefMovedError
 from mergestore.remote.layout import (
     FORMAT_KEY,
     Bundle,
@@ -19,6 +20,7 @@ from mergestore.remote.layout import (
     content_name,
     decode_ref,
     encode_bundle,
+    format_for_specs,
     format_marker,
     parse_format_marker,
 )
@@ -104,6 +106,26 @@ def local_targets(repo: Repository, refs: Sequence[str], tags: bool) -> dict[str
     return out
 
 
+def mark_format(client: ObjectClient, block_size: int, need: int) -> None:
+    """Create the remote's format marker, or raise it to `need` before blocks that need that
+    format are sent: a conditional write, so a marker another push raised meanwhile stays."""
+    for _ in range(4):
+        cur = client.read_ref(FORMAT_KEY)
+        if cur is None:
+            if client.put_new(FORMAT_KEY, format_marker(block_size, need)):
+                return
+            continue  # created meanwhile: read it
+        have = parse_format_marker(cur.data)
+        if have["format"] >= need:
+            return
+        try:
+            client.write_ref(FORMAT_KEY, format_marker(have["block_size"], need), cur.token)
+            return
+        except RefMovedError:
+            continue
+    raise MergestoreError(f"{FORMAT_KEY} kept changing while this push raised its format")
+
+
 def push(
     session: RemoteSession,
     refs: Sequence[str] = (),
@@ -138,8 +160,6 @@ def push(
         accepted.append((ref, cid, old, rv.token if rv is not None else None))
     if not accepted:
         return res
-    if marker is None:
-        client.put_new(FORMAT_KEY, format_marker(repo.config.block_size))
     # Data first: the blocks and objects the new commits reach that the remote lacks.
     clos = closure(
         [cid for _r, cid, _o, _t in accepted],
@@ -153,6 +173,11 @@ def push(
             send.add(loc.ref)
     groups = split_packs(repo, send, pack_target())
     locs = repo.block_locations(send)
+    # Every block the pushed refs reach decides the format, not just those sent now: a Ray
+    # worker may have put some on the remote already (remote/worker_output.py).
+    reached = repo.block_locations(list(set(clos.blocks) | send))
+    need = format_for_specs(repo.codec_spec(loc.codec) for loc in reached.values())
+    mark_format(client, repo.config.block_size, need)
     total = sum(loc.length for loc in locs.values())
     advance = phase("pushing blocks", total) if phase else None
     for group in groups:
