@@ -65,12 +65,24 @@ def _build_venv(venv: Path) -> None:
         subprocess.run([sys.executable, "-m", "venv", "--clear", str(tmp)], check=True)
         pip = [str(_venv_python(tmp)), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
         subprocess.run([*pip, TORCH_PIN, f"mergekit=={MERGEKIT_VERSION}"], check=True, timeout=3600)
+        _point_scripts_at(tmp, venv)
         if venv.exists():
             shutil.rmtree(venv)
         tmp.rename(venv)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _point_scripts_at(tmp: Path, venv: Path) -> None:
+    """The venv's console scripts (mergekit-yaml) and activate scripts name the folder they
+    were made in: name the one they are renamed to, so they run from there."""
+    for script in (tmp / "bin").iterdir():
+        if script.is_symlink() or not script.is_file():
+            continue
+        data = script.read_bytes()
+        if str(tmp).encode() in data:
+            script.write_bytes(data.replace(str(tmp).encode(), str(venv).encode()))
 
 
 def find_python() -> Path:
