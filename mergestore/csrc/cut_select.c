@@ -33,6 +33,11 @@ typedef struct {
  * elements already widened in bt. */
 HOT static void keys_with(const float *bt, const void *x, int xf, int cf, Py_ssize_t s,
                           Py_ssize_t m, uint32_t *keys) {
+    if (xf == FMT_BF16 && cf == FMT_BF16) { /* the bf16 config: widened in the same pass */
+        const uint16_t *p = (const uint16_t *)x + s;
+        for (Py_ssize_t j = 0; j < m; j++) keys[j] = rne16(bf16_to_f32(p[j]) - bt[j]) & 0x7FFFu;
+        return;
+    }
     float xt[TILE];
     widen(xt, x, xf, s, m);
     if (cf == FMT_F32) {
