@@ -67,29 +67,50 @@ HOT static Py_ssize_t sparse_encode(uint8_t *dst, Py_ssize_t cap, const uint8_t 
     return gap - dst;
 }
 
+/* A segment's list of (position, byte), read one entry at a time, every field checked. */
+typedef struct {
+    const uint8_t *val, *gap, *end;
+    uint64_t count;
+    Py_ssize_t n; /* the plane's length */
+} Listing;
+
+/* The segment's count checked against a plane of n bytes: 0, or -1 if malformed. */
+static int listing_open(Listing *l, const uint8_t *src, Py_ssize_t size, Py_ssize_t n) {
+    if (size < 4) return -1;
+    l->count = (uint64_t)src[0] | (uint64_t)src[1] << 8 | (uint64_t)src[2] << 16 |
+               (uint64_t)src[3] << 24;
+    if (l->count > (uint64_t)n || l->count > (uint64_t)(size - 4) / 2) return -1;
+    l->val = src + 4, l->gap = src + 4 + l->count, l->end = src + size, l->n = n;
+    return 0;
+}
+
+/* Entry i: its position (the one after pos, the previous entry's, -1 before the first) and
+ * its byte in *v; -1 if malformed. */
+static inline Py_ssize_t listing_next(Listing *l, uint64_t i, Py_ssize_t pos, uint8_t *v) {
+    uint64_t g = 0;
+    for (int shift = 0;; shift += 7) {
+        if (l->gap == l->end || shift == 7 * SPARSE_MAX_VARINT) return -1;
+        uint8_t b = *l->gap++;
+        g |= (uint64_t)(b & 127) << shift;
+        if (!(b & 128)) break;
+    }
+    if (g >= (uint64_t)(l->n - 1 - pos)) return -1; /* the next position is past the plane */
+    *v = l->val[i];
+    return *v ? pos + (Py_ssize_t)g + 1 : -1; /* a zero byte is never listed */
+}
+
 /* A segment decoded into dst[0:n]; 0, or -1 if it is malformed (dst then holds garbage). */
 HOT static int sparse_decode(uint8_t *dst, Py_ssize_t n, const uint8_t *src, Py_ssize_t size) {
-    if (size < 4) return -1;
-    uint64_t count = (uint64_t)src[0] | (uint64_t)src[1] << 8 | (uint64_t)src[2] << 16 |
-                     (uint64_t)src[3] << 24;
-    if (count > (uint64_t)n || count > (uint64_t)(size - 4) / 2) return -1;
+    Listing l;
+    if (listing_open(&l, src, size, n) < 0) return -1;
     memset(dst, 0, (size_t)n);
-    const uint8_t *val = src + 4, *gap = src + 4 + count, *end = src + size;
     Py_ssize_t pos = -1;
-    for (uint64_t i = 0; i < count; i++) {
-        uint64_t g = 0;
-        for (int shift = 0;; shift += 7) {
-            if (gap == end || shift == 7 * SPARSE_MAX_VARINT) return -1;
-            uint8_t b = *gap++;
-            g |= (uint64_t)(b & 127) << shift;
-            if (!(b & 128)) break;
-        }
-        if (g >= (uint64_t)(n - 1 - pos)) return -1; /* the next position is past the plane */
-        pos += (Py_ssize_t)g + 1;
-        if (!val[i]) return -1; /* a zero byte is never listed */
-        dst[pos] = val[i];
+    for (uint64_t i = 0; i < l.count; i++) {
+        uint8_t v;
+        if ((pos = listing_next(&l, i, pos, &v)) < 0) return -1;
+        dst[pos] = v;
     }
-    return gap == end ? 0 : -1;
+    return l.gap == l.end ? 0 : -1; /* every byte of the segment read */
 }
 
 /* A 16-bit block from one dense byte plane and one sparse segment, XORed with ref (may be
@@ -100,10 +121,8 @@ HOT static int sparse_decode(uint8_t *dst, Py_ssize_t n, const uint8_t *src, Py_
  * 0, or -1 if the segment is malformed (out then holds garbage). */
 HOT static int join2_sparse(uint16_t *out, const uint8_t *dense, Py_ssize_t n, int dense_hi,
                             const uint8_t *src, Py_ssize_t size, int rot, const uint16_t *ref) {
-    if (size < 4) return -1;
-    uint64_t count = (uint64_t)src[0] | (uint64_t)src[1] << 8 | (uint64_t)src[2] << 16 |
-                     (uint64_t)src[3] << 24;
-    if (count > (uint64_t)n || count > (uint64_t)(size - 4) / 2) return -1;
+    Listing l;
+    if (listing_open(&l, src, size, n) < 0) return -1;
     const int dshift = dense_hi ? 8 : 0, sshift = dense_hi ? 0 : 8;
 #define ROTR(w) (rot ? (uint16_t)(((w) >> rot) | ((w) << (16 - rot))) : (uint16_t)(w))
     if (ref) {
@@ -117,24 +136,15 @@ HOT static int join2_sparse(uint16_t *out, const uint8_t *dense, Py_ssize_t n, i
             out[j] = ROTR(w);
         }
     }
-    const uint8_t *val = src + 4, *gap = src + 4 + count, *end = src + size;
     Py_ssize_t pos = -1;
-    for (uint64_t i = 0; i < count; i++) {
-        uint64_t g = 0;
-        for (int shift = 0;; shift += 7) {
-            if (gap == end || shift == 7 * SPARSE_MAX_VARINT) return -1;
-            uint8_t b = *gap++;
-            g |= (uint64_t)(b & 127) << shift;
-            if (!(b & 128)) break;
-        }
-        if (g >= (uint64_t)(n - 1 - pos)) return -1; /* the next position is past the plane */
-        pos += (Py_ssize_t)g + 1;
-        if (!val[i]) return -1; /* a zero byte is never listed */
-        uint16_t w = (uint16_t)((uint16_t)val[i] << sshift);
+    for (uint64_t i = 0; i < l.count; i++) {
+        uint8_t v;
+        if ((pos = listing_next(&l, i, pos, &v)) < 0) return -1;
+        uint16_t w = (uint16_t)((uint16_t)v << sshift);
         out[pos] ^= ROTR(w);
     }
 #undef ROTR
-    return gap == end ? 0 : -1;
+    return l.gap == l.end ? 0 : -1;
 }
 
 /* sparse_encode(dst, src) -> int: the segment's size in dst, -1 if it does not fit */

@@ -43,3 +43,15 @@ def remote_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     request.getfixturevalue("s3_env")
     prefix = f"t{os.getpid()}-{next(_counter)}-{time.time_ns() % 10**9}"
     return f"s3://{BUCKET}/{prefix}?endpoint={server.endpoint}"
+
+
+@pytest.fixture
+def origin(tmp_path: Path, tiny_family, remote_url: str):
+    """A store with the family's base on main and `remote_url` as its remote "origin"."""
+    from mergestore.api import Store
+
+    s = Store.init(tmp_path / "a", block_size=4096)
+    s.commit(tiny_family.base, message="base")
+    s.add_remote("origin", remote_url)
+    yield s
+    s.close()

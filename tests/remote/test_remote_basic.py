@@ -5,8 +5,6 @@ from __future__ import annotations
 import filecmp
 from pathlib import Path
 
-import pytest
-
 from mergestore.api import Store
 from mergestore.usage import iter_commit_blocks, new_stored_bytes
 
@@ -24,15 +22,6 @@ def _same_tree(a: Path, b: Path) -> bool:
 def _new_stored_bytes(store: Store, new: str, old: list[str]) -> int:
     """Stored bytes of the blocks commit `new` uses that none of `old` use."""
     return new_stored_bytes(store.repo, store.resolve(new), [store.resolve(r) for r in old])
-
-
-@pytest.fixture
-def origin(tmp_path: Path, tiny_family, remote_url: str) -> Store:
-    s = Store.init(tmp_path / "a", block_size=4096)
-    s.commit(tiny_family.base, message="base")
-    s.add_remote("origin", remote_url)
-    yield s
-    s.close()
 
 
 def test_push_then_clone_roundtrip(origin: Store, tiny_family, tmp_path: Path, remote_url: str):

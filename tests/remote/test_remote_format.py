@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-
 from mergestore.api import Store
 from mergestore.remote import layout
 from mergestore.remote.client import ObjectClient
@@ -27,15 +25,6 @@ def _uses_sparse(store: Store, ref: str) -> bool:
         for b in t.blocks:
             specs.add(store.repo.codec_spec(store.repo.block_location(b).codec))
     return layout.format_for_specs(specs) == 2
-
-
-@pytest.fixture
-def origin(tmp_path: Path, tiny_family, remote_url: str) -> Store:
-    s = Store.init(tmp_path / "a", block_size=4096)
-    s.commit(tiny_family.base, message="base")
-    s.add_remote("origin", remote_url)
-    yield s
-    s.close()
 
 
 def test_a_remote_is_raised_to_format_2_by_the_first_push_of_sparse_planes(
