@@ -194,10 +194,11 @@ def test_bad_arguments_raise() -> None:
 @pytest.mark.parametrize("normalize", [True, False])
 @pytest.mark.parametrize("kind", ["dense", "specials", "tiny", "nan_payloads"])
 @pytest.mark.parametrize("numel", [77, 300_001])
-def test_linear_same_bits(monkeypatch, normalize, kind, numel) -> None:
+@pytest.mark.parametrize("n", [4, 6])  # the fused kernel (up to 4 inputs), and the tiled one
+def test_linear_same_bits(monkeypatch, normalize, kind, numel, n) -> None:
     """linear's fp32 fused multiply-adds (torch's addcmul_), in input order."""
-    _, xs = _family(4, numel, kind, seed=2)
-    per_input = [{"weight": w} for w in (0.3, 0.25, -0.1, 0.7)]
+    _, xs = _family(n, numel, kind, seed=2)
+    per_input = [{"weight": w} for w in (0.3, 0.25, -0.1, 0.7, 0.12, -0.4)[:n]]
     fast, slow = _twice(
         monkeypatch,
         lambda: merge_tensor("linear", None, xs, {"normalize": normalize}, per_input, CTX),

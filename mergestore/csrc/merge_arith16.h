@@ -26,11 +26,42 @@ ALWAYS_INLINE static inline void K16(finish)(uint16_t *o, const uint16_t *b, flo
     for (Py_ssize_t j = 0; j < m; j++) o[j] = ROUND(TO_F32(b[j]) + merged[j]);
 }
 
+/* gta_sum for 1 to 4 inputs (not deltas), no normalize and no lambda (task_arithmetic): the
+ * same operations in the same order, each element's sum held in a register from 0 instead of
+ * an fp32 tile stored and reloaded per input, and the tail in the same pass. */
+#define GTA_TERM(i) a += TO_F32(ROUND(TO_F32(ROUND(TO_F32(x##i[j]) - b)) * w##i))
+#define GTA_LOOP(TERMS)                                                  \
+    for (Py_ssize_t j = 0; j < n; j++) {                                 \
+        const float b = TO_F32(base[j]);                                 \
+        float a = 0.0f;                                                  \
+        TERMS;                                                           \
+        out[j] = ROUND(b + TO_F32(ROUND(a)));                            \
+    }
+ALWAYS_INLINE static inline void K16(gta_sum_plain)(uint16_t *out, const uint16_t *base,
+                                                    const uint16_t **xs, Py_ssize_t k,
+                                                    const float *w, Py_ssize_t n) {
+    const uint16_t *x0 = xs[0], *x1 = xs[k > 1 ? 1 : 0], *x2 = xs[k > 2 ? 2 : 0],
+                   *x3 = xs[k > 3 ? 3 : 0];
+    const float w0 = w[0], w1 = w[k > 1 ? 1 : 0], w2 = w[k > 2 ? 2 : 0], w3 = w[k > 3 ? 3 : 0];
+    switch (k) {
+    case 1: GTA_LOOP(GTA_TERM(0)); break;
+    case 2: GTA_LOOP(GTA_TERM(0); GTA_TERM(1)); break;
+    case 3: GTA_LOOP(GTA_TERM(0); GTA_TERM(1); GTA_TERM(2)); break;
+    default: GTA_LOOP(GTA_TERM(0); GTA_TERM(1); GTA_TERM(2); GTA_TERM(3)); break;
+    }
+}
+#undef GTA_LOOP
+#undef GTA_TERM
+
 /* out = base + finish(sum_i ROUND(d_i * w_i)), d_i = ROUND(x_i - base) (or x_i if deltas):
  * the no-consensus GTA tail of ops/gta.py (_weighted_delta_sum + _finish). */
 HOT4 static void K16(gta_sum)(uint16_t *out, const uint16_t *base, const uint16_t **xs, Py_ssize_t k,
                              const float *w, int deltas, Py_ssize_t n, float divisor,
                              int normalize, float lam, int has_lam) {
+    if (!deltas && !normalize && !has_lam && k >= 1 && k <= 4) {
+        K16(gta_sum_plain)(out, base, xs, k, w, n);
+        return;
+    }
     float acc[TILE], bf[TILE];
     for (Py_ssize_t s = 0; s < n; s += TILE) {
         Py_ssize_t m = n - s < TILE ? n - s : TILE;
@@ -93,10 +124,39 @@ HOT4 static void K16(gta_consensus)(uint16_t *out, const uint16_t *base, const u
     }
 }
 
+/* linear for 1 to 4 inputs: the same operations in the same order, each element's sum held in
+ * a register from 0 instead of an fp32 tile stored and reloaded per input. */
+#define LIN_TERM(i) a = fmaf(TO_F32(x##i[j]), w##i, a)
+#define LIN_LOOP(TERMS)                                                  \
+    for (Py_ssize_t j = 0; j < n; j++) {                                 \
+        float a = 0.0f;                                                  \
+        TERMS;                                                           \
+        out[j] = ROUND(normalize ? a / wsum : a);                        \
+    }
+ALWAYS_INLINE static inline void K16(linear_few)(uint16_t *out, const uint16_t **xs, Py_ssize_t k,
+                                                 const float *w, Py_ssize_t n, int normalize,
+                                                 float wsum) {
+    const uint16_t *x0 = xs[0], *x1 = xs[k > 1 ? 1 : 0], *x2 = xs[k > 2 ? 2 : 0],
+                   *x3 = xs[k > 3 ? 3 : 0];
+    const float w0 = w[0], w1 = w[k > 1 ? 1 : 0], w2 = w[k > 2 ? 2 : 0], w3 = w[k > 3 ? 3 : 0];
+    switch (k) {
+    case 1: LIN_LOOP(LIN_TERM(0)); break;
+    case 2: LIN_LOOP(LIN_TERM(0); LIN_TERM(1)); break;
+    case 3: LIN_LOOP(LIN_TERM(0); LIN_TERM(1); LIN_TERM(2)); break;
+    default: LIN_LOOP(LIN_TERM(0); LIN_TERM(1); LIN_TERM(2); LIN_TERM(3)); break;
+    }
+}
+#undef LIN_LOOP
+#undef LIN_TERM
+
 /* linear (ops/linear.py) on 16-bit inputs: acc = fma(x_i, w_i, acc) in fp32 from 0, in input
  * order (torch's addcmul_ is fused); acc / wsum if normalize; rounded to bf16. */
 HOT4 static void K16(linear)(uint16_t *out, const uint16_t **xs, Py_ssize_t k, const float *w,
                             Py_ssize_t n, int normalize, float wsum) {
+    if (k >= 1 && k <= 4) {
+        K16(linear_few)(out, xs, k, w, n, normalize, wsum);
+        return;
+    }
     float acc[TILE];
     for (Py_ssize_t s = 0; s < n; s += TILE) {
         Py_ssize_t m = n - s < TILE ? n - s : TILE;

@@ -100,7 +100,8 @@ def _twins(monkeypatch, method, base, xs, shared, per_input):
 
 
 @pytest.mark.parametrize("numel", [1, 1000, 70_001])
-@pytest.mark.parametrize("n", [1, 3, 5])
+# 1 to 5 live inputs (the base itself is skipped): the fused kernel takes 1 to 4
+@pytest.mark.parametrize("n", [1, 3, 4, 5, 6])
 @pytest.mark.parametrize(
     "shared", [{}, {"normalize": True}, {"lambda": 0.7}, {"normalize": True, "lambda": 1.5}]
 )
@@ -110,7 +111,7 @@ def test_task_arithmetic_lane_same_bits(monkeypatch, numel, n, shared) -> None:
     xs = [(base.float() + 0.01 * torch.randn(numel, generator=g)).to(torch.bfloat16)]
     xs += [base] * (n > 1)  # an input that is the base tensor itself (the engine does this)
     xs += [torch.randn(numel, generator=g).to(torch.bfloat16) for _ in range(n - len(xs))]
-    per_input = [{"weight": w} for w in [0.3, -0.45, 1.2, 0.05, 0.6][:n]]
+    per_input = [{"weight": w} for w in [0.3, -0.45, 1.2, 0.05, 0.6, -0.2][:n]]
     fast, slow = _twins(monkeypatch, "task_arithmetic", base, xs, shared, per_input)
     b = _bits(base)
     ours = _lane(
@@ -132,7 +133,7 @@ def test_task_arithmetic_lane_skips_the_base_itself() -> None:
 
 
 @pytest.mark.parametrize("numel", [1, 1000, 70_001])
-@pytest.mark.parametrize("n", [1, 2, 4])
+@pytest.mark.parametrize("n", [1, 2, 3, 4])  # each count of the fused kernel
 @pytest.mark.parametrize("normalize", [True, False])
 def test_linear_lane_same_bits(monkeypatch, numel, n, normalize) -> None:
     g = torch.Generator().manual_seed(numel * 7 + n)
