@@ -167,15 +167,22 @@ def push(
         lambda oid: oid in state.objects,
         "push",
     )
+    # One index lookup for every block the pushed refs reach (and the delta references of
+    # those sent): what to send, its size, and the format the remote needs.
+    reached = repo.block_locations(clos.blocks)
     send = {b for b in clos.blocks if b not in state.blocks}
-    for loc in repo.block_locations(list(send)).values():
-        if loc.ref is not None and loc.ref not in state.blocks:
-            send.add(loc.ref)
+    delta_refs = {
+        loc.ref
+        for b in send
+        if (loc := reached.get(b)) is not None and loc.ref is not None
+        and loc.ref not in state.blocks
+    }  # fmt: skip
+    reached.update(repo.block_locations(delta_refs - reached.keys()))
+    send |= delta_refs
     groups = split_packs(repo, send, pack_target())
-    locs = repo.block_locations(send)
-    # Every block the pushed refs reach decides the format, not just those sent now: a Ray
-    # worker may have put some on the remote already (remote/worker_output.py).
-    reached = repo.block_locations(list(set(clos.blocks) | send))
+    locs = {b: reached[b] for b in send if b in reached}
+    # Every block reached decides the format, not just those sent now: a Ray worker may have
+    # put some on the remote already (remote/worker_output.py).
     need = format_for_specs(repo.codec_spec(loc.codec) for loc in reached.values())
     mark_format(client, repo.config.block_size, need)
     total = sum(loc.length for loc in locs.values())
