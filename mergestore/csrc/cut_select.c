@@ -72,6 +72,7 @@ typedef struct {
     Py_ssize_t below, inside, cap;
     uint32_t *keys, *idx;      /* keys inside the bracket and their flat indices */
     int owned;                 /* keys and idx were malloc'd (not carved from the scratch) */
+    uint16_t *tile_eq;         /* a one-key bracket: its keys per tile (NULL: none kept) */
 } Cut;
 
 static int active(const Cut *c) { return c->mode >= 2; }
@@ -94,6 +95,27 @@ HOT static Py_ssize_t nth_key(const Pair *p, uint32_t v, Py_ssize_t need) {
     return -1;
 }
 
+/* nth_key with the count of keys equal to v in each tile known (a one-key bracket's gather):
+ * only the tile holding the need-th is read. */
+static Py_ssize_t nth_in_tiles(const Pair *p, const uint16_t *tile_eq, uint32_t v,
+                               Py_ssize_t need) {
+    uint32_t kt[TILE];
+    Py_ssize_t seen = 0;
+    for (Py_ssize_t s = 0; s < p->n; s += TILE) {
+        Py_ssize_t c = tile_eq[s / TILE];
+        if (seen + c < need) {
+            seen += c;
+            continue;
+        }
+        Py_ssize_t m = p->n - s < TILE ? p->n - s : TILE;
+        keys_of(p, s, m, kt);
+        for (Py_ssize_t j = 0; j < m; j++)
+            if (kt[j] == v && ++seen == need) return s + j;
+        return -1;
+    }
+    return -1;
+}
+
 /* The cut from its value v and the counts of keys below and at v; `tie` finds the flat index
  * of the need-th key equal to v (from the bracket's gathered keys, or by a pass). */
 static void settle(const Pair *p, Cut *c, uint32_t v, Py_ssize_t n_less, Py_ssize_t n_eq) {
@@ -112,6 +134,8 @@ static void settle(const Pair *p, Cut *c, uint32_t v, Py_ssize_t n_less, Py_ssiz
                 c->last = (Py_ssize_t)c->idx[i] + 1;
                 break;
             }
+    } else if (c->single && c->tile_eq && v == c->lo) {
+        c->last = nth_in_tiles(p, c->tile_eq, v, need) + 1;
     } else {
         c->last = nth_key(p, v, need) + 1;
     }
@@ -264,7 +288,10 @@ static int brackets(const Pair *p, Cut *cuts, int k, Py_ssize_t S, double z, uin
         while (first > 0 && smp[first - 1] >= c->lo) first--;
         while (end < S && smp[end] <= c->hi) end++;
         double share = (double)(end - first) / (double)S;
-        if (c->single) continue;
+        if (c->single) {
+            c->tile_eq = malloc((size_t)((n + TILE - 1) / TILE) * sizeof(uint16_t));
+            continue;
+        }
         if (share > 0.25) {
             skip = 1;
             break;
@@ -302,45 +329,42 @@ typedef struct {
     int go; /* 1 while the bracket can still give the cuts */
 } Job;
 
-/* The gather step of one tile for one input's cuts: per active cut, the keys below its
- * bracket counted, those inside gathered with their flat indices (or counted, for a one-key
- * bracket). 0, or 1 if a buffer overflowed. */
-static inline int gather_tile(Job *job, const uint32_t *kt, Py_ssize_t s, Py_ssize_t m) {
-    for (int i = 0; i < job->k; i++) {
-        Cut *c = &job->cuts[i];
-        if (!active(c)) continue;
-        const uint32_t lo = c->lo, span = c->hi - c->lo;
-        uint32_t below = 0, eq = 0; /* 32-bit counts: 8 lanes a vector (m <= TILE) */
-        for (Py_ssize_t j = 0; j < m; j++) below += kt[j] < lo;
-        c->below += below;
-        if (c->single) {
-            for (Py_ssize_t j = 0; j < m; j++) eq += kt[j] == lo;
-            c->inside += eq;
-            continue;
-        }
-        for (Py_ssize_t j0 = 0; j0 < m; j0 += BLOCK) {
-            Py_ssize_t e = j0 + BLOCK < m ? j0 + BLOCK : m;
-            uint32_t any = 0;
-            for (Py_ssize_t j = j0; j < e; j++) any |= (uint32_t)((kt[j] - lo) <= span);
-            if (!any) continue;
-            if (c->inside + BLOCK > c->cap) return 1;
-            Py_ssize_t at = c->inside;
-            for (Py_ssize_t j = j0; j < e; j++) {
-                c->keys[at] = kt[j];
-                c->idx[at] = (uint32_t)(s + j);
-                at += (kt[j] - lo) <= span;
-            }
-            c->inside = at;
-        }
+#define GT_NAME gather_tile32
+#define GT_KEY uint32_t
+#define GT_TOP 0xFFFFFFFFu
+#include "cut_gather.h"
+#undef GT_NAME
+#undef GT_KEY
+#undef GT_TOP
+#define GT_NAME gather_tile16
+#define GT_KEY uint16_t
+#define GT_TOP 0x7FFFu
+#include "cut_gather.h"
+#undef GT_NAME
+#undef GT_KEY
+#undef GT_TOP
+
+/* keys_with for the bf16 compute format, as 16-bit keys. */
+HOT static void keys16_with(const float *bt, const void *x, int xf, Py_ssize_t s, Py_ssize_t m,
+                            uint16_t *keys) {
+    if (xf == FMT_BF16) {
+        const uint16_t *p = (const uint16_t *)x + s;
+        for (Py_ssize_t j = 0; j < m; j++)
+            keys[j] = (uint16_t)(rne16(bf16_to_f32(p[j]) - bt[j]) & 0x7FFFu);
+        return;
     }
-    return 0;
+    float xt[TILE];
+    widen(xt, x, xf, s, m);
+    for (Py_ssize_t j = 0; j < m; j++) keys[j] = (uint16_t)(rne16(xt[j] - bt[j]) & 0x7FFFu);
 }
 
 /* One pass over the base and the inputs of every job still going: the base's tile is widened
  * once for all of them. A job whose buffer overflows stops (its cuts go to the histograms). */
 HOT static void gather(Job *jobs, int nj, Py_ssize_t n) {
     uint32_t kt[TILE];
+    uint16_t kt16[TILE];
     float bt[TILE];
+    const int narrow = nj && jobs[0].p.cf != FMT_F32; /* 15-bit keys */
     for (Py_ssize_t s = 0; s < n; s += TILE) {
         Py_ssize_t m = n - s < TILE ? n - s : TILE;
         int going = 0;
@@ -350,8 +374,15 @@ HOT static void gather(Job *jobs, int nj, Py_ssize_t n) {
         for (int t = 0; t < nj; t++) {
             Job *job = &jobs[t];
             if (!job->go) continue;
-            keys_with(bt, job->p.x, job->p.xf, job->p.cf, s, m, kt);
-            if (gather_tile(job, kt, s, m)) job->go = 0;
+            int full;
+            if (narrow) {
+                keys16_with(bt, job->p.x, job->p.xf, s, m, kt16);
+                full = gather_tile16(job, kt16, s, m);
+            } else {
+                keys_with(bt, job->p.x, job->p.xf, job->p.cf, s, m, kt);
+                full = gather_tile32(job, kt, s, m);
+            }
+            if (full) job->go = 0;
         }
     }
 }
@@ -362,6 +393,7 @@ static int prepare(Job *job) {
     for (int i = 0; i < job->k; i++) {
         Cut *c = &job->cuts[i];
         c->keys = c->idx = NULL;
+        c->tile_eq = NULL;
         c->owned = 0;
         c->below = c->inside = c->cap = 0;
         c->single = 0, c->v = 0, c->last = 0;
@@ -406,7 +438,8 @@ static void drop_buffers(Job *job) {
     for (int i = 0; i < job->k; i++) {
         Cut *c = &job->cuts[i];
         if (c->owned) free(c->keys), free(c->idx);
-        c->keys = c->idx = NULL, c->owned = 0;
+        free(c->tile_eq);
+        c->keys = c->idx = NULL, c->tile_eq = NULL, c->owned = 0;
     }
 }
 
@@ -538,41 +571,111 @@ d1:
 
 /* ------------------------------------------------------------------ bf16 cut + combine */
 
-/* D[j] = bf16(v[j] * w) for one piece of a tile, v = bf16(x - base) times the mask of its cut:
- * magnitude bits in [lo1, hi1] and not in [lo2, hi2] kept, others a signed zero, or bf16's NaN
- * for an infinity or NaN (as rank_cuts.c's zero_outside, as delta * mask does). */
+/* The magnitude bits a piece's cuts keep, [lo1, hi1] minus [lo2, hi2], as one interval: lo and
+ * span with bits kept iff (uint32_t)(bits - lo) <= span. rank_cuts.c's cut_range makes every
+ * range empty, whole, a prefix [0, v] or a suffix [v, 0xFFFF], so the difference is always one
+ * interval (an empty one: lo = 0x10000, span = 0, past every 15-bit magnitude). */
+static void kept_interval(const CutSeg16 *g, int *lo, uint32_t *span) {
+    int a = g->lo1, b = g->hi1;
+    if (g->lo2 <= g->hi2) {
+        if (g->lo2 <= a) a = a > g->hi2 + 1 ? a : g->hi2 + 1; /* a prefix (or more) dropped */
+        else b = b < g->lo2 - 1 ? b : g->lo2 - 1;              /* a suffix dropped */
+    }
+    *lo = a <= b ? a : 0x10000;
+    *span = a <= b ? (uint32_t)(b - a) : 0u;
+}
+
+/* bf16(v * w) for one element, v = bf16(x - b) times the mask of its cut: magnitude bits in
+ * the kept interval (lo, span) kept, others a signed zero, or bf16's NaN for an infinity or
+ * NaN (as rank_cuts.c's zero_outside, as delta * mask does). */
+ALWAYS_INLINE static inline float cut_weigh1(uint16_t x, float b, int lo, uint32_t span,
+                                             float w) {
+    float v = r16(bf16_to_f32(x) - b);
+    uint32_t u;
+    memcpy(&u, &v, 4);
+    int bits = (int)((u >> 16) & 0x7FFFu);
+    uint32_t dropped = bits >= 0x7F80 ? 0x7FC00000u : (u & 0x80000000u);
+    u = (uint32_t)(bits - lo) <= span ? u : dropped;
+    memcpy(&v, &u, 4);
+    return r16(v * w);
+}
+
+/* D[j] = cut_weigh1 of one piece of a tile. */
 HOT static void cut_weigh16(float *D, const uint16_t *x, const float *bf, Py_ssize_t m,
                             const CutSeg16 *g, float w) {
-    const int lo1 = g->lo1, hi1 = g->hi1, lo2 = g->lo2, hi2 = g->hi2;
-    for (Py_ssize_t j = 0; j < m; j++) {
-        float v = r16(bf16_to_f32(x[j]) - bf[j]);
-        uint32_t u;
-        memcpy(&u, &v, 4);
-        int bits = (int)((u >> 16) & 0x7FFFu);
-        int keep = (bits >= lo1) & (bits <= hi1) & !((bits >= lo2) & (bits <= hi2));
-        uint32_t dropped = bits >= 0x7F80 ? 0x7FC00000u : (u & 0x80000000u);
-        u = keep ? u : dropped;
-        memcpy(&v, &u, 4);
-        D[j] = r16(v * w);
+    int lo;
+    uint32_t span;
+    kept_interval(g, &lo, &span);
+    for (Py_ssize_t j = 0; j < m; j++) D[j] = cut_weigh1(x[j], bf[j], lo, span, w);
+}
+
+/* breadcrumbs' sum (no consensus, no normalize, no lambda) of 1 to 4 inputs over a tile in
+ * which each input's cuts keep one range of magnitude bits (g[i]: no tie boundary inside): the
+ * operations of gta_cut16 in the same order, each element's sum held in a register from 0
+ * instead of an fp32 tile per input, the tail in the same pass. */
+#define CW_TERM(i) a += cut_weigh1(x##i[j], b, lo##i, span##i, w##i)
+#define CW_IN(i)                                                                             \
+    const int c##i = k > i ? i : 0;                                                          \
+    const uint16_t *x##i = xs[c##i];                                                         \
+    int lo##i;                                                                               \
+    uint32_t span##i;                                                                        \
+    kept_interval(&g[c##i], &lo##i, &span##i);                                               \
+    const float w##i = w[c##i]
+#define CW_LOOP(TERMS)                                                                       \
+    for (Py_ssize_t j = 0; j < m; j++) {                                                     \
+        const float b = bf16_to_f32(base[j]);                                                \
+        float a = 0.0f;                                                                      \
+        TERMS;                                                                               \
+        out[j] = rne16(b + r16(a));                                                          \
+    }
+HOT static void cut_sum_few(uint16_t *out, const uint16_t *base, const uint16_t **xs,
+                            const CutSeg16 *g, Py_ssize_t k, const float *w, Py_ssize_t m) {
+    CW_IN(0);
+    CW_IN(1);
+    CW_IN(2);
+    CW_IN(3);
+    switch (k) {
+    case 1: CW_LOOP(CW_TERM(0)); break;
+    case 2: CW_LOOP(CW_TERM(0); CW_TERM(1)); break;
+    case 3: CW_LOOP(CW_TERM(0); CW_TERM(1); CW_TERM(2)); break;
+    default: CW_LOOP(CW_TERM(0); CW_TERM(1); CW_TERM(2); CW_TERM(3)); break;
     }
 }
+#undef CW_LOOP
+#undef CW_IN
+#undef CW_TERM
 
 /* ties and breadcrumbs(_ties) with bf16 compute in one pass over the inputs, tile by tile: each
  * input's D_i = bf16(d_i * w_i), d_i = x_i - base rounded to bf16 times the mask of its cuts,
  * made once into an fp32 tile (cut_weigh16), then the bf16 GTA tail (gta_tail16.h: the
  * consensus, or the weighted sum): the operations of writing each cut delta (apply_cuts16) and
  * combining them (merge_arith16.h), without a delta per input in memory. `start` is the flat
- * index of element 0 here. */
+ * index of element 0 here. breadcrumbs of 1 to 4 inputs with no tail takes cut_sum_few on every
+ * tile without a tie boundary (all but at most two per input). */
 HOT static int gta_cut16(uint16_t *out, const uint16_t *base, const uint16_t **xs,
                          const Cuts32 *cuts, Py_ssize_t k, Py_ssize_t start, const float *w,
                          int consensus, float divisor, Py_ssize_t n, int normalize, float lam,
                          int has_lam) {
     float *dt = malloc((size_t)(k ? k : 1) * TILE * sizeof(float));
     if (!dt) return -1;
+    const int few = !consensus && !normalize && !has_lam && k >= 1 && k <= 4;
     float bf[TILE], acc[TILE];
-    CutSeg16 seg[3];
+    CutSeg16 seg[3], one[4];
+    const uint16_t *at[4];
     for (Py_ssize_t s = 0; s < n; s += TILE) {
         Py_ssize_t m = n - s < TILE ? n - s : TILE;
+        if (few) {
+            int whole = 1;
+            for (Py_ssize_t i = 0; i < k && whole; i++) {
+                whole = cut_segs16(start + s, m, &cuts[i], seg) == 1;
+                one[i] = seg[0];
+                at[i] = xs[i] + s;
+            }
+            if (whole) {
+                cut_sum_few(out + s, base + s, at, one, k, w, m);
+                continue;
+            }
+        }
         for (Py_ssize_t j = 0; j < m; j++) bf[j] = bf16_to_f32(base[s + j]);
         for (Py_ssize_t j = 0; j < m; j++) acc[j] = 0.0f;
         for (Py_ssize_t i = 0; i < k; i++) {

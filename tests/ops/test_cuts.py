@@ -159,55 +159,104 @@ def test_finite():
     assert not lane16.finite(b, lane16.BF16)
 
 
-@pytest.mark.parametrize("nonfinite", [False, True])
-@pytest.mark.parametrize("consensus", [True, False])
-def test_fused_bf16_cut_in_any_column_windows(consensus, nonfinite):
-    """kernels.gta_cut16 on column windows (each told its flat start) gives the bits of one
-    call over the whole tensor, wherever a cut's tie breakpoint falls, and those of cutting
-    each delta (sparsify.delta_bits_into) and combining them (lane16.gta_combine), with
-    infinities and NaNs kept or dropped by the cuts too."""
+FUSED_RULES = [
+    ("magnitude", 0.37, 0.0),
+    ("magnitude_outliers", 0.8, 0.02),
+    ("magnitude", 0.5, 0.0),
+    ("magnitude_outliers", 0.6, 0.1),
+    ("magnitude", 0.9, 0.0),
+]
+
+
+def _bf16_inputs(n: int, k: int, nonfinite: bool) -> tuple[np.ndarray, list[np.ndarray]]:
     g = torch.Generator().manual_seed(7)
-    n = 50 * 41
     base = (0.02 * torch.randn(n, generator=g)).to(torch.bfloat16)
     xs = [
         (base.float() + torch.round(torch.randn(n, generator=g) * 8) / 8e3).to(torch.bfloat16)
-        for _ in range(3)
+        for _ in range(k)
     ]
     if nonfinite:
         xs[0][[3, 900]] = float("inf")
-        xs[1][[5, 1500]] = float("nan")
-        xs[2][7] = float("-inf")
+        xs[-1][[5, 1500]] = float("nan")
+        xs[k // 2][7] = float("-inf")
         base[[11, 1999]] = torch.tensor([float("inf"), float("nan")], dtype=torch.bfloat16)
     u16 = [t.view(torch.int16).numpy().view(np.uint16) for t in [base, *xs]]
-    flat_base, flats = u16[0], u16[1:]
-    rules = [("magnitude", 0.37, 0.0), ("magnitude_outliers", 0.8, 0.02), ("magnitude", 0.5, 0.0)]
+    return u16[0], u16[1:]
+
+
+def _combined(flat_base, rows, w, consensus, normalize, lam):
+    want = np.empty_like(flat_base)
+    lane16.gta_combine(
+        flat_base, rows, w, list(range(len(rows))), deltas=True, consensus=consensus,
+        normalize=normalize, lam=lam, out=want,
+    )  # fmt: skip
+    return want
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize("tail", [(True, 1.0), (False, 1.0), (False, 0.7), (True, 0.7)])
+@pytest.mark.parametrize("nonfinite", [False, True])
+@pytest.mark.parametrize("consensus", [True, False])
+def test_fused_bf16_cut_in_any_column_windows(consensus, nonfinite, tail, k):
+    """kernels.gta_cut16 on column windows (each told its flat start) gives the bits of one
+    call over the whole tensor, wherever a cut's tie breakpoint falls, and those of cutting
+    each delta (sparsify.delta_bits_into) and combining them (lane16.gta_combine), with
+    infinities and NaNs kept or dropped by the cuts too: for 1 to 5 inputs, with and without
+    normalize and lambda (breadcrumbs of 1-4 inputs with neither sums in registers)."""
+    normalize, lam = tail
+    n = 50 * 41
+    flat_base, flats = _bf16_inputs(n, k, nonfinite)
+    rules = FUSED_RULES[:k]
     specs = [
         cuts.find(x, lane16.BF16, flat_base, lane16.BF16, lane16.BF16, *rule)
         for x, rule in zip(flats, rules, strict=True)
     ]
     assert any(0 < s[2] < n for s in specs)  # a breakpoint inside the tensor
-    w = lane16.bf16([0.3, 0.5, 0.9])
-    args = (w, consensus, lane16.gta_divisor(w), True, 1.0, False)
+    w = lane16.bf16([0.3, 0.5, 0.9, 0.7, 0.2][:k])
+    args = (w, consensus, lane16.gta_divisor(w), normalize, lam, lam != 1.0)
     whole = np.empty(n, np.uint16)
     native.kernels.gta_cut16(whole, flat_base, flats, specs, 0, *args)
-    pieces = np.empty_like(whole)
-    for a in range(0, n, 37):
-        b = min(a + 37, n)
-        native.kernels.gta_cut16(
-            pieces[a:b], flat_base[a:b], [x[a:b] for x in flats], specs, a, *args
-        )
-    assert whole.tolist() == pieces.tolist()
+    for step in (37, 512, 700):  # windows smaller, equal to and larger than a tile
+        pieces = np.empty_like(whole)
+        for a in range(0, n, step):
+            b = min(a + step, n)
+            native.kernels.gta_cut16(
+                pieces[a:b], flat_base[a:b], [x[a:b] for x in flats], specs, a, *args
+            )
+        assert whole.tolist() == pieces.tolist()
     rows = []
     for x, (sparsifier, density, gamma) in zip(flats, rules, strict=True):
         row = np.empty_like(x)
         sparsify.delta_bits_into(row, x, flat_base, sparsifier, density, gamma)
         rows.append(row)
-    want = np.empty_like(whole)
-    lane16.gta_combine(
-        flat_base, rows, w, [0, 1, 2], deltas=True, consensus=consensus, normalize=True,
-        lam=1.0, out=want,
-    )  # fmt: skip
-    assert whole.tolist() == want.tolist()
+    assert whole.tolist() == _combined(flat_base, rows, w, consensus, normalize, lam).tolist()
+
+
+@pytest.mark.parametrize("mode2", [-1, 0, 1, 2, 3])
+@pytest.mark.parametrize("mode1", [0, 1, 2, 3])
+def test_fused_bf16_cut_keeps_what_apply_cuts16_keeps(mode1, mode2):
+    """Every pair of cut modes (none, all, largest, smallest; no second cut, or one of the four
+    dropped), with tie breakpoints inside the tensor: gta_cut16's kept interval per piece keeps
+    what rank_cuts.c's apply_cuts16 keeps (two ranges, the second dropped), in the register
+    sums (one input, no tail) and in the per-input tiles (with consensus)."""
+    n = 3000
+    flat_base, flats = _bf16_inputs(n, 1, nonfinite=True)
+    row = np.empty_like(flats[0])  # x - base as delta_bits_into forms it
+    hist = np.zeros(1 << 15, dtype=np.int64)
+    native.kernels.sub_hist_bf16(row, flats[0].view(np.int16), flat_base.view(np.int16), hist)
+    mags = np.unique(row & 0x7FFF)
+    v1, v2 = int(mags[len(mags) // 3]), int(mags[2 * len(mags) // 3])
+    if mode1 == 3 and mode2 == 2:
+        v1, v2 = v2, v1  # keep the smallest up to a high v, drop the largest from a low one
+    spec = (mode1, v1, 1234, mode2, v2 if mode2 >= 0 else 0, 2100 if mode2 >= 0 else 0)
+    native.kernels.apply_cuts16(row, *spec)
+    w = lane16.bf16([0.3])
+    for consensus in (False, True):
+        got = np.empty(n, np.uint16)
+        args = (w, consensus, lane16.gta_divisor(w), False, 1.0, False)
+        native.kernels.gta_cut16(got, flat_base, flats, [spec], 0, *args)
+        want = _combined(flat_base, [row], w, consensus, False, 1.0)
+        assert got.tolist() == want.tolist()
 
 
 @pytest.mark.parametrize("compute", ["F32", "BF16"])
