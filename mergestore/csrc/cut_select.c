@@ -642,23 +642,72 @@ HOT static void cut_sum_few(uint16_t *out, const uint16_t *base, const uint16_t 
     }
 }
 #undef CW_LOOP
-#undef CW_IN
 #undef CW_TERM
+
+/* ties' sign consensus (gta_tail16.h) of 1 to 4 inputs over a tile without a tie boundary: each
+ * element's D_i held in registers, then the vote, the agreeing sum and divisor and the tail, in
+ * gta_cut16's operations and order. */
+#define CV_D(i) const float d##i = cut_weigh1(x##i[j], b, lo##i, span##i, w##i)
+#define CV_AGREE(i)                                                                          \
+    do {                                                                                     \
+        const float agree = (d##i * vote) > 0.0f ? 1.0f : 0.0f;                              \
+        merged += d##i * agree;                                                              \
+        divs += agree * w##i;                                                                \
+    } while (0)
+#define CV_LOOP(DS, SUM, AGREES)                                                             \
+    for (Py_ssize_t j = 0; j < m; j++) {                                                     \
+        const float b = bf16_to_f32(base[j]);                                                \
+        DS;                                                                                  \
+        const float vote = r16(SUM) >= 0.0f ? 1.0f : -1.0f;                                  \
+        float merged = 0.0f, divs = 0.0f;                                                    \
+        AGREES;                                                                              \
+        float r = r16(merged);                                                               \
+        if (normalize) {                                                                     \
+            float dv = r16(divs);                                                            \
+            r = r16(r / (dv == 0.0f ? 1.0f : dv));                                           \
+        }                                                                                    \
+        if (has_lam) r = r16(r * lam);                                                       \
+        out[j] = rne16(b + r);                                                               \
+    }
+HOT static void cut_vote_few(uint16_t *out, const uint16_t *base, const uint16_t **xs,
+                             const CutSeg16 *g, Py_ssize_t k, const float *w, Py_ssize_t m,
+                             int normalize, float lam, int has_lam) {
+    CW_IN(0);
+    CW_IN(1);
+    CW_IN(2);
+    CW_IN(3);
+    switch (k) {
+    case 1: CV_LOOP(CV_D(0), d0, CV_AGREE(0)); break;
+    case 2: CV_LOOP(CV_D(0); CV_D(1), d0 + d1, CV_AGREE(0); CV_AGREE(1)); break;
+    case 3:
+        CV_LOOP(CV_D(0); CV_D(1); CV_D(2), d0 + d1 + d2, CV_AGREE(0); CV_AGREE(1); CV_AGREE(2));
+        break;
+    default:
+        CV_LOOP(CV_D(0); CV_D(1); CV_D(2); CV_D(3), d0 + d1 + d2 + d3,
+                CV_AGREE(0); CV_AGREE(1); CV_AGREE(2); CV_AGREE(3));
+        break;
+    }
+}
+#undef CV_LOOP
+#undef CV_AGREE
+#undef CV_D
+#undef CW_IN
 
 /* ties and breadcrumbs(_ties) with bf16 compute in one pass over the inputs, tile by tile: each
  * input's D_i = bf16(d_i * w_i), d_i = x_i - base rounded to bf16 times the mask of its cuts,
  * made once into an fp32 tile (cut_weigh16), then the bf16 GTA tail (gta_tail16.h: the
  * consensus, or the weighted sum): the operations of writing each cut delta (apply_cuts16) and
  * combining them (merge_arith16.h), without a delta per input in memory. `start` is the flat
- * index of element 0 here. breadcrumbs of 1 to 4 inputs with no tail takes cut_sum_few on every
- * tile without a tie boundary (all but at most two per input). */
+ * index of element 0 here. ties of 1 to 4 inputs (cut_vote_few), and breadcrumbs of 1 to 4 with
+ * no tail (cut_sum_few), hold each element's values in registers on every tile without a tie
+ * boundary (all but at most two per input). */
 HOT static int gta_cut16(uint16_t *out, const uint16_t *base, const uint16_t **xs,
                          const Cuts32 *cuts, Py_ssize_t k, Py_ssize_t start, const float *w,
                          int consensus, float divisor, Py_ssize_t n, int normalize, float lam,
                          int has_lam) {
     float *dt = malloc((size_t)(k ? k : 1) * TILE * sizeof(float));
     if (!dt) return -1;
-    const int few = !consensus && !normalize && !has_lam && k >= 1 && k <= 4;
+    const int few = k >= 1 && k <= 4 && (consensus || (!normalize && !has_lam));
     float bf[TILE], acc[TILE];
     CutSeg16 seg[3], one[4];
     const uint16_t *at[4];
@@ -670,6 +719,10 @@ HOT static int gta_cut16(uint16_t *out, const uint16_t *base, const uint16_t **x
                 whole = cut_segs16(start + s, m, &cuts[i], seg) == 1;
                 one[i] = seg[0];
                 at[i] = xs[i] + s;
+            }
+            if (whole && consensus) {
+                cut_vote_few(out + s, base + s, at, one, k, w, m, normalize, lam, has_lam);
+                continue;
             }
             if (whole) {
                 cut_sum_few(out + s, base + s, at, one, k, w, m);
