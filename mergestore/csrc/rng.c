@@ -874,6 +874,83 @@ HOT4 static int della_keep_sums16(uint8_t *keep, const uint16_t *x, const uint16
 }
 
 
+/* gta_keep16 of 1 to 4 inputs, each with keep bytes, over m elements: each element's D_i held
+ * in registers, then the sum or the sign consensus and the tail, in the tile code's operations
+ * and order (the scale is always multiplied: a scale of 1 multiplies exactly). */
+#define KD_IN(i)                                                                             \
+    const int c##i = k > i ? i : 0;                                                          \
+    const uint16_t *x##i = xs[c##i];                                                         \
+    const uint8_t *kp##i = keeps[c##i];                                                      \
+    const float sc##i = scales[c##i], w##i = w[c##i]
+#define KD_D(i)                                                                              \
+    const float d##i =                                                                       \
+        r16(r16(r16(bf16_to_f32(x##i[j]) - b) * (kp##i[j] ? 1.0f : 0.0f) * sc##i) * w##i)
+#define KD_AGREE(i)                                                                          \
+    do {                                                                                     \
+        const float agree = (d##i * vote) > 0.0f ? 1.0f : 0.0f;                              \
+        merged += d##i * agree;                                                              \
+        divs += agree * w##i;                                                                \
+    } while (0)
+#define KD_VOTE(DS, SUM, AGREES)                                                             \
+    for (Py_ssize_t j = 0; j < m; j++) {                                                     \
+        const float b = bf16_to_f32(base[j]);                                                \
+        DS;                                                                                  \
+        const float vote = r16(SUM) >= 0.0f ? 1.0f : -1.0f;                                  \
+        float merged = 0.0f, divs = 0.0f;                                                    \
+        AGREES;                                                                              \
+        float r = r16(merged);                                                               \
+        if (normalize) {                                                                     \
+            float dv = r16(divs);                                                            \
+            r = r16(r / (dv == 0.0f ? 1.0f : dv));                                           \
+        }                                                                                    \
+        if (has_lam) r = r16(r * lam);                                                       \
+        out[j] = rne16(b + r);                                                               \
+    }
+#define KD_SUM(DS, SUM)                                                                      \
+    for (Py_ssize_t j = 0; j < m; j++) {                                                     \
+        const float b = bf16_to_f32(base[j]);                                                \
+        DS;                                                                                  \
+        float r = r16(SUM);                                                                  \
+        if (normalize) r = r16(r / divisor);                                                 \
+        if (has_lam) r = r16(r * lam);                                                       \
+        out[j] = rne16(b + r);                                                               \
+    }
+HOT static void keep_few16(uint16_t *out, const uint16_t *base, const uint16_t **xs,
+                           const uint8_t **keeps, const float *scales, Py_ssize_t k,
+                           const float *w, int consensus, float divisor, Py_ssize_t m,
+                           int normalize, float lam, int has_lam) {
+    KD_IN(0);
+    KD_IN(1);
+    KD_IN(2);
+    KD_IN(3);
+    if (consensus) {
+        switch (k) {
+        case 1: KD_VOTE(KD_D(0), d0, KD_AGREE(0)); break;
+        case 2: KD_VOTE(KD_D(0); KD_D(1), d0 + d1, KD_AGREE(0); KD_AGREE(1)); break;
+        case 3:
+            KD_VOTE(KD_D(0); KD_D(1); KD_D(2), d0 + d1 + d2,
+                    KD_AGREE(0); KD_AGREE(1); KD_AGREE(2));
+            break;
+        default:
+            KD_VOTE(KD_D(0); KD_D(1); KD_D(2); KD_D(3), d0 + d1 + d2 + d3,
+                    KD_AGREE(0); KD_AGREE(1); KD_AGREE(2); KD_AGREE(3));
+            break;
+        }
+        return;
+    }
+    switch (k) { /* the sum from 0, as the tile's: 0 + -0 is +0 */
+    case 1: KD_SUM(KD_D(0), 0.0f + d0); break;
+    case 2: KD_SUM(KD_D(0); KD_D(1), 0.0f + d0 + d1); break;
+    case 3: KD_SUM(KD_D(0); KD_D(1); KD_D(2), 0.0f + d0 + d1 + d2); break;
+    default: KD_SUM(KD_D(0); KD_D(1); KD_D(2); KD_D(3), 0.0f + d0 + d1 + d2 + d3); break;
+    }
+}
+#undef KD_SUM
+#undef KD_VOTE
+#undef KD_AGREE
+#undef KD_D
+#undef KD_IN
+
 /* dare* and della* in bf16 in one pass over the inputs (ops/lane_random.py), tile by tile:
  * v_i = x_i - base rounded to bf16, times its keep byte (as torch's v * mask; its rounding is
  * exact: v, a signed 0, or the default NaN for an infinity; no keep bytes: all kept), times
@@ -882,12 +959,19 @@ HOT4 static int della_keep_sums16(uint8_t *keep, const uint16_t *x, const uint16
  * consensus: vote = bf16(D_0 + ... + D_k-1) >= 0 ? +1 : -1, agree_i = D_i * vote > 0,
  * merged = sum agree_i * D_i, divisor = sum agree_i * w_i; else merged = 0 + sum D_i; then
  * finish (rounded to bf16, / divisor, * lam, + base). The bits of ops.lane16.gta_combine over
- * keep_rescale(16)'s rows, with each D_i computed once into an fp32 tile and no bf16 delta row
- * per input in memory. */
+ * keep_rescale(16)'s rows, with each D_i computed once into an fp32 tile (in registers for 1 to
+ * 4 inputs with keep bytes: keep_few16) and no bf16 delta row per input in memory. */
 HOT4 static int gta_keep16(uint16_t *out, const uint16_t *base, const uint16_t **xs,
                           const uint8_t **keeps, const float *scales, Py_ssize_t k,
                           const float *w, int consensus, float divisor, Py_ssize_t n,
                           int normalize, float lam, int has_lam) {
+    int few = k >= 1 && k <= 4;
+    for (Py_ssize_t i = 0; i < k; i++) few = few && keeps[i];
+    if (few) {
+        keep_few16(out, base, xs, keeps, scales, k, w, consensus, divisor, n, normalize, lam,
+                   has_lam);
+        return 0;
+    }
     float *dt = malloc((size_t)(k ? k : 1) * TILE * sizeof(float));
     if (!dt) return -1;
     float bf[TILE], acc[TILE];

@@ -30,6 +30,7 @@ CTX = TensorContext("model.layers.3.self_attn.o_proj.weight", seed=11)
 
 
 def params(method: str, i: int, density: float | None = None) -> dict:
+    i %= 4
     p = {"weight": [0.3, 0.7, -0.45, 1.1][i], "density": density or [0.5, 0.3, 0.71, 0.9][i]}
     if method.startswith("della"):
         p["epsilon"] = [0.1, 0.2, 0.05, 0.09][i]
@@ -105,6 +106,35 @@ def test_rescale_and_lambda(method, compute, rescale):
     base, xs = family(2, (33, 65), ["F32"] * 3, seed=9)
     shared = {"rescale": rescale, "lambda": 0.7, "normalize": True}
     check(method, base, xs, None, shared=shared, compute=compute)
+
+
+@pytest.mark.parametrize("tail", [{}, {"normalize": True, "lambda": 0.7}, {"normalize": False}])
+@pytest.mark.parametrize("method", sorted(lane_random.METHODS))
+@pytest.mark.parametrize("k", [1, 2, 3, 4, 5])
+def test_every_input_count_in_bf16(k, method, tail):
+    """1 to 5 inputs in bf16 compute, with the method's own tail and others: 1-4 hold each
+    element's values in registers (rng.c's keep_few16), 5 take the tile path; specials
+    included. The torch path's bits."""
+    base, xs = family(k, (23, 301), ["BF16"] * (k + 1), seed=31 + k)
+    xs[0][0, :3] = torch.tensor([float("nan"), float("inf"), -0.0])
+    check(method, base, xs, "BF16", shared=dict(tail), compute="BF16")
+
+
+@pytest.mark.parametrize("method", sorted(lane_random.METHODS))
+@pytest.mark.parametrize("k", [2, 3, 4])
+def test_zero_sums_in_bf16(k, method):
+    """Sums that come out zero: opposite deltas of equal weight (the sign vote of a zero sum
+    is +1), and negative deltas all dropped over a base of -0.0 (a sum of -0.0 terms started
+    from +0.0 is +0.0, so the output stays -0.0 + +0.0 = +0.0). The torch path's bits."""
+    base, xs = family(k, (6, 257), ["BF16"] * (k + 1), seed=41 + k)
+    base[0] = 0.0
+    xs[1][0] = -xs[0][0]
+    base[1] = -0.0
+    for x in xs:
+        x[1] = -x[1].abs() - 0.5
+    per = [params(method, i) | {"weight": 0.5, "density": 0.5} for i in range(k)]
+    shared = {"rescale": False} if method.startswith("dare") else {}
+    check(method, base, xs, "BF16", per_input=per, shared=shared, compute="BF16")
 
 
 def test_bf16_l1_sums_follow_torchs_order():
