@@ -609,11 +609,10 @@ HOT static void cut_weigh16(float *D, const uint16_t *x, const float *bf, Py_ssi
     for (Py_ssize_t j = 0; j < m; j++) D[j] = cut_weigh1(x[j], bf[j], lo, span, w);
 }
 
-/* breadcrumbs' sum (no consensus, no normalize, no lambda) of 1 to 4 inputs over a tile in
- * which each input's cuts keep one range of magnitude bits (g[i]: no tie boundary inside): the
- * operations of gta_cut16 in the same order, each element's sum held in a register from 0
- * instead of an fp32 tile per input, the tail in the same pass. */
-#define CW_TERM(i) a += cut_weigh1(x##i[j], b, lo##i, span##i, w##i)
+/* gta_cut16's sum (breadcrumbs: no consensus, normalize or lambda) and sign consensus (ties,
+ * any tail) of 1 to 4 inputs over a tile in which each input's cuts keep one range of magnitude
+ * bits (g[i]: no tie boundary inside), each element's D_i held in registers (gta_tail16.h). */
+#define CW_D(i) const float d##i = cut_weigh1(x##i[j], b, lo##i, span##i, w##i)
 #define CW_IN(i)                                                                             \
     const int c##i = k > i ? i : 0;                                                          \
     const uint16_t *x##i = xs[c##i];                                                         \
@@ -621,54 +620,22 @@ HOT static void cut_weigh16(float *D, const uint16_t *x, const float *bf, Py_ssi
     uint32_t span##i;                                                                        \
     kept_interval(&g[c##i], &lo##i, &span##i);                                               \
     const float w##i = w[c##i]
-#define CW_LOOP(TERMS)                                                                       \
-    for (Py_ssize_t j = 0; j < m; j++) {                                                     \
-        const float b = bf16_to_f32(base[j]);                                                \
-        float a = 0.0f;                                                                      \
-        TERMS;                                                                               \
-        out[j] = rne16(b + r16(a));                                                          \
-    }
 HOT static void cut_sum_few(uint16_t *out, const uint16_t *base, const uint16_t **xs,
                             const CutSeg16 *g, Py_ssize_t k, const float *w, Py_ssize_t m) {
+    const int normalize = 0, has_lam = 0;
+    const float divisor = 1.0f, lam = 1.0f;
     CW_IN(0);
     CW_IN(1);
     CW_IN(2);
     CW_IN(3);
     switch (k) {
-    case 1: CW_LOOP(CW_TERM(0)); break;
-    case 2: CW_LOOP(CW_TERM(0); CW_TERM(1)); break;
-    case 3: CW_LOOP(CW_TERM(0); CW_TERM(1); CW_TERM(2)); break;
-    default: CW_LOOP(CW_TERM(0); CW_TERM(1); CW_TERM(2); CW_TERM(3)); break;
+    case 1: GTA16_SUM_LOOP(CW_D(0), 0.0f + d0); break;
+    case 2: GTA16_SUM_LOOP(CW_D(0); CW_D(1), 0.0f + d0 + d1); break;
+    case 3: GTA16_SUM_LOOP(CW_D(0); CW_D(1); CW_D(2), 0.0f + d0 + d1 + d2); break;
+    default: GTA16_SUM_LOOP(CW_D(0); CW_D(1); CW_D(2); CW_D(3), 0.0f + d0 + d1 + d2 + d3); break;
     }
 }
-#undef CW_LOOP
-#undef CW_TERM
 
-/* ties' sign consensus (gta_tail16.h) of 1 to 4 inputs over a tile without a tie boundary: each
- * element's D_i held in registers, then the vote, the agreeing sum and divisor and the tail, in
- * gta_cut16's operations and order. */
-#define CV_D(i) const float d##i = cut_weigh1(x##i[j], b, lo##i, span##i, w##i)
-#define CV_AGREE(i)                                                                          \
-    do {                                                                                     \
-        const float agree = (d##i * vote) > 0.0f ? 1.0f : 0.0f;                              \
-        merged += d##i * agree;                                                              \
-        divs += agree * w##i;                                                                \
-    } while (0)
-#define CV_LOOP(DS, SUM, AGREES)                                                             \
-    for (Py_ssize_t j = 0; j < m; j++) {                                                     \
-        const float b = bf16_to_f32(base[j]);                                                \
-        DS;                                                                                  \
-        const float vote = r16(SUM) >= 0.0f ? 1.0f : -1.0f;                                  \
-        float merged = 0.0f, divs = 0.0f;                                                    \
-        AGREES;                                                                              \
-        float r = r16(merged);                                                               \
-        if (normalize) {                                                                     \
-            float dv = r16(divs);                                                            \
-            r = r16(r / (dv == 0.0f ? 1.0f : dv));                                           \
-        }                                                                                    \
-        if (has_lam) r = r16(r * lam);                                                       \
-        out[j] = rne16(b + r);                                                               \
-    }
 HOT static void cut_vote_few(uint16_t *out, const uint16_t *base, const uint16_t **xs,
                              const CutSeg16 *g, Py_ssize_t k, const float *w, Py_ssize_t m,
                              int normalize, float lam, int has_lam) {
@@ -677,21 +644,20 @@ HOT static void cut_vote_few(uint16_t *out, const uint16_t *base, const uint16_t
     CW_IN(2);
     CW_IN(3);
     switch (k) {
-    case 1: CV_LOOP(CV_D(0), d0, CV_AGREE(0)); break;
-    case 2: CV_LOOP(CV_D(0); CV_D(1), d0 + d1, CV_AGREE(0); CV_AGREE(1)); break;
+    case 1: GTA16_VOTE_LOOP(CW_D(0), d0, GTA16_AGREE(0)); break;
+    case 2: GTA16_VOTE_LOOP(CW_D(0); CW_D(1), d0 + d1, GTA16_AGREE(0); GTA16_AGREE(1)); break;
     case 3:
-        CV_LOOP(CV_D(0); CV_D(1); CV_D(2), d0 + d1 + d2, CV_AGREE(0); CV_AGREE(1); CV_AGREE(2));
+        GTA16_VOTE_LOOP(CW_D(0); CW_D(1); CW_D(2), d0 + d1 + d2,
+                        GTA16_AGREE(0); GTA16_AGREE(1); GTA16_AGREE(2));
         break;
     default:
-        CV_LOOP(CV_D(0); CV_D(1); CV_D(2); CV_D(3), d0 + d1 + d2 + d3,
-                CV_AGREE(0); CV_AGREE(1); CV_AGREE(2); CV_AGREE(3));
+        GTA16_VOTE_LOOP(CW_D(0); CW_D(1); CW_D(2); CW_D(3), d0 + d1 + d2 + d3,
+                        GTA16_AGREE(0); GTA16_AGREE(1); GTA16_AGREE(2); GTA16_AGREE(3));
         break;
     }
 }
-#undef CV_LOOP
-#undef CV_AGREE
-#undef CV_D
 #undef CW_IN
+#undef CW_D
 
 /* ties and breadcrumbs(_ties) with bf16 compute in one pass over the inputs, tile by tile: each
  * input's D_i = bf16(d_i * w_i), d_i = x_i - base rounded to bf16 times the mask of its cuts,

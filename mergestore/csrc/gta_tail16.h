@@ -42,3 +42,40 @@ ALWAYS_INLINE static inline void gta_tail16(uint16_t *o, const float *bf, const 
         for (Py_ssize_t j = 0; j < m; j++) acc[j] = r16(acc[j] * lam);
     for (Py_ssize_t j = 0; j < m; j++) o[j] = rne16(bf[j] + acc[j]);
 }
+
+/* The same tail with each element's D_i in registers, for 1 to 4 inputs (cut_select.c's
+ * cut_sum_few and cut_vote_few, rng.c's keep_few16): loops over j < m that write out[j] from
+ * base[j], with normalize, divisor, lam and has_lam taken from the caller's scope. DS declares
+ * d0 .. d(k-1), each D_i, from b (base[j] widened); SUM is their sum in input order (0.0f + d0
+ * + ... for the weighted sum, whose tile starts from +0; d0 + ... for the vote); AGREES is
+ * GTA16_AGREE(0); ... GTA16_AGREE(k-1). w0 .. w(k-1) are the weights. */
+#define GTA16_AGREE(i)                                                                       \
+    do {                                                                                     \
+        const float agree = (d##i * vote) > 0.0f ? 1.0f : 0.0f;                              \
+        merged += d##i * agree;                                                              \
+        divs += agree * w##i;                                                                \
+    } while (0)
+#define GTA16_VOTE_LOOP(DS, SUM, AGREES)                                                     \
+    for (Py_ssize_t j = 0; j < m; j++) {                                                     \
+        const float b = bf16_to_f32(base[j]);                                                \
+        DS;                                                                                  \
+        const float vote = r16(SUM) >= 0.0f ? 1.0f : -1.0f;                                  \
+        float merged = 0.0f, divs = 0.0f;                                                    \
+        AGREES;                                                                              \
+        float r = r16(merged);                                                               \
+        if (normalize) {                                                                     \
+            float dv = r16(divs);                                                            \
+            r = r16(r / (dv == 0.0f ? 1.0f : dv));                                           \
+        }                                                                                    \
+        if (has_lam) r = r16(r * lam);                                                       \
+        out[j] = rne16(b + r);                                                               \
+    }
+#define GTA16_SUM_LOOP(DS, SUM)                                                              \
+    for (Py_ssize_t j = 0; j < m; j++) {                                                     \
+        const float b = bf16_to_f32(base[j]);                                                \
+        DS;                                                                                  \
+        float r = r16(SUM);                                                                  \
+        if (normalize) r = r16(r / divisor);                                                 \
+        if (has_lam) r = r16(r * lam);                                                       \
+        out[j] = rne16(b + r);                                                               \
+    }

@@ -885,36 +885,6 @@ HOT4 static int della_keep_sums16(uint8_t *keep, const uint16_t *x, const uint16
 #define KD_D(i)                                                                              \
     const float d##i =                                                                       \
         r16(r16(r16(bf16_to_f32(x##i[j]) - b) * (kp##i[j] ? 1.0f : 0.0f) * sc##i) * w##i)
-#define KD_AGREE(i)                                                                          \
-    do {                                                                                     \
-        const float agree = (d##i * vote) > 0.0f ? 1.0f : 0.0f;                              \
-        merged += d##i * agree;                                                              \
-        divs += agree * w##i;                                                                \
-    } while (0)
-#define KD_VOTE(DS, SUM, AGREES)                                                             \
-    for (Py_ssize_t j = 0; j < m; j++) {                                                     \
-        const float b = bf16_to_f32(base[j]);                                                \
-        DS;                                                                                  \
-        const float vote = r16(SUM) >= 0.0f ? 1.0f : -1.0f;                                  \
-        float merged = 0.0f, divs = 0.0f;                                                    \
-        AGREES;                                                                              \
-        float r = r16(merged);                                                               \
-        if (normalize) {                                                                     \
-            float dv = r16(divs);                                                            \
-            r = r16(r / (dv == 0.0f ? 1.0f : dv));                                           \
-        }                                                                                    \
-        if (has_lam) r = r16(r * lam);                                                       \
-        out[j] = rne16(b + r);                                                               \
-    }
-#define KD_SUM(DS, SUM)                                                                      \
-    for (Py_ssize_t j = 0; j < m; j++) {                                                     \
-        const float b = bf16_to_f32(base[j]);                                                \
-        DS;                                                                                  \
-        float r = r16(SUM);                                                                  \
-        if (normalize) r = r16(r / divisor);                                                 \
-        if (has_lam) r = r16(r * lam);                                                       \
-        out[j] = rne16(b + r);                                                               \
-    }
 HOT static void keep_few16(uint16_t *out, const uint16_t *base, const uint16_t **xs,
                            const uint8_t **keeps, const float *scales, Py_ssize_t k,
                            const float *w, int consensus, float divisor, Py_ssize_t m,
@@ -925,29 +895,28 @@ HOT static void keep_few16(uint16_t *out, const uint16_t *base, const uint16_t *
     KD_IN(3);
     if (consensus) {
         switch (k) {
-        case 1: KD_VOTE(KD_D(0), d0, KD_AGREE(0)); break;
-        case 2: KD_VOTE(KD_D(0); KD_D(1), d0 + d1, KD_AGREE(0); KD_AGREE(1)); break;
+        case 1: GTA16_VOTE_LOOP(KD_D(0), d0, GTA16_AGREE(0)); break;
+        case 2:
+            GTA16_VOTE_LOOP(KD_D(0); KD_D(1), d0 + d1, GTA16_AGREE(0); GTA16_AGREE(1));
+            break;
         case 3:
-            KD_VOTE(KD_D(0); KD_D(1); KD_D(2), d0 + d1 + d2,
-                    KD_AGREE(0); KD_AGREE(1); KD_AGREE(2));
+            GTA16_VOTE_LOOP(KD_D(0); KD_D(1); KD_D(2), d0 + d1 + d2,
+                            GTA16_AGREE(0); GTA16_AGREE(1); GTA16_AGREE(2));
             break;
         default:
-            KD_VOTE(KD_D(0); KD_D(1); KD_D(2); KD_D(3), d0 + d1 + d2 + d3,
-                    KD_AGREE(0); KD_AGREE(1); KD_AGREE(2); KD_AGREE(3));
+            GTA16_VOTE_LOOP(KD_D(0); KD_D(1); KD_D(2); KD_D(3), d0 + d1 + d2 + d3,
+                            GTA16_AGREE(0); GTA16_AGREE(1); GTA16_AGREE(2); GTA16_AGREE(3));
             break;
         }
         return;
     }
     switch (k) { /* the sum from 0, as the tile's: 0 + -0 is +0 */
-    case 1: KD_SUM(KD_D(0), 0.0f + d0); break;
-    case 2: KD_SUM(KD_D(0); KD_D(1), 0.0f + d0 + d1); break;
-    case 3: KD_SUM(KD_D(0); KD_D(1); KD_D(2), 0.0f + d0 + d1 + d2); break;
-    default: KD_SUM(KD_D(0); KD_D(1); KD_D(2); KD_D(3), 0.0f + d0 + d1 + d2 + d3); break;
+    case 1: GTA16_SUM_LOOP(KD_D(0), 0.0f + d0); break;
+    case 2: GTA16_SUM_LOOP(KD_D(0); KD_D(1), 0.0f + d0 + d1); break;
+    case 3: GTA16_SUM_LOOP(KD_D(0); KD_D(1); KD_D(2), 0.0f + d0 + d1 + d2); break;
+    default: GTA16_SUM_LOOP(KD_D(0); KD_D(1); KD_D(2); KD_D(3), 0.0f + d0 + d1 + d2 + d3); break;
     }
 }
-#undef KD_SUM
-#undef KD_VOTE
-#undef KD_AGREE
 #undef KD_D
 #undef KD_IN
 
