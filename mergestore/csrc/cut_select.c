@@ -609,8 +609,9 @@ HOT static void cut_weigh16(float *D, const uint16_t *x, const float *bf, Py_ssi
     for (Py_ssize_t j = 0; j < m; j++) D[j] = cut_weigh1(x[j], bf[j], lo, span, w);
 }
 
-/* gta_cut16's weighted sum (breadcrumbs) and sign consensus (ties) of 1 to 4 inputs, any tail, over a tile in which each input's cuts keep one range of magnitude
- * bits (g[i]: no tie boundary inside), each element's D_i held in registers (gta_tail16.h). */
+/* gta_cut16's weighted sum (breadcrumbs) and sign consensus (ties) of 1 to 4 inputs, with any
+ * tail, over a tile in which each input's cuts keep one range of magnitude bits (g[i]: no tie
+ * boundary inside), each element's D_i held in registers (gta_tail16.h). */
 #define CW_D(i) const float d##i = cut_weigh1(x##i[j], b, lo##i, span##i, w##i)
 #define CW_IN(i)                                                                             \
     const int c##i = k > i ? i : 0;                                                          \
