@@ -620,32 +620,14 @@ HOT static void cut_weigh16(float *D, const uint16_t *x, const float *bf, Py_ssi
     uint32_t span##i;                                                                        \
     kept_interval(&g[c##i], &lo##i, &span##i);                                               \
     const float w##i = w[c##i]
-ALWAYS_INLINE static inline void cut_sum_body(uint16_t *out, const uint16_t *base,
-                                             const uint16_t **xs, const CutSeg16 *g,
-                                             Py_ssize_t k, const float *w, Py_ssize_t m,
-                                             float divisor, int normalize, float lam,
-                                             int has_lam) {
+HOT static void cut_sum_few(uint16_t *out, const uint16_t *base, const uint16_t **xs,
+                            const CutSeg16 *g, Py_ssize_t k, const float *w, Py_ssize_t m,
+                            float divisor, int normalize, float lam, int has_lam) {
     CW_IN(0);
     CW_IN(1);
     CW_IN(2);
     CW_IN(3);
-    switch (k) {
-    case 1: GTA16_SUM_LOOP(CW_D(0), 0.0f + d0); break;
-    case 2: GTA16_SUM_LOOP(CW_D(0); CW_D(1), 0.0f + d0 + d1); break;
-    case 3: GTA16_SUM_LOOP(CW_D(0); CW_D(1); CW_D(2), 0.0f + d0 + d1 + d2); break;
-    default: GTA16_SUM_LOOP(CW_D(0); CW_D(1); CW_D(2); CW_D(3), 0.0f + d0 + d1 + d2 + d3); break;
-    }
-}
-
-/* The body twice: with no tail (breadcrumbs' default) as constants, so that loop tests no flag
- * per element (~15% faster than with the flags as arguments), and with any tail. */
-HOT static void cut_sum_few(uint16_t *out, const uint16_t *base, const uint16_t **xs,
-                            const CutSeg16 *g, Py_ssize_t k, const float *w, Py_ssize_t m,
-                            float divisor, int normalize, float lam, int has_lam) {
-    if (!normalize && !has_lam)
-        cut_sum_body(out, base, xs, g, k, w, m, 1.0f, 0, 1.0f, 0);
-    else
-        cut_sum_body(out, base, xs, g, k, w, m, divisor, normalize, lam, has_lam);
+    GTA16_SUM_FEW(CW_D)
 }
 
 HOT static void cut_vote_few(uint16_t *out, const uint16_t *base, const uint16_t **xs,
@@ -655,18 +637,7 @@ HOT static void cut_vote_few(uint16_t *out, const uint16_t *base, const uint16_t
     CW_IN(1);
     CW_IN(2);
     CW_IN(3);
-    switch (k) {
-    case 1: GTA16_VOTE_LOOP(CW_D(0), d0, GTA16_AGREE(0)); break;
-    case 2: GTA16_VOTE_LOOP(CW_D(0); CW_D(1), d0 + d1, GTA16_AGREE(0); GTA16_AGREE(1)); break;
-    case 3:
-        GTA16_VOTE_LOOP(CW_D(0); CW_D(1); CW_D(2), d0 + d1 + d2,
-                        GTA16_AGREE(0); GTA16_AGREE(1); GTA16_AGREE(2));
-        break;
-    default:
-        GTA16_VOTE_LOOP(CW_D(0); CW_D(1); CW_D(2); CW_D(3), d0 + d1 + d2 + d3,
-                        GTA16_AGREE(0); GTA16_AGREE(1); GTA16_AGREE(2); GTA16_AGREE(3));
-        break;
-    }
+    GTA16_VOTE_FEW(CW_D)
 }
 #undef CW_IN
 #undef CW_D

@@ -896,27 +896,9 @@ HOT static void keep_few16(uint16_t *out, const uint16_t *base, const uint16_t *
     KD_IN(2);
     KD_IN(3);
     if (consensus) {
-        switch (k) {
-        case 1: GTA16_VOTE_LOOP(KD_D(0), d0, GTA16_AGREE(0)); break;
-        case 2:
-            GTA16_VOTE_LOOP(KD_D(0); KD_D(1), d0 + d1, GTA16_AGREE(0); GTA16_AGREE(1));
-            break;
-        case 3:
-            GTA16_VOTE_LOOP(KD_D(0); KD_D(1); KD_D(2), d0 + d1 + d2,
-                            GTA16_AGREE(0); GTA16_AGREE(1); GTA16_AGREE(2));
-            break;
-        default:
-            GTA16_VOTE_LOOP(KD_D(0); KD_D(1); KD_D(2); KD_D(3), d0 + d1 + d2 + d3,
-                            GTA16_AGREE(0); GTA16_AGREE(1); GTA16_AGREE(2); GTA16_AGREE(3));
-            break;
-        }
-        return;
-    }
-    switch (k) { /* the sum from 0, as the tile's: 0 + -0 is +0 */
-    case 1: GTA16_SUM_LOOP(KD_D(0), 0.0f + d0); break;
-    case 2: GTA16_SUM_LOOP(KD_D(0); KD_D(1), 0.0f + d0 + d1); break;
-    case 3: GTA16_SUM_LOOP(KD_D(0); KD_D(1); KD_D(2), 0.0f + d0 + d1 + d2); break;
-    default: GTA16_SUM_LOOP(KD_D(0); KD_D(1); KD_D(2); KD_D(3), 0.0f + d0 + d1 + d2 + d3); break;
+        GTA16_VOTE_FEW(KD_D)
+    } else {
+        GTA16_SUM_FEW(KD_D)
     }
 }
 #undef KD_D
