@@ -17,10 +17,11 @@ import os
 import struct
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 
 from mergestore.errors import CheckoutError, CorruptionError
+from mergestore.fast_dataclass import dataclass
 from mergestore.formats.checkpoint import safe_join
 from mergestore.formats.outdir import StagedDir, check_target
 from mergestore.formats.safetensors import encode_header

@@ -23,13 +23,14 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mergestore import native
 from mergestore.diff_side import TensorSide, side_blocking, stats_from_sums
 from mergestore.errors import FormatError, MergestoreError, RefError
+from mergestore.fast_dataclass import dataclass
 from mergestore.formats.checkpoint import scan_checkpoint
 from mergestore.formats.safetensors import DTYPE_SIZES, torch_dtype
 from mergestore.lazy_numpy import np  # numpy is imported on first use
@@ -367,6 +368,8 @@ def _natural_key(name: str) -> list[Any]:
 
 @dataclass
 class DiffResult:
+    """What `diff` found: the tensors compared, and what reading them cost."""
+
     a: bytes
     b: bytes | None  # None when B is a folder
     b_path: str | None
@@ -497,6 +500,8 @@ class _Job:
 
 @dataclass
 class _Outcome:
+    """One tensor's comparison, from a worker thread."""
+
     tensor: int
     changed: bool
     stats: DeltaStats
@@ -507,6 +512,8 @@ class _Outcome:
 
 @dataclass
 class _Engine:
+    """The state one diff shares across its worker threads."""
+
     repo: Repository
     progress: Progress | None
     meter: ReadMeter = field(default_factory=ReadMeter)
@@ -819,6 +826,8 @@ def _diff_folder(
 
 @dataclass
 class AnalyzeResult:
+    """What `diff --analyze` computed or reused for one expert against its base."""
+
     expert: bytes
     base: bytes
     pairs: int  # changed block pairs with statistics (computed now or kept before)

@@ -4,8 +4,8 @@ are cut into blocks, and the statistics built from the sums both accumulate."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
+from mergestore.fast_dataclass import dataclass
 from mergestore.formats.safetensors import DTYPE_SIZES
 from mergestore.store.blocks import TensorBlocking
 from mergestore.store.index import DeltaStats

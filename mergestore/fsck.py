@@ -7,9 +7,10 @@ would fail. fsck only reads; it never repairs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
 
 from mergestore.errors import CorruptionError, MergestoreError, RefError
+from mergestore.fast_dataclass import dataclass
 from mergestore.formats.safetensors import DTYPE_SIZES
 from mergestore.store import merges, packs
 from mergestore.store.blocks import tensor_blocking
@@ -27,6 +28,8 @@ from mergestore.threads import default_workers
 
 @dataclass
 class Problem:
+    """One thing fsck found wrong, with the commits it touches."""
+
     kind: str
     message: str
     commits: list[str] = field(default_factory=list)
@@ -37,6 +40,8 @@ class Problem:
 
 @dataclass
 class FsckReport:
+    """What fsck checked, and the problems it found."""
+
     ok: bool
     problems: list[Problem]
     commits: int

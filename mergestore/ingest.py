@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import field, replace
 
 from mergestore import blockstats, native
 from mergestore.author import default_author
 from mergestore.errors import RefError
+from mergestore.fast_dataclass import dataclass
 from mergestore.formats.checkpoint import Checkpoint, CheckpointFile, scan_checkpoint
 from mergestore.formats.safetensors import DTYPE_SIZES
 from mergestore.store import codecs

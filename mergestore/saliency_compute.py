@@ -22,11 +22,11 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mergestore.errors import MergestoreError
+from mergestore.fast_dataclass import dataclass
 from mergestore.store.repo import Repository
 
 EXTRA_HINT = 'pip install "mergestore[saliency]"'
@@ -34,6 +34,8 @@ EXTRA_HINT = 'pip install "mergestore[saliency]"'
 
 @dataclass
 class SaliencyResult:
+    """A saliency file written for a stored checkpoint, and what it was computed from."""
+
     path: str
     kind: str
     commit: str

@@ -10,9 +10,10 @@ import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 
+from mergestore.fast_dataclass import dataclass
 from mergestore.formats.hub import looks_like_hub_id, resolve_hub
 from mergestore.formats.lora import ADAPTER_CONFIG, parse_adapter_config
 from mergestore.formats.torchbin import convert_bin_checkpoint, needs_conversion

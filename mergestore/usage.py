@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 
+from mergestore.fast_dataclass import dataclass
 from mergestore.fsck import index_size, pack_files_size
 from mergestore.history import HasCommit, topo_order
 from mergestore.store import codecs, merges
@@ -14,6 +14,8 @@ from mergestore.store.repo import Repository
 
 @dataclass
 class CommitUsage:
+    """One commit's logical size and the stored bytes it added."""
+
     id: str
     message: str
     logical_bytes: int

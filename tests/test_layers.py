@@ -20,6 +20,7 @@ PKG = Path(mergestore.__file__).parent
 FORBIDDEN = {
     "mergestore.threads": ["mergestore."],
     "mergestore.errors": ["mergestore."],
+    "mergestore.fast_dataclass": ["mergestore."],
     "mergestore.formats": [
         "mergestore.store",
         "mergestore.ops",

@@ -13,11 +13,11 @@ import json
 import os
 import posixpath
 import stat
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mergestore.errors import CheckoutError, FormatError, NotACheckpointError
+from mergestore.fast_dataclass import dataclass
 from mergestore.formats.safetensors import (
     SafetensorsHeader,
     TensorEntry,

@@ -19,10 +19,11 @@ import json
 import math
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import TYPE_CHECKING, Any
 
 from mergestore.errors import FormatError
+from mergestore.fast_dataclass import dataclass
 
 if TYPE_CHECKING:
     import torch

@@ -16,10 +16,10 @@ import os
 import struct
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from mergestore.errors import FormatError
+from mergestore.fast_dataclass import dataclass
 
 if TYPE_CHECKING:  # imported where used: reading and validating headers needs no torch
     import torch

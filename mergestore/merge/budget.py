@@ -21,11 +21,12 @@ import os
 import random
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import TYPE_CHECKING, Any
 
 from mergestore.blockstats import supports_stats
 from mergestore.errors import BudgetError
+from mergestore.fast_dataclass import dataclass
 from mergestore.merge import trim as trim_mod
 from mergestore.ops.spec import MethodSpec
 from mergestore.store.index import DeltaStats

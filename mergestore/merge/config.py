@@ -14,13 +14,14 @@ import json
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from mergestore.errors import MergeError, did_you_mean
+from mergestore.fast_dataclass import dataclass
 from mergestore.ops.spec import BaseRule, MethodSpec, ParamSpec, Scope
 
 # ---------------------------------------------------------------------------------------------

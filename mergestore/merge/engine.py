@@ -37,11 +37,12 @@ import time
 from collections import ChainMap
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from mergestore import native
 from mergestore.errors import CorruptionError
+from mergestore.fast_dataclass import dataclass
 from mergestore.formats.safetensors import (
     DTYPE_SIZES,
     dtype_name,

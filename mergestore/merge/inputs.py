@@ -5,11 +5,12 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import Any
 
 from mergestore.errors import AmbiguousRefError, MergeError, RefError
+from mergestore.fast_dataclass import dataclass
 from mergestore.merge.config import MergeConfig, ModelRef
 from mergestore.store.objects import TensorFile, TensorRecord
 from mergestore.store.repo import Repository, WriteSession

@@ -19,10 +19,11 @@ import json
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
 from mergestore.errors import CorruptionError
+from mergestore.fast_dataclass import dataclass
 from mergestore.merge.engine import Engine, OutputTensor, StoreSink, TensorTask, task_bytes
 from mergestore.ops import alloc
 from mergestore.store import faults, merges

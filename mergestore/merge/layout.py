@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
+from mergestore.fast_dataclass import dataclass
 from mergestore.formats.safetensors import DTYPE_SIZES, TensorEntry, encode_header
 from mergestore.merge.engine import OutputTensor
 from mergestore.store.blocks import blob_ranges

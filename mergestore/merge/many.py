@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mergestore.errors import MergeError, MergestoreError
+from mergestore.fast_dataclass import dataclass
 from mergestore.merge.config import MergeConfig, load_config
 from mergestore.merge.prepared import MergeResult, PreparedMerge
 from mergestore.merge.run import execute, prepare

@@ -27,12 +27,13 @@ import shutil
 import struct
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import Any
 
 from mergestore import iotally
 from mergestore.checkout import _pwrite_all, presize, write_tree_files
+from mergestore.fast_dataclass import dataclass
 from mergestore.formats import outdir
 from mergestore.formats.checkpoint import safe_join
 from mergestore.merge.engine import Engine, PreparedBlocks, Sink, TensorTask

@@ -10,9 +10,9 @@ folder out by: outfolder.predict_outputs) and their order in the output files
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 from mergestore.checkout import tensor_records
+from mergestore.fast_dataclass import dataclass
 from mergestore.formats.safetensors import DTYPE_SIZES
 from mergestore.store import merges
 from mergestore.store.blocks import tensor_blocking
@@ -21,6 +21,8 @@ from mergestore.store.repo import Repository
 
 @dataclass(frozen=True)
 class TensorShape:
+    """A tensor of a merge's output as the plan knows it before the merge runs."""
+
     name: str
     dtype: str
     shape: tuple[int, ...]

@@ -9,10 +9,11 @@ the ray_* modules, which all take these from here: none of them imports run.py.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
 from mergestore import __version__
+from mergestore.fast_dataclass import dataclass
 from mergestore.merge import budget as budget_mod
 from mergestore.merge.config import MergeConfig
 from mergestore.merge.engine import Engine, OutputTensor, TensorTask

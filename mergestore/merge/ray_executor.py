@@ -15,10 +15,11 @@ import contextlib
 import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import TYPE_CHECKING, Any
 
 from mergestore.errors import CorruptionError, MergeError, MergestoreError
+from mergestore.fast_dataclass import dataclass
 from mergestore.formats.safetensors import DTYPE_SIZES
 from mergestore.merge import ray_output
 from mergestore.merge.engine import EngineStats, OutputTensor, TensorTask, task_bytes
@@ -96,6 +97,8 @@ class _Group:
 
 @dataclass
 class _MergeState:
+    """One merge's jobs and results while its groups run on the cluster."""
+
     prep: PreparedMerge
     jobs_left: int = 0
     results: dict[tuple[int, int], Any] = field(default_factory=dict)  # (job, part) -> result

@@ -14,10 +14,10 @@ its largest tensor, instead of waiting forever to be scheduled.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from mergestore.errors import MergeError
+from mergestore.fast_dataclass import dataclass
 from mergestore.formats.safetensors import DTYPE_SIZES
 from mergestore.merge.engine import TensorTask
 from mergestore.store.reader import MAX_SPAN

@@ -16,10 +16,11 @@ import os
 import resource
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mergestore.fast_dataclass import dataclass
 from mergestore.merge.engine import Engine, OutputTensor, StoreSink, TensorTask
 from mergestore.merge.ray_output import WorkerOutput
 from mergestore.store.repo import StoreConfig
@@ -53,6 +54,8 @@ class MergePart:
 
 @dataclass
 class GroupJob:
+    """What a Ray worker needs to run one group of merge parts."""
+
     pack_dir: str
     config: StoreConfig
     block_size: int
@@ -78,6 +81,8 @@ class GroupJob:
 
 @dataclass
 class PartResult:
+    """One merge part's outputs and read counts, from a worker."""
+
     outputs: list[OutputTensor]
     expert_bytes: list[int]
     expert_blocks: list[int]
@@ -92,6 +97,8 @@ class PartResult:
 
 @dataclass
 class GroupResult:
+    """A group's part results and the blocks it wrote."""
+
     parts: list[PartResult]
     written: list[WrittenBlock]
     bytes_written: int

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from mergestore.errors import MergeError, RefError
+from mergestore.fast_dataclass import dataclass
 from mergestore.merge.config import MergeConfig, _Loader, config_from_mapping, models_in_config
 from mergestore.store.refs import check_new_ref_name, check_ref_name
 from mergestore.store.repo import Repository

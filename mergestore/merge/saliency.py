@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import Any
 
 import blake3
 
 from mergestore.errors import BudgetError
+from mergestore.fast_dataclass import dataclass
 from mergestore.store.packs import ReadMeter
 from mergestore.store.repo import Repository
 

@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
 from mergestore.errors import MergeError
+from mergestore.fast_dataclass import dataclass
 from mergestore.merge.config import (
     InputModel,
     MergeConfig,

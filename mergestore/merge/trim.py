@@ -31,6 +31,8 @@ from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
 
+from mergestore.fast_dataclass import dataclass
+
 # Methods whose sparsifier cuts the whole tensor by magnitude rank (ops/gta.py): ties keeps the
 # top k; breadcrumbs drops the top gamma share and keeps the next density share.
 TOP_K_METHODS = frozenset({"ties", "breadcrumbs", "breadcrumbs_ties"})
@@ -52,7 +54,7 @@ def _shape_table() -> tuple[Any, Any]:
     return ratio, betas
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclass(frozen=True)
 class BlockModel:
     """The nonzero deltas of one block as a generalized Gaussian (scale alpha, shape beta)."""
 
@@ -149,7 +151,7 @@ def density_for(k: int, numel: int) -> float:
     return d
 
 
-@dataclasses.dataclass
+@dataclass
 class TensorTrim:
     """One (tensor, expert): its blocks' models and the full merge's cut thresholds.
 

@@ -25,10 +25,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from mergestore.errors import MergeError
+from mergestore.fast_dataclass import dataclass
 from mergestore.merge.preflight import VOCAB_MARKERS
 
 if TYPE_CHECKING:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import blake3
 
 from mergestore import native
+from mergestore.fast_dataclass import dataclass
 from mergestore.lazy_numpy import np  # numpy is imported on first use
 from mergestore.ops import alloc
 

@@ -13,10 +13,10 @@ Per tensor, in the compute dtype D (mergekit 0.1.5 GeneralizedTaskArithmeticMerg
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from mergestore import native
+from mergestore.fast_dataclass import dataclass
 from mergestore.ops import alloc, cuts, lane16, lanes, sparsify
 from mergestore.ops.context import TensorContext
 from mergestore.ops.spec import (

@@ -27,10 +27,10 @@ What torch computed outside the kernels is computed here the same way, bit for b
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from mergestore import native
+from mergestore.fast_dataclass import dataclass
 from mergestore.lazy_numpy import np  # numpy is imported on first use
 from mergestore.ops import alloc, sparsify
 from mergestore.threads import kernel_threads, ordered_map

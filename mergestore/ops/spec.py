@@ -8,9 +8,11 @@ MergeMethodSpec does).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import field
 from enum import Enum
 from typing import Any
+
+from mergestore.fast_dataclass import dataclass
 
 
 class Scope(str, Enum):

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import blake3
 
 from mergestore.errors import MergestoreError
+from mergestore.fast_dataclass import dataclass
 from mergestore.remote.client import ObjectClient
 from mergestore.remote.config import add_remote, load_remotes
 from mergestore.remote.fetch import FetchResult, fetch
@@ -44,6 +44,8 @@ def do_fetch(repo: Repository, remote: str, *, phase: Phase | None = None) -> Fe
 
 @dataclass
 class PullResult:
+    """What `pull` fetched and how the branch moved."""
+
     fetch: FetchResult
     branch: str
     old: bytes | None

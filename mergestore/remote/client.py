@@ -19,7 +19,6 @@ import contextlib
 import fcntl
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from typing import Any
 import blake3
 
 from mergestore.errors import MergestoreError
+from mergestore.fast_dataclass import dataclass
 from mergestore.remote.url import RemoteURL, mask_url
 
 MULTIPART_CHUNK = 16 << 20
@@ -107,6 +107,8 @@ def scrub(text: str, secrets: Iterable[str] = ()) -> str:
 
 @dataclass
 class RefValue:
+    """A ref's stored bytes and the token a conditional write must match."""
+
     data: bytes
     token: str  # what a conditional write must match (an ETag; a content hash on file://)
 

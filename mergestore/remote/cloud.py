@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
+from mergestore.fast_dataclass import dataclass
 from mergestore.remote.url import RemoteURL
 
 # (config key, environment variables in the order obstore reads them, secret?)

@@ -8,10 +8,10 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 from mergestore.errors import MergestoreError, RefError
+from mergestore.fast_dataclass import dataclass
 from mergestore.remote.url import RemoteURL, parse_url
 from mergestore.store.refs import check_ref_name
 
@@ -20,6 +20,8 @@ REMOTES_FILE = "remotes.json"
 
 @dataclass(frozen=True)
 class RemoteSpec:
+    """A configured remote: its name, URL and whether clones from it are lazy."""
+
     name: str
     url: RemoteURL
     lazy: bool = False

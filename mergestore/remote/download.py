@@ -19,8 +19,8 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 
+from mergestore.fast_dataclass import dataclass
 from mergestore.remote.client import ObjectClient
 from mergestore.remote.layout import IdxEntry, RemoteCorruptionError
 from mergestore.remote.packs import fetch_chunk, read_stored

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import field
 
 from mergestore.errors import CorruptionError
+from mergestore.fast_dataclass import dataclass
 from mergestore.remote.client import ObjectClient
 from mergestore.remote.download import download_blocks
 from mergestore.remote.layout import (
@@ -35,6 +36,8 @@ Phase = Callable[[str, int | None], Callable[[int], None] | None]
 
 @dataclass
 class FetchResult:
+    """What `fetch` downloaded and which remote-tracking refs moved."""
+
     remote: str
     updated: dict[str, tuple[bytes | None, bytes]] = field(default_factory=dict)
     remote_refs: dict[str, bytes] = field(default_factory=dict)

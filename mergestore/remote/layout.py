@@ -19,12 +19,12 @@ import json
 import re
 import struct
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 import blake3
 import zstandard
 
 from mergestore.errors import CorruptionError, RefError
+from mergestore.fast_dataclass import dataclass
 from mergestore.store.codecs import parse_spec, spec_uses_reference
 from mergestore.store.codecs.byteplane import BytePlane
 from mergestore.store.index import DeltaStats
@@ -149,6 +149,8 @@ class IdxEntry:
 
 @dataclass(frozen=True)
 class PackIndex:
+    """A remote pack's index: its size and its entries."""
+
     pack_size: int
     entries: tuple[IdxEntry, ...]
 

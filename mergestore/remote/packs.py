@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
+from mergestore.fast_dataclass import dataclass
 from mergestore.remote.client import ObjectClient
 from mergestore.remote.layout import (
     IdxEntry,
@@ -51,6 +51,8 @@ def fetch_chunk() -> int:
 
 @dataclass(frozen=True)
 class UploadedPack:
+    """A pack a push made sure is on the remote."""
+
     name: str
     index: bytes
     pack_bytes: int

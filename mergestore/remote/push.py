@@ -9,9 +9,10 @@ A ref is only ever written after everything it reaches is on the remote.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 
 from mergestore.errors import AmbiguousRefError, MergestoreError
+from mergestore.fast_dataclass import dataclass
 from mergestore.remote.client import ObjectClient, RefMovedError
 from mergestore.remote.layout import (
     FORMAT_KEY,
@@ -36,6 +37,8 @@ Phase = Callable[[str, int | None], Callable[[int], None] | None]
 
 @dataclass
 class RefResult:
+    """One ref's outcome in a push."""
+
     ref: str  # remote ref name, e.g. refs/heads/main
     old: bytes | None
     new: bytes
@@ -54,6 +57,8 @@ class RefResult:
 
 @dataclass
 class PushResult:
+    """What `push` uploaded and each ref's outcome."""
+
     remote: str
     refs: list[RefResult] = field(default_factory=list)
     packs: int = 0

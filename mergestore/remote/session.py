@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+from mergestore.fast_dataclass import dataclass
 from mergestore.remote.client import ObjectClient
 from mergestore.remote.config import RemoteSpec, get_remote
 from mergestore.remote.state import RemoteState
@@ -12,6 +11,8 @@ from mergestore.store.repo import Repository
 
 @dataclass
 class RemoteSession:
+    """A store and one of its remotes, opened for a transfer."""
+
     repo: Repository
     spec: RemoteSpec
     client: ObjectClient

@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from mergestore.errors import MergestoreError
+from mergestore.fast_dataclass import dataclass
 
 SCHEMES = ("s3", "gs", "az", "file")
 _S3_PARAMS = ("endpoint", "region")

@@ -8,9 +8,10 @@ Every object is checked against its id and its type before it is followed.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import field
 
 from mergestore.errors import CorruptionError, MergestoreError
+from mergestore.fast_dataclass import dataclass
 from mergestore.store.objects import (
     BlobFile,
     Commit,
@@ -24,6 +25,8 @@ from mergestore.store.objects import (
 
 @dataclass
 class Closure:
+    """What the other side lacks of some commits: objects, commits and blocks."""
+
     objects: dict[bytes, bytes] = field(default_factory=dict)  # new objects, encoded, by id
     commits: list[bytes] = field(default_factory=list)
     blocks: set[bytes] = field(default_factory=set)  # blocks the new file objects use

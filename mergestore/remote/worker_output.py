@@ -19,10 +19,10 @@ do: there is no remote gc (docs/remotes.md).
 from __future__ import annotations
 
 from collections.abc import Collection, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from mergestore.fast_dataclass import dataclass
 from mergestore.remote.client import ObjectClient
 from mergestore.remote.layout import (
     IdxEntry,

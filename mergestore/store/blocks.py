@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import blake3
 import xxhash
+
+from mergestore.fast_dataclass import dataclass
 
 ID_BYTES = 32
 DEFAULT_BLOCK_SIZE = 1 << 20  # 1 MiB

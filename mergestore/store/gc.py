@@ -35,10 +35,11 @@ import re
 import struct
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import field, replace
 from typing import Any
 
 from mergestore.errors import CorruptionError, MergestoreError
+from mergestore.fast_dataclass import dataclass
 from mergestore.store import merges
 from mergestore.store.index import BlockLocation
 from mergestore.store.objects import (

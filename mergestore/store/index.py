@@ -20,13 +20,13 @@ from __future__ import annotations
 import os
 import struct
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import lmdb
 
 from mergestore.errors import CorruptionError
+from mergestore.fast_dataclass import dataclass
 
 DB_NAMES = (
     "blocks",

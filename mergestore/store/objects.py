@@ -8,12 +8,13 @@ crafted or corrupted object is refused before it is trusted.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any, ClassVar
 
 import blake3
 
 from mergestore.errors import CorruptionError
+from mergestore.fast_dataclass import dataclass
 
 HEX_ID_LEN = 64
 

@@ -20,12 +20,12 @@ import struct
 import threading
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mergestore import iotally
 from mergestore.errors import CorruptionError, MergestoreError
+from mergestore.fast_dataclass import dataclass
 from mergestore.store import faults
 
 if TYPE_CHECKING:

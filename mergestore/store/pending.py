@@ -26,10 +26,10 @@ import json
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mergestore.fast_dataclass import dataclass
 from mergestore.store.packs import ENTRY_HEADER, ENTRY_MAGIC, PACK_MAGIC, pack_path
 from mergestore.store.repo import PendingBlock, Repository, WriteSession
 

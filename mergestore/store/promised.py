@@ -20,11 +20,11 @@ import os
 import struct
 import threading
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from mergestore.errors import MergestoreError
+from mergestore.fast_dataclass import dataclass
 from mergestore.store.index import BlockLocation, Index, codec_id
 from mergestore.store.packs import PackAppender
 

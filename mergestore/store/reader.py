@@ -27,10 +27,10 @@ interface with ranged GETs over the same spans.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from mergestore.errors import CorruptionError
+from mergestore.fast_dataclass import dataclass
 from mergestore.store.blocks import block_id
 from mergestore.store.index import BlockLocation
 from mergestore.store.packs import ENTRY_HEADER, ENTRY_MAGIC, PackReader, ReadMeter

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
 from mergestore.errors import RefError
+from mergestore.fast_dataclass import dataclass
 
 HEADS = "refs/heads/"
 TAGS = "refs/tags/"

@@ -34,10 +34,11 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
 from mergestore.errors import MergestoreError
+from mergestore.fast_dataclass import dataclass
 from mergestore.store import codecs
 from mergestore.store.blocks import raw_check
 from mergestore.store.index import BlockLocation, codec_id
@@ -57,6 +58,8 @@ Progress = Callable[[int], None]
 
 @dataclass
 class RepackReport:
+    """What a repack examined, re-encoded and freed."""
+
     dry_run: bool
     delta: bool
     blocks_examined: int = 0
@@ -93,6 +96,8 @@ class _New:
 
 @dataclass
 class _Plan:
+    """The blocks a repack examines and the delta references it picked."""
+
     locs: dict[bytes, BlockLocation]  # every block entry in the index
     dtypes: dict[bytes, str | None]  # examined blocks (used by some commit) -> dtype
     refs: dict[bytes, bytes] = field(default_factory=dict)  # block -> planned delta reference

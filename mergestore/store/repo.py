@@ -22,7 +22,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ from mergestore.errors import (
     StoreNotFoundError,
     did_you_mean,
 )
+from mergestore.fast_dataclass import dataclass
 from mergestore.lazy_numpy import np  # numpy is imported on first use
 from mergestore.store import codecs, faults
 from mergestore.store.blocks import DEFAULT_BLOCK_SIZE, block_id, raw_check, raw_matches

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import os
 import struct
-from dataclasses import dataclass
+
+from mergestore.fast_dataclass import dataclass
 
 # Filesystem timestamps come from a clock that ticks coarser than time.time_ns() (a few ms on
 # Linux; whole seconds on some filesystems): a file written just after an entry may carry an

@@ -24,12 +24,12 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from mergestore.errors import CorruptionError
+from mergestore.fast_dataclass import dataclass
 from mergestore.store import codecs
 from mergestore.store.blocks import raw_matches
 from mergestore.store.packs import ENTRY_HEADER, ENTRY_MAGIC, PackAppender, PackReader, ReadMeter

@@ -25,10 +25,10 @@ from __future__ import annotations
 
 import struct
 import threading
-from dataclasses import dataclass
 from typing import ClassVar
 
 from mergestore import native
+from mergestore.fast_dataclass import dataclass
 from mergestore.lazy_numpy import np  # numpy is imported on first use
 
 from . import sparse, zstd

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import cached_property
 
 from mergestore import native
+from mergestore.fast_dataclass import dataclass
 from mergestore.lazy_numpy import np  # numpy is imported on first use
 
 from .base import AnyBuffer, ReferenceStage, corrupt

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import ClassVar
+
+from mergestore.fast_dataclass import dataclass
 
 from .base import Buffer, Stage
 

@@ -8,9 +8,9 @@ the stage commutes with the byte-plane rotation.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import ClassVar
 
+from mergestore.fast_dataclass import dataclass
 from mergestore.lazy_numpy import np  # numpy is imported on first use
 
 from .base import Buffer, ReferenceStage, corrupt

@@ -8,10 +8,11 @@ contexts per thread (`threading.local`).
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
 from typing import ClassVar
 
 import zstandard
+
+from mergestore.fast_dataclass import dataclass
 
 from .base import MAX_DECODED_BYTES, Buffer, Stage, corrupt, parse_int
 
