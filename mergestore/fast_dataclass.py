@@ -87,6 +87,7 @@ def _process(cls: T, frozen: bool) -> T:
     dataclasses.dataclass(cls, init=False, repr=False, eq=False)
     cls.__dataclass_params__ = _PARAMS[frozen]  # type: ignore[attr-defined]
     fields = dataclasses.fields(cls)
+    _check_no_pseudo_fields(cls, fields)
     own = cls.__dict__
     methods: dict[str, Callable[..., Any]] = {}
     if "__init__" not in own:
@@ -111,6 +112,20 @@ def _process(cls: T, frozen: bool) -> T:
         setattr(cls, name, fn)
     abc.update_abstractmethods(cls)
     return cls
+
+
+def _check_no_pseudo_fields(cls: type, fields: tuple[Field[Any], ...]) -> None:
+    """Raise if an InitVar or keyword-only field got past `_plain` (where a Python version
+    keeps annotations elsewhere): this __init__ would not take it."""
+    real = {f.name for f in fields}
+    for f in cls.__dataclass_fields__.values():  # type: ignore[attr-defined]
+        text = f.type if isinstance(f.type, str) else repr(f.type)
+        init_var = f.name not in real and "InitVar" in text
+        if init_var or (f.name in real and f.kw_only is True):
+            raise TypeError(
+                f"{cls.__qualname__}.{f.name}: InitVar and keyword-only fields need"
+                " dataclasses.dataclass, not mergestore.fast_dataclass"
+            )
 
 
 def _make_init(cls: type, fields: tuple[Field[Any], ...], frozen: bool) -> Callable[..., Any]:

@@ -225,3 +225,30 @@ def test_mergestore_defines_its_dataclasses_with_this_module() -> None:
     assert len(classes) > 50
     slow = [c.__qualname__ for c in classes if c.__repr__.__module__ != fast_dataclass.__name__]
     assert slow == []
+
+
+def test_initvar_or_keyword_only_fields_past_the_first_check_raise() -> None:
+    """Where a Python version keeps annotations out of the class dict, an InitVar or a
+    keyword-only field is still refused after the fields are made (not silently dropped)."""
+
+    @dataclasses.dataclass
+    class WithInitVar:
+        a: int
+        scale: dataclasses.InitVar[int] = 1
+
+    @dataclasses.dataclass
+    class WithKeywordOnly:
+        a: int = dataclasses.field(kw_only=True)
+
+    for cls in (WithInitVar, WithKeywordOnly):
+        with pytest.raises(TypeError, match="need dataclasses.dataclass"):
+            fast_dataclass._check_no_pseudo_fields(cls, dataclasses.fields(cls))
+
+    @dataclass
+    class Plain:
+        """No pseudo-fields."""
+
+        a: int
+        b: int = 2
+
+    fast_dataclass._check_no_pseudo_fields(Plain, dataclasses.fields(Plain))
