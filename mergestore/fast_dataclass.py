@@ -132,11 +132,11 @@ def _make_init(cls: type, fields: tuple[Field[Any], ...], frozen: bool) -> Calla
     """__init__, compiled for this class's fields (as the stdlib's, without annotations)."""
     names = {f.name for f in fields}
     me = "__dataclass_self__" if "self" in names else "self"
-    bound: dict[str, Any] = {"_dc_set": object.__setattr__, "_dc_factory": _HAS_FACTORY}
+    bound: dict[str, Any] = {"__dc_set__": object.__setattr__, "__dc_factory__": _HAS_FACTORY}
     params, body = [me], []
     after_default = None
     for f in fields:
-        default, factory = f"_dc_d_{f.name}", f"_dc_f_{f.name}"
+        default, factory = f"__dc_d_{f.name}__", f"__dc_f_{f.name}__"
         if f.default is not MISSING:
             bound[default] = f.default
         if f.default_factory is not MISSING:
@@ -146,8 +146,8 @@ def _make_init(cls: type, fields: tuple[Field[Any], ...], frozen: bool) -> Calla
                 params.append(f"{f.name}={default}")
                 value = f.name
             elif f.default_factory is not MISSING:
-                params.append(f"{f.name}=_dc_factory")
-                value = f"{factory}() if {f.name} is _dc_factory else {f.name}"
+                params.append(f"{f.name}=__dc_factory__")
+                value = f"{factory}() if {f.name} is __dc_factory__ else {f.name}"
             else:
                 if after_default is not None:
                     raise TypeError(f"non-default argument {f.name!r} follows default argument")
@@ -159,18 +159,19 @@ def _make_init(cls: type, fields: tuple[Field[Any], ...], frozen: bool) -> Calla
             value = f"{factory}()"
         else:
             continue  # left to the class attribute (a default) or unset, as the stdlib does
-        body.append(f"_dc_set({me}, {f.name!r}, {value})" if frozen else f"{me}.{f.name} = {value}")
+        assign = f"__dc_set__({me}, {f.name!r}, {value})" if frozen else f"{me}.{f.name} = {value}"
+        body.append(assign)
     if hasattr(cls, "__post_init__"):
         body.append(f"{me}.__post_init__()")
     source = (
-        f"def _dc_make({', '.join(bound)}):\n"
+        f"def __dc_make__({', '.join(bound)}):\n"
         f" def __init__({', '.join(params)}):\n"
         + "".join(f"  {line}\n" for line in body or ["pass"])
         + " return __init__\n"
     )
     namespace: dict[str, Any] = {}
     exec(source, {}, namespace)  # the source is made above from field names
-    return namespace["_dc_make"](**bound)
+    return namespace["__dc_make__"](**bound)
 
 
 def _getter(names: list[str]) -> Callable[[Any], tuple[Any, ...]]:
