@@ -826,7 +826,7 @@ def _diff_folder(
 
 @dataclass
 class AnalyzeResult:
-    """What `diff --analyze` computed or reused for one expert against its base."""
+    """What `analyze` computed or reused for one expert against its base."""
 
     expert: bytes
     base: bytes

@@ -21,7 +21,7 @@ from mergestore.store.repo import Repository
 
 @dataclass(frozen=True)
 class TensorShape:
-    """A tensor of a merge's output as the plan knows it before the merge runs."""
+    """One tensor of a commit, from its tree or, for a lazy merge, from its plan."""
 
     name: str
     dtype: str
