@@ -11,9 +11,10 @@ class in all).
 The behaviour is the standard library's for what mergestore uses: fields with a default or a
 default_factory, the field flags init, repr, compare and hash, __post_init__, frozen, methods
 the class defines itself (kept), and dataclasses.fields / replace / asdict / is_dataclass.
-Differences: __init__ has no parameter annotations, and __repr__ has no guard against an object
-that contains itself. Any other option (order, slots, kw_only, ...), InitVar or KW_ONLY fields,
-a dataclass base class or a class without a docstring goes to dataclasses.dataclass unchanged.
+Differences: __init__ has no parameter annotations, __repr__ has no guard against an object
+that contains itself, and __dataclass_params__ is one shared object per frozen flag. Any other
+option (order, slots, kw_only, ...), InitVar or KW_ONLY fields, a dataclass base class or a
+class without a docstring goes to dataclasses.dataclass unchanged.
 """
 
 from __future__ import annotations
@@ -38,7 +39,10 @@ class _Mutable:
     """The dataclass parameters (__dataclass_params__) of a mutable class."""
 
 
-_PARAMS = {True: _Frozen.__dataclass_params__, False: _Mutable.__dataclass_params__}  # type: ignore[attr-defined]
+_PARAMS = {  # shared by every class made here, as each stdlib class has its own equal one
+    True: _Frozen.__dataclass_params__,  # type: ignore[attr-defined]
+    False: _Mutable.__dataclass_params__,  # type: ignore[attr-defined]
+}
 
 
 class _FactorySentinel:
