@@ -69,7 +69,7 @@ def dataclass(cls: T | None = None, /, *, frozen: bool = False, **options: Any) 
 def _plain(cls: type, frozen: bool) -> bool:
     """Whether this module handles `cls` itself (else the standard library does)."""
     own = cls.__dict__
-    if own.get("__doc__") is None:
+    if not own.get("__doc__"):
         return False  # the stdlib writes a docstring from __init__'s signature
     if any(hasattr(base, "__dataclass_fields__") for base in cls.__mro__[1:]):
         return False
@@ -138,7 +138,7 @@ def _make_init(cls: type, fields: tuple[Field[Any], ...], frozen: bool) -> Calla
     me = "__dataclass_self__" if "self" in names else "self"
     bound: dict[str, Any] = {"__dc_set__": object.__setattr__, "__dc_factory__": _HAS_FACTORY}
     params, body = [me], []
-    after_default = None
+    seen_default = False
     for f in fields:
         default, factory = f"__dc_d_{f.name}__", f"__dc_f_{f.name}__"
         if f.default is not MISSING:
@@ -153,12 +153,12 @@ def _make_init(cls: type, fields: tuple[Field[Any], ...], frozen: bool) -> Calla
                 params.append(f"{f.name}=__dc_factory__")
                 value = f"{factory}() if {f.name} is __dc_factory__ else {f.name}"
             else:
-                if after_default is not None:
+                if seen_default:
                     raise TypeError(f"non-default argument {f.name!r} follows default argument")
                 params.append(f.name)
                 value = f.name
             if f.default is not MISSING or f.default_factory is not MISSING:
-                after_default = f.name
+                seen_default = True
         elif f.default_factory is not MISSING:
             value = f"{factory}()"
         else:

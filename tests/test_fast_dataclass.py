@@ -58,16 +58,16 @@ def _build(decorator: Any, fields: list[dict[str, Any]], frozen: bool, post_init
         return str(e)
 
 
-def _args(fields: list[dict[str, Any]], base: int) -> tuple[list[Any], dict[str, Any]]:
+def _args(fields: list[dict[str, Any]], offset: int) -> tuple[list[Any], dict[str, Any]]:
     """Positional values for the init fields without a default, keywords for half the rest."""
     pos, kw = [], {}
     for i, spec in enumerate(fields):
         if not spec["init"]:
             continue
         if spec["default"] == "none":
-            pos.append(base + i)
+            pos.append(offset + i)
         elif i % 2:
-            kw[f"f{i}"] = base + i
+            kw[f"f{i}"] = offset + i
     return pos, kw
 
 
@@ -83,10 +83,10 @@ def _outcome(fn: Any) -> Any:
     fields=st.lists(field_specs, max_size=5),
     frozen=st.booleans(),
     post_init=st.booleans(),
-    bases=st.tuples(st.integers(0, 2), st.integers(0, 2)),
+    offsets=st.tuples(st.integers(0, 2), st.integers(0, 2)),
 )
 def test_same_behaviour_as_the_standard_library(
-    fields: list[dict[str, Any]], frozen: bool, post_init: bool, bases: tuple[int, int]
+    fields: list[dict[str, Any]], frozen: bool, post_init: bool, offsets: tuple[int, int]
 ) -> None:
     ours = _build(dataclass, fields, frozen, post_init)
     theirs = _build(dataclasses.dataclass, fields, frozen, post_init)
@@ -107,8 +107,8 @@ def test_same_behaviour_as_the_standard_library(
     made = {}
     for which, cls in (("ours", ours), ("theirs", theirs)):
         objs = []
-        for base in (bases[0] * 1000, bases[1] * 1000):
-            pos, kw = _args(fields, base)
+        for offset in (offsets[0] * 1000, offsets[1] * 1000):
+            pos, kw = _args(fields, offset)
             objs.append(cls(*pos, **kw))
         made[which] = objs
 
@@ -122,7 +122,7 @@ def test_same_behaviour_as_the_standard_library(
     same(lambda objs: repr(dataclasses.replace(objs[1])))
     same(lambda objs: dataclasses.replace(objs[1]) == objs[1])
     same(lambda objs: copy.deepcopy(objs[1]) == objs[1])
-    same(lambda objs: hash(objs[0]) == hash(objs[1]) or objs[0] != objs[1])
+    same(lambda objs: [hash(o) for o in objs])  # the same values: a hash of the same tuple
     for name in [f"f{i}" for i in range(len(fields))] + ["other"]:
         same(lambda objs, n=name: setattr(objs[0], n, 7))
         same(lambda objs, n=name: delattr(objs[0], n))
@@ -142,10 +142,10 @@ def test_a_default_factory_runs_per_object_and_post_init_once() -> None:
         size: int = dataclasses.field(default=3, compare=False)
 
         def __post_init__(self) -> None:
-            object.__setattr__(self, "checked", True)
+            object.__setattr__(self, "runs", getattr(self, "runs", 0) + 1)
 
     a, b = Box(), Box()
-    assert a.items is not b.items and a == b and a.checked
+    assert a.items is not b.items and a == b and a.runs == 1
     assert Box([1], 5) == Box([1], 9) and repr(Box([1], 5)).endswith("Box(items=[1], size=5)")
     with pytest.raises(dataclasses.FrozenInstanceError, match="cannot assign to field 'size'"):
         a.size = 4
