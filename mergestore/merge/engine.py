@@ -52,6 +52,7 @@ from mergestore.formats.safetensors import (
 from mergestore.lazy_numpy import np  # numpy is imported on first use
 from mergestore.merge.inflight import Inflight
 from mergestore.merge.inorder import InOrder
+from mergestore.merge.readahead import ReadAhead
 from mergestore.merge.tensorplan import OutputTensorPlan
 from mergestore.ops import (
     TensorContext,
@@ -480,24 +481,22 @@ class Engine:
         selected: frozenset[int] | None,
     ) -> _InputReads:
         """Which of an input's blocks need reading: not the reference's own, not omitted ones."""
-        aligned = bool(
-            reference is not None
-            and reference.blocks
-            and len(reference.blocks) == len(rec.blocks)
-            and reference.dtype == rec.dtype
-            and reference.shape == rec.shape
-        )
-        to_read: list[bytes] = []
-        for i, bid in enumerate(rec.blocks):
-            if aligned:
-                assert reference is not None
-                rid = reference.blocks[i]
-                if bid == rid or (selected is not None and i not in selected):
-                    continue
-            if bid in ref_raw:  # the base's block at another position
-                continue
-            to_read.append(bid)
+        aligned = _aligned(rec, reference)
+        to_read = _blocks_to_read(rec, reference if aligned else None, ref_raw, selected)
         return _InputReads(rec, aligned, selected, self.repo.block_locations(to_read))
+
+    def _planned_reads(self, task: TensorTask) -> dict[bytes, BlockLocation]:
+        """Every block `task` will read (as _load plans them): its reference's, then the
+        blocks of its base and inputs that are not the reference's."""
+        ref = task.reference
+        ref_ids: dict[bytes, None] = dict.fromkeys(ref.blocks) if ref is not None else {}
+        want = dict(ref_ids)
+        if task.base is not None and not (ref is not None and task.base.blocks == ref.blocks):
+            want.update(dict.fromkeys(_blocks_to_read(task.base, None, ref_ids, None)))
+        for rec, sel in zip(task.inputs, task.selected, strict=True):
+            aligned_ref = ref if _aligned(rec, ref) else None
+            want.update(dict.fromkeys(_blocks_to_read(rec, aligned_ref, ref_ids, sel)))
+        return self.repo.block_locations(want)
 
     def _read_delta_references(
         self,
@@ -617,9 +616,8 @@ class Engine:
         for reads, _meter in reversed(plans):
             reads.keep = frozenset(b for b in reads.locations if b in later)
             later.update(reads.locations)
-        # Cold page cache: the disk fetches every input's planned blocks while the first are
-        # decoded (exactly those ranges: reader.py).
-        self._reader().advise({b: loc for r, _m in plans for b, loc in r.locations.items()})
+        # (Every block read here was announced to the kernel when the task was admitted:
+        # merge/readahead.py.)
         held = self._read_delta_references(plans, ref_raw, workers)
         base_t = None
         if task.base is not None:
@@ -881,6 +879,8 @@ class Engine:
         inflight: Inflight[OutputTensor] = Inflight(limit, window=4 * workers + 1)
         order: InOrder[_Finished, OutputTensor] = InOrder(lambda fin: self._keep(fin, sink, stats))
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mergestore-merge")
+        reader = self._reader()
+        ahead = ReadAhead(len(tasks), lambda i: self._planned_reads(tasks[i]), reader.advise)
 
         def retire() -> None:
             outputs.append(inflight.retire())
@@ -900,6 +900,7 @@ class Engine:
                     sink, track_delta, inflight, order, kept,
                 )  # fmt: skip
                 del kept
+                ahead.admitted(index)
                 stats.tensors += 1
             while inflight:
                 retire()
@@ -908,6 +909,37 @@ class Engine:
             raise
         pool.shutdown(wait=True)
         return outputs
+
+
+def _aligned(rec: TensorRecord, reference: TensorRecord | None) -> bool:
+    """Whether `rec` is cut into the same blocks as `reference` (block i against block i)."""
+    return bool(
+        reference is not None
+        and reference.blocks
+        and len(reference.blocks) == len(rec.blocks)
+        and reference.dtype == rec.dtype
+        and reference.shape == rec.shape
+    )
+
+
+def _blocks_to_read(
+    rec: TensorRecord,
+    aligned_reference: TensorRecord | None,
+    ref_ids: Mapping[bytes, object],
+    selected: frozenset[int] | None,
+) -> list[bytes]:
+    """The blocks of `rec` to read: not the aligned reference's block at the same position,
+    not one the plan leaves out (`selected`), not any block of the reference (`ref_ids`)."""
+    to_read: list[bytes] = []
+    for i, bid in enumerate(rec.blocks):
+        if aligned_reference is not None:
+            rid = aligned_reference.blocks[i]
+            if bid == rid or (selected is not None and i not in selected):
+                continue
+        if bid in ref_ids:  # the base's block at another position
+            continue
+        to_read.append(bid)
+    return to_read
 
 
 def _output_references(
