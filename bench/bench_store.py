@@ -333,7 +333,7 @@ def stage_profile(ckpt: Path, scratch: Path) -> dict:
         wrap(repomod.codecs, "decode_block", "decode")
         wrap(repomod, "block_id", "blake3")
         wrap(co, "_pwrite_all", "write (pwrite)")
-        wrap(co._Writer, "work", "work")
+        wrap(repomod.Repository, "decode_verified", "work")  # once per block read
         warm(files_under(store))
         cid = repo.resolve("HEAD")
         res["checkout"] = run("checkout", lambda: co.checkout_commit(repo, cid, out))
