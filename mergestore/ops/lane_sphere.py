@@ -27,8 +27,8 @@ import numpy as np
 from mergestore import native
 from mergestore.ops import lane_math as lm
 from mergestore.ops.context import TensorContext
-from mergestore.ops.lane16 import _in_two_groups, _run_columns, _splits
-from mergestore.ops.lane_formats import FMT, convert, format_of, out_array
+from mergestore.ops.lane16 import _in_two_groups, _run_columns, _splits, same_memory
+from mergestore.ops.lane_formats import FMT, all_finite, convert, format_of, out_array
 
 if TYPE_CHECKING:
     import torch
@@ -252,6 +252,30 @@ def _nuslerp(
     kernels.nuslerp_mix(out, out_fmt, *args, a, c, d, True)
 
 
+def _frozen_left_out(
+    args: tuple[list[np.ndarray], list[int], bool, int],
+) -> tuple[list[int], tuple[list[np.ndarray], list[int], bool, int]]:
+    """The inputs multislerp's passes must visit, and the passes' arguments with only those.
+
+    An input that is the base array itself (a frozen tensor) has v_i = RC(x_i - b) = +0
+    everywhere when the base is finite (inf - inf would be NaN), so u_i = +0: every term it
+    adds to the mean and to the step is a zero, and those sums start from +0 (merge_sphere.c),
+    which a zero of either sign leaves as it is. Its norm is 0. So the passes leave it out
+    (a quarter of their work in a merge of four experts, one frozen); its weight still counts
+    in the normalisation and its zero norm in the scale. With no other input left, or no
+    base, nothing is left out."""
+    arrays, fmts, has_base, cfmt = args
+    k = len(arrays) - int(has_base)
+    if not has_base:
+        return list(range(k)), args
+    frozen = [i for i in range(k) if same_memory(arrays[1 + i], arrays[0])]
+    if not frozen or len(frozen) == k or not all_finite(arrays[0]):
+        return list(range(k)), args
+    live = [i for i in range(k) if i not in frozen]
+    keep = [0, *(1 + i for i in live)]
+    return live, ([arrays[j] for j in keep], [fmts[j] for j in keep], has_base, cfmt)
+
+
 def _multislerp(
     out: np.ndarray,
     out_fmt: int,
@@ -263,16 +287,20 @@ def _multislerp(
     """False where the weighted mean direction is below eps (the twin's fallback)."""
     kernels = native.kernels
     assert kernels is not None
-    k = len(args[0]) - int(args[2])
+    k_all = len(args[0]) - int(args[2])
     eps = shared["eps"]
-    weights = [lm.rounded(per_input[i]["weight"], compute) for i in range(k)]
+    weights = [lm.rounded(per_input[i]["weight"], compute) for i in range(k_all)]
     if shared["normalize_weights"]:
         total = _sum(weights, compute)
         weights = [_op(w, total, "/", compute) for w in weights]
-    norms = [lm.rounded(v, compute) for v in _norms(args)]
+    live, args = _frozen_left_out(args)
+    k = len(live)
+    norms = [0.0] * k_all  # a frozen input's norm: torch.norm of zeros
+    for i, v in zip(live, _norms(args), strict=True):
+        norms[i] = lm.rounded(v, compute)
     eps_c = lm.rounded(eps, compute)  # a Python scalar added to a tensor: in its dtype
-    ne = [_op(v, eps_c, "+", compute) for v in norms]
-    g = [ne, weights]
+    ne = [_op(norms[i], eps_c, "+", compute) for i in live]
+    g = [ne, [weights[i] for i in live]]
 
     # What each pass makes for the next (the u_i, mean then m, step: k + 2 rows in the compute
     # format, exact), so that no pass recomputes another's work (merge_sphere.c).

@@ -227,3 +227,36 @@ def test_multislerp_large_tensors_split_over_threads(monkeypatch, compute, with_
     multislerp(b, xs, compute, None)
     multislerp(b, xs[:3], compute, "F32", normalize=False)
     nuslerp(b, xs, compute, "BF16")
+
+
+@pytest.mark.parametrize("compute", COMPUTE)
+@pytest.mark.parametrize("out_dtype", [None, "BF16", "F32"])
+def test_multislerp_leaves_the_base_itself_out(monkeypatch, compute, out_dtype):
+    """An input that is the base array itself (a frozen tensor) adds only zeros: the passes
+    leave it out where the base is finite and keep it where the base holds an infinity (its
+    deltas are NaN there), its weight still in the normalisation; the torch twin's bits in
+    every case. Every input the base: nothing is left out (the mean is zero: the fallback)."""
+    from mergestore.ops import lane_sphere
+
+    seen = []
+    real = lane_sphere._frozen_left_out
+
+    def spy(args):
+        live, kept = real(args)
+        seen.append(live)
+        return live, kept
+
+    monkeypatch.setattr(lane_sphere, "_frozen_left_out", spy)
+    base, xs = family(3, (37, 64), ["BF16", "BF16", "F32", "BF16"], seed=5)
+    multislerp(base, [xs[0], base, xs[1], xs[2]], compute, out_dtype)
+    assert seen[-1] == [0, 2, 3]
+    multislerp(base, [base, xs[1]], compute, out_dtype, normalize=False)
+    assert seen[-1] == [1]
+    multislerp(base, [base, base], compute, out_dtype)
+    assert seen[-1] == [0, 1]
+    multislerp(base, [xs[0], base.clone(), xs[1]], compute, out_dtype)  # equal, not the same
+    assert seen[-1] == [0, 1, 2]
+    inf_base = base.clone()
+    inf_base.view(-1)[5] = float("inf")
+    multislerp(inf_base, [xs[0], inf_base, xs[1]], compute, out_dtype)
+    assert seen[-1] == [0, 1, 2]
