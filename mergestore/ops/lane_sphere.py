@@ -27,8 +27,8 @@ import numpy as np
 from mergestore import native
 from mergestore.ops import lane_math as lm
 from mergestore.ops.context import TensorContext
-from mergestore.ops.lane16 import _in_two_groups, _run_columns, _splits, same_memory
-from mergestore.ops.lane_formats import FMT, all_finite, convert, format_of, out_array
+from mergestore.ops.lane16 import _in_two_groups, _run_columns, _splits, live_inputs
+from mergestore.ops.lane_formats import FMT, convert, format_of, out_array
 
 if TYPE_CHECKING:
     import torch
@@ -266,12 +266,10 @@ def _frozen_left_out(
     base, nothing is left out."""
     arrays, fmts, has_base, cfmt = args
     k = len(arrays) - int(has_base)
-    if not has_base:
+    # The GTA lanes' rule for the same inputs (a +0 delta where the base is finite).
+    live = live_inputs(arrays[1:], arrays[0], fmts[0]) if has_base else []
+    if len(live) in (0, k):
         return list(range(k)), args
-    frozen = [i for i in range(k) if same_memory(arrays[1 + i], arrays[0])]
-    if not frozen or len(frozen) == k or not all_finite(arrays[0]):
-        return list(range(k)), args
-    live = [i for i in range(k) if i not in frozen]
     keep = [0, *(1 + i for i in live)]
     return live, ([arrays[j] for j in keep], [fmts[j] for j in keep], has_base, cfmt)
 
