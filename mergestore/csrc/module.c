@@ -179,6 +179,8 @@ static PyMethodDef methods[] = {
     {"split2", py_split2, METH_VARARGS,
      "split2(rows, words, rot, reference_or_None): the byte planes of rotl(words ^ reference)"},
     {"hist8", py_hist8, METH_VARARGS, "hist8(data, step, counts): byte counts of data[::step]"},
+    {"plane_plan", py_plane_plan, METH_VARARGS,
+     "plane_plan(data, step, zero_fraction, raw_bits, counts) -> int: 0 sparse, 1 raw, 2 Huffman"},
     {"sparse_encode", py_sparse_encode, METH_VARARGS,
      "sparse_encode(dst, plane) -> int: the plane's sparse segment in dst, -1 if it does not fit"},
     {"sparse_decode", py_sparse_decode, METH_VARARGS,

@@ -407,6 +407,7 @@ PyObject *py_gta_keep16(PyObject *self, PyObject *args);
 PyObject *py_join2(PyObject *self, PyObject *args);
 PyObject *py_split2(PyObject *self, PyObject *args);
 PyObject *py_hist8(PyObject *self, PyObject *args);
+PyObject *py_plane_plan(PyObject *self, PyObject *args);
 /* sparse_planes.c */
 PyObject *py_sparse_encode(PyObject *self, PyObject *args);
 PyObject *py_sparse_decode(PyObject *self, PyObject *args);

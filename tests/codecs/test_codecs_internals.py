@@ -199,3 +199,35 @@ def test_plane_sample_counts_match_bincount():
         native.kernels.hist8(data, 0, np.zeros(256, dtype=np.int64))
     with pytest.raises(ValueError):
         native.kernels.hist8(data, 1, np.zeros(255, dtype=np.int64))
+
+
+def test_plane_plan_kernel_picks_the_numpy_twins_codes():
+    """plane_plan (C) decides every plane as _plan_plane_numpy does, with the same counts:
+    planes whose sampled entropy falls on both sides of RAW_ENTROPY_BITS, and whose zero
+    share falls on both sides of SPARSE_ZERO_FRACTION."""
+    from mergestore import native
+    from mergestore.store.codecs import byteplane
+
+    if native.kernels is None:
+        pytest.skip("the C kernels are not built")
+    rng = np.random.default_rng(11)
+    seen = set()
+    for n in (1, 7, 8192, 65_536, 524_288):
+        planes = [rng.integers(0, k, n, dtype=np.uint16).astype(np.uint8) for k in (2, 200, 256)]
+        planes += [rng.integers(0, k, n, dtype=np.uint16).astype(np.uint8) for k in (220, 223, 226)]
+        for zeros in (0.95, 0.969, 0.975, 1.0):
+            p = rng.integers(1, 256, n, dtype=np.uint16).astype(np.uint8)
+            p[rng.random(n) < zeros] = 0
+            planes.append(p)
+        for plane in planes:
+            for level in (1, 3, 9):
+                code, counts = byteplane._plan_plane(plane, level)
+                want, want_counts = byteplane._plan_plane_numpy(plane, level)
+                assert code == want
+                assert counts.tolist() == want_counts.tolist()
+                seen.add(code)
+    assert seen == {"r", "h", "s", "z9"}  # every branch of the plan was taken
+    with pytest.raises(ValueError):
+        native.kernels.plane_plan(planes[0], 0, 0.97, 7.8, np.zeros(256, dtype=np.int64))
+    with pytest.raises(ValueError):
+        native.kernels.plane_plan(planes[0], 1, 0.97, 7.8, np.zeros(255, dtype=np.int64))

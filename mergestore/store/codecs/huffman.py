@@ -75,10 +75,15 @@ def _fallback_compressor() -> zstandard.ZstdCompressor:
     return c
 
 
+def sample_step(n: int) -> int:
+    """The stride of a plane's sample of about SAMPLE_BYTES (`n` bytes long)."""
+    return max(1, n // SAMPLE_BYTES)
+
+
 def sample_counts(plane: np.ndarray) -> np.ndarray:
     """Byte counts of a strided sample of about SAMPLE_BYTES of a contiguous uint8 plane (the
     C kernel hist8; ~10 us): what a plane's plan (byteplane._plan_plane) and table are made of."""
-    step = max(1, len(plane) // SAMPLE_BYTES)
+    step = sample_step(len(plane))
     hist8 = getattr(native.kernels, "hist8", None)  # None: no kernels, or a build before it
     if hist8 is not None and plane.flags.c_contiguous:
         counts = np.zeros(256, dtype=np.int64)
