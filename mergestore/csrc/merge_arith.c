@@ -215,6 +215,52 @@ fail:
     return -1;
 }
 
+typedef void (*GtaSum)(uint16_t *out, const uint16_t *base, const uint16_t **xs, Py_ssize_t k,
+                       const float *w, int deltas, Py_ssize_t n, float divisor, int normalize,
+                       float lam, int has_lam);
+
+#define FROZEN_SPAN 4096 /* elements whose base is checked at once for an infinity or NaN */
+
+/* Whether b[0:n] holds an infinity or NaN (exponent all ones under `mask`). */
+static int any_nonfinite16(const uint16_t *b, Py_ssize_t n, uint16_t mask) {
+    int bad = 0;
+    for (Py_ssize_t j = 0; j < n; j++) bad |= (b[j] & mask) == mask;
+    return bad;
+}
+
+/* sum(out, base, xs, ...) with the inputs that are the base array itself (a frozen tensor,
+ * not deltas) left out wherever the base is finite: their delta is +0 there, and adding +0 to
+ * sums that start from +0 changes no bit. Spans of FROZEN_SPAN elements whose base holds an
+ * infinity or NaN take every input (their NaN deltas count, as in torch). The kernels are
+ * elementwise, so the spans give the bits of one call over every input. The check reads each
+ * base span just before the kernel does: no pass of its own over the tensor (lane16.live_inputs
+ * scanned the whole base first). */
+static void gta_sum_frozen(GtaSum sum, uint16_t *out, const uint16_t *base, const uint16_t **xs,
+                           Py_ssize_t k, const float *w, int deltas, Py_ssize_t n, float divisor,
+                           int normalize, float lam, int has_lam, uint16_t exp_mask) {
+    const uint16_t *live[k ? k : 1], *every[k ? k : 1];
+    float wl[k ? k : 1];
+    Py_ssize_t kl = 0;
+    for (Py_ssize_t i = 0; i < k; i++)
+        if (deltas || xs[i] != base) {
+            live[kl] = xs[i];
+            wl[kl++] = w[i];
+        }
+    if (kl == k) {
+        sum(out, base, xs, k, w, deltas, n, divisor, normalize, lam, has_lam);
+        return;
+    }
+    for (Py_ssize_t s = 0; s < n; s += FROZEN_SPAN) {
+        Py_ssize_t m = n - s < FROZEN_SPAN ? n - s : FROZEN_SPAN;
+        int all = any_nonfinite16(base + s, m, exp_mask);
+        const uint16_t **src = all ? xs : live;
+        Py_ssize_t kk = all ? k : kl;
+        for (Py_ssize_t i = 0; i < kk; i++) every[i] = src[i] + s;
+        sum(out + s, base + s, every, kk, all ? w : wl, deltas, m, divisor, normalize, lam,
+            has_lam);
+    }
+}
+
 PyObject *py_gta_sum_bf16(PyObject *self, PyObject *args) {
     PyObject *out_o, *base_o, *xs_o, *w_o;
     int deltas, normalize, has_lam, f16 = 0;
@@ -224,19 +270,14 @@ PyObject *py_gta_sum_bf16(PyObject *self, PyObject *args) {
                           &normalize, &lam, &has_lam, &f16) ||
         gta_acquire(&g, out_o, base_o, xs_o, w_o) < 0)
         return NULL;
-    Py_BEGIN_ALLOW_THREADS
+    GtaSum sum = f16 ? gta_sum_f16 : gta_sum_bf16;
 #if HAVE_F16C_KERNELS
-    if (f16 && have_f16c)
-        gta_sum_f16c(g.out.view.buf, g.base.view.buf, g.xs.ptrs, g.xs.n, g.w, deltas,
-                     g.out.view.len / 2, (float)divisor, normalize, (float)lam, has_lam);
-    else
+    if (f16 && have_f16c) sum = gta_sum_f16c;
 #endif
-    if (f16)
-        gta_sum_f16(g.out.view.buf, g.base.view.buf, g.xs.ptrs, g.xs.n, g.w, deltas,
-                    g.out.view.len / 2, (float)divisor, normalize, (float)lam, has_lam);
-    else
-        gta_sum_bf16(g.out.view.buf, g.base.view.buf, g.xs.ptrs, g.xs.n, g.w, deltas,
-                     g.out.view.len / 2, (float)divisor, normalize, (float)lam, has_lam);
+    Py_BEGIN_ALLOW_THREADS
+    gta_sum_frozen(sum, g.out.view.buf, g.base.view.buf, g.xs.ptrs, g.xs.n, g.w, deltas,
+                   g.out.view.len / 2, (float)divisor, normalize, (float)lam, has_lam,
+                   f16 ? 0x7C00 : 0x7F80);
     Py_END_ALLOW_THREADS
     gta_release(&g);
     Py_RETURN_NONE;

@@ -191,13 +191,17 @@ def gta(
     accepts_gta), with TIES' sign consensus if `consensus`.
 
     Weights (per_input[i]["weight"]) are rounded to the format, as mergekit rounds them to the
-    compute dtype. An input that is the base array itself is skipped where the base is finite
-    (see live_inputs)."""
+    compute dtype. An input that is the base array itself is skipped where the base is finite:
+    before the cuts (see live_inputs); without cuts by the C kernel, span by span as it reads
+    the base (gta_sum_bf16), with no pass of its own over the base."""
     assert sparsifier is not None or not consensus, "a consensus of unsparsified deltas"
     weights = round16([p["weight"] for p in per_input[: len(inputs)]], fp16)
     flat_base = np.ascontiguousarray(base).reshape(-1).view(np.uint16)
     every = [np.ascontiguousarray(x).reshape(-1).view(np.uint16) for x in inputs]
-    live = live_inputs(every, flat_base, F16 if fp16 else BF16)
+    if sparsifier is None:
+        live = list(range(len(every)))
+    else:
+        live = live_inputs(every, flat_base, F16 if fp16 else BF16)
     flat_inputs = [every[i] for i in live]
     if sparsifier is None:
         rows = flat_inputs

@@ -132,6 +132,38 @@ def test_task_arithmetic_lane_skips_the_base_itself() -> None:
     )
 
 
+@pytest.mark.parametrize("dtype", FORMATS)
+@pytest.mark.parametrize("shared", [{}, {"normalize": True, "lambda": 0.7}])
+def test_task_arithmetic_leaves_the_base_out_span_by_span(monkeypatch, dtype, shared) -> None:
+    """The C kernel leaves an input that is the base array itself out of each span of 4096
+    elements whose base is finite, and takes every input in a span with an infinity (its
+    deltas there are NaN in torch): a tensor of four spans, infinities in the second and the
+    last, the base given twice among three inputs, has torch's bits in every span."""
+    numel = 3 * 4096 + 77
+    g = torch.Generator().manual_seed(9)
+    base = torch.randn(numel, generator=g).to(dtype)
+    base[5000], base[3 * 4096 + 10] = float("inf"), float("-inf")
+    expert = (base.float() + 0.02 * torch.randn(numel, generator=g)).to(dtype)
+    expert[5000], expert[3 * 4096 + 10] = 1.5, float("-inf")
+    xs = [base, expert, base]
+    per_input = [{"weight": w} for w in (0.4, -0.3, 0.9)]
+    fast, slow = _twins(monkeypatch, "task_arithmetic", base, xs, shared, per_input)
+    b = _bits(base)
+    fp16 = dtype == torch.float16
+    ours = _lane(
+        "task_arithmetic", b, [b if x is base else _bits(x) for x in xs], shared, per_input, fp16
+    )
+    # every input read everywhere: copies of the base, which the kernel cannot tell from it
+    copies = [b.copy() if x is base else _bits(x) for x in xs]
+    assert np.array_equal(ours, _lane("task_arithmetic", b, copies, shared, per_input, fp16))
+    assert np.array_equal(ours, _bits(fast))
+    # torch's values, its NaNs where the base is infinite (torch's NaN bits are its own)
+    nan = np.isnan(slow.float().numpy())
+    assert nan[5000] and nan[3 * 4096 + 10] and not nan[:4096].any()
+    assert np.array_equal(np.isnan(fast.float().numpy()), nan)
+    assert np.array_equal(ours[~nan], _bits(slow)[~nan])
+
+
 @pytest.mark.parametrize("numel", [1, 1000, 70_001])
 @pytest.mark.parametrize("n", [1, 2, 3, 4])  # each count of the fused kernel
 @pytest.mark.parametrize("normalize", [True, False])
