@@ -395,7 +395,12 @@ class Engine:
     # -- reading ----------------------------------------------------------------------------
 
     def _read_reference(
-        self, rec: TensorRecord | None, stats: EngineStats, workers: int, lane: bool = False
+        self,
+        rec: TensorRecord | None,
+        stats: EngineStats,
+        workers: int,
+        lane: bool = False,
+        planned: Mapping[bytes, BlockLocation] | None = None,
     ) -> tuple[torch.Tensor | None, dict[bytes, memoryview]]:
         """The base model's tensor, each distinct block decoded straight into its place, and
         read-only views of those blocks by id (the raw bytes that inputs are compared with and
@@ -405,7 +410,7 @@ class Engine:
             return None, {}
         if rec.nbytes == 0:
             return self._shaped(alloc.empty_bytes(0), rec, lane), {}
-        locs = self.repo.block_locations(dict.fromkeys(rec.blocks))
+        locs = self._locations(dict.fromkeys(rec.blocks), planned)
         first: dict[bytes, tuple[int, int]] = {}
         repeats: list[tuple[int, bytes]] = []
         pos = 0
@@ -449,7 +454,8 @@ class Engine:
             return dst[off : off + n]
 
         refs = ChainMap(*holders)  # type: ignore[arg-type]
-        for _ in self._reader().read(
+        # not announced again: the read-ahead announced them when the task was admitted
+        for _ in self._reader(announce=False).read(
             list(places), meter, locations=locs, references=refs, into=into, workers=workers
         ):
             pass
@@ -468,10 +474,19 @@ class Engine:
             out[bid] = raw  # type: ignore[assignment]
         return out
 
-    def _reader(self) -> BlockReader:
+    def _reader(self, announce: bool = True) -> BlockReader:
         """Reads only the blocks asked for (and the entry headers between adjacent ones):
         a budgeted merge reads from disk what it counts."""
-        return self.repo.reader(max_gap=HEADERS_ONLY_GAP)
+        return self.repo.reader(max_gap=HEADERS_ONLY_GAP, announce=announce)
+
+    def _locations(
+        self, ids: Mapping[bytes, None], planned: Mapping[bytes, BlockLocation] | None
+    ) -> dict[bytes, BlockLocation]:
+        """The index entries of `ids` (those in the store): from `planned` (a superset looked
+        up when the task was admitted), else from the index."""
+        if planned is None:
+            return self.repo.block_locations(ids)
+        return {b: planned[b] for b in ids if b in planned}
 
     def _plan_input(
         self,
@@ -479,11 +494,12 @@ class Engine:
         reference: TensorRecord | None,
         ref_raw: dict[bytes, memoryview],
         selected: frozenset[int] | None,
+        planned: Mapping[bytes, BlockLocation] | None = None,
     ) -> _InputReads:
         """Which of an input's blocks need reading: not the reference's own, not omitted ones."""
         aligned = _aligned(rec, reference)
         to_read = _blocks_to_read(rec, reference if aligned else None, ref_raw, selected)
-        return _InputReads(rec, aligned, selected, self.repo.block_locations(to_read))
+        return _InputReads(rec, aligned, selected, self._locations(to_read, planned))
 
     def _planned_reads(self, task: TensorTask) -> dict[bytes, BlockLocation]:
         """Every block `task` will read (as _load plans them): its reference's, then the
@@ -581,28 +597,41 @@ class Engine:
                 held[bid] = memoryview(dst[off : off + n]).toreadonly()
         return self._shaped(dst, rec, lane)
 
-    def _load_named(self, task: TensorTask, stats: EngineStats, workers: int = 1) -> _Loaded:
+    def _load_named(
+        self,
+        task: TensorTask,
+        stats: EngineStats,
+        workers: int = 1,
+        planned: Mapping[bytes, BlockLocation] | None = None,
+    ) -> _Loaded:
         """_load, with a missing or corrupt block's error naming the tensor being read."""
         try:
-            return self._load(task, stats, workers)
+            return self._load(task, stats, workers, planned)
         except CorruptionError as e:
             if str(e).startswith("tensor "):
                 raise
             raise CorruptionError(f"tensor {task.plan.name!r}: {e}") from None
 
-    def _load(self, task: TensorTask, stats: EngineStats, workers: int = 1) -> _Loaded:
+    def _load(
+        self,
+        task: TensorTask,
+        stats: EngineStats,
+        workers: int = 1,
+        planned: Mapping[bytes, BlockLocation] | None = None,
+    ) -> _Loaded:
         """Read and decode a task's inputs, on `workers` threads (the engine passes more than
         one only for a task merged alone: otherwise tasks load side by side, which measured
-        faster than splitting each task's blocks over threads as well)."""
+        faster than splitting each task's blocks over threads as well). `planned`: the index
+        entries of its blocks (_planned_reads), else they are looked up here."""
         lane = id(task) in self.on_lane
-        reference_t, ref_raw = self._read_reference(task.reference, stats, workers, lane)
+        reference_t, ref_raw = self._read_reference(task.reference, stats, workers, lane, planned)
         base_reads = None
         if task.base is not None and not (
             task.reference is not None and task.base.blocks == task.reference.blocks
         ):
-            base_reads = self._plan_input(task.base, None, ref_raw, None)
+            base_reads = self._plan_input(task.base, None, ref_raw, None, planned)
         input_reads = [
-            self._plan_input(rec, task.reference, ref_raw, sel)
+            self._plan_input(rec, task.reference, ref_raw, sel, planned)
             for rec, sel in zip(task.inputs, task.selected, strict=True)
         ]
         plans = [
@@ -833,11 +862,14 @@ class Engine:
         inflight: Inflight[OutputTensor],
         order: InOrder[_Finished, OutputTensor],
         kept: Future[OutputTensor],
+        planned: Mapping[bytes, BlockLocation] | None = None,
     ) -> None:
         """One task on one worker thread, from its reads to its encoded blocks (read and
-        decode, merge, hash and encode), then kept in task order (merge/inorder.py)."""
+        decode, merge, hash and encode), then kept in task order (merge/inorder.py).
+        `planned`: the index entries of every block it reads, looked up and announced when it
+        was admitted (merge/readahead.py)."""
         try:
-            ld = self._load_named(task, stats, load_workers)
+            ld = self._load_named(task, stats, load_workers, planned)
             out = self._merge(ld)
             # The inputs can go now; the output's blocks still need the base blocks (delta
             # coding).
@@ -895,12 +927,12 @@ class Engine:
                 alone = 2 * cost > limit  # no other task loads beside it: split its reads
                 kept: Future[OutputTensor] = Future()
                 inflight.admit(kept, cost)
+                ahead.admitted(index)  # its reads announced, their index entries kept
                 pool.submit(
                     self._work, index, task, cost, stats, default_workers() if alone else 1,
-                    sink, track_delta, inflight, order, kept,
+                    sink, track_delta, inflight, order, kept, ahead.take(index),
                 )  # fmt: skip
                 del kept
-                ahead.admitted(index)
                 stats.tensors += 1
             while inflight:
                 retire()

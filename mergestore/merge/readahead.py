@@ -10,6 +10,9 @@ while the tasks being merged were decoded: a 1.78B-parameter task_arithmetic mer
 too, up to `budget` bytes of pack ahead of it. Announced pages cost no memory of the process;
 the budget keeps them few enough to stay cached until they are read, so the disk reads no
 block the merge does not count.
+
+The index entries looked up to announce a task are kept for its worker (`take`): the worker
+reads them without looking its blocks up again, and without announcing them again.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ class ReadAhead:
         self._ahead: deque[tuple[int, int]] = deque()  # (task, pack bytes) announced, not admitted
         self._ahead_bytes = 0
         self.announced_bytes = 0  # for tests and traces
+        self._kept: dict[int, Locations] = {}  # task -> its announced blocks, until taken
 
     def admitted(self, index: int) -> None:
         """Task `index` is admitted: announce it (unless it was) and the tasks after it that
@@ -57,8 +61,13 @@ class ReadAhead:
             if not locations:
                 continue
             self.advise(locations)
+            self._kept[i] = locations
             nbytes = sum(loc.length for loc in locations.values())
             self.announced_bytes += nbytes
             if i > index:
                 self._ahead.append((i, nbytes))
                 self._ahead_bytes += nbytes
+
+    def take(self, index: int) -> Locations | None:
+        """The blocks task `index` was announced with (once; None if it read nothing)."""
+        return self._kept.pop(index, None)
