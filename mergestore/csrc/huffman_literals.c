@@ -521,6 +521,16 @@ static int decode_frame(Table *t, const uint8_t *src, Py_ssize_t size, uint8_t *
     return pos == size && out == n;
 }
 
+/* decode_frame for other C files (byte_planes.c): 1 decoded, 0 declined (dst holds garbage).
+ * Call without the GIL. */
+int huf_literals_into(const uint8_t *src, Py_ssize_t size, uint8_t *dst, Py_ssize_t n) {
+    Table *t = PyMem_RawMalloc(sizeof(Table));
+    if (t == NULL) return 0;
+    int ok = decode_frame(t, src, size, dst, n);
+    PyMem_RawFree(t);
+    return ok;
+}
+
 /* huf_literals(dst, frame) -> bool: decode a literal-only zstd frame into dst (writable, the
  * frame's exact content size); False: declined (dst holds garbage), decode it with zstd. */
 PyObject *py_huf_literals(PyObject *self, PyObject *args) {

@@ -179,6 +179,9 @@ static PyMethodDef methods[] = {
     {"split2", py_split2, METH_VARARGS,
      "split2(rows, words, rot, reference_or_None): the byte planes of rotl(words ^ reference)"},
     {"hist8", py_hist8, METH_VARARGS, "hist8(data, step, counts): byte counts of data[::step]"},
+    {"bplane16_into", py_bplane16_into, METH_VARARGS,
+     "bplane16_into(out, payload, rot, codes, reference_or_None, scratch0, scratch1) -> bool: "
+     "a 16-bit byte-plane block decoded into out; False: declined"},
     {"plane_plan", py_plane_plan, METH_VARARGS,
      "plane_plan(data, step, zero_fraction, raw_bits, counts) -> int: 0 sparse, 1 raw, 2 Huffman"},
     {"sparse_encode", py_sparse_encode, METH_VARARGS,

@@ -408,6 +408,12 @@ PyObject *py_join2(PyObject *self, PyObject *args);
 PyObject *py_split2(PyObject *self, PyObject *args);
 PyObject *py_hist8(PyObject *self, PyObject *args);
 PyObject *py_plane_plan(PyObject *self, PyObject *args);
+PyObject *py_bplane16_into(PyObject *self, PyObject *args);
+/* huffman_literals.c and sparse_planes.c, for byte_planes.c's whole-block decode */
+int huf_literals_into(const uint8_t *src, Py_ssize_t size, uint8_t *dst, Py_ssize_t n);
+int sparse_decode_into(uint8_t *dst, Py_ssize_t n, const uint8_t *src, Py_ssize_t size);
+int sparse_join2_into(uint16_t *out, const uint8_t *dense, Py_ssize_t n, int dense_hi,
+                      const uint8_t *src, Py_ssize_t size, int rot, const uint16_t *ref);
 /* sparse_planes.c */
 PyObject *py_sparse_encode(PyObject *self, PyObject *args);
 PyObject *py_sparse_decode(PyObject *self, PyObject *args);

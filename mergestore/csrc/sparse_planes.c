@@ -147,6 +147,16 @@ HOT static int join2_sparse(uint16_t *out, const uint8_t *dense, Py_ssize_t n, i
     return l.gap == l.end ? 0 : -1;
 }
 
+/* sparse_decode and join2_sparse for other C files (byte_planes.c); call without the GIL. */
+int sparse_decode_into(uint8_t *dst, Py_ssize_t n, const uint8_t *src, Py_ssize_t size) {
+    return sparse_decode(dst, n, src, size);
+}
+
+int sparse_join2_into(uint16_t *out, const uint8_t *dense, Py_ssize_t n, int dense_hi,
+                      const uint8_t *src, Py_ssize_t size, int rot, const uint16_t *ref) {
+    return join2_sparse(out, dense, n, dense_hi, src, size, rot, ref);
+}
+
 /* sparse_encode(dst, src) -> int: the segment's size in dst, -1 if it does not fit */
 PyObject *py_sparse_encode(PyObject *self, PyObject *args) {
     Buf d, s;

@@ -231,3 +231,63 @@ def test_plane_plan_kernel_picks_the_numpy_twins_codes():
         native.kernels.plane_plan(planes[0], 0, 0.97, 7.8, np.zeros(256, dtype=np.int64))
     with pytest.raises(ValueError):
         native.kernels.plane_plan(planes[0], 1, 0.97, 7.8, np.zeros(255, dtype=np.int64))
+
+
+@pytest.mark.parametrize("codes", [("r", "h"), ("h", "h"), ("h", "s"), ("s", "h"), ("s", "s")])
+@pytest.mark.parametrize("n", [2, 4097, 200_000])  # odd: a tail byte
+@pytest.mark.parametrize("with_reference", [False, True])
+def test_whole_block_decode_kernel_matches_the_python_path(codes, n, with_reference):
+    """bplane16_into (one C call per block) decodes every r/h/s plane combination, a tail
+    byte and an XOR reference into the bytes the per-plane Python path gives; a damaged
+    payload makes it decline, and the Python path then raises its error."""
+    from mergestore import native
+    from mergestore.store.codecs.base import corrupt
+
+    if native.kernels is None:
+        pytest.skip("the C kernels are not built")
+    rng = np.random.default_rng(n)
+    data = rng.integers(0, 256, n, dtype=np.uint8)
+    data[: (n // 2) * 2 : 2][rng.random(n // 2) < 0.98] = 0  # mostly-zero low bytes
+    data[1 : (n // 2) * 2 : 2][rng.random(n // 2) < 0.5] = 0x3C
+    ref = rng.integers(0, 256, n, dtype=np.uint8) if with_reference else None
+    stored = data if ref is None else data ^ ref
+    stage = BytePlane(2, 0, codes)
+    payload = stage.encode(stored.tobytes())
+    out = np.empty(n, dtype=np.uint8)
+    assert native.kernels.bplane16_into(
+        out, payload, 0, "".join(codes), ref, np.empty(n, np.uint8), np.empty(n, np.uint8)
+    )
+    assert out.tobytes() == data.tobytes()
+    out[:] = 0
+    stage.decode_into(payload, out, ref)  # through the kernel
+    assert out.tobytes() == data.tobytes()
+    damaged = bytearray(payload)
+    damaged[8] ^= 0xFF  # the first segment's length
+    scratch = np.empty(n, np.uint8), np.empty(n, np.uint8)
+    assert not native.kernels.bplane16_into(out, bytes(damaged), 0, "".join(codes), ref, *scratch)
+    with pytest.raises(type(corrupt("x"))):
+        stage.decode_into(bytes(damaged), out, ref)
+    assert not native.kernels.bplane16_into(out, payload, 0, "hz", ref, *scratch)  # not its code
+
+
+def test_whole_block_decode_declines_zstd_frames_and_the_python_path_decodes_them():
+    """A plane coded "h" may be an ordinary zstd frame with matches (BytePlane.encode's
+    fallback when literal-only coding declines): the kernel declines it, and decode_into
+    still decodes it with zstd."""
+    import struct
+
+    from mergestore import native
+
+    if native.kernels is None:
+        pytest.skip("the C kernels are not built")
+    rng = np.random.default_rng(3)
+    data = np.tile(rng.integers(0, 256, 1000, dtype=np.uint8), 100)  # long repeats: matches
+    lo, hi = data[0::2].tobytes(), data[1::2].tobytes()
+    frames = [zstd.compress(np.frombuffer(p, np.uint8), 3) for p in (lo, hi)]
+    sizes = [memoryview(f).nbytes for f in frames]
+    payload = struct.pack("<Q2I", len(data), *sizes) + b"".join(bytes(f) for f in frames)
+    out = np.empty(len(data), dtype=np.uint8)
+    scratch = np.empty(len(data), np.uint8), np.empty(len(data), np.uint8)
+    assert not native.kernels.bplane16_into(out, payload, 0, "hh", None, *scratch)
+    BytePlane(2, 0, ("h", "h")).decode_into(payload, out, None)
+    assert out.tobytes() == data.tobytes()

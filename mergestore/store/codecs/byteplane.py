@@ -352,8 +352,19 @@ class BytePlane(Stage):
     def decode_into(self, data: Buffer, out: np.ndarray, reference: Buffer | None) -> None:
         """Decode a 16-bit payload straight into `out` (writable uint8, the block's length),
         XORed with `reference` if given: the planes are joined (and XORed) by one C pass
-        into the caller's memory, with no intermediate block. Needs the C kernels."""
+        into the caller's memory, with no intermediate block. Needs the C kernels.
+
+        Planes coded r, h or s decode in one C call with the GIL released (bplane16_into);
+        where it declines (a zstd plane, a frame it does not take, a damaged payload), the
+        calls below decode the block or raise the error that names what is wrong."""
         assert self.width == 2 and native.kernels is not None
+        whole = getattr(native.kernels, "bplane16_into", None)  # None: an old build
+        codes = "".join(self.planes)
+        if whole is not None and len(codes) == 2:
+            n_words = len(out) // 2
+            s0, s1 = _plane_buffer(0, n_words, True), _plane_buffer(1, n_words, True)
+            if whole(out, data, self.rot, codes, reference, s0, s1):
+                return
         # One sparse plane (an XOR delta's sign and exponent) is XORed straight into the
         # joined words: no zeroed plane buffer to fill and read back.
         sparse_at = self.planes.index("s") if self.planes.count("s") == 1 else None
