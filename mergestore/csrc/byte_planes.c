@@ -1,7 +1,8 @@
 /* Byte planes: the join of a 16-bit block's two byte planes (with rotation and an XOR
- * reference), its inverse the split (the encoder's, with the XOR fused in), and the byte
- * histogram of a strided sample that plans each plane's code. Python twins:
- * mergestore/store/codecs/byteplane.py (join_planes' and split_planes' numpy paths, and
+ * reference), a whole 16-bit block's decode (header, planes, join), its inverse the split (the
+ * encoder's, with the XOR fused in), and the byte histogram of a strided sample that plans
+ * each plane's code. Python twins: mergestore/store/codecs/byteplane.py (join_planes' and
+ * split_planes' numpy paths, BytePlane.decode_into's per-plane path for bplane16_into, and
  * _plan_plane_numpy for plane_plan). */
 #include "native.h"
 
