@@ -93,7 +93,10 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
     ),
     "cut_select.c": ("mergestore/ops/cuts.py", ("find_cuts", "gta_cut16", "finite")),
     "delta_stats.c": ("mergestore/diff.py", ("delta_stats",)),
-    "byte_planes.c": ("mergestore/store/codecs/byteplane.py", ("join2", "split2", "hist8")),
+    "byte_planes.c": (
+        "mergestore/store/codecs/byteplane.py",
+        ("join2", "split2", "hist8", "plane_plan", "bplane16_into"),
+    ),
     "sparse_planes.c": (
         "mergestore/store/codecs/sparse.py",
         ("sparse_encode", "sparse_decode", "join2_sparse"),
