@@ -222,29 +222,38 @@ static void hist8(int64_t *counts, const uint8_t *p, Py_ssize_t n, Py_ssize_t st
     for (int b = 0; b < 256; b++) counts[b] += t[0][b] + t[1][b] + t[2][b] + t[3][b];
 }
 
+/* The (data, step, counts) of hist8 and plane_plan: data C-contiguous bytes, step >= 1, counts a
+ * writable int64 array of 256. -1 with the error set and nothing held if they are not. */
+static int hist_args(PyObject *d_o, Py_ssize_t step, PyObject *c_o, Buf *d, Buf *c,
+                     const char *name) {
+    if (step < 1) {
+        PyErr_Format(PyExc_ValueError, "%s: step must be at least 1", name);
+        return -1;
+    }
+    if (get_buf(d_o, d, 0, 1, "data") < 0) return -1;
+    if (get_buf(c_o, c, 1, 8, "counts") < 0) {
+        release(d);
+        return -1;
+    }
+    if (c->view.len != 256 * 8) {
+        PyErr_Format(PyExc_ValueError, "%s: counts must hold 256 int64", name);
+        release(c);
+        release(d);
+        return -1;
+    }
+    return 0;
+}
+
 /* hist8(data, step, counts): counts[b] += how many of data[0], data[step], data[2*step], ...
  * equal b (counts: a writable int64 array of 256), as np.bincount(data[::step], minlength=256)
  * counts them. */
 PyObject *py_hist8(PyObject *self, PyObject *args) {
     PyObject *d_o, *c_o;
     Py_ssize_t step;
-    if (!PyArg_ParseTuple(args, "OnO", &d_o, &step, &c_o)) return NULL;
-    if (step < 1) {
-        PyErr_SetString(PyExc_ValueError, "hist8: step must be at least 1");
-        return NULL;
-    }
     Buf d, c;
-    if (get_buf(d_o, &d, 0, 1, "data") < 0) return NULL;
-    if (get_buf(c_o, &c, 1, 8, "counts") < 0) {
-        release(&d);
+    if (!PyArg_ParseTuple(args, "OnO", &d_o, &step, &c_o) ||
+        hist_args(d_o, step, c_o, &d, &c, "hist8") < 0)
         return NULL;
-    }
-    if (c.view.len != 256 * 8) {
-        PyErr_SetString(PyExc_ValueError, "hist8: counts must hold 256 int64");
-        release(&c);
-        release(&d);
-        return NULL;
-    }
     Py_BEGIN_ALLOW_THREADS
     hist8(c.view.buf, d.view.buf, d.view.len, step);
     Py_END_ALLOW_THREADS
@@ -262,24 +271,10 @@ PyObject *py_plane_plan(PyObject *self, PyObject *args) {
     PyObject *d_o, *c_o;
     Py_ssize_t step;
     double zero_fraction, raw_bits;
-    if (!PyArg_ParseTuple(args, "OnddO", &d_o, &step, &zero_fraction, &raw_bits, &c_o))
-        return NULL;
-    if (step < 1) {
-        PyErr_SetString(PyExc_ValueError, "plane_plan: step must be at least 1");
-        return NULL;
-    }
     Buf d, c;
-    if (get_buf(d_o, &d, 0, 1, "data") < 0) return NULL;
-    if (get_buf(c_o, &c, 1, 8, "counts") < 0) {
-        release(&d);
+    if (!PyArg_ParseTuple(args, "OnddO", &d_o, &step, &zero_fraction, &raw_bits, &c_o) ||
+        hist_args(d_o, step, c_o, &d, &c, "plane_plan") < 0)
         return NULL;
-    }
-    if (c.view.len != 256 * 8) {
-        PyErr_SetString(PyExc_ValueError, "plane_plan: counts must hold 256 int64");
-        release(&c);
-        release(&d);
-        return NULL;
-    }
     int code;
     Py_BEGIN_ALLOW_THREADS
     int64_t *counts = c.view.buf;
