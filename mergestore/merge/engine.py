@@ -68,6 +68,7 @@ from mergestore.store.blocks import block_id, raw_check, tensor_blocking
 from mergestore.store.objects import TensorRecord
 from mergestore.store.packs import ReadMeter
 from mergestore.store.parallel import reuse_freed_memory
+from mergestore.store.promised import is_promised
 from mergestore.store.reader import HEADERS_ONLY_GAP, BlockReader
 from mergestore.store.repo import BlockLocation, Repository, WriteSession
 from mergestore.threads import default_workers, ordered_map, thread_limit
@@ -483,10 +484,15 @@ class Engine:
         self, ids: Mapping[bytes, None], planned: Mapping[bytes, BlockLocation] | None
     ) -> dict[bytes, BlockLocation]:
         """The index entries of `ids` (those in the store): from `planned` (a superset looked
-        up when the task was admitted), else from the index."""
+        up when the task was admitted), else from the index. A lazy clone's block promised at
+        admission is looked up again: an earlier task may have fetched and kept it since."""
         if planned is None:
             return self.repo.block_locations(ids)
-        return {b: planned[b] for b in ids if b in planned}
+        out = {b: planned[b] for b in ids if b in planned}
+        promised = [b for b, loc in out.items() if is_promised(loc)]
+        if promised:
+            out.update(self.repo.block_locations(promised))
+        return out
 
     def _plan_input(
         self,
