@@ -785,6 +785,9 @@ HOT4 static int all_finite(const void *x, int fmt, Py_ssize_t n) {
     return 1;
 }
 
+/* all_finite for other C files (merge_arith.c's frozen-input spans); call without the GIL. */
+int finite_values(const void *x, int fmt, Py_ssize_t n) { return all_finite(x, fmt, n); }
+
 PyObject *py_finite(PyObject *self, PyObject *args) {
     PyObject *x_o;
     int fmt;

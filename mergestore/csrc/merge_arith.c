@@ -221,23 +221,16 @@ typedef void (*GtaSum)(uint16_t *out, const uint16_t *base, const uint16_t **xs,
 
 #define FROZEN_SPAN 4096 /* elements whose base is checked at once for an infinity or NaN */
 
-/* Whether b[0:n] holds an infinity or NaN (exponent all ones under `mask`). */
-static int any_nonfinite16(const uint16_t *b, Py_ssize_t n, uint16_t mask) {
-    int bad = 0;
-    for (Py_ssize_t j = 0; j < n; j++) bad |= (b[j] & mask) == mask;
-    return bad;
-}
-
 /* sum(out, base, xs, ...) with the inputs that are the base array itself (a frozen tensor,
  * not deltas) left out wherever the base is finite: their delta is +0 there, and adding +0 to
  * sums that start from +0 changes no bit. Spans of FROZEN_SPAN elements whose base holds an
  * infinity or NaN take every input (their NaN deltas count, as in torch). The kernels are
  * elementwise, so the spans give the bits of one call over every input. The check reads each
- * base span just before the kernel does: no pass of its own over the tensor (lane16.live_inputs
- * scanned the whole base first). */
+ * base span just before the kernel does (cut_select.c's all_finite, span by span): no pass of
+ * its own over the tensor (lane16.live_inputs scanned the whole base first). */
 static void gta_sum_frozen(GtaSum sum, uint16_t *out, const uint16_t *base, const uint16_t **xs,
                            Py_ssize_t k, const float *w, int deltas, Py_ssize_t n, float divisor,
-                           int normalize, float lam, int has_lam, uint16_t exp_mask) {
+                           int normalize, float lam, int has_lam, int fmt) {
     const uint16_t *live[k ? k : 1], *every[k ? k : 1];
     float wl[k ? k : 1];
     Py_ssize_t kl = 0;
@@ -252,7 +245,7 @@ static void gta_sum_frozen(GtaSum sum, uint16_t *out, const uint16_t *base, cons
     }
     for (Py_ssize_t s = 0; s < n; s += FROZEN_SPAN) {
         Py_ssize_t m = n - s < FROZEN_SPAN ? n - s : FROZEN_SPAN;
-        int all = any_nonfinite16(base + s, m, exp_mask);
+        int all = !finite_values(base + s, fmt, m);
         const uint16_t **src = all ? xs : live;
         Py_ssize_t kk = all ? k : kl;
         for (Py_ssize_t i = 0; i < kk; i++) every[i] = src[i] + s;
@@ -277,7 +270,7 @@ PyObject *py_gta_sum_bf16(PyObject *self, PyObject *args) {
     Py_BEGIN_ALLOW_THREADS
     gta_sum_frozen(sum, g.out.view.buf, g.base.view.buf, g.xs.ptrs, g.xs.n, g.w, deltas,
                    g.out.view.len / 2, (float)divisor, normalize, (float)lam, has_lam,
-                   f16 ? 0x7C00 : 0x7F80);
+                   f16 ? FMT_F16 : FMT_BF16);
     Py_END_ALLOW_THREADS
     gta_release(&g);
     Py_RETURN_NONE;

@@ -395,6 +395,7 @@ int get_cuts32(PyObject *o, Cuts32 *c);
 PyObject *py_find_cuts(PyObject *self, PyObject *args);
 PyObject *py_gta_cut16(PyObject *self, PyObject *args);
 PyObject *py_finite(PyObject *self, PyObject *args);
+int finite_values(const void *x, int fmt, Py_ssize_t n); /* for merge_arith.c */
 /* rng.c */
 PyObject *py_philox_keep(PyObject *self, PyObject *args);
 PyObject *py_keep_rescale32(PyObject *self, PyObject *args);
