@@ -60,7 +60,6 @@ d1:
     return ret;
 }
 
-/* lo[j], hi[j] = the low and high byte of rotl16(w[j] ^ ref[j], rot) (ref may be NULL). */
 /* A whole 16-bit byte-plane block (codecs/byteplane.py's payload: n as u64, the two segment
  * lengths as u32, the segments, the tail byte) decoded into out[0:n], XORed with ref (may be
  * NULL): each plane raw ("r"), a literal-only Huffman frame ("h", into its scratch buffer) or
@@ -161,6 +160,7 @@ d1:
     return ret;
 }
 
+/* lo[j], hi[j] = the low and high byte of rotl16(w[j] ^ ref[j], rot) (ref may be NULL). */
 HOT static void split2(uint8_t *lo, uint8_t *hi, const uint16_t *w, Py_ssize_t n, int rot,
                        const uint16_t *ref) {
     for (Py_ssize_t j = 0; j < n; j++) {
