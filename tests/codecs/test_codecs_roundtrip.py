@@ -188,3 +188,35 @@ def test_decode_into_refuses_a_wrong_size_or_a_corrupt_payload():
     bad = bytes(bad[:-3])
     with pytest.raises(CorruptionError):
         decode_block_into(enc.spec, bad, np.empty(len(raw), np.uint8))
+
+
+def test_decode_of_16_bit_planes_matches_the_generic_path(monkeypatch):
+    """decode_block of 16-bit byte planes (a merge's base blocks, read as delta references)
+    runs the whole-block C kernel into a fresh array: the same bytes as the generic path for
+    dense, sparse and odd-length blocks, and a damaged payload still raises CorruptionError."""
+    from mergestore import native
+    from mergestore.errors import CorruptionError
+
+    base = weights("BF16", 4097, seed=6)  # an odd length: a tail byte
+    sparse_raw = bytearray(8192)
+    sparse_raw[::100] = bytes(range(82))
+    payloads = []
+    for raw in (base, bytes(sparse_raw), finetune_bf16(base, 1e-2)):
+        enc = encode_block(raw, dtype="BF16", allowed=frozenset({"bplane"}))
+        assert enc.spec.startswith("bplane:w=2")
+        payloads.append((enc.spec, bytes(enc.payload), raw))
+    kernels = native.kernels
+    assert kernels is not None
+    whole, calls = kernels.bplane16_into, []
+    monkeypatch.setattr(kernels, "bplane16_into", lambda *a: calls.append(1) or whole(*a))
+    for spec, payload, raw in payloads:
+        fast = decode_block(spec, payload)
+        monkeypatch.setattr(native, "kernels", None)
+        slow = decode_block(spec, payload)
+        monkeypatch.setattr(native, "kernels", kernels)
+        assert bytes(fast) == bytes(slow) == raw
+    assert len(calls) == len(payloads)  # one C call a block
+    spec, payload, raw = payloads[0]
+    for bad in (payload[:-3], payload[:5], b"\xff" * 8 + payload[8:]):
+        with pytest.raises(CorruptionError):
+            decode_block(spec, bad)

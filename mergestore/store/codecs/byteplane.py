@@ -341,6 +341,15 @@ class BytePlane(Stage):
     # -- decoding ---------------------------------------------------------------------------
 
     def decode(self, data: Buffer) -> Buffer:
+        if self.width == 2 and native.kernels is not None:
+            # A fresh array filled by decode_into: one C call with the GIL released for the
+            # usual plane codes (a merge's base blocks come this way, as delta references).
+            view = memoryview(data).cast("B")
+            n = _N.unpack_from(view)[0] if len(view) >= _N.size else -1
+            if 0 <= n <= MAX_DECODED_BYTES:
+                out = np.empty(n, dtype=np.uint8)
+                self.decode_into(view, out, None)
+                return out
         planes, n_tail, tail = self._planes(data)
         words = join_planes(planes, self.width, self.rot)
         if n_tail == 0:
