@@ -47,7 +47,7 @@ def family(n: int, shape: tuple[int, ...], dtypes: list[str], seed: int, ties: b
     return lane_family(n, shape, dtypes, seed, coarse=8 if ties else 0)
 
 
-def check(method, base, xs, compute, out_dtype, params=None):
+def check(method, base, xs, compute, out_dtype, params=None, shared_params=None):
     per_input = [(params or METHODS[method])(i) for i in range(len(xs))]
     spec = get_method(method)
     if method == "linear":
@@ -55,12 +55,13 @@ def check(method, base, xs, compute, out_dtype, params=None):
         per_input = [METHODS[method](i) for i in range(len(inputs))]
     else:
         base_arg, inputs = base, xs
-    shared, per_r = validate_params(spec, {}, per_input, has_base=base_arg is not None)
+    given = dict(shared_params or {})
+    shared, per_r = validate_params(spec, given, per_input, has_base=base_arg is not None)
     assert lanes.reason(method, compute, shared, per_r) is None
     kernels, native.kernels = native.kernels, None  # the torch path alone, no C kernel
     try:
         want = merge_tensor(
-            method, base_arg, inputs, {}, per_input, CTX,
+            method, base_arg, inputs, given, per_input, CTX,
             dtype=TORCH[compute], out_dtype=TORCH[out_dtype] if out_dtype else None,
         )  # fmt: skip
     finally:
@@ -85,6 +86,24 @@ def test_every_dtype_combination(method, compute, out_dtype):
     dtypes = ["BF16", "F32", "BF16", "F16", "BF16"]
     base, xs = family(4, (37, 129), dtypes, seed=len(method) + len(compute))
     check(method, base, xs, compute, out_dtype)
+
+
+@pytest.mark.parametrize("method", ["task_arithmetic", "linear"])
+@pytest.mark.parametrize("n", [1, 2, 3, 4])
+@pytest.mark.parametrize("out_dtype", [None, *NAMES])
+@pytest.mark.parametrize("shared", [{}, {"normalize": False}, {"normalize": True, "lambda": 0.7}])
+def test_fp32_compute_over_bf16_inputs(method, n, out_dtype, shared):
+    """task_arithmetic and linear in fp32 compute over 1 to 4 bf16 inputs and a bf16 base (the
+    register loops of csrc/merge_arith32.c), with infinities, NaNs, subnormals and signed
+    zeros, on lengths that are not a multiple of a tile."""
+    if method == "linear":
+        shared = {k: v for k, v in shared.items() if k != "lambda"}
+    base, xs = family(n, (3, 700), ["BF16"] * (n + 1), seed=21 + n)
+    specials = torch.tensor([float("inf"), float("-inf"), float("nan"), -0.0, 0.0, 1e-40, -1e-40])
+    for i, x in enumerate([base, *xs]):
+        x[i % 3, 5 * i : 5 * i + 7] = specials.to(x.dtype)
+    # linear takes the base as its first input (check): n inputs in all
+    check(method, base, xs if method != "linear" else xs[: n - 1], "F32", out_dtype, None, shared)
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))
