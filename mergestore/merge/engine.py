@@ -402,11 +402,13 @@ class Engine:
         workers: int,
         lane: bool = False,
         planned: Mapping[bytes, BlockLocation] | None = None,
+        meter: ReadMeter | dict[bytes, ReadMeter] | None = None,
     ) -> tuple[torch.Tensor | None, dict[bytes, memoryview]]:
         """The base model's tensor, each distinct block decoded straight into its place, and
         read-only views of those blocks by id (the raw bytes that inputs are compared with and
         delta-decoded against, and that output blocks are delta-coded against). Kernels never
-        write to their inputs (tests/ops/test_purity.py), so the views stay valid."""
+        write to their inputs (tests/ops/test_purity.py), so the views stay valid. `meter`:
+        where the reads count (one, or one per block id), else the base's."""
         if rec is None:
             return None, {}
         if rec.nbytes == 0:
@@ -424,7 +426,8 @@ class Engine:
             pos += n
         _check_size(rec, pos)
         dst = alloc.empty_bytes(rec.nbytes)
-        self._decode_in_place(dst, first, repeats, locs, (), stats.base_meter, workers)
+        meters = stats.base_meter if meter is None else meter
+        self._decode_in_place(dst, first, repeats, locs, (), meters, workers)
         views = {bid: memoryview(dst[o : o + n]).toreadonly() for bid, (o, n) in first.items()}
         return self._shaped(dst, rec, lane), views
 
@@ -442,7 +445,7 @@ class Engine:
         repeats: Sequence[tuple[int, bytes]],
         locs: dict[bytes, BlockLocation],
         holders: Sequence[dict[bytes, bytes | memoryview]],
-        meter: ReadMeter,
+        meter: ReadMeter | dict[bytes, ReadMeter],
         workers: int,
     ) -> None:
         """Decode each block of `places` (id -> (offset, length)) straight into `dst` at its
@@ -529,14 +532,13 @@ class Engine:
         """Delta references the tensor's reads need and the engine does not hold: each is read
         once per tensor (before the blocks that need it), charged to the first input that
         needs it, as a reference or as one of its own blocks."""
-        first_need: dict[bytes, ReadMeter] = {}  # block id -> meter of the first input needing it
-        refs: dict[bytes, None] = {}
-        for reads, meter in plans:
-            for bid, loc in reads.locations.items():
-                first_need.setdefault(bid, meter)
-                if loc.ref is not None and loc.ref not in held:
-                    first_need.setdefault(loc.ref, meter)
-                    refs[loc.ref] = None
+        first_need = _first_needs(plans)
+        refs = {
+            loc.ref: None
+            for reads, _meter in plans
+            for loc in reads.locations.values()
+            if loc.ref is not None and loc.ref not in held
+        }
         return self._read_many({r: first_need[r] for r in refs}, workers) if refs else {}
 
     def _read_input_tensor(
@@ -653,7 +655,23 @@ class Engine:
             later.update(reads.locations)
         # (Every block read here was announced to the kernel when the task was admitted:
         # merge/readahead.py.)
-        held = self._read_delta_references(plans, ref_raw, workers)
+        # With no reference tensor (no base model: linear, karcher), an input made only of the
+        # others' delta references (the base's blocks: a frozen tensor next to fine-tunes of
+        # it) is decoded first as one tensor, and its blocks serve as those references: no
+        # block-by-block reads of them, and no copy of them into that input's tensor.
+        own: tuple[int, torch.Tensor] | None = None
+        own_views: dict[bytes, memoryview] = {}
+        k_own = _reference_input(input_reads) if task.reference is None else None
+        if k_own is not None:
+            first_need = _first_needs(plans)
+            rec = input_reads[k_own].rec
+            own_t, own_views = self._read_reference(
+                rec, stats, workers, lane, planned, meter={b: first_need[b] for b in rec.blocks}
+            )
+            assert own_t is not None
+            own = (k_own, own_t)
+        held = self._read_delta_references(plans, {**ref_raw, **own_views}, workers)
+        held.update(own_views)
         base_t = None
         if task.base is not None:
             if base_reads is None:
@@ -664,6 +682,9 @@ class Engine:
                 )
         inputs: list[torch.Tensor] = []
         for k, (reads, model) in enumerate(zip(input_reads, task.input_models, strict=True)):
+            if own is not None and k == own[0]:
+                inputs.append(own[1])
+                continue
             same = _same_input(reads, input_reads[:k])
             if same is not None:  # the blocks of an earlier input: that tensor itself, no copy
                 inputs.append(inputs[same])
@@ -1020,6 +1041,37 @@ def _same_input(reads: _InputReads, earlier: Sequence[_InputReads]) -> int | Non
             and e.selected == reads.selected
         ):
             return j
+    return None
+
+
+def _first_needs(plans: Sequence[tuple[_InputReads, ReadMeter]]) -> dict[bytes, ReadMeter]:
+    """Block id -> the meter of the first input that needs it, as one of its own blocks or as
+    a delta reference of one: where that block's read is counted."""
+    first_need: dict[bytes, ReadMeter] = {}
+    for reads, meter in plans:
+        for bid, loc in reads.locations.items():
+            first_need.setdefault(bid, meter)
+            if loc.ref is not None:
+                first_need.setdefault(loc.ref, meter)
+    return first_need
+
+
+def _reference_input(reads: Sequence[_InputReads]) -> int | None:
+    """The first input whose every block is a delta reference of another input's blocks and
+    is itself stored whole (no delta, not promised by a remote), with no block left out: read
+    as one tensor, it holds those references. None: no such input."""
+    refs = {loc.ref for r in reads for loc in r.locations.values() if loc.ref is not None}
+    if not refs:
+        return None
+    for k, r in enumerate(reads):
+        if r.selected is not None or not r.rec.blocks or r.rec.nbytes == 0:
+            continue
+        locs = [r.locations.get(b) for b in r.rec.blocks]
+        if all(
+            b in refs and loc is not None and loc.ref is None and not is_promised(loc)
+            for b, loc in zip(r.rec.blocks, locs, strict=True)
+        ):
+            return k
     return None
 
 

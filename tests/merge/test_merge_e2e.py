@@ -119,6 +119,50 @@ def test_inputs_sharing_a_tensor_merge_like_copies(
         assert torch.equal(got[name].view(torch.int16), want.view(torch.int16)), name
 
 
+def test_no_base_merge_reads_an_input_made_of_the_base_as_the_references(
+    tiny_family, family_store: Store, tmp_path: Path, monkeypatch
+) -> None:
+    """linear has no base model, but the experts' blocks are delta-coded against the base's. In
+    a tensor where an input is the base's (frozen's frozen layers, lowrank_attn outside
+    attention), that input is decoded as one tensor and its blocks are the others'
+    references: none of them is read alone (Engine._read_many), and the bits are the
+    kernel's."""
+    from mergestore.merge import engine
+    from mergestore.merge.inputs import _tensors
+
+    alone: list[bytes] = []
+    read_many = engine.Engine._read_many
+
+    def spy(self, meters, workers):
+        alone.extend(meters)
+        return read_many(self, meters, workers)
+
+    monkeypatch.setattr(engine.Engine, "_read_many", spy)
+    weights = [0.5, 0.3, 0.2]
+    family_store.merge(method="linear", models=EXPERTS, weights=weights, branch="m")
+    repo = family_store.repo
+    base_recs = _tensors(repo, repo.resolve("main"))
+    expert_recs = [_tensors(repo, repo.resolve(e)) for e in EXPERTS]
+    held_by_an_input = {
+        b
+        for name, rec in base_recs.items()
+        if any(e[name].blocks == rec.blocks for e in expert_recs)
+        for b in rec.blocks
+    }
+    assert held_by_an_input  # the family has such tensors
+    assert alone  # ... and tensors where every expert differs (references read alone)
+    assert not held_by_an_input & set(alone)
+    out = tmp_path / "out"
+    family_store.checkout("m", out)
+    got = load_dir(out)
+    experts = [load_dir(tiny_family.experts[e]) for e in EXPERTS]
+    per = [{"weight": w} for w in weights]
+    for name in sorted(got):
+        want = merge_tensor("linear", None, [e[name] for e in experts], {}, per,
+                            TensorContext(name=name, seed=0))  # fmt: skip
+        assert torch.equal(got[name].view(torch.int16), want.view(torch.int16)), name
+
+
 def test_output_is_a_loadable_hf_folder(tiny_family, family_store: Store, tmp_path: Path) -> None:
     family_store.merge(
         method="ties",
