@@ -404,11 +404,12 @@ class Engine:
         planned: Mapping[bytes, BlockLocation] | None = None,
         meter: ReadMeter | dict[bytes, ReadMeter] | None = None,
     ) -> tuple[torch.Tensor | None, dict[bytes, memoryview]]:
-        """The base model's tensor, each distinct block decoded straight into its place, and
-        read-only views of those blocks by id (the raw bytes that inputs are compared with and
-        delta-decoded against, and that output blocks are delta-coded against). Kernels never
-        write to their inputs (tests/ops/test_purity.py), so the views stay valid. `meter`:
-        where the reads count (one, or one per block id), else the base's."""
+        """The reference tensor (the base model's; with no base, an input's that holds the
+        others' delta references: _reference_input), each distinct block decoded straight into
+        its place, and read-only views of those blocks by id (the raw bytes that inputs are
+        compared with and delta-decoded against, and that output blocks are delta-coded
+        against). Kernels never write to their inputs (tests/ops/test_purity.py), so the views
+        stay valid. `meter`: where the reads count (one, or one per block id), else the base's."""
         if rec is None:
             return None, {}
         if rec.nbytes == 0:
@@ -526,13 +527,13 @@ class Engine:
     def _read_delta_references(
         self,
         plans: Sequence[tuple[_InputReads, ReadMeter]],
-        held: dict[bytes, bytes],
+        first_need: Mapping[bytes, ReadMeter],
+        held: Mapping[bytes, bytes | memoryview],
         workers: int,
     ) -> dict[bytes, bytes]:
         """Delta references the tensor's reads need and the engine does not hold: each is read
         once per tensor (before the blocks that need it), charged to the first input that
-        needs it, as a reference or as one of its own blocks."""
-        first_need = _first_needs(plans)
+        needs it, as a reference or as one of its own blocks (`first_need`: _first_needs)."""
         refs = {
             loc.ref: None
             for reads, _meter in plans
@@ -659,18 +660,15 @@ class Engine:
         # others' delta references (the base's blocks: a frozen tensor next to fine-tunes of
         # it) is decoded first as one tensor, and its blocks serve as those references: no
         # block-by-block reads of them, and no copy of them into that input's tensor.
-        own: tuple[int, torch.Tensor] | None = None
-        own_views: dict[bytes, memoryview] = {}
+        first_need = _first_needs(plans)
+        own_t, own_views = None, {}
         k_own = _reference_input(input_reads) if task.reference is None else None
         if k_own is not None:
-            first_need = _first_needs(plans)
             rec = input_reads[k_own].rec
             own_t, own_views = self._read_reference(
                 rec, stats, workers, lane, planned, meter={b: first_need[b] for b in rec.blocks}
             )
-            assert own_t is not None
-            own = (k_own, own_t)
-        held = self._read_delta_references(plans, {**ref_raw, **own_views}, workers)
+        held = self._read_delta_references(plans, first_need, {**ref_raw, **own_views}, workers)
         held.update(own_views)
         base_t = None
         if task.base is not None:
@@ -682,8 +680,8 @@ class Engine:
                 )
         inputs: list[torch.Tensor] = []
         for k, (reads, model) in enumerate(zip(input_reads, task.input_models, strict=True)):
-            if own is not None and k == own[0]:
-                inputs.append(own[1])
+            if k == k_own and own_t is not None:
+                inputs.append(own_t)
                 continue
             same = _same_input(reads, input_reads[:k])
             if same is not None:  # the blocks of an earlier input: that tensor itself, no copy

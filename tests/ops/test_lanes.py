@@ -55,7 +55,7 @@ def check(method, base, xs, compute, out_dtype, params=None, shared_params=None)
         per_input = [METHODS[method](i) for i in range(len(inputs))]
     else:
         base_arg, inputs = base, xs
-    given = dict(shared_params or {})
+    given = shared_params or {}
     shared, per_r = validate_params(spec, given, per_input, has_base=base_arg is not None)
     assert lanes.reason(method, compute, shared, per_r) is None
     kernels, native.kernels = native.kernels, None  # the torch path alone, no C kernel
