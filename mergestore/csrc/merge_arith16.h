@@ -40,15 +40,8 @@ ALWAYS_INLINE static inline void K16(finish)(uint16_t *o, const uint16_t *b, flo
 ALWAYS_INLINE static inline void K16(gta_sum_plain)(uint16_t *out, const uint16_t *base,
                                                     const uint16_t **xs, Py_ssize_t k,
                                                     const float *w, Py_ssize_t n) {
-    const uint16_t *x0 = xs[0], *x1 = xs[k > 1 ? 1 : 0], *x2 = xs[k > 2 ? 2 : 0],
-                   *x3 = xs[k > 3 ? 3 : 0];
-    const float w0 = w[0], w1 = w[k > 1 ? 1 : 0], w2 = w[k > 2 ? 2 : 0], w3 = w[k > 3 ? 3 : 0];
-    switch (k) {
-    case 1: GTA_LOOP(GTA_TERM(0)); break;
-    case 2: GTA_LOOP(GTA_TERM(0); GTA_TERM(1)); break;
-    case 3: GTA_LOOP(GTA_TERM(0); GTA_TERM(1); GTA_TERM(2)); break;
-    default: GTA_LOOP(GTA_TERM(0); GTA_TERM(1); GTA_TERM(2); GTA_TERM(3)); break;
-    }
+    FEW_INPUTS;
+    FEW_SWITCH(GTA_LOOP, GTA_TERM)
 }
 #undef GTA_LOOP
 #undef GTA_TERM
@@ -136,15 +129,8 @@ HOT4 static void K16(gta_consensus)(uint16_t *out, const uint16_t *base, const u
 ALWAYS_INLINE static inline void K16(linear_few)(uint16_t *out, const uint16_t **xs, Py_ssize_t k,
                                                  const float *w, Py_ssize_t n, int normalize,
                                                  float wsum) {
-    const uint16_t *x0 = xs[0], *x1 = xs[k > 1 ? 1 : 0], *x2 = xs[k > 2 ? 2 : 0],
-                   *x3 = xs[k > 3 ? 3 : 0];
-    const float w0 = w[0], w1 = w[k > 1 ? 1 : 0], w2 = w[k > 2 ? 2 : 0], w3 = w[k > 3 ? 3 : 0];
-    switch (k) {
-    case 1: LIN_LOOP(LIN_TERM(0)); break;
-    case 2: LIN_LOOP(LIN_TERM(0); LIN_TERM(1)); break;
-    case 3: LIN_LOOP(LIN_TERM(0); LIN_TERM(1); LIN_TERM(2)); break;
-    default: LIN_LOOP(LIN_TERM(0); LIN_TERM(1); LIN_TERM(2); LIN_TERM(3)); break;
-    }
+    FEW_INPUTS;
+    FEW_SWITCH(LIN_LOOP, LIN_TERM)
 }
 #undef LIN_LOOP
 #undef LIN_TERM

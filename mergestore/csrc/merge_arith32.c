@@ -34,23 +34,12 @@ ALWAYS_INLINE static inline void finish32(void *out, int out_fmt, Py_ssize_t s, 
  * a register instead of a widened tile and a running sum stored and reloaded per input. A
  * bf16 output is rounded with rne16: every value here is x86 arithmetic on bf16-widened
  * operands, so a NaN has zero low 16 bits and rne16 gives rne16_nan's bits (native.h). */
-static inline int all_bf16(const int *fmts, Py_ssize_t k) {
+static inline int few_bf16(const int *fmts, Py_ssize_t k) {
     for (Py_ssize_t i = 0; i < k; i++)
         if (fmts[i] != FMT_BF16) return 0;
     return k >= 1 && k <= 4;
 }
 
-#define FEW_SWITCH(LOOP, T)                                                                     \
-    switch (k) {                                                                               \
-    case 1: LOOP(T(0)); break;                                                                 \
-    case 2: LOOP(T(0); T(1)); break;                                                           \
-    case 3: LOOP(T(0); T(1); T(2)); break;                                                     \
-    default: LOOP(T(0); T(1); T(2); T(3)); break;                                              \
-    }
-#define FEW_ARGS                                                                               \
-    const uint16_t *x0 = xs[0], *x1 = xs[k > 1 ? 1 : 0], *x2 = xs[k > 2 ? 2 : 0],              \
-                   *x3 = xs[k > 3 ? 3 : 0];                                                    \
-    const float w0 = w[0], w1 = w[k > 1 ? 1 : 0], w2 = w[k > 2 ? 2 : 0], w3 = w[k > 3 ? 3 : 0]
 /* Element j's result v into the bf16 output, or into the tile narrowed after the loop. */
 #define FEW_TILES(ELEMENT)                                                                     \
     do {                                                                                       \
@@ -79,7 +68,7 @@ static inline int all_bf16(const int *fmts, Py_ssize_t k) {
 ALWAYS_INLINE static inline void linear32_few(void *out, int out_fmt, const uint16_t **xs,
                                               Py_ssize_t k, const float *w, Py_ssize_t n,
                                               int normalize, float wsum) {
-    FEW_ARGS;
+    FEW_INPUTS;
     FEW_SWITCH(LIN_LOOP, LIN_TERM)
 }
 
@@ -91,7 +80,7 @@ ALWAYS_INLINE static inline void gta_sum32_few(void *out, int out_fmt, const uin
                                                const uint16_t **xs, Py_ssize_t k, const float *w,
                                                Py_ssize_t n, float divisor, int normalize,
                                                float lam, int has_lam) {
-    FEW_ARGS;
+    FEW_INPUTS;
     FEW_SWITCH(GTA_LOOP, GTA_TERM)
 }
 
@@ -101,7 +90,7 @@ HOT4 static void gta_sum32(void *out, int out_fmt, const void *base, int base_fm
                           const void **xs, const int *fmts, Py_ssize_t k, const float *w,
                           int deltas, Py_ssize_t n, float divisor, int normalize, float lam,
                           int has_lam) {
-    if (!deltas && base_fmt == FMT_BF16 && all_bf16(fmts, k)) {
+    if (!deltas && base_fmt == FMT_BF16 && few_bf16(fmts, k)) {
         gta_sum32_few(out, out_fmt, base, (const uint16_t **)xs, k, w, n, divisor, normalize, lam,
                       has_lam);
         return;
@@ -293,7 +282,7 @@ HOT4 static int gta_keep32(void *out, int out_fmt, const void *base, int base_fm
  * addcmul_ is fused), acc / wsum if normalize, stored in the output format. */
 HOT4 static void linear32(void *out, int out_fmt, const void **xs, const int *fmts, Py_ssize_t k,
                          const float *w, Py_ssize_t n, int normalize, float wsum) {
-    if (all_bf16(fmts, k)) {
+    if (few_bf16(fmts, k)) {
         linear32_few(out, out_fmt, (const uint16_t **)xs, k, w, n, normalize, wsum);
         return;
     }
