@@ -27,62 +27,37 @@ ALWAYS_INLINE static inline void finish32(void *out, int out_fmt, Py_ssize_t s, 
     narrow(out, out_fmt, s, merged, m);
 }
 
-/* ------------------------------------------------------------------ bf16 inputs, few */
+/* ------------------------------------------------------------------ few inputs, one format */
 
-/* gta_sum32 (deltas = 0) and linear32 on their common case, 1 to 4 inputs all bf16 (and a bf16
- * base): the same operations in the same order as the tile loops, each element's sum held in
- * a register instead of a widened tile and a running sum stored and reloaded per input. A
- * bf16 output is rounded with rne16: every value here is x86 arithmetic on bf16-widened
- * operands, so a NaN has zero low 16 bits and rne16 gives rne16_nan's bits (native.h). */
-static inline int few_bf16(const int *fmts, Py_ssize_t k) {
+/* 1 to 4 inputs, all of format fmt: the register loops of merge_few32.h, for bf16 and fp32
+ * (fp16 stays on the tile loops, whose widen() converts with F16C: f16_to_f32 in a register
+ * loop measured 2x slower than them). */
+static inline int few_of(const int *fmts, Py_ssize_t k, int fmt) {
+    if (k < 1 || k > 4) return 0;
     for (Py_ssize_t i = 0; i < k; i++)
-        if (fmts[i] != FMT_BF16) return 0;
-    return k >= 1 && k <= 4;
+        if (fmts[i] != fmt) return 0;
+    return 1;
 }
 
-/* Element j's result v into the bf16 output, or into the tile narrowed after the loop. */
-#define FEW_TILES(ELEMENT)                                                                     \
-    do {                                                                                       \
-    float acc[TILE];                                                                           \
-    for (Py_ssize_t s = 0; s < n; s += TILE) {                                                 \
-        Py_ssize_t m = n - s < TILE ? n - s : TILE;                                            \
-        if (out_fmt == FMT_BF16) {                                                             \
-            uint16_t *o = (uint16_t *)out;                                                     \
-            for (Py_ssize_t j = s; j < s + m; j++) {                                           \
-                ELEMENT;                                                                       \
-                o[j] = rne16(v);                                                               \
-            }                                                                                  \
-        } else {                                                                               \
-            for (Py_ssize_t j = s; j < s + m; j++) {                                           \
-                ELEMENT;                                                                       \
-                acc[j - s] = v;                                                                \
-            }                                                                                  \
-            narrow(out, out_fmt, s, acc, m);                                                   \
-        }                                                                                      \
-    }                                                                                          \
-    } while (0)
+#define F32X(name) name##_bf16
+#define XT uint16_t
+#define LD(x) bf16_to_f32(x)
+#define RB(f) rne16(f)
+#include "merge_few32.h"
+#undef F32X
+#undef XT
+#undef LD
+#undef RB
 
-#define LIN_TERM(i) a = fmaf(bf16_to_f32(x##i[j]), w##i, a)
-#define LIN_LOOP(TERMS)                                                                        \
-    FEW_TILES(float a = 0.0f; TERMS; const float v = normalize ? a / wsum : a)
-ALWAYS_INLINE static inline void linear32_few(void *out, int out_fmt, const uint16_t **xs,
-                                              Py_ssize_t k, const float *w, Py_ssize_t n,
-                                              int normalize, float wsum) {
-    FEW_INPUTS;
-    FEW_SWITCH(LIN_LOOP, LIN_TERM)
-}
-
-#define GTA_TERM(i) a = a + (bf16_to_f32(x##i[j]) - b) * w##i
-#define GTA_LOOP(TERMS)                                                                        \
-    FEW_TILES(const float b = bf16_to_f32(bp[j]); float a = 0.0f; TERMS;                       \
-              if (normalize) a = a / divisor; if (has_lam) a = a * lam; const float v = b + a)
-ALWAYS_INLINE static inline void gta_sum32_few(void *out, int out_fmt, const uint16_t *bp,
-                                               const uint16_t **xs, Py_ssize_t k, const float *w,
-                                               Py_ssize_t n, float divisor, int normalize,
-                                               float lam, int has_lam) {
-    FEW_INPUTS;
-    FEW_SWITCH(GTA_LOOP, GTA_TERM)
-}
+#define F32X(name) name##_f32
+#define XT float
+#define LD(x) (x)
+#define RB(f) rne16_nan(f)
+#include "merge_few32.h"
+#undef F32X
+#undef XT
+#undef LD
+#undef RB
 
 /* out = base + finish(sum_i (x_i - base) * w_i), or sum_i d_i * w_i over given deltas: the
  * no-consensus GTA (task_arithmetic; breadcrumbs over cut deltas) in fp32. */
@@ -90,9 +65,11 @@ HOT4 static void gta_sum32(void *out, int out_fmt, const void *base, int base_fm
                           const void **xs, const int *fmts, Py_ssize_t k, const float *w,
                           int deltas, Py_ssize_t n, float divisor, int normalize, float lam,
                           int has_lam) {
-    if (!deltas && base_fmt == FMT_BF16 && few_bf16(fmts, k)) {
-        gta_sum32_few(out, out_fmt, base, (const uint16_t **)xs, k, w, n, divisor, normalize, lam,
-                      has_lam);
+    if (!deltas && base_fmt != FMT_F16 && few_of(fmts, k, base_fmt)) {
+        if (base_fmt == FMT_BF16)
+            gta_sum32_few_bf16(out, out_fmt, base, xs, k, w, n, divisor, normalize, lam, has_lam);
+        else
+            gta_sum32_few_f32(out, out_fmt, base, xs, k, w, n, divisor, normalize, lam, has_lam);
         return;
     }
     float acc[TILE], bf[TILE], xt[TILE];
@@ -282,8 +259,11 @@ HOT4 static int gta_keep32(void *out, int out_fmt, const void *base, int base_fm
  * addcmul_ is fused), acc / wsum if normalize, stored in the output format. */
 HOT4 static void linear32(void *out, int out_fmt, const void **xs, const int *fmts, Py_ssize_t k,
                          const float *w, Py_ssize_t n, int normalize, float wsum) {
-    if (few_bf16(fmts, k)) {
-        linear32_few(out, out_fmt, (const uint16_t **)xs, k, w, n, normalize, wsum);
+    if (k >= 1 && fmts[0] != FMT_F16 && few_of(fmts, k, fmts[0])) {
+        if (fmts[0] == FMT_BF16)
+            linear32_few_bf16(out, out_fmt, xs, k, w, n, normalize, wsum);
+        else
+            linear32_few_f32(out, out_fmt, xs, k, w, n, normalize, wsum);
         return;
     }
     float acc[TILE], xt[TILE];

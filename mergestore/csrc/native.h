@@ -73,14 +73,16 @@
 
 #define TILE 512 /* elements per tile: a few KiB of fp32 accumulators stay in L1 */
 
-/* The register loops over 1 to 4 inputs (merge_arith16.h, merge_arith32.c), in a function
- * with `xs`, `k` and `w`: FEW_INPUTS names the 16-bit streams x0..x3 and their weights w0..w3
- * (those past k alias the first and are never read); FEW_SWITCH expands LOOP once for the
- * input count, with the terms T(0) .. T(k - 1). */
-#define FEW_INPUTS                                                                             \
-    const uint16_t *x0 = xs[0], *x1 = xs[k > 1 ? 1 : 0], *x2 = xs[k > 2 ? 2 : 0],              \
-                   *x3 = xs[k > 3 ? 3 : 0];                                                    \
+/* The register loops over 1 to 4 inputs (merge_arith16.h, merge_few32.h), in a function
+ * with `xs`, `k` and `w`: FEW_INPUTS_OF(T) names the streams x0..x3 of element type T and
+ * their weights w0..w3 (those past k alias the first and are never read); FEW_INPUTS is its
+ * 16-bit case; FEW_SWITCH expands LOOP once for the input count, with the terms T(0) ..
+ * T(k - 1). */
+#define FEW_INPUTS_OF(T)                                                                       \
+    const T *x0 = xs[0], *x1 = xs[k > 1 ? 1 : 0], *x2 = xs[k > 2 ? 2 : 0],                     \
+            *x3 = xs[k > 3 ? 3 : 0];                                                           \
     const float w0 = w[0], w1 = w[k > 1 ? 1 : 0], w2 = w[k > 2 ? 2 : 0], w3 = w[k > 3 ? 3 : 0]
+#define FEW_INPUTS FEW_INPUTS_OF(uint16_t)
 #define FEW_SWITCH(LOOP, T)                                                                    \
     switch (k) {                                                                               \
     case 1: LOOP(T(0)); break;                                                                 \

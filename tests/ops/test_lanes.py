@@ -92,16 +92,21 @@ def test_every_dtype_combination(method, compute, out_dtype):
 @pytest.mark.parametrize("n", [1, 2, 3, 4])
 @pytest.mark.parametrize("out_dtype", [None, *NAMES])
 @pytest.mark.parametrize("shared", [{}, {"normalize": False}, {"normalize": True, "lambda": 0.7}])
-def test_fp32_compute_over_bf16_inputs(method, n, out_dtype, shared):
-    """task_arithmetic and linear in fp32 compute over 1 to 4 bf16 inputs and a bf16 base (the
-    register loops of csrc/merge_arith32.c), with infinities, NaNs, subnormals and signed
+@pytest.mark.parametrize("in_dtype", ["BF16", "F32"])
+def test_fp32_compute_register_loops(method, n, out_dtype, shared, in_dtype):
+    """task_arithmetic and linear in fp32 compute over 1 to 4 inputs and a base all bf16 or all
+    fp32 (the register loops of csrc/merge_few32.h), with infinities, NaNs (in fp32 one whose
+    payload fills the low 16 bits, which a bf16 output must keep a NaN), subnormals and signed
     zeros, on lengths that are not a multiple of a tile."""
     if method == "linear":
         shared = {k: v for k, v in shared.items() if k != "lambda"}
-    base, xs = family(n, (3, 700), ["BF16"] * (n + 1), seed=21 + n)
+    base, xs = family(n, (3, 700), [in_dtype] * (n + 1), seed=21 + n)
     specials = torch.tensor([float("inf"), float("-inf"), float("nan"), -0.0, 0.0, 1e-40, -1e-40])
+    low_nan = torch.tensor([0x7FFFFFFF, -1], dtype=torch.int32).view(torch.float32)
     for i, x in enumerate([base, *xs]):
         x[i % 3, 5 * i : 5 * i + 7] = specials.to(x.dtype)
+        if in_dtype == "F32":
+            x[(i + 1) % 3, 9 * i : 9 * i + 2] = low_nan
     # linear takes the base as its first input (check): n inputs in all
     check(method, base, xs if method != "linear" else xs[: n - 1], "F32", out_dtype, None, shared)
 
