@@ -97,6 +97,10 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
         "mergestore/store/codecs/byteplane.py",
         ("join2", "split2", "hist8", "plane_plan", "bplane16_into"),
     ),
+    "byte_planes32.c": (
+        "mergestore/store/codecs/byteplane.py",
+        ("join4", "split4", "bplane32_into"),
+    ),
     "sparse_planes.c": (
         "mergestore/store/codecs/sparse.py",
         ("sparse_encode", "sparse_decode", "join2_sparse"),

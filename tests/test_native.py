@@ -180,6 +180,13 @@ def test_bad_arguments_raise() -> None:
         k.join2(np.empty(4, np.uint16), np.empty(4, np.uint8), np.empty(3, np.uint8), 0, None)
     with pytest.raises(BufferError):  # read-only output
         k.join2(bytes(8), np.empty(4, np.uint8), np.empty(4, np.uint8), 0, None)
+    planes = [np.empty(4, np.uint8) for _ in range(3)]
+    with pytest.raises(ValueError):  # a plane of another length
+        k.join4(np.empty(4, np.uint32), *planes, np.empty(3, np.uint8), 0, None)
+    with pytest.raises(ValueError):  # rotation past the word
+        k.join4(np.empty(4, np.uint32), *planes, np.empty(4, np.uint8), 32, None)
+    with pytest.raises(ValueError):  # rows shorter than the words
+        k.split4(np.empty((4, 3), np.uint8), np.empty(4, np.uint32), 1, None)
     out, base = np.empty(8, np.uint16), np.zeros(8, np.uint16)
     with pytest.raises(ValueError):  # base of another length
         k.gta_sum_bf16(out, base[:4], [base], [0.5], False, 1.0, False, 1.0, False)

@@ -182,6 +182,12 @@ static PyMethodDef methods[] = {
     {"bplane16_into", py_bplane16_into, METH_VARARGS,
      "bplane16_into(out, payload, rot, codes, reference_or_None, scratch0, scratch1) -> bool: "
      "a 16-bit byte-plane block decoded into out; False: declined"},
+    {"join4", py_join4, METH_VARARGS, "join4(out, p0, p1, p2, p3, rot, reference_or_None)"},
+    {"split4", py_split4, METH_VARARGS,
+     "split4(rows, words, rot, reference_or_None): the byte planes of rotl32(words ^ reference)"},
+    {"bplane32_into", py_bplane32_into, METH_VARARGS,
+     "bplane32_into(out, payload, rot, codes, reference_or_None, s0, s1, s2, s3) -> bool: a "
+     "32-bit byte-plane block decoded into out; False: declined"},
     {"plane_plan", py_plane_plan, METH_VARARGS,
      "plane_plan(data, step, zero_fraction, raw_bits, counts) -> int: 0 sparse, 1 raw, 2 Huffman"},
     {"sparse_encode", py_sparse_encode, METH_VARARGS,

@@ -428,6 +428,10 @@ PyObject *py_split2(PyObject *self, PyObject *args);
 PyObject *py_hist8(PyObject *self, PyObject *args);
 PyObject *py_plane_plan(PyObject *self, PyObject *args);
 PyObject *py_bplane16_into(PyObject *self, PyObject *args);
+/* byte_planes32.c */
+PyObject *py_join4(PyObject *self, PyObject *args);
+PyObject *py_split4(PyObject *self, PyObject *args);
+PyObject *py_bplane32_into(PyObject *self, PyObject *args);
 /* huffman_literals.c and sparse_planes.c, for byte_planes.c's whole-block decode */
 int huf_literals_into(const uint8_t *src, Py_ssize_t size, uint8_t *dst, Py_ssize_t n);
 int sparse_decode_into(uint8_t *dst, Py_ssize_t n, const uint8_t *src, Py_ssize_t size);

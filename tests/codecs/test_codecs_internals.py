@@ -96,7 +96,7 @@ def test_fixed_plan_encode_matches_decoder():
     raw = weights("F32", 5000)[:-1]
     stage = BytePlane(4, 1, ("r", "z1", "h", "h"))
     payload = stage.encode(raw)
-    assert stage.decode(payload) == raw
+    assert bytes(stage.decode(payload)) == raw
 
 
 @pytest.mark.parametrize("rot", range(16))
@@ -151,6 +151,30 @@ def test_split_with_reference_is_the_split_of_the_xor(rot, n):
     rotated = (x << rot) | (x >> (16 - rot)) if rot else x  # independent reference
     assert rows[0, :n].tolist() == (rotated & 0xFF).tolist()
     assert rows[1, :n].tolist() == (rotated >> 8).tolist()
+
+
+@pytest.mark.parametrize("rot", [0, 1, 8, 9, 31])
+@pytest.mark.parametrize("n", [1, 999, 4096])
+@pytest.mark.parametrize("kernels", [True, False])
+def test_split_of_32_bit_words_and_its_join(rot, n, kernels, monkeypatch):
+    """split_planes and join_planes of 32-bit words (C split4 and join4, or numpy) against an
+    independent rotation; the split XORs the reference in."""
+    from mergestore import native
+
+    if kernels and native.kernels is None:
+        pytest.skip("the C kernels are not built")
+    if not kernels:
+        monkeypatch.setattr(native, "kernels", None)
+    rng = np.random.default_rng(n + rot)
+    raw = rng.integers(0, 1 << 32, n, dtype=np.uint32)
+    ref = rng.integers(0, 1 << 32, n, dtype=np.uint32)
+    x = raw ^ ref
+    rotated = ((x << np.uint32(rot)) | (x >> np.uint32(32 - rot))) if rot else x
+    rows = split_planes(raw.tobytes(), 4, rot, ref.tobytes())
+    for i in range(4):
+        assert rows[i, :n].tolist() == ((rotated >> np.uint32(8 * i)) & 0xFF).tolist()
+    planes = [rows[i, :n].copy() for i in range(4)]
+    assert np.array_equal(join_planes(planes, 4, rot), x)
 
 
 def _joined(payload) -> bytes:
@@ -233,41 +257,64 @@ def test_plane_plan_kernel_picks_the_numpy_twins_codes():
         native.kernels.plane_plan(planes[0], 1, 0.97, 7.8, np.zeros(255, dtype=np.int64))
 
 
-@pytest.mark.parametrize("codes", [("r", "h"), ("h", "h"), ("h", "s"), ("s", "h"), ("s", "s")])
-@pytest.mark.parametrize("n", [2, 4097, 200_000])  # odd: a tail byte
+WHOLE_CODES = [
+    *[(2, c) for c in [("r", "h"), ("h", "h"), ("h", "s"), ("s", "h"), ("s", "s")]],
+    *[(4, c) for c in [("r", "r", "h", "h"), ("h", "h", "h", "s"), ("s", "s", "s", "s")]],
+    (4, ("r", "h", "s", "h")),
+]
+
+
+@pytest.mark.parametrize(("width", "codes"), WHOLE_CODES)
+@pytest.mark.parametrize("n", [4, 4097, 4099, 200_000])  # not a multiple of the width: a tail
 @pytest.mark.parametrize("with_reference", [False, True])
-def test_whole_block_decode_kernel_matches_the_python_path(codes, n, with_reference):
-    """bplane16_into (one C call per block) decodes every r/h/s plane combination, a tail
-    byte and an XOR reference into the bytes the per-plane Python path gives; a damaged
-    payload makes it decline, and the Python path then raises its error."""
+def test_whole_block_decode_kernel_matches_the_python_path(width, codes, n, with_reference):
+    """bplane16_into and bplane32_into (one C call per block) decode every r/h/s plane
+    combination, a tail and an XOR reference into the bytes the per-plane Python path gives;
+    a damaged payload makes them decline, and the Python path then raises its error."""
     from mergestore import native
     from mergestore.store.codecs.base import corrupt
 
     if native.kernels is None:
         pytest.skip("the C kernels are not built")
+    whole = getattr(native.kernels, {2: "bplane16_into", 4: "bplane32_into"}[width])
     rng = np.random.default_rng(n)
     data = rng.integers(0, 256, n, dtype=np.uint8)
-    data[: (n // 2) * 2 : 2][rng.random(n // 2) < 0.98] = 0  # mostly-zero low bytes
-    data[1 : (n // 2) * 2 : 2][rng.random(n // 2) < 0.5] = 0x3C
+    body = (n // width) * width
+    data[:body:width][rng.random(n // width) < 0.98] = 0  # mostly-zero low bytes
+    data[width - 1 : body : width][rng.random(n // width) < 0.5] = 0x3C
     ref = rng.integers(0, 256, n, dtype=np.uint8) if with_reference else None
     stored = data if ref is None else data ^ ref
-    stage = BytePlane(2, 0, codes)
+    stage = BytePlane(width, 0, codes)
     payload = stage.encode(stored.tobytes())
     out = np.empty(n, dtype=np.uint8)
-    assert native.kernels.bplane16_into(
-        out, payload, 0, "".join(codes), ref, np.empty(n, np.uint8), np.empty(n, np.uint8)
-    )
+    scratch = [np.empty(n, np.uint8) for _ in range(width)]
+    assert whole(out, payload, 0, "".join(codes), ref, *scratch)
     assert out.tobytes() == data.tobytes()
     out[:] = 0
     stage.decode_into(payload, out, ref)  # through the kernel
     assert out.tobytes() == data.tobytes()
+    assert bytes(decode_block(stage.to_spec(), payload)) == stored.tobytes()
     damaged = bytearray(payload)
     damaged[8] ^= 0xFF  # the first segment's length
-    scratch = np.empty(n, np.uint8), np.empty(n, np.uint8)
-    assert not native.kernels.bplane16_into(out, bytes(damaged), 0, "".join(codes), ref, *scratch)
+    assert not whole(out, bytes(damaged), 0, "".join(codes), ref, *scratch)
     with pytest.raises(type(corrupt("x"))):
         stage.decode_into(bytes(damaged), out, ref)
-    assert not native.kernels.bplane16_into(out, payload, 0, "hz", ref, *scratch)  # not its code
+    other = "hz" if width == 2 else "hhhz"
+    assert not whole(out, payload, 0, other, ref, *scratch)  # not its code
+
+
+@pytest.mark.parametrize("n", [4, 1001, 4096])
+def test_a_32_bit_block_with_a_zstd_plane_decodes_into_the_callers_memory(n):
+    """A plane the whole-block kernel does not take (zstd) sends decode_into to the per-plane
+    path: planes decoded one by one, then join4 with the reference, and the tail."""
+    rng = np.random.default_rng(n)
+    data = rng.integers(0, 256, n + 3, dtype=np.uint8)
+    ref = rng.integers(0, 256, n + 3, dtype=np.uint8)
+    stage = BytePlane(4, 1, ("r", "z1", "h", "s"))
+    payload = stage.encode((data ^ ref).tobytes())
+    out = np.empty(n + 3, dtype=np.uint8)
+    stage.decode_into(payload, out, ref)
+    assert out.tobytes() == data.tobytes()
 
 
 def test_whole_block_decode_declines_zstd_frames_and_the_python_path_decodes_them():

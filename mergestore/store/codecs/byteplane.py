@@ -67,6 +67,8 @@ FAST_LEVELS_UP_TO = 3
 
 _WORD = {1: "<u1", 2: "<u2", 4: "<u4", 8: "<u8"}  # numpy dtypes of little-endian words
 _N = struct.Struct("<Q")
+_SPLIT = {2: "split2", 4: "split4"}  # the C kernels of split_planes by word width
+_WHOLE = {2: "bplane16_into", 4: "bplane32_into"}  # and of a whole block's decode
 _tls = threading.local()  # per-thread plane buffers of decode_into (reused: pages already in)
 
 
@@ -102,15 +104,16 @@ def split_planes(body: Buffer, width: int, rot: int, reference: Buffer | None = 
 
     Row i holds byte i of every rotated word, followed by LITERAL_SLACK spare bytes (so the
     literal-only compressor can read past the end without a copy): use ``rows[i, :n_words]``.
-    For 16-bit words the C kernel `split2` does the XOR, rotation and split in one pass.
+    For 16- and 32-bit words the C kernels `split2` and `split4` do the XOR, rotation and
+    split in one pass.
     """
     words = np.frombuffer(body, dtype=_WORD[width])
     n_words = len(words)
     rows = np.empty((width, n_words + LITERAL_SLACK), dtype=np.uint8)
-    split2 = getattr(native.kernels, "split2", None)  # None: no kernels, or a build before it
-    if width == 2 and split2 is not None:
-        ref = None if reference is None else np.frombuffer(reference, dtype=np.uint16)
-        split2(rows, words, rot, ref)  # one pass, GIL released
+    split = _SPLIT.get(width) if native.kernels is not None else None
+    if split is not None:
+        ref = None if reference is None else np.frombuffer(reference, dtype=_WORD[width])
+        getattr(native.kernels, split)(rows, words, rot, ref)  # one pass, GIL released
         return rows
     if reference is not None:
         words = words ^ np.frombuffer(reference, dtype=_WORD[width])
@@ -146,6 +149,10 @@ def join_planes(planes: list[np.ndarray], width: int, rot: int) -> np.ndarray:
     elif width == 2 and native.kernels is not None:
         words = np.empty(len(planes[0]), dtype=np.uint16)
         native.kernels.join2(words, planes[0], planes[1], rot, None)  # one pass, GIL released
+        return words
+    elif width == 4 and native.kernels is not None:
+        words = np.empty(len(planes[0]), dtype=np.uint32)
+        native.kernels.join4(words, *planes, rot, None)  # one pass, GIL released
         return words
     elif width == 2 and rot <= 8:
         lo, hi = planes
@@ -341,7 +348,7 @@ class BytePlane(Stage):
     # -- decoding ---------------------------------------------------------------------------
 
     def decode(self, data: Buffer) -> Buffer:
-        if self.width == 2 and native.kernels is not None:
+        if self.width in _WHOLE and native.kernels is not None:
             # A fresh array filled by decode_into: one C call with the GIL released for the
             # usual plane codes (a merge's base blocks come this way, as delta references).
             view = memoryview(data).cast("B")
@@ -359,38 +366,42 @@ class BytePlane(Stage):
         return b"".join([words, tail])
 
     def decode_into(self, data: Buffer, out: np.ndarray, reference: Buffer | None) -> None:
-        """Decode a 16-bit payload straight into `out` (writable uint8, the block's length),
-        XORed with `reference` if given: the planes are joined (and XORed) by one C pass
-        into the caller's memory, with no intermediate block. Needs the C kernels.
+        """Decode a 16- or 32-bit payload straight into `out` (writable uint8, the block's
+        length), XORed with `reference` if given: the planes are joined (and XORed) by one C
+        pass into the caller's memory, with no intermediate block. Needs the C kernels.
 
-        Planes coded r, h or s decode in one C call with the GIL released (bplane16_into);
-        where it declines (a zstd plane, a frame it does not take, a damaged payload), the
-        calls below decode the block or raise the error that names what is wrong."""
-        assert self.width == 2 and native.kernels is not None
-        whole = getattr(native.kernels, "bplane16_into", None)  # None: an old build
+        Planes coded r, h or s decode in one C call with the GIL released (bplane16_into,
+        bplane32_into); where it declines (a zstd plane, a frame it does not take, a damaged
+        payload), the calls below decode the block or raise the error that names what is
+        wrong."""
+        w = self.width
+        assert w in _WHOLE and native.kernels is not None
         codes = "".join(self.planes)
-        if whole is not None and len(codes) == 2:
-            n_words = len(out) // 2
-            s0, s1 = _plane_buffer(0, n_words, True), _plane_buffer(1, n_words, True)
-            if whole(out, data, self.rot, codes, reference, s0, s1):
+        if len(codes) == w:
+            n_words = len(out) // w
+            scratch = [_plane_buffer(i, n_words, True) for i in range(w)]
+            if getattr(native.kernels, _WHOLE[w])(out, data, self.rot, codes, reference, *scratch):
                 return
-        # One sparse plane (an XOR delta's sign and exponent) is XORed straight into the
-        # joined words: no zeroed plane buffer to fill and read back.
-        sparse_at = self.planes.index("s") if self.planes.count("s") == 1 else None
+        # 16-bit: one sparse plane (an XOR delta's sign and exponent) is XORed straight into
+        # the joined words: no zeroed plane buffer to fill and read back.
+        sparse_at = None
+        if w == 2 and self.planes.count("s") == 1:
+            sparse_at = self.planes.index("s")
         planes, n_tail, tail = self._planes(data, scratch=True, keep_sparse=sparse_at)
-        n_words = len(planes[1 - sparse_at]) if sparse_at is not None else len(planes[0])
-        n = n_words * 2 + n_tail
+        dense = planes[1 - sparse_at] if sparse_at is not None else planes[0]
+        n = len(dense) * w + n_tail
         if len(out) != n or (reference is not None and memoryview(reference).nbytes != n):
             raise corrupt(f"bplane block of {n} bytes does not fit {len(out)} bytes")
         ref = None if reference is None else np.frombuffer(reference, dtype=np.uint8)
         body = n - n_tail
-        ref16 = None if ref is None else ref[:body].view(np.uint16)
-        words = out[:body].view(np.uint16)
+        ref_words = None if ref is None else ref[:body].view(_WORD[w])
+        words = out[:body].view(_WORD[w])
         if sparse_at is not None:
-            dense = planes[1 - sparse_at]
-            sparse.join_into(words, dense, sparse_at == 0, planes[sparse_at], self.rot, ref16)
+            sparse.join_into(words, dense, sparse_at == 0, planes[sparse_at], self.rot, ref_words)
+        elif w == 2:
+            native.kernels.join2(words, planes[0], planes[1], self.rot, ref_words)
         else:
-            native.kernels.join2(words, planes[0], planes[1], self.rot, ref16)
+            native.kernels.join4(words, *planes, self.rot, ref_words)
         if n_tail:
             t = np.frombuffer(tail, dtype=np.uint8)
             out[body:] = t if ref is None else t ^ ref[body:]

@@ -94,14 +94,14 @@ def decode_block_into(
     spec: str, payload: AnyBuffer, out: np.ndarray, *, reference: AnyBuffer | None = None
 ) -> None:
     """decode_block, writing the raw bytes into `out` (a writable uint8 array of the block's
-    length). 16-bit byte planes, XORed or not, decode straight into `out` with the C
+    length). 16- and 32-bit byte planes, XORed or not, decode straight into `out` with the C
     kernels (no intermediate block, no copy); any other chain decodes, then is copied."""
     stages = parse_spec(spec)
     last = stages[-1] if stages else None
     if (
         native.kernels is not None
         and isinstance(last, BytePlane)
-        and last.width == 2
+        and last.width in (2, 4)
         and (len(stages) == 1 or (len(stages) == 2 and isinstance(stages[0], XorDelta)))
     ):
         if len(stages) == 2 and reference is None:
