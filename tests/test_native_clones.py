@@ -39,6 +39,7 @@ TWIN_TESTS = [
     "tests/ops/test_cuts.py",
     "tests/codecs/test_huffman_literals.py",
     "tests/codecs/test_huffman_encode.py",
+    "tests/codecs/test_codecs_internals.py",  # byte planes: split, join, whole-block decode
 ]
 # Loads the build given as argv[1] as mergestore._native, then runs pytest on the rest.
 _CHILD = """
