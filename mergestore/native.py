@@ -95,7 +95,7 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
     "delta_stats.c": ("mergestore/diff.py", ("delta_stats",)),
     "byte_planes.c": (
         "mergestore/store/codecs/byteplane.py",
-        ("join2", "split2", "hist8", "plane_plan", "bplane16_into"),
+        ("join2", "split2", "hist8", "plane_plan", "bplane16_into", "estimate_ratio"),
     ),
     "byte_planes32.c": (
         "mergestore/store/codecs/byteplane.py",

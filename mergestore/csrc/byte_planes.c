@@ -262,6 +262,18 @@ PyObject *py_hist8(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* The order-0 entropy, in bits per byte, of n bytes counted in counts (summed in byte order). */
+static double entropy_bits(const int64_t *counts, int64_t n) {
+    double bits = 0.0;
+    for (int b = 0; b < 256; b++) {
+        if (counts[b] > 0) {
+            double p = (double)counts[b] / (double)n;
+            bits -= p * log2(p);
+        }
+    }
+    return bits;
+}
+
 /* plane_plan(data, step, zero_fraction, raw_bits, counts) -> int: the byte counts of
  * data[::step] into counts (a writable int64 array of 256, zeroed here), then the plane's code
  * as byteplane._plan_plane picks it from them: 0 sparse (counts[0] >= zero_fraction * the
@@ -285,17 +297,66 @@ PyObject *py_plane_plan(PyObject *self, PyObject *args) {
     if ((double)counts[0] >= zero_fraction * (double)n) {
         code = 0;
     } else {
-        double bits = 0.0;
-        for (int b = 0; b < 256; b++) {
-            if (counts[b] > 0) {
-                double p = (double)counts[b] / (double)n;
-                bits -= p * log2(p);
-            }
-        }
-        code = bits >= raw_bits ? 1 : 2;
+        code = entropy_bits(counts, n) >= raw_bits ? 1 : 2;
     }
     Py_END_ALLOW_THREADS
     release(&c);
     release(&d);
     return PyLong_FromLong(code);
+}
+
+/* byteplane.estimate_ratio's guess for 16- or 32-bit words: the words 0, step, 2 step, ...
+ * (below n_words) rotated left by rot; per byte plane of them 1.0 if the sample's order-0
+ * entropy is at least raw_bits, else min(1, bits / 8 * 1.02); their mean. */
+static double estimate_ratio(const uint8_t *d, Py_ssize_t n_words, int width, int rot,
+                             Py_ssize_t step, double raw_bits) {
+    int64_t counts[4][256];
+    memset(counts, 0, sizeof(counts));
+    int64_t m = 0;
+    for (Py_ssize_t j = 0; j < n_words; j += step, m++) {
+        uint32_t w;
+        if (width == 2) {
+            uint16_t h;
+            memcpy(&h, d + 2 * j, 2);
+            w = rot ? (uint16_t)((h << rot) | (h >> (16 - rot))) : h;
+        } else {
+            memcpy(&w, d + 4 * j, 4);
+            w = rot ? (w << rot) | (w >> (32 - rot)) : w;
+        }
+        for (int i = 0; i < width; i++) counts[i][(w >> (8 * i)) & 0xFF]++;
+    }
+    double total = 0.0;
+    for (int i = 0; i < width; i++) {
+        double bits = entropy_bits(counts[i], m);
+        double r = bits / 8 * 1.02;
+        total += bits >= raw_bits ? 1.0 : (r < 1.0 ? r : 1.0);
+    }
+    return total / width;
+}
+
+/* estimate_ratio(data, width, rot, step, raw_bits) -> float: estimate_ratio above over the
+ * whole words of data (width 2 or 4), with the GIL released; the numpy twin
+ * byteplane._estimate_ratio_numpy took ~240 us a 1 MiB block. */
+PyObject *py_estimate_ratio(PyObject *self, PyObject *args) {
+    PyObject *d_o;
+    int width, rot;
+    Py_ssize_t step;
+    double raw_bits;
+    if (!PyArg_ParseTuple(args, "Oiind", &d_o, &width, &rot, &step, &raw_bits)) return NULL;
+    if ((width != 2 && width != 4) || rot < 0 || rot >= 8 * width || step < 1) {
+        PyErr_SetString(PyExc_ValueError, "estimate_ratio: width 2 or 4, a rotation within the "
+                                          "word and a step of at least 1");
+        return NULL;
+    }
+    Buf d;
+    if (get_buf(d_o, &d, 0, 1, "data") < 0) return NULL;
+    Py_ssize_t n_words = d.view.len / width;
+    double ratio = 1.0;
+    if (n_words > 0) {
+        Py_BEGIN_ALLOW_THREADS
+        ratio = estimate_ratio(d.view.buf, n_words, width, rot, step, raw_bits);
+        Py_END_ALLOW_THREADS
+    }
+    release(&d);
+    return PyFloat_FromDouble(ratio);
 }

@@ -182,6 +182,9 @@ static PyMethodDef methods[] = {
     {"bplane16_into", py_bplane16_into, METH_VARARGS,
      "bplane16_into(out, payload, rot, codes, reference_or_None, scratch0, scratch1) -> bool: "
      "a 16-bit byte-plane block decoded into out; False: declined"},
+    {"estimate_ratio", py_estimate_ratio, METH_VARARGS,
+     "estimate_ratio(data, width, rot, step, raw_bits) -> float: byteplane.estimate_ratio's "
+     "guess from the words data[::step]"},
     {"join4", py_join4, METH_VARARGS, "join4(out, p0, p1, p2, p3, rot, reference_or_None)"},
     {"split4", py_split4, METH_VARARGS,
      "split4(rows, words, rot, reference_or_None): the byte planes of rotl32(words ^ reference)"},

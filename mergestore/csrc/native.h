@@ -428,6 +428,7 @@ PyObject *py_split2(PyObject *self, PyObject *args);
 PyObject *py_hist8(PyObject *self, PyObject *args);
 PyObject *py_plane_plan(PyObject *self, PyObject *args);
 PyObject *py_bplane16_into(PyObject *self, PyObject *args);
+PyObject *py_estimate_ratio(PyObject *self, PyObject *args);
 /* byte_planes32.c */
 PyObject *py_join4(PyObject *self, PyObject *args);
 PyObject *py_split4(PyObject *self, PyObject *args);

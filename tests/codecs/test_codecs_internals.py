@@ -177,6 +177,35 @@ def test_split_of_32_bit_words_and_its_join(rot, n, kernels, monkeypatch):
     assert np.array_equal(join_planes(planes, 4, rot), x)
 
 
+@pytest.mark.parametrize(("width", "rot"), [(2, 0), (2, 1), (2, 9), (4, 0), (4, 1), (4, 17)])
+@pytest.mark.parametrize("n", [1, 3001, 1 << 18])
+def test_estimate_ratio_kernel_matches_numpy(width, rot, n):
+    """The C estimate_ratio gives the numpy twin's guess (to rounding: its entropy sums in byte
+    order) on random, constant and float-like words, every sample step, a tail ignored."""
+    from mergestore import native
+    from mergestore.store.codecs import byteplane
+
+    if native.kernels is None:
+        pytest.skip("the C kernels are not built")
+    rng = np.random.default_rng(n + rot)
+    floats = rng.standard_normal(n).astype(np.float32)
+    words = {
+        "random": rng.integers(0, 256, n * width, dtype=np.uint8).tobytes(),
+        "zeros": bytes(n * width),
+        "floats": (floats if width == 4 else floats.view(np.uint32) >> 16)
+        .astype(np.float32 if width == 4 else np.uint16)
+        .tobytes(),
+    }
+    for kind, data in words.items():
+        data += b"\x01" * (width - 1)  # a partial word: not sampled
+        for sample_words in (8192, 100, 1):
+            view = memoryview(data)
+            step = max(1, n // sample_words)
+            got = byteplane.estimate_ratio(data, width, rot, sample_words)
+            want = byteplane._estimate_ratio_numpy(view, width, rot, step)
+            assert got == pytest.approx(want, abs=1e-12), (kind, sample_words)
+
+
 def _joined(payload) -> bytes:
     """A candidate's payload as bytes: a byte-plane payload is a tuple of parts (Encoded.parts)."""
     return b"".join(payload) if isinstance(payload, tuple) else bytes(payload)
