@@ -60,6 +60,21 @@ d1:
     return ret;
 }
 
+/* The header of a byte-plane payload of `width` planes (n as u64, then each segment's length
+ * as u32) checked against the block's n bytes and the payload's size, the segments and the
+ * tail included: 1 with the lengths in len, 0 if it does not check out or holds no word. */
+int bplane_header(const uint8_t *p, Py_ssize_t size, Py_ssize_t n, int width, uint32_t *len) {
+    const Py_ssize_t header = 8 + 4 * (Py_ssize_t)width;
+    if (size < header) return 0;
+    uint64_t nn;
+    memcpy(&nn, p, 8);
+    memcpy(len, p + 8, 4 * (size_t)width);
+    if (nn != (uint64_t)n || n / width == 0) return 0;
+    uint64_t total = (uint64_t)header + (uint64_t)(n % width);
+    for (int i = 0; i < width; i++) total += len[i];
+    return total == (uint64_t)size;
+}
+
 /* A whole 16-bit byte-plane block (codecs/byteplane.py's payload: n as u64, the two segment
  * lengths as u32, the segments, the tail byte) decoded into out[0:n], XORed with ref (may be
  * NULL): each plane raw ("r"), a literal-only Huffman frame ("h", into its scratch buffer) or
@@ -70,14 +85,9 @@ d1:
 static int bplane16_into(uint8_t *out, Py_ssize_t n, const uint8_t *p, Py_ssize_t size, int rot,
                          const char *codes, const uint8_t *ref, uint8_t *const scratch[2],
                          const Py_ssize_t scratch_n[2]) {
-    if (strlen(codes) != 2 || size < 16) return 0;
-    uint64_t nn;
     uint32_t len[2];
-    memcpy(&nn, p, 8);
-    memcpy(len, p + 8, 8);
+    if (strlen(codes) != 2 || !bplane_header(p, size, n, 2, len)) return 0;
     Py_ssize_t n_words = n / 2, n_tail = n % 2;
-    if (nn != (uint64_t)n || n_words == 0) return 0;
-    if (16 + (uint64_t)len[0] + len[1] + (uint64_t)n_tail != (uint64_t)size) return 0;
     const uint8_t *seg[2] = {p + 16, p + 16 + len[0]};
     const uint8_t *plane[2] = {NULL, NULL};
     int n_sparse = (codes[0] == 's') + (codes[1] == 's'), sparse_at = -1;
@@ -171,40 +181,49 @@ HOT static void split2(uint8_t *lo, uint8_t *hi, const uint16_t *w, Py_ssize_t n
     }
 }
 
+/* The arguments (rows, words, rot, reference_or_None) of split2 and split4, for words of
+ * `width` bytes: held in rows, w and ref (ref->held 0 for None), the words' count in *n and
+ * the rows' stride in *stride. -1 with the error set and nothing held if they do not fit. */
+int split_args(PyObject *args, int width, const char *name, Buf *rows, Buf *w, Buf *ref,
+               int *rot, Py_ssize_t *n, Py_ssize_t *stride) {
+    PyObject *rows_o, *w_o, *ref_o;
+    ref->held = 0;
+    if (!PyArg_ParseTuple(args, "OOiO", &rows_o, &w_o, rot, &ref_o)) return -1;
+    if (*rot < 0 || *rot >= 8 * width) {
+        PyErr_Format(PyExc_ValueError, "%s: rotation out of range", name);
+        return -1;
+    }
+    if (get_buf(rows_o, rows, 1, width, "rows") < 0) return -1;
+    if (get_buf(w_o, w, 0, width, "words") < 0) goto d1;
+    if (ref_o != Py_None && get_buf(ref_o, ref, 0, width, "reference") < 0) goto d2;
+    *n = w->view.len / width;
+    *stride = rows->view.len / width;
+    if (*stride >= *n && (!ref->held || ref->view.len == w->view.len)) return 0;
+    PyErr_Format(PyExc_ValueError, "%s: rows or reference do not fit the words", name);
+    release(ref);
+d2:
+    release(w);
+d1:
+    release(rows);
+    return -1;
+}
+
 /* split2(rows, words, rot, reference_or_None): rows is a writable C-contiguous uint8 array of
  * 2 rows of at least len(words) bytes each (the encoder's rows with literal slack); row 0 gets
  * the low bytes of the rotated (XORed) words, row 1 the high bytes. */
 PyObject *py_split2(PyObject *self, PyObject *args) {
-    PyObject *rows_o, *w_o, *ref_o;
+    Buf rows, w, ref;
     int rot;
-    if (!PyArg_ParseTuple(args, "OOiO", &rows_o, &w_o, &rot, &ref_o)) return NULL;
-    if (rot < 0 || rot > 15) {
-        PyErr_SetString(PyExc_ValueError, "split2: rotation out of range");
-        return NULL;
-    }
-    Buf rows, w, ref = {.held = 0};
-    PyObject *ret = NULL;
-    if (get_buf(rows_o, &rows, 1, 2, "rows") < 0) return NULL;
-    if (get_buf(w_o, &w, 0, 2, "words") < 0) goto d1;
-    if (ref_o != Py_None && get_buf(ref_o, &ref, 0, 2, "reference") < 0) goto d2;
-    Py_ssize_t n = w.view.len / 2, stride = rows.view.len / 2;
-    if (stride < n || (ref.held && ref.view.len != w.view.len)) {
-        PyErr_SetString(PyExc_ValueError, "split2: rows or reference do not fit the words");
-        goto d3;
-    }
+    Py_ssize_t n, stride;
+    if (split_args(args, 2, "split2", &rows, &w, &ref, &rot, &n, &stride) < 0) return NULL;
     uint8_t *lo = rows.view.buf;
     Py_BEGIN_ALLOW_THREADS
     split2(lo, lo + stride, w.view.buf, n, rot, ref.held ? ref.view.buf : NULL);
     Py_END_ALLOW_THREADS
-    ret = Py_None;
-    Py_INCREF(ret);
-d3:
     release(&ref);
-d2:
     release(&w);
-d1:
     release(&rows);
-    return ret;
+    Py_RETURN_NONE;
 }
 
 /* counts[b] += how many of p[0], p[step], p[2*step], ... (below n) equal b. Four interleaved

@@ -115,19 +115,11 @@ d1:
 static int bplane32_into(uint8_t *out, Py_ssize_t n, const uint8_t *p, Py_ssize_t size, int rot,
                          const char *codes, const uint8_t *ref, uint8_t *const scratch[4],
                          const Py_ssize_t scratch_n[4]) {
-    const Py_ssize_t header = 8 + 4 * 4;
-    if (strlen(codes) != 4 || size < header) return 0;
-    uint64_t nn;
     uint32_t len[4];
-    memcpy(&nn, p, 8);
-    memcpy(len, p + 8, 16);
+    if (strlen(codes) != 4 || !bplane_header(p, size, n, 4, len)) return 0;
     Py_ssize_t n_words = n / 4, n_tail = n % 4;
-    if (nn != (uint64_t)n || n_words == 0) return 0;
-    uint64_t total = (uint64_t)header + (uint64_t)n_tail;
-    for (int i = 0; i < 4; i++) total += len[i];
-    if (total != (uint64_t)size) return 0;
     const uint8_t *plane[4];
-    const uint8_t *seg = p + header;
+    const uint8_t *seg = p + 8 + 4 * 4;
     for (int i = 0; i < 4; seg += len[i], i++) {
         switch (codes[i]) {
         case 'r':
@@ -245,33 +237,15 @@ HOT static void split4(uint8_t *rows, Py_ssize_t stride, const uint32_t *restric
  * 4 rows of at least len(words) bytes each (the encoder's rows with literal slack); row i gets
  * byte i of the rotated (XORed) words. */
 PyObject *py_split4(PyObject *self, PyObject *args) {
-    PyObject *rows_o, *w_o, *ref_o;
+    Buf rows, w, ref;
     int rot;
-    if (!PyArg_ParseTuple(args, "OOiO", &rows_o, &w_o, &rot, &ref_o)) return NULL;
-    if (rot < 0 || rot > 31) {
-        PyErr_SetString(PyExc_ValueError, "split4: rotation out of range");
-        return NULL;
-    }
-    Buf rows, w, ref = {.held = 0};
-    PyObject *ret = NULL;
-    if (get_buf(rows_o, &rows, 1, 4, "rows") < 0) return NULL;
-    if (get_buf(w_o, &w, 0, 4, "words") < 0) goto d1;
-    if (ref_o != Py_None && get_buf(ref_o, &ref, 0, 4, "reference") < 0) goto d2;
-    Py_ssize_t n = w.view.len / 4, stride = rows.view.len / 4;
-    if (stride < n || (ref.held && ref.view.len != w.view.len)) {
-        PyErr_SetString(PyExc_ValueError, "split4: rows or reference do not fit the words");
-        goto d3;
-    }
+    Py_ssize_t n, stride;
+    if (split_args(args, 4, "split4", &rows, &w, &ref, &rot, &n, &stride) < 0) return NULL;
     Py_BEGIN_ALLOW_THREADS
     split4(rows.view.buf, stride, w.view.buf, n, rot, ref.held ? ref.view.buf : NULL);
     Py_END_ALLOW_THREADS
-    ret = Py_None;
-    Py_INCREF(ret);
-d3:
     release(&ref);
-d2:
     release(&w);
-d1:
     release(&rows);
-    return ret;
+    Py_RETURN_NONE;
 }

@@ -429,6 +429,11 @@ PyObject *py_hist8(PyObject *self, PyObject *args);
 PyObject *py_plane_plan(PyObject *self, PyObject *args);
 PyObject *py_bplane16_into(PyObject *self, PyObject *args);
 PyObject *py_estimate_ratio(PyObject *self, PyObject *args);
+/* byte_planes.c: a byte-plane payload's header, and the arguments of split2 and split4, for
+ * byte_planes32.c too */
+int bplane_header(const uint8_t *p, Py_ssize_t size, Py_ssize_t n, int width, uint32_t *len);
+int split_args(PyObject *args, int width, const char *name, Buf *rows, Buf *w, Buf *ref,
+               int *rot, Py_ssize_t *n, Py_ssize_t *stride);
 /* byte_planes32.c */
 PyObject *py_join4(PyObject *self, PyObject *args);
 PyObject *py_split4(PyObject *self, PyObject *args);
