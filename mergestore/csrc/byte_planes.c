@@ -14,13 +14,12 @@ HOT static void join2(uint16_t *out, const uint8_t *lo, const uint8_t *hi, Py_ss
     if (ref) {
         for (Py_ssize_t j = 0; j < n; j++) {
             uint16_t w = (uint16_t)(((uint16_t)hi[j] << 8) | lo[j]);
-            w = rot ? (uint16_t)((w >> rot) | (w << (16 - rot))) : w;
-            out[j] = w ^ ref[j];
+            out[j] = rotr16(w, rot) ^ ref[j];
         }
     } else {
         for (Py_ssize_t j = 0; j < n; j++) {
             uint16_t w = (uint16_t)(((uint16_t)hi[j] << 8) | lo[j]);
-            out[j] = rot ? (uint16_t)((w >> rot) | (w << (16 - rot))) : w;
+            out[j] = rotr16(w, rot);
         }
     }
 }
@@ -175,7 +174,7 @@ HOT static void split2(uint8_t *lo, uint8_t *hi, const uint16_t *w, Py_ssize_t n
                        const uint16_t *ref) {
     for (Py_ssize_t j = 0; j < n; j++) {
         uint16_t v = ref ? (uint16_t)(w[j] ^ ref[j]) : w[j];
-        v = rot ? (uint16_t)((v << rot) | (v >> (16 - rot))) : v;
+        v = rotl16(v, rot);
         lo[j] = (uint8_t)v;
         hi[j] = (uint8_t)(v >> 8);
     }
@@ -337,10 +336,10 @@ static double estimate_ratio(const uint8_t *d, Py_ssize_t n_words, int width, in
         if (width == 2) {
             uint16_t h;
             memcpy(&h, d + 2 * j, 2);
-            w = rot ? (uint16_t)((h << rot) | (h >> (16 - rot))) : h;
+            w = rotl16(h, rot);
         } else {
             memcpy(&w, d + 4 * j, 4);
-            w = rot ? (w << rot) | (w >> (32 - rot)) : w;
+            w = rotl32(w, rot);
         }
         for (int i = 0; i < width; i++) counts[i][(w >> (8 * i)) & 0xFF]++;
     }

@@ -8,10 +8,6 @@
 #include <emmintrin.h>
 #endif
 
-static inline uint32_t rotr32(uint32_t w, int rot) {
-    return rot ? (w >> rot) | (w << (32 - rot)) : w;
-}
-
 /* Four byte buffers (writable if asked); -1 with the error set and none held if one is not. */
 static int get_four(PyObject *const objs[4], Buf b[4], int writable, const char *what) {
     for (int i = 0; i < 4; i++) {
@@ -187,10 +183,6 @@ d2:
 d1:
     release(&out);
     return ret;
-}
-
-static inline uint32_t rotl32(uint32_t w, int rot) {
-    return rot ? (w << rot) | (w >> (32 - rot)) : w;
 }
 
 /* rows[i][j] = byte i of rotl32(w[j] ^ ref[j], rot) (ref may be NULL), rows `stride` apart.

@@ -29,11 +29,11 @@ ALWAYS_INLINE static inline void finish32(void *out, int out_fmt, Py_ssize_t s, 
 
 /* ------------------------------------------------------------------ few inputs, one format */
 
-/* 1 to 4 inputs, all of format fmt: the register loops of merge_few32.h, for bf16 and fp32
- * (fp16 stays on the tile loops, whose widen() converts with F16C: f16_to_f32 in a register
- * loop measured 2x slower than them). */
+/* 1 to 4 inputs, all of format fmt, bf16 or fp32: the register loops of merge_few32.h (fp16
+ * stays on the tile loops, whose widen() converts with F16C: f16_to_f32 in a register loop
+ * measured 2x slower than them). */
 static inline int few_of(const int *fmts, Py_ssize_t k, int fmt) {
-    if (k < 1 || k > 4) return 0;
+    if (k < 1 || k > 4 || fmt == FMT_F16) return 0;
     for (Py_ssize_t i = 0; i < k; i++)
         if (fmts[i] != fmt) return 0;
     return 1;
@@ -65,7 +65,7 @@ HOT4 static void gta_sum32(void *out, int out_fmt, const void *base, int base_fm
                           const void **xs, const int *fmts, Py_ssize_t k, const float *w,
                           int deltas, Py_ssize_t n, float divisor, int normalize, float lam,
                           int has_lam) {
-    if (!deltas && base_fmt != FMT_F16 && few_of(fmts, k, base_fmt)) {
+    if (!deltas && few_of(fmts, k, base_fmt)) {
         if (base_fmt == FMT_BF16)
             gta_sum32_few_bf16(out, out_fmt, base, xs, k, w, n, divisor, normalize, lam, has_lam);
         else
@@ -259,7 +259,7 @@ HOT4 static int gta_keep32(void *out, int out_fmt, const void *base, int base_fm
  * addcmul_ is fused), acc / wsum if normalize, stored in the output format. */
 HOT4 static void linear32(void *out, int out_fmt, const void **xs, const int *fmts, Py_ssize_t k,
                          const float *w, Py_ssize_t n, int normalize, float wsum) {
-    if (k >= 1 && fmts[0] != FMT_F16 && few_of(fmts, k, fmts[0])) {
+    if (k >= 1 && few_of(fmts, k, fmts[0])) {
         if (fmts[0] == FMT_BF16)
             linear32_few_bf16(out, out_fmt, xs, k, w, n, normalize, wsum);
         else

@@ -91,6 +91,23 @@
     default: LOOP(T(0); T(1); T(2); T(3)); break;                                              \
     }
 
+/* ------------------------------------------------------------------ rotations */
+
+/* Words rotated left or right by rot bits, 0 <= rot < their width (0 leaves them): the byte
+ * planes' rotation (byte_planes.c, byte_planes32.c, sparse_planes.c). */
+static inline uint16_t rotl16(uint16_t w, int rot) {
+    return rot ? (uint16_t)((w << rot) | (w >> (16 - rot))) : w;
+}
+static inline uint16_t rotr16(uint16_t w, int rot) {
+    return rot ? (uint16_t)((w >> rot) | (w << (16 - rot))) : w;
+}
+static inline uint32_t rotl32(uint32_t w, int rot) {
+    return rot ? (w << rot) | (w >> (32 - rot)) : w;
+}
+static inline uint32_t rotr32(uint32_t w, int rot) {
+    return rot ? (w >> rot) | (w << (32 - rot)) : w;
+}
+
 /* ------------------------------------------------------------------ conversions */
 
 static inline float bf16_to_f32(uint16_t h) {

@@ -124,16 +124,15 @@ HOT static int join2_sparse(uint16_t *out, const uint8_t *dense, Py_ssize_t n, i
     Listing l;
     if (listing_open(&l, src, size, n) < 0) return -1;
     const int dshift = dense_hi ? 8 : 0, sshift = dense_hi ? 0 : 8;
-#define ROTR(w) (rot ? (uint16_t)(((w) >> rot) | ((w) << (16 - rot))) : (uint16_t)(w))
     if (ref) {
         for (Py_ssize_t j = 0; j < n; j++) {
             uint16_t w = (uint16_t)((uint16_t)dense[j] << dshift);
-            out[j] = ROTR(w) ^ ref[j];
+            out[j] = rotr16(w, rot) ^ ref[j];
         }
     } else {
         for (Py_ssize_t j = 0; j < n; j++) {
             uint16_t w = (uint16_t)((uint16_t)dense[j] << dshift);
-            out[j] = ROTR(w);
+            out[j] = rotr16(w, rot);
         }
     }
     Py_ssize_t pos = -1;
@@ -141,9 +140,8 @@ HOT static int join2_sparse(uint16_t *out, const uint8_t *dense, Py_ssize_t n, i
         uint8_t v;
         if ((pos = listing_next(&l, i, pos, &v)) < 0) return -1;
         uint16_t w = (uint16_t)((uint16_t)v << sshift);
-        out[pos] ^= ROTR(w);
+        out[pos] ^= rotr16(w, rot);
     }
-#undef ROTR
     return l.gap == l.end ? 0 : -1;
 }
 
