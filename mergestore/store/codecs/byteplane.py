@@ -356,8 +356,13 @@ class BytePlane(Stage):
 
     # -- decoding ---------------------------------------------------------------------------
 
+    @property
+    def decodes_into(self) -> bool:
+        """decode_into runs: 16- or 32-bit words, and the C kernels built."""
+        return self.width in _WHOLE and native.kernels is not None
+
     def decode(self, data: Buffer) -> Buffer:
-        if self.width in _WHOLE and native.kernels is not None:
+        if self.decodes_into:
             # A fresh array filled by decode_into: one C call with the GIL released for the
             # usual plane codes (a merge's base blocks come this way, as delta references).
             view = memoryview(data).cast("B")
@@ -383,8 +388,8 @@ class BytePlane(Stage):
         bplane32_into); where it declines (a zstd plane, a frame it does not take, a damaged
         payload), the calls below decode the block or raise the error that names what is
         wrong."""
+        assert self.decodes_into
         w = self.width
-        assert w in _WHOLE and native.kernels is not None
         codes = "".join(self.planes)
         if len(codes) == w:
             n_words = len(out) // w

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from functools import cached_property
 
-from mergestore import native
 from mergestore.fast_dataclass import dataclass
 from mergestore.lazy_numpy import np  # numpy is imported on first use
 
@@ -99,9 +98,8 @@ def decode_block_into(
     stages = parse_spec(spec)
     last = stages[-1] if stages else None
     if (
-        native.kernels is not None
-        and isinstance(last, BytePlane)
-        and last.width in (2, 4)
+        isinstance(last, BytePlane)
+        and last.decodes_into
         and (len(stages) == 1 or (len(stages) == 2 and isinstance(stages[0], XorDelta)))
     ):
         if len(stages) == 2 and reference is None:
