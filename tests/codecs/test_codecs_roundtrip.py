@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from codec_data import DTYPES, finetune_bf16, weights
 
+from mergestore import native
 from mergestore.store.codecs import (
     decode_block,
     decode_block_into,
@@ -164,8 +165,6 @@ def test_bad_arguments():
 
 def test_decode_into_without_the_c_kernels(monkeypatch):
     """The same bytes where the extension is not built (the generic decode, then a copy)."""
-    from mergestore import native
-
     base = weights("BF16", 4097, seed=4)
     ft = finetune_bf16(base, 1e-2)
     monkeypatch.setattr(native, "kernels", None)
@@ -190,11 +189,11 @@ def test_decode_into_refuses_a_wrong_size_or_a_corrupt_payload():
         decode_block_into(enc.spec, bad, np.empty(len(raw), np.uint8))
 
 
+@pytest.mark.needs(native.kernels is not None, "the C kernels are not built")
 def test_decode_of_16_bit_planes_matches_the_generic_path(monkeypatch):
     """decode_block of 16-bit byte planes (a merge's base blocks, read as delta references)
     runs the whole-block C kernel into a fresh array: the same bytes as the generic path for
     dense, sparse and odd-length blocks, and a damaged payload still raises CorruptionError."""
-    from mergestore import native
     from mergestore.errors import CorruptionError
 
     base = weights("BF16", 4097, seed=6)  # an odd length: a tail byte
@@ -206,7 +205,6 @@ def test_decode_of_16_bit_planes_matches_the_generic_path(monkeypatch):
         assert enc.spec.startswith("bplane:w=2")
         payloads.append((enc.spec, bytes(enc.payload), raw))
     kernels = native.kernels
-    assert kernels is not None
     whole, calls = kernels.bplane16_into, []
     monkeypatch.setattr(kernels, "bplane16_into", lambda *a: calls.append(1) or whole(*a))
     for spec, payload, raw in payloads:
