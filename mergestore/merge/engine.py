@@ -91,7 +91,7 @@ class TensorTask:
     input_models: list[int]  # model index of each input
     reference: TensorRecord | None  # the base model's tensor: stands in for omitted blocks
     selected: list[frozenset[int] | None]  # per input: blocks to read (None: all)
-    first_block: int = 0  # a piece of a larger tensor (run.py): where it starts, in blocks
+    first_row: int = 0  # a piece of a larger tensor (pieces.py): the row it starts at
 
 
 @dataclass
@@ -804,7 +804,7 @@ class Engine:
                     r if r is not None and len(ld.ref_raw[r]) == len(raw) else None
                     for r, raw in zip(ld.out_refs, raws, strict=True)
                 ]
-        at = ld.task.first_block * blocking.rows_per_block * blocking.row_bytes
+        at = ld.task.first_row * blocking.row_bytes  # the output's rows: its own blocking
         # More than one thread only for a task merged alone (nothing else runs beside it).
         prepared = sink.prepare_blocks(raws, dtype, refs, ld.ref_raw, ld.workers, (name, at))
         delta_sq = None

@@ -115,7 +115,7 @@ def _piece(task: TensorTask, b0: int, b1: int) -> TensorTask:
             None if s is None else frozenset(i - b0 for i in s if b0 <= i < b1)
             for s in task.selected
         ],
-        task.first_block + b0,
+        task.first_row + b0 * _shape_record(task).rows_per_block,
     )
 
 
@@ -129,17 +129,19 @@ LANE_ELEMENTS = 64  # pieces start on a multiple of this: every element keeps it
 def elementwise_pieces(
     task: TensorTask, out_dtype: str | None, block_size: int
 ) -> list[tuple[int, int, bool]] | None:
-    """Runs of PIECE_BLOCKS blocks for a large tensor of an elementwise method; None: whole.
+    """Runs of about PIECE_BLOCKS blocks for a large tensor of an elementwise method; None:
+    merge it whole.
 
     Every input, the base and the reference must be cut into the same rows (same shape and
-    rows per block), and so must the output (its dtype as wide as the inputs'). Each piece is
-    then merged alone and its output blocks are exactly the whole tensor's.
+    rows per block). The output may be blocked otherwise (fp32 inputs, a bf16 output: twice
+    the rows a block): pieces then start on rows where both blockings start a block, so each
+    piece, merged alone, gives exactly the whole tensor's output blocks.
     """
     if task.plan.copy_from is not None or not task.inputs:
         return None
     recs = [r for r in (task.base, task.reference, *task.inputs) if r is not None]
     first = recs[0]
-    if not first.shape or len(first.blocks) < 2 * PIECE_BLOCKS:
+    if not first.shape:
         return None
     for r in recs:
         if r.shape != first.shape or r.rows_per_block != first.rows_per_block:
@@ -148,12 +150,14 @@ def elementwise_pieces(
             return None
     out_size = DTYPE_SIZES[out_dtype] if out_dtype is not None else DTYPE_SIZES[first.dtype]
     out_rows = tensor_blocking(tuple(first.shape), out_size, block_size).rows_per_block
-    if out_rows != first.rows_per_block:
-        return None
-    if (first.rows_per_block * math.prod(first.shape[1:])) % LANE_ELEMENTS:
-        return None
+    common = math.lcm(first.rows_per_block, out_rows) // first.rows_per_block  # in blocks
+    piece = common * max(1, PIECE_BLOCKS // common)
     n = len(first.blocks)
-    return [(b0, min(n, b0 + PIECE_BLOCKS), False) for b0 in range(0, n, PIECE_BLOCKS)]
+    if n < 2 * piece:
+        return None
+    if (piece * first.rows_per_block * math.prod(first.shape[1:])) % LANE_ELEMENTS:
+        return None
+    return [(b0, min(n, b0 + piece), False) for b0 in range(0, n, piece)]
 
 
 def run_tasks(
@@ -219,18 +223,21 @@ def run_tasks(
             continue
         ref = _shape_record(t)
         blocks: list[bytes] = []
-        dtype = ref.dtype
+        dtype = ref.dtype  # the base's where some blocks are (see base_pieces)
+        rows: set[int] = set()  # rows per output block: one blocking for the whole tensor
         for b0, b1, from_base in runs:
             if from_base:
                 assert t.reference is not None
                 blocks.extend(t.reference.blocks[b0:b1])
+                rows.add(ref.rows_per_block)
             else:
                 piece = next(it)
-                assert piece.rows_per_block == ref.rows_per_block
-                dtype = piece.dtype  # the base's where some blocks are (see base_pieces)
+                dtype = piece.dtype
                 blocks.extend(piece.blocks)
+                rows.add(piece.rows_per_block)
+        assert len(rows) == 1, rows
         outputs.append(
-            OutputTensor(t.plan.name, dtype, tuple(ref.shape), ref.rows_per_block, tuple(blocks))
+            OutputTensor(t.plan.name, dtype, tuple(ref.shape), rows.pop(), tuple(blocks))
         )
     return outputs, stats, taken
 
