@@ -148,7 +148,7 @@ def zstd_literals(padded: np.ndarray, n: int) -> Buffer | None:
 
 def decompress_literals_into(frame: Buffer, out: np.ndarray) -> bool:
     """Decode a literal-only frame into `out` (writable uint8, the frame's content size) with
-    the C kernel `huf_literals` (csrc/huffman_literals.c: up to 4 symbols per table lookup, no
+    the C kernel `huf_literals` (csrc/huffman_literals.c: up to 8 symbols per table lookup, no
     fresh output buffer); False if it declined (no kernels, another kind of frame, or a
     damaged one): then decode with zstd, which gives the same bytes or raises its error."""
     kernel = getattr(native.kernels, "huf_literals", None)  # None: no kernels, or an old build
