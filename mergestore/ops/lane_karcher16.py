@@ -60,7 +60,11 @@ def reason(numel: int | None) -> str | None:
     if numel is None or numel < 8 or numel % 8:
         return "karcher: a tensor of fewer than 8, or not a multiple of 8, elements"
     if not torch_runs_avx2():
-        return "karcher in bf16 compute: torch's bf16 dot here is not its AVX2 kernel"
+        return (
+            "karcher in bf16 compute: torch's bf16 dot here is not its AVX2 kernel (on AVX-512 "
+            "CPUs torch.dot of more than 4096 bf16 elements runs in oneDNN, whose order the "
+            "lane does not reproduce)"
+        )
     why = lm.missing("BF16")  # the step's fp32 cos and sin: lm.bf16_of_func32, at merge time
     return f"karcher: {why}" if why else None
 
