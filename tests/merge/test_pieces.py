@@ -39,9 +39,21 @@ def store32(tmp_path_factory: pytest.TempPathFactory) -> Store:
     s.close()
 
 
-def _merge_both_ways(s: Store, monkeypatch, tmp_path, kw: dict, tag: str) -> tuple[int, int]:
+def _merge_both_ways(
+    s: Store, monkeypatch, tmp_path, method, base, params, dtype, out_dtype
+) -> tuple[int, int]:
     """Merge in pieces (writing the folder too) and whole; the same tree, the folder equal to
     the commit's checkout, replay identical. Returns the engine's task counts, both ways."""
+    kw = dict(
+        method=method,
+        base=base,
+        models=["dense_small", "frozen", "uneven0"],
+        weights=[0.5, 0.3, 0.4],
+        params=params,
+        dtype=dtype,
+        out_dtype=out_dtype,
+    )
+    tag = f"{method}-{dtype}-{out_dtype}"
     counts: list[int] = []
     real_run = Engine.run
 
@@ -78,16 +90,9 @@ def _merge_both_ways(s: Store, monkeypatch, tmp_path, kw: dict, tag: str) -> tup
 def test_pieces_give_the_whole_tensors_blocks(
     store: Store, monkeypatch: pytest.MonkeyPatch, tmp_path, method, base, params, dtype, out_dtype
 ) -> None:
-    kw = dict(
-        method=method,
-        base=base,
-        models=["dense_small", "frozen", "uneven0"],
-        weights=[0.5, 0.3, 0.4],
-        params=params,
-        dtype=dtype,
-        out_dtype=out_dtype,
+    cut, whole = _merge_both_ways(
+        store, monkeypatch, tmp_path, method, base, params, dtype, out_dtype
     )
-    cut, whole = _merge_both_ways(store, monkeypatch, tmp_path, kw, f"{method}-{dtype}-{out_dtype}")
     n_tensors = len(store.tensors("main"))
     if method == "ties":
         assert cut == whole == n_tensors
@@ -109,17 +114,8 @@ def test_pieces_give_the_whole_tensors_blocks(
 def test_pieces_of_fp32_inputs_for_any_output(
     store32: Store, monkeypatch: pytest.MonkeyPatch, tmp_path, method, base, dtype, out_dtype
 ) -> None:
-    kw = dict(
-        method=method,
-        base=base,
-        models=["dense_small", "frozen", "uneven0"],
-        weights=[0.5, 0.3, 0.4],
-        params={},
-        dtype=dtype,
-        out_dtype=out_dtype,
-    )
     cut, whole = _merge_both_ways(
-        store32, monkeypatch, tmp_path, kw, f"{method}-{dtype}-{out_dtype}"
+        store32, monkeypatch, tmp_path, method, base, {}, dtype, out_dtype
     )
     assert cut > whole == len(store32.tensors("main"))
 
