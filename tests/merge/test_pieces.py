@@ -125,14 +125,15 @@ def test_piece_boundaries_respect_both_blockings() -> None:
     that starts a block of both (the lcm of the two), close to PIECE_BLOCKS input blocks."""
     import math
 
+    from mergestore.formats.safetensors import DTYPE_SIZES
     from mergestore.merge.engine import TensorTask
     from mergestore.store.blocks import tensor_blocking
     from mergestore.store.objects import TensorRecord
 
-    def rec(shape, dtype, size, block):
-        b = tensor_blocking(shape, size, block)
+    def rec(shape, dtype, block):
+        b = tensor_blocking(shape, DTYPE_SIZES[dtype], block)
         n = math.ceil(shape[0] / b.rows_per_block)
-        nbytes = math.prod(shape) * size
+        nbytes = math.prod(shape) * DTYPE_SIZES[dtype]
         return TensorRecord(
             name="t",
             dtype=dtype,
@@ -146,16 +147,16 @@ def test_piece_boundaries_respect_both_blockings() -> None:
     class Plan:
         copy_from = None
 
-    for shape, dtype, size, out in (
-        ((4000, 64), "F32", 4, "BF16"),  # 16 rows a block in, 32 out
-        ((4000, 64), "BF16", 2, "F32"),  # 32 in, 16 out
-        ((4000, 96), "F32", 4, "BF16"),  # 10 in, 21 out: 210-row steps
+    for shape, dtype, out in (
+        ((4000, 64), "F32", "BF16"),  # 16 rows a block in, 32 out
+        ((4000, 64), "BF16", "F32"),  # 32 in, 16 out
+        ((4000, 96), "F32", "BF16"),  # 10 in, 21 out: 210-row steps
     ):
-        r = rec(shape, dtype, size, 4096)
+        r = rec(shape, dtype, 4096)
         task = TensorTask(Plan(), None, [r, r], [0, 1], None, [None, None])
         runs = pieces_mod.elementwise_pieces(task, out, 4096)
         assert runs is not None and len(runs) > 1
-        out_rows = tensor_blocking(shape, 2 if out == "BF16" else 4, 4096).rows_per_block
+        out_rows = tensor_blocking(shape, DTYPE_SIZES[out], 4096).rows_per_block
         assert runs[0][0] == 0 and runs[-1][1] == len(r.blocks)
         for (_, b1, _), (b0, _, _) in zip(runs, runs[1:], strict=False):
             assert b1 == b0
