@@ -74,6 +74,8 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
             "karcher16_scale",
             "karcher16_first",
             "karcher16_dots",
+            "karcher16_dots_amx",
+            "amx_bf16_ready",
             "karcher16_tangent",
             "karcher16_update",
             "karcher16_out",

@@ -11,8 +11,9 @@
  * accumulators added as a tree (r + 4, then + 2, then + 1) and the lanes by torch's
  * vec_reduce_all (l + 4, then + 2, then + 1); then the 16-element vectors after the last whole
  * block into one more accumulator (low half then high half), reduced the same way and added;
- * then each remaining element's product added in order. Only CPUs where torch runs its AVX2
- * kernels take this lane (lane_karcher16.reason()). */
+ * then each remaining element's product added in order (ATen's AVX-512 build sums a bf16 dot
+ * in the same order). Above 4096 elements, on AVX-512 CPUs, torch.dot is oneDNN's: its AMX
+ * form is below (k16_dots_amx); lane_karcher16.reason() says where the lane runs. */
 #include "formats.h"
 
 #include "torch_norm.h"
@@ -168,6 +169,120 @@ HOT static void k16_dots(uint16_t *mean, int divide, float d, const uint16_t **u
     }
     for (Py_ssize_t i = 0; i < k; i++) dots[i] = dot16_end(&st[i]);
 }
+
+/* ------------------------------------------------------------------ oneDNN's dot on AMX */
+
+/* On CPUs with AVX-512 (bw, vl, dq), torch.dot of more than 4096 bf16 elements is not ATen's
+ * kernel above but a oneDNN matmul, 1 x n by n x 1 (ATen's mkldnn_matmul); on CPUs with AMX
+ * oneDNN runs it as brg_matmul on AMX tiles. Its result: n cut into chunks (the chunk size
+ * comes from the Python side: lane_karcher16.onednn_chunk), each chunk's sum taken from a
+ * zeroed fp32 tile by tdpbf16ps over 32 elements at a time (the tail of the last chunk in one
+ * shorter step), the chunk sums added in order in fp32, then rounded to bf16. The instruction's
+ * own arithmetic (it rounds differently from a sequential fp32 sum, flushes subnormals) is
+ * what the bits need, so this runs the instruction itself: one tile row per input, the mean
+ * read as a column of pairs (a 4-byte-wide tile of stride 4, the chunk's bytes as they lie). */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11
+#include <sys/syscall.h>
+#include <unistd.h>
+#define AMX_TARGET __attribute__((target("amx-tile,amx-bf16")))
+/* GCC's tile builtins do not tell it that they read memory: a barrier keeps stores before
+ * them (the tile configuration, a tail) from being dropped or moved past them. */
+#define TILE_BARRIER __asm__ volatile("" ::: "memory")
+#define AMX_ROWS 16
+
+typedef struct {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} TileConfig;
+
+/* 1 if the CPU has AMX-BF16 and Linux lets this process use its tile data (asked once). */
+static int amx_ready(void) {
+    static int ready = -1;
+    if (ready < 0) {
+        __builtin_cpu_init();
+        unsigned a, b, c, d;
+        __asm__("cpuid" : "=a"(a), "=b"(b), "=c"(c), "=d"(d) : "a"(7), "c"(0));
+        int has = (d >> 22 & 1) && (d >> 24 & 1); /* AMX-BF16, AMX-TILE */
+        /* ARCH_REQ_XCOMP_PERM (0x1023) for XFEATURE_XTILEDATA (18) */
+        ready = has && syscall(SYS_arch_prctl, 0x1023, 18) == 0;
+    }
+    return ready;
+}
+
+/* Tiles: 0 the sums (rows x 1 fp32), 1 the inputs (rows x k bf16), 2 the mean (k / 2 x 1 pair). */
+AMX_TARGET static void amx_configure(int rows, int k) {
+    TileConfig cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.palette = 1;
+    cfg.rows[0] = (uint8_t)rows, cfg.colsb[0] = 4;
+    cfg.rows[1] = (uint8_t)rows, cfg.colsb[1] = (uint16_t)(2 * k);
+    cfg.rows[2] = (uint8_t)(k / 2), cfg.colsb[2] = 4;
+    TILE_BARRIER;
+    _tile_loadconfig(&cfg);
+    TILE_BARRIER;
+}
+
+/* sums[r] = oneDNN's dot of mean and row r (rows at u, stride elements apart) over j .. e, e - j
+ * a multiple of 8, from a zeroed tile (config: rows x 32 on entry and exit). */
+AMX_TARGET static void amx_chunk(const uint16_t *mean, const uint16_t *u, Py_ssize_t stride,
+                                 int rows, Py_ssize_t j, Py_ssize_t e, float *sums) {
+    float c[AMX_ROWS];
+    _tile_zero(0);
+    for (; j + 32 <= e; j += 32) {
+        TILE_BARRIER;
+        _tile_loadd(1, u + j, 2 * stride);
+        _tile_loadd(2, mean + j, 4);
+        _tile_dpbf16ps(0, 1, 2);
+    }
+    _tile_stored(0, c, 4);
+    TILE_BARRIER;
+    if (j < e) { /* the tail: one step of e - j elements */
+        amx_configure(rows, (int)(e - j));
+        _tile_loadd(0, c, 4);
+        _tile_loadd(1, u + j, 2 * stride);
+        _tile_loadd(2, mean + j, 4);
+        _tile_dpbf16ps(0, 1, 2);
+        _tile_stored(0, c, 4);
+        TILE_BARRIER;
+        amx_configure(rows, 32);
+    }
+    memcpy(sums, c, sizeof(float) * (size_t)rows);
+}
+
+/* dots[r] = oneDNN's torch.dot(mean, row r) for rows rows of u, stride elements apart. */
+AMX_TARGET static void amx_dots(const uint16_t *mean, const uint16_t *u, Py_ssize_t stride,
+                                int rows, Py_ssize_t n, Py_ssize_t chunk, float *dots) {
+    float sums[AMX_ROWS];
+    amx_configure(rows, 32);
+    for (Py_ssize_t s = 0; s < n; s += chunk) {
+        amx_chunk(mean, u, stride, rows, s, s + chunk < n ? s + chunk : n, sums);
+        for (int r = 0; r < rows; r++) dots[r] = s ? dots[r] + sums[r] : sums[r];
+    }
+    _tile_release();
+}
+
+/* dots[i] = oneDNN's torch.dot(mean, u_i): the inputs in groups of rows evenly spaced in
+ * memory (up to 16 a tile), one pass over the mean per group. */
+static void k16_dots_amx(const uint16_t *mean, const uint16_t **u, Py_ssize_t k, Py_ssize_t n,
+                         Py_ssize_t chunk, float *dots) {
+    for (Py_ssize_t i = 0; i < k;) {
+        Py_ssize_t rows = 1, stride = k > i + 1 ? u[i + 1] - u[i] : n;
+        while (i + rows < k && rows < AMX_ROWS && u[i + rows] - u[i + rows - 1] == stride &&
+               stride >= n)
+            rows++;
+        if (rows == 1) stride = n;
+        amx_dots(mean, u[i], stride, (int)rows, n, chunk, dots + i);
+        i += rows;
+    }
+}
+#else
+static int amx_ready(void) { return 0; }
+static void k16_dots_amx(const uint16_t *mean, const uint16_t **u, Py_ssize_t k, Py_ssize_t n,
+                         Py_ssize_t chunk, float *dots) {
+    (void)mean, (void)u, (void)k, (void)n, (void)chunk, (void)dots;
+}
+#endif
 
 /* units_i = r16(x_i / norm_i) and mean = 0 + r16(u_0 * a_0) + r16(u_1 * a_1) + ..., each sum
  * rounded, in one pass; returns |mean| if with_norm, else 0 (a caller that splits the columns
@@ -361,6 +476,46 @@ PyObject *py_karcher16_dots(PyObject *self, PyObject *args) {
     release_bufs(ub, k);
     release(&m);
     return ok ? floats_to_list(dots, k) : NULL;
+}
+
+/* karcher16_dots_amx(mean, d or None, units, chunk) -> [oneDNN's torch.dot(mean, u_i)] on
+ * AMX, mean /= d first if given; chunk: lane_karcher16.onednn_chunk(n) */
+PyObject *py_karcher16_dots_amx(PyObject *self, PyObject *args) {
+    PyObject *m_o, *d_o, *u_o;
+    Py_ssize_t chunk;
+    if (!PyArg_ParseTuple(args, "OOOn", &m_o, &d_o, &u_o, &chunk)) return NULL;
+    if (!amx_ready()) {
+        PyErr_SetString(PyExc_RuntimeError, "no AMX-BF16 tiles on this CPU or for this process");
+        return NULL;
+    }
+    double d = 1.0;
+    int divide = d_o != Py_None;
+    if (divide && (d = PyFloat_AsDouble(d_o)) == -1.0 && PyErr_Occurred()) return NULL;
+    Py_ssize_t n = -1, k = 0;
+    Buf m, ub[K16_MAX];
+    uint16_t *u[K16_MAX];
+    float dots[K16_MAX];
+    if (get_bf16(m_o, &n, 1, &m, "mean") < 0) return NULL;
+    int ok = get_bf16_list(u_o, &n, 0, ub, u, &k, "units") == 0;
+    if (ok && (n % 8 || chunk <= 0 || chunk % 32)) {
+        PyErr_SetString(PyExc_ValueError, "n must be a multiple of 8, chunk of 32");
+        ok = 0;
+    }
+    if (ok) {
+        Py_BEGIN_ALLOW_THREADS
+        if (divide) k16_scale(m.view.buf, m.view.buf, n, (float)d);
+        k16_dots_amx(m.view.buf, (const uint16_t **)u, k, n, chunk, dots);
+        Py_END_ALLOW_THREADS
+    }
+    release_bufs(ub, k);
+    release(&m);
+    return ok ? floats_to_list(dots, k) : NULL;
+}
+
+/* amx_bf16_ready() -> True if karcher16_dots_amx can run here */
+PyObject *py_amx_bf16_ready(PyObject *self, PyObject *args) {
+    (void)self, (void)args;
+    return PyBool_FromLong(amx_ready());
 }
 
 /* karcher16_norm(x) -> |x| */

@@ -389,6 +389,8 @@ PyObject *py_karcher16_norm(PyObject *self, PyObject *args);
 PyObject *py_karcher16_scale(PyObject *self, PyObject *args);
 PyObject *py_karcher16_first(PyObject *self, PyObject *args);
 PyObject *py_karcher16_dots(PyObject *self, PyObject *args);
+PyObject *py_karcher16_dots_amx(PyObject *self, PyObject *args);
+PyObject *py_amx_bf16_ready(PyObject *self, PyObject *args);
 PyObject *py_karcher16_tangent(PyObject *self, PyObject *args);
 PyObject *py_karcher16_update(PyObject *self, PyObject *args);
 PyObject *py_karcher16_out(PyObject *self, PyObject *args);

@@ -30,7 +30,8 @@ What the fp32 lane covers, with the torch path's bits (tests/ops/test_lanes.py):
 - karcher in fp32 compute on tensors of a multiple of 8 elements (ops.lane_karcher: its dot
   products are torch.dot's MKL sdot, from ops.lane_math, without torch, or its sum in MKL's
   order where that is checked to give its bits: `notes()` says which), and in bf16 compute on
-  CPUs where torch runs its AVX2 kernels (ops.lane_karcher16: torch's own bf16 dot order).
+  CPUs where torch runs its AVX2 or AVX-512 kernels (ops.lane_karcher16: ATen's bf16 dot order,
+  and above 4096 elements on AVX-512 CPUs oneDNN's, reproduced where it runs on AMX tiles).
 Everything else goes through torch; `reason()` says why, for `merge --json`.
 """
 

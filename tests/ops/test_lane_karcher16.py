@@ -4,9 +4,10 @@ torch path's bits.
 Each case merges the same tensors twice: with ops.lanes.merge on numpy arrays, and with
 ops.merge_tensor on torch tensors with the C kernels off (ops/karcher.py: mergekit 0.1.5's
 arithmetic), torch on one thread as the engine runs it, for inputs in bf16, fp16 and fp32
-(mixed), bf16 compute, and every out_dtype. The lane takes torch.dot's order in its AVX2 form:
-on a CPU where torch runs its AVX-512 kernels the lane refuses (checked), and the dot kernel is
-checked against that form written out here.
+(mixed), bf16 compute, and every out_dtype. The lane takes torch.dot's order: ATen's kernel in
+its AVX2 form (checked against that form written out here), and above 4096 elements on AVX-512
+CPUs oneDNN's AMX matmul (checked against torch.dot itself where the CPU has AMX); where oneDNN
+runs another kernel the lane refuses tensors of more than 4096 elements (checked).
 """
 
 from __future__ import annotations
@@ -31,6 +32,14 @@ pytestmark = pytest.mark.needs(native.kernels is not None, "C kernels not built"
 
 CTX = TensorContext("model.layers.1.mlp.gate_proj.weight", seed=0)
 AVX2 = lane_karcher16.torch_runs_avx2()
+ATEN = AVX2 or lane_karcher16.torch_runs_avx512()  # the lane knows ATen's bf16 dot order here
+AMX = lane_karcher16.onednn_dot() == "amx"  # torch.dot above 4096 elements: oneDNN on AMX
+ONEDNN_MIN = lane_karcher16.ONEDNN_MIN
+
+
+def on_lane(numel: int) -> bool:
+    """Where the lane must take a bf16 tensor of numel elements (a multiple of 8)."""
+    return ATEN and (numel <= ONEDNN_MIN or lane_karcher16.onednn_dot() in (None, "amx"))
 
 
 def models(n, shape, dtypes, seed, spread=1.0):
@@ -45,8 +54,8 @@ def check(xs, out_dtype, shared_in=None):
     shared_in = shared_in or {}
     shared, per = validate(get_method("karcher"), shared_in, [{}] * len(xs), has_base=False)
     why = lanes.reason("karcher", "BF16", shared, per, xs[0].numel())
-    if not AVX2:  # torch's AVX-512 dot: the lane must refuse, the torch path runs
-        assert why is not None and "AVX2" in why
+    if not on_lane(xs[0].numel()):  # a dot the lane does not know: it refuses, torch runs
+        assert why is not None and "dot" in why
         return
     assert why is None
     kernels, native.kernels, threads = native.kernels, None, torch.get_num_threads()
@@ -151,26 +160,98 @@ def test_karcher16_dot_order():
         got = native.kernels.karcher16_dots(x.copy(), None, [y])[0]
         want = _dot_avx2(_widen(x), _widen(y))
         assert np.float32(got).view(np.uint32) == np.float32(want).view(np.uint32), n
-        if AVX2:
+        if ATEN and (n <= ONEDNN_MIN or lane_karcher16.onednn_dot() is None):  # ATen's dot
             torch_dot = torch.dot(a, b).float().item()
             assert bf16(got) == torch_dot or (np.isnan(got) and np.isnan(torch_dot)), n
-            naive = np.cumsum((a.float() * b.float()).numpy(), dtype=np.float32)[-1]
-            naive_misses += bf16(float(naive)) != torch_dot
-    assert not AVX2 or naive_misses > 20  # the data tell orders apart
+            naive_misses += bf16(_naive(a, b)) != torch_dot
+    assert not ATEN or naive_misses > 20  # the data tell orders apart
+
+
+def _naive(a: torch.Tensor, b: torch.Tensor) -> float:
+    """The products summed one by one in fp32."""
+    return float(np.cumsum((a.float() * b.float()).numpy(), dtype=np.float32)[-1])
+
+
+# Sizes whose oneDNN sums differ in shape at 2 MiB of L2 per core: one chunk (with tails of 8,
+# 24), the last single chunk, two chunks from a tail, powers of two at the limit, 3-4 chunks.
+AMX_SIZES = [4104, 4120, 5000, 65544, 262112, 262120, 262144, 393216, 524288, 600008, 786432]
+
+
+@pytest.mark.skipif(not AMX, reason="torch.dot of bf16 here is not oneDNN's AMX matmul")
+def test_karcher16_amx_dot_is_torch_dot():
+    """karcher16_dots_amx gives torch.dot's bits (oneDNN's chunks, the AMX instruction's
+    rounding) at every kind of size, for inputs evenly spaced in memory (one tile) or not (a
+    tile each), with the mean's division first; a plain fp32 sum misses."""
+    g = torch.Generator().manual_seed(11)
+    kernels, misses, whole_misses = native.kernels, 0, 0
+    for n in AMX_SIZES:
+        a, b = _cancelling(n, g)
+        perm, half = torch.randperm(n, generator=g), torch.randn(n // 2, generator=g)
+        a = torch.cat([half, half])[perm].bfloat16()  # with c below: exact sum 0, all rounding
+        sign = torch.where(perm < n // 2, 1, -1)
+        c = torch.cat([torch.randn(n // 2, generator=g)] * 2)[perm] * sign
+        us = torch.stack([b, -3 * b, c.bfloat16(), (2 * c).bfloat16()])
+        rows = list(np.ascontiguousarray(np.stack([to_lane(u) for u in us])))
+        chunk = lane_karcher16.onednn_chunk(n)
+        got = kernels.karcher16_dots_amx(to_lane(a).copy(), None, rows, chunk)
+        apart = kernels.karcher16_dots_amx(to_lane(a).copy(), None, [r.copy() for r in rows], chunk)
+        whole = kernels.karcher16_dots_amx(to_lane(a).copy(), None, rows, (n + 31) // 32 * 32)
+        assert np.array_equal(np.float32(got), np.float32(apart)), n
+        for u, v, w in zip(us, got, whole, strict=True):
+            want = torch.dot(a, u).float().item()
+            assert bf16(v) == want, (n, chunk, v, want)
+            misses += bf16(_naive(a, u)) != want
+            whole_misses += chunk < n and bf16(w) != want
+        mean, scaled = to_lane(a * 3).copy(), np.empty(n, np.uint16)
+        kernels.karcher16_scale(scaled, mean, 3.0)
+        divided = kernels.karcher16_dots_amx(mean, 3.0, rows, chunk)
+        assert np.array_equal(mean, scaled)
+        assert divided == kernels.karcher16_dots_amx(scaled, None, rows, chunk)
+    assert misses > 5 and whole_misses > 5  # the data tell orders and chunks apart
+
+
+def test_onednn_chunk_rule():
+    """onednn_chunk gives the chunks measured on an Intel Xeon with 2 MiB of L2 per core
+    (torch 2.13, oneDNN 3.12): the chunk size with which the AMX kernel gave torch.dot's bits on
+    order-sensitive data, where no other size among n / c (c up to 128) and powers of two did."""
+    measured = {
+        4104: 4104, 262112: 262112, 262144: 262144, 262176: 262176, 300000: 300000,
+        393216: 196608, 393248: 393248, 458752: 229376, 491520: 245760, 524256: 524256,
+        524288: 524288, 524320: 174784, 600000: 200000, 655360: 327680, 700000: 233344,
+        720896: 360448, 786400: 262144, 786432: 196608, 786464: 196640, 917504: 229376,
+        1000000: 250016, 1048544: 262144, 1048576: 262144, 1310720: 262144, 1572864: 262144,
+        2097152: 262144, 2359296: 262144, 13762560: 259680, 32768000: 262144,
+    }  # fmt: skip
+    for n, chunk in measured.items():
+        assert min(lane_karcher16.onednn_chunk(n, l2=2 << 20), n) == chunk, n  # n: one chunk
 
 
 def test_karcher_bf16_reasons(monkeypatch):
     shared, per = validate(get_method("karcher"), {}, [{}] * 3, has_base=False)
     assert "multiple of 8" in lanes.reason("karcher", "BF16", shared, per, 60)
     assert "F16 compute" in lanes.reason("karcher", "F16", shared, per, 64)
-    lane_karcher16.torch_runs_avx2.cache_clear()
+    capability = (lane_karcher16.torch_runs_avx2, lane_karcher16.torch_runs_avx512)
+    for f in capability:
+        f.cache_clear()
     monkeypatch.setenv("ATEN_CPU_CAPABILITY", "default")
     try:
         assert "AVX2" in lanes.reason("karcher", "BF16", shared, per, 64)
     finally:
         monkeypatch.delenv("ATEN_CPU_CAPABILITY")
-        lane_karcher16.torch_runs_avx2.cache_clear()
-    assert (lanes.reason("karcher", "BF16", shared, per, 64) is None) == AVX2
+        for f in capability:
+            f.cache_clear()
+    assert (lanes.reason("karcher", "BF16", shared, per, 64) is None) == ATEN
+    assert (lanes.reason("karcher", "BF16", shared, per, 8192) is None) == on_lane(8192)
+    lane_karcher16.onednn_dot.cache_clear()
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE")
+    try:  # oneDNN then runs another kernel on AVX-512 CPUs: the lane keeps ATen's dots only
+        why = lanes.reason("karcher", "BF16", shared, per, 8192)
+        assert (why is None) == (ATEN and lane_karcher16.onednn_dot() is None)
+        assert why is None or "ONEDNN_MAX_CPU_ISA" in why or not ATEN
+        assert (lanes.reason("karcher", "BF16", shared, per, 4096) is None) == ATEN
+    finally:
+        monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+        lane_karcher16.onednn_dot.cache_clear()
 
 
 def test_karcher16_division_is_torch_division():
@@ -207,6 +288,11 @@ def test_karcher_bf16_large_tensors_split_over_threads(monkeypatch):
     check(xs, "BF16")
 
 
+def test_karcher_bf16_tensors_of_several_onednn_chunks():
+    """A tensor whose dot products oneDNN sums in three chunks (at 2 MiB of L2 per core)."""
+    check(models(4, (600, 1000), ["BF16", "F32", "BF16", "BF16"], seed=12), None)
+
+
 def test_karcher_bf16_steps_without_loading_torchs_library():
     """The step's cos and sin come from their exact values (lane_math.bf16_of_func32): a merge
     whose iterations step loads neither torch nor its library (a 0.3-0.5 s dlopen)."""
@@ -226,8 +312,8 @@ xs = [(rng.standard_normal(4096).astype(np.float32).view(np.uint32) >> 16).astyp
       for _ in range(3)]
 shared, per = validate_params(get_method("karcher"), {}, [{}] * 3, has_base=False)
 why = lanes.reason("karcher", "BF16", shared, per, 4096)
-if why is not None:  # torch's AVX-512 dot here: the lane refuses (and so loads nothing)
-    assert "AVX2" in why, why
+if why is not None:  # no known bf16 dot here: the lane refuses (and so loads nothing)
+    assert "dot" in why, why
     sys.exit(0)
 out = lanes.merge("karcher", None, xs, shared, per, "BF16", None)
 assert out.dtype == np.uint16 and out.size == 4096

@@ -203,7 +203,8 @@ def test_reasons(compute):
     assert "density" in lanes.reason("ties", compute, shared, per)
     spec = get_method("karcher")  # and slerp, nuslerp, multislerp: tests/ops/test_lane_sphere.py
     shared, per = validate_params(spec, {}, [{}, {}], has_base=False)
-    on_lane = compute == "F32" or (compute == "BF16" and lane_karcher16.torch_runs_avx2())
+    aten = lane_karcher16.torch_runs_avx2() or lane_karcher16.torch_runs_avx512()
+    on_lane = compute == "F32" or (compute == "BF16" and aten)
     assert (lanes.reason("karcher", compute, shared, per, 64) is None) == on_lane
     spec = get_method("sce")
     shared, per = validate_params(spec, {}, [{}, {}], has_base=True)
