@@ -46,6 +46,16 @@ from mergestore.ops.lane_formats import FMT, convert, format_of, out_array
 from mergestore.threads import ordered_map
 
 f32 = np.float32
+ONEDNN_MIN = 4096  # ATen's mkldnn_gemm_min_size: torch.dot of more elements goes to oneDNN
+ONEDNN_TORCH = ("2.13.",)  # torch releases whose oneDNN's AMX dot onednn_chunk describes
+
+
+def _cpu_flags() -> set[str]:
+    """The CPU's flags as /proc/cpuinfo lists them (none where it cannot be read)."""
+    try:
+        return set(Path("/proc/cpuinfo").read_text().split("flags")[1].split("\n")[0].split())
+    except (OSError, IndexError):
+        return set()
 
 
 @cache
@@ -65,17 +75,6 @@ def torch_runs_avx2() -> bool:
     if asked == "default" or not {"avx2", "fma"} <= flags:
         return False
     return asked == "avx2" or not {"avx512vl", "avx512bw", "avx512dq"} <= flags
-
-
-ONEDNN_MIN = 4096  # ATen's mkldnn_gemm_min_size: torch.dot of more elements goes to oneDNN
-ONEDNN_TORCH = ("2.13.",)  # torch releases whose oneDNN's AMX dot onednn_chunk describes
-
-
-def _cpu_flags() -> set[str]:
-    try:
-        return set(Path("/proc/cpuinfo").read_text().split("flags")[1].split("\n")[0].split())
-    except (OSError, IndexError):
-        return set()
 
 
 @cache
