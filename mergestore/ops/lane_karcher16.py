@@ -32,7 +32,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping, Sequence
 from functools import cache
-from importlib.metadata import PackageNotFoundError, version
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
@@ -91,15 +91,33 @@ def onednn_dot() -> str | None:
     for var in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):
         if os.environ.get(var):
             return f"{why}, and {var} is set (the lane reproduces only its AMX kernel)"
-    try:
-        torch_version = version("torch")
-    except PackageNotFoundError:
-        torch_version = "none"
+    torch_version = _torch_version()
     if not torch_version.startswith(ONEDNN_TORCH):
         return f"{why}, whose AMX dot is checked for torch 2.13 only (torch {torch_version})"
     if _l2_per_core() is None:
         return f"{why}, whose chunks follow the L2 size, unknown here"
     return "amx"
+
+
+def knows_torch_dot() -> bool:
+    """True if the lane gives torch.dot's bf16 bits here at every size (karcher's bf16 merges
+    then run without torch)."""
+    return (torch_runs_avx2() or torch_runs_avx512()) and onednn_dot() in (None, "amx")
+
+
+def _torch_version() -> str:
+    """torch's version from its version.py, without importing torch or importlib.metadata
+    (which pulls in email and socket: start-up time)."""
+    try:
+        spec = find_spec("torch")
+        origin = spec.origin if spec else None
+        text = Path(origin).with_name("version.py").read_text() if origin else ""
+    except (OSError, ImportError, ValueError):
+        text = ""
+    for line in text.splitlines():
+        if line.startswith("__version__"):
+            return line.split("=", 1)[1].strip().strip("'\"")
+    return "unknown"
 
 
 @cache
