@@ -13,7 +13,8 @@
  * block into one more accumulator (low half then high half), reduced the same way and added;
  * then each remaining element's product added in order (ATen's AVX-512 build sums a bf16 dot
  * in the same order). Above 4096 elements, on AVX-512 CPUs, torch.dot is oneDNN's: its AMX
- * form is below (k16_dots_amx); lane_karcher16.reason() says where the lane runs. */
+ * and AVX-512 BF16 forms are below (k16_dots_amx, k16_dots_dp; ops/onednn_dot.py picks);
+ * lane_karcher16.reason() says where the lane runs. */
 #include "formats.h"
 
 #include "torch_norm.h"
@@ -175,7 +176,7 @@ HOT static void k16_dots(uint16_t *mean, int divide, float d, const uint16_t **u
 /* On CPUs with AVX-512 (bw, vl, dq), torch.dot of more than 4096 bf16 elements is not ATen's
  * kernel above but a oneDNN matmul, 1 x n by n x 1 (ATen's mkldnn_matmul); on CPUs with AMX
  * oneDNN runs it as brg_matmul on AMX tiles. Its result: n cut into chunks (the chunk size
- * comes from the Python side: lane_karcher16.onednn_chunk), each chunk's sum taken from a
+ * comes from the Python side: onednn_dot.chunk), each chunk's sum taken from a
  * zeroed fp32 tile by tdpbf16ps over 32 elements at a time (the tail of the last chunk in one
  * shorter step), the chunk sums added in order in fp32, then rounded to bf16. The instruction's
  * own arithmetic (it rounds differently from a sequential fp32 sum, flushes subnormals) is
@@ -276,10 +277,105 @@ static void k16_dots_amx(const uint16_t *mean, const uint16_t **u, Py_ssize_t k,
         i += rows;
     }
 }
+
+/* Without AMX, on CPUs with AVX-512 BF16 (AMD Zen 4, Intel Cooper Lake), oneDNN runs the same
+ * matmul as brg_matmul:avx512_core_bf16: chunks of 512 elements (the chunk size from the
+ * Python side, onednn_dot.chunk), each summed from zero by vdpbf16ps one pair of
+ * elements after another, the chunk sums added in order in fp32. One chunk's sum is a chain
+ * of dependent instructions, so this runs 16 chunks at once, one per lane: 16 pairs of each
+ * of 16 chunks loaded as 16 rows and transposed, so that each instruction takes the next pair
+ * of every chunk. */
+#define DP_TARGET __attribute__((target("avx512f,avx512bf16")))
+
+static int dp_ready(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bf16");
+}
+
+/* r[l] = row l of a 16 x 16 matrix of dwords -> r[c] = its column c. */
+DP_TARGET static inline void transpose16(__m512i r[16]) {
+    __m512i t[16];
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 16; i += 4) {
+        r[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
+        r[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
+        r[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
+        r[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
+    }
+    for (int i = 0; i < 4; i++) {
+        t[i] = _mm512_shuffle_i32x4(r[i], r[i + 4], 0x88);
+        t[i + 4] = _mm512_shuffle_i32x4(r[i], r[i + 4], 0xdd);
+        t[i + 8] = _mm512_shuffle_i32x4(r[i + 8], r[i + 12], 0x88);
+        t[i + 12] = _mm512_shuffle_i32x4(r[i + 8], r[i + 12], 0xdd);
+    }
+    for (int i = 0; i < 4; i++) {
+        r[i] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0x88);
+        r[i + 8] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0xdd);
+        r[i + 4] = _mm512_shuffle_i32x4(t[i + 4], t[i + 12], 0x88);
+        r[i + 12] = _mm512_shuffle_i32x4(t[i + 4], t[i + 12], 0xdd);
+    }
+}
+
+/* One chunk's sum (m elements, m even) from zero, a pair at a time, on lane 0. */
+DP_TARGET static float dp_chunk(const uint16_t *a, const uint16_t *b, Py_ssize_t m) {
+    __m512 acc = _mm512_setzero_ps();
+    for (Py_ssize_t j = 0; j < m; j += 2) {
+        uint32_t pa, pb;
+        memcpy(&pa, a + j, 4), memcpy(&pb, b + j, 4);
+        acc = _mm512_dpbf16_ps(acc, (__m512bh)_mm512_set1_epi32((int)pa),
+                               (__m512bh)_mm512_set1_epi32((int)pb));
+    }
+    return _mm512_cvtss_f32(acc);
+}
+
+/* dots[i] = oneDNN's torch.dot(mean, u_i) in chunks of `chunk` elements (a multiple of 32):
+ * groups of 16 whole chunks in the lanes (the mean's rows transposed once for every input),
+ * then the chunks after the last group one by one. */
+DP_TARGET static void k16_dots_dp(const uint16_t *mean, const uint16_t **u, Py_ssize_t k,
+                                  Py_ssize_t n, Py_ssize_t chunk, float *dots) {
+    Py_ssize_t groups = n / (16 * chunk);
+    __m512 acc[K16_MAX];
+    float sums[16];
+    for (Py_ssize_t g = 0; g < groups; g++) {
+        const Py_ssize_t base = g * 16 * chunk;
+        for (Py_ssize_t i = 0; i < k; i++) acc[i] = _mm512_setzero_ps();
+        for (Py_ssize_t j = 0; j < chunk; j += 32) {
+            __m512i m[16], r[16];
+            for (int l = 0; l < 16; l++) m[l] = _mm512_loadu_si512(mean + base + l * chunk + j);
+            transpose16(m);
+            for (Py_ssize_t i = 0; i < k; i++) {
+                for (int l = 0; l < 16; l++) r[l] = _mm512_loadu_si512(u[i] + base + l * chunk + j);
+                transpose16(r);
+                __m512 a = acc[i];
+                for (int p = 0; p < 16; p++) a = _mm512_dpbf16_ps(a, (__m512bh)m[p], (__m512bh)r[p]);
+                acc[i] = a;
+            }
+        }
+        for (Py_ssize_t i = 0; i < k; i++) {
+            _mm512_storeu_ps(sums, acc[i]);
+            for (int l = 0; l < 16; l++) dots[i] = (g || l) ? dots[i] + sums[l] : sums[l];
+        }
+    }
+    for (Py_ssize_t s = groups * 16 * chunk; s < n; s += chunk) {
+        Py_ssize_t m = n - s < chunk ? n - s : chunk;
+        for (Py_ssize_t i = 0; i < k; i++) {
+            float c = dp_chunk(mean + s, u[i] + s, m);
+            dots[i] = s ? dots[i] + c : c;
+        }
+    }
+}
 #else
 static int amx_ready(void) { return 0; }
+static int dp_ready(void) { return 0; }
 static void k16_dots_amx(const uint16_t *mean, const uint16_t **u, Py_ssize_t k, Py_ssize_t n,
                          Py_ssize_t chunk, float *dots) {
+    (void)mean, (void)u, (void)k, (void)n, (void)chunk, (void)dots;
+}
+static void k16_dots_dp(const uint16_t *mean, const uint16_t **u, Py_ssize_t k, Py_ssize_t n,
+                        Py_ssize_t chunk, float *dots) {
     (void)mean, (void)u, (void)k, (void)n, (void)chunk, (void)dots;
 }
 #endif
@@ -478,14 +574,22 @@ PyObject *py_karcher16_dots(PyObject *self, PyObject *args) {
     return ok ? floats_to_list(dots, k) : NULL;
 }
 
-/* karcher16_dots_amx(mean, d or None, units, chunk) -> [oneDNN's torch.dot(mean, u_i)] on
- * AMX, mean /= d first if given; chunk: lane_karcher16.onednn_chunk(n) */
-PyObject *py_karcher16_dots_amx(PyObject *self, PyObject *args) {
+/* karcher16_dots_onednn(kind, mean, d or None, units, chunk) -> [oneDNN's torch.dot(mean,
+ * u_i)], kind "amx" (AMX tiles) or "avx512_bf16" (vdpbf16ps), mean /= d first if given; chunk:
+ * onednn_dot.chunk(kind, n) */
+PyObject *py_karcher16_dots_onednn(PyObject *self, PyObject *args) {
     PyObject *m_o, *d_o, *u_o;
+    const char *kind;
     Py_ssize_t chunk;
-    if (!PyArg_ParseTuple(args, "OOOn", &m_o, &d_o, &u_o, &chunk)) return NULL;
-    if (!amx_ready()) {
-        PyErr_SetString(PyExc_RuntimeError, "no AMX-BF16 tiles on this CPU or for this process");
+    if (!PyArg_ParseTuple(args, "sOOOn", &kind, &m_o, &d_o, &u_o, &chunk)) return NULL;
+    int amx = strcmp(kind, "amx") == 0;
+    if (!amx && strcmp(kind, "avx512_bf16") != 0) {
+        PyErr_SetString(PyExc_ValueError, "kind must be 'amx' or 'avx512_bf16'");
+        return NULL;
+    }
+    if (amx ? !amx_ready() : !dp_ready()) {
+        PyErr_SetString(PyExc_RuntimeError, amx ? "no AMX-BF16 tiles on this CPU or for this process"
+                                                : "no AVX-512 BF16 on this CPU");
         return NULL;
     }
     double d = 1.0;
@@ -504,7 +608,10 @@ PyObject *py_karcher16_dots_amx(PyObject *self, PyObject *args) {
     if (ok) {
         Py_BEGIN_ALLOW_THREADS
         if (divide) k16_scale(m.view.buf, m.view.buf, n, (float)d);
-        k16_dots_amx(m.view.buf, (const uint16_t **)u, k, n, chunk, dots);
+        if (amx)
+            k16_dots_amx(m.view.buf, (const uint16_t **)u, k, n, chunk, dots);
+        else
+            k16_dots_dp(m.view.buf, (const uint16_t **)u, k, n, chunk, dots);
         Py_END_ALLOW_THREADS
     }
     release_bufs(ub, k);
@@ -512,10 +619,23 @@ PyObject *py_karcher16_dots_amx(PyObject *self, PyObject *args) {
     return ok ? floats_to_list(dots, k) : NULL;
 }
 
-/* amx_bf16_ready() -> True if karcher16_dots_amx can run here */
-PyObject *py_amx_bf16_ready(PyObject *self, PyObject *args) {
+/* onednn_dot_kinds() -> the kinds karcher16_dots_onednn can run here: "amx" where the CPU has
+ * AMX-BF16 and Linux lets this process use it, "avx512_bf16" where it has AVX-512 BF16 */
+PyObject *py_onednn_dot_kinds(PyObject *self, PyObject *args) {
     (void)self, (void)args;
-    return PyBool_FromLong(amx_ready());
+    const char *names[2] = {amx_ready() ? "amx" : NULL, dp_ready() ? "avx512_bf16" : NULL};
+    PyObject *kinds = PyList_New(0);
+    for (int i = 0; kinds && i < 2; i++) {
+        if (!names[i]) continue;
+        PyObject *name = PyUnicode_FromString(names[i]);
+        if (!name || PyList_Append(kinds, name) < 0) {
+            Py_XDECREF(name);
+            Py_DECREF(kinds);
+            return NULL;
+        }
+        Py_DECREF(name);
+    }
+    return kinds;
 }
 
 /* karcher16_norm(x) -> |x| */

@@ -16,13 +16,12 @@ torch casts a 0-d operand to the tensor's dtype when it comes first (`cos(step) 
 the final `scale * mean`) and keeps its fp32 value only as the second (`tangent / step`).
 
 On CPUs with AVX-512 (bw, vl, dq), torch.dot of more than 4096 bf16 elements is oneDNN's matmul
-(ATen's mkldnn_matmul; up to 4096 ATen's kernel above, the same order as on AVX2). Where oneDNN
-runs it on AMX tiles (torch 2.13's oneDNN 3.12: `brg_matmul`), its sum is chunked by the L2
-size (onednn_chunk) and each chunk summed by the AMX instruction itself, whose rounding no fp32
-loop reproduces: the C kernel (karcher16_dots_amx) runs that instruction.
+(up to 4096 ATen's kernel above, the same order as on AVX2): where it runs on AMX tiles or with
+AVX-512 BF16, the C kernels (karcher16_dots_onednn) run the same instructions in its chunks
+(ops/onednn_dot.py says which kernel and its chunks).
 
-Not on the lane: CPUs without AVX2/FMA kernels in torch, AVX-512 CPUs where oneDNN's dot is not
-the AMX one checked here (no AMX, another torch, ONEDNN_MAX_CPU_ISA set), tensors of fewer than
+Not on the lane: CPUs without AVX2/FMA kernels in torch, tensors of more than 4096 elements on
+AVX-512 CPUs where oneDNN's dot is not one reproduced (onednn_dot.why()), tensors of fewer than
 8 or not a multiple of 8 elements (the fp32 2-norm's tail order), and where ops.lane_math has no
 torch acos/sin/cos to give.
 """
@@ -32,30 +31,18 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping, Sequence
 from functools import cache
-from importlib.util import find_spec
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from mergestore import native
-from mergestore.ops import alloc
+from mergestore.ops import alloc, onednn_dot
 from mergestore.ops import lane_math as lm
 from mergestore.ops.lane16 import _in_two_groups, _run_columns, _splits
 from mergestore.ops.lane_formats import FMT, convert, format_of, out_array
 from mergestore.threads import ordered_map
 
 f32 = np.float32
-ONEDNN_MIN = 4096  # ATen's mkldnn_gemm_min_size: torch.dot of more elements goes to oneDNN
-ONEDNN_TORCH = ("2.13.",)  # torch releases whose oneDNN's AMX dot onednn_chunk describes
-
-
-def _cpu_flags() -> set[str]:
-    """The CPU's flags as /proc/cpuinfo lists them (none where it cannot be read)."""
-    try:
-        return set(Path("/proc/cpuinfo").read_text().split("flags")[1].split("\n")[0].split())
-    except (OSError, IndexError):
-        return set()
 
 
 @cache
@@ -63,116 +50,24 @@ def torch_runs_avx512() -> bool:
     """True if torch picks its AVX-512 kernels here (ATen's compute_cpu_capability), whose bf16
     dot up to 4096 elements has the AVX2 kernel's order (measured; tests check it)."""
     asked = os.environ.get("ATEN_CPU_CAPABILITY", "").lower()
-    return asked in ("", "avx512") and {"avx512vl", "avx512bw", "avx512dq"} <= _cpu_flags()
+    flags = onednn_dot.cpu_flags()
+    return asked in ("", "avx512") and {"avx512vl", "avx512bw", "avx512dq"} <= flags
 
 
 @cache
 def torch_runs_avx2() -> bool:
     """True if torch picks its AVX2 kernels on this CPU (ATen's compute_cpu_capability: AVX-512
     with avx512vl, bw and dq, else AVX2 with avx2 and fma; ATEN_CPU_CAPABILITY can lower it)."""
-    flags = _cpu_flags()
+    flags = onednn_dot.cpu_flags()
     asked = os.environ.get("ATEN_CPU_CAPABILITY", "").lower()
     if asked == "default" or not {"avx2", "fma"} <= flags:
         return False
     return asked == "avx2" or not {"avx512vl", "avx512bw", "avx512dq"} <= flags
 
 
-@cache
-def onednn_dot() -> str | None:
-    """None if torch.dot of more than 4096 bf16 elements stays in ATen here (no AVX-512 bw, vl
-    and dq: torch's mkldnn_bf16_device_check), "amx" if it is oneDNN's AMX matmul that
-    karcher16_dots_amx reproduces, else why the lane cannot give its bits."""
-    if not {"avx512bw", "avx512vl", "avx512dq"} <= _cpu_flags():
-        return None
-    why = "torch.dot of more than 4096 bf16 elements runs in oneDNN"
-    kernels = native.kernels
-    if kernels is None or not kernels.amx_bf16_ready():
-        return f"{why}, not on AMX tiles here (the lane reproduces only its AMX kernel)"
-    for var in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):
-        if os.environ.get(var):
-            return f"{why}, and {var} is set (the lane reproduces only its AMX kernel)"
-    torch_version = _torch_version()
-    if not torch_version.startswith(ONEDNN_TORCH):
-        return f"{why}, whose AMX dot is checked for torch 2.13 only (torch {torch_version})"
-    if _l2_per_core() is None:
-        return f"{why}, whose chunks follow the L2 size, unknown here"
-    return "amx"
-
-
 def knows_torch_dot() -> bool:
-    """True if the lane gives torch.dot's bf16 bits here at every size (karcher's bf16 merges
-    then run without torch)."""
-    return (torch_runs_avx2() or torch_runs_avx512()) and onednn_dot() in (None, "amx")
-
-
-def _torch_version() -> str:
-    """torch's version from its version.py, without importing torch or importlib.metadata
-    (which pulls in email and socket: start-up time)."""
-    try:
-        spec = find_spec("torch")
-        origin = spec.origin if spec else None
-        text = Path(origin).with_name("version.py").read_text() if origin else ""
-    except (OSError, ImportError, ValueError):
-        text = ""
-    for line in text.splitlines():
-        if line.startswith("__version__"):
-            return line.split("=", 1)[1].strip().strip("'\"")
-    return "unknown"
-
-
-@cache
-def _l2_per_core() -> int | None:
-    """Bytes of level-2 cache per core (oneDNN's get_per_core_cache_size(2)), from sysfs."""
-    base = Path("/sys/devices/system/cpu/cpu0")
-    try:
-        siblings = _cpu_count((base / "topology/thread_siblings_list").read_text())
-        for index in sorted((base / "cache").glob("index*")):
-            if (index / "level").read_text().strip() != "2":
-                continue
-            if (index / "type").read_text().strip() not in ("Unified", "Data"):
-                continue
-            size = (index / "size").read_text().strip()
-            scale = {"K": 1 << 10, "M": 1 << 20}.get(size[-1:], 1)
-            total = int(size.rstrip("KM")) * scale
-            cores = max(_cpu_count((index / "shared_cpu_list").read_text()) // siblings, 1)
-            return total // cores
-    except (OSError, ValueError):
-        return None
-    return None
-
-
-def _cpu_count(cpu_list: str) -> int:
-    """How many CPUs a sysfs list ("0-3,8") names."""
-    count = 0
-    for part in cpu_list.strip().split(","):
-        low, _, high = part.partition("-")
-        count += int(high or low) - int(low) + 1
-    return count
-
-
-def onednn_chunk(n: int, l2: int | None = None) -> int:
-    """The chunk (elements, a multiple of 32: at least n for one chunk) in which oneDNN 3.12's
-    AMX matmul sums a bf16 dot of n elements (1 x n by n x 1, fewer than 16 threads), each chunk
-    from zeroed tiles, the chunk sums added in fp32.
-    Its blocking (amx_blocking_heuristics.cpp, matmul_amx_blocking_params_micro_t): n in
-    blocks of 32, all in one chunk unless a chunk's bytes (the source, the weights and their
-    copy, 2 bytes each per element, the output, and an fp32 buffer when n has a tail) pass
-    3/4 of the L2 per core; then the chunk count is that ratio rounded down or up, whichever
-    leaves the smaller tail of blocks (a power-of-two n of at least 4096 splits only above
-    twice the limit)."""
-    l2 = l2 if l2 is not None else _l2_per_core()
-    assert l2 is not None
-    limit, blk = 3 * l2 // 4, 32
-    blocks = -(-n // blk)
-    size = 6 * blk * blocks + 2 + (4 if n % blk else 0)
-    low, high = size // limit, -(-size // limit)
-    pow2 = n >= 4096 and n & (n - 1) == 0
-    per = blocks
-    if low > (2 if pow2 else 0) and blocks > 1:
-        down, up = max(blocks // low, 1), -(-blocks // high)
-        tail_down, tail_up = blocks % down, blocks % up
-        per = up if (tail_down != 0 and tail_up >= tail_down) or tail_up == 0 else down
-    return blk * per
+    """True if the lane gives torch.dot's bf16 bits here at every size."""
+    return (torch_runs_avx2() or torch_runs_avx512()) and onednn_dot.kind() != "unknown"
 
 
 def reason(numel: int | None) -> str | None:
@@ -181,9 +76,8 @@ def reason(numel: int | None) -> str | None:
         return "karcher: a tensor of fewer than 8, or not a multiple of 8, elements"
     if not torch_runs_avx2() and not torch_runs_avx512():
         return "karcher in bf16 compute: torch's bf16 dot here is not its AVX2/AVX-512 kernel"
-    onednn = onednn_dot()
-    if numel > ONEDNN_MIN and onednn not in (None, "amx"):
-        return f"karcher in bf16 compute: {onednn}"
+    if numel > onednn_dot.ONEDNN_MIN and onednn_dot.kind() == "unknown":
+        return f"karcher in bf16 compute: {onednn_dot.why()}"
     why = lm.missing("BF16")  # the step's fp32 cos and sin: lm.bf16_of_func32, at merge time
     return f"karcher: {why}" if why else None
 
@@ -334,9 +228,10 @@ class _Passes:
         division in column ranges, then the dot products in two groups of inputs."""
         kernels = native.kernels
         assert kernels is not None
-        if self.n > ONEDNN_MIN and onednn_dot() == "amx":
-            chunk = onednn_chunk(self.n)
-            dots = lambda m, d, g: kernels.karcher16_dots_amx(m, d, g, chunk)  # noqa: E731
+        kind = onednn_dot.kind() if self.n > onednn_dot.ONEDNN_MIN else "aten"
+        if kind in onednn_dot.ONEDNN_KINDS:  # (reason() keeps "unknown" off the lane)
+            chunk = onednn_dot.chunk(kind, self.n)
+            dots = lambda m, d, g: kernels.karcher16_dots_onednn(kind, m, d, g, chunk)  # noqa: E731
         else:
             dots = kernels.karcher16_dots
         if not self.split or len(units) < 2:

@@ -6,12 +6,14 @@ ops.merge_tensor on torch tensors with the C kernels off (ops/karcher.py: mergek
 arithmetic), torch on one thread as the engine runs it, for inputs in bf16, fp16 and fp32
 (mixed), bf16 compute, and every out_dtype. The lane takes torch.dot's order: ATen's kernel in
 its AVX2 form (checked against that form written out here), and above 4096 elements on AVX-512
-CPUs oneDNN's AMX matmul (checked against torch.dot itself where the CPU has AMX); where oneDNN
-runs another kernel the lane refuses tensors of more than 4096 elements (checked).
+CPUs oneDNN's matmul where it runs on AMX or with AVX-512 BF16 (ops/onednn_dot.py; checked
+against torch.dot itself, the second by running this module again with oneDNN capped to it);
+where oneDNN runs another kernel the lane refuses tensors of more than 4096 elements (checked).
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -24,7 +26,14 @@ from hypothesis import strategies as st
 from fixtures.bits import same_bits
 from fixtures.lane_family import NAMES, TORCH, from_lane, to_lane
 from mergestore import native
-from mergestore.ops import TensorContext, get_method, lane_karcher16, lanes, merge_tensor
+from mergestore.ops import (
+    TensorContext,
+    get_method,
+    lane_karcher16,
+    lanes,
+    merge_tensor,
+    onednn_dot,
+)
 from mergestore.ops import validate_params as validate
 from mergestore.ops.lane_math import bf16
 
@@ -33,13 +42,14 @@ pytestmark = pytest.mark.needs(native.kernels is not None, "C kernels not built"
 CTX = TensorContext("model.layers.1.mlp.gate_proj.weight", seed=0)
 AVX2 = lane_karcher16.torch_runs_avx2()
 ATEN = AVX2 or lane_karcher16.torch_runs_avx512()  # the lane knows ATen's bf16 dot order here
-AMX = lane_karcher16.onednn_dot() == "amx"  # torch.dot above 4096 elements: oneDNN on AMX
-ONEDNN_MIN = lane_karcher16.ONEDNN_MIN
+KIND = onednn_dot.kind()  # how torch.dot sums more than 4096 bf16 elements here
+ONEDNN_MIN = onednn_dot.ONEDNN_MIN
+EXPECT_KIND = "MERGESTORE_TEST_ONEDNN_KIND"  # set when this module runs again, capped
 
 
 def on_lane(numel: int) -> bool:
     """Where the lane must take a bf16 tensor of numel elements (a multiple of 8)."""
-    return ATEN and (numel <= ONEDNN_MIN or lane_karcher16.onednn_dot() in (None, "amx"))
+    return ATEN and (numel <= ONEDNN_MIN or KIND != "unknown")
 
 
 def models(n, shape, dtypes, seed, spread=1.0):
@@ -160,7 +170,7 @@ def test_karcher16_dot_order():
         got = native.kernels.karcher16_dots(x.copy(), None, [y])[0]
         want = _dot_avx2(_widen(x), _widen(y))
         assert np.float32(got).view(np.uint32) == np.float32(want).view(np.uint32), n
-        if ATEN and (n <= ONEDNN_MIN or lane_karcher16.onednn_dot() is None):  # ATen's dot
+        if ATEN and (n <= ONEDNN_MIN or KIND == "aten"):  # ATen's dot
             torch_dot = torch.dot(a, b).float().item()
             assert bf16(got) == torch_dot or (np.isnan(got) and np.isnan(torch_dot)), n
             naive_misses += bf16(_naive(a, b)) != torch_dot
@@ -177,11 +187,24 @@ def _naive(a: torch.Tensor, b: torch.Tensor) -> float:
 AMX_SIZES = [4104, 4120, 5000, 65544, 262112, 262120, 262144, 393216, 524288, 600008, 786432]
 
 
-@pytest.mark.skipif(not AMX, reason="torch.dot of bf16 here is not oneDNN's AMX matmul")
-def test_karcher16_amx_dot_is_torch_dot():
-    """karcher16_dots_amx gives torch.dot's bits (oneDNN's chunks, the AMX instruction's
+@pytest.mark.skipif(
+    KIND not in onednn_dot.ONEDNN_KINDS, reason="torch.dot of bf16 here is no oneDNN kernel known"
+)
+def test_karcher16_onednn_dot_is_torch_dot():
+    """karcher16_dots_onednn gives torch.dot's bits (oneDNN's chunks, the instruction's
     rounding) at every kind of size, for inputs evenly spaced in memory (one tile) or not (a
-    tile each), with the mean's division first; a plain fp32 sum misses."""
+    tile each), with the mean's division first; a plain fp32 sum and one chunk both miss. torch
+    on one thread, as the engine runs it (with more, oneDNN's AVX-512 BF16 kernel splits a
+    power-of-two n over threads)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _onednn_dots_match_torch()
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _onednn_dots_match_torch():
     g = torch.Generator().manual_seed(11)
     kernels, misses, whole_misses = native.kernels, 0, 0
     for n in AMX_SIZES:
@@ -192,10 +215,14 @@ def test_karcher16_amx_dot_is_torch_dot():
         c = torch.cat([torch.randn(n // 2, generator=g)] * 2)[perm] * sign
         us = torch.stack([b, -3 * b, c.bfloat16(), (2 * c).bfloat16()])
         rows = list(np.ascontiguousarray(np.stack([to_lane(u) for u in us])))
-        chunk = lane_karcher16.onednn_chunk(n)
-        got = kernels.karcher16_dots_amx(to_lane(a).copy(), None, rows, chunk)
-        apart = kernels.karcher16_dots_amx(to_lane(a).copy(), None, [r.copy() for r in rows], chunk)
-        whole = kernels.karcher16_dots_amx(to_lane(a).copy(), None, rows, (n + 31) // 32 * 32)
+        chunk = onednn_dot.chunk(KIND, n)
+
+        def dots(mean, d, units, chunk=chunk):
+            return kernels.karcher16_dots_onednn(KIND, mean, d, units, chunk)
+
+        got = dots(to_lane(a).copy(), None, rows)
+        apart = dots(to_lane(a).copy(), None, [r.copy() for r in rows])
+        whole = dots(to_lane(a).copy(), None, rows, (n + 31) // 32 * 32)
         assert np.array_equal(np.float32(got), np.float32(apart)), n
         for u, v, w in zip(us, got, whole, strict=True):
             want = torch.dot(a, u).float().item()
@@ -204,16 +231,17 @@ def test_karcher16_amx_dot_is_torch_dot():
             whole_misses += chunk < n and bf16(w) != want
         mean, scaled = to_lane(a * 3).copy(), np.empty(n, np.uint16)
         kernels.karcher16_scale(scaled, mean, 3.0)
-        divided = kernels.karcher16_dots_amx(mean, 3.0, rows, chunk)
+        divided = dots(mean, 3.0, rows)
         assert np.array_equal(mean, scaled)
-        assert divided == kernels.karcher16_dots_amx(scaled, None, rows, chunk)
+        assert divided == dots(scaled, None, rows)
     assert misses > 5 and whole_misses > 5  # the data tell orders and chunks apart
 
 
 def test_onednn_chunk_rule():
-    """onednn_chunk gives the chunks measured on an Intel Xeon with 2 MiB of L2 per core
+    """onednn_dot.chunk gives the chunks measured on an Intel Xeon with 2 MiB of L2 per core
     (torch 2.13, oneDNN 3.12): the chunk size with which the AMX kernel gave torch.dot's bits on
-    order-sensitive data, where no other size among n / c (c up to 128) and powers of two did."""
+    order-sensitive data, where no other size among n / c (c up to 128) and powers of two did;
+    512 at every size for the AVX-512 BF16 kernel (the same search on 11 sizes)."""
     measured = {
         4104: 4104, 262112: 262112, 262144: 262144, 262176: 262176, 300000: 300000,
         393216: 196608, 393248: 393248, 458752: 229376, 491520: 245760, 524256: 524256,
@@ -223,7 +251,8 @@ def test_onednn_chunk_rule():
         2097152: 262144, 2359296: 262144, 13762560: 259680, 32768000: 262144,
     }  # fmt: skip
     for n, chunk in measured.items():
-        assert min(lane_karcher16.onednn_chunk(n, l2=2 << 20), n) == chunk, n  # n: one chunk
+        assert min(onednn_dot.chunk("amx", n, l2=2 << 20), n) == chunk, n  # n: one chunk
+        assert onednn_dot.chunk("avx512_bf16", n) == 512
 
 
 def test_karcher_bf16_reasons(monkeypatch):
@@ -242,16 +271,16 @@ def test_karcher_bf16_reasons(monkeypatch):
             f.cache_clear()
     assert (lanes.reason("karcher", "BF16", shared, per, 64) is None) == ATEN
     assert (lanes.reason("karcher", "BF16", shared, per, 8192) is None) == on_lane(8192)
-    lane_karcher16.onednn_dot.cache_clear()
+    onednn_dot.verdict.cache_clear()
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE")
     try:  # oneDNN then runs another kernel on AVX-512 CPUs: the lane keeps ATen's dots only
         why = lanes.reason("karcher", "BF16", shared, per, 8192)
-        assert (why is None) == (ATEN and lane_karcher16.onednn_dot() is None)
+        assert (why is None) == (ATEN and onednn_dot.kind() == "aten")
         assert why is None or "ONEDNN_MAX_CPU_ISA" in why or not ATEN
         assert (lanes.reason("karcher", "BF16", shared, per, 4096) is None) == ATEN
     finally:
         monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
-        lane_karcher16.onednn_dot.cache_clear()
+        onednn_dot.verdict.cache_clear()
 
 
 def test_karcher16_division_is_torch_division():
@@ -323,3 +352,32 @@ assert "torch" not in sys.modules, "torch was imported"
 """
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+def test_onednn_kind_is_the_one_asked_for():
+    """When this module runs again with oneDNN capped (below), the lane saw that kernel."""
+    if EXPECT_KIND not in os.environ:
+        pytest.skip("not the capped run")
+    assert os.environ[EXPECT_KIND] == KIND, onednn_dot.why()
+
+
+@pytest.mark.skipif(
+    EXPECT_KIND in os.environ
+    or native.kernels is None
+    or "avx512_bf16" not in native.kernels.onednn_dot_kinds()
+    or not lane_karcher16.torch_runs_avx512(),
+    reason="no AVX-512 BF16 here (or already the capped run)",
+)
+def test_this_module_again_with_onednn_on_avx512_bf16():
+    """On a CPU with AMX, oneDNN's AVX-512 BF16 kernel (AMD Zen 4's, Intel Cooper Lake's) runs
+    only with ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16, set before torch starts: this module once
+    more in a process started so, its oneDNN-kind test and karcher merges against torch there.
+    The lane's once-per-process check against torch.dot passes there too (else KIND would be
+    "unknown" and the kind test fails)."""
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16", EXPECT_KIND: "avx512_bf16"}
+    r = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__],
+        capture_output=True, text=True, env=env, timeout=600,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    assert " passed" in r.stdout and " failed" not in r.stdout
