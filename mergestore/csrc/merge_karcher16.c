@@ -551,10 +551,11 @@ PyObject *py_karcher16_first(PyObject *self, PyObject *args) {
     return ok ? PyFloat_FromDouble(r) : NULL;
 }
 
-/* karcher16_dots(mean, d or None, units) -> [torch.dot(mean, u_i)]: mean /= d first if given */
-PyObject *py_karcher16_dots(PyObject *self, PyObject *args) {
-    PyObject *m_o, *d_o, *u_o;
-    if (!PyArg_ParseTuple(args, "OOO", &m_o, &d_o, &u_o)) return NULL;
+enum { DOTS_ATEN, DOTS_AMX, DOTS_DP }; /* whose torch.dot: ATen's, oneDNN's on AMX or AVX-512 */
+
+/* The dot products of the mean (divided by d first unless d_o is None) with every unit. */
+static PyObject *dots_of(PyObject *m_o, PyObject *d_o, PyObject *u_o, int whose,
+                         Py_ssize_t chunk) {
     double d = 1.0;
     int divide = d_o != Py_None;
     if (divide && (d = PyFloat_AsDouble(d_o)) == -1.0 && PyErr_Occurred()) return NULL;
@@ -564,14 +565,34 @@ PyObject *py_karcher16_dots(PyObject *self, PyObject *args) {
     float dots[K16_MAX];
     if (get_bf16(m_o, &n, 1, &m, "mean") < 0) return NULL;
     int ok = get_bf16_list(u_o, &n, 0, ub, u, &k, "units") == 0;
+    if (ok && whose != DOTS_ATEN && (n % 8 || chunk <= 0 || chunk % 32)) {
+        PyErr_SetString(PyExc_ValueError, "n must be a multiple of 8, chunk of 32");
+        ok = 0;
+    }
     if (ok) {
+        const uint16_t **units = (const uint16_t **)u;
         Py_BEGIN_ALLOW_THREADS
-        k16_dots(m.view.buf, divide, (float)d, (const uint16_t **)u, k, n, dots);
+        if (whose == DOTS_ATEN) {
+            k16_dots(m.view.buf, divide, (float)d, units, k, n, dots);
+        } else {
+            if (divide) k16_scale(m.view.buf, m.view.buf, n, (float)d);
+            if (whose == DOTS_AMX)
+                k16_dots_amx(m.view.buf, units, k, n, chunk, dots);
+            else
+                k16_dots_dp(m.view.buf, units, k, n, chunk, dots);
+        }
         Py_END_ALLOW_THREADS
     }
     release_bufs(ub, k);
     release(&m);
     return ok ? floats_to_list(dots, k) : NULL;
+}
+
+/* karcher16_dots(mean, d or None, units) -> [torch.dot(mean, u_i)]: mean /= d first if given */
+PyObject *py_karcher16_dots(PyObject *self, PyObject *args) {
+    PyObject *m_o, *d_o, *u_o;
+    if (!PyArg_ParseTuple(args, "OOO", &m_o, &d_o, &u_o)) return NULL;
+    return dots_of(m_o, d_o, u_o, DOTS_ATEN, 0);
 }
 
 /* karcher16_dots_onednn(kind, mean, d or None, units, chunk) -> [oneDNN's torch.dot(mean,
@@ -592,31 +613,7 @@ PyObject *py_karcher16_dots_onednn(PyObject *self, PyObject *args) {
                                                 : "no AVX-512 BF16 on this CPU");
         return NULL;
     }
-    double d = 1.0;
-    int divide = d_o != Py_None;
-    if (divide && (d = PyFloat_AsDouble(d_o)) == -1.0 && PyErr_Occurred()) return NULL;
-    Py_ssize_t n = -1, k = 0;
-    Buf m, ub[K16_MAX];
-    uint16_t *u[K16_MAX];
-    float dots[K16_MAX];
-    if (get_bf16(m_o, &n, 1, &m, "mean") < 0) return NULL;
-    int ok = get_bf16_list(u_o, &n, 0, ub, u, &k, "units") == 0;
-    if (ok && (n % 8 || chunk <= 0 || chunk % 32)) {
-        PyErr_SetString(PyExc_ValueError, "n must be a multiple of 8, chunk of 32");
-        ok = 0;
-    }
-    if (ok) {
-        Py_BEGIN_ALLOW_THREADS
-        if (divide) k16_scale(m.view.buf, m.view.buf, n, (float)d);
-        if (amx)
-            k16_dots_amx(m.view.buf, (const uint16_t **)u, k, n, chunk, dots);
-        else
-            k16_dots_dp(m.view.buf, (const uint16_t **)u, k, n, chunk, dots);
-        Py_END_ALLOW_THREADS
-    }
-    release_bufs(ub, k);
-    release(&m);
-    return ok ? floats_to_list(dots, k) : NULL;
+    return dots_of(m_o, d_o, u_o, amx ? DOTS_AMX : DOTS_DP, chunk);
 }
 
 /* onednn_dot_kinds() -> the kinds karcher16_dots_onednn can run here: "amx" where the CPU has
