@@ -70,6 +70,8 @@ def verdict() -> tuple[str, str]:
         kinds = [k for k in kinds if k != "amx"]
     elif capped not in (None, "ALL"):
         return "unknown", f"{_WHY}, capped by {_ISA_VARS[0]}={capped} (not reproduced)"
+    if not kinds and {"amx_bf16", "avx512_bf16"} & cpu_flags() and capped is None:
+        return "unknown", f"{_WHY}, and the C kernels were built without AMX/AVX-512 BF16 code"
     if not kinds:
         return "unknown", f"{_WHY}, without BF16 instructions here (not reproduced)"
     torch_version = _torch_version()
