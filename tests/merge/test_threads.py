@@ -30,6 +30,7 @@ MERGES = [
     ("ram", "main", None, {"epsilon": 2e-5}, "float32", "bfloat16", None),  # the C lane
     ("model_stock", "main", None, {}, "float32", "bfloat16", None),  # C, torch's sum orders
     ("task_arithmetic", "main", [0.4, 0.4, 0.4], {}, "bfloat16", None, "50%"),
+    ("karcher", None, None, {}, "bfloat16", None, None),  # oneDNN's dots on AVX-512 CPUs
 ]
 
 
