@@ -65,11 +65,12 @@ def verdict() -> tuple[str, str]:
         return "aten", ""
     kernels = native.kernels
     kinds = kernels.onednn_dot_kinds() if kernels is not None else []
-    capped = next((os.environ[v].strip().upper() for v in _ISA_VARS if os.environ.get(v)), None)
+    var = next((v for v in _ISA_VARS if os.environ.get(v)), None)
+    capped = os.environ[var].strip().upper() if var else None
     if capped == "AVX512_CORE_BF16":
         kinds = [k for k in kinds if k != "amx"]
     elif capped not in (None, "ALL"):
-        return "unknown", f"{_WHY}, capped by {_ISA_VARS[0]}={capped} (not reproduced)"
+        return "unknown", f"{_WHY}, capped by {var}={capped} (not reproduced)"
     if not kinds and {"amx_bf16", "avx512_bf16"} & cpu_flags() and capped is None:
         return "unknown", f"{_WHY}, and the C kernels were built without AMX/AVX-512 BF16 code"
     if not kinds:
