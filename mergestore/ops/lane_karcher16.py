@@ -226,19 +226,27 @@ class _Passes:
     def dots(self, mean: np.ndarray, pending: float | None, units: list[np.ndarray]) -> list[float]:
         """[torch.dot(mean, u_i)] after mean /= pending (if not None): for a large tensor the
         division in column ranges, then the dot products in two groups of inputs."""
-        kernels = native.kernels
-        assert kernels is not None
-        kind = onednn_dot.kind() if self.n > onednn_dot.ONEDNN_MIN else "aten"
-        if kind in onednn_dot.ONEDNN_KINDS:  # (reason() keeps "unknown" off the lane)
-            chunk = onednn_dot.chunk(kind, self.n)
-            dots = lambda m, d, g: kernels.karcher16_dots_onednn(kind, m, d, g, chunk)  # noqa: E731
-        else:
-            dots = kernels.karcher16_dots
+        dots = self._dot_kernel()
         if not self.split or len(units) < 2:
             return dots(mean, pending, units)
         if pending is not None:
             self.scale(mean, pending)
         return _in_two_groups(lambda g: dots(mean, None, g), units)
+
+    def _dot_kernel(self) -> Callable[[np.ndarray, float | None, list[np.ndarray]], list[float]]:
+        """The kernel of torch.dot for this tensor's size: ATen's order, or oneDNN's (its kind
+        and chunks) above 4096 elements on AVX-512 CPUs (reason() keeps "unknown" off the lane)."""
+        kernels = native.kernels
+        assert kernels is not None
+        kind = onednn_dot.kind() if self.n > onednn_dot.ONEDNN_MIN else "aten"
+        if kind not in onednn_dot.ONEDNN_KINDS:
+            return kernels.karcher16_dots
+        chunk = onednn_dot.chunk(kind, self.n)
+
+        def onednn(mean: np.ndarray, pending: float | None, units: list[np.ndarray]) -> list[float]:
+            return kernels.karcher16_dots_onednn(kind, mean, pending, units, chunk)
+
+        return onednn
 
     def scale(self, x: np.ndarray, d: float) -> None:
         """x = x / d in place, rounded to bf16 (each element on its own: the same bits)."""
