@@ -201,7 +201,6 @@ typedef struct {
 static int amx_ready(void) {
     static int ready = -1;
     if (ready < 0) {
-        __builtin_cpu_init();
         unsigned a, b, c, d;
         __asm__("cpuid" : "=a"(a), "=b"(b), "=c"(c), "=d"(d) : "a"(7), "c"(0));
         int has = (d >> 22 & 1) && (d >> 24 & 1); /* AMX-BF16, AMX-TILE */

@@ -50,7 +50,7 @@ def torch_runs_avx512() -> bool:
     """True if torch picks its AVX-512 kernels here (ATen's compute_cpu_capability), whose bf16
     dot up to 4096 elements has the AVX2 kernel's order (measured; tests check it)."""
     asked = os.environ.get("ATEN_CPU_CAPABILITY", "").lower()
-    flags = onednn_dot.cpu_flags()
+    flags = lm.cpu_flags()
     return asked in ("", "avx512") and {"avx512vl", "avx512bw", "avx512dq"} <= flags
 
 
@@ -58,7 +58,7 @@ def torch_runs_avx512() -> bool:
 def torch_runs_avx2() -> bool:
     """True if torch picks its AVX2 kernels on this CPU (ATen's compute_cpu_capability: AVX-512
     with avx512vl, bw and dq, else AVX2 with avx2 and fma; ATEN_CPU_CAPABILITY can lower it)."""
-    flags = onednn_dot.cpu_flags()
+    flags = lm.cpu_flags()
     asked = os.environ.get("ATEN_CPU_CAPABILITY", "").lower()
     if asked == "default" or not {"avx2", "fma"} <= flags:
         return False

@@ -25,6 +25,7 @@ import os
 import struct
 import threading
 from collections.abc import Sequence
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -119,15 +120,21 @@ def dot32(x: np.ndarray, y: np.ndarray) -> float:
     )  # type: ignore[operator]
 
 
+@cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU's flags as /proc/cpuinfo lists them (none where it cannot be read)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        return frozenset(text.split("flags")[1].split("\n")[0].split())
+    except (OSError, IndexError):
+        return frozenset()
+
+
 def _sleef_ok() -> bool:
     """torch runs its AVX2/AVX512 kernels (SLEEF's FMA functions) on this CPU."""
     if native.kernels is None or os.environ.get("ATEN_CPU_CAPABILITY", "").lower() == "default":
         return False
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split("flags")[1].split("\n")[0].split()
-    except (OSError, IndexError):
-        return False
-    return "avx2" in flags and "fma" in flags
+    return {"avx2", "fma"} <= cpu_flags()
 
 
 _SLEEF_OK: bool | None = None

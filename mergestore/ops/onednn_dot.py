@@ -30,20 +30,14 @@ from pathlib import Path
 import numpy as np
 
 from mergestore import native
+from mergestore.ops import lane_math as lm
+from mergestore.ops.lane_formats import convert
 
 ONEDNN_MIN = 4096  # ATen's mkldnn_gemm_min_size: torch.dot of more elements goes to oneDNN
 TORCH_CHECKED = ("2.13.",)  # torch releases whose oneDNN these rules describe
 ONEDNN_KINDS = ("amx", "avx512_bf16")
 _ISA_VARS = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
 _WHY = "torch.dot of more than 4096 bf16 elements runs in oneDNN"
-
-
-def cpu_flags() -> set[str]:
-    """The CPU's flags as /proc/cpuinfo lists them (none where it cannot be read)."""
-    try:
-        return set(Path("/proc/cpuinfo").read_text().split("flags")[1].split("\n")[0].split())
-    except (OSError, IndexError):
-        return set()
 
 
 def kind() -> str:
@@ -61,7 +55,7 @@ def why() -> str:
 @cache
 def verdict() -> tuple[str, str]:
     """(kind, why), once per process."""
-    if not {"avx512bw", "avx512vl", "avx512dq"} <= cpu_flags():
+    if not {"avx512bw", "avx512vl", "avx512dq"} <= lm.cpu_flags():
         return "aten", ""
     kernels = native.kernels
     kinds = kernels.onednn_dot_kinds() if kernels is not None else []
@@ -71,7 +65,7 @@ def verdict() -> tuple[str, str]:
         kinds = [k for k in kinds if k != "amx"]
     elif capped not in (None, "ALL"):
         return "unknown", f"{_WHY}, capped by {var}={capped} (not reproduced)"
-    if not kinds and {"amx_bf16", "avx512_bf16"} & cpu_flags() and capped is None:
+    if not kinds and {"amx_bf16", "avx512_bf16"} & lm.cpu_flags() and capped is None:
         return "unknown", f"{_WHY}, and the C kernels were built without AMX/AVX-512 BF16 code"
     if not kinds:
         return "unknown", f"{_WHY}, without BF16 instructions here (not reproduced)"
@@ -136,7 +130,7 @@ def the_same_as_torch(kind: str) -> bool:
                 got = kernels.karcher16_dots_onednn(kind, x.copy(), None, list(units), size)
                 for u, v in zip(units, got, strict=True):
                     want = torch.dot(_torch_bf16(torch, x), _torch_bf16(torch, u)).float().item()
-                    if _bf16(v) != want:
+                    if lm.bf16(v) != want:
                         return False
         finally:
             torch.set_num_threads(threads)
@@ -150,19 +144,7 @@ def _cancelling(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarra
     sign = np.where(perm < n // 2, 1.0, -1.0).astype(np.float32)
     x = np.concatenate([half[0], half[0]])[perm]
     units = np.stack([np.concatenate([h, h])[perm] * sign for h in half[1:]])
-    return _bits(x), np.ascontiguousarray(_bits(units))
-
-
-def _bits(x: np.ndarray) -> np.ndarray:
-    """fp32 values (already bf16-exact or not) truncated to bf16 bits."""
-    return (np.ascontiguousarray(x, np.float32).view(np.uint32) >> 16).astype(np.uint16)
-
-
-def _bf16(v: float) -> float:
-    """v rounded to bf16 (nearest even), as a float."""
-    u = int(np.float32(v).view(np.uint32))
-    u = (u + 0x7FFF + ((u >> 16) & 1)) & 0xFFFF0000
-    return float(np.uint32(u).view(np.float32))
+    return convert(x, "BF16"), convert(units, "BF16")  # rounding keeps -v = -(v)
 
 
 def _torch_bf16(torch, bits: np.ndarray):  # noqa: ANN001, ANN202 (torch is imported lazily)
