@@ -136,3 +136,39 @@ def test_any_counts_give_a_frame_of_the_plane(n, n_sym, skew, counts, seed):
     assert ZSTD.decompress(frame) == plane.tobytes()
     out = np.empty(n, np.uint8)
     assert native.kernels.huf_literals(out, frame) and out.tobytes() == plane.tobytes()
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    n=st.integers(1024, 400_000),
+    lo=st.integers(0, 255),
+    width=st.integers(0, 255),
+    skew=st.floats(0.01, 0.95),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_pairs_give_the_same_frame(n, lo, width, skew, seed):
+    # Two codes a lookup (a table of every pair of the plane's bytes) against one: the same
+    # bits, on any range of bytes, any length (odd tails, a short last stream).
+    rng = np.random.default_rng(seed)
+    hi = min(255, lo + width)
+    plane = (lo + (rng.geometric(skew, n) - 1) % (hi - lo + 1)).astype(np.uint8)
+    counts = huffman.sample_counts(plane)
+    frames = []
+    for pairs in (0, 1, -1):
+        out = np.empty(native.kernels.huf_bound(n), np.uint8)
+        size = ENCODE(out, plane, counts, pairs)
+        assert size > 0
+        frames.append(out[:size].tobytes())
+    assert frames[0] == frames[1] == frames[2]
+    assert ZSTD.decompress(frames[1]) == plane.tobytes()
+
+
+@pytest.mark.parametrize("n", [600_000, 1 << 19])
+def test_store_planes_with_pairs(n):
+    # The planes a merge writes, coded both ways (the exponent plane takes pairs by itself).
+    for plane in store_planes(n, seed=n):
+        c = huffman.sample_counts(plane)
+        one, two = (np.empty(native.kernels.huf_bound(n), np.uint8) for _ in range(2))
+        a, b = ENCODE(one, plane, c, 0), ENCODE(two, plane, c, 1)
+        assert a == b > 0 and one[:a].tobytes() == two[:b].tobytes()
+        assert ZSTD.decompress(two[:b].tobytes()) == plane.tobytes()
