@@ -192,3 +192,31 @@ def test_byte_plane_blocks_decode_the_same_with_and_without_the_kernel(monkeypat
         slow = decode_block(enc.spec, enc.payload, reference=ref)
         monkeypatch.undo()
         assert fast == slow == raw
+
+
+@pytest.mark.parametrize("encoder", sorted(ENCODERS))
+def test_blocks_decoded_two_at_a_time_whatever_lies_between(encoder):
+    # The kernel decodes a frame's 4-stream blocks in pairs, 8 streams at once where the two
+    # share a table. Ours: one table, raw blocks (noise) between, an odd count of Huffman
+    # blocks. zstd's: a new table in every block (distributions that change every 128 KiB),
+    # an odd count. Both must decode as zstd decodes them.
+    rng = np.random.default_rng(11)
+    seg = 1 << 17
+    skewed = [rng.geometric(0.3, seg), rng.geometric(0.05, seg), rng.normal(128, 4, seg)]
+    noise = rng.integers(0, 256, seg)
+    if encoder == "ours":
+        parts = [skewed[0], skewed[0], noise, skewed[1], skewed[2], noise, skewed[0], skewed[1]]
+        parts.append(rng.geometric(0.3, 5000))
+    else:
+        parts = [skewed[0], skewed[1], skewed[2], skewed[0], rng.geometric(0.02, 70_000)]
+    plane = np.concatenate([np.asarray(p).clip(0, 255).astype(np.uint8) for p in parts])
+    frame = literal_frame(plane, encoder)
+    assert frame is not None
+    kinds = frame_blocks(frame)
+    huffman_blocks = [k for k in kinds if k.endswith("4")]
+    assert len(huffman_blocks) % 2 == 1, kinds
+    if encoder == "ours":
+        assert kinds.count("raw") == 2 and kinds[0] == "huf4", kinds
+    else:
+        assert kinds.count("huf4") >= 3, kinds
+    assert kernel_decode(frame, plane.size) == ZSTD.decompress(frame) == plane.tobytes()
