@@ -330,10 +330,12 @@ typedef struct {
     uint8_t *op[4], *oend[4];
 } Job;
 
-/* A frame's Huffman tables: two, so that a new one can be read while a job holds the last. */
+/* A frame's Huffman tables: two, so that a new one can be read while a job waiting to be
+ * decoded holds another. */
 typedef struct {
     Table slot[2];
-    Table *cur; /* the last one read, NULL before the first */
+    Table *cur;        /* the last one read (treeless blocks reuse it), NULL before the first */
+    const Table *busy; /* the waiting job's, NULL when none waits */
 } Frame;
 
 static int job_open(Job *j, const Table *t, const uint8_t *src, Py_ssize_t size, uint8_t *dst,
@@ -447,8 +449,7 @@ static int job_finish(Job *j) {
 /* One compressed block holding literals only, into dst (room for `room` bytes); returns the
  * bytes written, or -1 to decline. A block of 4 Huffman streams is opened into `job` (job->t
  * set) for the caller to decode, maybe with the next one; others are decoded here. `f`: the
- * frame's tables; a new one goes into the slot that `cur` (the last one, maybe a job's) is
- * not. */
+ * frame's tables; a new one goes into the slot that the waiting job's is not. */
 static Py_ssize_t literals_block(Frame *f, const uint8_t *src, Py_ssize_t size, uint8_t *dst,
                                  Py_ssize_t room, Py_ssize_t block_max, Job *job) {
     job->t = NULL;
@@ -491,7 +492,7 @@ static Py_ssize_t literals_block(Frame *f, const uint8_t *src, Py_ssize_t size, 
     } else {
         if (lit == 0 || csize == 0) return -1;
         if (type == 2) {
-            Table *t = f->cur == &f->slot[0] ? &f->slot[1] : &f->slot[0];
+            Table *t = f->busy == &f->slot[0] ? &f->slot[1] : &f->slot[0];
             Py_ssize_t th = read_table(t, p, csize);
             if (th < 0 || th >= csize) return -1;
             p += th;
@@ -535,6 +536,7 @@ static int decode_frame(Frame *f, const uint8_t *src, Py_ssize_t size, uint8_t *
     Py_ssize_t block_max = window < ZBLOCK_MAX ? (Py_ssize_t)window : ZBLOCK_MAX;
     Py_ssize_t out = 0;
     f->cur = NULL;
+    f->busy = NULL;
     Job jobs[2];
     int pending = 0; /* jobs[0] is opened and waits for a second one */
     for (;;) {
@@ -564,8 +566,10 @@ static int decode_frame(Frame *f, const uint8_t *src, Py_ssize_t size, uint8_t *
                     if (jobs[0].t == jobs[1].t) fast8(&jobs[0], &jobs[1]);
                     if (job_finish(&jobs[0]) < 0 || job_finish(&jobs[1]) < 0) return 0;
                     pending = 0;
+                    f->busy = NULL;
                 } else if (job->t != NULL) {
                     pending = 1;
+                    f->busy = job->t;
                 }
             }
             pos += bsize;

@@ -220,3 +220,50 @@ def test_blocks_decoded_two_at_a_time_whatever_lies_between(encoder):
     else:
         assert kinds.count("huf4") >= 3, kinds
     assert kernel_decode(frame, plane.size) == ZSTD.decompress(frame) == plane.tobytes()
+
+
+def _blocks(frame: bytes) -> list[tuple[int, bytes]]:
+    """A frame's blocks as (block type, body): the body as it lies after its 3-byte header."""
+    pos, out = zstandard.frame_header_size(frame), []
+    while True:
+        h = int.from_bytes(frame[pos : pos + 3], "little")
+        btype, size = (h >> 1) & 3, h >> 3
+        body = frame[pos + 3 : pos + 3 + (1 if btype == 1 else size)]
+        out.append((btype, body))
+        pos += 3 + len(body)
+        if h & 1:
+            return out
+
+
+def _spliced(blocks: list[tuple[int, bytes]], n: int) -> bytes:
+    """One frame of these blocks (single segment, n bytes of content)."""
+    out = bytearray(b"\x28\xb5\x2f\xfd\xa0" + n.to_bytes(4, "little"))
+    for i, (btype, body) in enumerate(blocks):
+        size = 1 if btype == 1 else len(body)
+        h = (i == len(blocks) - 1) | btype << 1 | size << 3
+        out += h.to_bytes(3, "little") + body
+    return bytes(out)
+
+
+def test_a_new_table_never_overwrites_the_one_a_waiting_block_needs():
+    # A 4-stream block waits for a partner with its table, while a 1-stream block and then
+    # another 4-stream block each bring a new table: the second new one must not land where
+    # the waiting block's table is. Blocks of three frames spliced into one valid frame.
+    rng = np.random.default_rng(5)
+    seg = 1 << 17
+    planes = [
+        rng.geometric(0.3, seg).clip(0, 255).astype(np.uint8),
+        rng.geometric(0.1, 200).clip(0, 255).astype(np.uint8),  # one stream
+        (rng.normal(128, 6, seg).clip(0, 255)).astype(np.uint8),
+        rng.geometric(0.02, seg).clip(0, 255).astype(np.uint8),
+    ]
+    blocks = []
+    for plane in planes:
+        frame = literal_frame(plane, "zstd")
+        assert frame is not None and len(frame_blocks(frame)) == 1
+        blocks += _blocks(frame)
+    plane = np.concatenate(planes)
+    frame = _spliced(blocks, plane.size)
+    assert frame_blocks(frame) == ["huf4", "huf1", "huf4", "huf4"]
+    assert ZSTD.decompress(frame) == plane.tobytes()
+    assert kernel_decode(frame, plane.size) == plane.tobytes()
