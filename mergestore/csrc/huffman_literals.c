@@ -536,9 +536,8 @@ static int decode_frame(Frame *f, const uint8_t *src, Py_ssize_t size, uint8_t *
     Py_ssize_t block_max = window < ZBLOCK_MAX ? (Py_ssize_t)window : ZBLOCK_MAX;
     Py_ssize_t out = 0;
     f->cur = NULL;
-    f->busy = NULL;
+    f->busy = NULL; /* set while jobs[0] is opened and waits for a second one */
     Job jobs[2];
-    int pending = 0; /* jobs[0] is opened and waits for a second one */
     for (;;) {
         if (pos + 3 > size) return 0;
         uint32_t bh = src[pos] | (src[pos + 1] << 8) | ((uint32_t)src[pos + 2] << 16);
@@ -558,17 +557,15 @@ static int decode_frame(Frame *f, const uint8_t *src, Py_ssize_t size, uint8_t *
                 memcpy(dst + out, src + pos, (size_t)bsize);
                 out += bsize;
             } else {
-                Job *job = &jobs[pending];
+                Job *job = &jobs[f->busy != NULL];
                 Py_ssize_t r = literals_block(f, src + pos, bsize, dst + out, n - out, block_max, job);
                 if (r < 0) return 0;
                 out += r;
-                if (job->t != NULL && pending) {
+                if (job->t != NULL && f->busy != NULL) {
                     if (jobs[0].t == jobs[1].t) fast8(&jobs[0], &jobs[1]);
                     if (job_finish(&jobs[0]) < 0 || job_finish(&jobs[1]) < 0) return 0;
-                    pending = 0;
                     f->busy = NULL;
                 } else if (job->t != NULL) {
-                    pending = 1;
                     f->busy = job->t;
                 }
             }
@@ -576,12 +573,10 @@ static int decode_frame(Frame *f, const uint8_t *src, Py_ssize_t size, uint8_t *
         }
         if (last) break;
     }
-    if (pending && job_finish(&jobs[0]) < 0) return 0;
+    if (f->busy != NULL && job_finish(&jobs[0]) < 0) return 0;
     return pos == size && out == n;
 }
 
-/* decode_frame for other C files (byte_planes.c): 1 decoded, 0 declined (dst holds garbage).
- * Call without the GIL. */
 /* decode_frame for other C files (byte_planes.c): 1 decoded, 0 declined (dst holds garbage).
  * Call without the GIL. */
 int huf_literals_into(const uint8_t *src, Py_ssize_t size, uint8_t *dst, Py_ssize_t n) {
